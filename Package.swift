@@ -1,0 +1,44 @@
+// swift-tools-version:6.0
+// Veil: private inference of split DNNs across a TEE and an untrusted accelerator.
+// Modules follow the layers of DESIGN.md; a lower layer never imports a higher one.
+import PackageDescription
+
+// Kernels are built for x86-64-v3 (AVX2, FMA) at least, as the project requires.
+let kernelCFlags: [CSetting] = [.unsafeFlags(["-march=x86-64-v3", "-O3"])]
+let kernelSwiftFlags: [SwiftSetting] = [.unsafeFlags(["-Xcc", "-march=x86-64-v3"])]
+
+let package = Package(
+  name: "Veil",
+  platforms: [.macOS(.v14)],
+  products: [
+    .executable(name: "veil", targets: ["veil"]),
+    .library(name: "VeilGraph", targets: ["VeilGraph"]),
+  ],
+  dependencies: [
+    .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2")
+  ],
+  targets: [
+    // System libraries: oneDNN 2.6 from Debian's libdnnl-dev, plus a few C helpers that read
+    // its descriptor structs and run the small plain-layout kernels oneDNN does not offer.
+    .target(
+      name: "CDNNL",
+      cSettings: kernelCFlags,
+      linkerSettings: [.linkedLibrary("dnnl"), .linkedLibrary("gomp"), .linkedLibrary("m")]
+    ),
+    .target(name: "VeilTensor", dependencies: ["CDNNL"], swiftSettings: kernelSwiftFlags),
+    .target(name: "VeilGraph", dependencies: ["VeilTensor"], swiftSettings: kernelSwiftFlags),
+    .target(name: "VeilFormats", dependencies: ["VeilGraph"]),
+    .target(name: "VeilModels", dependencies: ["VeilGraph"]),
+    .executableTarget(
+      name: "veil",
+      dependencies: [
+        "VeilTensor", "VeilGraph", "VeilFormats", "VeilModels",
+        .product(name: "ArgumentParser", package: "swift-argument-parser"),
+      ]
+    ),
+    .testTarget(name: "VeilTensorTests", dependencies: ["VeilTensor"]),
+    .testTarget(name: "VeilGraphTests", dependencies: ["VeilGraph", "VeilFormats"]),
+    .testTarget(name: "VeilFormatsTests", dependencies: ["VeilFormats"]),
+    .testTarget(name: "VeilModelsTests", dependencies: ["VeilModels", "VeilFormats"]),
+  ]
+)

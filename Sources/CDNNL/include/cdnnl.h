@@ -1,0 +1,52 @@
+/// CDNNL: the system-library seam for oneDNN 2.6 (Debian libdnnl-dev), plus small C helpers.
+///
+/// Swift imports fixed-size C arrays inside structs as tuples, which is clumsy for
+/// dnnl_memory_desc_t; the helpers here read and build descriptors through plain pointers.
+/// The kernels at the bottom cover the few plain-layout ops oneDNN does not provide.
+#ifndef VEIL_CDNNL_H
+#define VEIL_CDNNL_H
+
+#include <oneapi/dnnl/dnnl.h>
+#include <oneapi/dnnl/dnnl_debug.h>
+#include <stddef.h>
+#include <stdint.h>
+
+/// libgomp's thread-count control: oneDNN here is built on the OpenMP runtime.
+void omp_set_num_threads(int n);
+int omp_get_max_threads(void);
+
+/// A float32 descriptor with the plain row-major tag for its rank (a, ab, abc, abcd, ...).
+dnnl_status_t veil_md_plain(dnnl_memory_desc_t *md, int ndims, const int64_t *dims);
+/// A float32 descriptor whose layout the primitive chooses (format_tag any).
+dnnl_status_t veil_md_any(dnnl_memory_desc_t *md, int ndims, const int64_t *dims);
+/// A float32 descriptor with explicit strides (elements).
+dnnl_status_t veil_md_strided(dnnl_memory_desc_t *md, int ndims, const int64_t *dims,
+                              const int64_t *strides);
+/// A float32 descriptor with a named tag.
+dnnl_status_t veil_md_tag(dnnl_memory_desc_t *md, int ndims, const int64_t *dims,
+                          dnnl_format_tag_t tag);
+int veil_md_ndims(const dnnl_memory_desc_t *md);
+void veil_md_dims(const dnnl_memory_desc_t *md, int64_t *out);
+size_t veil_md_size(const dnnl_memory_desc_t *md);
+int veil_md_equal(const dnnl_memory_desc_t *a, const dnnl_memory_desc_t *b);
+/// 1 when the descriptor is dense row-major float32 with no blocking (what NCHW means).
+int veil_md_is_plain(const dnnl_memory_desc_t *md);
+/// 1 when the descriptor's first dimension is the outermost, dense and unblocked, so that a
+/// batch of N items is N equal slices one after the other.
+int veil_md_batch_outer(const dnnl_memory_desc_t *md);
+/// A short human-readable form of a layout ("f32 1x64x56x56 aBcd8b"), for logs and errors.
+void veil_md_describe(const dnnl_memory_desc_t *md, char *buf, size_t len);
+
+/// Constant, reflect or edge padding of an NCHW-like tensor (any rank), plain layout.
+/// pads: begin[0..rank) then end[0..rank), may be negative (cropping).
+/// mode: 0 constant, 1 reflect, 2 edge.
+void veil_pad_f32(const float *src, const int64_t *src_dims, int rank, const int64_t *pads,
+                  int mode, float value, float *dst);
+
+/// Element-wise binary op with numpy broadcasting on plain layouts; op: 0 add, 1 sub, 2 mul, 3 div.
+/// a_strides and b_strides are the broadcast strides (0 on broadcast axes) over dst_dims.
+void veil_binary_broadcast_f32(const float *a, const int64_t *a_strides, const float *b,
+                               const int64_t *b_strides, float *dst, const int64_t *dst_dims,
+                               int rank, int op);
+
+#endif

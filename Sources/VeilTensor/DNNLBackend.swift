@@ -1,0 +1,676 @@
+import CDNNL
+import Foundation
+
+// Argument slots of oneDNN's execute call (dnnl_types.h); the C macros chain, so Swift does
+// not import them.
+let argSrc: Int32 = 1
+let argSrc1: Int32 = 2
+let argDst: Int32 = 17
+let argWeights: Int32 = 33
+let argBias: Int32 = 41
+let argMean: Int32 = 49
+let argVariance: Int32 = 50
+let argScale: Int32 = 51
+let argShift: Int32 = 52
+let argMultipleSrc: Int32 = 1024
+
+/// Passes `&value` when `present`, else nil (optional descriptor arguments such as a bias).
+func withOptionalPointer<T, R>(_ present: Bool, _ value: inout T, _ body: (UnsafePointer<T>?) throws -> R) rethrows -> R {
+  if present { return try withUnsafePointer(to: &value) { try body($0) } }
+  return try body(nil)
+}
+
+/// A primitive descriptor and its primitive, shared by every kernel with the same key.
+final class PrimitiveEntry: @unchecked Sendable {
+  let pd: dnnl_primitive_desc_t
+  let primitive: dnnl_primitive_t
+
+  init(pd: dnnl_primitive_desc_t, operation: String) throws {
+    var p: dnnl_primitive_t?
+    let status = dnnl_primitive_create(&p, pd)
+    guard status == dnnl_success, let p else {
+      dnnl_primitive_desc_destroy(pd)
+      throw TensorError.backend(operation: operation, status: Int32(status.rawValue), detail: "creating the primitive")
+    }
+    self.pd = pd
+    primitive = p
+  }
+
+  func md(_ what: dnnl_query_t, _ index: Int32 = 0) -> dnnl_memory_desc_t {
+    dnnl_primitive_desc_query_md(pd, what, index).pointee
+  }
+
+  deinit {
+    dnnl_primitive_destroy(primitive)
+    dnnl_primitive_desc_destroy(pd)
+  }
+}
+
+/// Primitives keyed by operation, attributes, shapes and layouts. A model compiled twice (or
+/// at a second batch size sharing layers) reuses them; oneDNN's own JIT cache sits below this.
+final class PrimitiveCache: @unchecked Sendable {
+  private var entries: [String: PrimitiveEntry] = [:]
+  private let lock = NSLock()
+  private(set) var hits = 0
+  private(set) var misses = 0
+
+  func entry(_ key: String, operation: String, make: () throws -> dnnl_primitive_desc_t) throws -> PrimitiveEntry {
+    lock.lock()
+    defer { lock.unlock() }
+    if let e = entries[key] {
+      hits += 1
+      return e
+    }
+    misses += 1
+    let e = try PrimitiveEntry(pd: try make(), operation: operation)
+    entries[key] = e
+    return e
+  }
+
+  var count: Int {
+    lock.lock()
+    defer { lock.unlock() }
+    return entries.count
+  }
+}
+
+/// A memory object whose data pointer is set at each run.
+final class BoundMemory: @unchecked Sendable {
+  let memory: dnnl_memory_t
+  let layout: Layout
+
+  init(_ layout: Layout, engine: dnnl_engine_t, handle: UnsafeMutableRawPointer? = nil) throws {
+    var md = layout.md
+    var m: dnnl_memory_t?
+    try check(dnnl_memory_create(&m, &md, engine, handle), "creating memory \(layout)")
+    memory = m!
+    self.layout = layout
+  }
+
+  deinit { dnnl_memory_destroy(memory) }
+}
+
+/// One or more oneDNN primitives run back to back over shared memory objects.
+final class DNNLKernel: Kernel, @unchecked Sendable {
+  struct Step {
+    let entry: PrimitiveEntry
+    var args: [dnnl_exec_arg_t]
+  }
+
+  let name: String
+  let inputLayouts: [Layout]
+  let outputLayout: Layout
+  let inPlaceInput: Int?
+  let constantBytes: Int
+  private let steps: [Step]
+  private let inputs: [BoundMemory?]
+  private let output: BoundMemory
+  private let keepAlive: [AnyObject]
+  /// Sum post-op: the input whose contents must be in the output before the primitive runs.
+  private let accumulateInput: Int?
+  private let engine: Engine
+
+  init(
+    name: String, steps: [Step], inputs: [BoundMemory?], inputLayouts: [Layout], output: BoundMemory,
+    inPlaceInput: Int?, accumulateInput: Int? = nil, constantBytes: Int = 0, keepAlive: [AnyObject] = [],
+    engine: Engine
+  ) {
+    self.name = name
+    self.steps = steps
+    self.inputs = inputs
+    self.inputLayouts = inputLayouts
+    self.output = output
+    outputLayout = output.layout
+    self.inPlaceInput = inPlaceInput
+    self.accumulateInput = accumulateInput
+    self.constantBytes = constantBytes
+    self.keepAlive = keepAlive
+    self.engine = engine
+  }
+
+  func run(inputs ptrs: [UnsafeMutableRawPointer], output out: UnsafeMutableRawPointer) throws {
+    guard ptrs.count == inputLayouts.count else {
+      throw TensorError.invalidArgument("\(name): expected \(inputLayouts.count) inputs, got \(ptrs.count)")
+    }
+    if let acc = accumulateInput, ptrs[acc] != out {
+      out.copyMemory(from: ptrs[acc], byteCount: outputLayout.byteCount)
+    }
+    for (i, m) in inputs.enumerated() {
+      if let m { try check(dnnl_memory_set_data_handle(m.memory, ptrs[i]), "\(name): binding input \(i)") }
+    }
+    try check(dnnl_memory_set_data_handle(output.memory, out), "\(name): binding output")
+    for step in steps {
+      let status = step.args.withUnsafeBufferPointer {
+        dnnl_primitive_execute(step.entry.primitive, engine.stream, Int32($0.count), $0.baseAddress)
+      }
+      try check(status, "running \(name)")
+    }
+  }
+}
+
+/// A kernel written in C or Swift for a plain layout.
+final class PlainKernel: Kernel, @unchecked Sendable {
+  let name: String
+  let inputLayouts: [Layout]
+  let outputLayout: Layout
+  let inPlaceInput: Int? = nil
+  let constantBytes = 0
+  private let body: @Sendable ([UnsafeMutableRawPointer], UnsafeMutableRawPointer) -> Void
+
+  init(
+    name: String, inputs: [Layout], output: Layout,
+    body: @escaping @Sendable ([UnsafeMutableRawPointer], UnsafeMutableRawPointer) -> Void
+  ) {
+    self.name = name
+    inputLayouts = inputs
+    outputLayout = output
+    self.body = body
+  }
+
+  func run(inputs: [UnsafeMutableRawPointer], output: UnsafeMutableRawPointer) throws {
+    body(inputs, output)
+  }
+}
+
+/// oneDNN 2.6 on the CPU.
+public final class DNNLBackend: ComputeBackend, @unchecked Sendable {
+  public static let shared = DNNLBackend()
+  public let name = "oneDNN CPU"
+  let engine = Engine.shared
+  let cache = PrimitiveCache()
+
+  public var cachedPrimitives: Int { cache.count }
+  public var cacheHits: Int { cache.hits }
+
+  private func i64(_ a: [Int]) -> [Int64] { a.map { Int64($0) } }
+
+  private func memory(_ layout: Layout) throws -> BoundMemory {
+    try BoundMemory(layout, engine: engine.engine)
+  }
+
+  private func arg(_ slot: Int32, _ m: BoundMemory) -> dnnl_exec_arg_t {
+    dnnl_exec_arg_t(arg: slot, memory: m.memory)
+  }
+
+  private func attr(_ postOps: [PostOp]) throws -> dnnl_primitive_attr_t {
+    var a: dnnl_primitive_attr_t?
+    try check(dnnl_primitive_attr_create(&a), "creating primitive attributes")
+    if !postOps.isEmpty {
+      var po: dnnl_post_ops_t?
+      try check(dnnl_post_ops_create(&po), "creating post-ops")
+      defer { dnnl_post_ops_destroy(po) }
+      for op in postOps {
+        switch op {
+        case .sum: try check(dnnl_post_ops_append_sum(po, 1), "appending a sum post-op")
+        case .activation(let act):
+          for (alg, alpha, beta) in eltwiseChain(act) {
+            try check(dnnl_post_ops_append_eltwise(po, 1, alg, alpha, beta), "appending post-op \(act)")
+          }
+        }
+      }
+      try check(dnnl_primitive_attr_set_post_ops(a, po), "setting post-ops")
+    }
+    return a!
+  }
+
+  /// oneDNN eltwise algorithms that make up an activation, applied in order.
+  func eltwiseChain(_ a: Activation) -> [(dnnl_alg_kind_t, Float, Float)] {
+    switch a {
+    case .relu: return [(dnnl_eltwise_relu, 0, 0)]
+    case .leakyRelu(let alpha): return [(dnnl_eltwise_relu, alpha, 0)]
+    case .clip(let lo, let hi): return [(dnnl_eltwise_clip_v2, lo, hi)]
+    case .sigmoid: return [(dnnl_eltwise_logistic, 0, 0)]
+    case .silu: return [(dnnl_eltwise_swish, 1, 0)]
+    case .hardSigmoid(let alpha, let beta):
+      return [(dnnl_eltwise_linear, alpha, beta), (dnnl_eltwise_clip_v2, 0, 1)]
+    case .hardSwish: return [(dnnl_eltwise_hardswish, 0, 0)]
+    case .tanh: return [(dnnl_eltwise_tanh, 0, 0)]
+    }
+  }
+
+  /// Copies a constant tensor from its user layout into the layout a primitive chose.
+  func reorderConstant(_ t: Tensor, from user: Layout, to target: Layout) throws -> TensorStorage {
+    let out = TensorStorage(count: target.byteCount / 4)
+    if user == target {
+      out.pointer.update(from: t.storage.pointer, count: t.count)
+      return out
+    }
+    let k = try reorder(from: user, to: target)
+    try k.run(inputs: [UnsafeMutableRawPointer(t.storage.pointer)], output: UnsafeMutableRawPointer(out.pointer))
+    engine.wait()
+    return out
+  }
+
+  // MARK: - Convolution
+
+  public func convolution(
+    _ spec: ConvolutionSpec, inputDims: [Int], weights: Tensor, bias: Tensor?, postOps: [PostOp],
+    outputDims: [Int]
+  ) throws -> Kernel {
+    let nsp = inputDims.count - 2
+    guard nsp >= 1, nsp <= 3, spec.strides.count == nsp, spec.dilations.count == nsp,
+      spec.padsBegin.count == nsp, spec.padsEnd.count == nsp, weights.rank == nsp + 2
+    else {
+      throw TensorError.invalidArgument(
+        "convolution: input rank \(inputDims.count), weights \(weights.shape), spec \(spec) do not agree")
+    }
+    let g = spec.groups
+    let ic = inputDims[1]
+    let oc = outputDims[1]
+    // oneDNN's logical weight dims are [g,] oc/g, ic/g, k...; ONNX stores Conv weights as
+    // [oc, ic/g, k...] and ConvTranspose weights as [ic, oc/g, k...].
+    var wdims = [oc / g, ic / g] + Array(weights.shape.dropFirst(2))
+    let userTag: dnnl_format_tag_t
+    if g > 1 {
+      wdims = [g] + wdims
+      userTag = spec.transposed ? (nsp == 2 ? dnnl_acbde : nsp == 1 ? dnnl_acbd : dnnl_acbdef)
+        : (nsp == 2 ? dnnl_abcde : nsp == 1 ? dnnl_abcd : dnnl_abcdef)
+    } else {
+      userTag = spec.transposed ? (nsp == 2 ? dnnl_bacd : nsp == 1 ? dnnl_bac : dnnl_bacde)
+        : (nsp == 2 ? dnnl_abcd : nsp == 1 ? dnnl_abc : dnnl_abcde)
+    }
+    guard wdims.reduce(1, *) == weights.count, ic % g == 0, oc % g == 0 else {
+      throw TensorError.shapeMismatch(
+        what: "convolution weights", expected: "\(wdims.reduce(1, *)) elements for groups \(g), in \(ic), out \(oc)",
+        found: "\(weights.shape)")
+    }
+    if let bias, bias.count != oc {
+      throw TensorError.shapeMismatch(what: "convolution bias", expected: "[\(oc)]", found: "\(bias.shape)")
+    }
+    let hasSum = postOps.contains(.sum)
+    let key = "conv|\(spec)|\(inputDims)|\(wdims)|\(bias != nil)|\(postOps)|\(outputDims)"
+    let entry = try cache.entry(key, operation: "convolution \(spec)") {
+      var src = Layout.any(inputDims)
+      var wei = Layout.any(wdims)
+      var dst = Layout.any(outputDims)
+      var b = Layout.plain([oc]).md
+      let strides = i64(spec.strides)
+      let dil = i64(spec.dilations.map { $0 - 1 })
+      let pl = i64(spec.padsBegin)
+      let pr = i64(spec.padsEnd)
+      var desc = dnnl_convolution_desc_t()
+      let status: dnnl_status_t
+      status = withOptionalPointer(bias != nil, &b) { bp in
+        spec.transposed
+          ? dnnl_dilated_deconvolution_forward_desc_init(
+            &desc, dnnl_forward_inference, dnnl_deconvolution_direct, &src, &wei, bp, &dst, strides, dil, pl, pr)
+          : dnnl_dilated_convolution_forward_desc_init(
+            &desc, dnnl_forward_inference, dnnl_convolution_auto, &src, &wei, bp, &dst, strides, dil, pl, pr)
+      }
+      try check(status, "convolution descriptor", detail: "input \(inputDims), weights \(wdims), \(spec)")
+      let a = try attr(postOps)
+      defer { dnnl_primitive_attr_destroy(a) }
+      var pd: dnnl_primitive_desc_t?
+      try check(
+        dnnl_primitive_desc_create(&pd, &desc, a, engine.engine, nil), "convolution primitive",
+        detail: "input \(inputDims), weights \(wdims), \(spec), post-ops \(postOps)")
+      return pd!
+    }
+    let srcL = Layout(md: entry.md(dnnl_query_src_md))
+    let weiL = Layout(md: entry.md(dnnl_query_weights_md))
+    let dstL = Layout(md: entry.md(dnnl_query_dst_md))
+    var userMd = dnnl_memory_desc_t()
+    let wd = i64(wdims)
+    _ = wd.withUnsafeBufferPointer { veil_md_tag(&userMd, Int32(wdims.count), $0.baseAddress, userTag) }
+    let wStore = try reorderConstant(weights, from: Layout(md: userMd), to: weiL)
+    let srcM = try memory(srcL)
+    let dstM = try memory(dstL)
+    let weiM = try BoundMemory(weiL, engine: engine.engine, handle: UnsafeMutableRawPointer(wStore.pointer))
+    var args = [arg(argSrc, srcM), arg(argWeights, weiM), arg(argDst, dstM)]
+    var keep: [AnyObject] = [wStore, weiM]
+    var constBytes = weiL.byteCount
+    if let bias {
+      let bStore = TensorStorage(count: oc)
+      bStore.pointer.update(from: bias.storage.pointer, count: oc)
+      let bM = try BoundMemory(.plain([oc]), engine: engine.engine, handle: UnsafeMutableRawPointer(bStore.pointer))
+      args.append(arg(argBias, bM))
+      keep += [bStore, bM]
+      constBytes += oc * 4
+    }
+    let name = spec.transposed ? "ConvTranspose" : "Conv"
+    return DNNLKernel(
+      name: name + (postOps.isEmpty ? "" : "+" + postOps.map(\.description).joined(separator: "+")),
+      steps: [.init(entry: entry, args: args)],
+      inputs: hasSum ? [srcM, nil] : [srcM],
+      inputLayouts: hasSum ? [srcL, dstL] : [srcL],
+      output: dstM, inPlaceInput: hasSum ? 1 : nil, accumulateInput: hasSum ? 1 : nil,
+      constantBytes: constBytes, keepAlive: keep, engine: engine)
+  }
+
+  // MARK: - Element-wise and normalization
+
+  public func activation(_ activation: Activation, input: Layout) throws -> Kernel {
+    let srcM = try memory(input)
+    let dstM = try memory(input)
+    var steps: [DNNLKernel.Step] = []
+    for (i, (alg, alpha, beta)) in eltwiseChain(activation).enumerated() {
+      let entry = try cache.entry("eltwise|\(alg)|\(alpha)|\(beta)|\(input)", operation: "\(activation)") {
+        var md = input.md
+        var desc = dnnl_eltwise_desc_t()
+        try check(dnnl_eltwise_forward_desc_init(&desc, dnnl_forward_inference, alg, &md, alpha, beta), "\(activation) descriptor")
+        var pd: dnnl_primitive_desc_t?
+        try check(dnnl_primitive_desc_create(&pd, &desc, nil, engine.engine, nil), "\(activation) primitive")
+        return pd!
+      }
+      // Later steps of a chain run in place on the output.
+      steps.append(.init(entry: entry, args: [arg(argSrc, i == 0 ? srcM : dstM), arg(argDst, dstM)]))
+    }
+    return DNNLKernel(
+      name: activation.description, steps: steps, inputs: [srcM], inputLayouts: [input], output: dstM,
+      inPlaceInput: 0, engine: engine)
+  }
+
+  public func batchNormalization(
+    input: Layout, scale: Tensor, bias: Tensor, mean: Tensor, variance: Tensor, epsilon: Float
+  ) throws -> Kernel {
+    let dims = input.dims
+    guard dims.count >= 2 else {
+      throw TensorError.invalidArgument("BatchNormalization needs rank ≥ 2, found \(dims)")
+    }
+    let c = dims[1]
+    for (n, t) in [("scale", scale), ("bias", bias), ("mean", mean), ("variance", variance)] where t.count != c {
+      throw TensorError.shapeMismatch(what: "BatchNormalization \(n)", expected: "[\(c)]", found: "\(t.shape)")
+    }
+    let entry = try cache.entry("bn|\(input)|\(epsilon)", operation: "BatchNormalization") {
+      var md = input.md
+      var desc = dnnl_batch_normalization_desc_t()
+      let flags = UInt32(dnnl_use_global_stats.rawValue | dnnl_use_scale.rawValue | dnnl_use_shift.rawValue)
+      try check(dnnl_batch_normalization_forward_desc_init(&desc, dnnl_forward_inference, &md, epsilon, flags), "BatchNormalization descriptor")
+      var pd: dnnl_primitive_desc_t?
+      try check(dnnl_primitive_desc_create(&pd, &desc, nil, engine.engine, nil), "BatchNormalization primitive")
+      return pd!
+    }
+    let srcM = try memory(input)
+    let dstM = try memory(input)
+    var args = [arg(argSrc, srcM), arg(argDst, dstM)]
+    var keep: [AnyObject] = []
+    for (slot, t) in [(argScale, scale), (argShift, bias), (argMean, mean), (argVariance, variance)] {
+      let s = TensorStorage(count: c)
+      s.pointer.update(from: t.storage.pointer, count: c)
+      let m = try BoundMemory(.plain([c]), engine: engine.engine, handle: UnsafeMutableRawPointer(s.pointer))
+      args.append(arg(slot, m))
+      keep += [s, m]
+    }
+    return DNNLKernel(
+      name: "BatchNormalization", steps: [.init(entry: entry, args: args)], inputs: [srcM], inputLayouts: [input],
+      output: dstM, inPlaceInput: 0, constantBytes: 4 * c * 4, keepAlive: keep, engine: engine)
+  }
+
+  public func binary(_ kind: BinaryKind, a: Layout, b: Layout, outputDims: [Int]) throws -> Kernel {
+    let ad = a.dims
+    let bd = b.dims
+    // oneDNN broadcasts only its second source and needs equal ranks; the first must have the
+    // output's dims. Everything else takes the plain broadcasting kernel.
+    if ad == outputDims, bd.count == ad.count {
+      let alg: dnnl_alg_kind_t = [dnnl_binary_add, dnnl_binary_sub, dnnl_binary_mul, dnnl_binary_div][kind.rawValue]
+      let entry = try cache.entry("binary|\(kind)|\(a)|\(b)", operation: "binary \(kind)") {
+        var m0 = a.md
+        var m1 = b.md
+        var dst = a.md
+        var desc = dnnl_binary_desc_t()
+        try check(dnnl_binary_desc_init(&desc, alg, &m0, &m1, &dst), "binary \(kind) descriptor", detail: "\(a) and \(b)")
+        var pd: dnnl_primitive_desc_t?
+        try check(dnnl_primitive_desc_create(&pd, &desc, nil, engine.engine, nil), "binary \(kind) primitive", detail: "\(a) and \(b)")
+        return pd!
+      }
+      let s0 = try memory(a)
+      let s1 = try memory(b)
+      let d = try memory(a)
+      return DNNLKernel(
+        name: "\(kind)".capitalized, steps: [.init(entry: entry, args: [arg(argSrc, s0), arg(argSrc1, s1), arg(argDst, d)])],
+        inputs: [s0, s1], inputLayouts: [a, b], output: d, inPlaceInput: 0, engine: engine)
+    }
+    let rank = outputDims.count
+    func bstrides(_ dims: [Int]) throws -> [Int64] {
+      let padded = [Int](repeating: 1, count: rank - dims.count) + dims
+      var strides = [Int64](repeating: 0, count: rank)
+      var s = 1
+      for i in stride(from: rank - 1, through: 0, by: -1) {
+        if padded[i] == outputDims[i] && padded[i] != 1 {
+          strides[i] = Int64(s)
+        } else if padded[i] != 1 {
+          throw TensorError.shapeMismatch(what: "broadcast \(kind)", expected: "dims compatible with \(outputDims)", found: "\(dims)")
+        }
+        s *= padded[i]
+      }
+      return strides
+    }
+    let sa = try bstrides(ad)
+    let sb = try bstrides(bd)
+    let od = i64(outputDims)
+    let op = Int32(kind.rawValue)
+    return PlainKernel(name: "\(kind)".capitalized, inputs: [.plain(ad), .plain(bd)], output: .plain(outputDims)) { ins, out in
+      veil_binary_broadcast_f32(
+        ins[0].assumingMemoryBound(to: Float.self), sa, ins[1].assumingMemoryBound(to: Float.self), sb,
+        out.assumingMemoryBound(to: Float.self), od, Int32(rank), op)
+    }
+  }
+
+  // MARK: - Pooling, concat, resize
+
+  public func pooling(_ spec: PoolingSpec, input: Layout, outputDims: [Int]) throws -> Kernel {
+    let alg: dnnl_alg_kind_t
+    switch spec.kind {
+    case .max: alg = dnnl_pooling_max
+    case .average(let include): alg = include ? dnnl_pooling_avg_include_padding : dnnl_pooling_avg_exclude_padding
+    }
+    let entry = try cache.entry("pool|\(spec)|\(input)|\(outputDims)", operation: "pooling") {
+      var src = input.md
+      var dst = Layout.any(outputDims)
+      var desc = dnnl_pooling_v2_desc_t()
+      let dil = [Int64](repeating: 0, count: spec.kernel.count)
+      try check(
+        dnnl_pooling_v2_forward_desc_init(
+          &desc, dnnl_forward_inference, alg, &src, &dst, i64(spec.strides), i64(spec.kernel), dil,
+          i64(spec.padsBegin), i64(spec.padsEnd)), "pooling descriptor", detail: "\(spec) on \(input)")
+      var pd: dnnl_primitive_desc_t?
+      try check(dnnl_primitive_desc_create(&pd, &desc, nil, engine.engine, nil), "pooling primitive", detail: "\(spec) on \(input)")
+      return pd!
+    }
+    let dstL = Layout(md: entry.md(dnnl_query_dst_md))
+    let s = try memory(input)
+    let d = try memory(dstL)
+    let name: String
+    switch spec.kind {
+    case .max: name = "MaxPool"
+    case .average: name = "AveragePool"
+    }
+    return DNNLKernel(
+      name: name, steps: [.init(entry: entry, args: [arg(argSrc, s), arg(argDst, d)])], inputs: [s],
+      inputLayouts: [input], output: d, inPlaceInput: nil, engine: engine)
+  }
+
+  public func concat(axis: Int, inputs: [Layout]) throws -> Kernel {
+    guard let first = inputs.first else { throw TensorError.invalidArgument("Concat of no inputs") }
+    var outDims = first.dims
+    guard axis >= 0, axis < outDims.count else {
+      throw TensorError.invalidArgument("Concat axis \(axis) out of range for rank \(outDims.count)")
+    }
+    outDims[axis] = inputs.reduce(0) { $0 + $1.dims[axis] }
+    let entry = try cache.entry("concat|\(axis)|\(inputs.map(\.description))", operation: "Concat") {
+      var dst = Layout.any(outDims)
+      var mds = inputs.map(\.md)
+      var pd: dnnl_primitive_desc_t?
+      try check(
+        dnnl_concat_primitive_desc_create(&pd, &dst, Int32(inputs.count), Int32(axis), &mds, nil, engine.engine),
+        "Concat primitive", detail: "axis \(axis), inputs \(inputs)")
+      return pd!
+    }
+    let dstL = Layout(md: entry.md(dnnl_query_dst_md))
+    let ms = try inputs.map { try memory($0) }
+    let d = try memory(dstL)
+    var args = ms.enumerated().map { arg(argMultipleSrc + Int32($0.offset), $0.element) }
+    args.append(arg(argDst, d))
+    return DNNLKernel(
+      name: "Concat", steps: [.init(entry: entry, args: args)], inputs: ms, inputLayouts: inputs, output: d,
+      inPlaceInput: nil, engine: engine)
+  }
+
+  public func resize(_ kind: ResizeKind, input: Layout, outputDims: [Int]) throws -> Kernel {
+    let alg = kind == .nearest ? dnnl_resampling_nearest : dnnl_resampling_linear
+    let entry = try cache.entry("resize|\(kind)|\(input)|\(outputDims)", operation: "Resize") {
+      var src = input.md
+      var dst = Layout.any(outputDims)
+      var desc = dnnl_resampling_desc_t()
+      try check(
+        dnnl_resampling_forward_desc_init(&desc, dnnl_forward_inference, alg, nil, &src, &dst), "Resize descriptor",
+        detail: "\(input) to \(outputDims)")
+      var pd: dnnl_primitive_desc_t?
+      try check(dnnl_primitive_desc_create(&pd, &desc, nil, engine.engine, nil), "Resize primitive")
+      return pd!
+    }
+    let dstL = Layout(md: entry.md(dnnl_query_dst_md))
+    let s = try memory(input)
+    let d = try memory(dstL)
+    return DNNLKernel(
+      name: "Resize", steps: [.init(entry: entry, args: [arg(argSrc, s), arg(argDst, d)])], inputs: [s],
+      inputLayouts: [input], output: d, inPlaceInput: nil, engine: engine)
+  }
+
+  // MARK: - Dense layers
+
+  public func innerProduct(inputDims: [Int], weights: Tensor, bias: Tensor?) throws -> Kernel {
+    guard weights.rank == 2, inputDims.count == 2, inputDims[1] == weights.shape[1] else {
+      throw TensorError.shapeMismatch(
+        what: "Gemm weights", expected: "[out, \(inputDims.last ?? 0)] for input \(inputDims)", found: "\(weights.shape)")
+    }
+    let oc = weights.shape[0]
+    if let bias, bias.count != oc {
+      throw TensorError.shapeMismatch(what: "Gemm bias", expected: "[\(oc)]", found: "\(bias.shape)")
+    }
+    let entry = try cache.entry("ip|\(inputDims)|\(weights.shape)|\(bias != nil)", operation: "Gemm") {
+      var src = Layout.plain(inputDims).md
+      var wei = Layout.any(weights.shape)
+      var b = Layout.plain([oc]).md
+      var dst = Layout.plain([inputDims[0], oc]).md
+      var desc = dnnl_inner_product_desc_t()
+      try check(
+        withOptionalPointer(bias != nil, &b) {
+          dnnl_inner_product_forward_desc_init(&desc, dnnl_forward_inference, &src, &wei, $0, &dst)
+        },
+        "Gemm descriptor", detail: "input \(inputDims), weights \(weights.shape)")
+      var pd: dnnl_primitive_desc_t?
+      try check(dnnl_primitive_desc_create(&pd, &desc, nil, engine.engine, nil), "Gemm primitive")
+      return pd!
+    }
+    let weiL = Layout(md: entry.md(dnnl_query_weights_md))
+    let wStore = try reorderConstant(weights, from: .plain(weights.shape), to: weiL)
+    let s = try memory(.plain(inputDims))
+    let d = try memory(.plain([inputDims[0], oc]))
+    let w = try BoundMemory(weiL, engine: engine.engine, handle: UnsafeMutableRawPointer(wStore.pointer))
+    var args = [arg(argSrc, s), arg(argWeights, w), arg(argDst, d)]
+    var keep: [AnyObject] = [wStore, w]
+    if let bias {
+      let bs = TensorStorage(count: oc)
+      bs.pointer.update(from: bias.storage.pointer, count: oc)
+      let bm = try BoundMemory(.plain([oc]), engine: engine.engine, handle: UnsafeMutableRawPointer(bs.pointer))
+      args.append(arg(argBias, bm))
+      keep += [bs, bm]
+    }
+    return DNNLKernel(
+      name: "Gemm", steps: [.init(entry: entry, args: args)], inputs: [s], inputLayouts: [.plain(inputDims)], output: d,
+      inPlaceInput: nil, constantBytes: weiL.byteCount + (bias == nil ? 0 : oc * 4), keepAlive: keep, engine: engine)
+  }
+
+  public func matmul(a: [Int], b: [Int], outputDims: [Int]) throws -> Kernel {
+    let rank = outputDims.count
+    let pa = [Int](repeating: 1, count: rank - a.count) + a
+    let pb = [Int](repeating: 1, count: rank - b.count) + b
+    let entry = try cache.entry("matmul|\(pa)|\(pb)", operation: "MatMul") {
+      var sa = Layout.plain(pa).md
+      var sb = Layout.plain(pb).md
+      var d = Layout.plain(outputDims).md
+      var desc = dnnl_matmul_desc_t()
+      try check(dnnl_matmul_desc_init(&desc, &sa, &sb, nil, &d), "MatMul descriptor", detail: "\(a) × \(b)")
+      var pd: dnnl_primitive_desc_t?
+      try check(dnnl_primitive_desc_create(&pd, &desc, nil, engine.engine, nil), "MatMul primitive", detail: "\(a) × \(b)")
+      return pd!
+    }
+    let ma = try memory(.plain(pa))
+    let mb = try memory(.plain(pb))
+    let md = try memory(.plain(outputDims))
+    return DNNLKernel(
+      name: "MatMul", steps: [.init(entry: entry, args: [arg(argSrc, ma), arg(argWeights, mb), arg(argDst, md)])],
+      inputs: [ma, mb], inputLayouts: [.plain(a), .plain(b)], output: md, inPlaceInput: nil, engine: engine)
+  }
+
+  public func softmax(axis: Int, input: Layout) throws -> Kernel {
+    let entry = try cache.entry("softmax|\(axis)|\(input)", operation: "Softmax") {
+      var md = input.md
+      var desc = dnnl_softmax_desc_t()
+      try check(dnnl_softmax_forward_desc_init(&desc, dnnl_forward_inference, &md, Int32(axis)), "Softmax descriptor", detail: "axis \(axis) of \(input)")
+      var pd: dnnl_primitive_desc_t?
+      try check(dnnl_primitive_desc_create(&pd, &desc, nil, engine.engine, nil), "Softmax primitive")
+      return pd!
+    }
+    let s = try memory(input)
+    let d = try memory(input)
+    return DNNLKernel(
+      name: "Softmax", steps: [.init(entry: entry, args: [arg(argSrc, s), arg(argDst, d)])], inputs: [s],
+      inputLayouts: [input], output: d, inPlaceInput: 0, engine: engine)
+  }
+
+  // MARK: - Data movement
+
+  public func reorder(from: Layout, to: Layout) throws -> Kernel {
+    guard from.dims == to.dims else {
+      throw TensorError.shapeMismatch(what: "reorder", expected: "\(from.dims)", found: "\(to.dims)")
+    }
+    let entry = try cache.entry("reorder|\(from)|\(to)", operation: "reorder") {
+      var s = from.md
+      var d = to.md
+      var pd: dnnl_primitive_desc_t?
+      try check(dnnl_reorder_primitive_desc_create(&pd, &s, engine.engine, &d, engine.engine, nil), "reorder", detail: "\(from) → \(to)")
+      return pd!
+    }
+    let s = try memory(from)
+    let d = try memory(to)
+    return DNNLKernel(
+      name: "Reorder", steps: [.init(entry: entry, args: [arg(argSrc, s), arg(argDst, d)])], inputs: [s],
+      inputLayouts: [from], output: d, inPlaceInput: nil, engine: engine)
+  }
+
+  public func transpose(permutation p: [Int], inputDims: [Int]) throws -> Kernel {
+    let rank = inputDims.count
+    guard p.count == rank, Set(p) == Set(0..<rank) else {
+      throw TensorError.invalidArgument("Transpose perm \(p) is not a permutation of 0..<\(rank)")
+    }
+    let outDims = p.map { inputDims[$0] }
+    var outStrides = [Int](repeating: 1, count: rank)
+    for i in stride(from: rank - 2, through: 0, by: -1) { outStrides[i] = outStrides[i + 1] * outDims[i + 1] }
+    // Describe the output buffer in the input's axis order: input axis p[i] moves with stride
+    // outStrides[i], so a reorder writes the transposed tensor.
+    var strides = [Int](repeating: 0, count: rank)
+    for i in 0..<rank { strides[p[i]] = outStrides[i] }
+    let inner = try reorder(from: .plain(inputDims), to: .strided(inputDims, strides: strides))
+    let outL = Layout.plain(outDims)
+    return PlainKernel(name: "Transpose", inputs: [.plain(inputDims)], output: outL) { ins, out in
+      try? inner.run(inputs: ins, output: out)
+    }
+  }
+
+  public func pad(mode: PadMode, value: Float, pads: [Int], inputDims: [Int]) throws -> Kernel {
+    let rank = inputDims.count
+    guard pads.count == 2 * rank else {
+      throw TensorError.invalidArgument("Pad: \(pads.count) pad values for rank \(rank), expected \(2 * rank)")
+    }
+    let outDims = (0..<rank).map { inputDims[$0] + pads[$0] + pads[rank + $0] }
+    guard outDims.allSatisfy({ $0 >= 1 }) else {
+      throw TensorError.invalidArgument("Pad: pads \(pads) crop input \(inputDims) to nothing")
+    }
+    if mode == .reflect {
+      for i in 0..<rank where pads[i] >= inputDims[i] || pads[rank + i] >= inputDims[i] {
+        if pads[i] > 0 || pads[rank + i] > 0, inputDims[i] > 1 {
+          throw TensorError.invalidArgument("Pad: reflect pads \(pads) must be smaller than input dim \(inputDims[i]) on axis \(i)")
+        }
+      }
+    }
+    let d = i64(inputDims)
+    let pd = i64(pads)
+    return PlainKernel(name: "Pad", inputs: [.plain(inputDims)], output: .plain(outDims)) { ins, out in
+      veil_pad_f32(
+        ins[0].assumingMemoryBound(to: Float.self), d, Int32(rank), pd, mode.rawValue, value,
+        out.assumingMemoryBound(to: Float.self))
+    }
+  }
+}

@@ -1,0 +1,64 @@
+import CDNNL
+import Foundation
+
+/// The process-wide oneDNN CPU engine and stream, and the thread count the kernels use.
+/// oneDNN here runs on the OpenMP runtime, so the thread count is OpenMP's.
+public final class Engine: @unchecked Sendable {
+  public static let shared = Engine()
+
+  let engine: dnnl_engine_t
+  let stream: dnnl_stream_t
+  private let lock = NSLock()
+  private var threadCount: Int
+
+  private init() {
+    var e: dnnl_engine_t?
+    guard dnnl_engine_create(&e, dnnl_cpu, 0) == dnnl_success, let e else {
+      fatalError("oneDNN: cannot create the CPU engine")
+    }
+    var s: dnnl_stream_t?
+    guard dnnl_stream_create(&s, e, UInt32(dnnl_stream_default_flags.rawValue)) == dnnl_success, let s else {
+      fatalError("oneDNN: cannot create a stream")
+    }
+    engine = e
+    stream = s
+    threadCount = Int(omp_get_max_threads())
+  }
+
+  /// Cores available to this process.
+  public static var availableCores: Int { ProcessInfo.processInfo.activeProcessorCount }
+
+  /// The number of threads kernels use. Defaults to every core.
+  public var threads: Int {
+    lock.lock()
+    defer { lock.unlock() }
+    return threadCount
+  }
+
+  /// Sets the kernel thread count; throws for a count below 1 or absurdly above the cores.
+  public func setThreads(_ n: Int) throws {
+    guard n >= 1, n <= 4096 else {
+      throw TensorError.invalidArgument(
+        "thread count must be between 1 and 4096 (this machine has \(Self.availableCores) cores), found \(n)")
+    }
+    lock.lock()
+    defer { lock.unlock() }
+    omp_set_num_threads(Int32(n))
+    threadCount = n
+  }
+
+  /// oneDNN's version string, for reports.
+  public static var backendVersion: String {
+    guard let v = dnnl_version() else { return "oneDNN unknown" }
+    return "oneDNN \(v.pointee.major).\(v.pointee.minor).\(v.pointee.patch)"
+  }
+
+  func wait() { dnnl_stream_wait(stream) }
+}
+
+@inline(__always)
+func check(_ status: dnnl_status_t, _ operation: @autoclosure () -> String, detail: @autoclosure () -> String = "") throws {
+  if status != dnnl_success {
+    throw TensorError.backend(operation: operation(), status: Int32(status.rawValue), detail: detail())
+  }
+}

@@ -1,0 +1,200 @@
+/// VeilTensor: tensors and the numerical backend.
+///
+/// Owns `Tensor` (float32, logical NCHW at the API), aligned storage, and the compute backend:
+/// oneDNN 2.6 behind the `ComputeBackend` seam (engine, stream, primitive cache, layouts,
+/// kernels), plus the few plain-layout kernels oneDNN lacks. It knows nothing of graphs, file
+/// formats or models, and must not import any other Veil module. Callers describe *what* to
+/// compute (a convolution with these attributes and this post-op chain); which library
+/// computes it, and in which memory layout, stays in here.
+import CDNNL
+import Foundation
+
+/// Aligned, owned float32 storage. A class because it owns memory; shared between tensor
+/// values, so writers copy first (`Tensor.withUnsafeMutableBuffer` does that).
+public final class TensorStorage: @unchecked Sendable {
+  public let count: Int
+  public let pointer: UnsafeMutablePointer<Float>
+
+  public init(count: Int) {
+    self.count = count
+    var raw: UnsafeMutableRawPointer?
+    let bytes = max(count, 1) * MemoryLayout<Float>.stride
+    guard posix_memalign(&raw, 64, bytes) == 0, let raw else {
+      fatalError("out of memory allocating \(bytes) bytes")
+    }
+    pointer = raw.bindMemory(to: Float.self, capacity: max(count, 1))
+  }
+
+  deinit { free(pointer) }
+}
+
+/// A dense float32 tensor in plain row-major (NCHW for images) layout.
+public struct Tensor: Sendable {
+  public let shape: [Int]
+  public private(set) var storage: TensorStorage
+
+  public var count: Int { shape.reduce(1, *) }
+  public var rank: Int { shape.count }
+
+  /// A zero-filled tensor.
+  public init(zeros shape: [Int]) {
+    self.shape = shape
+    let n = shape.reduce(1, *)
+    storage = TensorStorage(count: n)
+    storage.pointer.initialize(repeating: 0, count: n)
+  }
+
+  public init(shape: [Int], repeating value: Float) {
+    self.shape = shape
+    let n = shape.reduce(1, *)
+    storage = TensorStorage(count: n)
+    storage.pointer.initialize(repeating: value, count: n)
+  }
+
+  public init(shape: [Int], storage: TensorStorage) {
+    precondition(storage.count >= shape.reduce(1, *), "storage smaller than shape")
+    self.shape = shape
+    self.storage = storage
+  }
+
+  /// A tensor holding `values` (row-major). Throws when the count does not match the shape.
+  public init(shape: [Int], values: [Float]) throws {
+    let n = shape.reduce(1, *)
+    guard values.count == n else {
+      throw TensorError.shapeMismatch(
+        what: "tensor values", expected: "\(n) values for shape \(shape)", found: "\(values.count)")
+    }
+    self.shape = shape
+    storage = TensorStorage(count: n)
+    values.withUnsafeBufferPointer { storage.pointer.update(from: $0.baseAddress!, count: n) }
+  }
+
+  /// A tensor filled by a closure that receives the whole buffer once.
+  public init(shape: [Int], fill: (UnsafeMutableBufferPointer<Float>) -> Void) {
+    self.shape = shape
+    let n = shape.reduce(1, *)
+    storage = TensorStorage(count: n)
+    storage.pointer.initialize(repeating: 0, count: n)
+    fill(UnsafeMutableBufferPointer(start: storage.pointer, count: n))
+  }
+
+  public var scalars: [Float] {
+    Array(UnsafeBufferPointer(start: storage.pointer, count: count))
+  }
+
+  public func withUnsafeBuffer<R>(_ body: (UnsafeBufferPointer<Float>) throws -> R) rethrows -> R {
+    try body(UnsafeBufferPointer(start: storage.pointer, count: count))
+  }
+
+  public mutating func withUnsafeMutableBuffer<R>(
+    _ body: (UnsafeMutableBufferPointer<Float>) throws -> R
+  ) rethrows -> R {
+    if !isKnownUniquelyReferenced(&storage) {
+      let copy = TensorStorage(count: count)
+      copy.pointer.update(from: storage.pointer, count: count)
+      storage = copy
+    }
+    return try body(UnsafeMutableBufferPointer(start: storage.pointer, count: count))
+  }
+
+  /// The same elements under another shape with the same element count.
+  public func reshaped(_ newShape: [Int]) throws -> Tensor {
+    guard newShape.reduce(1, *) == count else {
+      throw TensorError.shapeMismatch(
+        what: "reshape", expected: "\(count) elements", found: "\(newShape) (\(newShape.reduce(1, *)))")
+    }
+    return Tensor(shape: newShape, storage: storage)
+  }
+
+  /// Slice `index` of the first axis (a single batch item), as a tensor of rank − 1... kept
+  /// at the same rank with a leading 1, which is what the models expect.
+  public func batchItem(_ index: Int) -> Tensor {
+    let per = count / max(shape[0], 1)
+    var s = shape
+    s[0] = 1
+    return Tensor(shape: s) { buf in
+      buf.baseAddress!.update(from: storage.pointer + index * per, count: per)
+    }
+  }
+
+  /// Stacks tensors of equal shape [1, ...] (or [...]) along a new or existing batch axis.
+  public static func concatenateBatch(_ items: [Tensor]) throws -> Tensor {
+    guard let first = items.first else {
+      throw TensorError.invalidArgument("cannot stack an empty list of tensors")
+    }
+    for (i, t) in items.enumerated() where t.shape != first.shape {
+      throw TensorError.shapeMismatch(
+        what: "batch item \(i)", expected: "\(first.shape)", found: "\(t.shape)")
+    }
+    var shape = first.shape
+    shape[0] *= items.count
+    let per = first.count
+    return Tensor(shape: shape) { buf in
+      for (i, t) in items.enumerated() {
+        (buf.baseAddress! + i * per).update(from: t.storage.pointer, count: per)
+      }
+    }
+  }
+}
+
+/// Deterministic random numbers (SplitMix64 seeding a xoshiro256**), so seeded initialisation
+/// gives the same weights on every machine.
+public struct SeededGenerator: RandomNumberGenerator, Sendable {
+  private var s: (UInt64, UInt64, UInt64, UInt64)
+
+  public init(seed: UInt64) {
+    var x = seed
+    func next() -> UInt64 {
+      x &+= 0x9E37_79B9_7F4A_7C15
+      var z = x
+      z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
+      z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
+      return z ^ (z >> 31)
+    }
+    s = (next(), next(), next(), next())
+  }
+
+  public mutating func next() -> UInt64 {
+    let result = ((s.1 &* 5) << 7 | (s.1 &* 5) >> 57) &* 9
+    let t = s.1 << 17
+    s.2 ^= s.0
+    s.3 ^= s.1
+    s.1 ^= s.2
+    s.0 ^= s.3
+    s.2 ^= t
+    s.3 = (s.3 << 45) | (s.3 >> 19)
+    return result
+  }
+
+  /// Uniform in [0, 1).
+  public mutating func nextUniform() -> Float {
+    Float(next() >> 40) * (1.0 / Float(1 << 24))
+  }
+
+  /// Standard normal (Box–Muller).
+  public mutating func nextNormal() -> Float {
+    let u1 = max(nextUniform(), 1e-7)
+    let u2 = nextUniform()
+    return (-2 * logf(u1)).squareRoot() * cosf(2 * Float.pi * u2)
+  }
+}
+
+extension Tensor {
+  /// Normal(mean, std) entries from a seeded generator.
+  public static func randomNormal(
+    shape: [Int], mean: Float = 0, std: Float = 1, generator: inout SeededGenerator
+  ) -> Tensor {
+    Tensor(shape: shape) { buf in
+      for i in 0..<buf.count { buf[i] = mean + std * generator.nextNormal() }
+    }
+  }
+
+  /// Uniform[low, high) entries from a seeded generator.
+  public static func randomUniform(
+    shape: [Int], low: Float, high: Float, generator: inout SeededGenerator
+  ) -> Tensor {
+    Tensor(shape: shape) { buf in
+      for i in 0..<buf.count { buf[i] = low + (high - low) * generator.nextUniform() }
+    }
+  }
+}
