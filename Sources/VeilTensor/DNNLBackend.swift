@@ -230,11 +230,10 @@ public final class DNNLBackend: ComputeBackend, @unchecked Sendable {
 
   /// Copies a constant tensor from its user layout into the layout a primitive chose.
   func reorderConstant(_ t: Tensor, from user: Layout, to target: Layout) throws -> TensorStorage {
+    // Tensors never change once built (copy-on-write), so a weight already in the wanted
+    // layout is shared rather than copied.
+    if user == target { return t.storage }
     let out = TensorStorage(count: target.byteCount / 4)
-    if user == target {
-      out.pointer.update(from: t.storage.pointer, count: t.count)
-      return out
-    }
     let k = try reorder(from: user, to: target)
     try k.run(inputs: [UnsafeMutableRawPointer(t.storage.pointer)], output: UnsafeMutableRawPointer(out.pointer))
     engine.wait()
@@ -540,7 +539,9 @@ public final class DNNLBackend: ComputeBackend, @unchecked Sendable {
     }
     let entry = try cache.entry("ip|\(inputDims)|\(weights.shape)|\(bias != nil)", operation: "Gemm") {
       var src = Layout.plain(inputDims).md
-      var wei = Layout.any(weights.shape)
+      // Plain [out, in] weights: oneDNN runs them through its GEMM at full speed, and the
+      // (often huge) classifier matrix is then shared with the graph instead of copied.
+      var wei = Layout.plain(weights.shape).md
       var b = Layout.plain([oc]).md
       var dst = Layout.plain([inputDims[0], oc]).md
       var desc = dnnl_inner_product_desc_t()

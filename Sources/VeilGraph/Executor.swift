@@ -1,0 +1,548 @@
+import Foundation
+import VeilTensor
+
+public struct ExecutorOptions: Sendable {
+  /// Run the inference passes first (identity removal, BatchNorm folding, post-op fusion).
+  public var optimize: Bool
+  /// Names of values to keep readable after a run (feature maps at cut points), besides the
+  /// graph outputs. Their buffers are never reused.
+  public var retain: [String]
+
+  public init(optimize: Bool = true, retain: [String] = []) {
+    self.optimize = optimize
+    self.retain = retain
+  }
+}
+
+/// Time spent in one step of a run (a node's kernel, or a layout reorder the executor added).
+public struct StepTiming: Sendable {
+  public var node: String
+  public var op: String
+  public var seconds: Double
+}
+
+/// A graph compiled for fixed input shapes: one backend kernel per node (plus the layout
+/// reorders between them), and one arena of activation memory laid out by liveness.
+///
+/// Layouts: each kernel states the layout it wants for its inputs; the executor keeps each
+/// value in the layout its producer wrote, and inserts a reorder only where a reader needs
+/// another (so consecutive convolutions stay in the backend's blocked layout).
+/// Memory: every intermediate buffer lives from the step that writes it to the last step that
+/// reads it; buffers whose lifetimes do not overlap share arena space, and element-wise ops
+/// and residual sums run in place when their input dies at that step.
+/// A run is serialized by a lock: one executor runs one request at a time.
+public final class Executor: @unchecked Sendable {
+  /// The graph as compiled (after passes, shapes inferred). Weights the kernels copied into
+  /// their own layouts are dropped from it, so they are held once.
+  public private(set) var graph: Graph
+  public let backend: ComputeBackend
+  /// Bytes of the activation arena: the peak of live intermediate tensors.
+  public let peakActivationBytes: Int
+  /// What the activations would take without reuse.
+  public let unplannedActivationBytes: Int
+  /// Bytes of constants owned by kernels (weights in the backend's layouts) and the executor.
+  public let constantBytes: Int
+  /// Number of layout reorders inserted between nodes.
+  public let reorderCount: Int
+
+  struct Step {
+    var kernel: Kernel
+    var node: String
+    var op: String
+    var inputs: [Int]
+    var output: Int
+  }
+
+  enum BufferKind {
+    case arena
+    case constant(TensorStorage)
+  }
+
+  struct Buffer {
+    var bytes: Int
+    var kind: BufferKind
+    var first: Int
+    var last: Int
+    var offset = 0
+  }
+
+  private var steps: [Step] = []
+  private var buffers: [Buffer] = []
+  private let inputBuffers: [Int]
+  private let outputBuffers: [(buffer: Int, shape: [Int])]
+  private let retainedBuffers: [String: (buffer: Int, shape: [Int])]
+  private var arena: TensorStorage
+  private var stepInputs: [[UnsafeMutableRawPointer]] = []
+  private var stepOutputs: [UnsafeMutableRawPointer] = []
+  private let lock = NSLock()
+
+  /// Compiles `source`. Pass a graph you no longer need (a temporary) to let weights be freed
+  /// as their kernels take them, which keeps peak memory near one copy of the weights.
+  public init(graph source: consuming Graph, backend: ComputeBackend = DNNLBackend.shared, options: ExecutorOptions = .init()) throws {
+    var g = consume source
+    if options.optimize {
+      try g.optimizeForInference()
+    } else {
+      try g.sortTopologically()
+      try g.inferShapes()
+    }
+    self.backend = backend
+    let retainIDs = try options.retain.map { name -> ValueID in
+      guard let v = g.value(named: name) else {
+        throw GraphError.unknownValue("\(name) (no value of that name in '\(g.name)')")
+      }
+      return v
+    }
+    var compiler = Compiler(graph: consume g, backend: backend)
+    try compiler.compile(retain: retainIDs)
+    graph = compiler.graph
+    steps = compiler.steps
+    buffers = compiler.buffers
+    inputBuffers = compiler.inputBuffers
+    outputBuffers = compiler.outputBuffers
+    retainedBuffers = compiler.retained
+    reorderCount = compiler.reorders
+    constantBytes = compiler.steps.reduce(0) { $0 + $1.kernel.constantBytes } + compiler.constantBufferBytes
+    unplannedActivationBytes = buffers.reduce(0) { if case .arena = $1.kind { return $0 + $1.bytes } else { return $0 } }
+    peakActivationBytes = Executor.planArena(&buffers)
+    arena = TensorStorage(count: (peakActivationBytes + 3) / 4)
+    bindPointers()
+  }
+
+  /// Places arena buffers at offsets so that buffers alive at the same time never overlap:
+  /// largest first, each at the lowest offset free during its whole lifetime. Returns the size.
+  static func planArena(_ buffers: inout [Buffer]) -> Int {
+    let order = buffers.indices.filter {
+      if case .arena = buffers[$0].kind { return true } else { return false }
+    }.sorted { buffers[$0].bytes > buffers[$1].bytes || (buffers[$0].bytes == buffers[$1].bytes && $0 < $1) }
+    var placed: [Int] = []
+    var total = 0
+    for i in order {
+      let b = buffers[i]
+      let size = (b.bytes + 63) & ~63
+      let overlapping = placed.filter { buffers[$0].first <= b.last && b.first <= buffers[$0].last }
+        .map { (buffers[$0].offset, buffers[$0].offset + ((buffers[$0].bytes + 63) & ~63)) }
+        .sorted { $0.0 < $1.0 }
+      var offset = 0
+      for (start, end) in overlapping {
+        if offset + size <= start { break }
+        offset = max(offset, end)
+      }
+      buffers[i].offset = offset
+      total = max(total, offset + size)
+      placed.append(i)
+    }
+    return total
+  }
+
+  private func pointer(_ buffer: Int) -> UnsafeMutableRawPointer {
+    switch buffers[buffer].kind {
+    case .arena: return UnsafeMutableRawPointer(arena.pointer) + buffers[buffer].offset
+    case .constant(let s): return UnsafeMutableRawPointer(s.pointer)
+    }
+  }
+
+  private func bindPointers() {
+    stepInputs = steps.map { $0.inputs.map(pointer) }
+    stepOutputs = steps.map { pointer($0.output) }
+  }
+
+  /// Runs the graph. Inputs in `graph.inputs` order, plain NCHW; outputs in `graph.outputs`
+  /// order, plain.
+  public func run(_ inputs: [Tensor]) throws -> [Tensor] {
+    try run(inputs, timings: nil).outputs
+  }
+
+  /// Runs the graph and also returns the retained values (see `ExecutorOptions.retain`).
+  public func runRetaining(_ inputs: [Tensor]) throws -> (outputs: [Tensor], retained: [String: Tensor]) {
+    let r = try run(inputs, timings: nil)
+    return (r.outputs, r.retained)
+  }
+
+  /// Runs the graph, timing every step.
+  public func profile(_ inputs: [Tensor]) throws -> (outputs: [Tensor], steps: [StepTiming]) {
+    var t: [StepTiming] = []
+    let r = try run(inputs, timings: &t)
+    return (r.outputs, t)
+  }
+
+  private func run(_ inputs: [Tensor], timings: UnsafeMutablePointer<[StepTiming]>?) throws
+    -> (outputs: [Tensor], retained: [String: Tensor])
+  {
+    lock.lock()
+    defer { lock.unlock() }
+    guard inputs.count == inputBuffers.count else {
+      throw GraphError.inputMismatch(
+        input: graph.name, expected: "\(inputBuffers.count) input tensor(s)", found: "\(inputs.count)")
+    }
+    for (i, t) in inputs.enumerated() {
+      let v = graph.inputs[i]
+      let expected = graph.shape(v) ?? []
+      guard t.shape == expected else {
+        throw GraphError.inputMismatch(
+          input: graph[v].name, expected: "shape \(expected)", found: "shape \(t.shape)")
+      }
+      pointer(inputBuffers[i]).copyMemory(from: t.storage.pointer, byteCount: t.count * 4)
+    }
+    if let timings {
+      timings.pointee.reserveCapacity(steps.count)
+      for (i, s) in steps.enumerated() {
+        let t0 = DispatchTime.now().uptimeNanoseconds
+        try s.kernel.run(inputs: stepInputs[i], output: stepOutputs[i])
+        let t1 = DispatchTime.now().uptimeNanoseconds
+        timings.pointee.append(StepTiming(node: s.node, op: s.op, seconds: Double(t1 - t0) / 1e9))
+      }
+    } else {
+      for i in steps.indices {
+        try steps[i].kernel.run(inputs: stepInputs[i], output: stepOutputs[i])
+      }
+    }
+    func read(_ b: Int, _ shape: [Int]) -> Tensor {
+      let src = pointer(b)
+      return Tensor(shape: shape) { buf in
+        UnsafeMutableRawPointer(buf.baseAddress!).copyMemory(from: src, byteCount: buf.count * 4)
+      }
+    }
+    let outs = outputBuffers.map { read($0.buffer, $0.shape) }
+    var kept: [String: Tensor] = [:]
+    for (name, r) in retainedBuffers { kept[name] = read(r.buffer, r.shape) }
+    return (outs, kept)
+  }
+
+  /// One line per step: node, op, kernel, layout out. For `veil inspect` and debugging.
+  public var stepDescriptions: [String] {
+    steps.map { "\($0.node) [\($0.op)] \($0.kernel.name) → \($0.kernel.outputLayout)" }
+  }
+
+  public var stepCount: Int { steps.count }
+}
+
+/// Turns a graph into steps and buffers. Kept apart from `Executor` so the executor holds only
+/// what a run needs.
+struct Compiler {
+  var graph: Graph
+  let backend: ComputeBackend
+  var steps: [Executor.Step] = []
+  var buffers: [Executor.Buffer] = []
+  var inputBuffers: [Int] = []
+  var outputBuffers: [(buffer: Int, shape: [Int])] = []
+  var retained: [String: (buffer: Int, shape: [Int])] = [:]
+  var reorders = 0
+  var constantBufferBytes = 0
+
+  /// Where a value lives now and in which layout; a value may also exist in other layouts
+  /// after reorders, kept in `converted`.
+  struct Placement {
+    var buffer: Int
+    var layout: Layout
+  }
+  var placement: [ValueID: Placement] = [:]
+  var converted: [ValueID: [Placement]] = [:]
+
+  var readers: [ValueID: Int] = [:]
+
+  init(graph: consuming Graph, backend: ComputeBackend) {
+    self.graph = graph
+    self.backend = backend
+    for n in self.graph.nodes { for v in n.inputs { readers[v, default: 0] += 1 } }
+  }
+
+  mutating func newBuffer(_ bytes: Int) -> Int {
+    buffers.append(.init(bytes: bytes, kind: .arena, first: steps.count, last: steps.count))
+    return buffers.count - 1
+  }
+
+  mutating func use(_ buffer: Int) {
+    buffers[buffer].last = max(buffers[buffer].last, steps.count)
+  }
+
+  func shape(_ v: ValueID) -> [Int] { graph.shape(v) ?? [] }
+
+  /// The placement of runtime value `v` in `layout`, adding a reorder (or, for a constant,
+  /// converting once now) when it is held in another layout.
+  mutating func ensure(_ v: ValueID, _ layout: Layout, node: String) throws -> Int {
+    if placement[v] == nil, let t = graph.initializers[v] {
+      let s = TensorStorage(count: t.count)
+      s.pointer.update(from: t.storage.pointer, count: t.count)
+      buffers.append(.init(bytes: t.count * 4, kind: .constant(s), first: 0, last: 0))
+      constantBufferBytes += t.count * 4
+      placement[v] = Placement(buffer: buffers.count - 1, layout: .plain(t.shape))
+    }
+    guard let p = placement[v] else {
+      throw GraphError.invalidGraph("node '\(node)' reads '\(graph[v].name)' before it is computed")
+    }
+    if p.layout == layout {
+      use(p.buffer)
+      return p.buffer
+    }
+    if let c = converted[v]?.first(where: { $0.layout == layout }) {
+      use(c.buffer)
+      return c.buffer
+    }
+    let k = try wrap(node: node, op: "reorder") { try backend.reorder(from: p.layout, to: layout) }
+    if case .constant = buffers[p.buffer].kind {
+      let s = TensorStorage(count: (layout.byteCount + 3) / 4)
+      try k.run(inputs: [UnsafeMutableRawPointer(constantPointer(p.buffer))], output: UnsafeMutableRawPointer(s.pointer))
+      buffers.append(.init(bytes: layout.byteCount, kind: .constant(s), first: 0, last: 0))
+      constantBufferBytes += layout.byteCount
+      converted[v, default: []].append(Placement(buffer: buffers.count - 1, layout: layout))
+      return buffers.count - 1
+    }
+    use(p.buffer)
+    let out = newBuffer(layout.byteCount)
+    steps.append(.init(kernel: k, node: node, op: "Reorder", inputs: [p.buffer], output: out))
+    reorders += 1
+    converted[v, default: []].append(Placement(buffer: out, layout: layout))
+    return out
+  }
+
+  func constantPointer(_ b: Int) -> UnsafeMutablePointer<Float> {
+    if case .constant(let s) = buffers[b].kind { return s.pointer }
+    fatalError("not a constant buffer")
+  }
+
+  func wrap<T>(node: String, op: String, _ body: () throws -> T) throws -> T {
+    do { return try body() } catch let e as TensorError {
+      throw GraphError.unsupported(node: node, op: op, detail: e.description)
+    }
+  }
+
+  /// Adds the step computing `n` with `kernel`, reading `ins` (runtime values) in the layouts
+  /// the kernel asks for.
+  mutating func emit(_ n: Node, _ kernel: Kernel, _ ins: [ValueID]) throws {
+    var inBufs: [Int] = []
+    for (i, v) in ins.enumerated() { inBufs.append(try ensure(v, kernel.inputLayouts[i], node: n.name)) }
+    let out = newBuffer(kernel.outputLayout.byteCount)
+    steps.append(.init(kernel: kernel, node: n.name, op: n.op.typeName, inputs: inBufs, output: out))
+    placement[n.outputs[0]] = Placement(buffer: out, layout: kernel.outputLayout)
+  }
+
+  /// Drops a weight from the graph once a kernel holds it, unless another node still reads it.
+  mutating func release(_ v: ValueID) {
+    if readers[v, default: 0] <= 1 { graph.initializers[v] = nil } else { readers[v, default: 0] -= 1 }
+  }
+
+  func constant(_ v: ValueID, node: Node, role: String) throws -> Tensor {
+    guard let t = graph.initializers[v] else {
+      throw GraphError.unsupported(node: node.name, op: node.op.typeName, detail: "\(role) '\(graph[v].name)' must be a constant (initializer)")
+    }
+    return t
+  }
+
+  mutating func compile(retain: [ValueID]) throws {
+    for v in graph.inputs {
+      let s = shape(v)
+      let b = newBuffer(s.reduce(1, *) * 4)
+      buffers[b].first = 0
+      inputBuffers.append(b)
+      placement[v] = Placement(buffer: b, layout: .plain(s))
+    }
+    for n in graph.nodes { try compileNode(n) }
+    // Graph outputs and retained values end in plain layout and stay alive to the end.
+    let end = steps.count + 1
+    for v in graph.outputs {
+      let b = try ensure(v, .plain(shape(v)), node: "output '\(graph[v].name)'")
+      outputBuffers.append((b, shape(v)))
+    }
+    for v in retain {
+      let b = try ensure(v, .plain(shape(v)), node: "retained '\(graph[v].name)'")
+      retained[graph[v].name] = (b, shape(v))
+    }
+    for (b, _) in outputBuffers { buffers[b].last = end }
+    for (_, r) in retained { buffers[r.buffer].last = end }
+    mergeInPlace()
+  }
+
+  /// Lets a step write over its in-place input when that input's buffer dies at the step.
+  mutating func mergeInPlace() {
+    var redirect = Array(buffers.indices)
+    func root(_ b: Int) -> Int {
+      var b = b
+      while redirect[b] != b { b = redirect[b] }
+      return b
+    }
+    let pinned = Set(inputBuffers)
+    for s in steps.indices {
+      guard let i = steps[s].kernel.inPlaceInput else { continue }
+      let src = root(steps[s].inputs[i])
+      let dst = root(steps[s].output)
+      guard src != dst, !pinned.contains(src), case .arena = buffers[src].kind, buffers[src].last == s,
+        buffers[src].bytes == buffers[dst].bytes, steps[s].kernel.inputLayouts[i] == steps[s].kernel.outputLayout,
+        steps[s].inputs.filter({ root($0) == src }).count == 1
+      else { continue }
+      redirect[dst] = src
+      buffers[src].last = buffers[dst].last
+      buffers[dst].bytes = 0
+    }
+    for s in steps.indices {
+      steps[s].inputs = steps[s].inputs.map(root)
+      steps[s].output = root(steps[s].output)
+    }
+    inputBuffers = inputBuffers.map(root)
+    outputBuffers = outputBuffers.map { (root($0.buffer), $0.shape) }
+    for (k, r) in retained { retained[k] = (root(r.buffer), r.shape) }
+    // Merged-away buffers take no space.
+    for b in buffers.indices where root(b) != b { buffers[b].first = 0; buffers[b].last = 0 }
+  }
+
+  mutating func compileNode(_ n: Node) throws {
+    let out = shape(n.outputs[0])
+    let x = n.inputs[0]
+    let xs = shape(x)
+    func layoutOf(_ v: ValueID) -> Layout {
+      if let p = placement[v] { return p.layout }
+      return .plain(shape(v))
+    }
+    switch n.op {
+    case .conv(let a), .convTranspose(let a):
+      var transposed = false
+      if case .convTranspose = n.op { transposed = true }
+      let w = try constant(n.inputs[1], node: n, role: "weights")
+      let b = n.opInputs.count > 2 ? try constant(n.inputs[2], node: n, role: "bias") : nil
+      let spec = ConvolutionSpec(
+        strides: a.strides, dilations: a.dilations, padsBegin: a.padsBegin,
+        padsEnd: transposed ? zip(a.padsEnd, a.outputPadding).map { $0 - $1 } : a.padsEnd,
+        groups: a.groups, transposed: transposed)
+      let k = try wrap(node: n.name, op: n.op.typeName) {
+        try backend.convolution(spec, inputDims: xs, weights: w, bias: b, postOps: n.postOps, outputDims: out)
+      }
+      // The kernel holds the weights in its own layout now; drop the graph's copy.
+      release(n.inputs[1])
+      if n.opInputs.count > 2 { release(n.inputs[2]) }
+      try emit(n, k, n.residual.map { [x, $0] } ?? [x])
+    case .batchNormalization(let eps):
+      let p = try (1...4).map { try constant(n.inputs[$0], node: n, role: "parameter") }
+      let k = try wrap(node: n.name, op: n.op.typeName) {
+        try backend.batchNormalization(input: layoutOf(x), scale: p[0], bias: p[1], mean: p[2], variance: p[3], epsilon: eps)
+      }
+      try emit(n, k, [x])
+    case .activation(let a):
+      let k = try wrap(node: n.name, op: n.op.typeName) { try backend.activation(a, input: layoutOf(x)) }
+      try emit(n, k, [x])
+    case .maxPool(let p), .averagePool(let p):
+      var padsEnd = p.padsEnd
+      for i in p.kernel.indices {
+        // oneDNN floors; widen the end padding so it yields the ceil-mode extent.
+        let need = (out[i + 2] - 1) * p.strides[i] + p.kernel[i] - xs[i + 2] - p.padsBegin[i]
+        padsEnd[i] = max(padsEnd[i], need)
+      }
+      let kind: PoolingKind
+      if case .maxPool = n.op { kind = .max } else { kind = .average(countIncludePad: p.countIncludePad) }
+      let spec = PoolingSpec(kind: kind, kernel: p.kernel, strides: p.strides, padsBegin: p.padsBegin, padsEnd: padsEnd)
+      let k = try wrap(node: n.name, op: n.op.typeName) { try backend.pooling(spec, input: layoutOf(x), outputDims: out) }
+      try emit(n, k, [x])
+    case .globalAveragePool:
+      let sp = Array(xs.dropFirst(2))
+      let spec = PoolingSpec(
+        kind: .average(countIncludePad: false), kernel: sp, strides: sp.map { _ in 1 },
+        padsBegin: sp.map { _ in 0 }, padsEnd: sp.map { _ in 0 })
+      let k = try wrap(node: n.name, op: n.op.typeName) { try backend.pooling(spec, input: layoutOf(x), outputDims: out) }
+      try emit(n, k, [x])
+    case .binary(let kind):
+      var a = n.inputs[0]
+      var b = n.inputs[1]
+      if shape(a) != out, shape(b) == out, kind == .add || kind == .mul { swap(&a, &b) }
+      let sa = shape(a)
+      let sb = shape(b)
+      if sa == out, sb.count == sa.count {
+        let la = layoutOf(a)
+        var lb = layoutOf(b)
+        if sb == sa { lb = la }  // same dims: read both in one layout
+        else if !lb.isPlain { lb = .plain(sb) }
+        if let k = try? backend.binary(kind, a: la, b: lb, outputDims: out) {
+          try emit(n, k, [a, b])
+          return
+        }
+      }
+      let k = try wrap(node: n.name, op: n.op.typeName) {
+        try backend.binary(kind, a: .plain(shape(n.inputs[0])), b: .plain(shape(n.inputs[1])), outputDims: out)
+      }
+      try emit(n, k, [n.inputs[0], n.inputs[1]])
+    case .concat(let axis):
+      let ax = axis < 0 ? axis + xs.count : axis
+      let ls = n.inputs.map(layoutOf)
+      if let k = try? backend.concat(axis: ax, inputs: ls) {
+        try emit(n, k, n.inputs)
+      } else {
+        let k = try wrap(node: n.name, op: n.op.typeName) {
+          try backend.concat(axis: ax, inputs: n.inputs.map { .plain(shape($0)) })
+        }
+        try emit(n, k, n.inputs)
+      }
+    case .gemm(let g):
+      guard !g.transA else {
+        throw GraphError.unsupported(node: n.name, op: "Gemm", detail: "transA = 1 (transpose A with a Transpose node first)")
+      }
+      var w = try constant(n.inputs[1], node: n, role: "B")
+      release(n.inputs[1])
+      if !g.transB { w = transposed2D(w) }
+      if g.alpha != 1 { w = scaled(w, g.alpha) }
+      var bias: Tensor? = nil
+      if n.inputs.count > 2 {
+        let c = try constant(n.inputs[2], node: n, role: "C")
+        guard c.count == out[1] else {
+          throw GraphError.unsupported(node: n.name, op: "Gemm", detail: "C of shape \(c.shape) (only a bias of [\(out[1])] or [1, \(out[1])])")
+        }
+        release(n.inputs[2])
+        bias = try (g.beta == 1 ? c : scaled(c, g.beta)).reshaped([out[1]])
+      }
+      let wt = w
+      let bt = bias
+      let k = try wrap(node: n.name, op: "Gemm") { try backend.innerProduct(inputDims: xs, weights: wt, bias: bt) }
+      try emit(n, k, [x])
+    case .matMul:
+      let bShape = shape(n.inputs[1])
+      if xs.count == 2, bShape.count == 2, let bw = graph.initializers[n.inputs[1]] {
+        let w = transposed2D(bw)
+        let k = try wrap(node: n.name, op: "MatMul") { try backend.innerProduct(inputDims: xs, weights: w, bias: nil) }
+        release(n.inputs[1])
+        try emit(n, k, [x])
+      } else {
+        guard xs.count >= 2, bShape.count >= 2 else {
+          throw GraphError.unsupported(node: n.name, op: "MatMul", detail: "1-D operands \(xs) × \(bShape)")
+        }
+        let k = try wrap(node: n.name, op: "MatMul") { try backend.matmul(a: xs, b: bShape, outputDims: out) }
+        try emit(n, k, [x, n.inputs[1]])
+      }
+    case .flatten, .reshape, .identity, .dropout:
+      // Same bytes under another name or shape: share the buffer, in plain layout.
+      if graph.initializers[x] != nil {
+        graph.initializers[n.outputs[0]] = try graph.initializers[x]!.reshaped(out)
+        return
+      }
+      let b = try ensure(x, .plain(xs), node: n.name)
+      placement[n.outputs[0]] = Placement(buffer: b, layout: .plain(out))
+    case .transpose(let perm):
+      let k = try wrap(node: n.name, op: "Transpose") { try backend.transpose(permutation: perm, inputDims: xs) }
+      try emit(n, k, [x])
+    case .pad(let mode, let pads, let value):
+      let k = try wrap(node: n.name, op: "Pad") { try backend.pad(mode: mode, value: value, pads: pads, inputDims: xs) }
+      try emit(n, k, [x])
+    case .resize(let kind, _, _):
+      guard xs.count >= 3, out[0] == xs[0], out[1] == xs[1] else {
+        throw GraphError.unsupported(node: n.name, op: "Resize", detail: "resizing batch or channel axes (\(xs) → \(out))")
+      }
+      let k = try wrap(node: n.name, op: "Resize") { try backend.resize(kind, input: layoutOf(x), outputDims: out) }
+      try emit(n, k, [x])
+    case .softmax(let axis):
+      let ax = axis < 0 ? axis + xs.count : axis
+      let k = try wrap(node: n.name, op: "Softmax") { try backend.softmax(axis: ax, input: .plain(xs)) }
+      try emit(n, k, [x])
+    }
+  }
+
+  func transposed2D(_ t: Tensor) -> Tensor {
+    let r = t.shape[0]
+    let c = t.shape[1]
+    return Tensor(shape: [c, r]) { out in
+      let src = t.storage.pointer
+      for i in 0..<r { for j in 0..<c { out[j * r + i] = src[i * c + j] } }
+    }
+  }
+
+  func scaled(_ t: Tensor, _ s: Float) -> Tensor {
+    Tensor(shape: t.shape) { out in
+      for i in 0..<t.count { out[i] = t.storage.pointer[i] * s }
+    }
+  }
+}

@@ -1,0 +1,115 @@
+import Foundation
+import XCTest
+
+import VeilGraph
+import VeilTensor
+
+/// Executor behaviour that needs no reference runtime: memory planning, in-place reuse,
+/// errors. Numerical agreement with ONNX Runtime is in OpTests.
+final class ExecutorTests: XCTestCase {
+  /// A direct convolution in plain loops, for a hand check of the oneDNN path.
+  func naiveConv(_ x: Tensor, _ w: Tensor, _ b: Tensor, pad: Int) -> Tensor {
+    let (n, c, h, wd) = (x.shape[0], x.shape[1], x.shape[2], x.shape[3])
+    let (o, k) = (w.shape[0], w.shape[2])
+    let oh = h + 2 * pad - k + 1
+    let ow = wd + 2 * pad - k + 1
+    return Tensor(shape: [n, o, oh, ow]) { out in
+      let xp = x.storage.pointer
+      let wp = w.storage.pointer
+      for ni in 0..<n {
+        for oi in 0..<o {
+          for y in 0..<oh {
+            for xx in 0..<ow {
+              var s = b.storage.pointer[oi]
+              for ci in 0..<c {
+                for ky in 0..<k {
+                  for kx in 0..<k {
+                    let iy = y + ky - pad
+                    let ix = xx + kx - pad
+                    if iy < 0 || iy >= h || ix < 0 || ix >= wd { continue }
+                    s += xp[((ni * c + ci) * h + iy) * wd + ix] * wp[((oi * c + ci) * k + ky) * k + kx]
+                  }
+                }
+              }
+              out[((ni * o + oi) * oh + y) * ow + xx] = s
+            }
+          }
+        }
+      }
+    }
+  }
+
+  func testConvReluMatchesNaiveLoops() throws {
+    var rng = SeededGenerator(seed: 1)
+    let x = Tensor.randomNormal(shape: [2, 5, 9, 9], generator: &rng)
+    let w = Tensor.randomNormal(shape: [16, 5, 3, 3], std: 0.3, generator: &rng)
+    let b = Tensor.randomNormal(shape: [16], generator: &rng)
+    var g = Graph(name: "t")
+    let i = g.addInput(name: "x", shape: x.shape)
+    let c = g.conv(i, weight: w, bias: b, .square(3), name: "conv")
+    g.outputs = [g.activation(c, .relu, name: "relu")]
+    let y = try Executor(graph: g).run([x])[0]
+    let ref = naiveConv(x, w, b, pad: 1).scalars.map { max($0, 0) }
+    XCTAssertEqual(y.shape, [2, 16, 9, 9])
+    let err = zip(y.scalars, ref).map { abs($0 - $1) }.max() ?? 1
+    XCTAssertLessThan(err, 1e-4)
+  }
+
+  /// A chain of convolutions reuses memory: the arena is far smaller than all activations.
+  func testArenaReusesBuffersAlongAChain() throws {
+    var rng = SeededGenerator(seed: 2)
+    var g = Graph(name: "chain")
+    var v = g.addInput(name: "x", shape: [1, 16, 32, 32])
+    for i in 0..<8 {
+      v = g.conv(v, weight: .randomNormal(shape: [16, 16, 3, 3], std: 0.1, generator: &rng), .square(3), name: "c\(i)")
+      v = g.activation(v, .relu, name: "r\(i)")
+    }
+    g.outputs = [v]
+    let e = try Executor(graph: g, options: .init(optimize: false))
+    let one = 16 * 32 * 32 * 4
+    XCTAssertGreaterThanOrEqual(e.unplannedActivationBytes, 9 * one)
+    XCTAssertLessThanOrEqual(e.peakActivationBytes, 3 * one + 4096)
+    // The same graph optimized fuses the ReLUs and still computes the same values.
+    let x = Tensor.randomNormal(shape: [1, 16, 32, 32], generator: &rng)
+    let a = try e.run([x])[0]
+    let b = try Executor(graph: g).run([x])[0]
+    XCTAssertEqual(a.shape, b.shape)
+    XCTAssertLessThan(zip(a.scalars, b.scalars).map { abs($0 - $1) }.max()!, 1e-4)
+  }
+
+  func testWrongInputShapeIsAClearError() throws {
+    var g = Graph(name: "t")
+    let i = g.addInput(name: "image", shape: [1, 3, 8, 8])
+    g.outputs = [g.activation(i, .relu, name: "r")]
+    let e = try Executor(graph: g)
+    XCTAssertThrowsError(try e.run([Tensor(zeros: [1, 3, 9, 8])])) { err in
+      XCTAssertTrue("\(err)".contains("image") && "\(err)".contains("[1, 3, 8, 8]") && "\(err)".contains("[1, 3, 9, 8]"), "\(err)")
+    }
+    XCTAssertThrowsError(try e.run([])) { err in XCTAssertTrue("\(err)".contains("1 input"), "\(err)") }
+  }
+
+  func testCycleIsRejected() throws {
+    var g = Graph(name: "cyc")
+    let i = g.addInput(name: "x", shape: [1, 4])
+    let a = g.addValue(name: "a")
+    let b = g.addValue(name: "b")
+    g.nodes.append(Node(name: "n1", op: .binary(.add), inputs: [i, b], outputs: [a]))
+    g.nodes.append(Node(name: "n2", op: .activation(.relu), inputs: [a], outputs: [b]))
+    g.outputs = [b]
+    XCTAssertThrowsError(try Executor(graph: g)) { err in XCTAssertTrue("\(err)".contains("cycle"), "\(err)") }
+  }
+
+  func testRetainedValuesAreReadable() throws {
+    var g = Graph(name: "t")
+    let i = g.addInput(name: "x", shape: [1, 2, 4, 4])
+    let r = g.activation(i, .relu, name: "mid")
+    g.outputs = [g.activation(r, .sigmoid, name: "out")]
+    let e = try Executor(graph: g, options: .init(retain: ["mid"]))
+    var rng = SeededGenerator(seed: 3)
+    let x = Tensor.randomNormal(shape: [1, 2, 4, 4], generator: &rng)
+    let (outs, kept) = try e.runRetaining([x])
+    XCTAssertEqual(kept["mid"]?.scalars, x.scalars.map { max($0, 0) })
+    XCTAssertEqual(outs[0].shape, [1, 2, 4, 4])
+    XCTAssertThrowsError(try Executor(graph: g, options: .init(retain: ["nope"])))
+  }
+}
