@@ -27,8 +27,8 @@ let package = Package(
     ),
     .target(name: "VeilTensor", dependencies: ["CDNNL"], swiftSettings: kernelSwiftFlags),
     .target(name: "VeilGraph", dependencies: ["VeilTensor"], swiftSettings: kernelSwiftFlags),
-    .target(name: "VeilFormats", dependencies: ["VeilGraph"]),
-    .target(name: "VeilModels", dependencies: ["VeilGraph"]),
+    .target(name: "VeilFormats", dependencies: ["VeilTensor", "VeilGraph"]),
+    .target(name: "VeilModels", dependencies: ["VeilTensor", "VeilGraph"]),
     .executableTarget(
       name: "veil",
       dependencies: [

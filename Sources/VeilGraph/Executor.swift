@@ -312,6 +312,8 @@ struct Compiler {
   mutating func emit(_ n: Node, _ kernel: Kernel, _ ins: [ValueID]) throws {
     var inBufs: [Int] = []
     for (i, v) in ins.enumerated() { inBufs.append(try ensure(v, kernel.inputLayouts[i], node: n.name)) }
+    // Reorders added above moved the step index on: the inputs live until this step reads them.
+    for b in inBufs { use(b) }
     let out = newBuffer(kernel.outputLayout.byteCount)
     steps.append(.init(kernel: kernel, node: n.name, op: n.op.typeName, inputs: inBufs, output: out))
     placement[n.outputs[0]] = Placement(buffer: out, layout: kernel.outputLayout)
@@ -428,6 +430,12 @@ struct Compiler {
       }
       let kind: PoolingKind
       if case .maxPool = n.op { kind = .max } else { kind = .average(countIncludePad: p.countIncludePad) }
+      if case .average(true) = kind, padsEnd != p.padsEnd {
+        // ONNX counts the explicit pads in the divisor but not the extra ceil mode adds;
+        // oneDNN would count both. Pad explicitly, then average without counting the rest.
+        try emitPaddedAveragePool(n, p, widenedEnd: padsEnd)
+        return
+      }
       let spec = PoolingSpec(kind: kind, kernel: p.kernel, strides: p.strides, padsBegin: p.padsBegin, padsEnd: padsEnd)
       let k = try wrap(node: n.name, op: n.op.typeName) { try backend.pooling(spec, input: layoutOf(x), outputDims: out) }
       try emit(n, k, [x])
@@ -529,6 +537,30 @@ struct Compiler {
       let k = try wrap(node: n.name, op: "Softmax") { try backend.softmax(axis: ax, input: .plain(xs)) }
       try emit(n, k, [x])
     }
+  }
+
+  /// AveragePool with count_include_pad and ceil mode: zero-pad by the explicit pads, then
+  /// pool over the padded tensor, excluding only the ceil-mode extension from the divisor.
+  mutating func emitPaddedAveragePool(_ n: Node, _ p: PoolAttributes, widenedEnd: [Int]) throws {
+    let x = n.inputs[0]
+    let xs = shape(x)
+    let nsp = p.kernel.count
+    let pads = [0, 0] + p.padsBegin + [0, 0] + p.padsEnd
+    let padK = try wrap(node: n.name, op: "Pad") { try backend.pad(mode: .constant, value: 0, pads: pads, inputDims: xs) }
+    let src = try ensure(x, padK.inputLayouts[0], node: n.name)
+    use(src)
+    let padded = newBuffer(padK.outputLayout.byteCount)
+    steps.append(.init(kernel: padK, node: n.name, op: "Pad", inputs: [src], output: padded))
+    let spec = PoolingSpec(
+      kind: .average(countIncludePad: false), kernel: p.kernel, strides: p.strides,
+      padsBegin: Array(repeating: 0, count: nsp), padsEnd: (0..<nsp).map { widenedEnd[$0] - p.padsEnd[$0] })
+    let poolK = try wrap(node: n.name, op: n.op.typeName) {
+      try backend.pooling(spec, input: padK.outputLayout, outputDims: shape(n.outputs[0]))
+    }
+    use(padded)
+    let out = newBuffer(poolK.outputLayout.byteCount)
+    steps.append(.init(kernel: poolK, node: n.name, op: n.op.typeName, inputs: [padded], output: out))
+    placement[n.outputs[0]] = Placement(buffer: out, layout: poolK.outputLayout)
   }
 
   func transposed2D(_ t: Tensor) -> Tensor {

@@ -1,0 +1,122 @@
+import ArgumentParser
+import Foundation
+import VeilGraph
+import VeilModels
+import VeilTensor
+
+struct Bench: ParsableCommand {
+  static let configuration = CommandConfiguration(
+    abstract: "Measure a model's latency, throughput, GFLOP/s and peak memory on this machine.",
+    discussion: """
+      Builds the model for the batch size, compiles it once, runs --warmup passes, then times
+      --runs passes on random input. Latency is per batch; throughput is items per second at the
+      median. Peak resident memory is the process's high-water mark (weights, kernels, arena).
+      To compare with ONNX Runtime and PyTorch on the same weights, run bench/peers.
+      """)
+
+  @Option(help: "A zoo model name (see `veil models`) or a model file.")
+  var model: String
+  @Option(help: "Items per forward pass.")
+  var batch: Int = 1
+  @Option(help: "Timed passes.")
+  var runs: Int = 20
+  @Option(help: "Untimed passes first.")
+  var warmup: Int = 3
+  @Flag(help: "Print one JSON document.")
+  var json = false
+  @OptionGroup var engine: EngineOptions
+
+  struct Latency: Encodable {
+    var min: Double
+    var median: Double
+    var p90: Double
+  }
+  struct Report: Encodable {
+    var model: String
+    var batch: Int
+    var threads: Int
+    var latency_ms: Latency
+    var throughput: Double
+    var gflops: Double
+    var peak_rss_bytes: Int
+    var weight_bytes: Int
+    var arena_bytes: Int
+    var flops_per_pass: Int
+    var compile_ms: Double
+    var backend: String
+  }
+
+  func validate() throws {
+    guard batch >= 1 else { throw ValidationError("--batch must be ≥ 1, found \(batch)") }
+    guard runs >= 1 else { throw ValidationError("--runs must be ≥ 1, found \(runs)") }
+    guard warmup >= 0 else { throw ValidationError("--warmup must be ≥ 0, found \(warmup)") }
+  }
+
+  func run() throws {
+    try engine.apply()
+    var graph = try ModelSource.load(model, batch: batch)
+    try graph.inferShapes()
+    let flops = graph.totalFlops
+    let weightBytes = graph.parameterCount * 4
+    let shape = ModelSource.inputShape(graph)
+    let t0 = Date()
+    let exec = try Executor(graph: consume graph)
+    let compileMs = Date().timeIntervalSince(t0) * 1000
+    var rng = SeededGenerator(seed: 1)
+    let x = Tensor.randomUniform(shape: shape, low: -1, high: 1, generator: &rng)
+    if !json { note("bench \(model): batch \(batch), \(Engine.shared.threads) threads, \(warmup) warm-up + \(runs) timed runs") }
+    for _ in 0..<warmup { _ = try exec.run([x]) }
+    var times: [Double] = []
+    for _ in 0..<runs {
+      let s = DispatchTime.now().uptimeNanoseconds
+      _ = try exec.run([x])
+      times.append(Double(DispatchTime.now().uptimeNanoseconds - s) / 1e6)
+    }
+    times.sort()
+    let median = times.count % 2 == 1 ? times[times.count / 2] : (times[times.count / 2 - 1] + times[times.count / 2]) / 2
+    let p90 = times[min(times.count - 1, Int((Double(times.count) * 0.9).rounded(.up)) - 1)]
+    let report = Report(
+      model: model, batch: batch, threads: Engine.shared.threads,
+      latency_ms: Latency(min: times[0], median: median, p90: p90),
+      throughput: Double(batch) / (median / 1000), gflops: Double(flops) / (median / 1000) / 1e9,
+      peak_rss_bytes: peakResidentBytes(), weight_bytes: weightBytes, arena_bytes: exec.peakActivationBytes,
+      flops_per_pass: flops, compile_ms: compileMs, backend: Engine.backendVersion)
+    if json { return try printJSON(report) }
+    let mib = { (b: Int) in String(format: "%.1f MiB", Double(b) / 1_048_576) }
+    print("model        \(model), batch \(batch), \(report.threads) threads, \(report.backend)")
+    print(String(format: "latency      min %.2f ms, median %.2f ms, p90 %.2f ms", times[0], median, p90))
+    print(String(format: "throughput   %.1f items/s", report.throughput))
+    print(String(format: "compute      %.2f GFLOP per pass, %.1f GFLOP/s", Double(flops) / 1e9, report.gflops))
+    print("memory       peak RSS \(mib(report.peak_rss_bytes)) (weights \(mib(weightBytes)), activation arena \(mib(exec.peakActivationBytes)))")
+    print(String(format: "compile      %.0f ms", compileMs))
+  }
+}
+
+struct Models: ParsableCommand {
+  static let configuration = CommandConfiguration(abstract: "List the model builders and what each expects as input.")
+
+  @Flag(help: "Print one JSON document.")
+  var json = false
+
+  struct Entry: Encodable {
+    var name: String
+    var parameters: Int
+    var input: [Int]
+    var preprocessing: String
+    var summary: String
+  }
+
+  func run() throws {
+    let entries = try ModelZoo.names.map { name -> Entry in
+      let info = try ModelZoo.info(name)
+      return Entry(
+        name: name, parameters: info.parameterCount, input: info.inputShape, preprocessing: info.preprocessing,
+        summary: info.summary)
+    }
+    if json { return try printJSON(entries) }
+    for e in entries {
+      print("\(e.name.padding(toLength: 20, withPad: " ", startingAt: 0)) \(String(e.parameters).padding(toLength: 11, withPad: " ", startingAt: 0)) input \(e.input)  \(e.summary)")
+      print(String(repeating: " ", count: 33) + "preprocessing: \(e.preprocessing)")
+    }
+  }
+}

@@ -1,0 +1,28 @@
+import ArgumentParser
+import Foundation
+import VeilFormats
+import VeilGraph
+import VeilModels
+
+/// Resolves `--model NAME|PATH` to a graph: a zoo name builds the architecture with seeded
+/// weights; a path loads a model file.
+enum ModelSource {
+  static func load(_ spec: String, batch: Int = 1, seed: UInt64 = 0) throws -> Graph {
+    if ModelZoo.names.contains(spec) {
+      return try ModelZoo.build(spec, batch: batch, seed: seed)
+    }
+    let url = URL(fileURLWithPath: spec)
+    if FileManager.default.fileExists(atPath: url.path) {
+      throw ValidationError(
+        "cannot load '\(spec)': reading model files (ONNX, PyTorch checkpoints) is not available yet in this build; use a zoo name: \(ModelZoo.names.joined(separator: ", "))"
+      )
+    }
+    throw ValidationError(
+      "unknown model '\(spec)': not a zoo name (\(ModelZoo.names.joined(separator: ", "))) and no file at that path")
+  }
+
+  /// The graph's input shape with the batch replaced.
+  static func inputShape(_ g: Graph) -> [Int] {
+    g.inputs.first.flatMap { g.shape($0) } ?? []
+  }
+}

@@ -1,0 +1,786 @@
+import Foundation
+import VeilFormats
+import VeilGraph
+import VeilTensor
+import XCTest
+
+/// Every op of the engine against ONNX Runtime, as a table of cases (ONNX Runtime's own op
+/// tests read the same way). Each case is a tiny graph with seeded random inputs and weights;
+/// all cases are written as ONNX + .npy into one folder, `scripts/reference.py run` computes
+/// the expected outputs with ORT (optimizations off) in a single Python process, and Veil's
+/// executor runs each case with and without its inference passes (fusion, BatchNorm folding,
+/// identity removal). Agreement is |veil − ort| ≤ abs + rel·|ort| element-wise, with the
+/// tolerance stated per case.
+final class OpTests: XCTestCase {
+  func testConvolution() { check(OpCases.convolution) }
+  func testConvTranspose() { check(OpCases.convTranspose) }
+  func testBatchNormalization() { check(OpCases.batchNormalization) }
+  func testActivations() { check(OpCases.activations) }
+  func testPooling() { check(OpCases.pooling) }
+  func testElementwise() { check(OpCases.elementwise) }
+  func testMatrixProducts() { check(OpCases.matrixProducts) }
+  func testDataMovement() { check(OpCases.dataMovement) }
+  func testResize() { check(OpCases.resize) }
+  func testSoftmaxDropoutIdentity() { check(OpCases.softmaxDropoutIdentity) }
+  func testFusedPatterns() { check(OpCases.fused) }
+
+  /// The table is checked for coverage: every op of `Op` appears in some case.
+  func testEveryOpIsCovered() {
+    var seen = Set<String>()
+    for c in OpCases.all {
+      for n in c.graph.nodes {
+        seen.insert(n.op.typeName)
+        for p in n.postOps { if case .activation(let a) = p { seen.insert(Op.activation(a).typeName) } }
+      }
+    }
+    let ops: [Op] = [
+      .conv(.square(1)), .convTranspose(.square(1)), .batchNormalization(epsilon: 0),
+      .maxPool(PoolAttributes(kernel: [1])),
+      .averagePool(PoolAttributes(kernel: [1])), .globalAveragePool, .concat(axis: 0), .gemm(GemmAttributes()), .matMul,
+      .flatten(axis: 1), .reshape(shape: []), .transpose(permutation: []), .pad(mode: .constant, pads: [], value: 0),
+      .resize(.nearest, scales: nil, sizes: nil), .softmax(axis: 0), .dropout(ratio: 0), .identity,
+    ]
+    let activations: [Activation] = [
+      .relu, .leakyRelu(alpha: 0), .clip(min: 0, max: 0), .sigmoid, .silu, .hardSigmoid(alpha: 0, beta: 0), .hardSwish,
+      .tanh,
+    ]
+    let binaries: [BinaryKind] = [.add, .sub, .mul, .div]
+    let all =
+      ops.map(\.typeName) + activations.map { Op.activation($0).typeName } + binaries.map { Op.binary($0).typeName }
+    for name in all { XCTAssertTrue(seen.contains(name), "no OpTests case exercises \(name)") }
+    XCTAssertEqual(Set(OpCases.all.map(\.name)).count, OpCases.all.count, "case names must be unique")
+  }
+
+  /// Runs `cases` through the executor (optimize off and on) and compares with ORT.
+  func check(_ cases: [OpCase], file: StaticString = #filePath, line: UInt = #line) {
+    let reference: [String: [Tensor]]
+    switch OpReference.outputs {
+    case .success(let r): reference = r
+    case .failure(let e):
+      XCTFail("reference outputs unavailable: \(e)", file: file, line: line)
+      return
+    }
+    for c in cases {
+      guard let expected = reference[c.name] else {
+        XCTFail("\(c.name): no reference outputs", file: file, line: line)
+        continue
+      }
+      for optimize in [false, true] {
+        let label = "\(c.name) [optimize: \(optimize)]"
+        let outputs: [Tensor]
+        do {
+          let executor = try Executor(graph: c.graph, options: ExecutorOptions(optimize: optimize))
+          outputs = try executor.run(c.inputs)
+          OpReference.keepVeilOutputs(outputs, of: c, optimize: optimize)
+        } catch {
+          print("FAIL \(label): executor threw: \(error)")
+          XCTFail("\(label): \(c.summary): executor threw: \(error)", file: file, line: line)
+          continue
+        }
+        guard outputs.count == expected.count else {
+          XCTFail("\(label): \(outputs.count) outputs, ORT gave \(expected.count)", file: file, line: line)
+          continue
+        }
+        for (k, (got, want)) in zip(outputs, expected).enumerated() {
+          let r = Comparison(got: got, want: want, tolerance: c.tolerance)
+          print("\(r.passed ? "ok  " : "FAIL") \(label) output \(k): \(r)")
+          if !r.passed {
+            XCTFail("\(label): \(c.summary): output \(k): \(r)", file: file, line: line)
+          }
+        }
+      }
+    }
+  }
+}
+
+// MARK: - Comparison
+
+struct Tolerance: CustomStringConvertible {
+  var abs: Float
+  var rel: Float
+  /// Small graphs with reductions of at most a few hundred terms.
+  static let standard = Tolerance(abs: 1e-4, rel: 1e-4)
+  /// Bit-exact data movement (copies, pads, max, concat).
+  static let exact = Tolerance(abs: 0, rel: 0)
+  var description: String { "abs \(abs) + rel \(rel)" }
+}
+
+struct Comparison: CustomStringConvertible {
+  var passed = true
+  var shapeMismatch: (got: [Int], want: [Int])?
+  var maxAbsError: Float = 0
+  var worstIndex = 0
+  var worstGot: Float = 0
+  var worstWant: Float = 0
+  var violations = 0
+  var count = 0
+  var tolerance: Tolerance
+
+  init(got: Tensor, want: Tensor, tolerance: Tolerance) {
+    self.tolerance = tolerance
+    guard got.shape == want.shape else {
+      shapeMismatch = (got.shape, want.shape)
+      passed = false
+      return
+    }
+    let g = got.scalars
+    let w = want.scalars
+    count = g.count
+    var worstExcess: Float = -1
+    for i in g.indices {
+      let err = Swift.abs(g[i] - w[i])
+      let allowed = tolerance.abs + tolerance.rel * Swift.abs(w[i])
+      // NaN on either side is a violation.
+      let bad = !(err <= allowed)
+      if bad { violations += 1 }
+      maxAbsError = max(maxAbsError, err.isNaN ? .infinity : err)
+      let excess = err.isNaN ? .infinity : err - allowed
+      if excess > worstExcess {
+        worstExcess = excess
+        worstIndex = i
+        worstGot = g[i]
+        worstWant = w[i]
+      }
+    }
+    passed = violations == 0
+  }
+
+  var description: String {
+    if let (g, w) = shapeMismatch { return "shape \(g), ORT gives \(w)" }
+    return "max |err| \(maxAbsError) (tolerance \(tolerance)); \(violations)/\(count) outside"
+      + (violations > 0 ? ", worst at flat index \(worstIndex): veil \(worstGot), ORT \(worstWant)" : "")
+  }
+}
+
+// MARK: - Reference outputs from ONNX Runtime, computed once for all cases
+
+enum OpReference {
+  static let repoRoot = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent()
+    .deletingLastPathComponent()
+
+  struct Failure: Error, CustomStringConvertible {
+    var description: String
+  }
+
+  /// Expected outputs by case name; computed on first use by one run of reference.py.
+  static let outputs: Result<[String: [Tensor]], Failure> = compute(OpCases.all)
+
+  static func compute(_ cases: [OpCase]) -> Result<[String: [Tensor]], Failure> {
+    let python = repoRoot.appendingPathComponent(".venv/bin/python")
+    guard FileManager.default.isExecutableFile(atPath: python.path) else {
+      return .failure(
+        Failure(
+          description: "\(python.path) is missing: OpTests compare against ONNX Runtime in the project's Python "
+            + "environment. Run `make test` or `scripts/setup-python.sh` from \(repoRoot.path) first."))
+    }
+    let fm = FileManager.default
+    let dir = keptDirectory ?? fm.temporaryDirectory.appendingPathComponent("veil-optests-\(UUID().uuidString)")
+    defer { if keptDirectory == nil { try? fm.removeItem(at: dir) } }
+    do {
+      for (i, c) in cases.enumerated() {
+        let caseDir = dir.appendingPathComponent(folder(i, c))
+        try fm.createDirectory(at: caseDir, withIntermediateDirectories: true)
+        try ONNXWriter.write(c.graph, to: caseDir.appendingPathComponent("model.onnx"))
+        for (k, t) in c.inputs.enumerated() { try NPY.write(t, to: caseDir.appendingPathComponent("input_\(k).npy")) }
+      }
+    } catch {
+      return .failure(Failure(description: "writing the cases failed: \(error)"))
+    }
+    let process = Process()
+    process.executableURL = python
+    process.arguments = [repoRoot.appendingPathComponent("scripts/reference.py").path, "run", dir.path]
+    let pipe = Pipe()
+    process.standardOutput = pipe
+    process.standardError = pipe
+    do { try process.run() } catch { return .failure(Failure(description: "cannot start \(python.path): \(error)")) }
+    let log = String(decoding: pipe.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+    process.waitUntilExit()
+    guard process.terminationStatus == 0 else {
+      return .failure(Failure(description: "reference.py exited with \(process.terminationStatus):\n\(log)"))
+    }
+    var result: [String: [Tensor]] = [:]
+    do {
+      for (i, c) in cases.enumerated() {
+        let caseDir = dir.appendingPathComponent(folder(i, c))
+        result[c.name] = try c.graph.outputs.indices.map {
+          try NPY.read(caseDir.appendingPathComponent("expected_\($0).npy"))
+        }
+      }
+    } catch {
+      return .failure(Failure(description: "reading ORT's outputs failed: \(error)"))
+    }
+    return .success(result)
+  }
+
+  /// With VEIL_OPTESTS_DIR set, the cases stay in that folder after the run, and Veil's
+  /// outputs are written beside ORT's (`veil_optimized_0.npy`, `veil_plain_0.npy`), to
+  /// look at a failure in NumPy.
+  static let keptDirectory: URL? = ProcessInfo.processInfo.environment["VEIL_OPTESTS_DIR"].map {
+    URL(fileURLWithPath: $0, isDirectory: true)
+  }
+
+  static func keepVeilOutputs(_ outputs: [Tensor], of c: OpCase, optimize: Bool) {
+    guard let dir = keptDirectory, let i = OpCases.all.firstIndex(where: { $0.name == c.name }) else { return }
+    for (k, t) in outputs.enumerated() {
+      let file = dir.appendingPathComponent(folder(i, c)).appendingPathComponent(
+        "veil_\(optimize ? "optimized" : "plain")_\(k).npy")
+      try? NPY.write(t, to: file)
+    }
+  }
+
+  static func folder(_ i: Int, _ c: OpCase) -> String {
+    let n = String(i)
+    return String(repeating: "0", count: max(0, 3 - n.count)) + n + "_" + c.name
+  }
+}
+
+// MARK: - The cases
+
+struct OpCase: Sendable {
+  var name: String
+  var graph: Graph
+  var inputs: [Tensor]
+  var tolerance: Tolerance
+
+  /// The nodes and attributes, for failure messages.
+  var summary: String {
+    graph.nodes.map { n in
+      let post = n.postOps.isEmpty ? "" : " +" + n.postOps.map(\.description).joined(separator: "+")
+      return "\(n.op)\(attributes(n.op))\(post)"
+    }.joined(separator: " → ")
+  }
+
+  func attributes(_ op: Op) -> String {
+    switch op {
+    case .conv(let a), .convTranspose(let a):
+      return "(k \(a.kernel) s \(a.strides) d \(a.dilations) pads \(a.padsBegin)/\(a.padsEnd) g \(a.groups) "
+        + "outpad \(a.outputPadding))"
+    case .maxPool(let p), .averagePool(let p):
+      return "(k \(p.kernel) s \(p.strides) pads \(p.padsBegin)/\(p.padsEnd) ceil \(p.ceilMode) "
+        + "count_include_pad \(p.countIncludePad))"
+    case .gemm(let g): return "(alpha \(g.alpha) beta \(g.beta) transA \(g.transA) transB \(g.transB))"
+    case .activation(let a): return "[\(a)]"
+    case .pad(let m, let p, let v): return "(\(m) \(p) \(v))"
+    case .resize(let k, let s, let z):
+      return "(\(k) scales \(s.map { "\($0)" } ?? "-") sizes \(z.map { "\($0)" } ?? "-"))"
+    case .concat(let a), .softmax(let a), .flatten(let a): return "(axis \(a))"
+    case .reshape(let s): return "(\(s))"
+    case .transpose(let p): return "(\(p))"
+    default: return ""
+    }
+  }
+}
+
+/// Builds one case: graph inputs get seeded data, weights become initializers.
+struct CaseBuilder {
+  var graph: Graph
+  var rng: SeededGenerator
+  var inputs: [Tensor] = []
+
+  init(_ name: String) {
+    graph = Graph(name: name)
+    // FNV-1a of the name: a stable seed per case, independent of table order.
+    var h: UInt64 = 0xCBF2_9CE4_8422_2325
+    for b in name.utf8 { h = (h ^ UInt64(b)) &* 0x100_0000_01B3 }
+    rng = SeededGenerator(seed: h)
+  }
+
+  /// A graph input, normal(0, std) unless a range is given.
+  mutating func input(_ shape: [Int], std: Float = 1, range: ClosedRange<Float>? = nil) -> ValueID {
+    let t = range.map { uniform(shape, $0) } ?? normal(shape, std: std)
+    inputs.append(t)
+    return graph.addInput(name: "input\(inputs.count - 1)", shape: shape)
+  }
+
+  mutating func normal(_ shape: [Int], std: Float = 1) -> Tensor {
+    Tensor.randomNormal(shape: shape, std: std, generator: &rng)
+  }
+
+  mutating func uniform(_ shape: [Int], _ range: ClosedRange<Float>) -> Tensor {
+    Tensor.randomUniform(shape: shape, low: range.lowerBound, high: range.upperBound, generator: &rng)
+  }
+
+  mutating func constant(_ name: String, _ t: Tensor) -> ValueID { graph.addInitializer(name: name, t) }
+
+  /// A conv with He-style weights [oc, ic/groups, k...] and a small bias.
+  mutating func conv(_ x: ValueID, inChannels ic: Int, _ oc: Int, _ a: ConvAttributes, bias: Bool = true, name: String)
+    -> ValueID
+  {
+    let fanIn = ic / a.groups * a.kernel.reduce(1, *)
+    let w = normal([oc, ic / a.groups] + a.kernel, std: (2 / Float(fanIn)).squareRoot())
+    let b = bias ? normal([oc], std: 0.1) : nil
+    return graph.conv(x, weight: w, bias: b, a, name: name)
+  }
+
+  mutating func batchNorm(_ x: ValueID, channels c: Int, epsilon: Float = 1e-5, name: String) -> ValueID {
+    let scale = uniform([c], 0.5...1.5)
+    let bias = normal([c], std: 0.2)
+    let mean = normal([c], std: 0.2)
+    let variance = uniform([c], 0.5...2)
+    return graph.batchNorm(x, scale: scale, bias: bias, mean: mean, variance: variance, epsilon: epsilon, name: name)
+  }
+
+  func finish(_ outputs: [ValueID], tolerance: Tolerance) -> OpCase {
+    var g = graph
+    g.outputs = outputs
+    return OpCase(name: g.name, graph: g, inputs: inputs, tolerance: tolerance)
+  }
+}
+
+func opCase(_ name: String, tolerance: Tolerance = .standard, _ body: (inout CaseBuilder) -> [ValueID]) -> OpCase {
+  var b = CaseBuilder(name)
+  let outputs = body(&b)
+  return b.finish(outputs, tolerance: tolerance)
+}
+
+enum OpCases {
+  static let all: [OpCase] =
+    convolution + convTranspose + batchNormalization + activations + pooling + elementwise + matrixProducts
+    + dataMovement
+    + resize + softmaxDropoutIdentity + fused
+
+  // Reductions here are ≤ 150 terms of O(1) values: float32 error stays near 1e-6.
+  static let convolution: [OpCase] = [
+    opCase("conv_3x3_pad1_bias") { b in
+      let x = b.input([2, 3, 7, 7])
+      return [b.conv(x, inChannels: 3, 4, .square(3), name: "conv")]
+    },
+    opCase("conv_1x1_no_bias") { b in
+      let x = b.input([1, 8, 4, 4])
+      return [b.conv(x, inChannels: 8, 5, .square(1), bias: false, name: "conv")]
+    },
+    opCase("conv_groups2") { b in
+      let x = b.input([1, 4, 6, 6])
+      return [b.conv(x, inChannels: 4, 6, .square(3, groups: 2), name: "conv")]
+    },
+    opCase("conv_depthwise") { b in
+      let x = b.input([1, 4, 6, 6])
+      return [b.conv(x, inChannels: 4, 4, .square(3, groups: 4), bias: false, name: "conv")]
+    },
+    opCase("conv_depthwise_5x5_stride2") { b in
+      let x = b.input([1, 6, 9, 9])
+      return [b.conv(x, inChannels: 6, 6, .square(5, stride: 2, groups: 6), name: "conv")]
+    },
+    opCase("conv_stride2") { b in
+      let x = b.input([1, 3, 9, 9])
+      return [b.conv(x, inChannels: 3, 5, .square(3, stride: 2), name: "conv")]
+    },
+    opCase("conv_dilation2") { b in
+      let x = b.input([1, 2, 9, 9])
+      return [b.conv(x, inChannels: 2, 3, .square(3, dilation: 2), name: "conv")]
+    },
+    opCase("conv_asymmetric_pads_rect_kernel") { b in
+      let x = b.input([1, 2, 6, 7])
+      let a = ConvAttributes(kernel: [3, 2], strides: [1, 2], padsBegin: [0, 1], padsEnd: [2, 0])
+      return [b.conv(x, inChannels: 2, 3, a, name: "conv")]
+    },
+    opCase("conv_7x7_stride2_pad3") { b in
+      let x = b.input([1, 3, 16, 16])
+      return [b.conv(x, inChannels: 3, 8, .square(7, stride: 2), name: "conv")]
+    },
+  ]
+
+  static let convTranspose: [OpCase] = [
+    opCase("convtranspose_stride2_outpad1") { b in
+      let x = b.input([1, 4, 5, 5])
+      let a = ConvAttributes(kernel: [3, 3], strides: [2, 2], padsBegin: [1, 1], outputPadding: [1, 1])
+      return [
+        b.graph.convTranspose(
+          x, weight: b.normal([4, 3, 3, 3], std: 0.3), bias: b.normal([3], std: 0.1), a, name: "deconv")
+      ]
+    },
+    opCase("convtranspose_4x4_stride2_pad1") { b in
+      let x = b.input([1, 3, 4, 4])
+      let a = ConvAttributes(kernel: [4, 4], strides: [2, 2], padsBegin: [1, 1])
+      return [b.graph.convTranspose(x, weight: b.normal([3, 2, 4, 4], std: 0.3), bias: nil, a, name: "deconv")]
+    },
+    opCase("convtranspose_groups2_stride2_outpad1") { b in
+      let x = b.input([1, 4, 4, 4])
+      let a = ConvAttributes(kernel: [3, 3], strides: [2, 2], padsBegin: [1, 1], groups: 2, outputPadding: [1, 1])
+      // Weights [ic, oc/groups, k, k]: 4 input channels, 2 groups of 3 output channels.
+      return [
+        b.graph.convTranspose(
+          x, weight: b.normal([4, 3, 3, 3], std: 0.3), bias: b.normal([6], std: 0.1), a, name: "deconv")
+      ]
+    },
+    opCase("convtranspose_asymmetric_pads") { b in
+      let x = b.input([1, 2, 3, 4])
+      let a = ConvAttributes(kernel: [3, 3], strides: [2, 1], padsBegin: [0, 1], padsEnd: [1, 0])
+      return [
+        b.graph.convTranspose(
+          x, weight: b.normal([2, 3, 3, 3], std: 0.3), bias: b.normal([3], std: 0.1), a, name: "deconv")
+      ]
+    },
+  ]
+
+  static let batchNormalization: [OpCase] = [
+    // Standalone (its input is a graph input, so there is no conv to fold it into).
+    opCase("batchnorm_eps1e-3") { b in
+      let x = b.input([2, 3, 4, 5])
+      return [b.batchNorm(x, channels: 3, epsilon: 1e-3, name: "bn")]
+    },
+    opCase("batchnorm_rank2") { b in
+      let x = b.input([4, 6])
+      return [b.batchNorm(x, channels: 6, name: "bn")]
+    },
+  ]
+
+  static let activations: [OpCase] = {
+    let table: [(String, Activation)] = [
+      ("relu", .relu), ("clip_-1_2", .clip(min: -1, max: 2)), ("clip_relu6", .clip(min: 0, max: 6)),
+      ("leakyrelu_0.1", .leakyRelu(alpha: 0.1)), ("sigmoid", .sigmoid), ("silu", .silu),
+      ("hardsigmoid_0.2_0.5", .hardSigmoid(alpha: 0.2, beta: 0.5)),
+      ("hardsigmoid_0.1667_0.5", .hardSigmoid(alpha: 1 / 6, beta: 0.5)),
+      ("hardswish", .hardSwish), ("tanh", .tanh),
+    ]
+    // Inputs with std 4 cover both saturated ends and the linear middle of every function.
+    return table.map { name, a in
+      opCase("activation_" + name) { b in
+        let x = b.input([2, 3, 4, 5], std: 4)
+        return [b.graph.activation(x, a, name: "act")]
+      }
+    }
+  }()
+
+  static let pooling: [OpCase] = [
+    opCase("maxpool_3x3_stride2_pad1", tolerance: .exact) { b in
+      let x = b.input([1, 3, 9, 9])
+      return [b.graph.maxPool(x, PoolAttributes(kernel: [3, 3], strides: [2, 2], padsBegin: [1, 1]), name: "pool")]
+    },
+    opCase("maxpool_2x2_stride2_ceil", tolerance: .exact) { b in
+      let x = b.input([1, 2, 7, 7])
+      return [b.graph.maxPool(x, PoolAttributes(kernel: [2, 2], strides: [2, 2], ceilMode: true), name: "pool")]
+    },
+    opCase("maxpool_asymmetric_pads", tolerance: .exact) { b in
+      let x = b.input([1, 2, 6, 6])
+      return [
+        b.graph.maxPool(
+          x, PoolAttributes(kernel: [3, 2], strides: [1, 2], padsBegin: [1, 0], padsEnd: [0, 1]), name: "pool")
+      ]
+    },
+    opCase("avgpool_3x3_stride2_pad1_exclude_pad") { b in
+      let x = b.input([1, 3, 8, 8])
+      return [
+        b.graph.averagePool(
+          x, PoolAttributes(kernel: [3, 3], strides: [2, 2], padsBegin: [1, 1], countIncludePad: false), name: "pool")
+      ]
+    },
+    opCase("avgpool_3x3_stride2_pad1_include_pad") { b in
+      let x = b.input([1, 3, 8, 8])
+      return [
+        b.graph.averagePool(
+          x, PoolAttributes(kernel: [3, 3], strides: [2, 2], padsBegin: [1, 1], countIncludePad: true), name: "pool")
+      ]
+    },
+    opCase("avgpool_3x3_stride2_ceil_exclude_pad") { b in
+      let x = b.input([1, 2, 8, 8])
+      return [
+        b.graph.averagePool(
+          x, PoolAttributes(kernel: [3, 3], strides: [2, 2], ceilMode: true, countIncludePad: false), name: "pool")
+      ]
+    },
+    // The last window starts on the explicit end pad and runs past it: only the explicit pad
+    // counts in the divisor (ONNX / PyTorch), not the extension that ceil mode adds.
+    opCase("avgpool_3x3_stride2_pad1_ceil_include_pad") { b in
+      let x = b.input([1, 2, 8, 8])
+      return [
+        b.graph.averagePool(
+          x,
+          PoolAttributes(kernel: [3, 3], strides: [2, 2], padsBegin: [1, 1], ceilMode: true, countIncludePad: true),
+          name: "pool")
+      ]
+    },
+    opCase("avgpool_2x2_stride2") { b in
+      let x = b.input([2, 3, 6, 6])
+      return [b.graph.averagePool(x, PoolAttributes(kernel: [2, 2], strides: [2, 2]), name: "pool")]
+    },
+    // 42 terms per mean.
+    opCase("globalaveragepool") { b in
+      let x = b.input([2, 5, 7, 6])
+      return [b.graph.globalAveragePool(x, name: "gap")]
+    },
+  ]
+
+  static let elementwise: [OpCase] = [
+    opCase("add_same_shape") { b in
+      let x = b.input([2, 3, 4, 5])
+      let y = b.input([2, 3, 4, 5])
+      return [b.graph.binary(.add, x, y, name: "add")]
+    },
+    // Squeeze-and-excitation scaling: [N,C,H,W]·[N,C,1,1], both at run time.
+    opCase("mul_nchw_by_nc11") { b in
+      let x = b.input([2, 3, 4, 5])
+      let s = b.input([2, 3, 1, 1])
+      return [b.graph.binary(.mul, x, s, name: "mul")]
+    },
+    opCase("sub_scalar_like_constant") { b in
+      let x = b.input([2, 3, 4, 5])
+      let c = b.constant("c", b.normal([1]))
+      return [b.graph.binary(.sub, x, c, name: "sub")]
+    },
+    opCase("div_by_channel_constant") { b in
+      let x = b.input([2, 3, 4, 5])
+      let c = b.constant("c", b.uniform([1, 3, 1, 1], 0.5...2))
+      return [b.graph.binary(.div, x, c, name: "div")]
+    },
+    // The broadcast operand first: non-commutative ops must keep their order.
+    opCase("sub_broadcast_first_operand") { b in
+      let s = b.input([1, 3, 1, 1])
+      let x = b.input([2, 3, 4, 5])
+      return [b.graph.binary(.sub, s, x, name: "sub")]
+    },
+    opCase("div_scalar_like_runtime_by_tensor") { b in
+      let s = b.input([1])
+      let x = b.input([2, 3, 4, 5], range: 0.5...2)
+      return [b.graph.binary(.div, s, x, name: "div")]
+    },
+    opCase("add_rank_mismatch_trailing") { b in
+      let x = b.input([2, 3, 4, 5])
+      let r = b.input([5])
+      return [b.graph.binary(.add, x, r, name: "add")]
+    },
+    opCase("mul_both_broadcast") { b in
+      let x = b.input([2, 1, 4, 1])
+      let y = b.input([1, 3, 1, 5])
+      return [b.graph.binary(.mul, x, y, name: "mul")]
+    },
+  ]
+
+  // Gemm: K = 8; MatMul: K = 4.
+  static let matrixProducts: [OpCase] = [
+    opCase("gemm_transB_bias") { b in
+      let a = b.input([3, 8])
+      return [b.graph.linear(a, weight: b.normal([5, 8], std: 0.4), bias: b.normal([5], std: 0.1), name: "fc")]
+    },
+    opCase("gemm_no_transpose_bias") { b in
+      let a = b.input([3, 8])
+      let w = b.constant("w", b.normal([8, 5], std: 0.4))
+      let c = b.constant("c", b.normal([5], std: 0.1))
+      return [b.graph.addNode(.gemm(GemmAttributes()), name: "gemm", inputs: [a, w, c])[0]]
+    },
+    opCase("gemm_no_transpose_no_bias") { b in
+      let a = b.input([4, 6])
+      let w = b.constant("w", b.normal([6, 3], std: 0.4))
+      return [b.graph.addNode(.gemm(GemmAttributes()), name: "gemm", inputs: [a, w])[0]]
+    },
+    opCase("gemm_alpha_beta_transB") { b in
+      let a = b.input([3, 8])
+      let w = b.constant("w", b.normal([5, 8], std: 0.4))
+      let c = b.constant("c", b.normal([5], std: 0.1))
+      return [
+        b.graph.addNode(.gemm(GemmAttributes(alpha: 0.5, beta: 2, transB: true)), name: "gemm", inputs: [a, w, c])[0]
+      ]
+    },
+    opCase("matmul_2d_runtime") { b in
+      let x = b.input([3, 4])
+      let y = b.input([4, 5])
+      return [b.graph.addNode(.matMul, name: "matmul", inputs: [x, y])[0]]
+    },
+    opCase("matmul_batched_runtime") { b in
+      let x = b.input([2, 3, 4])
+      let y = b.input([2, 4, 5])
+      return [b.graph.addNode(.matMul, name: "matmul", inputs: [x, y])[0]]
+    },
+    opCase("matmul_broadcast_constant_rhs") { b in
+      let x = b.input([2, 3, 4])
+      let w = b.constant("w", b.normal([4, 5]))
+      return [b.graph.addNode(.matMul, name: "matmul", inputs: [x, w])[0]]
+    },
+  ]
+
+  static let dataMovement: [OpCase] = [
+    opCase("concat_channels_three_inputs", tolerance: .exact) { b in
+      let x = b.input([1, 2, 4, 4])
+      let y = b.input([1, 3, 4, 4])
+      let z = b.input([1, 1, 4, 4])
+      return [b.graph.concat([x, y, z], axis: 1, name: "concat")]
+    },
+    opCase("concat_negative_axis", tolerance: .exact) { b in
+      let x = b.input([2, 3])
+      let y = b.input([2, 4])
+      return [b.graph.concat([x, y], axis: -1, name: "concat")]
+    },
+    opCase("flatten_axis1", tolerance: .exact) { b in
+      let x = b.input([2, 3, 4, 5])
+      return [b.graph.flatten(x, axis: 1, name: "flatten")]
+    },
+    // Flatten of a computed value feeding a Linear, as classifier heads do.
+    opCase("flatten_axis2_after_relu") { b in
+      let x = b.input([2, 3, 2, 2])
+      let r = b.graph.activation(x, .relu, name: "relu")
+      let f = b.graph.flatten(r, axis: 2, name: "flatten")
+      return [f]
+    },
+    opCase("reshape_zero_and_minus_one", tolerance: .exact) { b in
+      let x = b.input([2, 3, 4, 5])
+      return [b.graph.reshape(x, to: [2, 0, -1], name: "reshape")]
+    },
+    opCase("reshape_then_scale") { b in
+      let x = b.input([2, 12])
+      let r = b.graph.reshape(x, to: [2, 3, 2, 2], name: "reshape")
+      let s = b.constant("s", b.normal([1, 3, 1, 1]))
+      return [b.graph.binary(.mul, r, s, name: "mul")]
+    },
+    opCase("transpose_nchw_to_nhwc", tolerance: .exact) { b in
+      let x = b.input([2, 3, 4, 5])
+      return [b.graph.addNode(.transpose(permutation: [0, 2, 3, 1]), name: "transpose", inputs: [x])[0]]
+    },
+    opCase("transpose_2d", tolerance: .exact) { b in
+      let x = b.input([3, 7])
+      return [b.graph.addNode(.transpose(permutation: [1, 0]), name: "transpose", inputs: [x])[0]]
+    },
+    opCase("pad_constant_0.5", tolerance: .exact) { b in
+      let x = b.input([1, 2, 4, 5])
+      return [
+        b.graph.addNode(.pad(mode: .constant, pads: [0, 0, 1, 2, 0, 0, 2, 1], value: 0.5), name: "pad", inputs: [x])[0]
+      ]
+    },
+    opCase("pad_reflect", tolerance: .exact) { b in
+      let x = b.input([1, 2, 4, 5])
+      return [
+        b.graph.addNode(.pad(mode: .reflect, pads: [0, 0, 2, 1, 0, 0, 1, 3], value: 0), name: "pad", inputs: [x])[0]
+      ]
+    },
+    opCase("pad_edge", tolerance: .exact) { b in
+      let x = b.input([1, 2, 4, 5])
+      return [
+        b.graph.addNode(.pad(mode: .edge, pads: [0, 0, 1, 1, 0, 0, 2, 0], value: 0), name: "pad", inputs: [x])[0]
+      ]
+    },
+  ]
+
+  static let resize: [OpCase] = [
+    opCase("resize_nearest_2x", tolerance: .exact) { b in
+      let x = b.input([1, 2, 3, 4])
+      return [b.graph.addNode(.resize(.nearest, scales: [1, 1, 2, 2], sizes: nil), name: "up", inputs: [x])[0]]
+    },
+    opCase("resize_nearest_sizes_3x") { b in
+      let x = b.input([1, 2, 3, 4])
+      return [b.graph.addNode(.resize(.nearest, scales: nil, sizes: [1, 2, 9, 12]), name: "up", inputs: [x])[0]]
+    },
+    opCase("resize_bilinear_2x") { b in
+      let x = b.input([1, 2, 3, 4])
+      return [b.graph.addNode(.resize(.linear, scales: [1, 1, 2, 2], sizes: nil), name: "up", inputs: [x])[0]]
+    },
+    opCase("resize_bilinear_sizes_non_integer") { b in
+      let x = b.input([1, 2, 3, 4])
+      return [b.graph.addNode(.resize(.linear, scales: nil, sizes: [1, 2, 5, 7]), name: "up", inputs: [x])[0]]
+    },
+  ]
+
+  static let softmaxDropoutIdentity: [OpCase] = [
+    opCase("softmax_axis1") { b in
+      let x = b.input([2, 5, 3], std: 3)
+      return [b.graph.softmax(x, axis: 1, name: "softmax")]
+    },
+    opCase("softmax_last_axis_1000") { b in
+      let x = b.input([2, 1000], std: 3)
+      return [b.graph.softmax(x, axis: -1, name: "softmax")]
+    },
+    opCase("dropout_inference", tolerance: .exact) { b in
+      let x = b.input([2, 3, 4])
+      return [b.graph.dropout(x, ratio: 0.3, name: "dropout")]
+    },
+    opCase("identity", tolerance: .exact) { b in
+      let x = b.input([2, 3])
+      return [b.graph.addNode(.identity, name: "identity", inputs: [x])[0]]
+    },
+    opCase("dropout_identity_inside_chain") { b in
+      let x = b.input([1, 3, 4, 4])
+      let c = b.conv(x, inChannels: 3, 4, .square(3), name: "conv")
+      let d = b.graph.dropout(c, ratio: 0.5, name: "dropout")
+      let i = b.graph.addNode(.identity, name: "identity", inputs: [d])[0]
+      return [b.graph.activation(i, .relu, name: "relu")]
+    },
+  ]
+
+  /// Patterns the inference passes rewrite; optimize on and off must both match ORT.
+  static let fused: [OpCase] = [
+    opCase("fused_conv_relu") { b in
+      let x = b.input([1, 3, 6, 6])
+      let c = b.conv(x, inChannels: 3, 4, .square(3), name: "conv")
+      return [b.graph.activation(c, .relu, name: "relu")]
+    },
+    opCase("fused_conv_add_residual_relu") { b in
+      let x = b.input([1, 4, 6, 6])
+      let a = b.conv(x, inChannels: 4, 4, .square(3), name: "conv1")
+      let r = b.graph.activation(a, .relu, name: "relu1")
+      let c = b.conv(r, inChannels: 4, 4, .square(3), name: "conv2")
+      let s = b.graph.add(c, r, name: "add")
+      return [b.graph.activation(s, .relu, name: "relu2")]
+    },
+    // Residual on the left of the Add, and a graph input as the residual.
+    opCase("fused_conv_add_input_residual") { b in
+      let x = b.input([1, 4, 5, 5])
+      let c = b.conv(x, inChannels: 4, 4, .square(3), name: "conv")
+      return [b.graph.add(x, c, name: "add")]
+    },
+    opCase("fused_bn_folding_relu") { b in
+      let x = b.input([2, 3, 6, 6])
+      let c = b.conv(x, inChannels: 3, 5, .square(3), bias: false, name: "conv")
+      let n = b.batchNorm(c, channels: 5, name: "bn")
+      return [b.graph.activation(n, .relu, name: "relu")]
+    },
+    opCase("fused_bn_folding_with_bias_silu") { b in
+      let x = b.input([1, 3, 6, 6])
+      let c = b.conv(x, inChannels: 3, 4, .square(3, stride: 2), name: "conv")
+      let n = b.batchNorm(c, channels: 4, epsilon: 1e-3, name: "bn")
+      return [b.graph.activation(n, .silu, name: "silu")]
+    },
+    opCase("fused_depthwise_bn_relu6") { b in
+      let x = b.input([1, 6, 7, 7])
+      let c = b.conv(x, inChannels: 6, 6, .square(3, groups: 6), bias: false, name: "dw")
+      let n = b.batchNorm(c, channels: 6, name: "bn")
+      return [b.graph.activation(n, .clip(min: 0, max: 6), name: "relu6")]
+    },
+    opCase("fused_convtranspose_bn_relu") { b in
+      let x = b.input([1, 4, 4, 4])
+      let a = ConvAttributes(kernel: [4, 4], strides: [2, 2], padsBegin: [1, 1])
+      let d = b.graph.convTranspose(x, weight: b.normal([4, 3, 4, 4], std: 0.3), bias: nil, a, name: "deconv")
+      let n = b.batchNorm(d, channels: 3, name: "bn")
+      return [b.graph.activation(n, .relu, name: "relu")]
+    },
+    // A node built fused: post-ops [LeakyRelu, sum, HardSwish] with a residual input. The
+    // writer unfuses it for ORT; the executor runs it fused either way.
+    opCase("fused_explicit_postops_chain") { b in
+      let x = b.input([1, 3, 5, 5])
+      let r = b.input([1, 4, 5, 5])
+      let w = b.constant("conv.weight", b.normal([4, 3, 3, 3], std: 0.3))
+      let bias = b.constant("conv.bias", b.normal([4], std: 0.1))
+      return [
+        b.graph.addNode(
+          .conv(.square(3)), name: "conv", inputs: [x, w, bias, r],
+          postOps: [.activation(.leakyRelu(alpha: 0.2)), .sum, .activation(.hardSwish)])[0]
+      ]
+    },
+    // ResNet basic block: conv-bn-relu-conv-bn, identity shortcut, add, relu (≈ 72 terms).
+    opCase("fused_resnet_basic_block") { b in
+      let x = b.input([1, 8, 6, 6])
+      var y = b.conv(x, inChannels: 8, 8, .square(3), bias: false, name: "conv1")
+      y = b.batchNorm(y, channels: 8, name: "bn1")
+      y = b.graph.activation(y, .relu, name: "relu1")
+      y = b.conv(y, inChannels: 8, 8, .square(3), bias: false, name: "conv2")
+      y = b.batchNorm(y, channels: 8, name: "bn2")
+      y = b.graph.add(y, x, name: "add")
+      return [b.graph.activation(y, .relu, name: "relu2")]
+    },
+    // Squeeze-and-excitation as EfficientNet builds it: GAP → 1×1 conv → SiLU → 1×1 conv →
+    // Sigmoid → scale the input channels.
+    opCase("fused_squeeze_excitation") { b in
+      let x = b.input([1, 8, 5, 5])
+      let p = b.graph.globalAveragePool(x, name: "gap")
+      var s = b.conv(p, inChannels: 8, 2, .square(1), name: "reduce")
+      s = b.graph.activation(s, .silu, name: "silu")
+      s = b.conv(s, inChannels: 2, 8, .square(1), name: "expand")
+      s = b.graph.activation(s, .sigmoid, name: "gate")
+      return [b.graph.mul(x, s, name: "scale")]
+    },
+    // Two outputs, one of them an intermediate that fusion would otherwise swallow.
+    opCase("fused_conv_output_also_read") { b in
+      let x = b.input([1, 3, 5, 5])
+      let c = b.conv(x, inChannels: 3, 4, .square(3), name: "conv")
+      let r = b.graph.activation(c, .relu, name: "relu")
+      return [r, c]
+    },
+  ]
+}
