@@ -161,3 +161,38 @@ void veil_binary_broadcast_f32(const float *a, const int64_t *a_strides, const f
     }
   }
 }
+
+dnnl_status_t veil_md_like(dnnl_memory_desc_t *md, const dnnl_memory_desc_t *ref, const int64_t *dims) {
+  if (ref->format_kind != dnnl_blocked) return dnnl_unimplemented;
+  const dnnl_blocking_desc_t *b = &ref->format_desc.blocking;
+  int n = ref->ndims;
+  if (b->inner_nblks == 0) {
+    /* Same dimension order as the reference, dense. */
+    int order[DNNL_MAX_NDIMS];
+    for (int i = 0; i < n; ++i) order[i] = i;
+    for (int i = 0; i < n; ++i)
+      for (int j = i + 1; j < n; ++j)
+        if (b->strides[order[j]] > b->strides[order[i]]) { int t = order[i]; order[i] = order[j]; order[j] = t; }
+    int64_t strides[DNNL_MAX_NDIMS];
+    int64_t s = 1;
+    for (int k = n - 1; k >= 0; --k) { strides[order[k]] = s; s *= dims[order[k]]; }
+    return dnnl_memory_desc_init_by_strides(md, n, dims, dnnl_f32, strides);
+  }
+  if (b->inner_nblks == 1 && b->inner_idxs[0] == 1 && n == 4) {
+    switch (b->inner_blks[0]) {
+    case 4: return dnnl_memory_desc_init_by_tag(md, n, dims, dnnl_f32, dnnl_aBcd4b);
+    case 8: return dnnl_memory_desc_init_by_tag(md, n, dims, dnnl_f32, dnnl_aBcd8b);
+    case 16: return dnnl_memory_desc_init_by_tag(md, n, dims, dnnl_f32, dnnl_aBcd16b);
+    default: break;
+    }
+  }
+  return dnnl_unimplemented;
+}
+
+#include <malloc.h>
+void veil_tune_malloc(void) {
+  /* glibc raises its mmap threshold each time a large block is freed, after which big
+     tensors come from the heap and freed weights stay resident. A fixed 1 MiB threshold keeps
+     every tensor-sized block in its own mapping, returned to the OS on free. */
+  mallopt(M_MMAP_THRESHOLD, 1 << 20);
+}

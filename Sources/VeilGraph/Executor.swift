@@ -215,6 +215,9 @@ public final class Executor: @unchecked Sendable {
   }
 
   public var stepCount: Int { steps.count }
+
+  /// The kernel behind each step, with its output layout ("Conv+Relu → 1x64x56x56 …").
+  public var kernelNames: [String] { steps.map { "\($0.kernel.name)" } }
 }
 
 /// Turns a graph into steps and buffers. Kept apart from `Executor` so the executor holds only
@@ -455,8 +458,13 @@ struct Compiler {
       if sa == out, sb.count == sa.count {
         let la = layoutOf(a)
         var lb = layoutOf(b)
-        if sb == sa { lb = la }  // same dims: read both in one layout
-        else if !lb.isPlain { lb = .plain(sb) }
+        if sb == sa {
+          lb = la  // same dims: read both in one layout
+        } else if let m = la.matching(sb) {
+          lb = m  // a broadcast operand in the other's arrangement
+        } else if !lb.isPlain {
+          lb = .plain(sb)
+        }
         if let k = try? backend.binary(kind, a: la, b: lb, outputDims: out) {
           try emit(n, k, [a, b])
           return

@@ -402,9 +402,13 @@ public final class DNNLBackend: ComputeBackend, @unchecked Sendable {
     // output's dims. Everything else takes the plain broadcasting kernel.
     if ad == outputDims, bd.count == ad.count {
       let alg: dnnl_alg_kind_t = [dnnl_binary_add, dnnl_binary_sub, dnnl_binary_mul, dnnl_binary_div][kind.rawValue]
-      let entry = try cache.entry("binary|\(kind)|\(a)|\(b)", operation: "binary \(kind)") {
+      // A broadcast operand ([N,C,1,1] in squeeze-excitation) takes the first operand's
+      // blocked layout; a plain one against a blocked first operand would send oneDNN to its
+      // slow reference kernel.
+      let bL = (bd != ad && !a.isPlain ? a.matching(bd) : nil) ?? b
+      let entry = try cache.entry("binary|\(kind)|\(a)|\(bL)", operation: "binary \(kind)") {
         var m0 = a.md
-        var m1 = b.md
+        var m1 = bL.md
         var dst = a.md
         var desc = dnnl_binary_desc_t()
         try check(dnnl_binary_desc_init(&desc, alg, &m0, &m1, &dst), "binary \(kind) descriptor", detail: "\(a) and \(b)")
@@ -413,11 +417,11 @@ public final class DNNLBackend: ComputeBackend, @unchecked Sendable {
         return pd!
       }
       let s0 = try memory(a)
-      let s1 = try memory(b)
+      let s1 = try memory(bL)
       let d = try memory(a)
       return DNNLKernel(
         name: "\(kind)".capitalized, steps: [.init(entry: entry, args: [arg(argSrc, s0), arg(argSrc1, s1), arg(argDst, d)])],
-        inputs: [s0, s1], inputLayouts: [a, b], output: d, inPlaceInput: 0, engine: engine)
+        inputs: [s0, s1], inputLayouts: [a, bL], output: d, inPlaceInput: 0, engine: engine)
     }
     let rank = outputDims.count
     func bstrides(_ dims: [Int]) throws -> [Int64] {

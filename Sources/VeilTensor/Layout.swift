@@ -28,6 +28,18 @@ public struct Layout: @unchecked Sendable, Equatable, CustomStringConvertible {
     return Layout(md: md)
   }
 
+  /// `dims` in the same arrangement as this layout (dimension order, channel blocks), when
+  /// there is one: how a broadcast operand is laid out to match a blocked tensor.
+  public func matching(_ dims: [Int]) -> Layout? {
+    var out = dnnl_memory_desc_t()
+    var ref = md
+    let d = dims.map { Int64($0) }
+    guard dims.count == self.dims.count,
+      d.withUnsafeBufferPointer({ veil_md_like(&out, &ref, $0.baseAddress) }) == dnnl_success
+    else { return nil }
+    return Layout(md: out)
+  }
+
   static func any(_ dims: [Int]) -> dnnl_memory_desc_t {
     var md = dnnl_memory_desc_t()
     let d = dims.map { Int64($0) }

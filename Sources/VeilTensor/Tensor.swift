@@ -15,7 +15,14 @@ public final class TensorStorage: @unchecked Sendable {
   public let count: Int
   public let pointer: UnsafeMutablePointer<Float>
 
+  /// Set once, before the first tensor: see `veil_tune_malloc`.
+  private static let mallocTuned: Bool = {
+    veil_tune_malloc()
+    return true
+  }()
+
   public init(count: Int) {
+    _ = Self.mallocTuned
     self.count = count
     var raw: UnsafeMutableRawPointer?
     let bytes = max(count, 1) * MemoryLayout<Float>.stride

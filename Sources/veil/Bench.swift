@@ -24,6 +24,8 @@ struct Bench: ParsableCommand {
   var warmup: Int = 3
   @Flag(help: "Print one JSON document.")
   var json = false
+  @Flag(help: "Also time every step and print where the time goes, by op and by kernel.")
+  var profile = false
   @OptionGroup var engine: EngineOptions
 
   struct Latency: Encodable {
@@ -82,6 +84,7 @@ struct Bench: ParsableCommand {
       peak_rss_bytes: peakResidentBytes(), weight_bytes: weightBytes, arena_bytes: exec.peakActivationBytes,
       flops_per_pass: flops, compile_ms: compileMs, backend: Engine.backendVersion)
     if json { return try printJSON(report) }
+    if profile { try printProfile(exec, x) }
     let mib = { (b: Int) in String(format: "%.1f MiB", Double(b) / 1_048_576) }
     print("model        \(model), batch \(batch), \(report.threads) threads, \(report.backend)")
     print(String(format: "latency      min %.2f ms, median %.2f ms, p90 %.2f ms", times[0], median, p90))
@@ -89,6 +92,39 @@ struct Bench: ParsableCommand {
     print(String(format: "compute      %.2f GFLOP per pass, %.1f GFLOP/s", Double(flops) / 1e9, report.gflops))
     print("memory       peak RSS \(mib(report.peak_rss_bytes)) (weights \(mib(weightBytes)), activation arena \(mib(exec.peakActivationBytes)))")
     print(String(format: "compile      %.0f ms", compileMs))
+  }
+}
+
+extension Bench {
+  /// Median step times over `runs` profiled passes, summed by kernel.
+  func printProfile(_ exec: Executor, _ x: Tensor) throws {
+    var per: [[Double]] = []
+    var names: [StepTiming] = []
+    for _ in 0..<max(runs, 3) {
+      let steps = try exec.profile([x]).steps
+      names = steps
+      per.append(steps.map(\.seconds))
+    }
+    let med = names.indices.map { i -> Double in
+      let v = per.map { $0[i] }.sorted()
+      return v[v.count / 2]
+    }
+    let total = med.reduce(0, +)
+    var byKernel: [String: (Double, Int)] = [:]
+    for (i, s) in names.enumerated() {
+      let k = exec.kernelNames[i]
+      byKernel[k, default: (0, 0)].0 += med[i]
+      byKernel[k, default: (0, 0)].1 += 1
+      _ = s
+    }
+    print("time by kernel (median of \(max(runs, 3)) profiled passes, sum \(String(format: "%.2f", total * 1000)) ms):")
+    for (k, v) in byKernel.sorted(by: { $0.value.0 > $1.value.0 }) {
+      print(String(format: "  %-40@ %4d steps %9.3f ms %5.1f %%", k as NSString, v.1, v.0 * 1000, 100 * v.0 / total))
+    }
+    print("slowest steps:")
+    for i in med.indices.sorted(by: { med[$0] > med[$1] }).prefix(10) {
+      print(String(format: "  %-40@ %-28@ %8.3f ms", names[i].node as NSString, exec.kernelNames[i] as NSString, med[i] * 1000))
+    }
   }
 }
 

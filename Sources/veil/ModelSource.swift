@@ -21,6 +21,14 @@ enum ModelSource {
       "unknown model '\(spec)': not a zoo name (\(ModelZoo.names.joined(separator: ", "))) and no file at that path")
   }
 
+  /// Fails early, before any other work, when `spec` is neither a zoo name nor a file.
+  static func check(_ spec: String) throws {
+    guard ModelZoo.names.contains(spec) || FileManager.default.fileExists(atPath: spec) else {
+      throw ValidationError(
+        "unknown model '\(spec)': not a zoo name (\(ModelZoo.names.joined(separator: ", "))) and no file at that path")
+    }
+  }
+
   /// The graph's input shape with the batch replaced.
   static func inputShape(_ g: Graph) -> [Int] {
     g.inputs.first.flatMap { g.shape($0) } ?? []

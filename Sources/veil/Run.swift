@@ -54,6 +54,7 @@ struct Run: ParsableCommand {
 
   func run() throws {
     try engine.apply()
+    try ModelSource.check(model)
     let url = URL(fileURLWithPath: input)
     guard url.pathExtension.lowercased() == "npy" else {
       throw ValidationError(

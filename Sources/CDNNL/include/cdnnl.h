@@ -34,8 +34,15 @@ int veil_md_is_plain(const dnnl_memory_desc_t *md);
 /// 1 when the descriptor's first dimension is the outermost, dense and unblocked, so that a
 /// batch of N items is N equal slices one after the other.
 int veil_md_batch_outer(const dnnl_memory_desc_t *md);
+/// A descriptor for `dims` laid out like `ref` (same dimension order and channel blocking),
+/// e.g. [N,C,1,1] in the 8-channel blocks of an [N,C,H,W] tensor. dnnl_unimplemented when the
+/// reference's layout has no such counterpart.
+dnnl_status_t veil_md_like(dnnl_memory_desc_t *md, const dnnl_memory_desc_t *ref, const int64_t *dims);
 /// A short human-readable form of a layout ("f32 1x64x56x56 aBcd8b"), for logs and errors.
 void veil_md_describe(const dnnl_memory_desc_t *md, char *buf, size_t len);
+
+/// Fixes glibc's mmap threshold at 1 MiB so that large tensors are returned to the OS when freed.
+void veil_tune_malloc(void);
 
 /// Constant, reflect or edge padding of an NCHW-like tensor (any rank), plain layout.
 /// pads: begin[0..rank) then end[0..rank), may be negative (cropping).
