@@ -29,6 +29,9 @@ let package = Package(
     .target(name: "VeilGraph", dependencies: ["VeilTensor"], swiftSettings: kernelSwiftFlags),
     .target(name: "VeilFormats", dependencies: ["VeilTensor", "VeilGraph"]),
     .target(name: "VeilModels", dependencies: ["VeilTensor", "VeilGraph"]),
+    // Test-only: ONNX Runtime references and tolerances shared by the numerical test targets.
+    // Never a dependency of `veil` or of a product.
+    .target(name: "VeilTestSupport", dependencies: ["VeilTensor", "VeilGraph", "VeilFormats"]),
     .executableTarget(
       name: "veil",
       dependencies: [
@@ -37,8 +40,8 @@ let package = Package(
       ]
     ),
     .testTarget(name: "VeilTensorTests", dependencies: ["VeilTensor"]),
-    .testTarget(name: "VeilGraphTests", dependencies: ["VeilGraph", "VeilFormats"]),
+    .testTarget(name: "VeilGraphTests", dependencies: ["VeilGraph", "VeilFormats", "VeilTestSupport"]),
     .testTarget(name: "VeilFormatsTests", dependencies: ["VeilFormats"]),
-    .testTarget(name: "VeilModelsTests", dependencies: ["VeilModels", "VeilFormats"]),
+    .testTarget(name: "VeilModelsTests", dependencies: ["VeilModels", "VeilFormats", "VeilTestSupport"]),
   ]
 )

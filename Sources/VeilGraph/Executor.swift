@@ -344,7 +344,6 @@ struct Compiler {
     }
     for n in graph.nodes { try compileNode(n) }
     // Graph outputs and retained values end in plain layout and stay alive to the end.
-    let end = steps.count + 1
     for v in graph.outputs {
       let b = try ensure(v, .plain(shape(v)), node: "output '\(graph[v].name)'")
       outputBuffers.append((b, shape(v)))
@@ -353,6 +352,9 @@ struct Compiler {
       let b = try ensure(v, .plain(shape(v)), node: "retained '\(graph[v].name)'")
       retained[graph[v].name] = (b, shape(v))
     }
+    // Only now: the reorders above appended steps, and a buffer they wrote must not end
+    // before the step that writes it.
+    let end = steps.count + 1
     for (b, _) in outputBuffers { buffers[b].last = end }
     for (_, r) in retained { buffers[r.buffer].last = end }
     mergeInPlace()

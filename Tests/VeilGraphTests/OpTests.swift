@@ -2,6 +2,7 @@ import Foundation
 import VeilFormats
 import VeilGraph
 import VeilTensor
+import VeilTestSupport
 import XCTest
 
 /// Every op of the engine against ONNX Runtime, as a table of cases (ONNX Runtime's own op
@@ -93,123 +94,14 @@ final class OpTests: XCTestCase {
   }
 }
 
-// MARK: - Comparison
-
-struct Tolerance: CustomStringConvertible {
-  var abs: Float
-  var rel: Float
-  /// Small graphs with reductions of at most a few hundred terms.
-  static let standard = Tolerance(abs: 1e-4, rel: 1e-4)
-  /// Bit-exact data movement (copies, pads, max, concat).
-  static let exact = Tolerance(abs: 0, rel: 0)
-  var description: String { "abs \(abs) + rel \(rel)" }
-}
-
-struct Comparison: CustomStringConvertible {
-  var passed = true
-  var shapeMismatch: (got: [Int], want: [Int])?
-  var maxAbsError: Float = 0
-  var worstIndex = 0
-  var worstGot: Float = 0
-  var worstWant: Float = 0
-  var violations = 0
-  var count = 0
-  var tolerance: Tolerance
-
-  init(got: Tensor, want: Tensor, tolerance: Tolerance) {
-    self.tolerance = tolerance
-    guard got.shape == want.shape else {
-      shapeMismatch = (got.shape, want.shape)
-      passed = false
-      return
-    }
-    let g = got.scalars
-    let w = want.scalars
-    count = g.count
-    var worstExcess: Float = -1
-    for i in g.indices {
-      let err = Swift.abs(g[i] - w[i])
-      let allowed = tolerance.abs + tolerance.rel * Swift.abs(w[i])
-      // NaN on either side is a violation.
-      let bad = !(err <= allowed)
-      if bad { violations += 1 }
-      maxAbsError = max(maxAbsError, err.isNaN ? .infinity : err)
-      let excess = err.isNaN ? .infinity : err - allowed
-      if excess > worstExcess {
-        worstExcess = excess
-        worstIndex = i
-        worstGot = g[i]
-        worstWant = w[i]
-      }
-    }
-    passed = violations == 0
-  }
-
-  var description: String {
-    if let (g, w) = shapeMismatch { return "shape \(g), ORT gives \(w)" }
-    return "max |err| \(maxAbsError) (tolerance \(tolerance)); \(violations)/\(count) outside"
-      + (violations > 0 ? ", worst at flat index \(worstIndex): veil \(worstGot), ORT \(worstWant)" : "")
-  }
-}
-
 // MARK: - Reference outputs from ONNX Runtime, computed once for all cases
 
 enum OpReference {
-  static let repoRoot = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent()
-    .deletingLastPathComponent()
-
-  struct Failure: Error, CustomStringConvertible {
-    var description: String
-  }
-
   /// Expected outputs by case name; computed on first use by one run of reference.py.
-  static let outputs: Result<[String: [Tensor]], Failure> = compute(OpCases.all)
-
-  static func compute(_ cases: [OpCase]) -> Result<[String: [Tensor]], Failure> {
-    let python = repoRoot.appendingPathComponent(".venv/bin/python")
-    guard FileManager.default.isExecutableFile(atPath: python.path) else {
-      return .failure(
-        Failure(
-          description: "\(python.path) is missing: OpTests compare against ONNX Runtime in the project's Python "
-            + "environment. Run `make test` or `scripts/setup-python.sh` from \(repoRoot.path) first."))
-    }
-    let fm = FileManager.default
-    let dir = keptDirectory ?? fm.temporaryDirectory.appendingPathComponent("veil-optests-\(UUID().uuidString)")
-    defer { if keptDirectory == nil { try? fm.removeItem(at: dir) } }
-    do {
-      for (i, c) in cases.enumerated() {
-        let caseDir = dir.appendingPathComponent(folder(i, c))
-        try fm.createDirectory(at: caseDir, withIntermediateDirectories: true)
-        try ONNXWriter.write(c.graph, to: caseDir.appendingPathComponent("model.onnx"))
-        for (k, t) in c.inputs.enumerated() { try NPY.write(t, to: caseDir.appendingPathComponent("input_\(k).npy")) }
-      }
-    } catch {
-      return .failure(Failure(description: "writing the cases failed: \(error)"))
-    }
-    let process = Process()
-    process.executableURL = python
-    process.arguments = [repoRoot.appendingPathComponent("scripts/reference.py").path, "run", dir.path]
-    let pipe = Pipe()
-    process.standardOutput = pipe
-    process.standardError = pipe
-    do { try process.run() } catch { return .failure(Failure(description: "cannot start \(python.path): \(error)")) }
-    let log = String(decoding: pipe.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
-    process.waitUntilExit()
-    guard process.terminationStatus == 0 else {
-      return .failure(Failure(description: "reference.py exited with \(process.terminationStatus):\n\(log)"))
-    }
-    var result: [String: [Tensor]] = [:]
-    do {
-      for (i, c) in cases.enumerated() {
-        let caseDir = dir.appendingPathComponent(folder(i, c))
-        result[c.name] = try c.graph.outputs.indices.map {
-          try NPY.read(caseDir.appendingPathComponent("expected_\($0).npy"))
-        }
-      }
-    } catch {
-      return .failure(Failure(description: "reading ORT's outputs failed: \(error)"))
-    }
-    return .success(result)
+  static let outputs: Result<[String: [Tensor]], ReferenceError> = Result {
+    () throws(ReferenceError) in
+    try ONNXRuntimeReference.outputs(
+      for: OpCases.all.map { ReferenceCase(name: $0.name, graph: $0.graph, inputs: $0.inputs) }, in: keptDirectory)
   }
 
   /// With VEIL_OPTESTS_DIR set, the cases stay in that folder after the run, and Veil's
@@ -222,15 +114,10 @@ enum OpReference {
   static func keepVeilOutputs(_ outputs: [Tensor], of c: OpCase, optimize: Bool) {
     guard let dir = keptDirectory, let i = OpCases.all.firstIndex(where: { $0.name == c.name }) else { return }
     for (k, t) in outputs.enumerated() {
-      let file = dir.appendingPathComponent(folder(i, c)).appendingPathComponent(
+      let file = dir.appendingPathComponent(ONNXRuntimeReference.folderName(i, c.name)).appendingPathComponent(
         "veil_\(optimize ? "optimized" : "plain")_\(k).npy")
       try? NPY.write(t, to: file)
     }
-  }
-
-  static func folder(_ i: Int, _ c: OpCase) -> String {
-    let n = String(i)
-    return String(repeating: "0", count: max(0, 3 - n.count)) + n + "_" + c.name
   }
 }
 
@@ -279,10 +166,7 @@ struct CaseBuilder {
 
   init(_ name: String) {
     graph = Graph(name: name)
-    // FNV-1a of the name: a stable seed per case, independent of table order.
-    var h: UInt64 = 0xCBF2_9CE4_8422_2325
-    for b in name.utf8 { h = (h ^ UInt64(b)) &* 0x100_0000_01B3 }
-    rng = SeededGenerator(seed: h)
+    rng = SeededGenerator(label: name)
   }
 
   /// A graph input, normal(0, std) unless a range is given.
