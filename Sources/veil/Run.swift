@@ -114,6 +114,6 @@ struct Export: ParsableCommand {
   func run() throws {
     let g = try ModelSource.load(model, batch: batch, seed: seed)
     try ONNXWriter.write(g, to: URL(fileURLWithPath: out))
-    print("wrote \(out): \(g.nodes.count) nodes, \(g.parameterCount) parameters, input \(ModelSource.inputShape(g))")
+    print("wrote \(out): \(g.nodes.count) nodes, \(g.parameterCount) weight values (BatchNorm statistics included), input \(ModelSource.inputShape(g))")
   }
 }
