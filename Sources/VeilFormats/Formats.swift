@@ -1,9 +1,9 @@
 /// VeilFormats: model and tensor files in and out of Veil.
 ///
 /// Owns the byte-level formats the rest of Veil exchanges with other tools: a hand-written
-/// protobuf encoder, the ONNX writer (graph IR → ModelProto, unfusing Veil's fused post-ops back
-/// into plain ONNX nodes), and NumPy `.npy` tensors. Later: the ONNX reader, PyTorch checkpoints
-/// and safetensors. It may import VeilGraph and VeilTensor only; it must not depend on models,
+/// protobuf encoder and decoder, the ONNX writer (graph IR → ModelProto, unfusing Veil's fused
+/// post-ops back into plain ONNX nodes), the ONNX reader (ModelProto → graph IR), and NumPy
+/// `.npy` tensors. Later: PyTorch checkpoints and safetensors. It may import VeilGraph and VeilTensor only; it must not depend on models,
 /// data, privacy, serving or any higher layer, and it never names oneDNN.
 import Foundation
 

@@ -13,9 +13,13 @@ enum ModelSource {
     }
     let url = URL(fileURLWithPath: spec)
     if FileManager.default.fileExists(atPath: url.path) {
-      throw ValidationError(
-        "cannot load '\(spec)': reading model files (ONNX, PyTorch checkpoints) is not available yet in this build; use a zoo name: \(ModelZoo.names.joined(separator: ", "))"
-      )
+      guard url.pathExtension.lowercased() == "onnx" else {
+        throw ValidationError(
+          "cannot load '\(spec)': only ONNX files (.onnx) are read in this build; PyTorch checkpoints come later")
+      }
+      var g = try ONNXReader.read(url)
+      if batch != 1 { g = try g.withBatch(batch) }
+      return g
     }
     throw ValidationError(
       "unknown model '\(spec)': not a zoo name (\(ModelZoo.names.joined(separator: ", "))) and no file at that path")

@@ -96,6 +96,31 @@ final class CLITests: XCTestCase {
     XCTAssertEqual(best, row.indices.max { row[$0] < row[$1] })
   }
 
+  /// A model exported to ONNX and read back computes what the zoo builder computes.
+  func testExportedONNXRunsWithTheSameAnswer() throws {
+    let m = temp("m.onnx")
+    let x = temp("x.npy")
+    let a = temp("a.npy")
+    let b = temp("b.npy")
+    defer { for f in [m, x, a, b] { try? FileManager.default.removeItem(at: f) } }
+    var rng = SeededGenerator(seed: 6)
+    try NPY.write(Tensor.randomNormal(shape: [1, 3, 224, 224], generator: &rng), to: x)
+    XCTAssertEqual(try veil(["export", "--model", "efficientnet_b0", "--out", m.path]).status, 0)
+    XCTAssertEqual(try veil(["run", "--model", "efficientnet_b0", "--input", x.path, "--output", a.path]).status, 0)
+    let r = try veil(["run", "--model", m.path, "--input", x.path, "--output", b.path])
+    XCTAssertEqual(r.status, 0, r.stderr)
+    let ya = try NPY.read(a).scalars
+    let yb = try NPY.read(b).scalars
+    let peak = ya.map(abs).max() ?? 1
+    XCTAssertLessThanOrEqual(zip(ya, yb).map { abs($0 - $1) }.max() ?? 1, 1e-5 * peak)
+    let bad = temp("bad.onnx")
+    try Data([0x08, 0x80]).write(to: bad)
+    defer { try? FileManager.default.removeItem(at: bad) }
+    let e = try veil(["run", "--model", bad.path, "--input", x.path])
+    XCTAssertNotEqual(e.status, 0)
+    XCTAssertTrue(e.stderr.contains("byte"), e.stderr)
+  }
+
   func testBenchJSONHasTheDocumentedKeys() throws {
     let r = try veil(["bench", "--model", "mobilenet_v2", "--runs", "2", "--warmup", "1", "--threads", "1", "--json"])
     XCTAssertEqual(r.status, 0, r.stderr)

@@ -1,0 +1,464 @@
+import Foundation
+import VeilFormats
+import VeilGraph
+import VeilTensor
+import XCTest
+
+/// The ONNX reader: graphs written by ONNXWriter read back and run to the same outputs, and
+/// hand-encoded files that exercise what the writer never produces (folding, auto_pad, external
+/// data, malformed bytes).
+final class ONNXReaderTests: XCTestCase {
+  // MARK: Helpers
+
+  func assertSameOutputs(_ a: Graph, _ b: Graph, _ inputs: [Tensor], file: StaticString = #filePath, line: UInt = #line)
+    throws
+  {
+    let ya = try Executor(graph: a).run(inputs)
+    let yb = try Executor(graph: b).run(inputs)
+    XCTAssertEqual(ya.count, yb.count, file: file, line: line)
+    for (p, q) in zip(ya, yb) {
+      XCTAssertEqual(p.shape, q.shape, file: file, line: line)
+      let worst = zip(p.scalars, q.scalars).map { abs($0 - $1) / max(1, abs($0)) }.max() ?? 0
+      XCTAssertLessThanOrEqual(worst, 1e-6, file: file, line: line)
+    }
+  }
+
+  func roundTrip(_ g: Graph, _ inputs: [Tensor], file: StaticString = #filePath, line: UInt = #line) throws -> Graph {
+    let bytes = try ONNXWriter.serialize(g)
+    let back = try ONNXReader.parse(bytes)
+    XCTAssertEqual(
+      back.inputs.count, g.inputs.count, "initializers must not become runtime inputs", file: file, line: line)
+    XCTAssertEqual(back.outputs.count, g.outputs.count, file: file, line: line)
+    XCTAssertEqual(back.parameterCount, g.parameterCount, file: file, line: line)
+    try assertSameOutputs(g, back, inputs, file: file, line: line)
+    return back
+  }
+
+  func message<T>(_ body: () throws -> T) -> String {
+    do {
+      _ = try body()
+      return "no error"
+    } catch {
+      return "\(error)"
+    }
+  }
+
+  // MARK: Round trips through ONNXWriter
+
+  func testConvBatchNormPoolGemmRoundTrip() throws {
+    var rng = SeededGenerator(seed: 11)
+    var g = Graph(name: "cnn")
+    let x = g.addInput(name: "x", shape: [2, 3, 8, 8])
+    var h = g.conv(
+      x, weight: .randomNormal(shape: [4, 3, 3, 3], std: 0.3, generator: &rng),
+      bias: .randomNormal(shape: [4], std: 0.1, generator: &rng), .square(3), name: "conv1")
+    h = g.batchNorm(
+      h, scale: .randomUniform(shape: [4], low: 0.5, high: 1.5, generator: &rng),
+      bias: .randomNormal(shape: [4], std: 0.1, generator: &rng),
+      mean: .randomNormal(shape: [4], std: 0.1, generator: &rng),
+      variance: .randomUniform(shape: [4], low: 0.5, high: 1.5, generator: &rng), name: "bn1")
+    h = g.activation(h, .relu, name: "relu1")
+    h = g.maxPool(
+      h, PoolAttributes(kernel: [3, 3], strides: [2, 2], padsBegin: [1, 1], ceilMode: true), name: "pool1")
+    h = g.averagePool(
+      h,
+      PoolAttributes(kernel: [2, 2], strides: [1, 1], padsBegin: [0, 0], padsEnd: [1, 1], countIncludePad: false),
+      name: "pool2")
+    h = g.globalAveragePool(h, name: "gap")
+    h = g.flatten(h, name: "flat")
+    h = g.linear(
+      h, weight: .randomNormal(shape: [5, 4], generator: &rng), bias: .randomNormal(shape: [5], generator: &rng),
+      name: "fc")
+    g.outputs = [g.softmax(h, axis: -1, name: "prob")]
+    let back = try roundTrip(g, [.randomNormal(shape: [2, 3, 8, 8], generator: &rng)])
+    XCTAssertEqual(back.nodes.map(\.op.typeName), g.nodes.map(\.op.typeName))
+  }
+
+  func testResidualAndActivationsRoundTrip() throws {
+    var rng = SeededGenerator(seed: 12)
+    var g = Graph(name: "residual")
+    let x = g.addInput(name: "x", shape: [1, 4, 6, 6])
+    var h = g.conv(x, weight: .randomNormal(shape: [4, 4, 3, 3], std: 0.3, generator: &rng), .square(3), name: "c1")
+    h = g.activation(h, .leakyRelu(alpha: 0.1), name: "lrelu")
+    h = g.add(h, x, name: "residual")
+    h = g.activation(h, .clip(min: -0.5, max: 2), name: "clip")
+    h = g.activation(h, .hardSigmoid(alpha: 0.3, beta: 0.4), name: "hsig")
+    h = g.activation(h, .hardSwish, name: "hswish")
+    h = g.activation(h, .tanh, name: "tanh")
+    h = g.activation(h, .silu, name: "silu")
+    h = g.binary(.sub, h, g.activation(x, .sigmoid, name: "sig"), name: "sub")
+    h = g.binary(.div, h, g.addInitializer(name: "two", Tensor(shape: [1], repeating: 2)), name: "div")
+    h = g.convTranspose(
+      h, weight: .randomNormal(shape: [4, 2, 3, 3], std: 0.3, generator: &rng),
+      bias: .randomNormal(shape: [2], generator: &rng),
+      ConvAttributes(kernel: [3, 3], strides: [2, 2], padsBegin: [1, 1], outputPadding: [1, 1]), name: "up")
+    g.outputs = [h]
+    let back = try roundTrip(g, [.randomNormal(shape: [1, 4, 6, 6], generator: &rng)])
+    XCTAssertTrue(back.nodes.contains { $0.op == .activation(.silu) }, "Sigmoid·Mul reads back as SiLU")
+    XCTAssertTrue(back.nodes.contains { $0.op == .activation(.sigmoid) }, "a Sigmoid that is not part of SiLU stays")
+  }
+
+  func testConcatReshapeTransposeMatMulRoundTrip() throws {
+    var rng = SeededGenerator(seed: 13)
+    var g = Graph(name: "concat")
+    let x = g.addInput(name: "x", shape: [1, 2, 4, 4])
+    let a = g.conv(x, weight: .randomNormal(shape: [3, 2, 1, 1], generator: &rng), .square(1), name: "a")
+    let b = g.conv(x, weight: .randomNormal(shape: [5, 2, 3, 3], generator: &rng), .square(3, groups: 1), name: "b")
+    var h = g.concat([a, b, x], axis: 1, name: "cat")
+    h = g.reshape(h, to: [0, 10, -1], name: "reshape")
+    h = g.addNode(.transpose(permutation: [0, 2, 1]), name: "t", inputs: [h])[0]
+    let w = g.addInitializer(name: "w", .randomNormal(shape: [10, 3], generator: &rng))
+    h = g.addNode(.matMul, name: "mm", inputs: [h, w])[0]
+    h = g.dropout(h, ratio: 0.2, name: "drop")
+    g.outputs = [h, a]
+    _ = try roundTrip(g, [.randomNormal(shape: [1, 2, 4, 4], generator: &rng)])
+  }
+
+  func testPadResizeSoftmaxRoundTrip() throws {
+    var rng = SeededGenerator(seed: 14)
+    var g = Graph(name: "padresize")
+    let x = g.addInput(name: "x", shape: [1, 2, 4, 5])
+    var h = g.addNode(.pad(mode: .constant, pads: [0, 0, 1, 2, 0, 0, 2, 1], value: 0.5), name: "pad_c", inputs: [x])[0]
+    h = g.addNode(.pad(mode: .reflect, pads: [0, 0, 1, 1, 0, 0, 1, 1], value: 0), name: "pad_r", inputs: [h])[0]
+    h = g.addNode(.pad(mode: .edge, pads: [0, 0, 0, 1, 0, 0, 2, 0], value: 0), name: "pad_e", inputs: [h])[0]
+    h = g.addNode(.resize(.nearest, scales: [1, 1, 2, 2], sizes: nil), name: "up_nearest", inputs: [h])[0]
+    h = g.addNode(.resize(.linear, scales: nil, sizes: [1, 2, 9, 7]), name: "down_linear", inputs: [h])[0]
+    h = g.softmax(h, axis: 1, name: "softmax")
+    h = g.addNode(.identity, name: "id", inputs: [h])[0]
+    g.outputs = [h]
+    let back = try roundTrip(g, [.randomNormal(shape: [1, 2, 4, 5], generator: &rng)])
+    let ops = back.nodes.map(\.op)
+    XCTAssertTrue(ops.contains(.resize(.nearest, scales: [1, 1, 2, 2], sizes: nil)))
+    XCTAssertTrue(ops.contains(.pad(mode: .constant, pads: [0, 0, 1, 2, 0, 0, 2, 1], value: 0.5)))
+  }
+
+  // MARK: Hand-encoded models
+
+  enum Attr {
+    case int(Int)
+    case ints([Int])
+    case float(Float)
+    case string(String)
+  }
+
+  /// A small ONNX model written field by field, for what ONNXWriter never produces.
+  struct HandModel {
+    var opset = 13
+    var nodes: [(name: String, op: String, inputs: [String], outputs: [String], attrs: [(String, Attr)])] = []
+    /// name, dims, raw little-endian data, data type, external (location, offset, length).
+    var initializers: [(name: String, dims: [Int], raw: [UInt8], type: Int, external: [(String, String)])] = []
+    /// A nil dimension is symbolic ("N").
+    var inputs: [(name: String, dims: [Int?])] = []
+    var outputs: [String] = []
+
+    mutating func floats(_ name: String, dims: [Int], _ v: [Float]) {
+      initializers.append(
+        (name, dims, v.flatMap { withUnsafeBytes(of: $0.bitPattern.littleEndian, Array.init) }, 1, []))
+    }
+
+    mutating func int64s(_ name: String, dims: [Int], _ v: [Int64]) {
+      initializers.append((name, dims, v.flatMap { withUnsafeBytes(of: $0.littleEndian, Array.init) }, 7, []))
+    }
+
+    func bytes() -> [UInt8] {
+      var e = ProtobufEncoder()
+      e.int64(1, 8)
+      e.message(7) { g in
+        for n in nodes {
+          g.message(1) { m in
+            for i in n.inputs { m.string(1, i) }
+            for o in n.outputs { m.string(2, o) }
+            m.string(3, n.name)
+            m.string(4, n.op)
+            for (k, v) in n.attrs {
+              m.message(5) { a in
+                a.string(1, k)
+                switch v {
+                case .int(let i): a.int(3, i); a.int(20, 2)
+                case .ints(let vs): a.packedInt(8, vs); a.int(20, 7)
+                case .float(let f): a.float(2, f); a.int(20, 1)
+                case .string(let s): a.string(4, s); a.int(20, 3)
+                }
+              }
+            }
+          }
+        }
+        g.string(2, "hand")
+        for t in initializers {
+          g.message(5) { m in
+            m.packedInt(1, t.dims)
+            m.int(2, t.type)
+            m.string(8, t.name)
+            if t.external.isEmpty {
+              m.data(9, t.raw)
+            } else {
+              for (k, v) in t.external {
+                m.message(13) {
+                  $0.string(1, k); $0.string(2, v)
+                }
+              }
+              m.int(14, 1)
+            }
+          }
+        }
+        for (name, dims) in inputs {
+          g.message(11) { v in
+            v.string(1, name)
+            v.message(2) {
+              $0.message(1) { t in
+                t.int(1, 1)
+                t.message(2) { s in
+                  for d in dims { s.message(1) { if let d { $0.int(1, d) } else { $0.string(2, "N") } } }
+                }
+              }
+            }
+          }
+        }
+        for o in outputs { g.message(12) { $0.string(1, o) } }
+      }
+      e.message(8) {
+        $0.string(1, ""); $0.int(2, opset)
+      }
+      return e.bytes
+    }
+  }
+
+  func testUnknownOpNamesNodeOpAndOpset() throws {
+    var m = HandModel()
+    m.inputs = [("x", [1, 4])]
+    m.nodes = [("weird_1", "FooBar", ["x"], ["y"], [])]
+    m.outputs = ["y"]
+    let text = message { try ONNXReader.parse(m.bytes()) }
+    XCTAssertTrue(text.contains("weird_1") && text.contains("FooBar") && text.contains("opset 13"), text)
+  }
+
+  func testOpsetOutOfRange() throws {
+    var m = HandModel()
+    m.opset = 9
+    m.inputs = [("x", [1, 4])]
+    m.nodes = [("r", "Relu", ["x"], ["y"], [])]
+    m.outputs = ["y"]
+    let text = message { try ONNXReader.parse(m.bytes()) }
+    XCTAssertTrue(text.contains("opset 9"), text)
+  }
+
+  func testShapeChainFoldsIntoReshapeAndSymbolicBatch() throws {
+    var m = HandModel()
+    m.inputs = [("x", [nil, 2, 3, 4])]
+    m.int64s("zero", dims: [], [0])
+    m.int64s("axes", dims: [1], [0])
+    m.int64s("minus1", dims: [1], [-1])
+    m.nodes = [
+      ("shape", "Shape", ["x"], ["s"], []),
+      ("gather", "Gather", ["s", "zero"], ["b"], [("axis", .int(0))]),
+      ("unsq", "Unsqueeze", ["b", "axes"], ["bu"], []),
+      ("cat", "Concat", ["bu", "minus1"], ["target"], [("axis", .int(0))]),
+      ("reshape", "Reshape", ["x", "target"], ["y"], []),
+    ]
+    m.outputs = ["y"]
+    let g = try ONNXReader.parse(m.bytes())
+    XCTAssertEqual(g.shape(g.inputs[0]), [1, 2, 3, 4])
+    XCTAssertEqual(g.nodes.map(\.op), [.reshape(shape: [1, -1])])
+    XCTAssertEqual(g.shape(g.outputs[0]), [1, 24])
+    XCTAssertTrue(g.initializers.isEmpty, "integer constants are attributes, not weights")
+  }
+
+  func testAutoPadResolvesToExplicitPads() throws {
+    var m = HandModel()
+    m.inputs = [("x", [1, 1, 5, 4])]
+    m.floats("w", dims: [1, 1, 3, 2], [Float](repeating: 1, count: 6))
+    m.nodes = [
+      ("conv", "Conv", ["x", "w"], ["y"], [("auto_pad", .string("SAME_UPPER")), ("strides", .ints([2, 1]))]),
+      ("pool", "MaxPool", ["y"], ["z"], [("auto_pad", .string("SAME_LOWER")), ("kernel_shape", .ints([2, 2]))]),
+    ]
+    m.outputs = ["z"]
+    let g = try ONNXReader.parse(m.bytes())
+    guard case .conv(let a) = g.nodes[0].op, case .maxPool(let p) = g.nodes[1].op else { return XCTFail("\(g.nodes)") }
+    // H: 5 at stride 2 → 3, total pad 2 → 1/1. W: 4 at stride 1, kernel 2 → total 1 → 0/1 (upper).
+    XCTAssertEqual(a.padsBegin, [1, 0])
+    XCTAssertEqual(a.padsEnd, [1, 1])
+    XCTAssertEqual(p.padsBegin, [1, 1])
+    XCTAssertEqual(p.padsEnd, [0, 0])
+    XCTAssertEqual(g.shape(g.outputs[0]), [1, 1, 3, 4])
+  }
+
+  func testConstantNodesAndExternalData() throws {
+    let dir = FileManager.default.temporaryDirectory.appendingPathComponent("veil-onnx-\(UUID().uuidString)")
+    try FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
+    defer { try? FileManager.default.removeItem(at: dir) }
+    let w: [Float] = [1, -2, 3.5, 0.25]
+    try Data(
+      [UInt8](repeating: 0xee, count: 8) + w.flatMap { withUnsafeBytes(of: $0.bitPattern.littleEndian, Array.init) }
+    )
+    .write(to: dir.appendingPathComponent("weights.bin"))
+    var m = HandModel()
+    m.inputs = [("x", [1, 4])]
+    m.initializers.append(("w", [4], [], 1, [("location", "weights.bin"), ("offset", "8"), ("length", "16")]))
+    m.nodes = [
+      ("c", "Constant", [], ["scale"], [("value_float", .float(3))]),
+      ("add", "Add", ["x", "w"], ["y"], []),
+      ("mul", "Mul", ["y", "scale"], ["z"], []),
+    ]
+    m.outputs = ["z"]
+    try m.bytes().withUnsafeBufferPointer { try Data(buffer: $0).write(to: dir.appendingPathComponent("m.onnx")) }
+    let g = try ONNXReader.read(dir.appendingPathComponent("m.onnx"))
+    let y = try Executor(graph: g).run([try Tensor(shape: [1, 4], values: [1, 1, 1, 1])])
+    XCTAssertEqual(y[0].scalars, w.map { ($0 + 1) * 3 })
+
+    var bad = m
+    bad.initializers[0].external = [("location", "weights.bin"), ("offset", "16"), ("length", "16")]
+    let text = message { try ONNXReader.parse(bad.bytes(), baseDirectory: dir) }
+    XCTAssertTrue(text.contains("truncated") && text.contains("'w'"), text)
+    var escape = m
+    escape.initializers[0].external = [("location", "../weights.bin")]
+    XCTAssertTrue(message { try ONNXReader.parse(escape.bytes(), baseDirectory: dir) }.contains("leaves"))
+  }
+
+  func testFloat16DoubleAndInt32ConstantsConvert() throws {
+    var m = HandModel()
+    m.inputs = [("x", [1, 4])]
+    let halves: [UInt16] = [0x3C00, 0xC000, 0x3800, 0x7BFF]  // 1, -2, 0.5, 65504
+    m.initializers.append(("h", [4], halves.flatMap { withUnsafeBytes(of: $0.littleEndian, Array.init) }, 10, []))
+    let doubles: [Double] = [0.125, -1, 3, 1e-3]
+    m.initializers.append(
+      ("d", [1, 4], doubles.flatMap { withUnsafeBytes(of: $0.bitPattern.littleEndian, Array.init) }, 11, []))
+    let shape: [Int32] = [2, 2]
+    m.initializers.append(("s", [2], shape.flatMap { withUnsafeBytes(of: $0.littleEndian, Array.init) }, 6, []))
+    m.nodes = [
+      ("add", "Add", ["x", "h"], ["y"], []), ("mul", "Mul", ["y", "d"], ["z"], []),
+      ("r", "Reshape", ["z", "s"], ["out"], []),
+    ]
+    m.outputs = ["out"]
+    let g = try ONNXReader.parse(m.bytes())
+    let out = try Executor(graph: g).run([Tensor(shape: [1, 4], repeating: 0)])[0]
+    XCTAssertEqual(out.shape, [2, 2])
+    XCTAssertEqual(out.scalars, [0.125, 2, 1.5, 65504 * Float(1e-3)])
+  }
+
+  func testAbsurdAndMismatchedDimsAreRejected() throws {
+    var m = HandModel()
+    m.inputs = [("x", [1, 4])]
+    m.nodes = [("add", "Add", ["x", "w"], ["y"], [])]
+    m.outputs = ["y"]
+    m.initializers = [("w", [1 << 30, 1 << 30], [0, 0, 0, 0], 1, [])]
+    XCTAssertTrue(message { try ONNXReader.parse(m.bytes()) }.contains("too large"))
+    m.initializers = [("w", [-1], [0, 0, 0, 0], 1, [])]
+    XCTAssertTrue(message { try ONNXReader.parse(m.bytes()) }.contains("dimension -1"))
+    m.initializers = [("w", [4], [0, 0, 0, 0], 1, [])]
+    let text = message { try ONNXReader.parse(m.bytes()) }
+    XCTAssertTrue(text.contains("4 bytes of raw_data") && text.contains("need 16"), text)
+    // Shape operands whose products would overflow later shape arithmetic.
+    var r = HandModel()
+    r.inputs = [("x", [1, 4])]
+    r.int64s("s", dims: [3], [65536, 65536, 65536])
+    r.floats("scales", dims: [2], [1, .infinity])
+    r.nodes = [("reshape", "Reshape", ["x", "s"], ["y"], [])]
+    r.outputs = ["y"]
+    XCTAssertTrue(message { try ONNXReader.parse(r.bytes()) }.contains("too large"))
+    r.nodes = [("rs", "Resize", ["x", "", "scales"], ["y"], [("mode", .string("linear"))])]
+    XCTAssertTrue(message { try ONNXReader.parse(r.bytes()) }.contains("do not fit"))
+  }
+
+  func testSoftmaxBeforeOpset13() throws {
+    var m = HandModel()
+    m.opset = 11
+    m.inputs = [("x", [1, 2, 3])]
+    m.nodes = [("sm", "Softmax", ["x"], ["y"], [])]
+    m.outputs = ["y"]
+    XCTAssertTrue(message { try ONNXReader.parse(m.bytes()) }.contains("flattens"))
+    m.inputs = [("x", [2, 3])]
+    let g = try ONNXReader.parse(m.bytes())
+    XCTAssertEqual(g.nodes.map(\.op), [.softmax(axis: 1)])
+  }
+
+  func testUnsupportedResizeModeNamesAttribute() throws {
+    var m = HandModel()
+    m.inputs = [("x", [1, 1, 2, 2])]
+    m.floats("scales", dims: [4], [1, 1, 2, 2])
+    m.nodes = [("rs", "Resize", ["x", "", "scales"], ["y"], [("mode", .string("cubic"))])]
+    m.outputs = ["y"]
+    let text = message { try ONNXReader.parse(m.bytes()) }
+    XCTAssertTrue(text.contains("'mode'") && text.contains("cubic") && text.contains("rs"), text)
+  }
+
+  func testCycleAndDanglingInputAreReported() throws {
+    var m = HandModel()
+    m.inputs = [("x", [1, 4])]
+    m.nodes = [("a", "Add", ["x", "b_out"], ["a_out"], []), ("b", "Relu", ["a_out"], ["b_out"], [])]
+    m.outputs = ["b_out"]
+    XCTAssertTrue(message { try ONNXReader.parse(m.bytes()) }.contains("cycle"))
+    m.nodes = [("a", "Add", ["x", "ghost"], ["a_out"], [])]
+    m.outputs = ["a_out"]
+    XCTAssertTrue(message { try ONNXReader.parse(m.bytes()) }.contains("ghost"))
+  }
+
+  // MARK: Malformed bytes
+
+  func testEveryTruncationThrows() throws {
+    var rng = SeededGenerator(seed: 15)
+    var g = Graph(name: "small")
+    let x = g.addInput(name: "x", shape: [1, 2, 4, 4])
+    var h = g.conv(
+      x, weight: .randomNormal(shape: [2, 2, 3, 3], generator: &rng), bias: Tensor(zeros: [2]), .square(3), name: "conv"
+    )
+    h = g.activation(h, .relu, name: "relu")
+    h = g.reshape(h, to: [1, -1], name: "flat")
+    g.outputs = [h]
+    let bytes = try ONNXWriter.serialize(g)
+    XCTAssertNoThrow(try ONNXReader.parse(bytes))
+    for n in 0..<bytes.count {
+      XCTAssertThrowsError(try ONNXReader.parse(Array(bytes[..<n])), "prefix of \(n) bytes")
+    }
+  }
+
+  func testMalformedWireDataNamesOffset() {
+    // Field 1 (varint) whose varint has 11 bytes: overflows 64 bits.
+    let overflow: [UInt8] = [0x08] + [UInt8](repeating: 0xff, count: 10) + [0x01]
+    XCTAssertEqual(message { try ONNXReader.parse(overflow) }, "ONNX: malformed at byte 1: varint overflows 64 bits")
+    // A varint cut short.
+    XCTAssertTrue(message { try ONNXReader.parse([0x08, 0x80]) }.hasPrefix("ONNX: truncated at byte 1"))
+    // Wire types 3 (start group) and 7 (undefined).
+    XCTAssertTrue(message { try ONNXReader.parse([0x0b]) }.hasPrefix("ONNX: malformed at byte 0: wire type 3"))
+    XCTAssertTrue(
+      message { try ONNXReader.parse([0x08, 0x08, 0x0f]) }.hasPrefix("ONNX: malformed at byte 2: wire type 7"))
+    // A length past the end of the file, and one past the end of its enclosing message.
+    XCTAssertTrue(message { try ONNXReader.parse([0x3a, 0x05, 0x01]) }.hasPrefix("ONNX: truncated at byte 1"))
+    XCTAssertTrue(
+      message { try ONNXReader.parse([0x3a, 0x03, 0x0a, 0x05, 0x00, 0, 0, 0, 0, 0]) }.hasPrefix(
+        "ONNX: truncated at byte 3"))
+    // Field number 0.
+    XCTAssertTrue(message { try ONNXReader.parse([0x00]) }.hasPrefix("ONNX: malformed at byte 0: field number 0"))
+  }
+
+  func testDecoderReadsWhatTheEncoderWrites() throws {
+    var e = ProtobufEncoder()
+    e.int64(1, -5)
+    e.packedInt(2, [1, 300, -1])
+    e.int(2, 7)
+    e.packedFloat(3, [1.5, -2])
+    e.float(3, 0.25)
+    e.fixed32(9, 123)  // unknown fields of each wire type are skipped
+    e.double(10, 1)
+    e.uint64(11, .max)
+    e.string(12, "skip me")
+    e.string(4, "name")
+    var d = ProtobufDecoder(e.bytes)
+    var ints: [Int64] = []
+    var floats: [Float] = []
+    var first: Int64 = 0
+    var name = ""
+    while let (f, wt) = try d.nextField() {
+      switch f {
+      case 1: first = try d.readInt64(field: f, wt)
+      case 2: try d.readRepeatedInt64(field: f, wt, into: &ints)
+      case 3: try d.readRepeatedFloat(field: f, wt, into: &floats)
+      case 4: name = try d.readString(field: f, wt)
+      default: try d.skip(wt)
+      }
+    }
+    XCTAssertEqual(first, -5)
+    XCTAssertEqual(ints, [1, 300, -1, 7])
+    XCTAssertEqual(floats, [1.5, -2, 0.25])
+    XCTAssertEqual(name, "name")
+  }
+}
