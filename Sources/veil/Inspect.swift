@@ -1,0 +1,54 @@
+import ArgumentParser
+import Foundation
+import VeilGraph
+
+struct Inspect: ParsableCommand {
+  static let configuration = CommandConfiguration(
+    abstract: "Describe a model: inputs, outputs, op counts, parameters and FLOPs.",
+    discussion: "MODEL is a zoo name (see `veil models`) or an ONNX file.")
+
+  @Argument(help: "A zoo model name or an .onnx file.")
+  var model: String
+  @Flag(help: "Print one JSON document.")
+  var json = false
+
+  struct Port: Encodable {
+    var name: String
+    var shape: [Int]
+  }
+  struct Report: Encodable {
+    var model: String
+    var graph: String
+    var inputs: [Port]
+    var outputs: [Port]
+    var nodes: Int
+    var ops: [String: Int]
+    var parameters: Int
+    var parameterBytes: Int
+    var flops: Int
+    var metadata: [String: String]
+  }
+
+  func run() throws {
+    try ModelSource.check(model)
+    var g = try ModelSource.load(model)
+    try g.inferShapes()
+    var ops: [String: Int] = [:]
+    for n in g.nodes { ops[n.op.typeName, default: 0] += 1 }
+    let report = Report(
+      model: model, graph: g.name,
+      inputs: g.inputs.map { Port(name: g[$0].name, shape: g.shape($0) ?? []) },
+      outputs: g.outputs.map { Port(name: g[$0].name, shape: g.shape($0) ?? []) },
+      nodes: g.nodes.count, ops: ops, parameters: g.parameterCount, parameterBytes: g.parameterCount * 4,
+      flops: g.totalFlops, metadata: g.metadata)
+    if json { return try printJSON(report) }
+    print("model \(model) (graph '\(g.name)'), \(g.nodes.count) nodes")
+    for p in report.inputs { print("  input  \(p.name) \(p.shape)") }
+    for p in report.outputs { print("  output \(p.name) \(p.shape)") }
+    print(String(format: "parameters %d (%.1f MiB, BatchNorm statistics included), %.2f GFLOP per pass",
+      report.parameters, Double(report.parameterBytes) / 1_048_576, Double(report.flops) / 1e9))
+    print("ops: " + ops.sorted { $0.value > $1.value || ($0.value == $1.value && $0.key < $1.key) }
+      .map { "\($0.key) \($0.value)" }.joined(separator: ", "))
+    for (k, v) in g.metadata.sorted(by: { $0.key < $1.key }) where k != "cuts" { print("  \(k): \(v)") }
+  }
+}

@@ -1,0 +1,96 @@
+import Foundation
+import XCTest
+
+import VeilFormats
+import VeilGraph
+import VeilTensor
+
+/// Thousands of mutated models through the reader: every case must end in a thrown error or a
+/// valid graph (which must then compile and run or throw), never a crash or a hang.
+final class ONNXFuzzTests: XCTestCase {
+  /// A small model that uses most of the op set, as Veil writes it.
+  static func seedModel() throws -> [UInt8] {
+    var rng = SeededGenerator(seed: 11)
+    var g = Graph(name: "fuzz-seed")
+    let x = g.addInput(name: "x", shape: [1, 3, 16, 16])
+    var y = g.conv(x, weight: .randomNormal(shape: [8, 3, 3, 3], generator: &rng), bias: Tensor(zeros: [8]), .square(3), name: "conv")
+    y = g.batchNorm(
+      y, scale: Tensor(shape: [8], repeating: 1), bias: Tensor(zeros: [8]), mean: Tensor(zeros: [8]),
+      variance: Tensor(shape: [8], repeating: 1), name: "bn")
+    y = g.activation(y, .relu, name: "relu")
+    let z = g.activation(y, .hardSwish, name: "hs")
+    y = g.add(y, z, name: "add")
+    y = g.maxPool(y, PoolAttributes(kernel: [2, 2], strides: [2, 2]), name: "pool")
+    y = g.addNode(.pad(mode: .reflect, pads: [0, 0, 1, 1, 0, 0, 1, 1], value: 0), name: "pad", inputs: [y])[0]
+    y = g.addNode(.resize(.nearest, scales: [1, 1, 2, 2], sizes: nil), name: "up", inputs: [y])[0]
+    y = g.concat([y, y], axis: 1, name: "cat")
+    y = g.globalAveragePool(y, name: "gap")
+    y = g.flatten(y, name: "flat")
+    y = g.linear(y, weight: .randomNormal(shape: [4, 16], generator: &rng), bias: Tensor(zeros: [4]), name: "fc")
+    g.outputs = [g.softmax(y, name: "prob")]
+    return try ONNXWriter.serialize(g)
+  }
+
+  /// Real architecture graphs shipped in the onnx wheel of the project's .venv.
+  static func shippedModels() -> [[UInt8]] {
+    let root = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent()
+      .deletingLastPathComponent()
+    let lib = root.appendingPathComponent(".venv/lib")
+    guard let py = try? FileManager.default.contentsOfDirectory(atPath: lib.path).first(where: { $0.hasPrefix("python") })
+    else { return [] }
+    let dir = lib.appendingPathComponent("\(py)/site-packages/onnx/backend/test/data/light")
+    return ["light_squeezenet.onnx", "light_bvlc_alexnet.onnx", "light_vgg19.onnx"].compactMap {
+      try? Array(Data(contentsOf: dir.appendingPathComponent($0)))
+    }
+  }
+
+  func mutate(_ bytes: [UInt8], _ rng: inout SeededGenerator) -> [UInt8] {
+    var b = bytes
+    let edits = 1 + Int(rng.next() % 4)
+    for _ in 0..<edits {
+      guard !b.isEmpty else { break }
+      let i = Int(rng.next() % UInt64(b.count))
+      switch rng.next() % 6 {
+      case 0: b[i] ^= UInt8(1 << (rng.next() % 8))
+      case 1: b[i] = UInt8(truncatingIfNeeded: rng.next())
+      case 2: b.removeSubrange(i..<min(b.count, i + 1 + Int(rng.next() % 16)))
+      case 3: b.insert(contentsOf: [0xFF, 0xFF, 0xFF, 0xFF, 0x0F], at: i)  // a huge varint
+      case 4: b = Array(b.prefix(i))
+      default: b[i] = [0x00, 0x7F, 0x80, 0xFF][Int(rng.next() % 4)]
+      }
+    }
+    return b
+  }
+
+  func testMutatedModelsThrowOrLoad() throws {
+    let seed = try Self.seedModel()
+    let corpus = [seed] + Self.shippedModels()
+    XCTAssertGreaterThanOrEqual(corpus.count, 2, "the onnx wheel's light_*.onnx files were not found in .venv")
+    var rng = SeededGenerator(seed: 2026)
+    var loaded = 0
+    var ran = 0
+    var thrown = 0
+    let cases = 20000
+    for k in 0..<cases {
+      let m = mutate(corpus[k % corpus.count], &rng)
+      do {
+        let g = try ONNXReader.parse(m)
+        loaded += 1
+        // A graph that loads must compile and run, or refuse with an error.
+        let inputs = g.inputs.map { g.shape($0) ?? [] }
+        guard inputs.allSatisfy({ $0.reduce(1, *) <= 1 << 20 }) else { continue }
+        do {
+          let e = try Executor(graph: g)
+          _ = try e.run(inputs.map { Tensor(zeros: $0) })
+          ran += 1
+        } catch {}
+      } catch {
+        thrown += 1
+        XCTAssertFalse("\(error)".isEmpty)
+      }
+    }
+    XCTAssertEqual(loaded + thrown, cases)
+    XCTAssertGreaterThan(thrown, cases / 2, "most mutations should be refused")
+    print("fuzz: \(cases) mutated models: \(thrown) refused, \(loaded) loaded, \(ran) of those compiled and ran")
+  }
+}
