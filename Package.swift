@@ -42,7 +42,7 @@ let package = Package(
     .testTarget(name: "VeilCLITests", dependencies: ["VeilFormats", "VeilTensor"]),
     .testTarget(name: "VeilTensorTests", dependencies: ["VeilTensor"]),
     .testTarget(name: "VeilGraphTests", dependencies: ["VeilGraph", "VeilFormats", "VeilTestSupport"]),
-    .testTarget(name: "VeilFormatsTests", dependencies: ["VeilFormats"]),
+    .testTarget(name: "VeilFormatsTests", dependencies: ["VeilFormats", "VeilTestSupport"]),
     .testTarget(name: "VeilModelsTests", dependencies: ["VeilModels", "VeilFormats", "VeilTestSupport"]),
   ]
 )

@@ -2,7 +2,7 @@ import Foundation
 import VeilGraph
 import VeilTensor
 
-/// Reads an ONNX ModelProto (default-domain opsets 11–21) into a `Graph`.
+/// Reads an ONNX ModelProto (default-domain opsets 7–21) into a `Graph`.
 ///
 /// The file is untrusted: every length, tensor size and external-data range is checked before
 /// anything is allocated, and every error names the byte offset or the node at fault. Constant
@@ -11,7 +11,7 @@ import VeilTensor
 /// a Reshape are folded from the known input shapes. Graph inputs that are also initializers are
 /// weights, not runtime inputs; a symbolic or absent batch dimension reads as 1.
 public enum ONNXReader {
-  public static let supportedOpsets: ClosedRange<Int> = 11...21
+  public static let supportedOpsets: ClosedRange<Int> = 7...21
   static let format = "ONNX"
 
   public static func read(_ url: URL) throws -> Graph {
@@ -691,7 +691,7 @@ struct ONNXNodeContext {
     switch node.attributes[name] {
     case nil: return fallback
     case .int(let v):
-      guard let i = Int(exactly: v), abs(i) <= Int(Int32.max) else {
+      guard let i = Int(exactly: v), (-Int(Int32.max)...Int(Int32.max)).contains(i) else {
         throw fail("attribute '\(name)' = \(v) is out of range")
       }
       return i
@@ -720,7 +720,7 @@ struct ONNXNodeContext {
     case nil: return nil
     case .ints(let v):
       return try v.map {
-        guard let i = Int(exactly: $0), abs(i) <= Int(Int32.max) else {
+        guard let i = Int(exactly: $0), (-Int(Int32.max)...Int(Int32.max)).contains(i) else {
           throw fail("attribute '\(name)' holds \($0), out of range")
         }
         return i
@@ -744,7 +744,7 @@ extension ONNXImporter {
     }
     var product = 1
     return try vs.map {
-      guard abs($0) <= Int64(Int32.max) else { throw c.fail("\(what) '\(name)' holds \($0), out of range") }
+      guard $0 >= -Int64(Int32.max), $0 <= Int64(Int32.max) else { throw c.fail("\(what) '\(name)' holds \($0), out of range") }
       let i = Int($0)
       product = product.multipliedReportingOverflow(by: max(1, abs(i))).partialValue
       guard product <= Int(Int32.max) else { throw c.fail("\(what) '\(name)' \(vs) is too large") }
@@ -962,6 +962,12 @@ extension ONNXImporter {
       let modeName = try c.string("mode", "constant")
       let modes: [String: PadMode] = ["constant": .constant, "reflect": .reflect, "edge": .edge]
       guard let mode = modes[modeName] else { throw c.fail("attribute 'mode' = '\(modeName)' is not supported") }
+      if opset < 11 {
+        // Before opset 11 the pads and the value are attributes.
+        guard let pads = try c.ints("pads") else { throw c.fail("attribute 'pads' is missing") }
+        try emit(.pad(mode: mode, pads: pads, value: try c.float("value", 0)), c, inputs: [try x()])
+        return
+      }
       guard let p = c.input(1) else { throw c.fail("input 'pads' is missing") }
       guard c.input(3) == nil else { throw c.fail("input 'axes' is not supported") }
       let pads = try intConstant(p, c, what: "pads")
@@ -975,20 +981,21 @@ extension ONNXImporter {
     case "Resize":
       try importResize(c, x: try x())
     case "Softmax":
-      let rank = try shapeOf(try x(), c).count
+      let shape = try shapeOf(try x(), c)
+      let rank = shape.count
       if opset >= 13 {
         try emit(.softmax(axis: try c.int("axis", -1)), c, inputs: [try x()])
       } else {
-        // Before opset 13 Softmax flattens to 2-D at `axis`; that equals the per-axis softmax
-        // only when the axis is the last of a matrix.
+        // Before opset 13 Softmax flattens to 2-D at `axis`: the per-axis softmax when every
+        // later dimension is 1 (classifier outputs of [N, 1000, 1, 1]).
         let axis = try c.int("axis", 1)
         let resolved = axis < 0 ? axis + rank : axis
-        guard rank == 2, resolved == 1 else {
+        guard resolved >= 0, resolved < rank, shape[(resolved + 1)...].allSatisfy({ $0 == 1 }) else {
           throw c.fail(
-            "opset \(opset) Softmax with axis \(axis) on rank \(rank) flattens the input; only axis 1 of a rank-2 input is supported"
+            "opset \(opset) Softmax with axis \(axis) on shape \(shape) flattens the input; only an axis after which every dimension is 1 is supported"
           )
         }
-        try emit(.softmax(axis: 1), c, inputs: [try x()])
+        try emit(.softmax(axis: resolved), c, inputs: [try x()])
       }
     case "Dropout":
       var ratio: Float = 0.5
@@ -1008,6 +1015,18 @@ extension ONNXImporter {
       }
       let outs = n.outputs.count >= 2 && !n.outputs[1].isEmpty ? 2 : 1
       try emit(.dropout(ratio: ratio), c, inputs: [try x()], outputs: outs)
+    case "LRN":
+      try emit(
+        .localResponseNormalization(
+          size: try c.int("size", 0), alpha: try c.float("alpha", 1e-4), beta: try c.float("beta", 0.75),
+          bias: try c.float("bias", 1)), c, inputs: [try x()])
+    case "Sum":
+      let ins = n.inputs.filter { !$0.isEmpty }
+      switch ins.count {
+      case 1: try emit(.identity, c, inputs: ins)
+      case 2: try emit(.binary(.add), c, inputs: ins)
+      default: throw c.fail("Sum of \(ins.count) inputs is not supported (1 or 2)")
+      }
     case "Identity":
       try emit(.identity, c, inputs: [try x()])
     default:
@@ -1082,6 +1101,62 @@ extension ONNXImporter {
       case .ints(let vs) where key == "value_ints": constants[out] = .ints(dims: [vs.count], values: vs)
       default: throw c.fail("attribute '\(key)' is not supported")
       }
+      return true
+    case "ConstantOfShape":
+      guard let i = ins.first, case .ints(let d, let v) = constants[i] else { return false }
+      guard d.count <= 1, v.allSatisfy({ $0 >= 0 && $0 <= Int64(Int32.max) }) else {
+        throw c.fail("shape \(v) is not a list of non-negative sizes")
+      }
+      let shape = v.map { Int($0) }
+      let count = shape.reduce(1) { $0.multipliedReportingOverflow(by: $1).overflow ? Int.max : $0 * $1 }
+      guard count <= 1 << 28 else { throw c.fail("shape \(shape) asks for \(count) elements (at most 2^28)") }
+      var fill: Float = 0
+      if case .tensor(let t)? = n.attributes["value"] {
+        switch try constant(t) {
+        case .floats(let f):
+          guard f.count == 1 else { throw c.fail("'value' must hold one element") }
+          fill = f.storage.pointer[0]
+        case .ints(_, let iv):
+          guard iv.count == 1 else { throw c.fail("'value' must hold one element") }
+          constants[out] = .ints(dims: shape, values: Array(repeating: iv[0], count: count))
+          return true
+        }
+      }
+      constants[out] = .floats(Tensor(shape: shape, repeating: fill))
+      return true
+    case "Unsqueeze", "Squeeze", "Identity", "Reshape", "Flatten":
+      // Float constants reshaped by old exporters (BatchNorm scales as [C, 1, 1]); integer
+      // constants take the shape-arithmetic path below.
+      guard let first = ins.first, case .floats(let t)? = constants[first] else { break }
+      var dims = t.shape
+      switch n.opType {
+      case "Unsqueeze":
+        var axes = try c.ints("axes")
+        if opset >= 13, ins.count > 1, case .ints(_, let a)? = constants[ins[1]] { axes = a.map { Int($0) } }
+        guard let axes else { throw c.fail("'axes' is missing") }
+        let r = dims.count + axes.count
+        for a in axes.map({ $0 < 0 ? $0 + r : $0 }).sorted() {
+          guard a >= 0, a <= dims.count else { throw c.fail("axis \(a) is out of range") }
+          dims.insert(1, at: a)
+        }
+      case "Squeeze":
+        let axes = try c.ints("axes") ?? dims.indices.filter { dims[$0] == 1 }
+        let drop = Set(axes.map { $0 < 0 ? $0 + t.shape.count : $0 })
+        dims = dims.indices.filter { !drop.contains($0) }.map { dims[$0] }
+      case "Reshape":
+        guard ins.count > 1, case .ints(_, let s)? = constants[ins[1]] else { return false }
+        do {
+          dims = try Op.reshape(shape: s.map { Int($0) }).outputShape([t.shape], node: c.label)
+        } catch { throw c.fail("\(error)") }
+      case "Flatten":
+        let axis = try c.int("axis", 1)
+        let ax = axis < 0 ? axis + dims.count : axis
+        guard ax >= 0, ax <= dims.count else { throw c.fail("axis \(axis) is out of range") }
+        dims = [dims[..<ax].reduce(1, *), dims[ax...].reduce(1, *)]
+      default:
+        break
+      }
+      do { constants[out] = .floats(try t.reshaped(dims)) } catch { throw c.fail("\(error)") }
       return true
     case "Shape":
       guard let i = ins.first, values[i] != nil || constants[i] != nil else { return false }

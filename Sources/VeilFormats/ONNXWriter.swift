@@ -470,6 +470,10 @@ struct ONNXLowering {
       emit("Resize", name: name, inputs: ins, outputs: outs, attributes)
     case .softmax(let axis):
       emit("Softmax", name: name, inputs: inputs, outputs: outs, [("axis", .int(axis))])
+    case .localResponseNormalization(let size, let alpha, let beta, let bias):
+      emit(
+        "LRN", name: name, inputs: inputs, outputs: outs,
+        [("size", .int(size)), ("alpha", .float(alpha)), ("beta", .float(beta)), ("bias", .float(bias))])
     case .dropout(let ratio):
       // Inference: ratio is recorded, training_mode is left out (false), so Dropout is identity.
       let r = constant(name + "_ratio", dims: [], .floats([ratio]))

@@ -542,6 +542,15 @@ struct Compiler {
       }
       let k = try wrap(node: n.name, op: "Resize") { try backend.resize(kind, input: layoutOf(x), outputDims: out) }
       try emit(n, k, [x])
+    case .localResponseNormalization(let size, let alpha, let beta, let bias):
+      guard size % 2 == 1 else {
+        // ONNX centres an even window one channel off; oneDNN's differs. Refuse, never guess.
+        throw GraphError.unsupported(node: n.name, op: "LRN", detail: "an even size (\(size)); only odd window sizes")
+      }
+      let k = try wrap(node: n.name, op: "LRN") {
+        try backend.localResponseNormalization(size: size, alpha: alpha, beta: beta, k: bias, input: layoutOf(x))
+      }
+      try emit(n, k, [x])
     case .softmax(let axis):
       let ax = axis < 0 ? axis + xs.count : axis
       let k = try wrap(node: n.name, op: "Softmax") { try backend.softmax(axis: ax, input: .plain(xs)) }

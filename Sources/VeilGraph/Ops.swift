@@ -88,6 +88,9 @@ public enum Op: Sendable, Hashable, CustomStringConvertible {
   /// Exactly one of scales or sizes (full rank).
   case resize(ResizeKind, scales: [Float]?, sizes: [Int]?)
   case softmax(axis: Int)
+  /// Local response normalization across channels (AlexNet, GoogLeNet):
+  /// y = x / (bias + alpha/size · Σ x²)^beta over `size` neighbouring channels.
+  case localResponseNormalization(size: Int, alpha: Float, beta: Float, bias: Float)
   case dropout(ratio: Float)
   case identity
 
@@ -121,6 +124,7 @@ public enum Op: Sendable, Hashable, CustomStringConvertible {
     case .pad: return "Pad"
     case .resize: return "Resize"
     case .softmax: return "Softmax"
+    case .localResponseNormalization: return "LRN"
     case .dropout: return "Dropout"
     case .identity: return "Identity"
     }
@@ -208,6 +212,10 @@ extension Op {
       try need(5)
       guard ins[0].count >= 2 else { throw fail("input \(ins[0]) needs rank ≥ 2") }
       for i in 1...4 where ins[i] != [ins[0][1]] { throw fail("parameter \(i) is \(ins[i]), expected [\(ins[0][1])]") }
+      return ins[0]
+    case .localResponseNormalization(let size, _, _, _):
+      try need(1)
+      guard ins[0].count >= 3, size >= 1 else { throw fail("needs rank ≥ 3 and size ≥ 1, found \(ins[0]) and size \(size)") }
       return ins[0]
     case .activation, .softmax, .dropout, .identity:
       try need(1)

@@ -148,6 +148,8 @@ public protocol ComputeBackend: Sendable {
   /// Batched matrix product of two runtime tensors (numpy broadcasting of batch dims).
   func matmul(a: [Int], b: [Int], outputDims: [Int]) throws -> Kernel
   func softmax(axis: Int, input: Layout) throws -> Kernel
+  /// Local response normalization across channels: x / (k + alpha/size · Σ x²)^beta.
+  func localResponseNormalization(size: Int, alpha: Float, beta: Float, k: Float, input: Layout) throws -> Kernel
   func resize(_ kind: ResizeKind, input: Layout, outputDims: [Int]) throws -> Kernel
   func pad(mode: PadMode, value: Float, pads: [Int], inputDims: [Int]) throws -> Kernel
   func transpose(permutation: [Int], inputDims: [Int]) throws -> Kernel

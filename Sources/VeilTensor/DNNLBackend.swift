@@ -615,6 +615,26 @@ public final class DNNLBackend: ComputeBackend, @unchecked Sendable {
       inputLayouts: [input], output: d, inPlaceInput: 0, engine: engine)
   }
 
+  public func localResponseNormalization(size: Int, alpha: Float, beta: Float, k: Float, input: Layout) throws -> Kernel {
+    guard size >= 1 else { throw TensorError.invalidArgument("LRN size must be ≥ 1, found \(size)") }
+    let entry = try cache.entry("lrn|\(size)|\(alpha)|\(beta)|\(k)|\(input)", operation: "LRN") {
+      var md = input.md
+      var desc = dnnl_lrn_desc_t()
+      // oneDNN divides alpha by the window size itself, as ONNX does.
+      try check(
+        dnnl_lrn_forward_desc_init(&desc, dnnl_forward_inference, dnnl_lrn_across_channels, &md, Int64(size), alpha, beta, k),
+        "LRN descriptor", detail: "size \(size) on \(input)")
+      var pd: dnnl_primitive_desc_t?
+      try check(dnnl_primitive_desc_create(&pd, &desc, nil, engine.engine, nil), "LRN primitive")
+      return pd!
+    }
+    let s = try memory(input)
+    let d = try memory(input)
+    return DNNLKernel(
+      name: "LRN", steps: [.init(entry: entry, args: [arg(argSrc, s), arg(argDst, d)])], inputs: [s],
+      inputLayouts: [input], output: d, inPlaceInput: nil, engine: engine)
+  }
+
   // MARK: - Data movement
 
   public func reorder(from: Layout, to: Layout) throws -> Kernel {

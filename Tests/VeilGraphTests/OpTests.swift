@@ -40,6 +40,7 @@ final class OpTests: XCTestCase {
       .averagePool(PoolAttributes(kernel: [1])), .globalAveragePool, .concat(axis: 0), .gemm(GemmAttributes()), .matMul,
       .flatten(axis: 1), .reshape(shape: []), .transpose(permutation: []), .pad(mode: .constant, pads: [], value: 0),
       .resize(.nearest, scales: nil, sizes: nil), .softmax(axis: 0), .dropout(ratio: 0), .identity,
+      .localResponseNormalization(size: 1, alpha: 0, beta: 0, bias: 0),
     ]
     let activations: [Activation] = [
       .relu, .leakyRelu(alpha: 0), .clip(min: 0, max: 0), .sigmoid, .silu, .hardSigmoid(alpha: 0, beta: 0), .hardSwish,
@@ -553,6 +554,14 @@ enum OpCases {
   ]
 
   static let softmaxDropoutIdentity: [OpCase] = [
+    opCase("lrn_alexnet") { b in
+      let x = b.input([1, 16, 6, 6], std: 2)
+      return [b.graph.addNode(.localResponseNormalization(size: 5, alpha: 1e-4, beta: 0.75, bias: 1), name: "lrn", inputs: [x])[0]]
+    },
+    opCase("lrn_strong_size3") { b in
+      let x = b.input([2, 7, 3, 3], std: 3)
+      return [b.graph.addNode(.localResponseNormalization(size: 3, alpha: 0.5, beta: 0.6, bias: 2), name: "lrn", inputs: [x])[0]]
+    },
     opCase("softmax_axis1") { b in
       let x = b.input([2, 5, 3], std: 3)
       return [b.graph.softmax(x, axis: 1, name: "softmax")]
