@@ -3,9 +3,12 @@
 /// Owns the byte-level formats the rest of Veil exchanges with other tools: a hand-written
 /// protobuf encoder and decoder, the ONNX writer (graph IR → ModelProto, unfusing Veil's fused
 /// post-ops back into plain ONNX nodes), the ONNX reader (ModelProto → graph IR), and NumPy
-/// `.npy` tensors. Later: PyTorch checkpoints and safetensors. It may import VeilGraph and VeilTensor only; it must not depend on models,
-/// data, privacy, serving or any higher layer, and it never names oneDNN.
+/// `.npy` tensors, PyTorch `torch.save` checkpoints (through a whitelisting unpickler that never
+/// executes anything), safetensors, and mapping a state_dict onto a graph by name. It may import
+/// VeilGraph and VeilTensor only; it must not depend on models, data, privacy, serving or any
+/// higher layer, and it never names oneDNN.
 import Foundation
+import VeilTensor
 
 /// Every error of the formats layer. Each case says which file or node, where in it, and what
 /// was wrong, so a user can act without a debugger.
@@ -52,6 +55,18 @@ enum FileIO {
       return [UInt8](try Data(contentsOf: url))
     } catch {
       throw FormatError.io(path: url.path, detail: "cannot read: \(error.localizedDescription)")
+    }
+  }
+
+  /// Appends a tensor's elements as little-endian IEEE 754 binary32, the element encoding of
+  /// every format here (ONNX raw_data, .npy '<f4', safetensors F32).
+  static func appendLittleEndian(_ t: Tensor, to out: inout [UInt8]) {
+    t.withUnsafeBuffer { buf in
+      #if _endian(little)
+        out.append(contentsOf: UnsafeRawBufferPointer(buf))
+      #else
+        for v in buf { withUnsafeBytes(of: v.bitPattern.littleEndian) { out += $0 } }
+      #endif
     }
   }
 

@@ -48,13 +48,7 @@ public enum NPY {
     out += Array(dict.utf8)
     out += [UInt8](repeating: 0x20, count: padded - dict.utf8.count - 1)
     out.append(0x0A)
-    t.withUnsafeBuffer { buf in
-      #if _endian(little)
-        out.append(contentsOf: UnsafeRawBufferPointer(buf))
-      #else
-        for v in buf { withUnsafeBytes(of: v.bitPattern.littleEndian) { out += $0 } }
-      #endif
-    }
+    FileIO.appendLittleEndian(t, to: &out)
     return out
   }
 

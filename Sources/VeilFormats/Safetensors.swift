@@ -74,15 +74,7 @@ public enum Safetensors {
     out.reserveCapacity(8 + header.count + offset)
     withUnsafeBytes(of: UInt64(header.count).littleEndian) { out += $0 }
     out += header
-    for (_, t) in tensors {
-      t.withUnsafeBuffer { buf in
-        #if _endian(little)
-          out.append(contentsOf: UnsafeRawBufferPointer(buf))
-        #else
-          for v in buf { withUnsafeBytes(of: v.bitPattern.littleEndian) { out += $0 } }
-        #endif
-      }
-    }
+    for (_, t) in tensors { FileIO.appendLittleEndian(t, to: &out) }
     return out
   }
 

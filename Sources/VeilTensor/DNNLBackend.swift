@@ -155,11 +155,11 @@ final class PlainKernel: Kernel, @unchecked Sendable {
   let outputLayout: Layout
   let inPlaceInput: Int? = nil
   let constantBytes = 0
-  private let body: @Sendable ([UnsafeMutableRawPointer], UnsafeMutableRawPointer) -> Void
+  private let body: @Sendable ([UnsafeMutableRawPointer], UnsafeMutableRawPointer) throws -> Void
 
   init(
     name: String, inputs: [Layout], output: Layout,
-    body: @escaping @Sendable ([UnsafeMutableRawPointer], UnsafeMutableRawPointer) -> Void
+    body: @escaping @Sendable ([UnsafeMutableRawPointer], UnsafeMutableRawPointer) throws -> Void
   ) {
     self.name = name
     inputLayouts = inputs
@@ -168,7 +168,7 @@ final class PlainKernel: Kernel, @unchecked Sendable {
   }
 
   func run(inputs: [UnsafeMutableRawPointer], output: UnsafeMutableRawPointer) throws {
-    body(inputs, output)
+    try body(inputs, output)
   }
 }
 
@@ -670,7 +670,7 @@ public final class DNNLBackend: ComputeBackend, @unchecked Sendable {
     let inner = try reorder(from: .plain(inputDims), to: .strided(inputDims, strides: strides))
     let outL = Layout.plain(outDims)
     return PlainKernel(name: "Transpose", inputs: [.plain(inputDims)], output: outL) { ins, out in
-      try? inner.run(inputs: ins, output: out)
+      try inner.run(inputs: ins, output: out)
     }
   }
 

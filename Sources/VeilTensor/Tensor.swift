@@ -113,8 +113,7 @@ public struct Tensor: Sendable {
     return Tensor(shape: newShape, storage: storage)
   }
 
-  /// Slice `index` of the first axis (a single batch item), as a tensor of rank − 1... kept
-  /// at the same rank with a leading 1, which is what the models expect.
+  /// Item `index` of the batch (first axis), keeping the rank with a leading 1 as models expect.
   public func batchItem(_ index: Int) -> Tensor {
     let per = count / max(shape[0], 1)
     var s = shape

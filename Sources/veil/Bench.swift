@@ -111,11 +111,9 @@ extension Bench {
     }
     let total = med.reduce(0, +)
     var byKernel: [String: (Double, Int)] = [:]
-    for (i, s) in names.enumerated() {
-      let k = exec.kernelNames[i]
+    for (i, k) in exec.kernelNames.enumerated() {
       byKernel[k, default: (0, 0)].0 += med[i]
       byKernel[k, default: (0, 0)].1 += 1
-      _ = s
     }
     print("time by kernel (median of \(max(runs, 3)) profiled passes, sum \(String(format: "%.2f", total * 1000)) ms):")
     for (k, v) in byKernel.sorted(by: { $0.value.0 > $1.value.0 }) {
