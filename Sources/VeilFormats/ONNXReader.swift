@@ -33,6 +33,8 @@ enum ONNXProto {
   enum DataType {
     static let float: Int64 = 1, int32: Int64 = 6, int64: Int64 = 7, bool: Int64 = 9, float16: Int64 = 10,
       double: Int64 = 11
+    /// Element types whose values fold as integers (u8, i8, u16, i16, i32, i64, u32, u64).
+    static let integers: Set<Int> = [2, 3, 4, 5, 6, 7, 12, 13]
   }
 
   struct Tensor {
@@ -323,6 +325,11 @@ struct ONNXImporter {
   /// Float values of the graph (runtime inputs, node outputs, initializers in use), by ONNX name.
   var values: [String: ValueID] = [:]
   var constants: [String: ONNXImportedConstant] = [:]
+  /// Flat positions of integer constants that hold the symbolic batch size (folded at 1), so a
+  /// Reshape target built from `Shape(x)[0]` keeps the batch instead of fixing it at 1.
+  var batchMarks: [String: Set<Int>] = [:]
+  /// Whether some graph input has a symbolic leading dimension.
+  var symbolicBatch = false
   var externalFiles: [String: Data] = [:]
 
   init(model: ONNXProto.Model, bytes: [UInt8], baseDirectory: URL?) {
@@ -357,6 +364,7 @@ struct ONNXImporter {
       constants[t.name] = try constant(t)
     }
     for v in g.inputs where constants[v.name] == nil {
+      if let first = v.dims?.first, first == nil { symbolicBatch = true }
       values[v.name] = graph.addInput(name: v.name, shape: try inputShape(v))
     }
     for n in try ordered(fusingSiLU(g.nodes, graphOutputs: Set(g.outputs.map(\.name)))) { try importNode(n) }
@@ -768,14 +776,19 @@ extension ONNXImporter {
   /// Adds `op` reading `inputs` (ONNX names) and records its output shape at once, so later
   /// nodes (auto_pad, Shape) can use it.
   mutating func emit(_ op: Op, _ c: ONNXNodeContext, inputs: [String], outputs: Int = 1) throws {
-    let ins = try inputs.map { try value($0, node: c.label, op: c.node.opType) }
     let outNames = Array(c.node.outputs.prefix(outputs))
     guard !outNames.isEmpty, !outNames[0].isEmpty else { throw c.fail("has no output") }
+    try emit(op, label: c.label, opType: c.node.opType, inputs: inputs, outputs: outNames)
+  }
+
+  /// Adds one graph node named `label` for (part of) the ONNX node of type `opType`.
+  mutating func emit(_ op: Op, label: String, opType: String, inputs: [String], outputs outNames: [String]) throws {
+    let ins = try inputs.map { try value($0, node: label, op: opType) }
     let outs = graph.addNode(
-      op, name: c.label, inputs: ins, outputNames: outNames.map { $0.isEmpty ? c.label + "_unused" : $0 })
+      op, name: label, inputs: ins, outputNames: outNames.map { $0.isEmpty ? label + "_unused" : $0 })
     let shape: [Int]
     do {
-      shape = try op.outputShape(ins.map { graph.shape($0) ?? [] }, node: c.label)
+      shape = try op.outputShape(ins.map { graph.shape($0) ?? [] }, node: label)
     } catch let e as GraphError {
       throw FormatError.invalidGraph(format: Self.format, detail: e.description)
     }
@@ -953,7 +966,9 @@ extension ONNXImporter {
       if try c.int("allowzero", 0) != 0, shape.contains(0) {
         throw c.fail("attribute 'allowzero' = 1 with a 0 in the shape is not supported")
       }
-      try emit(.reshape(shape: shape), c, inputs: [try x()])
+      // A leading entry that is the symbolic batch (Shape(x)[0]) copies the input's batch.
+      let batchAware = shape.indices.map { $0 == 0 && batchMarks[s]?.contains(0) == true ? 0 : shape[$0] }
+      try emit(.reshape(shape: batchAware), c, inputs: [try x()])
     case "Transpose":
       let rank = try shapeOf(try x(), c).count
       let perm = try c.ints("perm") ?? Array((0..<rank).reversed())
@@ -1029,6 +1044,15 @@ extension ONNXImporter {
       }
     case "Identity":
       try emit(.identity, c, inputs: [try x()])
+    case "Cast":
+      // Exporters wrap float tensors in Casts to float; anything else would change the data.
+      let to = try c.int("to", 0)
+      guard to == ONNXProto.DataType.float else {
+        throw c.fail("Cast of the float tensor '\(try x())' to element type \(to) is not supported (only to float, 1)")
+      }
+      try emit(.identity, c, inputs: [try x()])
+    case "ReduceMean":
+      try importReduceMean(c, x: try x())
     default:
       throw c.fail("unknown op '\(n.opType)' at opset \(opset)")
     }
@@ -1168,6 +1192,7 @@ extension ONNXImporter {
       let end = clampIndex(try c.int("end", r))
       s = start < end ? Array(s[start..<end]) : []
       constants[out] = .ints(dims: [s.count], values: s)
+      if symbolicBatch, values[i] != nil, start == 0, !s.isEmpty { batchMarks[out] = [0] }
       return true
     default:
       break
@@ -1181,8 +1206,36 @@ extension ONNXImporter {
     guard !data.isEmpty else { return false }
     switch n.opType {
     case "Identity", "Cast":
-      if n.opType == "Cast", try c.int("to", 0) != ONNXProto.DataType.int64 { return false }
+      if n.opType == "Cast", !ONNXProto.DataType.integers.contains(try c.int("to", 0)) {
+        guard try c.int("to", 0) == ONNXProto.DataType.float else { return false }
+        let v = data[0].values
+        constants[out] = .floats(Tensor(shape: data[0].dims) { o in for k in v.indices { o[k] = Float(v[k]) } })
+        return true
+      }
       constants[out] = constants[ins[0]]
+      batchMarks[out] = batchMarks[ins[0]]
+    case "Add", "Sub", "Mul", "Div":
+      guard data.count == 2 else { throw c.fail("needs two inputs") }
+      constants[out] = try integerArithmetic(n.opType, data[0], data[1], c)
+    case "Reshape":
+      guard data.count == 2 else { throw c.fail("needs data and shape") }
+      let dims: [Int]
+      do {
+        dims = try Op.reshape(shape: data[1].values.map { Int(clamping: $0) }).outputShape([data[0].dims], node: c.label)
+      } catch { throw c.fail("\(error)") }
+      constants[out] = .ints(dims: dims, values: data[0].values)
+      batchMarks[out] = batchMarks[ins[0]]
+    case "Transpose":
+      let (dims, v) = data[0]
+      let perm = try c.ints("perm") ?? Array(dims.indices.reversed())
+      guard perm.sorted() == Array(dims.indices) else { throw c.fail("perm \(perm) does not permute \(dims.count) axes") }
+      let (outDims, source) = permutedIndices(dims, perm)
+      constants[out] = .ints(dims: outDims, values: source.map { v[$0] })
+      if let m = batchMarks[ins[0]] { batchMarks[out] = Set(source.indices.filter { m.contains(source[$0]) }) }
+    case "Slice":
+      let (outDims, source) = try sliceIndices(data[0].dims, c, inputs: ins)
+      constants[out] = .ints(dims: outDims, values: source.map { data[0].values[$0] })
+      if let m = batchMarks[ins[0]] { batchMarks[out] = Set(source.indices.filter { m.contains(source[$0]) }) }
     case "Gather":
       guard data.count == 2 else { throw c.fail("needs data and indices") }
       let (d, v) = data[0]
@@ -1195,6 +1248,12 @@ extension ONNXImporter {
         return v[idx]
       }
       constants[out] = .ints(dims: data[1].dims, values: picked)
+      if let m = batchMarks[ins[0]] {
+        batchMarks[out] = Set(data[1].values.indices.filter { k in
+          let i = data[1].values[k]
+          return m.contains(i < 0 ? Int(i) + v.count : Int(i))
+        })
+      }
     case "Unsqueeze", "Squeeze":
       var axes = try c.ints("axes")
       if opset >= 13, data.count > 1 { axes = data[1].values.map { Int($0) } }
@@ -1212,13 +1271,191 @@ extension ONNXImporter {
         dims = dims.indices.filter { !drop.contains($0) }.map { dims[$0] }
       }
       constants[out] = .ints(dims: dims, values: data[0].values)
+      batchMarks[out] = batchMarks[ins[0]]
     case "Concat":
       guard data.allSatisfy({ $0.dims.count == 1 }) else { throw c.fail("only 1-D integer constants fold") }
       let vs = data.flatMap(\.values)
       constants[out] = .ints(dims: [vs.count], values: vs)
+      var marks = Set<Int>()
+      var offset = 0
+      for (k, i) in ins.enumerated() {
+        marks.formUnion((batchMarks[i] ?? []).map { $0 + offset })
+        offset += data[k].values.count
+      }
+      if !marks.isEmpty { batchMarks[out] = marks }
     default:
       return false
     }
     return true
+  }
+}
+
+// MARK: - Folding helpers
+
+extension ONNXImporter {
+  /// Element-wise integer arithmetic with numpy broadcasting; Div truncates toward zero, as
+  /// ONNX Runtime does for integer tensors.
+  func integerArithmetic(
+    _ op: String, _ a: (dims: [Int], values: [Int64]), _ b: (dims: [Int], values: [Int64]), _ c: ONNXNodeContext
+  ) throws -> ONNXImportedConstant {
+    guard let dims = broadcastShapes(a.dims, b.dims) else {
+      throw c.fail("integer operands of shapes \(a.dims) and \(b.dims) do not broadcast")
+    }
+    let count = dims.reduce(1, *)
+    guard count <= 1 << 20 else { throw c.fail("integer result of shape \(dims) is too large to fold") }
+    func index(_ flat: Int, _ d: [Int]) -> Int {
+      // Position in an operand broadcast to `dims`.
+      var rest = flat
+      var k = 0
+      var scale = 1
+      let pad = dims.count - d.count
+      for axis in stride(from: dims.count - 1, through: 0, by: -1) {
+        let coordinate = rest % dims[axis]
+        rest /= dims[axis]
+        if axis >= pad {
+          let size = d[axis - pad]
+          if size != 1 { k += coordinate * scale }
+          scale *= size
+        }
+      }
+      return k
+    }
+    var out = [Int64](repeating: 0, count: count)
+    for i in 0..<count {
+      let x = a.values[index(i, a.dims)]
+      let y = b.values[index(i, b.dims)]
+      let r: (Int64, Bool)
+      switch op {
+      case "Add": r = x.addingReportingOverflow(y)
+      case "Sub": r = x.subtractingReportingOverflow(y)
+      case "Mul": r = x.multipliedReportingOverflow(by: y)
+      default:
+        guard y != 0 else { throw c.fail("integer division by zero") }
+        r = x.dividedReportingOverflow(by: y)
+      }
+      guard !r.1 else { throw c.fail("integer \(op) of \(x) and \(y) overflows") }
+      out[i] = r.0
+    }
+    return .ints(dims: dims, values: out)
+  }
+
+  /// The dims of `dims` permuted by `perm`, and for each output position its flat source index.
+  func permutedIndices(_ dims: [Int], _ perm: [Int]) -> ([Int], [Int]) {
+    let outDims = perm.map { dims[$0] }
+    var strides = [Int](repeating: 1, count: dims.count)
+    for k in stride(from: dims.count - 2, through: 0, by: -1) { strides[k] = strides[k + 1] * dims[k + 1] }
+    let count = dims.reduce(1, *)
+    var source = [Int](repeating: 0, count: count)
+    for i in 0..<count {
+      var rest = i
+      var k = 0
+      for axis in stride(from: outDims.count - 1, through: 0, by: -1) {
+        k += (rest % outDims[axis]) * strides[perm[axis]]
+        rest /= outDims[axis]
+      }
+      source[i] = k
+    }
+    return (outDims, source)
+  }
+
+  /// ONNX Slice (starts, ends, axes, steps as inputs from opset 10, attributes before) over a
+  /// tensor of `dims`: the output dims and each output position's flat source index.
+  func sliceIndices(_ dims: [Int], _ c: ONNXNodeContext, inputs ins: [String]) throws -> ([Int], [Int]) {
+    var starts: [Int], ends: [Int], axes: [Int]?, steps: [Int]?
+    if opset < 10 {
+      guard let s = try c.ints("starts"), let e = try c.ints("ends") else { throw c.fail("'starts' and 'ends' are required") }
+      (starts, ends, axes, steps) = (s, e, try c.ints("axes"), nil)
+    } else {
+      func operand(_ k: Int, _ what: String) throws -> [Int]? {
+        guard let name = c.input(k) else { return nil }
+        guard case .ints(_, let v)? = constants[name] else {
+          throw c.fail("\(what) '\(name)' must be a constant integer tensor")
+        }
+        return v.map { Int(clamping: $0) }
+      }
+      guard let s = try operand(1, "starts"), let e = try operand(2, "ends") else {
+        throw c.fail("inputs 'starts' and 'ends' are required")
+      }
+      (starts, ends, axes, steps) = (s, e, try operand(3, "axes"), try operand(4, "steps"))
+    }
+    let r = dims.count
+    let axisList = try (axes ?? Array(0..<starts.count)).map { a -> Int in
+      let v = a < 0 ? a + r : a
+      guard v >= 0, v < r else { throw c.fail("axis \(a) is out of range for rank \(r)") }
+      return v
+    }
+    let stepList = steps ?? Array(repeating: 1, count: starts.count)
+    guard ends.count == starts.count, axisList.count == starts.count, stepList.count == starts.count else {
+      throw c.fail("starts, ends, axes and steps differ in length")
+    }
+    var first = [Int](repeating: 0, count: r)
+    var step = [Int](repeating: 1, count: r)
+    var outDims = dims
+    for (k, axis) in axisList.enumerated() {
+      let d = dims[axis]
+      let st = stepList[k]
+      guard st != 0 else { throw c.fail("step 0 on axis \(axis)") }
+      func clamp(_ v: Int, _ lo: Int, _ hi: Int) -> Int { min(max(v, lo), hi) }
+      var b = starts[k] < 0 ? starts[k] + d : starts[k]
+      var e = ends[k] < 0 ? ends[k] + d : ends[k]
+      if st > 0 {
+        b = clamp(b, 0, d)
+        e = clamp(e, 0, d)
+        outDims[axis] = max(0, (e - b + st - 1) / st)
+      } else {
+        b = clamp(b, -1, d - 1)
+        e = clamp(e, -1, d - 1)
+        outDims[axis] = max(0, (b - e - st - 1) / -st)
+      }
+      first[axis] = b
+      step[axis] = st
+    }
+    var strides = [Int](repeating: 1, count: r)
+    for k in stride(from: r - 2, through: 0, by: -1) { strides[k] = strides[k + 1] * dims[k + 1] }
+    let count = outDims.reduce(1, *)
+    var source = [Int](repeating: 0, count: count)
+    for i in 0..<count {
+      var rest = i
+      var k = 0
+      for axis in stride(from: r - 1, through: 0, by: -1) {
+        k += (first[axis] + (rest % outDims[axis]) * step[axis]) * strides[axis]
+        rest /= outDims[axis]
+      }
+      source[i] = k
+    }
+    return (outDims, source)
+  }
+
+  /// ReduceMean over the spatial axes of a 4-D tensor: global average pooling, with the
+  /// transposes an NHWC exporter needs (axes [1, 2]) and the reshape `keepdims = 0` asks for.
+  mutating func importReduceMean(_ c: ONNXNodeContext, x: String) throws {
+    let shape = try shapeOf(x, c)
+    var axes = try c.ints("axes")
+    if opset >= 18, let a = c.input(1) { axes = try intConstant(a, c, what: "axes") }
+    let rank = shape.count
+    let resolved = Set((axes ?? Array(0..<rank)).map { $0 < 0 ? $0 + rank : $0 })
+    let keep = try c.int("keepdims", 1) != 0
+    guard rank == 4, resolved == [2, 3] || resolved == [1, 2] else {
+      throw c.fail(
+        "ReduceMean over axes \(axes ?? []) of a rank-\(rank) tensor is not supported (only the spatial axes of a 4-D tensor)")
+    }
+    let nhwc = resolved == [1, 2]
+    let base = c.label
+    var current = x
+    func step(_ op: Op, _ suffix: String, final: Bool) throws {
+      guard let out = c.node.outputs.first, !out.isEmpty else { throw c.fail("has no output") }
+      let name = final ? out : "\(out)/\(suffix)"
+      try emit(op, label: final ? base : "\(base)/\(suffix)", opType: c.node.opType, inputs: [current], outputs: [name])
+      current = name
+    }
+    if nhwc { try step(.transpose(permutation: [0, 3, 1, 2]), "to_nchw", final: false) }
+    let channels = nhwc ? shape[3] : shape[1]
+    if keep {
+      try step(.globalAveragePool, "pool", final: !nhwc)
+      if nhwc { try step(.transpose(permutation: [0, 2, 3, 1]), "to_nhwc", final: true) }
+    } else {
+      try step(.globalAveragePool, "pool", final: false)
+      try step(.reshape(shape: [0, channels]), "flatten", final: true)
+    }
   }
 }

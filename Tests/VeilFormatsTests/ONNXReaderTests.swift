@@ -258,9 +258,87 @@ final class ONNXReaderTests: XCTestCase {
     m.outputs = ["y"]
     let g = try ONNXReader.parse(m.bytes())
     XCTAssertEqual(g.shape(g.inputs[0]), [1, 2, 3, 4])
-    XCTAssertEqual(g.nodes.map(\.op), [.reshape(shape: [1, -1])])
+    // The batch taken from Shape(x)[0] stays symbolic: 0 copies the input's batch.
+    XCTAssertEqual(g.nodes.map(\.op), [.reshape(shape: [0, -1])])
     XCTAssertEqual(g.shape(g.outputs[0]), [1, 24])
+    XCTAssertEqual(try g.withBatch(3).shape(g.outputs[0]), [3, 24])
     XCTAssertTrue(g.initializers.isEmpty, "integer constants are attributes, not weights")
+  }
+
+  /// PyTorch's F.pad export: pads reshaped to pairs, reversed with a negative-step Slice,
+  /// transposed and flattened, with integer arithmetic on a Shape on the way.
+  func testPadIdiomSliceTransposeAndIntegerArithmeticFold() throws {
+    var m = HandModel()
+    m.inputs = [("x", [1, 1, 2, 3])]
+    m.int64s("pairs", dims: [4], [1, 2, 3, 4])  // (w_begin, w_end), (h_begin, h_end) as torch writes them
+    m.int64s("zeros", dims: [4], [0, 0, 0, 0])
+    m.int64s("shape2", dims: [2], [-1, 2])
+    m.int64s("start", dims: [1], [-1])
+    m.int64s("end", dims: [1], [Int64(-Int32.max)])
+    m.int64s("axis0", dims: [1], [0])
+    m.int64s("step", dims: [1], [-1])
+    m.int64s("flat", dims: [1], [-1])
+    m.int64s("two", dims: [], [2])
+    m.int64s("idx3", dims: [], [3])
+    m.nodes = [
+      ("cat", "Concat", ["pairs", "zeros"], ["p8"], [("axis", .int(0))]),
+      ("pairs2", "Reshape", ["p8", "shape2"], ["p42"], []),
+      ("flip", "Slice", ["p42", "start", "end", "axis0", "step"], ["rev"], []),
+      ("tr", "Transpose", ["rev"], ["t"], [("perm", .ints([1, 0]))]),
+      ("flatten", "Reshape", ["t", "flat"], ["pads"], []),
+      ("shape", "Shape", ["x"], ["s"], []),
+      ("w", "Gather", ["s", "idx3"], ["width"], [("axis", .int(0))]),
+      ("mul", "Mul", ["width", "two"], ["w2"], []),
+      ("div", "Div", ["w2", "two"], ["w3"], []),
+      ("sub", "Sub", ["w3", "two"], ["w1"], []),
+      ("cast", "Cast", ["pads"], ["pads64"], [("to", .int(7))]),
+      ("pad", "Pad", ["x", "pads64"], ["y"], []),
+      ("castf", "Cast", ["y"], ["yf"], [("to", .int(1))]),
+    ]
+    m.outputs = ["yf"]
+    let g = try ONNXReader.parse(m.bytes())
+    // [[1,2],[3,4],[0,0],[0,0]] reversed → [[0,0],[0,0],[3,4],[1,2]], transposed, flattened:
+    // begins (0, 0, 3, 1), ends (0, 0, 4, 2).
+    XCTAssertEqual(g.nodes.first?.op, .pad(mode: .constant, pads: [0, 0, 3, 1, 0, 0, 4, 2], value: 0))
+    XCTAssertEqual(g.shape(g.outputs[0]), [1, 1, 9, 6])
+  }
+
+  func testReduceMeanOverSpatialAxesIsGlobalPooling() throws {
+    for (axes, keep, shape, want) in [
+      ([1, 2], 0, [1, 2, 2, 3], [1, 3]), ([1, 2], 1, [1, 2, 2, 3], [1, 1, 1, 3]), ([2, 3], 0, [1, 3, 2, 2], [1, 3]),
+      ([-1, -2], 1, [1, 3, 2, 2], [1, 3, 1, 1]),
+    ] {
+      var m = HandModel()
+      m.inputs = [("x", shape)]
+      m.nodes = [("mean", "ReduceMean", ["x"], ["y"], [("axes", .ints(axes)), ("keepdims", .int(keep))])]
+      m.outputs = ["y"]
+      let g = try ONNXReader.parse(m.bytes())
+      XCTAssertEqual(g.shape(g.outputs[0]), want, "axes \(axes) keepdims \(keep)")
+      let x = Tensor(shape: shape) { o in for i in 0..<12 { o[i] = Float(i * i) } }
+      let y = try Executor(graph: g).run([x])[0]
+      // Channel c's mean: NHWC channels are every third element, NCHW channels are runs of 4.
+      let nhwc = axes == [1, 2]
+      for c in 0..<3 {
+        let members = (0..<12).filter { nhwc ? $0 % 3 == c : $0 / 4 == c }
+        let mean = members.map { Float($0 * $0) }.reduce(0, +) / 4
+        XCTAssertEqual(y.scalars[c], mean, accuracy: 1e-4, "axes \(axes) channel \(c)")
+      }
+    }
+    var m = HandModel()
+    m.inputs = [("x", [1, 2, 2, 3])]
+    m.nodes = [("mean", "ReduceMean", ["x"], ["y"], [("axes", .ints([1])), ("keepdims", .int(0))])]
+    m.outputs = ["y"]
+    let text = message { try ONNXReader.parse(m.bytes()) }
+    XCTAssertTrue(text.contains("mean") && text.contains("ReduceMean") && text.contains("axes"), text)
+  }
+
+  func testCastOfFloatDataToAnotherTypeIsRefused() throws {
+    var m = HandModel()
+    m.inputs = [("x", [1, 4])]
+    m.nodes = [("to_int", "Cast", ["x"], ["y"], [("to", .int(6))])]
+    m.outputs = ["y"]
+    let text = message { try ONNXReader.parse(m.bytes()) }
+    XCTAssertTrue(text.contains("to_int") && text.contains("element type 6"), text)
   }
 
   func testAutoPadResolvesToExplicitPads() throws {

