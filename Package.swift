@@ -39,7 +39,7 @@ let package = Package(
         .product(name: "ArgumentParser", package: "swift-argument-parser"),
       ]
     ),
-    .testTarget(name: "VeilCLITests", dependencies: ["VeilFormats", "VeilTensor"]),
+    .testTarget(name: "VeilCLITests", dependencies: ["VeilFormats", "VeilTensor", "VeilGraph", "VeilModels"]),
     .testTarget(name: "VeilTensorTests", dependencies: ["VeilTensor"]),
     .testTarget(name: "VeilGraphTests", dependencies: ["VeilGraph", "VeilFormats", "VeilTestSupport"]),
     .testTarget(name: "VeilFormatsTests", dependencies: ["VeilFormats", "VeilTestSupport"]),

@@ -25,6 +25,11 @@ struct Run: ParsableCommand {
   var top: Int = 5
   @Option(help: "Seed for the zoo's weight initialisation.")
   var seed: UInt64 = 0
+  @Option(
+    help: ArgumentHelp(
+      "Class names, one per line (index order); by default the ImageNet names from the asset cache when the model has 1000 classes.",
+      valueName: "file"))
+  var labels: String?
   @Flag(help: "Print one JSON document.")
   var json = false
   @OptionGroup var engine: EngineOptions
@@ -35,6 +40,7 @@ struct Run: ParsableCommand {
   }
   struct Class: Encodable {
     var classIndex: Int
+    var name: String?
     var score: Float
   }
   struct Report: Encodable {
@@ -74,10 +80,11 @@ struct Run: ParsableCommand {
     let t2 = Date()
     if let output { try NPY.write(y, to: URL(fileURLWithPath: output)) }
     let classes = y.shape.last ?? 0
+    let names = try classNames(count: classes)
     let items = (0..<(y.shape.first ?? 0)).map { i -> Item in
       let row = Array(y.scalars[(i * classes)..<((i + 1) * classes)])
       let best = row.indices.sorted { row[$0] > row[$1] }.prefix(top)
-      return Item(index: i, top: best.map { Class(classIndex: $0, score: row[$0]) })
+      return Item(index: i, top: best.map { Class(classIndex: $0, name: names?[$0], score: row[$0]) })
     }
     let weights = ModelZoo.names.contains(model) ? "seeded \(seed) (untrained)" : "from file"
     let report = Report(
@@ -87,10 +94,24 @@ struct Run: ParsableCommand {
     print("model \(model) (\(weights) weights), input \(x.shape) → output \(y.shape)")
     print(String(format: "compile %.1f ms, run %.1f ms on %d threads", report.compileMs, report.runMs, report.threads))
     for item in items where top > 0 {
-      let list = item.top.map { String(format: "#%d (%.4f)", $0.classIndex, $0.score) }.joined(separator: ", ")
+      let list = item.top.map { c in
+        String(format: "#%d%@ (%.4f)", c.classIndex, c.name.map { " \($0)" } ?? "", c.score)
+      }.joined(separator: ", ")
       print("item \(item.index): \(list)")
     }
     if let output { print("output written to \(output)") }
+  }
+
+  func classNames(count: Int) throws -> [String]? {
+    if let labels {
+      let text = try String(contentsOf: URL(fileURLWithPath: labels), encoding: .utf8)
+      let names = text.split(separator: "\n", omittingEmptySubsequences: false).map(String.init)
+      guard names.count >= count else {
+        throw ValidationError("--labels '\(labels)' has \(names.count) lines; the model has \(count) classes")
+      }
+      return names
+    }
+    return count == 1000 ? try AssetCache.imageNetClasses() : nil
   }
 }
 

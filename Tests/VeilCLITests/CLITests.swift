@@ -2,6 +2,8 @@ import Foundation
 import XCTest
 
 import VeilFormats
+import VeilGraph
+import VeilModels
 import VeilTensor
 
 /// The `veil` tool as a user runs it: exit status, messages, JSON keys, files written.
@@ -94,6 +96,31 @@ final class CLITests: XCTestCase {
     let best = try XCTUnwrap((items[1]["top"] as? [[String: Any]])?.first?["classIndex"] as? Int)
     let row = Array(out.scalars[1000..<2000])
     XCTAssertEqual(best, row.indices.max { row[$0] < row[$1] })
+  }
+
+  /// A state_dict file (here safetensors of the zoo's seed-7 MobileNetV2, by torchvision names)
+  /// is recognised as its architecture and gives what the zoo model with those weights gives;
+  /// a state_dict of no zoo architecture is refused with the counts that did not match.
+  func testStateDictFileRunsAsItsArchitecture() throws {
+    let w = temp("w.safetensors")
+    let x = temp("x.npy")
+    let a = temp("a.npy")
+    let b = temp("b.npy")
+    let partial = temp("partial.safetensors")
+    defer { for f in [w, x, a, b, partial] { try? FileManager.default.removeItem(at: f) } }
+    let g = try ModelZoo.build("mobilenet_v2", seed: 7)
+    let tensors = g.initializers.keys.sorted().map { (name: g[$0].name, tensor: g.initializers[$0]!) }
+    try Safetensors.write(tensors, to: w)
+    try Safetensors.write(Array(tensors.prefix(3)), to: partial)
+    var rng = SeededGenerator(seed: 8)
+    try NPY.write(Tensor.randomNormal(shape: [1, 3, 224, 224], generator: &rng), to: x)
+    XCTAssertEqual(try veil(["run", "--model", "mobilenet_v2", "--seed", "7", "--input", x.path, "--output", a.path]).status, 0)
+    let r = try veil(["run", "--model", w.path, "--input", x.path, "--output", b.path])
+    XCTAssertEqual(r.status, 0, r.stderr)
+    XCTAssertEqual(try NPY.read(a).scalars, try NPY.read(b).scalars)
+    let e = try veil(["run", "--model", partial.path, "--input", x.path])
+    XCTAssertNotEqual(e.status, 0)
+    XCTAssertTrue(e.stderr.contains("not the state_dict of a zoo architecture") && e.stderr.contains("torch.onnx.export"), e.stderr)
   }
 
   /// A model exported to ONNX and read back computes what the zoo builder computes.

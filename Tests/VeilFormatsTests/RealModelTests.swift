@@ -10,30 +10,11 @@ import XCTest
 /// file (not Veil's re-export of it). The assets come from `scripts/fetch_assets.py`; when they
 /// are missing the tests fail and say so, never skip.
 final class RealModelTests: XCTestCase {
-  /// ${VEIL_CACHE:-${XDG_CACHE_HOME:-~/.cache}/veil}/assets, as scripts/fetch_assets.py uses.
-  static var assetDirectory: URL {
-    let env = ProcessInfo.processInfo.environment
-    let base: URL
-    if let v = env["VEIL_CACHE"], !v.isEmpty {
-      base = URL(fileURLWithPath: v)
-    } else if let x = env["XDG_CACHE_HOME"], !x.isEmpty {
-      base = URL(fileURLWithPath: x).appendingPathComponent("veil")
-    } else {
-      base = FileManager.default.homeDirectoryForCurrentUser.appendingPathComponent(".cache/veil")
-    }
-    return base.appendingPathComponent("assets")
-  }
-
   struct Failure: Error, CustomStringConvertible { var description: String }
 
   /// The cached asset, or a failure that tells how to fetch it.
   func asset(_ file: String) throws -> URL {
-    let url = Self.assetDirectory.appendingPathComponent(file)
-    guard FileManager.default.fileExists(atPath: url.path) else {
-      throw Failure(
-        description: "\(url.path) is missing: run `scripts/fetch_assets.py` from "
-          + "\(ONNXRuntimeReference.repoRoot.path) (or `make test`) to fetch the registry-shipped assets.")
-    }
+    guard let url = AssetCache.file(file) else { throw Failure(description: AssetCache.missingAdvice(file)) }
     return url
   }
 
