@@ -15,7 +15,9 @@ let package = Package(
     .library(name: "VeilGraph", targets: ["VeilGraph"]),
   ],
   dependencies: [
-    .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2")
+    .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),
+    // TEE: ECDSA, X25519, HKDF, AES-GCM; X.509 chains and CRLs for DCAP collateral.
+    .package(url: "https://github.com/apple/swift-crypto", from: "4.5.2"),
   ],
   targets: [
     // System libraries: oneDNN 2.6 from Debian's libdnnl-dev, plus a few C helpers that read
@@ -29,13 +31,20 @@ let package = Package(
     .target(name: "VeilGraph", dependencies: ["VeilTensor"], swiftSettings: kernelSwiftFlags),
     .target(name: "VeilFormats", dependencies: ["VeilTensor", "VeilGraph"]),
     .target(name: "VeilModels", dependencies: ["VeilTensor", "VeilGraph"]),
+    // Evidence, verification, the attested channel, sealing, and the TEE cost model:
+    // independent of the engine.
+    .target(name: "VeilTEE", dependencies: [.product(name: "Crypto", package: "swift-crypto")]),
+    // Profiler, planner and reports: drives the engine, the cost model and the real crypto.
+    .target(
+      name: "VeilPlanning",
+      dependencies: ["VeilTensor", "VeilGraph", "VeilTEE", .product(name: "Crypto", package: "swift-crypto")]),
     // Test-only: ONNX Runtime references and tolerances shared by the numerical test targets.
     // Never a dependency of `veil` or of a product.
     .target(name: "VeilTestSupport", dependencies: ["VeilTensor", "VeilGraph", "VeilFormats"]),
     .executableTarget(
       name: "veil",
       dependencies: [
-        "VeilTensor", "VeilGraph", "VeilFormats", "VeilModels",
+        "VeilTensor", "VeilGraph", "VeilFormats", "VeilModels", "VeilTEE", "VeilPlanning",
         .product(name: "ArgumentParser", package: "swift-argument-parser"),
       ]
     ),
@@ -43,6 +52,7 @@ let package = Package(
     .testTarget(name: "VeilTensorTests", dependencies: ["VeilTensor"]),
     .testTarget(name: "VeilGraphTests", dependencies: ["VeilGraph", "VeilFormats", "VeilTestSupport"]),
     .testTarget(name: "VeilFormatsTests", dependencies: ["VeilFormats", "VeilTestSupport"]),
+    .testTarget(name: "VeilPlanningTests", dependencies: ["VeilPlanning", "VeilTEE", "VeilModels", "VeilGraph", "VeilTensor"]),
     .testTarget(name: "VeilModelsTests", dependencies: ["VeilModels", "VeilFormats", "VeilTestSupport"]),
   ]
 )

@@ -21,6 +21,16 @@ public struct StepTiming: Sendable {
   public var seconds: Double
 }
 
+/// What one step of a run touches (see `Executor.memoryTrace`).
+public struct StepMemory: Sendable {
+  public var node: String
+  public var op: String
+  /// Bytes of constants the step reads (weights in the kernel's layout, executor constants).
+  public var weightBytes: Int
+  /// Byte ranges of the activation arena read or written.
+  public var activationRanges: [Range<Int>]
+}
+
 /// A graph compiled for fixed input shapes: one backend kernel per node (plus the layout
 /// reorders between them), and one arena of activation memory laid out by liveness.
 ///
@@ -207,6 +217,23 @@ public final class Executor: @unchecked Sendable {
     var kept: [String: Tensor] = [:]
     for (name, r) in retainedBuffers { kept[name] = read(r.buffer, r.shape) }
     return (outs, kept)
+  }
+
+  /// The memory each step touches, in step order: the weights its kernel owns, and the byte
+  /// ranges of the activation arena it reads and writes (inputs and output, as planned).
+  /// What a TEE cost model needs to simulate an enclave's page cache over one request.
+  public var memoryTrace: [StepMemory] {
+    steps.map { s in
+      var weights = s.kernel.constantBytes
+      var ranges: [Range<Int>] = []
+      for b in s.inputs + [s.output] {
+        switch buffers[b].kind {
+        case .arena: ranges.append(buffers[b].offset..<(buffers[b].offset + buffers[b].bytes))
+        case .constant(let t): weights += t.count * 4
+        }
+      }
+      return StepMemory(node: s.node, op: s.op, weightBytes: weights, activationRanges: ranges)
+    }
   }
 
   /// One line per step: node, op, kernel, layout out. For `veil inspect` and debugging.

@@ -27,6 +27,7 @@ struct Inspect: ParsableCommand {
     var parameterBytes: Int
     var flops: Int
     var metadata: [String: String]
+    var cuts: [CutPoint]
   }
 
   func run() throws {
@@ -40,7 +41,7 @@ struct Inspect: ParsableCommand {
       inputs: g.inputs.map { Port(name: g[$0].name, shape: g.shape($0) ?? []) },
       outputs: g.outputs.map { Port(name: g[$0].name, shape: g.shape($0) ?? []) },
       nodes: g.nodes.count, ops: ops, parameters: g.parameterCount, parameterBytes: g.parameterCount * 4,
-      flops: g.totalFlops, metadata: g.metadata)
+      flops: g.totalFlops, metadata: g.metadata, cuts: try g.candidateCuts())
     if json { return try printJSON(report) }
     print("model \(model) (graph '\(g.name)'), \(g.nodes.count) nodes")
     for p in report.inputs { print("  input  \(p.name) \(p.shape)") }
@@ -50,5 +51,6 @@ struct Inspect: ParsableCommand {
     print("ops: " + ops.sorted { $0.value > $1.value || ($0.value == $1.value && $0.key < $1.key) }
       .map { "\($0.key) \($0.value)" }.joined(separator: ", "))
     for (k, v) in g.metadata.sorted(by: { $0.key < $1.key }) where k != "cuts" { print("  \(k): \(v)") }
+    print("candidate cuts (\(report.cuts.count); `veil cuts` for details): " + report.cuts.map(\.name).joined(separator: ", "))
   }
 }

@@ -1,0 +1,171 @@
+import VeilTensor
+
+/// A point where the graph can be cut in two: exactly one tensor crosses from the nodes before
+/// it (the head, run in the TEE) to the nodes after it (the tail, run on the accelerator).
+public struct CutPoint: Sendable, Equatable, Codable {
+  /// Position among the graph's candidate cuts, in graph order, from 0.
+  public var index: Int
+  /// Stable human name: the builder's structural name (`block2_pool`, `layer3`,
+  /// `features.5`), or for imported graphs the name of the node that produces the tensor.
+  public var name: String
+  /// Name of the crossing tensor.
+  public var tensor: String
+  /// Number of nodes in the head (the graph's nodes in order, before passes).
+  public var headNodes: Int
+  /// Shape of the crossing tensor at the graph's batch size.
+  public var shape: [Int]
+  /// Bytes of the crossing tensor (float32).
+  public var bytes: Int
+  /// Bytes of the weights the head reads (float32, BatchNorm statistics included).
+  public var headParameterBytes: Int
+  /// FLOPs of the head and of the tail, per pass at the graph's batch size.
+  public var headFlops: Int
+  public var tailFlops: Int
+}
+
+/// Cuts are found on the graph as built or imported, in its node order, after identities are
+/// removed; head and tail are then compiled (and optimized) separately, so a cut never falls
+/// inside a fused kernel.
+extension Graph {
+  /// Every point where exactly one non-constant tensor crosses. For a graph that declares its
+  /// structural cuts (`metadata["cuts"]`, the zoo builders) only those are listed unless
+  /// `all` is set; otherwise every such point, except one between a tensor and the single
+  /// activation or normalization that consumes it (a cut there exposes nothing the next
+  /// point would not, and splits a fusable pair).
+  public func candidateCuts(all: Bool = false) throws -> [CutPoint] {
+    var g = self
+    g.removeIdentities()
+    try g.sortTopologically()
+    try g.inferShapes()
+    let n = g.nodes.count
+    guard n >= 2 else { return [] }
+    let producers = g.producers()
+    let consumers = g.consumers()
+    // A value crosses position p (p nodes in the head) iff it is defined before p and used at
+    // or after p. Inputs are defined at -1; graph outputs are used at n.
+    var delta = [Int](repeating: 0, count: n + 2)
+    var lastUse: [ValueID: Int] = [:]
+    for (v, users) in consumers where !g.isConstant(v) { lastUse[v] = users.max() }
+    for v in g.outputs { lastUse[v] = n }
+    for (v, last) in lastUse {
+      let first = (producers[v] ?? -1) + 1
+      guard first <= last else { continue }
+      delta[first] += 1
+      delta[last + 1] -= 1
+    }
+    let named = metadata["cuts"].map { Set($0.split(separator: ",").map(String.init)) }
+    let structural = named != nil && !all
+    var flopsBefore = [Int](repeating: 0, count: n + 1)
+    var paramsBefore = [Int](repeating: 0, count: n + 1)
+    var seen = Set<ValueID>()
+    for (i, node) in g.nodes.enumerated() {
+      flopsBefore[i + 1] = flopsBefore[i] + g.flops(of: node)
+      var bytes = 0
+      for v in node.inputs where g.isConstant(v) && !seen.contains(v) {
+        seen.insert(v)
+        bytes += (g.initializers[v]?.count ?? 0) * 4
+      }
+      paramsBefore[i + 1] = paramsBefore[i] + bytes
+    }
+    var cuts: [CutPoint] = []
+    var crossing = delta[0]
+    for p in 1..<n {
+      crossing += delta[p]
+      guard crossing == 1 else { continue }
+      // The one crossing value: an output of node p-1 or an earlier value still alive.
+      let v = lastUse.first { v, last in (producers[v] ?? -1) + 1 <= p && last >= p }!.key
+      guard !g.outputs.contains(v) else { continue }
+      let name = g[v].name
+      if structural {
+        guard named!.contains(name) else { continue }
+      } else if !all, let users = consumers[v], users.count == 1, g.isFusableFollower(g.nodes[users[0]]) {
+        continue
+      }
+      let shape = g.shape(v) ?? []
+      cuts.append(
+        CutPoint(
+          index: cuts.count, name: structural ? name : (producers[v].map { g.nodes[$0].name } ?? name),
+          tensor: name, headNodes: p, shape: shape, bytes: shape.reduce(1, *) * 4,
+          headParameterBytes: paramsBefore[p], headFlops: flopsBefore[p], tailFlops: flopsBefore[n] - flopsBefore[p]))
+    }
+    return cuts
+  }
+
+  /// An activation, a normalization, or a bias/scale by a constant: work that belongs to the
+  /// layer before it.
+  private func isFusableFollower(_ node: Node) -> Bool {
+    switch node.op {
+    case .activation, .batchNormalization: return true
+    case .binary: return node.inputs.contains(where: isConstant)
+    default: return false
+    }
+  }
+
+  /// The cut named `name` (its name, tensor name, or index as text).
+  public func cut(named name: String, all: Bool = false) throws -> CutPoint {
+    let cuts = try candidateCuts(all: all)
+    if let c = cuts.first(where: { $0.name == name || $0.tensor == name }) { return c }
+    if let i = Int(name), cuts.indices.contains(i) { return cuts[i] }
+    // A value that exists but is not a cut: say why.
+    if value(named: name) != nil || nodes.contains(where: { $0.name == name }) {
+      throw GraphError.invalidGraph(
+        "'\(name)' is not a cut point of '\(self.name)': more than one tensor crosses there (inside a branch or a residual block). Cut points: \(cuts.map(\.name).joined(separator: ", "))"
+      )
+    }
+    throw GraphError.unknownValue(
+      "cut '\(name)' in '\(self.name)'; cut points: \(cuts.map(\.name).joined(separator: ", "))")
+  }
+
+  /// The head (graph inputs → the cut tensor) and the tail (the cut tensor → graph outputs),
+  /// each a whole graph with the weights it reads. Running the tail on the head's output gives
+  /// the graph's outputs.
+  public func split(at cut: CutPoint) throws -> (head: Graph, tail: Graph) {
+    var g = self
+    g.removeIdentities()
+    try g.sortTopologically()
+    try g.inferShapes()
+    guard cut.headNodes > 0, cut.headNodes < g.nodes.count, let v = g.value(named: cut.tensor),
+      g.producers()[v].map({ $0 < cut.headNodes }) ?? g.inputs.contains(v)
+    else {
+      throw GraphError.invalidGraph("cut '\(cut.name)' does not match graph '\(name)' (recompute the cuts)")
+    }
+    let head = g.subgraph(
+      name: "\(name).head", nodes: Array(g.nodes[..<cut.headNodes]), inputs: g.inputs, outputs: [v])
+    let tail = g.subgraph(
+      name: "\(name).tail", nodes: Array(g.nodes[cut.headNodes...]), inputs: [v], outputs: g.outputs)
+    var pieces = [head, tail]
+    for k in pieces.indices {
+      pieces[k].metadata["cut.name"] = cut.name
+      pieces[k].metadata["cut.tensor"] = cut.tensor
+      pieces[k].metadata["cut.part"] = k == 0 ? "head" : "tail"
+      pieces[k].metadata["cuts"] = nil
+      try pieces[k].inferShapes()
+    }
+    return (pieces[0], pieces[1])
+  }
+
+  /// A graph of `nodes` (this graph's), reading `inputs` and producing `outputs`, with only
+  /// the values and initializers those nodes use. Value names are kept.
+  func subgraph(name: String, nodes chosen: [Node], inputs: [ValueID], outputs: [ValueID]) -> Graph {
+    var g = Graph(name: name)
+    g.metadata = metadata
+    var map: [ValueID: ValueID] = [:]
+    for v in inputs { map[v] = g.addInput(name: self[v].name, shape: self[v].shape ?? []) }
+    func mapped(_ v: ValueID) -> ValueID {
+      if let m = map[v] { return m }
+      let m: ValueID
+      if let t = initializers[v] {
+        m = g.addInitializer(name: self[v].name, t)
+      } else {
+        m = g.addValue(name: self[v].name, shape: self[v].shape)
+      }
+      map[v] = m
+      return m
+    }
+    for n in chosen {
+      g.nodes.append(Node(name: n.name, op: n.op, inputs: n.inputs.map(mapped), outputs: n.outputs.map(mapped), postOps: n.postOps))
+    }
+    g.outputs = outputs.map(mapped)
+    return g
+  }
+}

@@ -1,0 +1,131 @@
+import Foundation
+
+/// The profile as a person or a script reads it: the paper-style table, CSV, and an SVG plot.
+extension ProfileReport {
+  /// Whether the TEE figures are modeled (no TEE was detected).
+  var teeModeled: Bool { teeTime == "modeled" }
+
+  /// The paper's table (full enclave, partitioned, speed-up) for every cut, with the parts of
+  /// the partitioned time, followed by the fastest cut.
+  public var table: String {
+    let tee = teeModeled ? "TEE, modeled" : teeTime
+    var lines: [String] = []
+    lines.append("\(model), batch \(batch), \(threads) threads, preset \(preset.name) (\(tee)); accelerator \(accelerator)")
+    lines.append(
+      String(
+        format: "full model in the TEE: %.1f ms (native %.1f ms; paging %.1f ms for %d page swaps; working set %.1f MiB)",
+        baseline.totalMs, baseline.nativeMs, baseline.tee.pagingSeconds * 1e3, baseline.tee.pageSwaps,
+        Double(baseline.tee.workingSetPages) * 4 / 1024))
+    let header = ["#", "cut", "feature", "head TEE ms", "(swaps)", "transfer ms", "tail ms", "partitioned ms", "full enclave ms", "speed-up %"]
+    var rows = [header]
+    for c in cuts {
+      rows.append([
+        "\(c.cut.index)", c.cut.name, "\(c.cut.shape.dropFirst().map(String.init).joined(separator: "×"))",
+        String(format: "%.1f", c.headTEEMs), "\(c.headTEE.pageSwaps)", String(format: "%.2f", c.transferMs),
+        String(format: "%.1f", c.tailMs), String(format: "%.1f", c.totalMs), String(format: "%.1f", baseline.totalMs),
+        String(format: "%.1f", c.speedupPercent),
+      ])
+    }
+    let widths = header.indices.map { k in rows.map { $0[k].count }.max() ?? 0 }
+    for r in rows {
+      lines.append(
+        r.enumerated().map { k, cell in
+          k <= 2 ? cell.padding(toLength: widths[k], withPad: " ", startingAt: 0)
+            : String(repeating: " ", count: widths[k] - cell.count) + cell
+        }.joined(separator: "  "))
+    }
+    if let f = fastestCut, let c = cuts.first(where: { $0.cut.name == f }) {
+      lines.append(
+        String(
+          format: "fastest: %@ — %.1f ms partitioned against %.1f ms in the TEE whole (speed-up %.1f %%)", f, c.totalMs,
+          baseline.totalMs, c.speedupPercent))
+    }
+    lines.append("measured here: head native, transfer seal/open, tail; modeled: " + modeled.joined(separator: ", "))
+    return lines.joined(separator: "\n")
+  }
+
+  /// One row per cut, then the baseline row; columns say which figures are modeled.
+  public var csv: String {
+    let m = teeModeled ? "_modeled" : ""
+    var lines = [
+      "index,cut,tensor,shape,feature_bytes,head_parameter_bytes,head_flops,head_native_ms,head_tee_ms\(m),head_page_swaps\(m),transfer_seal_ms,transfer_open_ms,transfer_wire_ms_modeled,tail_ms,tail_roofline_ms_modeled,total_ms\(m),full_enclave_ms\(m),speedup_percent\(m)"
+    ]
+    func q(_ s: String) -> String { s.contains(",") || s.contains("\"") ? "\"" + s.replacingOccurrences(of: "\"", with: "\"\"") + "\"" : s }
+    for c in cuts {
+      let fields: [String] = [
+        "\(c.cut.index)", q(c.cut.name), q(c.cut.tensor), q(c.cut.shape.map(String.init).joined(separator: "x")), "\(c.cut.bytes)",
+        "\(c.cut.headParameterBytes)", "\(c.cut.headFlops)", f(c.headNativeMs), f(c.headTEEMs), "\(c.headTEE.pageSwaps)",
+        f(c.transferSealMs), f(c.transferOpenMs), f(c.transferWireMs), f(c.tailMs), c.tailRooflineMs.map(f) ?? "",
+        f(c.totalMs), f(baseline.totalMs), f(c.speedupPercent),
+      ]
+      lines.append(fields.joined(separator: ","))
+    }
+    lines.append(
+      ["", "full_enclave", "", "", "", "", "", f(baseline.nativeMs), f(baseline.totalMs), "\(baseline.tee.pageSwaps)", "", "", "", "", "", f(baseline.totalMs), f(baseline.totalMs), "0"]
+        .joined(separator: ","))
+    return lines.joined(separator: "\n") + "\n"
+  }
+
+  private func f(_ v: Double) -> String { String(format: "%.4f", v) }
+
+  /// Latency per cut as stacked bars (head in the TEE, transfer, tail) with the full-enclave
+  /// baseline as a dashed line; modeled parts are hatched and say so in the legend.
+  public var svg: String {
+    let width = max(640, 120 + cuts.count * 44)
+    let height = 420
+    let left = 70.0, right = 20.0, top = 50.0, bottom = 110.0
+    let plotW = Double(width) - left - right
+    let plotH = Double(height) - top - bottom
+    let maxMs = max(baseline.totalMs, cuts.map(\.totalMs).max() ?? 0) * 1.1
+    func y(_ ms: Double) -> Double { top + plotH - ms / maxMs * plotH }
+    let slot = plotW / Double(max(cuts.count, 1))
+    let bar = min(32, slot * 0.7)
+    var s = """
+      <svg xmlns="http://www.w3.org/2000/svg" width="\(width)" height="\(height)" viewBox="0 0 \(width) \(height)" font-family="sans-serif" font-size="11">
+      <defs><pattern id="modeled" width="6" height="6" patternUnits="userSpaceOnUse" patternTransform="rotate(45)"><rect width="6" height="6" fill="#d62728"/><line x1="0" y1="0" x2="0" y2="6" stroke="#fff" stroke-width="2"/></pattern></defs>
+      <text x="\(width / 2)" y="18" text-anchor="middle" font-size="14">\(xml(model)): latency per cut, preset \(preset.name)\(teeModeled ? " (TEE time modeled)" : "")</text>
+
+      """
+    // Axis and grid.
+    let ticks = 5
+    for k in 0...ticks {
+      let v = maxMs * Double(k) / Double(ticks)
+      s += String(format: "<line x1=\"%.1f\" y1=\"%.1f\" x2=\"%.1f\" y2=\"%.1f\" stroke=\"#ddd\"/>\n", left, y(v), Double(width) - right, y(v))
+      s += String(format: "<text x=\"%.1f\" y=\"%.1f\" text-anchor=\"end\">%.0f</text>\n", left - 6, y(v) + 4, v)
+    }
+    s += String(format: "<text x=\"16\" y=\"%.1f\" transform=\"rotate(-90 16 %.1f)\" text-anchor=\"middle\">ms per request</text>\n", top + plotH / 2, top + plotH / 2)
+    let headFill = teeModeled ? "url(#modeled)" : "#d62728"
+    for (k, c) in cuts.enumerated() {
+      let x = left + slot * (Double(k) + 0.5) - bar / 2
+      var base = 0.0
+      for (ms, fill, what) in [(c.headTEEMs, headFill, "head in TEE"), (c.transferMs, "#ff7f0e", "transfer"), (c.tailMs, "#1f77b4", "tail")] {
+        s += String(
+          format: "<rect class=\"bar\" x=\"%.1f\" y=\"%.1f\" width=\"%.1f\" height=\"%.1f\" fill=\"%@\"><title>%@ %@: %.2f ms</title></rect>\n",
+          x, y(base + ms), bar, max(0, y(base) - y(base + ms)), fill, xml(c.cut.name), what, ms)
+        base += ms
+      }
+      let lx = x + bar / 2
+      s += String(
+        format: "<text x=\"%.1f\" y=\"%.1f\" transform=\"rotate(-50 %.1f %.1f)\" text-anchor=\"end\">%@</text>\n", lx,
+        top + plotH + 12, lx, top + plotH + 12, xml(c.cut.name))
+    }
+    s += String(
+      format: "<line x1=\"%.1f\" y1=\"%.1f\" x2=\"%.1f\" y2=\"%.1f\" stroke=\"#000\" stroke-dasharray=\"6 4\" stroke-width=\"1.5\"/>\n",
+      left, y(baseline.totalMs), Double(width) - right, y(baseline.totalMs))
+    s += String(format: "<text x=\"%.1f\" y=\"%.1f\" text-anchor=\"end\">full model in TEE: %.0f ms</text>\n", Double(width) - right, y(baseline.totalMs) - 4, baseline.totalMs)
+    // Legend.
+    let ly = Double(height) - 18
+    var lx = left
+    for (fill, text) in [(headFill, teeModeled ? "head in TEE (modeled)" : "head in TEE"), ("#ff7f0e", "transfer (seal/open measured, wire modeled)"), ("#1f77b4", "tail on accelerator (measured)")] {
+      s += String(format: "<rect x=\"%.1f\" y=\"%.1f\" width=\"12\" height=\"12\" fill=\"%@\"/><text x=\"%.1f\" y=\"%.1f\">%@</text>\n", lx, ly - 10, fill, lx + 16, ly, text)
+      lx += 16 + Double(text.count) * 6.2 + 18
+    }
+    s += "</svg>\n"
+    return s
+  }
+}
+
+func xml(_ s: String) -> String {
+  s.replacingOccurrences(of: "&", with: "&amp;").replacingOccurrences(of: "<", with: "&lt;")
+    .replacingOccurrences(of: ">", with: "&gt;").replacingOccurrences(of: "\"", with: "&quot;")
+}
