@@ -56,21 +56,19 @@ public struct FeatureTransfer {
 
   public init() {}
 
-  /// Serialises and seals `t`; returns the records.
-  public func seal(_ t: Tensor) throws -> [[UInt8]] {
-    var bytes = [UInt8](repeating: 0, count: t.count * 4)
-    bytes.withUnsafeMutableBytes { dst in
-      let src = UnsafeRawBufferPointer(start: t.storage.pointer, count: t.count * 4)
-      dst.copyMemory(from: src)  // float32 little-endian on every platform Veil builds for
-    }
-    var records: [[UInt8]] = []
+  /// Serialises and seals `t`; returns the records (ciphertext ‖ tag).
+  public func seal(_ t: Tensor) throws -> [Data] {
+    // Serialisation: float32 little-endian on every platform Veil builds for, so the bytes of
+    // the tensor are the wire bytes; one copy into the message buffer as gRPC would make.
+    let bytes = Data(bytes: t.storage.pointer, count: t.count * 4)
+    var records: [Data] = []
     records.reserveCapacity(bytes.count / Self.recordBytes + 1)
     var sequence: UInt64 = 0
     var offset = 0
     repeat {
       let end = min(offset + Self.recordBytes, bytes.count)
       let box = try AES.GCM.seal(bytes[offset..<end], using: key, nonce: Self.nonce(sequence))
-      records.append(Array(box.ciphertext) + Array(box.tag))
+      records.append(box.ciphertext + box.tag)
       sequence += 1
       offset = end
     } while offset < bytes.count
@@ -78,19 +76,25 @@ public struct FeatureTransfer {
   }
 
   /// Opens the records and deserialises a tensor of `shape`.
-  public func open(_ records: [[UInt8]], shape: [Int]) throws -> Tensor {
-    var bytes: [UInt8] = []
-    bytes.reserveCapacity(shape.reduce(1, *) * 4)
+  public func open(_ records: [Data], shape: [Int]) throws -> Tensor {
+    let count = shape.reduce(1, *)
+    let out = Tensor(shape: shape, repeating: 0)
+    var offset = 0
     for (k, r) in records.enumerated() {
-      let box = try AES.GCM.SealedBox(nonce: Self.nonce(UInt64(k)), ciphertext: r.dropLast(16), tag: r.suffix(16))
-      bytes += try AES.GCM.open(box, using: key)
+      guard r.count >= 16 else { throw GraphError.inputMismatch(input: "feature map record \(k)", expected: "≥ 16 bytes", found: "\(r.count)") }
+      let box = try AES.GCM.SealedBox(
+        nonce: Self.nonce(UInt64(k)), ciphertext: r.prefix(r.count - 16), tag: r.suffix(16))
+      let plain = try AES.GCM.open(box, using: key)
+      guard offset + plain.count <= count * 4 else { break }
+      plain.withUnsafeBytes { src in
+        (UnsafeMutableRawPointer(out.storage.pointer) + offset).copyMemory(from: src.baseAddress!, byteCount: src.count)
+      }
+      offset += plain.count
     }
-    guard bytes.count == shape.reduce(1, *) * 4 else {
-      throw GraphError.inputMismatch(input: "feature map", expected: "\(shape.reduce(1, *) * 4) bytes", found: "\(bytes.count)")
+    guard offset == count * 4, records.count == (count * 4 + Self.recordBytes - 1) / Self.recordBytes || count == 0 else {
+      throw GraphError.inputMismatch(input: "feature map", expected: "\(count * 4) bytes", found: "\(offset) or more")
     }
-    return Tensor(shape: shape) { o in
-      bytes.withUnsafeBytes { src in UnsafeMutableRawBufferPointer(o).copyMemory(from: src) }
-    }
+    return out
   }
 
   static func nonce(_ sequence: UInt64) throws -> AES.GCM.Nonce {

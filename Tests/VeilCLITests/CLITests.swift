@@ -123,6 +123,67 @@ final class CLITests: XCTestCase {
     XCTAssertTrue(e.stderr.contains("not the state_dict of a zoo architecture") && e.stderr.contains("torch.onnx.export"), e.stderr)
   }
 
+  /// `veil cuts` lists the structural cuts; `veil split` writes head, tail and cut.json, and the
+  /// tail run on the head's output gives the whole model's answer; bad cut names list the
+  /// valid ones.
+  func testCutsAndSplit() throws {
+    let c = try veil(["cuts", "--model", "resnet50", "--json"])
+    XCTAssertEqual(c.status, 0, c.stderr)
+    let doc = try XCTUnwrap(JSONSerialization.jsonObject(with: Data(c.stdout.utf8)) as? [String: Any])
+    let cuts = try XCTUnwrap(doc["cuts"] as? [[String: Any]])
+    XCTAssertEqual(cuts.first?["name"] as? String, "stem")
+    XCTAssertTrue(cuts.contains { $0["name"] as? String == "layer3" && ($0["shape"] as? [Int]) == [1, 1024, 14, 14] })
+    let dir = temp("split")
+    let x = temp("x.npy")
+    let f = temp("f.npy")
+    let y = temp("y.npy")
+    let whole = temp("whole.npy")
+    defer { for u in [dir, x, f, y, whole] { try? FileManager.default.removeItem(at: u) } }
+    var rng = SeededGenerator(seed: 9)
+    try NPY.write(Tensor.randomNormal(shape: [1, 3, 224, 224], generator: &rng), to: x)
+    let s = try veil(["split", "--model", "mobilenet_v2", "--cut", "features.7", "--out", dir.path])
+    XCTAssertEqual(s.status, 0, s.stderr)
+    let meta = try XCTUnwrap(
+      JSONSerialization.jsonObject(with: Data(contentsOf: dir.appendingPathComponent("cut.json"))) as? [String: Any])
+    XCTAssertEqual((meta["cut"] as? [String: Any])?["name"] as? String, "features.7")
+    XCTAssertEqual(try veil(["run", "--model", dir.appendingPathComponent("head.onnx").path, "--input", x.path, "--output", f.path, "--top", "0"]).status, 0)
+    XCTAssertEqual(try veil(["run", "--model", dir.appendingPathComponent("tail.onnx").path, "--input", f.path, "--output", y.path]).status, 0)
+    XCTAssertEqual(try veil(["run", "--model", "mobilenet_v2", "--input", x.path, "--output", whole.path]).status, 0)
+    let a = try NPY.read(y).scalars
+    let b = try NPY.read(whole).scalars
+    let peak = b.map(abs).max() ?? 1
+    XCTAssertLessThanOrEqual(zip(a, b).map { abs($0 - $1) }.max() ?? 1, 1e-5 * peak)
+    let bad = try veil(["split", "--model", "resnet50", "--cut", "layer1.0.conv2", "--out", dir.path])
+    XCTAssertNotEqual(bad.status, 0)
+    XCTAssertTrue(bad.stderr.contains("more than one tensor crosses") && bad.stderr.contains("layer3"), bad.stderr)
+    let unknown = try veil(["split", "--model", "resnet50", "--cut", "layer9", "--out", dir.path])
+    XCTAssertTrue(unknown.stderr.contains("layer9") && unknown.stderr.contains("stem"), unknown.stderr)
+  }
+
+  /// `veil profile` on a small model: the paper-style table, a CSV row per cut, an SVG, and
+  /// clear errors for bad presets, parameters and endpoints.
+  func testProfileWritesTableCSVAndSVG() throws {
+    let csv = temp("p.csv")
+    let svg = temp("p.svg")
+    defer { for u in [csv, svg] { try? FileManager.default.removeItem(at: u) } }
+    let r = try veil(["profile", "--model", "mobilenet_v2", "--runs", "1", "--tee", "sgx1", "--csv", csv.path, "--svg", svg.path])
+    XCTAssertEqual(r.status, 0, r.stderr)
+    XCTAssertTrue(r.stdout.contains("full enclave ms") && r.stdout.contains("speed-up %") && r.stdout.contains("modeled"), r.stdout)
+    XCTAssertTrue(r.stderr.contains("cut 1/"), "progress goes to stderr: \(r.stderr)")
+    let rows = try String(contentsOf: csv, encoding: .utf8).split(separator: "\n")
+    XCTAssertEqual(rows.count, 2 + ((try veil(["cuts", "--model", "mobilenet_v2", "--json"]).stdout.components(separatedBy: "\"headNodes\"").count) - 1))
+    XCTAssertTrue(try String(contentsOf: svg, encoding: .utf8).hasPrefix("<svg"))
+    for (args, needle) in [
+      (["--tee", "sgx9"], "sgx1, sgx2, tdx, snp"), (["--tee-param", "epc_mib=-3"], "epc_mib=-3"),
+      (["--tee-param", "epc"], "KEY=VALUE"), (["--accelerator", "10.0.0.1:8001"], "10.0.0.1:8001"),
+      (["--gpu", "H100:x:1"], "NAME:TFLOPS"),
+    ] {
+      let e = try veil(["profile", "--model", "mobilenet_v2", "--runs", "1"] + args)
+      XCTAssertNotEqual(e.status, 0, "\(args)")
+      XCTAssertTrue(e.stderr.contains(needle), "\(args): \(e.stderr)")
+    }
+  }
+
   /// A model exported to ONNX and read back computes what the zoo builder computes.
   func testExportedONNXRunsWithTheSameAnswer() throws {
     let m = temp("m.onnx")
