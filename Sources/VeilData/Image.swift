@@ -48,8 +48,10 @@ public struct Image<Pixel: PixelSample>: Sendable, Equatable {
     pixels = Array(repeating: .zero, count: width * height * channels)
   }
 
-  /// Builds an image by filling its samples through one buffer pointer.
-  init(width: Int, height: Int, channels: Int, fill: (UnsafeMutableBufferPointer<Pixel>) -> Void) {
+  /// Builds an image by filling its samples (zeroed first) through one buffer pointer; the
+  /// size must be valid (positive, 1 to 4 channels).
+  public init(width: Int, height: Int, channels: Int, fill: (UnsafeMutableBufferPointer<Pixel>) -> Void) {
+    precondition(width > 0 && height > 0 && (1...4).contains(channels), "bad image size")
     self.width = width
     self.height = height
     self.channels = channels

@@ -192,32 +192,25 @@ extension Image where Pixel == UInt8 {
 
   /// Pillow's RGBA → RGBa (and LA → La): colour × alpha / 255, rounded.
   func premultiplied() -> ByteImage {
-    let c = channels
-    return pixels.withUnsafeBufferPointer { src in
-      ByteImage(width: width, height: height, channels: c) { dst in
-        for p in 0..<(width * height) {
-          let alpha = Int(src[p * c + c - 1])
-          for k in 0..<(c - 1) {
-            let t = Int(src[p * c + k]) * alpha + 128
-            dst[p * c + k] = UInt8(((t >> 8) + t) >> 8)
-          }
-          dst[p * c + c - 1] = UInt8(alpha)
-        }
-      }
+    mappingColour { v, alpha in
+      let t = v * alpha + 128
+      return UInt8(((t >> 8) + t) >> 8)
     }
   }
 
   /// Pillow's RGBa → RGBA: colour × 255 / alpha, truncated and clipped.
   func unpremultiplied() -> ByteImage {
+    mappingColour { v, alpha in alpha == 0 || alpha == 255 ? UInt8(v) : UInt8(min(255 * v / alpha, 255)) }
+  }
+
+  /// Every colour sample replaced by `f(sample, alpha)`; the alpha channel (the last) kept.
+  func mappingColour(_ f: (Int, Int) -> UInt8) -> ByteImage {
     let c = channels
     return pixels.withUnsafeBufferPointer { src in
       ByteImage(width: width, height: height, channels: c) { dst in
         for p in 0..<(width * height) {
           let alpha = Int(src[p * c + c - 1])
-          for k in 0..<(c - 1) {
-            let v = Int(src[p * c + k])
-            dst[p * c + k] = alpha == 0 || alpha == 255 ? UInt8(v) : UInt8(min(255 * v / alpha, 255))
-          }
+          for k in 0..<(c - 1) { dst[p * c + k] = f(Int(src[p * c + k]), alpha) }
           dst[p * c + c - 1] = UInt8(alpha)
         }
       }

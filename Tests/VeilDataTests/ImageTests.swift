@@ -4,7 +4,7 @@ import VeilTensor
 import VeilTestSupport
 import XCTest
 
-@testable import VeilData
+import VeilData
 
 /// Decoding and resizing against Pillow: scripts/image_reference.py writes the files and
 /// Pillow's answers once per test run.
