@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs the Debian packages Veil builds against, if missing: oneDNN 2.6 (libdnnl-dev) and
-# the image codecs (libpng, libjpeg-turbo, zlib for gzip-compressed IDX files). Runs apt-get only when something is missing; uses sudo when not root.
+# the image codecs (libpng, libjpeg-turbo, and zlib for gzip-compressed IDX files). Runs apt-get
+# only when something is missing; uses sudo when not root.
 set -euo pipefail
 pkgs=(libdnnl-dev libpng-dev libjpeg62-turbo-dev zlib1g-dev)
 missing=()
