@@ -48,7 +48,8 @@ let package = Package(
       ]
     ),
     .testTarget(name: "VeilCLITests", dependencies: ["VeilFormats", "VeilTensor", "VeilData"]),
-    .testTarget(name: "VeilDataTests", dependencies: ["VeilData", "VeilTensor", "VeilFormats", "VeilTestSupport"]),
+    .testTarget(
+      name: "VeilDataTests", dependencies: ["VeilData", "VeilTensor", "VeilFormats", "VeilGraph", "VeilModels", "VeilTestSupport"]),
     .testTarget(name: "VeilTensorTests", dependencies: ["VeilTensor"]),
     .testTarget(name: "VeilGraphTests", dependencies: ["VeilGraph", "VeilFormats", "VeilTestSupport"]),
     .testTarget(name: "VeilFormatsTests", dependencies: ["VeilFormats", "VeilTestSupport"]),

@@ -1,7 +1,11 @@
 #!/usr/bin/env python3
 """Writes test images and Pillow's answers for them, for Veil's image tests.
 
-Usage: image_reference.py OUT_DIR
+Usage: image_reference.py OUT_DIR [--photo FILE]...
+
+With --photo (real photos, e.g. the checksummed assets of scripts/fetch_assets.py), only those
+files are written: each decoded (turned upright by its EXIF orientation) and resized by every
+filter to a few sizes, into OUT_DIR/cases.json as for the generated images.
 
 OUT_DIR receives source images (PNG in every colour type and depth Veil decodes, JPEGs with
 each EXIF orientation), Pillow's decoded pixels for each, and Pillow's Image.resize output for
@@ -67,9 +71,33 @@ def exif_with_orientation(value):
     return exif.tobytes()
 
 
+def real_photos(out, paths):
+    """Pillow's decoding and resizing of real photo files, copied into OUT_DIR."""
+    cases = {"pillow": PIL.__version__, "decode": [], "resize": []}
+    for i, path in enumerate(paths):
+        name = f"real{i}_{Path(path).name}"
+        data = Path(path).read_bytes()
+        (out / name).write_bytes(data)
+        im = ImageOps.exif_transpose(Image.open(io.BytesIO(data)))
+        fmt = "JPEG" if data[:2] == b"\xff\xd8" else "PNG"
+        cases["decode"].append({"file": name, "format": fmt, "expected": save_npy(out, name + ".npy", np.asarray(im))})
+        w, h = im.size
+        for size in [(224, 224), (w * 256 // min(w, h), h * 256 // min(w, h)), (w * 3 // 2, h * 3 // 2)]:
+            for fname, f in FILTERS.items():
+                expected = f"{name}_{fname}_{size[0]}x{size[1]}.npy"
+                save_npy(out, expected, np.asarray(im.resize(size, f)))
+                cases["resize"].append({"input": name, "filter": fname, "width": size[0], "height": size[1],
+                                        "expected": expected, "mode": im.mode})
+    (out / "cases.json").write_text(json.dumps(cases, indent=1))
+    print(f"wrote {len(cases['decode'])} real photos and {len(cases['resize'])} resize cases with Pillow {PIL.__version__} to {out}")
+
+
 def main():
     out = Path(sys.argv[1])
     out.mkdir(parents=True, exist_ok=True)
+    photos = [sys.argv[i + 1] for i, a in enumerate(sys.argv) if a == "--photo" and i + 1 < len(sys.argv)]
+    if photos:
+        return real_photos(out, photos)
     cases = {"pillow": PIL.__version__, "decode": [], "resize": []}
     rgb = photo()
     sources = {

@@ -41,3 +41,22 @@ public enum PythonScript {
     return url
   }
 }
+
+/// The checksummed real assets that `scripts/fetch_assets.py` caches (`make test` runs it).
+public enum TestAssets {
+  /// `$VEIL_CACHE/assets`, else `${XDG_CACHE_HOME:-~/.cache}/veil/assets`, as the script has it.
+  public static var folder: URL {
+    let env = ProcessInfo.processInfo.environment
+    let cache = env["VEIL_CACHE"] ?? ((env["XDG_CACHE_HOME"] ?? (NSHomeDirectory() + "/.cache")) + "/veil")
+    return URL(fileURLWithPath: cache).appendingPathComponent("assets")
+  }
+
+  /// The cached file, or an error that says how to fetch it.
+  public static func url(_ file: String) throws -> URL {
+    let url = folder.appendingPathComponent(file)
+    guard FileManager.default.fileExists(atPath: url.path) else {
+      throw PythonScript.Failure(description: "\(url.path) is missing: run scripts/fetch_assets.py (make test does)")
+    }
+    return url
+  }
+}

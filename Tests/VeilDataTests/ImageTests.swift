@@ -39,8 +39,10 @@ final class ImageTests: XCTestCase {
     try NPY.read(dir.appendingPathComponent(name)).scalars
   }
 
-  func testDecodingMatchesPillow() throws {
-    let (dir, cases) = try Self.references.get()
+  /// Decodes every file of `cases` and compares with Pillow's pixels; returns the largest JPEG
+  /// difference (PNG must match exactly).
+  @discardableResult
+  func checkDecoding(_ dir: URL, _ cases: Cases) throws -> Float {
     var worstJPEG: Float = 0
     for c in cases.decode {
       let url = dir.appendingPathComponent(c.file)
@@ -67,6 +69,24 @@ final class ImageTests: XCTestCase {
       }
     }
     print("decode: \(cases.decode.count) files against Pillow \(cases.pillow); JPEG max |error| \(worstJPEG)")
+    return worstJPEG
+  }
+
+  func testDecodingMatchesPillow() throws {
+    let (dir, cases) = try Self.references.get()
+    try checkDecoding(dir, cases)
+  }
+
+  /// Real photos (darknet's JPEGs, scikit-image's PNG) decode and resize as Pillow does them.
+  func testRealPhotosMatchPillow() throws {
+    let photos = try ["eagle.jpg", "dog.jpg", "coffee.png"].map { try TestAssets.url($0).path }
+    let dir = try PythonScript.temporaryDirectory("real-photos")
+    defer { try? FileManager.default.removeItem(at: dir) }
+    try PythonScript.run("image_reference.py", [dir.path] + photos.flatMap { ["--photo", $0] })
+    let cases = try JSONDecoder().decode(Cases.self, from: Data(contentsOf: dir.appendingPathComponent("cases.json")))
+    XCTAssertEqual(cases.decode.count, 3)
+    try checkDecoding(dir, cases)
+    try checkResizing(dir, cases, filters: 4)
   }
 
   func testEXIFOrientationTurnsTheShape() throws {
@@ -80,13 +100,16 @@ final class ImageTests: XCTestCase {
     }
   }
 
-  func testResizingMatchesPillowWithinOneLevel() throws {
-    let (dir, cases) = try Self.references.get()
+  /// Resizes every case of `cases` and compares with Pillow: 8-bit within one level (1/255),
+  /// float within 0.01 (Pillow sums in double, Veil in float). Prints the worst error per filter.
+  func checkResizing(_ dir: URL, _ cases: Cases, filters: Int) throws {
     var worst: [String: Float] = [:]
     var exact: [String: (Int, Int)] = [:]
+    var sources: [String: ByteImage] = [:]
     for c in cases.resize {
       let filter = try XCTUnwrap(Interpolation(rawValue: c.filter))
-      let source = try ImageCodec.read(dir.appendingPathComponent(c.input)).byteImage()
+      let source = try sources[c.input] ?? ImageCodec.readUpright(dir.appendingPathComponent(c.input))
+      sources[c.input] = source
       let want = try expected(dir, c.expected)
       let got: [Float]
       let key = c.mode == "F" ? "\(c.filter) (float)" : c.filter
@@ -102,14 +125,18 @@ final class ImageTests: XCTestCase {
       worst[key] = max(worst[key] ?? 0, err)
       exact[key, default: (0, 0)].0 += errors.filter { $0 == 0 }.count
       exact[key, default: (0, 0)].1 += errors.count
-      // 8-bit: within one level (1/255); float: Pillow sums in double, Veil in float.
       XCTAssertLessThanOrEqual(err, c.mode == "F" ? 0.01 : 1, "\(c.expected): max |error| \(err) against Pillow \(cases.pillow)")
     }
-    XCTAssertEqual(Set(worst.keys).count, 8)
+    XCTAssertEqual(Set(worst.keys).count, filters)
     for (k, v) in worst.sorted(by: { $0.key < $1.key }) {
       let (same, total) = exact[k]!
       print("resize \(k): max |error| vs Pillow \(cases.pillow) = \(v) (×1/255), \(same)/\(total) samples identical")
     }
+  }
+
+  func testResizingMatchesPillowWithinOneLevel() throws {
+    let (dir, cases) = try Self.references.get()
+    try checkResizing(dir, cases, filters: 8)
   }
 
   func testCorruptAndTruncatedFilesNameTheFile() throws {
