@@ -63,29 +63,23 @@ public final class ProgressBar: @unchecked Sendable {
 public final class PrefetchingLoader<Item: Sendable>: @unchecked Sendable {
   public let count: Int
   public let capacity: Int
-  private let condition = NSCondition()
-  private var buffer: [Result<Item, Error>] = []
+  private let queue: PrefetchQueue<Item>
   private var delivered = 0
-  private var cancelled = false
   private let progress: ProgressBar?
 
-  public init(count: Int, capacity: Int = 8, progress: ProgressBar? = nil, produce: @escaping @Sendable (Int) throws -> Item) {
+  public init(
+    count: Int, capacity: Int = 8, progress: ProgressBar? = nil, produce: @escaping @Sendable (Int) throws -> Item
+  ) {
     self.count = count
     self.capacity = max(capacity, 1)
     self.progress = progress
-    let thread = Thread { [weak self] in
+    // The thread holds the queue, never the loader, so dropping the loader cancels it.
+    let queue = PrefetchQueue<Item>(capacity: self.capacity)
+    self.queue = queue
+    let thread = Thread {
       for i in 0..<count {
         let result = Result { try produce(i) }
-        guard let self else { return }
-        self.condition.lock()
-        while self.buffer.count >= self.capacity && !self.cancelled { self.condition.wait() }
-        if self.cancelled {
-          self.condition.unlock()
-          return
-        }
-        self.buffer.append(result)
-        self.condition.broadcast()
-        self.condition.unlock()
+        guard queue.put(result) else { return }
         if case .failure = result { return }
       }
     }
@@ -93,35 +87,61 @@ public final class PrefetchingLoader<Item: Sendable>: @unchecked Sendable {
     thread.start()
   }
 
-  deinit {
+  deinit { queue.cancel() }
+
+  /// Items produced but not yet taken (never more than `capacity`).
+  public var buffered: Int { queue.count }
+
+  /// The next item in order, nil after the last.
+  public func next() throws -> Item? {
+    guard delivered < count else { return nil }
+    let result = queue.take()
+    delivered += 1
+    progress?.advance()
+    if delivered == count { progress?.finish() }
+    return try result.get()
+  }
+}
+
+/// The bounded buffer between a loader's producer thread and its consumer.
+final class PrefetchQueue<Item: Sendable>: @unchecked Sendable {
+  private let condition = NSCondition()
+  private var items: [Result<Item, Error>] = []
+  private var cancelled = false
+  let capacity: Int
+
+  init(capacity: Int) { self.capacity = capacity }
+
+  var count: Int {
+    condition.lock()
+    defer { condition.unlock() }
+    return items.count
+  }
+
+  /// Waits for room; false when the consumer has gone.
+  func put(_ item: Result<Item, Error>) -> Bool {
+    condition.lock()
+    defer { condition.unlock() }
+    while items.count >= capacity && !cancelled { condition.wait() }
+    if cancelled { return false }
+    items.append(item)
+    condition.broadcast()
+    return true
+  }
+
+  func take() -> Result<Item, Error> {
+    condition.lock()
+    defer { condition.unlock() }
+    while items.isEmpty { condition.wait() }
+    condition.broadcast()
+    return items.removeFirst()
+  }
+
+  func cancel() {
     condition.lock()
     cancelled = true
     condition.broadcast()
     condition.unlock()
-  }
-
-  /// Items produced but not yet taken (never more than `capacity`).
-  public var buffered: Int {
-    condition.lock()
-    defer { condition.unlock() }
-    return buffer.count
-  }
-
-  /// The next item in order, nil after the last.
-  public func next() throws -> Item? {
-    condition.lock()
-    guard delivered < count else {
-      condition.unlock()
-      return nil
-    }
-    while buffer.isEmpty { condition.wait() }
-    let result = buffer.removeFirst()
-    delivered += 1
-    condition.broadcast()
-    condition.unlock()
-    progress?.advance()
-    if delivered == count { progress?.finish() }
-    return try result.get()
   }
 }
 
@@ -152,7 +172,8 @@ extension DataSet {
       if let i = tensors.firstIndex(where: { $0.shape != first }) {
         throw DataError.unsupportedImage(
           file: data.samples[range.lowerBound + i].name,
-          detail: "gives a tensor of shape \(tensors[i].shape), the batch's first gives \(first): resize or crop to one size")
+          detail:
+            "gives a tensor of shape \(tensors[i].shape), the batch's first gives \(first): resize or crop to one size")
       }
       return Batch(
         inputs: try Tensor.concatenateBatch(tensors), labels: range.map { data.samples[$0].label },

@@ -21,7 +21,8 @@ final class DataSetTests: XCTestCase {
   func png(_ path: String, value: UInt8, width: Int = 9, height: Int = 6) throws -> URL {
     let url = root.appendingPathComponent(path)
     try FileManager.default.createDirectory(at: url.deletingLastPathComponent(), withIntermediateDirectories: true)
-    let img = try ByteImage(width: width, height: height, channels: 3, pixels: Array(repeating: value, count: width * height * 3))
+    let img = try ByteImage(
+      width: width, height: height, channels: 3, pixels: Array(repeating: value, count: width * height * 3))
     try ImageCodec.writePNG(img, to: url)
     return url
   }
@@ -40,7 +41,8 @@ final class DataSetTests: XCTestCase {
     XCTAssertThrowsError(try DataSet.folder(root.appendingPathComponent("set"))) { error in
       XCTAssertTrue("\(error)".contains("loose.png"), "\(error)")
     }
-    try FileManager.default.createDirectory(at: root.appendingPathComponent("empty/cls"), withIntermediateDirectories: true)
+    try FileManager.default.createDirectory(
+      at: root.appendingPathComponent("empty/cls"), withIntermediateDirectories: true)
     XCTAssertThrowsError(try DataSet.folder(root.appendingPathComponent("empty"))) { error in
       XCTAssertTrue("\(error)".contains("no PNG or JPEG"), "\(error)")
     }
@@ -54,7 +56,8 @@ final class DataSetTests: XCTestCase {
     try "img_1.png cat\nimg_3.png,dog\n\nimg_2.png cat\n".write(to: named, atomically: true, encoding: .utf8)
     let d = try DataSet.flatFolder(root.appendingPathComponent("val"), labels: named)
     XCTAssertEqual(d.classNames, ["cat", "dog"])
-    XCTAssertEqual(d.samples.map { URL(fileURLWithPath: $0.name).lastPathComponent }, ["img_1.png", "img_3.png", "img_2.png"])
+    XCTAssertEqual(
+      d.samples.map { URL(fileURLWithPath: $0.name).lastPathComponent }, ["img_1.png", "img_3.png", "img_2.png"])
     XCTAssertEqual(d.samples.map(\.label), [0, 1, 0])
     // ImageNet's ground-truth style: one index per line, for the files in sorted order.
     let bare = root.appendingPathComponent("bare.txt")
@@ -164,6 +167,21 @@ final class DataSetTests: XCTestCase {
     var got: [Int] = []
     while let i = try loader.next() { got.append(i) }
     XCTAssertEqual(got, [0, 1, 2, 3])
+    // A loader dropped half-way is freed, and its producer stops instead of waiting forever.
+    let produced = Counter()
+    var early: PrefetchingLoader<Int>? = PrefetchingLoader(count: 1000, capacity: 2) { i in
+      produced.increment()
+      return i
+    }
+    XCTAssertEqual(try early?.next(), 0)
+    weak let dropped = early
+    early = nil
+    XCTAssertNil(dropped, "the producer thread must not keep the loader alive")
+    Thread.sleep(forTimeInterval: 0.2)
+    let stopped = produced.value
+    Thread.sleep(forTimeInterval: 0.2)
+    XCTAssertEqual(produced.value, stopped)
+    XCTAssertLessThanOrEqual(stopped, 5)
     XCTAssertEqual(lines.last?.hasPrefix("test [########################] 4/4 100%"), true, lines.description)
 
     let batches = try d.batches(size: 3, transform: { try $0.tensor() })
@@ -176,5 +194,28 @@ final class DataSetTests: XCTestCase {
     XCTAssertThrowsError(try batches.next()) { error in
       XCTAssertTrue("\(error)".contains("zz_broken.png"), "\(error)")
     }
+    // Images of another size cannot share a batch: the error names the odd one.
+    try FileManager.default.removeItem(at: root.appendingPathComponent("set/c1/zz_broken.png"))
+    try png("set/c1/zz_wide.png", value: 1, width: 12)
+    let mixed = try DataSet.folder(root.appendingPathComponent("set")).batches(size: 8, transform: { try $0.tensor() })
+    XCTAssertThrowsError(try mixed.next()) { error in
+      XCTAssertTrue("\(error)".contains("zz_wide.png") && "\(error)".contains("[1, 3, 6, 12]"), "\(error)")
+    }
+  }
+}
+
+/// A thread-safe tally for the producer side of a loader.
+final class Counter: @unchecked Sendable {
+  private let lock = NSLock()
+  private var n = 0
+  func increment() {
+    lock.lock()
+    n += 1
+    lock.unlock()
+  }
+  var value: Int {
+    lock.lock()
+    defer { lock.unlock() }
+    return n
   }
 }
