@@ -27,7 +27,8 @@ public struct Image<Pixel: PixelSample>: Sendable, Equatable {
 
   public init(width: Int, height: Int, channels: Int, pixels: [Pixel]) throws {
     guard width > 0, height > 0, (1...4).contains(channels) else {
-      throw DataError.invalidArgument("an image needs a positive size and 1 to 4 channels, found \(width)×\(height)×\(channels)")
+      throw DataError.invalidArgument(
+        "an image needs a positive size and 1 to 4 channels, found \(width)×\(height)×\(channels)")
     }
     guard pixels.count == width * height * channels else {
       throw DataError.invalidArgument(
@@ -161,11 +162,12 @@ extension Image where Pixel == UInt8 {
 }
 
 extension Image where Pixel == Float {
-  /// Rounded to the nearest integer and clamped to 0...255.
+  /// Clamped to 0...255 and rounded to the nearest integer (halves up).
   public func byteImage() -> ByteImage {
     pixels.withUnsafeBufferPointer { src in
       ByteImage(width: width, height: height, channels: channels) { dst in
-        for i in 0..<src.count { dst[i] = UInt8(min(max(src[i].rounded(), 0), 255)) }
+        // Adding ½ and truncating rounds a non-negative value without a call into libm.
+        for i in 0..<src.count { dst[i] = UInt8(min(max(src[i], 0), 255) + 0.5) }
       }
     }
   }
@@ -197,7 +199,8 @@ extension Image {
     }
     guard [1, c].contains(normalization.mean.count), [1, c].contains(normalization.std.count) else {
       throw DataError.invalidArgument(
-        "normalisation has \(normalization.mean.count) means and \(normalization.std.count) stds for a \(c)-channel image")
+        "normalisation has \(normalization.mean.count) means and \(normalization.std.count) stds for a \(c)-channel image"
+      )
     }
     let mean = (0..<c).map { normalization.mean[normalization.mean.count == 1 ? 0 : $0] }
     let scale = (0..<c).map { 1 / normalization.std[normalization.std.count == 1 ? 0 : $0] }

@@ -72,14 +72,19 @@ struct TonIoTCommand: ParsableCommand {
       fractions: try SplitFractions(parsing: split), seed: seed, policy: skipBadRows ? .skip : .refuse, limit: limit,
       progress: true, log: note)
     if json { return try printJSON(manifest) }
-    print("wrote \(manifest.rows) images of \(size)×\(size) (\(manifest.featureCount) features in a \(manifest.side)×\(manifest.side) square) to \(out)")
+    print(
+      "wrote \(manifest.rows) images of \(size)×\(size) (\(manifest.featureCount) features in a \(manifest.side)×\(manifest.side) square) to \(out)"
+    )
     for s in Split.allCases {
       let c = manifest.counts[s.rawValue] ?? [:]
-      print("  \(s.rawValue.padding(toLength: 10, withPad: " ", startingAt: 0)) \(c.values.reduce(0, +)): "
-        + manifest.classFolders.map { "\($0) \(c[$0] ?? 0)" }.joined(separator: ", "))
+      print(
+        "  \(s.rawValue.padding(toLength: 10, withPad: " ", startingAt: 0)) \(c.values.reduce(0, +)): "
+          + manifest.classFolders.map { "\($0) \(c[$0] ?? 0)" }.joined(separator: ", "))
     }
     if manifest.skippedRows > 0 {
-      print("skipped \(manifest.skippedRows) bad rows, first: " + manifest.skippedExamples.prefix(3).map { "line \($0.line): \($0.reason)" }.joined(separator: "; "))
+      print(
+        "skipped \(manifest.skippedRows) bad rows, first: "
+          + manifest.skippedExamples.prefix(3).map { "line \($0.line): \($0.reason)" }.joined(separator: "; "))
     }
     print("transform: \(out)/transform.json, manifest: \(out)/manifest.json")
   }
@@ -91,11 +96,21 @@ struct Show: ParsableCommand {
     discussion: """
       DATA is a folder of class sub-folders (the ImageNet train layout), or a folder holding
       train/validation/test folders of that layout (as `veil data ton-iot` writes), of which
-      --split is shown. Samples are taken class by class in turn, so every class appears.
+      --split is shown; with --labels it is a flat folder of images whose classes the labels file
+      gives (`FILE LABEL` lines, or one `LABEL` per image in sorted order, as ImageNet's
+      validation set). --idx-images and --idx-labels show an MNIST / Fashion-MNIST pair of IDX
+      files (plain or .gz) instead. Samples are taken class by class in turn, so every class
+      appears.
       """)
 
   @Option(help: "The data set folder.")
-  var data: String
+  var data: String?
+  @Option(help: "A labels file for a flat folder of images.")
+  var labels: String?
+  @Option(help: "An IDX image file (…-images-idx3-ubyte[.gz]).")
+  var idxImages: String?
+  @Option(help: "Its IDX label file (…-labels-idx1-ubyte[.gz]).")
+  var idxLabels: String?
   @Option(help: "The PNG to write.")
   var out: String
   @Option(help: "Which split, when DATA holds train/validation/test.")
@@ -109,23 +124,38 @@ struct Show: ParsableCommand {
 
   func validate() throws {
     guard count >= 1 else { throw ValidationError("--count must be ≥ 1, found \(count)") }
+    guard (data == nil) != (idxImages == nil), (idxImages == nil) == (idxLabels == nil) else {
+      throw ValidationError("give either --data DIR [--labels FILE], or --idx-images FILE with --idx-labels FILE")
+    }
   }
 
-  func run() throws {
-    var root = URL(fileURLWithPath: data)
+  func load() throws -> DataSet {
+    if let idxImages, let idxLabels {
+      return try DataSet.idx(images: URL(fileURLWithPath: idxImages), labels: URL(fileURLWithPath: idxLabels))
+    }
+    var root = URL(fileURLWithPath: data ?? ".")
+    if let labels { return try DataSet.flatFolder(root, labels: URL(fileURLWithPath: labels)) }
     let nested = root.appendingPathComponent(split.rawValue)
     var isDir: ObjCBool = false
     if FileManager.default.fileExists(atPath: nested.path, isDirectory: &isDir), isDir.boolValue { root = nested }
-    let set = try DataSet.folder(root)
+    return try DataSet.folder(root)
+  }
+
+  func run() throws {
+    let set = try load()
     var byClass = set.classNames.indices.map { c in set.samples.indices.filter { set.samples[$0].label == c } }
     var chosen: [Int] = []
     while chosen.count < count, byClass.contains(where: { !$0.isEmpty }) {
-      for c in byClass.indices where !byClass[c].isEmpty && chosen.count < count { chosen.append(byClass[c].removeFirst()) }
+      for c in byClass.indices where !byClass[c].isEmpty && chosen.count < count {
+        chosen.append(byClass[c].removeFirst())
+      }
     }
     let items = try chosen.map { (image: try set.load($0), caption: set.classNames[set.samples[$0].label]) }
     let grid = try ImageGrid.make(items, tile: tile, columns: columns)
     try ImageCodec.writePNG(grid, to: URL(fileURLWithPath: out))
-    print("wrote \(out): \(items.count) samples of \(set.samples.count) in \(set.classNames.count) classes, \(grid.width)×\(grid.height)")
+    print(
+      "wrote \(out): \(items.count) samples of \(set.samples.count) in \(set.classNames.count) classes, \(grid.width)×\(grid.height)"
+    )
   }
 }
 
