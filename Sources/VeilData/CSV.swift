@@ -50,7 +50,10 @@ final class CSVRecordReader {
       var sawAnything = false
       while true {
         guard let b = try byte() else {
-          if quoted { throw DataError.csv(file: url.path, line: start, detail: "a quoted field is not closed before the end of the file") }
+          if quoted {
+            throw DataError.csv(
+              file: url.path, line: start, detail: "a quoted field is not closed before the end of the file")
+          }
           if !sawAnything { return nil }
           fields.append(String(decoding: field, as: UTF8.self))
           return (start, fields)
@@ -63,7 +66,9 @@ final class CSVRecordReader {
               field.append(b)
             } else if position == buffer.count, !atEnd, let next = try byte() {
               // The quote was the chunk's last byte: look at the first byte of the next chunk.
-              if next == UInt8(ascii: "\"") { field.append(b) } else {
+              if next == UInt8(ascii: "\"") {
+                field.append(b)
+              } else {
                 quoted = false
                 position -= 1
               }

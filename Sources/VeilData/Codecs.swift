@@ -101,7 +101,8 @@ public enum ImageCodec {
     var size = 0
     var error = veil_codec_error()
     let status = image.pixels.withUnsafeBufferPointer { buf in
-      veil_png_encode(buf.baseAddress, UInt32(image.width), UInt32(image.height), UInt32(image.channels), &out, &size, &error)
+      veil_png_encode(
+        buf.baseAddress, UInt32(image.width), UInt32(image.height), UInt32(image.channels), &out, &size, &error)
     }
     guard status == 0, let out else { throw DataError.encode(detail: message(error)) }
     defer { veil_codec_free(out) }

@@ -35,7 +35,8 @@ public struct SplitFractions: Codable, Sendable, Equatable {
 
   public init(train: Double, validation: Double, test: Double) throws {
     guard train >= 0, validation >= 0, test >= 0, train + validation + test > 0 else {
-      throw DataError.invalidArgument("split fractions must be ≥ 0 and not all 0, found \(train), \(validation), \(test)")
+      throw DataError.invalidArgument(
+        "split fractions must be ≥ 0 and not all 0, found \(train), \(validation), \(test)")
     }
     self.train = train
     self.validation = validation
@@ -114,7 +115,8 @@ public struct DataSet: Sendable {
     let loose = entries.filter { !isDirectory($0) && imageExtensions.contains($0.pathExtension.lowercased()) }
     if let first = loose.first {
       throw DataError.invalidArgument(
-        "\(first.path) lies directly in \(url.path): a class-folder data set keeps each image in its class's sub-folder (use a labels file for a flat folder)")
+        "\(first.path) lies directly in \(url.path): a class-folder data set keeps each image in its class's sub-folder (use a labels file for a flat folder)"
+      )
     }
     let classes = entries.filter(isDirectory).map(\.lastPathComponent).sorted()
     var samples: [Sample] = []
@@ -124,7 +126,8 @@ public struct DataSet: Sendable {
       }
     }
     guard !samples.isEmpty else {
-      throw DataError.empty(path: url.path, detail: "no PNG or JPEG files in class sub-folders (\(classes.count) sub-folders)")
+      throw DataError.empty(
+        path: url.path, detail: "no PNG or JPEG files in class sub-folders (\(classes.count) sub-folders)")
     }
     return DataSet(classNames: classes, samples: samples)
   }
@@ -133,7 +136,9 @@ public struct DataSet: Sendable {
   /// one line per image: `FILE LABEL` (or `FILE,LABEL`), or just `LABEL` for each image in
   /// sorted file-name order. Labels are class indices or class names (sorted to indices).
   public static func flatFolder(_ url: URL, labels: URL) throws -> DataSet {
-    let files = try imageFiles(under: url).filter { $0.deletingLastPathComponent().standardizedFileURL == url.standardizedFileURL }
+    let files = try imageFiles(under: url).filter {
+      $0.deletingLastPathComponent().standardizedFileURL == url.standardizedFileURL
+    }
     guard !files.isEmpty else { throw DataError.empty(path: url.path, detail: "no PNG or JPEG files") }
     let text: String
     do { text = try String(contentsOf: labels, encoding: .utf8) } catch {
@@ -149,7 +154,8 @@ public struct DataSet: Sendable {
       case 1: bare.append((parts[0], i + 1))
       case 2: pairs.append((url.appendingPathComponent(parts[0]), parts[1], i + 1))
       default:
-        throw DataError.labels(file: labels.path, line: i + 1, detail: "expected `FILE LABEL` or `LABEL`, found '\(line)'")
+        throw DataError.labels(
+          file: labels.path, line: i + 1, detail: "expected `FILE LABEL` or `LABEL`, found '\(line)'")
       }
     }
     if !bare.isEmpty && !pairs.isEmpty {
@@ -158,13 +164,15 @@ public struct DataSet: Sendable {
     if !bare.isEmpty {
       guard bare.count == files.count else {
         throw DataError.labels(
-          file: labels.path, line: bare.last!.1, detail: "\(bare.count) labels for \(files.count) images in \(url.path)")
+          file: labels.path, line: bare.last!.1, detail: "\(bare.count) labels for \(files.count) images in \(url.path)"
+        )
       }
       pairs = zip(files, bare).map { ($0, $1.0, $1.1) }
     } else {
       let present = Set(files.map(\.standardizedFileURL.path))
       for p in pairs where !present.contains(p.file.standardizedFileURL.path) {
-        throw DataError.labels(file: labels.path, line: p.line, detail: "no image '\(p.file.lastPathComponent)' in \(url.path)")
+        throw DataError.labels(
+          file: labels.path, line: p.line, detail: "no image '\(p.file.lastPathComponent)' in \(url.path)")
       }
     }
     let numeric = pairs.allSatisfy { Int($0.label) != nil }
@@ -179,7 +187,9 @@ public struct DataSet: Sendable {
       classNames = Set(pairs.map(\.label)).sorted()
     }
     let samples = pairs.enumerated().map { g, p in
-      Sample(source: .file(p.file), label: numeric ? Int(p.label)! : classNames.firstIndex(of: p.label)!, group: g, name: p.file.path)
+      Sample(
+        source: .file(p.file), label: numeric ? Int(p.label)! : classNames.firstIndex(of: p.label)!, group: g,
+        name: p.file.path)
     }
     return DataSet(classNames: classNames, samples: samples)
   }
@@ -192,15 +202,20 @@ public struct DataSet: Sendable {
     let header = try IDXImages.header(labelBytes, file: labels.path, expectedMagic: 0x801)
     guard header.dims.count == 1, header.dims[0] == imgs.count else {
       throw DataError.idx(
-        file: labels.path, offset: 4, detail: "label file holds \(header.dims) entries, the image file \(imgs.count) images")
+        file: labels.path, offset: 4,
+        detail: "label file holds \(header.dims) entries, the image file \(imgs.count) images")
     }
     guard labelBytes.count >= header.dataStart + imgs.count else {
-      throw DataError.idx(file: labels.path, offset: labelBytes.count, detail: "truncated: \(imgs.count) labels need \(header.dataStart + imgs.count) bytes")
+      throw DataError.idx(
+        file: labels.path, offset: labelBytes.count,
+        detail: "truncated: \(imgs.count) labels need \(header.dataStart + imgs.count) bytes")
     }
     let values = labelBytes[header.dataStart..<(header.dataStart + imgs.count)].map(Int.init)
     let names = classNames ?? (0...(values.max() ?? 0)).map(String.init)
     if let bad = values.firstIndex(where: { $0 >= names.count }) {
-      throw DataError.idx(file: labels.path, offset: header.dataStart + bad, detail: "label \(values[bad]) has no class name (\(names.count) given)")
+      throw DataError.idx(
+        file: labels.path, offset: header.dataStart + bad,
+        detail: "label \(values[bad]) has no class name (\(names.count) given)")
     }
     let base = images.lastPathComponent
     let samples = values.enumerated().map { i, label in
@@ -224,7 +239,8 @@ public struct DataSet: Sendable {
       for k in 0..<count {
         out.append(
           Sample(
-            source: .randomCrop(url, index: k, width: width, height: height, seed: seed), label: s.label, group: s.group,
+            source: .randomCrop(url, index: k, width: width, height: height, seed: seed), label: s.label,
+            group: s.group,
             name: "\(s.name)#crop\(k)"))
       }
     }
@@ -256,7 +272,8 @@ public struct DataSet: Sendable {
     case .randomCrop(let url, let index, let w, let h, let seed):
       let img = try ImageCodec.readUpright(url)
       guard img.width >= w, img.height >= h else {
-        throw DataError.unsupportedImage(file: url.path, detail: "\(img.width)×\(img.height) is smaller than the \(w)×\(h) crop")
+        throw DataError.unsupportedImage(
+          file: url.path, detail: "\(img.width)×\(img.height) is smaller than the \(w)×\(h) crop")
       }
       var rng = SeededGenerator(seed: seed ^ (UInt64(s.group) &* 0x9E37_79B9_7F4A_7C15) ^ UInt64(index))
       return try img.randomCropped(width: w, height: h, generator: &rng)
@@ -287,32 +304,42 @@ public final class IDXImages: Sendable {
     let bytes = try ImageCodec.readMaybeGzip(url)
     let header = try Self.header(bytes, file: url.path, expectedMagic: 0x803)
     guard header.dims.count == 3 else {
-      throw DataError.idx(file: url.path, offset: 3, detail: "an image file has 3 dimensions, this one \(header.dims.count)")
+      throw DataError.idx(
+        file: url.path, offset: 3, detail: "an image file has 3 dimensions, this one \(header.dims.count)")
     }
     let need = header.dims.reduce(1, *)
     guard bytes.count - header.dataStart >= need else {
       throw DataError.idx(
-        file: url.path, offset: bytes.count, detail: "truncated: \(header.dims) images need \(header.dataStart + need) bytes, the file has \(bytes.count)")
+        file: url.path, offset: bytes.count,
+        detail: "truncated: \(header.dims) images need \(header.dataStart + need) bytes, the file has \(bytes.count)")
     }
     count = header.dims[0]
     rows = header.dims[1]
     columns = header.dims[2]
-    guard rows > 0, columns > 0 else { throw DataError.idx(file: url.path, offset: 8, detail: "empty images \(rows)×\(columns)") }
+    guard rows > 0, columns > 0 else {
+      throw DataError.idx(file: url.path, offset: 8, detail: "empty images \(rows)×\(columns)")
+    }
     self.bytes = bytes
     dataStart = header.dataStart
   }
 
   /// Magic (two zero bytes, type 0x08 = unsigned byte, dimension count), then big-endian sizes.
   static func header(_ b: [UInt8], file: String, expectedMagic: Int) throws -> (dims: [Int], dataStart: Int) {
-    guard b.count >= 4 else { throw DataError.idx(file: file, offset: b.count, detail: "too short for the 4-byte magic number") }
+    guard b.count >= 4 else {
+      throw DataError.idx(file: file, offset: b.count, detail: "too short for the 4-byte magic number")
+    }
     let magic = Int(b[0]) << 24 | Int(b[1]) << 16 | Int(b[2]) << 8 | Int(b[3])
     guard magic == expectedMagic else {
       throw DataError.idx(
         file: file, offset: 0,
-        detail: String(format: "magic number 0x%08X, expected 0x%08X (%@)", magic, expectedMagic, expectedMagic == 0x803 ? "unsigned-byte images" : "unsigned-byte labels"))
+        detail: String(
+          format: "magic number 0x%08X, expected 0x%08X (%@)", magic, expectedMagic,
+          expectedMagic == 0x803 ? "unsigned-byte images" : "unsigned-byte labels"))
     }
     let n = Int(b[3])
-    guard b.count >= 4 + 4 * n else { throw DataError.idx(file: file, offset: b.count, detail: "truncated header: \(n) sizes announced") }
+    guard b.count >= 4 + 4 * n else {
+      throw DataError.idx(file: file, offset: b.count, detail: "truncated header: \(n) sizes announced")
+    }
     let dims = (0..<n).map { i in (0..<4).reduce(0) { $0 << 8 | Int(b[4 + 4 * i + $1]) } }
     return (dims, 4 + 4 * n)
   }

@@ -59,7 +59,9 @@ public enum ImageGrid {
 
   /// Thumbnails of `tile × tile` (each image scaled to fit, aspect kept, area filter when
   /// shrinking and bilinear when growing) in rows of `columns`, each with its caption below.
-  public static func make(_ items: [(image: ByteImage, caption: String)], tile: Int = 96, columns: Int = 8) throws -> ByteImage {
+  public static func make(_ items: [(image: ByteImage, caption: String)], tile: Int = 96, columns: Int = 8) throws
+    -> ByteImage
+  {
     guard !items.isEmpty else { throw DataError.invalidArgument("an image grid needs at least one image") }
     guard tile >= 8, columns >= 1 else { throw DataError.invalidArgument("tile must be ≥ 8 and columns ≥ 1") }
     let pad = 4

@@ -72,17 +72,26 @@ public struct Preprocessing: Codable, Sendable, Equatable {
     let shorter = Int((Double(min(width, height)) * 256 / 224).rounded())
     switch preset {
     case .imagenet:
-      self.init(resizeShorterSide: shorter, cropWidth: width, cropHeight: height, interpolation: .bilinear, normalization: .imagenet, layout: layout)
+      self.init(
+        resizeShorterSide: shorter, cropWidth: width, cropHeight: height, interpolation: .bilinear,
+        normalization: .imagenet, layout: layout)
     case .caffe:
       self.init(
-        resizeShorterSide: shorter, cropWidth: width, cropHeight: height, interpolation: .bilinear, normalization: .caffe,
+        resizeShorterSide: shorter, cropWidth: width, cropHeight: height, interpolation: .bilinear,
+        normalization: .caffe,
         channelOrder: .bgr, layout: layout)
     case .tensorflow:
-      self.init(resizeShorterSide: shorter, cropWidth: width, cropHeight: height, interpolation: .bilinear, normalization: .tensorflow, layout: layout)
+      self.init(
+        resizeShorterSide: shorter, cropWidth: width, cropHeight: height, interpolation: .bilinear,
+        normalization: .tensorflow, layout: layout)
     case .tensorflowLite:
-      self.init(resizeShorterSide: shorter, cropWidth: width, cropHeight: height, interpolation: .bicubic, normalization: .tensorflowLite, layout: layout)
+      self.init(
+        resizeShorterSide: shorter, cropWidth: width, cropHeight: height, interpolation: .bicubic,
+        normalization: .tensorflowLite, layout: layout)
     case .unit:
-      self.init(resizeShorterSide: shorter, cropWidth: width, cropHeight: height, interpolation: .bilinear, normalization: .unit, layout: layout)
+      self.init(
+        resizeShorterSide: shorter, cropWidth: width, cropHeight: height, interpolation: .bilinear,
+        normalization: .unit, layout: layout)
     }
   }
 

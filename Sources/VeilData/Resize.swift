@@ -80,7 +80,10 @@ struct ResampleTaps {
 
   /// Pillow's 8-bit fixed point: 22 fractional bits, rounded half away from zero.
   var fixedPoint: [Int32] {
-    weights.map { w in Int32(w < 0 ? -0.5 + w * Double(1 << ResampleTaps.precisionBits) : 0.5 + w * Double(1 << ResampleTaps.precisionBits)) }
+    weights.map { w in
+      Int32(
+        w < 0 ? -0.5 + w * Double(1 << ResampleTaps.precisionBits) : 0.5 + w * Double(1 << ResampleTaps.precisionBits))
+    }
   }
 
   static let precisionBits: Int32 = 32 - 8 - 2

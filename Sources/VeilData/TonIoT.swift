@@ -93,7 +93,9 @@ public final class TonIoTReader {
     guard let (line, header) = try reader.next() else {
       throw DataError.empty(path: url.path, detail: "the CSV is empty: no header line")
     }
-    let names = header.map { $0.trimmingCharacters(in: .whitespaces).replacingOccurrences(of: "\u{FEFF}", with: "").lowercased() }
+    let names = header.map {
+      $0.trimmingCharacters(in: .whitespaces).replacingOccurrences(of: "\u{FEFF}", with: "").lowercased()
+    }
     var index: [Int?] = []
     var absent: [String] = []
     for column in TonIoT.columns {
@@ -104,7 +106,9 @@ public final class TonIoTReader {
     guard absent.isEmpty else {
       throw DataError.csv(
         file: url.path, line: line,
-        detail: "the header lacks the TON_IoT column(s) \(absent.joined(separator: ", ")) (found \(header.count) columns: \(header.prefix(6).joined(separator: ","))…)")
+        detail:
+          "the header lacks the TON_IoT column(s) \(absent.joined(separator: ", ")) (found \(header.count) columns: \(header.prefix(6).joined(separator: ","))…)"
+      )
     }
     columnIndex = index
     headerCount = header.count
@@ -255,7 +259,8 @@ public struct TonIoTTransform: Codable, Sendable, Equatable {
       let unknown = options.dropped.filter { !TonIoT.columns.contains($0) }
       guard unknown.isEmpty else {
         throw DataError.invalidArgument(
-          "cannot drop unknown column(s) \(unknown.joined(separator: ", ")); the columns are \(TonIoT.columns.joined(separator: ", "))")
+          "cannot drop unknown column(s) \(unknown.joined(separator: ", ")); the columns are \(TonIoT.columns.joined(separator: ", "))"
+        )
       }
       guard options.maxCategories >= 1, options.imageSize >= 1 else {
         throw DataError.invalidArgument("maxCategories and imageSize must be ≥ 1")
@@ -263,7 +268,8 @@ public struct TonIoTTransform: Codable, Sendable, Equatable {
       self.options = options
       kept = TonIoT.columns.enumerated().compactMap { i, name in
         let kind = TonIoT.kind(of: name)
-        return kind == .target || options.dropped.contains(name) ? nil : (i, name, kind == .identifier ? .categorical : kind)
+        return kind == .target || options.dropped.contains(name)
+          ? nil : (i, name, kind == .identifier ? .categorical : kind)
       }
     }
 
@@ -284,8 +290,10 @@ public struct TonIoTTransform: Codable, Sendable, Equatable {
       guard rows > 0 else { throw DataError.invalidArgument("cannot fit the TON_IoT transform on zero rows") }
       let columns = kept.map { _, name, kind -> Column in
         if kind == .numeric { return Column(name: name, kind: kind, min: low[name], max: high[name]) }
-        let vocabulary = (counts[name] ?? [:]).sorted { $0.value > $1.value || ($0.value == $1.value && $0.key < $1.key) }
-          .prefix(options.maxCategories).map(\.key)
+        let vocabulary = (counts[name] ?? [:]).sorted {
+          $0.value > $1.value || ($0.value == $1.value && $0.key < $1.key)
+        }
+        .prefix(options.maxCategories).map(\.key)
         return Column(name: name, kind: kind, vocabulary: vocabulary)
       }
       return TonIoTTransform(options: options, columns: columns, fittedRows: rows)

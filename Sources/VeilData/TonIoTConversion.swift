@@ -47,7 +47,9 @@ public enum TonIoTConversion {
     guard !classes.isEmpty else {
       throw DataError.empty(path: csv.path, detail: "no good rows (\(first.skippedCount) skipped)")
     }
-    log("read \(classes.count) rows from \(csv.path)" + (first.skippedCount > 0 ? ", skipped \(first.skippedCount) bad rows" : ""))
+    log(
+      "read \(classes.count) rows from \(csv.path)"
+        + (first.skippedCount > 0 ? ", skipped \(first.skippedCount) bad rows" : ""))
     let splits = fractions.assign(groupLabels: classes, seed: seed, stratified: true)
     // Pass 2: fit on the training rows only.
     let second = try TonIoTReader(url: csv, policy: policy)
@@ -57,7 +59,9 @@ public enum TonIoTConversion {
       index += 1
     }
     let transform = try fitter.transform()
-    log("fitted the transform on \(transform.fittedRows) training rows: \(transform.featureCount) features, \(transform.side)×\(transform.side) → \(options.imageSize)×\(options.imageSize)")
+    log(
+      "fitted the transform on \(transform.fittedRows) training rows: \(transform.featureCount) features, \(transform.side)×\(transform.side) → \(options.imageSize)×\(options.imageSize)"
+    )
     // Pass 3: the images.
     let fm = FileManager.default
     let names = transform.classNames
@@ -65,7 +69,8 @@ public enum TonIoTConversion {
     do {
       for split in Split.allCases {
         for f in folders {
-          try fm.createDirectory(at: out.appendingPathComponent(split.rawValue).appendingPathComponent(f), withIntermediateDirectories: true)
+          try fm.createDirectory(
+            at: out.appendingPathComponent(split.rawValue).appendingPathComponent(f), withIntermediateDirectories: true)
         }
       }
     } catch {
@@ -90,12 +95,14 @@ public enum TonIoTConversion {
     let manifest = Manifest(
       csv: csv.path, imageSize: options.imageSize, side: transform.side, featureCount: transform.featureCount,
       labels: options.labels.rawValue, classNames: names, classFolders: folders, rows: classes.count,
-      skippedRows: first.skippedCount, skippedExamples: first.skipped.prefix(20).map { SkippedRow(line: $0.line, reason: $0.reason) },
+      skippedRows: first.skippedCount,
+      skippedExamples: first.skipped.prefix(20).map { SkippedRow(line: $0.line, reason: $0.reason) },
       seed: seed, fractions: fractions, counts: counts)
     let e = JSONEncoder()
     e.outputFormatting = [.prettyPrinted, .sortedKeys]
     do { try e.encode(manifest).write(to: out.appendingPathComponent("manifest.json")) } catch {
-      throw DataError.io(file: out.appendingPathComponent("manifest.json").path, detail: "cannot write: \(error.localizedDescription)")
+      throw DataError.io(
+        file: out.appendingPathComponent("manifest.json").path, detail: "cannot write: \(error.localizedDescription)")
     }
     return manifest
   }

@@ -29,7 +29,9 @@ public enum PythonScript {
     let output = String(decoding: pipe.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
     process.waitUntilExit()
     guard process.terminationStatus == 0 else {
-      throw Failure(description: "scripts/\(name) \(arguments.joined(separator: " ")) exited with \(process.terminationStatus):\n\(output)")
+      throw Failure(
+        description:
+          "scripts/\(name) \(arguments.joined(separator: " ")) exited with \(process.terminationStatus):\n\(output)")
     }
     return output
   }

@@ -37,7 +37,9 @@ extension CLITests {
     let refused = try veil(["data", "ton-iot", "--csv", csv.path, "--out", out.path, "--size", "20"])
     XCTAssertNotEqual(refused.status, 0)
     XCTAssertTrue(refused.stderr.contains("net.csv:13: column 'duration' = 'fast' is not a number"), refused.stderr)
-    let r = try veil(["data", "ton-iot", "--csv", csv.path, "--out", out.path, "--size", "20", "--skip-bad-rows", "--json"])
+    let r = try veil([
+      "data", "ton-iot", "--csv", csv.path, "--out", out.path, "--size", "20", "--skip-bad-rows", "--json",
+    ])
     XCTAssertEqual(r.status, 0, r.stderr)
     let doc = try XCTUnwrap(JSONSerialization.jsonObject(with: Data(r.stdout.utf8)) as? [String: Any])
     XCTAssertEqual(doc["rows"] as? Int, 40)
@@ -59,7 +61,9 @@ extension CLITests {
     while let rec = try reader.next(), rec.line <= line {
       if rec.line == line { XCTAssertEqual(try transform.image(rec), img) }
     }
-    let s = try veil(["data", "show", "--data", out.path, "--out", grid.path, "--count", "6", "--columns", "3", "--tile", "24"])
+    let s = try veil([
+      "data", "show", "--data", out.path, "--out", grid.path, "--count", "6", "--columns", "3", "--tile", "24",
+    ])
     XCTAssertEqual(s.status, 0, s.stderr)
     let g = try ImageCodec.read(grid).byteImage()
     XCTAssertEqual([g.width, g.height], [3 * 28 + 4, 2 * (28 + 10) + 4])
@@ -77,10 +81,14 @@ extension CLITests {
     let b = temp("b.npy")
     defer { for f in [png, npy, a, b] { try? FileManager.default.removeItem(at: f) } }
     var rng = SeededGenerator(seed: 4)
-    let photo = try ByteImage(width: 300, height: 250, channels: 3, pixels: (0..<(300 * 250 * 3)).map { _ in UInt8(truncatingIfNeeded: rng.next()) })
+    let photo = try ByteImage(
+      width: 300, height: 250, channels: 3,
+      pixels: (0..<(300 * 250 * 3)).map { _ in UInt8(truncatingIfNeeded: rng.next()) })
     try ImageCodec.writePNG(photo, to: png)
     try NPY.write(try Preprocessing(preset: .caffe).tensor(photo), to: npy)
-    let r = try veil(["run", "--model", "mobilenet_v2", "--input", png.path, "--preprocess", "caffe", "--output", a.path, "--json"])
+    let r = try veil([
+      "run", "--model", "mobilenet_v2", "--input", png.path, "--preprocess", "caffe", "--output", a.path, "--json",
+    ])
     XCTAssertEqual(r.status, 0, r.stderr)
     XCTAssertTrue(r.stdout.contains("\"preprocessing\" : \"caffe\""), r.stdout)
     XCTAssertEqual(try veil(["run", "--model", "mobilenet_v2", "--input", npy.path, "--output", b.path]).status, 0)
@@ -89,7 +97,9 @@ extension CLITests {
     // imagenet preset; caffe's input, and so its output, differ.
     XCTAssertEqual(try veil(["run", "--model", "mobilenet_v2", "--input", png.path, "--output", b.path]).status, 0)
     XCTAssertNotEqual(try NPY.read(a).scalars, try NPY.read(b).scalars)
-    XCTAssertEqual(try veil(["run", "--model", "mobilenet_v2", "--input", png.path, "--preprocess", "imagenet", "--output", a.path]).status, 0)
+    XCTAssertEqual(
+      try veil(["run", "--model", "mobilenet_v2", "--input", png.path, "--preprocess", "imagenet", "--output", a.path])
+        .status, 0)
     XCTAssertEqual(try NPY.read(a).scalars, try NPY.read(b).scalars)
     let truncated = temp("cut.png")
     defer { try? FileManager.default.removeItem(at: truncated) }

@@ -96,7 +96,8 @@ final class ImageTests: XCTestCase {
       let d = try ImageCodec.read(dir.appendingPathComponent("orient\(o).jpg"))
       XCTAssertEqual(d.orientation, o)
       let up = d.byteImage().oriented(exif: d.orientation)
-      XCTAssertEqual(o >= 5 ? [up.height, up.width] : [up.width, up.height], [plain.width, plain.height], "orientation \(o)")
+      XCTAssertEqual(
+        o >= 5 ? [up.height, up.width] : [up.width, up.height], [plain.width, plain.height], "orientation \(o)")
     }
   }
 
@@ -125,7 +126,8 @@ final class ImageTests: XCTestCase {
       worst[key] = max(worst[key] ?? 0, err)
       exact[key, default: (0, 0)].0 += errors.filter { $0 == 0 }.count
       exact[key, default: (0, 0)].1 += errors.count
-      XCTAssertLessThanOrEqual(err, c.mode == "F" ? 0.01 : 1, "\(c.expected): max |error| \(err) against Pillow \(cases.pillow)")
+      XCTAssertLessThanOrEqual(
+        err, c.mode == "F" ? 0.01 : 1, "\(c.expected): max |error| \(err) against Pillow \(cases.pillow)")
     }
     XCTAssertEqual(Set(worst.keys).count, filters)
     for (k, v) in worst.sorted(by: { $0.key < $1.key }) {
@@ -168,7 +170,9 @@ final class ImageTests: XCTestCase {
   func testPNGRoundTripInEveryChannelCount() throws {
     var rng = SeededGenerator(seed: 3)
     for c in 1...4 {
-      let img = try ByteImage(width: 13, height: 7, channels: c, pixels: (0..<(13 * 7 * c)).map { _ in UInt8(truncatingIfNeeded: rng.next()) })
+      let img = try ByteImage(
+        width: 13, height: 7, channels: c, pixels: (0..<(13 * 7 * c)).map { _ in UInt8(truncatingIfNeeded: rng.next()) }
+      )
       let back = try ImageCodec.decode(ImageCodec.encodePNG(img), name: "round-trip").byteImage()
       XCTAssertEqual(back, img, "\(c) channels")
     }
@@ -181,7 +185,9 @@ final class ImageTests: XCTestCase {
     for (got, want) in zip(try img.tensor(layout: .nchw).scalars, [10, 40, 20, 50, 30, 60]) {
       XCTAssertEqual(got, Float(want) / 255, accuracy: 1e-6)
     }
-    XCTAssertEqual(try img.tensor(layout: .nhwc, order: .bgr, normalization: Normalization(mean: [0], std: [1])).scalars, [30, 20, 10, 60, 50, 40])
+    XCTAssertEqual(
+      try img.tensor(layout: .nhwc, order: .bgr, normalization: Normalization(mean: [0], std: [1])).scalars,
+      [30, 20, 10, 60, 50, 40])
     let caffe = try img.tensor(layout: .nhwc, order: .bgr, normalization: .caffe).scalars
     XCTAssertEqual(caffe[0], 30 - 103.939, accuracy: 1e-4)
     XCTAssertEqual(caffe[2], 10 - 123.68, accuracy: 1e-4)

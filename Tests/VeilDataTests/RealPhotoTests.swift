@@ -28,7 +28,9 @@ final class RealPhotoTests: XCTestCase {
       let y = try exec.run([x])[0].scalars
       let top = y.indices.sorted { y[$0] > y[$1] }
       print("\(photo): top-3 \(Array(top.prefix(3)))")
-      XCTAssertFalse(accepted.isDisjoint(with: top.prefix(within)), "\(photo): top-\(within) \(Array(top.prefix(within))), expected one of \(accepted.sorted())")
+      XCTAssertFalse(
+        accepted.isDisjoint(with: top.prefix(within)),
+        "\(photo): top-\(within) \(Array(top.prefix(within))), expected one of \(accepted.sorted())")
     }
   }
 }

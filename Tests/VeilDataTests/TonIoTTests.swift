@@ -59,7 +59,9 @@ final class TonIoTTests: XCTestCase {
     XCTAssertEqual(TonIoT.attackTypes[real.type], "backdoor")
     // The blank line 3 is skipped; the quoted row starts on line 4 and spans two lines.
     XCTAssertEqual(rows[1].line, 4)
-    XCTAssertEqual(rows[1].fields[TonIoT.columns.firstIndex(of: "http_user_agent")!], "Mozilla/5.0 (X11, Linux) \"quoted\"\nsecond line")
+    XCTAssertEqual(
+      rows[1].fields[TonIoT.columns.firstIndex(of: "http_user_agent")!],
+      "Mozilla/5.0 (X11, Linux) \"quoted\"\nsecond line")
     XCTAssertEqual(rows[2].line, 6)
     XCTAssertEqual(rows[2].label, 0)
   }
@@ -90,7 +92,9 @@ final class TonIoTTests: XCTestCase {
     let notNumber = Self.realRow.replacingOccurrences(of: "0.000082", with: "0.0000x2")
     let badLabel = Self.realRow.replacingOccurrences(of: ",1,backdoor", with: ",2,backdoor")
     let badType = Self.realRow.replacingOccurrences(of: ",1,backdoor", with: ",1,worm")
-    let url = try write([Self.header, Self.realRow, short.joined(separator: ","), notNumber, Self.realRow, badLabel, badType])
+    let url = try write([
+      Self.header, Self.realRow, short.joined(separator: ","), notNumber, Self.realRow, badLabel, badType,
+    ])
     defer { try? FileManager.default.removeItem(at: url) }
     XCTAssertThrowsError(try readAll(url, policy: .refuse)) { error in
       XCTAssertEqual("\(error)", "\(url.path):3: 45 fields, the header has 46")
@@ -99,7 +103,8 @@ final class TonIoTTests: XCTestCase {
     XCTAssertEqual(rows.map(\.line), [2, 5])
     XCTAssertEqual(reader.skippedCount, 4)
     XCTAssertEqual(reader.skipped.map(\.line), [3, 4, 6, 7])
-    XCTAssertTrue(reader.skipped[1].reason.contains("'duration' = '0.0000x2' is not a number"), reader.skipped[1].reason)
+    XCTAssertTrue(
+      reader.skipped[1].reason.contains("'duration' = '0.0000x2' is not a number"), reader.skipped[1].reason)
     XCTAssertTrue(reader.skipped[2].reason.contains("'label' = '2'"), reader.skipped[2].reason)
     XCTAssertTrue(reader.skipped[3].reason.contains("'type' = 'worm'"), reader.skipped[3].reason)
     let open = try write([Self.header, Self.realRow.replacingOccurrences(of: "REJ", with: "\"REJ")])
@@ -185,7 +190,8 @@ final class TonIoTTests: XCTestCase {
     XCTAssertEqual(train.map(back.classIndex), [0, 1, 0, 1])
     try Data("{\"format\": 3}".utf8).write(to: url)
     XCTAssertThrowsError(try TonIoTTransform.load(from: url)) { error in
-      XCTAssertTrue("\(error)".contains(url.lastPathComponent) && "\(error)".contains("not a transform JSON"), "\(error)")
+      XCTAssertTrue(
+        "\(error)".contains(url.lastPathComponent) && "\(error)".contains("not a transform JSON"), "\(error)")
     }
   }
 
