@@ -1,7 +1,8 @@
 import Foundation
 
 /// A streaming CSV record reader (RFC 4180): comma-separated, fields optionally quoted with
-/// `""` for a quote inside, quoted fields may hold commas and line breaks, CRLF or LF endings.
+/// `""` for a quote inside, quoted fields may hold commas and line breaks, CRLF or LF endings;
+/// a quote inside an unquoted field is an ordinary character.
 /// Reads the file in chunks, so a file of any size streams in constant memory.
 final class CSVRecordReader {
   let url: URL
@@ -82,7 +83,9 @@ final class CSVRecordReader {
           continue
         }
         switch b {
-        case UInt8(ascii: "\""):
+        case UInt8(ascii: "\"") where field.isEmpty:
+          // Only a quote that opens a field starts quoting; one inside an unquoted field (a
+          // URI such as /a"b) is kept as it is, as Python's csv module does.
           quoted = true
         case UInt8(ascii: ","):
           fields.append(String(decoding: field, as: UTF8.self))

@@ -64,6 +64,13 @@ final class TonIoTTests: XCTestCase {
       "Mozilla/5.0 (X11, Linux) \"quoted\"\nsecond line")
     XCTAssertEqual(rows[2].line, 6)
     XCTAssertEqual(rows[2].label, 0)
+    // A quote inside an unquoted field is kept, and does not swallow the following commas.
+    let uri = TonIoT.columns.firstIndex(of: "http_uri")!
+    var fields = Self.realRow.split(separator: ",", omittingEmptySubsequences: false).map(String.init)
+    fields[uri] = "/search?q=a\"b"
+    let literal = try write([Self.header, fields.joined(separator: ",")])
+    defer { try? FileManager.default.removeItem(at: literal) }
+    XCTAssertEqual(try readAll(literal).records.first?.fields[uri], "/search?q=a\"b")
   }
 
   func testHeaderVariants() throws {
