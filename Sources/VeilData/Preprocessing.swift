@@ -70,29 +70,18 @@ public struct Preprocessing: Codable, Sendable, Equatable {
   /// round(crop × 256 / 224), then the centre crop.
   public init(preset: Preset, width: Int = 224, height: Int = 224, layout: TensorLayout = .nchw) {
     let shorter = Int((Double(min(width, height)) * 256 / 224).rounded())
-    switch preset {
-    case .imagenet:
-      self.init(
-        resizeShorterSide: shorter, cropWidth: width, cropHeight: height, interpolation: .bilinear,
-        normalization: .imagenet, layout: layout)
-    case .caffe:
-      self.init(
-        resizeShorterSide: shorter, cropWidth: width, cropHeight: height, interpolation: .bilinear,
-        normalization: .caffe,
-        channelOrder: .bgr, layout: layout)
-    case .tensorflow:
-      self.init(
-        resizeShorterSide: shorter, cropWidth: width, cropHeight: height, interpolation: .bilinear,
-        normalization: .tensorflow, layout: layout)
-    case .tensorflowLite:
-      self.init(
-        resizeShorterSide: shorter, cropWidth: width, cropHeight: height, interpolation: .bicubic,
-        normalization: .tensorflowLite, layout: layout)
-    case .unit:
-      self.init(
-        resizeShorterSide: shorter, cropWidth: width, cropHeight: height, interpolation: .bilinear,
-        normalization: .unit, layout: layout)
-    }
+    // The presets differ only in filter, normalisation and channel order: a table.
+    let (interpolation, normalization, order): (Interpolation, Normalization, ChannelOrder) =
+      switch preset {
+      case .imagenet: (.bilinear, .imagenet, .rgb)
+      case .caffe: (.bilinear, .caffe, .bgr)
+      case .tensorflow: (.bilinear, .tensorflow, .rgb)
+      case .tensorflowLite: (.bicubic, .tensorflowLite, .rgb)
+      case .unit: (.bilinear, .unit, .rgb)
+      }
+    self.init(
+      resizeShorterSide: shorter, cropWidth: width, cropHeight: height, interpolation: interpolation,
+      normalization: normalization, channelOrder: order, layout: layout)
   }
 
   /// The geometric part: torchvision's `Resize(shorter)` (the longer side truncated to
