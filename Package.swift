@@ -27,6 +27,13 @@ let package = Package(
       cSettings: kernelCFlags,
       linkerSettings: [.linkedLibrary("dnnl"), .linkedLibrary("gomp"), .linkedLibrary("m")]
     ),
+    // Image codecs: Debian's libpng, libjpeg-turbo and zlib, with the setjmp error handling
+    // that Swift cannot do.
+    .target(
+      name: "CImageCodecs",
+      cSettings: kernelCFlags,
+      linkerSettings: [.linkedLibrary("png"), .linkedLibrary("jpeg"), .linkedLibrary("z")]
+    ),
     .target(name: "VeilTensor", dependencies: ["CDNNL"], swiftSettings: kernelSwiftFlags),
     .target(name: "VeilGraph", dependencies: ["VeilTensor"], swiftSettings: kernelSwiftFlags),
     .target(name: "VeilFormats", dependencies: ["VeilTensor", "VeilGraph"]),
@@ -38,17 +45,20 @@ let package = Package(
     .target(
       name: "VeilPlanning",
       dependencies: ["VeilTensor", "VeilGraph", "VeilTEE", .product(name: "Crypto", package: "swift-crypto")]),
+    .target(name: "VeilData", dependencies: ["VeilTensor", "CImageCodecs"], swiftSettings: kernelSwiftFlags),
     // Test-only: ONNX Runtime references and tolerances shared by the numerical test targets.
     // Never a dependency of `veil` or of a product.
     .target(name: "VeilTestSupport", dependencies: ["VeilTensor", "VeilGraph", "VeilFormats"]),
     .executableTarget(
       name: "veil",
       dependencies: [
-        "VeilTensor", "VeilGraph", "VeilFormats", "VeilModels", "VeilTEE", "VeilPlanning",
+        "VeilTensor", "VeilGraph", "VeilFormats", "VeilModels", "VeilData", "VeilTEE", "VeilPlanning",
         .product(name: "ArgumentParser", package: "swift-argument-parser"),
       ]
     ),
-    .testTarget(name: "VeilCLITests", dependencies: ["VeilFormats", "VeilTensor", "VeilGraph", "VeilModels"]),
+    .testTarget(name: "VeilCLITests", dependencies: ["VeilFormats", "VeilTensor", "VeilGraph", "VeilModels", "VeilData"]),
+    .testTarget(
+      name: "VeilDataTests", dependencies: ["VeilData", "VeilTensor", "VeilFormats", "VeilGraph", "VeilModels", "VeilTestSupport"]),
     .testTarget(name: "VeilTensorTests", dependencies: ["VeilTensor"]),
     .testTarget(name: "VeilGraphTests", dependencies: ["VeilGraph", "VeilFormats", "VeilTestSupport"]),
     .testTarget(name: "VeilFormatsTests", dependencies: ["VeilFormats", "VeilTestSupport"]),

@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Installs the Debian packages Veil builds against, if missing: oneDNN 2.6 (libdnnl-dev) and
-# the image codecs. Runs apt-get only when something is missing; uses sudo when not root.
+# the image codecs (libpng, libjpeg-turbo, and zlib for gzip-compressed IDX files). Runs apt-get
+# only when something is missing; uses sudo when not root.
 set -euo pipefail
-pkgs=(libdnnl-dev libpng-dev libjpeg62-turbo-dev)
+pkgs=(libdnnl-dev libpng-dev libjpeg62-turbo-dev zlib1g-dev)
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -42,8 +42,9 @@ struct Cuts: ParsableCommand {
   }
 }
 
-struct Split: ParsableCommand {
+struct SplitModel: ParsableCommand {
   static let configuration = CommandConfiguration(
+    commandName: "split",
     abstract: "Cut a model in two and write the head and tail as ONNX, with a JSON description of the cut.",
     discussion: """
       Writes DIR/head.onnx (model input → cut tensor), DIR/tail.onnx (cut tensor → model

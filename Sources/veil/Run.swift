@@ -2,6 +2,7 @@ import ArgumentParser
 import Foundation
 import VeilFormats
 import VeilGraph
+import VeilData
 import VeilModels
 import VeilTensor
 
@@ -10,15 +11,24 @@ struct Run: ParsableCommand {
     abstract: "Run one forward pass of a model on an input tensor.",
     discussion: """
       The input is a .npy float32 tensor in the model's input layout (NCHW, [N,3,224,224] for the
-      zoo; a [3,224,224] array is taken as a batch of one). The output can be written as .npy to
+      zoo; a [3,224,224] array is taken as a batch of one), or a photo (.png, .jpg, .jpeg), which
+      is turned upright by its EXIF orientation and preprocessed at the size and layout (NCHW or
+      NHWC) of the model's input: a zoo model's own transform by default, else --preprocess (the
+      shorter side resized to size·256/224, the centre crop, then the preset's normalisation and
+      channel order; imagenet, the default for model files: torchvision
+      mean/std, RGB; caffe: BGR minus the ImageNet means; tensorflow: (x−127.5)/127.5;
+      tensorflow-lite: (x−127)/128, bicubic; unit: x/255). The output can be written as .npy to
       compare Veil with other runtimes. Zoo models carry seeded (untrained) weights, so their
       classes are not meaningful; they exercise the architecture.
       """)
 
   @Option(help: "A zoo model name (see `veil models`) or a model file.")
   var model: String
-  @Option(help: "Input tensor (.npy, float32).")
+  @Option(help: "Input tensor (.npy, float32) or photo (.png, .jpg).")
   var input: String
+  @Option(
+    help: "How a photo becomes the input: imagenet, caffe, tensorflow, tensorflow-lite or unit (default: a zoo model's own transform, else imagenet).")
+  var preprocess: VeilData.Preprocessing.Preset?
   @Option(help: "Write the raw output tensor here (.npy).")
   var output: String?
   @Option(help: "How many top classes to print per item.")
@@ -46,6 +56,7 @@ struct Run: ParsableCommand {
   struct Report: Encodable {
     var model: String
     var inputShape: [Int]
+    var preprocessing: String?
     var outputShape: [Int]
     var compileMs: Double
     var runMs: Double
@@ -62,12 +73,26 @@ struct Run: ParsableCommand {
     try engine.apply()
     try ModelSource.check(model)
     let url = URL(fileURLWithPath: input)
-    guard url.pathExtension.lowercased() == "npy" else {
-      throw ValidationError(
-        "input '\(input)': only .npy tensors are read in this build (image decoding is not available yet); convert the image to a float32 NCHW .npy")
+    let ext = url.pathExtension.lowercased()
+    let isPhoto = ["png", "jpg", "jpeg"].contains(ext)
+    guard ext == "npy" || isPhoto else {
+      throw ValidationError("input '\(input)': expected a .npy tensor or a .png / .jpg photo")
     }
-    var x = try NPY.read(url)
-    let graph = try ModelSource.load(model, batch: x.rank == 3 ? 1 : max(x.shape.first ?? 1, 1), seed: seed)
+    var x: Tensor
+    let graph: Graph
+    var preprocessing: String?
+    if isPhoto {
+      let photo = try ImageCodec.readUpright(url)
+      graph = try ModelSource.load(model, batch: 1, seed: seed)
+      // A state_dict file runs as the zoo architecture it was recognised as, with its transform.
+      let (p, name) = try Self.preprocessing(
+        preprocess, for: ModelSource.inputShape(graph), model: graph.metadata["architecture"] ?? model)
+      x = try p.tensor(photo)
+      preprocessing = name
+    } else {
+      x = try NPY.read(url)
+      graph = try ModelSource.load(model, batch: x.rank == 3 ? 1 : max(x.shape.first ?? 1, 1), seed: seed)
+    }
     let expected = ModelSource.inputShape(graph)
     if x.rank == 3 { x = try x.reshaped([1] + x.shape) }
     guard x.shape == expected else {
@@ -88,10 +113,10 @@ struct Run: ParsableCommand {
     }
     let weights = ModelZoo.names.contains(model) ? "seeded \(seed) (untrained)" : "from file"
     let report = Report(
-      model: model, inputShape: x.shape, outputShape: y.shape, compileMs: t1.timeIntervalSince(t0) * 1000,
+      model: model, inputShape: x.shape, preprocessing: preprocessing, outputShape: y.shape, compileMs: t1.timeIntervalSince(t0) * 1000,
       runMs: t2.timeIntervalSince(t1) * 1000, threads: Engine.shared.threads, weights: weights, items: items)
     if json { return try printJSON(report) }
-    print("model \(model) (\(weights) weights), input \(x.shape) → output \(y.shape)")
+    print("model \(model) (\(weights) weights), input \(x.shape)\(preprocessing.map { " (\(input), \($0) preprocessing)" } ?? "") → output \(y.shape)")
     print(String(format: "compile %.1f ms, run %.1f ms on %d threads", report.compileMs, report.runMs, report.threads))
     for item in items where top > 0 {
       let list = item.top.map { c in
@@ -112,6 +137,34 @@ struct Run: ParsableCommand {
       return names
     }
     return count == 1000 ? try AssetCache.imageNetClasses() : nil
+  }
+}
+
+extension Run {
+  /// A photo's preprocessing at the model's input size, and what to call it. The layout follows
+  /// where the 3 channels sit. Without a preset, a zoo model uses the transform it declares.
+  static func preprocessing(_ preset: VeilData.Preprocessing.Preset?, for shape: [Int], model: String) throws
+    -> (VeilData.Preprocessing, String)
+  {
+    guard shape.count == 4, shape[1] == 3 || shape[3] == 3 else {
+      throw ValidationError("model '\(model)' takes input \(shape): not an image batch of 3 channels, [N,3,H,W] or [N,H,W,3]")
+    }
+    let layout: TensorLayout = shape[1] == 3 ? .nchw : .nhwc
+    let (h, w) = layout == .nchw ? (shape[2], shape[3]) : (shape[1], shape[2])
+    if preset == nil, ModelZoo.names.contains(model) {
+      // The zoo states mean/std on pixels scaled to [0, range]; VeilData's are on 0...255.
+      let t = try ModelZoo.info(model).transform
+      guard let interpolation = Interpolation(rawValue: t.interpolation) else {
+        throw ValidationError("model '\(model)' declares interpolation '\(t.interpolation)', which Veil cannot resize with")
+      }
+      let k = 255 / t.range
+      let p = VeilData.Preprocessing(
+        resizeShorterSide: t.resize, cropWidth: w, cropHeight: h, interpolation: interpolation,
+        normalization: Normalization(mean: t.mean.map { $0 * k }, std: t.std.map { $0 * k }), layout: layout)
+      return (p, "\(model)'s own")
+    }
+    let chosen = preset ?? .imagenet
+    return (VeilData.Preprocessing(preset: chosen, width: w, height: h, layout: layout), chosen.rawValue)
   }
 }
 

@@ -8,9 +8,16 @@ import VeilTensor
 
 /// The `veil` tool as a user runs it: exit status, messages, JSON keys, files written.
 final class CLITests: XCTestCase {
-  /// The tool sits beside the test bundle in the build folder.
+  /// The tool sits beside the test bundle in the build folder (on Linux the bundle is the test
+  /// executable itself, so a build with `--scratch-path` is found through it).
   static let veil: URL = {
     var dir = Bundle(for: CLITests.self).bundleURL.deletingLastPathComponent()
+    let runner = URL(fileURLWithPath: CommandLine.arguments[0]).resolvingSymlinksInPath().deletingLastPathComponent()
+    if !FileManager.default.fileExists(atPath: dir.appendingPathComponent("veil").path),
+      FileManager.default.fileExists(atPath: runner.appendingPathComponent("veil").path)
+    {
+      dir = runner
+    }
     if !FileManager.default.fileExists(atPath: dir.appendingPathComponent("veil").path) {
       dir = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent()
         .deletingLastPathComponent().appendingPathComponent(".build/release")

@@ -1,0 +1,341 @@
+// The setjmp/longjmp side of Veil's image codecs; see include/cimagecodecs.h.
+#include "cimagecodecs.h"
+
+// jpeglib.h needs FILE declared first.
+#include <stdio.h>
+#include <jpeglib.h>
+#include <jerror.h>
+#include <png.h>
+#include <setjmp.h>
+#include <stdlib.h>
+#include <string.h>
+#include <zlib.h>
+
+static void set_error(veil_codec_error *error, size_t offset, const char *message) {
+  snprintf(error->message, sizeof error->message, "%s", message);
+  error->offset = offset;
+}
+
+void veil_codec_free(void *p) { free(p); }
+
+// MARK: - PNG
+
+typedef struct {
+  const uint8_t *data;
+  size_t size;
+  size_t pos;
+  veil_codec_error *error;
+} png_source;
+
+static void png_fail(png_structp png, png_const_charp message) {
+  png_source *src = (png_source *)png_get_error_ptr(png);
+  set_error(src->error, src->pos, message);
+  png_longjmp(png, 1);
+}
+
+// Warnings (a bad CRC on an ancillary chunk, an unknown chunk) leave the pixels intact.
+static void png_warn(png_structp png, png_const_charp message) {
+  (void)png;
+  (void)message;
+}
+
+static void png_read_bytes(png_structp png, png_bytep out, size_t n) {
+  png_source *src = (png_source *)png_get_io_ptr(png);
+  if (n > src->size - src->pos) png_error(png, "file ends early (truncated)");
+  memcpy(out, src->data + src->pos, n);
+  src->pos += n;
+}
+
+int veil_png_decode(const uint8_t *data, size_t size, veil_decoded_image *out, veil_codec_error *error) {
+  memset(out, 0, sizeof *out);
+  out->orientation = 1;
+  set_error(error, 0, "");
+  if (size < 8 || png_sig_cmp(data, 0, 8) != 0) {
+    set_error(error, 0, "not a PNG file: the first 8 bytes are not the PNG signature");
+    return 1;
+  }
+  png_source src = {data, size, 0, error};
+  png_structp png = png_create_read_struct(PNG_LIBPNG_VER_STRING, &src, png_fail, png_warn);
+  if (!png) {
+    set_error(error, 0, "libpng could not allocate its reader");
+    return 1;
+  }
+  png_infop info = png_create_info_struct(png);
+  if (!info) {
+    png_destroy_read_struct(&png, NULL, NULL);
+    set_error(error, 0, "libpng could not allocate its info struct");
+    return 1;
+  }
+  uint8_t *volatile pixels = NULL;
+  png_bytep *volatile rows = NULL;
+  if (setjmp(png_jmpbuf(png))) {
+    free(pixels);
+    free(rows);
+    png_destroy_read_struct(&png, &info, NULL);
+    return 1;
+  }
+  png_set_read_fn(png, &src, png_read_bytes);
+  png_read_info(png, info);
+  int color = png_get_color_type(png, info);
+  int depth = png_get_bit_depth(png, info);
+  if (color == PNG_COLOR_TYPE_PALETTE) png_set_palette_to_rgb(png);
+  if (color == PNG_COLOR_TYPE_GRAY && depth < 8) png_set_expand_gray_1_2_4_to_8(png);
+  if (png_get_valid(png, info, PNG_INFO_tRNS)) png_set_tRNS_to_alpha(png);
+#if __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
+  if (depth == 16) png_set_swap(png);
+#endif
+  png_set_interlace_handling(png);
+  png_read_update_info(png, info);
+  png_uint_32 width = png_get_image_width(png, info);
+  png_uint_32 height = png_get_image_height(png, info);
+  size_t rowbytes = png_get_rowbytes(png, info);
+  if (height == 0 || rowbytes == 0 || rowbytes > ((size_t)1 << 40) / height) png_error(png, "image too large");
+  pixels = malloc(rowbytes * height);
+  rows = malloc(sizeof(png_bytep) * height);
+  if (!pixels || !rows) png_error(png, "out of memory for the pixels");
+  for (png_uint_32 y = 0; y < height; y++) rows[y] = pixels + (size_t)y * rowbytes;
+  png_read_image(png, rows);
+  png_read_end(png, NULL);
+  out->width = width;
+  out->height = height;
+  out->channels = png_get_channels(png, info);
+  out->bit_depth = png_get_bit_depth(png, info);
+  out->pixels = pixels;
+  free(rows);
+  png_destroy_read_struct(&png, &info, NULL);
+  return 0;
+}
+
+typedef struct {
+  uint8_t *data;
+  size_t size;
+  size_t capacity;
+  veil_codec_error *error;
+} png_sink;
+
+static void png_write_bytes(png_structp png, png_bytep bytes, size_t n) {
+  png_sink *sink = (png_sink *)png_get_io_ptr(png);
+  if (sink->size + n > sink->capacity) {
+    size_t capacity = sink->capacity ? sink->capacity : 4096;
+    while (capacity < sink->size + n) capacity *= 2;
+    uint8_t *grown = realloc(sink->data, capacity);
+    if (!grown) png_error(png, "out of memory for the encoded PNG");
+    sink->data = grown;
+    sink->capacity = capacity;
+  }
+  memcpy(sink->data + sink->size, bytes, n);
+  sink->size += n;
+}
+
+static void png_flush_nothing(png_structp png) { (void)png; }
+
+static void png_fail_writing(png_structp png, png_const_charp message) {
+  png_sink *sink = (png_sink *)png_get_error_ptr(png);
+  set_error(sink->error, sink->size, message);
+  png_longjmp(png, 1);
+}
+
+int veil_png_encode(const uint8_t *pixels, uint32_t width, uint32_t height, uint32_t channels,
+                    uint8_t **png_out, size_t *png_size, veil_codec_error *error) {
+  *png_out = NULL;
+  *png_size = 0;
+  set_error(error, 0, "");
+  static const int types[5] = {0, PNG_COLOR_TYPE_GRAY, PNG_COLOR_TYPE_GRAY_ALPHA, PNG_COLOR_TYPE_RGB,
+                               PNG_COLOR_TYPE_RGB_ALPHA};
+  if (channels < 1 || channels > 4 || width == 0 || height == 0) {
+    set_error(error, 0, "PNG encoding needs 1 to 4 channels and a non-empty image");
+    return 1;
+  }
+  png_sink sink = {NULL, 0, 0, error};
+  png_structp png = png_create_write_struct(PNG_LIBPNG_VER_STRING, &sink, png_fail_writing, png_warn);
+  if (!png) {
+    set_error(error, 0, "libpng could not allocate its writer");
+    return 1;
+  }
+  png_infop info = png_create_info_struct(png);
+  png_bytep *volatile rows = NULL;
+  if (!info || setjmp(png_jmpbuf(png))) {
+    free(rows);
+    free(sink.data);
+    png_destroy_write_struct(&png, &info);
+    if (!info) set_error(error, 0, "libpng could not allocate its info struct");
+    return 1;
+  }
+  png_set_write_fn(png, &sink, png_write_bytes, png_flush_nothing);
+  png_set_IHDR(png, info, width, height, 8, types[channels], PNG_INTERLACE_NONE, PNG_COMPRESSION_TYPE_DEFAULT,
+               PNG_FILTER_TYPE_DEFAULT);
+  rows = malloc(sizeof(png_bytep) * height);
+  if (!rows) png_error(png, "out of memory for the row table");
+  for (uint32_t y = 0; y < height; y++) rows[y] = (png_bytep)pixels + (size_t)y * width * channels;
+  png_set_rows(png, info, rows);
+  png_write_png(png, info, PNG_TRANSFORM_IDENTITY, NULL);
+  free(rows);
+  png_destroy_write_struct(&png, &info);
+  *png_out = sink.data;
+  *png_size = sink.size;
+  return 0;
+}
+
+// MARK: - JPEG
+
+typedef struct {
+  struct jpeg_error_mgr pub;
+  jmp_buf jump;
+} jpeg_failure;
+
+static void jpeg_fail(j_common_ptr cinfo) { longjmp(((jpeg_failure *)cinfo->err)->jump, 1); }
+
+// libjpeg only warns when a scan ends early or a Huffman code is bad, then pads the rest of
+// the image with grey. Those pixels were never in the file, so treat them as errors; the
+// other warnings (extraneous bytes between markers, odd progression) leave the pixels intact.
+static void jpeg_message(j_common_ptr cinfo, int level) {
+  if (level >= 0) return;
+  int code = cinfo->err->msg_code;
+  if (code == JWRN_JPEG_EOF || code == JWRN_HIT_MARKER || code == JWRN_HUFF_BAD_CODE) jpeg_fail(cinfo);
+  cinfo->err->num_warnings++;
+}
+
+static uint32_t read16(const uint8_t *p, int little) {
+  return little ? (uint32_t)p[0] | (uint32_t)p[1] << 8 : (uint32_t)p[0] << 8 | (uint32_t)p[1];
+}
+
+static uint32_t read32(const uint8_t *p, int little) {
+  return little ? read16(p, 1) | read16(p + 2, 1) << 16 : read16(p, 0) << 16 | read16(p + 2, 0);
+}
+
+// The Orientation tag (0x0112, SHORT) of IFD0 in an APP1 "Exif" segment; 1 when absent.
+static uint32_t exif_orientation(jpeg_saved_marker_ptr marker) {
+  for (; marker; marker = marker->next) {
+    if (marker->marker != JPEG_APP0 + 1 || marker->data_length < 6 + 8 + 2) continue;
+    if (memcmp(marker->data, "Exif\0\0", 6) != 0) continue;
+    const uint8_t *tiff = marker->data + 6;
+    size_t n = marker->data_length - 6;
+    int little;
+    if (tiff[0] == 'I' && tiff[1] == 'I') little = 1;
+    else if (tiff[0] == 'M' && tiff[1] == 'M') little = 0;
+    else continue;
+    uint32_t ifd = read32(tiff + 4, little);
+    if (ifd < 8 || ifd > n - 2) continue;
+    uint32_t entries = read16(tiff + ifd, little);
+    for (uint32_t i = 0; i < entries; i++) {
+      size_t e = ifd + 2 + 12 * (size_t)i;
+      if (e + 12 > n) break;
+      if (read16(tiff + e, little) == 0x0112 && read16(tiff + e + 2, little) == 3) {
+        uint32_t v = read16(tiff + e + 8, little);
+        if (v >= 1 && v <= 8) return v;
+      }
+    }
+  }
+  return 1;
+}
+
+int veil_jpeg_decode(const uint8_t *data, size_t size, veil_decoded_image *out, veil_codec_error *error) {
+  memset(out, 0, sizeof *out);
+  out->orientation = 1;
+  set_error(error, 0, "");
+  if (size < 3 || data[0] != 0xFF || data[1] != 0xD8) {
+    set_error(error, 0, "not a JPEG file: it does not start with the SOI marker FF D8");
+    return 1;
+  }
+  struct jpeg_decompress_struct cinfo;
+  jpeg_failure failure;
+  uint8_t *volatile pixels = NULL;
+  cinfo.err = jpeg_std_error(&failure.pub);
+  failure.pub.error_exit = jpeg_fail;
+  failure.pub.emit_message = jpeg_message;
+  if (setjmp(failure.jump)) {
+    char message[JMSG_LENGTH_MAX];
+    (*cinfo.err->format_message)((j_common_ptr)&cinfo, message);
+    size_t offset = size;
+    if (cinfo.src && cinfo.src->next_input_byte >= data && cinfo.src->next_input_byte <= data + size)
+      offset = (size_t)(cinfo.src->next_input_byte - data);
+    set_error(error, offset, message);
+    free(pixels);
+    jpeg_destroy_decompress(&cinfo);
+    return 1;
+  }
+  jpeg_create_decompress(&cinfo);
+  jpeg_mem_src(&cinfo, data, (unsigned long)size);
+  jpeg_save_markers(&cinfo, JPEG_APP0 + 1, 0xFFFF);
+  jpeg_read_header(&cinfo, TRUE);
+  out->orientation = exif_orientation(cinfo.marker_list);
+  if (cinfo.jpeg_color_space == JCS_CMYK || cinfo.jpeg_color_space == JCS_YCCK) {
+    cinfo.err->msg_code = JERR_CONVERSION_NOTIMPL;
+    jpeg_fail((j_common_ptr)&cinfo);
+  }
+  cinfo.out_color_space = cinfo.jpeg_color_space == JCS_GRAYSCALE ? JCS_GRAYSCALE : JCS_RGB;
+  jpeg_start_decompress(&cinfo);
+  size_t stride = (size_t)cinfo.output_width * cinfo.output_components;
+  pixels = malloc(stride * cinfo.output_height);
+  if (!pixels) {
+    cinfo.err->msg_code = JERR_OUT_OF_MEMORY;
+    jpeg_fail((j_common_ptr)&cinfo);
+  }
+  while (cinfo.output_scanline < cinfo.output_height) {
+    JSAMPROW row = pixels + (size_t)cinfo.output_scanline * stride;
+    jpeg_read_scanlines(&cinfo, &row, 1);
+  }
+  jpeg_finish_decompress(&cinfo);
+  out->width = cinfo.output_width;
+  out->height = cinfo.output_height;
+  out->channels = (uint32_t)cinfo.output_components;
+  out->bit_depth = 8;
+  out->pixels = pixels;
+  jpeg_destroy_decompress(&cinfo);
+  return 0;
+}
+
+// MARK: - gzip
+
+int veil_read_maybe_gzip(const char *path, uint8_t **bytes, size_t *size, veil_codec_error *error) {
+  *bytes = NULL;
+  *size = 0;
+  set_error(error, 0, "");
+  gzFile file = gzopen(path, "rb");
+  if (!file) {
+    set_error(error, 0, "cannot open the file");
+    return 1;
+  }
+  size_t capacity = 1 << 20, used = 0;
+  uint8_t *buffer = malloc(capacity);
+  for (;;) {
+    if (!buffer) {
+      gzclose(file);
+      set_error(error, used, "out of memory");
+      return 1;
+    }
+    if (used == capacity) {
+      capacity *= 2;
+      uint8_t *grown = realloc(buffer, capacity);
+      if (!grown) free(buffer);
+      buffer = grown;
+      continue;
+    }
+    size_t want = capacity - used;
+    int n = gzread(file, buffer + used, (unsigned)(want > (1u << 30) ? (1u << 30) : want));
+    if (n < 0) {
+      int code;
+      const char *message = gzerror(file, &code);
+      set_error(error, used, message);
+      free(buffer);
+      gzclose(file);
+      return 1;
+    }
+    if (n == 0) {
+      int code;
+      const char *message = gzerror(file, &code);
+      if (code != Z_OK) {
+        set_error(error, used, message);
+        free(buffer);
+        gzclose(file);
+        return 1;
+      }
+      break;
+    }
+    used += (size_t)n;
+  }
+  gzclose(file);
+  *bytes = buffer;
+  *size = used;
+  return 0;
+}

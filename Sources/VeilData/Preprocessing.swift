@@ -1,0 +1,131 @@
+import Foundation
+import VeilTensor
+
+/// Per-channel `(x − mean) / std` on the 0...255 scale, in the tensor's channel order. One
+/// value applies to every channel.
+public struct Normalization: Codable, Sendable, Equatable {
+  public var mean: [Float]
+  public var std: [Float]
+
+  public init(mean: [Float], std: [Float]) {
+    self.mean = mean
+    self.std = std
+  }
+
+  /// Plain [0, 1]: x / 255.
+  public static let unit = Normalization(mean: [0], std: [255])
+  /// torchvision's ImageNet statistics: (x/255 − [0.485, 0.456, 0.406]) / [0.229, 0.224, 0.225].
+  public static let imagenet = Normalization(
+    mean: [0.485 * 255, 0.456 * 255, 0.406 * 255], std: [0.229 * 255, 0.224 * 255, 0.225 * 255])
+  /// Caffe / Keras "caffe" mode: BGR channels minus [103.939, 116.779, 123.68], no scaling.
+  public static let caffe = Normalization(mean: [103.939, 116.779, 123.68], std: [1])
+  /// TensorFlow / Keras "tf" mode (Inception, MobileNet): (x − 127.5) / 127.5, in [−1, 1].
+  public static let tensorflow = Normalization(mean: [127.5], std: [127.5])
+  /// (x − 127) / 128, as the EfficientNet-Lite checkpoints expect.
+  public static let tensorflowLite = Normalization(mean: [127], std: [128])
+}
+
+/// How a model wants a photo turned into its input tensor: resize the shorter side, crop the
+/// centre, normalise, order the channels and lay the tensor out. Codable, so a model can
+/// declare its own; the presets are the common conventions.
+public struct Preprocessing: Codable, Sendable, Equatable {
+  /// The shorter side is resized to this first (the longer keeps the aspect ratio); nil skips.
+  public var resizeShorterSide: Int?
+  /// Then the centre `cropHeight × cropWidth` is kept.
+  public var cropWidth: Int
+  public var cropHeight: Int
+  public var interpolation: Interpolation
+  public var normalization: Normalization
+  public var channelOrder: ChannelOrder
+  public var layout: TensorLayout
+
+  public init(
+    resizeShorterSide: Int?, cropWidth: Int, cropHeight: Int, interpolation: Interpolation,
+    normalization: Normalization, channelOrder: ChannelOrder = .rgb, layout: TensorLayout = .nchw
+  ) {
+    self.resizeShorterSide = resizeShorterSide
+    self.cropWidth = cropWidth
+    self.cropHeight = cropHeight
+    self.interpolation = interpolation
+    self.normalization = normalization
+    self.channelOrder = channelOrder
+    self.layout = layout
+  }
+
+  /// The named conventions `veil run --preprocess` takes.
+  public enum Preset: String, Codable, Sendable, CaseIterable {
+    /// torchvision: resize 256, crop 224, bilinear, ImageNet mean/std, RGB.
+    case imagenet
+    /// Caffe: resize 256, crop 224, bilinear, BGR minus the ImageNet channel means.
+    case caffe
+    /// TensorFlow: resize 256, crop 224, bilinear, (x − 127.5) / 127.5.
+    case tensorflow
+    /// EfficientNet-Lite: resize 256, crop 224, bicubic, (x − 127) / 128.
+    case tensorflowLite = "tensorflow-lite"
+    /// Plain [0, 1]: resize 256, crop 224, bilinear, x / 255.
+    case unit
+  }
+
+  /// A preset at the standard ImageNet evaluation geometry: the shorter side resized to
+  /// round(crop × 256 / 224), then the centre crop.
+  public init(preset: Preset, width: Int = 224, height: Int = 224, layout: TensorLayout = .nchw) {
+    let shorter = Int((Double(min(width, height)) * 256 / 224).rounded())
+    // The presets differ only in filter, normalisation and channel order: a table.
+    let (interpolation, normalization, order): (Interpolation, Normalization, ChannelOrder) =
+      switch preset {
+      case .imagenet: (.bilinear, .imagenet, .rgb)
+      case .caffe: (.bilinear, .caffe, .bgr)
+      case .tensorflow: (.bilinear, .tensorflow, .rgb)
+      case .tensorflowLite: (.bicubic, .tensorflowLite, .rgb)
+      case .unit: (.bilinear, .unit, .rgb)
+      }
+    self.init(
+      resizeShorterSide: shorter, cropWidth: width, cropHeight: height, interpolation: interpolation,
+      normalization: normalization, channelOrder: order, layout: layout)
+  }
+
+  /// The geometric part: torchvision's `Resize(shorter)` (the longer side truncated to
+  /// ⌊shorter × long / short⌋) then `CenterCrop` (offsets rounded half to even, as Python).
+  public func geometry(_ image: ByteImage) throws -> ByteImage {
+    var img = image.rgb()
+    if let s = resizeShorterSide {
+      guard s > 0 else { throw DataError.invalidArgument("resizeShorterSide must be positive, found \(s)") }
+      let (w, h) = img.width <= img.height ? (s, s * img.height / img.width) : (s * img.width / img.height, s)
+      if w != img.width || h != img.height {
+        img = try img.resized(width: w, height: h, interpolation: interpolation)
+      }
+    }
+    return try img.centreCropped(width: cropWidth, height: cropHeight)
+  }
+
+  /// The model input for one photo, a batch of one.
+  public func tensor(_ image: ByteImage) throws -> Tensor {
+    try geometry(image).tensor(layout: layout, order: channelOrder, normalization: normalization)
+  }
+
+  /// The tensor shape this produces.
+  public var shape: [Int] { layout == .nchw ? [1, 3, cropHeight, cropWidth] : [1, cropHeight, cropWidth, 3] }
+}
+
+extension Image {
+  /// The centre `width × height`, as torchvision's `CenterCrop` places it.
+  public func centreCropped(width w: Int, height h: Int) throws -> Image {
+    guard w <= width, h <= height else {
+      throw DataError.invalidArgument("centre crop \(w)×\(h) is larger than the \(width)×\(height) image")
+    }
+    let top = Int((Double(height - h) / 2).rounded(.toNearestOrEven))
+    let left = Int((Double(width - w) / 2).rounded(.toNearestOrEven))
+    return try cropped(x: left, y: top, width: w, height: h)
+  }
+
+  /// A `width × height` crop at a position drawn from `generator`, uniform over the positions
+  /// that fit.
+  public func randomCropped(width w: Int, height h: Int, generator: inout SeededGenerator) throws -> Image {
+    guard w <= width, h <= height else {
+      throw DataError.invalidArgument("random crop \(w)×\(h) is larger than the \(width)×\(height) image")
+    }
+    let x = Int(generator.next() % UInt64(width - w + 1))
+    let y = Int(generator.next() % UInt64(height - h + 1))
+    return try cropped(x: x, y: y, width: w, height: h)
+  }
+}

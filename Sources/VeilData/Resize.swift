@@ -1,0 +1,278 @@
+import Foundation
+
+/// Resampling filters, named as Veil's options; each is Pillow's filter of the same role.
+public enum Interpolation: String, Codable, Sendable, CaseIterable {
+  /// Pillow `NEAREST`.
+  case nearest
+  /// Pillow `BILINEAR` (triangle filter, support 1).
+  case bilinear
+  /// Pillow `BICUBIC` (Keys cubic, a = −0.5, support 2).
+  case bicubic
+  /// Pillow `BOX`: the mean over each output pixel's footprint when downscaling.
+  case area
+
+  var support: Double {
+    switch self {
+    case .nearest, .area: return 0.5
+    case .bilinear: return 1
+    case .bicubic: return 2
+    }
+  }
+
+  func weight(_ x: Double) -> Double {
+    switch self {
+    case .nearest, .area: return x > -0.5 && x <= 0.5 ? 1 : 0
+    case .bilinear:
+      let a = abs(x)
+      return a < 1 ? 1 - a : 0
+    case .bicubic:
+      let a = abs(x)
+      let k = -0.5
+      if a < 1 { return ((k + 2) * a - (k + 3)) * a * a + 1 }
+      if a < 2 { return (((a - 5) * a + 8) * a - 4) * k }
+      return 0
+    }
+  }
+}
+
+/// The taps of one resampling pass along one axis, as Pillow's `precompute_coeffs` makes them:
+/// the filter's support grows with the scale factor when downscaling (antialiasing), and each
+/// output's weights are normalised to sum to one.
+struct ResampleTaps {
+  /// Taps per output (the widest footprint).
+  let width: Int
+  /// First input index and tap count per output.
+  let first: [Int]
+  let count: [Int]
+  /// `width` weights per output, zero past `count`.
+  let weights: [Double]
+
+  init(inSize: Int, outSize: Int, filter: Interpolation) {
+    let scale = Double(inSize) / Double(outSize)
+    let filterScale = max(scale, 1)
+    let support = filter.support * filterScale
+    let width = Int(support.rounded(.up)) * 2 + 1
+    var first = [Int](repeating: 0, count: outSize)
+    var count = [Int](repeating: 0, count: outSize)
+    var weights = [Double](repeating: 0, count: outSize * width)
+    for o in 0..<outSize {
+      let center = (Double(o) + 0.5) * scale
+      // C's (int) truncation, as Pillow; the argument is ≥ −0.5 so truncation is towards zero.
+      let lo = max(Int(center - support + 0.5), 0)
+      let hi = min(Int(center + support + 0.5), inSize)
+      var total = 0.0
+      for i in lo..<max(hi, lo) {
+        let w = filter.weight((Double(i) - center + 0.5) / filterScale)
+        weights[o * width + i - lo] = w
+        total += w
+      }
+      if total != 0 {
+        for i in 0..<max(hi - lo, 0) { weights[o * width + i] /= total }
+      }
+      first[o] = lo
+      count[o] = max(hi - lo, 0)
+    }
+    self.width = width
+    self.first = first
+    self.count = count
+    self.weights = weights
+  }
+
+  /// Pillow's 8-bit fixed point: 22 fractional bits, rounded half away from zero.
+  var fixedPoint: [Int32] {
+    weights.map { w in
+      Int32(
+        w < 0 ? -0.5 + w * Double(1 << ResampleTaps.precisionBits) : 0.5 + w * Double(1 << ResampleTaps.precisionBits))
+    }
+  }
+
+  static let precisionBits: Int32 = 32 - 8 - 2
+}
+
+extension Image {
+  /// Pillow's `NEAREST` source index per output: an accumulated double coordinate, floored.
+  static func nearestIndices(inSize: Int, outSize: Int) -> [Int] {
+    let step = Double(inSize) / Double(outSize)
+    var coordinate = step * 0.5
+    var out = [Int](repeating: 0, count: outSize)
+    for o in 0..<outSize {
+      out[o] = min(max(Int(coordinate), 0), inSize - 1)
+      coordinate += step
+    }
+    return out
+  }
+
+  func resizedNearest(width w: Int, height h: Int) -> Image {
+    let xs = Self.nearestIndices(inSize: width, outSize: w)
+    let ys = Self.nearestIndices(inSize: height, outSize: h)
+    return remapped(width: w, height: h) { x, y in (xs[x], ys[y]) }
+  }
+
+  func checkResize(_ w: Int, _ h: Int) throws {
+    guard w > 0, h > 0 else {
+      throw DataError.invalidArgument("cannot resize a \(width)×\(height) image to \(w)×\(h)")
+    }
+  }
+}
+
+extension Image where Pixel == UInt8 {
+  /// Resized as Pillow's `Image.resize(size, filter)` resizes an 8-bit image, to the bit: the
+  /// same taps in 22-bit fixed point, the horizontal pass first with an 8-bit intermediate, and
+  /// RGBA / grey+alpha resampled with premultiplied alpha.
+  public func resized(width w: Int, height h: Int, interpolation: Interpolation) throws -> ByteImage {
+    try checkResize(w, h)
+    if interpolation == .nearest { return resizedNearest(width: w, height: h) }
+    let hasAlpha = channels == 2 || channels == 4
+    var source = hasAlpha ? premultiplied() : self
+    if w != width {
+      let taps = ResampleTaps(inSize: width, outSize: w, filter: interpolation)
+      source = source.resampledHorizontally(to: w, taps: taps)
+    }
+    if h != height {
+      let taps = ResampleTaps(inSize: height, outSize: h, filter: interpolation)
+      source = source.resampledVertically(to: h, taps: taps)
+    }
+    return hasAlpha ? source.unpremultiplied() : source
+  }
+
+  func resampledHorizontally(to w: Int, taps: ResampleTaps) -> ByteImage {
+    let c = channels
+    let inWidth = width
+    let k = taps.fixedPoint
+    let half = Int32(1) << (ResampleTaps.precisionBits - 1)
+    return pixels.withUnsafeBufferPointer { src in
+      k.withUnsafeBufferPointer { kk in
+        ByteImage(width: w, height: height, channels: c) { dst in
+          for y in 0..<height {
+            let row = src.baseAddress! + y * inWidth * c
+            let out = dst.baseAddress! + y * w * c
+            for x in 0..<w {
+              let first = taps.first[x]
+              let n = taps.count[x]
+              let weights = kk.baseAddress! + x * taps.width
+              for ch in 0..<c {
+                var sum = half
+                for i in 0..<n { sum &+= Int32(row[(first + i) * c + ch]) &* weights[i] }
+                out[x * c + ch] = Self.clip8(sum)
+              }
+            }
+          }
+        }
+      }
+    }
+  }
+
+  func resampledVertically(to h: Int, taps: ResampleTaps) -> ByteImage {
+    let rowLength = width * channels
+    let k = taps.fixedPoint
+    let half = Int32(1) << (ResampleTaps.precisionBits - 1)
+    var sums = [Int32](repeating: 0, count: rowLength)
+    return pixels.withUnsafeBufferPointer { src in
+      k.withUnsafeBufferPointer { kk in
+        sums.withUnsafeMutableBufferPointer { acc in
+          ByteImage(width: width, height: h, channels: channels) { dst in
+            for y in 0..<h {
+              acc.update(repeating: half)
+              let weights = kk.baseAddress! + y * taps.width
+              for i in 0..<taps.count[y] {
+                let row = src.baseAddress! + (taps.first[y] + i) * rowLength
+                let weight = weights[i]
+                for j in 0..<rowLength { acc[j] &+= Int32(row[j]) &* weight }
+              }
+              let out = dst.baseAddress! + y * rowLength
+              for j in 0..<rowLength { out[j] = Self.clip8(acc[j]) }
+            }
+          }
+        }
+      }
+    }
+  }
+
+  @inline(__always)
+  static func clip8(_ sum: Int32) -> UInt8 {
+    UInt8(min(max(sum >> ResampleTaps.precisionBits, 0), 255))
+  }
+
+  /// Pillow's RGBA → RGBa (and LA → La): colour × alpha / 255, rounded.
+  func premultiplied() -> ByteImage {
+    mappingColour { v, alpha in
+      let t = v * alpha + 128
+      return UInt8(((t >> 8) + t) >> 8)
+    }
+  }
+
+  /// Pillow's RGBa → RGBA: colour × 255 / alpha, truncated and clipped.
+  func unpremultiplied() -> ByteImage {
+    mappingColour { v, alpha in alpha == 0 || alpha == 255 ? UInt8(v) : UInt8(min(255 * v / alpha, 255)) }
+  }
+
+  /// Every colour sample replaced by `f(sample, alpha)`; the alpha channel (the last) kept.
+  func mappingColour(_ f: (Int, Int) -> UInt8) -> ByteImage {
+    let c = channels
+    return pixels.withUnsafeBufferPointer { src in
+      ByteImage(width: width, height: height, channels: c) { dst in
+        for p in 0..<(width * height) {
+          let alpha = Int(src[p * c + c - 1])
+          for k in 0..<(c - 1) { dst[p * c + k] = f(Int(src[p * c + k]), alpha) }
+          dst[p * c + c - 1] = UInt8(alpha)
+        }
+      }
+    }
+  }
+}
+
+extension Image where Pixel == Float {
+  /// Resized with Pillow's taps in floating point (as Pillow resizes mode "F" images), with no
+  /// rounding between the passes.
+  public func resized(width w: Int, height h: Int, interpolation: Interpolation) throws -> FloatImage {
+    try checkResize(w, h)
+    if interpolation == .nearest { return resizedNearest(width: w, height: h) }
+    var source = self
+    if w != width {
+      let taps = ResampleTaps(inSize: width, outSize: w, filter: interpolation)
+      let c = channels
+      let inWidth = width
+      let k = taps.weights.map { Float($0) }
+      source = pixels.withUnsafeBufferPointer { src in
+        k.withUnsafeBufferPointer { kk in
+          FloatImage(width: w, height: height, channels: c) { dst in
+            for y in 0..<height {
+              let row = src.baseAddress! + y * inWidth * c
+              let out = dst.baseAddress! + y * w * c
+              for x in 0..<w {
+                let weights = kk.baseAddress! + x * taps.width
+                let first = taps.first[x]
+                for ch in 0..<c {
+                  var sum: Float = 0
+                  for i in 0..<taps.count[x] { sum += row[(first + i) * c + ch] * weights[i] }
+                  out[x * c + ch] = sum
+                }
+              }
+            }
+          }
+        }
+      }
+    }
+    if h != height {
+      let taps = ResampleTaps(inSize: height, outSize: h, filter: interpolation)
+      let rowLength = source.width * channels
+      let k = taps.weights.map { Float($0) }
+      source = source.pixels.withUnsafeBufferPointer { src in
+        k.withUnsafeBufferPointer { kk in
+          FloatImage(width: source.width, height: h, channels: channels) { dst in
+            for y in 0..<h {
+              let out = dst.baseAddress! + y * rowLength
+              let weights = kk.baseAddress! + y * taps.width
+              for i in 0..<taps.count[y] {
+                let row = src.baseAddress! + (taps.first[y] + i) * rowLength
+                let weight = weights[i]
+                for j in 0..<rowLength { out[j] += row[j] * weight }
+              }
+            }
+          }
+        }
+      }
+    }
+    return source
+  }
+}

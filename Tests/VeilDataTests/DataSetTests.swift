@@ -1,0 +1,221 @@
+import Foundation
+import VeilTensor
+import VeilTestSupport
+import XCTest
+
+import VeilData
+
+final class DataSetTests: XCTestCase {
+  var root: URL!
+
+  override func setUpWithError() throws {
+    root = try PythonScript.temporaryDirectory("dataset")
+  }
+
+  override func tearDownWithError() throws {
+    try? FileManager.default.removeItem(at: root)
+  }
+
+  /// A w×h RGB PNG whose every sample is `value`.
+  @discardableResult
+  func png(_ path: String, value: UInt8, width: Int = 9, height: Int = 6) throws -> URL {
+    let url = root.appendingPathComponent(path)
+    try FileManager.default.createDirectory(at: url.deletingLastPathComponent(), withIntermediateDirectories: true)
+    let img = try ByteImage(
+      width: width, height: height, channels: 3, pixels: Array(repeating: value, count: width * height * 3))
+    try ImageCodec.writePNG(img, to: url)
+    return url
+  }
+
+  func testClassFoldersGiveSortedLabels() throws {
+    try png("set/zebra/a.png", value: 1)
+    try png("set/ant/deep/er/b.png", value: 2)
+    try png("set/ant/c.png", value: 3)
+    try Data("notes".utf8).write(to: root.appendingPathComponent("set/ant/readme.txt"))
+    let d = try DataSet.folder(root.appendingPathComponent("set"))
+    XCTAssertEqual(d.classNames, ["ant", "zebra"])
+    XCTAssertEqual(d.samples.map(\.label), [0, 0, 1])
+    XCTAssertEqual(d.classCounts, [2, 1])
+    XCTAssertEqual(try d.load(2).pixels.first, 1)
+    try png("set/loose.png", value: 4)
+    XCTAssertThrowsError(try DataSet.folder(root.appendingPathComponent("set"))) { error in
+      XCTAssertTrue("\(error)".contains("loose.png"), "\(error)")
+    }
+    try FileManager.default.createDirectory(
+      at: root.appendingPathComponent("empty/cls"), withIntermediateDirectories: true)
+    XCTAssertThrowsError(try DataSet.folder(root.appendingPathComponent("empty"))) { error in
+      XCTAssertTrue("\(error)".contains("no PNG or JPEG"), "\(error)")
+    }
+  }
+
+  func testFlatFolderWithALabelsFile() throws {
+    try png("val/img_2.png", value: 20)
+    try png("val/img_1.png", value: 10)
+    try png("val/img_3.png", value: 30)
+    let named = root.appendingPathComponent("named.txt")
+    try "img_1.png cat\nimg_3.png,dog\n\nimg_2.png cat\n".write(to: named, atomically: true, encoding: .utf8)
+    let d = try DataSet.flatFolder(root.appendingPathComponent("val"), labels: named)
+    XCTAssertEqual(d.classNames, ["cat", "dog"])
+    XCTAssertEqual(
+      d.samples.map { URL(fileURLWithPath: $0.name).lastPathComponent }, ["img_1.png", "img_3.png", "img_2.png"])
+    XCTAssertEqual(d.samples.map(\.label), [0, 1, 0])
+    // ImageNet's ground-truth style: one index per line, for the files in sorted order.
+    let bare = root.appendingPathComponent("bare.txt")
+    try "5\n0\n5\n".write(to: bare, atomically: true, encoding: .utf8)
+    let b = try DataSet.flatFolder(root.appendingPathComponent("val"), labels: bare)
+    XCTAssertEqual(b.classNames.count, 6)
+    XCTAssertEqual(try b.samples.indices.map { try b.load($0).pixels[0] }, [10, 20, 30])
+    XCTAssertEqual(b.samples.map(\.label), [5, 0, 5])
+    try "5\n0\n".write(to: bare, atomically: true, encoding: .utf8)
+    XCTAssertThrowsError(try DataSet.flatFolder(root.appendingPathComponent("val"), labels: bare)) { error in
+      XCTAssertTrue("\(error)".contains("bare.txt:2: 2 labels for 3 images"), "\(error)")
+    }
+    try "img_1.png cat\nimg_9.png dog\n".write(to: named, atomically: true, encoding: .utf8)
+    XCTAssertThrowsError(try DataSet.flatFolder(root.appendingPathComponent("val"), labels: named)) { error in
+      XCTAssertTrue("\(error)".contains("named.txt:2: no image 'img_9.png'"), "\(error)")
+    }
+  }
+
+  /// IDX files as MNIST ships them, plain and gzip-compressed.
+  func testIDXImagesAndLabels() throws {
+    let n = 5
+    var images: [UInt8] = [0, 0, 8, 3, 0, 0, 0, UInt8(n), 0, 0, 0, 4, 0, 0, 0, 3]
+    for i in 0..<n { images += (0..<12).map { UInt8(i * 12 + $0) } }
+    let labels: [UInt8] = [0, 0, 8, 1, 0, 0, 0, UInt8(n), 3, 1, 4, 1, 5]
+    let imgURL = root.appendingPathComponent("t10k-images-idx3-ubyte")
+    let lblURL = root.appendingPathComponent("t10k-labels-idx1-ubyte")
+    try Data(images).write(to: imgURL)
+    try Data(labels).write(to: lblURL)
+    let plain = try DataSet.idx(images: imgURL, labels: lblURL)
+    XCTAssertEqual(plain.samples.map(\.label), [3, 1, 4, 1, 5])
+    let third = try plain.load(2)
+    XCTAssertEqual([third.width, third.height, third.channels], [3, 4, 1])
+    XCTAssertEqual(third.pixels, (24..<36).map { UInt8($0) })
+    // gzip, as Debian's dataset-fashion-mnist ships them.
+    for url in [imgURL, lblURL] {
+      let p = Process()
+      p.executableURL = URL(fileURLWithPath: "/bin/gzip")
+      p.arguments = ["-k", url.path]
+      try p.run()
+      p.waitUntilExit()
+      XCTAssertEqual(p.terminationStatus, 0)
+    }
+    let gz = try DataSet.idx(
+      images: imgURL.appendingPathExtension("gz"), labels: lblURL.appendingPathExtension("gz"),
+      classNames: ["a", "b", "c", "d", "e", "f"])
+    XCTAssertEqual(try gz.load(4), try plain.load(4))
+    XCTAssertEqual(gz.classNames.count, 6)
+    try Data(images.dropLast(7)).write(to: imgURL)
+    XCTAssertThrowsError(try DataSet.idx(images: imgURL, labels: lblURL)) { error in
+      XCTAssertTrue("\(error)".contains("t10k-images-idx3-ubyte: IDX file, byte 69: truncated"), "\(error)")
+    }
+    XCTAssertThrowsError(try DataSet.idx(images: lblURL, labels: lblURL)) { error in
+      XCTAssertTrue("\(error)".contains("byte 0: magic number 0x00000801, expected 0x00000803"), "\(error)")
+    }
+  }
+
+  func testRandomCropsAreSeededAndSplitBySourcePhoto() throws {
+    for i in 0..<12 {
+      // Photos whose pixel (x, y) encodes x + 20·y, so a crop tells where it was cut.
+      let url = root.appendingPathComponent("photos/\(i % 3 == 0 ? "a" : "b")/p\(i).png")
+      try FileManager.default.createDirectory(at: url.deletingLastPathComponent(), withIntermediateDirectories: true)
+      let img = ByteImage(width: 20, height: 10, channels: 1, fill: { buf in for k in 0..<200 { buf[k] = UInt8(k) } })
+      try ImageCodec.writePNG(img, to: url)
+    }
+    let photos = try DataSet.folder(root.appendingPathComponent("photos"))
+    let crops = try photos.randomCrops(count: 4, width: 6, height: 5, seed: 11)
+    XCTAssertEqual(crops.samples.count, 48)
+    let again = try photos.randomCrops(count: 4, width: 6, height: 5, seed: 11)
+    var origins = Set<UInt8>()
+    for i in crops.samples.indices {
+      let c = try crops.load(i)
+      XCTAssertEqual(c, try again.load(i))
+      XCTAssertEqual([c.width, c.height], [6, 5])
+      XCTAssertLessThanOrEqual(Int(c[0, 0, 0]) % 20, 14)
+      origins.insert(c[0, 0, 0])
+    }
+    XCTAssertGreaterThan(origins.count, 10, "crops should land in many places")
+    let other = try photos.randomCrops(count: 4, width: 6, height: 5, seed: 12)
+    XCTAssertNotEqual(try (0..<8).map { try crops.load($0) }, try (0..<8).map { try other.load($0) })
+    let splits = crops.split(try SplitFractions(train: 0.5, validation: 0.25, test: 0.25), seed: 3)
+    var splitOfGroup: [Int: Split] = [:]
+    for (split, d) in splits {
+      for s in d.samples {
+        XCTAssertEqual(splitOfGroup[s.group] ?? split, split, "crops of photo \(s.group) in two splits")
+        splitOfGroup[s.group] = split
+      }
+    }
+    XCTAssertEqual(splits.values.map(\.samples.count).reduce(0, +), 48)
+    XCTAssertEqual(Set(splitOfGroup.values).count, 3)
+    let tooBig = try photos.randomCrops(count: 1, width: 30, height: 5, seed: 1)
+    XCTAssertThrowsError(try tooBig.load(0)) { error in
+      XCTAssertTrue("\(error)".contains("p0.png") && "\(error)".contains("smaller than the 30×5 crop"), "\(error)")
+    }
+  }
+
+  func testPrefetchingLoaderKeepsOrderBoundsItsBufferAndReportsErrors() throws {
+    for i in 0..<7 { try png("set/c\(i % 2)/\(i).png", value: UInt8(i * 10)) }
+    try Data("broken".utf8).write(to: root.appendingPathComponent("set/c1/zz_broken.png"))
+    let d = try DataSet.folder(root.appendingPathComponent("set"))
+    var lines: [String] = []
+    let bar = ProgressBar(total: 4, label: "test") { lines.append($0) }
+    let loader = PrefetchingLoader(count: 4, capacity: 2, progress: bar) { i in
+      try d.batches(size: 2, prefetch: 1, transform: { try $0.tensor() }).next().map { _ in i } ?? -1
+    }
+    Thread.sleep(forTimeInterval: 0.3)
+    XCTAssertLessThanOrEqual(loader.buffered, 2, "the producer may run at most `capacity` ahead")
+    var got: [Int] = []
+    while let i = try loader.next() { got.append(i) }
+    XCTAssertEqual(got, [0, 1, 2, 3])
+    // A loader dropped half-way is freed, and its producer stops instead of waiting forever.
+    let produced = Counter()
+    var early: PrefetchingLoader<Int>? = PrefetchingLoader(count: 1000, capacity: 2) { i in
+      produced.increment()
+      return i
+    }
+    XCTAssertEqual(try early?.next(), 0)
+    weak let dropped = early
+    early = nil
+    XCTAssertNil(dropped, "the producer thread must not keep the loader alive")
+    Thread.sleep(forTimeInterval: 0.2)
+    let stopped = produced.value
+    Thread.sleep(forTimeInterval: 0.2)
+    XCTAssertEqual(produced.value, stopped)
+    XCTAssertLessThanOrEqual(stopped, 5)
+    XCTAssertEqual(lines.last?.hasPrefix("test [########################] 4/4 100%"), true, lines.description)
+
+    let batches = try d.batches(size: 3, transform: { try $0.tensor() })
+    let first = try XCTUnwrap(try batches.next())
+    XCTAssertEqual(first.inputs.shape, [3, 3, 6, 9])
+    XCTAssertEqual(first.labels, d.samples[0..<3].map(\.label))
+    XCTAssertEqual(first.inputs.scalars[0], Float(try d.load(0).pixels[0]) / 255, accuracy: 1e-6)
+    _ = try batches.next()
+    // The third batch holds the broken file: its error names it.
+    XCTAssertThrowsError(try batches.next()) { error in
+      XCTAssertTrue("\(error)".contains("zz_broken.png"), "\(error)")
+    }
+    // Images of another size cannot share a batch: the error names the odd one.
+    try FileManager.default.removeItem(at: root.appendingPathComponent("set/c1/zz_broken.png"))
+    try png("set/c1/zz_wide.png", value: 1, width: 12)
+    let mixed = try DataSet.folder(root.appendingPathComponent("set")).batches(size: 8, transform: { try $0.tensor() })
+    XCTAssertThrowsError(try mixed.next()) { error in
+      XCTAssertTrue("\(error)".contains("zz_wide.png") && "\(error)".contains("[1, 3, 6, 12]"), "\(error)")
+    }
+  }
+}
+
+/// A thread-safe tally for the producer side of a loader.
+final class Counter: @unchecked Sendable {
+  private let lock = NSLock()
+  private var n = 0
+  func increment() {
+    lock.lock()
+    n += 1
+    lock.unlock()
+  }
+  var value: Int {
+    lock.lock()
+    defer { lock.unlock() }
+    return n
+  }
+}
