@@ -15,7 +15,11 @@ let package = Package(
     .library(name: "VeilGraph", targets: ["VeilGraph"]),
   ],
   dependencies: [
-    .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2")
+    .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),
+    // TEE: ECDSA, X25519, HKDF, AES-GCM; X.509 chains and CRLs for DCAP collateral.
+    .package(url: "https://github.com/apple/swift-crypto", from: "4.5.2"),
+    .package(url: "https://github.com/apple/swift-certificates", from: "1.21.1"),
+    .package(url: "https://github.com/apple/swift-asn1", from: "1.7.4"),
   ],
   targets: [
     // System libraries: oneDNN 2.6 from Debian's libdnnl-dev, plus a few C helpers that read
@@ -29,17 +33,27 @@ let package = Package(
     .target(name: "VeilGraph", dependencies: ["VeilTensor"], swiftSettings: kernelSwiftFlags),
     .target(name: "VeilFormats", dependencies: ["VeilTensor", "VeilGraph"]),
     .target(name: "VeilModels", dependencies: ["VeilTensor", "VeilGraph"]),
+    // Evidence, verification, the attested channel and sealing: independent of the engine.
+    .target(
+      name: "VeilTEE",
+      dependencies: [
+        .product(name: "Crypto", package: "swift-crypto"),
+        .product(name: "X509", package: "swift-certificates"),
+        .product(name: "SwiftASN1", package: "swift-asn1"),
+      ]
+    ),
     // Test-only: ONNX Runtime references and tolerances shared by the numerical test targets.
     // Never a dependency of `veil` or of a product.
     .target(name: "VeilTestSupport", dependencies: ["VeilTensor", "VeilGraph", "VeilFormats"]),
     .executableTarget(
       name: "veil",
       dependencies: [
-        "VeilTensor", "VeilGraph", "VeilFormats", "VeilModels",
+        "VeilTensor", "VeilGraph", "VeilFormats", "VeilModels", "VeilTEE",
         .product(name: "ArgumentParser", package: "swift-argument-parser"),
       ]
     ),
-    .testTarget(name: "VeilCLITests", dependencies: ["VeilFormats", "VeilTensor"]),
+    .testTarget(name: "VeilCLITests", dependencies: ["VeilFormats", "VeilTensor", "VeilTEE"]),
+    .testTarget(name: "VeilTEETests", dependencies: ["VeilTEE"]),
     .testTarget(name: "VeilTensorTests", dependencies: ["VeilTensor"]),
     .testTarget(name: "VeilGraphTests", dependencies: ["VeilGraph", "VeilFormats", "VeilTestSupport"]),
     .testTarget(name: "VeilFormatsTests", dependencies: ["VeilFormats", "VeilTestSupport"]),
