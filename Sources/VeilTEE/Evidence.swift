@@ -27,7 +27,6 @@ public struct SGXReportBody: Sendable, Equatable {
   }
 
   init(_ r: ByteReader, at base: Int, prefix: String = "") throws {
-    _ = try r.slice(prefix + "report body", at: base, count: Self.size)
     cpuSVN = try r.slice(prefix + "CPUSVN", at: base, count: 16)
     miscSelect = try r.u32(prefix + "MISCSELECT", at: base + 16)
     isvExtProdID = try r.slice(prefix + "ISVEXTPRODID", at: base + 32, count: 16)
