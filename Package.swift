@@ -50,9 +50,10 @@ let package = Package(
       dependencies: [
         "VeilTensor", "VeilGraph", "VeilFormats", "VeilModels", "VeilTEE",
         .product(name: "ArgumentParser", package: "swift-argument-parser"),
+        .product(name: "X509", package: "swift-certificates"),
       ]
     ),
-    .testTarget(name: "VeilCLITests", dependencies: ["VeilFormats", "VeilTensor", "VeilTEE"]),
+    .testTarget(name: "VeilCLITests", dependencies: ["VeilFormats", "VeilTensor"]),
     .testTarget(name: "VeilTEETests", dependencies: ["VeilTEE"]),
     .testTarget(name: "VeilTensorTests", dependencies: ["VeilTensor"]),
     .testTarget(name: "VeilGraphTests", dependencies: ["VeilGraph", "VeilFormats", "VeilTestSupport"]),

@@ -15,9 +15,9 @@ struct Veil: ParsableCommand {
     discussion: """
       Veil cuts a CNN in two: the head runs inside a trusted execution environment, the tail on
       an untrusted accelerator. These commands run and measure models on Veil's engine
-      (oneDNN on the CPU).
+      (oneDNN on the CPU), and check the TEE side: attestation evidence and the Gramine manifest.
       """,
-    subcommands: [Models.self, Inspect.self, Run.self, Bench.self, Export.self]
+    subcommands: [Models.self, Inspect.self, Run.self, Bench.self, Export.self, Attest.self, Enclave.self]
   )
 }
 

@@ -8,6 +8,8 @@ import VeilTensor
 final class CLITests: XCTestCase {
   /// The tool sits beside the test bundle in the build folder.
   static let veil: URL = {
+    // A build with another --scratch-path names its binary here.
+    if let path = ProcessInfo.processInfo.environment["VEIL_BINARY"] { return URL(fileURLWithPath: path) }
     var dir = Bundle(for: CLITests.self).bundleURL.deletingLastPathComponent()
     if !FileManager.default.fileExists(atPath: dir.appendingPathComponent("veil").path) {
       dir = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent()
