@@ -75,17 +75,11 @@ struct TCBInfo: Decodable {
     var advisoryIDs: [String]?
   }
   struct ModuleIdentity: Decodable {
-    struct Level: Decodable {
-      struct TCB: Decodable { var isvsvn: Int }
-      var tcb: TCB
-      var tcbStatus: String
-      var advisoryIDs: [String]?
-    }
     var id: String
     var mrsigner: String
     var attributes: String
     var attributesMask: String
-    var tcbLevels: [Level]
+    var tcbLevels: [ISVSVNLevel]
   }
   var id: String?
   var version: Int
@@ -97,14 +91,16 @@ struct TCBInfo: Decodable {
   var tdxModuleIdentities: [ModuleIdentity]?
 }
 
+/// A TCB level keyed by one ISVSVN, as the QE identity and the TDX module identities list them.
+struct ISVSVNLevel: Decodable {
+  struct TCB: Decodable { var isvsvn: Int }
+  var tcb: TCB
+  var tcbStatus: String
+  var advisoryIDs: [String]?
+}
+
 /// Intel QE identity (version 2): what a genuine quoting enclave looks like.
 struct QEIdentity: Decodable {
-  struct Level: Decodable {
-    struct TCB: Decodable { var isvsvn: Int }
-    var tcb: TCB
-    var tcbStatus: String
-    var advisoryIDs: [String]?
-  }
   var id: String
   var version: Int
   var issueDate: String
@@ -115,7 +111,7 @@ struct QEIdentity: Decodable {
   var attributesMask: String
   var mrsigner: String
   var isvprodid: Int
-  var tcbLevels: [Level]
+  var tcbLevels: [ISVSVNLevel]
 }
 
 /// Parses an ISO 8601 instant as Intel's collateral and the CLI write it.

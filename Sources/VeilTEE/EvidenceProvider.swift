@@ -22,6 +22,26 @@ private func checkReportData(_ reportData: [UInt8], mode: EvidenceMode) throws {
   }
 }
 
+/// The pseudo-file exchange both kernel-backed providers use: write the report data to one
+/// file, read the evidence back from another.
+private func exchange(_ reportData: [UInt8], write input: URL, read output: URL, mode: EvidenceMode) throws -> [UInt8] {
+  do {
+    try Data(reportData).write(to: input)
+  } catch {
+    throw TEEError.provider(mode: mode.rawValue, path: input.path, detail: "cannot write report data: \(error.localizedDescription)")
+  }
+  let evidence: Data
+  do {
+    evidence = try Data(contentsOf: output)
+  } catch {
+    throw TEEError.provider(mode: mode.rawValue, path: output.path, detail: "cannot read the evidence: \(error.localizedDescription)")
+  }
+  guard !evidence.isEmpty, evidence.count <= maxEvidenceBytes else {
+    throw TEEError.provider(mode: mode.rawValue, path: output.path, detail: "returned \(evidence.count) bytes, not evidence")
+  }
+  return Array(evidence)
+}
+
 /// Gramine's pseudo-files: write `user_report_data`, read `quote` (needs
 /// `sgx.remote_attestation = "dcap"` in the manifest).
 public struct GramineSGXProvider: EvidenceProvider {
@@ -39,23 +59,9 @@ public struct GramineSGXProvider: EvidenceProvider {
 
   public func evidence(reportData: [UInt8]) throws -> [UInt8] {
     try checkReportData(reportData, mode: mode)
-    let input = root.appendingPathComponent("user_report_data")
-    let output = root.appendingPathComponent("quote")
-    do {
-      try Data(reportData).write(to: input)
-    } catch {
-      throw TEEError.provider(mode: mode.rawValue, path: input.path, detail: "cannot write report data: \(error.localizedDescription)")
-    }
-    let quote: Data
-    do {
-      quote = try Data(contentsOf: output)
-    } catch {
-      throw TEEError.provider(mode: mode.rawValue, path: output.path, detail: "cannot read the quote: \(error.localizedDescription)")
-    }
-    guard !quote.isEmpty, quote.count <= maxEvidenceBytes else {
-      throw TEEError.provider(mode: mode.rawValue, path: output.path, detail: "returned \(quote.count) bytes, not a quote")
-    }
-    return Array(quote)
+    return try exchange(
+      reportData, write: root.appendingPathComponent("user_report_data"), read: root.appendingPathComponent("quote"),
+      mode: mode)
   }
 }
 
@@ -77,32 +83,15 @@ public struct ConfigfsTSMProvider: EvidenceProvider {
   public func evidence(reportData: [UInt8]) throws -> [UInt8] {
     try checkReportData(reportData, mode: mode)
     let entry = root.appendingPathComponent("veil-\(getpid())-\(UUID().uuidString.prefix(8))")
-    func fail(_ url: URL, _ what: String, _ error: Error) -> TEEError {
-      .provider(mode: mode.rawValue, path: url.path, detail: "\(what): \(error.localizedDescription)")
-    }
     do {
       try FileManager.default.createDirectory(at: entry, withIntermediateDirectories: false)
     } catch {
-      throw fail(entry, "cannot create a report entry", error)
+      throw TEEError.provider(
+        mode: mode.rawValue, path: entry.path, detail: "cannot create a report entry: \(error.localizedDescription)")
     }
     defer { try? FileManager.default.removeItem(at: entry) }
-    let inblob = entry.appendingPathComponent("inblob")
-    let outblob = entry.appendingPathComponent("outblob")
-    do {
-      try Data(reportData).write(to: inblob)
-    } catch {
-      throw fail(inblob, "cannot write report data", error)
-    }
-    let out: Data
-    do {
-      out = try Data(contentsOf: outblob)
-    } catch {
-      throw fail(outblob, "cannot read the report", error)
-    }
-    guard !out.isEmpty, out.count <= maxEvidenceBytes else {
-      throw TEEError.provider(mode: mode.rawValue, path: outblob.path, detail: "returned \(out.count) bytes, not evidence")
-    }
-    return Array(out)
+    return try exchange(
+      reportData, write: entry.appendingPathComponent("inblob"), read: entry.appendingPathComponent("outblob"), mode: mode)
   }
 }
 

@@ -25,6 +25,32 @@ public enum SealedHead {
   /// A fresh 256-bit head key.
   public static func newKey() -> SymmetricKey { SymmetricKey(size: .bits256) }
 
+  /// Gramine's SGX sealing keys: only an enclave with the same MRENCLAVE (or MRSIGNER) on the
+  /// same CPU reads the same 16 bytes.
+  public enum SealingIdentity: String, Sendable {
+    case mrEnclave = "_sgx_mrenclave"
+    case mrSigner = "_sgx_mrsigner"
+  }
+
+  /// A head key derived from Gramine's sealing key, for heads sealed to the enclave itself
+  /// (after the first key release) rather than to the model owner's key.
+  public static func gramineSealingKey(
+    _ identity: SealingIdentity, attestationRoot: URL = URL(fileURLWithPath: "/dev/attestation")
+  ) throws -> SymmetricKey {
+    let file = attestationRoot.appendingPathComponent("keys").appendingPathComponent(identity.rawValue)
+    guard let raw = FileManager.default.contents(atPath: file.path) else {
+      throw TEEError.provider(
+        mode: EvidenceMode.gramineSGX.rawValue, path: file.path,
+        detail: "no sealing key (not inside a Gramine SGX enclave; gramine-direct has no SGX keys)")
+    }
+    guard raw.count == 16 else {
+      throw TEEError.provider(
+        mode: EvidenceMode.gramineSGX.rawValue, path: file.path, detail: "expected a 16-byte key, found \(raw.count) bytes")
+    }
+    return HKDF<SHA256>.deriveKey(
+      inputKeyMaterial: SymmetricKey(data: raw), info: Array("veil head sealing v1".utf8), outputByteCount: 32)
+  }
+
   public static func seal(_ plaintext: [UInt8], key: SymmetricKey) throws -> [UInt8] {
     guard key.bitCount == 256 else {
       throw TEEError.invalidArgument(name: "head key", detail: "expected 256 bits, found \(key.bitCount)")

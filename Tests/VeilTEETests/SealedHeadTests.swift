@@ -31,6 +31,24 @@ final class SealedHeadTests: XCTestCase {
     XCTAssertThrowsError(try SealedHead.open(Array(sealed.prefix(20)), key: key)) { XCTAssertTrue("\($0)".contains("truncated"), "\($0)") }
   }
 
+  /// Gramine's sealing-key file, laid out as Gramine exposes it, gives a stable head key.
+  func testGramineSealingKey() throws {
+    let root = FileManager.default.temporaryDirectory.appendingPathComponent("veil-seal-\(UUID().uuidString)")
+    defer { try? FileManager.default.removeItem(at: root) }
+    XCTAssertThrowsError(try SealedHead.gramineSealingKey(.mrEnclave, attestationRoot: root)) {
+      XCTAssertTrue("\($0)".contains("no sealing key"), "\($0)")
+    }
+    try FileManager.default.createDirectory(at: root.appendingPathComponent("keys"), withIntermediateDirectories: true)
+    try Data(repeating: 3, count: 16).write(to: root.appendingPathComponent("keys/_sgx_mrenclave"))
+    try Data(repeating: 4, count: 15).write(to: root.appendingPathComponent("keys/_sgx_mrsigner"))
+    let k1 = try SealedHead.gramineSealingKey(.mrEnclave, attestationRoot: root)
+    let sealed = try SealedHead.seal(head, key: k1)
+    XCTAssertEqual(try SealedHead.open(sealed, key: try SealedHead.gramineSealingKey(.mrEnclave, attestationRoot: root)), head)
+    XCTAssertThrowsError(try SealedHead.gramineSealingKey(.mrSigner, attestationRoot: root)) {
+      XCTAssertTrue("\($0)".contains("16-byte"), "\($0)")
+    }
+  }
+
   /// The owner releases the key only to evidence that passes its policy and binds the
   /// requester's key and the owner's challenge.
   func testKeyReleaseFollowsThePolicy() throws {
