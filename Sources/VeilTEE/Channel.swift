@@ -146,7 +146,8 @@ public final class ClientHandshake {
     finished = true
     let server = try ServerHello(bytes)
     let transcript = transcriptHash(hello, server.header)
-    let verdict = verifier.verify(server.evidence, expectedReportData: transcript)
+    // The evidence answers this handshake's fresh nonce, so it was produced just now.
+    let verdict = verifier.verify(server.evidence, expectedReportData: transcript, evidenceTime: verifier.dcap.time)
     guard verdict.passed else {
       throw TEEError.channel(
         detail: "the enclave's evidence was refused: "

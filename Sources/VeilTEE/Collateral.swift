@@ -127,7 +127,7 @@ func utcDate(_ y: Int, _ mo: Int, _ d: Int, _ h: Int, _ mi: Int, _ s: Int) -> Da
   var c = DateComponents()
   (c.year, c.month, c.day, c.hour, c.minute, c.second) = (y, mo, d, h, mi, s)
   var cal = Calendar(identifier: .gregorian)
-  cal.timeZone = TimeZone(identifier: "UTC")!
+  cal.timeZone = TimeZone(secondsFromGMT: 0) ?? cal.timeZone
   return cal.date(from: c)
 }
 

@@ -111,7 +111,9 @@ public struct DCAPQuote: Sendable, Equatable {
   }
 
   public static let headerSize = 48
-  public static let intelQEVendorID: [UInt8] = [UInt8](hex: "939a7233f79c4ca9940a0db3957f0607")!
+  public static let intelQEVendorID: [UInt8] = [
+    0x93, 0x9a, 0x72, 0x33, 0xf7, 0x9c, 0x4c, 0xa9, 0x94, 0x0a, 0x0d, 0xb3, 0x95, 0x7f, 0x06, 0x07,
+  ]
 
   public var bytes: [UInt8]
   public var version: UInt16

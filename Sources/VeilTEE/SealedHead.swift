@@ -184,8 +184,10 @@ public struct KeyReleaser: Sendable {
     guard request.challenge == challenge else {
       throw TEEError.policy(key: "challenge", detail: "the request answers another challenge (a replay)")
     }
+    // The evidence answers the owner's fresh challenge, so it was produced just now.
     let verdict = verifier.verify(
-      request.evidence, expectedReportData: KeyRequest.reportData(recipientKey: request.recipientKey, challenge: challenge))
+      request.evidence, expectedReportData: KeyRequest.reportData(recipientKey: request.recipientKey, challenge: challenge),
+      evidenceTime: verifier.dcap.time)
     guard verdict.passed else {
       throw TEEError.policy(
         key: "(evidence)", detail: "key not released: " + verdict.failures.map { "\($0.name): \($0.detail)" }.joined(separator: "; "))
