@@ -50,6 +50,7 @@ let package = Package(
       dependencies: [
         "VeilTensor", "VeilGraph", "VeilFormats", "VeilModels", "VeilTEE",
         .product(name: "ArgumentParser", package: "swift-argument-parser"),
+        .product(name: "Crypto", package: "swift-crypto"),
         .product(name: "X509", package: "swift-certificates"),
       ]
     ),

@@ -204,3 +204,56 @@ public struct KeyReleaser: Sendable {
     return (Array(ephemeral.publicKey.rawRepresentation) + Array(box.nonce) + Array(box.ciphertext) + Array(box.tag), verdict)
   }
 }
+
+/// The key-release exchange as bytes, for any transport (`veil keys serve` uses TCP):
+///
+///     owner → enclave   challenge (32 bytes)
+///     enclave → owner   len (u32 BE) ‖ KeyRequest
+///     owner → enclave   status (0 released, 1 refused) ‖ len (u32 BE) ‖ wrapped key or reason (UTF-8)
+public enum KeyReleaseReply: Sendable, Equatable {
+  case released([UInt8])
+  case refused(String)
+
+  /// Reasons are short; a wrapped key is 92 bytes.
+  public static let maxPayload = 16 * 1024
+
+  public var bytes: [UInt8] {
+    switch self {
+    case .released(let w): return [0] + be32(UInt32(w.count)) + w
+    case .refused(let why):
+      let text = Array(why.utf8.prefix(Self.maxPayload))
+      return [1] + be32(UInt32(text.count)) + text
+    }
+  }
+
+  public init(_ bytes: [UInt8]) throws {
+    let r = ByteReader(bytes: bytes, structure: "key release reply")
+    let status = try r.slice("status", at: 0, count: 1)[0]
+    let len = Int(readBE(try r.slice("length", at: 1, count: 4)[...]))
+    guard len <= Self.maxPayload, bytes.count == 5 + len else {
+      throw TEEError.unexpectedValue(
+        structure: "key release reply", field: "length", offset: 1, expected: "\(bytes.count - 5) (≤ \(Self.maxPayload))",
+        found: "\(len)")
+    }
+    let payload = try r.slice("payload", at: 5, count: len)
+    switch status {
+    case 0: self = .released(payload)
+    case 1: self = .refused(String(decoding: payload, as: UTF8.self))
+    default:
+      throw TEEError.unexpectedValue(structure: "key release reply", field: "status", offset: 0, expected: "0 or 1", found: "\(status)")
+    }
+  }
+}
+
+extension KeyReleaser {
+  /// Answers one request: the reply to send, and the verdict when the evidence could be read.
+  public func answer(_ requestBytes: [UInt8], headKey: SymmetricKey, challenge: [UInt8]) -> (reply: KeyReleaseReply, verdict: Verdict?) {
+    do {
+      let request = try KeyRequest(requestBytes)
+      let (wrapped, verdict) = try release(headKey: headKey, to: request, challenge: challenge)
+      return (.released(wrapped), verdict)
+    } catch {
+      return (.refused("\(error)"), nil)
+    }
+  }
+}

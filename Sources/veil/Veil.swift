@@ -17,7 +17,7 @@ struct Veil: ParsableCommand {
       an untrusted accelerator. These commands run and measure models on Veil's engine
       (oneDNN on the CPU), and check the TEE side: attestation evidence and the Gramine manifest.
       """,
-    subcommands: [Models.self, Inspect.self, Run.self, Bench.self, Export.self, Attest.self, Enclave.self]
+    subcommands: [Models.self, Inspect.self, Run.self, Bench.self, Export.self, Attest.self, Enclave.self, Keys.self]
   )
 }
 

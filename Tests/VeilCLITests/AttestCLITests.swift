@@ -144,4 +144,59 @@ extension CLITests {
     XCTAssertNotEqual(bad.status, 0)
     XCTAssertTrue(bad.stderr.contains("--peak-memory"), bad.stderr)
   }
+
+  /// Starts `veil keys serve` for one request on a free loopback port; returns the process and port.
+  func startKeyServer(key: URL, policy: URL) throws -> (Process, Int) {
+    let p = Process()
+    p.executableURL = Self.veil
+    p.arguments = ["keys", "serve", "--key", key.path, "--policy", policy.path, "--port", "0", "--max-requests", "1"]
+    let err = Pipe()
+    p.standardError = err
+    try p.run()
+    var text = ""
+    let deadline = Date().addingTimeInterval(20)
+    while !text.contains("\n"), Date() < deadline {
+      text += String(decoding: err.fileHandleForReading.availableData, as: UTF8.self)
+    }
+    guard let port = text.split(separator: ":").last.flatMap({ Int($0.trimmingCharacters(in: .whitespacesAndNewlines)) }) else {
+      p.terminate()
+      struct NoPort: Error, CustomStringConvertible { var description: String }
+      throw NoPort(description: "the key server did not say where it listens: \(text)")
+    }
+    return (p, port)
+  }
+
+  /// The owner seals a head and serves its key; the enclave side fetches it with simulated
+  /// evidence only when the owner's policy allows simulation.
+  func testKeysSealServeFetch() throws {
+    let head = temp("head.onnx")
+    let sealed = temp("head.sealed")
+    let key = temp("head.key")
+    let opened = temp("opened.onnx")
+    let lenient = temp("lenient.json")
+    let strict = temp("strict.json")
+    let content = Data((0..<4096).map { UInt8(truncatingIfNeeded: $0 &* 13) })
+    try content.write(to: head)
+    try Data(#"{"allow_simulation": true, "allow_debug": true}"#.utf8).write(to: lenient)
+    try Data("{}".utf8).write(to: strict)
+    defer { for f in [head, sealed, key, opened, lenient, strict] { try? FileManager.default.removeItem(at: f) } }
+
+    let s = try veil(["keys", "seal", "--head", head.path, "--out", sealed.path, "--key-out", key.path])
+    XCTAssertEqual(s.status, 0, s.stderr)
+    XCTAssertNotEqual(try Data(contentsOf: sealed).prefix(100), content.prefix(100))
+
+    var (server, port) = try startKeyServer(key: key, policy: lenient)
+    let ok = try veil(["keys", "fetch", "--server", "127.0.0.1:\(port)", "--sealed", sealed.path, "--out", opened.path, "--simulate"])
+    server.waitUntilExit()
+    XCTAssertEqual(ok.status, 0, ok.stderr)
+    XCTAssertTrue(ok.stderr.contains("SIMULATED"), ok.stderr)
+    XCTAssertEqual(try Data(contentsOf: opened), content)
+
+    (server, port) = try startKeyServer(key: key, policy: strict)
+    let refused = try veil(["keys", "fetch", "--server", "127.0.0.1:\(port)", "--sealed", sealed.path, "--out", opened.path + ".2", "--simulate"])
+    server.waitUntilExit()
+    XCTAssertNotEqual(refused.status, 0)
+    XCTAssertTrue(refused.stderr.contains("the key server refused") && refused.stderr.contains("policy: simulation"), refused.stderr)
+    XCTAssertFalse(FileManager.default.fileExists(atPath: opened.path + ".2"))
+  }
 }
