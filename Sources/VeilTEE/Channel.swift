@@ -72,7 +72,9 @@ public struct ServerHello: Sendable, Equatable {
     try expectHeader(r, type: 2)
     publicKey = try r.slice("X25519 key", at: 2, count: 32)
     let len = Int(readBE(try r.slice("evidence length", at: 34, count: 4)[...]))
-    guard len <= maxEvidenceBytes else { throw TEEError.oversized(structure: "ServerHello evidence", size: len, limit: maxEvidenceBytes) }
+    guard len <= maxEvidenceBytes else {
+      throw TEEError.oversized(structure: "ServerHello evidence", size: len, limit: maxEvidenceBytes)
+    }
     evidence = try r.slice("evidence", at: 38, count: len)
     guard bytes.count == 38 + len else {
       throw TEEError.unexpectedValue(
@@ -88,7 +90,8 @@ private func expectHeader(_ r: ByteReader, type: UInt8) throws {
       structure: r.structure, field: "version", offset: 0, expected: "\(ChannelProtocol.version)", found: "\(head[0])")
   }
   guard head[1] == type else {
-    throw TEEError.unexpectedValue(structure: r.structure, field: "type", offset: 1, expected: "\(type)", found: "\(head[1])")
+    throw TEEError.unexpectedValue(
+      structure: r.structure, field: "type", offset: 1, expected: "\(type)", found: "\(head[1])")
   }
 }
 
@@ -255,7 +258,8 @@ public final class SecureSession {
   private func sealRecord(type: UInt8, _ plaintext: [UInt8]) throws -> [UInt8] {
     if let closedReason { throw TEEError.channel(detail: "session already closed (\(closedReason))") }
     guard plaintext.count <= ChannelProtocol.maxRecordPlaintext else {
-      throw TEEError.oversized(structure: "record plaintext", size: plaintext.count, limit: ChannelProtocol.maxRecordPlaintext)
+      throw TEEError.oversized(
+        structure: "record plaintext", size: plaintext.count, limit: ChannelProtocol.maxRecordPlaintext)
     }
     guard send.sequence < UInt64.max else { throw fail("sequence numbers exhausted; start a new session") }
     send.advance(interval: rekeyInterval)
@@ -284,7 +288,9 @@ public final class SecureSession {
       throw fail("record byte 10: length \(length) outside 16...\(ChannelProtocol.maxRecordPlaintext + 16)")
     }
     guard record.count == ChannelProtocol.recordHeaderSize + length else {
-      throw fail("record length \(length) but \(record.count - ChannelProtocol.recordHeaderSize) bytes follow the header (truncated or padded)")
+      throw fail(
+        "record length \(length) but \(record.count - ChannelProtocol.recordHeaderSize) bytes follow the header (truncated or padded)"
+      )
     }
     guard sequence == receive.sequence else {
       let what = sequence < receive.sequence ? "replayed" : "out of order (a record was dropped or reordered)"

@@ -53,7 +53,11 @@ public struct DCAPVerifier: Sendable {
       let sig = try? P256.Signing.ECDSASignature(rawRepresentation: sd.signature)
     {
       let ok = key.isValidSignature(sig, for: SHA256.hash(data: quote.bytes[0..<quote.signedLength]))
-      v.check("quote signature", ok, ok ? "ECDSA P-256 over bytes 0..<\(quote.signedLength) by the attestation key" : "the attestation key's signature over bytes 0..<\(quote.signedLength) does not verify")
+      v.check(
+        "quote signature", ok,
+        ok
+          ? "ECDSA P-256 over bytes 0..<\(quote.signedLength) by the attestation key"
+          : "the attestation key's signature over bytes 0..<\(quote.signedLength) does not verify")
     } else {
       v.check("quote signature", false, "attestation key or signature is not a valid P-256 value")
     }
@@ -66,11 +70,14 @@ public struct DCAPVerifier: Sendable {
       "QE report data binding", bound,
       bound
         ? "QE REPORTDATA = SHA-256(attestation key ‖ QE auth data)"
-        : "QE REPORTDATA[0..32] = \(Array(rd[0..<32]).hex), expected SHA-256(attestation key ‖ QE auth data) = \(binding.hex)")
+        : "QE REPORTDATA[0..32] = \(Array(rd[0..<32]).hex), expected SHA-256(attestation key ‖ QE auth data) = \(binding.hex)"
+    )
 
     // 3. The PCK chain up to the pinned root, with the CRLs.
     guard sd.certificationDataType == 5 else {
-      v.check("PCK certificate chain", false, "certification data type \(sd.certificationDataType); only 5 (PCK chain, PEM) is supported")
+      v.check(
+        "PCK certificate chain", false,
+        "certification data type \(sd.certificationDataType); only 5 (PCK chain, PEM) is supported")
       return
     }
     let pem = String(decoding: sd.certificationData.prefix { $0 != 0 }, as: UTF8.self)
@@ -93,7 +100,9 @@ public struct DCAPVerifier: Sendable {
     let problems = chainProblems(chain, name: "PCK chain", root: root, at: time, crls: crls)
     v.check(
       "PCK certificate chain", problems.isEmpty,
-      problems.isEmpty ? "\(chain.count) certificates up to the pinned Intel SGX Root CA, valid and not revoked at \(iso(time))" : problems.joined(separator: "; "))
+      problems.isEmpty
+        ? "\(chain.count) certificates up to the pinned Intel SGX Root CA, valid and not revoked at \(iso(time))"
+        : problems.joined(separator: "; "))
 
     // 4. The QE report signed by the PCK leaf.
     let leaf = chain[0]
@@ -101,14 +110,17 @@ public struct DCAPVerifier: Sendable {
       let sig = try? P256.Signing.ECDSASignature(rawRepresentation: sd.qeReportSignature)
     {
       let ok = key.isValidSignature(sig, for: SHA256.hash(data: sd.qeReportBytes))
-      v.check("QE report signature", ok, ok ? "signed by the PCK leaf" : "the PCK leaf's signature over the QE report does not verify")
+      v.check(
+        "QE report signature", ok,
+        ok ? "signed by the PCK leaf" : "the PCK leaf's signature over the QE report does not verify")
     } else {
       v.check("QE report signature", false, "PCK leaf key is not P-256 or the signature is malformed")
     }
 
     // 5. TCB status from the collateral.
     guard let collateral else {
-      v.check("collateral", false, "no collateral: CRLs, TCB info and QE identity cannot be checked (pass --collateral)")
+      v.check(
+        "collateral", false, "no collateral: CRLs, TCB info and QE identity cannot be checked (pass --collateral)")
       return
     }
     evaluateTCB(quote, isTDX: isTDX, leaf: leaf, collateral: collateral, crls: crls, into: &v)
@@ -138,7 +150,10 @@ public struct DCAPVerifier: Sendable {
       }
       var failures = problems
       if !ok { failures.append("the signature over the \(name) JSON does not verify with '\(chain[0].subject)'") }
-      v.check("\(name) signature", failures.isEmpty, failures.isEmpty ? "signed by '\(chain[0].subject)', chain to the pinned root" : failures.joined(separator: "; "))
+      v.check(
+        "\(name) signature", failures.isEmpty,
+        failures.isEmpty
+          ? "signed by '\(chain[0].subject)', chain to the pinned root" : failures.joined(separator: "; "))
     } catch {
       v.check("\(name) signature", false, "\(error)")
     }
@@ -146,7 +161,8 @@ public struct DCAPVerifier: Sendable {
       let ok = time >= from && time <= to
       v.check("\(name) validity", ok, "\(issueDate) .. \(nextUpdate)\(ok ? "" : ": does not contain \(iso(time))")")
     } else {
-      v.check("\(name) validity", false, "issueDate '\(issueDate)' or nextUpdate '\(nextUpdate)' is not an ISO 8601 instant")
+      v.check(
+        "\(name) validity", false, "issueDate '\(issueDate)' or nextUpdate '\(nextUpdate)' is not an ISO 8601 instant")
     }
   }
 
@@ -181,7 +197,8 @@ public struct DCAPVerifier: Sendable {
     let idOK = (tcbInfo.id ?? "SGX") == expectedID
     v.check(
       "TCB info matches the platform", fmspcOK && idOK,
-      "TCB info id \(tcbInfo.id ?? "SGX") (expected \(expectedID)), FMSPC \(tcbInfo.fmspc) (PCK certificate: \(pck.fmspc.hex)), PCE id \(tcbInfo.pceId) (PCK: \(pck.pceID.hex))")
+      "TCB info id \(tcbInfo.id ?? "SGX") (expected \(expectedID)), FMSPC \(tcbInfo.fmspc) (PCK certificate: \(pck.fmspc.hex)), PCE id \(tcbInfo.pceId) (PCK: \(pck.pceID.hex))"
+    )
 
     // The quoting enclave is Intel's, at a known TCB level.
     let qe = quote.signatureData.qeReport
@@ -197,7 +214,10 @@ public struct DCAPVerifier: Sendable {
     if let mask = UInt32(qeIdentity.miscselectMask, radix: 16), let want = UInt32(qeIdentity.miscselect, radix: 16) {
       // The JSON writes MISCSELECT big-endian; the report holds it as a little-endian integer.
       if qe.miscSelect & mask != want & mask {
-        qeFailures.append(String(format: "QE MISCSELECT 0x%08x under mask %@ differs from %@", qe.miscSelect, qeIdentity.miscselectMask, qeIdentity.miscselect))
+        qeFailures.append(
+          String(
+            format: "QE MISCSELECT 0x%08x under mask %@ differs from %@", qe.miscSelect, qeIdentity.miscselectMask,
+            qeIdentity.miscselect))
       }
     } else {
       qeFailures.append("QE identity miscselect is not hex")
@@ -206,7 +226,8 @@ public struct DCAPVerifier: Sendable {
       mask.count == 16, want.count == 16
     {
       if zip(qe.attributes, mask).map({ $0 & $1 }) != zip(want, mask).map({ $0 & $1 }) {
-        qeFailures.append("QE ATTRIBUTES \(qe.attributes.hex) under mask differ from \(qeIdentity.attributes.lowercased())")
+        qeFailures.append(
+          "QE ATTRIBUTES \(qe.attributes.hex) under mask differ from \(qeIdentity.attributes.lowercased())")
       }
     } else {
       qeFailures.append("QE identity attributes are not 16 hex bytes")
@@ -215,7 +236,9 @@ public struct DCAPVerifier: Sendable {
     if qeLevel == nil { qeFailures.append("QE ISVSVN \(qe.isvSVN) is below every level of the QE identity") }
     v.check(
       "QE identity", qeFailures.isEmpty,
-      qeFailures.isEmpty ? "Intel's \(expectedQEID), ISVSVN \(qe.isvSVN): \(qeLevel?.tcbStatus ?? "?")" : qeFailures.joined(separator: "; "))
+      qeFailures.isEmpty
+        ? "Intel's \(expectedQEID), ISVSVN \(qe.isvSVN): \(qeLevel?.tcbStatus ?? "?")"
+        : qeFailures.joined(separator: "; "))
 
     // The platform's TCB level: the first level whose every component the platform meets.
     var teeTCBSVN: [UInt8] = []
@@ -252,11 +275,13 @@ public struct DCAPVerifier: Sendable {
       advisories = lowest.advisoryIDs ?? []
       v.check(
         "platform TCB level", true,
-        "\(status): CPUSVN components \(pck.cpuSVNComponents), PCESVN \(pck.pceSVN)\(isTDX ? ", TEE_TCB_SVN \(teeTCBSVN.hex)" : "") are below every TCB level; the lowest (TCB date \(lowest.tcbDate)) is \(lowest.tcbStatus)")
+        "\(status): CPUSVN components \(pck.cpuSVNComponents), PCESVN \(pck.pceSVN)\(isTDX ? ", TEE_TCB_SVN \(teeTCBSVN.hex)" : "") are below every TCB level; the lowest (TCB date \(lowest.tcbDate)) is \(lowest.tcbStatus)"
+      )
     } else {
       v.check(
         "platform TCB level", false,
-        "CPUSVN components \(pck.cpuSVNComponents), PCESVN \(pck.pceSVN)\(isTDX ? ", TEE_TCB_SVN \(teeTCBSVN.hex)" : "") are below every TCB level of the collateral (TCB not supported)")
+        "CPUSVN components \(pck.cpuSVNComponents), PCESVN \(pck.pceSVN)\(isTDX ? ", TEE_TCB_SVN \(teeTCBSVN.hex)" : "") are below every TCB level of the collateral (TCB not supported)"
+      )
       return
     }
 
@@ -272,7 +297,8 @@ public struct DCAPVerifier: Sendable {
         if let mask = [UInt8](hex: identity.attributesMask), let want = [UInt8](hex: identity.attributes),
           zip(tdBody.seamAttributes, mask).map({ $0 & $1 }) != zip(want, mask).map({ $0 & $1 })
         {
-          failures.append("SEAM attributes \(tdBody.seamAttributes.hex) differ from \(identity.attributes.lowercased())")
+          failures.append(
+            "SEAM attributes \(tdBody.seamAttributes.hex) differ from \(identity.attributes.lowercased())")
         }
         let level = identity.tcbLevels.first { $0.tcb.isvsvn <= Int(teeTCBSVN[0]) }
         if let level {
@@ -283,7 +309,8 @@ public struct DCAPVerifier: Sendable {
         }
         v.check(
           "TDX module identity", failures.isEmpty,
-          failures.isEmpty ? "\(wanted), SVN \(teeTCBSVN[0]): \(moduleStatus ?? "?")" : failures.joined(separator: "; "))
+          failures.isEmpty ? "\(wanted), SVN \(teeTCBSVN[0]): \(moduleStatus ?? "?")" : failures.joined(separator: "; ")
+        )
       } else {
         v.check("TDX module identity", false, "the TCB info has no module identity \(wanted)")
       }

@@ -182,7 +182,8 @@ public struct DCAPQuote: Sendable, Equatable {
       }
       guard size == want else {
         throw TEEError.unexpectedValue(
-          structure: name, field: "body size", offset: 50, expected: "\(want) for body type \(bodyType)", found: "\(size)")
+          structure: name, field: "body size", offset: 50, expected: "\(want) for body type \(bodyType)",
+          found: "\(size)")
       }
       bodyOffset = 54
     }

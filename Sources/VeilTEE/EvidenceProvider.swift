@@ -18,7 +18,8 @@ public protocol EvidenceProvider: Sendable {
 
 private func checkReportData(_ reportData: [UInt8], mode: EvidenceMode) throws {
   guard reportData.count == 64 else {
-    throw TEEError.invalidArgument(name: "report data for \(mode.rawValue)", detail: "expected 64 bytes, found \(reportData.count)")
+    throw TEEError.invalidArgument(
+      name: "report data for \(mode.rawValue)", detail: "expected 64 bytes, found \(reportData.count)")
   }
 }
 
@@ -28,16 +29,19 @@ private func exchange(_ reportData: [UInt8], write input: URL, read output: URL,
   do {
     try Data(reportData).write(to: input)
   } catch {
-    throw TEEError.provider(mode: mode.rawValue, path: input.path, detail: "cannot write report data: \(error.localizedDescription)")
+    throw TEEError.provider(
+      mode: mode.rawValue, path: input.path, detail: "cannot write report data: \(error.localizedDescription)")
   }
   let evidence: Data
   do {
     evidence = try Data(contentsOf: output)
   } catch {
-    throw TEEError.provider(mode: mode.rawValue, path: output.path, detail: "cannot read the evidence: \(error.localizedDescription)")
+    throw TEEError.provider(
+      mode: mode.rawValue, path: output.path, detail: "cannot read the evidence: \(error.localizedDescription)")
   }
   guard !evidence.isEmpty, evidence.count <= maxEvidenceBytes else {
-    throw TEEError.provider(mode: mode.rawValue, path: output.path, detail: "returned \(evidence.count) bytes, not evidence")
+    throw TEEError.provider(
+      mode: mode.rawValue, path: output.path, detail: "returned \(evidence.count) bytes, not evidence")
   }
   return Array(evidence)
 }
@@ -91,7 +95,8 @@ public struct ConfigfsTSMProvider: EvidenceProvider {
     }
     defer { try? FileManager.default.removeItem(at: entry) }
     return try exchange(
-      reportData, write: entry.appendingPathComponent("inblob"), read: entry.appendingPathComponent("outblob"), mode: mode)
+      reportData, write: entry.appendingPathComponent("inblob"), read: entry.appendingPathComponent("outblob"),
+      mode: mode)
   }
 }
 
@@ -122,7 +127,8 @@ public func detectEvidenceProvider(
   if mode == nil, let name = environment["VEIL_EVIDENCE_MODE"] {
     guard let m = EvidenceMode(rawValue: name) else {
       throw TEEError.invalidArgument(
-        name: "VEIL_EVIDENCE_MODE", detail: "'\(name)' is not one of \(EvidenceMode.allCases.map(\.rawValue).joined(separator: ", "))")
+        name: "VEIL_EVIDENCE_MODE",
+        detail: "'\(name)' is not one of \(EvidenceMode.allCases.map(\.rawValue).joined(separator: ", "))")
     }
     mode = m
   }
@@ -131,7 +137,8 @@ public func detectEvidenceProvider(
   case .configfsTSM: return tsm
   case .simulated:
     guard let simulation else {
-      throw TEEError.provider(mode: "simulated", path: "-", detail: "simulation requested but no simulated enclave was configured")
+      throw TEEError.provider(
+        mode: "simulated", path: "-", detail: "simulation requested but no simulated enclave was configured")
     }
     return SimulatedProvider(enclave: simulation)
   case nil:
@@ -139,7 +146,8 @@ public func detectEvidenceProvider(
     if tsm.isAvailable { return tsm }
     guard let simulation else {
       throw TEEError.provider(
-        mode: "detect", path: "\(gramine.root.path), \(tsm.root.path)", detail: "no TEE found and simulation not configured")
+        mode: "detect", path: "\(gramine.root.path), \(tsm.root.path)",
+        detail: "no TEE found and simulation not configured")
     }
     return SimulatedProvider(enclave: simulation)
   }

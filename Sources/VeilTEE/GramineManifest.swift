@@ -22,9 +22,12 @@ public struct GramineManifest: Sendable {
   /// The LibOS, its heap bookkeeping and thread stacks.
   public static let libOSBytes = 128 << 20
 
-  public init(binary: String, libraries: [String], head: String, peakMemory: Int, kernelThreads: Int, fileBytes: Int) throws {
+  public init(binary: String, libraries: [String], head: String, peakMemory: Int, kernelThreads: Int, fileBytes: Int)
+    throws
+  {
     guard peakMemory > 0 else {
-      throw TEEError.invalidArgument(name: "--peak-memory", detail: "expected a positive number of bytes, found \(peakMemory)")
+      throw TEEError.invalidArgument(
+        name: "--peak-memory", detail: "expected a positive number of bytes, found \(peakMemory)")
     }
     guard (1...1024).contains(kernelThreads) else {
       throw TEEError.invalidArgument(name: "--threads", detail: "expected 1...1024, found \(kernelThreads)")

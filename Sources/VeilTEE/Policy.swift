@@ -69,7 +69,8 @@ public struct Policy: Sendable, Equatable {
     let file: File
     do {
       for key in try JSONDecoder().decode(KeyList.self, from: json).keys.sorted() where !Self.keys.contains(key) {
-        throw TEEError.policy(key: key, detail: "unknown key; the keys are \(Self.keys.sorted().joined(separator: ", "))")
+        throw TEEError.policy(
+          key: key, detail: "unknown key; the keys are \(Self.keys.sorted().joined(separator: ", "))")
       }
       file = try JSONDecoder().decode(File.self, from: json)
     } catch let e as TEEError {
@@ -105,13 +106,15 @@ public struct Policy: Sendable, Equatable {
     if let list = file.accepted_tcb_statuses {
       for s in list where !Self.tcbStatuses.contains(s) {
         throw TEEError.policy(
-          key: "accepted_tcb_statuses", detail: "unknown TCB status '\(s)'; known: \(Self.tcbStatuses.joined(separator: ", "))")
+          key: "accepted_tcb_statuses",
+          detail: "unknown TCB status '\(s)'; known: \(Self.tcbStatuses.joined(separator: ", "))")
       }
       acceptedTCBStatuses = list
     }
     if let n = file.max_evidence_age_seconds {
       guard n > 0 else {
-        throw TEEError.policy(key: "max_evidence_age_seconds", detail: "expected a positive number of seconds, found \(n)")
+        throw TEEError.policy(
+          key: "max_evidence_age_seconds", detail: "expected a positive number of seconds, found \(n)")
       }
       maxEvidenceAgeSeconds = n
     }
@@ -133,13 +136,18 @@ public struct Policy: Sendable, Equatable {
     let debug = evidence.isDebug
     v.check(
       "policy: debug", !debug || allowDebug,
-      debug ? (allowDebug ? "debug enclave accepted by the policy" : "the enclave is debuggable (its memory is readable by the host); refused") : "not a debug enclave")
+      debug
+        ? (allowDebug
+          ? "debug enclave accepted by the policy"
+          : "the enclave is debuggable (its memory is readable by the host); refused") : "not a debug enclave")
     if !evidence.isSimulated {
       if let status = v.tcbStatus {
         let ok = acceptedTCBStatuses.contains(status)
         v.check(
           "policy: TCB status", ok,
-          ok ? "\(status) is accepted" : "\(status) is not among the accepted statuses \(acceptedTCBStatuses.joined(separator: ", "))")
+          ok
+            ? "\(status) is accepted"
+            : "\(status) is not among the accepted statuses \(acceptedTCBStatuses.joined(separator: ", "))")
       } else {
         v.check("policy: TCB status", false, "no TCB status could be established")
       }
@@ -177,7 +185,8 @@ public struct Policy: Sendable, Equatable {
     if let minISVSVN {
       pinned.append("ISVSVN")
       if (sgx?.isvSVN ?? 0) < minISVSVN || sgx == nil {
-        mismatches.append("ISVSVN is \(sgx.map { "\($0.isvSVN)" } ?? "absent"), the policy requires at least \(minISVSVN)")
+        mismatches.append(
+          "ISVSVN is \(sgx.map { "\($0.isvSVN)" } ?? "absent"), the policy requires at least \(minISVSVN)")
       }
     }
     compare("MRTD", mrTD, td?.mrTD)
@@ -189,7 +198,9 @@ public struct Policy: Sendable, Equatable {
       "policy: measurement", mismatches.isEmpty,
       !mismatches.isEmpty
         ? mismatches.joined(separator: "; ")
-        : pinned.isEmpty ? "not pinned by the policy: any enclave with genuine evidence is accepted" : "\(pinned.joined(separator: ", ")) as the policy expects")
+        : pinned.isEmpty
+          ? "not pinned by the policy: any enclave with genuine evidence is accepted"
+          : "\(pinned.joined(separator: ", ")) as the policy expects")
     if let maxAge = maxEvidenceAgeSeconds {
       if let evidenceTime {
         let age = now.timeIntervalSince(evidenceTime)
@@ -197,7 +208,9 @@ public struct Policy: Sendable, Equatable {
           "policy: evidence age", age <= maxAge && age >= -60,
           "evidence produced \(Int(age)) s before the verification time; the policy allows \(Int(maxAge)) s")
       } else {
-        v.check("policy: evidence age", false, "the policy limits evidence age to \(Int(maxAge)) s but the evidence's production time is unknown")
+        v.check(
+          "policy: evidence age", false,
+          "the policy limits evidence age to \(Int(maxAge)) s but the evidence's production time is unknown")
       }
     }
   }

@@ -45,7 +45,8 @@ public enum SealedHead {
     }
     guard raw.count == 16 else {
       throw TEEError.provider(
-        mode: EvidenceMode.gramineSGX.rawValue, path: file.path, detail: "expected a 16-byte key, found \(raw.count) bytes")
+        mode: EvidenceMode.gramineSGX.rawValue, path: file.path,
+        detail: "expected a 16-byte key, found \(raw.count) bytes")
     }
     return HKDF<SHA256>.deriveKey(
       inputKeyMaterial: SymmetricKey(data: raw), info: Array("veil head sealing v1".utf8), outputByteCount: 32)
@@ -56,7 +57,8 @@ public enum SealedHead {
       throw TEEError.invalidArgument(name: "head key", detail: "expected 256 bits, found \(key.bitCount)")
     }
     let nonce = AES.GCM.Nonce()
-    let header = magic + le16(1) + le16(1) + keyID(key) + Array(nonce) + le32(UInt32(plaintext.count & 0xffff_ffff))
+    let header =
+      magic + le16(1) + le16(1) + keyID(key) + Array(nonce) + le32(UInt32(plaintext.count & 0xffff_ffff))
       + le32(UInt32(plaintext.count >> 32))
     let box = try AES.GCM.seal(plaintext, using: key, nonce: nonce, authenticating: header)
     return header + Array(box.ciphertext) + Array(box.tag)
@@ -70,7 +72,9 @@ public enum SealedHead {
     let version = try r.u16("version", at: 8)
     guard version == 1 else { throw TEEError.sealed(offset: 8, detail: "version \(version), expected 1") }
     let algorithm = try r.u16("algorithm", at: 10)
-    guard algorithm == 1 else { throw TEEError.sealed(offset: 10, detail: "algorithm \(algorithm), expected 1 (AES-256-GCM)") }
+    guard algorithm == 1 else {
+      throw TEEError.sealed(offset: 10, detail: "algorithm \(algorithm), expected 1 (AES-256-GCM)")
+    }
     guard try r.slice("key id", at: 12, count: 32) == keyID(key) else {
       throw TEEError.sealed(offset: 12, detail: "sealed under another key (key id differs)")
     }
@@ -78,7 +82,8 @@ public enum SealedHead {
     let length = try r.u64("plaintext length", at: 56)
     guard length <= UInt64(maxPlaintext), sealed.count == headerSize + Int(length) + 16 else {
       throw TEEError.sealed(
-        offset: 56, detail: "plaintext length \(length) does not match the \(sealed.count) bytes of the file (truncated or padded)")
+        offset: 56,
+        detail: "plaintext length \(length) does not match the \(sealed.count) bytes of the file (truncated or padded)")
     }
     do {
       let box = try AES.GCM.SealedBox(
@@ -118,21 +123,24 @@ public struct KeyRequest: Sendable, Equatable {
     let r = ByteReader(bytes: bytes, structure: "key request")
     let v = try r.slice("version", at: 0, count: 1)[0]
     guard v == 1 else {
-      throw TEEError.unexpectedValue(structure: "key request", field: "version", offset: 0, expected: "1", found: "\(v)")
+      throw TEEError.unexpectedValue(
+        structure: "key request", field: "version", offset: 0, expected: "1", found: "\(v)")
     }
     recipientKey = try r.slice("recipient key", at: 1, count: 32)
     challenge = try r.slice("challenge", at: 33, count: 32)
     let len = Int(readBE(try r.slice("evidence length", at: 65, count: 4)[...]))
     guard len <= maxEvidenceBytes, bytes.count == 69 + len else {
       throw TEEError.unexpectedValue(
-        structure: "key request", field: "evidence length", offset: 65, expected: "\(bytes.count - 69) (the rest)", found: "\(len)")
+        structure: "key request", field: "evidence length", offset: 65, expected: "\(bytes.count - 69) (the rest)",
+        found: "\(len)")
     }
     evidence = try r.slice("evidence", at: 69, count: len)
   }
 }
 
 private func wrapKey(_ shared: SharedSecret, salt: [UInt8]) -> SymmetricKey {
-  shared.hkdfDerivedSymmetricKey(using: SHA256.self, salt: salt, sharedInfo: Array("veil key wrap v1".utf8), outputByteCount: 32)
+  shared.hkdfDerivedSymmetricKey(
+    using: SHA256.self, salt: salt, sharedInfo: Array("veil key wrap v1".utf8), outputByteCount: 32)
 }
 
 /// The enclave's side of key release.
@@ -147,7 +155,8 @@ public struct KeyRequester {
       throw TEEError.invalidArgument(name: "challenge", detail: "expected 32 bytes, found \(challenge.count)")
     }
     let recipient = Array(key.publicKey.rawRepresentation)
-    let evidence = try provider.evidence(reportData: KeyRequest.reportData(recipientKey: recipient, challenge: challenge))
+    let evidence = try provider.evidence(
+      reportData: KeyRequest.reportData(recipientKey: recipient, challenge: challenge))
     return KeyRequest(recipientKey: recipient, challenge: challenge, evidence: evidence)
   }
 
@@ -159,7 +168,8 @@ public struct KeyRequester {
     do {
       let peer = try Curve25519.KeyAgreement.PublicKey(rawRepresentation: wrapped[0..<32])
       let kek = wrapKey(try key.sharedSecretFromKeyAgreement(with: peer), salt: request.bytes)
-      let box = try AES.GCM.SealedBox(nonce: try AES.GCM.Nonce(data: wrapped[32..<44]), ciphertext: wrapped[44..<76], tag: wrapped[76...])
+      let box = try AES.GCM.SealedBox(
+        nonce: try AES.GCM.Nonce(data: wrapped[32..<44]), ciphertext: wrapped[44..<76], tag: wrapped[76...])
       return SymmetricKey(data: try AES.GCM.open(box, using: kek))
     } catch {
       throw TEEError.sealed(offset: 0, detail: "the wrapped key does not open with this request's key")
@@ -180,17 +190,21 @@ public struct KeyReleaser: Sendable {
 
   /// Wraps `headKey` to the request's recipient key when its evidence binds that key and the
   /// owner's `challenge` and passes the owner's policy; otherwise throws with every failed check.
-  public func release(headKey: SymmetricKey, to request: KeyRequest, challenge: [UInt8]) throws -> (wrapped: [UInt8], verdict: Verdict) {
+  public func release(headKey: SymmetricKey, to request: KeyRequest, challenge: [UInt8]) throws -> (
+    wrapped: [UInt8], verdict: Verdict
+  ) {
     guard request.challenge == challenge else {
       throw TEEError.policy(key: "challenge", detail: "the request answers another challenge (a replay)")
     }
     // The evidence answers the owner's fresh challenge, so it was produced just now.
     let verdict = verifier.verify(
-      request.evidence, expectedReportData: KeyRequest.reportData(recipientKey: request.recipientKey, challenge: challenge),
+      request.evidence,
+      expectedReportData: KeyRequest.reportData(recipientKey: request.recipientKey, challenge: challenge),
       evidenceTime: verifier.dcap.time)
     guard verdict.passed else {
       throw TEEError.policy(
-        key: "(evidence)", detail: "key not released: " + verdict.failures.map { "\($0.name): \($0.detail)" }.joined(separator: "; "))
+        key: "(evidence)",
+        detail: "key not released: " + verdict.failures.map { "\($0.name): \($0.detail)" }.joined(separator: "; "))
     }
     let ephemeral = Curve25519.KeyAgreement.PrivateKey()
     let peer: Curve25519.KeyAgreement.PublicKey
@@ -201,7 +215,9 @@ public struct KeyReleaser: Sendable {
     }
     let kek = wrapKey(try ephemeral.sharedSecretFromKeyAgreement(with: peer), salt: request.bytes)
     let box = try headKey.withUnsafeBytes { try AES.GCM.seal(Array($0), using: kek) }
-    return (Array(ephemeral.publicKey.rawRepresentation) + Array(box.nonce) + Array(box.ciphertext) + Array(box.tag), verdict)
+    return (
+      Array(ephemeral.publicKey.rawRepresentation) + Array(box.nonce) + Array(box.ciphertext) + Array(box.tag), verdict
+    )
   }
 }
 
@@ -232,7 +248,8 @@ public enum KeyReleaseReply: Sendable, Equatable {
     let len = Int(readBE(try r.slice("length", at: 1, count: 4)[...]))
     guard len <= Self.maxPayload, bytes.count == 5 + len else {
       throw TEEError.unexpectedValue(
-        structure: "key release reply", field: "length", offset: 1, expected: "\(bytes.count - 5) (≤ \(Self.maxPayload))",
+        structure: "key release reply", field: "length", offset: 1,
+        expected: "\(bytes.count - 5) (≤ \(Self.maxPayload))",
         found: "\(len)")
     }
     let payload = try r.slice("payload", at: 5, count: len)
@@ -240,14 +257,17 @@ public enum KeyReleaseReply: Sendable, Equatable {
     case 0: self = .released(payload)
     case 1: self = .refused(String(decoding: payload, as: UTF8.self))
     default:
-      throw TEEError.unexpectedValue(structure: "key release reply", field: "status", offset: 0, expected: "0 or 1", found: "\(status)")
+      throw TEEError.unexpectedValue(
+        structure: "key release reply", field: "status", offset: 0, expected: "0 or 1", found: "\(status)")
     }
   }
 }
 
 extension KeyReleaser {
   /// Answers one request: the reply to send, and the verdict when the evidence could be read.
-  public func answer(_ requestBytes: [UInt8], headKey: SymmetricKey, challenge: [UInt8]) -> (reply: KeyReleaseReply, verdict: Verdict?) {
+  public func answer(_ requestBytes: [UInt8], headKey: SymmetricKey, challenge: [UInt8]) -> (
+    reply: KeyReleaseReply, verdict: Verdict?
+  ) {
     do {
       let request = try KeyRequest(requestBytes)
       let (wrapped, verdict) = try release(headKey: headKey, to: request, challenge: challenge)

@@ -70,13 +70,16 @@ public struct SimulatedEnclave: Sendable {
       let sig = try? P256.Signing.ECDSASignature(rawRepresentation: sd.signature),
       let qeSig = try? P256.Signing.ECDSASignature(rawRepresentation: sd.qeReportSignature)
     {
-      ok = key.isValidSignature(sig, for: SHA256.hash(data: quote.bytes[0..<quote.signedLength]))
+      ok =
+        key.isValidSignature(sig, for: SHA256.hash(data: quote.bytes[0..<quote.signedLength]))
         && key.isValidSignature(qeSig, for: SHA256.hash(data: sd.qeReportBytes))
         && Array(sd.qeReport.reportData[0..<32]) == Array(SHA256.hash(data: sd.attestationKey + sd.qeAuthData))
     }
     v.check(
       "simulated signature", ok,
-      ok ? "SIMULATED: signed by the locally generated simulation key it carries (no TEE, no Intel chain)" : "the simulation key's signatures do not verify: the evidence was altered")
+      ok
+        ? "SIMULATED: signed by the locally generated simulation key it carries (no TEE, no Intel chain)"
+        : "the simulation key's signatures do not verify: the evidence was altered")
     v.tcbStatus = "Simulated"
   }
 }

@@ -67,12 +67,16 @@ struct AttestVerify: ParsableCommand {
     let bytes = try readFileBytes(evidence, what: "evidence")
     var at = Date()
     if let time {
-      guard let t = parseInstant(time) else { throw ValidationError("--time '\(time)': expected ISO 8601 such as 2025-07-01T12:00:00Z") }
+      guard let t = parseInstant(time) else {
+        throw ValidationError("--time '\(time)': expected ISO 8601 such as 2025-07-01T12:00:00Z")
+      }
       at = t
     }
     var produced: Date?
     if let evidenceTime {
-      guard let t = parseInstant(evidenceTime) else { throw ValidationError("--evidence-time '\(evidenceTime)': expected ISO 8601") }
+      guard let t = parseInstant(evidenceTime) else {
+        throw ValidationError("--evidence-time '\(evidenceTime)': expected ISO 8601")
+      }
       produced = t
     }
     var rootCert: Certificate?
@@ -93,9 +97,12 @@ struct AttestVerify: ParsableCommand {
     if json {
       try printJSON(verdict)
     } else {
-      print("verdict: \(verdict.passed ? "PASS" : "FAIL") (\(verdict.evidenceKind), checked at \(ISO8601DateFormatter().string(from: at)))")
+      print(
+        "verdict: \(verdict.passed ? "PASS" : "FAIL") (\(verdict.evidenceKind), checked at \(ISO8601DateFormatter().string(from: at)))"
+      )
       if verdict.simulated { print("SIMULATED EVIDENCE: produced without a TEE; it proves nothing about the host.") }
-      let advisories = verdict.advisoryIDs.isEmpty ? "" : " (advisories: \(verdict.advisoryIDs.joined(separator: ", ")))"
+      let advisories =
+        verdict.advisoryIDs.isEmpty ? "" : " (advisories: \(verdict.advisoryIDs.joined(separator: ", ")))"
       print("TCB status: \(verdict.tcbStatus ?? "unknown")\(advisories)")
       for c in verdict.checks { print("  \(c.passed ? "ok  " : "FAIL") \(c.name): \(c.detail)") }
       if !verdict.passed { print("\(verdict.failures.count) check(s) failed") }
@@ -166,7 +173,9 @@ struct EnclaveManifest: ParsableCommand {
   func run() throws {
     let bin = URL(fileURLWithPath: binary ?? CommandLine.arguments[0]).standardizedFileURL.path
     let headPath = URL(fileURLWithPath: head).standardizedFileURL.path
-    guard FileManager.default.isReadableFile(atPath: headPath) else { throw ValidationError("--head '\(head)': no such readable file") }
+    guard FileManager.default.isReadableFile(atPath: headPath) else {
+      throw ValidationError("--head '\(head)': no such readable file")
+    }
     let libs = try sharedLibraries(of: bin)
     let size: (String) -> Int = { (try? FileManager.default.attributesOfItem(atPath: $0)[.size] as? Int) ?? 0 }
     let manifest = try GramineManifest(
@@ -177,7 +186,9 @@ struct EnclaveManifest: ParsableCommand {
       try FileManager.default.createDirectory(atPath: out, withIntermediateDirectories: true)
       let file = URL(fileURLWithPath: out).appendingPathComponent("veil.manifest.template")
       try Data(manifest.template.utf8).write(to: file)
-      note("wrote \(file.path): enclave size \(manifest.enclaveSize >> 20) MiB, \(manifest.maxThreads) threads, \(libs.count) libraries")
+      note(
+        "wrote \(file.path): enclave size \(manifest.enclaveSize >> 20) MiB, \(manifest.maxThreads) threads, \(libs.count) libraries"
+      )
     } catch {
       throw ValidationError("--out '\(out)': \(error.localizedDescription)")
     }

@@ -27,7 +27,10 @@ struct KeysSeal: ParsableCommand {
   func run() throws {
     let key = SealedHead.newKey()
     let sealed = try SealedHead.seal(try readFileBytes(head, what: "head"), key: key)
-    guard FileManager.default.createFile(atPath: keyOut, contents: key.withUnsafeBytes { Data($0) }, attributes: [.posixPermissions: 0o600]) else {
+    guard
+      FileManager.default.createFile(
+        atPath: keyOut, contents: key.withUnsafeBytes { Data($0) }, attributes: [.posixPermissions: 0o600])
+    else {
       throw ValidationError("--key-out '\(keyOut)': cannot be written")
     }
     guard FileManager.default.createFile(atPath: out, contents: Data(sealed)) else {
@@ -112,7 +115,9 @@ struct KeysServe: ParsableCommand {
 
   func run() throws {
     let raw = try readFileBytes(key, what: "key")
-    guard raw.count == 32 else { throw ValidationError("--key '\(key)': expected a 32-byte key, found \(raw.count) bytes") }
+    guard raw.count == 32 else {
+      throw ValidationError("--key '\(key)': expected a 32-byte key, found \(raw.count) bytes")
+    }
     let headKey = SymmetricKey(data: raw)
     let pol = try Policy(json: Data(try readFileBytes(policy, what: "policy")))
     let coll = try collateral.map { try Collateral(json: Data(try readFileBytes($0, what: "collateral"))) }
@@ -130,10 +135,14 @@ struct KeysServe: ParsableCommand {
     let bound = withUnsafePointer(to: &addr) {
       $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
     }
-    guard bound == 0, listen(fd, 16) == 0 else { throw RuntimeFailure("cannot listen on \(host):\(port): errno \(errno)") }
+    guard bound == 0, listen(fd, 16) == 0 else {
+      throw RuntimeFailure("cannot listen on \(host):\(port): errno \(errno)")
+    }
     var actual = sockaddr_in()
     var len = socklen_t(MemoryLayout<sockaddr_in>.size)
-    _ = withUnsafeMutablePointer(to: &actual) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { getsockname(fd, $0, &len) } }
+    _ = withUnsafeMutablePointer(to: &actual) {
+      $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { getsockname(fd, $0, &len) }
+    }
     note("listening on \(host):\(UInt16(bigEndian: actual.sin_port))")
     var served = 0
     while maxRequests.map({ served < $0 }) ?? true {
@@ -141,7 +150,8 @@ struct KeysServe: ParsableCommand {
       guard client >= 0 else { continue }
       defer { close(client) }
       served += 1
-      let verifier = AttestationVerifier(dcap: try DCAPVerifier(collateral: coll, time: fixedTime ?? Date()), policy: pol)
+      let verifier = AttestationVerifier(
+        dcap: try DCAPVerifier(collateral: coll, time: fixedTime ?? Date()), policy: pol)
       let conn = Connection(fd: client, timeoutSeconds: 10)
       let challenge = KeyReleaser.challenge()
       do {
@@ -164,7 +174,8 @@ struct KeysServe: ParsableCommand {
 struct KeysFetch: ParsableCommand {
   static let configuration = CommandConfiguration(
     commandName: "fetch",
-    abstract: "Enclave side: obtain a sealed head's key from `veil keys serve` with this TEE's evidence, and open the head.",
+    abstract:
+      "Enclave side: obtain a sealed head's key from `veil keys serve` with this TEE's evidence, and open the head.",
     discussion: """
       Evidence comes from the TEE found at run time (Gramine, configfs-tsm), or from the
       simulation when --simulate is given (its MRENCLAVE covers this binary and the sealed head).
@@ -182,18 +193,24 @@ struct KeysFetch: ParsableCommand {
 
   func run() throws {
     let parts = server.split(separator: ":")
-    guard parts.count == 2, let port = Int(parts[1]) else { throw ValidationError("--server '\(server)': expected IPv4:port") }
+    guard parts.count == 2, let port = Int(parts[1]) else {
+      throw ValidationError("--server '\(server)': expected IPv4:port")
+    }
     var addr = try inetAddress(String(parts[0]), port)
     let sealedBytes = try readFileBytes(sealed, what: "sealed head")
-    let simulation = try simulate
-      ? SimulatedEnclave(binary: URL(fileURLWithPath: CommandLine.arguments[0]), head: URL(fileURLWithPath: sealed)) : nil
+    let simulation =
+      try simulate
+      ? SimulatedEnclave(binary: URL(fileURLWithPath: CommandLine.arguments[0]), head: URL(fileURLWithPath: sealed))
+      : nil
     let provider = try detectEvidenceProvider(simulation: simulation)
     if provider.mode == .simulated { note("using SIMULATED evidence: no TEE protects this head") }
     let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
     guard fd >= 0 else { throw RuntimeFailure("cannot create a socket: errno \(errno)") }
     defer { close(fd) }
     let connected = withUnsafePointer(to: &addr) {
-      $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
+      $0.withMemoryRebound(to: sockaddr.self, capacity: 1) {
+        connect(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size))
+      }
     }
     guard connected == 0 else { throw RuntimeFailure("cannot connect to \(server): errno \(errno)") }
     let conn = Connection(fd: fd, timeoutSeconds: 30)
@@ -203,12 +220,15 @@ struct KeysFetch: ParsableCommand {
     try conn.write(be32Bytes(request.bytes.count) + request.bytes)
     let head = try conn.read(5)
     let len = head[1...4].reduce(0) { $0 << 8 | Int($1) }
-    guard len <= KeyReleaseReply.maxPayload else { throw RuntimeFailure("the key server announced a \(len)-byte reply") }
+    guard len <= KeyReleaseReply.maxPayload else {
+      throw RuntimeFailure("the key server announced a \(len)-byte reply")
+    }
     switch try KeyReleaseReply(head + (try conn.read(len))) {
     case .refused(let why): throw RuntimeFailure("the key server refused: \(why)")
     case .released(let wrapped):
       let key = try requester.unwrap(wrapped, for: request)
-      guard FileManager.default.createFile(atPath: out, contents: Data(try SealedHead.open(sealedBytes, key: key))) else {
+      guard FileManager.default.createFile(atPath: out, contents: Data(try SealedHead.open(sealedBytes, key: key)))
+      else {
         throw ValidationError("--out '\(out)': cannot be written")
       }
       note("key released; opened head written to \(out)")

@@ -18,7 +18,9 @@ extension CLITests {
     ])
     XCTAssertEqual(r.status, 0, r.stdout + r.stderr)
     XCTAssertTrue(r.stdout.hasPrefix("verdict: PASS"), r.stdout)
-    XCTAssertTrue(r.stdout.contains("TCB status: ConfigurationAndSWHardeningNeeded (advisories: INTEL-SA-00289, INTEL-SA-00615)"), r.stdout)
+    XCTAssertTrue(
+      r.stdout.contains("TCB status: ConfigurationAndSWHardeningNeeded (advisories: INTEL-SA-00289, INTEL-SA-00615)"),
+      r.stdout)
   }
 
   func testAttestVerifyFailsTheOutdatedQuoteAndSaysWhy() throws {
@@ -30,7 +32,9 @@ extension CLITests {
     let doc = try JSONSerialization.jsonObject(with: Data(r.stdout.utf8)) as? [String: Any]
     XCTAssertEqual(doc?["verdict"] as? String, "fail")
     XCTAssertEqual(doc?["tcbStatus"] as? String, "OutOfDate")
-    let failed = (doc?["checks"] as? [[String: Any]] ?? []).filter { $0["passed"] as? Bool == false }.compactMap { $0["name"] as? String }
+    let failed = (doc?["checks"] as? [[String: Any]] ?? []).filter { $0["passed"] as? Bool == false }.compactMap {
+      $0["name"] as? String
+    }
     XCTAssertEqual(failed, ["policy: TCB status"])
   }
 
@@ -90,7 +94,9 @@ extension CLITests {
     XCTAssertTrue(refused.stdout.contains("FAIL policy: simulation"), refused.stdout)
     let accepted = try veil(["attest", "verify", ev.path, "--policy", policy.path])
     XCTAssertEqual(accepted.status, 0, accepted.stdout)
-    XCTAssertTrue(accepted.stdout.contains("TCB status: Simulated") && accepted.stdout.contains("SIMULATED EVIDENCE"), accepted.stdout)
+    XCTAssertTrue(
+      accepted.stdout.contains("TCB status: Simulated") && accepted.stdout.contains("SIMULATED EVIDENCE"),
+      accepted.stdout)
   }
 
   /// The manifest template is TOML (checked by Python's tomllib) with every key Gramine needs.
@@ -100,7 +106,9 @@ extension CLITests {
     try Data(repeating: 1, count: 1000).write(to: head)
     defer { for f in [head, dir] { try? FileManager.default.removeItem(at: f) } }
     let peak = 300 << 20
-    let r = try veil(["enclave", "manifest", "--head", head.path, "--peak-memory", "\(peak)", "--out", dir.path, "--threads", "2"])
+    let r = try veil([
+      "enclave", "manifest", "--head", head.path, "--peak-memory", "\(peak)", "--out", dir.path, "--threads", "2",
+    ])
     XCTAssertEqual(r.status, 0, r.stderr)
     let file = dir.appendingPathComponent("veil.manifest.template").path
     let p = Process()
@@ -137,7 +145,8 @@ extension CLITests {
     let trusted = sgx["trusted_files"] as? [String] ?? []
     XCTAssertTrue(trusted.contains("file:" + Self.veil.standardizedFileURL.path), "\(trusted)")
     XCTAssertTrue(trusted.contains("file:" + head.standardizedFileURL.path), "\(trusted)")
-    XCTAssertTrue(trusted.contains { $0.contains("libdnnl") } && trusted.contains { $0.contains("libswiftCore") }, "\(trusted)")
+    XCTAssertTrue(
+      trusted.contains { $0.contains("libdnnl") } && trusted.contains { $0.contains("libswiftCore") }, "\(trusted)")
     XCTAssertFalse(trusted.contains { $0.hasSuffix("/libc.so.6") }, "Gramine provides glibc")
 
     let bad = try veil(["enclave", "manifest", "--head", head.path, "--peak-memory", "0", "--out", dir.path])
@@ -158,7 +167,9 @@ extension CLITests {
     while !text.contains("\n"), Date() < deadline {
       text += String(decoding: err.fileHandleForReading.availableData, as: UTF8.self)
     }
-    guard let port = text.split(separator: ":").last.flatMap({ Int($0.trimmingCharacters(in: .whitespacesAndNewlines)) }) else {
+    guard
+      let port = text.split(separator: ":").last.flatMap({ Int($0.trimmingCharacters(in: .whitespacesAndNewlines)) })
+    else {
       p.terminate()
       struct NoPort: Error, CustomStringConvertible { var description: String }
       throw NoPort(description: "the key server did not say where it listens: \(text)")
@@ -186,17 +197,24 @@ extension CLITests {
     XCTAssertNotEqual(try Data(contentsOf: sealed).prefix(100), content.prefix(100))
 
     var (server, port) = try startKeyServer(key: key, policy: lenient)
-    let ok = try veil(["keys", "fetch", "--server", "127.0.0.1:\(port)", "--sealed", sealed.path, "--out", opened.path, "--simulate"])
+    let ok = try veil([
+      "keys", "fetch", "--server", "127.0.0.1:\(port)", "--sealed", sealed.path, "--out", opened.path, "--simulate",
+    ])
     server.waitUntilExit()
     XCTAssertEqual(ok.status, 0, ok.stderr)
     XCTAssertTrue(ok.stderr.contains("SIMULATED"), ok.stderr)
     XCTAssertEqual(try Data(contentsOf: opened), content)
 
     (server, port) = try startKeyServer(key: key, policy: strict)
-    let refused = try veil(["keys", "fetch", "--server", "127.0.0.1:\(port)", "--sealed", sealed.path, "--out", opened.path + ".2", "--simulate"])
+    let refused = try veil([
+      "keys", "fetch", "--server", "127.0.0.1:\(port)", "--sealed", sealed.path, "--out", opened.path + ".2",
+      "--simulate",
+    ])
     server.waitUntilExit()
     XCTAssertNotEqual(refused.status, 0)
-    XCTAssertTrue(refused.stderr.contains("the key server refused") && refused.stderr.contains("policy: simulation"), refused.stderr)
+    XCTAssertTrue(
+      refused.stderr.contains("the key server refused") && refused.stderr.contains("policy: simulation"), refused.stderr
+    )
     XCTAssertFalse(FileManager.default.fileExists(atPath: opened.path + ".2"))
   }
 }

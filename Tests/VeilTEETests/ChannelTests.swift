@@ -19,8 +19,11 @@ final class ChannelTests: XCTestCase {
     return AttestationVerifier(dcap: try DCAPVerifier(collateral: nil, time: Date()), policy: p)
   }
 
-  func connect(rekeyInterval: UInt64 = ChannelProtocol.defaultRekeyInterval) throws -> (client: SecureSession, enclave: SecureSession) {
-    let client = ClientHandshake(verifier: try verifier(allowSimulation: true, mrEnclave: enclave.mrEnclave), rekeyInterval: rekeyInterval)
+  func connect(rekeyInterval: UInt64 = ChannelProtocol.defaultRekeyInterval) throws -> (
+    client: SecureSession, enclave: SecureSession
+  ) {
+    let client = ClientHandshake(
+      verifier: try verifier(allowSimulation: true, mrEnclave: enclave.mrEnclave), rekeyInterval: rekeyInterval)
     let hello = try client.start()
     let (answer, enclaveSession) = try EnclaveHandshake.respond(
       to: hello, provider: SimulatedProvider(enclave: enclave), rekeyInterval: rekeyInterval)
@@ -47,16 +50,21 @@ final class ChannelTests: XCTestCase {
 
   func testSimulatedEvidenceIsRefusedUnlessAllowed() throws {
     let client = ClientHandshake(verifier: try verifier(allowSimulation: false))
-    let (answer, _) = try EnclaveHandshake.respond(to: try client.start(), provider: SimulatedProvider(enclave: enclave))
+    let (answer, _) = try EnclaveHandshake.respond(
+      to: try client.start(), provider: SimulatedProvider(enclave: enclave))
     XCTAssertThrowsError(try client.finish(serverHello: answer)) { error in
       XCTAssertTrue("\(error)".contains("policy: simulation"), "\(error)")
     }
   }
 
   func testWrongMeasurementIsRefused() throws {
-    let client = ClientHandshake(verifier: try verifier(allowSimulation: true, mrEnclave: [UInt8](repeating: 0, count: 32)))
-    let (answer, _) = try EnclaveHandshake.respond(to: try client.start(), provider: SimulatedProvider(enclave: enclave))
-    XCTAssertThrowsError(try client.finish(serverHello: answer)) { XCTAssertTrue("\($0)".contains("MRENCLAVE"), "\($0)") }
+    let client = ClientHandshake(
+      verifier: try verifier(allowSimulation: true, mrEnclave: [UInt8](repeating: 0, count: 32)))
+    let (answer, _) = try EnclaveHandshake.respond(
+      to: try client.start(), provider: SimulatedProvider(enclave: enclave))
+    XCTAssertThrowsError(try client.finish(serverHello: answer)) {
+      XCTAssertTrue("\($0)".contains("MRENCLAVE"), "\($0)")
+    }
   }
 
   /// A man in the middle who swaps the enclave's key breaks the transcript the evidence signs.
@@ -66,12 +74,16 @@ final class ChannelTests: XCTestCase {
     let (answer, _) = try EnclaveHandshake.respond(to: hello, provider: SimulatedProvider(enclave: enclave))
     var swapped = try ServerHello(answer)
     swapped.publicKey = Array(Curve25519.KeyAgreement.PrivateKey().publicKey.rawRepresentation)
-    XCTAssertThrowsError(try client.finish(serverHello: swapped.bytes)) { XCTAssertTrue("\($0)".contains("report data"), "\($0)") }
+    XCTAssertThrowsError(try client.finish(serverHello: swapped.bytes)) {
+      XCTAssertTrue("\($0)".contains("report data"), "\($0)")
+    }
 
     // Evidence from an earlier handshake (another nonce) does not fit a new one.
     let second = ClientHandshake(verifier: try verifier(allowSimulation: true))
     _ = try second.start()
-    XCTAssertThrowsError(try second.finish(serverHello: answer)) { XCTAssertTrue("\($0)".contains("report data"), "\($0)") }
+    XCTAssertThrowsError(try second.finish(serverHello: answer)) {
+      XCTAssertTrue("\($0)".contains("report data"), "\($0)")
+    }
   }
 
   func testReplayedRecordClosesTheSession() throws {
@@ -97,7 +109,9 @@ final class ChannelTests: XCTestCase {
     XCTAssertThrowsError(try e.open(Array(r.dropLast()))) { XCTAssertTrue("\($0)".contains("truncated"), "\($0)") }
     XCTAssertTrue(e.isClosed)
     let (c2, e2) = try connect()
-    XCTAssertThrowsError(try e2.open(Array(try c2.seal([1]).prefix(10)))) { XCTAssertTrue("\($0)".contains("truncated"), "\($0)") }
+    XCTAssertThrowsError(try e2.open(Array(try c2.seal([1]).prefix(10)))) {
+      XCTAssertTrue("\($0)".contains("truncated"), "\($0)")
+    }
   }
 
   /// A flipped bit anywhere — header, ciphertext or tag — is caught.
@@ -134,9 +148,15 @@ final class ChannelTests: XCTestCase {
   }
 
   func testBadHandshakeMessages() throws {
-    XCTAssertThrowsError(try ClientHello([1, 1])) { XCTAssertTrue("\($0)".contains("expected 66 bytes, found 2"), "\($0)") }
-    XCTAssertThrowsError(try ClientHello([2, 1] + [UInt8](repeating: 0, count: 64))) { XCTAssertTrue("\($0)".contains("version"), "\($0)") }
-    XCTAssertThrowsError(try ClientHello([1, 1] + [UInt8](repeating: 0, count: 65))) { XCTAssertTrue("\($0)".contains("length"), "\($0)") }
+    XCTAssertThrowsError(try ClientHello([1, 1])) {
+      XCTAssertTrue("\($0)".contains("expected 66 bytes, found 2"), "\($0)")
+    }
+    XCTAssertThrowsError(try ClientHello([2, 1] + [UInt8](repeating: 0, count: 64))) {
+      XCTAssertTrue("\($0)".contains("version"), "\($0)")
+    }
+    XCTAssertThrowsError(try ClientHello([1, 1] + [UInt8](repeating: 0, count: 65))) {
+      XCTAssertTrue("\($0)".contains("length"), "\($0)")
+    }
     XCTAssertThrowsError(try ServerHello([1, 2] + [UInt8](repeating: 0, count: 32) + [0xff, 0xff, 0xff, 0xff])) {
       XCTAssertTrue("\($0)".contains("more than the limit"), "\($0)")
     }

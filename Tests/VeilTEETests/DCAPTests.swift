@@ -77,14 +77,16 @@ final class DCAPTests: XCTestCase {
   }
 
   func testSGXQuoteVerifiesWithItsCollateral() throws {
-    let v = try Vectors.verifier("sgx_quote_collateral.json", at: Vectors.sgxTime).verify(try Vectors.bytes("sgx_quote"))
+    let v = try Vectors.verifier("sgx_quote_collateral.json", at: Vectors.sgxTime).verify(
+      try Vectors.bytes("sgx_quote"))
     XCTAssertTrue(v.passed, v.failures.map { "\($0.name): \($0.detail)" }.joined(separator: "\n"))
     XCTAssertEqual(v.tcbStatus, "ConfigurationAndSWHardeningNeeded")
     XCTAssertEqual(Set(v.advisoryIDs), ["INTEL-SA-00289", "INTEL-SA-00615"])
   }
 
   func testTDXQuoteVerifiesUpToDate() throws {
-    let v = try Vectors.verifier("tdx_quote_collateral.json", at: Vectors.sgxTime).verify(try Vectors.bytes("tdx_quote"))
+    let v = try Vectors.verifier("tdx_quote_collateral.json", at: Vectors.sgxTime).verify(
+      try Vectors.bytes("tdx_quote"))
     XCTAssertTrue(v.passed, v.failures.map { "\($0.name): \($0.detail)" }.joined(separator: "\n"))
     XCTAssertEqual(v.tcbStatus, "UpToDate")
     XCTAssertEqual(v.advisoryIDs, [])

@@ -39,7 +39,8 @@ final class EvidenceTests: XCTestCase {
     raw = try Vectors.bytes("sgx_quote")
     raw.append(1)
     XCTAssertThrowsError(try Evidence(raw)) { error in
-      XCTAssertTrue("\(error)".contains("padding after the signature data") && "\(error)".contains("byte 4600"), "\(error)")
+      XCTAssertTrue(
+        "\(error)".contains("padding after the signature data") && "\(error)".contains("byte 4600"), "\(error)")
     }
     // A signature data length that claims more than there is.
     raw = try Vectors.bytes("sgx_quote")
@@ -114,7 +115,8 @@ final class EvidenceTests: XCTestCase {
     p.minISVSVN = body.isvSVN + 1
     var v = try Vectors.verifier("sgx_quote_collateral.json", at: Vectors.sgxTime, policy: p).verify(raw)
     XCTAssertEqual(v.failures.map(\.name), ["policy: measurement"])
-    XCTAssertTrue(v.failures[0].detail.contains("ISVSVN is \(body.isvSVN), the policy requires at least \(body.isvSVN + 1)"))
+    XCTAssertTrue(
+      v.failures[0].detail.contains("ISVSVN is \(body.isvSVN), the policy requires at least \(body.isvSVN + 1)"))
     p.minISVSVN = nil
     p.mrEnclave = [UInt8](repeating: 0, count: 32)
     v = try Vectors.verifier("sgx_quote_collateral.json", at: Vectors.sgxTime, policy: p).verify(raw)
@@ -152,10 +154,12 @@ final class EvidenceTests: XCTestCase {
     XCTAssertEqual(body.mrEnclave, sim.mrEnclave)
     XCTAssertEqual(
       sim.mrEnclave,
-      SimulatedEnclave.measurement(binaryDigest: Array(SHA256.hash(data: [1])), headDigest: Array(SHA256.hash(data: [2]))))
+      SimulatedEnclave.measurement(
+        binaryDigest: Array(SHA256.hash(data: [1])), headDigest: Array(SHA256.hash(data: [2]))))
     XCTAssertNotEqual(
       sim.mrEnclave,
-      SimulatedEnclave.measurement(binaryDigest: Array(SHA256.hash(data: [1])), headDigest: Array(SHA256.hash(data: [3]))),
+      SimulatedEnclave.measurement(
+        binaryDigest: Array(SHA256.hash(data: [1])), headDigest: Array(SHA256.hash(data: [3]))),
       "another head is another measurement")
 
     let dcap = try DCAPVerifier(collateral: nil, time: Date())
@@ -183,9 +187,13 @@ final class EvidenceTests: XCTestCase {
     // Nothing real present: detection falls back to simulation, and only when configured.
     let gramine = GramineSGXProvider(root: dir.appendingPathComponent("attestation"))
     let tsm = ConfigfsTSMProvider(root: dir.appendingPathComponent("tsm"))
-    XCTAssertEqual(try detectEvidenceProvider(environment: [:], gramine: gramine, tsm: tsm, simulation: sim).mode, .simulated)
+    XCTAssertEqual(
+      try detectEvidenceProvider(environment: [:], gramine: gramine, tsm: tsm, simulation: sim).mode, .simulated)
     XCTAssertThrowsError(try detectEvidenceProvider(environment: [:], gramine: gramine, tsm: tsm, simulation: nil))
-    XCTAssertThrowsError(try detectEvidenceProvider(environment: ["VEIL_EVIDENCE_MODE": "sgx"], gramine: gramine, tsm: tsm, simulation: sim)) {
+    XCTAssertThrowsError(
+      try detectEvidenceProvider(
+        environment: ["VEIL_EVIDENCE_MODE": "sgx"], gramine: gramine, tsm: tsm, simulation: sim)
+    ) {
       XCTAssertTrue("\($0)".contains("gramine-sgx, configfs-tsm, simulated"), "\($0)")
     }
 
@@ -193,14 +201,18 @@ final class EvidenceTests: XCTestCase {
     try FileManager.default.createDirectory(at: gramine.root, withIntermediateDirectories: true)
     let real = try Vectors.bytes("sgx_quote")
     try Data(real).write(to: gramine.root.appendingPathComponent("quote"))
-    XCTAssertEqual(try detectEvidenceProvider(environment: [:], gramine: gramine, tsm: tsm, simulation: sim).mode, .gramineSGX)
+    XCTAssertEqual(
+      try detectEvidenceProvider(environment: [:], gramine: gramine, tsm: tsm, simulation: sim).mode, .gramineSGX)
     let rd = [UInt8](repeating: 7, count: 64)
     XCTAssertEqual(try gramine.evidence(reportData: rd), real)
     XCTAssertEqual(Array(try Data(contentsOf: gramine.root.appendingPathComponent("user_report_data"))), rd)
-    XCTAssertThrowsError(try gramine.evidence(reportData: [1, 2, 3])) { XCTAssertTrue("\($0)".contains("64 bytes"), "\($0)") }
+    XCTAssertThrowsError(try gramine.evidence(reportData: [1, 2, 3])) {
+      XCTAssertTrue("\($0)".contains("64 bytes"), "\($0)")
+    }
     // The override wins over detection.
     XCTAssertEqual(
-      try detectEvidenceProvider(override: .simulated, environment: [:], gramine: gramine, tsm: tsm, simulation: sim).mode,
+      try detectEvidenceProvider(override: .simulated, environment: [:], gramine: gramine, tsm: tsm, simulation: sim)
+        .mode,
       .simulated)
 
     // configfs-tsm without the kernel behind it: a directory entry has no outblob, which is an error.
@@ -208,7 +220,8 @@ final class EvidenceTests: XCTestCase {
     XCTAssertThrowsError(try tsm.evidence(reportData: rd)) { error in
       XCTAssertTrue("\(error)".contains("configfs-tsm") && "\(error)".contains("outblob"), "\(error)")
     }
-    XCTAssertEqual(try FileManager.default.contentsOfDirectory(atPath: tsm.root.path), [], "the report entry is removed")
+    XCTAssertEqual(
+      try FileManager.default.contentsOfDirectory(atPath: tsm.root.path), [], "the report entry is removed")
   }
 
   /// Thousands of mutated real quotes through the parser and the verifier: an error or a
@@ -236,7 +249,8 @@ final class EvidenceTests: XCTestCase {
         if verdict.passed {
           guard case .sgx(let q) = try Evidence(m) else { return XCTFail("a mutated TDX quote passed") }
           XCTAssertGreaterThanOrEqual(
-            zip(m, sgx).enumerated().first { $0.element.0 != $0.element.1 }?.offset ?? 0, q.signatureData.qeReportOffset + 450 + 32,
+            zip(m, sgx).enumerated().first { $0.element.0 != $0.element.1 }?.offset ?? 0,
+            q.signatureData.qeReportOffset + 450 + 32,
             "only unsigned certification bytes may change")
         }
       }

@@ -21,14 +21,20 @@ final class SealedHeadTests: XCTestCase {
   func testWrongKeyTamperingAndTruncation() throws {
     let key = SealedHead.newKey()
     let sealed = try SealedHead.seal(head, key: key)
-    XCTAssertThrowsError(try SealedHead.open(sealed, key: SealedHead.newKey())) { XCTAssertTrue("\($0)".contains("another key"), "\($0)") }
+    XCTAssertThrowsError(try SealedHead.open(sealed, key: SealedHead.newKey())) {
+      XCTAssertTrue("\($0)".contains("another key"), "\($0)")
+    }
     for offset in [0, 9, 11, 50, 60, 64, 5000, sealed.count - 1] {
       var bad = sealed
       bad[offset] ^= 1
       XCTAssertThrowsError(try SealedHead.open(bad, key: key), "byte \(offset)")
     }
-    XCTAssertThrowsError(try SealedHead.open(Array(sealed.dropLast()), key: key)) { XCTAssertTrue("\($0)".contains("truncated"), "\($0)") }
-    XCTAssertThrowsError(try SealedHead.open(Array(sealed.prefix(20)), key: key)) { XCTAssertTrue("\($0)".contains("truncated"), "\($0)") }
+    XCTAssertThrowsError(try SealedHead.open(Array(sealed.dropLast()), key: key)) {
+      XCTAssertTrue("\($0)".contains("truncated"), "\($0)")
+    }
+    XCTAssertThrowsError(try SealedHead.open(Array(sealed.prefix(20)), key: key)) {
+      XCTAssertTrue("\($0)".contains("truncated"), "\($0)")
+    }
   }
 
   /// Gramine's sealing-key file, laid out as Gramine exposes it, gives a stable head key.
@@ -43,7 +49,8 @@ final class SealedHeadTests: XCTestCase {
     try Data(repeating: 4, count: 15).write(to: root.appendingPathComponent("keys/_sgx_mrsigner"))
     let k1 = try SealedHead.gramineSealingKey(.mrEnclave, attestationRoot: root)
     let sealed = try SealedHead.seal(head, key: k1)
-    XCTAssertEqual(try SealedHead.open(sealed, key: try SealedHead.gramineSealingKey(.mrEnclave, attestationRoot: root)), head)
+    XCTAssertEqual(
+      try SealedHead.open(sealed, key: try SealedHead.gramineSealingKey(.mrEnclave, attestationRoot: root)), head)
     XCTAssertThrowsError(try SealedHead.gramineSealingKey(.mrSigner, attestationRoot: root)) {
       XCTAssertTrue("\($0)".contains("16-byte"), "\($0)")
     }
@@ -60,7 +67,8 @@ final class SealedHeadTests: XCTestCase {
     policy.allowSimulation = true
     policy.allowDebug = true
     policy.mrEnclave = enclave.mrEnclave
-    let owner = KeyReleaser(verifier: AttestationVerifier(dcap: try DCAPVerifier(collateral: nil, time: Date()), policy: policy))
+    let owner = KeyReleaser(
+      verifier: AttestationVerifier(dcap: try DCAPVerifier(collateral: nil, time: Date()), policy: policy))
 
     let requester = KeyRequester()
     let challenge = KeyReleaser.challenge()
@@ -82,7 +90,9 @@ final class SealedHeadTests: XCTestCase {
     }
     let other = SimulatedProvider(enclave: SimulatedEnclave(binaryDigest: [1], headDigest: [3]))
     let c2 = KeyReleaser.challenge()
-    XCTAssertThrowsError(try owner.release(headKey: key, to: try requester.request(challenge: c2, provider: other), challenge: c2)) {
+    XCTAssertThrowsError(
+      try owner.release(headKey: key, to: try requester.request(challenge: c2, provider: other), challenge: c2)
+    ) {
       XCTAssertTrue("\($0)".contains("MRENCLAVE"), "\($0)")
     }
     var strict = policy
