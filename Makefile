@@ -2,7 +2,7 @@
 SWIFT ?= swift
 VEIL = .build/release/veil
 
-.PHONY: demo test deps python build assets bench-peers clean
+.PHONY: demo test deps python build assets bench-peers enclave-manifest clean
 
 deps:
 	scripts/install-deps.sh
@@ -29,6 +29,12 @@ test: build python assets
 # Veil against ONNX Runtime (and PyTorch where installed) on the same weights.
 bench-peers: build python
 	.venv/bin/python bench/peers.py
+
+# A Gramine manifest template for HEAD (peak memory PEAK bytes) in out/enclave; then see
+# docs/tee.md for gramine-manifest, gramine-sgx-sign and gramine-sgx-sigstruct-view.
+enclave-manifest: build
+	@test -n "$(HEAD)" -a -n "$(PEAK)" || { echo "usage: make enclave-manifest HEAD=head.onnx PEAK=bytes"; exit 2; }
+	$(VEIL) enclave manifest --head $(HEAD) --peak-memory $(PEAK) --out out/enclave
 
 clean:
 	rm -rf .build .venv

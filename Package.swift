@@ -18,6 +18,8 @@ let package = Package(
     .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),
     // TEE: ECDSA, X25519, HKDF, AES-GCM; X.509 chains and CRLs for DCAP collateral.
     .package(url: "https://github.com/apple/swift-crypto", from: "4.5.2"),
+    .package(url: "https://github.com/apple/swift-certificates", from: "1.21.1"),
+    .package(url: "https://github.com/apple/swift-asn1", from: "1.7.4"),
   ],
   targets: [
     // System libraries: oneDNN 2.6 from Debian's libdnnl-dev, plus a few C helpers that read
@@ -40,7 +42,14 @@ let package = Package(
     .target(name: "VeilModels", dependencies: ["VeilTensor", "VeilGraph"]),
     // Evidence, verification, the attested channel, sealing, and the TEE cost model:
     // independent of the engine.
-    .target(name: "VeilTEE", dependencies: [.product(name: "Crypto", package: "swift-crypto")]),
+    .target(
+      name: "VeilTEE",
+      dependencies: [
+        .product(name: "Crypto", package: "swift-crypto"),
+        .product(name: "X509", package: "swift-certificates"),
+        .product(name: "SwiftASN1", package: "swift-asn1"),
+      ]
+    ),
     // Profiler, planner and reports: drives the engine, the cost model and the real crypto.
     .target(
       name: "VeilPlanning",
@@ -54,11 +63,14 @@ let package = Package(
       dependencies: [
         "VeilTensor", "VeilGraph", "VeilFormats", "VeilModels", "VeilData", "VeilTEE", "VeilPlanning",
         .product(name: "ArgumentParser", package: "swift-argument-parser"),
+        .product(name: "Crypto", package: "swift-crypto"),
+        .product(name: "X509", package: "swift-certificates"),
       ]
     ),
     .testTarget(name: "VeilCLITests", dependencies: ["VeilFormats", "VeilTensor", "VeilGraph", "VeilModels", "VeilData"]),
     .testTarget(
       name: "VeilDataTests", dependencies: ["VeilData", "VeilTensor", "VeilFormats", "VeilGraph", "VeilModels", "VeilTestSupport"]),
+    .testTarget(name: "VeilTEETests", dependencies: ["VeilTEE"]),
     .testTarget(name: "VeilTensorTests", dependencies: ["VeilTensor"]),
     .testTarget(name: "VeilGraphTests", dependencies: ["VeilGraph", "VeilFormats", "VeilTestSupport"]),
     .testTarget(name: "VeilFormatsTests", dependencies: ["VeilFormats", "VeilTestSupport"]),

@@ -68,7 +68,10 @@ public struct FeatureTransfer {
     repeat {
       let end = min(offset + Self.recordBytes, bytes.count)
       let box = try AES.GCM.seal(bytes[offset..<end], using: key, nonce: Self.nonce(sequence))
-      records.append(box.ciphertext + box.tag)
+      var record = Data(capacity: end - offset + 16)  // zero-based, whatever the box's slices are
+      record.append(box.ciphertext)
+      record.append(box.tag)
+      records.append(record)
       sequence += 1
       offset = end
     } while offset < bytes.count

@@ -289,16 +289,15 @@ struct LRUPages {
   }
 }
 
-/// Whether this process runs inside a real TEE, from what the platform exposes. When it does,
-/// segment times measured here already include the TEE's costs and are reported as measured.
+/// Whether this process runs inside a real TEE, by the same test the evidence providers use
+/// (Gramine's /dev/attestation, or a configfs-tsm report provider). When it does, segment
+/// times measured here already include the TEE's costs and are reported as measured.
 public enum TEEEnvironment {
   public static func detect() -> String? {
-    let fm = FileManager.default
-    if fm.fileExists(atPath: "/dev/attestation/quote") { return "sgx (Gramine)" }
-    if let cpu = try? String(contentsOfFile: "/proc/cpuinfo", encoding: .utf8) {
-      if cpu.contains(" tdx_guest") { return "tdx" }
-      if cpu.contains(" sev_snp") && fm.fileExists(atPath: "/dev/sev-guest") { return "snp" }
-    }
+    let gramine = GramineSGXProvider()
+    if gramine.isAvailable { return "sgx (Gramine)" }
+    let tsm = ConfigfsTSMProvider()
+    if tsm.isAvailable { return "a confidential VM (configfs-tsm)" }
     return nil
   }
 }

@@ -15,9 +15,12 @@ struct Veil: ParsableCommand {
     discussion: """
       Veil cuts a CNN in two: the head runs inside a trusted execution environment, the tail on
       an untrusted accelerator. These commands run and measure models on Veil's engine
-      (oneDNN on the CPU).
+      (oneDNN on the CPU), and check the TEE side: attestation evidence and the Gramine manifest.
       """,
-    subcommands: [Models.self, Inspect.self, Cuts.self, SplitModel.self, Profile.self, Run.self, Bench.self, Export.self, DataCommand.self]
+    subcommands: [
+      Models.self, Inspect.self, Cuts.self, SplitModel.self, Profile.self, Run.self, Bench.self, Export.self,
+      DataCommand.self, Attest.self, Enclave.self, Keys.self,
+    ]
   )
 }
 

@@ -11,6 +11,8 @@ final class CLITests: XCTestCase {
   /// The tool sits beside the test bundle in the build folder (on Linux the bundle is the test
   /// executable itself, so a build with `--scratch-path` is found through it).
   static let veil: URL = {
+    // A build with another --scratch-path names its binary here.
+    if let path = ProcessInfo.processInfo.environment["VEIL_BINARY"] { return URL(fileURLWithPath: path) }
     var dir = Bundle(for: CLITests.self).bundleURL.deletingLastPathComponent()
     let runner = URL(fileURLWithPath: CommandLine.arguments[0]).resolvingSymlinksInPath().deletingLastPathComponent()
     if !FileManager.default.fileExists(atPath: dir.appendingPathComponent("veil").path),
