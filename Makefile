@@ -14,7 +14,7 @@ build: deps
 	$(SWIFT) build -c release
 
 # The main job on an embedded default.
-demo: build python
+demo: build python assets
 	scripts/demo.sh
 
 # Registry-shipped models, photos and label lists, checksummed, into the cache.

@@ -76,7 +76,13 @@ extension ProfileReport {
     let left = 70.0, right = 20.0, top = 50.0, bottom = 110.0
     let plotW = Double(width) - left - right
     let plotH = Double(height) - top - bottom
-    let maxMs = max(baseline.totalMs, cuts.map(\.totalMs).max() ?? 0) * 1.1
+    let peak = max(baseline.totalMs, cuts.map(\.totalMs).max() ?? 0) * 1.08
+    // A round tick step (1, 2 or 5 × 10^k) giving about five grid lines.
+    let rough = max(peak, 1e-6) / 5
+    let magnitude = pow(10, floor(log10(rough)))
+    let tickStep = [1.0, 2, 5, 10].map { $0 * magnitude }.first { $0 >= rough } ?? rough
+    let ticks = Int((peak / tickStep).rounded(.up))
+    let maxMs = Double(ticks) * tickStep
     func y(_ ms: Double) -> Double { top + plotH - ms / maxMs * plotH }
     let slot = plotW / Double(max(cuts.count, 1))
     let bar = min(32, slot * 0.7)
@@ -87,11 +93,10 @@ extension ProfileReport {
 
       """
     // Axis and grid.
-    let ticks = 5
     for k in 0...ticks {
-      let v = maxMs * Double(k) / Double(ticks)
+      let v = tickStep * Double(k)
       s += String(format: "<line x1=\"%.1f\" y1=\"%.1f\" x2=\"%.1f\" y2=\"%.1f\" stroke=\"#ddd\"/>\n", left, y(v), Double(width) - right, y(v))
-      s += String(format: "<text x=\"%.1f\" y=\"%.1f\" text-anchor=\"end\">%.0f</text>\n", left - 6, y(v) + 4, v)
+      s += String(format: "<text x=\"%.1f\" y=\"%.1f\" text-anchor=\"end\">%@</text>\n", left - 6, y(v) + 4, tickStep < 1 ? String(format: "%.2g", v) : String(format: "%.0f", v))
     }
     s += String(format: "<text x=\"16\" y=\"%.1f\" transform=\"rotate(-90 16 %.1f)\" text-anchor=\"middle\">ms per request</text>\n", top + plotH / 2, top + plotH / 2)
     let headFill = teeModeled ? "url(#modeled)" : "#d62728"
