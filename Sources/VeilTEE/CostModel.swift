@@ -65,13 +65,14 @@ public struct TEEPreset: Sendable, Equatable, Codable {
       "no EPC: all guest memory encrypted (TME-MK), no paging", "transition cost taken equal to SGX's (assumption)",
       "×1.05 compute for memory encryption (assumption: no figure in REFERENCES.md; override with --tee-param)",
     ])
-  public static let snp = TEEPreset(
-    name: "snp", kind: "snp", epcBytes: nil, pageSwapCycles: 0, transitionCycles: 12_000, transitionsPerIO: 2,
-    memoryEncryptionFactor: 1.05, cpuHz: 3.0e9, runtimeBytes: 8 << 20,
-    sources: [
-      "no EPC: all guest memory encrypted (SME/SEV), no paging", "transition cost taken equal to SGX's (assumption)",
-      "×1.05 compute for memory encryption (assumption: no figure in REFERENCES.md; override with --tee-param)",
-    ])
+  /// SEV-SNP: the same model as TDX (all guest memory encrypted, no EPC), with AMD's names.
+  public static let snp: TEEPreset = {
+    var p = tdx
+    p.name = "snp"
+    p.kind = "snp"
+    p.sources[0] = "no EPC: all guest memory encrypted (SME/SEV), no paging"
+    return p
+  }()
 
   public static let presets: [TEEPreset] = [.sgx1, .sgx2, .tdx, .snp]
 
