@@ -71,7 +71,7 @@ extension ProfileReport {
   /// Latency per cut as stacked bars (head in the TEE, transfer, tail) with the full-enclave
   /// baseline as a dashed line; modeled parts are hatched and say so in the legend.
   public var svg: String {
-    let width = max(640, 120 + cuts.count * 44)
+    let width = max(860, 120 + cuts.count * 44)  // the legend needs about 760 px
     let height = 420
     let left = 70.0, right = 20.0, top = 50.0, bottom = 110.0
     let plotW = Double(width) - left - right
