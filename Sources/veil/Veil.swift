@@ -17,7 +17,7 @@ struct Veil: ParsableCommand {
       an untrusted accelerator. These commands run and measure models on Veil's engine
       (oneDNN on the CPU).
       """,
-    subcommands: [Models.self, Inspect.self, Cuts.self, SplitModel.self, Profile.self, Run.self, Bench.self, Export.self, DataCommand.self]
+    subcommands: [Models.self, Inspect.self, Cuts.self, SplitModel.self, Profile.self, Run.self, Bench.self, Export.self, DataCommand.self, SSIMCommand.self]
   )
 }
 
