@@ -46,6 +46,8 @@ let package = Package(
       name: "VeilPlanning",
       dependencies: ["VeilTensor", "VeilGraph", "VeilTEE", .product(name: "Crypto", package: "swift-crypto")]),
     .target(name: "VeilData", dependencies: ["VeilTensor", "CImageCodecs"], swiftSettings: kernelSwiftFlags),
+    // Autograd, layers, losses, optimisers, checkpoints: the graph layer's training engine.
+    .target(name: "VeilTrain", dependencies: ["VeilTensor", "VeilFormats"], swiftSettings: kernelSwiftFlags),
     // SSIM/PSNR and (later) the inversion attackers: scores images, never imports serving or planning.
     .target(name: "VeilPrivacy", dependencies: ["VeilTensor", "VeilData"], swiftSettings: kernelSwiftFlags),
     // Test-only: ONNX Runtime references and tolerances shared by the numerical test targets.
@@ -65,6 +67,7 @@ let package = Package(
     .testTarget(name: "VeilGraphTests", dependencies: ["VeilGraph", "VeilFormats", "VeilTestSupport"]),
     .testTarget(name: "VeilFormatsTests", dependencies: ["VeilFormats", "VeilTestSupport"]),
     .testTarget(name: "VeilPlanningTests", dependencies: ["VeilPlanning", "VeilTEE", "VeilModels", "VeilGraph", "VeilTensor"]),
+    .testTarget(name: "VeilTrainTests", dependencies: ["VeilTrain", "VeilTensor", "VeilFormats"]),
     .testTarget(name: "VeilPrivacyTests", dependencies: ["VeilPrivacy", "VeilData", "VeilTensor", "VeilTestSupport"]),
     .testTarget(name: "VeilModelsTests", dependencies: ["VeilModels", "VeilFormats", "VeilTestSupport"]),
   ]
