@@ -51,3 +51,45 @@ public func binaryCrossEntropyWithLogits(_ logits: Variable, _ target: Tensor) t
     return max(x, 0) - x * Double(t) + log1p(exp(-abs(x)))
   }) { x, t in stableSigmoid(x) - t }
 }
+
+/// Softmax cross-entropy of logits [N, K] against class indices, the mean over the batch:
+/// log Σ_k e^{x_k} − x_label (through the max for stability); gradient softmax(x) − onehot.
+public func softmaxCrossEntropy(_ logits: Variable, labels: [Int]) throws -> Variable {
+  guard logits.shape.count == 2, logits.shape[0] == labels.count else {
+    throw TrainError.shapeMismatch(
+      op: "softmax cross-entropy", detail: "logits \(logits.shape) for \(labels.count) labels (want [N, classes])")
+  }
+  let (n, k) = (logits.shape[0], logits.shape[1])
+  if let bad = labels.firstIndex(where: { !(0..<k).contains($0) }) {
+    throw TrainError.invalidArgument("softmax cross-entropy: label \(labels[bad]) at \(bad) is outside 0..<\(k)")
+  }
+  var total = 0.0
+  let probabilities = logits.value.withUnsafeBuffer { x in
+    Tensor(shape: [n, k]) { p in
+      for i in 0..<n {
+        var top = -Float.infinity
+        for j in 0..<k { top = max(top, x[i * k + j]) }
+        var sum: Float = 0
+        for j in 0..<k {
+          p[i * k + j] = expf(x[i * k + j] - top)
+          sum += p[i * k + j]
+        }
+        for j in 0..<k { p[i * k + j] /= sum }
+        total += Double(logf(sum) + top - x[i * k + labels[i]])
+      }
+    }
+  }
+  let loss = Tensor(shape: [1], repeating: Float(total / Double(n)))
+  return Variable(loss, parents: [logits]) { g in
+    let scale = g.scalars[0] / Float(n)
+    return [
+      probabilities.withUnsafeBuffer { p in
+        Tensor(shape: [n, k]) { d in
+          for i in 0..<n {
+            for j in 0..<k { d[i * k + j] = scale * (p[i * k + j] - (j == labels[i] ? 1 : 0)) }
+          }
+        }
+      }
+    ]
+  }
+}

@@ -155,6 +155,11 @@ final class GradientCheckTests: XCTestCase {
     let labels = Tensor(shape: [2, 3, 4]) { d in for i in 0..<d.count { d[i] = Float(i % 3) / 2 } }
     let logits = Variable(Kernels.map(p.value) { 4 * $0 }, requiresGrad: true)
     try check("BCE with logits", [logits]) { try binaryCrossEntropyWithLogits(logits, labels) }
+    let scores = leaf([4, 5], seed: 23)
+    try check("softmax cross-entropy", [scores]) { try softmaxCrossEntropy(scores, labels: [0, 4, 2, 2]) }
+    XCTAssertThrowsError(try softmaxCrossEntropy(scores, labels: [0, 5, 1, 1])) {
+      XCTAssertTrue("\($0)".contains("label 5 at 1 is outside 0..<5"), "\($0)")
+    }
     // Large logits must not overflow: log(1 + e^40) computed naively is inf in float32.
     let big = try binaryCrossEntropyWithLogits(Variable(Tensor(shape: [2], values: [100, -100])), Tensor(shape: [2], values: [0, 1]))
     XCTAssertEqual(big.value.scalars[0], 100, accuracy: 1e-3)
