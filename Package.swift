@@ -55,13 +55,17 @@ let package = Package(
       name: "VeilPlanning",
       dependencies: ["VeilTensor", "VeilGraph", "VeilTEE", .product(name: "Crypto", package: "swift-crypto")]),
     .target(name: "VeilData", dependencies: ["VeilTensor", "CImageCodecs"], swiftSettings: kernelSwiftFlags),
+    // Autograd, layers, losses, optimisers, checkpoints: the graph layer's training engine.
+    .target(name: "VeilTrain", dependencies: ["VeilTensor", "VeilFormats"], swiftSettings: kernelSwiftFlags),
+    // SSIM/PSNR and (later) the inversion attackers: scores images, never imports serving or planning.
+    .target(name: "VeilPrivacy", dependencies: ["VeilTensor", "VeilData"], swiftSettings: kernelSwiftFlags),
     // Test-only: ONNX Runtime references and tolerances shared by the numerical test targets.
     // Never a dependency of `veil` or of a product.
     .target(name: "VeilTestSupport", dependencies: ["VeilTensor", "VeilGraph", "VeilFormats"]),
     .executableTarget(
       name: "veil",
       dependencies: [
-        "VeilTensor", "VeilGraph", "VeilFormats", "VeilModels", "VeilData", "VeilTEE", "VeilPlanning",
+        "VeilTensor", "VeilGraph", "VeilFormats", "VeilModels", "VeilData", "VeilTEE", "VeilPlanning", "VeilPrivacy",
         .product(name: "ArgumentParser", package: "swift-argument-parser"),
         .product(name: "Crypto", package: "swift-crypto"),
         .product(name: "X509", package: "swift-certificates"),
@@ -75,6 +79,8 @@ let package = Package(
     .testTarget(name: "VeilGraphTests", dependencies: ["VeilGraph", "VeilFormats", "VeilTestSupport"]),
     .testTarget(name: "VeilFormatsTests", dependencies: ["VeilFormats", "VeilTestSupport"]),
     .testTarget(name: "VeilPlanningTests", dependencies: ["VeilPlanning", "VeilTEE", "VeilModels", "VeilGraph", "VeilTensor"]),
+    .testTarget(name: "VeilTrainTests", dependencies: ["VeilTrain", "VeilTensor", "VeilFormats", "VeilData"]),
+    .testTarget(name: "VeilPrivacyTests", dependencies: ["VeilPrivacy", "VeilData", "VeilTensor", "VeilTestSupport"]),
     .testTarget(name: "VeilModelsTests", dependencies: ["VeilModels", "VeilFormats", "VeilTestSupport"]),
   ]
 )

@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # Installs the Debian packages Veil builds against, if missing: oneDNN 2.6 (libdnnl-dev) and
 # the image codecs (libpng, libjpeg-turbo, and zlib for gzip-compressed IDX files). Runs apt-get
-# only when something is missing; uses sudo when not root.
+# only when something is missing; uses sudo when not root. dataset-fashion-mnist (IDX files in
+# /usr/share/datasets/fashion-mnist) is what the classifier training test learns from.
 set -euo pipefail
-pkgs=(libdnnl-dev libpng-dev libjpeg62-turbo-dev zlib1g-dev)
+pkgs=(libdnnl-dev libpng-dev libjpeg62-turbo-dev zlib1g-dev dataset-fashion-mnist)
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
