@@ -121,12 +121,13 @@ public enum Tape {
 
 /// Small plain-layout loops shared by the op families: one buffer pointer per operand, taken
 /// outside the loop.
-enum Kernels {
-  static func map(_ x: Tensor, _ f: (Float) -> Float) -> Tensor {
+/// Element-wise helpers on plain tensors (public for callers building targets and tests).
+public enum Kernels {
+  public static func map(_ x: Tensor, _ f: (Float) -> Float) -> Tensor {
     x.withUnsafeBuffer { src in Tensor(shape: x.shape) { dst in for i in 0..<dst.count { dst[i] = f(src[i]) } } }
   }
 
-  static func zip(_ a: Tensor, _ b: Tensor, _ f: (Float, Float) -> Float) throws -> Tensor {
+  public static func zip(_ a: Tensor, _ b: Tensor, _ f: (Float, Float) -> Float) throws -> Tensor {
     guard a.shape == b.shape else {
       throw TrainError.shapeMismatch(op: "element-wise", detail: "\(a.shape) and \(b.shape)")
     }

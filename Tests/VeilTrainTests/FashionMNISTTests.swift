@@ -3,7 +3,7 @@ import VeilData
 import VeilTensor
 import XCTest
 
-@testable import VeilTrain
+import VeilTrain
 
 /// Issue 5: training a classifier works — a small CNN trained on Fashion-MNIST (Debian's
 /// `dataset-fashion-mnist`) reaches at least 88 % on the 10,000 test images.

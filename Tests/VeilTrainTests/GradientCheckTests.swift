@@ -2,7 +2,7 @@ import Foundation
 import VeilTensor
 import XCTest
 
-@testable import VeilTrain
+import VeilTrain
 
 /// Every op's backward against central finite differences of its forward.
 ///

@@ -2,7 +2,7 @@ import Foundation
 import VeilTensor
 import XCTest
 
-@testable import VeilTrain
+import VeilTrain
 
 /// Forward results against direct loops, training that learns, optimiser updates against
 /// their formulas, and checkpoints that resume exactly.
