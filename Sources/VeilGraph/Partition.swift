@@ -107,6 +107,11 @@ extension Graph {
     if let c = cuts.first(where: { $0.name == name || $0.tensor == name }) { return c }
     if let i = Int(name), cuts.indices.contains(i) { return cuts[i] }
     // A value that exists but is not a cut: say why.
+    if !all, let c = try candidateCuts(all: true).first(where: { $0.name == name || $0.tensor == name }) {
+      throw GraphError.invalidGraph(
+        "'\(c.name)' of '\(self.name)' is a single-tensor point inside a layer or block, not one of its structural cuts; allow every point (--all) to cut there. Structural cuts: \(cuts.map(\.name).joined(separator: ", "))"
+      )
+    }
     if value(named: name) != nil || nodes.contains(where: { $0.name == name }) {
       throw GraphError.invalidGraph(
         "'\(name)' is not a cut point of '\(self.name)': more than one tensor crosses there (inside a branch or a residual block). Cut points: \(cuts.map(\.name).joined(separator: ", "))"

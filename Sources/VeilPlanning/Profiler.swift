@@ -80,22 +80,22 @@ public struct FeatureTransfer {
 
   /// Opens the records and deserialises a tensor of `shape`.
   public func open(_ records: [Data], shape: [Int]) throws -> Tensor {
-    let count = shape.reduce(1, *)
-    let out = Tensor(shape: shape, repeating: 0)
-    var offset = 0
-    for (k, r) in records.enumerated() {
-      guard r.count >= 16 else { throw GraphError.inputMismatch(input: "feature map record \(k)", expected: "≥ 16 bytes", found: "\(r.count)") }
-      let box = try AES.GCM.SealedBox(
-        nonce: Self.nonce(UInt64(k)), ciphertext: r.prefix(r.count - 16), tag: r.suffix(16))
-      let plain = try AES.GCM.open(box, using: key)
-      guard offset + plain.count <= count * 4 else { break }
-      plain.withUnsafeBytes { src in
-        (UnsafeMutableRawPointer(out.storage.pointer) + offset).copyMemory(from: src.baseAddress!, byteCount: src.count)
-      }
-      offset += plain.count
+    let bytes = shape.reduce(1, *) * 4
+    // `seal` writes full records and one last partial (or empty) record, always at least one.
+    let expected = max(1, (bytes + Self.recordBytes - 1) / Self.recordBytes)
+    guard records.count == expected else {
+      throw GraphError.inputMismatch(input: "feature map", expected: "\(expected) records", found: "\(records.count)")
     }
-    guard offset == count * 4, records.count == (count * 4 + Self.recordBytes - 1) / Self.recordBytes || count == 0 else {
-      throw GraphError.inputMismatch(input: "feature map", expected: "\(count * 4) bytes", found: "\(offset) or more")
+    let out = Tensor(shape: shape, repeating: 0)
+    let base = UnsafeMutableRawPointer(out.storage.pointer)
+    for (k, r) in records.enumerated() {
+      let offset = k * Self.recordBytes
+      let size = min(Self.recordBytes, bytes - offset)
+      guard r.count == size + 16 else {
+        throw GraphError.inputMismatch(input: "feature map record \(k)", expected: "\(size + 16) bytes", found: "\(r.count)")
+      }
+      let box = try AES.GCM.SealedBox(nonce: Self.nonce(UInt64(k)), ciphertext: r.prefix(size), tag: r.suffix(16))
+      try AES.GCM.open(box, using: key).copyBytes(to: (base + offset).assumingMemoryBound(to: UInt8.self), count: size)
     }
     return out
   }
@@ -174,7 +174,7 @@ public enum Profiler {
         return .measured(seconds)
       }
       return TEECostModel.cost(
-        nativeSeconds: seconds, trace: trace.map { MemoryStep(weightBytes: $0.weightBytes, activationRanges: $0.activationRanges) },
+        nativeSeconds: seconds, trace: trace.teeTrace,
         preset: options.preset, ioOperations: io)
     }
 
@@ -249,6 +249,13 @@ public enum Profiler {
     }
     times.sort()
     return times.count % 2 == 1 ? times[times.count / 2] : (times[times.count / 2 - 1] + times[times.count / 2]) / 2
+  }
+}
+
+extension [StepMemory] {
+  /// The executor's memory trace in the form the TEE cost model reads.
+  public var teeTrace: [MemoryStep] {
+    map { MemoryStep(weightBytes: $0.weightBytes, activationRanges: $0.activationRanges) }
   }
 }
 

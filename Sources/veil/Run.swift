@@ -129,7 +129,10 @@ struct Run: ParsableCommand {
 
   func classNames(count: Int) throws -> [String]? {
     if let labels {
-      let text = try String(contentsOf: URL(fileURLWithPath: labels), encoding: .utf8)
+      let text: String
+      do { text = try String(contentsOf: URL(fileURLWithPath: labels), encoding: .utf8) } catch {
+        throw ValidationError("--labels '\(labels)': cannot read it as UTF-8 text (\(error.localizedDescription))")
+      }
       let names = text.split(separator: "\n", omittingEmptySubsequences: false).map(String.init)
       guard names.count >= count else {
         throw ValidationError("--labels '\(labels)' has \(names.count) lines; the model has \(count) classes")

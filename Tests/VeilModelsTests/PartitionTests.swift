@@ -61,6 +61,10 @@ final class PartitionTests: XCTestCase {
       XCTAssertTrue("\(error)".contains("layer3"), "\(error)")
     }
     XCTAssertEqual(try g.cut(named: "2").name, structural[2].name)
+    // A single-tensor point that is not structural needs `all`.
+    let inner = try XCTUnwrap(all.first { a in !structural.contains { $0.tensor == a.tensor } })
+    XCTAssertThrowsError(try g.cut(named: inner.name)) { XCTAssertTrue("\($0)".contains("--all"), "\($0)") }
+    XCTAssertEqual(try g.cut(named: inner.name, all: true).tensor, inner.tensor)
   }
 
   /// Head then tail gives the whole model's output, for every cut of the three reference

@@ -45,7 +45,7 @@ final class CostModelTests: XCTestCase {
   func testVGG16PagingDominatesTheFullEnclaveUnderSGX1() throws {
     let g = try ModelZoo.build("vgg16")
     let whole = try Executor(graph: g)
-    let trace = whole.memoryTrace.map { MemoryStep(weightBytes: $0.weightBytes, activationRanges: $0.activationRanges) }
+    let trace = whole.memoryTrace.teeTrace
     let weights = trace.reduce(0) { $0 + $1.weightBytes }
     XCTAssertGreaterThan(weights, 520_000_000)
     let full = TEECostModel.cost(nativeSeconds: 0.25, trace: trace, preset: .sgx1, ioOperations: 2)
@@ -53,7 +53,7 @@ final class CostModelTests: XCTestCase {
     XCTAssertGreaterThan(full.pagingSeconds, full.computeSeconds, "paging should dominate: \(full)")
     let (head, _) = try g.split(at: try g.cut(named: "block3_pool"))
     let h = try Executor(graph: head)
-    let headTrace = h.memoryTrace.map { MemoryStep(weightBytes: $0.weightBytes, activationRanges: $0.activationRanges) }
+    let headTrace = h.memoryTrace.teeTrace
     XCTAssertEqual(TEECostModel.cost(nativeSeconds: 0.1, trace: headTrace, preset: .sgx1, ioOperations: 4).pageSwaps, 0)
   }
 
