@@ -9,7 +9,7 @@ let kernelSwiftFlags: [SwiftSetting] = [.unsafeFlags(["-Xcc", "-march=x86-64-v3"
 
 let package = Package(
   name: "Veil",
-  platforms: [.macOS(.v14)],
+  platforms: [.macOS(.v15)],
   products: [
     .executable(name: "veil", targets: ["veil"]),
     .library(name: "VeilGraph", targets: ["VeilGraph"]),
@@ -20,6 +20,16 @@ let package = Package(
     .package(url: "https://github.com/apple/swift-crypto", from: "4.5.2"),
     .package(url: "https://github.com/apple/swift-certificates", from: "1.21.1"),
     .package(url: "https://github.com/apple/swift-asn1", from: "1.7.4"),
+    // Serving: the KServe v2 protocol over gRPC (generated code is committed; protoc never runs
+    // in CI), logs, metrics with a Prometheus endpoint, service lifecycles.
+    .package(url: "https://github.com/grpc/grpc-swift-2", from: "2.4.3"),
+    .package(url: "https://github.com/grpc/grpc-swift-nio-transport", from: "2.9.2"),
+    .package(url: "https://github.com/grpc/grpc-swift-protobuf", from: "2.4.1"),
+    .package(url: "https://github.com/apple/swift-protobuf", from: "1.39.0"),
+    .package(url: "https://github.com/apple/swift-log", from: "1.16.2"),
+    .package(url: "https://github.com/apple/swift-metrics", from: "2.13.0"),
+    .package(url: "https://github.com/swift-server/swift-prometheus", from: "2.4.1"),
+    .package(url: "https://github.com/swift-server/swift-service-lifecycle", from: "2.13.0"),
   ],
   targets: [
     // System libraries: oneDNN 2.6 from Debian's libdnnl-dev, plus a few C helpers that read
@@ -50,6 +60,22 @@ let package = Package(
         .product(name: "SwiftASN1", package: "swift-asn1"),
       ]
     ),
+    // The enclave service, the accelerator service (KServe v2 / Triton gRPC) and their clients.
+    .target(
+      name: "VeilServing",
+      dependencies: [
+        "VeilTensor", "VeilGraph", "VeilFormats", "VeilTEE",
+        .product(name: "GRPCCore", package: "grpc-swift-2"),
+        .product(name: "GRPCNIOTransportHTTP2", package: "grpc-swift-nio-transport"),
+        .product(name: "GRPCProtobuf", package: "grpc-swift-protobuf"),
+        .product(name: "SwiftProtobuf", package: "swift-protobuf"),
+        .product(name: "Logging", package: "swift-log"),
+        .product(name: "Metrics", package: "swift-metrics"),
+        .product(name: "Prometheus", package: "swift-prometheus"),
+        .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+      ],
+      swiftSettings: kernelSwiftFlags
+    ),
     // Profiler, planner and reports: drives the engine, the cost model and the real crypto.
     .target(
       name: "VeilPlanning",
@@ -65,7 +91,7 @@ let package = Package(
     .executableTarget(
       name: "veil",
       dependencies: [
-        "VeilTensor", "VeilGraph", "VeilFormats", "VeilModels", "VeilData", "VeilTEE", "VeilPlanning", "VeilPrivacy",
+        "VeilTensor", "VeilGraph", "VeilFormats", "VeilModels", "VeilData", "VeilTEE", "VeilPlanning", "VeilPrivacy", "VeilServing",
         .product(name: "ArgumentParser", package: "swift-argument-parser"),
         .product(name: "Crypto", package: "swift-crypto"),
         .product(name: "X509", package: "swift-certificates"),
