@@ -104,7 +104,7 @@ let package = Package(
     .testTarget(name: "VeilTensorTests", dependencies: ["VeilTensor"]),
     .testTarget(name: "VeilGraphTests", dependencies: ["VeilGraph", "VeilFormats", "VeilTestSupport"]),
     .testTarget(name: "VeilFormatsTests", dependencies: ["VeilFormats", "VeilTestSupport"]),
-    .testTarget(name: "VeilPlanningTests", dependencies: ["VeilPlanning", "VeilTEE", "VeilModels", "VeilGraph", "VeilTensor"]),
+    .testTarget(name: "VeilPlanningTests", dependencies: ["VeilPlanning", "VeilTEE", "VeilModels", "VeilGraph", "VeilTensor", "VeilData", "VeilTestSupport"]),
     .testTarget(name: "VeilTrainTests", dependencies: ["VeilTrain", "VeilTensor", "VeilFormats", "VeilData"]),
     .testTarget(name: "VeilPrivacyTests", dependencies: ["VeilPrivacy", "VeilData", "VeilTensor", "VeilTestSupport"]),
     .testTarget(name: "VeilModelsTests", dependencies: ["VeilModels", "VeilFormats", "VeilTestSupport"]),

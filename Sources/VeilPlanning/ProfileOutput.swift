@@ -87,7 +87,7 @@ extension ProfileReport {
     let slot = plotW / Double(max(cuts.count, 1))
     let bar = min(32, slot * 0.7)
     var s = """
-      <svg xmlns="http://www.w3.org/2000/svg" width="\(width)" height="\(height)" viewBox="0 0 \(width) \(height)" font-family="sans-serif" font-size="11">
+      <svg class="plot" xmlns="http://www.w3.org/2000/svg" width="\(width)" height="\(height)" viewBox="0 0 \(width) \(height)" font-family="sans-serif" font-size="11">
       <defs><pattern id="modeled" width="6" height="6" patternUnits="userSpaceOnUse" patternTransform="rotate(45)"><rect width="6" height="6" fill="#d62728"/><line x1="0" y1="0" x2="0" y2="6" stroke="#fff" stroke-width="2"/></pattern></defs>
       <text x="\(width / 2)" y="18" text-anchor="middle" font-size="14">\(xml(model)): latency per cut, preset \(preset.name)\(teeModeled ? " (TEE time modeled)" : "")</text>
 
