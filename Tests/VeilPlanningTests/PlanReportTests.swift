@@ -3,6 +3,7 @@ import VeilData
 import VeilGraph
 import VeilModels
 import VeilPlanning
+import VeilTensor
 import VeilTestSupport
 import XCTest
 
@@ -167,5 +168,71 @@ final class PlanReportTests: XCTestCase {
     p.waitUntilExit()
     guard p.terminationStatus == 0 else { throw CocoaError(.executableLoad, userInfo: [NSLocalizedDescriptionKey: "\(tool) exited \(p.terminationStatus)"]) }
     return String(decoding: data, as: UTF8.self)
+  }
+}
+
+final class PlannerTests: XCTestCase {
+  /// A small chain of convolutions: eight structural points, quick to profile.
+  func chain(seed: UInt64) -> Graph {
+    var rng = SeededGenerator(seed: seed)
+    var g = Graph(name: "chain")
+    var v = g.addInput(name: "x", shape: [1, 3, 32, 32])
+    var c = 3
+    for i in 0..<8 {
+      v = g.conv(v, weight: .randomNormal(shape: [8, c, 3, 3], std: 0.2, generator: &rng), .square(3), name: "conv\(i)")
+      v = g.activation(v, .relu, name: "relu\(i)")
+      c = 8
+    }
+    g.outputs = [v]
+    return g
+  }
+
+  func testPlannerResumesRefusesAnotherModelAndChecksItsSettings() throws {
+    let folder = try PythonScript.temporaryDirectory("planner")
+    var options = PlanOptions()
+    options.threshold = 0.5
+    options.profile.runs = 1
+    options.profile.warmup = 0
+    let planner = try Planner(graph: chain(seed: 1), model: "chain", options: options, folder: folder)
+    // SSIM falls with depth, as a real attacker's does; the closure counts its calls.
+    var calls: [String] = []
+    func attack(_ cut: CutPoint, _ k: Int) throws -> PrivacyPoint {
+      calls.append(cut.name)
+      let mean = 0.95 - 0.1 * Double(k)
+      return PrivacyPoint(
+        cutIndex: k, cut: cut.name, attacker: "inverse", ssimMean: mean, ssimStd: 0.04,
+        ssimUpper: PrivacyStatistics.upperBound(mean: mean, std: 0.04, count: 16), psnrMean: 18, psnrStd: 1, heldOut: 16,
+        trainImages: 64, seconds: 1)
+    }
+    var lines: [String] = []
+    let first = try planner.run(attacker: "inverse", attack: attack) { lines.append($0) }
+    let cuts = first.profile.cuts.map(\.cut.name)
+    XCTAssertGreaterThanOrEqual(cuts.count, 7)
+    XCTAssertNotNil(first.chosen)
+    let k = try XCTUnwrap(cuts.firstIndex(of: first.chosen!.name))
+    XCTAssertLessThan(first.privacy.first { $0.cut == cuts[k] }!.ssimUpper, 0.5)
+    if k > 0 { XCTAssertGreaterThanOrEqual(first.privacy.first { $0.cut == cuts[k - 1] }!.ssimUpper, 0.5, "the shallower neighbour was attacked and fails") }
+    XCTAssertLessThan(calls.count, cuts.count, "the quick budget does not attack every cut")
+    XCTAssertTrue(lines.contains { $0.hasPrefix("profile:") })
+
+    // Interrupted and run again: nothing is profiled or attacked twice.
+    let before = calls.count
+    lines = []
+    let again = try planner.run(attacker: "inverse", attack: attack) { lines.append($0) }
+    XCTAssertEqual(calls.count, before)
+    XCTAssertEqual(again.chosen?.name, first.chosen?.name)
+    XCTAssertTrue(lines.contains { $0.contains("reusing") })
+
+    // Another model's folder, a threshold outside (0, 1), too few held-out images.
+    let other = try Planner(graph: chain(seed: 2), model: "chain", options: options, folder: folder)
+    XCTAssertThrowsError(try other.run(attacker: "inverse", attack: attack) { _ in }) { e in
+      XCTAssertTrue("\(e)".contains("another model"), "\(e)")
+    }
+    options.threshold = 1.2
+    XCTAssertThrowsError(try Planner(graph: chain(seed: 1), model: "chain", options: options, folder: folder)) { e in
+      XCTAssertEqual(e as? PlanError, .invalidThreshold(1.2))
+    }
+    XCTAssertThrowsError(try planner.checkHeldOut(4)) { e in XCTAssertTrue("\(e)".contains("needs at least"), "\(e)") }
+    XCTAssertNoThrow(try planner.checkHeldOut(40))
   }
 }
