@@ -37,28 +37,7 @@ mkdir -p "$PLAN"
 echo "== plan: $MODEL cut at $CUT in $PLAN" >&2
 "$VEIL" split --model "$MODEL" --cut "$CUT" --out "$PLAN" >&2
 "$VEIL" export --model "$MODEL" --out "$OUT/model.onnx" >&2
-# The plan document the planner (issue 9) will write; here from veil split's cut.json.
-python3 - "$PLAN" "$OUT/model.onnx" "$MODEL" <<'PY'
-import hashlib, json, sys
-plan_dir, model_file, model = sys.argv[1:4]
-sha = lambda p: hashlib.sha256(open(p, "rb").read()).hexdigest()
-cut = json.load(open(f"{plan_dir}/cut.json"))
-shape = cut["head"]["inputs"][0]["shape"]
-nchw = shape[1] == 3
-plan = {
-    "schemaVersion": 1,
-    "model": {"name": model, "sha256": sha(model_file)},
-    "cut": {"name": cut["cut"]["name"], "tensor": cut["cut"]["tensor"], "featureShape": cut["cut"]["shape"]},
-    "head": {"path": "head.onnx", "sha256": sha(f"{plan_dir}/head.onnx")},
-    "tail": {"path": "tail.onnx", "sha256": sha(f"{plan_dir}/tail.onnx")},
-    "preprocessing": {"preset": "imagenet", "appliedIn": "client"},
-    "input": {"width": shape[3] if nchw else shape[2], "height": shape[2] if nchw else shape[1],
-              "layout": "nchw" if nchw else "nhwc", "shape": shape},
-    "accelerator": {"modelName": f"{model}.tail", "modelVersion": "1"},
-    "tee": {"preset": "sgx1", "evidenceMode": "simulated"},
-}
-json.dump(plan, open(f"{plan_dir}/plan.json", "w"), indent=2)
-PY
+python3 scripts/write_plan.py "$PLAN" "$OUT/model.onnx" "$MODEL" >&2
 
 PIDS=()
 cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; }
