@@ -64,7 +64,8 @@ let package = Package(
     .target(
       name: "VeilServing",
       dependencies: [
-        "VeilTensor", "VeilGraph", "VeilFormats", "VeilTEE",
+        "VeilTensor", "VeilGraph", "VeilFormats", "VeilTEE", "VeilData",
+        .product(name: "Crypto", package: "swift-crypto"),
         .product(name: "GRPCCore", package: "grpc-swift-2"),
         .product(name: "GRPCNIOTransportHTTP2", package: "grpc-swift-nio-transport"),
         .product(name: "GRPCProtobuf", package: "grpc-swift-protobuf"),
@@ -107,6 +108,13 @@ let package = Package(
     .testTarget(name: "VeilPlanningTests", dependencies: ["VeilPlanning", "VeilTEE", "VeilModels", "VeilGraph", "VeilTensor", "VeilData", "VeilTestSupport"]),
     .testTarget(name: "VeilTrainTests", dependencies: ["VeilTrain", "VeilTensor", "VeilFormats", "VeilData"]),
     .testTarget(name: "VeilPrivacyTests", dependencies: ["VeilPrivacy", "VeilData", "VeilTensor", "VeilTestSupport"]),
+    .testTarget(
+      name: "VeilServingTests",
+      dependencies: [
+        "VeilServing", "VeilTEE", "VeilModels", "VeilGraph", "VeilTensor", "VeilFormats", "VeilData",
+        .product(name: "GRPCCore", package: "grpc-swift-2"),
+        .product(name: "GRPCNIOTransportHTTP2", package: "grpc-swift-nio-transport"),
+      ]),
     .testTarget(name: "VeilModelsTests", dependencies: ["VeilModels", "VeilFormats", "VeilTestSupport"]),
   ]
 )

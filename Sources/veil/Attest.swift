@@ -146,7 +146,7 @@ struct AttestSimulate: ParsableCommand {
 
 struct Enclave: ParsableCommand {
   static let configuration = CommandConfiguration(
-    abstract: "Deploy the head in an SGX enclave under Gramine.", subcommands: [EnclaveManifest.self])
+    abstract: "Deploy the head in an SGX enclave under Gramine.", subcommands: [EnclaveManifest.self, EnclaveServe.self])
 }
 
 struct EnclaveManifest: ParsableCommand {

@@ -1,0 +1,319 @@
+import Crypto
+import Foundation
+import VeilData
+import VeilFormats
+import VeilGraph
+import VeilTEE
+import VeilTensor
+
+/// What one deployment serves: the plan the planner (issue 9) writes as `plan.json` next to the
+/// head and tail it exported, and what `veil enclave serve` reads. File paths are relative to
+/// the plan file. The enclave sends this document (sealed) to every client after the handshake,
+/// so a client learns the preprocessing and input size from the party it has just verified.
+///
+/// Schema changes are additive: new fields are optional, and `schemaVersion` changes only when
+/// an old reader would misread a new plan.
+public struct DeploymentPlan: Codable, Sendable, Equatable {
+  public static let schemaVersion = 1
+  public static let fileName = "plan.json"
+
+  public struct Model: Codable, Sendable, Equatable {
+    /// A zoo name or the file the model came from.
+    public var name: String
+    /// SHA-256 (hex) of the whole model as ONNX, as the planner serialised it.
+    public var sha256: String
+    public init(name: String, sha256: String) {
+      self.name = name
+      self.sha256 = sha256
+    }
+  }
+
+  public struct Cut: Codable, Sendable, Equatable {
+    /// The cut's structural name (`layer2`, `block3_pool`), as `veil cuts` lists it.
+    public var name: String
+    /// The tensor that crosses the cut.
+    public var tensor: String
+    /// Its shape at batch 1, the shape the accelerator's tail takes.
+    public var featureShape: [Int]
+    public init(name: String, tensor: String, featureShape: [Int]) {
+      self.name = name
+      self.tensor = tensor
+      self.featureShape = featureShape
+    }
+  }
+
+  public struct Part: Codable, Sendable, Equatable {
+    /// ONNX file, relative to the plan file.
+    public var path: String
+    /// SHA-256 (hex) of that file; the enclave refuses a file that does not match.
+    public var sha256: String
+    public init(path: String, sha256: String) {
+      self.path = path
+      self.sha256 = sha256
+    }
+  }
+
+  /// Where the photo becomes the model input.
+  public enum PreprocessingSite: String, Codable, Sendable, CaseIterable {
+    /// The client decodes and preprocesses, and sends the input tensor.
+    case client
+    /// The client sends the encoded photo (PNG/JPEG); the enclave decodes and preprocesses it.
+    case enclave
+  }
+
+  public struct Preprocessing: Codable, Sendable, Equatable {
+    /// A VeilData preset: imagenet, caffe, tensorflow, tensorflow-lite, unit.
+    public var preset: String
+    public var appliedIn: PreprocessingSite
+    public init(preset: String, appliedIn: PreprocessingSite) {
+      self.preset = preset
+      self.appliedIn = appliedIn
+    }
+  }
+
+  public struct Input: Codable, Sendable, Equatable {
+    public var width: Int
+    public var height: Int
+    /// "nchw" or "nhwc".
+    public var layout: String
+    /// The model input's shape at batch 1.
+    public var shape: [Int]
+    public init(width: Int, height: Int, layout: String, shape: [Int]) {
+      self.width = width
+      self.height = height
+      self.layout = layout
+      self.shape = shape
+    }
+  }
+
+  public struct Accelerator: Codable, Sendable, Equatable {
+    /// The model name and version the tail is served under (KServe v2 / Triton).
+    public var modelName: String
+    public var modelVersion: String
+    public init(modelName: String, modelVersion: String) {
+      self.modelName = modelName
+      self.modelVersion = modelVersion
+    }
+  }
+
+  public struct TEE: Codable, Sendable, Equatable {
+    /// The cost-model preset the plan was made for: sgx1, sgx2, tdx, snp.
+    public var preset: String
+    /// The evidence the enclave presents: gramine-sgx, configfs-tsm, simulated.
+    public var evidenceMode: String
+    public init(preset: String, evidenceMode: String) {
+      self.preset = preset
+      self.evidenceMode = evidenceMode
+    }
+  }
+
+  public var schemaVersion: Int
+  public var model: Model
+  public var cut: Cut
+  public var head: Part
+  public var tail: Part
+  /// The head sealed with `veil keys seal` (released by `veil keys serve`), relative path.
+  public var sealedHead: String?
+  public var preprocessing: Preprocessing
+  public var input: Input
+  /// Class names, one per line (index order), relative path.
+  public var labels: String?
+  public var accelerator: Accelerator
+  public var tee: TEE
+
+  public init(
+    model: Model, cut: Cut, head: Part, tail: Part, sealedHead: String? = nil, preprocessing: Preprocessing,
+    input: Input, labels: String? = nil, accelerator: Accelerator, tee: TEE
+  ) {
+    schemaVersion = Self.schemaVersion
+    self.model = model
+    self.cut = cut
+    self.head = head
+    self.tail = tail
+    self.sealedHead = sealedHead
+    self.preprocessing = preprocessing
+    self.input = input
+    self.labels = labels
+    self.accelerator = accelerator
+    self.tee = tee
+  }
+}
+
+/// A plan read from disk: the document and the folder its paths are relative to.
+public struct LoadedPlan: Sendable {
+  public var plan: DeploymentPlan
+  public var file: URL
+  public var directory: URL { file.deletingLastPathComponent() }
+
+  public func url(_ relative: String) -> URL {
+    relative.hasPrefix("/") ? URL(fileURLWithPath: relative) : directory.appendingPathComponent(relative)
+  }
+  public var headURL: URL { url(plan.head.path) }
+  public var tailURL: URL { url(plan.tail.path) }
+  public var labelsURL: URL? { plan.labels.map(url) }
+
+  /// The class names of the labels file, when the plan names one.
+  public func labelNames() throws -> [String]? {
+    guard let u = labelsURL else { return nil }
+    let text: String
+    do { text = try String(contentsOf: u, encoding: .utf8) } catch {
+      throw EnclaveError.plan(file: file.path, field: "labels", detail: "cannot read '\(u.path)' as UTF-8 text")
+    }
+    var names = text.split(separator: "\n", omittingEmptySubsequences: false).map(String.init)
+    if names.last == "" { names.removeLast() }
+    return names
+  }
+
+  /// Reads and checks the head or tail: the file must hash to the plan's digest.
+  public func readPart(_ part: DeploymentPlan.Part, field: String) throws -> Graph {
+    let u = url(part.path)
+    guard FileManager.default.fileExists(atPath: u.path) else {
+      throw EnclaveError.plan(file: file.path, field: "\(field).path", detail: "'\(u.path)' does not exist")
+    }
+    let digest: String
+    do { digest = try hex(fileSHA256(u)) } catch {
+      throw EnclaveError.plan(file: file.path, field: "\(field).path", detail: "cannot read '\(u.path)': \(error)")
+    }
+    guard digest == part.sha256.lowercased() else {
+      throw EnclaveError.plan(
+        file: file.path, field: "\(field).sha256",
+        detail: "'\(u.path)' has SHA-256 \(digest), the plan says \(part.sha256): the file was changed or the plan is stale; re-export the plan")
+    }
+    do { return try ONNXReader.read(u) } catch {
+      throw EnclaveError.plan(file: file.path, field: "\(field).path", detail: "'\(u.path)' is not a readable ONNX model: \(error)")
+    }
+  }
+}
+
+extension DeploymentPlan {
+  /// Reads `plan.json`, or `DIR/plan.json` when given a folder, and checks every field a
+  /// server or client relies on (file digests are checked when the parts are read).
+  public static func load(_ path: String) throws -> LoadedPlan {
+    var url = URL(fileURLWithPath: path)
+    var isDir: ObjCBool = false
+    if FileManager.default.fileExists(atPath: url.path, isDirectory: &isDir), isDir.boolValue {
+      url = url.appendingPathComponent(fileName)
+    }
+    let data: Data
+    do { data = try Data(contentsOf: url) } catch {
+      throw EnclaveError.plan(
+        file: url.path, field: "-", detail: "cannot read the plan (\(error.localizedDescription)); pass the plan file or its folder")
+    }
+    let plan = try decode(data, file: url.path)
+    return LoadedPlan(plan: plan, file: url)
+  }
+
+  /// Decodes and validates a plan document; `file` is what errors call it.
+  public static func decode(_ data: Data, file: String) throws -> DeploymentPlan {
+    let plan: DeploymentPlan
+    do { plan = try JSONDecoder().decode(DeploymentPlan.self, from: data) } catch let DecodingError.keyNotFound(key, ctx) {
+      throw EnclaveError.plan(
+        file: file, field: (ctx.codingPath + [key]).map(\.stringValue).joined(separator: "."), detail: "missing")
+    } catch let DecodingError.typeMismatch(_, ctx), let DecodingError.valueNotFound(_, ctx) {
+      throw EnclaveError.plan(
+        file: file, field: ctx.codingPath.map(\.stringValue).joined(separator: "."), detail: ctx.debugDescription)
+    } catch let DecodingError.dataCorrupted(ctx) {
+      throw EnclaveError.plan(
+        file: file, field: ctx.codingPath.map(\.stringValue).joined(separator: "."), detail: ctx.debugDescription)
+    } catch {
+      throw EnclaveError.plan(file: file, field: "-", detail: "not a plan document: \(error)")
+    }
+    try plan.validate(file: file)
+    return plan
+  }
+
+  func validate(file: String) throws {
+    func bad(_ field: String, _ detail: String) -> EnclaveError { .plan(file: file, field: field, detail: detail) }
+    guard schemaVersion >= 1, schemaVersion <= Self.schemaVersion else {
+      throw bad("schemaVersion", "\(schemaVersion) is not supported; this Veil reads 1...\(Self.schemaVersion)")
+    }
+    guard VeilData.Preprocessing.Preset(rawValue: preprocessing.preset) != nil else {
+      throw bad(
+        "preprocessing.preset",
+        "'\(preprocessing.preset)' is not one of \(VeilData.Preprocessing.Preset.allCases.map(\.rawValue).joined(separator: ", "))")
+    }
+    guard ["nchw", "nhwc"].contains(input.layout) else { throw bad("input.layout", "'\(input.layout)' is not nchw or nhwc") }
+    let expected = input.layout == "nchw" ? [1, 3, input.height, input.width] : [1, input.height, input.width, 3]
+    guard input.shape == expected, input.width > 0, input.height > 0 else {
+      throw bad("input.shape", "\(input.shape) does not match \(input.width)×\(input.height) \(input.layout) (expected \(expected))")
+    }
+    guard !cut.featureShape.isEmpty, cut.featureShape.allSatisfy({ $0 > 0 }) else {
+      throw bad("cut.featureShape", "\(cut.featureShape) is not a tensor shape")
+    }
+    guard EvidenceMode(rawValue: tee.evidenceMode) != nil else {
+      throw bad(
+        "tee.evidenceMode",
+        "'\(tee.evidenceMode)' is not one of \(EvidenceMode.allCases.map(\.rawValue).joined(separator: ", "))")
+    }
+    for (field, d) in [("model.sha256", model.sha256), ("head.sha256", head.sha256), ("tail.sha256", tail.sha256)] {
+      guard d.count == 64, d.allSatisfy(\.isHexDigit) else { throw bad(field, "'\(d)' is not a SHA-256 in hex (64 digits)") }
+    }
+  }
+
+  /// The preprocessing this plan names, at its input size and layout.
+  public var imagePreprocessing: VeilData.Preprocessing {
+    get throws {
+      guard let p = VeilData.Preprocessing.Preset(rawValue: preprocessing.preset) else {
+        throw EnclaveError.plan(file: "-", field: "preprocessing.preset", detail: "'\(preprocessing.preset)' is unknown")
+      }
+      return VeilData.Preprocessing(
+        preset: p, width: input.width, height: input.height, layout: input.layout == "nhwc" ? .nhwc : .nchw)
+    }
+  }
+
+  public func encoded() throws -> Data {
+    let e = JSONEncoder()
+    e.outputFormatting = [.prettyPrinted, .sortedKeys, .withoutEscapingSlashes]
+    return try e.encode(self)
+  }
+
+  /// Splits `graph` at `cut` and writes a plan folder: head.onnx, tail.onnx, plan.json (and
+  /// labels.txt when `labels` is given). For tests and demos before the planner exists; the
+  /// planner writes the same document with the cut it chose.
+  @discardableResult
+  public static func write(
+    model graph: Graph, name: String, cut cutName: String, preprocessing: Preprocessing,
+    labels: [String]? = nil, teePreset: String = "sgx1", evidenceMode: String = "simulated",
+    allCuts: Bool = false, to directory: URL
+  ) throws -> LoadedPlan {
+    let point = try graph.cut(named: cutName, all: allCuts)
+    let (head, tail) = try graph.split(at: point)
+    try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
+    let modelDigest = hex(Array(SHA256.hash(data: try ONNXWriter.serialize(graph))))
+    func part(_ g: Graph, _ file: String) throws -> Part {
+      let u = directory.appendingPathComponent(file)
+      try ONNXWriter.write(g, to: u)
+      return Part(path: file, sha256: hex(try fileSHA256(u)))
+    }
+    let shape = graph.inputs.first.flatMap { graph.shape($0) } ?? []
+    guard shape.count == 4, shape[0] == 1, shape[1] == 3 || shape[3] == 3 else {
+      throw EnclaveError.invalidArgument(
+        "model '\(name)' takes input \(shape): a plan serves image models with a batch-1 [1,3,H,W] or [1,H,W,3] input")
+    }
+    let nchw = shape[1] == 3
+    let input = Input(
+      width: nchw ? shape[3] : shape[2], height: nchw ? shape[2] : shape[1], layout: nchw ? "nchw" : "nhwc", shape: shape)
+    var labelsFile: String?
+    if let labels {
+      labelsFile = "labels.txt"
+      try Data((labels.joined(separator: "\n") + "\n").utf8).write(to: directory.appendingPathComponent("labels.txt"))
+    }
+    let plan = DeploymentPlan(
+      model: Model(name: name, sha256: modelDigest),
+      cut: Cut(name: point.name, tensor: point.tensor, featureShape: point.shape),
+      head: try part(head, "head.onnx"), tail: try part(tail, "tail.onnx"), preprocessing: preprocessing, input: input,
+      labels: labelsFile, accelerator: Accelerator(modelName: "\(name).tail", modelVersion: "1"),
+      tee: TEE(preset: teePreset, evidenceMode: evidenceMode))
+    try plan.validate(file: directory.appendingPathComponent(fileName).path)
+    let file = directory.appendingPathComponent(fileName)
+    try plan.encoded().write(to: file)
+    return LoadedPlan(plan: plan, file: file)
+  }
+}
+
+func hex(_ bytes: [UInt8]) -> String { bytes.map { String(format: "%02x", $0) }.joined() }
+
+/// SHA-256 of a file (VeilTEE's reader, with this module's error).
+func fileSHA256(_ url: URL) throws -> [UInt8] {
+  do { return try fileDigest(url) } catch { throw EnclaveError.io(path: url.path, detail: "\(error)") }
+}

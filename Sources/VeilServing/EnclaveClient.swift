@@ -1,0 +1,184 @@
+import Foundation
+import GRPCCore
+import GRPCNIOTransportHTTP2
+import SwiftProtobuf
+import Synchronization
+import VeilData
+import VeilTEE
+import VeilTensor
+
+/// One answer of the enclave.
+public struct EnclaveAnswer: Sendable {
+  public struct Class: Sendable, Codable, Equatable {
+    public var index: Int
+    public var score: Float
+    public var label: String?
+  }
+  public var top: [Class]
+  public var logits: Tensor?
+  public var headMs: Double
+  public var tailMs: Double
+  public var enclaveMs: Double
+  public var accelerator: String
+}
+
+/// A `host:port` pair as the command line takes it.
+public struct Endpoint: Sendable, Equatable, CustomStringConvertible {
+  public var host: String
+  public var port: Int
+
+  public init(host: String, port: Int) {
+    self.host = host
+    self.port = port
+  }
+
+  public init(_ text: String) throws {
+    guard let colon = text.lastIndex(of: ":"), let port = Int(text[text.index(after: colon)...]), (1...65535).contains(port),
+      colon != text.startIndex
+    else {
+      throw EnclaveError.invalidArgument("endpoint '\(text)': expected HOST:PORT with a port in 1...65535")
+    }
+    var host = String(text[..<colon])
+    if host.hasPrefix("["), host.hasSuffix("]") { host = String(host.dropFirst().dropLast()) }
+    self.init(host: host, port: port)
+  }
+
+  public var description: String { "\(host):\(port)" }
+}
+
+/// The client side of the enclave service over one gRPC connection: `session()` completes the
+/// attested handshake (the evidence is checked against the policy before anything is sent).
+public struct EnclaveClient: Sendable {
+  public let grpc: GRPCClient<HTTP2ClientTransport.Posix>
+  public let verifier: AttestationVerifier
+  public let endpoint: Endpoint
+  /// Deadline of every call.
+  public var timeout: Duration = .seconds(60)
+  /// The largest answer accepted.
+  public var maxMessageBytes = 16 << 20
+
+  public init(grpc: GRPCClient<HTTP2ClientTransport.Posix>, endpoint: Endpoint, verifier: AttestationVerifier) {
+    self.grpc = grpc
+    self.endpoint = endpoint
+    self.verifier = verifier
+  }
+
+  /// Connects, runs `body`, and closes the connection.
+  public static func with<R: Sendable>(
+    _ endpoint: Endpoint, verifier: AttestationVerifier, maxMessageBytes: Int = 16 << 20,
+    _ body: (EnclaveClient) async throws -> R
+  ) async throws -> R {
+    let transport = try HTTP2ClientTransport.Posix(
+      target: .dns(host: endpoint.host, port: endpoint.port), transportSecurity: .plaintext)
+    return try await withGRPCClient(transport: transport) { grpc in
+      var client = EnclaveClient(grpc: grpc, endpoint: endpoint, verifier: verifier)
+      client.maxMessageBytes = maxMessageBytes
+      return try await body(client)
+    }
+  }
+
+  var stub: Veil_Enclave_V1_EnclaveService.Client<HTTP2ClientTransport.Posix> { .init(wrapping: grpc) }
+  var options: CallOptions {
+    var o = CallOptions.defaults
+    o.timeout = timeout
+    o.maxResponseMessageBytes = maxMessageBytes
+    return o
+  }
+
+  /// The attested handshake. Throws, having sent nothing but the ClientHello, when the
+  /// enclave's evidence does not satisfy the policy.
+  public func session() async throws -> EnclaveSession {
+    let handshake = ClientHandshake(verifier: verifier)
+    var request = Veil_Enclave_V1_HandshakeRequest()
+    request.clientHello = Data(try handshake.start())
+    let response = try await stub.handshake(request, options: options)
+    let (secure, verdict) = try handshake.finish(serverHello: Array(response.serverHello))
+    let channel = SealedChannel(secure)
+    guard case .data(let bytes) = try channel.open(Array(response.sealedDeployment)) else {
+      throw EnclaveError.protocolViolation("the enclave closed the session in its first record")
+    }
+    let info = try Veil_Enclave_V1_DeploymentInfo(serializedBytes: bytes)
+    let plan = try DeploymentPlan.decode(info.planJson, file: "the plan sent by \(endpoint)")
+    return EnclaveSession(client: self, id: response.sessionID, channel: channel, plan: plan, verdict: verdict)
+  }
+}
+
+/// An attested session: one request at a time, records in order.
+public final class EnclaveSession: Sendable {
+  public let client: EnclaveClient
+  public let id: String
+  /// The deployment the enclave serves, as it described it inside the channel.
+  public let plan: DeploymentPlan
+  /// The verdict on the enclave's evidence (simulated evidence says so here).
+  public let verdict: Verdict
+  private let channel: SealedChannel
+  private let busy = Mutex(false)
+
+  init(client: EnclaveClient, id: String, channel: SealedChannel, plan: DeploymentPlan, verdict: Verdict) {
+    self.client = client
+    self.id = id
+    self.channel = channel
+    self.plan = plan
+    self.verdict = verdict
+  }
+
+  /// Prepares a photo file the way the plan says: the input tensor (client preprocessing) or
+  /// the file's bytes (enclave preprocessing).
+  public func request(photo url: URL, top: Int, logits: Bool = false) throws -> EnclaveRequestMessage {
+    var r = EnclaveRequestMessage()
+    r.topK = UInt32(max(0, top))
+    r.wantLogits = logits
+    switch plan.preprocessing.appliedIn {
+    case .enclave:
+      do { r.image = try Data(contentsOf: url) } catch {
+        throw EnclaveError.io(path: url.path, detail: "cannot read: \(error.localizedDescription)")
+      }
+    case .client:
+      let photo = try ImageCodec.readUpright(url)
+      r.tensor = TensorMessage(try plan.imagePreprocessing.tensor(photo))
+    }
+    return r
+  }
+
+  /// A request carrying an input tensor (plans that preprocess on the client).
+  public static func request(tensor: Tensor, top: Int, logits: Bool = false) -> EnclaveRequestMessage {
+    var r = EnclaveRequestMessage()
+    r.topK = UInt32(max(0, top))
+    r.wantLogits = logits
+    r.tensor = TensorMessage(tensor)
+    return r
+  }
+
+  /// Seals `request`, sends it, opens the answer. An error answer throws `EnclaveError.remote`.
+  public func infer(_ request: EnclaveRequestMessage) async throws -> EnclaveAnswer {
+    guard busy.withLock({ (b: inout Bool) -> Bool in defer { b = true }; return !b }) else {
+      throw EnclaveError.invalidArgument("this session already has a request in flight; use one session per concurrent request")
+    }
+    defer { busy.withLock { $0 = false } }
+    var message = Veil_Enclave_V1_InferRequest()
+    message.sessionID = id
+    message.record = Data(try channel.seal(request))
+    let response = try await client.stub.infer(message, options: client.options)
+    guard case .data(let bytes) = try channel.open(Array(response.record)) else {
+      throw EnclaveError.protocolViolation("the enclave closed the session instead of answering")
+    }
+    let answer = try EnclaveResponseMessage(serializedBytes: bytes)
+    switch answer.outcome {
+    case .error(let e): throw EnclaveError.remote(kind: e.kind, message: e.message)
+    case nil: throw EnclaveError.protocolViolation("the enclave's answer carries neither a result nor an error")
+    case .result(let r):
+      return EnclaveAnswer(
+        top: r.top.map { .init(index: Int($0.index), score: $0.score, label: $0.label.isEmpty ? nil : $0.label) },
+        logits: r.hasLogits ? try r.logits.tensor() : nil, headMs: r.headMs, tailMs: r.tailMs, enclaveMs: r.totalMs,
+        accelerator: r.accelerator)
+    }
+  }
+
+  /// Ends the session with an authenticated close record.
+  public func close() async throws {
+    var message = Veil_Enclave_V1_CloseRequest()
+    message.sessionID = id
+    message.record = Data(try channel.close())
+    _ = try await client.stub.close(message, options: client.options)
+  }
+}

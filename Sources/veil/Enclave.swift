@@ -1,0 +1,134 @@
+import ArgumentParser
+import Foundation
+import Logging
+import ServiceLifecycle
+import VeilGraph
+import VeilServing
+import VeilTEE
+
+/// `veil enclave serve`: the enclave tier (issue 8). The `veil enclave` group itself, and its
+/// `manifest` subcommand, live in Attest.swift.
+struct EnclaveServe: AsyncParsableCommand {
+  static let configuration = CommandConfiguration(
+    commandName: "serve",
+    abstract: "Serve a plan's head behind the attested channel; send the feature maps to an accelerator.",
+    discussion: """
+      Reads the plan (plan.json or its folder: head, tail, preprocessing, input size), checks the
+      head's digest, and serves veil.enclave.v1.EnclaveService over gRPC: a client's first call is
+      the attested handshake (evidence over the handshake transcript), then each Infer call
+      carries one sealed record. The enclave decrypts, runs the head, sends the feature map to
+      the accelerator (KServe v2 / Triton gRPC, --accelerator; several endpoints fail over and
+      come back when they recover) or runs the tail here (--local-tail), and seals the answer.
+
+      Evidence: a real TEE (Gramine SGX, configfs-tsm) when present; otherwise SIMULATED
+      evidence, only with --allow-simulation (its MRENCLAVE covers this binary and the head and
+      is printed on standard error for the client's policy; it proves nothing).
+
+      Logs (standard error, swift-log) carry session id prefixes, sizes, timings and error
+      kinds, never an input, a feature map, an answer or key material.
+      """)
+
+  @Option(help: "The plan: plan.json or the folder holding it.")
+  var plan: String
+  @Option(
+    help: ArgumentHelp(
+      "Accelerator endpoints serving the plan's tail, in order of preference.", valueName: "host:port[,host:port]"))
+  var accelerator: String?
+  @Flag(help: "Run the tail in this process instead of on an accelerator.")
+  var localTail = false
+  @Option(help: "Address to listen on.")
+  var host = "127.0.0.1"
+  @Option(help: "Port (0: any free port; the chosen one is printed on standard error).")
+  var port = 7440
+  @Flag(help: "Serve SIMULATED evidence when no TEE is found (development only).")
+  var allowSimulation = false
+  @Option(help: "Sessions open at once.")
+  var maxSessions = 256
+  @Option(help: "Seconds a session lives after its handshake.")
+  var sessionLifetime: Double = 3600
+  @Option(help: "Seconds a session may stay idle.")
+  var idleTimeout: Double = 300
+  @Option(help: "Requests one session may carry.")
+  var maxRequestsPerSession: UInt64 = 1_000_000
+  @Option(help: "Largest record accepted, in bytes.")
+  var maxRecordBytes = 8 << 20
+  @Option(help: "Seconds an unreachable accelerator is skipped before it is tried again.")
+  var retryAfter: Double = 2
+  @Option(help: "Log level: trace, debug, info, notice, warning, error, critical.")
+  var logLevel = "info"
+  @OptionGroup var engine: EngineOptions
+
+  func validate() throws {
+    guard (accelerator != nil) != localTail else {
+      throw ValidationError("give either --accelerator HOST:PORT[,HOST:PORT] or --local-tail")
+    }
+    guard Logger.Level(rawValue: logLevel) != nil else {
+      throw ValidationError("--log-level '\(logLevel)': expected trace, debug, info, notice, warning, error or critical")
+    }
+    guard (0...65535).contains(port) else { throw ValidationError("--port \(port): expected 0...65535") }
+    guard maxSessions > 0, sessionLifetime > 0, idleTimeout > 0, maxRequestsPerSession > 0, maxRecordBytes > 0 else {
+      throw ValidationError("--max-sessions, --session-lifetime, --idle-timeout, --max-requests-per-session and --max-record-bytes must be positive")
+    }
+  }
+
+  func run() async throws {
+    try engine.apply()
+    let level = Logger.Level(rawValue: logLevel) ?? .info
+    LoggingSystem.bootstrap { label in
+      var h = StreamLogHandler.standardError(label: label)
+      h.logLevel = level
+      return h
+    }
+    let loaded: LoadedPlan
+    do { loaded = try DeploymentPlan.load(plan) } catch { throw ValidationError("--plan: \(error)") }
+    let backend = try makeBackend(loaded)
+    let eng = try EnclaveEngine(plan: loaded, backend: backend)
+    let binary = URL(fileURLWithPath: "/proc/self/exe").resolvingSymlinksInPath()
+    let simulation = try allowSimulation ? SimulatedEnclave(binary: binary, head: loaded.headURL) : nil
+    let provider: any EvidenceProvider
+    do { provider = try detectEvidenceProvider(simulation: simulation) } catch {
+      throw ValidationError("\(error); on a machine without a TEE pass --allow-simulation (development only)")
+    }
+    if let simulation, provider.mode == .simulated {
+      note("evidence: SIMULATED (no TEE protects this process); MRENCLAVE \(simulation.mrEnclave.hex)")
+    } else {
+      note("evidence: \(provider.mode.rawValue)")
+    }
+    if provider.mode.rawValue != loaded.plan.tee.evidenceMode {
+      note("note: the plan expects \(loaded.plan.tee.evidenceMode) evidence; this enclave presents \(provider.mode.rawValue)")
+    }
+    var config = EnclaveConfiguration()
+    config.maxSessions = maxSessions
+    config.sessionLifetime = sessionLifetime
+    config.idleTimeout = idleTimeout
+    config.maxRequestsPerSession = maxRequestsPerSession
+    config.maxRecordBytes = maxRecordBytes
+    let service = try EnclaveService(engine: eng, provider: provider, configuration: config)
+    let server = EnclaveServer(service: service, host: host, port: port)
+    let group = ServiceGroup(
+      configuration: .init(
+        services: [.init(service: server)], gracefulShutdownSignals: [.sigterm, .sigint],
+        logger: Logger(label: "veil.enclave.lifecycle")))
+    try await withThrowingDiscardingTaskGroup { tasks in
+      tasks.addTask { try await group.run() }
+      let actual = try await server.listeningPort
+      let p = loaded.plan
+      note(
+        "enclave of \(p.model.name) cut at \(p.cut.name) \(p.cut.featureShape), tail on \(backend.endpoint); listening on \(host):\(actual)"
+      )
+    }
+  }
+
+  func makeBackend(_ loaded: LoadedPlan) throws -> any TailBackend {
+    if localTail {
+      return try LocalTailBackend(tail: try loaded.readPart(loaded.plan.tail, field: "tail"))
+    }
+    let endpoints: [Endpoint]
+    do { endpoints = try (accelerator ?? "").split(separator: ",").map { try Endpoint(String($0)) } } catch {
+      throw ValidationError("--accelerator: \(error)")
+    }
+    guard !endpoints.isEmpty else { throw ValidationError("--accelerator: no endpoint given") }
+    return FailoverBackend(
+      try endpoints.map { try acceleratorBackend($0, plan: loaded.plan) }, retryAfter: retryAfter)
+  }
+}

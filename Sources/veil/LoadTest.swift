@@ -1,0 +1,245 @@
+import ArgumentParser
+import Crypto
+import Foundation
+import Synchronization
+import VeilData
+import VeilFormats
+import VeilGraph
+import VeilServing
+import VeilTEE
+import VeilTensor
+
+struct LoadTest: AsyncParsableCommand {
+  static let configuration = CommandConfiguration(
+    commandName: "loadtest",
+    abstract: "Drive an enclave with N concurrent clients end to end and check every answer against the whole model.",
+    discussion: """
+      Each client opens its own connection and attested session and sends its share of the
+      requests one after another (the photos in turn). Every answer's logits are compared with
+      the whole model run here on the same input (--model, which must be the model the plan was
+      made from: its SHA-256 is checked against the plan's). A request that fails or times out
+      is counted as lost, an answer that differs (another top class, or logits further apart
+      than --tolerance) as wrong. Prints throughput and the p50/p90/p99 latency of the round
+      trips, and progress on standard error.
+      """)
+
+  @Option(help: ArgumentHelp("The enclave service.", valueName: "host:port"))
+  var endpoint: String
+  @OptionGroup var attestation: AttestationOptions
+  @Option(help: "The whole model the plan was made from (zoo name or file), run here for the reference answers.")
+  var model: String
+  @Option(help: "Seed of the zoo model's weights (as given to the planner).")
+  var seed: UInt64 = 0
+  @Option(help: "Concurrent clients.")
+  var clients = 8
+  @Option(help: "Requests in all, shared among the clients.")
+  var requests = 200
+  @Option(help: "Requests per client before the clock starts (not counted).")
+  var warmup = 2
+  @Option(help: "Largest logit difference accepted, relative to the largest reference logit (at least 1).")
+  var tolerance: Float = 1e-3
+  @Option(help: "A name for this run in the output (e.g. 'batching on').")
+  var label = ""
+  @Option(help: "Seconds to wait for each call.")
+  var timeout: Double = 120
+  @Argument(help: "Photos (.png, .jpg), sent in turn.")
+  var images: [String]
+  @Flag(help: "Print one JSON document.")
+  var json = false
+  @OptionGroup var engine: EngineOptions
+
+  struct Report: Encodable {
+    var label: String
+    var endpoint: String
+    var model: String
+    var cut: String
+    var clients: Int
+    var requests: Int
+    var ok: Int
+    var wrong: Int
+    var lost: Int
+    var seconds: Double
+    var throughput: Double
+    var p50Ms: Double
+    var p90Ms: Double
+    var p99Ms: Double
+    var meanHeadMs: Double
+    var meanTailMs: Double
+    var firstErrors: [String]
+  }
+
+  struct Sample: Sendable {
+    var ms: Double
+    var headMs: Double
+    var tailMs: Double
+  }
+
+  /// What the clients share: the tally and how many finished their warm-up.
+  final class Shared: Sendable {
+    let tally = Mutex(Tally())
+    let ready = Mutex(0)
+  }
+
+  struct Tally: Sendable {
+    var samples: [Sample] = []
+    var wrong = 0
+    var lost = 0
+    var errors: [String] = []
+    var done = 0
+  }
+
+  func validate() throws {
+    guard clients >= 1, requests >= 1, warmup >= 0 else {
+      throw ValidationError("--clients and --requests must be ≥ 1 and --warmup ≥ 0")
+    }
+    guard !images.isEmpty else { throw ValidationError("give at least one photo") }
+    for i in images where !FileManager.default.isReadableFile(atPath: i) {
+      throw ValidationError("photo '\(i)': no such readable file")
+    }
+  }
+
+  func run() async throws {
+    try engine.apply()
+    try ModelSource.check(model)
+    let ep: Endpoint
+    do { ep = try Endpoint(endpoint) } catch { throw ValidationError("--endpoint: \(error)") }
+    let verifier = try attestation.verifier()
+    let timeout = self.timeout
+
+    // The plan, as the enclave describes it, fixes the inputs; the reference runs here.
+    let plan = try await EnclaveClient.with(ep, verifier: verifier) { c in
+      let s = try await c.session()
+      try? await s.close()
+      return s.plan
+    }
+    note("reference: \(model) run whole on this machine")
+    let whole = try ModelSource.load(model, batch: 1, seed: seed)
+    let digest = Array(SHA256.hash(data: try ONNXWriter.serialize(whole))).hex
+    guard digest == plan.model.sha256 else {
+      throw ValidationError(
+        "--model \(model) (seed \(seed)) has SHA-256 \(digest), the enclave's plan was made from \(plan.model.sha256): give the model the plan was made from"
+      )
+    }
+    let preprocessing = try plan.imagePreprocessing
+    let inputs = try images.map { try preprocessing.tensor(ImageCodec.readUpright(URL(fileURLWithPath: $0))) }
+    let exec = try Executor(graph: whole)
+    let references = try inputs.map { try exec.run([$0])[0].scalars }
+    let requestsPerImage: [EnclaveRequestMessage] = try images.indices.map { i in
+      var r: EnclaveRequestMessage
+      if plan.preprocessing.appliedIn == .enclave {
+        r = EnclaveRequestMessage()
+        r.image = try Data(contentsOf: URL(fileURLWithPath: images[i]))
+      } else {
+        r = EnclaveSession.request(tensor: inputs[i], top: 0)
+      }
+      r.wantLogits = true
+      r.topK = 1
+      return r
+    }
+
+    let shared = Shared()
+    let total = requests
+    let n = clients
+    let warm = warmup
+    let tol = tolerance
+    note("\(n) clients, \(total) requests (+\(warm) warm-up each) to \(ep)\(label.isEmpty ? "" : " [\(label)]")")
+    let start = ContinuousClock.now
+    let progress = Task {
+      while !Task.isCancelled {
+        try? await Task.sleep(for: .seconds(2))
+        let (d, l) = shared.tally.withLock { ($0.done, $0.lost) }
+        let s = (ContinuousClock.now - start).seconds
+        note(String(format: "  %d/%d done, %d lost, %.1f req/s", d, total, l, Double(d) / max(s, 1e-9)))
+      }
+    }
+    var measuredStart = ContinuousClock.now
+    try await withThrowingTaskGroup(of: Void.self) { group in
+      for c in 0..<n {
+        let mine = Array(stride(from: c, to: total, by: n))
+        group.addTask {
+          try await EnclaveClient.with(ep, verifier: verifier) { base in
+            var client = base
+            client.timeout = .milliseconds(Int64(timeout * 1000))
+            var session = try await client.session()
+            for w in 0..<warm { _ = try? await session.infer(requestsPerImage[(c + w) % requestsPerImage.count]) }
+            shared.ready.withLock { $0 += 1 }
+            for k in mine {
+              let i = k % requestsPerImage.count
+              let t0 = ContinuousClock.now
+              do {
+                let a = try await session.infer(requestsPerImage[i])
+                let ms = (ContinuousClock.now - t0).seconds * 1000
+                let ok = a.logits.map { Self.matches($0.scalars, references[i], tolerance: tol) } ?? false
+                shared.tally.withLock {
+                  $0.samples.append(Sample(ms: ms, headMs: a.headMs, tailMs: a.tailMs))
+                  if !ok {
+                    $0.wrong += 1
+                    if $0.errors.count < 5 { $0.errors.append("request \(k) (\(images[i])): answer differs from the whole model") }
+                  }
+                  $0.done += 1
+                }
+              } catch {
+                shared.tally.withLock {
+                  $0.lost += 1
+                  $0.done += 1
+                  if $0.errors.count < 5 { $0.errors.append("request \(k): \(error)") }
+                }
+                // A failed record may have closed the session: open a new one for the rest.
+                if let s = try? await client.session() { session = s }
+              }
+            }
+            try? await session.close()
+          }
+        }
+      }
+      // The clock starts when every client has finished its warm-up.
+      while shared.ready.withLock({ $0 }) < n {
+        try await Task.sleep(for: .milliseconds(5))
+      }
+      measuredStart = ContinuousClock.now
+      try await group.waitForAll()
+    }
+    let seconds = (ContinuousClock.now - measuredStart).seconds
+    progress.cancel()
+    let t = shared.tally.withLock { $0 }
+    let lat = t.samples.map(\.ms).sorted()
+    func pct(_ p: Double) -> Double {
+      lat.isEmpty ? 0 : lat[min(lat.count - 1, Int((p * Double(lat.count)).rounded(.up)) - 1)]
+    }
+    let mean: ([Double]) -> Double = { $0.isEmpty ? 0 : $0.reduce(0, +) / Double($0.count) }
+    let report = Report(
+      label: label, endpoint: ep.description, model: plan.model.name, cut: plan.cut.name, clients: n, requests: total,
+      ok: t.samples.count - t.wrong, wrong: t.wrong, lost: t.lost, seconds: seconds,
+      throughput: Double(t.samples.count) / max(seconds, 1e-9), p50Ms: pct(0.5), p90Ms: pct(0.9), p99Ms: pct(0.99),
+      meanHeadMs: mean(t.samples.map(\.headMs)), meanTailMs: mean(t.samples.map(\.tailMs)), firstErrors: t.errors)
+    if json {
+      try printJSON(report)
+    } else {
+      print(
+        "\(report.label.isEmpty ? "" : "[\(report.label)] ")\(report.model) cut at \(report.cut), \(n) clients: "
+          + "\(report.ok) ok, \(report.wrong) wrong, \(report.lost) lost of \(total)")
+      print(
+        String(
+          format: "throughput %.2f req/s over %.1f s; latency p50 %.1f ms, p90 %.1f ms, p99 %.1f ms; mean head %.1f ms, tail %.1f ms",
+          report.throughput, seconds, report.p50Ms, report.p90Ms, report.p99Ms, report.meanHeadMs, report.meanTailMs))
+      for e in t.errors { print("  \(e)") }
+    }
+    if t.wrong > 0 || t.lost > 0 { throw ExitCode(1) }
+  }
+
+  /// Same top class, and every logit within `tolerance` × max(1, largest |reference|).
+  static func matches(_ a: [Float], _ ref: [Float], tolerance: Float) -> Bool {
+    guard a.count == ref.count, !ref.isEmpty else { return false }
+    let scale = max(1, ref.map(abs).max() ?? 1)
+    var worst: Float = 0
+    for i in a.indices { worst = max(worst, abs(a[i] - ref[i])) }
+    return worst <= tolerance * scale && topK(a, 1).first?.index == topK(ref, 1).first?.index
+  }
+}
+
+extension Duration {
+  var seconds: Double {
+    let (s, a) = components
+    return Double(s) + Double(a) / 1e18
+  }
+}
