@@ -80,7 +80,7 @@ let package = Package(
     // Profiler, planner and reports: drives the engine, the cost model and the real crypto.
     .target(
       name: "VeilPlanning",
-      dependencies: ["VeilTensor", "VeilGraph", "VeilFormats", "VeilTEE", .product(name: "Crypto", package: "swift-crypto")]),
+      dependencies: ["VeilTensor", "VeilGraph", "VeilFormats", "VeilTEE", "VeilServing", .product(name: "Crypto", package: "swift-crypto")]),
     .target(name: "VeilData", dependencies: ["VeilTensor", "CImageCodecs"], swiftSettings: kernelSwiftFlags),
     // Autograd, layers, losses, optimisers, checkpoints: the graph layer's training engine.
     .target(name: "VeilTrain", dependencies: ["VeilTensor", "VeilFormats"], swiftSettings: kernelSwiftFlags),
@@ -105,7 +105,7 @@ let package = Package(
     .testTarget(name: "VeilTensorTests", dependencies: ["VeilTensor"]),
     .testTarget(name: "VeilGraphTests", dependencies: ["VeilGraph", "VeilFormats", "VeilTestSupport"]),
     .testTarget(name: "VeilFormatsTests", dependencies: ["VeilFormats", "VeilTestSupport"]),
-    .testTarget(name: "VeilPlanningTests", dependencies: ["VeilPlanning", "VeilTEE", "VeilModels", "VeilGraph", "VeilTensor", "VeilData", "VeilTestSupport"]),
+    .testTarget(name: "VeilPlanningTests", dependencies: ["VeilPlanning", "VeilServing", "VeilTEE", "VeilModels", "VeilGraph", "VeilTensor", "VeilData", "VeilTestSupport"]),
     .testTarget(name: "VeilTrainTests", dependencies: ["VeilTrain", "VeilTensor", "VeilFormats", "VeilData"]),
     .testTarget(name: "VeilPrivacyTests", dependencies: ["VeilPrivacy", "VeilData", "VeilTensor", "VeilTestSupport"]),
     .testTarget(

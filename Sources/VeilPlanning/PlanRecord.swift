@@ -1,4 +1,5 @@
 import Foundation
+import VeilServing
 
 /// Everything a plan decided and measured, as `plan.json` keeps it for reproducing the choice
 /// and as `report.html` shows it.
@@ -91,4 +92,37 @@ public struct PlanRecord: Sendable, Codable {
 
   /// The profile row of a cut.
   public func row(_ cut: String?) -> CutProfile? { cut.flatMap { c in profile.cuts.first { $0.cut.name == c } } }
+}
+
+/// `plan.json`: the deployment the enclave reads (VeilServing's `DeploymentPlan`, at the top
+/// level, so `veil enclave serve --plan` reads the file as it is) and, under `planning`, the
+/// evidence the choice rests on. A plan with no private-enough cut has no deployment.
+public struct PlanDocument: Codable, Sendable {
+  public var deployment: DeploymentPlan?
+  public var planning: PlanRecord
+
+  public init(deployment: DeploymentPlan?, planning: PlanRecord) {
+    self.deployment = deployment
+    self.planning = planning
+  }
+
+  enum Keys: String, CodingKey { case planning, schemaVersion }
+
+  public init(from decoder: Decoder) throws {
+    let c = try decoder.container(keyedBy: Keys.self)
+    planning = try c.decode(PlanRecord.self, forKey: .planning)
+    deployment = c.contains(.schemaVersion) ? try DeploymentPlan(from: decoder) : nil
+  }
+
+  public func encode(to encoder: Encoder) throws {
+    try deployment?.encode(to: encoder)
+    var c = encoder.container(keyedBy: Keys.self)
+    try c.encode(planning, forKey: .planning)
+  }
+
+  public func write(to file: URL) throws {
+    let e = JSONEncoder()
+    e.outputFormatting = [.prettyPrinted, .sortedKeys]
+    try e.encode(self).write(to: file, options: .atomic)
+  }
 }

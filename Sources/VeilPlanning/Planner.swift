@@ -76,11 +76,16 @@ public struct Planner {
     try FileManager.default.createDirectory(at: folder, withIntermediateDirectories: true)
     let planFile = folder.appendingPathComponent("plan.json")
     for file in [stateURL, planFile] where FileManager.default.fileExists(atPath: file.path) {
+      // plan-state.json keeps the digest at the top; plan.json under "planning".
       struct Digest: Decodable { var modelDigest: String }
-      guard let d = try? JSONDecoder().decode(Digest.self, from: Data(contentsOf: file)) else {
+      struct Plan: Decodable { var planning: Digest }
+      let data = try Data(contentsOf: file)
+      guard let found = (try? JSONDecoder().decode(Digest.self, from: data))?.modelDigest
+        ?? (try? JSONDecoder().decode(Plan.self, from: data))?.planning.modelDigest
+      else {
         throw PlanError.badState(file: file.path, detail: "not a Veil plan (no modelDigest)")
       }
-      guard d.modelDigest == modelDigest else { throw PlanError.otherModel(folder: folder.path, found: d.modelDigest, expected: modelDigest) }
+      guard found == modelDigest else { throw PlanError.otherModel(folder: folder.path, found: found, expected: modelDigest) }
     }
     guard FileManager.default.fileExists(atPath: stateURL.path) else {
       return PlanState(modelDigest: modelDigest, threshold: options.threshold, attacker: attacker, profile: nil, privacy: [])

@@ -124,6 +124,9 @@ public struct CutProfile: Sendable, Codable {
   public var totalMs: Double
   /// (full − partitioned) / full × 100, as the paper reports it.
   public var speedupPercent: Double
+  /// The head's peak memory while it runs: its weights and its activation arena (measured by
+  /// the executor's plan), what an enclave must hold.
+  public var headPeakBytes: Int?
 }
 
 public struct ProfileReport: Sendable, Codable {
@@ -208,7 +211,8 @@ public enum Profiler {
           transferSealMs: sealSeconds * 1e3, transferOpenMs: openSeconds * 1e3, transferWireMs: wireSeconds * 1e3,
           transferMs: transferSeconds * 1e3, tailMs: tailSeconds * 1e3,
           tailRooflineMs: options.roofline.map { $0.seconds(flops: cut.tailFlops, bytes: tailBytes) * 1e3 },
-          totalMs: total * 1e3, speedupPercent: (wholeCost.totalSeconds - total) / wholeCost.totalSeconds * 100))
+          totalMs: total * 1e3, speedupPercent: (wholeCost.totalSeconds - total) / wholeCost.totalSeconds * 100,
+          headPeakBytes: cut.headParameterBytes + head.peakActivationBytes))
       progress(
         String(
           format: "cut %d/%d %@: head %.1f ms (TEE %.1f), transfer %.2f ms, tail %.1f ms, total %.1f ms",

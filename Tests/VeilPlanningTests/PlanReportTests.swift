@@ -3,6 +3,7 @@ import VeilData
 import VeilGraph
 import VeilModels
 import VeilPlanning
+import VeilServing
 import VeilTensor
 import VeilTestSupport
 import XCTest
@@ -234,5 +235,31 @@ final class PlannerTests: XCTestCase {
     }
     XCTAssertThrowsError(try planner.checkHeldOut(4)) { e in XCTAssertTrue("\(e)".contains("needs at least"), "\(e)") }
     XCTAssertNoThrow(try planner.checkHeldOut(40))
+  }
+
+  /// plan.json is one file for both readers: the enclave reads the deployment at the top level,
+  /// the planner its evidence under "planning".
+  func testPlanDocumentIsADeploymentPlanWithItsEvidence() throws {
+    let folder = try PythonScript.temporaryDirectory("plan-document")
+    let graph = chain(seed: 3)
+    let loaded = try DeploymentPlan.write(
+      model: graph, name: "chain", cut: "conv3", preprocessing: .init(preset: "imagenet", appliedIn: .client), to: folder)
+    var options = ProfileOptions()
+    options.runs = 1
+    let profile = try Profiler.profile(graph: graph, model: "chain", options: options)
+    let record = PlanRecord(
+      model: "chain", modelDigest: try Planner.digest(graph),
+      data: .init(origin: "user images", path: "x", images: 10, sourceImages: 5, trainImages: 6, heldOutImages: 4, imageSize: 32),
+      threshold: 0.3, attacker: "inverse", budget: .quick, seeds: [:], settings: [:], profile: profile, privacy: [],
+      chosenCut: "conv3", fastestCut: profile.fastestCut, deployment: nil, versions: [:])
+    try PlanDocument(deployment: loaded.plan, planning: record).write(to: loaded.file)
+    XCTAssertEqual(try DeploymentPlan.load(loaded.file.path).plan, loaded.plan)
+    XCTAssertEqual(loaded.plan.model.sha256, record.modelDigest, "one digest for both")
+    let back = try JSONDecoder().decode(PlanDocument.self, from: Data(contentsOf: loaded.file))
+    XCTAssertEqual(back.deployment, loaded.plan)
+    XCTAssertEqual(back.planning.chosenCut, "conv3")
+    // The folder is now this model's: another model's planner refuses it.
+    let other = try Planner(graph: chain(seed: 4), model: "chain", options: PlanOptions(), folder: folder)
+    XCTAssertThrowsError(try other.loadState(attacker: "inverse")) { e in XCTAssertTrue("\(e)".contains("another model"), "\(e)") }
   }
 }
