@@ -2,9 +2,10 @@
 # Installs the Debian packages Veil builds against, if missing: oneDNN 2.6 (libdnnl-dev) and
 # the image codecs (libpng, libjpeg-turbo, and zlib for gzip-compressed IDX files). Runs apt-get
 # only when something is missing; uses sudo when not root. dataset-fashion-mnist (IDX files in
-# /usr/share/datasets/fashion-mnist) is what the classifier training test learns from.
+# /usr/share/datasets/fashion-mnist) is what the classifier training test learns from; darknet and
+# opencv-doc ship the photos of the privacy attacks (scripts/prepare_photos.py).
 set -euo pipefail
-pkgs=(libdnnl-dev libpng-dev libjpeg62-turbo-dev zlib1g-dev dataset-fashion-mnist)
+pkgs=(libdnnl-dev libpng-dev libjpeg62-turbo-dev zlib1g-dev dataset-fashion-mnist darknet opencv-doc)
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
