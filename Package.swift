@@ -84,8 +84,15 @@ let package = Package(
     .target(name: "VeilData", dependencies: ["VeilTensor", "CImageCodecs"], swiftSettings: kernelSwiftFlags),
     // Autograd, layers, losses, optimisers, checkpoints: the graph layer's training engine.
     .target(name: "VeilTrain", dependencies: ["VeilTensor", "VeilFormats"], swiftSettings: kernelSwiftFlags),
-    // SSIM/PSNR and (later) the inversion attackers: scores images, never imports serving or planning.
-    .target(name: "VeilPrivacy", dependencies: ["VeilTensor", "VeilData"], swiftSettings: kernelSwiftFlags),
+    // SSIM/PSNR, features at a cut, the inversion attackers and the sweep: never imports serving,
+    // TEE or planning.
+    .target(
+      name: "VeilPrivacy",
+      dependencies: [
+        "VeilTensor", "VeilData", "VeilGraph", "VeilTrain", "VeilFormats", "VeilModels",
+        .product(name: "Crypto", package: "swift-crypto"),
+      ],
+      swiftSettings: kernelSwiftFlags),
     // Test-only: ONNX Runtime references and tolerances shared by the numerical test targets.
     // Never a dependency of `veil` or of a product.
     .target(name: "VeilTestSupport", dependencies: ["VeilTensor", "VeilGraph", "VeilFormats"]),
@@ -107,7 +114,9 @@ let package = Package(
     .testTarget(name: "VeilFormatsTests", dependencies: ["VeilFormats", "VeilTestSupport"]),
     .testTarget(name: "VeilPlanningTests", dependencies: ["VeilPlanning", "VeilServing", "VeilTEE", "VeilModels", "VeilGraph", "VeilTensor", "VeilData", "VeilTestSupport"]),
     .testTarget(name: "VeilTrainTests", dependencies: ["VeilTrain", "VeilTensor", "VeilFormats", "VeilData"]),
-    .testTarget(name: "VeilPrivacyTests", dependencies: ["VeilPrivacy", "VeilData", "VeilTensor", "VeilTestSupport"]),
+    .testTarget(
+      name: "VeilPrivacyTests",
+      dependencies: ["VeilPrivacy", "VeilData", "VeilTensor", "VeilGraph", "VeilTrain", "VeilModels", "VeilFormats", "VeilTestSupport"]),
     .testTarget(
       name: "VeilServingTests",
       dependencies: [

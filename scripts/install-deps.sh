@@ -2,10 +2,11 @@
 # Installs the Debian packages Veil builds against, if missing: oneDNN 2.6 (libdnnl-dev) and
 # the image codecs (libpng, libjpeg-turbo, and zlib for gzip-compressed IDX files). Runs apt-get
 # only when something is missing; uses sudo when not root. dataset-fashion-mnist (IDX files in
-# /usr/share/datasets/fashion-mnist) is what the classifier training test learns from; chromium
-# renders report.html headless in the report test.
+# /usr/share/datasets/fashion-mnist) is what the classifier training test learns from; darknet and
+# opencv-doc ship the photos of the privacy attacks (scripts/prepare_photos.py); chromium renders
+# report.html headless in the report test.
 set -euo pipefail
-pkgs=(libdnnl-dev libpng-dev libjpeg62-turbo-dev zlib1g-dev dataset-fashion-mnist chromium)
+pkgs=(libdnnl-dev libpng-dev libjpeg62-turbo-dev zlib1g-dev dataset-fashion-mnist darknet opencv-doc chromium)
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

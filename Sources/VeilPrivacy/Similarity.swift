@@ -1,29 +1,14 @@
-/// VeilPrivacy: how private a cut is — image similarity between an original and what an
-/// attacker rebuilt from the feature map.
+/// VeilPrivacy: how private a cut is — how well an attacker who sees the feature map at a cut
+/// rebuilds the input image.
 ///
-/// Owns SSIM and PSNR exactly as ../shared/REFERENCES.md defines them (the numbers the privacy
-/// sweep and `veil ssim` report). It depends on VeilTensor and VeilData only (images, decoding)
-/// and must not import the serving, TEE or planning layers: they consume its scores, never the
-/// other way round.
+/// Owns SSIM and PSNR exactly as ../shared/REFERENCES.md defines them, the feature extraction at
+/// a cut (run with the engine, cached on disk), the inversion attackers (pix2pix conditional GAN
+/// and He et al.'s inverse network, trained with VeilTrain), the photo data recipe of the
+/// attacks, and the privacy sweep over cuts (CSV/JSON/SVG). It builds on VeilTensor, VeilGraph,
+/// VeilTrain, VeilFormats and VeilData, and must not import the serving, TEE or planning layers:
+/// the planner consumes its results (`runAttack`, `PrivacySweep`), never the other way round.
 import Foundation
 import VeilData
-
-/// Errors of the privacy layer, naming the images and sizes involved.
-public enum PrivacyError: Error, CustomStringConvertible, Equatable {
-  /// Two images that cannot be compared sample by sample.
-  case mismatchedImages(first: String, second: String, detail: String)
-  /// An image too small for the 11×11 SSIM window.
-  case imageTooSmall(name: String, width: Int, height: Int, minimum: Int)
-
-  public var description: String {
-    switch self {
-    case .mismatchedImages(let a, let b, let detail):
-      return "cannot compare \(a) with \(b): \(detail)"
-    case .imageTooSmall(let name, let w, let h, let minimum):
-      return "\(name) is \(w)×\(h); SSIM needs at least \(minimum)×\(minimum) pixels (its Gaussian window)"
-    }
-  }
-}
 
 /// Planar float64 samples on the [0, 1] scale: channel-major, then rows.
 public struct UnitImage: Sendable {
