@@ -107,7 +107,8 @@ final class EnclaveServiceTests: XCTestCase {
           XCTAssertEqual(rpcCode(error), .resourceExhausted, "\(error)")
           XCTAssertTrue("\(error)".contains("exceeds the enclave's limit"), "\(error)")
         }
-        XCTAssertEqual(try await victim.infer(request).top, expected)
+        let afterOversized = try await victim.infer(request).top
+        XCTAssertEqual(afterOversized, expected)
 
         // Replayed: a valid record sent twice closes the session.
         let replay = try await client.session()
@@ -150,8 +151,10 @@ final class EnclaveServiceTests: XCTestCase {
         }
 
         // Through all of it, the first session kept its answers.
-        XCTAssertEqual(try await bystander.infer(request).top, expected)
-        XCTAssertEqual(try await victim.infer(request).top, expected)
+        let bystanderAfter = try await bystander.infer(request).top
+        let victimAfter = try await victim.infer(request).top
+        XCTAssertEqual(bystanderAfter, expected)
+        XCTAssertEqual(victimAfter, expected)
       }
     }
   }
@@ -202,7 +205,8 @@ final class EnclaveServiceTests: XCTestCase {
         }
         try await open[0].close()
         let again = try await client.session()
-        XCTAssertFalse(try await again.infer(request).top.isEmpty)
+        let answer = try await again.infer(request)
+        XCTAssertFalse(answer.top.isEmpty)
       }
     }
   }
