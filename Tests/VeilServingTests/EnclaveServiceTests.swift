@@ -232,7 +232,23 @@ final class EnclaveServiceTests: XCTestCase {
         _ = await leaving.result
       }
       let answer = try await EnclaveClient.with(endpoint, verifier: try EnclaveFixture.verifier()) { client in
-        try await client.session().infer(request)
+        let session = try await client.session()
+        // Two records at once on one session: the second is refused, the first answered.
+        let stub = Veil_Enclave_V1_EnclaveService.Client(wrapping: client.grpc)
+        let first = Task { try await session.infer(request) }
+        try await Task.sleep(for: .milliseconds(150))
+        do {
+          _ = try await stub.infer(.with {
+            $0.sessionID = session.id
+            $0.record = Data([1, 0x17] + [UInt8](repeating: 0, count: 40))
+          })
+          XCTFail("a second request in flight on one session was accepted")
+        } catch {
+          XCTAssertEqual(rpcCode(error), .failedPrecondition, "\(error)")
+          XCTAssertTrue("\(error)".contains("one request at a time"), "\(error)")
+        }
+        _ = try await first.value
+        return try await session.infer(request)
       }
       XCTAssertEqual(answer.top.count, 1)
       try await Task.sleep(for: .milliseconds(700))
