@@ -269,10 +269,15 @@ public final class EnclaveService: Veil_Enclave_V1_EnclaveService.SimpleServiceP
   private let errorCounters: [String: Counter]
   private let latency: Metrics.Timer
   private let handshakes: Counter
+  private let headLatency: Metrics.Timer
+  private let tailLatency: Metrics.Timer
+  private let openSessions: Gauge
 
+  /// `metrics`: where requests, errors by kind, latencies and open sessions are recorded (a
+  /// Prometheus factory for `--metrics-port`); nil records into swift-metrics' global system.
   public init(
     engine: EnclaveEngine, provider: any EvidenceProvider, configuration: EnclaveConfiguration = .init(),
-    logger: Logger = Logger(label: "veil.enclave")
+    logger: Logger = Logger(label: "veil.enclave"), metrics: (any MetricsFactory)? = nil
   ) throws {
     self.engine = engine
     self.provider = provider
@@ -282,14 +287,18 @@ public final class EnclaveService: Veil_Enclave_V1_EnclaveService.SimpleServiceP
     info.planJson = try engine.plan.plan.encoded()
     deployment = info
     self.logger = logger
-    requestCounter = Counter(label: "veil_enclave_requests_total")
-    handshakes = Counter(label: "veil_enclave_handshakes_total")
+    let factory = metrics ?? MetricsSystem.factory
+    requestCounter = Counter(label: "veil_enclave_requests_total", factory: factory)
+    handshakes = Counter(label: "veil_enclave_handshakes_total", factory: factory)
     errorCounters = Dictionary(
       uniqueKeysWithValues: [
         "invalid-input", "accelerator-unavailable", "accelerator-error", "internal", "cancelled", "record", "session",
         "oversized",
-      ].map { ($0, Counter(label: "veil_enclave_errors_total", dimensions: [("kind", $0)])) })
-    latency = Metrics.Timer(label: "veil_enclave_request_duration_seconds")
+      ].map { ($0, Counter(label: "veil_enclave_errors_total", dimensions: [("kind", $0)], factory: factory)) })
+    latency = Metrics.Timer(label: "veil_enclave_request_duration_seconds", factory: factory)
+    headLatency = Metrics.Timer(label: "veil_enclave_head_duration_seconds", factory: factory)
+    tailLatency = Metrics.Timer(label: "veil_enclave_tail_duration_seconds", factory: factory)
+    openSessions = Gauge(label: "veil_enclave_sessions_open", factory: factory)
   }
 
   private func countError(_ kind: String) {
@@ -301,6 +310,7 @@ public final class EnclaveService: Veil_Enclave_V1_EnclaveService.SimpleServiceP
     while !Task.isCancelled {
       try? await Task.sleep(nanoseconds: UInt64(configuration.sweepInterval * 1e9))
       let n = await sessions.sweep()
+      openSessions.record(await sessions.count)
       if n > 0 { logger.debug("swept expired sessions", metadata: ["count": "\(n)"]) }
     }
   }
@@ -330,6 +340,7 @@ public final class EnclaveService: Veil_Enclave_V1_EnclaveService.SimpleServiceP
       throw RPCError(code: .resourceExhausted, message: "\(configuration.maxSessions) sessions are open; retry later")
     }
     handshakes.increment()
+    openSessions.record(await sessions.count)
     logger.info("session opened", metadata: ["session": "\(id.prefix(8))", "evidence": "\(provider.mode.rawValue)"])
     var response = Veil_Enclave_V1_HandshakeResponse()
     response.sessionID = id
@@ -402,6 +413,8 @@ public final class EnclaveService: Veil_Enclave_V1_EnclaveService.SimpleServiceP
       countError(e.kind)
       logger.notice("request failed", metadata: ["session": "\(tag)", "kind": "\(e.kind)"])
     } else if case .result(let r) = answer.outcome {
+      headLatency.recordNanoseconds(Int64(r.headMs * 1e6))
+      tailLatency.recordNanoseconds(Int64(r.tailMs * 1e6))
       logger.debug(
         "request served",
         metadata: ["session": "\(tag)", "head_ms": "\(r.headMs)", "tail_ms": "\(r.tailMs)", "accelerator": "\(r.accelerator)"])

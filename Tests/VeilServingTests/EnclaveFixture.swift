@@ -118,7 +118,7 @@ func withEnclave<R: Sendable>(
   let engine = try EnclaveEngine(plan: plan, backend: tail)
   let service = try EnclaveService(
     engine: engine, provider: SimulatedProvider(enclave: EnclaveFixture.simulation), configuration: configuration,
-    logger: logs?.logger ?? Logger(label: "veil.enclave.test"))
+    logger: logs?.logger ?? Logger(label: "veil.enclave.test") { _ in SwiftLogNoOpLogHandler() })
   let server = EnclaveServer(service: service, port: 0)
   return try await withThrowingTaskGroup(of: Void.self) { group in
     group.addTask { try await server.run() }

@@ -107,7 +107,8 @@ final class EnclaveServiceTests: XCTestCase {
           XCTAssertEqual(rpcCode(error), .resourceExhausted, "\(error)")
           XCTAssertTrue("\(error)".contains("exceeds the enclave's limit"), "\(error)")
         }
-        XCTAssertEqual(try await victim.infer(request).top, expected)
+        let afterOversized = try await victim.infer(request).top
+        XCTAssertEqual(afterOversized, expected)
 
         // Replayed: a valid record sent twice closes the session.
         let replay = try await client.session()
@@ -150,8 +151,10 @@ final class EnclaveServiceTests: XCTestCase {
         }
 
         // Through all of it, the first session kept its answers.
-        XCTAssertEqual(try await bystander.infer(request).top, expected)
-        XCTAssertEqual(try await victim.infer(request).top, expected)
+        let bystanderAfter = try await bystander.infer(request).top
+        let victimAfter = try await victim.infer(request).top
+        XCTAssertEqual(bystanderAfter, expected)
+        XCTAssertEqual(victimAfter, expected)
       }
     }
   }
@@ -202,7 +205,8 @@ final class EnclaveServiceTests: XCTestCase {
         }
         try await open[0].close()
         let again = try await client.session()
-        XCTAssertFalse(try await again.infer(request).top.isEmpty)
+        let answer = try await again.infer(request)
+        XCTAssertFalse(answer.top.isEmpty)
       }
     }
   }
@@ -228,7 +232,23 @@ final class EnclaveServiceTests: XCTestCase {
         _ = await leaving.result
       }
       let answer = try await EnclaveClient.with(endpoint, verifier: try EnclaveFixture.verifier()) { client in
-        try await client.session().infer(request)
+        let session = try await client.session()
+        // Two records at once on one session: the second is refused, the first answered.
+        let stub = Veil_Enclave_V1_EnclaveService.Client(wrapping: client.grpc)
+        let first = Task { try await session.infer(request) }
+        try await Task.sleep(for: .milliseconds(150))
+        do {
+          _ = try await stub.infer(.with {
+            $0.sessionID = session.id
+            $0.record = Data([1, 0x17] + [UInt8](repeating: 0, count: 40))
+          })
+          XCTFail("a second request in flight on one session was accepted")
+        } catch {
+          XCTAssertEqual(rpcCode(error), .failedPrecondition, "\(error)")
+          XCTAssertTrue("\(error)".contains("one request at a time"), "\(error)")
+        }
+        _ = try await first.value
+        return try await session.infer(request)
       }
       XCTAssertEqual(answer.top.count, 1)
       try await Task.sleep(for: .milliseconds(700))
