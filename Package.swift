@@ -82,7 +82,7 @@ let package = Package(
       dependencies: ["VeilTensor", "VeilGraph", "VeilTEE", .product(name: "Crypto", package: "swift-crypto")]),
     .target(name: "VeilData", dependencies: ["VeilTensor", "CImageCodecs"], swiftSettings: kernelSwiftFlags),
     // Autograd, layers, losses, optimisers, checkpoints: the graph layer's training engine.
-    .target(name: "VeilTrain", dependencies: ["VeilTensor", "VeilFormats"], swiftSettings: kernelSwiftFlags),
+    .target(name: "VeilTrain", dependencies: ["VeilTensor", "VeilGraph", "VeilFormats"], swiftSettings: kernelSwiftFlags),
     // SSIM/PSNR and (later) the inversion attackers: scores images, never imports serving or planning.
     .target(name: "VeilPrivacy", dependencies: ["VeilTensor", "VeilData"], swiftSettings: kernelSwiftFlags),
     // Test-only: ONNX Runtime references and tolerances shared by the numerical test targets.
@@ -92,6 +92,7 @@ let package = Package(
       name: "veil",
       dependencies: [
         "VeilTensor", "VeilGraph", "VeilFormats", "VeilModels", "VeilData", "VeilTEE", "VeilPlanning", "VeilPrivacy", "VeilServing",
+        "VeilTrain",
         .product(name: "ArgumentParser", package: "swift-argument-parser"),
         .product(name: "Crypto", package: "swift-crypto"),
         .product(name: "X509", package: "swift-certificates"),
@@ -105,7 +106,9 @@ let package = Package(
     .testTarget(name: "VeilGraphTests", dependencies: ["VeilGraph", "VeilFormats", "VeilTestSupport"]),
     .testTarget(name: "VeilFormatsTests", dependencies: ["VeilFormats", "VeilTestSupport"]),
     .testTarget(name: "VeilPlanningTests", dependencies: ["VeilPlanning", "VeilTEE", "VeilModels", "VeilGraph", "VeilTensor"]),
-    .testTarget(name: "VeilTrainTests", dependencies: ["VeilTrain", "VeilTensor", "VeilFormats", "VeilData"]),
+    .testTarget(
+      name: "VeilTrainTests",
+      dependencies: ["VeilTrain", "VeilTensor", "VeilGraph", "VeilFormats", "VeilData", "VeilModels", "VeilTestSupport"]),
     .testTarget(name: "VeilPrivacyTests", dependencies: ["VeilPrivacy", "VeilData", "VeilTensor", "VeilTestSupport"]),
     .testTarget(name: "VeilModelsTests", dependencies: ["VeilModels", "VeilFormats", "VeilTestSupport"]),
   ]
