@@ -2,13 +2,17 @@
 SWIFT ?= swift
 VEIL = .build/release/veil
 
-.PHONY: demo test deps python build assets bench-peers enclave-manifest clean
+.PHONY: demo test deps python python-torch build assets bench-peers enclave-manifest clean
 
 deps:
 	scripts/install-deps.sh
 
 python: deps
 	scripts/setup-python.sh
+
+# PyTorch CPU into .venv (a local wheel, no network) for the gradient checks against PyTorch.
+python-torch: python
+	.venv/bin/python -m pip install -q --disable-pip-version-check -r requirements-torch.txt
 
 build: deps
 	$(SWIFT) build -c release
@@ -22,7 +26,7 @@ assets: python
 	.venv/bin/python scripts/fetch_assets.py
 
 # Numeric and model tests run in release builds.
-test: build python assets
+test: build python python-torch assets
 	$(SWIFT) build -c release --build-tests
 	$(SWIFT) test -c release --skip-build
 

@@ -83,7 +83,7 @@ let package = Package(
       dependencies: ["VeilTensor", "VeilGraph", "VeilFormats", "VeilTEE", "VeilServing", .product(name: "Crypto", package: "swift-crypto")]),
     .target(name: "VeilData", dependencies: ["VeilTensor", "CImageCodecs"], swiftSettings: kernelSwiftFlags),
     // Autograd, layers, losses, optimisers, checkpoints: the graph layer's training engine.
-    .target(name: "VeilTrain", dependencies: ["VeilTensor", "VeilFormats"], swiftSettings: kernelSwiftFlags),
+    .target(name: "VeilTrain", dependencies: ["VeilTensor", "VeilGraph", "VeilFormats"], swiftSettings: kernelSwiftFlags),
     // SSIM/PSNR, features at a cut, the inversion attackers and the sweep: never imports serving,
     // TEE or planning.
     .target(
@@ -100,6 +100,7 @@ let package = Package(
       name: "veil",
       dependencies: [
         "VeilTensor", "VeilGraph", "VeilFormats", "VeilModels", "VeilData", "VeilTEE", "VeilPlanning", "VeilPrivacy", "VeilServing",
+        "VeilTrain",
         .product(name: "ArgumentParser", package: "swift-argument-parser"),
         .product(name: "Crypto", package: "swift-crypto"),
         .product(name: "X509", package: "swift-certificates"),
@@ -113,7 +114,9 @@ let package = Package(
     .testTarget(name: "VeilGraphTests", dependencies: ["VeilGraph", "VeilFormats", "VeilTestSupport"]),
     .testTarget(name: "VeilFormatsTests", dependencies: ["VeilFormats", "VeilTestSupport"]),
     .testTarget(name: "VeilPlanningTests", dependencies: ["VeilPlanning", "VeilServing", "VeilTEE", "VeilModels", "VeilGraph", "VeilTensor", "VeilData", "VeilTestSupport"]),
-    .testTarget(name: "VeilTrainTests", dependencies: ["VeilTrain", "VeilTensor", "VeilFormats", "VeilData"]),
+    .testTarget(
+      name: "VeilTrainTests",
+      dependencies: ["VeilTrain", "VeilTensor", "VeilGraph", "VeilFormats", "VeilData", "VeilModels", "VeilTestSupport"]),
     .testTarget(
       name: "VeilPrivacyTests",
       dependencies: ["VeilPrivacy", "VeilData", "VeilTensor", "VeilGraph", "VeilTrain", "VeilModels", "VeilFormats", "VeilTestSupport"]),

@@ -73,3 +73,143 @@ public final class Linear: Layer {
 
   public func callAsFunction(_ x: Variable) throws -> Variable { try linear(x, weight, bias) }
 }
+
+/// c[m×n] += α · op(a) · op(b), op(a) [m×k] being a or aᵀ (a stored [k×m]), op(b) [k×n] being
+/// b or bᵀ (b stored [n×k]). The loop order keeps the innermost index contiguous in c.
+func multiplyAccumulate(
+  _ a: UnsafePointer<Float>, transposeA: Bool, _ b: UnsafePointer<Float>, transposeB: Bool,
+  into c: UnsafeMutablePointer<Float>, m: Int, k: Int, n: Int, alpha: Float = 1
+) {
+  for i in 0..<m {
+    let row = c + i * n
+    if transposeB {
+      for j in 0..<n {
+        var s: Float = 0
+        for t in 0..<k { s += (transposeA ? a[t * m + i] : a[i * k + t]) * b[j * k + t] }
+        row[j] += alpha * s
+      }
+    } else {
+      for t in 0..<k {
+        let av = alpha * (transposeA ? a[t * m + i] : a[i * k + t])
+        if av == 0 { continue }
+        let brow = b + t * n
+        for j in 0..<n { row[j] += av * brow[j] }
+      }
+    }
+  }
+}
+
+/// ONNX Gemm: Y = α·op(A)·op(B) + β·C, op being a transpose where `transA`/`transB` say; C
+/// (optional) broadcasts to [M, N]. `linear` is the common case (transB, α = β = 1, C [N]).
+public func gemm(
+  _ a: Variable, _ b: Variable, _ c: Variable? = nil, alpha: Float = 1, beta: Float = 1, transA: Bool = false,
+  transB: Bool = false
+) throws -> Variable {
+  guard a.shape.count == 2, b.shape.count == 2 else {
+    throw TrainError.shapeMismatch(op: "Gemm", detail: "A \(a.shape) and B \(b.shape) must be matrices")
+  }
+  let (m, k) = transA ? (a.shape[1], a.shape[0]) : (a.shape[0], a.shape[1])
+  let (k2, n) = transB ? (b.shape[1], b.shape[0]) : (b.shape[0], b.shape[1])
+  guard k == k2 else {
+    throw TrainError.shapeMismatch(
+      op: "Gemm", detail: "inner dimensions differ: A \(a.shape) (transA \(transA)), B \(b.shape) (transB \(transB))")
+  }
+  let bc = try c.map { c -> Broadcast in
+    let bc = try Broadcast([m, n], c.shape, op: "Gemm")
+    guard bc.shape == [m, n] else {
+      throw TrainError.shapeMismatch(op: "Gemm", detail: "C \(c.shape) does not broadcast to [\(m), \(n)]")
+    }
+    return bc
+  }
+  var y = a.value.withUnsafeBuffer { ap in
+    b.value.withUnsafeBuffer { bp in
+      Tensor(shape: [m, n]) { yp in
+        multiplyAccumulate(ap.baseAddress!, transposeA: transA, bp.baseAddress!, transposeB: transB, into: yp.baseAddress!, m: m, k: k, n: n, alpha: alpha)
+      }
+    }
+  }
+  if let c, let bc {
+    let scaled = Kernels.map(c.value) { beta * $0 }
+    y = bc.apply(y, scaled, +)
+  }
+  return Variable(y, parents: [a, b] + (c.map { [$0] } ?? [])) { g in
+    g.withUnsafeBuffer { gp in
+      let g0 = gp.baseAddress!
+      // With op(A) = A: ∂A = α·g·op(B)ᵀ [m×k]; with op(A) = Aᵀ: ∂A = α·op(B)·gᵀ [k×m].
+      let da = a.requiresGrad
+        ? b.value.withUnsafeBuffer { bp in
+          Tensor(shape: a.shape) { d in
+            if transA {
+              multiplyAccumulate(bp.baseAddress!, transposeA: transB, g0, transposeB: true, into: d.baseAddress!, m: k, k: n, n: m, alpha: alpha)
+            } else {
+              multiplyAccumulate(g0, transposeA: false, bp.baseAddress!, transposeB: !transB, into: d.baseAddress!, m: m, k: n, n: k, alpha: alpha)
+            }
+          }
+        } : nil
+      // With op(B) = B: ∂B = α·op(A)ᵀ·g [k×n]; with op(B) = Bᵀ: ∂B = α·gᵀ·op(A) [n×k].
+      let db = b.requiresGrad
+        ? a.value.withUnsafeBuffer { ap in
+          Tensor(shape: b.shape) { d in
+            if transB {
+              multiplyAccumulate(g0, transposeA: true, ap.baseAddress!, transposeB: transA, into: d.baseAddress!, m: n, k: m, n: k, alpha: alpha)
+            } else {
+              multiplyAccumulate(ap.baseAddress!, transposeA: !transA, g0, transposeB: false, into: d.baseAddress!, m: k, k: m, n: n, alpha: alpha)
+            }
+          }
+        } : nil
+      let dc = c.flatMap { c in c.requiresGrad ? bc.map { bc in Kernels.map(bc.reduce(g, times: nil, into: c.shape, first: false)) { beta * $0 } } : nil }
+      return [da, db, dc]
+    }
+  }
+}
+
+/// numpy matmul of A [..., M, K] by B [..., K, N] or [K, N]; batch dimensions must be equal
+/// (B may be one matrix shared by every batch item).
+public func matMul(_ a: Variable, _ b: Variable) throws -> Variable {
+  guard a.shape.count >= 2, b.shape.count >= 2, a.shape[a.shape.count - 1] == b.shape[b.shape.count - 2],
+    b.shape.count == 2 || a.shape.dropLast(2) == b.shape.dropLast(2)
+  else {
+    throw TrainError.shapeMismatch(
+      op: "MatMul", detail: "A \(a.shape) × B \(b.shape) (want [..., M, K] × [..., K, N] with equal batch dimensions, or B [K, N])")
+  }
+  let (m, k, n) = (a.shape[a.shape.count - 2], a.shape[a.shape.count - 1], b.shape[b.shape.count - 1])
+  let batch = a.shape.dropLast(2).reduce(1, *)
+  let shared = b.shape.count == 2
+  let y = a.value.withUnsafeBuffer { ap in
+    b.value.withUnsafeBuffer { bp in
+      Tensor(shape: Array(a.shape.dropLast()) + [n]) { yp in
+        for t in 0..<batch {
+          multiplyAccumulate(
+            ap.baseAddress! + t * m * k, transposeA: false, bp.baseAddress! + (shared ? 0 : t * k * n), transposeB: false,
+            into: yp.baseAddress! + t * m * n, m: m, k: k, n: n)
+        }
+      }
+    }
+  }
+  return Variable(y, parents: [a, b]) { g in
+    g.withUnsafeBuffer { gp in
+      a.value.withUnsafeBuffer { ap in
+        b.value.withUnsafeBuffer { bp in
+          // Per batch item: ∂A = g·Bᵀ, ∂B = Aᵀ·g (summed over items when B is shared).
+          let da = a.requiresGrad
+            ? Tensor(shape: a.shape) { d in
+              for t in 0..<batch {
+                multiplyAccumulate(
+                  gp.baseAddress! + t * m * n, transposeA: false, bp.baseAddress! + (shared ? 0 : t * k * n), transposeB: true,
+                  into: d.baseAddress! + t * m * k, m: m, k: n, n: k)
+              }
+            } : nil
+          let db = b.requiresGrad
+            ? Tensor(shape: b.shape) { d in
+              for t in 0..<batch {
+                multiplyAccumulate(
+                  ap.baseAddress! + t * m * k, transposeA: true, gp.baseAddress! + t * m * n, transposeB: false,
+                  into: d.baseAddress! + (shared ? 0 : t * k * n), m: k, k: m, n: n)
+              }
+            } : nil
+          return [da, db]
+        }
+      }
+    }
+  }
+}

@@ -29,6 +29,27 @@ public final class BatchNorm: Layer {
     self.name = name
   }
 
+  /// A BatchNorm over existing parameters and statistics (a graph's BatchNormalization node:
+  /// its scale and bias initializers may be frozen leaves). `name` prefixes the buffers.
+  public init(
+    name: String, scale: Variable, shift: Variable, runningMean: Tensor, runningVariance: Tensor, momentum: Float = 0.1,
+    epsilon: Float = 1e-5
+  ) throws {
+    let c = scale.shape
+    guard c.count == 1, shift.shape == c, runningMean.shape == c, runningVariance.shape == c else {
+      throw TrainError.shapeMismatch(
+        op: "BatchNorm '\(name)'",
+        detail: "scale \(scale.shape), bias \(shift.shape), mean \(runningMean.shape), variance \(runningVariance.shape) must be one [C] each")
+    }
+    self.scale = scale
+    self.shift = shift
+    self.runningMean = runningMean
+    self.runningVariance = runningVariance
+    self.momentum = momentum
+    self.epsilon = epsilon
+    self.name = name
+  }
+
   public var parameters: [Variable] { [scale, shift] }
 
   /// The running statistics, saved with the parameters (not trained).

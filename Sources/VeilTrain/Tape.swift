@@ -2,7 +2,9 @@
 ///
 /// Owns the autograd tape (`Variable`, `Tape`), the differentiable ops (one file per family,
 /// each op's forward and backward side by side), layers holding parameters, losses, the
-/// optimisers (Adam, SGD with momentum), seeded initialisers and safetensors checkpoints. It is
+/// optimisers (Adam, SGD with momentum), seeded initialisers and safetensors checkpoints, the
+/// bridge that trains an inference graph (`GraphModel`: VeilGraph's IR in, trained graph out)
+/// and the classifier epoch loop with its metrics (`ClassifierTrainer`). It is
 /// DESIGN.md's "autograd for training" of the graph layer, kept as its own module so that the
 /// inference engine (VeilGraph's executor and memory planner) carries none of it. It computes
 /// through VeilTensor (oneDNN's convolution backward primitives) and must not import the

@@ -1,4 +1,5 @@
 import Foundation
+import VeilGraph
 import VeilTensor
 import XCTest
 
@@ -163,5 +164,102 @@ final class GradientCheckTests: XCTestCase {
     // Large logits must not overflow: log(1 + e^40) computed naively is inf in float32.
     let big = try binaryCrossEntropyWithLogits(Variable(Tensor(shape: [2], values: [100, -100])), Tensor(shape: [2], values: [0, 1]))
     XCTAssertEqual(big.value.scalars[0], 100, accuracy: 1e-3)
+  }
+
+  func testNewActivationsAndSoftmax() throws {
+    let x = leaf([2, 3, 4], seed: 30, awayFromZero: 0.1)
+    try check("SiLU", [x]) { silu(x) }
+    // Clip's kinks at 0 and 1: move values near them away.
+    let y = Variable(Kernels.map(x.value) { v in abs(v) < 0.1 || abs(v - 1) < 0.1 ? v + 0.25 : v }, requiresGrad: true)
+    try check("Clip(0, 1)", [y]) { clip(y, min: 0, max: 1) }
+    try check("HardSwish", [x]) { hardSwish(x) }
+    try check("Softmax axis 1", [x]) { try softmax(x, axis: 1) }
+    try check("Softmax axis -1", [x]) { try softmax(x, axis: -1) }
+    let s = try softmax(x, axis: 1).value.scalars
+    XCTAssertEqual(Double(s[0] + s[4] + s[8]), 1, accuracy: 1e-6, "softmax sums to 1 along its axis")
+    XCTAssertThrowsError(try softmax(x, axis: 3)) { XCTAssertTrue("\($0)".contains("axis 3 is out of range"), "\($0)") }
+  }
+
+  func testPooling() throws {
+    // Distinct values, so every max is unique and the max's derivative is defined.
+    var g = SeededGenerator(seed: 31)
+    let perm = (0..<2 * 3 * 7 * 6).shuffled(using: &g).map { Float($0) / 40 }
+    let x = Variable(try Tensor(shape: [2, 3, 7, 6], values: perm), requiresGrad: true)
+    let k3s2p1 = PoolAttributes(kernel: [3, 3], strides: [2, 2], padsBegin: [1, 1], padsEnd: [1, 1])
+    XCTAssertEqual(try maxPool(x, k3s2p1).shape, [2, 3, 4, 3])
+    try check("MaxPool 3x3 s2 p1", [x]) { try maxPool(x, k3s2p1) }
+    let ceil = PoolAttributes(kernel: [2, 2], strides: [2, 2], ceilMode: true)
+    XCTAssertEqual(try maxPool(x, ceil).shape, [2, 3, 4, 3])
+    try check("MaxPool 2x2 s2 ceil", [x]) { try maxPool(x, ceil) }
+    let include = PoolAttributes(kernel: [3, 3], strides: [2, 2], padsBegin: [1, 1], padsEnd: [1, 1], countIncludePad: true)
+    let exclude = PoolAttributes(kernel: [3, 3], strides: [2, 2], padsBegin: [1, 1], padsEnd: [1, 1], countIncludePad: false)
+    try check("AveragePool count_include_pad", [x]) { try averagePool(x, include) }
+    try check("AveragePool exclude pad", [x]) { try averagePool(x, exclude) }
+    let corner = (x.value.scalars[0] + x.value.scalars[1] + x.value.scalars[6] + x.value.scalars[7])
+    XCTAssertEqual(try averagePool(x, include).value.scalars[0], corner / 9, accuracy: 1e-6)
+    XCTAssertEqual(try averagePool(x, exclude).value.scalars[0], corner / 4, accuracy: 1e-6)
+    try check("GlobalAveragePool", [x]) { try globalAveragePool(x) }
+    XCTAssertThrowsError(try maxPool(x, PoolAttributes(kernel: [3, 3], padsBegin: [3, 3]))) {
+      XCTAssertTrue("\($0)".contains("pads must be below the kernel"), "\($0)")
+    }
+  }
+
+  func testResize() throws {
+    let x = leaf([1, 2, 3, 4], seed: 32)
+    XCTAssertEqual(try resize(x, size: [6, 8], mode: .nearest).shape, [1, 2, 6, 8])
+    try check("Resize nearest x2", [x]) { try resize(x, size: [6, 8], mode: .nearest) }
+    try check("Resize bilinear x2", [x]) { try resize(x, size: [6, 8], mode: .bilinear) }
+    try check("Resize bilinear 5x7", [x]) { try resize(x, size: [5, 7], mode: .bilinear) }
+    try check("Resize bilinear down 2x3", [x]) { try resize(x, size: [2, 3], mode: .bilinear) }
+    // Bilinear ×2 with half-pixel centres: output 1 of a row [a, b, ...] is 0.25a + 0.75b... of
+    // the first pair: (1 + ½)/2 − ½ = 0.25 → 0.75·x0 + 0.25·x1.
+    let v = x.value.scalars
+    XCTAssertEqual(try resize(x, size: [6, 8], mode: .bilinear).value.scalars[1], 0.75 * v[0] + 0.25 * v[1], accuracy: 1e-5)
+  }
+
+  func testDropout() throws {
+    let x = leaf([4, 50], seed: 33)
+    var g = SeededGenerator(seed: 1)
+    let y = try dropout(x, ratio: 0.5, training: true, generator: &g)
+    let kept = y.value.scalars.filter { $0 != 0 }.count
+    XCTAssertTrue((60...140).contains(kept), "\(kept) of 200 kept at p = 0.5")
+    for (a, b) in zip(y.value.scalars, x.value.scalars) where a != 0 { XCTAssertEqual(a, 2 * b, accuracy: 1e-6) }
+    try check("Dropout(0.5) fixed mask", [x]) {
+      var same = SeededGenerator(seed: 1)
+      return try dropout(x, ratio: 0.5, training: true, generator: &same)
+    }
+    XCTAssertEqual(try dropout(x, ratio: 0.5, training: false, generator: &g).value.scalars, x.value.scalars)
+    XCTAssertThrowsError(try dropout(x, ratio: 1, training: true, generator: &g))
+  }
+
+  func testGemmAndMatMul() throws {
+    let a = leaf([3, 5], seed: 34)
+    let at = leaf([5, 3], seed: 35)
+    let b = leaf([5, 4], seed: 36)
+    let bt = leaf([4, 5], seed: 37)
+    let c = leaf([1, 4], seed: 38)
+    try check("Gemm", [a, b, c]) { try gemm(a, b, c) }
+    try check("Gemm transA transB a=0.5 b=2", [at, bt, c]) { try gemm(at, bt, c, alpha: 0.5, beta: 2, transA: true, transB: true) }
+    try check("Gemm transA", [at, b]) { try gemm(at, b, nil, transA: true) }
+    try check("Gemm transB (Linear)", [a, bt]) { try gemm(a, bt, nil, transB: true) }
+    // Gemm(transB) agrees with Linear.
+    let bias = leaf([4], seed: 39)
+    XCTAssertEqual(try gemm(a, bt, bias, transB: true).value.scalars, try linear(a, bt, bias).value.scalars)
+    let x = leaf([2, 3, 5], seed: 40)
+    let y = leaf([2, 5, 4], seed: 41)
+    try check("MatMul batched", [x, y]) { try matMul(x, y) }
+    try check("MatMul shared B", [x, b]) { try matMul(x, b) }
+    XCTAssertThrowsError(try gemm(a, a)) { XCTAssertTrue("\($0)".contains("inner dimensions differ"), "\($0)") }
+  }
+
+  func testGroupedConvolution() throws {
+    let x = leaf([2, 4, 5, 6], seed: 42)
+    let depthwise = leaf([4, 1, 3, 3], seed: 43)
+    let b = leaf([4], seed: 44)
+    let spec = ConvolutionSpec(strides: [2, 2], dilations: [1, 1], padsBegin: [1, 1], padsEnd: [1, 1], groups: 4)
+    try check("Conv depthwise 3x3 s2", [x, depthwise, b]) { try convolution(x, depthwise, b, spec) }
+    let w2 = leaf([6, 2, 3, 3], seed: 45)
+    let two = ConvolutionSpec(strides: [1, 1], dilations: [1, 1], padsBegin: [1, 1], padsEnd: [1, 1], groups: 2)
+    try check("Conv groups 2", [x, w2]) { try convolution(x, w2, nil, two) }
   }
 }
