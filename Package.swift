@@ -80,7 +80,7 @@ let package = Package(
     // Profiler, planner and reports: drives the engine, the cost model and the real crypto.
     .target(
       name: "VeilPlanning",
-      dependencies: ["VeilTensor", "VeilGraph", "VeilFormats", "VeilTEE", "VeilServing", .product(name: "Crypto", package: "swift-crypto")]),
+      dependencies: ["VeilTensor", "VeilGraph", "VeilFormats", "VeilTEE", "VeilServing", "VeilPrivacy", .product(name: "Crypto", package: "swift-crypto")]),
     .target(name: "VeilData", dependencies: ["VeilTensor", "CImageCodecs"], swiftSettings: kernelSwiftFlags),
     // Autograd, layers, losses, optimisers, checkpoints: the graph layer's training engine.
     .target(name: "VeilTrain", dependencies: ["VeilTensor", "VeilGraph", "VeilFormats"], swiftSettings: kernelSwiftFlags),

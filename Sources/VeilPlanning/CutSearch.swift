@@ -1,4 +1,5 @@
 import Foundation
+import VeilPrivacy
 
 /// The privacy figure of one attacked cut, as the planner and the report read it (the privacy
 /// layer's attack result, reduced to what choosing and showing a cut needs).
@@ -52,16 +53,9 @@ public enum PlanBudget: String, Sendable, Codable, CaseIterable {
 
 /// The statistics the choice rests on.
 public enum PrivacyStatistics {
-  /// One-sided Student t quantile at 95 % for `dof` degrees of freedom (table up to 30, then the
-  /// normal quantile 1.645 with a small-sample correction).
+  /// One-sided Student t quantile at 95 % for `dof` degrees of freedom (the privacy layer's).
   public static func t95(dof: Int) -> Double {
-    let table: [Double] = [
-      6.314, 2.920, 2.353, 2.132, 2.015, 1.943, 1.895, 1.860, 1.833, 1.812, 1.796, 1.782, 1.771, 1.761, 1.753,
-      1.746, 1.740, 1.734, 1.729, 1.725, 1.721, 1.717, 1.714, 1.711, 1.708, 1.706, 1.703, 1.701, 1.699, 1.697,
-    ]
-    guard dof >= 1 else { return .infinity }
-    if dof <= table.count { return table[dof - 1] }
-    return 1.645 + 2.4 / Double(dof * 2)
+    dof >= 1 ? StudentT.quantile95(degreesOfFreedom: dof) : .infinity
   }
 
   /// Mean SSIM + t95 · s / √n: the bound a cut's SSIM must stay under to be chosen.

@@ -126,9 +126,12 @@ public struct Planner {
 
   /// Profiles (or reuses the profile of an interrupted run), then searches for the cut,
   /// attacking through `attack(cut, index)`; every finished step is saved before the next.
+  /// `unattackable(cut)` says why the attacker cannot run at a cut (nil when it can); such cuts
+  /// are left out of the search (and of the choice: no cut is called private without an attack).
   public func run(
-    attacker: String, attack: (CutPoint, Int) throws -> PrivacyPoint, progress: (String) -> Void
-  ) throws -> (profile: ProfileReport, privacy: [PrivacyPoint], chosen: CutPoint?) {
+    attacker: String, unattackable: (CutPoint) -> String? = { _ in nil }, attack: (CutPoint, Int) throws -> PrivacyPoint,
+    progress: (String) -> Void
+  ) throws -> (profile: ProfileReport, privacy: [PrivacyPoint], chosen: CutPoint?, skipped: [String: String]) {
     var state = try loadState(attacker: attacker)
     let profile: ProfileReport
     if let p = state.profile {
@@ -140,15 +143,27 @@ public struct Planner {
       state.profile = profile
       try save(state)
     }
-    let cuts = profile.cuts.map(\.cut)
+    var skipped: [String: String] = [:]
+    var indices: [Int] = []  // profile positions of the cuts the search may attack
+    for (k, row) in profile.cuts.enumerated() {
+      if let why = unattackable(row.cut) { skipped[row.cut.name] = why } else { indices.append(k) }
+    }
+    if !skipped.isEmpty {
+      progress("privacy: not attacked (and not eligible): " + skipped.keys.sorted { a, b in
+        profile.cuts.firstIndex { $0.cut.name == a }! < profile.cuts.firstIndex { $0.cut.name == b }!
+      }.map { "\($0) (\(skipped[$0]!))" }.joined(separator: "; "))
+    }
+    let all = profile.cuts.map(\.cut)
+    let cuts = indices.map { all[$0] }
     let search = CutSearch(cutCount: cuts.count, threshold: options.threshold, budget: options.budget)
-    let outcome = try search.run { k in
-      if let done = state.privacy.first(where: { $0.cut == cuts[k].name }) {
-        progress(String(format: "privacy: %@ done before (SSIM %.3f, upper bound %.3f)", cuts[k].name, done.ssimMean, done.ssimUpper))
+    let outcome = try search.run { j in
+      let k = indices[j]
+      if let done = state.privacy.first(where: { $0.cut == all[k].name }) {
+        progress(String(format: "privacy: %@ done before (SSIM %.3f, upper bound %.3f)", all[k].name, done.ssimMean, done.ssimUpper))
         return done.ssimUpper
       }
-      progress("privacy: attacking \(cuts[k].name) (\(k + 1) of \(cuts.count) cuts; the \(options.budget.rawValue) budget attacks about \(attacksExpected(cutCount: cuts.count)))")
-      var point = try attack(cuts[k], k)
+      progress("privacy: attacking \(all[k].name) (cut \(k + 1) of \(all.count); the \(options.budget.rawValue) budget attacks about \(attacksExpected(cutCount: cuts.count)) of the \(cuts.count) attackable)")
+      var point = try attack(all[k], k)
       point.cutIndex = k
       state.privacy.append(point)
       try save(state)
@@ -157,6 +172,6 @@ public struct Planner {
     }
     // Every attack of this attacker counts as evidence, also those of an earlier run.
     let points = state.privacy.sorted { $0.cutIndex < $1.cutIndex }
-    return (profile, points, outcome.chosen.map { cuts[$0] })
+    return (profile, points, outcome.chosen.map { cuts[$0] }, skipped)
   }
 }

@@ -18,8 +18,8 @@ struct Veil: AsyncParsableCommand {
       (oneDNN on the CPU), and check the TEE side: attestation evidence and the Gramine manifest.
       """,
     subcommands: [
-      Models.self, Inspect.self, Cuts.self, SplitModel.self, Profile.self, Run.self, Bench.self, Export.self,
-      DataCommand.self, Attest.self, Enclave.self, Keys.self, SSIMCommand.self, Infer.self, LoadTest.self,
+      Models.self, Inspect.self, Cuts.self, SplitModel.self, Profile.self, Plan.self, Run.self, Bench.self, Export.self,
+      DataCommand.self, Attest.self, Enclave.self, Keys.self, SSIMCommand.self, Infer.self, LoadTest.self, Demo.self,
     ]
   )
 }

@@ -207,6 +207,7 @@ final class PlannerTests: XCTestCase {
     }
     var lines: [String] = []
     let first = try planner.run(attacker: "inverse", attack: attack) { lines.append($0) }
+    XCTAssertTrue(first.skipped.isEmpty)
     let cuts = first.profile.cuts.map(\.cut.name)
     XCTAssertGreaterThanOrEqual(cuts.count, 7)
     XCTAssertNotNil(first.chosen)
