@@ -21,8 +21,6 @@ public struct EnclaveConfiguration: Sendable {
   public var maxRequestsPerSession: UInt64 = 1_000_000
   /// The largest record accepted (a 224×224 RGB float tensor is 602 kB; a PNG of it less).
   public var maxRecordBytes = 8 << 20
-  /// The largest top-k a request may ask for.
-  public var maxTopK = 100
   /// How often expired sessions are swept.
   public var sweepInterval: Double = 5
 
