@@ -21,8 +21,6 @@ public struct EnclaveConfiguration: Sendable {
   public var maxRequestsPerSession: UInt64 = 1_000_000
   /// The largest record accepted (a 224×224 RGB float tensor is 602 kB; a PNG of it less).
   public var maxRecordBytes = 8 << 20
-  /// The largest top-k a request may ask for.
-  public var maxTopK = 100
   /// How often expired sessions are swept.
   public var sweepInterval: Double = 5
 
@@ -58,6 +56,9 @@ public final class EnclaveEngine: Sendable {
     self.maxTopK = maxTopK
   }
 
+  /// Photos larger than this are refused before decoding (a small PNG can inflate to gigabytes).
+  public static let maxImagePixels = 40_000_000
+
   /// The model input of a request, checked against the plan.
   func input(_ request: EnclaveRequestMessage) throws -> Tensor {
     let p = plan.plan
@@ -72,6 +73,10 @@ public final class EnclaveEngine: Sendable {
       guard p.preprocessing.appliedIn == .enclave else {
         throw EnclaveError.invalidInput(
           "this plan preprocesses on the client: send the \(p.input.shape) input tensor (\(p.preprocessing.preset) preprocessing), not a photo")
+      }
+      if let (w, h) = encodedImageSize(Array(bytes.prefix(1 << 16))), w * h > Self.maxImagePixels {
+        throw EnclaveError.invalidInput(
+          "the photo is \(w)×\(h) pixels, more than the enclave decodes (\(Self.maxImagePixels / 1_000_000) megapixels); scale it down")
       }
       do {
         let decoded = try ImageCodec.decode(bytes, name: "the request's photo")
@@ -147,6 +152,27 @@ public final class EnclaveEngine: Sendable {
     }
     return response
   }
+}
+
+/// Width and height from a PNG's IHDR or a JPEG's SOF marker, without decoding; nil when the
+/// header is not found in `bytes` (the decoder then reports what is wrong).
+func encodedImageSize(_ bytes: [UInt8]) -> (Int, Int)? {
+  func be(_ i: Int, _ n: Int) -> Int { bytes[i..<(i + n)].reduce(0) { $0 << 8 | Int($1) } }
+  if bytes.starts(with: [0x89, 0x50, 0x4E, 0x47]), bytes.count >= 24 { return (be(16, 4), be(20, 4)) }
+  guard bytes.starts(with: [0xFF, 0xD8]) else { return nil }
+  var i = 2
+  while i + 9 < bytes.count {
+    guard bytes[i] == 0xFF else { return nil }
+    let marker = bytes[i + 1]
+    if marker == 0xFF {
+      i += 1
+      continue
+    }
+    let sof: ClosedRange<UInt8> = 0xC0...0xCF
+    if sof.contains(marker), ![0xC4, 0xC8, 0xCC].contains(marker) { return (be(i + 7, 2), be(i + 5, 2)) }
+    i += 2 + be(i + 2, 2)
+  }
+  return nil
 }
 
 func ms(_ a: DispatchTime, _ b: DispatchTime) -> Double {

@@ -159,6 +159,37 @@ final class EnclaveServiceTests: XCTestCase {
     }
   }
 
+  /// Photo bytes (plans that preprocess in the enclave): a PNG header claiming 20000×20000
+  /// pixels is refused before decoding, corrupt bytes get the decoder's error; both sealed.
+  func testHostilePhotosAreRefused() async throws {
+    let plan = try EnclaveFixture.plan(.enclave)
+    try await withEnclave(plan: plan) { _, endpoint in
+      try await EnclaveClient.with(endpoint, verifier: try EnclaveFixture.verifier()) { client in
+        let session = try await client.session()
+        var bomb = try EnclaveFixture.photo()
+        bomb.replaceSubrange(16..<24, with: [0, 0, 0x4E, 0x20, 0, 0, 0x4E, 0x20])
+        let corrupt = try EnclaveFixture.photo().prefix(300)
+        for (bytes, text) in [(bomb, "20000×20000"), (Data(corrupt), "photo"), (Data("GIF89a".utf8), "not a PNG or JPEG")] {
+          var r = EnclaveRequestMessage()
+          r.image = bytes
+          r.topK = 1
+          do {
+            _ = try await session.infer(r)
+            XCTFail("accepted \(text)")
+          } catch EnclaveError.remote(let kind, let message) {
+            XCTAssertEqual(kind, "invalid-input")
+            XCTAssertTrue(message.contains(text), message)
+          }
+        }
+        var good = EnclaveRequestMessage()
+        good.image = try EnclaveFixture.photo()
+        good.topK = 2
+        let answer = try await session.infer(good)
+        XCTAssertEqual(answer.top.count, 2)
+      }
+    }
+  }
+
   func testSessionsExpireAndAreBounded() async throws {
     let plan = try EnclaveFixture.plan()
     let x = try EnclaveFixture.input(try EnclaveFixture.photo(), plan: plan.plan)
