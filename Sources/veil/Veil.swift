@@ -20,6 +20,7 @@ struct Veil: ParsableCommand {
     subcommands: [
       Models.self, Inspect.self, Cuts.self, SplitModel.self, Profile.self, Run.self, Bench.self, Export.self,
       DataCommand.self, Attest.self, Enclave.self, Keys.self, SSIMCommand.self,
+      Attack.self, Privacy.self, AttackBench.self,
     ]
   )
 }
