@@ -90,7 +90,6 @@ let package = Package(
       name: "VeilPrivacy",
       dependencies: [
         "VeilTensor", "VeilData", "VeilGraph", "VeilTrain", "VeilFormats", "VeilModels",
-        .product(name: "Crypto", package: "swift-crypto"),
       ],
       swiftSettings: kernelSwiftFlags),
     // Test-only: ONNX Runtime references and tolerances shared by the numerical test targets.

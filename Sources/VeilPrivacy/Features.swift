@@ -1,4 +1,3 @@
-import Crypto
 import Foundation
 import VeilData
 import VeilFormats
@@ -51,7 +50,7 @@ public final class FeatureExtractor {
   /// Whether the crossing tensor is channels-last ([N, h, w, C]) in the model.
   public let featureChannelsLast: Bool
   public let preprocessing: InputPreprocessing
-  /// SHA-256 of the head's weights and structure: the cache key's model part.
+  /// A 128-bit digest of the head's weights and structure: the cache key's model part.
   public let headDigest: String
   let executor: Executor
 
@@ -108,13 +107,13 @@ public final class FeatureExtractor {
   }
 
   static func digest(_ g: Graph) -> String {
-    var h = SHA256()
-    for n in g.nodes { h.update(data: Data("\(n.name)|\(n.op)|\(n.inputs)|\(n.outputs)\n".utf8)) }
+    var h = ContentDigest()
+    for n in g.nodes { h.update("\(n.name)|\(n.op)|\(n.inputs)|\(n.outputs)\n") }
     for v in g.initializers.keys.sorted() {
-      h.update(data: Data(g[v].name.utf8))
-      g.initializers[v]!.withUnsafeBuffer { h.update(bufferPointer: UnsafeRawBufferPointer($0)) }
+      h.update(g[v].name)
+      g.initializers[v]!.withUnsafeBuffer { h.update(UnsafeRawBufferPointer($0)) }
     }
-    return h.finalize().map { String(format: "%02x", $0) }.joined()
+    return h.hex
   }
 
   /// The features of `images` (each S×S), computed in batches of `batch` (the last one padded),
@@ -168,10 +167,10 @@ public final class FeatureExtractor {
     -> (features: Tensor, cached: Bool)
   {
     guard let directory else { return (try features(images, progress: progress), false) }
-    var h = SHA256()
-    h.update(data: Data("\(headDigest)|\(cut.tensor)|\(imageSize)|\(preprocessing)|\(images.count)".utf8))
-    for img in images { img.pixels.withUnsafeBytes { h.update(bufferPointer: $0) } }
-    let key = h.finalize().map { String(format: "%02x", $0) }.joined().prefix(32)
+    var h = ContentDigest()
+    h.update("\(headDigest)|\(cut.tensor)|\(imageSize)|\(preprocessing)|\(images.count)")
+    for img in images { img.pixels.withUnsafeBytes { h.update($0) } }
+    let key = h.hex
     let file = directory.appendingPathComponent("\(key).npy")
     if FileManager.default.fileExists(atPath: file.path), let t = try? NPY.read(file),
       t.shape == [images.count] + featureShape
@@ -213,4 +212,38 @@ extension Graph {
         name: name, detail: "not a cut point of '\(self.name)'. Cut points: \(structural.map(\.name).joined(separator: ", "))")
     }
   }
+}
+
+/// A 128-bit content digest for cache keys (two FNV-1a-64 lanes with different offsets over
+/// 8-byte words): it tells inputs apart, it is not a cryptographic hash and guards against no
+/// adversary (the cache is the user's own).
+struct ContentDigest {
+  private var a: UInt64 = 0xcbf2_9ce4_8422_2325
+  private var b: UInt64 = 0x84222325_cbf29ce4
+  private static let prime: UInt64 = 0x0000_0100_0000_01b3
+
+  mutating func update(_ bytes: UnsafeRawBufferPointer) {
+    var i = 0
+    while i + 8 <= bytes.count {
+      let w = bytes.loadUnaligned(fromByteOffset: i, as: UInt64.self)
+      a = (a ^ w) &* Self.prime
+      b = (b ^ (w &+ 0x9E37_79B9_7F4A_7C15)) &* Self.prime
+      b ^= b >> 29
+      i += 8
+    }
+    while i < bytes.count {
+      a = (a ^ UInt64(bytes[i])) &* Self.prime
+      b = (b ^ UInt64(bytes[i])) &* Self.prime
+      i += 1
+    }
+    // The length, so that inputs differing only in trailing zeros differ.
+    a = (a ^ UInt64(bytes.count)) &* Self.prime
+  }
+
+  mutating func update(_ s: String) {
+    var s = s
+    s.withUTF8 { update(UnsafeRawBufferPointer($0)) }
+  }
+
+  var hex: String { String(format: "%016llx%016llx", a, b) }
 }

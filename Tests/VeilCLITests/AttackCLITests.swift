@@ -1,0 +1,58 @@
+import Foundation
+import VeilData
+import XCTest
+
+/// `veil attack`, `veil privacy` and `veil attack-bench`: the errors a user meets first.
+extension CLITests {
+  func testAttackUnknownCutListsTheValidOnes() throws {
+    let r = try veil(["attack", "--model", "mobilenet_v2", "--cut", "block9", "--data", "/nonexistent"])
+    XCTAssertNotEqual(r.status, 0)
+    XCTAssertTrue(r.stderr.contains("cut 'block9'") && r.stderr.contains("Cut points: features."), r.stderr)
+  }
+
+  func testAttackRefusesAMissingOrTooSmallPhotoFolder() throws {
+    let missing = try veil(["attack", "--model", "mobilenet_v2", "--cut", "features.3", "--data", "/nonexistent/photos"])
+    XCTAssertNotEqual(missing.status, 0)
+    XCTAssertTrue(missing.stderr.contains("/nonexistent/photos") && missing.stderr.contains("no such folder"), missing.stderr)
+
+    let dir = temp("one-photo")
+    try FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
+    defer { try? FileManager.default.removeItem(at: dir) }
+    try ImageCodec.writePNG(ByteImage(width: 80, height: 80, channels: 3), to: dir.appendingPathComponent("a.png"))
+    let one = try veil(["attack", "--model", "mobilenet_v2", "--cut", "features.3", "--data", dir.path])
+    XCTAssertNotEqual(one.status, 0)
+    XCTAssertTrue(one.stderr.contains("1 photo(s) found") && one.stderr.contains("at least 2"), one.stderr)
+  }
+
+  func testAttackOptionsAreValidated() throws {
+    let r = try veil(["attack", "--model", "mobilenet_v2", "--cut", "features.3", "--data", "x", "--epochs", "0"])
+    XCTAssertNotEqual(r.status, 0)
+    XCTAssertTrue(r.stderr.contains("epochs must be ≥ 1, found 0"), r.stderr)
+    let b = try veil(["attack", "--model", "mobilenet_v2", "--cut", "features.3", "--data", "x", "--batch", "1"])
+    XCTAssertTrue(b.stderr.contains("batch must be ≥ 2"), b.stderr)
+    let a = try veil(["attack", "--model", "mobilenet_v2", "--cut", "features.3", "--data", "x", "--attacker", "gan"])
+    XCTAssertNotEqual(a.status, 0)
+    XCTAssertTrue(a.stderr.contains("cgan") && a.stderr.contains("inverse"), a.stderr)
+  }
+
+  func testPrivacyThresholdAndCutListAreChecked() throws {
+    let t = try veil(["privacy", "--model", "mobilenet_v2", "--data", "x", "--threshold", "1.5"])
+    XCTAssertNotEqual(t.status, 0)
+    XCTAssertTrue(t.stderr.contains("--threshold must be in (0, 1], found 1.5"), t.stderr)
+    let c = try veil(["privacy", "--model", "mobilenet_v2", "--data", "x", "--cuts", "features.3,nope"])
+    XCTAssertNotEqual(c.status, 0)
+    XCTAssertTrue(c.stderr.contains("--cuts") && c.stderr.contains("cut 'nope'"), c.stderr)
+  }
+
+  func testAttackBenchReportsThroughput() throws {
+    let r = try veil([
+      "attack-bench", "--feature-shape", "8x8x8", "--image-size", "16", "--batch", "4", "--steps", "2", "--warmup", "1",
+      "--width", "4", "--discriminator-width", "4", "--json",
+    ])
+    XCTAssertEqual(r.status, 0, r.stderr)
+    let doc = try JSONSerialization.jsonObject(with: Data(r.stdout.utf8)) as? [String: Any]
+    XCTAssertGreaterThan(try XCTUnwrap(doc?["imagesPerSecond"] as? Double), 0)
+    let bad = try veil(["attack-bench", "--feature-shape", "8x8"])
+    XCTAssertTrue(bad.stderr.contains("expected C×h×w"), bad.stderr)
+  }
+}

@@ -1,0 +1,219 @@
+import Foundation
+import VeilData
+import VeilGraph
+import VeilPrivacy
+import VeilTensor
+import VeilTestSupport
+import XCTest
+
+/// The inversion attackers end to end on a small seeded CNN and the cached registry photos.
+final class AttackTests: XCTestCase {
+  /// A seeded CNN on 32×32 images with two structural cuts: pool1 [8, 16, 16] and pool2 [16, 8, 8].
+  static func tinyModel() -> Graph {
+    var g = Graph(name: "tiny")
+    var rng = SeededGenerator(seed: 7)
+    let x = g.addInput(name: "image", shape: [1, 3, 32, 32])
+    func conv(_ v: ValueID, _ i: Int, _ o: Int, _ name: String) -> ValueID {
+      let w = Tensor.randomNormal(shape: [o, i, 3, 3], std: (2 / Float(9 * i)).squareRoot(), generator: &rng)
+      return g.conv(v, weight: w, bias: Tensor(zeros: [o]), .square(3), name: name)
+    }
+    let pool = PoolAttributes(kernel: [2, 2], strides: [2, 2])
+    var v = g.activation(conv(x, 3, 8, "conv1"), .relu, name: "relu1")
+    v = g.maxPool(v, pool, name: "pool1")
+    v = g.activation(conv(v, 8, 16, "conv2"), .relu, name: "relu2")
+    v = g.maxPool(v, pool, name: "pool2")
+    v = g.activation(conv(v, 16, 16, "conv3"), .relu, name: "out")
+    g.outputs = [v]
+    g.metadata["cuts"] = "pool1,pool2"
+    return g
+  }
+
+  static let photoNames = ["coffee.png", "chelsea.png", "astronaut.png", "eagle.jpg", "dog.jpg"]
+
+  static func config(epochs: Int = 3) -> AttackConfig {
+    var c = AttackConfig()
+    c.imageSize = 32
+    c.epochs = epochs
+    c.batch = 8
+    c.generatorWidth = 8
+    c.discriminatorWidth = 8
+    c.trainCropsPerPhoto = 24
+    c.testCropsPerPhoto = 4
+    c.testFraction = 0.4
+    return c
+  }
+
+  static let unit = InputPreprocessing(name: "unit", normalization: .unit, channelOrder: .rgb)
+
+  func photos(_ config: AttackConfig) throws -> AttackImages {
+    try AttackImages.photos(Self.photoNames.map(TestAssets.url), config: config, source: "asset cache")
+  }
+
+  func temp(_ name: String) -> URL {
+    FileManager.default.temporaryDirectory.appendingPathComponent("veil-attack-\(UUID().uuidString)-\(name)")
+  }
+
+  /// Issue 5: the attack must beat the trivial attacker (the mean training image) on held-out
+  /// photos, for both attackers; the result and its files are complete.
+  func testTinyAttackBeatsTheMeanImageOnHeldOutPhotos() throws {
+    let g = Self.tinyModel()
+    let cut = try g.attackCut(named: "pool1")
+    for kind in AttackerKind.allCases {
+      var config = Self.config()
+      config.attacker = kind
+      let data = try photos(config)
+      // Held-out photos are never trained on.
+      XCTAssertTrue(Set(data.trainPhotos).isDisjoint(with: data.testPhotos))
+      XCTAssertEqual(data.testPhotos.count, 2)
+      let out = temp(kind.rawValue)
+      defer { try? FileManager.default.removeItem(at: out) }
+      let r = try runAttack(
+        model: g, modelName: "tiny", cut: cut, data: data, preprocessing: Self.unit, config: config, outDir: out,
+        cacheDirectory: nil)
+      XCTAssertEqual(r.featureShape, [8, 16, 16])
+      XCTAssertEqual(r.heldOutCount, 8)
+      XCTAssertEqual(r.ssim.perImage.count, 8)
+      XCTAssertGreaterThan(r.ssim.mean, r.baselineSSIM + 0.02, "\(kind): SSIM \(r.ssim.mean) vs baseline \(r.baselineSSIM)")
+      XCTAssertGreaterThan(r.psnr.mean, 10)
+      XCTAssertGreaterThan(r.ssimUpperBound, r.ssim.mean)
+      for path in [r.gridPath, r.generatorWeightsPath, out.appendingPathComponent("result.json").path] {
+        XCTAssertTrue(FileManager.default.fileExists(atPath: path), path)
+      }
+      XCTAssertEqual(r.discriminatorWeightsPath != nil, kind == .cgan)
+      let grid = try ImageCodec.readUpright(URL(fileURLWithPath: r.gridPath))
+      XCTAssertGreaterThan(grid.height, 2 * 32)
+    }
+  }
+
+  /// A rerun with more epochs resumes after the last checkpoint; other options are refused.
+  func testResumesFromTheLastEpochAndRefusesOtherSettings() throws {
+    let g = Self.tinyModel()
+    let cut = try g.attackCut(named: "pool2")
+    var config = Self.config(epochs: 1)
+    config.trainCropsPerPhoto = 8
+    let data = try photos(config)
+    let out = temp("resume")
+    defer { try? FileManager.default.removeItem(at: out) }
+    let cache = temp("cache")
+    defer { try? FileManager.default.removeItem(at: cache) }
+    let first = try runAttack(
+      model: g, modelName: "tiny", cut: cut, data: data, preprocessing: Self.unit, config: config, outDir: out, cacheDirectory: cache)
+    XCTAssertEqual(first.resumedFromEpoch, 0)
+    XCTAssertEqual(first.epochsRun, 1)
+    config.epochs = 2
+    var events: [String] = []
+    let second = try runAttack(
+      model: g, modelName: "tiny", cut: cut, data: data, preprocessing: Self.unit, config: config, outDir: out, cacheDirectory: cache
+    ) { e in
+      if case .features(_, _, let cached) = e, cached { events.append("cached") }
+      if case .epochDone(let epoch, _, _, _, _) = e { events.append("epoch \(epoch)") }
+    }
+    XCTAssertEqual(second.resumedFromEpoch, 1)
+    XCTAssertEqual(second.epochsRun, 1)
+    XCTAssertEqual(events, ["cached", "epoch 2"])
+
+    config.seed = 99
+    let other = try photos(config)
+    XCTAssertThrowsError(
+      try runAttack(
+        model: g, modelName: "tiny", cut: cut, data: other, preprocessing: Self.unit, config: config, outDir: out,
+        cacheDirectory: cache)
+    ) { e in
+      XCTAssertTrue("\(e)".contains("other settings") && "\(e)".contains("--fresh"), "\(e)")
+    }
+  }
+
+  /// A NaN loss stops training with the step and what to lower.
+  func testNonFiniteLossStopsWithTheStepAndAdvice() throws {
+    var config = Self.config()
+    config.learningRate = 1e-3
+    let trainer = try AttackTrainer(featureShape: [8, 16, 16], config: config)
+    var rng = SeededGenerator(seed: 3)
+    var features = Tensor.randomNormal(shape: [8, 8, 16, 16], generator: &rng)
+    let images = Tensor.randomUniform(shape: [8, 3, 32, 32], low: -1, high: 1, generator: &rng)
+    _ = try trainer.step(features: features, images: images, globalStep: 1, epoch: 1)
+    features.withUnsafeMutableBuffer { $0[5] = .nan }
+    XCTAssertThrowsError(try trainer.step(features: features, images: images, globalStep: 2, epoch: 1)) { e in
+      guard case .nonFiniteLoss(let step, let epoch, _, let advice) = e as? PrivacyError else { return XCTFail("\(e)") }
+      XCTAssertEqual(step, 2)
+      XCTAssertEqual(epoch, 1)
+      XCTAssertTrue(advice.contains("--lr, now 0.001") && advice.contains("--lambda"), advice)
+    }
+  }
+
+  func testBadInputIsRefusedWithWhatToDo() throws {
+    let config = Self.config()
+    XCTAssertThrowsError(try AttackImages.photos([try TestAssets.url("coffee.png")], config: config, source: "one")) { e in
+      XCTAssertTrue("\(e)".contains("1 photo(s) found") && "\(e)".contains("at least 2"), "\(e)")
+    }
+    XCTAssertThrowsError(try AttackImages.folder(temp("missing"), config: config)) { e in
+      XCTAssertTrue("\(e)".contains("no such folder"), "\(e)")
+    }
+    let g = Self.tinyModel()
+    XCTAssertThrowsError(try g.attackCut(named: "pool9")) { e in
+      XCTAssertTrue("\(e)".contains("pool1, pool2"), "\(e)")
+    }
+    // A 12×12 map does not divide 40 px by a power of two.
+    var odd = config
+    odd.imageSize = 40
+    XCTAssertThrowsError(try AttackTrainer(featureShape: [16, 12, 12], config: odd)) { e in
+      XCTAssertTrue("\(e)".contains("power of two"), "\(e)")
+    }
+    var big = config
+    big.batch = 200
+    let data = try photos(config)
+    XCTAssertThrowsError(
+      try runAttack(
+        model: g, modelName: "tiny", cut: try g.attackCut(named: "pool1"), data: data, preprocessing: Self.unit, config: big,
+        outDir: temp("big"), cacheDirectory: nil)
+    ) { e in
+      XCTAssertTrue("\(e)".contains("too small a data set"), "\(e)")
+    }
+    var zero = config
+    zero.epochs = 0
+    XCTAssertThrowsError(try zero.validate()) { e in XCTAssertTrue("\(e)".contains("epochs must be ≥ 1"), "\(e)") }
+  }
+
+  /// Student's t bound: mean + t(n−1)·s/√n.
+  func testUpperConfidenceBound() {
+    let s = ScoreSummary([0.2, 0.4, 0.6])
+    XCTAssertEqual(s.mean, 0.4, accuracy: 1e-12)
+    XCTAssertEqual(s.std, 0.2, accuracy: 1e-12)
+    XCTAssertEqual(s.upperConfidenceBound, 0.4 + 2.920 * 0.2 / 3.0.squareRoot(), accuracy: 1e-9)
+    XCTAssertEqual(StudentT.quantile95(degreesOfFreedom: 1000), 1.6464, accuracy: 1e-3)
+    XCTAssertEqual(ScoreSummary([0.5]).upperConfidenceBound, .infinity)
+  }
+
+  /// The sweep writes JSON, CSV and SVG after each cut and skips finished cuts on a rerun.
+  func testSweepWritesItsFilesAndResumes() throws {
+    let g = Self.tinyModel()
+    var config = Self.config(epochs: 1)
+    config.trainCropsPerPhoto = 8
+    let data = try photos(config)
+    let out = temp("sweep")
+    defer { try? FileManager.default.removeItem(at: out) }
+    let sweep = PrivacySweep(
+      modelName: "tiny", cuts: try g.candidateCuts(), threshold: 0.3, config: config, outDir: out, cacheDirectory: nil)
+    let report = try sweep.run(model: g, data: data, preprocessing: Self.unit)
+    XCTAssertEqual(report.results.map(\.cut), ["pool1", "pool2"])
+    let csv = try String(contentsOf: sweep.csvFile, encoding: .utf8).split(separator: "\n")
+    XCTAssertEqual(csv.count, 3)
+    XCTAssertTrue(csv[1].hasPrefix("pool1,8x16x16,cgan,"), String(csv[1]))
+    let svg = try String(contentsOf: sweep.svgFile, encoding: .utf8)
+    XCTAssertTrue(svg.contains("<svg") && svg.contains("threshold 0.3") && svg.contains(">pool2<"), svg)
+    let decoded = try JSONDecoder().decode(SweepReport.self, from: Data(contentsOf: sweep.jsonFile))
+    XCTAssertEqual(decoded, report)
+
+    // Finished cuts are not attacked again: their folders stay gone.
+    for r in report.results { try FileManager.default.removeItem(at: URL(fileURLWithPath: r.gridPath).deletingLastPathComponent()) }
+    let again = try sweep.run(model: g, data: data, preprocessing: Self.unit)
+    XCTAssertEqual(again, report)
+    XCTAssertFalse(FileManager.default.fileExists(atPath: report.results[0].gridPath))
+
+    var other = sweep
+    other.config.seed = 5
+    XCTAssertThrowsError(try other.run(model: g, data: data, preprocessing: Self.unit)) { e in
+      XCTAssertTrue("\(e)".contains("other attack options"), "\(e)")
+    }
+  }
+}
