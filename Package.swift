@@ -30,6 +30,8 @@ let package = Package(
     .package(url: "https://github.com/apple/swift-metrics", from: "2.13.0"),
     .package(url: "https://github.com/swift-server/swift-prometheus", from: "2.4.1"),
     .package(url: "https://github.com/swift-server/swift-service-lifecycle", from: "2.13.0"),
+    // Already in the graph through grpc-swift's transport: NIOHTTP1 serves the Prometheus text.
+    .package(url: "https://github.com/apple/swift-nio", from: "2.101.2"),
   ],
   targets: [
     // System libraries: oneDNN 2.6 from Debian's libdnnl-dev, plus a few C helpers that read
@@ -73,6 +75,9 @@ let package = Package(
         .product(name: "Metrics", package: "swift-metrics"),
         .product(name: "Prometheus", package: "swift-prometheus"),
         .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+        .product(name: "NIOCore", package: "swift-nio"),
+        .product(name: "NIOPosix", package: "swift-nio"),
+        .product(name: "NIOHTTP1", package: "swift-nio"),
       ],
       swiftSettings: kernelSwiftFlags
     ),
@@ -107,6 +112,7 @@ let package = Package(
     .testTarget(name: "VeilPlanningTests", dependencies: ["VeilPlanning", "VeilTEE", "VeilModels", "VeilGraph", "VeilTensor"]),
     .testTarget(name: "VeilTrainTests", dependencies: ["VeilTrain", "VeilTensor", "VeilFormats", "VeilData"]),
     .testTarget(name: "VeilPrivacyTests", dependencies: ["VeilPrivacy", "VeilData", "VeilTensor", "VeilTestSupport"]),
+    .testTarget(name: "VeilServingTests", dependencies: ["VeilServing", "VeilTEE", "VeilTensor", "VeilGraph", "VeilFormats", "VeilModels", "VeilTestSupport"]),
     .testTarget(name: "VeilModelsTests", dependencies: ["VeilModels", "VeilFormats", "VeilTestSupport"]),
   ]
 )

@@ -8,7 +8,7 @@ import Foundation
 import VeilTensor
 
 @main
-struct Veil: ParsableCommand {
+struct Veil: AsyncParsableCommand {
   static let configuration = CommandConfiguration(
     commandName: "veil",
     abstract: "Private inference of split DNNs across a TEE and an untrusted accelerator.",
@@ -19,7 +19,7 @@ struct Veil: ParsableCommand {
       """,
     subcommands: [
       Models.self, Inspect.self, Cuts.self, SplitModel.self, Profile.self, Run.self, Bench.self, Export.self,
-      DataCommand.self, Attest.self, Enclave.self, Keys.self, SSIMCommand.self,
+      DataCommand.self, Attest.self, Enclave.self, Keys.self, SSIMCommand.self, Accelerator.self,
     ]
   )
 }
