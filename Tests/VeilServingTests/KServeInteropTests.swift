@@ -45,9 +45,9 @@ final class KServeInteropTests: XCTestCase {
     try requirePeer("tritonclient")
     let (url, graph) = try tailFile()
     let s = try await RunningServer([KServeModelSpec(name: "tail", graph: graph, batching: KServeBatching(maxBatchSize: 4))])
-    let out = try await Task.detached {
-      try PythonScript.run(Self.script, ["tritonclient", "127.0.0.1:\(s.port)", "tail", url.path])
-    }.value
+    let arguments = ["tritonclient", "127.0.0.1:\(s.port)", "tail", url.path]
+    let script = Self.script
+    let out = try await offloaded { try PythonScript.run(script, arguments) }
     try await s.stop()
     let line = try XCTUnwrap(out.split(separator: "\n").last.map(String.init))
     let report = try XCTUnwrap(JSONSerialization.jsonObject(with: Data(line.utf8)) as? [String: Any], out)

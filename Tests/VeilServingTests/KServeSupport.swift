@@ -81,3 +81,11 @@ final class RunningServer: Sendable {
     try await serving.value
   }
 }
+
+/// Runs blocking work (a peer's Python process, a raw socket read) on a Dispatch thread, off
+/// Swift's cooperative pool, and awaits its result.
+func offloaded<T: Sendable>(_ body: @escaping @Sendable () throws -> T) async throws -> T {
+  try await withCheckedThrowingContinuation { c in
+    DispatchQueue.global().async { c.resume(with: Result { try body() }) }
+  }
+}
