@@ -244,7 +244,7 @@ final class PlannerTests: XCTestCase {
     let folder = try PythonScript.temporaryDirectory("plan-document")
     let graph = chain(seed: 3)
     let loaded = try DeploymentPlan.write(
-      model: graph, name: "chain", cut: "conv3", preprocessing: .init(preset: "imagenet", appliedIn: .client), to: folder)
+      model: graph, name: "chain", cut: "relu3", preprocessing: .init(preset: "imagenet", appliedIn: .client), to: folder)
     var options = ProfileOptions()
     options.runs = 1
     let profile = try Profiler.profile(graph: graph, model: "chain", options: options)
@@ -252,13 +252,13 @@ final class PlannerTests: XCTestCase {
       model: "chain", modelDigest: try Planner.digest(graph),
       data: .init(origin: "user images", path: "x", images: 10, sourceImages: 5, trainImages: 6, heldOutImages: 4, imageSize: 32),
       threshold: 0.3, attacker: "inverse", budget: .quick, seeds: [:], settings: [:], profile: profile, privacy: [],
-      chosenCut: "conv3", fastestCut: profile.fastestCut, deployment: nil, versions: [:])
+      chosenCut: "relu3", fastestCut: profile.fastestCut, deployment: nil, versions: [:])
     try PlanDocument(deployment: loaded.plan, planning: record).write(to: loaded.file)
     XCTAssertEqual(try DeploymentPlan.load(loaded.file.path).plan, loaded.plan)
     XCTAssertEqual(loaded.plan.model.sha256, record.modelDigest, "one digest for both")
     let back = try JSONDecoder().decode(PlanDocument.self, from: Data(contentsOf: loaded.file))
     XCTAssertEqual(back.deployment, loaded.plan)
-    XCTAssertEqual(back.planning.chosenCut, "conv3")
+    XCTAssertEqual(back.planning.chosenCut, "relu3")
     // The folder is now this model's: another model's planner refuses it.
     let other = try Planner(graph: chain(seed: 4), model: "chain", options: PlanOptions(), folder: folder)
     XCTAssertThrowsError(try other.loadState(attacker: "inverse")) { e in XCTAssertTrue("\(e)".contains("another model"), "\(e)") }
