@@ -82,9 +82,8 @@ final class RunningServer: Sendable {
   }
 }
 
-/// Runs blocking work (a peer's Python process, a raw socket read) on a Dispatch thread, off
-/// Swift's cooperative pool, and awaits its result.
-func offloaded<T: Sendable>(_ body: @escaping @Sendable () throws -> T) async throws -> T {
+/// Runs blocking work (a subprocess, a socket read) off the Swift concurrency pool.
+func blocking<T: Sendable>(_ body: @escaping @Sendable () throws -> T) async throws -> T {
   try await withCheckedThrowingContinuation { c in
     DispatchQueue.global().async { c.resume(with: Result { try body() }) }
   }
