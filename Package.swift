@@ -30,6 +30,8 @@ let package = Package(
     .package(url: "https://github.com/apple/swift-metrics", from: "2.13.0"),
     .package(url: "https://github.com/swift-server/swift-prometheus", from: "2.4.1"),
     .package(url: "https://github.com/swift-server/swift-service-lifecycle", from: "2.13.0"),
+    // Already in the graph through grpc-swift's transport: NIOHTTP1 serves the Prometheus text.
+    .package(url: "https://github.com/apple/swift-nio", from: "2.101.2"),
   ],
   targets: [
     // System libraries: oneDNN 2.6 from Debian's libdnnl-dev, plus a few C helpers that read
@@ -74,6 +76,9 @@ let package = Package(
         .product(name: "Metrics", package: "swift-metrics"),
         .product(name: "Prometheus", package: "swift-prometheus"),
         .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+        .product(name: "NIOCore", package: "swift-nio"),
+        .product(name: "NIOPosix", package: "swift-nio"),
+        .product(name: "NIOHTTP1", package: "swift-nio"),
       ],
       swiftSettings: kernelSwiftFlags
     ),
@@ -111,7 +116,7 @@ let package = Package(
     .testTarget(
       name: "VeilServingTests",
       dependencies: [
-        "VeilServing", "VeilTEE", "VeilModels", "VeilGraph", "VeilTensor", "VeilFormats", "VeilData",
+        "VeilServing", "VeilTEE", "VeilModels", "VeilGraph", "VeilTensor", "VeilFormats", "VeilData", "VeilTestSupport",
         .product(name: "GRPCCore", package: "grpc-swift-2"),
         .product(name: "GRPCNIOTransportHTTP2", package: "grpc-swift-nio-transport"),
       ]),

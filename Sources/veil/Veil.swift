@@ -19,7 +19,8 @@ struct Veil: AsyncParsableCommand {
       """,
     subcommands: [
       Models.self, Inspect.self, Cuts.self, SplitModel.self, Profile.self, Run.self, Bench.self, Export.self,
-      DataCommand.self, Attest.self, Enclave.self, Keys.self, SSIMCommand.self, Infer.self, LoadTest.self,
+      DataCommand.self, Attest.self, Enclave.self, Keys.self, SSIMCommand.self, Accelerator.self, Infer.self,
+      LoadTest.self,
     ]
   )
 }

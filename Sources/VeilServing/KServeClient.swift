@@ -1,0 +1,230 @@
+// A client of the KServe v2 / Triton gRPC protocol (`inference.GRPCInferenceService`), usable
+// against any such server: Veil's accelerator service, NVIDIA Triton, KServe, Seldon MLServer.
+// It speaks plaintext HTTP/2 to HOST:PORT, maps every gRPC status to a typed `KServeError`, and
+// applies a per-call deadline. It does not retry or fail over: the caller decides.
+import Foundation
+import GRPCCore
+import GRPCNIOTransportHTTP2
+import VeilTensor
+
+/// HOST:PORT of a KServe v2 gRPC server.
+public struct KServeEndpoint: Sendable, Equatable, CustomStringConvertible {
+  public var host: String
+  public var port: Int
+
+  public init(host: String, port: Int) {
+    self.host = host
+    self.port = port
+  }
+
+  /// Parses "HOST:PORT" ("127.0.0.1:8001", "gpu-box:8001", "[::1]:8001").
+  public init(parsing text: String) throws {
+    let bad = { (why: String) in
+      KServeError(kind: .invalidEndpoint, call: "connect", endpoint: text, message: "'\(text)' is not HOST:PORT (\(why))")
+    }
+    guard let colon = text.lastIndex(of: ":") else { throw bad("no ':PORT'") }
+    var host = String(text[..<colon])
+    if host.hasPrefix("["), host.hasSuffix("]") { host = String(host.dropFirst().dropLast()) }
+    guard !host.isEmpty else { throw bad("empty host") }
+    guard let port = Int(text[text.index(after: colon)...]), (1...65535).contains(port) else {
+      throw bad("the port must be a number in 1…65535")
+    }
+    self.init(host: host, port: port)
+  }
+
+  public var description: String { host.contains(":") ? "[\(host)]:\(port)" : "\(host):\(port)" }
+}
+
+/// The client. One instance holds one HTTP/2 connection (re-established when it drops) and may
+/// be shared by many tasks; call `close()` when done.
+public final class KServeClient: Sendable {
+  public let endpoint: KServeEndpoint
+  /// The deadline of calls that do not pass their own; nil: none.
+  public let defaultTimeout: Duration?
+  private let grpc: GRPCClient<HTTP2ClientTransport.Posix>
+  private let service: Inference_GRPCInferenceService.Client<HTTP2ClientTransport.Posix>
+  private let connections: Task<Void, Never>
+  private let maxMessageBytes: Int
+
+  /// Connects lazily to `endpoint`: the first call opens the connection. Messages up to
+  /// `maxMessageBytes` are accepted (feature maps of large cuts exceed gRPC's 4 MiB default).
+  public init(endpoint: KServeEndpoint, defaultTimeout: Duration? = nil, maxMessageBytes: Int = 256 << 20) throws {
+    self.endpoint = endpoint
+    self.defaultTimeout = defaultTimeout
+    self.maxMessageBytes = maxMessageBytes
+    let target: any ResolvableTarget
+    if endpoint.host.split(separator: ".").count == 4, endpoint.host.allSatisfy({ $0.isNumber || $0 == "." }) {
+      target = ResolvableTargets.IPv4(addresses: [SocketAddress.IPv4(host: endpoint.host, port: endpoint.port)])
+    } else if endpoint.host.contains(":") {
+      target = ResolvableTargets.IPv6(addresses: [SocketAddress.IPv6(host: endpoint.host, port: endpoint.port)])
+    } else {
+      target = ResolvableTargets.DNS(host: endpoint.host, port: endpoint.port)
+    }
+    let transport: HTTP2ClientTransport.Posix
+    do {
+      transport = try HTTP2ClientTransport.Posix(target: target, transportSecurity: .plaintext)
+    } catch {
+      throw KServeError(kind: .invalidEndpoint, call: "connect", endpoint: endpoint.description, message: "\(error)")
+    }
+    let grpc = GRPCClient(transport: transport)
+    self.grpc = grpc
+    self.service = Inference_GRPCInferenceService.Client(wrapping: grpc)
+    self.connections = Task {
+      do { try await grpc.runConnections() } catch {}
+    }
+  }
+
+  /// Parses "HOST:PORT" and connects.
+  public convenience init(endpoint: String, defaultTimeout: Duration? = nil) throws {
+    try self.init(endpoint: KServeEndpoint(parsing: endpoint), defaultTimeout: defaultTimeout)
+  }
+
+  /// Lets calls in flight finish, then closes the connection.
+  public func close() async {
+    grpc.beginGracefulShutdown()
+    await connections.value
+  }
+
+  private func options(_ timeout: Duration?) -> CallOptions {
+    var o = CallOptions.defaults
+    o.timeout = timeout ?? defaultTimeout
+    o.maxRequestMessageBytes = maxMessageBytes
+    o.maxResponseMessageBytes = maxMessageBytes
+    return o
+  }
+
+  private func call<R: Sendable>(_ name: String, _ body: () async throws -> R) async throws -> R {
+    do {
+      return try await body()
+    } catch {
+      throw KServeError.from(error, call: name, endpoint: endpoint.description)
+    }
+  }
+
+  // MARK: Health and metadata
+
+  /// ServerLive: whether the server can receive requests.
+  public func serverLive(timeout: Duration? = nil) async throws -> Bool {
+    try await call("ServerLive") {
+      try await service.serverLive(Inference_ServerLiveRequest(), options: options(timeout)).live
+    }
+  }
+
+  /// ServerReady: whether every model the server serves can take requests.
+  public func serverReady(timeout: Duration? = nil) async throws -> Bool {
+    try await call("ServerReady") {
+      try await service.serverReady(Inference_ServerReadyRequest(), options: options(timeout)).ready
+    }
+  }
+
+  /// ModelReady: whether `name` (at `version`, or its default version when "") can take requests.
+  public func modelReady(name: String, version: String = "", timeout: Duration? = nil) async throws -> Bool {
+    var r = Inference_ModelReadyRequest()
+    r.name = name
+    r.version = version
+    return try await call("ModelReady") { try await service.modelReady(r, options: options(timeout)).ready }
+  }
+
+  /// ServerMetadata: the server's name, version and protocol extensions.
+  public func serverMetadata(timeout: Duration? = nil) async throws -> KServeServerMetadata {
+    let m = try await call("ServerMetadata") {
+      try await service.serverMetadata(Inference_ServerMetadataRequest(), options: options(timeout))
+    }
+    return KServeServerMetadata(name: m.name, version: m.version, extensions: m.extensions)
+  }
+
+  /// ModelMetadata: a model's versions, platform and declared tensors (-1: variable dimension).
+  public func modelMetadata(name: String, version: String = "", timeout: Duration? = nil) async throws -> KServeModelMetadata {
+    var r = Inference_ModelMetadataRequest()
+    r.name = name
+    r.version = version
+    let m = try await call("ModelMetadata") { try await service.modelMetadata(r, options: options(timeout)) }
+    let convert = { (t: Inference_ModelMetadataResponse.TensorMetadata) in
+      KServeTensorMetadata(name: t.name, datatype: t.datatype, shape: t.shape.map { Int($0) })
+    }
+    return KServeModelMetadata(
+      name: m.name, versions: m.versions, platform: m.platform, inputs: m.inputs.map(convert), outputs: m.outputs.map(convert))
+  }
+
+  // MARK: Inference
+
+  /// ModelInfer with FP32 inputs. `outputs` names the outputs wanted (empty: all). Inputs go as
+  /// `raw_input_contents` unless `encoding` is `.typed`; outputs are read from whichever the
+  /// server sends.
+  public func infer(
+    model: String, version: String = "", inputs: [KServeTensor], outputs: [String] = [], id: String = "",
+    encoding: KServeEncoding = .raw, timeout: Duration? = nil
+  ) async throws -> KServeInferResult {
+    let request = Self.makeRequest(model: model, version: version, inputs: inputs, outputs: outputs, id: id, encoding: encoding)
+    let response = try await modelInfer(request, timeout: timeout)
+    do {
+      return try Self.decode(response)
+    } catch let e as KServeError {
+      throw KServeError(kind: e.kind, call: "ModelInfer", endpoint: endpoint.description, status: e.status, message: e.message)
+    }
+  }
+
+  /// ModelInfer with a request built by the caller (any datatype, parameters).
+  public func modelInfer(_ request: Inference_ModelInferRequest, timeout: Duration? = nil) async throws -> Inference_ModelInferResponse {
+    try await call("ModelInfer") { try await service.modelInfer(request, options: options(timeout)) }
+  }
+
+  /// The protocol request for FP32 inputs.
+  public static func makeRequest(
+    model: String, version: String = "", inputs: [KServeTensor], outputs: [String] = [], id: String = "",
+    encoding: KServeEncoding = .raw
+  ) -> Inference_ModelInferRequest {
+    var r = Inference_ModelInferRequest()
+    r.modelName = model
+    r.modelVersion = version
+    r.id = id
+    for input in inputs {
+      var t = Inference_ModelInferRequest.InferInputTensor()
+      t.name = input.name
+      t.datatype = KServeCodec.fp32
+      t.shape = KServeCodec.wireShape(input.tensor.shape)
+      switch encoding {
+      case .raw: r.rawInputContents.append(KServeCodec.rawBytes(input.tensor))
+      case .typed: t.contents.fp32Contents = input.tensor.scalars
+      }
+      r.inputs.append(t)
+    }
+    r.outputs = outputs.map { name in
+      var o = Inference_ModelInferRequest.InferRequestedOutputTensor()
+      o.name = name
+      return o
+    }
+    return r
+  }
+
+  /// The FP32 outputs of a response, from `raw_output_contents` or typed `fp32_contents`.
+  public static func decode(_ response: Inference_ModelInferResponse) throws -> KServeInferResult {
+    let bad = { (m: String) in KServeError(kind: .malformedResponse, call: "ModelInfer", endpoint: "", message: m) }
+    let raw = response.rawOutputContents
+    guard raw.isEmpty || raw.count == response.outputs.count else {
+      throw bad("\(response.outputs.count) outputs but \(raw.count) raw_output_contents entries")
+    }
+    var outs: [KServeTensor] = []
+    for (i, o) in response.outputs.enumerated() {
+      guard o.datatype == KServeCodec.fp32 else {
+        throw bad("output '\(o.name)' has datatype \(o.datatype); this client reads FP32 only")
+      }
+      guard o.shape.allSatisfy({ $0 >= 0 && $0 <= Int64(Int32.max) }) else {
+        throw bad("output '\(o.name)' has shape \(o.shape)")
+      }
+      let shape = o.shape.map { Int($0) }
+      let tensor: Tensor?
+      if raw.isEmpty {
+        tensor = KServeCodec.tensor(shape: shape, values: o.contents.fp32Contents)
+      } else {
+        tensor = KServeCodec.tensor(shape: shape, rawBytes: raw[i])
+      }
+      guard let tensor else {
+        let found = raw.isEmpty ? "\(o.contents.fp32Contents.count) fp32_contents values" : "\(raw[i].count) raw bytes"
+        throw bad("output '\(o.name)' of shape \(shape) came with \(found)")
+      }
+      outs.append(KServeTensor(name: o.name, tensor: tensor))
+    }
+    return KServeInferResult(modelName: response.modelName, modelVersion: response.modelVersion, id: response.id, outputs: outs)
+  }
+}

@@ -1,0 +1,80 @@
+// The accelerator server: the gRPC server of `AcceleratorService` on HTTP/2 (plaintext), its
+// optional Prometheus endpoint, and its lifecycle as a swift-service-lifecycle `Service`:
+// graceful shutdown stops taking new calls, lets the calls in flight finish, then stops the
+// model workers.
+import Foundation
+import GRPCCore
+import GRPCNIOTransportHTTP2
+import Logging
+import ServiceLifecycle
+
+/// How the accelerator server listens.
+public struct AcceleratorServerConfig: Sendable {
+  public var host: String
+  /// 0: any free port (read it back with `AcceleratorServer.port()`).
+  public var port: Int
+  /// The Prometheus endpoint's port; nil: no endpoint.
+  public var metricsPort: Int?
+  /// The largest request message accepted (feature maps exceed gRPC's 4 MiB default).
+  public var maxRequestBytes: Int
+
+  public init(host: String = "127.0.0.1", port: Int = 8001, metricsPort: Int? = nil, maxRequestBytes: Int = 256 << 20) {
+    self.host = host
+    self.port = port
+    self.metricsPort = metricsPort
+    self.maxRequestBytes = maxRequestBytes
+  }
+}
+
+public final class AcceleratorServer: Service, Sendable {
+  public let config: AcceleratorServerConfig
+  public let service: AcceleratorService
+  private let transport: HTTP2ServerTransport.Posix
+  private let server: GRPCServer<HTTP2ServerTransport.Posix>
+  private let logger: Logger
+
+  public init(config: AcceleratorServerConfig, repository: KServeModelRepository, metrics: AcceleratorMetrics, logger: Logger) {
+    self.config = config
+    self.logger = logger
+    service = AcceleratorService(repository: repository, metrics: metrics, logger: logger)
+    var tc = HTTP2ServerTransport.Posix.Config.defaults
+    tc.rpc.maxRequestPayloadSize = config.maxRequestBytes
+    transport = HTTP2ServerTransport.Posix(
+      address: .ipv4(host: config.host, port: config.port), transportSecurity: .plaintext, config: tc)
+    server = GRPCServer(transport: transport, services: [service])
+  }
+
+  /// The port the gRPC server listens on, once it does.
+  public func port() async throws -> Int {
+    let address = try await transport.listeningAddress
+    guard let ipv4 = address.ipv4 else {
+      throw AcceleratorError.badOption("the server listens on \(address), not on an IPv4 port")
+    }
+    return ipv4.port
+  }
+
+  /// Serves until a graceful shutdown (ServiceLifecycle's, or `beginGracefulShutdown()`), then
+  /// waits for calls in flight and stops the model workers.
+  public func run() async throws {
+    var metricsServer: MetricsHTTPServer?
+    if let mp = config.metricsPort {
+      let metrics = service.metrics
+      metricsServer = try await MetricsHTTPServer(host: config.host, port: mp) { metrics.render() }
+      logger.info("metrics at http://\(config.host):\(metricsServer?.port ?? mp)/metrics")
+    }
+    try await withGracefulShutdownHandler {
+      try await server.serve()
+    } onGracefulShutdown: {
+      self.logger.info("graceful shutdown: finishing calls in flight")
+      self.server.beginGracefulShutdown()
+    }
+    for m in service.repository.all { m.shutdown() }
+    await metricsServer?.close()
+    logger.info("stopped")
+  }
+
+  /// Stops taking new calls; `run()` returns once the calls in flight have finished.
+  public func beginGracefulShutdown() {
+    server.beginGracefulShutdown()
+  }
+}

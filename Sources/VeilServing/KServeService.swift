@@ -1,0 +1,291 @@
+// The accelerator service: `inference.GRPCInferenceService` over a repository of model versions.
+// Every request is checked against what its model declares before it is queued, and every
+// failure is a gRPC status with a message that says what was wrong and where (NOT_FOUND for an
+// unknown model or version, INVALID_ARGUMENT for a wrong datatype, shape or byte count,
+// RESOURCE_EXHAUSTED for a full queue, DEADLINE_EXCEEDED for a request whose deadline passed
+// before it ran); a bad request never stops the service.
+import Foundation
+import GRPCCore
+import Logging
+import VeilTensor
+
+/// The model versions a server serves, by name then version.
+public struct KServeModelRepository: Sendable {
+  public private(set) var models: [String: [String: KServeModel]] = [:]
+
+  public init() {}
+
+  public mutating func add(_ model: KServeModel) throws {
+    if models[model.name]?[model.version] != nil {
+      throw AcceleratorError.duplicateModel(name: model.name, version: model.version)
+    }
+    models[model.name, default: [:]][model.version] = model
+  }
+
+  /// The versions of `name`, oldest first (numeric versions in numeric order).
+  public func versions(of name: String) -> [String] {
+    (models[name]?.keys).map { Array($0).sorted(by: Self.versionOrder) } ?? []
+  }
+
+  static func versionOrder(_ a: String, _ b: String) -> Bool {
+    switch (Int(a), Int(b)) {
+    case let (x?, y?): return x < y
+    case (.some, nil): return true
+    case (nil, .some): return false
+    default: return a < b
+    }
+  }
+
+  /// `name` at `version`, or at its latest version when `version` is "".
+  public func model(_ name: String, version: String) throws -> KServeModel {
+    guard let versions = models[name] else {
+      let known = models.keys.sorted().map { "\($0) (versions \(self.versions(of: $0).joined(separator: ", ")))" }
+      throw RPCError(
+        code: .notFound,
+        message: "unknown model '\(name)'; this server serves: \(known.isEmpty ? "no models" : known.joined(separator: "; "))")
+    }
+    let v = version.isEmpty ? (self.versions(of: name).last ?? "") : version
+    guard let m = versions[v] else {
+      throw RPCError(
+        code: .notFound,
+        message: "model '\(name)' has no version '\(version)'; its versions: \(self.versions(of: name).joined(separator: ", "))")
+    }
+    return m
+  }
+
+  /// Every model version.
+  public var all: [KServeModel] { models.values.flatMap { $0.values } }
+}
+
+/// The service implementation. Conforms to the generated `ServiceProtocol` (not the simple one)
+/// so that ModelInfer reads the request's `grpc-timeout`.
+public struct AcceleratorService: Inference_GRPCInferenceService.ServiceProtocol {
+  public let repository: KServeModelRepository
+  public let metrics: AcceleratorMetrics
+  public let logger: Logger
+  public static let serverName = "veil-accelerator"
+  public static let serverVersion = "0.1.0"
+
+  public init(repository: KServeModelRepository, metrics: AcceleratorMetrics, logger: Logger) {
+    self.repository = repository
+    self.metrics = metrics
+    self.logger = logger
+  }
+
+  /// Runs `body`, records the call's metrics, and turns non-RPC errors into INTERNAL.
+  private func measured<R>(_ method: String, model: String = "", _ body: () async throws -> R) async throws -> R {
+    let t0 = DispatchTime.now().uptimeNanoseconds
+    func seconds() -> Double { Double(DispatchTime.now().uptimeNanoseconds - t0) / 1e9 }
+    do {
+      let r = try await body()
+      metrics.request(method: method, model: model, status: "OK", seconds: seconds())
+      return r
+    } catch let e as RPCError {
+      metrics.request(method: method, model: model, status: e.code.statusName, seconds: seconds())
+      logger.info("\(method) failed", metadata: ["model": "\(model)", "code": "\(e.code.statusName)", "message": "\(e.message)"])
+      throw e
+    } catch is CancellationError {
+      metrics.request(method: method, model: model, status: "CANCELLED", seconds: seconds())
+      throw RPCError(code: .cancelled, message: "the request was cancelled")
+    } catch {
+      metrics.request(method: method, model: model, status: "INTERNAL", seconds: seconds())
+      logger.error("\(method) failed", metadata: ["model": "\(model)", "error": "\(error)"])
+      throw RPCError(code: .internalError, message: "\(error)")
+    }
+  }
+
+  public func serverLive(request: ServerRequest<Inference_ServerLiveRequest>, context: ServerContext) async throws
+    -> ServerResponse<Inference_ServerLiveResponse>
+  {
+    try await measured("ServerLive") {
+      var r = Inference_ServerLiveResponse()
+      r.live = true
+      return ServerResponse(message: r)
+    }
+  }
+
+  public func serverReady(request: ServerRequest<Inference_ServerReadyRequest>, context: ServerContext) async throws
+    -> ServerResponse<Inference_ServerReadyResponse>
+  {
+    try await measured("ServerReady") {
+      var r = Inference_ServerReadyResponse()
+      r.ready = !repository.models.isEmpty
+      return ServerResponse(message: r)
+    }
+  }
+
+  public func modelReady(request: ServerRequest<Inference_ModelReadyRequest>, context: ServerContext) async throws
+    -> ServerResponse<Inference_ModelReadyResponse>
+  {
+    try await measured("ModelReady", model: request.message.name) {
+      var r = Inference_ModelReadyResponse()
+      // Triton answers ready=false (not an error) for a model it does not serve.
+      r.ready = (try? repository.model(request.message.name, version: request.message.version)) != nil
+      return ServerResponse(message: r)
+    }
+  }
+
+  public func serverMetadata(request: ServerRequest<Inference_ServerMetadataRequest>, context: ServerContext) async throws
+    -> ServerResponse<Inference_ServerMetadataResponse>
+  {
+    try await measured("ServerMetadata") {
+      var r = Inference_ServerMetadataResponse()
+      r.name = Self.serverName
+      r.version = Self.serverVersion
+      r.extensions = []
+      return ServerResponse(message: r)
+    }
+  }
+
+  public func modelMetadata(request: ServerRequest<Inference_ModelMetadataRequest>, context: ServerContext) async throws
+    -> ServerResponse<Inference_ModelMetadataResponse>
+  {
+    let q = request.message
+    return try await measured("ModelMetadata", model: q.name) {
+      let m = try repository.model(q.name, version: q.version)
+      var r = Inference_ModelMetadataResponse()
+      r.name = m.name
+      r.versions = repository.versions(of: m.name)
+      r.platform = "veil"
+      let convert = { (t: KServeTensorMetadata) -> Inference_ModelMetadataResponse.TensorMetadata in
+        var x = Inference_ModelMetadataResponse.TensorMetadata()
+        x.name = t.name
+        x.datatype = t.datatype
+        x.shape = KServeCodec.wireShape(t.shape)
+        return x
+      }
+      r.inputs = m.inputs.map(convert)
+      r.outputs = m.outputs.map(convert)
+      return ServerResponse(message: r)
+    }
+  }
+
+  public func modelInfer(request: ServerRequest<Inference_ModelInferRequest>, context: ServerContext) async throws
+    -> ServerResponse<Inference_ModelInferResponse>
+  {
+    let q = request.message
+    let arrival = DispatchTime.now().uptimeNanoseconds
+    let deadline = request.metadata[stringValues: "grpc-timeout"].first(where: { _ in true })
+      .flatMap(Self.parseTimeout).map { arrival &+ $0 }
+    return try await measured("ModelInfer", model: q.modelName) {
+      let m = try repository.model(q.modelName, version: q.modelVersion)
+      let (inputs, raw) = try Self.decodeInputs(q, for: m)
+      let wanted = try Self.requestedOutputs(q, for: m)
+      let outputs = try await m.infer(inputs, deadline: deadline)
+      var r = Inference_ModelInferResponse()
+      r.modelName = m.name
+      r.modelVersion = m.version
+      r.id = q.id
+      for i in wanted {
+        var o = Inference_ModelInferResponse.InferOutputTensor()
+        o.name = m.outputs[i].name
+        o.datatype = KServeCodec.fp32
+        o.shape = KServeCodec.wireShape(outputs[i].shape)
+        if raw {
+          r.rawOutputContents.append(KServeCodec.rawBytes(outputs[i]))
+        } else {
+          o.contents.fp32Contents = outputs[i].scalars
+        }
+        r.outputs.append(o)
+      }
+      return ServerResponse(message: r)
+    }
+  }
+
+  /// The request's inputs in the model's input order, checked against the declared datatype and
+  /// shape (any batch ≥ 1 where the model batches) and the byte or value count; and whether they
+  /// came as raw bytes (then the outputs go back raw too, as Triton does).
+  static func decodeInputs(_ q: Inference_ModelInferRequest, for m: KServeModel) throws -> ([Tensor], Bool) {
+    func invalid(_ s: String) -> RPCError {
+      RPCError(code: .invalidArgument, message: "model '\(m.name)' version \(m.version): \(s)")
+    }
+    guard q.inputs.count == m.inputs.count else {
+      throw invalid(
+        "expected \(m.inputs.count) input(s) (\(m.inputs.map(\.name).joined(separator: ", "))), found \(q.inputs.count)")
+    }
+    let raw = !q.rawInputContents.isEmpty
+    if raw {
+      guard q.rawInputContents.count == q.inputs.count else {
+        throw invalid("\(q.inputs.count) input(s) but \(q.rawInputContents.count) raw_input_contents entries; send one per input")
+      }
+    }
+    var tensors = [Tensor?](repeating: nil, count: m.inputs.count)
+    var batch: Int?
+    for (k, t) in q.inputs.enumerated() {
+      guard let i = m.inputs.firstIndex(where: { $0.name == t.name }) else {
+        throw invalid("unknown input '\(t.name)'; the model's inputs: \(m.inputs.map(\.name).joined(separator: ", "))")
+      }
+      guard tensors[i] == nil else { throw invalid("input '\(t.name)' is given twice") }
+      let declared = m.inputs[i]
+      guard t.datatype == KServeCodec.fp32 else {
+        throw invalid("input '\(t.name)' has datatype '\(t.datatype)'; the model declares \(declared.datatype)")
+      }
+      let shape = t.shape.map { Int(clamping: $0) }
+      let matches =
+        shape.count == declared.shape.count
+        && zip(shape, declared.shape).allSatisfy { s, d in d == -1 ? (s >= 1 && s <= 4096) : s == d }
+      guard matches else {
+        throw invalid("input '\(t.name)' has shape \(shape); the model declares \(declared.shape) (-1: any batch ≥ 1)")
+      }
+      if declared.shape.first == -1 {
+        if let b = batch, b != shape[0] {
+          throw invalid("input '\(t.name)' has batch \(shape[0]) but an earlier input has batch \(b); all inputs share one batch")
+        }
+        batch = shape[0]
+      }
+      let tensor: Tensor?
+      if raw {
+        if t.hasContents, KServeCodec.foreignContents(t.contents) != nil || !t.contents.fp32Contents.isEmpty {
+          throw invalid("input '\(t.name)' has typed contents as well as raw_input_contents; send one or the other")
+        }
+        tensor = KServeCodec.tensor(shape: shape, rawBytes: q.rawInputContents[k])
+        if tensor == nil {
+          throw invalid(
+            "input '\(t.name)' of shape \(shape) needs \(shape.reduce(1, *) * 4) bytes of FP32 in raw_input_contents[\(k)], found \(q.rawInputContents[k].count)"
+          )
+        }
+      } else {
+        if let field = KServeCodec.foreignContents(t.contents) {
+          throw invalid("input '\(t.name)' is declared FP32 but carries \(field); put the values in fp32_contents")
+        }
+        tensor = KServeCodec.tensor(shape: shape, values: t.contents.fp32Contents)
+        if tensor == nil {
+          throw invalid(
+            "input '\(t.name)' of shape \(shape) needs \(shape.reduce(1, *)) values in fp32_contents, found \(t.contents.fp32Contents.count)"
+          )
+        }
+      }
+      tensors[i] = tensor
+    }
+    return (tensors.compactMap { $0 }, raw)
+  }
+
+  /// The indices of the outputs to send back: those the request names, or all.
+  static func requestedOutputs(_ q: Inference_ModelInferRequest, for m: KServeModel) throws -> [Int] {
+    if q.outputs.isEmpty { return Array(m.outputs.indices) }
+    return try q.outputs.map { o in
+      guard let i = m.outputs.firstIndex(where: { $0.name == o.name }) else {
+        throw RPCError(
+          code: .invalidArgument,
+          message:
+            "model '\(m.name)' version \(m.version): unknown output '\(o.name)'; its outputs: \(m.outputs.map(\.name).joined(separator: ", "))"
+        )
+      }
+      return i
+    }
+  }
+
+  /// A `grpc-timeout` value ("100m", "5S", …: at most 8 digits and a unit) in nanoseconds.
+  public static func parseTimeout(_ text: String) -> UInt64? {
+    guard let unit = text.last, text.count >= 2, text.count <= 9, let n = UInt64(text.dropLast()) else { return nil }
+    switch unit {
+    case "H": return n * 3_600_000_000_000
+    case "M": return n * 60_000_000_000
+    case "S": return n * 1_000_000_000
+    case "m": return n * 1_000_000
+    case "u": return n * 1_000
+    case "n": return n
+    default: return nil
+    }
+  }
+}

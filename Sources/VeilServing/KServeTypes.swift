@@ -1,0 +1,226 @@
+// The KServe v2 values shared by Veil's accelerator service and its client: named FP32 tensors,
+// tensor and model metadata, the typed error, and the one codec between Veil's `Tensor` and the
+// protocol's `raw_*_contents` bytes and typed `fp32_contents`.
+import Foundation
+import GRPCCore
+import VeilTensor
+
+/// One named FP32 tensor of a KServe v2 request or response.
+public struct KServeTensor: Sendable {
+  public var name: String
+  public var tensor: Tensor
+
+  public init(name: String, tensor: Tensor) {
+    self.name = name
+    self.tensor = tensor
+  }
+}
+
+/// How a client sends input tensors: `raw_input_contents` (little-endian bytes, what Triton's
+/// clients send) or the typed `fp32_contents` field.
+public enum KServeEncoding: String, Sendable, CaseIterable {
+  case raw
+  case typed
+}
+
+/// A tensor a model declares: its name, datatype ("FP32") and shape, where -1 marks a
+/// dimension of variable size (the batch of a model that batches).
+public struct KServeTensorMetadata: Sendable, Equatable, Codable {
+  public var name: String
+  public var datatype: String
+  public var shape: [Int]
+
+  public init(name: String, datatype: String, shape: [Int]) {
+    self.name = name
+    self.datatype = datatype
+    self.shape = shape
+  }
+}
+
+/// The answer of ServerMetadata.
+public struct KServeServerMetadata: Sendable, Equatable, Codable {
+  public var name: String
+  public var version: String
+  public var extensions: [String]
+}
+
+/// The answer of ModelMetadata.
+public struct KServeModelMetadata: Sendable, Equatable, Codable {
+  public var name: String
+  public var versions: [String]
+  public var platform: String
+  public var inputs: [KServeTensorMetadata]
+  public var outputs: [KServeTensorMetadata]
+}
+
+/// The answer of ModelInfer: the outputs in the server's order.
+public struct KServeInferResult: Sendable {
+  public var modelName: String
+  public var modelVersion: String
+  public var id: String
+  public var outputs: [KServeTensor]
+
+  /// The output called `name`, or nil.
+  public func output(named name: String) -> Tensor? {
+    outputs.first { $0.name == name }?.tensor
+  }
+}
+
+/// A failed KServe v2 call, as the client sees it: which call, against which endpoint, the gRPC
+/// status and the server's message, and what to do about it.
+public struct KServeError: Error, CustomStringConvertible, Sendable {
+  public enum Kind: String, Sendable, CaseIterable {
+    /// The endpoint string could not be parsed.
+    case invalidEndpoint
+    /// No server answered (refused, unreachable, or it went away): UNAVAILABLE.
+    case unavailable
+    /// Unknown model or version: NOT_FOUND.
+    case notFound
+    /// The request did not match what the model declares: INVALID_ARGUMENT.
+    case invalidArgument
+    /// The server's queue is full: RESOURCE_EXHAUSTED. Retry later or with fewer clients.
+    case resourceExhausted
+    /// The deadline passed before the answer came: DEADLINE_EXCEEDED.
+    case deadlineExceeded
+    /// The call was cancelled: CANCELLED.
+    case cancelled
+    /// The server does not implement the call: UNIMPLEMENTED.
+    case unimplemented
+    /// The server failed while running the model: INTERNAL or UNKNOWN.
+    case serverError
+    /// The server's answer does not follow the protocol (wrong datatype, sizes, missing output).
+    case malformedResponse
+    /// Any other gRPC status.
+    case other
+  }
+
+  public var kind: Kind
+  /// The RPC, e.g. "ModelInfer".
+  public var call: String
+  /// HOST:PORT.
+  public var endpoint: String
+  /// The gRPC status code's name (e.g. "RESOURCE_EXHAUSTED"), or "" for client-side failures.
+  public var status: String
+  public var message: String
+
+  public init(kind: Kind, call: String, endpoint: String, status: String = "", message: String) {
+    self.kind = kind
+    self.call = call
+    self.endpoint = endpoint
+    self.status = status
+    self.message = message
+  }
+
+  public var description: String {
+    let code = status.isEmpty ? "" : " (\(status))"
+    return "KServe \(call) at \(endpoint) failed\(code): \(message)\(hint.isEmpty ? "" : " — \(hint)")"
+  }
+
+  var hint: String {
+    switch kind {
+    case .invalidEndpoint: return "give the endpoint as HOST:PORT, e.g. 127.0.0.1:8001"
+    case .unavailable: return "check that a KServe v2 / Triton gRPC server listens there"
+    case .notFound: return "ask ModelMetadata or the server's model list for the names and versions it serves"
+    case .invalidArgument: return "send the datatype and shape that ModelMetadata declares"
+    case .resourceExhausted: return "the server's queue is full: retry later, or raise its --queue-capacity"
+    case .deadlineExceeded: return "raise the timeout, or lower the load on the server"
+    case .malformedResponse: return "the server does not follow the KServe v2 protocol for this call"
+    case .cancelled, .unimplemented, .serverError, .other: return ""
+    }
+  }
+
+  /// Maps a gRPC error to a KServe error kind.
+  static func from(_ error: any Error, call: String, endpoint: String) -> KServeError {
+    if let e = error as? KServeError { return e }
+    if let rpc = error as? RPCError {
+      let kind: Kind
+      switch rpc.code {
+      case .unavailable: kind = .unavailable
+      case .notFound: kind = .notFound
+      case .invalidArgument, .outOfRange, .failedPrecondition: kind = .invalidArgument
+      case .resourceExhausted: kind = .resourceExhausted
+      case .deadlineExceeded: kind = .deadlineExceeded
+      case .cancelled: kind = .cancelled
+      case .unimplemented: kind = .unimplemented
+      case .internalError, .unknown, .dataLoss: kind = .serverError
+      default: kind = .other
+      }
+      return KServeError(kind: kind, call: call, endpoint: endpoint, status: rpc.code.statusName, message: rpc.message)
+    }
+    if error is CancellationError {
+      return KServeError(kind: .cancelled, call: call, endpoint: endpoint, status: "CANCELLED", message: "the calling task was cancelled")
+    }
+    return KServeError(kind: .other, call: call, endpoint: endpoint, message: "\(error)")
+  }
+}
+
+extension RPCError.Code {
+  /// The status name of the gRPC specification (e.g. "DEADLINE_EXCEEDED").
+  public var statusName: String {
+    switch self {
+    case .cancelled: return "CANCELLED"
+    case .unknown: return "UNKNOWN"
+    case .invalidArgument: return "INVALID_ARGUMENT"
+    case .deadlineExceeded: return "DEADLINE_EXCEEDED"
+    case .notFound: return "NOT_FOUND"
+    case .alreadyExists: return "ALREADY_EXISTS"
+    case .permissionDenied: return "PERMISSION_DENIED"
+    case .resourceExhausted: return "RESOURCE_EXHAUSTED"
+    case .failedPrecondition: return "FAILED_PRECONDITION"
+    case .aborted: return "ABORTED"
+    case .outOfRange: return "OUT_OF_RANGE"
+    case .unimplemented: return "UNIMPLEMENTED"
+    case .internalError: return "INTERNAL"
+    case .unavailable: return "UNAVAILABLE"
+    case .dataLoss: return "DATA_LOSS"
+    case .unauthenticated: return "UNAUTHENTICATED"
+    default: return "\(self)"
+    }
+  }
+}
+
+/// FP32 tensors to and from the protocol's encodings. The protocol's bytes are little-endian;
+/// Veil runs on little-endian x86-64 and arm64, so the copy is a memcpy.
+public enum KServeCodec {
+  public static let fp32 = "FP32"
+
+  /// The little-endian bytes of `tensor` (for `raw_input_contents` / `raw_output_contents`).
+  public static func rawBytes(_ tensor: Tensor) -> Data {
+    tensor.withUnsafeBuffer { Data(buffer: $0) }
+  }
+
+  /// A tensor of `shape` from little-endian FP32 bytes; nil when the byte count is not
+  /// 4 × the element count.
+  public static func tensor(shape: [Int], rawBytes: Data) -> Tensor? {
+    let count = shape.reduce(1, *)
+    guard rawBytes.count == count * 4 else { return nil }
+    return Tensor(shape: shape) { buf in
+      rawBytes.withUnsafeBytes { src in
+        if count > 0 { UnsafeMutableRawPointer(buf.baseAddress!).copyMemory(from: src.baseAddress!, byteCount: count * 4) }
+      }
+    }
+  }
+
+  /// A tensor of `shape` from typed values; nil when the count does not match.
+  public static func tensor(shape: [Int], values: [Float]) -> Tensor? {
+    guard values.count == shape.reduce(1, *) else { return nil }
+    return try? Tensor(shape: shape, values: values)
+  }
+
+  /// The number of values a typed `InferTensorContents` carries in fields other than
+  /// fp32_contents, with the name of the first such field (a datatype the tensor does not
+  /// declare).
+  static func foreignContents(_ c: Inference_InferTensorContents) -> String? {
+    if !c.boolContents.isEmpty { return "bool_contents" }
+    if !c.intContents.isEmpty { return "int_contents" }
+    if !c.int64Contents.isEmpty { return "int64_contents" }
+    if !c.uintContents.isEmpty { return "uint_contents" }
+    if !c.uint64Contents.isEmpty { return "uint64_contents" }
+    if !c.fp64Contents.isEmpty { return "fp64_contents" }
+    if !c.bytesContents.isEmpty { return "bytes_contents" }
+    return nil
+  }
+
+  /// A shape in the protocol's int64 form.
+  static func wireShape(_ shape: [Int]) -> [Int64] { shape.map(Int64.init) }
+}

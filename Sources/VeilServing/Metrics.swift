@@ -1,0 +1,127 @@
+// The accelerator service's metrics, recorded through swift-metrics into a Prometheus registry
+// of its own (not the process-global bootstrap, so that several servers and tests coexist), and
+// the tiny HTTP/1 endpoint that serves the registry's text format at GET /metrics.
+import CoreMetrics
+import Foundation
+import NIOCore
+import NIOHTTP1
+import NIOPosix
+import Prometheus
+
+/// Requests, errors by status, latency histograms, batch sizes and queue depth.
+public final class AcceleratorMetrics: Sendable {
+  public let registry: PrometheusCollectorRegistry
+  private let factory: PrometheusMetricsFactory
+
+  public init(registry: PrometheusCollectorRegistry = PrometheusCollectorRegistry(), maxBatchSize: Int = 64) {
+    self.registry = registry
+    var f = PrometheusMetricsFactory(registry: registry)
+    f.defaultDurationHistogramBuckets = [
+      .microseconds(500), .milliseconds(1), .milliseconds(2), .milliseconds(5), .milliseconds(10), .milliseconds(20),
+      .milliseconds(50), .milliseconds(100), .milliseconds(200), .milliseconds(500), .seconds(1), .seconds(2), .seconds(5),
+    ]
+    var sizes: [Double] = []
+    var s = 1
+    while s < maxBatchSize {
+      sizes.append(Double(s))
+      s *= 2
+    }
+    sizes.append(Double(max(1, maxBatchSize)))
+    f.valueHistogramBuckets["veil_accelerator_batch_rows"] = sizes
+    factory = f
+  }
+
+  /// One finished RPC: its method, model ("" for server calls), gRPC status name, duration.
+  func request(method: String, model: String, status: String, seconds: Double) {
+    CoreMetrics.Counter(label: "veil_accelerator_requests_total", dimensions: [("method", method), ("model", model)], factory: factory)
+      .increment()
+    if status != "OK" {
+      CoreMetrics.Counter(label: "veil_accelerator_errors_total", dimensions: [("method", method), ("code", status)], factory: factory)
+        .increment()
+    }
+    CoreMetrics.Timer(label: "veil_accelerator_request_duration_seconds", dimensions: [("method", method)], factory: factory)
+      .recordNanoseconds(Int64(seconds * 1e9))
+  }
+
+  /// One batch run with `rows` rows.
+  func batch(model: String, rows: Int) {
+    CoreMetrics.Recorder(label: "veil_accelerator_batch_rows", dimensions: [("model", model)], aggregate: true, factory: factory)
+      .record(rows)
+  }
+
+  func queueDepth(model: String, _ depth: Int) {
+    CoreMetrics.Gauge(label: "veil_accelerator_queue_depth", dimensions: [("model", model)], factory: factory).record(depth)
+  }
+
+  func rejected(model: String) {
+    CoreMetrics.Counter(label: "veil_accelerator_queue_rejected_total", dimensions: [("model", model)], factory: factory).increment()
+  }
+
+  func expired(model: String) {
+    CoreMetrics.Counter(label: "veil_accelerator_deadline_expired_total", dimensions: [("model", model)], factory: factory).increment()
+  }
+
+  /// The Prometheus text exposition of every metric.
+  public func render() -> String { registry.emitToString() }
+}
+
+/// Serves `GET /metrics` (Prometheus text format) over HTTP/1.1; any other path is 404.
+public final class MetricsHTTPServer: Sendable {
+  private let channel: any Channel
+  /// The port it listens on (useful when asked for port 0).
+  public let port: Int
+
+  /// Binds `host:port` and starts serving `render()`'s text.
+  public init(host: String = "127.0.0.1", port: Int, render: @escaping @Sendable () -> String) async throws {
+    let bootstrap = ServerBootstrap(group: MultiThreadedEventLoopGroup.singleton)
+      .serverChannelOption(.backlog, value: 64)
+      .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
+      .childChannelInitializer { channel in
+        channel.pipeline.configureHTTPServerPipeline().flatMap {
+          channel.pipeline.addHandler(MetricsHandler(render: render))
+        }
+      }
+    channel = try await bootstrap.bind(host: host, port: port).get()
+    self.port = channel.localAddress?.port ?? port
+  }
+
+  /// Stops listening.
+  public func close() async {
+    try? await channel.close()
+  }
+}
+
+private final class MetricsHandler: ChannelInboundHandler, @unchecked Sendable {
+  typealias InboundIn = HTTPServerRequestPart
+  typealias OutboundOut = HTTPServerResponsePart
+  let render: @Sendable () -> String
+  private var head: HTTPRequestHead?
+
+  init(render: @escaping @Sendable () -> String) { self.render = render }
+
+  func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+    switch unwrapInboundIn(data) {
+    case .head(let h): head = h
+    case .body: break
+    case .end:
+      guard let h = head else { return }
+      head = nil
+      let ok = h.method == .GET && (h.uri == "/metrics" || h.uri.hasPrefix("/metrics?"))
+      let text = ok ? render() : "not found: this endpoint serves GET /metrics only\n"
+      var buffer = context.channel.allocator.buffer(capacity: text.utf8.count)
+      buffer.writeString(text)
+      var headers = HTTPHeaders()
+      headers.add(name: "Content-Type", value: ok ? "text/plain; version=0.0.4; charset=utf-8" : "text/plain; charset=utf-8")
+      headers.add(name: "Content-Length", value: "\(buffer.readableBytes)")
+      let keepAlive = h.isKeepAlive
+      if !keepAlive { headers.add(name: "Connection", value: "close") }
+      context.write(wrapOutboundOut(.head(HTTPResponseHead(version: h.version, status: ok ? .ok : .notFound, headers: headers))), promise: nil)
+      context.write(wrapOutboundOut(.body(.byteBuffer(buffer))), promise: nil)
+      let done = context.writeAndFlush(wrapOutboundOut(.end(nil)))
+      if !keepAlive {
+        let channel = context.channel
+        done.whenComplete { _ in channel.close(promise: nil) }
+      }
+    }
+  }
+}
