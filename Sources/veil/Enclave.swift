@@ -128,7 +128,12 @@ struct EnclaveServe: AsyncParsableCommand {
       throw ValidationError("--accelerator: \(error)")
     }
     guard !endpoints.isEmpty else { throw ValidationError("--accelerator: no endpoint given") }
+    let tail = try loaded.readPart(loaded.plan.tail, field: "tail")
+    guard let input = tail.inputs.first else {
+      throw ValidationError("--plan: the tail '\(loaded.tailURL.path)' has no input")
+    }
+    let inputName = tail[input].name
     return FailoverBackend(
-      try endpoints.map { try acceleratorBackend($0, plan: loaded.plan) }, retryAfter: retryAfter)
+      try endpoints.map { try acceleratorBackend($0, plan: loaded.plan, inputName: inputName) }, retryAfter: retryAfter)
   }
 }
