@@ -1,5 +1,7 @@
 import ArgumentParser
 import Foundation
+import VeilPlanning
+import VeilServing
 import VeilTEE
 import X509
 
@@ -159,10 +161,12 @@ struct EnclaveManifest: ParsableCommand {
       gives the mr_enclave to put in the client's policy. See docs/tee.md.
       """)
 
-  @Option(help: "The head model file the enclave serves (ONNX, plain or sealed).")
-  var head: String
-  @Option(help: "The head's measured peak memory in bytes (veil bench reports it).")
-  var peakMemory: Int
+  @Option(help: "A plan folder or plan.json (`veil plan`): the head and its measured peak memory come from it.")
+  var plan: String?
+  @Option(help: "The head model file the enclave serves (ONNX, plain or sealed); not with --plan.")
+  var head: String?
+  @Option(help: "The head's measured peak memory in bytes (veil bench reports it); not with --plan.")
+  var peakMemory: Int?
   @Option(help: "Directory to write veil.manifest.template into.")
   var out: String
   @Option(help: "The enclave binary (default: this veil binary).")
@@ -170,7 +174,28 @@ struct EnclaveManifest: ParsableCommand {
   @Option(help: "oneDNN kernel threads inside the enclave (default: every core).")
   var threads: Int?
 
+  func validate() throws {
+    guard (plan == nil) != (head == nil && peakMemory == nil) else {
+      throw ValidationError("give either --plan, or --head with --peak-memory")
+    }
+    if plan == nil, head == nil || peakMemory == nil { throw ValidationError("--head needs --peak-memory (and the reverse)") }
+  }
+
+  /// The head file and its peak memory: from the plan (its chosen cut's profile row) or given.
+  func headAndPeak() throws -> (String, Int) {
+    guard let plan else { return (head!, peakMemory!) }
+    let loaded: LoadedPlan
+    do { loaded = try DeploymentPlan.load(plan) } catch { throw ValidationError("--plan: \(error)") }
+    let document = try? JSONDecoder().decode(PlanDocument.self, from: Data(contentsOf: loaded.file))
+    guard let row = document?.planning.row(loaded.plan.cut.name), let peak = row.headPeakBytes else {
+      throw ValidationError(
+        "--plan \(loaded.file.path): no measured peak memory for cut \(loaded.plan.cut.name) (a plan from `veil plan` has it); pass --head and --peak-memory instead")
+    }
+    return (loaded.headURL.path, peak)
+  }
+
   func run() throws {
+    let (head, peakMemory) = try headAndPeak()
     let bin = URL(fileURLWithPath: binary ?? CommandLine.arguments[0]).standardizedFileURL.path
     let headPath = URL(fileURLWithPath: head).standardizedFileURL.path
     guard FileManager.default.isReadableFile(atPath: headPath) else {

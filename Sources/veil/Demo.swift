@@ -32,10 +32,10 @@ struct Demo: AsyncParsableCommand {
   var out = AssetCache.directory.deletingLastPathComponent().appendingPathComponent("demo").path
   @Option(help: "quick, standard or thorough (see `veil plan`).")
   var budget = PlanBudget.quick
-  @Option(help: "Attack training epochs (the quick demo's default: 3).")
-  var epochs = 3
+  @Option(help: "Attack training epochs (the demo's short default keeps it to minutes on 2 cores).")
+  var epochs = 2
   @Option(help: "Random crops per training photo.")
-  var crops = 12
+  var crops = 6
   @Option(help: "SSIM threshold (see `veil plan`).")
   var threshold = PlanOptions().threshold
   @Argument(help: "Photos to classify (default: the demo photos eagle.jpg, coffee.png, chelsea.png from the asset cache).")

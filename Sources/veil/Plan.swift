@@ -216,7 +216,7 @@ struct Plan: ParsableCommand {
     let presetName = (preprocess ?? Self.closestPreset(graph: graph, name: name)).rawValue
     let loaded = try DeploymentPlan.write(
       model: graph, name: name, cut: cut.name, preprocessing: .init(preset: presetName, appliedIn: .client), labels: labelNames,
-      teePreset: tee, evidenceMode: "simulated", allCuts: true, to: folder)
+      teePreset: tee, evidenceMode: "simulated", to: folder)
     // The sealed head: only an enclave that satisfies the owner's policy gets the key.
     let key = SealedHead.newKey()
     let sealed = try SealedHead.seal(Array(try Data(contentsOf: loaded.headURL)), key: key)

@@ -82,7 +82,11 @@ final class KServeInteropTests: XCTestCase {
     peer.standardError = handle
     try peer.run()
     defer {
+      // MLServer's workers ignore SIGTERM: ask, give it five seconds, then SIGKILL.
       peer.terminate()
+      let deadline = Date().addingTimeInterval(5)
+      while peer.isRunning, Date() < deadline { usleep(100_000) }
+      if peer.isRunning { kill(peer.processIdentifier, SIGKILL) }
       peer.waitUntilExit()
     }
     let mlserver = try KServeClient(endpoint: KServeEndpoint(host: "127.0.0.1", port: port), defaultTimeout: .seconds(10))
