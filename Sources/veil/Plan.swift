@@ -1,5 +1,4 @@
 import ArgumentParser
-import Crypto
 import Foundation
 import VeilData
 import VeilFormats
@@ -135,13 +134,14 @@ struct Plan: ParsableCommand {
     let preprocessing = try InputPreprocessing.forModel(name, graph: graph, preset: preprocess)
     let cutCount = try graph.candidateCuts().count
     let attacks = planner.attacksExpected(cutCount: cutCount) * configs.count
-    // Up front: what the budget will cost, from this machine's attack throughput so far.
+    // Up front: a rough estimate of what the budget will cost, assuming 20 (c-GAN) or 45
+    // (inverse) training images per second; not measured on this machine.
     let perImage = configs.map { $0.attacker == .cgan ? 1 / 20.0 : 1 / 45.0 }.reduce(0, +) / Double(configs.count)
     let estimate = Double(attacks) * Double(images.train.count * configs[0].epochs) * perImage
     note(
-      "plan: \(name), \(cutCount) cuts, threshold \(threshold), budget \(budget.rawValue): up to \(attacks) attacks of \(configs[0].epochs) epochs on \(images.train.count) crops (\(images.trainPhotos.count) photos), \(images.test.count) held-out crops (\(images.testPhotos.count) photos); estimate \(Self.minutes(estimate)) of training on 2 cores")
+      "plan: \(name), \(cutCount) cuts, threshold \(threshold), budget \(budget.rawValue): up to \(attacks) attacks of \(configs[0].epochs) epochs on \(images.train.count) crops (\(images.trainPhotos.count) photos), \(images.test.count) held-out crops (\(images.testPhotos.count) photos); roughly \(duration(estimate)) of training (estimate at an assumed 20 c-GAN / 45 inverse images/s)")
     if estimate > 4 * 3600 {
-      note("warning: this budget is estimated at \(Self.minutes(estimate)); choose --budget quick, fewer --epochs or fewer --crops to finish sooner")
+      note("warning: this budget is estimated at \(duration(estimate)); choose --budget quick, fewer --epochs or fewer --crops to finish sooner")
     }
 
     let attackRoot = folder.appendingPathComponent("attacks")
@@ -157,10 +157,10 @@ struct Plan: ParsableCommand {
       var worst: PrivacyPoint?
       for config in configs {
         let dir = attackRoot.appendingPathComponent("\(cut.name)-\(config.attacker.rawValue)")
-        let prefix = "  \(cut.name) \(config.attacker.rawValue): "
+        let printer = AttackProgressPrinter(prefix: "  \(cut.name) \(config.attacker.rawValue): ")
         let r = try runAttack(
           model: graph, modelName: name, cut: cut, data: images, preprocessing: preprocessing, config: config, outDir: dir,
-          progress: { Self.report($0, prefix: prefix) })
+          progress: { printer($0) })
         let point = PrivacyPoint(
           cutIndex: index, cut: cut.name, attacker: attacker.rawValue, ssimMean: r.ssim.mean, ssimStd: r.ssim.std,
           ssimUpper: r.ssimUpperBound, psnrMean: r.psnr.mean, psnrStd: r.psnr.std, heldOut: r.heldOutCount,
@@ -238,8 +238,7 @@ struct Plan: ParsableCommand {
     // The policy a client pins for the simulated enclave this machine can run; under SGX the
     // MRENCLAVE comes from gramine-sgx-sigstruct-view instead.
     let mr = SimulatedEnclave.measurement(
-      binaryDigest: Array(SHA256.hash(data: try Data(contentsOf: URL(fileURLWithPath: binary)))),
-      headDigest: Array(SHA256.hash(data: try Data(contentsOf: loaded.headURL))))
+      binaryDigest: try fileDigest(URL(fileURLWithPath: binary)), headDigest: try fileDigest(loaded.headURL))
     let policy = "{\n  \"mrenclave\": \"\(mr.map { String(format: "%02x", $0) }.joined())\",\n  \"allow_simulation\": true,\n  \"allow_debug\": true\n}\n"
     try Data(policy.utf8).write(to: folder.appendingPathComponent("client-policy.json"))
     let summary = PlanRecord.Deployment(
@@ -251,28 +250,6 @@ struct Plan: ParsableCommand {
         "Gramine manifest": "veil.manifest.template", "client policy (simulated enclave)": "client-policy.json",
       ].merging(labelNames == nil ? [:] : ["labels": "labels.txt"]) { a, _ in a })
     return (plan, summary)
-  }
-
-  /// An attack's progress as log lines: the feature pass, each epoch, every tenth of an epoch.
-  static func report(_ event: AttackProgress, prefix: String) {
-    switch event {
-    case .features(let done, let total, let cached) where done == total:
-      note("\(prefix)features of \(total) images\(cached ? " (from the cache)" : "")")
-    case .step(let epoch, let epochs, let step, let steps, let g, let d, let eta) where step % max(steps / 10, 1) == 0:
-      note(String(format: "%@epoch %d/%d step %d/%d G %.3f%@ ETA %@", prefix, epoch, epochs, step, steps, g, d.map { String(format: " D %.3f", $0) } ?? "", minutes(eta)))
-    case .epochDone(let epoch, let epochs, let g, _, let seconds):
-      note(String(format: "%@epoch %d/%d done in %@ (G %.3f); checkpoint saved", prefix, epoch, epochs, minutes(seconds), g))
-    case .message(let s):
-      note(prefix + s)
-    default:
-      break
-    }
-  }
-
-  static func minutes(_ s: Double) -> String {
-    guard s.isFinite else { return "?" }
-    let t = Int(s.rounded())
-    return t >= 3600 ? "\(t / 3600)h\(String(format: "%02d", t % 3600 / 60))m" : t >= 60 ? "\(t / 60)m\(String(format: "%02d", t % 60))s" : "\(t)s"
   }
 
   /// The VeilData preset nearest to a zoo model's own normalisation, for the client's side.
