@@ -73,13 +73,13 @@ struct AcceleratorServe: AsyncParsableCommand {
     commandName: "serve",
     abstract: "Serve model tails over the KServe v2 / Triton gRPC protocol (inference.GRPCInferenceService).",
     discussion: """
-      Each --model is a tail ONNX file from `veil split`, a whole model file or a zoo name, as PATH
-      (name: the file's stem, version 1), NAME=PATH or NAME=PATH:VERSION; give several to serve
-      several models or versions. Clients: Veil's enclave (`veil enclave serve --accelerator`),
-      NVIDIA tritonclient, or any KServe v2 client. Requests are checked against the shapes the
-      model declares (batch -1 where the model batches). With --max-batch N > 1, requests that
-      arrive within --max-queue-delay-ms are run as one batch of up to N rows. SIGINT/SIGTERM
-      finish the calls in flight, then exit. Logs go to standard error; with --metrics-port,
+      Each --model is a tail ONNX file from `veil split`, a whole model file or a zoo name, as PATH \
+      (name: the file's stem, version 1), NAME=PATH or NAME=PATH:VERSION; give several to serve \
+      several models or versions. Clients: Veil's enclave (`veil enclave serve --accelerator`), \
+      NVIDIA tritonclient, or any KServe v2 client. Requests are checked against the shapes the \
+      model declares (batch -1 where the model batches). With --max-batch N > 1, requests that \
+      arrive within --max-queue-delay-ms are run as one batch of up to N rows. SIGINT/SIGTERM \
+      finish the calls in flight, then exit. Logs go to standard error; with --metrics-port, \
       Prometheus metrics are served at http://HOST:PORT/metrics.
       """)
 
@@ -142,12 +142,12 @@ struct AcceleratorBench: AsyncParsableCommand {
     commandName: "bench",
     abstract: "Throughput and latency of the accelerator service with dynamic batching off and on, in one run.",
     discussion: """
-      Cuts --model at --cut, serves the tail on a loopback port of this process, and runs
-      --clients concurrent KServe v2 clients (each its own HTTP/2 connection) that send
-      --requests feature maps in all, first with batching off (--max-batch 1), then on
-      (--max-batch N). Every answer is checked against the tail run directly at batch 1 (max
-      |difference| ≤ 1e-3 × the largest |value|); wrong or lost answers are counted and make the
-      command fail. Executors are compiled before timing. Prints throughput (requests/s) and
+      Cuts --model at --cut, serves the tail on a loopback port of this process, and runs \
+      --clients concurrent KServe v2 clients (each its own HTTP/2 connection) that send \
+      --requests feature maps in all, first with batching off (--max-batch 1), then on \
+      (--max-batch N). Every answer is checked against the tail run directly at batch 1 (max \
+      |difference| ≤ 1e-3 × the largest |value|); wrong or lost answers are counted and make the \
+      command fail. Executors are compiled before timing. Prints throughput (requests/s) and \
       p50/p90/p99 latency per mode and the speed-up; --json writes one document.
       """)
 

@@ -45,9 +45,8 @@ final class KServeInteropTests: XCTestCase {
     try requirePeer("tritonclient")
     let (url, graph) = try tailFile()
     let s = try await RunningServer([KServeModelSpec(name: "tail", graph: graph, batching: KServeBatching(maxBatchSize: 4))])
-    let out = try await Task.detached {
-      try PythonScript.run(Self.script, ["tritonclient", "127.0.0.1:\(s.port)", "tail", url.path])
-    }.value
+    let arguments = ["tritonclient", "127.0.0.1:\(s.port)", "tail", url.path]
+    let out = try await blocking { try PythonScript.run(Self.script, arguments) }
     try await s.stop()
     let line = try XCTUnwrap(out.split(separator: "\n").last.map(String.init))
     let report = try XCTUnwrap(JSONSerialization.jsonObject(with: Data(line.utf8)) as? [String: Any], out)
@@ -71,7 +70,7 @@ final class KServeInteropTests: XCTestCase {
     let (url, graph) = try tailFile()
     let port = try Self.freePort(pairWithNext: true)
     let log = url.deletingLastPathComponent().appendingPathComponent("mlserver.log")
-    FileManager.default.createFile(atPath: log.path, contents: nil)
+    _ = FileManager.default.createFile(atPath: log.path, contents: nil)
     let peer = Process()
     peer.executableURL = python
     peer.arguments = [

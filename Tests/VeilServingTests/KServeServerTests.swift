@@ -260,7 +260,7 @@ final class KServeServerTests: XCTestCase {
     await probe.close()
     let s = try await RunningServer([KServeModelSpec(name: "tiny", graph: KServeFixtures.tinyModel())], metricsPort: port)
     _ = try await s.client.infer(model: "tiny", inputs: [KServeTensor(name: "features", tensor: KServeFixtures.input([1, 3, 8, 8], seed: 1))])
-    let text = try await Task.detached { try Self.httpGet(port: port, path: "/metrics") }.value
+    let text = try await blocking { try Self.httpGet(port: port, path: "/metrics") }
     XCTAssertTrue(text.hasPrefix("HTTP/1.1 200 OK"), text)
     XCTAssertTrue(text.contains("veil_accelerator_requests_total{method=\"ModelInfer\",model=\"tiny\"} 1"), text)
     XCTAssertTrue(text.contains("veil_accelerator_request_duration_seconds_bucket"), text)

@@ -81,3 +81,10 @@ final class RunningServer: Sendable {
     try await serving.value
   }
 }
+
+/// Runs blocking work (a subprocess, a socket read) off the Swift concurrency pool.
+func blocking<T: Sendable>(_ body: @escaping @Sendable () throws -> T) async throws -> T {
+  try await withCheckedThrowingContinuation { c in
+    DispatchQueue.global().async { c.resume(with: Result { try body() }) }
+  }
+}
