@@ -22,29 +22,8 @@ public struct EnclaveAnswer: Sendable {
   public var accelerator: String
 }
 
-/// A `host:port` pair as the command line takes it.
-public struct Endpoint: Sendable, Equatable, CustomStringConvertible {
-  public var host: String
-  public var port: Int
-
-  public init(host: String, port: Int) {
-    self.host = host
-    self.port = port
-  }
-
-  public init(_ text: String) throws {
-    guard let colon = text.lastIndex(of: ":"), let port = Int(text[text.index(after: colon)...]), (1...65535).contains(port),
-      colon != text.startIndex
-    else {
-      throw EnclaveError.invalidArgument("endpoint '\(text)': expected HOST:PORT with a port in 1...65535")
-    }
-    var host = String(text[..<colon])
-    if host.hasPrefix("["), host.hasSuffix("]") { host = String(host.dropFirst().dropLast()) }
-    self.init(host: host, port: port)
-  }
-
-  public var description: String { "\(host):\(port)" }
-}
+/// HOST:PORT of the enclave service: the same form as the accelerator tier's endpoints.
+public typealias Endpoint = KServeEndpoint
 
 /// The client side of the enclave service over one gRPC connection: `session()` completes the
 /// attested handshake (the evidence is checked against the policy before anything is sent).

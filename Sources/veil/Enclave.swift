@@ -124,7 +124,7 @@ struct EnclaveServe: AsyncParsableCommand {
       return try LocalTailBackend(tail: try loaded.readPart(loaded.plan.tail, field: "tail"))
     }
     let endpoints: [Endpoint]
-    do { endpoints = try (accelerator ?? "").split(separator: ",").map { try Endpoint(String($0)) } } catch {
+    do { endpoints = try (accelerator ?? "").split(separator: ",").map { try Endpoint(parsing: String($0)) } } catch {
       throw ValidationError("--accelerator: \(error)")
     }
     guard !endpoints.isEmpty else { throw ValidationError("--accelerator: no endpoint given") }

@@ -86,7 +86,7 @@ struct Infer: AsyncParsableCommand {
 
   func run() async throws {
     let ep: Endpoint
-    do { ep = try Endpoint(endpoint) } catch { throw ValidationError("--endpoint: \(error)") }
+    do { ep = try Endpoint(parsing: endpoint) } catch { throw ValidationError("--endpoint: \(error)") }
     let verifier = try attestation.verifier()
     if let saveLogits { try FileManager.default.createDirectory(atPath: saveLogits, withIntermediateDirectories: true) }
     let report = try await EnclaveClient.with(ep, verifier: verifier) { base in

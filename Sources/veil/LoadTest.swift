@@ -102,7 +102,7 @@ struct LoadTest: AsyncParsableCommand {
     try engine.apply()
     try ModelSource.check(model)
     let ep: Endpoint
-    do { ep = try Endpoint(endpoint) } catch { throw ValidationError("--endpoint: \(error)") }
+    do { ep = try Endpoint(parsing: endpoint) } catch { throw ValidationError("--endpoint: \(error)") }
     let verifier = try attestation.verifier()
     let timeout = self.timeout
 
