@@ -134,7 +134,7 @@ public struct Planner {
   ) throws -> (profile: ProfileReport, privacy: [PrivacyPoint], chosen: CutPoint?, skipped: [String: String]) {
     var state = try loadState(attacker: attacker)
     let profile: ProfileReport
-    if let p = state.profile {
+    if let p = state.profile, p.accelerator == (options.profile.tailTimer?.label ?? Profiler.localAccelerator) {
       progress("profile: reusing the one in \(stateURL.lastPathComponent)")
       profile = p
     } else {

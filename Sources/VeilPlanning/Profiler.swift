@@ -42,8 +42,20 @@ public struct ProfileOptions: Sendable {
   /// Every single-tensor point rather than the structural cuts.
   public var allCuts = false
   public var seed: UInt64 = 1
+  /// Where the tail runs: nil times it with Veil's engine on this machine; otherwise the
+  /// timer's accelerator (a KServe v2 server: `KServeTailTimer`) answers, wire included.
+  public var tailTimer: (any TailTimer)?
 
   public init() {}
+}
+
+/// Times the tail of a cut somewhere other than this machine's engine.
+public protocol TailTimer: Sendable {
+  /// What the profile names as its accelerator.
+  var label: String { get }
+  /// Median seconds of one tail request for `cut`, fed `feature`: from sending the feature map
+  /// to holding the answer, so the wire and the accelerator's own (de)serialisation are in it.
+  func seconds(cut: CutPoint, feature: Tensor, runs: Int, warmup: Int) throws -> Double
 }
 
 /// Transfer of one feature map from the enclave to the accelerator, measured with the real
@@ -157,6 +169,9 @@ public struct ProfileReport: Sendable, Codable {
 }
 
 public enum Profiler {
+  /// The profile's accelerator when the tail runs on this machine.
+  public static let localAccelerator = "local: Veil's engine on this machine's CPU (measured)"
+
   /// Profiles the whole model and every cut. `progress` gets one line per step of the work.
   public static func profile(
     graph: Graph, model: String, options: ProfileOptions, progress: (String) -> Void = { _ in }
@@ -192,14 +207,21 @@ public enum Profiler {
     for (k, cut) in cuts.enumerated() {
       let (headGraph, tailGraph) = try graph.split(at: cut)
       let head = try Executor(graph: headGraph)
-      let tail = try Executor(graph: tailGraph)
       let (headSeconds, feature) = try time(head, input, options)
       let sealSeconds = try median(options) { _ = try transfer.seal(feature) }
       let records = try transfer.seal(feature)
       let openSeconds = try median(options) { _ = try transfer.open(records, shape: feature.shape) }
-      let wireBytes = records.reduce(0) { $0 + $1.count + 5 }  // + TLS record header
-      let wireSeconds = options.linkLatencyMs / 1e3 + Double(wireBytes) * 8 / (options.linkGbps * 1e9)
-      let (tailSeconds, _) = try time(tail, feature, options)
+      let wireSeconds: Double
+      let tailSeconds: Double
+      if let remote = options.tailTimer {
+        // The round trip to the accelerator holds the wire: nothing of it is modeled.
+        wireSeconds = 0
+        tailSeconds = try remote.seconds(cut: cut, feature: feature, runs: options.runs, warmup: options.warmup)
+      } else {
+        let wireBytes = records.reduce(0) { $0 + $1.count + 5 }  // + TLS record header
+        wireSeconds = options.linkLatencyMs / 1e3 + Double(wireBytes) * 8 / (options.linkGbps * 1e9)
+        tailSeconds = try time(try Executor(graph: tailGraph), feature, options).0
+      }
       // The partitioned request in the TEE: request in, feature map out, logits in, answer out.
       let cost = teeCost(headSeconds, head.memoryTrace, io: 4)
       let transferSeconds = sealSeconds + openSeconds + wireSeconds
@@ -220,7 +242,7 @@ public enum Profiler {
           tailSeconds * 1e3, total * 1e3))
     }
     let teeLabel = inTEE.map { "measured in \($0)" } ?? "modeled"
-    var modeled = ["transferWireMs"]
+    var modeled = options.tailTimer == nil ? ["transferWireMs"] : []
     var measured = ["headNativeMs", "transferSealMs", "transferOpenMs", "tailMs", "baseline.nativeMs"]
     if inTEE == nil { modeled += ["headTEE", "headTEEMs", "baseline.tee", "baseline.totalMs", "totalMs", "speedupPercent"] }
     else { measured += ["headTEEMs", "baseline.totalMs", "totalMs", "speedupPercent"] }
@@ -228,8 +250,10 @@ public enum Profiler {
     return ProfileReport(
       model: model, batch: graph.shape(graph.inputs[0])?.first ?? 1, machine: MachineInfo.description,
       threads: Engine.shared.threads, versions: MachineInfo.versions, preset: options.preset, teeTime: teeLabel,
-      accelerator: "local: Veil's engine on this machine's CPU (measured)",
-      link: String(format: "%.1f Gb/s, %.2f ms latency (modeled)", options.linkGbps, options.linkLatencyMs),
+      accelerator: options.tailTimer?.label ?? localAccelerator,
+      link: options.tailTimer == nil
+        ? String(format: "%.1f Gb/s, %.2f ms latency (modeled)", options.linkGbps, options.linkLatencyMs)
+        : "the real network to the accelerator (measured inside tailMs)",
       roofline: options.roofline, runs: options.runs,
       baseline: .init(nativeMs: wholeSeconds * 1e3, tee: wholeCost, totalMs: wholeCost.totalSeconds * 1e3),
       cuts: rows, measured: measured, modeled: modeled, fastestCut: rows.min { $0.totalMs < $1.totalMs }?.cut.name)

@@ -317,3 +317,16 @@ func hex(_ bytes: [UInt8]) -> String { bytes.map { String(format: "%02x", $0) }.
 func fileSHA256(_ url: URL) throws -> [UInt8] {
   do { return try fileDigest(url) } catch { throw EnclaveError.io(path: url.path, detail: "\(error)") }
 }
+
+extension DeploymentPlan {
+  /// The KServe model name under which an accelerator serves the tail after `cut` of `model`
+  /// for profiling (`veil accelerator serve --every-cut MODEL`, read by `veil profile|plan
+  /// --accelerator HOST:PORT`): the model's file stem and the cut's name, with every character
+  /// outside letters, digits, '_', '-' and '.' turned into '_' (`open_nsfw./Relu_9` →
+  /// `open_nsfw._Relu_9`).
+  public static func profilingTailName(model: String, cut: String) -> String {
+    let stem = URL(fileURLWithPath: model).deletingPathExtension().lastPathComponent
+    let safe = { (s: String) in String(s.map { $0.isLetter || $0.isNumber || "_-.".contains($0) ? $0 : "_" }) }
+    return "\(safe(stem)).\(safe(cut))"
+  }
+}

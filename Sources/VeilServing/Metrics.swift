@@ -8,6 +8,28 @@ import NIOHTTP1
 import NIOPosix
 import Prometheus
 
+/// The latency histogram buckets of both tiers: 0.5 ms to 5 s.
+let latencyBuckets: [Duration] = [
+  .microseconds(500), .milliseconds(1), .milliseconds(2), .milliseconds(5), .milliseconds(10), .milliseconds(20),
+  .milliseconds(50), .milliseconds(100), .milliseconds(200), .milliseconds(500), .seconds(1), .seconds(2), .seconds(5),
+]
+
+/// A Prometheus registry of its own and the swift-metrics factory that records into it: what
+/// `veil enclave serve --metrics-port` hands the enclave service and serves at /metrics.
+public struct PrometheusMetrics: Sendable {
+  public let registry = PrometheusCollectorRegistry()
+  public let factory: PrometheusMetricsFactory
+
+  public init() {
+    var f = PrometheusMetricsFactory(registry: registry)
+    f.defaultDurationHistogramBuckets = latencyBuckets
+    factory = f
+  }
+
+  /// The Prometheus text exposition of every metric.
+  public func render() -> String { registry.emitToString() }
+}
+
 /// Requests, errors by status, latency histograms, batch sizes and queue depth.
 public final class AcceleratorMetrics: Sendable {
   public let registry: PrometheusCollectorRegistry
@@ -16,10 +38,7 @@ public final class AcceleratorMetrics: Sendable {
   public init(registry: PrometheusCollectorRegistry = PrometheusCollectorRegistry(), maxBatchSize: Int = 64) {
     self.registry = registry
     var f = PrometheusMetricsFactory(registry: registry)
-    f.defaultDurationHistogramBuckets = [
-      .microseconds(500), .milliseconds(1), .milliseconds(2), .milliseconds(5), .milliseconds(10), .milliseconds(20),
-      .milliseconds(50), .milliseconds(100), .milliseconds(200), .milliseconds(500), .seconds(1), .seconds(2), .seconds(5),
-    ]
+    f.defaultDurationHistogramBuckets = latencyBuckets
     var sizes: [Double] = []
     var s = 1
     while s < maxBatchSize {

@@ -85,6 +85,11 @@ struct AcceleratorServe: AsyncParsableCommand {
 
   @Option(help: "PATH, NAME=PATH or NAME=PATH:VERSION (repeatable).")
   var model: [String] = []
+  @Option(
+    help: ArgumentHelp(
+      "A model file or zoo name whose every cut's tail is served, as STEM.CUT (what `veil profile|plan --accelerator HOST:PORT` times; repeatable).",
+      valueName: "model"))
+  var everyCut: [String] = []
   @Option(help: "Address to listen on.")
   var host: String = "127.0.0.1"
   @Option(help: "gRPC port (0: any free port, printed at start).")
@@ -97,7 +102,9 @@ struct AcceleratorServe: AsyncParsableCommand {
   @OptionGroup var engine: EngineOptions
 
   func validate() throws {
-    guard !model.isEmpty else { throw ValidationError("give at least one --model (a tail ONNX file from `veil split`)") }
+    guard !model.isEmpty || !everyCut.isEmpty else {
+      throw ValidationError("give at least one --model (a tail ONNX file from `veil split`) or --every-cut MODEL")
+    }
     guard (0...65535).contains(port) else { throw ValidationError("--port must be in 0…65535, found \(port)") }
     if let m = metricsPort, !(0...65535).contains(m) { throw ValidationError("--metrics-port must be in 0…65535, found \(m)") }
   }
@@ -125,6 +132,25 @@ struct AcceleratorServe: AsyncParsableCommand {
       note(
         "model \(m.name) version \(m.version): inputs \(shapes); "
           + (m.batches ? "max batch \(m.batching.maxBatchSize)" : "fixed batch (the graph does not re-batch)"))
+    }
+    for source in everyCut {
+      // The tails of every structural cut, for profiling from the enclave's side.
+      let graph: Graph
+      let cuts: [CutPoint]
+      do {
+        try ModelSource.check(source)
+        graph = try ModelSource.load(source)
+        cuts = try graph.candidateCuts()
+      } catch let e as ValidationError { throw e } catch { throw ValidationError("--every-cut \(source): \(error)") }
+      for cut in cuts {
+        let name = DeploymentPlan.profilingTailName(model: source, cut: cut.name)
+        do {
+          let tail = try graph.split(at: cut).tail
+          try repository.add(
+            try KServeModel(KServeModelSpec(name: name, version: "1", graph: tail, batching: batching.batching()), metrics: metrics))
+        } catch { throw ValidationError("--every-cut \(source), cut \(cut.name): \(error)") }
+      }
+      note("every cut of \(source): \(cuts.count) tails, \(cuts.map { DeploymentPlan.profilingTailName(model: source, cut: $0.name) }.joined(separator: ", "))")
     }
     let server = AcceleratorServer(
       config: AcceleratorServerConfig(host: host, port: port, metricsPort: metricsPort), repository: repository, metrics: metrics,

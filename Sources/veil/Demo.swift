@@ -59,7 +59,7 @@ struct Demo: AsyncParsableCommand {
     try FileManager.default.createDirectory(at: outDir, withIntermediateDirectories: true)
 
     step(2, "plan: EfficientNet-Lite0 (ImageNet weights), registry photos, budget \(budget.rawValue), TEE sgx1 (modeled)")
-    var plan = try Plan.parse([
+    let plan = try Plan.parse([
       "--model", model.path, "--data", "photos", "--budget", budget.rawValue, "--tee", "sgx1", "--out", planDir.path,
       "--runs", "3", "--epochs", "\(epochs)", "--crops", "\(crops)", "--threshold", "\(threshold)",
     ])
@@ -168,7 +168,7 @@ final class Child {
   init(_ name: String, _ arguments: [String], log: URL) throws {
     self.name = name
     self.log = log
-    FileManager.default.createFile(atPath: log.path, contents: nil)
+    _ = FileManager.default.createFile(atPath: log.path, contents: nil)
     let handle = try FileHandle(forWritingTo: log)
     process.executableURL = URL(fileURLWithPath: "/proc/self/exe").resolvingSymlinksInPath()
     process.arguments = arguments

@@ -56,6 +56,8 @@ struct EnclaveServe: AsyncParsableCommand {
   var retryAfter: Double = 2
   @Option(help: "Log level: trace, debug, info, notice, warning, error, critical.")
   var logLevel = "info"
+  @Option(help: "Port of the Prometheus /metrics endpoint (requests, errors by kind, head/tail/request latency, open sessions; default: none).")
+  var metricsPort: Int?
   @OptionGroup var engine: EngineOptions
 
   func validate() throws {
@@ -66,6 +68,7 @@ struct EnclaveServe: AsyncParsableCommand {
       throw ValidationError("--log-level '\(logLevel)': expected trace, debug, info, notice, warning, error or critical")
     }
     guard (0...65535).contains(port) else { throw ValidationError("--port \(port): expected 0...65535") }
+    if let m = metricsPort, !(0...65535).contains(m) { throw ValidationError("--metrics-port \(m): expected 0...65535") }
     guard maxSessions > 0, sessionLifetime > 0, idleTimeout > 0, maxRequestsPerSession > 0, maxRecordBytes > 0 else {
       throw ValidationError("--max-sessions, --session-lifetime, --idle-timeout, --max-requests-per-session and --max-record-bytes must be positive")
     }
@@ -103,20 +106,34 @@ struct EnclaveServe: AsyncParsableCommand {
     config.idleTimeout = idleTimeout
     config.maxRequestsPerSession = maxRequestsPerSession
     config.maxRecordBytes = maxRecordBytes
-    let service = try EnclaveService(engine: eng, provider: provider, configuration: config)
+    let prometheus = metricsPort.map { _ in PrometheusMetrics() }
+    let service = try EnclaveService(engine: eng, provider: provider, configuration: config, metrics: prometheus?.factory)
     let server = EnclaveServer(service: service, host: host, port: port)
+    var metricsServer: MetricsHTTPServer?
+    if let metricsPort, let prometheus {
+      do {
+        metricsServer = try await MetricsHTTPServer(host: host, port: metricsPort) { prometheus.render() }
+      } catch { throw ValidationError("--metrics-port \(metricsPort): cannot listen on \(host):\(metricsPort) (\(error))") }
+      note("metrics at http://\(host):\(metricsServer?.port ?? metricsPort)/metrics")
+    }
     let group = ServiceGroup(
       configuration: .init(
         services: [.init(service: server)], gracefulShutdownSignals: [.sigterm, .sigint],
         logger: Logger(label: "veil.enclave.lifecycle")))
-    try await withThrowingDiscardingTaskGroup { tasks in
-      tasks.addTask { try await group.run() }
-      let actual = try await server.listeningPort
-      let p = loaded.plan
-      note(
-        "enclave of \(p.model.name) cut at \(p.cut.name) \(p.cut.featureShape), tail on \(backend.endpoint); listening on \(host):\(actual)"
-      )
+    do {
+      try await withThrowingDiscardingTaskGroup { tasks in
+        tasks.addTask { try await group.run() }
+        let actual = try await server.listeningPort
+        let p = loaded.plan
+        note(
+          "enclave of \(p.model.name) cut at \(p.cut.name) \(p.cut.featureShape), tail on \(backend.endpoint); listening on \(host):\(actual)"
+        )
+      }
+    } catch {
+      await metricsServer?.close()
+      throw error
     }
+    await metricsServer?.close()
   }
 
   func makeBackend(_ loaded: LoadedPlan) throws -> any TailBackend {

@@ -61,7 +61,10 @@ struct Plan: ParsableCommand {
   var threshold = PlanOptions().threshold
   @Option(help: "cgan, inverse, or both (the stronger decides).")
   var attacker = PlanAttacker.cgan
-  @Option(help: "Where the tail runs while profiling: local (Veil's engine on this machine).")
+  @Option(
+    help: ArgumentHelp(
+      "Where the tail runs while profiling: local (Veil's engine here) or the HOST:PORT of a KServe v2 server that serves every cut's tail (`veil accelerator serve --every-cut MODEL`).",
+      valueName: "local|HOST:PORT"))
   var accelerator = "local"
   @Option(help: "quick, standard or thorough.")
   var budget = PlanBudget.quick
@@ -89,10 +92,6 @@ struct Plan: ParsableCommand {
   func validate() throws {
     guard threshold > 0, threshold < 1 else { throw ValidationError("\(PlanError.invalidThreshold(threshold))") }
     guard runs >= 1 else { throw ValidationError("--runs must be ≥ 1, found \(runs)") }
-    guard accelerator == "local" else {
-      throw ValidationError(
-        "--accelerator '\(accelerator)': the plan profiles the tail on this machine (local); serve the chosen tail on a KServe v2 server with `veil accelerator serve` and point `veil enclave serve --accelerator` at it")
-    }
   }
 
   /// The attack settings the budget implies.
@@ -117,6 +116,7 @@ struct Plan: ParsableCommand {
     options.budget = budget
     options.profile.runs = runs
     options.profile.seed = seed
+    options.profile.tailTimer = try remoteTailTimer(accelerator, model: model)
     do { options.profile.preset = try TEEPreset.named(tee) } catch { throw ValidationError("--tee: \(error)") }
     let planner: Planner
     do { planner = try Planner(graph: graph, model: name, options: options, folder: folder) } catch { throw ValidationError("\(error)") }

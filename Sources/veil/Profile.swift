@@ -2,6 +2,7 @@ import ArgumentParser
 import Foundation
 import VeilGraph
 import VeilPlanning
+import VeilServing
 import VeilTEE
 
 struct Profile: ParsableCommand {
@@ -26,7 +27,10 @@ struct Profile: ParsableCommand {
   var tee = "sgx1"
   @Option(name: .customLong("tee-param"), help: ArgumentHelp("Override a preset parameter (repeatable).", valueName: "key=value"))
   var teeParams: [String] = []
-  @Option(help: "Where the tail runs: `local` (Veil's engine here). KServe v2 endpoints come with the serving issue.")
+  @Option(
+    help: ArgumentHelp(
+      "Where the tail runs: local (Veil's engine here) or the HOST:PORT of a KServe v2 server that serves every cut's tail (`veil accelerator serve --every-cut MODEL`); the remote round trip is measured, wire included.",
+      valueName: "local|HOST:PORT"))
   var accelerator = "local"
   @Option(help: "Timed runs per segment (the median is reported).")
   var runs = 5
@@ -79,10 +83,10 @@ struct Profile: ParsableCommand {
 
   func run() throws {
     try engine.apply()
-    let opts = try options()
-    guard accelerator == "local" else {
-      throw ValidationError(
-        "--accelerator '\(accelerator)': only `local` is available in this build; timing a remote KServe v2 endpoint needs Veil's KServe client (the serving issue)")
+    var opts = try options()
+    opts.tailTimer = try remoteTailTimer(accelerator, model: model)
+    if opts.tailTimer != nil, all {
+      throw ValidationError("--all with --accelerator HOST:PORT: `veil accelerator serve --every-cut` serves the structural cuts only; drop --all")
     }
     try ModelSource.check(model)
     let g = try ModelSource.load(model, batch: batch, seed: seed)
@@ -93,5 +97,15 @@ struct Profile: ParsableCommand {
     print(report.table)
     if let csv { print("CSV written to \(csv)") }
     if let svg { print("SVG written to \(svg)") }
+  }
+}
+
+/// The tail timer an `--accelerator local|HOST:PORT` option names (nil: local).
+func remoteTailTimer(_ accelerator: String, model: String) throws -> (any TailTimer)? {
+  guard accelerator != "local" else { return nil }
+  do {
+    return KServeTailTimer(endpoint: try KServeEndpoint(parsing: accelerator), model: model)
+  } catch {
+    throw ValidationError("--accelerator '\(accelerator)': give local or HOST:PORT of a KServe v2 server (\(error))")
   }
 }

@@ -184,7 +184,7 @@ final class CLITests: XCTestCase {
     XCTAssertTrue(try String(contentsOf: svg, encoding: .utf8).hasPrefix("<svg"))
     for (args, needle) in [
       (["--tee", "sgx9"], "sgx1, sgx2, tdx, snp"), (["--tee-param", "epc_mib=-3"], "epc_mib=-3"),
-      (["--tee-param", "epc"], "KEY=VALUE"), (["--accelerator", "10.0.0.1:8001"], "10.0.0.1:8001"),
+      (["--tee-param", "epc"], "KEY=VALUE"), (["--accelerator", "gpu-box"], "HOST:PORT"),
       (["--gpu", "H100:x:1"], "NAME:TFLOPS"),
     ] {
       let e = try veil(["profile", "--model", "mobilenet_v2", "--runs", "1"] + args)

@@ -13,16 +13,10 @@ final class EnclaveFaultTests: XCTestCase {
       "accelerator", "serve", "--model", "\(p.accelerator.modelName)=\(plan.tailURL.path):\(p.accelerator.modelVersion)",
       "--port", "\(port)",
     ])
-    let deadline = Date().addingTimeInterval(120)
-    while Date() < deadline {
-      if let v = a.value(after: "GRPCInferenceService on "), let port = v.split(separator: ":").last.flatMap({ Int($0) }) {
-        return (a, port)
-      }
-      guard a.process.isRunning else { throw Spawned.Missing(description: "the accelerator exited: \(a.stderr)") }
-      Thread.sleep(forTimeInterval: 0.05)
+    do { return (a, try a.waitForPort(after: "GRPCInferenceService on ")) } catch {
+      a.stop()
+      throw error
     }
-    a.stop()
-    throw Spawned.Missing(description: "the accelerator did not start: \(a.stderr)")
   }
 
   func residentKiB(_ pid: Int32) -> Int {
@@ -43,7 +37,7 @@ final class EnclaveFaultTests: XCTestCase {
     defer { b.stop() }
     let enclave = try Spawned.start([
       "enclave", "serve", "--plan", plan.file.path, "--accelerator", "127.0.0.1:\(portA),127.0.0.1:\(portB)",
-      "--port", "0", "--allow-simulation", "--retry-after", "0.5",
+      "--port", "0", "--allow-simulation", "--retry-after", "0.5", "--metrics-port", "0",
     ])
     defer { enclave.stop() }
     let port = try enclave.waitForPort()
@@ -105,6 +99,18 @@ final class EnclaveFaultTests: XCTestCase {
       try await session.close()
     }
     XCTAssertTrue(enclave.process.isRunning, "the enclave survived: \(enclave.stderr)")
+
+    // The Prometheus endpoint counted the requests and the unavailable accelerators.
+    let address = try XCTUnwrap(enclave.value(after: "metrics at http://"), enclave.stderr)  // HOST:PORT/metrics
+    let metricsPort = try XCTUnwrap(address.split(separator: "/").first?.split(separator: ":").last.flatMap { Int($0) }, address)
+    let metrics = try KServeServerTests.httpGet(port: metricsPort, path: "/metrics")
+    XCTAssertTrue(metrics.hasPrefix("HTTP/1.1 200"), metrics)
+    let count = { (name: String) in
+      metrics.split(separator: "\n").first { $0.hasPrefix(name + " ") }.flatMap { Double($0.split(separator: " ").last ?? "") } ?? -1
+    }
+    XCTAssertGreaterThanOrEqual(count("veil_enclave_requests_total"), 12 + 3 + 50 + 1)
+    XCTAssertGreaterThanOrEqual(count(#"veil_enclave_errors_total{kind="accelerator-unavailable"}"#), 3)
+    XCTAssertGreaterThan(count("veil_enclave_tail_duration_seconds_count"), 0)
   }
 }
 

@@ -127,11 +127,11 @@ final class Spawned: @unchecked Sendable {
     return (s.process.terminationStatus, s.stdout, s.stderr)
   }
 
-  /// The port printed as "listening on HOST:PORT".
-  func waitForPort(timeout: Double = 120) throws -> Int {
+  /// The port printed as "listening on HOST:PORT" (or after another marker).
+  func waitForPort(after marker: String = "listening on ", timeout: Double = 120) throws -> Int {
     let deadline = Date().addingTimeInterval(timeout)
     while Date() < deadline {
-      if let v = value(after: "listening on "), let port = v.split(separator: ":").last.flatMap({ Int($0) }) {
+      if let v = value(after: marker), let port = v.split(separator: ":").last.flatMap({ Int($0) }) {
         return port
       }
       guard process.isRunning else { throw Missing(description: "the server exited: \(stderr)") }
