@@ -89,20 +89,35 @@ public struct DataSet: Sendable {
 
   static let imageExtensions: Set<String> = ["png", "jpg", "jpeg"]
 
-  static func imageFiles(under url: URL) throws -> [URL] {
-    guard let e = FileManager.default.enumerator(at: url, includingPropertiesForKeys: [.isRegularFileKey]) else {
-      throw DataError.io(file: url.path, detail: "cannot list the folder")
-    }
+  /// Every PNG/JPEG file under `url`, at any depth, sorted by path. Symbolic links to folders
+  /// are followed (a split folder linked in from elsewhere counts), each real folder once, so a
+  /// link cycle ends; hidden entries (".name") are skipped.
+  public static func imageFiles(under url: URL) throws -> [URL] {
+    guard isDirectory(url) else { throw DataError.io(file: url.path, detail: "no such folder") }
     var files: [URL] = []
-    for case let f as URL in e where imageExtensions.contains(f.pathExtension.lowercased()) {
-      files.append(f)
+    var seen: Set<String> = []
+    func walk(_ dir: URL) throws {
+      guard seen.insert(dir.resolvingSymlinksInPath().path).inserted else { return }
+      let names: [String]
+      do { names = try FileManager.default.contentsOfDirectory(atPath: dir.resolvingSymlinksInPath().path) } catch {
+        throw DataError.io(file: dir.path, detail: "cannot list the folder (\(error.localizedDescription))")
+      }
+      for e in names.sorted().map({ dir.appendingPathComponent($0) }) where !e.lastPathComponent.hasPrefix(".") {
+        if isDirectory(e) {
+          try walk(e)
+        } else if imageExtensions.contains(e.pathExtension.lowercased()) {
+          files.append(e)
+        }
+      }
     }
+    try walk(url)
     return files.sorted { $0.path < $1.path }
   }
 
+  /// Whether `url` is a folder, or a symbolic link to one.
   static func isDirectory(_ url: URL) -> Bool {
     var dir: ObjCBool = false
-    return FileManager.default.fileExists(atPath: url.path, isDirectory: &dir) && dir.boolValue
+    return FileManager.default.fileExists(atPath: url.resolvingSymlinksInPath().path, isDirectory: &dir) && dir.boolValue
   }
 
   /// ImageNet's train layout: each sub-folder of `url` is a class (labels follow the sorted
@@ -110,8 +125,8 @@ public struct DataSet: Sendable {
   /// error: they have no class.
   public static func folder(_ url: URL) throws -> DataSet {
     guard isDirectory(url) else { throw DataError.io(file: url.path, detail: "no such folder") }
-    let entries = try FileManager.default.contentsOfDirectory(at: url, includingPropertiesForKeys: nil)
-      .filter { !$0.lastPathComponent.hasPrefix(".") }
+    let entries = try FileManager.default.contentsOfDirectory(atPath: url.resolvingSymlinksInPath().path)
+      .filter { !$0.hasPrefix(".") }.map { url.appendingPathComponent($0) }
     let loose = entries.filter { !isDirectory($0) && imageExtensions.contains($0.pathExtension.lowercased()) }
     if let first = loose.first {
       throw DataError.invalidArgument(

@@ -7,14 +7,22 @@ public protocol PixelSample: Sendable, Equatable {
   static var zero: Self { get }
   /// The sample on the 0...255 scale.
   var value: Float { get }
+  /// ITU-R 601-2 luma of an RGB triple.
+  init(luma r: Self, _ g: Self, _ b: Self)
 }
 
 extension UInt8: PixelSample {
   public var value: Float { Float(self) }
+  /// Pillow's fixed-point form: (R·19595 + G·38470 + B·7471 + 2¹⁵) >> 16.
+  public init(luma r: UInt8, _ g: UInt8, _ b: UInt8) {
+    let sum: Int = Int(r) * 19595 + Int(g) * 38470 + Int(b) * 7471
+    self = UInt8((sum + 0x8000) >> 16)
+  }
 }
 
 extension Float: PixelSample {
   public var value: Float { self }
+  public init(luma r: Float, _ g: Float, _ b: Float) { self = r * 0.299 + g * 0.587 + b * 0.114 }
 }
 
 /// An image as interleaved rows: height × width × channels (HWC), 1 (grey), 2 (grey + alpha),
@@ -123,6 +131,20 @@ public struct Image<Pixel: PixelSample>: Sendable, Equatable {
     case 7: return remapped(width: h, height: w) { x, y in (w - 1 - y, h - 1 - x) }
     case 8: return remapped(width: h, height: w) { x, y in (w - 1 - y, x) }
     default: return self
+    }
+  }
+
+  /// One channel: the luma of colour images (ITU-R 601-2, as Pillow's `convert("L")`: L = R ·
+  /// 299/1000 + G · 587/1000 + B · 114/1000), grey kept, alpha dropped.
+  public func grey() -> Image {
+    if channels == 1 { return self }
+    let c = channels
+    return pixels.withUnsafeBufferPointer { src in
+      Image(width: width, height: height, channels: 1) { dst in
+        for i in 0..<(width * height) {
+          dst[i] = c <= 2 ? src[i * c] : Pixel(luma: src[i * c], src[i * c + 1], src[i * c + 2])
+        }
+      }
     }
   }
 

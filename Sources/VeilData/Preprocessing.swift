@@ -12,6 +12,13 @@ public struct Normalization: Codable, Sendable, Equatable {
     self.std = std
   }
 
+  /// The normalisation of a one-channel (luma) input: per-channel statistics combined with
+  /// the ITU-R 601-2 luma weights; one-value statistics unchanged.
+  public var luma: Normalization {
+    func combine(_ v: [Float]) -> [Float] { v.count == 3 ? [Float(luma: v[0], v[1], v[2])] : [v[0]] }
+    return Normalization(mean: combine(mean), std: combine(std))
+  }
+
   /// Plain [0, 1]: x / 255.
   public static let unit = Normalization(mean: [0], std: [255])
   /// torchvision's ImageNet statistics: (x/255 − [0.485, 0.456, 0.406]) / [0.229, 0.224, 0.225].

@@ -40,19 +40,11 @@ public struct AttackImages: Sendable {
     guard FileManager.default.fileExists(atPath: folder.path, isDirectory: &isDir), isDir.boolValue else {
       throw PrivacyError.data(source: folder.path, detail: "no such folder")
     }
-    let files = try imageFiles(under: folder)
+    let files: [URL]
+    do { files = try DataSet.imageFiles(under: folder) } catch {
+      throw PrivacyError.data(source: folder.path, detail: "\(error)")
+    }
     return try photos(files, config: config, source: folder.path)
-  }
-
-  static func imageFiles(under folder: URL) throws -> [URL] {
-    guard let e = FileManager.default.enumerator(at: folder, includingPropertiesForKeys: nil) else {
-      throw PrivacyError.data(source: folder.path, detail: "cannot list the folder")
-    }
-    var files: [URL] = []
-    for case let f as URL in e where ["png", "jpg", "jpeg"].contains(f.pathExtension.lowercased()) {
-      files.append(f)
-    }
-    return files.sorted { $0.path < $1.path }
   }
 
   /// Crops of `files`. The photos are shuffled with the seed and `testFraction` of them (at
@@ -61,8 +53,9 @@ public struct AttackImages: Sendable {
   /// sides are S·√2^j (j = 0…3, up to the photo's own size; a photo smaller than S is enlarged
   /// to S). A crop is a seeded random S×S window of a random level, mirrored half the time for
   /// training; the first held-out crop of a photo is the centre of its smallest level (the whole
-  /// photo), the others seeded random windows. So the same files, options and seed always give
-  /// the same crops.
+  /// photo), the others seeded random windows. An image no larger than S×S (TON_IoT records
+  /// from `veil data ton-iot`) gives one sample, itself resized to S, unmirrored. So the same
+  /// files, options and seed always give the same crops.
   public static func photos(_ files: [URL], config: AttackConfig, source: String) throws -> AttackImages {
     try config.validate()
     guard files.count >= minimumPhotos else {
@@ -85,7 +78,10 @@ public struct AttackImages: Sendable {
       }
       let pyramid = try levels(photo, size: s)
       let held = testSet.contains(p)
-      let count = held ? config.testCropsPerPhoto : config.trainCropsPerPhoto
+      // An image no larger than S (a TON_IoT record as an image, a thumbnail) has one view:
+      // itself, never mirrored (a mirrored record is not a record).
+      let whole = max(photo.width, photo.height) <= s
+      let count = whole ? 1 : held ? config.testCropsPerPhoto : config.trainCropsPerPhoto
       var g = SeededGenerator(seed: config.seed ^ (UInt64(p + 1) &* 0x9E37_79B9_7F4A_7C15))
       for k in 0..<count {
         let crop: ByteImage
@@ -95,7 +91,7 @@ public struct AttackImages: Sendable {
           let level = pyramid[Int(g.next() % UInt64(pyramid.count))]
           crop = try level.randomCropped(width: s, height: s, generator: &g)
         }
-        let flip = !held && g.next() % 2 == 1
+        let flip = !held && !whole && g.next() % 2 == 1
         let name = "\(url.lastPathComponent)#\(k)"
         if held {
           out.test.append(crop)

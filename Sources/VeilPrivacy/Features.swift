@@ -45,6 +45,8 @@ public final class FeatureExtractor {
   public let imageSize: Int
   public let batch: Int
   public let inputLayout: TensorLayout
+  /// 3 (RGB) or 1 (the images' luma).
+  public let inputChannels: Int
   /// Per image, channels first: [C, h, w].
   public let featureShape: [Int]
   /// Whether the crossing tensor is channels-last ([N, h, w, C]) in the model.
@@ -54,21 +56,25 @@ public final class FeatureExtractor {
   public let headDigest: String
   let executor: Executor
 
-  /// Splits `model` at `cut` and re-infers the head's shapes for [batch, 3, S, S] (or NHWC,
-  /// following where the model's input keeps its 3 channels). The feature map's channel axis
-  /// is the one that does not grow with the image: shapes are inferred at S and at 2S.
+  /// Splits `model` at `cut` and re-infers the head's shapes for [batch, C, S, S] (or NHWC,
+  /// following where the model's input keeps its channels; C is 3, or 1 for greyscale models
+  /// such as small-cnn on TON_IoT images, which are fed the images' luma). The feature map's
+  /// channel axis is the one that does not grow with the image: shapes are inferred at S and
+  /// at 2S.
   public init(model: Graph, cut: CutPoint, imageSize: Int, batch: Int, preprocessing: InputPreprocessing) throws {
     let (head, _) = try model.split(at: cut)
     guard let input = head.inputs.first, head.inputs.count == 1, let original = head.shape(input), original.count == 4,
-      original[1] == 3 || original[3] == 3
+      [1, 3].contains(original[1]) || [1, 3].contains(original[3])
     else {
       throw PrivacyError.cut(
-        name: cut.name, detail: "the model's input is not one image batch of 3 channels ([N,3,H,W] or [N,H,W,3])")
+        name: cut.name,
+        detail: "the model's input is not one image batch of 3 (or 1) channels ([N,C,H,W] or [N,H,W,C])")
     }
-    let layout: TensorLayout = original[1] == 3 ? .nchw : .nhwc
+    let layout: TensorLayout = [1, 3].contains(original[1]) ? .nchw : .nhwc
+    let channels = layout == .nchw ? original[1] : original[3]
     func shapes(_ s: Int, _ n: Int) throws -> (Graph, [Int]) {
       var g = head
-      let shape = layout == .nchw ? [n, 3, s, s] : [n, s, s, 3]
+      let shape = layout == .nchw ? [n, channels, s, s] : [n, s, s, channels]
       do { try g.inferShapes(inputShapes: [input: shape]) } catch {
         throw PrivacyError.cut(
           name: cut.name, detail: "the head does not take \(s)×\(s) images (\(error)); try another --image-size or an earlier cut")
@@ -99,6 +105,7 @@ public final class FeatureExtractor {
     self.imageSize = imageSize
     self.batch = batch
     inputLayout = layout
+    inputChannels = channels
     featureChannelsLast = channelAxis == 3
     featureShape = channelAxis == 1 ? Array(small[1...]) : [small[3], small[1], small[2]]
     self.preprocessing = preprocessing
@@ -122,11 +129,11 @@ public final class FeatureExtractor {
     let per = featureShape.reduce(1, *)
     let s = imageSize
     var out = Tensor(zeros: [images.count] + featureShape)
-    let plane = s * s * 3
+    let plane = s * s * inputChannels
     var start = 0
     while start < images.count {
       let n = min(batch, images.count - start)
-      let inputShape = inputLayout == .nchw ? [batch, 3, s, s] : [batch, s, s, 3]
+      let inputShape = inputLayout == .nchw ? [batch, inputChannels, s, s] : [batch, s, s, inputChannels]
       var x = Tensor(zeros: inputShape)
       try x.withUnsafeMutableBuffer { dst in
         for i in 0..<n {
@@ -134,8 +141,9 @@ public final class FeatureExtractor {
           guard img.width == s, img.height == s else {
             throw PrivacyError.data(source: "image \(start + i)", detail: "is \(img.width)×\(img.height), not \(s)×\(s)")
           }
-          let t = try img.rgb().tensor(
-            layout: inputLayout, order: preprocessing.channelOrder, normalization: preprocessing.normalization)
+          let t = try (inputChannels == 1 ? img.grey() : img.rgb()).tensor(
+            layout: inputLayout, order: inputChannels == 1 ? .rgb : preprocessing.channelOrder,
+            normalization: inputChannels == 1 ? preprocessing.normalization.luma : preprocessing.normalization)
           t.withUnsafeBuffer { src in (dst.baseAddress! + i * plane).update(from: src.baseAddress!, count: plane) }
         }
       }

@@ -61,15 +61,22 @@ public final class InversionGenerator {
   let up: [ConvUnit]
   let upsample: [ConvUnit]
 
-  public init(featureShape: [Int], imageSize: Int, imageChannels: Int = 3, width: Int, depth: Int, seed: UInt64) throws {
+  /// Whether the generator can rebuild S×S images from feature maps of this shape: [C, h, w]
+  /// with h = w and S/h a power of two.
+  public static func check(featureShape: [Int], imageSize: Int) throws {
     guard featureShape.count == 3 else {
       throw PrivacyError.invalidConfig("the generator takes a feature map [C, h, w], found \(featureShape)")
     }
-    let (c, h, w) = (featureShape[0], featureShape[1], featureShape[2])
+    let (h, w) = (featureShape[1], featureShape[2])
     guard h == w, h >= 1, imageSize % h == 0, (imageSize / h).nonzeroBitCount == 1 else {
       throw PrivacyError.invalidConfig(
         "the feature map is \(h)×\(w) at image size \(imageSize): the generator needs a square map whose side divides the image size by a power of two; choose an image size that is a power of two (64, 128) so every cut's map does")
     }
+  }
+
+  public init(featureShape: [Int], imageSize: Int, imageChannels: Int = 3, width: Int, depth: Int, seed: UInt64) throws {
+    try Self.check(featureShape: featureShape, imageSize: imageSize)
+    let (c, h) = (featureShape[0], featureShape[1])
     self.featureShape = featureShape
     self.imageSize = imageSize
     self.imageChannels = imageChannels

@@ -147,10 +147,12 @@ struct Plan: ParsableCommand {
     let attackRoot = folder.appendingPathComponent("attacks")
     let outcome = try planner.run(attacker: attacker.rawValue, unattackable: { cut in
       do {
-        _ = try FeatureExtractor(model: graph, cut: cut, imageSize: imageSize, batch: 1, preprocessing: preprocessing)
+        let fx = try FeatureExtractor(model: graph, cut: cut, imageSize: imageSize, batch: 1, preprocessing: preprocessing)
+        try InversionGenerator.check(featureShape: fx.featureShape, imageSize: imageSize)
         return nil
       } catch let e as PrivacyError {
         if case .cut(_, let detail) = e { return detail }
+        if case .invalidConfig(let detail) = e { return detail }
         return "\(e)"
       } catch { return "\(error)" }
     }, attack: { cut, index in

@@ -171,7 +171,7 @@ struct Train: ParsableCommand {
   func loadSplits() throws -> (DataSet, DataSet, String) {
     let root = URL(fileURLWithPath: data)
     var isDirectory: ObjCBool = false
-    guard FileManager.default.fileExists(atPath: root.path, isDirectory: &isDirectory), isDirectory.boolValue else {
+    guard FileManager.default.fileExists(atPath: root.resolvingSymlinksInPath().path, isDirectory: &isDirectory), isDirectory.boolValue else {
       throw ValidationError("--data '\(data)' is not a folder")
     }
     let trainURL = root.appendingPathComponent("train")

@@ -80,6 +80,22 @@ extension CLITests {
     XCTAssertEqual(again["resumedAfterEpoch"] as? Int, 12)
     XCTAssertEqual((again["epochLosses"] as? [Double])?.count, 13)
 
+    // The privacy attack runs on the trained classifier and the TON_IoT images (as the paper's
+    // sweep on its fine-tuned models): c-GAN at the first pooling cut, images 16×16.
+    let attackOut = temp("attack-out")
+    defer { try? FileManager.default.removeItem(at: attackOut) }
+    let attacked = try veil([
+      "attack", "--model", out.appendingPathComponent("model.onnx").path, "--data", data.path, "--cut", "pool1",
+      "--image-size", "16", "--epochs", "2", "--batch", "16", "--preprocess", "unit", "--no-cache", "--out", attackOut.path,
+      "--json",
+    ])
+    XCTAssertEqual(attacked.status, 0, attacked.stderr)
+    let result = try XCTUnwrap(JSONSerialization.jsonObject(with: Data(attacked.stdout.utf8)) as? [String: Any], attacked.stdout)
+    print("veil attack on small-cnn/pool1 over TON_IoT images: \(result["ssim"] ?? "?") held-out \(result["heldOutCount"] ?? "?")")
+    // One sample per record (240 rows: 25 % of them held out), none mirrored or cropped.
+    XCTAssertEqual((result["heldOutCount"] as? Int).map { $0 + (result["trainCount"] as? Int ?? 0) }, 240, attacked.stdout)
+    XCTAssertTrue(FileManager.default.fileExists(atPath: attackOut.appendingPathComponent("grid.png").path))
+
     // Bad input: a folder without class sub-folders, a node that does not exist.
     let empty = try veil(["train", "--model", "small-cnn", "--data", csv.path, "--out", out.path])
     XCTAssertNotEqual(empty.status, 0)

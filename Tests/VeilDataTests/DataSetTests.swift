@@ -48,6 +48,25 @@ final class DataSetTests: XCTestCase {
     }
   }
 
+  /// A split or class folder linked in from elsewhere is followed; a link cycle ends.
+  func testSymlinkedClassFoldersAreFollowedOnce() throws {
+    try png("elsewhere/ant/a.png", value: 1)
+    try png("elsewhere/ant/deep/b.png", value: 2)
+    try png("set/zebra/c.png", value: 3)
+    let fm = FileManager.default
+    try fm.createSymbolicLink(
+      at: root.appendingPathComponent("set/ant"), withDestinationURL: root.appendingPathComponent("elsewhere/ant"))
+    try fm.createSymbolicLink(
+      at: root.appendingPathComponent("elsewhere/ant/deep/loop"), withDestinationURL: root.appendingPathComponent("elsewhere"))
+    try fm.createSymbolicLink(at: root.appendingPathComponent("linked-set"), withDestinationURL: root.appendingPathComponent("set"))
+    for top in ["set", "linked-set"] {
+      let d = try DataSet.folder(root.appendingPathComponent(top))
+      XCTAssertEqual(d.classNames, ["ant", "zebra"], top)
+      XCTAssertEqual(d.samples.map(\.label), [0, 0, 1], top)
+      XCTAssertEqual(d.samples.map { URL(fileURLWithPath: $0.name).lastPathComponent }, ["a.png", "b.png", "c.png"], top)
+    }
+  }
+
   func testFlatFolderWithALabelsFile() throws {
     try png("val/img_2.png", value: 20)
     try png("val/img_1.png", value: 10)

@@ -72,6 +72,18 @@ final class ImageTests: XCTestCase {
     return worstJPEG
   }
 
+  /// Luma as Pillow's `convert("L")` computes it (values from Pillow 11 for these pixels).
+  func testGreyIsPillowsLuma() throws {
+    let rgb: [UInt8] = [10, 20, 30, 255, 0, 0, 0, 255, 0, 0, 0, 255, 255, 255, 255, 37, 201, 99]
+    let img = try ByteImage(width: 6, height: 1, channels: 3, pixels: rgb)
+    XCTAssertEqual(img.grey().pixels, [18, 76, 150, 29, 255, 140])
+    XCTAssertEqual(img.grey().channels, 1)
+    XCTAssertEqual(img.grey().grey(), img.grey())
+    XCTAssertEqual(try ByteImage(width: 1, height: 1, channels: 4, pixels: [255, 0, 0, 9]).grey().pixels, [76])
+    XCTAssertEqual(Normalization.imagenet.luma.mean.count, 1)
+    XCTAssertEqual(Normalization.unit.luma, Normalization.unit)
+  }
+
   func testDecodingMatchesPillow() throws {
     let (dir, cases) = try Self.references.get()
     try checkDecoding(dir, cases)
