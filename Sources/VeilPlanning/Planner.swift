@@ -34,6 +34,9 @@ public struct PlanOptions: Sendable {
   public var profile = ProfileOptions()
   /// The margin the held-out set must resolve: the 95 % upper bound within this of the mean.
   public var margin = 0.08
+  /// What the attacks' results depend on besides the model and the attacker (epochs, crops,
+  /// image size, seed, data): attacks an earlier run made under other settings are not reused.
+  public var attackSettings = ""
 
   public init() {}
 }
@@ -45,6 +48,8 @@ public struct PlanState: Codable, Sendable {
   public var attacker: String
   public var profile: ProfileReport?
   public var privacy: [PrivacyPoint]
+  /// `PlanOptions.attackSettings` of the attacks in `privacy` (nil in states written before it).
+  public var attackSettings: String?
 }
 
 /// Joins the runtime profile and the privacy attacks into a choice, resumably.
@@ -88,12 +93,19 @@ public struct Planner {
       guard found == modelDigest else { throw PlanError.otherModel(folder: folder.path, found: found, expected: modelDigest) }
     }
     guard FileManager.default.fileExists(atPath: stateURL.path) else {
-      return PlanState(modelDigest: modelDigest, threshold: options.threshold, attacker: attacker, profile: nil, privacy: [])
+      return PlanState(
+        modelDigest: modelDigest, threshold: options.threshold, attacker: attacker, profile: nil, privacy: [],
+        attackSettings: options.attackSettings)
     }
     do {
       var s = try JSONDecoder().decode(PlanState.self, from: Data(contentsOf: stateURL))
       // Attacks of another attacker do not count for this one; the threshold only changes the choice.
       s.privacy = s.privacy.filter { $0.attacker == attacker }
+      // Nor do attacks trained under other settings.
+      if (s.attackSettings ?? "") != options.attackSettings {
+        s.privacy = []
+        s.attackSettings = options.attackSettings
+      }
       s.attacker = attacker
       s.threshold = options.threshold
       return s

@@ -117,6 +117,9 @@ struct Plan: ParsableCommand {
     options.profile.runs = runs
     options.profile.seed = seed
     options.profile.tailTimer = try remoteTailTimer(accelerator, model: model)
+    let c = attackConfig(.cgan)
+    options.attackSettings =
+      "epochs \(c.epochs), crops \(c.trainCropsPerPhoto), image \(imageSize), seed \(seed), data \(URL(fileURLWithPath: data).standardizedFileURL.path), preprocess \(preprocess?.rawValue ?? "default")"
     do { options.profile.preset = try TEEPreset.named(tee) } catch { throw ValidationError("--tee: \(error)") }
     let planner: Planner
     do { planner = try Planner(graph: graph, model: name, options: options, folder: folder) } catch { throw ValidationError("\(error)") }

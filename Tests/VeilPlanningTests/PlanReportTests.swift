@@ -225,6 +225,16 @@ final class PlannerTests: XCTestCase {
     XCTAssertEqual(again.chosen?.name, first.chosen?.name)
     XCTAssertTrue(lines.contains { $0.contains("reusing") })
 
+    // Attacks trained under other settings (more epochs) are redone, the profile is kept.
+    var longer = options
+    longer.attackSettings = "epochs 6"
+    let retrained = try Planner(graph: chain(seed: 1), model: "chain", options: longer, folder: folder)
+    lines = []
+    let third = try retrained.run(attacker: "inverse", attack: attack) { lines.append($0) }
+    XCTAssertEqual(calls.count, 2 * before, "every attack ran again")
+    XCTAssertEqual(third.privacy.count, first.privacy.count)
+    XCTAssertTrue(lines.contains { $0.contains("reusing") })
+
     // Another model's folder, a threshold outside (0, 1), too few held-out images.
     let other = try Planner(graph: chain(seed: 2), model: "chain", options: options, folder: folder)
     XCTAssertThrowsError(try other.run(attacker: "inverse", attack: attack) { _ in }) { e in
