@@ -9,9 +9,13 @@ let argDiffBias: Int32 = 169
 
 /// A 2-D convolution or transposed convolution for training: forward, backward-data and
 /// backward-weights, all three on oneDNN (the backward primitives are created with the forward
-/// one as their hint, as oneDNN requires). Every tensor is plain: NCHW activations, ONNX weight
-/// order ([out, in, kh, kw] for Conv, [in, out, kh, kw] for ConvTranspose), so the autograd
-/// layer never sees a blocked layout. Groups must be 1 in this first version.
+/// one as their hint, as oneDNN requires). The caller's tensors are plain: NCHW activations,
+/// ONNX weight order ([out, in, kh, kw] for Conv, [in, out, kh, kw] for ConvTranspose), so the
+/// autograd layer never sees a blocked layout. Each primitive, though, picks its own layouts
+/// (format `any`): with plain ones oneDNN 2.6 falls back to im2col + GEMM ("gemm:jit") for
+/// every pass, while its direct AVX2 kernels on 8-channel blocks run the attacker's layers
+/// faster, reorders to and from the plain tensors included (docs/benchmarks.md). Groups must
+/// be 1 in this first version.
 ///
 /// One instance serves one set of shapes; `ConvolutionTraining.make` shares instances, and a
 /// lock serialises runs because the memory objects are rebound on every call.
@@ -25,7 +29,11 @@ public final class ConvolutionTraining: @unchecked Sendable {
   private let forwardEntry: PrimitiveEntry
   private let dataEntry: PrimitiveEntry
   private let weightsEntry: PrimitiveEntry
-  private let src, weights, bias, dst: BoundMemory
+  // Each pass's arguments, in the layouts its primitive chose.
+  private let forwardSrc, forwardWeights, forwardDst: ConvArgument
+  private let dataDiffDst, dataWeights, dataDiffSrc: ConvArgument
+  private let weightsSrc, weightsDiffDst, weightsDiffWeights: ConvArgument
+  private let bias: BoundMemory
   private let engine: Engine
   private let lock = NSLock()
 
@@ -75,11 +83,15 @@ public final class ConvolutionTraining: @unchecked Sendable {
     // oneDNN's logical weight dims are [oc, ic, kh, kw] for both; ConvTranspose's ONNX order
     // [ic, oc, kh, kw] is the permuted tag bacd over them.
     let wdims = [oc, ic] + Array(weightShape.dropFirst(2))
-    var srcMd = Layout.plain(inputDims).md
-    var dstMd = Layout.plain(outputDims).md
-    var weiMd = dnnl_memory_desc_t()
+    let srcPlain = Layout.plain(inputDims)
+    let dstPlain = Layout.plain(outputDims)
+    var weiPlainMd = dnnl_memory_desc_t()
     let wd = i64(wdims)
-    _ = wd.withUnsafeBufferPointer { veil_md_tag(&weiMd, 4, $0.baseAddress, spec.transposed ? dnnl_bacd : dnnl_abcd) }
+    _ = wd.withUnsafeBufferPointer { veil_md_tag(&weiPlainMd, 4, $0.baseAddress, spec.transposed ? dnnl_bacd : dnnl_abcd) }
+    let weiPlain = Layout(md: weiPlainMd)
+    var srcMd = Layout.any(inputDims)
+    var dstMd = Layout.any(outputDims)
+    var weiMd = Layout.any(wdims)
     var biasMd = Layout.plain([oc]).md
     let strides = i64(spec.strides)
     let dil = i64(spec.dilations.map { $0 - 1 })
@@ -125,21 +137,48 @@ public final class ConvolutionTraining: @unchecked Sendable {
       }, "convolution backward-weights descriptor", detail: what)
     weightsEntry = try create(&wdesc, hint: forwardEntry.pd, "convolution backward-weights")
 
-    src = try BoundMemory(Layout(md: srcMd), engine: engine.engine)
-    weights = try BoundMemory(Layout(md: weiMd), engine: engine.engine)
+    func argument(_ plain: Layout, _ entry: PrimitiveEntry, _ query: dnnl_query_t, output: Bool) throws -> ConvArgument {
+      try ConvArgument(plain: plain, chosen: Layout(md: entry.md(query)), output: output, engine: engine)
+    }
+    forwardSrc = try argument(srcPlain, forwardEntry, dnnl_query_src_md, output: false)
+    forwardWeights = try argument(weiPlain, forwardEntry, dnnl_query_weights_md, output: false)
+    forwardDst = try argument(dstPlain, forwardEntry, dnnl_query_dst_md, output: true)
+    dataDiffDst = try argument(dstPlain, dataEntry, dnnl_query_diff_dst_md, output: false)
+    dataWeights = try argument(weiPlain, dataEntry, dnnl_query_weights_md, output: false)
+    dataDiffSrc = try argument(srcPlain, dataEntry, dnnl_query_diff_src_md, output: true)
+    weightsSrc = try argument(srcPlain, weightsEntry, dnnl_query_src_md, output: false)
+    weightsDiffDst = try argument(dstPlain, weightsEntry, dnnl_query_diff_dst_md, output: false)
+    weightsDiffWeights = try argument(weiPlain, weightsEntry, dnnl_query_diff_weights_md, output: true)
     bias = try BoundMemory(Layout(md: biasMd), engine: engine.engine)
-    dst = try BoundMemory(Layout(md: dstMd), engine: engine.engine)
   }
 
-  private func execute(_ entry: PrimitiveEntry, _ bindings: [(Int32, BoundMemory, UnsafeMutableRawPointer)], _ op: String)
-    throws
-  {
-    for (_, m, p) in bindings { try check(dnnl_memory_set_data_handle(m.memory, p), "\(op): binding memory") }
-    let args = bindings.map { dnnl_exec_arg_t(arg: $0.0, memory: $0.1.memory) }
-    let status = args.withUnsafeBufferPointer {
-      dnnl_primitive_execute(entry.primitive, engine.stream, Int32($0.count), $0.baseAddress)
+  /// Binds the caller's tensors, reorders the inputs into the primitive's layouts, runs it and
+  /// reorders its outputs back; `plainArgs` (bias) are bound as they are.
+  private func execute(
+    _ entry: PrimitiveEntry, _ bindings: [(Int32, ConvArgument, UnsafeMutableRawPointer)],
+    plain plainArgs: [(Int32, BoundMemory, UnsafeMutableRawPointer)] = [], _ op: String
+  ) throws {
+    for (_, a, p) in bindings { try check(dnnl_memory_set_data_handle(a.plain.memory, p), "\(op): binding memory") }
+    for (_, m, p) in plainArgs { try check(dnnl_memory_set_data_handle(m.memory, p), "\(op): binding memory") }
+    func run(_ primitive: dnnl_primitive_t, _ args: [dnnl_exec_arg_t]) throws {
+      let status = args.withUnsafeBufferPointer {
+        dnnl_primitive_execute(primitive, engine.stream, Int32($0.count), $0.baseAddress)
+      }
+      try check(status, op)
     }
-    try check(status, op)
+    for (_, a, _) in bindings where !a.output {
+      if let r = a.reorder, let b = a.blocked {
+        try run(r.primitive, [dnnl_exec_arg_t(arg: argSrc, memory: a.plain.memory), dnnl_exec_arg_t(arg: argDst, memory: b.memory)])
+      }
+    }
+    try run(
+      entry.primitive,
+      bindings.map { dnnl_exec_arg_t(arg: $0.0, memory: $0.1.memory) } + plainArgs.map { dnnl_exec_arg_t(arg: $0.0, memory: $0.1.memory) })
+    for (_, a, _) in bindings where a.output {
+      if let r = a.reorder, let b = a.blocked {
+        try run(r.primitive, [dnnl_exec_arg_t(arg: argSrc, memory: b.memory), dnnl_exec_arg_t(arg: argDst, memory: a.plain.memory)])
+      }
+    }
     engine.wait()
   }
 
@@ -157,9 +196,9 @@ public final class ConvolutionTraining: @unchecked Sendable {
     let out = Tensor(zeros: outputDims)
     lock.lock()
     defer { lock.unlock() }
-    var bindings = [(argSrc, src, raw(input)), (argWeights, weights, raw(w)), (argDst, dst, raw(out))]
-    if hasBias, let b { bindings.append((argBias, bias, raw(b))) }
-    try execute(forwardEntry, bindings, "convolution forward")
+    try execute(
+      forwardEntry, [(argSrc, forwardSrc, raw(input)), (argWeights, forwardWeights, raw(w)), (argDst, forwardDst, raw(out))],
+      plain: hasBias ? b.map { [(argBias, bias, raw($0))] } ?? [] : [], "convolution forward")
     return out
   }
 
@@ -171,7 +210,7 @@ public final class ConvolutionTraining: @unchecked Sendable {
     lock.lock()
     defer { lock.unlock() }
     try execute(
-      dataEntry, [(argDiffDst, dst, raw(dy)), (argWeights, weights, raw(w)), (argDiffSrc, src, raw(dx))],
+      dataEntry, [(argDiffDst, dataDiffDst, raw(dy)), (argWeights, dataWeights, raw(w)), (argDiffSrc, dataDiffSrc, raw(dx))],
       "convolution backward-data")
     return dx
   }
@@ -184,9 +223,47 @@ public final class ConvolutionTraining: @unchecked Sendable {
     let db = hasBias ? Tensor(zeros: [outputDims[1]]) : nil
     lock.lock()
     defer { lock.unlock() }
-    var bindings = [(argSrc, src, raw(input)), (argDiffDst, dst, raw(dy)), (argDiffWeights, weights, raw(dw))]
-    if let db { bindings.append((argDiffBias, bias, raw(db))) }
-    try execute(weightsEntry, bindings, "convolution backward-weights")
+    try execute(
+      weightsEntry,
+      [(argSrc, weightsSrc, raw(input)), (argDiffDst, weightsDiffDst, raw(dy)), (argDiffWeights, weightsDiffWeights, raw(dw))],
+      plain: db.map { [(argDiffBias, bias, raw($0))] } ?? [], "convolution backward-weights")
     return (dw, db)
   }
+}
+
+/// One argument of a training primitive: the caller's plain tensor (bound at each run) and,
+/// where the primitive chose another layout, a buffer of its own in that layout with the
+/// reorder into it (an input) or out of it (an output).
+private final class ConvArgument: @unchecked Sendable {
+  let plain: BoundMemory
+  let blocked: BoundMemory?
+  let reorder: PrimitiveEntry?
+  let output: Bool
+  private let buffer: UnsafeMutableRawPointer?
+
+  init(plain layout: Layout, chosen: Layout, output: Bool, engine: Engine) throws {
+    plain = try BoundMemory(layout, engine: engine.engine)
+    self.output = output
+    guard chosen != layout else {
+      blocked = nil
+      reorder = nil
+      buffer = nil
+      return
+    }
+    let b = UnsafeMutableRawPointer.allocate(byteCount: max(chosen.byteCount, 64), alignment: 64)
+    buffer = b
+    blocked = try BoundMemory(chosen, engine: engine.engine, handle: b)
+    var from = output ? chosen.md : layout.md
+    var to = output ? layout.md : chosen.md
+    var pd: dnnl_primitive_desc_t?
+    try check(
+      dnnl_reorder_primitive_desc_create(&pd, &from, engine.engine, &to, engine.engine, nil), "training convolution reorder",
+      detail: "\(Layout(md: from)) → \(Layout(md: to))")
+    reorder = try PrimitiveEntry(pd: pd!, operation: "reorder")
+  }
+
+  /// The memory the primitive reads or writes.
+  var memory: dnnl_memory_t { (blocked ?? plain).memory }
+
+  deinit { buffer?.deallocate() }
 }
