@@ -37,6 +37,9 @@ public struct PlanOptions: Sendable {
   /// What the attacks' results depend on besides the model and the attacker (epochs, crops,
   /// image size, seed, data): attacks an earlier run made under other settings are not reused.
   public var attackSettings = ""
+  /// Profile again even when an earlier run's profile is there (it was measured on a busy
+  /// machine, or the machine changed); the attacks are kept.
+  public var reprofile = false
 
   public init() {}
 }
@@ -146,7 +149,7 @@ public struct Planner {
   ) throws -> (profile: ProfileReport, privacy: [PrivacyPoint], chosen: CutPoint?, skipped: [String: String]) {
     var state = try loadState(attacker: attacker)
     let profile: ProfileReport
-    if let p = state.profile, p.accelerator == (options.profile.tailTimer?.label ?? Profiler.localAccelerator) {
+    if let p = state.profile, !options.reprofile, p.accelerator == (options.profile.tailTimer?.label ?? Profiler.localAccelerator) {
       progress("profile: reusing the one in \(stateURL.lastPathComponent)")
       profile = p
     } else {

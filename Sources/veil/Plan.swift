@@ -85,6 +85,8 @@ struct Plan: ParsableCommand {
   var preprocess: VeilData.Preprocessing.Preset?
   @Option(help: "Class names, one per line, shipped with the plan for `veil infer`.")
   var labels: String?
+  @Flag(help: "Profile again even when plan-state.json holds a profile (taken on a busy machine, say); finished attacks are kept.")
+  var reprofile = false
   @Flag(help: "Print plan.json's planning record as JSON.")
   var json = false
   @OptionGroup var engine: EngineOptions
@@ -117,6 +119,7 @@ struct Plan: ParsableCommand {
     options.profile.runs = runs
     options.profile.seed = seed
     options.profile.tailTimer = try remoteTailTimer(accelerator, model: model)
+    options.reprofile = reprofile
     let c = attackConfig(.cgan)
     options.attackSettings =
       "epochs \(c.epochs), crops \(c.trainCropsPerPhoto), image \(imageSize), seed \(seed), data \(URL(fileURLWithPath: data).standardizedFileURL.path), preprocess \(preprocess?.rawValue ?? "default")"

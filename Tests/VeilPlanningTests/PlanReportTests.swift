@@ -235,6 +235,15 @@ final class PlannerTests: XCTestCase {
     XCTAssertEqual(third.privacy.count, first.privacy.count)
     XCTAssertTrue(lines.contains { $0.contains("reusing") })
 
+    // --reprofile measures again and keeps the attacks.
+    longer.reprofile = true
+    lines = []
+    _ = try Planner(graph: chain(seed: 1), model: "chain", options: longer, folder: folder).run(attacker: "inverse", attack: attack) {
+      lines.append($0)
+    }
+    XCTAssertEqual(calls.count, 2 * before, "no attack ran again")
+    XCTAssertFalse(lines.contains { $0.contains("reusing") })
+
     // Another model's folder, a threshold outside (0, 1), too few held-out images.
     let other = try Planner(graph: chain(seed: 2), model: "chain", options: options, folder: folder)
     XCTAssertThrowsError(try other.run(attacker: "inverse", attack: attack) { _ in }) { e in
