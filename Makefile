@@ -2,7 +2,7 @@
 SWIFT ?= swift
 VEIL = .build/release/veil
 
-.PHONY: demo test deps python python-torch build assets bench-peers enclave-manifest clean
+.PHONY: demo test deps python python-torch python-peers build assets bench-peers enclave-manifest clean
 
 deps:
 	scripts/install-deps.sh
@@ -14,6 +14,12 @@ python: deps
 python-torch: python
 	.venv/bin/python -m pip install -q --disable-pip-version-check -r requirements-torch.txt \
 	  || echo "warning: PyTorch CPU could not be installed here (no local wheel, no network); the gradient checks against PyTorch will say they were skipped"
+
+# Seldon MLServer (a third-party KServe v2 server) into .venv-peers for the interop test; it is
+# large (about 6 minutes from PyPI), so a failed install warns and that test says it skipped.
+python-peers: deps
+	scripts/setup-python-peers.sh \
+	  || echo "warning: MLServer could not be installed (.venv-peers); the MLServer interop test will say it was skipped"
 
 build: deps
 	$(SWIFT) build -c release
@@ -30,7 +36,7 @@ assets: python
 	.venv/bin/python scripts/prepare_photos.py
 
 # Numeric and model tests run in release builds.
-test: build python python-torch assets
+test: build python python-torch python-peers assets
 	$(SWIFT) build -c release --build-tests
 	$(SWIFT) test -c release --skip-build
 
@@ -45,4 +51,4 @@ enclave-manifest: build
 	$(VEIL) enclave manifest --head $(HEAD) --peak-memory $(PEAK) --out out/enclave
 
 clean:
-	rm -rf .build .venv
+	rm -rf .build .venv .venv-peers
