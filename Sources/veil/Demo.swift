@@ -33,9 +33,9 @@ struct Demo: AsyncParsableCommand {
   @Option(help: "quick, standard or thorough (see `veil plan`).")
   var budget = PlanBudget.quick
   @Option(help: "Attack training epochs (the demo's short default keeps it to minutes on 2 cores).")
-  var epochs = 2
+  var epochs = 4
   @Option(help: "Random crops per training photo.")
-  var crops = 6
+  var crops = 12
   @Option(help: "SSIM threshold (see `veil plan`).")
   var threshold = PlanOptions().threshold
   @Argument(help: "Photos to classify (default: the demo photos eagle.jpg, coffee.png, chelsea.png from the asset cache).")
