@@ -275,8 +275,13 @@ public enum Profiler {
       try body()
       times.append(Double(DispatchTime.now().uptimeNanoseconds - t0) / 1e9)
     }
-    times.sort()
-    return times.count % 2 == 1 ? times[times.count / 2] : (times[times.count / 2 - 1] + times[times.count / 2]) / 2
+    return median(of: times)
+  }
+
+  /// The median of `values` (the mean of the two middle ones for an even count).
+  static func median(of values: [Double]) -> Double {
+    let v = values.sorted()
+    return v.count % 2 == 1 ? v[v.count / 2] : (v[v.count / 2 - 1] + v[v.count / 2]) / 2
   }
 }
 

@@ -55,8 +55,7 @@ public struct KServeTailTimer: TailTimer {
         throw error
       }
     }
-    let sorted = times.sorted()
-    return sorted.count % 2 == 1 ? sorted[sorted.count / 2] : (sorted[sorted.count / 2 - 1] + sorted[sorted.count / 2]) / 2
+    return Profiler.median(of: times)
   }
 }
 

@@ -94,6 +94,7 @@ struct Plan: ParsableCommand {
   func validate() throws {
     guard threshold > 0, threshold < 1 else { throw ValidationError("\(PlanError.invalidThreshold(threshold))") }
     guard runs >= 1 else { throw ValidationError("--runs must be ≥ 1, found \(runs)") }
+    _ = try remoteTailTimer(accelerator, model: model)  // a malformed HOST:PORT fails before any work
   }
 
   /// The attack settings the budget implies.

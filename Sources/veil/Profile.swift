@@ -56,6 +56,9 @@ struct Profile: ParsableCommand {
     guard runs >= 1 else { throw ValidationError("--runs must be ≥ 1, found \(runs)") }
     guard batch >= 1 else { throw ValidationError("--batch must be ≥ 1, found \(batch)") }
     guard linkGbps > 0, linkGbps.isFinite else { throw ValidationError("--link-gbps must be > 0, found \(linkGbps)") }
+    if try remoteTailTimer(accelerator, model: model) != nil, all {
+      throw ValidationError("--all with --accelerator HOST:PORT: `veil accelerator serve --every-cut` serves the structural cuts only; drop --all")
+    }
   }
 
   func options() throws -> ProfileOptions {
@@ -85,9 +88,6 @@ struct Profile: ParsableCommand {
     try engine.apply()
     var opts = try options()
     opts.tailTimer = try remoteTailTimer(accelerator, model: model)
-    if opts.tailTimer != nil, all {
-      throw ValidationError("--all with --accelerator HOST:PORT: `veil accelerator serve --every-cut` serves the structural cuts only; drop --all")
-    }
     try ModelSource.check(model)
     let g = try ModelSource.load(model, batch: batch, seed: seed)
     let report = try Profiler.profile(graph: g, model: model, options: opts) { note($0) }
