@@ -4,7 +4,7 @@
 import PackageDescription
 
 // Kernels are built for x86-64-v3 (AVX2, FMA) at least, as the project requires.
-let kernelCFlags: [CSetting] = [.unsafeFlags(["-march=x86-64-v3", "-O3"])]
+let kernelCFlags: [CSetting] = [.unsafeFlags(["-march=x86-64-v3", "-O3", "-fno-math-errno"])]
 let kernelSwiftFlags: [SwiftSetting] = [.unsafeFlags(["-Xcc", "-march=x86-64-v3"])]
 
 let package = Package(

@@ -24,15 +24,91 @@ public final class TensorStorage: @unchecked Sendable {
   public init(count: Int) {
     _ = Self.mallocTuned
     self.count = count
+    let bytes = Self.byteCount(count)
+    if let recycled = StorageRecycler.shared.take(bytes: bytes) {
+      pointer = recycled.bindMemory(to: Float.self, capacity: max(count, 1))
+      return
+    }
     var raw: UnsafeMutableRawPointer?
-    let bytes = max(count, 1) * MemoryLayout<Float>.stride
     guard posix_memalign(&raw, 64, bytes) == 0, let raw else {
       fatalError("out of memory allocating \(bytes) bytes")
     }
     pointer = raw.bindMemory(to: Float.self, capacity: max(count, 1))
   }
 
-  deinit { free(pointer) }
+  deinit {
+    if !StorageRecycler.shared.give(UnsafeMutableRawPointer(pointer), bytes: Self.byteCount(count)) { free(pointer) }
+  }
+
+  private static func byteCount(_ count: Int) -> Int { max(count, 1) * MemoryLayout<Float>.stride }
+
+  /// Keeps up to `limitBytes` of freed tensor blocks (those of 64 KiB and more) for tensors of
+  /// the same size to reuse, instead of returning each to the operating system; 0 (the
+  /// default) turns it off and releases what is kept.
+  ///
+  /// Training allocates the same activations and gradients on every step. With the fixed
+  /// mmap threshold of `veil_tune_malloc` (which keeps a served model's resident memory
+  /// honest) each of those blocks is a fresh mapping, so every step pays page faults and the
+  /// kernel's zeroing for them: about an eighth of the attacker's step (docs/benchmarks.md).
+  /// Trainers turn reuse on; inference leaves it off so freed weights leave the resident set.
+  public static func recycleFreedBlocks(upTo limitBytes: Int) {
+    StorageRecycler.shared.setLimit(max(0, limitBytes))
+  }
+
+  /// Bytes of freed blocks kept for reuse now.
+  public static var recycledBytes: Int { StorageRecycler.shared.heldBytes }
+}
+
+/// Free lists of 64-byte-aligned blocks by exact byte count, bounded by a limit.
+private final class StorageRecycler: @unchecked Sendable {
+  static let shared = StorageRecycler()
+  private static let smallest = 64 << 10
+  private var lists: [Int: [UnsafeMutableRawPointer]] = [:]
+  private var limit = 0
+  private var held = 0
+  private var lock = pthread_mutex_t()
+
+  private init() { pthread_mutex_init(&lock, nil) }
+
+  private func locked<R>(_ body: () -> R) -> R {
+    pthread_mutex_lock(&lock)
+    defer { pthread_mutex_unlock(&lock) }
+    return body()
+  }
+
+  var heldBytes: Int { locked { held } }
+
+  func setLimit(_ bytes: Int) {
+    let released: [UnsafeMutableRawPointer] = locked {
+      limit = bytes
+      guard held > limit else { return [] }
+      let all = lists.values.flatMap { $0 }
+      lists = [:]
+      held = 0
+      return all
+    }
+    for p in released { free(p) }
+  }
+
+  func take(bytes: Int) -> UnsafeMutableRawPointer? {
+    guard bytes >= Self.smallest else { return nil }
+    return locked {
+      guard let p = lists[bytes]?.popLast() else { return nil }
+      held -= bytes
+      return p
+    }
+  }
+
+  /// Keeps the block when there is room; false means the caller frees it.
+  func give(_ p: UnsafeMutableRawPointer, bytes: Int) -> Bool {
+    guard bytes >= Self.smallest else { return false }
+    return locked {
+      guard held + bytes <= limit else { return false }
+      lists[bytes, default: []].append(p)
+      held += bytes
+      return true
+    }
+  }
 }
 
 /// A dense float32 tensor in plain row-major (NCHW for images) layout.
@@ -82,6 +158,15 @@ public struct Tensor: Sendable {
     let n = shape.reduce(1, *)
     storage = TensorStorage(count: n)
     storage.pointer.initialize(repeating: 0, count: n)
+    fill(UnsafeMutableBufferPointer(start: storage.pointer, count: n))
+  }
+
+  /// A tensor whose buffer starts uninitialised (no zeroing pass): `fill`, or the caller right
+  /// after (a oneDNN primitive's output), must write every element before any is read.
+  public init(uninitialized shape: [Int], fill: (UnsafeMutableBufferPointer<Float>) -> Void) {
+    self.shape = shape
+    let n = shape.reduce(1, *)
+    storage = TensorStorage(count: n)
     fill(UnsafeMutableBufferPointer(start: storage.pointer, count: n))
   }
 

@@ -151,6 +151,7 @@ public final class ClassifierTrainer {
     }
     self.model = model
     self.options = options
+    TrainingMemory.prepare()
     optimizer = try Adam(parameters: model.parameters, learningRate: options.learningRate, weightDecay: options.weightDecay)
   }
 

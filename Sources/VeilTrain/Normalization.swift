@@ -96,91 +96,36 @@ public final class BatchNorm: Layer {
     var invStd = [Float](repeating: 0, count: c)
     let momentum = accumulating ? 1 / Float(accumulatedBatches + 1) : self.momentum
     if training && accumulating { accumulatedBatches += 1 }
-    x.value.withUnsafeBuffer { xp in
+    if training {
+      let (mu, variance) = TrainingKernels.channelMeanVariance(x.value)
+      let unbiased = Double(m) / Double(m - 1)
+      runningMean.withUnsafeMutableBuffer { r in
+        for ch in 0..<c { r[ch] = (1 - momentum) * r[ch] + momentum * Float(mu[ch]) }
+      }
+      runningVariance.withUnsafeMutableBuffer { r in
+        for ch in 0..<c { r[ch] = (1 - momentum) * r[ch] + momentum * Float(variance[ch] * unbiased) }
+      }
       for ch in 0..<c {
-        if training {
-          var s = 0.0
-          var ss = 0.0
-          for b in 0..<n {
-            let base = (b * c + ch) * inner
-            for i in 0..<inner {
-              let v = Double(xp[base + i])
-              s += v
-              ss += v * v
-            }
-          }
-          let mu = s / Double(m)
-          let variance = max(ss / Double(m) - mu * mu, 0)
-          mean[ch] = Float(mu)
-          invStd[ch] = Float(1 / (variance + Double(epsilon)).squareRoot())
-          runningMean.withUnsafeMutableBuffer { $0[ch] = (1 - momentum) * $0[ch] + momentum * Float(mu) }
-          runningVariance.withUnsafeMutableBuffer {
-            $0[ch] = (1 - momentum) * $0[ch] + momentum * Float(variance * Double(m) / Double(m - 1))
-          }
-        } else {
-          mean[ch] = runningMean.scalars[ch]
-          invStd[ch] = 1 / (runningVariance.scalars[ch] + epsilon).squareRoot()
-        }
+        mean[ch] = Float(mu[ch])
+        invStd[ch] = Float(1 / (variance[ch] + Double(epsilon)).squareRoot())
       }
+    } else {
+      runningMean.withUnsafeBuffer { r in for ch in 0..<c { mean[ch] = r[ch] } }
+      runningVariance.withUnsafeBuffer { r in for ch in 0..<c { invStd[ch] = 1 / (r[ch] + epsilon).squareRoot() } }
     }
-    let normalized = x.value.withUnsafeBuffer { xp in
-      Tensor(shape: x.shape) { d in
-        for b in 0..<n {
-          for ch in 0..<c {
-            let base = (b * c + ch) * inner
-            for i in 0..<inner { d[base + i] = (xp[base + i] - mean[ch]) * invStd[ch] }
-          }
-        }
-      }
-    }
-    let y = normalized.withUnsafeBuffer { h in
-      scale.value.withUnsafeBuffer { gamma in
-        shift.value.withUnsafeBuffer { beta in
-          Tensor(shape: x.shape) { d in
-            for b in 0..<n {
-              for ch in 0..<c {
-                let base = (b * c + ch) * inner
-                for i in 0..<inner { d[base + i] = gamma[ch] * h[base + i] + beta[ch] }
-              }
-            }
-          }
-        }
-      }
-    }
+    let (normalized, y) = TrainingKernels.batchNormApply(
+      x.value, mean: mean, invStd: invStd, scale: scale.value, shift: shift.value)
     let isTraining = training
     return Variable(y, parents: [x, scale, shift]) { [scale] g in
-      var dGamma = [Float](repeating: 0, count: c)
-      var dBeta = [Float](repeating: 0, count: c)
-      let dx = g.withUnsafeBuffer { gp in
-        normalized.withUnsafeBuffer { h in
-          scale.value.withUnsafeBuffer { gamma in
-            Tensor(shape: x.shape) { d in
-              for ch in 0..<c {
-                var sg = 0.0
-                var sgh = 0.0
-                for b in 0..<n {
-                  let base = (b * c + ch) * inner
-                  for i in 0..<inner {
-                    sg += Double(gp[base + i])
-                    sgh += Double(gp[base + i] * h[base + i])
-                  }
-                }
-                dBeta[ch] = Float(sg)
-                dGamma[ch] = Float(sgh)
-                // Training: x̂ depends on the batch statistics, so
-                // ∂x = γ/σ · (g − mean(g) − x̂·mean(g·x̂)); evaluation: ∂x = γ/σ · g.
-                let k = gamma[ch] * invStd[ch]
-                let mg = isTraining ? Float(sg / Double(m)) : 0
-                let mgh = isTraining ? Float(sgh / Double(m)) : 0
-                for b in 0..<n {
-                  let base = (b * c + ch) * inner
-                  for i in 0..<inner { d[base + i] = k * (gp[base + i] - mg - h[base + i] * mgh) }
-                }
-              }
-            }
-          }
-        }
-      }
+      let (sumG, sumGH) = TrainingKernels.channelSums(g, normalized)
+      let dBeta = sumG.map { Float($0) }
+      let dGamma = sumGH.map { Float($0) }
+      // Training: x̂ depends on the batch statistics, so
+      // ∂x = γ/σ · (g − mean(g) − x̂·mean(g·x̂)); evaluation: ∂x = γ/σ · g.
+      let k = scale.value.withUnsafeBuffer { gamma in (0..<c).map { gamma[$0] * invStd[$0] } }
+      let mg = isTraining ? sumG.map { Float($0 / Double(m)) } : [Float](repeating: 0, count: c)
+      let mgh = isTraining ? sumGH.map { Float($0 / Double(m)) } : [Float](repeating: 0, count: c)
+      let dx = TrainingKernels.batchNormBackward(g, normalized: normalized, k: k, a: mg, b: mgh)
       return [dx, Tensor(shape: [c]) { _ = $0.initialize(from: dGamma) }, Tensor(shape: [c]) { _ = $0.initialize(from: dBeta) }]
     }
   }

@@ -54,20 +54,9 @@ public final class Adam: Optimizer {
     let (b1, b2, lr, eps, wd) = (beta1, beta2, learningRate, epsilon, weightDecay)
     for (k, p) in parameters.enumerated() {
       guard let g = p.grad else { continue }
-      g.withUnsafeBuffer { gp in
-        firstMoments[k].withUnsafeMutableBuffer { m in
-          secondMoments[k].withUnsafeMutableBuffer { v in
-            p.value.withUnsafeMutableBuffer { w in
-              for i in 0..<w.count {
-                let gi = gp[i] + wd * w[i]
-                m[i] = b1 * m[i] + (1 - b1) * gi
-                v[i] = b2 * v[i] + (1 - b2) * gi * gi
-                w[i] -= lr * (m[i] / c1) / ((v[i] / c2).squareRoot() + eps)
-              }
-            }
-          }
-        }
-      }
+      TrainingKernels.adamStep(
+        weights: &p.value, firstMoment: &firstMoments[k], secondMoment: &secondMoments[k], gradient: g, beta1: b1,
+        beta2: b2, learningRate: lr, biasCorrection1: c1, biasCorrection2: c2, epsilon: eps, weightDecay: wd)
     }
   }
 

@@ -33,6 +33,16 @@ public enum TrainError: Error, CustomStringConvertible, Equatable {
   }
 }
 
+/// Memory settings for a training loop.
+public enum TrainingMemory {
+  /// Freed blocks kept for reuse while training (`TensorStorage.recycleFreedBlocks`).
+  public static let recycleLimitBytes = 1 << 30
+
+  /// Every step allocates the same activations and gradients; keeping freed blocks for reuse
+  /// spares the page faults of fresh mappings. Trainers call it when they are made.
+  public static func prepare() { TensorStorage.recycleFreedBlocks(upTo: recycleLimitBytes) }
+}
+
 /// A value on the tape: a tensor, how it was computed (its parents and the backward rule of
 /// the op that made it), and, for leaves that want one, the gradient accumulated into it.
 /// A class because nodes are shared by every value computed from them.
@@ -125,17 +135,28 @@ public enum Tape {
 /// outside the loop.
 /// Element-wise helpers on plain tensors (public for callers building targets and tests).
 public enum Kernels {
+  // Always inlined, and the loops run on the storage pointers rather than inside the tensor's
+  // closure-taking accessors (which live in another module and are not inlined), so that `f`
+  // is inlined into the loop and simple ones vectorise.
+  @inline(__always)
   public static func map(_ x: Tensor, _ f: (Float) -> Float) -> Tensor {
-    x.withUnsafeBuffer { src in Tensor(shape: x.shape) { dst in for i in 0..<dst.count { dst[i] = f(src[i]) } } }
+    let out = Tensor(uninitialized: x.shape) { _ in }
+    let (src, dst) = (x.storage.pointer, out.storage.pointer)
+    for i in 0..<x.count { dst[i] = f(src[i]) }
+    withExtendedLifetime(x) {}
+    return out
   }
 
+  @inline(__always)
   public static func zip(_ a: Tensor, _ b: Tensor, _ f: (Float, Float) -> Float) throws -> Tensor {
     guard a.shape == b.shape else {
       throw TrainError.shapeMismatch(op: "element-wise", detail: "\(a.shape) and \(b.shape)")
     }
-    return a.withUnsafeBuffer { x in
-      b.withUnsafeBuffer { y in Tensor(shape: a.shape) { dst in for i in 0..<dst.count { dst[i] = f(x[i], y[i]) } } }
-    }
+    let out = Tensor(uninitialized: a.shape) { _ in }
+    let (x, y, dst) = (a.storage.pointer, b.storage.pointer, out.storage.pointer)
+    for i in 0..<a.count { dst[i] = f(x[i], y[i]) }
+    withExtendedLifetime((a, b)) {}
+    return out
   }
 
   static func add(_ a: Tensor, _ b: Tensor) throws -> Tensor { try zip(a, b, +) }

@@ -67,13 +67,15 @@ struct Privacy: ParsableCommand {
     }
     if json { return try printJSON(report) }
     print("held-out SSIM of the \(report.attacker.rawValue) attacker per cut of \(model) (threshold \(threshold)):")
-    print(pad("cut", 44) + pad("feature map", 16) + pad("SSIM", 18) + pad("upper 95%", 11) + pad("PSNR dB", 9) + "private")
+    print(pad("cut", 44) + pad("feature map", 16) + pad("SSIM", 18) + pad("upper 95%", 11) + pad("PSNR dB", 9) + pad("baseline", 10) + "private")
     for r in report.results {
       print(
         pad(r.cut, 44) + pad(r.featureShape.map(String.init).joined(separator: "×"), 16)
           + pad(String(format: "%.4f ± %.4f", r.ssim.mean, r.ssim.std), 18) + pad(String(format: "%.4f", r.ssimUpperBound), 11)
-          + pad(String(format: "%.2f", r.psnr.mean), 9) + (r.ssimUpperBound < threshold ? "yes" : "no"))
+          + pad(String(format: "%.2f", r.psnr.mean), 9) + pad(String(format: "%.4f", r.baselineSSIM), 10)
+          + (r.ssimUpperBound < threshold ? "yes" : "no"))
     }
+    print("baseline: the SSIM of the mean training image, what an attacker learns without the feature map")
     print("suggested cut: \(report.chosenCut ?? "none (even the deepest cut is above the threshold)")")
     print("wrote \(sweep.jsonFile.path), \(sweep.csvFile.lastPathComponent), \(sweep.svgFile.lastPathComponent)")
   }

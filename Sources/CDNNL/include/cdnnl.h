@@ -56,4 +56,20 @@ void veil_binary_broadcast_f32(const float *a, const int64_t *a_strides, const f
                                const int64_t *b_strides, float *dst, const int64_t *dst_dims,
                                int rank, int op);
 
+// Training kernels (training_kernels.c), plain layouts; x is [n, c, inner] for the per-channel ones.
+/// Per-channel mean and biased variance (two passes), accumulated in double.
+void veil_channel_mean_var(const float *x, int64_t n, int64_t c, int64_t inner, double *mean, double *var);
+/// xhat = (x − mean)·inv_std and y = gamma·xhat + beta, per channel.
+void veil_batchnorm_apply(const float *x, int64_t n, int64_t c, int64_t inner, const float *mean,
+                          const float *inv_std, const float *gamma, const float *beta, float *xhat, float *y);
+/// Per-channel Σg and Σg·h.
+void veil_channel_sums(const float *g, const float *h, int64_t n, int64_t c, int64_t inner, double *sum_g,
+                       double *sum_gh);
+/// dx = k·(g − mean_g − h·mean_gh), per channel.
+void veil_batchnorm_backward(const float *g, const float *h, int64_t n, int64_t c, int64_t inner, const float *k,
+                             const float *mean_g, const float *mean_gh, float *dx);
+/// One Adam step in place: g += wd·w; m, v moving averages; w −= lr·(m/c1)/(√(v/c2) + eps).
+void veil_adam_f32(float *w, float *m, float *v, const float *g, int64_t count, float beta1, float beta2, float lr,
+                   float c1, float c2, float eps, float weight_decay);
+
 #endif

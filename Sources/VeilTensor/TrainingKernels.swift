@@ -1,0 +1,89 @@
+import CDNNL
+
+/// The plain-layout kernels of the training engine that oneDNN 2.6 has no primitive for in
+/// the form VeilTrain needs: batch normalisation on NCHW tensors with the batch statistics
+/// the autograd layer keeps, and Adam's update. They run the vectorised C loops of
+/// training_kernels.c; tensors are [N, C, ...] with every axis after the second flattened.
+public enum TrainingKernels {
+  private static func dims(_ x: Tensor) -> (Int64, Int64, Int64) {
+    (Int64(x.shape[0]), Int64(x.shape[1]), Int64(x.shape.dropFirst(2).reduce(1, *)))
+  }
+
+  /// Per-channel mean and biased variance over the batch and every position.
+  public static func channelMeanVariance(_ x: Tensor) -> (mean: [Double], variance: [Double]) {
+    let (n, c, inner) = dims(x)
+    var mean = [Double](repeating: 0, count: Int(c))
+    var variance = mean
+    x.withUnsafeBuffer { xp in veil_channel_mean_var(xp.baseAddress, n, c, inner, &mean, &variance) }
+    return (mean, variance)
+  }
+
+  /// x̂ = (x − mean)·invStd and y = γ·x̂ + β, per channel.
+  public static func batchNormApply(_ x: Tensor, mean: [Float], invStd: [Float], scale: Tensor, shift: Tensor)
+    -> (normalized: Tensor, output: Tensor)
+  {
+    let (n, c, inner) = dims(x)
+    precondition(mean.count == Int(c) && invStd.count == Int(c) && scale.count == Int(c) && shift.count == Int(c))
+    var normalized = Tensor(uninitialized: x.shape) { _ in }
+    var output = Tensor(uninitialized: x.shape) { _ in }
+    x.withUnsafeBuffer { xp in
+      scale.withUnsafeBuffer { g in
+        shift.withUnsafeBuffer { b in
+          normalized.withUnsafeMutableBuffer { h in
+            output.withUnsafeMutableBuffer { y in
+              veil_batchnorm_apply(
+                xp.baseAddress, n, c, inner, mean, invStd, g.baseAddress, b.baseAddress, h.baseAddress, y.baseAddress)
+            }
+          }
+        }
+      }
+    }
+    return (normalized, output)
+  }
+
+  /// Per-channel Σg and Σg·h of two tensors of one shape.
+  public static func channelSums(_ g: Tensor, _ h: Tensor) -> (sum: [Double], dot: [Double]) {
+    precondition(g.shape == h.shape)
+    let (n, c, inner) = dims(g)
+    var sum = [Double](repeating: 0, count: Int(c))
+    var dot = sum
+    g.withUnsafeBuffer { gp in h.withUnsafeBuffer { hp in veil_channel_sums(gp.baseAddress, hp.baseAddress, n, c, inner, &sum, &dot) } }
+    return (sum, dot)
+  }
+
+  /// dx = k·(g − a − h·b), per channel: batch normalisation's input gradient.
+  public static func batchNormBackward(_ g: Tensor, normalized h: Tensor, k: [Float], a: [Float], b: [Float]) -> Tensor {
+    precondition(g.shape == h.shape)
+    let (n, c, inner) = dims(g)
+    precondition(k.count == Int(c) && a.count == Int(c) && b.count == Int(c))
+    var dx = Tensor(uninitialized: g.shape) { _ in }
+    g.withUnsafeBuffer { gp in
+      h.withUnsafeBuffer { hp in
+        dx.withUnsafeMutableBuffer { d in veil_batchnorm_backward(gp.baseAddress, hp.baseAddress, n, c, inner, k, a, b, d.baseAddress) }
+      }
+    }
+    return dx
+  }
+
+  /// One Adam update of `weights` in place, with its moments: g ← g + wd·w,
+  /// m ← β1·m + (1 − β1)·g, v ← β2·v + (1 − β2)·g², w ← w − lr·(m/c1)/(√(v/c2) + ε).
+  public static func adamStep(
+    weights: inout Tensor, firstMoment: inout Tensor, secondMoment: inout Tensor, gradient: Tensor,
+    beta1: Float, beta2: Float, learningRate: Float, biasCorrection1 c1: Float, biasCorrection2 c2: Float,
+    epsilon: Float, weightDecay: Float
+  ) {
+    let count = weights.count
+    precondition(firstMoment.count == count && secondMoment.count == count && gradient.count == count)
+    gradient.withUnsafeBuffer { g in
+      firstMoment.withUnsafeMutableBuffer { m in
+        secondMoment.withUnsafeMutableBuffer { v in
+          weights.withUnsafeMutableBuffer { w in
+            veil_adam_f32(
+              w.baseAddress, m.baseAddress, v.baseAddress, g.baseAddress, Int64(count), beta1, beta2, learningRate, c1, c2,
+              epsilon, weightDecay)
+          }
+        }
+      }
+    }
+  }
+}
