@@ -71,18 +71,18 @@ struct Demo: AsyncParsableCommand {
     }
 
     step(3, "services: accelerator (tail after \(deployment.cut.name), KServe v2) and enclave (head, SIMULATED evidence)")
-    let acceleratorPort = try freePort()
-    let enclavePort = try freePort()
+    // Each service binds a port of the kernel's choosing (--port 0) and says which in its log,
+    // so no other process can take a port between probing it and binding it.
     let accelerator = try Child(
-      "accelerator", ["accelerator", "serve", "--model", "\(deployment.accelerator.modelName)=\(planDir.appendingPathComponent(deployment.tail.path).path):\(deployment.accelerator.modelVersion)", "--host", "127.0.0.1", "--port", "\(acceleratorPort)"],
+      "accelerator", ["accelerator", "serve", "--model", "\(deployment.accelerator.modelName)=\(planDir.appendingPathComponent(deployment.tail.path).path):\(deployment.accelerator.modelVersion)", "--host", "127.0.0.1", "--port", "0"],
       log: outDir.appendingPathComponent("accelerator.log"))
     defer { accelerator.stop() }
-    try await accelerator.waitForPort(acceleratorPort)
+    let acceleratorPort = try await accelerator.waitForPort(after: "GRPCInferenceService on ")
     let enclave = try Child(
-      "enclave", ["enclave", "serve", "--plan", planDir.path, "--accelerator", "127.0.0.1:\(acceleratorPort)", "--host", "127.0.0.1", "--port", "\(enclavePort)", "--allow-simulation"],
+      "enclave", ["enclave", "serve", "--plan", planDir.path, "--accelerator", "127.0.0.1:\(acceleratorPort)", "--host", "127.0.0.1", "--port", "0", "--allow-simulation"],
       log: outDir.appendingPathComponent("enclave.log"))
     defer { enclave.stop() }
-    try await enclave.waitForPort(enclavePort)
+    let enclavePort = try await enclave.waitForPort(after: "listening on ")
 
     step(4, "client: attested handshake, then each photo sealed to the enclave")
     let policy = try Policy(json: Data(contentsOf: planDir.appendingPathComponent("client-policy.json")))
@@ -142,23 +142,6 @@ struct Demo: AsyncParsableCommand {
   }
 }
 
-/// A loopback port nobody listens on now.
-func freePort() throws -> Int {
-  let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
-  guard fd >= 0 else { throw ValidationError("cannot open a socket to find a free port") }
-  defer { close(fd) }
-  var addr = sockaddr_in()
-  addr.sin_family = sa_family_t(AF_INET)
-  addr.sin_addr.s_addr = inet_addr("127.0.0.1")
-  addr.sin_port = 0
-  var len = socklen_t(MemoryLayout<sockaddr_in>.size)
-  let ok = withUnsafeMutablePointer(to: &addr) {
-    $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, len) == 0 && getsockname(fd, $0, &len) == 0 }
-  }
-  guard ok else { throw ValidationError("cannot bind a loopback socket to find a free port") }
-  return Int(UInt16(bigEndian: addr.sin_port))
-}
-
 /// A `veil` service started as its own process, its output in a log file.
 final class Child {
   let name: String
@@ -178,31 +161,25 @@ final class Child {
     note("started \(name) (pid \(process.processIdentifier)): veil \(arguments.joined(separator: " ")); log \(log.path)")
   }
 
-  /// Waits until the service accepts connections on `port`, or fails with its log's end.
-  func waitForPort(_ port: Int, timeout: Double = 120) async throws {
+  /// Waits until the service's log announces where it listens ("MARKER HOST:PORT", printed
+  /// once it is bound); returns the port, or fails with the log's end.
+  func waitForPort(after marker: String, timeout: Double = 120) async throws -> Int {
     let deadline = Date().addingTimeInterval(timeout)
     while Date() < deadline {
-      guard process.isRunning else {
-        let tail = (try? String(contentsOf: log, encoding: .utf8)).map { String($0.suffix(2000)) } ?? ""
-        throw ValidationError("the \(name) exited (status \(process.terminationStatus)) before listening on port \(port):\n\(tail)")
+      let text = (try? String(contentsOf: log, encoding: .utf8)) ?? ""
+      if let r = text.range(of: marker) {
+        let line = text[r.upperBound...].prefix { !$0.isNewline }
+        let word = line.prefix { !$0.isWhitespace && $0 != ";" && $0 != "," }
+        if line.count < text[r.upperBound...].count, let port = word.split(separator: ":").last.flatMap({ Int($0) }) {
+          return port
+        }
       }
-      if canConnect(port) { return }
-      try await Task.sleep(nanoseconds: 200_000_000)
+      guard process.isRunning else {
+        throw ValidationError("the \(name) exited (status \(process.terminationStatus)) before listening:\n\(String(text.suffix(2000)))")
+      }
+      try await Task.sleep(nanoseconds: 100_000_000)
     }
-    throw ValidationError("the \(name) did not listen on port \(port) within \(Int(timeout)) s; see \(log.path)")
-  }
-
-  func canConnect(_ port: Int) -> Bool {
-    let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
-    guard fd >= 0 else { return false }
-    defer { close(fd) }
-    var addr = sockaddr_in()
-    addr.sin_family = sa_family_t(AF_INET)
-    addr.sin_addr.s_addr = inet_addr("127.0.0.1")
-    addr.sin_port = UInt16(port).bigEndian
-    return withUnsafePointer(to: &addr) {
-      $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) == 0 }
-    }
+    throw ValidationError("the \(name) did not say where it listens within \(Int(timeout)) s; see \(log.path)")
   }
 
   /// SIGTERM (the services finish in-flight requests and exit), then wait.
