@@ -1,11 +1,14 @@
 #!/bin/bash
 # The load figures of issue 8: N clients end to end through `veil enclave serve` and
-# `veil accelerator serve` on loopback, the accelerator's dynamic batching off, then on, in one
-# run; every answer checked against the whole model (veil loadtest). Prints both runs side by
-# side and the throughput ratio; the JSON of each run goes to OUT.
+# `veil accelerator serve` on loopback, batching off, then on, in one run; every answer checked
+# against the whole model (veil loadtest). "On" batches the accelerator's tail (--max-batch,
+# --max-queue-delay-ms); HEAD_BATCH=N also batches the enclave's head (--head-batch: requests
+# waiting for the head run together, no added delay).
+# Prints both runs side by side and the throughput ratio; the JSON of each run goes to OUT.
 #
 #   scripts/loadtest-batching.sh [MODEL] [CUT] [CLIENTS] [REQUESTS]   (default: resnet50 layer2 8 160)
-#   env: VEIL=path/to/veil  OUT=dir  MAX_BATCH=8  QUEUE_DELAY_MS=5  THREADS=kernel threads per process
+#   env: VEIL=path/to/veil  OUT=dir  MAX_BATCH=8  QUEUE_DELAY_MS=5  HEAD_BATCH=1
+#        THREADS=kernel threads per process
 #
 # Don't run it while other work loads the machine (uptime's load above the core count): the
 # two runs would not be comparable.
@@ -19,6 +22,7 @@ VEIL=${VEIL:-.build/release/veil}
 OUT=${OUT:-out/loadtest}
 MAX_BATCH=${MAX_BATCH:-8}
 QUEUE_DELAY_MS=${QUEUE_DELAY_MS:-5}
+HEAD_BATCH=${HEAD_BATCH:-1}
 ASSETS=${VEIL_ASSETS:-$HOME/.cache/veil/assets}
 APORT=${APORT:-18701}
 EPORT=${EPORT:-18702}
@@ -56,12 +60,17 @@ start_accelerator() { # start_accelerator MAX_BATCH LOG
   wait_for "$2" "serving inference"
 }
 
+start_enclave() { # start_enclave HEAD_BATCH LOG
+  "$VEIL" enclave serve --plan "$PLAN" --accelerator "127.0.0.1:$APORT" --port "$EPORT" --allow-simulation \
+    --head-batch "$1" --log-level notice "${THREADS_ARG[@]}" 2>"$2" &
+  EPID=$!
+  PIDS+=("$EPID")
+  wait_for "$2" "listening on"
+}
+
 start_accelerator 1 "$OUT/accelerator-off.log"
-"$VEIL" enclave serve --plan "$PLAN" --accelerator "127.0.0.1:$APORT" --port "$EPORT" --allow-simulation \
-  --log-level notice "${THREADS_ARG[@]}" 2>"$OUT/enclave.log" &
-PIDS+=("$!")
-wait_for "$OUT/enclave.log" "listening on"
-MRENCLAVE=$(grep -o 'MRENCLAVE [0-9a-f]*' "$OUT/enclave.log" | cut -d' ' -f2)
+start_enclave 1 "$OUT/enclave-off.log"
+MRENCLAVE=$(grep -o 'MRENCLAVE [0-9a-f]*' "$OUT/enclave-off.log" | cut -d' ' -f2)
 printf '{"mrenclave": "%s", "allow_simulation": true, "allow_debug": true}\n' "$MRENCLAVE" >"$OUT/policy.json"
 
 run() { # run LABEL
@@ -70,9 +79,10 @@ run() { # run LABEL
 }
 echo "== batching off (max batch 1)" >&2
 run "batching off" >"$OUT/off.json"
-kill "$APID"; wait "$APID" 2>/dev/null || true
+kill "$EPID" "$APID"; wait "$EPID" "$APID" 2>/dev/null || true
 start_accelerator "$MAX_BATCH" "$OUT/accelerator-on.log"
-echo "== batching on (max batch $MAX_BATCH, queue delay $QUEUE_DELAY_MS ms)" >&2
+start_enclave "$HEAD_BATCH" "$OUT/enclave-on.log"
+echo "== batching on (head batch $HEAD_BATCH; tail max batch $MAX_BATCH, queue delay $QUEUE_DELAY_MS ms)" >&2
 run "batching on" >"$OUT/on.json"
 
 python3 - "$OUT/off.json" "$OUT/on.json" <<'PY'

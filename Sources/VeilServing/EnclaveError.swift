@@ -18,6 +18,8 @@ public enum EnclaveError: Error, CustomStringConvertible, Sendable, Equatable {
   /// The enclave refused or failed the request (its kind and message as the client received it).
   case remote(kind: String, message: String)
   case protocolViolation(String)
+  /// The enclave has more requests waiting than it queues; retry later.
+  case overloaded(String)
 
   public var description: String {
     switch self {
@@ -30,6 +32,7 @@ public enum EnclaveError: Error, CustomStringConvertible, Sendable, Equatable {
     case .accelerator(let endpoint, let detail): "accelerator \(endpoint): \(detail)"
     case .remote(let kind, let message): "the enclave answered \(kind): \(message)"
     case .protocolViolation(let s): "protocol violation: \(s)"
+    case .overloaded(let s): "overloaded: \(s)"
     }
   }
 
@@ -43,6 +46,7 @@ public enum EnclaveError: Error, CustomStringConvertible, Sendable, Equatable {
     case .accelerator: "accelerator-error"
     case .remote(let kind, _): kind
     case .protocolViolation: "protocol"
+    case .overloaded: "overloaded"
     }
   }
 }

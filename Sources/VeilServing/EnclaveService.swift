@@ -35,12 +35,23 @@ public final class EnclaveEngine: Sendable {
   public let backend: any TailBackend
   public let labels: [String]?
   private let head: Executor
+  /// With head batching: the head behind the accelerator's scheduler (one worker thread, an
+  /// executor per batch size), so requests that wait for the head run as one batch.
+  private let batchedHead: KServeModel?
   private let preprocessing: VeilData.Preprocessing
   private let maxTopK: Int
   /// Head runs happen here, off the cooperative pool; the executor's lock serialises them.
   private let queue = DispatchQueue(label: "veil.enclave.head", attributes: .concurrent)
 
-  public init(plan: LoadedPlan, backend: any TailBackend, maxTopK: Int = 100) throws {
+  /// `headBatch` > 1 turns on batching of the head: requests that arrive while the head runs
+  /// wait (no longer than `headQueueDelay` for the first of them) and then run together, up to
+  /// `headBatch` rows. Their feature maps leave together too, so an accelerator that batches
+  /// sees them at once rather than spaced by the head's time. A head whose graph does not
+  /// re-batch runs one request at a time.
+  public init(
+    plan: LoadedPlan, backend: any TailBackend, maxTopK: Int = 100, headBatch: Int = 1,
+    headQueueDelay: Duration = .zero, headQueueCapacity: Int = 256
+  ) throws {
     self.plan = plan
     self.backend = backend
     let head = try plan.readPart(plan.plan.head, field: "head")
@@ -51,6 +62,16 @@ public final class EnclaveEngine: Sendable {
         detail: "the head's output is \(out.map { "\($0)" } ?? "unknown"), the plan says \(plan.plan.cut.featureShape)")
     }
     self.head = try Executor(graph: head)
+    if headBatch > 1 {
+      let model = try KServeModel(
+        KServeModelSpec(
+          name: "head", graph: head,
+          batching: KServeBatching(maxBatchSize: headBatch, maxQueueDelay: headQueueDelay, queueCapacity: headQueueCapacity)))
+      batchedHead = model.batches ? model : nil
+      if !model.batches { model.shutdown() }
+    } else {
+      batchedHead = nil
+    }
     labels = try plan.labelNames()
     preprocessing = try plan.plan.imagePreprocessing
     self.maxTopK = maxTopK
@@ -97,7 +118,16 @@ public final class EnclaveEngine: Sendable {
   public func run(_ x: Tensor) async throws -> (logits: Tensor, headMs: Double, tailMs: Double, endpoint: String) {
     let t0 = DispatchTime.now()
     let head = self.head
-    let features = try await runBlocking(on: queue) { try head.run([x])[0] }
+    let features: Tensor
+    if let batchedHead {
+      do {
+        features = try await batchedHead.infer([x])[0]
+      } catch let e as RPCError where e.code == .resourceExhausted {
+        throw EnclaveError.overloaded("\(batchedHead.batching.queueCapacity) requests already wait for the head; retry later")
+      }
+    } else {
+      features = try await runBlocking(on: queue) { try head.run([x])[0] }
+    }
     let t1 = DispatchTime.now()
     let logits: Tensor
     let endpoint: String
@@ -110,6 +140,13 @@ public final class EnclaveEngine: Sendable {
     let t2 = DispatchTime.now()
     return (logits, ms(t0, t1), ms(t1, t2), endpoint)
   }
+
+  /// With head batching: head runs so far and the rows they took (mean batch = rows / runs).
+  public var headBatchStatistics: (runs: Int, rows: Int)? {
+    batchedHead.map { (runs: $0.statistics.batches, rows: $0.statistics.rows) }
+  }
+
+  deinit { batchedHead?.shutdown() }
 
   /// The whole request: never throws; every failure becomes an error answer.
   public func answer(_ request: EnclaveRequestMessage) async -> EnclaveResponseMessage {

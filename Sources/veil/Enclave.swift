@@ -58,9 +58,16 @@ struct EnclaveServe: AsyncParsableCommand {
   var logLevel = "info"
   @Option(help: "Port of the Prometheus /metrics endpoint (requests, errors by kind, head/tail/request latency, open sessions; default: none).")
   var metricsPort: Int?
+  @Option(help: "Most requests one head run takes: requests that wait while the head runs go through it together (1: one at a time).")
+  var headBatch = 1
+  @Option(help: "With --head-batch above 1, how long the first waiting request may wait for others, in milliseconds.")
+  var headQueueDelayMs: Double = 0
   @OptionGroup var engine: EngineOptions
 
   func validate() throws {
+    guard headBatch >= 1, headQueueDelayMs >= 0 else {
+      throw ValidationError("--head-batch must be ≥ 1 and --head-queue-delay-ms ≥ 0, found \(headBatch) and \(headQueueDelayMs)")
+    }
     guard (accelerator != nil) != localTail else {
       throw ValidationError("give either --accelerator HOST:PORT[,HOST:PORT] or --local-tail")
     }
@@ -85,7 +92,14 @@ struct EnclaveServe: AsyncParsableCommand {
     let loaded: LoadedPlan
     do { loaded = try DeploymentPlan.load(plan) } catch { throw ValidationError("--plan: \(error)") }
     let backend = try makeBackend(loaded)
-    let eng = try EnclaveEngine(plan: loaded, backend: backend)
+    let eng = try EnclaveEngine(
+      plan: loaded, backend: backend, headBatch: headBatch, headQueueDelay: .microseconds(Int64(headQueueDelayMs * 1000)))
+    if headBatch > 1 {
+      note(
+        eng.headBatchStatistics == nil
+          ? "head batching off: the head's graph does not re-batch (its shapes are fixed at batch 1)"
+          : "head batching: up to \(headBatch) requests per head run, first one waits at most \(headQueueDelayMs) ms")
+    }
     let binary = URL(fileURLWithPath: "/proc/self/exe").resolvingSymlinksInPath()
     let simulation = try allowSimulation ? SimulatedEnclave(binary: binary, head: loaded.headURL) : nil
     let provider: any EvidenceProvider

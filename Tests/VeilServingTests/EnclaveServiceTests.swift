@@ -38,6 +38,29 @@ final class EnclaveServiceTests: XCTestCase {
     }
   }
 
+  /// With head batching, concurrent requests share head runs and each still gets its own
+  /// answer: the whole model's logits for its own input.
+  func testHeadBatchingGivesEachRequestItsOwnAnswer() async throws {
+    let plan = try EnclaveFixture.plan(.client)
+    let tail = try LocalTailBackend(tail: try plan.readPart(plan.plan.tail, field: "tail"))
+    let engine = try EnclaveEngine(plan: plan, backend: tail, headBatch: 4, headQueueDelay: .milliseconds(200))
+    let inputs = try (0..<6).map { try EnclaveFixture.input(try EnclaveFixture.photo(seed: $0), plan: plan.plan) }
+    let references = try inputs.map { try EnclaveFixture.reference($0) }
+    let answers = try await withThrowingTaskGroup(of: (Int, [Float]).self) { group in
+      for (i, x) in inputs.enumerated() { group.addTask { (i, try await engine.run(x).logits.scalars) } }
+      var out = [[Float]](repeating: [], count: inputs.count)
+      for try await (i, logits) in group { out[i] = logits }
+      return out
+    }
+    for (i, (a, ref)) in zip(answers, references).enumerated() {
+      XCTAssertLessThan(EnclaveFixture.relativeError(a, ref), 1e-4, "request \(i)")
+    }
+    let stats = try XCTUnwrap(engine.headBatchStatistics, "mobilenet_v2's head re-batches")
+    XCTAssertEqual(stats.rows, 6)
+    XCTAssertLessThan(stats.runs, 6, "requests waiting together shared head runs")
+    XCTAssertNil(try EnclaveEngine(plan: plan, backend: tail).headBatchStatistics, "off by default")
+  }
+
   func testSimulatedEvidenceIsRefusedUnlessThePolicyAllowsIt() async throws {
     let plan = try EnclaveFixture.plan()
     try await withEnclave(plan: plan) { service, endpoint in
