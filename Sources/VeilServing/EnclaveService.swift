@@ -34,10 +34,14 @@ public final class EnclaveEngine: Sendable {
   public let plan: LoadedPlan
   public let backend: any TailBackend
   public let labels: [String]?
-  private let head: Executor
-  /// With head batching: the head behind the accelerator's scheduler (one worker thread, an
-  /// executor per batch size), so requests that wait for the head run as one batch.
-  private let batchedHead: KServeModel?
+  /// How the head runs: its executor, one request at a time, or (head batching) behind the
+  /// accelerator's scheduler (one worker thread, an executor per batch size), so requests that
+  /// wait for the head run as one batch. Either way the enclave holds one copy of the weights.
+  private enum HeadRunner: Sendable {
+    case direct(Executor)
+    case batched(KServeModel)
+  }
+  private let head: HeadRunner
   private let preprocessing: VeilData.Preprocessing
   private let maxTopK: Int
   /// Head runs happen here, off the cooperative pool; the executor's lock serialises them.
@@ -61,17 +65,15 @@ public final class EnclaveEngine: Sendable {
         file: plan.file.path, field: "cut.featureShape",
         detail: "the head's output is \(out.map { "\($0)" } ?? "unknown"), the plan says \(plan.plan.cut.featureShape)")
     }
-    self.head = try Executor(graph: head)
+    var runner: HeadRunner?
     if headBatch > 1 {
       let model = try KServeModel(
         KServeModelSpec(
           name: "head", graph: head,
           batching: KServeBatching(maxBatchSize: headBatch, maxQueueDelay: headQueueDelay, queueCapacity: headQueueCapacity)))
-      batchedHead = model.batches ? model : nil
-      if !model.batches { model.shutdown() }
-    } else {
-      batchedHead = nil
+      if model.batches { runner = .batched(model) } else { model.shutdown() }
     }
+    self.head = try runner ?? .direct(Executor(graph: head))
     labels = try plan.labelNames()
     preprocessing = try plan.plan.imagePreprocessing
     self.maxTopK = maxTopK
@@ -117,16 +119,16 @@ public final class EnclaveEngine: Sendable {
   /// Runs head then tail. The answer's `accelerator` names the endpoint that ran the tail.
   public func run(_ x: Tensor) async throws -> (logits: Tensor, headMs: Double, tailMs: Double, endpoint: String) {
     let t0 = DispatchTime.now()
-    let head = self.head
     let features: Tensor
-    if let batchedHead {
+    switch head {
+    case .batched(let model):
       do {
-        features = try await batchedHead.infer([x])[0]
+        features = try await model.infer([x])[0]
       } catch let e as RPCError where e.code == .resourceExhausted {
-        throw EnclaveError.overloaded("\(batchedHead.batching.queueCapacity) requests already wait for the head; retry later")
+        throw EnclaveError.overloaded("\(model.batching.queueCapacity) requests already wait for the head; retry later")
       }
-    } else {
-      features = try await runBlocking(on: queue) { try head.run([x])[0] }
+    case .direct(let executor):
+      features = try await runBlocking(on: queue) { try executor.run([x])[0] }
     }
     let t1 = DispatchTime.now()
     let logits: Tensor
@@ -143,10 +145,11 @@ public final class EnclaveEngine: Sendable {
 
   /// With head batching: head runs so far and the rows they took (mean batch = rows / runs).
   public var headBatchStatistics: (runs: Int, rows: Int)? {
-    batchedHead.map { (runs: $0.statistics.batches, rows: $0.statistics.rows) }
+    guard case .batched(let model) = head else { return nil }
+    return (runs: model.statistics.batches, rows: model.statistics.rows)
   }
 
-  deinit { batchedHead?.shutdown() }
+  deinit { if case .batched(let model) = head { model.shutdown() } }
 
   /// The whole request: never throws; every failure becomes an error answer.
   public func answer(_ request: EnclaveRequestMessage) async -> EnclaveResponseMessage {
