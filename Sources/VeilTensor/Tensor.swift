@@ -163,7 +163,7 @@ public struct Tensor: Sendable {
 
   /// A tensor whose buffer starts uninitialised (no zeroing pass): `fill`, or the caller right
   /// after (a oneDNN primitive's output), must write every element before any is read.
-  public init(uninitialized shape: [Int], fill: (UnsafeMutableBufferPointer<Float>) -> Void) {
+  public init(uninitialized shape: [Int], fill: (UnsafeMutableBufferPointer<Float>) -> Void = { _ in }) {
     self.shape = shape
     let n = shape.reduce(1, *)
     storage = TensorStorage(count: n)

@@ -193,7 +193,7 @@ public final class ConvolutionTraining: @unchecked Sendable {
     try checkShape(input, inputDims, "convolution input")
     try checkShape(w, weightShape, "convolution weights")
     if hasBias { try checkShape(b ?? Tensor(zeros: [0]), [outputDims[1]], "convolution bias") }
-    let out = Tensor(uninitialized: outputDims) { _ in }  // the primitive writes every element
+    let out = Tensor(uninitialized: outputDims)  // the primitive writes every element
     lock.lock()
     defer { lock.unlock() }
     try execute(
@@ -206,7 +206,7 @@ public final class ConvolutionTraining: @unchecked Sendable {
   public func backwardData(outputGradient dy: Tensor, weights w: Tensor) throws -> Tensor {
     try checkShape(dy, outputDims, "convolution output gradient")
     try checkShape(w, weightShape, "convolution weights")
-    let dx = Tensor(uninitialized: inputDims) { _ in }
+    let dx = Tensor(uninitialized: inputDims)
     lock.lock()
     defer { lock.unlock() }
     try execute(
@@ -219,8 +219,8 @@ public final class ConvolutionTraining: @unchecked Sendable {
   public func backwardWeights(input: Tensor, outputGradient dy: Tensor) throws -> (weights: Tensor, bias: Tensor?) {
     try checkShape(input, inputDims, "convolution input")
     try checkShape(dy, outputDims, "convolution output gradient")
-    let dw = Tensor(uninitialized: weightShape) { _ in }
-    let db = hasBias ? Tensor(uninitialized: [outputDims[1]]) { _ in } : nil
+    let dw = Tensor(uninitialized: weightShape)
+    let db = hasBias ? Tensor(uninitialized: [outputDims[1]]) : nil
     lock.lock()
     defer { lock.unlock() }
     try execute(

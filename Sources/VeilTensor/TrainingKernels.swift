@@ -24,13 +24,12 @@ public enum TrainingKernels {
   {
     let (n, c, inner) = dims(x)
     precondition(mean.count == Int(c) && invStd.count == Int(c) && scale.count == Int(c) && shift.count == Int(c))
-    var normalized = Tensor(uninitialized: x.shape) { _ in }
-    var output = Tensor(uninitialized: x.shape) { _ in }
-    x.withUnsafeBuffer { xp in
+    var normalized = Tensor(uninitialized: x.shape)
+    let output = x.withUnsafeBuffer { xp in
       scale.withUnsafeBuffer { g in
         shift.withUnsafeBuffer { b in
           normalized.withUnsafeMutableBuffer { h in
-            output.withUnsafeMutableBuffer { y in
+            Tensor(uninitialized: x.shape) { y in
               veil_batchnorm_apply(
                 xp.baseAddress, n, c, inner, mean, invStd, g.baseAddress, b.baseAddress, h.baseAddress, y.baseAddress)
             }
@@ -56,13 +55,13 @@ public enum TrainingKernels {
     precondition(g.shape == h.shape)
     let (n, c, inner) = dims(g)
     precondition(k.count == Int(c) && a.count == Int(c) && b.count == Int(c))
-    var dx = Tensor(uninitialized: g.shape) { _ in }
-    g.withUnsafeBuffer { gp in
+    return g.withUnsafeBuffer { gp in
       h.withUnsafeBuffer { hp in
-        dx.withUnsafeMutableBuffer { d in veil_batchnorm_backward(gp.baseAddress, hp.baseAddress, n, c, inner, k, a, b, d.baseAddress) }
+        Tensor(uninitialized: g.shape) { d in
+          veil_batchnorm_backward(gp.baseAddress, hp.baseAddress, n, c, inner, k, a, b, d.baseAddress)
+        }
       }
     }
-    return dx
   }
 
   /// One Adam update of `weights` in place, with its moments: g ← g + wd·w,

@@ -131,16 +131,14 @@ public enum Tape {
   }
 }
 
-/// Small plain-layout loops shared by the op families: one buffer pointer per operand, taken
-/// outside the loop.
-/// Element-wise helpers on plain tensors (public for callers building targets and tests).
+/// Element-wise loops on plain tensors shared by the op families (public for callers building
+/// targets and tests). Always inlined, and run on the storage pointers rather than inside the
+/// tensor's closure-taking accessors (another module's, not inlined), so that `f` is inlined
+/// into the loop and simple ones vectorise.
 public enum Kernels {
-  // Always inlined, and the loops run on the storage pointers rather than inside the tensor's
-  // closure-taking accessors (which live in another module and are not inlined), so that `f`
-  // is inlined into the loop and simple ones vectorise.
   @inline(__always)
   public static func map(_ x: Tensor, _ f: (Float) -> Float) -> Tensor {
-    let out = Tensor(uninitialized: x.shape) { _ in }
+    let out = Tensor(uninitialized: x.shape)
     let (src, dst) = (x.storage.pointer, out.storage.pointer)
     for i in 0..<x.count { dst[i] = f(src[i]) }
     withExtendedLifetime(x) {}
@@ -152,7 +150,7 @@ public enum Kernels {
     guard a.shape == b.shape else {
       throw TrainError.shapeMismatch(op: "element-wise", detail: "\(a.shape) and \(b.shape)")
     }
-    let out = Tensor(uninitialized: a.shape) { _ in }
+    let out = Tensor(uninitialized: a.shape)
     let (x, y, dst) = (a.storage.pointer, b.storage.pointer, out.storage.pointer)
     for i in 0..<a.count { dst[i] = f(x[i], y[i]) }
     withExtendedLifetime((a, b)) {}

@@ -61,6 +61,28 @@ final class EnclaveServiceTests: XCTestCase {
     XCTAssertNil(try EnclaveEngine(plan: plan, backend: tail).headBatchStatistics, "off by default")
   }
 
+  /// A full head queue answers `overloaded` at once, and the request already queued is still
+  /// served.
+  func testAFullHeadQueueAnswersOverloaded() async throws {
+    let plan = try EnclaveFixture.plan(.client)
+    let tail = try LocalTailBackend(tail: try plan.readPart(plan.plan.tail, field: "tail"))
+    // The first request waits up to 2 s for company, holding the queue's one place.
+    let engine = try EnclaveEngine(
+      plan: plan, backend: tail, headBatch: 4, headQueueDelay: .seconds(2), headQueueCapacity: 1)
+    let x = try EnclaveFixture.input(try EnclaveFixture.photo(seed: 2), plan: plan.plan)
+    let first = Task { try await engine.run(x).logits.scalars }
+    try await Task.sleep(nanoseconds: 300_000_000)
+    do {
+      _ = try await engine.run(x)
+      XCTFail("a second request fit in a queue of one")
+    } catch let e as EnclaveError {
+      XCTAssertEqual(e.kind, "overloaded", "\(e)")
+      XCTAssertTrue(e.description.contains("retry later"), e.description)
+    }
+    let logits = try await first.value
+    XCTAssertLessThan(EnclaveFixture.relativeError(logits, try EnclaveFixture.reference(x)), 1e-4)
+  }
+
   func testSimulatedEvidenceIsRefusedUnlessThePolicyAllowsIt() async throws {
     let plan = try EnclaveFixture.plan()
     try await withEnclave(plan: plan) { service, endpoint in

@@ -89,24 +89,18 @@ final class TrainingKernelsTests: XCTestCase {
     defer { TensorStorage.recycleFreedBlocks(upTo: 0) }
     let count = 40_000  // 160 000 bytes: above the 64 KiB floor
     TensorStorage.recycleFreedBlocks(upTo: 200_000)
-    var first: TensorStorage? = TensorStorage(count: count)
-    var second: TensorStorage? = TensorStorage(count: count)
-    let p1 = first!.pointer
-    first = nil
-    XCTAssertEqual(TensorStorage.recycledBytes, 160_000)
-    second = nil  // no room for a second block under the limit: freed
-    XCTAssertEqual(TensorStorage.recycledBytes, 160_000)
-    XCTAssertNil(second)
+    var blocks = [TensorStorage(count: count), TensorStorage(count: count)]
+    let p1 = blocks[0].pointer
+    blocks.removeFirst()
+    XCTAssertEqual(TensorStorage.recycledBytes, 160_000, "the first freed block is kept")
+    blocks.removeAll()
+    XCTAssertEqual(TensorStorage.recycledBytes, 160_000, "no room for the second under the limit: freed")
     let again = TensorStorage(count: count)
     XCTAssertEqual(again.pointer, p1, "a block of the same size is reused")
     XCTAssertEqual(TensorStorage.recycledBytes, 0)
-    var small: TensorStorage? = TensorStorage(count: 100)
-    small = nil
-    XCTAssertNil(small)
+    _ = TensorStorage(count: 100)
     XCTAssertEqual(TensorStorage.recycledBytes, 0, "small blocks go back to malloc")
-    var third: TensorStorage? = TensorStorage(count: count)
-    third = nil
-    XCTAssertNil(third)
+    _ = TensorStorage(count: count)
     XCTAssertEqual(TensorStorage.recycledBytes, 160_000)
     TensorStorage.recycleFreedBlocks(upTo: 0)
     XCTAssertEqual(TensorStorage.recycledBytes, 0, "a limit of 0 releases what is kept")
