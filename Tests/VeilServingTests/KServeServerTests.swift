@@ -236,8 +236,14 @@ final class KServeServerTests: XCTestCase {
         return n
       }
     }
-    // Let the five calls reach the server, then shut down while they run or wait.
-    while s.models[0].queueDepth < 3 { try await Task.sleep(for: .milliseconds(2)) }
+    // Let at least three calls reach the server (waiting, or already taken by the worker),
+    // then shut down while the rest run or wait. Counting only the waiting ones could miss
+    // its moment when runs are quick and then wait for ever.
+    let deadline = ContinuousClock.now + .seconds(60)
+    while s.models[0].queueDepth + s.models[0].statistics.rows < 3 {
+      guard ContinuousClock.now < deadline else { return XCTFail("the calls did not reach the server within 60 s") }
+      try await Task.sleep(for: .milliseconds(2))
+    }
     s.server.beginGracefulShutdown()
     let answered = try await inFlight.value
     XCTAssertEqual(answered, 5)
