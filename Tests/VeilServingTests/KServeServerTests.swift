@@ -8,6 +8,13 @@ import XCTest
 
 /// The accelerator service and the KServe client against each other, over loopback gRPC.
 final class KServeServerTests: XCTestCase {
+  /// The services run without training's block reuse; an earlier training test in this
+  /// process may have turned it on, and it makes the slow model's runs quick enough for the
+  /// queue-depth waits below to miss their moment.
+  override func setUp() {
+    TensorStorage.recycleFreedBlocks(upTo: 0)
+  }
+
   func testRoundTripRawAndTypedMatchesExecutor() async throws {
     let graph = KServeFixtures.tinyModel()
     let s = try await RunningServer([KServeModelSpec(name: "tiny", graph: graph)])
@@ -202,7 +209,11 @@ final class KServeServerTests: XCTestCase {
         try await g.waitForAll()
       }
     }
-    while s.models[0].queueDepth < 2 { try await Task.sleep(for: .milliseconds(1)) }
+    let deadline = ContinuousClock.now + .seconds(60)
+    while s.models[0].queueDepth < 2 {
+      guard ContinuousClock.now < deadline else { return XCTFail("two calls never waited in the queue within 60 s") }
+      try await Task.sleep(for: .milliseconds(1))
+    }
     do {
       _ = try await s.client.infer(model: "slow", inputs: x, timeout: .milliseconds(1))
       XCTFail("a 1 ms deadline behind four queued runs cannot be met")
