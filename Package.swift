@@ -51,7 +51,7 @@ let package = Package(
     .target(name: "VeilTensor", dependencies: ["CDNNL"], swiftSettings: kernelSwiftFlags),
     .target(name: "VeilGraph", dependencies: ["VeilTensor"], swiftSettings: kernelSwiftFlags),
     .target(name: "VeilFormats", dependencies: ["VeilTensor", "VeilGraph"]),
-    .target(name: "VeilModels", dependencies: ["VeilTensor", "VeilGraph"]),
+    .target(name: "VeilModels", dependencies: ["VeilTensor", "VeilGraph", "VeilFormats"]),
     // Evidence, verification, the attested channel, sealing, and the TEE cost model:
     // independent of the engine.
     .target(
@@ -85,7 +85,10 @@ let package = Package(
     // Profiler, planner and reports: drives the engine, the cost model and the real crypto.
     .target(
       name: "VeilPlanning",
-      dependencies: ["VeilTensor", "VeilGraph", "VeilFormats", "VeilTEE", "VeilServing", "VeilPrivacy", .product(name: "Crypto", package: "swift-crypto")]),
+      dependencies: [
+        "VeilTensor", "VeilGraph", "VeilFormats", "VeilModels", "VeilData", "VeilTEE", "VeilServing", "VeilPrivacy",
+        .product(name: "Crypto", package: "swift-crypto"),
+      ]),
     .target(name: "VeilData", dependencies: ["VeilTensor", "CImageCodecs"], swiftSettings: kernelSwiftFlags),
     // Autograd, layers, losses, optimisers, checkpoints: the graph layer's training engine.
     .target(name: "VeilTrain", dependencies: ["VeilTensor", "VeilGraph", "VeilFormats"], swiftSettings: kernelSwiftFlags),

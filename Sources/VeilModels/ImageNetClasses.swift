@@ -1,4 +1,5 @@
 import Foundation
+import VeilFormats
 
 /// The 1000 ImageNet-1k class names in the standard 0–999 order, from darknet's lists (Debian
 /// `darknet`: `imagenet.labels.list` holds WordNet ids, `imagenet.shortnames.list` their names,
@@ -39,5 +40,13 @@ public enum ImageNetClasses {
       }
     }
     return ids.indices.sorted { ids[$0] < ids[$1] }.map { String(names[$0]) }
+  }
+}
+
+extension AssetCache {
+  /// ImageNet class names from the cached darknet lists, or nil when they are not fetched.
+  public static func imageNetClasses() throws -> [String]? {
+    guard let labels = file("imagenet.labels.list"), let names = file("imagenet.shortnames.list") else { return nil }
+    return try ImageNetClasses.load(labels: labels, shortNames: names)
   }
 }

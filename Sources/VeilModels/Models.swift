@@ -3,8 +3,10 @@
 /// Owns the builders that write VGG-16, ResNet-50, EfficientNet-B0, EfficientNet-Lite0 and
 /// MobileNetV2 straight into the graph IR with seeded random weights (never pretrained ones:
 /// a checkpoint importer supplies those, by parameter name), and the facts about each model
-/// (paper, preprocessing, published parameter count). It depends on VeilGraph and VeilTensor
-/// only, runs nothing, and must not import formats, data, or any higher layer.
+/// (paper, preprocessing, published parameter count), and `ModelLoader`, the one model loader
+/// of the library (zoo names, ONNX files, state_dicts of zoo architectures). The builders depend
+/// on VeilGraph and VeilTensor only and run nothing; the loader alone reads files, through
+/// VeilFormats (the layer below). It must not import data, or any higher layer.
 ///
 /// Conventions every builder keeps, so that planners, importers and tests can rely on them:
 /// - The input value is `input`, [batch, 3, 224, 224] NCHW RGB; the output value is `logits`,

@@ -1,11 +1,13 @@
 import Foundation
+import VeilPrivacy
 
 /// `report.html`: one self-contained page (inline SVG, PNG grids as data URIs, no script, no
-/// network) that a person reads offline: the verdict first, then the runtime, the privacy
-/// evidence, the deployment and the settings it all came from.
+/// network) that a person reads offline: the weakest link first (settings below the default,
+/// the attacker that won), then the verdict, the runtime, the privacy evidence per measure and
+/// attacker, the learning curves, the reconstructions, the deployment and the settings.
 public enum HTMLReport {
-  /// Renders `record`; grid PNGs named in its privacy points are read relative to `folder`
-  /// (a missing grid is said so in the page, not silently dropped).
+  /// Renders `record`; grid PNGs named in its verdicts are read relative to `folder` (a
+  /// missing grid is said so in the page, not silently dropped).
   public static func render(_ record: PlanRecord, folder: URL) -> String {
     let p = record.profile
     let modeled = p.teeTime == "modeled"
@@ -20,7 +22,8 @@ public enum HTMLReport {
       table{border-collapse:collapse;margin:1em 0;font-size:.9em} td,th{border:1px solid #ccc;padding:.25em .6em;text-align:right}
       td:first-child,th:first-child,td.name{text-align:left} tr.chosen{background:#e3f4e3;font-weight:bold} tr.fastest td.name::after{content:" (fastest)"}
       .verdict{font-size:1.15em;background:#f4f7fb;border-left:4px solid #1f77b4;padding:.8em 1em}
-      .warn{border-left-color:#d62728;background:#fbf1f1}
+      .warn{border-left:4px solid #d62728;background:#fbf1f1;padding:.8em 1em}
+      .leaks{color:#b00} .private{color:#060} .undecided{color:#a60}
       .modeled{color:#b15928;font-style:italic} figure{margin:1em 0;overflow-x:auto} figcaption{font-size:.85em;color:#555}
       img.grid{image-rendering:pixelated;max-width:100%;border:1px solid #ccc}
       pre{background:#f6f6f6;padding:.8em;overflow-x:auto;font-size:.85em}
@@ -29,43 +32,24 @@ public enum HTMLReport {
       <h1>Where to cut \(xml(record.model))</h1>
 
       """
+    let weak = record.weaknesses
+    if !weak.isEmpty {
+      h += "<p class=\"warn\"><b>Weaker than the default evaluation:</b> \(weak.map(xml).joined(separator: "; ")). A stronger attacker may rebuild more than this page shows.</p>\n"
+    }
     h += verdict(record)
     // Runtime.
     h += "<h2>Runtime per cut</h2>\n"
     h += "<p>Head in the TEE (<span class=\"modeled\">\(xml(teeNote))</span>) + transfer of the feature map + tail on the accelerator (\(xml(p.accelerator))), against the whole model in the TEE. Link: \(xml(p.link)). Medians of \(p.runs) runs, batch \(p.batch), \(p.threads) threads.</p>\n"
-    h += "<table class=\"runtime\"><tr><th>#</th><th>cut</th><th>feature</th><th>head in TEE ms\(modeled ? " (modeled)" : "")</th><th>transfer ms</th><th>tail ms</th><th>partitioned ms\(modeled ? " (modeled)" : "")</th><th>full enclave ms\(modeled ? " (modeled)" : "")</th><th>speed-up %</th><th>SSIM</th></tr>\n"
+    h += "<table class=\"runtime\"><tr><th>#</th><th>cut</th><th>feature</th><th>head in TEE ms\(modeled ? " (modeled)" : "")</th><th>transfer ms</th><th>tail ms</th><th>partitioned ms\(modeled ? " (modeled)" : "")</th><th>full enclave ms\(modeled ? " (modeled)" : "")</th><th>speed-up %</th><th>verdict</th></tr>\n"
     for c in p.cuts {
       let cls = [c.cut.name == record.chosenCut ? "chosen" : nil, c.cut.name == record.fastestCut ? "fastest" : nil].compactMap { $0 }
-      let ssim = record.privacy.filter { $0.cut == c.cut.name }.map { String(format: "%.3f", $0.ssimMean) }.joined(separator: " / ")
+      let v = record.verdict(c.cut.name)
       h += "<tr\(cls.isEmpty ? "" : " class=\"\(cls.joined(separator: " "))\"")><td>\(c.cut.index)</td><td class=\"name\">\(xml(c.cut.name))</td><td>\(c.cut.shape.dropFirst().map(String.init).joined(separator: "×"))</td>"
       h += String(format: "<td>%.1f</td><td>%.2f</td><td>%.1f</td><td>%.1f</td><td>%.1f</td><td>%.1f</td>", c.headTEEMs, c.transferMs, c.tailMs, c.totalMs, p.baseline.totalMs, c.speedupPercent)
-      h += "<td>\(ssim.isEmpty ? "—" : ssim)</td></tr>\n"
+      h += "<td>\(v.map { "<span class=\"\($0.status.rawValue)\">\($0.status.rawValue)</span>" } ?? (record.notAttacked[c.cut.name] != nil ? "not attacked" : "—"))</td></tr>\n"
     }
     h += "</table>\n<figure>\(p.svg)<figcaption>Latency per request, stacked: head in the TEE, transfer, tail. \(modeled ? "Hatched parts are modeled." : "")</figcaption></figure>\n"
-    // Privacy.
-    h += "<h2>Privacy per cut</h2>\n"
-    h += "<p>An attacker who sees the feature map at a cut trains a network (\(xml(record.attacker))) to rebuild the input, on \(record.data.trainImages) training images; the rebuilt held-out images (\(record.data.heldOutImages), never seen in training) are scored with SSIM (1 = identical) and PSNR. A cut is private enough when the 95 % upper bound of its mean SSIM is below the threshold <b>\(String(format: "%.2f", record.threshold))</b>.</p>\n"
-    if record.privacy.isEmpty {
-      h += "<p class=\"verdict warn\">No cut was attacked.</p>\n"
-    } else {
-      h += "<table class=\"privacy\"><tr><th>cut</th><th>attacker</th><th>SSIM mean</th><th>± s.d.</th><th>95 % upper bound</th><th>PSNR dB</th><th>held-out</th><th>train</th><th>seconds</th></tr>\n"
-      for q in record.privacy.sorted(by: { ($0.cutIndex, $0.attacker) < ($1.cutIndex, $1.attacker) }) {
-        h += "<tr\(q.cut == record.chosenCut ? " class=\"chosen\"" : "")><td>\(xml(q.cut))</td><td class=\"name\">\(xml(q.attacker))</td>"
-        h += String(format: "<td>%.3f</td><td>%.3f</td><td>%.3f %@</td><td>%.1f ± %.1f</td><td>%d</td><td>%d</td><td>%.0f</td></tr>\n", q.ssimMean, q.ssimStd, q.ssimUpper, q.ssimUpper < record.threshold ? "✓" : "✗", q.psnrMean, q.psnrStd, q.heldOut, q.trainImages, q.seconds)
-      }
-      h += "</table>\n"
-      let plot = PrivacyPlot(model: record.model, cuts: p.cuts.map(\.cut.name), points: record.privacy, threshold: record.threshold, chosen: record.chosenCut)
-      h += "<figure>\(plot.svg)<figcaption>Cuts without a point were not attacked (the search attacks as few as the budget '\(record.budget.rawValue)' needs).</figcaption></figure>\n"
-      h += "<h3>Held-out originals (top row) and what the attacker rebuilt (bottom row)</h3>\n"
-      for q in record.privacy.sorted(by: { ($0.cutIndex, $0.attacker) < ($1.cutIndex, $1.attacker) }) {
-        let caption = String(format: "%@, %@: SSIM %.3f", xml(q.cut), xml(q.attacker), q.ssimMean)
-        if let g = q.gridPNG, let png = try? Data(contentsOf: folder.appendingPathComponent(g)) {
-          h += "<figure><img class=\"grid\" alt=\"reconstructions at \(xml(q.cut))\" src=\"data:image/png;base64,\(png.base64EncodedString())\"><figcaption>\(caption)</figcaption></figure>\n"
-        } else {
-          h += "<p class=\"warn\">\(caption): the image grid \(xml(q.gridPNG ?? "(none)")) is missing from \(xml(folder.path)).</p>\n"
-        }
-      }
-    }
+    h += privacy(record, folder: folder)
     // Deployment.
     h += "<h2>Deployment</h2>\n"
     if let d = record.deployment {
@@ -74,18 +58,25 @@ public enum HTMLReport {
       for (k, v) in d.files.sorted(by: { $0.key < $1.key }) { h += "<li>\(xml(k)): <code>\(xml(v))</code></li>\n" }
       h += "</ul>\n<p>The policy every client must pin (<code>veil infer --policy</code>):</p>\n<pre>\(xml(d.clientPolicy))</pre>\n"
     } else {
-      h += "<p class=\"verdict warn\">Nothing to deploy: no cut meets the threshold. Run the whole model in the TEE, or raise the threshold knowingly.</p>\n"
+      h += "<p class=\"warn\">Nothing to deploy: no cut is private under this evaluation. Run the whole model in the TEE, or add a defence at the cut.</p>\n"
     }
     // Settings.
+    let e = record.evaluation
     h += "<h2>Settings, machine and versions</h2>\n<dl>\n"
     var rows: [(String, String)] = [
       ("model", record.model), ("model digest (SHA-256)", record.modelDigest),
-      ("data", "\(record.data.origin): \(record.data.path) — \(record.data.images) images from \(record.data.sourceImages) sources, \(record.data.imageSize)×\(record.data.imageSize)"),
-      ("threshold", String(format: "%.3f", record.threshold)), ("attacker", record.attacker), ("budget", record.budget.rawValue),
+      ("data", "\(record.data.origin): \(record.data.path) — \(record.data.sourceImages) source images; \(record.data.trainImages) training crops, \(record.data.heldOutImages) held-out crops of \(record.data.heldOutPhotos) photos (first seed), \(record.data.imageSize)×\(record.data.imageSize)"),
+      ("attackers trained on", record.data.trainingPath ?? "the data's training split"),
+      ("threat model", e.threatModel.rawValue), ("budget", e.budget.rawValue),
+      ("attackers", e.attackers.map(\.title).joined(separator: ", ")), ("seeds", e.seeds.map(String.init).joined(separator: ", ")),
+      ("measures", record.measures.joined(separator: ", ")),
+      ("thresholds", e.thresholds.values.sorted { $0.key < $1.key }.map { "\($0.key) \($0.value)" }.joined(separator: ", ")),
+      ("attack options", "at most \(e.config.epochs) epochs (patience \(e.config.patience)), \(e.config.trainCropsPerPhoto) crops per training photo, \(e.config.optimisationSteps) optimisation steps × \(e.config.restarts) restart(s), TV weight \(e.config.tvWeight)"),
+      ("deployed resolution", record.confirmation.map { "confirmed at \($0.config.imageSize) px with \($0.attackers.map(\.title).joined(separator: ", "))" } ?? "not confirmed"),
       ("TEE", teeNote), ("machine", p.machine), ("created", record.created),
     ]
     rows += record.settings.sorted(by: { $0.key < $1.key }).map { ($0.key, $0.value) }
-    rows += record.seeds.sorted(by: { $0.key < $1.key }).map { ("seed: \($0.key)", String($0.value)) }
+    rows += record.notAttacked.sorted(by: { $0.key < $1.key }).map { ("not attacked: \($0.key)", $0.value) }
     rows += record.versions.sorted(by: { $0.key < $1.key }).map { ("version: \($0.key)", $0.value) }
     for (k, v) in rows { h += "<dt>\(xml(k))</dt><dd>\(xml(v))</dd>\n" }
     h += "</dl>\n<p class=\"modeled\">Measured here: \(xml(p.measured.joined(separator: ", "))). Modeled: \(xml(p.modeled.joined(separator: ", "))).</p>\n"
@@ -95,18 +86,111 @@ public enum HTMLReport {
 
   static func verdict(_ record: PlanRecord) -> String {
     let p = record.profile
+    let e = record.evaluation
+    let scope = "under the \(e.threatModel.rawValue) threat model, against \(e.attackers.map(\.title).joined(separator: ", ")) (\(e.seeds.count) seed\(e.seeds.count == 1 ? "" : "s") each), on \(record.data.heldOutImages) held-out images of \(record.data.heldOutPhotos) photos per seed at \(record.data.imageSize) px\(record.confirmation.map { " and confirmed at \($0.config.imageSize) px" } ?? "")"
     guard let chosen = record.chosenCut, let row = record.row(chosen) else {
-      let best = record.privacy.min { $0.ssimUpper < $1.ssimUpper }
-      return "<p class=\"verdict warn\">No cut keeps the attacker's SSIM under \(String(format: "%.2f", record.threshold))\(best.map { String(format: " (lowest upper bound: %.3f at %@)", $0.ssimUpper, xml($0.cut)) } ?? ""). Keep the whole model in the TEE: \(String(format: "%.1f", p.baseline.totalMs)) ms per request.</p>\n"
+      return "<p class=\"verdict warn\">No cut is private \(xml(scope)). Keep the whole model in the TEE: \(String(format: "%.1f", p.baseline.totalMs)) ms per request.</p>\n"
     }
-    let q = record.privacy.filter { $0.cut == chosen }.max { $0.ssimUpper < $1.ssimUpper }
     var s = "<p class=\"verdict\">Cut at <b>\(xml(chosen))</b>: "
     s += String(format: "%.1f ms per request against %.1f ms for the whole model in the TEE (speed-up %.1f %%)", row.totalMs, p.baseline.totalMs, row.speedupPercent)
-    if let q { s += String(format: "; the attacker's SSIM is %.3f (upper bound %.3f) under the threshold %.2f", q.ssimMean, q.ssimUpper, record.threshold) }
-    s += ".</p>\n"
+    s += ". Private \(xml(scope)).</p>\n"
+    if let v = record.verdict(chosen) {
+      s += "<p>At this cut: " + v.measures.map { m in
+        let t = m.threshold.map { String(format: " (threshold %.2f)", $0) } ?? " (reported only)"
+        return String(format: "%@ %.3f, 95 %% bound %.3f%@, won by the %@", xml(m.measure), m.estimate.mean, m.estimate.upper, t, xml(m.worstAttacker.title))
+      }.joined(separator: "; ") + ".</p>\n"
+    }
+    if let f = record.firstPassChoice {
+      s += "<p class=\"warn\">The first pass (\(record.data.imageSize) px) chose \(xml(f)); at the deployed resolution it was not private, so the choice moved to \(xml(chosen)).</p>\n"
+    }
+    if !record.tiedCuts.isEmpty {
+      s += "<p class=\"warn\">Within noise: \(record.tiedCuts.map(xml).joined(separator: ", ")) \(record.tiedCuts.count == 1 ? "is" : "are") undecided (the 95 % interval contains a threshold), so another run of this plan with other seeds may choose \(record.tiedCuts.count == 1 ? "it" : "one of them") instead of \(xml(chosen)).</p>\n"
+    }
     if let f = record.fastestCut, f != chosen, let fr = record.row(f) {
       s += String(format: "<p>The fastest cut regardless of privacy is %@ at %.1f ms: privacy costs %.1f ms per request here.</p>\n", xml(f), fr.totalMs, row.totalMs - fr.totalMs)
     }
     return s
+  }
+
+  static func privacy(_ record: PlanRecord, folder: URL) -> String {
+    let e = record.evaluation
+    var h = "<h2>Privacy per cut</h2>\n"
+    h += "<p>Attackers who see the feature map at a cut rebuild the input (\(xml(e.attackers.map(\.title).joined(separator: ", ")))); the white-box optimisation needs the head's weights and no data, the others learn from their own photos' feature maps. Each attack is scored on held-out images it never saw, with every measure; per measure the attacker with the highest 95 % bound decides (the bound is clustered by source photo and includes the spread across seeds). A cut is private only when every measure with a threshold is under it; <span class=\"undecided\">undecided</span> means the interval contains the threshold (within noise), and counts as not private.</p>\n"
+    guard !record.privacy.isEmpty else { return h + "<p class=\"warn\">No cut was attacked.</p>\n" }
+    h += "<table class=\"privacy\"><tr><th>cut</th><th>measure</th><th>threshold</th>"
+    for kind in AttackerKind.allCases where e.attackers.contains(kind) { h += "<th>\(xml(kind.title)): mean (bound)</th>" }
+    h += "<th>baseline</th><th>status</th></tr>\n"
+    for v in record.privacy.sorted(by: { $0.cutIndex < $1.cutIndex }) {
+      for m in v.measures {
+        h += "<tr\(v.cut == record.chosenCut ? " class=\"chosen\"" : "")><td class=\"name\">\(xml(v.cut))</td><td class=\"name\">\(xml(m.measure))</td><td>\(m.threshold.map { String(format: "%.2f", $0) } ?? "—")</td>"
+        for kind in AttackerKind.allCases where e.attackers.contains(kind) {
+          if let x = m.estimates[kind.rawValue] {
+            let bold = kind == m.worstAttacker ? " style=\"font-weight:bold\"" : ""
+            h += String(format: "<td%@>%.3f (%@)</td>", bold, x.mean, x.upper.isFinite ? String(format: "%.3f", x.upper) : "∞")
+          } else {
+            h += "<td>\(v.stoppedEarly ? "skipped" : "—")</td>"
+          }
+        }
+        h += String(format: "<td>%.3f</td>", m.baseline)
+        h += "<td>\(m.status.map { "<span class=\"\($0.rawValue)\">\($0.rawValue)</span>" } ?? "reported")</td></tr>\n"
+      }
+    }
+    h += "</table>\n<p>Baseline: the trivial attacker (the mean training image for every image). Skipped: the cut had already leaked beyond doubt.</p>\n"
+    let cuts = record.profile.cuts.map(\.cut.name)
+    for m in [SSIMMeasure.name, RecognitionMeasure.name, ReidentificationMeasure.name, FieldRecoveryMeasure.name]
+    where record.privacy.contains(where: { $0.measure(m) != nil }) {
+      let plot = LeakagePlot(
+        model: record.model, measure: m, cuts: cuts, verdicts: record.privacy, threshold: e.thresholds[m], chosen: record.chosenCut)
+      h += "<figure>\(plot.svg)<figcaption>Cuts without a point were not evaluated (the search evaluates as few as the budget '\(e.budget.rawValue)' needs).</figcaption></figure>\n"
+    }
+    if !record.confirmations.isEmpty {
+      h += "<h3>At the deployed resolution</h3>\n<ul>\n"
+      for v in record.confirmations { h += "<li>\(xml(v.statement))</li>\n" }
+      h += "</ul>\n"
+    }
+    h += "<h3>Learning curves</h3>\n<p>Per attack: the training loss and, where the attacker keeps validation photos, the validation loss per epoch (the stopping rule reads it); for the optimisation, its objective per step.</p>\n"
+    for v in (record.privacy + record.confirmations) where v.cut == record.chosenCut || v.cutIndex == record.privacy.map(\.cutIndex).max() {
+      for a in v.attacks where !a.curve.isEmpty {
+        h += "<figure>\(curve(a, cut: v.cut))</figure>\n"
+      }
+    }
+    h += "<h3>Held-out originals (top row) and what each attacker rebuilt (bottom row)</h3>\n"
+    for v in (record.privacy + record.confirmations).sorted(by: { $0.cutIndex < $1.cutIndex }) {
+      for a in v.attacks where a.seed == v.attacks.first(where: { $0.attacker == a.attacker })?.seed {
+        let ssim = a.measure(SSIMMeasure.name).map { String(format: ": SSIM %.3f", $0.mean) } ?? ""
+        let caption = "\(xml(v.cut)), \(xml(a.attacker.title)), seed \(a.seed), \(a.imageSize) px\(ssim)"
+        if let png = try? Data(contentsOf: folder.appendingPathComponent("attacks").appendingPathComponent(a.grid))
+          ?? Data(contentsOf: folder.appendingPathComponent("attacks-\(a.imageSize)px").appendingPathComponent(a.grid))
+        {
+          h += "<figure><img class=\"grid\" alt=\"reconstructions at \(xml(v.cut))\" src=\"data:image/png;base64,\(png.base64EncodedString())\"><figcaption>\(caption)</figcaption></figure>\n"
+        } else {
+          h += "<p class=\"warn\">\(caption): the image grid \(xml(a.grid)) is missing from \(xml(folder.path)).</p>\n"
+        }
+      }
+    }
+    return h
+  }
+
+  /// A small line chart of one attack's curve.
+  static func curve(_ a: AttackRecord, cut: String) -> String {
+    let (w, hgt) = (420.0, 160.0)
+    let (l, r, t, b) = (50.0, 10.0, 24.0, 28.0)
+    let values = a.curve.flatMap { [$0.loss] + ($0.validation.map { [$0] } ?? []) }.filter(\.isFinite)
+    guard let lo = values.min(), let hi = values.max(), let last = a.curve.last?.at, let first = a.curve.first?.at else { return "" }
+    let span = max(hi - lo, 1e-9)
+    func x(_ at: Int) -> Double { l + (w - l - r) * Double(at - first) / Double(max(last - first, 1)) }
+    func y(_ v: Double) -> Double { t + (hgt - t - b) * (1 - (v - lo) / span) }
+    var s = "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"\(Int(w))\" height=\"\(Int(hgt))\" font-family=\"sans-serif\" font-size=\"10\">"
+    s += "<text x=\"\(l)\" y=\"14\" font-size=\"11\">\(xml(cut)), \(xml(a.attacker.title)), seed \(a.seed)\(a.converged ? "" : " (not converged)")</text>"
+    s += String(format: "<text x=\"%.0f\" y=\"%.0f\" text-anchor=\"end\">%.3g</text><text x=\"%.0f\" y=\"%.0f\" text-anchor=\"end\">%.3g</text>", l - 4, y(hi) + 4, hi, l - 4, y(lo) + 4, lo)
+    s += "<text x=\"\(w - r)\" y=\"\(hgt - 6)\" text-anchor=\"end\">\(a.attacker == .optimisation ? "step" : "epoch") \(last)</text>"
+    let train = a.curve.map { String(format: "%.1f,%.1f", x($0.at), y($0.loss)) }.joined(separator: " ")
+    s += "<polyline points=\"\(train)\" fill=\"none\" stroke=\"#1f77b4\" stroke-width=\"1.5\"/>"
+    let validation = a.curve.compactMap { p in p.validation.map { String(format: "%.1f,%.1f", x(p.at), y($0)) } }
+    if !validation.isEmpty {
+      s += "<polyline points=\"\(validation.joined(separator: " "))\" fill=\"none\" stroke=\"#d62728\" stroke-width=\"1.5\" stroke-dasharray=\"4 2\"/>"
+      s += "<text x=\"\(l + 4)\" y=\"\(hgt - 6)\" fill=\"#d62728\">validation (dashed)</text>"
+    }
+    return s + "</svg>"
   }
 }

@@ -1,30 +1,41 @@
 import Foundation
+import VeilFormats
+import VeilPrivacy
 import VeilServing
 
 /// Everything a plan decided and measured, as `plan.json` keeps it for reproducing the choice
 /// and as `report.html` shows it.
 public struct PlanRecord: Sendable, Codable {
-  public static let schemaVersion = 1
+  public static let schemaVersion = 2
 
-  /// Where the images the attacker trained and was scored on came from.
+  /// Where the images the attackers learned from and were scored on came from.
   public struct DataDescription: Sendable, Codable, Equatable {
     /// "imagenet-style photos", "ton-iot images", or "user images".
     public var origin: String
     public var path: String
-    public var images: Int
+    /// The attackers' own photos, when given apart (`--attack-data`).
+    public var trainingPath: String?
     public var sourceImages: Int
     public var trainImages: Int
     public var heldOutImages: Int
+    public var heldOutPhotos: Int
     public var imageSize: Int
+    /// The model's own input side, where the choice was confirmed (nil: not confirmed there).
+    public var deployedSize: Int?
 
-    public init(origin: String, path: String, images: Int, sourceImages: Int, trainImages: Int, heldOutImages: Int, imageSize: Int) {
+    public init(
+      origin: String, path: String, trainingPath: String?, sourceImages: Int, trainImages: Int, heldOutImages: Int, heldOutPhotos: Int,
+      imageSize: Int, deployedSize: Int?
+    ) {
       self.origin = origin
       self.path = path
-      self.images = images
+      self.trainingPath = trainingPath
       self.sourceImages = sourceImages
       self.trainImages = trainImages
       self.heldOutImages = heldOutImages
+      self.heldOutPhotos = heldOutPhotos
       self.imageSize = imageSize
+      self.deployedSize = deployedSize
     }
   }
 
@@ -53,15 +64,27 @@ public struct PlanRecord: Sendable, Codable {
   /// another model.
   public var modelDigest: String
   public var data: DataDescription
-  public var threshold: Double
-  public var attacker: String
-  public var budget: PlanBudget
-  public var seeds: [String: UInt64]
+  /// The threat model, attackers, seeds, attack options and thresholds of every verdict.
+  public var evaluation: EvaluationSettings
+  /// The same at the deployed resolution (nil: the choice was not confirmed there).
+  public var confirmation: EvaluationSettings?
+  /// The measures computed (those with a threshold decide).
+  public var measures: [String]
   public var settings: [String: String]
   public var profile: ProfileReport
-  public var privacy: [PrivacyPoint]
-  /// The earliest cut whose SSIM upper bound stays under the threshold; nil if none does.
+  /// The verdict at every evaluated cut (first pass, at the attack size), in cut order.
+  public var privacy: [CutVerdict]
+  /// Verdicts at the deployed resolution.
+  public var confirmations: [CutVerdict]
+  /// The earliest cut from which every evaluated cut is private (and, where confirmed, private
+  /// at the deployed resolution); nil if none is.
   public var chosenCut: String?
+  /// What the first pass chose when the deployed-resolution pass moved the choice deeper.
+  public var firstPassChoice: String?
+  /// Undecided cuts before the choice: another run of the same plan may choose them.
+  public var tiedCuts: [String]
+  /// Cuts not attacked, with the reason.
+  public var notAttacked: [String: String]
   /// The fastest cut regardless of privacy.
   public var fastestCut: String?
   public var deployment: Deployment?
@@ -69,22 +92,25 @@ public struct PlanRecord: Sendable, Codable {
   public var versions: [String: String]
 
   public init(
-    model: String, modelDigest: String, data: DataDescription, threshold: Double, attacker: String, budget: PlanBudget,
-    seeds: [String: UInt64], settings: [String: String], profile: ProfileReport, privacy: [PrivacyPoint], chosenCut: String?,
-    fastestCut: String?, deployment: Deployment?, created: Date = Date(), versions: [String: String]
+    model: String, modelDigest: String, data: DataDescription, evaluation: EvaluationSettings, confirmation: EvaluationSettings?,
+    measures: [String], settings: [String: String], profile: ProfileReport, outcome: PlanOutcome, deployment: Deployment?,
+    created: Date = Date(), versions: [String: String]
   ) {
     self.model = model
     self.modelDigest = modelDigest
     self.data = data
-    self.threshold = threshold
-    self.attacker = attacker
-    self.budget = budget
-    self.seeds = seeds
+    self.evaluation = evaluation
+    self.confirmation = confirmation
+    self.measures = measures
     self.settings = settings
     self.profile = profile
-    self.privacy = privacy
-    self.chosenCut = chosenCut
-    self.fastestCut = fastestCut
+    privacy = outcome.privacy
+    confirmations = outcome.confirmations
+    chosenCut = outcome.chosen?.name
+    firstPassChoice = outcome.firstPassChoice
+    tiedCuts = outcome.tied
+    notAttacked = outcome.skipped
+    fastestCut = profile.fastestCut
     self.deployment = deployment
     self.created = ISO8601DateFormatter().string(from: created)
     self.versions = versions
@@ -92,11 +118,34 @@ public struct PlanRecord: Sendable, Codable {
 
   /// The profile row of a cut.
   public func row(_ cut: String?) -> CutProfile? { cut.flatMap { c in profile.cuts.first { $0.cut.name == c } } }
+
+  /// The verdict at a cut (first pass).
+  public func verdict(_ cut: String?) -> CutVerdict? { cut.flatMap { c in privacy.first { $0.cut == c } } }
+
+  /// Ways this plan is weaker than the default (the standard budget, the white-box threat
+  /// model, a confirmed choice): the first line of its report says them.
+  public var weaknesses: [String] {
+    var out = evaluation.weakerThanDefault
+    if evaluation.threatModel == .blackBox {
+      out.insert("black-box threat model: an attacker with the head's weights (a public backbone) is not considered", at: 0)
+    }
+    if confirmation == nil, data.deployedSize != nil, data.deployedSize != data.imageSize {
+      out.append("the verdict is at \(data.imageSize) px only (the first pass); the model runs at \(data.deployedSize!) px")
+    }
+    for m in [SSIMMeasure.name, RecognitionMeasure.name, ReidentificationMeasure.name] where !measures.contains(m) && data.origin != "ton-iot images" {
+      out.append("measure not computed: \(m)")
+    }
+    if privacy.contains(where: { $0.attacks.contains { !$0.converged } }) {
+      out.append("some learning-based attackers stopped at their last epoch while still improving")
+    }
+    return out
+  }
 }
 
 /// `plan.json`: the deployment the enclave reads (VeilServing's `DeploymentPlan`, at the top
 /// level, so `veil enclave serve --plan` reads the file as it is) and, under `planning`, the
-/// evidence the choice rests on. A plan with no private-enough cut has no deployment.
+/// evidence the choice rests on. A plan with no private-enough cut has no deployment. This is
+/// the one writer of plan.json.
 public struct PlanDocument: Codable, Sendable {
   public var deployment: DeploymentPlan?
   public var planning: PlanRecord
@@ -121,8 +170,10 @@ public struct PlanDocument: Codable, Sendable {
   }
 
   public func write(to file: URL) throws {
-    let e = JSONEncoder()
-    e.outputFormatting = [.prettyPrinted, .sortedKeys]
-    try e.encode(self).write(to: file, options: .atomic)
+    try DeploymentPlan.writeFile(deployment, planning: planning, to: file)
+  }
+
+  public static func read(_ file: URL) throws -> PlanDocument {
+    try VeilJSON.decoder().decode(PlanDocument.self, from: Data(contentsOf: file))
   }
 }

@@ -2,17 +2,18 @@ import Crypto
 import Foundation
 import VeilFormats
 import VeilGraph
+import VeilPrivacy
 
 public enum PlanError: Error, CustomStringConvertible, Equatable {
-  case invalidThreshold(Double)
+  case invalidThreshold(measure: String, value: Double)
   case tooFewImages(heldOut: Int, needed: Int, margin: Double)
   case otherModel(folder: String, found: String, expected: String)
   case badState(file: String, detail: String)
 
   public var description: String {
     switch self {
-    case .invalidThreshold(let t):
-      return "--threshold \(t) is outside (0, 1): SSIM thresholds lie strictly between 0 (nothing rebuilt) and 1 (a perfect copy); 0.3 is the default"
+    case .invalidThreshold(let measure, let t):
+      return "the \(measure) threshold \(t) is outside (0, 1): leakage measures lie between 0 (nothing rebuilt) and 1; the defaults are SSIM 0.3, recognition 0.2, re-identification 0.2, fields 0.3"
     case .tooFewImages(let heldOut, let needed, let margin):
       return String(
         format: "the data set gives %d held-out images; a 95 %% upper bound within ±%.2f of the mean SSIM needs at least %d: add images (or source photos) to the data set", heldOut, margin,
@@ -27,16 +28,10 @@ public enum PlanError: Error, CustomStringConvertible, Equatable {
 
 /// Settings of one plan.
 public struct PlanOptions: Sendable {
-  /// SSIM above which a reconstruction counts as a leak. 0.3 by default: at 64×64, SSIM
-  /// under 0.3 leaves shapes unrecognisable in our reconstructions; pick it for your data.
-  public var threshold = 0.3
-  public var budget = PlanBudget.quick
+  public var budget = PlanBudget.standard
   public var profile = ProfileOptions()
   /// The margin the held-out set must resolve: the 95 % upper bound within this of the mean.
   public var margin = 0.08
-  /// What the attacks' results depend on besides the model and the attacker (epochs, crops,
-  /// image size, seed, data): attacks an earlier run made under other settings are not reused.
-  public var attackSettings = ""
   /// Profile again even when an earlier run's profile is there (it was measured on a busy
   /// machine, or the machine changed); the attacks are kept.
   public var reprofile = false
@@ -47,15 +42,55 @@ public struct PlanOptions: Sendable {
 /// The part of a plan that outlives an interruption: `plan-state.json` in the plan's folder.
 public struct PlanState: Codable, Sendable {
   public var modelDigest: String
-  public var threshold: Double
-  public var attacker: String
   public var profile: ProfileReport?
-  public var privacy: [PrivacyPoint]
-  /// `PlanOptions.attackSettings` of the attacks in `privacy` (nil in states written before it).
-  public var attackSettings: String?
+  /// The evaluation settings the verdicts in `privacy` were reached under.
+  public var settings: EvaluationSettings?
+  public var privacy: [CutVerdict]
+  /// Verdicts at the deployed resolution, of the cuts the first pass chose.
+  public var confirmations: [CutVerdict]
+  public var confirmationSettings: EvaluationSettings?
 }
 
-/// Joins the runtime profile and the privacy attacks into a choice, resumably.
+/// What a plan found: the profile, every verdict, the choice and why.
+public struct PlanOutcome {
+  public var profile: ProfileReport
+  /// Verdicts of the first pass (at the attack size), in cut order.
+  public var privacy: [CutVerdict]
+  /// Verdicts at the deployed resolution.
+  public var confirmations: [CutVerdict]
+  public var chosen: CutPoint?
+  /// Cuts left out of the search, with why.
+  public var skipped: [String: String]
+  /// Undecided cuts before the choice (another run may choose them).
+  public var tied: [String]
+  /// The cut the first pass chose, when the deployed-resolution pass moved the choice deeper.
+  public var firstPassChoice: String?
+
+  public init(
+    profile: ProfileReport, privacy: [CutVerdict], confirmations: [CutVerdict], chosen: CutPoint?, skipped: [String: String],
+    tied: [String], firstPassChoice: String?
+  ) {
+    self.profile = profile
+    self.privacy = privacy
+    self.confirmations = confirmations
+    self.chosen = chosen
+    self.skipped = skipped
+    self.tied = tied
+    self.firstPassChoice = firstPassChoice
+  }
+}
+
+/// What the planner asks of a privacy evaluation (`PrivacyEvaluation` is the one Veil runs):
+/// the settings its verdicts are reached under, which cuts it cannot attack, the verdict at a cut.
+public protocol CutJudge {
+  var settings: EvaluationSettings { get }
+  func unattackable(_ cut: CutPoint) -> String?
+  func evaluate(cut: CutPoint, index: Int, progress: (AttackerKind, UInt64, AttackProgress) -> Void) throws -> CutVerdict
+}
+
+extension PrivacyEvaluation: CutJudge {}
+
+/// Joins the runtime profile and the privacy verdicts into a choice, resumably.
 public struct Planner {
   public var graph: Graph
   public var model: String
@@ -64,7 +99,6 @@ public struct Planner {
   public let modelDigest: String
 
   public init(graph: Graph, model: String, options: PlanOptions, folder: URL) throws {
-    guard options.threshold > 0, options.threshold < 1 else { throw PlanError.invalidThreshold(options.threshold) }
     self.graph = graph
     self.model = model
     self.options = options
@@ -80,7 +114,8 @@ public struct Planner {
   var stateURL: URL { folder.appendingPathComponent("plan-state.json") }
 
   /// What an earlier run of this plan left, if anything; refuses another model's folder.
-  public func loadState(attacker: String) throws -> PlanState {
+  /// Verdicts reached under other settings than `settings` are dropped (they are redone).
+  public func loadState(settings: EvaluationSettings, confirmation: EvaluationSettings?) throws -> PlanState {
     try FileManager.default.createDirectory(at: folder, withIntermediateDirectories: true)
     let planFile = folder.appendingPathComponent("plan.json")
     for file in [stateURL, planFile] where FileManager.default.fileExists(atPath: file.path) {
@@ -95,98 +130,128 @@ public struct Planner {
       }
       guard found == modelDigest else { throw PlanError.otherModel(folder: folder.path, found: found, expected: modelDigest) }
     }
-    guard FileManager.default.fileExists(atPath: stateURL.path) else {
-      return PlanState(
-        modelDigest: modelDigest, threshold: options.threshold, attacker: attacker, profile: nil, privacy: [],
-        attackSettings: options.attackSettings)
+    let fresh = PlanState(
+      modelDigest: modelDigest, profile: nil, settings: settings, privacy: [], confirmations: [], confirmationSettings: confirmation)
+    guard FileManager.default.fileExists(atPath: stateURL.path) else { return fresh }
+    var s: PlanState
+    do { s = try VeilJSON.decoder().decode(PlanState.self, from: Data(contentsOf: stateURL)) } catch {
+      // A state of an older Veil (other verdicts): keep nothing but say so.
+      throw PlanError.badState(file: stateURL.path, detail: "unreadable by this version (\(error))")
     }
-    do {
-      var s = try JSONDecoder().decode(PlanState.self, from: Data(contentsOf: stateURL))
-      // Attacks of another attacker do not count for this one; the threshold only changes the choice.
-      s.privacy = s.privacy.filter { $0.attacker == attacker }
-      // Nor do attacks trained under other settings.
-      if (s.attackSettings ?? "") != options.attackSettings {
-        s.privacy = []
-        s.attackSettings = options.attackSettings
-      }
-      s.attacker = attacker
-      s.threshold = options.threshold
-      return s
-    } catch {
-      throw PlanError.badState(file: stateURL.path, detail: "unreadable (\(error))")
+    // Verdicts reached under other settings (threat model, budget, seeds, thresholds, image
+    // size) do not count.
+    if s.settings != settings {
+      s.privacy = []
+      s.settings = settings
     }
+    if s.confirmationSettings != confirmation {
+      s.confirmations = []
+      s.confirmationSettings = confirmation
+    }
+    return s
   }
 
   func save(_ state: PlanState) throws {
-    let e = JSONEncoder()
-    e.outputFormatting = [.prettyPrinted, .sortedKeys]
-    try e.encode(state).write(to: stateURL, options: .atomic)
+    try VeilJSON.encoder().encode(state).write(to: stateURL, options: .atomic)
   }
 
   /// The held-out set must be large enough for the bound to mean something.
   public func checkHeldOut(_ heldOut: Int) throws {
-    let needed = PrivacyStatistics.heldOutNeeded(margin: options.margin)
+    let needed = Self.heldOutNeeded(margin: options.margin)
     guard heldOut >= needed else { throw PlanError.tooFewImages(heldOut: heldOut, needed: needed, margin: options.margin) }
   }
 
-  /// How many attacks the budget will run on `cutCount` cuts, at most.
-  public func attacksExpected(cutCount: Int) -> Int {
-    let bisection = Int(ceil(log2(Double(max(cutCount, 2))))) + 1
-    switch options.budget {
-    case .quick: return min(cutCount, bisection + 2)
-    case .standard: return min(cutCount, bisection * 3)
-    case .thorough: return cutCount
-    }
+  /// Held-out images needed for the bound to lie within `margin` of the mean when the SSIM of
+  /// single images spreads by `std` (0.1 is typical of reconstructions on natural photos).
+  public static func heldOutNeeded(margin: Double, std: Double = 0.1) -> Int {
+    var n = 2
+    while Double(n) < 10_000, StudentT.quantile95(degreesOfFreedom: n - 1) * std / Double(n).squareRoot() > margin { n += 1 }
+    return n
   }
 
-  /// Profiles (or reuses the profile of an interrupted run), then searches for the cut,
-  /// attacking through `attack(cut, index)`; every finished step is saved before the next.
-  /// `unattackable(cut)` says why the attacker cannot run at a cut (nil when it can); such cuts
-  /// are left out of the search (and of the choice: no cut is called private without an attack).
+  /// Profiles (or reuses the profile of an interrupted run), then searches for the cut with
+  /// `evaluation`'s attackers; with `confirmation` (the same attack at the model's deployed
+  /// resolution), the first pass's choice must also be private there, else the next deeper
+  /// private cut is tried. Every finished step is saved before the next.
   public func run(
-    attacker: String, unattackable: (CutPoint) -> String? = { _ in nil }, attack: (CutPoint, Int) throws -> PrivacyPoint,
-    progress: (String) -> Void
-  ) throws -> (profile: ProfileReport, privacy: [PrivacyPoint], chosen: CutPoint?, skipped: [String: String]) {
-    var state = try loadState(attacker: attacker)
+    evaluation: any CutJudge, confirmation: (any CutJudge)? = nil, log: (String) -> Void,
+    attackProgress: (CutPoint, AttackerKind, UInt64, AttackProgress) -> Void = { _, _, _, _ in }
+  ) throws -> PlanOutcome {
+    var state = try loadState(settings: evaluation.settings, confirmation: confirmation?.settings)
     let profile: ProfileReport
     if let p = state.profile, !options.reprofile, p.accelerator == (options.profile.tailTimer?.label ?? Profiler.localAccelerator) {
-      progress("profile: reusing the one in \(stateURL.lastPathComponent)")
+      log("profile: reusing the one in \(stateURL.lastPathComponent)")
       profile = p
     } else {
-      progress("profile: every cut, \(options.profile.runs) timed runs each")
-      profile = try Profiler.profile(graph: graph, model: model, options: options.profile) { progress("profile: " + $0) }
+      log("profile: every cut, \(options.profile.runs) timed runs each")
+      profile = try Profiler.profile(graph: graph, model: model, options: options.profile) { log("profile: " + $0) }
       state.profile = profile
       try save(state)
     }
     var skipped: [String: String] = [:]
-    var indices: [Int] = []  // profile positions of the cuts the search may attack
+    var indices: [Int] = []  // profile positions of the cuts the search may evaluate
     for (k, row) in profile.cuts.enumerated() {
-      if let why = unattackable(row.cut) { skipped[row.cut.name] = why } else { indices.append(k) }
-    }
-    if !skipped.isEmpty {
-      progress("privacy: not attacked (and not eligible): " + skipped.keys.sorted { a, b in
-        profile.cuts.firstIndex { $0.cut.name == a }! < profile.cuts.firstIndex { $0.cut.name == b }!
-      }.map { "\($0) (\(skipped[$0]!))" }.joined(separator: "; "))
+      if let why = evaluation.unattackable(row.cut) { skipped[row.cut.name] = why } else { indices.append(k) }
     }
     let all = profile.cuts.map(\.cut)
-    let cuts = indices.map { all[$0] }
-    let search = CutSearch(cutCount: cuts.count, threshold: options.threshold, budget: options.budget)
+    if !skipped.isEmpty {
+      let names = all.map(\.name).filter { skipped[$0] != nil }
+      log("privacy: not attacked (and not eligible): " + names.map { "\($0) (\(skipped[$0]!))" }.joined(separator: "; "))
+    }
+    let settings = evaluation.settings
+    let search = CutSearch(cutCount: indices.count, budget: settings.budget)
     let outcome = try search.run { j in
       let k = indices[j]
       if let done = state.privacy.first(where: { $0.cut == all[k].name }) {
-        progress(String(format: "privacy: %@ done before (SSIM %.3f, upper bound %.3f)", all[k].name, done.ssimMean, done.ssimUpper))
-        return done.ssimUpper
+        log("privacy: \(all[k].name) done before: \(done.status.rawValue)")
+        return done.isPrivate
       }
-      progress("privacy: attacking \(all[k].name) (cut \(k + 1) of \(all.count); the \(options.budget.rawValue) budget attacks about \(attacksExpected(cutCount: cuts.count)) of the \(cuts.count) attackable)")
-      var point = try attack(all[k], k)
-      point.cutIndex = k
-      state.privacy.append(point)
+      log(
+        "privacy: evaluating \(all[k].name) (cut \(k + 1) of \(all.count); the \(settings.budget.rawValue) budget evaluates about \(settings.budget.cutsExpected(cutCount: indices.count)) of the \(indices.count) attackable, with \(settings.attackers.map(\.rawValue).joined(separator: ", ")) × \(settings.seeds.count) seed(s))")
+      let verdict = try evaluation.evaluate(cut: all[k], index: k) { attackProgress(all[k], $0, $1, $2) }
+      state.privacy.append(verdict)
       try save(state)
-      progress(String(format: "privacy: %@ SSIM %.3f ± %.3f, upper bound %.3f %@ threshold %.2f", point.cut, point.ssimMean, point.ssimStd, point.ssimUpper, point.ssimUpper < options.threshold ? "<" : "≥", options.threshold))
-      return point.ssimUpper
+      log("privacy: " + verdict.statement)
+      return verdict.isPrivate
     }
-    // Every attack of this attacker counts as evidence, also those of an earlier run.
-    let points = state.privacy.sorted { $0.cutIndex < $1.cutIndex }
-    return (profile, points, outcome.chosen.map { cuts[$0] }, skipped)
+    var chosen = outcome.chosen.map { all[indices[$0]] }
+    let firstPass = chosen?.name
+    // The deployed resolution: the choice must hold there too, else the next deeper cut that
+    // is private at the attack size is tried there.
+    if let confirmation, let first = chosen, let start = all.firstIndex(where: { $0.name == first.name }) {
+      chosen = nil
+      for k in indices where k >= start {
+        let cut = all[k]
+        let atAttackSize: CutVerdict
+        if let done = state.privacy.first(where: { $0.cut == cut.name }) {
+          atAttackSize = done
+        } else {
+          atAttackSize = try evaluation.evaluate(cut: cut, index: k) { attackProgress(cut, $0, $1, $2) }
+          state.privacy.append(atAttackSize)
+          try save(state)
+          log("privacy: " + atAttackSize.statement)
+        }
+        guard atAttackSize.isPrivate else { continue }
+        let deployed: CutVerdict
+        if let done = state.confirmations.first(where: { $0.cut == cut.name }) {
+          deployed = done
+        } else {
+          log("privacy: confirming \(cut.name) at the deployed resolution, \(confirmation.settings.config.imageSize) px")
+          deployed = try confirmation.evaluate(cut: cut, index: k) { attackProgress(cut, $0, $1, $2) }
+          state.confirmations.append(deployed)
+          try save(state)
+          log("privacy (deployed resolution): " + deployed.statement)
+        }
+        if deployed.isPrivate {
+          chosen = cut
+          break
+        }
+      }
+    }
+    let verdicts = state.privacy.sorted { $0.cutIndex < $1.cutIndex }
+    let tied = PrivacyChoice.tied(verdicts, chosen: chosen.flatMap { c in all.firstIndex { $0.name == c.name } })
+    return PlanOutcome(
+      profile: profile, privacy: verdicts, confirmations: state.confirmations.sorted { $0.cutIndex < $1.cutIndex }, chosen: chosen,
+      skipped: skipped, tied: tied, firstPassChoice: firstPass != chosen?.name ? firstPass : nil)
   }
 }

@@ -1,12 +1,53 @@
 import Foundation
 import VeilData
 
-/// Which inversion attacker to train.
+/// What the attacker holds besides the feature maps it observes at the cut.
+public enum ThreatModel: String, Codable, Sendable, CaseIterable {
+  /// The attacker has the head's weights: a public backbone, or a head leaked or extracted.
+  /// It can run every attack, including the optimisation through the head. The default: the
+  /// stronger attacker.
+  case whiteBox = "white-box"
+  /// The attacker can only query the head (send images, see their feature maps): the
+  /// learning-based attackers, and the optimisation through a substitute head trained from
+  /// those queries.
+  case blackBox = "black-box"
+
+  /// The attackers of this threat model, cheapest decisive first: a verdict stops early once
+  /// one of them has shown a leak beyond doubt.
+  public var attackers: [AttackerKind] {
+    switch self {
+    case .whiteBox: [.optimisation, .inverse, .cgan]
+    case .blackBox: [.inverse, .substitute, .cgan]
+    }
+  }
+}
+
+/// Which inversion attacker to run.
 public enum AttackerKind: String, Codable, Sendable, CaseIterable {
   /// pix2pix conditional GAN: U-Net generator + PatchGAN discriminator, adversarial + λ·L1.
   case cgan
-  /// He et al.'s black-box inverse network: the same generator trained on L1 (or MSE) alone.
+  /// He et al.'s inverse network: the same generator trained on L1 (or MSE) alone.
   case inverse
+  /// White-box regularised maximum likelihood (He et al. 2019; Mahendran & Vedaldi 2015): an
+  /// image optimised so that the head's features of it match the observed ones, under a
+  /// total-variation prior. Needs the head's weights, no data.
+  case optimisation
+  /// The same optimisation through a substitute head that the attacker trains from queries
+  /// (image in, feature map out): the black-box form of the optimisation attack.
+  case substitute
+
+  /// Whether it learns from (image, feature map) pairs of its own photos.
+  public var needsTrainingData: Bool { self != .optimisation }
+
+  /// A name for reports.
+  public var title: String {
+    switch self {
+    case .cgan: "c-GAN (pix2pix)"
+    case .inverse: "inverse network"
+    case .optimisation: "white-box optimisation"
+    case .substitute: "substitute-head optimisation"
+    }
+  }
 }
 
 /// The reconstruction loss of the generator (the L1 of pix2pix; MSE is offered for the
@@ -16,14 +57,17 @@ public enum ReconstructionLoss: String, Codable, Sendable, CaseIterable {
   case mse
 }
 
-/// Everything that decides an attack's outcome. Defaults are documented in docs/privacy.md;
-/// they keep one attack at a few minutes on two cores.
+/// Everything that decides an attack's outcome. Defaults are documented in docs/privacy.md.
 public struct AttackConfig: Codable, Sendable, Equatable {
   public var attacker: AttackerKind = .cgan
-  /// Side of the square images (pixels); the feature map at the cut must divide it by a power
-  /// of two.
+  /// Side of the square images (pixels); for the learning-based attackers the feature map at
+  /// the cut must divide it by a power of two.
   public var imageSize: Int = 64
+  /// The most training epochs of a learning-based attacker (and of the substitute head).
   public var epochs: Int = 10
+  /// Training stops when the validation loss has not improved by 1 % for this many epochs in a
+  /// row, and the best epoch's weights are kept; 0 trains every epoch.
+  public var patience: Int = 3
   public var batch: Int = 16
   public var seed: UInt64 = 0
   /// Adam's learning rate and β1 (β2 = 0.999), as pix2pix.
@@ -40,13 +84,36 @@ public struct AttackConfig: Codable, Sendable, Equatable {
   /// The feature map is averaged down to at most this many channels (groups of consecutive
   /// channels) and upsampled (nearest) to the image size before it conditions the discriminator.
   public var discriminatorFeatureChannels: Int = 16
-  /// Random crops per training photo and per held-out photo (see `AttackData.photos`).
+  /// Random crops per training photo and per held-out photo (see `AttackImages.photos`).
   public var trainCropsPerPhoto: Int = 40
   public var testCropsPerPhoto: Int = 4
-  /// Share of photos held out for the SSIM/PSNR figures (at least one photo).
+  /// Share of photos held out for the scores (at least one photo). The optimisation attacker
+  /// learns from nothing and may hold out every photo (1).
   public var testFraction: Double = 0.25
+  /// Share of the training photos kept apart for the stopping rule (at least one photo when
+  /// there are three or more training photos; 0: no validation, every epoch is trained).
+  public var validationFraction: Double = 0.1
   /// Held-out pairs drawn in the PNG grid.
   public var gridImages: Int = 8
+  /// The optimisation attack: Adam steps on the images, its learning rate (images on the
+  /// [-1, 1] scale, cosine decay to a tenth), the weight and exponent of the total-variation
+  /// prior, restarts per image (the first from grey, the others from noise; per image the one
+  /// whose features come closest is kept), and images optimised together.
+  public var optimisationSteps: Int = 300
+  public var optimisationLearningRate: Float = 0.05
+  /// The prior's weight when it is not calibrated (no photos of the attacker's own).
+  public var tvWeight: Float = 2
+  public var tvBeta: Float = 1
+  public var restarts: Int = 1
+  public var optimisationBatch: Int = 36
+  /// The prior's weight is calibrated on this many of the attacker's own photos (the training
+  /// split, whole): each weight of `tvWeights` rebuilds them in a third of the steps, and the
+  /// one with the best SSIM against them is used on the held-out images. 0 (or no photos of its
+  /// own): `tvWeight` as given.
+  public var calibrationImages: Int = 4
+  public var tvWeights: [Float] = [0.1, 0.3, 1, 3, 10, 30]
+  /// The substitute head's width (channels of its first stage).
+  public var substituteWidth: Int = 32
 
   public init() {}
 
@@ -55,22 +122,47 @@ public struct AttackConfig: Codable, Sendable, Equatable {
     func bad(_ s: String) -> PrivacyError { .invalidConfig(s) }
     guard imageSize >= 16 else { throw bad("image size \(imageSize) is below 16 (SSIM's window needs 11 px; the U-Net halves it)") }
     guard epochs >= 1 else { throw bad("epochs must be ≥ 1, found \(epochs)") }
+    guard patience >= 0 else { throw bad("patience must be ≥ 0 (0: no early stopping), found \(patience)") }
     guard batch >= 2 else { throw bad("batch must be ≥ 2 (BatchNorm trains on batch statistics), found \(batch)") }
     guard learningRate > 0, learningRate.isFinite else { throw bad("learning rate must be > 0, found \(learningRate)") }
     guard (0..<1).contains(beta1) else { throw bad("β1 must be in [0, 1), found \(beta1)") }
-    guard lambda >= 0 else { throw bad("λ must be ≥ 0, found \(lambda)") }
-    guard generatorWidth >= 4, discriminatorWidth >= 4 else {
-      throw bad("generator and discriminator widths must be ≥ 4, found \(generatorWidth), \(discriminatorWidth)")
+    guard lambda >= 0, lambda.isFinite else { throw bad("λ must be ≥ 0, found \(lambda)") }
+    guard generatorWidth >= 4, discriminatorWidth >= 4, substituteWidth >= 4 else {
+      throw bad("generator, discriminator and substitute widths must be ≥ 4, found \(generatorWidth), \(discriminatorWidth), \(substituteWidth)")
     }
-    guard generatorDepth >= 0 else { throw bad("generator depth must be ≥ 0, found \(generatorDepth)") }
+    guard generatorWidth <= 1024, discriminatorWidth <= 1024, substituteWidth <= 1024 else {
+      throw bad("widths above 1024 are refused (found \(generatorWidth), \(discriminatorWidth), \(substituteWidth))")
+    }
+    guard generatorDepth >= 0, generatorDepth <= 8 else { throw bad("generator depth must be in 0…8, found \(generatorDepth)") }
     guard discriminatorFeatureChannels >= 1 else { throw bad("discriminator feature channels must be ≥ 1") }
     guard trainCropsPerPhoto >= 1, testCropsPerPhoto >= 1 else { throw bad("crops per photo must be ≥ 1") }
-    guard testFraction > 0, testFraction < 1 else { throw bad("test fraction must be in (0, 1), found \(testFraction)") }
+    let maximumTest = attacker == .optimisation ? 1.0 : 1.0.nextDown
+    guard testFraction > 0, testFraction <= maximumTest else {
+      throw bad(
+        attacker == .optimisation
+          ? "test fraction must be in (0, 1], found \(testFraction)"
+          : "test fraction must be in (0, 1) (the \(attacker.rawValue) attacker trains on the rest), found \(testFraction)")
+    }
+    guard validationFraction >= 0, validationFraction < 1 else {
+      throw bad("validation fraction must be in [0, 1), found \(validationFraction)")
+    }
     guard gridImages >= 1 else { throw bad("grid images must be ≥ 1") }
+    guard optimisationSteps >= 1 else { throw bad("optimisation steps must be ≥ 1, found \(optimisationSteps)") }
+    guard optimisationLearningRate > 0, optimisationLearningRate.isFinite else {
+      throw bad("the optimisation learning rate must be > 0, found \(optimisationLearningRate)")
+    }
+    guard tvWeight >= 0, tvWeight.isFinite else { throw bad("the total-variation weight must be ≥ 0, found \(tvWeight)") }
+    guard tvBeta >= 1, tvBeta <= 2 else { throw bad("the total-variation exponent β must be in [1, 2], found \(tvBeta)") }
+    guard restarts >= 1, restarts <= 16 else { throw bad("restarts must be in 1…16, found \(restarts)") }
+    guard optimisationBatch >= 1 else { throw bad("the optimisation batch must be ≥ 1, found \(optimisationBatch)") }
+    guard calibrationImages >= 0, !tvWeights.isEmpty, tvWeights.allSatisfy({ $0 >= 0 && $0.isFinite }) else {
+      throw bad("calibration needs ≥ 0 images and a non-empty list of weights ≥ 0, found \(calibrationImages), \(tvWeights)")
+    }
   }
 }
 
-/// Mean, standard deviation and each held-out image's score.
+/// Mean, standard deviation and each held-out image's score (the display form of a measure;
+/// the bound a verdict uses is `LeakageEstimate`'s, clustered by photo).
 public struct ScoreSummary: Codable, Sendable, Equatable {
   public var mean: Double
   /// Sample standard deviation (n − 1); 0 for one image.
@@ -84,68 +176,22 @@ public struct ScoreSummary: Codable, Sendable, Equatable {
     let m = mean
     std = values.count < 2 ? 0 : (values.reduce(0) { $0 + ($1 - m) * ($1 - m) } / (n - 1)).squareRoot()
   }
-
-  /// One-sided upper confidence bound of the mean at 95 %: mean + t·std/√n with Student's t
-  /// quantile for n − 1 degrees of freedom. A cut is called private only when this bound (not
-  /// the bare mean) is below the threshold. Infinite for fewer than two images.
-  public var upperConfidenceBound: Double {
-    let n = perImage.count
-    guard n >= 2 else { return .infinity }
-    return mean + StudentT.quantile95(degreesOfFreedom: n - 1) * std / Double(n).squareRoot()
-  }
 }
 
-/// The one-sided 95 % quantile of Student's t distribution.
-public enum StudentT {
-  static let table: [Double] = [
-    6.314, 2.920, 2.353, 2.132, 2.015, 1.943, 1.895, 1.860, 1.833, 1.812, 1.796, 1.782, 1.771, 1.761, 1.753,
-    1.746, 1.740, 1.734, 1.729, 1.725, 1.721, 1.717, 1.714, 1.711, 1.708, 1.706, 1.703, 1.701, 1.699, 1.697,
-  ]
+/// One point of a learning (or optimisation) curve.
+public struct CurvePoint: Codable, Sendable, Equatable {
+  /// The epoch (learning-based attackers, the substitute head) or the step (optimisation).
+  public var at: Int
+  /// The training loss (mean over the epoch), or the optimisation's objective.
+  public var loss: Double
+  /// The validation loss (L1 on the validation photos) where there is one.
+  public var validation: Double?
 
-  /// Exact table values for 1–30 degrees of freedom; above, the Cornish–Fisher expansion
-  /// around the normal quantile 1.6449 (error below 1e-3).
-  public static func quantile95(degreesOfFreedom v: Int) -> Double {
-    precondition(v >= 1, "degrees of freedom must be ≥ 1")
-    if v <= table.count { return table[v - 1] }
-    let z = 1.6448536269514722
-    let n = Double(v)
-    let g1 = (z * z * z + z) / 4
-    let g2 = (5 * pow(z, 5) + 16 * z * z * z + 3 * z) / 96
-    return z + g1 / n + g2 / (n * n)
+  public init(at: Int, loss: Double, validation: Double? = nil) {
+    self.at = at
+    self.loss = loss
+    self.validation = validation
   }
-}
-
-/// What one attack found, as `veil attack --json` prints it and the planner reads it.
-public struct AttackResult: Codable, Sendable, Equatable {
-  public var model: String
-  public var cut: String
-  /// The crossing tensor's shape per image at the attack's image size, [C, h, w].
-  public var featureShape: [Int]
-  public var attacker: AttackerKind
-  public var config: AttackConfig
-  /// SSIM and PSNR (dB) of each held-out reconstruction against its original.
-  public var ssim: ScoreSummary
-  public var psnr: ScoreSummary
-  /// `ssim.upperConfidenceBound`, stored for readers without this library.
-  public var ssimUpperBound: Double
-  /// The trivial baseline: SSIM of the mean training image against each held-out image.
-  public var baselineSSIM: Double
-  public var trainCount: Int
-  public var heldOutCount: Int
-  public var trainPhotos: Int
-  public var heldOutPhotos: Int
-  /// Training throughput (images per second over the epochs run in this call) and wall time
-  /// of the whole attack (features, training, evaluation).
-  public var imagesPerSecond: Double
-  public var seconds: Double
-  public var epochsRun: Int
-  public var resumedFromEpoch: Int
-  /// Final epoch's mean losses (the discriminator's is nil for the inverse network).
-  public var generatorLoss: Double
-  public var discriminatorLoss: Double?
-  public var gridPath: String
-  public var generatorWeightsPath: String
-  public var discriminatorWeightsPath: String?
 }
 
 /// Errors of the privacy layer, naming the images, cut, step or option involved.
@@ -164,6 +210,8 @@ public enum PrivacyError: Error, CustomStringConvertible, Equatable {
   case nonFiniteLoss(step: Int, epoch: Int, loss: String, advice: String)
   /// A checkpoint or sweep state that does not match this run.
   case resume(file: String, detail: String)
+  /// A measure that cannot be computed (its reference model or transform is missing).
+  case measure(name: String, detail: String)
 
   public var description: String {
     switch self {
@@ -175,8 +223,9 @@ public enum PrivacyError: Error, CustomStringConvertible, Equatable {
     case .data(let source, let detail): return "data '\(source)': \(detail)"
     case .cut(let name, let detail): return "cut '\(name)': \(detail)"
     case .nonFiniteLoss(let step, let epoch, let loss, let advice):
-      return "the \(loss) loss is not finite at step \(step) (epoch \(epoch)); training stopped. \(advice)"
+      return "the \(loss) loss is not finite at step \(step)\(epoch > 0 ? " (epoch \(epoch))" : ""); the attack stopped. \(advice)"
     case .resume(let file, let detail): return "\(file): \(detail)"
+    case .measure(let name, let detail): return "measure '\(name)': \(detail)"
     }
   }
 }
@@ -186,5 +235,7 @@ public enum AttackProgress: Sendable {
   case features(done: Int, total: Int, cached: Bool)
   case step(epoch: Int, epochs: Int, step: Int, steps: Int, generatorLoss: Double, discriminatorLoss: Double?, etaSeconds: Double)
   case epochDone(epoch: Int, epochs: Int, generatorLoss: Double, discriminatorLoss: Double?, seconds: Double)
+  /// A step of the optimisation attack (restart `restart` of `restarts`, images `batch`).
+  case optimisation(step: Int, steps: Int, restart: Int, restarts: Int, loss: Double, etaSeconds: Double)
   case message(String)
 }

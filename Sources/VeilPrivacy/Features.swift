@@ -54,6 +54,8 @@ public final class FeatureExtractor {
   public let preprocessing: InputPreprocessing
   /// A 128-bit digest of the head's weights and structure: the cache key's model part.
   public let headDigest: String
+  /// The head, its shapes inferred for [batch, C, S, S] (or NHWC).
+  public let head: Graph
   let executor: Executor
 
   /// Splits `model` at `cut` and re-infers the head's shapes for [batch, C, S, S] (or NHWC,
@@ -110,6 +112,7 @@ public final class FeatureExtractor {
     featureShape = channelAxis == 1 ? Array(small[1...]) : [small[3], small[1], small[2]]
     self.preprocessing = preprocessing
     headDigest = Self.digest(sized)
+    self.head = sized
     executor = try Executor(graph: sized)
   }
 

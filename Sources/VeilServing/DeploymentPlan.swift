@@ -267,9 +267,28 @@ extension DeploymentPlan {
     return try e.encode(self)
   }
 
+  /// The one writer of plan.json: `plan` at the top level (what `veil enclave serve --plan`
+  /// reads) and, under "planning", the planner's evidence when there is any (VeilPlanning's
+  /// record; infinite bounds written as "inf"). Written through a temporary file and a rename.
+  public static func writeFile(_ plan: DeploymentPlan?, planning: (any Encodable)? = nil, to file: URL) throws {
+    struct Document: Encodable {
+      var plan: DeploymentPlan?
+      var planning: (any Encodable)?
+      enum Keys: String, CodingKey { case planning }
+      func encode(to encoder: Encoder) throws {
+        try plan?.encode(to: encoder)
+        if let planning {
+          var c = encoder.container(keyedBy: Keys.self)
+          try c.encode(planning, forKey: .planning)
+        }
+      }
+    }
+    try VeilJSON.encoder().encode(Document(plan: plan, planning: planning)).write(to: file, options: .atomic)
+  }
+
   /// Splits `graph` at `cut` and writes a plan folder: head.onnx, tail.onnx, plan.json (and
-  /// labels.txt when `labels` is given). For tests and demos before the planner exists; the
-  /// planner writes the same document with the cut it chose.
+  /// labels.txt when `labels` is given): what `veil split --plan` writes for a cut chosen by
+  /// hand; the planner writes the same document with the cut it chose and its evidence.
   @discardableResult
   public static func write(
     model graph: Graph, name: String, cut cutName: String, preprocessing: Preprocessing,
@@ -306,7 +325,7 @@ extension DeploymentPlan {
       tee: TEE(preset: teePreset, evidenceMode: evidenceMode))
     try plan.validate(file: directory.appendingPathComponent(fileName).path)
     let file = directory.appendingPathComponent(fileName)
-    try plan.encoded().write(to: file)
+    try writeFile(plan, to: file)
     return LoadedPlan(plan: plan, file: file)
   }
 }

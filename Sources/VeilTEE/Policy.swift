@@ -36,7 +36,7 @@ public struct Policy: Sendable, Equatable {
   ]
 
   /// The file's keys as written; decoding checks their types.
-  private struct File: Decodable {
+  private struct File: Codable {
     var mrenclave: String?
     var mrsigner: String?
     var isvprodid: UInt16?
@@ -121,6 +121,18 @@ public struct Policy: Sendable, Equatable {
     if mrSigner != nil, isvProdID == nil {
       throw TEEError.policy(key: "isvprodid", detail: "required with mrsigner: a signer signs many products")
     }
+  }
+
+  /// The policy file's JSON: what `init(json:)` reads back to an equal policy (keys sorted;
+  /// unset pins left out). The planner writes the client policy with it.
+  public func json() throws -> Data {
+    let file = File(
+      mrenclave: mrEnclave?.hex, mrsigner: mrSigner?.hex, isvprodid: isvProdID, min_isvsvn: minISVSVN, mrtd: mrTD?.hex,
+      rtmrs: rtmrs?.map { $0?.hex }, snp_measurement: snpMeasurement?.hex, allow_debug: allowDebug, allow_simulation: allowSimulation,
+      accepted_tcb_statuses: acceptedTCBStatuses, max_evidence_age_seconds: maxEvidenceAgeSeconds)
+    let e = JSONEncoder()
+    e.outputFormatting = [.prettyPrinted, .sortedKeys, .withoutEscapingSlashes]
+    return try e.encode(file) + Data("\n".utf8)
   }
 
   /// Adds the policy's checks to a verdict of `evidence`. `evidenceTime` is when the evidence

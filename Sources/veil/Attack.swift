@@ -2,42 +2,74 @@ import ArgumentParser
 import Foundation
 import VeilData
 import VeilGraph
+import VeilModels
 import VeilPrivacy
 import VeilTensor
 
-/// Options `veil attack` and `veil privacy` share: the data, the attacker and its training.
+extension AttackerKind: ExpressibleByArgument {}
+extension ReconstructionLoss: ExpressibleByArgument {}
+extension ThreatModel: ExpressibleByArgument {}
+extension PrivacyBudget: ExpressibleByArgument {}
+
+/// Options `veil attack`, `veil privacy` and `veil plan` share: the data, the threat model and
+/// budget, and overrides of the attack options the budget sets.
 struct AttackOptions: ParsableArguments {
   @Option(
     help: ArgumentHelp(
-      "A folder of photos (PNG/JPEG, any depth), or 'photos': the registry-shipped photos that scripts/prepare_photos.py gathers.",
+      "A folder of photos (PNG/JPEG, any depth; TON_IoT images from `veil data ton-iot` too), or 'photos': the registry-shipped photos that scripts/prepare_photos.py gathers.",
       valueName: "folder|photos"))
-  var data: String
-  @Option(help: "cgan (pix2pix conditional GAN) or inverse (the same generator on the reconstruction loss alone).")
-  var attacker: AttackerKind = .cgan
-  @Option(help: "Side of the square images; a power of two so every cut's map divides it.")
+  var data = "photos"
+  @Option(
+    help: ArgumentHelp(
+      "The attackers' own photos, at any size and count: they learn from every photo there and every photo of --data is held out (default: --data is split by photo).",
+      valueName: "folder"))
+  var attackData: String?
+  @Option(help: "white-box (the attacker holds the head's weights; the default, the stronger) or black-box (queries only).")
+  var threatModel: ThreatModel = .whiteBox
+  @Option(help: "quick (a first pass: two attackers, one seed, short training), standard (every attacker of the threat model, two seeds) or thorough (three seeds, longer).")
+  var budget: PrivacyBudget = .standard
+  @Option(help: "Side of the square attack images; a power of two so every cut's map divides it.")
   var imageSize: Int = 64
-  @Option(help: "Training epochs (a rerun with more resumes and trains further).")
-  var epochs: Int = AttackConfig().epochs
-  @Option(help: "Images per training step.")
-  var batch: Int = AttackConfig().batch
-  @Option(help: "Seed of the split, crops, weights and shuffling.")
+  @Option(help: "First seed of the splits, crops, attacker weights and shuffling (seeds seed, seed+1, … per the budget).")
   var seed: UInt64 = 0
-  @Option(help: "Adam's learning rate (β1 0.5, β2 0.999).")
-  var lr: Float = AttackConfig().learningRate
-  @Option(help: "Weight λ of the reconstruction loss against the adversarial loss (c-GAN).")
-  var lambda: Float = AttackConfig().lambda
-  @Option(help: "Reconstruction loss: l1 or mse.")
-  var loss: ReconstructionLoss = .l1
-  @Option(help: "Generator width (pix2pix's ngf).")
-  var width: Int = AttackConfig().generatorWidth
-  @Option(help: "Discriminator width (pix2pix's ndf).")
-  var discriminatorWidth: Int = AttackConfig().discriminatorWidth
-  @Option(help: "Random crops per training photo.")
-  var crops: Int = AttackConfig().trainCropsPerPhoto
+  @Option(help: "SSIM threshold: a cut is private only when the 95 % bound of every measure is under its threshold.")
+  var threshold: Double = LeakageThresholds.defaults[SSIMMeasure.name]!
+  @Option(help: "Threshold on the share of reconstructions a reference ImageNet classifier recognises (top-5 holds the original's top-1).")
+  var recognitionThreshold: Double = LeakageThresholds.defaults[RecognitionMeasure.name]!
+  @Option(help: "Threshold on the share of reconstructions re-identified among the held-out originals.")
+  var reidThreshold: Double = LeakageThresholds.defaults[ReidentificationMeasure.name]!
+  @Option(help: "Threshold on the share of a record's informative fields recovered (TON_IoT images).")
+  var fieldsThreshold: Double = LeakageThresholds.defaults[FieldRecoveryMeasure.name]!
+  @Flag(help: "Only SSIM and PSNR (no reference classifier: recognition and re-identification are not measured, and the verdict says so).")
+  var pixelMeasuresOnly = false
+  @Option(help: "Most training epochs (default: the budget's; the stopping rule usually ends sooner).")
+  var epochs: Int?
+  @Option(help: "Stop after this many epochs without a 1 % better validation loss (0: train every epoch).")
+  var patience: Int?
+  @Option(help: "Random crops per training photo (default: the budget's).")
+  var crops: Int?
   @Option(help: "Crops per held-out photo (the first is the whole photo).")
-  var testCrops: Int = AttackConfig().testCropsPerPhoto
+  var testCrops: Int?
   @Option(help: "Share of the photos held out for scoring.")
-  var testFraction: Double = AttackConfig().testFraction
+  var testFraction: Double?
+  @Option(help: "Images per training step.")
+  var batch: Int?
+  @Option(help: "Adam's learning rate of the learning-based attackers (β1 0.5, β2 0.999).")
+  var lr: Float?
+  @Option(help: "Weight λ of the reconstruction loss against the adversarial loss (c-GAN).")
+  var lambda: Float?
+  @Option(help: "Reconstruction loss of the inverse network: l1 or mse.")
+  var loss: ReconstructionLoss?
+  @Option(help: "Generator width (pix2pix's ngf).")
+  var width: Int?
+  @Option(help: "Optimisation attack: Adam steps on the pixels (default: the budget's).")
+  var steps: Int?
+  @Option(help: "Optimisation attack: learning rate on the [-1, 1] pixel scale (cosine decay to a tenth).")
+  var optLr: Float?
+  @Option(help: "Optimisation attack: weight of the total-variation prior.")
+  var tvWeight: Float?
+  @Option(help: "Optimisation attack: restarts per image (the closest in feature space is kept).")
+  var restarts: Int?
   @Option(
     help: "How an image becomes the model's input: imagenet, caffe, tensorflow, tensorflow-lite or unit (default: a zoo architecture's own, else imagenet).")
   var preprocess: VeilData.Preprocessing.Preset?
@@ -48,22 +80,36 @@ struct AttackOptions: ParsableArguments {
   @Flag(help: "Delete what an earlier run left in --out and start over.")
   var fresh = false
 
-  var config: AttackConfig {
-    var c = AttackConfig()
-    c.attacker = attacker
-    c.imageSize = imageSize
-    c.epochs = epochs
-    c.batch = batch
-    c.seed = seed
-    c.learningRate = lr
-    c.lambda = lambda
-    c.loss = loss
-    c.generatorWidth = width
-    c.discriminatorWidth = discriminatorWidth
-    c.trainCropsPerPhoto = crops
-    c.testCropsPerPhoto = testCrops
-    c.testFraction = testFraction
-    return c
+  var thresholds: LeakageThresholds {
+    LeakageThresholds([
+      SSIMMeasure.name: threshold, RecognitionMeasure.name: recognitionThreshold, ReidentificationMeasure.name: reidThreshold,
+      FieldRecoveryMeasure.name: fieldsThreshold,
+    ])
+  }
+
+  /// The evaluation settings: the budget's, with every option given here applied.
+  var settings: EvaluationSettings {
+    var s = EvaluationSettings(threatModel: threatModel, budget: budget, imageSize: imageSize, seed: seed, thresholds: thresholds)
+    apply(to: &s.config)
+    return s
+  }
+
+  /// The options given on the command line, over `config`.
+  func apply(to c: inout AttackConfig) {
+    if let epochs { c.epochs = epochs }
+    if let patience { c.patience = patience }
+    if let crops { c.trainCropsPerPhoto = crops }
+    if let testCrops { c.testCropsPerPhoto = testCrops }
+    if let testFraction { c.testFraction = testFraction }
+    if let batch { c.batch = batch }
+    if let lr { c.learningRate = lr }
+    if let lambda { c.lambda = lambda }
+    if let loss { c.loss = loss }
+    if let width { c.generatorWidth = width }
+    if let steps { c.optimisationSteps = steps }
+    if let optLr { c.optimisationLearningRate = optLr }
+    if let tvWeight { c.tvWeight = tvWeight }
+    if let restarts { c.restarts = restarts }
   }
 
   var cacheDirectory: URL? {
@@ -71,20 +117,57 @@ struct AttackOptions: ParsableArguments {
   }
 
   func validate() throws {
-    do { try config.validate() } catch { throw ValidationError("\(error)") }
+    for (name, t) in thresholds.values where !(t > 0 && t < 1) {
+      throw ValidationError("the \(name) threshold must be in (0, 1), found \(t)")
+    }
+    var c = settings.config
+    c.attacker = .inverse
+    if testFraction == 1 { c.attacker = .optimisation }
+    do { try c.validate() } catch { throw ValidationError("\(error)") }
   }
 
-  /// The photos and their crops.
-  func images() throws -> AttackImages {
-    if data == "photos" {
+  /// The photo folder: --data, with 'photos' meaning the registry photos.
+  var dataFolder: URL {
+    get throws {
+      guard data == "photos" else { return URL(fileURLWithPath: data) }
       let folder = AttackImages.registryPhotosFolder
       guard FileManager.default.fileExists(atPath: folder.path) else {
         throw ValidationError(
-          "--data photos: \(folder.path) is missing; gather the registry-shipped photos with `.venv/bin/python scripts/prepare_photos.py` (see docs/privacy.md)")
+          "--data photos: \(folder.path) is missing; gather the registry-shipped photos with `.venv/bin/python scripts/prepare_photos.py` (make assets does)")
       }
-      return try AttackImages.folder(folder, config: config)
+      return folder
     }
-    return try AttackImages.folder(URL(fileURLWithPath: data), config: config)
+  }
+
+  /// The measures: field recovery for TON_IoT images, recognition and re-identification with
+  /// the reference classifier for photos, SSIM and PSNR always.
+  func measures() throws -> MeasureSet {
+    var m = MeasureSet.pixels
+    if let fields = try FieldRecoveryMeasure.forDataFolder(try dataFolder) {
+      m.measures.append(fields)
+    } else if !pixelMeasuresOnly {
+      let classifier: ReferenceClassifier
+      do { classifier = try ReferenceClassifier.efficientNetLite0() } catch {
+        throw ValidationError("\(error)\n(or pass --pixel-measures-only to measure SSIM and PSNR alone)")
+      }
+      m.measures += [RecognitionMeasure(classifier: classifier), ReidentificationMeasure(classifier: classifier)]
+    }
+    return m
+  }
+
+  /// The privacy evaluation of `graph` with these options, its attacks under `out`.
+  func evaluation(_ graph: Graph, name: String, preprocessing: InputPreprocessing, out: URL) throws -> PrivacyEvaluation {
+    let folder = try dataFolder
+    let files: [URL]
+    let training: [URL]?
+    do {
+      files = try PrivacyEvaluation.photoFiles(folder)
+      training = try attackData.map { try PrivacyEvaluation.photoFiles(URL(fileURLWithPath: $0)) }
+    } catch { throw ValidationError("--data: \(error)") }
+    return PrivacyEvaluation(
+      model: graph, modelName: name, preprocessing: preprocessing, files: files, training: training,
+      source: folder.path + (attackData.map { " (attackers trained on \($0))" } ?? ""), settings: settings, measures: try measures(),
+      outDir: out, cacheDirectory: cacheDirectory)
   }
 
   func clear(_ out: URL) throws {
@@ -93,7 +176,8 @@ struct AttackOptions: ParsableArguments {
   }
 }
 
-/// Draws an attack's progress on stderr: the feature pass, then epoch, step, losses and ETA.
+/// Draws an attack's progress on stderr: the feature pass, then epoch, step, losses and ETA,
+/// or the optimisation's steps.
 final class AttackProgressPrinter {
   let prefix: String
   let terminal = isatty(STDERR_FILENO) == 1
@@ -117,17 +201,26 @@ final class AttackProgressPrinter {
       guard due || step == steps else { return }
       last = now
       let losses = String(format: "G %.4f", g) + (d.map { String(format: " D %.4f", $0) } ?? "")
-      let line = "\(prefix)epoch \(epoch)/\(epochs) step \(step)/\(steps) \(losses) ETA \(duration(eta))"
-      if terminal {
-        FileHandle.standardError.write(Data(("\r" + line + "   ").utf8))
-      } else {
-        note(line)
-      }
+      redraw("\(prefix)epoch \(epoch)/\(epochs) step \(step)/\(steps) \(losses) ETA \(duration(eta))")
     case .epochDone(let epoch, let epochs, let g, let d, let seconds):
       let losses = String(format: "G %.4f", g) + (d.map { String(format: " D %.4f", $0) } ?? "")
       note("\(terminal ? "\r" : "")\(prefix)epoch \(epoch)/\(epochs) done in \(duration(seconds)): mean \(losses); checkpoint saved")
+    case .optimisation(let step, let steps, let restart, let restarts, let loss, let eta):
+      let due = terminal ? now.timeIntervalSince(last) > 0.2 : step % max(steps / 5, 1) == 0
+      guard due || step == steps else { return }
+      last = now
+      redraw(
+        "\(prefix)optimisation step \(step)/\(steps)\(restarts > 1 ? " restart \(restart)/\(restarts)" : "") objective \(String(format: "%.4f", loss)) ETA \(duration(eta))")
     case .message(let s):
-      note(prefix + s)
+      note("\(terminal ? "\r" : "")\(prefix)\(s)")
+    }
+  }
+
+  func redraw(_ line: String) {
+    if terminal {
+      FileHandle.standardError.write(Data(("\r" + line + "   ").utf8))
+    } else {
+      note(line)
     }
   }
 }
@@ -138,32 +231,66 @@ func duration(_ s: Double) -> String {
   return t >= 60 ? "\(t / 60)m\(String(format: "%02d", t % 60))s" : "\(t)s"
 }
 
-/// Loads a model and finds a cut for the attack commands, with errors a user can act on.
+/// Loads a model and its preprocessing for the attack commands, with errors a user can act on.
 func attackModel(_ spec: String, preset: VeilData.Preprocessing.Preset?) throws -> (Graph, InputPreprocessing) {
   try ModelSource.check(spec)
   let g = try ModelSource.load(spec)
   return (g, try InputPreprocessing.forModel(spec, graph: g, preset: preset))
 }
 
+/// A verdict in a few lines for the terminal.
+func verdictLines(_ v: CutVerdict) -> [String] {
+  var lines = ["\(v.cut): \(v.status.rawValue.uppercased()) under the \(v.settings.threatModel.rawValue) threat model"]
+  let attackers = v.settings.attackers.filter { k in v.attacks.contains { $0.attacker == k } }
+  lines.append(
+    "  " + pad("measure", 18) + pad("threshold", 11) + attackers.map { pad($0.rawValue + " mean (bound)", 24) }.joined() + pad("baseline", 10)
+      + "status")
+  for m in v.measures {
+    var row = "  " + pad(m.measure, 18) + pad(m.threshold.map { String(format: "%.2f", $0) } ?? "-", 11)
+    for k in attackers {
+      let e = m.estimates[k.rawValue]
+      row += pad(e.map { String(format: "%.3f (%@)%@", $0.mean, $0.upper.isFinite ? String(format: "%.3f", $0.upper) : "inf", k == m.worstAttacker ? "*" : "") } ?? "-", 24)
+    }
+    lines.append(row + pad(String(format: "%.3f", m.baseline), 10) + (m.status?.rawValue ?? "reported"))
+  }
+  lines.append("  (* the attacker whose bound decides; bounds are one-sided 95 %, clustered by photo, across seeds; baseline: the mean training image)")
+  for a in v.attacks {
+    let ssim = a.measure(SSIMMeasure.name).map { String(format: "SSIM %.3f", $0.mean) } ?? ""
+    lines.append("  \(a.attacker.rawValue) seed \(a.seed): \(ssim), \(a.heldOut) held-out images, \(duration(a.seconds))\(a.converged ? "" : ", NOT converged"); grid \(a.grid)")
+    for n in a.notes { lines.append("    \(n)") }
+  }
+  if v.stoppedEarly { lines.append("  a measure leaked beyond doubt: the remaining attacks were skipped") }
+  return lines
+}
+
 struct Attack: ParsableCommand {
   static let configuration = CommandConfiguration(
-    abstract: "Train an inversion attacker on a model's feature map at a cut and score it on held-out photos.",
+    abstract: "Attack a model's feature map at one cut: rebuild held-out photos and score how much leaks.",
     discussion: """
-      The attacker sees the feature map that crosses the cut and learns to rebuild the image: cgan
-      is pix2pix's conditional GAN (U-Net generator from the feature map, PatchGAN discriminator on
-      image + upsampled feature pairs, adversarial + λ·L1, Adam 2e-4 β1 0.5); inverse is the same
-      generator on the reconstruction loss alone (He et al.'s black-box inverse network). Photos
-      are split into training and held-out photos (crops of one photo never straddle the split);
-      the held-out reconstructions are scored with SSIM and PSNR. Writes DIR/grid.png (held-out
-      originals above their reconstructions), DIR/checkpoint-g.safetensors (and -d for the c-GAN)
-      after every epoch, and DIR/result.json. A rerun with the same options resumes after the last
-      finished epoch; more --epochs trains further. See docs/privacy.md.
+      With --attacker, one attacker at one seed: cgan (pix2pix's conditional GAN on the feature
+      map), inverse (the same U-Net on the reconstruction loss alone, He et al.'s inverse network),
+      optimisation (white-box: Adam on the pixels so that the head's features match the observed
+      ones, under a total-variation prior; needs the head's weights and no data) or substitute
+      (black-box: the same optimisation through a substitute head trained from queries). Without
+      --attacker, the verdict at the cut under --threat-model and --budget: every attacker of the
+      threat model under every seed, each measure's worst attacker against its threshold, the
+      rule `veil plan` uses.
+
+      Photos are split into training, validation and held-out photos (crops of one photo never
+      straddle a split); the learning-based attackers train until the validation loss stops
+      improving (--patience) and the best epoch's weights rebuild the held-out images. Scores:
+      SSIM, PSNR, recognition and re-identification by a reference ImageNet classifier
+      (EfficientNet-Lite0 with its real weights; `make assets`), field recovery for TON_IoT
+      images. Writes grid.png (held-out originals above their reconstructions), checkpoints per
+      epoch and result.json per attack; a rerun resumes. See docs/privacy.md.
       """)
 
   @Option(help: "A zoo model name, an ONNX file, or a state_dict of a zoo architecture.")
   var model: String
   @Option(help: "The cut: its name, a unique part of its name (block1_pool), or its index (see `veil cuts`).")
   var cut: String
+  @Option(help: "One attacker: cgan, inverse, optimisation or substitute (default: every attacker of --threat-model).")
+  var attacker: AttackerKind?
   @OptionGroup var options: AttackOptions
   @Option(help: ArgumentHelp("Output folder.", valueName: "dir"))
   var out: String = "out/attack"
@@ -171,33 +298,59 @@ struct Attack: ParsableCommand {
   var json = false
   @OptionGroup var engine: EngineOptions
 
+  func validate() throws {
+    if let attacker, attacker != .optimisation, options.testFraction == 1 {
+      throw ValidationError("--test-fraction 1 holds out every photo: only the optimisation attacker learns from nothing")
+    }
+  }
+
   func run() throws {
     try engine.apply()
     let (graph, preprocessing) = try attackModel(model, preset: options.preprocess)
     let point: CutPoint
     do { point = try graph.attackCut(named: cut) } catch { throw ValidationError("\(error)") }
-    let data = try options.images()
-    note(
-      "attack \(options.attacker.rawValue) on \(model) at \(point.name): \(data.train.count) training crops of \(data.trainPhotos.count) photos, \(data.test.count) held-out crops of \(data.testPhotos.count) photos, \(options.imageSize)×\(options.imageSize), \(preprocessing.name) preprocessing"
-    )
     let outDir = URL(fileURLWithPath: out)
     try options.clear(outDir)
+    let evaluation = try options.evaluation(graph, name: model, preprocessing: preprocessing, out: outDir)
+    guard let attacker else {
+      note("verdict at \(point.name) of \(model): \(options.threatModel.rawValue) threat model, budget \(options.budget.rawValue), measures \(evaluation.measures.names.joined(separator: ", "))")
+      var printers: [String: AttackProgressPrinter] = [:]
+      let v = try evaluation.evaluate(cut: point, index: point.index) { kind, seed, event in
+        let key = "\(kind.rawValue) seed \(seed)"
+        let p = printers[key] ?? AttackProgressPrinter(prefix: "[\(key)] ")
+        printers[key] = p
+        p(event)
+      }
+      if json { return try printJSON(v) }
+      for line in verdictLines(v) { print(line) }
+      return
+    }
+    var config = evaluation.settings.config
+    config.attacker = attacker
+    config.seed = options.seed
+    let data: AttackImages
+    do { data = try evaluation.images(config) } catch { throw ValidationError("--data: \(error)") }
+    note(
+      "attack \(attacker.rawValue) on \(model) at \(point.name): \(data.train.count) training crops of \(data.trainPhotos.count) photos, \(data.validation.count) validation crops, \(data.test.count) held-out crops of \(data.testPhotos.count) photos, \(config.imageSize)×\(config.imageSize), \(preprocessing.name) preprocessing"
+    )
     let r = try runAttack(
-      model: graph, modelName: model, cut: point, data: data, preprocessing: preprocessing, config: options.config,
-      outDir: outDir, cacheDirectory: options.cacheDirectory, progress: AttackProgressPrinter().callAsFunction)
+      model: graph, modelName: model, cut: point, data: data, preprocessing: preprocessing, config: config, outDir: outDir,
+      cacheDirectory: options.cacheDirectory, measures: evaluation.measures, progress: AttackProgressPrinter().callAsFunction)
     if json { return try printJSON(r) }
     print(
-      "\(r.attacker.rawValue) attacker at \(r.cut) (feature map \(r.featureShape.map(String.init).joined(separator: "×"))), \(r.heldOutCount) held-out images of \(r.heldOutPhotos) photos:"
+      "\(r.attacker.title) at \(r.cut) (feature map \(r.featureShape.map(String.init).joined(separator: "×"))), \(r.heldOutCount) held-out images of \(r.heldOutPhotos) photos:"
     )
-    print(String(format: "SSIM %.4f ± %.4f (95%% upper bound %.4f; mean-image baseline %.4f)", r.ssim.mean, r.ssim.std, r.ssimUpperBound, r.baselineSSIM))
-    print(String(format: "PSNR %.2f ± %.2f dB", r.psnr.mean, r.psnr.std))
-    print(String(format: "trained %d epoch(s) on %d images at %.1f images/s; %@ in all", r.epochsRun, r.trainCount, r.imagesPerSecond, duration(r.seconds)))
-    print("grid \(r.gridPath), weights \(r.generatorWeightsPath), result \(outDir.appendingPathComponent("result.json").path)")
+    for m in r.measures {
+      print(
+        String(
+          format: "%@ %.4f ± %.4f (95%% bound %.4f, clustered by photo; mean-image baseline %.4f)", pad(m.name, 17), m.mean,
+          ScoreSummary(m.perImage).std, m.estimate.upper, m.baseline))
+    }
+    print(String(format: "%@ in all; %@%@", duration(r.seconds), r.converged ? "converged" : "NOT converged", r.bestEpoch.map { ", best epoch \($0)" } ?? ""))
+    for n in r.notes { print(n) }
+    print("grid \(r.gridPath), result \(outDir.appendingPathComponent("result.json").path)")
   }
 }
-
-extension AttackerKind: ExpressibleByArgument {}
-extension ReconstructionLoss: ExpressibleByArgument {}
 
 struct AttackBench: ParsableCommand {
   static let configuration = CommandConfiguration(
@@ -249,6 +402,7 @@ struct AttackBench: ParsableCommand {
       throw ValidationError("--feature-shape '\(featureShape)': expected C×h×w such as 64x32x32")
     }
     guard steps >= 1, warmup >= 0 else { throw ValidationError("--steps must be ≥ 1 and --warmup ≥ 0") }
+    guard [.cgan, .inverse].contains(attacker) else { throw ValidationError("--attacker: attack-bench times the learning-based attackers, cgan or inverse") }
     var config = AttackConfig()
     config.attacker = attacker
     config.imageSize = imageSize

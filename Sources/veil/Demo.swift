@@ -37,7 +37,7 @@ struct Demo: AsyncParsableCommand {
   @Option(help: "Random crops per training photo.")
   var crops = 12
   @Option(help: "SSIM threshold (see `veil plan`).")
-  var threshold = PlanOptions().threshold
+  var threshold = LeakageThresholds.defaults[SSIMMeasure.name]!
   @Argument(help: "Photos to classify (default: the demo photos eagle.jpg, coffee.png, chelsea.png from the asset cache).")
   var photos: [String] = []
   @OptionGroup var engine: EngineOptions
@@ -64,9 +64,9 @@ struct Demo: AsyncParsableCommand {
       "--runs", "3", "--epochs", "\(epochs)", "--crops", "\(crops)", "--threshold", "\(threshold)",
     ])
     try plan.run()
-    let document = try JSONDecoder().decode(PlanDocument.self, from: Data(contentsOf: planDir.appendingPathComponent(DeploymentPlan.fileName)))
+    let document = try PlanDocument.read(planDir.appendingPathComponent(DeploymentPlan.fileName))
     guard let deployment = document.deployment else {
-      note("no cut is private enough at threshold \(threshold): nothing to serve; see \(planDir.appendingPathComponent("report.html").path)")
+      note("no cut is private under the plan's evaluation: nothing to serve; see \(planDir.appendingPathComponent("report.html").path)")
       return
     }
 

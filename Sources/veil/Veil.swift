@@ -5,6 +5,7 @@
 /// or protocol logic of its own.
 import ArgumentParser
 import Foundation
+import VeilFormats
 import VeilTensor
 
 @main
@@ -39,9 +40,7 @@ struct EngineOptions: ParsableArguments {
 
 /// Writes a JSON document to standard output.
 func printJSON<T: Encodable>(_ value: T) throws {
-  let e = JSONEncoder()
-  e.outputFormatting = [.prettyPrinted, .sortedKeys, .withoutEscapingSlashes]
-  FileHandle.standardOutput.write(try e.encode(value))
+  FileHandle.standardOutput.write(try VeilJSON.encoder().encode(value))
   FileHandle.standardOutput.write("\n".data(using: .utf8)!)
 }
 

@@ -19,7 +19,7 @@ extension CLITests {
     try FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
     defer { try? FileManager.default.removeItem(at: dir) }
     try ImageCodec.writePNG(ByteImage(width: 80, height: 80, channels: 3), to: dir.appendingPathComponent("a.png"))
-    let one = try veil(["attack", "--model", "mobilenet_v2", "--cut", "features.3", "--data", dir.path])
+    let one = try veil(["attack", "--model", "mobilenet_v2", "--cut", "features.3", "--data", dir.path, "--attacker", "inverse", "--pixel-measures-only"])
     XCTAssertNotEqual(one.status, 0)
     XCTAssertTrue(one.stderr.contains("1 photo(s) found") && one.stderr.contains("at least 2"), one.stderr)
   }
@@ -32,13 +32,22 @@ extension CLITests {
     XCTAssertTrue(b.stderr.contains("batch must be ≥ 2"), b.stderr)
     let a = try veil(["attack", "--model", "mobilenet_v2", "--cut", "features.3", "--data", "x", "--attacker", "gan"])
     XCTAssertNotEqual(a.status, 0)
-    XCTAssertTrue(a.stderr.contains("cgan") && a.stderr.contains("inverse"), a.stderr)
+    XCTAssertTrue(a.stderr.contains("cgan") && a.stderr.contains("inverse") && a.stderr.contains("optimisation"), a.stderr)
+    let all = try veil(["attack", "--model", "mobilenet_v2", "--cut", "features.3", "--data", "x", "--attacker", "cgan", "--test-fraction", "1"])
+    XCTAssertNotEqual(all.status, 0)
+    XCTAssertTrue(all.stderr.contains("only the optimisation attacker learns from nothing"), all.stderr)
+    let tm = try veil(["attack", "--model", "mobilenet_v2", "--cut", "features.3", "--data", "x", "--threat-model", "grey-box"])
+    XCTAssertNotEqual(tm.status, 0)
+    XCTAssertTrue(tm.stderr.contains("white-box") && tm.stderr.contains("black-box"), tm.stderr)
   }
 
   func testPrivacyThresholdAndCutListAreChecked() throws {
     let t = try veil(["privacy", "--model", "mobilenet_v2", "--data", "x", "--threshold", "1.5"])
     XCTAssertNotEqual(t.status, 0)
-    XCTAssertTrue(t.stderr.contains("--threshold must be in (0, 1], found 1.5"), t.stderr)
+    XCTAssertTrue(t.stderr.contains("the ssim threshold must be in (0, 1), found 1.5"), t.stderr)
+    let r = try veil(["privacy", "--model", "mobilenet_v2", "--data", "x", "--recognition-threshold", "0"])
+    XCTAssertNotEqual(r.status, 0)
+    XCTAssertTrue(r.stderr.contains("the recognition threshold must be in (0, 1), found 0"), r.stderr)
     let c = try veil(["privacy", "--model", "mobilenet_v2", "--data", "x", "--cuts", "features.3,nope"])
     XCTAssertNotEqual(c.status, 0)
     XCTAssertTrue(c.stderr.contains("--cuts") && c.stderr.contains("cut 'nope'"), c.stderr)

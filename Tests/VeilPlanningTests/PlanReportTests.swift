@@ -1,17 +1,20 @@
 import Foundation
 import VeilData
+import VeilFormats
 import VeilGraph
 import VeilModels
 import VeilPlanning
+import VeilPrivacy
+import VeilTEE
 import VeilServing
 import VeilTensor
 import VeilTestSupport
 import XCTest
 
 final class CutSearchTests: XCTestCase {
-  /// Runs the search on a curve of upper bounds and returns its outcome.
-  func search(_ curve: [Double], threshold: Double = 0.5, budget: PlanBudget) throws -> CutSearch.Outcome {
-    try CutSearch(cutCount: curve.count, threshold: threshold, budget: budget).run { curve[$0] }
+  /// Runs the search on a curve of leakage (a cut is private under 0.5) and returns its outcome.
+  func search(_ curve: [Double], budget: PlanBudget) throws -> CutSearch.Outcome {
+    try CutSearch(cutCount: curve.count, budget: budget).run { curve[$0] < 0.5 }
   }
 
   func testMonotoneCurveFindsTheEarliestPassingCutWithFewAttacks() throws {
@@ -28,7 +31,7 @@ final class CutSearchTests: XCTestCase {
   }
 
   /// A dip under the threshold followed by a cut that fails again is not chosen: the chosen cut
-  /// must stay under the threshold at the next cut as well.
+  /// must stay private at every deeper evaluated cut.
   func testNonMonotoneDipIsVerifiedNotAssumed() throws {
     let curve = [0.9, 0.8, 0.7, 0.4, 0.6, 0.55, 0.45, 0.3, 0.2, 0.1]
     XCTAssertEqual(try search(curve, budget: .thorough).chosen, 6)
@@ -43,13 +46,29 @@ final class CutSearchTests: XCTestCase {
     XCTAssertEqual(try search([], budget: .quick), CutSearch.Outcome(chosen: nil, attacked: []))
   }
 
-  func testUpperBoundAndSampleSize() {
-    XCTAssertEqual(PrivacyStatistics.upperBound(mean: 0.5, std: 0.1, count: 10), 0.5 + 1.833 * 0.1 / 10.0.squareRoot(), accuracy: 1e-12)
-    XCTAssertEqual(PrivacyStatistics.upperBound(mean: 0.5, std: 0.1, count: 1), .infinity)
-    XCTAssertGreaterThan(PrivacyStatistics.upperBound(mean: 0.5, std: 0.1, count: 5), PrivacyStatistics.upperBound(mean: 0.5, std: 0.1, count: 50))
+  func testSampleSize() {
     // ±0.05 at s.d. 0.1 needs t·0.1/√n ≤ 0.05: n = 13 (t(12) = 1.782 → 0.0494).
-    XCTAssertEqual(PrivacyStatistics.heldOutNeeded(margin: 0.05, std: 0.1), 13)
+    XCTAssertEqual(Planner.heldOutNeeded(margin: 0.05, std: 0.1), 13)
   }
+}
+
+/// Synthetic verdicts for the report and planner tests: an attack per attacker whose SSIM per
+/// held-out image (8 photos × 2 crops) centres on `ssim`, recognition and re-identification
+/// shares from `hits`.
+func syntheticVerdict(cut: String, index: Int, ssim: Double, hits: Double = 0, settings: EvaluationSettings) -> CutVerdict {
+  let attacks = settings.attackers.enumerated().map { a, kind in
+    let samples = (0..<16).map { i in ScoredImage(score: ssim - 0.02 * Double(a) + 0.01 * Double(i % 4), photo: "p\(i / 2)", seed: 0) }
+    let binary = (0..<16).map { i in ScoredImage(score: Double(i) < hits * 16 ? 1 : 0, photo: "p\(i / 2)", seed: 0) }
+    return AttackRecord(
+      attacker: kind, seed: 0, folder: "\(cut)/\(kind.rawValue)-seed0", grid: "\(cut)/\(kind.rawValue)-seed0/grid.png", imageSize: 64,
+      heldOut: 16, heldOutPhotos: 8, trainImages: 100, seconds: 3, converged: true,
+      curve: [CurvePoint(at: 1, loss: 0.5, validation: 0.4), CurvePoint(at: 2, loss: 0.3, validation: 0.35)], notes: [],
+      measures: [
+        MeasureScores(name: "ssim", binary: false, samples: samples, baseline: 0.2),
+        MeasureScores(name: "recognition", binary: true, samples: binary, baseline: 0),
+      ])
+  }
+  return CutVerdict(cut: cut, cutIndex: index, featureShape: [8, 16, 16], settings: settings, attacks: attacks, data: "photos")
 }
 
 final class PlanReportTests: XCTestCase {
@@ -65,21 +84,24 @@ final class PlanReportTests: XCTestCase {
       Self.profile = try Profiler.profile(graph: ModelZoo.build("mobilenet_v2"), model: "mobilenet_v2", options: o)
     }
     let profile = Self.profile!
+    let names = profile.cuts.map(\.cut.name)
+    let settings = EvaluationSettings(threatModel: .whiteBox, budget: .quick, imageSize: 64)
+    let verdicts = [1, 4, 6].map { k in syntheticVerdict(cut: names[k], index: k, ssim: 0.8 - Double(k) * 0.1, settings: settings) }
     let photo = try ImageCodec.readUpright(TestAssets.url("eagle.jpg"))
     let grid = try ImageGrid.make([(photo, "original"), (photo, "rebuilt")], tile: 64, columns: 2)
-    try ImageCodec.writePNG(grid, to: folder.appendingPathComponent("grid-1.png"))
-    let names = profile.cuts.map(\.cut.name)
-    let points = [1, 4, 6].map { k in
-      PrivacyPoint(
-        cutIndex: k, cut: names[k], attacker: "cgan", ssimMean: 0.8 - Double(k) * 0.1, ssimStd: 0.05,
-        ssimUpper: PrivacyStatistics.upperBound(mean: 0.8 - Double(k) * 0.1, std: 0.05, count: 12), psnrMean: 20, psnrStd: 2,
-        heldOut: 12, trainImages: 200, seconds: 30, gridPNG: k == 4 ? "grid-1.png" : "missing.png")
-    }
+    let gridFile = folder.appendingPathComponent("attacks").appendingPathComponent(verdicts[1].attacks[0].grid)
+    try FileManager.default.createDirectory(at: gridFile.deletingLastPathComponent(), withIntermediateDirectories: true)
+    try ImageCodec.writePNG(grid, to: gridFile)
+    let outcome = PlanOutcome(
+      profile: profile, privacy: verdicts, confirmations: [], chosen: profile.cuts[4].cut, skipped: ["avgpool": "not a feature map"],
+      tied: [], firstPassChoice: nil)
     return PlanRecord(
       model: "mobilenet_v2", modelDigest: String(repeating: "ab", count: 32),
-      data: .init(origin: "imagenet-style photos", path: "photos", images: 212, sourceImages: 20, trainImages: 200, heldOutImages: 12, imageSize: 64),
-      threshold: 0.45, attacker: "cgan", budget: .quick, seeds: ["attack": 1, "split": 2], settings: ["epochs": "3"],
-      profile: profile, privacy: points, chosenCut: names[4], fastestCut: profile.fastestCut,
+      data: .init(
+        origin: "imagenet-style photos", path: "photos", trainingPath: nil, sourceImages: 20, trainImages: 200, heldOutImages: 16,
+        heldOutPhotos: 8, imageSize: 64, deployedSize: 224),
+      evaluation: settings, confirmation: nil, measures: ["ssim", "recognition"], settings: ["epochs": "3"], profile: profile,
+      outcome: outcome,
       deployment: .init(
         enclave: "head (\(names[4]))", accelerator: "tail", evidenceMode: "simulated", clientPolicy: "{\"allow_simulation\": true}",
         files: ["head": "head.onnx", "tail": "tail.onnx"]),
@@ -90,15 +112,21 @@ final class PlanReportTests: XCTestCase {
     let folder = try PythonScript.temporaryDirectory("plan-report")
     let record = try makeRecord(folder: folder)
     let html = HTMLReport.render(record, folder: folder)
-    for needle in ["Cut at <b>", "Runtime per cut", "Privacy per cut", "threshold <b>0.45</b>", "data:image/png;base64,", "Deployment", "simulated", "modeled", "allow_simulation"] {
+    for needle in [
+      "Weaker than the default evaluation", "white-box threat model", "Cut at <b>", "Runtime per cut", "Privacy per cut", "won by the",
+      "data:image/png;base64,", "Learning curves", "Deployment", "simulated", "modeled", "allow_simulation", "not attacked: avgpool",
+    ] {
       XCTAssertTrue(html.contains(needle), "report lacks \(needle)")
     }
-    XCTAssertTrue(html.contains("missing.png"), "a missing grid is said, not dropped")
-    XCTAssertEqual(html.components(separatedBy: "class=\"point\"").count - 1, 3)
-    XCTAssertEqual(html.components(separatedBy: "<tr class=\"chosen").count - 1, 2, "the chosen cut is highlighted in both tables")
+    // The warning about weaker settings comes before the verdict.
+    XCTAssertLessThan(html.range(of: "Weaker than the default")!.lowerBound, html.range(of: "Cut at <b>")!.lowerBound)
+    XCTAssertTrue(html.contains("is missing from"), "a missing grid is said, not dropped")
+    // Two plots (SSIM, recognition), each with a point per attacker and evaluated cut.
+    XCTAssertEqual(html.components(separatedBy: "class=\"point\"").count - 1, 2 * 3 * 2)
+    XCTAssertEqual(html.components(separatedBy: "<tr class=\"chosen").count - 1, 1 + 2, "the chosen cut is highlighted in both tables")
     XCTAssertFalse(html.contains("<script"), "the report has no script")
     XCTAssertFalse(html.contains("http://") && html.contains("src=\"http"), "nothing is fetched from the network")
-    let back = try JSONDecoder().decode(PlanRecord.self, from: JSONEncoder().encode(record))
+    let back = try VeilJSON.decoder().decode(PlanRecord.self, from: VeilJSON.encoder().encode(record))
     XCTAssertEqual(back.chosenCut, record.chosenCut)
     XCTAssertEqual(back.privacy, record.privacy)
   }
@@ -132,9 +160,9 @@ final class PlanReportTests: XCTestCase {
     }
     let check = try JSONSerialization.jsonObject(with: Data(dom[start.upperBound..<end.lowerBound].utf8)) as? [String: Any]
     let svgs = check?["svgs"] as? [[Double]] ?? []
-    XCTAssertEqual(svgs.count, 2, "runtime and privacy plots")
+    XCTAssertEqual(svgs.count, 3, "runtime, SSIM and recognition plots")
     for s in svgs { XCTAssertTrue(s[0] > 500 && s[1] > 300, "a plot is laid out at \(s)") }
-    XCTAssertEqual(check?["points"] as? Int, 3)
+    XCTAssertEqual(check?["points"] as? Int, 2 * 3 * 2)
     XCTAssertEqual(check?["bars"] as? Int, record.profile.cuts.count * 3)
     let images = check?["images"] as? [[Any]] ?? []
     XCTAssertEqual(images.count, 1)
@@ -188,73 +216,145 @@ final class PlannerTests: XCTestCase {
     return g
   }
 
+  /// A judge whose SSIM falls with depth, as a real attacker's does; it counts its calls.
+  final class FallingJudge: CutJudge {
+    var settings: EvaluationSettings
+    var calls: [String] = []
+    init(settings: EvaluationSettings) { self.settings = settings }
+    func unattackable(_ cut: CutPoint) -> String? { nil }
+    func evaluate(cut: CutPoint, index: Int, progress: (AttackerKind, UInt64, AttackProgress) -> Void) throws -> CutVerdict {
+      calls.append(cut.name)
+      return syntheticVerdict(cut: cut.name, index: index, ssim: 0.95 - 0.15 * Double(index), settings: settings)
+    }
+  }
+
   func testPlannerResumesRefusesAnotherModelAndChecksItsSettings() throws {
     let folder = try PythonScript.temporaryDirectory("planner")
     var options = PlanOptions()
-    options.threshold = 0.5
+    options.budget = .quick
     options.profile.runs = 1
     options.profile.warmup = 0
     let planner = try Planner(graph: chain(seed: 1), model: "chain", options: options, folder: folder)
-    // SSIM falls with depth, as a real attacker's does; the closure counts its calls.
-    var calls: [String] = []
-    func attack(_ cut: CutPoint, _ k: Int) throws -> PrivacyPoint {
-      calls.append(cut.name)
-      let mean = 0.95 - 0.1 * Double(k)
-      return PrivacyPoint(
-        cutIndex: k, cut: cut.name, attacker: "inverse", ssimMean: mean, ssimStd: 0.04,
-        ssimUpper: PrivacyStatistics.upperBound(mean: mean, std: 0.04, count: 16), psnrMean: 18, psnrStd: 1, heldOut: 16,
-        trainImages: 64, seconds: 1)
-    }
+    let settings = EvaluationSettings(threatModel: .blackBox, budget: .quick, imageSize: 32)
+    let judge = FallingJudge(settings: settings)
     var lines: [String] = []
-    let first = try planner.run(attacker: "inverse", attack: attack) { lines.append($0) }
+    let first = try planner.run(evaluation: judge) { lines.append($0) }
     XCTAssertTrue(first.skipped.isEmpty)
     let cuts = first.profile.cuts.map(\.cut.name)
     XCTAssertGreaterThanOrEqual(cuts.count, 7)
-    XCTAssertNotNil(first.chosen)
-    let k = try XCTUnwrap(cuts.firstIndex(of: first.chosen!.name))
-    XCTAssertLessThan(first.privacy.first { $0.cut == cuts[k] }!.ssimUpper, 0.5)
-    if k > 0 { XCTAssertGreaterThanOrEqual(first.privacy.first { $0.cut == cuts[k - 1] }!.ssimUpper, 0.5, "the shallower neighbour was attacked and fails") }
-    XCTAssertLessThan(calls.count, cuts.count, "the quick budget does not attack every cut")
+    let chosen = try XCTUnwrap(first.chosen)
+    let k = try XCTUnwrap(cuts.firstIndex(of: chosen.name))
+    XCTAssertTrue(first.privacy.first { $0.cut == cuts[k] }!.isPrivate)
+    if k > 0 { XCTAssertFalse(first.privacy.first { $0.cut == cuts[k - 1] }!.isPrivate, "the shallower neighbour was evaluated and leaks") }
+    XCTAssertLessThan(judge.calls.count, cuts.count, "the quick budget does not evaluate every cut")
     XCTAssertTrue(lines.contains { $0.hasPrefix("profile:") })
+    XCTAssertTrue(lines.contains { $0.contains("black-box threat model") }, "each verdict is logged with its threat model")
 
-    // Interrupted and run again: nothing is profiled or attacked twice.
-    let before = calls.count
+    // Interrupted and run again: nothing is profiled or evaluated twice.
+    let before = judge.calls.count
     lines = []
-    let again = try planner.run(attacker: "inverse", attack: attack) { lines.append($0) }
-    XCTAssertEqual(calls.count, before)
+    let again = try planner.run(evaluation: judge) { lines.append($0) }
+    XCTAssertEqual(judge.calls.count, before)
     XCTAssertEqual(again.chosen?.name, first.chosen?.name)
     XCTAssertTrue(lines.contains { $0.contains("reusing") })
 
-    // Attacks trained under other settings (more epochs) are redone, the profile is kept.
-    var longer = options
-    longer.attackSettings = "epochs 6"
-    let retrained = try Planner(graph: chain(seed: 1), model: "chain", options: longer, folder: folder)
+    // Verdicts reached under other settings (another threat model) are redone, the profile kept.
+    judge.settings = EvaluationSettings(threatModel: .whiteBox, budget: .quick, imageSize: 32)
     lines = []
-    let third = try retrained.run(attacker: "inverse", attack: attack) { lines.append($0) }
-    XCTAssertEqual(calls.count, 2 * before, "every attack ran again")
+    let third = try planner.run(evaluation: judge) { lines.append($0) }
+    XCTAssertEqual(judge.calls.count, 2 * before, "every cut was evaluated again")
     XCTAssertEqual(third.privacy.count, first.privacy.count)
     XCTAssertTrue(lines.contains { $0.contains("reusing") })
 
-    // --reprofile measures again and keeps the attacks.
-    longer.reprofile = true
+    // --reprofile measures again and keeps the verdicts.
+    var again2 = options
+    again2.reprofile = true
     lines = []
-    _ = try Planner(graph: chain(seed: 1), model: "chain", options: longer, folder: folder).run(attacker: "inverse", attack: attack) {
-      lines.append($0)
-    }
-    XCTAssertEqual(calls.count, 2 * before, "no attack ran again")
+    _ = try Planner(graph: chain(seed: 1), model: "chain", options: again2, folder: folder).run(evaluation: judge) { lines.append($0) }
+    XCTAssertEqual(judge.calls.count, 2 * before, "no cut was evaluated again")
     XCTAssertFalse(lines.contains { $0.contains("reusing") })
 
-    // Another model's folder, a threshold outside (0, 1), too few held-out images.
-    let other = try Planner(graph: chain(seed: 2), model: "chain", options: options, folder: folder)
-    XCTAssertThrowsError(try other.run(attacker: "inverse", attack: attack) { _ in }) { e in
-      XCTAssertTrue("\(e)".contains("another model"), "\(e)")
+    // A deployed-resolution pass that finds the first choice leaking moves the choice deeper.
+    final class Strict: CutJudge {
+      var settings = EvaluationSettings(threatModel: .whiteBox, budget: .standard, imageSize: 64)
+      let refuse: String
+      init(refuse: String) { self.refuse = refuse }
+      func unattackable(_ cut: CutPoint) -> String? { nil }
+      func evaluate(cut: CutPoint, index: Int, progress: (AttackerKind, UInt64, AttackProgress) -> Void) throws -> CutVerdict {
+        syntheticVerdict(cut: cut.name, index: index, ssim: cut.name == refuse ? 0.9 : 0.1, settings: settings)
+      }
     }
-    options.threshold = 1.2
-    XCTAssertThrowsError(try Planner(graph: chain(seed: 1), model: "chain", options: options, folder: folder)) { e in
-      XCTAssertEqual(e as? PlanError, .invalidThreshold(1.2))
+    let confirmed = try planner.run(evaluation: judge, confirmation: Strict(refuse: chosen.name)) { _ in }
+    XCTAssertEqual(confirmed.firstPassChoice, chosen.name)
+    XCTAssertEqual(confirmed.chosen.map { cuts.firstIndex(of: $0.name)! }, k + 1)
+    XCTAssertEqual(confirmed.confirmations.map(\.cut), [chosen.name, cuts[k + 1]])
+
+    // Another model's folder and too few held-out images are refused.
+    let other = try Planner(graph: chain(seed: 2), model: "chain", options: options, folder: folder)
+    XCTAssertThrowsError(try other.run(evaluation: judge) { _ in }) { e in
+      XCTAssertTrue("\(e)".contains("another model"), "\(e)")
     }
     XCTAssertThrowsError(try planner.checkHeldOut(4)) { e in XCTAssertTrue("\(e)".contains("needs at least"), "\(e)") }
     XCTAssertNoThrow(try planner.checkHeldOut(40))
+  }
+
+  /// The whole plan through the library, on a small model and the registry photos: real
+  /// attackers (the inverse network and the white-box optimisation, briefly), the choice, the
+  /// deployment folder and its files, plan.json for both readers, the report.
+  func testPlanJobWritesTheDeploymentFolder() throws {
+    let folder = try PythonScript.temporaryDirectory("plan-job")
+    let photos = try PythonScript.temporaryDirectory("plan-job-photos")
+    for name in ["coffee.png", "chelsea.png", "astronaut.png", "eagle.jpg", "dog.jpg", "coffee.png"].enumerated() {
+      try FileManager.default.copyItem(at: TestAssets.url(name.element), to: photos.appendingPathComponent("\(name.offset)-\(name.element)"))
+    }
+    let graph = chain(seed: 5)
+    var job = PlanJob(
+      graph: graph, name: "chain", data: photos, dataOrigin: "user images", folder: folder,
+      preprocessing: InputPreprocessing(name: "imagenet", normalization: .imagenet, channelOrder: .rgb))
+    job.options.budget = .quick
+    job.options.profile.runs = 1
+    job.options.profile.warmup = 0
+    job.options.margin = 0.5
+    job.imageSize = 32
+    job.semanticMeasures = false
+    job.cacheDirectory = nil
+    job.overrides = { c in
+      c.epochs = 1
+      c.batch = 8
+      c.generatorWidth = 8
+      c.trainCropsPerPhoto = 8
+      c.optimisationSteps = 10
+      c.tvWeights = [1]
+      c.testFraction = 0.4
+    }
+    var lines: [String] = []
+    let result = try job.run(log: { lines.append($0) })
+    let record = result.document.planning
+    XCTAssertEqual(record.evaluation.attackers, [.optimisation, .inverse])
+    XCTAssertFalse(record.privacy.isEmpty)
+    XCTAssertTrue(record.weaknesses.contains { $0.contains("not run") }, "\(record.weaknesses)")
+    XCTAssertTrue(lines.contains { $0.contains("weaker than the standard budget") })
+    let reread = try PlanDocument.read(result.planFile)
+    XCTAssertEqual(reread.planning.chosenCut, record.chosenCut)
+    XCTAssertEqual(reread.planning.privacy, record.privacy)
+    let html = try String(contentsOf: result.report, encoding: .utf8)
+    XCTAssertTrue(html.contains("white-box threat model"))
+    if let chosen = record.chosenCut {
+      for file in ["head.onnx", "tail.onnx", "head.onnx.sealed", "head.key", "veil.manifest.template", "client-policy.json"] {
+        XCTAssertTrue(FileManager.default.fileExists(atPath: folder.appendingPathComponent(file).path), file)
+      }
+      let mode = try FileManager.default.attributesOfItem(atPath: folder.appendingPathComponent("head.key").path)[.posixPermissions] as? Int
+      XCTAssertEqual(mode, 0o600, "the key is the owner's alone")
+      let policy = try Policy(json: Data(contentsOf: folder.appendingPathComponent("client-policy.json")))
+      XCTAssertNotNil(policy.mrEnclave)
+      XCTAssertTrue(policy.allowSimulation)
+      let deployment = try DeploymentPlan.load(folder.path)
+      XCTAssertEqual(deployment.plan.cut.name, chosen)
+      XCTAssertEqual(deployment.plan.sealedHead, "head.onnx.sealed")
+    } else {
+      XCTAssertNil(reread.deployment)
+      XCTAssertTrue(html.contains("Nothing to deploy"))
+    }
   }
 
   /// plan.json is one file for both readers: the enclave reads the deployment at the top level,
@@ -267,19 +367,24 @@ final class PlannerTests: XCTestCase {
     var options = ProfileOptions()
     options.runs = 1
     let profile = try Profiler.profile(graph: graph, model: "chain", options: options)
+    let settings = EvaluationSettings()
+    let cut = profile.cuts.first { $0.cut.name == "relu3" }!.cut
     let record = PlanRecord(
       model: "chain", modelDigest: try Planner.digest(graph),
-      data: .init(origin: "user images", path: "x", images: 10, sourceImages: 5, trainImages: 6, heldOutImages: 4, imageSize: 32),
-      threshold: 0.3, attacker: "inverse", budget: .quick, seeds: [:], settings: [:], profile: profile, privacy: [],
-      chosenCut: "relu3", fastestCut: profile.fastestCut, deployment: nil, versions: [:])
+      data: .init(
+        origin: "user images", path: "x", trainingPath: nil, sourceImages: 5, trainImages: 6, heldOutImages: 4, heldOutPhotos: 2,
+        imageSize: 32, deployedSize: nil),
+      evaluation: settings, confirmation: nil, measures: ["ssim"], settings: [:], profile: profile,
+      outcome: PlanOutcome(profile: profile, privacy: [], confirmations: [], chosen: cut, skipped: [:], tied: [], firstPassChoice: nil),
+      deployment: nil, versions: [:])
     try PlanDocument(deployment: loaded.plan, planning: record).write(to: loaded.file)
     XCTAssertEqual(try DeploymentPlan.load(loaded.file.path).plan, loaded.plan)
     XCTAssertEqual(loaded.plan.model.sha256, record.modelDigest, "one digest for both")
-    let back = try JSONDecoder().decode(PlanDocument.self, from: Data(contentsOf: loaded.file))
+    let back = try PlanDocument.read(loaded.file)
     XCTAssertEqual(back.deployment, loaded.plan)
     XCTAssertEqual(back.planning.chosenCut, "relu3")
     // The folder is now this model's: another model's planner refuses it.
     let other = try Planner(graph: chain(seed: 4), model: "chain", options: PlanOptions(), folder: folder)
-    XCTAssertThrowsError(try other.loadState(attacker: "inverse")) { e in XCTAssertTrue("\(e)".contains("another model"), "\(e)") }
+    XCTAssertThrowsError(try other.loadState(settings: settings, confirmation: nil)) { e in XCTAssertTrue("\(e)".contains("another model"), "\(e)") }
   }
 }

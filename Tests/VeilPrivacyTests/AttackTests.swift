@@ -1,5 +1,6 @@
 import Foundation
 import VeilData
+import VeilFormats
 import VeilGraph
 import VeilPrivacy
 import VeilTensor
@@ -54,17 +55,19 @@ final class AttackTests: XCTestCase {
   }
 
   /// Issue 5: the attack must beat the trivial attacker (the mean training image) on held-out
-  /// photos, for both attackers; the result and its files are complete.
+  /// photos, for both learning-based attackers; the result and its files are complete.
   func testTinyAttackBeatsTheMeanImageOnHeldOutPhotos() throws {
     let g = Self.tinyModel()
     let cut = try g.attackCut(named: "pool1")
-    for kind in AttackerKind.allCases {
+    for kind in [AttackerKind.cgan, .inverse] {
       var config = Self.config()
       config.attacker = kind
       let data = try photos(config)
       // Held-out photos are never trained on.
       XCTAssertTrue(Set(data.trainPhotos).isDisjoint(with: data.testPhotos))
       XCTAssertEqual(data.testPhotos.count, 2)
+      XCTAssertEqual(data.validationPhotos.count, 1, "three training photos keep one apart for the stopping rule")
+      XCTAssertTrue(Set(data.validationPhotos).isDisjoint(with: data.trainPhotos + data.testPhotos))
       let out = temp(kind.rawValue)
       defer { try? FileManager.default.removeItem(at: out) }
       let r = try runAttack(
@@ -76,10 +79,12 @@ final class AttackTests: XCTestCase {
       XCTAssertGreaterThan(r.ssim.mean, r.baselineSSIM + 0.02, "\(kind): SSIM \(r.ssim.mean) vs baseline \(r.baselineSSIM)")
       XCTAssertGreaterThan(r.psnr.mean, 10)
       XCTAssertGreaterThan(r.ssimUpperBound, r.ssim.mean)
-      for path in [r.gridPath, r.generatorWeightsPath, out.appendingPathComponent("result.json").path] {
+      // Two held-out photos of four crops each: the bound has one degree of freedom.
+      XCTAssertEqual(r.measure("ssim")?.estimate.clusters, 2)
+      for path in [r.gridPath, out.appendingPathComponent("result.json").path] + r.weightsPaths {
         XCTAssertTrue(FileManager.default.fileExists(atPath: path), path)
       }
-      XCTAssertEqual(r.discriminatorWeightsPath != nil, kind == .cgan)
+      XCTAssertEqual(r.weightsPaths.count, kind == .cgan ? 2 : 1)
       let grid = try ImageCodec.readUpright(URL(fileURLWithPath: r.gridPath))
       XCTAssertGreaterThan(grid.height, 2 * 32)
     }
@@ -100,6 +105,7 @@ final class AttackTests: XCTestCase {
       model: g, modelName: "tiny", cut: cut, data: data, preprocessing: Self.unit, config: config, outDir: out, cacheDirectory: cache)
     XCTAssertEqual(first.resumedFromEpoch, 0)
     XCTAssertEqual(first.epochsRun, 1)
+    XCTAssertEqual(first.curve.count, 1)
     config.epochs = 2
     var events: [String] = []
     let second = try runAttack(
@@ -174,46 +180,50 @@ final class AttackTests: XCTestCase {
     XCTAssertThrowsError(try zero.validate()) { e in XCTAssertTrue("\(e)".contains("epochs must be ≥ 1"), "\(e)") }
   }
 
-  /// Student's t bound: mean + t(n−1)·s/√n.
-  func testUpperConfidenceBound() {
+  /// Student's t quantiles: the table, and the expansion above 30 degrees of freedom.
+  func testStudentT() {
+    XCTAssertEqual(StudentT.quantile95(degreesOfFreedom: 2), 2.920, accuracy: 1e-9)
+    XCTAssertEqual(StudentT.quantile95(degreesOfFreedom: 1000), 1.6464, accuracy: 1e-3)
     let s = ScoreSummary([0.2, 0.4, 0.6])
     XCTAssertEqual(s.mean, 0.4, accuracy: 1e-12)
     XCTAssertEqual(s.std, 0.2, accuracy: 1e-12)
-    XCTAssertEqual(s.upperConfidenceBound, 0.4 + 2.920 * 0.2 / 3.0.squareRoot(), accuracy: 1e-9)
-    XCTAssertEqual(StudentT.quantile95(degreesOfFreedom: 1000), 1.6464, accuracy: 1e-3)
-    XCTAssertEqual(ScoreSummary([0.5]).upperConfidenceBound, .infinity)
   }
 
-  /// The sweep writes JSON, CSV and SVG after each cut and skips finished cuts on a rerun.
+  /// The sweep writes JSON, CSV and an SVG per measure after each cut, skips finished cuts on a
+  /// rerun, and refuses a folder of other settings.
   func testSweepWritesItsFilesAndResumes() throws {
     let g = Self.tinyModel()
-    var config = Self.config(epochs: 1)
-    config.trainCropsPerPhoto = 8
-    let data = try photos(config)
+    var settings = EvaluationSettings(threatModel: .blackBox, budget: .quick, imageSize: 32)
+    settings.attackers = [.inverse]
+    settings.config = Self.config(epochs: 1)
+    settings.config.trainCropsPerPhoto = 8
     let out = temp("sweep")
     defer { try? FileManager.default.removeItem(at: out) }
-    let sweep = PrivacySweep(
-      modelName: "tiny", cuts: try g.candidateCuts(), threshold: 0.3, config: config, outDir: out, cacheDirectory: nil)
-    let report = try sweep.run(model: g, data: data, preprocessing: Self.unit)
+    let evaluation = PrivacyEvaluation(
+      model: g, modelName: "tiny", preprocessing: Self.unit, files: try Self.photoNames.map(TestAssets.url), source: "asset cache",
+      settings: settings, measures: .pixels, outDir: out, cacheDirectory: nil)
+    let sweep = PrivacySweep(evaluation: evaluation, cuts: try g.candidateCuts())
+    let report = try sweep.run()
     XCTAssertEqual(report.results.map(\.cut), ["pool1", "pool2"])
     let csv = try String(contentsOf: sweep.csvFile, encoding: .utf8).split(separator: "\n")
-    XCTAssertEqual(csv.count, 3)
-    XCTAssertTrue(csv[1].hasPrefix("pool1,8x16x16,cgan,"), String(csv[1]))
-    let svg = try String(contentsOf: sweep.svgFile, encoding: .utf8)
-    XCTAssertTrue(svg.contains("<svg") && svg.contains("threshold 0.3") && svg.contains(">pool2<"), svg)
-    let decoded = try JSONDecoder().decode(SweepReport.self, from: Data(contentsOf: sweep.jsonFile))
+    // A header, then one row per cut, measure and attacker.
+    XCTAssertEqual(csv.count, 1 + 2 * 2)
+    XCTAssertTrue(csv[1].hasPrefix("pool1,8x16x16,black-box,ssim,inverse,"), String(csv[1]))
+    let svg = try String(contentsOf: sweep.svgFile("ssim"), encoding: .utf8)
+    XCTAssertTrue(svg.contains("<svg") && svg.contains("threshold 0.30") && svg.contains(">pool2<"), svg)
+    let decoded = try VeilJSON.decoder().decode(SweepReport.self, from: Data(contentsOf: sweep.jsonFile))
     XCTAssertEqual(decoded, report)
 
     // Finished cuts are not attacked again: their folders stay gone.
-    for r in report.results { try FileManager.default.removeItem(at: URL(fileURLWithPath: r.gridPath).deletingLastPathComponent()) }
-    let again = try sweep.run(model: g, data: data, preprocessing: Self.unit)
+    for r in report.results { try FileManager.default.removeItem(at: out.appendingPathComponent(r.attacks[0].folder)) }
+    let again = try sweep.run()
     XCTAssertEqual(again, report)
-    XCTAssertFalse(FileManager.default.fileExists(atPath: report.results[0].gridPath))
+    XCTAssertFalse(FileManager.default.fileExists(atPath: out.appendingPathComponent(report.results[0].attacks[0].folder).path))
 
-    var other = sweep
-    other.config.seed = 5
-    XCTAssertThrowsError(try other.run(model: g, data: data, preprocessing: Self.unit)) { e in
-      XCTAssertTrue("\(e)".contains("other attack options"), "\(e)")
+    var other = evaluation
+    other.settings.seeds = [5]
+    XCTAssertThrowsError(try PrivacySweep(evaluation: other, cuts: try g.candidateCuts()).run()) { e in
+      XCTAssertTrue("\(e)".contains("other settings"), "\(e)")
     }
   }
 }

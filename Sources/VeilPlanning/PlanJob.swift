@@ -1,0 +1,167 @@
+import Foundation
+import VeilData
+import VeilGraph
+import VeilModels
+import VeilPrivacy
+import VeilServing
+import VeilTEE
+
+/// A whole plan, as `veil plan` and `veil demo` run it: profile every cut, evaluate the cuts
+/// the search needs under the threat model, confirm the choice at the model's deployed
+/// resolution (standard and thorough budgets), write the deployment, plan.json and
+/// report.html. The command-line tool only parses arguments into this and prints the result.
+public struct PlanJob {
+  public var graph: Graph
+  /// The model's name in reports (its file name, or a zoo name).
+  public var name: String
+  /// A photo folder (any depth), or a TON_IoT image folder from `veil data ton-iot`.
+  public var data: URL
+  /// "imagenet-style photos (registry-shipped)" or "user images": for the report.
+  public var dataOrigin: String
+  /// The attackers' own photos, apart from `data` (every photo of `data` is then held out).
+  public var attackData: URL?
+  public var folder: URL
+  public var options = PlanOptions()
+  public var threatModel = ThreatModel.whiteBox
+  public var thresholds = LeakageThresholds.defaults
+  /// Side of the first pass's square attack images.
+  public var imageSize = 64
+  public var seed: UInt64 = 0
+  /// Changes to the budget's attack options (the command line's --epochs, --steps, …), applied
+  /// to the first pass and the deployed-resolution pass alike.
+  public var overrides: (inout AttackConfig) -> Void = { _ in }
+  /// Confirm the choice at the model's own input size (nil: the budget decides: standard and
+  /// thorough do, quick does not).
+  public var confirmAtDeployedSize: Bool?
+  /// Recognition and re-identification need the reference classifier (EfficientNet-Lite0's
+  /// ImageNet weights in the asset cache); off, only the pixel measures are computed.
+  public var semanticMeasures = true
+  /// How an image becomes the model's input.
+  public var preprocessing: InputPreprocessing
+  /// The preset the client applies when deployed (nil: the nearest to the model's own).
+  public var clientPreset: VeilData.Preprocessing.Preset?
+  public var labels: [String]?
+  public var teePreset = "sgx1"
+  public var cacheDirectory: URL? = FeatureExtractor.defaultCacheDirectory
+
+  public init(graph: Graph, name: String, data: URL, dataOrigin: String, folder: URL, preprocessing: InputPreprocessing) {
+    self.graph = graph
+    self.name = name
+    self.data = data
+    self.dataOrigin = dataOrigin
+    self.folder = folder
+    self.preprocessing = preprocessing
+  }
+
+  /// The evaluation settings of the first pass.
+  public var settings: EvaluationSettings {
+    var s = EvaluationSettings(
+      threatModel: threatModel, budget: options.budget, imageSize: imageSize, seed: seed, thresholds: thresholds)
+    overrides(&s.config)
+    return s
+  }
+
+  /// The model's own input side, when its input is square and larger than the attack images.
+  public var deployedSize: Int? {
+    guard let input = graph.inputs.first, let shape = graph.shape(input), shape.count == 4 else { return nil }
+    let (h, w) = [1, 3].contains(shape[1]) ? (shape[2], shape[3]) : (shape[1], shape[2])
+    return h == w && h > imageSize ? h : nil
+  }
+
+  /// The measures for `data`: field recovery for TON_IoT image folders, recognition and
+  /// re-identification for photos (with the reference classifier), SSIM and PSNR always.
+  public func measures() throws -> MeasureSet {
+    var m = MeasureSet.pixels
+    if let fields = try FieldRecoveryMeasure.forDataFolder(data) {
+      m.measures.append(fields)
+    } else if semanticMeasures {
+      let classifier = try ReferenceClassifier.efficientNetLite0()
+      m.measures += [RecognitionMeasure(classifier: classifier), ReidentificationMeasure(classifier: classifier)]
+    }
+    return m
+  }
+
+  /// Everything the plan wrote.
+  public struct Result {
+    public var document: PlanDocument
+    public var planFile: URL
+    public var report: URL
+  }
+
+  public func run(
+    log: (String) -> Void, attackProgress: (CutPoint, AttackerKind, UInt64, AttackProgress) -> Void = { _, _, _, _ in }
+  ) throws -> Result {
+    for (measure, t) in thresholds.values where !(t > 0 && t < 1) { throw PlanError.invalidThreshold(measure: measure, value: t) }
+    let planner = try Planner(graph: graph, model: name, options: options, folder: folder)
+    let settings = self.settings
+    try settings.config.validate()
+    let files = try PrivacyEvaluation.photoFiles(data)
+    let training = try attackData.map(PrivacyEvaluation.photoFiles)
+    let source = data.path + (attackData.map { " (attackers trained on \($0.path))" } ?? "")
+    let measures = try self.measures()
+    let evaluation = PrivacyEvaluation(
+      model: graph, modelName: name, preprocessing: preprocessing, files: files, training: training, source: source,
+      settings: settings, measures: measures, outDir: folder.appendingPathComponent("attacks"), cacheDirectory: cacheDirectory)
+    // The first seed's split, for the up-front figures and the held-out check.
+    var first = settings.config
+    first.attacker = settings.attackers[0]
+    first.seed = settings.seeds[0]
+    var learner = first
+    learner.attacker = .inverse
+    let images = try evaluation.images(settings.attackers.contains(where: \.needsTrainingData) ? learner : first)
+    try planner.checkHeldOut(images.test.count)
+    let cutCount = try graph.candidateCuts().count
+    log(
+      "plan: \(name), \(cutCount) cuts, \(settings.threatModel.rawValue) threat model, budget \(settings.budget.rawValue): attackers \(settings.attackers.map(\.rawValue).joined(separator: ", ")) × \(settings.seeds.count) seed(s) on about \(settings.budget.cutsExpected(cutCount: cutCount)) cuts; \(images.train.count) training crops (\(images.trainPhotos.count) photos), \(images.test.count) held-out crops (\(images.testPhotos.count) photos) at \(imageSize) px; measures \(measures.names.joined(separator: ", ")); thresholds \(thresholds.values.sorted { $0.key < $1.key }.map { "\($0.key) \($0.value)" }.joined(separator: ", "))")
+    for w in settings.weakerThanDefault { log("note: weaker than the standard budget: \(w)") }
+
+    // The deployed resolution: the first attacker of the threat model on the model's own
+    // input size, one seed. The optimisation attack learns nothing, so it rebuilds every photo
+    // whole (one crop each); the others keep the split.
+    var confirmation: PrivacyEvaluation?
+    if let size = deployedSize, confirmAtDeployedSize ?? (options.budget != .quick) {
+      var c = EvaluationSettings(threatModel: threatModel, budget: options.budget, imageSize: size, seed: seed, thresholds: thresholds)
+      overrides(&c.config)
+      c.attackers = [settings.attackers[0]]
+      c.seeds = [seed]
+      c.config.imageSize = size
+      c.config.testCropsPerPhoto = 1
+      c.config.optimisationBatch = 8
+      if c.attackers[0] == .optimisation { c.config.testFraction = 1 }
+      var e = evaluation
+      e.settings = c
+      e.outDir = folder.appendingPathComponent("attacks-\(size)px")
+      confirmation = e
+    }
+    let outcome = try planner.run(evaluation: evaluation, confirmation: confirmation, log: log, attackProgress: attackProgress)
+    var deployment: DeploymentPlan?
+    var summary: PlanRecord.Deployment?
+    if let chosen = outcome.chosen {
+      let written = try PlanDeployment(
+        graph: graph, name: name, cut: chosen, folder: folder, profile: outcome.profile, labels: labels, preset: clientPreset,
+        teePreset: teePreset
+      ).write()
+      deployment = written.plan
+      summary = written.summary
+    }
+    let origin = (try? FieldRecoveryMeasure.forDataFolder(data)) != nil ? "ton-iot images" : dataOrigin
+    let record = PlanRecord(
+      model: name, modelDigest: planner.modelDigest,
+      data: .init(
+        origin: origin, path: data.path, trainingPath: attackData?.path,
+        sourceImages: images.trainPhotos.count + images.validationPhotos.count + images.testPhotos.count,
+        trainImages: images.train.count, heldOutImages: images.test.count, heldOutPhotos: images.testPhotos.count, imageSize: imageSize,
+        deployedSize: deployedSize),
+      evaluation: settings, confirmation: confirmation?.settings, measures: measures.names,
+      settings: [
+        "preprocessing": preprocessing.name, "TEE preset": teePreset, "profile runs": "\(options.profile.runs)",
+        "seed (splits, crops, attackers, profile input)": "\(seed)",
+      ], profile: outcome.profile, outcome: outcome, deployment: summary, versions: MachineInfo.versions)
+    let document = PlanDocument(deployment: deployment, planning: record)
+    let planFile = folder.appendingPathComponent(DeploymentPlan.fileName)
+    try document.write(to: planFile)
+    let report = folder.appendingPathComponent("report.html")
+    try HTMLReport.render(record, folder: folder).write(to: report, atomically: true, encoding: .utf8)
+    return Result(document: document, planFile: planFile, report: report)
+  }
+}

@@ -1,0 +1,295 @@
+import Foundation
+import VeilData
+import VeilGraph
+import VeilPrivacy
+import VeilTensor
+import VeilTestSupport
+import VeilTrain
+import XCTest
+
+/// The statistics, the optimisation attackers, the measures and the verdict of issue 16.
+final class EvaluationTests: XCTestCase {
+  func temp(_ name: String) -> URL {
+    FileManager.default.temporaryDirectory.appendingPathComponent("veil-eval-\(UUID().uuidString)-\(name)")
+  }
+
+  // MARK: - Statistics
+
+  /// Crops of one photo are one cluster: four copies of each photo's score give the bound of
+  /// the photos, not of four times as many independent images.
+  func testBoundIsClusteredByPhoto() {
+    let photoScores = [0.2, 0.3, 0.4, 0.5, 0.6]
+    let once = LeakageEstimate(photoScores.enumerated().map { ScoredImage(score: $1, photo: "p\($0)", seed: 0) })
+    let copies = LeakageEstimate(
+      photoScores.enumerated().flatMap { k, s in (0..<4).map { _ in ScoredImage(score: s, photo: "p\(k)", seed: 0) } })
+    XCTAssertEqual(once.mean, 0.4, accuracy: 1e-12)
+    XCTAssertEqual(copies.upper, once.upper, accuracy: 1e-12)
+    XCTAssertEqual(copies.clusters, 5)
+    XCTAssertEqual(copies.images, 20)
+    // Treated as 20 independent images the bound would be tighter: clustering widened it.
+    let iid = LeakageEstimate(
+      photoScores.enumerated().flatMap { k, s in (0..<4).map { j in ScoredImage(score: s, photo: "p\(k)-\(j)", seed: 0) } })
+    XCTAssertLessThan(iid.upper, copies.upper - 0.05)
+    // Student's t with 4 degrees of freedom over the 5 photo means: sd 0.158, se 0.0707.
+    XCTAssertEqual(once.upper, 0.4 + 2.132 * (0.025.squareRoot() / 5.0.squareRoot()), accuracy: 1e-9)
+    XCTAssertEqual(LeakageEstimate([ScoredImage(score: 0.5, photo: "a", seed: 0)]).upper, .infinity)
+  }
+
+  /// Seeds that disagree widen the bound beyond what either seed alone says.
+  func testSpreadAcrossSeedsWidensTheBound() {
+    func seed(_ s: UInt64, _ shift: Double) -> [ScoredImage] {
+      (0..<8).map { ScoredImage(score: 0.25 + shift + 0.01 * Double($0 % 3), photo: "p\($0)", seed: s) }
+    }
+    let agree = LeakageEstimate(seed(0, 0) + seed(1, 0))
+    let disagree = LeakageEstimate(seed(0, -0.05) + seed(1, 0.05))
+    XCTAssertEqual(agree.mean, disagree.mean, accuracy: 1e-12)
+    XCTAssertEqual(disagree.seeds, 2)
+    XCTAssertEqual(disagree.seedMeans.count, 2)
+    XCTAssertGreaterThan(disagree.upper, agree.upper + 0.04)
+  }
+
+  /// 0 hits out of n is not a zero-width interval for a binary measure.
+  func testBinaryMeasuresKeepABinomialFloor() {
+    let none = (0..<36).map { ScoredImage(score: 0, photo: "p\($0 / 4)", seed: 0) }
+    let e = LeakageEstimate(none, binary: true)
+    XCTAssertEqual(e.mean, 0)
+    XCTAssertGreaterThan(e.upper, 0.02)
+    XCTAssertLessThan(e.upper, 0.2)
+    XCTAssertEqual(LeakageEstimate(none, binary: false).upper, 0)
+    XCTAssertEqual(LeakageStatus(e, threshold: 0.2), .private)
+    XCTAssertEqual(LeakageStatus(e, threshold: e.upper / 2), .undecided)
+    let all = LeakageEstimate(none.map { ScoredImage(score: 1, photo: $0.photo, seed: 0) }, binary: true)
+    XCTAssertEqual(LeakageStatus(all, threshold: 0.5), .leaks)
+  }
+
+  /// The choice: the earliest cut from which every evaluated cut is private.
+  func testTheChoiceRuleIsTheEarliestCutWithEveryDeeperOnePrivate() {
+    XCTAssertEqual(PrivacyChoice.earliest([(0, false), (2, true), (5, true)]), 2)
+    XCTAssertEqual(PrivacyChoice.earliest([(0, true), (2, false), (5, true)]), 5)
+    XCTAssertNil(PrivacyChoice.earliest([(0, true), (5, false)]))
+    XCTAssertEqual(PrivacyChoice.earliest([(3, true), (1, true), (0, false)]), 1)
+  }
+
+  // MARK: - The white-box head
+
+  /// The pixel head (the model's preprocessing as a 1×1 convolution, then the head) gives the
+  /// features `FeatureExtractor.features` computes from 8-bit images, for channels-first and
+  /// channels-last models, RGB, BGR and one-channel ones.
+  func testPixelHeadMatchesTheFeatureExtractor() throws {
+    let photos = try ["coffee.png", "chelsea.png"].map { try ImageCodec.readUpright(TestAssets.url($0)).rgb().centreCropped(width: 300, height: 300).resized(width: 32, height: 32, interpolation: .area) }
+    let cases: [(Graph, InputPreprocessing)] = [
+      (AttackTests.tinyModel(), AttackTests.unit),
+      (AttackTests.tinyModel(), InputPreprocessing(name: "caffe", normalization: .caffe, channelOrder: .bgr)),
+      (Self.channelsLastModel(), InputPreprocessing(name: "imagenet", normalization: .imagenet, channelOrder: .rgb)),
+      (Self.greyModel(), InputPreprocessing(name: "imagenet", normalization: .imagenet, channelOrder: .rgb)),
+    ]
+    for (g, pre) in cases {
+      let cut = try g.attackCut(named: "pool1")
+      let fx = try FeatureExtractor(model: g, cut: cut, imageSize: 32, batch: 2, preprocessing: pre)
+      let expected = try fx.features(photos)
+      let head = try fx.differentiableHead(batch: 2)
+      let pixels = Tensor(shape: [2, 3, 32, 32]) { d in
+        for (i, p) in photos.enumerated() {
+          for c in 0..<3 { for k in 0..<(32 * 32) { d[(i * 3 + c) * 1024 + k] = Float(p.pixels[k * 3 + c].value) / 127.5 - 1 } }
+        }
+      }
+      let got = try head(Variable(pixels)).value
+      XCTAssertEqual(got.shape, expected.shape, "\(g.name) \(pre.name)")
+      let scale = expected.scalars.map(abs).max() ?? 1
+      let err = zip(got.scalars, expected.scalars).map { abs($0 - $1) }.max() ?? 0
+      // Luma is Pillow's fixed-point rounding on 8-bit pixels against exact weights here.
+      XCTAssertLessThan(err, scale * (fx.inputChannels == 1 ? 2e-2 : 1e-4), "\(g.name) \(pre.name)")
+    }
+  }
+
+  /// A channels-last model: an NHWC input transposed in, its pool1 map NHWC too.
+  static func channelsLastModel() -> Graph {
+    var g = Graph(name: "nhwc")
+    var rng = SeededGenerator(seed: 11)
+    let x = g.addInput(name: "image", shape: [1, 32, 32, 3])
+    var v = g.addNode(.transpose(permutation: [0, 3, 1, 2]), name: "to_nchw", inputs: [x])[0]
+    v = g.conv(v, weight: Tensor.randomNormal(shape: [8, 3, 3, 3], std: 0.3, generator: &rng), bias: Tensor(zeros: [8]), .square(3), name: "conv1")
+    v = g.activation(v, .relu, name: "relu1")
+    v = g.maxPool(v, PoolAttributes(kernel: [2, 2], strides: [2, 2]), name: "pool1_nchw")
+    v = g.addNode(.transpose(permutation: [0, 2, 3, 1]), name: "pool1", inputs: [v], outputNames: ["pool1"])[0]
+    v = g.addNode(.transpose(permutation: [0, 3, 1, 2]), name: "back", inputs: [v])[0]
+    v = g.activation(g.conv(v, weight: Tensor.randomNormal(shape: [4, 8, 3, 3], std: 0.3, generator: &rng), .square(3), name: "conv2"), .relu, name: "out")
+    g.outputs = [v]
+    g.metadata["cuts"] = "pool1"
+    return g
+  }
+
+  /// A one-channel model (fed the images' luma).
+  static func greyModel() -> Graph {
+    var g = Graph(name: "grey")
+    var rng = SeededGenerator(seed: 12)
+    let x = g.addInput(name: "image", shape: [1, 1, 32, 32])
+    var v = g.conv(x, weight: Tensor.randomNormal(shape: [8, 1, 3, 3], std: 0.5, generator: &rng), bias: Tensor(zeros: [8]), .square(3), name: "conv1")
+    v = g.activation(v, .relu, name: "relu1")
+    v = g.maxPool(v, PoolAttributes(kernel: [2, 2], strides: [2, 2]), name: "pool1")
+    v = g.activation(g.conv(v, weight: Tensor.randomNormal(shape: [4, 8, 3, 3], std: 0.3, generator: &rng), .square(3), name: "conv2"), .relu, name: "out")
+    g.outputs = [v]
+    g.metadata["cuts"] = "pool1"
+    return g
+  }
+
+  // MARK: - Attackers
+
+  /// The white-box optimisation rebuilds shallow-cut photos far better than the mean image,
+  /// needs no training photos, and holds every photo out when asked (test fraction 1).
+  func testOptimisationAttackRebuildsShallowCutsWithoutData() throws {
+    let g = AttackTests.tinyModel()
+    var config = AttackTests.config()
+    config.attacker = .optimisation
+    config.testFraction = 1
+    config.testCropsPerPhoto = 1
+    config.optimisationSteps = 300
+    // No photos of its own to calibrate the prior on (every photo is held out): a weight that
+    // suits a shallow cut.
+    config.tvWeight = 0.1
+    let data = try AttackImages.photos(AttackTests.photoNames.map(TestAssets.url), config: config, source: "asset cache")
+    XCTAssertEqual(data.test.count, AttackTests.photoNames.count)
+    XCTAssertTrue(data.train.isEmpty)
+    let out = temp("optimisation")
+    defer { try? FileManager.default.removeItem(at: out) }
+    let r = try runAttack(
+      model: g, modelName: "tiny", cut: try g.attackCut(named: "pool1"), data: data, preprocessing: AttackTests.unit, config: config,
+      outDir: out, cacheDirectory: nil)
+    XCTAssertEqual(r.attacker, .optimisation)
+    XCTAssertEqual(r.heldOutCount, 5)
+    XCTAssertGreaterThan(r.ssim.mean, 0.5, "SSIM \(r.ssim.mean)")
+    XCTAssertGreaterThan(r.ssim.mean, r.baselineSSIM + 0.3)
+    // The objective fell.
+    XCTAssertLessThan(r.curve.last!.loss, r.curve.first!.loss / 4)
+    XCTAssertTrue(FileManager.default.fileExists(atPath: r.gridPath))
+  }
+
+  /// A diverging optimisation stops with the step and what to lower.
+  func testOptimisationThatDivergesStopsWithAdvice() throws {
+    var g = AttackTests.tinyModel()
+    for (v, t) in g.initializers { g.initializers[v] = Kernels.map(t) { $0 * 1e30 } }
+    var config = AttackTests.config()
+    config.attacker = .optimisation
+    config.testFraction = 1
+    config.testCropsPerPhoto = 1
+    let data = try AttackImages.photos(AttackTests.photoNames.prefix(2).map(TestAssets.url), config: config, source: "two")
+    XCTAssertThrowsError(
+      try runAttack(
+        model: g, modelName: "huge", cut: try g.attackCut(named: "pool2"), data: data, preprocessing: AttackTests.unit, config: config,
+        outDir: temp("nan"), cacheDirectory: nil)
+    ) { e in
+      guard case .nonFiniteLoss(let step, _, _, let advice) = e as? PrivacyError else { return XCTFail("\(e)") }
+      XCTAssertEqual(step, 1)
+      XCTAssertTrue(advice.contains("--opt-lr") && advice.contains("--tv-weight"), advice)
+    }
+  }
+
+  /// The black-box attacker trains a substitute head from queries and optimises through it;
+  /// the learning-based ones stop by the validation rule and keep their curve.
+  func testSubstituteAndStoppingRule() throws {
+    let g = AttackTests.tinyModel()
+    var config = AttackTests.config(epochs: 4)
+    config.attacker = .substitute
+    config.optimisationSteps = 60
+    config.patience = 1
+    let data = try AttackImages.photos(AttackTests.photoNames.map(TestAssets.url), config: config, source: "asset cache")
+    XCTAssertFalse(data.validation.isEmpty, "three or more training photos keep one for validation")
+    XCTAssertTrue(Set(data.validationPhotos).isDisjoint(with: data.trainPhotos + data.testPhotos))
+    let out = temp("substitute")
+    defer { try? FileManager.default.removeItem(at: out) }
+    let r = try runAttack(
+      model: g, modelName: "tiny", cut: try g.attackCut(named: "pool1"), data: data, preprocessing: AttackTests.unit, config: config,
+      outDir: out, cacheDirectory: nil)
+    XCTAssertGreaterThan(r.ssim.mean, r.baselineSSIM, "substitute SSIM \(r.ssim.mean) vs baseline \(r.baselineSSIM)")
+    XCTAssertFalse(r.curve.isEmpty)
+    XCTAssertTrue(r.curve.allSatisfy { $0.validation != nil })
+    // A rerun resumes: nothing left to train.
+    let again = try runAttack(
+      model: g, modelName: "tiny", cut: try g.attackCut(named: "pool1"), data: data, preprocessing: AttackTests.unit, config: config,
+      outDir: out, cacheDirectory: nil)
+    XCTAssertEqual(again.epochsRun, 0)
+    XCTAssertEqual(again.curve, r.curve)
+  }
+
+  /// The rule: patience epochs without a 1 % improvement stop training; the best epoch is kept.
+  func testStoppingRule() {
+    var s = StoppingState()
+    XCTAssertTrue(s.record(epoch: 1, loss: 1, validation: 0.50, patience: 2))
+    XCTAssertTrue(s.record(epoch: 2, loss: 1, validation: 0.40, patience: 2))
+    XCTAssertTrue(s.record(epoch: 3, loss: 1, validation: 0.399, patience: 2))  // better, but not by 1 %
+    XCTAssertFalse(s.stopped)
+    XCTAssertFalse(s.record(epoch: 4, loss: 1, validation: 0.45, patience: 2))
+    XCTAssertTrue(s.stopped)
+    XCTAssertTrue(s.converged)
+    XCTAssertEqual(s.bestEpoch, 3)
+    var still = StoppingState()
+    for (e, v) in [0.5, 0.4, 0.3].enumerated() { _ = still.record(epoch: e + 1, loss: 1, validation: v, patience: 2) }
+    XCTAssertFalse(still.converged)
+  }
+
+  // MARK: - Measures
+
+  /// Recognition and re-identification by a classifier: the originals recognise and
+  /// re-identify themselves; the mean image re-identifies nobody.
+  func testRecognitionAndReidentification() throws {
+    let classifier = try ReferenceClassifier(
+      name: "tiny classifier", graph: Self.tinyClassifier(), normalization: .unit, batch: 4)
+    var rng = SeededGenerator(seed: 5)
+    let originals = Tensor.randomUniform(shape: [6, 3, 32, 32], low: -1, high: 1, generator: &rng)
+    let mean = Tensor(zeros: [1, 3, 32, 32])
+    let input = MeasureInput(originals: originals, reconstructions: originals, baseline: mean, names: (0..<6).map { "#\($0)" })
+    XCTAssertEqual(try RecognitionMeasure(classifier: classifier).scores(input), Array(repeating: 1, count: 6))
+    XCTAssertEqual(try ReidentificationMeasure(classifier: classifier).scores(input), Array(repeating: 1, count: 6))
+    // One image for all: every query finds the same nearest original, so exactly one (chance,
+    // one in six) is re-identified.
+    var trivial = input
+    trivial.reconstructions = Tensor(zeros: [6, 3, 32, 32])
+    XCTAssertEqual(try ReidentificationMeasure(classifier: classifier).scores(trivial).reduce(0, +), 1)
+  }
+
+  /// A classifier graph: conv, global pooling, flatten, Gemm to 10 classes.
+  static func tinyClassifier() -> Graph {
+    var g = Graph(name: "classifier")
+    var rng = SeededGenerator(seed: 9)
+    let x = g.addInput(name: "image", shape: [1, 3, 32, 32])
+    var v = g.activation(g.conv(x, weight: Tensor.randomNormal(shape: [16, 3, 3, 3], std: 0.4, generator: &rng), .square(3), name: "conv"), .relu, name: "relu")
+    v = g.globalAveragePool(v, name: "pool")
+    v = g.addNode(.flatten(axis: 1), name: "flatten", inputs: [v])[0]
+    let w = g.addInitializer(name: "fc.weight", Tensor.randomNormal(shape: [10, 16], std: 0.5, generator: &rng))
+    v = g.addNode(.gemm(GemmAttributes(transB: true)), name: "fc", inputs: [v, w])[0]
+    g.outputs = [v]
+    try? g.inferShapes()
+    return g
+  }
+
+  /// Field recovery reads a record image back into its fields: an exact copy recovers every
+  /// informative field, the trivial attacker none, and a record image of another record only
+  /// some.
+  func testFieldRecovery() throws {
+    let csv = try PythonScript.temporaryDirectory("fields").appendingPathComponent("net.csv")
+    try PythonScript.run("synth_ton_iot.py", ["--rows", "40", "--out", csv.path, "--seed", "3"])
+    let reader = try TonIoTReader(url: csv)
+    var records: [TonIoTRecord] = []
+    while let r = try reader.next() { records.append(r) }
+    var fitter = try TonIoTTransform.Fitter(options: .init(imageSize: 32))
+    for r in records { fitter.add(r) }
+    let t = try fitter.transform()
+    let m = FieldRecoveryMeasure(transform: t)
+    func images(_ rs: ArraySlice<TonIoTRecord>) throws -> Tensor {
+      let batch = try rs.map { try t.image($0) }
+      return Tensor(shape: [batch.count, 3, 32, 32]) { d in
+        for (i, img) in batch.enumerated() {
+          for c in 0..<3 { for k in 0..<1024 { d[(i * 3 + c) * 1024 + k] = Float(img.pixels[k * 3 + c].value) / 127.5 - 1 } }
+        }
+      }
+    }
+    let originals = try images(records[0..<4])
+    let baseline = Tensor(zeros: [1, 3, 32, 32])
+    let names = ["a", "b", "c", "d"]
+    XCTAssertEqual(try m.scores(MeasureInput(originals: originals, reconstructions: originals, baseline: baseline, names: names)), [1, 1, 1, 1])
+    let flat = Tensor(zeros: [4, 3, 32, 32])
+    XCTAssertEqual(try m.scores(MeasureInput(originals: originals, reconstructions: flat, baseline: baseline, names: names)), [0, 0, 0, 0])
+    let others = try m.scores(MeasureInput(originals: originals, reconstructions: try images(records[10..<14]), baseline: baseline, names: names))
+    XCTAssertLessThan(others.reduce(0, +) / 4, 0.95, "\(others)")
+  }
+}
