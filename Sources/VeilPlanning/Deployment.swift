@@ -61,7 +61,8 @@ public struct PlanDeployment {
     let key = SealedHead.newKey()
     let sealed = try SealedHead.seal(Array(try Data(contentsOf: loaded.headURL)), key: key)
     try Data(sealed).write(to: folder.appendingPathComponent("head.onnx.sealed"))
-    try SecretFile.write(key.withUnsafeBytes { Array($0) }, to: folder.appendingPathComponent("head.key"))
+    // A rerun replaces the key with the one that sealed this head.
+    try SecretFile.write(key.withUnsafeBytes { Array($0) }, to: folder.appendingPathComponent("head.key"), existing: .replace)
     var plan = loaded.plan
     plan.sealedHead = "head.onnx.sealed"
     // The manifest template for gramine-sgx, sized from the head's measured peak memory.
