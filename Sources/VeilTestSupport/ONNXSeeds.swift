@@ -40,7 +40,7 @@ public enum ONNXSeeds {
     m.tensor("W", dims: [192, 4], type: 1) { e in e.data(9, (0..<(192 * 4)).flatMap { k in le(Float(k % 7) / 7) }) }
     m.tensor("b16", dims: [4], type: 10) { $0.data(9, [0, 0x3C, 0, 0x40, 0, 0xBC, 0xFF, 0x7B]) }
     m.tensor("bD", dims: [4], type: 11) { e in for v in [0.5, -1, 2, 1e300] { e.double(10, v) } }
-    m.tensor("i32", dims: [2, 3], type: 6) { $0.packedInt(5, [1, -2, 3, 4, 5, 6]) }
+    m.tensor("i32", dims: [3, 2], type: 6) { $0.packedInt(5, [1, -2, 3, 4, 5, 6]) }
     m.ints("zero", dims: [], [0])
     m.ints("axes0", dims: [1], [0])
     m.ints("minus1", dims: [1], [-1])
