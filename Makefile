@@ -2,7 +2,7 @@
 SWIFT ?= swift
 VEIL = .build/release/veil
 
-.PHONY: demo test deps python python-torch python-peers build assets bench-peers enclave-manifest clean
+.PHONY: demo test deps python python-torch python-peers build assets bench-peers enclave-manifest clean fuzz fuzz-build fuzz-seeds
 
 deps:
 	scripts/install-deps.sh
@@ -50,5 +50,38 @@ enclave-manifest: build
 	@test -n "$(HEAD)" -a -n "$(PEAK)" || { echo "usage: make enclave-manifest HEAD=head.onnx PEAK=bytes"; exit 2; }
 	$(VEIL) enclave manifest --head $(HEAD) --peak-memory $(PEAK) --out out/enclave
 
+# Fuzzing (docs/security.md, "Fuzzing"): one libFuzzer binary over every decoder, built apart
+# from the normal build (VEIL_FUZZ declares its target, .build-fuzz holds it). `make fuzz` runs
+# each target for FUZZ_SECONDS (default 60) from its committed seeds plus what earlier runs
+# found, and stops at the first finding (a crash, a timeout, an allocation over the limits),
+# which is written to .build-fuzz/findings/<target>-*.
+FUZZ_SECONDS ?= 60
+FUZZ_TARGETS ?= onnx protobuf pickle checkpoint safetensors npy png jpeg csv toniot-transform idx evidence policy \
+  collateral channel sealed-head
+FUZZ_BUILD = .build-fuzz
+FUZZ = $(FUZZ_BUILD)/release/veil-fuzz
+# Per input: 10 s, and the memory a decoder may use under its documented limits (a 40 MP
+# 16-bit RGBA image is 320 MB, decoded and converted a few times).
+FUZZ_FLAGS ?= -timeout=10 -rss_limit_mb=2560 -malloc_limit_mb=1024 -print_final_stats=1
+
+fuzz-build: deps
+	VEIL_FUZZ=1 $(SWIFT) build -c release --build-path $(FUZZ_BUILD) --product veil-fuzz \
+	  -Xswiftc -sanitize=fuzzer,address -Xswiftc -use-ld=lld -Xcc -fsanitize=fuzzer-no-link,address
+
+fuzz: fuzz-build
+	@mkdir -p $(FUZZ_BUILD)/findings
+	@for t in $(FUZZ_TARGETS); do \
+	  mkdir -p $(FUZZ_BUILD)/corpus/$$t; \
+	  dict=""; if [ -f Fuzz/dict/$$t.dict ]; then dict="-dict=Fuzz/dict/$$t.dict"; fi; \
+	  echo "== fuzz $$t for $(FUZZ_SECONDS) s"; \
+	  SWIFT_BACKTRACE=enable=no ASAN_OPTIONS=detect_leaks=0 \
+	    $(FUZZ) $$t $(FUZZ_FLAGS) -max_total_time=$(FUZZ_SECONDS) $$dict \
+	    -artifact_prefix=$(FUZZ_BUILD)/findings/$$t- $(FUZZ_BUILD)/corpus/$$t Fuzz/corpus/$$t || exit 1; \
+	done
+
+# Rewrites the committed seeds from Veil's own writers (Fuzz/Sources/Seeds.swift).
+fuzz-seeds: fuzz-build
+	$(FUZZ) seeds Fuzz/corpus
+
 clean:
-	rm -rf .build .venv .venv-peers
+	rm -rf .build .build-fuzz .venv .venv-peers

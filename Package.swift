@@ -137,3 +137,17 @@ let package = Package(
     .testTarget(name: "VeilModelsTests", dependencies: ["VeilModels", "VeilFormats", "VeilTestSupport"]),
   ]
 )
+
+// The fuzzing harness (Fuzz/, `make fuzz`): one libFuzzer executable over every decoder. It is
+// declared only when VEIL_FUZZ is set, so `swift build` and `swift build --build-tests` never
+// compile it; `make fuzz` sets it and builds into .build-fuzz with -sanitize=fuzzer.
+if Context.environment["VEIL_FUZZ"] != nil {
+  package.targets.append(
+    .executableTarget(
+      name: "veil-fuzz",
+      dependencies: [
+        "VeilFormats", "VeilData", "VeilTEE", "VeilGraph", "VeilTensor", "VeilTestSupport",
+        .product(name: "Crypto", package: "swift-crypto"),
+      ],
+      path: "Fuzz/Sources"))
+}

@@ -25,18 +25,32 @@ typedef struct {
   size_t size;
   size_t pos;
   veil_codec_error *error;
+  /// The last warning: libpng warns with the reason ("Image width exceeds user limit in IHDR")
+  /// and then fails with a generic error ("Invalid IHDR data").
+  char warning[128];
 } png_source;
 
 static void png_fail(png_structp png, png_const_charp message) {
   png_source *src = (png_source *)png_get_error_ptr(png);
-  set_error(src->error, src->pos, message);
+  if (src->warning[0]) {
+    char both[256];
+    snprintf(both, sizeof both, "%s (%s)", message, src->warning);
+    set_error(src->error, src->pos, both);
+  } else {
+    set_error(src->error, src->pos, message);
+  }
   png_longjmp(png, 1);
 }
 
-// Warnings (a bad CRC on an ancillary chunk, an unknown chunk) leave the pixels intact.
+// Warnings (a bad CRC on an ancillary chunk, an unknown chunk) leave the pixels intact; the last
+// one is kept to explain a later error.
 static void png_warn(png_structp png, png_const_charp message) {
-  (void)png;
-  (void)message;
+  png_source *src = (png_source *)png_get_error_ptr(png);
+  if (src) snprintf(src->warning, sizeof src->warning, "%s", message);
+}
+
+static int over_limit(const veil_decode_limits *limits, uint64_t width, uint64_t height) {
+  return width * height > limits->max_pixels || width > limits->max_side || height > limits->max_side;
 }
 
 static void png_read_bytes(png_structp png, png_bytep out, size_t n) {
@@ -46,7 +60,8 @@ static void png_read_bytes(png_structp png, png_bytep out, size_t n) {
   src->pos += n;
 }
 
-int veil_png_decode(const uint8_t *data, size_t size, veil_decoded_image *out, veil_codec_error *error) {
+int veil_png_decode(const uint8_t *data, size_t size, const veil_decode_limits *limits, veil_decoded_image *out,
+                    veil_codec_error *error) {
   memset(out, 0, sizeof *out);
   out->orientation = 1;
   set_error(error, 0, "");
@@ -54,7 +69,7 @@ int veil_png_decode(const uint8_t *data, size_t size, veil_decoded_image *out, v
     set_error(error, 0, "not a PNG file: the first 8 bytes are not the PNG signature");
     return 1;
   }
-  png_source src = {data, size, 0, error};
+  png_source src = {data, size, 0, error, ""};
   png_structp png = png_create_read_struct(PNG_LIBPNG_VER_STRING, &src, png_fail, png_warn);
   if (!png) {
     set_error(error, 0, "libpng could not allocate its reader");
@@ -75,7 +90,22 @@ int veil_png_decode(const uint8_t *data, size_t size, veil_decoded_image *out, v
     return 1;
   }
   png_set_read_fn(png, &src, png_read_bytes);
+  // Inside libpng: IHDR sides, and what ancillary chunks may cost (their inflated size and how
+  // many are kept). The pixel count is checked below, before any row is allocated.
+  uint32_t side = limits->max_side < 0x7fffffffu ? limits->max_side : 0x7fffffffu;
+  png_set_user_limits(png, side, side);
+  png_set_chunk_cache_max(png, limits->max_chunks);
+  png_set_chunk_malloc_max(png, limits->max_chunk_bytes);
   png_read_info(png, info);
+  png_uint_32 declared_width = png_get_image_width(png, info);
+  png_uint_32 declared_height = png_get_image_height(png, info);
+  if (over_limit(limits, declared_width, declared_height)) {
+    out->width = declared_width;
+    out->height = declared_height;
+    set_error(error, src.pos, "the image is over the pixel limit");
+    png_destroy_read_struct(&png, &info, NULL);
+    return VEIL_CODEC_OVER_LIMIT;
+  }
   int color = png_get_color_type(png, info);
   int depth = png_get_bit_depth(png, info);
   if (color == PNG_COLOR_TYPE_PALETTE) png_set_palette_to_rgb(png);
@@ -129,6 +159,11 @@ static void png_write_bytes(png_structp png, png_bytep bytes, size_t n) {
 
 static void png_flush_nothing(png_structp png) { (void)png; }
 
+static void png_warn_writing(png_structp png, png_const_charp message) {
+  (void)png;
+  (void)message;
+}
+
 static void png_fail_writing(png_structp png, png_const_charp message) {
   png_sink *sink = (png_sink *)png_get_error_ptr(png);
   set_error(sink->error, sink->size, message);
@@ -147,7 +182,7 @@ int veil_png_encode(const uint8_t *pixels, uint32_t width, uint32_t height, uint
     return 1;
   }
   png_sink sink = {NULL, 0, 0, error};
-  png_structp png = png_create_write_struct(PNG_LIBPNG_VER_STRING, &sink, png_fail_writing, png_warn);
+  png_structp png = png_create_write_struct(PNG_LIBPNG_VER_STRING, &sink, png_fail_writing, png_warn_writing);
   if (!png) {
     set_error(error, 0, "libpng could not allocate its writer");
     return 1;
@@ -184,6 +219,24 @@ typedef struct {
 } jpeg_failure;
 
 static void jpeg_fail(j_common_ptr cinfo) { longjmp(((jpeg_failure *)cinfo->err)->jump, 1); }
+
+// A progressive JPEG may hold any number of scans, each a pass over the coefficients: stop at
+// the limit (libjpeg-turbo's own tools do the same with -maxscans).
+typedef struct {
+  struct jpeg_progress_mgr pub;
+  uint32_t max_scans;
+  int over;
+} jpeg_scan_limit;
+
+static void jpeg_count_scans(j_common_ptr cinfo) {
+  if (!cinfo->is_decompressor) return;
+  j_decompress_ptr d = (j_decompress_ptr)cinfo;
+  jpeg_scan_limit *limit = (jpeg_scan_limit *)cinfo->progress;
+  if (d->input_scan_number > 0 && (uint32_t)d->input_scan_number > limit->max_scans) {
+    limit->over = 1;
+    jpeg_fail(cinfo);
+  }
+}
 
 // libjpeg only warns when a scan ends early or a Huffman code is bad, then pads the rest of
 // the image with grey. Those pixels were never in the file, so treat them as errors; the
@@ -229,7 +282,8 @@ static uint32_t exif_orientation(jpeg_saved_marker_ptr marker) {
   return 1;
 }
 
-int veil_jpeg_decode(const uint8_t *data, size_t size, veil_decoded_image *out, veil_codec_error *error) {
+int veil_jpeg_decode(const uint8_t *data, size_t size, const veil_decode_limits *limits, veil_decoded_image *out,
+                     veil_codec_error *error) {
   memset(out, 0, sizeof *out);
   out->orientation = 1;
   set_error(error, 0, "");
@@ -239,13 +293,24 @@ int veil_jpeg_decode(const uint8_t *data, size_t size, veil_decoded_image *out, 
   }
   struct jpeg_decompress_struct cinfo;
   jpeg_failure failure;
+  jpeg_scan_limit scans;
+  memset(&scans, 0, sizeof scans);
+  scans.pub.progress_monitor = jpeg_count_scans;
+  scans.max_scans = limits->max_scans;
   uint8_t *volatile pixels = NULL;
   cinfo.err = jpeg_std_error(&failure.pub);
   failure.pub.error_exit = jpeg_fail;
   failure.pub.emit_message = jpeg_message;
   if (setjmp(failure.jump)) {
     char message[JMSG_LENGTH_MAX];
-    (*cinfo.err->format_message)((j_common_ptr)&cinfo, message);
+    // Read through a volatile pointer: `scans` changed after setjmp, in a callee.
+    if (((volatile jpeg_scan_limit *)&scans)->over) {
+      snprintf(message, sizeof message, "more than %u progressive scans (the decoder's limit)", limits->max_scans);
+    } else if (cinfo.err->msg_code == JERR_NO_BACKING_STORE) {
+      snprintf(message, sizeof message, "the image needs more decoder memory than its pixel limit allows");
+    } else {
+      (*cinfo.err->format_message)((j_common_ptr)&cinfo, message);
+    }
     size_t offset = size;
     if (cinfo.src && cinfo.src->next_input_byte >= data && cinfo.src->next_input_byte <= data + size)
       offset = (size_t)(cinfo.src->next_input_byte - data);
@@ -255,9 +320,28 @@ int veil_jpeg_decode(const uint8_t *data, size_t size, veil_decoded_image *out, 
     return 1;
   }
   jpeg_create_decompress(&cinfo);
+  cinfo.progress = &scans.pub;
+  // Whole-image coefficient buffers (progressive and multi-scan files) within what the pixel
+  // limit implies: 3 components of 2-byte coefficients per pixel, plus working room.
+  // (0 is libjpeg's "no limit", for limits too large to matter.)
+  uint64_t budget = limits->max_pixels > (1ull << 40) ? 0 : limits->max_pixels * 6 + (64ull << 20);
+  cinfo.mem->max_memory_to_use = (long)budget;
   jpeg_mem_src(&cinfo, data, (unsigned long)size);
   jpeg_save_markers(&cinfo, JPEG_APP0 + 1, 0xFFFF);
   jpeg_read_header(&cinfo, TRUE);
+  if (over_limit(limits, cinfo.image_width, cinfo.image_height)) {
+    out->width = cinfo.image_width;
+    out->height = cinfo.image_height;
+    size_t offset = cinfo.src->next_input_byte >= data ? (size_t)(cinfo.src->next_input_byte - data) : 0;
+    set_error(error, offset, "the image is over the pixel limit");
+    jpeg_destroy_decompress(&cinfo);
+    return VEIL_CODEC_OVER_LIMIT;
+  }
+  if (cinfo.num_components != 1 && cinfo.num_components != 3 && cinfo.jpeg_color_space != JCS_CMYK &&
+      cinfo.jpeg_color_space != JCS_YCCK) {
+    cinfo.err->msg_code = JERR_CONVERSION_NOTIMPL;
+    jpeg_fail((j_common_ptr)&cinfo);
+  }
   out->orientation = exif_orientation(cinfo.marker_list);
   if (cinfo.jpeg_color_space == JCS_CMYK || cinfo.jpeg_color_space == JCS_YCCK) {
     cinfo.err->msg_code = JERR_CONVERSION_NOTIMPL;
@@ -287,7 +371,7 @@ int veil_jpeg_decode(const uint8_t *data, size_t size, veil_decoded_image *out, 
 
 // MARK: - gzip
 
-int veil_read_maybe_gzip(const char *path, uint8_t **bytes, size_t *size, veil_codec_error *error) {
+int veil_read_maybe_gzip(const char *path, size_t max_bytes, uint8_t **bytes, size_t *size, veil_codec_error *error) {
   *bytes = NULL;
   *size = 0;
   set_error(error, 0, "");
@@ -304,6 +388,14 @@ int veil_read_maybe_gzip(const char *path, uint8_t **bytes, size_t *size, veil_c
       set_error(error, used, "out of memory");
       return 1;
     }
+    if (used > max_bytes) {
+      char message[160];
+      snprintf(message, sizeof message, "more than %zu bytes once inflated (the reader's limit)", max_bytes);
+      set_error(error, used, message);
+      free(buffer);
+      gzclose(file);
+      return 1;
+    }
     if (used == capacity) {
       capacity *= 2;
       uint8_t *grown = realloc(buffer, capacity);
@@ -311,7 +403,9 @@ int veil_read_maybe_gzip(const char *path, uint8_t **bytes, size_t *size, veil_c
       buffer = grown;
       continue;
     }
+    // Never read more than one byte past the limit, so the check above sees it.
     size_t want = capacity - used;
+    if (max_bytes < SIZE_MAX && want > max_bytes + 1 - used) want = max_bytes + 1 - used;
     int n = gzread(file, buffer + used, (unsigned)(want > (1u << 30) ? (1u << 30) : want));
     if (n < 0) {
       int code;

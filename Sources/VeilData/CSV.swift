@@ -3,9 +3,16 @@ import Foundation
 /// A streaming CSV record reader (RFC 4180): comma-separated, fields optionally quoted with
 /// `""` for a quote inside, quoted fields may hold commas and line breaks, CRLF or LF endings;
 /// a quote inside an unquoted field is an ordinary character.
-/// Reads the file in chunks, so a file of any size streams in constant memory.
+/// Reads the file in 1 MiB chunks and refuses a record longer than `maxRecordBytes`, so a file of
+/// any size, including one line of gigabytes or a quote never closed, streams in bounded memory.
 final class CSVRecordReader {
+  /// The longest record read, in bytes including separators and line breaks inside quotes
+  /// (a TON_IoT row is a few hundred bytes; its longest fields, HTTP URIs and user agents, a
+  /// few kilobytes).
+  static let defaultMaxRecordBytes = 1 << 20
+
   let url: URL
+  let maxRecordBytes: Int
   private let handle: FileHandle
   private var buffer: [UInt8] = []
   private var position = 0
@@ -13,8 +20,9 @@ final class CSVRecordReader {
   /// The 1-based line the next record starts on.
   private(set) var line = 1
 
-  init(url: URL) throws {
+  init(url: URL, maxRecordBytes: Int = CSVRecordReader.defaultMaxRecordBytes) throws {
     self.url = url
+    self.maxRecordBytes = maxRecordBytes
     do { handle = try FileHandle(forReadingFrom: url) } catch {
       throw DataError.io(file: url.path, detail: "cannot open: \(error.localizedDescription)")
     }
@@ -49,6 +57,7 @@ final class CSVRecordReader {
       var field: [UInt8] = []
       var quoted = false
       var sawAnything = false
+      var recordBytes = 0
       while true {
         guard let b = try byte() else {
           if quoted {
@@ -60,6 +69,15 @@ final class CSVRecordReader {
           return (start, fields)
         }
         sawAnything = true
+        recordBytes += 1
+        guard recordBytes <= maxRecordBytes else {
+          throw DataError.csv(
+            file: url.path, line: start,
+            detail: "the record starting on this line is longer than \(maxRecordBytes) bytes, the most Veil reads in one "
+              + (quoted
+                ? "record: a quoted field is probably missing its closing quote"
+                : "record: this does not look like a TON_IoT network CSV (are the line breaks there?)"))
+        }
         if quoted {
           if b == UInt8(ascii: "\"") {
             if position < buffer.count, buffer[position] == UInt8(ascii: "\"") {
@@ -95,6 +113,7 @@ final class CSVRecordReader {
           if field.last == UInt8(ascii: "\r") { field.removeLast() }
           if fields.isEmpty && field.isEmpty {
             sawAnything = false
+            recordBytes = 0
             start = line
             continue
           }

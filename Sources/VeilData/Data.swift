@@ -18,6 +18,10 @@ public enum DataError: Error, CustomStringConvertible, Equatable {
   case decode(file: String, format: String, offset: Int, detail: String)
   /// An image that decoded but that this operation cannot take (channel count, size).
   case unsupportedImage(file: String, detail: String)
+  /// An image, or the image a resize would make, has more pixels than the caller's limit
+  /// (`ImageCodec.defaultMaxPixels` unless given): the file may be fine, it is refused to bound
+  /// memory and time. The message says the size, the limit and what to do.
+  case tooLarge(file: String, detail: String)
   /// PNG encoding failed.
   case encode(detail: String)
   /// A caller passed a value outside what the operation accepts.
@@ -39,6 +43,7 @@ public enum DataError: Error, CustomStringConvertible, Equatable {
     case .decode(let file, let format, let offset, let detail):
       return "\(file): corrupt or truncated \(format) at byte \(offset): \(detail)"
     case .unsupportedImage(let file, let detail): return "\(file): \(detail)"
+    case .tooLarge(let file, let detail): return "\(file): \(detail)"
     case .encode(let detail): return "PNG encoding failed: \(detail)"
     case .invalidArgument(let detail): return detail
     case .empty(let path, let detail): return "\(path): \(detail)"

@@ -314,15 +314,25 @@ public final class IDXImages: Sendable {
   let bytes: [UInt8]
   let dataStart: Int
 
-  public init(url: URL) throws {
+  /// Reads `url`, inflating it when gzip-compressed; more than `maxBytes` once inflated is an
+  /// error (a gzip file of a few megabytes can inflate to gigabytes).
+  public init(url: URL, maxBytes: Int = ImageCodec.maxIDXBytes) throws {
     self.url = url
-    let bytes = try ImageCodec.readMaybeGzip(url)
+    let bytes = try ImageCodec.readMaybeGzip(url, maxBytes: maxBytes)
     let header = try Self.header(bytes, file: url.path, expectedMagic: 0x803)
     guard header.dims.count == 3 else {
       throw DataError.idx(
         file: url.path, offset: 3, detail: "an image file has 3 dimensions, this one \(header.dims.count)")
     }
-    let need = header.dims.reduce(1, *)
+    // Sizes are 32-bit each: multiply with overflow checks before comparing with the file.
+    var need = 1
+    for d in header.dims {
+      let (p, overflow) = need.multipliedReportingOverflow(by: d)
+      guard !overflow else {
+        throw DataError.idx(file: url.path, offset: 4, detail: "sizes \(header.dims) overflow; not an image file")
+      }
+      need = p
+    }
     guard bytes.count - header.dataStart >= need else {
       throw DataError.idx(
         file: url.path, offset: bytes.count,

@@ -38,9 +38,11 @@ public struct Image<Pixel: PixelSample>: Sendable, Equatable {
       throw DataError.invalidArgument(
         "an image needs a positive size and 1 to 4 channels, found \(width)×\(height)×\(channels)")
     }
-    guard pixels.count == width * height * channels else {
+    let (plane, o1) = width.multipliedReportingOverflow(by: height)
+    let (samples, o2) = plane.multipliedReportingOverflow(by: channels)
+    guard !o1, !o2, pixels.count == samples else {
       throw DataError.invalidArgument(
-        "\(width)×\(height)×\(channels) image needs \(width * height * channels) samples, found \(pixels.count)")
+        "\(width)×\(height)×\(channels) image needs \(o1 || o2 ? "more" : "\(samples)") samples, found \(pixels.count)")
     }
     self.width = width
     self.height = height

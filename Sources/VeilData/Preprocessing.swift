@@ -93,21 +93,32 @@ public struct Preprocessing: Codable, Sendable, Equatable {
 
   /// The geometric part: torchvision's `Resize(shorter)` (the longer side truncated to
   /// ⌊shorter × long / short⌋) then `CenterCrop` (offsets rounded half to even, as Python).
-  public func geometry(_ image: ByteImage) throws -> ByteImage {
-    var img = image.rgb()
+  /// The resized image may have at most `maxPixels` pixels: a thin photo (1 × 150 000) resized
+  /// on its short side would otherwise ask for tens of gigabytes.
+  public func geometry(_ image: ByteImage, maxPixels: Int = ImageCodec.defaultMaxPixels) throws -> ByteImage {
+    guard cropWidth > 0, cropHeight > 0 else {
+      throw DataError.invalidArgument("the crop must be positive, found \(cropWidth)×\(cropHeight)")
+    }
     if let s = resizeShorterSide {
       guard s > 0 else { throw DataError.invalidArgument("resizeShorterSide must be positive, found \(s)") }
-      let (w, h) = img.width <= img.height ? (s, s * img.height / img.width) : (s * img.width / img.height, s)
-      if w != img.width || h != img.height {
-        img = try img.resized(width: w, height: h, interpolation: interpolation)
+      let (short, long) = (min(image.width, image.height), max(image.width, image.height))
+      // ⌊s × long / short⌋ without overflow; a size past Int is refused by the limit anyway.
+      let (product, overflow) = s.multipliedReportingOverflow(by: long)
+      let scaled = overflow ? Int.max : product / short
+      let (w, h) = image.width <= image.height ? (s, scaled) : (scaled, s)
+      if w != image.width || h != image.height {
+        // Checked before the colour conversion so a refused photo costs nothing more.
+        try image.checkResize(w, h, maxPixels: maxPixels)
+        return try image.rgb().resized(width: w, height: h, interpolation: interpolation, maxPixels: maxPixels)
+          .centreCropped(width: cropWidth, height: cropHeight)
       }
     }
-    return try img.centreCropped(width: cropWidth, height: cropHeight)
+    return try image.rgb().centreCropped(width: cropWidth, height: cropHeight)
   }
 
   /// The model input for one photo, a batch of one.
-  public func tensor(_ image: ByteImage) throws -> Tensor {
-    try geometry(image).tensor(layout: layout, order: channelOrder, normalization: normalization)
+  public func tensor(_ image: ByteImage, maxPixels: Int = ImageCodec.defaultMaxPixels) throws -> Tensor {
+    try geometry(image, maxPixels: maxPixels).tensor(layout: layout, order: channelOrder, normalization: normalization)
   }
 
   /// The tensor shape this produces.

@@ -51,7 +51,8 @@ struct ResampleTaps {
     let scale = Double(inSize) / Double(outSize)
     let filterScale = max(scale, 1)
     let support = filter.support * filterScale
-    let width = Int(support.rounded(.up)) * 2 + 1
+    // No output reads more than the whole input, however far its filter reaches.
+    let width = min(Int(support.rounded(.up)) * 2 + 1, inSize + 2)
     var first = [Int](repeating: 0, count: outSize)
     var count = [Int](repeating: 0, count: outSize)
     var weights = [Double](repeating: 0, count: outSize * width)
@@ -108,9 +109,18 @@ extension Image {
     return remapped(width: w, height: h) { x, y in (xs[x], ys[y]) }
   }
 
-  func checkResize(_ w: Int, _ h: Int) throws {
+  /// The target size must be positive and, counted without overflow, at most `maxPixels`.
+  func checkResize(_ w: Int, _ h: Int, maxPixels: Int) throws {
     guard w > 0, h > 0 else {
       throw DataError.invalidArgument("cannot resize a \(width)×\(height) image to \(w)×\(h)")
+    }
+    let (pixels, overflow) = w.multipliedReportingOverflow(by: h)
+    guard !overflow, pixels <= maxPixels else {
+      throw DataError.tooLarge(
+        file: "resize",
+        detail: "resizing a \(width)×\(height) image to \(w)×\(h) would make "
+          + "\(overflow ? "more than \(Int.max)" : "\(pixels)") pixels, more than the limit of "
+          + "\(ImageCodec.describeLimit(maxPixels)); the image is too large or too thin for this size")
     }
   }
 }
@@ -119,8 +129,10 @@ extension Image where Pixel == UInt8 {
   /// Resized as Pillow's `Image.resize(size, filter)` resizes an 8-bit image, to the bit: the
   /// same taps in 22-bit fixed point, the horizontal pass first with an 8-bit intermediate, and
   /// RGBA / grey+alpha resampled with premultiplied alpha.
-  public func resized(width w: Int, height h: Int, interpolation: Interpolation) throws -> ByteImage {
-    try checkResize(w, h)
+  public func resized(
+    width w: Int, height h: Int, interpolation: Interpolation, maxPixels: Int = ImageCodec.defaultMaxPixels
+  ) throws -> ByteImage {
+    try checkResize(w, h, maxPixels: maxPixels)
     if interpolation == .nearest { return resizedNearest(width: w, height: h) }
     let hasAlpha = channels == 2 || channels == 4
     var source = hasAlpha ? premultiplied() : self
@@ -224,8 +236,10 @@ extension Image where Pixel == UInt8 {
 extension Image where Pixel == Float {
   /// Resized with Pillow's taps in floating point (as Pillow resizes mode "F" images), with no
   /// rounding between the passes.
-  public func resized(width w: Int, height h: Int, interpolation: Interpolation) throws -> FloatImage {
-    try checkResize(w, h)
+  public func resized(
+    width w: Int, height h: Int, interpolation: Interpolation, maxPixels: Int = ImageCodec.defaultMaxPixels
+  ) throws -> FloatImage {
+    try checkResize(w, h, maxPixels: maxPixels)
     if interpolation == .nearest { return resizedNearest(width: w, height: h) }
     var source = self
     if w != width {

@@ -207,7 +207,23 @@ public struct TonIoTTransform: Codable, Sendable, Equatable {
       self.interpolation = interpolation
       self.labels = labels
     }
+
+    /// What is wrong with these options, or nil.
+    var problem: String? {
+      guard (1...TonIoTTransform.maxCategoriesLimit).contains(maxCategories) else {
+        return "maxCategories must be 1...\(TonIoTTransform.maxCategoriesLimit), found \(maxCategories)"
+      }
+      guard (1...TonIoTTransform.maxImageSize).contains(imageSize) else {
+        return "imageSize must be 1...\(TonIoTTransform.maxImageSize), found \(imageSize)"
+      }
+      return nil
+    }
   }
+
+  /// The largest image side and vocabulary a transform may ask for: a saved transform is a
+  /// file, and its numbers decide how much memory every image takes.
+  public static let maxImageSize = 4096
+  public static let maxCategoriesLimit = 4096
 
   public struct Column: Codable, Sendable, Equatable {
     public var name: String
@@ -262,9 +278,7 @@ public struct TonIoTTransform: Codable, Sendable, Equatable {
           "cannot drop unknown column(s) \(unknown.joined(separator: ", ")); the columns are \(TonIoT.columns.joined(separator: ", "))"
         )
       }
-      guard options.maxCategories >= 1, options.imageSize >= 1 else {
-        throw DataError.invalidArgument("maxCategories and imageSize must be ≥ 1")
-      }
+      if let problem = options.problem { throw DataError.invalidArgument(problem) }
       self.options = options
       kept = TonIoT.columns.enumerated().compactMap { i, name in
         let kind = TonIoT.kind(of: name)
@@ -348,15 +362,33 @@ public struct TonIoTTransform: Codable, Sendable, Equatable {
     do { data = try Data(contentsOf: url) } catch {
       throw DataError.io(file: url.path, detail: "cannot read: \(error.localizedDescription)")
     }
+    return try decode(data, file: url.path)
+  }
+
+  /// A saved transform's JSON, checked as `load` checks it; `file` names it in errors.
+  public static func decode(_ data: Data, file: String) throws -> TonIoTTransform {
     let t: TonIoTTransform
     do { t = try JSONDecoder().decode(TonIoTTransform.self, from: data) } catch {
-      throw DataError.transform(file: url.path, detail: "not a transform JSON: \(error)")
+      throw DataError.transform(file: file, detail: "not a transform JSON: \(error)")
     }
     guard t.format == "veil-ton-iot-transform-1" else {
-      throw DataError.transform(file: url.path, detail: "format '\(t.format)', expected 'veil-ton-iot-transform-1'")
+      throw DataError.transform(file: file, detail: "format '\(t.format)', expected 'veil-ton-iot-transform-1'")
     }
+    if let problem = t.options.problem { throw DataError.transform(file: file, detail: problem) }
     for c in t.columns where !TonIoT.columns.contains(c.name) {
-      throw DataError.transform(file: url.path, detail: "unknown column '\(c.name)'")
+      throw DataError.transform(file: file, detail: "unknown column '\(c.name)'")
+    }
+    for c in t.columns {
+      guard let v = c.vocabulary else { continue }
+      guard v.count <= t.options.maxCategories else {
+        throw DataError.transform(
+          file: file,
+          detail: "column '\(c.name)' keeps \(v.count) values, more than its maxCategories \(t.options.maxCategories)")
+      }
+    }
+    guard t.columns.count <= TonIoT.columns.count else {
+      throw DataError.transform(
+        file: file, detail: "\(t.columns.count) columns, more than the \(TonIoT.columns.count) of the schema")
     }
     return t
   }

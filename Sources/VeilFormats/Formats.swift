@@ -48,6 +48,59 @@ extension FormatError: LocalizedError {
   public var errorDescription: String? { description }
 }
 
+/// The bounds every reader here applies to what a file declares, before anything is allocated
+/// (docs/security.md lists them with the other limits). Data a file really holds is bounded by
+/// the file's size; these bound what a few header bytes can ask for.
+public enum FormatLimits {
+  /// Largest tensor rank a file may declare.
+  public static let maxRank = 32
+  /// Most elements in one tensor read from a file (8 GiB of float32). The product of the
+  /// dimensions with zeros counted as ones is held to it too, so that a tensor of no elements
+  /// cannot carry dimensions whose strides overflow later.
+  public static let maxElements = Int(Int32.max)
+  /// Most elements an ONNX import may create from attributes alone (ConstantOfShape and the
+  /// integer folding of shape arithmetic): 64 MiB of float32 from a few bytes of attribute.
+  public static let maxFoldedElements = 1 << 24
+
+  /// Why a shape is refused: `detail` completes "shape [..] ...".
+  public struct ShapeError: Error, Sendable {
+    public let detail: String
+  }
+
+  /// The element count of `dims` once rank, signs and sizes are within the limits above.
+  public static func elementCount(_ dims: [Int], maxElements limit: Int = maxElements) throws(ShapeError) -> Int {
+    guard dims.count <= maxRank else {
+      throw ShapeError(detail: "has rank \(dims.count), more than the \(maxRank) Veil reads")
+    }
+    var count = 1
+    var extent = 1
+    for d in dims {
+      guard d >= 0 else { throw ShapeError(detail: "has the negative dimension \(d)") }
+      let (e, overflow) = extent.multipliedReportingOverflow(by: Swift.max(d, 1))
+      guard !overflow, e <= limit else {
+        throw ShapeError(detail: "has more than \(limit) elements (the most one tensor may hold here)")
+      }
+      extent = e
+      count = count * d
+    }
+    return count
+  }
+
+  /// `elementCount` for dims stored as 64-bit integers (ONNX, pickles).
+  public static func elementCount(_ dims: [Int64], maxElements limit: Int = maxElements) throws(ShapeError) -> Int {
+    guard dims.count <= maxRank else {
+      throw ShapeError(detail: "has rank \(dims.count), more than the \(maxRank) Veil reads")
+    }
+    var ints: [Int] = []
+    ints.reserveCapacity(dims.count)
+    for d in dims {
+      guard let i = Int(exactly: d) else { throw ShapeError(detail: "has the dimension \(d), out of range") }
+      ints.append(i)
+    }
+    return try elementCount(ints, maxElements: limit)
+  }
+}
+
 /// File I/O shared by the formats, with errors that name the file.
 enum FileIO {
   static func read(_ url: URL) throws -> [UInt8] {

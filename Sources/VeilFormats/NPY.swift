@@ -108,12 +108,11 @@ public enum NPY {
       throw FormatError.unsupported(
         format: source, detail: "fortran_order True (column-major data); save with np.ascontiguousarray(arr)")
     }
-    var count = 1
-    for d in header.shape {
-      let (c, overflow) = count.multipliedReportingOverflow(by: d)
-      guard !overflow else { throw malformed(headerStart, "shape \(header.shape) has too many elements") }
-      count = c
+    let count: Int
+    do { count = try FormatLimits.elementCount(header.shape) } catch {
+      throw malformed(headerStart, "shape \(header.shape.prefix(8))\(header.shape.count > 8 ? "…" : "") \(error.detail)")
     }
+    // At most 2^31 elements of at most 8 bytes: no overflow.
     let needed = count * itemSize
     let available = bytes.count - dataStart
     guard available >= needed else {

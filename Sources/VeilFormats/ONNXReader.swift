@@ -421,20 +421,11 @@ struct ONNXImporter {
 
   /// Element count of `dims`, with each dimension and the product checked.
   func elementCount(_ t: ONNXProto.Tensor) throws -> Int {
-    var n = 1
-    for d in t.dims {
-      guard d >= 0, d <= Int64(Int32.max) else {
-        throw FormatError.malformed(
-          format: Self.format, offset: t.offset, detail: "tensor '\(t.name)' has dimension \(d)")
-      }
-      let (p, overflow) = n.multipliedReportingOverflow(by: Int(d))
-      guard !overflow, p <= Int(Int32.max) else {
-        throw FormatError.malformed(
-          format: Self.format, offset: t.offset, detail: "tensor '\(t.name)' dims \(t.dims) are too large")
-      }
-      n = p
+    do { return try FormatLimits.elementCount(t.dims) } catch {
+      throw FormatError.malformed(
+        format: Self.format, offset: t.offset,
+        detail: "tensor '\(t.name)' dims \(t.dims.prefix(8))\(t.dims.count > 8 ? "…" : "") \(error.detail)")
     }
-    return n
   }
 
   /// The tensor's raw bytes (inline or external), already checked to be `count × size` long.
@@ -483,7 +474,7 @@ struct ONNXImporter {
         throw FormatError.truncated(
           format: Self.format, offset: t.offset,
           detail:
-            "external tensor '\(t.name)' wants bytes \(offset)..<\(offset + need) of '\(location)', which has \(data.count)"
+            "external tensor '\(t.name)' wants \(need) bytes from byte \(offset) of '\(location)', which has \(data.count)"
         )
       }
       let start = data.startIndex + offset
@@ -1132,8 +1123,10 @@ extension ONNXImporter {
         throw c.fail("shape \(v) is not a list of non-negative sizes")
       }
       let shape = v.map { Int($0) }
-      let count = shape.reduce(1) { $0.multipliedReportingOverflow(by: $1).overflow ? Int.max : $0 * $1 }
-      guard count <= 1 << 28 else { throw c.fail("shape \(shape) asks for \(count) elements (at most 2^28)") }
+      let count: Int
+      do { count = try FormatLimits.elementCount(shape, maxElements: FormatLimits.maxFoldedElements) } catch {
+        throw c.fail("shape \(shape.prefix(8)) \(error.detail)")
+      }
       var fill: Float = 0
       if case .tensor(let t)? = n.attributes["value"] {
         switch try constant(t) {
@@ -1159,6 +1152,7 @@ extension ONNXImporter {
         if opset >= 13, ins.count > 1, case .ints(_, let a)? = constants[ins[1]] { axes = a.map { Int($0) } }
         guard let axes else { throw c.fail("'axes' is missing") }
         let r = dims.count + axes.count
+        guard r <= FormatLimits.maxRank else { throw c.fail("unsqueezing to rank \(r) exceeds \(FormatLimits.maxRank)") }
         for a in axes.map({ $0 < 0 ? $0 + r : $0 }).sorted() {
           guard a >= 0, a <= dims.count else { throw c.fail("axis \(a) is out of range") }
           dims.insert(1, at: a)
@@ -1261,6 +1255,7 @@ extension ONNXImporter {
       if n.opType == "Unsqueeze" {
         guard let axes else { throw c.fail("'axes' is missing") }
         let r = dims.count + axes.count
+        guard r <= FormatLimits.maxRank else { throw c.fail("unsqueezing to rank \(r) exceeds \(FormatLimits.maxRank)") }
         for a in axes.map({ $0 < 0 ? $0 + r : $0 }).sorted() {
           guard a >= 0, a <= dims.count else { throw c.fail("axis \(a) is out of range") }
           dims.insert(1, at: a)
@@ -1301,8 +1296,10 @@ extension ONNXImporter {
     guard let dims = broadcastShapes(a.dims, b.dims) else {
       throw c.fail("integer operands of shapes \(a.dims) and \(b.dims) do not broadcast")
     }
-    let count = dims.reduce(1, *)
-    guard count <= 1 << 20 else { throw c.fail("integer result of shape \(dims) is too large to fold") }
+    let count: Int
+    do { count = try FormatLimits.elementCount(dims, maxElements: 1 << 20) } catch {
+      throw c.fail("integer result of shape \(dims.prefix(8)) is too large to fold: it \(error.detail)")
+    }
     func index(_ flat: Int, _ d: [Int]) -> Int {
       // Position in an operand broadcast to `dims`.
       var rest = flat
@@ -1398,14 +1395,15 @@ extension ONNXImporter {
       func clamp(_ v: Int, _ lo: Int, _ hi: Int) -> Int { min(max(v, lo), hi) }
       var b = starts[k] < 0 ? starts[k] + d : starts[k]
       var e = ends[k] < 0 ? ends[k] + d : ends[k]
+      // Steps come from the file: counted as ⌈span / |step|⌉ without forming span + step.
       if st > 0 {
         b = clamp(b, 0, d)
         e = clamp(e, 0, d)
-        outDims[axis] = max(0, (e - b + st - 1) / st)
+        outDims[axis] = e > b ? (e - b - 1) / st + 1 : 0
       } else {
         b = clamp(b, -1, d - 1)
         e = clamp(e, -1, d - 1)
-        outDims[axis] = max(0, (b - e - st - 1) / -st)
+        outDims[axis] = b > e ? (b - e - 1) / -max(st, -Int.max) + 1 : 0
       }
       first[axis] = b
       step[axis] = st

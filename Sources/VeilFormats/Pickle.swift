@@ -62,10 +62,18 @@ public struct PickleDocument: Sendable {
   }
 }
 
+/// A dict key that can be looked up by hash: the string and integer keys a state_dict uses.
+private enum DictKey: Hashable {
+  case string(String)
+  case int(Int)
+}
+
 /// A minimal, non-executing unpickler for protocol ≤ 5 streams of the kind `torch.save` writes
 /// for state_dicts. Globals are accepted only from a whitelist; REDUCE, NEWOBJ and BUILD are
 /// recorded as data (`PickleCall`), except `collections.OrderedDict()` which becomes a dict.
-/// The stack, the memo and the number of created objects are bounded.
+/// The stack, the memo, the number of created objects and the number of elements all
+/// containers hold together are bounded, and each dict keeps a hash index of its string and
+/// integer keys, so unpickling takes time and memory linear in the stream.
 public struct Unpickler {
   /// Globals allowed by default: what a PyTorch state_dict needs, nothing that runs code.
   public static let torchWhitelist: Set<String> = [
@@ -81,6 +89,10 @@ public struct Unpickler {
   public var maxStack = 1 << 20
   public var maxMemo = 1 << 20
   public var maxObjects = 1 << 22
+  /// Elements of all tuples, lists and dicts together: a one-byte DUP + APPEND can otherwise
+  /// grow a list by 40 bytes of `PickleValue` per input byte. A large model's state_dict holds a
+  /// few thousand tensors of about ten elements each.
+  public var maxElements = 1 << 22
 
   public init(whitelist: Set<String> = Unpickler.torchWhitelist, format: String = "pickle") {
     self.whitelist = whitelist
@@ -95,6 +107,9 @@ public struct Unpickler {
     var memo: [Int: PickleValue] = [:]
     var pos = offset
     var objects = 0
+    var elements = 0
+    /// Per dict, the position of each string or integer key in its entry list.
+    var dictIndex: [[DictKey: Int]] = []
     let format = self.format
 
     func truncated(_ at: Int, _ detail: String) -> FormatError {
@@ -142,21 +157,38 @@ public struct Unpickler {
       objects += 1
       guard objects <= maxObjects else { throw malformed(at, "more than \(maxObjects) objects") }
     }
+    func addElements(_ n: Int, _ at: Int) throws {
+      elements += n
+      guard elements <= maxElements else {
+        throw malformed(at, "containers hold more than \(maxElements) elements in all; not a state_dict pickle")
+      }
+    }
+    func newDict(_ at: Int) throws -> PickleValue {
+      try newObject(at)
+      doc.dicts.append([])
+      dictIndex.append([:])
+      return .dict(doc.dicts.count - 1)
+    }
     func makeTuple(_ items: [PickleValue], _ at: Int) throws -> PickleValue {
       try newObject(at)
+      try addElements(items.count, at)
       doc.tuples.append(items)
       return .tuple(doc.tuples.count - 1)
     }
     func setItem(_ dictValue: PickleValue, _ k: PickleValue, _ v: PickleValue, _ at: Int, _ op: String) throws {
       guard case .dict(let d) = dictValue else { throw malformed(at, "\(op) on a non-dict") }
+      let key: DictKey?
       switch k {
-      case .string, .int:
-        if let i = doc.dicts[d].firstIndex(where: { $0.key == k }) {
-          doc.dicts[d][i].value = v
-          return
-        }
-      default: break
+      case .string(let s): key = .string(s)
+      case .int(let i): key = .int(i)
+      default: key = nil
       }
+      if let key, let i = dictIndex[d][key] {
+        doc.dicts[d][i].value = v
+        return
+      }
+      try addElements(1, at)
+      if let key { dictIndex[d][key] = doc.dicts[d].count }
       doc.dicts[d].append((k, v))
     }
     func global(_ module: String, _ name: String, _ at: Int, _ op: String) throws -> PickleValue {
@@ -176,8 +208,13 @@ public struct Unpickler {
       try push(v, at)
     }
     func line(_ what: String) throws -> String {
-      guard let nl = bytes[pos...].firstIndex(of: 0x0A) else { throw truncated(pos, "\(what) has no newline") }
-      guard nl - pos <= 1024, let s = String(bytes: bytes[pos..<nl], encoding: .utf8) else {
+      // Only the first 1025 bytes are searched: a longer line is refused either way.
+      let window = bytes[pos..<min(bytes.count, pos + 1025)]
+      guard let nl = window.firstIndex(of: 0x0A) else {
+        if window.count < 1025 { throw truncated(pos, "\(what) has no newline") }
+        throw malformed(pos, "\(what) is not a short UTF-8 line")
+      }
+      guard let s = String(bytes: bytes[pos..<nl], encoding: .utf8) else {
         throw malformed(pos, "\(what) is not a short UTF-8 line")
       }
       pos = nl + 1
@@ -200,14 +237,12 @@ public struct Unpickler {
       pos += 1
       switch op {
       case 0x80:  // PROTO
-        let v = try take(1, "PROTO")
-        guard v.first! <= 5 else { throw malformed(at, "unsupported pickle protocol \(v.first!)") }
+        let v = try uint(1, "PROTO")
+        guard v <= 5 else { throw malformed(at, "unsupported pickle protocol \(v)") }
       case 0x95:  // FRAME: a length hint only
         _ = try uint(8, "FRAME")
       case 0x7D:  // EMPTY_DICT
-        try newObject(at)
-        doc.dicts.append([])
-        try push(.dict(doc.dicts.count - 1), at)
+        try push(try newDict(at), at)
       case 0x5D:  // EMPTY_LIST
         try newObject(at)
         doc.lists.append([])
@@ -228,8 +263,8 @@ public struct Unpickler {
         let b = Array(try take(n, "LONG1"))
         if n == 0 {
           try push(.int(0), at)
-        } else if n <= 8 {
-          var v: UInt64 = (b.last! & 0x80) != 0 ? ~0 : 0
+        } else if n <= 8, let top = b.last {
+          var v: UInt64 = (top & 0x80) != 0 ? ~0 : 0
           for (i, x) in b.enumerated() {
             v &= ~(UInt64(0xFF) << (8 * UInt64(i)))
             v |= UInt64(x) << (8 * UInt64(i))
@@ -279,18 +314,18 @@ public struct Unpickler {
       case 0x6C:  // LIST
         let items = try popMark(at, "LIST")
         try newObject(at)
+        try addElements(items.count, at)
         doc.lists.append(items)
         try push(.list(doc.lists.count - 1), at)
       case 0x61, 0x65:  // APPEND, APPENDS
         let items = op == 0x61 ? [try pop(at, "APPEND")] : try popMark(at, "APPENDS")
         guard case .list(let l) = stack.last else { throw malformed(at, "APPEND(S) to a non-list") }
+        try addElements(items.count, at)
         doc.lists[l] += items
       case 0x64:  // DICT
         let items = try popMark(at, "DICT")
         guard items.count % 2 == 0 else { throw malformed(at, "DICT with an odd number of items") }
-        try newObject(at)
-        doc.dicts.append([])
-        let d = PickleValue.dict(doc.dicts.count - 1)
+        let d = try newDict(at)
         for i in stride(from: 0, to: items.count, by: 2) { try setItem(d, items[i], items[i + 1], at, "DICT") }
         try push(d, at)
       case 0x73:  // SETITEM
@@ -329,12 +364,11 @@ public struct Unpickler {
         let args = try pop(at, name)
         let (m, n) = try callable(try pop(at, name), at, name)
         guard case .tuple = args else { throw malformed(at, "\(name) arguments are not a tuple") }
-        try newObject(at)
         if m == "collections" && n == "OrderedDict" {
           // OrderedDict() or OrderedDict([]): an empty dict; items come by SETITEM(S).
-          doc.dicts.append([])
-          try push(.dict(doc.dicts.count - 1), at)
+          try push(try newDict(at), at)
         } else {
+          try newObject(at)
           doc.calls.append(PickleCall(module: m, name: n, args: args, state: nil))
           try push(.call(doc.calls.count - 1), at)
         }

@@ -4,8 +4,14 @@
 /// The input is untrusted. Every length is checked against the bytes that remain in the
 /// enclosing message before anything is sliced or allocated, varints longer than 64 bits are
 /// rejected, and each error names the absolute byte offset in the original buffer (nested
-/// decoders share it), so a report points at the exact spot in the file.
+/// decoders share it), so a report points at the exact spot in the file. Nested messages are
+/// views, never copies, and at most `maxDepth` deep, so a parser that follows a recursive
+/// message (ONNX subgraphs) cannot be driven into unbounded recursion by a file. Repeated and
+/// packed fields grow by at most 8 bytes of decoded value per byte of input.
 public struct ProtobufDecoder: Sendable {
+  /// The deepest nesting of embedded messages a decoder accepts.
+  public static let maxDepth = 64
+
   public typealias WireType = ProtobufEncoder.WireType
 
   /// The whole buffer; nested messages view a range of it without copying.
@@ -16,17 +22,20 @@ public struct ProtobufDecoder: Sendable {
   public let end: Int
   /// Named in errors ("ONNX").
   public let format: String
+  /// How many embedded messages enclose this one (0 for the outermost).
+  public let depth: Int
 
   public init(_ bytes: [UInt8], format: String = "protobuf") {
     self.init(bytes, range: 0..<bytes.count, format: format)
   }
 
-  public init(_ bytes: [UInt8], range: Range<Int>, format: String = "protobuf") {
+  public init(_ bytes: [UInt8], range: Range<Int>, format: String = "protobuf", depth: Int = 0) {
     precondition(range.lowerBound >= 0 && range.upperBound <= bytes.count, "range outside the buffer")
     self.bytes = bytes
     self.position = range.lowerBound
     self.end = range.upperBound
     self.format = format
+    self.depth = depth
   }
 
   public var isAtEnd: Bool { position >= end }
@@ -142,8 +151,12 @@ public struct ProtobufDecoder: Sendable {
 
   /// A decoder over an embedded message.
   public mutating func readMessage(field: Int, _ wireType: WireType) throws -> ProtobufDecoder {
+    let start = position
     let r = try readBytes(field: field, wireType)
-    return ProtobufDecoder(bytes, range: r, format: format)
+    guard depth < Self.maxDepth else {
+      throw malformed(start, "field \(field): messages nested more than \(Self.maxDepth) deep")
+    }
+    return ProtobufDecoder(bytes, range: r, format: format, depth: depth + 1)
   }
 
   /// One element of a repeated varint field, or all of a packed run.

@@ -57,7 +57,7 @@ public enum Safetensors {
   public static func encode(_ tensors: [(name: String, tensor: Tensor)], metadata: [String: String] = [:]) -> [UInt8] {
     var parts: [String] = []
     if !metadata.isEmpty {
-      let m = metadata.keys.sorted().map { "\(jsonString($0)):\(jsonString(metadata[$0]!))" }
+      let m = metadata.sorted { $0.key < $1.key }.map { "\(jsonString($0.key)):\(jsonString($0.value))" }
       parts.append("\"__metadata__\":{" + m.joined(separator: ",") + "}")
     }
     var offset = 0
@@ -133,6 +133,9 @@ public enum Safetensors {
         let offs = e["data_offsets"] as? [Any], offs.count == 2
       else { throw malformed(8, "tensor '\(name)' lacks dtype, shape or a [begin, end] data_offsets") }
       var shape: [Int] = []
+      guard shapeA.count <= FormatLimits.maxRank else {
+        throw malformed(8, "tensor '\(name)' has rank \(shapeA.count), more than the \(FormatLimits.maxRank) Veil reads")
+      }
       for s in shapeA {
         guard let d = int(s) else { throw malformed(8, "tensor '\(name)' shape \(shapeA) is not non-negative integers") }
         shape.append(d)
@@ -152,14 +155,13 @@ public enum Safetensors {
       case "F64", "I64": size = 8
       default: throw FormatError.unsupported(format: source, detail: "tensor '\(name)' dtype \(dtype)")
       }
-      var count = 1
-      for d in shape {
-        let (c, o) = count.multipliedReportingOverflow(by: d)
-        guard !o else { throw malformed(8, "tensor '\(name)' shape \(shape) overflows") }
-        count = c
+      let count: Int
+      do { count = try FormatLimits.elementCount(shape) } catch {
+        throw malformed(8, "tensor '\(name)' shape \(shape.prefix(8))\(shape.count > 8 ? "…" : "") \(error.detail)")
       }
-      let (bytesNeeded, o) = count.multipliedReportingOverflow(by: size)
-      guard !o, bytesNeeded == en - b else {
+      // At most 2^31 elements of at most 8 bytes: no overflow.
+      let bytesNeeded = count * size
+      guard bytesNeeded == en - b else {
         throw malformed(8, "tensor '\(name)' \(dtype) \(shape) needs \(count) × \(size) bytes, data_offsets span \(en - b)")
       }
       entries.append(Entry(name: name, dtype: dtype, shape: shape, begin: b, end: en))

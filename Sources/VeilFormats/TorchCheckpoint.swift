@@ -46,6 +46,9 @@ public enum TorchCheckpoint {
     }
   }
 
+  /// The most elements a tensor may have beyond its storage's element count (stride-0 views).
+  public static let maxExpandedElements = 1 << 24
+
   /// A storage: `count` elements of `dtype` at `bytes[start...]`.
   struct Storage {
     var dtype: DType
@@ -82,6 +85,10 @@ public enum TorchCheckpoint {
       else { throw FormatError.malformed(format: source, offset: at, detail: "storage view metadata is malformed") }
       ref.viewOffset = off
       ref.count = size
+    }
+    guard ref.count <= Int.max - ref.viewOffset else {
+      throw FormatError.malformed(
+        format: source, offset: at, detail: "storage '\(key)' view offset \(ref.viewOffset) + size \(ref.count) overflows")
     }
     return ref
   }
@@ -144,15 +151,21 @@ public enum TorchCheckpoint {
       strides.append(n)
     }
     guard shape.count == strides.count, offset >= 0 else { throw bad("size/stride ranks differ or offset < 0") }
+    let count: Int
+    do { count = try FormatLimits.elementCount(shape) } catch { throw bad("tensor size \(shape) \(error.detail)") }
     let ref = try storageRef(doc, p, source: source)
     let st = try storage(ref)
-    // Element count and the largest element index, both overflow-checked.
-    var count = 1
+    // A view cannot hold more elements than its storage unless strides repeat elements (an
+    // expanded tensor); bound those, or a few pickle bytes over a one-element storage would
+    // ask for any amount of memory.
+    guard count <= max(ref.count, Self.maxExpandedElements) else {
+      throw bad(
+        "tensor size \(shape) with strides \(strides) has \(count) elements from a \(ref.count)-element storage; "
+          + "Veil reads repeated (expanded) views of at most \(Self.maxExpandedElements) elements: save t.contiguous()")
+    }
+    // The largest element index, overflow-checked.
     var last = offset
     for (n, s) in zip(shape, strides) {
-      let (c, o1) = count.multipliedReportingOverflow(by: n)
-      guard !o1 else { throw bad("tensor size \(shape) overflows") }
-      count = c
       if n > 0 {
         let (d, o2) = (n - 1).multipliedReportingOverflow(by: s)
         let (l, o3) = last.addingReportingOverflow(d)

@@ -293,12 +293,23 @@ extension Op {
       var out = shape.enumerated().map { i, d in d == 0 && i < ins[0].count ? ins[0][i] : d }
       let unknown = out.indices.filter { out[$0] == -1 }
       guard unknown.count <= 1, out.allSatisfy({ $0 >= -1 }) else { throw fail("invalid target shape \(shape)") }
+      // The target comes from a model file: multiply with overflow checks.
+      func product(_ dims: some Sequence<Int>) -> Int? {
+        var p = 1
+        for d in dims {
+          let (q, overflow) = p.multipliedReportingOverflow(by: d)
+          if overflow { return nil }
+          p = q
+        }
+        return p
+      }
       if let u = unknown.first {
-        let known = out.enumerated().filter { $0.offset != u }.reduce(1) { $0 * $1.element }
-        guard known > 0, total % known == 0 else { throw fail("cannot reshape \(ins[0]) to \(shape)") }
+        guard let known = product(out.enumerated().filter { $0.offset != u }.map(\.element)), known > 0,
+          total % known == 0
+        else { throw fail("cannot reshape \(ins[0]) to \(shape)") }
         out[u] = total / known
       }
-      guard out.reduce(1, *) == total else { throw fail("cannot reshape \(ins[0]) (\(total) elements) to \(shape)") }
+      guard product(out) == total else { throw fail("cannot reshape \(ins[0]) (\(total) elements) to \(shape)") }
       return out
     case .transpose(let p):
       try need(1)

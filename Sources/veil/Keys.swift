@@ -27,12 +27,8 @@ struct KeysSeal: ParsableCommand {
   func run() throws {
     let key = SealedHead.newKey()
     let sealed = try SealedHead.seal(try readFileBytes(head, what: "head"), key: key)
-    guard
-      FileManager.default.createFile(
-        atPath: keyOut, contents: key.withUnsafeBytes { Data($0) }, attributes: [.posixPermissions: 0o600])
-    else {
-      throw ValidationError("--key-out '\(keyOut)': cannot be written")
-    }
+    // 0600 from creation, and never over an existing key: heads sealed under it need it.
+    try key.withUnsafeBytes { try SecretFile.write(Array($0), to: URL(fileURLWithPath: keyOut), existing: .refuse) }
     guard FileManager.default.createFile(atPath: out, contents: Data(sealed)) else {
       throw ValidationError("--out '\(out)': cannot be written")
     }
@@ -227,10 +223,8 @@ struct KeysFetch: ParsableCommand {
     case .refused(let why): throw RuntimeFailure("the key server refused: \(why)")
     case .released(let wrapped):
       let key = try requester.unwrap(wrapped, for: request)
-      guard FileManager.default.createFile(atPath: out, contents: Data(try SealedHead.open(sealedBytes, key: key)))
-      else {
-        throw ValidationError("--out '\(out)': cannot be written")
-      }
+      // The opened head is the secret the enclave protects: 0600 from creation, swapped in whole.
+      try SecretFile.write(try SealedHead.open(sealedBytes, key: key), to: URL(fileURLWithPath: out), existing: .replace)
       note("key released; opened head written to \(out)")
     }
   }

@@ -155,6 +155,12 @@ extension CLITests {
   }
 
   /// Starts `veil keys serve` for one request on a free loopback port; returns the process and port.
+  /// The permission bits of a file (0o600: owner read and write only).
+  func permissions(_ url: URL) throws -> Int {
+    let attributes = try FileManager.default.attributesOfItem(atPath: url.path)
+    return (attributes[.posixPermissions] as? NSNumber)?.intValue ?? -1
+  }
+
   func startKeyServer(key: URL, policy: URL) throws -> (Process, Int) {
     let p = Process()
     p.executableURL = Self.veil
@@ -195,6 +201,10 @@ extension CLITests {
     let s = try veil(["keys", "seal", "--head", head.path, "--out", sealed.path, "--key-out", key.path])
     XCTAssertEqual(s.status, 0, s.stderr)
     XCTAssertNotEqual(try Data(contentsOf: sealed).prefix(100), content.prefix(100))
+    XCTAssertEqual(try permissions(key), 0o600, "the key is the owner's alone")
+    let again = try veil(["keys", "seal", "--head", head.path, "--out", sealed.path + ".2", "--key-out", key.path])
+    XCTAssertNotEqual(again.status, 0, "an existing key must not be overwritten")
+    XCTAssertTrue(again.stderr.contains("already exists"), again.stderr)
 
     var (server, port) = try startKeyServer(key: key, policy: lenient)
     let ok = try veil([
@@ -204,6 +214,7 @@ extension CLITests {
     XCTAssertEqual(ok.status, 0, ok.stderr)
     XCTAssertTrue(ok.stderr.contains("SIMULATED"), ok.stderr)
     XCTAssertEqual(try Data(contentsOf: opened), content)
+    XCTAssertEqual(try permissions(opened), 0o600, "the opened head is as secret as its key")
 
     (server, port) = try startKeyServer(key: key, policy: strict)
     let refused = try veil([

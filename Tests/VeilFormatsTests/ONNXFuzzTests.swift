@@ -4,33 +4,11 @@ import XCTest
 import VeilFormats
 import VeilGraph
 import VeilTensor
+import VeilTestSupport
 
 /// Thousands of mutated models through the reader: every case must end in a thrown error or a
 /// valid graph (which must then compile and run or throw), never a crash or a hang.
 final class ONNXFuzzTests: XCTestCase {
-  /// A small model that uses most of the op set, as Veil writes it.
-  static func seedModel() throws -> [UInt8] {
-    var rng = SeededGenerator(seed: 11)
-    var g = Graph(name: "fuzz-seed")
-    let x = g.addInput(name: "x", shape: [1, 3, 16, 16])
-    var y = g.conv(x, weight: .randomNormal(shape: [8, 3, 3, 3], generator: &rng), bias: Tensor(zeros: [8]), .square(3), name: "conv")
-    y = g.batchNorm(
-      y, scale: Tensor(shape: [8], repeating: 1), bias: Tensor(zeros: [8]), mean: Tensor(zeros: [8]),
-      variance: Tensor(shape: [8], repeating: 1), name: "bn")
-    y = g.activation(y, .relu, name: "relu")
-    let z = g.activation(y, .hardSwish, name: "hs")
-    y = g.add(y, z, name: "add")
-    y = g.maxPool(y, PoolAttributes(kernel: [2, 2], strides: [2, 2]), name: "pool")
-    y = g.addNode(.pad(mode: .reflect, pads: [0, 0, 1, 1, 0, 0, 1, 1], value: 0), name: "pad", inputs: [y])[0]
-    y = g.addNode(.resize(.nearest, scales: [1, 1, 2, 2], sizes: nil), name: "up", inputs: [y])[0]
-    y = g.concat([y, y], axis: 1, name: "cat")
-    y = g.globalAveragePool(y, name: "gap")
-    y = g.flatten(y, name: "flat")
-    y = g.linear(y, weight: .randomNormal(shape: [4, 16], generator: &rng), bias: Tensor(zeros: [4]), name: "fc")
-    g.outputs = [g.softmax(y, name: "prob")]
-    return try ONNXWriter.serialize(g)
-  }
-
   /// Real architecture graphs shipped in the onnx wheel of the project's .venv.
   static func shippedModels() -> [[UInt8]] {
     let root = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent()
@@ -64,9 +42,9 @@ final class ONNXFuzzTests: XCTestCase {
   }
 
   func testMutatedModelsThrowOrLoad() throws {
-    let seed = try Self.seedModel()
-    let corpus = [seed] + Self.shippedModels()
-    XCTAssertGreaterThanOrEqual(corpus.count, 2, "the onnx wheel's light_*.onnx files were not found in .venv")
+    let shipped = Self.shippedModels()
+    XCTAssertFalse(shipped.isEmpty, "the onnx wheel's light_*.onnx files were not found in .venv")
+    let corpus = [try ONNXSeeds.convNet(), ONNXSeeds.shapeFolding()] + shipped
     var rng = SeededGenerator(seed: 2026)
     var loaded = 0
     var ran = 0

@@ -4,130 +4,7 @@ import VeilTensor
 import XCTest
 
 import VeilFormats
-
-/// Builds protocol-2 pickles by hand, the way `torch.save` lays them out.
-private struct PickleBuilder {
-  var b: [UInt8] = [0x80, 0x02]
-
-  mutating func str(_ s: String) {
-    b.append(0x58)
-    withUnsafeBytes(of: UInt32(s.utf8.count).littleEndian) { b += $0 }
-    b += Array(s.utf8)
-  }
-  mutating func int(_ n: Int) {
-    b.append(0x4A)
-    withUnsafeBytes(of: Int32(n).littleEndian) { b += $0 }
-  }
-  mutating func global(_ module: String, _ name: String) { b += [0x63] + Array("\(module)\n\(name)\n".utf8) }
-  mutating func ints(_ xs: [Int]) {
-    b.append(0x28)
-    for x in xs { int(x) }
-    b.append(0x74)
-  }
-  /// `_rebuild_tensor_v2(persid(('storage', Type, key, 'cpu', size[, None])), offset, size, stride, False, OrderedDict())`
-  mutating func tensor(type: String, key: String, storageSize: Int, offset: Int, size: [Int], stride: [Int], legacy: Bool) {
-    global("torch._utils", "_rebuild_tensor_v2")
-    b.append(0x28)  // MARK args
-    b.append(0x28)  // MARK pid
-    str("storage")
-    global("torch", type)
-    str(key)
-    str("cpu")
-    int(storageSize)
-    if legacy { b.append(0x4E) }
-    b.append(0x74)  // TUPLE
-    b.append(0x51)  // BINPERSID
-    int(offset)
-    ints(size)
-    ints(stride)
-    b.append(0x89)  // False
-    global("collections", "OrderedDict")
-    b.append(0x29)
-    b.append(0x52)
-    b.append(0x74)  // TUPLE args
-    b.append(0x52)  // REDUCE
-  }
-  mutating func stop() { b.append(0x2E) }
-}
-
-private struct FakeTensor {
-  var name: String
-  var type: String
-  var key: String
-  var offset: Int
-  var size: [Int]
-  var stride: [Int]
-}
-
-/// A legacy-format checkpoint: `storages` maps key → (element count, raw bytes).
-private func legacyCheckpoint(_ tensors: [FakeTensor], storages: [(String, Int, [UInt8])]) -> [UInt8] {
-  var out: [UInt8] = [0x80, 0x02, 0x8A, 0x0A, 0x6C, 0xFC, 0x9C, 0x46, 0xF9, 0x20, 0x6A, 0xA8, 0x50, 0x19, 0x2E]
-  out += [0x80, 0x02, 0x4D, 0xE9, 0x03, 0x2E]
-  var sys = PickleBuilder()
-  sys.b.append(0x7D)
-  sys.str("little_endian")
-  sys.b.append(0x88)
-  sys.b.append(0x73)
-  sys.stop()
-  out += sys.b
-  var main = PickleBuilder()
-  main.global("collections", "OrderedDict")
-  main.b += [0x29, 0x52]
-  for t in tensors {
-    let count = storages.first { $0.0 == t.key }!.1
-    main.str(t.name)
-    main.tensor(type: t.type, key: t.key, storageSize: count, offset: t.offset, size: t.size, stride: t.stride, legacy: true)
-    main.b.append(0x73)
-  }
-  main.stop()
-  out += main.b
-  var keys = PickleBuilder()
-  keys.b.append(0x28)
-  for s in storages { keys.str(s.0) }
-  keys.b.append(0x6C)
-  keys.stop()
-  out += keys.b
-  for (_, n, data) in storages {
-    withUnsafeBytes(of: UInt64(n).littleEndian) { out += $0 }
-    out += data
-  }
-  return out
-}
-
-private func floatBytes(_ xs: [Float]) -> [UInt8] {
-  var out: [UInt8] = []
-  for x in xs { withUnsafeBytes(of: x.bitPattern.littleEndian) { out += $0 } }
-  return out
-}
-
-/// A zip archive of STORED entries, as torch.save writes (CRCs left zero: not checked here).
-private func storedZip(_ files: [(String, [UInt8])]) -> [UInt8] {
-  var out: [UInt8] = []
-  var central: [UInt8] = []
-  func u16(_ v: Int, _ a: inout [UInt8]) { withUnsafeBytes(of: UInt16(v).littleEndian) { a += $0 } }
-  func u32(_ v: Int, _ a: inout [UInt8]) { withUnsafeBytes(of: UInt32(v).littleEndian) { a += $0 } }
-  for (name, data) in files {
-    let offset = out.count
-    let n = Array(name.utf8)
-    u32(0x0403_4B50, &out)
-    u16(20, &out); u16(0, &out); u16(0, &out); u16(0, &out); u16(0, &out)
-    u32(0, &out); u32(data.count, &out); u32(data.count, &out)
-    u16(n.count, &out); u16(0, &out)
-    out += n + data
-    u32(0x0201_4B50, &central)
-    u16(20, &central); u16(20, &central); u16(0, &central); u16(0, &central); u16(0, &central); u16(0, &central)
-    u32(0, &central); u32(data.count, &central); u32(data.count, &central)
-    u16(n.count, &central); u16(0, &central); u16(0, &central); u16(0, &central); u16(0, &central)
-    u32(0, &central); u32(offset, &central)
-    central += n
-  }
-  let cdOffset = out.count
-  out += central
-  u32(0x0605_4B50, &out)
-  u16(0, &out); u16(0, &out); u16(files.count, &out); u16(files.count, &out)
-  u32(central.count, &out); u32(cdOffset, &out); u16(0, &out)
-  return out
-}
+import VeilTestSupport
 
 final class TorchCheckpointTests: XCTestCase {
   static var lite0URL: URL {
@@ -189,11 +66,11 @@ final class TorchCheckpointTests: XCTestCase {
     ]
     let file = legacyCheckpoint(
       [
-        FakeTensor(name: "t", type: "FloatStorage", key: "s0", offset: 0, size: [3, 2], stride: [1, 3]),
-        FakeTensor(name: "view", type: "FloatStorage", key: "s0", offset: 1, size: [2], stride: [2]),
-        FakeTensor(name: "c", type: "FloatStorage", key: "s0", offset: 0, size: [2, 3], stride: [3, 1]),
-        FakeTensor(name: "half", type: "HalfStorage", key: "h", offset: 0, size: [3], stride: [1]),
-        FakeTensor(name: "bn.num_batches_tracked", type: "LongStorage", key: "l", offset: 0, size: [], stride: []),
+        CheckpointTensor(name: "t", type: "FloatStorage", key: "s0", offset: 0, size: [3, 2], stride: [1, 3]),
+        CheckpointTensor(name: "view", type: "FloatStorage", key: "s0", offset: 1, size: [2], stride: [2]),
+        CheckpointTensor(name: "c", type: "FloatStorage", key: "s0", offset: 0, size: [2, 3], stride: [3, 1]),
+        CheckpointTensor(name: "half", type: "HalfStorage", key: "h", offset: 0, size: [3], stride: [1]),
+        CheckpointTensor(name: "bn.num_batches_tracked", type: "LongStorage", key: "l", offset: 0, size: [], stride: []),
       ], storages: storages)
     let out = try TorchCheckpoint.decode(file)
     XCTAssertEqual(out.map(\.name), ["t", "view", "c", "half", "bn.num_batches_tracked"])
@@ -211,7 +88,7 @@ final class TorchCheckpointTests: XCTestCase {
 
   func testStrideBeyondStorageThrows() {
     let file = legacyCheckpoint(
-      [FakeTensor(name: "t", type: "FloatStorage", key: "s", offset: 1, size: [2, 2], stride: [2, 1])],
+      [CheckpointTensor(name: "t", type: "FloatStorage", key: "s", offset: 1, size: [2, 2], stride: [2, 1])],
       storages: [("s", 4, floatBytes([0, 1, 2, 3]))])
     XCTAssertThrowsError(try TorchCheckpoint.decode(file)) { e in
       XCTAssertTrue("\(e)".contains("reaches element 4"), "\(e)")
@@ -221,23 +98,23 @@ final class TorchCheckpointTests: XCTestCase {
   func testZipCheckpoint() throws {
     // A malformed pickle: both pairs pushed before two SETITEMs, so the first targets a tensor.
     var p = PickleBuilder()
-    p.b.append(0x7D)
+    p.bytes.append(0x7D)
     p.str("w")
     p.tensor(type: "FloatStorage", key: "0", storageSize: 4, offset: 0, size: [2, 2], stride: [1, 2], legacy: false)
     p.str("b")
     p.tensor(type: "FloatStorage", key: "1", storageSize: 2, offset: 0, size: [2], stride: [1], legacy: false)
-    p.b += [0x73, 0x73]
+    p.bytes += [0x73, 0x73]
     var q = PickleBuilder()
-    q.b.append(0x7D)
+    q.bytes.append(0x7D)
     q.str("w")
     q.tensor(type: "FloatStorage", key: "0", storageSize: 4, offset: 0, size: [2, 2], stride: [1, 2], legacy: false)
-    q.b.append(0x73)
+    q.bytes.append(0x73)
     q.str("b")
     q.tensor(type: "FloatStorage", key: "1", storageSize: 2, offset: 0, size: [2], stride: [1], legacy: false)
-    q.b.append(0x73)
+    q.bytes.append(0x73)
     q.stop()
     let zip = storedZip([
-      ("archive/data.pkl", q.b), ("archive/byteorder", Array("little".utf8)),
+      ("archive/data.pkl", q.bytes), ("archive/byteorder", Array("little".utf8)),
       ("archive/data/0", floatBytes([1, 2, 3, 4])), ("archive/data/1", floatBytes([9, 8])),
       ("archive/version", Array("3\n".utf8)),
     ])
@@ -248,7 +125,7 @@ final class TorchCheckpointTests: XCTestCase {
     for n in 0..<zip.count { XCTAssertThrowsError(try TorchCheckpoint.decode(Array(zip[0..<n])), "prefix \(n)") }
     // The malformed pickle is rejected.
     p.stop()
-    let bad = storedZip([("archive/data.pkl", p.b), ("archive/data/0", floatBytes([1, 2, 3, 4])), ("archive/data/1", floatBytes([9, 8]))])
+    let bad = storedZip([("archive/data.pkl", p.bytes), ("archive/data/0", floatBytes([1, 2, 3, 4])), ("archive/data/1", floatBytes([9, 8]))])
     XCTAssertThrowsError(try TorchCheckpoint.decode(bad))
   }
 
@@ -256,22 +133,22 @@ final class TorchCheckpointTests: XCTestCase {
     var p = PickleBuilder()
     p.global("os", "system")
     p.str("echo hi")
-    p.b += [0x85, 0x52]
+    p.bytes += [0x85, 0x52]
     p.stop()
-    XCTAssertThrowsError(try Unpickler().load(p.b)) { e in
+    XCTAssertThrowsError(try Unpickler().load(p.bytes)) { e in
       guard case FormatError.malformed(_, let offset, let detail) = e else { return XCTFail("\(e)") }
       XCTAssertEqual(offset, 2)
       XCTAssertTrue(detail.contains("GLOBAL 'os.system'"), detail)
     }
     // STACK_GLOBAL, after some other data, and torch.storage._load_from_bytes.
     var s = PickleBuilder()
-    s.b.append(0x4E)
+    s.bytes.append(0x4E)
     s.str("torch.storage")
     s.str("_load_from_bytes")
-    let at = s.b.count
-    s.b.append(0x93)
+    let at = s.bytes.count
+    s.bytes.append(0x93)
     s.stop()
-    XCTAssertThrowsError(try Unpickler().load(s.b)) { e in
+    XCTAssertThrowsError(try Unpickler().load(s.bytes)) { e in
       guard case FormatError.malformed(_, let offset, let detail) = e else { return XCTFail("\(e)") }
       XCTAssertEqual(offset, at)
       XCTAssertTrue(detail.contains("STACK_GLOBAL 'torch.storage._load_from_bytes'"), detail)
@@ -285,27 +162,27 @@ final class TorchCheckpointTests: XCTestCase {
   func testPickleBasics() throws {
     // {'a': [1, -2, 3.5, 'x', b'yz', None, True], 'big': 2**70, 't': (1, 2)} with memo use.
     var p = PickleBuilder()
-    p.b += [0x7D, 0x94, 0x28]
-    p.b += [0x8C, 1] + Array("a".utf8)
-    p.b += [0x5D, 0x71, 0x05, 0x28, 0x4B, 1, 0x4A] + [0xFE, 0xFF, 0xFF, 0xFF]
-    p.b += [0x47] + withUnsafeBytes(of: (3.5 as Double).bitPattern.bigEndian) { Array($0) }
-    p.b += [0x55, 1, 0x78, 0x43, 2, 0x79, 0x7A, 0x4E, 0x88, 0x65]
+    p.bytes += [0x7D, 0x94, 0x28]
+    p.bytes += [0x8C, 1] + Array("a".utf8)
+    p.bytes += [0x5D, 0x71, 0x05, 0x28, 0x4B, 1, 0x4A] + [0xFE, 0xFF, 0xFF, 0xFF]
+    p.bytes += [0x47] + withUnsafeBytes(of: (3.5 as Double).bitPattern.bigEndian) { Array($0) }
+    p.bytes += [0x55, 1, 0x78, 0x43, 2, 0x79, 0x7A, 0x4E, 0x88, 0x65]
     p.str("big")
-    p.b += [0x8A, 9, 0, 0, 0, 0, 0, 0, 0, 0, 0x40]
+    p.bytes += [0x8A, 9, 0, 0, 0, 0, 0, 0, 0, 0, 0x40]
     p.str("t")
-    p.b += [0x4B, 1, 0x4D, 2, 0, 0x86]
+    p.bytes += [0x4B, 1, 0x4D, 2, 0, 0x86]
     p.str("again")
-    p.b += [0x68, 0x05]
-    p.b += [0x75]
+    p.bytes += [0x68, 0x05]
+    p.bytes += [0x75]
     p.stop()
-    let doc = try Unpickler().load(p.b)
+    let doc = try Unpickler().load(p.bytes)
     let e = try XCTUnwrap(doc.entries(doc.root))
     XCTAssertEqual(e.map(\.key), [.string("a"), .string("big"), .string("t"), .string("again")])
     XCTAssertEqual(doc.sequence(e[0].value), [.int(1), .int(-2), .float(3.5), .string("x"), .bytes([0x79, 0x7A]), .none, .bool(true)])
     XCTAssertEqual(e[0].value, e[3].value)
     XCTAssertEqual(e[1].value, .bigInt([0, 0, 0, 0, 0, 0, 0, 0, 0x40]))
     XCTAssertEqual(doc.sequence(e[2].value), [.int(1), .int(2)])
-    XCTAssertEqual(doc.endOffset, p.b.count)
+    XCTAssertEqual(doc.endOffset, p.bytes.count)
     // Stack and memo misuse are errors, not crashes.
     for bad: [UInt8] in [[0x2E], [0x80, 2, 0x73, 0x2E], [0x68, 9, 0x2E], [0x28, 0x2E], [0x4E, 0x4E, 0x2E], [0x71, 0], [0x8A, 0xFF]] {
       XCTAssertThrowsError(try Unpickler().load(bad), "\(bad)")
@@ -357,16 +234,16 @@ final class TorchCheckpointTests: XCTestCase {
   func testCorruptedBytesNeverCrash() {
     let legacy = legacyCheckpoint(
       [
-        FakeTensor(name: "t", type: "FloatStorage", key: "s0", offset: 1, size: [2, 2], stride: [1, 2]),
-        FakeTensor(name: "h", type: "HalfStorage", key: "h", offset: 0, size: [2], stride: [1]),
+        CheckpointTensor(name: "t", type: "FloatStorage", key: "s0", offset: 1, size: [2, 2], stride: [1, 2]),
+        CheckpointTensor(name: "h", type: "HalfStorage", key: "h", offset: 0, size: [2], stride: [1]),
       ], storages: [("s0", 5, floatBytes([0, 1, 2, 3, 4])), ("h", 2, [0, 0x3C, 0, 0x3C])])
     var q = PickleBuilder()
-    q.b.append(0x7D)
+    q.bytes.append(0x7D)
     q.str("w")
     q.tensor(type: "FloatStorage", key: "0", storageSize: 4, offset: 0, size: [2, 2], stride: [1, 2], legacy: false)
-    q.b.append(0x73)
+    q.bytes.append(0x73)
     q.stop()
-    let zip = storedZip([("archive/data.pkl", q.b), ("archive/data/0", floatBytes([1, 2, 3, 4]))])
+    let zip = storedZip([("archive/data.pkl", q.bytes), ("archive/data/0", floatBytes([1, 2, 3, 4]))])
     var decoded = 0
     for file in [legacy, zip] {
       for i in file.indices {

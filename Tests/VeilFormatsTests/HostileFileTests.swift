@@ -1,0 +1,241 @@
+import Foundation
+import XCTest
+
+import VeilFormats
+import VeilGraph
+import VeilTensor
+import VeilTestSupport
+
+/// Files that declare more than they hold: every size is checked before anything is allocated
+/// and refused with an error that names the place, never a trap or a huge allocation.
+final class HostileFileTests: XCTestCase {
+  func npy(_ dict: String, data: [UInt8] = []) -> [UInt8] {
+    var header = Array(dict.utf8)
+    while (10 + header.count + 1) % 64 != 0 { header.append(0x20) }
+    header.append(0x0A)
+    return [0x93] + Array("NUMPY".utf8) + [1, 0, UInt8(header.count & 0xFF), UInt8(header.count >> 8)] + header + data
+  }
+
+  func assertRefused(
+    _ body: @autoclosure () throws -> some Any, _ fragments: [String], file: StaticString = #filePath, line: UInt = #line
+  ) {
+    XCTAssertThrowsError(try body(), file: file, line: line) { error in
+      for f in fragments {
+        XCTAssertTrue("\(error)".contains(f), "'\(f)' missing from: \(error)", file: file, line: line)
+      }
+    }
+  }
+
+  // MARK: NumPy
+
+  /// (2^61,) of 8-byte elements: the element count fits in Int, the byte count does not (this
+  /// multiplication trapped before).
+  func testNPYShapeWhoseByteCountOverflows() {
+    assertRefused(
+      try NPY.decode(npy("{'descr': '<f8', 'fortran_order': False, 'shape': (2305843009213693952,), }")),
+      ["malformed at byte 10", "more than 2147483647 elements"])
+  }
+
+  func testNPYEmptyTensorWithHugeDimensionsAndRank() {
+    // No elements, but strides of 2^93 bytes for whoever uses the shape next.
+    assertRefused(
+      try NPY.decode(npy("{'descr': '<f4', 'fortran_order': False, 'shape': (0, 2147483648, 2147483648, 4), }")),
+      ["more than 2147483647 elements"])
+    let rank40 = "(" + String(repeating: "1, ", count: 40) + ")"
+    assertRefused(
+      try NPY.decode(npy("{'descr': '<f4', 'fortran_order': False, 'shape': \(rank40), }", data: [0, 0, 0, 0])),
+      ["rank 40"])
+  }
+
+  // MARK: Pickles and checkpoints
+
+  /// SETITEMS with 200 000 distinct keys: a hash index per dict makes this linear (a scan per
+  /// key took minutes); replaced keys keep their place.
+  func testPickleDictBuildingIsLinear() throws {
+    var p = PickleBuilder()
+    p.bytes += [0x7D, 0x28]
+    let n = 200_000
+    for i in 0..<n {
+      p.str("k\(i)")
+      p.int(i)
+    }
+    p.str("k7")
+    p.int(-7)
+    p.bytes += [0x75]
+    p.stop()
+    let start = Date()
+    let doc = try Unpickler().load(p.bytes)
+    let seconds = Date().timeIntervalSince(start)
+    let entries = try XCTUnwrap(doc.entries(doc.root))
+    XCTAssertEqual(entries.count, n)
+    XCTAssertEqual(entries[7].key, .string("k7"))
+    XCTAssertEqual(entries[7].value, .int(-7), "a repeated key replaces the value in place")
+    XCTAssertLessThan(seconds, 20, "200 000 keys should take well under a second; a quadratic scan takes minutes")
+  }
+
+  /// One DUP + APPEND pair adds an element for two bytes: the element budget stops the growth.
+  func testPickleElementBudget() {
+    var p = PickleBuilder()
+    p.bytes += [0x5D]
+    for _ in 0..<1000 { p.bytes += [0x32, 0x61] }
+    p.stop()
+    var u = Unpickler()
+    u.maxElements = 500
+    assertRefused(try u.load(p.bytes), ["more than 500 elements"])
+  }
+
+  /// A [2^15, 2^15] view with zero strides over a one-element storage: 4 GiB asked for by a
+  /// few pickle bytes (within the per-tensor element limit, so only the storage rule stops it).
+  func testCheckpointExpandedViewIsBounded() {
+    var q = PickleBuilder()
+    q.bytes.append(0x7D)
+    q.str("w")
+    q.tensor(type: "FloatStorage", key: "0", storageSize: 1, offset: 0, size: [1 << 15, 1 << 15], stride: [0, 0], legacy: false)
+    q.bytes.append(0x73)
+    q.stop()
+    let zip = storedZip([("archive/data.pkl", q.bytes), ("archive/data/0", floatBytes([1]))])
+    assertRefused(try TorchCheckpoint.decode(zip), ["1-element storage", "t.contiguous()"])
+  }
+
+  /// A legacy view whose offset plus size overflows (these additions trapped before).
+  func testCheckpointViewOffsetOverflow() {
+    var main = PickleBuilder()
+    main.bytes.append(0x7D)
+    main.str("t")
+    main.tensor(
+      type: "FloatStorage", key: "s", storageSize: 2, offset: 0, size: [1], stride: [1], legacy: true,
+      view: (offset: Int.max, count: 2))
+    main.bytes.append(0x73)
+    main.stop()
+    var file = legacyCheckpoint([], storages: [])
+    // Swap the empty main pickle of the helper for this one: magic, version, sys info, main, keys.
+    let magic = try? Unpickler().load(file)
+    XCTAssertNotNil(magic)
+    var sys = PickleBuilder()
+    sys.bytes.append(0x7D)
+    sys.stop()
+    var keys = PickleBuilder()
+    keys.bytes += [0x28]
+    keys.str("s")
+    keys.bytes += [0x6C]
+    keys.stop()
+    file = Array(file.prefix(21)) + sys.bytes + main.bytes + keys.bytes + Array(repeating: 0, count: 8)
+    assertRefused(try TorchCheckpoint.decode(file), ["overflows"])
+  }
+
+  // MARK: safetensors
+
+  func testSafetensorsHugeEmptyShapeAndRank() {
+    func file(_ shape: String) -> [UInt8] {
+      let header = Array(#"{"t":{"dtype":"F32","shape":\#(shape),"data_offsets":[0,0]}}"#.utf8)
+      return withUnsafeBytes(of: UInt64(header.count).littleEndian) { Array($0) } + header
+    }
+    assertRefused(try Safetensors.decode(file("[0,4294967296,4294967296,4294967296]")), ["tensor 't'", "more than"])
+    assertRefused(try Safetensors.decode(file("[" + Array(repeating: "1", count: 33).joined(separator: ",") + "]")), ["rank 33"])
+  }
+
+  // MARK: ONNX and protobuf
+
+  /// An empty int64 constant with dims [0, 2^31−1, 2^31−1, 2^31−1], transposed: the strides of
+  /// the transpose overflowed before.
+  func testONNXEmptyConstantWithHugeDimensions() {
+    var m = ONNXModelBuilder()
+    m.ints("e", dims: [0, 2_147_483_647, 2_147_483_647, 2_147_483_647], [])
+    m.node("Transpose", ["e"], ["t"])
+    m.input("x", dims: [1, 2])
+    m.node("Relu", ["x"], ["y"])
+    m.output("y", dims: [1, 2])
+    assertRefused(try ONNXReader.parse(m.model()), ["tensor 'e'", "more than 2147483647 elements"])
+  }
+
+  /// Slice steps of ±2^63−1 and Int64.min: the extent arithmetic overflowed before.
+  func testONNXSliceWithExtremeSteps() throws {
+    for step in [Int64.max, Int64.min, Int64.min + 1] {
+      var m = ONNXModelBuilder()
+      m.ints("seq", dims: [6], [1, 2, 3, 4, 5, 6])
+      m.ints("starts", dims: [1], [step < 0 ? -1 : 0])
+      m.ints("ends", dims: [1], [step < 0 ? Int64.min : Int64.max])
+      m.ints("axes", dims: [1], [0])
+      m.ints("steps", dims: [1], [step])
+      m.node("Slice", ["seq", "starts", "ends", "axes", "steps"], ["s"])
+      m.input("x", dims: [1, 2])
+      m.node("Relu", ["x"], ["y"])
+      m.output("y", dims: [1, 2])
+      XCTAssertNoThrow(try ONNXReader.parse(m.model()), "step \(step): one element, as ONNX Runtime slices it")
+    }
+  }
+
+  /// A float constant reshaped to [2^40, 2^40]: the element product overflowed before.
+  func testONNXReshapeTargetOverflow() {
+    var m = ONNXModelBuilder()
+    m.tensor("f", dims: [2, 2], type: 1) { $0.packedFloat(4, [1, 2, 3, 4]) }
+    m.ints("shape", dims: [2], [1 << 40, 1 << 40])
+    m.node("Reshape", ["f", "shape"], ["r"])
+    m.input("x", dims: [1, 2])
+    m.node("Relu", ["x"], ["y"])
+    m.output("y", dims: [1, 2])
+    assertRefused(try ONNXReader.parse(m.model()), ["Reshape", "cannot reshape"])
+  }
+
+  func testONNXConstantOfShapeAndUnsqueezeAreBounded() {
+    var m = ONNXModelBuilder()
+    m.ints("shape", dims: [4], [0, 65536, 65536, 65536])
+    m.node("ConstantOfShape", ["shape"], ["c"])
+    m.input("x", dims: [1, 2])
+    m.node("Relu", ["x"], ["y"])
+    m.output("y", dims: [1, 2])
+    assertRefused(try ONNXReader.parse(m.model()), ["ConstantOfShape", "more than 16777216 elements"])
+
+    var u = ONNXModelBuilder()
+    u.ints("one", dims: [1], [1])
+    u.ints("axes", dims: [40], Array(repeating: 0, count: 40))
+    u.node("Unsqueeze", ["one", "axes"], ["u"])
+    u.input("x", dims: [1, 2])
+    u.node("Relu", ["x"], ["y"])
+    u.output("y", dims: [1, 2])
+    assertRefused(try ONNXReader.parse(u.model()), ["rank 41"])
+  }
+
+  /// External data at an offset past the end of its file (the error message itself added
+  /// offset + length and trapped before).
+  func testONNXExternalDataOffsetOverflow() throws {
+    let folder = FileManager.default.temporaryDirectory.appendingPathComponent("veil-external-\(UUID().uuidString)")
+    try FileManager.default.createDirectory(at: folder, withIntermediateDirectories: true)
+    defer { try? FileManager.default.removeItem(at: folder) }
+    try Data([0, 0, 0, 0]).write(to: folder.appendingPathComponent("w.bin"))
+    var m = ONNXModelBuilder()
+    m.tensor("w", dims: [2], type: 1) { e in
+      for (k, v) in [("location", "w.bin"), ("offset", "\(Int.max)")] {
+        e.message(13) { entry in
+          entry.string(1, k)
+          entry.string(2, v)
+        }
+      }
+      e.int(14, 1)
+    }
+    m.input("x", dims: [1, 2])
+    m.node("Add", ["x", "w"], ["y"])
+    m.output("y", dims: [1, 2])
+    assertRefused(
+      try ONNXReader.parse(m.model(), baseDirectory: folder), ["external tensor 'w'", "from byte \(Int.max)"])
+  }
+
+  /// Messages nested 100 deep: refused at the decoder's depth limit with the offset.
+  func testProtobufNestingIsBounded() throws {
+    var inner: [UInt8] = []
+    for _ in 0..<100 { inner = [0x0A] + ProtobufEncoder.varintBytes(UInt64(inner.count)) + inner }
+    var d = ProtobufDecoder(inner, format: "test")
+    var depth = 0
+    XCTAssertThrowsError(
+      try {
+        while let (f, wt) = try d.nextField() {
+          d = try d.readMessage(field: f, wt)
+          depth += 1
+        }
+      }()
+    ) { error in
+      XCTAssertTrue("\(error)".contains("nested more than \(ProtobufDecoder.maxDepth) deep"), "\(error)")
+    }
+    XCTAssertEqual(depth, ProtobufDecoder.maxDepth)
+  }
+}
