@@ -39,9 +39,7 @@ done
 PLAN="$OUT/plan"
 mkdir -p "$PLAN"
 echo "== plan: $MODEL cut at $CUT in $PLAN" >&2
-"$VEIL" split --model "$MODEL" --cut "$CUT" --out "$PLAN" >&2
-"$VEIL" export --model "$MODEL" --out "$OUT/model.onnx" >&2
-python3 scripts/write_plan.py "$PLAN" "$OUT/model.onnx" "$MODEL" >&2
+"$VEIL" split --model "$MODEL" --cut "$CUT" --out "$PLAN" --plan >&2
 
 PIDS=()
 cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; }

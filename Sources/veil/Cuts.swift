@@ -1,5 +1,7 @@
 import ArgumentParser
 import Foundation
+import VeilData
+import VeilServing
 import VeilFormats
 import VeilGraph
 
@@ -50,7 +52,9 @@ struct SplitModel: ParsableCommand {
       Writes DIR/head.onnx (model input → cut tensor), DIR/tail.onnx (cut tensor → model
       output) and DIR/cut.json (the cut, its tensor's shape and size, each part's inputs,
       outputs, parameters and FLOPs). Running the tail on the head's output gives the whole
-      model's output; ONNX Runtime or Triton can serve either part.
+      model's output; ONNX Runtime or Triton can serve either part. With --plan it also writes
+      DIR/plan.json, the deployment `veil enclave serve --plan DIR` reads, for a cut chosen by
+      hand (no privacy evidence: `veil plan` chooses with it).
       """)
 
   @Option(help: "A zoo model name (see `veil models`) or a model file.")
@@ -63,6 +67,10 @@ struct SplitModel: ParsableCommand {
   var seed: UInt64 = 0
   @Flag(help: "Allow every single-tensor point, not only the structural ones.")
   var all = false
+  @Flag(help: "Also write plan.json (the deployment for `veil enclave serve --plan DIR`).")
+  var plan = false
+  @Option(help: "With --plan: the preprocessing preset the client applies (imagenet, caffe, tensorflow, tensorflow-lite, unit).")
+  var preprocess: VeilData.Preprocessing.Preset = .imagenet
 
   struct Part: Encodable {
     var file: String
@@ -104,7 +112,12 @@ struct SplitModel: ParsableCommand {
     print(
       "cut \(point.name) (#\(point.index)): tensor \(point.tensor) \(point.shape), \(bytesText(point.bytes)); "
         + "head \(head.nodes.count) nodes, \(bytesText(head.parameterCount * 4)) of weights; tail \(tail.nodes.count) nodes")
-    print("wrote \(dir.appendingPathComponent("head.onnx").path), tail.onnx, cut.json")
+    if plan {
+      try DeploymentPlan.write(
+        model: g, name: URL(fileURLWithPath: model).lastPathComponent, cut: point.name,
+        preprocessing: .init(preset: preprocess.rawValue, appliedIn: .client), allCuts: all, to: dir)
+    }
+    print("wrote \(dir.appendingPathComponent("head.onnx").path), tail.onnx, cut.json\(plan ? ", plan.json" : "")")
   }
 }
 
