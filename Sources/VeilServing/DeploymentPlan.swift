@@ -86,6 +86,17 @@ public struct DeploymentPlan: Codable, Sendable, Equatable {
     }
   }
 
+  /// The tail's output: what the enclave accepts from the accelerator (FP32, this shape).
+  public struct Output: Codable, Sendable, Equatable {
+    public var name: String
+    /// Its shape at batch 1.
+    public var shape: [Int]
+    public init(name: String, shape: [Int]) {
+      self.name = name
+      self.shape = shape
+    }
+  }
+
   public struct Accelerator: Codable, Sendable, Equatable {
     /// The model name and version the tail is served under (KServe v2 / Triton).
     public var modelName: String
@@ -116,6 +127,9 @@ public struct DeploymentPlan: Codable, Sendable, Equatable {
   public var sealedHead: String?
   public var preprocessing: Preprocessing
   public var input: Input
+  /// The tail's output; absent in plans written before it was recorded (the enclave then reads
+  /// it from the tail).
+  public var output: Output?
   /// Class names, one per line (index order), relative path.
   public var labels: String?
   public var accelerator: Accelerator
@@ -123,7 +137,7 @@ public struct DeploymentPlan: Codable, Sendable, Equatable {
 
   public init(
     model: Model, cut: Cut, head: Part, tail: Part, sealedHead: String? = nil, preprocessing: Preprocessing,
-    input: Input, labels: String? = nil, accelerator: Accelerator, tee: TEE
+    input: Input, output: Output? = nil, labels: String? = nil, accelerator: Accelerator, tee: TEE
   ) {
     schemaVersion = Self.schemaVersion
     self.model = model
@@ -133,6 +147,7 @@ public struct DeploymentPlan: Codable, Sendable, Equatable {
     self.sealedHead = sealedHead
     self.preprocessing = preprocessing
     self.input = input
+    self.output = output
     self.labels = labels
     self.accelerator = accelerator
     self.tee = tee
@@ -240,6 +255,11 @@ extension DeploymentPlan {
     guard !cut.featureShape.isEmpty, cut.featureShape.allSatisfy({ $0 > 0 }) else {
       throw bad("cut.featureShape", "\(cut.featureShape) is not a tensor shape")
     }
+    if let output {
+      guard !output.shape.isEmpty, output.shape.count <= 8, output.shape.allSatisfy({ $0 > 0 }),
+        KServeCodec.elementCount(output.shape) != nil
+      else { throw bad("output.shape", "\(output.shape) is not a tensor shape") }
+    }
     guard EvidenceMode(rawValue: tee.evidenceMode) != nil else {
       throw bad(
         "tee.evidenceMode",
@@ -317,11 +337,14 @@ extension DeploymentPlan {
       labelsFile = "labels.txt"
       try Data((labels.joined(separator: "\n") + "\n").utf8).write(to: directory.appendingPathComponent("labels.txt"))
     }
+    var shaped = tail
+    try shaped.inferShapes()
+    let output = shaped.outputs.count == 1 ? shaped.outputs.first.flatMap { v in shaped.shape(v).map { Output(name: shaped[v].name, shape: $0) } } : nil
     let plan = DeploymentPlan(
       model: Model(name: name, sha256: modelDigest),
       cut: Cut(name: point.name, tensor: point.tensor, featureShape: point.shape),
       head: try part(head, "head.onnx"), tail: try part(tail, "tail.onnx"), preprocessing: preprocessing, input: input,
-      labels: labelsFile, accelerator: Accelerator(modelName: "\(name).tail", modelVersion: "1"),
+      output: output, labels: labelsFile, accelerator: Accelerator(modelName: "\(name).tail", modelVersion: "1"),
       tee: TEE(preset: teePreset, evidenceMode: evidenceMode))
     try plan.validate(file: directory.appendingPathComponent(fileName).path)
     let file = directory.appendingPathComponent(fileName)

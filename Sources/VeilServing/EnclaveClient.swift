@@ -143,7 +143,7 @@ public final class EnclaveSession: Sendable {
     }
     let answer = try EnclaveResponseMessage(serializedBytes: bytes)
     switch answer.outcome {
-    case .error(let e): throw EnclaveError.remote(kind: e.kind, message: e.message)
+    case .error(let e): throw EnclaveError.remote(kind: EnclaveErrorKind(wire: e.kind), message: e.message)
     case nil: throw EnclaveError.protocolViolation("the enclave's answer carries neither a result nor an error")
     case .result(let r):
       return EnclaveAnswer(

@@ -1,3 +1,8 @@
+// The enclave server: the gRPC server of `EnclaveService` on HTTP/2 (plaintext: the attested
+// channel protects the records), its session sweeper, its optional Prometheus endpoint, the
+// ceilings on connections, and its lifecycle as a swift-service-lifecycle `Service`: graceful
+// shutdown stops taking new calls and lets the calls in flight finish. Configured and run the
+// way `AcceleratorServer` is.
 import Foundation
 import GRPCCore
 import GRPCNIOTransportHTTP2
@@ -5,48 +10,113 @@ import Logging
 import ServiceLifecycle
 import VeilTEE
 
-/// Runs the enclave service on a port: the gRPC server plus the session sweeper, until the
-/// task is cancelled or the server stops. A swift-service-lifecycle `Service`: on graceful
-/// shutdown (SIGTERM/SIGINT in a `ServiceGroup`) it stops accepting calls and finishes those
-/// in flight.
-public struct EnclaveServer: Service, Sendable {
-  public let service: EnclaveService
-  public let server: GRPCServer<HTTP2ServerTransport.Posix>
+/// How the enclave server listens, and every limit it applies.
+public struct EnclaveServerConfig: Sendable {
+  public var host: String
+  /// 0: any free port (read it back with `EnclaveServer.port()`).
+  public var port: Int
+  /// The Prometheus endpoint's port (0: any free port, `metricsPort()`); nil: no endpoint.
+  public var metricsPort: Int?
+  /// Sessions, records, rates and deadlines of the service.
+  public var limits: EnclaveConfiguration
+  /// Connections: how many, from one address, and how long they last.
+  public var connections: ConnectionLimits
 
-  /// `port` 0 picks a free port (see `listeningPort`).
-  public init(service: EnclaveService, host: String = "127.0.0.1", port: Int) {
-    self.service = service
-    var config = HTTP2ServerTransport.Posix.Config.defaults
+  public init(
+    host: String = "127.0.0.1", port: Int = 7440, metricsPort: Int? = nil, limits: EnclaveConfiguration = .init(),
+    connections: ConnectionLimits = .init()
+  ) {
+    self.host = host
+    self.port = port
+    self.metricsPort = metricsPort
+    self.limits = limits
+    self.connections = connections
+  }
+}
+
+public final class EnclaveServer: Service, Sendable {
+  public let config: EnclaveServerConfig
+  public let service: EnclaveService
+  public let metrics: EnclaveMetrics
+  /// The connections open now, and those refused at accept.
+  public let connections: ConnectionCounter
+  private let transport: HTTP2ServerTransport.Posix
+  private let server: GRPCServer<HTTP2ServerTransport.Posix>
+  private let logger: Logger
+  private let metricsAddress = Announcement<Int>()
+
+  public init(
+    config: EnclaveServerConfig, engine: EnclaveEngine, provider: any EvidenceProvider, logger: Logger,
+    clock: any ServiceClock = SystemClock()
+  ) throws {
+    self.config = config
+    self.logger = logger
+    metrics = EnclaveMetrics()
+    service = try EnclaveService(
+      engine: engine, provider: provider, configuration: config.limits, logger: logger, metrics: metrics, clock: clock)
+    connections = ConnectionCounter(limits: config.connections)
     // Records over the service's limit reach it and get its clear refusal; far larger ones are
     // stopped by the transport.
-    config.rpc.maxRequestPayloadSize = service.configuration.maxRecordBytes * 2 + 4096
-    server = GRPCServer(
-      transport: .http2NIOPosix(address: .ipv4(host: host, port: port), transportSecurity: .plaintext, config: config),
-      services: [service])
+    let tc = config.connections.transportConfig(
+      maxRequestBytes: config.limits.maxRecordBytes * 2 + 4096, counter: connections)
+    transport = HTTP2ServerTransport.Posix(
+      address: .ipv4(host: config.host, port: config.port), transportSecurity: .plaintext, config: tc)
+    server = GRPCServer(transport: transport, services: [service])
+    if config.metricsPort == nil {
+      metricsAddress.publish(.failure(EnclaveError.invalidArgument("the enclave server has no metrics endpoint")))
+    }
   }
 
-  /// Serves until cancelled, `server.beginGracefulShutdown()`, or a graceful shutdown of its
-  /// service group.
+  /// The port the gRPC server listens on, once it does.
+  public func port() async throws -> Int {
+    let address = try await transport.listeningAddress
+    guard let ipv4 = address.ipv4 else {
+      throw EnclaveError.invalidArgument("the enclave server listens on \(address), not on an IPv4 port")
+    }
+    return ipv4.port
+  }
+
+  /// The port of the Prometheus endpoint, once it listens (throws without one).
+  public func metricsPort() async throws -> Int { try await metricsAddress.value() }
+
+  /// Serves until a graceful shutdown (ServiceLifecycle's, or `beginGracefulShutdown()`), then
+  /// waits for the calls in flight and stops the sweeper and the metrics endpoint.
   public func run() async throws {
-    let server = self.server
-    try await withGracefulShutdownHandler {
-      try await withThrowingDiscardingTaskGroup { group in
-        group.addTask { await service.runSweeper() }
-        try await server.serve()
-        group.cancelAll()
+    var metricsServer: MetricsHTTPServer?
+    if let mp = config.metricsPort {
+      let metrics = self.metrics
+      do {
+        metricsServer = try await MetricsHTTPServer(host: config.host, port: mp) { metrics.render() }
+      } catch {
+        let failure = EnclaveError.invalidArgument("metrics endpoint: cannot listen on \(config.host):\(mp) (\(error))")
+        metricsAddress.publish(.failure(failure))
+        throw failure
       }
-    } onGracefulShutdown: {
-      server.beginGracefulShutdown()
+      metricsAddress.publish(.success(metricsServer?.port ?? mp))
     }
+    let service = self.service
+    let server = self.server
+    do {
+      try await withGracefulShutdownHandler {
+        try await withThrowingDiscardingTaskGroup { group in
+          group.addTask { await service.runSweeper() }
+          try await server.serve()
+          group.cancelAll()
+        }
+      } onGracefulShutdown: {
+        self.logger.info("graceful shutdown: finishing calls in flight")
+        self.beginGracefulShutdown()
+      }
+    } catch {
+      await metricsServer?.close()
+      throw error
+    }
+    await metricsServer?.close()
   }
 
-  /// The port the server listens on, once it does.
-  public var listeningPort: Int {
-    get async throws {
-      guard let address = try await server.listeningAddress, let ip = address.ipv4 else {
-        throw EnclaveError.invalidArgument("the enclave server has no IPv4 listening address")
-      }
-      return ip.port
-    }
+  /// Stops taking new calls; `run()` returns once the calls in flight have finished.
+  public func beginGracefulShutdown() {
+    service.draining.set()
+    server.beginGracefulShutdown()
   }
 }

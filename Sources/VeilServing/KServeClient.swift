@@ -45,13 +45,19 @@ public final class KServeClient: Sendable {
   private let service: Inference_GRPCInferenceService.Client<HTTP2ClientTransport.Posix>
   private let connections: Task<Void, Never>
   private let maxMessageBytes: Int
+  private let maxResponseBytes: Int
 
-  /// Connects lazily to `endpoint`: the first call opens the connection. Messages up to
-  /// `maxMessageBytes` are accepted (feature maps of large cuts exceed gRPC's 4 MiB default).
-  public init(endpoint: KServeEndpoint, defaultTimeout: Duration? = nil, maxMessageBytes: Int = 256 << 20) throws {
+  /// Connects lazily to `endpoint`: the first call opens the connection. Requests up to
+  /// `maxMessageBytes` are sent (feature maps of large cuts exceed gRPC's 4 MiB default), and
+  /// answers up to `maxResponseBytes` (default: the same) are read; a larger answer is refused by
+  /// the transport before it is decoded.
+  public init(
+    endpoint: KServeEndpoint, defaultTimeout: Duration? = nil, maxMessageBytes: Int = 256 << 20, maxResponseBytes: Int? = nil
+  ) throws {
     self.endpoint = endpoint
     self.defaultTimeout = defaultTimeout
     self.maxMessageBytes = maxMessageBytes
+    self.maxResponseBytes = maxResponseBytes ?? maxMessageBytes
     let target: any ResolvableTarget
     if endpoint.host.split(separator: ".").count == 4, endpoint.host.allSatisfy({ $0.isNumber || $0 == "." }) {
       target = ResolvableTargets.IPv4(addresses: [SocketAddress.IPv4(host: endpoint.host, port: endpoint.port)])
@@ -89,7 +95,7 @@ public final class KServeClient: Sendable {
     var o = CallOptions.defaults
     o.timeout = timeout ?? defaultTimeout
     o.maxRequestMessageBytes = maxMessageBytes
-    o.maxResponseMessageBytes = maxMessageBytes
+    o.maxResponseMessageBytes = maxResponseBytes
     return o
   }
 
@@ -151,14 +157,17 @@ public final class KServeClient: Sendable {
   /// ModelInfer with FP32 inputs. `outputs` names the outputs wanted (empty: all). Inputs go as
   /// `raw_input_contents` unless `encoding` is `.typed`; outputs are read from whichever the
   /// server sends.
+  ///
+  /// `expecting`: the outputs the caller trusts the model to have (a tail's declared outputs);
+  /// an answer with another count, datatype or shape is refused before any of it is decoded.
   public func infer(
     model: String, version: String = "", inputs: [KServeTensor], outputs: [String] = [], id: String = "",
-    encoding: KServeEncoding = .raw, timeout: Duration? = nil
+    encoding: KServeEncoding = .raw, timeout: Duration? = nil, expecting: [KServeTensorMetadata]? = nil
   ) async throws -> KServeInferResult {
     let request = Self.makeRequest(model: model, version: version, inputs: inputs, outputs: outputs, id: id, encoding: encoding)
     let response = try await modelInfer(request, timeout: timeout)
     do {
-      return try Self.decode(response)
+      return try Self.decode(response, expecting: expecting)
     } catch let e as KServeError {
       throw KServeError(kind: e.kind, call: "ModelInfer", endpoint: endpoint.description, status: e.status, message: e.message)
     }
@@ -197,22 +206,40 @@ public final class KServeClient: Sendable {
     return r
   }
 
-  /// The FP32 outputs of a response, from `raw_output_contents` or typed `fp32_contents`.
-  public static func decode(_ response: Inference_ModelInferResponse) throws -> KServeInferResult {
+  /// The FP32 outputs of a response, from `raw_output_contents` or typed `fp32_contents`. Every
+  /// shape is checked (non-negative, element count bounded, no overflow) before its tensor is
+  /// built; with `expecting`, the answer must have exactly those outputs' datatypes and shapes
+  /// (-1 in an expected shape: any size), in that order.
+  public static func decode(_ response: Inference_ModelInferResponse, expecting: [KServeTensorMetadata]? = nil) throws
+    -> KServeInferResult
+  {
     let bad = { (m: String) in KServeError(kind: .malformedResponse, call: "ModelInfer", endpoint: "", message: m) }
     let raw = response.rawOutputContents
     guard raw.isEmpty || raw.count == response.outputs.count else {
       throw bad("\(response.outputs.count) outputs but \(raw.count) raw_output_contents entries")
+    }
+    if let expecting, response.outputs.count != expecting.count {
+      throw bad("\(response.outputs.count) outputs; the model declares \(expecting.count)")
     }
     var outs: [KServeTensor] = []
     for (i, o) in response.outputs.enumerated() {
       guard o.datatype == KServeCodec.fp32 else {
         throw bad("output '\(o.name)' has datatype \(o.datatype); this client reads FP32 only")
       }
-      guard o.shape.allSatisfy({ $0 >= 0 && $0 <= Int64(Int32.max) }) else {
-        throw bad("output '\(o.name)' has shape \(o.shape)")
+      guard o.shape.count <= 8, o.shape.allSatisfy({ $0 >= 0 && $0 <= Int64(Int32.max) }),
+        KServeCodec.elementCount(o.shape.map { Int($0) }) != nil
+      else {
+        throw bad("output '\(o.name)' has shape \(o.shape.prefix(8)): not a shape of at most 8 dimensions and \(KServeCodec.maxElements) elements")
       }
       let shape = o.shape.map { Int($0) }
+      if let declared = expecting?[i] {
+        let fits =
+          declared.datatype == o.datatype && declared.shape.count == shape.count
+          && zip(declared.shape, shape).allSatisfy { d, s in d == -1 || d == s }
+        guard fits else {
+          throw bad("output '\(o.name)' is \(o.datatype) \(shape); the model declares \(declared.datatype) \(declared.shape)")
+        }
+      }
       let tensor: Tensor?
       if raw.isEmpty {
         tensor = KServeCodec.tensor(shape: shape, values: o.contents.fp32Contents)

@@ -17,12 +17,19 @@ public struct AcceleratorServerConfig: Sendable {
   public var metricsPort: Int?
   /// The largest request message accepted (feature maps exceed gRPC's 4 MiB default).
   public var maxRequestBytes: Int
+  /// Connections: how many, from one address, and how long they last. The enclave holds one
+  /// connection per accelerator; the ceiling per address leaves room for benchmarks' clients.
+  public var connections: ConnectionLimits
 
-  public init(host: String = "127.0.0.1", port: Int = 8001, metricsPort: Int? = nil, maxRequestBytes: Int = 256 << 20) {
+  public init(
+    host: String = "127.0.0.1", port: Int = 8001, metricsPort: Int? = nil, maxRequestBytes: Int = 256 << 20,
+    connections: ConnectionLimits = ConnectionLimits(maxConnections: 1024, maxConnectionsPerPeer: 256)
+  ) {
     self.host = host
     self.port = port
     self.metricsPort = metricsPort
     self.maxRequestBytes = maxRequestBytes
+    self.connections = connections
   }
 }
 
@@ -32,13 +39,19 @@ public final class AcceleratorServer: Service, Sendable {
   private let transport: HTTP2ServerTransport.Posix
   private let server: GRPCServer<HTTP2ServerTransport.Posix>
   private let logger: Logger
+  private let metricsAddress = Announcement<Int>()
+  /// The connections open now, and those refused at accept.
+  public let connections: ConnectionCounter
 
   public init(config: AcceleratorServerConfig, repository: KServeModelRepository, metrics: AcceleratorMetrics, logger: Logger) {
     self.config = config
     self.logger = logger
     service = AcceleratorService(repository: repository, metrics: metrics, logger: logger)
-    var tc = HTTP2ServerTransport.Posix.Config.defaults
-    tc.rpc.maxRequestPayloadSize = config.maxRequestBytes
+    connections = ConnectionCounter(limits: config.connections)
+    let tc = config.connections.transportConfig(maxRequestBytes: config.maxRequestBytes, counter: connections)
+    if config.metricsPort == nil {
+      metricsAddress.publish(.failure(AcceleratorError.badOption("the accelerator server has no metrics endpoint")))
+    }
     transport = HTTP2ServerTransport.Posix(
       address: .ipv4(host: config.host, port: config.port), transportSecurity: .plaintext, config: tc)
     server = GRPCServer(transport: transport, services: [service])
@@ -53,20 +66,29 @@ public final class AcceleratorServer: Service, Sendable {
     return ipv4.port
   }
 
+  /// The port of the Prometheus endpoint, once it listens (throws without one).
+  public func metricsPort() async throws -> Int { try await metricsAddress.value() }
+
   /// Serves until a graceful shutdown (ServiceLifecycle's, or `beginGracefulShutdown()`), then
   /// waits for calls in flight and stops the model workers.
   public func run() async throws {
     var metricsServer: MetricsHTTPServer?
     if let mp = config.metricsPort {
       let metrics = service.metrics
-      metricsServer = try await MetricsHTTPServer(host: config.host, port: mp) { metrics.render() }
+      do {
+        metricsServer = try await MetricsHTTPServer(host: config.host, port: mp) { metrics.render() }
+      } catch {
+        metricsAddress.publish(.failure(error))
+        throw error
+      }
+      metricsAddress.publish(.success(metricsServer?.port ?? mp))
       logger.info("metrics at http://\(config.host):\(metricsServer?.port ?? mp)/metrics")
     }
     try await withGracefulShutdownHandler {
       try await server.serve()
     } onGracefulShutdown: {
       self.logger.info("graceful shutdown: finishing calls in flight")
-      self.server.beginGracefulShutdown()
+      self.beginGracefulShutdown()
     }
     for m in service.repository.all { m.shutdown() }
     await metricsServer?.close()
@@ -75,6 +97,7 @@ public final class AcceleratorServer: Service, Sendable {
 
   /// Stops taking new calls; `run()` returns once the calls in flight have finished.
   public func beginGracefulShutdown() {
+    service.draining.set()
     server.beginGracefulShutdown()
   }
 }

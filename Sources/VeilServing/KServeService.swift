@@ -63,6 +63,8 @@ public struct AcceleratorService: Inference_GRPCInferenceService.ServiceProtocol
   public let repository: KServeModelRepository
   public let metrics: AcceleratorMetrics
   public let logger: Logger
+  /// Set by the server when it begins its graceful shutdown.
+  public let draining = DrainFlag()
   public static let serverName = "veil-accelerator"
   public static let serverVersion = "0.1.0"
 
@@ -84,6 +86,11 @@ public struct AcceleratorService: Inference_GRPCInferenceService.ServiceProtocol
       metrics.request(method: method, model: model, status: e.code.statusName, seconds: seconds())
       logger.info("\(method) failed", metadata: ["model": "\(model)", "code": "\(e.code.statusName)", "message": "\(e.message)"])
       throw e
+    } catch let e as SchedulerError {
+      let rpc = Self.rpcError(e)
+      metrics.request(method: method, model: model, status: rpc.code.statusName, seconds: seconds())
+      logger.info("\(method) failed", metadata: ["model": "\(model)", "code": "\(rpc.code.statusName)", "message": "\(rpc.message)"])
+      throw rpc
     } catch is CancellationError {
       metrics.request(method: method, model: model, status: "CANCELLED", seconds: seconds())
       throw RPCError(code: .cancelled, message: "the request was cancelled")
@@ -160,18 +167,37 @@ public struct AcceleratorService: Inference_GRPCInferenceService.ServiceProtocol
     }
   }
 
+  /// The gRPC status of a scheduler's refusal: the one place the scheduler meets the protocol.
+  static func rpcError(_ e: SchedulerError) -> RPCError {
+    let code: RPCError.Code
+    switch e {
+    case .queueFull: code = .resourceExhausted
+    case .deadlineExceeded: code = .deadlineExceeded
+    case .cancelled: code = .cancelled
+    case .shuttingDown: code = .unavailable
+    case .batchTooLarge: code = .invalidArgument
+    case .runFailed: code = .internalError
+    }
+    return RPCError(code: code, message: e.description)
+  }
+
   public func modelInfer(request: ServerRequest<Inference_ModelInferRequest>, context: ServerContext) async throws
     -> ServerResponse<Inference_ModelInferResponse>
   {
     let q = request.message
     let arrival = DispatchTime.now().uptimeNanoseconds
+    // A deadline too far to represent is no deadline (the client's own timer still applies).
     let deadline = request.metadata[stringValues: "grpc-timeout"].first(where: { _ in true })
-      .flatMap(Self.parseTimeout).map { arrival &+ $0 }
+      .flatMap(Self.parseTimeout).flatMap { t -> UInt64? in
+        let (d, overflow) = arrival.addingReportingOverflow(t)
+        return overflow ? nil : d
+      }
     return try await measured("ModelInfer", model: q.modelName) {
       let m = try repository.model(q.modelName, version: q.modelVersion)
       let (inputs, raw) = try Self.decodeInputs(q, for: m)
       let wanted = try Self.requestedOutputs(q, for: m)
-      let outputs = try await m.infer(inputs, deadline: deadline)
+      // A call the client abandons leaves the queue unrun (or its run's answer unsent).
+      let outputs = try await cancelledWithTheCall(unless: draining) { try await m.infer(inputs, deadline: deadline) }
       var r = Inference_ModelInferResponse()
       r.modelName = m.name
       r.modelVersion = m.version
@@ -221,12 +247,21 @@ public struct AcceleratorService: Inference_GRPCInferenceService.ServiceProtocol
         throw invalid("input '\(t.name)' has datatype '\(t.datatype)'; the model declares \(declared.datatype)")
       }
       let shape = t.shape.map { Int(clamping: $0) }
+      let maxBatch = m.batching.maxBatchSize
       let matches =
         shape.count == declared.shape.count
-        && zip(shape, declared.shape).allSatisfy { s, d in d == -1 ? (s >= 1 && s <= 4096) : s == d }
+        && zip(shape, declared.shape).allSatisfy { s, d in d == -1 ? (s >= 1 && s <= maxBatch) : s == d }
       guard matches else {
-        throw invalid("input '\(t.name)' has shape \(shape); the model declares \(declared.shape) (-1: any batch ≥ 1)")
+        if shape.count == declared.shape.count, declared.shape.first == -1, shape.first.map({ $0 > maxBatch }) == true,
+          zip(shape.dropFirst(), declared.shape.dropFirst()).allSatisfy({ $0 == $1 })
+        {
+          throw invalid(
+            "input '\(t.name)' has batch \(shape[0]); this server takes at most \(maxBatch) rows per request (--max-batch)")
+        }
+        throw invalid("input '\(t.name)' has shape \(shape); the model declares \(declared.shape) (-1: a batch of 1…\(maxBatch))")
       }
+      // The shape now matches the declared one with a bounded batch, so its size is bounded too.
+      let count = KServeCodec.elementCount(shape) ?? 0
       if declared.shape.first == -1 {
         if let b = batch, b != shape[0] {
           throw invalid("input '\(t.name)' has batch \(shape[0]) but an earlier input has batch \(b); all inputs share one batch")
@@ -241,7 +276,7 @@ public struct AcceleratorService: Inference_GRPCInferenceService.ServiceProtocol
         tensor = KServeCodec.tensor(shape: shape, rawBytes: q.rawInputContents[k])
         if tensor == nil {
           throw invalid(
-            "input '\(t.name)' of shape \(shape) needs \(shape.reduce(1, *) * 4) bytes of FP32 in raw_input_contents[\(k)], found \(q.rawInputContents[k].count)"
+            "input '\(t.name)' of shape \(shape) needs \(count * 4) bytes of FP32 in raw_input_contents[\(k)], found \(q.rawInputContents[k].count)"
           )
         }
       } else {
@@ -251,7 +286,7 @@ public struct AcceleratorService: Inference_GRPCInferenceService.ServiceProtocol
         tensor = KServeCodec.tensor(shape: shape, values: t.contents.fp32Contents)
         if tensor == nil {
           throw invalid(
-            "input '\(t.name)' of shape \(shape) needs \(shape.reduce(1, *)) values in fp32_contents, found \(t.contents.fp32Contents.count)"
+            "input '\(t.name)' of shape \(shape) needs \(count) values in fp32_contents, found \(t.contents.fp32Contents.count)"
           )
         }
       }
@@ -275,17 +310,25 @@ public struct AcceleratorService: Inference_GRPCInferenceService.ServiceProtocol
     }
   }
 
-  /// A `grpc-timeout` value ("100m", "5S", …: at most 8 digits and a unit) in nanoseconds.
+  /// A `grpc-timeout` value ("100m", "5S", …: 1 to 8 digits and a unit) in nanoseconds; nil
+  /// when malformed. A value beyond what 64 bits of nanoseconds hold (99999999H is 11 000 years)
+  /// is `UInt64.max`: no deadline in practice.
   public static func parseTimeout(_ text: String) -> UInt64? {
-    guard let unit = text.last, text.count >= 2, text.count <= 9, let n = UInt64(text.dropLast()) else { return nil }
+    let digits = text.utf8.dropLast()
+    guard let unit = text.last, (1...8).contains(digits.count), digits.allSatisfy({ (48...57).contains($0) }),
+      let n = UInt64(text.dropLast())
+    else { return nil }
+    let scale: UInt64
     switch unit {
-    case "H": return n * 3_600_000_000_000
-    case "M": return n * 60_000_000_000
-    case "S": return n * 1_000_000_000
-    case "m": return n * 1_000_000
-    case "u": return n * 1_000
-    case "n": return n
+    case "H": scale = 3_600_000_000_000
+    case "M": scale = 60_000_000_000
+    case "S": scale = 1_000_000_000
+    case "m": scale = 1_000_000
+    case "u": scale = 1_000
+    case "n": scale = 1
     default: return nil
     }
+    let (t, overflow) = n.multipliedReportingOverflow(by: scale)
+    return overflow ? UInt64.max : t
   }
 }

@@ -189,21 +189,41 @@ public enum KServeCodec {
     tensor.withUnsafeBuffer { Data(buffer: $0) }
   }
 
-  /// A tensor of `shape` from little-endian FP32 bytes; nil when the byte count is not
-  /// 4 × the element count.
+  /// The most elements a tensor of the protocol may have here (1 GiB of FP32): a bound on what a
+  /// declared shape can make a reader allocate.
+  public static let maxElements = 1 << 28
+
+  /// The element count of `shape`, or nil when a dimension is negative or the product (checked
+  /// for overflow) exceeds `limit`. Every shape read from the wire goes through this before a
+  /// byte is allocated for it.
+  public static func elementCount(_ shape: [Int], limit: Int = maxElements) -> Int? {
+    var n = 1
+    for d in shape {
+      guard d >= 0 else { return nil }
+      let (p, overflow) = n.multipliedReportingOverflow(by: d)
+      guard !overflow, p <= limit else { return nil }
+      n = p
+    }
+    return n
+  }
+
+  /// A tensor of `shape` from little-endian FP32 bytes; nil when the shape is not a bounded
+  /// shape or the byte count is not 4 × its element count.
   public static func tensor(shape: [Int], rawBytes: Data) -> Tensor? {
-    let count = shape.reduce(1, *)
-    guard rawBytes.count == count * 4 else { return nil }
+    guard let count = elementCount(shape), rawBytes.count == count * 4 else { return nil }
     return Tensor(shape: shape) { buf in
       rawBytes.withUnsafeBytes { src in
-        if count > 0 { UnsafeMutableRawPointer(buf.baseAddress!).copyMemory(from: src.baseAddress!, byteCount: count * 4) }
+        if count > 0, let dst = buf.baseAddress, let s = src.baseAddress {
+          UnsafeMutableRawPointer(dst).copyMemory(from: s, byteCount: count * 4)
+        }
       }
     }
   }
 
-  /// A tensor of `shape` from typed values; nil when the count does not match.
+  /// A tensor of `shape` from typed values; nil when the shape is not bounded or the count does
+  /// not match.
   public static func tensor(shape: [Int], values: [Float]) -> Tensor? {
-    guard values.count == shape.reduce(1, *) else { return nil }
+    guard let count = elementCount(shape), values.count == count else { return nil }
     return try? Tensor(shape: shape, values: values)
   }
 

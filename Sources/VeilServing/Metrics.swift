@@ -14,17 +14,51 @@ let latencyBuckets: [Duration] = [
   .milliseconds(50), .milliseconds(100), .milliseconds(200), .milliseconds(500), .seconds(1), .seconds(2), .seconds(5),
 ]
 
-/// A Prometheus registry of its own and the swift-metrics factory that records into it: what
-/// `veil enclave serve --metrics-port` hands the enclave service and serves at /metrics.
-public struct PrometheusMetrics: Sendable {
-  public let registry = PrometheusCollectorRegistry()
-  public let factory: PrometheusMetricsFactory
+/// The enclave service's metrics in a Prometheus registry of its own: requests, handshakes,
+/// errors by kind (one counter per `EnclaveErrorKind`, each under its own name), request, head
+/// and tail latency, open sessions. The enclave server serves them at /metrics.
+public final class EnclaveMetrics: Sendable {
+  public let registry: PrometheusCollectorRegistry
+  private let requests: CoreMetrics.Counter
+  private let handshakes: CoreMetrics.Counter
+  private let errors: [EnclaveErrorKind: CoreMetrics.Counter]
+  private let latency: CoreMetrics.Timer
+  private let headLatency: CoreMetrics.Timer
+  private let tailLatency: CoreMetrics.Timer
+  private let openSessions: CoreMetrics.Gauge
 
-  public init() {
+  public init(registry: PrometheusCollectorRegistry = PrometheusCollectorRegistry()) {
+    self.registry = registry
     var f = PrometheusMetricsFactory(registry: registry)
     f.defaultDurationHistogramBuckets = latencyBuckets
-    factory = f
+    requests = CoreMetrics.Counter(label: "veil_enclave_requests_total", factory: f)
+    handshakes = CoreMetrics.Counter(label: "veil_enclave_handshakes_total", factory: f)
+    errors = Dictionary(
+      uniqueKeysWithValues: EnclaveErrorKind.allCases.map {
+        ($0, CoreMetrics.Counter(label: "veil_enclave_errors_total", dimensions: [("kind", $0.rawValue)], factory: f))
+      })
+    latency = CoreMetrics.Timer(label: "veil_enclave_request_duration_seconds", factory: f)
+    headLatency = CoreMetrics.Timer(label: "veil_enclave_head_duration_seconds", factory: f)
+    tailLatency = CoreMetrics.Timer(label: "veil_enclave_tail_duration_seconds", factory: f)
+    openSessions = CoreMetrics.Gauge(label: "veil_enclave_sessions_open", factory: f)
   }
+
+  /// One failure, counted under its kind.
+  public func error(_ kind: EnclaveErrorKind) { errors[kind]?.increment() }
+
+  func request(nanoseconds: UInt64) {
+    requests.increment()
+    latency.recordNanoseconds(Int64(clamping: nanoseconds))
+  }
+
+  func handshake() { handshakes.increment() }
+
+  func stages(headMs: Double, tailMs: Double) {
+    headLatency.recordNanoseconds(Int64(headMs * 1e6))
+    tailLatency.recordNanoseconds(Int64(tailMs * 1e6))
+  }
+
+  func sessions(open: Int) { openSessions.record(open) }
 
   /// The Prometheus text exposition of every metric.
   public func render() -> String { registry.emitToString() }

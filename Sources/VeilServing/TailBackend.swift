@@ -4,6 +4,18 @@ import Synchronization
 import VeilGraph
 import VeilTensor
 
+/// What a tail answered, and which endpoint answered it.
+public struct TailAnswer: Sendable {
+  public var output: Tensor
+  /// The endpoint that ran the tail (for a failover backend, the one that answered).
+  public var endpoint: String
+
+  public init(output: Tensor, endpoint: String) {
+    self.output = output
+    self.endpoint = endpoint
+  }
+}
+
 /// Where the enclave sends the feature map: something that runs the model's tail and answers
 /// the logits. The KServe v2 client (any Triton / KServe / `veil accelerator serve` endpoint) is
 /// the one deployments use; `LocalTailBackend` runs the tail in this process.
@@ -12,8 +24,8 @@ public protocol TailBackend: Sendable {
   var endpoint: String { get }
   /// Runs the tail on a batch-1 feature map. Throws `EnclaveError.acceleratorUnavailable` when
   /// the endpoint cannot be reached (callers may fail over), `EnclaveError.accelerator` when it
-  /// answered with an error.
-  func infer(_ features: Tensor) async throws -> Tensor
+  /// answered with an error or with a tensor the tail does not declare.
+  func infer(_ features: Tensor) async throws -> TailAnswer
 }
 
 /// Runs blocking engine work on a Dispatch queue, so that a long forward pass does not hold
@@ -40,13 +52,13 @@ public final class LocalTailBackend: TailBackend {
     self.endpoint = endpoint
   }
 
-  public func infer(_ features: Tensor) async throws -> Tensor {
+  public func infer(_ features: Tensor) async throws -> TailAnswer {
     guard features.shape == inputShape else {
       throw EnclaveError.accelerator(
         endpoint: endpoint, detail: "the tail takes \(inputShape), the feature map is \(features.shape)")
     }
     let executor = self.executor
-    return try await runBlocking(on: queue) { try executor.run([features])[0] }
+    return TailAnswer(output: try await runBlocking(on: queue) { try executor.run([features])[0] }, endpoint: endpoint)
   }
 }
 
@@ -57,27 +69,28 @@ public final class LocalTailBackend: TailBackend {
 public final class FailoverBackend: TailBackend {
   public let backends: [any TailBackend]
   public let retryAfter: Double
+  private let clock: any ServiceClock
   private let downUntil: Mutex<[Double]>
 
   public var endpoint: String { backends.map(\.endpoint).joined(separator: ",") }
 
-  public init(_ backends: [any TailBackend], retryAfter: Double = 2) {
+  public init(_ backends: [any TailBackend], retryAfter: Double = 2, clock: any ServiceClock = SystemClock()) {
     precondition(!backends.isEmpty, "FailoverBackend needs at least one endpoint")
     self.backends = backends
     self.retryAfter = retryAfter
-    downUntil = Mutex([Double](repeating: 0, count: backends.count))
+    self.clock = clock
+    downUntil = Mutex([Double](repeating: -Double.infinity, count: backends.count))
   }
 
   /// Which endpoints are marked down now (for metrics and tests).
   public var down: [String] {
-    let now = Date().timeIntervalSinceReferenceDate
+    let now = clock.now()
     let d = downUntil.withLock { $0 }
     return backends.indices.filter { d[$0] > now }.map { backends[$0].endpoint }
   }
 
-  /// The endpoint that answered, with its answer.
-  public func inferReporting(_ features: Tensor) async throws -> (Tensor, endpoint: String) {
-    let now = Date().timeIntervalSinceReferenceDate
+  public func infer(_ features: Tensor) async throws -> TailAnswer {
+    let now = clock.now()
     let d = downUntil.withLock { $0 }
     // Up endpoints in configured order first, then the ones in their back-off.
     let order = backends.indices.filter { d[$0] <= now } + backends.indices.filter { d[$0] > now }
@@ -86,19 +99,16 @@ public final class FailoverBackend: TailBackend {
       try Task.checkCancellation()
       do {
         let y = try await backends[i].infer(features)
-        downUntil.withLock { $0[i] = 0 }
-        return (y, backends[i].endpoint)
+        downUntil.withLock { $0[i] = -Double.infinity }
+        return y
       } catch let e as EnclaveError {
         guard case .acceleratorUnavailable(let why) = e else { throw e }
-        downUntil.withLock { $0[i] = Date().timeIntervalSinceReferenceDate + retryAfter }
+        let until = clock.now() + retryAfter
+        downUntil.withLock { $0[i] = until }
         failures.append(why)
       }
     }
     throw EnclaveError.acceleratorUnavailable(
       failures.joined(separator: "; ") + " (start the accelerator or pass another with --accelerator)")
-  }
-
-  public func infer(_ features: Tensor) async throws -> Tensor {
-    try await inferReporting(features).0
   }
 }

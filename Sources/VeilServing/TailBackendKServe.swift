@@ -1,41 +1,69 @@
 import Foundation
+import VeilGraph
 import VeilTensor
 
 /// The tail on a KServe v2 / Triton gRPC server (`veil accelerator serve`, Triton, KServe,
 /// MLServer), through the accelerator tier's `KServeClient`. Unreachable, overloaded or timed
 /// out endpoints become `EnclaveError.acceleratorUnavailable` (a `FailoverBackend` moves on);
-/// any other failure, or an answer that is not one FP32 tensor, `EnclaveError.accelerator`.
+/// any other failure, or an answer that is not the tail's declared output, `EnclaveError.accelerator`.
+///
+/// The accelerator is not trusted: its answer is checked against the output the plan's tail
+/// declares (datatype and shape at batch 1), never read by the shape it claims, and answers
+/// larger than that output (plus room for the protocol's fields) are refused by the transport
+/// before they are decoded.
 public final class KServeTailBackend: TailBackend {
   public let client: KServeClient
   public let model: String
   public let version: String
   /// The tail's input name: the tensor that crosses the cut.
   public let inputName: String
+  /// The tail's output as the plan declares it: what every answer must be.
+  public let output: KServeTensorMetadata
   public let timeout: Duration?
   public var endpoint: String { client.endpoint.description }
 
-  public init(endpoint: KServeEndpoint, model: String, version: String, inputName: String, timeout: Duration? = .seconds(30))
-    throws
-  {
-    client = try KServeClient(endpoint: endpoint, defaultTimeout: timeout)
+  /// The largest answer read for an output of `elements` FP32 values: the values, twice over (raw
+  /// or typed), and 64 KiB for names, shapes and framing.
+  static func maxResponseBytes(outputElements elements: Int) -> Int { 2 * 4 * elements + (64 << 10) }
+
+  public init(
+    endpoint: KServeEndpoint, model: String, version: String, inputName: String, output: KServeTensorMetadata,
+    timeout: Duration? = .seconds(30)
+  ) throws {
+    guard let elements = KServeCodec.elementCount(output.shape), output.shape.allSatisfy({ $0 > 0 }) else {
+      throw EnclaveError.invalidArgument("the tail's output shape \(output.shape) is not a bounded batch-1 shape")
+    }
+    client = try KServeClient(
+      endpoint: endpoint, defaultTimeout: timeout, maxResponseBytes: Self.maxResponseBytes(outputElements: elements))
     self.model = model
     self.version = version
     self.inputName = inputName
+    self.output = output
     self.timeout = timeout
   }
 
-  /// The backend for a plan: its accelerator model name and version, its cut tensor.
-  public convenience init(endpoint: KServeEndpoint, plan: DeploymentPlan, timeout: Duration? = .seconds(30)) throws {
-    try self.init(
-      endpoint: endpoint, model: plan.accelerator.modelName, version: plan.accelerator.modelVersion,
-      inputName: plan.cut.tensor, timeout: timeout)
+  /// The backends for a plan on each of `endpoints`: its accelerator model name and version, the
+  /// tail file's input name (the ONNX writer's form of the cut tensor's name) and the tail's
+  /// output, read once from the tail (checked against the plan's digest).
+  public static func backends(_ endpoints: [KServeEndpoint], plan: LoadedPlan, timeout: Duration? = .seconds(30)) throws
+    -> [KServeTailBackend]
+  {
+    let (input, output) = try plan.tailInterface()
+    let p = plan.plan
+    return try endpoints.map {
+      try KServeTailBackend(
+        endpoint: $0, model: p.accelerator.modelName, version: p.accelerator.modelVersion, inputName: input,
+        output: output,
+        timeout: timeout)
+    }
   }
 
-  public func infer(_ features: Tensor) async throws -> Tensor {
+  public func infer(_ features: Tensor) async throws -> TailAnswer {
     let result: KServeInferResult
     do {
       result = try await client.infer(
-        model: model, version: version, inputs: [KServeTensor(name: inputName, tensor: features)], timeout: timeout)
+        model: model, version: version, inputs: [KServeTensor(name: inputName, tensor: features)], timeout: timeout,
+        expecting: [output])
     } catch let e as KServeError {
       switch e.kind {
       case .unavailable, .deadlineExceeded, .resourceExhausted, .cancelled:
@@ -48,6 +76,22 @@ public final class KServeTailBackend: TailBackend {
       throw EnclaveError.accelerator(
         endpoint: endpoint, detail: "model \(model) answered \(result.outputs.count) outputs, the tail has one")
     }
-    return out.tensor
+    return TailAnswer(output: out.tensor, endpoint: endpoint)
+  }
+}
+
+extension LoadedPlan {
+  /// The tail's input name and its output at batch 1 (FP32), from the tail file; the output's
+  /// shape is the plan's where the plan declares it.
+  public func tailInterface() throws -> (input: String, output: KServeTensorMetadata) {
+    var tail = try readPart(plan.tail, field: "tail")
+    try tail.inferShapes()
+    guard tail.inputs.count == 1, let i = tail.inputs.first, tail.outputs.count == 1, let o = tail.outputs.first,
+      let shape = plan.output?.shape ?? tail.shape(o)
+    else {
+      throw EnclaveError.plan(
+        file: file.path, field: "tail", detail: "the tail needs one input and one output of known shape")
+    }
+    return (tail[i].name, KServeTensorMetadata(name: tail[o].name, datatype: KServeCodec.fp32, shape: shape))
   }
 }

@@ -2,6 +2,9 @@
 // KServe v2 / Triton `inference.GRPCInferenceService` protocol over gRPC and runs a model tail
 // with Veil's engine, the KServe v2 client the enclave uses to reach any such server, and the
 // enclave service, which completes the attested handshake of VeilTEE, runs the head on
-// decrypted inputs and encrypts the answers. It must not train, plan or write reports, and the
-// enclave side must never log or write plaintext inputs or keys.
+// decrypted inputs and encrypts the answers, and the key-release service that hands a sealed
+// head's key to an attested enclave. Every size, rate and duration a peer controls is bounded
+// here (Limits.swift; docs/security.md, "Servers"); domain errors become protocol statuses only
+// at each service's edge. It must not train, plan or write reports, and the enclave side must
+// never log or write plaintext inputs or keys.
 public enum VeilServing {}

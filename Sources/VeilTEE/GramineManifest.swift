@@ -3,13 +3,23 @@ import Foundation
 /// A Gramine manifest template for running `veil enclave serve` under gramine-sgx.
 ///
 /// The template keeps Gramine's Jinja placeholders (`{{ gramine.libos }}`,
-/// `{{ gramine.runtimedir() }}`) for `gramine-manifest` to fill in, and is valid TOML as it
-/// stands. Everything the enclave loads is a trusted file, so MRENCLAVE covers the binary, its
-/// libraries and the head it serves.
+/// `{{ gramine.runtimedir() }}`, `{{ accelerator }}`) for `gramine-manifest` to fill in, and is
+/// valid TOML as it stands. Everything the enclave loads is a trusted file, so MRENCLAVE covers
+/// the binary, its libraries, the plan and the head it serves. The plan's folder is mounted at
+/// `/veil/plan`, so the plan's relative paths (head, labels) resolve inside the enclave as they
+/// do outside.
 public struct GramineManifest: Sendable {
   public var binary: String
   public var libraries: [String]
   public var head: String
+  /// The plan file `veil enclave serve --plan` reads, in the head's folder.
+  public var plan: String
+  /// The other files of the plan folder the enclave reads (the tail, for its input name and
+  /// output shape; the labels), trusted like the head.
+  public var planFiles: [String]
+  /// What follows `--plan` on the enclave's command line: where the tail runs and where to
+  /// listen. The default leaves the accelerator to `gramine-manifest -Daccelerator=HOST:PORT`.
+  public var serveArguments: [String]
   /// The head's measured peak memory while it runs, in bytes.
   public var peakMemory: Int
   /// Kernel threads (oneDNN's OpenMP pool) the enclave will use.
@@ -22,9 +32,16 @@ public struct GramineManifest: Sendable {
   /// The LibOS, its heap bookkeeping and thread stacks.
   public static let libOSBytes = 128 << 20
 
-  public init(binary: String, libraries: [String], head: String, peakMemory: Int, kernelThreads: Int, fileBytes: Int)
-    throws
-  {
+  /// `veil enclave serve` listens on every interface inside the enclave: the host forwards the
+  /// port, and the attested channel, not the network, protects the requests.
+  public static let defaultServeArguments = ["--accelerator", "{{ accelerator }}", "--host", "0.0.0.0", "--port", "7440"]
+
+  /// `plan` defaults to `plan.json` beside the head, `planFiles` to what that plan names besides
+  /// the head (read from it when it exists).
+  public init(
+    binary: String, libraries: [String], head: String, peakMemory: Int, kernelThreads: Int, fileBytes: Int,
+    plan: String? = nil, planFiles: [String]? = nil, serveArguments: [String] = defaultServeArguments
+  ) throws {
     guard peakMemory > 0 else {
       throw TEEError.invalidArgument(
         name: "--peak-memory", detail: "expected a positive number of bytes, found \(peakMemory)")
@@ -38,6 +55,31 @@ public struct GramineManifest: Sendable {
     self.peakMemory = peakMemory
     self.kernelThreads = kernelThreads
     self.fileBytes = fileBytes
+    let folder = (head as NSString).deletingLastPathComponent
+    let planFile = plan ?? (folder as NSString).appendingPathComponent("plan.json")
+    guard (planFile as NSString).deletingLastPathComponent == folder else {
+      throw TEEError.invalidArgument(
+        name: "--plan", detail: "the plan '\(planFile)' must sit in the head's folder '\(folder)' (its paths are relative to it)")
+    }
+    self.plan = planFile
+    self.planFiles = try planFiles ?? Self.filesNamed(byPlan: planFile)
+    self.serveArguments = serveArguments
+  }
+
+  /// The files a plan names that the enclave reads besides the head: its tail and its labels.
+  /// None when the plan file does not exist yet.
+  static func filesNamed(byPlan planFile: String) throws -> [String] {
+    guard let data = FileManager.default.contents(atPath: planFile) else { return [] }
+    guard let object = try? JSONSerialization.jsonObject(with: data) as? [String: Any] else {
+      throw TEEError.io(path: planFile, detail: "not a plan document (a JSON object)")
+    }
+    // `veil plan` nests the deployment under "deployment"; a plain plan is the deployment.
+    let plan = object["deployment"] as? [String: Any] ?? object
+    let folder = (planFile as NSString).deletingLastPathComponent
+    var names: [String] = []
+    if let tail = (plan["tail"] as? [String: Any])?["path"] as? String { names.append(tail) }
+    if let labels = plan["labels"] as? String { names.append(labels) }
+    return names.map { $0.hasPrefix("/") ? $0 : (folder as NSString).appendingPathComponent($0) }
   }
 
   /// The enclave size: peak memory, the mapped files and the LibOS, rounded up to a power of
@@ -72,23 +114,32 @@ public struct GramineManifest: Sendable {
   }
 
   /// The manifest template's text.
+  /// Where the plan's folder is mounted inside the enclave.
+  public static let planMount = "/veil/plan"
+
+  /// The enclave's command line: `veil enclave serve --plan /veil/plan/PLAN` and the serve
+  /// arguments.
+  public var argv: [String] {
+    ["veil", "enclave", "serve", "--plan", Self.planMount + "/" + (plan as NSString).lastPathComponent] + serveArguments
+  }
+
   public var template: String {
-    let headName = (head as NSString).lastPathComponent
+    let folder = (plan as NSString).deletingLastPathComponent
     let libDirs = Array(Set(libraries.map { ($0 as NSString).deletingLastPathComponent })).sorted()
     var mounts = [
       "  { path = \"/lib\", uri = \"file:{{ gramine.runtimedir() }}\" },",
       "  { path = \"/veil/bin/veil\", uri = \(Self.quoted("file:" + binary)) },",
-      "  { path = \(Self.quoted("/veil/head/" + headName)), uri = \(Self.quoted("file:" + head)) },",
+      "  { path = \(Self.quoted(Self.planMount)), uri = \(Self.quoted("file:" + folder)) },",
       "  { type = \"tmpfs\", path = \"/tmp\" },",
     ]
     mounts += libDirs.map { "  { path = \(Self.quoted($0)), uri = \(Self.quoted("file:" + $0)) }," }
     let trusted =
       ["  \"file:{{ gramine.libos }}\",", "  \"file:{{ gramine.runtimedir() }}/\","]
-      + ([binary] + libraries + [head]).map { "  \(Self.quoted("file:" + $0))," }
+      + ([binary] + libraries + [plan, head] + planFiles).map { "  \(Self.quoted("file:" + $0))," }
     return """
       # Gramine manifest template for `veil enclave serve`, written by `veil enclave manifest`.
       # Fill it in and sign it:
-      #   gramine-manifest veil.manifest.template veil.manifest
+      #   gramine-manifest -Daccelerator=HOST:PORT veil.manifest.template veil.manifest
       #   gramine-sgx-sign --manifest veil.manifest --output veil.manifest.sgx
       #   gramine-sgx-sigstruct-view veil.sig    # prints mr_enclave for the client's policy
       # Enclave size: peak memory \(peakMemory) B + files \(fileBytes) B + LibOS \(Self.libOSBytes) B,
@@ -98,7 +149,7 @@ public struct GramineManifest: Sendable {
       libos.entrypoint = "/veil/bin/veil"
       loader.entrypoint.uri = "file:{{ gramine.libos }}"
       loader.log_level = "error"
-      loader.argv = ["veil", "enclave", "serve", "--head", \(Self.quoted("/veil/head/" + headName))]
+      loader.argv = [\(argv.map(Self.quoted).joined(separator: ", "))]
 
       loader.env.LD_LIBRARY_PATH = \(Self.quoted((["/lib"] + libDirs).joined(separator: ":")))
       loader.env.OMP_NUM_THREADS = "\(kernelThreads)"

@@ -135,6 +135,18 @@ public struct Policy: Sendable, Equatable {
     return try e.encode(file) + Data("\n".utf8)
   }
 
+  /// The measurements the policy pins (MRENCLAVE, MRSIGNER with ISVPRODID, MRTD, RTMRs, the SNP
+  /// measurement), by name; empty when any enclave with genuine evidence would pass.
+  public var pinnedMeasurements: [String] {
+    var names: [String] = []
+    if mrEnclave != nil { names.append("MRENCLAVE") }
+    if mrSigner != nil { names.append("MRSIGNER") }
+    if mrTD != nil { names.append("MRTD") }
+    for (i, r) in (rtmrs ?? []).enumerated() where r != nil { names.append("RTMR\(i)") }
+    if snpMeasurement != nil { names.append("SNP measurement") }
+    return names
+  }
+
   /// Adds the policy's checks to a verdict of `evidence`. `evidenceTime` is when the evidence
   /// was produced, where known; `now` is the verifier's time.
   public func evaluate(_ evidence: Evidence, evidenceTime: Date?, now: Date, into v: inout Verdict) {

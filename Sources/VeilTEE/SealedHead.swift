@@ -178,11 +178,29 @@ public struct KeyRequester {
 }
 
 /// The model owner's side: releases a head key only to evidence that satisfies its policy.
+///
+/// A policy that pins no measurement (no MRENCLAVE, MRSIGNER, MRTD, RTMR or SNP measurement)
+/// would release the key to any enclave with genuine evidence, whatever code it runs; the
+/// releaser refuses to serve under such a policy unless `allowUnpinnedPolicy` says so, and then
+/// every verdict says it in its first check.
 public struct KeyReleaser: Sendable {
   public var verifier: AttestationVerifier
+  public var allowUnpinnedPolicy: Bool
 
-  public init(verifier: AttestationVerifier) {
+  public init(verifier: AttestationVerifier, allowUnpinnedPolicy: Bool = false) {
     self.verifier = verifier
+    self.allowUnpinnedPolicy = allowUnpinnedPolicy
+  }
+
+  /// Throws when the policy pins no measurement and `allowUnpinnedPolicy` is off: what a key
+  /// server checks before it listens.
+  public func checkPolicy() throws {
+    guard verifier.policy.pinnedMeasurements.isEmpty, !allowUnpinnedPolicy else { return }
+    throw TEEError.policy(
+      key: "(measurement)",
+      detail:
+        "the policy pins no measurement, so any enclave with genuine evidence would get the key whatever code it runs; "
+        + "pin mrenclave, mrsigner with isvprodid, mrtd, rtmrs or snp_measurement (or allow it explicitly)")
   }
 
   /// A fresh challenge for the next request.
@@ -193,14 +211,22 @@ public struct KeyReleaser: Sendable {
   public func release(headKey: SymmetricKey, to request: KeyRequest, challenge: [UInt8]) throws -> (
     wrapped: [UInt8], verdict: Verdict
   ) {
+    try checkPolicy()
     guard request.challenge == challenge else {
       throw TEEError.policy(key: "challenge", detail: "the request answers another challenge (a replay)")
     }
     // The evidence answers the owner's fresh challenge, so it was produced just now.
-    let verdict = verifier.verify(
+    var verdict = verifier.verify(
       request.evidence,
       expectedReportData: KeyRequest.reportData(recipientKey: request.recipientKey, challenge: challenge),
       evidenceTime: verifier.dcap.time)
+    if verifier.policy.pinnedMeasurements.isEmpty {
+      verdict.checks.insert(
+        Check(
+          "key release: UNPINNED POLICY", true,
+          "the owner's policy pins no measurement and release was allowed explicitly: any enclave with genuine evidence gets the key"),
+        at: 0)
+    }
     guard verdict.passed else {
       throw TEEError.policy(
         key: "(evidence)",
@@ -263,17 +289,31 @@ public enum KeyReleaseReply: Sendable, Equatable {
   }
 }
 
+/// What the owner did with one key request: the reply to send, and for its own log the verdict
+/// (when the evidence could be read) and, for a refusal, every reason.
+public struct KeyReleaseOutcome: Sendable {
+  public var reply: KeyReleaseReply
+  public var verdict: Verdict?
+  /// Why the key was not released (nil when it was): for the owner's log, never for the requester.
+  public var refusal: String?
+}
+
 extension KeyReleaser {
-  /// Answers one request: the reply to send, and the verdict when the evidence could be read.
-  public func answer(_ requestBytes: [UInt8], headKey: SymmetricKey, challenge: [UInt8]) -> (
-    reply: KeyReleaseReply, verdict: Verdict?
-  ) {
+  /// Answers one request. A refusal tells the requester only that it was refused and under which
+  /// `reference`; the reasons (which checks failed, which measurement the policy expects) go to
+  /// the outcome for the owner's log, since the requester has not been authenticated.
+  public func answer(_ requestBytes: [UInt8], headKey: SymmetricKey, challenge: [UInt8], reference: String) -> KeyReleaseOutcome {
     do {
       let request = try KeyRequest(requestBytes)
       let (wrapped, verdict) = try release(headKey: headKey, to: request, challenge: challenge)
-      return (.released(wrapped), verdict)
+      return KeyReleaseOutcome(reply: .released(wrapped), verdict: verdict, refusal: nil)
     } catch {
-      return (.refused("\(error)"), nil)
+      return KeyReleaseOutcome(reply: .refused(Self.genericRefusal(reference: reference)), verdict: nil, refusal: "\(error)")
     }
+  }
+
+  /// The only refusal text a requester sees.
+  public static func genericRefusal(reference: String) -> String {
+    "key not released: the request does not satisfy the key owner's policy (reference \(reference); the owner's log says why)"
   }
 }

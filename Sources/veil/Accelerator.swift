@@ -21,17 +21,20 @@ struct BatchingOptions: ParsableArguments {
   var maxQueueDelayMs: Double = 2
   @Option(help: "Requests that may wait per model version; beyond it calls get RESOURCE_EXHAUSTED.")
   var queueCapacity: Int = 64
+  @Option(help: "Compiled executors kept per model version (one per batch size, least recently used dropped).")
+  var executorCache: Int = 8
 
   func validate() throws {
     guard maxBatch >= 1 else { throw ValidationError("--max-batch must be ≥ 1, found \(maxBatch)") }
     guard maxQueueDelayMs >= 0 else { throw ValidationError("--max-queue-delay-ms must be ≥ 0, found \(maxQueueDelayMs)") }
     guard queueCapacity >= 1 else { throw ValidationError("--queue-capacity must be ≥ 1, found \(queueCapacity)") }
+    guard executorCache >= 1 else { throw ValidationError("--executor-cache must be ≥ 1, found \(executorCache)") }
   }
 
   func batching(maxBatch override: Int? = nil) -> KServeBatching {
     KServeBatching(
       maxBatchSize: override ?? maxBatch, maxQueueDelay: .microseconds(Int64(maxQueueDelayMs * 1000)),
-      queueCapacity: queueCapacity)
+      queueCapacity: queueCapacity, executorCacheCapacity: executorCache)
   }
 }
 
@@ -96,8 +99,12 @@ struct AcceleratorServe: AsyncParsableCommand {
   var port: Int = 8001
   @Option(help: "Port of the Prometheus /metrics endpoint (default: none).")
   var metricsPort: Int?
-  @Flag(help: "Compile the executors of every batch size up to --max-batch at start, not at first use.")
+  @Flag(help: "Compile the executors of batch sizes 1 up to --max-batch (as many as --executor-cache keeps) at start, not at first use.")
   var precompile = false
+  @Option(help: "TCP connections open at once.")
+  var maxConnections = 1024
+  @Option(help: "TCP connections open at once from one address.")
+  var maxConnectionsPerPeer = 256
   @OptionGroup var batching: BatchingOptions
   @OptionGroup var engine: EngineOptions
 
@@ -107,6 +114,9 @@ struct AcceleratorServe: AsyncParsableCommand {
     }
     guard (0...65535).contains(port) else { throw ValidationError("--port must be in 0…65535, found \(port)") }
     if let m = metricsPort, !(0...65535).contains(m) { throw ValidationError("--metrics-port must be in 0…65535, found \(m)") }
+    guard maxConnections >= 1, maxConnectionsPerPeer >= 1 else {
+      throw ValidationError("--max-connections and --max-connections-per-peer must be ≥ 1")
+    }
   }
 
   func run() async throws {
@@ -152,9 +162,12 @@ struct AcceleratorServe: AsyncParsableCommand {
       }
       note("every cut of \(source): \(cuts.count) tails, \(cuts.map { DeploymentPlan.profilingTailName(model: source, cut: $0.name) }.joined(separator: ", "))")
     }
+    var connections = AcceleratorServerConfig().connections
+    connections.maxConnections = maxConnections
+    connections.maxConnectionsPerPeer = maxConnectionsPerPeer
     let server = AcceleratorServer(
-      config: AcceleratorServerConfig(host: host, port: port, metricsPort: metricsPort), repository: repository, metrics: metrics,
-      logger: logger)
+      config: AcceleratorServerConfig(host: host, port: port, metricsPort: metricsPort, connections: connections),
+      repository: repository, metrics: metrics, logger: logger)
     let group = ServiceGroup(
       configuration: .init(services: [.init(service: server)], gracefulShutdownSignals: [.sigterm, .sigint], logger: logger))
     async let serving: Void = group.run()
@@ -242,7 +255,8 @@ struct AcceleratorBench: AsyncParsableCommand {
     var modes: [Mode] = []
     for (name, mb, delay) in [("batching off", 1, 0.0), ("batching on", maxBatch, maxQueueDelayMs)] {
       let batching = KServeBatching(
-        maxBatchSize: mb, maxQueueDelay: .microseconds(Int64(delay * 1000)), queueCapacity: max(64, clients * 2))
+        maxBatchSize: mb, maxQueueDelay: .microseconds(Int64(delay * 1000)), queueCapacity: max(64, clients * 2),
+        executorCacheCapacity: mb)
       let m = try KServeModel(KServeModelSpec(name: "tail", version: "1", graph: tail, batching: batching))
       note("\(name): compiling executors for batch 1…\(mb)")
       try m.precompile()

@@ -181,9 +181,13 @@ struct EnclaveManifest: ParsableCommand {
     if plan == nil, head == nil || peakMemory == nil { throw ValidationError("--head needs --peak-memory (and the reverse)") }
   }
 
-  /// The head file and its peak memory: from the plan (its chosen cut's profile row) or given.
-  func headAndPeak() throws -> (String, Int) {
-    guard let plan else { return (head!, peakMemory!) }
+  /// The head file, its peak memory and the plan file: from the plan (its chosen cut's profile
+  /// row) or given (the plan then is `plan.json` beside the head).
+  func headAndPeak() throws -> (head: String, peak: Int, plan: String?) {
+    guard let plan else {
+      guard let head, let peakMemory else { throw ValidationError("--head needs --peak-memory (and the reverse)") }
+      return (head, peakMemory, nil)
+    }
     let loaded: LoadedPlan
     do { loaded = try DeploymentPlan.load(plan) } catch { throw ValidationError("--plan: \(error)") }
     let document = try? JSONDecoder().decode(PlanDocument.self, from: Data(contentsOf: loaded.file))
@@ -191,11 +195,11 @@ struct EnclaveManifest: ParsableCommand {
       throw ValidationError(
         "--plan \(loaded.file.path): no measured peak memory for cut \(loaded.plan.cut.name) (a plan from `veil plan` has it); pass --head and --peak-memory instead")
     }
-    return (loaded.headURL.path, peak)
+    return (loaded.headURL.path, peak, loaded.file.standardizedFileURL.path)
   }
 
   func run() throws {
-    let (head, peakMemory) = try headAndPeak()
+    let (head, peakMemory, planFile) = try headAndPeak()
     let bin = URL(fileURLWithPath: binary ?? CommandLine.arguments[0]).standardizedFileURL.path
     let headPath = URL(fileURLWithPath: head).standardizedFileURL.path
     guard FileManager.default.isReadableFile(atPath: headPath) else {
@@ -203,10 +207,16 @@ struct EnclaveManifest: ParsableCommand {
     }
     let libs = try sharedLibraries(of: bin)
     let size: (String) -> Int = { (try? FileManager.default.attributesOfItem(atPath: $0)[.size] as? Int) ?? 0 }
-    let manifest = try GramineManifest(
-      binary: bin, libraries: libs, head: headPath, peakMemory: peakMemory,
-      kernelThreads: threads ?? ProcessInfo.processInfo.activeProcessorCount,
-      fileBytes: ([bin, headPath] + libs).map(size).reduce(0, +))
+    var manifest: GramineManifest
+    do {
+      manifest = try GramineManifest(
+        binary: bin, libraries: libs, head: headPath, peakMemory: peakMemory,
+        kernelThreads: threads ?? ProcessInfo.processInfo.activeProcessorCount, fileBytes: 0, plan: planFile)
+    } catch { throw ValidationError("\(error)") }
+    manifest.fileBytes = ([bin, headPath, manifest.plan] + manifest.planFiles + libs).map(size).reduce(0, +)
+    if !FileManager.default.fileExists(atPath: manifest.plan) {
+      note("note: no \(manifest.plan): `veil enclave serve` inside the enclave reads the plan there (write the plan folder with `veil plan`)")
+    }
     do {
       try FileManager.default.createDirectory(atPath: out, withIntermediateDirectories: true)
       let file = URL(fileURLWithPath: out).appendingPathComponent("veil.manifest.template")

@@ -44,6 +44,12 @@ struct EnclaveServe: AsyncParsableCommand {
   var allowSimulation = false
   @Option(help: "Sessions open at once.")
   var maxSessions = 256
+  @Option(help: "Sessions open at once from one address.")
+  var maxSessionsPerPeer = 32
+  @Option(help: "Sessions that have not carried a request yet, all addresses together.")
+  var maxUnusedSessions = 64
+  @Option(help: "Seconds a session may wait for its first request after its handshake.")
+  var unusedTimeout: Double = 10
   @Option(help: "Seconds a session lives after its handshake.")
   var sessionLifetime: Double = 3600
   @Option(help: "Seconds a session may stay idle.")
@@ -52,6 +58,20 @@ struct EnclaveServe: AsyncParsableCommand {
   var maxRequestsPerSession: UInt64 = 1_000_000
   @Option(help: "Largest record accepted, in bytes.")
   var maxRecordBytes = 8 << 20
+  @Option(help: "Handshakes one address may start per second (bursts of 4 times as many).")
+  var handshakesPerSecondPerPeer: Double = 5
+  @Option(help: "Evidence generated per second, all addresses together (bursts of twice as many).")
+  var evidencePerSecond: Double = 50
+  @Option(help: "Seconds one request may take before it is answered `timeout`.")
+  var requestTimeout: Double = 120
+  @Option(help: "TCP connections open at once.")
+  var maxConnections = 1024
+  @Option(help: "TCP connections open at once from one address.")
+  var maxConnectionsPerPeer = 64
+  @Option(help: "Pixels of a photo as its header declares them (plans that preprocess in the enclave).")
+  var maxImagePixels = 40_000_000
+  @Option(help: "Pixels of a photo after the plan's resize, before its crop.")
+  var maxResizedPixels = 16_000_000
   @Option(help: "Seconds an unreachable accelerator is skipped before it is tried again.")
   var retryAfter: Double = 2
   @Option(help: "Log level: trace, debug, info, notice, warning, error, critical.")
@@ -76,9 +96,39 @@ struct EnclaveServe: AsyncParsableCommand {
     }
     guard (0...65535).contains(port) else { throw ValidationError("--port \(port): expected 0...65535") }
     if let m = metricsPort, !(0...65535).contains(m) { throw ValidationError("--metrics-port \(m): expected 0...65535") }
-    guard maxSessions > 0, sessionLifetime > 0, idleTimeout > 0, maxRequestsPerSession > 0, maxRecordBytes > 0 else {
-      throw ValidationError("--max-sessions, --session-lifetime, --idle-timeout, --max-requests-per-session and --max-record-bytes must be positive")
-    }
+    let positive: [(String, Double)] = [
+      ("--max-sessions", Double(maxSessions)), ("--max-sessions-per-peer", Double(maxSessionsPerPeer)),
+      ("--max-unused-sessions", Double(maxUnusedSessions)), ("--unused-timeout", unusedTimeout),
+      ("--session-lifetime", sessionLifetime), ("--idle-timeout", idleTimeout),
+      ("--max-requests-per-session", Double(maxRequestsPerSession)), ("--max-record-bytes", Double(maxRecordBytes)),
+      ("--handshakes-per-second-per-peer", handshakesPerSecondPerPeer), ("--evidence-per-second", evidencePerSecond),
+      ("--request-timeout", requestTimeout), ("--max-connections", Double(maxConnections)),
+      ("--max-connections-per-peer", Double(maxConnectionsPerPeer)), ("--max-image-pixels", Double(maxImagePixels)),
+      ("--max-resized-pixels", Double(maxResizedPixels)),
+    ]
+    for (name, value) in positive where !(value > 0) { throw ValidationError("\(name) must be positive, found \(value)") }
+  }
+
+  /// The server's configuration from the options.
+  var serverConfig: EnclaveServerConfig {
+    var limits = EnclaveConfiguration()
+    limits.maxSessions = maxSessions
+    limits.maxSessionsPerPeer = maxSessionsPerPeer
+    limits.maxUnusedSessions = maxUnusedSessions
+    limits.unusedTimeout = unusedTimeout
+    limits.sessionLifetime = sessionLifetime
+    limits.idleTimeout = idleTimeout
+    limits.maxRequestsPerSession = maxRequestsPerSession
+    limits.maxRecordBytes = maxRecordBytes
+    limits.handshakesPerSecondPerPeer = handshakesPerSecondPerPeer
+    limits.handshakeBurstPerPeer = 4 * handshakesPerSecondPerPeer
+    limits.evidencePerSecond = evidencePerSecond
+    limits.evidenceBurst = 2 * evidencePerSecond
+    limits.requestTimeout = requestTimeout
+    var connections = ConnectionLimits()
+    connections.maxConnections = maxConnections
+    connections.maxConnectionsPerPeer = maxConnectionsPerPeer
+    return EnclaveServerConfig(host: host, port: port, metricsPort: metricsPort, limits: limits, connections: connections)
   }
 
   func run() async throws {
@@ -93,7 +143,8 @@ struct EnclaveServe: AsyncParsableCommand {
     do { loaded = try DeploymentPlan.load(plan) } catch { throw ValidationError("--plan: \(error)") }
     let backend = try makeBackend(loaded)
     let eng = try EnclaveEngine(
-      plan: loaded, backend: backend, headBatch: headBatch, headQueueDelay: .microseconds(Int64(headQueueDelayMs * 1000)))
+      plan: loaded, backend: backend, headBatch: headBatch, headQueueDelay: .microseconds(Int64(headQueueDelayMs * 1000)),
+      imageLimits: ImageLimits(maxPixels: maxImagePixels, maxResizedPixels: maxResizedPixels))
     if headBatch > 1 {
       note(
         eng.headBatchStatistics == nil
@@ -114,40 +165,22 @@ struct EnclaveServe: AsyncParsableCommand {
     if provider.mode.rawValue != loaded.plan.tee.evidenceMode {
       note("note: the plan expects \(loaded.plan.tee.evidenceMode) evidence; this enclave presents \(provider.mode.rawValue)")
     }
-    var config = EnclaveConfiguration()
-    config.maxSessions = maxSessions
-    config.sessionLifetime = sessionLifetime
-    config.idleTimeout = idleTimeout
-    config.maxRequestsPerSession = maxRequestsPerSession
-    config.maxRecordBytes = maxRecordBytes
-    let prometheus = metricsPort.map { _ in PrometheusMetrics() }
-    let service = try EnclaveService(engine: eng, provider: provider, configuration: config, metrics: prometheus?.factory)
-    let server = EnclaveServer(service: service, host: host, port: port)
-    var metricsServer: MetricsHTTPServer?
-    if let metricsPort, let prometheus {
-      do {
-        metricsServer = try await MetricsHTTPServer(host: host, port: metricsPort) { prometheus.render() }
-      } catch { throw ValidationError("--metrics-port \(metricsPort): cannot listen on \(host):\(metricsPort) (\(error))") }
-      note("metrics at http://\(host):\(metricsServer?.port ?? metricsPort)/metrics")
-    }
+    let server = try EnclaveServer(config: serverConfig, engine: eng, provider: provider, logger: Logger(label: "veil.enclave"))
     let group = ServiceGroup(
       configuration: .init(
         services: [.init(service: server)], gracefulShutdownSignals: [.sigterm, .sigint],
         logger: Logger(label: "veil.enclave.lifecycle")))
-    do {
-      try await withThrowingDiscardingTaskGroup { tasks in
-        tasks.addTask { try await group.run() }
-        let actual = try await server.listeningPort
-        let p = loaded.plan
-        note(
-          "enclave of \(p.model.name) cut at \(p.cut.name) \(p.cut.featureShape), tail on \(backend.endpoint); listening on \(host):\(actual)"
-        )
+    try await withThrowingDiscardingTaskGroup { tasks in
+      tasks.addTask { try await group.run() }
+      let actual = try await server.port()
+      if metricsPort != nil {
+        note("metrics at http://\(host):\(try await server.metricsPort())/metrics")
       }
-    } catch {
-      await metricsServer?.close()
-      throw error
+      let p = loaded.plan
+      note(
+        "enclave of \(p.model.name) cut at \(p.cut.name) \(p.cut.featureShape), tail on \(backend.endpoint); listening on \(host):\(actual)"
+      )
     }
-    await metricsServer?.close()
   }
 
   func makeBackend(_ loaded: LoadedPlan) throws -> any TailBackend {
@@ -159,12 +192,10 @@ struct EnclaveServe: AsyncParsableCommand {
       throw ValidationError("--accelerator: \(error)")
     }
     guard !endpoints.isEmpty else { throw ValidationError("--accelerator: no endpoint given") }
-    let tail = try loaded.readPart(loaded.plan.tail, field: "tail")
-    guard let input = tail.inputs.first else {
-      throw ValidationError("--plan: the tail '\(loaded.tailURL.path)' has no input")
+    do {
+      return FailoverBackend(try KServeTailBackend.backends(endpoints, plan: loaded), retryAfter: retryAfter)
+    } catch {
+      throw ValidationError("--plan: \(error)")
     }
-    let inputName = tail[input].name
-    return FailoverBackend(
-      try endpoints.map { try acceleratorBackend($0, plan: loaded.plan, inputName: inputName) }, retryAfter: retryAfter)
   }
 }

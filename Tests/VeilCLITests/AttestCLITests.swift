@@ -136,6 +136,10 @@ extension CLITests {
     XCTAssertEqual(env["SWIFT_BACKTRACE"] as? String, "enable=no")
     XCTAssertEqual(env["OMP_NUM_THREADS"] as? String, "2")
     XCTAssertEqual(libos["entrypoint"] as? String, "/veil/bin/veil")
+    // `veil enclave serve` takes the plan (mounted at /veil/plan), never a bare head.
+    let argv = loader["argv"] as? [String] ?? []
+    XCTAssertEqual(Array(argv.prefix(5)), ["veil", "enclave", "serve", "--plan", "/veil/plan/plan.json"], "\(argv)")
+    XCTAssertFalse(argv.contains("--head"), "\(argv)")
     XCTAssertNotNil((loader["entrypoint"] as? [String: Any])?["uri"])
     XCTAssertFalse((fs["mounts"] as? [Any] ?? []).isEmpty)
     // 300 MiB peak + files + LibOS, rounded up to a power of two.
@@ -154,37 +158,38 @@ extension CLITests {
     XCTAssertTrue(bad.stderr.contains("--peak-memory"), bad.stderr)
   }
 
-  /// Starts `veil keys serve` for one request on a free loopback port; returns the process and port.
   /// The permission bits of a file (0o600: owner read and write only).
   func permissions(_ url: URL) throws -> Int {
     let attributes = try FileManager.default.attributesOfItem(atPath: url.path)
     return (attributes[.posixPermissions] as? NSNumber)?.intValue ?? -1
   }
 
-  func startKeyServer(key: URL, policy: URL) throws -> (Process, Int) {
+  /// Starts `veil keys serve` for one request on a free loopback port; returns the process, its
+  /// port, and its standard error so far (read on).
+  func startKeyServer(key: URL, policy: URL, extra: [String] = []) throws -> (Process, Int, Pipe) {
     let p = Process()
     p.executableURL = Self.veil
-    p.arguments = ["keys", "serve", "--key", key.path, "--policy", policy.path, "--port", "0", "--max-requests", "1"]
+    p.arguments = ["keys", "serve", "--key", key.path, "--policy", policy.path, "--port", "0", "--max-requests", "1"] + extra
     let err = Pipe()
     p.standardError = err
     try p.run()
     var text = ""
     let deadline = Date().addingTimeInterval(20)
-    while !text.contains("\n"), Date() < deadline {
+    while !text.contains("listening on"), p.isRunning, Date() < deadline {
       text += String(decoding: err.fileHandleForReading.availableData, as: UTF8.self)
     }
-    guard
-      let port = text.split(separator: ":").last.flatMap({ Int($0.trimmingCharacters(in: .whitespacesAndNewlines)) })
-    else {
+    let line = text.split(separator: "\n").first { $0.contains("listening on") } ?? ""
+    guard let port = line.split(separator: ":").last.flatMap({ Int($0.trimmingCharacters(in: .whitespacesAndNewlines)) }) else {
       p.terminate()
       struct NoPort: Error, CustomStringConvertible { var description: String }
       throw NoPort(description: "the key server did not say where it listens: \(text)")
     }
-    return (p, port)
+    return (p, port, err)
   }
 
-  /// The owner seals a head and serves its key; the enclave side fetches it with simulated
-  /// evidence only when the owner's policy allows simulation.
+  /// The owner seals a head and serves its key under a policy that pins the enclave's
+  /// MRENCLAVE; the enclave side fetches it with simulated evidence only when the policy allows
+  /// simulation, and a refused enclave learns no more than that it was refused.
   func testKeysSealServeFetch() throws {
     let head = temp("head.onnx")
     let sealed = temp("head.sealed")
@@ -192,11 +197,13 @@ extension CLITests {
     let opened = temp("opened.onnx")
     let lenient = temp("lenient.json")
     let strict = temp("strict.json")
+    let unpinned = temp("unpinned.json")
+    let evidence = temp("sim.quote")
     let content = Data((0..<4096).map { UInt8(truncatingIfNeeded: $0 &* 13) })
     try content.write(to: head)
-    try Data(#"{"allow_simulation": true, "allow_debug": true}"#.utf8).write(to: lenient)
-    try Data("{}".utf8).write(to: strict)
-    defer { for f in [head, sealed, key, opened, lenient, strict] { try? FileManager.default.removeItem(at: f) } }
+    defer {
+      for f in [head, sealed, key, opened, lenient, strict, unpinned, evidence] { try? FileManager.default.removeItem(at: f) }
+    }
 
     let s = try veil(["keys", "seal", "--head", head.path, "--out", sealed.path, "--key-out", key.path])
     XCTAssertEqual(s.status, 0, s.stderr)
@@ -205,8 +212,16 @@ extension CLITests {
     let again = try veil(["keys", "seal", "--head", head.path, "--out", sealed.path + ".2", "--key-out", key.path])
     XCTAssertNotEqual(again.status, 0, "an existing key must not be overwritten")
     XCTAssertTrue(again.stderr.contains("already exists"), again.stderr)
+    // The simulated enclave `keys fetch --simulate` presents: this binary and the sealed head.
+    let sim = try veil(["attest", "simulate", "--head", sealed.path, "--out", evidence.path])
+    let mr = try XCTUnwrap(
+      sim.stderr.components(separatedBy: "MRENCLAVE ").last?.prefix { $0.isHexDigit }, sim.stderr)
+    XCTAssertEqual(mr.count, 64, sim.stderr)
+    try Data(#"{"mrenclave": "\#(mr)", "allow_simulation": true, "allow_debug": true}"#.utf8).write(to: lenient)
+    try Data(#"{"mrenclave": "\#(mr)"}"#.utf8).write(to: strict)
+    try Data(#"{"allow_simulation": true, "allow_debug": true}"#.utf8).write(to: unpinned)
 
-    var (server, port) = try startKeyServer(key: key, policy: lenient)
+    var (server, port, _) = try startKeyServer(key: key, policy: lenient)
     let ok = try veil([
       "keys", "fetch", "--server", "127.0.0.1:\(port)", "--sealed", sealed.path, "--out", opened.path, "--simulate",
     ])
@@ -216,16 +231,30 @@ extension CLITests {
     XCTAssertEqual(try Data(contentsOf: opened), content)
     XCTAssertEqual(try permissions(opened), 0o600, "the opened head is as secret as its key")
 
-    (server, port) = try startKeyServer(key: key, policy: strict)
+    let err: Pipe
+    (server, port, err) = try startKeyServer(key: key, policy: strict)
     let refused = try veil([
       "keys", "fetch", "--server", "127.0.0.1:\(port)", "--sealed", sealed.path, "--out", opened.path + ".2",
       "--simulate",
     ])
     server.waitUntilExit()
+    let serverLog = String(decoding: err.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
     XCTAssertNotEqual(refused.status, 0)
-    XCTAssertTrue(
-      refused.stderr.contains("the key server refused") && refused.stderr.contains("policy: simulation"), refused.stderr
-    )
+    XCTAssertTrue(refused.stderr.contains("the key server refused"), refused.stderr)
+    XCTAssertFalse(refused.stderr.contains("policy: simulation"), "the requester learnt why: \(refused.stderr)")
+    XCTAssertTrue(serverLog.contains("policy: simulation"), "the owner's log says why: \(serverLog)")
     XCTAssertFalse(FileManager.default.fileExists(atPath: opened.path + ".2"))
+
+    // A policy that pins no measurement: refused at start, unless allowed explicitly.
+    let unpinnedRun = try veil(["keys", "serve", "--key", key.path, "--policy", unpinned.path, "--port", "0"])
+    XCTAssertNotEqual(unpinnedRun.status, 0)
+    XCTAssertTrue(unpinnedRun.stderr.contains("pins no measurement"), unpinnedRun.stderr)
+    (server, port, _) = try startKeyServer(key: key, policy: unpinned, extra: ["--allow-unpinned-policy"])
+    let allowed = try veil([
+      "keys", "fetch", "--server", "127.0.0.1:\(port)", "--sealed", sealed.path, "--out", opened.path + ".3", "--simulate",
+    ])
+    server.waitUntilExit()
+    XCTAssertEqual(allowed.status, 0, allowed.stderr)
+    try? FileManager.default.removeItem(atPath: opened.path + ".3")
   }
 }

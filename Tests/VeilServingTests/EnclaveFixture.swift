@@ -109,27 +109,28 @@ final class CapturedLogs: @unchecked Sendable {
   }
 }
 
-/// An enclave service on a free loopback port for the duration of `body`.
+/// An enclave server on a free loopback port for the duration of `body`.
 func withEnclave<R: Sendable>(
   plan: LoadedPlan, backend: (any TailBackend)? = nil, configuration: EnclaveConfiguration = .init(),
-  logs: CapturedLogs? = nil, _ body: @Sendable (EnclaveService, Endpoint) async throws -> R
+  connections: ConnectionLimits = .init(), imageLimits: ImageLimits = .init(), clock: any ServiceClock = SystemClock(),
+  logs: CapturedLogs? = nil, _ body: @Sendable (EnclaveServer, Endpoint) async throws -> R
 ) async throws -> R {
   let tail = try backend ?? LocalTailBackend(tail: try plan.readPart(plan.plan.tail, field: "tail"))
-  let engine = try EnclaveEngine(plan: plan, backend: tail)
-  let service = try EnclaveService(
-    engine: engine, provider: SimulatedProvider(enclave: EnclaveFixture.simulation), configuration: configuration,
-    logger: logs?.logger ?? Logger(label: "veil.enclave.test") { _ in SwiftLogNoOpLogHandler() })
-  let server = EnclaveServer(service: service, port: 0)
+  let engine = try EnclaveEngine(plan: plan, backend: tail, imageLimits: imageLimits)
+  let server = try EnclaveServer(
+    config: EnclaveServerConfig(port: 0, limits: configuration, connections: connections), engine: engine,
+    provider: SimulatedProvider(enclave: EnclaveFixture.simulation),
+    logger: logs?.logger ?? Logger(label: "veil.enclave.test") { _ in SwiftLogNoOpLogHandler() }, clock: clock)
   return try await withThrowingTaskGroup(of: Void.self) { group in
     group.addTask { try await server.run() }
-    let port = try await server.listeningPort
+    let port = try await server.port()
     do {
-      let r = try await body(service, Endpoint(host: "127.0.0.1", port: port))
-      server.server.beginGracefulShutdown()
+      let r = try await body(server, Endpoint(host: "127.0.0.1", port: port))
+      server.beginGracefulShutdown()
       group.cancelAll()
       return r
     } catch {
-      server.server.beginGracefulShutdown()
+      server.beginGracefulShutdown()
       group.cancelAll()
       throw error
     }
@@ -138,3 +139,16 @@ func withEnclave<R: Sendable>(
 
 /// The gRPC status code of an error, when it is an RPCError.
 func rpcCode(_ error: Error) -> RPCError.Code? { (error as? RPCError)?.code }
+
+/// Runs `body`, which must fail with one of `codes`; `what` says what it must not do.
+func expectRPCError(
+  _ codes: [RPCError.Code], _ what: String, file: StaticString = #filePath, line: UInt = #line,
+  _ body: () async throws -> Void
+) async {
+  do {
+    try await body()
+    XCTFail(what, file: file, line: line)
+  } catch {
+    XCTAssertTrue(rpcCode(error).map(codes.contains) == true, "\(what): \(error)", file: file, line: line)
+  }
+}

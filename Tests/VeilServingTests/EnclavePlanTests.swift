@@ -1,5 +1,6 @@
 import Foundation
 import VeilServing
+import VeilTEE
 import XCTest
 
 /// The plan document: what `DeploymentPlan.write` produces reads back the same, and every bad
@@ -68,5 +69,58 @@ final class EnclavePlanTests: XCTestCase {
     bytes[bytes.count / 2] ^= 0xFF
     try bytes.write(to: head)
     expectError(dir, field: "head.sha256", "the file was changed or the plan is stale")
+  }
+
+  /// The plan records the tail's output, which the enclave holds every accelerator answer to.
+  func testPlanDeclaresTheTailOutput() throws {
+    let plan = try EnclaveFixture.plan(.client)
+    XCTAssertEqual(plan.plan.output?.shape, [1, 1000])
+    let (input, output) = try plan.tailInterface()
+    XCTAssertFalse(input.isEmpty)
+    XCTAssertEqual(output.shape, [1, 1000])
+    XCTAssertEqual(output.datatype, "FP32")
+  }
+
+  /// The Gramine manifest's command line starts `veil enclave serve`: its arguments, with the
+  /// plan's mount point mapped back to the plan folder and the accelerator filled in as
+  /// `gramine-manifest -Daccelerator=…` would, bring up an enclave that answers a request.
+  func testGramineManifestCommandLineStartsTheEnclave() async throws {
+    let plan = try EnclaveFixture.plan(.client)
+    let manifest = try GramineManifest(
+      binary: Spawned.veil.path, libraries: [], head: plan.headURL.path, peakMemory: 1 << 28, kernelThreads: 2, fileBytes: 0)
+    XCTAssertEqual(manifest.plan, plan.file.path)
+    XCTAssertTrue(manifest.template.contains("\"file:\(plan.file.path)\""), "the plan is a trusted file")
+    XCTAssertTrue(manifest.template.contains("\"file:\(plan.tailURL.path)\""), "the tail is a trusted file")
+    XCTAssertTrue(manifest.template.contains("\"file:\(plan.directory.appendingPathComponent("labels.txt").path)\""))
+    XCTAssertTrue(manifest.template.contains(manifest.argv.map { "\"\($0)\"" }.joined(separator: ", ")))
+    XCTAssertEqual(Array(manifest.argv.prefix(3)), ["veil", "enclave", "serve"])
+
+    let accelerator = try await RunningServer([
+      KServeModelSpec(
+        name: plan.plan.accelerator.modelName, version: plan.plan.accelerator.modelVersion,
+        graph: try plan.readPart(plan.plan.tail, field: "tail"))
+    ])
+    let arguments = manifest.argv.dropFirst().map { a -> String in
+      if a.hasPrefix(GramineManifest.planMount) { return plan.directory.path + a.dropFirst(GramineManifest.planMount.count) }
+      switch a {
+      case "{{ accelerator }}": return "127.0.0.1:\(accelerator.port)"
+      case "0.0.0.0": return "127.0.0.1"
+      case "7440": return "0"
+      default: return a
+      }
+    }
+    // Outside SGX the enclave presents simulated evidence, which needs the flag.
+    let enclave = try Spawned.start(arguments + ["--allow-simulation"])
+    defer { enclave.stop() }
+    let port = try enclave.waitForPort()
+    let mrenclave = try XCTUnwrap(enclave.value(after: "MRENCLAVE "), enclave.stderr)
+    let x = try EnclaveFixture.input(try EnclaveFixture.photo(), plan: plan.plan)
+    let answer = try await EnclaveClient.with(
+      Endpoint(host: "127.0.0.1", port: port), verifier: try EnclaveFixture.verifier(mrEnclave: try XCTUnwrap(hexBytes(mrenclave)))
+    ) { client in
+      try await client.session().infer(EnclaveSession.request(tensor: x, top: 1))
+    }
+    XCTAssertEqual(answer.accelerator, "127.0.0.1:\(accelerator.port)")
+    try await accelerator.stop()
   }
 }

@@ -4,6 +4,7 @@ import GRPCNIOTransportHTTP2
 import VeilServing
 import VeilTEE
 import VeilTensor
+import Synchronization
 import XCTest
 
 /// The enclave service over real gRPC on loopback, with simulated evidence and the tail run by
@@ -71,12 +72,12 @@ final class EnclaveServiceTests: XCTestCase {
       plan: plan, backend: tail, headBatch: 4, headQueueDelay: .seconds(2), headQueueCapacity: 1)
     let x = try EnclaveFixture.input(try EnclaveFixture.photo(seed: 2), plan: plan.plan)
     let first = Task { try await engine.run(x).logits.scalars }
-    try await Task.sleep(nanoseconds: 300_000_000)
+    try await waitUntil("the first request waits in the head's queue") { engine.headQueueDepth == 1 }
     do {
       _ = try await engine.run(x)
       XCTFail("a second request fit in a queue of one")
     } catch let e as EnclaveError {
-      XCTAssertEqual(e.kind, "overloaded", "\(e)")
+      XCTAssertEqual(e.kind, .overloaded, "\(e)")
       XCTAssertTrue(e.description.contains("retry later"), e.description)
     }
     let logits = try await first.value
@@ -85,7 +86,7 @@ final class EnclaveServiceTests: XCTestCase {
 
   func testSimulatedEvidenceIsRefusedUnlessThePolicyAllowsIt() async throws {
     let plan = try EnclaveFixture.plan()
-    try await withEnclave(plan: plan) { service, endpoint in
+    try await withEnclave(plan: plan) { _, endpoint in
       do {
         _ = try await EnclaveClient.with(endpoint, verifier: try EnclaveFixture.verifier(allowSimulation: false)) {
           try await $0.session()
@@ -111,7 +112,7 @@ final class EnclaveServiceTests: XCTestCase {
     let x = try EnclaveFixture.input(try EnclaveFixture.photo(), plan: plan.plan)
     var config = EnclaveConfiguration()
     config.maxRecordBytes = 1 << 20
-    try await withEnclave(plan: plan, configuration: config) { service, endpoint in
+    try await withEnclave(plan: plan, configuration: config) { _, endpoint in
       try await EnclaveClient.with(endpoint, verifier: try EnclaveFixture.verifier()) { client in
         let bystander = try await client.session()
         let request = EnclaveSession.request(tensor: x, top: 1)
@@ -184,14 +185,14 @@ final class EnclaveServiceTests: XCTestCase {
         let answer = try await send(hr2.sessionID, Data(try s2.seal([0xFF, 0xFF, 0xFF])))
         guard case .data(let bytes) = try s2.open(Array(answer)) else { return XCTFail("no sealed answer") }
         let decoded = try Veil_Enclave_V1_EnclaveResponse(serializedBytes: bytes)
-        XCTAssertEqual(decoded.error.kind, "invalid-input")
+        XCTAssertEqual(decoded.error.kind, EnclaveErrorKind.invalidInput.rawValue)
 
         // A tensor of the wrong shape: a sealed error naming both shapes.
         do {
           _ = try await victim.infer(EnclaveSession.request(tensor: Tensor(zeros: [1, 3, 32, 32]), top: 1))
           XCTFail("wrong shape accepted")
         } catch EnclaveError.remote(let kind, let message) {
-          XCTAssertEqual(kind, "invalid-input")
+          XCTAssertEqual(kind, .invalidInput)
           XCTAssertTrue(message.contains("[1, 3, 224, 224]") && message.contains("[1, 3, 32, 32]"), message)
         }
 
@@ -204,115 +205,101 @@ final class EnclaveServiceTests: XCTestCase {
     }
   }
 
-  /// Photo bytes (plans that preprocess in the enclave): a PNG header claiming 20000×20000
-  /// pixels is refused before decoding, corrupt bytes get the decoder's error; both sealed.
-  func testHostilePhotosAreRefused() async throws {
-    let plan = try EnclaveFixture.plan(.enclave)
-    try await withEnclave(plan: plan) { _, endpoint in
-      try await EnclaveClient.with(endpoint, verifier: try EnclaveFixture.verifier()) { client in
-        let session = try await client.session()
-        var bomb = try EnclaveFixture.photo()
-        bomb.replaceSubrange(16..<24, with: [0, 0, 0x4E, 0x20, 0, 0, 0x4E, 0x20])
-        let corrupt = try EnclaveFixture.photo().prefix(300)
-        for (bytes, text) in [(bomb, "20000×20000"), (Data(corrupt), "photo"), (Data("GIF89a".utf8), "not a PNG or JPEG")] {
-          var r = EnclaveRequestMessage()
-          r.image = bytes
-          r.topK = 1
-          do {
-            _ = try await session.infer(r)
-            XCTFail("accepted \(text)")
-          } catch EnclaveError.remote(let kind, let message) {
-            XCTAssertEqual(kind, "invalid-input")
-            XCTAssertTrue(message.contains(text), message)
-          }
-        }
-        var good = EnclaveRequestMessage()
-        good.image = try EnclaveFixture.photo()
-        good.topK = 2
-        let answer = try await session.infer(good)
-        XCTAssertEqual(answer.top.count, 2)
-      }
-    }
-  }
-
+  /// Expiry on an injected clock: idle sessions, unused sessions, the request limit, and the
+  /// session ceiling (an unused session makes room; sessions in use never do).
   func testSessionsExpireAndAreBounded() async throws {
     let plan = try EnclaveFixture.plan()
     let x = try EnclaveFixture.input(try EnclaveFixture.photo(), plan: plan.plan)
+    let clock = ManualClock()
     var config = EnclaveConfiguration()
-    config.idleTimeout = 0.4
+    config.idleTimeout = 60
+    config.unusedTimeout = 10
     config.maxSessions = 4
+    config.maxUnusedSessions = 4
     config.maxRequestsPerSession = 2
-    config.sweepInterval = 0.2
-    try await withEnclave(plan: plan, configuration: config) { service, endpoint in
+    config.sweepInterval = 0.05
+    try await withEnclave(plan: plan, configuration: config, clock: clock) { server, endpoint in
+      let sessions = server.service.sessions
       try await EnclaveClient.with(endpoint, verifier: try EnclaveFixture.verifier()) { client in
         let request = EnclaveSession.request(tensor: x, top: 1)
-        // Idle expiry.
+        // Idle expiry: refused once the clock passes the idle timeout, then swept.
         let idle = try await client.session()
         _ = try await idle.infer(request)
-        try await Task.sleep(for: .milliseconds(900))
-        do {
+        clock.advance(by: 61)
+        await expectRPCError([.notFound, .failedPrecondition], "an expired session served a request") {
           _ = try await idle.infer(request)
-          XCTFail("an expired session served a request")
-        } catch {
-          XCTAssertTrue([.notFound, .failedPrecondition].contains(rpcCode(error)), "\(error)")
         }
-        let swept = await service.sessions.count
-        XCTAssertEqual(swept, 0, "the sweeper dropped the idle session")
+        try await waitUntil("the sweeper dropped the idle session") { await sessions.count == 0 }
+
+        // A session that carries no request within its first 10 s is gone.
+        let unused = try await client.session()
+        clock.advance(by: 11)
+        await expectRPCError([.notFound, .failedPrecondition], "a session unused past its timeout served a request") {
+          _ = try await unused.infer(request)
+        }
 
         // Request limit.
         let limited = try await client.session()
         _ = try await limited.infer(request)
         _ = try await limited.infer(request)
-        do {
+        await expectRPCError([.resourceExhausted], "the request limit was not enforced") {
           _ = try await limited.infer(request)
-          XCTFail("the request limit was not enforced")
-        } catch {
-          XCTAssertEqual(rpcCode(error), .resourceExhausted, "\(error)")
         }
 
-        // Session limit: the fifth open session is refused until one closes.
+        // Four sessions in use fill the table: the fifth handshake is refused until one closes.
         var open: [EnclaveSession] = []
-        for _ in 0..<4 { open.append(try await client.session()) }
-        do {
-          _ = try await client.session()
-          XCTFail("more sessions than the limit")
-        } catch {
-          XCTAssertEqual(rpcCode(error), .resourceExhausted, "\(error)")
+        for _ in 0..<4 {
+          let s = try await client.session()
+          _ = try await s.infer(request)
+          open.append(s)
         }
+        await expectRPCError([.resourceExhausted], "more sessions than the limit") { _ = try await client.session() }
         try await open[0].close()
-        let again = try await client.session()
-        let answer = try await again.infer(request)
+        // The free place goes to an unused session, which the next handshake may replace.
+        let waiting = try await client.session()
+        let replacing = try await client.session()
+        await expectRPCError([.notFound], "a replaced unused session served a request") {
+          _ = try await waiting.infer(request)
+        }
+        let answer = try await replacing.infer(request)
         XCTAssertFalse(answer.top.isEmpty)
+        let dropped = await sessions.droppedForRoom
+        XCTAssertEqual(dropped, 1)
       }
     }
   }
 
-  /// A client that goes away mid-request: the service drops the work, keeps the session table
-  /// bounded, and serves the others.
+  /// A client that goes away mid-request: the service drops the work, releases the session,
+  /// and serves the others; the departed clients' sessions end at their idle timeout.
   func testClientDisconnectingMidRequest() async throws {
     let plan = try EnclaveFixture.plan()
     let x = try EnclaveFixture.input(try EnclaveFixture.photo(), plan: plan.plan)
-    let tail = try DelayedTail(
-      LocalTailBackend(tail: try plan.readPart(plan.plan.tail, field: "tail")), seconds: 0.5)
-    try await withEnclave(plan: plan, backend: tail) { service, endpoint in
+    let tail = GatedTail(try LocalTailBackend(tail: try plan.readPart(plan.plan.tail, field: "tail")))
+    let clock = ManualClock()
+    try await withEnclave(plan: plan, backend: tail, clock: clock) { server, endpoint in
+      let sessions = server.service.sessions
       let request = EnclaveSession.request(tensor: x, top: 1)
-      for _ in 0..<3 {
+      for i in 1...3 {
         let leaving = Task {
           try await EnclaveClient.with(endpoint, verifier: try EnclaveFixture.verifier()) { client in
             let s = try await client.session()
             _ = try await s.infer(request)
           }
         }
-        try await Task.sleep(for: .milliseconds(150))
+        try await waitUntil("request \(i) reached the tail") { tail.entered == i }
         leaving.cancel()
         _ = await leaving.result
       }
+      try await waitUntil("the departed requests ended in the enclave") { await sessions.busyCount == 0 }
+      let departed = await sessions.count
+      XCTAssertEqual(departed, 3, "each departed client's session stays until it expires")
+
       let answer = try await EnclaveClient.with(endpoint, verifier: try EnclaveFixture.verifier()) { client in
         let session = try await client.session()
         // Two records at once on one session: the second is refused, the first answered.
         let stub = Veil_Enclave_V1_EnclaveService.Client(wrapping: client.grpc)
         let first = Task { try await session.infer(request) }
-        try await Task.sleep(for: .milliseconds(150))
+        try await waitUntil("the first request reached the tail") { tail.entered == 4 }
         do {
           _ = try await stub.infer(.with {
             $0.sessionID = session.id
@@ -323,14 +310,32 @@ final class EnclaveServiceTests: XCTestCase {
           XCTAssertEqual(rpcCode(error), .failedPrecondition, "\(error)")
           XCTAssertTrue("\(error)".contains("one request at a time"), "\(error)")
         }
+        tail.openAll()
         _ = try await first.value
         return try await session.infer(request)
       }
       XCTAssertEqual(answer.top.count, 1)
-      try await Task.sleep(for: .milliseconds(700))
-      let open = await service.sessions.count
-      XCTAssertLessThanOrEqual(open, 4, "sessions of departed clients stay bounded (idle expiry removes them)")
+      let open = await sessions.count
+      XCTAssertEqual(open, 4, "three departed sessions and the one that stayed")
+      clock.advance(by: EnclaveConfiguration().idleTimeout + 1)
+      let swept = await sessions.sweep()
+      XCTAssertEqual(swept, 4, "idle expiry removes every one")
     }
+  }
+
+  /// Every error kind the service can answer is counted in Prometheus under its own name.
+  func testEveryErrorKindIsCountedUnderItsOwnName() {
+    let metrics = EnclaveMetrics()
+    for (i, kind) in EnclaveErrorKind.allCases.enumerated() {
+      for _ in 0...i { metrics.error(kind) }
+    }
+    let text = metrics.render()
+    for (i, kind) in EnclaveErrorKind.allCases.enumerated() {
+      XCTAssertTrue(text.contains("veil_enclave_errors_total{kind=\"\(kind.rawValue)\"} \(i + 1)\n"), "\(kind.rawValue) in\n\(text)")
+    }
+    // The wire's kinds and the counters' are one list: what a client reads names a counter.
+    for kind in EnclaveErrorKind.allCases { XCTAssertEqual(EnclaveErrorKind(wire: kind.rawValue), kind) }
+    XCTAssertEqual(EnclaveErrorKind(wire: "from-a-newer-enclave"), .internal)
   }
 
   /// The enclave's logs, at trace level, never carry the input, the answer or the session keys'
@@ -363,20 +368,25 @@ final class EnclaveServiceTests: XCTestCase {
   }
 }
 
-/// The in-process tail with a fixed delay before it, as a slow accelerator would add: used to
-/// hold a request in flight while its client goes away.
-struct DelayedTail: TailBackend {
+/// The in-process tail behind a gate the test opens: request n (counting from 1) waits until
+/// the gate lets n through, and gives up when its task is cancelled. `entered` counts the
+/// requests that reached it, so a test waits for that event instead of sleeping.
+final class GatedTail: TailBackend {
   let inner: any TailBackend
-  let seconds: Double
+  private let state = Mutex<(entered: Int, allowed: Int)>((0, 0))
   var endpoint: String { inner.endpoint }
+  var entered: Int { state.withLock { $0.entered } }
 
-  init(_ inner: any TailBackend, seconds: Double) throws {
-    self.inner = inner
-    self.seconds = seconds
-  }
+  init(_ inner: any TailBackend) { self.inner = inner }
 
-  func infer(_ features: Tensor) async throws -> Tensor {
-    try await Task.sleep(for: .milliseconds(Int(seconds * 1000)))
+  func openAll() { state.withLock { $0.allowed = Int.max } }
+
+  func infer(_ features: Tensor) async throws -> TailAnswer {
+    let ticket = state.withLock { s -> Int in
+      s.entered += 1
+      return s.entered
+    }
+    while state.withLock({ $0.allowed < ticket }) { try await Task.sleep(for: .milliseconds(2)) }
     return try await inner.infer(features)
   }
 }

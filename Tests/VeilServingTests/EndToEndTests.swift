@@ -119,12 +119,32 @@ final class Spawned: @unchecked Sendable {
     return s
   }
 
-  /// Runs to the end; returns the exit status and both outputs.
+  /// Runs to the end; returns the exit status and both outputs, each read to its end (so none
+  /// of it is still in flight when the process has exited).
   static func run(_ args: [String]) throws -> (status: Int32, stdout: String, stderr: String) {
-    let s = try start(args)
-    s.process.waitUntilExit()
-    Thread.sleep(forTimeInterval: 0.05)
-    return (s.process.terminationStatus, s.stdout, s.stderr)
+    guard FileManager.default.isExecutableFile(atPath: veil.path) else {
+      throw Missing(description: "no veil binary at \(veil.path): build it with `swift build -c release` first (`make test` does), or set VEIL_BINARY")
+    }
+    let p = Process()
+    p.executableURL = veil
+    p.arguments = args
+    let e = Pipe()
+    let o = Pipe()
+    p.standardError = e
+    p.standardOutput = o
+    try p.run()
+    let err = Locked(Data())
+    let done = DispatchSemaphore(value: 0)
+    let errHandle = e.fileHandleForReading
+    Thread {
+      let d = errHandle.readDataToEndOfFile()
+      err.withLock { $0 = d }
+      done.signal()
+    }.start()
+    let out = o.fileHandleForReading.readDataToEndOfFile()
+    done.wait()
+    p.waitUntilExit()
+    return (p.terminationStatus, String(decoding: out, as: UTF8.self), String(decoding: err.withLock { $0 }, as: UTF8.self))
   }
 
   /// The port printed as "listening on HOST:PORT" (or after another marker).

@@ -5,7 +5,6 @@ import VeilServing
 import VeilTensor
 import XCTest
 
-
 /// The accelerator service and the KServe client against each other, over loopback gRPC.
 final class KServeServerTests: XCTestCase {
   /// The services run without training's block reuse; an earlier training test in this
@@ -17,7 +16,9 @@ final class KServeServerTests: XCTestCase {
 
   func testRoundTripRawAndTypedMatchesExecutor() async throws {
     let graph = KServeFixtures.tinyModel()
-    let s = try await RunningServer([KServeModelSpec(name: "tiny", graph: graph)])
+    let s = try await RunningServer([
+      KServeModelSpec(name: "tiny", graph: graph, batching: KServeBatching(maxBatchSize: 4, maxQueueDelay: .zero))
+    ])
     let direct = try Executor(graph: graph)
     for (seed, encoding) in [(UInt64(10), KServeEncoding.raw), (11, .typed)] {
       let x = KServeFixtures.input([1, 3, 8, 8], seed: seed)
@@ -198,38 +199,32 @@ final class KServeServerTests: XCTestCase {
   }
 
   /// A request whose deadline passes while it waits is answered DEADLINE_EXCEEDED and not run.
+  /// The first request of a batch waits up to 1 s for company, so later ones wait behind it
+  /// for as long, whatever the machine's speed.
   func testExpiredRequestsAreNotRun() async throws {
-    let spec = KServeModelSpec(name: "slow", graph: KServeFixtures.slowModel(), batching: KServeBatching(maxBatchSize: 1, queueCapacity: 16))
+    let spec = KServeModelSpec(
+      name: "slow", graph: KServeFixtures.slowModel(),
+      batching: KServeBatching(maxBatchSize: 8, maxQueueDelay: .seconds(1), queueCapacity: 16))
     let s = try await RunningServer([spec])
     let x = [KServeTensor(name: "x", tensor: KServeFixtures.input([1, 32, 64, 64], seed: 1))]
-    // Four requests keep the worker busy; the fifth and sixth may wait at most 1 ms.
-    let busy = Task {
-      try await withThrowingTaskGroup(of: Void.self) { g in
-        for _ in 0..<4 { g.addTask { _ = try await s.client.infer(model: "slow", inputs: x) } }
-        try await g.waitForAll()
-      }
-    }
-    let deadline = ContinuousClock.now + .seconds(60)
-    while s.models[0].queueDepth < 2 {
-      guard ContinuousClock.now < deadline else { return XCTFail("two calls never waited in the queue within 60 s") }
-      try await Task.sleep(for: .milliseconds(1))
-    }
+    let first = Task { try await s.client.infer(model: "slow", inputs: x) }
+    try await waitUntil("the first request waits for company") { s.models[0].queueDepth == 1 }
     do {
       _ = try await s.client.infer(model: "slow", inputs: x, timeout: .milliseconds(1))
-      XCTFail("a 1 ms deadline behind four queued runs cannot be met")
+      XCTFail("a 1 ms deadline behind a batch that waits 1 s cannot be met")
     } catch let e as KServeError {
       XCTAssertEqual(e.kind, .deadlineExceeded, e.description)
     }
-    // The same behind the gRPC layer: a deadline that passes in the queue is never run.
+    // The same behind the gRPC layer.
     do {
       _ = try await s.models[0].infer([x[0].tensor], deadline: DispatchTime.now().uptimeNanoseconds + 1_000_000)
-      XCTFail("a 1 ms deadline behind queued runs cannot be met")
-    } catch let e as RPCError {
-      XCTAssertEqual(e.code, .deadlineExceeded, e.message)
+      XCTFail("a 1 ms deadline behind a batch that waits 1 s cannot be met")
+    } catch let e as SchedulerError {
+      XCTAssertEqual(e, .deadlineExceeded(model: "slow", version: "1"), e.description)
     }
-    try await busy.value
-    try await Task.sleep(for: .milliseconds(50))
-    XCTAssertEqual(s.models[0].statistics.batches, 4, "the expired requests must not run")
+    _ = try await first.value
+    XCTAssertEqual(s.models[0].statistics.batches, 1, "the expired requests must not run")
+    XCTAssertEqual(s.models[0].statistics.rows, 1, "the expired requests must not run")
     XCTAssertEqual(s.models[0].queueDepth, 0)
     try await s.stop()
   }
@@ -272,10 +267,10 @@ final class KServeServerTests: XCTestCase {
   }
 
   func testMetricsEndpointServesPrometheusText() async throws {
-    let probe = try await MetricsHTTPServer(port: 0) { "" }
-    let port = probe.port
-    await probe.close()
-    let s = try await RunningServer([KServeModelSpec(name: "tiny", graph: KServeFixtures.tinyModel())], metricsPort: port)
+    // Port 0 and read back: no other process can take the port between a probe and the bind.
+    let s = try await RunningServer([KServeModelSpec(name: "tiny", graph: KServeFixtures.tinyModel())], metricsPort: 0)
+    let port = try await s.server.metricsPort()
+    XCTAssertGreaterThan(port, 0)
     _ = try await s.client.infer(model: "tiny", inputs: [KServeTensor(name: "features", tensor: KServeFixtures.input([1, 3, 8, 8], seed: 1))])
     let text = try await blocking { try Self.httpGet(port: port, path: "/metrics") }
     XCTAssertTrue(text.hasPrefix("HTTP/1.1 200 OK"), text)
@@ -323,6 +318,13 @@ final class KServeServerTests: XCTestCase {
     XCTAssertEqual(AcceleratorService.parseTimeout("5S"), 5_000_000_000)
     XCTAssertNil(AcceleratorService.parseTimeout("5x"))
     XCTAssertNil(AcceleratorService.parseTimeout("S"))
+    XCTAssertNil(AcceleratorService.parseTimeout("123456789S"), "at most 8 digits")
+    XCTAssertNil(AcceleratorService.parseTimeout("+5S"))
+    XCTAssertNil(AcceleratorService.parseTimeout("-5S"))
+    // Hours beyond 64 bits of nanoseconds: no deadline, not a trap.
+    XCTAssertEqual(AcceleratorService.parseTimeout("9999999H"), UInt64.max)
+    XCTAssertEqual(AcceleratorService.parseTimeout("99999999H"), UInt64.max)
+    XCTAssertEqual(AcceleratorService.parseTimeout("5124095H"), 5_124_095 * 3_600_000_000_000)
   }
 
   /// A graph whose shapes do not re-infer at another batch declares a fixed batch.

@@ -102,4 +102,42 @@ final class SealedHeadTests: XCTestCase {
       XCTAssertTrue("\($0)".contains("simulation"), "\($0)")
     }
   }
+
+  /// A policy that pins no measurement releases nothing unless the releaser allows it
+  /// explicitly, and then the verdict's first check says so; refusals to the requester are
+  /// generic.
+  func testKeyReleaseRefusesAnUnpinnedPolicyUnlessAllowed() throws {
+    let provider = SimulatedProvider(enclave: SimulatedEnclave(binaryDigest: [1], headDigest: [2]))
+    let key = SealedHead.newKey()
+    var policy = Policy()
+    policy.allowSimulation = true
+    policy.allowDebug = true
+    XCTAssertEqual(policy.pinnedMeasurements, [])
+    let verifier = AttestationVerifier(dcap: try DCAPVerifier(collateral: nil, time: Date()), policy: policy)
+    let requester = KeyRequester()
+    let challenge = KeyReleaser.challenge()
+    let request = try requester.request(challenge: challenge, provider: provider)
+
+    let strict = KeyReleaser(verifier: verifier)
+    XCTAssertThrowsError(try strict.checkPolicy()) { XCTAssertTrue("\($0)".contains("pins no measurement"), "\($0)") }
+    XCTAssertThrowsError(try strict.release(headKey: key, to: request, challenge: challenge))
+    let outcome = strict.answer(request.bytes, headKey: key, challenge: challenge, reference: "R000001")
+    XCTAssertEqual(outcome.reply, .refused(KeyReleaser.genericRefusal(reference: "R000001")))
+    XCTAssertTrue(outcome.refusal?.contains("pins no measurement") == true, outcome.refusal ?? "")
+
+    let lenient = KeyReleaser(verifier: verifier, allowUnpinnedPolicy: true)
+    let (wrapped, verdict) = try lenient.release(headKey: key, to: request, challenge: challenge)
+    XCTAssertTrue(verdict.passed)
+    XCTAssertEqual(verdict.checks.first?.name, "key release: UNPINNED POLICY")
+    XCTAssertEqual(try requester.unwrap(wrapped, for: request).withUnsafeBytes { Array($0) }, key.withUnsafeBytes { Array($0) })
+
+    // A pinned policy carries no such check; a refusal names nothing the requester could use.
+    policy.mrEnclave = [UInt8](repeating: 9, count: 32)
+    XCTAssertEqual(policy.pinnedMeasurements, ["MRENCLAVE"])
+    let pinned = KeyReleaser(verifier: AttestationVerifier(dcap: verifier.dcap, policy: policy))
+    let refused = pinned.answer(request.bytes, headKey: key, challenge: challenge, reference: "R000002")
+    guard case .refused(let why) = refused.reply else { return XCTFail("released to the wrong MRENCLAVE") }
+    XCTAssertFalse(why.contains("0909"), why)
+    XCTAssertTrue(refused.refusal?.contains("0909") == true, refused.refusal ?? "")
+  }
 }
