@@ -86,14 +86,18 @@ extension CLITests {
     defer { try? FileManager.default.removeItem(at: attackOut) }
     let attacked = try veil([
       "attack", "--model", out.appendingPathComponent("model.onnx").path, "--data", data.path, "--cut", "pool1",
-      "--image-size", "16", "--epochs", "2", "--batch", "16", "--preprocess", "unit", "--no-cache", "--out", attackOut.path,
-      "--json",
+      "--attacker", "cgan", "--image-size", "16", "--epochs", "2", "--batch", "16", "--preprocess", "unit", "--no-cache",
+      "--out", attackOut.path, "--json",
     ])
     XCTAssertEqual(attacked.status, 0, attacked.stderr)
     let result = try XCTUnwrap(JSONSerialization.jsonObject(with: Data(attacked.stdout.utf8)) as? [String: Any], attacked.stdout)
     print("veil attack on small-cnn/pool1 over TON_IoT images: \(result["ssim"] ?? "?") held-out \(result["heldOutCount"] ?? "?")")
-    // One sample per record (240 rows: 25 % of them held out), none mirrored or cropped.
-    XCTAssertEqual((result["heldOutCount"] as? Int).map { $0 + (result["trainCount"] as? Int ?? 0) }, 240, attacked.stdout)
+    // One sample per record (240 rows: 25 % of them held out, 10 % of the rest for validation),
+    // none mirrored or cropped; the records are scored by the fields they give back.
+    let counts = ["heldOutCount", "trainCount", "validationCount"].compactMap { result[$0] as? Int }
+    XCTAssertEqual(counts.reduce(0, +), 240, attacked.stdout)
+    let measures = (result["measures"] as? [[String: Any]] ?? []).compactMap { $0["name"] as? String }
+    XCTAssertEqual(measures, ["ssim", "psnr", "fields"], attacked.stdout)
     XCTAssertTrue(FileManager.default.fileExists(atPath: attackOut.appendingPathComponent("grid.png").path))
 
     // Bad input: a folder without class sub-folders, a node that does not exist.
