@@ -68,6 +68,10 @@ public struct Preprocessing: Sendable, Equatable {
   public static let tfLite = Preprocessing(
     range: 255, mean: [127, 127, 127], std: [128, 128, 128], resize: 256, crop: 224, interpolation: "bicubic")
 
+  /// The mean and std on the 0…255 pixel scale (what VeilData's `Normalization` takes).
+  public var pixelMean: [Float] { mean.map { $0 * 255 / range } }
+  public var pixelStd: [Float] { std.map { $0 * 255 / range } }
+
   public var summary: String {
     let r = range == 1 ? "[0, 1]" : "[0, \(Int(range))]"
     let normalize = "(x − mean) / std with mean \(mean), std \(std)"

@@ -98,8 +98,7 @@ public struct PlanDeployment {
   public static func closestPreset(graph: Graph, name: String) -> VeilData.Preprocessing.Preset {
     let architecture = graph.metadata["architecture"] ?? name
     guard let t = try? ModelZoo.info(architecture).transform else { return .imagenet }
-    let k = 255 / t.range
-    let mean = t.mean.map { $0 * k }
+    let mean = t.pixelMean
     func distance(_ preset: VeilData.Preprocessing.Preset) -> Float {
       let m = VeilData.Preprocessing(preset: preset).normalization.mean
       return zip(mean, m.count == 1 ? Array(repeating: m[0], count: mean.count) : m).map { abs($0 - $1) }.reduce(0, +)

@@ -116,6 +116,7 @@ public func runAttack(
 ) throws -> AttackResult {
   try config.validate()
   let t0 = Date()
+  let data = config.attacker == .optimisation ? data.heldOut(cropsPerPhoto: config.optimisationCropsPerPhoto) : data
   guard data.imageSize == config.imageSize else {
     throw PrivacyError.invalidConfig("the images are \(data.imageSize) px, the options say \(config.imageSize)")
   }

@@ -106,6 +106,9 @@ public struct AttackConfig: Codable, Sendable, Equatable {
   public var tvBeta: Float = 1
   public var restarts: Int = 1
   public var optimisationBatch: Int = 36
+  /// The optimisation rebuilds this many crops of each held-out photo (1: the whole photo);
+  /// its cost grows with every image, and crops of one photo are one cluster of the bound.
+  public var optimisationCropsPerPhoto: Int = 1
   /// The prior's weight is calibrated on this many of the attacker's own photos (the training
   /// split, whole): each weight of `tvWeights` rebuilds them in a third of the steps, and the
   /// one with the best SSIM against them is used on the held-out images. 0 (or no photos of its
@@ -154,6 +157,7 @@ public struct AttackConfig: Codable, Sendable, Equatable {
     guard tvWeight >= 0, tvWeight.isFinite else { throw bad("the total-variation weight must be ≥ 0, found \(tvWeight)") }
     guard tvBeta >= 1, tvBeta <= 2 else { throw bad("the total-variation exponent β must be in [1, 2], found \(tvBeta)") }
     guard restarts >= 1, restarts <= 16 else { throw bad("restarts must be in 1…16, found \(restarts)") }
+    guard optimisationCropsPerPhoto >= 1 else { throw bad("the optimisation's crops per photo must be ≥ 1, found \(optimisationCropsPerPhoto)") }
     guard optimisationBatch >= 1 else { throw bad("the optimisation batch must be ≥ 1, found \(optimisationBatch)") }
     guard calibrationImages >= 0, !tvWeights.isEmpty, tvWeights.allSatisfy({ $0 >= 0 && $0.isFinite }) else {
       throw bad("calibration needs ≥ 0 images and a non-empty list of weights ≥ 0, found \(calibrationImages), \(tvWeights)")

@@ -17,6 +17,8 @@ public struct AttackImages: Sendable {
   public var testNames: [String]
   /// The source photo of each held-out image: the cluster its score belongs to.
   public var testSources: [String]
+  /// Which crop of its photo each held-out image is (0: the whole photo).
+  public var testCropIndices: [Int]
   public var trainPhotos: [String]
   public var validationPhotos: [String]
   public var testPhotos: [String]
@@ -27,7 +29,7 @@ public struct AttackImages: Sendable {
     self.imageSize = imageSize
     self.source = source
     (train, validation, test) = ([], [], [])
-    (trainNames, validationNames, testNames, testSources) = ([], [], [], [])
+    (trainNames, validationNames, testNames, testSources, testCropIndices) = ([], [], [], [], [])
     (trainPhotos, validationPhotos, testPhotos) = ([], [], [])
   }
 
@@ -136,6 +138,7 @@ public struct AttackImages: Sendable {
           out.test.append(crop)
           out.testNames.append(name)
           out.testSources.append(url.path)
+          out.testCropIndices.append(k)
         case .validation:
           out.validation.append(crop)
           out.validationNames.append(name)
@@ -167,6 +170,18 @@ public struct AttackImages: Sendable {
         w == photo.width && h == photo.height
           ? photo : try photo.resized(width: w, height: h, interpolation: side < shorter ? .area : .bilinear))
     }
+    return out
+  }
+
+  /// The held-out images that are among the first `crops` crops of their photo (1: the whole
+  /// photos only).
+  public func heldOut(cropsPerPhoto crops: Int) -> AttackImages {
+    var out = self
+    let keep = testCropIndices.indices.filter { testCropIndices[$0] < crops }
+    out.test = keep.map { test[$0] }
+    out.testNames = keep.map { testNames[$0] }
+    out.testSources = keep.map { testSources[$0] }
+    out.testCropIndices = keep.map { testCropIndices[$0] }
     return out
   }
 

@@ -45,6 +45,7 @@ public enum PrivacyBudget: String, Codable, Sendable, CaseIterable {
       c.patience = 2
       c.trainCropsPerPhoto = 24
       c.optimisationSteps = 200
+      c.tvWeights = [0.3, 3, 30]
     case .standard:
       c.epochs = 12
       c.patience = 3
@@ -56,6 +57,7 @@ public enum PrivacyBudget: String, Codable, Sendable, CaseIterable {
       c.trainCropsPerPhoto = 40
       c.optimisationSteps = 500
       c.restarts = 2
+      c.optimisationCropsPerPhoto = c.testCropsPerPhoto
     }
     return c
   }

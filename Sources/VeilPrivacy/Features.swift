@@ -25,12 +25,9 @@ extension InputPreprocessing {
   public static func forModel(_ name: String, graph: Graph, preset: VeilData.Preprocessing.Preset?) throws -> InputPreprocessing {
     let architecture = graph.metadata["architecture"] ?? name
     if preset == nil, ModelZoo.names.contains(architecture) {
-      // The zoo states mean/std on pixels scaled to [0, range]; VeilData's are on 0…255.
       let t = try ModelZoo.info(architecture).transform
-      let k = 255 / t.range
       return InputPreprocessing(
-        name: "\(architecture)'s own", normalization: Normalization(mean: t.mean.map { $0 * k }, std: t.std.map { $0 * k }),
-        channelOrder: .rgb)
+        name: "\(architecture)'s own", normalization: Normalization(mean: t.pixelMean, std: t.pixelStd), channelOrder: .rgb)
     }
     let chosen = preset ?? .imagenet
     let p = VeilData.Preprocessing(preset: chosen)

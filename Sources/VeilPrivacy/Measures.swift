@@ -173,10 +173,9 @@ public final class ReferenceClassifier: @unchecked Sendable {
     }
     let graph = try ModelLoader.load(url.path)
     let t = try ModelZoo.info("efficientnet_lite0").transform
-    let k = 255 / t.range
     return try ReferenceClassifier(
-      name: "EfficientNet-Lite0 (ImageNet weights)", graph: graph,
-      normalization: Normalization(mean: t.mean.map { $0 * k }, std: t.std.map { $0 * k }), batch: batch)
+      name: "EfficientNet-Lite0 (ImageNet weights)", graph: graph, normalization: Normalization(mean: t.pixelMean, std: t.pixelStd),
+      batch: batch)
   }
 
   /// Class scores [N][classes] and embeddings [N][d] of images [N, 3, S, S] in [-1, 1].

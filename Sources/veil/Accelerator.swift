@@ -312,7 +312,7 @@ struct AcceleratorBench: AsyncParsableCommand {
       server.beginGracefulShutdown()
       try await serving.value
       let lat = results.flatMap(\.latencies).sorted()
-      func pct(_ p: Double) -> Double { lat.isEmpty ? 0 : lat[min(lat.count - 1, Int((p / 100 * Double(lat.count)).rounded(.up)) - 1)] }
+      func pct(_ p: Double) -> Double { percentile(lat, p / 100) }
       let batches = after.batches - before.batches
       modes.append(
         Mode(

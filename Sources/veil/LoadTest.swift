@@ -203,9 +203,7 @@ struct LoadTest: AsyncParsableCommand {
     progress.cancel()
     let t = shared.tally.withLock { $0 }
     let lat = t.samples.map(\.ms).sorted()
-    func pct(_ p: Double) -> Double {
-      lat.isEmpty ? 0 : lat[min(lat.count - 1, Int((p * Double(lat.count)).rounded(.up)) - 1)]
-    }
+    func pct(_ p: Double) -> Double { percentile(lat, p) }
     let mean: ([Double]) -> Double = { $0.isEmpty ? 0 : $0.reduce(0, +) / Double($0.count) }
     let report = Report(
       label: label, endpoint: ep.description, model: plan.model.name, cut: plan.cut.name, clients: n, requests: total,

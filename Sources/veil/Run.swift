@@ -155,15 +155,13 @@ extension Run {
     let layout: TensorLayout = shape[1] == 3 ? .nchw : .nhwc
     let (h, w) = layout == .nchw ? (shape[2], shape[3]) : (shape[1], shape[2])
     if preset == nil, ModelZoo.names.contains(model) {
-      // The zoo states mean/std on pixels scaled to [0, range]; VeilData's are on 0...255.
       let t = try ModelZoo.info(model).transform
       guard let interpolation = Interpolation(rawValue: t.interpolation) else {
         throw ValidationError("model '\(model)' declares interpolation '\(t.interpolation)', which Veil cannot resize with")
       }
-      let k = 255 / t.range
       let p = VeilData.Preprocessing(
         resizeShorterSide: t.resize, cropWidth: w, cropHeight: h, interpolation: interpolation,
-        normalization: Normalization(mean: t.mean.map { $0 * k }, std: t.std.map { $0 * k }), layout: layout)
+        normalization: Normalization(mean: t.pixelMean, std: t.pixelStd), layout: layout)
       return (p, "\(model)'s own")
     }
     let chosen = preset ?? .imagenet

@@ -55,3 +55,8 @@ func peakResidentBytes() -> Int {
   getrusage(__rusage_who_t(RUSAGE_SELF.rawValue), &u)
   return Int(u.ru_maxrss) * 1024
 }
+
+/// The nearest-rank percentile `p` (0…1) of ascending `sorted` values; 0 for none.
+func percentile(_ sorted: [Double], _ p: Double) -> Double {
+  sorted.isEmpty ? 0 : sorted[min(sorted.count - 1, max(0, Int((p * Double(sorted.count)).rounded(.up)) - 1))]
+}
