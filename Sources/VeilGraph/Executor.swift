@@ -236,11 +236,6 @@ public final class Executor: @unchecked Sendable {
     }
   }
 
-  /// One line per step: node, op, kernel, layout out. For `veil inspect` and debugging.
-  public var stepDescriptions: [String] {
-    steps.map { "\($0.node) [\($0.op)] \($0.kernel.name) → \($0.kernel.outputLayout)" }
-  }
-
   public var stepCount: Int { steps.count }
 
   /// The kernel behind each step, with its output layout ("Conv+Relu → 1x64x56x56 …").

@@ -131,14 +131,6 @@ public enum Op: Sendable, Hashable, CustomStringConvertible {
   }
 
   public var description: String { typeName }
-
-  /// Ops whose output is their input under another name or shape (no data moves).
-  public var isAlias: Bool {
-    switch self {
-    case .identity, .dropout, .flatten, .reshape: return true
-    default: return false
-    }
-  }
 }
 
 /// numpy broadcasting of two shapes.

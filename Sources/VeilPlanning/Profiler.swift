@@ -1,6 +1,8 @@
 /// VeilPlanning: the runtime profile of every cut (head in the TEE + transfer + tail on the
-/// accelerator, against the whole model in the TEE), and the reports that show it (JSON, CSV,
-/// SVG). Later: the planner that joins this profile with the privacy sweep.
+/// accelerator, against the whole model in the TEE) and its reports (JSON, CSV, SVG); the
+/// planner that joins it with the privacy layer's verdicts into a choice (`Planner`, the cut
+/// search), the plan's deployment folder (`PlanDeployment`), the whole plan as a library call
+/// (`PlanJob`: what `veil plan` and `veil demo` run), plan.json's record and report.html.
 ///
 /// Owns measurement and presentation; it must not implement kernels, formats, TEE evidence
 /// or network protocols itself: it drives VeilGraph's executor, VeilTEE's cost model and the
