@@ -1,13 +1,15 @@
 #!/usr/bin/env python3
-"""Markdown tables for docs/results.md from the plans `veil plan` wrote (plan.json).
+"""Markdown tables for docs/results.md from what `veil plan` and `veil privacy` wrote.
 
-Reads each plan's "planning" record and prints, per plan, the privacy curve (every attacked
-cut: SSIM mean ± s.d., its 95 % upper bound, PSNR, the verdict against the plan's threshold)
-and the runtime of the whole model in the TEE, of the chosen cut and of the fastest cut; then
-one summary row per plan, next to the paper's runtimes where the architecture is one of its
-three. Nothing is computed here that the plans do not hold.
+For a plan folder (plan.json, schema 2): the settings its verdicts hold under (threat model,
+budget, attackers, seeds, data, thresholds), then every evaluated cut: each thresholded
+measure's worst attacker, its mean and one-sided 95 % bound, the cut's status, and the runtime;
+the deployed-resolution verdicts; the choice, the tied cuts and the weaknesses the report leads
+with. For a sweep folder (sweep.json): one row per cut with every attacker's mean (bound) per
+measure. Then one summary row per plan, next to the paper's runtimes where the architecture
+is one of its three. Nothing is computed here that the files do not hold.
 
-Usage: python3 scripts/results_tables.py PLAN_DIR [PLAN_DIR ...]
+Usage: python3 scripts/results_tables.py DIR [DIR ...]
 """
 import json
 import os
@@ -27,44 +29,119 @@ def family(model):
     return ""
 
 
+def num(x):
+    return float("inf") if x == "inf" else float("-inf") if x == "-inf" else float(x)
+
+
+def bound(e):
+    u = num(e["upper"])
+    return "∞" if u == float("inf") else f"{u:.3f}"
+
+
+def settings_line(s, data=None):
+    a = ", ".join(s["attackers"])
+    th = ", ".join(f"{k} {v}" for k, v in sorted(s["thresholds"]["values"].items()))
+    c = s["config"]
+    line = (f"{s['threatModel']} threat model, budget {s['budget']}: attackers {a} × {len(s['seeds'])} seed(s), "
+            f"≤ {c['epochs']} epochs (patience {c['patience']}), {c['trainCropsPerPhoto']} crops per training photo, "
+            f"{c['optimisationSteps']} optimisation steps, {c['imageSize']} px; thresholds {th}")
+    if data:
+        line += (f"; {data['trainImages']} training / {data['heldOutImages']} held-out crops "
+                 f"({data['heldOutPhotos']} held-out of {data['sourceImages']} photos per seed)")
+    return line
+
+
+def verdict_row(v, rows=None, chosen=None):
+    cells = []
+    for m in v["measures"]:
+        if m.get("threshold") is None:
+            continue
+        e = m["estimate"]
+        cells.append(f"{m['measure']} {num(e['mean']):.3f} ({bound(e)}, {m['worstAttacker']})")
+    shape = "×".join(str(x) for x in v["featureShape"])
+    mark = " **(chosen)**" if v["cut"] == chosen else ""
+    row = f"| `{v['cut']}`{mark} | {shape} | {'; '.join(cells)} | {v['status']}{' (stopped early)' if v['stoppedEarly'] else ''} |"
+    if rows is not None:
+        r = rows[v["cut"]]
+        row += f" {r['totalMs']:.1f} | {r['speedupPercent']:.1f} |"
+    return row
+
+
+def plan(d, summary):
+    with open(os.path.join(d, "plan.json")) as f:
+        p = json.load(f)["planning"]
+    prof = p["profile"]
+    rows = {c["cut"]["name"]: c for c in prof["cuts"]}
+    print(f"#### {p['model']} ({d})\n")
+    print(settings_line(p["evaluation"], p["data"]) + f"; TEE preset {prof['preset']['name']} ({prof['teeTime']}).\n")
+    print("| cut | feature map | per measure: worst mean (95 % bound, attacker) | verdict | partitioned ms | speed-up % |")
+    print("| --- | --- | --- | --- | --- | --- |")
+    for v in sorted(p["privacy"], key=lambda v: v["cutIndex"]):
+        print(verdict_row(v, rows, p.get("chosenCut")))
+    for v in p.get("confirmations", []):
+        print(f"\nAt the deployed resolution ({v['settings']['config']['imageSize']} px, {', '.join(v['settings']['attackers'])}):\n")
+        print("| cut | feature map | per measure: worst mean (95 % bound, attacker) | verdict |")
+        print("| --- | --- | --- | --- |")
+        print(verdict_row(v))
+    base = prof["baseline"]["totalMs"]
+    chosen = rows.get(p.get("chosenCut") or "")
+    fastest = rows.get(p.get("fastestCut") or "")
+    print(f"\nWhole model in the TEE {base:.1f} ms; chosen `{p.get('chosenCut')}` "
+          + (f"{chosen['totalMs']:.1f} ms ({chosen['speedupPercent']:.1f} %)" if chosen else "none")
+          + (f"; fastest regardless of privacy `{p['fastestCut']}` {fastest['totalMs']:.1f} ms ({fastest['speedupPercent']:.1f} %)" if fastest else "")
+          + (f"; tied (within noise): {', '.join('`' + t + '`' for t in p['tiedCuts'])}" if p.get("tiedCuts") else "")
+          + ".\n")
+    fam = family(p["model"])
+    summary.append((p["model"], fam, p["evaluation"]["threatModel"], base, p.get("chosenCut"), chosen, PAPER.get(fam, "")))
+
+
+def sweep(d):
+    with open(os.path.join(d, "sweep.json")) as f:
+        s = json.load(f)
+    print(f"#### {s['model']}: the sweep ({d})\n")
+    print(settings_line(s["settings"]) + ".\n")
+    attackers = s["settings"]["attackers"]
+    measures = [m for m in ["ssim", "recognition", "reidentification", "fields", "psnr"]
+                if any(any(x["measure"] == m for x in v["measures"]) for v in s["results"])]
+    head = "| cut | measure | " + " | ".join(attackers) + " | baseline | status |"
+    print(head)
+    print("|" + " --- |" * (len(attackers) + 4))
+    for v in sorted(s["results"], key=lambda v: v["cutIndex"]):
+        for m in measures:
+            mv = next((x for x in v["measures"] if x["measure"] == m), None)
+            if mv is None:
+                continue
+            cells = []
+            for a in attackers:
+                e = mv["estimates"].get(a)
+                if e is None:
+                    cells.append("skipped" if v["stoppedEarly"] else "—")
+                elif m == "psnr":
+                    cells.append(f"{num(e['mean']):.1f} dB")
+                else:
+                    cells.append(f"{num(e['mean']):.3f} ({bound(e)})" + ("*" if a == mv["worstAttacker"] else ""))
+            status = mv.get("status") or "reported"
+            print(f"| `{v['cut']}` | {m} | " + " | ".join(cells) + f" | {num(mv['baseline']):.3f} | {status} |")
+    chosen = [v["cut"] for v in s["results"]]
+    print("\n(mean over seeds and held-out images, the one-sided 95 % bound clustered by photo across seeds; * the attacker "
+          "whose bound decides; baseline: the mean training image)\n")
+
+
 def main(dirs):
     summary = []
     for d in dirs:
-        with open(os.path.join(d, "plan.json")) as f:
-            p = json.load(f)["planning"]
-        prof = p["profile"]
-        rows = {c["cut"]["name"]: c for c in prof["cuts"]}
-        t = p["threshold"]
-        s = p["settings"]
-        print(f"#### {p['model']} ({d})\n")
-        print(
-            f"Attacker {p['attacker']}, budget {p['budget']}, {s.get('epochs')} epochs × {s.get('crops per photo')} crops per photo, "
-            f"{p['data']['trainImages']} training / {p['data']['heldOutImages']} held-out images ({p['data']['sourceImages']} photos), "
-            f"threshold {t}; TEE preset {prof['preset']['name']} ({prof['teeTime']}).\n")
-        print("| cut | feature map | SSIM mean ± s.d. | 95 % upper bound | PSNR dB | verdict | partitioned ms | speed-up % |")
-        print("| --- | --- | --- | --- | --- | --- | --- | --- |")
-        for q in sorted(p["privacy"], key=lambda q: q["cutIndex"]):
-            r = rows[q["cut"]]
-            shape = "×".join(str(x) for x in r["cut"]["shape"][1:])
-            verdict = "private" if q["ssimUpper"] < t else "leaks"
-            mark = " **(chosen)**" if q["cut"] == p.get("chosenCut") else ""
-            print(
-                f"| `{q['cut']}`{mark} | {shape} | {q['ssimMean']:.3f} ± {q['ssimStd']:.3f} | {q['ssimUpper']:.3f} | "
-                f"{q['psnrMean']:.1f} | {verdict} | {r['totalMs']:.1f} | {r['speedupPercent']:.1f} |")
-        base = prof["baseline"]["totalMs"]
-        chosen = rows.get(p.get("chosenCut") or "")
-        fastest = rows.get(p.get("fastestCut") or "")
-        print(f"\nWhole model in the TEE {base:.1f} ms; chosen `{p.get('chosenCut')}` "
-              + (f"{chosen['totalMs']:.1f} ms ({chosen['speedupPercent']:.1f} %)" if chosen else "none")
-              + (f"; fastest regardless of privacy `{p['fastestCut']}` {fastest['totalMs']:.1f} ms ({fastest['speedupPercent']:.1f} %)." if fastest else ".")
-              + "\n")
-        fam = family(p["model"])
-        summary.append((p["model"], fam, base, p.get("chosenCut"), chosen, PAPER.get(fam, "")))
-    print("| model | architecture | whole model in the TEE (modeled) | chosen cut → partitioned (speed-up) | paper: full → partitioned (speed-up) |")
-    print("| --- | --- | --- | --- | --- |")
-    for model, fam, base, cut, chosen, paper in summary:
-        c = f"`{cut}` → {chosen['totalMs']:.1f} ms ({chosen['speedupPercent']:.1f} %)" if chosen else "none"
-        print(f"| {model} | {fam} | {base:.1f} ms | {c} | {paper} |")
+        if os.path.exists(os.path.join(d, "plan.json")):
+            plan(d, summary)
+        elif os.path.exists(os.path.join(d, "sweep.json")):
+            sweep(d)
+        else:
+            sys.exit(f"{d}: neither plan.json nor sweep.json")
+    if summary:
+        print("| model | architecture | threat model | whole model in the TEE (modeled) | chosen cut → partitioned (speed-up) | paper: full → partitioned (speed-up) |")
+        print("| --- | --- | --- | --- | --- | --- |")
+        for model, fam, tm, base, cut, chosen, paper in summary:
+            c = f"`{cut}` → {chosen['totalMs']:.1f} ms ({chosen['speedupPercent']:.1f} %)" if chosen else "none"
+            print(f"| {model} | {fam} | {tm} | {base:.1f} ms | {c} | {paper} |")
 
 
 if __name__ == "__main__":

@@ -112,7 +112,7 @@ public struct PlanJob {
     try planner.checkHeldOut(images.test.count)
     let cutCount = try graph.candidateCuts().count
     log(
-      "plan: \(name), \(cutCount) cuts, \(settings.threatModel.rawValue) threat model, budget \(settings.budget.rawValue): attackers \(settings.attackers.map(\.rawValue).joined(separator: ", ")) × \(settings.seeds.count) seed(s) on about \(settings.budget.cutsExpected(cutCount: cutCount)) cuts; \(images.train.count) training crops (\(images.trainPhotos.count) photos), \(images.test.count) held-out crops (\(images.testPhotos.count) photos) at \(imageSize) px; measures \(measures.names.joined(separator: ", ")); thresholds \(thresholds.values.sorted { $0.key < $1.key }.map { "\($0.key) \($0.value)" }.joined(separator: ", "))")
+      "plan: \(name), \(cutCount) cuts, \(settings.threatModel.rawValue) threat model, budget \(settings.budget.rawValue): attackers \(settings.attackers.map(\.rawValue).joined(separator: ", ")) × \(settings.seeds.count) seed(s) on about \(settings.budget.cutsExpected(cutCount: cutCount)) cuts; \(images.train.count) training crops (\(images.trainPhotos.count) photos), \(images.test.count) held-out crops (\(images.testPhotos.count) photos) at \(imageSize) px; measures \(measures.names.joined(separator: ", ")); thresholds \(thresholds.values.filter { measures.names.contains($0.key) }.sorted { $0.key < $1.key }.map { "\($0.key) \($0.value)" }.joined(separator: ", "))")
     for w in settings.weakerThanDefault { log("note: weaker than the standard budget: \(w)") }
 
     // The deployed resolution: the first attacker of the threat model on the model's own

@@ -216,7 +216,10 @@ public struct CutVerdict: Codable, Sendable, Equatable {
   public var statement: String {
     let attackers = Array(Set(attacks.map(\.attacker))).sorted { $0.rawValue < $1.rawValue }.map(\.title)
     let seeds = Set(attacks.map(\.seed)).count
-    let images = attacks.first.map { "\($0.heldOut) held-out images of \($0.heldOutPhotos) photos per seed at \($0.imageSize) px" } ?? "no images"
+    let images = attacks.first.map { first in
+      let crops = attacks.map(\.heldOut).max() ?? first.heldOut
+      return "\(first.heldOutPhotos) held-out photos per seed (\(crops) images) at \(first.imageSize) px"
+    } ?? "no images"
     let measured = measures.map { m -> String in
       let t = m.threshold.map { String(format: " %@ %.2f", m.status == .private ? "<" : "≥", $0) } ?? ""
       return String(format: "%@ %.3f (bound %.3f, %@)%@", m.measure, m.estimate.mean, m.estimate.upper, m.worstAttacker.rawValue, t)
