@@ -73,6 +73,8 @@ extension AttackerKind {
 struct OptimisationAttacker: InversionAttacker {
   func run(_ inputs: AttackInputs, progress: (AttackProgress) -> Void) throws -> AttackOutput {
     let config = inputs.config
+    // Every step allocates the same activations and gradients: keep freed blocks for reuse.
+    TrainingMemory.prepare()
     let n = inputs.test.features.shape[0]
     let batch = min(config.optimisationBatch, max(n, inputs.train?.features.shape[0] ?? 0))
     let head = try inputs.extractor.differentiableHead(batch: batch)
