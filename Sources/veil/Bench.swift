@@ -153,8 +153,7 @@ extension Bench {
   /// Times what white-box inversion runs per step: the forward on the tape with every weight
   /// frozen, then the backward pass for ∂/∂input alone, seeded with a fixed random gradient.
   func runInputGradient(_ graph: Graph) throws {
-    let head = try GraphModel(graph, freezeUntil: graph.nodes.last?.name)
-    head.training = false
+    let head = try GraphModel(frozen: graph)
     TrainingMemory.prepare()
     let shape = ModelSource.inputShape(graph)
     var rng = SeededGenerator(seed: 1)
