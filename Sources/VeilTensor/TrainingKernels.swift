@@ -64,13 +64,13 @@ public enum TrainingKernels {
     }
   }
 
-  /// y = a·x + b per channel (a, b of C entries): evaluation-mode batch normalisation as one
-  /// pass, and its input gradient.
-  public static func channelAffine(_ x: Tensor, scale a: [Float], shift b: [Float]) -> Tensor {
+  /// y = a·(x − m) + b per channel (a, m, b of C entries): evaluation-mode batch
+  /// normalisation as one pass, and its input gradient (m = b = 0).
+  public static func channelAffine(_ x: Tensor, scale a: [Float], center m: [Float], shift b: [Float]) -> Tensor {
     let (n, c, inner) = dims(x)
-    precondition(a.count == Int(c) && b.count == Int(c))
+    precondition(a.count == Int(c) && m.count == Int(c) && b.count == Int(c))
     return x.withUnsafeBuffer { xp in
-      Tensor(uninitialized: x.shape) { y in veil_channel_affine(xp.baseAddress, n, c, inner, a, b, y.baseAddress) }
+      Tensor(uninitialized: x.shape) { y in veil_channel_affine(xp.baseAddress, n, c, inner, a, m, b, y.baseAddress) }
     }
   }
 

@@ -118,10 +118,10 @@ public final class BatchNorm: Layer {
     if !training && !scale.requiresGrad && !shift.requiresGrad {
       // A fixed affine map (a frozen network, an attacker differentiating through it): one pass
       // forward, one backward, and x̂ is neither stored nor read.
-      let offset = shift.value.withUnsafeBuffer { beta in (0..<c).map { beta[$0] - mean[$0] * k[$0] } }
-      let y = TrainingKernels.channelAffine(x.value, scale: k, shift: offset)
+      let beta = shift.value.scalars
+      let y = TrainingKernels.channelAffine(x.value, scale: k, center: mean, shift: beta)
       let zero = [Float](repeating: 0, count: c)
-      return Variable(y, parents: [x]) { g in [TrainingKernels.channelAffine(g, scale: k, shift: zero)] }
+      return Variable(y, parents: [x]) { g in [TrainingKernels.channelAffine(g, scale: k, center: zero, shift: zero)] }
     }
     let (normalized, y) = TrainingKernels.batchNormApply(
       x.value, mean: mean, invStd: invStd, scale: scale.value, shift: shift.value)
