@@ -96,6 +96,16 @@ void veil_batchnorm_backward(const float *restrict g, const float *restrict h, i
     }
 }
 
+void veil_channel_affine(const float *restrict x, int64_t n, int64_t c, int64_t inner, const float *a, const float *m,
+                         const float *b, float *restrict y) {
+  for (int64_t i = 0; i < n; i++)
+    for (int64_t ch = 0; ch < c; ch++) {
+      const int64_t base = (i * c + ch) * inner;
+      const float s = a[ch], mu = m[ch], t = b[ch];
+      for (int64_t j = 0; j < inner; j++) y[base + j] = s * (x[base + j] - mu) + t;
+    }
+}
+
 void veil_adam_f32(float *restrict w, float *restrict m, float *restrict v, const float *restrict g, int64_t count,
                    float beta1, float beta2, float lr, float c1, float c2, float eps, float weight_decay) {
   for (int64_t i = 0; i < count; i++) {

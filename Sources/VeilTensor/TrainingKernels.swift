@@ -64,6 +64,16 @@ public enum TrainingKernels {
     }
   }
 
+  /// y = a·(x − m) + b per channel (a, m, b of C entries): evaluation-mode batch
+  /// normalisation as one pass, and its input gradient (m = b = 0).
+  public static func channelAffine(_ x: Tensor, scale a: [Float], center m: [Float], shift b: [Float]) -> Tensor {
+    let (n, c, inner) = dims(x)
+    precondition(a.count == Int(c) && m.count == Int(c) && b.count == Int(c))
+    return x.withUnsafeBuffer { xp in
+      Tensor(uninitialized: x.shape) { y in veil_channel_affine(xp.baseAddress, n, c, inner, a, m, b, y.baseAddress) }
+    }
+  }
+
   /// One Adam update of `weights` in place, with its moments: g ← g + wd·w,
   /// m ← β1·m + (1 − β1)·g, v ← β2·v + (1 − β2)·g², w ← w − lr·(m/c1)/(√(v/c2) + ε).
   public static func adamStep(

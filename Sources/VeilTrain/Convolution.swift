@@ -33,8 +33,9 @@ public func convolution(_ x: Variable, _ w: Variable, _ b: Variable?, _ spec: Co
   return Variable(y, parents: [x, w] + (b.map { [$0] } ?? [])) { g in
     let dx = x.requiresGrad ? try kernel.backwardData(outputGradient: g, weights: w.value) : nil
     guard w.requiresGrad || b?.requiresGrad == true else { return [dx, nil, nil] }
+    // One oneDNN pass gives both; hand back only what is wanted.
     let (dw, db) = try kernel.backwardWeights(input: x.value, outputGradient: g)
-    return [dx, dw, db]
+    return [dx, w.requiresGrad ? dw : nil, b?.requiresGrad == true ? db : nil]
   }
 }
 
@@ -127,9 +128,9 @@ func groupedConvolution(_ x: Variable, _ w: Variable, _ b: Variable?, _ spec: Co
       let dw = w.requiresGrad
         ? x.value.withUnsafeBuffer { xp in Tensor(shape: w.shape) { d in forEachTap { yi, xi, wi in d[wi] += xp[xi] * gp[yi] } } }
         : nil
-      let db = b.map { _ in
-        Tensor(shape: [oc]) { d in for bi in 0..<n { for o in 0..<oc { for i in 0..<oh * ow { d[o] += gp[(bi * oc + o) * oh * ow + i] } } } }
-      }
+      let db = b?.requiresGrad == true
+        ? Tensor(shape: [oc]) { d in for bi in 0..<n { for o in 0..<oc { for i in 0..<oh * ow { d[o] += gp[(bi * oc + o) * oh * ow + i] } } } }
+        : nil
       return [dx, dw, db]
     }
   }

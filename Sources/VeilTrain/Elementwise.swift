@@ -1,7 +1,7 @@
 import VeilTensor
 
-// Add and Mul with numpy broadcasting. The backward of a broadcast operand sums the output
-// gradient over the axes it was stretched along.
+// Add, Sub, Mul and Div with numpy broadcasting. The backward of a broadcast operand sums the
+// output gradient over the axes it was stretched along.
 
 /// How two shapes broadcast: the output shape and each operand's element strides in it (0
 /// along a stretched axis).
@@ -106,6 +106,33 @@ public func mul(_ a: Variable, _ b: Variable) throws -> Variable {
     [
       a.requiresGrad ? bc.reduce(g, times: b.value, into: a.shape, first: true) : nil,
       b.requiresGrad ? bc.reduce(g, times: a.value, into: b.shape, first: false) : nil,
+    ]
+  }
+}
+
+/// a − b with broadcasting.
+public func sub(_ a: Variable, _ b: Variable) throws -> Variable {
+  let bc = try Broadcast(a.shape, b.shape, op: "Sub")
+  let y = bc.apply(a.value, b.value, -)
+  return Variable(y, parents: [a, b]) { g in
+    [
+      a.requiresGrad ? bc.reduce(g, times: nil, into: a.shape, first: true) : nil,
+      b.requiresGrad ? Kernels.map(bc.reduce(g, times: nil, into: b.shape, first: false)) { -$0 } : nil,
+    ]
+  }
+}
+
+/// a / b with broadcasting. ∂a = g / b; ∂b = −g·a/b² = −(g·y)/b, summed over b's stretched
+/// axes before the division by b (b is constant along them).
+public func div(_ a: Variable, _ b: Variable) throws -> Variable {
+  let bc = try Broadcast(a.shape, b.shape, op: "Div")
+  let y = bc.apply(a.value, b.value, /)
+  return Variable(y, parents: [a, b]) { g in
+    [
+      a.requiresGrad ? bc.reduce(g, times: Kernels.map(b.value) { 1 / $0 }, into: a.shape, first: true) : nil,
+      b.requiresGrad
+        ? try Kernels.zip(bc.reduce(try Kernels.zip(g, y, *), times: nil, into: b.shape, first: false), b.value) { -$0 / $1 }
+        : nil,
     ]
   }
 }

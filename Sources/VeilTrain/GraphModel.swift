@@ -4,9 +4,11 @@ import VeilTensor
 
 // The bridge from an inference graph (a zoo model or an imported ONNX file, VeilGraph's IR) to
 // a model on the tape, and back: every node becomes the matching differentiable op, the
-// graph's weights become parameters (frozen up to a node if asked), BatchNormalization nodes
-// become BatchNorm layers that keep running statistics, and `exportGraph()` writes the trained
-// values back into the graph, so `veil run` and ONNX export take the result as any model.
+// graph's weights become parameters (frozen up to a node, or all of them, if asked),
+// BatchNormalization nodes become BatchNorm layers that keep running statistics, and
+// `exportGraph()` writes the trained values back into the graph, so `veil run` and ONNX export
+// take the result as any model. Every op of VeilGraph's set has a backward, so an input
+// created with `requiresGrad: true` gets ∂/∂input through any graph Veil imports.
 
 /// A graph whose initializers are trainable parameters.
 public final class GraphModel: Layer {
@@ -17,14 +19,17 @@ public final class GraphModel: Layer {
   public let allParameters: [Variable]
   /// The BatchNorm layer of each BatchNormalization node, by node index.
   public let batchNorms: [Int: BatchNorm]
-  /// Nodes at or before the freeze point: their weights get no gradient and their BatchNorms
-  /// stay in evaluation mode.
+  /// Nodes at or before the freeze point: their weights get no gradient, and they keep the
+  /// graph's inference semantics (BatchNorm in evaluation mode, Dropout off) even in training.
   public let frozenNodes: Int
-  /// Training mode: BatchNorm uses and updates batch statistics, Dropout drops. Off: the
-  /// graph's inference semantics exactly.
+  /// Training mode: BatchNorm uses and updates batch statistics, Dropout drops (after the
+  /// freeze point). Off: the graph's inference semantics exactly.
   public var training = true {
     didSet { for (i, bn) in batchNorms { bn.training = training && i >= frozenNodes } }
   }
+  /// Every node frozen (`init(frozen:)`): no weight wants a gradient, so a backward pass
+  /// computes ∂/∂input and nothing else.
+  public var isFrozen: Bool { frozenNodes >= graph.nodes.count }
   /// Dropout masks are drawn from this seeded stream.
   public var dropoutGenerator: SeededGenerator
 
@@ -47,9 +52,23 @@ public final class GraphModel: Layer {
   /// - Parameters:
   ///   - freezeUntil: a node (or value) name: weights of it and every node before it in graph
   ///     order are frozen; nil trains everything.
-  public init(_ graph: Graph, freezeUntil: String? = nil, seed: UInt64 = 0) throws {
+  public convenience init(_ graph: Graph, freezeUntil: String? = nil, seed: UInt64 = 0) throws {
+    try self.init(graph, frozenNodes: try freezeUntil.map { try Self.nodeIndex(graph, named: $0) + 1 } ?? 0, seed: seed)
+  }
+
+  /// The graph with every weight frozen, in evaluation mode: what a white-box attacker
+  /// differentiates to get ∂loss/∂input (the input a variable with `requiresGrad: true`). No
+  /// weight wants a gradient, so no backward pass does weight work: convolutions run only
+  /// oneDNN's backward-data, BatchNorm is a fixed affine map, Dropout is off, and
+  /// `parameters` is empty.
+  public convenience init(frozen graph: Graph) throws {
+    try self.init(graph, frozenNodes: graph.nodes.count, seed: 0)
+    training = false
+  }
+
+  init(_ graph: Graph, frozenNodes: Int, seed: UInt64) throws {
     self.graph = graph
-    frozenNodes = try freezeUntil.map { try Self.nodeIndex(graph, named: $0) + 1 } ?? 0
+    self.frozenNodes = frozenNodes
     dropoutGenerator = SeededGenerator(seed: seed)
     // Which initializers are learnable, in the order nodes first read them.
     var learnable: Set<ValueID> = []
@@ -147,8 +166,20 @@ public final class GraphModel: Layer {
     case .conv(let a), .convTranspose(let a):
       let transposed: Bool
       if case .convTranspose = node.op { transposed = true } else { transposed = false }
-      guard a.kernel.count == 2 else { throw unsupported("\(a.kernel.count)-D convolution (2-D only)") }
+      guard a.kernel.count == 2 || a.kernel.count == 1 else {
+        throw unsupported("\(a.kernel.count)-D convolution (1-D and 2-D only)")
+      }
       guard a.outputPadding.allSatisfy({ $0 == 0 }) else { throw unsupported("output_padding \(a.outputPadding)") }
+      if a.kernel.count == 1 {
+        // A 1-D convolution is the 2-D one over a height of 1.
+        let w = try reshape(x[1], Array(x[1].shape.prefix(2)) + [1] + Array(x[1].shape.dropFirst(2)))
+        let y = try convolution(
+          try liftTo2D(x[0]), w, x.count > 2 ? x[2] : nil,
+          ConvolutionSpec(
+            strides: [1] + a.strides, dilations: [1] + a.dilations, padsBegin: [0] + a.padsBegin, padsEnd: [0] + a.padsEnd,
+            groups: a.groups, transposed: transposed))
+        return try dropHeight(y)
+      }
       let spec = ConvolutionSpec(
         strides: a.strides, dilations: a.dilations, padsBegin: a.padsBegin, padsEnd: a.padsEnd, groups: a.groups,
         transposed: transposed)
@@ -157,17 +188,27 @@ public final class GraphModel: Layer {
       guard let bn = batchNorms[index] else { throw unsupported("BatchNormalization without its layer") }
       return try bn(x[0])
     case .activation(let a): return try activation(a, x[0])
-    case .maxPool(let p): return try maxPool(x[0], p)
-    case .averagePool(let p): return try averagePool(x[0], p)
+    case .maxPool(let p), .averagePool(let p):
+      let isMax: Bool
+      if case .maxPool = node.op { isMax = true } else { isMax = false }
+      guard p.kernel.count == 2 || p.kernel.count == 1 else {
+        throw unsupported("\(p.kernel.count)-D pooling (1-D and 2-D only)")
+      }
+      if p.kernel.count == 1 {
+        let lifted = PoolAttributes(
+          kernel: [1] + p.kernel, strides: [1] + p.strides, padsBegin: [0] + p.padsBegin, padsEnd: [0] + p.padsEnd,
+          ceilMode: p.ceilMode, countIncludePad: p.countIncludePad)
+        let y = try liftTo2D(x[0])
+        return try dropHeight(isMax ? try maxPool(y, lifted) : try averagePool(y, lifted))
+      }
+      return isMax ? try maxPool(x[0], p) : try averagePool(x[0], p)
     case .globalAveragePool: return try globalAveragePool(x[0])
     case .binary(let kind):
       switch kind {
       case .add: return try add(x[0], x[1])
       case .mul: return try mul(x[0], x[1])
-      case .sub: return try add(x[0], try mul(x[1], Variable(Tensor(shape: [1], repeating: -1))))
-      case .div:
-        guard !x[1].requiresGrad else { throw unsupported("Div by a value that needs a gradient") }
-        return try mul(x[0], Variable(Kernels.map(x[1].value) { 1 / $0 }))
+      case .sub: return try sub(x[0], x[1])
+      case .div: return try div(x[0], x[1])
       }
     case .concat(let axis):
       return try concat(x, axis: axis < 0 ? axis + x[0].shape.count : axis)
@@ -198,11 +239,25 @@ public final class GraphModel: Layer {
       return try resize(x[0], size: size, mode: mode, scales: Array(scales.suffix(2)))
     case .softmax(let axis): return try softmax(x[0], axis: axis)
     case .dropout(let ratio):
-      return try dropout(x[0], ratio: ratio, training: training, generator: &dropoutGenerator)
+      return try dropout(x[0], ratio: ratio, training: training && index >= frozenNodes, generator: &dropoutGenerator)
     case .identity: return x[0]
-    case .transpose, .pad, .localResponseNormalization:
-      throw unsupported("\(node.op.typeName) has no backward in VeilTrain yet")
+    case .transpose(let permutation): return try transpose(x[0], permutation)
+    case .pad(let mode, let pads, let value): return try pad(x[0], pads: pads, mode: mode, value: value)
+    case .localResponseNormalization(let size, let alpha, let beta, let bias):
+      return try localResponseNormalization(x[0], size: size, alpha: alpha, beta: beta, bias: bias)
     }
+  }
+
+  /// [N, C, L] → [N, C, 1, L]: 1-D convolutions and pooling run as 2-D ones over a height of 1.
+  private func liftTo2D(_ x: Variable) throws -> Variable {
+    guard x.shape.count == 3 else {
+      throw TrainError.shapeMismatch(op: "1-D convolution or pooling", detail: "input \(x.shape) (want [N, C, L])")
+    }
+    return try reshape(x, [x.shape[0], x.shape[1], 1, x.shape[2]])
+  }
+
+  private func dropHeight(_ y: Variable) throws -> Variable {
+    try reshape(y, [y.shape[0], y.shape[1], y.shape[3]])
   }
 
   /// The graph with the current parameter values and BatchNorm running statistics in place of

@@ -50,7 +50,8 @@ public func linear(_ x: Variable, _ w: Variable, _ b: Variable?) throws -> Varia
             }
           }
         } : nil
-      let db = b.map { _ in Tensor(shape: [m]) { d in for i in 0..<n { for j in 0..<m { d[j] += gp[i * m + j] } } } }
+      let db = b?.requiresGrad == true
+        ? Tensor(shape: [m]) { d in for i in 0..<n { for j in 0..<m { d[j] += gp[i * m + j] } } } : nil
       return [dx, dw, db]
     }
   }

@@ -113,20 +113,74 @@ public final class BatchNorm: Layer {
       runningMean.withUnsafeBuffer { r in for ch in 0..<c { mean[ch] = r[ch] } }
       runningVariance.withUnsafeBuffer { r in for ch in 0..<c { invStd[ch] = 1 / (r[ch] + epsilon).squareRoot() } }
     }
+    // γ/σ per channel: the slope of y in x when the statistics are fixed.
+    let k = scale.value.withUnsafeBuffer { gamma in (0..<c).map { gamma[$0] * invStd[$0] } }
+    if !training && !scale.requiresGrad && !shift.requiresGrad {
+      // A fixed affine map (a frozen network, an attacker differentiating through it): one pass
+      // forward, one backward, and x̂ is neither stored nor read.
+      let beta = shift.value.scalars
+      let y = TrainingKernels.channelAffine(x.value, scale: k, center: mean, shift: beta)
+      let zero = [Float](repeating: 0, count: c)
+      return Variable(y, parents: [x]) { g in [TrainingKernels.channelAffine(g, scale: k, center: zero, shift: zero)] }
+    }
     let (normalized, y) = TrainingKernels.batchNormApply(
       x.value, mean: mean, invStd: invStd, scale: scale.value, shift: shift.value)
     let isTraining = training
-    return Variable(y, parents: [x, scale, shift]) { [scale] g in
+    return Variable(y, parents: [x, scale, shift]) { [scale, shift] g in
       let (sumG, sumGH) = TrainingKernels.channelSums(g, normalized)
-      let dBeta = sumG.map { Float($0) }
-      let dGamma = sumGH.map { Float($0) }
       // Training: x̂ depends on the batch statistics, so
       // ∂x = γ/σ · (g − mean(g) − x̂·mean(g·x̂)); evaluation: ∂x = γ/σ · g.
-      let k = scale.value.withUnsafeBuffer { gamma in (0..<c).map { gamma[$0] * invStd[$0] } }
       let mg = isTraining ? sumG.map { Float($0 / Double(m)) } : [Float](repeating: 0, count: c)
       let mgh = isTraining ? sumGH.map { Float($0 / Double(m)) } : [Float](repeating: 0, count: c)
-      let dx = TrainingKernels.batchNormBackward(g, normalized: normalized, k: k, a: mg, b: mgh)
-      return [dx, Tensor(shape: [c]) { _ = $0.initialize(from: dGamma) }, Tensor(shape: [c]) { _ = $0.initialize(from: dBeta) }]
+      let dx = x.requiresGrad ? TrainingKernels.batchNormBackward(g, normalized: normalized, k: k, a: mg, b: mgh) : nil
+      let dGamma = scale.requiresGrad ? Tensor(shape: [c]) { d in for ch in 0..<c { d[ch] = Float(sumGH[ch]) } } : nil
+      let dBeta = shift.requiresGrad ? Tensor(shape: [c]) { d in for ch in 0..<c { d[ch] = Float(sumG[ch]) } } : nil
+      return [dx, dGamma, dBeta]
     }
   }
+}
+
+/// Local response normalisation across channels (ONNX LRN; AlexNet, GoogLeNet) over
+/// [N, C, ...]: y = x / s^β with s = bias + α/size · Σ x² over the channels
+/// c − ⌊(size−1)/2⌋ … c + ⌈(size−1)/2⌉ (clipped to the tensor). With t = g·y/s, the backward
+/// is ∂x_j = g_j·s_j^−β − (2αβ/size)·x_j·Σ t_c over the channels c whose window holds j, the
+/// same window mirrored.
+public func localResponseNormalization(_ x: Variable, size: Int, alpha: Float, beta: Float, bias: Float) throws
+  -> Variable
+{
+  guard x.shape.count >= 3, size >= 1 else {
+    throw TrainError.shapeMismatch(op: "LRN", detail: "input \(x.shape) with size \(size) (want rank ≥ 3 and size ≥ 1)")
+  }
+  let (below, above) = ((size - 1) / 2, size / 2)
+  let k = alpha / Float(size)
+  let s = Kernels.map(channelWindowSums(Kernels.map(x.value) { $0 * $0 }, below: below, above: above)) { bias + k * $0 }
+  let y = try Kernels.zip(x.value, s) { x, s in x * powf(s, -beta) }
+  let scale = 2 * alpha * beta / Float(size)
+  return Variable(y, parents: [x]) { g in
+    let t = try Kernels.zip(try Kernels.zip(g, y, *), s, /)
+    // Channel j is in the window of c for c in j − above … j + below.
+    let u = channelWindowSums(t, below: above, above: below)
+    let direct = try Kernels.zip(g, s) { g, s in g * powf(s, -beta) }
+    return [try Kernels.zip(direct, try Kernels.zip(x.value, u, *)) { $0 - scale * $1 }]
+  }
+}
+
+/// Per item and position, the sum of `p` over the channels c − below … c + above (clipped), for
+/// every channel c of [N, C, ...].
+func channelWindowSums(_ p: Tensor, below: Int, above: Int) -> Tensor {
+  let (n, c) = (p.shape[0], p.shape[1])
+  let inner = p.shape.dropFirst(2).reduce(1, *)
+  let out = Tensor(zeros: p.shape)
+  let (src, dst) = (p.storage.pointer, out.storage.pointer)
+  for b in 0..<n {
+    for ch in 0..<c {
+      let plane = dst + (b * c + ch) * inner
+      for w in max(ch - below, 0)...min(ch + above, c - 1) {
+        let other = src + (b * c + w) * inner
+        for i in 0..<inner { plane[i] += other[i] }
+      }
+    }
+  }
+  withExtendedLifetime(p) {}
+  return out
 }

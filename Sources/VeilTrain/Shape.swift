@@ -75,3 +75,141 @@ public func concat(_ xs: [Variable], axis: Int = 1) throws -> Variable {
     }
   }
 }
+
+/// Row-major element strides of a shape.
+func contiguousStrides(_ shape: [Int]) -> [Int] {
+  var strides = [Int](repeating: 1, count: shape.count)
+  for i in stride(from: shape.count - 2, through: 0, by: -1) { strides[i] = strides[i + 1] * shape[i + 1] }
+  return strides
+}
+
+/// x with its axes permuted: output axis i is input axis `permutation[i]` (ONNX Transpose; a
+/// model exported from Keras starts with one, NHWC → NCHW). The backward is the inverse
+/// permutation of the gradient.
+public func transpose(_ x: Variable, _ permutation: [Int]) throws -> Variable {
+  let rank = x.shape.count
+  guard permutation.count == rank, Set(permutation) == Set(0..<rank) else {
+    throw TrainError.shapeMismatch(op: "Transpose", detail: "perm \(permutation) is not a permutation of the axes of \(x.shape)")
+  }
+  var inverse = [Int](repeating: 0, count: rank)
+  for (i, p) in permutation.enumerated() { inverse[p] = i }
+  let y = permuted(x.value, permutation)
+  return Variable(y, parents: [x]) { g in [permuted(g, inverse)] }
+}
+
+/// The copy of `t` whose axis i is t's axis `p[i]`.
+func permuted(_ t: Tensor, _ p: [Int]) -> Tensor {
+  let rank = t.shape.count
+  guard rank > 1, p != Array(0..<rank) else { return t }
+  let shape = p.map { t.shape[$0] }
+  let source = contiguousStrides(t.shape)
+  // The input stride of each output axis; the innermost output axis is the loop.
+  let strides = p.map { source[$0] }
+  let (inner, step) = (shape[rank - 1], strides[rank - 1])
+  let rows = t.count / max(inner, 1)
+  let out = Tensor(uninitialized: shape)
+  let (src, dst) = (t.storage.pointer, out.storage.pointer)
+  var index = [Int](repeating: 0, count: rank - 1)
+  var offset = 0
+  for r in 0..<rows {
+    let row = dst + r * inner
+    for j in 0..<inner { row[j] = src[offset + j * step] }
+    // The next row: advance the outer axes like an odometer.
+    var d = rank - 2
+    while d >= 0 {
+      index[d] += 1
+      offset += strides[d]
+      if index[d] < shape[d] { break }
+      offset -= strides[d] * shape[d]
+      index[d] = 0
+      d -= 1
+    }
+  }
+  withExtendedLifetime(t) {}
+  return out
+}
+
+/// Per output index along one padded axis: the input index it copies, or −1 for a constant.
+func padSources(extent n: Int, before: Int, after: Int, mode: PadMode) -> [Int] {
+  (0..<(n + before + after)).map { o in
+    let i = o - before
+    if i >= 0 && i < n { return i }
+    switch mode {
+    case .constant: return -1
+    case .edge: return i < 0 ? 0 : n - 1
+    case .reflect:
+      // Mirror about the first and last element (numpy "reflect", ONNX "reflect").
+      guard n > 1 else { return 0 }
+      let period = 2 * (n - 1)
+      let m = ((i % period) + period) % period
+      return m < n ? m : period - m
+    }
+  }
+}
+
+/// ONNX Pad: `pads` holds the begins of every axis, then the ends (negative ones crop);
+/// `constant` fills with `value`, `reflect` mirrors without repeating the edge, `edge` repeats
+/// it. Each output element copies at most one input element, so the backward adds every
+/// output gradient onto the element it copied (edges and mirrored elements collect several).
+public func pad(_ x: Variable, pads: [Int], mode: PadMode = .constant, value: Float = 0) throws -> Variable {
+  let shape = x.shape
+  let rank = shape.count
+  guard rank >= 1, pads.count == 2 * rank else {
+    throw TrainError.shapeMismatch(op: "Pad", detail: "\(pads.count) pads for input \(shape) (want \(2 * rank): begins, then ends)")
+  }
+  let out = (0..<rank).map { shape[$0] + pads[$0] + pads[rank + $0] }
+  guard out.allSatisfy({ $0 >= 1 }) else {
+    throw TrainError.shapeMismatch(op: "Pad", detail: "pads \(pads) crop input \(shape) to nothing")
+  }
+  if mode == .reflect {
+    for d in 0..<rank where shape[d] > 1 && (pads[d] >= shape[d] || pads[rank + d] >= shape[d]) {
+      throw TrainError.invalidArgument("Pad: reflect pads \(pads) must be smaller than the input's extent \(shape[d]) on axis \(d)")
+    }
+  }
+  let sources = (0..<rank).map { padSources(extent: shape[$0], before: pads[$0], after: pads[rank + $0], mode: mode) }
+  let strides = contiguousStrides(shape)
+  let inner = out[rank - 1]
+  let last = sources[rank - 1]
+  /// Calls body(output row start, input row start) for every output row (all axes but the
+  /// last) that reads the input; rows that fall in constant padding are skipped.
+  func forEachRow(_ body: (Int, Int) -> Void) {
+    let rows = out.count > 1 ? out.dropLast().reduce(1, *) : 1
+    var index = [Int](repeating: 0, count: rank - 1)
+    for r in 0..<rows {
+      var offset = 0
+      var inside = true
+      for d in 0..<(rank - 1) {
+        let s = sources[d][index[d]]
+        if s < 0 { inside = false; break }
+        offset += s * strides[d]
+      }
+      if inside { body(r * inner, offset) }
+      var d = rank - 2
+      while d >= 0 {
+        index[d] += 1
+        if index[d] < out[d] { break }
+        index[d] = 0
+        d -= 1
+      }
+    }
+  }
+  let y = x.value.withUnsafeBuffer { xp in
+    Tensor(shape: out) { yp in
+      if value != 0 { yp.update(repeating: value) }
+      forEachRow { o, i in
+        for j in 0..<inner where last[j] >= 0 { yp[o + j] = xp[i + last[j]] }
+      }
+    }
+  }
+  return Variable(y, parents: [x]) { g in
+    [
+      g.withUnsafeBuffer { gp in
+        Tensor(shape: shape) { d in
+          forEachRow { o, i in
+            for j in 0..<inner where last[j] >= 0 { d[i + last[j]] += gp[o + j] }
+          }
+        }
+      }
+    ]
+  }
+}

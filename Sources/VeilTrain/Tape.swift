@@ -96,8 +96,14 @@ public final class Variable: @unchecked Sendable {
         node.grad = try node.grad.map { try Kernels.add($0, g) } ?? g
         continue
       }
-      for (parent, pg) in zip(node.parents, try rule(g)) where parent.requiresGrad {
+      for (parent, pg) in zip(node.parents, try rule(g)) {
         guard let pg else { continue }
+        // Work for a frozen weight (or a constant) is wasted work: a rule computes only the
+        // gradients its parents want, so a frozen network's backward does no weight work.
+        guard parent.requiresGrad else {
+          throw TrainError.invalidArgument(
+            "backward: an op computed a gradient \(pg.shape) for a value that wants none (a backward rule is wrong)")
+        }
         guard pg.shape == parent.shape else {
           throw TrainError.shapeMismatch(
             op: "backward", detail: "gradient \(pg.shape) for a value of shape \(parent.shape) (a backward rule is wrong)")

@@ -3,6 +3,7 @@ import Foundation
 import VeilGraph
 import VeilModels
 import VeilTensor
+import VeilTrain
 
 struct Bench: ParsableCommand {
   static let configuration = CommandConfiguration(
@@ -12,6 +13,11 @@ struct Bench: ParsableCommand {
       --runs passes on random input. Latency is per batch; throughput is items per second at the
       median. Peak resident memory is the process's high-water mark (weights, kernels, arena).
       To compare with ONNX Runtime and PyTorch on the same weights, run bench/peers.
+
+      --cut times the head up to a cut point and --image-size sets the input's height and width.
+      --input-gradient times what a white-box inversion attack runs instead of inference: the
+      forward on the autograd tape with every weight frozen, then the backward pass for the
+      gradient with respect to the input only (no weight gradients), each timed on its own.
       """)
 
   @Option(help: "A zoo model name (see `veil models`) or a model file.")
@@ -26,12 +32,26 @@ struct Bench: ParsableCommand {
   var json = false
   @Flag(help: "Also time every step and print where the time goes, by op and by kernel.")
   var profile = false
+  @Option(help: "Time the head up to this cut point (see `veil cuts`) instead of the whole model.")
+  var cut: String?
+  @Option(help: "Input height and width (default: the model's).")
+  var imageSize: Int?
+  @Flag(help: "Time forward + backward for ∂/∂input on the autograd tape, weights frozen, instead of inference.")
+  var inputGradient = false
   @OptionGroup var engine: EngineOptions
 
   struct Latency: Encodable {
     var min: Double
     var median: Double
     var p90: Double
+
+    /// Of times in milliseconds (at least one).
+    init(_ times: [Double]) {
+      let t = times.sorted()
+      min = t[0]
+      median = t.count % 2 == 1 ? t[t.count / 2] : (t[t.count / 2 - 1] + t[t.count / 2]) / 2
+      p90 = t[Swift.min(t.count - 1, Int((Double(t.count) * 0.9).rounded(.up)) - 1)]
+    }
   }
   struct Report: Encodable {
     var model: String
@@ -52,12 +72,14 @@ struct Bench: ParsableCommand {
     guard batch >= 1 else { throw ValidationError("--batch must be ≥ 1, found \(batch)") }
     guard runs >= 1 else { throw ValidationError("--runs must be ≥ 1, found \(runs)") }
     guard warmup >= 0 else { throw ValidationError("--warmup must be ≥ 0, found \(warmup)") }
+    if let imageSize, imageSize < 1 { throw ValidationError("--image-size must be ≥ 1, found \(imageSize)") }
+    if inputGradient, profile { throw ValidationError("--profile times the inference executor; it does not go with --input-gradient") }
   }
 
   func run() throws {
     try engine.apply()
-    var graph = try ModelSource.load(model, batch: batch)
-    try graph.inferShapes()
+    var graph = try benchedGraph()
+    if inputGradient { return try runInputGradient(graph) }
     let flops = graph.totalFlops
     let weightBytes = graph.parameterCount * 4
     let shape = ModelSource.inputShape(graph)
@@ -74,12 +96,11 @@ struct Bench: ParsableCommand {
       _ = try exec.run([x])
       times.append(Double(DispatchTime.now().uptimeNanoseconds - s) / 1e6)
     }
-    times.sort()
-    let median = times.count % 2 == 1 ? times[times.count / 2] : (times[times.count / 2 - 1] + times[times.count / 2]) / 2
-    let p90 = times[min(times.count - 1, Int((Double(times.count) * 0.9).rounded(.up)) - 1)]
+    let latency = Latency(times)
+    let (median, p90) = (latency.median, latency.p90)
     let report = Report(
       model: model, batch: batch, threads: Engine.shared.threads,
-      latency_ms: Latency(min: times[0], median: median, p90: p90),
+      latency_ms: latency,
       throughput: Double(batch) / (median / 1000), gflops: Double(flops) / (median / 1000) / 1e9,
       peak_rss_bytes: peakResidentBytes(), weight_bytes: weightBytes, arena_bytes: exec.peakActivationBytes,
       flops_per_pass: flops, compile_ms: compileMs, backend: Engine.backendVersion)
@@ -87,7 +108,7 @@ struct Bench: ParsableCommand {
     if profile { try printProfile(exec, x) }
     let mib = { (b: Int) in String(format: "%.1f MiB", Double(b) / 1_048_576) }
     print("model        \(model), batch \(batch), \(report.threads) threads, \(report.backend)")
-    print(String(format: "latency      min %.2f ms, median %.2f ms, p90 %.2f ms", times[0], median, p90))
+    print(String(format: "latency      min %.2f ms, median %.2f ms, p90 %.2f ms", latency.min, median, p90))
     print(String(format: "throughput   %.1f items/s", report.throughput))
     print(String(format: "compute      %.2f GFLOP per pass, %.1f GFLOP/s", Double(flops) / 1e9, report.gflops))
     print("memory       peak RSS \(mib(report.peak_rss_bytes)) (weights \(mib(weightBytes)), activation arena \(mib(exec.peakActivationBytes)))")
@@ -96,6 +117,81 @@ struct Bench: ParsableCommand {
 }
 
 extension Bench {
+  /// The model for --batch, cut at --cut and re-shaped for --image-size, shapes inferred.
+  func benchedGraph() throws -> Graph {
+    var graph = try ModelSource.load(model, batch: batch)
+    try graph.inferShapes()
+    if let cut {
+      let point: CutPoint
+      do { point = try graph.cut(named: cut) } catch { throw ValidationError("\(error)") }
+      graph = try graph.split(at: point).head
+    }
+    if let imageSize, let input = graph.inputs.first, var shape = graph.shape(input), shape.count == 4 {
+      // Channels first unless the model keeps them last (an NHWC input of 1 or 3 channels).
+      let spatial = [1, 3].contains(shape[1]) || ![1, 3].contains(shape[3]) ? 2..<4 : 1..<3
+      for axis in spatial { shape[axis] = imageSize }
+      try graph.inferShapes(inputShapes: [input: shape])
+    } else if imageSize != nil {
+      throw ValidationError("--image-size needs a model with one image input [N, C, H, W] or [N, H, W, C]")
+    }
+    return graph
+  }
+
+  struct GradientReport: Encodable {
+    var model: String
+    var cut: String?
+    var input: [Int]
+    var output: [Int]
+    var threads: Int
+    var forward_ms: Latency
+    var backward_ms: Latency
+    var step_ms: Latency
+    var images_per_second: Double
+    var peak_rss_bytes: Int
+  }
+
+  /// Times what white-box inversion runs per step: the forward on the tape with every weight
+  /// frozen, then the backward pass for ∂/∂input alone, seeded with a fixed random gradient.
+  func runInputGradient(_ graph: Graph) throws {
+    let head = try GraphModel(frozen: graph)
+    TrainingMemory.prepare()
+    let shape = ModelSource.inputShape(graph)
+    var rng = SeededGenerator(seed: 1)
+    let x = Variable(Tensor.randomUniform(shape: shape, low: -1, high: 1, generator: &rng), requiresGrad: true)
+    let seed = Tensor.randomNormal(shape: try head(Variable(x.value)).shape, generator: &rng)
+    if !json {
+      note("bench \(model)\(cut.map { " head to \($0)" } ?? ""): input \(shape), ∂/∂input, \(Engine.shared.threads) threads, \(warmup) warm-up + \(runs) timed runs")
+    }
+    var forward: [Double] = []
+    var backward: [Double] = []
+    let now = { Double(DispatchTime.now().uptimeNanoseconds) / 1e6 }
+    for i in 0..<(warmup + runs) {
+      let t0 = now()
+      let y = try head(x)
+      let t1 = now()
+      x.grad = nil
+      try y.backward(seed: seed)
+      let t2 = now()
+      if i >= warmup {
+        forward.append(t1 - t0)
+        backward.append(t2 - t1)
+      }
+    }
+    let step = Latency(zip(forward, backward).map { $0 + $1 })
+    let report = GradientReport(
+      model: model, cut: cut, input: shape, output: seed.shape, threads: Engine.shared.threads,
+      forward_ms: Latency(forward), backward_ms: Latency(backward), step_ms: step,
+      images_per_second: Double(shape[0]) / (step.median / 1000), peak_rss_bytes: peakResidentBytes())
+    if json { return try printJSON(report) }
+    print("model        \(model)\(cut.map { ", head to \($0)" } ?? ""), input \(shape) → \(seed.shape), \(report.threads) threads")
+    for (name, l) in [("forward", report.forward_ms), ("backward", report.backward_ms), ("step", step)] {
+      let label = name.padding(toLength: 13, withPad: " ", startingAt: 0)
+      print(label + String(format: "min %.1f ms, median %.1f ms, p90 %.1f ms", l.min, l.median, l.p90))
+    }
+    print(String(format: "throughput   %.1f images/s (forward + ∂/∂input)", report.images_per_second))
+    print(String(format: "memory       peak RSS %.1f MiB", Double(report.peak_rss_bytes) / 1_048_576))
+  }
+
   /// Median step times over `runs` profiled passes, summed by kernel.
   func printProfile(_ exec: Executor, _ x: Tensor) throws {
     var per: [[Double]] = []

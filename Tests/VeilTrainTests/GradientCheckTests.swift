@@ -252,6 +252,56 @@ final class GradientCheckTests: XCTestCase {
     XCTAssertThrowsError(try gemm(a, a)) { XCTAssertTrue("\($0)".contains("inner dimensions differ"), "\($0)") }
   }
 
+  func testTransposeAndPad() throws {
+    let x = leaf([2, 3, 4, 5], seed: 46)
+    let nhwc = try transpose(x, [0, 2, 3, 1])
+    XCTAssertEqual(nhwc.shape, [2, 4, 5, 3])
+    // Element (n=1, h=2, w=3, c=1) of the NHWC copy is x[1, 1, 2, 3].
+    let (nhwcIndex, nchwIndex) = (((1 * 4 + 2) * 5 + 3) * 3 + 1, ((1 * 3 + 1) * 4 + 2) * 5 + 3)
+    XCTAssertEqual(nhwc.value.scalars[nhwcIndex], x.value.scalars[nchwIndex])
+    try check("Transpose NCHW→NHWC", [x]) { try transpose(x, [0, 2, 3, 1]) }
+    try check("Transpose [3,1,0,2]", [x]) { try transpose(x, [3, 1, 0, 2]) }
+    XCTAssertThrowsError(try transpose(x, [0, 1, 1, 2])) { XCTAssertTrue("\($0)".contains("is not a permutation"), "\($0)") }
+
+    let row = Variable(try Tensor(shape: [1, 4], values: [1, 2, 3, 4]), requiresGrad: true)
+    // numpy: pad([1,2,3,4], (2, 3), mode) for the three modes.
+    XCTAssertEqual(try pad(row, pads: [0, 2, 0, 3], mode: .constant, value: 9).value.scalars, [9, 9, 1, 2, 3, 4, 9, 9, 9])
+    XCTAssertEqual(try pad(row, pads: [0, 2, 0, 3], mode: .reflect).value.scalars, [3, 2, 1, 2, 3, 4, 3, 2, 1])
+    XCTAssertEqual(try pad(row, pads: [0, 2, 0, 3], mode: .edge).value.scalars, [1, 1, 1, 2, 3, 4, 4, 4, 4])
+    XCTAssertEqual(try pad(row, pads: [0, -1, 0, 1], mode: .constant).value.scalars, [2, 3, 4, 0], "negative pads crop")
+    let spatial = [0, 0, 1, 2, 0, 0, 2, 1]
+    try check("Pad constant 0.5 (H, W)", [x]) { try pad(x, pads: spatial, mode: .constant, value: 0.5) }
+    try check("Pad constant, channels and a crop", [x]) { try pad(x, pads: [0, 1, -1, 0, 1, 0, 0, 2], mode: .constant) }
+    try check("Pad reflect", [x]) { try pad(x, pads: [0, 0, 3, 2, 0, 0, 1, 4], mode: .reflect) }
+    try check("Pad edge", [x]) { try pad(x, pads: [0, 1, 3, 2, 1, 0, 1, 4], mode: .edge) }
+    XCTAssertThrowsError(try pad(x, pads: [0, 0, 4, 0, 0, 0, 0, 0], mode: .reflect)) {
+      XCTAssertTrue("\($0)".contains("must be smaller than the input's extent 4 on axis 2"), "\($0)")
+    }
+  }
+
+  func testLocalResponseNormalization() throws {
+    let x = leaf([2, 6, 3, 2], seed: 47)
+    // Channel 0 with size 3 sees channels 0 and 1: y = x / (2 + 0.5/3·(x0² + x1²))^0.75.
+    let y = try localResponseNormalization(x, size: 3, alpha: 0.5, beta: 0.75, bias: 2).value.scalars
+    let (x0, x1) = (x.value.scalars[0], x.value.scalars[6])
+    XCTAssertEqual(y[0], x0 / powf(2 + 0.5 / 3 * (x0 * x0 + x1 * x1), 0.75), accuracy: 1e-6)
+    try check("LRN size 5 (AlexNet)", [x]) { try localResponseNormalization(x, size: 5, alpha: 0.5, beta: 0.75, bias: 1) }
+    try check("LRN size 4 (uneven window)", [x]) { try localResponseNormalization(x, size: 4, alpha: 1, beta: 0.6, bias: 2) }
+    try check("LRN size 1", [x]) { try localResponseNormalization(x, size: 1, alpha: 0.3, beta: 1, bias: 1) }
+  }
+
+  func testSubAndDiv() throws {
+    let a = leaf([2, 3, 4, 5], seed: 48)
+    let perChannel = leaf([1, 3, 1, 1], seed: 49, awayFromZero: 0.5)
+    let full = leaf([2, 3, 4, 5], seed: 50, awayFromZero: 0.5)
+    try check("Sub [2,3,4,5] − [1,3,1,1]", [a, perChannel]) { try sub(a, perChannel) }
+    try check("Sub [1,3,1,1] − [2,3,4,5]", [perChannel, a]) { try sub(perChannel, a) }
+    try check("Div [2,3,4,5] / [1,3,1,1]", [a, perChannel]) { try div(a, perChannel) }
+    try check("Div same shape", [a, full]) { try div(a, full) }
+    try check("Div [1,3,1,1] / [2,3,4,5]", [perChannel, full]) { try div(perChannel, full) }
+    XCTAssertEqual(try div(a, full).value.scalars[7], a.value.scalars[7] / full.value.scalars[7])
+  }
+
   func testGroupedConvolution() throws {
     let x = leaf([2, 4, 5, 6], seed: 42)
     let depthwise = leaf([4, 1, 3, 3], seed: 43)

@@ -37,12 +37,6 @@ final class GraphModelTests: XCTestCase {
     return g
   }
 
-  /// Largest |a − b| over the largest |b|.
-  func relativeError(_ a: Tensor, _ b: Tensor) -> Double {
-    let scale = b.scalars.map { abs(Double($0)) }.max() ?? 0
-    return zip(a.scalars, b.scalars).map { abs(Double($0) - Double($1)) }.max()! / max(scale, 1e-12)
-  }
-
   func testEvaluationForwardMatchesTheExecutorOnZooModels() throws {
     for (name, size) in [("efficientnet_lite0", 64), ("resnet50", 64)] {
       var g = try ModelZoo.build(name, batch: 2, seed: 3)

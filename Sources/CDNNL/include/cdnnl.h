@@ -68,6 +68,11 @@ void veil_channel_sums(const float *g, const float *h, int64_t n, int64_t c, int
 /// dx = k·(g − mean_g − h·mean_gh), per channel.
 void veil_batchnorm_backward(const float *g, const float *h, int64_t n, int64_t c, int64_t inner, const float *k,
                              const float *mean_g, const float *mean_gh, float *dx);
+/// y = a·(x − m) + b, per channel: batch normalisation in evaluation mode (a = γ/σ, m = μ,
+/// b = β; centring first keeps the precision where x is near μ) and its input gradient
+/// (m = b = 0).
+void veil_channel_affine(const float *x, int64_t n, int64_t c, int64_t inner, const float *a, const float *m,
+                         const float *b, float *y);
 /// One Adam step in place: g += wd·w; m, v moving averages; w −= lr·(m/c1)/(√(v/c2) + eps).
 void veil_adam_f32(float *w, float *m, float *v, const float *g, int64_t count, float beta1, float beta2, float lr,
                    float c1, float c2, float eps, float weight_decay);
