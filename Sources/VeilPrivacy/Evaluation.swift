@@ -44,18 +44,18 @@ public enum PrivacyBudget: String, Codable, Sendable, CaseIterable {
       c.epochs = 6
       c.patience = 2
       c.trainCropsPerPhoto = 24
-      c.optimisationSteps = 200
+      c.optimisationSteps = 60
       c.tvWeights = [0.3, 3, 30]
     case .standard:
       c.epochs = 12
       c.patience = 3
       c.trainCropsPerPhoto = 40
-      c.optimisationSteps = 300
+      c.optimisationSteps = 100
     case .thorough:
       c.epochs = 20
       c.patience = 4
       c.trainCropsPerPhoto = 40
-      c.optimisationSteps = 500
+      c.optimisationSteps = 300
       c.restarts = 2
       c.optimisationCropsPerPhoto = c.testCropsPerPhoto
     }

@@ -209,9 +209,6 @@ extension FeatureExtractor {
   /// The head on the tape with every weight frozen (no weight gradients, BatchNorm on its
   /// running statistics, Dropout off): d(features)/d(image) only, for the optimisation attack.
   public func differentiableHead(batch n: Int) throws -> GraphModel {
-    let g = try pixelHead(batch: n)
-    let model = try GraphModel(g, freezeUntil: g.nodes.last?.name)
-    model.training = false
-    return model
+    try GraphModel(frozen: try pixelHead(batch: n))
   }
 }
