@@ -116,8 +116,8 @@ public struct PlanJob {
     for w in settings.weakerThanDefault { log("note: weaker than the standard budget: \(w)") }
 
     // The deployed resolution: the first attacker of the threat model on the model's own
-    // input size, one seed. The optimisation attack learns nothing, so it rebuilds every photo
-    // whole (one crop each); the others keep the split.
+    // input size, one seed, the held-out photos whole (one crop each; the split and the
+    // attacker's own photos, which calibrate the optimisation's prior, are the first pass's).
     var confirmation: PrivacyEvaluation?
     if let size = deployedSize, confirmAtDeployedSize ?? (options.budget != .quick) {
       var c = EvaluationSettings(threatModel: threatModel, budget: options.budget, imageSize: size, seed: seed, thresholds: thresholds)
@@ -127,7 +127,6 @@ public struct PlanJob {
       c.config.imageSize = size
       c.config.testCropsPerPhoto = 1
       c.config.optimisationBatch = 8
-      if c.attackers[0] == .optimisation { c.config.testFraction = 1 }
       var e = evaluation
       e.settings = c
       e.outDir = folder.appendingPathComponent("attacks-\(size)px")
