@@ -1,8 +1,8 @@
-import Crypto
 import Foundation
 import VeilFormats
 import VeilGraph
 import VeilPrivacy
+import VeilServing
 
 public enum PlanError: Error, CustomStringConvertible, Equatable {
   case invalidThreshold(measure: String, value: Double)
@@ -108,7 +108,7 @@ public struct Planner {
 
   /// SHA-256 of the graph as Veil writes it to ONNX: weights and structure, nothing else.
   public static func digest(_ graph: Graph) throws -> String {
-    SHA256.hash(data: try ONNXWriter.serialize(graph)).map { String(format: "%02x", $0) }.joined()
+    try DeploymentPlan.modelDigest(graph)
   }
 
   var stateURL: URL { folder.appendingPathComponent("plan-state.json") }

@@ -186,7 +186,7 @@ public struct LoadedPlan: Sendable {
       throw EnclaveError.plan(file: file.path, field: "\(field).path", detail: "'\(u.path)' does not exist")
     }
     let digest: String
-    do { digest = try hex(fileSHA256(u)) } catch {
+    do { digest = try fileSHA256(u).hex } catch {
       throw EnclaveError.plan(file: file.path, field: "\(field).path", detail: "cannot read '\(u.path)': \(error)")
     }
     guard digest == part.sha256.lowercased() else {
@@ -318,11 +318,11 @@ extension DeploymentPlan {
     let point = try graph.cut(named: cutName, all: allCuts)
     let (head, tail) = try graph.split(at: point)
     try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
-    let modelDigest = hex(Array(SHA256.hash(data: try ONNXWriter.serialize(graph))))
+    let modelDigest = try Self.modelDigest(graph)
     func part(_ g: Graph, _ file: String) throws -> Part {
       let u = directory.appendingPathComponent(file)
       try ONNXWriter.write(g, to: u)
-      return Part(path: file, sha256: hex(try fileSHA256(u)))
+      return Part(path: file, sha256: try fileSHA256(u).hex)
     }
     let shape = graph.inputs.first.flatMap { graph.shape($0) } ?? []
     guard shape.count == 4, shape[0] == 1, shape[1] == 3 || shape[3] == 3 else {
@@ -353,7 +353,13 @@ extension DeploymentPlan {
   }
 }
 
-func hex(_ bytes: [UInt8]) -> String { bytes.map { String(format: "%02x", $0) }.joined() }
+extension DeploymentPlan {
+  /// SHA-256 of the graph as Veil writes it to ONNX (weights and structure, nothing else), in
+  /// hex: what a plan pins its model by.
+  public static func modelDigest(_ graph: Graph) throws -> String {
+    Array(SHA256.hash(data: try ONNXWriter.serialize(graph))).hex
+  }
+}
 
 /// SHA-256 of a file (VeilTEE's reader, with this module's error).
 func fileSHA256(_ url: URL) throws -> [UInt8] {

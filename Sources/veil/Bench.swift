@@ -50,7 +50,7 @@ struct Bench: ParsableCommand {
       let t = times.sorted()
       min = t[0]
       median = t.count % 2 == 1 ? t[t.count / 2] : (t[t.count / 2 - 1] + t[t.count / 2]) / 2
-      p90 = t[Swift.min(t.count - 1, Int((Double(t.count) * 0.9).rounded(.up)) - 1)]
+      p90 = percentile(t, 0.9)
     }
   }
   struct Report: Encodable {
