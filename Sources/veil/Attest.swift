@@ -11,13 +11,6 @@ struct Attest: ParsableCommand {
     subcommands: [AttestInspect.self, AttestVerify.self, AttestSimulate.self])
 }
 
-func readFileBytes(_ path: String, what: String) throws -> [UInt8] {
-  guard let d = FileManager.default.contents(atPath: path) else {
-    throw ValidationError("\(what) '\(path)': no such readable file")
-  }
-  return Array(d)
-}
-
 struct AttestInspect: ParsableCommand {
   static let configuration = CommandConfiguration(
     commandName: "inspect", abstract: "Print the parsed fields of evidence (no verification).")
@@ -143,89 +136,5 @@ struct AttestSimulate: ParsableCommand {
       throw ValidationError("--out '\(out)': cannot be written")
     }
     note("wrote SIMULATED evidence to \(out): MRENCLAVE \(enclave.mrEnclave.hex) (not from a TEE)")
-  }
-}
-
-struct Enclave: ParsableCommand {
-  static let configuration = CommandConfiguration(
-    abstract: "Deploy the head in an SGX enclave under Gramine.", subcommands: [EnclaveManifest.self, EnclaveServe.self])
-}
-
-struct EnclaveManifest: ParsableCommand {
-  static let configuration = CommandConfiguration(
-    commandName: "manifest",
-    abstract: "Write a Gramine manifest template for `veil enclave serve` under gramine-sgx.",
-    discussion: """
-      Then: gramine-manifest DIR/veil.manifest.template veil.manifest; gramine-sgx-sign
-      --manifest veil.manifest --output veil.manifest.sgx; gramine-sgx-sigstruct-view veil.sig
-      gives the mr_enclave to put in the client's policy. See docs/tee.md.
-      """)
-
-  @Option(help: "A plan folder or plan.json (`veil plan`): the head and its measured peak memory come from it.")
-  var plan: String?
-  @Option(help: "The head model file the enclave serves (ONNX, plain or sealed); not with --plan.")
-  var head: String?
-  @Option(help: "The head's measured peak memory in bytes (veil bench reports it); not with --plan.")
-  var peakMemory: Int?
-  @Option(help: "Directory to write veil.manifest.template into.")
-  var out: String
-  @Option(help: "The enclave binary (default: this veil binary).")
-  var binary: String?
-  @Option(help: "oneDNN kernel threads inside the enclave (default: every core).")
-  var threads: Int?
-
-  func validate() throws {
-    guard (plan == nil) != (head == nil && peakMemory == nil) else {
-      throw ValidationError("give either --plan, or --head with --peak-memory")
-    }
-    if plan == nil, head == nil || peakMemory == nil { throw ValidationError("--head needs --peak-memory (and the reverse)") }
-  }
-
-  /// The head file, its peak memory and the plan file: from the plan (its chosen cut's profile
-  /// row) or given (the plan then is `plan.json` beside the head).
-  func headAndPeak() throws -> (head: String, peak: Int, plan: String?) {
-    guard let plan else {
-      guard let head, let peakMemory else { throw ValidationError("--head needs --peak-memory (and the reverse)") }
-      return (head, peakMemory, nil)
-    }
-    let loaded: LoadedPlan
-    do { loaded = try DeploymentPlan.load(plan) } catch { throw ValidationError("--plan: \(error)") }
-    let document = try? JSONDecoder().decode(PlanDocument.self, from: Data(contentsOf: loaded.file))
-    guard let row = document?.planning.row(loaded.plan.cut.name), let peak = row.headPeakBytes else {
-      throw ValidationError(
-        "--plan \(loaded.file.path): no measured peak memory for cut \(loaded.plan.cut.name) (a plan from `veil plan` has it); pass --head and --peak-memory instead")
-    }
-    return (loaded.headURL.path, peak, loaded.file.standardizedFileURL.path)
-  }
-
-  func run() throws {
-    let (head, peakMemory, planFile) = try headAndPeak()
-    let bin = URL(fileURLWithPath: binary ?? CommandLine.arguments[0]).standardizedFileURL.path
-    let headPath = URL(fileURLWithPath: head).standardizedFileURL.path
-    guard FileManager.default.isReadableFile(atPath: headPath) else {
-      throw ValidationError("--head '\(head)': no such readable file")
-    }
-    let libs = try sharedLibraries(of: bin)
-    let size: (String) -> Int = { (try? FileManager.default.attributesOfItem(atPath: $0)[.size] as? Int) ?? 0 }
-    var manifest: GramineManifest
-    do {
-      manifest = try GramineManifest(
-        binary: bin, libraries: libs, head: headPath, peakMemory: peakMemory,
-        kernelThreads: threads ?? ProcessInfo.processInfo.activeProcessorCount, fileBytes: 0, plan: planFile)
-    } catch { throw ValidationError("\(error)") }
-    manifest.fileBytes = ([bin, headPath, manifest.plan] + manifest.planFiles + libs).map(size).reduce(0, +)
-    if !FileManager.default.fileExists(atPath: manifest.plan) {
-      note("note: no \(manifest.plan): `veil enclave serve` inside the enclave reads the plan there (write the plan folder with `veil plan`)")
-    }
-    do {
-      try FileManager.default.createDirectory(atPath: out, withIntermediateDirectories: true)
-      let file = URL(fileURLWithPath: out).appendingPathComponent("veil.manifest.template")
-      try Data(manifest.template.utf8).write(to: file)
-      note(
-        "wrote \(file.path): enclave size \(manifest.enclaveSize >> 20) MiB, \(manifest.maxThreads) threads, \(libs.count) libraries"
-      )
-    } catch {
-      throw ValidationError("--out '\(out)': \(error.localizedDescription)")
-    }
   }
 }

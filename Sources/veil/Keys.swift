@@ -162,9 +162,3 @@ struct KeysFetch: AsyncParsableCommand {
     note("key released; opened head written to \(out)")
   }
 }
-
-/// A failure while running (network, a refusal), as opposed to a bad argument: no usage text.
-struct RuntimeFailure: Error, CustomStringConvertible {
-  var description: String
-  init(_ d: String) { description = d }
-}

@@ -99,13 +99,3 @@ struct Profile: ParsableCommand {
     if let svg { print("SVG written to \(svg)") }
   }
 }
-
-/// The tail timer an `--accelerator local|HOST:PORT` option names (nil: local).
-func remoteTailTimer(_ accelerator: String, model: String) throws -> (any TailTimer)? {
-  guard accelerator != "local" else { return nil }
-  do {
-    return KServeTailTimer(endpoint: try KServeEndpoint(parsing: accelerator), model: model)
-  } catch {
-    throw ValidationError("--accelerator '\(accelerator)': give local or HOST:PORT of a KServe v2 server (\(error))")
-  }
-}

@@ -1,8 +1,8 @@
 import ArgumentParser
 import Foundation
+import VeilData
 import VeilFormats
 import VeilGraph
-import VeilData
 import VeilModels
 import VeilTensor
 
@@ -166,29 +166,5 @@ extension Run {
     }
     let chosen = preset ?? .imagenet
     return (VeilData.Preprocessing(preset: chosen, width: w, height: h, layout: layout), chosen.rawValue)
-  }
-}
-
-struct Export: ParsableCommand {
-  static let configuration = CommandConfiguration(
-    abstract: "Write a model as an ONNX file (opset 17) that ONNX Runtime and others can run.")
-
-  @Option(help: "A zoo model name.")
-  var model: String
-  @Option(help: "Output .onnx file.")
-  var out: String
-  @Option(help: "Batch size of the exported input.")
-  var batch: Int = 1
-  @Option(help: "Seed for the zoo's weight initialisation.")
-  var seed: UInt64 = 0
-
-  func validate() throws {
-    guard batch >= 1 else { throw ValidationError("--batch must be ≥ 1, found \(batch)") }
-  }
-
-  func run() throws {
-    let g = try ModelSource.load(model, batch: batch, seed: seed)
-    try ONNXWriter.write(g, to: URL(fileURLWithPath: out))
-    print("wrote \(out): \(g.nodes.count) nodes, \(g.parameterCount) weight values (BatchNorm statistics included), input \(ModelSource.inputShape(g))")
   }
 }

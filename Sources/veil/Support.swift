@@ -1,0 +1,92 @@
+import ArgumentParser
+import Crypto
+import Foundation
+import Logging
+import ServiceLifecycle
+import VeilData
+import VeilFormats
+import VeilGraph
+import VeilModels
+import VeilPlanning
+import VeilPrivacy
+import VeilServing
+import VeilTEE
+import VeilTensor
+import X509
+
+// Helpers every command shares: model loading, printing, notes, sizes and times.
+
+func readFileBytes(_ path: String, what: String) throws -> [UInt8] {
+  guard let d = FileManager.default.contents(atPath: path) else {
+    throw ValidationError("\(what) '\(path)': no such readable file")
+  }
+  return Array(d)
+}
+
+func pad(_ s: String, _ width: Int) -> String {
+  s.count >= width ? s + " " : s + String(repeating: " ", count: width - s.count)
+}
+
+func bytesText(_ b: Int) -> String {
+  if b >= 1 << 20 { return String(format: "%.1f MiB", Double(b) / 1_048_576) }
+  if b >= 1 << 10 { return String(format: "%.1f KiB", Double(b) / 1024) }
+  return "\(b) B"
+}
+
+func duration(_ s: Double) -> String {
+  guard s.isFinite else { return "?" }
+  let t = Int(s.rounded())
+  return t >= 60 ? "\(t / 60)m\(String(format: "%02d", t % 60))s" : "\(t)s"
+}
+
+/// Writes a JSON document to standard output.
+func printJSON<T: Encodable>(_ value: T) throws {
+  FileHandle.standardOutput.write(try VeilJSON.encoder().encode(value))
+  FileHandle.standardOutput.write("\n".data(using: .utf8)!)
+}
+
+/// Progress and notes go to standard error so that --json output stays clean.
+func note(_ s: String) {
+  FileHandle.standardError.write((s + "\n").data(using: .utf8)!)
+}
+
+/// Peak resident memory of this process so far (Linux ru_maxrss is in KiB).
+func peakResidentBytes() -> Int {
+  var u = rusage()
+  getrusage(__rusage_who_t(RUSAGE_SELF.rawValue), &u)
+  return Int(u.ru_maxrss) * 1024
+}
+
+/// The nearest-rank percentile `p` (0…1) of ascending `sorted` values; 0 for none.
+func percentile(_ sorted: [Double], _ p: Double) -> Double {
+  sorted.isEmpty ? 0 : sorted[min(sorted.count - 1, max(0, Int((p * Double(sorted.count)).rounded(.up)) - 1))]
+}
+
+/// The tail timer an `--accelerator local|HOST:PORT` option names (nil: local).
+func remoteTailTimer(_ accelerator: String, model: String) throws -> (any TailTimer)? {
+  guard accelerator != "local" else { return nil }
+  do {
+    return KServeTailTimer(endpoint: try KServeEndpoint(parsing: accelerator), model: model)
+  } catch {
+    throw ValidationError("--accelerator '\(accelerator)': give local or HOST:PORT of a KServe v2 server (\(error))")
+  }
+}
+
+/// A failure while running (network, a refusal), as opposed to a bad argument: no usage text.
+struct RuntimeFailure: Error, CustomStringConvertible {
+  var description: String
+  init(_ d: String) { description = d }
+}
+
+/// The library's `ModelLoader`, with its errors as the command line shows them.
+enum ModelSource {
+  static func load(_ spec: String, batch: Int = 1, seed: UInt64 = 0) throws -> Graph {
+    do { return try ModelLoader.load(spec, batch: batch, seed: seed) } catch let e as ModelLoadError { throw ValidationError("\(e)") }
+  }
+
+  static func check(_ spec: String) throws {
+    do { try ModelLoader.check(spec) } catch let e as ModelLoadError { throw ValidationError("\(e)") }
+  }
+
+  static func inputShape(_ g: Graph) -> [Int] { ModelLoader.inputShape(g) }
+}
