@@ -32,13 +32,28 @@ def pad_nchw(x, pads):
     return F.pad(x, (left, right, top, bottom)) if any(pads) else x
 
 
+PAD_MODES = {"constant": "constant", "reflect": "reflect", "edge": "replicate"}
+
+
+def torch_pads(pads):
+    """ONNX pads (every axis's begin, then every end) in F.pad's order: last axis first,
+    (begin, end) pairs, down to the first axis that is padded (reflect and replicate pad
+    only trailing axes)."""
+    rank = len(pads) // 2
+    first = next((d for d in range(rank) if pads[d] or pads[rank + d]), rank - 1)
+    out = []
+    for d in range(rank - 1, first - 1, -1):
+        out += [pads[d], pads[rank + d]]
+    return out
+
+
 def apply(op, a, x):
     if op == "conv":
         return F.conv2d(pad_nchw(x[0], a["pads"]), x[1], x[2] if len(x) > 2 else None, stride=a["strides"],
                         dilation=a["dilations"], groups=a["groups"])
     if op == "conv_transpose":
         return F.conv_transpose2d(x[0], x[1], x[2] if len(x) > 2 else None, stride=a["strides"],
-                                  padding=a["padding"])
+                                  padding=a["padding"], groups=a.get("groups", 1))
     if op == "batch_norm":
         mean = torch.tensor(a["running_mean"], dtype=torch.float64)
         var = torch.tensor(a["running_var"], dtype=torch.float64)
@@ -70,6 +85,17 @@ def apply(op, a, x):
         return x[0].reshape(a["shape"])
     if op == "flatten":
         return torch.flatten(x[0], 1)
+    if op == "transpose":
+        return x[0].permute(*a["perm"])
+    if op == "pad":
+        return F.pad(x[0], torch_pads(a["pads"]), mode=PAD_MODES[a["mode"]],
+                     **({"value": a["value"]} if a["mode"] == "constant" else {}))
+    if op == "lrn":
+        return F.local_response_norm(x[0], a["size"], alpha=a["alpha"], beta=a["beta"], k=a["bias"])
+    if op == "sub":
+        return x[0] - x[1]
+    if op == "div":
+        return x[0] / x[1]
     if op == "linear":
         return F.linear(x[0], x[1], x[2])
     if op == "gemm":

@@ -7,18 +7,22 @@ let argDiffDst: Int32 = 145
 let argDiffWeights: Int32 = 161
 let argDiffBias: Int32 = 169
 
-/// A 2-D convolution or transposed convolution for training: forward, backward-data and
-/// backward-weights, all three on oneDNN (the backward primitives are created with the forward
-/// one as their hint, as oneDNN requires). The caller's tensors are plain: NCHW activations,
-/// ONNX weight order ([out, in, kh, kw] for Conv, [in, out, kh, kw] for ConvTranspose), so the
-/// autograd layer never sees a blocked layout. Each primitive, though, picks its own layouts
+/// A 2-D convolution or transposed convolution for training, grouped or not (depthwise ones
+/// in MobileNet and EfficientNet): forward, backward-data and backward-weights, all three on
+/// oneDNN (the backward primitives are created with the forward one as their hint, as oneDNN
+/// requires). The caller's tensors are plain: NCHW activations, ONNX weight order
+/// ([out, in/groups, kh, kw] for Conv, [in, out/groups, kh, kw] for ConvTranspose), so the
+/// autograd layer never sees a blocked layout; with groups, oneDNN reads those weights as 5-D
+/// [groups, out/groups, in/groups, kh, kw]. Each primitive, though, picks its own layouts
 /// (format `any`): with plain ones oneDNN 2.6 falls back to im2col + GEMM ("gemm:jit") for
-/// every pass, while its direct AVX2 kernels on 8-channel blocks run the attacker's layers
-/// faster, reorders to and from the plain tensors included (docs/benchmarks.md). Groups must
-/// be 1 in this first version.
+/// every pass, while its direct AVX2 kernels on 8-channel blocks (and its depthwise kernels)
+/// run the attacker's layers faster, reorders to and from the plain tensors included
+/// (docs/benchmarks.md, docs/training.md).
 ///
-/// One instance serves one set of shapes; `ConvolutionTraining.make` shares instances, and a
-/// lock serialises runs because the memory objects are rebound on every call.
+/// The backward primitives, and the buffers their layouts need, are made on first use: a frozen
+/// network (white-box inversion) never makes the backward-weights ones. One instance serves one
+/// set of shapes; `ConvolutionTraining.make` shares instances, and a lock serialises runs
+/// because the memory objects are rebound on every call.
 public final class ConvolutionTraining: @unchecked Sendable {
   public let spec: ConvolutionSpec
   public let inputDims: [Int]
@@ -26,16 +30,27 @@ public final class ConvolutionTraining: @unchecked Sendable {
   public let outputDims: [Int]
   public let hasBias: Bool
 
-  private let forwardEntry: PrimitiveEntry
-  private let dataEntry: PrimitiveEntry
-  private let weightsEntry: PrimitiveEntry
-  // Each pass's arguments, in the layouts its primitive chose.
-  private let forwardSrc, forwardWeights, forwardDst: ConvArgument
-  private let dataDiffDst, dataWeights, dataDiffSrc: ConvArgument
-  private let weightsSrc, weightsDiffDst, weightsDiffWeights: ConvArgument
+  /// A primitive with its arguments in the layouts it chose.
+  private final class Pass {
+    let entry: PrimitiveEntry
+    let arguments: [ConvArgument]
+    init(_ entry: PrimitiveEntry, _ arguments: [ConvArgument]) {
+      self.entry = entry
+      self.arguments = arguments
+    }
+  }
+
+  private let forwardPass: Pass
+  private var dataPass: Pass?
+  private var weightsPass: Pass?
   private let bias: BoundMemory
   private let engine: Engine
   private let lock = NSLock()
+  // What the backward descriptors are made of: `any` layouts, the caller's plain ones, geometry.
+  private let srcAny, weightsAny, dstAny, biasPlain: dnnl_memory_desc_t
+  private let srcPlain, weightsPlain, dstPlain: Layout
+  private let strides, dilations, padsLeft, padsRight: [Int64]
+  private let what: String
 
   private static let cacheLock = NSLock()
   nonisolated(unsafe) private static var cache: [String: ConvolutionTraining] = [:]
@@ -61,15 +76,16 @@ public final class ConvolutionTraining: @unchecked Sendable {
       throw TensorError.invalidArgument(
         "training convolution: 2-D only; input \(inputDims), weights \(weightShape), output \(outputDims), \(spec)")
     }
-    guard spec.groups == 1 else {
-      throw TensorError.unsupported("training convolution with groups = \(spec.groups) (only 1 so far)")
+    let (ic, oc, g) = (inputDims[1], outputDims[1], spec.groups)
+    guard g >= 1, ic % g == 0, oc % g == 0 else {
+      throw TensorError.invalidArgument(
+        "training convolution: groups \(g) must divide the input (\(ic)) and output (\(oc)) channels")
     }
-    let (ic, oc) = (inputDims[1], outputDims[1])
-    let expected = spec.transposed ? [ic, oc] : [oc, ic]
+    let expected = spec.transposed ? [ic, oc / g] : [oc, ic / g]
     guard Array(weightShape.prefix(2)) == expected else {
       throw TensorError.shapeMismatch(
         what: spec.transposed ? "ConvTranspose weights" : "Conv weights",
-        expected: "\(expected) + kernel for input \(inputDims) and output \(outputDims)", found: "\(weightShape)")
+        expected: "\(expected) + kernel for input \(inputDims), output \(outputDims) and groups \(g)", found: "\(weightShape)")
     }
     self.spec = spec
     self.inputDims = inputDims
@@ -80,85 +96,115 @@ public final class ConvolutionTraining: @unchecked Sendable {
     self.engine = engine
 
     func i64(_ a: [Int]) -> [Int64] { a.map { Int64($0) } }
-    // oneDNN's logical weight dims are [oc, ic, kh, kw] for both; ConvTranspose's ONNX order
-    // [ic, oc, kh, kw] is the permuted tag bacd over them.
-    let wdims = [oc, ic] + Array(weightShape.dropFirst(2))
-    let srcPlain = Layout.plain(inputDims)
-    let dstPlain = Layout.plain(outputDims)
+    // oneDNN's logical weight dims are [g,] oc/g, ic/g, kh, kw for both; ConvTranspose's ONNX
+    // order puts in/g before out/g, the permuted tag (b)acd over them.
+    let kernel = Array(weightShape.dropFirst(2))
+    let wdims = (g > 1 ? [g] : []) + [oc / g, ic / g] + kernel
+    let tag = g > 1 ? (spec.transposed ? dnnl_acbde : dnnl_abcde) : (spec.transposed ? dnnl_bacd : dnnl_abcd)
     var weiPlainMd = dnnl_memory_desc_t()
     let wd = i64(wdims)
-    _ = wd.withUnsafeBufferPointer { veil_md_tag(&weiPlainMd, 4, $0.baseAddress, spec.transposed ? dnnl_bacd : dnnl_abcd) }
-    let weiPlain = Layout(md: weiPlainMd)
-    var srcMd = Layout.any(inputDims)
-    var dstMd = Layout.any(outputDims)
-    var weiMd = Layout.any(wdims)
-    var biasMd = Layout.plain([oc]).md
-    let strides = i64(spec.strides)
-    let dil = i64(spec.dilations.map { $0 - 1 })
-    let pl = i64(spec.padsBegin)
-    let pr = i64(spec.padsEnd)
+    _ = wd.withUnsafeBufferPointer { veil_md_tag(&weiPlainMd, Int32(wdims.count), $0.baseAddress, tag) }
+    srcPlain = Layout.plain(inputDims)
+    dstPlain = Layout.plain(outputDims)
+    weightsPlain = Layout(md: weiPlainMd)
+    srcAny = Layout.any(inputDims)
+    dstAny = Layout.any(outputDims)
+    weightsAny = Layout.any(wdims)
+    biasPlain = Layout.plain([oc]).md
+    let (st, dil, pl, pr) = (i64(spec.strides), i64(spec.dilations.map { $0 - 1 }), i64(spec.padsBegin), i64(spec.padsEnd))
     let what = "\(spec.transposed ? "ConvTranspose" : "Conv") input \(inputDims), weights \(weightShape), output \(outputDims), \(spec)"
+    (strides, dilations, padsLeft, padsRight, self.what) = (st, dil, pl, pr, what)
+    bias = try BoundMemory(Layout(md: biasPlain), engine: engine.engine)
 
-    func create(_ desc: inout dnnl_convolution_desc_t, hint: dnnl_primitive_desc_t?, _ op: String) throws -> PrimitiveEntry {
-      var pd: dnnl_primitive_desc_t?
-      try check(dnnl_primitive_desc_create(&pd, &desc, nil, engine.engine, hint), op, detail: what)
-      return try PrimitiveEntry(pd: pd!, operation: op)
-    }
-
-    var fdesc = dnnl_convolution_desc_t()
+    var (src, wei, dst, b) = (srcAny, weightsAny, dstAny, biasPlain)
+    var desc = dnnl_convolution_desc_t()
     try check(
-      withOptionalPointer(hasBias, &biasMd) { bp in
+      withOptionalPointer(hasBias, &b) { bp in
         spec.transposed
           ? dnnl_dilated_deconvolution_forward_desc_init(
-            &fdesc, dnnl_forward_training, dnnl_deconvolution_direct, &srcMd, &weiMd, bp, &dstMd, strides, dil, pl, pr)
+            &desc, dnnl_forward_training, dnnl_deconvolution_direct, &src, &wei, bp, &dst, st, dil, pl, pr)
           : dnnl_dilated_convolution_forward_desc_init(
-            &fdesc, dnnl_forward_training, dnnl_convolution_direct, &srcMd, &weiMd, bp, &dstMd, strides, dil, pl, pr)
+            &desc, dnnl_forward_training, dnnl_convolution_direct, &src, &wei, bp, &dst, st, dil, pl, pr)
       }, "training convolution forward descriptor", detail: what)
-    forwardEntry = try create(&fdesc, hint: nil, "training convolution forward")
+    let entry = try Self.create(&desc, hint: nil, engine: engine, "training convolution forward", detail: what)
+    forwardPass = Pass(
+      entry,
+      [
+        try ConvArgument(plain: srcPlain, chosen: Layout(md: entry.md(dnnl_query_src_md)), output: false, engine: engine),
+        try ConvArgument(plain: weightsPlain, chosen: Layout(md: entry.md(dnnl_query_weights_md)), output: false, engine: engine),
+        try ConvArgument(plain: dstPlain, chosen: Layout(md: entry.md(dnnl_query_dst_md)), output: true, engine: engine),
+      ])
+  }
 
-    var ddesc = dnnl_convolution_desc_t()
+  private static func create(
+    _ desc: inout dnnl_convolution_desc_t, hint: dnnl_primitive_desc_t?, engine: Engine, _ op: String, detail: String
+  ) throws -> PrimitiveEntry {
+    var pd: dnnl_primitive_desc_t?
+    try check(dnnl_primitive_desc_create(&pd, &desc, nil, engine.engine, hint), op, detail: detail)
+    guard let pd else { throw TensorError.backend(operation: op, status: -1, detail: "no primitive descriptor for \(detail)") }
+    return try PrimitiveEntry(pd: pd, operation: op)
+  }
+
+  /// The backward-data pass, made on first use (under `lock`).
+  private func backwardDataPass() throws -> Pass {
+    if let dataPass { return dataPass }
+    var (src, wei, dst) = (srcAny, weightsAny, dstAny)
+    var desc = dnnl_convolution_desc_t()
     try check(
       spec.transposed
         ? dnnl_dilated_deconvolution_backward_data_desc_init(
-          &ddesc, dnnl_deconvolution_direct, &srcMd, &weiMd, &dstMd, strides, dil, pl, pr)
+          &desc, dnnl_deconvolution_direct, &src, &wei, &dst, strides, dilations, padsLeft, padsRight)
         : dnnl_dilated_convolution_backward_data_desc_init(
-          &ddesc, dnnl_convolution_direct, &srcMd, &weiMd, &dstMd, strides, dil, pl, pr),
+          &desc, dnnl_convolution_direct, &src, &wei, &dst, strides, dilations, padsLeft, padsRight),
       "convolution backward-data descriptor", detail: what)
-    dataEntry = try create(&ddesc, hint: forwardEntry.pd, "convolution backward-data")
-
-    var wdesc = dnnl_convolution_desc_t()
-    try check(
-      withOptionalPointer(hasBias, &biasMd) { bp in
-        spec.transposed
-          ? dnnl_dilated_deconvolution_backward_weights_desc_init(
-            &wdesc, dnnl_deconvolution_direct, &srcMd, &weiMd, bp, &dstMd, strides, dil, pl, pr)
-          : dnnl_dilated_convolution_backward_weights_desc_init(
-            &wdesc, dnnl_convolution_direct, &srcMd, &weiMd, bp, &dstMd, strides, dil, pl, pr)
-      }, "convolution backward-weights descriptor", detail: what)
-    weightsEntry = try create(&wdesc, hint: forwardEntry.pd, "convolution backward-weights")
-
-    func argument(_ plain: Layout, _ entry: PrimitiveEntry, _ query: dnnl_query_t, output: Bool) throws -> ConvArgument {
-      try ConvArgument(plain: plain, chosen: Layout(md: entry.md(query)), output: output, engine: engine)
-    }
-    forwardSrc = try argument(srcPlain, forwardEntry, dnnl_query_src_md, output: false)
-    forwardWeights = try argument(weiPlain, forwardEntry, dnnl_query_weights_md, output: false)
-    forwardDst = try argument(dstPlain, forwardEntry, dnnl_query_dst_md, output: true)
-    dataDiffDst = try argument(dstPlain, dataEntry, dnnl_query_diff_dst_md, output: false)
-    dataWeights = try argument(weiPlain, dataEntry, dnnl_query_weights_md, output: false)
-    dataDiffSrc = try argument(srcPlain, dataEntry, dnnl_query_diff_src_md, output: true)
-    weightsSrc = try argument(srcPlain, weightsEntry, dnnl_query_src_md, output: false)
-    weightsDiffDst = try argument(dstPlain, weightsEntry, dnnl_query_diff_dst_md, output: false)
-    weightsDiffWeights = try argument(weiPlain, weightsEntry, dnnl_query_diff_weights_md, output: true)
-    bias = try BoundMemory(Layout(md: biasMd), engine: engine.engine)
+    let entry = try Self.create(&desc, hint: forwardPass.entry.pd, engine: engine, "convolution backward-data", detail: what)
+    let pass = Pass(
+      entry,
+      [
+        try ConvArgument(plain: dstPlain, chosen: Layout(md: entry.md(dnnl_query_diff_dst_md)), output: false, engine: engine),
+        try ConvArgument(plain: weightsPlain, chosen: Layout(md: entry.md(dnnl_query_weights_md)), output: false, engine: engine),
+        try ConvArgument(plain: srcPlain, chosen: Layout(md: entry.md(dnnl_query_diff_src_md)), output: true, engine: engine),
+      ])
+    dataPass = pass
+    return pass
   }
 
-  /// Binds the caller's tensors, reorders the inputs into the primitive's layouts, runs it and
-  /// reorders its outputs back; `plainArgs` (bias) are bound as they are.
+  /// The backward-weights pass, made on first use (under `lock`).
+  private func backwardWeightsPass() throws -> Pass {
+    if let weightsPass { return weightsPass }
+    var (src, wei, dst, b) = (srcAny, weightsAny, dstAny, biasPlain)
+    var desc = dnnl_convolution_desc_t()
+    try check(
+      withOptionalPointer(hasBias, &b) { bp in
+        spec.transposed
+          ? dnnl_dilated_deconvolution_backward_weights_desc_init(
+            &desc, dnnl_deconvolution_direct, &src, &wei, bp, &dst, strides, dilations, padsLeft, padsRight)
+          : dnnl_dilated_convolution_backward_weights_desc_init(
+            &desc, dnnl_convolution_direct, &src, &wei, bp, &dst, strides, dilations, padsLeft, padsRight)
+      }, "convolution backward-weights descriptor", detail: what)
+    let entry = try Self.create(&desc, hint: forwardPass.entry.pd, engine: engine, "convolution backward-weights", detail: what)
+    let pass = Pass(
+      entry,
+      [
+        try ConvArgument(plain: srcPlain, chosen: Layout(md: entry.md(dnnl_query_src_md)), output: false, engine: engine),
+        try ConvArgument(plain: dstPlain, chosen: Layout(md: entry.md(dnnl_query_diff_dst_md)), output: false, engine: engine),
+        try ConvArgument(
+          plain: weightsPlain, chosen: Layout(md: entry.md(dnnl_query_diff_weights_md)), output: true, engine: engine),
+      ])
+    weightsPass = pass
+    return pass
+  }
+
+  /// Binds the caller's tensors to the pass's arguments (in order), reorders the inputs into
+  /// the primitive's layouts, runs it and reorders its outputs back; `plainArgs` (bias) are
+  /// bound as they are.
   private func execute(
-    _ entry: PrimitiveEntry, _ bindings: [(Int32, ConvArgument, UnsafeMutableRawPointer)],
+    _ pass: Pass, _ slots: [Int32], _ tensors: [Tensor],
     plain plainArgs: [(Int32, BoundMemory, UnsafeMutableRawPointer)] = [], _ op: String
   ) throws {
-    for (_, a, p) in bindings { try check(dnnl_memory_set_data_handle(a.plain.memory, p), "\(op): binding memory") }
+    for (a, t) in zip(pass.arguments, tensors) {
+      try check(dnnl_memory_set_data_handle(a.plain.memory, UnsafeMutableRawPointer(t.storage.pointer)), "\(op): binding memory")
+    }
     for (_, m, p) in plainArgs { try check(dnnl_memory_set_data_handle(m.memory, p), "\(op): binding memory") }
     func run(_ primitive: dnnl_primitive_t, _ args: [dnnl_exec_arg_t]) throws {
       let status = args.withUnsafeBufferPointer {
@@ -166,27 +212,27 @@ public final class ConvolutionTraining: @unchecked Sendable {
       }
       try check(status, op)
     }
-    for (_, a, _) in bindings where !a.output {
+    for a in pass.arguments where !a.output {
       if let r = a.reorder, let b = a.blocked {
         try run(r.primitive, [dnnl_exec_arg_t(arg: argSrc, memory: a.plain.memory), dnnl_exec_arg_t(arg: argDst, memory: b.memory)])
       }
     }
     try run(
-      entry.primitive,
-      bindings.map { dnnl_exec_arg_t(arg: $0.0, memory: $0.1.memory) } + plainArgs.map { dnnl_exec_arg_t(arg: $0.0, memory: $0.1.memory) })
-    for (_, a, _) in bindings where a.output {
+      pass.entry.primitive,
+      zip(slots, pass.arguments).map { dnnl_exec_arg_t(arg: $0, memory: $1.memory) }
+        + plainArgs.map { dnnl_exec_arg_t(arg: $0.0, memory: $0.1.memory) })
+    for a in pass.arguments where a.output {
       if let r = a.reorder, let b = a.blocked {
         try run(r.primitive, [dnnl_exec_arg_t(arg: argSrc, memory: b.memory), dnnl_exec_arg_t(arg: argDst, memory: a.plain.memory)])
       }
     }
     engine.wait()
+    withExtendedLifetime(tensors) {}
   }
 
   private func checkShape(_ t: Tensor, _ shape: [Int], _ what: String) throws {
     guard t.shape == shape else { throw TensorError.shapeMismatch(what: what, expected: "\(shape)", found: "\(t.shape)") }
   }
-
-  private func raw(_ t: Tensor) -> UnsafeMutableRawPointer { UnsafeMutableRawPointer(t.storage.pointer) }
 
   /// y = conv(x, W) + b.
   public func forward(input: Tensor, weights w: Tensor, bias b: Tensor?) throws -> Tensor {
@@ -197,8 +243,10 @@ public final class ConvolutionTraining: @unchecked Sendable {
     lock.lock()
     defer { lock.unlock() }
     try execute(
-      forwardEntry, [(argSrc, forwardSrc, raw(input)), (argWeights, forwardWeights, raw(w)), (argDst, forwardDst, raw(out))],
-      plain: hasBias ? b.map { [(argBias, bias, raw($0))] } ?? [] : [], "convolution forward")
+      forwardPass, [argSrc, argWeights, argDst], [input, w, out],
+      plain: hasBias ? b.map { [(argBias, bias, UnsafeMutableRawPointer($0.storage.pointer))] } ?? [] : [],
+      "convolution forward")
+    withExtendedLifetime(b) {}
     return out
   }
 
@@ -209,9 +257,7 @@ public final class ConvolutionTraining: @unchecked Sendable {
     let dx = Tensor(uninitialized: inputDims)
     lock.lock()
     defer { lock.unlock() }
-    try execute(
-      dataEntry, [(argDiffDst, dataDiffDst, raw(dy)), (argWeights, dataWeights, raw(w)), (argDiffSrc, dataDiffSrc, raw(dx))],
-      "convolution backward-data")
+    try execute(try backwardDataPass(), [argDiffDst, argWeights, argDiffSrc], [dy, w, dx], "convolution backward-data")
     return dx
   }
 
@@ -224,10 +270,16 @@ public final class ConvolutionTraining: @unchecked Sendable {
     lock.lock()
     defer { lock.unlock() }
     try execute(
-      weightsEntry,
-      [(argSrc, weightsSrc, raw(input)), (argDiffDst, weightsDiffDst, raw(dy)), (argDiffWeights, weightsDiffWeights, raw(dw))],
-      plain: db.map { [(argDiffBias, bias, raw($0))] } ?? [], "convolution backward-weights")
+      try backwardWeightsPass(), [argSrc, argDiffDst, argDiffWeights], [input, dy, dw],
+      plain: db.map { [(argDiffBias, bias, UnsafeMutableRawPointer($0.storage.pointer))] } ?? [], "convolution backward-weights")
     return (dw, db)
+  }
+
+  /// Whether the backward passes have been made (a frozen network makes only backward-data).
+  public var madePasses: (backwardData: Bool, backwardWeights: Bool) {
+    lock.lock()
+    defer { lock.unlock() }
+    return (dataPass != nil, weightsPass != nil)
   }
 }
 
@@ -256,10 +308,12 @@ private final class ConvArgument: @unchecked Sendable {
     var from = output ? chosen.md : layout.md
     var to = output ? layout.md : chosen.md
     var pd: dnnl_primitive_desc_t?
+    let detail = "\(Layout(md: from)) → \(Layout(md: to))"
     try check(
       dnnl_reorder_primitive_desc_create(&pd, &from, engine.engine, &to, engine.engine, nil), "training convolution reorder",
-      detail: "\(Layout(md: from)) → \(Layout(md: to))")
-    reorder = try PrimitiveEntry(pd: pd!, operation: "reorder")
+      detail: detail)
+    guard let pd else { throw TensorError.backend(operation: "training convolution reorder", status: -1, detail: detail) }
+    reorder = try PrimitiveEntry(pd: pd, operation: "reorder")
   }
 
   /// The memory the primitive reads or writes.

@@ -311,5 +311,36 @@ final class GradientCheckTests: XCTestCase {
     let w2 = leaf([6, 2, 3, 3], seed: 45)
     let two = ConvolutionSpec(strides: [1, 1], dilations: [1, 1], padsBegin: [1, 1], padsEnd: [1, 1], groups: 2)
     try check("Conv groups 2", [x, w2]) { try convolution(x, w2, nil, two) }
+    // EfficientNet-Lite's TensorFlow "SAME" padding: asymmetric on a stride-2 depthwise conv.
+    let w5 = leaf([4, 1, 5, 5], seed: 51)
+    let same = ConvolutionSpec(strides: [2, 2], dilations: [1, 1], padsBegin: [1, 1], padsEnd: [2, 2], groups: 4)
+    try check("Conv depthwise 5x5 s2 asymmetric pads", [x, w5, b]) { try convolution(x, w5, b, same) }
+    let dilated = ConvolutionSpec(strides: [1, 1], dilations: [2, 2], padsBegin: [2, 2], padsEnd: [2, 2], groups: 4)
+    try check("Conv depthwise 3x3 dilated 2", [x, depthwise]) { try convolution(x, depthwise, nil, dilated) }
+    // ConvTranspose weights [in, out/groups, kh, kw]: 4 → 6 channels in 2 groups.
+    let wt = leaf([4, 3, 4, 4], seed: 52)
+    let bt = leaf([6], seed: 53)
+    let up = ConvolutionSpec(strides: [2, 2], dilations: [1, 1], padsBegin: [1, 1], padsEnd: [1, 1], groups: 2, transposed: true)
+    XCTAssertEqual(try convolution(x, wt, bt, up).shape, [2, 6, 10, 12])
+    try check("ConvTranspose groups 2", [x, wt, bt]) { try convolution(x, wt, bt, up) }
+  }
+
+  /// A convolution whose weights want no gradient makes only oneDNN's backward-data pass.
+  func testFrozenConvolutionRunsNoWeightPass() throws {
+    // Shapes no other test uses, so the shared primitive is this test's own.
+    let x = leaf([1, 5, 9, 7], seed: 54)
+    let spec = ConvolutionSpec(strides: [1, 1], dilations: [1, 1], padsBegin: [1, 1], padsEnd: [1, 1], groups: 5)
+    let w = Variable(random([5, 1, 3, 3], seed: 55))
+    let b = Variable(random([5], seed: 56))
+    try convolution(x, w, b, spec).backward()
+    XCTAssertNotNil(x.grad)
+    let kernel = try ConvolutionTraining.make(spec, inputDims: [1, 5, 9, 7], weightShape: [5, 1, 3, 3], outputDims: [1, 5, 9, 7], hasBias: true)
+    XCTAssertTrue(kernel.madePasses.backwardData)
+    XCTAssertFalse(kernel.madePasses.backwardWeights, "frozen weights made a backward-weights primitive")
+    let trainable = Variable(w.value, requiresGrad: true)
+    try convolution(x, trainable, b, spec).backward()
+    XCTAssertTrue(kernel.madePasses.backwardWeights)
+    XCTAssertNotNil(trainable.grad)
+    XCTAssertNil(b.grad)
   }
 }

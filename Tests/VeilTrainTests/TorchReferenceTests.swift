@@ -48,7 +48,7 @@ final class TorchReferenceTests: XCTestCase {
   }
 
   func buildCases() throws {
-    // Convolutions (oneDNN forward and backward primitives; grouped ones on loops).
+    // Convolutions (oneDNN forward and backward primitives, grouped ones included).
     let x = leaf([2, 3, 7, 6])
     let w = leaf([4, 3, 3, 3])
     let b = leaf([4])
@@ -66,6 +66,17 @@ final class TorchReferenceTests: XCTestCase {
     let depthwise = ConvolutionSpec(strides: [2, 2], dilations: [1, 1], padsBegin: [1, 1], padsEnd: [1, 1], groups: 4)
     try record("conv_depthwise", "conv", [xg, dw, b], attrs: ["strides": [2, 2], "dilations": [1, 1], "groups": 4, "pads": [1, 1, 1, 1]]) {
       try convolution(xg, dw, b, depthwise)
+    }
+    let same = ConvolutionSpec(strides: [2, 2], dilations: [1, 1], padsBegin: [1, 1], padsEnd: [2, 2], groups: 4)
+    let dw5 = leaf([4, 1, 5, 5])
+    try record("conv_depthwise_5x5_same", "conv", [xg, dw5], attrs: ["strides": [2, 2], "dilations": [1, 1], "groups": 4, "pads": [1, 1, 2, 2]]) {
+      try convolution(xg, dw5, nil, same)
+    }
+    let wg = leaf([4, 3, 3, 3])
+    let bg = leaf([6])
+    let groupedUp = ConvolutionSpec(strides: [2, 2], dilations: [1, 1], padsBegin: [1, 1], padsEnd: [1, 1], groups: 2, transposed: true)
+    try record("conv_transpose_grouped", "conv_transpose", [xg, wg, bg], attrs: ["strides": [2, 2], "padding": [1, 1], "groups": 2]) {
+      try convolution(xg, wg, bg, groupedUp)
     }
     let xt = leaf([2, 3, 4, 5])
     let wt = leaf([3, 2, 4, 4])
@@ -120,6 +131,27 @@ final class TorchReferenceTests: XCTestCase {
     try record("concat_channels", "concat", [big, other], attrs: ["axis": 1]) { try concat([big, other], axis: 1) }
     try record("reshape", "reshape", [big], attrs: ["shape": [3, -1, 2]]) { try reshape(big, [3, -1, 2]) }
     try record("flatten", "flatten", [big]) { try flatten(big) }
+    try record("transpose_nhwc", "transpose", [big], attrs: ["perm": [0, 2, 3, 1]]) { try transpose(big, [0, 2, 3, 1]) }
+    try record("transpose_3102", "transpose", [big], attrs: ["perm": [3, 1, 0, 2]]) { try transpose(big, [3, 1, 0, 2]) }
+    for (mode, veil) in [("constant", PadMode.constant), ("reflect", .reflect), ("edge", .edge)] {
+      let pads = [0, 0, 1, 3, 0, 0, 2, 1]
+      try record("pad_\(mode)", "pad", [big], attrs: ["pads": pads, "mode": mode, "value": 0.5]) {
+        try pad(big, pads: pads, mode: veil, value: 0.5)
+      }
+    }
+    try record("pad_constant_crop", "pad", [big], attrs: ["pads": [0, 1, -1, 0, 0, 0, 1, -2], "mode": "constant", "value": 0.0]) {
+      try pad(big, pads: [0, 1, -1, 0, 0, 0, 1, -2], mode: .constant)
+    }
+    let lrnInput = leaf([2, 7, 3, 2])
+    try record("lrn_5", "lrn", [lrnInput], attrs: ["size": 5, "alpha": 0.5, "beta": 0.75, "bias": 1.0]) {
+      try localResponseNormalization(lrnInput, size: 5, alpha: 0.5, beta: 0.75, bias: 1)
+    }
+    try record("lrn_3", "lrn", [lrnInput], attrs: ["size": 3, "alpha": 1e-2, "beta": 0.6, "bias": 2.0]) {
+      try localResponseNormalization(lrnInput, size: 3, alpha: 1e-2, beta: 0.6, bias: 2)
+    }
+    let divisor = Variable(Kernels.map(leaf([1, 3, 1, 1]).value) { $0 >= 0 ? $0 + 0.5 : $0 - 0.5 }, requiresGrad: true)
+    try record("sub_broadcast", "sub", [perChannel, big]) { try sub(perChannel, big) }
+    try record("div_broadcast", "div", [big, divisor]) { try div(big, divisor) }
     // Gemm, Linear, MatMul.
     let m = leaf([3, 5])
     let mt = leaf([5, 3])
