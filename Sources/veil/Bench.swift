@@ -18,6 +18,10 @@ struct Bench: ParsableCommand {
       --input-gradient times what a white-box inversion attack runs instead of inference: the
       forward on the autograd tape with every weight frozen, then the backward pass for the
       gradient with respect to the input only (no weight gradients), each timed on its own.
+
+      Like every Veil process, the benchmark's kernel threads wait passively between parallel
+      regions, so a busy machine does not make them spin against other processes;
+      --spin-wait lets them spin (OpenMP's active waiting), the best case on a quiet machine.
       """)
 
   @Option(help: "A zoo model name (see `veil models`) or a model file.")
@@ -38,6 +42,8 @@ struct Bench: ParsableCommand {
   var imageSize: Int?
   @Flag(help: "Time forward + backward for ∂/∂input on the autograd tape, weights frozen, instead of inference.")
   var inputGradient = false
+  @Flag(help: "Let the kernel threads spin between parallel regions (OpenMP active waiting): the best case on a quiet machine; every Veil process waits passively otherwise.")
+  var spinWait = false
   @OptionGroup var engine: EngineOptions
 
   struct Latency: Encodable {

@@ -24,6 +24,41 @@ struct Veil: AsyncParsableCommand {
       Attack.self, Privacy.self, AttackBench.self, Accelerator.self, Demo.self,
     ]
   )
+
+  static func main() async {
+    ThreadWaiting.apply(arguments: CommandLine.arguments)
+    do {
+      var command = try parseAsRoot()
+      if var async = command as? AsyncParsableCommand {
+        try await async.run()
+      } else {
+        try command.run()
+      }
+    } catch {
+      exit(withError: error)
+    }
+  }
+}
+
+/// How oneDNN's OpenMP threads wait between parallel regions. By default they spin (active
+/// waiting), which burns the cores every other process on a shared machine needs: with two
+/// busy neighbours a two-thread step ran 1.5–65× slower than on one thread (docs/training.md).
+/// Veil's processes wait passively instead, whatever the environment says; `veil bench
+/// --spin-wait` keeps the spinning best case for a quiet machine. libgomp reads the setting once,
+/// when it is loaded (before `main`), so the process sets it and executes itself again; the
+/// marker variable stops a second round.
+enum ThreadWaiting {
+  static let marker = "VEIL_THREAD_WAITING"
+
+  static func apply(arguments: [String]) {
+    let policy = arguments.contains("--spin-wait") ? "ACTIVE" : "PASSIVE"
+    let env = ProcessInfo.processInfo.environment
+    guard env[marker] != policy else { return }
+    setenv("OMP_WAIT_POLICY", policy, 1)
+    setenv(marker, policy, 1)
+    // On failure the process goes on as it is: correct, only worse on a busy machine.
+    execv("/proc/self/exe", CommandLine.unsafeArgv)
+  }
 }
 
 /// Options every command that computes shares.
