@@ -6,15 +6,13 @@ import VeilPrivacy
 public typealias PlanBudget = PrivacyBudget
 
 extension PrivacyBudget {
-  /// How many cuts the search attacks on `cutCount` cuts, at most: quick and standard bisect
-  /// for the earliest private cut and check its neighbours (standard also both neighbours of
-  /// every bisection step, so a curve that is not monotone near the choice is seen); thorough
-  /// evaluates every cut.
+  /// How many cuts the search evaluates on `cutCount` cuts, about: quick and standard bisect
+  /// for the earliest private cut and evaluate its neighbours (they differ in how hard each cut
+  /// is attacked, not in where); thorough evaluates every cut.
   public func cutsExpected(cutCount: Int) -> Int {
     let bisection = Int(ceil(log2(Double(max(cutCount, 2))))) + 1
     switch self {
-    case .quick: return min(cutCount, bisection + 2)
-    case .standard: return min(cutCount, bisection * 3)
+    case .quick, .standard: return min(cutCount, bisection + 2)
     case .thorough: return cutCount
     }
   }
@@ -74,10 +72,6 @@ public struct CutSearch {
       guard try passes(hi) else { return outcome() }
       while lo < hi {
         let mid = (lo + hi) / 2
-        if budget == .standard {
-          if mid > low { _ = try passes(mid - 1) }
-          if mid + 1 < cutCount { _ = try passes(mid + 1) }
-        }
         if try passes(mid) { hi = mid } else { lo = mid + 1 }
       }
       let candidate = lo
