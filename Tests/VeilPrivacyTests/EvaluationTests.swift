@@ -1,5 +1,6 @@
 import Foundation
 import VeilData
+import VeilFormats
 import VeilGraph
 import VeilPrivacy
 import VeilTensor
@@ -225,6 +226,46 @@ final class EvaluationTests: XCTestCase {
     var still = StoppingState()
     for (e, v) in [0.5, 0.4, 0.3].enumerated() { _ = still.record(epoch: e + 1, loss: 1, validation: v, patience: 2) }
     XCTAssertFalse(still.converged)
+  }
+
+  /// A verdict stops once a measure leaks beyond doubt (the inverse network is not trained at a
+  /// cut the optimisation has already shown to leak), says under what it holds, and a rerun
+  /// reuses the finished attacks.
+  func testVerdictStopsEarlyOnACertainLeakAndResumes() throws {
+    let g = AttackTests.tinyModel()
+    var settings = EvaluationSettings(threatModel: .whiteBox, budget: .quick, imageSize: 32)
+    settings.config = AttackTests.config()
+    settings.config.optimisationSteps = 150
+    settings.config.tvWeights = [0.1, 1]
+    settings.config.testFraction = 0.5
+    let out = temp("verdict")
+    defer { try? FileManager.default.removeItem(at: out) }
+    // The registry photos (make assets): 18 held out, enough for the bound to be sure.
+    let photos = try PrivacyEvaluation.photoFiles(AttackImages.registryPhotosFolder)
+    XCTAssertGreaterThanOrEqual(photos.count, 30)
+    let evaluation = PrivacyEvaluation(
+      model: g, modelName: "tiny", preprocessing: AttackTests.unit, files: photos, source: "registry photos", settings: settings,
+      measures: .pixels, outDir: out, cacheDirectory: nil)
+    var events = 0
+    let v = try evaluation.evaluate(cut: try g.attackCut(named: "pool1"), index: 0) { _, _, _ in events += 1 }
+    XCTAssertEqual(v.status, .leaks, v.statement)
+    XCTAssertTrue(v.stoppedEarly)
+    XCTAssertEqual(v.attacks.map(\.attacker), [.optimisation])
+    XCTAssertEqual(v.measure("ssim")?.worstAttacker, .optimisation)
+    XCTAssertNil(v.measure("psnr")?.status, "PSNR has no threshold: reported only")
+    for needle in ["pool1: leaks", "white-box threat model", "white-box optimisation", "held-out photos per seed", "stopped once a leak was certain"] {
+      XCTAssertTrue(v.statement.contains(needle), "\(needle) not in: \(v.statement)")
+    }
+    XCTAssertGreaterThan(events, 0)
+    // The verdict survives JSON (infinite bounds as strings) and a rerun trains nothing.
+    let back = try VeilJSON.decoder().decode(CutVerdict.self, from: VeilJSON.encoder().encode(v))
+    XCTAssertEqual(back, v)
+    var rerunEvents: [String] = []
+    let again = try evaluation.evaluate(cut: try g.attackCut(named: "pool1"), index: 0) { _, _, e in
+      if case .message(let m) = e { rerunEvents.append(m) }
+    }
+    XCTAssertEqual(again.measures, v.measures)
+    XCTAssertTrue(rerunEvents.contains { $0.hasPrefix("done before") }, "\(rerunEvents)")
   }
 
   // MARK: - Measures
