@@ -19,13 +19,15 @@ struct Demo: AsyncParsableCommand {
          assets` fetches them, with checksums).
       2. Plans the model (`veil plan` with the quick budget and the sgx1 TEE cost model: the TEE
          times are MODELED, there is no TEE here) on the registry photos: runtime per cut, the
-         c-GAN attacker on the cuts the search needs, the chosen cut, report.html.
+         white-box verdict on the cuts the search needs (the optimisation through the head and
+         the inverse network, one seed), the chosen cut, report.html.
       3. Starts `veil accelerator serve` (the tail, KServe v2 over gRPC) and `veil enclave serve`
          (the head, SIMULATED evidence) as separate processes on loopback.
       4. Sends each demo photo from a client through the attested, encrypted channel and prints
          its top-3 classes next to those of the plain (non-private) whole model.
-      The quick budget trains each attacker briefly: a weak attacker makes cuts look more
-      private than they are; plan with --budget standard or thorough before relying on a cut.
+      The quick budget is a first pass (two of the three white-box attackers, one seed, short
+      training), and the report's first line says so: plan with --budget standard (the default
+      of `veil plan`) or thorough before relying on a cut.
       """)
 
   @Option(help: "Folder for the plan and the services' logs (default: <cache>/demo, beside the asset cache).")
