@@ -120,6 +120,59 @@ public struct AttackConfig: Codable, Sendable, Equatable {
 
   public init() {}
 
+  /// The options that decide what `attacker` does, the others at their defaults: two attacks
+  /// whose relevant options agree are the same attack (a finished one is reused, a checkpoint
+  /// resumed), whatever the options of the other attackers say.
+  public var relevant: AttackConfig {
+    let defaults = AttackConfig()
+    var c = self
+    switch attacker {
+    case .cgan, .inverse:
+      c.optimisationSteps = defaults.optimisationSteps
+      c.optimisationLearningRate = defaults.optimisationLearningRate
+      c.tvWeight = defaults.tvWeight
+      c.tvBeta = defaults.tvBeta
+      c.restarts = defaults.restarts
+      c.optimisationBatch = defaults.optimisationBatch
+      c.optimisationCropsPerPhoto = defaults.optimisationCropsPerPhoto
+      c.calibrationImages = defaults.calibrationImages
+      c.tvWeights = defaults.tvWeights
+      c.substituteWidth = defaults.substituteWidth
+      if attacker == .inverse {
+        c.lambda = defaults.lambda
+        c.discriminatorWidth = defaults.discriminatorWidth
+        c.discriminatorFeatureChannels = defaults.discriminatorFeatureChannels
+      } else {
+        c.loss = defaults.loss
+      }
+    case .optimisation:
+      // It learns nothing: its own photos are read whole, for calibration only.
+      c.epochs = defaults.epochs
+      c.patience = defaults.patience
+      c.batch = defaults.batch
+      c.learningRate = defaults.learningRate
+      c.beta1 = defaults.beta1
+      c.lambda = defaults.lambda
+      c.loss = defaults.loss
+      c.generatorWidth = defaults.generatorWidth
+      c.generatorDepth = defaults.generatorDepth
+      c.discriminatorWidth = defaults.discriminatorWidth
+      c.discriminatorFeatureChannels = defaults.discriminatorFeatureChannels
+      c.trainCropsPerPhoto = defaults.trainCropsPerPhoto
+      c.validationFraction = defaults.validationFraction
+      c.substituteWidth = defaults.substituteWidth
+    case .substitute:
+      c.lambda = defaults.lambda
+      c.loss = defaults.loss
+      c.generatorWidth = defaults.generatorWidth
+      c.generatorDepth = defaults.generatorDepth
+      c.discriminatorWidth = defaults.discriminatorWidth
+      c.discriminatorFeatureChannels = defaults.discriminatorFeatureChannels
+    }
+    c.gridImages = defaults.gridImages
+    return c
+  }
+
   /// Checks ranges before any work, naming the option to change.
   public func validate() throws {
     func bad(_ s: String) -> PrivacyError { .invalidConfig(s) }

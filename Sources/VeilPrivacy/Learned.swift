@@ -12,10 +12,13 @@ struct AttackIdentity: Codable, Equatable {
   var featureShape: [Int]
   var config: AttackConfig
 
-  /// Epochs may grow between runs (train further); every other option must be the same.
+  /// Epochs may grow between runs (train further); every other option that decides this
+  /// attacker must be the same.
   func compatible(with other: AttackIdentity) -> Bool {
     var a = self
     var b = other
+    a.config = a.config.relevant
+    b.config = b.config.relevant
     a.config.epochs = 0
     b.config.epochs = 0
     return a == b

@@ -106,7 +106,7 @@ struct EpochLoop {
         progress(
           .message(
             String(format: "epoch %d: validation L1 %.4f (best %.4f at epoch %d)%@", epoch, validation, state.bestLoss, state.bestEpoch,
-              state.stopped ? "; no 1 %% improvement for \(config.patience) epochs: converged, stopping" : "")))
+              state.stopped ? "; no 1 % improvement for \(config.patience) epochs: converged, stopping" : "")))
       }
       if state.stopped { break }
     }
