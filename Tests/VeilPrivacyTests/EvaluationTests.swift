@@ -268,6 +268,29 @@ final class EvaluationTests: XCTestCase {
     XCTAssertTrue(rerunEvents.contains { $0.hasPrefix("done before") }, "\(rerunEvents)")
   }
 
+  /// An attack is identified by the options that decide it: the optimisation's steps do not
+  /// make another inverse network, nor the networks' epochs another optimisation.
+  func testRelevantOptionsIdentifyAnAttack() {
+    var a = AttackConfig()
+    a.attacker = .inverse
+    var b = a
+    b.optimisationSteps = 7
+    b.tvWeights = [9]
+    XCTAssertEqual(a.relevant, b.relevant)
+    b.epochs = 3
+    XCTAssertNotEqual(a.relevant, b.relevant)
+    a.attacker = .optimisation
+    b = a
+    b.epochs = 3
+    b.trainCropsPerPhoto = 5
+    XCTAssertEqual(a.relevant, b.relevant)
+    b.optimisationSteps = 7
+    XCTAssertNotEqual(a.relevant, b.relevant)
+    b = a
+    b.seed = 1
+    XCTAssertNotEqual(a.relevant, b.relevant, "the seed decides every attacker")
+  }
+
   // MARK: - Measures
 
   /// Recognition and re-identification by a classifier: the originals recognise and
