@@ -124,52 +124,40 @@ public struct AttackConfig: Codable, Sendable, Equatable {
   /// whose relevant options agree are the same attack (a finished one is reused, a checkpoint
   /// resumed), whatever the options of the other attackers say.
   public var relevant: AttackConfig {
-    let defaults = AttackConfig()
+    let d = AttackConfig()
     var c = self
+    func optimisation() {
+      (c.optimisationSteps, c.optimisationLearningRate, c.tvWeight, c.tvBeta) = (d.optimisationSteps, d.optimisationLearningRate, d.tvWeight, d.tvBeta)
+      (c.restarts, c.optimisationBatch, c.optimisationCropsPerPhoto) = (d.restarts, d.optimisationBatch, d.optimisationCropsPerPhoto)
+      (c.calibrationImages, c.tvWeights) = (d.calibrationImages, d.tvWeights)
+    }
+    func generator() {
+      (c.lambda, c.loss, c.generatorWidth, c.generatorDepth) = (d.lambda, d.loss, d.generatorWidth, d.generatorDepth)
+    }
+    func discriminator() {
+      (c.discriminatorWidth, c.discriminatorFeatureChannels) = (d.discriminatorWidth, d.discriminatorFeatureChannels)
+    }
     switch attacker {
-    case .cgan, .inverse:
-      c.optimisationSteps = defaults.optimisationSteps
-      c.optimisationLearningRate = defaults.optimisationLearningRate
-      c.tvWeight = defaults.tvWeight
-      c.tvBeta = defaults.tvBeta
-      c.restarts = defaults.restarts
-      c.optimisationBatch = defaults.optimisationBatch
-      c.optimisationCropsPerPhoto = defaults.optimisationCropsPerPhoto
-      c.calibrationImages = defaults.calibrationImages
-      c.tvWeights = defaults.tvWeights
-      c.substituteWidth = defaults.substituteWidth
-      if attacker == .inverse {
-        c.lambda = defaults.lambda
-        c.discriminatorWidth = defaults.discriminatorWidth
-        c.discriminatorFeatureChannels = defaults.discriminatorFeatureChannels
-      } else {
-        c.loss = defaults.loss
-      }
+    case .cgan:
+      optimisation()
+      c.loss = d.loss
+      c.substituteWidth = d.substituteWidth
+    case .inverse:
+      optimisation()
+      discriminator()
+      c.lambda = d.lambda
+      c.substituteWidth = d.substituteWidth
     case .optimisation:
       // It learns nothing: its own photos are read whole, for calibration only.
-      c.epochs = defaults.epochs
-      c.patience = defaults.patience
-      c.batch = defaults.batch
-      c.learningRate = defaults.learningRate
-      c.beta1 = defaults.beta1
-      c.lambda = defaults.lambda
-      c.loss = defaults.loss
-      c.generatorWidth = defaults.generatorWidth
-      c.generatorDepth = defaults.generatorDepth
-      c.discriminatorWidth = defaults.discriminatorWidth
-      c.discriminatorFeatureChannels = defaults.discriminatorFeatureChannels
-      c.trainCropsPerPhoto = defaults.trainCropsPerPhoto
-      c.validationFraction = defaults.validationFraction
-      c.substituteWidth = defaults.substituteWidth
+      generator()
+      discriminator()
+      (c.epochs, c.patience, c.batch, c.learningRate, c.beta1) = (d.epochs, d.patience, d.batch, d.learningRate, d.beta1)
+      (c.trainCropsPerPhoto, c.validationFraction, c.substituteWidth) = (d.trainCropsPerPhoto, d.validationFraction, d.substituteWidth)
     case .substitute:
-      c.lambda = defaults.lambda
-      c.loss = defaults.loss
-      c.generatorWidth = defaults.generatorWidth
-      c.generatorDepth = defaults.generatorDepth
-      c.discriminatorWidth = defaults.discriminatorWidth
-      c.discriminatorFeatureChannels = defaults.discriminatorFeatureChannels
+      generator()
+      discriminator()
     }
-    c.gridImages = defaults.gridImages
+    c.gridImages = d.gridImages
     return c
   }
 
