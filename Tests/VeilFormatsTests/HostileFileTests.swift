@@ -184,7 +184,16 @@ final class HostileFileTests: XCTestCase {
     m.input("x", dims: [1, 2])
     m.node("Relu", ["x"], ["y"])
     m.output("y", dims: [1, 2])
-    assertRefused(try ONNXReader.parse(m.model()), ["ConstantOfShape", "more than 16777216 elements"])
+    assertRefused(try ONNXReader.parse(m.model()), ["ConstantOfShape", "more than 268435456 elements"])
+
+    // Each within the budget, together over it: 5 × 2^26 elements from a few bytes each.
+    var many = ONNXModelBuilder()
+    many.ints("shape", dims: [2], [1 << 13, 1 << 13])
+    for i in 0..<5 { many.node("ConstantOfShape", ["shape"], ["c\(i)"]) }
+    many.input("x", dims: [1, 2])
+    many.node("Relu", ["x"], ["y"])
+    many.output("y", dims: [1, 2])
+    assertRefused(try ONNXReader.parse(many.model()), ["ConstantOfShape_c4", "all folded constants"])
 
     var u = ONNXModelBuilder()
     u.ints("one", dims: [1], [1])
