@@ -47,6 +47,24 @@ final class HostileInputTests: XCTestCase {
     assertTooLarge(try ImageCodec.decode(Data(small), name: "small.png", maxPixels: 15), ["4×4", "15 pixels"])
   }
 
+  /// Found by the png fuzz target: an eXIf chunk that declares 1 GiB in a 60-byte file.
+  /// libpng 1.6.39 allocated the declared length before reading the chunk; every chunk length
+  /// is now checked against the file first, and the chunks Veil never uses are skipped.
+  func testPNGChunkLongerThanTheFile() throws {
+    let ihdr = PNGFile.assemble([PNGFile.ihdr(width: 1, height: 64, depth: 8, color: 0)])
+    let png = ihdr + be32(0x4000_0022) + Array("eXIf".utf8) + Array(repeating: 0, count: 20)
+    XCTAssertThrowsError(try ImageCodec.decode(Data(png), name: "exif.png")) { error in
+      guard case .decode(_, "PNG", let offset, let detail) = error as? DataError else { return XCTFail("\(error)") }
+      XCTAssertEqual(offset, ihdr.count, "the offset of the chunk")
+      XCTAssertTrue(detail.contains("'eXIf' declares 1073741858 bytes"), detail)
+    }
+    // Well-formed ancillary chunks, used or not, still decode.
+    let exif = PNGFile.Chunk(type: Array("eXIf".utf8), data: Array("MM\0*".utf8) + [0, 0, 0, 8, 0, 0])
+    let text = PNGFile.Chunk(type: Array("zTXt".utf8), data: Array("Comment\0\0".utf8) + Checksum.zlibStored([65, 66]))
+    let good = PNGFile.make(width: 2, height: 1, depth: 8, color: 0, rows: [[7, 9]], extra: [exif, text])
+    XCTAssertEqual(try ImageCodec.decode(Data(good), name: "good.png").byteImage().pixels, [7, 9])
+  }
+
   /// A 1 × 150 000 PNG (0.15 MP, well within the limit) resized on its short side would be
   /// 256 × 38 400 000 (29 GB as RGB): the preprocessing refuses the target size first.
   func testThinPhotoIsRefusedBeforeTheResize() throws {
@@ -85,6 +103,34 @@ final class HostileInputTests: XCTestCase {
     XCTAssertThrowsError(try ImageCodec.decode(Data(JPEGFile.assemble(segments)), name: "scans.jpg")) { error in
       XCTAssertTrue("\(error)".contains("progressive scans"), "\(error)")
     }
+  }
+
+  /// Found by the jpeg fuzz target: a 5 KB JPEG of 58 711 × 110 took seconds per request
+  /// because preprocessing resized it to 136 636 × 256 (35 MP, within the limit) to keep a
+  /// 224 × 224 crop. Only the crop is computed now, with the same bits as resize-then-crop.
+  func testResizedAndCroppedIsResizeThenCrop() throws {
+    var rng = SeededGenerator(seed: 19)
+    for c in 1...4 {
+      for filter in Interpolation.allCases {
+        for (w, h, tw, th) in [(37, 23, 64, 40), (40, 90, 17, 33), (1, 30, 9, 270), (50, 3, 20, 20), (12, 12, 12, 5)] {
+          let image = try ByteImage(
+            width: w, height: h, channels: c, pixels: (0..<(w * h * c)).map { _ in UInt8(truncatingIfNeeded: rng.next()) })
+          let cw = 1 + Int(rng.next() % UInt64(tw))
+          let ch = 1 + Int(rng.next() % UInt64(th))
+          let x = Int(rng.next() % UInt64(tw - cw + 1))
+          let y = Int(rng.next() % UInt64(th - ch + 1))
+          let whole = try image.resized(width: tw, height: th, interpolation: filter).cropped(x: x, y: y, width: cw, height: ch)
+          let window = try image.resizedAndCropped(
+            width: tw, height: th, interpolation: filter, crop: (x: x, y: y, width: cw, height: ch))
+          XCTAssertEqual(window, whole, "\(w)×\(h)×\(c) → \(tw)×\(th), crop \(cw)×\(ch) at (\(x), \(y)), \(filter)")
+        }
+      }
+    }
+    let thin = ByteImage(width: 58_711, height: 110, channels: 3)
+    let start = Date()
+    let x = try Preprocessing(preset: .imagenet).tensor(thin)
+    XCTAssertEqual(x.shape, [1, 3, 224, 224])
+    XCTAssertLessThan(Date().timeIntervalSince(start), 5, "the crop of a 35 MP resize, not the resize")
   }
 
   func testResizeTargetIsCheckedWithoutOverflow() throws {
