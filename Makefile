@@ -56,8 +56,8 @@ enclave-manifest: build
 # found, and stops at the first finding (a crash, a timeout, an allocation over the limits),
 # which is written to .build-fuzz/findings/<target>-*.
 FUZZ_SECONDS ?= 60
-FUZZ_TARGETS ?= onnx protobuf pickle checkpoint safetensors npy png jpeg csv toniot-transform idx evidence policy \
-  collateral channel sealed-head
+FUZZ_TARGETS ?= onnx protobuf pickle checkpoint safetensors npy png jpeg csv toniot-transform idx labels evidence \
+  policy collateral channel sealed-head
 FUZZ_BUILD = .build-fuzz
 FUZZ = $(FUZZ_BUILD)/release/veil-fuzz
 # Per input: 10 s, and the memory a decoder may use under its documented limits: one allocation

@@ -38,6 +38,13 @@ enum Seeds {
       ("csv", [("rows.csv", Array(tonIoTCSV().utf8)), ("crlf.csv", Array(tonIoTCSV(lineEnd: "\r\n").utf8))]),
       ("toniot-transform", try transforms()),
       ("idx", idxFiles()),
+      (
+        "labels",
+        [
+          ("indices.txt", "a.png 0\nb.png 1\nc.png 2\n"), ("bare.txt", "cat\ndog\ncat\n"),
+          ("mixed.txt", "# classes by name\na.png,cat\nb.png\tdog\n\nc.png cat\n"),
+        ].map { ($0.0, Array($0.1.utf8)) }
+      ),
       ("evidence", try evidence()),
       ("policy", policies()),
       ("collateral", [("collateral.json", collateral())]),

@@ -51,6 +51,11 @@ struct FuzzTarget: Sendable {
     FuzzTarget(name: "idx", summary: "IDX (MNIST) image and label files, plain or gzip", run: { bytes in
       readIDX(bytes)
     }),
+    FuzzTarget(name: "labels", summary: "a labels file for a flat folder of three images", run: { bytes in
+      let url = FuzzFixtures.scratch("labels.txt")
+      guard (try? Data(bytes).write(to: url)) != nil, let folder = FuzzFixtures.labelledFolder else { return }
+      _ = try? DataSet.flatFolder(folder, labels: url)
+    }),
     FuzzTarget(name: "evidence", summary: "Evidence parsing (SGX/TDX quotes, SNP reports) and verification", run: { bytes in
       if let e = try? Evidence(bytes) { _ = e.fields }
       _ = FuzzFixtures.lenientVerifier.verify(bytes)
@@ -195,6 +200,16 @@ enum FuzzFixtures {
   static let idxImages: URL? = {
     let url = scratch("images.idx")
     return (try? Data(Seeds.idxImages()).write(to: url)) != nil ? url : nil
+  }()
+
+  /// A folder of `a.png`, `b.png` and `c.png` for fuzzed labels files.
+  static let labelledFolder: URL? = {
+    let folder = URL(fileURLWithPath: scratch("images").path, isDirectory: true)
+    guard (try? FileManager.default.createDirectory(at: folder, withIntermediateDirectories: true)) != nil,
+      let png = try? ImageCodec.encodePNG(ByteImage(width: 2, height: 2, channels: 1))
+    else { return nil }
+    for name in ["a.png", "b.png", "c.png"] { try? png.write(to: folder.appendingPathComponent(name)) }
+    return folder
   }()
 
   /// A per-process scratch file in memory where /dev/shm exists.

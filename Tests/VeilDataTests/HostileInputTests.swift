@@ -173,6 +173,24 @@ final class HostileInputTests: XCTestCase {
     }
   }
 
+  /// A class index of 10^15 in a labels file made a class list of 10^15 names.
+  func testLabelsFileClassIndexIsBounded() throws {
+    let folder = FileManager.default.temporaryDirectory.appendingPathComponent("veil-labels-\(UUID().uuidString)", isDirectory: true)
+    try FileManager.default.createDirectory(at: folder, withIntermediateDirectories: true)
+    addTeardownBlock { try? FileManager.default.removeItem(at: folder) }
+    let png = try ImageCodec.encodePNG(ByteImage(width: 2, height: 2, channels: 1))
+    for name in ["a.png", "b.png"] { try png.write(to: folder.appendingPathComponent(name)) }
+    let labels = try temporaryFile("labels.txt", Array("a.png 0\nb.png 1000000000000000\n".utf8))
+    XCTAssertThrowsError(try DataSet.flatFolder(folder, labels: labels)) { error in
+      guard case .labels(_, 2, let detail) = error as? DataError else { return XCTFail("\(error)") }
+      XCTAssertTrue(detail.contains("larger than 65535"), detail)
+    }
+    let names = try temporaryFile("names.txt", Array("b.png cat\na.png ant\n".utf8))
+    let set = try DataSet.flatFolder(folder, labels: names)
+    XCTAssertEqual(set.classNames, ["ant", "cat"])
+    XCTAssertEqual(set.samples.map(\.label), [1, 0], "in the file's order: b is a cat, a an ant")
+  }
+
   func testIDXSizesOverflowAndInflatedLimit() throws {
     let overflow = try temporaryFile("overflow.idx", [0, 0, 8, 3] + [0xFF, 0xFF, 0xFF, 0xFF] + [0xFF, 0xFF, 0xFF, 0xFF] + [0x7F, 0xFF, 0xFF, 0xFF])
     XCTAssertThrowsError(try IDXImages(url: overflow)) { error in
