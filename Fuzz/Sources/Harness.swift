@@ -27,7 +27,8 @@ enum Harness {
     atexit {
       let folder = FuzzFixtures.scratch("").deletingLastPathComponent()
       let prefix = FuzzFixtures.scratch("").lastPathComponent
-      for name in (try? FileManager.default.contentsOfDirectory(atPath: folder.path)) ?? [] where name.hasPrefix(prefix) {
+      for name in (try? FileManager.default.contentsOfDirectory(atPath: folder.path)) ?? [] where name.hasPrefix(prefix)
+      {
         try? FileManager.default.removeItem(at: folder.appendingPathComponent(name))
       }
     }

@@ -114,7 +114,9 @@ public struct Preprocessing: Codable, Sendable, Equatable {
           throw DataError.invalidArgument(
             "centre crop \(cropWidth)×\(cropHeight) is larger than the \(w)×\(h) image")
         }
-        let crop = (x: Self.centreOffset(w, cropWidth), y: Self.centreOffset(h, cropHeight), width: cropWidth, height: cropHeight)
+        let crop = (
+          x: Self.centreOffset(w, cropWidth), y: Self.centreOffset(h, cropHeight), width: cropWidth, height: cropHeight
+        )
         return try image.rgb().resizedAndCropped(
           width: w, height: h, interpolation: interpolation, crop: crop, maxPixels: maxPixels)
       }
@@ -143,7 +145,8 @@ extension Image {
     guard w <= width, h <= height else {
       throw DataError.invalidArgument("centre crop \(w)×\(h) is larger than the \(width)×\(height) image")
     }
-    return try cropped(x: Preprocessing.centreOffset(width, w), y: Preprocessing.centreOffset(height, h), width: w, height: h)
+    return try cropped(
+      x: Preprocessing.centreOffset(width, w), y: Preprocessing.centreOffset(height, h), width: w, height: h)
   }
 
   /// A `width × height` crop at a position drawn from `generator`, uniform over the positions

@@ -1168,7 +1168,9 @@ extension ONNXImporter {
         if opset >= 13, ins.count > 1, case .ints(_, let a)? = constants[ins[1]] { axes = a.map { Int($0) } }
         guard let axes else { throw c.fail("'axes' is missing") }
         let r = dims.count + axes.count
-        guard r <= FormatLimits.maxRank else { throw c.fail("unsqueezing to rank \(r) exceeds \(FormatLimits.maxRank)") }
+        guard r <= FormatLimits.maxRank else {
+          throw c.fail("unsqueezing to rank \(r) exceeds \(FormatLimits.maxRank)")
+        }
         for a in axes.map({ $0 < 0 ? $0 + r : $0 }).sorted() {
           guard a >= 0, a <= dims.count else { throw c.fail("axis \(a) is out of range") }
           dims.insert(1, at: a)
@@ -1271,7 +1273,9 @@ extension ONNXImporter {
       if n.opType == "Unsqueeze" {
         guard let axes else { throw c.fail("'axes' is missing") }
         let r = dims.count + axes.count
-        guard r <= FormatLimits.maxRank else { throw c.fail("unsqueezing to rank \(r) exceeds \(FormatLimits.maxRank)") }
+        guard r <= FormatLimits.maxRank else {
+          throw c.fail("unsqueezing to rank \(r) exceeds \(FormatLimits.maxRank)")
+        }
         for a in axes.map({ $0 < 0 ? $0 + r : $0 }).sorted() {
           guard a >= 0, a <= dims.count else { throw c.fail("axis \(a) is out of range") }
           dims.insert(1, at: a)

@@ -41,7 +41,8 @@ final class DataFuzzCorpusTests: XCTestCase {
 
   /// Labels files for the harness's flat folder of `a.png`, `b.png` and `c.png`.
   func testLabels() throws {
-    let folder = FileManager.default.temporaryDirectory.appendingPathComponent("veil-corpus-\(UUID().uuidString)", isDirectory: true)
+    let folder = FileManager.default.temporaryDirectory.appendingPathComponent(
+      "veil-corpus-\(UUID().uuidString)", isDirectory: true)
     try FileManager.default.createDirectory(at: folder, withIntermediateDirectories: true)
     defer { try? FileManager.default.removeItem(at: folder) }
     let png = try ImageCodec.encodePNG(ByteImage(width: 2, height: 2, channels: 1))

@@ -9,7 +9,8 @@ import VeilTestSupport
 /// decoders, before pixels or rows are allocated, with the file, the size and the limit.
 final class HostileInputTests: XCTestCase {
   func assertTooLarge(
-    _ body: @autoclosure () throws -> some Any, _ fragments: [String], file: StaticString = #filePath, line: UInt = #line
+    _ body: @autoclosure () throws -> some Any, _ fragments: [String], file: StaticString = #filePath,
+    line: UInt = #line
   ) {
     XCTAssertThrowsError(try body(), file: file, line: line) { error in
       guard case .tooLarge = error as? DataError else {
@@ -41,7 +42,8 @@ final class HostileInputTests: XCTestCase {
   /// Inside libpng's side limit, over the pixel limit: refused after IHDR, before any row.
   func testPNGOverThePixelLimitAndTheCallersLimit() throws {
     let png = PNGFile.make(width: 8000, height: 5001, depth: 8, color: 0, rows: [])
-    assertTooLarge(try ImageCodec.decode(Data(png), name: "big.png"), ["big.png", "8000×5001", "40000000 pixels (40 MP)"])
+    assertTooLarge(
+      try ImageCodec.decode(Data(png), name: "big.png"), ["big.png", "8000×5001", "40000000 pixels (40 MP)"])
     let small = PNGFile.make(width: 4, height: 4, depth: 8, color: 0, rows: Array(repeating: [1, 2, 3, 4], count: 4))
     XCTAssertNoThrow(try ImageCodec.decode(Data(small), name: "small.png"))
     assertTooLarge(try ImageCodec.decode(Data(small), name: "small.png", maxPixels: 15), ["4×4", "15 pixels"])
@@ -114,12 +116,14 @@ final class HostileInputTests: XCTestCase {
       for filter in Interpolation.allCases {
         for (w, h, tw, th) in [(37, 23, 64, 40), (40, 90, 17, 33), (1, 30, 9, 270), (50, 3, 20, 20), (12, 12, 12, 5)] {
           let image = try ByteImage(
-            width: w, height: h, channels: c, pixels: (0..<(w * h * c)).map { _ in UInt8(truncatingIfNeeded: rng.next()) })
+            width: w, height: h, channels: c,
+            pixels: (0..<(w * h * c)).map { _ in UInt8(truncatingIfNeeded: rng.next()) })
           let cw = 1 + Int(rng.next() % UInt64(tw))
           let ch = 1 + Int(rng.next() % UInt64(th))
           let x = Int(rng.next() % UInt64(tw - cw + 1))
           let y = Int(rng.next() % UInt64(th - ch + 1))
-          let whole = try image.resized(width: tw, height: th, interpolation: filter).cropped(x: x, y: y, width: cw, height: ch)
+          let whole = try image.resized(width: tw, height: th, interpolation: filter).cropped(
+            x: x, y: y, width: cw, height: ch)
           let window = try image.resizedAndCropped(
             width: tw, height: th, interpolation: filter, crop: (x: x, y: y, width: cw, height: ch))
           XCTAssertEqual(window, whole, "\(w)×\(h)×\(c) → \(tw)×\(th), crop \(cw)×\(ch) at (\(x), \(y)), \(filter)")
@@ -175,7 +179,8 @@ final class HostileInputTests: XCTestCase {
 
   /// A class index of 10^15 in a labels file made a class list of 10^15 names.
   func testLabelsFileClassIndexIsBounded() throws {
-    let folder = FileManager.default.temporaryDirectory.appendingPathComponent("veil-labels-\(UUID().uuidString)", isDirectory: true)
+    let folder = FileManager.default.temporaryDirectory.appendingPathComponent(
+      "veil-labels-\(UUID().uuidString)", isDirectory: true)
     try FileManager.default.createDirectory(at: folder, withIntermediateDirectories: true)
     addTeardownBlock { try? FileManager.default.removeItem(at: folder) }
     let png = try ImageCodec.encodePNG(ByteImage(width: 2, height: 2, channels: 1))
@@ -192,7 +197,8 @@ final class HostileInputTests: XCTestCase {
   }
 
   func testIDXSizesOverflowAndInflatedLimit() throws {
-    let overflow = try temporaryFile("overflow.idx", [0, 0, 8, 3] + [0xFF, 0xFF, 0xFF, 0xFF] + [0xFF, 0xFF, 0xFF, 0xFF] + [0x7F, 0xFF, 0xFF, 0xFF])
+    let overflow = try temporaryFile(
+      "overflow.idx", [0, 0, 8, 3] + [0xFF, 0xFF, 0xFF, 0xFF] + [0xFF, 0xFF, 0xFF, 0xFF] + [0x7F, 0xFF, 0xFF, 0xFF])
     XCTAssertThrowsError(try IDXImages(url: overflow)) { error in
       XCTAssertTrue("\(error)".contains("overflow"), "\(error)")
     }
@@ -208,7 +214,8 @@ final class HostileInputTests: XCTestCase {
     var options = TonIoTTransform.Options()
     options.imageSize = 1_000_000
     XCTAssertThrowsError(try TonIoTTransform.Fitter(options: options))
-    let json = #"{"format":"veil-ton-iot-transform-1","fittedRows":1,"columns":[],"options":{"dropped":[],"encoding":"one-hot","maxCategories":16,"imageSize":1000000,"interpolation":"nearest","labels":"type"}}"#
+    let json =
+      #"{"format":"veil-ton-iot-transform-1","fittedRows":1,"columns":[],"options":{"dropped":[],"encoding":"one-hot","maxCategories":16,"imageSize":1000000,"interpolation":"nearest","labels":"type"}}"#
     XCTAssertThrowsError(try TonIoTTransform.decode(Data(json.utf8), file: "t.json")) { error in
       XCTAssertTrue("\(error)".contains("t.json") && "\(error)".contains("imageSize must be 1...4096"), "\(error)")
     }
