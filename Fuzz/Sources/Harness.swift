@@ -22,6 +22,16 @@ enum Harness {
   nonisolated(unsafe) static var target: FuzzTarget?
 
   static func run(arguments: [String]) -> Int32 {
+    // The targets that read files write them under /dev/shm (or the temporary folder) with
+    // this process's id in their names: removed when libFuzzer exits.
+    atexit {
+      let folder = FuzzFixtures.scratch("").deletingLastPathComponent()
+      let prefix = FuzzFixtures.scratch("").lastPathComponent
+      for name in (try? FileManager.default.contentsOfDirectory(atPath: folder.path)) ?? [] where name.hasPrefix(prefix)
+      {
+        try? FileManager.default.removeItem(at: folder.appendingPathComponent(name))
+      }
+    }
     var argc = CInt(arguments.count)
     var pointers: [UnsafeMutablePointer<CChar>?] = arguments.map { strdup($0) } + [nil]
     return pointers.withUnsafeMutableBufferPointer { buffer in

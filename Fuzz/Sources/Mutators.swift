@@ -26,15 +26,21 @@ enum Mutators {
           list[k].scalar = rng.below(2) == 0 ? v : 0 &- v  // negatives as protobuf writes them
         }
       case 1:
-        if list[k].children == nil, list[k].wireType == 2 { rng.mutateBytes(&list[k].bytes, maxSize: 4096) }
-        else { list[k].scalar &+= UInt64(bitPattern: Int64(rng.below(5) - 2)) }
+        if list[k].children == nil, list[k].wireType == 2 {
+          rng.mutateBytes(&list[k].bytes, maxSize: 4096)
+        } else {
+          list[k].scalar &+= UInt64(bitPattern: Int64(rng.below(5) - 2))
+        }
       case 2:
         for _ in 0..<(1 + rng.below(rng.below(8) == 0 ? 64 : 3)) { list.insert(list[k], at: k) }
       case 3, 4:
         rng.edit(&list, at: k, op - 2)
       case 5:
-        if rng.below(2) == 0 { list[k].number = UInt64(max(1, Int(list[k].number) + rng.below(5) - 2)) }
-        else { list[k].wireType = [0, 1, 2, 5][rng.below(4)] }
+        if rng.below(2) == 0 {
+          list[k].number = UInt64(max(1, Int(list[k].number) + rng.below(5) - 2))
+        } else {
+          list[k].wireType = [0, 1, 2, 5][rng.below(4)]
+        }
       default:
         // Splice: a field from elsewhere in the model (a node, a tensor, an attribute) here.
         if let donorField { list.insert(donorField, at: k) }
@@ -91,9 +97,11 @@ enum Mutators {
         PNGFile.Chunk(
           type: Array("iCCP".utf8),
           data: Array("icc\0\0".utf8) + Checksum.zlibStored([UInt8](repeating: 0, count: rng.below(4096)))),
-        PNGFile.Chunk(type: Array("sPLT".utf8), data: Array("p\0".utf8) + [8] + [UInt8](repeating: 1, count: 6 * rng.below(100))),
+        PNGFile.Chunk(
+          type: Array("sPLT".utf8), data: Array("p\0".utf8) + [8] + [UInt8](repeating: 1, count: 6 * rng.below(100))),
         PNGFile.Chunk(type: Array("vpAg".utf8), data: [UInt8](repeating: 7, count: rng.below(64))),
-        PNGFile.Chunk(type: Array("eXIf".utf8), data: Array("MM\0*".utf8) + [UInt8](repeating: 0, count: rng.below(64))),
+        PNGFile.Chunk(
+          type: Array("eXIf".utf8), data: Array("MM\0*".utf8) + [UInt8](repeating: 0, count: rng.below(64))),
       ]
       chunks.insert(options[rng.below(options.count)], at: max(1, k))
     case 6:
@@ -150,7 +158,8 @@ enum Mutators {
       // would stop looking), or several.
       let size = min(65533, max(0, maxSize - bytes.count - 4))
       let app = JPEGFile.Segment(
-        marker: 0xE0 + UInt8(rng.below(16)), payload: [UInt8](repeating: UInt8(rng.below(256)), count: rng.below(size + 1)))
+        marker: 0xE0 + UInt8(rng.below(16)),
+        payload: [UInt8](repeating: UInt8(rng.below(256)), count: rng.below(size + 1)))
       segments.insert(app, at: min(k, sof ?? k))
     case 2:
       rng.mutateBytes(&segments[k].payload, maxSize: 1024)
@@ -190,7 +199,10 @@ enum Mutators {
     let wide = bytes[6] >= 2
     let start = wide ? 12 : 10
     guard bytes.count >= start else { return rng.mutateBytes(&bytes, maxSize: maxSize) }
-    let n = wide ? Int(bytes[8]) | Int(bytes[9]) << 8 | Int(bytes[10]) << 16 | Int(bytes[11]) << 24 : Int(bytes[8]) | Int(bytes[9]) << 8
+    let n =
+      wide
+      ? Int(bytes[8]) | Int(bytes[9]) << 8 | Int(bytes[10]) << 16 | Int(bytes[11]) << 24
+      : Int(bytes[8]) | Int(bytes[9]) << 8
     guard n <= bytes.count - start else { return rng.mutateBytes(&bytes, maxSize: maxSize) }
     var header = Array(bytes[start..<(start + n)])
     var data = Array(bytes[(start + n)...])
@@ -205,7 +217,9 @@ enum Mutators {
 
   /// Replaces one decimal number in text by a value on an edge (shapes, offsets).
   static func mutateNumbers(_ text: inout [UInt8], _ rng: inout MutationRandom) {
-    let digits = text.indices.filter { (0x30...0x39).contains(text[$0]) && ($0 == 0 || !(0x30...0x39).contains(text[$0 - 1])) }
+    let digits = text.indices.filter {
+      (0x30...0x39).contains(text[$0]) && ($0 == 0 || !(0x30...0x39).contains(text[$0 - 1]))
+    }
     guard let start = digits.randomElement(using: &rng) else { return }
     var end = start
     while end < text.count, (0x30...0x39).contains(text[end]) { end += 1 }

@@ -38,6 +38,13 @@ enum Seeds {
       ("csv", [("rows.csv", Array(tonIoTCSV().utf8)), ("crlf.csv", Array(tonIoTCSV(lineEnd: "\r\n").utf8))]),
       ("toniot-transform", try transforms()),
       ("idx", idxFiles()),
+      (
+        "labels",
+        [
+          ("indices.txt", "a.png 0\nb.png 1\nc.png 2\n"), ("bare.txt", "cat\ndog\ncat\n"),
+          ("mixed.txt", "# classes by name\na.png,cat\nb.png\tdog\n\nc.png cat\n"),
+        ].map { ($0.0, Array($0.1.utf8)) }
+      ),
       ("evidence", try evidence()),
       ("policy", policies()),
       ("collateral", [("collateral.json", collateral())]),
@@ -67,7 +74,10 @@ enum Seeds {
   static func pickles() -> [(String, [UInt8])] {
     let stateDict = PickleBuilder.stateDict(
       [
-        (CheckpointTensor(name: "conv.weight", type: "FloatStorage", key: "0", offset: 0, size: [2, 3], stride: [3, 1]), 6),
+        (
+          CheckpointTensor(
+            name: "conv.weight", type: "FloatStorage", key: "0", offset: 0, size: [2, 3], stride: [3, 1]), 6
+        ),
         (CheckpointTensor(name: "conv.bias", type: "HalfStorage", key: "1", offset: 0, size: [2], stride: [1]), 2),
       ], orderedDict: true)
     // Every opcode the unpickler knows, in a protocol-4 stream with a frame and a memo.
@@ -92,7 +102,8 @@ enum Seeds {
         CheckpointTensor(name: "t", type: "FloatStorage", key: "s0", offset: 1, size: [2, 2], stride: [1, 2]),
         CheckpointTensor(name: "h", type: "HalfStorage", key: "h", offset: 0, size: [2], stride: [1]),
         CheckpointTensor(name: "l", type: "LongStorage", key: "l", offset: 0, size: [1, 2], stride: [0, 1]),
-      ], storages: [("s0", 5, floatBytes([0, 1, 2, 3, 4])), ("h", 2, [0, 0x3C, 0, 0x3C]), ("l", 2, le64(7) + le64(9))])
+      ],
+      storages: [("s0", 5, floatBytes([0, 1, 2, 3, 4])), ("h", 2, [0, 0x3C, 0, 0x3C]), ("l", 2, le64(7) + le64(9))])
     let pickle = PickleBuilder.stateDict([
       (CheckpointTensor(name: "w", type: "FloatStorage", key: "0", offset: 0, size: [2, 2], stride: [1, 2]), 4),
       (CheckpointTensor(name: "d", type: "DoubleStorage", key: "1", offset: 0, size: [3], stride: [0]), 1),
@@ -126,7 +137,10 @@ enum Seeds {
     return [
       ("scalar.npy", NPY.encode(Tensor(shape: [], repeating: 3))),
       ("matrix.npy", NPY.encode(Tensor(shape: [2, 2, 3]) { for i in 0..<12 { $0[i] = Float(i) } })),
-      ("f8.npy", hand("{'descr': '<f8', 'fortran_order': False, 'shape': (2,), }", le64((1.5 as Double).bitPattern) + le64(0))),
+      (
+        "f8.npy",
+        hand("{'descr': '<f8', 'fortran_order': False, 'shape': (2,), }", le64((1.5 as Double).bitPattern) + le64(0))
+      ),
       ("i8-v2.npy", hand("{'descr': '<i8', 'fortran_order': False, 'shape': (1, 1), }", le64(42), version: 2)),
     ]
   }
@@ -148,7 +162,10 @@ enum Seeds {
       ("rgb8.png", PNGFile.make(width: 3, height: 2, depth: 8, color: 2, rows: rgb)),
       ("rgba8.png", PNGFile.make(width: 2, height: 2, depth: 8, color: 6, rows: rgba)),
       ("grey16.png", PNGFile.make(width: 3, height: 2, depth: 16, color: 0, rows: grey16)),
-      ("palette.png", PNGFile.make(width: 3, height: 1, depth: 8, color: 3, rows: [[0, 1, 2]], extra: [palette, transparency])),
+      (
+        "palette.png",
+        PNGFile.make(width: 3, height: 1, depth: 8, color: 3, rows: [[0, 1, 2]], extra: [palette, transparency])
+      ),
       ("grey1.png", PNGFile.make(width: 8, height: 2, depth: 1, color: 0, rows: [[0xA5], [0x5A]])),
       ("interlaced.png", PNGFile.make(width: 1, height: 1, depth: 8, color: 2, rows: [[1, 2, 3]], interlace: 1)),
       ("thin.png", PNGFile.make(width: 1, height: 64, depth: 8, color: 0, rows: (0..<64).map { [UInt8($0)] })),
@@ -178,9 +195,15 @@ enum Seeds {
       TonIoT.columns.map { c in values[c] ?? (TonIoT.kind(of: c) == .numeric ? "0" : "-") }.joined(separator: ",")
     }
     let rows = [
-      row(["ts": "1554198358", "src_ip": "192.168.1.37", "proto": "tcp", "duration": "0.5", "src_bytes": "120", "label": "0", "type": "normal"]),
-      row(["proto": "udp", "service": "dns", "dns_query": "example.org", "src_pkts": "3", "label": "1", "type": "ddos"]),
-      row(["proto": "tcp", "http_uri": "\"/a,b\"\"c\"", "http_user_agent": "\"two\nlines\"", "label": "1", "type": "xss"]),
+      row([
+        "ts": "1554198358", "src_ip": "192.168.1.37", "proto": "tcp", "duration": "0.5", "src_bytes": "120",
+        "label": "0", "type": "normal",
+      ]),
+      row(["proto": "udp", "service": "dns", "dns_query": "example.org", "src_pkts": "3", "label": "1", "type": "ddos"]
+      ),
+      row([
+        "proto": "tcp", "http_uri": "\"/a,b\"\"c\"", "http_user_agent": "\"two\nlines\"", "label": "1", "type": "xss",
+      ]),
     ]
     return ([TonIoT.columns.joined(separator: ",")] + rows).joined(separator: lineEnd) + lineEnd
   }
@@ -192,7 +215,10 @@ enum Seeds {
     var out: [(String, [UInt8])] = []
     for (name, options) in [
       ("one-hot.json", TonIoTTransform.Options(imageSize: 8)),
-      ("ordinal.json", TonIoTTransform.Options(encoding: .ordinal, maxCategories: 2, imageSize: 5, interpolation: .bilinear)),
+      (
+        "ordinal.json",
+        TonIoTTransform.Options(encoding: .ordinal, maxCategories: 2, imageSize: 5, interpolation: .bilinear)
+      ),
     ] {
       let reader = try TonIoTReader(url: url)
       var fitter = try TonIoTTransform.Fitter(options: options)
@@ -226,13 +252,16 @@ enum Seeds {
       lines.append(String(rest.prefix(64)))
       rest = rest.dropFirst(64)
     }
-    return Array(("-----BEGIN CERTIFICATE-----\n" + lines.joined(separator: "\n") + "\n-----END CERTIFICATE-----\n").utf8)
+    return Array(
+      ("-----BEGIN CERTIFICATE-----\n" + lines.joined(separator: "\n") + "\n-----END CERTIFICATE-----\n").utf8)
   }
 
   /// A DCAP quote of `version` around `body`, signed by the fixture key the way a quoting
   /// enclave signs (quote signature, QE report binding the attestation key), with
   /// `certification` as its type-5 certification data.
-  static func dcapQuote(version: UInt16, teeType: UInt32, body: [UInt8], bodyType: UInt16? = nil, certification: [UInt8])
+  static func dcapQuote(
+    version: UInt16, teeType: UInt32, body: [UInt8], bodyType: UInt16? = nil, certification: [UInt8]
+  )
     -> [UInt8]
   {
     let key = FuzzFixtures.enclave.signingKey
@@ -245,7 +274,8 @@ enum Seeds {
     var qeReport = [UInt8](repeating: 0, count: SGXReportBody.size)
     qeReport.replaceSubrange(320..<352, with: Array(SHA256.hash(data: attestationKey + auth)))
     let sign = { (data: [UInt8]) -> [UInt8] in
-      (try? key.signature(for: SHA256.hash(data: data)).rawRepresentation).map { Array($0) } ?? [UInt8](repeating: 0, count: 64)
+      (try? key.signature(for: SHA256.hash(data: data)).rawRepresentation).map { Array($0) }
+        ?? [UInt8](repeating: 0, count: 64)
     }
     var inner = qeReport + sign(qeReport) + le16(UInt16(auth.count)) + auth
     inner += le16(5) + le32(UInt32(certification.count)) + certification
@@ -292,7 +322,10 @@ enum Seeds {
         "sgx.json",
         #"{"mrenclave": "\#(hex32)", "mrsigner": "\#(hex32)", "isvprodid": 1, "min_isvsvn": 2, "accepted_tcb_statuses": ["UpToDate"], "max_evidence_age_seconds": 60}"#
       ),
-      ("tdx.json", #"{"mrtd": "\#(hex48)", "rtmrs": ["\#(hex48)", null, null, "\#(hex48)"], "snp_measurement": "\#(hex48)"}"#),
+      (
+        "tdx.json",
+        #"{"mrtd": "\#(hex48)", "rtmrs": ["\#(hex48)", null, null, "\#(hex48)"], "snp_measurement": "\#(hex48)"}"#
+      ),
     ].map { ($0.0, Array($0.1.utf8)) }
   }
 
@@ -321,7 +354,10 @@ enum Seeds {
       ("rekey-every-record.bin", [0] + [0, 1, 0x41, 0, 1, 0x42, 1, 1, 0x43, 0, 2, 0x44, 0x45]),
       ("tampered.bin", [1, 0, 1, 0x41, 3, 4, 0x41, 0x42, 0x43, 0x44, 2, 7, 0, 0x41]),
       ("replayed-and-cut.bin", [2, 0, 2, 0x41, 0x42, 4, 6, 3, 1, 2, 3, 10, 0, 1, 0x41]),
-      ("hellos.bin", [3, 7, 66, 1, 1] + [UInt8](repeating: 9, count: 64) + [7, 40, 1, 2] + [UInt8](repeating: 8, count: 38)),
+      (
+        "hellos.bin",
+        [3, 7, 66, 1, 1] + [UInt8](repeating: 9, count: 64) + [7, 40, 1, 2] + [UInt8](repeating: 8, count: 38)
+      ),
     ]
   }
 

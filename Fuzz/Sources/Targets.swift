@@ -16,61 +16,102 @@ struct FuzzTarget: Sendable {
   var mutate: (@Sendable (inout [UInt8], Int, inout MutationRandom) -> Void)?
 
   static let all: [FuzzTarget] = [
-    FuzzTarget(name: "onnx", summary: "ONNXReader.parse: ModelProto to graph IR, constant folding", run: { bytes in
-      _ = try? ONNXReader.parse(bytes)
-    }, mutate: Mutators.protobuf),
-    FuzzTarget(name: "protobuf", summary: "ProtobufDecoder over any message tree", run: { bytes in
-      walkProtobuf(ProtobufDecoder(bytes, format: "fuzz"))
-    }, mutate: Mutators.protobuf),
-    FuzzTarget(name: "pickle", summary: "Unpickler.load and a walk of the document", run: { bytes in
-      guard let doc = try? Unpickler().load(bytes) else { return }
-      walkPickle(doc)
-    }),
-    FuzzTarget(name: "checkpoint", summary: "TorchCheckpoint.decode: zip and legacy torch.save files", run: { bytes in
-      _ = try? TorchCheckpoint.decode(bytes)
-    }),
-    FuzzTarget(name: "safetensors", summary: "Safetensors.decode", run: { bytes in
-      _ = try? Safetensors.decode(bytes)
-    }, mutate: Mutators.safetensors),
-    FuzzTarget(name: "npy", summary: "NPY.decode", run: { bytes in
-      _ = try? NPY.decode(bytes)
-    }, mutate: Mutators.npy),
-    FuzzTarget(name: "png", summary: "ImageCodec.decode (libpng) then ImageNet preprocessing", run: { bytes in
-      decodeAndPreprocess(bytes)
-    }, mutate: Mutators.png),
-    FuzzTarget(name: "jpeg", summary: "ImageCodec.decode (libjpeg-turbo) then ImageNet preprocessing", run: { bytes in
-      decodeAndPreprocess(bytes)
-    }, mutate: Mutators.jpeg),
-    FuzzTarget(name: "csv", summary: "TonIoTReader over a CSV file, then fit and image of its rows", run: { bytes in
-      readTonIoT(bytes)
-    }),
-    FuzzTarget(name: "toniot-transform", summary: "TonIoTTransform.decode and an image of a fixed row", run: { bytes in
-      guard let t = try? TonIoTTransform.decode(Data(bytes), file: "fuzz"), let r = FuzzFixtures.record else { return }
-      _ = try? t.image(r)
-    }),
-    FuzzTarget(name: "idx", summary: "IDX (MNIST) image and label files, plain or gzip", run: { bytes in
-      readIDX(bytes)
-    }),
-    FuzzTarget(name: "evidence", summary: "Evidence parsing (SGX/TDX quotes, SNP reports) and verification", run: { bytes in
-      if let e = try? Evidence(bytes) { _ = e.fields }
-      _ = FuzzFixtures.lenientVerifier.verify(bytes)
-      _ = FuzzFixtures.strictVerifier.verify(bytes)
-    }, mutate: Mutators.quote),
-    FuzzTarget(name: "policy", summary: "Policy(json:)", run: { bytes in
-      _ = try? Policy(json: Data(bytes))
-    }),
-    FuzzTarget(name: "collateral", summary: "Collateral(json:) and DCAP verification against it", run: { bytes in
-      guard let c = try? Collateral(json: Data(bytes)),
-        let dcap = try? DCAPVerifier(collateral: c, time: FuzzFixtures.time)
-      else { return }
-      _ = AttestationVerifier(dcap: dcap, policy: Policy()).verify(FuzzFixtures.quoteWithRootChain)
-    }),
-    FuzzTarget(name: "channel", summary: "attested channel: hellos and records, replayed, cut, forged", run: { bytes in
-      ChannelProgram.run(bytes)
-    }),
-    FuzzTarget(name: "sealed-head", summary: "SealedHead.open", run: { bytes in
-      _ = try? SealedHead.open(bytes, key: FuzzFixtures.headKey)
-    }),
+    FuzzTarget(
+      name: "onnx", summary: "ONNXReader.parse: ModelProto to graph IR, constant folding",
+      run: { bytes in
+        _ = try? ONNXReader.parse(bytes)
+      }, mutate: Mutators.protobuf),
+    FuzzTarget(
+      name: "protobuf", summary: "ProtobufDecoder over any message tree",
+      run: { bytes in
+        walkProtobuf(ProtobufDecoder(bytes, format: "fuzz"))
+      }, mutate: Mutators.protobuf),
+    FuzzTarget(
+      name: "pickle", summary: "Unpickler.load and a walk of the document",
+      run: { bytes in
+        guard let doc = try? Unpickler().load(bytes) else { return }
+        walkPickle(doc)
+      }),
+    FuzzTarget(
+      name: "checkpoint", summary: "TorchCheckpoint.decode: zip and legacy torch.save files",
+      run: { bytes in
+        _ = try? TorchCheckpoint.decode(bytes)
+      }),
+    FuzzTarget(
+      name: "safetensors", summary: "Safetensors.decode",
+      run: { bytes in
+        _ = try? Safetensors.decode(bytes)
+      }, mutate: Mutators.safetensors),
+    FuzzTarget(
+      name: "npy", summary: "NPY.decode",
+      run: { bytes in
+        _ = try? NPY.decode(bytes)
+      }, mutate: Mutators.npy),
+    FuzzTarget(
+      name: "png", summary: "ImageCodec.decode (libpng) then ImageNet preprocessing",
+      run: { bytes in
+        decodeAndPreprocess(bytes)
+      }, mutate: Mutators.png),
+    FuzzTarget(
+      name: "jpeg", summary: "ImageCodec.decode (libjpeg-turbo) then ImageNet preprocessing",
+      run: { bytes in
+        decodeAndPreprocess(bytes)
+      }, mutate: Mutators.jpeg),
+    FuzzTarget(
+      name: "csv", summary: "TonIoTReader over a CSV file, then fit and image of its rows",
+      run: { bytes in
+        readTonIoT(bytes)
+      }),
+    FuzzTarget(
+      name: "toniot-transform", summary: "TonIoTTransform.decode and an image of a fixed row",
+      run: { bytes in
+        guard let t = try? TonIoTTransform.decode(Data(bytes), file: "fuzz"), let r = FuzzFixtures.record else {
+          return
+        }
+        _ = try? t.image(r)
+      }),
+    FuzzTarget(
+      name: "idx", summary: "IDX (MNIST) image and label files, plain or gzip",
+      run: { bytes in
+        readIDX(bytes)
+      }),
+    FuzzTarget(
+      name: "labels", summary: "a labels file for a flat folder of three images",
+      run: { bytes in
+        let url = FuzzFixtures.scratch("labels.txt")
+        guard (try? Data(bytes).write(to: url)) != nil, let folder = FuzzFixtures.labelledFolder else { return }
+        _ = try? DataSet.flatFolder(folder, labels: url)
+      }),
+    FuzzTarget(
+      name: "evidence", summary: "Evidence parsing (SGX/TDX quotes, SNP reports) and verification",
+      run: { bytes in
+        if let e = try? Evidence(bytes) { _ = e.fields }
+        _ = FuzzFixtures.lenientVerifier.verify(bytes)
+        _ = FuzzFixtures.strictVerifier.verify(bytes)
+      }, mutate: Mutators.quote),
+    FuzzTarget(
+      name: "policy", summary: "Policy(json:)",
+      run: { bytes in
+        _ = try? Policy(json: Data(bytes))
+      }),
+    FuzzTarget(
+      name: "collateral", summary: "Collateral(json:) and DCAP verification against it",
+      run: { bytes in
+        guard let c = try? Collateral(json: Data(bytes)),
+          let dcap = try? DCAPVerifier(collateral: c, time: FuzzFixtures.time)
+        else { return }
+        _ = AttestationVerifier(dcap: dcap, policy: Policy()).verify(FuzzFixtures.quoteWithRootChain)
+      }),
+    FuzzTarget(
+      name: "channel", summary: "attested channel: hellos and records, replayed, cut, forged",
+      run: { bytes in
+        ChannelProgram.run(bytes)
+      }),
+    FuzzTarget(
+      name: "sealed-head", summary: "SealedHead.open",
+      run: { bytes in
+        _ = try? SealedHead.open(bytes, key: FuzzFixtures.headKey)
+      }),
   ]
 }
 
@@ -195,6 +236,16 @@ enum FuzzFixtures {
   static let idxImages: URL? = {
     let url = scratch("images.idx")
     return (try? Data(Seeds.idxImages()).write(to: url)) != nil ? url : nil
+  }()
+
+  /// A folder of `a.png`, `b.png` and `c.png` for fuzzed labels files.
+  static let labelledFolder: URL? = {
+    let folder = URL(fileURLWithPath: scratch("images").path, isDirectory: true)
+    guard (try? FileManager.default.createDirectory(at: folder, withIntermediateDirectories: true)) != nil,
+      let png = try? ImageCodec.encodePNG(ByteImage(width: 2, height: 2, channels: 1))
+    else { return nil }
+    for name in ["a.png", "b.png", "c.png"] { try? png.write(to: folder.appendingPathComponent(name)) }
+    return folder
   }()
 
   /// A per-process scratch file in memory where /dev/shm exists.

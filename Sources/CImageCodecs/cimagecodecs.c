@@ -60,6 +60,40 @@ static void png_read_bytes(png_structp png, png_bytep out, size_t n) {
   src->pos += n;
 }
 
+// Every chunk up to IEND must fit in the bytes there are. libpng 1.6.39 allocates some
+// ancillary chunks (eXIf) at their declared length before it reads them and before its chunk
+// malloc limit applies, so a 30-byte file could ask for 2 GiB; checked here, the declared
+// lengths are bounded by the file itself.
+static int png_chunks_fit(const uint8_t *data, size_t size, veil_codec_error *error) {
+  size_t pos = 8;
+  while (size - pos >= 8) {
+    const uint8_t *p = data + pos;
+    uint32_t length = (uint32_t)p[0] << 24 | (uint32_t)p[1] << 16 | (uint32_t)p[2] << 8 | p[3];
+    if (length > 0x7fffffffu || (size_t)length > size - pos - 8 || size - pos - 8 - length < 4) {
+      char type[5];
+      for (int i = 0; i < 4; i++) type[i] = p[4 + i] >= 0x20 && p[4 + i] < 0x7f ? (char)p[4 + i] : '?';
+      type[4] = 0;
+      char message[200];
+      snprintf(message, sizeof message, "chunk '%s' declares %u bytes, the file has %zu left after its header (truncated)",
+               type, length, size - pos - 8);
+      set_error(error, pos, message);
+      return 0;
+    }
+    if (memcmp(p + 4, "IEND", 4) == 0) break;
+    pos += 12 + (size_t)length;
+  }
+  return 1;
+}
+
+// Ancillary chunks Veil never uses are skipped unread (no inflating, no allocation): only
+// tRNS (alpha of palette and grey images) changes the pixels Veil returns.
+static const png_byte png_ignored_chunks[] = {
+    'b', 'K', 'G', 'D', 0, 'c', 'H', 'R', 'M', 0, 'e', 'X', 'I', 'f', 0, 'g', 'A', 'M', 'A', 0, 'h', 'I', 'S', 'T', 0,
+    'i', 'C', 'C', 'P', 0, 'i', 'T', 'X', 't', 0, 'o', 'F', 'F', 's', 0, 'p', 'C', 'A', 'L', 0, 'p', 'H', 'Y', 's', 0,
+    's', 'B', 'I', 'T', 0, 's', 'C', 'A', 'L', 0, 's', 'P', 'L', 'T', 0, 's', 'R', 'G', 'B', 0, 't', 'E', 'X', 't', 0,
+    't', 'I', 'M', 'E', 0, 'z', 'T', 'X', 't', 0,
+};
+
 int veil_png_decode(const uint8_t *data, size_t size, const veil_decode_limits *limits, veil_decoded_image *out,
                     veil_codec_error *error) {
   memset(out, 0, sizeof *out);
@@ -69,6 +103,7 @@ int veil_png_decode(const uint8_t *data, size_t size, const veil_decode_limits *
     set_error(error, 0, "not a PNG file: the first 8 bytes are not the PNG signature");
     return 1;
   }
+  if (!png_chunks_fit(data, size, error)) return 1;
   png_source src = {data, size, 0, error, ""};
   png_structp png = png_create_read_struct(PNG_LIBPNG_VER_STRING, &src, png_fail, png_warn);
   if (!png) {
@@ -96,6 +131,8 @@ int veil_png_decode(const uint8_t *data, size_t size, const veil_decode_limits *
   png_set_user_limits(png, side, side);
   png_set_chunk_cache_max(png, limits->max_chunks);
   png_set_chunk_malloc_max(png, limits->max_chunk_bytes);
+  png_set_keep_unknown_chunks(png, PNG_HANDLE_CHUNK_NEVER, NULL, 0);
+  png_set_keep_unknown_chunks(png, PNG_HANDLE_CHUNK_NEVER, png_ignored_chunks, (int)(sizeof png_ignored_chunks / 5));
   png_read_info(png, info);
   png_uint_32 declared_width = png_get_image_width(png, info);
   png_uint_32 declared_height = png_get_image_height(png, info);

@@ -147,6 +147,9 @@ public struct DataSet: Sendable {
     return DataSet(classNames: classes, samples: samples)
   }
 
+  /// The largest class index a labels file may give (ImageNet-21k has 21 841 classes).
+  public static let maxClassIndex = 65_535
+
   /// ImageNet's validation layout: the images lie in `url`, and `labels` says their classes,
   /// one line per image: `FILE LABEL` (or `FILE,LABEL`), or just `LABEL` for each image in
   /// sorted file-name order. Labels are class indices or class names (sorted to indices).
@@ -176,11 +179,10 @@ public struct DataSet: Sendable {
     if !bare.isEmpty && !pairs.isEmpty {
       throw DataError.labels(file: labels.path, line: bare[0].1, detail: "mixes `LABEL` lines with `FILE LABEL` lines")
     }
-    if !bare.isEmpty {
+    if let last = bare.last {
       guard bare.count == files.count else {
         throw DataError.labels(
-          file: labels.path, line: bare.last!.1, detail: "\(bare.count) labels for \(files.count) images in \(url.path)"
-        )
+          file: labels.path, line: last.1, detail: "\(bare.count) labels for \(files.count) images in \(url.path)")
       }
       pairs = zip(files, bare).map { ($0, $1.0, $1.1) }
     } else {
@@ -190,21 +192,28 @@ public struct DataSet: Sendable {
           file: labels.path, line: p.line, detail: "no image '\(p.file.lastPathComponent)' in \(url.path)")
       }
     }
-    let numeric = pairs.allSatisfy { Int($0.label) != nil }
+    let indices = pairs.compactMap { Int($0.label) }
     let classNames: [String]
-    if numeric {
-      let top = pairs.compactMap { Int($0.label) }.max() ?? 0
-      if let bad = pairs.first(where: { Int($0.label)! < 0 }) {
-        throw DataError.labels(file: labels.path, line: bad.line, detail: "negative class index \(bad.label)")
+    let label: [Int]
+    if indices.count == pairs.count {
+      // Class indices make a class list 0...max: bounded, so a label of 10^18 is an error, not
+      // a list of 10^18 names.
+      for (p, k) in zip(pairs, indices) where k < 0 || k > Self.maxClassIndex {
+        throw DataError.labels(
+          file: labels.path, line: p.line,
+          detail: k < 0
+            ? "negative class index \(p.label)"
+            : "class index \(p.label) is larger than \(Self.maxClassIndex), the most Veil reads; use class names")
       }
-      classNames = (0...top).map(String.init)
+      classNames = (0...(indices.max() ?? 0)).map(String.init)
+      label = indices
     } else {
       classNames = Set(pairs.map(\.label)).sorted()
+      let index = Dictionary(uniqueKeysWithValues: classNames.enumerated().map { ($1, $0) })
+      label = pairs.map { index[$0.label] ?? 0 }
     }
     let samples = pairs.enumerated().map { g, p in
-      Sample(
-        source: .file(p.file), label: numeric ? Int(p.label)! : classNames.firstIndex(of: p.label)!, group: g,
-        name: p.file.path)
+      Sample(source: .file(p.file), label: label[g], group: g, name: p.file.path)
     }
     return DataSet(classNames: classNames, samples: samples)
   }

@@ -98,7 +98,7 @@ public struct Image<Pixel: PixelSample>: Sendable, Equatable {
 
   /// The rectangle at (x, y) of the given size; it must lie inside the image.
   public func cropped(x: Int, y: Int, width w: Int, height h: Int) throws -> Image {
-    guard x >= 0, y >= 0, w > 0, h > 0, x + w <= width, y + h <= height else {
+    guard x >= 0, y >= 0, w > 0, h > 0, x <= width - w, y <= height - h else {
       throw DataError.invalidArgument("crop \(w)×\(h) at (\(x), \(y)) does not fit in a \(width)×\(height) image")
     }
     let c = channels

@@ -107,10 +107,18 @@ public struct Preprocessing: Codable, Sendable, Equatable {
       let scaled = overflow ? Int.max : product / short
       let (w, h) = image.width <= image.height ? (s, scaled) : (scaled, s)
       if w != image.width || h != image.height {
-        // Checked before the colour conversion so a refused photo costs nothing more.
+        // Checked before the colour conversion so a refused photo costs nothing more; only the
+        // centre crop of the resized image is computed.
         try image.checkResize(w, h, maxPixels: maxPixels)
-        return try image.rgb().resized(width: w, height: h, interpolation: interpolation, maxPixels: maxPixels)
-          .centreCropped(width: cropWidth, height: cropHeight)
+        guard cropWidth <= w, cropHeight <= h else {
+          throw DataError.invalidArgument(
+            "centre crop \(cropWidth)×\(cropHeight) is larger than the \(w)×\(h) image")
+        }
+        let crop = (
+          x: Self.centreOffset(w, cropWidth), y: Self.centreOffset(h, cropHeight), width: cropWidth, height: cropHeight
+        )
+        return try image.rgb().resizedAndCropped(
+          width: w, height: h, interpolation: interpolation, crop: crop, maxPixels: maxPixels)
       }
     }
     return try image.rgb().centreCropped(width: cropWidth, height: cropHeight)
@@ -119,6 +127,12 @@ public struct Preprocessing: Codable, Sendable, Equatable {
   /// The model input for one photo, a batch of one.
   public func tensor(_ image: ByteImage, maxPixels: Int = ImageCodec.defaultMaxPixels) throws -> Tensor {
     try geometry(image, maxPixels: maxPixels).tensor(layout: layout, order: channelOrder, normalization: normalization)
+  }
+
+  /// Where torchvision's `CenterCrop` starts a crop of `crop` in `size`: half the difference,
+  /// rounded half to even as Python rounds.
+  static func centreOffset(_ size: Int, _ crop: Int) -> Int {
+    Int((Double(size - crop) / 2).rounded(.toNearestOrEven))
   }
 
   /// The tensor shape this produces.
@@ -131,9 +145,8 @@ extension Image {
     guard w <= width, h <= height else {
       throw DataError.invalidArgument("centre crop \(w)×\(h) is larger than the \(width)×\(height) image")
     }
-    let top = Int((Double(height - h) / 2).rounded(.toNearestOrEven))
-    let left = Int((Double(width - w) / 2).rounded(.toNearestOrEven))
-    return try cropped(x: left, y: top, width: w, height: h)
+    return try cropped(
+      x: Preprocessing.centreOffset(width, w), y: Preprocessing.centreOffset(height, h), width: w, height: h)
   }
 
   /// A `width × height` crop at a position drawn from `generator`, uniform over the positions

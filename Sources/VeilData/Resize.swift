@@ -47,17 +47,20 @@ struct ResampleTaps {
   /// `width` weights per output, zero past `count`.
   let weights: [Double]
 
-  init(inSize: Int, outSize: Int, filter: Interpolation) {
+  /// The taps of outputs `outputs` (all `outSize` of them by default; a window of them when
+  /// only a crop of the result is wanted), indexed from the window's start.
+  init(inSize: Int, outSize: Int, filter: Interpolation, outputs: Range<Int>? = nil) {
+    let outputs = outputs ?? 0..<outSize
     let scale = Double(inSize) / Double(outSize)
     let filterScale = max(scale, 1)
     let support = filter.support * filterScale
     // No output reads more than the whole input, however far its filter reaches.
     let width = min(Int(support.rounded(.up)) * 2 + 1, inSize + 2)
-    var first = [Int](repeating: 0, count: outSize)
-    var count = [Int](repeating: 0, count: outSize)
-    var weights = [Double](repeating: 0, count: outSize * width)
-    for o in 0..<outSize {
-      let center = (Double(o) + 0.5) * scale
+    var first = [Int](repeating: 0, count: outputs.count)
+    var count = [Int](repeating: 0, count: outputs.count)
+    var weights = [Double](repeating: 0, count: outputs.count * width)
+    for (o, output) in outputs.enumerated() {
+      let center = (Double(output) + 0.5) * scale
       // C's (int) truncation, as Pillow; the argument is ≥ −0.5 so truncation is towards zero.
       let lo = max(Int(center - support + 0.5), 0)
       let hi = min(Int(center + support + 0.5), inSize)
@@ -73,6 +76,25 @@ struct ResampleTaps {
       first[o] = lo
       count[o] = max(hi - lo, 0)
     }
+    self.width = width
+    self.first = first
+    self.count = count
+    self.weights = weights
+  }
+
+  /// The input indices these taps read, at least one.
+  var inputs: Range<Int> {
+    let lo = first.min() ?? 0
+    let hi = zip(first, count).map { $0 + $1 }.max() ?? lo
+    return lo..<max(hi, lo + 1)
+  }
+
+  /// The same taps reading an input that starts `offset` later (a window of rows).
+  func shifted(by offset: Int) -> ResampleTaps {
+    ResampleTaps(width: width, first: first.map { $0 - offset }, count: count, weights: weights)
+  }
+
+  private init(width: Int, first: [Int], count: [Int], weights: [Double]) {
     self.width = width
     self.first = first
     self.count = count
@@ -143,6 +165,45 @@ extension Image where Pixel == UInt8 {
     if h != height {
       let taps = ResampleTaps(inSize: height, outSize: h, filter: interpolation)
       source = source.resampledVertically(to: h, taps: taps)
+    }
+    return hasAlpha ? source.unpremultiplied() : source
+  }
+
+  /// `resized(width:height:interpolation:)` then `cropped(x:y:width:height:)`, to the bit,
+  /// computing only what the crop keeps: the horizontal pass over the source rows the kept rows
+  /// read, the vertical pass for the kept rows. Resizing a thin photo up to a size it is then
+  /// cropped from costs the crop, not the resized size.
+  public func resizedAndCropped(
+    width w: Int, height h: Int, interpolation: Interpolation, crop: (x: Int, y: Int, width: Int, height: Int),
+    maxPixels: Int = ImageCodec.defaultMaxPixels
+  ) throws -> ByteImage {
+    try checkResize(w, h, maxPixels: maxPixels)
+    guard crop.x >= 0, crop.y >= 0, crop.width > 0, crop.height > 0, crop.x <= w - crop.width,
+      crop.y <= h - crop.height
+    else {
+      throw DataError.invalidArgument(
+        "crop \(crop.width)×\(crop.height) at (\(crop.x), \(crop.y)) does not fit in a \(w)×\(h) image")
+    }
+    let columns = crop.x..<(crop.x + crop.width)
+    let rows = crop.y..<(crop.y + crop.height)
+    if interpolation == .nearest {
+      let xs = Self.nearestIndices(inSize: width, outSize: w)
+      let ys = Self.nearestIndices(inSize: height, outSize: h)
+      return remapped(width: crop.width, height: crop.height) { x, y in (xs[crop.x + x], ys[crop.y + y]) }
+    }
+    let vertical = h != height ? ResampleTaps(inSize: height, outSize: h, filter: interpolation, outputs: rows) : nil
+    let sourceRows = vertical?.inputs ?? rows
+    let hasAlpha = channels == 2 || channels == 4
+    var source = try cropped(x: 0, y: sourceRows.lowerBound, width: width, height: sourceRows.count)
+    if hasAlpha { source = source.premultiplied() }
+    if w != width {
+      let taps = ResampleTaps(inSize: width, outSize: w, filter: interpolation, outputs: columns)
+      source = source.resampledHorizontally(to: crop.width, taps: taps)
+    } else {
+      source = try source.cropped(x: crop.x, y: 0, width: crop.width, height: source.height)
+    }
+    if let vertical {
+      source = source.resampledVertically(to: crop.height, taps: vertical.shifted(by: sourceRows.lowerBound))
     }
     return hasAlpha ? source.unpremultiplied() : source
   }

@@ -331,6 +331,8 @@ struct ONNXImporter {
   /// Whether some graph input has a symbolic leading dimension.
   var symbolicBatch = false
   var externalFiles: [String: Data] = [:]
+  /// Elements of the constants folded so far (`FormatLimits.maxFoldedElements` in all).
+  var foldedElements = 0
 
   init(model: ONNXProto.Model, bytes: [UInt8], baseDirectory: URL?) {
     self.model = model
@@ -841,7 +843,17 @@ extension ONNXImporter {
       throw c.fail("unknown op '\(n.opType)' in domain '\(n.domain)' (opset \(opset))")
     }
     if n.isFusedSiLU, let x = c.input(0) { return try emit(.activation(.silu), c, inputs: [x]) }
-    if try foldConstant(c) { return }
+    if try foldConstant(c) {
+      // Folded constants cost memory the file does not hold: all of them share one budget.
+      if let out = n.outputs.first, let k = constants[out] {
+        foldedElements += k.dims.reduce(1) { $0 * max($1, 1) }
+        guard foldedElements <= FormatLimits.maxFoldedElements else {
+          throw c.fail(
+            "constants folded from attributes and shape arithmetic exceed \(FormatLimits.maxFoldedElements) elements in all")
+        }
+      }
+      return
+    }
     func x() throws -> String {
       guard let i = c.input(0) else { throw c.fail("input 0 is missing") }
       return i
@@ -1124,8 +1136,12 @@ extension ONNXImporter {
       }
       let shape = v.map { Int($0) }
       let count: Int
-      do { count = try FormatLimits.elementCount(shape, maxElements: FormatLimits.maxFoldedElements) } catch {
-        throw c.fail("shape \(shape.prefix(8)) \(error.detail)")
+      do {
+        count = try FormatLimits.elementCount(shape, maxElements: FormatLimits.maxFoldedElements - foldedElements)
+      } catch {
+        throw c.fail(
+          "shape \(shape.prefix(8)) \(error.detail) (what is left of the \(FormatLimits.maxFoldedElements) elements "
+            + "all folded constants may hold)")
       }
       var fill: Float = 0
       if case .tensor(let t)? = n.attributes["value"] {
@@ -1152,7 +1168,9 @@ extension ONNXImporter {
         if opset >= 13, ins.count > 1, case .ints(_, let a)? = constants[ins[1]] { axes = a.map { Int($0) } }
         guard let axes else { throw c.fail("'axes' is missing") }
         let r = dims.count + axes.count
-        guard r <= FormatLimits.maxRank else { throw c.fail("unsqueezing to rank \(r) exceeds \(FormatLimits.maxRank)") }
+        guard r <= FormatLimits.maxRank else {
+          throw c.fail("unsqueezing to rank \(r) exceeds \(FormatLimits.maxRank)")
+        }
         for a in axes.map({ $0 < 0 ? $0 + r : $0 }).sorted() {
           guard a >= 0, a <= dims.count else { throw c.fail("axis \(a) is out of range") }
           dims.insert(1, at: a)
@@ -1255,7 +1273,9 @@ extension ONNXImporter {
       if n.opType == "Unsqueeze" {
         guard let axes else { throw c.fail("'axes' is missing") }
         let r = dims.count + axes.count
-        guard r <= FormatLimits.maxRank else { throw c.fail("unsqueezing to rank \(r) exceeds \(FormatLimits.maxRank)") }
+        guard r <= FormatLimits.maxRank else {
+          throw c.fail("unsqueezing to rank \(r) exceeds \(FormatLimits.maxRank)")
+        }
         for a in axes.map({ $0 < 0 ? $0 + r : $0 }).sorted() {
           guard a >= 0, a <= dims.count else { throw c.fail("axis \(a) is out of range") }
           dims.insert(1, at: a)

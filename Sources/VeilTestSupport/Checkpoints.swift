@@ -82,7 +82,8 @@ public struct PickleBuilder {
     }
     for (t, n) in tensors {
       p.str(t.name)
-      p.tensor(type: t.type, key: t.key, storageSize: n, offset: t.offset, size: t.size, stride: t.stride, legacy: false)
+      p.tensor(
+        type: t.type, key: t.key, storageSize: n, offset: t.offset, size: t.size, stride: t.stride, legacy: false)
       p.bytes.append(0x73)
     }
     p.stop()
@@ -126,7 +127,8 @@ public func legacyCheckpoint(_ tensors: [CheckpointTensor], storages: [(String, 
   for t in tensors {
     let count = storages.first { $0.0 == t.key }?.1 ?? 0
     main.str(t.name)
-    main.tensor(type: t.type, key: t.key, storageSize: count, offset: t.offset, size: t.size, stride: t.stride, legacy: true)
+    main.tensor(
+      type: t.type, key: t.key, storageSize: count, offset: t.offset, size: t.size, stride: t.stride, legacy: true)
     main.bytes.append(0x73)
   }
   main.stop()

@@ -48,7 +48,8 @@ public enum Checksum {
   }
 
   public static func gzipStored(_ data: [UInt8]) -> [UInt8] {
-    [0x1F, 0x8B, 8, 0, 0, 0, 0, 0, 0, 0xFF] + deflateStored(data) + le32(crc32(data)) + le32(UInt32(truncatingIfNeeded: data.count))
+    [0x1F, 0x8B, 8, 0, 0, 0, 0, 0, 0, 0xFF] + deflateStored(data) + le32(crc32(data))
+      + le32(UInt32(truncatingIfNeeded: data.count))
   }
 }
 
@@ -191,16 +192,20 @@ public enum JPEGFile {
       return out
     }
     func scan(_ ids: [UInt8], start: UInt8, end: UInt8, bits: Int) -> Segment {
-      Segment(marker: 0xDA, payload: [UInt8(ids.count)] + ids.flatMap { [$0, 0x00] } + [start, end, 0], scan: data(bits: bits))
+      Segment(
+        marker: 0xDA, payload: [UInt8(ids.count)] + ids.flatMap { [$0, 0x00] } + [start, end, 0], scan: data(bits: bits)
+      )
     }
     var segments = before + [quant, frame, dc, ac]
     if progressive {
       let blocks = ((width + 7) / 8) * ((height + 7) / 8)
-      segments += [scan([components[0].0], start: 0, end: 0, bits: blocks), scan([components[0].0], start: 1, end: 63, bits: blocks)]
+      segments += [
+        scan([components[0].0], start: 0, end: 0, bits: blocks),
+        scan([components[0].0], start: 1, end: 63, bits: blocks),
+      ]
     } else {
       segments.append(scan(components.map(\.0), start: 0, end: 63, bits: 2 * mcus * blocksPerMCU))
     }
     return assemble(segments)
   }
 }
-

@@ -12,7 +12,8 @@ public enum ONNXSeeds {
     var g = Graph(name: "fuzz-seed")
     let x = g.addInput(name: "x", shape: [1, 3, 16, 16])
     var y = g.conv(
-      x, weight: .randomNormal(shape: [8, 3, 3, 3], generator: &rng), bias: Tensor(zeros: [8]), .square(3), name: "conv")
+      x, weight: .randomNormal(shape: [8, 3, 3, 3], generator: &rng), bias: Tensor(zeros: [8]), .square(3), name: "conv"
+    )
     y = g.batchNorm(
       y, scale: Tensor(shape: [8], repeating: 1), bias: Tensor(zeros: [8]), mean: Tensor(zeros: [8]),
       variance: Tensor(shape: [8], repeating: 1), name: "bn")
@@ -64,7 +65,8 @@ public enum ONNXSeeds {
     m.node("ConstantOfShape", ["shape23"], ["ones"]) { e in
       e.message(5) { a in
         a.string(1, "value")
-        a.message(5) { t in ONNXModelBuilder.tensorFields(&t, name: "v", dims: [1], type: 1) { $0.packedFloat(4, [1]) } }
+        a.message(5) { t in ONNXModelBuilder.tensorFields(&t, name: "v", dims: [1], type: 1) { $0.packedFloat(4, [1]) }
+        }
         a.int(20, 4)
       }
     }

@@ -39,6 +39,21 @@ final class DataFuzzCorpusTests: XCTestCase {
     try replay("toniot-transform") { name, bytes in _ = try TonIoTTransform.decode(Data(bytes), file: name) }
   }
 
+  /// Labels files for the harness's flat folder of `a.png`, `b.png` and `c.png`.
+  func testLabels() throws {
+    let folder = FileManager.default.temporaryDirectory.appendingPathComponent(
+      "veil-corpus-\(UUID().uuidString)", isDirectory: true)
+    try FileManager.default.createDirectory(at: folder, withIntermediateDirectories: true)
+    defer { try? FileManager.default.removeItem(at: folder) }
+    let png = try ImageCodec.encodePNG(ByteImage(width: 2, height: 2, channels: 1))
+    for name in ["a.png", "b.png", "c.png"] { try png.write(to: folder.appendingPathComponent(name)) }
+    try replay("labels") { _, bytes in
+      let url = folder.appendingPathComponent("labels.txt")
+      try Data(bytes).write(to: url)
+      _ = try DataSet.flatFolder(folder, labels: url)
+    }
+  }
+
   func testIDX() throws {
     try replay("idx") { name, bytes in
       let url = FileManager.default.temporaryDirectory.appendingPathComponent("veil-corpus-\(UUID().uuidString).idx")

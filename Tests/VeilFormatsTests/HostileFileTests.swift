@@ -17,7 +17,8 @@ final class HostileFileTests: XCTestCase {
   }
 
   func assertRefused(
-    _ body: @autoclosure () throws -> some Any, _ fragments: [String], file: StaticString = #filePath, line: UInt = #line
+    _ body: @autoclosure () throws -> some Any, _ fragments: [String], file: StaticString = #filePath,
+    line: UInt = #line
   ) {
     XCTAssertThrowsError(try body(), file: file, line: line) { error in
       for f in fragments {
@@ -90,7 +91,9 @@ final class HostileFileTests: XCTestCase {
     var q = PickleBuilder()
     q.bytes.append(0x7D)
     q.str("w")
-    q.tensor(type: "FloatStorage", key: "0", storageSize: 1, offset: 0, size: [1 << 15, 1 << 15], stride: [0, 0], legacy: false)
+    q.tensor(
+      type: "FloatStorage", key: "0", storageSize: 1, offset: 0, size: [1 << 15, 1 << 15], stride: [0, 0], legacy: false
+    )
     q.bytes.append(0x73)
     q.stop()
     let zip = storedZip([("archive/data.pkl", q.bytes), ("archive/data/0", floatBytes([1]))])
@@ -131,7 +134,8 @@ final class HostileFileTests: XCTestCase {
       return withUnsafeBytes(of: UInt64(header.count).littleEndian) { Array($0) } + header
     }
     assertRefused(try Safetensors.decode(file("[0,4294967296,4294967296,4294967296]")), ["tensor 't'", "more than"])
-    assertRefused(try Safetensors.decode(file("[" + Array(repeating: "1", count: 33).joined(separator: ",") + "]")), ["rank 33"])
+    assertRefused(
+      try Safetensors.decode(file("[" + Array(repeating: "1", count: 33).joined(separator: ",") + "]")), ["rank 33"])
   }
 
   // MARK: ONNX and protobuf
@@ -184,7 +188,16 @@ final class HostileFileTests: XCTestCase {
     m.input("x", dims: [1, 2])
     m.node("Relu", ["x"], ["y"])
     m.output("y", dims: [1, 2])
-    assertRefused(try ONNXReader.parse(m.model()), ["ConstantOfShape", "more than 16777216 elements"])
+    assertRefused(try ONNXReader.parse(m.model()), ["ConstantOfShape", "more than 268435456 elements"])
+
+    // Each within the budget, together over it: 5 × 2^26 elements from a few bytes each.
+    var many = ONNXModelBuilder()
+    many.ints("shape", dims: [2], [1 << 13, 1 << 13])
+    for i in 0..<5 { many.node("ConstantOfShape", ["shape"], ["c\(i)"]) }
+    many.input("x", dims: [1, 2])
+    many.node("Relu", ["x"], ["y"])
+    many.output("y", dims: [1, 2])
+    assertRefused(try ONNXReader.parse(many.model()), ["ConstantOfShape_c4", "all folded constants"])
 
     var u = ONNXModelBuilder()
     u.ints("one", dims: [1], [1])
