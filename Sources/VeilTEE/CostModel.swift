@@ -121,6 +121,113 @@ public struct TEEPreset: Sendable, Equatable, Codable {
   }
 }
 
+/// A modeled figure with its sensitivity: its value at the cost model's cheap end, at the preset,
+/// and at the costly end of the preset's uncertain parameters (`TEEPreset.bandScenarios`).
+public struct ModeledBand: Sendable, Codable, Equatable {
+  public var low: Double
+  public var preset: Double
+  public var high: Double
+
+  public init(low: Double, preset: Double, high: Double) {
+    self.low = low
+    self.preset = preset
+    self.high = high
+  }
+
+  /// The band of `values` (one per scenario) around the preset's `value`.
+  public init(preset value: Double, over values: [Double]) {
+    self.init(low: min(value, values.min() ?? value), preset: value, high: max(value, values.max() ?? value))
+  }
+
+  /// Whether the band holds values of both signs (a speed-up that may be a slow-down).
+  public var straddlesZero: Bool { low < 0 && high > 0 }
+}
+
+/// One setting of the cost model's uncertain parameters the band is taken over.
+public struct TEEScenario: Sendable, Equatable {
+  /// "low" (every parameter at its cheap end), "high" (every one at its costly end), or
+  /// "<key> low" / "<key> high" (that parameter alone moved, the others at the preset).
+  public var name: String
+  /// The parameter key moved alone; nil for the two corners.
+  public var parameter: String?
+  public var preset: TEEPreset
+}
+
+extension TEEPreset {
+  /// The uncertain parameters with their cheap and costly ends (docs/tee-cost-model.md, "Band"):
+  /// - `runtime_mib`: 0 (nothing of the runtime resident beside the model) … 2× the preset;
+  /// - `epc_mib`: ±10 % (the usable EPC depends on the BIOS's PRM size and on the other enclaves
+  ///   resident, the platform's own among them); only for presets with an EPC;
+  /// - `memory_encryption_factor`: half … twice the preset's overhead (×1.25 → ×1.125 … ×1.5;
+  ///   Gramine reports 25 % with the stock OpenMP runtime and 8 % with its patched one);
+  /// - `transition_cycles`: 8,000/12,000 … 17,000/12,000 of the preset (HotCalls' range).
+  /// The page-swap cost, the clock and the transitions per I/O are not varied.
+  public var uncertainParameters: [(key: String, cheap: TEEPreset, costly: TEEPreset)] {
+    var out: [(String, TEEPreset, TEEPreset)] = []
+    var cheap = self
+    var costly = self
+    if let epc = epcBytes {
+      cheap.runtimeBytes = 0
+      costly.runtimeBytes = runtimeBytes * 2
+      out.append(("runtime_mib", cheap, costly))
+      cheap = self
+      costly = self
+      cheap.epcBytes = Int(Double(epc) * 1.1)
+      costly.epcBytes = Int(Double(epc) * 0.9)
+      out.append(("epc_mib", cheap, costly))
+    }
+    cheap = self
+    costly = self
+    cheap.memoryEncryptionFactor = 1 + (memoryEncryptionFactor - 1) / 2
+    costly.memoryEncryptionFactor = 1 + (memoryEncryptionFactor - 1) * 2
+    out.append(("memory_encryption_factor", cheap, costly))
+    cheap = self
+    costly = self
+    cheap.transitionCycles = transitionCycles * 8 / 12
+    costly.transitionCycles = transitionCycles * 17 / 12
+    out.append(("transition_cycles", cheap, costly))
+    return out
+  }
+
+  /// What a person calls an uncertain parameter.
+  public static func parameterTitle(_ key: String) -> String {
+    [
+      "runtime_mib": "runtime pages", "epc_mib": "EPC size", "memory_encryption_factor": "compute factor",
+      "transition_cycles": "transition cost",
+    ][key] ?? key
+  }
+
+  /// The settings a band is taken over: both corners, then each uncertain parameter alone at
+  /// either end.
+  public var bandScenarios: [TEEScenario] {
+    let params = uncertainParameters
+    var low = self
+    var high = self
+    for (key, cheap, costly) in params {
+      switch key {
+      case "runtime_mib":
+        low.runtimeBytes = cheap.runtimeBytes
+        high.runtimeBytes = costly.runtimeBytes
+      case "epc_mib":
+        low.epcBytes = cheap.epcBytes
+        high.epcBytes = costly.epcBytes
+      case "memory_encryption_factor":
+        low.memoryEncryptionFactor = cheap.memoryEncryptionFactor
+        high.memoryEncryptionFactor = costly.memoryEncryptionFactor
+      default:
+        low.transitionCycles = cheap.transitionCycles
+        high.transitionCycles = costly.transitionCycles
+      }
+    }
+    var out = [TEEScenario(name: "low", parameter: nil, preset: low), TEEScenario(name: "high", parameter: nil, preset: high)]
+    for (key, cheap, costly) in params {
+      out.append(TEEScenario(name: "\(key) low", parameter: key, preset: cheap))
+      out.append(TEEScenario(name: "\(key) high", parameter: key, preset: costly))
+    }
+    return out
+  }
+}
+
 public enum TEECostError: Error, CustomStringConvertible, Equatable {
   case unknownPreset(String, valid: [String])
   case unknownParameter(String, valid: [String])
@@ -178,7 +285,24 @@ public enum TEECostModel {
   /// `trace`, and which makes `ioOperations` network sends or receives per request.
   public static func cost(nativeSeconds: Double, trace: [MemoryStep], preset: TEEPreset, ioOperations: Int) -> TEECost {
     let (pages, swaps) = simulatePaging(trace: trace, preset: preset)
-    return TEECost(
+    return cost(nativeSeconds: nativeSeconds, pages: pages, swaps: swaps, preset: preset, ioOperations: ioOperations)
+  }
+
+  /// The modeled cost of the segment under each of `preset.bandScenarios`, in their order.
+  public static func scenarioCosts(nativeSeconds: Double, trace: [MemoryStep], preset: TEEPreset, ioOperations: Int) -> [TEECost] {
+    // Paging depends on the EPC and the runtime pages only: simulate each pair once.
+    var paging: [String: (Int, Int)] = [:]
+    return preset.bandScenarios.map { s in
+      let p = s.preset
+      let key = "\(p.epcBytes ?? -1)/\(p.runtimeBytes)"
+      let (pages, swaps) = paging[key] ?? simulatePaging(trace: trace, preset: p)
+      paging[key] = (pages, swaps)
+      return cost(nativeSeconds: nativeSeconds, pages: pages, swaps: swaps, preset: p, ioOperations: ioOperations)
+    }
+  }
+
+  static func cost(nativeSeconds: Double, pages: Int, swaps: Int, preset: TEEPreset, ioOperations: Int) -> TEECost {
+    TEECost(
       nativeSeconds: nativeSeconds, computeSeconds: nativeSeconds * preset.memoryEncryptionFactor,
       workingSetPages: pages, pageSwaps: swaps, pagingSeconds: Double(swaps) * preset.pageSwapCycles / preset.cpuHz,
       transitionSeconds: Double(ioOperations * preset.transitionsPerIO) * preset.transitionCycles / preset.cpuHz,
