@@ -32,6 +32,9 @@ public enum HTMLReport {
       <h1>Where to cut \(xml(record.model))</h1>
 
       """
+    if let u = p.unstableLine {
+      h += "<p class=\"warn\"><b>Profile unstable:</b> \(xml(String(u.dropFirst("PROFILE UNSTABLE: ".count))))</p>\n"
+    }
     let weak = record.weaknesses
     if !weak.isEmpty {
       h += "<p class=\"warn\"><b>Weaker than the default evaluation:</b> \(weak.map(xml).joined(separator: "; ")). A stronger attacker may rebuild more than this page shows.</p>\n"
@@ -39,13 +42,24 @@ public enum HTMLReport {
     h += verdict(record)
     // Runtime.
     h += "<h2>Runtime per cut</h2>\n"
-    h += "<p>Head in the TEE (<span class=\"modeled\">\(xml(teeNote))</span>) + transfer of the feature map + tail on the accelerator (\(xml(p.accelerator))), against the whole model in the TEE. Link: \(xml(p.link)). Medians of \(p.runs) runs, batch \(p.batch), \(p.threads) threads.</p>\n"
-    h += "<table class=\"runtime\"><tr><th>#</th><th>cut</th><th>feature</th><th>head in TEE ms\(modeled ? " (modeled)" : "")</th><th>transfer ms</th><th>tail ms</th><th>partitioned ms\(modeled ? " (modeled)" : "")</th><th>full enclave ms\(modeled ? " (modeled)" : "")</th><th>speed-up %</th><th>verdict</th></tr>\n"
+    // The bands and the machine's load belong to the runtime's paragraph.
+    let bands = p.cuts.contains { $0.speedupBand != nil }
+    var more = ""
+    if bands, let b = p.baseline.totalBand {
+      more += " <span class=\"modeled\">Bands: each modeled figure from the cost model's cheap end to its costly end over its uncertain parameters (runtime pages, EPC size, compute factor, transition cost; docs/tee-cost-model.md); the whole model in the TEE \(String(format: "%.1f ms, band %.1f … %.1f ms", b.preset, b.low, b.high)).</span>"
+    }
+    if let c = p.conditions, !c.summary.isEmpty { more += " While profiling: \(xml(c.summary))." }
+    h += "<p>Head in the TEE (<span class=\"modeled\">\(xml(teeNote))</span>) + transfer of the feature map + tail on the accelerator (\(xml(p.accelerator))), against the whole model in the TEE. Link: \(xml(p.link)). Medians of \(p.runs) runs, batch \(p.batch), \(p.threads) threads.\(more)</p>\n"
+    h += "<table class=\"runtime\"><tr><th>#</th><th>cut</th><th>feature</th><th>head in TEE ms\(modeled ? " (modeled)" : "")</th><th>transfer ms</th><th>tail ms</th><th>partitioned ms\(modeled ? " (modeled)" : "")</th><th>full enclave ms\(modeled ? " (modeled)" : "")</th><th>speed-up %</th>\(bands ? "<th>partitioned band ms (modeled)</th><th>speed-up band % (modeled)</th>" : "")<th>verdict</th></tr>\n"
     for c in p.cuts {
       let cls = [c.cut.name == record.chosenCut ? "chosen" : nil, c.cut.name == record.fastestCut ? "fastest" : nil].compactMap { $0 }
       let v = record.verdict(c.cut.name)
       h += "<tr\(cls.isEmpty ? "" : " class=\"\(cls.joined(separator: " "))\"")><td>\(c.cut.index)</td><td class=\"name\">\(xml(c.cut.name))</td><td>\(c.cut.shape.dropFirst().map(String.init).joined(separator: "×"))</td>"
       h += String(format: "<td>%.1f</td><td>%.2f</td><td>%.1f</td><td>%.1f</td><td>%.1f</td><td>%.1f</td>", c.headTEEMs, c.transferMs, c.tailMs, c.totalMs, p.baseline.totalMs, c.speedupPercent)
+      if bands {
+        let flips = c.speedupSignDependsOn?.isEmpty == false ? " class=\"undecided\" title=\"its sign changes within the band\"" : ""
+        h += "<td class=\"modeled\">\(ProfileReport.range(c.totalBand))</td><td\(flips)>\(ProfileReport.range(c.speedupBand))</td>"
+      }
       h += "<td>\(v.map { "<span class=\"\($0.status.rawValue)\">\($0.status.rawValue)</span>" } ?? (record.notAttacked[c.cut.name] != nil ? "not attacked" : "—"))</td></tr>\n"
     }
     h += "</table>\n<figure>\(p.svg)<figcaption>Latency per request, stacked: head in the TEE, transfer, tail. \(modeled ? "Hatched parts are modeled." : "")</figcaption></figure>\n"
@@ -92,7 +106,7 @@ public enum HTMLReport {
       return "<p class=\"verdict warn\">No cut is private \(xml(scope)). Keep the whole model in the TEE: \(String(format: "%.1f", p.baseline.totalMs)) ms per request.</p>\n"
     }
     var s = "<p class=\"verdict\">Cut at <b>\(xml(chosen))</b>: "
-    s += String(format: "%.1f ms per request against %.1f ms for the whole model in the TEE (speed-up %.1f %%)", row.totalMs, p.baseline.totalMs, row.speedupPercent)
+    s += String(format: "%.1f ms per request against %.1f ms for the whole model in the TEE (", row.totalMs, p.baseline.totalMs) + xml(p.speedupStatement(row)) + ")"
     s += ". Private \(xml(scope)).</p>\n"
     if let v = record.verdict(chosen) {
       s += "<p>At this cut: " + v.measures.map { m in
@@ -107,7 +121,7 @@ public enum HTMLReport {
       s += "<p class=\"warn\">Within noise: \(record.tiedCuts.map(xml).joined(separator: ", ")) \(record.tiedCuts.count == 1 ? "is" : "are") undecided (the 95 % interval contains a threshold), so another run of this plan with other seeds may choose \(record.tiedCuts.count == 1 ? "it" : "one of them") instead of \(xml(chosen)).</p>\n"
     }
     if let f = record.fastestCut, f != chosen, let fr = record.row(f) {
-      s += String(format: "<p>The fastest cut regardless of privacy is %@ at %.1f ms: privacy costs %.1f ms per request here.</p>\n", xml(f), fr.totalMs, row.totalMs - fr.totalMs)
+      s += String(format: "<p>The fastest cut regardless of privacy is %@ at %.1f ms: privacy costs %.1f ms per request here%@.</p>\n", xml(f), fr.totalMs, row.totalMs - fr.totalMs, p.unstableSegments.isEmpty ? "" : " (runtime figures unstable: not to be decided on)")
     }
     return s
   }

@@ -87,6 +87,9 @@ public struct PlanRecord: Sendable, Codable {
   public var notAttacked: [String: String]
   /// The fastest cut regardless of privacy.
   public var fastestCut: String?
+  /// The profile's "PROFILE UNSTABLE: …" line when its runtime figures are not to be decided
+  /// on (the segments are in `profile.unstable`); nil when stable, and in older plans.
+  public var profileUnstable: String?
   public var deployment: Deployment?
   public var created: String
   public var versions: [String: String]
@@ -111,6 +114,7 @@ public struct PlanRecord: Sendable, Codable {
     tiedCuts = outcome.tied
     notAttacked = outcome.skipped
     fastestCut = profile.fastestCut
+    profileUnstable = profile.unstableLine
     self.deployment = deployment
     self.created = ISO8601DateFormatter().string(from: created)
     self.versions = versions

@@ -188,6 +188,7 @@ public struct Planner {
       state.profile = profile
       try save(state)
     }
+    if let u = profile.unstableLine { log("profile: " + u) }
     var skipped: [String: String] = [:]
     var indices: [Int] = []  // profile positions of the cuts the search may evaluate
     for (k, row) in profile.cuts.enumerated() {

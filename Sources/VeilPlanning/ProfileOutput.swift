@@ -1,30 +1,73 @@
 import Foundation
+import VeilTEE
 
 /// The profile as a person or a script reads it: the paper-style table, CSV, and an SVG plot.
 extension ProfileReport {
   /// Whether the TEE figures are modeled (no TEE was detected).
   var teeModeled: Bool { teeTime == "modeled" }
 
+  /// The segments that stayed unstable (empty for a stable profile, or one older than the check).
+  public var unstableSegments: [UnstableSegment] { unstable ?? [] }
+
+  /// The first line of every output of an unstable profile ("PROFILE UNSTABLE: …"), or nil.
+  public var unstableLine: String? {
+    let u = unstableSegments
+    guard !u.isEmpty else { return nil }
+    let shown = u.prefix(4).map { "\($0.segment): \($0.reason)" }
+    let more = u.count > 4 ? "; and \(u.count - 4) more (the profile's `unstable` list)" : ""
+    let machine = conditions.map { c in c.summary.isEmpty ? "" : " (\(c.summary))" } ?? ""
+    return "PROFILE UNSTABLE: " + shown.joined(separator: "; ") + more + machine
+      + ". Its runtime figures are not to be decided on: profile again when the machine is quiet (`veil plan --reprofile`, `veil profile`), or with more --runs."
+  }
+
+  /// "%.1f … %.1f" of a band, or "" when there is none.
+  static func range(_ b: ModeledBand?, _ format: String = "%.1f") -> String {
+    b.map { String(format: "\(format) … \(format)", $0.low, $0.high) } ?? ""
+  }
+
+  /// A cut's speed-up as a person reads it: "speed-up 36.1 % modeled (band −2.0 … 41.0 %: its
+  /// sign depends on the cost model's runtime pages)", and whether the runtime is unstable.
+  public func speedupStatement(_ c: CutProfile) -> String {
+    var s = String(format: "speed-up %.1f %%", c.speedupPercent) + (teeModeled ? " modeled" : "")
+    if let b = c.speedupBand {
+      s += " (band " + Self.range(b) + " %"
+      if let flips = c.speedupSignDependsOn, !flips.isEmpty {
+        let names = flips == ["together"] ? "uncertain parameters taken together" : flips.map(TEEPreset.parameterTitle).joined(separator: " and ")
+        s += ": its sign depends on the cost model's " + names
+      }
+      s += ")"
+    }
+    if !unstableSegments.isEmpty { s += "; runtime figures UNSTABLE (see the first line)" }
+    return s
+  }
+
   /// The paper's table (full enclave, partitioned, speed-up) for every cut, with the parts of
-  /// the partitioned time, followed by the fastest cut.
+  /// the partitioned time and the modeled figures' bands, followed by the fastest cut. An
+  /// unstable profile says so on the first line.
   public var table: String {
     let tee = teeModeled ? "TEE, modeled" : teeTime
     var lines: [String] = []
+    if let u = unstableLine { lines.append(u) }
     lines.append("\(model), batch \(batch), \(threads) threads, preset \(preset.name) (\(tee)); accelerator \(accelerator)")
     lines.append(
       String(
-        format: "full model in the TEE: %.1f ms (native %.1f ms; paging %.1f ms for %d page swaps; working set %.1f MiB)",
-        baseline.totalMs, baseline.nativeMs, baseline.tee.pagingSeconds * 1e3, baseline.tee.pageSwaps,
-        Double(baseline.tee.workingSetPages) * 4 / 1024))
-    let header = ["#", "cut", "feature", "head TEE ms", "(swaps)", "transfer ms", "tail ms", "partitioned ms", "full enclave ms", "speed-up %"]
+        format: "full model in the TEE: %.1f ms%@ (native %.1f ms; paging %.1f ms for %d page swaps; working set %.1f MiB)",
+        baseline.totalMs, baseline.totalBand.map { " modeled, band " + Self.range($0) + " ms" } ?? "", baseline.nativeMs,
+        baseline.tee.pagingSeconds * 1e3, baseline.tee.pageSwaps, Double(baseline.tee.workingSetPages) * 4 / 1024))
+    if let c = conditions, !c.summary.isEmpty { lines.append("while profiling: " + c.summary) }
+    let bands = cuts.contains { $0.speedupBand != nil }
+    var header = ["#", "cut", "feature", "head TEE ms", "(swaps)", "transfer ms", "tail ms", "partitioned ms", "full enclave ms", "speed-up %"]
+    if bands { header += ["partitioned band", "speed-up band"] }
     var rows = [header]
     for c in cuts {
-      rows.append([
+      var row = [
         "\(c.cut.index)", c.cut.name, "\(c.cut.shape.dropFirst().map(String.init).joined(separator: "×"))",
         String(format: "%.1f", c.headTEEMs), "\(c.headTEE.pageSwaps)", String(format: "%.2f", c.transferMs),
         String(format: "%.1f", c.tailMs), String(format: "%.1f", c.totalMs), String(format: "%.1f", baseline.totalMs),
         String(format: "%.1f", c.speedupPercent),
-      ])
+      ]
+      if bands { row += [Self.range(c.totalBand), Self.range(c.speedupBand) + (c.speedupSignDependsOn?.isEmpty == false ? " ±" : "")] }
+      rows.append(row)
     }
     let widths = header.indices.map { k in rows.map { $0[k].count }.max() ?? 0 }
     for r in rows {
@@ -36,9 +79,12 @@ extension ProfileReport {
     }
     if let f = fastestCut, let c = cuts.first(where: { $0.cut.name == f }) {
       lines.append(
-        String(
-          format: "fastest: %@ — %.1f ms partitioned against %.1f ms in the TEE whole (speed-up %.1f %%)", f, c.totalMs,
-          baseline.totalMs, c.speedupPercent))
+        String(format: "fastest: %@ — %.1f ms partitioned against %.1f ms in the TEE whole (", f, c.totalMs, baseline.totalMs)
+          + speedupStatement(c) + ")")
+    }
+    if bands {
+      lines.append(
+        "bands: low … high of the modeled figures over the cost model's uncertain parameters (docs/tee-cost-model.md#band); ± marks a speed-up whose sign changes within its band")
     }
     lines.append("measured here: head native, transfer seal/open, tail; modeled: " + modeled.joined(separator: ", "))
     return lines.joined(separator: "\n")
@@ -48,7 +94,7 @@ extension ProfileReport {
   public var csv: String {
     let m = teeModeled ? "_modeled" : ""
     var lines = [
-      "index,cut,tensor,shape,feature_bytes,head_parameter_bytes,head_flops,head_native_ms,head_tee_ms\(m),head_page_swaps\(m),transfer_seal_ms,transfer_open_ms,transfer_wire_ms_modeled,tail_ms,tail_roofline_ms_modeled,total_ms\(m),full_enclave_ms\(m),speedup_percent\(m)"
+      "index,cut,tensor,shape,feature_bytes,head_parameter_bytes,head_flops,head_native_ms,head_tee_ms\(m),head_page_swaps\(m),transfer_seal_ms,transfer_open_ms,transfer_wire_ms_modeled,tail_ms,tail_roofline_ms_modeled,total_ms\(m),full_enclave_ms\(m),speedup_percent\(m),total_ms_low_modeled,total_ms_high_modeled,speedup_percent_low_modeled,speedup_percent_high_modeled,head_spread,tail_spread"
     ]
     func q(_ s: String) -> String { s.contains(",") || s.contains("\"") ? "\"" + s.replacingOccurrences(of: "\"", with: "\"\"") + "\"" : s }
     for c in cuts {
@@ -56,13 +102,19 @@ extension ProfileReport {
         "\(c.cut.index)", q(c.cut.name), q(c.cut.tensor), q(c.cut.shape.map(String.init).joined(separator: "x")), "\(c.cut.bytes)",
         "\(c.cut.headParameterBytes)", "\(c.cut.headFlops)", f(c.headNativeMs), f(c.headTEEMs), "\(c.headTEE.pageSwaps)",
         f(c.transferSealMs), f(c.transferOpenMs), f(c.transferWireMs), f(c.tailMs), c.tailRooflineMs.map(f) ?? "",
-        f(c.totalMs), f(baseline.totalMs), f(c.speedupPercent),
+        f(c.totalMs), f(baseline.totalMs), f(c.speedupPercent), c.totalBand.map { f($0.low) } ?? "", c.totalBand.map { f($0.high) } ?? "",
+        c.speedupBand.map { f($0.low) } ?? "", c.speedupBand.map { f($0.high) } ?? "", c.headRuns.map { f($0.spread) } ?? "",
+        c.tailRuns.map { f($0.spread) } ?? "",
       ]
       lines.append(fields.joined(separator: ","))
     }
     lines.append(
-      ["", "full_enclave", "", "", "", "", "", f(baseline.nativeMs), f(baseline.totalMs), "\(baseline.tee.pageSwaps)", "", "", "", "", "", f(baseline.totalMs), f(baseline.totalMs), "0"]
-        .joined(separator: ","))
+      ([
+        "", "full_enclave", "", "", "", "", "", f(baseline.nativeMs), f(baseline.totalMs), "\(baseline.tee.pageSwaps)", "", "", "", "", "",
+        f(baseline.totalMs), f(baseline.totalMs), "0", baseline.totalBand.map { f($0.low) } ?? "", baseline.totalBand.map { f($0.high) } ?? "",
+        "", "", baseline.nativeRuns.map { f($0.spread) } ?? "", "",
+      ])
+      .joined(separator: ","))
     return lines.joined(separator: "\n") + "\n"
   }
 

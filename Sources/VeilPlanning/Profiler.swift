@@ -13,6 +13,10 @@ import VeilGraph
 import VeilTEE
 import VeilTensor
 
+#if canImport(Glibc)
+  import Glibc
+#endif
+
 /// A GPU described by its peak throughput and memory bandwidth, for an optional roofline
 /// estimate of the tail's time. Always reported as modeled.
 public struct Roofline: Sendable, Codable, Equatable {
@@ -141,6 +145,185 @@ public struct CutProfile: Sendable, Codable {
   /// The head's peak memory while it runs: its weights and its activation arena (measured by
   /// the executor's plan), what an enclave must hold.
   public var headPeakBytes: Int?
+  /// The timed runs of the head and of the tail (nil in profiles of Veil before 0.3.1; the
+  /// tail's spread is unknown when a remote accelerator timed it).
+  public var headRuns: SegmentRuns?
+  public var tailRuns: SegmentRuns?
+  /// Modeled figures over the cost model's uncertain parameters (low / preset / high; nil when
+  /// the TEE time is measured, or in older profiles): the head in the TEE, the partitioned
+  /// total (ms) and the speed-up (%).
+  public var headTEEBand: ModeledBand?
+  public var totalBand: ModeledBand?
+  public var speedupBand: ModeledBand?
+  /// The uncertain parameters that alone change the speed-up's sign within the band
+  /// (`TEEPreset.uncertainParameters` keys), or ["together"] when only the corners do; nil or
+  /// empty when its sign holds over the band.
+  public var speedupSignDependsOn: [String]?
+}
+
+/// The timed runs of one segment: their median (the figure the profile reports) and their spread.
+public struct SegmentRuns: Sendable, Codable, Equatable {
+  public var medianMs: Double
+  public var p90Ms: Double
+  public var minMs: Double
+  public var maxMs: Double
+  public var runs: Int
+  /// Times the segment was measured: 1, plus one per retry after an unstable measurement.
+  public var attempts: Int
+  /// (p90 − median) / median of the kept measurement's runs.
+  public var spread: Double
+
+  /// The statistics of `seconds` (one per timed run; at least one).
+  public init(seconds: [Double], attempts: Int = 1) {
+    let v = seconds.sorted()
+    medianMs = Profiler.median(of: v) * 1e3
+    // Nearest rank: of 5 runs the 90th percentile is the slowest.
+    p90Ms = v[min(v.count - 1, Int((0.9 * Double(v.count)).rounded(.up)) - 1)] * 1e3
+    minMs = v[0] * 1e3
+    maxMs = v[v.count - 1] * 1e3
+    runs = v.count
+    self.attempts = attempts
+    spread = medianMs > 0 ? (p90Ms - medianMs) / medianMs : 0
+  }
+
+  /// `again`, a new measurement of a segment measured before as `earlier`, counting both's attempts.
+  static func retried(_ again: SegmentRuns, after earlier: SegmentRuns) -> SegmentRuns {
+    var r = again
+    r.attempts += earlier.attempts
+    return r
+  }
+
+  /// A segment timed elsewhere that reports only its median (a remote accelerator).
+  public init(medianSeconds: Double, runs: Int) {
+    self.init(seconds: [medianSeconds])
+    self.runs = runs
+  }
+}
+
+/// A segment whose runs stayed unstable after the retries, and why.
+public struct UnstableSegment: Sendable, Codable, Equatable {
+  /// "whole model", "<cut> head", "<cut> tail", or "<cut> head + tail".
+  public var segment: String
+  public var reason: String
+
+  public init(segment: String, reason: String) {
+    self.segment = segment
+    self.reason = reason
+  }
+}
+
+/// When a segment's timing cannot be trusted (docs/tee-cost-model.md, "Stable profiles").
+public enum ProfileStability {
+  /// Largest (p90 − median) / median of a segment's runs: a burst of other work in one run of
+  /// five makes it 0.5 or more, while a quiet machine stays within about 0.2.
+  public static let maxSpread = 0.5
+  /// The range of (head + tail) / whole model, natively, both measured here: a cut adds a
+  /// kernel boundary, a cold start of the tail and a layout change, so head + tail legitimately
+  /// costs a little more than the whole (transfer is timed apart and left out); outside ×0.5 …
+  /// ×2 one of the three was measured under other load.
+  public static let splitRatio = 0.5...2.0
+  /// How often an unstable segment is measured again.
+  public static let retries = 2
+
+  /// Why `runs` are too spread to trust, or nil.
+  public static func spreadProblem(_ runs: SegmentRuns) -> String? {
+    guard runs.spread > maxSpread else { return nil }
+    return String(
+      format: "runs spread %.0f %% (p90 %.2f ms against median %.2f ms; bound %.0f %%)", runs.spread * 100, runs.p90Ms, runs.medianMs,
+      maxSpread * 100)
+  }
+
+  /// Why head + tail (native, ms) disagrees with the whole model, or nil.
+  public static func splitProblem(headMs: Double, tailMs: Double, wholeMs: Double) -> String? {
+    guard wholeMs > 0 else { return "the whole model timed at 0 ms" }
+    let ratio = (headMs + tailMs) / wholeMs
+    guard !splitRatio.contains(ratio) else { return nil }
+    return String(
+      format: "head + tail %.2f ms is %.2f× the whole model's %.2f ms (expected ×%.1f … ×%.1f)", headMs + tailMs, ratio, wholeMs,
+      splitRatio.lowerBound, splitRatio.upperBound)
+  }
+}
+
+/// What else the machine was doing while a profile ran.
+public struct ProfileConditions: Sendable, Codable, Equatable {
+  /// The 1-minute load average (/proc/loadavg) before and after profiling.
+  public var loadAverageBefore: Double?
+  public var loadAverageAfter: Double?
+  public var cores: Int
+  public var wallSeconds: Double
+  /// CPU time of this process while profiling (all its threads).
+  public var processCPUSeconds: Double?
+  /// Of all the machine's CPU time while profiling (every core), % stolen by the hypervisor
+  /// (/proc/stat steal) and % used by other processes.
+  public var stealPercent: Double?
+  public var othersPercent: Double?
+
+  public init(
+    loadAverageBefore: Double?, loadAverageAfter: Double?, cores: Int, wallSeconds: Double, processCPUSeconds: Double?,
+    stealPercent: Double?, othersPercent: Double?
+  ) {
+    self.loadAverageBefore = loadAverageBefore
+    self.loadAverageAfter = loadAverageAfter
+    self.cores = cores
+    self.wallSeconds = wallSeconds
+    self.processCPUSeconds = processCPUSeconds
+    self.stealPercent = stealPercent
+    self.othersPercent = othersPercent
+  }
+
+  /// "load average 2.10 before, 3.40 after on 2 cores; 35 % of the CPU used by other processes, 0 % stolen".
+  public var summary: String {
+    var parts: [String] = []
+    if let b = loadAverageBefore, let a = loadAverageAfter {
+      parts.append(String(format: "load average %.2f before, %.2f after on %d cores", b, a, cores))
+    }
+    var cpu: [String] = []
+    if let o = othersPercent { cpu.append(String(format: "%.0f %% of the CPU used by other processes", o)) }
+    if let st = stealPercent { cpu.append(String(format: "%.0f %% stolen by the hypervisor", st)) }
+    if !cpu.isEmpty { parts.append(cpu.joined(separator: ", ")) }
+    return parts.joined(separator: "; ")
+  }
+
+  /// A reading of the machine's counters.
+  struct Sample {
+    var load: Double?
+    /// /proc/stat's first line: user nice system idle iowait irq softirq steal.
+    var cpu: [Double]?
+    var processCPU: Double?
+    var wall: UInt64
+
+    static func now() -> Sample {
+      let load = (try? String(contentsOfFile: "/proc/loadavg", encoding: .utf8))?.split(separator: " ").first.flatMap { Double($0) }
+      let cpu = (try? String(contentsOfFile: "/proc/stat", encoding: .utf8))?.split(separator: "\n").first
+        .map { $0.split(separator: " ").dropFirst().prefix(8).compactMap { Double($0) } }
+        .flatMap { $0.count == 8 ? $0 : nil }
+      var usage = rusage()
+      let process =
+        getrusage(__rusage_who_t(RUSAGE_SELF.rawValue), &usage) == 0
+        ? Double(usage.ru_utime.tv_sec + usage.ru_stime.tv_sec) + Double(usage.ru_utime.tv_usec + usage.ru_stime.tv_usec) / 1e6 : nil
+      return Sample(load: load, cpu: cpu, processCPU: process, wall: DispatchTime.now().uptimeNanoseconds)
+    }
+  }
+
+  init(from a: Sample, to b: Sample) {
+    let wall = Double(b.wall - a.wall) / 1e9
+    var steal: Double?
+    var others: Double?
+    let process = a.processCPU.flatMap { x in b.processCPU.map { $0 - x } }
+    if let x = a.cpu, let y = b.cpu {
+      let d = zip(x, y).map { $1 - $0 }
+      let total = d.reduce(0, +)
+      if total > 0 {
+        steal = d[7] / total * 100
+        let hz = Double(sysconf(Int32(_SC_CLK_TCK)))
+        let busy = total - d[3] - d[4] - d[7]
+        if let process, hz > 0 { others = max(0, (busy - process * hz) / total * 100) }
+      }
+    }
+    self.init(
+      loadAverageBefore: a.load, loadAverageAfter: b.load, cores: ProcessInfo.processInfo.activeProcessorCount, wallSeconds: wall,
+      processCPUSeconds: process, stealPercent: steal, othersPercent: others)
+  }
 }
 
 public struct ProfileReport: Sendable, Codable {
@@ -148,6 +331,10 @@ public struct ProfileReport: Sendable, Codable {
     public var nativeMs: Double
     public var tee: TEECost
     public var totalMs: Double
+    /// The whole model's timed runs, and its modeled TEE time over the cost model's uncertain
+    /// parameters (nil in older profiles, and when the TEE time is measured).
+    public var nativeRuns: SegmentRuns?
+    public var totalBand: ModeledBand?
   }
 
   public var model: String
@@ -168,6 +355,11 @@ public struct ProfileReport: Sendable, Codable {
   public var measured: [String]
   public var modeled: [String]
   public var fastestCut: String?
+  /// Segments whose runs stayed unstable after the retries (`ProfileStability`); nil in
+  /// profiles of Veil before 0.3.1, empty when every segment was stable.
+  public var unstable: [UnstableSegment]?
+  /// What else the machine was doing while the profile ran (nil in older profiles).
+  public var conditions: ProfileConditions?
 }
 
 public enum Profiler {
@@ -188,67 +380,153 @@ public enum Profiler {
     let input = Tensor.randomNormal(shape: graph.shape(graph.inputs[0]) ?? [], generator: &rng)
     let transfer = FeatureTransfer()
 
-    func teeCost(_ seconds: Double, _ trace: [StepMemory], io: Int) -> TEECost {
+    func teeCost(_ seconds: Double, _ trace: [MemoryStep], io: Int) -> TEECost {
       if inTEE != nil {
         // Measured inside a real TEE: the native time already is the TEE time.
         return .measured(seconds)
       }
-      return TEECostModel.cost(
-        nativeSeconds: seconds, trace: trace.teeTrace,
-        preset: options.preset, ioOperations: io)
+      return TEECostModel.cost(nativeSeconds: seconds, trace: trace, preset: options.preset, ioOperations: io)
     }
 
+    let before = ProfileConditions.Sample.now()
     progress("whole model: compiling")
     let whole = try Executor(graph: graph)
-    let (wholeSeconds, _) = try time(whole, input, options)
-    // The whole model in the TEE: the request comes in and the answer goes out.
-    let wholeCost = teeCost(wholeSeconds, whole.memoryTrace, io: 2)
-    progress(String(format: "whole model: %.1f ms native, %.1f ms in the TEE (%@)", wholeSeconds * 1e3, wholeCost.totalSeconds * 1e3, inTEE == nil ? "modeled" : "measured"))
+    let wholeTrace = whole.memoryTrace.teeTrace
+    var wholeRuns = try timeStable(whole, input, options, "whole model", progress).0
+    progress(String(format: "whole model: %.1f ms native", wholeRuns.medianMs))
 
-    var rows: [CutProfile] = []
+    // Every cut's measurements; the TEE figures are derived once the timings have settled.
+    struct Measured {
+      var cut: CutPoint
+      var headRuns: SegmentRuns
+      var tailRuns: SegmentRuns
+      var sealSeconds: Double
+      var openSeconds: Double
+      var wireSeconds: Double
+      var headTrace: [MemoryStep]
+      var headPeakBytes: Int
+      var tailBytes: Int
+    }
+    var measured: [Measured] = []
     for (k, cut) in cuts.enumerated() {
       let (headGraph, tailGraph) = try graph.split(at: cut)
       let head = try Executor(graph: headGraph)
-      let (headSeconds, feature) = try time(head, input, options)
+      let (headRuns, feature) = try timeStable(head, input, options, "\(cut.name) head", progress)
       let sealSeconds = try median(options) { _ = try transfer.seal(feature) }
       let records = try transfer.seal(feature)
       let openSeconds = try median(options) { _ = try transfer.open(records, shape: feature.shape) }
       let wireSeconds: Double
-      let tailSeconds: Double
+      let tailRuns: SegmentRuns
       if let remote = options.tailTimer {
         // The round trip to the accelerator holds the wire: nothing of it is modeled.
         wireSeconds = 0
-        tailSeconds = try remote.seconds(cut: cut, feature: feature, runs: options.runs, warmup: options.warmup)
+        let seconds = try remote.seconds(cut: cut, feature: feature, runs: options.runs, warmup: options.warmup)
+        tailRuns = SegmentRuns(medianSeconds: seconds, runs: options.runs)
       } else {
         let wireBytes = records.reduce(0) { $0 + $1.count + 5 }  // + TLS record header
         wireSeconds = options.linkLatencyMs / 1e3 + Double(wireBytes) * 8 / (options.linkGbps * 1e9)
-        tailSeconds = try time(try Executor(graph: tailGraph), feature, options).0
+        tailRuns = try timeStable(try Executor(graph: tailGraph), feature, options, "\(cut.name) tail", progress).0
       }
-      // The partitioned request in the TEE: request in, feature map out, logits in, answer out.
-      let cost = teeCost(headSeconds, head.memoryTrace, io: 4)
-      let transferSeconds = sealSeconds + openSeconds + wireSeconds
-      let total = cost.totalSeconds + transferSeconds + tailSeconds
       let tailBytes = tailGraph.parameterCount * 4 + cut.bytes + (tailGraph.outputs.first.flatMap { tailGraph.shape($0) }?.reduce(4, *) ?? 0)
-      rows.append(
-        CutProfile(
-          cut: cut, headNativeMs: headSeconds * 1e3, headTEE: cost, headTEEMs: cost.totalSeconds * 1e3,
-          transferSealMs: sealSeconds * 1e3, transferOpenMs: openSeconds * 1e3, transferWireMs: wireSeconds * 1e3,
-          transferMs: transferSeconds * 1e3, tailMs: tailSeconds * 1e3,
-          tailRooflineMs: options.roofline.map { $0.seconds(flops: cut.tailFlops, bytes: tailBytes) * 1e3 },
-          totalMs: total * 1e3, speedupPercent: (wholeCost.totalSeconds - total) / wholeCost.totalSeconds * 100,
-          headPeakBytes: cut.headParameterBytes + head.peakActivationBytes))
+      measured.append(
+        Measured(
+          cut: cut, headRuns: headRuns, tailRuns: tailRuns, sealSeconds: sealSeconds, openSeconds: openSeconds, wireSeconds: wireSeconds,
+          headTrace: head.memoryTrace.teeTrace, headPeakBytes: cut.headParameterBytes + head.peakActivationBytes, tailBytes: tailBytes))
       progress(
         String(
-          format: "cut %d/%d %@: head %.1f ms (TEE %.1f), transfer %.2f ms, tail %.1f ms, total %.1f ms",
-          k + 1, cuts.count, cut.name, headSeconds * 1e3, cost.totalSeconds * 1e3, transferSeconds * 1e3,
-          tailSeconds * 1e3, total * 1e3))
+          format: "cut %d/%d %@: head %.1f ms native, transfer %.2f ms, tail %.1f ms", k + 1, cuts.count, cut.name, headRuns.medianMs,
+          (sealSeconds + openSeconds + wireSeconds) * 1e3, tailRuns.medianMs))
+    }
+
+    // Head + tail against the whole model, when both are timed here: a cut far off was timed
+    // (or the whole model was) under other load; measure the whole model and those cuts again.
+    var unstable: [UnstableSegment] = []
+    if options.tailTimer == nil {
+      func off() -> [Int] {
+        measured.indices.filter {
+          ProfileStability.splitProblem(headMs: measured[$0].headRuns.medianMs, tailMs: measured[$0].tailRuns.medianMs, wholeMs: wholeRuns.medianMs)
+            != nil
+        }
+      }
+      for round in 1...ProfileStability.retries {
+        let bad = off()
+        guard !bad.isEmpty else { break }
+        progress(
+          "unstable: head + tail of \(bad.map { measured[$0].cut.name }.joined(separator: ", ")) against the whole model; measuring them again (\(round) of \(ProfileStability.retries))"
+        )
+        let again = try timeStable(whole, input, options, "whole model", progress).0
+        wholeRuns = SegmentRuns.retried(again, after: wholeRuns)
+        for k in bad {
+          let (headGraph, tailGraph) = try graph.split(at: measured[k].cut)
+          let (h, feature) = try timeStable(try Executor(graph: headGraph), input, options, "\(measured[k].cut.name) head", progress)
+          let t = try timeStable(try Executor(graph: tailGraph), feature, options, "\(measured[k].cut.name) tail", progress).0
+          measured[k].headRuns = SegmentRuns.retried(h, after: measured[k].headRuns)
+          measured[k].tailRuns = SegmentRuns.retried(t, after: measured[k].tailRuns)
+        }
+      }
+      for m in measured {
+        if let why = ProfileStability.splitProblem(headMs: m.headRuns.medianMs, tailMs: m.tailRuns.medianMs, wholeMs: wholeRuns.medianMs) {
+          unstable.append(UnstableSegment(segment: "\(m.cut.name) head + tail", reason: why))
+        }
+      }
+    }
+    var segments = [("whole model", wholeRuns)]
+    for m in measured { segments += [("\(m.cut.name) head", m.headRuns), ("\(m.cut.name) tail", m.tailRuns)] }
+    unstable =
+      segments.compactMap { name, runs in
+        ProfileStability.spreadProblem(runs).map { UnstableSegment(segment: name, reason: "\($0) after \(runs.attempts) measurements") }
+      } + unstable
+    let conditions = ProfileConditions(from: before, to: .now())
+
+    // The whole model in the TEE: the request comes in and the answer goes out.
+    let wholeSeconds = wholeRuns.medianMs / 1e3
+    let wholeCost = teeCost(wholeSeconds, wholeTrace, io: 2)
+    let wholeScenarios =
+      inTEE == nil ? TEECostModel.scenarioCosts(nativeSeconds: wholeSeconds, trace: wholeTrace, preset: options.preset, ioOperations: 2) : []
+    progress(
+      String(
+        format: "whole model: %.1f ms native, %.1f ms in the TEE (%@)", wholeRuns.medianMs, wholeCost.totalSeconds * 1e3,
+        inTEE == nil ? "modeled" : "measured"))
+    var rows: [CutProfile] = []
+    for m in measured {
+      let headSeconds = m.headRuns.medianMs / 1e3
+      let tailSeconds = m.tailRuns.medianMs / 1e3
+      // The partitioned request in the TEE: request in, feature map out, logits in, answer out.
+      let cost = teeCost(headSeconds, m.headTrace, io: 4)
+      let transferSeconds = m.sealSeconds + m.openSeconds + m.wireSeconds
+      let total = cost.totalSeconds + transferSeconds + tailSeconds
+      var row = CutProfile(
+        cut: m.cut, headNativeMs: headSeconds * 1e3, headTEE: cost, headTEEMs: cost.totalSeconds * 1e3,
+        transferSealMs: m.sealSeconds * 1e3, transferOpenMs: m.openSeconds * 1e3, transferWireMs: m.wireSeconds * 1e3,
+        transferMs: transferSeconds * 1e3, tailMs: tailSeconds * 1e3,
+        tailRooflineMs: options.roofline.map { $0.seconds(flops: m.cut.tailFlops, bytes: m.tailBytes) * 1e3 },
+        totalMs: total * 1e3, speedupPercent: (wholeCost.totalSeconds - total) / wholeCost.totalSeconds * 100,
+        headPeakBytes: m.headPeakBytes, headRuns: m.headRuns, tailRuns: m.tailRuns)
+      if inTEE == nil {
+        let b = bands(
+          whole: wholeCost, wholeScenarios: wholeScenarios, head: cost,
+          headScenarios: TEECostModel.scenarioCosts(nativeSeconds: headSeconds, trace: m.headTrace, preset: options.preset, ioOperations: 4),
+          transferSeconds: transferSeconds, tailSeconds: tailSeconds, scenarios: options.preset.bandScenarios)
+        row.headTEEBand = b.headTEE
+        row.totalBand = b.total
+        row.speedupBand = b.speedup
+        row.speedupSignDependsOn = b.signDependsOn.isEmpty ? nil : b.signDependsOn
+      }
+      rows.append(row)
     }
     let teeLabel = inTEE.map { "measured in \($0)" } ?? "modeled"
     var modeled = options.tailTimer == nil ? ["transferWireMs"] : []
-    var measured = ["headNativeMs", "transferSealMs", "transferOpenMs", "tailMs", "baseline.nativeMs"]
-    if inTEE == nil { modeled += ["headTEE", "headTEEMs", "baseline.tee", "baseline.totalMs", "totalMs", "speedupPercent"] }
-    else { measured += ["headTEEMs", "baseline.totalMs", "totalMs", "speedupPercent"] }
+    var measuredFields = ["headNativeMs", "transferSealMs", "transferOpenMs", "tailMs", "baseline.nativeMs"]
+    if inTEE == nil {
+      modeled += [
+        "headTEE", "headTEEMs", "baseline.tee", "baseline.totalMs", "totalMs", "speedupPercent", "headTEEBand", "totalBand", "speedupBand",
+        "baseline.totalBand",
+      ]
+    } else {
+      measuredFields += ["headTEEMs", "baseline.totalMs", "totalMs", "speedupPercent"]
+    }
     if options.roofline != nil { modeled.append("tailRooflineMs") }
+    let wholeBand = wholeScenarios.isEmpty ? nil : ModeledBand(preset: wholeCost.totalSeconds * 1e3, over: wholeScenarios.map { $0.totalSeconds * 1e3 })
     return ProfileReport(
       model: model, batch: graph.shape(graph.inputs[0])?.first ?? 1, machine: MachineInfo.description,
       threads: Engine.shared.threads, versions: MachineInfo.versions, preset: options.preset, teeTime: teeLabel,
@@ -257,19 +535,91 @@ public enum Profiler {
         ? String(format: "%.1f Gb/s, %.2f ms latency (modeled)", options.linkGbps, options.linkLatencyMs)
         : "the real network to the accelerator (measured inside tailMs)",
       roofline: options.roofline, runs: options.runs,
-      baseline: .init(nativeMs: wholeSeconds * 1e3, tee: wholeCost, totalMs: wholeCost.totalSeconds * 1e3),
-      cuts: rows, measured: measured, modeled: modeled, fastestCut: rows.min { $0.totalMs < $1.totalMs }?.cut.name)
+      baseline: .init(
+        nativeMs: wholeSeconds * 1e3, tee: wholeCost, totalMs: wholeCost.totalSeconds * 1e3, nativeRuns: wholeRuns, totalBand: wholeBand),
+      cuts: rows, measured: measuredFields, modeled: modeled, fastestCut: rows.min { $0.totalMs < $1.totalMs }?.cut.name,
+      unstable: unstable, conditions: conditions)
   }
 
-  /// Median seconds of `options.runs` runs of `executor` on `input` (after the warm-up), and
-  /// the output.
-  static func time(_ executor: Executor, _ input: Tensor, _ options: ProfileOptions) throws -> (Double, Tensor) {
+  /// A cut's modeled figures over the cost model's uncertain parameters.
+  public struct CutBands: Sendable, Equatable {
+    public var whole: ModeledBand
+    public var headTEE: ModeledBand
+    public var total: ModeledBand
+    public var speedup: ModeledBand
+    /// See `CutProfile.speedupSignDependsOn`.
+    public var signDependsOn: [String]
+  }
+
+  /// The bands of a cut whose head runs `headSeconds` natively and touches `headTrace`, against
+  /// the whole model's `wholeSeconds` and `wholeTrace`, under `preset`'s uncertain parameters:
+  /// the whole model and the head in the TEE and the partitioned total in ms, the speed-up in %.
+  public static func bands(
+    wholeSeconds: Double, wholeTrace: [MemoryStep], headSeconds: Double, headTrace: [MemoryStep], transferSeconds: Double,
+    tailSeconds: Double, preset: TEEPreset
+  ) -> CutBands {
+    bands(
+      whole: TEECostModel.cost(nativeSeconds: wholeSeconds, trace: wholeTrace, preset: preset, ioOperations: 2),
+      wholeScenarios: TEECostModel.scenarioCosts(nativeSeconds: wholeSeconds, trace: wholeTrace, preset: preset, ioOperations: 2),
+      head: TEECostModel.cost(nativeSeconds: headSeconds, trace: headTrace, preset: preset, ioOperations: 4),
+      headScenarios: TEECostModel.scenarioCosts(nativeSeconds: headSeconds, trace: headTrace, preset: preset, ioOperations: 4),
+      transferSeconds: transferSeconds, tailSeconds: tailSeconds, scenarios: preset.bandScenarios)
+  }
+
+  static func bands(
+    whole: TEECost, wholeScenarios: [TEECost], head: TEECost, headScenarios: [TEECost], transferSeconds: Double, tailSeconds: Double,
+    scenarios: [TEEScenario]
+  ) -> CutBands {
+    func speedup(_ w: Double, _ p: Double) -> Double { (w - p) / w * 100 }
+    let total = head.totalSeconds + transferSeconds + tailSeconds
+    let totals = headScenarios.map { $0.totalSeconds + transferSeconds + tailSeconds }
+    // Each scenario applies to the whole model and to the head alike: a speed-up is taken
+    // within one setting of the parameters, never across two.
+    let s0 = speedup(whole.totalSeconds, total)
+    let speedups = zip(wholeScenarios, totals).map { speedup($0.totalSeconds, $1) }
+    var flips: [String] = []
+    for (scenario, s) in zip(scenarios, speedups) where (s < 0) != (s0 < 0) {
+      if let p = scenario.parameter, !flips.contains(p) { flips.append(p) }
+    }
+    let band = ModeledBand(preset: s0, over: speedups)
+    if flips.isEmpty, (band.low < 0) != (s0 < 0) || (band.high < 0) != (s0 < 0) { flips = ["together"] }
+    return CutBands(
+      whole: ModeledBand(preset: whole.totalSeconds * 1e3, over: wholeScenarios.map { $0.totalSeconds * 1e3 }),
+      headTEE: ModeledBand(preset: head.totalSeconds * 1e3, over: headScenarios.map { $0.totalSeconds * 1e3 }),
+      total: ModeledBand(preset: total * 1e3, over: totals.map { $0 * 1e3 }), speedup: band, signDependsOn: flips)
+  }
+
+  /// `options.runs` timed runs of `executor` on `input` (after the warm-up), measured again
+  /// while their spread exceeds `ProfileStability.maxSpread` (at most `retries` more times;
+  /// the least spread measurement is kept), and the output.
+  static func timeStable(
+    _ executor: Executor, _ input: Tensor, _ options: ProfileOptions, _ name: String, _ progress: (String) -> Void
+  ) throws -> (SegmentRuns, Tensor) {
+    var (best, out) = try timeRuns(executor, input, options)
+    var attempts = 1
+    while attempts <= ProfileStability.retries, let why = ProfileStability.spreadProblem(best) {
+      progress("unstable: \(name) \(why); measuring again (\(attempts) of \(ProfileStability.retries))")
+      let (again, o) = try timeRuns(executor, input, options)
+      attempts += 1
+      if again.spread < best.spread { (best, out) = (again, o) }
+    }
+    best.attempts = attempts
+    return (best, out)
+  }
+
+  static func timeRuns(_ executor: Executor, _ input: Tensor, _ options: ProfileOptions) throws -> (SegmentRuns, Tensor) {
     var out = try executor.run([input])[0]
-    let seconds = try median(options, skipWarmup: true) { out = try executor.run([input])[0] }
-    return (seconds, out)
+    let times = try runTimes(options, skipWarmup: true) { out = try executor.run([input])[0] }
+    return (SegmentRuns(seconds: times), out)
   }
 
+  /// Median seconds of `options.runs` runs of `body` (after the warm-up).
   static func median(_ options: ProfileOptions, skipWarmup: Bool = false, _ body: () throws -> Void) throws -> Double {
+    median(of: try runTimes(options, skipWarmup: skipWarmup, body))
+  }
+
+  /// Seconds of each of `options.runs` timed runs of `body`, after the warm-up.
+  static func runTimes(_ options: ProfileOptions, skipWarmup: Bool = false, _ body: () throws -> Void) throws -> [Double] {
     for _ in 0..<(skipWarmup ? max(0, options.warmup - 1) : options.warmup) { try body() }
     var times: [Double] = []
     for _ in 0..<options.runs {
@@ -277,7 +627,7 @@ public enum Profiler {
       try body()
       times.append(Double(DispatchTime.now().uptimeNanoseconds - t0) / 1e9)
     }
-    return median(of: times)
+    return times
   }
 
   /// The median of `values` (the mean of the two middle ones for an even count).

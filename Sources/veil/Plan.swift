@@ -120,10 +120,12 @@ struct Plan: ParsableCommand {
 enum PlanSummary {
   static func text(_ r: PlanRecord) -> String {
     var lines: [String] = []
+    if let u = r.profile.unstableLine { lines.append(u) }
     let weak = r.weaknesses
     if !weak.isEmpty { lines.append("WEAKER THAN THE DEFAULT EVALUATION: " + weak.joined(separator: "; ")) }
     let modeled = r.profile.teeTime == "modeled" ? " (TEE time modeled, preset \(r.profile.preset.name))" : ""
-    lines.append(String(format: "whole model in the TEE: %.1f ms%@", r.profile.baseline.totalMs, modeled))
+    let band = r.profile.baseline.totalBand.map { String(format: " (band %.1f … %.1f ms)", $0.low, $0.high) } ?? ""
+    lines.append(String(format: "whole model in the TEE: %.1f ms%@%@", r.profile.baseline.totalMs, band, modeled))
     for v in r.privacy {
       let worst = v.measures.filter { $0.threshold != nil }.map { m in
         String(format: "%@ %.3f (bound %.3f, %@)", m.measure, m.estimate.mean, m.estimate.upper, m.worstAttacker.rawValue)
@@ -132,7 +134,7 @@ enum PlanSummary {
     }
     for v in r.confirmations { lines.append("  at \(v.settings.config.imageSize) px: \(v.statement)") }
     if let c = r.chosenCut, let row = r.row(c) {
-      lines.append(String(format: "chosen: %@ — %.1f ms per request (speed-up %.1f %%)", c, row.totalMs, row.speedupPercent))
+      lines.append(String(format: "chosen: %@ — %.1f ms per request (", c, row.totalMs) + r.profile.speedupStatement(row) + ")")
       if let v = r.verdict(c) { lines.append("verdict: " + v.statement) }
     } else {
       lines.append("chosen: none — no cut is private under this evaluation; keep the whole model in the TEE")
@@ -141,7 +143,8 @@ enum PlanSummary {
       lines.append("within noise: \(r.tiedCuts.joined(separator: ", ")) undecided; another run with other seeds may choose differently")
     }
     if let f = r.fastestCut, let row = r.row(f) {
-      lines.append(String(format: "fastest regardless of privacy: %@ — %.1f ms", f, row.totalMs))
+      let unstable = r.profile.unstableSegments.isEmpty ? "" : " (runtime figures UNSTABLE: not to be decided on)"
+      lines.append(String(format: "fastest regardless of privacy: %@ — %.1f ms%@", f, row.totalMs, unstable))
     }
     return lines.joined(separator: "\n")
   }

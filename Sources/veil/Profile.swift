@@ -18,7 +18,12 @@ struct Profile: ParsableCommand {
       and enclave transitions. Inside one (Gramine SGX, TDX, SNP: detected at run time) it is
       measured. Presets: sgx1 (93.5 MiB EPC), sgx2, tdx, snp; override any parameter with
       --tee-param KEY=VALUE (keys: \(TEEPreset.parameterKeys.joined(separator: ", "))).
-      The table has the paper's form: full enclave, partitioned, speed-up %.
+      The table has the paper's form: full enclave, partitioned, speed-up %, with each modeled
+      figure's band (low … high over the cost model's uncertain parameters). A segment whose
+      runs spread too far, or a cut whose head + tail disagrees with the whole model, is timed
+      again (twice at most); a profile that stays unstable says so on its first line
+      ("PROFILE UNSTABLE: …") and in the JSON's `unstable` list, with the load average and the
+      CPU time other processes used while it ran.
       """)
 
   @Option(help: "A zoo model name (see `veil models`) or a model file.")
@@ -93,7 +98,10 @@ struct Profile: ParsableCommand {
     let report = try Profiler.profile(graph: g, model: model, options: opts) { note($0) }
     if let csv { try report.csv.write(toFile: csv, atomically: true, encoding: .utf8) }
     if let svg { try report.svg.write(toFile: svg, atomically: true, encoding: .utf8) }
-    if json { return try printJSON(report) }
+    if json {
+      if let u = report.unstableLine { note(u) }
+      return try printJSON(report)
+    }
     print(report.table)
     if let csv { print("CSV written to \(csv)") }
     if let svg { print("SVG written to \(svg)") }

@@ -131,6 +131,36 @@ final class PlanReportTests: XCTestCase {
     XCTAssertEqual(back.privacy, record.privacy)
   }
 
+  /// A profile that stayed unstable leads the report and the plan record, and the choice's
+  /// speed-up says its figures are not to be decided on; modeled figures carry their band.
+  func testUnstableProfileLeadsTheReportAndThePlanRecord() throws {
+    let folder = try PythonScript.temporaryDirectory("plan-report-unstable")
+    _ = try makeRecord(folder: folder)  // profiles the model once for the class
+    let saved = try XCTUnwrap(Self.profile)
+    defer { Self.profile = saved }
+    // The class's profile was taken on whatever this machine was doing: set its verdict here.
+    var p = saved
+    p.unstable = []
+    Self.profile = p
+    let stable = try makeRecord(folder: folder)
+    XCTAssertNil(stable.profileUnstable)
+    XCTAssertFalse(HTMLReport.render(stable, folder: folder).contains("Profile unstable"))
+    p.unstable = [UnstableSegment(segment: "whole model", reason: "runs spread 120 % (p90 4.40 ms against median 2.00 ms; bound 50 %)")]
+    Self.profile = p
+    let record = try makeRecord(folder: folder)
+    let line = try XCTUnwrap(record.profileUnstable)
+    XCTAssertTrue(line.hasPrefix("PROFILE UNSTABLE: whole model: runs spread 120 %"), line)
+    let html = HTMLReport.render(record, folder: folder)
+    let warning = try XCTUnwrap(html.range(of: "<b>Profile unstable:</b>"))
+    XCTAssertLessThan(warning.lowerBound, try XCTUnwrap(html.range(of: "Weaker than the default")).lowerBound)
+    XCTAssertLessThan(warning.lowerBound, try XCTUnwrap(html.range(of: "Cut at <b>")).lowerBound)
+    XCTAssertTrue(html.contains("runtime figures UNSTABLE"))
+    XCTAssertTrue(html.contains("speed-up band % (modeled)") && html.contains(" band "), "modeled figures carry their band")
+    let back = try VeilJSON.decoder().decode(PlanRecord.self, from: VeilJSON.encoder().encode(record))
+    XCTAssertEqual(back.profileUnstable, line)
+    XCTAssertEqual(back.profile.unstable, p.unstable)
+  }
+
   /// Renders the report in a real headless browser (Debian's Chromium) and checks that the two
   /// plots and the image grid are laid out with a size and decoded, and that the screenshot
   /// shows the plots' colours: drawn, not merely present in the HTML.
@@ -171,7 +201,7 @@ final class PlanReportTests: XCTestCase {
 
     // The screenshot: the tail bars' blue and the chosen column's green are on screen.
     let shot = folder.appendingPathComponent("shot.png")
-    _ = try run(chromium, common + ["--window-size=1200,2600", "--screenshot=\(shot.path)", folder.appendingPathComponent("probe.html").absoluteString])
+    _ = try run(chromium, common + ["--window-size=1200,3200", "--screenshot=\(shot.path)", folder.appendingPathComponent("probe.html").absoluteString])
     let image = try ImageCodec.read(shot).byteImage().rgb()
     var blue = 0, green = 0
     for y in 0..<image.height {
