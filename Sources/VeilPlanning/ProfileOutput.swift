@@ -128,7 +128,7 @@ extension ProfileReport {
     let left = 70.0, right = 20.0, top = 50.0, bottom = 110.0
     let plotW = Double(width) - left - right
     let plotH = Double(height) - top - bottom
-    let peak = max(baseline.totalMs, cuts.map(\.totalMs).max() ?? 0) * 1.08
+    let peak = max(baseline.totalBand?.high ?? baseline.totalMs, cuts.map { $0.totalBand?.high ?? $0.totalMs }.max() ?? 0) * 1.08
     // A round tick step (1, 2 or 5 × 10^k) giving about five grid lines.
     let rough = max(peak, 1e-6) / 5
     let magnitude = pow(10, floor(log10(rough)))
@@ -141,7 +141,7 @@ extension ProfileReport {
     var s = """
       <svg class="plot" xmlns="http://www.w3.org/2000/svg" width="\(width)" height="\(height)" viewBox="0 0 \(width) \(height)" font-family="sans-serif" font-size="11">
       <defs><pattern id="modeled" width="6" height="6" patternUnits="userSpaceOnUse" patternTransform="rotate(45)"><rect width="6" height="6" fill="#d62728"/><line x1="0" y1="0" x2="0" y2="6" stroke="#fff" stroke-width="2"/></pattern></defs>
-      <text x="\(width / 2)" y="18" text-anchor="middle" font-size="14">\(xml(model)): latency per cut, preset \(preset.name)\(teeModeled ? " (TEE time modeled)" : "")</text>
+      <text x="\(width / 2)" y="18" text-anchor="middle" font-size="14">\(xml(model)): latency per cut, preset \(preset.name)\(teeModeled ? " (TEE time modeled)" : "")\(cuts.contains { $0.totalBand != nil } ? "; whiskers: the modeled total's band" : "")</text>
 
       """
     // Axis and grid.
@@ -162,6 +162,12 @@ extension ProfileReport {
         base += ms
       }
       let lx = x + bar / 2
+      if let b = c.totalBand {
+        // The band of the modeled total over the cost model's uncertain parameters.
+        s += String(
+          format: "<path class=\"band\" d=\"M%.1f %.1fH%.1fM%.1f %.1fV%.1fM%.1f %.1fH%.1f\" stroke=\"#000\" fill=\"none\"><title>%@ partitioned, modeled: band %.2f … %.2f ms</title></path>\n",
+          lx - 4, y(b.low), lx + 4, lx, y(b.low), y(b.high), lx - 4, y(b.high), lx + 4, xml(c.cut.name), b.low, b.high)
+      }
       s += String(
         format: "<text x=\"%.1f\" y=\"%.1f\" transform=\"rotate(-50 %.1f %.1f)\" text-anchor=\"end\">%@</text>\n", lx,
         top + plotH + 12, lx, top + plotH + 12, xml(c.cut.name))

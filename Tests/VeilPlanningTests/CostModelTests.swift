@@ -99,6 +99,7 @@ final class CostModelTests: XCTestCase {
     XCTAssertTrue(r.csv.hasPrefix("index,cut,") && r.csv.contains("head_tee_ms_modeled"))
     XCTAssertEqual(r.svg.components(separatedBy: "class=\"bar\"").count - 1, cuts.count * 3)
     XCTAssertTrue(r.svg.contains("(modeled)") && r.svg.contains("stroke-dasharray"))
+    XCTAssertEqual(r.svg.components(separatedBy: "class=\"band\"").count - 1, cuts.count, "a whisker per cut: the modeled total's band")
     let doc = try JSONSerialization.jsonObject(with: JSONEncoder().encode(r)) as? [String: Any]
     XCTAssertNotNil(doc?["baseline"])
     XCTAssertEqual((doc?["cuts"] as? [Any])?.count, cuts.count)
