@@ -99,7 +99,7 @@ public struct AttackConfig: Codable, Sendable, Equatable {
   /// [-1, 1] scale, cosine decay to a tenth), the weight and exponent of the total-variation
   /// prior, restarts per image (the first from grey, the others from noise; per image the one
   /// whose features come closest is kept), and images optimised together.
-  public var optimisationSteps: Int = 100
+  public var optimisationSteps: Int = 400
   public var optimisationLearningRate: Float = 0.5
   /// The prior's weight when it is not calibrated (no photos of the attacker's own).
   public var tvWeight: Float = 1
