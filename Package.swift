@@ -139,6 +139,7 @@ let package = Package(
         .product(name: "Logging", package: "swift-log"),
         .product(name: "NIOCore", package: "swift-nio"),
         .product(name: "NIOPosix", package: "swift-nio"),
+        .product(name: "SwiftProtobuf", package: "swift-protobuf"),
       ]),
     .testTarget(name: "VeilModelsTests", dependencies: ["VeilModels", "VeilFormats", "VeilTestSupport"]),
   ]
@@ -152,8 +153,9 @@ if Context.environment["VEIL_FUZZ"] != nil {
     .executableTarget(
       name: "veil-fuzz",
       dependencies: [
-        "VeilFormats", "VeilData", "VeilTEE", "VeilGraph", "VeilTensor", "VeilTestSupport",
+        "VeilFormats", "VeilData", "VeilTEE", "VeilGraph", "VeilTensor", "VeilTestSupport", "VeilServing",
         .product(name: "Crypto", package: "swift-crypto"),
+        .product(name: "SwiftProtobuf", package: "swift-protobuf"),
       ],
       path: "Fuzz/Sources"))
 }

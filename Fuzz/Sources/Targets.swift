@@ -112,7 +112,7 @@ struct FuzzTarget: Sendable {
       run: { bytes in
         _ = try? SealedHead.open(bytes, key: FuzzFixtures.headKey)
       }),
-  ]
+  ] + ServingTargets.all
 }
 
 // MARK: - Target bodies

@@ -240,7 +240,7 @@ public final class EnclaveEngine: Sendable {
 }
 
 /// What a photo's header says about its size.
-enum EncodedImageSize: Equatable {
+package enum EncodedImageSize: Equatable {
   case size(width: Int, height: Int)
   /// A PNG or JPEG whose size is not where its format puts it.
   case unreadable(String)
@@ -251,7 +251,7 @@ enum EncodedImageSize: Equatable {
 /// Width and height from a PNG's IHDR or a JPEG's SOF marker, without decoding. A JPEG's
 /// segments are walked by their lengths through the whole file (a frame header may follow
 /// megabytes of application data), which reads a few bytes per segment.
-func encodedImageSize(_ data: Data) -> EncodedImageSize {
+package func encodedImageSize(_ data: Data) -> EncodedImageSize {
   let bytes = [UInt8](data)
   func be(_ i: Int, _ n: Int) -> Int { bytes[i..<(i + n)].reduce(0) { $0 << 8 | Int($1) } }
   if bytes.starts(with: [0x89, 0x50, 0x4E, 0x47]) {

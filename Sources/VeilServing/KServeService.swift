@@ -221,7 +221,7 @@ public struct AcceleratorService: Inference_GRPCInferenceService.ServiceProtocol
   /// The request's inputs in the model's input order, checked against the declared datatype and
   /// shape (any batch ≥ 1 where the model batches) and the byte or value count; and whether they
   /// came as raw bytes (then the outputs go back raw too, as Triton does).
-  static func decodeInputs(_ q: Inference_ModelInferRequest, for m: KServeModel) throws -> ([Tensor], Bool) {
+  package static func decodeInputs(_ q: Inference_ModelInferRequest, for m: KServeModel) throws -> ([Tensor], Bool) {
     func invalid(_ s: String) -> RPCError {
       RPCError(code: .invalidArgument, message: "model '\(m.name)' version \(m.version): \(s)")
     }
@@ -296,7 +296,7 @@ public struct AcceleratorService: Inference_GRPCInferenceService.ServiceProtocol
   }
 
   /// The indices of the outputs to send back: those the request names, or all.
-  static func requestedOutputs(_ q: Inference_ModelInferRequest, for m: KServeModel) throws -> [Int] {
+  package static func requestedOutputs(_ q: Inference_ModelInferRequest, for m: KServeModel) throws -> [Int] {
     if q.outputs.isEmpty { return Array(m.outputs.indices) }
     return try q.outputs.map { o in
       guard let i = m.outputs.firstIndex(where: { $0.name == o.name }) else {

@@ -1,0 +1,125 @@
+import Foundation
+import SwiftProtobuf
+import VeilGraph
+import VeilServing
+import VeilTensor
+import VeilTestSupport
+
+/// The network entry points of the serving tiers, each from the bytes a peer controls:
+///
+/// - `kserve-request`: a ModelInferRequest as the accelerator reads it (protobuf, then the
+///   inputs checked against a model's declared shapes and decoded, the requested outputs, and a
+///   `grpc-timeout` value taken from the request's id field);
+/// - `kserve-answer`: a ModelInferResponse as the enclave reads the accelerator's answer
+///   (checked against the tail's declared output, and decoded without a declaration as
+///   `veil infer --accelerator` does);
+/// - `enclave-request`: the plaintext of a client's record as the enclave reads it (the
+///   EnclaveRequest message, the tensor it carries checked against the head's input size, the
+///   photo's size read from its header).
+enum ServingTargets {
+  static let all: [FuzzTarget] = [
+    FuzzTarget(
+      name: "kserve-request", summary: "ModelInferRequest as the accelerator decodes it, against two models",
+      run: { bytes in
+        guard let q = try? Inference_ModelInferRequest(serializedBytes: bytes) else { return }
+        for m in models {
+          if let (inputs, _) = try? AcceleratorService.decodeInputs(q, for: m) {
+            // What the decoder returns is what the scheduler runs: it must match the declaration.
+            for (t, d) in zip(inputs, m.inputs) where t.shape.count != d.shape.count {
+              fatalError("decoded input \(t.shape) does not have the declared rank \(d.shape)")
+            }
+          }
+          _ = try? AcceleratorService.requestedOutputs(q, for: m)
+        }
+        _ = AcceleratorService.parseTimeout(q.id)
+      }, mutate: Mutators.protobuf),
+    FuzzTarget(
+      name: "kserve-answer", summary: "ModelInferResponse as the enclave decodes the accelerator's answer",
+      run: { bytes in
+        guard let r = try? Inference_ModelInferResponse(serializedBytes: bytes) else { return }
+        if let checked = try? KServeClient.decode(r, expecting: [tailOutput]) {
+          guard checked.outputs.count == 1, checked.outputs[0].tensor.shape == tailOutput.shape else {
+            fatalError("an answer passed the check with outputs \(checked.outputs.map(\.tensor.shape))")
+          }
+        }
+        _ = try? KServeClient.decode(r)
+      }, mutate: Mutators.protobuf),
+    FuzzTarget(
+      name: "enclave-request", summary: "EnclaveRequest plaintext: the tensor or the photo's header",
+      run: { bytes in
+        guard let q = try? EnclaveRequestMessage(serializedBytes: bytes) else { return }
+        switch q.input {
+        case .tensor(let t):
+          if let x = try? t.tensor(maxElements: 3 * 224 * 224), x.count > 3 * 224 * 224 {
+            fatalError("a tensor of \(x.count) elements passed a limit of \(3 * 224 * 224)")
+          }
+        case .image(let data): _ = encodedImageSize(data)
+        case nil: break
+        }
+      }, mutate: Mutators.protobuf),
+  ]
+
+  /// The tail's output the enclave expects: 1×1000 FP32 logits.
+  static let tailOutput = KServeTensorMetadata(name: "logits", datatype: KServeCodec.fp32, shape: [1, 1000])
+
+  /// A small convolutional model, once without batching (input 1×3×8×8) and once batching up to
+  /// 8 rows (the declared batch dimension is then -1).
+  static let models: [KServeModel] = {
+    let g = FuzzServingModel.graph()
+    do {
+      return [
+        try KServeModel(KServeModelSpec(name: "one", graph: g)),
+        try KServeModel(
+          KServeModelSpec(name: "many", graph: g, batching: KServeBatching(maxBatchSize: 8, maxQueueDelay: .zero))),
+      ]
+    } catch {
+      fatalError("the fuzz fixture's model does not load: \(error)")
+    }
+  }()
+
+  // MARK: Seeds
+
+  static func seeds() throws -> [(String, [(String, [UInt8])])] {
+    var rng = SeededGenerator(seed: 9)
+    let x = Tensor.randomNormal(shape: [1, 3, 8, 8], generator: &rng)
+    var requests: [(String, [UInt8])] = []
+    for encoding in KServeEncoding.allCases {
+      var q = KServeClient.makeRequest(
+        model: "one", inputs: [KServeTensor(name: "features", tensor: x)], outputs: ["flat"], id: "100m",
+        encoding: encoding)
+      requests.append(("one-\(encoding.rawValue).pb", try q.serializedBytes()))
+      let x2 = Tensor.randomNormal(shape: [2, 3, 8, 8], generator: &rng)
+      q = KServeClient.makeRequest(model: "many", inputs: [KServeTensor(name: "features", tensor: x2)], encoding: encoding)
+      requests.append(("batch2-\(encoding.rawValue).pb", try q.serializedBytes()))
+    }
+    var answers: [(String, [UInt8])] = []
+    let logits = Tensor.randomNormal(shape: [1, 1000], generator: &rng)
+    for raw in [true, false] {
+      var r = Inference_ModelInferResponse()
+      r.modelName = "tail"
+      r.modelVersion = "1"
+      var o = Inference_ModelInferResponse.InferOutputTensor()
+      o.name = "logits"
+      o.datatype = KServeCodec.fp32
+      o.shape = [1, 1000]
+      if raw { r.rawOutputContents = [KServeCodec.rawBytes(logits)] } else { o.contents.fp32Contents = logits.scalars }
+      r.outputs = [o]
+      answers.append(("logits-\(raw ? "raw" : "typed").pb", try r.serializedBytes()))
+    }
+    var tensorRequest = EnclaveRequestMessage()
+    tensorRequest.input = .tensor(TensorMessage(Tensor.randomNormal(shape: [1, 3, 16, 16], generator: &rng)))
+    tensorRequest.topK = 5
+    var photoRequest = EnclaveRequestMessage()
+    photoRequest.input = .image(Data(try Seeds.pngs().first?.1 ?? []))
+    photoRequest.topK = 1
+    photoRequest.wantLogits = true
+    return [
+      ("kserve-request", requests),
+      ("kserve-answer", answers),
+      (
+        "enclave-request",
+        [("tensor.pb", try tensorRequest.serializedBytes()), ("photo.pb", try photoRequest.serializedBytes())]
+      ),
+    ]
+  }
+}
