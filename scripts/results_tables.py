@@ -91,22 +91,20 @@ def plan(d, summary):
           + (f"; fastest regardless of privacy `{p['fastestCut']}` {fastest['totalMs']:.1f} ms ({fastest['speedupPercent']:.1f} %)" if fastest else "")
           + (f"; tied (within noise): {', '.join('`' + t + '`' for t in p['tiedCuts'])}" if p.get("tiedCuts") else "")
           + ".\n")
+    print("Per attacker, at the cuts the plan attacked:\n")
+    attacker_table(p["privacy"], p["evaluation"]["attackers"])
     fam = family(p["model"])
     summary.append((p["model"], fam, p["evaluation"]["threatModel"], base, p.get("chosenCut"), chosen, PAPER.get(fam, "")))
 
 
-def sweep(d):
-    with open(os.path.join(d, "sweep.json")) as f:
-        s = json.load(f)
-    print(f"#### {s['model']}: the sweep ({d})\n")
-    print(settings_line(s["settings"]) + ".\n")
-    attackers = s["settings"]["attackers"]
+def attacker_table(results, attackers):
+    """One row per cut and measure, one column per attacker: the curve of each attacker."""
     measures = [m for m in ["ssim", "recognition", "reidentification", "fields", "psnr"]
-                if any(any(x["measure"] == m for x in v["measures"]) for v in s["results"])]
+                if any(any(x["measure"] == m for x in v["measures"]) for v in results)]
     head = "| cut | measure | " + " | ".join(attackers) + " | baseline | status |"
     print(head)
     print("|" + " --- |" * (len(attackers) + 4))
-    for v in sorted(s["results"], key=lambda v: v["cutIndex"]):
+    for v in sorted(results, key=lambda v: v["cutIndex"]):
         for m in measures:
             mv = next((x for x in v["measures"] if x["measure"] == m), None)
             if mv is None:
@@ -122,9 +120,16 @@ def sweep(d):
                     cells.append(f"{num(e['mean']):.3f} ({bound(e)})" + ("*" if a == mv["worstAttacker"] else ""))
             status = mv.get("status") or "reported"
             print(f"| `{v['cut']}` | {m} | " + " | ".join(cells) + f" | {num(mv['baseline']):.3f} | {status} |")
-    chosen = [v["cut"] for v in s["results"]]
     print("\n(mean over seeds and held-out images, the one-sided 95 % bound clustered by photo across seeds; * the attacker "
-          "whose bound decides; baseline: the mean training image)\n")
+          "whose bound decides; skipped: not run once another attacker's leak was certain; baseline: the mean training image)\n")
+
+
+def sweep(d):
+    with open(os.path.join(d, "sweep.json")) as f:
+        s = json.load(f)
+    print(f"#### {s['model']}: the sweep ({d})\n")
+    print(settings_line(s["settings"]) + ".\n")
+    attacker_table(s["results"], s["settings"]["attackers"])
 
 
 def main(dirs):
