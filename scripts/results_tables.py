@@ -44,7 +44,8 @@ def settings_line(s, data=None):
     c = s["config"]
     line = (f"{s['threatModel']} threat model, budget {s['budget']}: attackers {a} × {len(s['seeds'])} seed(s), "
             f"≤ {c['epochs']} epochs (patience {c['patience']}), {c['trainCropsPerPhoto']} crops per training photo, "
-            f"{c['optimisationSteps']} optimisation steps, {c['imageSize']} px; thresholds {th}")
+            + (f"{c['optimisationSteps']} optimisation steps, " if "optimisation" in s["attackers"] else "")
+            + f"{c['imageSize']} px; thresholds {th}")
     if data:
         line += (f"; {data['trainImages']} training / {data['heldOutImages']} held-out crops "
                  f"({data['heldOutPhotos']} held-out of {data['sourceImages']} photos per seed)")

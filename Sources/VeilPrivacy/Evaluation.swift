@@ -120,7 +120,7 @@ public struct EvaluationSettings: Codable, Sendable, Equatable {
     if config.trainCropsPerPhoto < standard.config.trainCropsPerPhoto {
       out.append("\(config.trainCropsPerPhoto) crops per training photo (standard: \(standard.config.trainCropsPerPhoto))")
     }
-    if config.optimisationSteps < standard.config.optimisationSteps {
+    if attackers.contains(.optimisation), config.optimisationSteps < standard.config.optimisationSteps {
       out.append("\(config.optimisationSteps) optimisation steps (standard: \(standard.config.optimisationSteps))")
     }
     return out
