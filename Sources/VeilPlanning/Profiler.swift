@@ -217,6 +217,9 @@ public enum ProfileStability {
   /// Largest (p90 − median) / median of a segment's runs: a burst of other work in one run of
   /// five makes it 0.5 or more, while a quiet machine stays within about 0.2.
   public static let maxSpread = 0.5
+  /// Spreads smaller than this (p90 − median, ms) are timer noise whatever their ratio: a tail
+  /// of a few microseconds (VGG-16's last dense layer) spreads 60 % and decides nothing.
+  public static let minSpreadMs = 0.1
   /// The range of (head + tail) / whole model, natively, both measured here: a cut adds a
   /// kernel boundary, a cold start of the tail and a layout change, so head + tail legitimately
   /// costs a little more than the whole (transfer is timed apart and left out); outside ×0.5 …
@@ -227,7 +230,7 @@ public enum ProfileStability {
 
   /// Why `runs` are too spread to trust, or nil.
   public static func spreadProblem(_ runs: SegmentRuns) -> String? {
-    guard runs.spread > maxSpread else { return nil }
+    guard runs.spread > maxSpread, runs.p90Ms - runs.medianMs >= minSpreadMs else { return nil }
     return String(
       format: "runs spread %.0f %% (p90 %.2f ms against median %.2f ms; bound %.0f %%)", runs.spread * 100, runs.p90Ms, runs.medianMs,
       maxSpread * 100)

@@ -29,6 +29,8 @@ final class ProfileStabilityTests: XCTestCase {
     // Just inside and just outside the bound.
     XCTAssertNil(ProfileStability.spreadProblem(SegmentRuns(seconds: [1, 1, 1, 1, 1.49])))
     XCTAssertNotNil(ProfileStability.spreadProblem(SegmentRuns(seconds: [1, 1, 1, 1, 1.51])))
+    // A segment of microseconds: 80 % of 5 µs is timer noise, not a busy machine.
+    XCTAssertNil(ProfileStability.spreadProblem(SegmentRuns(seconds: [5e-6, 5e-6, 5e-6, 5e-6, 9e-6])))
   }
 
   func testHeadPlusTailFarFromTheWholeModelIsFlagged() throws {
