@@ -93,15 +93,16 @@ public struct PlanJob {
   ) throws -> Result {
     for (measure, t) in thresholds.values where !(t > 0 && t < 1) { throw PlanError.invalidThreshold(measure: measure, value: t) }
     let planner = try Planner(graph: graph, model: name, options: options, folder: folder)
-    let settings = self.settings
-    try settings.config.validate()
+    try self.settings.config.validate()
     let files = try PrivacyEvaluation.photoFiles(data)
     let training = try attackData.map(PrivacyEvaluation.photoFiles)
     let source = data.path + (attackData.map { " (attackers trained on \($0.path))" } ?? "")
     let measures = try self.measures()
     let evaluation = PrivacyEvaluation(
       model: graph, modelName: name, preprocessing: preprocessing, files: files, training: training, source: source,
-      settings: settings, measures: measures, outDir: folder.appendingPathComponent("attacks"), cacheDirectory: cacheDirectory)
+      settings: self.settings, measures: measures, outDir: folder.appendingPathComponent("attacks"), cacheDirectory: cacheDirectory)
+    // Measures whose classifier is the model itself are reported without deciding.
+    let settings = evaluation.settings
     // The first seed's split, for the up-front figures and the held-out check.
     var first = settings.config
     first.attacker = settings.attackers[0]
@@ -112,7 +113,7 @@ public struct PlanJob {
     try planner.checkHeldOut(images.test.count)
     let cutCount = try graph.candidateCuts().count
     log(
-      "plan: \(name), \(cutCount) cuts, \(settings.threatModel.rawValue) threat model, budget \(settings.budget.rawValue): attackers \(settings.attackers.map(\.rawValue).joined(separator: ", ")) × \(settings.seeds.count) seed(s) on about \(settings.budget.cutsExpected(cutCount: cutCount)) cuts; \(images.train.count) training crops (\(images.trainPhotos.count) photos), \(images.test.count) held-out crops (\(images.testPhotos.count) photos) at \(imageSize) px; measures \(measures.names.joined(separator: ", ")); thresholds \(thresholds.values.filter { measures.names.contains($0.key) }.sorted { $0.key < $1.key }.map { "\($0.key) \($0.value)" }.joined(separator: ", "))")
+      "plan: \(name), \(cutCount) cuts, \(settings.threatModel.rawValue) threat model, budget \(settings.budget.rawValue): attackers \(settings.attackers.map(\.rawValue).joined(separator: ", ")) × \(settings.seeds.count) seed(s) on about \(settings.budget.cutsExpected(cutCount: cutCount)) cuts; \(images.train.count) training crops (\(images.trainPhotos.count) photos), \(images.test.count) held-out crops (\(images.testPhotos.count) photos) at \(imageSize) px; measures \(measures.names.joined(separator: ", ")); thresholds \(settings.thresholds.values.filter { measures.names.contains($0.key) }.sorted { $0.key < $1.key }.map { "\($0.key) \($0.value)" }.joined(separator: ", "))")
     for w in settings.weakerThanDefault { log("note: weaker than the standard budget: \(w)") }
 
     // The deployed resolution: the first attacker of the threat model on the model's own
@@ -127,6 +128,7 @@ public struct PlanJob {
       c.config.imageSize = size
       c.config.testCropsPerPhoto = 1
       c.config.optimisationBatch = 8
+      c.reportOnly(measures.dependent(on: graph))
       var e = evaluation
       e.settings = c
       e.outDir = folder.appendingPathComponent("attacks-\(size)px")

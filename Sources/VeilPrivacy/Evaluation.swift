@@ -96,6 +96,8 @@ public struct EvaluationSettings: Codable, Sendable, Equatable {
   /// The attack options (the attacker and seed are set per attack).
   public var config: AttackConfig
   public var thresholds: LeakageThresholds
+  /// Measures reported without their threshold, each with the reason (nil: none).
+  public var reportedOnly: [String: String]?
 
   public init(
     threatModel: ThreatModel = .whiteBox, budget: PrivacyBudget = .standard, imageSize: Int = 64, seed: UInt64 = 0,
@@ -107,6 +109,15 @@ public struct EvaluationSettings: Codable, Sendable, Equatable {
     seeds = (0..<UInt64(budget.seedCount)).map { seed &+ $0 }
     config = budget.config(imageSize: imageSize)
     self.thresholds = thresholds
+  }
+
+  /// Reports `reasons`' measures without deciding on them (their thresholds removed).
+  public mutating func reportOnly(_ reasons: [String: String]) {
+    guard !reasons.isEmpty else { return }
+    for (measure, why) in reasons {
+      thresholds.values[measure] = nil
+      reportedOnly = (reportedOnly ?? [:]).merging([measure: why]) { _, new in new }
+    }
   }
 
   /// The settings are weaker than the standard budget's in these ways (empty: not weaker).
@@ -122,6 +133,9 @@ public struct EvaluationSettings: Codable, Sendable, Equatable {
     }
     if attackers.contains(.optimisation), config.optimisationSteps < standard.config.optimisationSteps {
       out.append("\(config.optimisationSteps) optimisation steps (standard: \(standard.config.optimisationSteps))")
+    }
+    for (measure, why) in (reportedOnly ?? [:]).sorted(by: { $0.key < $1.key }) {
+      out.append("\(measure) reported without its threshold: \(why)")
     }
     return out
   }
@@ -323,6 +337,7 @@ public struct PrivacyEvaluation {
     self.training = training
     self.source = source
     self.settings = settings
+    self.settings.reportOnly(measures.dependent(on: model))
     self.measures = measures
     self.outDir = outDir
     self.cacheDirectory = cacheDirectory

@@ -127,6 +127,9 @@ public final class ReferenceClassifier: @unchecked Sendable {
   let batch: Int
   let normalization: Normalization
   let order: ChannelOrder
+  /// Its large weight tensors (shape, sum and sum of squares of each), to tell when a model
+  /// under evaluation holds this classifier's weights.
+  let fingerprints: Set<String>
   private let lock = NSLock()
 
   /// `graph` is a classifier whose output comes from a Gemm (after pooling and flattening);
@@ -158,11 +161,40 @@ public final class ReferenceClassifier: @unchecked Sendable {
     }
     g.outputs = [output, embedding]
     self.name = name
+    fingerprints = Self.weightFingerprints(graph)
     executor = try Executor(graph: g)
     size = shape[2]
     self.batch = batch
     self.normalization = normalization
     self.order = order
+  }
+
+  /// Whether `model` holds at least half of this classifier's large weight tensors (the
+  /// classifier itself, or a model built on its backbone). This classifier is then no
+  /// independent judge of that model's reconstructions: a white-box attacker that matches the
+  /// model's features makes this classifier see what the model sees, whether or not a person
+  /// would recognise the image, and the class the network computes is what the tail computes
+  /// on the accelerator anyway.
+  public func isPart(of model: Graph) -> Bool {
+    guard !fingerprints.isEmpty else { return false }
+    return fingerprints.intersection(Self.weightFingerprints(model)).count * 2 >= fingerprints.count
+  }
+
+  /// A fingerprint per weight tensor of 1,000 elements or more.
+  static func weightFingerprints(_ graph: Graph) -> Set<String> {
+    var out = Set<String>()
+    for t in graph.initializers.values where t.count >= 1000 {
+      var sum = 0.0
+      var squares = 0.0
+      t.withUnsafeBuffer { p in
+        for v in p {
+          sum += Double(v)
+          squares += Double(v) * Double(v)
+        }
+      }
+      out.insert("\(t.shape) \(sum) \(squares)")
+    }
+    return out
   }
 
   /// EfficientNet-Lite0 with its real ImageNet weights from the asset cache (`make assets`).
@@ -223,10 +255,28 @@ extension Tensor {
   }
 }
 
+/// A measure judged by a reference classifier.
+public protocol ClassifierMeasure: LeakageMeasure {
+  var classifier: ReferenceClassifier { get }
+}
+
+extension MeasureSet {
+  /// The measures whose reference classifier is part of `model`, each with why it cannot be
+  /// a threshold for that model (see `ReferenceClassifier.isPart(of:)`).
+  public func dependent(on model: Graph) -> [String: String] {
+    var out: [String: String] = [:]
+    for case let m as any ClassifierMeasure in measures where m.classifier.isPart(of: model) {
+      out[m.name] =
+        "its reference classifier (\(m.classifier.name)) is the model under evaluation, so it cannot judge that model's reconstructions independently"
+    }
+    return out
+  }
+}
+
 /// Recognition: the share of reconstructions whose top-5 classes under the reference
 /// classifier contain the original's top-1 class. Content leaks when a classifier still tells
 /// what the photo shows, whatever the pixels' SSIM.
-public struct RecognitionMeasure: LeakageMeasure {
+public struct RecognitionMeasure: ClassifierMeasure {
   public static let name = "recognition"
   public var name: String { Self.name }
   public var binary: Bool { true }
@@ -247,7 +297,7 @@ public struct RecognitionMeasure: LeakageMeasure {
 /// Re-identification: the share of reconstructions whose nearest original among the held-out
 /// set, by cosine distance of the reference classifier's penultimate features, is their own
 /// image (chance: one over the held-out images).
-public struct ReidentificationMeasure: LeakageMeasure {
+public struct ReidentificationMeasure: ClassifierMeasure {
   public static let name = "reidentification"
   public var name: String { Self.name }
   public var binary: Bool { true }

@@ -323,15 +323,36 @@ final class EvaluationTests: XCTestCase {
     XCTAssertEqual(try ReidentificationMeasure(classifier: classifier).scores(trivial).reduce(0, +), 1)
   }
 
+  /// A classifier of its own and a model that holds its weights (a copy of it) or not: the
+  /// semantic measures of a model judged by its own weights are reported, not thresholded.
+  func testSemanticMeasuresDoNotJudgeTheirOwnClassifier() throws {
+    let classifier = try ReferenceClassifier(name: "tiny classifier", graph: Self.tinyClassifier(), normalization: .unit, batch: 4)
+    XCTAssertTrue(classifier.isPart(of: Self.tinyClassifier()))
+    XCTAssertFalse(classifier.isPart(of: Self.tinyClassifier(seed: 10)))
+    let measures = MeasureSet.pixels.measures + [RecognitionMeasure(classifier: classifier), ReidentificationMeasure(classifier: classifier)]
+    let set = MeasureSet(measures)
+    XCTAssertEqual(set.dependent(on: Self.tinyClassifier(seed: 10)), [:])
+    let dependent = set.dependent(on: Self.tinyClassifier())
+    XCTAssertEqual(Set(dependent.keys), [RecognitionMeasure.name, ReidentificationMeasure.name])
+    var settings = EvaluationSettings(budget: .standard)
+    settings.reportOnly(dependent)
+    XCTAssertNil(settings.thresholds[RecognitionMeasure.name])
+    XCTAssertNil(settings.thresholds[ReidentificationMeasure.name])
+    XCTAssertEqual(settings.thresholds[SSIMMeasure.name], 0.3)
+    XCTAssertTrue(settings.weakerThanDefault.contains { $0.contains("recognition reported without its threshold") }, "\(settings.weakerThanDefault)")
+    let roundTrip = try JSONDecoder().decode(EvaluationSettings.self, from: JSONEncoder().encode(settings))
+    XCTAssertEqual(roundTrip, settings)
+  }
+
   /// A classifier graph: conv, global pooling, flatten, Gemm to 10 classes.
-  static func tinyClassifier() -> Graph {
+  static func tinyClassifier(seed: UInt64 = 9) -> Graph {
     var g = Graph(name: "classifier")
-    var rng = SeededGenerator(seed: 9)
+    var rng = SeededGenerator(seed: seed)
     let x = g.addInput(name: "image", shape: [1, 3, 32, 32])
-    var v = g.activation(g.conv(x, weight: Tensor.randomNormal(shape: [16, 3, 3, 3], std: 0.4, generator: &rng), .square(3), name: "conv"), .relu, name: "relu")
+    var v = g.activation(g.conv(x, weight: Tensor.randomNormal(shape: [40, 3, 3, 3], std: 0.4, generator: &rng), .square(3), name: "conv"), .relu, name: "relu")
     v = g.globalAveragePool(v, name: "pool")
     v = g.addNode(.flatten(axis: 1), name: "flatten", inputs: [v])[0]
-    let w = g.addInitializer(name: "fc.weight", Tensor.randomNormal(shape: [10, 16], std: 0.5, generator: &rng))
+    let w = g.addInitializer(name: "fc.weight", Tensor.randomNormal(shape: [10, 40], std: 0.5, generator: &rng))
     v = g.addNode(.gemm(GemmAttributes(transB: true)), name: "fc", inputs: [v, w])[0]
     g.outputs = [v]
     try? g.inferShapes()
