@@ -1,0 +1,347 @@
+import Foundation
+import VeilGraph
+import VeilTensor
+
+// Constant folding at import (part of `ONNXReader`): Constant nodes and the integer shape
+// arithmetic exporters leave in front of Reshape, evaluated within `FormatLimits`' budgets.
+
+// MARK: - Constant folding
+
+extension ONNXImporter {
+  /// Constant nodes, and integer arithmetic on shapes (Shape, Gather, Unsqueeze, Squeeze,
+  /// Concat, Cast, Identity over constants), evaluated now. Returns false for anything else.
+  mutating func foldConstant(_ c: ONNXNodeContext) throws -> Bool {
+    let n = c.node
+    guard let out = n.outputs.first, !out.isEmpty else { return false }
+    let ins = n.inputs.filter { !$0.isEmpty }
+    switch n.opType {
+    case "Constant":
+      guard n.attributes.count == 1, let (key, attr) = n.attributes.first.map({ ($0.key, $0.value) }) else {
+        throw c.fail("needs exactly one value attribute")
+      }
+      switch attr {
+      case .tensor(let t): constants[out] = try constant(t)
+      case .float(let f) where key == "value_float": constants[out] = .floats(Tensor(shape: [], repeating: f))
+      case .floats(let fs) where key == "value_floats":
+        constants[out] = .floats(Tensor(shape: [fs.count]) { o in for i in fs.indices { o[i] = fs[i] } })
+      case .int(let i) where key == "value_int": constants[out] = .ints(dims: [], values: [i])
+      case .ints(let vs) where key == "value_ints": constants[out] = .ints(dims: [vs.count], values: vs)
+      default: throw c.fail("attribute '\(key)' is not supported")
+      }
+      return true
+    case "ConstantOfShape":
+      guard let i = ins.first, case .ints(let d, let v) = constants[i] else { return false }
+      guard d.count <= 1, v.allSatisfy({ $0 >= 0 && $0 <= Int64(Int32.max) }) else {
+        throw c.fail("shape \(v) is not a list of non-negative sizes")
+      }
+      let shape = v.map { Int($0) }
+      let count: Int
+      do {
+        count = try FormatLimits.elementCount(shape, maxElements: FormatLimits.maxFoldedElements - foldedElements)
+      } catch {
+        throw c.fail(
+          "shape \(shape.prefix(8)) \(error.detail) (what is left of the \(FormatLimits.maxFoldedElements) elements "
+            + "all folded constants may hold)")
+      }
+      var fill: Float = 0
+      if case .tensor(let t)? = n.attributes["value"] {
+        switch try constant(t) {
+        case .floats(let f):
+          guard f.count == 1 else { throw c.fail("'value' must hold one element") }
+          fill = f.storage.pointer[0]
+        case .ints(_, let iv):
+          guard iv.count == 1 else { throw c.fail("'value' must hold one element") }
+          constants[out] = .ints(dims: shape, values: Array(repeating: iv[0], count: count))
+          return true
+        }
+      }
+      constants[out] = .floats(Tensor(shape: shape, repeating: fill))
+      return true
+    case "Unsqueeze", "Squeeze", "Identity", "Reshape", "Flatten":
+      // Float constants reshaped by old exporters (BatchNorm scales as [C, 1, 1]); integer
+      // constants take the shape-arithmetic path below.
+      guard let first = ins.first, case .floats(let t)? = constants[first] else { break }
+      var dims = t.shape
+      switch n.opType {
+      case "Unsqueeze":
+        var axes = try c.ints("axes")
+        if opset >= 13, ins.count > 1, case .ints(_, let a)? = constants[ins[1]] { axes = a.map { Int($0) } }
+        guard let axes else { throw c.fail("'axes' is missing") }
+        dims = try unsqueezed(dims, axes: axes, c)
+      case "Squeeze":
+        let axes = try c.ints("axes") ?? dims.indices.filter { dims[$0] == 1 }
+        let drop = Set(axes.map { $0 < 0 ? $0 + t.shape.count : $0 })
+        dims = dims.indices.filter { !drop.contains($0) }.map { dims[$0] }
+      case "Reshape":
+        guard ins.count > 1, case .ints(_, let s)? = constants[ins[1]] else { return false }
+        do {
+          dims = try Op.reshape(shape: s.map { Int($0) }).outputShape([t.shape], node: c.label)
+        } catch { throw c.fail("\(error)") }
+      case "Flatten":
+        let axis = try c.int("axis", 1)
+        let ax = axis < 0 ? axis + dims.count : axis
+        guard ax >= 0, ax <= dims.count else { throw c.fail("axis \(axis) is out of range") }
+        dims = [dims[..<ax].reduce(1, *), dims[ax...].reduce(1, *)]
+      default:
+        break
+      }
+      do { constants[out] = .floats(try t.reshaped(dims)) } catch { throw c.fail("\(error)") }
+      return true
+    case "Shape":
+      guard let i = ins.first, values[i] != nil || constants[i] != nil else { return false }
+      var s = try shapeOf(i, c).map { Int64($0) }
+      // Opset 15 slices the shape with start/end.
+      let r = s.count
+      func clampIndex(_ v: Int) -> Int { min(max(v < 0 ? v + r : v, 0), r) }
+      let start = clampIndex(try c.int("start", 0))
+      let end = clampIndex(try c.int("end", r))
+      s = start < end ? Array(s[start..<end]) : []
+      constants[out] = .ints(dims: [s.count], values: s)
+      if symbolicBatch, values[i] != nil, start == 0, !s.isEmpty { batchMarks[out] = [0] }
+      return true
+    default:
+      break
+    }
+    // The rest fold only when every input is an integer constant.
+    var data: [(dims: [Int], values: [Int64])] = []
+    for i in ins {
+      guard case .ints(let d, let v) = constants[i] else { return false }
+      data.append((d, v))
+    }
+    guard !data.isEmpty else { return false }
+    switch n.opType {
+    case "Identity", "Cast":
+      if n.opType == "Cast", !ONNXProto.DataType.integers.contains(try c.int("to", 0)) {
+        guard try c.int("to", 0) == ONNXProto.DataType.float else { return false }
+        let v = data[0].values
+        constants[out] = .floats(Tensor(shape: data[0].dims) { o in for k in v.indices { o[k] = Float(v[k]) } })
+        return true
+      }
+      constants[out] = constants[ins[0]]
+      batchMarks[out] = batchMarks[ins[0]]
+    case "Add", "Sub", "Mul", "Div":
+      guard data.count == 2 else { throw c.fail("needs two inputs") }
+      constants[out] = try integerArithmetic(n.opType, data[0], data[1], c)
+    case "Reshape":
+      guard data.count == 2 else { throw c.fail("needs data and shape") }
+      let dims: [Int]
+      do {
+        dims = try Op.reshape(shape: data[1].values.map { Int(clamping: $0) }).outputShape([data[0].dims], node: c.label)
+      } catch { throw c.fail("\(error)") }
+      constants[out] = .ints(dims: dims, values: data[0].values)
+      batchMarks[out] = batchMarks[ins[0]]
+    case "Transpose":
+      let (dims, v) = data[0]
+      let perm = try c.ints("perm") ?? Array(dims.indices.reversed())
+      guard perm.sorted() == Array(dims.indices) else { throw c.fail("perm \(perm) does not permute \(dims.count) axes") }
+      let (outDims, source) = permutedIndices(dims, perm)
+      constants[out] = .ints(dims: outDims, values: source.map { v[$0] })
+      if let m = batchMarks[ins[0]] { batchMarks[out] = Set(source.indices.filter { m.contains(source[$0]) }) }
+    case "Slice":
+      let (outDims, source) = try sliceIndices(data[0].dims, c, inputs: ins)
+      constants[out] = .ints(dims: outDims, values: source.map { data[0].values[$0] })
+      if let m = batchMarks[ins[0]] { batchMarks[out] = Set(source.indices.filter { m.contains(source[$0]) }) }
+    case "Gather":
+      guard data.count == 2 else { throw c.fail("needs data and indices") }
+      let (d, v) = data[0]
+      guard d.count == 1, try c.int("axis", 0) == 0 else {
+        throw c.fail("only gathers from 1-D integer constants fold")
+      }
+      let picked = try data[1].values.map { k -> Int64 in
+        let idx = k < 0 ? Int(k) + v.count : Int(k)
+        guard idx >= 0, idx < v.count else { throw c.fail("index \(k) is out of range for \(v.count) values") }
+        return v[idx]
+      }
+      constants[out] = .ints(dims: data[1].dims, values: picked)
+      if let m = batchMarks[ins[0]] {
+        batchMarks[out] = Set(data[1].values.indices.filter { k in
+          let i = data[1].values[k]
+          return m.contains(i < 0 ? Int(i) + v.count : Int(i))
+        })
+      }
+    case "Unsqueeze", "Squeeze":
+      var axes = try c.ints("axes")
+      if opset >= 13, data.count > 1 { axes = data[1].values.map { Int($0) } }
+      var dims = data[0].dims
+      if n.opType == "Unsqueeze" {
+        guard let axes else { throw c.fail("'axes' is missing") }
+        dims = try unsqueezed(dims, axes: axes, c)
+      } else {
+        let r = dims.count
+        let drop = Set((axes ?? dims.indices.filter { dims[$0] == 1 }).map { $0 < 0 ? $0 + r : $0 })
+        dims = dims.indices.filter { !drop.contains($0) }.map { dims[$0] }
+      }
+      constants[out] = .ints(dims: dims, values: data[0].values)
+      batchMarks[out] = batchMarks[ins[0]]
+    case "Concat":
+      guard data.allSatisfy({ $0.dims.count == 1 }) else { throw c.fail("only 1-D integer constants fold") }
+      let vs = data.flatMap(\.values)
+      constants[out] = .ints(dims: [vs.count], values: vs)
+      var marks = Set<Int>()
+      var offset = 0
+      for (k, i) in ins.enumerated() {
+        marks.formUnion((batchMarks[i] ?? []).map { $0 + offset })
+        offset += data[k].values.count
+      }
+      if !marks.isEmpty { batchMarks[out] = marks }
+    default:
+      return false
+    }
+    return true
+  }
+}
+
+// MARK: - Folding helpers
+
+extension ONNXImporter {
+  /// `dims` with a 1 inserted at each of `axes` (negative: from the end of the result), the
+  /// result's rank within `FormatLimits.maxRank`.
+  func unsqueezed(_ dims: [Int], axes: [Int], _ c: ONNXNodeContext) throws -> [Int] {
+    var dims = dims
+    let r = dims.count + axes.count
+    guard r <= FormatLimits.maxRank else {
+      throw c.fail("unsqueezing to rank \(r) exceeds \(FormatLimits.maxRank)")
+    }
+    for a in axes.map({ $0 < 0 ? $0 + r : $0 }).sorted() {
+      guard a >= 0, a <= dims.count else { throw c.fail("axis \(a) is out of range") }
+      dims.insert(1, at: a)
+    }
+    return dims
+  }
+
+  /// Element-wise integer arithmetic with numpy broadcasting; Div truncates toward zero, as
+  /// ONNX Runtime does for integer tensors.
+  func integerArithmetic(
+    _ op: String, _ a: (dims: [Int], values: [Int64]), _ b: (dims: [Int], values: [Int64]), _ c: ONNXNodeContext
+  ) throws -> ONNXImportedConstant {
+    guard let dims = broadcastShapes(a.dims, b.dims) else {
+      throw c.fail("integer operands of shapes \(a.dims) and \(b.dims) do not broadcast")
+    }
+    let count: Int
+    do { count = try FormatLimits.elementCount(dims, maxElements: 1 << 20) } catch {
+      throw c.fail("integer result of shape \(dims.prefix(8)) is too large to fold: it \(error.detail)")
+    }
+    func index(_ flat: Int, _ d: [Int]) -> Int {
+      // Position in an operand broadcast to `dims`.
+      var rest = flat
+      var k = 0
+      var scale = 1
+      let pad = dims.count - d.count
+      for axis in stride(from: dims.count - 1, through: 0, by: -1) {
+        let coordinate = rest % dims[axis]
+        rest /= dims[axis]
+        if axis >= pad {
+          let size = d[axis - pad]
+          if size != 1 { k += coordinate * scale }
+          scale *= size
+        }
+      }
+      return k
+    }
+    var out = [Int64](repeating: 0, count: count)
+    for i in 0..<count {
+      let x = a.values[index(i, a.dims)]
+      let y = b.values[index(i, b.dims)]
+      let r: (Int64, Bool)
+      switch op {
+      case "Add": r = x.addingReportingOverflow(y)
+      case "Sub": r = x.subtractingReportingOverflow(y)
+      case "Mul": r = x.multipliedReportingOverflow(by: y)
+      default:
+        guard y != 0 else { throw c.fail("integer division by zero") }
+        r = x.dividedReportingOverflow(by: y)
+      }
+      guard !r.1 else { throw c.fail("integer \(op) of \(x) and \(y) overflows") }
+      out[i] = r.0
+    }
+    return .ints(dims: dims, values: out)
+  }
+
+  /// The dims of `dims` permuted by `perm`, and for each output position its flat source index.
+  func permutedIndices(_ dims: [Int], _ perm: [Int]) -> ([Int], [Int]) {
+    let outDims = perm.map { dims[$0] }
+    var strides = [Int](repeating: 1, count: dims.count)
+    for k in stride(from: dims.count - 2, through: 0, by: -1) { strides[k] = strides[k + 1] * dims[k + 1] }
+    let count = dims.reduce(1, *)
+    var source = [Int](repeating: 0, count: count)
+    for i in 0..<count {
+      var rest = i
+      var k = 0
+      for axis in stride(from: outDims.count - 1, through: 0, by: -1) {
+        k += (rest % outDims[axis]) * strides[perm[axis]]
+        rest /= outDims[axis]
+      }
+      source[i] = k
+    }
+    return (outDims, source)
+  }
+
+  /// ONNX Slice (starts, ends, axes, steps as inputs from opset 10, attributes before) over a
+  /// tensor of `dims`: the output dims and each output position's flat source index.
+  func sliceIndices(_ dims: [Int], _ c: ONNXNodeContext, inputs ins: [String]) throws -> ([Int], [Int]) {
+    var starts: [Int], ends: [Int], axes: [Int]?, steps: [Int]?
+    if opset < 10 {
+      guard let s = try c.ints("starts"), let e = try c.ints("ends") else { throw c.fail("'starts' and 'ends' are required") }
+      (starts, ends, axes, steps) = (s, e, try c.ints("axes"), nil)
+    } else {
+      func operand(_ k: Int, _ what: String) throws -> [Int]? {
+        guard let name = c.input(k) else { return nil }
+        guard case .ints(_, let v)? = constants[name] else {
+          throw c.fail("\(what) '\(name)' must be a constant integer tensor")
+        }
+        return v.map { Int(clamping: $0) }
+      }
+      guard let s = try operand(1, "starts"), let e = try operand(2, "ends") else {
+        throw c.fail("inputs 'starts' and 'ends' are required")
+      }
+      (starts, ends, axes, steps) = (s, e, try operand(3, "axes"), try operand(4, "steps"))
+    }
+    let r = dims.count
+    let axisList = try (axes ?? Array(0..<starts.count)).map { a -> Int in
+      let v = a < 0 ? a + r : a
+      guard v >= 0, v < r else { throw c.fail("axis \(a) is out of range for rank \(r)") }
+      return v
+    }
+    let stepList = steps ?? Array(repeating: 1, count: starts.count)
+    guard ends.count == starts.count, axisList.count == starts.count, stepList.count == starts.count else {
+      throw c.fail("starts, ends, axes and steps differ in length")
+    }
+    var first = [Int](repeating: 0, count: r)
+    var step = [Int](repeating: 1, count: r)
+    var outDims = dims
+    for (k, axis) in axisList.enumerated() {
+      let d = dims[axis]
+      let st = stepList[k]
+      guard st != 0 else { throw c.fail("step 0 on axis \(axis)") }
+      func clamp(_ v: Int, _ lo: Int, _ hi: Int) -> Int { min(max(v, lo), hi) }
+      var b = starts[k] < 0 ? starts[k] + d : starts[k]
+      var e = ends[k] < 0 ? ends[k] + d : ends[k]
+      // Steps come from the file: counted as ⌈span / |step|⌉ without forming span + step.
+      if st > 0 {
+        b = clamp(b, 0, d)
+        e = clamp(e, 0, d)
+        outDims[axis] = e > b ? (e - b - 1) / st + 1 : 0
+      } else {
+        b = clamp(b, -1, d - 1)
+        e = clamp(e, -1, d - 1)
+        outDims[axis] = b > e ? (b - e - 1) / -max(st, -Int.max) + 1 : 0
+      }
+      first[axis] = b
+      step[axis] = st
+    }
+    var strides = [Int](repeating: 1, count: r)
+    for k in stride(from: r - 2, through: 0, by: -1) { strides[k] = strides[k + 1] * dims[k + 1] }
+    let count = outDims.reduce(1, *)
+    var source = [Int](repeating: 0, count: count)
+    for i in 0..<count {
+      var rest = i
+      var k = 0
+      for axis in stride(from: r - 1, through: 0, by: -1) {
+        k += (first[axis] + (rest % outDims[axis]) * step[axis]) * strides[axis]
+        rest /= outDims[axis]
+      }
+      source[i] = k
+    }
+    return (outDims, source)
+  }
+}

@@ -1,0 +1,370 @@
+import Foundation
+import VeilGraph
+import VeilTensor
+
+// The importer's core (part of `ONNXReader`): tensors and external data, the node order, and
+// the values and operands of the graph being built.
+
+// MARK: - ONNX → graph IR
+
+struct ONNXImporter {
+  static let format = ONNXReader.format
+
+  let model: ONNXProto.Model
+  let bytes: [UInt8]
+  let baseDirectory: URL?
+  var opset = 0
+  var graph = Graph(name: "")
+  /// Float values of the graph (runtime inputs, node outputs, initializers in use), by ONNX name.
+  var values: [String: ValueID] = [:]
+  var constants: [String: ONNXImportedConstant] = [:]
+  /// Flat positions of integer constants that hold the symbolic batch size (folded at 1), so a
+  /// Reshape target built from `Shape(x)[0]` keeps the batch instead of fixing it at 1.
+  var batchMarks: [String: Set<Int>] = [:]
+  /// Whether some graph input has a symbolic leading dimension.
+  var symbolicBatch = false
+  var externalFiles: [String: Data] = [:]
+  /// Elements of the constants folded so far (`FormatLimits.maxFoldedElements` in all).
+  var foldedElements = 0
+
+  init(model: ONNXProto.Model, bytes: [UInt8], baseDirectory: URL?) {
+    self.model = model
+    self.bytes = bytes
+    self.baseDirectory = baseDirectory
+  }
+
+  mutating func run() throws -> Graph {
+    let defaults = model.opsets.filter { $0.domain == "" || $0.domain == "ai.onnx" }
+    guard let version = defaults.map(\.version).max() else {
+      throw FormatError.unsupported(format: Self.format, detail: "the model imports no default-domain opset")
+    }
+    guard ONNXReader.supportedOpsets.contains(Int(clamping: version)) else {
+      throw FormatError.unsupported(
+        format: Self.format,
+        detail:
+          "opset \(version) is not supported (supported: \(ONNXReader.supportedOpsets.lowerBound)–\(ONNXReader.supportedOpsets.upperBound))"
+      )
+    }
+    opset = Int(version)
+    guard let g = model.graph else {
+      throw FormatError.malformed(format: Self.format, offset: 0, detail: "the model has no graph")
+    }
+    graph = Graph(name: g.name)
+    for (k, v) in model.metadata { graph.metadata[k] = v }
+
+    for t in g.initializers {
+      guard !t.name.isEmpty else {
+        throw FormatError.malformed(format: Self.format, offset: t.offset, detail: "an initializer has no name")
+      }
+      constants[t.name] = try constant(t)
+    }
+    for v in g.inputs where constants[v.name] == nil {
+      if let first = v.dims?.first, first == nil { symbolicBatch = true }
+      values[v.name] = graph.addInput(name: v.name, shape: try inputShape(v))
+    }
+    for n in try ordered(fusingSiLU(g.nodes, graphOutputs: Set(g.outputs.map(\.name)))) { try importNode(n) }
+    for o in g.outputs {
+      graph.outputs.append(try value(o.name, node: "graph output", op: "output"))
+    }
+    do {
+      try graph.sortTopologically()
+      try graph.inferShapes()
+    } catch let e as GraphError {
+      throw FormatError.invalidGraph(format: Self.format, detail: e.description)
+    }
+    return graph
+  }
+
+  // MARK: Tensors
+
+  func inputShape(_ v: ONNXProto.ValueInfo) throws -> [Int] {
+    if let t = v.elemType, t != ONNXProto.DataType.float {
+      throw FormatError.unsupported(
+        format: Self.format, detail: "input '\(v.name)' has element type \(t); only float inputs are supported")
+    }
+    guard let dims = v.dims else {
+      throw FormatError.unsupported(format: Self.format, detail: "input '\(v.name)' has no shape")
+    }
+    let shape = try dims.enumerated().map { i, d in
+      if let d {
+        guard d >= 1, d <= Int64(Int32.max) else {
+          throw FormatError.malformed(
+            format: Self.format, offset: v.offset, detail: "input '\(v.name)' has dimension \(d)")
+        }
+        return Int(d)
+      }
+      // A symbolic batch is run at 1 (the executor re-plans for other batch sizes).
+      guard i == 0 else {
+        throw FormatError.unsupported(
+          format: Self.format,
+          detail: "input '\(v.name)' has a symbolic dimension at axis \(i); only the batch may be symbolic")
+      }
+      return 1
+    }
+    // Later shape arithmetic multiplies dimensions; keep every product far from overflow.
+    var count = 1
+    for d in shape {
+      let (p, overflow) = count.multipliedReportingOverflow(by: d)
+      guard !overflow, p <= Int(Int32.max) else {
+        throw FormatError.malformed(
+          format: Self.format, offset: v.offset, detail: "input '\(v.name)' dims \(dims) are too large")
+      }
+      count = p
+    }
+    return shape
+  }
+
+  /// Element count of `dims`, with each dimension and the product checked.
+  func elementCount(_ t: ONNXProto.Tensor) throws -> Int {
+    do { return try FormatLimits.elementCount(t.dims) } catch {
+      throw FormatError.malformed(
+        format: Self.format, offset: t.offset,
+        detail: "tensor '\(t.name)' dims \(t.dims.prefix(8))\(t.dims.count > 8 ? "…" : "") \(error.detail)")
+    }
+  }
+
+  /// The tensor's raw bytes (inline or external), already checked to be `count × size` long.
+  mutating func rawBytes(_ t: ONNXProto.Tensor, count: Int, size: Int) throws -> ArraySlice<UInt8>? {
+    let need = count * size
+    if t.isExternal {
+      guard let location = t.external["location"], !location.isEmpty else {
+        throw FormatError.malformed(
+          format: Self.format, offset: t.offset, detail: "external tensor '\(t.name)' has no location")
+      }
+      guard let base = baseDirectory else {
+        throw FormatError.unsupported(
+          format: Self.format, detail: "tensor '\(t.name)' is stored in '\(location)', but no base directory was given")
+      }
+      guard !location.hasPrefix("/"), !location.split(separator: "/").contains("..") else {
+        throw FormatError.malformed(
+          format: Self.format, offset: t.offset,
+          detail: "external location '\(location)' of '\(t.name)' leaves the model's directory")
+      }
+      let url = base.appendingPathComponent(location)
+      if externalFiles[location] == nil {
+        do {
+          externalFiles[location] = try Data(contentsOf: url, options: .mappedIfSafe)
+        } catch {
+          throw FormatError.io(
+            path: url.path, detail: "cannot read external data of '\(t.name)': \(error.localizedDescription)")
+        }
+      }
+      let data = externalFiles[location] ?? Data()
+      func number(_ key: String) throws -> Int? {
+        guard let s = t.external[key] else { return nil }
+        guard let v = Int(s), v >= 0 else {
+          throw FormatError.malformed(
+            format: Self.format, offset: t.offset, detail: "external \(key) '\(s)' of '\(t.name)' is invalid")
+        }
+        return v
+      }
+      let offset = try number("offset") ?? 0
+      let length = try number("length") ?? need
+      guard length == need else {
+        throw FormatError.malformed(
+          format: Self.format, offset: t.offset,
+          detail: "external tensor '\(t.name)' has length \(length), but dims \(t.dims) need \(need) bytes")
+      }
+      guard offset <= data.count, need <= data.count - offset else {
+        throw FormatError.truncated(
+          format: Self.format, offset: t.offset,
+          detail:
+            "external tensor '\(t.name)' wants \(need) bytes from byte \(offset) of '\(location)', which has \(data.count)"
+        )
+      }
+      let start = data.startIndex + offset
+      return ArraySlice(data[start..<(start + need)])
+    }
+    guard let raw = t.raw else { return nil }
+    guard raw.count == need else {
+      throw FormatError.malformed(
+        format: Self.format, offset: raw.lowerBound,
+        detail: "tensor '\(t.name)' has \(raw.count) bytes of raw_data, but dims \(t.dims) need \(need)")
+    }
+    return bytes[raw]
+  }
+
+  func checkCount(_ t: ONNXProto.Tensor, _ found: Int, _ count: Int) throws {
+    guard found == count else {
+      throw FormatError.malformed(
+        format: Self.format, offset: t.offset,
+        detail: "tensor '\(t.name)' holds \(found) values, but dims \(t.dims) need \(count)")
+    }
+  }
+
+  mutating func constant(_ t: ONNXProto.Tensor) throws -> ONNXImportedConstant {
+    let count = try elementCount(t)
+    let dims = t.dims.map { Int($0) }
+    switch t.dataType {
+    case ONNXProto.DataType.float:
+      if let raw = try rawBytes(t, count: count, size: 4) {
+        return .floats(
+          Tensor(shape: dims) { out in
+            var i = raw.startIndex
+            for k in 0..<count {
+              out[k] = Float(
+                bitPattern: UInt32(raw[i]) | UInt32(raw[i + 1]) << 8 | UInt32(raw[i + 2]) << 16 | UInt32(raw[i + 3])
+                  << 24)
+              i += 4
+            }
+          })
+      }
+      try checkCount(t, t.floatData.count, count)
+      return .floats(Tensor(shape: dims) { out in for k in 0..<count { out[k] = t.floatData[k] } })
+    case ONNXProto.DataType.float16:
+      var halves: [UInt16] = []
+      if let raw = try rawBytes(t, count: count, size: 2) {
+        var i = raw.startIndex
+        halves.reserveCapacity(count)
+        for _ in 0..<count {
+          halves.append(UInt16(raw[i]) | UInt16(raw[i + 1]) << 8)
+          i += 2
+        }
+      } else {
+        try checkCount(t, t.int32Data.count, count)
+        halves = t.int32Data.map { UInt16(truncatingIfNeeded: $0) }
+      }
+      return .floats(Tensor(shape: dims) { out in for k in 0..<count { out[k] = halfToFloat(halves[k]) } })
+    case ONNXProto.DataType.double:
+      var ds: [Double] = []
+      if let raw = try rawBytes(t, count: count, size: 8) {
+        ds.reserveCapacity(count)
+        var i = raw.startIndex
+        for _ in 0..<count {
+          var b: UInt64 = 0
+          for j in 0..<8 { b |= UInt64(raw[i + j]) << (8 * UInt64(j)) }
+          ds.append(Double(bitPattern: b))
+          i += 8
+        }
+      } else {
+        try checkCount(t, t.doubleData.count, count)
+        ds = t.doubleData
+      }
+      return .floats(Tensor(shape: dims) { out in for k in 0..<count { out[k] = Float(ds[k]) } })
+    case ONNXProto.DataType.int64:
+      if let raw = try rawBytes(t, count: count, size: 8) {
+        var vs: [Int64] = []
+        vs.reserveCapacity(count)
+        var i = raw.startIndex
+        for _ in 0..<count {
+          var b: UInt64 = 0
+          for j in 0..<8 { b |= UInt64(raw[i + j]) << (8 * UInt64(j)) }
+          vs.append(Int64(bitPattern: b))
+          i += 8
+        }
+        return .ints(dims: dims, values: vs)
+      }
+      try checkCount(t, t.int64Data.count, count)
+      return .ints(dims: dims, values: t.int64Data)
+    case ONNXProto.DataType.bool:
+      if let raw = try rawBytes(t, count: count, size: 1) { return .ints(dims: dims, values: raw.map { Int64($0) }) }
+      try checkCount(t, t.int32Data.count, count)
+      return .ints(dims: dims, values: t.int32Data)
+    case ONNXProto.DataType.int32:
+      if let raw = try rawBytes(t, count: count, size: 4) {
+        var vs: [Int64] = []
+        vs.reserveCapacity(count)
+        var i = raw.startIndex
+        for _ in 0..<count {
+          let b = UInt32(raw[i]) | UInt32(raw[i + 1]) << 8 | UInt32(raw[i + 2]) << 16 | UInt32(raw[i + 3]) << 24
+          vs.append(Int64(Int32(bitPattern: b)))
+          i += 4
+        }
+        return .ints(dims: dims, values: vs)
+      }
+      try checkCount(t, t.int32Data.count, count)
+      return .ints(dims: dims, values: t.int32Data)
+    default:
+      throw FormatError.unsupported(format: Self.format, detail: "tensor '\(t.name)' has data type \(t.dataType)")
+    }
+  }
+
+  // MARK: Node order
+
+  /// The nodes in dependency order (ONNX requires it, but not every exporter obeys), with
+  /// undefined inputs and cycles reported by node name.
+  func ordered(_ nodes: [ONNXProto.Node]) throws -> [ONNXProto.Node] {
+    var producer: [String: Int] = [:]
+    for (i, n) in nodes.enumerated() {
+      for o in n.outputs where !o.isEmpty {
+        guard producer[o] == nil, constants[o] == nil, values[o] == nil else {
+          throw FormatError.invalidGraph(
+            format: Self.format, detail: "value '\(o)' is defined twice (node '\(label(n))')")
+        }
+        producer[o] = i
+      }
+    }
+    var pending = [Int](repeating: 0, count: nodes.count)
+    var waiting: [Int: [Int]] = [:]
+    for (i, n) in nodes.enumerated() {
+      for x in Set(n.inputs) where !x.isEmpty && constants[x] == nil && values[x] == nil {
+        guard let p = producer[x] else {
+          throw FormatError.invalidGraph(
+            format: Self.format, detail: "node '\(label(n))' reads '\(x)', which nothing defines")
+        }
+        pending[i] += 1
+        waiting[p, default: []].append(i)
+      }
+    }
+    var ready = (0..<nodes.count).filter { pending[$0] == 0 }.reversed() as [Int]
+    var order: [Int] = []
+    while let i = ready.popLast() {
+      order.append(i)
+      for j in waiting[i] ?? [] {
+        pending[j] -= 1
+        if pending[j] == 0 { ready.append(j) }
+      }
+      ready.sort(by: >)
+    }
+    guard order.count == nodes.count else {
+      let stuck = nodes.indices.filter { pending[$0] > 0 }.prefix(5).map { "'\(label(nodes[$0]))'" }
+      throw FormatError.invalidGraph(
+        format: Self.format, detail: "the graph has a cycle through nodes \(stuck.joined(separator: ", "))")
+    }
+    return order.map { nodes[$0] }
+  }
+
+  /// Sigmoid(x) read only by a Mul(x, ·) is SiLU, one op in Veil (exporters spell it as two).
+  func fusingSiLU(_ nodes: [ONNXProto.Node], graphOutputs: Set<String>) -> [ONNXProto.Node] {
+    var readers: [String: [Int]] = [:]
+    for (i, n) in nodes.enumerated() { for x in Set(n.inputs) { readers[x, default: []].append(i) } }
+    var nodes = nodes
+    var removed = Set<Int>()
+    for (i, s) in nodes.enumerated() where s.opType == "Sigmoid" && s.domain.isEmpty {
+      guard s.inputs.count == 1, s.outputs.count == 1, let x = s.inputs.first, let y = s.outputs.first,
+        !graphOutputs.contains(y), let r = readers[y], r.count == 1
+      else { continue }
+      let m = nodes[r[0]]
+      guard m.opType == "Mul", m.domain.isEmpty, !m.isFusedSiLU, m.inputs.count == 2, Set(m.inputs) == [x, y] else {
+        continue
+      }
+      nodes[r[0]].inputs = [x]
+      nodes[r[0]].isFusedSiLU = true
+      removed.insert(i)
+    }
+    return nodes.indices.filter { !removed.contains($0) }.map { nodes[$0] }
+  }
+
+  func label(_ n: ONNXProto.Node) -> String {
+    n.name.isEmpty ? "\(n.opType) → \(n.outputs.first ?? "?")" : n.name
+  }
+
+  // MARK: Values and operands
+
+  /// The float value `name` as a graph value (an initializer is added on first use).
+  mutating func value(_ name: String, node: String, op: String) throws -> ValueID {
+    if let v = values[name] { return v }
+    switch constants[name] {
+    case .floats(let t):
+      let v = graph.addInitializer(name: name, t)
+      values[name] = v
+      return v
+    case .ints:
+      throw FormatError.unsupportedNode(
+        format: Self.format, node: node, op: op, detail: "integer tensor '\(name)' used as float data is not supported")
+    case nil:
+      throw FormatError.invalidGraph(
+        format: Self.format, detail: "node '\(node)' reads '\(name)', which nothing defines")
+    }
+  }
+}

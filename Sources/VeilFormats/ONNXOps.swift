@@ -1,0 +1,474 @@
+import Foundation
+import VeilGraph
+import VeilTensor
+
+// The op table (part of `ONNXReader`): each ONNX node type mapped to graph IR ops, with its
+// attributes checked and errors that name the node.
+
+// MARK: - Ops
+
+/// One node being imported: its attributes and constant operands, with errors that name it.
+struct ONNXNodeContext {
+  let node: ONNXProto.Node
+  let label: String
+  let opset: Int
+
+  func fail(_ detail: String) -> FormatError {
+    .unsupportedNode(format: ONNXReader.format, node: label, op: node.opType, detail: detail)
+  }
+
+  func int(_ name: String, _ fallback: Int) throws -> Int {
+    switch node.attributes[name] {
+    case nil: return fallback
+    case .int(let v):
+      guard let i = Int(exactly: v), (-Int(Int32.max)...Int(Int32.max)).contains(i) else {
+        throw fail("attribute '\(name)' = \(v) is out of range")
+      }
+      return i
+    default: throw fail("attribute '\(name)' is not an integer")
+    }
+  }
+
+  func float(_ name: String, _ fallback: Float) throws -> Float {
+    switch node.attributes[name] {
+    case nil: return fallback
+    case .float(let v): return v
+    default: throw fail("attribute '\(name)' is not a float")
+    }
+  }
+
+  func string(_ name: String, _ fallback: String) throws -> String {
+    switch node.attributes[name] {
+    case nil: return fallback
+    case .string(let v): return v
+    default: throw fail("attribute '\(name)' is not a string")
+    }
+  }
+
+  func ints(_ name: String) throws -> [Int]? {
+    switch node.attributes[name] {
+    case nil: return nil
+    case .ints(let v):
+      return try v.map {
+        guard let i = Int(exactly: $0), (-Int(Int32.max)...Int(Int32.max)).contains(i) else {
+          throw fail("attribute '\(name)' holds \($0), out of range")
+        }
+        return i
+      }
+    default: throw fail("attribute '\(name)' is not a list of integers")
+    }
+  }
+
+  /// Input `i`, or nil when absent or named "" (an omitted optional input).
+  func input(_ i: Int) -> String? {
+    i < node.inputs.count && !node.inputs[i].isEmpty ? node.inputs[i] : nil
+  }
+}
+
+extension ONNXImporter {
+  /// A constant integer operand; entries and the product of their magnitudes are bounded so
+  /// that shape arithmetic on them cannot overflow.
+  func intConstant(_ name: String, _ c: ONNXNodeContext, what: String) throws -> [Int] {
+    guard case .ints(_, let vs) = constants[name] else {
+      throw c.fail("\(what) '\(name)' must be a constant integer tensor (an initializer or a Constant node)")
+    }
+    var product = 1
+    return try vs.map {
+      guard $0 >= -Int64(Int32.max), $0 <= Int64(Int32.max) else { throw c.fail("\(what) '\(name)' holds \($0), out of range") }
+      let i = Int($0)
+      product = product.multipliedReportingOverflow(by: max(1, abs(i))).partialValue
+      guard product <= Int(Int32.max) else { throw c.fail("\(what) '\(name)' \(vs) is too large") }
+      return i
+    }
+  }
+
+  func floatConstant(_ name: String, _ c: ONNXNodeContext, what: String) throws -> [Float] {
+    guard case .floats(let t) = constants[name] else {
+      throw c.fail("\(what) '\(name)' must be a constant float tensor (an initializer or a Constant node)")
+    }
+    return t.scalars
+  }
+
+  func shapeOf(_ name: String, _ c: ONNXNodeContext) throws -> [Int] {
+    if let v = values[name], let s = graph.shape(v) { return s }
+    if let k = constants[name] { return k.dims }
+    throw c.fail("the shape of '\(name)' is unknown")
+  }
+
+  /// Adds `op` reading `inputs` (ONNX names) and records its output shape at once, so later
+  /// nodes (auto_pad, Shape) can use it.
+  mutating func emit(_ op: Op, _ c: ONNXNodeContext, inputs: [String], outputs: Int = 1) throws {
+    let outNames = Array(c.node.outputs.prefix(outputs))
+    guard !outNames.isEmpty, !outNames[0].isEmpty else { throw c.fail("has no output") }
+    try emit(op, label: c.label, opType: c.node.opType, inputs: inputs, outputs: outNames)
+  }
+
+  /// Adds one graph node named `label` for (part of) the ONNX node of type `opType`.
+  mutating func emit(_ op: Op, label: String, opType: String, inputs: [String], outputs outNames: [String]) throws {
+    let ins = try inputs.map { try value($0, node: label, op: opType) }
+    let outs = graph.addNode(
+      op, name: label, inputs: ins, outputNames: outNames.map { $0.isEmpty ? label + "_unused" : $0 })
+    let shape: [Int]
+    do {
+      shape = try op.outputShape(ins.map { graph.shape($0) ?? [] }, node: label)
+    } catch let e as GraphError {
+      throw FormatError.invalidGraph(format: Self.format, detail: e.description)
+    }
+    for (k, o) in outs.enumerated() {
+      graph[o].shape = shape
+      if !outNames[k].isEmpty { values[outNames[k]] = o }
+    }
+  }
+
+  /// Explicit begin/end pads from `auto_pad` and the input's spatial extent.
+  func resolvePads(
+    _ c: ONNXNodeContext, input: [Int], kernel: [Int], strides: [Int], dilations: [Int], transposed: Bool = false,
+    outputPadding: [Int] = []
+  ) throws -> (begin: [Int], end: [Int]) {
+    let n = kernel.count
+    guard input.count == n + 2 else { throw c.fail("input rank \(input.count) does not fit kernel_shape \(kernel)") }
+    let autoPad = try c.string("auto_pad", "NOTSET")
+    switch autoPad {
+    case "NOTSET":
+      let pads = try c.ints("pads") ?? Array(repeating: 0, count: 2 * n)
+      guard pads.count == 2 * n, pads.allSatisfy({ $0 >= 0 }) else {
+        throw c.fail("attribute 'pads' \(pads) does not fit \(n) spatial axes")
+      }
+      return (Array(pads[..<n]), Array(pads[n...]))
+    case "VALID":
+      return (Array(repeating: 0, count: n), Array(repeating: 0, count: n))
+    case "SAME_UPPER", "SAME_LOWER":
+      var begin: [Int] = []
+      var end: [Int] = []
+      for i in 0..<n {
+        let x = input[i + 2]
+        let eff = dilations[i] * (kernel[i] - 1) + 1
+        let total: Int
+        if transposed {
+          let op = i < outputPadding.count ? outputPadding[i] : 0
+          total = max(0, strides[i] * (x - 1) + op + eff - x * strides[i])
+        } else {
+          let out = (x + strides[i] - 1) / strides[i]
+          total = max(0, (out - 1) * strides[i] + eff - x)
+        }
+        let small = total / 2
+        if autoPad == "SAME_UPPER" {
+          begin.append(small)
+          end.append(total - small)
+        } else {
+          begin.append(total - small)
+          end.append(small)
+        }
+      }
+      return (begin, end)
+    default:
+      throw c.fail("attribute 'auto_pad' = '\(autoPad)' is not supported")
+    }
+  }
+
+  mutating func importNode(_ n: ONNXProto.Node) throws {
+    let c = ONNXNodeContext(node: n, label: label(n), opset: opset)
+    guard n.domain.isEmpty || n.domain == "ai.onnx" else {
+      throw c.fail("unknown op '\(n.opType)' in domain '\(n.domain)' (opset \(opset))")
+    }
+    if n.isFusedSiLU, let x = c.input(0) { return try emit(.activation(.silu), c, inputs: [x]) }
+    if try foldConstant(c) {
+      // Folded constants cost memory the file does not hold: all of them share one budget.
+      if let out = n.outputs.first, let k = constants[out] {
+        foldedElements += k.dims.reduce(1) { $0 * max($1, 1) }
+        guard foldedElements <= FormatLimits.maxFoldedElements else {
+          throw c.fail(
+            "constants folded from attributes and shape arithmetic exceed \(FormatLimits.maxFoldedElements) elements in all")
+        }
+      }
+      return
+    }
+    func x() throws -> String {
+      guard let i = c.input(0) else { throw c.fail("input 0 is missing") }
+      return i
+    }
+    switch n.opType {
+    case "Conv", "ConvTranspose":
+      let transposed = n.opType == "ConvTranspose"
+      guard let w = c.input(1) else { throw c.fail("weights (input 1) are missing") }
+      let wShape = try shapeOf(w, c)
+      let xShape = try shapeOf(try x(), c)
+      guard wShape.count >= 3 else { throw c.fail("weights '\(w)' have shape \(wShape)") }
+      let kernel = try c.ints("kernel_shape") ?? Array(wShape.dropFirst(2))
+      let nsp = kernel.count
+      let strides = try c.ints("strides") ?? Array(repeating: 1, count: nsp)
+      let dilations = try c.ints("dilations") ?? Array(repeating: 1, count: nsp)
+      let outputPadding = try c.ints("output_padding") ?? Array(repeating: 0, count: nsp)
+      guard strides.count == nsp, dilations.count == nsp, strides.allSatisfy({ (1...65536).contains($0) }),
+        dilations.allSatisfy({ (1...65536).contains($0) }), outputPadding.count == nsp,
+        outputPadding.allSatisfy({ (0...65536).contains($0) })
+      else {
+        throw c.fail("strides \(strides) / dilations \(dilations) do not fit kernel_shape \(kernel)")
+      }
+      let groups = try c.int("group", 1)
+      guard groups >= 1 else { throw c.fail("attribute 'group' = \(groups) is invalid") }
+      if transposed, c.node.attributes["output_shape"] != nil {
+        throw c.fail("attribute 'output_shape' is not supported")
+      }
+      let (pb, pe) = try resolvePads(
+        c, input: xShape, kernel: kernel, strides: strides, dilations: dilations, transposed: transposed,
+        outputPadding: outputPadding)
+      let a = ConvAttributes(
+        kernel: kernel, strides: strides, dilations: dilations, padsBegin: pb, padsEnd: pe, groups: groups,
+        outputPadding: outputPadding)
+      var ins = [try x(), w]
+      if let b = c.input(2) { ins.append(b) }
+      try emit(transposed ? .convTranspose(a) : .conv(a), c, inputs: ins)
+    case "BatchNormalization":
+      guard n.outputs.dropFirst().allSatisfy(\.isEmpty) else { throw c.fail("training-mode outputs are not supported") }
+      let ins = try (0..<5).map { i in
+        guard let s = c.input(i) else { throw c.fail("input \(i) is missing") }
+        return s
+      }
+      try emit(.batchNormalization(epsilon: try c.float("epsilon", 1e-5)), c, inputs: ins)
+    case "Relu": try emit(.activation(.relu), c, inputs: [try x()])
+    case "LeakyRelu": try emit(.activation(.leakyRelu(alpha: try c.float("alpha", 0.01))), c, inputs: [try x()])
+    case "Sigmoid": try emit(.activation(.sigmoid), c, inputs: [try x()])
+    case "HardSigmoid":
+      try emit(
+        .activation(.hardSigmoid(alpha: try c.float("alpha", 0.2), beta: try c.float("beta", 0.5))), c,
+        inputs: [try x()])
+    case "HardSwish": try emit(.activation(.hardSwish), c, inputs: [try x()])
+    case "Tanh": try emit(.activation(.tanh), c, inputs: [try x()])
+    case "Clip":
+      var lo = -Float.greatestFiniteMagnitude
+      var hi = Float.greatestFiniteMagnitude
+      if opset < 11 {
+        lo = try c.float("min", lo)
+        hi = try c.float("max", hi)
+      } else {
+        for (i, what) in [(1, "min"), (2, "max")] {
+          guard let s = c.input(i) else { continue }
+          let v = try floatConstant(s, c, what: what)
+          guard v.count == 1 else { throw c.fail("\(what) '\(s)' must be a scalar, found \(v.count) values") }
+          if i == 1 { lo = v[0] } else { hi = v[0] }
+        }
+      }
+      try emit(.activation(.clip(min: lo, max: hi)), c, inputs: [try x()])
+    case "MaxPool", "AveragePool":
+      let isMax = n.opType == "MaxPool"
+      if isMax {
+        guard n.outputs.count < 2 || n.outputs[1].isEmpty else { throw c.fail("the Indices output is not supported") }
+        guard try c.int("storage_order", 0) == 0 else { throw c.fail("attribute 'storage_order' = 1 is not supported") }
+      }
+      guard let kernel = try c.ints("kernel_shape") else { throw c.fail("attribute 'kernel_shape' is missing") }
+      let nsp = kernel.count
+      let strides = try c.ints("strides") ?? Array(repeating: 1, count: nsp)
+      let dilations = try c.ints("dilations") ?? Array(repeating: 1, count: nsp)
+      guard dilations.allSatisfy({ $0 == 1 }) else {
+        throw c.fail("attribute 'dilations' = \(dilations) is not supported")
+      }
+      guard strides.count == nsp, strides.allSatisfy({ (1...65536).contains($0) }),
+        kernel.allSatisfy({ (1...65536).contains($0) })
+      else {
+        throw c.fail("strides \(strides) do not fit kernel_shape \(kernel)")
+      }
+      let (pb, pe) = try resolvePads(
+        c, input: try shapeOf(try x(), c), kernel: kernel, strides: strides, dilations: dilations)
+      let p = PoolAttributes(
+        kernel: kernel, strides: strides, padsBegin: pb, padsEnd: pe, ceilMode: try c.int("ceil_mode", 0) != 0,
+        countIncludePad: try c.int("count_include_pad", 0) != 0)
+      try emit(isMax ? .maxPool(p) : .averagePool(p), c, inputs: [try x()])
+    case "GlobalAveragePool": try emit(.globalAveragePool, c, inputs: [try x()])
+    case "Add", "Sub", "Mul", "Div":
+      let kind: BinaryKind = ["Add": .add, "Sub": .sub, "Mul": .mul, "Div": .div][n.opType] ?? .add
+      guard let b = c.input(1) else { throw c.fail("input 1 is missing") }
+      try emit(.binary(kind), c, inputs: [try x(), b])
+    case "Concat":
+      guard c.node.attributes["axis"] != nil else { throw c.fail("attribute 'axis' is missing") }
+      try emit(.concat(axis: try c.int("axis", 0)), c, inputs: n.inputs.filter { !$0.isEmpty })
+    case "Gemm":
+      let g = GemmAttributes(
+        alpha: try c.float("alpha", 1), beta: try c.float("beta", 1), transA: try c.int("transA", 0) != 0,
+        transB: try c.int("transB", 0) != 0)
+      guard let b = c.input(1) else { throw c.fail("input B is missing") }
+      try emit(.gemm(g), c, inputs: [try x(), b] + (c.input(2).map { [$0] } ?? []))
+    case "MatMul":
+      guard let b = c.input(1) else { throw c.fail("input B is missing") }
+      try emit(.matMul, c, inputs: [try x(), b])
+    case "Flatten": try emit(.flatten(axis: try c.int("axis", 1)), c, inputs: [try x()])
+    case "Reshape":
+      guard let s = c.input(1) else { throw c.fail("input 'shape' is missing") }
+      let shape = try intConstant(s, c, what: "shape")
+      if try c.int("allowzero", 0) != 0, shape.contains(0) {
+        throw c.fail("attribute 'allowzero' = 1 with a 0 in the shape is not supported")
+      }
+      // A leading entry that is the symbolic batch (Shape(x)[0]) copies the input's batch.
+      let batchAware = shape.indices.map { $0 == 0 && batchMarks[s]?.contains(0) == true ? 0 : shape[$0] }
+      try emit(.reshape(shape: batchAware), c, inputs: [try x()])
+    case "Transpose":
+      let rank = try shapeOf(try x(), c).count
+      let perm = try c.ints("perm") ?? Array((0..<rank).reversed())
+      try emit(.transpose(permutation: perm), c, inputs: [try x()])
+    case "Pad":
+      let modeName = try c.string("mode", "constant")
+      let modes: [String: PadMode] = ["constant": .constant, "reflect": .reflect, "edge": .edge]
+      guard let mode = modes[modeName] else { throw c.fail("attribute 'mode' = '\(modeName)' is not supported") }
+      if opset < 11 {
+        // Before opset 11 the pads and the value are attributes.
+        guard let pads = try c.ints("pads") else { throw c.fail("attribute 'pads' is missing") }
+        try emit(.pad(mode: mode, pads: pads, value: try c.float("value", 0)), c, inputs: [try x()])
+        return
+      }
+      guard let p = c.input(1) else { throw c.fail("input 'pads' is missing") }
+      guard c.input(3) == nil else { throw c.fail("input 'axes' is not supported") }
+      let pads = try intConstant(p, c, what: "pads")
+      var value: Float = 0
+      if let v = c.input(2) {
+        let vs = try floatConstant(v, c, what: "constant_value")
+        guard vs.count == 1 else { throw c.fail("constant_value must be a scalar") }
+        value = vs[0]
+      }
+      try emit(.pad(mode: mode, pads: pads, value: value), c, inputs: [try x()])
+    case "Resize":
+      try importResize(c, x: try x())
+    case "Softmax":
+      let shape = try shapeOf(try x(), c)
+      let rank = shape.count
+      if opset >= 13 {
+        try emit(.softmax(axis: try c.int("axis", -1)), c, inputs: [try x()])
+      } else {
+        // Before opset 13 Softmax flattens to 2-D at `axis`: the per-axis softmax when every
+        // later dimension is 1 (classifier outputs of [N, 1000, 1, 1]).
+        let axis = try c.int("axis", 1)
+        let resolved = axis < 0 ? axis + rank : axis
+        guard resolved >= 0, resolved < rank, shape[(resolved + 1)...].allSatisfy({ $0 == 1 }) else {
+          throw c.fail(
+            "opset \(opset) Softmax with axis \(axis) on shape \(shape) flattens the input; only an axis after which every dimension is 1 is supported"
+          )
+        }
+        try emit(.softmax(axis: resolved), c, inputs: [try x()])
+      }
+    case "Dropout":
+      var ratio: Float = 0.5
+      if opset < 12 {
+        ratio = try c.float("ratio", 0.5)
+      } else {
+        if let r = c.input(1) {
+          let v = try floatConstant(r, c, what: "ratio")
+          guard v.count == 1 else { throw c.fail("ratio must be a scalar") }
+          ratio = v[0]
+        }
+        if let t = c.input(2) {
+          guard case .ints(_, let vs) = constants[t], vs.allSatisfy({ $0 == 0 }) else {
+            throw c.fail("input 'training_mode' must be a constant false")
+          }
+        }
+      }
+      let outs = n.outputs.count >= 2 && !n.outputs[1].isEmpty ? 2 : 1
+      try emit(.dropout(ratio: ratio), c, inputs: [try x()], outputs: outs)
+    case "LRN":
+      try emit(
+        .localResponseNormalization(
+          size: try c.int("size", 0), alpha: try c.float("alpha", 1e-4), beta: try c.float("beta", 0.75),
+          bias: try c.float("bias", 1)), c, inputs: [try x()])
+    case "Sum":
+      let ins = n.inputs.filter { !$0.isEmpty }
+      switch ins.count {
+      case 1: try emit(.identity, c, inputs: ins)
+      case 2: try emit(.binary(.add), c, inputs: ins)
+      default: throw c.fail("Sum of \(ins.count) inputs is not supported (1 or 2)")
+      }
+    case "Identity":
+      try emit(.identity, c, inputs: [try x()])
+    case "Cast":
+      // Exporters wrap float tensors in Casts to float; anything else would change the data.
+      let to = try c.int("to", 0)
+      guard to == ONNXProto.DataType.float else {
+        throw c.fail("Cast of the float tensor '\(try x())' to element type \(to) is not supported (only to float, 1)")
+      }
+      try emit(.identity, c, inputs: [try x()])
+    case "ReduceMean":
+      try importReduceMean(c, x: try x())
+    default:
+      throw c.fail("unknown op '\(n.opType)' at opset \(opset)")
+    }
+  }
+
+  mutating func importResize(_ c: ONNXNodeContext, x: String) throws {
+    let mode = try c.string("mode", "nearest")
+    let ctm = try c.string("coordinate_transformation_mode", "half_pixel")
+    let kind: ResizeKind
+    switch mode {
+    case "nearest":
+      let nm = try c.string("nearest_mode", "round_prefer_floor")
+      guard ctm == "asymmetric" else {
+        throw c.fail(
+          "attribute 'coordinate_transformation_mode' = '\(ctm)' with mode 'nearest' is not supported (only 'asymmetric')"
+        )
+      }
+      guard nm == "floor" else { throw c.fail("attribute 'nearest_mode' = '\(nm)' is not supported (only 'floor')") }
+      kind = .nearest
+    case "linear":
+      guard ctm == "half_pixel" || ctm == "pytorch_half_pixel" else {
+        throw c.fail(
+          "attribute 'coordinate_transformation_mode' = '\(ctm)' with mode 'linear' is not supported (only 'half_pixel')"
+        )
+      }
+      kind = .linear
+    default:
+      throw c.fail("attribute 'mode' = '\(mode)' is not supported")
+    }
+    for a in ["antialias", "exclude_outside"] where try c.int(a, 0) != 0 {
+      throw c.fail("attribute '\(a)' is not supported")
+    }
+    if c.node.attributes["axes"] != nil { throw c.fail("attribute 'axes' is not supported") }
+    var scales: [Float]?
+    var sizes: [Int]?
+    if let s = c.input(2), !(constants[s]?.dims.contains(0) ?? false) {
+      scales = try floatConstant(s, c, what: "scales")
+    }
+    if let s = c.input(3), !(constants[s]?.dims.contains(0) ?? false) { sizes = try intConstant(s, c, what: "sizes") }
+    guard (scales == nil) != (sizes == nil) else { throw c.fail("exactly one of 'scales' and 'sizes' must be given") }
+    if let scales {
+      let x = try shapeOf(x, c)
+      guard scales.count == x.count, scales.allSatisfy({ $0.isFinite && $0 > 0 }) else {
+        throw c.fail("scales \(scales) do not fit input \(x)")
+      }
+      var count: Float = 1
+      for (d, s) in zip(x, scales) { count *= max(1, Float(d) * s) }
+      guard count <= Float(Int32.max) else { throw c.fail("scales \(scales) make the output too large") }
+    }
+    try emit(.resize(kind, scales: scales, sizes: sizes), c, inputs: [x])
+  }
+}
+
+extension ONNXImporter {
+  /// ReduceMean over the spatial axes of a 4-D tensor: global average pooling, with the
+  /// transposes an NHWC exporter needs (axes [1, 2]) and the reshape `keepdims = 0` asks for.
+  mutating func importReduceMean(_ c: ONNXNodeContext, x: String) throws {
+    let shape = try shapeOf(x, c)
+    var axes = try c.ints("axes")
+    if opset >= 18, let a = c.input(1) { axes = try intConstant(a, c, what: "axes") }
+    let rank = shape.count
+    let resolved = Set((axes ?? Array(0..<rank)).map { $0 < 0 ? $0 + rank : $0 })
+    let keep = try c.int("keepdims", 1) != 0
+    guard rank == 4, resolved == [2, 3] || resolved == [1, 2] else {
+      throw c.fail(
+        "ReduceMean over axes \(axes ?? []) of a rank-\(rank) tensor is not supported (only the spatial axes of a 4-D tensor)")
+    }
+    let nhwc = resolved == [1, 2]
+    let base = c.label
+    var current = x
+    func step(_ op: Op, _ suffix: String, final: Bool) throws {
+      guard let out = c.node.outputs.first, !out.isEmpty else { throw c.fail("has no output") }
+      let name = final ? out : "\(out)/\(suffix)"
+      try emit(op, label: final ? base : "\(base)/\(suffix)", opType: c.node.opType, inputs: [current], outputs: [name])
+      current = name
+    }
+    if nhwc { try step(.transpose(permutation: [0, 3, 1, 2]), "to_nchw", final: false) }
+    let channels = nhwc ? shape[3] : shape[1]
+    if keep {
+      try step(.globalAveragePool, "pool", final: !nhwc)
+      if nhwc { try step(.transpose(permutation: [0, 2, 3, 1]), "to_nhwc", final: true) }
+    } else {
+      try step(.globalAveragePool, "pool", final: false)
+      try step(.reshape(shape: [0, channels]), "flatten", final: true)
+    }
+  }
+}
