@@ -46,6 +46,9 @@ def settings_line(s, data=None):
             f"≤ {c['epochs']} epochs (patience {c['patience']}), {c['trainCropsPerPhoto']} crops per training photo, "
             + (f"{c['optimisationSteps']} optimisation steps, " if "optimisation" in s["attackers"] else "")
             + f"{c['imageSize']} px; thresholds {th}")
+    if s.get("reportedOnly"):
+        line += "; reported without their thresholds: " + ", ".join(sorted(s["reportedOnly"])) + \
+            " (" + next(iter(s["reportedOnly"].values())) + ")"
     if data:
         line += (f"; {data['trainImages']} training / {data['heldOutImages']} held-out crops "
                  f"({data['heldOutPhotos']} held-out of {data['sourceImages']} photos per seed)")
