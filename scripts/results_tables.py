@@ -98,7 +98,8 @@ def plan(d, summary):
     print("Per attacker, at the cuts the plan attacked:\n")
     attacker_table(p["privacy"], p["evaluation"]["attackers"])
     fam = family(p["model"])
-    summary.append((p["model"], fam, p["evaluation"]["threatModel"], base, p.get("chosenCut"), chosen, PAPER.get(fam, "")))
+    summary.append((p["model"], fam, p["evaluation"]["threatModel"], p["evaluation"]["seeds"], p.get("tiedCuts") or [], base,
+                    p.get("chosenCut"), chosen, PAPER.get(fam, "")))
 
 
 def attacker_table(results, attackers):
@@ -146,11 +147,12 @@ def main(dirs):
         else:
             sys.exit(f"{d}: neither plan.json nor sweep.json")
     if summary:
-        print("| model | architecture | threat model | whole model in the TEE (modeled) | chosen cut → partitioned (speed-up) | paper: full → partitioned (speed-up) |")
-        print("| --- | --- | --- | --- | --- | --- |")
-        for model, fam, tm, base, cut, chosen, paper in summary:
+        print("| model | architecture | threat model | seeds | whole model in the TEE (modeled) | chosen cut → partitioned (speed-up) | tied (within noise) | paper: full → partitioned (speed-up) |")
+        print("| --- | --- | --- | --- | --- | --- | --- | --- |")
+        for model, fam, tm, seeds, tied, base, cut, chosen, paper in summary:
             c = f"`{cut}` → {chosen['totalMs']:.1f} ms ({chosen['speedupPercent']:.1f} %)" if chosen else "none"
-            print(f"| {model} | {fam} | {tm} | {base:.1f} ms | {c} | {paper} |")
+            t = ", ".join(f"`{x}`" for x in tied) or "—"
+            print(f"| {model} | {fam} | {tm} | {', '.join(str(x) for x in seeds)} | {base:.1f} ms | {c} | {t} | {paper} |")
 
 
 if __name__ == "__main__":
