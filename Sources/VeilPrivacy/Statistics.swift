@@ -97,6 +97,10 @@ public struct LeakageEstimate: Codable, Sendable, Equatable {
       let t = StudentT.quantile95(degreesOfFreedom: degreesOfFreedom)
       upper = mean + t * standardError
       lower = mean - t * standardError
+      if binary {
+        // A share lies in [0, 1]; the t interval of a few images can reach past either end.
+        (lower, upper) = (max(lower, 0), min(upper, 1))
+      }
     } else {
       upper = .infinity
       lower = -.infinity

@@ -47,7 +47,7 @@ struct Plan: ParsableCommand {
   var out: String?
   @Option(help: "Timed runs per segment in the profile.")
   var runs = 5
-  @Option(help: "Confirm the choice at the model's own input size: yes or no (default: yes for standard and thorough).")
+  @Option(help: "Confirm the choice at the model's own input size: true or false (default: true for standard and thorough).")
   var confirm: Bool?
   @Option(help: "Class names, one per line, shipped with the plan for `veil infer`.")
   var labels: String?

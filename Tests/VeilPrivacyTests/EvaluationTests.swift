@@ -61,6 +61,12 @@ final class EvaluationTests: XCTestCase {
     XCTAssertEqual(LeakageStatus(e, threshold: e.upper / 2), .undecided)
     let all = LeakageEstimate(none.map { ScoredImage(score: 1, photo: $0.photo, seed: 0) }, binary: true)
     XCTAssertEqual(LeakageStatus(all, threshold: 0.5), .leaks)
+    // A share's bound stays within [0, 1]: 8 of 9 photos recognised once each.
+    let most = (0..<9).map { ScoredImage(score: $0 == 0 ? 0 : 1, photo: "p\($0)", seed: 0) }
+    let high = LeakageEstimate(most, binary: true)
+    XCTAssertLessThanOrEqual(high.upper, 1)
+    XCTAssertEqual(high.upper, 1)
+    XCTAssertEqual(LeakageEstimate(Array(none.prefix(8)), binary: true).lower, 0)
   }
 
   /// The choice: the earliest cut from which every evaluated cut is private.
