@@ -39,6 +39,10 @@ public enum AttackerKind: String, Codable, Sendable, CaseIterable {
   /// Whether it learns from (image, feature map) pairs of its own photos.
   public var needsTrainingData: Bool { self != .optimisation }
 
+  /// Whether it optimises the pixels through a head (the model's or a substitute's), so that
+  /// the optimisation's steps, learning rate and prior decide it.
+  public var optimisesPixels: Bool { self == .optimisation || self == .substitute }
+
   /// A name for reports.
   public var title: String {
     switch self {

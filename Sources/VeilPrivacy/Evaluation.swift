@@ -131,7 +131,7 @@ public struct EvaluationSettings: Codable, Sendable, Equatable {
     if config.trainCropsPerPhoto < standard.config.trainCropsPerPhoto {
       out.append("\(config.trainCropsPerPhoto) crops per training photo (standard: \(standard.config.trainCropsPerPhoto))")
     }
-    if attackers.contains(.optimisation), config.optimisationSteps < standard.config.optimisationSteps {
+    if attackers.contains(where: \.optimisesPixels), config.optimisationSteps < standard.config.optimisationSteps {
       out.append("\(config.optimisationSteps) optimisation steps (standard: \(standard.config.optimisationSteps))")
     }
     for (measure, why) in (reportedOnly ?? [:]).sorted(by: { $0.key < $1.key }) {

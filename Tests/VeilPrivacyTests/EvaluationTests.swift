@@ -274,16 +274,20 @@ final class EvaluationTests: XCTestCase {
     XCTAssertTrue(rerunEvents.contains { $0.hasPrefix("done before") }, "\(rerunEvents)")
   }
 
-  /// A weaker budget lists what it gives up, and only for the attackers it runs: the black-box
-  /// threat model runs no optimisation, so its steps are not a weakness there.
+  /// A weaker budget lists what it gives up, and only for the attackers it runs: the substitute
+  /// attacker optimises through its substitute head, so black-box lists the steps too; the
+  /// learned attackers alone do not.
   func testWeakerSettingsNameWhatTheyGiveUp() {
     XCTAssertEqual(EvaluationSettings(budget: .standard).weakerThanDefault, [])
     let whiteBox = EvaluationSettings(threatModel: .whiteBox, budget: .quick).weakerThanDefault
     XCTAssertTrue(whiteBox.contains { $0.contains("optimisation steps") }, "\(whiteBox)")
     XCTAssertTrue(whiteBox.contains { $0.contains("1 seed per attacker") }, "\(whiteBox)")
     let blackBox = EvaluationSettings(threatModel: .blackBox, budget: .quick).weakerThanDefault
-    XCTAssertFalse(blackBox.contains { $0.contains("optimisation steps") }, "\(blackBox)")
+    XCTAssertTrue(blackBox.contains { $0.contains("optimisation steps") }, "\(blackBox)")
     XCTAssertTrue(blackBox.contains { $0.contains("c-GAN") }, "\(blackBox)")
+    var learned = EvaluationSettings(threatModel: .blackBox, budget: .quick)
+    learned.attackers = [.inverse]
+    XCTAssertFalse(learned.weakerThanDefault.contains { $0.contains("optimisation steps") }, "\(learned.weakerThanDefault)")
   }
 
   /// An attack is identified by the options that decide it: the optimisation's steps do not
