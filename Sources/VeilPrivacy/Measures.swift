@@ -175,9 +175,11 @@ public final class ReferenceClassifier: @unchecked Sendable {
   /// model's features makes this classifier see what the model sees, whether or not a person
   /// would recognise the image, and the class the network computes is what the tail computes
   /// on the accelerator anyway.
-  public func isPart(of model: Graph) -> Bool {
-    guard !fingerprints.isEmpty else { return false }
-    return fingerprints.intersection(Self.weightFingerprints(model)).count * 2 >= fingerprints.count
+  public func isPart(of model: Graph) -> Bool { isPart(ofWeights: Self.weightFingerprints(model)) }
+
+  /// `isPart(of:)` with the model's fingerprints already taken (`weightFingerprints`).
+  func isPart(ofWeights model: Set<String>) -> Bool {
+    !fingerprints.isEmpty && fingerprints.intersection(model).count * 2 >= fingerprints.count
   }
 
   /// A fingerprint per weight tensor of 1,000 elements or more.
@@ -265,7 +267,11 @@ extension MeasureSet {
   /// a threshold for that model (see `ReferenceClassifier.isPart(of:)`).
   public func dependent(on model: Graph) -> [String: String] {
     var out: [String: String] = [:]
-    for case let m as any ClassifierMeasure in measures where m.classifier.isPart(of: model) {
+    let classifierMeasures = measures.compactMap { $0 as? any ClassifierMeasure }
+    guard !classifierMeasures.isEmpty else { return out }
+    // The model's weights are read once, however many measures share a classifier.
+    let weights = ReferenceClassifier.weightFingerprints(model)
+    for m in classifierMeasures where m.classifier.isPart(ofWeights: weights) {
       out[m.name] =
         "its reference classifier (\(m.classifier.name)) is the model under evaluation, so it cannot judge that model's reconstructions independently"
     }
