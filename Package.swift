@@ -58,6 +58,7 @@ let package = Package(
       name: "VeilTEE",
       dependencies: [
         .product(name: "Crypto", package: "swift-crypto"),
+        .product(name: "_CryptoExtras", package: "swift-crypto"),
         .product(name: "X509", package: "swift-certificates"),
         .product(name: "SwiftASN1", package: "swift-asn1"),
       ]
@@ -102,7 +103,15 @@ let package = Package(
       swiftSettings: kernelSwiftFlags),
     // Test-only: ONNX Runtime references and tolerances shared by the numerical test targets.
     // Never a dependency of `veil` or of a product.
-    .target(name: "VeilTestSupport", dependencies: ["VeilTensor", "VeilGraph", "VeilFormats"]),
+    .target(
+      name: "VeilTestSupport",
+      dependencies: [
+        "VeilTensor", "VeilGraph", "VeilFormats", "VeilTEE",
+        .product(name: "Crypto", package: "swift-crypto"),
+        .product(name: "_CryptoExtras", package: "swift-crypto"),
+        .product(name: "X509", package: "swift-certificates"),
+        .product(name: "SwiftASN1", package: "swift-asn1"),
+      ]),
     .executableTarget(
       name: "veil",
       dependencies: [
@@ -118,7 +127,13 @@ let package = Package(
     .testTarget(name: "VeilCLITests", dependencies: ["VeilFormats", "VeilTensor", "VeilGraph", "VeilModels", "VeilData"]),
     .testTarget(
       name: "VeilDataTests", dependencies: ["VeilData", "VeilTensor", "VeilFormats", "VeilGraph", "VeilModels", "VeilTestSupport"]),
-    .testTarget(name: "VeilTEETests", dependencies: ["VeilTEE"]),
+    .testTarget(
+      name: "VeilTEETests",
+      dependencies: [
+        "VeilTEE", "VeilTestSupport",
+        .product(name: "Crypto", package: "swift-crypto"),
+        .product(name: "X509", package: "swift-certificates"),
+      ]),
     .testTarget(name: "VeilTensorTests", dependencies: ["VeilTensor"]),
     .testTarget(name: "VeilGraphTests", dependencies: ["VeilGraph", "VeilFormats", "VeilTestSupport"]),
     .testTarget(name: "VeilFormatsTests", dependencies: ["VeilFormats", "VeilTestSupport"]),

@@ -3,10 +3,14 @@ import Foundation
 /// Verifies evidence of any kind and applies a policy: the one entry point relying parties use.
 public struct AttestationVerifier: Sendable {
   public var dcap: DCAPVerifier
+  /// SEV-SNP reports: AMD's chain and the report's signature. By default it holds no collateral
+  /// of its own and takes the certificates the evidence carries, at the DCAP verifier's time.
+  public var snp: SNPVerifier
   public var policy: Policy
 
-  public init(dcap: DCAPVerifier, policy: Policy) {
+  public init(dcap: DCAPVerifier, snp: SNPVerifier? = nil, policy: Policy) {
     self.dcap = dcap
+    self.snp = snp ?? SNPVerifier(collateral: nil, time: dcap.time)
     self.policy = policy
   }
 
@@ -27,10 +31,8 @@ public struct AttestationVerifier: Sendable {
       SimulatedEnclave.verifySignatures(q, into: &v)
     case .sgx(let q), .tdx(let q):
       dcap.verify(q, into: &v)
-    case .snp:
-      v.check(
-        "SEV-SNP report signature", false,
-        "verifying SEV-SNP reports needs AMD's VCEK certificate chain, which Veil does not implement yet")
+    case .snp(let r):
+      snp.verify(r, into: &v)
     }
     if let expectedReportData {
       let ok = evidence.reportData == expectedReportData

@@ -138,6 +138,7 @@ struct RevocationList {
   var nextUpdate: Date?
   var revokedSerials: Set<[UInt8]>
   var tbsBytes: [UInt8]
+  var signatureAlgorithmDER: [UInt8]
   var signature: [UInt8]
 
   init(der: [UInt8], field: String) throws {
@@ -146,10 +147,11 @@ struct RevocationList {
       let root = try DER.parse(der)
       guard case .constructed(let top) = root.content else { throw fail("not a DER SEQUENCE") }
       var topIt = top.makeIterator()
-      guard let tbs = topIt.next(), topIt.next() != nil, let sigNode = topIt.next(),
+      guard let tbs = topIt.next(), let algNode = topIt.next(), let sigNode = topIt.next(),
         case .constructed(let tbsNodes) = tbs.content
       else { throw fail("not a CertificateList") }
       tbsBytes = Array(tbs.encodedBytes)
+      signatureAlgorithmDER = Array(algNode.encodedBytes)
       signature = Array(try ASN1BitString(derEncoded: sigNode).bytes)
       var it = tbsNodes.makeIterator()
       var node = it.next()

@@ -249,11 +249,117 @@ public struct DCAPQuote: Sendable, Equatable {
   }
 }
 
-/// An AMD SEV-SNP attestation report (1184 bytes), as the PSP returns it.
+/// An SEV-SNP TCB version: the security patch levels the PSP reports, by component. Milan and
+/// Genoa lay the 64 bits out as bootloader, TEE, 4 reserved bytes, SNP, microcode; Turin as FMC,
+/// bootloader, TEE, SNP, 3 reserved bytes, microcode.
+public struct SNPTCB: Sendable, Equatable, Codable {
+  public var raw: UInt64
+  public var fmc: Int?
+  public var bootloader: Int
+  public var tee: Int
+  public var snp: Int
+  public var microcode: Int
+
+  public init(raw: UInt64, turinLayout: Bool) {
+    self.raw = raw
+    func byte(_ i: Int) -> Int { Int((raw >> (8 * UInt64(i))) & 0xFF) }
+    if turinLayout {
+      fmc = byte(0)
+      bootloader = byte(1)
+      tee = byte(2)
+      snp = byte(3)
+    } else {
+      fmc = nil
+      bootloader = byte(0)
+      tee = byte(1)
+      snp = byte(6)
+    }
+    microcode = byte(7)
+  }
+
+  /// "bootloader 3, tee 0, snp 8, microcode 115" (with "fmc N, " first on Turin).
+  public var components: String {
+    (fmc.map { "fmc \($0), " } ?? "") + "bootloader \(bootloader), tee \(tee), snp \(snp), microcode \(microcode)"
+  }
+}
+
+/// One entry of the SNP certificate table: the GUID-indexed blobs that follow a report in an
+/// extended report (configfs-tsm's `auxblob`, the GHCB's extended guest request).
+public struct SNPCertificateEntry: Sendable, Equatable {
+  public enum Kind: String, Sendable, CaseIterable {
+    case ark = "c0b406a4-a803-4952-9743-3fb6014cd0ae"
+    case ask = "4ab7b379-bbac-4fe4-a02f-05aef327c782"
+    case vcek = "63da758d-e664-4564-adc5-f4b93be8accd"
+    case vlek = "a8074bc2-a25a-483e-aae6-39c045a0b8a1"
+    case crl = "92f81bc3-5811-4d3d-97ff-d19f88dc67ea"
+
+    /// The GUID's 16 bytes in the table (RFC 4122 order, as the kernel and AMD's tools write it).
+    public var guid: [UInt8] { [UInt8](hex: rawValue.replacingOccurrences(of: "-", with: "")) ?? [] }
+  }
+
+  public var guid: [UInt8]
+  public var data: [UInt8]
+
+  public init(guid: [UInt8], data: [UInt8]) {
+    self.guid = guid
+    self.data = data
+  }
+
+  public init(_ kind: Kind, data: [UInt8]) {
+    self.init(guid: kind.guid, data: data)
+  }
+
+  public var kind: Kind? { Kind.allCases.first { $0.guid == guid } }
+
+  /// The most entries a table may hold (AMD's has three to five).
+  public static let maxEntries = 16
+
+  /// Reads a table: 24-byte entries (GUID, offset, length, little-endian, offsets from the
+  /// table's start) ended by an all-zero entry, then the blobs.
+  public static func parseTable(_ bytes: ArraySlice<UInt8>) throws -> [SNPCertificateEntry] {
+    let name = "SEV-SNP certificate table"
+    let table = Array(bytes)
+    let r = ByteReader(bytes: table, structure: name)
+    var entries: [SNPCertificateEntry] = []
+    var at = 0
+    while true {
+      let guid = try r.slice("entry \(entries.count) guid", at: at, count: 16)
+      let offset = Int(try r.u32("entry \(entries.count) offset", at: at + 16))
+      let length = Int(try r.u32("entry \(entries.count) length", at: at + 20))
+      if guid.allSatisfy({ $0 == 0 }) && offset == 0 && length == 0 { break }
+      guard entries.count < maxEntries else {
+        throw TEEError.unexpectedValue(
+          structure: name, field: "entries", offset: at, expected: "at most \(maxEntries) entries",
+          found: "more")
+      }
+      let data = try r.slice("entry \(entries.count) data", at: offset, count: length)
+      entries.append(SNPCertificateEntry(guid: guid, data: data))
+      at += 24
+    }
+    return entries
+  }
+
+  /// Writes a table that `parseTable` reads back.
+  public static func encodeTable(_ entries: [SNPCertificateEntry]) -> [UInt8] {
+    var header: [UInt8] = []
+    var blobs: [UInt8] = []
+    let start = 24 * (entries.count + 1)
+    func le32(_ v: Int) -> [UInt8] { (0..<4).map { UInt8(truncatingIfNeeded: UInt32(v) >> (8 * UInt32($0))) } }
+    for e in entries {
+      header += e.guid + le32(start + blobs.count) + le32(e.data.count)
+      blobs += e.data
+    }
+    return header + [UInt8](repeating: 0, count: 24) + blobs
+  }
+}
+
+/// An AMD SEV-SNP attestation report (1184 bytes), as the PSP returns it, and the certificate
+/// table that may follow it.
 public struct SNPReport: Sendable, Equatable {
   public static let size = 1184
   public static let signedLength = 0x2A0
 
+  /// The report's 1184 bytes (without the certificate table).
   public var bytes: [UInt8]
   public var version: UInt32
   public var guestSVN: UInt32
@@ -264,28 +370,50 @@ public struct SNPReport: Sendable, Equatable {
   public var vmpl: UInt32
   public var signatureAlgorithm: UInt32
   public var currentTCB: UInt64
+  public var platformInfo: UInt64
+  /// Bit 0 AUTHOR_KEY_EN, bit 1 MASK_CHIP_KEY, bits 4:2 the signing key (0 VCEK, 1 VLEK, 7 none).
+  public var keyInfo: UInt32
   public var reportData: [UInt8]
   public var measurement: [UInt8]
   public var hostData: [UInt8]
   public var idKeyDigest: [UInt8]
   public var authorKeyDigest: [UInt8]
   public var reportID: [UInt8]
+  public var reportIDMA: [UInt8]
   public var reportedTCB: UInt64
+  /// CPUID family, model and stepping (reports of version 3 and later; zero before).
+  public var cpuidFamily: UInt8
+  public var cpuidModel: UInt8
+  public var cpuidStepping: UInt8
   public var chipID: [UInt8]
+  public var committedTCB: UInt64
+  /// The PSP firmware: major.minor, build.
+  public var currentFirmware: (major: UInt8, minor: UInt8, build: UInt8)
+  public var launchTCB: UInt64
   /// ECDSA P-384 signature components, little-endian, 72 bytes each.
   public var signatureR: [UInt8]
   public var signatureS: [UInt8]
+  /// The certificate table after the report, when the evidence carries one.
+  public var certificates: [SNPCertificateEntry]
 
   public var debugAllowed: Bool { policy & (1 << 19) != 0 }
+  /// Which key signed: 0 the VCEK, 1 a VLEK, 7 none.
+  public var signingKey: UInt32 { (keyInfo >> 2) & 7 }
+  /// The product by CPUID, where the report says it (version 3 and later).
+  public var product: AMDProduct? { AMDProduct(family: cpuidFamily, model: cpuidModel) }
+  /// REPORTED_TCB by component, in the layout of the report's product.
+  public var reportedTCBComponents: SNPTCB { SNPTCB(raw: reportedTCB, turinLayout: product == .turin) }
 
+  public static func == (a: SNPReport, b: SNPReport) -> Bool { a.bytes == b.bytes && a.certificates == b.certificates }
+
+  /// Reads a report, and the certificate table when bytes follow the report's 1184.
   public init(_ bytes: [UInt8]) throws {
     let name = "SEV-SNP report"
-    guard bytes.count <= Self.size else {
-      throw TEEError.oversized(structure: name, size: bytes.count, limit: Self.size)
+    guard bytes.count <= maxEvidenceBytes else {
+      throw TEEError.oversized(structure: name, size: bytes.count, limit: maxEvidenceBytes)
     }
     let r = ByteReader(bytes: bytes, structure: name)
-    self.bytes = bytes
-    _ = try r.slice("report", at: 0, count: Self.size)
+    self.bytes = try r.slice("report", at: 0, count: Self.size)
     version = try r.u32("version", at: 0)
     guard (2...5).contains(version) else {
       throw TEEError.unexpectedValue(
@@ -303,16 +431,26 @@ public struct SNPReport: Sendable, Equatable {
         found: "\(signatureAlgorithm)")
     }
     currentTCB = try r.u64("current_tcb", at: 0x38)
+    platformInfo = try r.u64("platform_info", at: 0x40)
+    keyInfo = try r.u32("key_info", at: 0x48)
     reportData = try r.slice("report_data", at: 0x50, count: 64)
     measurement = try r.slice("measurement", at: 0x90, count: 48)
     hostData = try r.slice("host_data", at: 0xC0, count: 32)
     idKeyDigest = try r.slice("id_key_digest", at: 0xE0, count: 48)
     authorKeyDigest = try r.slice("author_key_digest", at: 0x110, count: 48)
     reportID = try r.slice("report_id", at: 0x140, count: 32)
+    reportIDMA = try r.slice("report_id_ma", at: 0x160, count: 32)
     reportedTCB = try r.u64("reported_tcb", at: 0x180)
+    let cpuid = version >= 3 ? try r.slice("cpuid", at: 0x188, count: 3) : [0, 0, 0]
+    (cpuidFamily, cpuidModel, cpuidStepping) = (cpuid[0], cpuid[1], cpuid[2])
     chipID = try r.slice("chip_id", at: 0x1A0, count: 64)
+    committedTCB = try r.u64("committed_tcb", at: 0x1E0)
+    let fw = try r.slice("current_build/minor/major", at: 0x1E8, count: 3)
+    currentFirmware = (major: fw[2], minor: fw[1], build: fw[0])
+    launchTCB = try r.u64("launch_tcb", at: 0x1F0)
     signatureR = try r.slice("signature r", at: 0x2A0, count: 72)
     signatureS = try r.slice("signature s", at: 0x2A0 + 72, count: 72)
+    certificates = bytes.count > Self.size ? try SNPCertificateEntry.parseTable(bytes[Self.size...]) : []
   }
 }
 
@@ -335,7 +473,9 @@ public enum Evidence: Sendable, Equatable {
     }
     let r = ByteReader(bytes: bytes, structure: "evidence")
     let v32 = try r.u32("version", at: 0)
-    if bytes.count == SNPReport.size, (2...5).contains(v32) {
+    // A DCAP quote's first 32 bits hold its version and attestation key type (2 or 3) in the
+    // upper half, so versions 2...5 there can only be an SNP report.
+    if (2...5).contains(v32) {
       self = .snp(try SNPReport(bytes))
       return
     }
@@ -350,7 +490,7 @@ public enum Evidence: Sendable, Equatable {
     switch self {
     case .sgx(let q): return isSimulated ? "SIMULATED SGX quote v3 (not a TEE)" : "SGX DCAP quote v\(q.version)"
     case .tdx(let q): return "TDX DCAP quote v\(q.version)"
-    case .snp: return "SEV-SNP attestation report"
+    case .snp(let r): return "SEV-SNP attestation report v\(r.version)"
     }
   }
 
@@ -415,8 +555,18 @@ public enum Evidence: Sendable, Equatable {
         ("version", "\(r.version)"), ("guest_svn", "\(r.guestSVN)"),
         ("policy", String(format: "0x%016llx", r.policy)), ("debug", r.debugAllowed ? "yes" : "no"),
         ("vmpl", "\(r.vmpl)"), ("measurement", r.measurement.hex), ("host_data", r.hostData.hex),
-        ("reported_tcb", String(format: "0x%016llx", r.reportedTCB)), ("chip_id", r.chipID.hex),
-        ("report_data", r.reportData.hex),
+        ("signing_key", r.signingKey == 0 ? "VCEK" : r.signingKey == 1 ? "VLEK" : "none (\(r.signingKey))"),
+        ("product", r.product.map(\.rawValue) ?? "not in the report (version 2)"),
+        ("cpuid", String(format: "family 0x%02x model 0x%02x stepping 0x%02x", r.cpuidFamily, r.cpuidModel, r.cpuidStepping)),
+        ("reported_tcb", String(format: "0x%016llx", r.reportedTCB) + " (\(r.reportedTCBComponents.components))"),
+        ("current_tcb", String(format: "0x%016llx", r.currentTCB) + " (\(SNPTCB(raw: r.currentTCB, turinLayout: r.product == .turin).components))"),
+        ("committed_tcb", String(format: "0x%016llx", r.committedTCB)),
+        ("launch_tcb", String(format: "0x%016llx", r.launchTCB)),
+        ("platform_info", String(format: "0x%llx", r.platformInfo)),
+        ("firmware", "\(r.currentFirmware.major).\(r.currentFirmware.minor) build \(r.currentFirmware.build)"),
+        ("chip_id", r.chipID.hex), ("report_id", r.reportID.hex), ("report_data", r.reportData.hex),
+        ("id_key_digest", r.idKeyDigest.hex), ("author_key_digest", r.authorKeyDigest.hex),
+        ("certificate_table", r.certificates.isEmpty ? "none" : r.certificates.map { "\($0.kind.map { "\($0)" } ?? $0.guid.hex) (\($0.data.count) bytes)" }.joined(separator: ", ")),
       ]
     }
     return out

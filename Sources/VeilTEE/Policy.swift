@@ -23,6 +23,17 @@ public struct Policy: Sendable, Equatable {
   /// RTMR0..3; a nil entry accepts any value of that register.
   public var rtmrs: [[UInt8]?]?
   public var snpMeasurement: [UInt8]?
+  /// SEV-SNP HOST_DATA (32 bytes the host sets at launch, e.g. a hash of the VM's configuration).
+  public var snpHostData: [UInt8]?
+  /// SEV-SNP: the lowest security patch level accepted per TCB component (REPORTED_TCB, the
+  /// level the VCEK certifies).
+  public var snpMinTCB: SNPMinimumTCB?
+  /// SEV-SNP: the highest VMPL accepted for the software that asked for the report (0 is the
+  /// most privileged level, the guest kernel's without an SVSM).
+  public var snpMaxVMPL: UInt32?
+  /// The evidence kinds accepted ("sgx", "tdx", "snp"). Unset: SGX and TDX, and SNP as soon as
+  /// the policy names any snp_ key.
+  public var acceptedEvidence: [String]?
   public var allowDebug = false
   public var allowSimulation = false
   public var acceptedTCBStatuses = Policy.defaultAcceptedTCBStatuses
@@ -30,10 +41,52 @@ public struct Policy: Sendable, Equatable {
 
   public init() {}
 
+  /// Per-component minimum of an SNP TCB; an unset component accepts any level.
+  public struct SNPMinimumTCB: Codable, Sendable, Equatable {
+    public var bootloader: Int?
+    public var tee: Int?
+    public var snp: Int?
+    public var microcode: Int?
+    public var fmc: Int?
+
+    public init(bootloader: Int? = nil, tee: Int? = nil, snp: Int? = nil, microcode: Int? = nil, fmc: Int? = nil) {
+      self.bootloader = bootloader
+      self.tee = tee
+      self.snp = snp
+      self.microcode = microcode
+      self.fmc = fmc
+    }
+
+    enum CodingKeys: String, CodingKey, CaseIterable { case bootloader, tee, snp, microcode, fmc }
+
+    public init(from decoder: Decoder) throws {
+      let keys = try decoder.container(keyedBy: AnyKey.self).allKeys.map(\.stringValue)
+      let known = CodingKeys.allCases.map(\.rawValue)
+      for key in keys.sorted() where !known.contains(key) {
+        throw TEEError.policy(key: "snp_min_tcb.\(key)", detail: "unknown component; the components are \(known.joined(separator: ", "))")
+      }
+      let c = try decoder.container(keyedBy: CodingKeys.self)
+      bootloader = try c.decodeIfPresent(Int.self, forKey: .bootloader)
+      tee = try c.decodeIfPresent(Int.self, forKey: .tee)
+      snp = try c.decodeIfPresent(Int.self, forKey: .snp)
+      microcode = try c.decodeIfPresent(Int.self, forKey: .microcode)
+      fmc = try c.decodeIfPresent(Int.self, forKey: .fmc)
+    }
+  }
+
+  public static let evidenceKinds = ["sgx", "tdx", "snp"]
+
   static let keys: Set<String> = [
-    "mrenclave", "mrsigner", "isvprodid", "min_isvsvn", "mrtd", "rtmrs", "snp_measurement",
+    "mrenclave", "mrsigner", "isvprodid", "min_isvsvn", "mrtd", "rtmrs", "snp_measurement", "snp_host_data",
+    "snp_min_tcb", "snp_max_vmpl", "accepted_evidence",
     "allow_debug", "allow_simulation", "accepted_tcb_statuses", "max_evidence_age_seconds",
   ]
+
+  /// Whether the policy names SEV-SNP (an snp_ key), which lets SNP evidence in by default.
+  public var namesSNP: Bool { snpMeasurement != nil || snpHostData != nil || snpMinTCB != nil || snpMaxVMPL != nil }
+
+  /// The evidence kinds this policy accepts.
+  public var evidenceKinds: [String] { acceptedEvidence ?? (["sgx", "tdx"] + (namesSNP ? ["snp"] : [])) }
 
   /// The file's keys as written; decoding checks their types.
   private struct File: Codable {
@@ -44,13 +97,17 @@ public struct Policy: Sendable, Equatable {
     var mrtd: String?
     var rtmrs: [String?]?
     var snp_measurement: String?
+    var snp_host_data: String?
+    var snp_min_tcb: SNPMinimumTCB?
+    var snp_max_vmpl: UInt32?
+    var accepted_evidence: [String]?
     var allow_debug: Bool?
     var allow_simulation: Bool?
     var accepted_tcb_statuses: [String]?
     var max_evidence_age_seconds: Double?
   }
 
-  private struct AnyKey: CodingKey {
+  fileprivate struct AnyKey: CodingKey {
     var stringValue: String
     var intValue: Int? { nil }
     init(stringValue: String) { self.stringValue = stringValue }
@@ -101,6 +158,26 @@ public struct Policy: Sendable, Equatable {
       rtmrs = try list.enumerated().map { try hex("rtmrs[\($0.offset)]", bytes: 48, $0.element) }
     }
     snpMeasurement = try hex("snp_measurement", bytes: 48, file.snp_measurement)
+    snpHostData = try hex("snp_host_data", bytes: 32, file.snp_host_data)
+    if let t = file.snp_min_tcb {
+      for (name, value) in [("bootloader", t.bootloader), ("tee", t.tee), ("snp", t.snp), ("microcode", t.microcode), ("fmc", t.fmc)] {
+        if let value, !(0...255).contains(value) {
+          throw TEEError.policy(key: "snp_min_tcb.\(name)", detail: "expected a security patch level 0...255, found \(value)")
+        }
+      }
+      snpMinTCB = t
+    }
+    if let n = file.snp_max_vmpl {
+      guard n <= 3 else { throw TEEError.policy(key: "snp_max_vmpl", detail: "expected a VMPL 0...3, found \(n)") }
+      snpMaxVMPL = n
+    }
+    if let kinds = file.accepted_evidence {
+      for k in kinds where !Self.evidenceKinds.contains(k) {
+        throw TEEError.policy(
+          key: "accepted_evidence", detail: "unknown evidence kind '\(k)'; known: \(Self.evidenceKinds.joined(separator: ", "))")
+      }
+      acceptedEvidence = kinds
+    }
     allowDebug = file.allow_debug ?? false
     allowSimulation = file.allow_simulation ?? false
     if let list = file.accepted_tcb_statuses {
@@ -128,7 +205,9 @@ public struct Policy: Sendable, Equatable {
   public func json() throws -> Data {
     let file = File(
       mrenclave: mrEnclave?.hex, mrsigner: mrSigner?.hex, isvprodid: isvProdID, min_isvsvn: minISVSVN, mrtd: mrTD?.hex,
-      rtmrs: rtmrs?.map { $0?.hex }, snp_measurement: snpMeasurement?.hex, allow_debug: allowDebug, allow_simulation: allowSimulation,
+      rtmrs: rtmrs?.map { $0?.hex }, snp_measurement: snpMeasurement?.hex, snp_host_data: snpHostData?.hex,
+      snp_min_tcb: snpMinTCB, snp_max_vmpl: snpMaxVMPL, accepted_evidence: acceptedEvidence,
+      allow_debug: allowDebug, allow_simulation: allowSimulation,
       accepted_tcb_statuses: acceptedTCBStatuses, max_evidence_age_seconds: maxEvidenceAgeSeconds)
     let e = JSONEncoder()
     e.outputFormatting = [.prettyPrinted, .sortedKeys, .withoutEscapingSlashes]
@@ -150,6 +229,20 @@ public struct Policy: Sendable, Equatable {
   /// Adds the policy's checks to a verdict of `evidence`. `evidenceTime` is when the evidence
   /// was produced, where known; `now` is the verifier's time.
   public func evaluate(_ evidence: Evidence, evidenceTime: Date?, now: Date, into v: inout Verdict) {
+    let kind: String
+    switch evidence {
+    case .sgx: kind = "sgx"
+    case .tdx: kind = "tdx"
+    case .snp: kind = "snp"
+    }
+    let kinds = evidenceKinds
+    v.check(
+      "policy: evidence kind", kinds.contains(kind),
+      kinds.contains(kind)
+        ? "\(kind) evidence is accepted"
+        : kind == "snp" && acceptedEvidence == nil
+          ? "SEV-SNP evidence is accepted only when the policy names it: pin snp_measurement (or set snp_min_tcb, snp_max_vmpl, snp_host_data, or accepted_evidence with \"snp\")"
+          : "\(kind) evidence is not among the accepted kinds \(kinds.joined(separator: ", "))")
     if evidence.isSimulated {
       v.check(
         "policy: simulation", allowSimulation,
@@ -164,7 +257,9 @@ public struct Policy: Sendable, Equatable {
         ? (allowDebug
           ? "debug enclave accepted by the policy"
           : "the enclave is debuggable (its memory is readable by the host); refused") : "not a debug enclave")
-    if !evidence.isSimulated {
+    if case .snp(let r) = evidence {
+      evaluateSNP(r, into: &v)
+    } else if !evidence.isSimulated {
       if let status = v.tcbStatus {
         let ok = acceptedTCBStatuses.contains(status)
         v.check(
@@ -218,6 +313,7 @@ public struct Policy: Sendable, Equatable {
       compare("RTMR\(i)", want, td?.rtmrs[i])
     }
     compare("SNP measurement", snpMeasurement, snp?.measurement)
+    compare("SNP HOST_DATA", snpHostData, snp?.hostData)
     v.check(
       "policy: measurement", mismatches.isEmpty,
       !mismatches.isEmpty
@@ -236,6 +332,32 @@ public struct Policy: Sendable, Equatable {
           "policy: evidence age", false,
           "the policy limits evidence age to \(Int(maxAge)) s but the evidence's production time is unknown")
       }
+    }
+  }
+
+  /// SNP's counterparts of Intel's TCB status: the minimum TCB per component and the VMPL.
+  private func evaluateSNP(_ r: SNPReport, into v: inout Verdict) {
+    let tcb = r.reportedTCBComponents
+    if let min = snpMinTCB {
+      var low: [String] = []
+      for (name, want, have) in [
+        ("bootloader", min.bootloader, tcb.bootloader), ("tee", min.tee, tcb.tee), ("snp", min.snp, tcb.snp),
+        ("microcode", min.microcode, tcb.microcode), ("fmc", min.fmc, tcb.fmc ?? 0),
+      ] {
+        if let want, have < want { low.append("\(name) \(have) < \(want)") }
+      }
+      v.check(
+        "policy: SNP TCB", low.isEmpty,
+        low.isEmpty
+          ? "REPORTED_TCB \(tcb.components) meets the policy's minimum"
+          : "REPORTED_TCB is below the policy's minimum: " + low.joined(separator: ", "))
+    } else {
+      v.check("policy: SNP TCB", true, "no minimum in the policy (snp_min_tcb); REPORTED_TCB is \(tcb.components)")
+    }
+    if let max = snpMaxVMPL {
+      v.check(
+        "policy: SNP VMPL", r.vmpl <= max,
+        "the report was requested at VMPL \(r.vmpl); the policy accepts 0...\(max)")
     }
   }
 }
