@@ -95,7 +95,6 @@ public final class KeyReleaseServer: Service, Sendable {
   public let connections: ConnectionCounter
   private let releaser: KeyReleaser
   private let headKey: SymmetricKey
-  private let collateral: Collateral?
   private let logger: Logger
   private let address = Announcement<Int>()
   private let listener = Mutex<(any Channel)?>(nil)
@@ -103,19 +102,19 @@ public final class KeyReleaseServer: Service, Sendable {
   private let pool: NIOThreadPool
   private let clock: any ServiceClock
 
-  /// Refuses a policy that pins no measurement unless `config.allowUnpinnedPolicy`.
+  /// Refuses a policy that pins no measurement unless `config.allowUnpinnedPolicy`. `snp` holds
+  /// the SEV-SNP collateral and settings (default: what each enclave's evidence carries).
   public init(
-    config: KeyReleaseConfig, headKey: SymmetricKey, policy: Policy, collateral: Collateral?, logger: Logger,
-    clock: any ServiceClock = SystemClock()
+    config: KeyReleaseConfig, headKey: SymmetricKey, policy: Policy, collateral: Collateral?, snp: SNPVerifier? = nil,
+    logger: Logger, clock: any ServiceClock = SystemClock()
   ) throws {
     self.config = config
     self.headKey = headKey
-    self.collateral = collateral
     self.logger = logger
     self.clock = clock
-    // The verifier here only carries the policy; each request gets one at its own time.
+    // Each request is judged by this verifier at its own time.
     releaser = KeyReleaser(
-      verifier: AttestationVerifier(dcap: try DCAPVerifier(collateral: collateral, time: Date()), policy: policy),
+      verifier: AttestationVerifier(dcap: try DCAPVerifier(collateral: collateral, time: Date()), snp: snp, policy: policy),
       allowUnpinnedPolicy: config.allowUnpinnedPolicy)
     do { try releaser.checkPolicy() } catch { throw KeyReleaseError.configuration("\(error)") }
     connections = ConnectionCounter(
@@ -194,12 +193,10 @@ public final class KeyReleaseServer: Service, Sendable {
   {
     let releaser = self.releaser
     let headKey = self.headKey
-    let collateral = self.collateral
     let time = config.verificationTime
     return pool.runIfActive(eventLoop: eventLoop) {
       var r = releaser
-      r.verifier = AttestationVerifier(
-        dcap: try DCAPVerifier(collateral: collateral, time: time ?? Date()), policy: releaser.verifier.policy)
+      r.verifier = releaser.verifier.at(time ?? Date())
       return r.answer(request, headKey: headKey, challenge: challenge, reference: reference)
     }
   }

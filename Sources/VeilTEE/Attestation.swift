@@ -14,6 +14,14 @@ public struct AttestationVerifier: Sendable {
     self.policy = policy
   }
 
+  /// The same verifier, judging certificates, CRLs and collateral at `time`.
+  public func at(_ time: Date) -> AttestationVerifier {
+    var v = self
+    v.dcap.time = time
+    v.snp.time = time
+    return v
+  }
+
   /// Checks `bytes` as evidence. `expectedReportData`, when given, must equal the evidence's
   /// report data (the channel passes its transcript hash); `evidenceTime` feeds the age limit.
   public func verify(_ bytes: [UInt8], expectedReportData: [UInt8]? = nil, evidenceTime: Date? = nil) -> Verdict {

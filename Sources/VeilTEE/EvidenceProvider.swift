@@ -70,13 +70,35 @@ public struct GramineSGXProvider: EvidenceProvider {
 }
 
 /// Linux configfs-tsm: make a report entry, write `inblob`, read `outblob` (a TDX quote or an
-/// SEV-SNP report, as `provider` says), remove the entry.
+/// SEV-SNP report, as `provider` says), remove the entry. An SEV-SNP report goes out followed by
+/// a certificate table: the host's (`auxblob`, when the hypervisor supplies AMD's certificates)
+/// and what `snpCollateral` adds, so that clients need no collateral folder of their own.
 public struct ConfigfsTSMProvider: EvidenceProvider {
   public var mode: EvidenceMode { .configfsTSM }
   public var root: URL
+  /// Certificates (and the CRL) sent after each SEV-SNP report, where the host's table lacks them.
+  public var snpCollateral: SNPCollateral?
 
-  public init(root: URL = URL(fileURLWithPath: "/sys/kernel/config/tsm/report")) {
+  public init(root: URL = URL(fileURLWithPath: "/sys/kernel/config/tsm/report"), snpCollateral: SNPCollateral? = nil) {
     self.root = root
+    self.snpCollateral = snpCollateral
+  }
+
+  /// `evidence` as sent: unchanged unless it is an SEV-SNP report, which gets the entries of
+  /// `auxblob` (a certificate table) and of `collateral` that the table lacks appended.
+  public static func appendingCertificates(to evidence: [UInt8], auxblob: [UInt8]?, collateral: SNPCollateral?) throws
+    -> [UInt8]
+  {
+    guard evidence.count == SNPReport.size, case .snp = try Evidence(evidence) else { return evidence }
+    var entries = try auxblob.flatMap { $0.isEmpty ? nil : try SNPCertificateEntry.parseTable($0[...]) } ?? []
+    for e in collateral?.tableEntries ?? [] where !entries.contains(where: { $0.guid == e.guid }) {
+      entries.append(e)
+    }
+    let out = entries.isEmpty ? evidence : evidence + SNPCertificateEntry.encodeTable(entries)
+    guard out.count <= maxEvidenceBytes else {
+      throw TEEError.oversized(structure: "SEV-SNP report with certificates", size: out.count, limit: maxEvidenceBytes)
+    }
+    return out
   }
 
   public var isAvailable: Bool {
@@ -94,9 +116,17 @@ public struct ConfigfsTSMProvider: EvidenceProvider {
         mode: mode.rawValue, path: entry.path, detail: "cannot create a report entry: \(error.localizedDescription)")
     }
     defer { try? FileManager.default.removeItem(at: entry) }
-    return try exchange(
+    let out = try exchange(
       reportData, write: entry.appendingPathComponent("inblob"), read: entry.appendingPathComponent("outblob"),
       mode: mode)
+    let aux = entry.appendingPathComponent("auxblob")
+    let size = ((try? FileManager.default.attributesOfItem(atPath: aux.path))?[.size] as? NSNumber)?.intValue ?? 0
+    let auxblob = size > 0 && size <= maxEvidenceBytes ? (try? Data(contentsOf: aux)).map { Array($0) } : nil
+    do {
+      return try Self.appendingCertificates(to: out, auxblob: auxblob, collateral: snpCollateral)
+    } catch {
+      throw TEEError.provider(mode: mode.rawValue, path: aux.path, detail: "cannot append the certificates: \(error)")
+    }
   }
 }
 

@@ -11,6 +11,44 @@ struct Attest: ParsableCommand {
     subcommands: [AttestInspect.self, AttestVerify.self, AttestSimulate.self])
 }
 
+/// What `--collateral` names: DCAP collateral (a JSON file, as a PCCS serves it) or SEV-SNP
+/// collateral (a folder holding vcek.der, ask.pem, ark.pem and optionally crl.pem, as AMD's KDS
+/// serves them).
+struct RelyingPartyCollateral {
+  var dcap: Collateral?
+  var snp: SNPCollateral?
+
+  init(path: String?) throws {
+    guard let path else { return }
+    var isDirectory: ObjCBool = false
+    guard FileManager.default.fileExists(atPath: path, isDirectory: &isDirectory) else {
+      throw ValidationError("--collateral '\(path)': no such file or folder")
+    }
+    do {
+      if isDirectory.boolValue {
+        snp = try SNPCollateral(directory: URL(fileURLWithPath: path))
+      } else {
+        dcap = try Collateral(json: Data(try readFileBytes(path, what: "collateral")))
+      }
+    } catch let e as ValidationError {
+      throw e
+    } catch {
+      throw ValidationError("--collateral '\(path)': \(error)")
+    }
+  }
+
+  /// A verifier of any evidence kind at `time`. Without a folder, SEV-SNP evidence is checked
+  /// with the certificates it carries (still up to AMD's pinned root keys).
+  func verifier(policy: Policy, time: Date, root: Certificate? = nil, allowMissingCRL: Bool) throws
+    -> AttestationVerifier
+  {
+    var snpVerifier = SNPVerifier(collateral: snp, time: time)
+    snpVerifier.requireCRL = !allowMissingCRL
+    return AttestationVerifier(
+      dcap: try DCAPVerifier(root: root, collateral: dcap, time: time), snp: snpVerifier, policy: policy)
+  }
+}
+
 struct AttestInspect: ParsableCommand {
   static let configuration = CommandConfiguration(
     commandName: "inspect", abstract: "Print the parsed fields of evidence (no verification).")
@@ -41,12 +79,26 @@ struct AttestVerify: ParsableCommand {
       signatures and windows, and the TCB status. Without --policy the default policy applies:
       no measurement pinned, debug and simulation refused, TCB statuses UpToDate,
       SWHardeningNeeded, ConfigurationNeeded and ConfigurationAndSWHardeningNeeded accepted.
+
+      SEV-SNP reports are checked up to AMD's root keys, pinned for Milan, Genoa and Turin: the
+      ARK self-signed, the ASK signed by the ARK, the ARK's CRL current and not revoking the ASK,
+      the VCEK signed by the ASK for this chip (hardware ID = CHIP_ID) and this TCB (its SPLs =
+      REPORTED_TCB), and the report's ECDSA P-384 signature by the VCEK. --collateral names the
+      folder with vcek.der, ask.pem, ark.pem and crl.pem (AMD's KDS serves them); without it,
+      the certificates the evidence carries after the report are used. SNP evidence passes the
+      policy only when the policy names SNP (snp_measurement, snp_min_tcb, snp_max_vmpl,
+      snp_host_data, or accepted_evidence).
       """)
 
   @Argument(help: "An evidence file.")
   var evidence: String
-  @Option(help: "Collateral JSON as a PCCS serves it (CRLs, TCB info, QE identity).")
+  @Option(
+    help: ArgumentHelp(
+      "DCAP collateral (JSON, as a PCCS serves it), or a folder of SEV-SNP collateral (vcek.der, ask.pem, ark.pem, crl.pem).",
+      valueName: "file-or-dir"))
   var collateral: String?
+  @Flag(help: "SEV-SNP: accept a collateral folder without crl.pem (the ASK's revocation then goes unchecked).")
+  var allowMissingCRL = false
   @Option(help: "Root CA certificate (DER or PEM) instead of the pinned Intel SGX Root CA.")
   var root: String?
   @Option(help: "Verification time, ISO 8601 (default: now).")
@@ -85,9 +137,9 @@ struct AttestVerify: ParsableCommand {
         }
       }
     }
-    let coll = try collateral.map { try Collateral(json: Data(try readFileBytes($0, what: "collateral"))) }
     let pol = try policy.map { try Policy(json: Data(try readFileBytes($0, what: "policy"))) } ?? Policy()
-    let verifier = AttestationVerifier(dcap: try DCAPVerifier(root: rootCert, collateral: coll, time: at), policy: pol)
+    let verifier = try RelyingPartyCollateral(path: collateral).verifier(
+      policy: pol, time: at, root: rootCert, allowMissingCRL: allowMissingCRL)
     let verdict = verifier.verify(bytes, evidenceTime: produced)
     if json {
       try printJSON(verdict)
@@ -98,7 +150,11 @@ struct AttestVerify: ParsableCommand {
       if verdict.simulated { print("SIMULATED EVIDENCE: produced without a TEE; it proves nothing about the host.") }
       let advisories =
         verdict.advisoryIDs.isEmpty ? "" : " (advisories: \(verdict.advisoryIDs.joined(separator: ", ")))"
-      print("TCB status: \(verdict.tcbStatus ?? "unknown")\(advisories)")
+      if case .snp(let r)? = try? Evidence(bytes) {
+        print("TCB: REPORTED_TCB \(r.reportedTCBComponents.components) (AMD publishes no TCB status; pin snp_min_tcb)")
+      } else {
+        print("TCB status: \(verdict.tcbStatus ?? "unknown")\(advisories)")
+      }
       for c in verdict.checks { print("  \(c.passed ? "ok  " : "FAIL") \(c.name): \(c.detail)") }
       if !verdict.passed { print("\(verdict.failures.count) check(s) failed") }
     }

@@ -44,6 +44,11 @@ struct EnclaveServe: AsyncParsableCommand {
   var port = 7440
   @Flag(help: "Serve SIMULATED evidence when no TEE is found (development only).")
   var allowSimulation = false
+  @Option(
+    help: ArgumentHelp(
+      "SEV-SNP: a folder of AMD collateral (vcek.der, ask.pem, ark.pem, crl.pem from AMD's KDS) to send after each report, where the host's certificate table lacks them; clients still check every signature.",
+      valueName: "dir"))
+  var snpCollateral: String?
   @Option(help: "Sessions open at once.")
   var maxSessions = 256
   @Option(help: "Sessions open at once from one address.")
@@ -156,7 +161,15 @@ struct EnclaveServe: AsyncParsableCommand {
     let binary = URL(fileURLWithPath: "/proc/self/exe").resolvingSymlinksInPath()
     let simulation = try allowSimulation ? SimulatedEnclave(binary: binary, head: loaded.headURL) : nil
     let provider: any EvidenceProvider
-    do { provider = try detectEvidenceProvider(simulation: simulation) } catch {
+    var tsm = ConfigfsTSMProvider()
+    if let snpCollateral {
+      do {
+        tsm.snpCollateral = try SNPCollateral(directory: URL(fileURLWithPath: snpCollateral))
+      } catch {
+        throw ValidationError("--snp-collateral '\(snpCollateral)': \(error)")
+      }
+    }
+    do { provider = try detectEvidenceProvider(tsm: tsm, simulation: simulation) } catch {
       throw ValidationError("\(error); on a machine without a TEE pass --allow-simulation (development only)")
     }
     if let simulation, provider.mode == .simulated {

@@ -8,8 +8,13 @@ import VeilTEE
 struct AttestationOptions: ParsableArguments {
   @Option(help: "The policy the enclave's evidence must satisfy (JSON; see docs/tee.md).")
   var policy: String
-  @Option(help: "Collateral for DCAP evidence (JSON, as a PCCS serves it).")
+  @Option(
+    help: ArgumentHelp(
+      "DCAP collateral (JSON, as a PCCS serves it), or a folder of SEV-SNP collateral (vcek.der, ask.pem, ark.pem, crl.pem). SEV-SNP evidence may also carry its certificates.",
+      valueName: "file-or-dir"))
   var collateral: String?
+  @Flag(help: "SEV-SNP: accept collateral without a CRL (the ASK's revocation then goes unchecked).")
+  var allowMissingCRL = false
   @Option(help: "Verification time, ISO 8601 (default: now).")
   var time: String?
 
@@ -20,13 +25,12 @@ struct AttestationOptions: ParsableArguments {
     } catch {
       throw ValidationError("--policy '\(policy)': \(error)")
     }
-    let coll = try collateral.map { try Collateral(json: Data(try readFileBytes($0, what: "collateral"))) }
     var at = Date()
     if let time {
       guard let t = parseInstant(time) else { throw ValidationError("--time '\(time)': expected ISO 8601") }
       at = t
     }
-    return AttestationVerifier(dcap: try DCAPVerifier(collateral: coll, time: at), policy: pol)
+    return try RelyingPartyCollateral(path: collateral).verifier(policy: pol, time: at, allowMissingCRL: allowMissingCRL)
   }
 }
 

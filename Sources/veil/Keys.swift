@@ -52,8 +52,13 @@ struct KeysServe: AsyncParsableCommand {
   var key: String
   @Option(help: "The owner's policy (JSON).")
   var policy: String
-  @Option(help: "Collateral for DCAP evidence (JSON).")
+  @Option(
+    help: ArgumentHelp(
+      "DCAP collateral (JSON), or a folder of SEV-SNP collateral (vcek.der, ask.pem, ark.pem, crl.pem). SEV-SNP evidence may also carry its certificates.",
+      valueName: "file-or-dir"))
   var collateral: String?
+  @Flag(help: "SEV-SNP: accept collateral without a CRL (the ASK's revocation then goes unchecked).")
+  var allowMissingCRL = false
   @Option(help: "Address to listen on.")
   var host = "127.0.0.1"
   @Option(help: "Port (0: any free port, printed on standard error).")
@@ -87,7 +92,9 @@ struct KeysServe: AsyncParsableCommand {
       throw ValidationError("--key '\(key)': expected a 32-byte key, found \(raw.count) bytes")
     }
     let pol = try Policy(json: Data(try readFileBytes(policy, what: "policy")))
-    let coll = try collateral.map { try Collateral(json: Data(try readFileBytes($0, what: "collateral"))) }
+    let coll = try RelyingPartyCollateral(path: collateral)
+    var snp = SNPVerifier(collateral: coll.snp, time: Date())
+    snp.requireCRL = !allowMissingCRL
     var fixedTime: Date?
     if let time {
       guard let t = parseInstant(time) else { throw ValidationError("--time '\(time)': expected ISO 8601") }
@@ -101,7 +108,8 @@ struct KeysServe: AsyncParsableCommand {
     let server: KeyReleaseServer
     do {
       server = try KeyReleaseServer(
-        config: config, headKey: SymmetricKey(data: raw), policy: pol, collateral: coll, logger: Logger(label: "veil.keys"))
+        config: config, headKey: SymmetricKey(data: raw), policy: pol, collateral: coll.dcap, snp: snp,
+        logger: Logger(label: "veil.keys"))
     } catch {
       throw ValidationError("--policy '\(policy)': \(error); pass --allow-unpinned-policy to serve under it anyway")
     }

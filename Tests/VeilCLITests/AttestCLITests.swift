@@ -53,6 +53,63 @@ extension CLITests {
     XCTAssertTrue(none.stdout.contains("pass --collateral"), none.stdout)
   }
 
+  /// The SEV-SNP vectors' folders are collateral folders as AMD's KDS serves them.
+  func testAttestVerifyChecksRealSNPReportsUpToAMDsRoots() throws {
+    let policy = temp("snp-policy.json")
+    defer { try? FileManager.default.removeItem(at: policy) }
+    try Data(
+      #"{"snp_measurement": "c57729018b0a6fb90dc17bb138b0aa35e4401004283ff4a2c24d3739ff3750f52384370e77b7032862a08c440a9bc4dc", "snp_min_tcb": {"snp": 25}}"#
+        .utf8
+    ).write(to: policy)
+    let ok = try veil([
+      "attest", "verify", vector("snp/genoa/snp_report.bin"), "--collateral", vector("snp/genoa"), "--time",
+      "2025-09-01T00:00:00Z", "--policy", policy.path,
+    ])
+    XCTAssertEqual(ok.status, 0, ok.stdout + ok.stderr)
+    XCTAssertTrue(ok.stdout.hasPrefix("verdict: PASS (SEV-SNP attestation report v5"), ok.stdout)
+    XCTAssertTrue(ok.stdout.contains("REPORTED_TCB bootloader 10, tee 0, snp 25, microcode 84"), ok.stdout)
+    XCTAssertTrue(ok.stdout.contains("ok   ARK (AMD root key): 'ARK-Genoa'"), ok.stdout)
+    // The default policy does not name SNP; the chain still holds.
+    let kind = try veil([
+      "attest", "verify", vector("snp/snp_report.bin"), "--collateral", vector("snp"), "--time", "2025-09-01T00:00:00Z",
+      "--json",
+    ])
+    XCTAssertEqual(kind.status, 1, kind.stderr)
+    let doc = try JSONSerialization.jsonObject(with: Data(kind.stdout.utf8)) as? [String: Any]
+    let failed = (doc?["checks"] as? [[String: Any]] ?? []).filter { $0["passed"] as? Bool == false }.compactMap {
+      $0["name"] as? String
+    }
+    XCTAssertEqual(failed, ["policy: evidence kind"])
+    // Another chip's report against this folder's VCEK; and a folder without its CRL.
+    let chip = try veil([
+      "attest", "verify", vector("snp/milan_v3/snp_report.bin"), "--collateral", vector("snp"), "--time",
+      "2025-09-01T00:00:00Z",
+    ])
+    XCTAssertEqual(chip.status, 1)
+    XCTAssertTrue(chip.stdout.contains("FAIL VCEK is for this chip"), chip.stdout)
+    XCTAssertTrue(chip.stdout.contains("FAIL report signature"), chip.stdout)
+    let partial = temp("snp-collateral")
+    try FileManager.default.createDirectory(at: partial, withIntermediateDirectories: true)
+    defer { try? FileManager.default.removeItem(at: partial) }
+    for f in ["vcek.der", "ask.pem"] {
+      try FileManager.default.copyItem(atPath: vector("snp/" + f), toPath: partial.appendingPathComponent(f).path)
+    }
+    let missing = try veil(["attest", "verify", vector("snp/snp_report.bin"), "--collateral", partial.path])
+    XCTAssertNotEqual(missing.status, 0)
+    XCTAssertTrue(missing.stderr.contains("lacks ark.der or ark.pem"), missing.stderr)
+    try FileManager.default.copyItem(atPath: vector("snp/ark.pem"), toPath: partial.appendingPathComponent("ark.pem").path)
+    let args = ["attest", "verify", vector("snp/snp_report.bin"), "--collateral", partial.path, "--time", "2025-09-01T00:00:00Z"]
+    let noCRL = try veil(args + ["--policy", policy.path])
+    XCTAssertTrue(noCRL.stdout.contains("FAIL CRL (ASK not revoked): no CRL"), noCRL.stdout)
+    let allowed = try veil(args + ["--allow-missing-crl"])
+    XCTAssertTrue(allowed.stdout.contains("ok   CRL (ASK not revoked): no CRL"), allowed.stdout)
+
+    let inspect = try veil(["attest", "inspect", vector("snp/milan_v3/snp_report.bin")])
+    XCTAssertEqual(inspect.status, 0, inspect.stderr)
+    XCTAssertTrue(inspect.stdout.contains("0xdb18000000000004 (bootloader 4, tee 0, snp 24, microcode 219)"), inspect.stdout)
+    XCTAssertTrue(inspect.stdout.contains("Milan"), inspect.stdout)
+  }
+
   func testAttestBadInputs() throws {
     let policy = temp("policy.json")
     try Data(#"{"allow_simulaton": true}"#.utf8).write(to: policy)

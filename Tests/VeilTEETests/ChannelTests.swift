@@ -3,6 +3,7 @@ import Foundation
 import XCTest
 
 import VeilTEE
+import VeilTestSupport
 
 /// The attested channel over an in-memory transport: the bytes go from one side to the other
 /// through arrays, as a gRPC or socket transport would carry them.
@@ -223,5 +224,67 @@ struct SplitMix {
     z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
     z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
     return z ^ (z >> 31)
+  }
+}
+
+/// SEV-SNP evidence over the attested channel: the enclave's report binds the handshake and
+/// carries its certificates; the client checks every signature up to the root it trusts.
+final class SNPChannelTests: XCTestCase {
+  struct Provider: EvidenceProvider {
+    var ca: SNPTestAuthority
+    var carry: Bool
+    var mode: EvidenceMode { .configfsTSM }
+    func evidence(reportData: [UInt8]) throws -> [UInt8] {
+      let report = try ca.report(reportData: reportData)
+      return try ConfigfsTSMProvider.appendingCertificates(
+        to: report, auxblob: nil, collateral: carry ? try ca.collateral() : nil)
+    }
+  }
+
+  func testSNPEvidenceCarriesItsChainAndBindsTheHandshake() throws {
+    let ca = try SNPTestAuthority(product: .genoa)
+    let now = ca.validFrom.addingTimeInterval(3600)
+    var policy = Policy()
+    policy.snpMeasurement = [UInt8](repeating: 0x5A, count: 48)
+    policy.snpMaxVMPL = 0
+    func handshake(roots: [AMDProduct: String], carry: Bool, policy: Policy) throws -> Verdict {
+      let verifier = AttestationVerifier(
+        dcap: try DCAPVerifier(collateral: nil, time: now),
+        snp: SNPVerifier(collateral: nil, time: now, trustedRoots: roots), policy: policy)
+      let client = ClientHandshake(verifier: verifier)
+      let (answer, enclave) = try EnclaveHandshake.respond(to: try client.start(), provider: Provider(ca: ca, carry: carry))
+      let (session, verdict) = try client.finish(serverHello: answer)
+      XCTAssertEqual(try enclave.open(try session.seal([1, 2, 3])), .data([1, 2, 3]))
+      return verdict
+    }
+    let verdict = try handshake(roots: ca.trustedRoots, carry: true, policy: policy)
+    XCTAssertTrue(verdict.checks.contains { $0.name == "report data" && $0.passed })
+    XCTAssertTrue(verdict.checks.contains { $0.name == "report signature" && $0.passed })
+    // AMD's roots do not trust the test authority; no certificates means nothing to check with;
+    // a policy that does not name SNP refuses it.
+    for (roots, carry, p, failing) in [
+      (SNPVerifier.amdRoots, true, policy, "ARK (AMD root key)"), (ca.trustedRoots, false, policy, "SNP collateral"),
+      (ca.trustedRoots, true, Policy(), "policy: evidence kind"),
+    ] {
+      XCTAssertThrowsError(try handshake(roots: roots, carry: carry, policy: p)) { error in
+        XCTAssertTrue("\(error)".contains(failing), "\(error)")
+      }
+    }
+  }
+
+  /// The provider appends the host's table and fills in from the operator's folder; a TDX
+  /// quote passes through unchanged.
+  func testTheProviderAppendsTheHostsTableAndTheOperatorsCollateral() throws {
+    let ca = try SNPTestAuthority()
+    let report = try ca.report(reportData: [])
+    let full = try ca.collateral()
+    let host = SNPCertificateEntry.encodeTable([SNPCertificateEntry(.vcek, data: full.vcek?.der ?? [])])
+    let out = try ConfigfsTSMProvider.appendingCertificates(to: report, auxblob: host, collateral: full)
+    guard case .snp(let r) = try Evidence(out) else { return XCTFail("not SNP") }
+    XCTAssertEqual(r.certificates.map(\.kind), [.vcek, .ask, .ark, .crl])
+    XCTAssertEqual(try ConfigfsTSMProvider.appendingCertificates(to: report, auxblob: nil, collateral: nil), report)
+    let tdx = try Vectors.bytes("tdx_quote")
+    XCTAssertEqual(try ConfigfsTSMProvider.appendingCertificates(to: tdx, auxblob: host, collateral: full), tdx)
+    XCTAssertThrowsError(try ConfigfsTSMProvider.appendingCertificates(to: report, auxblob: [1, 2, 3], collateral: nil))
   }
 }
