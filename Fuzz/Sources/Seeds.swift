@@ -50,7 +50,7 @@ enum Seeds {
       ("collateral", [("collateral.json", collateral())]),
       ("channel", channelPrograms()),
       ("sealed-head", try sealedHeads()),
-    ] + (try ServingTargets.seeds())
+    ] + (try ServingTargets.seeds()) + (try SNPTargets.seeds())
   }
 
   // MARK: Protobuf, pickles, checkpoints, tensors

@@ -112,7 +112,7 @@ struct FuzzTarget: Sendable {
       run: { bytes in
         _ = try? SealedHead.open(bytes, key: FuzzFixtures.headKey)
       }),
-  ] + ServingTargets.all
+  ] + ServingTargets.all + SNPTargets.all
 }
 
 // MARK: - Target bodies

@@ -1,9 +1,11 @@
 /// VeilTEE: the trust path between a client and the enclave that runs a model's head.
 ///
-/// It owns the attestation evidence formats (SGX DCAP quote v3, TDX quote v4, SEV-SNP report),
-/// the providers that obtain evidence (Gramine's `/dev/attestation`, Linux configfs-tsm, and a
-/// clearly labelled simulation), DCAP verification against Intel's collateral, the verification
-/// policy, the attested encrypted channel, sealed model heads and the Gramine manifest.
+/// It owns the attestation evidence formats (SGX DCAP quote v3, TDX quote v4/v5, SEV-SNP report
+/// with its certificate table), the providers that obtain evidence (Gramine's
+/// `/dev/attestation`, Linux configfs-tsm, and a clearly labelled simulation), DCAP verification
+/// against Intel's collateral, SEV-SNP verification up to AMD's pinned root keys (with its own
+/// reader of AMD's RSASSA-PSS certificates, `AMDCertificates.swift`), the verification policy,
+/// the attested encrypted channel, sealed model heads and the Gramine manifest.
 ///
 /// It must not depend on the engine (tensor, graph, formats), nor on serving or planning code:
 /// those layers call into it with bytes, never the other way round.

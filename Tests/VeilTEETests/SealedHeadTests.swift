@@ -3,6 +3,7 @@ import Foundation
 import XCTest
 
 import VeilTEE
+import VeilTestSupport
 
 final class SealedHeadTests: XCTestCase {
   let head = (0..<10_000).map { UInt8(truncatingIfNeeded: $0 &* 7) }
@@ -100,6 +101,42 @@ final class SealedHeadTests: XCTestCase {
     let strictOwner = KeyReleaser(verifier: AttestationVerifier(dcap: owner.verifier.dcap, policy: strict))
     XCTAssertThrowsError(try strictOwner.release(headKey: key, to: request, challenge: challenge)) {
       XCTAssertTrue("\($0)".contains("simulation"), "\($0)")
+    }
+  }
+
+  /// The model owner releases the head key to an SEV-SNP confidential VM whose report (with
+  /// its certificates) binds the request, under a policy that pins the SNP measurement.
+  func testKeyReleaseToAnSNPGuest() throws {
+    struct Provider: EvidenceProvider {
+      var ca: SNPTestAuthority
+      var measurement: [UInt8]
+      var mode: EvidenceMode { .configfsTSM }
+      func evidence(reportData: [UInt8]) throws -> [UInt8] {
+        try ca.report(reportData: reportData, measurement: measurement, carrying: try ca.collateral())
+      }
+    }
+    let ca = try SNPTestAuthority(product: .milan)
+    let now = ca.validFrom.addingTimeInterval(600)
+    var policy = Policy()
+    policy.snpMeasurement = [UInt8](repeating: 0x42, count: 48)
+    let owner = KeyReleaser(
+      verifier: AttestationVerifier(
+        dcap: try DCAPVerifier(collateral: nil, time: now),
+        snp: SNPVerifier(collateral: nil, time: now, trustedRoots: ca.trustedRoots), policy: policy))
+    try owner.checkPolicy()
+    let key = SealedHead.newKey()
+    let requester = KeyRequester()
+    let challenge = KeyReleaser.challenge()
+    let request = try requester.request(
+      challenge: challenge, provider: Provider(ca: ca, measurement: policy.snpMeasurement ?? []))
+    let (wrapped, verdict) = try owner.release(headKey: key, to: request, challenge: challenge)
+    XCTAssertTrue(verdict.passed, "\(verdict.failures)")
+    XCTAssertEqual(try requester.unwrap(wrapped, for: request).withUnsafeBytes { Array($0) }, key.withUnsafeBytes { Array($0) })
+    // Another measurement is refused.
+    let c2 = KeyReleaser.challenge()
+    let other = try requester.request(challenge: c2, provider: Provider(ca: ca, measurement: [UInt8](repeating: 1, count: 48)))
+    XCTAssertThrowsError(try owner.release(headKey: key, to: other, challenge: c2)) {
+      XCTAssertTrue("\($0)".contains("SNP measurement"), "\($0)")
     }
   }
 

@@ -37,6 +37,28 @@ final class TEEFuzzCorpusTests: XCTestCase {
     }
   }
 
+  /// The seeds carry a chain of a test authority; the verifier here trusts AMD's roots only, so
+  /// the seeds parse and every check runs, and the verdict fails at the root.
+  func testSNPEvidence() throws {
+    let verifier = AttestationVerifier(
+      dcap: try DCAPVerifier(collateral: nil, time: Date(timeIntervalSince1970: 1_750_000_000)), policy: Policy())
+    try replay("snp-evidence") { bytes in
+      guard case .snp(let r) = try Evidence(bytes) else { throw TEEError.invalidArgument(name: "seed", detail: "not SNP") }
+      _ = Evidence.snp(r).fields
+      XCTAssertFalse(verifier.verify(bytes).passed)
+    }
+  }
+
+  func testAMDCertificates() throws {
+    try replay("amd-certificate") { bytes in
+      if let cert = try? AMDCertificate(bytes: bytes, name: "seed") {
+        _ = cert.vcekExtensions
+        return
+      }
+      _ = try SNPCollateral.crlDER(bytes, name: "seed")
+    }
+  }
+
   func testPolicy() throws { try replay("policy") { _ = try Policy(json: Data($0)) } }
   func testCollateral() throws { try replay("collateral") { _ = try Collateral(json: Data($0)) } }
 
