@@ -20,6 +20,12 @@ public struct EnclaveAnswer: Sendable {
   public var tailMs: Double
   public var enclaveMs: Double
   public var accelerator: String
+  /// The enclave's stages of this request (absent from enclaves that do not report them).
+  public var stages: EnclaveStagesMessage?
+  /// The client's side: sealing the request, the call (sent until answered), opening the answer.
+  public var clientSealMs: Double = 0
+  public var roundTripMs: Double = 0
+  public var clientOpenMs: Double = 0
 }
 
 /// HOST:PORT of the enclave service: the same form as the accelerator tier's endpoints.
@@ -136,12 +142,16 @@ public final class EnclaveSession: Sendable {
     defer { busy.withLock { $0 = false } }
     var message = Veil_Enclave_V1_InferRequest()
     message.sessionID = id
+    let t0 = DispatchTime.now()
     message.record = Data(try channel.seal(request))
+    let t1 = DispatchTime.now()
     let response = try await client.stub.infer(message, options: client.options)
+    let t2 = DispatchTime.now()
     guard case .data(let bytes) = try channel.open(Array(response.record)) else {
       throw EnclaveError.protocolViolation("the enclave closed the session instead of answering")
     }
     let answer = try EnclaveResponseMessage(serializedBytes: bytes)
+    let t3 = DispatchTime.now()
     switch answer.outcome {
     case .error(let e): throw EnclaveError.remote(kind: EnclaveErrorKind(wire: e.kind), message: e.message)
     case nil: throw EnclaveError.protocolViolation("the enclave's answer carries neither a result nor an error")
@@ -149,7 +159,8 @@ public final class EnclaveSession: Sendable {
       return EnclaveAnswer(
         top: r.top.map { .init(index: Int($0.index), score: $0.score, label: $0.label.isEmpty ? nil : $0.label) },
         logits: r.hasLogits ? try r.logits.tensor() : nil, headMs: r.headMs, tailMs: r.tailMs, enclaveMs: r.totalMs,
-        accelerator: r.accelerator)
+        accelerator: r.accelerator, stages: r.hasStages ? r.stages : nil, clientSealMs: ms(t0, t1),
+        roundTripMs: ms(t1, t2), clientOpenMs: ms(t2, t3))
     }
   }
 

@@ -145,8 +145,11 @@ public final class EnclaveEngine: Sendable {
     }
   }
 
-  /// Runs head then tail. The answer's `endpoint` names the endpoint that ran the tail.
-  public func run(_ x: Tensor) async throws -> (logits: Tensor, headMs: Double, tailMs: Double, endpoint: String) {
+  /// Runs head then tail. The answer's `endpoint` names the endpoint that ran the tail, and
+  /// `tail` its stages where the backend times them.
+  public func run(_ x: Tensor) async throws -> (
+    logits: Tensor, headMs: Double, tailMs: Double, endpoint: String, tail: TailTiming?
+  ) {
     let t0 = DispatchTime.now()
     let features: Tensor
     switch head {
@@ -169,7 +172,7 @@ public final class EnclaveEngine: Sendable {
         detail: "answered a tensor of shape \(answer.output.shape); the tail's output is \(outputShape)")
     }
     let t2 = DispatchTime.now()
-    return (answer.output, ms(t0, t1), ms(t1, t2), answer.endpoint)
+    return (answer.output, ms(t0, t1), ms(t1, t2), answer.endpoint, answer.timing)
   }
 
   /// With head batching: head runs so far and the rows they took (mean batch = rows / runs).
@@ -197,10 +200,12 @@ public final class EnclaveEngine: Sendable {
       }
       let t0 = DispatchTime.now()
       let x = try input(request)
+      let decoded = DispatchTime.now()
       let r = try await withDeadline(
         seconds: timeout,
         timedOut: EnclaveError.timeout("the request took more than the enclave's \(timeout) s per request")
       ) { try await self.run(x) }
+      let ran = DispatchTime.now()
       var result = EnclaveResultMessage()
       if request.wantLogits { result.logits = TensorMessage(r.logits) }
       let row = r.logits.scalars
@@ -213,8 +218,21 @@ public final class EnclaveEngine: Sendable {
       }
       result.headMs = r.headMs
       result.tailMs = r.tailMs
-      result.totalMs = ms(t0, DispatchTime.now())
       result.accelerator = r.endpoint
+      var stages = Veil_Enclave_V1_EnclaveStages()
+      stages.decodeMs = ms(t0, decoded)
+      stages.headMs = r.headMs
+      if let t = r.tail {
+        stages.tailEncodeMs = t.encodeMs
+        stages.tailCallMs = t.callMs
+        stages.tailDecodeMs = t.decodeMs
+      } else {
+        stages.tailCallMs = r.tailMs
+      }
+      let end = DispatchTime.now()
+      stages.answerMs = ms(ran, end)
+      result.stages = stages
+      result.totalMs = ms(t0, end)
       response.result = result
     } catch {
       response.error = Self.errorMessage(error)

@@ -151,6 +151,7 @@ public final class EnclaveService: Veil_Enclave_V1_EnclaveService.SimpleServiceP
   private func serve(channel: SealedChannel, record: [UInt8], tag: String) async throws -> Veil_Enclave_V1_InferResponse
   {
     let plaintext: [UInt8]
+    let opening = DispatchTime.now()
     do {
       switch try channel.open(record) {
       case .data(let bytes): plaintext = bytes
@@ -164,6 +165,7 @@ public final class EnclaveService: Veil_Enclave_V1_EnclaveService.SimpleServiceP
       throw RPCError(
         code: .permissionDenied, message: "record refused, the session is closed: \(e); start a new handshake")
     }
+    let openMs = ms(opening, DispatchTime.now())
     var answer: EnclaveResponseMessage
     do {
       answer = await engine.answer(
@@ -176,8 +178,10 @@ public final class EnclaveService: Veil_Enclave_V1_EnclaveService.SimpleServiceP
     if case .error(let e) = answer.outcome {
       metrics.error(EnclaveErrorKind(wire: e.kind))
       logger.notice("request failed", metadata: ["session": "\(tag)", "kind": "\(e.kind)"])
-    } else if case .result(let r) = answer.outcome {
-      metrics.stages(headMs: r.headMs, tailMs: r.tailMs)
+    } else if case .result(var r) = answer.outcome {
+      r.stages.openMs = openMs
+      answer.result = r
+      metrics.stages(r)
       logger.debug(
         "request served",
         metadata: [
@@ -186,7 +190,9 @@ public final class EnclaveService: Veil_Enclave_V1_EnclaveService.SimpleServiceP
     }
     try Task.checkCancellation()
     var response = Veil_Enclave_V1_InferResponse()
+    let sealing = DispatchTime.now()
     response.record = Data(try channel.seal(answer))
+    metrics.seal(ms: ms(sealing, DispatchTime.now()))
     return response
   }
 

@@ -7,6 +7,7 @@ import VeilTensor
 public typealias EnclaveRequestMessage = Veil_Enclave_V1_EnclaveRequest
 public typealias EnclaveResponseMessage = Veil_Enclave_V1_EnclaveResponse
 public typealias EnclaveResultMessage = Veil_Enclave_V1_EnclaveResult
+public typealias EnclaveStagesMessage = Veil_Enclave_V1_EnclaveStages
 public typealias TensorMessage = Veil_Enclave_V1_Tensor
 
 extension Veil_Enclave_V1_Tensor {

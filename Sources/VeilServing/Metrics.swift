@@ -14,9 +14,18 @@ let latencyBuckets: [Duration] = [
   .milliseconds(50), .milliseconds(100), .milliseconds(200), .milliseconds(500), .seconds(1), .seconds(2), .seconds(5),
 ]
 
+/// The buckets of the per-stage histograms: 10 µs to 5 s (opening a record takes microseconds).
+let stageBuckets: [Duration] = [
+  .microseconds(10), .microseconds(25), .microseconds(50), .microseconds(100), .microseconds(250),
+  .microseconds(500), .milliseconds(1), .milliseconds(2), .milliseconds(5), .milliseconds(10), .milliseconds(25),
+  .milliseconds(50), .milliseconds(100), .milliseconds(250), .milliseconds(500), .seconds(1), .seconds(5),
+]
+
 /// The enclave service's metrics in a Prometheus registry of its own: requests, handshakes,
 /// errors by kind (one counter per `EnclaveErrorKind`, each under its own name), request, head
-/// and tail latency, open sessions. The enclave server serves them at /metrics.
+/// and tail latency, every stage of a request (`veil_enclave_stage_duration_seconds{stage=…}`:
+/// open, decode, head, tail_encode, tail_call, tail_decode, answer, seal), open sessions. The
+/// enclave server serves them at /metrics.
 public final class EnclaveMetrics: Sendable {
   public let registry: PrometheusCollectorRegistry
   private let requests: CoreMetrics.Counter
@@ -26,6 +35,10 @@ public final class EnclaveMetrics: Sendable {
   private let headLatency: CoreMetrics.Timer
   private let tailLatency: CoreMetrics.Timer
   private let openSessions: CoreMetrics.Gauge
+  private let stageTimers: [String: CoreMetrics.Timer]
+
+  /// The stages, in the order a request goes through them.
+  public static let stageNames = ["open", "decode", "head", "tail_encode", "tail_call", "tail_decode", "answer", "seal"]
 
   public init(registry: PrometheusCollectorRegistry = PrometheusCollectorRegistry()) {
     self.registry = registry
@@ -41,6 +54,12 @@ public final class EnclaveMetrics: Sendable {
     headLatency = CoreMetrics.Timer(label: "veil_enclave_head_duration_seconds", factory: f)
     tailLatency = CoreMetrics.Timer(label: "veil_enclave_tail_duration_seconds", factory: f)
     openSessions = CoreMetrics.Gauge(label: "veil_enclave_sessions_open", factory: f)
+    var fine = PrometheusMetricsFactory(registry: registry)
+    fine.defaultDurationHistogramBuckets = stageBuckets
+    stageTimers = Dictionary(
+      uniqueKeysWithValues: Self.stageNames.map {
+        ($0, CoreMetrics.Timer(label: "veil_enclave_stage_duration_seconds", dimensions: [("stage", $0)], factory: fine))
+      })
   }
 
   /// One failure, counted under its kind.
@@ -53,10 +72,19 @@ public final class EnclaveMetrics: Sendable {
 
   func handshake() { handshakes.increment() }
 
-  func stages(headMs: Double, tailMs: Double) {
-    headLatency.recordNanoseconds(Int64(headMs * 1e6))
-    tailLatency.recordNanoseconds(Int64(tailMs * 1e6))
+  func stages(_ r: EnclaveResultMessage) {
+    let s = r.stages
+    headLatency.recordNanoseconds(Int64(r.headMs * 1e6))
+    tailLatency.recordNanoseconds(Int64(r.tailMs * 1e6))
+    for (name, value) in [
+      ("open", s.openMs), ("decode", s.decodeMs), ("head", s.headMs), ("tail_encode", s.tailEncodeMs),
+      ("tail_call", s.tailCallMs), ("tail_decode", s.tailDecodeMs), ("answer", s.answerMs),
+    ] {
+      stageTimers[name]?.recordNanoseconds(Int64(value * 1e6))
+    }
   }
+
+  func seal(ms: Double) { stageTimers["seal"]?.recordNanoseconds(Int64(ms * 1e6)) }
 
   func sessions(open: Int) { openSessions.record(open) }
 

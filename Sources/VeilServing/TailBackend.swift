@@ -9,10 +9,27 @@ public struct TailAnswer: Sendable {
   public var output: Tensor
   /// The endpoint that ran the tail (for a failover backend, the one that answered).
   public var endpoint: String
+  /// Where the answer's time went, when the backend knows.
+  public var timing: TailTiming?
 
-  public init(output: Tensor, endpoint: String) {
+  public init(output: Tensor, endpoint: String, timing: TailTiming? = nil) {
     self.output = output
     self.endpoint = endpoint
+    self.timing = timing
+  }
+}
+
+/// The stages of one tail call, in ms: encoding the feature map into the request, the call
+/// (the wire both ways and the accelerator's queue and compute), decoding the answer.
+public struct TailTiming: Sendable, Equatable {
+  public var encodeMs: Double
+  public var callMs: Double
+  public var decodeMs: Double
+
+  public init(encodeMs: Double, callMs: Double, decodeMs: Double) {
+    self.encodeMs = encodeMs
+    self.callMs = callMs
+    self.decodeMs = decodeMs
   }
 }
 
@@ -58,7 +75,10 @@ public final class LocalTailBackend: TailBackend {
         endpoint: endpoint, detail: "the tail takes \(inputShape), the feature map is \(features.shape)")
     }
     let executor = self.executor
-    return TailAnswer(output: try await runBlocking(on: queue) { try executor.run([features])[0] }, endpoint: endpoint)
+    let t0 = DispatchTime.now()
+    let output = try await runBlocking(on: queue) { try executor.run([features])[0] }
+    return TailAnswer(
+      output: output, endpoint: endpoint, timing: TailTiming(encodeMs: 0, callMs: ms(t0, DispatchTime.now()), decodeMs: 0))
   }
 }
 

@@ -21,6 +21,16 @@ struct LoadTest: AsyncParsableCommand {
       is counted as lost, an answer that differs (another top class, or logits further apart
       than --tolerance) as wrong. Prints throughput and the p50/p90/p99 latency of the round
       trips, and progress on standard error.
+
+      --breakdown adds where each request's time went, stage by stage (mean, p50, p90 over the
+      measured requests): the client sealing its request; in the enclave, opening the record,
+      decoding the input (the photo decoded and preprocessed, where the plan does that in the
+      enclave), the head (with any wait for a head batch), the tail as encoding the feature map
+      into a KServe v2 request, the call to the accelerator (the wire both ways, its queue and
+      compute) and decoding its answer, building the answer; the rest of the round trip (the
+      wire and gRPC both ways, the enclave's sealing of its answer); the client opening the
+      answer. The enclave exports the same stages as Prometheus histograms
+      (veil_enclave_stage_duration_seconds{stage=...} at its /metrics).
       """)
 
   @Option(help: ArgumentHelp("The enclave service.", valueName: "host:port"))
@@ -46,6 +56,8 @@ struct LoadTest: AsyncParsableCommand {
   var images: [String]
   @Flag(help: "Print one JSON document.")
   var json = false
+  @Flag(help: "Also print where each request's time went, stage by stage (client, enclave, accelerator, wire).")
+  var breakdown = false
   @OptionGroup var engine: EngineOptions
 
   struct Report: Encodable {
@@ -66,12 +78,38 @@ struct LoadTest: AsyncParsableCommand {
     var meanHeadMs: Double
     var meanTailMs: Double
     var firstErrors: [String]
+    var breakdown: [Stage]?
+  }
+
+  /// One stage of the breakdown, over the measured requests.
+  struct Stage: Encodable {
+    var stage: String
+    var meanMs: Double
+    var p50Ms: Double
+    var p90Ms: Double
   }
 
   struct Sample: Sendable {
     var ms: Double
     var headMs: Double
     var tailMs: Double
+    /// The stages, in `stageNames` order (empty when the enclave does not report them).
+    var stages: [Double]
+  }
+
+  static let stageNames = [
+    "client: seal the request", "enclave: open the record", "enclave: decode the input", "enclave: head",
+    "enclave: encode the feature map (KServe v2)", "accelerator call: wire, queue, tail", "enclave: decode the tail's answer",
+    "enclave: build the answer", "wire, gRPC, enclave's answer seal", "client: open the answer",
+  ]
+
+  static func stages(of a: EnclaveAnswer) -> [Double] {
+    guard let s = a.stages else { return [] }
+    let inEnclave = s.openMs + a.enclaveMs
+    return [
+      a.clientSealMs, s.openMs, s.decodeMs, s.headMs, s.tailEncodeMs, s.tailCallMs, s.tailDecodeMs, s.answerMs,
+      max(0, a.roundTripMs - inEnclave), a.clientOpenMs,
+    ]
   }
 
   /// What the clients share: the tally and how many finished their warm-up.
@@ -171,7 +209,7 @@ struct LoadTest: AsyncParsableCommand {
                 let ms = (ContinuousClock.now - t0).seconds * 1000
                 let ok = a.logits.map { Self.matches($0.scalars, references[i], tolerance: tol) } ?? false
                 shared.tally.withLock {
-                  $0.samples.append(Sample(ms: ms, headMs: a.headMs, tailMs: a.tailMs))
+                  $0.samples.append(Sample(ms: ms, headMs: a.headMs, tailMs: a.tailMs, stages: Self.stages(of: a)))
                   if !ok {
                     $0.wrong += 1
                     if $0.errors.count < 5 { $0.errors.append("request \(k) (\(images[i])): answer differs from the whole model") }
@@ -205,11 +243,24 @@ struct LoadTest: AsyncParsableCommand {
     let lat = t.samples.map(\.ms).sorted()
     func pct(_ p: Double) -> Double { percentile(lat, p) }
     let mean: ([Double]) -> Double = { $0.isEmpty ? 0 : $0.reduce(0, +) / Double($0.count) }
+    var stages: [Stage]?
+    let staged = t.samples.filter { $0.stages.count == Self.stageNames.count }
+    if breakdown {
+      if staged.isEmpty {
+        note("--breakdown: the enclave reported no stages (an older enclave, or no request succeeded)")
+      } else {
+        stages = Self.stageNames.indices.map { i in
+          let v = staged.map { $0.stages[i] }.sorted()
+          return Stage(stage: Self.stageNames[i], meanMs: mean(v), p50Ms: percentile(v, 0.5), p90Ms: percentile(v, 0.9))
+        }
+      }
+    }
     let report = Report(
       label: label, endpoint: ep.description, model: plan.model.name, cut: plan.cut.name, clients: n, requests: total,
       ok: t.samples.count - t.wrong, wrong: t.wrong, lost: t.lost, seconds: seconds,
       throughput: Double(t.samples.count) / max(seconds, 1e-9), p50Ms: pct(0.5), p90Ms: pct(0.9), p99Ms: pct(0.99),
-      meanHeadMs: mean(t.samples.map(\.headMs)), meanTailMs: mean(t.samples.map(\.tailMs)), firstErrors: t.errors)
+      meanHeadMs: mean(t.samples.map(\.headMs)), meanTailMs: mean(t.samples.map(\.tailMs)), firstErrors: t.errors,
+      breakdown: stages)
     if json {
       try printJSON(report)
     } else {
@@ -221,6 +272,18 @@ struct LoadTest: AsyncParsableCommand {
           format: "throughput %.2f req/s over %.1f s; latency p50 %.1f ms, p90 %.1f ms, p99 %.1f ms; mean head %.1f ms, tail %.1f ms",
           report.throughput, seconds, report.p50Ms, report.p90Ms, report.p99Ms, report.meanHeadMs, report.meanTailMs))
       for e in t.errors { print("  \(e)") }
+      if let stages {
+        let total = stages.reduce(0) { $0 + $1.meanMs }
+        let width = stages.map(\.stage.count).max() ?? 0
+        print("where the time went (\(staged.count) requests; ms):")
+        print("  \(pad("stage", width))      mean       p50       p90   share of mean")
+        for s in stages {
+          print(
+            "  \(pad(s.stage, width))"
+              + String(format: " %9.3f %9.3f %9.3f   %5.1f %%", s.meanMs, s.p50Ms, s.p90Ms, 100 * s.meanMs / max(total, 1e-9)))
+        }
+        print("  \(pad("sum of the means", width))" + String(format: " %9.3f", total))
+      }
     }
     if t.wrong > 0 || t.lost > 0 { throw ExitCode(1) }
   }

@@ -39,6 +39,44 @@ final class EnclaveServiceTests: XCTestCase {
     }
   }
 
+  /// Each answer says where its time went, stage by stage, and the stages add up within the
+  /// client's round trip; the enclave's Prometheus histograms count every stage.
+  func testAnswersCarryTheirStagesAndMetricsCountThem() async throws {
+    let plan = try EnclaveFixture.plan(.enclave)
+    let png = try EnclaveFixture.photo(seed: 2)
+    let (answers, text) = try await withEnclave(plan: plan) { server, endpoint in
+      let answers = try await EnclaveClient.with(endpoint, verifier: try EnclaveFixture.verifier()) { client in
+        let session = try await client.session()
+        let file = FileManager.default.temporaryDirectory.appendingPathComponent("veil-stages-\(UUID()).png")
+        try png.write(to: file)
+        defer { try? FileManager.default.removeItem(at: file) }
+        var out: [EnclaveAnswer] = []
+        for _ in 0..<3 { out.append(try await session.infer(try session.request(photo: file, top: 1))) }
+        try await session.close()
+        return out
+      }
+      return (answers, server.metrics.render())
+    }
+    for a in answers {
+      let s = try XCTUnwrap(a.stages, "the enclave reports its stages")
+      let parts = [s.openMs, s.decodeMs, s.headMs, s.tailEncodeMs, s.tailCallMs, s.tailDecodeMs, s.answerMs]
+      XCTAssertTrue(parts.allSatisfy { $0 >= 0 }, "\(parts)")
+      XCTAssertGreaterThan(s.decodeMs, 0, "the photo is decoded in the enclave")
+      XCTAssertGreaterThan(s.headMs, 0)
+      XCTAssertGreaterThan(s.tailCallMs, 0, "the in-process tail's run is its call")
+      XCTAssertEqual(s.headMs, a.headMs)
+      // The enclave's stages after the open are within its total, and all within the round trip.
+      XCTAssertLessThanOrEqual(parts.dropFirst().reduce(0, +), a.enclaveMs + 1e-6)
+      XCTAssertLessThanOrEqual(s.openMs + a.enclaveMs, a.roundTripMs)
+      XCTAssertGreaterThan(a.clientSealMs, 0)
+      XCTAssertGreaterThan(a.clientOpenMs, 0)
+    }
+    for stage in EnclaveMetrics.stageNames {
+      XCTAssertTrue(
+        text.contains("veil_enclave_stage_duration_seconds_count{stage=\"\(stage)\"} 3"), "stage \(stage) in\n\(text)")
+    }
+  }
+
   /// With head batching, concurrent requests share head runs and each still gets its own
   /// answer: the whole model's logits for its own input.
   func testHeadBatchingGivesEachRequestItsOwnAnswer() async throws {

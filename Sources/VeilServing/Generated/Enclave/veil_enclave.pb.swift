@@ -232,11 +232,55 @@ public nonisolated struct Veil_Enclave_V1_EnclaveResult: Sendable {
   /// The accelerator endpoint that ran the tail.
   public var accelerator: String = String()
 
+  /// Where the enclave's time went, stage by stage.
+  public var stages: Veil_Enclave_V1_EnclaveStages {
+    get {_stages ?? Veil_Enclave_V1_EnclaveStages()}
+    set {_stages = newValue}
+  }
+  /// Returns true if `stages` has been explicitly set.
+  public var hasStages: Bool {self._stages != nil}
+  /// Clears the value of `stages`. Subsequent reads from it will return its default value.
+  public mutating func clearStages() {self._stages = nil}
+
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
   public init() {}
 
   fileprivate var _logits: Veil_Enclave_V1_Tensor? = nil
+  fileprivate var _stages: Veil_Enclave_V1_EnclaveStages? = nil
+}
+
+/// The stages of one request inside the enclave, in ms. The answer's own seal happens after
+/// these are written: it is in the client's round trip, not here.
+public nonisolated struct Veil_Enclave_V1_EnclaveStages: Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  /// Opening (decrypting and authenticating) the request record.
+  public var openMs: Double = 0
+
+  /// Decoding the request: the tensor, or the photo decoded and preprocessed.
+  public var decodeMs: Double = 0
+
+  /// The head, with its wait for a batch to form when head batching is on.
+  public var headMs: Double = 0
+
+  /// The tail: encoding the feature map into a KServe v2 request, the call (wire to the
+  /// accelerator, its queue and compute, wire back), decoding its answer. For a tail run in
+  /// the enclave's process (no accelerator) the call is the run and the rest is 0.
+  public var tailEncodeMs: Double = 0
+
+  public var tailCallMs: Double = 0
+
+  public var tailDecodeMs: Double = 0
+
+  /// Building the answer (top classes, logits message).
+  public var answerMs: Double = 0
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+  public init() {}
 }
 
 public nonisolated struct Veil_Enclave_V1_EnclaveError: Sendable {
@@ -675,7 +719,7 @@ nonisolated extension Veil_Enclave_V1_ClassScore: SwiftProtobuf.Message, SwiftPr
 
 nonisolated extension Veil_Enclave_V1_EnclaveResult: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".EnclaveResult"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}logits\0\u{1}top\0\u{3}head_ms\0\u{3}tail_ms\0\u{3}total_ms\0\u{1}accelerator\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}logits\0\u{1}top\0\u{3}head_ms\0\u{3}tail_ms\0\u{3}total_ms\0\u{1}accelerator\0\u{1}stages\0")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -689,6 +733,7 @@ nonisolated extension Veil_Enclave_V1_EnclaveResult: SwiftProtobuf.Message, Swif
       case 4: try { try decoder.decodeSingularDoubleField(value: &self.tailMs) }()
       case 5: try { try decoder.decodeSingularDoubleField(value: &self.totalMs) }()
       case 6: try { try decoder.decodeSingularStringField(value: &self.accelerator) }()
+      case 7: try { try decoder.decodeSingularMessageField(value: &self._stages) }()
       default: break
       }
     }
@@ -717,6 +762,9 @@ nonisolated extension Veil_Enclave_V1_EnclaveResult: SwiftProtobuf.Message, Swif
     if !self.accelerator.isEmpty {
       try visitor.visitSingularStringField(value: self.accelerator, fieldNumber: 6)
     }
+    try { if let v = self._stages {
+      try visitor.visitSingularMessageField(value: v, fieldNumber: 7)
+    } }()
     try unknownFields.traverse(visitor: &visitor)
   }
 
@@ -727,6 +775,67 @@ nonisolated extension Veil_Enclave_V1_EnclaveResult: SwiftProtobuf.Message, Swif
     if lhs.tailMs != rhs.tailMs {return false}
     if lhs.totalMs != rhs.totalMs {return false}
     if lhs.accelerator != rhs.accelerator {return false}
+    if lhs._stages != rhs._stages {return false}
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
+nonisolated extension Veil_Enclave_V1_EnclaveStages: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".EnclaveStages"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}open_ms\0\u{3}decode_ms\0\u{3}head_ms\0\u{3}tail_encode_ms\0\u{3}tail_call_ms\0\u{3}tail_decode_ms\0\u{3}answer_ms\0")
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    while let fieldNumber = try decoder.nextFieldNumber() {
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every case branch when no optimizations are
+      // enabled. https://github.com/apple/swift-protobuf/issues/1034
+      switch fieldNumber {
+      case 1: try { try decoder.decodeSingularDoubleField(value: &self.openMs) }()
+      case 2: try { try decoder.decodeSingularDoubleField(value: &self.decodeMs) }()
+      case 3: try { try decoder.decodeSingularDoubleField(value: &self.headMs) }()
+      case 4: try { try decoder.decodeSingularDoubleField(value: &self.tailEncodeMs) }()
+      case 5: try { try decoder.decodeSingularDoubleField(value: &self.tailCallMs) }()
+      case 6: try { try decoder.decodeSingularDoubleField(value: &self.tailDecodeMs) }()
+      case 7: try { try decoder.decodeSingularDoubleField(value: &self.answerMs) }()
+      default: break
+      }
+    }
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    if self.openMs.bitPattern != 0 {
+      try visitor.visitSingularDoubleField(value: self.openMs, fieldNumber: 1)
+    }
+    if self.decodeMs.bitPattern != 0 {
+      try visitor.visitSingularDoubleField(value: self.decodeMs, fieldNumber: 2)
+    }
+    if self.headMs.bitPattern != 0 {
+      try visitor.visitSingularDoubleField(value: self.headMs, fieldNumber: 3)
+    }
+    if self.tailEncodeMs.bitPattern != 0 {
+      try visitor.visitSingularDoubleField(value: self.tailEncodeMs, fieldNumber: 4)
+    }
+    if self.tailCallMs.bitPattern != 0 {
+      try visitor.visitSingularDoubleField(value: self.tailCallMs, fieldNumber: 5)
+    }
+    if self.tailDecodeMs.bitPattern != 0 {
+      try visitor.visitSingularDoubleField(value: self.tailDecodeMs, fieldNumber: 6)
+    }
+    if self.answerMs.bitPattern != 0 {
+      try visitor.visitSingularDoubleField(value: self.answerMs, fieldNumber: 7)
+    }
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: Veil_Enclave_V1_EnclaveStages, rhs: Veil_Enclave_V1_EnclaveStages) -> Bool {
+    if lhs.openMs != rhs.openMs {return false}
+    if lhs.decodeMs != rhs.decodeMs {return false}
+    if lhs.headMs != rhs.headMs {return false}
+    if lhs.tailEncodeMs != rhs.tailEncodeMs {return false}
+    if lhs.tailCallMs != rhs.tailCallMs {return false}
+    if lhs.tailDecodeMs != rhs.tailDecodeMs {return false}
+    if lhs.answerMs != rhs.answerMs {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }

@@ -1,0 +1,105 @@
+#!/bin/sh
+# The private path's overhead on one machine: three processes (accelerator with the tail, enclave
+# with the head under SIMULATED evidence, the client), default settings, no environment
+# variables, against `veil bench` of the whole model, quiet and beside one busy-looping process,
+# alternating in one run.
+#
+#   scripts/bench-private-path.sh PLAN_DIR MODEL PHOTO [ROUNDS] [REQUESTS] [CLIENTS]
+#
+# PLAN_DIR is a plan folder (`veil plan --out`, e.g. the demo's), MODEL the model it was made from
+# (zoo name or file, as given to the planner), PHOTO a photo to send. Each round measures, in turn:
+# the whole model (`veil bench`, median), the private path with one client (`veil loadtest
+# --clients 1 --breakdown`, p50), then the same two beside a busy loop; with CLIENTS > 1 also the
+# throughput of CLIENTS clients. Prints one line per measurement and the breakdown of the last
+# quiet run. Timings on a shared machine are noisy: run it on a quiet one, and compare figures
+# of the same run only.
+set -eu
+PLAN=${1:?usage: $0 PLAN_DIR MODEL PHOTO [ROUNDS] [REQUESTS] [CLIENTS]}
+MODEL=${2:?model the plan was made from}
+PHOTO=${3:?a photo}
+ROUNDS=${4:-3}
+REQUESTS=${5:-60}
+CLIENTS=${6:-8}
+VEIL=${VEIL:-.build/release/veil}
+WORK=$(mktemp -d)
+PIDS=""
+cleanup() {
+  for p in $PIDS; do kill "$p" 2>/dev/null || true; done
+  wait 2>/dev/null || true
+  rm -rf "$WORK"
+}
+trap cleanup EXIT INT TERM
+
+# Waits (at most 120 s) for a server's log to announce its address; prints HOST:PORT.
+address() {
+  log=$1
+  pattern=$2
+  i=0
+  while [ $i -lt 1200 ]; do
+    a=$(sed -n "s/.*$pattern \([0-9.]*:[0-9]*\).*/\1/p" "$log" | head -1)
+    if [ -n "$a" ]; then echo "$a"; return 0; fi
+    i=$((i + 1))
+    sleep 0.1
+  done
+  echo "no address in $log after 120 s:" >&2
+  cat "$log" >&2
+  return 1
+}
+
+TAIL_NAME=$(sed -n 's/.*"modelName" : "\([^"]*\)".*/\1/p' "$PLAN/plan.json" | head -1)
+"$VEIL" accelerator serve --model "$TAIL_NAME=$PLAN/tail.onnx:1" --host 127.0.0.1 --port 0 >"$WORK/acc.log" 2>&1 &
+PIDS="$PIDS $!"
+ACC=$(address "$WORK/acc.log" "serving inference.GRPCInferenceService on")
+"$VEIL" enclave serve --plan "$PLAN" --accelerator "$ACC" --host 127.0.0.1 --port 0 --allow-simulation \
+  >"$WORK/enc.log" 2>&1 &
+PIDS="$PIDS $!"
+ENC=$(address "$WORK/enc.log" "listening on")
+# The plan's client policy pins the MRENCLAVE of the binary that made the plan; simulated evidence
+# measures this binary, so the client here pins what this enclave announced.
+MRENCLAVE=$(sed -n 's/.*MRENCLAVE \([0-9a-f]*\).*/\1/p' "$WORK/enc.log" | head -1)
+printf '{"mrenclave": "%s", "allow_simulation": true, "allow_debug": true}\n' "$MRENCLAVE" >"$WORK/policy.json"
+echo "accelerator $ACC, enclave $ENC, plan $PLAN, $ROUNDS rounds of $REQUESTS requests"
+
+busy_start() {
+  sh -c 'while :; do :; done' &
+  BUSY=$!
+}
+busy_stop() {
+  kill "$BUSY" 2>/dev/null || true
+  wait "$BUSY" 2>/dev/null || true
+}
+
+bench() {
+  "$VEIL" bench --model "$MODEL" --runs 60 --warmup 5 --json 2>/dev/null |
+    python3 -c 'import json,sys; d=json.load(sys.stdin); print("%.2f" % d["latency_ms"]["median"])'
+}
+loadtest() {
+  "$VEIL" loadtest --endpoint "$ENC" --policy "$WORK/policy.json" --model "$MODEL" --clients "$1" \
+    --requests "$REQUESTS" --warmup 3 --breakdown --json "$PHOTO" 2>/dev/null >"$WORK/lt.json"
+  python3 -c 'import json,sys; d=json.load(open(sys.argv[1])); print("%.2f %.2f %d %d" % (d["p50Ms"], d["throughput"], d["wrong"], d["lost"]))' "$WORK/lt.json"
+}
+
+printf '%-6s %-7s %-28s %10s\n' round load measurement value
+r=1
+while [ "$r" -le "$ROUNDS" ]; do
+  for load in quiet busy; do
+    [ "$load" = busy ] && busy_start
+    printf '%-6s %-7s %-28s %10s ms\n' "$r" "$load" "whole model (bench median)" "$(bench)"
+    set -- $(loadtest 1)
+    printf '%-6s %-7s %-28s %10s ms  (%s wrong, %s lost)\n' "$r" "$load" "private path p50, 1 client" "$1" "$3" "$4"
+    [ "$load" = quiet ] && cp "$WORK/lt.json" "$WORK/quiet-breakdown.json"
+    if [ "$CLIENTS" -gt 1 ]; then
+      set -- $(loadtest "$CLIENTS")
+      printf '%-6s %-7s %-28s %10s req/s  (%s wrong, %s lost)\n' "$r" "$load" "throughput, $CLIENTS clients" "$2" "$3" "$4"
+    fi
+    [ "$load" = busy ] && busy_stop
+  done
+  r=$((r + 1))
+done
+echo "breakdown of the last quiet single-client run (ms):"
+python3 - "$WORK/quiet-breakdown.json" <<'EOF'
+import json, sys
+d = json.load(open(sys.argv[1]))
+for s in d.get("breakdown") or []:
+    print("  %-45s mean %8.3f  p50 %8.3f  p90 %8.3f" % (s["stage"], s["meanMs"], s["p50Ms"], s["p90Ms"]))
+EOF
