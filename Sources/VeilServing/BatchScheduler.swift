@@ -82,6 +82,10 @@ final class BatchScheduler: @unchecked Sendable {
   private var finished = false
   private var batchesRun = 0
   private var rowsRun = 0
+  /// Whether the worker is running a batch now, and how many requests arrived while it did:
+  /// requests that arrive while the model is busy are the sign that company is coming.
+  private var running = false
+  private var arrivedWhileRunning = 0
   /// Compiled executors by batch size, with the tick of their last use.
   private var executors: [Int: (executor: Executor, used: UInt64)] = [:]
   private var tick: UInt64 = 0
@@ -172,6 +176,7 @@ final class BatchScheduler: @unchecked Sendable {
           return
         }
         nextID += 1
+        if running { arrivedWhileRunning += 1 }
         ticket.id = nextID
         queue.append(
           Job(
@@ -209,7 +214,10 @@ final class BatchScheduler: @unchecked Sendable {
   }
 
   /// The worker: waits for a first request, lets others join until the batch is full or the
-  /// first has waited `maxQueueDelay`, drops the expired, runs the rest as one batch.
+  /// first has waited `maxQueueDelay`, drops the expired, runs the rest as one batch. The wait
+  /// for company happens only under load: when requests came while the previous batch ran, or
+  /// several wait already. A lone request on an idle model runs at once; it never waits for a
+  /// batch that nobody else will join.
   private func work() {
     let delayNanos =
       UInt64(max(0, batching.maxQueueDelay.components.seconds)) * 1_000_000_000
@@ -223,7 +231,8 @@ final class BatchScheduler: @unchecked Sendable {
         condition.unlock()
         return
       }
-      if batching.maxBatchSize > 1 {
+      let underLoad = batching.waitsWhenIdle || arrivedWhileRunning > 0 || queue.count > 1
+      if batching.maxBatchSize > 1, underLoad {
         let until = queue[0].enqueued + delayNanos
         while !stopping, !queue.isEmpty, queue.reduce(0, { $0 + $1.rows }) < batching.maxBatchSize {
           let now = DispatchTime.now().uptimeNanoseconds
@@ -248,6 +257,8 @@ final class BatchScheduler: @unchecked Sendable {
       }
       queue = kept
       metrics?.queueDepth(model: model, queue.count)
+      running = !taken.isEmpty
+      arrivedWhileRunning = queue.count
       condition.unlock()
       for job in expired {
         metrics?.expired(model: model)
@@ -259,6 +270,9 @@ final class BatchScheduler: @unchecked Sendable {
         rowsRun += rows
         condition.unlock()
         run(taken, rows: rows)
+        condition.lock()
+        running = false
+        condition.unlock()
       }
     }
   }

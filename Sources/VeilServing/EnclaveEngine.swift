@@ -53,7 +53,8 @@ public final class EnclaveEngine: Sendable {
   /// re-batch runs one request at a time.
   public init(
     plan: LoadedPlan, backend: any TailBackend, maxTopK: Int = 100, headBatch: Int = 1,
-    headQueueDelay: Duration = .zero, headQueueCapacity: Int = 256, imageLimits: ImageLimits = .init()
+    headQueueDelay: Duration = .zero, headQueueCapacity: Int = 256, headWaitsWhenIdle: Bool = false,
+    imageLimits: ImageLimits = .init()
   ) throws {
     self.plan = plan
     self.backend = backend
@@ -71,7 +72,8 @@ public final class EnclaveEngine: Sendable {
         KServeModelSpec(
           name: "head", graph: head,
           batching: KServeBatching(
-            maxBatchSize: headBatch, maxQueueDelay: headQueueDelay, queueCapacity: headQueueCapacity)))
+            maxBatchSize: headBatch, maxQueueDelay: headQueueDelay, queueCapacity: headQueueCapacity,
+            waitsWhenIdle: headWaitsWhenIdle)))
       if model.batches { runner = .batched(model) } else { model.shutdown() }
     }
     self.head = try runner ?? .direct(Executor(graph: head))

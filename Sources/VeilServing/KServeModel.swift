@@ -12,6 +12,10 @@ public struct KServeBatching: Sendable, Equatable {
   public var maxBatchSize: Int
   /// How long the first request of a batch may wait for others before the batch runs.
   public var maxQueueDelay: Duration
+  /// Whether a request that finds the model idle waits `maxQueueDelay` for company (Triton's
+  /// dynamic batcher does). Off by default: a request waits only under load (requests arrived
+  /// while the previous batch ran, or several wait), so a lone request runs at once.
+  public var waitsWhenIdle: Bool
   /// Requests waiting (not running) beyond which new ones are refused with RESOURCE_EXHAUSTED.
   public var queueCapacity: Int
   /// Compiled executors kept (one per batch size, least recently used dropped first): each holds
@@ -19,10 +23,12 @@ public struct KServeBatching: Sendable, Equatable {
   public var executorCacheCapacity: Int
 
   public init(
-    maxBatchSize: Int = 1, maxQueueDelay: Duration = .milliseconds(2), queueCapacity: Int = 64, executorCacheCapacity: Int = 8
+    maxBatchSize: Int = 1, maxQueueDelay: Duration = .milliseconds(2), queueCapacity: Int = 64, executorCacheCapacity: Int = 8,
+    waitsWhenIdle: Bool = false
   ) {
     self.maxBatchSize = maxBatchSize
     self.maxQueueDelay = maxQueueDelay
+    self.waitsWhenIdle = waitsWhenIdle
     self.queueCapacity = queueCapacity
     self.executorCacheCapacity = executorCacheCapacity
   }

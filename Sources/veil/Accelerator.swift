@@ -17,8 +17,10 @@ struct Accelerator: AsyncParsableCommand {
 struct BatchingOptions: ParsableArguments {
   @Option(help: "Most rows one run takes (dynamic batching); 1 turns batching off.")
   var maxBatch: Int = 1
-  @Option(help: "Milliseconds the first request of a batch waits for others.")
+  @Option(help: "Milliseconds the first request of a batch waits for others (under load: a lone request runs at once unless --wait-when-idle).")
   var maxQueueDelayMs: Double = 2
+  @Flag(help: "A request that finds the model idle also waits --max-queue-delay-ms for company (Triton's behaviour).")
+  var waitWhenIdle = false
   @Option(help: "Requests that may wait per model version; beyond it calls get RESOURCE_EXHAUSTED.")
   var queueCapacity: Int = 64
   @Option(help: "Compiled executors kept per model version (one per batch size, least recently used dropped).")
@@ -34,7 +36,7 @@ struct BatchingOptions: ParsableArguments {
   func batching(maxBatch override: Int? = nil) -> KServeBatching {
     KServeBatching(
       maxBatchSize: override ?? maxBatch, maxQueueDelay: .microseconds(Int64(maxQueueDelayMs * 1000)),
-      queueCapacity: queueCapacity, executorCacheCapacity: executorCache)
+      queueCapacity: queueCapacity, executorCacheCapacity: executorCache, waitsWhenIdle: waitWhenIdle)
   }
 }
 

@@ -87,8 +87,10 @@ struct EnclaveServe: AsyncParsableCommand {
   var metricsPort: Int?
   @Option(help: "Most requests one head run takes: requests that wait while the head runs go through it together (1: one at a time).")
   var headBatch = 1
-  @Option(help: "With --head-batch above 1, how long the first waiting request may wait for others, in milliseconds.")
+  @Option(help: "With --head-batch above 1, how long the first waiting request may wait for others, in milliseconds (under load: a lone request runs at once unless --head-wait-when-idle).")
   var headQueueDelayMs: Double = 0
+  @Flag(help: "With --head-batch above 1, a request that finds the head idle also waits --head-queue-delay-ms for company.")
+  var headWaitWhenIdle = false
   @OptionGroup var engine: EngineOptions
 
   func validate() throws {
@@ -151,7 +153,7 @@ struct EnclaveServe: AsyncParsableCommand {
     let backend = try makeBackend(loaded)
     let eng = try EnclaveEngine(
       plan: loaded, backend: backend, headBatch: headBatch, headQueueDelay: .microseconds(Int64(headQueueDelayMs * 1000)),
-      imageLimits: ImageLimits(maxPixels: maxImagePixels, maxResizedPixels: maxResizedPixels))
+      headWaitsWhenIdle: headWaitWhenIdle, imageLimits: ImageLimits(maxPixels: maxImagePixels, maxResizedPixels: maxResizedPixels))
     if headBatch > 1 {
       note(
         eng.headBatchStatistics == nil

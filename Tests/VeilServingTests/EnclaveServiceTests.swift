@@ -105,9 +105,11 @@ final class EnclaveServiceTests: XCTestCase {
   func testAFullHeadQueueAnswersOverloaded() async throws {
     let plan = try EnclaveFixture.plan(.client)
     let tail = try LocalTailBackend(tail: try plan.readPart(plan.plan.tail, field: "tail"))
-    // The first request waits up to 2 s for company, holding the queue's one place.
+    // The first request waits up to 2 s for company (even on an idle head), holding the queue's
+    // one place.
     let engine = try EnclaveEngine(
-      plan: plan, backend: tail, headBatch: 4, headQueueDelay: .seconds(2), headQueueCapacity: 1)
+      plan: plan, backend: tail, headBatch: 4, headQueueDelay: .seconds(2), headQueueCapacity: 1,
+      headWaitsWhenIdle: true)
     let x = try EnclaveFixture.input(try EnclaveFixture.photo(seed: 2), plan: plan.plan)
     let first = Task { try await engine.run(x).logits.scalars }
     try await waitUntil("the first request waits in the head's queue") { engine.headQueueDepth == 1 }

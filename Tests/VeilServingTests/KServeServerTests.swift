@@ -140,7 +140,8 @@ final class KServeServerTests: XCTestCase {
   func testBatchingReturnsEachClientItsOwnAnswer() async throws {
     let graph = KServeFixtures.tinyModel()
     let spec = KServeModelSpec(
-      name: "tiny", graph: graph, batching: KServeBatching(maxBatchSize: 8, maxQueueDelay: .milliseconds(200), queueCapacity: 64))
+      name: "tiny", graph: graph,
+      batching: KServeBatching(maxBatchSize: 8, maxQueueDelay: .milliseconds(200), queueCapacity: 64, waitsWhenIdle: true))
     let s = try await RunningServer([spec])
     let direct = try Executor(graph: graph)
     let inputs = (0..<8).map { KServeFixtures.input([1, 3, 8, 8], seed: 100 + UInt64($0)) }
@@ -198,13 +199,32 @@ final class KServeServerTests: XCTestCase {
     try await s.stop()
   }
 
+  /// A lone request on an idle model runs at once, however long a batch may wait for company;
+  /// requests that arrive while a batch runs do wait for each other and share a run.
+  func testALoneRequestDoesNotWaitForABatch() async throws {
+    let spec = KServeModelSpec(
+      name: "slow", graph: KServeFixtures.slowModel(),
+      batching: KServeBatching(maxBatchSize: 8, maxQueueDelay: .seconds(30), queueCapacity: 16))
+    let s = try await RunningServer([spec])
+    let x = [KServeTensor(name: "x", tensor: KServeFixtures.input([1, 32, 64, 64], seed: 1))]
+    for i in 0..<3 {
+      let start = ContinuousClock.now
+      _ = try await s.client.infer(model: "slow", inputs: x)
+      // Waiting for company would take 30 s; the model itself takes milliseconds.
+      XCTAssertLessThan(ContinuousClock.now - start, .seconds(15), "lone request \(i) waited for a batch")
+    }
+    XCTAssertEqual(s.models[0].statistics.batches, 3)
+    XCTAssertEqual(s.models[0].statistics.rows, 3)
+    try await s.stop()
+  }
+
   /// A request whose deadline passes while it waits is answered DEADLINE_EXCEEDED and not run.
   /// The first request of a batch waits up to 1 s for company, so later ones wait behind it
   /// for as long, whatever the machine's speed.
   func testExpiredRequestsAreNotRun() async throws {
     let spec = KServeModelSpec(
       name: "slow", graph: KServeFixtures.slowModel(),
-      batching: KServeBatching(maxBatchSize: 8, maxQueueDelay: .seconds(1), queueCapacity: 16))
+      batching: KServeBatching(maxBatchSize: 8, maxQueueDelay: .seconds(1), queueCapacity: 16, waitsWhenIdle: true))
     let s = try await RunningServer([spec])
     let x = [KServeTensor(name: "x", tensor: KServeFixtures.input([1, 32, 64, 64], seed: 1))]
     let first = Task { try await s.client.infer(model: "slow", inputs: x) }
