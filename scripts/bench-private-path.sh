@@ -6,6 +6,10 @@
 #
 #   scripts/bench-private-path.sh PLAN_DIR MODEL PHOTO [ROUNDS] [REQUESTS] [CLIENTS]
 #
+# WAITS (default "passive") lists the thread-waiting policies to compare, e.g.
+# WAITS="passive short spin": each round then runs every measurement under each policy in turn,
+# all three processes restarted with VEIL_THREAD_WAIT set to it (see `ThreadWaiting`).
+#
 # PLAN_DIR is a plan folder (`veil plan --out`, e.g. the demo's), MODEL the model it was made from
 # (zoo name or file, as given to the planner), PHOTO a photo to send. Each round measures, in turn:
 # the whole model (`veil bench`, median), the private path with one client (`veil loadtest
@@ -20,6 +24,7 @@ PHOTO=${3:?a photo}
 ROUNDS=${4:-3}
 REQUESTS=${5:-60}
 CLIENTS=${6:-8}
+WAITS=${WAITS:-passive}
 VEIL=${VEIL:-.build/release/veil}
 WORK=$(mktemp -d)
 PIDS=""
@@ -47,18 +52,30 @@ address() {
 }
 
 TAIL_NAME=$(sed -n 's/.*"modelName" : "\([^"]*\)".*/\1/p' "$PLAN/plan.json" | head -1)
-"$VEIL" accelerator serve --model "$TAIL_NAME=$PLAN/tail.onnx:1" --host 127.0.0.1 --port 0 >"$WORK/acc.log" 2>&1 &
-PIDS="$PIDS $!"
-ACC=$(address "$WORK/acc.log" "serving inference.GRPCInferenceService on")
-"$VEIL" enclave serve --plan "$PLAN" --accelerator "$ACC" --host 127.0.0.1 --port 0 --allow-simulation \
-  >"$WORK/enc.log" 2>&1 &
-PIDS="$PIDS $!"
-ENC=$(address "$WORK/enc.log" "listening on")
-# The plan's client policy pins the MRENCLAVE of the binary that made the plan; simulated evidence
-# measures this binary, so the client here pins what this enclave announced.
-MRENCLAVE=$(sed -n 's/.*MRENCLAVE \([0-9a-f]*\).*/\1/p' "$WORK/enc.log" | head -1)
-printf '{"mrenclave": "%s", "allow_simulation": true, "allow_debug": true}\n' "$MRENCLAVE" >"$WORK/policy.json"
-echo "accelerator $ACC, enclave $ENC, plan $PLAN, $ROUNDS rounds of $REQUESTS requests"
+SERVERS=""
+servers_stop() {
+  for p in $SERVERS; do kill "$p" 2>/dev/null || true; done
+  for p in $SERVERS; do wait "$p" 2>/dev/null || true; done
+  SERVERS=""
+}
+# Starts the accelerator and the enclave under the thread-waiting policy $1.
+servers_start() {
+  export VEIL_THREAD_WAIT=$1
+  "$VEIL" accelerator serve --model "$TAIL_NAME=$PLAN/tail.onnx:1" --host 127.0.0.1 --port 0 >"$WORK/acc.log" 2>&1 &
+  SERVERS="$SERVERS $!"
+  PIDS="$PIDS $!"
+  ACC=$(address "$WORK/acc.log" "serving inference.GRPCInferenceService on")
+  "$VEIL" enclave serve --plan "$PLAN" --accelerator "$ACC" --host 127.0.0.1 --port 0 --allow-simulation \
+    >"$WORK/enc.log" 2>&1 &
+  SERVERS="$SERVERS $!"
+  PIDS="$PIDS $!"
+  ENC=$(address "$WORK/enc.log" "listening on")
+  # The plan's client policy pins the MRENCLAVE of the binary that made the plan; simulated
+  # evidence measures this binary, so the client here pins what this enclave announced.
+  MRENCLAVE=$(sed -n 's/.*MRENCLAVE \([0-9a-f]*\).*/\1/p' "$WORK/enc.log" | head -1)
+  printf '{"mrenclave": "%s", "allow_simulation": true, "allow_debug": true}\n' "$MRENCLAVE" >"$WORK/policy.json"
+}
+echo "plan $PLAN, $ROUNDS rounds of $REQUESTS requests, waiting policies: $WAITS"
 
 busy_start() {
   sh -c 'while :; do :; done' &
@@ -79,27 +96,33 @@ loadtest() {
   python3 -c 'import json,sys; d=json.load(open(sys.argv[1])); print("%.2f %.2f %d %d" % (d["p50Ms"], d["throughput"], d["wrong"], d["lost"]))' "$WORK/lt.json"
 }
 
-printf '%-6s %-7s %-28s %10s\n' round load measurement value
+printf '%-6s %-8s %-7s %-28s %10s\n' round waiting load measurement value
 r=1
 while [ "$r" -le "$ROUNDS" ]; do
-  for load in quiet busy; do
-    [ "$load" = busy ] && busy_start
-    printf '%-6s %-7s %-28s %10s ms\n' "$r" "$load" "whole model (bench median)" "$(bench)"
-    set -- $(loadtest 1)
-    printf '%-6s %-7s %-28s %10s ms  (%s wrong, %s lost)\n' "$r" "$load" "private path p50, 1 client" "$1" "$3" "$4"
-    [ "$load" = quiet ] && cp "$WORK/lt.json" "$WORK/quiet-breakdown.json"
-    if [ "$CLIENTS" -gt 1 ]; then
-      set -- $(loadtest "$CLIENTS")
-      printf '%-6s %-7s %-28s %10s req/s  (%s wrong, %s lost)\n' "$r" "$load" "throughput, $CLIENTS clients" "$2" "$3" "$4"
-    fi
-    [ "$load" = busy ] && busy_stop
+  for wait in $WAITS; do
+    servers_start "$wait"
+    for load in quiet busy; do
+      [ "$load" = busy ] && busy_start
+      printf '%-6s %-8s %-7s %-28s %10s ms\n' "$r" "$wait" "$load" "whole model (bench median)" "$(bench)"
+      set -- $(loadtest 1)
+      printf '%-6s %-8s %-7s %-28s %10s ms  (%s wrong, %s lost)\n' "$r" "$wait" "$load" "private path p50, 1 client" "$1" "$3" "$4"
+      [ "$load" = quiet ] && cp "$WORK/lt.json" "$WORK/quiet-breakdown-$wait.json"
+      if [ "$CLIENTS" -gt 1 ]; then
+        set -- $(loadtest "$CLIENTS")
+        printf '%-6s %-8s %-7s %-28s %10s req/s  (%s wrong, %s lost)\n' "$r" "$wait" "$load" "throughput, $CLIENTS clients" "$2" "$3" "$4"
+      fi
+      [ "$load" = busy ] && busy_stop
+    done
+    servers_stop
   done
   r=$((r + 1))
 done
-echo "breakdown of the last quiet single-client run (ms):"
-python3 - "$WORK/quiet-breakdown.json" <<'EOF'
+for wait in $WAITS; do
+  echo "breakdown of the last quiet single-client run, $wait waiting (ms):"
+  python3 - "$WORK/quiet-breakdown-$wait.json" <<'EOF'
 import json, sys
 d = json.load(open(sys.argv[1]))
 for s in d.get("breakdown") or []:
     print("  %-45s mean %8.3f  p50 %8.3f  p90 %8.3f" % (s["stage"], s["meanMs"], s["p50Ms"], s["p90Ms"]))
 EOF
+done

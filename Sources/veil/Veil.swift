@@ -43,19 +43,40 @@ struct Veil: AsyncParsableCommand {
 /// How oneDNN's OpenMP threads wait between parallel regions. By default they spin (active
 /// waiting), which burns the cores every other process on a shared machine needs: with two
 /// busy neighbours a two-thread step ran 1.5–65× slower than on one thread (docs/training.md).
-/// Veil's processes wait passively instead, whatever the environment says; `veil bench
-/// --spin-wait` keeps the spinning best case for a quiet machine. libgomp reads the setting once,
+/// Veil's processes wait passively instead, whatever the OpenMP environment says; `veil bench
+/// --spin-wait` keeps the spinning best case for a quiet machine. `VEIL_THREAD_WAIT` chooses
+/// for benchmarks of the policies themselves (scripts/bench-private-path.sh): `passive` (the
+/// default), `spin`, or `short` (spin for `VEIL_SPIN_COUNT` iterations, default 5,000, then
+/// block: libgomp's GOMP_SPINCOUNT with no wait policy set). libgomp reads the setting once,
 /// when it is loaded (before `main`), so the process sets it and executes itself again; the
 /// marker variable stops a second round.
 enum ThreadWaiting {
   static let marker = "VEIL_THREAD_WAITING"
 
   static func apply(arguments: [String]) {
-    let policy = arguments.contains("--spin-wait") ? "ACTIVE" : "PASSIVE"
     let env = ProcessInfo.processInfo.environment
-    guard env[marker] != policy else { return }
-    setenv("OMP_WAIT_POLICY", policy, 1)
-    setenv(marker, policy, 1)
+    var policy = env["VEIL_THREAD_WAIT"].map { $0.lowercased() } ?? "passive"
+    if arguments.contains("--spin-wait") { policy = "spin" }
+    if !["passive", "spin", "short"].contains(policy) {
+      FileHandle.standardError.write(
+        Data("veil: VEIL_THREAD_WAIT='\(policy)' is not passive, spin or short; waiting passively\n".utf8))
+      policy = "passive"
+    }
+    let spins = env["VEIL_SPIN_COUNT"].flatMap { Int($0) }.map { max(0, $0) } ?? 5_000
+    let wanted = policy == "short" ? "short:\(spins)" : policy
+    guard env[marker] != wanted else { return }
+    switch policy {
+    case "spin":
+      setenv("OMP_WAIT_POLICY", "ACTIVE", 1)
+      unsetenv("GOMP_SPINCOUNT")
+    case "short":
+      unsetenv("OMP_WAIT_POLICY")
+      setenv("GOMP_SPINCOUNT", "\(spins)", 1)
+    default:
+      setenv("OMP_WAIT_POLICY", "PASSIVE", 1)
+      unsetenv("GOMP_SPINCOUNT")
+    }
+    setenv(marker, wanted, 1)
     // On failure the process goes on as it is: correct, only worse on a busy machine.
     execv("/proc/self/exe", CommandLine.unsafeArgv)
   }
