@@ -227,6 +227,25 @@ public enum ProfileStability {
   public static let splitRatio = 0.5...2.0
   /// How often an unstable segment is measured again.
   public static let retries = 2
+  /// The share of the machine's CPU time (every core) that other processes may use, or the
+  /// hypervisor steal, while a profile runs: one busy loop on 2 cores is 50 %. Above it, every
+  /// segment was timed on a shared machine, even when each looks steady (a steady busy loop
+  /// slows them all alike, so neither rule above fires).
+  public static let maxOthersPercent = 20.0
+  public static let maxStealPercent = 10.0
+
+  /// Why the machine was too busy for the profile's timings to stand, or nil.
+  public static func busyProblem(_ c: ProfileConditions) -> String? {
+    var why: [String] = []
+    if let o = c.othersPercent, o > maxOthersPercent {
+      why.append(String(format: "other processes used %.0f %% of the CPU (bound %.0f %%)", o, maxOthersPercent))
+    }
+    if let st = c.stealPercent, st > maxStealPercent {
+      why.append(String(format: "the hypervisor stole %.0f %% of the CPU (bound %.0f %%)", st, maxStealPercent))
+    }
+    guard !why.isEmpty else { return nil }
+    return why.joined(separator: "; ") + " while profiling: the timings are a shared machine's; profile again on a quiet one"
+  }
 
   /// Why `runs` are too spread to trust, or nil.
   public static func spreadProblem(_ runs: SegmentRuns) -> String? {
@@ -480,6 +499,9 @@ public enum Profiler {
         ProfileStability.spreadProblem(runs).map { UnstableSegment(segment: name, reason: "\($0) after \(runs.attempts) measurements") }
       } + unstable
     let conditions = ProfileConditions(from: before, to: .now())
+    if let why = ProfileStability.busyProblem(conditions) {
+      unstable.insert(UnstableSegment(segment: "the machine", reason: why), at: 0)
+    }
 
     // The whole model in the TEE: the request comes in and the answer goes out.
     let wholeSeconds = wholeRuns.medianMs / 1e3

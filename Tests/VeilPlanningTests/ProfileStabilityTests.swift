@@ -63,6 +63,22 @@ final class ProfileStabilityTests: XCTestCase {
      "measured":["headNativeMs"],"modeled":["headTEEMs"],"fastestCut":"block1"}
     """
 
+  /// A steady busy neighbour slows every segment alike; the share of the CPU it took flags the
+  /// profile instead.
+  func testABusyMachineIsFlaggedByTheCPUOthersUsed() {
+    func conditions(others: Double?, steal: Double?) -> ProfileConditions {
+      ProfileConditions(
+        loadAverageBefore: 1, loadAverageAfter: 1, cores: 2, wallSeconds: 10, processCPUSeconds: 10, stealPercent: steal,
+        othersPercent: others)
+    }
+    XCTAssertNil(ProfileStability.busyProblem(conditions(others: 5, steal: 0)))
+    XCTAssertNil(ProfileStability.busyProblem(conditions(others: nil, steal: nil)), "unknown counters flag nothing")
+    let busy = ProfileStability.busyProblem(conditions(others: 48, steal: 0))
+    XCTAssertTrue(busy?.contains("other processes used 48 %") ?? false, busy ?? "nil")
+    let stolen = ProfileStability.busyProblem(conditions(others: 0, steal: 30))
+    XCTAssertTrue(stolen?.contains("stole 30 %") ?? false, stolen ?? "nil")
+  }
+
   func testOldProfileDecodesAndAnUnstableOneRoundTrips() throws {
     var report = try JSONDecoder().decode(ProfileReport.self, from: Data(Self.oldProfile.utf8))
     XCTAssertNil(report.unstable)
