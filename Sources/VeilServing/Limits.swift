@@ -144,6 +144,14 @@ public struct ConnectionLimits: Sendable, Equatable {
     config.connection.maxGraceTime = maxGraceTime
     config.connection.maxIdleTime = maxIdleTime
     config.http2.maxConcurrentStreams = maxConcurrentStreams
+    // HTTP/2 flow control: with the transport's default window (64 KiB) a 600 KB input tensor
+    // needs ten window updates, each a round trip between the processes, before the message is
+    // whole. The window lets a peer send up to a whole message (at most 4 MiB) unasked; a
+    // message that large is buffered whole before the handler sees it anyway, so memory stays
+    // bounded by the message limit and the connection limits as before.
+    config.http2.targetWindowSize = max((1 << 16) - 1, min(maxRequestBytes, 4 << 20))
+    // And frames up to 1 MiB instead of 16 KiB: a 600 KB message in one frame, not 37.
+    config.http2.maxFrameSize = 1 << 20
     // The transport has no admission hook of its own; this callback runs for every accepted
     // connection before it is served, which is where the ceilings apply.
     config.channelDebuggingCallbacks.onAcceptTCPConnection = { channel in
