@@ -6,9 +6,10 @@
 #
 #   scripts/bench-private-path.sh PLAN_DIR MODEL PHOTO [ROUNDS] [REQUESTS] [CLIENTS]
 #
-# WAITS (default "passive") lists the thread-waiting policies to compare, e.g.
-# WAITS="passive short spin": each round then runs every measurement under each policy in turn,
-# all three processes restarted with VEIL_THREAD_WAIT set to it (see `ThreadWaiting`).
+# WAITS (default "default": each process as it chooses, see `ThreadWaiting` in
+# Sources/veil/Veil.swift) lists the thread-waiting policies to compare, e.g.
+# WAITS="default passive short": each round then runs every measurement under each policy in
+# turn, all three processes restarted with VEIL_THREAD_WAIT set to it.
 #
 # PLAN_DIR is a plan folder (`veil plan --out`, e.g. the demo's), MODEL the model it was made from
 # (zoo name or file, as given to the planner), PHOTO a photo to send. Each round measures, in turn:
@@ -24,7 +25,7 @@ PHOTO=${3:?a photo}
 ROUNDS=${4:-3}
 REQUESTS=${5:-60}
 CLIENTS=${6:-8}
-WAITS=${WAITS:-passive}
+WAITS=${WAITS:-default}
 VEIL=${VEIL:-.build/release/veil}
 WORK=$(mktemp -d)
 PIDS=""
@@ -41,7 +42,7 @@ address() {
   pattern=$2
   i=0
   while [ $i -lt 1200 ]; do
-    a=$(sed -n "s/.*$pattern \([0-9.]*:[0-9]*\).*/\1/p" "$log" | head -1)
+    a=$(sed -n "s/.*$pattern \([0-9.]*:[0-9]*\).*/\1/p" "$log" 2>/dev/null | head -1)
     if [ -n "$a" ]; then echo "$a"; return 0; fi
     i=$((i + 1))
     sleep 0.1
@@ -60,7 +61,7 @@ servers_stop() {
 }
 # Starts the accelerator and the enclave under the thread-waiting policy $1.
 servers_start() {
-  export VEIL_THREAD_WAIT=$1
+  if [ "$1" = default ]; then unset VEIL_THREAD_WAIT; else export VEIL_THREAD_WAIT=$1; fi
   "$VEIL" accelerator serve --model "$TAIL_NAME=$PLAN/tail.onnx:1" --host 127.0.0.1 --port 0 >"$WORK/acc.log" 2>&1 &
   SERVERS="$SERVERS $!"
   PIDS="$PIDS $!"

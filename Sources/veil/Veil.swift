@@ -43,11 +43,13 @@ struct Veil: AsyncParsableCommand {
 /// How oneDNN's OpenMP threads wait between parallel regions. By default they spin (active
 /// waiting), which burns the cores every other process on a shared machine needs: with two
 /// busy neighbours a two-thread step ran 1.5–65× slower than on one thread (docs/training.md).
-/// Veil's processes wait passively instead, whatever the OpenMP environment says; `veil bench
-/// --spin-wait` keeps the spinning best case for a quiet machine. `VEIL_THREAD_WAIT` chooses
-/// for benchmarks of the policies themselves (scripts/bench-private-path.sh): `passive` (the
-/// default), `spin`, or `short` (spin for `VEIL_SPIN_COUNT` iterations, default 5,000, then
-/// block: libgomp's GOMP_SPINCOUNT with no wait policy set). libgomp reads the setting once,
+/// Veil's processes wait passively instead, whatever the OpenMP environment says. A short spin
+/// before blocking was measured on the private path's three processes
+/// (scripts/bench-private-path.sh, docs/benchmarks.md) and gained nothing consistent over two
+/// runs, while a lone `veil bench` beside a busy loop lost up to 3× with it; passive stays the
+/// default. `veil bench --spin-wait` keeps the spinning best case for a quiet machine. `VEIL_THREAD_WAIT` chooses for benchmarks of the policies themselves: `passive`,
+/// `spin`, or `short` (spin for `VEIL_SPIN_COUNT` iterations, default 5,000, then block:
+/// libgomp's GOMP_SPINCOUNT with no wait policy set). libgomp reads the setting once,
 /// when it is loaded (before `main`), so the process sets it and executes itself again; the
 /// marker variable stops a second round.
 enum ThreadWaiting {
