@@ -80,7 +80,7 @@ final class BoundMemory: @unchecked Sendable {
   let layout: Layout
 
   init(_ layout: Layout, engine: dnnl_engine_t, handle: UnsafeMutableRawPointer? = nil) throws {
-    var md = layout.md
+    var md = try layout.dnnlMD()
     var m: dnnl_memory_t?
     try check(dnnl_memory_create(&m, &md, engine, handle), "creating memory \(layout)")
     memory = m!
@@ -279,10 +279,10 @@ public final class DNNLBackend: ComputeBackend, @unchecked Sendable {
     let hasSum = postOps.contains(.sum)
     let key = "conv|\(spec)|\(inputDims)|\(wdims)|\(bias != nil)|\(postOps)|\(outputDims)"
     let entry = try cache.entry(key, operation: "convolution \(spec)") {
-      var src = Layout.any(inputDims)
-      var wei = Layout.any(wdims)
-      var dst = Layout.any(outputDims)
-      var b = Layout.plain([oc]).md
+      var src = DNNLLayout.anyMD(inputDims)
+      var wei = DNNLLayout.anyMD(wdims)
+      var dst = DNNLLayout.anyMD(outputDims)
+      var b = DNNLLayout.plainMD([oc])
       let strides = i64(spec.strides)
       let dil = i64(spec.dilations.map { $0 - 1 })
       let pl = i64(spec.padsBegin)
@@ -344,7 +344,7 @@ public final class DNNLBackend: ComputeBackend, @unchecked Sendable {
     var steps: [DNNLKernel.Step] = []
     for (i, (alg, alpha, beta)) in eltwiseChain(activation).enumerated() {
       let entry = try cache.entry("eltwise|\(alg)|\(alpha)|\(beta)|\(input)", operation: "\(activation)") {
-        var md = input.md
+        var md = try input.dnnlMD()
         var desc = dnnl_eltwise_desc_t()
         try check(dnnl_eltwise_forward_desc_init(&desc, dnnl_forward_inference, alg, &md, alpha, beta), "\(activation) descriptor")
         var pd: dnnl_primitive_desc_t?
@@ -371,7 +371,7 @@ public final class DNNLBackend: ComputeBackend, @unchecked Sendable {
       throw TensorError.shapeMismatch(what: "BatchNormalization \(n)", expected: "[\(c)]", found: "\(t.shape)")
     }
     let entry = try cache.entry("bn|\(input)|\(epsilon)", operation: "BatchNormalization") {
-      var md = input.md
+      var md = try input.dnnlMD()
       var desc = dnnl_batch_normalization_desc_t()
       let flags = UInt32(dnnl_use_global_stats.rawValue | dnnl_use_scale.rawValue | dnnl_use_shift.rawValue)
       try check(dnnl_batch_normalization_forward_desc_init(&desc, dnnl_forward_inference, &md, epsilon, flags), "BatchNormalization descriptor")
@@ -407,9 +407,9 @@ public final class DNNLBackend: ComputeBackend, @unchecked Sendable {
       // slow reference kernel.
       let bL = (bd != ad && !a.isPlain ? a.matching(bd) : nil) ?? b
       let entry = try cache.entry("binary|\(kind)|\(a)|\(bL)", operation: "binary \(kind)") {
-        var m0 = a.md
-        var m1 = bL.md
-        var dst = a.md
+        var m0 = try a.dnnlMD()
+        var m1 = try bL.dnnlMD()
+        var dst = try a.dnnlMD()
         var desc = dnnl_binary_desc_t()
         try check(dnnl_binary_desc_init(&desc, alg, &m0, &m1, &dst), "binary \(kind) descriptor", detail: "\(a) and \(b)")
         var pd: dnnl_primitive_desc_t?
@@ -458,8 +458,8 @@ public final class DNNLBackend: ComputeBackend, @unchecked Sendable {
     case .average(let include): alg = include ? dnnl_pooling_avg_include_padding : dnnl_pooling_avg_exclude_padding
     }
     let entry = try cache.entry("pool|\(spec)|\(input)|\(outputDims)", operation: "pooling") {
-      var src = input.md
-      var dst = Layout.any(outputDims)
+      var src = try input.dnnlMD()
+      var dst = DNNLLayout.anyMD(outputDims)
       var desc = dnnl_pooling_v2_desc_t()
       let dil = [Int64](repeating: 0, count: spec.kernel.count)
       try check(
@@ -491,8 +491,8 @@ public final class DNNLBackend: ComputeBackend, @unchecked Sendable {
     }
     outDims[axis] = inputs.reduce(0) { $0 + $1.dims[axis] }
     let entry = try cache.entry("concat|\(axis)|\(inputs.map(\.description))", operation: "Concat") {
-      var dst = Layout.any(outDims)
-      var mds = inputs.map(\.md)
+      var dst = DNNLLayout.anyMD(outDims)
+      var mds = try inputs.map { try $0.dnnlMD() }
       var pd: dnnl_primitive_desc_t?
       try check(
         dnnl_concat_primitive_desc_create(&pd, &dst, Int32(inputs.count), Int32(axis), &mds, nil, engine.engine),
@@ -512,8 +512,8 @@ public final class DNNLBackend: ComputeBackend, @unchecked Sendable {
   public func resize(_ kind: ResizeKind, input: Layout, outputDims: [Int]) throws -> Kernel {
     let alg = kind == .nearest ? dnnl_resampling_nearest : dnnl_resampling_linear
     let entry = try cache.entry("resize|\(kind)|\(input)|\(outputDims)", operation: "Resize") {
-      var src = input.md
-      var dst = Layout.any(outputDims)
+      var src = try input.dnnlMD()
+      var dst = DNNLLayout.anyMD(outputDims)
       var desc = dnnl_resampling_desc_t()
       try check(
         dnnl_resampling_forward_desc_init(&desc, dnnl_forward_inference, alg, nil, &src, &dst), "Resize descriptor",
@@ -542,12 +542,12 @@ public final class DNNLBackend: ComputeBackend, @unchecked Sendable {
       throw TensorError.shapeMismatch(what: "Gemm bias", expected: "[\(oc)]", found: "\(bias.shape)")
     }
     let entry = try cache.entry("ip|\(inputDims)|\(weights.shape)|\(bias != nil)", operation: "Gemm") {
-      var src = Layout.plain(inputDims).md
+      var src = DNNLLayout.plainMD(inputDims)
       // Plain [out, in] weights: oneDNN runs them through its GEMM at full speed, and the
       // (often huge) classifier matrix is then shared with the graph instead of copied.
-      var wei = Layout.plain(weights.shape).md
-      var b = Layout.plain([oc]).md
-      var dst = Layout.plain([inputDims[0], oc]).md
+      var wei = DNNLLayout.plainMD(weights.shape)
+      var b = DNNLLayout.plainMD([oc])
+      var dst = DNNLLayout.plainMD([inputDims[0], oc])
       var desc = dnnl_inner_product_desc_t()
       try check(
         withOptionalPointer(bias != nil, &b) {
@@ -582,9 +582,9 @@ public final class DNNLBackend: ComputeBackend, @unchecked Sendable {
     let pa = [Int](repeating: 1, count: rank - a.count) + a
     let pb = [Int](repeating: 1, count: rank - b.count) + b
     let entry = try cache.entry("matmul|\(pa)|\(pb)", operation: "MatMul") {
-      var sa = Layout.plain(pa).md
-      var sb = Layout.plain(pb).md
-      var d = Layout.plain(outputDims).md
+      var sa = DNNLLayout.plainMD(pa)
+      var sb = DNNLLayout.plainMD(pb)
+      var d = DNNLLayout.plainMD(outputDims)
       var desc = dnnl_matmul_desc_t()
       try check(dnnl_matmul_desc_init(&desc, &sa, &sb, nil, &d), "MatMul descriptor", detail: "\(a) × \(b)")
       var pd: dnnl_primitive_desc_t?
@@ -601,7 +601,7 @@ public final class DNNLBackend: ComputeBackend, @unchecked Sendable {
 
   public func softmax(axis: Int, input: Layout) throws -> Kernel {
     let entry = try cache.entry("softmax|\(axis)|\(input)", operation: "Softmax") {
-      var md = input.md
+      var md = try input.dnnlMD()
       var desc = dnnl_softmax_desc_t()
       try check(dnnl_softmax_forward_desc_init(&desc, dnnl_forward_inference, &md, Int32(axis)), "Softmax descriptor", detail: "axis \(axis) of \(input)")
       var pd: dnnl_primitive_desc_t?
@@ -618,7 +618,7 @@ public final class DNNLBackend: ComputeBackend, @unchecked Sendable {
   public func localResponseNormalization(size: Int, alpha: Float, beta: Float, k: Float, input: Layout) throws -> Kernel {
     guard size >= 1 else { throw TensorError.invalidArgument("LRN size must be ≥ 1, found \(size)") }
     let entry = try cache.entry("lrn|\(size)|\(alpha)|\(beta)|\(k)|\(input)", operation: "LRN") {
-      var md = input.md
+      var md = try input.dnnlMD()
       var desc = dnnl_lrn_desc_t()
       // oneDNN divides alpha by the window size itself, as ONNX does.
       try check(
@@ -642,8 +642,8 @@ public final class DNNLBackend: ComputeBackend, @unchecked Sendable {
       throw TensorError.shapeMismatch(what: "reorder", expected: "\(from.dims)", found: "\(to.dims)")
     }
     let entry = try cache.entry("reorder|\(from)|\(to)", operation: "reorder") {
-      var s = from.md
-      var d = to.md
+      var s = try from.dnnlMD()
+      var d = try to.dnnlMD()
       var pd: dnnl_primitive_desc_t?
       try check(dnnl_reorder_primitive_desc_create(&pd, &s, engine.engine, &d, engine.engine, nil), "reorder", detail: "\(from) → \(to)")
       return pd!

@@ -107,10 +107,10 @@ public final class ConvolutionTraining: @unchecked Sendable {
     srcPlain = Layout.plain(inputDims)
     dstPlain = Layout.plain(outputDims)
     weightsPlain = Layout(md: weiPlainMd)
-    srcAny = Layout.any(inputDims)
-    dstAny = Layout.any(outputDims)
-    weightsAny = Layout.any(wdims)
-    biasPlain = Layout.plain([oc]).md
+    srcAny = DNNLLayout.anyMD(inputDims)
+    dstAny = DNNLLayout.anyMD(outputDims)
+    weightsAny = DNNLLayout.anyMD(wdims)
+    biasPlain = DNNLLayout.plainMD([oc])
     let (st, dil, pl, pr) = (i64(spec.strides), i64(spec.dilations.map { $0 - 1 }), i64(spec.padsBegin), i64(spec.padsEnd))
     let what = "\(spec.transposed ? "ConvTranspose" : "Conv") input \(inputDims), weights \(weightShape), output \(outputDims), \(spec)"
     (strides, dilations, padsLeft, padsRight, self.what) = (st, dil, pl, pr, what)
@@ -305,8 +305,8 @@ private final class ConvArgument: @unchecked Sendable {
     let b = UnsafeMutableRawPointer.allocate(byteCount: max(chosen.byteCount, 64), alignment: 64)
     buffer = b
     blocked = try BoundMemory(chosen, engine: engine.engine, handle: b)
-    var from = output ? chosen.md : layout.md
-    var to = output ? layout.md : chosen.md
+    var from = try (output ? chosen : layout).dnnlMD()
+    var to = try (output ? layout : chosen).dnnlMD()
     var pd: dnnl_primitive_desc_t?
     let detail = "\(Layout(md: from)) → \(Layout(md: to))"
     try check(
