@@ -46,32 +46,58 @@ final class PrimitiveEntry: @unchecked Sendable {
   }
 }
 
+/// Values by key, at most `capacity` of them: a miss beyond that evicts the least recently
+/// used. Kernels hold their own references, so evicting an entry only means the next kernel of
+/// that key builds it again.
+final class LRUCache<Value>: @unchecked Sendable {
+  let capacity: Int
+  private var entries: [String: (value: Value, lastUse: UInt64)] = [:]
+  private var clock: UInt64 = 0
+  private let lock = NSLock()
+  private var counts = (hits: 0, misses: 0, evictions: 0)
+
+  init(capacity: Int) {
+    precondition(capacity >= 1, "a cache holds at least one entry")
+    self.capacity = capacity
+  }
+
+  /// The value of `key`, made (under the lock, so once) on a miss.
+  func value(_ key: String, make: () throws -> Value) throws -> Value {
+    lock.lock()
+    defer { lock.unlock() }
+    clock += 1
+    if let e = entries[key] {
+      counts.hits += 1
+      entries[key] = (e.value, clock)
+      return e.value
+    }
+    counts.misses += 1
+    let v = try make()
+    if entries.count >= capacity, let oldest = entries.min(by: { $0.value.lastUse < $1.value.lastUse })?.key {
+      entries[oldest] = nil
+      counts.evictions += 1
+    }
+    entries[key] = (v, clock)
+    return v
+  }
+
+  var count: Int { lock.withLock { entries.count } }
+  var statistics: (hits: Int, misses: Int, evictions: Int) { lock.withLock { counts } }
+}
+
 /// Primitives keyed by operation, attributes, shapes and layouts. A model compiled twice (or
 /// at a second batch size sharing layers) reuses them; oneDNN's own JIT cache sits below this.
 final class PrimitiveCache: @unchecked Sendable {
-  private var entries: [String: PrimitiveEntry] = [:]
-  private let lock = NSLock()
-  private(set) var hits = 0
-  private(set) var misses = 0
+  private let cache: LRUCache<PrimitiveEntry>
+
+  init(capacity: Int) { cache = LRUCache(capacity: capacity) }
 
   func entry(_ key: String, operation: String, make: () throws -> dnnl_primitive_desc_t) throws -> PrimitiveEntry {
-    lock.lock()
-    defer { lock.unlock() }
-    if let e = entries[key] {
-      hits += 1
-      return e
-    }
-    misses += 1
-    let e = try PrimitiveEntry(pd: try make(), operation: operation)
-    entries[key] = e
-    return e
+    try cache.value(key) { try PrimitiveEntry(pd: try make(), operation: operation) }
   }
 
-  var count: Int {
-    lock.lock()
-    defer { lock.unlock() }
-    return entries.count
-  }
+  var count: Int { cache.count }
+  var statistics: (hits: Int, misses: Int, evictions: Int) { cache.statistics }
 }
 
 /// A memory object whose data pointer is set at each run.
@@ -172,15 +198,37 @@ final class PlainKernel: Kernel, @unchecked Sendable {
   }
 }
 
-/// oneDNN 2.6 on the CPU.
+/// oneDNN 2.6 on the CPU: the compute backend, and (TrainingKernels.swift) the training one.
+/// Its memory descriptors stay in here, as `Layout` tokens (`DNNLLayout`).
 public final class DNNLBackend: ComputeBackend, @unchecked Sendable {
   public static let shared = DNNLBackend()
+  /// Primitives kept for reuse by the shared backend. A ResNet-50 compiled at one batch size
+  /// makes about 200; planning compiles the head and tail at every cut, mostly the same
+  /// primitives again. Beyond this the least recently used is dropped (oneDNN's own cache of
+  /// 1024 JIT kernels sits below, so a rebuild is cheap).
+  public static let defaultPrimitiveCacheCapacity = 4096
+  /// Training convolutions kept for reuse: one per shape of a network being trained (a
+  /// pix2pix generator has about 20). Each holds buffers in its primitives' layouts.
+  public static let defaultTrainingConvolutionCacheCapacity = 256
+
   public let name = "oneDNN CPU"
   let engine = Engine.shared
-  let cache = PrimitiveCache()
+  let cache: PrimitiveCache
+  let trainingConvolutions: LRUCache<ConvolutionTraining>
+
+  /// A backend with caches of its own (the shared one is what executors use by default).
+  public init(
+    primitiveCacheCapacity: Int = DNNLBackend.defaultPrimitiveCacheCapacity,
+    trainingConvolutionCacheCapacity: Int = DNNLBackend.defaultTrainingConvolutionCacheCapacity
+  ) {
+    cache = PrimitiveCache(capacity: primitiveCacheCapacity)
+    trainingConvolutions = LRUCache(capacity: trainingConvolutionCacheCapacity)
+  }
 
   public var cachedPrimitives: Int { cache.count }
-  public var cacheHits: Int { cache.hits }
+  public var cacheHits: Int { cache.statistics.hits }
+  public var cacheMisses: Int { cache.statistics.misses }
+  public var cacheEvictions: Int { cache.statistics.evictions }
 
   private func i64(_ a: [Int]) -> [Int64] { a.map { Int64($0) } }
 
