@@ -21,9 +21,9 @@ let argDiffBias: Int32 = 169
 ///
 /// The backward primitives, and the buffers their layouts need, are made on first use: a frozen
 /// network (white-box inversion) never makes the backward-weights ones. One instance serves one
-/// set of shapes; `ConvolutionTraining.make` shares instances, and a lock serialises runs
-/// because the memory objects are rebound on every call.
-public final class ConvolutionTraining: @unchecked Sendable {
+/// set of shapes; `DNNLBackend.trainingConvolution` shares instances (a bounded cache), and a
+/// lock serialises runs because the memory objects are rebound on every call.
+public final class ConvolutionTraining: TrainingConvolutionKernel, @unchecked Sendable {
   public let spec: ConvolutionSpec
   public let inputDims: [Int]
   public let weightShape: [Int]
@@ -51,23 +51,6 @@ public final class ConvolutionTraining: @unchecked Sendable {
   private let srcPlain, weightsPlain, dstPlain: Layout
   private let strides, dilations, padsLeft, padsRight: [Int64]
   private let what: String
-
-  private static let cacheLock = NSLock()
-  nonisolated(unsafe) private static var cache: [String: ConvolutionTraining] = [:]
-
-  /// A shared instance for these shapes, built on first use.
-  public static func make(
-    _ spec: ConvolutionSpec, inputDims: [Int], weightShape: [Int], outputDims: [Int], hasBias: Bool
-  ) throws -> ConvolutionTraining {
-    let key = "\(spec)|\(inputDims)|\(weightShape)|\(outputDims)|\(hasBias)"
-    cacheLock.lock()
-    defer { cacheLock.unlock() }
-    if let c = cache[key] { return c }
-    let c = try ConvolutionTraining(
-      spec, inputDims: inputDims, weightShape: weightShape, outputDims: outputDims, hasBias: hasBias)
-    cache[key] = c
-    return c
-  }
 
   public init(_ spec: ConvolutionSpec, inputDims: [Int], weightShape: [Int], outputDims: [Int], hasBias: Bool) throws {
     guard inputDims.count == 4, outputDims.count == 4, weightShape.count == 4, spec.strides.count == 2,

@@ -152,7 +152,9 @@ public final class ClassifierTrainer {
     self.model = model
     self.options = options
     TrainingMemory.prepare()
-    optimizer = try Adam(parameters: model.parameters, learningRate: options.learningRate, weightDecay: options.weightDecay)
+    optimizer = try Adam(
+      parameters: model.parameters, learningRate: options.learningRate, weightDecay: options.weightDecay,
+      backend: model.backend)
   }
 
   /// Loads a checkpoint `train` wrote; returns the epoch it was saved after. The checkpoint's

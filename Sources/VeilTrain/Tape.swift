@@ -7,8 +7,10 @@
 /// and the classifier epoch loop with its metrics (`ClassifierTrainer`). It is
 /// DESIGN.md's "autograd for training" of the graph layer, kept as its own module so that the
 /// inference engine (VeilGraph's executor and memory planner) carries none of it. It computes
-/// through VeilTensor (oneDNN's convolution backward primitives) and must not import the
-/// privacy, TEE, serving or planning layers; the attackers in VeilPrivacy are built on it.
+/// through VeilTensor's `TrainingBackend` seam (convolutions with their backward passes, batch
+/// normalisation, Adam), taken by each layer and optimiser when it is made (`Backends.training`
+/// unless given), and never names the library behind it. It must not import the privacy, TEE,
+/// serving or planning layers; the attackers in VeilPrivacy are built on it.
 import Foundation
 import VeilTensor
 
