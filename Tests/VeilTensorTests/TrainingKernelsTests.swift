@@ -84,26 +84,33 @@ final class TrainingKernelsTests: XCTestCase {
     }
   }
 
-  func testFreedBlocksAreReusedUpToTheLimitAndReleasedAtZero() {
-    TensorStorage.recycleFreedBlocks(upTo: 0)
-    defer { TensorStorage.recycleFreedBlocks(upTo: 0) }
+  func testFreedBlocksAreReusedOnlyInsideAScopeUpToItsLimit() {
     let count = 40_000  // 160 000 bytes: above the 64 KiB floor
-    TensorStorage.recycleFreedBlocks(upTo: 200_000)
-    var blocks = [TensorStorage(count: count), TensorStorage(count: count)]
-    let p1 = blocks[0].pointer
-    blocks.removeFirst()
-    XCTAssertEqual(TensorStorage.recycledBytes, 160_000, "the first freed block is kept")
-    blocks.removeAll()
-    XCTAssertEqual(TensorStorage.recycledBytes, 160_000, "no room for the second under the limit: freed")
-    let again = TensorStorage(count: count)
-    XCTAssertEqual(again.pointer, p1, "a block of the same size is reused")
-    XCTAssertEqual(TensorStorage.recycledBytes, 0)
-    _ = TensorStorage(count: 100)
-    XCTAssertEqual(TensorStorage.recycledBytes, 0, "small blocks go back to malloc")
     _ = TensorStorage(count: count)
-    XCTAssertEqual(TensorStorage.recycledBytes, 160_000)
-    TensorStorage.recycleFreedBlocks(upTo: 0)
-    XCTAssertEqual(TensorStorage.recycledBytes, 0, "a limit of 0 releases what is kept")
-    withExtendedLifetime(again) {}
+    XCTAssertEqual(TensorStorage.recycledBytes, 0, "outside every scope a freed block goes back")
+    withBlockReuse(upTo: 200_000) {
+      var blocks = [TensorStorage(count: count), TensorStorage(count: count)]
+      let p1 = blocks[0].pointer
+      blocks.removeFirst()
+      XCTAssertEqual(TensorStorage.recycledBytes, 160_000, "the first freed block is kept")
+      blocks.removeAll()
+      XCTAssertEqual(TensorStorage.recycledBytes, 160_000, "no room for the second under the limit: freed")
+      let again = TensorStorage(count: count)
+      XCTAssertEqual(again.pointer, p1, "a block of the same size is reused")
+      XCTAssertEqual(TensorStorage.recycledBytes, 0)
+      _ = TensorStorage(count: 100)
+      XCTAssertEqual(TensorStorage.recycledBytes, 0, "small blocks go back to malloc")
+      withBlockReuse(upTo: 400_000) {
+        _ = [TensorStorage(count: count), TensorStorage(count: count), TensorStorage(count: count)]
+        XCTAssertEqual(TensorStorage.recycledBytes, 320_000, "a nested scope's larger limit applies inside it")
+      }
+      XCTAssertEqual(TensorStorage.recycledBytes, 0, "back under the outer limit: what was over it is released")
+      _ = TensorStorage(count: count)
+      XCTAssertEqual(TensorStorage.recycledBytes, 160_000)
+      withExtendedLifetime(again) {}
+    }
+    XCTAssertEqual(TensorStorage.recycledBytes, 0, "the end of the last scope releases what is kept")
+    _ = TensorStorage(count: count)
+    XCTAssertEqual(TensorStorage.recycledBytes, 0, "and reuse is off again")
   }
 }
