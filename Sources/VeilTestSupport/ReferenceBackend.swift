@@ -1,10 +1,12 @@
 import Foundation
 import VeilTensor
 
-/// A second `ComputeBackend`: plain loops over plain row-major float32 tensors, written from
-/// the ops' definitions (ONNX's, in the terms the seam passes) and nothing else. It proves the
-/// seam: the executor compiles and runs a graph on it without naming it, exactly as it does on
-/// oneDNN, and the op table compares the two. Slow by design; tests only.
+/// A second backend: plain loops over plain row-major float32 tensors, written from the ops'
+/// definitions (ONNX's, in the terms the seams pass) and nothing else. It proves the seams:
+/// the executor compiles and runs a graph on it (`ComputeBackend`), and VeilTrain trains on it
+/// (`TrainingBackend`, ReferenceTrainingBackend.swift), without either naming it, exactly as
+/// they do on oneDNN; the op table and the training tests compare the two. Slow by design;
+/// tests only.
 ///
 /// Convolutions and pooling are 2-D (NCHW); every layout it states is `.plain`, so the
 /// executor never inserts a reorder other than plain to plain.
