@@ -86,9 +86,12 @@ public final class Executor: @unchecked Sendable {
   private var stepOutputs: [UnsafeMutableRawPointer] = []
   private let lock = NSLock()
 
-  /// Compiles `source`. Pass a graph you no longer need (a temporary) to let weights be freed
-  /// as their kernels take them, which keeps peak memory near one copy of the weights.
-  public init(graph source: consuming Graph, backend: ComputeBackend = DNNLBackend.shared, options: ExecutorOptions = .init()) throws {
+  /// Compiles `source` for `backend` (the process's default, `Backends.compute`, unless
+  /// given). Pass a graph you no longer need (a temporary) to let weights be freed as their
+  /// kernels take them, which keeps peak memory near one copy of the weights.
+  public init(
+    graph source: consuming Graph, backend: any ComputeBackend = Backends.compute, options: ExecutorOptions = .init()
+  ) throws {
     var g = consume source
     if options.optimize {
       try g.optimizeForInference()
@@ -451,7 +454,8 @@ struct Compiler {
     case .maxPool(let p), .averagePool(let p):
       var padsEnd = p.padsEnd
       for i in p.kernel.indices {
-        // oneDNN floors; widen the end padding so it yields the ceil-mode extent.
+        // A backend's pooling floors (`PoolingSpec`); widen the end padding so it yields the
+        // ceil-mode extent.
         let need = (out[i + 2] - 1) * p.strides[i] + p.kernel[i] - xs[i + 2] - p.padsBegin[i]
         padsEnd[i] = max(padsEnd[i], need)
       }
@@ -459,7 +463,8 @@ struct Compiler {
       if case .maxPool = n.op { kind = .max } else { kind = .average(countIncludePad: p.countIncludePad) }
       if case .average(true) = kind, padsEnd != p.padsEnd {
         // ONNX counts the explicit pads in the divisor but not the extra ceil mode adds;
-        // oneDNN would count both. Pad explicitly, then average without counting the rest.
+        // a backend's pooling would count both. Pad explicitly, then average without counting
+        // the rest.
         try emitPaddedAveragePool(n, p, widenedEnd: padsEnd)
         return
       }
@@ -566,7 +571,8 @@ struct Compiler {
       try emit(n, k, [x])
     case .localResponseNormalization(let size, let alpha, let beta, let bias):
       guard size % 2 == 1 else {
-        // ONNX centres an even window one channel off; oneDNN's differs. Refuse, never guess.
+        // ONNX centres an even window one channel off; the seam's LRN window is centred.
+        // Refuse, never guess.
         throw GraphError.unsupported(node: n.name, op: "LRN", detail: "an even size (\(size)); only odd window sizes")
       }
       let k = try wrap(node: n.name, op: "LRN") {

@@ -3,8 +3,10 @@
 /// Owns the op set, the graph IR (values, nodes, initializers, topological order), shape
 /// inference, the rewrite passes (BatchNorm folding, identity removal, conv post-op fusion),
 /// the executor with its liveness-based memory planner, and cut points and the split of a
-/// graph into head and tail (autograd lives in VeilTrain, above it). It computes only through VeilTensor's `ComputeBackend` seam and never names oneDNN;
-/// it must not import formats, models, data or any higher layer. Every model, whether built by
+/// graph into head and tail (autograd lives in VeilTrain, above it). It computes only through
+/// VeilTensor's `ComputeBackend` seam, on the backend its caller passes to the executor (or
+/// `Backends.compute`), reads layouts only as dimensions, byte sizes and equality, and never
+/// names oneDNN; it must not import formats, models, data or any higher layer. Every model, whether built by
 /// the zoo or imported, meets here: the graph IR is the one source of truth for a model.
 import VeilTensor
 

@@ -73,8 +73,6 @@ extension AttackerKind {
 struct OptimisationAttacker: InversionAttacker {
   func run(_ inputs: AttackInputs, progress: (AttackProgress) -> Void) throws -> AttackOutput {
     let config = inputs.config
-    // Every step allocates the same activations and gradients: keep freed blocks for reuse.
-    TrainingMemory.prepare()
     let n = inputs.test.features.shape[0]
     let batch = min(config.optimisationBatch, max(n, inputs.train?.features.shape[0] ?? 0))
     let head = try inputs.extractor.differentiableHead(batch: batch)
@@ -164,7 +162,9 @@ public func runAttack(
     model: modelName, cut: cut.name, headDigest: extractor.headDigest, featureShape: extractor.featureShape, config: config)
   let inputs = AttackInputs(
     extractor: extractor, config: config, train: train, validation: validation, test: test, outDir: outDir, identity: identity)
-  let output = try config.attacker.implementation.run(inputs, progress: progress)
+  // Every attacker's step allocates the same activations and gradients: keep freed blocks for
+  // reuse while it trains, and give them back when it is done.
+  let output = try withBlockReuse { try config.attacker.implementation.run(inputs, progress: progress) }
 
   // Held-out scores, against the trivial attacker's: the mean training image (mid-grey
   // without training images).

@@ -36,7 +36,6 @@ public final class AttackTrainer {
 
   public init(featureShape: [Int], config: AttackConfig) throws {
     self.config = config
-    TrainingMemory.prepare()
     generator = try InversionGenerator(
       featureShape: featureShape, imageSize: config.imageSize, width: config.generatorWidth, depth: config.generatorDepth,
       seed: config.seed)

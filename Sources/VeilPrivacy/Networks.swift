@@ -28,7 +28,7 @@ final class ConvUnit {
   func callAsFunction(_ x: Variable, frozen: Bool = false) throws -> Variable {
     let w = frozen ? Variable(conv.weight.value) : conv.weight
     let b = conv.bias.map { frozen ? Variable($0.value) : $0 }
-    var y = try convolution(x, w, b, conv.spec)
+    var y = try convolution(x, w, b, conv.spec, backend: conv.backend)
     if let norm { y = try norm(y) }
     switch activation {
     case .leakyRelu: y = leakyRelu(y, alpha: 0.2)

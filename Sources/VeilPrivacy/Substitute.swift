@@ -98,7 +98,6 @@ struct SubstituteAttacker: InversionAttacker {
   func run(_ inputs: AttackInputs, progress: (AttackProgress) -> Void) throws -> AttackOutput {
     let config = inputs.config
     guard let train = inputs.train else { throw PrivacyError.invalidConfig("the substitute attacker needs training images to query the head with") }
-    TrainingMemory.prepare()
     let standardiser = ChannelStandardiser(train.features)
     let targets = standardiser.apply(train.features)
     let substitute = try SubstituteHead(

@@ -3,8 +3,11 @@ import Foundation
 /// The seam between the graph and whatever library computes. The graph executor asks for
 /// "a convolution with these attributes and this post-op chain on an input of these
 /// dimensions"; a backend answers with a `Kernel` that states the memory layouts it wants and
-/// runs on raw buffers. oneDNN (`DNNLBackend`) is the backend today; another (CUDA, say) would
-/// implement this protocol without the graph, formats or privacy code changing.
+/// runs on raw buffers. Layouts are backend-neutral (`Layout`: dimensions plus the backend's
+/// opaque token), and the caller passes the backend in (or takes `Backends.compute`), so the
+/// graph layer never names a library. Training has its own short list (`TrainingBackend`).
+/// oneDNN (`DNNLBackend`) implements both today; another (CUDA, say) is one new module that
+/// implements them, without the graph, training, formats or privacy code changing.
 
 /// Point-wise activations the backend can run alone or fuse after a convolution.
 public enum Activation: Sendable, Hashable, CustomStringConvertible {
@@ -154,4 +157,66 @@ public protocol ComputeBackend: Sendable {
   func pad(mode: PadMode, value: Float, pads: [Int], inputDims: [Int]) throws -> Kernel
   func transpose(permutation: [Int], inputDims: [Int]) throws -> Kernel
   func reorder(from: Layout, to: Layout) throws -> Kernel
+}
+
+/// A convolution for training with fixed shapes: forward, and the two backward passes.
+/// Tensors are plain (NCHW activations, ONNX weight order), whatever layouts it uses inside.
+public protocol TrainingConvolutionKernel: AnyObject, Sendable {
+  /// y = conv(x, W) + b.
+  func forward(input: Tensor, weights: Tensor, bias: Tensor?) throws -> Tensor
+  /// ∂L/∂x from ∂L/∂y.
+  func backwardData(outputGradient: Tensor, weights: Tensor) throws -> Tensor
+  /// ∂L/∂W (and ∂L/∂b when the convolution has a bias) from the input and ∂L/∂y.
+  func backwardWeights(input: Tensor, outputGradient: Tensor) throws -> (weights: Tensor, bias: Tensor?)
+}
+
+/// The primitives the training engine (VeilTrain) computes with, beyond element-wise loops of
+/// its own: convolutions with their backward passes, batch normalisation over [N, C, ...]
+/// tensors with the batch statistics the autograd layer keeps, and Adam's update.
+public protocol TrainingBackend: Sendable {
+  var name: String { get }
+  /// A convolution (or, with `spec.transposed`, a transposed one) of these shapes; 2-D, grouped
+  /// or not. Weights are [out, in/groups, kh, kw] (Conv) or [in, out/groups, kh, kw]
+  /// (ConvTranspose). A backend may share one kernel between calls with the same shapes.
+  func trainingConvolution(
+    _ spec: ConvolutionSpec, inputDims: [Int], weightShape: [Int], outputDims: [Int], hasBias: Bool
+  ) throws -> any TrainingConvolutionKernel
+  /// Per-channel mean and biased variance over the batch and every position.
+  func channelMeanVariance(_ x: Tensor) -> (mean: [Double], variance: [Double])
+  /// x̂ = (x − mean)·invStd and y = γ·x̂ + β, per channel.
+  func batchNormApply(_ x: Tensor, mean: [Float], invStd: [Float], scale: Tensor, shift: Tensor)
+    -> (normalized: Tensor, output: Tensor)
+  /// Per-channel Σg and Σg·h of two tensors of one shape.
+  func channelSums(_ g: Tensor, _ h: Tensor) -> (sum: [Double], dot: [Double])
+  /// dx = k·(g − a − h·b), per channel: batch normalisation's input gradient.
+  func batchNormBackward(_ g: Tensor, normalized h: Tensor, k: [Float], a: [Float], b: [Float]) -> Tensor
+  /// y = a·(x − m) + b per channel.
+  func channelAffine(_ x: Tensor, scale a: [Float], center m: [Float], shift b: [Float]) -> Tensor
+  /// One Adam update of `weights` in place, with its moments: g ← g + wd·w,
+  /// m ← β1·m + (1 − β1)·g, v ← β2·v + (1 − β2)·g², w ← w − lr·(m/c1)/(√(v/c2) + ε).
+  func adamStep(
+    weights: inout Tensor, firstMoment: inout Tensor, secondMoment: inout Tensor, gradient: Tensor,
+    beta1: Float, beta2: Float, learningRate: Float, biasCorrection1: Float, biasCorrection2: Float,
+    epsilon: Float, weightDecay: Float)
+}
+
+/// The backends used where a caller names none: an executor made without `backend:`, a
+/// training layer made without `backend:`. oneDNN's unless a backend module is installed at
+/// start-up (`Backends.compute = MyBackend()`), before the first executor or layer is made; a
+/// layer or executor keeps the backend it was made with. Code that must not depend on
+/// process-wide choices (tests comparing backends) passes its backend explicitly.
+public enum Backends {
+  private static let lock = NSLock()
+  nonisolated(unsafe) private static var computeBackend: any ComputeBackend = DNNLBackend.shared
+  nonisolated(unsafe) private static var trainingBackend: any TrainingBackend = DNNLBackend.shared
+
+  public static var compute: any ComputeBackend {
+    get { lock.withLock { computeBackend } }
+    set { lock.withLock { computeBackend = newValue } }
+  }
+
+  public static var training: any TrainingBackend {
+    get { lock.withLock { trainingBackend } }
+    set { lock.withLock { trainingBackend = newValue } }
+  }
 }

@@ -46,32 +46,58 @@ final class PrimitiveEntry: @unchecked Sendable {
   }
 }
 
+/// Values by key, at most `capacity` of them: a miss beyond that evicts the least recently
+/// used. Kernels hold their own references, so evicting an entry only means the next kernel of
+/// that key builds it again.
+final class LRUCache<Value>: @unchecked Sendable {
+  let capacity: Int
+  private var entries: [String: (value: Value, lastUse: UInt64)] = [:]
+  private var clock: UInt64 = 0
+  private let lock = NSLock()
+  private var counts = (hits: 0, misses: 0, evictions: 0)
+
+  init(capacity: Int) {
+    precondition(capacity >= 1, "a cache holds at least one entry")
+    self.capacity = capacity
+  }
+
+  /// The value of `key`, made (under the lock, so once) on a miss.
+  func value(_ key: String, make: () throws -> Value) throws -> Value {
+    lock.lock()
+    defer { lock.unlock() }
+    clock += 1
+    if let e = entries[key] {
+      counts.hits += 1
+      entries[key] = (e.value, clock)
+      return e.value
+    }
+    counts.misses += 1
+    let v = try make()
+    if entries.count >= capacity, let oldest = entries.min(by: { $0.value.lastUse < $1.value.lastUse })?.key {
+      entries[oldest] = nil
+      counts.evictions += 1
+    }
+    entries[key] = (v, clock)
+    return v
+  }
+
+  var count: Int { lock.withLock { entries.count } }
+  var statistics: (hits: Int, misses: Int, evictions: Int) { lock.withLock { counts } }
+}
+
 /// Primitives keyed by operation, attributes, shapes and layouts. A model compiled twice (or
 /// at a second batch size sharing layers) reuses them; oneDNN's own JIT cache sits below this.
 final class PrimitiveCache: @unchecked Sendable {
-  private var entries: [String: PrimitiveEntry] = [:]
-  private let lock = NSLock()
-  private(set) var hits = 0
-  private(set) var misses = 0
+  private let cache: LRUCache<PrimitiveEntry>
+
+  init(capacity: Int) { cache = LRUCache(capacity: capacity) }
 
   func entry(_ key: String, operation: String, make: () throws -> dnnl_primitive_desc_t) throws -> PrimitiveEntry {
-    lock.lock()
-    defer { lock.unlock() }
-    if let e = entries[key] {
-      hits += 1
-      return e
-    }
-    misses += 1
-    let e = try PrimitiveEntry(pd: try make(), operation: operation)
-    entries[key] = e
-    return e
+    try cache.value(key) { try PrimitiveEntry(pd: try make(), operation: operation) }
   }
 
-  var count: Int {
-    lock.lock()
-    defer { lock.unlock() }
-    return entries.count
-  }
+  var count: Int { cache.count }
+  var statistics: (hits: Int, misses: Int, evictions: Int) { cache.statistics }
 }
 
 /// A memory object whose data pointer is set at each run.
@@ -80,7 +106,7 @@ final class BoundMemory: @unchecked Sendable {
   let layout: Layout
 
   init(_ layout: Layout, engine: dnnl_engine_t, handle: UnsafeMutableRawPointer? = nil) throws {
-    var md = layout.md
+    var md = try layout.dnnlMD()
     var m: dnnl_memory_t?
     try check(dnnl_memory_create(&m, &md, engine, handle), "creating memory \(layout)")
     memory = m!
@@ -172,15 +198,37 @@ final class PlainKernel: Kernel, @unchecked Sendable {
   }
 }
 
-/// oneDNN 2.6 on the CPU.
+/// oneDNN 2.6 on the CPU: the compute backend, and (TrainingKernels.swift) the training one.
+/// Its memory descriptors stay in here, as `Layout` tokens (`DNNLLayout`).
 public final class DNNLBackend: ComputeBackend, @unchecked Sendable {
   public static let shared = DNNLBackend()
+  /// Primitives kept for reuse by the shared backend. A ResNet-50 compiled at one batch size
+  /// makes about 200; planning compiles the head and tail at every cut, mostly the same
+  /// primitives again. Beyond this the least recently used is dropped (oneDNN's own cache of
+  /// 1024 JIT kernels sits below, so a rebuild is cheap).
+  public static let defaultPrimitiveCacheCapacity = 4096
+  /// Training convolutions kept for reuse: one per shape of a network being trained (a
+  /// pix2pix generator has about 20). Each holds buffers in its primitives' layouts.
+  public static let defaultTrainingConvolutionCacheCapacity = 256
+
   public let name = "oneDNN CPU"
   let engine = Engine.shared
-  let cache = PrimitiveCache()
+  let cache: PrimitiveCache
+  let trainingConvolutions: LRUCache<ConvolutionTraining>
+
+  /// A backend with caches of its own (the shared one is what executors use by default).
+  public init(
+    primitiveCacheCapacity: Int = DNNLBackend.defaultPrimitiveCacheCapacity,
+    trainingConvolutionCacheCapacity: Int = DNNLBackend.defaultTrainingConvolutionCacheCapacity
+  ) {
+    cache = PrimitiveCache(capacity: primitiveCacheCapacity)
+    trainingConvolutions = LRUCache(capacity: trainingConvolutionCacheCapacity)
+  }
 
   public var cachedPrimitives: Int { cache.count }
-  public var cacheHits: Int { cache.hits }
+  public var cacheHits: Int { cache.statistics.hits }
+  public var cacheMisses: Int { cache.statistics.misses }
+  public var cacheEvictions: Int { cache.statistics.evictions }
 
   private func i64(_ a: [Int]) -> [Int64] { a.map { Int64($0) } }
 
@@ -279,10 +327,10 @@ public final class DNNLBackend: ComputeBackend, @unchecked Sendable {
     let hasSum = postOps.contains(.sum)
     let key = "conv|\(spec)|\(inputDims)|\(wdims)|\(bias != nil)|\(postOps)|\(outputDims)"
     let entry = try cache.entry(key, operation: "convolution \(spec)") {
-      var src = Layout.any(inputDims)
-      var wei = Layout.any(wdims)
-      var dst = Layout.any(outputDims)
-      var b = Layout.plain([oc]).md
+      var src = DNNLLayout.anyMD(inputDims)
+      var wei = DNNLLayout.anyMD(wdims)
+      var dst = DNNLLayout.anyMD(outputDims)
+      var b = DNNLLayout.plainMD([oc])
       let strides = i64(spec.strides)
       let dil = i64(spec.dilations.map { $0 - 1 })
       let pl = i64(spec.padsBegin)
@@ -344,7 +392,7 @@ public final class DNNLBackend: ComputeBackend, @unchecked Sendable {
     var steps: [DNNLKernel.Step] = []
     for (i, (alg, alpha, beta)) in eltwiseChain(activation).enumerated() {
       let entry = try cache.entry("eltwise|\(alg)|\(alpha)|\(beta)|\(input)", operation: "\(activation)") {
-        var md = input.md
+        var md = try input.dnnlMD()
         var desc = dnnl_eltwise_desc_t()
         try check(dnnl_eltwise_forward_desc_init(&desc, dnnl_forward_inference, alg, &md, alpha, beta), "\(activation) descriptor")
         var pd: dnnl_primitive_desc_t?
@@ -371,7 +419,7 @@ public final class DNNLBackend: ComputeBackend, @unchecked Sendable {
       throw TensorError.shapeMismatch(what: "BatchNormalization \(n)", expected: "[\(c)]", found: "\(t.shape)")
     }
     let entry = try cache.entry("bn|\(input)|\(epsilon)", operation: "BatchNormalization") {
-      var md = input.md
+      var md = try input.dnnlMD()
       var desc = dnnl_batch_normalization_desc_t()
       let flags = UInt32(dnnl_use_global_stats.rawValue | dnnl_use_scale.rawValue | dnnl_use_shift.rawValue)
       try check(dnnl_batch_normalization_forward_desc_init(&desc, dnnl_forward_inference, &md, epsilon, flags), "BatchNormalization descriptor")
@@ -407,9 +455,9 @@ public final class DNNLBackend: ComputeBackend, @unchecked Sendable {
       // slow reference kernel.
       let bL = (bd != ad && !a.isPlain ? a.matching(bd) : nil) ?? b
       let entry = try cache.entry("binary|\(kind)|\(a)|\(bL)", operation: "binary \(kind)") {
-        var m0 = a.md
-        var m1 = bL.md
-        var dst = a.md
+        var m0 = try a.dnnlMD()
+        var m1 = try bL.dnnlMD()
+        var dst = try a.dnnlMD()
         var desc = dnnl_binary_desc_t()
         try check(dnnl_binary_desc_init(&desc, alg, &m0, &m1, &dst), "binary \(kind) descriptor", detail: "\(a) and \(b)")
         var pd: dnnl_primitive_desc_t?
@@ -458,8 +506,8 @@ public final class DNNLBackend: ComputeBackend, @unchecked Sendable {
     case .average(let include): alg = include ? dnnl_pooling_avg_include_padding : dnnl_pooling_avg_exclude_padding
     }
     let entry = try cache.entry("pool|\(spec)|\(input)|\(outputDims)", operation: "pooling") {
-      var src = input.md
-      var dst = Layout.any(outputDims)
+      var src = try input.dnnlMD()
+      var dst = DNNLLayout.anyMD(outputDims)
       var desc = dnnl_pooling_v2_desc_t()
       let dil = [Int64](repeating: 0, count: spec.kernel.count)
       try check(
@@ -491,8 +539,8 @@ public final class DNNLBackend: ComputeBackend, @unchecked Sendable {
     }
     outDims[axis] = inputs.reduce(0) { $0 + $1.dims[axis] }
     let entry = try cache.entry("concat|\(axis)|\(inputs.map(\.description))", operation: "Concat") {
-      var dst = Layout.any(outDims)
-      var mds = inputs.map(\.md)
+      var dst = DNNLLayout.anyMD(outDims)
+      var mds = try inputs.map { try $0.dnnlMD() }
       var pd: dnnl_primitive_desc_t?
       try check(
         dnnl_concat_primitive_desc_create(&pd, &dst, Int32(inputs.count), Int32(axis), &mds, nil, engine.engine),
@@ -512,8 +560,8 @@ public final class DNNLBackend: ComputeBackend, @unchecked Sendable {
   public func resize(_ kind: ResizeKind, input: Layout, outputDims: [Int]) throws -> Kernel {
     let alg = kind == .nearest ? dnnl_resampling_nearest : dnnl_resampling_linear
     let entry = try cache.entry("resize|\(kind)|\(input)|\(outputDims)", operation: "Resize") {
-      var src = input.md
-      var dst = Layout.any(outputDims)
+      var src = try input.dnnlMD()
+      var dst = DNNLLayout.anyMD(outputDims)
       var desc = dnnl_resampling_desc_t()
       try check(
         dnnl_resampling_forward_desc_init(&desc, dnnl_forward_inference, alg, nil, &src, &dst), "Resize descriptor",
@@ -542,12 +590,12 @@ public final class DNNLBackend: ComputeBackend, @unchecked Sendable {
       throw TensorError.shapeMismatch(what: "Gemm bias", expected: "[\(oc)]", found: "\(bias.shape)")
     }
     let entry = try cache.entry("ip|\(inputDims)|\(weights.shape)|\(bias != nil)", operation: "Gemm") {
-      var src = Layout.plain(inputDims).md
+      var src = DNNLLayout.plainMD(inputDims)
       // Plain [out, in] weights: oneDNN runs them through its GEMM at full speed, and the
       // (often huge) classifier matrix is then shared with the graph instead of copied.
-      var wei = Layout.plain(weights.shape).md
-      var b = Layout.plain([oc]).md
-      var dst = Layout.plain([inputDims[0], oc]).md
+      var wei = DNNLLayout.plainMD(weights.shape)
+      var b = DNNLLayout.plainMD([oc])
+      var dst = DNNLLayout.plainMD([inputDims[0], oc])
       var desc = dnnl_inner_product_desc_t()
       try check(
         withOptionalPointer(bias != nil, &b) {
@@ -582,9 +630,9 @@ public final class DNNLBackend: ComputeBackend, @unchecked Sendable {
     let pa = [Int](repeating: 1, count: rank - a.count) + a
     let pb = [Int](repeating: 1, count: rank - b.count) + b
     let entry = try cache.entry("matmul|\(pa)|\(pb)", operation: "MatMul") {
-      var sa = Layout.plain(pa).md
-      var sb = Layout.plain(pb).md
-      var d = Layout.plain(outputDims).md
+      var sa = DNNLLayout.plainMD(pa)
+      var sb = DNNLLayout.plainMD(pb)
+      var d = DNNLLayout.plainMD(outputDims)
       var desc = dnnl_matmul_desc_t()
       try check(dnnl_matmul_desc_init(&desc, &sa, &sb, nil, &d), "MatMul descriptor", detail: "\(a) × \(b)")
       var pd: dnnl_primitive_desc_t?
@@ -601,7 +649,7 @@ public final class DNNLBackend: ComputeBackend, @unchecked Sendable {
 
   public func softmax(axis: Int, input: Layout) throws -> Kernel {
     let entry = try cache.entry("softmax|\(axis)|\(input)", operation: "Softmax") {
-      var md = input.md
+      var md = try input.dnnlMD()
       var desc = dnnl_softmax_desc_t()
       try check(dnnl_softmax_forward_desc_init(&desc, dnnl_forward_inference, &md, Int32(axis)), "Softmax descriptor", detail: "axis \(axis) of \(input)")
       var pd: dnnl_primitive_desc_t?
@@ -618,7 +666,7 @@ public final class DNNLBackend: ComputeBackend, @unchecked Sendable {
   public func localResponseNormalization(size: Int, alpha: Float, beta: Float, k: Float, input: Layout) throws -> Kernel {
     guard size >= 1 else { throw TensorError.invalidArgument("LRN size must be ≥ 1, found \(size)") }
     let entry = try cache.entry("lrn|\(size)|\(alpha)|\(beta)|\(k)|\(input)", operation: "LRN") {
-      var md = input.md
+      var md = try input.dnnlMD()
       var desc = dnnl_lrn_desc_t()
       // oneDNN divides alpha by the window size itself, as ONNX does.
       try check(
@@ -642,8 +690,8 @@ public final class DNNLBackend: ComputeBackend, @unchecked Sendable {
       throw TensorError.shapeMismatch(what: "reorder", expected: "\(from.dims)", found: "\(to.dims)")
     }
     let entry = try cache.entry("reorder|\(from)|\(to)", operation: "reorder") {
-      var s = from.md
-      var d = to.md
+      var s = try from.dnnlMD()
+      var d = try to.dnnlMD()
       var pd: dnnl_primitive_desc_t?
       try check(dnnl_reorder_primitive_desc_create(&pd, &s, engine.engine, &d, engine.engine, nil), "reorder", detail: "\(from) → \(to)")
       return pd!

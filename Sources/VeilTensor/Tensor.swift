@@ -1,11 +1,14 @@
 /// VeilTensor: tensors and the numerical backend.
 ///
-/// Owns `Tensor` (float32, logical NCHW at the API), aligned storage, and the compute backend:
-/// oneDNN 2.6 behind the `ComputeBackend` seam (engine, stream, primitive cache, layouts,
-/// kernels), plus the few plain-layout kernels oneDNN lacks. It knows nothing of graphs, file
-/// formats or models, and must not import any other Veil module. Callers describe *what* to
-/// compute (a convolution with these attributes and this post-op chain); which library
-/// computes it, and in which memory layout, stays in here.
+/// Owns `Tensor` (float32, logical NCHW at the API), aligned storage with its scoped reuse of
+/// freed blocks (`withBlockReuse`), the backend seams (`ComputeBackend` for inference,
+/// `TrainingBackend` for training, `Layout` as dimensions plus a backend's opaque token, and
+/// the `Backends` defaults), and oneDNN 2.6 behind both seams (engine, stream, a bounded
+/// primitive cache, its memory descriptors as layout tokens, kernels), plus the few
+/// plain-layout kernels oneDNN lacks. It knows nothing of graphs, file formats or models, and
+/// must not import any other Veil module. Callers describe *what* to compute (a convolution
+/// with these attributes and this post-op chain); which library computes it, and in which
+/// memory layout, stays behind the seams: nothing outside this module sees a oneDNN type.
 import CDNNL
 import Foundation
 
@@ -42,24 +45,32 @@ public final class TensorStorage: @unchecked Sendable {
 
   private static func byteCount(_ count: Int) -> Int { max(count, 1) * MemoryLayout<Float>.stride }
 
-  /// Keeps up to `limitBytes` of freed tensor blocks (those of 64 KiB and more) for tensors of
-  /// the same size to reuse, instead of returning each to the operating system; 0 (the
-  /// default) turns it off and releases what is kept.
-  ///
-  /// Training allocates the same activations and gradients on every step. With the fixed
-  /// mmap threshold of `veil_tune_malloc` (which keeps a served model's resident memory
-  /// honest) each of those blocks is a fresh mapping, so every step pays page faults and the
-  /// kernel's zeroing for them: about an eighth of the attacker's step (docs/benchmarks.md).
-  /// Trainers turn reuse on; inference leaves it off so freed weights leave the resident set.
-  public static func recycleFreedBlocks(upTo limitBytes: Int) {
-    StorageRecycler.shared.setLimit(max(0, limitBytes))
-  }
-
   /// Bytes of freed blocks kept for reuse now.
   public static var recycledBytes: Int { StorageRecycler.shared.heldBytes }
 }
 
-/// Free lists of 64-byte-aligned blocks by exact byte count, bounded by a limit.
+/// Runs `body` with freed tensor blocks (those of 64 KiB and more) kept, up to `limitBytes`,
+/// for tensors of the same size to reuse, instead of returning each to the operating system.
+/// When the last such scope ends, what is kept is released: outside every scope (inference,
+/// serving) freed blocks always go back, so freed weights leave the resident set. Scopes
+/// nest, on one thread or several (two trainers at once); the largest active limit applies.
+///
+/// Training allocates the same activations and gradients on every step. With the fixed
+/// mmap threshold of `veil_tune_malloc` (which keeps a served model's resident memory
+/// honest) each of those blocks is a fresh mapping, so every step pays page faults and the
+/// kernel's zeroing for them: about an eighth of the attacker's step (docs/benchmarks.md).
+/// Training loops run inside this scope.
+public func withBlockReuse<R>(upTo limitBytes: Int = blockReuseDefaultLimit, _ body: () throws -> R) rethrows -> R {
+  StorageRecycler.shared.enter(limit: max(0, limitBytes))
+  defer { StorageRecycler.shared.leave(limit: max(0, limitBytes)) }
+  return try body()
+}
+
+/// The default bound of `withBlockReuse`: 1 GiB of freed blocks.
+public let blockReuseDefaultLimit = 1 << 30
+
+/// Free lists of 64-byte-aligned blocks by exact byte count, bounded by the largest limit of
+/// the active `withBlockReuse` scopes (none: nothing is kept).
 private final class StorageRecycler: @unchecked Sendable {
   static let shared = StorageRecycler()
   private static let smallest = 64 << 10
@@ -78,9 +89,23 @@ private final class StorageRecycler: @unchecked Sendable {
 
   var heldBytes: Int { locked { held } }
 
-  func setLimit(_ bytes: Int) {
+  /// The limits of the active scopes, with how many scopes use each.
+  private var active: [Int: Int] = [:]
+
+  func enter(limit bytes: Int) {
+    locked {
+      active[bytes, default: 0] += 1
+      limit = active.keys.max() ?? 0
+    }
+  }
+
+  /// Ends a scope; when more is kept than the new limit allows (anything, after the last
+  /// scope), every kept block is freed.
+  func leave(limit bytes: Int) {
     let released: [UnsafeMutableRawPointer] = locked {
-      limit = bytes
+      active[bytes, default: 1] -= 1
+      if active[bytes] == 0 { active[bytes] = nil }
+      limit = active.keys.max() ?? 0
       guard held > limit else { return [] }
       let all = lists.values.flatMap { $0 }
       lists = [:]

@@ -21,9 +21,9 @@ let argDiffBias: Int32 = 169
 ///
 /// The backward primitives, and the buffers their layouts need, are made on first use: a frozen
 /// network (white-box inversion) never makes the backward-weights ones. One instance serves one
-/// set of shapes; `ConvolutionTraining.make` shares instances, and a lock serialises runs
-/// because the memory objects are rebound on every call.
-public final class ConvolutionTraining: @unchecked Sendable {
+/// set of shapes; `DNNLBackend.trainingConvolution` shares instances (a bounded cache), and a
+/// lock serialises runs because the memory objects are rebound on every call.
+public final class ConvolutionTraining: TrainingConvolutionKernel, @unchecked Sendable {
   public let spec: ConvolutionSpec
   public let inputDims: [Int]
   public let weightShape: [Int]
@@ -51,23 +51,6 @@ public final class ConvolutionTraining: @unchecked Sendable {
   private let srcPlain, weightsPlain, dstPlain: Layout
   private let strides, dilations, padsLeft, padsRight: [Int64]
   private let what: String
-
-  private static let cacheLock = NSLock()
-  nonisolated(unsafe) private static var cache: [String: ConvolutionTraining] = [:]
-
-  /// A shared instance for these shapes, built on first use.
-  public static func make(
-    _ spec: ConvolutionSpec, inputDims: [Int], weightShape: [Int], outputDims: [Int], hasBias: Bool
-  ) throws -> ConvolutionTraining {
-    let key = "\(spec)|\(inputDims)|\(weightShape)|\(outputDims)|\(hasBias)"
-    cacheLock.lock()
-    defer { cacheLock.unlock() }
-    if let c = cache[key] { return c }
-    let c = try ConvolutionTraining(
-      spec, inputDims: inputDims, weightShape: weightShape, outputDims: outputDims, hasBias: hasBias)
-    cache[key] = c
-    return c
-  }
 
   public init(_ spec: ConvolutionSpec, inputDims: [Int], weightShape: [Int], outputDims: [Int], hasBias: Bool) throws {
     guard inputDims.count == 4, outputDims.count == 4, weightShape.count == 4, spec.strides.count == 2,
@@ -107,10 +90,10 @@ public final class ConvolutionTraining: @unchecked Sendable {
     srcPlain = Layout.plain(inputDims)
     dstPlain = Layout.plain(outputDims)
     weightsPlain = Layout(md: weiPlainMd)
-    srcAny = Layout.any(inputDims)
-    dstAny = Layout.any(outputDims)
-    weightsAny = Layout.any(wdims)
-    biasPlain = Layout.plain([oc]).md
+    srcAny = DNNLLayout.anyMD(inputDims)
+    dstAny = DNNLLayout.anyMD(outputDims)
+    weightsAny = DNNLLayout.anyMD(wdims)
+    biasPlain = DNNLLayout.plainMD([oc])
     let (st, dil, pl, pr) = (i64(spec.strides), i64(spec.dilations.map { $0 - 1 }), i64(spec.padsBegin), i64(spec.padsEnd))
     let what = "\(spec.transposed ? "ConvTranspose" : "Conv") input \(inputDims), weights \(weightShape), output \(outputDims), \(spec)"
     (strides, dilations, padsLeft, padsRight, self.what) = (st, dil, pl, pr, what)
@@ -305,8 +288,8 @@ private final class ConvArgument: @unchecked Sendable {
     let b = UnsafeMutableRawPointer.allocate(byteCount: max(chosen.byteCount, 64), alignment: 64)
     buffer = b
     blocked = try BoundMemory(chosen, engine: engine.engine, handle: b)
-    var from = output ? chosen.md : layout.md
-    var to = output ? layout.md : chosen.md
+    var from = try (output ? chosen : layout).dnnlMD()
+    var to = try (output ? layout : chosen).dnnlMD()
     var pd: dnnl_primitive_desc_t?
     let detail = "\(Layout(md: from)) → \(Layout(md: to))"
     try check(

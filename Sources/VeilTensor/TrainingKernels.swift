@@ -1,17 +1,27 @@
 import CDNNL
 
-/// The plain-layout kernels of the training engine that oneDNN 2.6 has no primitive for in
-/// the form VeilTrain needs: batch normalisation on NCHW tensors with the batch statistics
-/// the autograd layer keeps, and Adam's update. They run the vectorised C loops of
-/// training_kernels.c; tensors are [N, C, ...] with every axis after the second flattened.
-public enum TrainingKernels {
-  private static func dims(_ x: Tensor) -> (Int64, Int64, Int64) {
+/// oneDNN's side of the `TrainingBackend` seam: convolutions on its forward and backward
+/// primitives (`ConvolutionTraining`, shared per shape through a bounded cache), and the
+/// plain-layout kernels oneDNN 2.6 has no primitive for in the form VeilTrain needs: batch
+/// normalisation on NCHW tensors with the batch statistics the autograd layer keeps, and
+/// Adam's update. Those run the vectorised C loops of training_kernels.c; tensors are
+/// [N, C, ...] with every axis after the second flattened.
+extension DNNLBackend: TrainingBackend {
+  public func trainingConvolution(
+    _ spec: ConvolutionSpec, inputDims: [Int], weightShape: [Int], outputDims: [Int], hasBias: Bool
+  ) throws -> any TrainingConvolutionKernel {
+    try trainingConvolutions.value("\(spec)|\(inputDims)|\(weightShape)|\(outputDims)|\(hasBias)") {
+      try ConvolutionTraining(spec, inputDims: inputDims, weightShape: weightShape, outputDims: outputDims, hasBias: hasBias)
+    }
+  }
+
+  private func channelDims(_ x: Tensor) -> (Int64, Int64, Int64) {
     (Int64(x.shape[0]), Int64(x.shape[1]), Int64(x.shape.dropFirst(2).reduce(1, *)))
   }
 
   /// Per-channel mean and biased variance over the batch and every position.
-  public static func channelMeanVariance(_ x: Tensor) -> (mean: [Double], variance: [Double]) {
-    let (n, c, inner) = dims(x)
+  public func channelMeanVariance(_ x: Tensor) -> (mean: [Double], variance: [Double]) {
+    let (n, c, inner) = channelDims(x)
     var mean = [Double](repeating: 0, count: Int(c))
     var variance = mean
     x.withUnsafeBuffer { xp in veil_channel_mean_var(xp.baseAddress, n, c, inner, &mean, &variance) }
@@ -19,10 +29,10 @@ public enum TrainingKernels {
   }
 
   /// x̂ = (x − mean)·invStd and y = γ·x̂ + β, per channel.
-  public static func batchNormApply(_ x: Tensor, mean: [Float], invStd: [Float], scale: Tensor, shift: Tensor)
+  public func batchNormApply(_ x: Tensor, mean: [Float], invStd: [Float], scale: Tensor, shift: Tensor)
     -> (normalized: Tensor, output: Tensor)
   {
-    let (n, c, inner) = dims(x)
+    let (n, c, inner) = channelDims(x)
     precondition(mean.count == Int(c) && invStd.count == Int(c) && scale.count == Int(c) && shift.count == Int(c))
     var normalized = Tensor(uninitialized: x.shape)
     let output = x.withUnsafeBuffer { xp in
@@ -41,9 +51,9 @@ public enum TrainingKernels {
   }
 
   /// Per-channel Σg and Σg·h of two tensors of one shape.
-  public static func channelSums(_ g: Tensor, _ h: Tensor) -> (sum: [Double], dot: [Double]) {
+  public func channelSums(_ g: Tensor, _ h: Tensor) -> (sum: [Double], dot: [Double]) {
     precondition(g.shape == h.shape)
-    let (n, c, inner) = dims(g)
+    let (n, c, inner) = channelDims(g)
     var sum = [Double](repeating: 0, count: Int(c))
     var dot = sum
     g.withUnsafeBuffer { gp in h.withUnsafeBuffer { hp in veil_channel_sums(gp.baseAddress, hp.baseAddress, n, c, inner, &sum, &dot) } }
@@ -51,9 +61,9 @@ public enum TrainingKernels {
   }
 
   /// dx = k·(g − a − h·b), per channel: batch normalisation's input gradient.
-  public static func batchNormBackward(_ g: Tensor, normalized h: Tensor, k: [Float], a: [Float], b: [Float]) -> Tensor {
+  public func batchNormBackward(_ g: Tensor, normalized h: Tensor, k: [Float], a: [Float], b: [Float]) -> Tensor {
     precondition(g.shape == h.shape)
-    let (n, c, inner) = dims(g)
+    let (n, c, inner) = channelDims(g)
     precondition(k.count == Int(c) && a.count == Int(c) && b.count == Int(c))
     return g.withUnsafeBuffer { gp in
       h.withUnsafeBuffer { hp in
@@ -66,8 +76,8 @@ public enum TrainingKernels {
 
   /// y = a·(x − m) + b per channel (a, m, b of C entries): evaluation-mode batch
   /// normalisation as one pass, and its input gradient (m = b = 0).
-  public static func channelAffine(_ x: Tensor, scale a: [Float], center m: [Float], shift b: [Float]) -> Tensor {
-    let (n, c, inner) = dims(x)
+  public func channelAffine(_ x: Tensor, scale a: [Float], center m: [Float], shift b: [Float]) -> Tensor {
+    let (n, c, inner) = channelDims(x)
     precondition(a.count == Int(c) && m.count == Int(c) && b.count == Int(c))
     return x.withUnsafeBuffer { xp in
       Tensor(uninitialized: x.shape) { y in veil_channel_affine(xp.baseAddress, n, c, inner, a, m, b, y.baseAddress) }
@@ -76,7 +86,7 @@ public enum TrainingKernels {
 
   /// One Adam update of `weights` in place, with its moments: g ← g + wd·w,
   /// m ← β1·m + (1 − β1)·g, v ← β2·v + (1 − β2)·g², w ← w − lr·(m/c1)/(√(v/c2) + ε).
-  public static func adamStep(
+  public func adamStep(
     weights: inout Tensor, firstMoment: inout Tensor, secondMoment: inout Tensor, gradient: Tensor,
     beta1: Float, beta2: Float, learningRate: Float, biasCorrection1 c1: Float, biasCorrection2 c2: Float,
     epsilon: Float, weightDecay: Float

@@ -1,8 +1,10 @@
 /// VeilTestSupport: test-only support for comparing Veil with ONNX Runtime.
 ///
 /// Owns what the numerical test targets share: tolerances and element-wise comparisons of
-/// tensors, and one run of `scripts/reference.py` (ONNX Runtime in the project's `.venv`) over a
-/// batch of named (graph, inputs) cases. It is linked by test targets only, never by the `veil`
+/// tensors, one run of `scripts/reference.py` (ONNX Runtime in the project's `.venv`) over a
+/// batch of named (graph, inputs) cases, and `ReferenceBackend`, a plain-loop second backend
+/// behind VeilTensor's `ComputeBackend` and `TrainingBackend` seams that the op table and the
+/// training tests also run on. It is linked by test targets only, never by the `veil`
 /// tool or any library a user ships; it may import VeilTensor, VeilGraph and VeilFormats, and
 /// nothing above them. It does not import XCTest: callers turn a failed comparison into an
 /// assertion themselves, so the messages say which case and which output.

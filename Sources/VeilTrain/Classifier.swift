@@ -151,8 +151,9 @@ public final class ClassifierTrainer {
     }
     self.model = model
     self.options = options
-    TrainingMemory.prepare()
-    optimizer = try Adam(parameters: model.parameters, learningRate: options.learningRate, weightDecay: options.weightDecay)
+    optimizer = try Adam(
+      parameters: model.parameters, learningRate: options.learningRate, weightDecay: options.weightDecay,
+      backend: model.backend)
   }
 
   /// Loads a checkpoint `train` wrote; returns the epoch it was saved after. The checkpoint's
@@ -183,6 +184,14 @@ public final class ClassifierTrainer {
     let steps = (n + options.batchSize - 1) / options.batchSize
     let start = Date()
     guard startEpoch <= options.epochs else { return }
+    // Every step allocates the same activations and gradients: keep freed blocks for reuse.
+    try withBlockReuse { try trainEpochs(data, steps: steps, start: start, checkpoint: checkpoint, fingerprint: fingerprint, progress: progress) }
+  }
+
+  private func trainEpochs(
+    _ data: LabelledTensors, steps: Int, start: Date, checkpoint: URL?, fingerprint: String, progress: ((Progress) -> Void)?
+  ) throws {
+    let n = data.labels.count
     for epoch in startEpoch...options.epochs {
       model.training = true
       var generator = SeededGenerator(seed: options.seed &+ UInt64(epoch))

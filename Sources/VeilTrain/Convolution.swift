@@ -1,9 +1,9 @@
 import VeilTensor
 
 // Conv and ConvTranspose (2-D, NCHW, grouped or not): forward, backward-data and
-// backward-weights all run on oneDNN's convolution primitives (`ConvolutionTraining`), so the
-// backward of each is the matching oneDNN backward primitive, depthwise convolutions
-// (MobileNet, EfficientNet) included.
+// backward-weights all run on the training backend's convolution (`TrainingBackend`; on
+// oneDNN, its forward and backward primitives), depthwise convolutions (MobileNet,
+// EfficientNet) included.
 
 func convolutionOutputDims(_ spec: ConvolutionSpec, input: [Int], weights: [Int]) throws -> [Int] {
   guard input.count == 4, weights.count == 4 else {
@@ -24,15 +24,17 @@ func convolutionOutputDims(_ spec: ConvolutionSpec, input: [Int], weights: [Int]
 }
 
 /// A convolution (or, with `spec.transposed`, a transposed convolution) of x by w, plus b.
-public func convolution(_ x: Variable, _ w: Variable, _ b: Variable?, _ spec: ConvolutionSpec) throws -> Variable {
+public func convolution(
+  _ x: Variable, _ w: Variable, _ b: Variable?, _ spec: ConvolutionSpec, backend: any TrainingBackend = Backends.training
+) throws -> Variable {
   let outDims = try convolutionOutputDims(spec, input: x.shape, weights: w.shape)
-  let kernel = try ConvolutionTraining.make(
+  let kernel = try backend.trainingConvolution(
     spec, inputDims: x.shape, weightShape: w.shape, outputDims: outDims, hasBias: b != nil)
   let y = try kernel.forward(input: x.value, weights: w.value, bias: b?.value)
   return Variable(y, parents: [x, w] + (b.map { [$0] } ?? [])) { g in
     let dx = x.requiresGrad ? try kernel.backwardData(outputGradient: g, weights: w.value) : nil
     guard w.requiresGrad || b?.requiresGrad == true else { return [dx, nil, nil] }
-    // One oneDNN pass gives both; hand back only what is wanted.
+    // One pass gives both; hand back only what is wanted.
     let (dw, db) = try kernel.backwardWeights(input: x.value, outputGradient: g)
     return [dx, w.requiresGrad ? dw : nil, b?.requiresGrad == true ? db : nil]
   }
@@ -45,12 +47,15 @@ public final class Conv2d: Layer {
   public let weight: Variable
   public let bias: Variable?
   public let spec: ConvolutionSpec
+  public let backend: any TrainingBackend
 
   public init(
     _ name: String, inChannels: Int, outChannels: Int, kernel: Int, stride: Int = 1, padding: Int = 0,
     bias: Bool = true, transposed: Bool = false,
-    initializer: Initializer = .kaimingUniform(negativeSlope: Float(5).squareRoot()), generator: inout SeededGenerator
+    initializer: Initializer = .kaimingUniform(negativeSlope: Float(5).squareRoot()), generator: inout SeededGenerator,
+    backend: any TrainingBackend = Backends.training
   ) {
+    self.backend = backend
     let shape = transposed ? [inChannels, outChannels, kernel, kernel] : [outChannels, inChannels, kernel, kernel]
     weight = parameter("\(name).weight", shape, initializer, &generator)
     self.bias = bias ? parameter("\(name).bias", [outChannels], .zeros, &generator) : nil
@@ -61,5 +66,5 @@ public final class Conv2d: Layer {
 
   public var parameters: [Variable] { [weight] + (bias.map { [$0] } ?? []) }
 
-  public func callAsFunction(_ x: Variable) throws -> Variable { try convolution(x, weight, bias, spec) }
+  public func callAsFunction(_ x: Variable) throws -> Variable { try convolution(x, weight, bias, spec, backend: backend) }
 }

@@ -19,6 +19,8 @@ public final class GraphModel: Layer {
   public let allParameters: [Variable]
   /// The BatchNorm layer of each BatchNormalization node, by node index.
   public let batchNorms: [Int: BatchNorm]
+  /// What the convolutions and batch normalisations compute with.
+  public let backend: any TrainingBackend
   /// Nodes at or before the freeze point: their weights get no gradient, and they keep the
   /// graph's inference semantics (BatchNorm in evaluation mode, Dropout off) even in training.
   public let frozenNodes: Int
@@ -52,22 +54,27 @@ public final class GraphModel: Layer {
   /// - Parameters:
   ///   - freezeUntil: a node (or value) name: weights of it and every node before it in graph
   ///     order are frozen; nil trains everything.
-  public convenience init(_ graph: Graph, freezeUntil: String? = nil, seed: UInt64 = 0) throws {
-    try self.init(graph, frozenNodes: try freezeUntil.map { try Self.nodeIndex(graph, named: $0) + 1 } ?? 0, seed: seed)
+  ///   - backend: what its convolutions and batch normalisations compute with.
+  public convenience init(
+    _ graph: Graph, freezeUntil: String? = nil, seed: UInt64 = 0, backend: any TrainingBackend = Backends.training
+  ) throws {
+    try self.init(
+      graph, frozenNodes: try freezeUntil.map { try Self.nodeIndex(graph, named: $0) + 1 } ?? 0, seed: seed, backend: backend)
   }
 
   /// The graph with every weight frozen, in evaluation mode: what a white-box attacker
   /// differentiates to get ∂loss/∂input (the input a variable with `requiresGrad: true`). No
   /// weight wants a gradient, so no backward pass does weight work: convolutions run only
-  /// oneDNN's backward-data, BatchNorm is a fixed affine map, Dropout is off, and
+  /// their backward-data pass, BatchNorm is a fixed affine map, Dropout is off, and
   /// `parameters` is empty.
-  public convenience init(frozen graph: Graph) throws {
-    try self.init(graph, frozenNodes: graph.nodes.count, seed: 0)
+  public convenience init(frozen graph: Graph, backend: any TrainingBackend = Backends.training) throws {
+    try self.init(graph, frozenNodes: graph.nodes.count, seed: 0, backend: backend)
     training = false
   }
 
-  init(_ graph: Graph, frozenNodes: Int, seed: UInt64) throws {
+  init(_ graph: Graph, frozenNodes: Int, seed: UInt64, backend: any TrainingBackend) throws {
     self.graph = graph
+    self.backend = backend
     self.frozenNodes = frozenNodes
     dropoutGenerator = SeededGenerator(seed: seed)
     // Which initializers are learnable, in the order nodes first read them.
@@ -104,7 +111,8 @@ public final class GraphModel: Layer {
           "node '\(node.name)' (BatchNormalization): scale, bias, mean and variance must be constant initializers to train it")
       }
       let bn = try BatchNorm(
-        name: node.name, scale: scale, shift: shift, runningMean: mean, runningVariance: variance, epsilon: epsilon)
+        name: node.name, scale: scale, shift: shift, runningMean: mean, runningVariance: variance, epsilon: epsilon,
+        backend: backend)
       bn.training = i >= frozenNodes
       norms[i] = bn
     }
@@ -177,13 +185,13 @@ public final class GraphModel: Layer {
           try liftTo2D(x[0]), w, x.count > 2 ? x[2] : nil,
           ConvolutionSpec(
             strides: [1] + a.strides, dilations: [1] + a.dilations, padsBegin: [0] + a.padsBegin, padsEnd: [0] + a.padsEnd,
-            groups: a.groups, transposed: transposed))
+            groups: a.groups, transposed: transposed), backend: backend)
         return try dropHeight(y)
       }
       let spec = ConvolutionSpec(
         strides: a.strides, dilations: a.dilations, padsBegin: a.padsBegin, padsEnd: a.padsEnd, groups: a.groups,
         transposed: transposed)
-      return try convolution(x[0], x[1], x.count > 2 ? x[2] : nil, spec)
+      return try convolution(x[0], x[1], x.count > 2 ? x[2] : nil, spec, backend: backend)
     case .batchNormalization:
       guard let bn = batchNorms[index] else { throw unsupported("BatchNormalization without its layer") }
       return try bn(x[0])

@@ -17,6 +17,7 @@ public final class BatchNorm: Layer {
   public let epsilon: Float
   public var training = true
   public let name: String
+  public let backend: any TrainingBackend
   /// With `accumulating`, training-mode calls average their batch statistics with equal
   /// weights (momentum 1/k for the k-th batch since `resetRunningStatistics()`), as PyTorch's
   /// `momentum=None`: how a trained network's statistics are re-estimated, since exponential
@@ -31,7 +32,11 @@ public final class BatchNorm: Layer {
     accumulatedBatches = 0
   }
 
-  public init(_ name: String, channels: Int, momentum: Float = 0.1, epsilon: Float = 1e-5) {
+  public init(
+    _ name: String, channels: Int, momentum: Float = 0.1, epsilon: Float = 1e-5,
+    backend: any TrainingBackend = Backends.training
+  ) {
+    self.backend = backend
     var unused = SeededGenerator(seed: 0)
     scale = parameter("\(name).weight", [channels], .ones, &unused)
     shift = parameter("\(name).bias", [channels], .zeros, &unused)
@@ -46,8 +51,9 @@ public final class BatchNorm: Layer {
   /// its scale and bias initializers may be frozen leaves). `name` prefixes the buffers.
   public init(
     name: String, scale: Variable, shift: Variable, runningMean: Tensor, runningVariance: Tensor, momentum: Float = 0.1,
-    epsilon: Float = 1e-5
+    epsilon: Float = 1e-5, backend: any TrainingBackend = Backends.training
   ) throws {
+    self.backend = backend
     let c = scale.shape
     guard c.count == 1, shift.shape == c, runningMean.shape == c, runningVariance.shape == c else {
       throw TrainError.shapeMismatch(
@@ -80,6 +86,7 @@ public final class BatchNorm: Layer {
   }
 
   public func callAsFunction(_ x: Variable) throws -> Variable {
+    let backend = self.backend
     let c = scale.shape[0]
     guard x.shape.count >= 2, x.shape[1] == c else {
       throw TrainError.shapeMismatch(op: "BatchNorm '\(name)'", detail: "input \(x.shape) for \(c) channels")
@@ -97,7 +104,7 @@ public final class BatchNorm: Layer {
     let momentum = accumulating ? 1 / Float(accumulatedBatches + 1) : self.momentum
     if training && accumulating { accumulatedBatches += 1 }
     if training {
-      let (mu, variance) = TrainingKernels.channelMeanVariance(x.value)
+      let (mu, variance) = backend.channelMeanVariance(x.value)
       let unbiased = Double(m) / Double(m - 1)
       runningMean.withUnsafeMutableBuffer { r in
         for ch in 0..<c { r[ch] = (1 - momentum) * r[ch] + momentum * Float(mu[ch]) }
@@ -119,20 +126,20 @@ public final class BatchNorm: Layer {
       // A fixed affine map (a frozen network, an attacker differentiating through it): one pass
       // forward, one backward, and x̂ is neither stored nor read.
       let beta = shift.value.scalars
-      let y = TrainingKernels.channelAffine(x.value, scale: k, center: mean, shift: beta)
+      let y = backend.channelAffine(x.value, scale: k, center: mean, shift: beta)
       let zero = [Float](repeating: 0, count: c)
-      return Variable(y, parents: [x]) { g in [TrainingKernels.channelAffine(g, scale: k, center: zero, shift: zero)] }
+      return Variable(y, parents: [x]) { g in [backend.channelAffine(g, scale: k, center: zero, shift: zero)] }
     }
-    let (normalized, y) = TrainingKernels.batchNormApply(
+    let (normalized, y) = backend.batchNormApply(
       x.value, mean: mean, invStd: invStd, scale: scale.value, shift: shift.value)
     let isTraining = training
     return Variable(y, parents: [x, scale, shift]) { [scale, shift] g in
-      let (sumG, sumGH) = TrainingKernels.channelSums(g, normalized)
+      let (sumG, sumGH) = backend.channelSums(g, normalized)
       // Training: x̂ depends on the batch statistics, so
       // ∂x = γ/σ · (g − mean(g) − x̂·mean(g·x̂)); evaluation: ∂x = γ/σ · g.
       let mg = isTraining ? sumG.map { Float($0 / Double(m)) } : [Float](repeating: 0, count: c)
       let mgh = isTraining ? sumGH.map { Float($0 / Double(m)) } : [Float](repeating: 0, count: c)
-      let dx = x.requiresGrad ? TrainingKernels.batchNormBackward(g, normalized: normalized, k: k, a: mg, b: mgh) : nil
+      let dx = x.requiresGrad ? backend.batchNormBackward(g, normalized: normalized, k: k, a: mg, b: mgh) : nil
       let dGamma = scale.requiresGrad ? Tensor(shape: [c]) { d in for ch in 0..<c { d[ch] = Float(sumGH[ch]) } } : nil
       let dBeta = shift.requiresGrad ? Tensor(shape: [c]) { d in for ch in 0..<c { d[ch] = Float(sumG[ch]) } } : nil
       return [dx, dGamma, dBeta]

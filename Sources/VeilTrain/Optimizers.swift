@@ -24,6 +24,7 @@ public final class Adam: Optimizer {
   public let beta2: Float
   public let epsilon: Float
   public let weightDecay: Float
+  public let backend: any TrainingBackend
   /// Steps taken, and the first and second moment of each parameter (checkpointed).
   public internal(set) var stepCount = 0
   public internal(set) var firstMoments: [Tensor]
@@ -31,7 +32,7 @@ public final class Adam: Optimizer {
 
   public init(
     parameters: [Variable], learningRate: Float = 1e-3, beta1: Float = 0.9, beta2: Float = 0.999, epsilon: Float = 1e-8,
-    weightDecay: Float = 0
+    weightDecay: Float = 0, backend: any TrainingBackend = Backends.training
   ) throws {
     guard learningRate > 0, (0..<1).contains(beta1), (0..<1).contains(beta2), epsilon > 0, weightDecay >= 0 else {
       throw TrainError.invalidArgument(
@@ -43,6 +44,7 @@ public final class Adam: Optimizer {
     self.beta2 = beta2
     self.epsilon = epsilon
     self.weightDecay = weightDecay
+    self.backend = backend
     firstMoments = parameters.map { Tensor(zeros: $0.shape) }
     secondMoments = parameters.map { Tensor(zeros: $0.shape) }
   }
@@ -54,7 +56,7 @@ public final class Adam: Optimizer {
     let (b1, b2, lr, eps, wd) = (beta1, beta2, learningRate, epsilon, weightDecay)
     for (k, p) in parameters.enumerated() {
       guard let g = p.grad else { continue }
-      TrainingKernels.adamStep(
+      backend.adamStep(
         weights: &p.value, firstMoment: &firstMoments[k], secondMoment: &secondMoments[k], gradient: g, beta1: b1,
         beta2: b2, learningRate: lr, biasCorrection1: c1, biasCorrection2: c2, epsilon: eps, weightDecay: wd)
     }

@@ -7,8 +7,11 @@
 /// and the classifier epoch loop with its metrics (`ClassifierTrainer`). It is
 /// DESIGN.md's "autograd for training" of the graph layer, kept as its own module so that the
 /// inference engine (VeilGraph's executor and memory planner) carries none of it. It computes
-/// through VeilTensor (oneDNN's convolution backward primitives) and must not import the
-/// privacy, TEE, serving or planning layers; the attackers in VeilPrivacy are built on it.
+/// through VeilTensor's `TrainingBackend` seam (convolutions with their backward passes, batch
+/// normalisation, Adam), taken by each layer and optimiser when it is made (`Backends.training`
+/// unless given), and never names the library behind it; training loops run inside
+/// `withBlockReuse`. It must not import the privacy, TEE, serving or planning layers; the
+/// attackers in VeilPrivacy are built on it.
 import Foundation
 import VeilTensor
 
@@ -31,16 +34,6 @@ public enum TrainError: Error, CustomStringConvertible, Equatable {
     case .checkpoint(let file, let detail): return "\(file): checkpoint: \(detail)"
     }
   }
-}
-
-/// Memory settings for a training loop.
-public enum TrainingMemory {
-  /// Freed blocks kept for reuse while training (`TensorStorage.recycleFreedBlocks`).
-  public static let recycleLimitBytes = 1 << 30
-
-  /// Every step allocates the same activations and gradients; keeping freed blocks for reuse
-  /// spares the page faults of fresh mappings. Trainers call it when they are made.
-  public static func prepare() { TensorStorage.recycleFreedBlocks(upTo: recycleLimitBytes) }
 }
 
 /// A value on the tape: a tensor, how it was computed (its parents and the backward rule of

@@ -159,8 +159,12 @@ extension Bench {
   /// Times what white-box inversion runs per step: the forward on the tape with every weight
   /// frozen, then the backward pass for ∂/∂input alone, seeded with a fixed random gradient.
   func runInputGradient(_ graph: Graph) throws {
+    // The same activations and gradients every step, as in an attack: keep freed blocks.
+    try withBlockReuse { try timeInputGradient(graph) }
+  }
+
+  private func timeInputGradient(_ graph: Graph) throws {
     let head = try GraphModel(frozen: graph)
-    TrainingMemory.prepare()
     let shape = ModelSource.inputShape(graph)
     var rng = SeededGenerator(seed: 1)
     let x = Variable(Tensor.randomUniform(shape: shape, low: -1, high: 1, generator: &rng), requiresGrad: true)

@@ -7,13 +7,6 @@ import XCTest
 
 /// The accelerator service and the KServe client against each other, over loopback gRPC.
 final class KServeServerTests: XCTestCase {
-  /// The services run without training's block reuse; an earlier training test in this
-  /// process may have turned it on, and it makes the slow model's runs quick enough for the
-  /// queue-depth waits below to miss their moment.
-  override func setUp() {
-    TensorStorage.recycleFreedBlocks(upTo: 0)
-  }
-
   func testRoundTripRawAndTypedMatchesExecutor() async throws {
     let graph = KServeFixtures.tinyModel()
     let s = try await RunningServer([

@@ -57,6 +57,33 @@ final class TensorTests: XCTestCase {
     XCTAssertEqual(x.scalars, y.scalars)
   }
 
+  /// The primitive cache keeps at most its capacity, dropping the least recently used; a
+  /// kernel whose primitive was dropped still runs, and asking again builds it anew.
+  func testPrimitiveCacheEvictsTheLeastRecentlyUsedBeyondItsCapacity() throws {
+    let backend = DNNLBackend(primitiveCacheCapacity: 2)
+    let (a, b, c) = ([1, 3, 4, 4], [1, 3, 5, 5], [1, 3, 6, 6])
+    _ = try backend.activation(.relu, input: .plain(a))
+    let evicted = try backend.activation(.relu, input: .plain(b))
+    _ = try backend.activation(.relu, input: .plain(a))
+    XCTAssertEqual(backend.cacheHits, 1, "a second kernel of the same shape shares the primitive")
+    _ = try backend.activation(.relu, input: .plain(c))
+    XCTAssertEqual(backend.cachedPrimitives, 2)
+    XCTAssertEqual(backend.cacheEvictions, 1)
+    _ = try backend.activation(.relu, input: .plain(a))
+    XCTAssertEqual(backend.cacheHits, 2, "the recently used one stayed")
+    let misses = backend.cacheMisses
+    _ = try backend.activation(.relu, input: .plain(b))
+    XCTAssertEqual(backend.cacheMisses, misses + 1, "the least recently used one was dropped")
+    XCTAssertEqual(backend.cachedPrimitives, 2)
+
+    let x = try Tensor(shape: b, values: (0..<75).map { Float($0) - 37 })
+    var y = Tensor(zeros: b)
+    try y.withUnsafeMutableBuffer { out in
+      try evicted.run(inputs: [UnsafeMutableRawPointer(x.storage.pointer)], output: UnsafeMutableRawPointer(out.baseAddress!))
+    }
+    XCTAssertEqual(y.scalars, x.scalars.map { max($0, 0) })
+  }
+
   func testInvalidThreadCountIsRejected() {
     XCTAssertThrowsError(try Engine.shared.setThreads(0)) { e in
       XCTAssertTrue("\(e)".contains("thread count"), "\(e)")

@@ -17,7 +17,7 @@ final class TrainingKernelsTests: XCTestCase {
 
   func testChannelMeanVarianceMatchesDoublePrecision() throws {
     let x = try sample()
-    let (mean, variance) = TrainingKernels.channelMeanVariance(x)
+    let (mean, variance) = DNNLBackend.shared.channelMeanVariance(x)
     let v = x.scalars
     for ch in 0..<3 {
       let items = (0..<5).flatMap { b in (0..<21).map { Double(v[(b * 3 + ch) * 21 + $0]) } }
@@ -34,11 +34,11 @@ final class TrainingKernelsTests: XCTestCase {
     let invStd: [Float] = [1, 0.5, 100]
     let scale = try Tensor(shape: [3], values: [2, 1, -1])
     let shift = try Tensor(shape: [3], values: [0, 0.5, 3])
-    let (h, y) = TrainingKernels.batchNormApply(x, mean: mean, invStd: invStd, scale: scale, shift: shift)
+    let (h, y) = DNNLBackend.shared.batchNormApply(x, mean: mean, invStd: invStd, scale: scale, shift: shift)
     let g = try Tensor(shape: x.shape, values: x.scalars.indices.map { Float($0 % 11) - 5 })
     let (k, a, b): ([Float], [Float], [Float]) = ([1, 2, 3], [0.5, 0, -1], [0.25, 1, 2])
-    let dx = TrainingKernels.batchNormBackward(g, normalized: h, k: k, a: a, b: b)
-    let (sum, dot) = TrainingKernels.channelSums(g, h)
+    let dx = DNNLBackend.shared.batchNormBackward(g, normalized: h, k: k, a: a, b: b)
+    let (sum, dot) = DNNLBackend.shared.channelSums(g, h)
     var (sum0, dot0) = ([Double](repeating: 0, count: 3), [Double](repeating: 0, count: 3))
     for i in 0..<x.count {
       let ch = (i / 21) % 3
@@ -66,7 +66,7 @@ final class TrainingKernelsTests: XCTestCase {
       let grad = try Tensor(shape: [19], values: (0..<19).map { Float(($0 * 7 + step) % 5) - 2 })
       let c1 = 1 - pow(b1, Double(step))
       let c2 = 1 - pow(b2, Double(step))
-      TrainingKernels.adamStep(
+      DNNLBackend.shared.adamStep(
         weights: &w, firstMoment: &m, secondMoment: &v, gradient: grad, beta1: Float(b1), beta2: Float(b2),
         learningRate: Float(lr), biasCorrection1: Float(c1), biasCorrection2: Float(c2), epsilon: Float(eps),
         weightDecay: Float(wd))
@@ -84,26 +84,33 @@ final class TrainingKernelsTests: XCTestCase {
     }
   }
 
-  func testFreedBlocksAreReusedUpToTheLimitAndReleasedAtZero() {
-    TensorStorage.recycleFreedBlocks(upTo: 0)
-    defer { TensorStorage.recycleFreedBlocks(upTo: 0) }
+  func testFreedBlocksAreReusedOnlyInsideAScopeUpToItsLimit() {
     let count = 40_000  // 160 000 bytes: above the 64 KiB floor
-    TensorStorage.recycleFreedBlocks(upTo: 200_000)
-    var blocks = [TensorStorage(count: count), TensorStorage(count: count)]
-    let p1 = blocks[0].pointer
-    blocks.removeFirst()
-    XCTAssertEqual(TensorStorage.recycledBytes, 160_000, "the first freed block is kept")
-    blocks.removeAll()
-    XCTAssertEqual(TensorStorage.recycledBytes, 160_000, "no room for the second under the limit: freed")
-    let again = TensorStorage(count: count)
-    XCTAssertEqual(again.pointer, p1, "a block of the same size is reused")
-    XCTAssertEqual(TensorStorage.recycledBytes, 0)
-    _ = TensorStorage(count: 100)
-    XCTAssertEqual(TensorStorage.recycledBytes, 0, "small blocks go back to malloc")
     _ = TensorStorage(count: count)
-    XCTAssertEqual(TensorStorage.recycledBytes, 160_000)
-    TensorStorage.recycleFreedBlocks(upTo: 0)
-    XCTAssertEqual(TensorStorage.recycledBytes, 0, "a limit of 0 releases what is kept")
-    withExtendedLifetime(again) {}
+    XCTAssertEqual(TensorStorage.recycledBytes, 0, "outside every scope a freed block goes back")
+    withBlockReuse(upTo: 200_000) {
+      var blocks = [TensorStorage(count: count), TensorStorage(count: count)]
+      let p1 = blocks[0].pointer
+      blocks.removeFirst()
+      XCTAssertEqual(TensorStorage.recycledBytes, 160_000, "the first freed block is kept")
+      blocks.removeAll()
+      XCTAssertEqual(TensorStorage.recycledBytes, 160_000, "no room for the second under the limit: freed")
+      let again = TensorStorage(count: count)
+      XCTAssertEqual(again.pointer, p1, "a block of the same size is reused")
+      XCTAssertEqual(TensorStorage.recycledBytes, 0)
+      _ = TensorStorage(count: 100)
+      XCTAssertEqual(TensorStorage.recycledBytes, 0, "small blocks go back to malloc")
+      withBlockReuse(upTo: 400_000) {
+        _ = [TensorStorage(count: count), TensorStorage(count: count), TensorStorage(count: count)]
+        XCTAssertEqual(TensorStorage.recycledBytes, 320_000, "a nested scope's larger limit applies inside it")
+      }
+      XCTAssertEqual(TensorStorage.recycledBytes, 0, "back under the outer limit: what was over it is released")
+      _ = TensorStorage(count: count)
+      XCTAssertEqual(TensorStorage.recycledBytes, 160_000)
+      withExtendedLifetime(again) {}
+    }
+    XCTAssertEqual(TensorStorage.recycledBytes, 0, "the end of the last scope releases what is kept")
+    _ = TensorStorage(count: count)
+    XCTAssertEqual(TensorStorage.recycledBytes, 0, "and reuse is off again")
   }
 }

@@ -1,0 +1,454 @@
+import Foundation
+import VeilTensor
+
+/// A second backend: plain loops over plain row-major float32 tensors, written from the ops'
+/// definitions (ONNX's, in the terms the seams pass) and nothing else. It proves the seams:
+/// the executor compiles and runs a graph on it (`ComputeBackend`), and VeilTrain trains on it
+/// (`TrainingBackend`, ReferenceTrainingBackend.swift), without either naming it, exactly as
+/// they do on oneDNN; the op table and the training tests compare the two. Slow by design;
+/// tests only.
+///
+/// Convolutions and pooling are 2-D (NCHW); every layout it states is `.plain`, so the
+/// executor never inserts a reorder other than plain to plain.
+public final class ReferenceBackend: ComputeBackend {
+  public let name = "reference (plain loops)"
+
+  public init() {}
+
+  // MARK: - Convolution
+
+  public func convolution(
+    _ spec: ConvolutionSpec, inputDims: [Int], weights: Tensor, bias: Tensor?, postOps: [PostOp], outputDims: [Int]
+  ) throws -> Kernel {
+    guard inputDims.count == 4, outputDims.count == 4, weights.rank == 4 else {
+      throw TensorError.invalidArgument("reference convolution: 2-D only (input \(inputDims), weights \(weights.shape))")
+    }
+    let (n, ic, ih, iw) = (inputDims[0], inputDims[1], inputDims[2], inputDims[3])
+    let (oc, oh, ow) = (outputDims[1], outputDims[2], outputDims[3])
+    let g = spec.groups
+    let (kh, kw) = (weights.shape[2], weights.shape[3])
+    let (icg, ocg) = (ic / g, oc / g)
+    let (sy, sx, dy, dx, py, px) = (
+      spec.strides[0], spec.strides[1], spec.dilations[0], spec.dilations[1], spec.padsBegin[0], spec.padsBegin[1]
+    )
+    let w = weights.scalars
+    let b = bias?.scalars ?? [Float](repeating: 0, count: oc)
+    let hasSum = postOps.contains(.sum)
+    let transposed = spec.transposed
+    let ins = hasSum ? [Layout.plain(inputDims), .plain(outputDims)] : [.plain(inputDims)]
+    let name = (transposed ? "RefConvTranspose" : "RefConv") + postOps.map { "+\($0)" }.joined()
+    return LoopKernel(name: name, inputs: ins, output: .plain(outputDims), constantBytes: (w.count + b.count) * 4) { i, y in
+      let x = i[0]
+      var acc = [Float](repeating: 0, count: n * oc * oh * ow)
+      for b0 in 0..<n {
+        for gi in 0..<g {
+          if transposed {
+            // ONNX ConvTranspose weights are [in, out/groups, kh, kw]: each input pixel
+            // scatters into the outputs it reaches.
+            for ci in 0..<icg {
+              let c = gi * icg + ci
+              for yy in 0..<ih {
+                for xx in 0..<iw {
+                  let v = x[((b0 * ic + c) * ih + yy) * iw + xx]
+                  for co in 0..<ocg {
+                    for ky in 0..<kh {
+                      let oy = yy * sy - py + ky * dy
+                      guard oy >= 0, oy < oh else { continue }
+                      for kx in 0..<kw {
+                        let ox = xx * sx - px + kx * dx
+                        guard ox >= 0, ox < ow else { continue }
+                        acc[((b0 * oc + gi * ocg + co) * oh + oy) * ow + ox] += v * w[((c * ocg + co) * kh + ky) * kw + kx]
+                      }
+                    }
+                  }
+                }
+              }
+            }
+          } else {
+            // Conv weights are [out, in/groups, kh, kw].
+            for co in 0..<ocg {
+              let o = gi * ocg + co
+              for oy in 0..<oh {
+                for ox in 0..<ow {
+                  var s: Float = 0
+                  for ci in 0..<icg {
+                    for ky in 0..<kh {
+                      let yy = oy * sy - py + ky * dy
+                      guard yy >= 0, yy < ih else { continue }
+                      for kx in 0..<kw {
+                        let xx = ox * sx - px + kx * dx
+                        guard xx >= 0, xx < iw else { continue }
+                        s += x[((b0 * ic + gi * icg + ci) * ih + yy) * iw + xx] * w[((o * icg + ci) * kh + ky) * kw + kx]
+                      }
+                    }
+                  }
+                  acc[((b0 * oc + o) * oh + oy) * ow + ox] = s
+                }
+              }
+            }
+          }
+        }
+      }
+      let plane = oh * ow
+      for k in acc.indices {
+        var v = acc[k] + b[(k / plane) % oc]
+        for op in postOps {
+          switch op {
+          case .sum: v += i[1][k]
+          case .activation(let a): v = a.apply(v)
+          }
+        }
+        y[k] = v
+      }
+    }
+  }
+
+  // MARK: - Element-wise and normalization
+
+  public func activation(_ activation: Activation, input: Layout) throws -> Kernel {
+    let dims = try plainDims(input, "activation")
+    return LoopKernel(name: "Ref\(activation)", inputs: [input], output: input) { i, y in
+      for k in 0..<count(dims) { y[k] = activation.apply(i[0][k]) }
+    }
+  }
+
+  public func batchNormalization(
+    input: Layout, scale: Tensor, bias: Tensor, mean: Tensor, variance: Tensor, epsilon: Float
+  ) throws -> Kernel {
+    let dims = try plainDims(input, "BatchNormalization")
+    let (c, inner) = (dims[1], dims.dropFirst(2).reduce(1, *))
+    let (g, b, m, v) = (scale.scalars, bias.scalars, mean.scalars, variance.scalars)
+    return LoopKernel(name: "RefBatchNormalization", inputs: [input], output: input, constantBytes: 16 * c) { i, y in
+      for k in 0..<count(dims) {
+        let ch = (k / inner) % c
+        y[k] = g[ch] * (i[0][k] - m[ch]) / (v[ch] + epsilon).squareRoot() + b[ch]
+      }
+    }
+  }
+
+  public func binary(_ kind: BinaryKind, a: Layout, b: Layout, outputDims: [Int]) throws -> Kernel {
+    let (ad, bd) = (try plainDims(a, "binary"), try plainDims(b, "binary"))
+    let rank = outputDims.count
+    // Numpy broadcasting: an operand's axis of extent 1 (or missing) repeats.
+    func strides(_ d: [Int]) throws -> [Int] {
+      let padded = [Int](repeating: 1, count: rank - d.count) + d
+      guard zip(padded, outputDims).allSatisfy({ $0 == $1 || $0 == 1 }) else {
+        throw TensorError.shapeMismatch(what: "reference \(kind)", expected: "dims broadcastable to \(outputDims)", found: "\(d)")
+      }
+      let s = rowMajorStrides(padded)
+      return (0..<rank).map { padded[$0] == 1 ? 0 : s[$0] }
+    }
+    let (sa, sb) = (try strides(ad), try strides(bd))
+    return LoopKernel(name: "Ref\(kind)", inputs: [a, b], output: .plain(outputDims)) { i, y in
+      forEachIndex(outputDims) { idx, k in
+        var (ka, kb) = (0, 0)
+        for d in 0..<rank {
+          ka += idx[d] * sa[d]
+          kb += idx[d] * sb[d]
+        }
+        let (p, q) = (i[0][ka], i[1][kb])
+        switch kind {
+        case .add: y[k] = p + q
+        case .sub: y[k] = p - q
+        case .mul: y[k] = p * q
+        case .div: y[k] = p / q
+        }
+      }
+    }
+  }
+
+  public func localResponseNormalization(size: Int, alpha: Float, beta: Float, k: Float, input: Layout) throws -> Kernel {
+    let dims = try plainDims(input, "LRN")
+    let (c, inner) = (dims[1], dims.dropFirst(2).reduce(1, *))
+    // ONNX: the window is channels [c − ⌊(size−1)/2⌋, c + ⌈(size−1)/2⌉].
+    let (before, after) = ((size - 1) / 2, size / 2)
+    return LoopKernel(name: "RefLRN", inputs: [input], output: input) { i, y in
+      for e in 0..<count(dims) {
+        let ch = (e / inner) % c
+        let base = e - ch * inner
+        var s: Float = 0
+        for cc in max(0, ch - before)...min(c - 1, ch + after) {
+          let v = i[0][base + cc * inner]
+          s += v * v
+        }
+        y[e] = i[0][e] / powf(k + alpha / Float(size) * s, beta)
+      }
+    }
+  }
+
+  public func softmax(axis: Int, input: Layout) throws -> Kernel {
+    let dims = try plainDims(input, "Softmax")
+    let (extent, inner) = (dims[axis], dims.dropFirst(axis + 1).reduce(1, *))
+    let outer = dims.prefix(axis).reduce(1, *)
+    return LoopKernel(name: "RefSoftmax", inputs: [input], output: input) { i, y in
+      for o in 0..<outer {
+        for r in 0..<inner {
+          let at = { (j: Int) in (o * extent + j) * inner + r }
+          let m = (0..<extent).map { i[0][at($0)] }.max() ?? 0
+          var s: Float = 0
+          for j in 0..<extent {
+            y[at(j)] = expf(i[0][at(j)] - m)
+            s += y[at(j)]
+          }
+          for j in 0..<extent { y[at(j)] /= s }
+        }
+      }
+    }
+  }
+
+  // MARK: - Pooling, concat, resize
+
+  public func pooling(_ spec: PoolingSpec, input: Layout, outputDims: [Int]) throws -> Kernel {
+    let dims = try plainDims(input, "pooling")
+    guard dims.count == 4, spec.kernel.count == 2 else {
+      throw TensorError.invalidArgument("reference pooling: 2-D only (input \(dims))")
+    }
+    let (ih, iw, oh, ow) = (dims[2], dims[3], outputDims[2], outputDims[3])
+    let planes = dims[0] * dims[1]
+    return LoopKernel(name: "RefPool", inputs: [input], output: .plain(outputDims)) { i, y in
+      for p in 0..<planes {
+        for oy in 0..<oh {
+          for ox in 0..<ow {
+            let y0 = oy * spec.strides[0] - spec.padsBegin[0]
+            let x0 = ox * spec.strides[1] - spec.padsBegin[1]
+            var (best, sum, inside) = (-Float.infinity, Float(0), 0)
+            for yy in max(y0, 0)..<min(y0 + spec.kernel[0], ih) {
+              for xx in max(x0, 0)..<min(x0 + spec.kernel[1], iw) {
+                let v = i[0][(p * ih + yy) * iw + xx]
+                best = max(best, v)
+                sum += v
+                inside += 1
+              }
+            }
+            let out: Float
+            switch spec.kind {
+            case .max: out = best
+            case .average(let includePad):
+              // Counting the pads: the window's extent clipped to the padded input.
+              let hy = min(y0 + spec.kernel[0], ih + spec.padsEnd[0]) - y0
+              let hx = min(x0 + spec.kernel[1], iw + spec.padsEnd[1]) - x0
+              out = sum / Float(includePad ? hy * hx : inside)
+            }
+            y[(p * oh + oy) * ow + ox] = out
+          }
+        }
+      }
+    }
+  }
+
+  public func concat(axis: Int, inputs: [Layout]) throws -> Kernel {
+    let all = try inputs.map { try plainDims($0, "Concat") }
+    guard var out = all.first else { throw TensorError.invalidArgument("Concat of no inputs") }
+    out[axis] = all.reduce(0) { $0 + $1[axis] }
+    let outer = out.prefix(axis).reduce(1, *)
+    let rows = all.map { $0.suffix(from: axis).reduce(1, *) }
+    let outRow = out.suffix(from: axis).reduce(1, *)
+    return LoopKernel(name: "RefConcat", inputs: inputs, output: .plain(out)) { i, y in
+      for o in 0..<outer {
+        var at = o * outRow
+        for (k, r) in rows.enumerated() {
+          for e in 0..<r { y[at + e] = i[k][o * r + e] }
+          at += r
+        }
+      }
+    }
+  }
+
+  public func resize(_ kind: ResizeKind, input: Layout, outputDims: [Int]) throws -> Kernel {
+    let dims = try plainDims(input, "Resize")
+    guard dims.count == 4 else { throw TensorError.invalidArgument("reference Resize: 2-D only (input \(dims))") }
+    let (ih, iw, oh, ow) = (dims[2], dims[3], outputDims[2], outputDims[3])
+    let planes = dims[0] * dims[1]
+    // Source coordinate of an output one along an axis of extent `n` resized to `m`.
+    func taps(_ n: Int, _ m: Int) -> [(Int, Int, Float)] {
+      (0..<m).map { o in
+        let scale = Float(n) / Float(m)
+        if kind == .nearest { return (min(o * n / m, n - 1), 0, 0) }  // asymmetric, floor
+        let s = max((Float(o) + 0.5) * scale - 0.5, 0)
+        let i0 = min(Int(s), n - 1)
+        return (i0, min(i0 + 1, n - 1), s - Float(i0))
+      }
+    }
+    let (ty, tx) = (taps(ih, oh), taps(iw, ow))
+    return LoopKernel(name: "RefResize", inputs: [input], output: .plain(outputDims)) { i, y in
+      for p in 0..<planes {
+        for (oy, (y0, y1, fy)) in ty.enumerated() {
+          for (ox, (x0, x1, fx)) in tx.enumerated() {
+            let at = { (yy: Int, xx: Int) in i[0][(p * ih + yy) * iw + xx] }
+            let top = at(y0, x0) * (1 - fx) + at(y0, x1) * fx
+            let bottom = at(y1, x0) * (1 - fx) + at(y1, x1) * fx
+            y[(p * oh + oy) * ow + ox] = kind == .nearest ? at(y0, x0) : top * (1 - fy) + bottom * fy
+          }
+        }
+      }
+    }
+  }
+
+  // MARK: - Dense layers
+
+  public func innerProduct(inputDims: [Int], weights: Tensor, bias: Tensor?) throws -> Kernel {
+    guard inputDims.count == 2, weights.rank == 2, weights.shape[1] == inputDims[1] else {
+      throw TensorError.shapeMismatch(what: "reference Gemm", expected: "[out, \(inputDims.last ?? 0)]", found: "\(weights.shape)")
+    }
+    let (n, k, o) = (inputDims[0], inputDims[1], weights.shape[0])
+    let w = weights.scalars
+    let b = bias?.scalars ?? [Float](repeating: 0, count: o)
+    return LoopKernel(name: "RefGemm", inputs: [.plain(inputDims)], output: .plain([n, o]), constantBytes: 4 * (w.count + o)) {
+      i, y in
+      for r in 0..<n {
+        for c in 0..<o {
+          var s = b[c]
+          for e in 0..<k { s += i[0][r * k + e] * w[c * k + e] }
+          y[r * o + c] = s
+        }
+      }
+    }
+  }
+
+  public func matmul(a: [Int], b: [Int], outputDims: [Int]) throws -> Kernel {
+    let rank = outputDims.count
+    let pa = [Int](repeating: 1, count: rank - a.count) + a
+    let pb = [Int](repeating: 1, count: rank - b.count) + b
+    let (m, k, n) = (pa[rank - 2], pa[rank - 1], pb[rank - 1])
+    guard pb[rank - 2] == k else {
+      throw TensorError.shapeMismatch(what: "reference MatMul", expected: "[…, \(k), n]", found: "\(b)")
+    }
+    let batch = Array(outputDims.prefix(rank - 2))
+    // Broadcast batch axes: an operand's axis of extent 1 repeats.
+    func batchStrides(_ d: [Int]) -> [Int] {
+      let s = rowMajorStrides(Array(d.prefix(rank - 2)))
+      return (0..<(rank - 2)).map { d[$0] == 1 ? 0 : s[$0] }
+    }
+    let (sa, sb) = (batchStrides(pa), batchStrides(pb))
+    return LoopKernel(name: "RefMatMul", inputs: [.plain(a), .plain(b)], output: .plain(outputDims)) { i, y in
+      forEachIndex(batch) { idx, q in
+        let ia = zip(idx, sa).reduce(0) { $0 + $1.0 * $1.1 } * m * k
+        let ib = zip(idx, sb).reduce(0) { $0 + $1.0 * $1.1 } * k * n
+        for r in 0..<m {
+          for c in 0..<n {
+            var s: Float = 0
+            for e in 0..<k { s += i[0][ia + r * k + e] * i[1][ib + e * n + c] }
+            y[(q * m + r) * n + c] = s
+          }
+        }
+      }
+    }
+  }
+
+  // MARK: - Data movement
+
+  public func pad(mode: PadMode, value: Float, pads: [Int], inputDims: [Int]) throws -> Kernel {
+    let rank = inputDims.count
+    guard pads.count == 2 * rank else {
+      throw TensorError.invalidArgument("reference Pad: \(pads.count) pads for rank \(rank)")
+    }
+    let out = (0..<rank).map { inputDims[$0] + pads[$0] + pads[rank + $0] }
+    let s = rowMajorStrides(inputDims)
+    return LoopKernel(name: "RefPad", inputs: [.plain(inputDims)], output: .plain(out)) { i, y in
+      forEachIndex(out) { idx, k in
+        var at = 0
+        for d in 0..<rank {
+          var j = idx[d] - pads[d]
+          let n = inputDims[d]
+          if j < 0 || j >= n {
+            switch mode {
+            case .constant:
+              y[k] = value
+              return
+            case .reflect: j = j < 0 ? -j : 2 * (n - 1) - j
+            case .edge: j = min(max(j, 0), n - 1)
+            }
+          }
+          at += j * s[d]
+        }
+        y[k] = i[0][at]
+      }
+    }
+  }
+
+  public func transpose(permutation: [Int], inputDims: [Int]) throws -> Kernel {
+    let out = permutation.map { inputDims[$0] }
+    let s = rowMajorStrides(inputDims)
+    return LoopKernel(name: "RefTranspose", inputs: [.plain(inputDims)], output: .plain(out)) { i, y in
+      forEachIndex(out) { idx, k in
+        var at = 0
+        for (d, p) in permutation.enumerated() { at += idx[d] * s[p] }
+        y[k] = i[0][at]
+      }
+    }
+  }
+
+  public func reorder(from: Layout, to: Layout) throws -> Kernel {
+    let dims = try plainDims(from, "reorder")
+    _ = try plainDims(to, "reorder")
+    guard dims == to.dims else {
+      throw TensorError.shapeMismatch(what: "reference reorder", expected: "\(dims)", found: "\(to.dims)")
+    }
+    return LoopKernel(name: "RefCopy", inputs: [from], output: to) { i, y in
+      for k in 0..<count(dims) { y[k] = i[0][k] }
+    }
+  }
+
+  private func plainDims(_ l: Layout, _ op: String) throws -> [Int] {
+    guard l.token == nil else {
+      throw TensorError.invalidArgument("reference \(op): layout \(l) is not plain (another backend's)")
+    }
+    return l.dims
+  }
+}
+
+/// A reference kernel: a closure over the input and output buffers.
+private final class LoopKernel: Kernel, @unchecked Sendable {
+  let name: String
+  let inputLayouts: [Layout]
+  let outputLayout: Layout
+  let inPlaceInput: Int? = nil
+  let constantBytes: Int
+  private let body: ([UnsafePointer<Float>], UnsafeMutablePointer<Float>) -> Void
+
+  init(
+    name: String, inputs: [Layout], output: Layout, constantBytes: Int = 0,
+    body: @escaping ([UnsafePointer<Float>], UnsafeMutablePointer<Float>) -> Void
+  ) {
+    self.name = name
+    inputLayouts = inputs
+    outputLayout = output
+    self.constantBytes = constantBytes
+    self.body = body
+  }
+
+  func run(inputs: [UnsafeMutableRawPointer], output: UnsafeMutableRawPointer) throws {
+    guard inputs.count == inputLayouts.count else {
+      throw TensorError.invalidArgument("\(name): expected \(inputLayouts.count) inputs, got \(inputs.count)")
+    }
+    let count = outputLayout.dims.reduce(1, *)
+    body(
+      zip(inputs, inputLayouts).map { UnsafePointer($0.bindMemory(to: Float.self, capacity: max($1.dims.reduce(1, *), 1))) },
+      output.bindMemory(to: Float.self, capacity: max(count, 1)))
+  }
+}
+
+private func count(_ dims: [Int]) -> Int { dims.reduce(1, *) }
+
+private func rowMajorStrides(_ dims: [Int]) -> [Int] {
+  var s = [Int](repeating: 1, count: dims.count)
+  for i in stride(from: dims.count - 2, through: 0, by: -1) { s[i] = s[i + 1] * dims[i + 1] }
+  return s
+}
+
+/// Calls `body` with every multi-index of `dims` in row-major order and its linear position.
+private func forEachIndex(_ dims: [Int], _ body: ([Int], Int) -> Void) {
+  let total = count(dims)
+  guard total > 0 else { return }
+  var idx = [Int](repeating: 0, count: dims.count)
+  for k in 0..<total {
+    body(idx, k)
+    var d = dims.count - 1
+    while d >= 0 {
+      idx[d] += 1
+      if idx[d] < dims[d] { break }
+      idx[d] = 0
+      d -= 1
+    }
+  }
+}
