@@ -67,8 +67,11 @@ public final class PrefetchingLoader<Item: Sendable>: @unchecked Sendable {
   private var delivered = 0
   private let progress: ProgressBar?
 
+  /// `producerExited`, when given, is called on the producer thread as it ends (every item
+  /// produced, an error, or the loader dropped).
   public init(
-    count: Int, capacity: Int = 8, progress: ProgressBar? = nil, produce: @escaping @Sendable (Int) throws -> Item
+    count: Int, capacity: Int = 8, progress: ProgressBar? = nil, producerExited: (@Sendable () -> Void)? = nil,
+    produce: @escaping @Sendable (Int) throws -> Item
   ) {
     self.count = count
     self.capacity = max(capacity, 1)
@@ -77,6 +80,7 @@ public final class PrefetchingLoader<Item: Sendable>: @unchecked Sendable {
     let queue = PrefetchQueue<Item>(capacity: self.capacity)
     self.queue = queue
     let thread = Thread {
+      defer { producerExited?() }
       for i in 0..<count {
         let result = Result { try produce(i) }
         guard queue.put(result) else { return }
@@ -91,6 +95,9 @@ public final class PrefetchingLoader<Item: Sendable>: @unchecked Sendable {
 
   /// Items produced but not yet taken (never more than `capacity`).
   public var buffered: Int { queue.count }
+
+  /// Whether the producer waits for room: `capacity` items are buffered and it holds the next.
+  public var producerIsWaitingForRoom: Bool { queue.producerWaiting }
 
   /// The next item in order, nil after the last.
   public func next() throws -> Item? {
@@ -108,6 +115,7 @@ final class PrefetchQueue<Item: Sendable>: @unchecked Sendable {
   private let condition = NSCondition()
   private var items: [Result<Item, Error>] = []
   private var cancelled = false
+  private var waitingForRoom = false
   let capacity: Int
 
   init(capacity: Int) { self.capacity = capacity }
@@ -118,11 +126,21 @@ final class PrefetchQueue<Item: Sendable>: @unchecked Sendable {
     return items.count
   }
 
+  var producerWaiting: Bool {
+    condition.lock()
+    defer { condition.unlock() }
+    return waitingForRoom
+  }
+
   /// Waits for room; false when the consumer has gone.
   func put(_ item: Result<Item, Error>) -> Bool {
     condition.lock()
     defer { condition.unlock() }
-    while items.count >= capacity && !cancelled { condition.wait() }
+    while items.count >= capacity && !cancelled {
+      waitingForRoom = true
+      condition.wait()
+    }
+    waitingForRoom = false
     if cancelled { return false }
     items.append(item)
     condition.broadcast()

@@ -178,17 +178,24 @@ final class DataSetTests: XCTestCase {
     let d = try DataSet.folder(root.appendingPathComponent("set"))
     var lines: [String] = []
     let bar = ProgressBar(total: 4, label: "test") { lines.append($0) }
+    let made = Counter()
     let loader = PrefetchingLoader(count: 4, capacity: 2, progress: bar) { i in
-      try d.batches(size: 2, prefetch: 1, transform: { try $0.tensor() }).next().map { _ in i } ?? -1
+      made.increment()
+      return try d.batches(size: 2, prefetch: 1, transform: { try $0.tensor() }).next().map { _ in i } ?? -1
     }
-    Thread.sleep(forTimeInterval: 0.3)
-    XCTAssertLessThanOrEqual(loader.buffered, 2, "the producer may run at most `capacity` ahead")
+    // Nothing is taken: the producer fills the buffer, makes one more item and waits for room.
+    try waitFor("the producer waits for room") { loader.producerIsWaitingForRoom }
+    XCTAssertEqual(loader.buffered, 2, "the producer may run at most `capacity` ahead")
+    XCTAssertEqual(made.value, 3, "two buffered and the one it holds")
     var got: [Int] = []
     while let i = try loader.next() { got.append(i) }
     XCTAssertEqual(got, [0, 1, 2, 3])
     // A loader dropped half-way is freed, and its producer stops instead of waiting forever.
     let produced = Counter()
-    var early: PrefetchingLoader<Int>? = PrefetchingLoader(count: 1000, capacity: 2) { i in
+    let exited = Counter()
+    var early: PrefetchingLoader<Int>? = PrefetchingLoader(
+      count: 1000, capacity: 2, producerExited: { exited.increment() }
+    ) { i in
       produced.increment()
       return i
     }
@@ -196,11 +203,8 @@ final class DataSetTests: XCTestCase {
     weak let dropped = early
     early = nil
     XCTAssertNil(dropped, "the producer thread must not keep the loader alive")
-    Thread.sleep(forTimeInterval: 0.2)
-    let stopped = produced.value
-    Thread.sleep(forTimeInterval: 0.2)
-    XCTAssertEqual(produced.value, stopped)
-    XCTAssertLessThanOrEqual(stopped, 5)
+    try waitFor("the producer of a dropped loader ends") { exited.value == 1 }
+    XCTAssertLessThanOrEqual(produced.value, 5, "it stopped at the buffer's bound, not at 1000")
     XCTAssertEqual(lines.last?.hasPrefix("test [########################] 4/4 100%"), true, lines.description)
 
     let batches = try d.batches(size: 3, transform: { try $0.tensor() })
@@ -220,6 +224,17 @@ final class DataSetTests: XCTestCase {
     XCTAssertThrowsError(try mixed.next()) { error in
       XCTAssertTrue("\(error)".contains("zz_wide.png") && "\(error)".contains("[1, 3, 6, 12]"), "\(error)")
     }
+  }
+}
+
+/// Polls `condition` until it holds, failing after `seconds`: a wait for an event with a
+/// deadline, never a fixed sleep.
+func waitFor(_ what: String, seconds: Double = 30, _ condition: () -> Bool) throws {
+  struct Timeout: Error, CustomStringConvertible { var description: String }
+  let deadline = Date().addingTimeInterval(seconds)
+  while !condition() {
+    guard Date() < deadline else { throw Timeout(description: "\(what): not within \(seconds) s") }
+    Thread.sleep(forTimeInterval: 0.002)
   }
 }
 
