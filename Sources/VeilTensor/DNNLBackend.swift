@@ -198,7 +198,7 @@ final class PlainKernel: Kernel, @unchecked Sendable {
   }
 }
 
-/// oneDNN 2.6 on the CPU: the compute backend, and (TrainingKernels.swift) the training one.
+/// oneDNN 2.6 on the CPU: the compute backend, and (its `TrainingBackend` methods) the training one.
 /// Its memory descriptors stay in here, as `Layout` tokens (`DNNLLayout`).
 public final class DNNLBackend: ComputeBackend, @unchecked Sendable {
   public static let shared = DNNLBackend()
