@@ -9,7 +9,9 @@
 # WAITS (default "default": each process as it chooses, see `ThreadWaiting` in
 # Sources/veil/Veil.swift) lists the thread-waiting policies to compare, e.g.
 # WAITS="default passive short": each round then runs every measurement under each policy in
-# turn, all three processes restarted with VEIL_THREAD_WAIT set to it.
+# turn, all three processes restarted with VEIL_THREAD_WAIT set to it. VEILS (default: VEIL,
+# .build/release/veil) lists veil binaries to compare the same way, e.g. a build before and after
+# a change: VEILS="/tmp/veil-before .build/release/veil".
 #
 # PLAN_DIR is a plan folder (`veil plan --out`, e.g. the demo's), MODEL the model it was made from
 # (zoo name or file, as given to the planner), PHOTO a photo to send. Each round measures, in turn:
@@ -27,6 +29,7 @@ REQUESTS=${5:-60}
 CLIENTS=${6:-8}
 WAITS=${WAITS:-default}
 VEIL=${VEIL:-.build/release/veil}
+VEILS=${VEILS:-$VEIL}
 WORK=$(mktemp -d)
 PIDS=""
 cleanup() {
@@ -97,30 +100,36 @@ loadtest() {
   python3 -c 'import json,sys; d=json.load(open(sys.argv[1])); print("%.2f %.2f %d %d" % (d["p50Ms"], d["throughput"], d["wrong"], d["lost"]))' "$WORK/lt.json"
 }
 
-printf '%-6s %-8s %-7s %-28s %10s\n' round waiting load measurement value
+printf '%-6s %-24s %-7s %-28s %10s\n' round variant load measurement value
+VARIANTS=""
 r=1
 while [ "$r" -le "$ROUNDS" ]; do
-  for wait in $WAITS; do
-    servers_start "$wait"
-    for load in quiet busy; do
-      [ "$load" = busy ] && busy_start
-      printf '%-6s %-8s %-7s %-28s %10s ms\n' "$r" "$wait" "$load" "whole model (bench median)" "$(bench)"
-      set -- $(loadtest 1)
-      printf '%-6s %-8s %-7s %-28s %10s ms  (%s wrong, %s lost)\n' "$r" "$wait" "$load" "private path p50, 1 client" "$1" "$3" "$4"
-      [ "$load" = quiet ] && cp "$WORK/lt.json" "$WORK/quiet-breakdown-$wait.json"
-      if [ "$CLIENTS" -gt 1 ]; then
-        set -- $(loadtest "$CLIENTS")
-        printf '%-6s %-8s %-7s %-28s %10s req/s  (%s wrong, %s lost)\n' "$r" "$wait" "$load" "throughput, $CLIENTS clients" "$2" "$3" "$4"
-      fi
-      [ "$load" = busy ] && busy_stop
+  for VEIL in $VEILS; do
+    for wait in $WAITS; do
+      variant=$wait
+      [ "$VEILS" != "$VEIL" ] && variant="$(basename "$VEIL"):$wait"
+      [ "$r" -eq 1 ] && VARIANTS="$VARIANTS $variant"
+      servers_start "$wait"
+      for load in quiet busy; do
+        [ "$load" = busy ] && busy_start
+        printf '%-6s %-24s %-7s %-28s %10s ms\n' "$r" "$variant" "$load" "whole model (bench median)" "$(bench)"
+        set -- $(loadtest 1)
+        printf '%-6s %-24s %-7s %-28s %10s ms  (%s wrong, %s lost)\n' "$r" "$variant" "$load" "private path p50, 1 client" "$1" "$3" "$4"
+        [ "$load" = quiet ] && cp "$WORK/lt.json" "$WORK/quiet-breakdown-$variant.json"
+        if [ "$CLIENTS" -gt 1 ]; then
+          set -- $(loadtest "$CLIENTS")
+          printf '%-6s %-24s %-7s %-28s %10s req/s  (%s wrong, %s lost)\n' "$r" "$variant" "$load" "throughput, $CLIENTS clients" "$2" "$3" "$4"
+        fi
+        [ "$load" = busy ] && busy_stop
+      done
+      servers_stop
     done
-    servers_stop
   done
   r=$((r + 1))
 done
-for wait in $WAITS; do
-  echo "breakdown of the last quiet single-client run, $wait waiting (ms):"
-  python3 - "$WORK/quiet-breakdown-$wait.json" <<'EOF'
+for variant in $VARIANTS; do
+  echo "breakdown of the last quiet single-client run, $variant (ms):"
+  python3 - "$WORK/quiet-breakdown-$variant.json" <<'EOF'
 import json, sys
 d = json.load(open(sys.argv[1]))
 for s in d.get("breakdown") or []:

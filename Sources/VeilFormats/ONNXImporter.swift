@@ -184,6 +184,22 @@ struct ONNXImporter {
     return bytes[raw]
   }
 
+  /// `count` little-endian words of `size` bytes from `raw` (whose length `rawBytes` checked),
+  /// each made into a value by `make`. (Float weights are written straight into their tensor
+  /// instead: VGG-16's would need 1.1 GB of words on the way.)
+  func littleEndian<T>(_ raw: ArraySlice<UInt8>, size: Int, count: Int, _ make: (UInt64) -> T) -> [T] {
+    var out: [T] = []
+    out.reserveCapacity(count)
+    var i = raw.startIndex
+    for _ in 0..<count {
+      var word: UInt64 = 0
+      for j in 0..<size { word |= UInt64(raw[i + j]) << (8 * UInt64(j)) }
+      out.append(make(word))
+      i += size
+    }
+    return out
+  }
+
   func checkCount(_ t: ONNXProto.Tensor, _ found: Int, _ count: Int) throws {
     guard found == count else {
       throw FormatError.malformed(
@@ -214,12 +230,7 @@ struct ONNXImporter {
     case ONNXProto.DataType.float16:
       var halves: [UInt16] = []
       if let raw = try rawBytes(t, count: count, size: 2) {
-        var i = raw.startIndex
-        halves.reserveCapacity(count)
-        for _ in 0..<count {
-          halves.append(UInt16(raw[i]) | UInt16(raw[i + 1]) << 8)
-          i += 2
-        }
+        halves = littleEndian(raw, size: 2, count: count) { UInt16(truncatingIfNeeded: $0) }
       } else {
         try checkCount(t, t.int32Data.count, count)
         halves = t.int32Data.map { UInt16(truncatingIfNeeded: $0) }
@@ -228,14 +239,7 @@ struct ONNXImporter {
     case ONNXProto.DataType.double:
       var ds: [Double] = []
       if let raw = try rawBytes(t, count: count, size: 8) {
-        ds.reserveCapacity(count)
-        var i = raw.startIndex
-        for _ in 0..<count {
-          var b: UInt64 = 0
-          for j in 0..<8 { b |= UInt64(raw[i + j]) << (8 * UInt64(j)) }
-          ds.append(Double(bitPattern: b))
-          i += 8
-        }
+        ds = littleEndian(raw, size: 8, count: count) { Double(bitPattern: $0) }
       } else {
         try checkCount(t, t.doubleData.count, count)
         ds = t.doubleData
@@ -243,16 +247,7 @@ struct ONNXImporter {
       return .floats(Tensor(shape: dims) { out in for k in 0..<count { out[k] = Float(ds[k]) } })
     case ONNXProto.DataType.int64:
       if let raw = try rawBytes(t, count: count, size: 8) {
-        var vs: [Int64] = []
-        vs.reserveCapacity(count)
-        var i = raw.startIndex
-        for _ in 0..<count {
-          var b: UInt64 = 0
-          for j in 0..<8 { b |= UInt64(raw[i + j]) << (8 * UInt64(j)) }
-          vs.append(Int64(bitPattern: b))
-          i += 8
-        }
-        return .ints(dims: dims, values: vs)
+        return .ints(dims: dims, values: littleEndian(raw, size: 8, count: count) { Int64(bitPattern: $0) })
       }
       try checkCount(t, t.int64Data.count, count)
       return .ints(dims: dims, values: t.int64Data)
@@ -262,15 +257,8 @@ struct ONNXImporter {
       return .ints(dims: dims, values: t.int32Data)
     case ONNXProto.DataType.int32:
       if let raw = try rawBytes(t, count: count, size: 4) {
-        var vs: [Int64] = []
-        vs.reserveCapacity(count)
-        var i = raw.startIndex
-        for _ in 0..<count {
-          let b = UInt32(raw[i]) | UInt32(raw[i + 1]) << 8 | UInt32(raw[i + 2]) << 16 | UInt32(raw[i + 3]) << 24
-          vs.append(Int64(Int32(bitPattern: b)))
-          i += 4
-        }
-        return .ints(dims: dims, values: vs)
+        return .ints(
+          dims: dims, values: littleEndian(raw, size: 4, count: count) { Int64(Int32(bitPattern: UInt32(truncatingIfNeeded: $0))) })
       }
       try checkCount(t, t.int32Data.count, count)
       return .ints(dims: dims, values: t.int32Data)

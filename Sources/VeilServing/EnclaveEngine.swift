@@ -150,7 +150,7 @@ public final class EnclaveEngine: Sendable {
   /// Runs head then tail. The answer's `endpoint` names the endpoint that ran the tail, and
   /// `tail` its stages where the backend times them.
   public func run(_ x: Tensor) async throws -> (
-    logits: Tensor, headMs: Double, tailMs: Double, endpoint: String, tail: TailTiming?
+    logits: Tensor, headMs: Double, tailMs: Double, endpoint: String, tail: CallTiming?
   ) {
     let t0 = DispatchTime.now()
     let features: Tensor

@@ -164,10 +164,15 @@ public final class KServeClient: Sendable {
     model: String, version: String = "", inputs: [KServeTensor], outputs: [String] = [], id: String = "",
     encoding: KServeEncoding = .raw, timeout: Duration? = nil, expecting: [KServeTensorMetadata]? = nil
   ) async throws -> KServeInferResult {
+    let t0 = DispatchTime.now()
     let request = Self.makeRequest(model: model, version: version, inputs: inputs, outputs: outputs, id: id, encoding: encoding)
+    let t1 = DispatchTime.now()
     let response = try await modelInfer(request, timeout: timeout)
+    let t2 = DispatchTime.now()
     do {
-      return try Self.decode(response, expecting: expecting)
+      var result = try Self.decode(response, expecting: expecting)
+      result.timing = CallTiming(encodeMs: ms(t0, t1), callMs: ms(t1, t2), decodeMs: ms(t2, DispatchTime.now()))
+      return result
     } catch let e as KServeError {
       throw KServeError(kind: e.kind, call: "ModelInfer", endpoint: endpoint.description, status: e.status, message: e.message)
     }
@@ -252,6 +257,7 @@ public final class KServeClient: Sendable {
       }
       outs.append(KServeTensor(name: o.name, tensor: tensor))
     }
-    return KServeInferResult(modelName: response.modelName, modelVersion: response.modelVersion, id: response.id, outputs: outs)
+    return KServeInferResult(
+      modelName: response.modelName, modelVersion: response.modelVersion, id: response.id, outputs: outs, timing: nil)
   }
 }

@@ -59,6 +59,8 @@ public struct KServeInferResult: Sendable {
   public var modelVersion: String
   public var id: String
   public var outputs: [KServeTensor]
+  /// Where the call's time went (`KServeClient.infer` fills it in).
+  public var timing: CallTiming?
 
   /// The output called `name`, or nil.
   public func output(named name: String) -> Tensor? {
@@ -243,4 +245,19 @@ public enum KServeCodec {
 
   /// A shape in the protocol's int64 form.
   static func wireShape(_ shape: [Int]) -> [Int64] { shape.map(Int64.init) }
+}
+
+/// The stages of one inference call, in ms: encoding the request, the call (the wire both ways
+/// and the server's queue and compute), decoding the answer. A model run in process has only
+/// the call.
+public struct CallTiming: Sendable, Equatable {
+  public var encodeMs: Double
+  public var callMs: Double
+  public var decodeMs: Double
+
+  public init(encodeMs: Double, callMs: Double, decodeMs: Double) {
+    self.encodeMs = encodeMs
+    self.callMs = callMs
+    self.decodeMs = decodeMs
+  }
 }

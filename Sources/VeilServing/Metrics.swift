@@ -37,8 +37,13 @@ public final class EnclaveMetrics: Sendable {
   private let openSessions: CoreMetrics.Gauge
   private let stageTimers: [String: CoreMetrics.Timer]
 
-  /// The stages, in the order a request goes through them.
-  public static let stageNames = ["open", "decode", "head", "tail_encode", "tail_call", "tail_decode", "answer", "seal"]
+  /// The stages an answer reports, in the order a request goes through them; the answer's
+  /// seal, which happens after they are written, is counted on its own as `seal`.
+  public static let answerStages: [(name: String, ms: @Sendable (EnclaveStagesMessage) -> Double)] = [
+    ("open", { $0.openMs }), ("decode", { $0.decodeMs }), ("head", { $0.headMs }), ("tail_encode", { $0.tailEncodeMs }),
+    ("tail_call", { $0.tailCallMs }), ("tail_decode", { $0.tailDecodeMs }), ("answer", { $0.answerMs }),
+  ]
+  public static let stageNames = answerStages.map(\.name) + ["seal"]
 
   public init(registry: PrometheusCollectorRegistry = PrometheusCollectorRegistry()) {
     self.registry = registry
@@ -76,12 +81,7 @@ public final class EnclaveMetrics: Sendable {
     let s = r.stages
     headLatency.recordNanoseconds(Int64(r.headMs * 1e6))
     tailLatency.recordNanoseconds(Int64(r.tailMs * 1e6))
-    for (name, value) in [
-      ("open", s.openMs), ("decode", s.decodeMs), ("head", s.headMs), ("tail_encode", s.tailEncodeMs),
-      ("tail_call", s.tailCallMs), ("tail_decode", s.tailDecodeMs), ("answer", s.answerMs),
-    ] {
-      stageTimers[name]?.recordNanoseconds(Int64(value * 1e6))
-    }
+    for (name, ms) in Self.answerStages { stageTimers[name]?.recordNanoseconds(Int64(ms(s) * 1e6)) }
   }
 
   func seal(ms: Double) { stageTimers["seal"]?.recordNanoseconds(Int64(ms * 1e6)) }

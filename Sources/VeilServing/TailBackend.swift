@@ -10,26 +10,12 @@ public struct TailAnswer: Sendable {
   /// The endpoint that ran the tail (for a failover backend, the one that answered).
   public var endpoint: String
   /// Where the answer's time went, when the backend knows.
-  public var timing: TailTiming?
+  public var timing: CallTiming?
 
-  public init(output: Tensor, endpoint: String, timing: TailTiming? = nil) {
+  public init(output: Tensor, endpoint: String, timing: CallTiming? = nil) {
     self.output = output
     self.endpoint = endpoint
     self.timing = timing
-  }
-}
-
-/// The stages of one tail call, in ms: encoding the feature map into the request, the call
-/// (the wire both ways and the accelerator's queue and compute), decoding the answer.
-public struct TailTiming: Sendable, Equatable {
-  public var encodeMs: Double
-  public var callMs: Double
-  public var decodeMs: Double
-
-  public init(encodeMs: Double, callMs: Double, decodeMs: Double) {
-    self.encodeMs = encodeMs
-    self.callMs = callMs
-    self.decodeMs = decodeMs
   }
 }
 
@@ -78,7 +64,7 @@ public final class LocalTailBackend: TailBackend {
     let t0 = DispatchTime.now()
     let output = try await runBlocking(on: queue) { try executor.run([features])[0] }
     return TailAnswer(
-      output: output, endpoint: endpoint, timing: TailTiming(encodeMs: 0, callMs: ms(t0, DispatchTime.now()), decodeMs: 0))
+      output: output, endpoint: endpoint, timing: CallTiming(encodeMs: 0, callMs: ms(t0, DispatchTime.now()), decodeMs: 0))
   }
 }
 

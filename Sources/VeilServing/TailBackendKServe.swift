@@ -60,21 +60,10 @@ public final class KServeTailBackend: TailBackend {
 
   public func infer(_ features: Tensor) async throws -> TailAnswer {
     let result: KServeInferResult
-    var timing = TailTiming(encodeMs: 0, callMs: 0, decodeMs: 0)
     do {
-      // KServeClient.infer's three steps, timed one by one.
-      let t0 = DispatchTime.now()
-      let request = KServeClient.makeRequest(
-        model: model, version: version, inputs: [KServeTensor(name: inputName, tensor: features)])
-      let t1 = DispatchTime.now()
-      let response = try await client.modelInfer(request, timeout: timeout)
-      let t2 = DispatchTime.now()
-      do {
-        result = try KServeClient.decode(response, expecting: [output])
-      } catch let e as KServeError {
-        throw KServeError(kind: e.kind, call: "ModelInfer", endpoint: endpoint, status: e.status, message: e.message)
-      }
-      timing = TailTiming(encodeMs: ms(t0, t1), callMs: ms(t1, t2), decodeMs: ms(t2, DispatchTime.now()))
+      result = try await client.infer(
+        model: model, version: version, inputs: [KServeTensor(name: inputName, tensor: features)], timeout: timeout,
+        expecting: [output])
     } catch let e as KServeError {
       switch e.kind {
       case .unavailable, .deadlineExceeded, .resourceExhausted, .cancelled:
@@ -87,7 +76,7 @@ public final class KServeTailBackend: TailBackend {
       throw EnclaveError.accelerator(
         endpoint: endpoint, detail: "model \(model) answered \(result.outputs.count) outputs, the tail has one")
     }
-    return TailAnswer(output: out.tensor, endpoint: endpoint, timing: timing)
+    return TailAnswer(output: out.tensor, endpoint: endpoint, timing: result.timing)
   }
 }
 

@@ -119,9 +119,9 @@ public struct ConfigfsTSMProvider: EvidenceProvider {
     let out = try exchange(
       reportData, write: entry.appendingPathComponent("inblob"), read: entry.appendingPathComponent("outblob"),
       mode: mode)
+    // The host's certificate table, where the kernel offers one (SNP with certificates).
     let aux = entry.appendingPathComponent("auxblob")
-    let size = ((try? FileManager.default.attributesOfItem(atPath: aux.path))?[.size] as? NSNumber)?.intValue ?? 0
-    let auxblob = size > 0 && size <= maxEvidenceBytes ? (try? Data(contentsOf: aux)).map { Array($0) } : nil
+    let auxblob = FileManager.default.fileExists(atPath: aux.path) ? try readBoundedFile(aux, limit: maxEvidenceBytes) : nil
     do {
       return try Self.appendingCertificates(to: out, auxblob: auxblob, collateral: snpCollateral)
     } catch {

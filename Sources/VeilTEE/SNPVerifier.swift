@@ -32,23 +32,13 @@ public struct SNPCollateral: Sendable, Equatable {
       }
       return nil
     }
-    func read(_ url: URL, limit: Int) throws -> [UInt8] {
-      let attributes = try? FileManager.default.attributesOfItem(atPath: url.path)
-      let size = (attributes?[.size] as? NSNumber)?.intValue ?? 0
-      guard size <= limit else { throw TEEError.oversized(structure: url.path, size: size, limit: limit) }
-      do {
-        return Array(try Data(contentsOf: url))
-      } catch {
-        throw TEEError.io(path: url.path, detail: error.localizedDescription)
-      }
-    }
     var missing: [String] = []
     func certificate(_ stem: String) throws -> AMDCertificate? {
       guard let url = find(stem) else {
         missing.append("\(stem).der or \(stem).pem")
         return nil
       }
-      return try AMDCertificate(bytes: try read(url, limit: AMDCertificate.maxBytes), name: url.path)
+      return try AMDCertificate(bytes: try readBoundedFile(url, limit: AMDCertificate.maxBytes), name: url.path)
     }
     vcek = try certificate("vcek")
     ask = try certificate("ask")
@@ -61,7 +51,7 @@ public struct SNPCollateral: Sendable, Equatable {
       )
     }
     if let url = find("crl") {
-      crl = try Self.crlDER(try read(url, limit: Self.maxCRLBytes), name: url.path)
+      crl = try Self.crlDER(try readBoundedFile(url, limit: Self.maxCRLBytes), name: url.path)
     }
   }
 

@@ -56,6 +56,22 @@ public enum TEEError: Error, CustomStringConvertible, Equatable, Sendable {
   }
 }
 
+/// A file's bytes, at most `limit` of them, read with a bounded read rather than by the size
+/// stat reports (configfs and sysfs pseudo-files report none). Throws when the file cannot be
+/// read or holds more than `limit` bytes.
+func readBoundedFile(_ url: URL, limit: Int) throws -> [UInt8] {
+  let data: Data
+  do {
+    let handle = try FileHandle(forReadingFrom: url)
+    defer { try? handle.close() }
+    data = try handle.read(upToCount: limit + 1) ?? Data()
+  } catch {
+    throw TEEError.io(path: url.path, detail: "cannot read: \(error.localizedDescription)")
+  }
+  guard data.count <= limit else { throw TEEError.oversized(structure: url.path, size: data.count, limit: limit) }
+  return Array(data)
+}
+
 /// Bounds-checked little-endian reads from evidence bytes; every read names its field.
 struct ByteReader {
   let bytes: [UInt8]

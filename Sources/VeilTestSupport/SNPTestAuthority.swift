@@ -10,7 +10,7 @@ import _CryptoExtras
 /// AMD's extensions, a CRL signed by the ARK, and reports signed by the VCEK. The real vectors
 /// cannot cover what AMD never signed (a revoked ASK, a report binding a test's channel key);
 /// this can. Verifiers trust it only when a test adds its ARK key to their trusted roots.
-public struct SNPTestAuthority: @unchecked Sendable {
+public struct SNPTestAuthority: Sendable {
   public let product: AMDProduct
   public let arkKey: _RSA.Signing.PrivateKey
   public let askKey: _RSA.Signing.PrivateKey

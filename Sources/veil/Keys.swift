@@ -93,8 +93,8 @@ struct KeysServe: AsyncParsableCommand {
     }
     let pol = try Policy(json: Data(try readFileBytes(policy, what: "policy")))
     let coll = try RelyingPartyCollateral(path: collateral)
-    var snp = SNPVerifier(collateral: coll.snp, time: Date())
-    snp.requireCRL = !allowMissingCRL
+    // The server judges each request at its own time; this one only carries the settings.
+    let verifier = try coll.verifier(policy: pol, time: Date(), allowMissingCRL: allowMissingCRL)
     var fixedTime: Date?
     if let time {
       guard let t = parseInstant(time) else { throw ValidationError("--time '\(time)': expected ISO 8601") }
@@ -108,7 +108,7 @@ struct KeysServe: AsyncParsableCommand {
     let server: KeyReleaseServer
     do {
       server = try KeyReleaseServer(
-        config: config, headKey: SymmetricKey(data: raw), policy: pol, collateral: coll.dcap, snp: snp,
+        config: config, headKey: SymmetricKey(data: raw), policy: pol, collateral: coll.dcap, snp: verifier.snp,
         logger: Logger(label: "veil.keys"))
     } catch {
       throw ValidationError("--policy '\(policy)': \(error); pass --allow-unpinned-policy to serve under it anyway")

@@ -93,23 +93,28 @@ struct LoadTest: AsyncParsableCommand {
     var ms: Double
     var headMs: Double
     var tailMs: Double
-    /// The stages, in `stageNames` order (empty when the enclave does not report them).
+    /// The stages, in `stages` order (empty when the enclave does not report them).
     var stages: [Double]
   }
 
-  static let stageNames = [
-    "client: seal the request", "enclave: open the record", "enclave: decode the input", "enclave: head",
-    "enclave: encode the feature map (KServe v2)", "accelerator call: wire, queue, tail", "enclave: decode the tail's answer",
-    "enclave: build the answer", "wire, gRPC, enclave's answer seal", "client: open the answer",
+  /// The breakdown's stages, in a request's order, each read from an answer.
+  static let stages: [(name: String, ms: @Sendable (EnclaveAnswer, EnclaveStagesMessage) -> Double)] = [
+    ("client: seal the request", { a, _ in a.clientSealMs }),
+    ("enclave: open the record", { _, s in s.openMs }),
+    ("enclave: decode the input", { _, s in s.decodeMs }),
+    ("enclave: head", { _, s in s.headMs }),
+    ("enclave: encode the feature map (KServe v2)", { _, s in s.tailEncodeMs }),
+    ("accelerator call: wire, queue, tail", { _, s in s.tailCallMs }),
+    ("enclave: decode the tail's answer", { _, s in s.tailDecodeMs }),
+    ("enclave: build the answer", { _, s in s.answerMs }),
+    // What the enclave did not time: the wire and gRPC both ways, and its sealing of the answer.
+    ("wire, gRPC, enclave's answer seal", { a, s in max(0, a.roundTripMs - s.openMs - a.enclaveMs) }),
+    ("client: open the answer", { a, _ in a.clientOpenMs }),
   ]
 
   static func stages(of a: EnclaveAnswer) -> [Double] {
     guard let s = a.stages else { return [] }
-    let inEnclave = s.openMs + a.enclaveMs
-    return [
-      a.clientSealMs, s.openMs, s.decodeMs, s.headMs, s.tailEncodeMs, s.tailCallMs, s.tailDecodeMs, s.answerMs,
-      max(0, a.roundTripMs - inEnclave), a.clientOpenMs,
-    ]
+    return stages.map { $0.ms(a, s) }
   }
 
   /// What the clients share: the tally and how many finished their warm-up.
@@ -244,14 +249,14 @@ struct LoadTest: AsyncParsableCommand {
     func pct(_ p: Double) -> Double { percentile(lat, p) }
     let mean: ([Double]) -> Double = { $0.isEmpty ? 0 : $0.reduce(0, +) / Double($0.count) }
     var stages: [Stage]?
-    let staged = t.samples.filter { $0.stages.count == Self.stageNames.count }
+    let staged = t.samples.filter { $0.stages.count == Self.stages.count }
     if breakdown {
       if staged.isEmpty {
         note("--breakdown: the enclave reported no stages (an older enclave, or no request succeeded)")
       } else {
-        stages = Self.stageNames.indices.map { i in
+        stages = Self.stages.indices.map { i in
           let v = staged.map { $0.stages[i] }.sorted()
-          return Stage(stage: Self.stageNames[i], meanMs: mean(v), p50Ms: percentile(v, 0.5), p90Ms: percentile(v, 0.9))
+          return Stage(stage: Self.stages[i].name, meanMs: mean(v), p50Ms: percentile(v, 0.5), p90Ms: percentile(v, 0.9))
         }
       }
     }
