@@ -62,7 +62,10 @@ public struct LeakageEstimate: Codable, Sendable, Equatable {
     var clusterCount = 0
     var dof = 0
     for key in seedKeys {
-      let photoMeans = bySeed[key]!.values.map { $0.reduce(0, +) / Double($0.count) }
+      // In photo order: a dictionary's order differs between two equal dictionaries, and the
+      // sum's last bit with it (a resumed verdict must equal the first one exactly).
+      let photos = bySeed[key]!
+      let photoMeans = photos.keys.sorted().map { p in photos[p]!.reduce(0, +) / Double(photos[p]!.count) }
       let n = photoMeans.count
       clusterCount += n
       dof += n - 1
@@ -75,7 +78,7 @@ public struct LeakageEstimate: Codable, Sendable, Equatable {
       var v = photoMeans.reduce(0) { $0 + ($1 - m) * ($1 - m) } / Double(n - 1) / Double(n)
       if binary {
         let images = Double(imagesPerSeed[key] ?? n)
-        let hits = bySeed[key]!.values.reduce(0) { $0 + $1.reduce(0, +) }
+        let hits = photos.keys.sorted().reduce(0) { $0 + photos[$1]!.reduce(0, +) }
         let p = (hits + 2) / (images + 4)
         v = max(v, p * (1 - p) / images)
       }
