@@ -125,28 +125,68 @@ extension Graph {
   /// each a whole graph with the weights it reads. Running the tail on the head's output gives
   /// the graph's outputs.
   public func split(at cut: CutPoint) throws -> (head: Graph, tail: Graph) {
+    let parts = try pieces(at: [cut], names: ["head", "tail"])
+    return (parts[0], parts[1])
+  }
+
+  /// Three parts for a plan that keeps its answer private: the head (inputs → `cut`), the
+  /// middle (`cut` → `output`, the accelerator's part) and the output part (`output` → the
+  /// graph's outputs, run in the enclave again). Running them in turn gives the graph's outputs.
+  public func split(at cut: CutPoint, outputAt output: CutPoint) throws -> (head: Graph, middle: Graph, output: Graph) {
+    guard output.headNodes > cut.headNodes else {
+      throw GraphError.invalidGraph(
+        "the output part must start after the cut: '\(output.name)' is not deeper than '\(cut.name)'; cut earlier or keep a shorter output part")
+    }
+    let parts = try pieces(at: [cut, output], names: ["head", "tail", "output"])
+    return (parts[0], parts[1], parts[2])
+  }
+
+  /// The deepest cut before the graph's last layer with weights (its classifier): the point
+  /// after which a plan keeps only the last layer in the enclave (`--private-output`).
+  public func lastLayerCut() throws -> CutPoint {
+    var g = self
+    g.removeIdentities()
+    try g.sortTopologically()
+    guard let last = g.nodes.lastIndex(where: { n in n.inputs.contains { g.initializers[$0] != nil } }) else {
+      throw GraphError.invalidGraph("'\(name)' has no layer with weights to keep in the enclave")
+    }
+    guard let cut = try candidateCuts(all: true).last(where: { $0.headNodes <= last }) else {
+      throw GraphError.invalidGraph(
+        "no single tensor enters '\(name)''s last layer with weights ('\(g.nodes[last].name)') alone; name the output cut yourself")
+    }
+    return cut
+  }
+
+  /// The graph cut at `cuts` (in depth order) into consecutive parts named `names`.
+  func pieces(at cuts: [CutPoint], names: [String]) throws -> [Graph] {
     var g = self
     g.removeIdentities()
     try g.sortTopologically()
     try g.inferShapes()
-    guard cut.headNodes > 0, cut.headNodes < g.nodes.count, let v = g.value(named: cut.tensor),
-      g.producers()[v].map({ $0 < cut.headNodes }) ?? g.inputs.contains(v)
-    else {
-      throw GraphError.invalidGraph("cut '\(cut.name)' does not match graph '\(name)' (recompute the cuts)")
+    var values: [ValueID] = []
+    for cut in cuts {
+      guard cut.headNodes > 0, cut.headNodes < g.nodes.count, let v = g.value(named: cut.tensor),
+        g.producers()[v].map({ $0 < cut.headNodes }) ?? g.inputs.contains(v)
+      else {
+        throw GraphError.invalidGraph("cut '\(cut.name)' does not match graph '\(name)' (recompute the cuts)")
+      }
+      values.append(v)
     }
-    let head = g.subgraph(
-      name: "\(name).head", nodes: Array(g.nodes[..<cut.headNodes]), inputs: g.inputs, outputs: [v])
-    let tail = g.subgraph(
-      name: "\(name).tail", nodes: Array(g.nodes[cut.headNodes...]), inputs: [v], outputs: g.outputs)
-    var pieces = [head, tail]
-    for k in pieces.indices {
-      pieces[k].metadata["cut.name"] = cut.name
-      pieces[k].metadata["cut.tensor"] = cut.tensor
-      pieces[k].metadata["cut.part"] = k == 0 ? "head" : "tail"
-      pieces[k].metadata["cuts"] = nil
-      try pieces[k].inferShapes()
+    let bounds = [0] + cuts.map(\.headNodes) + [g.nodes.count]
+    let ins = [g.inputs] + values.map { [$0] }
+    let outs = values.map { [$0] } + [g.outputs]
+    var parts: [Graph] = []
+    for k in 0..<(cuts.count + 1) {
+      var part = g.subgraph(
+        name: "\(name).\(names[k])", nodes: Array(g.nodes[bounds[k]..<bounds[k + 1]]), inputs: ins[k], outputs: outs[k])
+      part.metadata["cut.name"] = cuts[min(k, cuts.count - 1)].name
+      part.metadata["cut.tensor"] = cuts[min(k, cuts.count - 1)].tensor
+      part.metadata["cut.part"] = names[k]
+      part.metadata["cuts"] = nil
+      try part.inferShapes()
+      parts.append(part)
     }
-    return (pieces[0], pieces[1])
+    return parts
   }
 
   /// A graph of `nodes` (this graph's), reading `inputs` and producing `outputs`, with only

@@ -5,6 +5,7 @@ import VeilGraph
 import VeilModels
 import VeilServing
 import VeilTEE
+import VeilTensor
 
 /// The plan's last stage: the chosen cut turned into what the two tiers run and what a client
 /// pins. Writes into the plan's folder head.onnx and tail.onnx (with the deployment part of
@@ -24,11 +25,19 @@ public struct PlanDeployment {
   /// The client-side preprocessing preset; nil: the preset nearest the model's own.
   public var preset: VeilData.Preprocessing.Preset?
   public var teePreset: String
+  /// The defence the enclave applies (fitted), recorded in plan.json.
+  public var defence: DeploymentPlan.Defence?
+  /// Keep the answer in the enclave: the layers after this cut ("auto": before the last layer
+  /// with weights) run there on the accelerator's answer (nil: the accelerator answers).
+  public var outputCut: String?
 
   public init(
     graph: Graph, name: String, cut: CutPoint, folder: URL, profile: ProfileReport, labels: [String]? = nil,
-    preset: VeilData.Preprocessing.Preset? = nil, teePreset: String = "sgx1"
+    preset: VeilData.Preprocessing.Preset? = nil, teePreset: String = "sgx1", outputCut: String? = nil,
+    defence: DeploymentPlan.Defence? = nil
   ) {
+    self.defence = defence
+    self.outputCut = outputCut
     self.graph = graph
     self.name = name
     self.cut = cut
@@ -44,6 +53,8 @@ public struct PlanDeployment {
     public var plan: DeploymentPlan
     public var summary: PlanRecord.Deployment
     public var policy: Policy
+    /// What keeping the answer in the enclave costs, when the plan does.
+    public var privateOutput: PrivateOutputRecord?
   }
 
   public func write() throws -> Written {
@@ -56,7 +67,7 @@ public struct PlanDeployment {
     let presetName = (preset ?? Self.closestPreset(graph: graph, name: name)).rawValue
     let loaded = try DeploymentPlan.write(
       model: graph, name: name, cut: cut.name, preprocessing: .init(preset: presetName, appliedIn: .client), labels: labelNames,
-      teePreset: teePreset, evidenceMode: "simulated", to: folder)
+      teePreset: teePreset, evidenceMode: "simulated", defence: defence, outputCut: outputCut, to: folder)
     // The sealed head: only an enclave that satisfies the owner's policy gets the key.
     let key = SealedHead.newKey()
     let sealed = try SealedHead.seal(Array(try Data(contentsOf: loaded.headURL)), key: key)
@@ -90,8 +101,10 @@ public struct PlanDeployment {
       files: [
         "head": "head.onnx", "tail": "tail.onnx", "sealed head": "head.onnx.sealed", "head key (owner only)": "head.key",
         "Gramine manifest": "veil.manifest.template", "client policy (simulated enclave)": "client-policy.json",
-      ].merging(labelNames == nil ? [:] : ["labels": "labels.txt"]) { a, _ in a })
-    return Written(plan: plan, summary: summary, policy: policy)
+      ].merging(labelNames == nil ? [:] : ["labels": "labels.txt"]) { a, _ in a }
+        .merging(plan.privateOutput.map { ["output part (runs in the enclave)": $0.part.path] } ?? [:]) { a, _ in a })
+    let output = try plan.privateOutput.map { try PrivateOutputRecord.measure($0, plan: loaded, teePreset: teePreset) }
+    return Written(plan: plan, summary: summary, policy: policy, privateOutput: output)
   }
 
   /// The VeilData preset nearest to a zoo model's own normalisation, for the client's side.
@@ -104,5 +117,44 @@ public struct PlanDeployment {
       return zip(mean, m.count == 1 ? Array(repeating: m[0], count: mean.count) : m).map { abs($0 - $1) }.reduce(0, +)
     }
     return VeilData.Preprocessing.Preset.allCases.min { distance($0) < distance($1) } ?? .imagenet
+  }
+}
+
+/// What keeping the answer in the enclave costs: the output part's time (natively measured, in
+/// the TEE modeled as the head's is) and its weights, and what it protects.
+public struct PrivateOutputRecord: Codable, Sendable, Equatable {
+  /// The cut after which the enclave runs the rest, and the tensor the accelerator now returns.
+  public var cut: String
+  public var acceleratorAnswer: [Int]
+  public var nativeMs: Double
+  /// In the TEE: modeled by the cost model's preset (measured inside a real TEE).
+  public var teeMs: Double
+  public var teeTime: String
+  public var parameterBytes: Int
+  public var note: String
+
+  static func measure(_ output: DeploymentPlan.PrivateOutput, plan: LoadedPlan, teePreset: String) throws -> PrivateOutputRecord {
+    let graph = try plan.readPart(output.part, field: "privateOutput.part")
+    let executor = try Executor(graph: graph)
+    var rng = SeededGenerator(seed: 0)
+    let x = Tensor.randomNormal(shape: output.cut.featureShape, generator: &rng)
+    _ = try executor.run([x])
+    var times: [Double] = []
+    for _ in 0..<21 {
+      let t0 = DispatchTime.now()
+      _ = try executor.run([x])
+      times.append(Double(DispatchTime.now().uptimeNanoseconds - t0.uptimeNanoseconds) / 1e9)
+    }
+    times.sort()
+    let native = times[times.count / 2]
+    let inTEE = TEEEnvironment.detect()
+    let cost = inTEE != nil
+      ? TEECost.measured(native)
+      : TEECostModel.cost(nativeSeconds: native, trace: executor.memoryTrace.teeTrace, preset: try TEEPreset.named(teePreset), ioOperations: 0)
+    let weights = graph.initializers.values.reduce(0) { $0 + $1.count * 4 }
+    return PrivateOutputRecord(
+      cut: output.cut.name, acceleratorAnswer: output.cut.featureShape, nativeMs: native * 1e3, teeMs: cost.totalSeconds * 1e3,
+      teeTime: inTEE == nil ? "modeled (preset \(teePreset))" : "measured in \(inTEE!)", parameterBytes: weights,
+      note: "the accelerator computes the map up to \(output.cut.name) \(output.cut.featureShape) and never sees the logits; an attacker who holds the last layer's weights (a public classifier) still computes the answer from that map, so this protects a private last layer (a fine-tuned classifier on a public backbone), not a public one")
   }
 }

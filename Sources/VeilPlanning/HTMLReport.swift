@@ -1,4 +1,5 @@
 import Foundation
+import VeilGraph
 import VeilPrivacy
 
 /// `report.html`: one self-contained page (inline SVG, PNG grids as data URIs, no script, no
@@ -64,10 +65,14 @@ public enum HTMLReport {
     }
     h += "</table>\n<figure>\(p.svg)<figcaption>Latency per request, stacked: head in the TEE, transfer, tail. \(modeled ? "Hatched parts are modeled." : "")</figcaption></figure>\n"
     h += privacy(record, folder: folder)
+    h += defences(record, folder: folder)
     // Deployment.
     h += "<h2>Deployment</h2>\n"
     if let d = record.deployment {
       h += "<dl><dt>inside the TEE</dt><dd>\(xml(d.enclave))</dd><dt>on the accelerator</dt><dd>\(xml(d.accelerator))</dd><dt>evidence</dt><dd>\(xml(d.evidenceMode))</dd></dl>\n"
+      if let p = record.privateOutput {
+        h += "<p><b>Private output:</b> the enclave also runs everything after \(xml(p.cut)) (\(p.parameterBytes >> 10) KiB of weights) on the accelerator's answer \(xml("\(p.acceleratorAnswer)")): \(String(format: "%.3f", p.teeMs)) ms in the TEE (<span class=\"modeled\">\(xml(p.teeTime))</span>), \(String(format: "%.3f", p.nativeMs)) ms natively. \(xml(p.note)).</p>\n"
+      }
       h += "<p>Files next to <code>plan.json</code>:</p><ul>\n"
       for (k, v) in d.files.sorted(by: { $0.key < $1.key }) { h += "<li>\(xml(k)): <code>\(xml(v))</code></li>\n" }
       h += "</ul>\n<p>The policy every client must pin (<code>veil infer --policy</code>):</p>\n<pre>\(xml(d.clientPolicy))</pre>\n"
@@ -173,8 +178,8 @@ public enum HTMLReport {
       for a in v.attacks where a.seed == v.attacks.first(where: { $0.attacker == a.attacker })?.seed {
         let ssim = a.measure(SSIMMeasure.name).map { String(format: ": SSIM %.3f", $0.mean) } ?? ""
         let caption = "\(xml(v.cut)), \(xml(a.attacker.title)), seed \(a.seed), \(a.imageSize) px\(ssim)"
-        if let png = try? Data(contentsOf: folder.appendingPathComponent("attacks").appendingPathComponent(a.grid))
-          ?? Data(contentsOf: folder.appendingPathComponent("attacks-\(a.imageSize)px").appendingPathComponent(a.grid))
+        if let png = try? Data(contentsOf: folder.appendingPathComponent(record.attacksFolder).appendingPathComponent(a.grid))
+          ?? Data(contentsOf: folder.appendingPathComponent(record.attacksFolder + "-\(a.imageSize)px").appendingPathComponent(a.grid))
         {
           h += "<figure><img class=\"grid\" alt=\"reconstructions at \(xml(v.cut))\" src=\"data:image/png;base64,\(png.base64EncodedString())\"><figcaption>\(caption)</figcaption></figure>\n"
         } else {
@@ -183,6 +188,75 @@ public enum HTMLReport {
       }
     }
     return h
+  }
+
+  /// The defence the plan was made under, and the cut × defence search with its frontier and
+  /// the reconstructions per defended point.
+  static func defences(_ record: PlanRecord, folder: URL) -> String {
+    var h = ""
+    if let d = record.defence {
+      h += "<h2>Defence at the cut</h2>\n<p>Every verdict above is under <b>\(xml(d.defence.description))</b>, applied in the enclave before the map leaves and known to every attacker (the learning-based ones learned from defended maps; the white-box optimisation differentiated through the defence: its expectation for noise, straight through for quantisation, the known mask for pruning). Its cost at \(xml(d.utility.cut)): \(xml(d.utility.summary)); \(String(format: "%.3f", d.utility.defenceMs)) ms per map (measured natively); \(d.utility.encodedBytes) bytes per map as the defence can encode it, against \(d.utility.mapBytes) as FP32 (the served path sends FP32).</p>\n"
+      if let why = record.notDeployed { h += "<p class=\"warn\">Not deployed: \(xml(why))</p>\n" }
+    }
+    guard let f = record.frontier else { return h }
+    h += "<h2>Defences searched: cut × defence</h2>\n"
+    h += "<p>Kinds \(xml(f.kinds.map(\.rawValue).joined(separator: ", "))) at the cuts before the undefended choice (\(xml(f.undefendedChoice ?? "none"))), each kind's parameters from the weakest: a parameter whose top-1 agreement falls under the floor \(f.utilityFloor) is not attacked and ends the kind at that cut; a private one ends it too. Leakage is under attackers who know the defence. \(f.notes.map(xml).joined(separator: " "))</p>\n"
+    h += "<table class=\"frontier\"><tr><th>cut</th><th>defence</th><th>latency ms</th><th>top-1 agreement (95 % lower)</th><th>SSIM bound</th><th>verdict</th><th>bytes per map (encoded / FP32)</th><th>frontier</th></tr>\n"
+    for p in f.points {
+      let cls = p.cut == f.earliestDefended?.cut && p.defence == f.earliestDefended?.defence ? " class=\"chosen\"" : ""
+      let verdict = p.belowFloor ? "<span class=\"leaks\">under the utility floor</span>" : p.status.map { "<span class=\"\($0.rawValue)\">\($0.rawValue)</span>" } ?? "—"
+      h += "<tr\(cls)><td class=\"name\">\(xml(p.cut))</td><td class=\"name\">\(xml(p.defence ?? "none"))</td>"
+      h += String(format: "<td>%.1f</td><td>%.3f (%.3f)</td><td>%@</td>", p.latencyMs, p.agreement, p.agreementLower, p.ssimBound.map { String(format: "%.3f", $0) } ?? "—")
+      h += "<td>\(verdict)</td><td>\(p.encodedBytes) / \(p.mapBytes)</td><td>\(p.onFrontier ? "★" : "")</td></tr>\n"
+    }
+    h += "</table>\n"
+    if let b = f.earliestDefended {
+      h += "<p class=\"verdict\">Earliest private defended cut: <b>\(xml(b.cut))</b> with <b>\(xml(b.defence ?? ""))</b> (top-1 agreement \(String(format: "%.3f", b.agreement))), against the undefended choice \(xml(f.undefendedChoice ?? "none")). The paper's rule stays this plan's choice; plan again with <code>--defence \(xml(b.defence ?? ""))</code> to deploy it.</p>\n"
+    } else {
+      h += "<p>No defended cut before \(xml(f.undefendedChoice ?? "the deepest cut")) is private under the adaptive attackers and above the utility floor.</p>\n"
+    }
+    h += frontierPlot(f)
+    h += "<h3>Reconstructions per defence (the attacker that decided SSIM)</h3>\n"
+    for p in f.points where p.defence != nil {
+      guard let grid = p.grid else { continue }
+      let caption = "\(xml(p.cut)) with \(xml(p.defence!))" + (p.ssimBound.map { String(format: ": SSIM bound %.3f", $0) } ?? "")
+      if let png = try? Data(contentsOf: folder.appendingPathComponent(grid)) {
+        h += "<figure><img class=\"grid\" alt=\"reconstructions\" src=\"data:image/png;base64,\(png.base64EncodedString())\"><figcaption>\(caption)</figcaption></figure>\n"
+      } else {
+        h += "<p class=\"warn\">\(caption): the image grid \(xml(grid)) is missing from \(xml(folder.path)).</p>\n"
+      }
+    }
+    return h
+  }
+
+  /// Latency against SSIM bound of the attacked points: undefended ones grey, defended ones
+  /// coloured by kind, frontier points ringed.
+  static func frontierPlot(_ f: DefenceFrontier) -> String {
+    let points = f.points.filter { $0.ssimBound != nil && $0.ssimBound!.isFinite }
+    guard points.count >= 2 else { return "" }
+    let (w, hgt, l, r, t, b) = (640.0, 320.0, 60.0, 20.0, 20.0, 45.0)
+    let xs = points.map(\.latencyMs)
+    let ys = points.map { $0.ssimBound! }
+    let (x0, x1) = (xs.min()!, max(xs.max()!, xs.min()! + 1e-6))
+    let (y0, y1) = (min(0, ys.min()!), max(ys.max()!, 0.05))
+    func x(_ v: Double) -> Double { l + (w - l - r) * (v - x0) / (x1 - x0) }
+    func y(_ v: Double) -> Double { t + (hgt - t - b) * (1 - (v - y0) / (y1 - y0)) }
+    let colours = ["gaussian": "#1f77b4", "laplace": "#17becf", "quant": "#ff7f0e", "prune": "#2ca02c"]
+    var s = "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"\(Int(w))\" height=\"\(Int(hgt))\" font-size=\"11\">"
+    s += String(format: "<line x1=\"%.1f\" y1=\"%.1f\" x2=\"%.1f\" y2=\"%.1f\" stroke=\"#888\"/>", l, hgt - b, w - r, hgt - b)
+    s += String(format: "<line x1=\"%.1f\" y1=\"%.1f\" x2=\"%.1f\" y2=\"%.1f\" stroke=\"#888\"/>", l, t, l, hgt - b)
+    s += String(format: "<text x=\"%.1f\" y=\"%.1f\" text-anchor=\"middle\">latency per request, ms (head in the TEE modeled)</text>", (l + w - r) / 2, hgt - 8)
+    s += String(format: "<text x=\"12\" y=\"%.1f\" transform=\"rotate(-90 12 %.1f)\" text-anchor=\"middle\">SSIM bound</text>", (t + hgt - b) / 2, (t + hgt - b) / 2)
+    for v in [x0, x1] { s += String(format: "<text x=\"%.1f\" y=\"%.1f\" text-anchor=\"middle\">%.1f</text>", x(v), hgt - b + 14, v) }
+    for v in [y0, y1] { s += String(format: "<text x=\"%.1f\" y=\"%.1f\" text-anchor=\"end\">%.2f</text>", l - 4, y(v) + 4, v) }
+    for p in points {
+      let kind = p.defence.map { String($0.split(separator: ":")[0]) }
+      let colour = kind.flatMap { colours[$0] } ?? "#999"
+      s += String(format: "<circle cx=\"%.1f\" cy=\"%.1f\" r=\"4\" fill=\"%@\"%@><title>%@ %@</title></circle>", x(p.latencyMs), y(p.ssimBound!), colour,
+        p.onFrontier ? " stroke=\"#000\" stroke-width=\"1.5\"" : "", xml(p.cut), xml(p.defence ?? "none"))
+    }
+    s += "</svg>"
+    return "<figure>\(s)<figcaption>Each attacked point: grey undefended, blue Gaussian noise, cyan Laplace, orange quantisation, green pruning; ringed: on the Pareto frontier of latency, SSIM bound and top-1 agreement.</figcaption></figure>\n"
   }
 
   /// A small line chart of one attack's curve.

@@ -43,6 +43,14 @@ public struct PlanJob {
   public var labels: [String]?
   public var teePreset = "sgx1"
   public var cacheDirectory: URL? = FeatureExtractor.defaultCacheDirectory
+  /// Defence kinds the cut × defence search tries before the undefended choice (empty: none).
+  public var defenceKinds: [DefenceKind] = []
+  /// A defended plan (or frontier point) must keep this top-1 agreement with the undefended
+  /// model; below it a defence is reported as such and never deployed.
+  public var utilityFloor = 0.95
+  /// Keep the answer in the enclave (`--private-output`): the last layer with weights and what
+  /// follows run there; the report says what it costs.
+  public var privateOutput = false
 
   public init(graph: Graph, name: String, data: URL, dataOrigin: String, folder: URL, preprocessing: InputPreprocessing) {
     self.graph = graph
@@ -98,9 +106,15 @@ public struct PlanJob {
     let training = try attackData.map(PrivacyEvaluation.photoFiles)
     let source = data.path + (attackData.map { " (attackers trained on \($0.path))" } ?? "")
     let measures = try self.measures()
+    guard utilityFloor >= 0, utilityFloor <= 1 else {
+      throw PrivacyError.invalidConfig("the utility floor must be in [0, 1] (a share of photos), found \(utilityFloor)")
+    }
+    // A plan under a defence keeps its attacks apart from the undefended ones.
+    let defence = self.settings.config.defence
+    let attacksFolder = PlanRecord.attacksFolder(defence)
     let evaluation = PrivacyEvaluation(
       model: graph, modelName: name, preprocessing: preprocessing, files: files, training: training, source: source,
-      settings: self.settings, measures: measures, outDir: folder.appendingPathComponent("attacks"), cacheDirectory: cacheDirectory)
+      settings: self.settings, measures: measures, outDir: folder.appendingPathComponent(attacksFolder), cacheDirectory: cacheDirectory)
     // Measures whose classifier is the model itself are reported without deciding.
     let settings = evaluation.settings
     // The first seed's split, for the up-front figures and the held-out check.
@@ -131,22 +145,55 @@ public struct PlanJob {
       c.reportOnly(measures.dependent(on: graph))
       var e = evaluation
       e.settings = c
-      e.outDir = folder.appendingPathComponent("attacks-\(size)px")
+      e.outDir = folder.appendingPathComponent(attacksFolder + "-\(size)px")
       confirmation = e
     }
     let outcome = try planner.run(evaluation: evaluation, confirmation: confirmation, log: log, attackProgress: attackProgress)
     var deployment: DeploymentPlan?
     var summary: PlanRecord.Deployment?
-    if let chosen = outcome.chosen {
+    var defenceRecord: DefenceRecord?
+    var notDeployed: String?
+    var privateOutputRecord: PrivateOutputRecord?
+    if let chosen = outcome.chosen, let defence {
+      let record = try measureDefence(defence, cut: chosen, images: try utilityImages(evaluation))
+      defenceRecord = record
+      log("defence: \(record.defence) at \(chosen.name): \(record.utility.summary); \(String(format: "%.3f", record.utility.defenceMs)) ms per map natively; \(record.utility.encodedBytes) bytes encoded against \(record.utility.mapBytes) as FP32")
+      if record.belowFloor {
+        notDeployed = "the defence \(defence.spec) keeps \(record.utility.summary), under the utility floor \(utilityFloor): not deployed; weaken it, choose another defence, or lower --utility-floor knowingly"
+        log("defence: " + notDeployed!)
+      }
+    }
+    if let chosen = outcome.chosen, notDeployed == nil {
       let written = try PlanDeployment(
         graph: graph, name: name, cut: chosen, folder: folder, profile: outcome.profile, labels: labels, preset: clientPreset,
-        teePreset: teePreset
+        teePreset: teePreset, outputCut: privateOutput ? "auto" : nil,
+        defence: defenceRecord.map {
+          DeploymentPlan.Defence(defence: $0.defence, channelAxis: $0.channelAxis, utility: $0.utility.summary)
+        }
       ).write()
       deployment = written.plan
       summary = written.summary
+      privateOutputRecord = written.privateOutput
+      if let p = written.privateOutput {
+        log(String(format: "private output: the enclave keeps everything after %@ (%d KiB of weights): %.3f ms natively, %.3f ms in the TEE (%@); the accelerator answers %@", p.cut, p.parameterBytes >> 10, p.nativeMs, p.teeMs, p.teeTime, "\(p.acceleratorAnswer)"))
+      }
+    }
+    var frontier: DefenceFrontier?
+    if !defenceKinds.isEmpty {
+      if defence != nil {
+        log("defences: the search is skipped: this plan is already made under one defence (--defence); run the search without it")
+      } else {
+        frontier = try searchDefences(evaluation: evaluation, outcome: outcome, log: log, attackProgress: attackProgress)
+        if let best = frontier?.earliestDefended {
+          log(
+            "defences: \(best.cut) with \(best.defence!) is private under the adaptive attackers and keeps top-1 agreement \(String(format: "%.3f", best.agreement)), earlier than the undefended choice \(outcome.chosen?.name ?? "(none)"); the paper's rule stays this plan's choice: to deploy the defence, plan again with `--defence \(best.defence!)` (the plan then chooses under it)")
+        } else {
+          log("defences: no defended cut before \(outcome.chosen?.name ?? "the deepest cut") is private and above the utility floor \(utilityFloor)")
+        }
+      }
     }
     let origin = (try? FieldRecoveryMeasure.forDataFolder(data)) != nil ? "ton-iot images" : dataOrigin
-    let record = PlanRecord(
+    var record = PlanRecord(
       model: name, modelDigest: planner.modelDigest,
       data: .init(
         origin: origin, path: data.path, trainingPath: attackData?.path,
@@ -158,6 +205,10 @@ public struct PlanJob {
         "preprocessing": preprocessing.name, "TEE preset": teePreset, "profile runs": "\(options.profile.runs)",
         "seed (splits, crops, attackers, profile input)": "\(seed)",
       ], profile: outcome.profile, outcome: outcome, deployment: summary, versions: MachineInfo.versions)
+    record.defence = defenceRecord
+    record.notDeployed = notDeployed
+    record.frontier = frontier
+    record.privateOutput = privateOutputRecord
     let document = PlanDocument(deployment: deployment, planning: record)
     let planFile = folder.appendingPathComponent(DeploymentPlan.fileName)
     try document.write(to: planFile)

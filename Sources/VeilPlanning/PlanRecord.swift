@@ -1,5 +1,6 @@
 import Foundation
 import VeilFormats
+import VeilGraph
 import VeilPrivacy
 import VeilServing
 
@@ -91,6 +92,14 @@ public struct PlanRecord: Sendable, Codable {
   /// on (the segments are in `profile.unstable`); nil when stable, and in older plans.
   public var profileUnstable: String?
   public var deployment: Deployment?
+  /// The defence the plan was made under (`veil plan --defence`), fitted, with its utility.
+  public var defence: DefenceRecord?
+  /// Why a chosen cut was not deployed (its defence fell under the utility floor).
+  public var notDeployed: String?
+  /// The cut × defence search (`veil plan --defences`).
+  public var frontier: DefenceFrontier?
+  /// What keeping the answer in the enclave costs (`veil plan --private-output`).
+  public var privateOutput: PrivateOutputRecord?
   public var created: String
   public var versions: [String: String]
 
@@ -119,6 +128,15 @@ public struct PlanRecord: Sendable, Codable {
     self.created = ISO8601DateFormatter().string(from: created)
     self.versions = versions
   }
+
+  /// The folder of the attacks under `defence`, relative to the plan's: `attacks`, or
+  /// `attacks-defended/<spec>` (the deployed-resolution pass adds `-<size>px`).
+  public static func attacksFolder(_ defence: CutDefence?) -> String {
+    defence.map { "attacks-defended/\(PrivacyEvaluation.fileName($0.spec))" } ?? "attacks"
+  }
+
+  /// The folder of this plan's own attacks.
+  public var attacksFolder: String { Self.attacksFolder(evaluation.config.defence) }
 
   /// The profile row of a cut.
   public func row(_ cut: String?) -> CutProfile? { cut.flatMap { c in profile.cuts.first { $0.cut.name == c } } }

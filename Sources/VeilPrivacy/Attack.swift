@@ -28,6 +28,8 @@ public struct AttackInputs {
   public let test: FeaturePairs
   public let outDir: URL
   let identity: AttackIdentity
+  /// The defence on the maps (fitted), which the white-box attacker differentiates through.
+  var defence: CutDefence?
 }
 
 /// What an attacker produced.
@@ -75,7 +77,12 @@ struct OptimisationAttacker: InversionAttacker {
     let config = inputs.config
     let n = inputs.test.features.shape[0]
     let batch = min(config.optimisationBatch, max(n, inputs.train?.features.shape[0] ?? 0))
-    let head = try inputs.extractor.differentiableHead(batch: batch)
+    let model = try inputs.extractor.differentiableHead(batch: batch)
+    // The attacker knows the defence: it differentiates through it (see `CutDefence.onTape`).
+    let head: (Variable) throws -> Variable = { x in
+      let features = try model(x)
+      return try inputs.defence.map { try $0.onTape(features) } ?? features
+    }
     let started = Date()
     var inversion = FeatureInversion(config)
     var notes: [String] = []
@@ -153,18 +160,29 @@ public func runAttack(
     allCached = allCached && cached
     return FeaturePairs(images: try stack(images.map { try $0.signedTensor() }), features: features)
   }
-  let train = try pairs(sets[0])
-  let validation = try pairs(sets[1])
-  guard let test = try pairs(sets[2]) else { throw PrivacyError.data(source: data.source, detail: "no held-out images") }
+  var train = try pairs(sets[0])
+  var validation = try pairs(sets[1])
+  guard var test = try pairs(sets[2]) else { throw PrivacyError.data(source: data.source, detail: "no held-out images") }
   progress(.features(done: total, total: total, cached: allCached))
+  // The defence, fitted to the held-out maps, on every map the attacker sees.
+  var defence: AttackDefence?
+  if let spec = config.defence {
+    let d = try AttackDefence(spec, heldOut: test.features)
+    train = try d.defend(train, seed: config.seed, stream: 0)
+    validation = try d.defend(validation, seed: config.seed, stream: 1)
+    test = try d.defend(test, seed: config.seed, stream: 2)!
+    defence = d
+  }
 
   let identity = AttackIdentity(
     model: modelName, cut: cut.name, headDigest: extractor.headDigest, featureShape: extractor.featureShape, config: config)
   let inputs = AttackInputs(
-    extractor: extractor, config: config, train: train, validation: validation, test: test, outDir: outDir, identity: identity)
+    extractor: extractor, config: config, train: train, validation: validation, test: test, outDir: outDir, identity: identity,
+    defence: defence?.defence)
   // Every attacker's step allocates the same activations and gradients: keep freed blocks for
   // reuse while it trains, and give them back when it is done.
-  let output = try withBlockReuse { try config.attacker.implementation.run(inputs, progress: progress) }
+  var output = try withBlockReuse { try config.attacker.implementation.run(inputs, progress: progress) }
+  if let defence { output.notes.insert(defence.note, at: 0) }
 
   // Held-out scores, against the trivial attacker's: the mean training image (mid-grey
   // without training images).

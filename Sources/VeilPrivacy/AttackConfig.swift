@@ -1,5 +1,6 @@
 import Foundation
 import VeilData
+import VeilGraph
 
 /// What the attacker holds besides the feature maps it observes at the cut.
 public enum ThreatModel: String, Codable, Sendable, CaseIterable {
@@ -121,6 +122,10 @@ public struct AttackConfig: Codable, Sendable, Equatable {
   public var tvWeights: [Float] = [0.1, 0.3, 1, 3, 10, 30]
   /// The substitute head's width (channels of its first stage).
   public var substituteWidth: Int = 32
+  /// The defence the enclave applies to the map before it leaves (nil: none). The attackers
+  /// know it: they learn from defended maps and the white-box optimisation differentiates
+  /// through it. Fitted per cut to the held-out maps' channel statistics.
+  public var defence: CutDefence?
 
   public init() {}
 
@@ -204,6 +209,7 @@ public struct AttackConfig: Codable, Sendable, Equatable {
     guard restarts >= 1, restarts <= 16 else { throw bad("restarts must be in 1…16, found \(restarts)") }
     guard optimisationCropsPerPhoto >= 1 else { throw bad("the optimisation's crops per photo must be ≥ 1, found \(optimisationCropsPerPhoto)") }
     guard optimisationBatch >= 1 else { throw bad("the optimisation batch must be ≥ 1, found \(optimisationBatch)") }
+    try defence?.validate()
     guard calibrationImages >= 0, !tvWeights.isEmpty, tvWeights.allSatisfy({ $0 >= 0 && $0.isFinite }) else {
       throw bad("calibration needs ≥ 0 images and a non-empty list of weights ≥ 0, found \(calibrationImages), \(tvWeights)")
     }

@@ -14,7 +14,9 @@ import VeilTensor
 /// Schema changes are additive: new fields are optional, and `schemaVersion` changes only when
 /// an old reader would misread a new plan.
 public struct DeploymentPlan: Codable, Sendable, Equatable {
-  public static let schemaVersion = 1
+  /// The newest schema this Veil reads: 2 adds `defence` (a plan with a defence is written as
+  /// 2, so that a Veil that cannot apply it refuses the plan instead of serving undefended maps).
+  public static let schemaVersion = 2
   public static let fileName = "plan.json"
 
   public struct Model: Codable, Sendable, Equatable {
@@ -134,12 +136,55 @@ public struct DeploymentPlan: Codable, Sendable, Equatable {
   public var labels: String?
   public var accelerator: Accelerator
   public var tee: TEE
+  /// The defence the enclave applies to the feature map before it leaves (nil: none).
+  public var defence: Defence? {
+    didSet { schemaVersion = Self.schema(defence: defence, privateOutput: privateOutput) }
+  }
+  /// The last layer kept in the enclave (nil: the accelerator computes the answer).
+  public var privateOutput: PrivateOutput? {
+    didSet { schemaVersion = Self.schema(defence: defence, privateOutput: privateOutput) }
+  }
+
+  /// 2 when the plan asks the enclave for more than schema 1 knew (a defence, a private output).
+  static func schema(defence: Defence?, privateOutput: PrivateOutput?) -> Int {
+    defence == nil && privateOutput == nil ? 1 : 2
+  }
+
+  /// The answer kept private: the accelerator runs the tail only up to `cut` (its answer has
+  /// `cut.featureShape`), the enclave runs `part` (the last layer with weights and what follows)
+  /// on it. The logits never leave the enclave in plaintext.
+  public struct PrivateOutput: Codable, Sendable, Equatable {
+    public var cut: Cut
+    public var part: Part
+    public init(cut: Cut, part: Part) {
+      self.cut = cut
+      self.part = part
+    }
+  }
+
+  /// A defence as deployed: fitted to the planner's photos, applied on the head's output with
+  /// its channels on `channelAxis` (1 for NCHW maps, 3 for NHWC), and what it cost when the
+  /// plan measured it.
+  public struct Defence: Codable, Sendable, Equatable {
+    public var defence: CutDefence
+    public var channelAxis: Int
+    /// "top-1 agreement 0.97 (35 of 36 photos, 224 px), tail not fine-tuned", or similar.
+    public var utility: String?
+    public init(defence: CutDefence, channelAxis: Int, utility: String? = nil) {
+      self.defence = defence
+      self.channelAxis = channelAxis
+      self.utility = utility
+    }
+  }
 
   public init(
     model: Model, cut: Cut, head: Part, tail: Part, sealedHead: String? = nil, preprocessing: Preprocessing,
-    input: Input, output: Output? = nil, labels: String? = nil, accelerator: Accelerator, tee: TEE
+    input: Input, output: Output? = nil, labels: String? = nil, accelerator: Accelerator, tee: TEE, defence: Defence? = nil,
+    privateOutput: PrivateOutput? = nil
   ) {
-    schemaVersion = Self.schemaVersion
+    schemaVersion = Self.schema(defence: defence, privateOutput: privateOutput)
+    self.defence = defence
+    self.privateOutput = privateOutput
     self.model = model
     self.cut = cut
     self.head = head
@@ -265,6 +310,26 @@ extension DeploymentPlan {
         "tee.evidenceMode",
         "'\(tee.evidenceMode)' is not one of \(EvidenceMode.allCases.map(\.rawValue).joined(separator: ", "))")
     }
+    if let defence {
+      guard defence.channelAxis >= 1, defence.channelAxis < cut.featureShape.count else {
+        throw bad("defence.channelAxis", "\(defence.channelAxis) is not an axis of the map \(cut.featureShape) other than the batch")
+      }
+      do {
+        try defence.defence.validate()
+        try defence.defence.checkFit(channels: cut.featureShape[defence.channelAxis])
+      } catch { throw bad("defence", "\(error)") }
+    }
+    if let p = privateOutput {
+      guard !p.cut.featureShape.isEmpty, p.cut.featureShape.count <= 8, p.cut.featureShape.allSatisfy({ $0 > 0 }),
+        KServeCodec.elementCount(p.cut.featureShape) != nil
+      else { throw bad("privateOutput.cut.featureShape", "\(p.cut.featureShape) is not a tensor shape") }
+      guard p.part.sha256.count == 64, p.part.sha256.allSatisfy(\.isHexDigit) else {
+        throw bad("privateOutput.part.sha256", "'\(p.part.sha256)' is not a SHA-256 in hex (64 digits)")
+      }
+    }
+    if schemaVersion >= 2, defence == nil, privateOutput == nil {
+      throw bad("defence", "missing: schema 2 is written only for a plan with a defence or a private output")
+    }
     for (field, d) in [("model.sha256", model.sha256), ("head.sha256", head.sha256), ("tail.sha256", tail.sha256)] {
       guard d.count == 64, d.allSatisfy(\.isHexDigit) else { throw bad(field, "'\(d)' is not a SHA-256 in hex (64 digits)") }
     }
@@ -313,10 +378,22 @@ extension DeploymentPlan {
   public static func write(
     model graph: Graph, name: String, cut cutName: String, preprocessing: Preprocessing,
     labels: [String]? = nil, teePreset: String = "sgx1", evidenceMode: String = "simulated",
-    allCuts: Bool = false, to directory: URL
+    allCuts: Bool = false, defence: Defence? = nil, outputCut: String? = nil, to directory: URL
   ) throws -> LoadedPlan {
     let point = try graph.cut(named: cutName, all: allCuts)
-    let (head, tail) = try graph.split(at: point)
+    // With a private output, the tail stops before the last layer, which the enclave keeps.
+    var outputPoint: CutPoint?
+    if let outputCut {
+      outputPoint = outputCut == "auto" ? try graph.lastLayerCut() : try graph.cut(named: outputCut, all: true)
+    }
+    let head: Graph
+    let tail: Graph
+    var last: Graph?
+    if let outputPoint {
+      (head, tail, last) = try graph.split(at: point, outputAt: outputPoint)
+    } else {
+      (head, tail) = try graph.split(at: point)
+    }
     try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
     let modelDigest = try Self.modelDigest(graph)
     func part(_ g: Graph, _ file: String) throws -> Part {
@@ -337,7 +414,7 @@ extension DeploymentPlan {
       labelsFile = "labels.txt"
       try Data((labels.joined(separator: "\n") + "\n").utf8).write(to: directory.appendingPathComponent("labels.txt"))
     }
-    var shaped = tail
+    var shaped = last ?? tail
     try shaped.inferShapes()
     let output = shaped.outputs.count == 1 ? shaped.outputs.first.flatMap { v in shaped.shape(v).map { Output(name: shaped[v].name, shape: $0) } } : nil
     let plan = DeploymentPlan(
@@ -345,7 +422,10 @@ extension DeploymentPlan {
       cut: Cut(name: point.name, tensor: point.tensor, featureShape: point.shape),
       head: try part(head, "head.onnx"), tail: try part(tail, "tail.onnx"), preprocessing: preprocessing, input: input,
       output: output, labels: labelsFile, accelerator: Accelerator(modelName: "\(name).tail", modelVersion: "1"),
-      tee: TEE(preset: teePreset, evidenceMode: evidenceMode))
+      tee: TEE(preset: teePreset, evidenceMode: evidenceMode), defence: defence,
+      privateOutput: try outputPoint.map {
+        PrivateOutput(cut: Cut(name: $0.name, tensor: $0.tensor, featureShape: $0.shape), part: try part(last!, "output.onnx"))
+      })
     try plan.validate(file: directory.appendingPathComponent(fileName).path)
     let file = directory.appendingPathComponent(fileName)
     try writeFile(plan, to: file)

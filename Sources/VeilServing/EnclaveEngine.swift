@@ -1,3 +1,4 @@
+import Crypto
 import Dispatch
 import Foundation
 import SwiftProtobuf
@@ -38,6 +39,9 @@ public final class EnclaveEngine: Sendable {
     case batched(KServeModel)
   }
   private let head: HeadRunner
+  /// The plan's output part (its last layer), run here on the accelerator's answer when the plan
+  /// keeps the answer private.
+  private let outputPart: Executor?
   private let preprocessing: VeilData.Preprocessing
   private let maxTopK: Int
   /// The tail's output shape at batch 1, when the plan declares it: every backend's answer must
@@ -79,7 +83,8 @@ public final class EnclaveEngine: Sendable {
     self.head = try runner ?? .direct(Executor(graph: head))
     labels = try plan.labelNames()
     preprocessing = try plan.plan.imagePreprocessing
-    outputShape = plan.plan.output?.shape
+    outputShape = plan.plan.privateOutput?.cut.featureShape ?? plan.plan.output?.shape
+    outputPart = try plan.plan.privateOutput.map { try Executor(graph: try plan.readPart($0.part, field: "privateOutput.part")) }
     self.maxTopK = maxTopK
   }
 
@@ -153,7 +158,7 @@ public final class EnclaveEngine: Sendable {
     logits: Tensor, headMs: Double, tailMs: Double, endpoint: String, tail: CallTiming?
   ) {
     let t0 = DispatchTime.now()
-    let features: Tensor
+    var features: Tensor
     switch head {
     case .batched(let model):
       do {
@@ -166,6 +171,12 @@ public final class EnclaveEngine: Sendable {
     case .direct(let executor):
       features = try await runBlocking(on: queue) { try executor.run([x])[0] }
     }
+    // The plan's defence, on the map before it leaves the enclave: noise from the kernel's
+    // random source, never a seeded one.
+    if let d = plan.plan.defence {
+      var random = KernelRandom()
+      features = try d.defence.apply(to: features, channelAxis: d.channelAxis, using: &random)
+    }
     let t1 = DispatchTime.now()
     let answer = try await backend.infer(features)
     if let outputShape, answer.output.shape != outputShape {
@@ -173,8 +184,13 @@ public final class EnclaveEngine: Sendable {
         endpoint: answer.endpoint,
         detail: "answered a tensor of shape \(answer.output.shape); the tail's output is \(outputShape)")
     }
+    var logits = answer.output
+    if let outputPart {
+      // The answer stays here: the last layer runs in the enclave (its time counts in the tail's).
+      logits = try await runBlocking(on: queue) { try outputPart.run([answer.output])[0] }
+    }
     let t2 = DispatchTime.now()
-    return (answer.output, ms(t0, t1), ms(t1, t2), answer.endpoint, answer.timing)
+    return (logits, ms(t0, t1), ms(t1, t2), answer.endpoint, answer.timing)
   }
 
   /// With head batching: head runs so far and the rows they took (mean batch = rows / runs).
@@ -308,4 +324,22 @@ package func encodedImageSize(_ data: Data) -> EncodedImageSize {
 
 func ms(_ a: DispatchTime, _ b: DispatchTime) -> Double {
   Double(b.uptimeNanoseconds - a.uptimeNanoseconds) / 1e6
+}
+
+/// Random words from a cryptographic source (BoringSSL's RAND_bytes, seeded by the kernel, as
+/// swift-crypto's key generation reads it), 4 KiB at a time: the defence's noise must not be
+/// predictable by the host, and one system call per number would cost more than the head.
+struct KernelRandom: RandomNumberGenerator {
+  private var buffer = [UInt64](repeating: 0, count: 512)
+  private var position = 512
+
+  mutating func next() -> UInt64 {
+    if position == buffer.count {
+      let fresh = SymmetricKey(size: SymmetricKeySize(bitCount: buffer.count * 64))
+      buffer.withUnsafeMutableBytes { dst in fresh.withUnsafeBytes { dst.copyMemory(from: $0) } }
+      position = 0
+    }
+    defer { position += 1 }
+    return buffer[position]
+  }
 }

@@ -82,12 +82,13 @@ public final class KServeTailBackend: TailBackend {
 
 extension LoadedPlan {
   /// The tail's input name and its output at batch 1 (FP32), from the tail file; the output's
-  /// shape is the plan's where the plan declares it.
+  /// shape is the plan's where the plan declares it (the output part's input when the plan keeps
+  /// its answer in the enclave).
   public func tailInterface() throws -> (input: String, output: KServeTensorMetadata) {
     var tail = try readPart(plan.tail, field: "tail")
     try tail.inferShapes()
     guard tail.inputs.count == 1, let i = tail.inputs.first, tail.outputs.count == 1, let o = tail.outputs.first,
-      let shape = plan.output?.shape ?? tail.shape(o)
+      let shape = plan.privateOutput?.cut.featureShape ?? plan.output?.shape ?? tail.shape(o)
     else {
       throw EnclaveError.plan(
         file: file.path, field: "tail", detail: "the tail needs one input and one output of known shape")

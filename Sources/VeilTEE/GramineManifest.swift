@@ -66,7 +66,8 @@ public struct GramineManifest: Sendable {
     self.serveArguments = serveArguments
   }
 
-  /// The files a plan names that the enclave reads besides the head: its tail and its labels.
+  /// The files a plan names that the enclave reads besides the head: its tail, its labels and
+  /// its output part.
   /// None when the plan file does not exist yet.
   static func filesNamed(byPlan planFile: String) throws -> [String] {
     guard let data = FileManager.default.contents(atPath: planFile) else { return [] }
@@ -79,6 +80,8 @@ public struct GramineManifest: Sendable {
     var names: [String] = []
     if let tail = (plan["tail"] as? [String: Any])?["path"] as? String { names.append(tail) }
     if let labels = plan["labels"] as? String { names.append(labels) }
+    // The output part a plan with a private output runs in the enclave.
+    if let output = ((plan["privateOutput"] as? [String: Any])?["part"] as? [String: Any])?["path"] as? String { names.append(output) }
     return names.map { $0.hasPrefix("/") ? $0 : (folder as NSString).appendingPathComponent($0) }
   }
 

@@ -74,6 +74,11 @@ struct AttackOptions: ParsableArguments {
   @Option(help: "Optimisation attack: restarts per image (the closest in feature space is kept).")
   var restarts: Int?
   @Option(
+    help: ArgumentHelp(
+      "A defence the enclave applies to the map before it leaves, known to the attackers (they learn from defended maps; the white-box optimisation differentiates through it): gaussian:σ or laplace:σ (σ in 0…100, a multiple of each channel's scale), quant:BITS (2…16, per image and channel), prune:SHARE (share of channels zeroed, [0, 1)).",
+      valueName: "kind:value"))
+  var defence: String?
+  @Option(
     help: "How an image becomes the model's input: imagenet, caffe, tensorflow, tensorflow-lite or unit (default: a zoo architecture's own, else imagenet).")
   var preprocess: VeilData.Preprocessing.Preset?
   @Option(help: ArgumentHelp("Feature cache folder (default: <cache>/features beside the asset cache).", valueName: "dir"))
@@ -113,6 +118,8 @@ struct AttackOptions: ParsableArguments {
     if let optLr { c.optimisationLearningRate = optLr }
     if let tvWeight { c.tvWeight = tvWeight }
     if let restarts { c.restarts = restarts }
+    // Checked in validate(), which names the valid range.
+    if let defence { c.defence = try? CutDefence(parsing: defence) }
   }
 
   var cacheDirectory: URL? {
@@ -122,6 +129,9 @@ struct AttackOptions: ParsableArguments {
   func validate() throws {
     for (name, t) in thresholds.values where !(t > 0 && t < 1) {
       throw ValidationError("the \(name) threshold must be in (0, 1), found \(t)")
+    }
+    if let defence {
+      do { _ = try CutDefence(parsing: defence) } catch { throw ValidationError("--defence: \(error)") }
     }
     var c = settings.config
     c.attacker = .inverse

@@ -1,6 +1,7 @@
 import ArgumentParser
 import Foundation
 import VeilData
+import VeilGraph
 import VeilModels
 import VeilPlanning
 import VeilPrivacy
@@ -53,11 +54,44 @@ struct Plan: ParsableCommand {
   var labels: String?
   @Flag(help: "Profile again even when plan-state.json holds a profile (taken on a busy machine, say); finished attacks are kept.")
   var reprofile = false
+  @Option(
+    help: ArgumentHelp(
+      "Search cut × defence before the undefended choice: a comma list of gaussian, laplace, quant, prune (noise = gaussian); the budget sets the parameter grid and how many cuts. Reports the Pareto frontier of latency, leakage under attackers who know the defence, and top-1 agreement; the choice stays the paper's rule.",
+      valueName: "kinds"))
+  var defences: String?
+  @Option(help: "Top-1 agreement with the undefended model a defence must keep (share of photos); below it a defence is reported and never deployed.")
+  var utilityFloor = 0.95
+  @Flag(
+    help: "Keep the answer in the enclave: the last layer with weights and what follows run there on what the accelerator returns (the logits never leave the enclave); the plan reports what it costs.")
+  var privateOutput = false
   @Flag(help: "Print plan.json's planning record as JSON.")
   var json = false
   @OptionGroup var engine: EngineOptions
 
+  /// --defences as kinds.
+  var defenceKinds: [DefenceKind] {
+    get throws {
+      guard let defences else { return [] }
+      var kinds: [DefenceKind] = []
+      for word in defences.split(separator: ",").map({ $0.trimmingCharacters(in: .whitespaces).lowercased() }) where !word.isEmpty {
+        let kind: DefenceKind? = switch word {
+        case "gaussian", "noise": .gaussian
+        case "laplace": .laplace
+        case "quant", "quantise", "quantize": .quantise
+        case "prune": .prune
+        default: nil
+        }
+        guard let kind else { throw ValidationError("--defences: unknown defence '\(word)'; known: gaussian (noise), laplace, quant, prune") }
+        if !kinds.contains(kind) { kinds.append(kind) }
+      }
+      guard !kinds.isEmpty else { throw ValidationError("--defences: empty list; give e.g. noise,quant,prune") }
+      return kinds
+    }
+  }
+
   func validate() throws {
+    _ = try defenceKinds
+    guard utilityFloor >= 0, utilityFloor <= 1 else { throw ValidationError("--utility-floor must be in [0, 1], found \(utilityFloor)") }
     guard runs >= 1 else { throw ValidationError("--runs must be ≥ 1, found \(runs)") }
     _ = try remoteTailTimer(accelerator, model: model)  // a malformed HOST:PORT fails before any work
   }
@@ -92,6 +126,9 @@ struct Plan: ParsableCommand {
     job.clientPreset = attack.preprocess
     job.teePreset = tee
     job.cacheDirectory = attack.cacheDirectory
+    job.defenceKinds = try defenceKinds
+    job.utilityFloor = utilityFloor
+    job.privateOutput = privateOutput
     if let labels {
       do {
         job.labels = try String(contentsOfFile: labels, encoding: .utf8).split(whereSeparator: \.isNewline).map(String.init)
@@ -138,6 +175,32 @@ enum PlanSummary {
       if let v = r.verdict(c) { lines.append("verdict: " + v.statement) }
     } else {
       lines.append("chosen: none — no cut is private under this evaluation; keep the whole model in the TEE")
+    }
+    if let d = r.defence {
+      lines.append("defence: \(d.defence) (fitted at \(d.utility.imageSize) px), known to every attacker; \(d.utility.summary)")
+    }
+    if let why = r.notDeployed { lines.append("NOT DEPLOYED: " + why) }
+    if let p = r.privateOutput {
+      lines.append(
+        String(
+          format: "private output: the enclave runs everything after %@ (%d KiB of weights): +%.3f ms in the TEE (%@), %.3f ms natively; the accelerator answers %@, never the logits",
+          p.cut, p.parameterBytes >> 10, p.teeMs, p.teeTime, p.nativeMs, "\(p.acceleratorAnswer)"))
+    }
+    if let f = r.frontier {
+      lines.append("defences searched (\(f.kinds.map(\.rawValue).joined(separator: ", ")); utility floor \(f.utilityFloor)):")
+      for p in f.points where p.defence != nil || p.onFrontier {
+        let leak = p.status.map { s in String(format: "%@ (SSIM bound %.3f)", s.rawValue, p.ssimBound ?? .nan) } ?? "not attacked"
+        lines.append(
+          String(
+            format: "  %@ %@ %@ %.1f ms, top-1 agreement %.3f, %@%@", p.onFrontier ? "*" : " ", pad(p.cut, 14), pad(p.defence ?? "none", 14),
+            p.latencyMs, p.agreement, leak, p.belowFloor ? ", UNDER THE UTILITY FLOOR" : ""))
+      }
+      if let b = f.earliestDefended {
+        lines.append("earliest private defended cut: \(b.cut) with \(b.defence!) (undefended choice: \(f.undefendedChoice ?? "none")); deploy with --defence \(b.defence!)")
+      } else {
+        lines.append("no defended cut before \(f.undefendedChoice ?? "the deepest cut") is private and above the utility floor")
+      }
+      lines.append("  (* on the Pareto frontier of latency, SSIM bound and agreement)")
     }
     if !r.tiedCuts.isEmpty {
       lines.append("within noise: \(r.tiedCuts.joined(separator: ", ")) undecided; another run with other seeds may choose differently")

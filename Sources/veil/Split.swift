@@ -32,6 +32,9 @@ struct SplitModel: ParsableCommand {
   var plan = false
   @Option(help: "With --plan: the preprocessing preset the client applies (imagenet, caffe, tensorflow, tensorflow-lite, unit).")
   var preprocess: VeilData.Preprocessing.Preset = .imagenet
+  @Flag(
+    help: "With --plan: keep the answer in the enclave: the layers from the last layer with weights on (output.onnx) run in the enclave on what the accelerator returns, so the logits never leave it.")
+  var privateOutput = false
 
   struct Part: Encodable {
     var file: String
@@ -49,6 +52,10 @@ struct SplitModel: ParsableCommand {
     var cut: CutPoint
     var head: Part
     var tail: Part
+  }
+
+  func validate() throws {
+    if privateOutput && !plan { throw ValidationError("--private-output shapes the deployment: give --plan too") }
   }
 
   func run() throws {
@@ -76,8 +83,10 @@ struct SplitModel: ParsableCommand {
     if plan {
       try DeploymentPlan.write(
         model: g, name: URL(fileURLWithPath: model).lastPathComponent, cut: point.name,
-        preprocessing: .init(preset: preprocess.rawValue, appliedIn: .client), allCuts: all, to: dir)
+        preprocessing: .init(preset: preprocess.rawValue, appliedIn: .client), allCuts: all, outputCut: privateOutput ? "auto" : nil,
+        to: dir)
     }
-    print("wrote \(dir.appendingPathComponent("head.onnx").path), tail.onnx, cut.json\(plan ? ", plan.json" : "")")
+    print(
+      "wrote \(dir.appendingPathComponent("head.onnx").path), tail.onnx, cut.json\(plan ? ", plan.json" : "")\(plan && privateOutput ? ", output.onnx (the enclave's last layer; plan.json's tail.onnx now stops before it)" : "")")
   }
 }

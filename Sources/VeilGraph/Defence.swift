@@ -1,0 +1,277 @@
+import Foundation
+import VeilTensor
+
+// Defences at the cut: what the enclave does to the feature map before it leaves (additive
+// noise, quantisation, channel pruning). They live beside the cut points and the split because
+// every side of a plan applies the same one: the enclave on the served map, the privacy
+// evaluation on the maps its attackers learn from (the attackers know the defence), the planner
+// when it measures utility. The differentiable forms the white-box attacker uses live in
+// VeilPrivacy, above the autograd.
+
+/// The kinds of defence.
+public enum DefenceKind: String, Codable, Sendable, CaseIterable {
+  /// Additive Gaussian noise, σ a multiple of each channel's scale.
+  case gaussian
+  /// Additive Laplace noise of the same standard deviation (b = σ·scale/√2).
+  case laplace
+  /// Each image's channels quantised to `bits` bits between their own minimum and maximum
+  /// (the scale travels with the map: two numbers per channel).
+  case quantise
+  /// A share of the channels set to zero: the least active ones on the defender's photos.
+  case prune
+}
+
+/// One defence with its parameter, and (once fitted to the defender's own photos) the
+/// statistics it needs: each channel's scale for noise, the channels kept for pruning.
+public struct CutDefence: Codable, Sendable, Equatable, CustomStringConvertible {
+  public var kind: DefenceKind
+  /// Noise: the standard deviation as a multiple of each channel's scale, 0…100.
+  public var sigma: Double?
+  /// Quantisation: bits per value, 2…16.
+  public var bits: Int?
+  /// Pruning: the share of channels removed, [0, 1) (at least one channel stays).
+  public var pruned: Double?
+  /// Fitted: each channel's standard deviation over the defender's photos and positions.
+  public var channelScale: [Float]?
+  /// Fitted: the channels pruning keeps, ascending.
+  public var keptChannels: [Int]?
+
+  public init(kind: DefenceKind, sigma: Double? = nil, bits: Int? = nil, pruned: Double? = nil) {
+    self.kind = kind
+    self.sigma = sigma
+    self.bits = bits
+    self.pruned = pruned
+  }
+
+  public static func noise(_ sigma: Double, laplace: Bool = false) -> CutDefence {
+    CutDefence(kind: laplace ? .laplace : .gaussian, sigma: sigma)
+  }
+  public static func quantisation(bits: Int) -> CutDefence { CutDefence(kind: .quantise, bits: bits) }
+  public static func pruning(_ share: Double) -> CutDefence { CutDefence(kind: .prune, pruned: share) }
+
+  /// The valid ranges, as errors and help texts quote them.
+  public static let sigmaRange = 0.0...100.0
+  public static let bitsRange = 2...16
+  public static let prunedRange = "[0, 1), at least one channel kept"
+
+  /// `gaussian:0.5` (or `noise:0.5`), `laplace:0.5`, `quant:4` (or `quantise:4`), `prune:0.5`:
+  /// the command line's form, the inverse of `spec`.
+  public init(parsing text: String) throws {
+    let parts = text.split(separator: ":", maxSplits: 1).map { String($0).trimmingCharacters(in: .whitespaces) }
+    guard parts.count == 2, !parts[1].isEmpty else {
+      throw DefenceError.invalid(
+        spec: text, detail: "expected KIND:VALUE, one of gaussian:σ, laplace:σ, quant:BITS, prune:SHARE (e.g. gaussian:0.5, quant:4, prune:0.5)")
+    }
+    let value = parts[1]
+    switch parts[0].lowercased() {
+    case "gaussian", "noise", "laplace":
+      guard let s = Double(value) else { throw DefenceError.invalid(spec: text, detail: "σ '\(value)' is not a number") }
+      self = .noise(s, laplace: parts[0].lowercased() == "laplace")
+    case "quant", "quantise", "quantize":
+      guard let b = Int(value) else { throw DefenceError.invalid(spec: text, detail: "bits '\(value)' is not a whole number") }
+      self = .quantisation(bits: b)
+    case "prune":
+      guard let p = Double(value) else { throw DefenceError.invalid(spec: text, detail: "the share '\(value)' is not a number") }
+      self = .pruning(p)
+    default:
+      throw DefenceError.invalid(spec: text, detail: "unknown defence '\(parts[0])'; known: gaussian, laplace, quant, prune")
+    }
+    try validate(spec: text)
+  }
+
+  /// The command line's form: `gaussian:0.5`, `laplace:1`, `quant:4`, `prune:0.5`.
+  public var spec: String {
+    switch kind {
+    case .gaussian, .laplace: "\(kind.rawValue):\(Self.number(sigma ?? .nan))"
+    case .quantise: "quant:\(bits ?? 0)"
+    case .prune: "prune:\(Self.number(pruned ?? .nan))"
+    }
+  }
+
+  public var description: String {
+    switch kind {
+    case .gaussian: "Gaussian noise σ = \(Self.number(sigma ?? .nan))×channel scale"
+    case .laplace: "Laplace noise σ = \(Self.number(sigma ?? .nan))×channel scale"
+    case .quantise: "\(bits ?? 0)-bit quantisation (per image and channel)"
+    case .prune: "pruning \(Self.number((pruned ?? .nan) * 100))% of the channels"
+    }
+  }
+
+  static func number(_ x: Double) -> String { x == x.rounded() && abs(x) < 1e6 ? String(Int(x)) : String(format: "%g", x) }
+
+  /// Refuses a parameter out of its range, quoting the range.
+  public func validate(spec: String? = nil) throws {
+    let name = spec ?? self.spec
+    switch kind {
+    case .gaussian, .laplace:
+      guard let s = sigma, s.isFinite, Self.sigmaRange.contains(s) else {
+        throw DefenceError.invalid(spec: name, detail: "σ must be in \(Self.number(Self.sigmaRange.lowerBound))…\(Self.number(Self.sigmaRange.upperBound)) (a multiple of each channel's scale), found \(sigma.map { "\($0)" } ?? "none")")
+      }
+    case .quantise:
+      guard let b = bits, Self.bitsRange.contains(b) else {
+        throw DefenceError.invalid(spec: name, detail: "bits must be in \(Self.bitsRange.lowerBound)…\(Self.bitsRange.upperBound), found \(bits.map { "\($0)" } ?? "none")")
+      }
+    case .prune:
+      guard let p = pruned, p.isFinite, p >= 0, p < 1 else {
+        throw DefenceError.invalid(spec: name, detail: "the share of channels pruned must be in \(Self.prunedRange) (pruning every channel leaves nothing to classify), found \(pruned.map { "\($0)" } ?? "none")")
+      }
+    }
+  }
+
+  /// Whether `apply` needs `fitted(to:)` first.
+  public var needsFit: Bool { kind == .gaussian || kind == .laplace || kind == .prune }
+  public var isFitted: Bool {
+    switch kind {
+    case .gaussian, .laplace: channelScale != nil
+    case .prune: keptChannels != nil
+    case .quantise: true
+    }
+  }
+
+  /// Fits the defence to the defender's feature maps `features` ([N, C, h, w], channels
+  /// first): each channel's standard deviation (noise), or the channels with the largest mean
+  /// magnitude (pruning keeps ⌈(1 − share)·C⌉ of them, at least one).
+  public func fitted(to features: Tensor) throws -> CutDefence {
+    try validate()
+    guard features.rank == 4, features.shape[0] > 0 else {
+      throw DefenceError.invalid(spec: spec, detail: "fitting needs feature maps [N, C, h, w], found \(features.shape)")
+    }
+    let (n, c, plane) = (features.shape[0], features.shape[1], features.shape[2] * features.shape[3])
+    var sum = [Double](repeating: 0, count: c)
+    var squares = [Double](repeating: 0, count: c)
+    var magnitude = [Double](repeating: 0, count: c)
+    features.withUnsafeBuffer { p in
+      for i in 0..<n {
+        for ch in 0..<c {
+          let base = (i * c + ch) * plane
+          for k in 0..<plane {
+            let x = Double(p[base + k])
+            sum[ch] += x
+            squares[ch] += x * x
+            magnitude[ch] += abs(x)
+          }
+        }
+      }
+    }
+    var out = self
+    let count = Double(n * plane)
+    switch kind {
+    case .gaussian, .laplace:
+      out.channelScale = (0..<c).map { ch in
+        let mean = sum[ch] / count
+        return Float(max(squares[ch] / count - mean * mean, 0).squareRoot())
+      }
+    case .prune:
+      let keep = max(1, Int((Double(c) * (1 - (pruned ?? 0))).rounded(.up)))
+      out.keptChannels = Array((0..<c).sorted { (magnitude[$0], -$0) > (magnitude[$1], -$1) }.prefix(keep)).sorted()
+    case .quantise: break
+    }
+    return out
+  }
+
+  /// Checks the fitted statistics against a map of `channels` channels.
+  public func checkFit(channels: Int) throws {
+    guard isFitted else { throw DefenceError.notFitted(spec: spec) }
+    if let s = channelScale, s.count != channels || s.contains(where: { !$0.isFinite || $0 < 0 }) {
+      throw DefenceError.invalid(spec: spec, detail: "fitted to \(s.count) channel scales (finite, ≥ 0), the map has \(channels) channels")
+    }
+    if let k = keptChannels, k.isEmpty || k.contains(where: { $0 < 0 || $0 >= channels }) || zip(k, k.dropFirst()).contains(where: { $0 >= $1 }) {
+      throw DefenceError.invalid(spec: spec, detail: "kept channels must be ascending, distinct, at least one, each in 0..<\(channels)")
+    }
+  }
+
+  /// The defended map: `x` with its channels on `channelAxis` (1 for [N, C, h, w], 3 for
+  /// [N, h, w, C]), noise drawn from `generator` (the enclave passes a cryptographic one).
+  public func apply<G: RandomNumberGenerator>(to x: Tensor, channelAxis: Int = 1, using generator: inout G) throws -> Tensor {
+    guard x.rank >= 2, channelAxis >= 1, channelAxis < x.rank else {
+      throw DefenceError.invalid(spec: spec, detail: "channel axis \(channelAxis) of a map shaped \(x.shape)")
+    }
+    let c = x.shape[channelAxis]
+    try checkFit(channels: c)
+    let n = x.shape[0]
+    // Index arithmetic: value k of image i has channel (k / inner) % c.
+    let inner = x.shape[(channelAxis + 1)...].reduce(1, *)
+    let per = x.count / max(n, 1)
+    var y = x
+    y.withUnsafeMutableBuffer { p in
+      switch kind {
+      case .gaussian, .laplace:
+        let scale = channelScale!.map { Float(sigma!) * $0 }
+        let laplace = kind == .laplace
+        for k in 0..<p.count {
+          let s = scale[(k / inner) % c]
+          guard s > 0 else { continue }
+          p[k] += s * (laplace ? Self.laplace(&generator) : Self.normal(&generator))
+        }
+      case .prune:
+        var keep = [Bool](repeating: false, count: c)
+        for ch in keptChannels! { keep[ch] = true }
+        for k in 0..<p.count where !keep[(k / inner) % c] { p[k] = 0 }
+      case .quantise:
+        let levels = Float((1 << bits!) - 1)
+        var low = [Float](repeating: 0, count: c)
+        var high = [Float](repeating: 0, count: c)
+        for i in 0..<n {
+          let base = i * per
+          for ch in 0..<c { (low[ch], high[ch]) = (.infinity, -.infinity) }
+          for k in 0..<per {
+            let ch = (k / inner) % c
+            low[ch] = min(low[ch], p[base + k])
+            high[ch] = max(high[ch], p[base + k])
+          }
+          for k in 0..<per {
+            let ch = (k / inner) % c
+            let range = high[ch] - low[ch]
+            guard range > 0, range.isFinite else { continue }
+            let step = range / levels
+            p[base + k] = low[ch] + ((p[base + k] - low[ch]) / step).rounded() * step
+          }
+        }
+      }
+    }
+    return y
+  }
+
+  /// The bytes the map takes on the wire when it is sent encoded for this defence: FP32 for
+  /// noise; `bits` per value plus an FP32 minimum and step per image and channel for
+  /// quantisation; only the kept channels (FP32) for pruning. `shape` is the whole map's.
+  public func encodedBytes(shape: [Int], channelAxis: Int = 1) -> Int {
+    let count = shape.reduce(1, *)
+    guard channelAxis < shape.count, shape[channelAxis] > 0 else { return count * 4 }
+    let (n, c) = (shape[0], shape[channelAxis])
+    switch kind {
+    case .gaussian, .laplace: return count * 4
+    case .quantise: return (count * (bits ?? 32) + 7) / 8 + n * c * 8
+    case .prune: return count / c * (keptChannels?.count ?? c) * 4
+    }
+  }
+
+  static func normal<G: RandomNumberGenerator>(_ g: inout G) -> Float {
+    // Box–Muller on two uniforms in (0, 1].
+    let u1 = Float(g.next() >> 40 &+ 1) * (1.0 / Float(1 << 24))
+    let u2 = Float(g.next() >> 40) * (1.0 / Float(1 << 24))
+    return (-2 * logf(u1)).squareRoot() * cosf(2 * Float.pi * u2)
+  }
+
+  /// Laplace with unit variance (b = 1/√2): ±b·ln(1/u).
+  static func laplace<G: RandomNumberGenerator>(_ g: inout G) -> Float {
+    let bits = g.next()
+    let u = Float(bits >> 40 &+ 1) * (1.0 / Float(1 << 24))
+    let magnitude = -logf(u) / Float(2).squareRoot()
+    return bits & 1 == 0 ? magnitude : -magnitude
+  }
+}
+
+/// A defence that cannot be used as given.
+public enum DefenceError: Error, CustomStringConvertible, Equatable {
+  case invalid(spec: String, detail: String)
+  case notFitted(spec: String)
+
+  public var description: String {
+    switch self {
+    case .invalid(let spec, let detail): "defence '\(spec)': \(detail)"
+    case .notFitted(let spec):
+      "defence '\(spec)' is not fitted: its channel statistics come from the defender's photos (CutDefence.fitted(to:)); a plan records them"
+    }
+  }
+}

@@ -1,0 +1,228 @@
+import Foundation
+import VeilData
+import VeilGraph
+import VeilPrivacy
+
+// Defences in the plan: a plan made under one defence (`veil plan --defence`) measures what it
+// costs and refuses to deploy it below the utility floor; a plan with `--defences` searches
+// cut × defence before the undefended choice and reports the Pareto frontier of latency,
+// leakage (under attackers who know the defence) and utility. The paper's rule, the earliest
+// private cut without a defence, stays the choice unless the user deploys a defended point.
+
+/// A plan's defence as measured: fitted at the model's own input size, its utility, and
+/// whether it stays above the floor.
+public struct DefenceRecord: Codable, Sendable, Equatable {
+  public var defence: CutDefence
+  public var channelAxis: Int
+  public var utility: DefenceUtility
+  public var utilityFloor: Double
+  public var belowFloor: Bool { utility.agreement < utilityFloor }
+}
+
+/// One point of the search: a cut with a defence (or none), and what it costs and leaks.
+public struct FrontierPoint: Codable, Sendable, Equatable {
+  public var cut: String
+  public var cutIndex: Int
+  /// The defence's spec (`gaussian:1`), nil for the undefended cut.
+  public var defence: String?
+  /// The partitioned latency of the profile (head in the TEE modeled) plus the defence's own
+  /// time measured natively, milliseconds.
+  public var latencyMs: Double
+  /// The verdict under the adaptive attackers (nil: not attacked, its utility was below the floor).
+  public var status: LeakageStatus?
+  /// The worst attacker's 95 % bound of SSIM, the paper's measure.
+  public var ssimBound: Double?
+  public var statement: String?
+  /// Top-1 agreement with the undefended model (1 without a defence) and its lower bound.
+  public var agreement: Double
+  public var agreementLower: Double
+  public var encodedBytes: Int
+  public var mapBytes: Int
+  public var belowFloor: Bool
+  /// Not dominated in (latency ↓, SSIM bound ↓, agreement ↑) by another attacked point.
+  public var onFrontier: Bool = false
+  /// The reconstructions of the attacker that decided SSIM, relative to the plan's folder.
+  public var grid: String?
+
+  public init(
+    cut: String, cutIndex: Int, defence: String?, latencyMs: Double, status: LeakageStatus?, ssimBound: Double?, statement: String?,
+    agreement: Double, agreementLower: Double, encodedBytes: Int, mapBytes: Int, belowFloor: Bool
+  ) {
+    self.cut = cut
+    self.cutIndex = cutIndex
+    self.defence = defence
+    self.latencyMs = latencyMs
+    self.status = status
+    self.ssimBound = ssimBound
+    self.statement = statement
+    self.agreement = agreement
+    self.agreementLower = agreementLower
+    self.encodedBytes = encodedBytes
+    self.mapBytes = mapBytes
+    self.belowFloor = belowFloor
+  }
+}
+
+/// The cut × defence search of `veil plan --defences`.
+public struct DefenceFrontier: Codable, Sendable, Equatable {
+  public var kinds: [DefenceKind]
+  /// The parameters tried, per kind, weakest first.
+  public var grid: [String: [String]]
+  public var utilityFloor: Double
+  public var points: [FrontierPoint]
+  /// The undefended choice (the paper's rule) the search tried to beat.
+  public var undefendedChoice: String?
+  /// The earliest defended point that is private under every measure and keeps the utility
+  /// floor, when it is earlier than the undefended choice.
+  public var earliestDefended: FrontierPoint?
+  public var notes: [String]
+
+  /// The parameters a budget tries per kind, from the weakest protection to the strongest.
+  public static func grid(_ kind: DefenceKind, budget: PrivacyBudget) -> [CutDefence] {
+    let quick = budget == .quick
+    switch kind {
+    case .gaussian, .laplace:
+      // σ in channel standard deviations: at EfficientNet-Lite0's _blocks.4, σ = 0.5 already
+      // changed the top-1 class of 10 of 36 photos.
+      return (quick ? [0.1, 0.3, 1] : [0.05, 0.1, 0.2, 0.5, 1, 2]).map { .noise($0, laplace: kind == .laplace) }
+    case .quantise:
+      return (quick ? [4, 2] : [8, 6, 4, 3, 2]).map { .quantisation(bits: $0) }
+    case .prune:
+      return (quick ? [0.5, 0.75] : [0.25, 0.5, 0.75, 0.9]).map { .pruning($0) }
+    }
+  }
+
+  /// How many cuts before the undefended choice the search tries, deepest first.
+  public static func cutCount(budget: PrivacyBudget) -> Int {
+    switch budget {
+    case .quick: 2
+    case .standard: 3
+    case .thorough: 5
+    }
+  }
+
+  /// Marks the points no other attacked point beats in latency, SSIM bound and agreement at
+  /// once (ties on all three do not dominate).
+  public static func markFrontier(_ points: inout [FrontierPoint]) {
+    let attacked = points.indices.filter { points[$0].ssimBound != nil && !points[$0].belowFloor }
+    for i in points.indices { points[i].onFrontier = false }
+    for i in attacked {
+      let p = points[i]
+      let dominated = attacked.contains { j in
+        let q = points[j]
+        let noWorse = q.latencyMs <= p.latencyMs && q.ssimBound! <= p.ssimBound! && q.agreement >= p.agreement
+        let better = q.latencyMs < p.latencyMs || q.ssimBound! < p.ssimBound! || q.agreement > p.agreement
+        return j != i && noWorse && better
+      }
+      points[i].onFrontier = !dominated
+    }
+  }
+}
+
+extension FrontierPoint {
+  init(
+    cut: CutProfile, index: Int, defence: CutDefence?, utility: DefenceUtility?, verdict: CutVerdict?, floor: Double, attacks: String
+  ) {
+    self.cut = cut.cut.name
+    cutIndex = index
+    self.defence = defence?.spec
+    latencyMs = cut.totalMs + (utility?.defenceMs ?? 0)
+    status = verdict?.status
+    ssimBound = verdict?.measure(SSIMMeasure.name)?.estimate.upper
+    statement = verdict?.statement
+    agreement = utility?.agreement ?? 1
+    agreementLower = utility?.agreementLower ?? 1
+    let bytes = cut.cut.shape.reduce(1, *) * 4
+    mapBytes = utility?.mapBytes ?? bytes
+    encodedBytes = utility?.encodedBytes ?? bytes
+    belowFloor = (utility?.agreement ?? 1) < floor
+    if let v = verdict, let worst = v.measure(SSIMMeasure.name)?.worstAttacker,
+      let attack = v.attacks.first(where: { $0.attacker == worst })
+    {
+      grid = "\(attacks)/\(attack.grid)"
+    }
+  }
+}
+
+extension PlanJob {
+  /// The photos a defence's utility is measured on: every photo of the plan's data, whole, at
+  /// the model's own input size (the attack size for models without a square input).
+  func utilityImages(_ evaluation: PrivacyEvaluation) throws -> (images: [ByteImage], size: Int) {
+    var c = evaluation.settings.config
+    c.attacker = .optimisation
+    c.testFraction = 1
+    c.testCropsPerPhoto = 1
+    c.imageSize = deployedSize ?? imageSize
+    c.defence = nil
+    return (try evaluation.images(c).test, c.imageSize)
+  }
+
+  /// Fits `defence` at the deployed size and measures its utility at `cut`.
+  func measureDefence(_ defence: CutDefence, cut: CutPoint, images: (images: [ByteImage], size: Int)) throws -> DefenceRecord {
+    let (utility, fitted, axis) = try DefenceUtility.measure(
+      model: graph, cut: cut, defence: defence, images: images.images, imageSize: images.size, preprocessing: preprocessing, seed: seed)
+    return DefenceRecord(defence: fitted, channelAxis: axis, utility: utility, utilityFloor: utilityFloor)
+  }
+
+  /// The search of `--defences`: for the cuts before the undefended choice (deepest first, as
+  /// many as the budget says), each kind's parameters from the weakest: the utility first (a
+  /// parameter under the floor ends that kind at that cut, since stronger ones cost more), then
+  /// the verdict under attackers who know the defence (a private one ends the kind at that cut:
+  /// stronger ones only cost more utility).
+  func searchDefences(
+    evaluation: PrivacyEvaluation, outcome: PlanOutcome, log: (String) -> Void,
+    attackProgress: (CutPoint, AttackerKind, UInt64, AttackProgress) -> Void
+  ) throws -> DefenceFrontier {
+    let budget = evaluation.settings.budget
+    let rows = outcome.profile.cuts
+    let chosenIndex = outcome.chosen.flatMap { c in rows.firstIndex { $0.cut.name == c.name } }
+    let candidates = rows.indices.filter { k in
+      outcome.skipped[rows[k].cut.name] == nil && (chosenIndex.map { k < $0 } ?? true)
+    }.suffix(DefenceFrontier.cutCount(budget: budget)).reversed()
+    var points: [FrontierPoint] = []
+    var notes: [String] = []
+    // The undefended verdicts, for comparison.
+    for v in outcome.privacy {
+      guard let k = rows.firstIndex(where: { $0.cut.name == v.cut }) else { continue }
+      points.append(FrontierPoint(cut: rows[k], index: k, defence: nil, utility: nil, verdict: v, floor: utilityFloor, attacks: "attacks"))
+    }
+    let images = try utilityImages(evaluation)
+    log(
+      "defences: \(defenceKinds.map(\.rawValue).joined(separator: ", ")) at \(candidates.count) cut(s) before \(outcome.chosen?.name ?? "the deepest cut") (deepest first); utility on \(images.images.count) photos at \(images.size) px, floor \(utilityFloor)")
+    var grid: [String: [String]] = [:]
+    for kind in defenceKinds { grid[kind.rawValue] = DefenceFrontier.grid(kind, budget: budget).map(\.spec) }
+    for k in candidates {
+      let row = rows[k]
+      for kind in defenceKinds {
+        for defence in DefenceFrontier.grid(kind, budget: budget) {
+          let record = try measureDefence(defence, cut: row.cut, images: images)
+          if record.belowFloor {
+            log("defences: \(row.cut.name) with \(defence.spec): \(record.utility.summary), under the floor \(utilityFloor): not attacked, stronger \(kind.rawValue) settings skipped")
+            points.append(
+              FrontierPoint(cut: row, index: k, defence: defence, utility: record.utility, verdict: nil, floor: utilityFloor, attacks: ""))
+            break
+          }
+          var e = evaluation
+          e.settings.config.defence = defence
+          let attacks = PlanRecord.attacksFolder(defence)
+          e.outDir = folder.appendingPathComponent(attacks)
+          log("defences: \(row.cut.name) with \(defence.spec): \(record.utility.summary); attacking it")
+          let verdict = try e.evaluate(cut: row.cut, index: k) { attackProgress(row.cut, $0, $1, $2) }
+          log("defences: " + verdict.statement)
+          points.append(
+            FrontierPoint(cut: row, index: k, defence: defence, utility: record.utility, verdict: verdict, floor: utilityFloor, attacks: attacks))
+          if verdict.isPrivate { break }
+        }
+      }
+    }
+    DefenceFrontier.markFrontier(&points)
+    let earliest = points.filter { $0.defence != nil && $0.status == .private && !$0.belowFloor }
+      .min { ($0.cutIndex, $0.latencyMs) < ($1.cutIndex, $1.latencyMs) }
+    if candidates.isEmpty { notes.append("no attackable cut lies before the undefended choice: nothing to search") }
+    notes.append("utility is the top-1 agreement with the undefended model; the tail is the model's own (not fine-tuned on defended maps)")
+    notes.append("latency: the profile's partitioned total (head in the TEE modeled) plus the defence's own time measured natively; the served path sends FP32 maps, the encoded bytes are what the defence would let it send")
+    return DefenceFrontier(
+      kinds: defenceKinds, grid: grid, utilityFloor: utilityFloor, points: points.sorted { ($0.cutIndex, $0.latencyMs) < ($1.cutIndex, $1.latencyMs) },
+      undefendedChoice: outcome.chosen?.name, earliestDefended: earliest, notes: notes)
+  }
+}

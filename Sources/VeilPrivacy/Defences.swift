@@ -1,0 +1,157 @@
+import Foundation
+import VeilData
+import VeilGraph
+import VeilTensor
+import VeilTrain
+
+// Defences against the attackers who know them (adaptive attackers): the learning-based ones
+// learn from defended maps (their own photos' maps pass through the same defence), the
+// white-box optimisation differentiates through the defence: through its expectation for
+// additive noise, straight through for quantisation, through the known mask for pruning.
+// And the defence's price: the top-1 agreement of the defended model with the undefended one.
+
+extension CutDefence {
+  /// The white-box attacker's differentiable view of the defence on `features` ([N, C, h, w]).
+  ///
+  /// Additive noise n independent of the image: E‖f(x) + n − v‖² = ‖f(x) − v‖² + E‖n‖², so the
+  /// expectation over the noise (what sampling it at every step estimates) is optimised exactly
+  /// by matching the clean features to the observed noisy ones. Quantisation: the forward pass
+  /// quantises (the attacker matches the quantised map), the gradient passes straight through.
+  /// Pruning: the known mask, a constant factor.
+  public func onTape(_ features: Variable) throws -> Variable {
+    switch kind {
+    case .gaussian, .laplace:
+      return features
+    case .quantise:
+      var unused = SeededGenerator(seed: 0)
+      let q = try apply(to: features.value, channelAxis: 1, using: &unused)
+      let offset = try Kernels.zip(q, features.value, -)
+      return try add(features, Variable(offset))
+    case .prune:
+      let c = features.shape[1]
+      try checkFit(channels: c)
+      var mask = [Float](repeating: 0, count: c)
+      for ch in keptChannels! { mask[ch] = 1 }
+      return try mul(features, Variable(try Tensor(shape: [1, c, 1, 1], values: mask)))
+    }
+  }
+}
+
+/// The defence of an attack: fitted to the held-out maps (the defender's own photos: only each
+/// channel's statistics, which the attacker could estimate from the maps it sees anyway), then
+/// applied to every map the attackers see, their own photos' included, with seeded noise.
+struct AttackDefence {
+  let defence: CutDefence
+
+  init(_ spec: CutDefence, heldOut: Tensor) throws {
+    defence = spec.isFitted && !spec.needsFit ? spec : try spec.fitted(to: heldOut)
+  }
+
+  func defend(_ pairs: FeaturePairs?, seed: UInt64, stream: UInt64) throws -> FeaturePairs? {
+    guard var p = pairs else { return nil }
+    var generator = SeededGenerator(seed: seed &* 0x2545_F491_4F6C_DD1D &+ stream &+ 0xDEFE)
+    p.features = try defence.apply(to: p.features, channelAxis: 1, using: &generator)
+    return p
+  }
+
+  var note: String {
+    var s = "the attackers saw maps defended by \(defence) and knew it"
+    switch defence.kind {
+    case .gaussian, .laplace: s += " (learning-based: trained on noisy maps; white-box: optimised the noise's expectation)"
+    case .quantise: s += " (learning-based: trained on quantised maps; white-box: straight-through gradient)"
+    case .prune: s += " (\(defence.keptChannels?.count ?? 0) channels kept; white-box: through the known mask)"
+    }
+    return s
+  }
+}
+
+/// What a defence costs in utility and time at a cut.
+public struct DefenceUtility: Codable, Sendable, Equatable {
+  public var defence: String
+  public var cut: String
+  /// Images whose top-1 class under the defence is the undefended model's, and how many.
+  public var agreement: Double
+  public var images: Int
+  /// The 95 % lower bound of the agreement (Wilson score interval).
+  public var agreementLower: Double
+  /// The defence's own time per map on this machine (median of the images), milliseconds.
+  public var defenceMs: Double
+  /// Bytes of one map as FP32, and as the defence can encode it.
+  public var mapBytes: Int
+  public var encodedBytes: Int
+  /// Side of the images (the model's own input size).
+  public var imageSize: Int
+  /// Whether the tail was fine-tuned on defended maps (not yet: the tail is the model's own).
+  public var tailFineTuned: Bool
+
+  /// "top-1 agreement 0.972 (35 of 36 photos at 224 px; 95 % lower bound 0.87), tail not fine-tuned".
+  public var summary: String {
+    String(
+      format: "top-1 agreement %.3f (%d of %d photos at %d px; 95%% lower bound %.3f), %@", agreement, Int((agreement * Double(images)).rounded()),
+      images, imageSize, agreementLower, tailFineTuned ? "tail fine-tuned on defended maps" : "tail not fine-tuned")
+  }
+}
+
+extension DefenceUtility {
+  /// The top-1 agreement of `model` split at `cut` with `defence` on the maps against the
+  /// undefended model (the same split, whose output equals the whole model's), on `images`
+  /// (each `imageSize`×`imageSize`, the model's own input size). The defence is fitted to these
+  /// images' maps first when it needs statistics; the fitted defence is returned with it.
+  public static func measure(
+    model: Graph, cut: CutPoint, defence: CutDefence, images: [ByteImage], imageSize: Int, preprocessing: InputPreprocessing,
+    seed: UInt64 = 0
+  ) throws -> (utility: DefenceUtility, fitted: CutDefence, channelAxis: Int) {
+    guard !images.isEmpty else { throw PrivacyError.data(source: "utility images", detail: "none") }
+    let batch = min(8, images.count)
+    let extractor = try FeatureExtractor(model: model, cut: cut, imageSize: imageSize, batch: batch, preprocessing: preprocessing)
+    let maps = try extractor.features(images)
+    let fitted = defence.isFitted ? defence : try defence.fitted(to: maps)
+    var (_, tail) = try model.split(at: cut)
+    guard let tailInput = tail.inputs.first, tail.inputs.count == 1 else {
+      throw PrivacyError.cut(name: cut.name, detail: "the tail does not take the one crossing tensor")
+    }
+    let (c, h, w) = (extractor.featureShape[0], extractor.featureShape[1], extractor.featureShape[2])
+    let layoutShape = extractor.featureChannelsLast ? [1, h, w, c] : [1, c, h, w]
+    try tail.inferShapes(inputShapes: [tailInput: layoutShape])
+    let executor = try Executor(graph: tail)
+    var generator = SeededGenerator(seed: seed &+ 0x0717)
+    var agree = 0
+    var times: [Double] = []
+    for i in 0..<images.count {
+      let one = gather(maps, [i])
+      let started = DispatchTime.now()
+      let defended = try fitted.apply(to: one, channelAxis: 1, using: &generator)
+      times.append(Double(DispatchTime.now().uptimeNanoseconds - started.uptimeNanoseconds) / 1e6)
+      func top1(_ map: Tensor) throws -> Int {
+        let input = extractor.featureChannelsLast ? channelsLast(map) : map
+        let logits = try executor.run([input])[0].scalars
+        return logits.indices.max { logits[$0] < logits[$1] } ?? -1
+      }
+      if try top1(one) == top1(defended) { agree += 1 }
+    }
+    let n = Double(images.count)
+    let p = Double(agree) / n
+    // Wilson's lower bound at z = 1.645 (one-sided 95 %).
+    let z = 1.645
+    let lower = (p + z * z / (2 * n) - z * (p * (1 - p) / n + z * z / (4 * n * n)).squareRoot()) / (1 + z * z / n)
+    times.sort()
+    let shape = [1, c, h, w]
+    return (
+      DefenceUtility(
+        defence: fitted.spec, cut: cut.name, agreement: p, images: images.count, agreementLower: max(0, lower),
+        defenceMs: times[times.count / 2], mapBytes: shape.reduce(1, *) * 4, encodedBytes: fitted.encodedBytes(shape: shape),
+        imageSize: imageSize, tailFineTuned: false),
+      fitted, extractor.featureChannelsLast ? 3 : 1
+    )
+  }
+}
+
+/// [N, C, h, w] as [N, h, w, C].
+func channelsLast(_ t: Tensor) -> Tensor {
+  let (n, c, h, w) = (t.shape[0], t.shape[1], t.shape[2], t.shape[3])
+  return t.withUnsafeBuffer { src in
+    Tensor(shape: [n, h, w, c]) { dst in
+      for i in 0..<n { for ch in 0..<c { for p in 0..<(h * w) { dst[(i * h * w + p) * c + ch] = src[(i * c + ch) * h * w + p] } } }
+    }
+  }
+}

@@ -1,0 +1,106 @@
+import Foundation
+import VeilData
+import VeilFormats
+import VeilGraph
+import VeilPrivacy
+import VeilTensor
+import VeilTestSupport
+import VeilTrain
+import XCTest
+
+/// Defences against attackers who know them, on the tiny CNN and the cached registry photos.
+final class DefenceAttackTests: XCTestCase {
+  func map() -> Tensor {
+    var g = SeededGenerator(seed: 3)
+    return Tensor.randomNormal(shape: [2, 4, 3, 3], generator: &g)
+  }
+
+  /// The white-box attacker's view: quantisation forwards the quantised map and passes the
+  /// gradient straight through; pruning's gradient is zero on the pruned channels; noise is
+  /// optimised through its expectation, the clean map.
+  func testTheWhiteBoxViewOfEachDefence() throws {
+    let x = map()
+    let seed = Tensor(shape: x.shape) { p in for i in 0..<p.count { p[i] = Float(i % 7) - 3 } }
+    let quant = CutDefence.quantisation(bits: 2)
+    let v = Variable(x, requiresGrad: true)
+    let q = try quant.onTape(v)
+    var g = SeededGenerator(seed: 0)
+    for (a, b) in zip(q.value.scalars, try quant.apply(to: x, using: &g).scalars) {
+      XCTAssertEqual(a, b, accuracy: 1e-6, "forward: the map the attacker observes")
+    }
+    XCTAssertNotEqual(q.value.scalars, x.scalars)
+    try q.backward(seed: seed)
+    XCTAssertEqual(v.grad?.scalars, seed.scalars, "straight through")
+
+    let prune = try CutDefence.pruning(0.5).fitted(to: x)
+    let kept = try XCTUnwrap(prune.keptChannels)
+    let w = Variable(x, requiresGrad: true)
+    let p = try prune.onTape(w)
+    try p.backward(seed: seed)
+    let grad = try XCTUnwrap(w.grad).scalars
+    for k in 0..<grad.count {
+      let c = (k / 9) % 4
+      XCTAssertEqual(grad[k], kept.contains(c) ? seed.scalars[k] : 0, "index \(k)")
+      XCTAssertEqual(p.value.scalars[k], kept.contains(c) ? x.scalars[k] : 0)
+    }
+
+    let noise = try CutDefence.noise(2).fitted(to: x)
+    let n = Variable(x, requiresGrad: true)
+    XCTAssertTrue(try noise.onTape(n) === n, "E‖f(x) + n − v‖² = ‖f(x) − v‖² + const: the clean map")
+  }
+
+  /// The attackers see defended maps and say so; a heavy noise costs the white-box attacker
+  /// most of what it rebuilt, and pruning leaves it only the kept channels.
+  func testAdaptiveAttacksRecordTheDefenceAndStrongNoiseHurtsThem() throws {
+    let g = AttackTests.tinyModel()
+    let cut = try g.attackCut(named: "pool1")
+    var base = AttackTests.config()
+    base.attacker = .optimisation
+    base.optimisationSteps = 40
+    base.tvWeights = [1]
+    base.calibrationImages = 2
+    let data = try AttackImages.photos(AttackTests.photoNames.map(TestAssets.url), config: base, source: "asset cache")
+    var ssim: [String: Double] = [:]
+    for spec in ["none", "gaussian:8", "prune:0.75"] {
+      var config = base
+      config.defence = spec == "none" ? nil : try CutDefence(parsing: spec)
+      let out = FileManager.default.temporaryDirectory.appendingPathComponent("veil-defence-\(UUID().uuidString)")
+      defer { try? FileManager.default.removeItem(at: out) }
+      let r = try runAttack(
+        model: g, modelName: "tiny", cut: cut, data: data, preprocessing: AttackTests.unit, config: config, outDir: out, cacheDirectory: nil)
+      XCTAssertEqual(r.config.defence, config.defence)
+      if spec != "none" {
+        XCTAssertTrue(r.notes.first?.contains("defended by") == true, "\(r.notes)")
+        XCTAssertTrue(r.notes.first?.contains("knew it") == true)
+      }
+      let reread = try VeilJSON.decoder().decode(AttackResult.self, from: Data(contentsOf: out.appendingPathComponent("result.json")))
+      XCTAssertEqual(reread.config.defence, config.defence, "result.json records the defence")
+      ssim[spec] = r.ssim.mean
+    }
+    XCTAssertLessThan(ssim["gaussian:8"]!, ssim["none"]! - 0.05, "\(ssim)")
+    XCTAssertLessThan(ssim["prune:0.75"]!, ssim["none"]!, "\(ssim)")
+  }
+
+  /// Utility: σ = 0 agrees everywhere; a huge noise does not; the fit happens at the given size.
+  func testUtilityIsTheTop1AgreementWithTheUndefendedModel() throws {
+    let g = AttackTests.tinyModel()
+    let cut = try g.attackCut(named: "pool2")
+    let images = try AttackTests.photoNames.map { try ImageCodec.readUpright(TestAssets.url($0)).rgb().resized(width: 32, height: 32, interpolation: .bilinear) }
+    let none = try DefenceUtility.measure(
+      model: g, cut: cut, defence: .noise(0), images: images, imageSize: 32, preprocessing: AttackTests.unit)
+    XCTAssertEqual(none.utility.agreement, 1)
+    XCTAssertLessThan(none.utility.agreementLower, 1, "five photos bound the agreement loosely")
+    XCTAssertEqual(none.utility.images, 5)
+    XCTAssertEqual(none.fitted.channelScale?.count, 16, "fitted to pool2's 16 channels")
+    XCTAssertEqual(none.channelAxis, 1)
+    let loud = try DefenceUtility.measure(
+      model: g, cut: cut, defence: .noise(50), images: images, imageSize: 32, preprocessing: AttackTests.unit)
+    XCTAssertLessThan(loud.utility.agreement, 1)
+    XCTAssertLessThanOrEqual(loud.utility.agreementLower, loud.utility.agreement)
+    let quant = try DefenceUtility.measure(
+      model: g, cut: cut, defence: .quantisation(bits: 4), images: images, imageSize: 32, preprocessing: AttackTests.unit)
+    XCTAssertEqual(quant.utility.encodedBytes, 16 * 8 * 8 / 2 + 16 * 8)
+    XCTAssertEqual(quant.utility.mapBytes, 16 * 8 * 8 * 4)
+    XCTAssertTrue(quant.utility.summary.contains("tail not fine-tuned"))
+  }
+}
