@@ -144,24 +144,59 @@ extension FrontierPoint {
   }
 }
 
+/// The photos a defence is measured (and its tail fine-tuned) on, at the model's own input size.
+struct UtilityPhotos {
+  /// Whole photos the agreement is measured on.
+  var measured: [ByteImage]
+  /// Crops of other photos the tail is fine-tuned on (empty without fine-tuning).
+  var tuning: [ByteImage]
+  var size: Int
+}
+
 extension PlanJob {
-  /// The photos a defence's utility is measured on: every photo of the plan's data, whole, at
-  /// the model's own input size (the attack size for models without a square input).
-  func utilityImages(_ evaluation: PrivacyEvaluation) throws -> (images: [ByteImage], size: Int) {
+  /// Without fine-tuning, every photo of the plan's data, whole; with it, half the photos are
+  /// kept apart for the agreement and the other half give the fine-tuning crops.
+  func utilityPhotos(_ evaluation: PrivacyEvaluation) throws -> UtilityPhotos {
     var c = evaluation.settings.config
-    c.attacker = .optimisation
-    c.testFraction = 1
-    c.testCropsPerPhoto = 1
     c.imageSize = deployedSize ?? imageSize
+    c.testCropsPerPhoto = 1
     c.defence = nil
-    return (try evaluation.images(c).test, c.imageSize)
+    guard let tuning = fineTuning else {
+      c.attacker = .optimisation
+      c.testFraction = 1
+      return UtilityPhotos(measured: try evaluation.images(c).test, tuning: [], size: c.imageSize)
+    }
+    c.attacker = .inverse
+    c.testFraction = 0.5
+    c.validationFraction = 0
+    c.trainCropsPerPhoto = tuning.cropsPerPhoto
+    c.seed = seed
+    let images = try evaluation.images(c)
+    return UtilityPhotos(measured: images.test, tuning: images.train, size: c.imageSize)
   }
 
-  /// Fits `defence` at the deployed size and measures its utility at `cut`.
-  func measureDefence(_ defence: CutDefence, cut: CutPoint, images: (images: [ByteImage], size: Int)) throws -> DefenceRecord {
-    let (utility, fitted, axis) = try DefenceUtility.measure(
-      model: graph, cut: cut, defence: defence, images: images.images, imageSize: images.size, preprocessing: preprocessing, seed: seed)
-    return DefenceRecord(defence: fitted, channelAxis: axis, utility: utility, utilityFloor: utilityFloor)
+  /// Fits `defence` at the deployed size (to the fine-tuning crops' maps when the tail is
+  /// fine-tuned, else to the measured photos'), fine-tunes the tail if asked, and measures
+  /// the utility at `cut`. Returns the fine-tuned tail too.
+  func measureDefence(_ defence: CutDefence, cut: CutPoint, photos: UtilityPhotos, log: (String) -> Void = { _ in }) throws
+    -> (record: DefenceRecord, tunedTail: Graph?)
+  {
+    var fitted = defence
+    var tuned: Graph?
+    if let tuning = fineTuning {
+      var t = tuning
+      t.seed = seed
+      let extractor = try FeatureExtractor(
+        model: graph, cut: cut, imageSize: photos.size, batch: min(8, photos.tuning.count), preprocessing: preprocessing)
+      fitted = try defence.fitted(to: try extractor.features(photos.tuning))
+      tuned = try t.tail(
+        model: graph, cut: cut, defence: fitted, images: photos.tuning, imageSize: photos.size, preprocessing: preprocessing,
+        progress: { log("defence \(defence.spec) at \(cut.name): " + $0) })
+    }
+    let (utility, final, axis) = try DefenceUtility.measure(
+      model: graph, cut: cut, defence: fitted, images: photos.measured, imageSize: photos.size, preprocessing: preprocessing, seed: seed,
+      tunedTail: tuned)
+    return (DefenceRecord(defence: final, channelAxis: axis, utility: utility, utilityFloor: utilityFloor), tuned)
   }
 
   /// The search of `--defences`: for the cuts before the undefended choice (deepest first, as
@@ -186,16 +221,16 @@ extension PlanJob {
       guard let k = rows.firstIndex(where: { $0.cut.name == v.cut }) else { continue }
       points.append(FrontierPoint(cut: rows[k], index: k, defence: nil, utility: nil, verdict: v, floor: utilityFloor, attacks: "attacks"))
     }
-    let images = try utilityImages(evaluation)
+    let photos = try utilityPhotos(evaluation)
     log(
-      "defences: \(defenceKinds.map(\.rawValue).joined(separator: ", ")) at \(candidates.count) cut(s) before \(outcome.chosen?.name ?? "the deepest cut") (deepest first); utility on \(images.images.count) photos at \(images.size) px, floor \(utilityFloor)")
+      "defences: \(defenceKinds.map(\.rawValue).joined(separator: ", ")) at \(candidates.count) cut(s) before \(outcome.chosen?.name ?? "the deepest cut") (deepest first); utility on \(photos.measured.count) photos at \(photos.size) px, floor \(utilityFloor)\(fineTuning != nil ? "; the tail fine-tuned per defence on \(photos.tuning.count) crops of other photos" : "")")
     var grid: [String: [String]] = [:]
     for kind in defenceKinds { grid[kind.rawValue] = DefenceFrontier.grid(kind, budget: budget).map(\.spec) }
     for k in candidates {
       let row = rows[k]
       for kind in defenceKinds {
         for defence in DefenceFrontier.grid(kind, budget: budget) {
-          let record = try measureDefence(defence, cut: row.cut, images: images)
+          let record = try measureDefence(defence, cut: row.cut, photos: photos, log: log).record
           if record.belowFloor {
             log("defences: \(row.cut.name) with \(defence.spec): \(record.utility.summary), under the floor \(utilityFloor): not attacked, stronger \(kind.rawValue) settings skipped")
             points.append(
@@ -219,10 +254,33 @@ extension PlanJob {
     let earliest = points.filter { $0.defence != nil && $0.status == .private && !$0.belowFloor }
       .min { ($0.cutIndex, $0.latencyMs) < ($1.cutIndex, $1.latencyMs) }
     if candidates.isEmpty { notes.append("no attackable cut lies before the undefended choice: nothing to search") }
-    notes.append("utility is the top-1 agreement with the undefended model; the tail is the model's own (not fine-tuned on defended maps)")
+    notes.append(
+      fineTuning == nil
+        ? "utility is the top-1 agreement with the undefended model; the tail is the model's own (not fine-tuned on defended maps)"
+        : "utility is the top-1 agreement with the undefended model on photos the fine-tuning never saw; the tail was fine-tuned on each defence's maps (the undefended model's own classes as labels)")
     notes.append("latency: the profile's partitioned total (head in the TEE modeled) plus the defence's own time measured natively; the served path sends FP32 maps, the encoded bytes are what the defence would let it send")
     return DefenceFrontier(
       kinds: defenceKinds, grid: grid, utilityFloor: utilityFloor, points: points.sorted { ($0.cutIndex, $0.latencyMs) < ($1.cutIndex, $1.latencyMs) },
       undefendedChoice: outcome.chosen?.name, earliestDefended: earliest, notes: notes)
+  }
+}
+
+extension Graph {
+  /// This graph with the weights of `part` (a part of it, fine-tuned) in place of its own, by
+  /// value name.
+  func replacingWeights(from part: Graph) throws -> Graph {
+    var g = self
+    var names: [String: ValueID] = [:]
+    for v in g.initializers.keys { names[g[v].name] = v }
+    for (v, t) in part.initializers {
+      guard let mine = names[part[v].name] else {
+        throw GraphError.invalidGraph("the fine-tuned part's weight '\(part[v].name)' is not one of '\(name)'")
+      }
+      guard g.initializers[mine]!.shape == t.shape else {
+        throw GraphError.invalidGraph("the fine-tuned weight '\(part[v].name)' is \(t.shape), the model's \(g.initializers[mine]!.shape)")
+      }
+      g.initializers[mine] = t
+    }
+    return g
   }
 }

@@ -51,6 +51,9 @@ public struct PlanJob {
   /// Keep the answer in the enclave (`--private-output`): the last layer with weights and what
   /// follows run there; the report says what it costs.
   public var privateOutput = false
+  /// Fine-tune the tail on each defence's maps before its utility is measured (nil: the
+  /// model's own tail); the deployed tail is then the fine-tuned one.
+  public var fineTuning: TailFineTuning?
 
   public init(graph: Graph, name: String, data: URL, dataOrigin: String, folder: URL, preprocessing: InputPreprocessing) {
     self.graph = graph
@@ -154,9 +157,11 @@ public struct PlanJob {
     var defenceRecord: DefenceRecord?
     var notDeployed: String?
     var privateOutputRecord: PrivateOutputRecord?
+    var tunedTail: Graph?
     if let chosen = outcome.chosen, let defence {
-      let record = try measureDefence(defence, cut: chosen, images: try utilityImages(evaluation))
+      let (record, tuned) = try measureDefence(defence, cut: chosen, photos: try utilityPhotos(evaluation), log: log)
       defenceRecord = record
+      tunedTail = tuned
       log("defence: \(record.defence) at \(chosen.name): \(record.utility.summary); \(String(format: "%.3f", record.utility.defenceMs)) ms per map natively; \(record.utility.encodedBytes) bytes encoded against \(record.utility.mapBytes) as FP32")
       if record.belowFloor {
         notDeployed = "the defence \(defence.spec) keeps \(record.utility.summary), under the utility floor \(utilityFloor): not deployed; weaken it, choose another defence, or lower --utility-floor knowingly"
@@ -164,8 +169,10 @@ public struct PlanJob {
       }
     }
     if let chosen = outcome.chosen, notDeployed == nil {
+      // A fine-tuned tail is deployed in place of the model's own (the head is unchanged).
+      let deployed = try tunedTail.map { try graph.replacingWeights(from: $0) } ?? graph
       let written = try PlanDeployment(
-        graph: graph, name: name, cut: chosen, folder: folder, profile: outcome.profile, labels: labels, preset: clientPreset,
+        graph: deployed, name: name, cut: chosen, folder: folder, profile: outcome.profile, labels: labels, preset: clientPreset,
         teePreset: teePreset, outputCut: privateOutput ? "auto" : nil,
         defence: defenceRecord.map {
           DeploymentPlan.Defence(defence: $0.defence, channelAxis: $0.channelAxis, utility: $0.utility.summary)

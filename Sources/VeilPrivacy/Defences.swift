@@ -92,6 +92,76 @@ public struct DefenceUtility: Codable, Sendable, Equatable {
   }
 }
 
+/// Fine-tuning of the tail on defended maps: the tail learns the undefended model's own top-1
+/// class (hard-label distillation: no labels needed) from the defender's photos' defended maps,
+/// each crop with fresh noise draws; BatchNorm statistics are re-estimated on defended maps.
+public struct TailFineTuning: Codable, Sendable, Equatable {
+  public var epochs = 3
+  public var cropsPerPhoto = 6
+  /// Defended copies of each crop's map (fresh noise each; 1 for deterministic defences).
+  public var drawsPerCrop = 2
+  public var batch = 16
+  public var learningRate: Float = 1e-4
+  public var seed: UInt64 = 0
+
+  public init() {}
+
+  public func validate() throws {
+    guard (1...100).contains(epochs), (1...200).contains(cropsPerPhoto), (1...16).contains(drawsPerCrop), (2...256).contains(batch),
+      learningRate > 0, learningRate.isFinite
+    else {
+      throw PrivacyError.invalidConfig(
+        "tail fine-tuning: epochs 1…100, crops per photo 1…200, draws 1…16, batch 2…256 and a learning rate > 0, found \(epochs), \(cropsPerPhoto), \(drawsPerCrop), \(batch), \(learningRate)")
+    }
+  }
+
+  /// The tail of `model` after `cut`, fine-tuned on `images` (S×S crops of the defender's own
+  /// photos, never the ones utility is measured on) defended by `defence` (fitted).
+  public func tail(
+    model: Graph, cut: CutPoint, defence: CutDefence, images: [ByteImage], imageSize: Int, preprocessing: InputPreprocessing,
+    progress: (String) -> Void = { _ in }
+  ) throws -> Graph {
+    try validate()
+    guard images.count >= 2 else { throw PrivacyError.data(source: "fine-tuning photos", detail: "\(images.count) crops; at least 2") }
+    let extractor = try FeatureExtractor(
+      model: model, cut: cut, imageSize: imageSize, batch: min(8, images.count), preprocessing: preprocessing)
+    let maps = try extractor.features(images)
+    var (_, tail) = try model.split(at: cut)
+    let (c, h, w) = (extractor.featureShape[0], extractor.featureShape[1], extractor.featureShape[2])
+    let one = extractor.featureChannelsLast ? [1, h, w, c] : [1, c, h, w]
+    try tail.inferShapes(inputShapes: [tail.inputs[0]: one])
+    let teacher = try Executor(graph: tail)
+    var generator = SeededGenerator(seed: seed &+ 0x7A11)
+    var inputs: [Tensor] = []
+    var labels: [Int] = []
+    let draws = defence.kind == .gaussian || defence.kind == .laplace ? drawsPerCrop : 1
+    for i in 0..<images.count {
+      let map = gather(maps, [i])
+      let layout = { (t: Tensor) in extractor.featureChannelsLast ? channelsLast(t) : t }
+      let logits = try teacher.run([layout(map)])[0].scalars
+      let label = logits.indices.max { logits[$0] < logits[$1] } ?? 0
+      for _ in 0..<draws {
+        inputs.append(layout(try defence.apply(to: map, channelAxis: 1, using: &generator)))
+        labels.append(label)
+      }
+    }
+    progress("fine-tuning the tail on \(inputs.count) defended maps (\(images.count) crops × \(draws)), \(epochs) epochs")
+    let student = try GraphModel(tail, seed: seed)
+    let options = ClassifierTrainer.Options(epochs: epochs, batchSize: batch, learningRate: learningRate, seed: seed)
+    let trainer = try ClassifierTrainer(model: student, options: options)
+    let data = try LabelledTensors(inputs: inputs, labels: labels)
+    try withoutActuallyEscaping(progress) { say in
+      try trainer.train(data) { p in
+        if p.step == p.steps { say(String(format: "fine-tuning: epoch %d of %d, loss %.4f", p.epoch, p.epochs, p.epochLoss)) }
+      }
+    }
+    student.training = false
+    var tuned = student.exportGraph()
+    tuned.metadata["veil.fine-tuned"] = "on defended maps (\(defence.spec)), \(epochs) epochs, \(inputs.count) maps"
+    return tuned
+  }
+}
+
 extension DefenceUtility {
   /// The top-1 agreement of `model` split at `cut` with `defence` on the maps against the
   /// undefended model (the same split, whose output equals the whole model's), on `images`
@@ -99,7 +169,7 @@ extension DefenceUtility {
   /// images' maps first when it needs statistics; the fitted defence is returned with it.
   public static func measure(
     model: Graph, cut: CutPoint, defence: CutDefence, images: [ByteImage], imageSize: Int, preprocessing: InputPreprocessing,
-    seed: UInt64 = 0
+    seed: UInt64 = 0, tunedTail: Graph? = nil
   ) throws -> (utility: DefenceUtility, fitted: CutDefence, channelAxis: Int) {
     guard !images.isEmpty else { throw PrivacyError.data(source: "utility images", detail: "none") }
     let batch = min(8, images.count)
@@ -114,6 +184,13 @@ extension DefenceUtility {
     let layoutShape = extractor.featureChannelsLast ? [1, h, w, c] : [1, c, h, w]
     try tail.inferShapes(inputShapes: [tailInput: layoutShape])
     let executor = try Executor(graph: tail)
+    // The defended answer comes from the fine-tuned tail where there is one.
+    var tuned = tunedTail
+    if var t = tuned, let input = t.inputs.first {
+      try t.inferShapes(inputShapes: [input: layoutShape])
+      tuned = t
+    }
+    let defendedExecutor = try tuned.map { try Executor(graph: $0) } ?? executor
     var generator = SeededGenerator(seed: seed &+ 0x0717)
     var agree = 0
     var times: [Double] = []
@@ -122,12 +199,12 @@ extension DefenceUtility {
       let started = DispatchTime.now()
       let defended = try fitted.apply(to: one, channelAxis: 1, using: &generator)
       times.append(Double(DispatchTime.now().uptimeNanoseconds - started.uptimeNanoseconds) / 1e6)
-      func top1(_ map: Tensor) throws -> Int {
+      func top1(_ map: Tensor, _ e: Executor) throws -> Int {
         let input = extractor.featureChannelsLast ? channelsLast(map) : map
-        let logits = try executor.run([input])[0].scalars
+        let logits = try e.run([input])[0].scalars
         return logits.indices.max { logits[$0] < logits[$1] } ?? -1
       }
-      if try top1(one) == top1(defended) { agree += 1 }
+      if try top1(one, executor) == top1(defended, defendedExecutor) { agree += 1 }
     }
     let n = Double(images.count)
     let p = Double(agree) / n
@@ -140,7 +217,7 @@ extension DefenceUtility {
       DefenceUtility(
         defence: fitted.spec, cut: cut.name, agreement: p, images: images.count, agreementLower: max(0, lower),
         defenceMs: times[times.count / 2], mapBytes: shape.reduce(1, *) * 4, encodedBytes: fitted.encodedBytes(shape: shape),
-        imageSize: imageSize, tailFineTuned: false),
+        imageSize: imageSize, tailFineTuned: tunedTail != nil),
       fitted, extractor.featureChannelsLast ? 3 : 1
     )
   }

@@ -64,6 +64,11 @@ struct Plan: ParsableCommand {
   @Flag(
     help: "Keep the answer in the enclave: the last layer with weights and what follows run there on what the accelerator returns (the logits never leave the enclave); the plan reports what it costs.")
   var privateOutput = false
+  @Flag(
+    help: "Fine-tune the tail on each defence's maps (the undefended model's own classes as labels, crops of half the photos) before its utility is measured on the other half; the deployed tail is then the fine-tuned one.")
+  var fineTuneTail = false
+  @Option(help: "With --fine-tune-tail: epochs (learning rate 1e-4, Adam, batch 16, 6 crops per photo).")
+  var fineTuneEpochs = 3
   @Flag(help: "Print plan.json's planning record as JSON.")
   var json = false
   @OptionGroup var engine: EngineOptions
@@ -91,6 +96,10 @@ struct Plan: ParsableCommand {
 
   func validate() throws {
     _ = try defenceKinds
+    guard (1...100).contains(fineTuneEpochs) else { throw ValidationError("--fine-tune-epochs must be in 1…100, found \(fineTuneEpochs)") }
+    if fineTuneTail, attack.defence == nil, defences == nil {
+      throw ValidationError("--fine-tune-tail fine-tunes the tail to a defence: give --defence or --defences too")
+    }
     guard utilityFloor >= 0, utilityFloor <= 1 else { throw ValidationError("--utility-floor must be in [0, 1], found \(utilityFloor)") }
     guard runs >= 1 else { throw ValidationError("--runs must be ≥ 1, found \(runs)") }
     _ = try remoteTailTimer(accelerator, model: model)  // a malformed HOST:PORT fails before any work
@@ -129,6 +138,11 @@ struct Plan: ParsableCommand {
     job.defenceKinds = try defenceKinds
     job.utilityFloor = utilityFloor
     job.privateOutput = privateOutput
+    if fineTuneTail {
+      var t = TailFineTuning()
+      t.epochs = fineTuneEpochs
+      job.fineTuning = t
+    }
     if let labels {
       do {
         job.labels = try String(contentsOfFile: labels, encoding: .utf8).split(whereSeparator: \.isNewline).map(String.init)

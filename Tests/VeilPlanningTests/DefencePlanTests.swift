@@ -108,6 +108,36 @@ final class DefencePlanTests: XCTestCase {
     XCTAssertTrue(try String(contentsOf: result.report, encoding: .utf8).contains("Private output"))
   }
 
+  /// With fine-tuning, the tail learns the defended maps on half the photos, the agreement is
+  /// measured on the other half, and the deployed tail is the fine-tuned one.
+  func testAFineTunedTailIsMeasuredOnOtherPhotosAndDeployed() throws {
+    let (result, lines, folder) = try job("tuned") { job in
+      job.thresholds = LeakageThresholds([SSIMMeasure.name: 0.99])
+      job.utilityFloor = 0
+      var t = TailFineTuning()
+      t.epochs = 2
+      t.cropsPerPhoto = 4
+      t.batch = 4
+      t.learningRate = 1e-2
+      job.fineTuning = t
+      job.overrides = { c in
+        Self.tiny(&c)
+        c.defence = .pruning(0.34)
+      }
+    }
+    let record = result.document.planning
+    let defence = try XCTUnwrap(record.defence)
+    XCTAssertTrue(defence.utility.tailFineTuned)
+    XCTAssertEqual(defence.utility.images, 3, "half of the six photos, whole")
+    XCTAssertTrue(defence.utility.summary.contains("tail fine-tuned"))
+    XCTAssertTrue(lines.contains { $0.contains("fine-tuning the tail on") }, "\(lines)")
+    let deployed = try DeploymentPlan.load(folder.path)
+    let tail = try deployed.readPart(deployed.plan.tail, field: "tail")
+    let original = try classifier().split(at: try classifier().cut(named: deployed.plan.cut.name)).tail
+    let differs = tail.initializers.values.map(\.scalars).sorted { $0.count < $1.count } != original.initializers.values.map(\.scalars).sorted { $0.count < $1.count }
+    XCTAssertTrue(differs, "the deployed tail carries the fine-tuned weights")
+  }
+
   /// A defence under the utility floor is reported and never deployed.
   func testADefenceUnderTheFloorIsNotDeployed() throws {
     let (result, lines, folder) = try job("loud") { job in
