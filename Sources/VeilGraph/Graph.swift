@@ -2,8 +2,10 @@
 ///
 /// Owns the op set, the graph IR (values, nodes, initializers, topological order), shape
 /// inference, the rewrite passes (BatchNorm folding, identity removal, conv post-op fusion),
-/// the executor with its liveness-based memory planner, and cut points and the split of a
-/// graph into head and tail (autograd lives in VeilTrain, above it). It computes only through
+/// the executor with its liveness-based memory planner, cut points and the split of a
+/// graph into head and tail (and an output part kept in the enclave), and the defences applied
+/// to the map at the cut, which the enclave, the attackers and the planner share (autograd, and
+/// the defences' differentiable forms, live in VeilTrain and VeilPrivacy, above it). It computes only through
 /// VeilTensor's `ComputeBackend` seam, on the backend its caller passes to the executor (or
 /// `Backends.compute`), reads layouts only as dimensions, byte sizes and equality, and never
 /// names oneDNN; it must not import formats, models, data or any higher layer. Every model, whether built by

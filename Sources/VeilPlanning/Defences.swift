@@ -189,9 +189,21 @@ extension PlanJob {
       let extractor = try FeatureExtractor(
         model: graph, cut: cut, imageSize: photos.size, batch: min(8, photos.tuning.count), preprocessing: preprocessing)
       fitted = try defence.fitted(to: try extractor.features(photos.tuning))
-      tuned = try t.tail(
+      let candidate = try t.tail(
         model: graph, cut: cut, defence: fitted, images: photos.tuning, imageSize: photos.size, preprocessing: preprocessing,
         progress: { log("defence \(defence.spec) at \(cut.name): " + $0) })
+      // Fine-tuning only where it helps: the fine-tuned tail is kept when it agrees with the
+      // undefended model on the fine-tuning crops' defended maps at least as often as the
+      // model's own tail does (never judged on the photos the agreement is measured on).
+      func agreement(_ tail: Graph?) throws -> Double {
+        try DefenceUtility.measure(
+          model: graph, cut: cut, defence: fitted, images: photos.tuning, imageSize: photos.size, preprocessing: preprocessing,
+          seed: seed &+ 1, tunedTail: tail
+        ).utility.agreement
+      }
+      let (own, finetuned) = (try agreement(nil), try agreement(candidate))
+      log(String(format: "defence %@ at %@: agreement on the fine-tuning crops %.3f with the model's own tail, %.3f fine-tuned: %@", defence.spec, cut.name, own, finetuned, finetuned >= own ? "the fine-tuned tail is kept" : "the model's own tail is kept"))
+      tuned = finetuned >= own ? candidate : nil
     }
     let (utility, final, axis) = try DefenceUtility.measure(
       model: graph, cut: cut, defence: fitted, images: photos.measured, imageSize: photos.size, preprocessing: preprocessing, seed: seed,

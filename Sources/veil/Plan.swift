@@ -67,7 +67,7 @@ struct Plan: ParsableCommand {
   @Flag(
     help: "Fine-tune the tail on each defence's maps (the undefended model's own classes as labels, crops of half the photos) before its utility is measured on the other half; the deployed tail is then the fine-tuned one.")
   var fineTuneTail = false
-  @Option(help: "With --fine-tune-tail: epochs (learning rate 1e-4, Adam, batch 16, 6 crops per photo).")
+  @Option(help: "With --fine-tune-tail: epochs of logit distillation (Adam, learning rate 1e-4, batch 16, 6 crops per photo, fresh noise each epoch).")
   var fineTuneEpochs = 3
   @Flag(help: "Print plan.json's planning record as JSON.")
   var json = false
