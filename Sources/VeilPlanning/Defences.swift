@@ -43,6 +43,8 @@ public struct FrontierPoint: Codable, Sendable, Equatable {
   public var onFrontier: Bool = false
   /// The reconstructions of the attacker that decided SSIM, relative to the plan's folder.
   public var grid: String?
+  /// The defence's own time per map, measured natively (milliseconds; 0 without a defence).
+  public var defenceMs: Double = 0
 
   public init(
     cut: String, cutIndex: Int, defence: String?, latencyMs: Double, status: LeakageStatus?, ssimBound: Double?, statement: String?,
@@ -127,6 +129,7 @@ extension FrontierPoint {
     cutIndex = index
     self.defence = defence?.spec
     latencyMs = cut.totalMs + (utility?.defenceMs ?? 0)
+    defenceMs = utility?.defenceMs ?? 0
     status = verdict?.status
     ssimBound = verdict?.measure(SSIMMeasure.name)?.estimate.upper
     statement = verdict?.statement
