@@ -10,22 +10,26 @@ struct Deploy: ParsableCommand {
   static let configuration = CommandConfiguration(
     abstract: "Turn a plan folder into what a cluster runs: a Triton repository, a KServe InferenceService, Kubernetes objects for the enclave tier, or a Docker Compose file.",
     discussion: """
-      Targets (docs/deploy.md has the whole path from `veil plan` to a running cluster):
-        triton      OUT/<model>/config.pbtxt and OUT/<model>/1/model.onnx: the plan's tail for
-                    `tritonserver --model-repository=OUT`, with a symbolic batch dimension and
-                    dynamic batching when the tail re-batches (max_batch_size 0 otherwise), one
-                    instance group on the GPUs.
-        kserve      OUT/model-repository/ (as triton) and OUT/inferenceservice.yaml on KServe's
-                    Triton runtime (needs --storage-uri).
-        kubernetes  OUT/enclave.yaml: ConfigMap, Secret (TDX/SNP), Deployment and Service of the
-                    enclave tier; OUT/client-policy.json; OUT/veil.manifest.template (SGX).
-                    Needs --measurement (the MRENCLAVE, MRTD or SNP MEASUREMENT clients pin) and,
-                    for TDX/SNP, --key-server.
-        compose     OUT/docker-compose.yml: both tiers on one machine, SIMULATED evidence.
-      The container image (--image, default veil:latest) is a name for an image you build: it
-      must hold the veil binary at /usr/local/bin/veil (and, for kubernetes, the plan folder at
-      /veil/plan). Veil checks the files it writes (the config parses with Triton's own
-      protobuf, every YAML document reads back) but runs no cluster.
+      triton: OUT/<model>/config.pbtxt and OUT/<model>/1/model.onnx, the plan's
+      tail for `tritonserver --model-repository=OUT`; a symbolic batch dimension
+      and dynamic batching when the tail re-batches (max_batch_size 0 otherwise),
+      one instance group on the GPUs.
+
+      kserve: OUT/model-repository/ (as triton) and OUT/inferenceservice.yaml on
+      KServe's Triton runtime (needs --storage-uri).
+
+      kubernetes: OUT/enclave.yaml (ConfigMap, Secret for TDX/SNP, Deployment and
+      Service of the enclave tier), OUT/client-policy.json and, for SGX,
+      OUT/veil.manifest.template. Needs --measurement (the MRENCLAVE, MRTD or SNP
+      MEASUREMENT clients pin) and, for TDX/SNP, --key-server.
+
+      compose: OUT/docker-compose.yml, both tiers on one machine with SIMULATED
+      evidence.
+
+      --image (default veil:latest) names an image you build: it holds veil at
+      /usr/local/bin/veil and, for kubernetes, the plan folder at /veil/plan.
+      Veil checks what it writes (config.pbtxt parses with Triton's protobuf,
+      every YAML document reads back) but runs no cluster. See docs/deploy.md.
       """)
 
   @Option(help: "The plan: its folder or plan.json (`veil plan`, `veil split --plan`).")
