@@ -108,8 +108,8 @@ final class ReplicaFailoverTests: XCTestCase {
   }
 
   func testARequestNoReplicaCanTakeFailsAndIsCountedNotDropped() async throws {
-    // Two ports nothing listens on (bound, then closed).
-    let endpoints = try (0..<2).map { _ in Endpoint(host: "127.0.0.1", port: try closedPort()) }
+    // Two ports nothing listens on (free a moment ago).
+    let endpoints = try (0..<2).map { _ in Endpoint(host: "127.0.0.1", port: try KServeInteropTests.freePort()) }
     let replicas = try EnclaveReplicas(
       endpoints: endpoints, verifier: try EnclaveFixture.verifier(), timeout: .seconds(5), retryAfter: 30)
     let request = EnclaveSession.request(tensor: Tensor(zeros: [1, 3, 224, 224]), top: 1)
@@ -126,20 +126,4 @@ final class ReplicaFailoverTests: XCTestCase {
     XCTAssertEqual(try EnclaveReplicas.parse(["a:1,b:2", "c:3"]).map(\.description), ["a:1", "b:2", "c:3"])
     XCTAssertThrowsError(try EnclaveReplicas.parse(["a:1,nope"]))
   }
-}
-
-/// A loopback port that was free a moment ago (bound to 0, read, closed).
-func closedPort() throws -> Int {
-  let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
-  defer { close(fd) }
-  var addr = sockaddr_in()
-  addr.sin_family = sa_family_t(AF_INET)
-  addr.sin_addr.s_addr = inet_addr("127.0.0.1")
-  addr.sin_port = 0
-  var len = socklen_t(MemoryLayout<sockaddr_in>.size)
-  let bound = withUnsafeMutablePointer(to: &addr) {
-    $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, len) == 0 && getsockname(fd, $0, &len) == 0 }
-  }
-  guard bound else { throw EnclaveError.invalidArgument("cannot bind a loopback port") }
-  return Int(UInt16(bigEndian: addr.sin_port))
 }
