@@ -635,13 +635,14 @@ extension ClusterDeployment {
         ])),
       YAMLEntry(
         "readinessProbe",
-        .object([("tcpSocket", .object([("port", "grpc")])), ("initialDelaySeconds", 2), ("periodSeconds", 5)]),
-        comment:
-          "`veil enclave serve` has no grpc.health.v1 service: ready once its gRPC port accepts connections,\nalive while its Prometheus endpoint answers."),
+        .object([
+          ("grpc", .object([("port", .int(options.enclavePort))])), ("initialDelaySeconds", 2), ("periodSeconds", 5),
+        ]),
+        comment: "`veil enclave serve` serves grpc.health.v1 on its gRPC port: SERVING until it drains."),
       YAMLEntry(
         "livenessProbe",
         .object([
-          ("httpGet", .object([("path", "/metrics"), ("port", "metrics")])), ("initialDelaySeconds", 10), ("periodSeconds", 10),
+          ("grpc", .object([("port", .int(options.enclavePort))])), ("initialDelaySeconds", 10), ("periodSeconds", 10),
           ("failureThreshold", 3),
         ])),
       YAMLEntry(

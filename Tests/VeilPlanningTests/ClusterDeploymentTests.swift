@@ -207,12 +207,11 @@ final class ClusterDeploymentTests: XCTestCase {
     let ports = try XCTUnwrap(container["ports"] as? [[String: Any]])
     let portNames = Dictionary(uniqueKeysWithValues: ports.map { ($0["name"] as? String ?? "", $0["containerPort"] as? Int ?? 0) })
     XCTAssertEqual(annotations["prometheus.io/port"], portNames["metrics"].map(String.init), "scraped on the metrics port")
-    let readiness = try XCTUnwrap(container["readinessProbe"] as? [String: Any])
-    let liveness = try XCTUnwrap(container["livenessProbe"] as? [String: Any])
-    XCTAssertNotNil(portNames[((readiness["tcpSocket"] as? [String: Any])?["port"] as? String) ?? ""], "readiness on a declared port")
-    let http = try XCTUnwrap(liveness["httpGet"] as? [String: Any])
-    XCTAssertEqual(http["path"] as? String, "/metrics")
-    XCTAssertNotNil(portNames[http["port"] as? String ?? ""], "liveness on a declared port")
+    // gRPC probes (grpc.health.v1, which the enclave serves) on the declared gRPC port.
+    for probe in ["readinessProbe", "livenessProbe"] {
+      let p = try XCTUnwrap(container[probe] as? [String: Any], probe)
+      XCTAssertEqual((p["grpc"] as? [String: Any])?["port"] as? Int, portNames["grpc"], "\(probe) on the gRPC port")
+    }
     let volumes = Set(((pod["volumes"] as? [[String: Any]]) ?? []).compactMap { $0["name"] as? String })
     let allContainers = containers + ((pod["initContainers"] as? [[String: Any]]) ?? [])
     for c in allContainers {
