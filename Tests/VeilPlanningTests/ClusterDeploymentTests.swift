@@ -260,6 +260,7 @@ final class ClusterDeploymentTests: XCTestCase {
     XCTAssertTrue(manifestText.contains(#""--accelerator", "tiny-classifier-predictor.default.svc.cluster.local:9000""#), manifestText)
     XCTAssertTrue(manifestText.contains(#""--metrics-port", "9090""#), manifestText)
     XCTAssertTrue(manifestText.contains(#""file:/veil/plan/head.onnx""#), "the head is measured")
+    XCTAssertFalse(manifestText.contains("{{ accelerator }}") || manifestText.contains("-Daccelerator"), "the endpoint is filled in")
     // The client policy pins the MRENCLAVE and accepts only genuine SGX evidence.
     let policy = try Policy(json: try Data(contentsOf: out.appendingPathComponent("client-policy.json")))
     XCTAssertEqual(policy.mrEnclave?.hex, Self.mrenclave)
