@@ -165,8 +165,7 @@ public actor EnclaveReplicaCaller {
         failures.append("\(endpoint): \(error)")
       }
     }
-    throw EnclaveError.remote(
-      kind: .overloaded, message: "no enclave replica opened a session: " + failures.joined(separator: "; "))
+    throw EnclaveError.enclaveUnavailable("no replica opened a session: " + failures.joined(separator: "; "))
   }
 
   /// Sends the request `build` makes for the session in use. A request lost with its replica is
@@ -177,9 +176,8 @@ public actor EnclaveReplicaCaller {
     var failures: [String] = []
     for attempt in 1...replicas.maxAttempts {
       let session: EnclaveSession
-      do { session = try await self.session() } catch {
-        guard EnclaveReplicas.isReplicaFailure(error) else { throw error }
-        failures.append("\(error)")
+      do { session = try await self.session() } catch EnclaveError.enclaveUnavailable(let why) {
+        failures.append(why)
         break
       }
       let request = try build(session)
@@ -205,9 +203,8 @@ public actor EnclaveReplicaCaller {
       }
     }
     replicas.count { $0.failed += 1 }
-    throw EnclaveError.remote(
-      kind: .overloaded,
-      message: "the request failed on every enclave replica tried (\(failures.count) attempts): " + failures.joined(separator: "; "))
+    throw EnclaveError.enclaveUnavailable(
+      "the request failed on every replica tried (\(failures.count) attempts): " + failures.joined(separator: "; "))
   }
 
   /// Closes the session (authenticated close record) and the connection.

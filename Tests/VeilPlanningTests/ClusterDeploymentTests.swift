@@ -35,11 +35,18 @@ final class ClusterDeploymentTests: XCTestCase {
     return g
   }
 
+  /// A fresh folder, removed when the test ends.
+  func temporary(_ label: String) throws -> URL {
+    let url = try PythonScript.temporaryDirectory(label)
+    addTeardownBlock { try? FileManager.default.removeItem(at: url) }
+    return url
+  }
+
   /// A plan folder cut at relu0, with a sealed head as `veil plan` writes one.
-  static func planFolder(fixedBatch: Bool = false) throws -> LoadedPlan {
-    let folder = try PythonScript.temporaryDirectory("deploy-plan")
+  func planFolder(fixedBatch: Bool = false) throws -> LoadedPlan {
+    let folder = try temporary("deploy-plan")
     var loaded = try DeploymentPlan.write(
-      model: classifier(fixedBatch: fixedBatch), name: "tiny_classifier", cut: "relu0",
+      model: Self.classifier(fixedBatch: fixedBatch), name: "tiny_classifier", cut: "relu0",
       preprocessing: .init(preset: "imagenet", appliedIn: .client), labels: (0..<10).map { "class \($0)" }, teePreset: "sgx2",
       to: folder)
     let sealed = try SealedHead.seal(Array(try Data(contentsOf: loaded.headURL)), key: SealedHead.newKey())
@@ -57,7 +64,7 @@ final class ClusterDeploymentTests: XCTestCase {
   {
     var options = DeployOptions()
     configure(&options)
-    let out = try PythonScript.temporaryDirectory("deploy-\(target.rawValue)")
+    let out = try temporary("deploy-\(target.rawValue)")
     let result = try ClusterDeployment(planPath: plan.directory.path, options: options).write(target, to: out)
     for file in result.files { try Self.assertNoPlaceholder(out.appendingPathComponent(file)) }
     return (out, result)
@@ -81,7 +88,7 @@ final class ClusterDeploymentTests: XCTestCase {
   // MARK: Triton
 
   func testTritonConfigParsesWithTritonsProtobufAndModelRunsAtBatchOneAndFour() throws {
-    let plan = try Self.planFolder()
+    let plan = try planFolder()
     let (out, result) = try deploy(plan, .triton)
     let model = plan.plan.accelerator.modelName
     XCTAssertEqual(result.files.sorted(), ["\(model)/1/model.onnx", "\(model)/config.pbtxt"])
@@ -114,7 +121,7 @@ final class ClusterDeploymentTests: XCTestCase {
     var shape4 = plan.plan.cut.featureShape
     shape4[0] = 4
     let x4 = Tensor.randomNormal(shape: shape4, generator: &rng)
-    let dir = try PythonScript.temporaryDirectory("deploy-ort")
+    let dir = try temporary("deploy-ort")
     try NPY.write(x1, to: dir.appendingPathComponent("x1.npy"))
     try NPY.write(x4, to: dir.appendingPathComponent("x4.npy"))
     let ran = try PythonScript.run(
@@ -135,7 +142,7 @@ final class ClusterDeploymentTests: XCTestCase {
   }
 
   func testATailThatDoesNotRebatchIsServedWithoutBatching() throws {
-    let plan = try Self.planFolder(fixedBatch: true)
+    let plan = try planFolder(fixedBatch: true)
     let (out, result) = try deploy(plan, .triton)
     XCTAssertTrue(result.notes.contains { $0.contains("does not re-batch") }, "\(result.notes)")
     let text = try PythonScript.run(
@@ -150,7 +157,7 @@ final class ClusterDeploymentTests: XCTestCase {
   // MARK: KServe
 
   func testKServeInferenceServiceCarriesTheRuntimeStorageResourcesAndBounds() throws {
-    let plan = try Self.planFolder()
+    let plan = try planFolder()
     XCTAssertThrowsError(try deploy(plan, .kserve)) { e in XCTAssertTrue("\(e)".contains("--storage-uri"), "\(e)") }
     let (out, result) = try deploy(plan, .kserve) {
       $0.storageURI = "s3://models/veil"
@@ -230,7 +237,7 @@ final class ClusterDeploymentTests: XCTestCase {
   }
 
   func testKubernetesSGXEnclaveWithGramineAndIntelsDevicePlugin() throws {
-    let plan = try Self.planFolder()
+    let plan = try planFolder()
     XCTAssertThrowsError(try deploy(plan, .kubernetes)) { e in XCTAssertTrue("\(e)".contains("--measurement"), "\(e)") }
     XCTAssertThrowsError(try deploy(plan, .kubernetes) { $0.measurement = Self.mrenclave }) { e in
       XCTAssertTrue("\(e)".contains("--peak-memory"), "a plan without a profile needs the head's peak memory: \(e)")
@@ -271,7 +278,7 @@ final class ClusterDeploymentTests: XCTestCase {
   }
 
   func testKubernetesTDXEnclaveOpensTheSealedHeadFromASecret() throws {
-    let plan = try Self.planFolder()
+    let plan = try planFolder()
     XCTAssertThrowsError(try deploy(plan, .kubernetes) { $0.tee = .tdx; $0.measurement = Self.mrtd }) { e in
       XCTAssertTrue("\(e)".contains("--key-server"), "\(e)")
     }
@@ -313,7 +320,7 @@ final class ClusterDeploymentTests: XCTestCase {
   // MARK: Compose
 
   func testComposeRunsBothTiersOnTheMachineWithSimulationMarked() throws {
-    let plan = try Self.planFolder()
+    let plan = try planFolder()
     let (out, _) = try deploy(plan, .compose)
     let url = out.appendingPathComponent("docker-compose.yml")
     let docs = try Self.yaml(url)
@@ -342,7 +349,7 @@ final class ClusterDeploymentTests: XCTestCase {
   // MARK: Bad input
 
   func testBadPlansAndOptionsAreClearErrors() throws {
-    let empty = try PythonScript.temporaryDirectory("deploy-empty")
+    let empty = try temporary("deploy-empty")
     XCTAssertThrowsError(try ClusterDeployment(planPath: empty.path, options: DeployOptions())) { e in
       XCTAssertTrue("\(e)".contains("--plan") && "\(e)".contains("plan.json"), "\(e)")
     }
@@ -351,7 +358,7 @@ final class ClusterDeploymentTests: XCTestCase {
     XCTAssertThrowsError(try ClusterDeployment(planPath: malformed.path, options: DeployOptions())) { e in
       XCTAssertTrue("\(e)".contains(malformed.path) && "\(e)".contains("model.sha256"), "\(e)")
     }
-    let plan = try Self.planFolder()
+    let plan = try planFolder()
     let cases: [(String, (inout DeployOptions) -> Void)] = [
       ("--max-batch", { $0.maxBatch = 5000 }), ("--max-batch", { $0.maxBatch = -1 }), ("--replicas", { $0.replicas = 0 }),
       ("--min-replicas", { $0.minReplicas = 5; $0.maxReplicas = 2 }), ("--enclave-port", { $0.enclavePort = 70000 }),

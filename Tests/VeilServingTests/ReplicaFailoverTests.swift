@@ -116,8 +116,7 @@ final class ReplicaFailoverTests: XCTestCase {
     do {
       _ = try await replicas.withCaller { caller in try await caller.infer { _ in request } }
       XCTFail("answered with no enclave running")
-    } catch let EnclaveError.remote(kind, message) {
-      XCTAssertEqual(kind, .overloaded)
+    } catch EnclaveError.enclaveUnavailable(let message) {
       for e in endpoints { XCTAssertTrue(message.contains("\(e.port)"), message) }
     }
     XCTAssertEqual(replicas.tally.failed, 1)
