@@ -133,7 +133,8 @@ public enum YAMLWriter {
   static func literalBlock(_ s: String, indent: String) -> String? {
     guard !s.hasPrefix(" "), !s.hasPrefix("\t"), !s.hasPrefix("\n"),
       s.unicodeScalars.allSatisfy({
-        $0 == "\n" || $0 == "\t" || ($0.value >= 0x20 && $0.value != 0x7F && ![0x85, 0x2028, 0x2029, 0xFEFF].contains($0.value))
+        $0 == "\n" || $0 == "\t"
+          || ($0.value >= 0x20 && $0.value != 0x7F && ![0x85, 0x2028, 0x2029, 0xFEFF].contains($0.value))
       }),
       // A line of blanks alone would read back as an empty line.
       !s.split(separator: "\n").contains(where: { !$0.isEmpty && $0.allSatisfy { $0 == " " || $0 == "\t" } })
@@ -163,10 +164,15 @@ public enum YAMLWriter {
       case "\n": out += "\\n"
       case "\t": out += "\\t"
       default:
-        if c.value < 0x20 || c.value == 0x7F { out += String(format: "\\x%02X", c.value) }
+        if c.value < 0x20 || c.value == 0x7F {
+          out += String(format: "\\x%02X", c.value)
+        }
         // YAML 1.1 line breaks (NEL, LS, PS) and the byte-order mark, escaped so they stay characters.
-        else if [0x85, 0x2028, 0x2029, 0xFEFF].contains(c.value) { out += String(format: "\\u%04X", c.value) }
-        else { out.unicodeScalars.append(c) }
+        else if [0x85, 0x2028, 0x2029, 0xFEFF].contains(c.value) {
+          out += String(format: "\\u%04X", c.value)
+        } else {
+          out.unicodeScalars.append(c)
+        }
       }
     }
     return out + "\""

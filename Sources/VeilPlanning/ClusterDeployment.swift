@@ -155,7 +155,8 @@ public struct ClusterDeployment {
 
   /// A DNS-1123 label from `s`: lowercase letters, digits and '-', at most `max` characters.
   static func dnsLabel(_ s: String, max: Int = 63) -> String {
-    let stem = s.hasSuffix(".onnx") || s.contains("/") ? URL(fileURLWithPath: s).deletingPathExtension().lastPathComponent : s
+    let stem =
+      s.hasSuffix(".onnx") || s.contains("/") ? URL(fileURLWithPath: s).deletingPathExtension().lastPathComponent : s
     var out = String(stem.lowercased().map { ($0.isASCII && ($0.isLetter || $0.isNumber)) ? $0 : "-" })
     while out.contains("--") { out = out.replacingOccurrences(of: "--", with: "-") }
     out = String(out.trimmingCharacters(in: CharacterSet(charactersIn: "-")).prefix(max))
@@ -186,7 +187,9 @@ public struct ClusterDeployment {
     let o = options
     func bad(_ flag: String, _ detail: String) -> DeployError { .option(name: flag, detail: detail) }
     if let n = o.name, !Self.isDNSLabel(n, max: 45) {
-      throw bad("--name", "'\(n)' is not a DNS label of at most 45 characters (lowercase letters, digits, '-', starting with a letter)")
+      throw bad(
+        "--name",
+        "'\(n)' is not a DNS label of at most 45 characters (lowercase letters, digits, '-', starting with a letter)")
     }
     guard Self.isDNSLabel(o.namespace) else { throw bad("--namespace", "'\(o.namespace)' is not a DNS label") }
     guard !o.image.isEmpty, !o.image.contains(where: { $0.isWhitespace }) else {
@@ -194,8 +197,10 @@ public struct ClusterDeployment {
     }
     let ranges: [(String, Int, ClosedRange<Int>)] = [
       ("--max-batch", o.maxBatch, 0...4096), ("--max-queue-delay-us", o.maxQueueDelayMicroseconds, 0...10_000_000),
-      ("--instances", o.instancesPerGPU, 1...64), ("--gpus", o.gpus, 0...64), ("--min-replicas", o.minReplicas, 0...1000),
-      ("--max-replicas", o.maxReplicas, 1...1000), ("--replicas", o.replicas, 1...1000), ("--enclave-cpus", o.enclaveCPUs, 1...1024),
+      ("--instances", o.instancesPerGPU, 1...64), ("--gpus", o.gpus, 0...64),
+      ("--min-replicas", o.minReplicas, 0...1000),
+      ("--max-replicas", o.maxReplicas, 1...1000), ("--replicas", o.replicas, 1...1000),
+      ("--enclave-cpus", o.enclaveCPUs, 1...1024),
       ("--enclave-port", o.enclavePort, 1...65535), ("--metrics-port", o.metricsPort, 1...65535),
       ("--accelerator-port", o.acceleratorPort, 1...65535),
     ]
@@ -205,14 +210,21 @@ public struct ClusterDeployment {
     guard o.minReplicas <= o.maxReplicas else {
       throw bad("--min-replicas", "\(o.minReplicas) is above --max-replicas \(o.maxReplicas)")
     }
-    guard o.enclavePort != o.metricsPort else { throw bad("--metrics-port", "must differ from --enclave-port \(o.enclavePort)") }
+    guard o.enclavePort != o.metricsPort else {
+      throw bad("--metrics-port", "must differ from --enclave-port \(o.enclavePort)")
+    }
     if let p = o.preferredBatchSizes {
       for s in p where !(1...max(1, o.maxBatch)).contains(s) {
         throw bad("--preferred-batch", "\(s) is out of range: expected 1...\(o.maxBatch) (--max-batch)")
       }
     }
-    if let peak = o.peakMemory, peak <= 0 { throw bad("--peak-memory", "expected a positive number of bytes, found \(peak)") }
-    for (flag, q) in [("--accelerator-memory", o.acceleratorMemory), ("--enclave-memory", o.enclaveMemory), ("--accelerator-cpu", o.acceleratorCPU)]
+    if let peak = o.peakMemory, peak <= 0 {
+      throw bad("--peak-memory", "expected a positive number of bytes, found \(peak)")
+    }
+    for (flag, q) in [
+      ("--accelerator-memory", o.acceleratorMemory), ("--enclave-memory", o.enclaveMemory),
+      ("--accelerator-cpu", o.acceleratorCPU),
+    ]
     where !Self.isQuantity(q) {
       throw bad(flag, "'\(q)' is not a Kubernetes quantity (e.g. 2, 500m, 8Gi)")
     }
@@ -222,7 +234,9 @@ public struct ClusterDeployment {
     guard let v = Int(plan.plan.accelerator.modelVersion), v >= 1 else {
       throw DeployError.plan(
         file: plan.file.path,
-        detail: "accelerator.modelVersion '\(plan.plan.accelerator.modelVersion)' is not a positive integer (Triton's version folders are numbers)")
+        detail:
+          "accelerator.modelVersion '\(plan.plan.accelerator.modelVersion)' is not a positive integer (Triton's version folders are numbers)"
+      )
     }
   }
 
@@ -288,7 +302,8 @@ public struct TritonModelConfig: Sendable, Equatable {
   /// batching, one instance group on the GPUs.
   public var text: String {
     func quoted(_ s: String) -> String {
-      "\"" + s.replacingOccurrences(of: "\\", with: "\\\\").replacingOccurrences(of: "\"", with: "\\\"")
+      "\""
+        + s.replacingOccurrences(of: "\\", with: "\\\\").replacingOccurrences(of: "\"", with: "\\\"")
         .replacingOccurrences(of: "\n", with: "\\n") + "\""
     }
     func tensors(_ key: String, _ ts: [Tensor]) -> String {
@@ -354,7 +369,8 @@ extension ClusterDeployment {
     let preferred =
       maxBatch == 0 ? [] : (options.preferredBatchSizes ?? Array(Set([max(1, maxBatch / 2), maxBatch])).sorted())
     let config = TritonModelConfig(
-      name: modelName, maxBatchSize: maxBatch, inputs: try tensors(written.inputs), outputs: try tensors(written.outputs),
+      name: modelName, maxBatchSize: maxBatch, inputs: try tensors(written.inputs),
+      outputs: try tensors(written.outputs),
       preferredBatchSizes: preferred, maxQueueDelayMicroseconds: options.maxQueueDelayMicroseconds,
       instancesPerGPU: options.instancesPerGPU)
     return (bytes, config, note)
@@ -389,7 +405,9 @@ extension ClusterDeployment {
     guard let uri = options.storageURI else {
       throw DeployError.option(
         name: "--storage-uri",
-        detail: "the kserve target needs where the model repository will be uploaded (gs://BUCKET/PATH, s3://BUCKET/PATH, pvc://CLAIM/PATH)")
+        detail:
+          "the kserve target needs where the model repository will be uploaded (gs://BUCKET/PATH, s3://BUCKET/PATH, pvc://CLAIM/PATH)"
+      )
     }
     guard let scheme = uri.range(of: "://"), !uri[..<scheme.lowerBound].isEmpty, !uri[scheme.upperBound...].isEmpty,
       !uri.contains(where: { $0.isWhitespace })
@@ -399,7 +417,9 @@ extension ClusterDeployment {
     var result = DeployResult()
     try writeRepository(to: out, under: "model-repository", &result)
     let resources: YAMLNode = .object([
-      ("requests", .object([("cpu", .string(options.acceleratorCPU)), ("memory", .string(options.acceleratorMemory))])),
+      (
+        "requests", .object([("cpu", .string(options.acceleratorCPU)), ("memory", .string(options.acceleratorMemory))])
+      ),
       (
         "limits",
         .object(
@@ -462,7 +482,9 @@ extension ClusterDeployment {
   }
 
   func metadata(_ objectName: String, labels: YAMLNode? = nil) -> YAMLNode {
-    .object([("name", .string(objectName)), ("namespace", .string(options.namespace))] + (labels.map { [("labels", $0)] } ?? []))
+    .object(
+      [("name", .string(objectName)), ("namespace", .string(options.namespace))]
+        + (labels.map { [("labels", $0)] } ?? []))
   }
 
   /// The client policy for the cluster's enclaves: the given measurement pinned, genuine
@@ -475,7 +497,8 @@ extension ClusterDeployment {
         detail: "the kubernetes target needs the \(m.name) the client policy pins (\(m.bytes * 2) hex digits): "
           + (tee == .sgx
             ? "build and sign the enclave image with the written veil.manifest.template, then `gramine-sgx-sigstruct-view veil.sig` prints mr_enclave"
-            : "the launch measurement of the confidential VM image (the Confidential Containers guest firmware, kernel and initrd) from your CoCo release or its reference values"))
+            : "the launch measurement of the confidential VM image (the Confidential Containers guest firmware, kernel and initrd) from your CoCo release or its reference values")
+      )
     }
     let document: [String: Any] = [m.key: hex.lowercased(), "accepted_evidence": [tee.rawValue]]
     do { return try Policy(json: try JSONSerialization.data(withJSONObject: document)) } catch {
@@ -486,12 +509,16 @@ extension ClusterDeployment {
   /// The head's peak memory: the option, or the plan's own profile of its cut.
   func peakMemory() throws -> Int {
     if let p = options.peakMemory { return p }
-    if let document = try? PlanDocument.read(plan.file), let peak = document.planning.row(plan.plan.cut.name)?.headPeakBytes {
+    if let document = try? PlanDocument.read(plan.file),
+      let peak = document.planning.row(plan.plan.cut.name)?.headPeakBytes
+    {
       return peak
     }
     throw DeployError.option(
       name: "--peak-memory",
-      detail: "plan \(plan.file.path) has no measured peak memory for cut \(plan.plan.cut.name) (a plan from `veil plan` has it); pass the head's peak memory in bytes (`veil bench --model head.onnx --json` reports peak_rss_bytes)")
+      detail:
+        "plan \(plan.file.path) has no measured peak memory for cut \(plan.plan.cut.name) (a plan from `veil plan` has it); pass the head's peak memory in bytes (`veil bench --model head.onnx --json` reports peak_rss_bytes)"
+    )
   }
 
   /// The Gramine manifest of the cluster's enclave image: the plan at /veil/plan in the image,
@@ -502,14 +529,18 @@ extension ClusterDeployment {
     let planFiles = [inImage(p.tail.path)] + (p.labels.map { [inImage($0)] } ?? [])
     let libraries = (try? sharedLibraries(of: binary)) ?? []
     let size: (String) -> Int = { (try? FileManager.default.attributesOfItem(atPath: $0)[.size] as? Int) ?? 0 }
-    let localFiles = [binary, plan.file.path, plan.headURL.path, plan.tailURL.path] + (plan.labelsURL.map { [$0.path] } ?? []) + libraries
+    let localFiles =
+      [binary, plan.file.path, plan.headURL.path, plan.tailURL.path] + (plan.labelsURL.map { [$0.path] } ?? [])
+      + libraries
     do {
       return try GramineManifest(
         binary: "/usr/local/bin/veil", libraries: libraries, head: inImage(p.head.path), peakMemory: try peakMemory(),
-        kernelThreads: options.enclaveCPUs, fileBytes: localFiles.map(size).reduce(0, +), plan: inImage(DeploymentPlan.fileName),
+        kernelThreads: options.enclaveCPUs, fileBytes: localFiles.map(size).reduce(0, +),
+        plan: inImage(DeploymentPlan.fileName),
         planFiles: planFiles,
         serveArguments: [
-          "--accelerator", acceleratorEndpoint, "--host", "0.0.0.0", "--port", String(options.enclavePort), "--metrics-port",
+          "--accelerator", acceleratorEndpoint, "--host", "0.0.0.0", "--port", String(options.enclavePort),
+          "--metrics-port",
           String(options.metricsPort),
         ])
     } catch let e as DeployError { throw e } catch {
@@ -531,7 +562,8 @@ extension ClusterDeployment {
   func writeKubernetes(to out: URL) throws -> DeployResult {
     guard let tee else {
       throw DeployError.option(
-        name: "--tee", detail: "the plan's TEE preset '\(plan.plan.tee.preset)' names no TEE; pass --tee sgx, tdx or snp")
+        name: "--tee",
+        detail: "the plan's TEE preset '\(plan.plan.tee.preset)' names no TEE; pass --tee sgx, tdx or snp")
     }
     let policy = try clusterPolicy(tee)
     let policyText = String(decoding: try policy.json(), as: UTF8.self)
@@ -539,18 +571,23 @@ extension ClusterDeployment {
     let enclaveName = "\(name)-enclave"
     let sealedName = ((plan.plan.sealedHead ?? "head.onnx.sealed") as NSString).lastPathComponent
     let serve = [
-      "--accelerator", acceleratorEndpoint, "--host", "0.0.0.0", "--port", String(options.enclavePort), "--metrics-port",
+      "--accelerator", acceleratorEndpoint, "--host", "0.0.0.0", "--port", String(options.enclavePort),
+      "--metrics-port",
       String(options.metricsPort),
     ]
     var configData: [(String, YAMLNode)] = [("client-policy.json", .string(policyText))]
     var volumes: [YAMLNode] = [
       .object([("name", "config"), ("configMap", .object([("name", .string(enclaveName))]))])
     ]
-    var mounts: [YAMLNode] = [.object([("name", "config"), ("mountPath", .string(Self.configMount)), ("readOnly", true)])]
+    var mounts: [YAMLNode] = [
+      .object([("name", "config"), ("mountPath", .string(Self.configMount)), ("readOnly", true)])
+    ]
     var documents: [YAMLNode] = []
     var podSpec: [YAMLEntry] = []
     var container: [YAMLEntry] = [YAMLEntry("name", "enclave"), YAMLEntry("image", .string(options.image))]
-    var limits: [(String, YAMLNode)] = [("cpu", .string(String(options.enclaveCPUs))), ("memory", .string(options.enclaveMemory))]
+    var limits: [(String, YAMLNode)] = [
+      ("cpu", .string(String(options.enclaveCPUs))), ("memory", .string(options.enclaveMemory)),
+    ]
     switch tee {
     case .sgx:
       let manifest = try clusterManifest()
@@ -559,7 +596,9 @@ extension ClusterDeployment {
       container.append(
         YAMLEntry(
           "command", .list(["gramine-sgx", "veil"]),
-          comment: "Gramine runs `veil enclave serve` with the arguments of the signed manifest (veil.manifest.sgx in\nthe image's working directory): \(manifest.argv.dropFirst().joined(separator: " "))"))
+          comment:
+            "Gramine runs `veil enclave serve` with the arguments of the signed manifest (veil.manifest.sgx in\nthe image's working directory): \(manifest.argv.dropFirst().joined(separator: " "))"
+        ))
       container.append(YAMLEntry("workingDir", "/veil/enclave"))
       // Intel's SGX device plugin: EPC bytes, the enclave device, the provisioning device (DCAP quotes).
       limits += [
@@ -573,7 +612,9 @@ extension ClusterDeployment {
       guard let keyServer = options.keyServer else {
         throw DeployError.option(
           name: "--key-server",
-          detail: "a \(tee.rawValue.uppercased()) enclave opens the sealed head with the key the owner's `veil keys serve` releases to its evidence; pass its HOST:PORT")
+          detail:
+            "a \(tee.rawValue.uppercased()) enclave opens the sealed head with the key the owner's `veil keys serve` releases to its evidence; pass its HOST:PORT"
+        )
       }
       podSpec.append(
         YAMLEntry(
@@ -585,19 +626,24 @@ extension ClusterDeployment {
         do { sealed = try Data(contentsOf: plan.url(plan.plan.sealedHead ?? "head.onnx.sealed")) } catch {
           throw DeployError.plan(
             file: plan.file.path,
-            detail: "no sealed head '\(plan.plan.sealedHead ?? "head.onnx.sealed")' (`veil plan` writes one; or `veil keys seal --head HEAD --out DIR/head.onnx.sealed --key-out KEY`)")
+            detail:
+              "no sealed head '\(plan.plan.sealedHead ?? "head.onnx.sealed")' (`veil plan` writes one; or `veil keys seal --head HEAD --out DIR/head.onnx.sealed --key-out KEY`)"
+          )
         }
         guard sealed.count * 4 / 3 < Self.maxObjectBytes - 4096 else {
           throw DeployError.plan(
             file: plan.file.path,
-            detail: "the sealed head is \(sealed.count) bytes, over what a Kubernetes Secret holds (1 MiB); put it in the image at \(Self.sealedMount)/\(sealedName) and pass --sealed-head-in-image")
+            detail:
+              "the sealed head is \(sealed.count) bytes, over what a Kubernetes Secret holds (1 MiB); put it in the image at \(Self.sealedMount)/\(sealedName) and pass --sealed-head-in-image"
+          )
         }
         documents.append(
           .object([
             ("apiVersion", "v1"), ("kind", "Secret"), ("metadata", metadata("\(name)-sealed-head")), ("type", "Opaque"),
             ("data", .object([(sealedName, .string(sealed.base64EncodedString()))])),
           ]))
-        volumes.append(.object([("name", "sealed-head"), ("secret", .object([("secretName", .string("\(name)-sealed-head"))]))]))
+        volumes.append(
+          .object([("name", "sealed-head"), ("secret", .object([("secretName", .string("\(name)-sealed-head"))]))]))
       }
       volumes.append(.object([("name", "head"), ("emptyDir", .object([("medium", "Memory")]))]))
       let sealedMounts: [YAMLNode] =
@@ -612,16 +658,28 @@ extension ClusterDeployment {
               (
                 "command",
                 .list(
-                  ["veil", "keys", "fetch", "--server", .string(keyServer), "--sealed", .string("\(Self.sealedMount)/\(sealedName)"), "--out",
-                  .string("\(Self.headMount)/\((plan.plan.head.path as NSString).lastPathComponent)")])
+                  [
+                    "veil", "keys", "fetch", "--server", .string(keyServer), "--sealed",
+                    .string("\(Self.sealedMount)/\(sealedName)"), "--out",
+                    .string("\(Self.headMount)/\((plan.plan.head.path as NSString).lastPathComponent)"),
+                  ])
               ),
-              ("volumeMounts", .list(sealedMounts + [.object([("name", "head"), ("mountPath", .string(Self.headMount))])])),
+              (
+                "volumeMounts",
+                .list(sealedMounts + [.object([("name", "head"), ("mountPath", .string(Self.headMount))])])
+              ),
             ])
           ]),
-          comment: "Opens the sealed head with the key the owner's `veil keys serve` releases to this VM's evidence;\nthe plain head stays in the VM's encrypted memory (emptyDir medium Memory)."))
+          comment:
+            "Opens the sealed head with the key the owner's `veil keys serve` releases to this VM's evidence;\nthe plain head stays in the VM's encrypted memory (emptyDir medium Memory)."
+        ))
       mounts.append(.object([("name", "head"), ("mountPath", .string(Self.headMount)), ("readOnly", true)]))
       container.append(
-        YAMLEntry("command", .list((["veil", "enclave", "serve", "--plan", .string("\(Self.configMount)/plan.json")] as [YAMLNode]) + serve.map { .string($0) })))
+        YAMLEntry(
+          "command",
+          .list(
+            (["veil", "enclave", "serve", "--plan", .string("\(Self.configMount)/plan.json")] as [YAMLNode])
+              + serve.map { .string($0) })))
       result.notes.append(
         "\(tee.rawValue.uppercased()): the image carries /usr/local/bin/veil and the plan folder (without head.onnx and head.key) at \(Self.planMount); the policy pins \(tee.measurement.name) \(options.measurement ?? "")"
       )
@@ -648,7 +706,10 @@ extension ClusterDeployment {
       YAMLEntry(
         "resources",
         .object([
-          ("requests", .object([("cpu", .string(String(options.enclaveCPUs))), ("memory", .string(options.enclaveMemory))])),
+          (
+            "requests",
+            .object([("cpu", .string(String(options.enclaveCPUs))), ("memory", .string(options.enclaveMemory))])
+          ),
           ("limits", .object(limits)),
         ])),
       YAMLEntry("volumeMounts", .list(mounts)),
@@ -697,7 +758,14 @@ extension ClusterDeployment {
           "spec",
           .object([
             ("selector", enclaveLabels),
-            ("ports", .list([.object([("name", "grpc"), ("port", .int(options.enclavePort)), ("targetPort", "grpc"), ("protocol", "TCP")])])),
+            (
+              "ports",
+              .list([
+                .object([
+                  ("name", "grpc"), ("port", .int(options.enclavePort)), ("targetPort", "grpc"), ("protocol", "TCP"),
+                ])
+              ])
+            ),
           ])
         ),
       ]))
@@ -708,7 +776,9 @@ extension ClusterDeployment {
       """
     try put(YAMLWriter.documents(documents, header: header), "enclave.yaml", in: out, &result)
     try put(policyText, "client-policy.json", in: out, &result)
-    result.notes.append("clients reach the enclaves at \(enclaveName).\(options.namespace).svc.cluster.local:\(options.enclavePort) with client-policy.json")
+    result.notes.append(
+      "clients reach the enclaves at \(enclaveName).\(options.namespace).svc.cluster.local:\(options.enclavePort) with client-policy.json"
+    )
     return result
   }
 }
@@ -720,7 +790,9 @@ extension ClusterDeployment {
     var result = DeployResult()
     let planFolder = plan.directory.standardizedFileURL.path
     let mount: YAMLNode = .list([
-      .object([("type", "bind"), ("source", .string(planFolder)), ("target", .string(Self.planMount)), ("read_only", true)])
+      .object([
+        ("type", "bind"), ("source", .string(planFolder)), ("target", .string(Self.planMount)), ("read_only", true),
+      ])
     ])
     let p = plan.plan
     let accelerator: YAMLNode = .object([
@@ -728,8 +800,11 @@ extension ClusterDeployment {
       (
         "command",
         .list(
-          ["veil", "accelerator", "serve", "--model", .string("\(modelName)=\(Self.planMount)/\(p.tail.path):\(p.accelerator.modelVersion)"),
-          "--host", "0.0.0.0", "--port", .string(String(options.acceleratorPort))])
+          [
+            "veil", "accelerator", "serve", "--model",
+            .string("\(modelName)=\(Self.planMount)/\(p.tail.path):\(p.accelerator.modelVersion)"),
+            "--host", "0.0.0.0", "--port", .string(String(options.acceleratorPort)),
+          ])
       ),
       ("volumes", mount),
     ])
@@ -738,10 +813,16 @@ extension ClusterDeployment {
       YAMLEntry(
         "command",
         .list(
-          ["veil", "enclave", "serve", "--plan", .string(Self.planMount), "--accelerator", .string("accelerator:\(options.acceleratorPort)"),
-          "--host", "0.0.0.0", "--port", .string(String(options.enclavePort)), "--metrics-port", .string(String(options.metricsPort)),
-          "--allow-simulation"]),
-        comment: "SIMULATION: --allow-simulation and VEIL_EVIDENCE_MODE=simulated serve SIMULATED evidence; no TEE\nprotects the inputs. Clients must allow simulation in their policy. For development only."),
+          [
+            "veil", "enclave", "serve", "--plan", .string(Self.planMount), "--accelerator",
+            .string("accelerator:\(options.acceleratorPort)"),
+            "--host", "0.0.0.0", "--port", .string(String(options.enclavePort)), "--metrics-port",
+            .string(String(options.metricsPort)),
+            "--allow-simulation",
+          ]),
+        comment:
+          "SIMULATION: --allow-simulation and VEIL_EVIDENCE_MODE=simulated serve SIMULATED evidence; no TEE\nprotects the inputs. Clients must allow simulation in their policy. For development only."
+      ),
       YAMLEntry("environment", .object([("VEIL_EVIDENCE_MODE", "simulated")])),
       YAMLEntry(
         "ports",
@@ -763,7 +844,9 @@ extension ClusterDeployment {
       (the policy pins the MRENCLAVE the enclave prints at start, with allow_simulation and allow_debug).
       """
     try put(YAMLWriter.documents([compose], header: header), "docker-compose.yml", in: out, &result)
-    result.notes.append("SIMULATED evidence: the compose enclave is for development; `docker compose -f \(out.appendingPathComponent("docker-compose.yml").path) up`")
+    result.notes.append(
+      "SIMULATED evidence: the compose enclave is for development; `docker compose -f \(out.appendingPathComponent("docker-compose.yml").path) up`"
+    )
     return result
   }
 }

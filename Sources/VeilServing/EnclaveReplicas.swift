@@ -40,7 +40,8 @@ public final class EnclaveReplicas: Sendable {
   }
 
   public init(
-    endpoints: [Endpoint], verifier: AttestationVerifier, timeout: Duration = .seconds(60), maxMessageBytes: Int = 16 << 20,
+    endpoints: [Endpoint], verifier: AttestationVerifier, timeout: Duration = .seconds(60),
+    maxMessageBytes: Int = 16 << 20,
     maxAttempts: Int? = nil, retryAfter: Double = 2, clock: any ServiceClock = SystemClock()
   ) throws {
     guard !endpoints.isEmpty else { throw EnclaveError.invalidArgument("no enclave endpoint given") }
@@ -89,7 +90,8 @@ public final class EnclaveReplicas: Sendable {
   static func isReplicaFailure(_ error: any Error) -> Bool {
     if let e = error as? RPCError {
       switch e.code {
-      case .unavailable, .deadlineExceeded, .resourceExhausted, .notFound, .failedPrecondition, .unknown, .aborted: return true
+      case .unavailable, .deadlineExceeded, .resourceExhausted, .notFound, .failedPrecondition, .unknown, .aborted:
+        return true
       default: return false
       }
     }
@@ -137,7 +139,8 @@ public actor EnclaveReplicaCaller {
       let endpoint = replicas.endpoints[i]
       let transport: HTTP2ClientTransport.Posix
       do {
-        transport = try HTTP2ClientTransport.Posix(target: .dns(host: endpoint.host, port: endpoint.port), transportSecurity: .plaintext)
+        transport = try HTTP2ClientTransport.Posix(
+          target: .dns(host: endpoint.host, port: endpoint.port), transportSecurity: .plaintext)
       } catch {
         failures.append("\(endpoint): \(error)")
         replicas.backoff.markDown(i)

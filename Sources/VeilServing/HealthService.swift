@@ -27,7 +27,8 @@ public final class HealthService: Grpc_Health_V1_Health.SimpleServiceProtocol {
     -> Grpc_Health_V1_HealthCheckResponse
   {
     guard services.contains(request.service) else {
-      throw RPCError(code: .notFound, message: "no service '\(request.service)' here; this server serves \(services.sorted())")
+      throw RPCError(
+        code: .notFound, message: "no service '\(request.service)' here; this server serves \(services.sorted())")
     }
     return response(status)
   }

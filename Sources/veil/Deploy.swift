@@ -8,7 +8,8 @@ extension ClusterTEE: ExpressibleByArgument {}
 /// `veil deploy`: argument parsing and printing; `ClusterDeployment` (VeilPlanning) writes.
 struct Deploy: ParsableCommand {
   static let configuration = CommandConfiguration(
-    abstract: "Turn a plan folder into what a cluster runs: a Triton repository, a KServe InferenceService, Kubernetes objects for the enclave tier, or a Docker Compose file.",
+    abstract:
+      "Turn a plan folder into what a cluster runs: a Triton repository, a KServe InferenceService, Kubernetes objects for the enclave tier, or a Docker Compose file.",
     discussion: """
       triton: OUT/<model>/config.pbtxt and OUT/<model>/1/model.onnx, the plan's
       tail for `tritonserver --model-repository=OUT`; a symbolic batch dimension
@@ -47,7 +48,9 @@ struct Deploy: ParsableCommand {
 
   @Option(help: "Triton max_batch_size (0: no batching; a tail that does not re-batch gets 0).")
   var maxBatch = 8
-  @Option(help: ArgumentHelp("Triton's preferred batch sizes (default: half of --max-batch and --max-batch).", valueName: "n,n"))
+  @Option(
+    help: ArgumentHelp(
+      "Triton's preferred batch sizes (default: half of --max-batch and --max-batch).", valueName: "n,n"))
   var preferredBatch: String?
   @Option(help: "Triton's dynamic batching queue delay in microseconds.")
   var maxQueueDelayUs = 500
@@ -86,7 +89,8 @@ struct Deploy: ParsableCommand {
   var enclaveCpus = 4
   @Option(help: "kubernetes: memory of one enclave replica (Kubernetes quantity).")
   var enclaveMemory = "4Gi"
-  @Flag(help: "kubernetes, TDX/SNP: the sealed head is in the image at /veil/sealed, not in a Secret (heads over 1 MiB).")
+  @Flag(
+    help: "kubernetes, TDX/SNP: the sealed head is in the image at /veil/sealed, not in a Secret (heads over 1 MiB).")
   var sealedHeadInImage = false
   @Option(help: "The enclave's gRPC port.")
   var enclavePort = 7440

@@ -12,12 +12,16 @@ extension CLITests {
     let split = try veil(["split", "--model", "mobilenet_v2", "--cut", "features.7", "--out", plan.path, "--plan"])
     XCTAssertEqual(split.status, 0, split.stderr)
 
-    let triton = try veil(["deploy", "--plan", plan.path, "--target", "triton", "--out", dir.appendingPathComponent("t").path])
+    let triton = try veil([
+      "deploy", "--plan", plan.path, "--target", "triton", "--out", dir.appendingPathComponent("t").path,
+    ])
     XCTAssertEqual(triton.status, 0, triton.stderr)
     XCTAssertTrue(triton.stdout.contains("mobilenet_v2.tail/config.pbtxt"), triton.stdout)
     XCTAssertTrue(triton.stdout.contains("mobilenet_v2.tail/1/model.onnx"), triton.stdout)
     XCTAssertTrue(triton.stderr.contains("max_batch_size 8"), triton.stderr)
-    let compose = try veil(["deploy", "--plan", plan.path, "--target", "compose", "--out", dir.appendingPathComponent("c").path])
+    let compose = try veil([
+      "deploy", "--plan", plan.path, "--target", "compose", "--out", dir.appendingPathComponent("c").path,
+    ])
     XCTAssertEqual(compose.status, 0, compose.stderr)
     XCTAssertTrue(compose.stderr.contains("SIMULATED"), compose.stderr)
 
@@ -25,7 +29,12 @@ extension CLITests {
       (["--plan", dir.appendingPathComponent("nowhere").path, "--target", "triton"], "--plan"),
       (["--plan", plan.path, "--target", "helm"], "--target"),
       (["--plan", plan.path, "--target", "triton", "--max-batch", "100000"], "--max-batch"),
-      (["--plan", plan.path, "--target", "kubernetes", "--replicas", "0", "--measurement", String(repeating: "ab", count: 32)], "--replicas"),
+      (
+        [
+          "--plan", plan.path, "--target", "kubernetes", "--replicas", "0", "--measurement",
+          String(repeating: "ab", count: 32),
+        ], "--replicas"
+      ),
       (["--plan", plan.path, "--target", "kserve", "--storage-uri", "not a uri"], "--storage-uri"),
       (["--plan", plan.path, "--target", "triton", "--preferred-batch", "4,x"], "--preferred-batch"),
       (["--plan", plan.path, "--target", "kubernetes"], "--measurement"),
@@ -37,7 +46,9 @@ extension CLITests {
     }
     // A malformed plan.json names the file and the field.
     try Data("{\"schemaVersion\": 1}".utf8).write(to: plan.appendingPathComponent("plan.json"))
-    let malformed = try veil(["deploy", "--plan", plan.path, "--target", "triton", "--out", dir.appendingPathComponent("m").path])
+    let malformed = try veil([
+      "deploy", "--plan", plan.path, "--target", "triton", "--out", dir.appendingPathComponent("m").path,
+    ])
     XCTAssertEqual(malformed.status, 64, malformed.stderr)
     XCTAssertTrue(malformed.stderr.contains("plan.json") && malformed.stderr.contains("'model'"), malformed.stderr)
   }

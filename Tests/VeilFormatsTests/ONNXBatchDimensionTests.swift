@@ -14,13 +14,15 @@ final class ONNXBatchDimensionTests: XCTestCase {
     let x = g.addInput(name: "features", shape: [1, 4, 6, 6])
     var y = g.conv(
       x, weight: .randomNormal(shape: [8, 4, 3, 3], std: 0.3, generator: &rng),
-      bias: .randomNormal(shape: [8], std: 0.1, generator: &rng), ConvAttributes(kernel: [3, 3], padsBegin: [1, 1], padsEnd: [1, 1]),
+      bias: .randomNormal(shape: [8], std: 0.1, generator: &rng),
+      ConvAttributes(kernel: [3, 3], padsBegin: [1, 1], padsEnd: [1, 1]),
       name: "conv")
     y = g.activation(y, .relu, name: "relu")
     y = g.globalAveragePool(y, name: "pool")
     y = g.flatten(y, name: "flatten")
     y = g.linear(
-      y, weight: .randomNormal(shape: [5, 8], std: 0.3, generator: &rng), bias: .randomNormal(shape: [5], std: 0.1, generator: &rng),
+      y, weight: .randomNormal(shape: [5, 8], std: 0.3, generator: &rng),
+      bias: .randomNormal(shape: [5], std: 0.1, generator: &rng),
       name: "fc")
     g.outputs = [y]
     return g

@@ -8,11 +8,16 @@ import XCTest
 /// it was.
 final class YAMLWriterTests: XCTestCase {
   static let awkward = [
-    "yes", "No", "on", "OFF", "y", "true", "False", "null", "NULL", "~", "", "1", "0x1F", "0o17", "1.0", "1e3", ".inf", "-.inf",
-    ".NaN", "12:30", "2001-12-14", "- a", "a: b", "a:b", "#comment", "x #y", "@at", "`tick", "key with space", "[x]", "{x}", "*alias",
-    "&anchor", "!tag", "%dir", "|", ">", "'single'", "\"double\"", "back\\slash", "tab\tin", "multi\nline\n", "no newline\nat end",
-    "two\n\n", "  leading spaces\nsecond", "\nleading newline", "blank line\n   \nafter", "ünïcödé ✓", "line\u{2028}separator",
-    "nel\u{85}x", "bell\u{07}", "veil:latest", "127.0.0.1:7440:7440", "/veil/plan", "nvidia.com/gpu", "-", "?", ",", "=",
+    "yes", "No", "on", "OFF", "y", "true", "False", "null", "NULL", "~", "", "1", "0x1F", "0o17", "1.0", "1e3", ".inf",
+    "-.inf",
+    ".NaN", "12:30", "2001-12-14", "- a", "a: b", "a:b", "#comment", "x #y", "@at", "`tick", "key with space", "[x]",
+    "{x}", "*alias",
+    "&anchor", "!tag", "%dir", "|", ">", "'single'", "\"double\"", "back\\slash", "tab\tin", "multi\nline\n",
+    "no newline\nat end",
+    "two\n\n", "  leading spaces\nsecond", "\nleading newline", "blank line\n   \nafter", "ünïcödé ✓",
+    "line\u{2028}separator",
+    "nel\u{85}x", "bell\u{07}", "veil:latest", "127.0.0.1:7440:7440", "/veil/plan", "nvidia.com/gpu", "-", "?", ",",
+    "=",
   ]
 
   func testAwkwardScalarsAndKeysReadBackAsTheStringsTheyWere() throws {
@@ -20,7 +25,12 @@ final class YAMLWriterTests: XCTestCase {
     let keys: YAMLNode = .object(Self.awkward.enumerated().map { ($0.element, .int($0.offset)) })
     let nested: YAMLNode = .object([
       ("list", .list(Self.awkward.map { .string($0) })),
-      ("maps", .list([.object([("a", "x"), ("b", .list([1, 2]))]), .map([YAMLEntry("c", "y", comment: "a comment\nof two lines")])])),
+      (
+        "maps",
+        .list([
+          .object([("a", "x"), ("b", .list([1, 2]))]), .map([YAMLEntry("c", "y", comment: "a comment\nof two lines")]),
+        ])
+      ),
       ("lists", .list([.list(["p", "q"]), .list([])])),
       ("empty", .object([])),
       ("flags", .list([true, false, 0, -7])),
@@ -35,7 +45,8 @@ final class YAMLWriterTests: XCTestCase {
     XCTAssertEqual(docs.count, 3, text)
     let v = try XCTUnwrap(docs[0] as? [String: Any])
     for (i, s) in Self.awkward.enumerated() {
-      XCTAssertEqual(v["k\(i)"] as? String, s, "value \(s.debugDescription) came back as \(String(describing: v["k\(i)"]))\n\(text)")
+      XCTAssertEqual(
+        v["k\(i)"] as? String, s, "value \(s.debugDescription) came back as \(String(describing: v["k\(i)"]))\n\(text)")
     }
     let k = try XCTUnwrap(docs[1] as? [String: Any])
     for (i, s) in Self.awkward.enumerated() {

@@ -29,7 +29,8 @@ final class ClusterDeploymentTests: XCTestCase {
     v = g.globalAveragePool(v, name: "pool")
     v = fixedBatch ? g.reshape(v, to: [1, 8], name: "flatten") : g.flatten(v, name: "flatten")
     v = g.linear(
-      v, weight: .randomNormal(shape: [10, 8], std: 0.3, generator: &rng), bias: .randomNormal(shape: [10], std: 0.1, generator: &rng),
+      v, weight: .randomNormal(shape: [10, 8], std: 0.3, generator: &rng),
+      bias: .randomNormal(shape: [10], std: 0.1, generator: &rng),
       name: "fc")
     g.outputs = [v]
     return g
@@ -47,7 +48,8 @@ final class ClusterDeploymentTests: XCTestCase {
     let folder = try temporary("deploy-plan")
     var loaded = try DeploymentPlan.write(
       model: Self.classifier(fixedBatch: fixedBatch), name: "tiny_classifier", cut: "relu0",
-      preprocessing: .init(preset: "imagenet", appliedIn: .client), labels: (0..<10).map { "class \($0)" }, teePreset: "sgx2",
+      preprocessing: .init(preset: "imagenet", appliedIn: .client), labels: (0..<10).map { "class \($0)" },
+      teePreset: "sgx2",
       to: folder)
     let sealed = try SealedHead.seal(Array(try Data(contentsOf: loaded.headURL)), key: SealedHead.newKey())
     try Data(sealed).write(to: folder.appendingPathComponent("head.onnx.sealed"))
@@ -75,7 +77,9 @@ final class ClusterDeploymentTests: XCTestCase {
   static func assertNoPlaceholder(_ url: URL, file: StaticString = #filePath, line: UInt = #line) throws {
     guard url.pathExtension != "onnx" else { return }
     let text = try String(contentsOf: url, encoding: .utf8)
-    XCTAssertNil(text.range(of: #"<[A-Za-z_ .-]+>"#, options: .regularExpression), "\(url.lastPathComponent): a <placeholder>", file: file, line: line)
+    XCTAssertNil(
+      text.range(of: #"<[A-Za-z_ .-]+>"#, options: .regularExpression), "\(url.lastPathComponent): a <placeholder>",
+      file: file, line: line)
     XCTAssertFalse(text.contains("TODO"), "\(url.lastPathComponent): TODO", file: file, line: line)
     XCTAssertFalse(text.contains("${"), "\(url.lastPathComponent): ${...}", file: file, line: line)
   }
@@ -92,7 +96,8 @@ final class ClusterDeploymentTests: XCTestCase {
     let (out, result) = try deploy(plan, .triton)
     let model = plan.plan.accelerator.modelName
     XCTAssertEqual(result.files.sorted(), ["\(model)/1/model.onnx", "\(model)/config.pbtxt"])
-    let text = try PythonScript.run("check_deploy.py", ["pbtxt", out.appendingPathComponent("\(model)/config.pbtxt").path])
+    let text = try PythonScript.run(
+      "check_deploy.py", ["pbtxt", out.appendingPathComponent("\(model)/config.pbtxt").path])
     let config = try XCTUnwrap(try JSONSerialization.jsonObject(with: Data(text.utf8)) as? [String: Any], text)
     let (inputName, output) = try plan.tailInterface()
     XCTAssertEqual(config["name"] as? String, model)
@@ -127,7 +132,8 @@ final class ClusterDeploymentTests: XCTestCase {
     let ran = try PythonScript.run(
       "check_deploy.py",
       [
-        "onnx", out.appendingPathComponent("\(model)/1/model.onnx").path, dir.path, dir.appendingPathComponent("x1.npy").path,
+        "onnx", out.appendingPathComponent("\(model)/1/model.onnx").path, dir.path,
+        dir.appendingPathComponent("x1.npy").path,
         dir.appendingPathComponent("x4.npy").path,
       ])
     XCTAssertTrue(ran.contains(#""\#(inputName)": "N""#), ran)
@@ -150,7 +156,8 @@ final class ClusterDeploymentTests: XCTestCase {
     let config = try XCTUnwrap(try JSONSerialization.jsonObject(with: Data(text.utf8)) as? [String: Any], text)
     XCTAssertEqual(config["max_batch_size"] as? Int, 0)
     XCTAssertEqual(config["has_dynamic_batching"] as? Bool, false)
-    XCTAssertEqual((config["input"] as? [[String: Any]])?.first?["dims"] as? [Int], plan.plan.cut.featureShape, "the full shape")
+    XCTAssertEqual(
+      (config["input"] as? [[String: Any]])?.first?["dims"] as? [Int], plan.plan.cut.featureShape, "the full shape")
     XCTAssertEqual((config["output"] as? [[String: Any]])?.first?["dims"] as? [Int], [1, 10])
   }
 
@@ -188,7 +195,9 @@ final class ClusterDeploymentTests: XCTestCase {
 
   /// The fields apps/v1 and v1 require, and the links between the objects: selector ⊆ pod
   /// labels, probes and Service on ports the container declares, volumes that exist.
-  func checkEnclaveObjects(_ docs: [[String: Any]], replicas: Int) throws -> (deployment: [String: Any], pod: [String: Any], container: [String: Any]) {
+  func checkEnclaveObjects(_ docs: [[String: Any]], replicas: Int) throws -> (
+    deployment: [String: Any], pod: [String: Any], container: [String: Any]
+  ) {
     for d in docs {
       XCTAssertNotNil(d["apiVersion"] as? String)
       XCTAssertNotNil(d["kind"] as? String)
@@ -212,8 +221,10 @@ final class ClusterDeploymentTests: XCTestCase {
     let container = containers[0]
     XCTAssertNotNil(container["image"] as? String)
     let ports = try XCTUnwrap(container["ports"] as? [[String: Any]])
-    let portNames = Dictionary(uniqueKeysWithValues: ports.map { ($0["name"] as? String ?? "", $0["containerPort"] as? Int ?? 0) })
-    XCTAssertEqual(annotations["prometheus.io/port"], portNames["metrics"].map(String.init), "scraped on the metrics port")
+    let portNames = Dictionary(
+      uniqueKeysWithValues: ports.map { ($0["name"] as? String ?? "", $0["containerPort"] as? Int ?? 0) })
+    XCTAssertEqual(
+      annotations["prometheus.io/port"], portNames["metrics"].map(String.init), "scraped on the metrics port")
     // gRPC probes (grpc.health.v1, which the enclave serves) on the declared gRPC port.
     for probe in ["readinessProbe", "livenessProbe"] {
       let p = try XCTUnwrap(container[probe] as? [String: Any], probe)
@@ -258,31 +269,46 @@ final class ClusterDeploymentTests: XCTestCase {
     XCTAssertEqual(limits["sgx.intel.com/enclave"] as? Int, 1)
     XCTAssertEqual(limits["sgx.intel.com/provision"] as? Int, 1)
     let manifestText = try String(contentsOf: out.appendingPathComponent("veil.manifest.template"), encoding: .utf8)
-    let size = try XCTUnwrap(manifestText.range(of: #"sgx.enclave_size = "(\d+)M""#, options: .regularExpression).map { manifestText[$0] })
-    XCTAssertEqual(limits["sgx.intel.com/epc"] as? String, size.filter(\.isNumber) + "Mi", "EPC request = the enclave's size")
+    let size = try XCTUnwrap(
+      manifestText.range(of: #"sgx.enclave_size = "(\d+)M""#, options: .regularExpression).map { manifestText[$0] })
+    XCTAssertEqual(
+      limits["sgx.intel.com/epc"] as? String, size.filter(\.isNumber) + "Mi", "EPC request = the enclave's size")
     // The manifest the ConfigMap carries is the file written, and runs the enclave with the
     // tail endpoint and the metrics port the probes and annotations use.
     let data = try XCTUnwrap(docs[0]["data"] as? [String: String])
     XCTAssertEqual(data["veil.manifest.template"], manifestText)
-    XCTAssertTrue(manifestText.contains(#""--accelerator", "tiny-classifier-predictor.default.svc.cluster.local:9000""#), manifestText)
+    XCTAssertTrue(
+      manifestText.contains(#""--accelerator", "tiny-classifier-predictor.default.svc.cluster.local:9000""#),
+      manifestText)
     XCTAssertTrue(manifestText.contains(#""--metrics-port", "9090""#), manifestText)
     XCTAssertTrue(manifestText.contains(#""file:/veil/plan/head.onnx""#), "the head is measured")
-    XCTAssertFalse(manifestText.contains("{{ accelerator }}") || manifestText.contains("-Daccelerator"), "the endpoint is filled in")
+    XCTAssertFalse(
+      manifestText.contains("{{ accelerator }}") || manifestText.contains("-Daccelerator"), "the endpoint is filled in")
     // The client policy pins the MRENCLAVE and accepts only genuine SGX evidence.
     let policy = try Policy(json: try Data(contentsOf: out.appendingPathComponent("client-policy.json")))
     XCTAssertEqual(policy.mrEnclave?.hex, Self.mrenclave)
     XCTAssertFalse(policy.allowSimulation)
     XCTAssertFalse(policy.allowDebug)
     XCTAssertEqual(policy.acceptedEvidence, ["sgx"])
-    XCTAssertEqual(data["client-policy.json"], try String(contentsOf: out.appendingPathComponent("client-policy.json"), encoding: .utf8))
+    XCTAssertEqual(
+      data["client-policy.json"],
+      try String(contentsOf: out.appendingPathComponent("client-policy.json"), encoding: .utf8))
   }
 
   func testKubernetesTDXEnclaveOpensTheSealedHeadFromASecret() throws {
     let plan = try planFolder()
-    XCTAssertThrowsError(try deploy(plan, .kubernetes) { $0.tee = .tdx; $0.measurement = Self.mrtd }) { e in
+    XCTAssertThrowsError(
+      try deploy(plan, .kubernetes) {
+        $0.tee = .tdx; $0.measurement = Self.mrtd
+      }
+    ) { e in
       XCTAssertTrue("\(e)".contains("--key-server"), "\(e)")
     }
-    XCTAssertThrowsError(try deploy(plan, .kubernetes) { $0.tee = .tdx; $0.measurement = Self.mrenclave; $0.keyServer = "keys.example:7430" }) {
+    XCTAssertThrowsError(
+      try deploy(plan, .kubernetes) {
+        $0.tee = .tdx; $0.measurement = Self.mrenclave; $0.keyServer = "keys.example:7430"
+      }
+    ) {
       e in XCTAssertTrue("\(e)".contains("mrtd"), "an MRTD is 48 bytes: \(e)")
     }
     let (out, _) = try deploy(plan, .kubernetes) {
@@ -297,7 +323,9 @@ final class ClusterDeploymentTests: XCTestCase {
     XCTAssertEqual(pod["runtimeClassName"] as? String, "kata-qemu-tdx")
     let secret = docs[1]
     let sealed = try XCTUnwrap((secret["data"] as? [String: String])?["head.onnx.sealed"])
-    XCTAssertEqual(Data(base64Encoded: sealed), try Data(contentsOf: plan.url("head.onnx.sealed")), "the Secret carries the sealed head")
+    XCTAssertEqual(
+      Data(base64Encoded: sealed), try Data(contentsOf: plan.url("head.onnx.sealed")),
+      "the Secret carries the sealed head")
     let initContainer = try XCTUnwrap((pod["initContainers"] as? [[String: Any]])?.first)
     let fetch = try XCTUnwrap(initContainer["command"] as? [String])
     XCTAssertEqual(Array(fetch.prefix(3)), ["veil", "keys", "fetch"])
@@ -329,7 +357,8 @@ final class ClusterDeploymentTests: XCTestCase {
     XCTAssertEqual(Set(services.keys), ["accelerator", "enclave"])
     let accelerator = try XCTUnwrap(services["accelerator"]?["command"] as? [String])
     XCTAssertEqual(
-      accelerator[accelerator.firstIndex(of: "--model")! + 1], "\(plan.plan.accelerator.modelName)=/veil/plan/tail.onnx:1")
+      accelerator[accelerator.firstIndex(of: "--model")! + 1],
+      "\(plan.plan.accelerator.modelName)=/veil/plan/tail.onnx:1")
     let enclave = try XCTUnwrap(services["enclave"])
     let command = try XCTUnwrap(enclave["command"] as? [String])
     XCTAssertTrue(command.contains("--allow-simulation"))
@@ -360,8 +389,14 @@ final class ClusterDeploymentTests: XCTestCase {
     }
     let plan = try planFolder()
     let cases: [(String, (inout DeployOptions) -> Void)] = [
-      ("--max-batch", { $0.maxBatch = 5000 }), ("--max-batch", { $0.maxBatch = -1 }), ("--replicas", { $0.replicas = 0 }),
-      ("--min-replicas", { $0.minReplicas = 5; $0.maxReplicas = 2 }), ("--enclave-port", { $0.enclavePort = 70000 }),
+      ("--max-batch", { $0.maxBatch = 5000 }), ("--max-batch", { $0.maxBatch = -1 }),
+      ("--replicas", { $0.replicas = 0 }),
+      (
+        "--min-replicas",
+        {
+          $0.minReplicas = 5; $0.maxReplicas = 2
+        }
+      ), ("--enclave-port", { $0.enclavePort = 70000 }),
       ("--preferred-batch", { $0.preferredBatchSizes = [16] }), ("--name", { $0.name = "Not_A_Label" }),
       ("--accelerator-memory", { $0.acceleratorMemory = "lots" }), ("--accelerator", { $0.accelerator = "no-port" }),
       ("--metrics-port", { $0.metricsPort = 7440 }),

@@ -50,10 +50,14 @@ final class ReplicaFailoverTests: XCTestCase {
     // The faults, each once enough of the load has been answered (deadlines, not sleeps).
     let doomed = enclaves[0]
     let faults = Task {
-      try await waitUntil("15 answers before the enclave is killed", within: 300) { answers.withLock { $0.count } >= 15 }
+      try await waitUntil("15 answers before the enclave is killed", within: 300) {
+        answers.withLock { $0.count } >= 15
+      }
       kill(doomed.process.processIdentifier, SIGKILL)
       doomed.process.waitUntilExit()
-      try await waitUntil("35 answers before the accelerator is killed", within: 300) { answers.withLock { $0.count } >= 35 }
+      try await waitUntil("35 answers before the accelerator is killed", within: 300) {
+        answers.withLock { $0.count } >= 35
+      }
       kill(a.process.processIdentifier, SIGKILL)
       a.process.waitUntilExit()
       acceleratorKilled.withLock { $0 = true }
@@ -69,7 +73,10 @@ final class ReplicaFailoverTests: XCTestCase {
               let answer = try await caller.infer { _ in request }
               let logits = try XCTUnwrap(answer.logits).scalars
               answers.withLock {
-                $0.append(Answer(caller: c, input: i, logits: logits, accelerator: answer.accelerator, afterAcceleratorKill: afterKill))
+                $0.append(
+                  Answer(
+                    caller: c, input: i, logits: logits, accelerator: answer.accelerator,
+                    afterAcceleratorKill: afterKill))
               }
             }
           }
@@ -83,7 +90,8 @@ final class ReplicaFailoverTests: XCTestCase {
     let tally = replicas.tally
     XCTAssertEqual(all.count, callers * perCaller, "every request answered")
     for (n, answer) in all.enumerated() {
-      XCTAssertLessThan(EnclaveFixture.relativeError(answer.logits, references[answer.input]), 1e-4, "answer \(n) is wrong")
+      XCTAssertLessThan(
+        EnclaveFixture.relativeError(answer.logits, references[answer.input]), 1e-4, "answer \(n) is wrong")
     }
     XCTAssertEqual(tally.failed, 0, "\(tally)")
     XCTAssertGreaterThanOrEqual(tally.lost, 1, "the callers on the killed enclave lost a request: \(tally)")
