@@ -6,7 +6,7 @@ import VeilTEE
 
 /// Several enclave replicas serving one plan, seen from the client. A session lives on one
 /// connection to one replica, so the client spreads its connections across the endpoints
-/// (round robin over the callers it opens) and, when a replica drops, moves on: the request that
+/// (the fewest open connections first, in turn among equals) and, when a replica drops, moves on: the request that
 /// was lost with it is counted, and sent again on a new session with another replica. A request
 /// is never dropped silently: it is answered, or it fails with the reasons of every attempt and
 /// is counted as failed. Endpoints that could not be reached sit out a back-off
@@ -22,6 +22,8 @@ public final class EnclaveReplicas: Sendable {
   let backoff: EndpointBackoff
   private let next = Mutex(0)
   private let counts: Mutex<Tally>
+  /// Connections open now, by endpoint.
+  private let open: Mutex<[Int]>
 
   /// What happened to the requests, in all and per endpoint.
   public struct Tally: Sendable, Codable, Equatable {
@@ -52,6 +54,7 @@ public final class EnclaveReplicas: Sendable {
     self.maxAttempts = max(1, maxAttempts ?? endpoints.count + 1)
     backoff = EndpointBackoff(count: endpoints.count, retryAfter: retryAfter, clock: clock)
     counts = Mutex(Tally())
+    open = Mutex([Int](repeating: 0, count: endpoints.count))
   }
 
   /// Parses endpoints given as repeated options and/or comma-separated lists
@@ -66,14 +69,33 @@ public final class EnclaveReplicas: Sendable {
 
   func count(_ update: (inout Tally) -> Void) { counts.withLock { update(&$0) } }
 
-  /// Runs `body` with a caller of its own (one connection and session at a time), starting at
-  /// the next replica in turn, and closes its connection afterwards.
-  public func withCaller<R: Sendable>(_ body: (EnclaveReplicaCaller) async throws -> R) async throws -> R {
-    let start = next.withLock { (n: inout Int) -> Int in
+  /// The replica a new connection starts at: the next in turn, so that connections, first ones
+  /// and those moved off a dropped replica alike, spread over the replicas.
+  func nextStart() -> Int {
+    next.withLock { (n: inout Int) -> Int in
       defer { n += 1 }
       return n % endpoints.count
     }
-    let caller = EnclaveReplicaCaller(replicas: self, start: start)
+  }
+
+  /// The replicas to try for a new connection: those not in their back-off first, the fewest
+  /// open connections first and, among equals, in turn from `start`; then those in back-off.
+  func candidates(startingAt start: Int) -> [Int] {
+    let order = backoff.order(startingAt: start)
+    let down = Set(backoff.down)
+    let load = open.withLock { $0 }
+    let up = order.filter { !down.contains($0) }.enumerated()
+      .sorted { (load[$0.element], $0.offset) < (load[$1.element], $1.offset) }.map(\.element)
+    return up + order.filter { down.contains($0) }
+  }
+
+  func opened(_ i: Int) { open.withLock { $0[i] += 1 } }
+  func closed(_ i: Int) { open.withLock { $0[i] -= 1 } }
+
+  /// Runs `body` with a caller of its own (one connection and session at a time), starting at
+  /// the next replica in turn, and closes its connection afterwards.
+  public func withCaller<R: Sendable>(_ body: (EnclaveReplicaCaller) async throws -> R) async throws -> R {
+    let caller = EnclaveReplicaCaller(replicas: self, start: nextStart())
     do {
       let r = try await body(caller)
       await caller.close()
@@ -131,11 +153,12 @@ public actor EnclaveReplicaCaller {
   }
 
   /// The session in use, opening one (connection and attested handshake) when there is none:
-  /// the replicas in turn from this caller's, those in their back-off last.
+  /// on the replica with the fewest connections (in turn from this caller's among equals),
+  /// those in their back-off last.
   public func session() async throws -> EnclaveSession {
     if let current { return current.session }
     var failures: [String] = []
-    for i in replicas.backoff.order(startingAt: start) {
+    for i in replicas.candidates(startingAt: start) {
       let endpoint = replicas.endpoints[i]
       let transport: HTTP2ClientTransport.Posix
       do {
@@ -148,6 +171,8 @@ public actor EnclaveReplicaCaller {
       }
       let grpc = GRPCClient(transport: transport)
       let runner = Task<Void, Never> { try? await grpc.runConnections() }
+      // Counted from the attempt on, so that callers moving at once spread out.
+      replicas.opened(i)
       var client = EnclaveClient(grpc: grpc, endpoint: endpoint, verifier: replicas.verifier)
       client.timeout = replicas.timeout
       client.maxMessageBytes = replicas.maxMessageBytes
@@ -159,6 +184,7 @@ public actor EnclaveReplicaCaller {
         replicas.count { $0.sessions[endpoint.description, default: 0] += 1 }
         return session
       } catch {
+        replicas.closed(i)
         grpc.beginGracefulShutdown()
         await runner.value
         // A replica that answers but whose evidence the policy refuses is not skipped: that is
@@ -195,7 +221,9 @@ public actor EnclaveReplicaCaller {
         failures.append("\(endpoint): \(error)")
         if EnclaveReplicas.isUnreachable(error) { replicas.backoff.markDown(connection.index) }
         await drop()
-        // The next attempt starts at the following replica.
+        // The next attempt goes to the least loaded other replica (the callers of a dropped
+        // replica spread over the rest); one that could not be reached is in its back-off and
+        // tried last.
         start = (connection.index + 1) % replicas.endpoints.count
         let retry = attempt < replicas.maxAttempts
         replicas.count {
@@ -219,6 +247,7 @@ public actor EnclaveReplicaCaller {
   private func drop() async {
     guard let c = current else { return }
     current = nil
+    replicas.closed(c.index)
     c.grpc.beginGracefulShutdown()
     await c.runner.value
   }
