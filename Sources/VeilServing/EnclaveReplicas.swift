@@ -27,7 +27,9 @@ public final class EnclaveReplicas: Sendable {
 
   /// What happened to the requests, in all and per endpoint.
   public struct Tally: Sendable, Codable, Equatable {
-    /// Requests lost with a replica (sent, no answer: the connection or the replica went away).
+    /// Requests lost with a replica: sent, and no answer (the connection or the replica went
+    /// away) or an answer that it cannot serve them now (overloaded, timed out, session gone, no
+    /// accelerator reachable).
     public var lost = 0
     /// Of those, sent again on another session (every lost request is, while attempts remain).
     public var retried = 0
@@ -106,9 +108,10 @@ public final class EnclaveReplicas: Sendable {
     }
   }
 
-  /// Whether a failure means the replica (or the connection to it) is gone, so the request is
-  /// worth sending to another: the transport's statuses, and the enclave's own answers that
-  /// another replica may not give (overloaded, timed out, session gone).
+  /// Whether a failure means the replica (or the connection to it) is gone or cannot serve, so
+  /// the request is worth sending to another: the transport's statuses, and the enclave's own
+  /// answers that another replica may not give (overloaded, timed out, session gone, no
+  /// accelerator reachable).
   static func isReplicaFailure(_ error: any Error) -> Bool {
     if let e = error as? RPCError {
       switch e.code {
@@ -118,7 +121,9 @@ public final class EnclaveReplicas: Sendable {
       }
     }
     if case .remote(let kind, _) = error as? EnclaveError {
-      return [.overloaded, .timeout, .session].contains(kind)
+      // An enclave that reaches no accelerator now (its channels still in their reconnect
+      // back-off at start, say) cannot serve the request; another replica may.
+      return [.overloaded, .timeout, .session, .acceleratorUnavailable].contains(kind)
     }
     return false
   }
@@ -163,7 +168,7 @@ public actor EnclaveReplicaCaller {
       let transport: HTTP2ClientTransport.Posix
       do {
         transport = try HTTP2ClientTransport.Posix(
-          target: .dns(host: endpoint.host, port: endpoint.port), transportSecurity: .plaintext)
+          target: .dns(host: endpoint.host, port: endpoint.port), transportSecurity: .plaintext, config: .veilClient)
       } catch {
         failures.append("\(endpoint): \(error)")
         replicas.backoff.markDown(i)

@@ -76,6 +76,8 @@ struct LoadTest: AsyncParsableCommand {
     var retried: Int
     /// Requests that got no answer after every attempt.
     var failed: Int
+    /// Warm-up requests (not measured) that got no answer after every attempt.
+    var warmupFailed: Int
     /// Sessions, answers and losses by enclave replica.
     var replicas: EnclaveReplicas.Tally
     var seconds: Double
@@ -135,6 +137,7 @@ struct LoadTest: AsyncParsableCommand {
     var samples: [Sample] = []
     var wrong = 0
     var failed = 0
+    var warmupFailed = 0
     var errors: [String] = []
     var done = 0
   }
@@ -206,7 +209,13 @@ struct LoadTest: AsyncParsableCommand {
           try await replicas.withCaller { caller in
             for w in 0..<warm {
               let r = requestsPerImage[(c + w) % requestsPerImage.count]
-              _ = try? await caller.infer { _ in r }
+              do { _ = try await caller.infer { _ in r } } catch {
+                // Not measured, but not hidden either.
+                shared.tally.withLock {
+                  $0.warmupFailed += 1
+                  if $0.errors.count < 5 { $0.errors.append("warm-up request of client \(c): \(error)") }
+                }
+              }
             }
             shared.ready.withLock { $0 += 1 }
             for k in mine {
@@ -264,7 +273,7 @@ struct LoadTest: AsyncParsableCommand {
     }
     let report = Report(
       label: label, endpoint: ep, model: plan.model.name, cut: plan.cut.name, clients: n, requests: total,
-      ok: t.samples.count - t.wrong, wrong: t.wrong, lost: r.lost, retried: r.retried, failed: t.failed, replicas: r,
+      ok: t.samples.count - t.wrong, wrong: t.wrong, lost: r.lost, retried: r.retried, failed: t.failed, warmupFailed: t.warmupFailed, replicas: r,
       seconds: seconds,
       throughput: Double(t.samples.count) / max(seconds, 1e-9), p50Ms: pct(0.5), p90Ms: pct(0.9), p99Ms: pct(0.99),
       meanHeadMs: mean(t.samples.map(\.headMs)), meanTailMs: mean(t.samples.map(\.tailMs)), firstErrors: t.errors,
@@ -275,7 +284,8 @@ struct LoadTest: AsyncParsableCommand {
       print(
         "\(report.label.isEmpty ? "" : "[\(report.label)] ")\(report.model) cut at \(report.cut), \(n) clients: "
           + "\(report.ok) ok, \(report.wrong) wrong, \(report.failed) failed of \(total); "
-          + "\(report.lost) lost with an enclave replica, \(report.retried) of them sent again")
+          + "\(report.lost) lost with an enclave replica, \(report.retried) of them sent again (warm-up included)"
+          + (t.warmupFailed > 0 ? "; \(t.warmupFailed) warm-up requests failed" : ""))
       if r.sessions.count > 1 {
         let rows = r.sessions.keys.sorted().map { e in
           "\(e): \(r.sessions[e] ?? 0) sessions, \(r.answered[e] ?? 0) answered, \(r.lostAt[e] ?? 0) lost"
