@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Regenerates the Swift code of Protos/*.proto into Sources/VeilServing/Generated (messages with
+# Regenerates the Swift code of the KServe v2 and gRPC health protos into Sources/VeilServing/Generated (messages with
 # protoc-gen-swift, the gRPC service with protoc-gen-grpc-swift-2). The generated code is
 # committed: neither make nor CI runs this. Needs protoc (Debian: protobuf-compiler) and the two
 # plugins, found on PATH or in PLUGIN_DIR (default /work/tools/bin).
@@ -18,5 +18,5 @@ protoc --proto_path=Protos \
   --plugin=protoc-gen-swift="$swift_plugin" --swift_out="$out" --swift_opt=Visibility=Public \
   --plugin=protoc-gen-grpc-swift-2="$grpc_plugin" --grpc-swift-2_out="$out" \
   --grpc-swift-2_opt=Visibility=Public,Client=true,Server=true \
-  Protos/*.proto
+  Protos/grpc_predict_v2.proto Protos/grpc_health_v1.proto
 echo "generated: $(ls "$out" | tr '\n' ' ')"

@@ -9,7 +9,7 @@ want=$(sha256sum "$req" | cut -d' ' -f1)
 if [ -x .venv/bin/python ] && [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then
   exit 0
 fi
-echo "setting up .venv (numpy, onnx, onnxruntime, scikit-image, pillow)"
+echo "setting up .venv (numpy, onnx, onnxruntime, scikit-image, pillow, tritonclient, PyYAML)"
 python3 -m venv .venv
 .venv/bin/python -m pip install -q --disable-pip-version-check -r "$req"
 echo "$want" >"$stamp"

@@ -16,14 +16,21 @@ public enum ONNXWriter {
   public static let opsetVersion: Int64 = 17
   public static let producerName = "veil"
 
-  public static func serialize(_ graph: Graph) throws -> [UInt8] {
+  /// `batchDimension`: write the leading dimension of the inputs and outputs (and of every
+  /// intermediate value whose leading dimension is the batch) as this symbolic name (ONNX's
+  /// `dim_param`) instead of 1, for servers that batch requests (Triton with `max_batch_size` > 0
+  /// needs it). The graph must re-batch: run at batch 2 (`Graph.withBatch`), every output's
+  /// leading dimension must become 2, or the write is refused with the output that does not.
+  /// nil (the default): every dimension as the graph has it.
+  public static func serialize(_ graph: Graph, batchDimension: String? = nil) throws -> [UInt8] {
     var lowering = ONNXLowering(graph)
-    let model = try lowering.lower()
+    var model = try lowering.lower()
+    if let batchDimension { try model.makeBatchSymbolic(batchDimension, graph: lowering.graph, names: lowering.names) }
     return model.encode()
   }
 
-  public static func write(_ graph: Graph, to url: URL) throws {
-    try FileIO.write(serialize(graph), to: url)
+  public static func write(_ graph: Graph, to url: URL, batchDimension: String? = nil) throws {
+    try FileIO.write(serialize(graph, batchDimension: batchDimension), to: url)
   }
 }
 
@@ -67,6 +74,8 @@ struct ONNXConstant {
 struct ONNXValueInfo {
   var name: String
   var shape: [Int]?
+  /// When set, the leading dimension is written as this `dim_param` instead of `shape[0]`.
+  var batchParam: String? = nil
 }
 
 struct ONNXModel {
@@ -98,7 +107,7 @@ struct ONNXModel {
     // ValueInfoProto
     static let valueName = 1, valueType = 2
     // TypeProto / TypeProto.Tensor / TensorShapeProto / TensorShapeProto.Dimension
-    static let typeTensorType = 1, tensorElemType = 1, tensorShape = 2, shapeDim = 1, dimValue = 1
+    static let typeTensorType = 1, tensorElemType = 1, tensorShape = 2, shapeDim = 1, dimValue = 1, dimParam = 2
   }
 
   /// AttributeProto.AttributeType codes.
@@ -195,10 +204,59 @@ struct ONNXModel {
         if let shape = v.shape {
           // A rank-0 shape is still written (an empty TensorShapeProto), so it reads as a scalar.
           tensor.message(Field.tensorShape) { s in
-            for d in shape { s.message(Field.shapeDim) { $0.int(Field.dimValue, d) } }
+            for (i, d) in shape.enumerated() {
+              s.message(Field.shapeDim) { dim in
+                if i == 0, let p = v.batchParam { dim.string(Field.dimParam, p) } else { dim.int(Field.dimValue, d) }
+              }
+            }
           }
         }
       }
+    }
+  }
+}
+
+extension ONNXModel {
+  /// Marks the batch dimension symbolic (see `ONNXWriter.serialize(_:batchDimension:)`). `graph`
+  /// is the lowered graph (sorted, shapes inferred at batch 1), `names` its values' ONNX names.
+  mutating func makeBatchSymbolic(_ param: String, graph: Graph, names: [ValueID: String]) throws {
+    func refuse(_ detail: String) -> FormatError {
+      .invalidGraph(format: ONNXLowering.format, detail: "cannot write a symbolic batch dimension '\(param)': \(detail)")
+    }
+    guard !param.isEmpty, ONNXNameTable.sanitize(param) == param else {
+      throw refuse("the name must be an identifier (letters, digits, '_')")
+    }
+    for v in graph.inputs {
+      guard let s = graph.shape(v), s.first == 1 else {
+        throw refuse("input '\(graph[v].name)' has shape \(graph.shape(v) ?? []), not a batch of 1")
+      }
+    }
+    let twice: Graph
+    do { twice = try graph.withBatch(2) } catch {
+      throw refuse("the graph does not run at batch 2 (\(error)); its shapes are fixed at batch 1")
+    }
+    /// A value whose leading dimension follows the batch: 1 at batch 1, 2 at batch 2, the rest equal.
+    func followsBatch(_ v: ValueID) -> Bool {
+      guard let one = graph.shape(v), let two = twice.shape(v), one.count == two.count, one.first == 1, two.first == 2
+      else { return false }
+      return one.dropFirst() == two.dropFirst()
+    }
+    for v in graph.outputs where !followsBatch(v) {
+      throw refuse(
+        "output '\(graph[v].name)' is \(graph.shape(v) ?? []) at batch 1 but \(twice.shape(v) ?? []) at batch 2 (a Reshape or Resize fixes the batch)")
+    }
+    let batched = Set((graph.inputs + graph.outputs + graph.nodes.flatMap(\.outputs)).filter(followsBatch).compactMap { names[$0] })
+    for i in inputs.indices { inputs[i].batchParam = param }
+    // Outputs routed through an Identity keep their source's name with a suffix: every graph
+    // output follows the batch (checked above).
+    for i in outputs.indices { outputs[i].batchParam = param }
+    // Intermediate values: symbolic where they follow the batch, left without a shape otherwise
+    // (a fixed 1 there would contradict the runtime's inference at other batch sizes).
+    valueInfo = valueInfo.compactMap { v in
+      guard batched.contains(v.name) else { return nil }
+      var v = v
+      v.batchParam = param
+      return v
     }
   }
 }

@@ -59,6 +59,9 @@ public enum EnclaveError: Error, CustomStringConvertible, Sendable, Equatable {
   case overloaded(String)
   /// The request took longer than the enclave allows one request.
   case timeout(String)
+  /// Client side: no enclave replica opened a session or answered the request, after every
+  /// attempt (each attempt's reason listed).
+  case enclaveUnavailable(String)
 
   public var description: String {
     switch self {
@@ -73,6 +76,7 @@ public enum EnclaveError: Error, CustomStringConvertible, Sendable, Equatable {
     case .protocolViolation(let s): "protocol violation: \(s)"
     case .overloaded(let s): "overloaded: \(s)"
     case .timeout(let s): "timed out: \(s)"
+    case .enclaveUnavailable(let s): "no enclave replica answered: \(s)"
     }
   }
 
@@ -88,6 +92,8 @@ public enum EnclaveError: Error, CustomStringConvertible, Sendable, Equatable {
     case .protocolViolation: .protocol
     case .overloaded: .overloaded
     case .timeout: .timeout
+    // Never on the wire (a client's own conclusion); as a kind, the nearest: try again later.
+    case .enclaveUnavailable: .overloaded
     }
   }
 }

@@ -1,4 +1,4 @@
-// The enclave server: the gRPC server of `EnclaveService` on HTTP/2 (plaintext: the attested
+// The enclave server: the gRPC server of `EnclaveService` (and grpc.health.v1) on HTTP/2 (plaintext: the attested
 // channel protects the records), its session sweeper, its optional Prometheus endpoint, the
 // ceilings on connections, and its lifecycle as a swift-service-lifecycle `Service`: graceful
 // shutdown stops taking new calls and lets the calls in flight finish. Configured and run the
@@ -38,6 +38,8 @@ public final class EnclaveServer: Service, Sendable {
   public let config: EnclaveServerConfig
   public let service: EnclaveService
   public let metrics: EnclaveMetrics
+  /// The standard gRPC health service, on the same port.
+  public let health: HealthService
   /// The connections open now, and those refused at accept.
   public let connections: ConnectionCounter
   private let transport: HTTP2ServerTransport.Posix
@@ -61,7 +63,9 @@ public final class EnclaveServer: Service, Sendable {
       maxRequestBytes: config.limits.maxRecordBytes * 2 + 4096, counter: connections)
     transport = HTTP2ServerTransport.Posix(
       address: .ipv4(host: config.host, port: config.port), transportSecurity: .plaintext, config: tc)
-    server = GRPCServer(transport: transport, services: [service])
+    // grpc.health.v1 beside the enclave service: Kubernetes' gRPC probes ask it.
+    health = HealthService(services: [Veil_Enclave_V1_EnclaveService.descriptor.fullyQualifiedService], draining: service.draining)
+    server = GRPCServer(transport: transport, services: [service, health])
     if config.metricsPort == nil {
       metricsAddress.publish(.failure(EnclaveError.invalidArgument("the enclave server has no metrics endpoint")))
     }

@@ -8,6 +8,16 @@ import GRPCNIOTransportHTTP2
 import VeilTensor
 
 /// HOST:PORT of a KServe v2 gRPC server.
+extension HTTP2ClientTransport.Posix.Config {
+  /// Veil's clients (the enclave's accelerators, a client's enclave replicas): reconnect
+  /// attempts 0.2 s apart at first, at most 5 s apart. gRPC's default grows to two minutes, which
+  /// kept an enclave started before its accelerators refusing requests long after they came up
+  /// (calls fail at once while the channel waits out its back-off).
+  public static var veilClient: Self {
+    .defaults { $0.backoff = .init(initial: .milliseconds(200), max: .seconds(5), multiplier: 1.6, jitter: 0.2) }
+  }
+}
+
 public struct KServeEndpoint: Sendable, Equatable, CustomStringConvertible {
   public var host: String
   public var port: Int
@@ -68,7 +78,7 @@ public final class KServeClient: Sendable {
     }
     let transport: HTTP2ClientTransport.Posix
     do {
-      transport = try HTTP2ClientTransport.Posix(target: target, transportSecurity: .plaintext)
+      transport = try HTTP2ClientTransport.Posix(target: target, transportSecurity: .plaintext, config: .veilClient)
     } catch {
       throw KServeError(kind: .invalidEndpoint, call: "connect", endpoint: endpoint.description, message: "\(error)")
     }

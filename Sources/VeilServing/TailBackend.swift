@@ -68,49 +68,79 @@ public final class LocalTailBackend: TailBackend {
   }
 }
 
+/// Which of several endpoints are in their back-off after a failure: an endpoint that could not
+/// be reached is skipped for `retryAfter` seconds, then tried again. Shared by the enclave's
+/// accelerator failover (`FailoverBackend`) and the client's enclave replicas
+/// (`EnclaveReplicas`).
+public final class EndpointBackoff: Sendable {
+  public let count: Int
+  public let retryAfter: Double
+  private let clock: any ServiceClock
+  private let downUntil: Mutex<[Double]>
+
+  public init(count: Int, retryAfter: Double, clock: any ServiceClock = SystemClock()) {
+    self.count = count
+    self.retryAfter = retryAfter
+    self.clock = clock
+    downUntil = Mutex([Double](repeating: -Double.infinity, count: count))
+  }
+
+  /// The order to try the endpoints in: those not in their back-off first, from `start` on
+  /// (wrapping around), then those in it, so that a request still goes somewhere when all are.
+  public func order(startingAt start: Int = 0) -> [Int] {
+    let now = clock.now()
+    let d = downUntil.withLock { $0 }
+    let rotated = (0..<count).map { (start + $0) % count }
+    return rotated.filter { d[$0] <= now } + rotated.filter { d[$0] > now }
+  }
+
+  public func markDown(_ i: Int) {
+    let until = clock.now() + retryAfter
+    downUntil.withLock { $0[i] = until }
+  }
+
+  public func markUp(_ i: Int) { downUntil.withLock { $0[i] = -Double.infinity } }
+
+  /// The endpoints in their back-off now.
+  public var down: [Int] {
+    let now = clock.now()
+    let d = downUntil.withLock { $0 }
+    return (0..<count).filter { d[$0] > now }
+  }
+}
+
 /// Several endpoints serving the same tail: a request goes to the first endpoint that is not
 /// marked down; an endpoint that cannot be reached is marked down for `retryAfter` seconds and
 /// the request moves on to the next one. When every endpoint is down, each is tried again, so
 /// the enclave recovers as soon as any accelerator returns.
 public final class FailoverBackend: TailBackend {
   public let backends: [any TailBackend]
-  public let retryAfter: Double
-  private let clock: any ServiceClock
-  private let downUntil: Mutex<[Double]>
+  public var retryAfter: Double { backoff.retryAfter }
+  private let backoff: EndpointBackoff
 
   public var endpoint: String { backends.map(\.endpoint).joined(separator: ",") }
 
   public init(_ backends: [any TailBackend], retryAfter: Double = 2, clock: any ServiceClock = SystemClock()) {
     precondition(!backends.isEmpty, "FailoverBackend needs at least one endpoint")
     self.backends = backends
-    self.retryAfter = retryAfter
-    self.clock = clock
-    downUntil = Mutex([Double](repeating: -Double.infinity, count: backends.count))
+    backoff = EndpointBackoff(count: backends.count, retryAfter: retryAfter, clock: clock)
   }
 
   /// Which endpoints are marked down now (for metrics and tests).
-  public var down: [String] {
-    let now = clock.now()
-    let d = downUntil.withLock { $0 }
-    return backends.indices.filter { d[$0] > now }.map { backends[$0].endpoint }
-  }
+  public var down: [String] { backoff.down.map { backends[$0].endpoint } }
 
   public func infer(_ features: Tensor) async throws -> TailAnswer {
-    let now = clock.now()
-    let d = downUntil.withLock { $0 }
     // Up endpoints in configured order first, then the ones in their back-off.
-    let order = backends.indices.filter { d[$0] <= now } + backends.indices.filter { d[$0] > now }
     var failures: [String] = []
-    for i in order {
+    for i in backoff.order() {
       try Task.checkCancellation()
       do {
         let y = try await backends[i].infer(features)
-        downUntil.withLock { $0[i] = -Double.infinity }
+        backoff.markUp(i)
         return y
       } catch let e as EnclaveError {
         guard case .acceleratorUnavailable(let why) = e else { throw e }
-        let until = clock.now() + retryAfter
-        downUntil.withLock { $0[i] = until }
+        backoff.markDown(i)
         failures.append(why)
       }
     }

@@ -139,10 +139,12 @@ public struct GramineManifest: Sendable {
     let trusted =
       ["  \"file:{{ gramine.libos }}\",", "  \"file:{{ gramine.runtimedir() }}/\","]
       + ([binary] + libraries + [plan, head] + planFiles).map { "  \(Self.quoted("file:" + $0))," }
+    // The accelerator is a Jinja variable unless the serve arguments already name it.
+    let define = serveArguments.contains("{{ accelerator }}") ? "-Daccelerator=HOST:PORT " : ""
     return """
-      # Gramine manifest template for `veil enclave serve`, written by `veil enclave manifest`.
-      # Fill it in and sign it:
-      #   gramine-manifest -Daccelerator=HOST:PORT veil.manifest.template veil.manifest
+      # Gramine manifest template for `veil enclave serve`, written by Veil (`veil enclave manifest`,
+      # `veil plan`, `veil deploy`). Fill it in and sign it:
+      #   gramine-manifest \(define)veil.manifest.template veil.manifest
       #   gramine-sgx-sign --manifest veil.manifest --output veil.manifest.sgx
       #   gramine-sgx-sigstruct-view veil.sig    # prints mr_enclave for the client's policy
       # Enclave size: peak memory \(peakMemory) B + files \(fileBytes) B + LibOS \(Self.libOSBytes) B,

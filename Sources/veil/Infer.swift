@@ -34,6 +34,37 @@ struct AttestationOptions: ParsableArguments {
   }
 }
 
+/// The enclave replicas a client talks to: `--enclave HOST:PORT`, repeated or comma-separated
+/// (`--endpoint` is the same option's older name).
+struct EnclaveEndpointOptions: ParsableArguments {
+  @Option(
+    name: [.customLong("enclave"), .customLong("endpoint")],
+    help: ArgumentHelp(
+      "An enclave replica (repeatable, or comma-separated; DNS names fine). Sessions are spread across the replicas; a request lost with one is sent again to another.",
+      valueName: "host:port"))
+  var enclave: [String] = []
+  @Option(help: "Seconds an enclave replica that could not be reached is skipped before it is tried again.")
+  var enclaveRetryAfter: Double = 2
+
+  var description: String { enclave.joined(separator: ",") }
+
+  func validate() throws {
+    guard !enclave.isEmpty else { throw ValidationError("give the enclave with --enclave HOST:PORT (repeatable)") }
+    do { _ = try EnclaveReplicas.parse(enclave) } catch { throw ValidationError("--enclave: \(error)") }
+    guard enclaveRetryAfter >= 0, enclaveRetryAfter.isFinite else {
+      throw ValidationError("--enclave-retry-after must be ≥ 0 seconds, found \(enclaveRetryAfter)")
+    }
+  }
+
+  func replicas(verifier: AttestationVerifier, timeout: Double) throws -> EnclaveReplicas {
+    do {
+      return try EnclaveReplicas(
+        endpoints: try EnclaveReplicas.parse(enclave), verifier: verifier, timeout: .milliseconds(Int64(timeout * 1000)),
+        retryAfter: enclaveRetryAfter)
+    } catch { throw ValidationError("--enclave: \(error)") }
+  }
+}
+
 struct Infer: AsyncParsableCommand {
   static let configuration = CommandConfiguration(
     abstract: "Classify photos through an enclave: verify its evidence, send each photo sealed, print the labels.",
@@ -44,10 +75,14 @@ struct Infer: AsyncParsableCommand {
       channel, how the plan preprocesses: on the client (the photo becomes the model's input
       tensor here, at the plan's size and preset) or in the enclave (the encoded photo is sent).
       Each answer lists the top classes with the plan's labels when it has them.
+
+      Several enclave replicas (--enclave repeated or comma-separated): the session opens on
+      the first that answers; when the one in use drops, the photo in flight is counted as lost
+      and sent again on a new session with the next replica (each replica's evidence is checked
+      against the same policy).
       """)
 
-  @Option(help: ArgumentHelp("The enclave service.", valueName: "host:port"))
-  var endpoint: String
+  @OptionGroup var enclaves: EnclaveEndpointOptions
   @OptionGroup var attestation: AttestationOptions
   @Argument(help: "Photos (.png, .jpg).")
   var images: [String]
@@ -68,9 +103,13 @@ struct Infer: AsyncParsableCommand {
     var enclaveMs: Double
     var roundTripMs: Double
     var accelerator: String
+    /// The enclave replica that answered.
+    var enclave: String
   }
   struct Report: Encodable {
     var endpoint: String
+    /// Requests lost with a replica and sent again to another, and sessions by replica.
+    var replicas: EnclaveReplicas.Tally
     var evidence: String
     var simulated: Bool
     var tcbStatus: String?
@@ -89,16 +128,12 @@ struct Infer: AsyncParsableCommand {
   }
 
   func run() async throws {
-    let ep: Endpoint
-    do { ep = try Endpoint(parsing: endpoint) } catch { throw ValidationError("--endpoint: \(error)") }
-    let verifier = try attestation.verifier()
+    let replicas = try enclaves.replicas(verifier: try attestation.verifier(), timeout: timeout)
     if let saveLogits { try FileManager.default.createDirectory(atPath: saveLogits, withIntermediateDirectories: true) }
-    let report = try await EnclaveClient.with(ep, verifier: verifier) { base in
-      var client = base
-      client.timeout = .milliseconds(Int64(timeout * 1000))
+    let report = try await replicas.withCaller { caller in
       let session: EnclaveSession
-      do { session = try await client.session() } catch {
-        throw RuntimeFailure("handshake with \(ep): \(error)")
+      do { session = try await caller.session() } catch {
+        throw RuntimeFailure("handshake with \(enclaves.description): \(error)")
       }
       let v = session.verdict
       if v.simulated { note("the enclave's evidence is SIMULATED (accepted by the policy): no TEE protects the photos") }
@@ -106,25 +141,27 @@ struct Infer: AsyncParsableCommand {
       var items: [Item] = []
       for (i, image) in images.enumerated() {
         if !json { note("[\(i + 1)/\(images.count)] \(image)") }
-        let request = try session.request(photo: URL(fileURLWithPath: image), top: top, logits: saveLogits != nil)
+        let url = URL(fileURLWithPath: image)
+        let (top, logits) = (self.top, saveLogits != nil)
         let t0 = Date()
         let answer: EnclaveAnswer
-        do { answer = try await session.infer(request) } catch { throw RuntimeFailure("\(image): \(error)") }
+        do {
+          answer = try await caller.infer { s in try s.request(photo: url, top: top, logits: logits) }
+        } catch { throw RuntimeFailure("\(image): \(error)") }
         let rt = Date().timeIntervalSince(t0) * 1000
         if let saveLogits, let logits = answer.logits {
-          let name = URL(fileURLWithPath: image).deletingPathExtension().lastPathComponent
+          let name = url.deletingPathExtension().lastPathComponent
           try NPY.write(logits, to: URL(fileURLWithPath: saveLogits).appendingPathComponent("\(name).npy"))
         }
         items.append(
           Item(
             image: image, top: answer.top, headMs: answer.headMs, tailMs: answer.tailMs, enclaveMs: answer.enclaveMs,
-            roundTripMs: rt, accelerator: answer.accelerator))
+            roundTripMs: rt, accelerator: answer.accelerator, enclave: await caller.endpoint?.description ?? "-"))
       }
-      try? await session.close()
       return Report(
-        endpoint: ep.description, evidence: v.evidenceKind, simulated: v.simulated, tcbStatus: v.tcbStatus,
-        model: p.model.name, cut: p.cut.name, preprocessing: "\(p.preprocessing.preset) on the \(p.preprocessing.appliedIn.rawValue)",
-        items: items)
+        endpoint: enclaves.description, replicas: replicas.tally, evidence: v.evidenceKind, simulated: v.simulated,
+        tcbStatus: v.tcbStatus, model: p.model.name, cut: p.cut.name,
+        preprocessing: "\(p.preprocessing.preset) on the \(p.preprocessing.appliedIn.rawValue)", items: items)
     }
     if json { return try printJSON(report) }
     print(
@@ -135,8 +172,11 @@ struct Infer: AsyncParsableCommand {
       print("\(item.image): \(list.joined(separator: ", "))")
       print(
         String(
-          format: "  head %.1f ms, tail %.1f ms (%@), enclave %.1f ms, round trip %.1f ms", item.headMs, item.tailMs,
-          item.accelerator, item.enclaveMs, item.roundTripMs))
+          format: "  head %.1f ms, tail %.1f ms (%@), enclave %.1f ms (%@), round trip %.1f ms", item.headMs, item.tailMs,
+          item.accelerator, item.enclaveMs, item.enclave, item.roundTripMs))
+    }
+    if report.replicas.lost > 0 {
+      note("\(report.replicas.lost) requests lost with an enclave replica, \(report.replicas.retried) sent again to another")
     }
   }
 }

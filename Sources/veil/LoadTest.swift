@@ -19,7 +19,10 @@ struct LoadTest: AsyncParsableCommand {
       the whole model run here on the same input (--model, which must be the model the plan was
       made from: its SHA-256 is checked against the plan's). A request that fails or times out
       is counted as lost, an answer that differs (another top class, or logits further apart
-      than --tolerance) as wrong. Prints throughput and the p50/p90/p99 latency of the round
+      than --tolerance) as wrong. With several enclave replicas (--enclave repeated or
+      comma-separated) the clients' connections are spread across them; a request lost with a
+      replica that drops is counted as lost and sent again on a new session with another, and
+      only a request that fails on every replica tried counts as failed. Prints throughput and the p50/p90/p99 latency of the round
       trips, and progress on standard error.
 
       --breakdown adds where each request's time went, stage by stage (mean, p50, p90 over the
@@ -33,8 +36,7 @@ struct LoadTest: AsyncParsableCommand {
       (veil_enclave_stage_duration_seconds{stage=...} at its /metrics).
       """)
 
-  @Option(help: ArgumentHelp("The enclave service.", valueName: "host:port"))
-  var endpoint: String
+  @OptionGroup var enclaves: EnclaveEndpointOptions
   @OptionGroup var attestation: AttestationOptions
   @Option(help: "The whole model the plan was made from (zoo name or file), run here for the reference answers.")
   var model: String
@@ -69,7 +71,15 @@ struct LoadTest: AsyncParsableCommand {
     var requests: Int
     var ok: Int
     var wrong: Int
+    /// Requests lost with an enclave replica (each sent again while attempts remained).
     var lost: Int
+    var retried: Int
+    /// Requests that got no answer after every attempt.
+    var failed: Int
+    /// Warm-up requests (not measured) that got no answer after every attempt.
+    var warmupFailed: Int
+    /// Sessions, answers and losses by enclave replica.
+    var replicas: EnclaveReplicas.Tally
     var seconds: Double
     var throughput: Double
     var p50Ms: Double
@@ -126,7 +136,8 @@ struct LoadTest: AsyncParsableCommand {
   struct Tally: Sendable {
     var samples: [Sample] = []
     var wrong = 0
-    var lost = 0
+    var failed = 0
+    var warmupFailed = 0
     var errors: [String] = []
     var done = 0
   }
@@ -144,17 +155,11 @@ struct LoadTest: AsyncParsableCommand {
   func run() async throws {
     try engine.apply()
     try ModelSource.check(model)
-    let ep: Endpoint
-    do { ep = try Endpoint(parsing: endpoint) } catch { throw ValidationError("--endpoint: \(error)") }
-    let verifier = try attestation.verifier()
-    let timeout = self.timeout
+    let replicas = try enclaves.replicas(verifier: try attestation.verifier(), timeout: timeout)
+    let ep = enclaves.description
 
     // The plan, as the enclave describes it, fixes the inputs; the reference runs here.
-    let plan = try await EnclaveClient.with(ep, verifier: verifier) { c in
-      let s = try await c.session()
-      try? await s.close()
-      return s.plan
-    }
+    let plan = try await replicas.withCaller { try await $0.session().plan }
     note("reference: \(model) run whole on this machine")
     let whole = try ModelSource.load(model, batch: 1, seed: seed)
     let digest = Array(SHA256.hash(data: try ONNXWriter.serialize(whole))).hex
@@ -190,9 +195,10 @@ struct LoadTest: AsyncParsableCommand {
     let progress = Task {
       while !Task.isCancelled {
         try? await Task.sleep(for: .seconds(2))
-        let (d, l) = shared.tally.withLock { ($0.done, $0.lost) }
+        let (d, f) = shared.tally.withLock { ($0.done, $0.failed) }
+        let l = replicas.tally.lost
         let s = (ContinuousClock.now - start).seconds
-        note(String(format: "  %d/%d done, %d lost, %.1f req/s", d, total, l, Double(d) / max(s, 1e-9)))
+        note(String(format: "  %d/%d done, %d lost and retried, %d failed, %.1f req/s", d, total, l, f, Double(d) / max(s, 1e-9)))
       }
     }
     var measuredStart = ContinuousClock.now
@@ -200,17 +206,24 @@ struct LoadTest: AsyncParsableCommand {
       for c in 0..<n {
         let mine = Array(stride(from: c, to: total, by: n))
         group.addTask {
-          try await EnclaveClient.with(ep, verifier: verifier) { base in
-            var client = base
-            client.timeout = .milliseconds(Int64(timeout * 1000))
-            var session = try await client.session()
-            for w in 0..<warm { _ = try? await session.infer(requestsPerImage[(c + w) % requestsPerImage.count]) }
+          try await replicas.withCaller { caller in
+            for w in 0..<warm {
+              let r = requestsPerImage[(c + w) % requestsPerImage.count]
+              do { _ = try await caller.infer { _ in r } } catch {
+                // Not measured, but not hidden either.
+                shared.tally.withLock {
+                  $0.warmupFailed += 1
+                  if $0.errors.count < 5 { $0.errors.append("warm-up request of client \(c): \(error)") }
+                }
+              }
+            }
             shared.ready.withLock { $0 += 1 }
             for k in mine {
               let i = k % requestsPerImage.count
+              let request = requestsPerImage[i]
               let t0 = ContinuousClock.now
               do {
-                let a = try await session.infer(requestsPerImage[i])
+                let a = try await caller.infer { _ in request }
                 let ms = (ContinuousClock.now - t0).seconds * 1000
                 let ok = a.logits.map { Self.matches($0.scalars, references[i], tolerance: tol) } ?? false
                 shared.tally.withLock {
@@ -223,15 +236,12 @@ struct LoadTest: AsyncParsableCommand {
                 }
               } catch {
                 shared.tally.withLock {
-                  $0.lost += 1
+                  $0.failed += 1
                   $0.done += 1
                   if $0.errors.count < 5 { $0.errors.append("request \(k): \(error)") }
                 }
-                // A failed record may have closed the session: open a new one for the rest.
-                if let s = try? await client.session() { session = s }
               }
             }
-            try? await session.close()
           }
         }
       }
@@ -245,6 +255,7 @@ struct LoadTest: AsyncParsableCommand {
     let seconds = (ContinuousClock.now - measuredStart).seconds
     progress.cancel()
     let t = shared.tally.withLock { $0 }
+    let r = replicas.tally
     let lat = t.samples.map(\.ms).sorted()
     func pct(_ p: Double) -> Double { percentile(lat, p) }
     let mean: ([Double]) -> Double = { $0.isEmpty ? 0 : $0.reduce(0, +) / Double($0.count) }
@@ -261,8 +272,9 @@ struct LoadTest: AsyncParsableCommand {
       }
     }
     let report = Report(
-      label: label, endpoint: ep.description, model: plan.model.name, cut: plan.cut.name, clients: n, requests: total,
-      ok: t.samples.count - t.wrong, wrong: t.wrong, lost: t.lost, seconds: seconds,
+      label: label, endpoint: ep, model: plan.model.name, cut: plan.cut.name, clients: n, requests: total,
+      ok: t.samples.count - t.wrong, wrong: t.wrong, lost: r.lost, retried: r.retried, failed: t.failed, warmupFailed: t.warmupFailed, replicas: r,
+      seconds: seconds,
       throughput: Double(t.samples.count) / max(seconds, 1e-9), p50Ms: pct(0.5), p90Ms: pct(0.9), p99Ms: pct(0.99),
       meanHeadMs: mean(t.samples.map(\.headMs)), meanTailMs: mean(t.samples.map(\.tailMs)), firstErrors: t.errors,
       breakdown: stages)
@@ -271,7 +283,15 @@ struct LoadTest: AsyncParsableCommand {
     } else {
       print(
         "\(report.label.isEmpty ? "" : "[\(report.label)] ")\(report.model) cut at \(report.cut), \(n) clients: "
-          + "\(report.ok) ok, \(report.wrong) wrong, \(report.lost) lost of \(total)")
+          + "\(report.ok) ok, \(report.wrong) wrong, \(report.failed) failed of \(total); "
+          + "\(report.lost) lost with an enclave replica, \(report.retried) of them sent again (warm-up included)"
+          + (t.warmupFailed > 0 ? "; \(t.warmupFailed) warm-up requests failed" : ""))
+      if r.sessions.count > 1 {
+        let rows = r.sessions.keys.sorted().map { e in
+          "\(e): \(r.sessions[e] ?? 0) sessions, \(r.answered[e] ?? 0) answered, \(r.lostAt[e] ?? 0) lost"
+        }
+        print("replicas: " + rows.joined(separator: "; "))
+      }
       print(
         String(
           format: "throughput %.2f req/s over %.1f s; latency p50 %.1f ms, p90 %.1f ms, p99 %.1f ms; mean head %.1f ms, tail %.1f ms",
@@ -290,7 +310,7 @@ struct LoadTest: AsyncParsableCommand {
         print("  \(pad("sum of the means", width))" + String(format: " %9.3f", total))
       }
     }
-    if t.wrong > 0 || t.lost > 0 { throw ExitCode(1) }
+    if t.wrong > 0 || t.failed > 0 { throw ExitCode(1) }
   }
 
   /// Same top class, and every logit within `tolerance` × max(1, largest |reference|).

@@ -21,7 +21,7 @@ struct Veil: AsyncParsableCommand {
     subcommands: [
       Models.self, Inspect.self, Cuts.self, SplitModel.self, Profile.self, Plan.self, Run.self, Bench.self, Export.self,
       DataCommand.self, Attest.self, Enclave.self, Keys.self, SSIMCommand.self, Infer.self, LoadTest.self, Train.self,
-      Attack.self, Privacy.self, AttackBench.self, Accelerator.self, Demo.self,
+      Attack.self, Privacy.self, AttackBench.self, Accelerator.self, Demo.self, Deploy.self,
     ]
   )
 

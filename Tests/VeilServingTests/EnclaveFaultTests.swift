@@ -3,9 +3,7 @@ import VeilServing
 import VeilTensor
 import XCTest
 
-/// Faults across processes: `veil enclave serve` in front of two `veil accelerator serve`
-/// processes, which are killed and restarted under the enclave's feet.
-final class EnclaveFaultTests: XCTestCase {
+extension XCTestCase {
   /// Starts `veil accelerator serve` for the plan's tail; returns it and its port.
   func startAccelerator(_ plan: LoadedPlan, port: Int = 0) throws -> (Spawned, Int) {
     let p = plan.plan
@@ -18,7 +16,11 @@ final class EnclaveFaultTests: XCTestCase {
       throw error
     }
   }
+}
 
+/// Faults across processes: `veil enclave serve` in front of two `veil accelerator serve`
+/// processes, which are killed and restarted under the enclave's feet.
+final class EnclaveFaultTests: XCTestCase {
   func residentKiB(_ pid: Int32) -> Int {
     let status = (try? String(contentsOfFile: "/proc/\(pid)/status", encoding: .utf8)) ?? ""
     let line = status.split(separator: "\n").first { $0.hasPrefix("VmRSS:") } ?? ""

@@ -67,6 +67,56 @@ final class EndToEndTests: XCTestCase {
   }
 }
 
+extension EndToEndTests {
+  /// `veil infer` and `veil loadtest` with two enclave replicas (`--enclave` repeated and
+  /// comma-separated): sessions land on both, every answer checked against the whole model.
+  func testInferAndLoadtestSpreadSessionsAcrossEnclaveReplicas() throws {
+    let plan = try EnclaveFixture.plan(.client)
+    let dir = Spawned.temp("replicas")
+    try FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
+    defer { try? FileManager.default.removeItem(at: dir) }
+    let photo = dir.appendingPathComponent("photo.png")
+    try EnclaveFixture.photo(seed: 9).write(to: photo)
+    var enclaves: [Spawned] = []
+    defer { for e in enclaves { e.stop() } }
+    var endpoints: [String] = []
+    for _ in 0..<2 {
+      let e = try Spawned.start([
+        "enclave", "serve", "--plan", plan.directory.path, "--local-tail", "--port", "0", "--allow-simulation", "--threads", "1",
+      ])
+      enclaves.append(e)
+      endpoints.append("127.0.0.1:\(try e.waitForPort())")
+    }
+    let mrenclave = try XCTUnwrap(enclaves[0].value(after: "MRENCLAVE "), enclaves[0].stderr)
+    let policy = dir.appendingPathComponent("policy.json")
+    try Data(#"{"mrenclave": "\#(mrenclave)", "allow_simulation": true, "allow_debug": true}"#.utf8).write(to: policy)
+
+    let infer = try Spawned.run([
+      "infer", "--enclave", endpoints[0], "--enclave", endpoints[1], "--policy", policy.path, "--json", photo.path,
+    ])
+    XCTAssertEqual(infer.status, 0, infer.stderr)
+    let inferReport = try XCTUnwrap(try JSONSerialization.jsonObject(with: Data(infer.stdout.utf8)) as? [String: Any])
+    XCTAssertEqual((inferReport["items"] as? [[String: Any]])?.first?["enclave"] as? String, endpoints[0])
+
+    let load = try Spawned.run([
+      "loadtest", "--enclave", endpoints.joined(separator: ","), "--policy", policy.path, "--model", EnclaveFixture.model,
+      "--clients", "4", "--requests", "12", "--warmup", "0", "--json", photo.path,
+    ])
+    XCTAssertEqual(load.status, 0, load.stderr)
+    let report = try XCTUnwrap(try JSONSerialization.jsonObject(with: Data(load.stdout.utf8)) as? [String: Any], load.stdout)
+    XCTAssertEqual(report["ok"] as? Int, 12)
+    XCTAssertEqual(report["wrong"] as? Int, 0)
+    XCTAssertEqual(report["failed"] as? Int, 0)
+    let sessions = try XCTUnwrap((report["replicas"] as? [String: Any])?["sessions"] as? [String: Int])
+    XCTAssertEqual(Set(sessions.keys), Set(endpoints), "sessions on both replicas: \(sessions)")
+    XCTAssertEqual(sessions.values.reduce(0, +), 5, "one session to read the plan, then one per client")
+
+    let bad = try Spawned.run(["loadtest", "--enclave", "127.0.0.1", "--policy", policy.path, "--model", "m", photo.path])
+    XCTAssertNotEqual(bad.status, 0)
+    XCTAssertTrue(bad.stderr.contains("--enclave"), bad.stderr)
+  }
+}
+
 /// A `veil` process: the binary beside the test bundle (or VEIL_BINARY), standard error
 /// collected as it comes so a long-running server never blocks on a full pipe.
 final class Spawned: @unchecked Sendable {
