@@ -526,12 +526,13 @@ extension ClusterDeployment {
   func clusterManifest() throws -> GramineManifest {
     let inImage = { (relative: String) in GramineManifest.planMount + "/" + relative }
     let p = plan.plan
-    let planFiles = [inImage(p.tail.path)] + (p.labels.map { [inImage($0)] } ?? [])
+    // The tail, the labels and the output part of a plan that keeps its answer in the enclave.
+    let planFiles = [inImage(p.tail.path)] + (p.labels.map { [inImage($0)] } ?? []) + (p.privateOutput.map { [inImage($0.part.path)] } ?? [])
     let libraries = (try? sharedLibraries(of: binary)) ?? []
     let size: (String) -> Int = { (try? FileManager.default.attributesOfItem(atPath: $0)[.size] as? Int) ?? 0 }
     let localFiles =
       [binary, plan.file.path, plan.headURL.path, plan.tailURL.path] + (plan.labelsURL.map { [$0.path] } ?? [])
-      + libraries
+      + (p.privateOutput.map { [plan.url($0.part.path).path] } ?? []) + libraries
     do {
       return try GramineManifest(
         binary: "/usr/local/bin/veil", libraries: libraries, head: inImage(p.head.path), peakMemory: try peakMemory(),
@@ -555,6 +556,10 @@ extension ClusterDeployment {
     p.head.path = Self.headMount + "/" + (p.head.path as NSString).lastPathComponent
     p.tail.path = Self.planMount + "/" + p.tail.path
     p.labels = p.labels.map { Self.planMount + "/" + $0 }
+    if var output = p.privateOutput {
+      output.part.path = Self.planMount + "/" + output.part.path
+      p.privateOutput = output
+    }
     p.sealedHead = Self.sealedMount + "/" + ((p.sealedHead ?? "head.onnx.sealed") as NSString).lastPathComponent
     return try p.encoded()
   }

@@ -295,6 +295,35 @@ final class ClusterDeploymentTests: XCTestCase {
       try String(contentsOf: out.appendingPathComponent("client-policy.json"), encoding: .utf8))
   }
 
+  /// A plan that keeps its answer in the enclave: the output part is a trusted file of the
+  /// cluster's manifest and sits beside the tail in the confidential VM's plan.
+  func testAPrivateOutputPlanShipsItsOutputPartToTheEnclave() throws {
+    let folder = try temporary("deploy-private-output")
+    var plan = try DeploymentPlan.write(
+      model: Self.classifier(fixedBatch: false), name: "tiny_classifier", cut: "relu0",
+      preprocessing: .init(preset: "imagenet", appliedIn: .client), teePreset: "sgx2", outputCut: "auto", to: folder)
+    XCTAssertNotNil(plan.plan.privateOutput)
+    let sealed = try SealedHead.seal(Array(try Data(contentsOf: plan.headURL)), key: SealedHead.newKey())
+    try Data(sealed).write(to: folder.appendingPathComponent("head.onnx.sealed"))
+    plan.plan.sealedHead = "head.onnx.sealed"
+    try DeploymentPlan.writeFile(plan.plan, to: plan.file)
+    let (out, _) = try deploy(plan, .kubernetes) {
+      $0.measurement = Self.mrenclave
+      $0.peakMemory = 64 << 20
+    }
+    let manifest = try String(contentsOf: out.appendingPathComponent("veil.manifest.template"), encoding: .utf8)
+    XCTAssertTrue(manifest.contains(#""file:/veil/plan/output.onnx""#), manifest)
+    let (tdx, _) = try deploy(plan, .kubernetes) {
+      $0.measurement = Self.mrtd
+      $0.tee = .tdx
+      $0.keyServer = "keys.example:7443"
+    }
+    let docs = try Self.yaml(tdx.appendingPathComponent("enclave.yaml"))
+    let config = try XCTUnwrap(docs.first { $0["kind"] as? String == "ConfigMap" }?["data"] as? [String: String])
+    let vmPlan = try DeploymentPlan.decode(Data(try XCTUnwrap(config["plan.json"]).utf8), file: "plan.json")
+    XCTAssertEqual(vmPlan.privateOutput?.part.path, "/veil/plan/output.onnx")
+  }
+
   func testKubernetesTDXEnclaveOpensTheSealedHeadFromASecret() throws {
     let plan = try planFolder()
     XCTAssertThrowsError(
