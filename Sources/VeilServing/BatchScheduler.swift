@@ -115,6 +115,13 @@ final class BatchScheduler: @unchecked Sendable {
     return (batchesRun, rowsRun)
   }
 
+  /// Requests ever accepted into the queue (waiting, running or done).
+  var accepted: Int {
+    condition.lock()
+    defer { condition.unlock() }
+    return nextID
+  }
+
   var depth: Int {
     condition.lock()
     defer { condition.unlock() }

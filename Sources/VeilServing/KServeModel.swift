@@ -134,6 +134,8 @@ public final class KServeModel: Sendable {
 
   /// Requests waiting now.
   public var queueDepth: Int { scheduler.depth }
+  /// Requests this model has accepted so far (waiting, running or answered).
+  public var acceptedRequests: Int { scheduler.accepted }
 
   /// Runs so far and the rows they took (mean batch = rows / batches).
   public var statistics: (batches: Int, rows: Int) { scheduler.statistics }

@@ -255,11 +255,13 @@ final class KServeServerTests: XCTestCase {
         return n
       }
     }
-    // Let at least three calls reach the server (waiting, or already taken by the worker),
-    // then shut down while the rest run or wait. Counting only the waiting ones could miss
-    // its moment when runs are quick and then wait for ever.
+    // Let all five calls reach the server (waiting, running or done), then shut down while
+    // the rest run or wait. A call whose stream is not open yet when the shutdown begins is
+    // refused (RST_STREAM), as it should be, so waiting for only some of them was a race
+    // (it failed once in a fresh-clone run). Counting only the waiting ones could miss its
+    // moment when runs are quick and then wait for ever.
     let deadline = ContinuousClock.now + .seconds(60)
-    while s.models[0].queueDepth + s.models[0].statistics.rows < 3 {
+    while s.models[0].acceptedRequests < 5 {
       guard ContinuousClock.now < deadline else { return XCTFail("the calls did not reach the server within 60 s") }
       try await Task.sleep(for: .milliseconds(2))
     }
