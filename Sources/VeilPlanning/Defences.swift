@@ -154,6 +154,9 @@ struct UtilityPhotos {
   /// Crops of other photos the tail is fine-tuned on (empty without fine-tuning).
   var tuning: [ByteImage]
   var size: Int
+  /// The measured images' classes where the data has labels (TON_IoT image folders: the class
+  /// is the image's folder, indexed in sorted order as `veil train` indexes them).
+  var labels: (classes: Int, ofImage: [Int])? = nil
 }
 
 extension PlanJob {
@@ -164,18 +167,33 @@ extension PlanJob {
     c.imageSize = deployedSize ?? imageSize
     c.testCropsPerPhoto = 1
     c.defence = nil
-    guard let tuning = fineTuning else {
+    let images: AttackImages
+    if let tuning = fineTuning {
+      c.attacker = .inverse
+      c.testFraction = 0.5
+      c.validationFraction = 0
+      c.trainCropsPerPhoto = tuning.cropsPerPhoto
+      c.seed = seed
+      images = try evaluation.images(c)
+    } else {
       c.attacker = .optimisation
       c.testFraction = 1
-      return UtilityPhotos(measured: try evaluation.images(c).test, tuning: [], size: c.imageSize)
+      images = try evaluation.images(c)
     }
-    c.attacker = .inverse
-    c.testFraction = 0.5
-    c.validationFraction = 0
-    c.trainCropsPerPhoto = tuning.cropsPerPhoto
-    c.seed = seed
-    let images = try evaluation.images(c)
-    return UtilityPhotos(measured: images.test, tuning: images.train, size: c.imageSize)
+    return UtilityPhotos(
+      measured: images.test, tuning: fineTuning == nil ? [] : images.train, size: c.imageSize, labels: try labels(of: images.testSources))
+  }
+
+  /// Labels of `files` where the data is a TON_IoT image folder (`veil data ton-iot`: the class
+  /// is an image's folder) whose classes the model's output counts; nil otherwise.
+  func labels(of files: [String]) throws -> (classes: Int, ofImage: [Int])? {
+    guard (try? FieldRecoveryMeasure.forDataFolder(data)) != nil else { return nil }
+    let all = try PrivacyEvaluation.photoFiles(data)
+    let classes = Set(all.map { $0.deletingLastPathComponent().lastPathComponent }).sorted()
+    guard classes.count >= 2, let output = graph.outputs.first.flatMap(graph.shape), output.last == classes.count else { return nil }
+    let index = Dictionary(uniqueKeysWithValues: classes.enumerated().map { ($1, $0) })
+    let labels = files.compactMap { index[URL(fileURLWithPath: $0).deletingLastPathComponent().lastPathComponent] }
+    return labels.count == files.count ? (classes.count, labels) : nil
   }
 
   /// Fits `defence` at the deployed size (to the fine-tuning crops' maps when the tail is
@@ -210,7 +228,7 @@ extension PlanJob {
     }
     let (utility, final, axis) = try DefenceUtility.measure(
       model: graph, cut: cut, defence: fitted, images: photos.measured, imageSize: photos.size, preprocessing: preprocessing, seed: seed,
-      tunedTail: tuned)
+      tunedTail: tuned, labels: photos.labels)
     return (DefenceRecord(defence: final, channelAxis: axis, utility: utility, utilityFloor: utilityFloor), tuned)
   }
 

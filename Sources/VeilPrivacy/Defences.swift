@@ -83,12 +83,23 @@ public struct DefenceUtility: Codable, Sendable, Equatable {
   public var imageSize: Int
   /// Whether the tail was fine-tuned on defended maps (not yet: the tail is the model's own).
   public var tailFineTuned: Bool
+  /// Where the images have labels (TON_IoT images): accuracy and macro-F1 of the defended
+  /// model and of the undefended one on the same images.
+  public var accuracy: Double?
+  public var macroF1: Double?
+  public var undefendedAccuracy: Double?
+  public var undefendedMacroF1: Double?
 
   /// "top-1 agreement 0.972 (35 of 36 photos at 224 px; 95 % lower bound 0.87), tail not fine-tuned".
   public var summary: String {
     String(
       format: "top-1 agreement %.3f (%d of %d photos at %d px; 95%% lower bound %.3f), %@", agreement, Int((agreement * Double(images)).rounded()),
       images, imageSize, agreementLower, tailFineTuned ? "tail fine-tuned on defended maps" : "tail not fine-tuned")
+      + (accuracy.map { a in
+        String(
+          format: "; with labels: accuracy %.3f (undefended %.3f), macro-F1 %.3f (undefended %.3f)", a, undefendedAccuracy ?? .nan,
+          macroF1 ?? .nan, undefendedMacroF1 ?? .nan)
+      } ?? "")
   }
 }
 
@@ -180,9 +191,15 @@ extension DefenceUtility {
   /// images' maps first when it needs statistics; the fitted defence is returned with it.
   public static func measure(
     model: Graph, cut: CutPoint, defence: CutDefence, images: [ByteImage], imageSize: Int, preprocessing: InputPreprocessing,
-    seed: UInt64 = 0, tunedTail: Graph? = nil
+    seed: UInt64 = 0, tunedTail: Graph? = nil, labels: (classes: Int, ofImage: [Int])? = nil
   ) throws -> (utility: DefenceUtility, fitted: CutDefence, channelAxis: Int) {
     guard !images.isEmpty else { throw PrivacyError.data(source: "utility images", detail: "none") }
+    if let labels {
+      guard labels.ofImage.count == images.count, labels.classes >= 2, labels.ofImage.allSatisfy({ (0..<labels.classes).contains($0) }) else {
+        throw PrivacyError.data(
+          source: "utility labels", detail: "\(labels.ofImage.count) labels in 0..<\(labels.classes) for \(images.count) images")
+      }
+    }
     let batch = min(8, images.count)
     let extractor = try FeatureExtractor(model: model, cut: cut, imageSize: imageSize, batch: batch, preprocessing: preprocessing)
     let maps = try extractor.features(images)
@@ -205,6 +222,8 @@ extension DefenceUtility {
     var generator = SeededGenerator(seed: seed &+ 0x0717)
     var agree = 0
     var times: [Double] = []
+    var clean: [Int] = []
+    var defendedAnswers: [Int] = []
     for i in 0..<images.count {
       let one = gather(maps, [i])
       let started = DispatchTime.now()
@@ -215,7 +234,9 @@ extension DefenceUtility {
         let logits = try e.run([input])[0].scalars
         return logits.indices.max { logits[$0] < logits[$1] } ?? -1
       }
-      if try top1(one, executor) == top1(defended, defendedExecutor) { agree += 1 }
+      clean.append(try top1(one, executor))
+      defendedAnswers.append(try top1(defended, defendedExecutor))
+      if clean.last == defendedAnswers.last { agree += 1 }
     }
     let n = Double(images.count)
     let p = Double(agree) / n
@@ -224,11 +245,25 @@ extension DefenceUtility {
     let lower = (p + z * z / (2 * n) - z * (p * (1 - p) / n + z * z / (4 * n * n)).squareRoot()) / (1 + z * z / n)
     times.sort()
     let shape = [1, c, h, w]
+    var metrics: (ClassificationMetrics, ClassificationMetrics)?
+    if let labels {
+      // An answer outside the label range counts as wrong (a model of other classes).
+      let fit = { (p: [Int]) in p.map { (0..<labels.classes).contains($0) ? $0 : -1 } }
+      metrics = (
+        ClassificationMetrics(labels: labels.ofImage, predictions: fit(defendedAnswers), classes: labels.classes),
+        ClassificationMetrics(labels: labels.ofImage, predictions: fit(clean), classes: labels.classes)
+      )
+    }
+    var utility = DefenceUtility(
+      defence: fitted.spec, cut: cut.name, agreement: p, images: images.count, agreementLower: max(0, lower),
+      defenceMs: times[times.count / 2], mapBytes: shape.reduce(1, *) * 4, encodedBytes: fitted.encodedBytes(shape: shape),
+      imageSize: imageSize, tailFineTuned: tunedTail != nil)
+    if let (defended, undefended) = metrics {
+      (utility.accuracy, utility.macroF1) = (defended.accuracy, defended.macroF1)
+      (utility.undefendedAccuracy, utility.undefendedMacroF1) = (undefended.accuracy, undefended.macroF1)
+    }
     return (
-      DefenceUtility(
-        defence: fitted.spec, cut: cut.name, agreement: p, images: images.count, agreementLower: max(0, lower),
-        defenceMs: times[times.count / 2], mapBytes: shape.reduce(1, *) * 4, encodedBytes: fitted.encodedBytes(shape: shape),
-        imageSize: imageSize, tailFineTuned: tunedTail != nil),
+      utility,
       fitted, extractor.featureChannelsLast ? 3 : 1
     )
   }

@@ -102,5 +102,34 @@ final class DefenceAttackTests: XCTestCase {
     XCTAssertEqual(quant.utility.encodedBytes, 16 * 8 * 8 / 2 + 16 * 8)
     XCTAssertEqual(quant.utility.mapBytes, 16 * 8 * 8 * 4)
     XCTAssertTrue(quant.utility.summary.contains("tail not fine-tuned"))
+    XCTAssertNil(quant.utility.accuracy, "no labels, no accuracy")
+  }
+
+  /// Where images have labels, accuracy and macro-F1 of both models on them: labelled with the
+  /// undefended model's own answers, the undefended accuracy is 1 and the defended one is the
+  /// agreement.
+  func testUtilityWithLabelsReportsAccuracyAndMacroF1() throws {
+    let g = AttackTests.tinyModel()
+    let cut = try g.attackCut(named: "pool2")
+    let images = try AttackTests.photoNames.map {
+      try ImageCodec.readUpright(TestAssets.url($0)).rgb().resized(width: 32, height: 32, interpolation: .bilinear)
+    }
+    let whole = try Executor(graph: g)
+    let answers = try images.map { img -> Int in
+      let logits = try whole.run([try img.tensor(layout: .nchw, order: .rgb, normalization: .unit)])[0].scalars
+      return logits.indices.max { logits[$0] < logits[$1] }!
+    }
+    let classes = (answers.max() ?? 0) + 1
+    let loud = try DefenceUtility.measure(
+      model: g, cut: cut, defence: .noise(50), images: images, imageSize: 32, preprocessing: AttackTests.unit,
+      labels: (max(classes, 2), answers))
+    XCTAssertEqual(loud.utility.undefendedAccuracy, 1)
+    XCTAssertEqual(loud.utility.accuracy ?? -1, loud.utility.agreement, accuracy: 1e-12)
+    XCTAssertNotNil(loud.utility.macroF1)
+    XCTAssertTrue(loud.utility.summary.contains("macro-F1"))
+    XCTAssertThrowsError(
+      try DefenceUtility.measure(
+        model: g, cut: cut, defence: .noise(0), images: images, imageSize: 32, preprocessing: AttackTests.unit, labels: (2, [0]))
+    ) { e in XCTAssertTrue("\(e)".contains("1 labels"), "\(e)") }
   }
 }
