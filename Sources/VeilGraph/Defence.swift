@@ -21,6 +21,20 @@ public enum DefenceKind: String, Codable, Sendable, CaseIterable {
   case prune
 }
 
+extension DefenceKind {
+  /// A kind by its command-line name: gaussian (or noise), laplace, quant (quantise,
+  /// quantize), prune.
+  public init?(name: String) {
+    switch name.lowercased() {
+    case "gaussian", "noise": self = .gaussian
+    case "laplace": self = .laplace
+    case "quant", "quantise", "quantize": self = .quantise
+    case "prune": self = .prune
+    default: return nil
+    }
+  }
+}
+
 /// One defence with its parameter, and (once fitted to the defender's own photos) the
 /// statistics it needs: each channel's scale for noise, the channels kept for pruning.
 public struct CutDefence: Codable, Sendable, Equatable, CustomStringConvertible {
@@ -63,18 +77,19 @@ public struct CutDefence: Codable, Sendable, Equatable, CustomStringConvertible 
         spec: text, detail: "expected KIND:VALUE, one of gaussian:σ, laplace:σ, quant:BITS, prune:SHARE (e.g. gaussian:0.5, quant:4, prune:0.5)")
     }
     let value = parts[1]
-    switch parts[0].lowercased() {
-    case "gaussian", "noise", "laplace":
+    guard let kind = DefenceKind(name: parts[0]) else {
+      throw DefenceError.invalid(spec: text, detail: "unknown defence '\(parts[0])'; known: gaussian, laplace, quant, prune")
+    }
+    switch kind {
+    case .gaussian, .laplace:
       guard let s = Double(value) else { throw DefenceError.invalid(spec: text, detail: "σ '\(value)' is not a number") }
-      self = .noise(s, laplace: parts[0].lowercased() == "laplace")
-    case "quant", "quantise", "quantize":
+      self = .noise(s, laplace: kind == .laplace)
+    case .quantise:
       guard let b = Int(value) else { throw DefenceError.invalid(spec: text, detail: "bits '\(value)' is not a whole number") }
       self = .quantisation(bits: b)
-    case "prune":
+    case .prune:
       guard let p = Double(value) else { throw DefenceError.invalid(spec: text, detail: "the share '\(value)' is not a number") }
       self = .pruning(p)
-    default:
-      throw DefenceError.invalid(spec: text, detail: "unknown defence '\(parts[0])'; known: gaussian, laplace, quant, prune")
     }
     try validate(spec: text)
   }

@@ -138,15 +138,9 @@ public struct PrivateOutputRecord: Codable, Sendable, Equatable {
     let executor = try Executor(graph: graph)
     var rng = SeededGenerator(seed: 0)
     let x = Tensor.randomNormal(shape: output.cut.featureShape, generator: &rng)
-    _ = try executor.run([x])
-    var times: [Double] = []
-    for _ in 0..<21 {
-      let t0 = DispatchTime.now()
-      _ = try executor.run([x])
-      times.append(Double(DispatchTime.now().uptimeNanoseconds - t0.uptimeNanoseconds) / 1e9)
-    }
-    times.sort()
-    let native = times[times.count / 2]
+    var timing = ProfileOptions()
+    timing.runs = 21
+    let native = try Profiler.median(timing) { _ = try executor.run([x]) }
     let inTEE = TEEEnvironment.detect()
     let cost = inTEE != nil
       ? TEECost.measured(native)

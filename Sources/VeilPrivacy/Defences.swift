@@ -44,7 +44,7 @@ struct AttackDefence {
   let defence: CutDefence
 
   init(_ spec: CutDefence, heldOut: Tensor) throws {
-    defence = spec.isFitted && !spec.needsFit ? spec : try spec.fitted(to: heldOut)
+    defence = spec.isFitted ? spec : try spec.fitted(to: heldOut)
   }
 
   func defend(_ pairs: FeaturePairs?, seed: UInt64, stream: UInt64) throws -> FeaturePairs? {
@@ -143,7 +143,7 @@ public struct TailFineTuning: Codable, Sendable, Equatable {
     let (c, h, w) = (extractor.featureShape[0], extractor.featureShape[1], extractor.featureShape[2])
     let one = extractor.featureChannelsLast ? [1, h, w, c] : [1, c, h, w]
     try tail.inferShapes(inputShapes: [tail.inputs[0]: one])
-    let layout = { (t: Tensor) in extractor.featureChannelsLast ? channelsLast(t) : t }
+    let layout = { (t: Tensor) in extractor.featureChannelsLast ? try channelsLast(t) : t }
     // The teacher: the model's own tail on the clean maps.
     let teacher = try Executor(graph: tail)
     let targets = try (0..<images.count).map { try teacher.run([layout(gather(maps, [$0]))])[0] }
@@ -230,7 +230,7 @@ extension DefenceUtility {
       let defended = try fitted.apply(to: one, channelAxis: 1, using: &generator)
       times.append(Double(DispatchTime.now().uptimeNanoseconds - started.uptimeNanoseconds) / 1e6)
       func top1(_ map: Tensor, _ e: Executor) throws -> Int {
-        let input = extractor.featureChannelsLast ? channelsLast(map) : map
+        let input = extractor.featureChannelsLast ? try channelsLast(map) : map
         let logits = try e.run([input])[0].scalars
         return logits.indices.max { logits[$0] < logits[$1] } ?? -1
       }
@@ -269,12 +269,7 @@ extension DefenceUtility {
   }
 }
 
-/// [N, C, h, w] as [N, h, w, C].
-func channelsLast(_ t: Tensor) -> Tensor {
-  let (n, c, h, w) = (t.shape[0], t.shape[1], t.shape[2], t.shape[3])
-  return t.withUnsafeBuffer { src in
-    Tensor(shape: [n, h, w, c]) { dst in
-      for i in 0..<n { for ch in 0..<c { for p in 0..<(h * w) { dst[(i * h * w + p) * c + ch] = src[(i * c + ch) * h * w + p] } } }
-    }
-  }
+/// [N, C, h, w] as [N, h, w, C] (VeilTrain's transpose, off the tape).
+func channelsLast(_ t: Tensor) throws -> Tensor {
+  try transpose(Variable(t), [0, 2, 3, 1]).value
 }

@@ -79,14 +79,7 @@ struct Plan: ParsableCommand {
       guard let defences else { return [] }
       var kinds: [DefenceKind] = []
       for word in defences.split(separator: ",").map({ $0.trimmingCharacters(in: .whitespaces).lowercased() }) where !word.isEmpty {
-        let kind: DefenceKind? = switch word {
-        case "gaussian", "noise": .gaussian
-        case "laplace": .laplace
-        case "quant", "quantise", "quantize": .quantise
-        case "prune": .prune
-        default: nil
-        }
-        guard let kind else { throw ValidationError("--defences: unknown defence '\(word)'; known: gaussian (noise), laplace, quant, prune") }
+        guard let kind = DefenceKind(name: word) else { throw ValidationError("--defences: unknown defence '\(word)'; known: gaussian (noise), laplace, quant, prune") }
         if !kinds.contains(kind) { kinds.append(kind) }
       }
       guard !kinds.isEmpty else { throw ValidationError("--defences: empty list; give e.g. noise,quant,prune") }
