@@ -19,6 +19,8 @@ public struct FeatureInversion: Sendable {
   /// Images optimised together.
   public var batch: Int
   public var seed: UInt64
+  /// Whether `calibrate` runs every step (else a third, as results before the option did).
+  public var calibrationAtFullSteps: Bool
 
   public init(_ config: AttackConfig) {
     steps = config.optimisationSteps
@@ -28,6 +30,7 @@ public struct FeatureInversion: Sendable {
     restarts = config.restarts
     batch = config.optimisationBatch
     seed = config.seed
+    calibrationAtFullSteps = config.calibrationAtFullSteps ?? false
   }
 
   /// The result: the images [N, C, S, S] on the [-1, 1] scale, each one's final feature
@@ -115,13 +118,14 @@ public struct FeatureInversion: Sendable {
 
 extension FeatureInversion {
   /// Picks the prior's weight an attacker would: each of `weights` rebuilds the attacker's own
-  /// images (whose originals it has) in a third of the steps, one restart, and the weight with
-  /// the best mean SSIM wins. Returns it and a line for the report.
+  /// images (whose originals it has) with the attack's own steps (a third of them for results
+  /// recorded before `calibrationAtFullSteps`), one restart, and the weight with the best mean
+  /// SSIM wins. Returns it and a line for the report.
   public func calibrate(
     head: (Variable) throws -> Variable, on own: FeaturePairs, weights: [Float], progress: (AttackProgress) -> Void = { _ in }
   ) throws -> (Float, String) {
     var trial = self
-    trial.steps = max(20, steps / 3)
+    if !calibrationAtFullSteps { trial.steps = max(20, steps / 3) }
     trial.restarts = 1
     let shape = Array(own.images.shape.dropFirst())
     var best: (weight: Float, ssim: Double) = (tvWeight, -.infinity)
@@ -150,7 +154,7 @@ extension FeatureInversion {
     }
     return (
       best.weight,
-      "prior weight \(best.weight) calibrated on \(own.images.shape[0]) of the attacker's own photos (SSIM per weight: \(scores.joined(separator: ", ")))"
+      "prior weight \(best.weight) calibrated on \(own.images.shape[0]) of the attacker's own photos in \(trial.steps) steps (SSIM per weight: \(scores.joined(separator: ", ")))"
     )
   }
 }

@@ -69,8 +69,10 @@ struct AttackOptions: ParsableArguments {
   var steps: Int?
   @Option(help: "Optimisation attack: learning rate on the [-1, 1] pixel scale (cosine decay to a tenth).")
   var optLr: Float?
-  @Option(help: "Optimisation attack: weight of the total-variation prior.")
+  @Option(help: "Optimisation attack: weight of the total-variation prior when it is not calibrated (--calibration-images 0).")
   var tvWeight: Float?
+  @Option(help: "Optimisation attack: the prior's weight is calibrated on this many of the attacker's own photos, each weight with every step (0: --tv-weight as given).")
+  var calibrationImages: Int?
   @Option(help: "Optimisation attack: restarts per image (the closest in feature space is kept).")
   var restarts: Int?
   @Option(
@@ -117,6 +119,7 @@ struct AttackOptions: ParsableArguments {
     if let steps { c.optimisationSteps = steps }
     if let optLr { c.optimisationLearningRate = optLr }
     if let tvWeight { c.tvWeight = tvWeight }
+    if let calibrationImages { c.calibrationImages = calibrationImages }
     if let restarts { c.restarts = restarts }
     // Checked in validate(), which names the valid range.
     if let defence { c.defence = try? CutDefence(parsing: defence) }

@@ -171,6 +171,42 @@ final class EvaluationTests: XCTestCase {
     XCTAssertTrue(FileManager.default.fileExists(atPath: r.gridPath))
   }
 
+  /// The prior's weight is calibrated with the attack's own steps; a result recorded before
+  /// that option (no `calibrationAtFullSteps` in its JSON) was calibrated in a third of them,
+  /// and is never taken for a new white-box result, while the learned attackers' stay valid.
+  func testThePriorIsCalibratedWithEveryStep() throws {
+    let g = AttackTests.tinyModel()
+    var config = AttackTests.config()
+    config.attacker = .optimisation
+    config.testFraction = 0.5
+    config.testCropsPerPhoto = 1
+    config.optimisationSteps = 30
+    config.tvWeights = [0.1, 1]
+    config.calibrationImages = 2
+    let data = try AttackImages.photos(AttackTests.photoNames.map(TestAssets.url), config: config, source: "asset cache")
+    func calibration(_ c: AttackConfig) throws -> String {
+      let out = temp("calibration")
+      defer { try? FileManager.default.removeItem(at: out) }
+      let r = try runAttack(
+        model: g, modelName: "tiny", cut: try g.attackCut(named: "pool1"), data: data, preprocessing: AttackTests.unit, config: c,
+        outDir: out, cacheDirectory: nil)
+      return try XCTUnwrap(r.notes.first { $0.hasPrefix("prior weight") })
+    }
+    XCTAssertTrue(try calibration(config).contains("calibrated on 2 of the attacker's own photos in 30 steps"))
+    var legacy = config
+    legacy.calibrationAtFullSteps = nil
+    XCTAssertTrue(try calibration(legacy).contains("in 20 steps"), "a third of 30, at least 20")
+
+    var json = try JSONSerialization.jsonObject(with: try JSONEncoder().encode(config)) as! [String: Any]
+    json.removeValue(forKey: "calibrationAtFullSteps")
+    let old = try JSONDecoder().decode(AttackConfig.self, from: try JSONSerialization.data(withJSONObject: json))
+    XCTAssertNil(old.calibrationAtFullSteps)
+    XCTAssertNotEqual(old.relevant, config.relevant)
+    var (oldInverse, newInverse) = (old, config)
+    (oldInverse.attacker, newInverse.attacker) = (.inverse, .inverse)
+    XCTAssertEqual(oldInverse.relevant, newInverse.relevant)
+  }
+
   /// A diverging optimisation stops with the step and what to lower.
   func testOptimisationThatDivergesStopsWithAdvice() throws {
     var g = AttackTests.tinyModel()
