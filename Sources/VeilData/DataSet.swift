@@ -306,6 +306,51 @@ public struct DataSet: Sendable {
     }
   }
 
+  /// The folder of class `index` among `classes`: `<index>-<name>` with the index zero-padded
+  /// to the digits of the largest (`03-dos` of 12), so that the sorted folders keep the class
+  /// order and `classIndex(ofFolder:)` reads it back. Characters a path cannot hold become `_`.
+  public static func classFolder(_ index: Int, _ name: String, classes: Int) -> String {
+    let digits = String(max(classes - 1, 0)).count
+    let number = String(index)
+    let safe = String(name.map { $0 == "/" || $0 == "\\" || $0 == "\0" || $0.isNewline ? "_" : $0 })
+    return String(repeating: "0", count: max(0, digits - number.count)) + number + "-" + safe
+  }
+
+  /// The class index a `classFolder` name starts with (`3-dos` → 3), nil for other names.
+  public static func classIndex(ofFolder name: String) -> Int? {
+    let digits = name.prefix { $0.isASCII && $0.isNumber }
+    guard !digits.isEmpty, digits.count <= 6, name.dropFirst(digits.count).first == "-" else { return nil }
+    return Int(digits)
+  }
+
+  /// Writes the first `limit` samples (all when nil) as PNG files under `out`, one folder a
+  /// class (`classFolder`), `<k>.png` for sample k: the layout `DataSet.folder`, `veil train`
+  /// and `veil plan`'s utility measures read. Returns the images written per class folder.
+  @discardableResult
+  public func writeClassFolders(to out: URL, limit: Int? = nil, progress: ProgressBar? = nil) throws -> [String: Int] {
+    let folders = classNames.enumerated().map { DataSet.classFolder($0, $1, classes: classNames.count) }
+    let n = min(limit ?? samples.count, samples.count)
+    var counts = Dictionary(uniqueKeysWithValues: folders.map { ($0, 0) })
+    let fm = FileManager.default
+    for k in 0..<n {
+      guard folders.indices.contains(samples[k].label) else {
+        throw DataError.invalidArgument("\(samples[k].name) has label \(samples[k].label), outside the \(folders.count) classes")
+      }
+      let name = folders[samples[k].label]
+      let folder = out.appendingPathComponent(name)
+      if counts[name] == 0 {
+        do { try fm.createDirectory(at: folder, withIntermediateDirectories: true) } catch {
+          throw DataError.io(file: folder.path, detail: "cannot create the folder: \(error.localizedDescription)")
+        }
+      }
+      try ImageCodec.writePNG(try load(k), to: folder.appendingPathComponent("\(k).png"))
+      counts[name, default: 0] += 1
+      progress?.advance()
+    }
+    progress?.finish()
+    return counts.filter { $0.value > 0 }
+  }
+
   /// How many samples each class has.
   public var classCounts: [Int] {
     var counts = [Int](repeating: 0, count: classNames.count)

@@ -30,9 +30,6 @@ public enum TonIoTConversion {
     public var counts: [String: [String: Int]]
   }
 
-  /// The folder of class `index` (`3-dos`).
-  public static func classFolder(_ index: Int, _ name: String) -> String { "\(index)-\(name)" }
-
   /// Converts `csv` into an image data set under `out`. `limit` keeps the first N good rows.
   public static func run(
     csv: URL, out: URL, options: TonIoTTransform.Options, fractions: SplitFractions, seed: UInt64,
@@ -65,7 +62,7 @@ public enum TonIoTConversion {
     // Pass 3: the images.
     let fm = FileManager.default
     let names = transform.classNames
-    let folders = names.enumerated().map { classFolder($0, $1) }
+    let folders = names.enumerated().map { DataSet.classFolder($0, $1, classes: names.count) }
     do {
       for split in Split.allCases {
         for f in folders {

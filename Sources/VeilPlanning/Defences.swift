@@ -154,8 +154,8 @@ struct UtilityPhotos {
   /// Crops of other photos the tail is fine-tuned on (empty without fine-tuning).
   var tuning: [ByteImage]
   var size: Int
-  /// The measured images' classes where the data has labels (TON_IoT image folders: the class
-  /// is the image's folder, indexed in sorted order as `veil train` indexes them).
+  /// The measured images' classes where the data has labels (a class-folder image set, see
+  /// `labels(of:)`).
   var labels: (classes: Int, ofImage: [Int])? = nil
 }
 
@@ -184,16 +184,39 @@ extension PlanJob {
       measured: images.test, tuning: fineTuning == nil ? [] : images.train, size: c.imageSize, labels: try labels(of: images.testSources))
   }
 
-  /// Labels of `files` where the data is a TON_IoT image folder (`veil data ton-iot`: the class
-  /// is an image's folder) whose classes the model's output counts; nil otherwise.
+  /// Labels of `files` where the data is a class-folder image set: every image in a class
+  /// sub-folder of `data` (or of its `train`/`validation`/`test` splits), as `veil data ton-iot`,
+  /// `veil data idx` and ImageNet's train layout keep them. A folder named `<i>-<name>`
+  /// (`DataSet.classFolder`) is class i, whatever other folders are present; otherwise the
+  /// sorted folder names number the classes. nil when any image lies outside a class folder,
+  /// when there are fewer than two classes, or when the model's output does not count them.
   func labels(of files: [String]) throws -> (classes: Int, ofImage: [Int])? {
-    guard (try? FieldRecoveryMeasure.forDataFolder(data)) != nil else { return nil }
+    var shaped = graph
+    if graph.outputs.first.flatMap(graph.shape) == nil { try? shaped.inferShapes() }
+    guard let outputs = shaped.outputs.first.flatMap(shaped.shape)?.last, outputs >= 2 else { return nil }
+    let root = data.resolvingSymlinksInPath().standardizedFileURL.pathComponents
+    let splits = Set(Split.allCases.map(\.rawValue))
+    func classFolder(_ file: URL) -> String? {
+      let parts = file.resolvingSymlinksInPath().standardizedFileURL.pathComponents
+      guard parts.count > root.count + 1, Array(parts.prefix(root.count)) == root else { return nil }
+      var below = Array(parts.dropFirst(root.count).dropLast())
+      if below.count > 1, splits.contains(below[0]) { below.removeFirst() }
+      return below.first
+    }
     let all = try PrivacyEvaluation.photoFiles(data)
-    let classes = Set(all.map { $0.deletingLastPathComponent().lastPathComponent }).sorted()
-    guard classes.count >= 2, let output = graph.outputs.first.flatMap(graph.shape), output.last == classes.count else { return nil }
-    let index = Dictionary(uniqueKeysWithValues: classes.enumerated().map { ($1, $0) })
-    let labels = files.compactMap { index[URL(fileURLWithPath: $0).deletingLastPathComponent().lastPathComponent] }
-    return labels.count == files.count ? (classes.count, labels) : nil
+    let folders = all.map(classFolder)
+    guard folders.allSatisfy({ $0 != nil }) else { return nil }
+    let names = Set(folders.compactMap { $0 }).sorted()
+    let numbered = names.map(DataSet.classIndex(ofFolder:))
+    let index: [String: Int]
+    if numbered.allSatisfy({ $0 != nil }), Set(numbered).count == names.count {
+      index = Dictionary(uniqueKeysWithValues: zip(names, numbered.map { $0! }))
+    } else {
+      index = Dictionary(uniqueKeysWithValues: names.enumerated().map { ($1, $0) })
+    }
+    guard names.count >= 2, let largest = index.values.max(), largest < outputs else { return nil }
+    let labels = files.compactMap { classFolder(URL(fileURLWithPath: $0)).flatMap { index[$0] } }
+    return labels.count == files.count ? (outputs, labels) : nil
   }
 
   /// Fits `defence` at the deployed size (to the fine-tuning crops' maps when the tail is

@@ -11,7 +11,7 @@ struct DataCommand: ParsableCommand {
   static let configuration = CommandConfiguration(
     commandName: "data",
     abstract: "Turn data into image data sets and look at them.",
-    subcommands: [TonIoTCommand.self, Show.self])
+    subcommands: [TonIoTCommand.self, IDXCommand.self, Show.self])
 }
 
 struct TonIoTCommand: ParsableCommand {
@@ -156,6 +156,55 @@ struct Show: ParsableCommand {
     print(
       "wrote \(out): \(items.count) samples of \(set.samples.count) in \(set.classNames.count) classes, \(grid.width)×\(grid.height)"
     )
+  }
+}
+
+/// An MNIST / Fashion-MNIST IDX pair written out as a class-folder image set.
+struct IDXCommand: ParsableCommand {
+  static let configuration = CommandConfiguration(
+    commandName: "idx",
+    abstract: "Turn an MNIST / Fashion-MNIST IDX pair into a folder of PNG files, one sub-folder a class.",
+    discussion: """
+      Writes OUT/<i>-<class>/<k>.png for the first --count images of the pair (k: the image's index
+      in the file; the class index zero-padded so the sorted folders keep the class order): the
+      layout `veil train` learns from and `veil plan --defences` reads labels from (accuracy and
+      macro-F1 beside the agreement). Write the training file to OUT/train and the test file to
+      OUT/test to give `veil train` both splits, e.g. from Debian's dataset-fashion-mnist:
+        veil data idx --images /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz \\
+          --labels /usr/share/datasets/fashion-mnist/train-labels-idx1-ubyte.gz --classes fashion-mnist \\
+          --count 3000 --out data/fashion/train
+      """)
+
+  @Option(help: "The IDX image file (…-images-idx3-ubyte[.gz]).")
+  var images: String
+  @Option(help: "Its IDX label file (…-labels-idx1-ubyte[.gz]).")
+  var labels: String
+  @Option(help: "The class names: fashion-mnist, mnist (the digits), or a comma-separated list in label order (default: the label numbers).")
+  var classes: String?
+  @Option(help: "How many images, the first of the file (default: all).")
+  var count: Int?
+  @Option(help: "Output folder (created).")
+  var out: String
+
+  static let fashionMNIST = ["T-shirt_top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle_boot"]
+
+  func validate() throws {
+    if let count, count < 1 { throw ValidationError("--count must be ≥ 1, found \(count)") }
+  }
+
+  func run() throws {
+    let names: [String]? =
+      switch classes {
+      case nil: nil
+      case "fashion-mnist": Self.fashionMNIST
+      case "mnist": (0...9).map(String.init)
+      case let list?: list.split(separator: ",").map { $0.trimmingCharacters(in: .whitespaces) }
+      }
+    let set = try DataSet.idx(images: URL(fileURLWithPath: images), labels: URL(fileURLWithPath: labels), classNames: names)
+    let n = min(count ?? set.samples.count, set.samples.count)
+    let counts = try set.writeClassFolders(
+      to: URL(fileURLWithPath: out), limit: n, progress: ProgressBar(total: n, label: "writing images"))
+    print("wrote \(n) images of \(set.samples.count) to \(out) in \(counts.count) class folders (\(set.classNames.count) classes)")
   }
 }
 

@@ -124,6 +124,15 @@ final class DataSetTests: XCTestCase {
       classNames: ["a", "b", "c", "d", "e", "f"])
     XCTAssertEqual(try gz.load(4), try plain.load(4))
     XCTAssertEqual(gz.classNames.count, 6)
+    // Written out as class folders (`veil data idx`), read back as a folder data set with the
+    // same labels, in class order although "f" sorts after "b".
+    let out = root.appendingPathComponent("written")
+    let counts = try gz.writeClassFolders(to: out, limit: 4)
+    XCTAssertEqual(counts, ["1-b": 2, "3-d": 1, "4-e": 1])
+    let back = try DataSet.folder(out)
+    XCTAssertEqual(back.classNames, ["1-b", "3-d", "4-e"])
+    XCTAssertEqual(back.samples.map { DataSet.classIndex(ofFolder: back.classNames[$0.label]) }, [1, 1, 3, 4])
+    XCTAssertEqual(try back.load(3).pixels, try plain.load(2).pixels, "sample 2 (class 4) is 4-e/2.png")
     try Data(images.dropLast(7)).write(to: imgURL)
     XCTAssertThrowsError(try DataSet.idx(images: imgURL, labels: lblURL)) { error in
       XCTAssertTrue("\(error)".contains("t10k-images-idx3-ubyte: IDX file, byte 69: truncated"), "\(error)")
@@ -131,6 +140,17 @@ final class DataSetTests: XCTestCase {
     XCTAssertThrowsError(try DataSet.idx(images: lblURL, labels: lblURL)) { error in
       XCTAssertTrue("\(error)".contains("byte 0: magic number 0x00000801, expected 0x00000803"), "\(error)")
     }
+  }
+
+  /// Class folders keep the class order when sorted (the index zero-padded), and the index
+  /// reads back; a name that is not `<digits>-…` has none.
+  func testClassFolderNamesSortInClassOrder() {
+    let names = (0..<12).map { DataSet.classFolder($0, "c/\($0)", classes: 12) }
+    XCTAssertEqual(names[3], "03-c_3")
+    XCTAssertEqual(names.sorted(), names)
+    XCTAssertEqual(names.map(DataSet.classIndex(ofFolder:)), (0..<12).map { $0 })
+    XCTAssertEqual(DataSet.classFolder(3, "dos", classes: 10), "3-dos")
+    for other in ["n01440764", "-3-x", "12", "1234567-x", "٣-x"] { XCTAssertNil(DataSet.classIndex(ofFolder: other), other) }
   }
 
   func testRandomCropsAreSeededAndSplitBySourcePhoto() throws {

@@ -29,11 +29,18 @@ final class DefencePlanTests: XCTestCase {
     return g
   }
 
-  func job(_ name: String, configure: (inout PlanJob) -> Void) throws -> (PlanJob.Result, [String], URL) {
+  /// `classFolders`: the photos in `test/<i>-<class>/` folders (a labelled image set, classes
+  /// in turn), else all in one flat folder.
+  func job(_ name: String, classFolders: Bool = false, configure: (inout PlanJob) -> Void) throws -> (PlanJob.Result, [String], URL) {
     let folder = try PythonScript.temporaryDirectory("defence-plan-\(name)")
     let photos = try PythonScript.temporaryDirectory("defence-plan-photos-\(name)")
     for (i, file) in ["coffee.png", "chelsea.png", "astronaut.png", "eagle.jpg", "dog.jpg", "coffee.png"].enumerated() {
-      try FileManager.default.copyItem(at: TestAssets.url(file), to: photos.appendingPathComponent("\(i)-\(file)"))
+      var into = photos
+      if classFolders {
+        into = photos.appendingPathComponent("test/\(i % 3)-\(["red", "green", "blue"][i % 3])")
+        try FileManager.default.createDirectory(at: into, withIntermediateDirectories: true)
+      }
+      try FileManager.default.copyItem(at: TestAssets.url(file), to: into.appendingPathComponent("\(i)-\(file)"))
     }
     var job = PlanJob(
       graph: classifier(), name: "small", data: photos, dataOrigin: "user images", folder: folder,
@@ -77,6 +84,7 @@ final class DefencePlanTests: XCTestCase {
     XCTAssertEqual(defence.defence.spec, "quant:6")
     XCTAssertEqual(defence.utility.cut, chosen)
     XCTAssertGreaterThan(defence.utility.images, 0)
+    XCTAssertNil(defence.utility.accuracy, "a flat folder of photos has no labels")
     XCTAssertTrue(record.privacy.allSatisfy { $0.settings.config.defence?.spec == "quant:6" }, "every verdict is under the defence")
     XCTAssertTrue(lines.contains { $0.hasPrefix("defence: ") })
     XCTAssertTrue(FileManager.default.fileExists(atPath: folder.appendingPathComponent("attacks-defended/quant_6").path))
@@ -84,6 +92,24 @@ final class DefencePlanTests: XCTestCase {
     XCTAssertEqual(deployed.plan.defence?.defence.spec, "quant:6")
     XCTAssertEqual(deployed.plan.schemaVersion, 2)
     XCTAssertEqual(try PlanDocument.read(result.planFile).planning.defence, defence)
+  }
+
+  /// Photos in numbered class folders are labelled: the utility has accuracy and macro-F1
+  /// beside the agreement, with and without the defence, from the folders' classes.
+  func testClassFoldersGiveAccuracyAndMacroF1() throws {
+    let (result, _, _) = try job("labels", classFolders: true) { job in
+      job.thresholds = LeakageThresholds([SSIMMeasure.name: 0.99])
+      job.utilityFloor = 0
+      job.overrides = { c in
+        Self.tiny(&c)
+        c.defence = .quantisation(bits: 6)
+      }
+    }
+    let utility = try XCTUnwrap(result.document.planning.defence).utility
+    let accuracy = try XCTUnwrap(utility.accuracy, "labelled folders give an accuracy")
+    let undefended = try XCTUnwrap(utility.undefendedAccuracy)
+    XCTAssertNotNil(utility.macroF1)
+    XCTAssertTrue((0...1).contains(accuracy) && (0...1).contains(undefended), "\(accuracy), \(undefended)")
   }
 
   /// --private-output: the deployment keeps the classifier in the enclave and the plan says
