@@ -60,7 +60,8 @@ struct ONNXImporter {
     }
     for v in g.inputs where constants[v.name] == nil {
       if let first = v.dims?.first, first == nil { symbolicBatch = true }
-      values[v.name] = graph.addInput(name: v.name, shape: try inputShape(v))
+      values[v.name] = graph.addInput(name: v.name, shape: try inputShape(v, nodes: g.nodes))
+      if let t = v.elemType, let type = Self.wireTypes[t] { graph.metadata[WireIntegerType.metadataKey(input: v.name)] = type.rawValue }
     }
     for n in try ordered(fusingSiLU(g.nodes, graphOutputs: Set(g.outputs.map(\.name)))) { try importNode(n) }
     for o in g.outputs {
@@ -77,10 +78,23 @@ struct ONNXImporter {
 
   // MARK: Tensors
 
-  func inputShape(_ v: ONNXProto.ValueInfo) throws -> [Int] {
+  /// The integer inputs Veil takes: codes of a quantised map (`WireIntegerType`), by their
+  /// ONNX element type.
+  static let wireTypes: [Int64: WireIntegerType] = [2: .uint8, 4: .uint16]
+
+  func inputShape(_ v: ONNXProto.ValueInfo, nodes: [ONNXProto.Node]) throws -> [Int] {
     if let t = v.elemType, t != ONNXProto.DataType.float {
-      throw FormatError.unsupported(
-        format: Self.format, detail: "input '\(v.name)' has element type \(t); only float inputs are supported")
+      // UINT8 / UINT16 codes that only a Cast to float reads hold the same numbers as floats.
+      let readers = nodes.filter { $0.inputs.contains(v.name) }
+      let castsToFloat = readers.allSatisfy { n in
+        if n.opType == "Cast", case .int(ONNXProto.DataType.float)? = n.attributes["to"] { return true }
+        return false
+      }
+      guard Self.wireTypes[t] != nil, !readers.isEmpty, castsToFloat else {
+        throw FormatError.unsupported(
+          format: Self.format,
+          detail: "input '\(v.name)' has element type \(t); only float inputs are supported, and UINT8 / UINT16 ones that only a Cast to float reads")
+      }
     }
     guard let dims = v.dims else {
       throw FormatError.unsupported(format: Self.format, detail: "input '\(v.name)' has no shape")

@@ -39,6 +39,8 @@ public enum ONNXWriter {
 /// ONNX `TensorProto.DataType` codes used here.
 enum ONNXDataType: Int64 {
   case float = 1
+  case uint8 = 2
+  case uint16 = 4
   case int64 = 7
 }
 
@@ -74,6 +76,8 @@ struct ONNXConstant {
 struct ONNXValueInfo {
   var name: String
   var shape: [Int]?
+  /// The element type (float unless a graph input is marked as integers, see `WireIntegerType`).
+  var elemType: ONNXDataType = .float
   /// When set, the leading dimension is written as this `dim_param` instead of `shape[0]`.
   var batchParam: String? = nil
 }
@@ -200,7 +204,7 @@ struct ONNXModel {
     e.string(Field.valueName, v.name)
     e.message(Field.valueType) { type in
       type.message(Field.typeTensorType) { tensor in
-        tensor.int64(Field.tensorElemType, ONNXDataType.float.rawValue)
+        tensor.int64(Field.tensorElemType, v.elemType.rawValue)
         if let shape = v.shape {
           // A rank-0 shape is still written (an empty TensorShapeProto), so it reads as a scalar.
           tensor.message(Field.tensorShape) { s in
@@ -325,6 +329,21 @@ struct ONNXLowering {
       for o in n.outputs.prefix(1) { names[o] = valueNames.claim(graph[o].name) }
     }
 
+    // An input marked as integers on the wire (a quantised map's codes) is declared so, and a
+    // Cast to float feeds the nodes that read it: the engine holds the codes as floats.
+    var declared: [ValueID: ONNXValueInfo] = [:]
+    for v in graph.inputs {
+      let type: WireIntegerType?
+      do { type = try WireIntegerType.of(input: graph[v].name, in: graph) } catch {
+        throw FormatError.invalidGraph(format: Self.format, detail: "\(error)")
+      }
+      guard let type, let wire = names[v] else { continue }
+      let cast = fresh(wire + "_float", shape: graph.shape(v))
+      emit("Cast", name: wire + "_cast", inputs: [wire], outputs: [cast], [("to", .int(Int(ONNXDataType.float.rawValue)))])
+      names[v] = cast
+      declared[v] = ONNXValueInfo(name: wire, shape: graph.shape(v), elemType: type == .uint8 ? .uint8 : .uint16)
+    }
+
     for n in graph.nodes { try lower(n) }
 
     // ONNX graph outputs must be produced by nodes and listed once each; an input, a weight or
@@ -355,7 +374,7 @@ struct ONNXLowering {
       graphName: ONNXNameTable.sanitize(graph.name),
       nodes: nodes,
       initializers: weightConstants + constants,
-      inputs: graph.inputs.map { ONNXValueInfo(name: names[$0] ?? "", shape: graph.shape($0)) },
+      inputs: graph.inputs.map { declared[$0] ?? ONNXValueInfo(name: names[$0] ?? "", shape: graph.shape($0)) },
       outputs: outputs,
       valueInfo: intermediate.filter { $0.shape != nil },
       metadata: graph.metadata.sorted { $0.key < $1.key }.map { ($0.key, $0.value) })

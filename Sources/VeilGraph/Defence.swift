@@ -247,18 +247,14 @@ public struct CutDefence: Codable, Sendable, Equatable, CustomStringConvertible 
     return y
   }
 
-  /// The bytes the map takes on the wire when it is sent encoded for this defence: FP32 for
-  /// noise; `bits` per value plus an FP32 minimum and step per image and channel for
-  /// quantisation; only the kept channels (FP32) for pruning. `shape` is the whole map's.
+  /// The bytes of the map's values on the wire as the enclave sends it (`EncodedMap`): a
+  /// quantised map's codes in one byte a value up to 8 bits, two up to 16, plus an FP32 minimum
+  /// and step per image and channel; every other defence FP32 (a pruned map's zeros included).
+  /// `shape` is the whole map's.
   public func encodedBytes(shape: [Int], channelAxis: Int = 1) -> Int {
     let count = shape.reduce(1, *)
-    guard channelAxis < shape.count, shape[channelAxis] > 0 else { return count * 4 }
-    let (n, c) = (shape[0], shape[channelAxis])
-    switch kind {
-    case .gaussian, .laplace: return count * 4
-    case .quantise: return (count * (bits ?? 32) + 7) / 8 + n * c * 8
-    case .prune: return count / c * (keptChannels?.count ?? c) * 4
-    }
+    guard let type = wireType, channelAxis < shape.count, shape[channelAxis] > 0 else { return count * 4 }
+    return count * type.bytes + shape[0] * shape[channelAxis] * 8
   }
 
   static func normal<G: RandomNumberGenerator>(_ g: inout G) -> Float {
@@ -274,6 +270,128 @@ public struct CutDefence: Codable, Sendable, Equatable, CustomStringConvertible 
     let u = Float(bits >> 40 &+ 1) * (1.0 / Float(1 << 24))
     let magnitude = -logf(u) / Float(2).squareRoot()
     return bits & 1 == 0 ? magnitude : -magnitude
+  }
+}
+
+// MARK: - The quantised map on the wire
+
+/// The integer type a quantised map's codes travel as: one byte a value up to 8 bits, two up
+/// to 16. Its name is the KServe v2 datatype; a graph input of this type is marked in the
+/// graph's metadata (`metadataKey(input:)`), and ONNX files declare it with a Cast to float.
+public enum WireIntegerType: String, Codable, Sendable, CaseIterable {
+  case uint8 = "UINT8"
+  case uint16 = "UINT16"
+
+  public var bytes: Int { self == .uint8 ? 1 : 2 }
+  public var maximum: Float { self == .uint8 ? 255 : 65_535 }
+
+  /// The metadata key that marks graph input `input` as carrying this type (its values are
+  /// the integers as floats inside the engine).
+  public static func metadataKey(input: String) -> String { "veil.input_type.\(input)" }
+
+  /// The declared type of `graph`'s input `name`, nil for float.
+  public static func of(input name: String, in graph: Graph) throws -> WireIntegerType? {
+    guard let text = graph.metadata[metadataKey(input: name)] else { return nil }
+    guard let t = WireIntegerType(rawValue: text) else {
+      throw GraphError.invalidGraph("metadata \(metadataKey(input: name)) = '\(text)': not UINT8 or UINT16")
+    }
+    return t
+  }
+}
+
+/// A quantised map as it crosses the cut: the integer codes (as floats; `type` says how they
+/// travel) and, per image and channel, the minimum and the step. `code·step + minimum` is
+/// exactly the map `CutDefence.apply` gives.
+public struct EncodedMap: Sendable {
+  public var type: WireIntegerType
+  /// The codes, the map's shape.
+  public var codes: Tensor
+  /// Minimum and step per image and channel: the map's shape with every axis but the batch
+  /// and the channel axis 1 ([N, C, 1, 1] channels first).
+  public var low: Tensor
+  public var step: Tensor
+
+  /// The three tensors in the order of the encoded tail's inputs.
+  public var tensors: [Tensor] { [codes, low, step] }
+  /// The bytes the three take on the wire.
+  public var wireBytes: Int { codes.count * type.bytes + (low.count + step.count) * 4 }
+}
+
+extension CutDefence {
+  /// How a map defended this way crosses the cut encoded: the codes' type for quantisation,
+  /// nil for the defences sent as FP32.
+  public var wireType: WireIntegerType? {
+    guard kind == .quantise, let bits else { return nil }
+    return bits <= 8 ? .uint8 : .uint16
+  }
+
+  /// The quantised map of `x` in its wire form (quantisation only): per image and channel the
+  /// minimum and the step (range / (2^bits − 1); 1 where the channel is constant, so its codes
+  /// are 0), and each value's code. Refuses a map with a value that is not finite.
+  public func encode(_ x: Tensor, channelAxis: Int = 1) throws -> EncodedMap {
+    guard let type = wireType, let bits else {
+      throw DefenceError.invalid(spec: spec, detail: "only quantisation is sent encoded")
+    }
+    guard x.rank >= 2, channelAxis >= 1, channelAxis < x.rank else {
+      throw DefenceError.invalid(spec: spec, detail: "channel axis \(channelAxis) of a map shaped \(x.shape)")
+    }
+    let (n, c) = (x.shape[0], x.shape[channelAxis])
+    let inner = x.shape[(channelAxis + 1)...].reduce(1, *)
+    let per = x.count / max(n, 1)
+    let levels = Float((1 << bits) - 1)
+    var low = [Float](repeating: .infinity, count: n * c)
+    var high = [Float](repeating: -.infinity, count: n * c)
+    var codes = Tensor(zeros: x.shape)
+    var finite = true
+    x.withUnsafeBuffer { p in
+      for k in 0..<p.count {
+        let j = (k / per) * c + (k / inner) % c
+        finite = finite && p[k].isFinite
+        low[j] = min(low[j], p[k])
+        high[j] = max(high[j], p[k])
+      }
+    }
+    guard finite else { throw DefenceError.invalid(spec: spec, detail: "the map has a value that is not finite; it cannot be quantised") }
+    let step = zip(low, high).map { l, h in h > l && (h - l).isFinite ? (h - l) / levels : Float(1) }
+    x.withUnsafeBuffer { p in
+      codes.withUnsafeMutableBuffer { q in
+        for k in 0..<p.count {
+          let j = (k / per) * c + (k / inner) % c
+          q[k] = min(max(((p[k] - low[j]) / step[j]).rounded(), 0), type.maximum)
+        }
+      }
+    }
+    var side = [Int](repeating: 1, count: x.rank)
+    (side[0], side[channelAxis]) = (n, c)
+    return EncodedMap(type: type, codes: codes, low: try Tensor(shape: side, values: low), step: try Tensor(shape: side, values: step))
+  }
+
+  /// `tail` that takes the map encoded: its input replaced by three (`<name>_codes`, of
+  /// `wireType`, and `<name>_low`, `<name>_step` in FP32, shaped as `encode` gives them), and
+  /// the map rebuilt as codes·step + low before the first layer. What the plan exports for the
+  /// accelerator when the map is quantised.
+  public func decodingTail(_ tail: Graph, channelAxis: Int = 1) throws -> Graph {
+    guard let type = wireType else { throw DefenceError.invalid(spec: spec, detail: "only quantisation is sent encoded") }
+    guard tail.inputs.count == 1, let input = tail.inputs.first, let shape = tail.shape(input), channelAxis < shape.count else {
+      throw DefenceError.invalid(spec: spec, detail: "the tail needs one input of known shape to take the encoded map")
+    }
+    var g = tail
+    let name = g[input].name
+    var side = [Int](repeating: 1, count: shape.count)
+    (side[0], side[channelAxis]) = (shape[0], shape[channelAxis])
+    let codes = g.addInput(name: "\(name)_codes", shape: shape)
+    let low = g.addInput(name: "\(name)_low", shape: side)
+    let step = g.addInput(name: "\(name)_step", shape: side)
+    g.metadata[WireIntegerType.metadataKey(input: "\(name)_codes")] = type.rawValue
+    let scaled = g.mul(codes, step, name: "veil.dequantise.scale")
+    let map = g.add(scaled, low, name: "veil.dequantise.shift")
+    let added = g.nodes.count - 2
+    for i in 0..<added { g.nodes[i].inputs = g.nodes[i].inputs.map { $0 == input ? map : $0 } }
+    g.inputs = [codes, low, step]
+    try g.sortTopologically()
+    g.removeDeadCode()
+    try g.inferShapes()
+    return g
   }
 }
 

@@ -289,6 +289,8 @@ public struct TritonModelConfig: Sendable, Equatable {
     public var name: String
     /// Without the batch dimension when `maxBatchSize` > 0.
     public var dims: [Int]
+    /// Triton's data type: TYPE_FP32, or TYPE_UINT8 / TYPE_UINT16 for a quantised map's codes.
+    public var dataType = "TYPE_FP32"
   }
   public var name: String
   public var maxBatchSize: Int
@@ -298,7 +300,8 @@ public struct TritonModelConfig: Sendable, Equatable {
   public var maxQueueDelayMicroseconds: Int
   public var instancesPerGPU: Int
 
-  /// The text Triton reads: the ONNX Runtime backend, FP32 tensors, dynamic batching when
+  /// The text Triton reads: the ONNX Runtime backend, FP32 tensors (UINT8 / UINT16 codes of a
+  /// quantised map), dynamic batching when
   /// batching, one instance group on the GPUs.
   public var text: String {
     func quoted(_ s: String) -> String {
@@ -308,7 +311,7 @@ public struct TritonModelConfig: Sendable, Equatable {
     }
     func tensors(_ key: String, _ ts: [Tensor]) -> String {
       let items = ts.map { t in
-        "  {\n    name: \(quoted(t.name))\n    data_type: TYPE_FP32\n    dims: [ \(t.dims.map(String.init).joined(separator: ", ")) ]\n  }"
+        "  {\n    name: \(quoted(t.name))\n    data_type: \(t.dataType)\n    dims: [ \(t.dims.map(String.init).joined(separator: ", ")) ]\n  }"
       }
       return "\(key) [\n\(items.joined(separator: ",\n"))\n]\n"
     }
@@ -363,7 +366,8 @@ extension ClusterDeployment {
         guard let shape = written.shape(v), !shape.isEmpty else {
           throw DeployError.plan(file: plan.file.path, detail: "tail value '\(written[v].name)' has no known shape")
         }
-        return .init(name: written[v].name, dims: maxBatch > 0 ? Array(shape.dropFirst()) : shape)
+        let type = try WireIntegerType.of(input: written[v].name, in: written).map { "TYPE_\($0.rawValue)" } ?? "TYPE_FP32"
+        return .init(name: written[v].name, dims: maxBatch > 0 ? Array(shape.dropFirst()) : shape, dataType: type)
       }
     }
     let preferred =

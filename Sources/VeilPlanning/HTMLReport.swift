@@ -195,7 +195,7 @@ public enum HTMLReport {
   static func defences(_ record: PlanRecord, folder: URL) -> String {
     var h = ""
     if let d = record.defence {
-      h += "<h2>Defence at the cut</h2>\n<p>Every verdict above is under <b>\(xml(d.defence.description))</b>, applied in the enclave before the map leaves and known to every attacker (the learning-based ones learned from defended maps; the white-box optimisation differentiated through the defence: its expectation for noise, straight through for quantisation, the known mask for pruning). Its cost at \(xml(d.utility.cut)): \(xml(d.utility.summary)); \(String(format: "%.3f", d.utility.defenceMs)) ms per map (measured natively); \(d.utility.encodedBytes) bytes per map as the defence can encode it, against \(d.utility.mapBytes) as FP32 (the served path sends FP32).</p>\n"
+      h += "<h2>Defence at the cut</h2>\n<p>Every verdict above is under <b>\(xml(d.defence.description))</b>, applied in the enclave before the map leaves and known to every attacker (the learning-based ones learned from defended maps; the white-box optimisation differentiated through the defence: its expectation for noise, straight through for quantisation, the known mask for pruning). Its cost at \(xml(d.utility.cut)): \(xml(d.utility.summary)); \(String(format: "%.3f", d.utility.defenceMs)) ms per map (measured natively); \(d.utility.encodedBytes) bytes per map on the wire as the enclave sends it (a quantised map as its codes), against \(d.utility.mapBytes) as FP32.</p>\n"
       if let why = record.notDeployed { h += "<p class=\"warn\">Not deployed: \(xml(why))</p>\n" }
     }
     guard let f = record.frontier else { return h }

@@ -170,10 +170,17 @@ public struct DeploymentPlan: Codable, Sendable, Equatable {
     public var channelAxis: Int
     /// "top-1 agreement 0.97 (35 of 36 photos, 224 px), tail not fine-tuned", or similar.
     public var utility: String?
-    public init(defence: CutDefence, channelAxis: Int, utility: String? = nil) {
+    /// How a quantised map crosses the cut: its codes as this type, with each image's and
+    /// channel's minimum and step (`EncodedMap`), and the tail file takes those three inputs
+    /// (`CutDefence.decodingTail`). nil: the map goes as FP32 (every other defence, and plans
+    /// written before the encoded form).
+    public var wire: WireIntegerType?
+    /// `encoded`: a quantisation crosses the cut as its codes (the default), else as FP32.
+    public init(defence: CutDefence, channelAxis: Int, utility: String? = nil, encoded: Bool = true) {
       self.defence = defence
       self.channelAxis = channelAxis
       self.utility = utility
+      wire = encoded ? defence.wireType : nil
     }
   }
 
@@ -318,6 +325,10 @@ extension DeploymentPlan {
         try defence.defence.validate()
         try defence.defence.checkFit(channels: cut.featureShape[defence.channelAxis])
       } catch { throw bad("defence", "\(error)") }
+      if let wire = defence.wire, wire != defence.defence.wireType {
+        throw bad(
+          "defence.wire", "\(wire.rawValue) does not carry \(defence.defence.spec): only quantisation travels encoded (UINT8 up to 8 bits, UINT16 up to 16)")
+      }
     }
     if let p = privateOutput {
       guard !p.cut.featureShape.isEmpty, p.cut.featureShape.count <= 8, p.cut.featureShape.allSatisfy({ $0 > 0 }),
@@ -417,10 +428,12 @@ extension DeploymentPlan {
     var shaped = last ?? tail
     try shaped.inferShapes()
     let output = shaped.outputs.count == 1 ? shaped.outputs.first.flatMap { v in shaped.shape(v).map { Output(name: shaped[v].name, shape: $0) } } : nil
+    // A quantised map crosses the cut as its codes: the accelerator's tail dequantises first.
+    let served = try defence.flatMap { d in try d.wire.map { _ in try d.defence.decodingTail(tail, channelAxis: d.channelAxis) } } ?? tail
     let plan = DeploymentPlan(
       model: Model(name: name, sha256: modelDigest),
       cut: Cut(name: point.name, tensor: point.tensor, featureShape: point.shape),
-      head: try part(head, "head.onnx"), tail: try part(tail, "tail.onnx"), preprocessing: preprocessing, input: input,
+      head: try part(head, "head.onnx"), tail: try part(served, "tail.onnx"), preprocessing: preprocessing, input: input,
       output: output, labels: labelsFile, accelerator: Accelerator(modelName: "\(name).tail", modelVersion: "1"),
       tee: TEE(preset: teePreset, evidenceMode: evidenceMode), defence: defence,
       privateOutput: try outputPoint.map {

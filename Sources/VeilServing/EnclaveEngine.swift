@@ -158,7 +158,7 @@ public final class EnclaveEngine: Sendable {
     logits: Tensor, headMs: Double, tailMs: Double, endpoint: String, tail: CallTiming?
   ) {
     let t0 = DispatchTime.now()
-    var features: Tensor
+    let features: Tensor
     switch head {
     case .batched(let model):
       do {
@@ -173,12 +173,18 @@ public final class EnclaveEngine: Sendable {
     }
     // The plan's defence, on the map before it leaves the enclave: noise from the kernel's
     // random source, never a seeded one.
+    var sent = [features]
     if let d = plan.plan.defence {
-      var random = KernelRandom()
-      features = try d.defence.apply(to: features, channelAxis: d.channelAxis, using: &random)
+      if d.wire != nil {
+        // Quantised: the codes cross the cut (one or two bytes a value), the tail dequantises.
+        sent = try d.defence.encode(features, channelAxis: d.channelAxis).tensors
+      } else {
+        var random = KernelRandom()
+        sent = [try d.defence.apply(to: features, channelAxis: d.channelAxis, using: &random)]
+      }
     }
     let t1 = DispatchTime.now()
-    let answer = try await backend.infer(features)
+    let answer = try await backend.infer(sent)
     if let outputShape, answer.output.shape != outputShape {
       throw EnclaveError.accelerator(
         endpoint: answer.endpoint,

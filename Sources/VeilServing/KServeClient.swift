@@ -193,7 +193,7 @@ public final class KServeClient: Sendable {
     try await call("ModelInfer") { try await service.modelInfer(request, options: options(timeout)) }
   }
 
-  /// The protocol request for FP32 inputs.
+  /// The protocol request for FP32 inputs (or UINT8 / UINT16 where a `KServeTensor` says so).
   public static func makeRequest(
     model: String, version: String = "", inputs: [KServeTensor], outputs: [String] = [], id: String = "",
     encoding: KServeEncoding = .raw
@@ -205,10 +205,12 @@ public final class KServeClient: Sendable {
     for input in inputs {
       var t = Inference_ModelInferRequest.InferInputTensor()
       t.name = input.name
-      t.datatype = KServeCodec.fp32
+      t.datatype = input.datatype
       t.shape = KServeCodec.wireShape(input.tensor.shape)
+      let integer = KServeCodec.integerBytes[input.datatype] != nil
       switch encoding {
-      case .raw: r.rawInputContents.append(KServeCodec.rawBytes(input.tensor))
+      case .raw: r.rawInputContents.append(KServeCodec.rawBytes(input.tensor, datatype: input.datatype))
+      case .typed where integer: t.contents.uintContents = input.tensor.scalars.map { $0.isNaN ? 0 : UInt32(min(max($0.rounded(), 0), 65_535)) }
       case .typed: t.contents.fp32Contents = input.tensor.scalars
       }
       r.inputs.append(t)

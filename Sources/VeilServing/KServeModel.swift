@@ -65,7 +65,7 @@ public final class KServeModel: Sendable {
   public let batching: KServeBatching
   let scheduler: BatchScheduler
 
-  /// Checks the graph (FP32 inputs with known shapes, shapes that infer), compiles it at its own
+  /// Checks the graph (FP32 inputs, or UINT8 / UINT16 codes, with known shapes; shapes that infer), compiles it at its own
   /// batch size, and starts the scheduler's worker thread.
   public init(_ spec: KServeModelSpec, metrics: AcceleratorMetrics? = nil) throws {
     name = spec.name
@@ -77,7 +77,9 @@ public final class KServeModel: Sendable {
       guard let s = probe.shape(v), !s.isEmpty else {
         throw AcceleratorError.badModel(name: spec.name, detail: "input '\(probe[v].name)' has no known shape")
       }
-      ins.append(KServeTensorMetadata(name: probe[v].name, datatype: KServeCodec.fp32, shape: s))
+      // An input marked as integer codes (a quantised map's) is declared with its type.
+      let type = try WireIntegerType.of(input: probe[v].name, in: probe)
+      ins.append(KServeTensorMetadata(name: probe[v].name, datatype: type?.rawValue ?? KServeCodec.fp32, shape: s))
     }
     var outs: [KServeTensorMetadata] = []
     for v in probe.outputs {

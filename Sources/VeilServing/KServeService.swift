@@ -243,9 +243,10 @@ public struct AcceleratorService: Inference_GRPCInferenceService.ServiceProtocol
       }
       guard tensors[i] == nil else { throw invalid("input '\(t.name)' is given twice") }
       let declared = m.inputs[i]
-      guard t.datatype == KServeCodec.fp32 else {
+      guard t.datatype == declared.datatype, let size = KServeCodec.bytesPerValue(t.datatype) else {
         throw invalid("input '\(t.name)' has datatype '\(t.datatype)'; the model declares \(declared.datatype)")
       }
+      let integer = size != 4
       let shape = t.shape.map { Int(clamping: $0) }
       let maxBatch = m.batching.maxBatchSize
       let matches =
@@ -273,11 +274,27 @@ public struct AcceleratorService: Inference_GRPCInferenceService.ServiceProtocol
         if t.hasContents, KServeCodec.foreignContents(t.contents) != nil || !t.contents.fp32Contents.isEmpty {
           throw invalid("input '\(t.name)' has typed contents as well as raw_input_contents; send one or the other")
         }
-        tensor = KServeCodec.tensor(shape: shape, rawBytes: q.rawInputContents[k])
+        tensor = KServeCodec.tensor(shape: shape, rawBytes: q.rawInputContents[k], datatype: t.datatype)
         if tensor == nil {
           throw invalid(
-            "input '\(t.name)' of shape \(shape) needs \(count * 4) bytes of FP32 in raw_input_contents[\(k)], found \(q.rawInputContents[k].count)"
+            "input '\(t.name)' of shape \(shape) needs \(count * size) bytes of \(t.datatype) in raw_input_contents[\(k)], found \(q.rawInputContents[k].count)"
           )
+        }
+      } else if integer {
+        // UINT8 / UINT16 travel in uint_contents (the protocol's field for unsigned types up to 32 bits).
+        let c = t.contents
+        if !c.fp32Contents.isEmpty || !c.boolContents.isEmpty || !c.intContents.isEmpty || !c.int64Contents.isEmpty
+          || !c.uint64Contents.isEmpty || !c.fp64Contents.isEmpty || !c.bytesContents.isEmpty
+        {
+          throw invalid("input '\(t.name)' is declared \(t.datatype); put the values in uint_contents")
+        }
+        let top = UInt32((1 << (8 * size)) - 1)
+        if let over = c.uintContents.first(where: { $0 > top }) {
+          throw invalid("input '\(t.name)' is declared \(t.datatype) but carries \(over), above \(top)")
+        }
+        tensor = KServeCodec.tensor(shape: shape, values: c.uintContents.map(Float.init))
+        if tensor == nil {
+          throw invalid("input '\(t.name)' of shape \(shape) needs \(count) values in uint_contents, found \(c.uintContents.count)")
         }
       } else {
         if let field = KServeCodec.foreignContents(t.contents) {

@@ -9,10 +9,14 @@ import VeilTensor
 public struct KServeTensor: Sendable {
   public var name: String
   public var tensor: Tensor
+  /// How the values travel: FP32, or UINT8 / UINT16 for integer values (a quantised map's
+  /// codes), which must then be whole numbers in the type's range.
+  public var datatype: String
 
-  public init(name: String, tensor: Tensor) {
+  public init(name: String, tensor: Tensor, datatype: String = KServeCodec.fp32) {
     self.name = name
     self.tensor = tensor
+    self.datatype = datatype
   }
 }
 
@@ -217,6 +221,43 @@ public enum KServeCodec {
       rawBytes.withUnsafeBytes { src in
         if count > 0, let dst = buf.baseAddress, let s = src.baseAddress {
           UnsafeMutableRawPointer(dst).copyMemory(from: s, byteCount: count * 4)
+        }
+      }
+    }
+  }
+
+  /// The unsigned integer datatypes a tensor may travel as besides FP32, with their bytes per
+  /// value: a quantised map's codes (held as floats in the engine).
+  public static let integerBytes: [String: Int] = ["UINT8": 1, "UINT16": 2]
+
+  /// Bytes per value of `datatype` (FP32 or an integer type), nil for any other.
+  public static func bytesPerValue(_ datatype: String) -> Int? { datatype == fp32 ? 4 : integerBytes[datatype] }
+
+  /// The little-endian bytes of `tensor` as `datatype`; integer types take the values rounded
+  /// and clamped to their range.
+  public static func rawBytes(_ tensor: Tensor, datatype: String) -> Data {
+    guard let size = integerBytes[datatype] else { return rawBytes(tensor) }
+    let top = Float((1 << (8 * size)) - 1)
+    var bytes = [UInt8](repeating: 0, count: tensor.count * size)
+    tensor.withUnsafeBuffer { p in
+      for k in 0..<p.count {
+        let v = p[k].isNaN ? 0 : UInt16(min(max(p[k].rounded(), 0), top))
+        bytes[k * size] = UInt8(truncatingIfNeeded: v)
+        if size == 2 { bytes[k * size + 1] = UInt8(truncatingIfNeeded: v >> 8) }
+      }
+    }
+    return Data(bytes)
+  }
+
+  /// A tensor of `shape` from little-endian bytes of `datatype` (FP32 or an integer type); nil
+  /// when the shape is not bounded or the byte count does not match.
+  public static func tensor(shape: [Int], rawBytes: Data, datatype: String) -> Tensor? {
+    guard let size = integerBytes[datatype] else { return datatype == fp32 ? tensor(shape: shape, rawBytes: rawBytes) : nil }
+    guard let count = elementCount(shape), rawBytes.count == count * size else { return nil }
+    return Tensor(shape: shape) { buf in
+      rawBytes.withUnsafeBytes { src in
+        for k in 0..<count {
+          buf[k] = size == 1 ? Float(src[k]) : Float(UInt16(src[2 * k]) | UInt16(src[2 * k + 1]) << 8)
         }
       }
     }

@@ -25,10 +25,12 @@ public struct TailAnswer: Sendable {
 public protocol TailBackend: Sendable {
   /// Names the backend in logs, answers and errors ("in-process", "127.0.0.1:8001").
   var endpoint: String { get }
-  /// Runs the tail on a batch-1 feature map. Throws `EnclaveError.acceleratorUnavailable` when
-  /// the endpoint cannot be reached (callers may fail over), `EnclaveError.accelerator` when it
-  /// answered with an error or with a tensor the tail does not declare.
-  func infer(_ features: Tensor) async throws -> TailAnswer
+  /// Runs the tail on a batch-1 feature map: `inputs` is the map, or a quantised map's codes,
+  /// minimum and step (`EncodedMap.tensors`) where the plan sends it encoded. Throws
+  /// `EnclaveError.acceleratorUnavailable` when the endpoint cannot be reached (callers may fail
+  /// over), `EnclaveError.accelerator` when it answered with an error or with a tensor the tail
+  /// does not declare.
+  func infer(_ inputs: [Tensor]) async throws -> TailAnswer
 }
 
 /// Runs blocking engine work on a Dispatch queue, so that a long forward pass does not hold
@@ -46,23 +48,23 @@ public func runBlocking<T: Sendable>(
 public final class LocalTailBackend: TailBackend {
   public let endpoint: String
   private let executor: Executor
-  private let inputShape: [Int]
+  private let inputShapes: [[Int]]
   private let queue = DispatchQueue(label: "veil.tail.local")
 
   public init(tail: Graph, endpoint: String = "in-process") throws {
-    inputShape = tail.inputs.first.flatMap { tail.shape($0) } ?? []
+    inputShapes = tail.inputs.map { tail.shape($0) ?? [] }
     executor = try Executor(graph: tail)
     self.endpoint = endpoint
   }
 
-  public func infer(_ features: Tensor) async throws -> TailAnswer {
-    guard features.shape == inputShape else {
+  public func infer(_ inputs: [Tensor]) async throws -> TailAnswer {
+    guard inputs.map(\.shape) == inputShapes else {
       throw EnclaveError.accelerator(
-        endpoint: endpoint, detail: "the tail takes \(inputShape), the feature map is \(features.shape)")
+        endpoint: endpoint, detail: "the tail takes \(inputShapes), the enclave sent \(inputs.map(\.shape))")
     }
     let executor = self.executor
     let t0 = DispatchTime.now()
-    let output = try await runBlocking(on: queue) { try executor.run([features])[0] }
+    let output = try await runBlocking(on: queue) { try executor.run(inputs)[0] }
     return TailAnswer(
       output: output, endpoint: endpoint, timing: CallTiming(encodeMs: 0, callMs: ms(t0, DispatchTime.now()), decodeMs: 0))
   }
@@ -129,13 +131,13 @@ public final class FailoverBackend: TailBackend {
   /// Which endpoints are marked down now (for metrics and tests).
   public var down: [String] { backoff.down.map { backends[$0].endpoint } }
 
-  public func infer(_ features: Tensor) async throws -> TailAnswer {
+  public func infer(_ inputs: [Tensor]) async throws -> TailAnswer {
     // Up endpoints in configured order first, then the ones in their back-off.
     var failures: [String] = []
     for i in backoff.order() {
       try Task.checkCancellation()
       do {
-        let y = try await backends[i].infer(features)
+        let y = try await backends[i].infer(inputs)
         backoff.markUp(i)
         return y
       } catch let e as EnclaveError {

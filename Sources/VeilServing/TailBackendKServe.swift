@@ -15,8 +15,9 @@ public final class KServeTailBackend: TailBackend {
   public let client: KServeClient
   public let model: String
   public let version: String
-  /// The tail's input name: the tensor that crosses the cut.
-  public let inputName: String
+  /// The tail's inputs: the tensor that crosses the cut (FP32), or a quantised map's codes
+  /// (UINT8 / UINT16), minimum and step.
+  public let inputs: [KServeTensorMetadata]
   /// The tail's output as the plan declares it: what every answer must be.
   public let output: KServeTensorMetadata
   public let timeout: Duration?
@@ -27,7 +28,7 @@ public final class KServeTailBackend: TailBackend {
   static func maxResponseBytes(outputElements elements: Int) -> Int { 2 * 4 * elements + (64 << 10) }
 
   public init(
-    endpoint: KServeEndpoint, model: String, version: String, inputName: String, output: KServeTensorMetadata,
+    endpoint: KServeEndpoint, model: String, version: String, inputs: [KServeTensorMetadata], output: KServeTensorMetadata,
     timeout: Duration? = .seconds(30)
   ) throws {
     guard let elements = KServeCodec.elementCount(output.shape), output.shape.allSatisfy({ $0 > 0 }) else {
@@ -37,32 +38,35 @@ public final class KServeTailBackend: TailBackend {
       endpoint: endpoint, defaultTimeout: timeout, maxResponseBytes: Self.maxResponseBytes(outputElements: elements))
     self.model = model
     self.version = version
-    self.inputName = inputName
+    self.inputs = inputs
     self.output = output
     self.timeout = timeout
   }
 
   /// The backends for a plan on each of `endpoints`: its accelerator model name and version, the
-  /// tail file's input name (the ONNX writer's form of the cut tensor's name) and the tail's
-  /// output, read once from the tail (checked against the plan's digest).
+  /// tail file's inputs (the ONNX writer's form of the cut tensor's name, or the encoded map's
+  /// three) and the tail's output, read once from the tail (checked against the plan's digest).
   public static func backends(_ endpoints: [KServeEndpoint], plan: LoadedPlan, timeout: Duration? = .seconds(30)) throws
     -> [KServeTailBackend]
   {
-    let (input, output) = try plan.tailInterface()
+    let (inputs, output) = try plan.tailInterface()
     let p = plan.plan
     return try endpoints.map {
       try KServeTailBackend(
-        endpoint: $0, model: p.accelerator.modelName, version: p.accelerator.modelVersion, inputName: input,
-        output: output,
+        endpoint: $0, model: p.accelerator.modelName, version: p.accelerator.modelVersion, inputs: inputs, output: output,
         timeout: timeout)
     }
   }
 
-  public func infer(_ features: Tensor) async throws -> TailAnswer {
+  public func infer(_ tensors: [Tensor]) async throws -> TailAnswer {
+    guard tensors.count == inputs.count else {
+      throw EnclaveError.accelerator(endpoint: endpoint, detail: "the tail takes \(inputs.count) input(s), \(tensors.count) given")
+    }
     let result: KServeInferResult
     do {
       result = try await client.infer(
-        model: model, version: version, inputs: [KServeTensor(name: inputName, tensor: features)], timeout: timeout,
+        model: model, version: version,
+        inputs: zip(inputs, tensors).map { KServeTensor(name: $0.name, tensor: $1, datatype: $0.datatype) }, timeout: timeout,
         expecting: [output])
     } catch let e as KServeError {
       switch e.kind {
@@ -81,18 +85,31 @@ public final class KServeTailBackend: TailBackend {
 }
 
 extension LoadedPlan {
-  /// The tail's input name and its output at batch 1 (FP32), from the tail file; the output's
-  /// shape is the plan's where the plan declares it (the output part's input when the plan keeps
-  /// its answer in the enclave).
-  public func tailInterface() throws -> (input: String, output: KServeTensorMetadata) {
+  /// The tail's inputs (the map in FP32, or with `defence.wire` its codes, minimum and step) and
+  /// its output at batch 1 (FP32), from the tail file; the output's shape is the plan's where the
+  /// plan declares it (the output part's input when the plan keeps its answer in the enclave).
+  public func tailInterface() throws -> (inputs: [KServeTensorMetadata], output: KServeTensorMetadata) {
     var tail = try readPart(plan.tail, field: "tail")
     try tail.inferShapes()
-    guard tail.inputs.count == 1, let i = tail.inputs.first, tail.outputs.count == 1, let o = tail.outputs.first,
+    let expected = plan.defence?.wire == nil ? 1 : 3
+    guard tail.inputs.count == expected, tail.outputs.count == 1, let o = tail.outputs.first,
       let shape = plan.privateOutput?.cut.featureShape ?? plan.output?.shape ?? tail.shape(o)
     else {
       throw EnclaveError.plan(
-        file: file.path, field: "tail", detail: "the tail needs one input and one output of known shape")
+        file: file.path, field: "tail",
+        detail: expected == 1
+          ? "the tail needs one input and one output of known shape"
+          : "the map crosses the cut encoded (defence.wire): the tail needs three inputs (codes, minimum, step) and one output of known shape")
     }
-    return (tail[i].name, KServeTensorMetadata(name: tail[o].name, datatype: KServeCodec.fp32, shape: shape))
+    let inputs = try tail.inputs.map { v in
+      KServeTensorMetadata(
+        name: tail[v].name, datatype: try WireIntegerType.of(input: tail[v].name, in: tail)?.rawValue ?? KServeCodec.fp32,
+        shape: tail.shape(v) ?? [])
+    }
+    if let wire = plan.defence?.wire, inputs[0].datatype != wire.rawValue {
+      throw EnclaveError.plan(
+        file: file.path, field: "tail", detail: "its first input is \(inputs[0].datatype); plan.json's defence.wire says \(wire.rawValue)")
+    }
+    return (inputs, KServeTensorMetadata(name: tail[o].name, datatype: KServeCodec.fp32, shape: shape))
   }
 }

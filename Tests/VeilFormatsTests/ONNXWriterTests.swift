@@ -175,6 +175,32 @@ final class ONNXWriterTests: XCTestCase {
     XCTAssertEqual(d.initializers[d.nodes[2].inputs[1]], [], "Clip's min is a scalar")
   }
 
+  /// A quantised map's tail: the codes input is written UINT8 with a Cast to float, ONNX
+  /// Runtime runs it on the integer codes as Veil does on their floats, and it reads back with
+  /// the input marked.
+  func testEncodedMapInputIsWrittenAsIntegersWithACast() throws {
+    var rng = SeededGenerator(seed: 5)
+    var g = Graph(name: "tail")
+    let x = g.addInput(name: "cut", shape: [1, 3, 4, 4])
+    let y = g.conv(x, weight: .randomNormal(shape: [2, 3, 1, 1], generator: &rng), bias: Tensor(zeros: [2]), .square(1), name: "conv")
+    g.outputs = [g.globalAveragePool(y, name: "pool")]
+    try g.inferShapes()
+    let q = CutDefence.quantisation(bits: 6)
+    let tail = try q.decodingTail(g)
+    let map = Tensor.randomNormal(shape: [1, 3, 4, 4], generator: &rng)
+    let encoded = try q.encode(map)
+    let veil = try Executor(graph: tail).run(encoded.tensors)[0]
+    let dir = try ReferenceScript.temporaryDirectory("encoded-map")
+    defer { try? FileManager.default.removeItem(at: dir) }
+    let ort = try runReference(tail, encoded.tensors, in: dir)[0]
+    for (a, b) in zip(veil.scalars, ort.scalars) { XCTAssertEqual(a, b, accuracy: 1e-5) }
+    let back = try ONNXReader.parse(try ONNXWriter.serialize(tail))
+    XCTAssertEqual(back.inputs.map { back[$0].name }, ["cut_codes", "cut_low", "cut_step"])
+    XCTAssertEqual(try WireIntegerType.of(input: "cut_codes", in: back), .uint8)
+    XCTAssertEqual(try Executor(graph: back).run(encoded.tensors)[0].scalars, veil.scalars)
+
+  }
+
   func testUnreadableGraphIsAnError() {
     var g = Graph(name: "broken")
     let x = g.addInput(name: "x", shape: [1, 2])

@@ -114,7 +114,36 @@ final class DefenceTests: XCTestCase {
         }
       }
     }
-    XCTAssertEqual(CutDefence.quantisation(bits: 4).encodedBytes(shape: [1, 40, 28, 28]), 40 * 28 * 28 / 2 + 40 * 8)
+    XCTAssertEqual(CutDefence.quantisation(bits: 4).encodedBytes(shape: [1, 40, 28, 28]), 40 * 28 * 28 + 40 * 8)
+    XCTAssertEqual(CutDefence.quantisation(bits: 12).encodedBytes(shape: [1, 40, 28, 28]), 40 * 28 * 28 * 2 + 40 * 8)
+    XCTAssertEqual(CutDefence.pruning(0.5).encodedBytes(shape: [1, 40, 28, 28]), 40 * 28 * 28 * 4)
+  }
+
+  /// The encoded map (codes, minimum, step) is the quantised map, on either channel axis, in a
+  /// byte a value up to 8 bits and two above; nothing else is encoded.
+  func testTheEncodedMapIsTheQuantisedMap() throws {
+    let x = map()
+    for (bits, axis) in [(4, 1), (8, 3), (12, 1)] {
+      let q = CutDefence.quantisation(bits: bits)
+      let e = try q.encode(x, channelAxis: axis)
+      XCTAssertEqual(e.type, bits <= 8 ? .uint8 : .uint16)
+      XCTAssertEqual(e.low.shape, axis == 1 ? [8, 4, 1, 1] : [8, 1, 1, 4])
+      let codes = e.codes.scalars
+      XCTAssertTrue(codes.allSatisfy { $0 == $0.rounded() && $0 >= 0 && $0 <= Float((1 << bits) - 1) })
+      XCTAssertTrue(codes.contains(0) && codes.contains(Float((1 << bits) - 1)), "each block's minimum and maximum are the end codes")
+      let (low, step) = (e.low.scalars, e.step.scalars)
+      let inner = axis == 1 ? 16 : 1
+      let expected = try q.apply(to: x, channelAxis: axis, using: &SeededGeneratorBox.one).scalars
+      for k in 0..<codes.count {
+        let j = (k / 64) * 4 + (k / inner) % 4
+        XCTAssertEqual(codes[k] * step[j] + low[j], expected[k], "value \(k), \(bits) bits, axis \(axis)")
+      }
+      XCTAssertEqual(e.wireBytes, x.count * e.type.bytes + 2 * 8 * 4 * 4)
+    }
+    XCTAssertThrowsError(try CutDefence.noise(1).encode(x)) { XCTAssertTrue("\($0)".contains("only quantisation"), "\($0)") }
+    var bad = x
+    bad.withUnsafeMutableBuffer { $0[5] = .nan }
+    XCTAssertThrowsError(try CutDefence.quantisation(bits: 4).encode(bad)) { XCTAssertTrue("\($0)".contains("not finite"), "\($0)") }
   }
 
   func testPruningZeroesExactlyTheOtherChannelsOnEitherAxis() throws {
@@ -129,7 +158,7 @@ final class DefenceTests: XCTestCase {
     let nhwc = Tensor(shape: [1, 2, 2, 4]) { p in for i in 0..<p.count { p[i] = Float(i + 1) } }
     let z = try d.apply(to: nhwc, channelAxis: 3, using: &SeededGeneratorBox.one).scalars
     for k in 0..<16 { XCTAssertEqual(z[k], k % 4 >= 2 ? Float(k + 1) : 0) }
-    XCTAssertEqual(d.encodedBytes(shape: [1, 4, 4, 4]), 2 * 16 * 4)
+    XCTAssertEqual(d.encodedBytes(shape: [1, 4, 4, 4]), 4 * 16 * 4, "pruned channels travel as zeros")
     // A map with other channels than the fit is refused, not indexed out of range.
     XCTAssertThrowsError(try d.apply(to: Tensor(zeros: [1, 2, 4, 4]), using: &SeededGeneratorBox.one)) { e in
       XCTAssertTrue("\(e)".contains("0..<2"), "\(e)")
@@ -173,5 +202,24 @@ final class PrivateOutputSplitTests: XCTestCase {
     let y = try Executor(graph: output).run([m])[0].scalars
     for (a, b) in zip(y, whole) { XCTAssertEqual(a, b, accuracy: 1e-5) }
     XCTAssertThrowsError(try g.split(at: last, outputAt: cut)) { e in XCTAssertTrue("\(e)".contains("not deeper"), "\(e)") }
+  }
+
+  /// The accelerator's tail for an encoded map: three inputs, the codes marked UINT8, and run on
+  /// the encoded map it answers what the plain tail answers on the quantised map.
+  func testTheDecodingTailAnswersAsTheTailOnTheQuantisedMap() throws {
+    let g = model()
+    let (head, tail) = try g.split(at: try g.cut(named: "relu0", all: true))
+    let q = CutDefence.quantisation(bits: 4)
+    let decoding = try q.decodingTail(tail)
+    XCTAssertEqual(decoding.inputs.map { decoding[$0].name }, ["relu0_codes", "relu0_low", "relu0_step"])
+    XCTAssertEqual(try WireIntegerType.of(input: "relu0_codes", in: decoding), .uint8)
+    XCTAssertNil(try WireIntegerType.of(input: "relu0_low", in: decoding))
+    var rng = SeededGenerator(seed: 3)
+    let x = Tensor.randomNormal(shape: [1, 3, 16, 16], generator: &rng)
+    let h = try Executor(graph: head).run([x])[0]
+    let plain = try Executor(graph: tail).run([try q.apply(to: h, using: &SeededGeneratorBox.one)])[0].scalars
+    let encoded = try Executor(graph: decoding).run(try q.encode(h).tensors)[0].scalars
+    for (a, b) in zip(encoded, plain) { XCTAssertEqual(a, b, accuracy: 1e-5) }
+    XCTAssertThrowsError(try CutDefence.noise(0.1).decodingTail(tail))
   }
 }

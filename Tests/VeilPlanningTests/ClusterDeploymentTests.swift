@@ -44,12 +44,12 @@ final class ClusterDeploymentTests: XCTestCase {
   }
 
   /// A plan folder cut at relu0, with a sealed head as `veil plan` writes one.
-  func planFolder(fixedBatch: Bool = false) throws -> LoadedPlan {
+  func planFolder(fixedBatch: Bool = false, defence: DeploymentPlan.Defence? = nil) throws -> LoadedPlan {
     let folder = try temporary("deploy-plan")
     var loaded = try DeploymentPlan.write(
       model: Self.classifier(fixedBatch: fixedBatch), name: "tiny_classifier", cut: "relu0",
       preprocessing: .init(preset: "imagenet", appliedIn: .client), labels: (0..<10).map { "class \($0)" },
-      teePreset: "sgx2",
+      teePreset: "sgx2", defence: defence,
       to: folder)
     let sealed = try SealedHead.seal(Array(try Data(contentsOf: loaded.headURL)), key: SealedHead.newKey())
     try Data(sealed).write(to: folder.appendingPathComponent("head.onnx.sealed"))
@@ -91,6 +91,21 @@ final class ClusterDeploymentTests: XCTestCase {
 
   // MARK: Triton
 
+  /// A quantised plan's tail takes the codes as UINT8: Triton's config says so, with the
+  /// minimum and step in FP32, and the batch stays symbolic.
+  func testTritonTakesAQuantisedMapAsUINT8Codes() throws {
+    let plan = try planFolder(defence: .init(defence: .quantisation(bits: 8), channelAxis: 1))
+    let (out, _) = try deploy(plan, .triton)
+    let model = plan.plan.accelerator.modelName
+    let text = try PythonScript.run("check_deploy.py", ["pbtxt", out.appendingPathComponent("\(model)/config.pbtxt").path])
+    let config = try XCTUnwrap(try JSONSerialization.jsonObject(with: Data(text.utf8)) as? [String: Any], text)
+    let inputs = try XCTUnwrap(config["input"] as? [[String: Any]])
+    XCTAssertEqual(inputs.map { $0["name"] as? String }, ["relu0_codes", "relu0_low", "relu0_step"])
+    XCTAssertEqual(inputs.map { $0["data_type"] as? String }, ["TYPE_UINT8", "TYPE_FP32", "TYPE_FP32"])
+    XCTAssertEqual(inputs.map { $0["dims"] as? [Int] }, [[8, 16, 16], [8, 1, 1], [8, 1, 1]])
+    XCTAssertEqual(config["max_batch_size"] as? Int, 8)
+  }
+
   func testTritonConfigParsesWithTritonsProtobufAndModelRunsAtBatchOneAndFour() throws {
     let plan = try planFolder()
     let (out, result) = try deploy(plan, .triton)
@@ -99,7 +114,8 @@ final class ClusterDeploymentTests: XCTestCase {
     let text = try PythonScript.run(
       "check_deploy.py", ["pbtxt", out.appendingPathComponent("\(model)/config.pbtxt").path])
     let config = try XCTUnwrap(try JSONSerialization.jsonObject(with: Data(text.utf8)) as? [String: Any], text)
-    let (inputName, output) = try plan.tailInterface()
+    let (tailInputs, output) = try plan.tailInterface()
+    let inputName = tailInputs[0].name
     XCTAssertEqual(config["name"] as? String, model)
     XCTAssertEqual(config["backend"] as? String, "onnxruntime")
     XCTAssertEqual(config["max_batch_size"] as? Int, 8)

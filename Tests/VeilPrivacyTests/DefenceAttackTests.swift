@@ -99,7 +99,7 @@ final class DefenceAttackTests: XCTestCase {
     XCTAssertLessThanOrEqual(loud.utility.agreementLower, loud.utility.agreement)
     let quant = try DefenceUtility.measure(
       model: g, cut: cut, defence: .quantisation(bits: 4), images: images, imageSize: 32, preprocessing: AttackTests.unit)
-    XCTAssertEqual(quant.utility.encodedBytes, 16 * 8 * 8 / 2 + 16 * 8)
+    XCTAssertEqual(quant.utility.encodedBytes, 16 * 8 * 8 + 16 * 8, "a byte a code, a minimum and a step per channel")
     XCTAssertEqual(quant.utility.mapBytes, 16 * 8 * 8 * 4)
     XCTAssertTrue(quant.utility.summary.contains("tail not fine-tuned"))
     XCTAssertNil(quant.utility.accuracy, "no labels, no accuracy")

@@ -578,7 +578,7 @@ final class HostileAccelerator: Inference_GRPCInferenceService.SimpleServiceProt
       guard let x = KServeCodec.tensor(shape: shape, rawBytes: request.rawInputContents[0]) else {
         throw RPCError(code: .invalidArgument, message: "bad input")
       }
-      raw = KServeCodec.rawBytes(try await honest.infer(x).output)
+      raw = KServeCodec.rawBytes(try await honest.infer([x]).output)
     case .overflowingShape:
       o.shape = [Int64(Int32.max), Int64(Int32.max), Int64(Int32.max), 4]
       raw = Data(count: 16)

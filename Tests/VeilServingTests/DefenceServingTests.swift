@@ -15,8 +15,8 @@ final class DefenceServingTests: XCTestCase {
     let maps = Mutex<[Tensor]>([])
     let output: [Int]
     init(output: [Int]) { self.output = output }
-    func infer(_ features: Tensor) async throws -> TailAnswer {
-      maps.withLock { $0.append(features) }
+    func infer(_ inputs: [Tensor]) async throws -> TailAnswer {
+      maps.withLock { $0.append(contentsOf: inputs) }
       return TailAnswer(output: Tensor(zeros: output), endpoint: endpoint)
     }
   }
@@ -73,6 +73,48 @@ final class DefenceServingTests: XCTestCase {
     let residual = zip(twice[0], clean).map { Double($0 - $1) }
     let sd = (residual.map { $0 * $0 }.reduce(0, +) / Double(residual.count)).squareRoot()
     XCTAssertEqual(sd, 0.5, accuracy: 0.02, "σ × channel scale")
+  }
+
+  /// A quantised plan sends the map as its codes: the tail file takes codes (UINT8), minimum
+  /// and step; Veil's KServe server, serving that file as a deployment does, declares the codes
+  /// UINT8; the request carries one byte a value; and the answer is the one the FP32 path gives
+  /// (the quantised map through the plain tail).
+  func testAQuantisedMapCrossesTheCutAsItsCodes() async throws {
+    let dir = FileManager.default.temporaryDirectory.appendingPathComponent("veil-encoded-map-\(getpid())")
+    defer { try? FileManager.default.removeItem(at: dir) }
+    let model = try ModelZoo.build(EnclaveFixture.model, batch: 1, seed: 0)
+    let quant = CutDefence.quantisation(bits: 6)
+    let plan = try DeploymentPlan.write(
+      model: model, name: EnclaveFixture.model, cut: EnclaveFixture.cut, preprocessing: .init(preset: "imagenet", appliedIn: .client),
+      defence: .init(defence: quant, channelAxis: 1), to: dir)
+    XCTAssertEqual(plan.plan.defence?.wire, .uint8)
+    let (inputs, _) = try plan.tailInterface()
+    XCTAssertEqual(inputs.map(\.datatype), ["UINT8", "FP32", "FP32"])
+    let channels = plan.plan.cut.featureShape[1]
+    XCTAssertEqual(inputs.map(\.shape), [plan.plan.cut.featureShape, [1, channels, 1, 1], [1, channels, 1, 1]])
+
+    let tail = try plan.readPart(plan.plan.tail, field: "tail")
+    let running = try await RunningServer([KServeModelSpec(name: plan.plan.accelerator.modelName, graph: tail)])
+    XCTAssertEqual(running.models[0].inputs.map(\.datatype), ["UINT8", "FP32", "FP32"], "what ModelMetadata declares")
+    let backend = try KServeTailBackend.backends([KServeEndpoint(host: "127.0.0.1", port: running.port)], plan: plan)[0]
+    let engine = try EnclaveEngine(plan: plan, backend: backend)
+    let x = try EnclaveFixture.input(try EnclaveFixture.photo(seed: 3), plan: plan.plan)
+    let served = try await engine.run(x).logits.scalars
+
+    let (head, plain) = try model.split(at: try model.cut(named: EnclaveFixture.cut))
+    let map = try Executor(graph: head).run([x])[0]
+    var unused = SystemRandomNumberGenerator()
+    let quantised = try quant.apply(to: map, using: &unused)
+    let expected = try Executor(graph: plain).run([quantised])[0].scalars
+    XCTAssertLessThan(EnclaveFixture.relativeError(served, expected), 1e-4)
+
+    let encoded = try quant.encode(map)
+    let request = KServeClient.makeRequest(
+      model: "tail", inputs: zip(inputs, encoded.tensors).map { KServeTensor(name: $0.name, tensor: $1, datatype: $0.datatype) })
+    XCTAssertEqual(request.rawInputContents.map(\.count), [map.count, channels * 4, channels * 4], "a byte a code")
+    XCTAssertEqual(request.rawInputContents.map(\.count).reduce(0, +), encoded.wireBytes)
+    XCTAssertLessThan(encoded.wireBytes * 3, map.count * 4, "under a third of the FP32 map")
+    try await running.stop()
   }
 
   func testPlansWithABadDefenceAreRefusedNamingTheField() throws {

@@ -75,8 +75,9 @@ final class EnclavePlanTests: XCTestCase {
   func testPlanDeclaresTheTailOutput() throws {
     let plan = try EnclaveFixture.plan(.client)
     XCTAssertEqual(plan.plan.output?.shape, [1, 1000])
-    let (input, output) = try plan.tailInterface()
-    XCTAssertFalse(input.isEmpty)
+    let (inputs, output) = try plan.tailInterface()
+    XCTAssertEqual(inputs.map(\.datatype), ["FP32"])
+    XCTAssertFalse(inputs[0].name.isEmpty)
     XCTAssertEqual(output.shape, [1, 1000])
     XCTAssertEqual(output.datatype, "FP32")
   }

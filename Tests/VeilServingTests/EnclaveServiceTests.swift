@@ -421,12 +421,12 @@ final class GatedTail: TailBackend {
 
   func openAll() { state.withLock { $0.allowed = Int.max } }
 
-  func infer(_ features: Tensor) async throws -> TailAnswer {
+  func infer(_ inputs: [Tensor]) async throws -> TailAnswer {
     let ticket = state.withLock { s -> Int in
       s.entered += 1
       return s.entered
     }
     while state.withLock({ $0.allowed < ticket }) { try await Task.sleep(for: .milliseconds(2)) }
-    return try await inner.infer(features)
+    return try await inner.infer(inputs)
   }
 }
