@@ -26,6 +26,13 @@ struct ONNXImporter {
   var externalFiles: [String: Data] = [:]
   /// Elements of the constants folded so far (`FormatLimits.maxFoldedElements` in all).
   var foldedElements = 0
+  /// Survey mode (`ONNXReader.survey`): every input and node that cannot be imported is
+  /// recorded in `problems` and the import goes on past it, instead of stopping at the first.
+  var surveying = false
+  var problems: [ONNXSurvey.Problem] = []
+  /// Survey mode: values that a failed node should have made (unknown to later nodes).
+  var failedValues: Set<String> = []
+  var uncheckedNodes = 0
 
   init(model: ONNXProto.Model, bytes: [UInt8], baseDirectory: URL?) {
     self.model = model
@@ -38,14 +45,18 @@ struct ONNXImporter {
     guard let version = defaults.map(\.version).max() else {
       throw FormatError.unsupported(format: Self.format, detail: "the model imports no default-domain opset")
     }
-    guard ONNXReader.supportedOpsets.contains(Int(clamping: version)) else {
+    if surveying, !ONNXReader.supportedOpsets.contains(Int(clamping: version)) {
+      let range = ONNXReader.supportedOpsets
+      problems.append(
+        .init(kind: .model, name: "opset", op: nil, detail: "opset \(version) is not supported (supported: \(range.lowerBound)–\(range.upperBound))"))
+    } else if !ONNXReader.supportedOpsets.contains(Int(clamping: version)) {
       throw FormatError.unsupported(
         format: Self.format,
         detail:
           "opset \(version) is not supported (supported: \(ONNXReader.supportedOpsets.lowerBound)–\(ONNXReader.supportedOpsets.upperBound))"
       )
     }
-    opset = Int(version)
+    opset = min(max(Int(clamping: version), ONNXReader.supportedOpsets.lowerBound), ONNXReader.supportedOpsets.upperBound)
     guard let g = model.graph else {
       throw FormatError.malformed(format: Self.format, offset: 0, detail: "the model has no graph")
     }
@@ -60,10 +71,37 @@ struct ONNXImporter {
     }
     for v in g.inputs where constants[v.name] == nil {
       if let first = v.dims?.first, first == nil { symbolicBatch = true }
-      values[v.name] = graph.addInput(name: v.name, shape: try inputShape(v, nodes: g.nodes))
+      let shape: [Int]
+      do { shape = try inputShape(v, nodes: g.nodes) } catch where surveying {
+        problems.append(.init(kind: .input, name: v.name, op: nil, detail: Self.detail(error)))
+        // Go on with the symbolic dimensions at 1, so the nodes after it are checked too.
+        shape = (v.dims ?? []).map { d in d.map { Int(clamping: max($0, 1)) } ?? 1 }
+      }
+      values[v.name] = graph.addInput(name: v.name, shape: shape)
       if let t = v.elemType, let type = Self.wireTypes[t] { graph.metadata[WireIntegerType.metadataKey(input: v.name)] = type.rawValue }
     }
-    for n in try ordered(fusingSiLU(g.nodes, graphOutputs: Set(g.outputs.map(\.name)))) { try importNode(n) }
+    for n in try ordered(fusingSiLU(g.nodes, graphOutputs: Set(g.outputs.map(\.name)))) {
+      guard surveying else {
+        try importNode(n)
+        continue
+      }
+      let after = n.inputs.contains(where: failedValues.contains)
+      do { try importNode(n) } catch {
+        let detail = Self.detail(error)
+        // After a failure only an op that is unknown whatever its inputs is a finding; the
+        // rest may fail for want of what the failed node should have made.
+        if !after || detail.contains("unknown op") {
+          problems.append(.init(kind: .node, name: label(n), op: n.opType, detail: detail))
+        } else {
+          uncheckedNodes += 1
+        }
+        for o in n.outputs where !o.isEmpty && values[o] == nil && constants[o] == nil {
+          failedValues.insert(o)
+          values[o] = graph.addValue(name: o)
+        }
+      }
+    }
+    if surveying { return graph }
     for o in g.outputs {
       graph.outputs.append(try value(o.name, node: "graph output", op: "output"))
     }
@@ -74,6 +112,18 @@ struct ONNXImporter {
       throw FormatError.invalidGraph(format: Self.format, detail: e.description)
     }
     return graph
+  }
+
+  /// The words of an import error without the format's prefix.
+  static func detail(_ error: any Error) -> String {
+    if let e = error as? FormatError {
+      switch e {
+      case .unsupportedNode(_, _, _, let detail): return detail
+      case .unsupported(_, let detail), .invalidGraph(_, let detail): return detail
+      default: return "\(e)"
+      }
+    }
+    return "\(error)"
   }
 
   // MARK: Tensors
@@ -109,9 +159,11 @@ struct ONNXImporter {
       }
       // A symbolic batch is run at 1 (the executor re-plans for other batch sizes).
       guard i == 0 else {
+        let param = i < v.dimParams.count ? v.dimParams[i].map { " ('\($0)')" } ?? "" : ""
         throw FormatError.unsupported(
           format: Self.format,
-          detail: "input '\(v.name)' has a symbolic dimension at axis \(i); only the batch may be symbolic")
+          detail:
+            "input '\(v.name)' has a symbolic dimension at axis \(i)\(param) of \(v.dims ?? []); only the batch may be symbolic: export the model with that dimension fixed")
       }
       return 1
     }

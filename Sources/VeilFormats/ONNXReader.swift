@@ -23,4 +23,45 @@ public enum ONNXReader {
     var importer = ONNXImporter(model: model, bytes: bytes, baseDirectory: baseDirectory)
     return try importer.run()
   }
+
+  /// Everything that stands between `url` and a Veil graph, found in one pass: each input with a
+  /// dimension Veil cannot fix, each node whose op or attributes it does not take (the import
+  /// goes on past them), with the op counts. A file that is not ONNX at all still throws.
+  public static func survey(_ url: URL) throws -> ONNXSurvey {
+    try survey(FileIO.read(url), baseDirectory: url.deletingLastPathComponent())
+  }
+
+  public static func survey(_ bytes: [UInt8], baseDirectory: URL? = nil) throws -> ONNXSurvey {
+    let model = try ONNXProto.Model(ProtobufDecoder(bytes, format: format))
+    var importer = ONNXImporter(model: model, bytes: bytes, baseDirectory: baseDirectory)
+    importer.surveying = true
+    _ = try importer.run()
+    let nodes = model.graph?.nodes ?? []
+    let opset = model.opsets.filter { $0.domain == "" || $0.domain == "ai.onnx" }.map(\.version).max()
+    return ONNXSurvey(
+      opset: opset.map { Int(clamping: $0) }, nodes: nodes.count,
+      opCounts: nodes.reduce(into: [:]) { $0[$1.domain.isEmpty ? $1.opType : "\($1.domain).\($1.opType)", default: 0] += 1 },
+      problems: importer.problems, uncheckedNodes: importer.uncheckedNodes)
+  }
+}
+
+/// What `ONNXReader.survey` found in a model.
+public struct ONNXSurvey: Sendable, Codable, Equatable {
+  public struct Problem: Sendable, Codable, Equatable {
+    public enum Kind: String, Sendable, Codable { case model, input, node }
+    public var kind: Kind
+    /// The input's name, the node's name (or its first output), or "opset".
+    public var name: String
+    public var op: String?
+    public var detail: String
+  }
+  public var opset: Int?
+  public var nodes: Int
+  public var opCounts: [String: Int]
+  public var problems: [Problem]
+  /// Nodes after a failed one that failed for want of its output: not judged.
+  public var uncheckedNodes: Int
+  /// The distinct ops among the problem nodes, sorted.
+  public var unsupportedOps: [String] { Array(Set(problems.compactMap(\.op))).sorted() }
+  public var importable: Bool { problems.isEmpty && uncheckedNodes == 0 }
 }

@@ -101,6 +101,8 @@ enum ONNXProto {
     var elemType: Int64?
     /// nil: no shape recorded. A dimension is nil when symbolic or absent.
     var dims: [Int64?]?
+    /// Each dimension's symbolic name (`dim_param`) where it has one.
+    var dimParams: [String?] = []
 
     init(_ d: ProtobufDecoder) throws {
       var d = d
@@ -129,10 +131,16 @@ enum ONNXProto {
                   }
                   var dim = try shape.readMessage(field: sf, swt)
                   var value: Int64?
+                  var param: String?
                   while let (df, dwt) = try dim.nextField() {
-                    if df == 1 { value = try dim.readInt64(field: df, dwt) } else { try dim.skip(dwt) }
+                    switch df {
+                    case 1: value = try dim.readInt64(field: df, dwt)
+                    case 2: param = try dim.readString(field: df, dwt)
+                    default: try dim.skip(dwt)
+                    }
                   }
                   ds.append(value)
+                  dimParams.append(param)
                 }
                 dims = ds
               default: try tensor.skip(ewt)

@@ -1,11 +1,17 @@
 import ArgumentParser
 import Foundation
+import VeilFormats
 import VeilGraph
 
 struct Inspect: ParsableCommand {
   static let configuration = CommandConfiguration(
     abstract: "Describe a model: inputs, outputs, op counts, parameters and FLOPs.",
-    discussion: "MODEL is a zoo name (see `veil models`) or an ONNX file.")
+    discussion: """
+      MODEL is a zoo name (see `veil models`) or an ONNX file. An ONNX file Veil cannot import is
+      surveyed in one pass: every input with a dimension Veil cannot fix and every node whose op
+      or attributes it does not take are listed (with the op counts), not just the first; the
+      command then exits with status 1.
+      """)
 
   @Argument(help: "A zoo model name or an .onnx file.")
   var model: String
@@ -32,7 +38,14 @@ struct Inspect: ParsableCommand {
 
   func run() throws {
     try ModelSource.check(model)
-    var g = try ModelSource.load(model)
+    var g: Graph
+    do { g = try ModelSource.load(model) } catch {
+      guard model.lowercased().hasSuffix(".onnx"), let survey = try? ONNXReader.survey(URL(fileURLWithPath: model)),
+        !survey.importable
+      else { throw error }
+      try report(survey)
+      throw ExitCode(1)
+    }
     try g.inferShapes()
     var ops: [String: Int] = [:]
     for n in g.nodes { ops[n.op.typeName, default: 0] += 1 }
@@ -52,5 +65,23 @@ struct Inspect: ParsableCommand {
       .map { "\($0.key) \($0.value)" }.joined(separator: ", "))
     for (k, v) in g.metadata.sorted(by: { $0.key < $1.key }) where k != "cuts" { print("  \(k): \(v)") }
     print("candidate cuts (\(report.cuts.count); `veil cuts` for details): " + report.cuts.map(\.name).joined(separator: ", "))
+  }
+
+  /// What stands in the way of importing the model, all of it.
+  func report(_ s: ONNXSurvey) throws {
+    if json { return try printJSON(s) }
+    print("model \(model): cannot be imported (\(s.nodes) nodes, opset \(s.opset.map(String.init) ?? "none"))")
+    for p in s.problems {
+      switch p.kind {
+      case .model: print("  model: \(p.detail)")
+      case .input: print("  input \(p.name): \(p.detail)")
+      case .node: print("  node \(p.name) (\(p.op ?? "?")): \(p.detail)")
+      }
+    }
+    if s.uncheckedNodes > 0 { print("  and \(s.uncheckedNodes) node(s) after those that could not be checked without their outputs") }
+    if !s.unsupportedOps.isEmpty { print("ops not taken: " + s.unsupportedOps.joined(separator: ", ")) }
+    print("ops: " + s.opCounts.sorted { $0.value > $1.value || ($0.value == $1.value && $0.key < $1.key) }
+      .map { "\($0.key) \($0.value)" }.joined(separator: ", "))
+    print("docs/onnx-support.md lists the ops Veil imports and at which opsets.")
   }
 }

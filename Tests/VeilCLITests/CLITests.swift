@@ -58,6 +58,48 @@ final class CLITests: XCTestCase {
     FileManager.default.temporaryDirectory.appendingPathComponent("veil-cli-\(UUID().uuidString)-\(name)")
   }
 
+  /// `veil inspect` on an ONNX file Veil cannot import lists all that stands in the way (a
+  /// height left symbolic, two unknown ops), exits 1, and says the same in JSON.
+  func testInspectListsEverythingThatStandsInTheWay() throws {
+    var e = ProtobufEncoder()
+    e.int64(1, 8)
+    e.message(7) { g in
+      for (name, op, input, output) in [("r", "Relu", "x", "a"), ("f", "FooBar", "a", "b"), ("q", "Quux", "b", "y")] {
+        g.message(1) { n in
+          n.string(1, input); n.string(2, output); n.string(3, name); n.string(4, op)
+        }
+      }
+      g.message(11) { v in
+        v.string(1, "x")
+        v.message(2) {
+          $0.message(1) { t in
+            t.int(1, 1)
+            t.message(2) { s in
+              s.message(1) { $0.int(1, 1) }
+              s.message(1) { $0.int(1, 3) }
+              s.message(1) { $0.string(2, "height") }
+              s.message(1) { $0.int(1, 32) }
+            }
+          }
+        }
+      }
+      g.message(12) { $0.string(1, "y") }
+    }
+    e.message(8) { $0.string(1, ""); $0.int(2, 13) }
+    let file = temp("survey.onnx")
+    try Data(e.bytes).write(to: file)
+    defer { try? FileManager.default.removeItem(at: file) }
+    let r = try veil(["inspect", file.path])
+    XCTAssertEqual(r.status, 1, r.stderr)
+    for needle in ["input x: ", "axis 2 ('height')", "node f (FooBar)", "node q (Quux)", "ops not taken: FooBar, Quux"] {
+      XCTAssertTrue(r.stdout.contains(needle), "\(needle) in \(r.stdout)")
+    }
+    let j = try veil(["inspect", file.path, "--json"])
+    XCTAssertEqual(j.status, 1)
+    let doc = try XCTUnwrap(try JSONSerialization.jsonObject(with: Data(j.stdout.utf8)) as? [String: Any], j.stdout)
+    XCTAssertEqual((doc["problems"] as? [[String: Any]])?.count, 3)
+  }
+
   func testUnknownModelListsTheValidNames() throws {
     let r = try veil(["run", "--model", "resnet5O", "--input", "x.npy"])
     XCTAssertNotEqual(r.status, 0)

@@ -232,6 +232,35 @@ final class ONNXReaderTests: XCTestCase {
     XCTAssertTrue(text.contains("weird_1") && text.contains("FooBar") && text.contains("opset 13"), text)
   }
 
+  /// The survey lists every obstacle at once: the input dimension that cannot be fixed (with its
+  /// name), an unknown op, a node with a missing operand, and an unknown op after a failure;
+  /// a node that only lacks a failed node's output is counted, not blamed.
+  func testSurveyListsEverythingThatStandsInTheWay() throws {
+    var m = HandModel()
+    m.inputs = [("x", [1, 3, nil, 8])]
+    m.nodes = [
+      ("r1", "Relu", ["x"], ["a"], []), ("f1", "FooBar", ["a"], ["b"], []), ("c1", "Conv", ["a"], ["c"], []),
+      ("t1", "Transpose", ["b"], ["d"], [("perm", .ints([0, 2, 3, 1]))]), ("g1", "GridSample", ["d"], ["e"], []),
+      ("p1", "Flatten", ["b"], ["f"], []), ("s1", "Sum", ["e", "f", "c"], ["y"], []),
+    ]
+    m.outputs = ["y"]
+    XCTAssertTrue(message { try ONNXReader.parse(m.bytes()) }.contains("axis 2 ('N')"))
+    let s = try ONNXReader.survey(m.bytes())
+    XCTAssertEqual(s.problems.map(\.kind), [.input, .node, .node, .node], "\(s.problems)")
+    XCTAssertEqual(s.problems.map(\.name), ["x", "f1", "c1", "g1"])
+    XCTAssertTrue(s.problems[0].detail.contains("axis 2 ('N')"), s.problems[0].detail)
+    XCTAssertTrue(s.problems[2].detail.contains("weights"), s.problems[2].detail)
+    XCTAssertEqual(s.unsupportedOps, ["Conv", "FooBar", "GridSample"])
+    XCTAssertEqual(s.opCounts["Relu"], 1)
+    XCTAssertEqual(s.nodes, 7)
+    XCTAssertFalse(s.importable)
+    var fine = HandModel()
+    fine.inputs = [("x", [1, 4])]
+    fine.nodes = [("r", "Relu", ["x"], ["y"], [])]
+    fine.outputs = ["y"]
+    XCTAssertTrue(try ONNXReader.survey(fine.bytes()).importable)
+  }
+
   func testOpsetOutOfRange() throws {
     var m = HandModel()
     m.opset = 6
