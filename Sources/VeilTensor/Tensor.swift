@@ -314,3 +314,36 @@ extension Tensor {
     }
   }
 }
+
+/// A multi-index over `shape` walked in row-major order, carrying the matching offset into a
+/// buffer laid out with `strides` (a transposed or sliced view): `advance()` steps to the next
+/// index like an odometer, so a copy out of a strided source costs an add per element.
+public struct StridedWalk {
+  /// The offset of the current index in the strided buffer.
+  @inlinable public var offset: Int { position }
+  @usableFromInline var position: Int
+  @usableFromInline var index: [Int]
+  @usableFromInline let shape: [Int]
+  @usableFromInline let strides: [Int]
+
+  @inlinable public init(shape: [Int], strides: [Int], offset: Int = 0) {
+    precondition(shape.count == strides.count, "StridedWalk: shape \(shape) and strides \(strides) differ in rank")
+    self.position = offset
+    self.index = [Int](repeating: 0, count: shape.count)
+    self.shape = shape
+    self.strides = strides
+  }
+
+  /// The next index in row-major order; past the last one, the walk is back at the first.
+  @inlinable public mutating func advance() {
+    var d = shape.count - 1
+    while d >= 0 {
+      index[d] += 1
+      position += strides[d]
+      if index[d] < shape[d] { return }
+      position -= strides[d] * shape[d]
+      index[d] = 0
+      d -= 1
+    }
+  }
+}
