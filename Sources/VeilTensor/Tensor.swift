@@ -1,11 +1,11 @@
 /// VeilTensor: tensors and the numerical backend.
 ///
 /// Owns `Tensor` (float32, logical NCHW at the API), aligned storage with its scoped reuse of
-/// freed blocks (`withBlockReuse`), the backend seams (`ComputeBackend` for inference,
-/// `TrainingBackend` for training, `Layout` as dimensions plus a backend's opaque token, and
-/// the `Backends` defaults), and oneDNN 2.6 behind both seams (engine, stream, a bounded
-/// primitive cache, its memory descriptors as layout tokens, kernels), plus the few
-/// plain-layout kernels oneDNN lacks. It knows nothing of graphs, file formats or models, and
+/// freed blocks (`withBlockReuse`), `StridedWalk` for copies out of strided views, the backend
+/// seams (`ComputeBackend` for inference, `TrainingBackend` for training, `Layout` as
+/// dimensions plus a backend's opaque token, and the `Backends` defaults), and oneDNN 2.6
+/// behind both seams (engine, stream, a bounded primitive cache, its memory descriptors as
+/// layout tokens, kernels), plus the few plain-layout kernels oneDNN lacks. It knows nothing of graphs, file formats or models, and
 /// must not import any other Veil module. Callers describe *what* to compute (a convolution
 /// with these attributes and this post-op chain); which library computes it, and in which
 /// memory layout, stays behind the seams: nothing outside this module sees a oneDNN type.
