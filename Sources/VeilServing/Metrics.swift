@@ -170,6 +170,26 @@ public final class MetricsHTTPServer: Sendable {
   public func close() async {
     try? await channel.close()
   }
+
+  /// The endpoint a server's `run()` opens where its configuration names a port (nil without
+  /// one): the port it got, or the failure as `failure` words it (given the port asked for and
+  /// the error), is published to `address`.
+  static func start(
+    host: String, port: Int?, publishingTo address: Announcement<Int>,
+    failure: (_ port: Int, _ error: any Error) -> any Error = { $1 },
+    render: @escaping @Sendable () -> String
+  ) async throws -> MetricsHTTPServer? {
+    guard let port else { return nil }
+    do {
+      let server = try await MetricsHTTPServer(host: host, port: port, render: render)
+      address.publish(.success(server.port))
+      return server
+    } catch {
+      let wrapped = failure(port, error)
+      address.publish(.failure(wrapped))
+      throw wrapped
+    }
+  }
 }
 
 private final class MetricsHandler: ChannelInboundHandler, @unchecked Sendable {
