@@ -68,11 +68,6 @@ func peakResidentBytes() -> Int {
   return Int(u.ru_maxrss) * 1024
 }
 
-/// The nearest-rank percentile `p` (0…1) of ascending `sorted` values; 0 for none.
-func percentile(_ sorted: [Double], _ p: Double) -> Double {
-  sorted.isEmpty ? 0 : sorted[min(sorted.count - 1, max(0, Int((p * Double(sorted.count)).rounded(.up)) - 1))]
-}
-
 /// The tail timer an `--accelerator local|HOST:PORT` option names (nil: local).
 func remoteTailTimer(_ accelerator: String, model: String) throws -> (any TailTimer)? {
   guard accelerator != "local" else { return nil }
