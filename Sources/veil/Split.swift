@@ -69,9 +69,7 @@ struct SplitModel: ParsableCommand {
         parameters: p.parameterCount, flops: p.totalFlops)
     }
     let d = Description(model: model, cut: point, head: try part(head, "head.onnx"), tail: try part(tail, "tail.onnx"))
-    let e = JSONEncoder()
-    e.outputFormatting = [.prettyPrinted, .sortedKeys, .withoutEscapingSlashes]
-    try e.encode(d).write(to: dir.appendingPathComponent("cut.json"))
+    try VeilJSON.encoder().encode(d).write(to: dir.appendingPathComponent("cut.json"))
     print(
       "cut \(point.name) (#\(point.index)): tensor \(point.tensor) \(point.shape), \(bytesText(point.bytes)); "
         + "head \(head.nodes.count) nodes, \(bytesText(head.parameterCount * 4)) of weights; tail \(tail.nodes.count) nodes")
