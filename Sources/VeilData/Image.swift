@@ -141,31 +141,25 @@ public struct Image<Pixel: PixelSample>: Sendable, Equatable {
   public func grey() -> Image {
     if channels == 1 { return self }
     let c = channels
-    return pixels.withUnsafeBufferPointer { src in
-      Image(width: width, height: height, channels: 1) { dst in
-        for i in 0..<(width * height) {
-          dst[i] = c <= 2 ? src[i * c] : Pixel(luma: src[i * c], src[i * c + 1], src[i * c + 2])
-        }
-      }
-    }
+    return eachPixel(to: 1) { src, dst in dst[0] = c <= 2 ? src[0] : Pixel(luma: src[0], src[1], src[2]) }
   }
 
   /// Three channels: grey is replicated, alpha is dropped (as Pillow's `convert("RGB")`).
   public func rgb() -> Image {
     if channels == 3 { return self }
     let c = channels
+    return eachPixel(to: 3) { src, dst in for k in 0..<3 { dst[k] = c <= 2 ? src[0] : src[k] } }
+  }
+
+  /// An image of `n` channels, each pixel written by `convert` from this image's pixel (its
+  /// `channels` samples at `src`, its `n` at `dst`).
+  private func eachPixel(
+    to n: Int, _ convert: (_ src: UnsafePointer<Pixel>, _ dst: UnsafeMutablePointer<Pixel>) -> Void
+  ) -> Image {
+    let c = channels
     return pixels.withUnsafeBufferPointer { src in
-      Image(width: width, height: height, channels: 3) { dst in
-        for i in 0..<(width * height) {
-          if c <= 2 {
-            let v = src[i * c]
-            dst[i * 3] = v
-            dst[i * 3 + 1] = v
-            dst[i * 3 + 2] = v
-          } else {
-            for k in 0..<3 { dst[i * 3 + k] = src[i * c + k] }
-          }
-        }
+      Image(width: width, height: height, channels: n) { dst in
+        for i in 0..<(width * height) { convert(src.baseAddress! + i * c, dst.baseAddress! + i * n) }
       }
     }
   }

@@ -17,3 +17,24 @@ public enum VeilJSON {
     return d
   }
 }
+
+/// `s` as a double-quoted literal of JSON or YAML (which share the form): `"` and `\` always
+/// escaped, the scalars of `named` written as their one-letter escapes (`"\n": "n"`), and any
+/// other scalar escaped as `numeric` writes it, or kept where it returns nil.
+func doubleQuotedLiteral(
+  _ s: String, named: [Unicode.Scalar: String], numeric: (Unicode.Scalar) -> String?
+) -> String {
+  var out = "\""
+  for u in s.unicodeScalars {
+    if u == "\"" || u == "\\" {
+      out += "\\" + String(u)
+    } else if let letter = named[u] {
+      out += "\\" + letter
+    } else if let escaped = numeric(u) {
+      out += escaped
+    } else {
+      out.unicodeScalars.append(u)
+    }
+  }
+  return out + "\""
+}

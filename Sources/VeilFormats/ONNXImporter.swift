@@ -274,6 +274,17 @@ struct ONNXImporter {
     }
   }
 
+  /// The `count` values of `t`: from its raw data (`size` little-endian bytes each) where it has
+  /// some, else from its typed field `typed`.
+  mutating func values<Typed, Value>(
+    _ t: ONNXProto.Tensor, count: Int, size: Int, typed: [Typed], fromRaw: (UInt64) -> Value,
+    fromTyped: (Typed) -> Value
+  ) throws -> [Value] {
+    if let raw = try rawBytes(t, count: count, size: size) { return littleEndian(raw, size: size, count: count, fromRaw) }
+    try checkCount(t, typed.count, count)
+    return typed.map(fromTyped)
+  }
+
   mutating func constant(_ t: ONNXProto.Tensor) throws -> ONNXImportedConstant {
     let count = try elementCount(t)
     let dims = t.dims.map { Int($0) }
@@ -294,40 +305,26 @@ struct ONNXImporter {
       try checkCount(t, t.floatData.count, count)
       return .floats(Tensor(shape: dims) { out in for k in 0..<count { out[k] = t.floatData[k] } })
     case ONNXProto.DataType.float16:
-      var halves: [UInt16] = []
-      if let raw = try rawBytes(t, count: count, size: 2) {
-        halves = littleEndian(raw, size: 2, count: count) { UInt16(truncatingIfNeeded: $0) }
-      } else {
-        try checkCount(t, t.int32Data.count, count)
-        halves = t.int32Data.map { UInt16(truncatingIfNeeded: $0) }
-      }
+      let halves = try values(
+        t, count: count, size: 2, typed: t.int32Data, fromRaw: { UInt16(truncatingIfNeeded: $0) },
+        fromTyped: { UInt16(truncatingIfNeeded: $0) })
       return .floats(Tensor(shape: dims) { out in for k in 0..<count { out[k] = halfToFloat(halves[k]) } })
     case ONNXProto.DataType.double:
-      var ds: [Double] = []
-      if let raw = try rawBytes(t, count: count, size: 8) {
-        ds = littleEndian(raw, size: 8, count: count) { Double(bitPattern: $0) }
-      } else {
-        try checkCount(t, t.doubleData.count, count)
-        ds = t.doubleData
-      }
+      let ds = try values(t, count: count, size: 8, typed: t.doubleData, fromRaw: { Double(bitPattern: $0) }, fromTyped: { $0 })
       return .floats(Tensor(shape: dims) { out in for k in 0..<count { out[k] = Float(ds[k]) } })
     case ONNXProto.DataType.int64:
-      if let raw = try rawBytes(t, count: count, size: 8) {
-        return .ints(dims: dims, values: littleEndian(raw, size: 8, count: count) { Int64(bitPattern: $0) })
-      }
-      try checkCount(t, t.int64Data.count, count)
-      return .ints(dims: dims, values: t.int64Data)
+      return .ints(
+        dims: dims,
+        values: try values(t, count: count, size: 8, typed: t.int64Data, fromRaw: { Int64(bitPattern: $0) }, fromTyped: { $0 }))
     case ONNXProto.DataType.bool:
-      if let raw = try rawBytes(t, count: count, size: 1) { return .ints(dims: dims, values: raw.map { Int64($0) }) }
-      try checkCount(t, t.int32Data.count, count)
-      return .ints(dims: dims, values: t.int32Data)
+      return .ints(
+        dims: dims, values: try values(t, count: count, size: 1, typed: t.int32Data, fromRaw: { Int64($0) }, fromTyped: { $0 }))
     case ONNXProto.DataType.int32:
-      if let raw = try rawBytes(t, count: count, size: 4) {
-        return .ints(
-          dims: dims, values: littleEndian(raw, size: 4, count: count) { Int64(Int32(bitPattern: UInt32(truncatingIfNeeded: $0))) })
-      }
-      try checkCount(t, t.int32Data.count, count)
-      return .ints(dims: dims, values: t.int32Data)
+      return .ints(
+        dims: dims,
+        values: try values(
+          t, count: count, size: 4, typed: t.int32Data,
+          fromRaw: { Int64(Int32(bitPattern: UInt32(truncatingIfNeeded: $0))) }, fromTyped: { $0 }))
     default:
       throw FormatError.unsupported(format: Self.format, detail: "tensor '\(t.name)' has data type \(t.dataType)")
     }

@@ -67,19 +67,19 @@ public struct ProtobufDecoder: Sendable {
     }
   }
 
-  public mutating func readFixed32() throws -> UInt32 {
-    guard end - position >= 4 else { throw truncated(position, "fixed32 needs 4 bytes, \(end - position) remain") }
-    var v: UInt32 = 0
-    for i in 0..<4 { v |= UInt32(bytes[position + i]) << (8 * UInt32(i)) }
-    position += 4
-    return v
-  }
+  public mutating func readFixed32() throws -> UInt32 { try readLittleEndian() }
 
-  public mutating func readFixed64() throws -> UInt64 {
-    guard end - position >= 8 else { throw truncated(position, "fixed64 needs 8 bytes, \(end - position) remain") }
-    var v: UInt64 = 0
-    for i in 0..<8 { v |= UInt64(bytes[position + i]) << (8 * UInt64(i)) }
-    position += 8
+  public mutating func readFixed64() throws -> UInt64 { try readLittleEndian() }
+
+  /// A fixed-width field: `T`'s bytes, least significant first.
+  private mutating func readLittleEndian<T: FixedWidthInteger & UnsignedInteger>() throws -> T {
+    let size = T.bitWidth / 8
+    guard end - position >= size else {
+      throw truncated(position, "fixed\(T.bitWidth) needs \(size) bytes, \(end - position) remain")
+    }
+    var v: T = 0
+    for i in 0..<size { v |= T(bytes[position + i]) << (8 * i) }
+    position += size
     return v
   }
 
@@ -174,37 +174,37 @@ public struct ProtobufDecoder: Sendable {
 
   /// One element of a repeated float field, or all of a packed run.
   public mutating func readRepeatedFloat(field: Int, _ wireType: WireType, into out: inout [Float]) throws {
-    switch wireType {
-    case .fixed32:
-      out.append(Float(bitPattern: try readFixed32()))
-    case .lengthDelimited:
-      var sub = try readMessage(field: field, wireType)
-      guard (sub.end - sub.position) % 4 == 0 else {
-        throw malformed(
-          sub.position, "packed float field \(field) has \(sub.end - sub.position) bytes, not a multiple of 4")
-      }
-      out.reserveCapacity(out.count + (sub.end - sub.position) / 4)
-      while !sub.isAtEnd { out.append(Float(bitPattern: try sub.readFixed32())) }
-    default:
-      throw malformed(position, "repeated float field \(field) has wire type \(wireType.rawValue)")
+    try readRepeatedFixed(field: field, wireType, "float", .fixed32, size: 4, into: &out) {
+      Float(bitPattern: try $0.readFixed32())
     }
   }
 
   /// One element of a repeated double field, or all of a packed run.
   public mutating func readRepeatedDouble(field: Int, _ wireType: WireType, into out: inout [Double]) throws {
+    try readRepeatedFixed(field: field, wireType, "double", .fixed64, size: 8, into: &out) {
+      Double(bitPattern: try $0.readFixed64())
+    }
+  }
+
+  /// One element of a repeated field of `size`-byte elements (wire type `fixed`), or all of a
+  /// packed run, whose length must then be a multiple of `size`.
+  private mutating func readRepeatedFixed<Element>(
+    field: Int, _ wireType: WireType, _ kind: String, _ fixed: WireType, size: Int, into out: inout [Element],
+    _ read: (inout ProtobufDecoder) throws -> Element
+  ) throws {
     switch wireType {
-    case .fixed64:
-      out.append(Double(bitPattern: try readFixed64()))
+    case fixed:
+      out.append(try read(&self))
     case .lengthDelimited:
       var sub = try readMessage(field: field, wireType)
-      guard (sub.end - sub.position) % 8 == 0 else {
+      guard (sub.end - sub.position) % size == 0 else {
         throw malformed(
-          sub.position, "packed double field \(field) has \(sub.end - sub.position) bytes, not a multiple of 8")
+          sub.position, "packed \(kind) field \(field) has \(sub.end - sub.position) bytes, not a multiple of \(size)")
       }
-      out.reserveCapacity(out.count + (sub.end - sub.position) / 8)
-      while !sub.isAtEnd { out.append(Double(bitPattern: try sub.readFixed64())) }
+      out.reserveCapacity(out.count + (sub.end - sub.position) / size)
+      while !sub.isAtEnd { out.append(try read(&sub)) }
     default:
-      throw malformed(position, "repeated double field \(field) has wire type \(wireType.rawValue)")
+      throw malformed(position, "repeated \(kind) field \(field) has wire type \(wireType.rawValue)")
     }
   }
 }

@@ -38,19 +38,9 @@ public enum Safetensors {
   }
 
   static func jsonString(_ s: String) -> String {
-    var out = "\""
-    for u in s.unicodeScalars {
-      switch u {
-      case "\"": out += "\\\""
-      case "\\": out += "\\\\"
-      case "\n": out += "\\n"
-      case "\r": out += "\\r"
-      case "\t": out += "\\t"
-      default:
-        if u.value < 0x20 { out += String(format: "\\u%04x", u.value) } else { out.unicodeScalars.append(u) }
-      }
+    doubleQuotedLiteral(s, named: ["\n": "n", "\r": "r", "\t": "t"]) {
+      $0.value < 0x20 ? String(format: "\\u%04x", $0.value) : nil
     }
-    return out + "\""
   }
 
   /// F32 file bytes for `tensors`, in the given order.

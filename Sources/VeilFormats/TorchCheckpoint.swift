@@ -180,7 +180,6 @@ public enum TorchCheckpoint {
     }
     let base = st.start + ref.viewOffset * st.dtype.size
     let dtype = st.dtype
-    let rank = shape.count
     return bytes.withUnsafeBytes { raw in
       Tensor(shape: shape) { out in
         guard count > 0 else { return }
@@ -197,19 +196,10 @@ public enum TorchCheckpoint {
           }
         }
         // Row-major walk of the output with a multi-index over the strided source.
-        var index = [Int](repeating: 0, count: rank)
-        var src = offset
+        var src = StridedWalk(shape: shape, strides: strides, offset: offset)
         for o in 0..<count {
-          out[o] = element(src)
-          var d = rank - 1
-          while d >= 0 {
-            index[d] += 1
-            src += strides[d]
-            if index[d] < shape[d] { break }
-            src -= strides[d] * shape[d]
-            index[d] = 0
-            d -= 1
-          }
+          out[o] = element(src.offset)
+          src.advance()
         }
       }
     }

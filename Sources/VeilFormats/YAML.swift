@@ -156,25 +156,11 @@ public enum YAMLWriter {
 
   /// A double-quoted scalar: `"`, `\` and control characters escaped.
   static func doubleQuoted(_ s: String) -> String {
-    var out = "\""
-    for c in s.unicodeScalars {
-      switch c {
-      case "\"": out += "\\\""
-      case "\\": out += "\\\\"
-      case "\n": out += "\\n"
-      case "\t": out += "\\t"
-      default:
-        if c.value < 0x20 || c.value == 0x7F {
-          out += String(format: "\\x%02X", c.value)
-        }
-        // YAML 1.1 line breaks (NEL, LS, PS) and the byte-order mark, escaped so they stay characters.
-        else if [0x85, 0x2028, 0x2029, 0xFEFF].contains(c.value) {
-          out += String(format: "\\u%04X", c.value)
-        } else {
-          out.unicodeScalars.append(c)
-        }
-      }
+    doubleQuotedLiteral(s, named: ["\n": "n", "\t": "t"]) { c in
+      if c.value < 0x20 || c.value == 0x7F { return String(format: "\\x%02X", c.value) }
+      // YAML 1.1 line breaks (NEL, LS, PS) and the byte-order mark, escaped so they stay characters.
+      if [0x85, 0x2028, 0x2029, 0xFEFF].contains(c.value) { return String(format: "\\u%04X", c.value) }
+      return nil
     }
-    return out + "\""
   }
 }

@@ -7,17 +7,13 @@ extension Graph {
   public mutating func conv(
     _ x: ValueID, weight: Tensor, bias: Tensor? = nil, _ attributes: ConvAttributes, name: String
   ) -> ValueID {
-    var ins = [x, addInitializer(name: name + ".weight", weight)]
-    if let bias { ins.append(addInitializer(name: name + ".bias", bias)) }
-    return addNode(.conv(attributes), name: name, inputs: ins)[0]
+    weighted(.conv(attributes), x, weight: weight, bias: bias, name: name)
   }
 
   public mutating func convTranspose(
     _ x: ValueID, weight: Tensor, bias: Tensor? = nil, _ attributes: ConvAttributes, name: String
   ) -> ValueID {
-    var ins = [x, addInitializer(name: name + ".weight", weight)]
-    if let bias { ins.append(addInitializer(name: name + ".bias", bias)) }
-    return addNode(.convTranspose(attributes), name: name, inputs: ins)[0]
+    weighted(.convTranspose(attributes), x, weight: weight, bias: bias, name: name)
   }
 
   /// Inference-mode batch normalization with its four parameter vectors.
@@ -60,9 +56,14 @@ extension Graph {
 
   /// A fully connected layer, y = x·Wᵀ + b, with W stored [out, in] as PyTorch's Linear does.
   public mutating func linear(_ x: ValueID, weight: Tensor, bias: Tensor?, name: String) -> ValueID {
+    weighted(.gemm(GemmAttributes(transB: true)), x, weight: weight, bias: bias, name: name)
+  }
+
+  /// A node of `op` on x, the initializer `<name>.weight` and, where there is one, `<name>.bias`.
+  private mutating func weighted(_ op: Op, _ x: ValueID, weight: Tensor, bias: Tensor?, name: String) -> ValueID {
     var ins = [x, addInitializer(name: name + ".weight", weight)]
     if let bias { ins.append(addInitializer(name: name + ".bias", bias)) }
-    return addNode(.gemm(GemmAttributes(transB: true)), name: name, inputs: ins)[0]
+    return addNode(op, name: name, inputs: ins)[0]
   }
 
   public mutating func flatten(_ x: ValueID, axis: Int = 1, name: String) -> ValueID {

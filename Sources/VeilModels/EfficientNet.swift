@@ -42,12 +42,7 @@ extension ModelZoo {
         channels = stage.channels
       }
     }
-    x = b.convNormActivation(x, channels, 1280, .square(1), activation: .silu, name: "features.8")
-    b.cut(x, "features.8")
-    x = b.globalAveragePool(x, name: "avgpool")
-    b.cut(x, "avgpool")
-    x = b.dropout(b.flatten(x, name: "flatten"), 0.2, name: "classifier.0")
-    return try b.finish(logits: b.linear(x, 1280, 1000, name: "classifier.1"))
+    return try b.finishWith1280Head(x, channels, activation: .silu, name: "features.8")
   }
 
   /// EfficientNet-Lite0 (TensorFlow's `efficientnet-lite0`, in lukemelas/EfficientNet-PyTorch's

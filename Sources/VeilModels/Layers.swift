@@ -131,6 +131,20 @@ extension NetworkBuilder {
     guard let act else { return y }
     return activation(y, act, name: "\(name).2")
   }
+
+  /// The end of torchvision's MobileNetV2 and EfficientNet: a 1×1 `Conv2dNormActivation` to
+  /// 1280 channels (`name`, a cut), average pool (cut `avgpool`), dropout 0.2 and the linear
+  /// classifier to 1000 classes (`classifier.0`, `classifier.1`).
+  mutating func finishWith1280Head(_ x: ValueID, _ inChannels: Int, activation act: Activation, name: String) throws
+    -> Graph
+  {
+    var x = convNormActivation(x, inChannels, 1280, .square(1), activation: act, name: name)
+    cut(x, name)
+    x = globalAveragePool(x, name: "avgpool")
+    cut(x, "avgpool")
+    x = dropout(flatten(x, name: "flatten"), 0.2, name: "classifier.0")
+    return try finish(logits: linear(x, 1280, 1000, name: "classifier.1"))
+  }
 }
 
 extension Activation {

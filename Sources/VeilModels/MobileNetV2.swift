@@ -19,12 +19,7 @@ extension ModelZoo {
         (channels, index) = (stage.c, index + 1)
       }
     }
-    x = b.convNormActivation(x, channels, 1280, .square(1), activation: .relu6, name: "features.\(index)")
-    b.cut(x, "features.\(index)")
-    x = b.globalAveragePool(x, name: "avgpool")
-    b.cut(x, "avgpool")
-    x = b.dropout(b.flatten(x, name: "flatten"), 0.2, name: "classifier.0")
-    return try b.finish(logits: b.linear(x, 1280, 1000, name: "classifier.1"))
+    return try b.finishWith1280Head(x, channels, activation: .relu6, name: "features.\(index)")
   }
 
   /// Table 2 of the MobileNetV2 paper: expansion factor t, output channels c, repeats n, and

@@ -10,6 +10,7 @@
 import Crypto
 import Foundation
 import VeilGraph
+import VeilServing
 import VeilTEE
 import VeilTensor
 
@@ -176,9 +177,8 @@ public struct SegmentRuns: Sendable, Codable, Equatable {
   /// The statistics of `seconds` (one per timed run; at least one).
   public init(seconds: [Double], attempts: Int = 1) {
     let v = seconds.sorted()
-    medianMs = Profiler.median(of: v) * 1e3
-    // Nearest rank: of 5 runs the 90th percentile is the slowest.
-    p90Ms = v[min(v.count - 1, Int((0.9 * Double(v.count)).rounded(.up)) - 1)] * 1e3
+    medianMs = v.median * 1e3
+    p90Ms = percentile(v, 0.9) * 1e3
     minMs = v[0] * 1e3
     maxMs = v[v.count - 1] * 1e3
     runs = v.count
@@ -640,7 +640,7 @@ public enum Profiler {
 
   /// Median seconds of `options.runs` runs of `body` (after the warm-up).
   static func median(_ options: ProfileOptions, skipWarmup: Bool = false, _ body: () throws -> Void) throws -> Double {
-    median(of: try runTimes(options, skipWarmup: skipWarmup, body))
+    try runTimes(options, skipWarmup: skipWarmup, body).median
   }
 
   /// Seconds of each of `options.runs` timed runs of `body`, after the warm-up.
@@ -653,12 +653,6 @@ public enum Profiler {
       times.append(Double(DispatchTime.now().uptimeNanoseconds - t0) / 1e9)
     }
     return times
-  }
-
-  /// The median of `values` (the mean of the two middle ones for an even count).
-  static func median(of values: [Double]) -> Double {
-    let v = values.sorted()
-    return v.count % 2 == 1 ? v[v.count / 2] : (v[v.count / 2 - 1] + v[v.count / 2]) / 2
   }
 }
 

@@ -55,7 +55,7 @@ public struct KServeTailTimer: TailTimer {
         throw error
       }
     }
-    return Profiler.median(of: times)
+    return times.median
   }
 }
 

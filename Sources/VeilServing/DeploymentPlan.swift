@@ -357,11 +357,7 @@ extension DeploymentPlan {
     }
   }
 
-  public func encoded() throws -> Data {
-    let e = JSONEncoder()
-    e.outputFormatting = [.prettyPrinted, .sortedKeys, .withoutEscapingSlashes]
-    return try e.encode(self)
-  }
+  public func encoded() throws -> Data { try VeilJSON.encoder().encode(self) }
 
   /// The one writer of plan.json: `plan` at the top level (what `veil enclave serve --plan`
   /// reads) and, under "planning", the planner's evidence when there is any (VeilPlanning's

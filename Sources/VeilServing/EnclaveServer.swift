@@ -73,11 +73,9 @@ public final class EnclaveServer: Service, Sendable {
 
   /// The port the gRPC server listens on, once it does.
   public func port() async throws -> Int {
-    let address = try await transport.listeningAddress
-    guard let ipv4 = address.ipv4 else {
-      throw EnclaveError.invalidArgument("the enclave server listens on \(address), not on an IPv4 port")
+    try await transport.listeningIPv4Port {
+      EnclaveError.invalidArgument("the enclave server listens on \($0), not on an IPv4 port")
     }
-    return ipv4.port
   }
 
   /// The port of the Prometheus endpoint, once it listens (throws without one).
@@ -86,18 +84,11 @@ public final class EnclaveServer: Service, Sendable {
   /// Serves until a graceful shutdown (ServiceLifecycle's, or `beginGracefulShutdown()`), then
   /// waits for the calls in flight and stops the sweeper and the metrics endpoint.
   public func run() async throws {
-    var metricsServer: MetricsHTTPServer?
-    if let mp = config.metricsPort {
-      let metrics = self.metrics
-      do {
-        metricsServer = try await MetricsHTTPServer(host: config.host, port: mp) { metrics.render() }
-      } catch {
-        let failure = EnclaveError.invalidArgument("metrics endpoint: cannot listen on \(config.host):\(mp) (\(error))")
-        metricsAddress.publish(.failure(failure))
-        throw failure
-      }
-      metricsAddress.publish(.success(metricsServer?.port ?? mp))
-    }
+    let (metrics, host) = (self.metrics, config.host)
+    let metricsServer = try await MetricsHTTPServer.start(
+      host: host, port: config.metricsPort, publishingTo: metricsAddress,
+      failure: { EnclaveError.invalidArgument("metrics endpoint: cannot listen on \(host):\($0) (\($1))") }
+    ) { metrics.render() }
     let service = self.service
     let server = self.server
     do {

@@ -59,11 +59,7 @@ public final class AcceleratorServer: Service, Sendable {
 
   /// The port the gRPC server listens on, once it does.
   public func port() async throws -> Int {
-    let address = try await transport.listeningAddress
-    guard let ipv4 = address.ipv4 else {
-      throw AcceleratorError.badOption("the server listens on \(address), not on an IPv4 port")
-    }
-    return ipv4.port
+    try await transport.listeningIPv4Port { AcceleratorError.badOption("the server listens on \($0), not on an IPv4 port") }
   }
 
   /// The port of the Prometheus endpoint, once it listens (throws without one).
@@ -72,18 +68,11 @@ public final class AcceleratorServer: Service, Sendable {
   /// Serves until a graceful shutdown (ServiceLifecycle's, or `beginGracefulShutdown()`), then
   /// waits for calls in flight and stops the model workers.
   public func run() async throws {
-    var metricsServer: MetricsHTTPServer?
-    if let mp = config.metricsPort {
-      let metrics = service.metrics
-      do {
-        metricsServer = try await MetricsHTTPServer(host: config.host, port: mp) { metrics.render() }
-      } catch {
-        metricsAddress.publish(.failure(error))
-        throw error
-      }
-      metricsAddress.publish(.success(metricsServer?.port ?? mp))
-      logger.info("metrics at http://\(config.host):\(metricsServer?.port ?? mp)/metrics")
-    }
+    let metrics = service.metrics
+    let metricsServer = try await MetricsHTTPServer.start(
+      host: config.host, port: config.metricsPort, publishingTo: metricsAddress
+    ) { metrics.render() }
+    if let metricsServer { logger.info("metrics at http://\(config.host):\(metricsServer.port)/metrics") }
     try await withGracefulShutdownHandler {
       try await server.serve()
     } onGracefulShutdown: {

@@ -339,3 +339,13 @@ final class Announcement<T: Sendable>: Sendable {
     }
   }
 }
+
+extension HTTP2ServerTransport.Posix {
+  /// The IPv4 port it listens on, once it does; `notIPv4` words the error for an address of
+  /// another kind (it is given the address as text).
+  func listeningIPv4Port(notIPv4: (String) -> any Error) async throws -> Int {
+    let address = try await listeningAddress
+    guard let ipv4 = address.ipv4 else { throw notIPv4("\(address)") }
+    return ipv4.port
+  }
+}

@@ -170,6 +170,26 @@ public final class MetricsHTTPServer: Sendable {
   public func close() async {
     try? await channel.close()
   }
+
+  /// The endpoint a server's `run()` opens where its configuration names a port (nil without
+  /// one): the port it got, or the failure as `failure` words it (given the port asked for and
+  /// the error), is published to `address`.
+  static func start(
+    host: String, port: Int?, publishingTo address: Announcement<Int>,
+    failure: (_ port: Int, _ error: any Error) -> any Error = { $1 },
+    render: @escaping @Sendable () -> String
+  ) async throws -> MetricsHTTPServer? {
+    guard let port else { return nil }
+    do {
+      let server = try await MetricsHTTPServer(host: host, port: port, render: render)
+      address.publish(.success(server.port))
+      return server
+    } catch {
+      let wrapped = failure(port, error)
+      address.publish(.failure(wrapped))
+      throw wrapped
+    }
+  }
 }
 
 private final class MetricsHandler: ChannelInboundHandler, @unchecked Sendable {
@@ -204,5 +224,22 @@ private final class MetricsHandler: ChannelInboundHandler, @unchecked Sendable {
         done.whenComplete { _ in channel.close(promise: nil) }
       }
     }
+  }
+}
+
+// Latency summaries, one definition for every tool that reports them: the profiler's
+// segments, `veil bench`, `veil loadtest` and `veil accelerator bench`.
+
+/// The nearest-rank percentile `p` (0…1) of ascending `sorted` values (of 5 runs the 90th is
+/// the slowest); 0 for none.
+public func percentile(_ sorted: [Double], _ p: Double) -> Double {
+  sorted.isEmpty ? 0 : sorted[min(sorted.count - 1, max(0, Int((p * Double(sorted.count)).rounded(.up)) - 1))]
+}
+
+extension [Double] {
+  /// The median (the mean of the two middle values for an even count; at least one value).
+  public var median: Double {
+    let v = sorted()
+    return v.count % 2 == 1 ? v[v.count / 2] : (v[v.count / 2 - 1] + v[v.count / 2]) / 2
   }
 }

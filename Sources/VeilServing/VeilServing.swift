@@ -5,6 +5,8 @@
 // decrypted inputs and encrypts the answers, and the key-release service that hands a sealed
 // head's key to an attested enclave. Every size, rate and duration a peer controls is bounded
 // here (Limits.swift; docs/security.md, "Servers"); domain errors become protocol statuses only
-// at each service's edge. It must not train, plan or write reports, and the enclave side must
-// never log or write plaintext inputs or keys.
+// at each service's edge. Its metrics (Metrics.swift) include the latency summaries, median and
+// nearest-rank percentile, that the profiler and the CLI's benchmarks report too. It must not
+// train, plan or write reports, and the enclave side must never log or write plaintext inputs
+// or keys.
 public enum VeilServing {}

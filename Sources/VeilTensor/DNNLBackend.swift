@@ -288,6 +288,18 @@ public final class DNNLBackend: ComputeBackend, @unchecked Sendable {
     return out
   }
 
+  /// A kernel's own copy of the first `count` values of `t` (a bias, a BatchNorm statistic),
+  /// bound in plain layout as the argument `slot`; `keep` holds it for the kernel's life.
+  private func bindVector(
+    _ t: Tensor, count: Int, at slot: Int32, args: inout [dnnl_exec_arg_t], keep: inout [AnyObject]
+  ) throws {
+    let store = TensorStorage(count: count)
+    store.pointer.update(from: t.storage.pointer, count: count)
+    let m = try BoundMemory(.plain([count]), engine: engine.engine, handle: UnsafeMutableRawPointer(store.pointer))
+    args.append(arg(slot, m))
+    keep += [store, m]
+  }
+
   // MARK: - Convolution
 
   public func convolution(
@@ -367,11 +379,7 @@ public final class DNNLBackend: ComputeBackend, @unchecked Sendable {
     var keep: [AnyObject] = [wStore, weiM]
     var constBytes = weiL.byteCount
     if let bias {
-      let bStore = TensorStorage(count: oc)
-      bStore.pointer.update(from: bias.storage.pointer, count: oc)
-      let bM = try BoundMemory(.plain([oc]), engine: engine.engine, handle: UnsafeMutableRawPointer(bStore.pointer))
-      args.append(arg(argBias, bM))
-      keep += [bStore, bM]
+      try bindVector(bias, count: oc, at: argBias, args: &args, keep: &keep)
       constBytes += oc * 4
     }
     let name = spec.transposed ? "ConvTranspose" : "Conv"
@@ -432,11 +440,7 @@ public final class DNNLBackend: ComputeBackend, @unchecked Sendable {
     var args = [arg(argSrc, srcM), arg(argDst, dstM)]
     var keep: [AnyObject] = []
     for (slot, t) in [(argScale, scale), (argShift, bias), (argMean, mean), (argVariance, variance)] {
-      let s = TensorStorage(count: c)
-      s.pointer.update(from: t.storage.pointer, count: c)
-      let m = try BoundMemory(.plain([c]), engine: engine.engine, handle: UnsafeMutableRawPointer(s.pointer))
-      args.append(arg(slot, m))
-      keep += [s, m]
+      try bindVector(t, count: c, at: slot, args: &args, keep: &keep)
     }
     return DNNLKernel(
       name: "BatchNormalization", steps: [.init(entry: entry, args: args)], inputs: [srcM], inputLayouts: [input],
@@ -518,17 +522,12 @@ public final class DNNLBackend: ComputeBackend, @unchecked Sendable {
       try check(dnnl_primitive_desc_create(&pd, &desc, nil, engine.engine, nil), "pooling primitive", detail: "\(spec) on \(input)")
       return pd!
     }
-    let dstL = Layout(md: entry.md(dnnl_query_dst_md))
-    let s = try memory(input)
-    let d = try memory(dstL)
     let name: String
     switch spec.kind {
     case .max: name = "MaxPool"
     case .average: name = "AveragePool"
     }
-    return DNNLKernel(
-      name: name, steps: [.init(entry: entry, args: [arg(argSrc, s), arg(argDst, d)])], inputs: [s],
-      inputLayouts: [input], output: d, inPlaceInput: nil, engine: engine)
+    return try sourceToDestination(name, entry, input, Layout(md: entry.md(dnnl_query_dst_md)))
   }
 
   public func concat(axis: Int, inputs: [Layout]) throws -> Kernel {
@@ -570,12 +569,7 @@ public final class DNNLBackend: ComputeBackend, @unchecked Sendable {
       try check(dnnl_primitive_desc_create(&pd, &desc, nil, engine.engine, nil), "Resize primitive")
       return pd!
     }
-    let dstL = Layout(md: entry.md(dnnl_query_dst_md))
-    let s = try memory(input)
-    let d = try memory(dstL)
-    return DNNLKernel(
-      name: "Resize", steps: [.init(entry: entry, args: [arg(argSrc, s), arg(argDst, d)])], inputs: [s],
-      inputLayouts: [input], output: d, inPlaceInput: nil, engine: engine)
+    return try sourceToDestination("Resize", entry, input, Layout(md: entry.md(dnnl_query_dst_md)))
   }
 
   // MARK: - Dense layers
@@ -613,13 +607,7 @@ public final class DNNLBackend: ComputeBackend, @unchecked Sendable {
     let w = try BoundMemory(weiL, engine: engine.engine, handle: UnsafeMutableRawPointer(wStore.pointer))
     var args = [arg(argSrc, s), arg(argWeights, w), arg(argDst, d)]
     var keep: [AnyObject] = [wStore, w]
-    if let bias {
-      let bs = TensorStorage(count: oc)
-      bs.pointer.update(from: bias.storage.pointer, count: oc)
-      let bm = try BoundMemory(.plain([oc]), engine: engine.engine, handle: UnsafeMutableRawPointer(bs.pointer))
-      args.append(arg(argBias, bm))
-      keep += [bs, bm]
-    }
+    if let bias { try bindVector(bias, count: oc, at: argBias, args: &args, keep: &keep) }
     return DNNLKernel(
       name: "Gemm", steps: [.init(entry: entry, args: args)], inputs: [s], inputLayouts: [.plain(inputDims)], output: d,
       inPlaceInput: nil, constantBytes: weiL.byteCount + (bias == nil ? 0 : oc * 4), keepAlive: keep, engine: engine)
@@ -656,11 +644,7 @@ public final class DNNLBackend: ComputeBackend, @unchecked Sendable {
       try check(dnnl_primitive_desc_create(&pd, &desc, nil, engine.engine, nil), "Softmax primitive")
       return pd!
     }
-    let s = try memory(input)
-    let d = try memory(input)
-    return DNNLKernel(
-      name: "Softmax", steps: [.init(entry: entry, args: [arg(argSrc, s), arg(argDst, d)])], inputs: [s],
-      inputLayouts: [input], output: d, inPlaceInput: 0, engine: engine)
+    return try sourceToDestination("Softmax", entry, input, input, inPlaceInput: 0)
   }
 
   public func localResponseNormalization(size: Int, alpha: Float, beta: Float, k: Float, input: Layout) throws -> Kernel {
@@ -676,11 +660,7 @@ public final class DNNLBackend: ComputeBackend, @unchecked Sendable {
       try check(dnnl_primitive_desc_create(&pd, &desc, nil, engine.engine, nil), "LRN primitive")
       return pd!
     }
-    let s = try memory(input)
-    let d = try memory(input)
-    return DNNLKernel(
-      name: "LRN", steps: [.init(entry: entry, args: [arg(argSrc, s), arg(argDst, d)])], inputs: [s],
-      inputLayouts: [input], output: d, inPlaceInput: nil, engine: engine)
+    return try sourceToDestination("LRN", entry, input, input)
   }
 
   // MARK: - Data movement
@@ -696,11 +676,19 @@ public final class DNNLBackend: ComputeBackend, @unchecked Sendable {
       try check(dnnl_reorder_primitive_desc_create(&pd, &s, engine.engine, &d, engine.engine, nil), "reorder", detail: "\(from) → \(to)")
       return pd!
     }
-    let s = try memory(from)
-    let d = try memory(to)
+    return try sourceToDestination("Reorder", entry, from, to)
+  }
+
+  /// The kernel of a primitive with one source and one destination (pooling, resampling,
+  /// softmax, LRN, reorder): a buffer in `input`'s layout in, one in `output`'s out.
+  private func sourceToDestination(
+    _ name: String, _ entry: PrimitiveEntry, _ input: Layout, _ output: Layout, inPlaceInput: Int? = nil
+  ) throws -> Kernel {
+    let s = try memory(input)
+    let d = try memory(output)
     return DNNLKernel(
-      name: "Reorder", steps: [.init(entry: entry, args: [arg(argSrc, s), arg(argDst, d)])], inputs: [s],
-      inputLayouts: [from], output: d, inPlaceInput: nil, engine: engine)
+      name: name, steps: [.init(entry: entry, args: [arg(argSrc, s), arg(argDst, d)])], inputs: [s],
+      inputLayouts: [input], output: d, inPlaceInput: inPlaceInput, engine: engine)
   }
 
   public func transpose(permutation p: [Int], inputDims: [Int]) throws -> Kernel {

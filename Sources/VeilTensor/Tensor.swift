@@ -1,11 +1,11 @@
 /// VeilTensor: tensors and the numerical backend.
 ///
 /// Owns `Tensor` (float32, logical NCHW at the API), aligned storage with its scoped reuse of
-/// freed blocks (`withBlockReuse`), the backend seams (`ComputeBackend` for inference,
-/// `TrainingBackend` for training, `Layout` as dimensions plus a backend's opaque token, and
-/// the `Backends` defaults), and oneDNN 2.6 behind both seams (engine, stream, a bounded
-/// primitive cache, its memory descriptors as layout tokens, kernels), plus the few
-/// plain-layout kernels oneDNN lacks. It knows nothing of graphs, file formats or models, and
+/// freed blocks (`withBlockReuse`), `StridedWalk` for copies out of strided views, the backend
+/// seams (`ComputeBackend` for inference, `TrainingBackend` for training, `Layout` as
+/// dimensions plus a backend's opaque token, and the `Backends` defaults), and oneDNN 2.6
+/// behind both seams (engine, stream, a bounded primitive cache, its memory descriptors as
+/// layout tokens, kernels), plus the few plain-layout kernels oneDNN lacks. It knows nothing of graphs, file formats or models, and
 /// must not import any other Veil module. Callers describe *what* to compute (a convolution
 /// with these attributes and this post-op chain); which library computes it, and in which
 /// memory layout, stays behind the seams: nothing outside this module sees a oneDNN type.
@@ -311,6 +311,39 @@ extension Tensor {
   ) -> Tensor {
     Tensor(shape: shape) { buf in
       for i in 0..<buf.count { buf[i] = low + (high - low) * generator.nextUniform() }
+    }
+  }
+}
+
+/// A multi-index over `shape` walked in row-major order, carrying the matching offset into a
+/// buffer laid out with `strides` (a transposed or sliced view): `advance()` steps to the next
+/// index like an odometer, so a copy out of a strided source costs an add per element.
+public struct StridedWalk {
+  /// The offset of the current index in the strided buffer.
+  @inlinable public var offset: Int { position }
+  @usableFromInline var position: Int
+  @usableFromInline var index: [Int]
+  @usableFromInline let shape: [Int]
+  @usableFromInline let strides: [Int]
+
+  @inlinable public init(shape: [Int], strides: [Int], offset: Int = 0) {
+    precondition(shape.count == strides.count, "StridedWalk: shape \(shape) and strides \(strides) differ in rank")
+    self.position = offset
+    self.index = [Int](repeating: 0, count: shape.count)
+    self.shape = shape
+    self.strides = strides
+  }
+
+  /// The next index in row-major order; past the last one, the walk is back at the first.
+  @inlinable public mutating func advance() {
+    var d = shape.count - 1
+    while d >= 0 {
+      index[d] += 1
+      position += strides[d]
+      if index[d] < shape[d] { return }
+      position -= strides[d] * shape[d]
+      index[d] = 0
+      d -= 1
     }
   }
 }

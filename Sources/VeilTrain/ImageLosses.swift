@@ -73,39 +73,33 @@ public func totalVariation(_ x: Variable, beta: Float = 1, epsilon: Float = 1e-6
   let (planes, h, w) = (x.shape[0] * x.shape[1], x.shape[2], x.shape[3])
   let count = Float(planes * (h - 1) * (w - 1))
   let half = beta / 2
-  var total = 0.0
-  x.value.withUnsafeBuffer { p in
+  // Every pixel with a right and a lower neighbour: its index, Δx and Δy.
+  func forEachDifference(_ p: UnsafePointer<Float>, _ body: (_ i: Int, _ dx: Float, _ dy: Float) -> Void) {
     for plane in 0..<planes {
       let base = plane * h * w
       for r in 0..<(h - 1) {
         for c in 0..<(w - 1) {
           let i = base + r * w + c
-          let dx = p[i + 1] - p[i]
-          let dy = p[i + w] - p[i]
-          total += Double(pow(dx * dx + dy * dy + epsilon, half))
+          body(i, p[i + 1] - p[i], p[i + w] - p[i])
         }
       }
     }
+  }
+  var total = 0.0
+  x.value.withUnsafeBuffer { p in
+    forEachDifference(p.baseAddress!) { _, dx, dy in total += Double(pow(dx * dx + dy * dy + epsilon, half)) }
   }
   let value = Tensor(shape: [1], repeating: Float(total / Double(count)))
   return Variable(value, parents: [x]) { g in
     let scale = g.scalars[0] / count
     let out = Tensor(zeros: x.shape)
-    let (p, d) = (x.value.storage.pointer, out.storage.pointer)
-    for plane in 0..<planes {
-      let base = plane * h * w
-      for r in 0..<(h - 1) {
-        for c in 0..<(w - 1) {
-          let i = base + r * w + c
-          let dx = p[i + 1] - p[i]
-          let dy = p[i + w] - p[i]
-          // d/dΔ of (Δx² + Δy² + ε)^(β/2) = β·Δ·(…)^(β/2 − 1).
-          let k = scale * beta * pow(dx * dx + dy * dy + epsilon, half - 1)
-          d[i + 1] += k * dx
-          d[i + w] += k * dy
-          d[i] -= k * (dx + dy)
-        }
-      }
+    let d = out.storage.pointer
+    forEachDifference(x.value.storage.pointer) { i, dx, dy in
+      // d/dΔ of (Δx² + Δy² + ε)^(β/2) = β·Δ·(…)^(β/2 − 1).
+      let k = scale * beta * pow(dx * dx + dy * dy + epsilon, half - 1)
+      d[i + 1] += k * dx
+      d[i + w] += k * dy
+      d[i] -= k * (dx + dy)
     }
     withExtendedLifetime(x.value) {}
     return [out]

@@ -7,54 +7,12 @@ public func linear(_ x: Variable, _ w: Variable, _ b: Variable?) throws -> Varia
   guard x.shape.count == 2, w.shape.count == 2, x.shape[1] == w.shape[1] else {
     throw TrainError.shapeMismatch(op: "Gemm", detail: "input \(x.shape) and weights \(w.shape) (want [N, in] and [out, in])")
   }
-  let (n, k, m) = (x.shape[0], x.shape[1], w.shape[0])
+  let m = w.shape[0]
   if let b, b.shape != [m] {
     throw TrainError.shapeMismatch(op: "Gemm", detail: "bias \(b.shape) for \(m) outputs")
   }
-  let y = x.value.withUnsafeBuffer { xp in
-    w.value.withUnsafeBuffer { wp in
-      Tensor(shape: [n, m]) { yp in
-        for i in 0..<n {
-          for j in 0..<m {
-            var s: Float = 0
-            for t in 0..<k { s += xp[i * k + t] * wp[j * k + t] }
-            yp[i * m + j] = s
-          }
-        }
-        if let b { b.value.withUnsafeBuffer { bp in for i in 0..<n { for j in 0..<m { yp[i * m + j] += bp[j] } } } }
-      }
-    }
-  }
-  return Variable(y, parents: [x, w] + (b.map { [$0] } ?? [])) { g in
-    g.withUnsafeBuffer { gp in
-      // ∂x = g·W, ∂W = gᵀ·x, ∂b = Σ_rows g.
-      let dx = x.requiresGrad
-        ? w.value.withUnsafeBuffer { wp in
-          Tensor(shape: [n, k]) { d in
-            for i in 0..<n {
-              for j in 0..<m {
-                let gij = gp[i * m + j]
-                for t in 0..<k { d[i * k + t] += gij * wp[j * k + t] }
-              }
-            }
-          }
-        } : nil
-      let dw = w.requiresGrad
-        ? x.value.withUnsafeBuffer { xp in
-          Tensor(shape: [m, k]) { d in
-            for i in 0..<n {
-              for j in 0..<m {
-                let gij = gp[i * m + j]
-                for t in 0..<k { d[j * k + t] += gij * xp[i * k + t] }
-              }
-            }
-          }
-        } : nil
-      let db = b?.requiresGrad == true
-        ? Tensor(shape: [m]) { d in for i in 0..<n { for j in 0..<m { d[j] += gp[i * m + j] } } } : nil
-      return [dx, dw, db]
-    }
-  }
+  // The ONNX Gemm it is, with one matrix product for forward and backward alike.
+  return try gemm(x, w, b, transB: true)
 }
 
 /// A fully connected layer with parameters `name.weight` [out, in] and `name.bias` [out].

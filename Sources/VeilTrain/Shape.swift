@@ -109,21 +109,12 @@ func permuted(_ t: Tensor, _ p: [Int]) -> Tensor {
   let rows = t.count / max(inner, 1)
   let out = Tensor(uninitialized: shape)
   let (src, dst) = (t.storage.pointer, out.storage.pointer)
-  var index = [Int](repeating: 0, count: rank - 1)
-  var offset = 0
+  // The outer axes walk like an odometer, one step a row.
+  var outer = StridedWalk(shape: Array(shape.dropLast()), strides: Array(strides.dropLast()))
   for r in 0..<rows {
     let row = dst + r * inner
-    for j in 0..<inner { row[j] = src[offset + j * step] }
-    // The next row: advance the outer axes like an odometer.
-    var d = rank - 2
-    while d >= 0 {
-      index[d] += 1
-      offset += strides[d]
-      if index[d] < shape[d] { break }
-      offset -= strides[d] * shape[d]
-      index[d] = 0
-      d -= 1
-    }
+    for j in 0..<inner { row[j] = src[outer.offset + j * step] }
+    outer.advance()
   }
   withExtendedLifetime(t) {}
   return out

@@ -2,6 +2,7 @@ import ArgumentParser
 import Foundation
 import VeilGraph
 import VeilModels
+import VeilServing
 import VeilTensor
 import VeilTrain
 
@@ -55,7 +56,7 @@ struct Bench: ParsableCommand {
     init(_ times: [Double]) {
       let t = times.sorted()
       min = t[0]
-      median = t.count % 2 == 1 ? t[t.count / 2] : (t[t.count / 2 - 1] + t[t.count / 2]) / 2
+      median = t.median
       p90 = percentile(t, 0.9)
     }
   }

@@ -18,10 +18,6 @@ struct Inspect: ParsableCommand {
   @Flag(help: "Print one JSON document.")
   var json = false
 
-  struct Port: Encodable {
-    var name: String
-    var shape: [Int]
-  }
   struct Report: Encodable {
     var model: String
     var graph: String
@@ -51,8 +47,7 @@ struct Inspect: ParsableCommand {
     for n in g.nodes { ops[n.op.typeName, default: 0] += 1 }
     let report = Report(
       model: model, graph: g.name,
-      inputs: g.inputs.map { Port(name: g[$0].name, shape: g.shape($0) ?? []) },
-      outputs: g.outputs.map { Port(name: g[$0].name, shape: g.shape($0) ?? []) },
+      inputs: Port.of(g.inputs, in: g), outputs: Port.of(g.outputs, in: g),
       nodes: g.nodes.count, ops: ops, parameters: g.parameterCount, parameterBytes: g.parameterCount * 4,
       flops: g.totalFlops, metadata: g.metadata, cuts: try g.candidateCuts())
     if json { return try printJSON(report) }

@@ -43,10 +43,6 @@ struct SplitModel: ParsableCommand {
     var parameters: Int
     var flops: Int
   }
-  struct Port: Encodable {
-    var name: String
-    var shape: [Int]
-  }
   struct Description: Encodable {
     var model: String
     var cut: CutPoint
@@ -69,14 +65,11 @@ struct SplitModel: ParsableCommand {
     func part(_ p: Graph, _ file: String) throws -> Part {
       try ONNXWriter.write(p, to: dir.appendingPathComponent(file))
       return Part(
-        file: file, inputs: p.inputs.map { Port(name: p[$0].name, shape: p.shape($0) ?? []) },
-        outputs: p.outputs.map { Port(name: p[$0].name, shape: p.shape($0) ?? []) }, parameters: p.parameterCount,
-        flops: p.totalFlops)
+        file: file, inputs: Port.of(p.inputs, in: p), outputs: Port.of(p.outputs, in: p),
+        parameters: p.parameterCount, flops: p.totalFlops)
     }
     let d = Description(model: model, cut: point, head: try part(head, "head.onnx"), tail: try part(tail, "tail.onnx"))
-    let e = JSONEncoder()
-    e.outputFormatting = [.prettyPrinted, .sortedKeys, .withoutEscapingSlashes]
-    try e.encode(d).write(to: dir.appendingPathComponent("cut.json"))
+    try VeilJSON.encoder().encode(d).write(to: dir.appendingPathComponent("cut.json"))
     print(
       "cut \(point.name) (#\(point.index)): tensor \(point.tensor) \(point.shape), \(bytesText(point.bytes)); "
         + "head \(head.nodes.count) nodes, \(bytesText(head.parameterCount * 4)) of weights; tail \(tail.nodes.count) nodes")

@@ -45,6 +45,17 @@ func printJSON<T: Encodable>(_ value: T) throws {
   FileHandle.standardOutput.write("\n".data(using: .utf8)!)
 }
 
+/// A graph input or output, by name and shape, as `veil inspect` and split's cut.json list it.
+struct Port: Encodable {
+  var name: String
+  var shape: [Int]
+
+  /// The ports of `values` (inputs or outputs of `g`); a shape not inferred is [].
+  static func of(_ values: [ValueID], in g: Graph) -> [Port] {
+    values.map { Port(name: g[$0].name, shape: g.shape($0) ?? []) }
+  }
+}
+
 /// Progress and notes go to standard error so that --json output stays clean.
 func note(_ s: String) {
   FileHandle.standardError.write((s + "\n").data(using: .utf8)!)
@@ -55,11 +66,6 @@ func peakResidentBytes() -> Int {
   var u = rusage()
   getrusage(__rusage_who_t(RUSAGE_SELF.rawValue), &u)
   return Int(u.ru_maxrss) * 1024
-}
-
-/// The nearest-rank percentile `p` (0…1) of ascending `sorted` values; 0 for none.
-func percentile(_ sorted: [Double], _ p: Double) -> Double {
-  sorted.isEmpty ? 0 : sorted[min(sorted.count - 1, max(0, Int((p * Double(sorted.count)).rounded(.up)) - 1))]
 }
 
 /// The tail timer an `--accelerator local|HOST:PORT` option names (nil: local).
