@@ -159,11 +159,13 @@ struct ONNXImporter {
       }
       // A symbolic batch is run at 1 (the executor re-plans for other batch sizes).
       guard i == 0 else {
-        let param = i < v.dimParams.count ? v.dimParams[i].map { " ('\($0)')" } ?? "" : ""
+        let params = v.dimParams
+        let param = i < params.count ? params[i].map { " ('\($0)')" } ?? "" : ""
+        let shown = dims.enumerated().map { k, d in d.map(String.init) ?? (k < params.count ? params[k] : nil) ?? "?" }
         throw FormatError.unsupported(
           format: Self.format,
           detail:
-            "input '\(v.name)' has a symbolic dimension at axis \(i)\(param) of \(v.dims ?? []); only the batch may be symbolic: export the model with that dimension fixed")
+            "input '\(v.name)' has a symbolic dimension at axis \(i)\(param) of [\(shown.joined(separator: ", "))]; only the batch may be symbolic: export the model with that dimension fixed")
       }
       return 1
     }
