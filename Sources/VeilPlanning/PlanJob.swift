@@ -145,6 +145,9 @@ public struct PlanJob {
       c.config.imageSize = size
       c.config.testCropsPerPhoto = 1
       c.config.optimisationBatch = 8
+      // Calibrating with every step at full size costs steps × weights per photo: 4 of the
+      // attacker's photos keep it near the cost of the attack itself.
+      c.config.calibrationImages = min(c.config.calibrationImages, 4)
       c.reportOnly(measures.dependent(on: graph))
       var e = evaluation
       e.settings = c

@@ -112,6 +112,23 @@ final class DefencePlanTests: XCTestCase {
     XCTAssertTrue((0...1).contains(accuracy) && (0...1).contains(undefended), "\(accuracy), \(undefended)")
   }
 
+  /// The confirmation at the deployed size calibrates the white-box prior on 4 of the
+  /// attacker's photos (every step), the first pass on the configured 8.
+  func testTheConfirmationCalibratesOnFourPhotos() throws {
+    let (result, _, _) = try job("confirm") { job in
+      job.imageSize = 16
+      job.confirmAtDeployedSize = true
+      job.thresholds = LeakageThresholds([SSIMMeasure.name: 0.99])
+      job.overrides = { c in Self.tiny(&c) }
+    }
+    let planning = result.document.planning
+    XCTAssertEqual(planning.evaluation.config.calibrationImages, 8)
+    let confirmation = try XCTUnwrap(planning.confirmation, "a confirmation at 32 px")
+    XCTAssertEqual(confirmation.config.imageSize, 32)
+    XCTAssertEqual(confirmation.config.calibrationImages, 4)
+    XCTAssertEqual(confirmation.config.calibrationAtFullSteps, true)
+  }
+
   /// --private-output: the deployment keeps the classifier in the enclave and the plan says
   /// what it costs.
   func testAPrivateOutputPlanKeepsTheLastLayer() throws {
