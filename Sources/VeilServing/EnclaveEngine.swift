@@ -154,8 +154,9 @@ public final class EnclaveEngine: Sendable {
 
   /// Runs head then tail. The answer's `endpoint` names the endpoint that ran the tail, and
   /// `tail` its stages where the backend times them.
+  /// `headMs` includes the defence, `defenceMs` is the defence alone.
   public func run(_ x: Tensor) async throws -> (
-    logits: Tensor, headMs: Double, tailMs: Double, endpoint: String, tail: CallTiming?
+    logits: Tensor, headMs: Double, defenceMs: Double, tailMs: Double, endpoint: String, tail: CallTiming?
   ) {
     let t0 = DispatchTime.now()
     let features: Tensor
@@ -174,6 +175,7 @@ public final class EnclaveEngine: Sendable {
     // The plan's defence, on the map before it leaves the enclave: noise from the kernel's
     // random source, never a seeded one.
     var sent = [features]
+    let headed = DispatchTime.now()
     if let d = plan.plan.defence {
       if d.wire != nil {
         // Quantised: the codes cross the cut (one or two bytes a value), the tail dequantises.
@@ -196,7 +198,7 @@ public final class EnclaveEngine: Sendable {
       logits = try await runBlocking(on: queue) { try outputPart.run([answer.output])[0] }
     }
     let t2 = DispatchTime.now()
-    return (logits, ms(t0, t1), ms(t1, t2), answer.endpoint, answer.timing)
+    return (logits, ms(t0, t1), plan.plan.defence == nil ? 0 : ms(headed, t1), ms(t1, t2), answer.endpoint, answer.timing)
   }
 
   /// With head batching: head runs so far and the rows they took (mean batch = rows / runs).
@@ -245,7 +247,8 @@ public final class EnclaveEngine: Sendable {
       result.accelerator = r.endpoint
       var stages = Veil_Enclave_V1_EnclaveStages()
       stages.decodeMs = ms(t0, decoded)
-      stages.headMs = r.headMs
+      stages.headMs = r.headMs - r.defenceMs
+      stages.defenceMs = r.defenceMs
       if let t = r.tail {
         stages.tailEncodeMs = t.encodeMs
         stages.tailCallMs = t.callMs

@@ -24,7 +24,7 @@ let stageBuckets: [Duration] = [
 /// The enclave service's metrics in a Prometheus registry of its own: requests, handshakes,
 /// errors by kind (one counter per `EnclaveErrorKind`, each under its own name), request, head
 /// and tail latency, every stage of a request (`veil_enclave_stage_duration_seconds{stage=…}`:
-/// open, decode, head, tail_encode, tail_call, tail_decode, answer, seal), open sessions. The
+/// open, decode, head, defence, tail_encode, tail_call, tail_decode, answer, seal), open sessions. The
 /// enclave server serves them at /metrics.
 public final class EnclaveMetrics: Sendable {
   public let registry: PrometheusCollectorRegistry
@@ -40,7 +40,8 @@ public final class EnclaveMetrics: Sendable {
   /// The stages an answer reports, in the order a request goes through them; the answer's
   /// seal, which happens after they are written, is counted on its own as `seal`.
   public static let answerStages: [(name: String, ms: @Sendable (EnclaveStagesMessage) -> Double)] = [
-    ("open", { $0.openMs }), ("decode", { $0.decodeMs }), ("head", { $0.headMs }), ("tail_encode", { $0.tailEncodeMs }),
+    ("open", { $0.openMs }), ("decode", { $0.decodeMs }), ("head", { $0.headMs }), ("defence", { $0.defenceMs }),
+    ("tail_encode", { $0.tailEncodeMs }),
     ("tail_call", { $0.tailCallMs }), ("tail_decode", { $0.tailDecodeMs }), ("answer", { $0.answerMs }),
   ]
   public static let stageNames = answerStages.map(\.name) + ["seal"]

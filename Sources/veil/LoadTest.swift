@@ -113,6 +113,7 @@ struct LoadTest: AsyncParsableCommand {
     ("enclave: open the record", { _, s in s.openMs }),
     ("enclave: decode the input", { _, s in s.decodeMs }),
     ("enclave: head", { _, s in s.headMs }),
+    ("enclave: the plan's defence", { _, s in s.defenceMs }),
     ("enclave: encode the feature map (KServe v2)", { _, s in s.tailEncodeMs }),
     ("accelerator call: wire, queue, tail", { _, s in s.tailCallMs }),
     ("enclave: decode the tail's answer", { _, s in s.tailDecodeMs }),

@@ -99,7 +99,10 @@ final class DefenceServingTests: XCTestCase {
     let backend = try KServeTailBackend.backends([KServeEndpoint(host: "127.0.0.1", port: running.port)], plan: plan)[0]
     let engine = try EnclaveEngine(plan: plan, backend: backend)
     let x = try EnclaveFixture.input(try EnclaveFixture.photo(seed: 3), plan: plan.plan)
-    let served = try await engine.run(x).logits.scalars
+    let run = try await engine.run(x)
+    let served = run.logits.scalars
+    XCTAssertGreaterThan(run.defenceMs, 0, "the quantisation is timed on its own")
+    XCTAssertLessThanOrEqual(run.defenceMs, run.headMs, "and within the head's time")
 
     let (head, plain) = try model.split(at: try model.cut(named: EnclaveFixture.cut))
     let map = try Executor(graph: head).run([x])[0]

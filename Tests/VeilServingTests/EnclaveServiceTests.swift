@@ -59,7 +59,8 @@ final class EnclaveServiceTests: XCTestCase {
     }
     for a in answers {
       let s = try XCTUnwrap(a.stages, "the enclave reports its stages")
-      let parts = [s.openMs, s.decodeMs, s.headMs, s.tailEncodeMs, s.tailCallMs, s.tailDecodeMs, s.answerMs]
+      let parts = [s.openMs, s.decodeMs, s.headMs, s.defenceMs, s.tailEncodeMs, s.tailCallMs, s.tailDecodeMs, s.answerMs]
+      XCTAssertEqual(s.defenceMs, 0, "no defence in this plan")
       XCTAssertTrue(parts.allSatisfy { $0 >= 0 }, "\(parts)")
       XCTAssertGreaterThan(s.decodeMs, 0, "the photo is decoded in the enclave")
       XCTAssertGreaterThan(s.headMs, 0)

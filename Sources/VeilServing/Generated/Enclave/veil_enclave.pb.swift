@@ -278,6 +278,10 @@ public nonisolated struct Veil_Enclave_V1_EnclaveStages: Sendable {
   /// Building the answer (top classes, logits message).
   public var answerMs: Double = 0
 
+  /// The plan's defence on the head's map (noise, pruning, or quantisation into the codes that
+  /// are sent); 0 without one. Not part of head_ms.
+  public var defenceMs: Double = 0
+
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
   public init() {}
@@ -783,7 +787,7 @@ nonisolated extension Veil_Enclave_V1_EnclaveResult: SwiftProtobuf.Message, Swif
 
 nonisolated extension Veil_Enclave_V1_EnclaveStages: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".EnclaveStages"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}open_ms\0\u{3}decode_ms\0\u{3}head_ms\0\u{3}tail_encode_ms\0\u{3}tail_call_ms\0\u{3}tail_decode_ms\0\u{3}answer_ms\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}open_ms\0\u{3}decode_ms\0\u{3}head_ms\0\u{3}tail_encode_ms\0\u{3}tail_call_ms\0\u{3}tail_decode_ms\0\u{3}answer_ms\0\u{3}defence_ms\0")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -798,6 +802,7 @@ nonisolated extension Veil_Enclave_V1_EnclaveStages: SwiftProtobuf.Message, Swif
       case 5: try { try decoder.decodeSingularDoubleField(value: &self.tailCallMs) }()
       case 6: try { try decoder.decodeSingularDoubleField(value: &self.tailDecodeMs) }()
       case 7: try { try decoder.decodeSingularDoubleField(value: &self.answerMs) }()
+      case 8: try { try decoder.decodeSingularDoubleField(value: &self.defenceMs) }()
       default: break
       }
     }
@@ -825,6 +830,9 @@ nonisolated extension Veil_Enclave_V1_EnclaveStages: SwiftProtobuf.Message, Swif
     if self.answerMs.bitPattern != 0 {
       try visitor.visitSingularDoubleField(value: self.answerMs, fieldNumber: 7)
     }
+    if self.defenceMs.bitPattern != 0 {
+      try visitor.visitSingularDoubleField(value: self.defenceMs, fieldNumber: 8)
+    }
     try unknownFields.traverse(visitor: &visitor)
   }
 
@@ -836,6 +844,7 @@ nonisolated extension Veil_Enclave_V1_EnclaveStages: SwiftProtobuf.Message, Swif
     if lhs.tailCallMs != rhs.tailCallMs {return false}
     if lhs.tailDecodeMs != rhs.tailDecodeMs {return false}
     if lhs.answerMs != rhs.answerMs {return false}
+    if lhs.defenceMs != rhs.defenceMs {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }
