@@ -17,9 +17,10 @@ struct FuzzTarget: Sendable {
 
   static let all: [FuzzTarget] = [
     FuzzTarget(
-      name: "onnx", summary: "ONNXReader.parse: ModelProto to graph IR, constant folding",
+      name: "onnx", summary: "ONNXReader.parse: ModelProto to graph IR, constant folding; and the survey past failures",
       run: { bytes in
         _ = try? ONNXReader.parse(bytes)
+        _ = try? ONNXReader.survey(bytes)
       }, mutate: Mutators.protobuf),
     FuzzTarget(
       name: "protobuf", summary: "ProtobufDecoder over any message tree",

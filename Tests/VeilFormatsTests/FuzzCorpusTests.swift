@@ -18,7 +18,12 @@ final class FuzzCorpusTests: XCTestCase {
     }
   }
 
-  func testONNX() throws { try replay("onnx") { _ = try ONNXReader.parse($0) } }
+  func testONNX() throws {
+    try replay("onnx") {
+      _ = try? ONNXReader.survey($0)
+      _ = try ONNXReader.parse($0)
+    }
+  }
   func testPickle() throws { try replay("pickle") { _ = try Unpickler().load($0) } }
   func testCheckpoint() throws { try replay("checkpoint") { _ = try TorchCheckpoint.decode($0) } }
   func testSafetensors() throws { try replay("safetensors") { _ = try Safetensors.decode($0) } }

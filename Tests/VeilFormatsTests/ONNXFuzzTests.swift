@@ -66,6 +66,8 @@ final class ONNXFuzzTests: XCTestCase {
       } catch {
         thrown += 1
         XCTAssertFalse("\(error)".isEmpty)
+        // The survey (`veil inspect`) goes on past what the import refused: it must not trap.
+        if k % 4 == 0 { _ = try? ONNXReader.survey(m) }
       }
     }
     XCTAssertEqual(loaded + thrown, cases)
