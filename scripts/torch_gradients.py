@@ -18,12 +18,9 @@ import sys
 
 import numpy as np
 
-try:
-    import torch
-    import torch.nn.functional as F
-except ImportError as e:  # the caller turns this into a visible skip
-    print(f"torch is not importable ({e}); install it with `make python-torch`")
-    sys.exit(3)
+import torch_or_skip  # noqa: F401, exits with status 3 when torch is missing
+import torch
+import torch.nn.functional as F
 
 
 def pad_nchw(x, pads):

@@ -23,12 +23,9 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
-try:
-    import torch
-    import torch.nn.functional as F
-except ImportError as e:  # the caller turns this into a visible skip
-    print(f"torch is not importable ({e}); install it with `make python-torch`")
-    sys.exit(3)
+import torch_or_skip  # noqa: F401, exits with status 3 when torch is missing
+import torch
+import torch.nn.functional as F
 
 
 def attrs(node):

@@ -138,7 +138,7 @@ extension ONNXImporter {
       constants[out] = .ints(dims: outDims, values: source.map { v[$0] })
       if let m = batchMarks[ins[0]] { batchMarks[out] = Set(source.indices.filter { m.contains(source[$0]) }) }
     case "Slice":
-      let (outDims, source) = try sliceIndices(data[0].dims, c, inputs: ins)
+      let (outDims, source) = try sliceIndices(data[0].dims, c)
       constants[out] = .ints(dims: outDims, values: source.map { data[0].values[$0] })
       if let m = batchMarks[ins[0]] { batchMarks[out] = Set(source.indices.filter { m.contains(source[$0]) }) }
     case "Gather":
@@ -276,72 +276,48 @@ extension ONNXImporter {
     return (outDims, source)
   }
 
-  /// ONNX Slice (starts, ends, axes, steps as inputs from opset 10, attributes before) over a
-  /// tensor of `dims`: the output dims and each output position's flat source index.
-  func sliceIndices(_ dims: [Int], _ c: ONNXNodeContext, inputs ins: [String]) throws -> ([Int], [Int]) {
-    var starts: [Int], ends: [Int], axes: [Int]?, steps: [Int]?
+  /// ONNX Slice's starts, ends, axes and steps: attributes before opset 10, constant integer
+  /// inputs from it. Entries are kept as the file has them (PyTorch writes INT64_MAX for "to
+  /// the end"); `SliceAttributes.resolved` clamps them against the input.
+  func sliceAttributes(_ c: ONNXNodeContext) throws -> SliceAttributes {
+    func list(_ v: [Int64]) -> [Int] { v.map { Int(clamping: $0) } }
     if opset < 10 {
-      guard let s = try c.ints("starts"), let e = try c.ints("ends") else { throw c.fail("'starts' and 'ends' are required") }
-      (starts, ends, axes, steps) = (s, e, try c.ints("axes"), nil)
-    } else {
-      func operand(_ k: Int, _ what: String) throws -> [Int]? {
-        guard let name = c.input(k) else { return nil }
-        guard case .ints(_, let v)? = constants[name] else {
-          throw c.fail("\(what) '\(name)' must be a constant integer tensor")
+      func attribute(_ name: String) throws -> [Int]? {
+        switch c.node.attributes[name] {
+        case nil: return nil
+        case .ints(let v): return list(v)
+        default: throw c.fail("attribute '\(name)' is not a list of integers")
         }
-        return v.map { Int(clamping: $0) }
       }
-      guard let s = try operand(1, "starts"), let e = try operand(2, "ends") else {
-        throw c.fail("inputs 'starts' and 'ends' are required")
+      guard let s = try attribute("starts"), let e = try attribute("ends") else {
+        throw c.fail("'starts' and 'ends' are required")
       }
-      (starts, ends, axes, steps) = (s, e, try operand(3, "axes"), try operand(4, "steps"))
+      return SliceAttributes(starts: s, ends: e, axes: try attribute("axes"))
     }
-    let r = dims.count
-    let axisList = try (axes ?? Array(0..<starts.count)).map { a -> Int in
-      let v = a < 0 ? a + r : a
-      guard v >= 0, v < r else { throw c.fail("axis \(a) is out of range for rank \(r)") }
-      return v
-    }
-    let stepList = steps ?? Array(repeating: 1, count: starts.count)
-    guard ends.count == starts.count, axisList.count == starts.count, stepList.count == starts.count else {
-      throw c.fail("starts, ends, axes and steps differ in length")
-    }
-    var first = [Int](repeating: 0, count: r)
-    var step = [Int](repeating: 1, count: r)
-    var outDims = dims
-    for (k, axis) in axisList.enumerated() {
-      let d = dims[axis]
-      let st = stepList[k]
-      guard st != 0 else { throw c.fail("step 0 on axis \(axis)") }
-      func clamp(_ v: Int, _ lo: Int, _ hi: Int) -> Int { min(max(v, lo), hi) }
-      var b = starts[k] < 0 ? starts[k] + d : starts[k]
-      var e = ends[k] < 0 ? ends[k] + d : ends[k]
-      // Steps come from the file: counted as ⌈span / |step|⌉ without forming span + step.
-      if st > 0 {
-        b = clamp(b, 0, d)
-        e = clamp(e, 0, d)
-        outDims[axis] = e > b ? (e - b - 1) / st + 1 : 0
-      } else {
-        b = clamp(b, -1, d - 1)
-        e = clamp(e, -1, d - 1)
-        outDims[axis] = b > e ? (b - e - 1) / -max(st, -Int.max) + 1 : 0
+    func operand(_ k: Int, _ what: String) throws -> [Int]? {
+      guard let name = c.input(k) else { return nil }
+      guard case .ints(_, let v)? = constants[name] else {
+        throw c.fail("\(what) '\(name)' must be a constant integer tensor")
       }
-      first[axis] = b
-      step[axis] = st
+      return list(v)
     }
-    var strides = [Int](repeating: 1, count: r)
-    for k in stride(from: r - 2, through: 0, by: -1) { strides[k] = strides[k + 1] * dims[k + 1] }
-    let count = outDims.reduce(1, *)
-    var source = [Int](repeating: 0, count: count)
-    for i in 0..<count {
-      var rest = i
-      var k = 0
-      for axis in stride(from: r - 1, through: 0, by: -1) {
-        k += (first[axis] + (rest % outDims[axis]) * step[axis]) * strides[axis]
-        rest /= outDims[axis]
-      }
-      source[i] = k
+    guard let s = try operand(1, "starts"), let e = try operand(2, "ends") else {
+      throw c.fail("inputs 'starts' and 'ends' are required")
     }
-    return (outDims, source)
+    return SliceAttributes(starts: s, ends: e, axes: try operand(3, "axes"), steps: try operand(4, "steps"))
+  }
+
+  /// ONNX Slice over a tensor of `dims`: the output dims and each output position's flat
+  /// source index.
+  func sliceIndices(_ dims: [Int], _ c: ONNXNodeContext) throws -> ([Int], [Int]) {
+    let r: (starts: [Int], steps: [Int], extents: [Int])
+    do { r = try sliceAttributes(c).resolved(dims) } catch let e as SliceError { throw c.fail(e.detail) }
+    let (offset, strides) = sliceView(inputDims: dims, starts: r.starts, steps: r.steps)
+    var walk = StridedWalk(shape: r.extents, strides: strides, offset: offset)
+    let source = (0..<r.extents.reduce(1, *)).map { _ in
+      defer { walk.advance() }
+      return walk.offset
+    }
+    return (r.extents, source)
   }
 }

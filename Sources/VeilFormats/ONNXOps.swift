@@ -305,6 +305,10 @@ extension ONNXImporter {
       let rank = try shapeOf(try x(), c).count
       let perm = try c.ints("perm") ?? Array((0..<rank).reversed())
       try emit(.transpose(permutation: perm), c, inputs: [try x()])
+    case "Slice":
+      try emit(.slice(try sliceAttributes(c)), c, inputs: [try x()])
+    case "Split":
+      try importSplit(c, x: try x())
     case "Pad":
       let modeName = try c.string("mode", "constant")
       let modes: [String: PadMode] = ["constant": .constant, "reflect": .reflect, "edge": .edge]
@@ -435,6 +439,48 @@ extension ONNXImporter {
       guard count <= Float(Int32.max) else { throw c.fail("scales \(scales) make the output too large") }
     }
     try emit(.resize(kind, scales: scales, sizes: sizes), c, inputs: [x])
+  }
+}
+
+extension ONNXImporter {
+  /// Split as one Slice per output along `axis`: sizes from the attribute `split` (before
+  /// opset 13) or the input `split` (from 13); without them, `num_outputs` parts (from 18; the
+  /// last one smaller when the axis does not divide) or, before 18, equal parts, one per output.
+  mutating func importSplit(_ c: ONNXNodeContext, x: String) throws {
+    let shape = try shapeOf(x, c)
+    let axis = try c.int("axis", 0)
+    let ax = axis < 0 ? axis + shape.count : axis
+    guard ax >= 0, ax < shape.count else { throw c.fail("axis \(axis) is out of range for rank \(shape.count)") }
+    let d = shape[ax]
+    let outputs = c.node.outputs
+    guard !outputs.isEmpty else { throw c.fail("has no output") }
+    var sizes: [Int]
+    if opset < 13, let s = try c.ints("split") {
+      sizes = s
+    } else if opset >= 13, let s = c.input(1) {
+      sizes = try intConstant(s, c, what: "split")
+    } else if opset >= 18, c.node.attributes["num_outputs"] != nil {
+      let n = try c.int("num_outputs", 0)
+      guard n == outputs.count else { throw c.fail("num_outputs \(n) but \(outputs.count) outputs") }
+      let chunk = (d + n - 1) / n
+      sizes = (0..<n).map { min(chunk, max(0, d - $0 * chunk)) }
+    } else {
+      guard d % outputs.count == 0 else {
+        throw c.fail("axis \(axis) of \(shape) does not split into \(outputs.count) equal parts")
+      }
+      sizes = Array(repeating: d / outputs.count, count: outputs.count)
+    }
+    guard sizes.count == outputs.count, sizes.allSatisfy({ $0 >= 0 }), sizes.reduce(0, +) == d else {
+      throw c.fail("split \(sizes) does not cut the \(d) elements of axis \(axis) into \(outputs.count) outputs")
+    }
+    var start = 0
+    for (k, (size, name)) in zip(sizes, outputs).enumerated() {
+      defer { start += size }
+      guard !name.isEmpty else { continue }
+      try emit(
+        .slice(SliceAttributes(starts: [start], ends: [start + size], axes: [ax])), label: "\(c.label)/\(k)",
+        opType: c.node.opType, inputs: [x], outputs: [name])
+    }
   }
 }
 

@@ -8,7 +8,8 @@ import VeilTensor
 /// anything is allocated, and every error names the byte offset or the node at fault. Constant
 /// integer tensors (Reshape's shape, Pad's pads, Resize's sizes) become op attributes rather than
 /// initializers, and the Shape → Gather → Unsqueeze → Concat chains exporters leave in front of
-/// a Reshape are folded from the known input shapes. Graph inputs that are also initializers are
+/// a Reshape are folded from the known input shapes. Slice of a runtime tensor is the graph's
+/// Slice op, and Split one Slice per output. Graph inputs that are also initializers are
 /// weights, not runtime inputs; a symbolic or absent batch dimension reads as 1.
 public enum ONNXReader {
   public static let supportedOpsets: ClosedRange<Int> = 7...21

@@ -512,6 +512,12 @@ struct ONNXLowering {
       emit("Reshape", name: name, inputs: [inputs[0], s], outputs: outs)
     case .transpose(let perm):
       emit("Transpose", name: name, inputs: inputs, outputs: outs, [("perm", .ints(perm))])
+    case .slice(let a):
+      // Since opset 10 starts, ends, axes and steps are int64 inputs.
+      let lists = [("starts", a.starts), ("ends", a.ends), ("axes", a.axes), ("steps", a.steps)].map { role, v in
+        constant(name + "_" + role, dims: [v.count], .int64s(v.map { Int64($0) }))
+      }
+      emit("Slice", name: name, inputs: [inputs[0]] + lists, outputs: outs)
     case .pad(let mode, let pads, let value):
       let p = constant(name + "_pads", dims: [pads.count], .int64s(pads.map { Int64($0) }))
       switch mode {

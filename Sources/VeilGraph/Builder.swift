@@ -74,6 +74,10 @@ extension Graph {
     addNode(.reshape(shape: shape), name: name, inputs: [x])[0]
   }
 
+  public mutating func slice(_ x: ValueID, _ a: SliceAttributes, name: String) -> ValueID {
+    addNode(.slice(a), name: name, inputs: [x])[0]
+  }
+
   public mutating func softmax(_ x: ValueID, axis: Int = -1, name: String) -> ValueID {
     addNode(.softmax(axis: axis), name: name, inputs: [x])[0]
   }

@@ -560,6 +560,19 @@ struct Compiler {
     case .transpose(let perm):
       let k = try wrap(node: n.name, op: "Transpose") { try backend.transpose(permutation: perm, inputDims: xs) }
       try emit(n, k, [x])
+    case .slice(let a):
+      let r: (starts: [Int], steps: [Int], extents: [Int])
+      do { r = try a.resolved(xs) } catch {
+        throw GraphError.shapeError(node: n.name, op: "Slice", detail: error.detail)
+      }
+      // In the layout its producer wrote where the backend can (a channel split of a
+      // channels-last tensor, or of a blocked one on block bounds), else from the plain one.
+      let k =
+        try (try? backend.slice(starts: r.starts, steps: r.steps, input: layoutOf(x), outputDims: out))
+        ?? wrap(node: n.name, op: "Slice") {
+          try backend.slice(starts: r.starts, steps: r.steps, input: .plain(xs), outputDims: out)
+        }
+      try emit(n, k, [x])
     case .pad(let mode, let pads, let value):
       let k = try wrap(node: n.name, op: "Pad") { try backend.pad(mode: mode, value: value, pads: pads, inputDims: xs) }
       try emit(n, k, [x])

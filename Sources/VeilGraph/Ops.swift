@@ -64,6 +64,76 @@ public struct GemmAttributes: Sendable, Hashable {
   }
 }
 
+/// ONNX Slice as the file states it: on each of `axes`, the elements from `starts` up to (not
+/// including) `ends`, every `steps`-th one. Negative starts and ends count from the end of the
+/// axis, and out-of-range ones are clamped (`resolved(_:)`), so one node keeps its meaning when
+/// the batch changes. A negative step walks backwards.
+public struct SliceAttributes: Sendable, Hashable, CustomStringConvertible {
+  public var starts: [Int]
+  public var ends: [Int]
+  public var axes: [Int]
+  public var steps: [Int]
+
+  /// `axes` default to 0..<starts.count, `steps` to 1 (ONNX's defaults).
+  public init(starts: [Int], ends: [Int], axes: [Int]? = nil, steps: [Int]? = nil) {
+    self.starts = starts
+    self.ends = ends
+    self.axes = axes ?? Array(0..<starts.count)
+    self.steps = steps ?? Array(repeating: 1, count: starts.count)
+  }
+
+  public var description: String { "starts \(starts) ends \(ends) axes \(axes) steps \(steps)" }
+
+  /// Per axis of an input of `dims` (every axis, sliced or not): the first element, the step
+  /// and the number of elements taken, with ONNX's clamping (starts to [0, d] for positive
+  /// steps, [0, d − 1] for negative ones; ends to [0, d] and [−1, d − 1]). An extent may be 0;
+  /// a step that takes at most one element is reported as 1.
+  /// Throws the reason in words when the lists differ in length, an axis is out of range or
+  /// repeated, or a step is 0.
+  public func resolved(_ dims: [Int]) throws(SliceError) -> (starts: [Int], steps: [Int], extents: [Int]) {
+    let r = dims.count
+    guard ends.count == starts.count, axes.count == starts.count, steps.count == starts.count else {
+      throw SliceError(detail: "starts \(starts), ends \(ends), axes \(axes) and steps \(steps) differ in length")
+    }
+    var first = [Int](repeating: 0, count: r)
+    var step = [Int](repeating: 1, count: r)
+    var extents = dims
+    var seen = Set<Int>()
+    for (k, a) in axes.enumerated() {
+      let axis = a < 0 ? a + r : a
+      guard axis >= 0, axis < r else { throw SliceError(detail: "axis \(a) is out of range for rank \(r)") }
+      guard seen.insert(axis).inserted else { throw SliceError(detail: "axis \(a) appears twice in \(axes)") }
+      let d = dims[axis]
+      let st = steps[k]
+      guard st != 0 else { throw SliceError(detail: "step 0 on axis \(a)") }
+      func clamp(_ v: Int, _ lo: Int, _ hi: Int) -> Int { min(max(v, lo), hi) }
+      // Values come from a file: Int.min + d cannot overflow, and the extent is counted as
+      // ⌈span / |step|⌉ without forming span + step.
+      let b = starts[k] < 0 ? starts[k] + d : starts[k]
+      let e = ends[k] < 0 ? ends[k] + d : ends[k]
+      if st > 0 {
+        first[axis] = clamp(b, 0, d)
+        let end = clamp(e, 0, d)
+        extents[axis] = end > first[axis] ? (end - first[axis] - 1) / st + 1 : 0
+      } else {
+        first[axis] = clamp(b, 0, d - 1)
+        let end = clamp(e, -1, d - 1)
+        extents[axis] = first[axis] > end ? (first[axis] - end - 1) / -max(st, -Int.max) + 1 : 0
+      }
+      // A step that takes one element is reported as 1, so that strides formed from it stay
+      // within the tensor's size.
+      step[axis] = extents[axis] > 1 ? st : 1
+    }
+    return (first, step, extents)
+  }
+}
+
+/// Why a slice does not fit its input; `detail` says it in words.
+public struct SliceError: Error, Sendable, CustomStringConvertible {
+  public let detail: String
+  public var description: String { detail }
+}
+
 /// The engine's op set. Names follow ONNX; SiLU is one op here (ONNX spells it Sigmoid·Mul).
 public enum Op: Sendable, Hashable, CustomStringConvertible {
   case conv(ConvAttributes)
@@ -83,6 +153,8 @@ public enum Op: Sendable, Hashable, CustomStringConvertible {
   /// ONNX semantics: 0 copies the input's dim, -1 is inferred.
   case reshape(shape: [Int])
   case transpose(permutation: [Int])
+  /// ONNX Slice of a runtime tensor (ONNX Split is imported as one per output).
+  case slice(SliceAttributes)
   /// pads: begins for every axis, then ends.
   case pad(mode: PadMode, pads: [Int], value: Float)
   /// Exactly one of scales or sizes (full rank).
@@ -121,6 +193,7 @@ public enum Op: Sendable, Hashable, CustomStringConvertible {
     case .flatten: return "Flatten"
     case .reshape: return "Reshape"
     case .transpose: return "Transpose"
+    case .slice: return "Slice"
     case .pad: return "Pad"
     case .resize: return "Resize"
     case .softmax: return "Softmax"
@@ -307,6 +380,12 @@ extension Op {
       try need(1)
       guard p.count == ins[0].count, Set(p) == Set(0..<p.count) else { throw fail("perm \(p) does not fit rank \(ins[0].count)") }
       return p.map { ins[0][$0] }
+    case .slice(let a):
+      try need(1)
+      let extents: [Int]
+      do { extents = try a.resolved(ins[0]).extents } catch { throw fail(error.detail) }
+      guard extents.allSatisfy({ $0 >= 1 }) else { throw fail("\(a) takes nothing of \(ins[0]) (output \(extents))") }
+      return extents
     case .pad(_, let pads, _):
       try need(1)
       let r = ins[0].count

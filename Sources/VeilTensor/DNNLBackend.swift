@@ -680,11 +680,13 @@ public final class DNNLBackend: ComputeBackend, @unchecked Sendable {
   }
 
   /// The kernel of a primitive with one source and one destination (pooling, resampling,
-  /// softmax, LRN, reorder): a buffer in `input`'s layout in, one in `output`'s out.
+  /// softmax, LRN, reorder): a buffer in `input`'s layout in, one in `output`'s out. With a
+  /// `sourceView` (a sub-memory of `input`), the primitive reads that part of the buffer.
   private func sourceToDestination(
-    _ name: String, _ entry: PrimitiveEntry, _ input: Layout, _ output: Layout, inPlaceInput: Int? = nil
+    _ name: String, _ entry: PrimitiveEntry, _ input: Layout, _ output: Layout, inPlaceInput: Int? = nil,
+    sourceView: Layout? = nil
   ) throws -> Kernel {
-    let s = try memory(input)
+    let s = try memory(sourceView ?? input)
     let d = try memory(output)
     return DNNLKernel(
       name: name, steps: [.init(entry: entry, args: [arg(argSrc, s), arg(argDst, d)])], inputs: [s],
@@ -708,6 +710,39 @@ public final class DNNLBackend: ComputeBackend, @unchecked Sendable {
     return PlainKernel(name: "Transpose", inputs: [.plain(inputDims)], output: outL) { ins, out in
       try inner.run(inputs: ins, output: out)
     }
+  }
+
+  public func slice(starts: [Int], steps: [Int], input: Layout, outputDims: [Int]) throws -> Kernel {
+    let dims = input.dims
+    try validateSlice(starts: starts, steps: steps, inputDims: dims, outputDims: outputDims)
+    guard steps.allSatisfy({ $0 == 1 }) else {
+      // Strided or reversed: a copy along rows, from the plain layout.
+      let (offset, strides) = sliceView(inputDims: dims, starts: starts, steps: steps)
+      return PlainKernel(name: "Slice", inputs: [.plain(dims)], output: .plain(outputDims)) { ins, out in
+        StridedCopy.gather(
+          ins[0].assumingMemoryBound(to: Float.self), offset: offset, strides: strides, shape: outputDims,
+          into: out.assumingMemoryBound(to: Float.self))
+      }
+    }
+    // A sub-memory of the input in its own layout (a channel split of the channels-last tensor
+    // a convolution wrote, or of a blocked one on block bounds): one reorder copies it out, with
+    // no reorder of the whole input first. oneDNN refuses bounds inside a block; the caller then
+    // passes the plain layout.
+    let output = input.matching(outputDims) ?? .plain(outputDims)
+    var parent = try input.dnnlMD()
+    var sub = dnnl_memory_desc_t()
+    try check(
+      dnnl_memory_desc_init_submemory(&sub, &parent, i64(outputDims), i64(starts)), "Slice sub-memory",
+      detail: "\(outputDims) at \(starts) of \(input)")
+    let view = Layout(dims: outputDims, token: DNNLLayout(md: sub))
+    let entry = try cache.entry("slice|\(input)|\(starts)|\(outputDims)|\(output)", operation: "Slice") {
+      var s = sub
+      var d = try output.dnnlMD()
+      var pd: dnnl_primitive_desc_t?
+      try check(dnnl_reorder_primitive_desc_create(&pd, &s, engine.engine, &d, engine.engine, nil), "Slice reorder")
+      return pd!
+    }
+    return try sourceToDestination("Slice", entry, input, output, sourceView: view)
   }
 
   public func pad(mode: PadMode, value: Float, pads: [Int], inputDims: [Int]) throws -> Kernel {

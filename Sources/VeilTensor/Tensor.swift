@@ -347,3 +347,75 @@ public struct StridedWalk {
     }
   }
 }
+
+/// Throws unless a resolved slice fits: every list of the input's rank, each output extent at
+/// least 1, each step non-zero, and the first and last element taken on every axis inside
+/// the input.
+public func validateSlice(starts: [Int], steps: [Int], inputDims: [Int], outputDims: [Int]) throws {
+  let r = inputDims.count
+  guard starts.count == r, steps.count == r, outputDims.count == r else {
+    throw TensorError.invalidArgument(
+      "Slice: starts \(starts), steps \(steps) and output \(outputDims) must each have the input's rank \(r)")
+  }
+  for d in 0..<r {
+    let last = starts[d] + (outputDims[d] - 1) * steps[d]
+    guard outputDims[d] >= 1, steps[d] != 0, (0..<inputDims[d]).contains(starts[d]), (0..<inputDims[d]).contains(last)
+    else {
+      throw TensorError.invalidArgument(
+        "Slice: \(outputDims[d]) elements from \(starts[d]) every \(steps[d]) do not fit axis \(d) of \(inputDims)")
+    }
+  }
+}
+
+/// The elements of a tensor of `inputDims` that a slice takes (`starts[d] + i·steps[d]` on
+/// every axis d, steps possibly negative) as a strided view: the offset of its first element
+/// and its element strides. Gathering the view (`StridedCopy`) is the slice; scattering into
+/// it is the slice's gradient.
+public func sliceView(inputDims: [Int], starts: [Int], steps: [Int]) -> (offset: Int, strides: [Int]) {
+  var unit = 1
+  var offset = 0
+  var strides = [Int](repeating: 0, count: inputDims.count)
+  for d in stride(from: inputDims.count - 1, through: 0, by: -1) {
+    offset += starts[d] * unit
+    strides[d] = steps[d] * unit
+    unit *= inputDims[d]
+  }
+  return (offset, strides)
+}
+
+/// Copies between a dense row-major tensor of `shape` and a strided view of another buffer
+/// (element `strides`, possibly negative, first element at `offset`). The innermost axis is the
+/// loop; the outer ones walk like an odometer (`StridedWalk`), one step a row.
+public enum StridedCopy {
+  /// dense ← view.
+  public static func gather(
+    _ view: UnsafePointer<Float>, offset: Int, strides: [Int], shape: [Int], into dense: UnsafeMutablePointer<Float>
+  ) {
+    forEachRow(offset: offset, strides: strides, shape: shape) { row, at, inner, step in
+      for j in 0..<inner { dense[row + j] = view[at + j * step] }
+    }
+  }
+
+  /// view ← dense; elements of the view's buffer outside the view are left as they are.
+  public static func scatter(
+    _ dense: UnsafePointer<Float>, shape: [Int], into view: UnsafeMutablePointer<Float>, offset: Int, strides: [Int]
+  ) {
+    forEachRow(offset: offset, strides: strides, shape: shape) { row, at, inner, step in
+      for j in 0..<inner { view[at + j * step] = dense[row + j] }
+    }
+  }
+
+  /// body(dense row start, view offset of that row, row length, view step along the row).
+  private static func forEachRow(
+    offset: Int, strides: [Int], shape: [Int], _ body: (Int, Int, Int, Int) -> Void
+  ) {
+    guard let inner = shape.last, let step = strides.last else { return body(0, offset, 1, 0) }
+    let rows = shape.dropLast().reduce(1, *)
+    guard inner > 0, rows > 0 else { return }
+    var outer = StridedWalk(shape: Array(shape.dropLast()), strides: Array(strides.dropLast()), offset: offset)
+    for r in 0..<rows {
+      body(r * inner, outer.offset, inner, step)
+      outer.advance()
+    }
+  }
+}

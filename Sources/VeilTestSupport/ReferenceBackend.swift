@@ -378,6 +378,19 @@ public final class ReferenceBackend: ComputeBackend {
     }
   }
 
+  public func slice(starts: [Int], steps: [Int], input: Layout, outputDims: [Int]) throws -> Kernel {
+    let dims = try plainDims(input, "Slice")
+    try validateSlice(starts: starts, steps: steps, inputDims: dims, outputDims: outputDims)
+    let s = rowMajorStrides(dims)
+    return LoopKernel(name: "RefSlice", inputs: [input], output: .plain(outputDims)) { i, y in
+      forEachIndex(outputDims) { idx, k in
+        var at = 0
+        for d in dims.indices { at += (starts[d] + idx[d] * steps[d]) * s[d] }
+        y[k] = i[0][at]
+      }
+    }
+  }
+
   public func reorder(from: Layout, to: Layout) throws -> Kernel {
     let dims = try plainDims(from, "reorder")
     _ = try plainDims(to, "reorder")

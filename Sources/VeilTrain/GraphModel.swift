@@ -250,6 +250,7 @@ public final class GraphModel: Layer {
       return try dropout(x[0], ratio: ratio, training: training && index >= frozenNodes, generator: &dropoutGenerator)
     case .identity: return x[0]
     case .transpose(let permutation): return try transpose(x[0], permutation)
+    case .slice(let a): return try slice(x[0], a)
     case .pad(let mode, let pads, let value): return try pad(x[0], pads: pads, mode: mode, value: value)
     case .localResponseNormalization(let size, let alpha, let beta, let bias):
       return try localResponseNormalization(x[0], size: size, alpha: alpha, beta: beta, bias: bias)

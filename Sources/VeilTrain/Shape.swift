@@ -1,3 +1,4 @@
+import VeilGraph
 import VeilTensor
 
 // Ops that move elements without computing: their backward moves the gradient back.
@@ -118,6 +119,35 @@ func permuted(_ t: Tensor, _ p: [Int]) -> Tensor {
   }
   withExtendedLifetime(t) {}
   return out
+}
+
+/// ONNX Slice (negative indices count from the end, out-of-range ones are clamped, steps may be
+/// above 1 or negative: `SliceAttributes.resolved`). The backward scatters the gradient into
+/// zeros of the input's shape: each output element copied exactly one input element.
+public func slice(_ x: Variable, _ attributes: SliceAttributes) throws -> Variable {
+  let shape = x.shape
+  let r: (starts: [Int], steps: [Int], extents: [Int])
+  do { r = try attributes.resolved(shape) } catch {
+    throw TrainError.shapeMismatch(op: "Slice", detail: "\(attributes) on \(shape): \(error.detail)")
+  }
+  guard r.extents.allSatisfy({ $0 >= 1 }) else {
+    throw TrainError.shapeMismatch(op: "Slice", detail: "\(attributes) takes nothing of \(shape)")
+  }
+  let (offset, strides) = sliceView(inputDims: shape, starts: r.starts, steps: r.steps)
+  let y = Tensor(uninitialized: r.extents) { dst in
+    x.value.withUnsafeBuffer { src in
+      StridedCopy.gather(src.baseAddress!, offset: offset, strides: strides, shape: r.extents, into: dst.baseAddress!)
+    }
+  }
+  return Variable(y, parents: [x]) { g in
+    [
+      Tensor(shape: shape) { dx in
+        g.withUnsafeBuffer {
+          StridedCopy.scatter($0.baseAddress!, shape: r.extents, into: dx.baseAddress!, offset: offset, strides: strides)
+        }
+      }
+    ]
+  }
 }
 
 /// Per output index along one padded axis: the input index it copies, or −1 for a constant.

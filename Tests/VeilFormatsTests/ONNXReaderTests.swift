@@ -144,7 +144,8 @@ final class ONNXReaderTests: XCTestCase {
   /// A small ONNX model written field by field, for what ONNXWriter never produces.
   struct HandModel {
     var opset = 13
-    var nodes: [(name: String, op: String, inputs: [String], outputs: [String], attrs: [(String, Attr)])] = []
+    typealias Node = (name: String, op: String, inputs: [String], outputs: [String], attrs: [(String, Attr)])
+    var nodes: [Node] = []
     /// name, dims, raw little-endian data, data type, external (location, offset, length).
     var initializers: [(name: String, dims: [Int], raw: [UInt8], type: Int, external: [(String, String)])] = []
     /// A nil dimension is symbolic ("N").
@@ -259,6 +260,89 @@ final class ONNXReaderTests: XCTestCase {
     fine.nodes = [("r", "Relu", ["x"], ["y"], [])]
     fine.outputs = ["y"]
     XCTAssertTrue(try ONNXReader.survey(fine.bytes()).importable)
+  }
+
+  /// Slice and Split on a runtime tensor (ShuffleNet V2's channel split) become Slice nodes,
+  /// at every opset's spelling: Slice's attributes (opset 9) and inputs (10+, INT64_MAX for "to
+  /// the end", steps); Split's attribute `split` (11), input `split` (13), equal parts without
+  /// either (13), and `num_outputs` with a smaller last part (18). The input counts up from 0,
+  /// so every output says which elements it took.
+  func testSliceAndSplitOnDataTensors() throws {
+    func model(_ opset: Int, channels: Int, _ nodes: [HandModel.Node], outputs: [String], ints: [(String, [Int64])] = [])
+      -> HandModel
+    {
+      var m = HandModel()
+      m.opset = opset
+      m.inputs = [("x", [1, channels, 2, 2])]
+      for (name, v) in ints { m.int64s(name, dims: [v.count], v) }
+      m.nodes = nodes
+      m.outputs = outputs
+      return m
+    }
+    /// The input's elements of these channels, in order.
+    func channels(_ cs: [Int]) -> [Float] { cs.flatMap { c in (0..<4).map { Float(4 * c + $0) } } }
+    func run(_ m: HandModel, channels n: Int) throws -> (Graph, [[Float]]) {
+      let g = try ONNXReader.parse(m.bytes())
+      let x = Tensor(shape: [1, n, 2, 2]) { for i in 0..<$0.count { $0[i] = Float(i) } }
+      return (g, try Executor(graph: g).run([x]).map(\.scalars))
+    }
+    func sliceCount(_ g: Graph) -> Int { g.nodes.filter { if case .slice = $0.op { true } else { false } }.count }
+
+    // Opset 13: Slice with a step and an end of INT64_MAX; Split by an input.
+    var (g, ys) = try run(
+      model(
+        13, channels: 6,
+        [
+          ("slice", "Slice", ["x", "starts", "ends", "axes", "steps"], ["s"], []),
+          ("split", "Split", ["x", "sizes"], ["p0", "p1", "p2"], [("axis", .int(1))]),
+        ], outputs: ["s", "p0", "p1", "p2"],
+        ints: [("starts", [1]), ("ends", [Int64.max]), ("axes", [1]), ("steps", [2]), ("sizes", [1, 2, 3])]),
+      channels: 6)
+    XCTAssertEqual(sliceCount(g), 4)
+    XCTAssertEqual(g.nodes.map(\.name), ["slice", "split/0", "split/1", "split/2"])
+    XCTAssertEqual(ys, [channels([1, 3, 5]), channels([0]), channels([1, 2]), channels([3, 4, 5])])
+    // Opset 13, no sizes: equal parts.
+    (g, ys) = try run(
+      model(13, channels: 6, [("split", "Split", ["x"], ["a", "b"], [("axis", .int(-3))])], outputs: ["a", "b"]),
+      channels: 6)
+    XCTAssertEqual(ys, [channels([0, 1, 2]), channels([3, 4, 5])])
+    // Opset 11: Split's sizes as an attribute.
+    (g, ys) = try run(
+      model(
+        11, channels: 6, [("split", "Split", ["x"], ["a", "b"], [("axis", .int(1)), ("split", .ints([4, 2]))])],
+        outputs: ["a", "b"]), channels: 6)
+    XCTAssertEqual(ys, [channels([0, 1, 2, 3]), channels([4, 5])])
+    // Opset 18: num_outputs; 5 channels in 3 parts of ⌈5/3⌉ = 2, the last one smaller.
+    (g, ys) = try run(
+      model(
+        18, channels: 5,
+        [("split", "Split", ["x"], ["a", "b", "c"], [("axis", .int(1)), ("num_outputs", .int(3))])],
+        outputs: ["a", "b", "c"]), channels: 5)
+    XCTAssertEqual(ys, [channels([0, 1]), channels([2, 3]), channels([4])])
+    // Opset 9: Slice's bounds as attributes, negative ones counting from the end.
+    (g, ys) = try run(
+      model(
+        9, channels: 6,
+        [("slice", "Slice", ["x"], ["s"], [("starts", .ints([-2])), ("ends", .ints([100])), ("axes", .ints([1]))])],
+        outputs: ["s"]), channels: 6)
+    XCTAssertEqual(ys, [channels([4, 5])])
+
+    // What does not fit is refused with the node's name.
+    let badSizes = model(
+      13, channels: 6, [("split_bad", "Split", ["x", "sizes"], ["a", "b"], [("axis", .int(1))])], outputs: ["a", "b"],
+      ints: [("sizes", [2, 3])])
+    var text = message { try ONNXReader.parse(badSizes.bytes()) }
+    XCTAssertTrue(text.contains("split_bad") && text.contains("[2, 3]"), text)
+    let zeroStep = model(
+      13, channels: 6, [("slice_bad", "Slice", ["x", "starts", "ends", "axes", "steps"], ["s"], [])], outputs: ["s"],
+      ints: [("starts", [0]), ("ends", [2]), ("axes", [1]), ("steps", [0])])
+    text = message { try ONNXReader.parse(zeroStep.bytes()) }
+    XCTAssertTrue(text.contains("slice_bad") && text.contains("step 0"), text)
+    let empty = model(
+      13, channels: 6, [("slice_empty", "Slice", ["x", "starts", "ends", "axes"], ["s"], [])], outputs: ["s"],
+      ints: [("starts", [4]), ("ends", [2]), ("axes", [1])])
+    text = message { try ONNXReader.parse(empty.bytes()) }
+    XCTAssertTrue(text.contains("slice_empty") && text.contains("takes nothing"), text)
   }
 
   func testOpsetOutOfRange() throws {

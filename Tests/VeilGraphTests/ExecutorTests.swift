@@ -112,4 +112,36 @@ final class ExecutorTests: XCTestCase {
     XCTAssertEqual(outs[0].shape, [1, 2, 4, 4])
     XCTAssertThrowsError(try Executor(graph: g, options: .init(retain: ["nope"])))
   }
+
+  /// A channel split of a convolution's output reads the tensor in the layout the convolution
+  /// wrote (channels-last, or channel blocks whose bounds the split falls on): two slices and a
+  /// concat add no reorder to what the convolution alone needs. With blocks of 8 or 16 a
+  /// split at 20 falls inside one and reads the plain layout instead; the numbers agree either
+  /// way.
+  func testChannelSliceReadsTheConvolutionsLayout() throws {
+    func graph(splitAt k: Int?) -> Graph {
+      var g = Graph(name: "split")
+      var r = SeededGenerator(seed: 4)
+      let x = g.addInput(name: "x", shape: [1, 32, 6, 6])
+      let c = g.conv(x, weight: .randomNormal(shape: [64, 32, 3, 3], std: 0.1, generator: &r), .square(3), name: "conv")
+      guard let k else {
+        g.outputs = [c]
+        return g
+      }
+      let a = g.slice(c, SliceAttributes(starts: [0], ends: [k], axes: [1]), name: "a")
+      let b = g.slice(c, SliceAttributes(starts: [k], ends: [64], axes: [1]), name: "b")
+      g.outputs = [g.concat([b, a], axis: 1, name: "swap")]
+      return g
+    }
+    var rng = SeededGenerator(seed: 5)
+    let x = Tensor.randomNormal(shape: [1, 32, 6, 6], generator: &rng)
+    let conv = try Executor(graph: graph(splitAt: nil))
+    let whole = try conv.run([x])[0].scalars
+    for k in [32, 20] {
+      let e = try Executor(graph: graph(splitAt: k))
+      if k == 32 { XCTAssertEqual(e.reorderCount, conv.reorderCount, "\(e.kernelNames)") }
+      // Channels k..<64, then 0..<k, of the convolution's output: 36 elements a channel.
+      XCTAssertEqual(try e.run([x])[0].scalars, Array(whole[(k * 36)...] + whole[..<(k * 36)]), "split at \(k)")
+    }
+  }
 }

@@ -21,6 +21,7 @@ final class OpTests: XCTestCase {
   func testElementwise() { check(OpCases.elementwise) }
   func testMatrixProducts() { check(OpCases.matrixProducts) }
   func testDataMovement() { check(OpCases.dataMovement) }
+  func testSlicing() { check(OpCases.slicing) }
   func testResize() { check(OpCases.resize) }
   func testSoftmaxDropoutIdentity() { check(OpCases.softmaxDropoutIdentity) }
   func testFusedPatterns() { check(OpCases.fused) }
@@ -39,6 +40,7 @@ final class OpTests: XCTestCase {
       .maxPool(PoolAttributes(kernel: [1])),
       .averagePool(PoolAttributes(kernel: [1])), .globalAveragePool, .concat(axis: 0), .gemm(GemmAttributes()), .matMul,
       .flatten(axis: 1), .reshape(shape: []), .transpose(permutation: []), .pad(mode: .constant, pads: [], value: 0),
+      .slice(SliceAttributes(starts: [], ends: [])),
       .resize(.nearest, scales: nil, sizes: nil), .softmax(axis: 0), .dropout(ratio: 0), .identity,
       .localResponseNormalization(size: 1, alpha: 0, beta: 0, bias: 0),
     ]
@@ -154,6 +156,7 @@ struct OpCase: Sendable {
     case .concat(let a), .softmax(let a), .flatten(let a): return "(axis \(a))"
     case .reshape(let s): return "(\(s))"
     case .transpose(let p): return "(\(p))"
+    case .slice(let a): return "(\(a))"
     default: return ""
     }
   }
@@ -221,7 +224,7 @@ func opCase(_ name: String, tolerance: Tolerance = .standard, _ body: (inout Cas
 enum OpCases {
   static let all: [OpCase] =
     convolution + convTranspose + batchNormalization + activations + pooling + elementwise + matrixProducts
-    + dataMovement
+    + dataMovement + slicing
     + resize + softmaxDropoutIdentity + fused
 
   // Reductions here are ≤ 150 terms of O(1) values: float32 error stays near 1e-6.
@@ -531,6 +534,66 @@ enum OpCases {
       return [
         b.graph.addNode(.pad(mode: .edge, pads: [0, 0, 1, 1, 0, 0, 2, 0], value: 0), name: "pad", inputs: [x])[0]
       ]
+    },
+  ]
+
+  /// ONNX Slice on runtime tensors (Split imports as one Slice per output): channel halves,
+  /// negative and out-of-range bounds, steps above 1 and below 0, slices of a convolution's
+  /// output, and ShuffleNet V2's unit around them.
+  static let slicing: [OpCase] = [
+    opCase("slice_channel_halves", tolerance: .exact) { b in
+      let x = b.input([2, 6, 3, 4])
+      return [
+        b.graph.slice(x, SliceAttributes(starts: [0], ends: [3], axes: [1]), name: "first"),
+        b.graph.slice(x, SliceAttributes(starts: [3], ends: [Int(Int64.max)], axes: [1]), name: "second"),
+      ]
+    },
+    opCase("slice_negative_and_clamped_bounds", tolerance: .exact) { b in
+      let x = b.input([2, 3, 5, 6])
+      return [b.graph.slice(x, SliceAttributes(starts: [-4, -100], ends: [-1, 100], axes: [-1, 2]), name: "slice")]
+    },
+    opCase("slice_steps_2_and_3", tolerance: .exact) { b in
+      let x = b.input([1, 4, 7, 9])
+      return [
+        b.graph.slice(x, SliceAttributes(starts: [1, 0, 1], ends: [7, 9, 4], axes: [2, 3, 1], steps: [2, 3, 2]), name: "slice")
+      ]
+    },
+    opCase("slice_negative_steps", tolerance: .exact) { b in
+      let x = b.input([1, 2, 4, 5])
+      return [
+        b.graph.slice(
+          x, SliceAttributes(starts: [-1, 3], ends: [Int(Int64.min), -10], axes: [3, 2], steps: [-1, -2]), name: "flip")
+      ]
+    },
+    // Slices of a convolution's output, in the layout oneDNN chose for it (channels-last, or
+    // channel blocks): channels 8..<16 start on a block of 8 and inside one of 16; 0..<5 with
+    // spatial crops fit no block.
+    opCase("slice_conv_output_channels_8_to_16") { b in
+      let x = b.input([1, 3, 6, 6])
+      let c = b.conv(x, inChannels: 3, 16, .square(3), name: "conv")
+      let s = b.graph.slice(c, SliceAttributes(starts: [8], ends: [16], axes: [1]), name: "slice")
+      return [b.conv(s, inChannels: 8, 4, .square(1), name: "conv2")]
+    },
+    opCase("slice_conv_output_channels_0_to_5_cropped") { b in
+      let x = b.input([1, 3, 6, 6])
+      let c = b.conv(x, inChannels: 3, 12, .square(3), name: "conv")
+      let s = b.graph.slice(c, SliceAttributes(starts: [0, 1, 1], ends: [5, -1, 6], axes: [1, 2, 3]), name: "slice")
+      return [b.conv(s, inChannels: 5, 4, .square(1), name: "conv2")]
+    },
+    // ShuffleNet V2's stride-1 unit: split the channels, one half through 1×1 → depthwise 3×3
+    // → 1×1, concat with the other half, then the channel shuffle (Reshape to 5-D, Transpose,
+    // Reshape back).
+    opCase("slice_shufflenet_v2_unit") { b in
+      let x = b.input([2, 8, 6, 6])
+      let kept = b.graph.slice(x, SliceAttributes(starts: [0], ends: [4], axes: [1]), name: "split_0")
+      var y = b.graph.slice(x, SliceAttributes(starts: [4], ends: [8], axes: [1]), name: "split_1")
+      y = b.graph.activation(b.conv(y, inChannels: 4, 4, .square(1), name: "pw1"), .relu, name: "relu1")
+      y = b.conv(y, inChannels: 4, 4, .square(3, groups: 4), name: "dw")
+      y = b.graph.activation(b.conv(y, inChannels: 4, 4, .square(1), name: "pw2"), .relu, name: "relu2")
+      let joined = b.graph.concat([kept, y], axis: 1, name: "concat")
+      let grouped = b.graph.reshape(joined, to: [2, 2, 4, 6, 6], name: "group")
+      let shuffled = b.graph.addNode(.transpose(permutation: [0, 2, 1, 3, 4]), name: "shuffle", inputs: [grouped])[0]
+      return [b.graph.reshape(shuffled, to: [2, 8, 6, 6], name: "ungroup")]
     },
   ]
 

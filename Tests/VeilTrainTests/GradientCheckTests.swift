@@ -279,6 +279,51 @@ final class GradientCheckTests: XCTestCase {
     }
   }
 
+  /// Slice scatters its gradient into zeros of the input's shape; a channel split whose two
+  /// halves both flow on (ShuffleNet V2's unit, through GraphModel) gives every input element
+  /// exactly one gradient.
+  func testSlice() throws {
+    let x = leaf([2, 6, 4, 5], seed: 47)
+    let half = SliceAttributes(starts: [3], ends: [Int.max], axes: [1])
+    let y = try slice(x, half)
+    XCTAssertEqual(y.shape, [2, 3, 4, 5])
+    // Element (n=1, c=0, h=2, w=3) of the second half is x[1, 3, 2, 3].
+    let (yIndex, xIndex) = (((1 * 3 + 0) * 4 + 2) * 5 + 3, ((1 * 6 + 3) * 4 + 2) * 5 + 3)
+    XCTAssertEqual(y.value.scalars[yIndex], x.value.scalars[xIndex])
+    try check("Slice channel half", [x]) { try slice(x, half) }
+    try check("Slice negative bounds, steps 2 and 3", [x]) {
+      try slice(x, SliceAttributes(starts: [-4, 0, 1], ends: [-1, 5, 6], axes: [2, 3, 1], steps: [1, 3, 2]))
+    }
+    try check("Slice reversed W, step −2 on H", [x]) {
+      try slice(x, SliceAttributes(starts: [-1, 3], ends: [Int.min, -100], axes: [3, 2], steps: [-1, -2]))
+    }
+    // Outside the slice the gradient is exactly zero.
+    x.grad = nil
+    try slice(x, half).backward(seed: Tensor(shape: [2, 3, 4, 5], repeating: 1))
+    let g = try XCTUnwrap(x.grad).scalars
+    // 20 elements a channel map; channels 3..<6 of each item were taken.
+    let taken: [Bool] = g.indices.map { ($0 / 20) % 6 >= 3 }
+    let expected: [Float] = taken.map { $0 ? 1 : 0 }
+    XCTAssertEqual(g, expected)
+    XCTAssertThrowsError(try slice(x, SliceAttributes(starts: [4], ends: [2], axes: [1]))) {
+      XCTAssertTrue("\($0)".contains("takes nothing"), "\($0)")
+    }
+
+    var graph = Graph(name: "shufflenet_unit")
+    let input = graph.addInput(name: "x", shape: [2, 6, 4, 5])
+    var r = SeededGenerator(seed: 48)
+    let kept = graph.slice(input, SliceAttributes(starts: [0], ends: [3], axes: [1]), name: "split_0")
+    var b = graph.slice(input, SliceAttributes(starts: [3], ends: [6], axes: [1]), name: "split_1")
+    b = graph.conv(b, weight: .randomNormal(shape: [3, 3, 1, 1], std: 0.5, generator: &r), bias: nil, .square(1), name: "pw")
+    b = graph.activation(b, .tanh, name: "act")
+    let joined = graph.concat([kept, b], axis: 1, name: "concat")
+    let grouped = graph.reshape(joined, to: [2, 2, 3, 4, 5], name: "group")
+    let shuffled = graph.addNode(.transpose(permutation: [0, 2, 1, 3, 4]), name: "shuffle", inputs: [grouped])[0]
+    graph.outputs = [graph.reshape(shuffled, to: [2, 6, 4, 5], name: "ungroup")]
+    let model = try GraphModel(graph)
+    try check("ShuffleNet V2 unit (GraphModel)", [x] + model.parameters) { try model(x) }
+  }
+
   func testLocalResponseNormalization() throws {
     let x = leaf([2, 6, 3, 2], seed: 47)
     // Channel 0 with size 3 sees channels 0 and 1: y = x / (2 + 0.5/3·(x0² + x1²))^0.75.
