@@ -74,8 +74,14 @@ struct ONNXImporter {
       let shape: [Int]
       do { shape = try inputShape(v, nodes: g.nodes) } catch where surveying {
         problems.append(.init(kind: .input, name: v.name, op: nil, detail: Self.detail(error)))
-        // Go on with the symbolic dimensions at 1, so the nodes after it are checked too.
-        shape = (v.dims ?? []).map { d in d.map { Int(clamping: max($0, 1)) } ?? 1 }
+        // Go on with the symbolic (and any out-of-range) dimensions at 1, so the nodes after it
+        // are checked too; a shape still too large to count goes on as all ones.
+        let fixed = (v.dims ?? []).map { d in d.flatMap { (1...Int64(Int32.max)).contains($0) ? Int($0) : nil } ?? 1 }
+        let fits = fixed.reduce((1, true)) { acc, d in
+          let (p, overflow) = acc.0.multipliedReportingOverflow(by: d)
+          return (p, acc.1 && !overflow && p <= Int(Int32.max))
+        }.1
+        shape = fits ? fixed : fixed.map { _ in 1 }
       }
       values[v.name] = graph.addInput(name: v.name, shape: shape)
       if let t = v.elemType, let type = Self.wireTypes[t] { graph.metadata[WireIntegerType.metadataKey(input: v.name)] = type.rawValue }

@@ -203,10 +203,11 @@ public struct CutDefence: Codable, Sendable, Equatable, CustomStringConvertible 
     }
     let c = x.shape[channelAxis]
     try checkFit(channels: c)
-    let n = x.shape[0]
+    // Quantisation is its wire form decoded: one computation for the enclave, the attackers
+    // and the utility.
+    if kind == .quantise { return try encode(x, channelAxis: channelAxis).decoded() }
     // Index arithmetic: value k of image i has channel (k / inner) % c.
     let inner = x.shape[(channelAxis + 1)...].reduce(1, *)
-    let per = x.count / max(n, 1)
     var y = x
     y.withUnsafeMutableBuffer { p in
       switch kind {
@@ -222,26 +223,7 @@ public struct CutDefence: Codable, Sendable, Equatable, CustomStringConvertible 
         var keep = [Bool](repeating: false, count: c)
         for ch in keptChannels! { keep[ch] = true }
         for k in 0..<p.count where !keep[(k / inner) % c] { p[k] = 0 }
-      case .quantise:
-        let levels = Float((1 << bits!) - 1)
-        var low = [Float](repeating: 0, count: c)
-        var high = [Float](repeating: 0, count: c)
-        for i in 0..<n {
-          let base = i * per
-          for ch in 0..<c { (low[ch], high[ch]) = (.infinity, -.infinity) }
-          for k in 0..<per {
-            let ch = (k / inner) % c
-            low[ch] = min(low[ch], p[base + k])
-            high[ch] = max(high[ch], p[base + k])
-          }
-          for k in 0..<per {
-            let ch = (k / inner) % c
-            let range = high[ch] - low[ch]
-            guard range > 0, range.isFinite else { continue }
-            let step = range / levels
-            p[base + k] = low[ch] + ((p[base + k] - low[ch]) / step).rounded() * step
-          }
-        }
+      case .quantise: break
       }
     }
     return y
@@ -304,6 +286,8 @@ public enum WireIntegerType: String, Codable, Sendable, CaseIterable {
 /// exactly the map `CutDefence.apply` gives.
 public struct EncodedMap: Sendable {
   public var type: WireIntegerType
+  /// The map's channel axis (1 for [N, C, h, w], 3 for [N, h, w, C]).
+  public var channelAxis: Int
   /// The codes, the map's shape.
   public var codes: Tensor
   /// Minimum and step per image and channel: the map's shape with every axis but the batch
@@ -313,6 +297,25 @@ public struct EncodedMap: Sendable {
 
   /// The three tensors in the order of the encoded tail's inputs.
   public var tensors: [Tensor] { [codes, low, step] }
+
+  /// The quantised map: code·step + minimum, what the encoded tail's first two nodes compute.
+  public func decoded() -> Tensor {
+    let (n, c) = (codes.shape[0], codes.shape[channelAxis])
+    let inner = codes.shape[(channelAxis + 1)...].reduce(1, *)
+    let per = codes.count / max(n, 1)
+    var y = codes
+    low.withUnsafeBuffer { l in
+      step.withUnsafeBuffer { s in
+        y.withUnsafeMutableBuffer { p in
+          for k in 0..<p.count {
+            let j = (k / per) * c + (k / inner) % c
+            p[k] = p[k] * s[j] + l[j]
+          }
+        }
+      }
+    }
+    return y
+  }
   /// The bytes the three take on the wire.
   public var wireBytes: Int { codes.count * type.bytes + (low.count + step.count) * 4 }
 }
@@ -363,7 +366,7 @@ extension CutDefence {
     }
     var side = [Int](repeating: 1, count: x.rank)
     (side[0], side[channelAxis]) = (n, c)
-    return EncodedMap(type: type, codes: codes, low: try Tensor(shape: side, values: low), step: try Tensor(shape: side, values: step))
+    return EncodedMap(type: type, channelAxis: channelAxis, codes: codes, low: try Tensor(shape: side, values: low), step: try Tensor(shape: side, values: step))
   }
 
   /// `tail` that takes the map encoded: its input replaced by three (`<name>_codes`, of

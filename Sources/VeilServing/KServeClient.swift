@@ -5,6 +5,7 @@
 import Foundation
 import GRPCCore
 import GRPCNIOTransportHTTP2
+import VeilGraph
 import VeilTensor
 
 /// HOST:PORT of a KServe v2 gRPC server.
@@ -207,11 +208,10 @@ public final class KServeClient: Sendable {
       t.name = input.name
       t.datatype = input.datatype
       t.shape = KServeCodec.wireShape(input.tensor.shape)
-      let integer = KServeCodec.integerBytes[input.datatype] != nil
-      switch encoding {
-      case .raw: r.rawInputContents.append(KServeCodec.rawBytes(input.tensor, datatype: input.datatype))
-      case .typed where integer: t.contents.uintContents = input.tensor.scalars.map { $0.isNaN ? 0 : UInt32(min(max($0.rounded(), 0), 65_535)) }
-      case .typed: t.contents.fp32Contents = input.tensor.scalars
+      switch (encoding, WireIntegerType(rawValue: input.datatype)) {
+      case (.raw, _): r.rawInputContents.append(KServeCodec.rawBytes(input.tensor, datatype: input.datatype))
+      case (.typed, let type?): t.contents.uintContents = KServeCodec.integers(input.tensor, type)
+      case (.typed, nil): t.contents.fp32Contents = input.tensor.scalars
       }
       r.inputs.append(t)
     }

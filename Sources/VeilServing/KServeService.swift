@@ -7,6 +7,7 @@
 import Foundation
 import GRPCCore
 import Logging
+import VeilGraph
 import VeilTensor
 
 /// The model versions a server serves, by name then version.
@@ -271,7 +272,7 @@ public struct AcceleratorService: Inference_GRPCInferenceService.ServiceProtocol
       }
       let tensor: Tensor?
       if raw {
-        if t.hasContents, KServeCodec.foreignContents(t.contents) != nil || !t.contents.fp32Contents.isEmpty {
+        if t.hasContents, KServeCodec.foreignContents(t.contents, expected: "") != nil {
           throw invalid("input '\(t.name)' has typed contents as well as raw_input_contents; send one or the other")
         }
         tensor = KServeCodec.tensor(shape: shape, rawBytes: q.rawInputContents[k], datatype: t.datatype)
@@ -283,12 +284,10 @@ public struct AcceleratorService: Inference_GRPCInferenceService.ServiceProtocol
       } else if integer {
         // UINT8 / UINT16 travel in uint_contents (the protocol's field for unsigned types up to 32 bits).
         let c = t.contents
-        if !c.fp32Contents.isEmpty || !c.boolContents.isEmpty || !c.intContents.isEmpty || !c.int64Contents.isEmpty
-          || !c.uint64Contents.isEmpty || !c.fp64Contents.isEmpty || !c.bytesContents.isEmpty
-        {
-          throw invalid("input '\(t.name)' is declared \(t.datatype); put the values in uint_contents")
+        if let field = KServeCodec.foreignContents(c, expected: "uint_contents") {
+          throw invalid("input '\(t.name)' is declared \(t.datatype) but carries \(field); put the values in uint_contents")
         }
-        let top = UInt32((1 << (8 * size)) - 1)
+        let top = UInt32(WireIntegerType(rawValue: t.datatype)?.maximum ?? 0)
         if let over = c.uintContents.first(where: { $0 > top }) {
           throw invalid("input '\(t.name)' is declared \(t.datatype) but carries \(over), above \(top)")
         }

@@ -3,6 +3,7 @@
 // protocol's `raw_*_contents` bytes and typed `fp32_contents`.
 import Foundation
 import GRPCCore
+import VeilGraph
 import VeilTensor
 
 /// One named FP32 tensor of a KServe v2 request or response.
@@ -228,23 +229,24 @@ public enum KServeCodec {
 
   /// The unsigned integer datatypes a tensor may travel as besides FP32, with their bytes per
   /// value: a quantised map's codes (held as floats in the engine).
-  public static let integerBytes: [String: Int] = ["UINT8": 1, "UINT16": 2]
+  public static let integerBytes = Dictionary(uniqueKeysWithValues: WireIntegerType.allCases.map { ($0.rawValue, $0.bytes) })
 
   /// Bytes per value of `datatype` (FP32 or an integer type), nil for any other.
   public static func bytesPerValue(_ datatype: String) -> Int? { datatype == fp32 ? 4 : integerBytes[datatype] }
 
-  /// The little-endian bytes of `tensor` as `datatype`; integer types take the values rounded
-  /// and clamped to their range.
+  /// `tensor`'s values as `type`'s integers: rounded, clamped to its range, NaN as 0.
+  public static func integers(_ tensor: Tensor, _ type: WireIntegerType) -> [UInt32] {
+    tensor.scalars.map { $0.isNaN ? 0 : UInt32(min(max($0.rounded(), 0), type.maximum)) }
+  }
+
+  /// The little-endian bytes of `tensor` as `datatype`; integer types take `integers(_:_:)`.
   public static func rawBytes(_ tensor: Tensor, datatype: String) -> Data {
-    guard let size = integerBytes[datatype] else { return rawBytes(tensor) }
-    let top = Float((1 << (8 * size)) - 1)
-    var bytes = [UInt8](repeating: 0, count: tensor.count * size)
-    tensor.withUnsafeBuffer { p in
-      for k in 0..<p.count {
-        let v = p[k].isNaN ? 0 : UInt16(min(max(p[k].rounded(), 0), top))
-        bytes[k * size] = UInt8(truncatingIfNeeded: v)
-        if size == 2 { bytes[k * size + 1] = UInt8(truncatingIfNeeded: v >> 8) }
-      }
+    guard let type = WireIntegerType(rawValue: datatype) else { return rawBytes(tensor) }
+    let values = integers(tensor, type)
+    var bytes = [UInt8](repeating: 0, count: values.count * type.bytes)
+    for (k, v) in values.enumerated() {
+      bytes[k * type.bytes] = UInt8(truncatingIfNeeded: v)
+      if type == .uint16 { bytes[k * 2 + 1] = UInt8(truncatingIfNeeded: v >> 8) }
     }
     return Data(bytes)
   }
@@ -270,18 +272,17 @@ public enum KServeCodec {
     return try? Tensor(shape: shape, values: values)
   }
 
-  /// The number of values a typed `InferTensorContents` carries in fields other than
-  /// fp32_contents, with the name of the first such field (a datatype the tensor does not
-  /// declare).
-  static func foreignContents(_ c: Inference_InferTensorContents) -> String? {
-    if !c.boolContents.isEmpty { return "bool_contents" }
-    if !c.intContents.isEmpty { return "int_contents" }
-    if !c.int64Contents.isEmpty { return "int64_contents" }
-    if !c.uintContents.isEmpty { return "uint_contents" }
-    if !c.uint64Contents.isEmpty { return "uint64_contents" }
-    if !c.fp64Contents.isEmpty { return "fp64_contents" }
-    if !c.bytesContents.isEmpty { return "bytes_contents" }
-    return nil
+  /// The first typed field of `c` that holds values, other than `expected` (the field of the
+  /// tensor's declared datatype: fp32_contents for FP32, uint_contents for UINT8 / UINT16): a
+  /// datatype the tensor does not declare. nil when only `expected` (or nothing) holds values.
+  static func foreignContents(_ c: Inference_InferTensorContents, expected: String = "fp32_contents") -> String? {
+    let fields: [(String, Bool)] = [
+      ("bool_contents", c.boolContents.isEmpty), ("int_contents", c.intContents.isEmpty),
+      ("int64_contents", c.int64Contents.isEmpty), ("uint_contents", c.uintContents.isEmpty),
+      ("uint64_contents", c.uint64Contents.isEmpty), ("fp32_contents", c.fp32Contents.isEmpty),
+      ("fp64_contents", c.fp64Contents.isEmpty), ("bytes_contents", c.bytesContents.isEmpty),
+    ]
+    return fields.first { !$0.1 && $0.0 != expected }?.0
   }
 
   /// A shape in the protocol's int64 form.

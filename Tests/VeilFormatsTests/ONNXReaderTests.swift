@@ -260,6 +260,15 @@ final class ONNXReaderTests: XCTestCase {
     fine.nodes = [("r", "Relu", ["x"], ["y"], [])]
     fine.outputs = ["y"]
     XCTAssertTrue(try ONNXReader.survey(fine.bytes()).importable)
+    // A hostile input shape (too large to count, and symbolic) is reported, and the survey goes
+    // on with ones instead of multiplying it.
+    var huge = HandModel()
+    huge.inputs = [("x", [1, 1 << 40, nil, 1 << 20])]
+    huge.nodes = [("r", "Relu", ["x"], ["a"], []), ("f", "Flatten", ["a"], ["y"], [])]
+    huge.outputs = ["y"]
+    let h = try ONNXReader.survey(huge.bytes())
+    XCTAssertEqual(h.problems.map(\.name), ["x"])
+    XCTAssertEqual(h.uncheckedNodes, 0)
   }
 
   /// Slice and Split on a runtime tensor (ShuffleNet V2's channel split) become Slice nodes,

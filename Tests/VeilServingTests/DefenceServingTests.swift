@@ -117,6 +117,29 @@ final class DefenceServingTests: XCTestCase {
     XCTAssertEqual(request.rawInputContents.map(\.count), [map.count, channels * 4, channels * 4], "a byte a code")
     XCTAssertEqual(request.rawInputContents.map(\.count).reduce(0, +), encoded.wireBytes)
     XCTAssertLessThan(encoded.wireBytes * 3, map.count * 4, "under a third of the FP32 map")
+
+    // The typed form (uint_contents) answers the same; codes out of UINT8's range, or sent in
+    // fp32_contents, are refused with what to do, and the server goes on serving.
+    let tailName = plan.plan.accelerator.modelName
+    let tensors = zip(inputs, encoded.tensors).map { KServeTensor(name: $0.name, tensor: $1, datatype: $0.datatype) }
+    let typed = try await running.client.infer(model: tailName, inputs: tensors, encoding: .typed)
+    let raw = try await running.client.infer(model: tailName, inputs: tensors)
+    XCTAssertLessThan(EnclaveFixture.relativeError(typed.outputs[0].tensor.scalars, raw.outputs[0].tensor.scalars), 1e-4)
+    var over = KServeClient.makeRequest(model: tailName, inputs: tensors, encoding: .typed)
+    over.inputs[0].contents.uintContents[0] = 300
+    var asFloats = KServeClient.makeRequest(model: tailName, inputs: tensors, encoding: .typed)
+    asFloats.inputs[0].contents.uintContents = []
+    asFloats.inputs[0].contents.fp32Contents = encoded.codes.scalars
+    for (request, needle) in [(over, "carries 300, above 255"), (asFloats, "carries fp32_contents")] {
+      do {
+        _ = try await running.client.modelInfer(request)
+        XCTFail("\(needle): accepted")
+      } catch let e as KServeError {
+        XCTAssertTrue(e.message.contains(needle), e.message)
+      }
+    }
+    let after = try await running.client.infer(model: tailName, inputs: tensors)
+    XCTAssertLessThan(EnclaveFixture.relativeError(after.outputs[0].tensor.scalars, raw.outputs[0].tensor.scalars), 1e-4, "still serving")
     try await running.stop()
   }
 
