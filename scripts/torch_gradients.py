@@ -114,6 +114,10 @@ def apply(op, a, x):
                              **({"align_corners": False} if a["mode"] == "bilinear" else {}))
     if op == "softmax":
         return F.softmax(x[0], dim=a["axis"])
+    if op == "gelu":
+        return F.gelu(x[0], approximate=a["approximate"])
+    if op == "layer_norm":
+        return F.layer_norm(x[0], a["shape"], x[1], x[2] if len(x) > 2 else None, eps=a["epsilon"])
     if op == "l1_loss":
         return F.l1_loss(x[0], x[1])
     if op == "mse_loss":

@@ -69,8 +69,9 @@ extension ONNXImporter {
         guard let axes else { throw c.fail("'axes' is missing") }
         dims = try unsqueezed(dims, axes: axes, c)
       case "Squeeze":
-        let axes = try c.ints("axes") ?? dims.indices.filter { dims[$0] == 1 }
-        let drop = Set(axes.map { $0 < 0 ? $0 + t.shape.count : $0 })
+        var axes = try c.ints("axes")
+        if opset >= 13, ins.count > 1, case .ints(_, let a)? = constants[ins[1]] { axes = a.map { Int($0) } }
+        let drop = Set((axes ?? dims.indices.filter { dims[$0] == 1 }).map { $0 < 0 ? $0 + t.shape.count : $0 })
         dims = dims.indices.filter { !drop.contains($0) }.map { dims[$0] }
       case "Reshape":
         guard ins.count > 1, case .ints(_, let s)? = constants[ins[1]] else { return false }
@@ -86,6 +87,53 @@ extension ONNXImporter {
         break
       }
       do { constants[out] = .floats(try t.reshaped(dims)) } catch { throw c.fail("\(error)") }
+      return true
+    case "Expand":
+      // A float constant broadcast to a constant shape (a transformer's class token repeated
+      // for every image of the batch).
+      guard ins.count == 2, case .floats(let t)? = constants[ins[0]], case .ints(_, let raw)? = constants[ins[1]] else {
+        return false
+      }
+      guard raw.allSatisfy({ $0 >= 1 && $0 <= Int64(Int32.max) }), let shape = broadcastShapes(t.shape, raw.map { Int($0) }) else {
+        throw c.fail("shape \(raw.prefix(8)) does not broadcast with the input's \(t.shape)")
+      }
+      do {
+        _ = try FormatLimits.elementCount(shape, maxElements: FormatLimits.maxFoldedElements - foldedElements)
+      } catch {
+        throw c.fail(
+          "shape \(shape.prefix(8)) \(error.detail) (what is left of the \(FormatLimits.maxFoldedElements) elements "
+            + "all folded constants may hold)")
+      }
+      constants[out] = .floats(try t.broadcast(to: shape))
+      return true
+    case "Sqrt", "Add", "Sub", "Mul", "Div", "Cast":
+      // Arithmetic on float constants (the attention scale 1/√√d an exporter computes from a
+      // shape), within the folded budget; integer operands take the shape-arithmetic path below.
+      let operands = ins.compactMap { name -> Tensor? in if case .floats(let t)? = constants[name] { t } else { nil } }
+      guard let first = operands.first, operands.count == ins.count else { break }
+      if n.opType == "Cast", try c.int("to", 0) != ONNXProto.DataType.float { return false }
+      let shape = try operands.dropFirst().reduce(first.shape) { s, t in
+        guard let b = broadcastShapes(s, t.shape) else { throw c.fail("float operands \(s) and \(t.shape) do not broadcast") }
+        return b
+      }
+      do {
+        _ = try FormatLimits.elementCount(shape, maxElements: FormatLimits.maxFoldedElements - foldedElements)
+      } catch { throw c.fail("folded result of shape \(shape.prefix(8)) \(error.detail)") }
+      let spread = try operands.map { try $0.broadcast(to: shape).scalars }
+      constants[out] = .floats(
+        Tensor(shape: shape) { o in
+          for k in o.indices {
+            let a = spread[0][k]
+            switch n.opType {
+            case "Sqrt": o[k] = a.squareRoot()
+            case "Add": o[k] = a + spread[1][k]
+            case "Sub": o[k] = a - spread[1][k]
+            case "Mul": o[k] = a * spread[1][k]
+            case "Div": o[k] = a / spread[1][k]
+            default: o[k] = a
+            }
+          }
+        })
       return true
     case "Shape":
       guard let i = ins.first, values[i] != nil || constants[i] != nil else { return false }
@@ -119,9 +167,20 @@ extension ONNXImporter {
       }
       constants[out] = constants[ins[0]]
       batchMarks[out] = batchMarks[ins[0]]
-    case "Add", "Sub", "Mul", "Div":
+    case "Add", "Sub", "Mul", "Div", "Mod", "Equal":
       guard data.count == 2 else { throw c.fail("needs two inputs") }
+      if n.opType == "Mod", try c.int("fmod", 0) != 0 { return false }
       constants[out] = try integerArithmetic(n.opType, data[0], data[1], c)
+    case "Where":
+      // Where(cond, x, y) on shape arithmetic (PyTorch's expand(n, -1, -1)), with the condition
+      // as 0/1: cond·x + (1 − cond)·y, each step checked as the others.
+      guard data.count == 3 else { throw c.fail("needs a condition and two inputs") }
+      let cond = (dims: data[0].dims, values: data[0].values.map { $0 != 0 ? Int64(1) : 0 })
+      let notCond = (dims: cond.dims, values: cond.values.map { 1 - $0 })
+      guard case .ints(let d1, let v1) = try integerArithmetic("Mul", cond, data[1], c),
+        case .ints(let d2, let v2) = try integerArithmetic("Mul", notCond, data[2], c)
+      else { return false }
+      constants[out] = try integerArithmetic("Add", (d1, v1), (d2, v2), c)
     case "Reshape":
       guard data.count == 2 else { throw c.fail("needs data and shape") }
       let dims: [Int]
@@ -247,6 +306,13 @@ extension ONNXImporter {
       case "Add": r = x.addingReportingOverflow(y)
       case "Sub": r = x.subtractingReportingOverflow(y)
       case "Mul": r = x.multipliedReportingOverflow(by: y)
+      case "Equal": r = (x == y ? 1 : 0, false)
+      case "Mod":
+        // ONNX's integer Mod (fmod = 0) takes the divisor's sign, as Python's %.
+        guard y != 0 else { throw c.fail("integer modulo by zero") }
+        guard x != Int64.min || y != -1 else { throw c.fail("integer Mod of \(x) and \(y) overflows") }
+        let m = x % y
+        r = (m != 0 && (m < 0) != (y < 0) ? m + y : m, false)
       default:
         guard y != 0 else { throw c.fail("integer division by zero") }
         r = x.dividedReportingOverflow(by: y)

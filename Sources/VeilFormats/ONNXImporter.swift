@@ -23,6 +23,10 @@ struct ONNXImporter {
   var batchMarks: [String: Set<Int>] = [:]
   /// Whether some graph input has a symbolic leading dimension.
   var symbolicBatch = false
+  /// What a symbolic leading dimension reads as. Shape arithmetic folds at this batch, so a
+  /// graph whose reshapes multiply the batch into another dimension (a transformer's heads)
+  /// runs at it, where `Graph.withBatch` could not re-infer it.
+  var batchSize = 1
   var externalFiles: [String: Data] = [:]
   /// Elements of the constants folded so far (`FormatLimits.maxFoldedElements` in all).
   var foldedElements = 0
@@ -86,7 +90,11 @@ struct ONNXImporter {
       values[v.name] = graph.addInput(name: v.name, shape: shape)
       if let t = v.elemType, let type = Self.wireTypes[t] { graph.metadata[WireIntegerType.metadataKey(input: v.name)] = type.rawValue }
     }
-    for n in try ordered(fusingSiLU(g.nodes, graphOutputs: Set(g.outputs.map(\.name)))) {
+    let graphOutputs = Set(g.outputs.map(\.name))
+    var fused = fusingSiLU(g.nodes, graphOutputs: graphOutputs)
+    fused = fusingGELU(fused, graphOutputs: graphOutputs)
+    fused = fusingLayerNorm(fused, graphOutputs: graphOutputs)
+    for n in try ordered(fused) {
       guard surveying else {
         try importNode(n)
         continue
@@ -163,7 +171,8 @@ struct ONNXImporter {
         }
         return Int(d)
       }
-      // A symbolic batch is run at 1 (the executor re-plans for other batch sizes).
+      // A symbolic batch is run at `batchSize` (1 unless asked; the executor re-plans for
+      // other batch sizes where the graph allows it).
       guard i == 0 else {
         let params = v.dimParams
         let param = i < params.count ? params[i].map { " ('\($0)')" } ?? "" : ""
@@ -173,7 +182,7 @@ struct ONNXImporter {
           detail:
             "input '\(v.name)' has a symbolic dimension at axis \(i)\(param) of [\(shown.joined(separator: ", "))]; only the batch may be symbolic: export the model with that dimension fixed")
       }
-      return 1
+      return batchSize
     }
     // Later shape arithmetic multiplies dimensions; keep every product far from overflow.
     var count = 1
@@ -394,12 +403,106 @@ struct ONNXImporter {
         !graphOutputs.contains(y), let r = readers[y], r.count == 1
       else { continue }
       let m = nodes[r[0]]
-      guard m.opType == "Mul", m.domain.isEmpty, !m.isFusedSiLU, m.inputs.count == 2, Set(m.inputs) == [x, y] else {
+      guard m.opType == "Mul", m.domain.isEmpty, m.fused == nil, m.inputs.count == 2, Set(m.inputs) == [x, y] else {
         continue
       }
       nodes[r[0]].inputs = [x]
-      nodes[r[0]].isFusedSiLU = true
+      nodes[r[0]].fused = .silu
       removed.insert(i)
+    }
+    return nodes.indices.filter { !removed.contains($0) }.map { nodes[$0] }
+  }
+
+  /// GELU's erf form as exporters write it before opset 20, 0.5 · x · (1 + erf(x / √2)), is one
+  /// op in Veil: Erf reading Div(x, √2) (or Mul(x, 1/√2)), an Add of 1, and two Muls that
+  /// multiply x, 0.5 and the sum in any order. Each intermediate value must have no other reader.
+  mutating func fusingGELU(_ nodes: [ONNXProto.Node], graphOutputs: Set<String>) -> [ONNXProto.Node] {
+    let f = FusionIndex(nodes, graphOutputs: graphOutputs)
+    var nodes = nodes
+    var removed = Set<Int>()
+    func scalar(_ name: String) -> Float? { f.scalar(name, &self) }
+    func near(_ v: Float?, _ target: Float) -> Bool { v.map { abs($0 - target) <= 1e-4 * target } ?? false }
+    for (e, erf) in nodes.enumerated() where f.isOp(e, "Erf", inputs: 1) {
+      // x / √2 or x · (1/√2)
+      guard let d = f.producer[erf.inputs[0]], f.soleReader(erf.inputs[0]) == e, nodes[d].inputs.count == 2 else { continue }
+      let x = nodes[d].inputs[0]
+      guard (f.isOp(d, "Div", inputs: 2) && near(scalar(nodes[d].inputs[1]), 1.414_213_6))
+        || (f.isOp(d, "Mul", inputs: 2) && near(scalar(nodes[d].inputs[1]), 0.707_106_78))
+      else { continue }
+      // 1 + erf
+      guard let erfOut = erf.outputs.first, let a = f.soleReader(erfOut), f.isOp(a, "Add", inputs: 2),
+        let sum = nodes[a].outputs.first, let one = nodes[a].inputs.first(where: { $0 != erfOut }), near(scalar(one), 1)
+      else { continue }
+      // Two Muls over {x, 0.5, sum}: the first reads two of them, the second its result and the third.
+      let halfOfX = f.readers[x]?.first { f.isOp($0, "Mul", inputs: 2) && nodes[$0].inputs.contains { near(scalar($0), 0.5) } }
+      var pair: (Int, Int)? = nil
+      for first in [f.soleReader(sum), halfOfX] {
+        guard let m1 = first, f.isOp(m1, "Mul", inputs: 2), let m1Out = nodes[m1].outputs.first,
+          let m2 = f.soleReader(m1Out), f.isOp(m2, "Mul", inputs: 2)
+        else { continue }
+        let factors = nodes[m1].inputs + nodes[m2].inputs.filter { $0 != m1Out }
+        guard factors.count == 3, factors.filter({ $0 == x }).count == 1, factors.filter({ $0 == sum }).count == 1,
+          factors.contains(where: { $0 != x && $0 != sum && near(scalar($0), 0.5) })
+        else { continue }
+        pair = (m1, m2)
+        break
+      }
+      guard let (m1, m2) = pair, nodes[m2].fused == nil else { continue }
+      nodes[m2].inputs = [x]
+      nodes[m2].fused = .gelu(tanh: false)
+      removed.formUnion([d, e, a, m1])
+    }
+    return nodes.indices.filter { !removed.contains($0) }.map { nodes[$0] }
+  }
+
+  /// LayerNormalization as exporters write it before opset 17: m = ReduceMean(x) over trailing
+  /// axes, d = x − m, v = ReduceMean(d^2) over the same axes, y = d / √(v + ε), then · γ and
+  /// + β (constants). Becomes one LayerNormalization node; each intermediate value must have no
+  /// reader outside the pattern.
+  mutating func fusingLayerNorm(_ nodes: [ONNXProto.Node], graphOutputs: Set<String>) -> [ONNXProto.Node] {
+    let f = FusionIndex(nodes, graphOutputs: graphOutputs)
+    var nodes = nodes
+    var removed = Set<Int>()
+    func scalar(_ name: String) -> Float? { f.scalar(name, &self) }
+    /// The axes a ReduceMean reduces (keepdims on), from its attribute or (opset 18) its input.
+    func reducedAxes(_ i: Int) -> [Int64]? {
+      guard f.isOp(i, "ReduceMean", inputs: nil), (try? ONNXNodeContext(node: nodes[i], label: "", opset: opset).int("keepdims", 1)) == 1
+      else { return nil }
+      if case .ints(let a)? = nodes[i].attributes["axes"] { return a }
+      if nodes[i].inputs.count > 1 { return f.integers(nodes[i].inputs[1], &self) }
+      return nil
+    }
+    for (m, mean) in nodes.enumerated() {
+      guard let axes = reducedAxes(m), let x = mean.inputs.first, let mOut = mean.outputs.first,
+        let s = f.soleReader(mOut), f.isOp(s, "Sub", inputs: 2), nodes[s].inputs == [x, mOut], let d = nodes[s].outputs.first,
+        let dReaders = f.readers[d], dReaders.count == 2, !graphOutputs.contains(d),
+        let p = dReaders.first(where: { f.isOp($0, "Pow", inputs: 2) }), scalar(nodes[p].inputs[1]) == 2,
+        nodes[p].inputs[0] == d, let pOut = nodes[p].outputs.first,
+        let v = f.soleReader(pOut), reducedAxes(v) == axes, let vOut = nodes[v].outputs.first,
+        let a = f.soleReader(vOut), f.isOp(a, "Add", inputs: 2), let aOut = nodes[a].outputs.first,
+        let eps = nodes[a].inputs.first(where: { $0 != vOut }).flatMap(scalar),
+        let q = f.soleReader(aOut), f.isOp(q, "Sqrt", inputs: 1), let qOut = nodes[q].outputs.first,
+        let dv = f.soleReader(qOut), f.isOp(dv, "Div", inputs: 2), nodes[dv].inputs == [d, qOut],
+        dReaders.contains(dv), let dvOut = nodes[dv].outputs.first,
+        let ml = f.soleReader(dvOut), f.isOp(ml, "Mul", inputs: 2), let mlOut = nodes[ml].outputs.first,
+        let gamma = nodes[ml].inputs.first(where: { $0 != dvOut }), constants[gamma] != nil
+      else { continue }
+      // The trailing axes, counted from the end (as exporters write them; a positive axis
+      // could not be checked to be trailing before shapes are known).
+      let sorted = axes.sorted()
+      guard let first = sorted.first, sorted == Array(first...(-1)) else { continue }
+      var last = ml
+      var inputs = [x, gamma]
+      if let b = f.soleReader(mlOut), f.isOp(b, "Add", inputs: 2),
+        let beta = nodes[b].inputs.first(where: { $0 != mlOut }), constants[beta] != nil
+      {
+        last = b
+        inputs.append(beta)
+      }
+      nodes[last].opType = "LayerNormalization"
+      nodes[last].inputs = inputs
+      nodes[last].attributes = ["axis": .int(first), "epsilon": .float(eps)]
+      removed.formUnion([m, s, p, v, a, q, dv, ml].filter { $0 != last })
     }
     return nodes.indices.filter { !removed.contains($0) }.map { nodes[$0] }
   }
@@ -425,5 +528,57 @@ struct ONNXImporter {
       throw FormatError.invalidGraph(
         format: Self.format, detail: "node '\(node)' reads '\(name)', which nothing defines")
     }
+  }
+}
+
+/// Who produces and who reads each value of a node list, for the import-time fusions.
+struct FusionIndex {
+  let nodes: [ONNXProto.Node]
+  let graphOutputs: Set<String>
+  var readers: [String: [Int]] = [:]
+  var producer: [String: Int] = [:]
+
+  init(_ nodes: [ONNXProto.Node], graphOutputs: Set<String>) {
+    self.nodes = nodes
+    self.graphOutputs = graphOutputs
+    for (i, n) in nodes.enumerated() {
+      for x in Set(n.inputs) { readers[x, default: []].append(i) }
+      for o in n.outputs where !o.isEmpty { producer[o] = i }
+    }
+  }
+
+  /// Node `i` is a default-domain `op` with `inputs` inputs (any number when nil), not fused yet.
+  func isOp(_ i: Int, _ op: String, inputs: Int?) -> Bool {
+    nodes[i].opType == op && nodes[i].domain.isEmpty && nodes[i].fused == nil && (inputs.map { nodes[i].inputs.count == $0 } ?? true)
+  }
+
+  /// The single node that reads `value`, when nothing else (a graph output included) does.
+  func soleReader(_ value: String) -> Int? {
+    guard !graphOutputs.contains(value), let r = readers[value], r.count == 1 else { return nil }
+    return r[0]
+  }
+
+  /// The tensor a Constant node holds, decoded by the importer.
+  private func constantNode(_ name: String, _ importer: inout ONNXImporter) -> ONNXImportedConstant? {
+    guard let p = producer[name], nodes[p].opType == "Constant", nodes[p].attributes.count == 1 else { return nil }
+    switch nodes[p].attributes.first?.value {
+    case .float(let f): return .floats(Tensor(shape: [], repeating: f))
+    case .int(let i): return .ints(dims: [], values: [i])
+    case .ints(let v): return .ints(dims: [v.count], values: v)
+    case .tensor(let t): return try? importer.constant(t)
+    default: return nil
+    }
+  }
+
+  /// The value of a one-element float constant: an initializer or a Constant node.
+  func scalar(_ name: String, _ importer: inout ONNXImporter) -> Float? {
+    guard case .floats(let t)? = importer.constants[name] ?? constantNode(name, &importer), t.count == 1 else { return nil }
+    return t.storage.pointer[0]
+  }
+
+  /// The values of an integer constant: an initializer or a Constant node.
+  func integers(_ name: String, _ importer: inout ONNXImporter) -> [Int64]? {
+    guard case .ints(_, let v)? = importer.constants[name] ?? constantNode(name, &importer) else { return nil }
+    return v
   }
 }

@@ -171,7 +171,7 @@ extension ONNXImporter {
     guard n.domain.isEmpty || n.domain == "ai.onnx" else {
       throw c.fail("unknown op '\(n.opType)' in domain '\(n.domain)' (opset \(opset))")
     }
-    if n.isFusedSiLU, let x = c.input(0) { return try emit(.activation(.silu), c, inputs: [x]) }
+    if let a = n.fused, let x = c.input(0) { return try emit(.activation(a), c, inputs: [x]) }
     if try foldConstant(c) {
       // Folded constants cost memory the file does not hold: all of them share one budget.
       if let out = n.outputs.first, let k = constants[out] {
@@ -298,8 +298,13 @@ extension ONNXImporter {
       if try c.int("allowzero", 0) != 0, shape.contains(0) {
         throw c.fail("attribute 'allowzero' = 1 with a 0 in the shape is not supported")
       }
-      // A leading entry that is the symbolic batch (Shape(x)[0]) copies the input's batch.
-      let batchAware = shape.indices.map { $0 == 0 && batchMarks[s]?.contains(0) == true ? 0 : shape[$0] }
+      // A leading entry that is the symbolic batch (Shape(x)[0]) copies the input's batch, when
+      // the input leads with the batch too (after a Transpose that moved the batch inwards,
+      // Shape(x)[0] is another dimension, and the folded number stands).
+      let leading = try shapeOf(try x(), c).first
+      let batchAware = shape.indices.map {
+        $0 == 0 && batchMarks[s]?.contains(0) == true && leading == shape[0] && leading == batchSize ? 0 : shape[$0]
+      }
       try emit(.reshape(shape: batchAware), c, inputs: [try x()])
     case "Transpose":
       let rank = try shapeOf(try x(), c).count
@@ -389,6 +394,24 @@ extension ONNXImporter {
       try emit(.identity, c, inputs: [try x()])
     case "ReduceMean":
       try importReduceMean(c, x: try x())
+    case "LayerNormalization":
+      guard n.outputs.dropFirst().allSatisfy(\.isEmpty) else {
+        throw c.fail("the Mean and InvStdDev outputs (training) are not supported")
+      }
+      guard let scale = c.input(1) else { throw c.fail("input 'Scale' is missing") }
+      try emit(
+        .layerNormalization(axis: try c.int("axis", -1), epsilon: try c.float("epsilon", 1e-5)), c,
+        inputs: [try x(), scale] + (c.input(2).map { [$0] } ?? []))
+    case "Gelu":
+      let approximate = try c.string("approximate", "none")
+      guard approximate == "none" || approximate == "tanh" else {
+        throw c.fail("attribute 'approximate' = '\(approximate)' is not supported (none or tanh)")
+      }
+      try emit(.activation(.gelu(tanh: approximate == "tanh")), c, inputs: [try x()])
+    case "Unsqueeze", "Squeeze":
+      try importSqueeze(c, x: try x())
+    case "Gather":
+      try importGather(c, x: try x())
     default:
       throw c.fail("unknown op '\(n.opType)' at opset \(opset)")
     }
@@ -485,6 +508,63 @@ extension ONNXImporter {
 }
 
 extension ONNXImporter {
+  /// Unsqueeze or Squeeze of a runtime tensor: a reshape to the shape the axes give.
+  mutating func importSqueeze(_ c: ONNXNodeContext, x: String) throws {
+    let shape = try shapeOf(x, c)
+    var axes = try c.ints("axes")
+    if opset >= 13, let a = c.input(1) { axes = try intConstant(a, c, what: "axes") }
+    var out: [Int]
+    if c.node.opType == "Unsqueeze" {
+      guard let axes, !axes.isEmpty else { throw c.fail("Unsqueeze needs axes") }
+      let rank = shape.count + axes.count
+      let resolved = Set(axes.map { $0 < 0 ? $0 + rank : $0 })
+      guard resolved.count == axes.count, resolved.allSatisfy({ (0..<rank).contains($0) }) else {
+        throw c.fail("axes \(axes) do not fit an output of rank \(rank)")
+      }
+      var rest = shape.makeIterator()
+      out = (0..<rank).map { resolved.contains($0) ? 1 : rest.next() ?? 1 }
+    } else {
+      let rank = shape.count
+      let resolved = Set((axes ?? shape.indices.filter { shape[$0] == 1 }).map { $0 < 0 ? $0 + rank : $0 })
+      guard resolved.allSatisfy({ (0..<rank).contains($0) && shape[$0] == 1 }) else {
+        throw c.fail("axes \(axes ?? []) of \(shape) are not all of extent 1")
+      }
+      out = shape.indices.filter { !resolved.contains($0) }.map { shape[$0] }
+    }
+    try emit(.reshape(shape: out), c, inputs: [x])
+  }
+
+  /// Gather of a runtime tensor at constant indices that pick one element of the axis (the
+  /// class token of a transformer, a head of a packed projection) or a run of consecutive
+  /// ones: a Slice, then a reshape that drops the axis for a scalar index.
+  mutating func importGather(_ c: ONNXNodeContext, x: String) throws {
+    let shape = try shapeOf(x, c)
+    guard let i = c.input(1), case .ints(let idims, let raw)? = constants[i] else {
+      throw c.fail("indices must be a constant integer tensor (gathering at runtime indices is not supported)")
+    }
+    let axis = try c.int("axis", 0)
+    let ax = axis < 0 ? axis + shape.count : axis
+    guard ax >= 0, ax < shape.count else { throw c.fail("axis \(axis) is out of range for rank \(shape.count)") }
+    let d = shape[ax]
+    let indices = try raw.map { v -> Int in
+      guard v >= -Int64(d), v < Int64(d) else { throw c.fail("index \(v) is out of range for axis \(axis) of \(shape)") }
+      return v < 0 ? Int(v) + d : Int(v)
+    }
+    guard idims.count <= 1, let first = indices.first, indices == Array(first..<(first + indices.count)) else {
+      throw c.fail("indices \(raw.prefix(8)) of shape \(idims) (only a scalar or a run of consecutive indices)")
+    }
+    let slice = SliceAttributes(starts: [first], ends: [first + indices.count], axes: [ax])
+    guard idims.isEmpty, let out = c.node.outputs.first else {
+      try emit(.slice(slice), c, inputs: [x])
+      return
+    }
+    let sliced = out + "/slice"
+    try emit(.slice(slice), label: c.label + "/slice", opType: "Gather", inputs: [x], outputs: [sliced])
+    var target = shape
+    target.remove(at: ax)
+    try emit(.reshape(shape: target), label: c.label, opType: "Gather", inputs: [sliced], outputs: [out])
+  }
+
   /// ReduceMean over the spatial axes of a 4-D tensor: global average pooling, with the
   /// transposes an NHWC exporter needs (axes [1, 2]) and the reshape `keepdims = 0` asks for.
   mutating func importReduceMean(_ c: ONNXNodeContext, x: String) throws {

@@ -10,18 +10,26 @@ import VeilTensor
 /// initializers, and the Shape → Gather → Unsqueeze → Concat chains exporters leave in front of
 /// a Reshape are folded from the known input shapes. Slice of a runtime tensor is the graph's
 /// Slice op, and Split one Slice per output. Graph inputs that are also initializers are
-/// weights, not runtime inputs; a symbolic or absent batch dimension reads as 1.
+/// weights, not runtime inputs; a symbolic or absent batch dimension reads as `batch` (1 unless
+/// asked).
 public enum ONNXReader {
   public static let supportedOpsets: ClosedRange<Int> = 7...21
   static let format = "ONNX"
 
-  public static func read(_ url: URL) throws -> Graph {
-    try parse(FileIO.read(url), baseDirectory: url.deletingLastPathComponent())
+  /// - Parameter batch: what a symbolic batch dimension reads as. Importing at the batch a
+  ///   caller runs is exact for every graph; `Graph.withBatch` afterwards re-infers shapes and
+  ///   fails where an exporter folded the batch into another dimension (attention heads).
+  public static func read(_ url: URL, batch: Int = 1) throws -> Graph {
+    try parse(FileIO.read(url), baseDirectory: url.deletingLastPathComponent(), batch: batch)
   }
 
-  public static func parse(_ bytes: [UInt8], baseDirectory: URL? = nil) throws -> Graph {
+  public static func parse(_ bytes: [UInt8], baseDirectory: URL? = nil, batch: Int = 1) throws -> Graph {
+    guard (1...65536).contains(batch) else {
+      throw FormatError.unsupported(format: format, detail: "batch \(batch) is out of range (1 to 65536)")
+    }
     let model = try ONNXProto.Model(ProtobufDecoder(bytes, format: format))
     var importer = ONNXImporter(model: model, bytes: bytes, baseDirectory: baseDirectory)
+    importer.batchSize = batch
     return try importer.run()
   }
 

@@ -73,8 +73,10 @@ enum ONNXProto {
     var inputs: [String] = []
     var outputs: [String] = []
     var attributes: [String: AttributeValue] = [:]
-    /// A Mul that, with the Sigmoid it reads, is x · sigmoid(x); `inputs` is then just [x].
-    var isFusedSiLU = false
+    /// The activation this node computes with the nodes fused into it (a Mul that, with the
+    /// Sigmoid it reads, is x · sigmoid(x); the last Mul of GELU's erf form); `inputs` is then
+    /// just [x].
+    var fused: Activation?
 
     init(_ d: ProtobufDecoder) throws {
       var d = d

@@ -467,6 +467,31 @@ struct ONNXLowering {
         [("alpha", .float(alpha)), ("beta", .float(beta))])
     case .hardSwish: emit("HardSwish", name: name, inputs: [input], outputs: [output])
     case .tanh: emit("Tanh", name: name, inputs: [input], outputs: [output])
+    case .gelu(let approximate):
+      // Gelu is an op from opset 20; at 17 it is written out as PyTorch exports it.
+      func scalar(_ suffix: String, _ v: Float) -> String { constant(name + suffix, dims: [], .floats([v])) }
+      func value(_ suffix: String) -> String { fresh(name + suffix, shape: shape) }
+      let inner: String
+      if approximate {
+        // tanh(√(2/π)·(x + 0.044715·x³))
+        let (x2, x3, cubic, sum, scaled) = (value("_x2"), value("_x3"), value("_cubic"), value("_sum"), value("_scaled"))
+        emit("Mul", name: name + "_x2", inputs: [input, input], outputs: [x2])
+        emit("Mul", name: name + "_x3", inputs: [x2, input], outputs: [x3])
+        emit("Mul", name: name + "_cubic", inputs: [x3, scalar("_c", 0.044715)], outputs: [cubic])
+        emit("Add", name: name + "_sum", inputs: [input, cubic], outputs: [sum])
+        emit("Mul", name: name + "_scaled", inputs: [sum, scalar("_k", 0.797_884_56)], outputs: [scaled])
+        inner = value("_tanh")
+        emit("Tanh", name: name + "_tanh", inputs: [scaled], outputs: [inner])
+      } else {
+        let divided = value("_div")
+        emit("Div", name: name + "_div", inputs: [input, scalar("_sqrt2", 1.414_213_6)], outputs: [divided])
+        inner = value("_erf")
+        emit("Erf", name: name + "_erf", inputs: [divided], outputs: [inner])
+      }
+      let (onePlus, product) = (value("_one_plus"), value("_product"))
+      emit("Add", name: name + "_one_plus", inputs: [inner, scalar("_one", 1)], outputs: [onePlus])
+      emit("Mul", name: name + "_product", inputs: [input, onePlus], outputs: [product])
+      emit("Mul", name: name, inputs: [product, scalar("_half", 0.5)], outputs: [output])
     }
   }
 
@@ -482,6 +507,9 @@ struct ONNXLowering {
         convAttributes(a) + [("output_padding", .ints(a.outputPadding))])
     case .batchNormalization(let epsilon):
       emit("BatchNormalization", name: name, inputs: inputs, outputs: outs, [("epsilon", .float(epsilon))])
+    case .layerNormalization(let axis, let epsilon):
+      emit(
+        "LayerNormalization", name: name, inputs: inputs, outputs: outs, [("axis", .int(axis)), ("epsilon", .float(epsilon))])
     case .activation(let a):
       lowerActivation(a, name: name, input: inputs[0], output: output, shape: graph.shape(node.outputs[0]))
     case .maxPool(let p):

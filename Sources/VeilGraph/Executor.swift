@@ -347,6 +347,17 @@ struct Compiler {
     placement[n.outputs[0]] = Placement(buffer: out, layout: kernel.outputLayout)
   }
 
+  /// Adds the step computing `n` with `kernel`, which reads runtime value `x` as a plain tensor
+  /// of other dimensions (the same bytes: a [rows, features] view of a plain [..., features]
+  /// tensor) and writes a plain output that is `n`'s output viewed the same way.
+  mutating func emitViewed(_ n: Node, _ kernel: Kernel, _ x: ValueID) throws {
+    let b = try ensure(x, .plain(shape(x)), node: n.name)
+    use(b)
+    let out = newBuffer(kernel.outputLayout.byteCount)
+    steps.append(.init(kernel: kernel, node: n.name, op: n.op.typeName, inputs: [b], output: out))
+    placement[n.outputs[0]] = Placement(buffer: out, layout: .plain(shape(n.outputs[0])))
+  }
+
   /// Drops a weight from the graph once a kernel holds it, unless another node still reads it.
   mutating func release(_ v: ValueID) {
     if readers[v, default: 0] <= 1 { graph.initializers[v] = nil } else { readers[v, default: 0] -= 1 }
@@ -448,6 +459,28 @@ struct Compiler {
         try backend.batchNormalization(input: layoutOf(x), scale: p[0], bias: p[1], mean: p[2], variance: p[3], epsilon: eps)
       }
       try emit(n, k, [x])
+    case .layerNormalization(let axis, let eps):
+      // Normalising over the trailing axes from `axis` is normalising the rows of a
+      // [rows, features] view; the per-element scale and bias are broadcast to the features.
+      let ax = axis < 0 ? axis + xs.count : axis
+      let features = xs[ax...].reduce(1, *)
+      let rows = xs[..<ax].reduce(1, *)
+      func expanded(_ v: ValueID, _ role: String) throws -> Tensor {
+        let t = try constant(v, node: n, role: role)
+        if t.count == features { return try t.reshaped([features]) }
+        let full = Array(xs[ax...])
+        do { return try t.broadcast(to: full).reshaped([features]) } catch {
+          throw GraphError.shapeError(node: n.name, op: "LayerNormalization", detail: "\(role) \(t.shape) does not broadcast to \(full)")
+        }
+      }
+      let scale = try expanded(n.inputs[1], "scale")
+      let bias = n.opInputs.count > 2 ? try expanded(n.inputs[2], "bias") : nil
+      let k = try wrap(node: n.name, op: n.op.typeName) {
+        try backend.layerNormalization(input: .plain([rows, features]), scale: scale, bias: bias, epsilon: eps)
+      }
+      release(n.inputs[1])
+      if n.opInputs.count > 2 { release(n.inputs[2]) }
+      try emitViewed(n, k, x)
     case .activation(let a):
       let k = try wrap(node: n.name, op: n.op.typeName) { try backend.activation(a, input: layoutOf(x)) }
       try emit(n, k, [x])
@@ -537,11 +570,16 @@ struct Compiler {
       try emit(n, k, [x])
     case .matMul:
       let bShape = shape(n.inputs[1])
-      if xs.count == 2, bShape.count == 2, let bw = graph.initializers[n.inputs[1]] {
+      if xs.count >= 2, bShape.count == 2, let bw = graph.initializers[n.inputs[1]] {
+        // A constant matrix: a dense layer over the rows of A's [rows, K] view (a transformer's
+        // projections of [N, tokens, dim] are this).
         let w = transposed2D(bw)
-        let k = try wrap(node: n.name, op: "MatMul") { try backend.innerProduct(inputDims: xs, weights: w, bias: nil) }
+        let rows = xs.dropLast().reduce(1, *)
+        let k = try wrap(node: n.name, op: "MatMul") {
+          try backend.innerProduct(inputDims: [rows, xs[xs.count - 1]], weights: w, bias: nil)
+        }
         release(n.inputs[1])
-        try emit(n, k, [x])
+        if xs.count == 2 { try emit(n, k, [x]) } else { try emitViewed(n, k, x) }
       } else {
         guard xs.count >= 2, bShape.count >= 2 else {
           throw GraphError.unsupported(node: n.name, op: "MatMul", detail: "1-D operands \(xs) × \(bShape)")

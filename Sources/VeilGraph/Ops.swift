@@ -140,6 +140,9 @@ public enum Op: Sendable, Hashable, CustomStringConvertible {
   case convTranspose(ConvAttributes)
   /// Inputs: x, scale, bias, mean, variance.
   case batchNormalization(epsilon: Float)
+  /// Inputs: x, scale, [bias]. Normalises over the axes from `axis` to the last (mean and
+  /// biased variance per row), then scales and shifts per element of those axes.
+  case layerNormalization(axis: Int, epsilon: Float)
   case activation(Activation)
   case maxPool(PoolAttributes)
   case averagePool(PoolAttributes)
@@ -172,6 +175,7 @@ public enum Op: Sendable, Hashable, CustomStringConvertible {
     case .conv: return "Conv"
     case .convTranspose: return "ConvTranspose"
     case .batchNormalization: return "BatchNormalization"
+    case .layerNormalization: return "LayerNormalization"
     case .activation(let a):
       switch a {
       case .relu: return "Relu"
@@ -182,6 +186,7 @@ public enum Op: Sendable, Hashable, CustomStringConvertible {
       case .hardSigmoid: return "HardSigmoid"
       case .hardSwish: return "HardSwish"
       case .tanh: return "Tanh"
+      case .gelu: return "Gelu"
       }
     case .maxPool: return "MaxPool"
     case .averagePool: return "AveragePool"
@@ -277,6 +282,16 @@ extension Op {
       try need(5)
       guard ins[0].count >= 2 else { throw fail("input \(ins[0]) needs rank ≥ 2") }
       for i in 1...4 where ins[i] != [ins[0][1]] { throw fail("parameter \(i) is \(ins[i]), expected [\(ins[0][1])]") }
+      return ins[0]
+    case .layerNormalization(let axis, _):
+      try need(2)
+      let r = ins[0].count
+      let ax = axis < 0 ? axis + r : axis
+      guard ax >= 0, ax < r else { throw fail("axis \(axis) out of range for rank \(r)") }
+      let normalized = Array(ins[0][ax...])
+      for i in 1..<min(ins.count, 3) where broadcastShapes(normalized, ins[i]) != normalized {
+        throw fail("\(i == 1 ? "scale" : "bias") \(ins[i]) does not broadcast to the normalised axes \(normalized)")
+      }
       return ins[0]
     case .localResponseNormalization(let size, _, _, _):
       try need(1)

@@ -38,8 +38,10 @@ public enum ModelLoader {
     guard FileManager.default.fileExists(atPath: url.path) else { throw ModelLoadError.unknown(spec: spec, zoo: ModelZoo.names) }
     switch url.pathExtension.lowercased() {
     case "onnx":
-      var g = try ONNXReader.read(url)
-      if batch != 1 { g = try g.withBatch(batch) }
+      // A symbolic batch is fixed at import, where every reshape folds at it; a file that
+      // fixes its batch is re-inferred at the one asked for.
+      var g = try ONNXReader.read(url, batch: batch)
+      if g.inputs.contains(where: { g.shape($0)?.first != batch }) { g = try g.withBatch(batch) }
       return g
     case "pth", "pt", "bin", "ckpt":
       return try fromStateDict(TorchCheckpoint.read(url), file: spec, batch: batch)

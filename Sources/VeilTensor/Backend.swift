@@ -19,6 +19,9 @@ public enum Activation: Sendable, Hashable, CustomStringConvertible {
   case hardSigmoid(alpha: Float, beta: Float)
   case hardSwish
   case tanh
+  /// x·Φ(x): with `tanh`, the approximation 0.5·x·(1 + tanh(√(2/π)·(x + 0.044715·x³))) (ONNX
+  /// Gelu's approximate = "tanh", PyTorch's `approximate="tanh"`); without, the exact erf form.
+  case gelu(tanh: Bool)
 
   public var description: String {
     switch self {
@@ -30,6 +33,7 @@ public enum Activation: Sendable, Hashable, CustomStringConvertible {
     case .hardSigmoid(let a, let b): return "HardSigmoid(\(a), \(b))"
     case .hardSwish: return "HardSwish"
     case .tanh: return "Tanh"
+    case .gelu(let t): return t ? "Gelu(tanh)" : "Gelu"
     }
   }
 
@@ -44,6 +48,9 @@ public enum Activation: Sendable, Hashable, CustomStringConvertible {
     case .hardSigmoid(let a, let b): return min(max(a * x + b, 0), 1)
     case .hardSwish: return x * min(max(x / 6 + 0.5, 0), 1)
     case .tanh: return tanhf(x)
+    case .gelu(let t):
+      if t { return 0.5 * x * (1 + tanhf(0.797_884_56 * (x + 0.044715 * x * x * x))) }
+      return 0.5 * x * (1 + erff(x * 0.707_106_78))
     }
   }
 }
@@ -151,6 +158,9 @@ public protocol ComputeBackend: Sendable {
   /// Batched matrix product of two runtime tensors (numpy broadcasting of batch dims).
   func matmul(a: [Int], b: [Int], outputDims: [Int]) throws -> Kernel
   func softmax(axis: Int, input: Layout) throws -> Kernel
+  /// Layer normalisation over the last axis: y = (x − mean)/√(var + ε)·scale + bias, with the
+  /// biased variance of each row; scale and bias (constant, [last axis]) are per feature.
+  func layerNormalization(input: Layout, scale: Tensor, bias: Tensor?, epsilon: Float) throws -> Kernel
   /// Local response normalization across channels: x / (k + alpha/size · Σ x²)^beta.
   func localResponseNormalization(size: Int, alpha: Float, beta: Float, k: Float, input: Layout) throws -> Kernel
   func resize(_ kind: ResizeKind, input: Layout, outputDims: [Int]) throws -> Kernel

@@ -273,6 +273,7 @@ public final class DNNLBackend: ComputeBackend, @unchecked Sendable {
       return [(dnnl_eltwise_linear, alpha, beta), (dnnl_eltwise_clip_v2, 0, 1)]
     case .hardSwish: return [(dnnl_eltwise_hardswish, 0, 0)]
     case .tanh: return [(dnnl_eltwise_tanh, 0, 0)]
+    case .gelu(let t): return [(t ? dnnl_eltwise_gelu_tanh : dnnl_eltwise_gelu_erf, 0, 0)]
     }
   }
 
@@ -445,6 +446,36 @@ public final class DNNLBackend: ComputeBackend, @unchecked Sendable {
     return DNNLKernel(
       name: "BatchNormalization", steps: [.init(entry: entry, args: args)], inputs: [srcM], inputLayouts: [input],
       output: dstM, inPlaceInput: 0, constantBytes: 4 * c * 4, keepAlive: keep, engine: engine)
+  }
+
+  public func layerNormalization(input: Layout, scale: Tensor, bias: Tensor?, epsilon: Float) throws -> Kernel {
+    let dims = input.dims
+    guard let c = dims.last, dims.count >= 2, input.isPlain else {
+      throw TensorError.invalidArgument("LayerNormalization needs a plain input of rank ≥ 2, found \(input)")
+    }
+    for (n, t) in [("scale", scale), ("bias", bias)] where t != nil && t!.count != c {
+      throw TensorError.shapeMismatch(what: "LayerNormalization \(n)", expected: "[\(c)]", found: "\(t!.shape)")
+    }
+    let entry = try cache.entry("ln|\(input)|\(epsilon)|\(bias != nil)", operation: "LayerNormalization") {
+      var md = try input.dnnlMD()
+      var desc = dnnl_layer_normalization_desc_t()
+      let flags = UInt32(dnnl_use_scale.rawValue | (bias != nil ? dnnl_use_shift.rawValue : 0))
+      try check(
+        dnnl_layer_normalization_forward_desc_init(&desc, dnnl_forward_inference, &md, nil, epsilon, flags),
+        "LayerNormalization descriptor", detail: "\(input)")
+      var pd: dnnl_primitive_desc_t?
+      try check(dnnl_primitive_desc_create(&pd, &desc, nil, engine.engine, nil), "LayerNormalization primitive")
+      return pd!
+    }
+    let srcM = try memory(input)
+    let dstM = try memory(input)
+    var args = [arg(argSrc, srcM), arg(argDst, dstM)]
+    var keep: [AnyObject] = []
+    try bindVector(scale, count: c, at: argScale, args: &args, keep: &keep)
+    if let bias { try bindVector(bias, count: c, at: argShift, args: &args, keep: &keep) }
+    return DNNLKernel(
+      name: "LayerNormalization", steps: [.init(entry: entry, args: args)], inputs: [srcM], inputLayouts: [input],
+      output: dstM, inPlaceInput: 0, constantBytes: (bias == nil ? 1 : 2) * c * 4, keepAlive: keep, engine: engine)
   }
 
   public func binary(_ kind: BinaryKind, a: Layout, b: Layout, outputDims: [Int]) throws -> Kernel {

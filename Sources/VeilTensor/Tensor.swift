@@ -223,6 +223,33 @@ public struct Tensor: Sendable {
     return Tensor(shape: newShape, storage: storage)
   }
 
+  /// The elements repeated to `target` by numpy's broadcasting (an axis of extent 1, or a
+  /// missing leading one, repeats). Throws when the shapes do not broadcast that way.
+  public func broadcast(to target: [Int]) throws -> Tensor {
+    if shape == target { return self }
+    let padded = Array(repeating: 1, count: max(0, target.count - rank)) + shape
+    guard padded.count == target.count, zip(padded, target).allSatisfy({ $0 == $1 || $0 == 1 }) else {
+      throw TensorError.shapeMismatch(what: "broadcast", expected: "a shape that broadcasts to \(target)", found: "\(shape)")
+    }
+    var strides = [Int](repeating: 0, count: target.count)
+    var step = 1
+    for d in stride(from: target.count - 1, through: 0, by: -1) {
+      strides[d] = padded[d] == 1 ? 0 : step
+      step *= padded[d]
+    }
+    let src = storage.pointer
+    return Tensor(uninitialized: target) { out in
+      for k in out.indices {
+        var (rest, at) = (k, 0)
+        for d in stride(from: target.count - 1, through: 0, by: -1) {
+          at += (rest % target[d]) * strides[d]
+          rest /= target[d]
+        }
+        out[k] = src[at]
+      }
+    }
+  }
+
   /// Item `index` of the batch (first axis), keeping the rank with a leading 1 as models expect.
   public func batchItem(_ index: Int) -> Tensor {
     let per = count / max(shape[0], 1)

@@ -1,5 +1,7 @@
 import Foundation
 import VeilFormats
+import VeilTensor
+import XCTest
 
 /// Runs one of the repository's Python scripts with the project's `.venv`, for tests whose
 /// references come from a Python library (Pillow, NumPy). A missing environment is an error
@@ -54,5 +56,41 @@ public enum TestAssets {
   public static func url(_ file: String) throws -> URL {
     guard let url = AssetCache.file(file) else { throw PythonScript.Failure(description: AssetCache.missingAdvice(file)) }
     return url
+  }
+}
+
+/// Models a PyTorch script of the repository exported to ONNX (scripts/*_export.py: one folder
+/// per variant, named by the variant with ':' as '_', holding model.onnx, input_0.npy and
+/// ONNX Runtime's expected_0.npy), for tests that import what exporters write.
+public struct TorchExport {
+  public let name: String
+  public let model: URL
+  public let input: Tensor
+  public let expected: Tensor
+
+  /// Runs `script` for `variants` into a fresh folder, prints its report and hands each export
+  /// to `body`; the folder is removed afterwards. Skips, saying how to install it, when torch is
+  /// not importable in .venv (the script exits with that message).
+  public static func each(
+    _ script: String, variants: [String], what: String, _ body: (TorchExport) throws -> Void
+  ) throws {
+    let dir = try PythonScript.temporaryDirectory(script.replacingOccurrences(of: ".py", with: ""))
+    defer { try? FileManager.default.removeItem(at: dir) }
+    let report: String
+    do {
+      report = try PythonScript.run(script, [dir.path] + variants)
+    } catch let failure as PythonScript.Failure where failure.description.contains("torch is not importable") {
+      throw XCTSkip("PyTorch is not installed in .venv, so no \(what) was exported: run `make python-torch`")
+    }
+    print(report.trimmingCharacters(in: .whitespacesAndNewlines))
+    for variant in variants {
+      let name = variant.replacingOccurrences(of: ":", with: "_")
+      let folder = dir.appendingPathComponent(name)
+      try body(
+        TorchExport(
+          name: name, model: folder.appendingPathComponent("model.onnx"),
+          input: try NPY.read(folder.appendingPathComponent("input_0.npy")),
+          expected: try NPY.read(folder.appendingPathComponent("expected_0.npy"))))
+    }
   }
 }

@@ -126,6 +126,22 @@ public final class ReferenceBackend: ComputeBackend {
     }
   }
 
+  public func layerNormalization(input: Layout, scale: Tensor, bias: Tensor?, epsilon: Float) throws -> Kernel {
+    let dims = try plainDims(input, "LayerNormalization")
+    let c = dims[dims.count - 1]
+    let (g, b) = (scale.scalars, bias?.scalars ?? [Float](repeating: 0, count: c))
+    return LoopKernel(name: "RefLayerNormalization", inputs: [input], output: input, constantBytes: 8 * c) { i, y in
+      for row in 0..<(count(dims) / c) {
+        var (mean, square) = (0.0, 0.0)
+        for k in 0..<c { mean += Double(i[0][row * c + k]) }
+        mean /= Double(c)
+        for k in 0..<c { square += (Double(i[0][row * c + k]) - mean) * (Double(i[0][row * c + k]) - mean) }
+        let invStd = 1 / (square / Double(c) + Double(epsilon)).squareRoot()
+        for k in 0..<c { y[row * c + k] = Float((Double(i[0][row * c + k]) - mean) * invStd) * g[k] + b[k] }
+      }
+    }
+  }
+
   public func binary(_ kind: BinaryKind, a: Layout, b: Layout, outputDims: [Int]) throws -> Kernel {
     let (ad, bd) = (try plainDims(a, "binary"), try plainDims(b, "binary"))
     let rank = outputDims.count

@@ -54,6 +54,28 @@ public func silu(_ x: Variable) -> Variable {
   }
 }
 
+/// x·Φ(x) (GELU), exact (erf) or with PyTorch's tanh approximation; for the exact form
+/// dy/dx = Φ(x) + x·φ(x), for the approximation the derivative of 0.5·x·(1 + tanh(u)),
+/// u = √(2/π)·(x + 0.044715·x³).
+public func gelu(_ x: Variable, tanh approximate: Bool = false) -> Variable {
+  let k: Float = 0.797_884_56
+  let c: Float = 0.044715
+  let y = Kernels.map(x.value, Activation.gelu(tanh: approximate).apply)
+  return Variable(y, parents: [x]) { g in
+    [
+      try Kernels.zip(g, x.value) { g, x in
+        if approximate {
+          let t = Foundation.tanh(k * (x + c * x * x * x))
+          return g * (0.5 * (1 + t) + 0.5 * x * (1 - t * t) * k * (1 + 3 * c * x * x))
+        }
+        let cdf = 0.5 * (1 + erff(x * 0.707_106_78))
+        let pdf = expf(-0.5 * x * x) * 0.398_942_28
+        return g * (cdf + x * pdf)
+      }
+    ]
+  }
+}
+
 /// min(max(x, low), high) (ONNX Clip, ReLU6 with 0 and 6); the gradient passes strictly
 /// inside (low, high), as PyTorch's hardtanh.
 public func clip(_ x: Variable, min low: Float, max high: Float) -> Variable {

@@ -14,7 +14,7 @@ import VeilTensor
 public final class GraphModel: Layer {
   /// The source graph (weights as they were when the model was made; see `exportGraph()`).
   public let graph: Graph
-  /// Every learnable weight (Conv/ConvTranspose/Gemm/MatMul operands, BatchNorm scale and
+  /// Every learnable weight (Conv/ConvTranspose/Gemm/MatMul operands, BatchNorm and LayerNorm scale and
   /// bias), frozen or not, in graph order, named as the graph names them.
   public let allParameters: [Variable]
   /// The BatchNorm layer of each BatchNormalization node, by node index.
@@ -84,7 +84,7 @@ public final class GraphModel: Layer {
     for (i, node) in graph.nodes.enumerated() {
       for v in node.inputs where graph.initializers[v] != nil && seen.insert(v).inserted { order.append((v, i)) }
       switch node.op {
-      case .conv, .convTranspose, .gemm, .matMul:
+      case .conv, .convTranspose, .gemm, .matMul, .layerNormalization:
         learnable.formUnion(node.opInputs.filter { graph.initializers[$0] != nil })
       case .batchNormalization:
         learnable.formUnion(node.inputs.dropFirst().prefix(2).filter { graph.initializers[$0] != nil })
@@ -165,6 +165,7 @@ public final class GraphModel: Layer {
     case .hardSigmoid(let alpha, let beta): return hardSigmoid(x, alpha: alpha, beta: beta)
     case .hardSwish: return hardSwish(x)
     case .tanh: return VeilTrain.tanh(x)
+    case .gelu(let approximate): return gelu(x, tanh: approximate)
     }
   }
 
@@ -195,6 +196,8 @@ public final class GraphModel: Layer {
     case .batchNormalization:
       guard let bn = batchNorms[index] else { throw unsupported("BatchNormalization without its layer") }
       return try bn(x[0])
+    case .layerNormalization(let axis, let epsilon):
+      return try layerNormalization(x[0], scale: x[1], shift: x.count > 2 ? x[2] : nil, axis: axis, epsilon: epsilon)
     case .activation(let a): return try activation(a, x[0])
     case .maxPool(let p), .averagePool(let p):
       let isMax: Bool

@@ -2,7 +2,87 @@ import Foundation
 import VeilTensor
 
 // Batch normalisation over [N, C, ...]: statistics per channel over the batch and every
-// spatial position.
+// spatial position. Layer normalisation: statistics per row of the trailing axes.
+
+/// LayerNormalization over the axes from `axis` to the last: each row of those axes is
+/// normalised by its own mean and biased variance, then scaled by `scale` and shifted by `shift`
+/// (both of the normalised axes' shape, or broadcastable to it; `shift` optional). The
+/// backward pass is the usual one: with x̂ the normalised row, r = 1/√(var + ε) and
+/// d = g·γ, ∂x = r·(d − mean(d) − x̂·mean(d·x̂)); ∂γ = Σ g·x̂ and ∂β = Σ g over the rows.
+public func layerNormalization(_ x: Variable, scale: Variable, shift: Variable?, axis: Int = -1, epsilon: Float = 1e-5) throws
+  -> Variable
+{
+  let rank = x.shape.count
+  let ax = axis < 0 ? axis + rank : axis
+  guard ax >= 0, ax < rank else {
+    throw TrainError.shapeMismatch(op: "LayerNormalization", detail: "axis \(axis) of an input of rank \(rank)")
+  }
+  let normalized = Array(x.shape[ax...])
+  let f = normalized.reduce(1, *)
+  for p in [scale, shift].compactMap({ $0 }) where p.value.count != f {
+    throw TrainError.shapeMismatch(
+      op: "LayerNormalization", detail: "scale or shift \(p.shape) for normalised axes \(normalized) (want \(f) values)")
+  }
+  let rows = x.value.count / max(f, 1)
+  var hat = [Float](repeating: 0, count: x.value.count)
+  var inverse = [Float](repeating: 0, count: rows)
+  let y = x.value.withUnsafeBuffer { xp in
+    scale.value.withUnsafeBuffer { gamma in
+      Tensor(shape: x.shape) { yp in
+        for r in 0..<rows {
+          let row = xp.baseAddress! + r * f
+          var mean = 0.0
+          for k in 0..<f { mean += Double(row[k]) }
+          mean /= Double(f)
+          var variance = 0.0
+          for k in 0..<f { variance += (Double(row[k]) - mean) * (Double(row[k]) - mean) }
+          let inv = Float(1 / (variance / Double(f) + Double(epsilon)).squareRoot())
+          inverse[r] = inv
+          for k in 0..<f {
+            let h = (row[k] - Float(mean)) * inv
+            hat[r * f + k] = h
+            yp[r * f + k] = h * gamma[k]
+          }
+        }
+        if let shift {
+          shift.value.withUnsafeBuffer { beta in for i in 0..<(rows * f) { yp[i] += beta[i % f] } }
+        }
+      }
+    }
+  }
+  return Variable(y, parents: [x, scale] + (shift.map { [$0] } ?? [])) { g in
+    g.withUnsafeBuffer { gp in
+      scale.value.withUnsafeBuffer { gamma in
+        let dx = x.requiresGrad
+          ? Tensor(shape: x.shape) { d in
+            for r in 0..<rows {
+              var (meanD, meanDH) = (0.0, 0.0)
+              for k in 0..<f {
+                let dk = Double(gp[r * f + k] * gamma[k])
+                meanD += dk
+                meanDH += dk * Double(hat[r * f + k])
+              }
+              meanD /= Double(f)
+              meanDH /= Double(f)
+              for k in 0..<f {
+                let dk = Double(gp[r * f + k] * gamma[k])
+                d[r * f + k] = Float(Double(inverse[r]) * (dk - meanD - Double(hat[r * f + k]) * meanDH))
+              }
+            }
+          } : nil
+        let dScale = scale.requiresGrad
+          ? Tensor(shape: scale.shape) { d in
+            for i in 0..<(rows * f) { d[i % f] += gp[i] * hat[i] }
+          } : nil
+        let dShift = shift?.requiresGrad == true
+          ? Tensor(shape: shift!.shape) { d in
+            for i in 0..<(rows * f) { d[i % f] += gp[i] }
+          } : nil
+        return [dx, dScale] + (shift == nil ? [] : [dShift])
+      }
+    }
+  }
+}
 
 /// BatchNormalization with a learned scale (γ) and shift (β). In training mode it normalises
 /// by the batch's mean and biased variance and updates the running statistics as PyTorch does

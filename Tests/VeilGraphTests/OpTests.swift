@@ -42,11 +42,11 @@ final class OpTests: XCTestCase {
       .flatten(axis: 1), .reshape(shape: []), .transpose(permutation: []), .pad(mode: .constant, pads: [], value: 0),
       .slice(SliceAttributes(starts: [], ends: [])),
       .resize(.nearest, scales: nil, sizes: nil), .softmax(axis: 0), .dropout(ratio: 0), .identity,
-      .localResponseNormalization(size: 1, alpha: 0, beta: 0, bias: 0),
+      .localResponseNormalization(size: 1, alpha: 0, beta: 0, bias: 0), .layerNormalization(axis: -1, epsilon: 0),
     ]
     let activations: [Activation] = [
       .relu, .leakyRelu(alpha: 0), .clip(min: 0, max: 0), .sigmoid, .silu, .hardSigmoid(alpha: 0, beta: 0), .hardSwish,
-      .tanh,
+      .tanh, .gelu(tanh: false),
     ]
     let binaries: [BinaryKind] = [.add, .sub, .mul, .div]
     let all =
@@ -311,6 +311,19 @@ enum OpCases {
       let x = b.input([4, 6])
       return [b.batchNorm(x, channels: 6, name: "bn")]
     },
+    // A transformer's: tokens [N, T, D] normalised over D, with scale and shift.
+    opCase("layernorm_last_axis") { b in
+      let x = b.input([2, 5, 16], std: 3)
+      let g = b.constant("g", b.normal([16], std: 0.5))
+      let s = b.constant("s", b.normal([16], std: 0.2))
+      return [b.graph.addNode(.layerNormalization(axis: -1, epsilon: 1e-6), name: "ln", inputs: [x, g, s])[0]]
+    },
+    // Over the last two axes, without a shift, with a scale that broadcasts over one of them.
+    opCase("layernorm_two_axes_scale_broadcast") { b in
+      let x = b.input([3, 4, 6])
+      let g = b.constant("g", b.normal([6], std: 0.5))
+      return [b.graph.addNode(.layerNormalization(axis: 1, epsilon: 1e-5), name: "ln", inputs: [x, g])[0]]
+    },
   ]
 
   static let activations: [OpCase] = {
@@ -319,7 +332,7 @@ enum OpCases {
       ("leakyrelu_0.1", .leakyRelu(alpha: 0.1)), ("sigmoid", .sigmoid), ("silu", .silu),
       ("hardsigmoid_0.2_0.5", .hardSigmoid(alpha: 0.2, beta: 0.5)),
       ("hardsigmoid_0.1667_0.5", .hardSigmoid(alpha: 1 / 6, beta: 0.5)),
-      ("hardswish", .hardSwish), ("tanh", .tanh),
+      ("hardswish", .hardSwish), ("tanh", .tanh), ("gelu", .gelu(tanh: false)), ("gelu_tanh", .gelu(tanh: true)),
     ]
     // Inputs with std 4 cover both saturated ends and the linear middle of every function.
     return table.map { name, a in
@@ -473,6 +486,32 @@ enum OpCases {
       let x = b.input([2, 3, 4])
       let w = b.constant("w", b.normal([4, 5]))
       return [b.graph.addNode(.matMul, name: "matmul", inputs: [x, w])[0]]
+    },
+    opCase("matmul_batch_broadcast_runtime") { b in
+      let x = b.input([2, 3, 4, 5])
+      let y = b.input([3, 5, 2])
+      return [b.graph.addNode(.matMul, name: "matmul", inputs: [x, y])[0]]
+    },
+    // One attention head set as a transformer block computes it: softmax(Q·Kᵀ/√d)·V over
+    // [N, heads, T, d], with the projections of [N, T, D] tokens by constant matrices.
+    opCase("attention_two_heads") { b in
+      let (n, t, heads, d) = (2, 5, 2, 4)
+      let x = b.input([n, t, heads * d])
+      func project(_ name: String) -> ValueID {
+        let w = b.constant(name, b.normal([heads * d, heads * d], std: 0.3))
+        let y = b.graph.addNode(.matMul, name: name + "_proj", inputs: [x, w])[0]
+        let split = b.graph.addNode(.reshape(shape: [0, t, heads, d]), name: name + "_split", inputs: [y])[0]
+        return b.graph.addNode(.transpose(permutation: [0, 2, 1, 3]), name: name + "_heads", inputs: [split])[0]
+      }
+      let (q, k, v) = (project("q"), project("k"), project("v"))
+      let kt = b.graph.addNode(.transpose(permutation: [0, 1, 3, 2]), name: "k_t", inputs: [k])[0]
+      let scores = b.graph.addNode(.matMul, name: "scores", inputs: [q, kt])[0]
+      let scale = b.constant("scale", Tensor(shape: [1], repeating: 0.5))
+      let scaled = b.graph.addNode(.binary(.mul), name: "scaled", inputs: [scores, scale])[0]
+      let weights = b.graph.addNode(.softmax(axis: -1), name: "weights", inputs: [scaled])[0]
+      let mixed = b.graph.addNode(.matMul, name: "mixed", inputs: [weights, v])[0]
+      let merged = b.graph.addNode(.transpose(permutation: [0, 2, 1, 3]), name: "merged", inputs: [mixed])[0]
+      return [b.graph.addNode(.reshape(shape: [0, t, heads * d]), name: "tokens", inputs: [merged])[0]]
     },
   ]
 

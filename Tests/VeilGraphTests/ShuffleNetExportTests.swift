@@ -16,29 +16,16 @@ final class ShuffleNetExportTests: XCTestCase {
   static let variants = ["11:split", "13:chunk", "13:slice", "13:split", "18:split"]
 
   func testExportedShuffleNetV2MatchesONNXRuntime() throws {
-    let dir = try PythonScript.temporaryDirectory("shufflenet")
-    defer { try? FileManager.default.removeItem(at: dir) }
-    let report: String
-    do {
-      report = try PythonScript.run("shufflenet_export.py", [dir.path] + Self.variants)
-    } catch let failure as PythonScript.Failure where failure.description.contains("torch is not importable") {
-      throw XCTSkip("PyTorch is not installed in .venv, so no ShuffleNet V2 was exported: run `make python-torch`")
-    }
-    print(report.trimmingCharacters(in: .whitespacesAndNewlines))
-    for variant in Self.variants {
-      let name = variant.replacingOccurrences(of: ":", with: "_")
-      let folder = dir.appendingPathComponent(name)
-      let x = try NPY.read(folder.appendingPathComponent("input_0.npy"))
-      let want = try NPY.read(folder.appendingPathComponent("expected_0.npy"))
-      let g = try ONNXReader.read(folder.appendingPathComponent("model.onnx")).withBatch(x.shape[0])
+    try TorchExport.each("shufflenet_export.py", variants: Self.variants, what: "ShuffleNet V2") { e in
+      let g = try ONNXReader.read(e.model).withBatch(e.input.shape[0])
       // Stages of 4, 8 and 4 units: 3 + 7 + 3 of stride 1, each splitting its input in two.
       let slices = g.nodes.filter { if case .slice = $0.op { return true } else { return false } }
-      XCTAssertEqual(slices.count, 26, "\(name): one Slice per half of each stride-1 unit's split")
+      XCTAssertEqual(slices.count, 26, "\(e.name): one Slice per half of each stride-1 unit's split")
       for optimize in [false, true] {
-        let got = try Executor(graph: g, options: ExecutorOptions(optimize: optimize)).run([x])[0]
-        let c = Comparison(got: got, want: want, tolerance: .relativeToPeak(1e-4, of: want))
-        print("shufflenet v2 \(name) [optimize: \(optimize)]: max|veil−ort|/max|ort| = \(c.relativeToPeakError)")
-        XCTAssertTrue(c.passed, "\(name) [optimize: \(optimize)]: \(c)")
+        let got = try Executor(graph: g, options: ExecutorOptions(optimize: optimize)).run([e.input])[0]
+        let c = Comparison(got: got, want: e.expected, tolerance: .relativeToPeak(1e-4, of: e.expected))
+        print("shufflenet v2 \(e.name) [optimize: \(optimize)]: max|veil−ort|/max|ort| = \(c.relativeToPeakError)")
+        XCTAssertTrue(c.passed, "\(e.name) [optimize: \(optimize)]: \(c)")
       }
     }
   }

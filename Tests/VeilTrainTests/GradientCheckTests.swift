@@ -173,6 +173,12 @@ final class GradientCheckTests: XCTestCase {
     let y = Variable(Kernels.map(x.value) { v in abs(v) < 0.1 || abs(v - 1) < 0.1 ? v + 0.25 : v }, requiresGrad: true)
     try check("Clip(0, 1)", [y]) { clip(y, min: 0, max: 1) }
     try check("HardSwish", [x]) { hardSwish(x) }
+    try check("GELU", [x]) { gelu(x) }
+    try check("GELU (tanh)", [x]) { gelu(x, tanh: true) }
+    let (scale, shift) = (leaf([4], seed: 31), leaf([4], seed: 32))
+    try check("LayerNorm", [x, scale, shift]) { try layerNormalization(x, scale: scale, shift: shift) }
+    let wide = leaf([3, 4], seed: 33)
+    try check("LayerNorm two axes", [x, wide]) { try layerNormalization(x, scale: wide, shift: nil, axis: 1) }
     try check("Softmax axis 1", [x]) { try softmax(x, axis: 1) }
     try check("Softmax axis -1", [x]) { try softmax(x, axis: -1) }
     let s = try softmax(x, axis: 1).value.scalars

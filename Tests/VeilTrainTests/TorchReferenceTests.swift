@@ -149,6 +149,18 @@ final class TorchReferenceTests: XCTestCase {
     try record("lrn_3", "lrn", [lrnInput], attrs: ["size": 3, "alpha": 1e-2, "beta": 0.6, "bias": 2.0]) {
       try localResponseNormalization(lrnInput, size: 3, alpha: 1e-2, beta: 0.6, bias: 2)
     }
+    // A transformer's: GELU both ways, LayerNorm over the last axis and over the last two.
+    let tokens = leaf([2, 5, 8])
+    try record("gelu", "gelu", [tokens], attrs: ["approximate": "none"]) { gelu(tokens) }
+    try record("gelu_tanh", "gelu", [tokens], attrs: ["approximate": "tanh"]) { gelu(tokens, tanh: true) }
+    let (lnScale, lnShift) = (leaf([8]), leaf([8]))
+    try record("layer_norm", "layer_norm", [tokens, lnScale, lnShift], attrs: ["shape": [8], "epsilon": 1e-5]) {
+      try layerNormalization(tokens, scale: lnScale, shift: lnShift, epsilon: 1e-5)
+    }
+    let lnScale2 = leaf([5, 8])
+    try record("layer_norm_two_axes", "layer_norm", [tokens, lnScale2], attrs: ["shape": [5, 8], "epsilon": 1e-6]) {
+      try layerNormalization(tokens, scale: lnScale2, shift: nil, axis: 1, epsilon: 1e-6)
+    }
     let divisor = Variable(Kernels.map(leaf([1, 3, 1, 1]).value) { $0 >= 0 ? $0 + 0.5 : $0 - 0.5 }, requiresGrad: true)
     try record("sub_broadcast", "sub", [perChannel, big]) { try sub(perChannel, big) }
     try record("div_broadcast", "div", [big, divisor]) { try div(big, divisor) }
