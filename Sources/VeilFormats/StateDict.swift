@@ -42,7 +42,8 @@ public struct StateDictReport: CustomStringConvertible, Sendable, Equatable {
 /// Loading named weights (a PyTorch state_dict, safetensors) into a graph's initializers.
 public enum StateDict {
   /// Replaces each initializer whose value name is a key of `weights`. Keys ending in
-  /// `num_batches_tracked` are ignored. If any shape differs the graph is left unmodified and
+  /// `num_batches_tracked` are ignored, and so are initializers named with a '/' (constants of
+  /// the computation, which no state_dict key names) when missing. If any shape differs the graph is left unmodified and
   /// the report lists the mismatches.
   public static func load(_ weights: [String: Tensor], into graph: inout Graph) -> StateDictReport {
     var report = StateDictReport()
@@ -64,7 +65,7 @@ public enum StateDict {
         report.loaded.append(name)
       }
     }
-    report.missing = byName.keys.filter { weights[$0] == nil }.sorted()
+    report.missing = byName.keys.filter { weights[$0] == nil && !$0.contains("/") }.sorted()
     if report.shapeMismatches.isEmpty {
       for (v, t) in updates { graph.initializers[v] = t }
     } else {

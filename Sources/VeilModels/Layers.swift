@@ -13,7 +13,7 @@ struct NetworkBuilder {
   let input: ValueID
   private let info: ModelInfo
   private let seed: UInt64
-  private var rng: SeededGenerator
+  var rng: SeededGenerator
   private var cuts: [String] = []
 
   init(_ info: ModelInfo, batch: Int, seed: UInt64) throws {

@@ -14,7 +14,10 @@
 /// - Parameter (initializer) names are the reference implementation's `state_dict` keys:
 ///   torchvision's for vgg16, resnet50, efficientnet_b0 and mobilenet_v2; lukemelas'
 ///   EfficientNet-PyTorch, as ml-illustrated's Lite port names it, for efficientnet_lite0.
-///   BatchNorm's `num_batches_tracked` is left out: inference never reads it.
+///   BatchNorm's `num_batches_tracked` is left out: inference never reads it. A constant of
+///   the computation that is no parameter (a transformer's attention scale) is named by its
+///   node's path and a '/' (`….self_attention/scale`), a character no state_dict key has: it is
+///   neither counted nor expected in a checkpoint.
 /// - Node names are module paths (`layer1.0.conv1`, `features.0.2`). Work that has no module
 ///   of its own (a residual sum, the squeeze-excitation product, a ReLU module reused three
 ///   times) takes the block's path plus a word: `layer1.0.add`, `layer1.0.relu3`.
@@ -35,6 +38,7 @@ import VeilTensor
 public enum ModelZooError: Error, CustomStringConvertible, Equatable {
   case unknownModel(String, valid: [String])
   case invalidBatch(Int)
+  case invalidShape(String)
 
   public var description: String {
     switch self {
@@ -42,6 +46,8 @@ public enum ModelZooError: Error, CustomStringConvertible, Equatable {
       return "unknown model '\(name)'; valid names: \(valid.joined(separator: ", "))"
     case .invalidBatch(let n):
       return "batch size must be at least 1, found \(n)"
+    case .invalidShape(let detail):
+      return "cannot build this vision transformer: \(detail)"
     }
   }
 }
@@ -108,11 +114,13 @@ public enum ModelZoo {
     (.efficientNetB0, { try efficientNetB0(batch: $0, seed: $1) }),
     (.efficientNetLite0, { try efficientNetLite0(batch: $0, seed: $1) }),
     (.mobileNetV2, { try mobileNetV2(batch: $0, seed: $1) }),
+    (.vitB16, { try vitB16(batch: $0, seed: $1) }),
+    (.vitTi16, { try vitTi16(batch: $0, seed: $1) }),
   ]
 
   public static let models: [ModelInfo] = catalog.map(\.info)
 
-  /// ["vgg16", "resnet50", "efficientnet_b0", "efficientnet_lite0", "mobilenet_v2"]
+  /// ["vgg16", "resnet50", "efficientnet_b0", "efficientnet_lite0", "mobilenet_v2", "vit_b_16", "vit_ti_16"]
   public static let names: [String] = models.map(\.name)
 
   public static func info(_ name: String) throws -> ModelInfo {
@@ -131,13 +139,16 @@ public enum ModelZoo {
   }
 
   /// Learnable parameters, as PyTorch's `sum(p.numel() for p in model.parameters())` counts
-  /// them: every initializer except BatchNorm's running mean and variance, which are buffers.
+  /// them: every initializer except BatchNorm's running mean and variance, which are buffers,
+  /// and the computation's own constants (named with a '/').
   public static func learnableParameterCount(_ graph: Graph) -> Int {
     var statistics = Set<ValueID>()
     for n in graph.nodes {
       if case .batchNormalization = n.op, n.inputs.count >= 5 { statistics.formUnion(n.inputs[3...4]) }
     }
-    return graph.initializers.reduce(0) { $0 + (statistics.contains($1.key) ? 0 : $1.value.count) }
+    return graph.initializers.reduce(0) {
+      $0 + (statistics.contains($1.key) || graph[$1.key].name.contains("/") ? 0 : $1.value.count)
+    }
   }
 }
 

@@ -14,8 +14,10 @@ import VeilTensor
 public final class GraphModel: Layer {
   /// The source graph (weights as they were when the model was made; see `exportGraph()`).
   public let graph: Graph
-  /// Every learnable weight (Conv/ConvTranspose/Gemm/MatMul operands, BatchNorm and LayerNorm scale and
-  /// bias), frozen or not, in graph order, named as the graph names them.
+  /// Every learnable weight (Conv/ConvTranspose/Gemm/MatMul operands, BatchNorm and LayerNorm
+  /// scale and bias, constants of more than one element that an Add adds or a Pad places:
+  /// biases, position embeddings, a class token), frozen or not, in graph order, named as the
+  /// graph names them. Constants named with a '/' are the computation's, never learnable.
   public let allParameters: [Variable]
   /// The BatchNorm layer of each BatchNormalization node, by node index.
   public let batchNorms: [Int: BatchNorm]
@@ -86,6 +88,10 @@ public final class GraphModel: Layer {
       switch node.op {
       case .conv, .convTranspose, .gemm, .matMul, .layerNormalization:
         learnable.formUnion(node.opInputs.filter { graph.initializers[$0] != nil })
+      case .binary(.add), .pad:
+        // Embeddings a transformer adds (positions) or places (its class token), and biases
+        // that exporters add after a MatMul; a one-element constant (x + 1) is arithmetic.
+        learnable.formUnion(node.opInputs.filter { (graph.initializers[$0]?.count ?? 0) > 1 && !graph[$0].name.contains("/") })
       case .batchNormalization:
         learnable.formUnion(node.inputs.dropFirst().prefix(2).filter { graph.initializers[$0] != nil })
       default: break

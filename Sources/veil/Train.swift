@@ -13,8 +13,9 @@ struct Train: ParsableCommand {
     abstract: "Train or fine-tune a classifier on an image data set (for example TON_IoT records as images).",
     discussion: """
       --model is a zoo name (seeded weights), a model file (.onnx, or a PyTorch state_dict of a \
-      zoo architecture: .pth/.pt/.bin/.ckpt/.safetensors), or small-cnn (a small CNN for k×k \
-      greyscale images, one input channel). When the data set's class count differs from the \
+      zoo architecture: .pth/.pt/.bin/.ckpt/.safetensors), small-cnn (a small CNN for k×k \
+      greyscale images, one input channel) or small-vit (a small vision transformer for the same \
+      images: 4×4 patches, 2×2 below 16 pixels, 4 blocks of 4 heads on 64-wide tokens). When the data set's class count differs from the \
       model's outputs, the classifier (the last Gemm/Linear) is replaced by a new one.
 
       --data is a folder of class sub-folders (DataSet.folder), or a folder holding train/ and \
@@ -28,7 +29,7 @@ struct Train: ParsableCommand {
       model.onnx (the trained graph, for `veil run` and ONNX Runtime) and metrics.json.
       """)
 
-  @Option(help: "Zoo name, model file, or small-cnn.")
+  @Option(help: "Zoo name, model file, small-cnn or small-vit.")
   var model: String
   @Option(help: "Image data set folder (class sub-folders, or train/ and test/ sub-folders of them).")
   var data: String
@@ -83,15 +84,17 @@ struct Train: ParsableCommand {
   func run() throws {
     try engine.apply()
     let start = Date()
-    if model != "small-cnn" { try ModelSource.check(model) }
+    let ownArchitecture = model == "small-cnn" || model == "small-vit"
+    if !ownArchitecture { try ModelSource.check(model) }
     let (train, heldOut, heldOutName) = try loadSplits()
     let classes = train.classNames
     let first = try train.load(0)
     let size = imageSize ?? first.width
-    let smallCNN = model == "small-cnn"
     var graph: Graph
-    if smallCNN {
+    if model == "small-cnn" {
       graph = try SmallCNN.graph(side: size, channels: 1, classes: classes.count, seed: seed)
+    } else if model == "small-vit" {
+      graph = try ModelZoo.smallVisionTransformer(side: size, channels: 1, classes: classes.count, seed: seed)
     } else {
       graph = try ModelSource.load(model)
       graph = try GraphModel.replacingClassifier(graph, classes: classes.count, seed: seed)
@@ -100,7 +103,7 @@ struct Train: ParsableCommand {
       throw ValidationError("model '\(model)' has no NCHW image input")
     }
     let channels = inputShape[1]
-    let normalization = Self.normalization(graph, smallCNN: smallCNN)
+    let normalization = Self.normalization(graph, smallCNN: ownArchitecture)
     @Sendable func tensor(_ image: ByteImage) throws -> Tensor {
       var img = image
       if img.width != size || img.height != size { img = try img.resized(width: size, height: size, interpolation: .bilinear) }

@@ -16,14 +16,17 @@ final class ModelZooTests: XCTestCase {
     return g
   }
 
-  func testNamesAreTheFiveModels() {
-    XCTAssertEqual(ModelZoo.names, ["vgg16", "resnet50", "efficientnet_b0", "efficientnet_lite0", "mobilenet_v2"])
+  func testNamesAreTheSevenModels() {
+    XCTAssertEqual(
+      ModelZoo.names, ["vgg16", "resnet50", "efficientnet_b0", "efficientnet_lite0", "mobilenet_v2", "vit_b_16", "vit_ti_16"])
   }
 
   func testParameterCountsEqualPublished() throws {
     let published = [
       "vgg16": 138_357_544, "resnet50": 25_557_032, "efficientnet_b0": 5_288_548,
       "efficientnet_lite0": 4_652_008, "mobilenet_v2": 3_504_872,
+      // torchvision's vit_b_16; timm's vit_tiny_patch16_224 (DeiT-Tiny) has the same count.
+      "vit_b_16": 86_567_656, "vit_ti_16": 5_717_416,
     ]
     for name in ModelZoo.names {
       let g = try model(name)
@@ -63,6 +66,14 @@ final class ModelZooTests: XCTestCase {
         "features.1.conv.2.running_var", "features.2.conv.0.0.weight", "features.2.conv.1.0.weight",
         "features.2.conv.2.weight", "features.2.conv.3.bias", "features.17.conv.3.weight", "features.18.0.weight",
         "features.18.1.running_var", "classifier.1.weight", "classifier.1.bias",
+      ],
+      "vit_b_16": [
+        "class_token", "conv_proj.weight", "conv_proj.bias", "encoder.pos_embedding",
+        "encoder.layers.encoder_layer_0.ln_1.weight", "encoder.layers.encoder_layer_0.self_attention.in_proj_weight",
+        "encoder.layers.encoder_layer_0.self_attention.in_proj_bias",
+        "encoder.layers.encoder_layer_0.self_attention.out_proj.weight", "encoder.layers.encoder_layer_5.ln_2.bias",
+        "encoder.layers.encoder_layer_11.mlp.0.weight", "encoder.layers.encoder_layer_11.mlp.3.bias", "encoder.ln.weight",
+        "encoder.ln.bias", "heads.head.weight", "heads.head.bias",
       ],
     ]
     for (name, keys) in expected {
