@@ -167,6 +167,7 @@ public func runAttack(
   // The defence, fitted to the held-out maps, on every map the attacker sees.
   var defence: AttackDefence?
   if let spec = config.defence {
+    try extractor.checkDefencesApply()
     let d = try AttackDefence(spec, heldOut: test.features)
     train = try d.defend(train, seed: config.seed, stream: 0)
     validation = try d.defend(validation, seed: config.seed, stream: 1)

@@ -140,10 +140,9 @@ public struct TailFineTuning: Codable, Sendable, Equatable {
       model: model, cut: cut, imageSize: imageSize, batch: min(8, images.count), preprocessing: preprocessing)
     let maps = try extractor.features(images)
     var (_, tail) = try model.split(at: cut)
-    let (c, h, w) = (extractor.featureShape[0], extractor.featureShape[1], extractor.featureShape[2])
-    let one = extractor.featureChannelsLast ? [1, h, w, c] : [1, c, h, w]
-    try tail.inferShapes(inputShapes: [tail.inputs[0]: one])
-    let layout = { (t: Tensor) in extractor.featureChannelsLast ? try channelsLast(t) : t }
+    try extractor.checkDefencesApply()
+    try tail.inferShapes(inputShapes: [tail.inputs[0]: extractor.modelShape(batch: 1)])
+    let layout = { (t: Tensor) in try extractor.modelTensor(t) }
     // The teacher: the model's own tail on the clean maps.
     let teacher = try Executor(graph: tail)
     let targets = try (0..<images.count).map { try teacher.run([layout(gather(maps, [$0]))])[0] }
@@ -208,8 +207,9 @@ extension DefenceUtility {
     guard let tailInput = tail.inputs.first, tail.inputs.count == 1 else {
       throw PrivacyError.cut(name: cut.name, detail: "the tail does not take the one crossing tensor")
     }
+    try extractor.checkDefencesApply()
     let (c, h, w) = (extractor.featureShape[0], extractor.featureShape[1], extractor.featureShape[2])
-    let layoutShape = extractor.featureChannelsLast ? [1, h, w, c] : [1, c, h, w]
+    let layoutShape = extractor.modelShape(batch: 1)
     try tail.inferShapes(inputShapes: [tailInput: layoutShape])
     let executor = try Executor(graph: tail)
     // The defended answer comes from the fine-tuned tail where there is one.
@@ -230,7 +230,7 @@ extension DefenceUtility {
       let defended = try fitted.apply(to: one, channelAxis: 1, using: &generator)
       times.append(Double(DispatchTime.now().uptimeNanoseconds - started.uptimeNanoseconds) / 1e6)
       func top1(_ map: Tensor, _ e: Executor) throws -> Int {
-        let input = extractor.featureChannelsLast ? try channelsLast(map) : map
+        let input = try extractor.modelTensor(map)
         let logits = try e.run([input])[0].scalars
         return logits.indices.max { logits[$0] < logits[$1] } ?? -1
       }
@@ -264,12 +264,19 @@ extension DefenceUtility {
     }
     return (
       utility,
-      fitted, extractor.featureChannelsLast ? 3 : 1
+      fitted, extractor.featureLayout == .channelsLast ? 3 : 1
     )
   }
 }
 
-/// [N, C, h, w] as [N, h, w, C] (VeilTrain's transpose, off the tape).
-func channelsLast(_ t: Tensor) throws -> Tensor {
-  try transpose(Variable(t), [0, 2, 3, 1]).value
+extension FeatureExtractor {
+  /// Defences are fitted per channel of a feature map and deployed on the model's tensor;
+  /// a transformer's tokens have no such channel yet: refused, with the reason.
+  func checkDefencesApply() throws {
+    if case .tokens = featureLayout {
+      throw PrivacyError.cut(
+        name: cut.name,
+        detail: "defences at a transformer's token cut are not supported yet (they are fitted and deployed per channel of a feature map); measure it undefended, or defend the patch map at conv_proj")
+    }
+  }
 }

@@ -4,6 +4,7 @@ import VeilFormats
 import VeilGraph
 import VeilModels
 import VeilTensor
+import VeilTrain
 
 /// How an image becomes the model's input: the normalisation (on the 0…255 scale) and colour
 /// order of the model's own preprocessing. The geometry is the attack's: S×S crops.
@@ -35,8 +36,37 @@ extension InputPreprocessing {
   }
 }
 
+/// How the tensor crossing a cut is laid out in the model, and so how it becomes the
+/// channels-first map [C, h, w] the attackers see.
+public enum CutTensorLayout: Sendable, Equatable {
+  /// [N, C, h, w].
+  case channelsFirst
+  /// [N, h, w, C] (a Keras export).
+  case channelsLast
+  /// A vision transformer's tokens [N, T, D]: the patch tokens of a grid × grid image in row
+  /// order, after the class token when there is one (T = grid² + 1).
+  ///
+  /// The attackers see [D, grid, grid] of the patch tokens, and with a class token D more
+  /// channels holding it at every position divided by the grid side, so that the map's
+  /// squared distances are exactly the sequence's: ‖map(f) − map(v)‖² = ‖f − v‖² (the class
+  /// token's grid² copies of (f₀ − v₀)/grid add up to (f₀ − v₀)²). The white-box optimisation's
+  /// objective on the map is therefore its objective on the sequence itself, and the learning
+  /// attackers get the class token everywhere.
+  case tokens(grid: Int, classToken: Bool)
+
+  /// The tensor's shape in the model for a map of `shape` [C, h, w] and `n` images.
+  func modelShape(map shape: [Int], batch n: Int) -> [Int] {
+    let (c, h, w) = (shape[0], shape[1], shape[2])
+    switch self {
+    case .channelsFirst: return [n, c, h, w]
+    case .channelsLast: return [n, h, w, c]
+    case .tokens(let g, let cls): return [n, g * g + (cls ? 1 : 0), cls ? c / 2 : c]
+    }
+  }
+}
+
 /// The head of a model up to a cut, rebuilt for S×S images and a batch, and the feature maps it
-/// produces, as [N, C, h, w] whatever layout the model keeps them in.
+/// produces, as [N, C, h, w] whatever layout the model keeps them in (`CutTensorLayout`).
 public final class FeatureExtractor {
   public let cut: CutPoint
   public let imageSize: Int
@@ -44,10 +74,10 @@ public final class FeatureExtractor {
   public let inputLayout: TensorLayout
   /// 3 (RGB) or 1 (the images' luma).
   public let inputChannels: Int
-  /// Per image, channels first: [C, h, w].
+  /// Per image, channels first: [C, h, w] (for tokens, the map `CutTensorLayout.tokens` says).
   public let featureShape: [Int]
-  /// Whether the crossing tensor is channels-last ([N, h, w, C]) in the model.
-  public let featureChannelsLast: Bool
+  /// How the crossing tensor is laid out in the model.
+  public let featureLayout: CutTensorLayout
   public let preprocessing: InputPreprocessing
   /// A 128-bit digest of the head's weights and structure: the cache key's model part.
   public let headDigest: String
@@ -59,7 +89,8 @@ public final class FeatureExtractor {
   /// following where the model's input keeps its channels; C is 3, or 1 for greyscale models
   /// such as small-cnn on TON_IoT images, which are fed the images' luma). The feature map's
   /// channel axis is the one that does not grow with the image: shapes are inferred at S and
-  /// at 2S.
+  /// at 2S. A rank-3 tensor is a transformer's tokens [N, T, D] (a head with a position
+  /// embedding takes its own image size only).
   public init(model: Graph, cut: CutPoint, imageSize: Int, batch: Int, preprocessing: InputPreprocessing) throws {
     let (head, _) = try model.split(at: cut)
     guard let input = head.inputs.first, head.inputs.count == 1, let original = head.shape(input), original.count == 4,
@@ -75,8 +106,11 @@ public final class FeatureExtractor {
       var g = head
       let shape = layout == .nchw ? [n, channels, s, s] : [n, s, s, channels]
       do { try g.inferShapes(inputShapes: [input: shape]) } catch {
+        let native = layout == .nchw ? original[2] : original[1]
+        let hint = s != native ? " (the model's own input is \(native)×\(native): try --image-size \(native))" : ""
         throw PrivacyError.cut(
-          name: cut.name, detail: "the head does not take \(s)×\(s) images (\(error)); try another --image-size or an earlier cut")
+          name: cut.name,
+          detail: "the head does not take \(s)×\(s) images (\(error))\(hint); try another --image-size or an earlier cut")
       }
       guard let out = g.shape(g.outputs[0]) else {
         throw PrivacyError.cut(name: cut.name, detail: "no shape for the cut tensor at \(s)×\(s)")
@@ -84,33 +118,106 @@ public final class FeatureExtractor {
       return (g, out)
     }
     let (sized, small) = try shapes(imageSize, batch)
-    let (_, large) = try shapes(imageSize * 2, batch)
-    guard small.count == 4 else {
-      throw PrivacyError.cut(
-        name: cut.name,
-        detail: "its tensor is \(small) at \(imageSize)×\(imageSize): not a feature map [N, C, h, w]; the attackers rebuild images from spatial feature maps (cut before the flatten/pooling head)")
-    }
-    let grows = (1..<4).filter { small[$0] != large[$0] }
-    let channelAxis: Int
-    if grows == [2, 3] {
-      channelAxis = 1
-    } else if grows == [1, 2] {
-      channelAxis = 3
+    let featureShape: [Int]
+    let featureLayout: CutTensorLayout
+    if small.count == 3 {
+      // Tokens [N, T, D]: T = g² patches, after a class token when T − 1 is the square.
+      let (t, d) = (small[1], small[2])
+      func root(_ v: Int) -> Int? {
+        let r = Int(Double(v).squareRoot().rounded())
+        return r >= 1 && r * r == v ? r : nil
+      }
+      if let g = root(t - 1) {
+        (featureShape, featureLayout) = ([2 * d, g, g], .tokens(grid: g, classToken: true))
+      } else if let g = root(t) {
+        (featureShape, featureLayout) = ([d, g, g], .tokens(grid: g, classToken: false))
+      } else {
+        throw PrivacyError.cut(
+          name: cut.name,
+          detail: "its tensor is \(small): \(t) tokens are neither a square grid of patches nor one with a class token in front")
+      }
     } else {
-      throw PrivacyError.cut(
-        name: cut.name, detail: "cannot tell the channel axis of its tensor (\(small) at \(imageSize) px, \(large) at \(2 * imageSize) px)")
+      guard small.count == 4 else {
+        throw PrivacyError.cut(
+          name: cut.name,
+          detail: "its tensor is \(small) at \(imageSize)×\(imageSize): not a feature map [N, C, h, w] or tokens [N, T, D]; the attackers rebuild images from spatial feature maps (cut before the flatten/pooling head)")
+      }
+      let (_, large) = try shapes(imageSize * 2, batch)
+      let grows = (1..<4).filter { small[$0] != large[$0] }
+      if grows == [2, 3] {
+        (featureShape, featureLayout) = (Array(small[1...]), .channelsFirst)
+      } else if grows == [1, 2] {
+        (featureShape, featureLayout) = ([small[3], small[1], small[2]], .channelsLast)
+      } else {
+        throw PrivacyError.cut(
+          name: cut.name, detail: "cannot tell the channel axis of its tensor (\(small) at \(imageSize) px, \(large) at \(2 * imageSize) px)")
+      }
     }
     self.cut = cut
     self.imageSize = imageSize
     self.batch = batch
     inputLayout = layout
     inputChannels = channels
-    featureChannelsLast = channelAxis == 3
-    featureShape = channelAxis == 1 ? Array(small[1...]) : [small[3], small[1], small[2]]
+    self.featureShape = featureShape
+    self.featureLayout = featureLayout
     self.preprocessing = preprocessing
     headDigest = Self.digest(sized)
     self.head = sized
     executor = try Executor(graph: sized)
+  }
+
+  /// The crossing tensor's shape in the model for `n` images.
+  public func modelShape(batch n: Int) -> [Int] { featureLayout.modelShape(map: featureShape, batch: n) }
+
+  /// Maps [N, C, h, w] as the model holds the crossing tensor (the tail's input).
+  public func modelTensor(_ maps: Tensor) throws -> Tensor {
+    let n = maps.shape[0]
+    switch featureLayout {
+    case .channelsFirst: return maps
+    case .channelsLast: return try transpose(Variable(maps), [0, 2, 3, 1]).value
+    case .tokens(let g, let cls):
+      let d = cls ? featureShape[0] / 2 : featureShape[0]
+      let t = g * g + (cls ? 1 : 0)
+      return maps.withUnsafeBuffer { m in
+        Tensor(shape: [n, t, d]) { out in
+          for i in 0..<n {
+            let map = m.baseAddress! + i * featureShape.reduce(1, *)
+            let seq = out.baseAddress! + i * t * d
+            let first = cls ? 1 : 0
+            for k in 0..<d {
+              for p in 0..<(g * g) { seq[(first + p) * d + k] = map[k * g * g + p] }
+              // The class token, back from any position of its channels (there: token / g).
+              if cls { seq[k] = map[(d + k) * g * g] * Float(g) }
+            }
+          }
+        }
+      }
+    }
+  }
+
+  /// The model's crossing tensor [n, ...] as maps [n, C, h, w] (`CutTensorLayout`).
+  func maps(_ y: UnsafeBufferPointer<Float>, count n: Int, into dst: UnsafeMutablePointer<Float>) {
+    let per = featureShape.reduce(1, *)
+    let (c, h, w) = (featureShape[0], featureShape[1], featureShape[2])
+    for i in 0..<n {
+      let o = dst + i * per
+      switch featureLayout {
+      case .channelsFirst:
+        o.update(from: y.baseAddress! + i * per, count: per)
+      case .channelsLast:
+        let f = y.baseAddress! + i * per
+        for ch in 0..<c { for p in 0..<(h * w) { o[ch * h * w + p] = f[p * c + ch] } }
+      case .tokens(let g, let cls):
+        let d = cls ? c / 2 : c
+        let t = g * g + (cls ? 1 : 0)
+        let seq = y.baseAddress! + i * t * d
+        let first = cls ? 1 : 0
+        for k in 0..<d {
+          for p in 0..<(g * g) { o[k * g * g + p] = seq[(first + p) * d + k] }
+          if cls { for p in 0..<(g * g) { o[(d + k) * g * g + p] = seq[k] / Float(g) } }
+        }
+      }
+    }
   }
 
   static func digest(_ g: Graph) -> String {
@@ -148,19 +255,8 @@ public final class FeatureExtractor {
         }
       }
       let y = try executor.run([x])[0]
-      let (c, h, w) = (featureShape[0], featureShape[1], featureShape[2])
       y.withUnsafeBuffer { src in
-        out.withUnsafeMutableBuffer { dst in
-          for i in 0..<n {
-            let o = dst.baseAddress! + (start + i) * per
-            let f = src.baseAddress! + i * per
-            if featureChannelsLast {
-              for ch in 0..<c { for p in 0..<(h * w) { o[ch * h * w + p] = f[p * c + ch] } }
-            } else {
-              o.update(from: f, count: per)
-            }
-          }
-        }
+        out.withUnsafeMutableBuffer { dst in maps(src, count: n, into: dst.baseAddress! + start * per) }
       }
       start += n
       progress(start)

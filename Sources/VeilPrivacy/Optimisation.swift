@@ -200,14 +200,36 @@ extension FeatureExtractor {
       g.nodes[i].inputs = g.nodes[i].inputs.map { $0 == input ? normalised : $0 }
     }
     g.inputs = [pixels]
-    if featureChannelsLast {
-      let out = g.addNode(.transpose(permutation: [0, 3, 1, 2]), name: "veil.to_nchw", inputs: [g.outputs[0]])[0]
-      g.outputs = [out]
+    switch featureLayout {
+    case .channelsFirst: break
+    case .channelsLast:
+      g.outputs = [g.addNode(.transpose(permutation: [0, 3, 1, 2]), name: "veil.to_nchw", inputs: [g.outputs[0]])[0]]
+    case .tokens(let grid, let cls):
+      g.outputs = [tokenMap(&g, g.outputs[0], grid: grid, classToken: cls, batch: n)]
     }
     try g.sortTopologically()
     g.removeDeadCode()
     try g.inferShapes(inputShapes: [pixels: [n, 3, s, s]])
     return g
+  }
+
+  /// Tokens [n, T, D] as the attackers' map (`CutTensorLayout.tokens`), in graph ops: the
+  /// patch tokens transposed to [n, D, g, g]; the class token divided by g and broadcast over
+  /// the grid (added to a constant zero map), concatenated after them.
+  func tokenMap(_ g: inout Graph, _ tokens: ValueID, grid: Int, classToken: Bool, batch n: Int) -> ValueID {
+    let d = classToken ? featureShape[0] / 2 : featureShape[0]
+    let first = classToken ? 1 : 0
+    var patches = g.slice(tokens, SliceAttributes(starts: [first], ends: [first + grid * grid], axes: [1]), name: "veil.patch_tokens")
+    patches = g.addNode(.transpose(permutation: [0, 2, 1]), name: "veil.patch_channels", inputs: [patches])[0]
+    patches = g.reshape(patches, to: [n, d, grid, grid], name: "veil.patch_map")
+    guard classToken else { return patches }
+    var cls = g.slice(tokens, SliceAttributes(starts: [0], ends: [1], axes: [1]), name: "veil.class_token")
+    cls = g.reshape(cls, to: [n, d, 1, 1], name: "veil.class_channels")
+    let scale = g.addInitializer(name: "veil/class_scale", Tensor(shape: [1], repeating: 1 / Float(grid)))
+    cls = g.mul(cls, scale, name: "veil.class_scaled")
+    let zeros = g.addInitializer(name: "veil/class_grid", Tensor(zeros: [1, d, grid, grid]))
+    cls = g.add(cls, zeros, name: "veil.class_map")
+    return g.concat([patches, cls], axis: 1, name: "veil.token_map")
   }
 
   /// The head on the tape with every weight frozen (no weight gradients, BatchNorm on its

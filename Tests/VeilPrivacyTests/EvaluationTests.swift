@@ -2,6 +2,7 @@ import Foundation
 import VeilData
 import VeilFormats
 import VeilGraph
+import VeilModels
 import VeilPrivacy
 import VeilTensor
 import VeilTestSupport
@@ -107,6 +108,57 @@ final class EvaluationTests: XCTestCase {
       // Luma is Pillow's fixed-point rounding on 8-bit pixels against exact weights here.
       XCTAssertLessThan(err, scale * (fx.inputChannels == 1 ? 2e-2 : 1e-4), "\(g.name) \(pre.name)")
     }
+  }
+
+  /// A vision transformer's token cuts: the map the attackers see (patch tokens [D, g, g], the
+  /// class token / g over D more channels) comes the same from the extractor and from the
+  /// white-box head on the tape; it goes back to the model's exact sequence; and squared
+  /// distances between maps are those between the sequences, so the optimisation's objective
+  /// is the sequence's.
+  func testTokenCutsMapExactlyToTheSequence() throws {
+    let photos = try ["coffee.png", "chelsea.png"].map {
+      try ImageCodec.readUpright(TestAssets.url($0)).rgb().centreCropped(width: 300, height: 300)
+        .resized(width: 32, height: 32, interpolation: .area)
+    }
+    let g = try ModelZoo.visionTransformer(
+      VisionTransformerShape(image: 32, patch: 8, layers: 2, heads: 2, dim: 16, mlp: 32, classes: 10), seed: 3)
+    for name in ["embeddings", "encoder_layer_1"] {
+      let cut = try g.attackCut(named: name)
+      let fx = try FeatureExtractor(model: g, cut: cut, imageSize: 32, batch: 2, preprocessing: AttackTests.unit)
+      XCTAssertEqual(fx.featureShape, [32, 4, 4], name)
+      XCTAssertEqual(fx.featureLayout, .tokens(grid: 4, classToken: true), name)
+      let maps = try fx.features(photos)
+      // The head's own output, run apart.
+      let (head, _) = try g.split(at: cut)
+      var sized = head
+      try sized.inferShapes(inputShapes: [sized.inputs[0]: [2, 3, 32, 32]])
+      let x = try Tensor(shape: [2, 3, 32, 32], values: photos.flatMap { p in
+        (0..<3).flatMap { c in (0..<(32 * 32)).map { k in Float(p.pixels[k * 3 + c].value) / 255 } }
+      })
+      let sequence = try Executor(graph: sized).run([x])[0]
+      XCTAssertEqual(sequence.shape, [2, 17, 16], name)
+      let back = try fx.modelTensor(maps)
+      XCTAssertEqual(back.shape, sequence.shape, name)
+      let scale = sequence.scalars.map(abs).max() ?? 1
+      XCTAssertLessThan(zip(back.scalars, sequence.scalars).map { abs($0 - $1) }.max() ?? 1, scale * 1e-5, name)
+      // ‖map(a) − map(b)‖² = ‖a − b‖² for the two photos.
+      func squared(_ t: Tensor) -> Double {
+        let v = t.scalars
+        let half = v.count / 2
+        return (0..<half).reduce(0.0) { $0 + Double(v[$1] - v[half + $1]) * Double(v[$1] - v[half + $1]) }
+      }
+      XCTAssertEqual(squared(maps), squared(sequence), accuracy: squared(sequence) * 1e-5, name)
+      // The white-box head on the tape gives the same map.
+      let pixels = Kernels.map(x) { $0 * 2 - 1 }
+      let got = try fx.differentiableHead(batch: 2)(Variable(pixels)).value
+      XCTAssertEqual(got.shape, maps.shape, name)
+      let peak = maps.scalars.map(abs).max() ?? 1
+      XCTAssertLessThan(zip(got.scalars, maps.scalars).map { abs($0 - $1) }.max() ?? 1, peak * 1e-4, name)
+    }
+    // Other image sizes change the token count: refused with the size that works.
+    XCTAssertThrowsError(
+      try FeatureExtractor(model: g, cut: try g.attackCut(named: "encoder_layer_0"), imageSize: 64, batch: 1, preprocessing: AttackTests.unit)
+    ) { XCTAssertTrue("\($0)".contains("--image-size 32"), "\($0)") }
   }
 
   /// A channels-last model: an NHWC input transposed in, its pool1 map NHWC too.
