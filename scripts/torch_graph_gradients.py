@@ -204,6 +204,23 @@ def run(model, x):
             y = lrn(i[0], a)
         elif op in ("Dropout", "Identity"):
             y = i[0]
+        elif op == "LayerNormalization":
+            axis = a.get("axis", -1) % i[0].dim()
+            y = F.layer_norm(i[0], i[0].shape[axis:], i[1].expand(i[0].shape[axis:]),
+                             i[2].expand(i[0].shape[axis:]) if len(i) > 2 and i[2] is not None else None,
+                             eps=a.get("epsilon", 1e-5))
+        elif op == "Erf":
+            y = torch.erf(i[0])
+        elif op == "Slice":
+            starts, ends = i[1].tolist(), i[2].tolist()
+            axes = i[3].tolist() if len(i) > 3 and i[3] is not None else list(range(len(starts)))
+            steps = i[4].tolist() if len(i) > 4 and i[4] is not None else [1] * len(starts)
+            index = [slice(None)] * i[0].dim()
+            for b, e, ax, st in zip(starts, ends, axes, steps):
+                if st <= 0:
+                    raise SystemExit(f"node '{n.name}': Slice with step {st} is not interpreted")
+                index[ax % i[0].dim()] = slice(int(b), int(min(e, 2**62)), int(st))
+            y = i[0][tuple(index)]
         else:
             raise SystemExit(f"node '{n.name}': op '{op}' is not interpreted by torch_graph_gradients.py")
         env[n.output[0]] = y

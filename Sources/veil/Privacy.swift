@@ -25,7 +25,7 @@ struct Privacy: ParsableCommand {
   var model: String
   @Option(
     help: ArgumentHelp(
-      "'all' (every cut whose tensor is a feature map [N,C,h,w]: a zoo model's structural cuts, an imported model's single-tensor points) or a comma-separated list of cut names, unique name parts or indices.",
+      "'all' (every cut whose tensor is a feature map [N,C,h,w] or a transformer's tokens [N,T,D]: a zoo model's structural cuts, an imported model's single-tensor points) or a comma-separated list of cut names, unique name parts or indices.",
       valueName: "all|LIST"))
   var cuts: String = "all"
   @OptionGroup var options: AttackOptions
@@ -40,7 +40,8 @@ struct Privacy: ParsableCommand {
     let (graph, preprocessing) = try attackModel(model, preset: options.preprocess)
     let chosen: [CutPoint]
     if cuts == "all" {
-      chosen = try graph.candidateCuts().filter { $0.shape.count == 4 }
+      // Feature maps, and a transformer's tokens [N, T, D].
+      chosen = try graph.candidateCuts().filter { [3, 4].contains($0.shape.count) }
     } else {
       chosen = try cuts.split(separator: ",").map { name in
         do { return try graph.attackCut(named: name.trimmingCharacters(in: .whitespaces)) } catch {
@@ -48,7 +49,7 @@ struct Privacy: ParsableCommand {
         }
       }
     }
-    guard !chosen.isEmpty else { throw ValidationError("--cuts: no cut of \(model) has a feature map [N,C,h,w]") }
+    guard !chosen.isEmpty else { throw ValidationError("--cuts: no cut of \(model) has a feature map [N,C,h,w] or tokens [N,T,D]") }
     let outDir = URL(fileURLWithPath: out)
     try options.clear(outDir)
     let evaluation = try options.evaluation(graph, name: model, preprocessing: preprocessing, out: outDir)

@@ -280,14 +280,26 @@ final class InputGradientTests: XCTestCase {
   }
 
   /// The head of every zoo model to its last spatial cut, at 32×32 with calibrated BatchNorm
-  /// statistics: against finite differences (no Python needed) and against PyTorch.
+  /// statistics: against finite differences (no Python needed) and against PyTorch. The vision
+  /// transformers (whose position embedding fixes their image size) are built at 32×32 with
+  /// 8×8 patches and 2 blocks (ViT-B/16's head count and MLP ratio on 64-wide tokens, ViT-Ti's
+  /// on 48), and cut after their last block: the
+  /// white-box attack's gradient through LayerNorm, attention, GELU and the class token.
   func testInputGradientThroughEveryZooHead() throws {
     for name in ModelZoo.names {
       let input = [1, 3, 32, 32]
-      let h = try calibrated(try head(try ModelZoo.build(name, batch: 1, seed: 21), input: input), input: input)
+      let isTransformer = name.hasPrefix("vit")
+      let model =
+        isTransformer
+        ? try ModelZoo.visionTransformer(
+          name == "vit_b_16"
+            ? VisionTransformerShape(image: 32, patch: 8, layers: 2, heads: 4, dim: 64, mlp: 256)
+            : VisionTransformerShape(image: 32, patch: 8, layers: 2, heads: 3, dim: 48, mlp: 192), batch: 1, seed: 21)
+        : try ModelZoo.build(name, batch: 1, seed: 21)
+      let h = try calibrated(try head(model, cut: isTransformer ? "encoder_layer_1" : nil, input: input), input: input)
       var rng = SeededGenerator(label: "zoo-\(name)")
       let x = Tensor.randomNormal(shape: input, generator: &rng)
-      let label = "\(name) to \(h.metadata["cut.name"] ?? "?")"
+      let label = "\(name)\(isTransformer ? " (32 px, 2 blocks)" : "") to \(h.metadata["cut.name"] ?? "?")"
       try spotCheck(label, try GraphModel(frozen: h), input: x)
       try compareWithTorch(label, h, input: x)
     }
