@@ -13,12 +13,14 @@ learned position embedding added, encoder blocks of LayerNorm → nn.MultiheadAt
 residual, LayerNorm → Linear → GELU → Linear → residual, a final LayerNorm and a linear head on
 the class token; at a size that keeps the test fast (32×32 input, 8×8 patches, 64 features,
 4 heads, 3 blocks). For each variant writes DIR/OPSET_EXPORTER_GELU/model.onnx, input_0.npy and
-expected_0.npy (ONNX Runtime on the exported file, optimizations off). Prints one line of JSON
+expected_0.npy (ONNX Runtime on the exported file, optimizations off), and state_dict.pth (the
+weights under torchvision's keys). Prints one line of JSON
 per model: {"model": NAME, "torch": VERSION, "ops": [...]}.
 Exits with status 3 and a message when torch is not importable (the test then skips).
 """
 import json
 import os
+from collections import OrderedDict
 import sys
 import warnings
 
@@ -35,7 +37,10 @@ class EncoderBlock(nn.Module):
         self.ln_1 = nn.LayerNorm(dim, eps=1e-6)
         self.self_attention = nn.MultiheadAttention(dim, heads, batch_first=True)
         self.ln_2 = nn.LayerNorm(dim, eps=1e-6)
-        self.mlp = nn.Sequential(nn.Linear(dim, mlp_dim), nn.GELU(approximate=gelu), nn.Linear(mlp_dim, dim))
+        # torchvision's MLPBlock: Linear, GELU, Dropout, Linear, Dropout (keys mlp.0 and mlp.3).
+        self.mlp = nn.Sequential(
+            nn.Linear(dim, mlp_dim), nn.GELU(approximate=gelu), nn.Dropout(0.0), nn.Linear(mlp_dim, dim), nn.Dropout(0.0)
+        )
 
     def forward(self, x):
         y = self.ln_1(x)
@@ -48,7 +53,9 @@ class Encoder(nn.Module):
     def __init__(self, tokens, blocks, heads, dim, mlp_dim, gelu):
         super().__init__()
         self.pos_embedding = nn.Parameter(torch.empty(1, tokens, dim).normal_(std=0.02))
-        self.layers = nn.Sequential(*[EncoderBlock(heads, dim, mlp_dim, gelu) for _ in range(blocks)])
+        self.layers = nn.Sequential(
+            OrderedDict((f"encoder_layer_{i}", EncoderBlock(heads, dim, mlp_dim, gelu)) for i in range(blocks))
+        )
         self.ln = nn.LayerNorm(dim, eps=1e-6)
 
     def forward(self, x):
@@ -106,6 +113,8 @@ def export(out, opset, exporter, gelu):
     xn = x.numpy()
     np.save(f"{out}/input_0.npy", xn)
     np.save(f"{out}/expected_0.npy", sess.run(None, {"input": xn})[0])
+    # The weights as torchvision's state_dict keys them, for loading into Veil's zoo builder.
+    torch.save(model.state_dict(), f"{out}/state_dict.pth")
     return sorted({n.op_type for n in onnx.load(path).graph.node})
 
 
