@@ -221,10 +221,10 @@ extension FeatureExtractor {
     let first = classToken ? 1 : 0
     var patches = g.slice(tokens, SliceAttributes(starts: [first], ends: [first + grid * grid], axes: [1]), name: "veil.patch_tokens")
     patches = g.addNode(.transpose(permutation: [0, 2, 1]), name: "veil.patch_channels", inputs: [patches])[0]
-    patches = g.reshape(patches, to: [n, d, grid, grid], name: "veil.patch_map")
+    patches = g.reshape(patches, to: [0, d, grid, grid], name: "veil.patch_map")
     guard classToken else { return patches }
     var cls = g.slice(tokens, SliceAttributes(starts: [0], ends: [1], axes: [1]), name: "veil.class_token")
-    cls = g.reshape(cls, to: [n, d, 1, 1], name: "veil.class_channels")
+    cls = g.reshape(cls, to: [0, d, 1, 1], name: "veil.class_channels")
     let scale = g.addInitializer(name: "veil/class_scale", Tensor(shape: [1], repeating: 1 / Float(grid)))
     cls = g.mul(cls, scale, name: "veil.class_scaled")
     let zeros = g.addInitializer(name: "veil/class_grid", Tensor(zeros: [1, d, grid, grid]))
