@@ -185,8 +185,8 @@ public protocol TrainingConvolutionKernel: AnyObject, Sendable {
 }
 
 /// The primitives the training engine (VeilTrain) computes with, beyond element-wise loops of
-/// its own: convolutions with their backward passes, batch normalisation over [N, C, ...]
-/// tensors with the batch statistics the autograd layer keeps, and Adam's update.
+/// its own: convolutions with their backward passes, matrix products, batch normalisation over
+/// [N, C, ...] tensors with the batch statistics the autograd layer keeps, and Adam's update.
 public protocol TrainingBackend: Sendable {
   var name: String { get }
   /// A convolution (or, with `spec.transposed`, a transposed one) of these shapes; 2-D, grouped
@@ -206,6 +206,12 @@ public protocol TrainingBackend: Sendable {
   func batchNormBackward(_ g: Tensor, normalized h: Tensor, k: [Float], a: [Float], b: [Float]) -> Tensor
   /// y = a·(x − m) + b per channel.
   func channelAffine(_ x: Tensor, scale a: [Float], center m: [Float], shift b: [Float]) -> Tensor
+  /// c[m×n] += α·op(a)·op(b), row-major: op(a) [m×k] is a, or aᵀ of a stored [k×m]; op(b)
+  /// [k×n] is b, or bᵀ of b stored [n×k]. Every matrix product of the autograd layer (Gemm,
+  /// Linear, MatMul, forward and backward) is this one call.
+  func multiplyAccumulate(
+    _ a: UnsafePointer<Float>, transposeA: Bool, _ b: UnsafePointer<Float>, transposeB: Bool,
+    into c: UnsafeMutablePointer<Float>, m: Int, k: Int, n: Int, alpha: Float)
   /// One Adam update of `weights` in place, with its moments: g ← g + wd·w,
   /// m ← β1·m + (1 − β1)·g, v ← β2·v + (1 − β2)·g², w ← w − lr·(m/c1)/(√(v/c2) + ε).
   func adamStep(

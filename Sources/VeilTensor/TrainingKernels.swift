@@ -86,6 +86,20 @@ extension DNNLBackend: TrainingBackend {
 
   /// One Adam update of `weights` in place, with its moments: g ← g + wd·w,
   /// m ← β1·m + (1 − β1)·g, v ← β2·v + (1 − β2)·g², w ← w − lr·(m/c1)/(√(v/c2) + ε).
+  /// oneDNN's SGEMM (row-major, β = 1 to accumulate), on its OpenMP threads.
+  public func multiplyAccumulate(
+    _ a: UnsafePointer<Float>, transposeA: Bool, _ b: UnsafePointer<Float>, transposeB: Bool,
+    into c: UnsafeMutablePointer<Float>, m: Int, k: Int, n: Int, alpha: Float
+  ) {
+    guard m > 0, n > 0, k > 0 else { return }
+    let status = dnnl_sgemm(
+      CChar(UInt8(ascii: transposeA ? "T" : "N")), CChar(UInt8(ascii: transposeB ? "T" : "N")),
+      Int64(m), Int64(n), Int64(k), alpha, a, Int64(transposeA ? m : k), b, Int64(transposeB ? k : n), 1, c, Int64(n))
+    // The arguments are consistent by construction (the shapes come from checked tensors); a
+    // failure here is a broken invariant, not bad input.
+    precondition(status == dnnl_success, "dnnl_sgemm failed (\(status)) for \(m)×\(k) by \(k)×\(n)")
+  }
+
   public func adamStep(
     weights: inout Tensor, firstMoment: inout Tensor, secondMoment: inout Tensor, gradient: Tensor,
     beta1: Float, beta2: Float, learningRate: Float, biasCorrection1 c1: Float, biasCorrection2 c2: Float,

@@ -67,6 +67,20 @@ extension ReferenceBackend: TrainingBackend {
     return tensor(x.shape, v.indices.map { let ch = ($0 / inner) % c; return a[ch] * (v[$0] - m[ch]) + b[ch] })
   }
 
+  /// The plain triple loop, innermost index contiguous in c.
+  public func multiplyAccumulate(
+    _ a: UnsafePointer<Float>, transposeA: Bool, _ b: UnsafePointer<Float>, transposeB: Bool,
+    into c: UnsafeMutablePointer<Float>, m: Int, k: Int, n: Int, alpha: Float
+  ) {
+    for i in 0..<m {
+      for j in 0..<n {
+        var s: Float = 0
+        for t in 0..<k { s += (transposeA ? a[t * m + i] : a[i * k + t]) * (transposeB ? b[j * k + t] : b[t * n + j]) }
+        c[i * n + j] += alpha * s
+      }
+    }
+  }
+
   public func adamStep(
     weights: inout Tensor, firstMoment: inout Tensor, secondMoment: inout Tensor, gradient: Tensor,
     beta1: Float, beta2: Float, learningRate: Float, biasCorrection1 c1: Float, biasCorrection2 c2: Float,

@@ -34,28 +34,13 @@ public final class Linear: Layer {
 }
 
 /// c[m×n] += α · op(a) · op(b), op(a) [m×k] being a or aᵀ (a stored [k×m]), op(b) [k×n] being
-/// b or bᵀ (b stored [n×k]). The loop order keeps the innermost index contiguous in c.
+/// b or bᵀ (b stored [n×k]): the training backend's matrix product (oneDNN's SGEMM unless a
+/// backend module is installed), the one GEMM of the autograd layer.
 func multiplyAccumulate(
   _ a: UnsafePointer<Float>, transposeA: Bool, _ b: UnsafePointer<Float>, transposeB: Bool,
   into c: UnsafeMutablePointer<Float>, m: Int, k: Int, n: Int, alpha: Float = 1
 ) {
-  for i in 0..<m {
-    let row = c + i * n
-    if transposeB {
-      for j in 0..<n {
-        var s: Float = 0
-        for t in 0..<k { s += (transposeA ? a[t * m + i] : a[i * k + t]) * b[j * k + t] }
-        row[j] += alpha * s
-      }
-    } else {
-      for t in 0..<k {
-        let av = alpha * (transposeA ? a[t * m + i] : a[i * k + t])
-        if av == 0 { continue }
-        let brow = b + t * n
-        for j in 0..<n { row[j] += av * brow[j] }
-      }
-    }
-  }
+  Backends.training.multiplyAccumulate(a, transposeA: transposeA, b, transposeB: transposeB, into: c, m: m, k: k, n: n, alpha: alpha)
 }
 
 /// ONNX Gemm: Y = α·op(A)·op(B) + β·C, op being a transpose where `transA`/`transB` say; C

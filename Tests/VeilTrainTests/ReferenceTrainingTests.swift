@@ -65,6 +65,37 @@ final class ReferenceTrainingTests: XCTestCase {
     close(grads[1], grads[0], "∂/∂input")
   }
 
+  /// The matrix product every Gemm, Linear and MatMul of the autograd layer runs: oneDNN's
+  /// SGEMM against the plain loops, each way of transposing, accumulating into what c holds.
+  func testMatrixProductsAgree() throws {
+    var r = SeededGenerator(seed: 29)
+    let (m, k, n) = (7, 13, 5)
+    let a = Tensor.randomNormal(shape: [m * k], generator: &r).scalars
+    let b = Tensor.randomNormal(shape: [k * n], generator: &r).scalars
+    let start = Tensor.randomNormal(shape: [m * n], generator: &r).scalars
+    for (ta, tb) in [(false, false), (true, false), (false, true), (true, true)] {
+      var results: [[Float]] = []
+      for backend in [DNNLBackend.shared, ReferenceBackend()] as [any TrainingBackend] {
+        var c = start
+        backend.multiplyAccumulate(a, transposeA: ta, b, transposeB: tb, into: &c, m: m, k: k, n: n, alpha: 0.5)
+        results.append(c)
+      }
+      // Against a product written out here: a as [m×k] or its transpose's storage, and so b.
+      var want = start
+      for i in 0..<m {
+        for j in 0..<n {
+          var s: Float = 0
+          for t in 0..<k { s += (ta ? a[t * m + i] : a[i * k + t]) * (tb ? b[j * k + t] : b[t * n + j]) }
+          want[i * n + j] += 0.5 * s
+        }
+      }
+      for (name, got) in zip(["oneDNN", "reference"], results) {
+        let err = zip(got, want).map { abs($0 - $1) }.max() ?? .infinity
+        XCTAssertLessThan(err, 1e-5, "\(name), transposeA \(ta), transposeB \(tb)")
+      }
+    }
+  }
+
   func testTransposedConvolutionPassesAgree() throws {
     var r = SeededGenerator(seed: 25)
     let x = Tensor.randomNormal(shape: [2, 4, 5, 5], generator: &r)
