@@ -143,33 +143,34 @@ public struct CutDefence: Codable, Sendable, Equatable, CustomStringConvertible 
     }
   }
 
-  /// Fits the defence to the defender's feature maps `features` ([N, C, h, w], channels
-  /// first): each channel's standard deviation (noise), or the channels with the largest mean
-  /// magnitude (pruning keeps ⌈(1 − share)·C⌉ of them, at least one).
-  public func fitted(to features: Tensor) throws -> CutDefence {
+  /// Fits the defence to the defender's feature maps `features`, their channels on
+  /// `channelAxis` (1 for [N, C, h, w]; 2 for a transformer's tokens [N, T, D], whose channels
+  /// are the features of every token): each channel's standard deviation (noise), or the
+  /// channels with the largest mean magnitude (pruning keeps ⌈(1 − share)·C⌉ of them, at least
+  /// one).
+  public func fitted(to features: Tensor, channelAxis: Int = 1) throws -> CutDefence {
     try validate()
-    guard features.rank == 4, features.shape[0] > 0 else {
-      throw DefenceError.invalid(spec: spec, detail: "fitting needs feature maps [N, C, h, w], found \(features.shape)")
+    guard features.rank >= 2, channelAxis >= 1, channelAxis < features.rank, features.shape[0] > 0 else {
+      throw DefenceError.invalid(
+        spec: spec, detail: "fitting needs maps with channels on axis \(channelAxis) ([N, C, h, w] or [N, T, D]), found \(features.shape)")
     }
-    let (n, c, plane) = (features.shape[0], features.shape[1], features.shape[2] * features.shape[3])
+    let c = features.shape[channelAxis]
+    let inner = features.shape[(channelAxis + 1)...].reduce(1, *)
     var sum = [Double](repeating: 0, count: c)
     var squares = [Double](repeating: 0, count: c)
     var magnitude = [Double](repeating: 0, count: c)
     features.withUnsafeBuffer { p in
-      for i in 0..<n {
-        for ch in 0..<c {
-          let base = (i * c + ch) * plane
-          for k in 0..<plane {
-            let x = Double(p[base + k])
-            sum[ch] += x
-            squares[ch] += x * x
-            magnitude[ch] += abs(x)
-          }
-        }
+      // Value k has channel (k / inner) % c.
+      for k in 0..<p.count {
+        let ch = (k / inner) % c
+        let x = Double(p[k])
+        sum[ch] += x
+        squares[ch] += x * x
+        magnitude[ch] += abs(x)
       }
     }
     var out = self
-    let count = Double(n * plane)
+    let count = Double(features.count / c)
     switch kind {
     case .gaussian, .laplace:
       out.channelScale = (0..<c).map { ch in

@@ -232,7 +232,7 @@ extension PlanJob {
       t.seed = seed
       let extractor = try FeatureExtractor(
         model: graph, cut: cut, imageSize: photos.size, batch: min(8, photos.tuning.count), preprocessing: preprocessing)
-      fitted = try defence.fitted(to: try extractor.features(photos.tuning))
+      fitted = try extractor.fit(defence, maps: try extractor.features(photos.tuning))
       let candidate = try t.tail(
         model: graph, cut: cut, defence: fitted, images: photos.tuning, imageSize: photos.size, preprocessing: preprocessing,
         progress: { log("defence \(defence.spec) at \(cut.name): " + $0) })

@@ -81,7 +81,7 @@ struct OptimisationAttacker: InversionAttacker {
     // The attacker knows the defence: it differentiates through it (see `CutDefence.onTape`).
     let head: (Variable) throws -> Variable = { x in
       let features = try model(x)
-      return try inputs.defence.map { try $0.onTape(features) } ?? features
+      return try inputs.defence.map { try inputs.extractor.onTape($0, features) } ?? features
     }
     let started = Date()
     var inversion = FeatureInversion(config)
@@ -167,8 +167,7 @@ public func runAttack(
   // The defence, fitted to the held-out maps, on every map the attacker sees.
   var defence: AttackDefence?
   if let spec = config.defence {
-    try extractor.checkDefencesApply()
-    let d = try AttackDefence(spec, heldOut: test.features)
+    let d = try AttackDefence(spec, heldOut: test.features, extractor: extractor)
     train = try d.defend(train, seed: config.seed, stream: 0)
     validation = try d.defend(validation, seed: config.seed, stream: 1)
     test = try d.defend(test, seed: config.seed, stream: 2)!

@@ -42,15 +42,17 @@ extension CutDefence {
 /// applied to every map the attackers see, their own photos' included, with seeded noise.
 struct AttackDefence {
   let defence: CutDefence
+  let extractor: FeatureExtractor
 
-  init(_ spec: CutDefence, heldOut: Tensor) throws {
-    defence = spec.isFitted ? spec : try spec.fitted(to: heldOut)
+  init(_ spec: CutDefence, heldOut: Tensor, extractor: FeatureExtractor) throws {
+    defence = spec.isFitted ? spec : try extractor.fit(spec, maps: heldOut)
+    self.extractor = extractor
   }
 
   func defend(_ pairs: FeaturePairs?, seed: UInt64, stream: UInt64) throws -> FeaturePairs? {
     guard var p = pairs else { return nil }
     var generator = SeededGenerator(seed: seed &* 0x2545_F491_4F6C_DD1D &+ stream &+ 0xDEFE)
-    p.features = try defence.apply(to: p.features, channelAxis: 1, using: &generator)
+    p.features = try extractor.defend(p.features, with: defence, using: &generator)
     return p
   }
 
@@ -140,7 +142,6 @@ public struct TailFineTuning: Codable, Sendable, Equatable {
       model: model, cut: cut, imageSize: imageSize, batch: min(8, images.count), preprocessing: preprocessing)
     let maps = try extractor.features(images)
     var (_, tail) = try model.split(at: cut)
-    try extractor.checkDefencesApply()
     try tail.inferShapes(inputShapes: [tail.inputs[0]: extractor.modelShape(batch: 1)])
     let layout = { (t: Tensor) in try extractor.modelTensor(t) }
     // The teacher: the model's own tail on the clean maps.
@@ -159,7 +160,7 @@ public struct TailFineTuning: Codable, Sendable, Equatable {
         var steps = 0
         for start in stride(from: 0, to: n, by: batch) {
           let rows = Array(order[start..<min(n, start + batch)])
-          let defended = try defence.apply(to: gather(maps, rows), channelAxis: 1, using: &generator)
+          let defended = try extractor.defend(gather(maps, rows), with: defence, using: &generator)
           let target = try stack(rows.map { targets[$0] })
           adam.zeroGradients()
           let logits = try student(Variable(layout(defended)))
@@ -202,13 +203,11 @@ extension DefenceUtility {
     let batch = min(8, images.count)
     let extractor = try FeatureExtractor(model: model, cut: cut, imageSize: imageSize, batch: batch, preprocessing: preprocessing)
     let maps = try extractor.features(images)
-    let fitted = defence.isFitted ? defence : try defence.fitted(to: maps)
+    let fitted = defence.isFitted ? defence : try extractor.fit(defence, maps: maps)
     var (_, tail) = try model.split(at: cut)
     guard let tailInput = tail.inputs.first, tail.inputs.count == 1 else {
       throw PrivacyError.cut(name: cut.name, detail: "the tail does not take the one crossing tensor")
     }
-    try extractor.checkDefencesApply()
-    let (c, h, w) = (extractor.featureShape[0], extractor.featureShape[1], extractor.featureShape[2])
     let layoutShape = extractor.modelShape(batch: 1)
     try tail.inferShapes(inputShapes: [tailInput: layoutShape])
     let executor = try Executor(graph: tail)
@@ -227,7 +226,7 @@ extension DefenceUtility {
     for i in 0..<images.count {
       let one = gather(maps, [i])
       let started = DispatchTime.now()
-      let defended = try fitted.apply(to: one, channelAxis: 1, using: &generator)
+      let defended = try extractor.defend(one, with: fitted, using: &generator)
       times.append(Double(DispatchTime.now().uptimeNanoseconds - started.uptimeNanoseconds) / 1e6)
       func top1(_ map: Tensor, _ e: Executor) throws -> Int {
         let input = try extractor.modelTensor(map)
@@ -244,7 +243,7 @@ extension DefenceUtility {
     let z = 1.645
     let lower = (p + z * z / (2 * n) - z * (p * (1 - p) / n + z * z / (4 * n * n)).squareRoot()) / (1 + z * z / n)
     times.sort()
-    let shape = [1, c, h, w]
+    let shape = layoutShape
     var metrics: (ClassificationMetrics, ClassificationMetrics)?
     if let labels {
       // An answer outside the label range counts as wrong (a model of other classes).
@@ -256,7 +255,8 @@ extension DefenceUtility {
     }
     var utility = DefenceUtility(
       defence: fitted.spec, cut: cut.name, agreement: p, images: images.count, agreementLower: max(0, lower),
-      defenceMs: times[times.count / 2], mapBytes: shape.reduce(1, *) * 4, encodedBytes: fitted.encodedBytes(shape: shape),
+      defenceMs: times[times.count / 2], mapBytes: shape.reduce(1, *) * 4,
+      encodedBytes: fitted.encodedBytes(shape: shape, channelAxis: extractor.defenceChannelAxis),
       imageSize: imageSize, tailFineTuned: tunedTail != nil)
     if let (defended, undefended) = metrics {
       (utility.accuracy, utility.macroF1) = (defended.accuracy, defended.macroF1)
@@ -264,19 +264,61 @@ extension DefenceUtility {
     }
     return (
       utility,
-      fitted, extractor.featureLayout == .channelsLast ? 3 : 1
+      fitted, extractor.defenceChannelAxis
     )
   }
 }
 
 extension FeatureExtractor {
-  /// Defences are fitted per channel of a feature map and deployed on the model's tensor;
-  /// a transformer's tokens have no such channel yet: refused, with the reason.
-  func checkDefencesApply() throws {
-    if case .tokens = featureLayout {
-      throw PrivacyError.cut(
-        name: cut.name,
-        detail: "defences at a transformer's token cut are not supported yet (they are fitted and deployed per channel of a feature map); measure it undefended, or defend the patch map at conv_proj")
+  /// The axis of the model's crossing tensor that a defence treats as its channels, as the
+  /// enclave applies it: 1 for [N, C, h, w], 3 for [N, h, w, C], 2 for a transformer's tokens
+  /// [N, T, D] (each feature across every token).
+  public var defenceChannelAxis: Int {
+    switch featureLayout {
+    case .channelsFirst: return 1
+    case .channelsLast: return 3
+    case .tokens: return 2
+    }
+  }
+
+  /// `defence` fitted to the defender's maps, as the enclave will apply it (per token feature
+  /// for tokens, per channel otherwise).
+  public func fit(_ defence: CutDefence, maps: Tensor) throws -> CutDefence {
+    guard case .tokens = featureLayout else { return try defence.fitted(to: maps) }
+    return try defence.fitted(to: try modelTensor(maps), channelAxis: 2)
+  }
+
+  /// The maps the attackers see when the enclave defends the model's tensor with `defence`:
+  /// for tokens the defence runs on the sequence, then the map is made of it; for maps with
+  /// channels first or last it runs per channel of the map, the same thing.
+  public func defend<G: RandomNumberGenerator>(_ maps: Tensor, with defence: CutDefence, using generator: inout G) throws -> Tensor {
+    guard case .tokens = featureLayout else { return try defence.apply(to: maps, channelAxis: 1, using: &generator) }
+    return try self.maps(fromModel: try defence.apply(to: try modelTensor(maps), channelAxis: 2, using: &generator))
+  }
+
+  /// The white-box attacker's differentiable view of `defence` on the head's maps (see
+  /// `CutDefence.onTape`), for tokens through the sequence: quantisation's offset is the
+  /// sequence's quantised and mapped back, pruning masks a feature's patch channel and its
+  /// class-token channel.
+  public func onTape(_ defence: CutDefence, _ features: Variable) throws -> Variable {
+    guard case .tokens(_, let cls) = featureLayout else { return try defence.onTape(features) }
+    switch defence.kind {
+    case .gaussian, .laplace:
+      return features
+    case .quantise:
+      var unused = SeededGenerator(seed: 0)
+      let q = try defend(features.value, with: defence, using: &unused)
+      return try add(features, Variable(try Kernels.zip(q, features.value, -)))
+    case .prune:
+      let c = featureShape[0]
+      let d = cls ? c / 2 : c
+      try defence.checkFit(channels: d)
+      var mask = [Float](repeating: 0, count: c)
+      for k in defence.keptChannels! {
+        mask[k] = 1
+        if cls { mask[d + k] = 1 }
+      }
+      return try mul(features, Variable(try Tensor(shape: [1, c, 1, 1], values: mask)))
     }
   }
 }

@@ -195,6 +195,17 @@ public final class FeatureExtractor {
     }
   }
 
+  /// The model's crossing tensor [n, ...] (`modelShape`) as maps [n, C, h, w].
+  public func maps(fromModel t: Tensor) throws -> Tensor {
+    let n = t.shape[0]
+    guard t.shape == modelShape(batch: n) else {
+      throw PrivacyError.cut(name: cut.name, detail: "a tensor \(t.shape) is not the cut's \(modelShape(batch: n))")
+    }
+    var out = Tensor(uninitialized: [n] + featureShape)
+    t.withUnsafeBuffer { src in out.withUnsafeMutableBuffer { dst in maps(src, count: n, into: dst.baseAddress!) } }
+    return out
+  }
+
   /// The model's crossing tensor [n, ...] as maps [n, C, h, w] (`CutTensorLayout`).
   func maps(_ y: UnsafeBufferPointer<Float>, count n: Int, into dst: UnsafeMutablePointer<Float>) {
     let per = featureShape.reduce(1, *)

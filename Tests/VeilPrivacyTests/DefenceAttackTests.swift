@@ -2,6 +2,7 @@ import Foundation
 import VeilData
 import VeilFormats
 import VeilGraph
+import VeilModels
 import VeilPrivacy
 import VeilTensor
 import VeilTestSupport
@@ -82,6 +83,49 @@ final class DefenceAttackTests: XCTestCase {
   }
 
   /// Utility: σ = 0 agrees everywhere; a huge noise does not; the fit happens at the given size.
+  /// At a transformer's token cut a defence acts per token feature, as the enclave applies it
+  /// to [N, T, D]: fitted on the sequences, applied there and mapped for the attackers; the
+  /// white-box view quantises the same sequence and prunes a feature's patch and class-token
+  /// channels together; the utility runs the tail on the defended sequence and counts its
+  /// wire bytes per feature.
+  func testDefencesAtTokenCutsActOnTheSequence() throws {
+    let g = try ModelZoo.visionTransformer(
+      VisionTransformerShape(image: 32, patch: 8, layers: 2, heads: 2, dim: 16, mlp: 32, classes: 10), seed: 3)
+    let cut = try g.attackCut(named: "encoder_layer_0")
+    let photos = try ["coffee.png", "chelsea.png", "astronaut.png", "dog.jpg"].map {
+      try ImageCodec.readUpright(TestAssets.url($0)).rgb().centreCropped(width: 300, height: 300)
+        .resized(width: 32, height: 32, interpolation: .area)
+    }
+    let fx = try FeatureExtractor(model: g, cut: cut, imageSize: 32, batch: 2, preprocessing: AttackTests.unit)
+    XCTAssertEqual(fx.defenceChannelAxis, 2)
+    let maps = try fx.features(photos)
+    let sequences = try fx.modelTensor(maps)
+    for spec in [CutDefence.quantisation(bits: 3), .pruning(0.5), .noise(0.5)] {
+      let fitted = try fx.fit(spec, maps: maps)
+      switch spec.kind {
+      case .prune: XCTAssertEqual(fitted.keptChannels?.count, 8, "half of the 16 token features")
+      case .gaussian: XCTAssertEqual(fitted.channelScale?.count, 16, "one scale per token feature")
+      default: break
+      }
+      var (g1, g2) = (SeededGenerator(seed: 5), SeededGenerator(seed: 5))
+      let seen = try fx.defend(maps, with: fitted, using: &g1)
+      let deployed = try fx.maps(fromModel: try fitted.apply(to: sequences, channelAxis: 2, using: &g2))
+      XCTAssertEqual(seen.scalars, deployed.scalars, "\(spec): what the attackers see is the enclave's sequence")
+      XCTAssertNotEqual(seen.scalars, maps.scalars, "\(spec) changes the map")
+      if spec.kind != .gaussian {
+        let onTape = try fx.onTape(fitted, Variable(maps)).value
+        let err = zip(onTape.scalars, seen.scalars).map { abs($0 - $1) }.max() ?? 1
+        XCTAssertLessThan(err, 1e-5, "\(spec): the white-box view forwards the defended map")
+      }
+    }
+    let (utility, _, axis) = try DefenceUtility.measure(
+      model: g, cut: cut, defence: .quantisation(bits: 8), images: photos, imageSize: 32, preprocessing: AttackTests.unit)
+    XCTAssertEqual(axis, 2)
+    XCTAssertEqual(utility.mapBytes, 17 * 16 * 4)
+    XCTAssertEqual(utility.encodedBytes, 17 * 16 + 16 * 8, "a byte per value, a minimum and a step per feature")
+    XCTAssertEqual(utility.images, 4)
+  }
+
   func testUtilityIsTheTop1AgreementWithTheUndefendedModel() throws {
     let g = AttackTests.tinyModel()
     let cut = try g.attackCut(named: "pool2")
