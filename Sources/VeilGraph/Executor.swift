@@ -556,7 +556,7 @@ struct Compiler {
       if !g.transB { w = transposed2D(w) }
       if g.alpha != 1 { w = scaled(w, g.alpha) }
       var bias: Tensor? = nil
-      if n.inputs.count > 2 {
+      if n.opInputs.count > 2 {
         let c = try constant(n.inputs[2], node: n, role: "C")
         guard c.count == out[1] else {
           throw GraphError.unsupported(node: n.name, op: "Gemm", detail: "C of shape \(c.shape) (only a bias of [\(out[1])] or [1, \(out[1])])")
@@ -566,8 +566,10 @@ struct Compiler {
       }
       let wt = w
       let bt = bias
-      let k = try wrap(node: n.name, op: "Gemm") { try backend.innerProduct(inputDims: xs, weights: wt, bias: bt) }
-      try emit(n, k, [x])
+      let k = try wrap(node: n.name, op: "Gemm") {
+        try backend.innerProduct(inputDims: xs, weights: wt, bias: bt, postOps: n.postOps)
+      }
+      try emit(n, k, n.residual.map { [x, $0] } ?? [x])
     case .matMul:
       let bShape = shape(n.inputs[1])
       if xs.count >= 2, bShape.count == 2, let bw = graph.initializers[n.inputs[1]] {
@@ -576,7 +578,7 @@ struct Compiler {
         let w = transposed2D(bw)
         let rows = xs.dropLast().reduce(1, *)
         let k = try wrap(node: n.name, op: "MatMul") {
-          try backend.innerProduct(inputDims: [rows, xs[xs.count - 1]], weights: w, bias: nil)
+          try backend.innerProduct(inputDims: [rows, xs[xs.count - 1]], weights: w, bias: nil, postOps: [])
         }
         release(n.inputs[1])
         if xs.count == 2 { try emit(n, k, [x]) } else { try emitViewed(n, k, x) }

@@ -55,7 +55,7 @@ public enum Activation: Sendable, Hashable, CustomStringConvertible {
   }
 }
 
-/// What runs after a convolution's accumulation, in order.
+/// What runs after a convolution's or a dense layer's accumulation, in order.
 public enum PostOp: Sendable, Hashable, CustomStringConvertible {
   case activation(Activation)
   /// Adds a second runtime input of the output's shape (a residual connection). The kernel's
@@ -153,8 +153,9 @@ public protocol ComputeBackend: Sendable {
     input: Layout, scale: Tensor, bias: Tensor, mean: Tensor, variance: Tensor, epsilon: Float) throws -> Kernel
   func binary(_ kind: BinaryKind, a: Layout, b: Layout, outputDims: [Int]) throws -> Kernel
   func concat(axis: Int, inputs: [Layout]) throws -> Kernel
-  /// y = x · Wᵀ + b with constant W of shape [out, in].
-  func innerProduct(inputDims: [Int], weights: Tensor, bias: Tensor?) throws -> Kernel
+  /// y = x · Wᵀ + b with constant W of shape [out, in], then `postOps` (a `.sum` reads a
+  /// second runtime input of the output's dimensions, plain, as the convolution's does).
+  func innerProduct(inputDims: [Int], weights: Tensor, bias: Tensor?, postOps: [PostOp]) throws -> Kernel
   /// Batched matrix product of two runtime tensors (numpy broadcasting of batch dims).
   func matmul(a: [Int], b: [Int], outputDims: [Int]) throws -> Kernel
   func softmax(axis: Int, input: Layout) throws -> Kernel

@@ -26,6 +26,19 @@ final class OpTests: XCTestCase {
   func testSoftmaxDropoutIdentity() { check(OpCases.softmaxDropoutIdentity) }
   func testFusedPatterns() { check(OpCases.fused) }
 
+  /// The dense-layer cases fuse as intended, and the one that must not, does not.
+  func testGemmFusionHappensWhereItShould() throws {
+    func kernels(_ name: String) throws -> [String] {
+      let c = try XCTUnwrap(OpCases.fused.first { $0.name == name })
+      return try Executor(graph: c.graph, backend: ReferenceBackend()).kernelNames
+    }
+    XCTAssertEqual(try kernels("fused_gemm_gelu"), ["RefGemm+Gelu"])
+    XCTAssertEqual(try kernels("fused_gemm_single_row_add_relu"), ["RefGemm+Add+Relu"])
+    XCTAssertEqual(try kernels("fused_gemm_token_mlp_residual"), ["RefGemm+Gelu", "RefGemm+Add"])
+    let unfused = try kernels("unfused_gemm_broadcast_residual_and_read_view")
+    XCTAssertFalse(unfused.contains { $0.contains("+") }, "\(unfused)")
+  }
+
   /// The table is checked for coverage: every op of `Op` appears in some case.
   func testEveryOpIsCovered() {
     var seen = Set<String>()
@@ -776,6 +789,43 @@ enum OpCases {
       let c = b.conv(x, inChannels: 3, 4, .square(3), name: "conv")
       let r = b.graph.activation(c, .relu, name: "relu")
       return [r, c]
+    },
+    // Dense layers (a transformer's): activations and residual sums fuse into the Gemm, also
+    // through the Reshape that views its [N·tokens, width] rows as [N, tokens, width].
+    opCase("fused_gemm_gelu") { b in
+      let x = b.input([5, 8])
+      let y = b.graph.linear(x, weight: b.normal([6, 8], std: 0.4), bias: b.normal([6], std: 0.1), name: "fc")
+      return [b.graph.activation(y, .gelu(tanh: false), name: "gelu")]
+    },
+    opCase("fused_gemm_single_row_add_relu") { b in
+      let x = b.input([1, 8])
+      let r = b.input([1, 6])
+      let y = b.graph.linear(x, weight: b.normal([6, 8], std: 0.4), bias: b.normal([6], std: 0.1), name: "fc")
+      return [b.graph.activation(b.graph.add(r, y, name: "add"), .relu, name: "relu")]
+    },
+    // x + fc2(gelu(fc1(x))) on [2, 3, 8] tokens, as the zoo's ViT writes its MLP block.
+    opCase("fused_gemm_token_mlp_residual") { b in
+      let x = b.input([2, 3, 8])
+      var y = b.graph.reshape(x, to: [-1, 8], name: "fc1/rows")
+      y = b.graph.linear(y, weight: b.normal([12, 8], std: 0.4), bias: b.normal([12], std: 0.1), name: "fc1")
+      y = b.graph.reshape(y, to: [-1, 3, 12], name: "fc1/tokens")
+      y = b.graph.activation(y, .gelu(tanh: false), name: "gelu")
+      y = b.graph.reshape(y, to: [-1, 12], name: "fc2/rows")
+      y = b.graph.linear(y, weight: b.normal([8, 12], std: 0.3), bias: b.normal([8], std: 0.1), name: "fc2")
+      y = b.graph.reshape(y, to: [-1, 3, 8], name: "fc2/tokens")
+      return [b.graph.add(x, y, name: "add")]
+    },
+    // Must not fuse: the residual broadcasts ([1, 3, 8] against [2, 3, 8]), and the viewed
+    // Gemm output is also a graph output.
+    opCase("unfused_gemm_broadcast_residual_and_read_view") { b in
+      let x = b.input([6, 8])
+      let r = b.input([1, 3, 8])
+      var y = b.graph.linear(x, weight: b.normal([8, 8], std: 0.4), bias: b.normal([8], std: 0.1), name: "fc1")
+      y = b.graph.reshape(y, to: [2, 3, 8], name: "fc1/tokens")
+      let s = b.graph.add(y, r, name: "add")
+      var z = b.graph.linear(x, weight: b.normal([8, 8], std: 0.4), bias: nil, name: "fc2")
+      z = b.graph.reshape(z, to: [2, 3, 8], name: "fc2/tokens")
+      return [s, z, b.graph.activation(z, .relu, name: "relu")]
     },
   ]
 }
