@@ -2,7 +2,8 @@ import Foundation
 import VeilTensor
 
 public struct ExecutorOptions: Sendable {
-  /// Run the inference passes first (identity removal, BatchNorm folding, post-op fusion).
+  /// Run the inference passes first (identity removal, BatchNorm folding, post-op fusion),
+  /// and run attention blocks written out as ops as one kernel each.
   public var optimize: Bool
   /// Names of values to keep readable after a run (feature maps at cut points), besides the
   /// graph outputs. Their buffers are never reused.
@@ -107,7 +108,7 @@ public final class Executor: @unchecked Sendable {
       return v
     }
     var compiler = Compiler(graph: consume g, backend: backend)
-    try compiler.compile(retain: retainIDs)
+    try compiler.compile(retain: retainIDs, fuseAttention: options.optimize)
     graph = compiler.graph
     steps = compiler.steps
     buffers = compiler.buffers
@@ -337,13 +338,13 @@ struct Compiler {
 
   /// Adds the step computing `n` with `kernel`, reading `ins` (runtime values) in the layouts
   /// the kernel asks for.
-  mutating func emit(_ n: Node, _ kernel: Kernel, _ ins: [ValueID]) throws {
+  mutating func emit(_ n: Node, _ kernel: Kernel, _ ins: [ValueID], op: String? = nil) throws {
     var inBufs: [Int] = []
     for (i, v) in ins.enumerated() { inBufs.append(try ensure(v, kernel.inputLayouts[i], node: n.name)) }
     // Reorders added above moved the step index on: the inputs live until this step reads them.
     for b in inBufs { use(b) }
     let out = newBuffer(kernel.outputLayout.byteCount)
-    steps.append(.init(kernel: kernel, node: n.name, op: n.op.typeName, inputs: inBufs, output: out))
+    steps.append(.init(kernel: kernel, node: n.name, op: op ?? n.op.typeName, inputs: inBufs, output: out))
     placement[n.outputs[0]] = Placement(buffer: out, layout: kernel.outputLayout)
   }
 
@@ -358,6 +359,17 @@ struct Compiler {
     placement[n.outputs[0]] = Placement(buffer: out, layout: .plain(shape(n.outputs[0])))
   }
 
+  /// The kernel of a matched attention block (`AttentionMatch`), written as the value of its
+  /// last node.
+  mutating func emitAttention(_ n: Node, _ m: AttentionMatch) throws {
+    let k = try wrap(node: n.name, op: "Attention") {
+      try backend.attention(
+        batch: m.batch, tokens: m.tokens, heads: m.heads, headWidth: m.headWidth, packedWidth: m.packedWidth,
+        offsets: m.offsets, scale: m.scale)
+    }
+    try emit(n, k, [m.qkv], op: "Attention")
+  }
+
   /// Drops a weight from the graph once a kernel holds it, unless another node still reads it.
   mutating func release(_ v: ValueID) {
     if readers[v, default: 0] <= 1 { graph.initializers[v] = nil } else { readers[v, default: 0] -= 1 }
@@ -370,7 +382,7 @@ struct Compiler {
     return t
   }
 
-  mutating func compile(retain: [ValueID]) throws {
+  mutating func compile(retain: [ValueID], fuseAttention: Bool = true) throws {
     for v in graph.inputs {
       let s = shape(v)
       let b = newBuffer(s.reduce(1, *) * 4)
@@ -378,7 +390,21 @@ struct Compiler {
       inputBuffers.append(b)
       placement[v] = Placement(buffer: b, layout: .plain(s))
     }
-    for n in graph.nodes { try compileNode(n) }
+    // With the inference passes, attention blocks that match exactly run as one kernel at
+    // their last node; the nodes they replace emit nothing.
+    var attention: [Int: AttentionMatch] = [:]
+    var replaced = Set<Int>()
+    for m in fuseAttention ? graph.attentionMatches(keeping: Set(retain)) : [] {
+      attention[m.last] = m
+      replaced.formUnion(m.nodes)
+    }
+    for (i, n) in graph.nodes.enumerated() {
+      if let m = attention[i] {
+        try emitAttention(n, m)
+      } else if !replaced.contains(i) {
+        try compileNode(n)
+      }
+    }
     // Graph outputs and retained values end in plain layout and stay alive to the end.
     for v in graph.outputs {
       let b = try ensure(v, .plain(shape(v)), node: "output '\(graph[v].name)'")

@@ -159,6 +159,12 @@ public protocol ComputeBackend: Sendable {
   /// Batched matrix product of two runtime tensors (numpy broadcasting of batch dims).
   func matmul(a: [Int], b: [Int], outputDims: [Int]) throws -> Kernel
   func softmax(axis: Int, input: Layout) throws -> Kernel
+  /// Multi-head self-attention on a packed projection: the plain input [batch, tokens,
+  /// packedWidth] holds Q, K and V at `offsets` (3 values) on its last axis, each `heads`
+  /// heads of `headWidth` side by side; the plain output [batch, tokens, heads, headWidth] is
+  /// softmax(scale·Q·Kᵀ)·V per head (softmax over the keys).
+  func attention(batch: Int, tokens: Int, heads: Int, headWidth: Int, packedWidth: Int, offsets: [Int], scale: Float)
+    throws -> Kernel
   /// Layer normalisation over the last axis: y = (x − mean)/√(var + ε)·scale + bias, with the
   /// biased variance of each row; scale and bias (constant, [last axis]) are per feature.
   func layerNormalization(input: Layout, scale: Tensor, bias: Tensor?, epsilon: Float) throws -> Kernel

@@ -134,19 +134,23 @@ final class DNNLKernel: Kernel, @unchecked Sendable {
   private let keepAlive: [AnyObject]
   /// Sum post-op: the input whose contents must be in the output before the primitive runs.
   private let accumulateInput: Int?
+  /// Further memories bound inside an input's buffer: (memory, input, byte offset).
+  private let views: [(memory: BoundMemory, input: Int, offset: Int)]
   private let engine: Engine
 
   init(
     name: String, steps: [Step], inputs: [BoundMemory?], inputLayouts: [Layout], output: BoundMemory,
     inPlaceInput: Int?, accumulateInput: Int? = nil, constantBytes: Int = 0, keepAlive: [AnyObject] = [],
-    engine: Engine
+    views: [(memory: BoundMemory, input: Int, offset: Int)] = [], outputLayout: Layout? = nil, engine: Engine
   ) {
+    self.views = views
     self.name = name
     self.steps = steps
     self.inputs = inputs
     self.inputLayouts = inputLayouts
     self.output = output
-    outputLayout = output.layout
+    // The output memory may describe the buffer otherwise (the attention's heads, strided).
+    self.outputLayout = outputLayout ?? output.layout
     self.inPlaceInput = inPlaceInput
     self.accumulateInput = accumulateInput
     self.constantBytes = constantBytes
@@ -163,6 +167,9 @@ final class DNNLKernel: Kernel, @unchecked Sendable {
     }
     for (i, m) in inputs.enumerated() {
       if let m { try check(dnnl_memory_set_data_handle(m.memory, ptrs[i]), "\(name): binding input \(i)") }
+    }
+    for v in views {
+      try check(dnnl_memory_set_data_handle(v.memory.memory, ptrs[v.input] + v.offset), "\(name): binding a view of input \(v.input)")
     }
     try check(dnnl_memory_set_data_handle(output.memory, out), "\(name): binding output")
     for step in steps {
@@ -700,6 +707,64 @@ public final class DNNLBackend: ComputeBackend, @unchecked Sendable {
       return pd!
     }
     return try sourceToDestination("Softmax", entry, input, input, inPlaceInput: 0)
+  }
+
+  /// Q·Kᵀ (scaled as oneDNN's output scale), softmax in place, then ·V, the two matmuls on
+  /// strided descriptors straight into the packed input and the merged output, so no slice or
+  /// transpose copies anything; the [N, h, T, T] scores live in the kernel's own buffer.
+  public func attention(
+    batch n: Int, tokens t: Int, heads h: Int, headWidth hd: Int, packedWidth w: Int, offsets: [Int], scale: Float
+  ) throws -> Kernel {
+    let d = h * hd
+    guard n >= 1, t >= 1, h >= 1, hd >= 1, offsets.count == 3, offsets.allSatisfy({ $0 >= 0 && $0 + d <= w }) else {
+      throw TensorError.invalidArgument("attention: offsets \(offsets) of \(h)×\(hd) heads in width \(w), batch \(n), tokens \(t)")
+    }
+    // Element (n, head, token, e) of Q (and V) sits at n·T·W + token·W + head·d + e past its
+    // offset; Kᵀ is K's (n, head, e, token); the output is [N, T, h, d].
+    let headsL = Layout.strided([n, h, t, hd], strides: [t * w, hd, w, 1])
+    let keysL = Layout.strided([n, h, hd, t], strides: [t * w, hd, 1, w])
+    let scoresL = Layout.plain([n, h, t, t])
+    let outL = Layout.strided([n, h, t, hd], strides: [t * d, hd, d, 1])
+    let shape = "\(n)|\(t)|\(h)|\(hd)|\(w)"
+    func matmul(_ a: Layout, _ b: Layout, _ c: Layout, scale: Float?) throws -> PrimitiveEntry {
+      try cache.entry("attention-matmul|\(shape)|\(a)|\(b)|\(scale.map { "\($0)" } ?? "-")", operation: "attention") {
+        var ma = try a.dnnlMD()
+        var mb = try b.dnnlMD()
+        var mc = try c.dnnlMD()
+        var desc = dnnl_matmul_desc_t()
+        try check(dnnl_matmul_desc_init(&desc, &ma, &mb, nil, &mc), "attention matmul descriptor", detail: "\(a) × \(b)")
+        let at = try attr([])
+        defer { dnnl_primitive_attr_destroy(at) }
+        if var s = scale { try check(dnnl_primitive_attr_set_output_scales(at, 1, 0, &s), "attention scale") }
+        var pd: dnnl_primitive_desc_t?
+        try check(dnnl_primitive_desc_create(&pd, &desc, at, engine.engine, nil), "attention matmul primitive", detail: "\(a) × \(b)")
+        return pd!
+      }
+    }
+    let scores = try matmul(headsL, keysL, scoresL, scale: scale)
+    let mix = try matmul(scoresL, headsL, outL, scale: nil)
+    let softmax = try cache.entry("softmax|3|\(scoresL)", operation: "attention softmax") {
+      var md = try scoresL.dnnlMD()
+      var desc = dnnl_softmax_desc_t()
+      try check(dnnl_softmax_forward_desc_init(&desc, dnnl_forward_inference, &md, 3), "attention softmax descriptor")
+      var pd: dnnl_primitive_desc_t?
+      try check(dnnl_primitive_desc_create(&pd, &desc, nil, engine.engine, nil), "attention softmax primitive")
+      return pd!
+    }
+    let buffer = TensorStorage(count: n * h * t * t)
+    let (q, k, v) = (try memory(headsL), try memory(keysL), try memory(headsL))
+    let sc = try BoundMemory(scoresL, engine: engine.engine, handle: UnsafeMutableRawPointer(buffer.pointer))
+    let o = try memory(outL)
+    let bytes = offsets.map { $0 * MemoryLayout<Float>.stride }
+    return DNNLKernel(
+      name: "Attention",
+      steps: [
+        .init(entry: scores, args: [arg(argSrc, q), arg(argWeights, k), arg(argDst, sc)]),
+        .init(entry: softmax, args: [arg(argSrc, sc), arg(argDst, sc)]),
+        .init(entry: mix, args: [arg(argSrc, sc), arg(argWeights, v), arg(argDst, o)]),
+      ],
+      inputs: [nil], inputLayouts: [.plain([n, t, w])], output: o, inPlaceInput: nil, keepAlive: [buffer, sc],
+      views: [(q, 0, bytes[0]), (k, 0, bytes[1]), (v, 0, bytes[2])], outputLayout: .plain([n, t, h, hd]), engine: engine)
   }
 
   public func localResponseNormalization(size: Int, alpha: Float, beta: Float, k: Float, input: Layout) throws -> Kernel {

@@ -217,6 +217,42 @@ public final class ReferenceBackend: ComputeBackend {
     }
   }
 
+  public func attention(
+    batch n: Int, tokens t: Int, heads h: Int, headWidth hd: Int, packedWidth w: Int, offsets: [Int], scale: Float
+  ) throws -> Kernel {
+    guard offsets.count == 3, offsets.allSatisfy({ $0 >= 0 && $0 + h * hd <= w }) else {
+      throw TensorError.invalidArgument("reference attention: offsets \(offsets) of \(h)×\(hd) heads in width \(w)")
+    }
+    let (oq, ok, ov) = (offsets[0], offsets[1], offsets[2])
+    return LoopKernel(name: "RefAttention", inputs: [.plain([n, t, w])], output: .plain([n, t, h, hd])) { i, y in
+      let x = i[0]
+      var p = [Float](repeating: 0, count: t)
+      for b in 0..<n {
+        for head in 0..<h {
+          let c = head * hd
+          for r in 0..<t {
+            for u in 0..<t {
+              var s: Float = 0
+              for e in 0..<hd { s += x[(b * t + r) * w + oq + c + e] * x[(b * t + u) * w + ok + c + e] }
+              p[u] = scale * s
+            }
+            let m = p.max() ?? 0
+            var z: Float = 0
+            for u in 0..<t {
+              p[u] = expf(p[u] - m)
+              z += p[u]
+            }
+            for e in 0..<hd {
+              var s: Float = 0
+              for u in 0..<t { s += p[u] * x[(b * t + u) * w + ov + c + e] }
+              y[((b * t + r) * h + head) * hd + e] = s / z
+            }
+          }
+        }
+      }
+    }
+  }
+
   // MARK: - Pooling, concat, resize
 
   public func pooling(_ spec: PoolingSpec, input: Layout, outputDims: [Int]) throws -> Kernel {
