@@ -338,13 +338,13 @@ struct Compiler {
 
   /// Adds the step computing `n` with `kernel`, reading `ins` (runtime values) in the layouts
   /// the kernel asks for.
-  mutating func emit(_ n: Node, _ kernel: Kernel, _ ins: [ValueID], op: String? = nil) throws {
+  mutating func emit(_ n: Node, _ kernel: Kernel, _ ins: [ValueID]) throws {
     var inBufs: [Int] = []
     for (i, v) in ins.enumerated() { inBufs.append(try ensure(v, kernel.inputLayouts[i], node: n.name)) }
     // Reorders added above moved the step index on: the inputs live until this step reads them.
     for b in inBufs { use(b) }
     let out = newBuffer(kernel.outputLayout.byteCount)
-    steps.append(.init(kernel: kernel, node: n.name, op: op ?? n.op.typeName, inputs: inBufs, output: out))
+    steps.append(.init(kernel: kernel, node: n.name, op: n.op.typeName, inputs: inBufs, output: out))
     placement[n.outputs[0]] = Placement(buffer: out, layout: kernel.outputLayout)
   }
 
@@ -360,14 +360,20 @@ struct Compiler {
   }
 
   /// The kernel of a matched attention block (`AttentionMatch`), written as the value of its
-  /// last node.
+  /// last node. Its working memory (the second input) is an arena buffer alive for that step
+  /// only, so it shares space with activations that are dead by then.
   mutating func emitAttention(_ n: Node, _ m: AttentionMatch) throws {
     let k = try wrap(node: n.name, op: "Attention") {
       try backend.attention(
         batch: m.batch, tokens: m.tokens, heads: m.heads, headWidth: m.headWidth, packedWidth: m.packedWidth,
         offsets: m.offsets, scale: m.scale)
     }
-    try emit(n, k, [m.qkv], op: "Attention")
+    let src = try ensure(m.qkv, k.inputLayouts[0], node: n.name)
+    use(src)
+    let scratch = newBuffer(k.inputLayouts[1].byteCount)
+    let out = newBuffer(k.outputLayout.byteCount)
+    steps.append(.init(kernel: k, node: n.name, op: "Attention", inputs: [src, scratch], output: out))
+    placement[n.outputs[0]] = Placement(buffer: out, layout: k.outputLayout)
   }
 
   /// Drops a weight from the graph once a kernel holds it, unless another node still reads it.

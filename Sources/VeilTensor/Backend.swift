@@ -162,7 +162,9 @@ public protocol ComputeBackend: Sendable {
   /// Multi-head self-attention on a packed projection: the plain input [batch, tokens,
   /// packedWidth] holds Q, K and V at `offsets` (3 values) on its last axis, each `heads`
   /// heads of `headWidth` side by side; the plain output [batch, tokens, heads, headWidth] is
-  /// softmax(scale·Q·Kᵀ)·V per head (softmax over the keys).
+  /// softmax(scale·Q·Kᵀ)·V per head (softmax over the keys). The kernel's second input is
+  /// working memory for the scores (`inputLayouts[1]`, contents undefined, overwritten), which
+  /// the caller places in its activation memory.
   func attention(batch: Int, tokens: Int, heads: Int, headWidth: Int, packedWidth: Int, offsets: [Int], scale: Float)
     throws -> Kernel
   /// Layer normalisation over the last axis: y = (x − mean)/√(var + ε)·scale + bias, with the

@@ -711,7 +711,8 @@ public final class DNNLBackend: ComputeBackend, @unchecked Sendable {
 
   /// Q·Kᵀ (scaled as oneDNN's output scale), softmax in place, then ·V, the two matmuls on
   /// strided descriptors straight into the packed input and the merged output, so no slice or
-  /// transpose copies anything; the [N, h, T, T] scores live in the kernel's own buffer.
+  /// transpose copies anything; the [N, h, T, T] scores live in the working memory the caller
+  /// passes as the second input.
   public func attention(
     batch n: Int, tokens t: Int, heads h: Int, headWidth hd: Int, packedWidth w: Int, offsets: [Int], scale: Float
   ) throws -> Kernel {
@@ -751,9 +752,8 @@ public final class DNNLBackend: ComputeBackend, @unchecked Sendable {
       try check(dnnl_primitive_desc_create(&pd, &desc, nil, engine.engine, nil), "attention softmax primitive")
       return pd!
     }
-    let buffer = TensorStorage(count: n * h * t * t)
     let (q, k, v) = (try memory(headsL), try memory(keysL), try memory(headsL))
-    let sc = try BoundMemory(scoresL, engine: engine.engine, handle: UnsafeMutableRawPointer(buffer.pointer))
+    let sc = try memory(scoresL)
     let o = try memory(outL)
     let bytes = offsets.map { $0 * MemoryLayout<Float>.stride }
     return DNNLKernel(
@@ -763,7 +763,7 @@ public final class DNNLBackend: ComputeBackend, @unchecked Sendable {
         .init(entry: softmax, args: [arg(argSrc, sc), arg(argDst, sc)]),
         .init(entry: mix, args: [arg(argSrc, sc), arg(argWeights, v), arg(argDst, o)]),
       ],
-      inputs: [nil], inputLayouts: [.plain([n, t, w])], output: o, inPlaceInput: nil, keepAlive: [buffer, sc],
+      inputs: [nil, sc], inputLayouts: [.plain([n, t, w]), scoresL], output: o, inPlaceInput: nil,
       views: [(q, 0, bytes[0]), (k, 0, bytes[1]), (v, 0, bytes[2])], outputLayout: .plain([n, t, h, hd]), engine: engine)
   }
 

@@ -224,7 +224,9 @@ public final class ReferenceBackend: ComputeBackend {
       throw TensorError.invalidArgument("reference attention: offsets \(offsets) of \(h)×\(hd) heads in width \(w)")
     }
     let (oq, ok, ov) = (offsets[0], offsets[1], offsets[2])
-    return LoopKernel(name: "RefAttention", inputs: [.plain([n, t, w])], output: .plain([n, t, h, hd])) { i, y in
+    // The second input (working memory for the scores) goes unused: rows are done one by one.
+    let ins = [Layout.plain([n, t, w]), .plain([n, h, t, t])]
+    return LoopKernel(name: "RefAttention", inputs: ins, output: .plain([n, t, h, hd])) { i, y in
       let x = i[0]
       var p = [Float](repeating: 0, count: t)
       for b in 0..<n {
