@@ -2,7 +2,8 @@ import Foundation
 import VeilTensor
 
 public struct ExecutorOptions: Sendable {
-  /// Run the inference passes first (identity removal, BatchNorm folding, post-op fusion).
+  /// Run the inference passes first (identity removal, BatchNorm folding, post-op fusion),
+  /// and run attention blocks written out as ops as one kernel each.
   public var optimize: Bool
   /// Names of values to keep readable after a run (feature maps at cut points), besides the
   /// graph outputs. Their buffers are never reused.
@@ -107,7 +108,7 @@ public final class Executor: @unchecked Sendable {
       return v
     }
     var compiler = Compiler(graph: consume g, backend: backend)
-    try compiler.compile(retain: retainIDs)
+    try compiler.compile(retain: retainIDs, fuseAttention: options.optimize)
     graph = compiler.graph
     steps = compiler.steps
     buffers = compiler.buffers
@@ -358,6 +359,23 @@ struct Compiler {
     placement[n.outputs[0]] = Placement(buffer: out, layout: .plain(shape(n.outputs[0])))
   }
 
+  /// The kernel of a matched attention block (`AttentionMatch`), written as the value of its
+  /// last node. Its working memory (the second input) is an arena buffer alive for that step
+  /// only, so it shares space with activations that are dead by then.
+  mutating func emitAttention(_ n: Node, _ m: AttentionMatch) throws {
+    let k = try wrap(node: n.name, op: "Attention") {
+      try backend.attention(
+        batch: m.batch, tokens: m.tokens, heads: m.heads, headWidth: m.headWidth, packedWidth: m.packedWidth,
+        offsets: m.offsets, scale: m.scale)
+    }
+    let src = try ensure(m.qkv, k.inputLayouts[0], node: n.name)
+    use(src)
+    let scratch = newBuffer(k.inputLayouts[1].byteCount)
+    let out = newBuffer(k.outputLayout.byteCount)
+    steps.append(.init(kernel: k, node: n.name, op: "Attention", inputs: [src, scratch], output: out))
+    placement[n.outputs[0]] = Placement(buffer: out, layout: k.outputLayout)
+  }
+
   /// Drops a weight from the graph once a kernel holds it, unless another node still reads it.
   mutating func release(_ v: ValueID) {
     if readers[v, default: 0] <= 1 { graph.initializers[v] = nil } else { readers[v, default: 0] -= 1 }
@@ -370,7 +388,7 @@ struct Compiler {
     return t
   }
 
-  mutating func compile(retain: [ValueID]) throws {
+  mutating func compile(retain: [ValueID], fuseAttention: Bool = true) throws {
     for v in graph.inputs {
       let s = shape(v)
       let b = newBuffer(s.reduce(1, *) * 4)
@@ -378,7 +396,21 @@ struct Compiler {
       inputBuffers.append(b)
       placement[v] = Placement(buffer: b, layout: .plain(s))
     }
-    for n in graph.nodes { try compileNode(n) }
+    // With the inference passes, attention blocks that match exactly run as one kernel at
+    // their last node; the nodes they replace emit nothing.
+    var attention: [Int: AttentionMatch] = [:]
+    var replaced = Set<Int>()
+    for m in fuseAttention ? graph.attentionMatches(keeping: Set(retain)) : [] {
+      attention[m.last] = m
+      replaced.formUnion(m.nodes)
+    }
+    for (i, n) in graph.nodes.enumerated() {
+      if let m = attention[i] {
+        try emitAttention(n, m)
+      } else if !replaced.contains(i) {
+        try compileNode(n)
+      }
+    }
     // Graph outputs and retained values end in plain layout and stay alive to the end.
     for v in graph.outputs {
       let b = try ensure(v, .plain(shape(v)), node: "output '\(graph[v].name)'")
@@ -556,7 +588,7 @@ struct Compiler {
       if !g.transB { w = transposed2D(w) }
       if g.alpha != 1 { w = scaled(w, g.alpha) }
       var bias: Tensor? = nil
-      if n.inputs.count > 2 {
+      if n.opInputs.count > 2 {
         let c = try constant(n.inputs[2], node: n, role: "C")
         guard c.count == out[1] else {
           throw GraphError.unsupported(node: n.name, op: "Gemm", detail: "C of shape \(c.shape) (only a bias of [\(out[1])] or [1, \(out[1])])")
@@ -566,8 +598,10 @@ struct Compiler {
       }
       let wt = w
       let bt = bias
-      let k = try wrap(node: n.name, op: "Gemm") { try backend.innerProduct(inputDims: xs, weights: wt, bias: bt) }
-      try emit(n, k, [x])
+      let k = try wrap(node: n.name, op: "Gemm") {
+        try backend.innerProduct(inputDims: xs, weights: wt, bias: bt, postOps: n.postOps)
+      }
+      try emit(n, k, n.residual.map { [x, $0] } ?? [x])
     case .matMul:
       let bShape = shape(n.inputs[1])
       if xs.count >= 2, bShape.count == 2, let bw = graph.initializers[n.inputs[1]] {
@@ -576,7 +610,7 @@ struct Compiler {
         let w = transposed2D(bw)
         let rows = xs.dropLast().reduce(1, *)
         let k = try wrap(node: n.name, op: "MatMul") {
-          try backend.innerProduct(inputDims: [rows, xs[xs.count - 1]], weights: w, bias: nil)
+          try backend.innerProduct(inputDims: [rows, xs[xs.count - 1]], weights: w, bias: nil, postOps: [])
         }
         release(n.inputs[1])
         if xs.count == 2 { try emit(n, k, [x]) } else { try emitViewed(n, k, x) }

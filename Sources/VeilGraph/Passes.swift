@@ -97,43 +97,72 @@ extension Graph {
     nodes = keep
   }
 
-  /// Fuses into each Conv the chain of work that only it feeds: activations, and a residual
-  /// Add (as an in-place sum) followed by activations. ConvTranspose takes activations only.
-  public mutating func fuseConvolutionPostOps() {
+  /// Fuses into each Conv, and each Gemm, the chain of work that only it feeds: activations,
+  /// and a residual Add (as an in-place sum) followed by activations. ConvTranspose takes
+  /// activations only. A Gemm's output may pass through one Reshape first (a transformer's
+  /// [N·tokens, width] rows viewed back as [N, tokens, width]): the Reshape then moves after
+  /// the fused work, and a residual is reshaped to the Gemm's rows before it.
+  public mutating func fusePostOps() {
     var changed = true
     while changed {
       changed = false
       let consumers = consumers()
       let producers = producers()
+      func onlyReader(_ v: ValueID) -> Int? {
+        guard !outputs.contains(v), let r = consumers[v], r.count == 1 else { return nil }
+        return r[0]
+      }
       for (i, n) in nodes.enumerated() {
-        let isConv: Bool
+        let takesSum: Bool
         switch n.op {
-        case .conv: isConv = true
-        case .convTranspose: isConv = false
+        case .conv, .gemm: takesSum = true
+        case .convTranspose: takesSum = false
         default: continue
         }
         let out = n.outputs[0]
-        guard !outputs.contains(out), let readers = consumers[out], readers.count == 1 else { continue }
-        let j = readers[0]
+        guard var j = onlyReader(out) else { continue }
+        // Gemm → Reshape → work: the work reads the Reshape's output.
+        var view: Int? = nil
+        if case .gemm = n.op, case .reshape = nodes[j].op, let k = onlyReader(nodes[j].outputs[0]) {
+          view = j
+          j = k
+        }
         let next = nodes[j]
-        guard next.postOps.isEmpty else { continue }
+        let seen = view.map { nodes[$0].outputs[0] } ?? out
+        guard next.postOps.isEmpty, let outShape = shape(out) else { continue }
         var merged = n
+        var residualView: Node? = nil
         switch next.op {
         case .activation(let a):
           merged.postOps.append(.activation(a))
-        case .binary(.add) where isConv && !n.postOps.contains(.sum):
-          let other = next.inputs[0] == out ? next.inputs[1] : next.inputs[0]
-          guard other != out, shape(other) == shape(out), !isConstant(other) else { continue }
-          // The residual must already be computed before the conv runs.
+        case .binary(.add) where takesSum && !n.postOps.contains(.sum):
+          let other = next.inputs[0] == seen ? next.inputs[1] : next.inputs[0]
+          guard other != seen, let otherShape = shape(other), otherShape == shape(seen), !isConstant(other) else { continue }
+          // The residual must already be computed before the op runs.
           if let q = producers[other], q > i { continue }
+          if view == nil {
+            merged.inputs.append(other)
+          } else {
+            // The residual as the Gemm's [rows, width] (-1 rows: the graph still re-batches).
+            let rows = addValue(name: self[other].name + "/rows", shape: outShape)
+            residualView = Node(
+              name: n.name + "/residual_rows", op: .reshape(shape: [-1, outShape[outShape.count - 1]]), inputs: [other],
+              outputs: [rows])
+            merged.inputs.append(rows)
+          }
           merged.postOps.append(.sum)
-          merged.inputs.append(other)
         default:
           continue
         }
-        merged.outputs = next.outputs
+        if let v = view {
+          // The Reshape now views the fused result and yields what the work yielded.
+          nodes[v].outputs = next.outputs
+        } else {
+          merged.outputs = next.outputs
+        }
         nodes[i] = merged
         nodes.remove(at: j)
+        if let r = residualView { nodes.insert(r, at: i) }
         changed = true
         break
       }
@@ -145,7 +174,9 @@ extension Graph {
     try sortTopologically()
     removeIdentities()
     foldBatchNormalization()
-    fuseConvolutionPostOps()
+    // Fusion compares shapes (a residual must have the output's).
+    try inferShapes()
+    fusePostOps()
     try inferShapes()
   }
 }

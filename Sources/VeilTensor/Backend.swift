@@ -55,7 +55,7 @@ public enum Activation: Sendable, Hashable, CustomStringConvertible {
   }
 }
 
-/// What runs after a convolution's accumulation, in order.
+/// What runs after a convolution's or a dense layer's accumulation, in order.
 public enum PostOp: Sendable, Hashable, CustomStringConvertible {
   case activation(Activation)
   /// Adds a second runtime input of the output's shape (a residual connection). The kernel's
@@ -153,11 +153,20 @@ public protocol ComputeBackend: Sendable {
     input: Layout, scale: Tensor, bias: Tensor, mean: Tensor, variance: Tensor, epsilon: Float) throws -> Kernel
   func binary(_ kind: BinaryKind, a: Layout, b: Layout, outputDims: [Int]) throws -> Kernel
   func concat(axis: Int, inputs: [Layout]) throws -> Kernel
-  /// y = x · Wᵀ + b with constant W of shape [out, in].
-  func innerProduct(inputDims: [Int], weights: Tensor, bias: Tensor?) throws -> Kernel
+  /// y = x · Wᵀ + b with constant W of shape [out, in], then `postOps` (a `.sum` reads a
+  /// second runtime input of the output's dimensions, plain, as the convolution's does).
+  func innerProduct(inputDims: [Int], weights: Tensor, bias: Tensor?, postOps: [PostOp]) throws -> Kernel
   /// Batched matrix product of two runtime tensors (numpy broadcasting of batch dims).
   func matmul(a: [Int], b: [Int], outputDims: [Int]) throws -> Kernel
   func softmax(axis: Int, input: Layout) throws -> Kernel
+  /// Multi-head self-attention on a packed projection: the plain input [batch, tokens,
+  /// packedWidth] holds Q, K and V at `offsets` (3 values) on its last axis, each `heads`
+  /// heads of `headWidth` side by side; the plain output [batch, tokens, heads, headWidth] is
+  /// softmax(scale·Q·Kᵀ)·V per head (softmax over the keys). The kernel's second input is
+  /// working memory for the scores (`inputLayouts[1]`, contents undefined, overwritten), which
+  /// the caller places in its activation memory.
+  func attention(batch: Int, tokens: Int, heads: Int, headWidth: Int, packedWidth: Int, offsets: [Int], scale: Float)
+    throws -> Kernel
   /// Layer normalisation over the last axis: y = (x − mean)/√(var + ε)·scale + bias, with the
   /// biased variance of each row; scale and bias (constant, [last axis]) are per feature.
   func layerNormalization(input: Layout, scale: Tensor, bias: Tensor?, epsilon: Float) throws -> Kernel

@@ -91,16 +91,21 @@ public final class ReferenceBackend: ComputeBackend {
       }
       let plane = oh * ow
       for k in acc.indices {
-        var v = acc[k] + b[(k / plane) % oc]
-        for op in postOps {
-          switch op {
-          case .sum: v += i[1][k]
-          case .activation(let a): v = a.apply(v)
-          }
-        }
-        y[k] = v
+        y[k] = Self.applying(postOps, to: acc[k] + b[(k / plane) % oc], residual: hasSum ? i[1][k] : 0)
       }
     }
+  }
+
+  /// `v` after `postOps` in order, a `.sum` adding `residual`.
+  static func applying(_ postOps: [PostOp], to v: Float, residual: Float) -> Float {
+    var v = v
+    for op in postOps {
+      switch op {
+      case .sum: v += residual
+      case .activation(let a): v = a.apply(v)
+      }
+    }
+    return v
   }
 
   // MARK: - Element-wise and normalization
@@ -212,6 +217,44 @@ public final class ReferenceBackend: ComputeBackend {
     }
   }
 
+  public func attention(
+    batch n: Int, tokens t: Int, heads h: Int, headWidth hd: Int, packedWidth w: Int, offsets: [Int], scale: Float
+  ) throws -> Kernel {
+    guard offsets.count == 3, offsets.allSatisfy({ $0 >= 0 && $0 + h * hd <= w }) else {
+      throw TensorError.invalidArgument("reference attention: offsets \(offsets) of \(h)×\(hd) heads in width \(w)")
+    }
+    let (oq, ok, ov) = (offsets[0], offsets[1], offsets[2])
+    // The second input (working memory for the scores) goes unused: rows are done one by one.
+    let ins = [Layout.plain([n, t, w]), .plain([n, h, t, t])]
+    return LoopKernel(name: "RefAttention", inputs: ins, output: .plain([n, t, h, hd])) { i, y in
+      let x = i[0]
+      var p = [Float](repeating: 0, count: t)
+      for b in 0..<n {
+        for head in 0..<h {
+          let c = head * hd
+          for r in 0..<t {
+            for u in 0..<t {
+              var s: Float = 0
+              for e in 0..<hd { s += x[(b * t + r) * w + oq + c + e] * x[(b * t + u) * w + ok + c + e] }
+              p[u] = scale * s
+            }
+            let m = p.max() ?? 0
+            var z: Float = 0
+            for u in 0..<t {
+              p[u] = expf(p[u] - m)
+              z += p[u]
+            }
+            for e in 0..<hd {
+              var s: Float = 0
+              for u in 0..<t { s += p[u] * x[(b * t + u) * w + ov + c + e] }
+              y[((b * t + r) * h + head) * hd + e] = s / z
+            }
+          }
+        }
+      }
+    }
+  }
+
   // MARK: - Pooling, concat, resize
 
   public func pooling(_ spec: PoolingSpec, input: Layout, outputDims: [Int]) throws -> Kernel {
@@ -302,20 +345,22 @@ public final class ReferenceBackend: ComputeBackend {
 
   // MARK: - Dense layers
 
-  public func innerProduct(inputDims: [Int], weights: Tensor, bias: Tensor?) throws -> Kernel {
+  public func innerProduct(inputDims: [Int], weights: Tensor, bias: Tensor?, postOps: [PostOp]) throws -> Kernel {
     guard inputDims.count == 2, weights.rank == 2, weights.shape[1] == inputDims[1] else {
       throw TensorError.shapeMismatch(what: "reference Gemm", expected: "[out, \(inputDims.last ?? 0)]", found: "\(weights.shape)")
     }
     let (n, k, o) = (inputDims[0], inputDims[1], weights.shape[0])
     let w = weights.scalars
     let b = bias?.scalars ?? [Float](repeating: 0, count: o)
-    return LoopKernel(name: "RefGemm", inputs: [.plain(inputDims)], output: .plain([n, o]), constantBytes: 4 * (w.count + o)) {
-      i, y in
+    let hasSum = postOps.contains(.sum)
+    let ins = hasSum ? [Layout.plain(inputDims), .plain([n, o])] : [.plain(inputDims)]
+    let name = "RefGemm" + postOps.map { "+\($0)" }.joined()
+    return LoopKernel(name: name, inputs: ins, output: .plain([n, o]), constantBytes: 4 * (w.count + o)) { i, y in
       for r in 0..<n {
         for c in 0..<o {
           var s = b[c]
           for e in 0..<k { s += i[0][r * k + e] * w[c * k + e] }
-          y[r * o + c] = s
+          y[r * o + c] = Self.applying(postOps, to: s, residual: hasSum ? i[1][r * o + c] : 0)
         }
       }
     }

@@ -26,6 +26,22 @@ final class OpTests: XCTestCase {
   func testSoftmaxDropoutIdentity() { check(OpCases.softmaxDropoutIdentity) }
   func testFusedPatterns() { check(OpCases.fused) }
 
+  /// The dense-layer and attention cases fuse as intended, and the ones that must not, do not.
+  func testGemmFusionHappensWhereItShould() throws {
+    func kernels(_ name: String) throws -> [String] {
+      let c = try XCTUnwrap(OpCases.fused.first { $0.name == name })
+      return try Executor(graph: c.graph, backend: ReferenceBackend()).kernelNames
+    }
+    XCTAssertEqual(try kernels("fused_gemm_gelu"), ["RefGemm+Gelu"])
+    XCTAssertEqual(try kernels("fused_gemm_single_row_add_relu"), ["RefGemm+Add+Relu"])
+    XCTAssertEqual(try kernels("fused_gemm_token_mlp_residual"), ["RefGemm+Gelu", "RefGemm+Add"])
+    let unfused = try kernels("unfused_gemm_broadcast_residual_and_read_view")
+    XCTAssertFalse(unfused.contains { $0.contains("+") }, "\(unfused)")
+    XCTAssertEqual(try kernels("fused_attention_packed_qkv"), ["RefAttention"])
+    XCTAssertEqual(try kernels("fused_attention_div_scale_one_transpose"), ["RefAttention"])
+    XCTAssertFalse(try kernels("unfused_attention_other_merge").contains("RefAttention"))
+  }
+
   /// The table is checked for coverage: every op of `Op` appears in some case.
   func testEveryOpIsCovered() {
     var seen = Set<String>()
@@ -777,5 +793,96 @@ enum OpCases {
       let r = b.graph.activation(c, .relu, name: "relu")
       return [r, c]
     },
+    // Dense layers (a transformer's): activations and residual sums fuse into the Gemm, also
+    // through the Reshape that views its [N·tokens, width] rows as [N, tokens, width].
+    opCase("fused_gemm_gelu") { b in
+      let x = b.input([5, 8])
+      let y = b.graph.linear(x, weight: b.normal([6, 8], std: 0.4), bias: b.normal([6], std: 0.1), name: "fc")
+      return [b.graph.activation(y, .gelu(tanh: false), name: "gelu")]
+    },
+    opCase("fused_gemm_single_row_add_relu") { b in
+      let x = b.input([1, 8])
+      let r = b.input([1, 6])
+      let y = b.graph.linear(x, weight: b.normal([6, 8], std: 0.4), bias: b.normal([6], std: 0.1), name: "fc")
+      return [b.graph.activation(b.graph.add(r, y, name: "add"), .relu, name: "relu")]
+    },
+    // x + fc2(gelu(fc1(x))) on [2, 3, 8] tokens, as the zoo's ViT writes its MLP block.
+    opCase("fused_gemm_token_mlp_residual") { b in
+      let x = b.input([2, 3, 8])
+      var y = b.graph.reshape(x, to: [-1, 8], name: "fc1/rows")
+      y = b.graph.linear(y, weight: b.normal([12, 8], std: 0.4), bias: b.normal([12], std: 0.1), name: "fc1")
+      y = b.graph.reshape(y, to: [-1, 3, 12], name: "fc1/tokens")
+      y = b.graph.activation(y, .gelu(tanh: false), name: "gelu")
+      y = b.graph.reshape(y, to: [-1, 12], name: "fc2/rows")
+      y = b.graph.linear(y, weight: b.normal([8, 12], std: 0.3), bias: b.normal([8], std: 0.1), name: "fc2")
+      y = b.graph.reshape(y, to: [-1, 3, 8], name: "fc2/tokens")
+      return [b.graph.add(x, y, name: "add")]
+    },
+    // Self-attention over a packed [N, T, 3·D] projection (2 heads of 4 on 5 tokens), as the
+    // zoo's ViT writes it; the executor runs it as one Attention kernel.
+    opCase("fused_attention_packed_qkv") { b in
+      let x = b.input([2, 5, 24])
+      return [attentionBlock(&b, x, kTranspose: .twoSteps, scale: .mul, perm: [0, 2, 1, 3])]
+    },
+    // ONNX exports' variants: K transposed in one step, the scale a divisor, Q/K/V out of order
+    // in a wider projection.
+    opCase("fused_attention_div_scale_one_transpose") { b in
+      let x = b.input([1, 6, 30])
+      return [attentionBlock(&b, x, kTranspose: .oneStep, scale: .div, perm: [0, 2, 1, 3], offsets: [16, 2, 9])]
+    },
+    // Must not fuse: the heads are merged in another order ([0, 1, 2, 3] keeps [N, h, T, d]).
+    opCase("unfused_attention_other_merge") { b in
+      let x = b.input([1, 5, 24])
+      return [attentionBlock(&b, x, kTranspose: .twoSteps, scale: .mul, perm: [0, 1, 2, 3])]
+    },
+    // Must not fuse: the residual broadcasts ([1, 3, 8] against [2, 3, 8]), and the viewed
+    // Gemm output is also a graph output.
+    opCase("unfused_gemm_broadcast_residual_and_read_view") { b in
+      let x = b.input([6, 8])
+      let r = b.input([1, 3, 8])
+      var y = b.graph.linear(x, weight: b.normal([8, 8], std: 0.4), bias: b.normal([8], std: 0.1), name: "fc1")
+      y = b.graph.reshape(y, to: [2, 3, 8], name: "fc1/tokens")
+      let s = b.graph.add(y, r, name: "add")
+      var z = b.graph.linear(x, weight: b.normal([8, 8], std: 0.4), bias: nil, name: "fc2")
+      z = b.graph.reshape(z, to: [2, 3, 8], name: "fc2/tokens")
+      return [s, z, b.graph.activation(z, .relu, name: "relu")]
+    },
   ]
+}
+
+enum KeyTranspose { case twoSteps, oneStep }
+enum ScaleOp { case mul, div }
+
+/// softmax(Q·Kᵀ/√d)·V on 2 heads of width `(width of a slice) / 2`, Q, K and V sliced from
+/// the last axis of x [N, T, W] at `offsets`, heads merged with `perm`.
+func attentionBlock(
+  _ b: inout CaseBuilder, _ x: ValueID, kTranspose: KeyTranspose, scale: ScaleOp, perm: [Int], offsets: [Int]? = nil
+) -> ValueID {
+  let s = b.graph.shape(x)!
+  let (t, h) = (s[1], 2)
+  let d = offsets == nil ? s[2] / 3 : 4
+  let at = offsets ?? [0, d, 2 * d]
+  func heads(_ k: Int, _ label: String) -> ValueID {
+    let part = b.graph.slice(x, SliceAttributes(starts: [at[k]], ends: [at[k] + d], axes: [-1]), name: label)
+    return b.graph.reshape(part, to: [0, t, h, d / h], name: label + "_heads")
+  }
+  let q = b.graph.addNode(.transpose(permutation: [0, 2, 1, 3]), name: "q_t", inputs: [heads(0, "q")])[0]
+  let kt: ValueID
+  switch kTranspose {
+  case .twoSteps:
+    let k = b.graph.addNode(.transpose(permutation: [0, 2, 1, 3]), name: "k_t", inputs: [heads(1, "k")])[0]
+    kt = b.graph.addNode(.transpose(permutation: [0, 1, 3, 2]), name: "k_tt", inputs: [k])[0]
+  case .oneStep:
+    kt = b.graph.addNode(.transpose(permutation: [0, 2, 3, 1]), name: "k_t", inputs: [heads(1, "k")])[0]
+  }
+  let v = b.graph.addNode(.transpose(permutation: [0, 2, 1, 3]), name: "v_t", inputs: [heads(2, "v")])[0]
+  var y = b.graph.addNode(.matMul, name: "scores", inputs: [q, kt])[0]
+  let root = Float(d / h).squareRoot()
+  switch scale {
+  case .mul: y = b.graph.mul(y, b.constant("scale", Tensor(shape: [1], repeating: 1 / root)), name: "scaled")
+  case .div: y = b.graph.binary(.div, y, b.constant("root", Tensor(shape: [1], repeating: root)), name: "scaled")
+  }
+  y = b.graph.softmax(y, axis: -1, name: "weights")
+  y = b.graph.addNode(.matMul, name: "mix", inputs: [y, v])[0]
+  return b.graph.addNode(.transpose(permutation: perm), name: "merge", inputs: [y])[0]
 }
