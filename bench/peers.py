@@ -9,7 +9,10 @@ Veil's zoo uses torchvision's state_dict keys). Each runtime runs in its own pro
 peak resident memory is its own. Prints a side-by-side table with Veil/peer ratios (below 1.0
 means Veil is faster) and can write it as Markdown and JSON.
 
-Usage: .venv/bin/python bench/peers.py [--models resnet50,vgg16,efficientnet_b0]
+A model that is an .onnx file is timed as it is, by every runtime (its declared batch; PyTorch
+is skipped for it): the unseen-CNN comparison of issue 20.
+
+Usage: .venv/bin/python bench/peers.py [--models resnet50,vgg16,efficientnet_b0|FILE.onnx,...]
          [--batches 1,8] [--threads 1,2] [--runs 10] [--passes 3] [--markdown F] [--json F]
 """
 import argparse
@@ -100,8 +103,16 @@ def main():
     tmp = tempfile.mkdtemp(prefix="veil-peers-")
     for model in a.models.split(","):
         for batch in map(int, a.batches.split(",")):
-            onnx_path = os.path.join(tmp, f"{model}_b{batch}.onnx")
-            subprocess.run([VEIL, "export", "--model", model, "--batch", str(batch), "--out", onnx_path], check=True, capture_output=True)
+            if model.endswith(".onnx"):
+                # A file of the user's: every runtime takes the file itself, at the batch it declares.
+                if batch != 1:
+                    print(f"note: {model} is timed at its own batch only; batch {batch} skipped", file=sys.stderr)
+                    continue
+                onnx_path = model
+            else:
+                onnx_path = os.path.join(tmp, f"{os.path.basename(model)}_b{batch}.onnx")
+                subprocess.run([VEIL, "export", "--model", model, "--batch", str(batch), "--out", onnx_path], check=True,
+                               capture_output=True)
             for threads in map(int, a.threads.split(",")):
                 veil, ort, pt = [], [], []
                 for _ in range(a.passes):
@@ -110,7 +121,7 @@ def main():
                                           "--runs", str(a.runs), "--warmup", str(a.warmup), "--json"]))
                     print(f"  {model} batch {batch} threads {threads}: onnxruntime", file=sys.stderr, flush=True)
                     ort.append(run_json([sys.executable, "-c", ORT_CHILD, onnx_path, str(threads), str(a.runs), str(a.warmup)]))
-                    if torch_ok:
+                    if torch_ok and not model.endswith(".onnx"):
                         pt.append(run_json([sys.executable, "-c", TORCH_CHILD, onnx_path, model, str(batch), str(threads),
                                             str(a.runs), str(a.warmup)]))
                 row = {
@@ -140,7 +151,7 @@ def main():
 
 
 def format_row(r):
-    s = f"{r['model']:>16} b{r['batch']} t{r['threads']}: veil {r['veil_ms']:.1f} ms, ort {r['ort_ms']:.1f} ms, ratio {r['ratio_ort']:.2f}"
+    s = f"{os.path.basename(r['model']):>16} b{r['batch']} t{r['threads']}: veil {r['veil_ms']:.1f} ms, ort {r['ort_ms']:.1f} ms, ratio {r['ratio_ort']:.2f}"
     if "torch_ms" in r:
         s += f", torch {r['torch_ms']:.1f} ms, ratio {r['ratio_torch']:.2f}"
     return s
@@ -157,7 +168,7 @@ def markdown(rows, torch_ok):
     sep += " ---: | ---: | ---: | ---: |"
     lines = [head, sep]
     for r in rows:
-        s = f"| {r['model']} | {r['batch']} | {r['threads']} | {r['veil_ms']:.1f} | {r['ort_ms']:.1f} | {r['ratio_ort']:.2f} |"
+        s = f"| {os.path.basename(r['model'])} | {r['batch']} | {r['threads']} | {r['veil_ms']:.1f} | {r['ort_ms']:.1f} | {r['ratio_ort']:.2f} |"
         if torch_ok:
             s += f" {r.get('torch_ms', float('nan')):.1f} | {r.get('ratio_torch', float('nan')):.2f} |"
         s += f" {r['veil_gflops']:.0f} | {mib(r['veil_rss'])} | {mib(r['ort_rss'])} | {mib(r['veil_weights'])} + {mib(r['veil_arena'])} |"

@@ -170,9 +170,91 @@ extension Graph {
   }
 
   /// The standard inference pipeline: identities out, BatchNorm folded, post-ops fused.
+  /// Gives a constant operand of an element-wise op the rank of the op's output, with leading
+  /// 1s (a per-channel [C, 1, 1] becomes [1, C, 1, 1]: BatchNorm written as Mul and Add, as the
+  /// ONNX model zoo's DenseNet and Inception do). Same values, same broadcast; a backend can
+  /// then read it in the other operand's (blocked) arrangement instead of reordering that one
+  /// to plain and back. A constant another node also reads is copied under a new name.
+  mutating func alignConstantRanks() {
+    for i in nodes.indices {
+      guard case .binary = nodes[i].op, nodes[i].inputs.count == 2, let out = shape(nodes[i].outputs[0]) else { continue }
+      for k in 0..<2 {
+        let v = nodes[i].inputs[k]
+        guard let t = initializers[v], t.rank < out.count, let padded = try? t.reshaped(Array(repeating: 1, count: out.count - t.rank) + t.shape)
+        else { continue }
+        let readers = nodes.filter { $0.inputs.contains(v) }.count
+        if readers == 1, !outputs.contains(v) {
+          initializers[v] = padded
+          self[v].shape = padded.shape
+        } else {
+          nodes[i].inputs[k] = addInitializer(name: self[v].name + "/rank\(out.count)", padded)
+        }
+      }
+    }
+  }
+
+  /// Turns BatchNorm written out as Mul by a per-channel constant then Add of one (the ONNX
+  /// model zoo's DenseNet and Inception) into one BatchNormalization (mean 0, variance 1, ε 0),
+  /// or into the BatchNorm it follows (Caffe2's SpatialBN and scale layer), which
+  /// `foldBatchNormalization` then folds into the convolution before it where there is one, and
+  /// which otherwise runs as one pass over the map instead of three. Only where the
+  /// Mul's result has no other reader and both constants are per channel ([1, C, 1, …] or one
+  /// value) of a map of rank ≥ 3.
+  mutating func fuseChannelAffine() {
+    let consumers = consumers()
+    let producers = producers()
+    var removed = Set<Int>()
+    func perChannel(_ v: ValueID, _ c: Int, rank: Int) -> Tensor? {
+      guard let t = initializers[v], t.rank == rank, t.shape.enumerated().allSatisfy({ $0.offset == 1 || $0.element == 1 }),
+        t.shape[1] == c || t.shape[1] == 1
+      else { return nil }
+      return t.shape[1] == c ? try? t.reshaped([c]) : Tensor(shape: [c], repeating: t.storage.pointer[0])
+    }
+    for (i, mul) in nodes.enumerated() where !removed.contains(i) {
+      guard case .binary(.mul) = mul.op, mul.postOps.isEmpty, let out = shape(mul.outputs[0]), out.count >= 3,
+        !outputs.contains(mul.outputs[0]), let readers = consumers[mul.outputs[0]], readers.count == 1,
+        case .binary(.add) = nodes[readers[0]].op, nodes[readers[0]].postOps.isEmpty
+      else { continue }
+      let c = out[1]
+      let (x, sv) = initializers[mul.inputs[0]] == nil ? (mul.inputs[0], mul.inputs[1]) : (mul.inputs[1], mul.inputs[0])
+      let add = nodes[readers[0]]
+      let tv = add.inputs[0] == mul.outputs[0] ? add.inputs[1] : add.inputs[0]
+      guard initializers[x] == nil, shape(x) == out, shape(add.outputs[0]) == out, add.inputs.contains(mul.outputs[0]),
+        let scale = perChannel(sv, c, rank: out.count), let shift = perChannel(tv, c, rank: out.count)
+      else { continue }
+      // After a BatchNorm (Caffe2's SpatialBN then a scale layer): s·(γ·x̂ + β) + t is a
+      // BatchNorm of scale s·γ and shift s·β + t.
+      if let p = producers[x], !removed.contains(p), case .batchNormalization = nodes[p].op, nodes[p].postOps.isEmpty,
+        consumers[x]?.count == 1, !outputs.contains(x), let gamma = initializers[nodes[p].inputs[1]],
+        let beta = initializers[nodes[p].inputs[2]], gamma.count == c, beta.count == c
+      {
+        let (s, t, g, b) = (scale.scalars, shift.scalars, gamma.scalars, beta.scalars)
+        var bn = nodes[p]
+        bn.inputs[1] = addInitializer(name: bn.name + "/scaled", Tensor(shape: [c]) { o in for k in 0..<c { o[k] = s[k] * g[k] } })
+        bn.inputs[2] = addInitializer(name: bn.name + "/shifted", Tensor(shape: [c]) { o in for k in 0..<c { o[k] = s[k] * b[k] + t[k] } })
+        bn.outputs = add.outputs
+        nodes[p] = bn
+        removed.formUnion([i, readers[0]])
+        continue
+      }
+      let ins = [
+        x, addInitializer(name: mul.name + "/scale", scale), addInitializer(name: mul.name + "/shift", shift),
+        addInitializer(name: mul.name + "/mean", Tensor(zeros: [c])),
+        addInitializer(name: mul.name + "/variance", Tensor(shape: [c], repeating: 1)),
+      ]
+      nodes[i] = Node(name: mul.name, op: .batchNormalization(epsilon: 0), inputs: ins, outputs: add.outputs)
+      removed.insert(readers[0])
+    }
+    nodes = nodes.indices.filter { !removed.contains($0) }.map { nodes[$0] }
+    removeDeadCode()
+  }
+
   public mutating func optimizeForInference() throws {
     try sortTopologically()
     removeIdentities()
+    try inferShapes()
+    alignConstantRanks()
+    fuseChannelAffine()
     foldBatchNormalization()
     // Fusion compares shapes (a residual must have the output's).
     try inferShapes()

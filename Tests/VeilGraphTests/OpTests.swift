@@ -40,6 +40,12 @@ final class OpTests: XCTestCase {
     XCTAssertEqual(try kernels("fused_attention_packed_qkv"), ["RefAttention"])
     XCTAssertEqual(try kernels("fused_attention_div_scale_one_transpose"), ["RefAttention"])
     XCTAssertFalse(try kernels("unfused_attention_other_merge").contains("RefAttention"))
+    // BatchNorm written as Mul and Add: into the BatchNorm before it and the convolution, or
+    // one BatchNormalization; not where the Mul's result is read again.
+    XCTAssertEqual(try kernels("fused_caffe2_bn_then_mul_add_relu"), ["RefConv+Relu"])
+    XCTAssertEqual(try kernels("fused_channel_affine_after_concat"), ["RefConcat", "RefBatchNormalization", "RefRelu"])
+    let shared = try kernels("unfused_mul_add_shared_or_not_per_channel")
+    XCTAssertFalse(shared.contains("RefBatchNormalization"), "\(shared)")
   }
 
   /// The table is checked for coverage: every op of `Op` appears in some case.
@@ -731,6 +737,38 @@ enum OpCases {
       let c = b.conv(x, inChannels: 3, 5, .square(3), bias: false, name: "conv")
       let n = b.batchNorm(c, channels: 5, name: "bn")
       return [b.graph.activation(n, .relu, name: "relu")]
+    },
+    // Caffe2's SpatialBN then a scale layer, as the ONNX model zoo's Inception and DenseNet
+    // are written: Mul and Add by [C, 1, 1] constants merge into the BatchNorm, which folds
+    // into the convolution.
+    opCase("fused_caffe2_bn_then_mul_add_relu") { b in
+      let x = b.input([1, 3, 6, 6])
+      let c = b.conv(x, inChannels: 3, 5, .square(3), bias: false, name: "conv")
+      let n = b.batchNorm(c, channels: 5, name: "bn")
+      let s = b.constant("s", b.normal([5, 1, 1], std: 0.5))
+      let t = b.constant("t", b.normal([5, 1, 1], std: 0.2))
+      let y = b.graph.add(b.graph.mul(n, s, name: "scale"), t, name: "shift")
+      return [b.graph.activation(y, .relu, name: "relu")]
+    },
+    // A per-channel Mul then Add with no convolution before it (DenseNet's pre-activation after
+    // a Concat): one BatchNormalization pass instead of two.
+    opCase("fused_channel_affine_after_concat") { b in
+      let x = b.input([1, 2, 5, 5])
+      let y = b.input([1, 3, 5, 5])
+      let cat = b.graph.concat([x, y], axis: 1, name: "concat")
+      let s = b.constant("s", b.normal([1, 5, 1, 1], std: 0.5))
+      let t = b.constant("t", b.normal([1, 1, 1, 1], std: 0.2))
+      let z = b.graph.add(t, b.graph.mul(s, cat, name: "scale"), name: "shift")
+      return [b.graph.activation(z, .relu, name: "relu")]
+    },
+    // Must not fuse: the Mul's result is read twice, and a constant varies along the width.
+    opCase("unfused_mul_add_shared_or_not_per_channel") { b in
+      let x = b.input([1, 3, 4, 4])
+      let s = b.constant("s", b.normal([3, 1, 1], std: 0.5))
+      let m = b.graph.mul(x, s, name: "scale")
+      let t = b.constant("t", b.normal([1, 1, 4], std: 0.2))
+      let shifted = b.graph.add(m, t, name: "shift")
+      return [b.graph.add(shifted, m, name: "again")]
     },
     opCase("fused_bn_folding_with_bias_silu") { b in
       let x = b.input([1, 3, 6, 6])
