@@ -486,9 +486,14 @@ struct Compiler {
       if n.opInputs.count > 2 { release(n.inputs[2]) }
       try emit(n, k, n.residual.map { [x, $0] } ?? [x])
     case .batchNormalization(let eps):
+      guard n.postOps.isEmpty || n.postOps == [.activation(.relu)] else {
+        throw GraphError.unsupported(node: n.name, op: "BatchNormalization", detail: "fused work \(n.postOps) (a ReLU only)")
+      }
       let p = try (1...4).map { try constant(n.inputs[$0], node: n, role: "parameter") }
       let k = try wrap(node: n.name, op: n.op.typeName) {
-        try backend.batchNormalization(input: layoutOf(x), scale: p[0], bias: p[1], mean: p[2], variance: p[3], epsilon: eps)
+        try backend.batchNormalization(
+          input: layoutOf(x), scale: p[0], bias: p[1], mean: p[2], variance: p[3], epsilon: eps,
+          relu: n.postOps == [.activation(.relu)])
       }
       try emit(n, k, [x])
     case .layerNormalization(let axis, let eps):

@@ -99,7 +99,7 @@ extension Graph {
 
   /// Fuses into each Conv, and each Gemm, the chain of work that only it feeds: activations,
   /// and a residual Add (as an in-place sum) followed by activations. ConvTranspose takes
-  /// activations only. A Gemm's output may pass through one Reshape first (a transformer's
+  /// activations only; a standalone BatchNormalization one ReLU. A Gemm's output may pass through one Reshape first (a transformer's
   /// [N·tokens, width] rows viewed back as [N, tokens, width]): the Reshape then moves after
   /// the fused work, and a residual is reshaped to the Gemm's rows before it.
   public mutating func fusePostOps() {
@@ -117,6 +117,10 @@ extension Graph {
         switch n.op {
         case .conv, .gemm: takesSum = true
         case .convTranspose: takesSum = false
+        case .batchNormalization:
+          // A ReLU only (a pre-activation network's BatchNorm → ReLU), and once.
+          guard n.postOps.isEmpty, let r = onlyReader(n.outputs[0]), case .activation(.relu) = nodes[r].op else { continue }
+          takesSum = false
         default: continue
         }
         let out = n.outputs[0]

@@ -149,8 +149,10 @@ public protocol ComputeBackend: Sendable {
     outputDims: [Int]) throws -> Kernel
   func activation(_ activation: Activation, input: Layout) throws -> Kernel
   func pooling(_ spec: PoolingSpec, input: Layout, outputDims: [Int]) throws -> Kernel
+  /// Inference BatchNorm; with `relu`, a ReLU fused after it (a pre-activation network's
+  /// BatchNorm → ReLU, one pass).
   func batchNormalization(
-    input: Layout, scale: Tensor, bias: Tensor, mean: Tensor, variance: Tensor, epsilon: Float) throws -> Kernel
+    input: Layout, scale: Tensor, bias: Tensor, mean: Tensor, variance: Tensor, epsilon: Float, relu: Bool) throws -> Kernel
   func binary(_ kind: BinaryKind, a: Layout, b: Layout, outputDims: [Int]) throws -> Kernel
   func concat(axis: Int, inputs: [Layout]) throws -> Kernel
   /// y = x · Wᵀ + b with constant W of shape [out, in], then `postOps` (a `.sum` reads a

@@ -425,7 +425,7 @@ public final class DNNLBackend: ComputeBackend, @unchecked Sendable {
   }
 
   public func batchNormalization(
-    input: Layout, scale: Tensor, bias: Tensor, mean: Tensor, variance: Tensor, epsilon: Float
+    input: Layout, scale: Tensor, bias: Tensor, mean: Tensor, variance: Tensor, epsilon: Float, relu: Bool
   ) throws -> Kernel {
     let dims = input.dims
     guard dims.count >= 2 else {
@@ -435,10 +435,13 @@ public final class DNNLBackend: ComputeBackend, @unchecked Sendable {
     for (n, t) in [("scale", scale), ("bias", bias), ("mean", mean), ("variance", variance)] where t.count != c {
       throw TensorError.shapeMismatch(what: "BatchNormalization \(n)", expected: "[\(c)]", found: "\(t.shape)")
     }
-    let entry = try cache.entry("bn|\(input)|\(epsilon)", operation: "BatchNormalization") {
+    let entry = try cache.entry("bn|\(input)|\(epsilon)|\(relu)", operation: "BatchNormalization") {
       var md = try input.dnnlMD()
       var desc = dnnl_batch_normalization_desc_t()
-      let flags = UInt32(dnnl_use_global_stats.rawValue | dnnl_use_scale.rawValue | dnnl_use_shift.rawValue)
+      // In inference the fused ReLU needs no workspace.
+      let flags = UInt32(
+        dnnl_use_global_stats.rawValue | dnnl_use_scale.rawValue | dnnl_use_shift.rawValue
+          | (relu ? dnnl_fuse_norm_relu.rawValue : 0))
       try check(dnnl_batch_normalization_forward_desc_init(&desc, dnnl_forward_inference, &md, epsilon, flags), "BatchNormalization descriptor")
       var pd: dnnl_primitive_desc_t?
       try check(dnnl_primitive_desc_create(&pd, &desc, nil, engine.engine, nil), "BatchNormalization primitive")
@@ -452,7 +455,8 @@ public final class DNNLBackend: ComputeBackend, @unchecked Sendable {
       try bindVector(t, count: c, at: slot, args: &args, keep: &keep)
     }
     return DNNLKernel(
-      name: "BatchNormalization", steps: [.init(entry: entry, args: args)], inputs: [srcM], inputLayouts: [input],
+      name: relu ? "BatchNormalization+Relu" : "BatchNormalization", steps: [.init(entry: entry, args: args)], inputs: [srcM],
+      inputLayouts: [input],
       output: dstM, inPlaceInput: 0, constantBytes: 4 * c * 4, keepAlive: keep, engine: engine)
   }
 

@@ -118,15 +118,17 @@ public final class ReferenceBackend: ComputeBackend {
   }
 
   public func batchNormalization(
-    input: Layout, scale: Tensor, bias: Tensor, mean: Tensor, variance: Tensor, epsilon: Float
+    input: Layout, scale: Tensor, bias: Tensor, mean: Tensor, variance: Tensor, epsilon: Float, relu: Bool
   ) throws -> Kernel {
     let dims = try plainDims(input, "BatchNormalization")
     let (c, inner) = (dims[1], dims.dropFirst(2).reduce(1, *))
     let (g, b, m, v) = (scale.scalars, bias.scalars, mean.scalars, variance.scalars)
-    return LoopKernel(name: "RefBatchNormalization", inputs: [input], output: input, constantBytes: 16 * c) { i, y in
+    let name = relu ? "RefBatchNormalization+Relu" : "RefBatchNormalization"
+    return LoopKernel(name: name, inputs: [input], output: input, constantBytes: 16 * c) { i, y in
       for k in 0..<count(dims) {
         let ch = (k / inner) % c
-        y[k] = g[ch] * (i[0][k] - m[ch]) / (v[ch] + epsilon).squareRoot() + b[ch]
+        let z = g[ch] * (i[0][k] - m[ch]) / (v[ch] + epsilon).squareRoot() + b[ch]
+        y[k] = relu ? max(z, 0) : z
       }
     }
   }
