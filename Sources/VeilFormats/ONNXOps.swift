@@ -516,13 +516,12 @@ extension ONNXImporter {
     var out: [Int]
     if c.node.opType == "Unsqueeze" {
       guard let axes, !axes.isEmpty else { throw c.fail("Unsqueeze needs axes") }
-      let rank = shape.count + axes.count
-      let resolved = Set(axes.map { $0 < 0 ? $0 + rank : $0 })
-      guard resolved.count == axes.count, resolved.allSatisfy({ (0..<rank).contains($0) }) else {
-        throw c.fail("axes \(axes) do not fit an output of rank \(rank)")
+      // The folder's own rule (rank within FormatLimits.maxRank, axes in range), and no axis twice.
+      out = try unsqueezed(shape, axes: axes, c)
+      let rank = out.count
+      guard Set(axes.map { $0 < 0 ? $0 + rank : $0 }).count == axes.count else {
+        throw c.fail("axes \(axes) name an axis twice")
       }
-      var rest = shape.makeIterator()
-      out = (0..<rank).map { resolved.contains($0) ? 1 : rest.next() ?? 1 }
     } else {
       let rank = shape.count
       let resolved = Set((axes ?? shape.indices.filter { shape[$0] == 1 }).map { $0 < 0 ? $0 + rank : $0 })

@@ -152,6 +152,53 @@ final class HostileFileTests: XCTestCase {
     assertRefused(try ONNXReader.parse(m.model()), ["tensor 'e'", "more than 2147483647 elements"])
   }
 
+  /// The transformer ops' operands from a file: Unsqueeze to a huge rank or naming an axis
+  /// twice, Gather at an index out of range or at jumping indices, Expand of a constant to a
+  /// huge shape: each refused with the node, nothing allocated for it.
+  func testTransformerOpsWithHostileOperands() throws {
+    func model(_ body: (inout ONNXModelBuilder) -> Void) -> [UInt8] {
+      var m = ONNXModelBuilder()
+      m.input("x", dims: [1, 4, 3])
+      body(&m)
+      return m.model(opset: 13)
+    }
+    let cases: [(String, [String], (inout ONNXModelBuilder) -> Void)] = [
+      ("unsqueeze_huge_rank", ["exceeds"], { m in
+        m.ints("axes", dims: [40], Array(repeating: 1, count: 40))
+        m.node("Unsqueeze", ["x", "axes"], ["y"])
+        m.output("y", dims: [1])
+      }),
+      ("unsqueeze_axis_twice", ["twice"], { m in
+        m.ints("axes", dims: [2], [0, 0])
+        m.node("Unsqueeze", ["x", "axes"], ["y"])
+        m.output("y", dims: [1])
+      }),
+      ("gather_out_of_range", ["out of range"], { m in
+        m.ints("i", dims: [], [7])
+        m.node("Gather", ["x", "i"], ["y"]) { ONNXModelBuilder.int(&$0, "axis", 1) }
+        m.output("y", dims: [1])
+      }),
+      ("gather_jumping", ["consecutive"], { m in
+        m.ints("i", dims: [2], [0, 2])
+        m.node("Gather", ["x", "i"], ["y"]) { ONNXModelBuilder.int(&$0, "axis", 1) }
+        m.output("y", dims: [1])
+      }),
+      ("expand_huge", ["e"], { m in
+        m.tensor("c", dims: [1], type: 1) { $0.packedFloat(4, [1]) }
+        m.ints("shape", dims: [3], [1 << 20, 1 << 20, 1 << 20])
+        m.node("Expand", ["c", "shape"], ["big"])
+        m.node("Add", ["x", "big"], ["y"])
+        m.output("y", dims: [1])
+      }),
+    ]
+    for (name, words, body) in cases {
+      XCTAssertThrowsError(try ONNXReader.parse(model(body)), name) { error in
+        let text = "\(error)"
+        for w in words { XCTAssertTrue(text.contains(w), "\(name): \(text)") }
+      }
+    }
+  }
+
   /// Slice steps of ±2^63−1 and Int64.min: the extent arithmetic overflowed before.
   func testONNXSliceWithExtremeSteps() throws {
     for step in [Int64.max, Int64.min, Int64.min + 1] {
