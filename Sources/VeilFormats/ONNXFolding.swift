@@ -88,30 +88,21 @@ extension ONNXImporter {
       }
       do { constants[out] = .floats(try t.reshaped(dims)) } catch { throw c.fail("\(error)") }
       return true
-    case "Expand":
-      // A float constant broadcast to a constant shape (a transformer's class token repeated
-      // for every image of the batch).
-      guard ins.count == 2, case .floats(let t)? = constants[ins[0]], case .ints(_, let raw)? = constants[ins[1]] else {
-        return false
-      }
-      guard raw.allSatisfy({ $0 >= 1 && $0 <= Int64(Int32.max) }), let shape = broadcastShapes(t.shape, raw.map { Int($0) }) else {
-        throw c.fail("shape \(raw.prefix(8)) does not broadcast with the input's \(t.shape)")
-      }
-      do {
-        _ = try FormatLimits.elementCount(shape, maxElements: FormatLimits.maxFoldedElements - foldedElements)
-      } catch {
-        throw c.fail(
-          "shape \(shape.prefix(8)) \(error.detail) (what is left of the \(FormatLimits.maxFoldedElements) elements "
-            + "all folded constants may hold)")
-      }
-      constants[out] = .floats(try t.broadcast(to: shape))
-      return true
     case "Sqrt", "Add", "Sub", "Mul", "Div", "Cast":
       // Arithmetic on float constants (the attention scale 1/√√d an exporter computes from a
       // shape), within the folded budget; integer operands take the shape-arithmetic path below.
       let operands = ins.compactMap { name -> Tensor? in if case .floats(let t)? = constants[name] { t } else { nil } }
       guard let first = operands.first, operands.count == ins.count else { break }
-      if n.opType == "Cast", try c.int("to", 0) != ONNXProto.DataType.float { return false }
+      if n.opType == "Cast", try c.int("to", 0) != ONNXProto.DataType.float {
+        // Float constants to integers (truncated, as ONNX Runtime does) or to booleans.
+        let to = try c.int("to", 0)
+        guard ONNXProto.DataType.integers.contains(to) || to == Int(ONNXProto.DataType.bool) else { return false }
+        let v = first.scalars
+        guard v.allSatisfy({ $0.isFinite && abs($0) < 0x1p62 }) else { throw c.fail("a float out of integer range is cast") }
+        constants[out] = .ints(
+          dims: first.shape, values: v.map { to == Int(ONNXProto.DataType.bool) ? ($0 != 0 ? 1 : 0) : Int64($0) })
+        return true
+      }
       let shape = try operands.dropFirst().reduce(first.shape) { s, t in
         guard let b = broadcastShapes(s, t.shape) else { throw c.fail("float operands \(s) and \(t.shape) do not broadcast") }
         return b
@@ -134,6 +125,17 @@ extension ONNXImporter {
             }
           }
         })
+      return true
+    case "Transpose", "Slice", "Gather", "Concat", "Expand", "ScatterND", "Range", "Not", "Pow", "Equal", "Less",
+      "Greater", "Where":
+      // Ops that only move, pick or compare constant values, on float data or on integer data
+      // beyond what the shape-arithmetic path below takes (a Swin block's attention mask and
+      // relative-position bias, computed by the exporter from shapes). Nil: not this path's.
+      guard ins.allSatisfy({ constants[$0] != nil }), let k = try foldMoving(c, ins) else { break }
+      do {
+        _ = try FormatLimits.elementCount(k.dims, maxElements: FormatLimits.maxFoldedElements - foldedElements)
+      } catch { throw c.fail("folded result of shape \(k.dims.prefix(8)) \(error.detail)") }
+      constants[out] = k
       return true
     case "Shape":
       guard let i = ins.first, values[i] != nil || constants[i] != nil else { return false }
@@ -159,6 +161,10 @@ extension ONNXImporter {
     guard !data.isEmpty else { return false }
     switch n.opType {
     case "Identity", "Cast":
+      if n.opType == "Cast", try c.int("to", 0) == Int(ONNXProto.DataType.bool) {
+        constants[out] = .ints(dims: data[0].dims, values: data[0].values.map { $0 != 0 ? 1 : 0 })
+        return true
+      }
       if n.opType == "Cast", !ONNXProto.DataType.integers.contains(try c.int("to", 0)) {
         guard try c.int("to", 0) == ONNXProto.DataType.float else { return false }
         let v = data[0].values
@@ -385,5 +391,245 @@ extension ONNXImporter {
       return walk.offset
     }
     return (r.extents, source)
+  }
+}
+
+// MARK: - Folding constants of either kind
+
+extension ONNXImportedConstant {
+  /// The values as floats (integers converted).
+  var floatValues: [Float] {
+    switch self {
+    case .floats(let t): return t.scalars
+    case .ints(_, let v): return v.map { Float($0) }
+    }
+  }
+
+  var isFloat: Bool { if case .floats = self { true } else { false } }
+
+  /// A constant of the same kind, of `dims`, whose element i is this one's element `source[i]`.
+  func picking(_ source: [Int], dims: [Int]) -> ONNXImportedConstant {
+    switch self {
+    case .floats(let t):
+      let v = t.scalars
+      return .floats(Tensor(shape: dims) { o in for i in source.indices { o[i] = v[source[i]] } })
+    case .ints(_, let v):
+      return .ints(dims: dims, values: source.map { v[$0] })
+    }
+  }
+}
+
+extension ONNXImporter {
+  /// Folds the ops that move, pick or compare constants (Transpose, Slice, Gather, Concat,
+  /// Expand, ScatterND on data of either kind; Range, Not, Pow, Equal, Less, Greater, Where),
+  /// every input a constant. Nil where the integer shape-arithmetic path takes the node (it
+  /// also tracks where the batch size went), or for an op and kind not folded here. Each
+  /// result's size is checked against what is left of the folded budget before it is made.
+  func foldMoving(_ c: ONNXNodeContext, _ ins: [String]) throws -> ONNXImportedConstant? {
+    let ks = ins.compactMap { constants[$0] }
+    guard ks.count == ins.count, let first = ks.first else { return nil }
+    let anyFloat = ks.contains { $0.isFloat }
+    func budget(_ dims: [Int]) throws -> Int {
+      do {
+        return try FormatLimits.elementCount(dims, maxElements: FormatLimits.maxFoldedElements - foldedElements)
+      } catch {
+        throw c.fail("folded result of shape \(dims.prefix(8)) \(error.detail)")
+      }
+    }
+    func ints(_ k: ONNXImportedConstant, _ what: String) throws -> [Int64] {
+      guard case .ints(_, let v) = k else { throw c.fail("\(what) must be integers") }
+      return v
+    }
+    func axis(_ a: Int, rank: Int) throws -> Int {
+      let r = a < 0 ? a + rank : a
+      guard r >= 0, r < rank else { throw c.fail("axis \(a) is out of range for rank \(rank)") }
+      return r
+    }
+    switch c.node.opType {
+    case "Transpose":
+      guard anyFloat else { return nil }
+      let dims = first.dims
+      let perm = try c.ints("perm") ?? Array(dims.indices.reversed())
+      guard perm.sorted() == Array(dims.indices) else { throw c.fail("perm \(perm) does not permute \(dims.count) axes") }
+      _ = try budget(dims)
+      let (outDims, source) = permutedIndices(dims, perm)
+      return first.picking(source, dims: outDims)
+    case "Slice":
+      guard anyFloat, first.isFloat else { return nil }
+      let (outDims, source) = try sliceIndices(first.dims, c)
+      return first.picking(source, dims: outDims)
+    case "Gather":
+      guard ks.count == 2 else { throw c.fail("needs data and indices") }
+      let dims = first.dims
+      let a = try c.int("axis", 0)
+      if !first.isFloat, dims.count == 1, a == 0 || a == -1 { return nil }
+      guard !dims.isEmpty else { throw c.fail("cannot gather from a scalar") }
+      let ax = try axis(a, rank: dims.count)
+      let indices = try ints(ks[1], "indices")
+      let picked = try indices.map { k -> Int in
+        let i = k < 0 ? Int(k) + dims[ax] : Int(k)
+        guard i >= 0, i < dims[ax] else { throw c.fail("index \(k) is out of range for \(dims[ax]) entries on axis \(ax)") }
+        return i
+      }
+      let outer = dims[..<ax].reduce(1, *)
+      let inner = dims[(ax + 1)...].reduce(1, *)
+      let outDims = Array(dims[..<ax]) + ks[1].dims + Array(dims[(ax + 1)...])
+      _ = try budget(outDims)
+      var source: [Int] = []
+      source.reserveCapacity(outer * picked.count * inner)
+      for o in 0..<outer {
+        for i in picked {
+          let base = (o * dims[ax] + i) * inner
+          for j in 0..<inner { source.append(base + j) }
+        }
+      }
+      return first.picking(source, dims: outDims)
+    case "Concat":
+      if !anyFloat, ks.allSatisfy({ $0.dims.count == 1 }) { return nil }
+      let rank = first.dims.count
+      guard rank > 0 else { throw c.fail("cannot concatenate scalars") }
+      let ax = try axis(try c.int("axis", 0), rank: rank)
+      for k in ks where k.dims.count != rank || !k.dims.indices.allSatisfy({ $0 == ax || k.dims[$0] == first.dims[$0] }) {
+        throw c.fail("operands \(first.dims) and \(k.dims) do not concatenate on axis \(ax)")
+      }
+      var outDims = first.dims
+      outDims[ax] = ks.reduce(0) { $0 + $1.dims[ax] }
+      _ = try budget(outDims)
+      let outer = first.dims[..<ax].reduce(1, *)
+      let inner = first.dims[(ax + 1)...].reduce(1, *)
+      // Floats when any operand is: an integer operand joins as floats.
+      let values = try ks.map { anyFloat ? ONNXImportedConstant.floats(try Tensor(shape: $0.dims, values: $0.floatValues)) : $0 }
+      var offsets: [Int] = []
+      var total = 0
+      for k in ks {
+        offsets.append(total)
+        total += k.dims.reduce(1, *)
+      }
+      var source: [Int] = []
+      source.reserveCapacity(outDims.reduce(1, *))
+      for o in 0..<outer {
+        for (n, k) in ks.enumerated() {
+          let run = k.dims[ax] * inner
+          for j in 0..<run { source.append(offsets[n] + o * run + j) }
+        }
+      }
+      let joined: ONNXImportedConstant
+      if anyFloat {
+        joined = .floats(try Tensor(shape: [total], values: values.flatMap { $0.floatValues }))
+      } else {
+        joined = .ints(dims: [total], values: try values.flatMap { try ints($0, "operands") })
+      }
+      return joined.picking(source, dims: outDims)
+    case "Expand":
+      guard ks.count == 2 else { throw c.fail("needs data and a shape") }
+      let raw = try ints(ks[1], "shape")
+      guard raw.allSatisfy({ $0 >= 0 && $0 <= Int64(Int32.max) }),
+        let shape = broadcastShapes(first.dims, raw.map { Int($0) })
+      else {
+        throw c.fail("shape \(raw.prefix(8)) does not broadcast with the input's \(first.dims)")
+      }
+      _ = try budget(shape)
+      switch first {
+      case .floats(let t): return .floats(try t.broadcast(to: shape))
+      case .ints(let d, let v):
+        // Positions ride through the float broadcast exactly below 2^24.
+        guard v.count < 1 << 24 else { throw c.fail("integer data of \(v.count) elements is too large to expand") }
+        let source = try Tensor(shape: d, values: v.indices.map { Float($0) }).broadcast(to: shape).scalars
+        return .ints(dims: shape, values: source.map { v[Int($0)] })
+      }
+    case "ScatterND":
+      // data with `updates` written at `indices` ([..., k] index tuples into data's first k axes).
+      guard ks.count == 3 else { throw c.fail("needs data, indices and updates") }
+      guard c.node.attributes["reduction"] == nil else { return nil }
+      let dims = first.dims
+      let idx = try ints(ks[1], "indices")
+      let idims = ks[1].dims
+      guard let k = idims.last, k >= 1, k <= dims.count else { throw c.fail("indices of shape \(idims) do not index data \(dims)") }
+      let tuples = idims.dropLast().reduce(1, *)
+      let slice = dims[k...].reduce(1, *)
+      guard ks[2].dims == Array(idims.dropLast()) + Array(dims[k...]) else {
+        throw c.fail("updates of shape \(ks[2].dims) do not fit indices \(idims) into data \(dims)")
+      }
+      _ = try budget(dims)
+      var strides = [Int](repeating: 1, count: k)
+      for a in stride(from: k - 2, through: 0, by: -1) { strides[a] = strides[a + 1] * dims[a + 1] }
+      var targets: [Int] = []
+      for t in 0..<tuples {
+        var base = 0
+        for a in 0..<k {
+          let raw = idx[t * k + a]
+          let i = raw < 0 ? Int(raw) + dims[a] : Int(raw)
+          guard i >= 0, i < dims[a] else { throw c.fail("index \(raw) is out of range for \(dims[a]) entries on axis \(a)") }
+          base += i * strides[a]
+        }
+        targets.append(base * slice)
+      }
+      if first.isFloat || ks[2].isFloat {
+        var out = first.floatValues
+        let u = ks[2].floatValues
+        for (t, base) in targets.enumerated() { for j in 0..<slice { out[base + j] = u[t * slice + j] } }
+        return .floats(try Tensor(shape: dims, values: out))
+      }
+      var out = try ints(first, "data")
+      let u = try ints(ks[2], "updates")
+      for (t, base) in targets.enumerated() { for j in 0..<slice { out[base + j] = u[t * slice + j] } }
+      return .ints(dims: dims, values: out)
+    case "Range":
+      guard ks.count == 3, ks.allSatisfy({ $0.dims.reduce(1, *) == 1 }) else {
+        throw c.fail("start, limit and delta must be scalars")
+      }
+      if anyFloat {
+        let (s, l, d) = (ks[0].floatValues[0], ks[1].floatValues[0], ks[2].floatValues[0])
+        guard d != 0, s.isFinite, l.isFinite, d.isFinite else { throw c.fail("delta is 0 or a bound is not finite") }
+        let n = max(Int(((l - s) / d).rounded(.up)), 0)
+        _ = try budget([n])
+        return .floats(Tensor(shape: [n]) { o in for i in 0..<n { o[i] = s + Float(i) * d } })
+      }
+      let (s, l, d) = (try ints(ks[0], "start")[0], try ints(ks[1], "limit")[0], try ints(ks[2], "delta")[0])
+      guard d != 0 else { throw c.fail("delta is 0") }
+      let span = Double(l) - Double(s)
+      let n = max(Int((span / Double(d)).rounded(.up)), 0)
+      _ = try budget([n])
+      return .ints(dims: [n], values: (0..<n).map { s + Int64($0) * d })
+    case "Not":
+      return .ints(dims: first.dims, values: try ints(first, "input").map { $0 != 0 ? 0 : 1 })
+    case "Pow", "Equal", "Less", "Greater":
+      guard ks.count == 2 else { throw c.fail("needs two inputs") }
+      if !anyFloat, c.node.opType == "Equal" { return nil }
+      guard let dims = broadcastShapes(first.dims, ks[1].dims) else {
+        throw c.fail("operands \(first.dims) and \(ks[1].dims) do not broadcast")
+      }
+      _ = try budget(dims)
+      let a = try Tensor(shape: first.dims, values: first.floatValues).broadcast(to: dims).scalars
+      let b = try Tensor(shape: ks[1].dims, values: ks[1].floatValues).broadcast(to: dims).scalars
+      switch c.node.opType {
+      case "Pow":
+        if !anyFloat {
+          // Integer powers stay integers, when exact.
+          let r = zip(a, b).map { Foundation.pow(Double($0), Double($1)) }
+          guard r.allSatisfy({ $0.isFinite && abs($0) < 0x1p53 && $0 == $0.rounded() }) else { return nil }
+          return .ints(dims: dims, values: r.map { Int64($0) })
+        }
+        return .floats(try Tensor(shape: dims, values: zip(a, b).map { Float(Foundation.pow(Double($0), Double($1))) }))
+      case "Equal": return .ints(dims: dims, values: zip(a, b).map { $0 == $1 ? 1 : 0 })
+      case "Less": return .ints(dims: dims, values: zip(a, b).map { $0 < $1 ? 1 : 0 })
+      default: return .ints(dims: dims, values: zip(a, b).map { $0 > $1 ? 1 : 0 })
+      }
+    case "Where":
+      guard ks.count == 3 else { throw c.fail("needs a condition and two inputs") }
+      guard ks[1].isFloat || ks[2].isFloat else { return nil }
+      let dims = try [ks[1].dims, ks[2].dims].reduce(first.dims) { s, d in
+        guard let b = broadcastShapes(s, d) else { throw c.fail("operands \(s) and \(d) do not broadcast") }
+        return b
+      }
+      _ = try budget(dims)
+      let cond = try Tensor(shape: first.dims, values: ints(first, "the condition").map { $0 != 0 ? 1 : 0 })
+        .broadcast(to: dims).scalars
+      let x = try Tensor(shape: ks[1].dims, values: ks[1].floatValues).broadcast(to: dims).scalars
+      let y = try Tensor(shape: ks[2].dims, values: ks[2].floatValues).broadcast(to: dims).scalars
+      return .floats(try Tensor(shape: dims, values: cond.indices.map { cond[$0] != 0 ? x[$0] : y[$0] }))
+    default:
+      return nil
+    }
   }
 }

@@ -392,22 +392,41 @@ struct ONNXImporter {
     return order.map { nodes[$0] }
   }
 
-  /// Sigmoid(x) read only by a Mul(x, ·) is SiLU, one op in Veil (exporters spell it as two).
+  /// Sigmoid(x) read only by a Mul(x, ·) is SiLU, and HardSigmoid(x) with α = 1/6, β = 1/2 read
+  /// only by a Mul(x, ·) is HardSwish: one op each in Veil (exporters before opset 14 spell
+  /// them as two), which then fuses into the convolution before it.
   func fusingSiLU(_ nodes: [ONNXProto.Node], graphOutputs: Set<String>) -> [ONNXProto.Node] {
     var readers: [String: [Int]] = [:]
     for (i, n) in nodes.enumerated() { for x in Set(n.inputs) { readers[x, default: []].append(i) } }
     var nodes = nodes
     var removed = Set<Int>()
-    for (i, s) in nodes.enumerated() where s.opType == "Sigmoid" && s.domain.isEmpty {
+    func attribute(_ n: ONNXProto.Node, _ name: String, _ fallback: Float) -> Float? {
+      switch n.attributes[name] {
+      case nil: return fallback
+      case .float(let f): return f
+      default: return nil
+      }
+    }
+    for (i, s) in nodes.enumerated() where (s.opType == "Sigmoid" || s.opType == "HardSigmoid") && s.domain.isEmpty {
       guard s.inputs.count == 1, s.outputs.count == 1, let x = s.inputs.first, let y = s.outputs.first,
         !graphOutputs.contains(y), let r = readers[y], r.count == 1
       else { continue }
+      let gate: Activation
+      if s.opType == "Sigmoid" {
+        gate = .silu
+      } else {
+        // PyTorch writes α as the float nearest 1/6 (0.16666667).
+        guard let a = attribute(s, "alpha", 0.2), let b = attribute(s, "beta", 0.5), abs(a - 1 / 6) < 1e-6, b == 0.5 else {
+          continue
+        }
+        gate = .hardSwish
+      }
       let m = nodes[r[0]]
       guard m.opType == "Mul", m.domain.isEmpty, m.fused == nil, m.inputs.count == 2, Set(m.inputs) == [x, y] else {
         continue
       }
       nodes[r[0]].inputs = [x]
-      nodes[r[0]].fused = .silu
+      nodes[r[0]].fused = gate
       removed.insert(i)
     }
     return nodes.indices.filter { !removed.contains($0) }.map { nodes[$0] }

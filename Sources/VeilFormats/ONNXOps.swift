@@ -364,8 +364,10 @@ extension ONNXImporter {
           ratio = v[0]
         }
         if let t = c.input(2) {
-          guard case .ints(_, let vs) = constants[t], vs.allSatisfy({ $0 == 0 }) else {
-            throw c.fail("input 'training_mode' must be a constant false")
+          // Training mode with ratio 0 drops nothing (torchvision's Swin passes training=True
+          // to a dropout of p = 0): the identity, as in inference.
+          guard case .ints(_, let vs) = constants[t], vs.allSatisfy({ $0 == 0 }) || ratio == 0 else {
+            throw c.fail("input 'training_mode' must be a constant false (or the ratio 0): Veil runs inference only")
           }
         }
       }
