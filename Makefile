@@ -2,7 +2,7 @@
 SWIFT ?= swift
 VEIL = .build/release/veil
 
-.PHONY: demo test deps python python-torch python-peers build assets bench-peers enclave-manifest clean fuzz fuzz-build fuzz-seeds
+.PHONY: demo test deps python python-torch python-torchvision python-peers build assets bench-peers enclave-manifest clean fuzz fuzz-build fuzz-seeds
 
 deps:
 	scripts/install-deps.sh
@@ -14,6 +14,13 @@ python: deps
 python-torch: python
 	.venv/bin/python -m pip install -q --disable-pip-version-check -r requirements-torch.txt \
 	  || echo "warning: PyTorch CPU could not be installed here (no local wheel, no network); the gradient checks against PyTorch will say they were skipped"
+
+# Debian's PyTorch 1.13 and torchvision 0.14 for Debian's own Python (/usr/bin/python3): what
+# exports torchvision's models for the import tests (TorchvisionExportTests) and the op survey
+# in docs/onnx-support.md. PyPI's torchvision does not load against the PyTorch wheel in .venv.
+python-torchvision: deps
+	scripts/install-deps.sh python3-torch python3-torchvision \
+	  || echo "warning: Debian's python3-torchvision could not be installed; the torchvision export test will say it was skipped"
 
 # Seldon MLServer (a third-party KServe v2 server) into .venv-peers for the interop test; it is
 # large (about 6 minutes from PyPI), so a failed install warns and that test says it skipped.
@@ -36,7 +43,7 @@ assets: python
 	.venv/bin/python scripts/prepare_photos.py
 
 # Numeric and model tests run in release builds.
-test: build python python-torch python-peers assets
+test: build python python-torch python-torchvision python-peers assets
 	$(SWIFT) build -c release --build-tests
 	$(SWIFT) test -c release --skip-build
 

@@ -4,9 +4,10 @@
 # only when something is missing; uses sudo when not root. dataset-fashion-mnist (IDX files in
 # /usr/share/datasets/fashion-mnist) is what the classifier training test learns from; darknet and
 # opencv-doc ship the photos of the privacy attacks (scripts/prepare_photos.py); chromium renders
-# report.html headless in the report test.
+# report.html headless in the report test. Packages named as arguments are installed too (`make
+# python-torchvision` names python3-torch and python3-torchvision).
 set -euo pipefail
-pkgs=(libdnnl-dev libpng-dev libjpeg62-turbo-dev zlib1g-dev dataset-fashion-mnist darknet opencv-doc chromium)
+pkgs=(libdnnl-dev libpng-dev libjpeg62-turbo-dev zlib1g-dev dataset-fashion-mnist darknet opencv-doc chromium "$@")
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -11,10 +11,15 @@ public enum PythonScript {
     public var description: String
   }
 
-  /// `python scripts/<name> arguments...`; returns its output, throws unless it exits with 0.
+  /// Debian's own Python, with its python3-torch and python3-torchvision (`make
+  /// python-torchvision`): the one environment here where torchvision's models load.
+  public static let debianPython = URL(fileURLWithPath: "/usr/bin/python3")
+
+  /// `python scripts/<name> arguments...` (the project's .venv unless `python` is given);
+  /// returns its output, throws unless it exits with 0.
   @discardableResult
-  public static func run(_ name: String, _ arguments: [String]) throws -> String {
-    let python = ONNXRuntimeReference.python
+  public static func run(_ name: String, _ arguments: [String], python: URL? = nil) throws -> String {
+    let python = python ?? ONNXRuntimeReference.python
     let root = ONNXRuntimeReference.repoRoot
     guard FileManager.default.isExecutableFile(atPath: python.path) else {
       throw Failure(
@@ -70,17 +75,20 @@ public struct TorchExport {
 
   /// Runs `script` for `variants` into a fresh folder, prints its report and hands each export
   /// to `body`; the folder is removed afterwards. Skips, saying how to install it, when torch is
-  /// not importable in .venv (the script exits with that message).
+  /// not importable by `python` (the script exits with that message): .venv's PyTorch (`make
+  /// python-torch`) by default, or Debian's (`PythonScript.debianPython`, `make
+  /// python-torchvision`).
   public static func each(
-    _ script: String, variants: [String], what: String, _ body: (TorchExport) throws -> Void
+    _ script: String, variants: [String], what: String, python: URL? = nil, _ body: (TorchExport) throws -> Void
   ) throws {
     let dir = try PythonScript.temporaryDirectory(script.replacingOccurrences(of: ".py", with: ""))
     defer { try? FileManager.default.removeItem(at: dir) }
     let report: String
     do {
-      report = try PythonScript.run(script, [dir.path] + variants)
-    } catch let failure as PythonScript.Failure where failure.description.contains("torch is not importable") {
-      throw XCTSkip("PyTorch is not installed in .venv, so no \(what) was exported: run `make python-torch`")
+      report = try PythonScript.run(script, [dir.path] + variants, python: python)
+    } catch let failure as PythonScript.Failure where failure.description.contains("is not importable") {
+      let install = python == nil ? "make python-torch" : "make python-torchvision"
+      throw XCTSkip("PyTorch is not importable by \((python ?? ONNXRuntimeReference.python).path), so no \(what) was exported: run `\(install)`")
     }
     print(report.trimmingCharacters(in: .whitespacesAndNewlines))
     for variant in variants {
