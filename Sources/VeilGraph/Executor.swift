@@ -62,6 +62,9 @@ public final class Executor: @unchecked Sendable {
     var op: String
     var inputs: [Int]
     var output: Int
+    /// Made and run by the calling thread alone (`ComputeBackend.serially`): too small to pay
+    /// for waking the backend's other threads.
+    var serial = false
   }
 
   enum BufferKind {
@@ -202,14 +205,12 @@ public final class Executor: @unchecked Sendable {
       timings.pointee.reserveCapacity(steps.count)
       for (i, s) in steps.enumerated() {
         let t0 = DispatchTime.now().uptimeNanoseconds
-        try s.kernel.run(inputs: stepInputs[i], output: stepOutputs[i])
+        try runStep(i)
         let t1 = DispatchTime.now().uptimeNanoseconds
         timings.pointee.append(StepTiming(node: s.node, op: s.op, seconds: Double(t1 - t0) / 1e9))
       }
     } else {
-      for i in steps.indices {
-        try steps[i].kernel.run(inputs: stepInputs[i], output: stepOutputs[i])
-      }
+      for i in steps.indices { try runStep(i) }
     }
     func read(_ b: Int, _ shape: [Int]) -> Tensor {
       let src = pointer(b)
@@ -222,6 +223,17 @@ public final class Executor: @unchecked Sendable {
     for (name, r) in retainedBuffers { kept[name] = read(r.buffer, r.shape) }
     return (outs, kept)
   }
+
+  @inline(__always) private func runStep(_ i: Int) throws {
+    if steps[i].serial {
+      try backend.serially { try steps[i].kernel.run(inputs: stepInputs[i], output: stepOutputs[i]) }
+    } else {
+      try steps[i].kernel.run(inputs: stepInputs[i], output: stepOutputs[i])
+    }
+  }
+
+  /// Steps run by the calling thread alone (see `ComputeBackend.serialStepNanoseconds`).
+  public var serialStepCount: Int { steps.filter(\.serial).count }
 
   /// The memory each step touches, in step order: the weights its kernel owns, and the byte
   /// ranges of the activation arena it reads and writes (inputs and output, as planned).
@@ -388,6 +400,23 @@ struct Compiler {
     return t
   }
 
+  /// Whether one thread would run `n` in less time than waking the backend's team costs
+  /// (`ComputeBackend.serialStepNanoseconds`), by a rough estimate: matrix products and
+  /// convolutions at 25 GFLOP/s, anything else at two elements (read or written) a nanosecond.
+  func isSmall(_ n: Node) -> Bool {
+    let limit = backend.serialStepNanoseconds
+    guard limit > 0 else { return false }
+    let ns: Double
+    switch n.op {
+    case .conv, .convTranspose, .gemm, .matMul:
+      ns = Double(graph.flops(of: n)) / 25
+    default:
+      let elements = (n.inputs + n.outputs).reduce(0) { $0 + shape($1).reduce(1, *) }
+      ns = Double(elements) / 2
+    }
+    return ns < limit
+  }
+
   mutating func compile(retain: [ValueID], fuseAttention: Bool = true) throws {
     for v in graph.inputs {
       let s = shape(v)
@@ -408,7 +437,15 @@ struct Compiler {
       if let m = attention[i] {
         try emitAttention(n, m)
       } else if !replaced.contains(i) {
-        try compileNode(n)
+        // A small step (and the reorders in front of it) is made, and later run, by the
+        // calling thread alone.
+        let first = steps.count
+        if isSmall(n) {
+          try backend.serially { try compileNode(n) }
+          for k in first..<steps.count { steps[k].serial = true }
+        } else {
+          try compileNode(n)
+        }
       }
     }
     // Graph outputs and retained values end in plain layout and stay alive to the end.
@@ -576,7 +613,13 @@ struct Compiler {
     case .concat(let axis):
       let ax = axis < 0 ? axis + xs.count : axis
       let ls = n.inputs.map(layoutOf)
+      // As the inputs are; else all in the layout of the largest (one reorder of the smaller
+      // ones); else all plain.
+      let largest = n.inputs.indices.max { shape(n.inputs[$0]).reduce(1, *) < shape(n.inputs[$1]).reduce(1, *) } ?? 0
+      let common = n.inputs.map { ls[largest].matching(shape($0)) }
       if let k = try? backend.concat(axis: ax, inputs: ls) {
+        try emit(n, k, n.inputs)
+      } else if common.allSatisfy({ $0 != nil }), let k = try? backend.concat(axis: ax, inputs: common.map { $0! }) {
         try emit(n, k, n.inputs)
       } else {
         let k = try wrap(node: n.name, op: n.op.typeName) {

@@ -73,13 +73,16 @@ extension Graph {
     removeDeadCode()
   }
 
-  /// Drops Identity and inference Dropout by rewiring their readers to their input.
+  /// Drops Identity, inference Dropout and a Pad of nothing (PyTorch's exporter writes one
+  /// before every AvgPool2d) by rewiring their readers to their input.
   public mutating func removeIdentities() {
     var replace: [ValueID: ValueID] = [:]
     var keep: [Node] = []
     for n in nodes {
+      var none = false
+      if case .pad(_, let pads, _) = n.op, pads.allSatisfy({ $0 == 0 }) { none = true }
       switch n.op {
-      case .identity, .dropout:
+      case _ where none, .identity, .dropout:
         let src = replace[n.inputs[0]] ?? n.inputs[0]
         if outputs.contains(n.outputs[0]) {
           var m = n
@@ -95,6 +98,57 @@ extension Graph {
       }
     }
     nodes = keep
+  }
+
+  /// Moves a zero Pad of the spatial axes into the convolutions and average poolings that
+  /// alone read it, as their own padding: PyTorch exports `AvgPool2d(count_include_pad=True)`
+  /// with padding as a Pad, then an unpadded AveragePool (Inception v3 has nine), and a Pad
+  /// kernel is a full copy of the map. An average pooling takes the padding only when it has
+  /// none of its own (or counts its padding too) and does not round its output size up.
+  public mutating func foldZeroPadding() {
+    let readers = consumers()
+    var removed = Set<Int>()
+    for (i, n) in nodes.enumerated() {
+      guard case .pad(.constant, let pads, let value) = n.op, value == 0, !outputs.contains(n.outputs[0]),
+        pads.count % 2 == 0, pads.count >= 6, pads.allSatisfy({ $0 >= 0 })
+      else { continue }
+      let rank = pads.count / 2
+      // Batch and channel unpadded; the rest are the spatial axes.
+      guard pads[0] == 0, pads[1] == 0, pads[rank] == 0, pads[rank + 1] == 0,
+        let r = readers[n.outputs[0]], !r.isEmpty
+      else { continue }
+      let begin = Array(pads[2..<rank])
+      let end = Array(pads[(rank + 2)...])
+      let takes = r.allSatisfy { k in
+        let m = nodes[k]
+        guard m.inputs.first == n.outputs[0], !m.inputs.dropFirst().contains(n.outputs[0]) else { return false }
+        switch m.op {
+        case .conv(let a): return a.kernel.count == begin.count
+        case .averagePool(let a):
+          let unpadded = a.padsBegin.allSatisfy { $0 == 0 } && a.padsEnd.allSatisfy { $0 == 0 }
+          return a.kernel.count == begin.count && !a.ceilMode && (unpadded || a.countIncludePad)
+        default: return false
+        }
+      }
+      guard takes else { continue }
+      for k in r {
+        switch nodes[k].op {
+        case .conv(var a):
+          a.padsBegin = zip(a.padsBegin, begin).map(+)
+          a.padsEnd = zip(a.padsEnd, end).map(+)
+          nodes[k].op = .conv(a)
+        case .averagePool(var a):
+          a.padsBegin = zip(a.padsBegin, begin).map(+)
+          a.padsEnd = zip(a.padsEnd, end).map(+)
+          a.countIncludePad = true
+          nodes[k].op = .averagePool(a)
+        default: break
+        }
+        nodes[k].inputs[0] = n.inputs[0]
+      }
+      removed.insert(i)
+    }
+    if !removed.isEmpty { nodes = nodes.indices.filter { !removed.contains($0) }.map { nodes[$0] } }
   }
 
   /// Fuses into each Conv, and each Gemm, the chain of work that only it feeds: activations,
@@ -256,6 +310,7 @@ extension Graph {
   public mutating func optimizeForInference() throws {
     try sortTopologically()
     removeIdentities()
+    foldZeroPadding()
     try inferShapes()
     alignConstantRanks()
     fuseChannelAffine()

@@ -182,6 +182,20 @@ public protocol ComputeBackend: Sendable {
   /// backend may refuse a non-plain `input`; the caller then passes the plain layout.
   func slice(starts: [Int], steps: [Int], input: Layout, outputDims: [Int]) throws -> Kernel
   func reorder(from: Layout, to: Layout) throws -> Kernel
+
+  /// One thread's time, in nanoseconds, below which a step is better run by the calling
+  /// thread alone than by the backend's thread team: what waking the team costs (threads that
+  /// sleep between parallel regions take tens of microseconds to wake). 0: every step runs on
+  /// the whole team.
+  var serialStepNanoseconds: Double { get }
+  /// Runs `body` with the calling thread's kernels limited to one thread. A kernel made in it is
+  /// made for one thread, and runs in it again (`Executor` does both for its small steps).
+  func serially<T>(_ body: () throws -> T) rethrows -> T
+}
+
+extension ComputeBackend {
+  public var serialStepNanoseconds: Double { 0 }
+  public func serially<T>(_ body: () throws -> T) rethrows -> T { try body() }
 }
 
 /// A convolution for training with fixed shapes: forward, and the two backward passes.

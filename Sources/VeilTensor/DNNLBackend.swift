@@ -36,6 +36,13 @@ final class PrimitiveEntry: @unchecked Sendable {
     primitive = p
   }
 
+  /// oneDNN's name of the implementation it chose ("jit:avx512_core", "ref:any", ...).
+  var implementation: String {
+    var name: UnsafePointer<CChar>?
+    guard dnnl_primitive_desc_query(pd, dnnl_query_impl_info_str, 0, &name) == dnnl_success, let name else { return "" }
+    return String(cString: name)
+  }
+
   func md(_ what: dnnl_query_t, _ index: Int32 = 0) -> dnnl_memory_desc_t {
     dnnl_primitive_desc_query_md(pd, what, index).pointee
   }
@@ -92,8 +99,10 @@ final class PrimitiveCache: @unchecked Sendable {
 
   init(capacity: Int) { cache = LRUCache(capacity: capacity) }
 
+  /// The thread count the primitive is made for is part of its key: oneDNN fixes a JIT
+  /// kernel's thread split when it is made (`DNNLBackend.serially`).
   func entry(_ key: String, operation: String, make: () throws -> dnnl_primitive_desc_t) throws -> PrimitiveEntry {
-    try cache.value(key) { try PrimitiveEntry(pd: try make(), operation: operation) }
+    try cache.value("\(key)|threads \(omp_get_max_threads())") { try PrimitiveEntry(pd: try make(), operation: operation) }
   }
 
   var count: Int { cache.count }
@@ -231,6 +240,18 @@ public final class DNNLBackend: ComputeBackend, @unchecked Sendable {
     cache = PrimitiveCache(capacity: primitiveCacheCapacity)
     trainingConvolutions = LRUCache(capacity: trainingConvolutionCacheCapacity)
   }
+
+  /// Waking a sleeping OpenMP team costs 30–80 µs here (futex wakes of threads that wait
+  /// passively); a team that spins, even briefly (Veil's default), answers within a few
+  /// microseconds.
+  /// `VEIL_SERIAL_STEP_NS` overrides it, for benchmarks of the threshold itself.
+  public var serialStepNanoseconds: Double { Self.serialStep }
+
+  static let serialStep: Double =
+    ProcessInfo.processInfo.environment["VEIL_SERIAL_STEP_NS"].flatMap(Double.init).map { max(0, $0) }
+    ?? (Engine.threadsWaitPassively ? 40_000 : 4_000)
+
+  public func serially<T>(_ body: () throws -> T) rethrows -> T { try engine.serially(body) }
 
   public var cachedPrimitives: Int { cache.count }
   public var cacheHits: Int { cache.statistics.hits }
@@ -511,12 +532,23 @@ public final class DNNLBackend: ComputeBackend, @unchecked Sendable {
         try check(dnnl_primitive_desc_create(&pd, &desc, nil, engine.engine, nil), "binary \(kind) primitive", detail: "\(a) and \(b)")
         return pd!
       }
-      let s0 = try memory(a)
-      let s1 = try memory(bL)
-      let d = try memory(a)
-      return DNNLKernel(
-        name: "\(kind)".capitalized, steps: [.init(entry: entry, args: [arg(argSrc, s0), arg(argSrc1, s1), arg(argDst, d)])],
-        inputs: [s0, s1], inputLayouts: [a, bL], output: d, inPlaceInput: 0, engine: engine)
+      // oneDNN 2.6's JIT binary takes blocked layouts of its ISA's block only; a convolution's
+      // other blocking (nChw8c after a grouped convolution on AVX-512) would run its reference
+      // kernel, 100× slower than reordering to the plain layout, which the caller then does.
+      // Plain operands that only the reference kernel broadcasts (a Swin block's [B, W, H, T, T]
+      // scores plus a [1, W, 1, T, T] mask) take Veil's broadcasting loop below.
+      let reference = entry.implementation.hasPrefix("ref")
+      if reference, !a.isPlain {
+        throw TensorError.unsupported("binary \(kind) on \(a): only oneDNN's reference kernel takes it")
+      }
+      if !reference {
+        let s0 = try memory(a)
+        let s1 = try memory(bL)
+        let d = try memory(a)
+        return DNNLKernel(
+          name: "\(kind)".capitalized, steps: [.init(entry: entry, args: [arg(argSrc, s0), arg(argSrc1, s1), arg(argDst, d)])],
+          inputs: [s0, s1], inputLayouts: [a, bL], output: d, inPlaceInput: 0, engine: engine)
+      }
     }
     let rank = outputDims.count
     func bstrides(_ dims: [Int]) throws -> [Int64] {
@@ -588,6 +620,11 @@ public final class DNNLBackend: ComputeBackend, @unchecked Sendable {
         dnnl_concat_primitive_desc_create(&pd, &dst, Int32(inputs.count), Int32(axis), &mds, nil, engine.engine),
         "Concat primitive", detail: "axis \(axis), inputs \(inputs)")
       return pd!
+    }
+    // Inputs in different layouts (plain beside a convolution's NHWC) send oneDNN 2.6 to its
+    // reference concat, an element at a time; the caller then passes one layout for all.
+    if entry.implementation.hasPrefix("ref"), !inputs.allSatisfy({ first.matching($0.dims) == $0 }) {
+      throw TensorError.unsupported("Concat of inputs in different layouts (\(inputs)): only oneDNN's reference kernel takes them")
     }
     let dstL = Layout(md: entry.md(dnnl_query_dst_md))
     let ms = try inputs.map { try memory($0) }

@@ -47,6 +47,21 @@ public final class Engine: @unchecked Sendable {
     threadCount = n
   }
 
+  /// Whether the OpenMP threads sleep between parallel regions (`OMP_WAIT_POLICY=PASSIVE`,
+  /// Veil's default, see `veil`'s ThreadWaiting) rather than spin, as read at start-up.
+  public static let threadsWaitPassively: Bool =
+    ProcessInfo.processInfo.environment["OMP_WAIT_POLICY"]?.uppercased() == "PASSIVE"
+
+  /// Runs `body` with this thread's OpenMP team limited to one thread (an ICV of the calling
+  /// thread only), restoring the count after.
+  public func serially<T>(_ body: () throws -> T) rethrows -> T {
+    let before = omp_get_max_threads()
+    guard before > 1 else { return try body() }
+    omp_set_num_threads(1)
+    defer { omp_set_num_threads(before) }
+    return try body()
+  }
+
   /// oneDNN's version string, for reports.
   public static var backendVersion: String {
     guard let v = dnnl_version() else { return "oneDNN unknown" }

@@ -40,31 +40,33 @@ struct Veil: AsyncParsableCommand {
   }
 }
 
-/// How oneDNN's OpenMP threads wait between parallel regions. By default they spin (active
-/// waiting), which burns the cores every other process on a shared machine needs: with two
-/// busy neighbours a two-thread step ran 1.5–65× slower than on one thread (docs/training.md).
-/// Veil's processes wait passively instead, whatever the OpenMP environment says. A short spin
-/// before blocking was measured on the private path's three processes
-/// (scripts/bench-private-path.sh, docs/benchmarks.md) and gained nothing consistent over two
-/// runs, while a lone `veil bench` beside a busy loop lost up to 3× with it; passive stays the
-/// default. `veil bench --spin-wait` keeps the spinning best case for a quiet machine. `VEIL_THREAD_WAIT` chooses for benchmarks of the policies themselves: `passive`,
-/// `spin`, or `short` (spin for `VEIL_SPIN_COUNT` iterations, default 5,000, then block:
-/// libgomp's GOMP_SPINCOUNT with no wait policy set). libgomp reads the setting once,
-/// when it is loaded (before `main`), so the process sets it and executes itself again; the
-/// marker variable stops a second round.
+/// How oneDNN's OpenMP threads wait between parallel regions. Spinning (active waiting) burns
+/// the cores every other process on a shared machine needs: with two busy neighbours a
+/// two-thread step ran 1.5–65× slower than on one thread (docs/training.md). Sleeping at once
+/// (passive waiting) costs a quiet machine a thread wake-up, 30–80 µs in this VM, at every
+/// parallel region: 2–3.5× the spinning time on small CNNs. Veil's processes therefore spin
+/// briefly, then sleep, whatever the OpenMP environment says: libgomp's GOMP_SPINCOUNT of 300
+/// iterations (about 20 µs here) with no wait policy set, long enough to bridge the gap between
+/// two steps of one pass, too short to matter to a neighbour. Measured in docs/benchmarks.md
+/// ("Thread waiting"): as fast as spinning on a quiet machine, as slow as passive beside a busy
+/// loop, where a spin count of 1,000–5,000 lost up to 2×. `veil bench --spin-wait` keeps the
+/// spinning best case. `VEIL_THREAD_WAIT` chooses for benchmarks of the policies themselves:
+/// `short` (the default; `VEIL_SPIN_COUNT` iterations, default 300), `passive` or `spin`.
+/// libgomp reads the setting once, when it is loaded (before `main`), so the process sets it
+/// and executes itself again; the marker variable stops a second round.
 enum ThreadWaiting {
   static let marker = "VEIL_THREAD_WAITING"
 
   static func apply(arguments: [String]) {
     let env = ProcessInfo.processInfo.environment
-    var policy = env["VEIL_THREAD_WAIT"].map { $0.lowercased() } ?? "passive"
+    var policy = env["VEIL_THREAD_WAIT"].map { $0.lowercased() } ?? "short"
     if arguments.contains("--spin-wait") { policy = "spin" }
     if !["passive", "spin", "short"].contains(policy) {
       FileHandle.standardError.write(
-        Data("veil: VEIL_THREAD_WAIT='\(policy)' is not passive, spin or short; waiting passively\n".utf8))
-      policy = "passive"
+        Data("veil: VEIL_THREAD_WAIT='\(policy)' is not short, passive or spin; spinning briefly\n".utf8))
+      policy = "short"
     }
-    let spins = env["VEIL_SPIN_COUNT"].flatMap { Int($0) }.map { max(0, $0) } ?? 5_000
+    let spins = env["VEIL_SPIN_COUNT"].flatMap { Int($0) }.map { max(0, $0) } ?? 300
     let wanted = policy == "short" ? "short:\(spins)" : policy
     guard env[marker] != wanted else { return }
     switch policy {

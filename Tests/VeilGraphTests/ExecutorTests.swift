@@ -3,6 +3,7 @@ import XCTest
 
 import VeilGraph
 import VeilTensor
+import VeilTestSupport
 
 /// Executor behaviour that needs no reference runtime: memory planning, in-place reuse,
 /// errors. Numerical agreement with ONNX Runtime is in OpTests.
@@ -53,6 +54,29 @@ final class ExecutorTests: XCTestCase {
     XCTAssertEqual(y.shape, [2, 16, 9, 9])
     let err = zip(y.scalars, ref).map { abs($0 - $1) }.max() ?? 1
     XCTAssertLessThan(err, 1e-4)
+  }
+
+  /// Steps too small to pay for waking the backend's other threads run on the calling thread
+  /// alone, and compute the same: a tiny ReLU is serial, a 0.2-GFLOP convolution is not.
+  func testSmallStepsRunSeriallyAndAgree() throws {
+    var rng = SeededGenerator(seed: 4)
+    var g = Graph(name: "t")
+    let x = g.addInput(name: "x", shape: [1, 64, 56, 56])
+    let c = g.conv(x, weight: Tensor.randomNormal(shape: [64, 64, 3, 3], std: 0.05, generator: &rng), bias: nil, .square(3), name: "big")
+    let p = g.globalAveragePool(c, name: "gap")
+    g.outputs = [g.activation(p, .tanh, name: "tiny")]
+    let input = Tensor.randomNormal(shape: [1, 64, 56, 56], generator: &rng)
+    let dnnl = try Executor(graph: g, backend: DNNLBackend.shared)
+    XCTAssertGreaterThan(DNNLBackend.shared.serialStepNanoseconds, 0)
+    XCTAssertGreaterThanOrEqual(dnnl.serialStepCount, 1, "the tanh on 64 values: \(dnnl.kernelNames)")
+    XCTAssertLessThan(dnnl.serialStepCount, dnnl.stepCount, "the convolution: \(dnnl.kernelNames)")
+    let reference = try Executor(graph: g, backend: ReferenceBackend())
+    XCTAssertEqual(reference.serialStepCount, 0, "a backend without a thread team runs nothing serially")
+    let got = try dnnl.run([input])[0]
+    let want = try reference.run([input])[0]
+    XCTAssertLessThan(zip(got.scalars, want.scalars).map { abs($0 - $1) }.max() ?? 1, 1e-4)
+    // Twice: a serial step leaves the team's size as it found it for the next run.
+    XCTAssertEqual(try dnnl.run([input])[0].scalars, got.scalars)
   }
 
   /// A chain of convolutions reuses memory: the arena is far smaller than all activations.

@@ -46,6 +46,8 @@ final class OpTests: XCTestCase {
     XCTAssertEqual(try kernels("fused_channel_affine_after_concat"), ["RefConcat", "RefBatchNormalization+Relu"])
     let shared = try kernels("unfused_mul_add_shared_or_not_per_channel")
     XCTAssertFalse(shared.contains("RefBatchNormalization"), "\(shared)")
+    XCTAssertEqual(try kernels("pad_of_nothing_before_avgpool"), ["RefConv", "RefPool"])
+    XCTAssertEqual(try kernels("zero_pad_into_avgpool_and_conv"), ["RefPool", "RefConv"])
   }
 
   /// The table is checked for coverage: every op of `Op` appears in some case.
@@ -752,6 +754,40 @@ enum OpCases {
     },
     // A per-channel Mul then Add with no convolution before it (DenseNet's pre-activation after
     // a Concat): one BatchNormalization pass instead of two.
+    // torchvision's squeeze-excitation writes scale · x, the broadcast operand first, after a
+    // grouped convolution whose blocked layout oneDNN's JIT binary may not take (nChw8c on
+    // AVX-512): either way no reference kernel, and the same values.
+    opCase("mul_scale_first_after_grouped_conv") { b in
+      let x = b.input([1, 48, 6, 6])
+      let s = b.input([1, 48, 1, 1])
+      let y = b.conv(x, inChannels: 48, 48, .square(3, groups: 6), name: "conv")
+      return [b.graph.binary(.mul, s, y, name: "scale")]
+    },
+    // DenseNet: a block's input (plain) concatenated with a convolution's output (oneDNN's
+    // layout): one layout for both, not the reference concat.
+    opCase("concat_input_with_conv_output") { b in
+      let x = b.input([1, 64, 8, 8])
+      let y = b.conv(x, inChannels: 64, 32, .square(3), bias: false, name: "conv")
+      return [b.graph.concat([x, y], axis: 1, name: "concat")]
+    },
+    // PyTorch writes a Pad of nothing before every AvgPool2d: removed, so the pooling reads the
+    // convolution's layout.
+    opCase("pad_of_nothing_before_avgpool") { b in
+      let x = b.input([1, 16, 8, 8])
+      let y = b.conv(x, inChannels: 16, 16, .square(1), name: "conv")
+      let p = b.graph.addNode(.pad(mode: .constant, pads: [0, 0, 0, 0, 0, 0, 0, 0], value: 0), name: "pad", inputs: [y])[0]
+      return [b.graph.averagePool(p, PoolAttributes(kernel: [2, 2], strides: [2, 2]), name: "pool")]
+    },
+    // Inception v3's pooling branch as PyTorch exports it (AvgPool2d(3, 1, padding=1) counting
+    // the padding): a zero Pad, then an unpadded AveragePool; and a Pad before a convolution.
+    opCase("zero_pad_into_avgpool_and_conv") { b in
+      let x = b.input([1, 8, 7, 7])
+      let p = b.graph.addNode(.pad(mode: .constant, pads: [0, 0, 1, 1, 0, 0, 1, 1], value: 0), name: "pad", inputs: [x])[0]
+      let pool = b.graph.averagePool(p, PoolAttributes(kernel: [3, 3]), name: "pool")
+      let q = b.graph.addNode(.pad(mode: .constant, pads: [0, 0, 0, 2, 0, 0, 1, 0], value: 0), name: "pad2", inputs: [x])[0]
+      let conv = b.conv(q, inChannels: 8, 8, .square(3), name: "conv")
+      return [pool, conv]
+    },
     opCase("fused_channel_affine_after_concat") { b in
       let x = b.input([1, 2, 5, 5])
       let y = b.input([1, 3, 5, 5])
