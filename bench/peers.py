@@ -13,7 +13,7 @@ A model that is an .onnx file is timed as it is, by every runtime (its declared 
 is skipped for it): the unseen-CNN comparison of issue 20.
 
 Usage: .venv/bin/python bench/peers.py [--models resnet50,vgg16,efficientnet_b0|FILE.onnx,...]
-         [--batches 1,8] [--threads 1,2] [--runs 10] [--passes 3] [--markdown F] [--json F]
+         [--batches 1,8] [--threads 1,2] [--runs 10] [--passes 3] [--wait default|spin|passive] [--markdown F] [--json F]
 """
 import argparse
 import json
@@ -30,14 +30,18 @@ ORT_CHILD = r"""
 import json, resource, sys, time
 import numpy as np, onnxruntime as ort
 path, threads, runs, warmup = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
+batch = int(sys.argv[5]) if len(sys.argv) > 5 else 1
+spin = sys.argv[6] if len(sys.argv) > 6 else "1"
 so = ort.SessionOptions()
 so.intra_op_num_threads = threads
 so.inter_op_num_threads = 1
 so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
 so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+so.add_session_config_entry("session.intra_op.allow_spinning", spin)
 s = ort.InferenceSession(path, so, providers=["CPUExecutionProvider"])
 i = s.get_inputs()[0]
-x = np.random.default_rng(1).uniform(-1, 1, i.shape).astype(np.float32)
+shape = [d if isinstance(d, int) else batch for d in i.shape]  # a symbolic batch takes the row's
+x = np.random.default_rng(1).uniform(-1, 1, shape).astype(np.float32)
 for _ in range(warmup):
     s.run(None, {i.name: x})
 t = []
@@ -91,6 +95,9 @@ def main():
     ap.add_argument("--runs", type=int, default=10)
     ap.add_argument("--warmup", type=int, default=3)
     ap.add_argument("--passes", type=int, default=3, help="alternating passes per runtime; the median of their medians is kept")
+    ap.add_argument("--wait", choices=["default", "spin", "passive"], default="default",
+                    help="thread waiting: each runtime's default (Veil passive, ONNX Runtime spinning), or both the same "
+                         "(spin: Veil --spin-wait; passive: ONNX Runtime's session.intra_op.allow_spinning = 0)")
     ap.add_argument("--markdown", help="also write the table as Markdown here")
     ap.add_argument("--json", help="also write all figures as JSON here")
     a = ap.parse_args()
@@ -104,9 +111,10 @@ def main():
     for model in a.models.split(","):
         for batch in map(int, a.batches.split(",")):
             if model.endswith(".onnx"):
-                # A file of the user's: every runtime takes the file itself, at the batch it declares.
-                if batch != 1:
-                    print(f"note: {model} is timed at its own batch only; batch {batch} skipped", file=sys.stderr)
+                # A file of the user's: every runtime takes the file itself, at the batch it declares
+                # or, where the batch is symbolic (torchvision exports), at the row's.
+                if batch != 1 and not symbolic_batch(model):
+                    print(f"note: {model} declares a fixed batch; batch {batch} skipped", file=sys.stderr)
                     continue
                 onnx_path = model
             else:
@@ -118,14 +126,16 @@ def main():
                 for _ in range(a.passes):
                     print(f"  {model} batch {batch} threads {threads}: veil", file=sys.stderr, flush=True)
                     veil.append(run_json([VEIL, "bench", "--model", model, "--batch", str(batch), "--threads", str(threads),
-                                          "--runs", str(a.runs), "--warmup", str(a.warmup), "--json"]))
+                                          "--runs", str(a.runs), "--warmup", str(a.warmup), "--json"]
+                                         + (["--spin-wait"] if a.wait == "spin" else [])))
                     print(f"  {model} batch {batch} threads {threads}: onnxruntime", file=sys.stderr, flush=True)
-                    ort.append(run_json([sys.executable, "-c", ORT_CHILD, onnx_path, str(threads), str(a.runs), str(a.warmup)]))
+                    ort.append(run_json([sys.executable, "-c", ORT_CHILD, onnx_path, str(threads), str(a.runs), str(a.warmup),
+                                         str(batch), "0" if a.wait == "passive" else "1"]))
                     if torch_ok and not model.endswith(".onnx"):
                         pt.append(run_json([sys.executable, "-c", TORCH_CHILD, onnx_path, model, str(batch), str(threads),
                                             str(a.runs), str(a.warmup)]))
                 row = {
-                    "model": model, "batch": batch, "threads": threads,
+                    "model": model, "batch": batch, "threads": threads, "wait": a.wait,
                     "veil_ms": statistics.median(v["latency_ms"]["median"] for v in veil),
                     "veil_gflops": statistics.median(v["gflops"] for v in veil),
                     "veil_rss": max(v["peak_rss_bytes"] for v in veil),
@@ -150,8 +160,26 @@ def main():
             json.dump(rows, f, indent=2)
 
 
+def label(model):
+    """A model's name in the tables: a zoo name, a file's name, or for exports saved as
+    DIR/model.onnx (scripts/torchvision_export.py) the folder's."""
+    base = os.path.basename(model)
+    return os.path.basename(os.path.dirname(model)) if base == "model.onnx" else base
+
+
+def symbolic_batch(path):
+    """Whether the file's first input has a symbolic (named or unknown) leading dimension."""
+    import onnx
+
+    m = onnx.load(path, load_external_data=False)
+    inits = {t.name for t in m.graph.initializer}
+    first = next(i for i in m.graph.input if i.name not in inits)
+    dims = first.type.tensor_type.shape.dim
+    return bool(dims) and not dims[0].HasField("dim_value")
+
+
 def format_row(r):
-    s = f"{os.path.basename(r['model']):>16} b{r['batch']} t{r['threads']}: veil {r['veil_ms']:.1f} ms, ort {r['ort_ms']:.1f} ms, ratio {r['ratio_ort']:.2f}"
+    s = f"{label(r['model']):>22} b{r['batch']} t{r['threads']}: veil {r['veil_ms']:.1f} ms, ort {r['ort_ms']:.1f} ms, ratio {r['ratio_ort']:.2f}"
     if "torch_ms" in r:
         s += f", torch {r['torch_ms']:.1f} ms, ratio {r['ratio_torch']:.2f}"
     return s
@@ -168,7 +196,7 @@ def markdown(rows, torch_ok):
     sep += " ---: | ---: | ---: | ---: |"
     lines = [head, sep]
     for r in rows:
-        s = f"| {os.path.basename(r['model'])} | {r['batch']} | {r['threads']} | {r['veil_ms']:.1f} | {r['ort_ms']:.1f} | {r['ratio_ort']:.2f} |"
+        s = f"| {label(r['model'])} | {r['batch']} | {r['threads']} | {r['veil_ms']:.1f} | {r['ort_ms']:.1f} | {r['ratio_ort']:.2f} |"
         if torch_ok:
             s += f" {r.get('torch_ms', float('nan')):.1f} | {r.get('ratio_torch', float('nan')):.2f} |"
         s += f" {r['veil_gflops']:.0f} | {mib(r['veil_rss'])} | {mib(r['ort_rss'])} | {mib(r['veil_weights'])} + {mib(r['veil_arena'])} |"
