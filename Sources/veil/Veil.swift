@@ -44,27 +44,32 @@ struct Veil: AsyncParsableCommand {
 /// the cores every other process on a shared machine needs: with two busy neighbours a
 /// two-thread step ran 1.5–65× slower than on one thread (docs/training.md). Sleeping at once
 /// (passive waiting) costs a quiet machine a thread wake-up, 30–80 µs in this VM, at every
-/// parallel region: 2–3.5× the spinning time on small CNNs. Veil's processes therefore spin
-/// briefly, then sleep, whatever the OpenMP environment says: libgomp's GOMP_SPINCOUNT of 300
-/// iterations (about 20 µs here) with no wait policy set, long enough to bridge the gap between
-/// two steps of one pass, too short to matter to a neighbour. Measured in docs/benchmarks.md
-/// ("Thread waiting"): as fast as spinning on a quiet machine, as slow as passive beside a busy
-/// loop, where a spin count of 1,000–5,000 lost up to 2×. `veil bench --spin-wait` keeps the
-/// spinning best case. `VEIL_THREAD_WAIT` chooses for benchmarks of the policies themselves:
-/// `short` (the default; `VEIL_SPIN_COUNT` iterations, default 300), `passive` or `spin`.
-/// libgomp reads the setting once, when it is loaded (before `main`), so the process sets it
-/// and executes itself again; the marker variable stops a second round.
+/// parallel region: 2–3.5× the spinning time on small CNNs. So Veil chooses, whatever the
+/// OpenMP environment says (docs/benchmarks.md, "Waiting between parallel regions"):
+/// - the servers (`enclave serve`, `accelerator serve`, `keys serve`) wait passively: under
+///   eight clients on two cores, three processes that spin even briefly served 15 % fewer
+///   requests a second;
+/// - every other command spins briefly, then sleeps: libgomp's GOMP_SPINCOUNT of 300
+///   iterations (about 20 µs here) with no wait policy set, long enough to bridge the gap
+///   between two steps of a pass. A lone pass then runs as fast as spinning on a quiet machine
+///   (EfficientNet-Lite0 2.7 against 4.7 ms passive), and 1.2× passive beside a busy loop,
+///   where a spin count of 1,000–5,000 lost up to 2×.
+/// `veil bench --spin-wait` keeps the spinning best case. `VEIL_THREAD_WAIT` chooses for
+/// benchmarks of the policies themselves: `short` (`VEIL_SPIN_COUNT` iterations, default 300),
+/// `passive` or `spin`. libgomp reads the setting once, when it is loaded (before `main`), so
+/// the process sets it and executes itself again; the marker variable stops a second round.
 enum ThreadWaiting {
   static let marker = "VEIL_THREAD_WAITING"
 
   static func apply(arguments: [String]) {
     let env = ProcessInfo.processInfo.environment
-    var policy = env["VEIL_THREAD_WAIT"].map { $0.lowercased() } ?? "short"
+    let serving = arguments.count >= 3 && ["enclave", "accelerator", "keys"].contains(arguments[1]) && arguments[2] == "serve"
+    var policy = env["VEIL_THREAD_WAIT"].map { $0.lowercased() } ?? (serving ? "passive" : "short")
     if arguments.contains("--spin-wait") { policy = "spin" }
     if !["passive", "spin", "short"].contains(policy) {
       FileHandle.standardError.write(
-        Data("veil: VEIL_THREAD_WAIT='\(policy)' is not short, passive or spin; spinning briefly\n".utf8))
-      policy = "short"
+        Data("veil: VEIL_THREAD_WAIT='\(policy)' is not short, passive or spin; using the default\n".utf8))
+      policy = serving ? "passive" : "short"
     }
     let spins = env["VEIL_SPIN_COUNT"].flatMap { Int($0) }.map { max(0, $0) } ?? 300
     let wanted = policy == "short" ? "short:\(spins)" : policy
