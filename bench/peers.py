@@ -76,8 +76,8 @@ print(json.dumps({"median": t[len(t) // 2], "min": t[0], "peak_rss_bytes": resou
 """
 
 
-def run_json(cmd):
-    p = subprocess.run(cmd, capture_output=True, text=True)
+def run_json(cmd, env=None):
+    p = subprocess.run(cmd, capture_output=True, text=True, env=None if env is None else {**os.environ, **env})
     if p.returncode != 0:
         sys.exit(f"failed: {' '.join(cmd)}\n{p.stderr.strip()}")
     return json.loads(p.stdout)
@@ -96,8 +96,9 @@ def main():
     ap.add_argument("--warmup", type=int, default=3)
     ap.add_argument("--passes", type=int, default=3, help="alternating passes per runtime; the median of their medians is kept")
     ap.add_argument("--wait", choices=["default", "spin", "passive"], default="default",
-                    help="thread waiting: each runtime's default (Veil passive, ONNX Runtime spinning), or both the same "
-                         "(spin: Veil --spin-wait; passive: ONNX Runtime's session.intra_op.allow_spinning = 0)")
+                    help="thread waiting: each runtime's default (Veil a short spin, ONNX Runtime spinning), or both "
+                         "the same (spin: Veil --spin-wait; passive: VEIL_THREAD_WAIT=passive and ONNX Runtime's "
+                         "session.intra_op.allow_spinning = 0)")
     ap.add_argument("--markdown", help="also write the table as Markdown here")
     ap.add_argument("--json", help="also write all figures as JSON here")
     a = ap.parse_args()
@@ -127,7 +128,8 @@ def main():
                     print(f"  {model} batch {batch} threads {threads}: veil", file=sys.stderr, flush=True)
                     veil.append(run_json([VEIL, "bench", "--model", model, "--batch", str(batch), "--threads", str(threads),
                                           "--runs", str(a.runs), "--warmup", str(a.warmup), "--json"]
-                                         + (["--spin-wait"] if a.wait == "spin" else [])))
+                                         + (["--spin-wait"] if a.wait == "spin" else []),
+                                         env={"VEIL_THREAD_WAIT": "passive"} if a.wait == "passive" else None))
                     print(f"  {model} batch {batch} threads {threads}: onnxruntime", file=sys.stderr, flush=True)
                     ort.append(run_json([sys.executable, "-c", ORT_CHILD, onnx_path, str(threads), str(a.runs), str(a.warmup),
                                          str(batch), "0" if a.wait == "passive" else "1"]))

@@ -235,21 +235,26 @@ public final class DNNLBackend: ComputeBackend, @unchecked Sendable {
   /// A backend with caches of its own (the shared one is what executors use by default).
   public init(
     primitiveCacheCapacity: Int = DNNLBackend.defaultPrimitiveCacheCapacity,
-    trainingConvolutionCacheCapacity: Int = DNNLBackend.defaultTrainingConvolutionCacheCapacity
+    trainingConvolutionCacheCapacity: Int = DNNLBackend.defaultTrainingConvolutionCacheCapacity,
+    serialStepNanoseconds: Double = DNNLBackend.defaultSerialStepNanoseconds
   ) {
+    self.serialStepNanoseconds = max(0, serialStepNanoseconds)
     cache = PrimitiveCache(capacity: primitiveCacheCapacity)
     trainingConvolutions = LRUCache(capacity: trainingConvolutionCacheCapacity)
   }
 
   /// Waking a sleeping OpenMP team costs 30–80 µs here (futex wakes of threads that wait
-  /// passively); a team that spins, even briefly (Veil's default), answers within a few
-  /// microseconds.
+  /// passively), so with passive waiting a step under 40 µs runs on the calling thread. A team
+  /// that spins, even briefly (Veil's default outside the servers), answers within a few
+  /// microseconds, and a serial step only lengthens the gap in which its threads fall asleep
+  /// (RegNetY-400MF 6.1 → 9.1 ms with a 4 µs threshold): 0, every step on the team.
   /// `VEIL_SERIAL_STEP_NS` overrides it, for benchmarks of the threshold itself.
-  public var serialStepNanoseconds: Double { Self.serialStep }
+  public let serialStepNanoseconds: Double
 
-  static let serialStep: Double =
+  /// The process's rule (see `serialStepNanoseconds`), read once.
+  public static let defaultSerialStepNanoseconds: Double =
     ProcessInfo.processInfo.environment["VEIL_SERIAL_STEP_NS"].flatMap(Double.init).map { max(0, $0) }
-    ?? (Engine.threadsWaitPassively ? 40_000 : 4_000)
+    ?? (Engine.threadsWaitPassively ? 40_000 : 0)
 
   public func serially<T>(_ body: () throws -> T) rethrows -> T { try engine.serially(body) }
 
