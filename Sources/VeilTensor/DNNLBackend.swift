@@ -523,36 +523,51 @@ public final class DNNLBackend: ComputeBackend, @unchecked Sendable {
     // output's dims. Everything else takes the plain broadcasting kernel.
     if ad == outputDims, bd.count == ad.count {
       let alg: dnnl_alg_kind_t = [dnnl_binary_add, dnnl_binary_sub, dnnl_binary_mul, dnnl_binary_div][kind.rawValue]
-      // A broadcast operand ([N,C,1,1] in squeeze-excitation) takes the first operand's
-      // blocked layout; a plain one against a blocked first operand would send oneDNN to its
-      // slow reference kernel.
-      let bL = (bd != ad && !a.isPlain ? a.matching(bd) : nil) ?? b
-      let entry = try cache.entry("binary|\(kind)|\(a)|\(bL)", operation: "binary \(kind)") {
-        var m0 = try a.dnnlMD()
-        var m1 = try bL.dnnlMD()
-        var dst = try a.dnnlMD()
-        var desc = dnnl_binary_desc_t()
-        try check(dnnl_binary_desc_init(&desc, alg, &m0, &m1, &dst), "binary \(kind) descriptor", detail: "\(a) and \(b)")
-        var pd: dnnl_primitive_desc_t?
-        try check(dnnl_primitive_desc_create(&pd, &desc, nil, engine.engine, nil), "binary \(kind) primitive", detail: "\(a) and \(b)")
-        return pd!
+      func make(_ a: Layout) throws -> (entry: PrimitiveEntry, b: Layout) {
+        // A broadcast operand ([N,C,1,1] in squeeze-excitation) takes the first operand's
+        // blocked layout; a plain one against a blocked first operand would send oneDNN to its
+        // slow reference kernel.
+        let bL = (bd != ad && !a.isPlain ? a.matching(bd) : nil) ?? b
+        let entry = try cache.entry("binary|\(kind)|\(a)|\(bL)", operation: "binary \(kind)") {
+          var m0 = try a.dnnlMD()
+          var m1 = try bL.dnnlMD()
+          var dst = try a.dnnlMD()
+          var desc = dnnl_binary_desc_t()
+          try check(dnnl_binary_desc_init(&desc, alg, &m0, &m1, &dst), "binary \(kind) descriptor", detail: "\(a) and \(b)")
+          var pd: dnnl_primitive_desc_t?
+          try check(dnnl_primitive_desc_create(&pd, &desc, nil, engine.engine, nil), "binary \(kind) primitive", detail: "\(a) and \(b)")
+          return pd!
+        }
+        return (entry, bL)
       }
-      // oneDNN 2.6's JIT binary takes blocked layouts of its ISA's block only; a convolution's
-      // other blocking (nChw8c after a grouped convolution on AVX-512) would run its reference
-      // kernel, 100× slower than reordering to the plain layout, which the caller then does.
-      // Plain operands that only the reference kernel broadcasts (a Swin block's [B, W, H, T, T]
+      // oneDNN 2.6's JIT binary takes blocked layouts of its ISA's block only: a convolution's
+      // other blocking (nChw8c after a grouped convolution on AVX-512) would run the reference
+      // kernel, 100× slower. Such an operand is read in 16-channel blocks instead (the caller
+      // reorders it), or, failing that, refused so that the caller passes plain ones. Plain
+      // operands that only the reference kernel broadcasts (a Swin block's [B, W, H, T, T]
       // scores plus a [1, W, 1, T, T] mask) take Veil's broadcasting loop below.
-      let reference = entry.implementation.hasPrefix("ref")
-      if reference, !a.isPlain {
+      var (aL, made) = (a, try make(a))
+      if made.entry.implementation.hasPrefix("ref"), !a.isPlain, ad.count == 4 || ad.count == 5 {
+        var md = dnnl_memory_desc_t()
+        let d = ad.map { Int64($0) }
+        let tag = ad.count == 4 ? dnnl_aBcd16b : dnnl_aBcde16b
+        if d.withUnsafeBufferPointer({ veil_md_tag(&md, Int32(d.count), $0.baseAddress, tag) }) == dnnl_success {
+          aL = Layout(md: md)
+          made = try make(aL)
+        }
+      }
+      let reference = made.entry.implementation.hasPrefix("ref")
+      if reference, !aL.isPlain {
         throw TensorError.unsupported("binary \(kind) on \(a): only oneDNN's reference kernel takes it")
       }
       if !reference {
-        let s0 = try memory(a)
-        let s1 = try memory(bL)
-        let d = try memory(a)
+        let s0 = try memory(aL)
+        let s1 = try memory(made.b)
+        let d = try memory(aL)
         return DNNLKernel(
-          name: "\(kind)".capitalized, steps: [.init(entry: entry, args: [arg(argSrc, s0), arg(argSrc1, s1), arg(argDst, d)])],
-          inputs: [s0, s1], inputLayouts: [a, bL], output: d, inPlaceInput: 0, engine: engine)
+          name: "\(kind)".capitalized,
+          steps: [.init(entry: made.entry, args: [arg(argSrc, s0), arg(argSrc1, s1), arg(argDst, d)])],
+          inputs: [s0, s1], inputLayouts: [aL, made.b], output: d, inPlaceInput: 0, engine: engine)
       }
     }
     let rank = outputDims.count
