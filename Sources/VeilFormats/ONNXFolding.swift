@@ -575,21 +575,27 @@ extension ONNXImporter {
       for (t, base) in targets.enumerated() { for j in 0..<slice { out[base + j] = u[t * slice + j] } }
       return .ints(dims: dims, values: out)
     case "Range":
+      // The element count, checked as a Double before it becomes an Int (a span of 2^64, or
+      // one over a tiny delta, would trap the conversion).
+      func count(_ steps: Double) throws -> Int {
+        let n = steps.rounded(.up)
+        guard n.isFinite, n <= Double(FormatLimits.maxFoldedElements - foldedElements) else {
+          throw c.fail("Range of \(n) elements is more than what is left of the \(FormatLimits.maxFoldedElements) elements all folded constants may hold")
+        }
+        return max(Int(n), 0)
+      }
       guard ks.count == 3, ks.allSatisfy({ $0.dims.reduce(1, *) == 1 }) else {
         throw c.fail("start, limit and delta must be scalars")
       }
       if anyFloat {
         let (s, l, d) = (ks[0].floatValues[0], ks[1].floatValues[0], ks[2].floatValues[0])
         guard d != 0, s.isFinite, l.isFinite, d.isFinite else { throw c.fail("delta is 0 or a bound is not finite") }
-        let n = max(Int(((l - s) / d).rounded(.up)), 0)
-        _ = try budget([n])
+        let n = try count((Double(l) - Double(s)) / Double(d))
         return .floats(Tensor(shape: [n]) { o in for i in 0..<n { o[i] = s + Float(i) * d } })
       }
       let (s, l, d) = (try ints(ks[0], "start")[0], try ints(ks[1], "limit")[0], try ints(ks[2], "delta")[0])
       guard d != 0 else { throw c.fail("delta is 0") }
-      let span = Double(l) - Double(s)
-      let n = max(Int((span / Double(d)).rounded(.up)), 0)
-      _ = try budget([n])
+      let n = try count((Double(l) - Double(s)) / Double(d))
       return .ints(dims: [n], values: (0..<n).map { s + Int64($0) * d })
     case "Not":
       return .ints(dims: first.dims, values: try ints(first, "input").map { $0 != 0 ? 0 : 1 })

@@ -131,19 +131,30 @@ extension Graph {
         }
       }
       guard takes else { continue }
+      // Pads from a file: a sum that overflows leaves the Pad where it is (shape inference then
+      // says what is wrong with it).
+      func added(_ a: [Int], _ b: [Int]) -> [Int]? {
+        let sums = zip(a, b).map { $0.addingReportingOverflow($1) }
+        return sums.contains { $0.overflow } ? nil : sums.map(\.partialValue)
+      }
+      var rewritten: [(Int, Op)] = []
       for k in r {
         switch nodes[k].op {
         case .conv(var a):
-          a.padsBegin = zip(a.padsBegin, begin).map(+)
-          a.padsEnd = zip(a.padsEnd, end).map(+)
-          nodes[k].op = .conv(a)
+          guard let pb = added(a.padsBegin, begin), let pe = added(a.padsEnd, end) else { break }
+          (a.padsBegin, a.padsEnd) = (pb, pe)
+          rewritten.append((k, .conv(a)))
         case .averagePool(var a):
-          a.padsBegin = zip(a.padsBegin, begin).map(+)
-          a.padsEnd = zip(a.padsEnd, end).map(+)
+          guard let pb = added(a.padsBegin, begin), let pe = added(a.padsEnd, end) else { break }
+          (a.padsBegin, a.padsEnd) = (pb, pe)
           a.countIncludePad = true
-          nodes[k].op = .averagePool(a)
+          rewritten.append((k, .averagePool(a)))
         default: break
         }
+      }
+      guard rewritten.count == r.count else { continue }
+      for (k, op) in rewritten {
+        nodes[k].op = op
         nodes[k].inputs[0] = n.inputs[0]
       }
       removed.insert(i)

@@ -105,6 +105,13 @@ extension ONNXReaderTests {
     refused([("huge", "Range", ["a", "b", "c"], ["r"], [])], {
       $0.int64s("a", dims: [], [0]); $0.int64s("b", dims: [], [1 << 40]); $0.int64s("c", dims: [], [1])
     }, ["huge", "Range"])
+    // A span of 2^64 − 1, and a float range over a tiny delta: the count itself would not fit.
+    refused([("wide", "Range", ["a", "b", "c"], ["r"], [])], {
+      $0.int64s("a", dims: [], [Int64.min]); $0.int64s("b", dims: [], [Int64.max]); $0.int64s("c", dims: [], [1])
+    }, ["wide", "Range of"])
+    refused([("fine", "Range", ["a", "b", "c"], ["r"], [])], {
+      $0.floats("a", dims: [], [-3e38]); $0.floats("b", dims: [], [3e38]); $0.floats("c", dims: [], [1e-30])
+    }, ["fine", "Range of"])
     refused([("zero", "Range", ["a", "b", "c"], ["r"], [])], {
       $0.int64s("a", dims: [], [0]); $0.int64s("b", dims: [], [4]); $0.int64s("c", dims: [], [0])
     }, ["zero", "delta is 0"])
