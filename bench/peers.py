@@ -16,8 +16,10 @@ Usage: .venv/bin/python bench/peers.py [--models resnet50,vgg16,efficientnet_b0|
          [--batches 1,8] [--threads 1,2] [--runs 10] [--passes 3] [--wait default|spin|passive] [--markdown F] [--json F]
 """
 import argparse
+import atexit
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -109,6 +111,8 @@ def main():
         print("note: PyTorch (torch + torchvision) is not installed in this environment; its column is skipped", file=sys.stderr)
     rows = []
     tmp = tempfile.mkdtemp(prefix="veil-peers-")
+    # The zoo models' exports (hundreds of MB for VGG-16 at batch 8) go when the run ends.
+    atexit.register(shutil.rmtree, tmp, True)
     for model in a.models.split(","):
         for batch in map(int, a.batches.split(",")):
             if model.endswith(".onnx"):
