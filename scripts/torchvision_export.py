@@ -10,9 +10,9 @@ PyTorch wheel in .venv.
 Usage: torchvision_export.py DIR MODEL:OPSET[:BATCH]...
        torchvision_export.py --table < SURVEY.jsonl   (the op survey as Markdown)
 
-MODEL is a torchvision.models builder name (resnet50, swin_t, ...), or fpn_resnet50 /
+MODEL is a torchvision.models builder name (resnet50, swin_t, ...), fpn_resnet50 /
 fpn_mobilenet_v3_large for the feature-pyramid backbones of Faster R-CNN (the FPN's outputs,
-one per level). Weights are random (seed 0; BatchNorm statistics and affine drawn away from 1
+one per level), or timm/NAME for a timm model (when timm is importable). Weights are random (seed 0; BatchNorm statistics and affine drawn away from 1
 and 0 so a misread shows). For each variant writes DIR/MODEL_OPSET[_BATCH]/model.onnx (batch
 dimension symbolic), input_0.npy (BATCH images, default 1) and expected_0.npy (PyTorch's own
 output in eval mode; the first output for multi-output models), and prints one line of JSON:
@@ -50,6 +50,12 @@ class FirstOutputs(nn.Module):
 
 
 def build(name):
+    if name.startswith("timm/"):
+        # timm's models (with Debian's PyTorch: pip install timm==0.9.16 into a venv made with
+        # --system-site-packages; see docs/onnx-support.md).
+        import timm
+
+        return timm.create_model(name[len("timm/"):], pretrained=False)
     if name.startswith("fpn_"):
         from torchvision.models.detection import backbone_utils as bu
 
@@ -84,6 +90,8 @@ def export(out, name, opset, batch):
     randomize(model)
     model.eval()
     size = IMAGE_SIZE.get(name, 224)
+    if name.startswith("timm/"):
+        size = model.default_cfg.get("input_size", (3, 224, 224))[-1]
     x = torch.randn(batch, 3, size, size)
     path = os.path.join(out, "model.onnx")
     with torch.no_grad():
@@ -182,7 +190,7 @@ def main():
         parts = variant.split(":")
         name, opset = parts[0], int(parts[1])
         batch = int(parts[2]) if len(parts) > 2 else 1
-        folder = variant.replace(":", "_")
+        folder = variant.replace(":", "_").replace("/", "_")
         out = os.path.join(sys.argv[1], folder)
         os.makedirs(out, exist_ok=True)
         line = {"model": name, "opset": opset, "batch": batch, "torch": torch.__version__,

@@ -88,9 +88,10 @@ extension ONNXImporter {
       }
       do { constants[out] = .floats(try t.reshaped(dims)) } catch { throw c.fail("\(error)") }
       return true
-    case "Sqrt", "Add", "Sub", "Mul", "Div", "Cast":
+    case "Sqrt", "Ceil", "Floor", "Add", "Sub", "Mul", "Div", "Cast":
       // Arithmetic on float constants (the attention scale 1/√√d an exporter computes from a
-      // shape), within the folded budget; integer operands take the shape-arithmetic path below.
+      // shape; TensorFlow-style "same" padding, ceil(size / stride), in timm's tf_ models),
+      // within the folded budget; integer operands take the shape-arithmetic path below.
       let operands = ins.compactMap { name -> Tensor? in if case .floats(let t)? = constants[name] { t } else { nil } }
       guard let first = operands.first, operands.count == ins.count else { break }
       if n.opType == "Cast", try c.int("to", 0) != ONNXProto.DataType.float {
@@ -117,6 +118,8 @@ extension ONNXImporter {
             let a = spread[0][k]
             switch n.opType {
             case "Sqrt": o[k] = a.squareRoot()
+            case "Ceil": o[k] = a.rounded(.up)
+            case "Floor": o[k] = a.rounded(.down)
             case "Add": o[k] = a + spread[1][k]
             case "Sub": o[k] = a - spread[1][k]
             case "Mul": o[k] = a * spread[1][k]
@@ -127,7 +130,7 @@ extension ONNXImporter {
         })
       return true
     case "Transpose", "Slice", "Gather", "Concat", "Expand", "ScatterND", "Range", "Not", "Pow", "Equal", "Less",
-      "Greater", "Where":
+      "Greater", "Where", "Clip":
       // Ops that only move, pick or compare constant values, on float data or on integer data
       // beyond what the shape-arithmetic path below takes (a Swin block's attention mask and
       // relative-position bias, computed by the exporter from shapes). Nil: not this path's.
@@ -599,6 +602,25 @@ extension ONNXImporter {
       return .ints(dims: [n], values: (0..<n).map { s + Int64($0) * d })
     case "Not":
       return .ints(dims: first.dims, values: try ints(first, "input").map { $0 != 0 ? 0 : 1 })
+    case "Clip":
+      // Bounds as inputs from opset 11 (either may be omitted), attributes before.
+      func bound(_ k: Int, _ attribute: String, _ fallback: Float) throws -> Float {
+        if c.opset < 11 { return try c.float(attribute, fallback) }
+        guard let name = c.input(k), let b = constants[name] else { return fallback }
+        guard b.dims.reduce(1, *) == 1 else { throw c.fail("Clip's \(attribute) must be a scalar") }
+        return b.floatValues[0]
+      }
+      let lo = try bound(1, "min", -.infinity)
+      let hi = try bound(2, "max", .infinity)
+      switch first {
+      case .floats(let t): return .floats(try Tensor(shape: t.shape, values: t.scalars.map { min(max($0, lo), hi) }))
+      case .ints(let d, let v):
+        guard lo.isNaN == false, hi.isNaN == false else { throw c.fail("Clip's bounds are not numbers") }
+        // Bounds beyond Int64 (or infinite) clip nothing on that side.
+        func integer(_ f: Float) -> Int64 { abs(f) < 0x1p62 ? Int64(f) : (f < 0 ? Int64.min : Int64.max) }
+        let (l, h) = (integer(lo), integer(hi))
+        return .ints(dims: d, values: v.map { min(max($0, l), h) })
+      }
     case "Pow", "Equal", "Less", "Greater":
       guard ks.count == 2 else { throw c.fail("needs two inputs") }
       if !anyFloat, c.node.opType == "Equal" { return nil }

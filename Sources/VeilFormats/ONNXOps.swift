@@ -394,8 +394,8 @@ extension ONNXImporter {
         throw c.fail("Cast of the float tensor '\(try x())' to element type \(to) is not supported (only to float, 1)")
       }
       try emit(.identity, c, inputs: [try x()])
-    case "ReduceMean":
-      try importReduceMean(c, x: try x())
+    case "ReduceMean", "ReduceSum":
+      try importReduceMean(c, x: try x(), sum: n.opType == "ReduceSum")
     case "LayerNormalization":
       guard n.outputs.dropFirst().allSatisfy(\.isEmpty) else {
         throw c.fail("the Mean and InvStdDev outputs (training) are not supported")
@@ -483,7 +483,15 @@ extension ONNXImporter {
     if opset < 13, let s = try c.ints("split") {
       sizes = s
     } else if opset >= 13, let s = c.input(1) {
-      sizes = try intConstant(s, c, what: "split")
+      // Part sizes: bounded each and in sum (their product means nothing; MixNet splits 720
+      // channels into five parts of 144).
+      guard case .ints(_, let vs) = constants[s] else {
+        throw c.fail("split '\(s)' must be a constant integer tensor (an initializer or a Constant node)")
+      }
+      guard vs.allSatisfy({ $0 >= 0 && $0 <= Int64(Int32.max) }), vs.reduce(0, { $0 + $1 }) <= Int64(Int32.max) else {
+        throw c.fail("split '\(s)' \(vs.prefix(8)) holds a size out of range")
+      }
+      sizes = vs.map { Int($0) }
     } else if opset >= 18, c.node.attributes["num_outputs"] != nil {
       let n = try c.int("num_outputs", 0)
       guard n == outputs.count else { throw c.fail("num_outputs \(n) but \(outputs.count) outputs") }
@@ -568,34 +576,69 @@ extension ONNXImporter {
 
   /// ReduceMean over the spatial axes of a 4-D tensor: global average pooling, with the
   /// transposes an NHWC exporter needs (axes [1, 2]) and the reshape `keepdims = 0` asks for.
-  mutating func importReduceMean(_ c: ONNXNodeContext, x: String) throws {
+  /// ReduceMean, and ReduceSum (the mean times the count), over any axes: as global average
+  /// pooling of a [batch or 1, kept, reduced] view (a Transpose first when the reduced axes are
+  /// not the last ones), then a Reshape to the output. Over the spatial axes of a 4-D map
+  /// (NCHW or NHWC) it is the pooling itself.
+  mutating func importReduceMean(_ c: ONNXNodeContext, x: String, sum: Bool = false) throws {
     let shape = try shapeOf(x, c)
     var axes = try c.ints("axes")
-    if opset >= 18, let a = c.input(1) { axes = try intConstant(a, c, what: "axes") }
+    if opset >= (sum ? 13 : 18), let a = c.input(1) { axes = try intConstant(a, c, what: "axes") }
     let rank = shape.count
-    let resolved = Set((axes ?? Array(0..<rank)).map { $0 < 0 ? $0 + rank : $0 })
-    let keep = try c.int("keepdims", 1) != 0
-    guard rank == 4, resolved == [2, 3] || resolved == [1, 2] else {
-      throw c.fail(
-        "ReduceMean over axes \(axes ?? []) of a rank-\(rank) tensor is not supported (only the spatial axes of a 4-D tensor)")
+    guard rank >= 1 else { throw c.fail("cannot reduce a scalar") }
+    if axes?.isEmpty == true, try c.int("noop_with_empty_axes", 0) != 0 {
+      return try emit(.identity, c, inputs: [x])
     }
-    let nhwc = resolved == [1, 2]
+    let list = (axes?.isEmpty == false ? axes! : Array(0..<rank)).map { $0 < 0 ? $0 + rank : $0 }
+    guard list.allSatisfy({ $0 >= 0 && $0 < rank }), Set(list).count == list.count else {
+      throw c.fail("axes \(axes ?? []) are out of range or repeated for rank \(rank)")
+    }
+    let reduced = Set(list)
+    let keep = try c.int("keepdims", 1) != 0
     let base = c.label
     var current = x
-    func step(_ op: Op, _ suffix: String, final: Bool) throws {
-      guard let out = c.node.outputs.first, !out.isEmpty else { throw c.fail("has no output") }
-      let name = final ? out : "\(out)/\(suffix)"
-      try emit(op, label: final ? base : "\(base)/\(suffix)", opType: c.node.opType, inputs: [current], outputs: [name])
-      current = name
+    guard let out = c.node.outputs.first, !out.isEmpty else { throw c.fail("has no output") }
+    var steps: [(Op, String)] = []
+    func run() throws {
+      for (k, (op, suffix)) in steps.enumerated() {
+        let final = k == steps.count - 1
+        let name = final ? out : "\(out)/\(suffix)"
+        var ins = [current]
+        if case .binary = op { ins.append("\(out)/count") }
+        try emit(op, label: final ? base : "\(base)/\(suffix)", opType: c.node.opType, inputs: ins, outputs: [name])
+        current = name
+      }
     }
-    if nhwc { try step(.transpose(permutation: [0, 3, 1, 2]), "to_nchw", final: false) }
-    let channels = nhwc ? shape[3] : shape[1]
-    if keep {
-      try step(.globalAveragePool, "pool", final: !nhwc)
-      if nhwc { try step(.transpose(permutation: [0, 2, 3, 1]), "to_nhwc", final: true) }
-    } else {
-      try step(.globalAveragePool, "pool", final: false)
-      try step(.reshape(shape: [0, channels]), "flatten", final: true)
+    let count = reduced.reduce(1) { $0 * shape[$1] }
+    if sum {
+      constants["\(out)/count"] = .floats(Tensor(shape: [], repeating: Float(count)))
     }
+    if rank == 4, !sum, reduced == [2, 3] || reduced == [1, 2] {
+      let nhwc = reduced == [1, 2]
+      if nhwc { steps.append((.transpose(permutation: [0, 3, 1, 2]), "to_nchw")) }
+      steps.append((.globalAveragePool, "pool"))
+      if keep {
+        if nhwc { steps.append((.transpose(permutation: [0, 2, 3, 1]), "to_nhwc")) }
+      } else {
+        steps.append((.reshape(shape: [0, nhwc ? shape[3] : shape[1]]), "flatten"))
+      }
+      return try run()
+    }
+    let kept = (0..<rank).filter { !reduced.contains($0) }
+    let order = kept + (0..<rank).filter { reduced.contains($0) }
+    if order != Array(0..<rank) { steps.append((.transpose(permutation: order), "reduced_last")) }
+    // The batch (axis 0) is copied through the Reshapes (0) when it is kept, so the graph still
+    // re-infers at another batch.
+    let batchKept = kept.first == 0
+    let keptCount = kept.reduce(1) { $0 * shape[$1] }
+    let lead = batchKept ? 0 : 1
+    let middle = batchKept ? keptCount / max(shape[0], 1) : keptCount
+    steps.append((.reshape(shape: [lead, middle, count]), "view"))
+    steps.append((.globalAveragePool, "pool"))
+    if sum { steps.append((.binary(.mul), "times_count")) }
+    var target = (0..<rank).compactMap { a -> Int? in reduced.contains(a) ? (keep ? 1 : nil) : shape[a] }
+    if batchKept, !target.isEmpty { target[0] = 0 }
+    steps.append((.reshape(shape: target), "shape"))
+    try run()
   }
 }

@@ -91,6 +91,43 @@ extension ONNXReaderTests {
     XCTAssertEqual(y.scalars, [3.5, 3.5, 7.5, 8.5])
   }
 
+  /// TensorFlow-style "same" padding as timm's tf_ models export it: the pad computed from the
+  /// size with Div, Ceil (and Floor), Clip and a Cast to integers, all folded.
+  func testSamePaddingArithmeticFolds() throws {
+    var m = HandModel()
+    m.inputs = [("x", [1, 1, 4, 4])]
+    m.floats("size", dims: [1], [7])
+    m.floats("two", dims: [], [2])
+    m.floats("zero", dims: [], [0])
+    m.floats("ten", dims: [], [10])
+    m.int64s("zeros", dims: [2], [0, 0])
+    m.nodes = [
+      ("div", "Div", ["size", "two"], ["half"], []),  // 3.5
+      ("ceil", "Ceil", ["half"], ["up"], []),  // 4
+      ("floor", "Floor", ["half"], ["down"], []),  // 3
+      ("sub", "Sub", ["up", "down"], ["one"], []),  // 1
+      ("add", "Add", ["one", "one"], ["p"], []),  // 2
+      ("clip", "Clip", ["p", "zero", "ten"], ["pc"], []),
+      ("cast", "Cast", ["pc"], ["pi"], [("to", .int(7))]),
+      ("pads", "Concat", ["zeros", "pi", "pi", "zeros", "pi", "pi"], ["all"], [("axis", .int(0))]),
+      ("pad", "Pad", ["x", "all"], ["y"], []),
+    ]
+    m.outputs = ["y"]
+    let g = try ONNXReader.parse(m.bytes())
+    XCTAssertEqual(g.nodes.map(\.op), [.pad(mode: .constant, pads: [0, 0, 2, 2, 0, 0, 2, 2], value: 0)])
+  }
+
+  /// Split sizes bounded each and in sum, not by their product (MixNet: five parts of 144).
+  func testSplitIntoManyLargeParts() throws {
+    var m = HandModel()
+    m.inputs = [("x", [1, 6000])]
+    m.int64s("sizes", dims: [3], [2000, 2000, 2000])
+    m.nodes = [("split", "Split", ["x", "sizes"], ["a", "b", "c"], [("axis", .int(1))])]
+    m.outputs = ["a", "b", "c"]
+    let g = try ONNXReader.parse(m.bytes())
+    XCTAssertEqual(g.outputs.map { g.shape($0) }, [[1, 2000], [1, 2000], [1, 2000]])
+  }
+
   func testHostileFoldOperandsAreRefusedByName() {
     func refused(_ nodes: [HandModel.Node], _ setup: (inout HandModel) -> Void, _ words: [String]) {
       var m = HandModel()

@@ -446,12 +446,56 @@ final class ONNXReaderTests: XCTestCase {
         XCTAssertEqual(y.scalars[c], mean, accuracy: 1e-4, "axes \(axes) channel \(c)")
       }
     }
+  }
+
+  /// ReduceMean and ReduceSum over any axes (a transformer's mean over tokens, ResNeSt's sum
+  /// over its radix), with and without keepdims, against sums written out; axes out of range
+  /// are refused with the node's name.
+  func testReduceMeanAndSumOverAnyAxes() throws {
+    let shape = [2, 3, 4, 5]
+    let x = Tensor(shape: shape) { o in for i in 0..<120 { o[i] = Float((i * 37) % 23) - 11 } }
+    func index(_ c: [Int]) -> Int { ((c[0] * 3 + c[1]) * 4 + c[2]) * 5 + c[3] }
+    for (op, axes, keep) in [
+      ("ReduceMean", [1], 0), ("ReduceMean", [1], 1), ("ReduceSum", [2], 1), ("ReduceMean", [0, 3], 0),
+      ("ReduceSum", [-1, 1], 0), ("ReduceMean", [3], 1),
+    ] {
+      var m = HandModel()
+      m.inputs = [("x", shape)]
+      if op == "ReduceSum" {
+        m.int64s("axes", dims: [axes.count], axes.map(Int64.init))
+        m.nodes = [("reduce", op, ["x", "axes"], ["y"], [("keepdims", .int(keep))])]
+      } else {
+        m.nodes = [("reduce", op, ["x"], ["y"], [("axes", .ints(axes)), ("keepdims", .int(keep))])]
+      }
+      m.outputs = ["y"]
+      let label = "\(op) axes \(axes) keepdims \(keep)"
+      let g = try ONNXReader.parse(m.bytes())
+      let reduced = Set(axes.map { $0 < 0 ? $0 + 4 : $0 })
+      let want = (0..<4).compactMap { reduced.contains($0) ? (keep == 1 ? 1 : nil) : shape[$0] }
+      XCTAssertEqual(g.shape(g.outputs[0]), want, label)
+      let y = try Executor(graph: g).run([x])[0]
+      // Every output element: the sum (or mean) over the reduced axes at its kept coordinates.
+      var expected: [[Int]: Float] = [:]
+      var counts: [[Int]: Int] = [:]
+      for a in 0..<2 { for b in 0..<3 { for c in 0..<4 { for d in 0..<5 {
+        let coords = [a, b, c, d]
+        let key = (0..<4).filter { !reduced.contains($0) }.map { coords[$0] }
+        expected[key, default: 0] += x.scalars[index(coords)]
+        counts[key, default: 0] += 1
+      } } } }
+      let keys = expected.keys.sorted { $0.lexicographicallyPrecedes($1) }
+      XCTAssertEqual(y.count, keys.count, label)
+      for (k, key) in keys.enumerated() {
+        let v = op == "ReduceSum" ? expected[key]! : expected[key]! / Float(counts[key]!)
+        XCTAssertEqual(y.scalars[k], v, accuracy: 1e-4, "\(label) at \(key)")
+      }
+    }
     var m = HandModel()
     m.inputs = [("x", [1, 2, 2, 3])]
-    m.nodes = [("mean", "ReduceMean", ["x"], ["y"], [("axes", .ints([1])), ("keepdims", .int(0))])]
+    m.nodes = [("mean", "ReduceMean", ["x"], ["y"], [("axes", .ints([4])), ("keepdims", .int(0))])]
     m.outputs = ["y"]
     let text = message { try ONNXReader.parse(m.bytes()) }
-    XCTAssertTrue(text.contains("mean") && text.contains("ReduceMean") && text.contains("axes"), text)
+    XCTAssertTrue(text.contains("mean") && text.contains("ReduceMean") && text.contains("out of range"), text)
   }
 
   func testCastOfFloatDataToAnotherTypeIsRefused() throws {
