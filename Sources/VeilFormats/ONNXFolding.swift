@@ -134,10 +134,8 @@ extension ONNXImporter {
       // Ops that only move, pick or compare constant values, on float data or on integer data
       // beyond what the shape-arithmetic path below takes (a Swin block's attention mask and
       // relative-position bias, computed by the exporter from shapes). Nil: not this path's.
+      // foldMoving checks each result's size before it makes it.
       guard ins.allSatisfy({ constants[$0] != nil }), let k = try foldMoving(c, ins) else { break }
-      do {
-        _ = try FormatLimits.elementCount(k.dims, maxElements: FormatLimits.maxFoldedElements - foldedElements)
-      } catch { throw c.fail("folded result of shape \(k.dims.prefix(8)) \(error.detail)") }
       constants[out] = k
       return true
     case "Shape":
@@ -500,8 +498,6 @@ extension ONNXImporter {
       _ = try budget(outDims)
       let outer = first.dims[..<ax].reduce(1, *)
       let inner = first.dims[(ax + 1)...].reduce(1, *)
-      // Floats when any operand is: an integer operand joins as floats.
-      let values = try ks.map { anyFloat ? ONNXImportedConstant.floats(try Tensor(shape: $0.dims, values: $0.floatValues)) : $0 }
       var offsets: [Int] = []
       var total = 0
       for k in ks {
@@ -516,11 +512,12 @@ extension ONNXImporter {
           for j in 0..<run { source.append(offsets[n] + o * run + j) }
         }
       }
+      // Floats when any operand is: an integer operand joins as floats.
       let joined: ONNXImportedConstant
       if anyFloat {
-        joined = .floats(try Tensor(shape: [total], values: values.flatMap { $0.floatValues }))
+        joined = .floats(try Tensor(shape: [total], values: ks.flatMap(\.floatValues)))
       } else {
-        joined = .ints(dims: [total], values: try values.flatMap { try ints($0, "operands") })
+        joined = .ints(dims: [total], values: try ks.flatMap { try ints($0, "operands") })
       }
       return joined.picking(source, dims: outDims)
     case "Expand":
@@ -599,7 +596,9 @@ extension ONNXImporter {
       let (s, l, d) = (try ints(ks[0], "start")[0], try ints(ks[1], "limit")[0], try ints(ks[2], "delta")[0])
       guard d != 0 else { throw c.fail("delta is 0") }
       let n = try count((Double(l) - Double(s)) / Double(d))
-      return .ints(dims: [n], values: (0..<n).map { s + Int64($0) * d })
+      // Every element lies between start and limit, so wrapping arithmetic gives it exactly
+      // where i·delta alone would overflow (start Int64.min, delta 2^62).
+      return .ints(dims: [n], values: (0..<n).map { s &+ Int64($0) &* d })
     case "Not":
       return .ints(dims: first.dims, values: try ints(first, "input").map { $0 != 0 ? 0 : 1 })
     case "Clip":

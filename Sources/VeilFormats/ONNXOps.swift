@@ -598,14 +598,15 @@ extension ONNXImporter {
     let base = c.label
     var current = x
     guard let out = c.node.outputs.first, !out.isEmpty else { throw c.fail("has no output") }
-    var steps: [(Op, String)] = []
+    // Each step reads the previous one's output, and any further inputs it names.
+    var steps: [(op: Op, suffix: String, more: [String])] = []
     func run() throws {
-      for (k, (op, suffix)) in steps.enumerated() {
+      for (k, step) in steps.enumerated() {
         let final = k == steps.count - 1
-        let name = final ? out : "\(out)/\(suffix)"
-        var ins = [current]
-        if case .binary = op { ins.append("\(out)/count") }
-        try emit(op, label: final ? base : "\(base)/\(suffix)", opType: c.node.opType, inputs: ins, outputs: [name])
+        let name = final ? out : "\(out)/\(step.suffix)"
+        try emit(
+          step.op, label: final ? base : "\(base)/\(step.suffix)", opType: c.node.opType, inputs: [current] + step.more,
+          outputs: [name])
         current = name
       }
     }
@@ -615,30 +616,30 @@ extension ONNXImporter {
     }
     if rank == 4, !sum, reduced == [2, 3] || reduced == [1, 2] {
       let nhwc = reduced == [1, 2]
-      if nhwc { steps.append((.transpose(permutation: [0, 3, 1, 2]), "to_nchw")) }
-      steps.append((.globalAveragePool, "pool"))
+      if nhwc { steps.append((.transpose(permutation: [0, 3, 1, 2]), "to_nchw", [])) }
+      steps.append((.globalAveragePool, "pool", []))
       if keep {
-        if nhwc { steps.append((.transpose(permutation: [0, 2, 3, 1]), "to_nhwc")) }
+        if nhwc { steps.append((.transpose(permutation: [0, 2, 3, 1]), "to_nhwc", [])) }
       } else {
-        steps.append((.reshape(shape: [0, nhwc ? shape[3] : shape[1]]), "flatten"))
+        steps.append((.reshape(shape: [0, nhwc ? shape[3] : shape[1]]), "flatten", []))
       }
       return try run()
     }
     let kept = (0..<rank).filter { !reduced.contains($0) }
     let order = kept + (0..<rank).filter { reduced.contains($0) }
-    if order != Array(0..<rank) { steps.append((.transpose(permutation: order), "reduced_last")) }
+    if order != Array(0..<rank) { steps.append((.transpose(permutation: order), "reduced_last", [])) }
     // The batch (axis 0) is copied through the Reshapes (0) when it is kept, so the graph still
     // re-infers at another batch.
     let batchKept = kept.first == 0
     let keptCount = kept.reduce(1) { $0 * shape[$1] }
     let lead = batchKept ? 0 : 1
     let middle = batchKept ? keptCount / max(shape[0], 1) : keptCount
-    steps.append((.reshape(shape: [lead, middle, count]), "view"))
-    steps.append((.globalAveragePool, "pool"))
-    if sum { steps.append((.binary(.mul), "times_count")) }
+    steps.append((.reshape(shape: [lead, middle, count]), "view", []))
+    steps.append((.globalAveragePool, "pool", []))
+    if sum { steps.append((.binary(.mul), "times_count", ["\(out)/count"])) }
     var target = (0..<rank).compactMap { a -> Int? in reduced.contains(a) ? (keep ? 1 : nil) : shape[a] }
     if batchKept, !target.isEmpty { target[0] = 0 }
-    steps.append((.reshape(shape: target), "shape"))
+    steps.append((.reshape(shape: target), "shape", []))
     try run()
   }
 }

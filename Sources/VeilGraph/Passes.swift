@@ -79,10 +79,13 @@ extension Graph {
     var replace: [ValueID: ValueID] = [:]
     var keep: [Node] = []
     for n in nodes {
-      var none = false
-      if case .pad(_, let pads, _) = n.op, pads.allSatisfy({ $0 == 0 }) { none = true }
+      let passesThrough: Bool
       switch n.op {
-      case _ where none, .identity, .dropout:
+      case .identity, .dropout: passesThrough = true
+      case .pad(_, let pads, _): passesThrough = pads.allSatisfy { $0 == 0 }
+      default: passesThrough = false
+      }
+      if passesThrough {
         let src = replace[n.inputs[0]] ?? n.inputs[0]
         if outputs.contains(n.outputs[0]) {
           var m = n
@@ -91,7 +94,7 @@ extension Graph {
         } else {
           replace[n.outputs[0]] = src
         }
-      default:
+      } else {
         var m = n
         m.inputs = m.inputs.map { replace[$0] ?? $0 }
         keep.append(m)

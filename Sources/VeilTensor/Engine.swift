@@ -47,8 +47,8 @@ public final class Engine: @unchecked Sendable {
     threadCount = n
   }
 
-  /// Whether the OpenMP threads sleep between parallel regions (`OMP_WAIT_POLICY=PASSIVE`,
-  /// Veil's default, see `veil`'s ThreadWaiting) rather than spin, as read at start-up.
+  /// Whether the OpenMP threads sleep between parallel regions (`OMP_WAIT_POLICY=PASSIVE`: what
+  /// `veil`'s servers set, see ThreadWaiting) rather than spin, even briefly, as read at start-up.
   public static let threadsWaitPassively: Bool =
     ProcessInfo.processInfo.environment["OMP_WAIT_POLICY"]?.uppercased() == "PASSIVE"
 

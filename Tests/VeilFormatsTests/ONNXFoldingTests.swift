@@ -128,6 +128,25 @@ extension ONNXReaderTests {
     XCTAssertEqual(g.outputs.map { g.shape($0) }, [[1, 2000], [1, 2000], [1, 2000]])
   }
 
+  /// An integer Range whose elements fit although i·delta alone would not (start Int64.min,
+  /// delta 2^62): folded exactly, not trapped.
+  func testIntegerRangeNearTheLimits() throws {
+    var m = HandModel()
+    m.inputs = [("x", [1, 4])]
+    m.int64s("start", dims: [], [Int64.min])
+    m.int64s("limit", dims: [], [Int64.max])
+    m.int64s("delta", dims: [], [1 << 62])
+    m.nodes = [
+      ("range", "Range", ["start", "limit", "delta"], ["r"], []),
+      ("cast", "Cast", ["r"], ["f"], [("to", .int(1))]),
+      ("add", "Add", ["x", "f"], ["y"], []),
+    ]
+    m.outputs = ["y"]
+    let g = try ONNXReader.parse(m.bytes())
+    let y = try Executor(graph: g).run([Tensor(shape: [1, 4], repeating: 0)])[0]
+    XCTAssertEqual(y.scalars, [-0x1p63, -0x1p62, 0, 0x1p62])
+  }
+
   func testHostileFoldOperandsAreRefusedByName() {
     func refused(_ nodes: [HandModel.Node], _ setup: (inout HandModel) -> Void, _ words: [String]) {
       var m = HandModel()
