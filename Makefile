@@ -10,14 +10,15 @@ deps:
 python: deps
 	scripts/setup-python.sh
 
-# PyTorch CPU into .venv (a local wheel, no network) for the gradient checks against PyTorch.
+# PyTorch CPU (a local wheel) and torchvision (PyPI) into .venv: the gradient checks against
+# PyTorch, and torchvision's exports at opsets 18-21 (PyTorch 2's exporter).
 python-torch: python
 	.venv/bin/python -m pip install -q --disable-pip-version-check -r requirements-torch.txt \
 	  || echo "warning: PyTorch CPU could not be installed here (no local wheel, no network); the gradient checks against PyTorch will say they were skipped"
 
 # Debian's PyTorch 1.13 and torchvision 0.14 for Debian's own Python (/usr/bin/python3): what
 # exports torchvision's models for the import tests (TorchvisionExportTests) and the op survey
-# in docs/onnx-support.md. PyPI's torchvision does not load against the PyTorch wheel in .venv.
+# in docs/onnx-support.md (opsets 7-17; .venv's PyTorch 2 and torchvision export 18-21).
 python-torchvision: deps
 	scripts/install-deps.sh python3-torch python3-torchvision \
 	  || echo "warning: Debian's python3-torchvision could not be installed; the torchvision export test will say it was skipped"

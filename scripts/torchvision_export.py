@@ -3,9 +3,15 @@
 for Veil's import survey (docs/onnx-support.md) and its tests (TorchvisionExportTests) and
 benchmarks (bench/peers.py takes the .onnx files).
 
-Runs with Debian's Python and its python3-torch / python3-torchvision (PyTorch 1.13, torchvision
-0.14; `make python-torchvision` installs them): PyPI's torchvision does not load against the
-PyTorch wheel in .venv.
+Runs two ways:
+- with Debian's Python and its python3-torch / python3-torchvision (PyTorch 1.13, torchvision
+  0.14; `make python-torchvision` installs them): the TorchScript exporter, opsets 7-17;
+- with .venv's Python (PyTorch 2.13 and torchvision 0.28 from requirements-torch.txt; `make
+  python-torch` installs them): opsets 18 and above go through PyTorch 2's torch.export-based
+  exporter (`dynamo=True`), the one PyTorch now writes by default. PyPI's torchvision wheel is
+  built for CUDA, so its compiled detection ops (nms, roi_align, ...) do not load beside the CPU
+  PyTorch; the classifiers and backbones are plain Python and need none of them, so the script
+  declares the two operator schemas torchvision's import registers fake kernels for.
 
 Usage: torchvision_export.py DIR MODEL:OPSET[:BATCH]...
        torchvision_export.py --table < SURVEY.jsonl   (the op survey as Markdown)
@@ -26,13 +32,38 @@ import sys
 import warnings
 from collections import Counter
 
+_SCHEMAS = None  # keeps the operator library below alive
+
+
+def import_torchvision():
+    """torchvision, importable when its compiled ops are not (see the module note)."""
+    global _SCHEMAS
+    try:
+        import torchvision
+
+        return torchvision
+    except RuntimeError as e:
+        if "torchvision::" not in str(e):
+            raise
+    for name in [n for n in sys.modules if n == "torchvision" or n.startswith("torchvision.")]:
+        del sys.modules[name]
+    _SCHEMAS = torch.library.Library("torchvision", "DEF")
+    for op in ("nms", "qnms"):
+        _SCHEMAS.define(f"{op}(Tensor dets, Tensor scores, float iou_threshold) -> Tensor")
+    import torchvision
+
+    return torchvision
+
+
 try:
     import numpy as np
     import torch
-    import torchvision
     from torch import nn
+
+    torchvision = import_torchvision()
 except ImportError as e:
-    print(f"torch or torchvision is not importable by {sys.executable} ({e}); install them with `make python-torchvision`")
+    print(f"torch or torchvision is not importable by {sys.executable} ({e}); install them with "
+          "`make python-torchvision` (Debian's Python) or `make python-torch` (.venv)")
     sys.exit(3)
 
 IMAGE_SIZE = {"inception_v3": 299}
@@ -102,10 +133,20 @@ def export(out, name, opset, batch):
     axes.update({n: {0: "batch"} for n in names})
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        torch.onnx.export(
-            model, (x,), path, opset_version=opset, input_names=["input"], output_names=names,
-            dynamic_axes=axes, do_constant_folding=True,
-        )
+        if opset >= 18:
+            # PyTorch 2's exporter (torch.export, then onnxscript). The batch stays symbolic where
+            # torch.export can keep it so (Dim.AUTO); some models trace to a fixed batch of 1.
+            if int(torch.__version__.split(".")[0]) < 2:
+                raise RuntimeError(f"opset {opset} needs PyTorch 2 (.venv's Python), not {torch.__version__}")
+            torch.onnx.export(
+                model, (x,), path, opset_version=opset, input_names=["input"], output_names=names,
+                dynamic_shapes=({0: torch.export.Dim.AUTO},), dynamo=True, external_data=False, verbose=False,
+            )
+        else:
+            torch.onnx.export(
+                model, (x,), path, opset_version=opset, input_names=["input"], output_names=names,
+                dynamic_axes=axes, do_constant_folding=True,
+            )
     np.save(os.path.join(out, "input_0.npy"), x.numpy())
     np.save(os.path.join(out, "expected_0.npy"), outputs[0].numpy())
     return ops_of(path)

@@ -88,10 +88,11 @@ extension ONNXImporter {
       }
       do { constants[out] = .floats(try t.reshaped(dims)) } catch { throw c.fail("\(error)") }
       return true
-    case "Sqrt", "Ceil", "Floor", "Add", "Sub", "Mul", "Div", "Cast":
+    case "Sqrt", "Ceil", "Floor", "Relu", "Sigmoid", "Exp", "Add", "Sub", "Mul", "Div", "Cast":
       // Arithmetic on float constants (the attention scale 1/√√d an exporter computes from a
-      // shape; TensorFlow-style "same" padding, ceil(size / stride), in timm's tf_ models),
-      // within the folded budget; integer operands take the shape-arithmetic path below.
+      // shape; TensorFlow-style "same" padding, ceil(size / stride), in timm's tf_ models;
+      // Swin V2's position-bias MLP and logit scale, computed from constant tables), within
+      // the folded budget; integer operands take the shape-arithmetic path below.
       let operands = ins.compactMap { name -> Tensor? in if case .floats(let t)? = constants[name] { t } else { nil } }
       guard let first = operands.first, operands.count == ins.count else { break }
       if n.opType == "Cast", try c.int("to", 0) != ONNXProto.DataType.float {
@@ -120,6 +121,9 @@ extension ONNXImporter {
             case "Sqrt": o[k] = a.squareRoot()
             case "Ceil": o[k] = a.rounded(.up)
             case "Floor": o[k] = a.rounded(.down)
+            case "Relu": o[k] = max(a, 0)
+            case "Sigmoid": o[k] = 1 / (1 + expf(-a))
+            case "Exp": o[k] = expf(a)
             case "Add": o[k] = a + spread[1][k]
             case "Sub": o[k] = a - spread[1][k]
             case "Mul": o[k] = a * spread[1][k]
@@ -129,8 +133,33 @@ extension ONNXImporter {
           }
         })
       return true
-    case "Transpose", "Slice", "Gather", "Concat", "Expand", "ScatterND", "Range", "Not", "Pow", "Equal", "Less",
-      "Greater", "Where", "Clip":
+    case "MatMul":
+      // A product of float constants: [..., M, K] by [K, N] (Swin V2's position-bias MLP on its
+      // constant coordinate table), its work bounded like its size.
+      guard ins.count == 2, case .floats(let a)? = constants[ins[0]], case .floats(let b)? = constants[ins[1]],
+        a.shape.count >= 2, b.shape.count == 2, a.shape.last == b.shape[0]
+      else { break }
+      let (k, cols) = (b.shape[0], b.shape[1])
+      let rows = a.shape.dropLast().reduce(1, *)
+      let shape = Array(a.shape.dropLast()) + [cols]
+      do {
+        _ = try FormatLimits.elementCount(shape, maxElements: FormatLimits.maxFoldedElements - foldedElements)
+        _ = try FormatLimits.elementCount([rows, k, cols], maxElements: FormatLimits.maxFoldedElements)
+      } catch { throw c.fail("folded product \(a.shape.prefix(8)) × \(b.shape) \(error.detail)") }
+      let (x, w) = (a.scalars, b.scalars)
+      constants[out] = .floats(
+        Tensor(shape: shape) { o in
+          for r in 0..<rows {
+            for j in 0..<cols {
+              var sum: Float = 0
+              for i in 0..<k { sum += x[r * k + i] * w[i * cols + j] }
+              o[r * cols + j] = sum
+            }
+          }
+        })
+      return true
+    case "Transpose", "Slice", "Gather", "GatherND", "Concat", "Expand", "ScatterND", "Range", "Not", "Pow", "Equal",
+      "Less", "Greater", "Where", "Clip":
       // Ops that only move, pick or compare constant values, on float data or on integer data
       // beyond what the shape-arithmetic path below takes (a Swin block's attention mask and
       // relative-position bias, computed by the exporter from shapes). Nil: not this path's.
@@ -421,8 +450,33 @@ extension ONNXImportedConstant {
 }
 
 extension ONNXImporter {
-  /// Folds the ops that move, pick or compare constants (Transpose, Slice, Gather, Concat,
-  /// Expand, ScatterND on data of either kind; Range, Not, Pow, Equal, Less, Greater, Where),
+  /// GatherND's and ScatterND's index tuples ([..., k], into data's first k axes) as the flat
+  /// offsets of the slices they name, and the slices' length; each index checked against its
+  /// axis (negative ones count from the end).
+  func sliceOffsets(_ c: ONNXNodeContext, data dims: [Int], indices idx: [Int64], dims idims: [Int]) throws -> (
+    slice: Int, offsets: [Int]
+  ) {
+    guard let k = idims.last, k >= 1, k <= dims.count else { throw c.fail("indices of shape \(idims) do not index data \(dims)") }
+    let slice = dims[k...].reduce(1, *)
+    var strides = [Int](repeating: 1, count: k)
+    for a in stride(from: k - 2, through: 0, by: -1) { strides[a] = strides[a + 1] * dims[a + 1] }
+    return (
+      slice,
+      try (0..<(idx.count / k)).map { t in
+        var base = 0
+        for a in 0..<k {
+          let raw = idx[t * k + a]
+          let i = raw < 0 ? Int(raw) + dims[a] : Int(raw)
+          guard i >= 0, i < dims[a] else { throw c.fail("index \(raw) is out of range for \(dims[a]) entries on axis \(a)") }
+          base += i * strides[a]
+        }
+        return base * slice
+      }
+    )
+  }
+
+  /// Folds the ops that move, pick or compare constants (Transpose, Slice, Gather, GatherND,
+  /// Concat, Expand, ScatterND on data of either kind; Range, Not, Pow, Equal, Less, Greater, Where),
   /// every input a constant. Nil where the integer shape-arithmetic path takes the node (it
   /// also tracks where the batch size went), or for an op and kind not folded here. Each
   /// result's size is checked against what is left of the folded budget before it is made.
@@ -537,33 +591,27 @@ extension ONNXImporter {
         let source = try Tensor(shape: d, values: v.indices.map { Float($0) }).broadcast(to: shape).scalars
         return .ints(dims: shape, values: source.map { v[Int($0)] })
       }
+    case "GatherND":
+      // The slices of data at `indices` ([..., k] index tuples into data's first k axes).
+      guard ks.count == 2 else { throw c.fail("needs data and indices") }
+      guard try c.int("batch_dims", 0) == 0 else { return nil }
+      let idims = ks[1].dims
+      let (slice, bases) = try sliceOffsets(c, data: first.dims, indices: try ints(ks[1], "indices"), dims: idims)
+      let outDims = Array(idims.dropLast()) + Array(first.dims[idims[idims.count - 1]...])
+      _ = try budget(outDims)
+      return first.picking(bases.flatMap { $0..<($0 + slice) }, dims: outDims)
     case "ScatterND":
       // data with `updates` written at `indices` ([..., k] index tuples into data's first k axes).
       guard ks.count == 3 else { throw c.fail("needs data, indices and updates") }
-      guard c.node.attributes["reduction"] == nil else { return nil }
+      // PyTorch 2's exporter writes the default reduction out.
+      guard try c.string("reduction", "none") == "none" else { return nil }
       let dims = first.dims
-      let idx = try ints(ks[1], "indices")
       let idims = ks[1].dims
-      guard let k = idims.last, k >= 1, k <= dims.count else { throw c.fail("indices of shape \(idims) do not index data \(dims)") }
-      let tuples = idims.dropLast().reduce(1, *)
-      let slice = dims[k...].reduce(1, *)
-      guard ks[2].dims == Array(idims.dropLast()) + Array(dims[k...]) else {
+      let (slice, targets) = try sliceOffsets(c, data: dims, indices: try ints(ks[1], "indices"), dims: idims)
+      guard ks[2].dims == Array(idims.dropLast()) + Array(dims[idims[idims.count - 1]...]) else {
         throw c.fail("updates of shape \(ks[2].dims) do not fit indices \(idims) into data \(dims)")
       }
       _ = try budget(dims)
-      var strides = [Int](repeating: 1, count: k)
-      for a in stride(from: k - 2, through: 0, by: -1) { strides[a] = strides[a + 1] * dims[a + 1] }
-      var targets: [Int] = []
-      for t in 0..<tuples {
-        var base = 0
-        for a in 0..<k {
-          let raw = idx[t * k + a]
-          let i = raw < 0 ? Int(raw) + dims[a] : Int(raw)
-          guard i >= 0, i < dims[a] else { throw c.fail("index \(raw) is out of range for \(dims[a]) entries on axis \(a)") }
-          base += i * strides[a]
-        }
-        targets.append(base * slice)
-      }
       if first.isFloat || ks[2].isFloat {
         var out = first.floatValues
         let u = ks[2].floatValues

@@ -235,6 +235,7 @@ extension ONNXImporter {
         inputs: [try x()])
     case "HardSwish": try emit(.activation(.hardSwish), c, inputs: [try x()])
     case "Tanh": try emit(.activation(.tanh), c, inputs: [try x()])
+    case "Sqrt": try emit(.activation(.sqrt), c, inputs: [try x()])
     case "Clip":
       var lo = -Float.greatestFiniteMagnitude
       var hi = Float.greatestFiniteMagnitude
@@ -279,6 +280,8 @@ extension ONNXImporter {
       let kind: BinaryKind = ["Add": .add, "Sub": .sub, "Mul": .mul, "Div": .div][n.opType] ?? .add
       guard let b = c.input(1) else { throw c.fail("input 1 is missing") }
       try emit(.binary(kind), c, inputs: [try x(), b])
+    case "Expand":
+      try importExpand(c, x: try x())
     case "Concat":
       guard c.node.attributes["axis"] != nil else { throw c.fail("attribute 'axis' is missing") }
       try emit(.concat(axis: try c.int("axis", 0)), c, inputs: n.inputs.filter { !$0.isEmpty })
@@ -394,8 +397,8 @@ extension ONNXImporter {
         throw c.fail("Cast of the float tensor '\(try x())' to element type \(to) is not supported (only to float, 1)")
       }
       try emit(.identity, c, inputs: [try x()])
-    case "ReduceMean", "ReduceSum":
-      try importReduceMean(c, x: try x(), sum: n.opType == "ReduceSum")
+    case "ReduceMean", "ReduceSum", "ReduceL2":
+      try importReduceMean(c, x: try x(), sum: n.opType != "ReduceMean", squares: n.opType == "ReduceL2")
     case "LayerNormalization":
       guard n.outputs.dropFirst().allSatisfy(\.isEmpty) else {
         throw c.fail("the Mean and InvStdDev outputs (training) are not supported")
@@ -414,6 +417,8 @@ extension ONNXImporter {
       try importSqueeze(c, x: try x())
     case "Gather":
       try importGather(c, x: try x())
+    case "Einsum":
+      try importEinsum(c)
     default:
       throw c.fail("unknown op '\(n.opType)' at opset \(opset)")
     }
@@ -545,7 +550,9 @@ extension ONNXImporter {
 
   /// Gather of a runtime tensor at constant indices that pick one element of the axis (the
   /// class token of a transformer, a head of a packed projection) or a run of consecutive
-  /// ones: a Slice, then a reshape that drops the axis for a scalar index.
+  /// ones, in row-major order whatever the indices' shape (PyTorch 2 writes an `as_strided`
+  /// view of a flattened tensor that way): a Slice, then a reshape to the gathered shape when
+  /// the indices are not one axis (a scalar drops the axis; [1, C, 1, 1] indices make one).
   mutating func importGather(_ c: ONNXNodeContext, x: String) throws {
     let shape = try shapeOf(x, c)
     guard let i = c.input(1), case .ints(let idims, let raw)? = constants[i] else {
@@ -559,19 +566,98 @@ extension ONNXImporter {
       guard v >= -Int64(d), v < Int64(d) else { throw c.fail("index \(v) is out of range for axis \(axis) of \(shape)") }
       return v < 0 ? Int(v) + d : Int(v)
     }
-    guard idims.count <= 1, let first = indices.first, indices == Array(first..<(first + indices.count)) else {
+    guard let first = indices.first, indices == Array(first..<(first + indices.count)) else {
       throw c.fail("indices \(raw.prefix(8)) of shape \(idims) (only a scalar or a run of consecutive indices)")
     }
     let slice = SliceAttributes(starts: [first], ends: [first + indices.count], axes: [ax])
-    guard idims.isEmpty, let out = c.node.outputs.first else {
+    guard idims.count != 1, let out = c.node.outputs.first else {
       try emit(.slice(slice), c, inputs: [x])
       return
     }
     let sliced = out + "/slice"
     try emit(.slice(slice), label: c.label + "/slice", opType: "Gather", inputs: [x], outputs: [sliced])
-    var target = shape
-    target.remove(at: ax)
+    let target = Array(shape[..<ax]) + idims + Array(shape[(ax + 1)...])
     try emit(.reshape(shape: target), label: c.label, opType: "Gather", inputs: [sliced], outputs: [out])
+  }
+
+  /// Expand of a runtime tensor (Swin V2 expands its query and key norms before the Div that
+  /// normalises them): a Mul by ones that span only the axes the input lacks, which is exact
+  /// (x · 1 = x) and keeps the batch axis free when the input already has it.
+  mutating func importExpand(_ c: ONNXNodeContext, x: String) throws {
+    guard let s = c.input(1) else { throw c.fail("input 'shape' is missing") }
+    let want = try intConstant(s, c, what: "shape")
+    let have = try shapeOf(x, c)
+    guard want.allSatisfy({ $0 >= 1 }), let target = broadcastShapes(have, want) else {
+      throw c.fail("shape \(want.prefix(8)) does not broadcast with the input's \(have)")
+    }
+    let padded = Array(repeating: 1, count: target.count - have.count) + have
+    let ones = target.indices.map { padded[$0] == target[$0] ? 1 : target[$0] }
+    guard ones.contains(where: { $0 != 1 }) || target.count != have.count else {
+      return try emit(.identity, c, inputs: [x])
+    }
+    do {
+      _ = try FormatLimits.elementCount(ones, maxElements: FormatLimits.maxFoldedElements - foldedElements)
+    } catch { throw c.fail("expanding \(have) to \(target.prefix(8)) \(error.detail)") }
+    guard let out = c.node.outputs.first, !out.isEmpty else { throw c.fail("has no output") }
+    constants[out + "/ones"] = .floats(Tensor(shape: ones, repeating: 1))
+    try emit(.binary(.mul), c, inputs: [x, out + "/ones"])
+  }
+
+  /// Einsum where it is a (batched) matrix product: two operands, letters shared by both and the
+  /// output (the batch, the same size in both), one letter summed over (in both, not in the
+  /// output) and one free letter per operand (MaxViT's attention, "BGHID,BGHJD->BGHIJ"). Each
+  /// operand is transposed to [batch..., i, k] and [batch..., k, j] where it is not already,
+  /// then one MatMul, then a Transpose to the output's order if it asks for another. Anything
+  /// else (an ellipsis, a repeated letter, a sum over one operand, several summed or free
+  /// letters) is refused with the equation.
+  mutating func importEinsum(_ c: ONNXNodeContext) throws {
+    let equation = try c.string("equation", "").filter { !$0.isWhitespace }
+    func refuse(_ why: String) -> Error { c.fail("equation '\(equation)' \(why) (only a matrix product is supported)") }
+    let sides = equation.components(separatedBy: "->")
+    guard sides.count == 2, !equation.contains(".") else { throw refuse("has no explicit output or has an ellipsis") }
+    let terms = sides[0].split(separator: ",", omittingEmptySubsequences: false).map(Array.init)
+    let output = Array(sides[1])
+    guard terms.count == 2, c.node.inputs.count == 2, let a = c.input(0), let b = c.input(1) else {
+      throw refuse("does not take two operands")
+    }
+    let (ta, tb) = (terms[0], terms[1])
+    for t in [ta, tb, output] where Set(t).count != t.count || !t.allSatisfy({ $0.isLetter }) {
+      throw refuse("repeats a letter or names a non-letter")
+    }
+    let sa = try shapeOf(a, c)
+    let sb = try shapeOf(b, c)
+    guard sa.count == ta.count, sb.count == tb.count else { throw refuse("does not match operand ranks \(sa) and \(sb)") }
+    let batch = output.filter { ta.contains($0) && tb.contains($0) }
+    let summed = ta.filter { tb.contains($0) && !output.contains($0) }
+    let freeA = ta.filter { !tb.contains($0) }
+    let freeB = tb.filter { !ta.contains($0) }
+    guard summed.count == 1, freeA.count == 1, freeB.count == 1, output.allSatisfy({ ta.contains($0) || tb.contains($0) }),
+      freeA.allSatisfy(output.contains), freeB.allSatisfy(output.contains), batch.count + 2 == output.count,
+      batch.count + 2 == ta.count, batch.count + 2 == tb.count
+    else { throw refuse("is not a product summed over one letter") }
+    for l in batch + summed {
+      let (da, db) = (sa[ta.firstIndex(of: l)!], sb[tb.firstIndex(of: l)!])
+      guard da == db else { throw refuse("gives letter '\(l)' sizes \(da) and \(db)") }
+    }
+    guard let out = c.node.outputs.first, !out.isEmpty else { throw c.fail("has no output") }
+    // Operand in the order `want`: itself, or a Transpose of it.
+    func ordered(_ name: String, _ term: [Character], _ want: [Character], _ tag: String) throws -> String {
+      let perm = want.map { term.firstIndex(of: $0)! }
+      guard perm != Array(perm.indices) else { return name }
+      let moved = out + "/" + tag
+      try emit(.transpose(permutation: perm), label: c.label + "/" + tag, opType: "Einsum", inputs: [name], outputs: [moved])
+      return moved
+    }
+    let left = try ordered(a, ta, batch + freeA + summed, "a")
+    let right = try ordered(b, tb, batch + summed + freeB, "b")
+    let product = batch + freeA + freeB
+    let perm = output.map { product.firstIndex(of: $0)! }
+    if perm == Array(perm.indices) {
+      try emit(.matMul, label: c.label, opType: "Einsum", inputs: [left, right], outputs: [out])
+    } else {
+      try emit(.matMul, label: c.label + "/product", opType: "Einsum", inputs: [left, right], outputs: [out + "/product"])
+      try emit(.transpose(permutation: perm), label: c.label, opType: "Einsum", inputs: [out + "/product"], outputs: [out])
+    }
   }
 
   /// ReduceMean over the spatial axes of a 4-D tensor: global average pooling, with the
@@ -579,11 +665,12 @@ extension ONNXImporter {
   /// ReduceMean, and ReduceSum (the mean times the count), over any axes: as global average
   /// pooling of a [batch or 1, kept, reduced] view (a Transpose first when the reduced axes are
   /// not the last ones), then a Reshape to the output. Over the spatial axes of a 4-D map
-  /// (NCHW or NHWC) it is the pooling itself.
-  mutating func importReduceMean(_ c: ONNXNodeContext, x: String, sum: Bool = false) throws {
+  /// (NCHW or NHWC) it is the pooling itself. ReduceL2 (`squares`) is the square root of the
+  /// sum of squares: a Mul first, a Sqrt last (Swin V2 normalises its queries and keys so).
+  mutating func importReduceMean(_ c: ONNXNodeContext, x: String, sum: Bool = false, squares: Bool = false) throws {
     let shape = try shapeOf(x, c)
     var axes = try c.ints("axes")
-    if opset >= (sum ? 13 : 18), let a = c.input(1) { axes = try intConstant(a, c, what: "axes") }
+    if opset >= (sum && !squares ? 13 : 18), let a = c.input(1) { axes = try intConstant(a, c, what: "axes") }
     let rank = shape.count
     guard rank >= 1 else { throw c.fail("cannot reduce a scalar") }
     if axes?.isEmpty == true, try c.int("noop_with_empty_axes", 0) != 0 {
@@ -625,6 +712,7 @@ extension ONNXImporter {
       }
       return try run()
     }
+    if squares { steps.append((.binary(.mul), "square", [x])) }
     let kept = (0..<rank).filter { !reduced.contains($0) }
     let order = kept + (0..<rank).filter { reduced.contains($0) }
     if order != Array(0..<rank) { steps.append((.transpose(permutation: order), "reduced_last", [])) }
@@ -640,6 +728,7 @@ extension ONNXImporter {
     var target = (0..<rank).compactMap { a -> Int? in reduced.contains(a) ? (keep ? 1 : nil) : shape[a] }
     if batchKept, !target.isEmpty { target[0] = 0 }
     steps.append((.reshape(shape: target), "shape", []))
+    if squares { steps.append((.activation(.sqrt), "root", [])) }
     try run()
   }
 }

@@ -467,6 +467,7 @@ struct ONNXLowering {
         [("alpha", .float(alpha)), ("beta", .float(beta))])
     case .hardSwish: emit("HardSwish", name: name, inputs: [input], outputs: [output])
     case .tanh: emit("Tanh", name: name, inputs: [input], outputs: [output])
+    case .sqrt: emit("Sqrt", name: name, inputs: [input], outputs: [output])
     case .gelu(let approximate):
       // Gelu is an op from opset 20; at 17 it is written out as PyTorch exports it.
       func scalar(_ suffix: String, _ v: Float) -> String { constant(name + suffix, dims: [], .floats([v])) }

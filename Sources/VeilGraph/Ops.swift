@@ -186,6 +186,7 @@ public enum Op: Sendable, Hashable, CustomStringConvertible {
       case .hardSigmoid: return "HardSigmoid"
       case .hardSwish: return "HardSwish"
       case .tanh: return "Tanh"
+      case .sqrt: return "Sqrt"
       case .gelu: return "Gelu"
       }
     case .maxPool: return "MaxPool"

@@ -19,6 +19,8 @@ public enum Activation: Sendable, Hashable, CustomStringConvertible {
   case hardSigmoid(alpha: Float, beta: Float)
   case hardSwish
   case tanh
+  /// √x (ReduceL2's last step: Swin V2 normalises its queries and keys).
+  case sqrt
   /// x·Φ(x): with `tanh`, the approximation 0.5·x·(1 + tanh(√(2/π)·(x + 0.044715·x³))) (ONNX
   /// Gelu's approximate = "tanh", PyTorch's `approximate="tanh"`); without, the exact erf form.
   case gelu(tanh: Bool)
@@ -33,6 +35,7 @@ public enum Activation: Sendable, Hashable, CustomStringConvertible {
     case .hardSigmoid(let a, let b): return "HardSigmoid(\(a), \(b))"
     case .hardSwish: return "HardSwish"
     case .tanh: return "Tanh"
+    case .sqrt: return "Sqrt"
     case .gelu(let t): return t ? "Gelu(tanh)" : "Gelu"
     }
   }
@@ -48,6 +51,7 @@ public enum Activation: Sendable, Hashable, CustomStringConvertible {
     case .hardSigmoid(let a, let b): return min(max(a * x + b, 0), 1)
     case .hardSwish: return x * min(max(x / 6 + 0.5, 0), 1)
     case .tanh: return tanhf(x)
+    case .sqrt: return x.squareRoot()
     case .gelu(let t):
       if t { return 0.5 * x * (1 + tanhf(0.797_884_56 * (x + 0.044715 * x * x * x))) }
       return 0.5 * x * (1 + erff(x * 0.707_106_78))

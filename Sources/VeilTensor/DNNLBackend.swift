@@ -306,6 +306,7 @@ public final class DNNLBackend: ComputeBackend, @unchecked Sendable {
       return [(dnnl_eltwise_linear, alpha, beta), (dnnl_eltwise_clip_v2, 0, 1)]
     case .hardSwish: return [(dnnl_eltwise_hardswish, 0, 0)]
     case .tanh: return [(dnnl_eltwise_tanh, 0, 0)]
+    case .sqrt: return [(dnnl_eltwise_sqrt, 0, 0)]
     case .gelu(let t): return [(t ? dnnl_eltwise_gelu_tanh : dnnl_eltwise_gelu_erf, 0, 0)]
     }
   }

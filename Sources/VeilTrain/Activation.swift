@@ -28,6 +28,14 @@ public func tanh(_ x: Variable) -> Variable {
   }
 }
 
+/// √x; dy/dx = 1 / (2·y), 0 where y is 0 (the subgradient a norm of zero takes).
+public func squareRoot(_ x: Variable) -> Variable {
+  let y = Kernels.map(x.value) { $0.squareRoot() }
+  return Variable(y, parents: [x]) { g in
+    [try Kernels.zip(g, y) { g, y in y > 0 ? g / (2 * y) : 0 }]
+  }
+}
+
 /// 1 / (1 + e^−x); dy/dx = y·(1 − y).
 public func sigmoid(_ x: Variable) -> Variable {
   let y = Kernels.map(x.value, stableSigmoid)

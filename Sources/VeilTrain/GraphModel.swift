@@ -171,6 +171,7 @@ public final class GraphModel: Layer {
     case .hardSigmoid(let alpha, let beta): return hardSigmoid(x, alpha: alpha, beta: beta)
     case .hardSwish: return hardSwish(x)
     case .tanh: return VeilTrain.tanh(x)
+    case .sqrt: return squareRoot(x)
     case .gelu(let approximate): return gelu(x, tanh: approximate)
     }
   }

@@ -70,7 +70,7 @@ final class OpTests: XCTestCase {
     ]
     let activations: [Activation] = [
       .relu, .leakyRelu(alpha: 0), .clip(min: 0, max: 0), .sigmoid, .silu, .hardSigmoid(alpha: 0, beta: 0), .hardSwish,
-      .tanh, .gelu(tanh: false),
+      .tanh, .gelu(tanh: false), .sqrt,
     ]
     let binaries: [BinaryKind] = [.add, .sub, .mul, .div]
     let all =
@@ -364,7 +364,13 @@ enum OpCases {
         let x = b.input([2, 3, 4, 5], std: 4)
         return [b.graph.activation(x, a, name: "act")]
       }
-    }
+    } + [
+      // √ of what a Relu leaves: zeros and positives (ReduceL2's last step).
+      opCase("activation_sqrt") { b in
+        let x = b.graph.activation(b.input([2, 3, 4, 5], std: 4), .relu, name: "relu")
+        return [b.graph.activation(x, .sqrt, name: "act")]
+      }
+    ]
   }()
 
   static let pooling: [OpCase] = [

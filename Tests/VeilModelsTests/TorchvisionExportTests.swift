@@ -15,6 +15,11 @@ import VeilTestSupport
 /// Veil imports each at the batch of its input and matches PyTorch's own output and ONNX
 /// Runtime's on the file, within 1e-4 of the largest value. Skipped, with the reason printed,
 /// when Debian's python3-torchvision is not installed (`make python-torchvision`).
+///
+/// Opsets 18 to 21 come from PyTorch 2's torch.export-based exporter (the one PyTorch now
+/// writes by default), run by .venv's PyTorch 2.13 with torchvision 0.28 (`make python-torch`):
+/// it writes ReduceMean with its axes as an input, Split into equal parts by `num_outputs`,
+/// LayerNormalization and Gelu as ops.
 final class TorchvisionExportTests: XCTestCase {
   static let variants = [
     "mobilenet_v3_small:11", "squeezenet1_1:13", "shufflenet_v2_x1_0:17:2", "regnet_y_400mf:13", "efficientnet_b0:17",
@@ -22,22 +27,33 @@ final class TorchvisionExportTests: XCTestCase {
     "fpn_mobilenet_v3_large:13",
   ]
 
+  static let dynamoVariants = [
+    "shufflenet_v2_x1_0:18:2", "efficientnet_b0:19", "convnext_tiny:20", "swin_t:21", "maxvit_t:18",
+    "mobilenet_v3_small:21:2",
+  ]
+
   func testTorchvisionExportsMatchPyTorchAndONNXRuntime() throws {
     try TorchExport.each(
-      "torchvision_export.py", variants: Self.variants, what: "torchvision model", python: PythonScript.debianPython
-    ) { e in
-      let g = try ONNXReader.read(e.model, batch: e.input.shape[0])
-      let got = try Executor(graph: g).run([e.input])[0]
-      let c = Comparison(got: got, want: e.expected, tolerance: .relativeToPeak(1e-4, of: e.expected))
-      print("torchvision \(e.name): max|veil−torch|/max|torch| = \(c.relativeToPeakError)")
-      XCTAssertTrue(c.passed, "\(e.name) against PyTorch: \(c)")
-      // ONNX Runtime on the exported file itself (scripts/compare_ort.py exits 1 above 1e-4).
-      let out = e.model.deletingLastPathComponent().appendingPathComponent("veil_0.npy")
-      try NPY.write(got, to: out)
-      let input = e.model.deletingLastPathComponent().appendingPathComponent("input_0.npy")
-      XCTAssertNoThrow(
-        print(try PythonScript.run("compare_ort.py", [e.model.path, input.path, out.path]).trimmingCharacters(in: .newlines)),
-        "\(e.name) against ONNX Runtime")
-    }
+      "torchvision_export.py", variants: Self.variants, what: "torchvision model", python: PythonScript.debianPython,
+      Self.check)
+  }
+
+  func testTorchExportOfTorchvisionAtOpsets18To21MatchesPyTorchAndONNXRuntime() throws {
+    try TorchExport.each("torchvision_export.py", variants: Self.dynamoVariants, what: "torchvision model", Self.check)
+  }
+
+  static func check(_ e: TorchExport) throws {
+    let g = try ONNXReader.read(e.model, batch: e.input.shape[0])
+    let got = try Executor(graph: g).run([e.input])[0]
+    let c = Comparison(got: got, want: e.expected, tolerance: .relativeToPeak(1e-4, of: e.expected))
+    print("torchvision \(e.name): max|veil−torch|/max|torch| = \(c.relativeToPeakError)")
+    XCTAssertTrue(c.passed, "\(e.name) against PyTorch: \(c)")
+    // ONNX Runtime on the exported file itself (scripts/compare_ort.py exits 1 above 1e-4).
+    let out = e.model.deletingLastPathComponent().appendingPathComponent("veil_0.npy")
+    try NPY.write(got, to: out)
+    let input = e.model.deletingLastPathComponent().appendingPathComponent("input_0.npy")
+    XCTAssertNoThrow(
+      print(try PythonScript.run("compare_ort.py", [e.model.path, input.path, out.path]).trimmingCharacters(in: .newlines)),
+      "\(e.name) against ONNX Runtime")
   }
 }

@@ -114,6 +114,7 @@ final class GradientCheckTests: XCTestCase {
     try check("LeakyRelu(0.2)", [x]) { leakyRelu(x, alpha: 0.2) }
     try check("Tanh", [x]) { VeilTrain.tanh(x) }
     try check("Sigmoid", [x]) { sigmoid(x) }
+    try check("Sqrt", [x]) { squareRoot(relu(x)) }
   }
 
   func testBroadcastingAddAndMul() throws {
