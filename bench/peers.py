@@ -26,7 +26,8 @@ import sys
 import tempfile
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-VEIL = os.path.join(ROOT, ".build", "release", "veil")
+# VEIL (environment) names another veil binary, e.g. a build before a change.
+VEIL = os.environ.get("VEIL") or os.path.join(ROOT, ".build", "release", "veil")
 
 ORT_CHILD = r"""
 import json, resource, sys, time

@@ -541,6 +541,19 @@ struct ONNXLowering {
       emit("Reshape", name: name, inputs: [inputs[0], s], outputs: outs)
     case .transpose(let perm):
       emit("Transpose", name: name, inputs: inputs, outputs: outs, [("perm", .ints(perm))])
+    case .channelShuffle(let groups):
+      // ONNX has no channel shuffle: Reshape to [N, g, C/g, rest], Transpose, Reshape back.
+      let s = graph.shape(node.inputs[0]) ?? []
+      guard s.count >= 2 else { throw FormatError.invalidGraph(format: "ONNX", detail: "ChannelShuffle '\(name)' of unknown shape") }
+      let view = [0, groups, s[1] / groups] + s.dropFirst(2)
+      let perm = [0, 2, 1] + Array(3..<(s.count + 1))
+      let viewShape = constant(name + "_view", dims: [view.count], .int64s(view.map { Int64($0) }))
+      let backShape = constant(name + "_shape", dims: [s.count], .int64s(([0] + s.dropFirst()).map { Int64($0) }))
+      let grouped = fresh(name + "_grouped", shape: nil)
+      let swapped = fresh(name + "_swapped", shape: nil)
+      emit("Reshape", name: name + "_grouped", inputs: [inputs[0], viewShape], outputs: [grouped])
+      emit("Transpose", name: name + "_swap", inputs: [grouped], outputs: [swapped], [("perm", .ints(perm))])
+      emit("Reshape", name: name, inputs: [swapped, backShape], outputs: outs)
     case .slice(let a):
       // Since opset 10 starts, ends, axes and steps are int64 inputs.
       let lists = [("starts", a.starts), ("ends", a.ends), ("axes", a.axes), ("steps", a.steps)].map { role, v in

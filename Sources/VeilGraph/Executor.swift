@@ -680,6 +680,12 @@ struct Compiler {
     case .transpose(let perm):
       let k = try wrap(node: n.name, op: "Transpose") { try backend.transpose(permutation: perm, inputDims: xs) }
       try emit(n, k, [x])
+    case .channelShuffle(let groups):
+      // In the layout its producer wrote where the backend can, else in the plain one.
+      let k =
+        try (try? backend.channelShuffle(groups: groups, input: layoutOf(x)))
+        ?? wrap(node: n.name, op: "ChannelShuffle") { try backend.channelShuffle(groups: groups, input: .plain(xs)) }
+      try emit(n, k, [x])
     case .slice(let a):
       let r: (starts: [Int], steps: [Int], extents: [Int])
       do { r = try a.resolved(xs) } catch {

@@ -156,6 +156,10 @@ public enum Op: Sendable, Hashable, CustomStringConvertible {
   /// ONNX semantics: 0 copies the input's dim, -1 is inferred.
   case reshape(shape: [Int])
   case transpose(permutation: [Int])
+  /// ShuffleNet's channel shuffle: axis 1's C channels viewed as [groups, C/groups], that view
+  /// transposed. ONNX spells it Reshape → Transpose → Reshape; the executor's optimisation
+  /// fuses those into this, which runs in whatever layout its producer wrote.
+  case channelShuffle(groups: Int)
   /// ONNX Slice of a runtime tensor (ONNX Split is imported as one per output).
   case slice(SliceAttributes)
   /// pads: begins for every axis, then ends.
@@ -199,6 +203,7 @@ public enum Op: Sendable, Hashable, CustomStringConvertible {
     case .flatten: return "Flatten"
     case .reshape: return "Reshape"
     case .transpose: return "Transpose"
+    case .channelShuffle: return "ChannelShuffle"
     case .slice: return "Slice"
     case .pad: return "Pad"
     case .resize: return "Resize"
@@ -392,6 +397,10 @@ extension Op {
       }
       guard product(out) == total else { throw fail("cannot reshape \(ins[0]) (\(total) elements) to \(shape)") }
       return out
+    case .channelShuffle(let g):
+      try need(1)
+      guard ins[0].count >= 2, g >= 1, ins[0][1] % g == 0 else { throw fail("\(ins[0]) has no channel axis that \(g) groups divide") }
+      return ins[0]
     case .transpose(let p):
       try need(1)
       guard p.count == ins[0].count, Set(p) == Set(0..<p.count) else { throw fail("perm \(p) does not fit rank \(ins[0].count)") }

@@ -103,6 +103,30 @@ extension Graph {
     nodes = keep
   }
 
+  /// ShuffleNet's channel shuffle as ONNX spells it, Reshape [N, C, rest] → [N, g, C/g, rest],
+  /// Transpose swapping axes 1 and 2, Reshape back to [N, C, rest], each read only by the next,
+  /// becomes one `.channelShuffle(groups: g)`, which runs in its producer's layout: the three
+  /// steps need the plain one, and cost a reorder on each side of every shuffle when the
+  /// convolutions around it run channels-last or blocked. Needs inferred shapes.
+  public mutating func fuseChannelShuffle() {
+    let readers = consumers()
+    var removed = Set<Int>()
+    for (i, n) in nodes.enumerated() {
+      guard case .reshape = n.op, let x = n.inputs.first, let xs = shape(x), let vs = shape(n.outputs[0]),
+        xs.count >= 2, vs.count == xs.count + 1, vs[0] == xs[0], vs[1] * vs[2] == xs[1], vs[1] > 1,
+        Array(vs.dropFirst(3)) == Array(xs.dropFirst(2)), !outputs.contains(n.outputs[0]),
+        let r1 = readers[n.outputs[0]], r1.count == 1, case .transpose(let perm) = nodes[r1[0]].op,
+        perm == [0, 2, 1] + Array(3..<vs.count), !outputs.contains(nodes[r1[0]].outputs[0]),
+        let r2 = readers[nodes[r1[0]].outputs[0]], r2.count == 1, case .reshape = nodes[r2[0]].op,
+        shape(nodes[r2[0]].outputs[0]) == xs, nodes[r2[0]].postOps.isEmpty
+      else { continue }
+      nodes[r2[0]] = Node(
+        name: nodes[r2[0]].name, op: .channelShuffle(groups: vs[1]), inputs: [x], outputs: nodes[r2[0]].outputs)
+      removed.formUnion([i, r1[0]])
+    }
+    nodes = nodes.indices.filter { !removed.contains($0) }.map { nodes[$0] }
+  }
+
   /// Moves a zero Pad of the spatial axes into the convolutions and average poolings that
   /// alone read it, as their own padding: PyTorch exports `AvgPool2d(count_include_pad=True)`
   /// with padding as a Pad, then an unpadded AveragePool (Inception v3 has nine), and a Pad
@@ -326,6 +350,7 @@ extension Graph {
     removeIdentities()
     foldZeroPadding()
     try inferShapes()
+    fuseChannelShuffle()
     alignConstantRanks()
     fuseChannelAffine()
     foldBatchNormalization()

@@ -181,6 +181,10 @@ public protocol ComputeBackend: Sendable {
   func resize(_ kind: ResizeKind, input: Layout, outputDims: [Int]) throws -> Kernel
   func pad(mode: PadMode, value: Float, pads: [Int], inputDims: [Int]) throws -> Kernel
   func transpose(permutation: [Int], inputDims: [Int]) throws -> Kernel
+  /// Axis 1's C channels viewed as [groups, C/groups] and that view transposed (ShuffleNet),
+  /// in `input`'s layout; a backend may refuse a non-plain one, and the caller then passes the
+  /// plain layout.
+  func channelShuffle(groups: Int, input: Layout) throws -> Kernel
   /// ONNX Slice, resolved: output element i takes input element `starts[d] + i[d]·steps[d]`
   /// on every axis d (starts within the input, steps non-zero, negative ones walk back). A
   /// backend may refuse a non-plain `input`; the caller then passes the plain layout.

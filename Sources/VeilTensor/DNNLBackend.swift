@@ -875,6 +875,26 @@ public final class DNNLBackend: ComputeBackend, @unchecked Sendable {
       inputLayouts: [input], output: d, inPlaceInput: inPlaceInput, engine: engine)
   }
 
+  /// oneDNN's shuffle primitive views the axis as [C/G, G] and transposes it, G its group
+  /// size; ONNX's [groups, C/groups] view is that with G = C/groups.
+  public func channelShuffle(groups: Int, input: Layout) throws -> Kernel {
+    let dims = input.dims
+    guard dims.count >= 2, groups >= 1, dims[1] % groups == 0 else {
+      throw TensorError.invalidArgument("ChannelShuffle: \(groups) groups do not divide the channels of \(dims)")
+    }
+    let entry = try cache.entry("shuffle|\(groups)|\(input)", operation: "ChannelShuffle") {
+      var md = try input.dnnlMD()
+      var desc = dnnl_shuffle_desc_t()
+      try check(
+        dnnl_shuffle_forward_desc_init(&desc, dnnl_forward_inference, &md, 1, dnnl_dim_t(dims[1] / groups)),
+        "ChannelShuffle descriptor", detail: "\(groups) groups of \(input)")
+      var pd: dnnl_primitive_desc_t?
+      try check(dnnl_primitive_desc_create(&pd, &desc, nil, engine.engine, nil), "ChannelShuffle primitive")
+      return pd!
+    }
+    return try sourceToDestination("ChannelShuffle", entry, input, input)
+  }
+
   public func transpose(permutation p: [Int], inputDims: [Int]) throws -> Kernel {
     let rank = inputDims.count
     guard p.count == rank, Set(p) == Set(0..<rank) else {

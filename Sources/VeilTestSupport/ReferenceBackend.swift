@@ -429,6 +429,23 @@ public final class ReferenceBackend: ComputeBackend {
     }
   }
 
+  public func channelShuffle(groups: Int, input: Layout) throws -> Kernel {
+    let dims = try plainDims(input, "ChannelShuffle")
+    guard dims.count >= 2, groups >= 1, dims[1] % groups == 0 else {
+      throw TensorError.invalidArgument("ChannelShuffle: \(groups) groups do not divide the channels of \(dims)")
+    }
+    let (c, inner) = (dims[1], dims.dropFirst(2).reduce(1, *))
+    let per = c / groups
+    return LoopKernel(name: "RefChannelShuffle", inputs: [input], output: input) { i, y in
+      for e in 0..<count(dims) {
+        // Output channel k = j·groups + g reads input channel g·per + j.
+        let k = (e / inner) % c
+        let from = (k % groups) * per + k / groups
+        y[e] = i[0][e + (from - k) * inner]
+      }
+    }
+  }
+
   public func transpose(permutation: [Int], inputDims: [Int]) throws -> Kernel {
     let out = permutation.map { inputDims[$0] }
     let s = rowMajorStrides(inputDims)

@@ -260,6 +260,11 @@ public final class GraphModel: Layer {
       return try dropout(x[0], ratio: ratio, training: training && index >= frozenNodes, generator: &dropoutGenerator)
     case .identity: return x[0]
     case .transpose(let permutation): return try transpose(x[0], permutation)
+    case .channelShuffle(let groups):
+      // As ONNX spells it: [N, g, C/g, rest...], the two group axes swapped, back to the shape.
+      let s = x[0].shape
+      let view = try reshape(x[0], [s[0], groups, s[1] / groups] + s.dropFirst(2))
+      return try reshape(try transpose(view, [0, 2, 1] + Array(3..<(s.count + 1))), s)
     case .slice(let a): return try slice(x[0], a)
     case .pad(let mode, let pads, let value): return try pad(x[0], pads: pads, mode: mode, value: value)
     case .localResponseNormalization(let size, let alpha, let beta, let bias):

@@ -145,6 +145,36 @@ final class ExecutorTests: XCTestCase {
   /// concat add no reorder to what the convolution alone needs. With blocks of 8 or 16 a
   /// split at 20 falls inside one and reads the plain layout instead; the numbers agree either
   /// way.
+  /// ShuffleNet's Reshape → Transpose → Reshape becomes one channel shuffle in the
+  /// convolutions' layout: no Transpose runs, and the unit needs no more reorders than the
+  /// same graph without the shuffle; the values are the unfused graph's.
+  func testChannelShuffleIsFusedAndRunsInTheConvolutionsLayout() throws {
+    func graph(shuffled: Bool) -> Graph {
+      var g = Graph(name: "unit")
+      var r = SeededGenerator(seed: 8)
+      let x = g.addInput(name: "x", shape: [1, 48, 6, 6])
+      let a = g.conv(x, weight: .randomNormal(shape: [48, 48, 1, 1], std: 0.2, generator: &r), .square(1), name: "a")
+      var s = a
+      if shuffled {
+        let v = g.addNode(.reshape(shape: [1, 2, 24, 6, 6]), name: "view", inputs: [a])[0]
+        let t = g.addNode(.transpose(permutation: [0, 2, 1, 3, 4]), name: "swap", inputs: [v])[0]
+        s = g.addNode(.reshape(shape: [1, 48, 6, 6]), name: "back", inputs: [t])[0]
+      }
+      let half = g.slice(s, SliceAttributes(starts: [24], ends: [48], axes: [1]), name: "half")
+      g.outputs = [g.conv(half, weight: .randomNormal(shape: [16, 24, 1, 1], std: 0.2, generator: &r), .square(1), name: "b")]
+      return g
+    }
+    var rng = SeededGenerator(seed: 9)
+    let x = Tensor.randomNormal(shape: [1, 48, 6, 6], generator: &rng)
+    let fused = try Executor(graph: graph(shuffled: true))
+    let plain = try Executor(graph: graph(shuffled: true), options: ExecutorOptions(optimize: false))
+    XCTAssertTrue(fused.kernelNames.contains { $0.contains("ChannelShuffle") }, "\(fused.kernelNames)")
+    XCTAssertFalse(fused.kernelNames.contains { $0.contains("Transpose") }, "\(fused.kernelNames)")
+    XCTAssertLessThanOrEqual(fused.reorderCount, try Executor(graph: graph(shuffled: false)).reorderCount)
+    let (got, want) = (try fused.run([x])[0].scalars, try plain.run([x])[0].scalars)
+    for (g, w) in zip(got, want) { XCTAssertEqual(g, w, accuracy: 1e-5) }
+  }
+
   func testChannelSliceReadsTheConvolutionsLayout() throws {
     func graph(splitAt k: Int?) -> Graph {
       var g = Graph(name: "split")

@@ -63,7 +63,8 @@ final class OpTests: XCTestCase {
       .conv(.square(1)), .convTranspose(.square(1)), .batchNormalization(epsilon: 0),
       .maxPool(PoolAttributes(kernel: [1])),
       .averagePool(PoolAttributes(kernel: [1])), .globalAveragePool, .concat(axis: 0), .gemm(GemmAttributes()), .matMul,
-      .flatten(axis: 1), .reshape(shape: []), .transpose(permutation: []), .pad(mode: .constant, pads: [], value: 0),
+      .flatten(axis: 1), .reshape(shape: []), .transpose(permutation: []), .channelShuffle(groups: 1),
+      .pad(mode: .constant, pads: [], value: 0),
       .slice(SliceAttributes(starts: [], ends: [])),
       .resize(.nearest, scales: nil, sizes: nil), .softmax(axis: 0), .dropout(ratio: 0), .identity,
       .localResponseNormalization(size: 1, alpha: 0, beta: 0, bias: 0), .layerNormalization(axis: -1, epsilon: 0),
@@ -771,6 +772,27 @@ enum OpCases {
     },
     // DenseNet: a block's input (plain) concatenated with a convolution's output (oneDNN's
     // layout): one layout for both, not the reference concat.
+    // ShuffleNet V2's unit as torchvision exports it: Concat of a channel half and a branch's
+    // convolution, Reshape → Transpose → Reshape (fused into one channel shuffle, run in the
+    // convolutions' layout), then the split that feeds the next unit's convolution. 58
+    // channels a half, as in ShuffleNet V2 1.0×: not a multiple of any block.
+    opCase("channel_shuffle_between_convs") { b in
+      let x = b.input([1, 116, 8, 8])
+      let keep = b.graph.slice(x, SliceAttributes(starts: [0], ends: [58], axes: [1]), name: "keep")
+      let rest = b.graph.slice(x, SliceAttributes(starts: [58], ends: [116], axes: [1]), name: "rest")
+      let y = b.conv(rest, inChannels: 58, 58, .square(1), name: "branch")
+      let cat = b.graph.concat([keep, y], axis: 1, name: "concat")
+      let v = b.graph.addNode(.reshape(shape: [1, 2, 58, 8, 8]), name: "view", inputs: [cat])[0]
+      let t = b.graph.addNode(.transpose(permutation: [0, 2, 1, 3, 4]), name: "swap", inputs: [v])[0]
+      let s = b.graph.addNode(.reshape(shape: [1, 116, 8, 8]), name: "shuffled", inputs: [t])[0]
+      let half = b.graph.slice(s, SliceAttributes(starts: [58], ends: [116], axes: [1]), name: "split")
+      return [b.conv(half, inChannels: 58, 24, .square(1), name: "next")]
+    },
+    // The op itself, as the writer spells it for ONNX Runtime, at 3 groups on a 5-D tensor.
+    opCase("channel_shuffle_op") { b in
+      let x = b.input([2, 12, 3, 4, 2])
+      return [b.graph.addNode(.channelShuffle(groups: 3), name: "shuffle", inputs: [x])[0]]
+    },
     opCase("concat_input_with_conv_output") { b in
       let x = b.input([1, 64, 8, 8])
       let y = b.conv(x, inChannels: 64, 32, .square(3), bias: false, name: "conv")

@@ -136,6 +136,24 @@ final class GraphModelTests: XCTestCase {
 
 /// The graph bridge under the same finite-difference check as every op.
 extension GradientCheckTests {
+  /// The channel shuffle the executor fuses (ShuffleNet) has the executor's values in VeilTrain,
+  /// and a gradient (a permutation's: the inverse shuffle).
+  func testChannelShuffleMatchesTheExecutorAndHasAGradient() throws {
+    var g = Graph(name: "shuffle")
+    let x = g.addInput(name: "x", shape: [2, 6, 3, 3])
+    g.outputs = [g.addNode(Op.channelShuffle(groups: 2), name: "shuffle", inputs: [x])[0]]
+    try g.inferShapes()
+    var r = SeededGenerator(seed: 6)
+    let input = Tensor.randomNormal(shape: [2, 6, 3, 3], generator: &r)
+    let expected = try Executor(graph: g).run([input])[0]
+    let model = try GraphModel(g)
+    XCTAssertEqual(try model(Variable(input)).value.scalars, expected.scalars)
+    // Channel 1 of the output is input channel 3 (groups [0 1 2 | 3 4 5] interleaved).
+    XCTAssertEqual(expected.scalars[9..<18], input.scalars[27..<36])
+    let v = Variable(input, requiresGrad: true)
+    try check("channel shuffle", [v]) { try model(v) }
+  }
+
   func testGradientsThroughAGraph() throws {
     let model = try GraphModel(try GraphModelTests.smallGraph(seed: 1))
     XCTAssertEqual(model.parameters.map(\.name), ["conv1.weight", "bn1.weight", "bn1.bias", "dw.weight", "fc.weight", "fc.bias"])
