@@ -92,7 +92,7 @@ public struct TorchExport {
     }
     print(report.trimmingCharacters(in: .whitespacesAndNewlines))
     for variant in variants {
-      let name = variant.replacingOccurrences(of: ":", with: "_")
+      let name = variant.replacingOccurrences(of: ":", with: "_").replacingOccurrences(of: "/", with: "_")
       let folder = dir.appendingPathComponent(name)
       try body(
         TorchExport(

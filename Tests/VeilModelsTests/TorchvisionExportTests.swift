@@ -42,11 +42,25 @@ final class TorchvisionExportTests: XCTestCase {
     try TorchExport.each("torchvision_export.py", variants: Self.dynamoVariants, what: "torchvision model", Self.check)
   }
 
+  /// timm's architectures beyond torchvision's (timm 1.0 on .venv's PyTorch 2, `make
+  /// python-torch`): MobileViT's unfold and fold, LeViT's attention with its own means over
+  /// tokens and HardSwish, ResNeSt's split attention (a ReduceSum over the radix), MixNet's
+  /// five-way Split, HRNet's multi-resolution fusion (Resize), TF-EfficientNet-Lite0's
+  /// "same" padding computed from the size.
+  static let timmVariants = [
+    "timm/mobilevit_s:18", "timm/levit_128:21", "timm/resnest14d:18", "timm/mixnet_s:21", "timm/hrnet_w18_small:18",
+    "timm/tf_efficientnet_lite0:21",
+  ]
+
+  func testTimmExportsAtOpsets18To21MatchPyTorchAndONNXRuntime() throws {
+    try TorchExport.each("torchvision_export.py", variants: Self.timmVariants, what: "timm model", Self.check)
+  }
+
   static func check(_ e: TorchExport) throws {
     let g = try ONNXReader.read(e.model, batch: e.input.shape[0])
     let got = try Executor(graph: g).run([e.input])[0]
     let c = Comparison(got: got, want: e.expected, tolerance: .relativeToPeak(1e-4, of: e.expected))
-    print("torchvision \(e.name): max|veil−torch|/max|torch| = \(c.relativeToPeakError)")
+    print("\(e.name): max|veil−torch|/max|torch| = \(c.relativeToPeakError)")
     XCTAssertTrue(c.passed, "\(e.name) against PyTorch: \(c)")
     // ONNX Runtime on the exported file itself (scripts/compare_ort.py exits 1 above 1e-4).
     let out = e.model.deletingLastPathComponent().appendingPathComponent("veil_0.npy")
