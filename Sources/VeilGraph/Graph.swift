@@ -1,7 +1,8 @@
 /// VeilGraph: the model as a graph, and everything that runs it.
 ///
 /// Owns the op set, the graph IR (values, nodes, initializers, topological order), shape
-/// inference, the rewrite passes (BatchNorm folding, identity removal, conv post-op fusion),
+/// inference, the rewrite passes (BatchNorm folding, identity removal, conv post-op fusion,
+/// ShuffleNet's Reshape/Transpose/Reshape as one channel shuffle that keeps its producer's layout),
 /// the executor with its liveness-based memory planner, cut points and the split of a
 /// graph into head and tail (and an output part kept in the enclave), and the defences applied
 /// to the map at the cut, which the enclave, the attackers and the planner share (autograd, and

@@ -19,7 +19,8 @@ import VeilTestSupport
 /// Opsets 18 to 21 come from PyTorch 2's torch.export-based exporter (the one PyTorch now
 /// writes by default), run by .venv's PyTorch 2.13 with torchvision 0.28 (`make python-torch`):
 /// it writes ReduceMean with its axes as an input, Split into equal parts by `num_outputs`,
-/// LayerNormalization and Gelu as ops.
+/// LayerNormalization and Gelu as ops, Einsum (MaxViT), an `as_strided` Gather (ConvNeXt), and
+/// for Swin V2's cosine attention ReduceL2, Expand and GatherND.
 final class TorchvisionExportTests: XCTestCase {
   static let variants = [
     "mobilenet_v3_small:11", "squeezenet1_1:13", "shufflenet_v2_x1_0:17:2", "regnet_y_400mf:13", "efficientnet_b0:17",
@@ -29,7 +30,7 @@ final class TorchvisionExportTests: XCTestCase {
 
   static let dynamoVariants = [
     "shufflenet_v2_x1_0:18:2", "efficientnet_b0:19", "convnext_tiny:20", "swin_t:21", "maxvit_t:18",
-    "mobilenet_v3_small:21:2",
+    "mobilenet_v3_small:21:2", "swin_v2_t:20",
   ]
 
   func testTorchvisionExportsMatchPyTorchAndONNXRuntime() throws {
