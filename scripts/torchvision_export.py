@@ -135,7 +135,7 @@ def export(out, name, opset, batch):
         warnings.simplefilter("ignore")
         if opset >= 18:
             # PyTorch 2's exporter (torch.export, then onnxscript). The batch stays symbolic where
-            # torch.export can keep it so (Dim.AUTO); some models trace to a fixed batch of 1.
+            # torch.export can keep it so (Dim.AUTO); ViT-B/16 traces to a fixed batch of 1.
             if int(torch.__version__.split(".")[0]) < 2:
                 raise RuntimeError(f"opset {opset} needs PyTorch 2 (.venv's Python), not {torch.__version__}")
             torch.onnx.export(

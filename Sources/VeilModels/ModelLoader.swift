@@ -11,6 +11,8 @@ public enum ModelLoadError: Error, CustomStringConvertible, Equatable {
   case fileType(path: String, ext: String)
   /// A state_dict that is no zoo architecture's.
   case notAZooStateDict(path: String, detail: String)
+  /// A file whose inputs fix their batch, and whose graph does not re-infer at the one asked for.
+  case fixedBatch(path: String, input: String, shape: [Int], batch: Int, detail: String)
 
   public var description: String {
     switch self {
@@ -20,6 +22,10 @@ public enum ModelLoadError: Error, CustomStringConvertible, Equatable {
       return "cannot load '\(path)': unknown model file type '.\(ext)' (read: .onnx; PyTorch state_dicts .pth/.pt/.bin/.ckpt; .safetensors)"
     case .notAZooStateDict(let path, let detail):
       return "cannot load '\(path)': \(detail)"
+    case .fixedBatch(let path, let input, let shape, let batch, let detail):
+      return "cannot run '\(path)' at batch \(batch): its input '\(input)' fixes the batch (\(shape)) and the graph "
+        + "computes with that batch (\(detail)). Run it at batch \(shape.first ?? 1), or export it with a symbolic "
+        + "batch (PyTorch: dynamic_axes={'input': {0: 'batch'}}, or dynamic_shapes with torch.export)"
     }
   }
 }
@@ -41,7 +47,12 @@ public enum ModelLoader {
       // A symbolic batch is fixed at import, where every reshape folds at it; a file that
       // fixes its batch is re-inferred at the one asked for.
       var g = try ONNXReader.read(url, batch: batch)
-      if g.inputs.contains(where: { g.shape($0)?.first != batch }) { g = try g.withBatch(batch) }
+      if let fixed = g.inputs.first(where: { g.shape($0)?.first != batch }) {
+        do { g = try g.withBatch(batch) } catch {
+          throw ModelLoadError.fixedBatch(
+            path: spec, input: g[fixed].name, shape: g.shape(fixed) ?? [], batch: batch, detail: "\(error)")
+        }
+      }
       return g
     case "pth", "pt", "bin", "ckpt":
       return try fromStateDict(TorchCheckpoint.read(url), file: spec, batch: batch)

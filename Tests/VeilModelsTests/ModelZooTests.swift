@@ -1,3 +1,5 @@
+import Foundation
+import VeilFormats
 import VeilGraph
 import VeilModels
 import VeilTensor
@@ -118,6 +120,27 @@ final class ModelZooTests: XCTestCase {
     XCTAssertThrowsError(try ModelZoo.info("")) { XCTAssertTrue("\($0)".contains("efficientnet_lite0")) }
     XCTAssertThrowsError(try ModelZoo.build("mobilenet_v2", batch: 0)) {
       XCTAssertEqual($0 as? ModelZooError, .invalidBatch(0))
+    }
+  }
+
+  /// A file whose input fixes the batch at 1 and whose graph computes with it (PyTorch 2 writes
+  /// ViT-B/16 so) loads at batch 1; at batch 2 the error names the file, the input and its
+  /// shape, the node that fails, and what to do.
+  func testFileWithAFixedBatchSaysHowToRunIt() throws {
+    var g = Graph(name: "fixed")
+    let x = g.addInput(name: "pixels", shape: [1, 4, 2, 2])
+    g.outputs = [g.addNode(.reshape(shape: [1, 16]), name: "flatten_batch_one", inputs: [x])[0]]
+    try g.inferShapes()
+    let url = FileManager.default.temporaryDirectory.appendingPathComponent("veil-fixed-batch-\(getpid()).onnx")
+    defer { try? FileManager.default.removeItem(at: url) }
+    try ONNXWriter.write(g, to: url)
+    let one = try ModelLoader.load(url.path, batch: 1)
+    XCTAssertEqual(one.shape(one.outputs[0]), [1, 16])
+    XCTAssertThrowsError(try ModelLoader.load(url.path, batch: 2)) { error in
+      let text = "\(error)"
+      for part in ["at batch 2", "'pixels'", "[1, 4, 2, 2]", "flatten_batch_one", "Run it at batch 1", "symbolic"] {
+        XCTAssertTrue(text.contains(part), "\(part): \(text)")
+      }
     }
   }
 
