@@ -14,7 +14,7 @@ python: deps
 # PyTorch, and torchvision's exports at opsets 18-21 (PyTorch 2's exporter).
 python-torch: python
 	.venv/bin/python -m pip install -q --disable-pip-version-check -r requirements-torch.txt \
-	  || echo "warning: PyTorch CPU could not be installed here (no local wheel, no network); the gradient checks against PyTorch will say they were skipped"
+	  || echo "warning: PyTorch CPU, torchvision or timm could not be installed in .venv (no local wheel, or PyPI unreachable); the gradient checks against PyTorch and the PyTorch 2 export tests will say they were skipped"
 
 # Debian's PyTorch 1.13 and torchvision 0.14 for Debian's own Python (/usr/bin/python3): what
 # exports torchvision's models for the import tests (TorchvisionExportTests) and the op survey
