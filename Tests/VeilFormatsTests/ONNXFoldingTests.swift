@@ -147,16 +147,23 @@ extension ONNXReaderTests {
     XCTAssertEqual(y.scalars, [-0x1p63, -0x1p62, 0, 0x1p62])
   }
 
+  /// A model of `nodes` on constants (made by `setup`) beside a Relu of its input must be
+  /// refused with every one of `words` in the message.
+  func refused(
+    _ nodes: [HandModel.Node], opset: Int = 13, _ setup: (inout HandModel) -> Void, _ words: [String],
+    file: StaticString = #filePath, line: UInt = #line
+  ) {
+    var m = HandModel()
+    m.opset = opset
+    m.inputs = [("x", [1, 2])]
+    setup(&m)
+    m.nodes = nodes + [("relu", "Relu", ["x"], ["y"], [])]
+    m.outputs = ["y"]
+    let text = message { try ONNXReader.parse(m.bytes()) }
+    for w in words { XCTAssertTrue(text.contains(w), "\(words): \(text)", file: file, line: line) }
+  }
+
   func testHostileFoldOperandsAreRefusedByName() {
-    func refused(_ nodes: [HandModel.Node], _ setup: (inout HandModel) -> Void, _ words: [String]) {
-      var m = HandModel()
-      m.inputs = [("x", [1, 2])]
-      setup(&m)
-      m.nodes = nodes + [("relu", "Relu", ["x"], ["y"], [])]
-      m.outputs = ["y"]
-      let text = message { try ONNXReader.parse(m.bytes()) }
-      for w in words { XCTAssertTrue(text.contains(w), "\(words): \(text)") }
-    }
     // 2^40 elements from three scalars.
     refused([("huge", "Range", ["a", "b", "c"], ["r"], [])], {
       $0.int64s("a", dims: [], [0]); $0.int64s("b", dims: [], [1 << 40]); $0.int64s("c", dims: [], [1])
