@@ -596,7 +596,9 @@ extension ONNXImporter {
       return try emit(.identity, c, inputs: [x])
     }
     do {
+      // The ones are a constant of their own; the result is a runtime tensor, bounded as a file's.
       _ = try FormatLimits.elementCount(ones, maxElements: FormatLimits.maxFoldedElements - foldedElements)
+      _ = try FormatLimits.elementCount(target)
     } catch { throw c.fail("expanding \(have) to \(target.prefix(8)) \(error.detail)") }
     guard let out = c.node.outputs.first, !out.isEmpty else { throw c.fail("has no output") }
     constants[out + "/ones"] = .floats(Tensor(shape: ones, repeating: 1))

@@ -128,6 +128,14 @@ extension ONNXReaderTests {
     m.outputs = ["y"]
     let text = message { try ONNXReader.parse(m.bytes()) }
     XCTAssertTrue(text.contains("expand") && text.contains("does not broadcast"), text)
+    // Small ones (16), a result of 2^34 elements: refused before anything is made.
+    var huge = HandModel()
+    huge.inputs = [("x", [1, 1 << 15, 1 << 15])]
+    huge.int64s("wide", dims: [3], [16, 1, 1])
+    huge.nodes = [("expand", "Expand", ["x", "wide"], ["y"], [])]
+    huge.outputs = ["y"]
+    let refusal = message { try ONNXReader.parse(huge.bytes()) }
+    XCTAssertTrue(refusal.contains("expand") && refusal.contains("expanding"), refusal)
   }
 
   /// The new folds refuse hostile operands by the node's name: a GatherND index past its axis,
