@@ -80,18 +80,23 @@ public final class EnclaveReplicas: Sendable {
     }
   }
 
-  /// The replicas to try for a new connection: those not in their back-off first, the fewest
-  /// open connections first and, among equals, in turn from `start`; then those in back-off.
-  func candidates(startingAt start: Int) -> [Int] {
-    let order = backoff.order(startingAt: start)
+  /// The replica a new connection goes to, counted as open from here on: of those not yet
+  /// `tried`, the ones not in their back-off first, the fewest open connections first and, among
+  /// equals, in turn from `start`; then those in back-off. Choosing and counting are one step
+  /// under the lock, so that callers moving off a dropped replica at the same moment see each
+  /// other's choice and spread out instead of all taking the same least-loaded replica.
+  func reserve(startingAt start: Int, excluding tried: Set<Int>) -> Int? {
+    let order = backoff.order(startingAt: start).filter { !tried.contains($0) }
     let down = Set(backoff.down)
-    let load = open.withLock { $0 }
-    let up = order.filter { !down.contains($0) }.enumerated()
-      .sorted { (load[$0.element], $0.offset) < (load[$1.element], $1.offset) }.map(\.element)
-    return up + order.filter { down.contains($0) }
+    return open.withLock { (load: inout [Int]) -> Int? in
+      let up = order.filter { !down.contains($0) }.enumerated()
+        .min { (load[$0.element], $0.offset) < (load[$1.element], $1.offset) }?.element
+      guard let chosen = up ?? order.first(where: { down.contains($0) }) else { return nil }
+      load[chosen] += 1
+      return chosen
+    }
   }
 
-  func opened(_ i: Int) { open.withLock { $0[i] += 1 } }
   func closed(_ i: Int) { open.withLock { $0[i] -= 1 } }
 
   /// Runs `body` with a caller of its own (one connection and session at a time), starting at
@@ -163,7 +168,9 @@ public actor EnclaveReplicaCaller {
   public func session() async throws -> EnclaveSession {
     if let current { return current.session }
     var failures: [String] = []
-    for i in replicas.candidates(startingAt: start) {
+    var tried = Set<Int>()
+    while let i = replicas.reserve(startingAt: start, excluding: tried) {
+      tried.insert(i)
       let endpoint = replicas.endpoints[i]
       let transport: HTTP2ClientTransport.Posix
       do {
@@ -171,13 +178,12 @@ public actor EnclaveReplicaCaller {
           target: .dns(host: endpoint.host, port: endpoint.port), transportSecurity: .plaintext, config: .veilClient)
       } catch {
         failures.append("\(endpoint): \(error)")
+        replicas.closed(i)
         replicas.backoff.markDown(i)
         continue
       }
       let grpc = GRPCClient(transport: transport)
       let runner = Task<Void, Never> { try? await grpc.runConnections() }
-      // Counted from the attempt on, so that callers moving at once spread out.
-      replicas.opened(i)
       var client = EnclaveClient(grpc: grpc, endpoint: endpoint, verifier: replicas.verifier)
       client.timeout = replicas.timeout
       client.maxMessageBytes = replicas.maxMessageBytes
