@@ -311,7 +311,7 @@ final class BatchScheduler: @unchecked Sendable {
   static func concatenate(_ parts: [Tensor]) throws -> Tensor {
     guard var shape = parts.first?.shape else { throw AcceleratorError.badRequest("empty batch") }
     shape[0] = parts.reduce(0) { $0 + $1.shape[0] }
-    return Tensor(shape: shape) { out in
+    return Tensor(uninitialized: shape) { out in
       guard let base = out.baseAddress else { return }
       var at = 0
       for p in parts {
@@ -328,7 +328,7 @@ final class BatchScheduler: @unchecked Sendable {
     var shape = t.shape
     let per = shape.dropFirst().reduce(1, *)
     shape[0] = count
-    return Tensor(shape: shape) { out in
+    return Tensor(uninitialized: shape) { out in
       t.withUnsafeBuffer { src in
         if let o = out.baseAddress, let s = src.baseAddress, out.count > 0 {
           o.update(from: s + from * per, count: count * per)

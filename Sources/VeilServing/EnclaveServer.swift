@@ -8,6 +8,7 @@ import GRPCCore
 import GRPCNIOTransportHTTP2
 import Logging
 import ServiceLifecycle
+import VeilTensor
 import VeilTEE
 
 /// How the enclave server listens, and every limit it applies.
@@ -84,6 +85,8 @@ public final class EnclaveServer: Service, Sendable {
   /// Serves until a graceful shutdown (ServiceLifecycle's, or `beginGracefulShutdown()`), then
   /// waits for the calls in flight and stops the sweeper and the metrics endpoint.
   public func run() async throws {
+    // Loaded and compiled: from here on request buffers are reused, not mapped afresh.
+    allocateForSteadyState()
     let (metrics, host) = (self.metrics, config.host)
     let metricsServer = try await MetricsHTTPServer.start(
       host: host, port: config.metricsPort, publishingTo: metricsAddress,

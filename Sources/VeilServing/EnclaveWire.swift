@@ -37,7 +37,7 @@ extension Veil_Enclave_V1_Tensor {
       throw EnclaveError.invalidInput(
         "tensor shape \(shape) needs \(n * 4) bytes of float32, the message carries \(data.count)")
     }
-    return Tensor(shape: dims) { buf in
+    return Tensor(uninitialized: dims) { buf in
       data.withUnsafeBytes { raw in
         _ = raw.copyBytes(to: UnsafeMutableRawBufferPointer(buf))
       }

@@ -7,6 +7,7 @@ import GRPCCore
 import GRPCNIOTransportHTTP2
 import Logging
 import ServiceLifecycle
+import VeilTensor
 
 /// How the accelerator server listens.
 public struct AcceleratorServerConfig: Sendable {
@@ -68,6 +69,8 @@ public final class AcceleratorServer: Service, Sendable {
   /// Serves until a graceful shutdown (ServiceLifecycle's, or `beginGracefulShutdown()`), then
   /// waits for calls in flight and stops the model workers.
   public func run() async throws {
+    // Loaded and compiled: from here on request buffers are reused, not mapped afresh.
+    allocateForSteadyState()
     let metrics = service.metrics
     let metricsServer = try await MetricsHTTPServer.start(
       host: config.host, port: config.metricsPort, publishingTo: metricsAddress

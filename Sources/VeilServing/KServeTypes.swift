@@ -218,7 +218,7 @@ public enum KServeCodec {
   /// shape or the byte count is not 4 × its element count.
   public static func tensor(shape: [Int], rawBytes: Data) -> Tensor? {
     guard let count = elementCount(shape), rawBytes.count == count * 4 else { return nil }
-    return Tensor(shape: shape) { buf in
+    return Tensor(uninitialized: shape) { buf in
       rawBytes.withUnsafeBytes { src in
         if count > 0, let dst = buf.baseAddress, let s = src.baseAddress {
           UnsafeMutableRawPointer(dst).copyMemory(from: s, byteCount: count * 4)
@@ -256,7 +256,7 @@ public enum KServeCodec {
   public static func tensor(shape: [Int], rawBytes: Data, datatype: String) -> Tensor? {
     guard let size = integerBytes[datatype] else { return datatype == fp32 ? tensor(shape: shape, rawBytes: rawBytes) : nil }
     guard let count = elementCount(shape), rawBytes.count == count * size else { return nil }
-    return Tensor(shape: shape) { buf in
+    return Tensor(uninitialized: shape) { buf in
       rawBytes.withUnsafeBytes { src in
         for k in 0..<count {
           buf[k] = size == 1 ? Float(src[k]) : Float(UInt16(src[2 * k]) | UInt16(src[2 * k + 1]) << 8)

@@ -1,7 +1,8 @@
 /// VeilTensor: tensors and the numerical backend.
 ///
 /// Owns `Tensor` (float32, logical NCHW at the API), aligned storage with its scoped reuse of
-/// freed blocks (`withBlockReuse`), `StridedWalk` for copies out of strided views, the backend
+/// freed blocks (`withBlockReuse`) and the allocator's switch to a process's steady state
+/// (`allocateForSteadyState`), `StridedWalk` for copies out of strided views, the backend
 /// seams (`ComputeBackend` for inference, `TrainingBackend` for training, `Layout` as
 /// dimensions plus a backend's opaque token, and the `Backends` defaults), and oneDNN 2.6
 /// behind both seams (engine, stream, a bounded primitive cache, its memory descriptors as
@@ -19,13 +20,13 @@ public final class TensorStorage: @unchecked Sendable {
   public let pointer: UnsafeMutablePointer<Float>
 
   /// Set once, before the first tensor: see `veil_tune_malloc`.
-  private static let mallocTuned: Bool = {
+  static let tuneMalloc: Bool = {
     veil_tune_malloc()
     return true
   }()
 
   public init(count: Int) {
-    _ = Self.mallocTuned
+    _ = Self.tuneMalloc
     self.count = count
     let bytes = Self.byteCount(count)
     if let recycled = StorageRecycler.shared.take(bytes: bytes) {
@@ -64,6 +65,21 @@ public func withBlockReuse<R>(upTo limitBytes: Int = blockReuseDefaultLimit, _ b
   StorageRecycler.shared.enter(limit: max(0, limitBytes))
   defer { StorageRecycler.shared.leave(limit: max(0, limitBytes)) }
   return try body()
+}
+
+/// Tells the allocator that the process has reached its steady state: what it serves is loaded
+/// and compiled, and from now on it allocates and frees blocks of the same sizes again and again
+/// (a server's requests, a benchmark's timed runs). Until this call every block of 1 MiB or more
+/// is its own mapping, returned to the operating system when freed, so that weights freed while
+/// a model is compiled leave the resident set (`veil_tune_malloc`). After it, blocks up to
+/// 32 MiB come from the heap and stay there once freed, for the next request of that size:
+/// without it a request carrying a 1.6 MiB feature map paid about 400 page faults and the
+/// kernel's zeroing for every copy of it (docs/benchmarks.md, "Steady-state allocation").
+/// Memory freed later (an executor evicted from a cache) stays in the process for reuse rather
+/// than going back. Idempotent; servers call it when they start serving.
+public func allocateForSteadyState() {
+  _ = TensorStorage.tuneMalloc
+  veil_malloc_keep_freed()
 }
 
 /// The default bound of `withBlockReuse`: 1 GiB of freed blocks.

@@ -186,6 +186,8 @@ struct LoadTest: AsyncParsableCommand {
       return r
     }
 
+    // The reference is computed; from here on each request allocates what the last one freed.
+    allocateForSteadyState()
     let shared = Shared()
     let total = requests
     let n = clients

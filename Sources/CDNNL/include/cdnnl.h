@@ -43,6 +43,7 @@ void veil_md_describe(const dnnl_memory_desc_t *md, char *buf, size_t len);
 
 /// Fixes glibc's mmap threshold at 1 MiB so that large tensors are returned to the OS when freed.
 void veil_tune_malloc(void);
+void veil_malloc_keep_freed(void);
 
 /// Constant, reflect or edge padding of an NCHW-like tensor (any rank), plain layout.
 /// pads: begin[0..rank) then end[0..rank), may be negative (cropping).
