@@ -8,6 +8,7 @@
 /// VeilGraph and VeilTensor only; it must not depend on models, data, privacy, serving or any
 /// higher layer, and it never names oneDNN.
 import Foundation
+import VeilGraph
 import VeilTensor
 
 /// Every error of the formats layer. Each case says which file or node, where in it, and what
@@ -57,7 +58,7 @@ public enum FormatLimits {
   /// Most elements in one tensor read from a file (8 GiB of float32). The product of the
   /// dimensions with zeros counted as ones is held to it too, so that a tensor of no elements
   /// cannot carry dimensions whose strides overflow later.
-  public static let maxElements = Int(Int32.max)
+  public static let maxElements = Graph.maxTensorElements
   /// Most elements an ONNX import may create from attributes and shape arithmetic, all folded
   /// constants together (ConstantOfShape, Cast, integer Add/Mul/Slice/Transpose/Gather/Concat):
   /// 1 GiB of float32. Architecture-only test models (the onnx package's `light_*.onnx`) build

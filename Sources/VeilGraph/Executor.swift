@@ -122,9 +122,20 @@ public final class Executor: @unchecked Sendable {
     constantBytes = compiler.steps.reduce(0) { $0 + $1.kernel.constantBytes } + compiler.constantBufferBytes
     unplannedActivationBytes = buffers.reduce(0) { if case .arena = $1.kind { return $0 + $1.bytes } else { return $0 } }
     peakActivationBytes = Executor.planArena(&buffers)
+    // Each tensor is bounded (`Graph.maxTensorElements`), but the activations alive at once
+    // may still exceed the machine: refuse, rather than fail the allocation or be killed while
+    // the pages are touched.
+    let memory = ProcessInfo.processInfo.physicalMemory
+    guard UInt64(peakActivationBytes) <= memory else {
+      let planned = compiler.graph
+      throw GraphError.invalidGraph(
+        "'\(planned.name)' needs \(Executor.gib(peakActivationBytes)) of activation memory at once (input \(planned.inputs.map { planned[$0].shape ?? [] })), more than this machine's \(Executor.gib(Int(clamping: memory))); run a smaller batch or input size")
+    }
     arena = TensorStorage(count: (peakActivationBytes + 3) / 4)
     bindPointers()
   }
+
+  static func gib(_ bytes: Int) -> String { String(format: "%.1f GiB", Double(bytes) / 1_073_741_824) }
 
   /// Places arena buffers at offsets so that buffers alive at the same time never overlap:
   /// largest first, each at the lowest offset free during its whole lifetime. Returns the size.

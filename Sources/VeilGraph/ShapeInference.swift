@@ -18,6 +18,7 @@ extension Graph {
         ins.append(s)
       }
       let out = try n.op.outputShape(ins, node: n.name)
+      try Graph.checkBounded(out, node: n)
       if let r = n.residual {
         guard self[r].shape == out else {
           throw GraphError.shapeError(
@@ -27,6 +28,32 @@ extension Graph {
       self[n.outputs[0]].shape = out
       // Secondary outputs (Dropout's mask) share the shape.
       for o in n.outputs.dropFirst() { self[o].shape = out }
+    }
+  }
+
+  /// Most elements one tensor may hold, inferred or declared (8 GiB of float32): the bound a
+  /// file's own tensors are held to (`FormatLimits.maxElements`), applied to every shape
+  /// that inference derives from attributes, pads, scales and input sizes, before anything is
+  /// allocated for it.
+  public static let maxTensorElements = Int(Int32.max)
+
+  /// Refuses an inferred output shape with a negative dimension or more elements than one tensor
+  /// may hold (a Conv padded by 30,000 on each side, a ConvTranspose striding 60,000, an input
+  /// size or batch that blows a later layer up), naming the node, instead of leaving the
+  /// allocation to fail, or a product to overflow, when the model runs.
+  static func checkBounded(_ shape: [Int], node: Node) throws {
+    var count = 1
+    for d in shape {
+      guard d >= 0 else {
+        throw GraphError.shapeError(node: node.name, op: node.op.typeName, detail: "output shape \(shape) has a negative dimension")
+      }
+      let (p, overflow) = count.multipliedReportingOverflow(by: d)
+      guard !overflow, p <= maxTensorElements else {
+        throw GraphError.shapeError(
+          node: node.name, op: node.op.typeName,
+          detail: "output shape \(shape) holds more than \(maxTensorElements) elements, the most one tensor may hold; check the node's attributes (pads, strides, scales) and the input size")
+      }
+      count = p
     }
   }
 

@@ -198,6 +198,25 @@ extension ONNXReaderTests {
     }, ["cast", "out of integer range"])
   }
 
+  /// Attributes within their own bounds that together blow a shape up (a Conv padded by
+  /// 30,000 a side of an 8 × 8 input, a ConvTranspose striding 60,000) are refused at import
+  /// by the node's name; before, the executor's allocation of the 58 GB output crashed the
+  /// process.
+  func testAttributesThatBlowAShapeUpAreRefusedAtImport() {
+    for (op, attrs, weight) in [
+      ("Conv", [("pads", Attr.ints([30_000, 30_000, 30_000, 30_000])), ("kernel_shape", .ints([3, 3]))], [4, 3, 3, 3]),
+      ("ConvTranspose", [("strides", .ints([60_000, 60_000])), ("kernel_shape", .ints([3, 3]))], [3, 4, 3, 3]),
+    ] {
+      var m = HandModel()
+      m.inputs = [("x", [1, 3, 8, 8])]
+      m.floats("w", dims: weight, [Float](repeating: 0.1, count: weight.reduce(1, *)))
+      m.nodes = [("huge", op, ["x", "w"], ["y"], attrs)]
+      m.outputs = ["y"]
+      let text = message { try ONNXReader.parse(m.bytes()) }
+      for word in ["huge", op, "elements, the most one tensor may hold"] { XCTAssertTrue(text.contains(word), "\(op): \(text)") }
+    }
+  }
+
   /// torchvision's Swin writes Dropout(p = 0) in training mode: nothing is dropped, so it is
   /// taken; a training-mode Dropout that drops is refused.
   func testTrainingModeDropoutOfRatioZeroIsTheIdentity() throws {
