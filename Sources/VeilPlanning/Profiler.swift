@@ -413,6 +413,9 @@ public enum Profiler {
     let before = ProfileConditions.Sample.now()
     progress("whole model: compiling")
     let whole = try Executor(graph: graph)
+    // Time as the servers run: per-run buffers (the feature map, its sealed records) reused,
+    // not mapped afresh on every run (`allocateForSteadyState`, which both servers call).
+    allocateForSteadyState()
     let wholeTrace = whole.memoryTrace.teeTrace
     var wholeRuns = try timeStable(whole, input, options, "whole model", progress).0
     progress(String(format: "whole model: %.1f ms native", wholeRuns.medianMs))
