@@ -1,7 +1,9 @@
 /// VeilGraph: the model as a graph, and everything that runs it.
 ///
 /// Owns the op set, the graph IR (values, nodes, initializers, topological order), shape
-/// inference, the rewrite passes (BatchNorm folding, identity removal, conv post-op fusion,
+/// inference (which holds every shape it derives to the bound of a file's tensor,
+/// `Graph.maxTensorElements`, so that no importer or batch size reaches the executor with an
+/// unallocatable tensor), the rewrite passes (BatchNorm folding, identity removal, conv post-op fusion,
 /// ShuffleNet's Reshape/Transpose/Reshape as one channel shuffle that keeps its producer's layout),
 /// the executor with its liveness-based memory planner, cut points and the split of a
 /// graph into head and tail (and an output part kept in the enclave), and the defences applied
