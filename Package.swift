@@ -74,7 +74,7 @@ let package = Package(
         .product(name: "GRPCProtobuf", package: "grpc-swift-protobuf"),
         .product(name: "SwiftProtobuf", package: "swift-protobuf"),
         .product(name: "Logging", package: "swift-log"),
-        .product(name: "Metrics", package: "swift-metrics"),
+        .product(name: "CoreMetrics", package: "swift-metrics"),
         .product(name: "Prometheus", package: "swift-prometheus"),
         .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
         .product(name: "NIOCore", package: "swift-nio"),
@@ -135,9 +135,14 @@ let package = Package(
         .product(name: "X509", package: "swift-certificates"),
       ]),
     .testTarget(name: "VeilTensorTests", dependencies: ["VeilTensor"]),
-    .testTarget(name: "VeilGraphTests", dependencies: ["VeilGraph", "VeilFormats", "VeilTestSupport"]),
-    .testTarget(name: "VeilFormatsTests", dependencies: ["VeilFormats", "VeilTestSupport"]),
-    .testTarget(name: "VeilPlanningTests", dependencies: ["VeilPlanning", "VeilServing", "VeilTEE", "VeilModels", "VeilGraph", "VeilTensor", "VeilData", "VeilTestSupport"]),
+    .testTarget(name: "VeilGraphTests", dependencies: ["VeilGraph", "VeilTensor", "VeilFormats", "VeilTestSupport"]),
+    .testTarget(name: "VeilFormatsTests", dependencies: ["VeilFormats", "VeilGraph", "VeilTensor", "VeilTestSupport"]),
+    .testTarget(
+      name: "VeilPlanningTests",
+      dependencies: [
+        "VeilPlanning", "VeilServing", "VeilTEE", "VeilModels", "VeilGraph", "VeilTensor", "VeilData", "VeilFormats", "VeilPrivacy",
+        "VeilTestSupport",
+      ]),
     .testTarget(
       name: "VeilTrainTests",
       dependencies: ["VeilTrain", "VeilTensor", "VeilGraph", "VeilFormats", "VeilData", "VeilModels", "VeilTestSupport"]),
@@ -156,7 +161,7 @@ let package = Package(
         .product(name: "NIOPosix", package: "swift-nio"),
         .product(name: "SwiftProtobuf", package: "swift-protobuf"),
       ]),
-    .testTarget(name: "VeilModelsTests", dependencies: ["VeilModels", "VeilFormats", "VeilTestSupport"]),
+    .testTarget(name: "VeilModelsTests", dependencies: ["VeilModels", "VeilGraph", "VeilTensor", "VeilFormats", "VeilTestSupport"]),
   ]
 )
 
