@@ -380,22 +380,13 @@ extension Op {
       let unknown = out.indices.filter { out[$0] == -1 }
       guard unknown.count <= 1, out.allSatisfy({ $0 >= -1 }) else { throw fail("invalid target shape \(shape)") }
       // The target comes from a model file: multiply with overflow checks.
-      func product(_ dims: some Sequence<Int>) -> Int? {
-        var p = 1
-        for d in dims {
-          let (q, overflow) = p.multipliedReportingOverflow(by: d)
-          if overflow { return nil }
-          p = q
-        }
-        return p
-      }
       if let u = unknown.first {
-        guard let known = product(out.enumerated().filter { $0.offset != u }.map(\.element)), known > 0,
+        guard let known = Graph.checkedProduct(out.enumerated().filter { $0.offset != u }.map(\.element)), known > 0,
           total % known == 0
         else { throw fail("cannot reshape \(ins[0]) to \(shape)") }
         out[u] = total / known
       }
-      guard product(out) == total else { throw fail("cannot reshape \(ins[0]) (\(total) elements) to \(shape)") }
+      guard Graph.checkedProduct(out) == total else { throw fail("cannot reshape \(ins[0]) (\(total) elements) to \(shape)") }
       return out
     case .channelShuffle(let g):
       try need(1)

@@ -42,19 +42,25 @@ extension Graph {
   /// size or batch that blows a later layer up), naming the node, instead of leaving the
   /// allocation to fail, or a product to overflow, when the model runs.
   static func checkBounded(_ shape: [Int], node: Node) throws {
-    var count = 1
-    for d in shape {
-      guard d >= 0 else {
-        throw GraphError.shapeError(node: node.name, op: node.op.typeName, detail: "output shape \(shape) has a negative dimension")
-      }
-      let (p, overflow) = count.multipliedReportingOverflow(by: d)
-      guard !overflow, p <= maxTensorElements else {
-        throw GraphError.shapeError(
-          node: node.name, op: node.op.typeName,
-          detail: "output shape \(shape) holds more than \(maxTensorElements) elements, the most one tensor may hold; check the node's attributes (pads, strides, scales) and the input size")
-      }
-      count = p
+    guard shape.allSatisfy({ $0 >= 0 }) else {
+      throw GraphError.shapeError(node: node.name, op: node.op.typeName, detail: "output shape \(shape) has a negative dimension")
     }
+    guard let count = checkedProduct(shape), count <= maxTensorElements else {
+      throw GraphError.shapeError(
+        node: node.name, op: node.op.typeName,
+        detail: "output shape \(shape) holds more than \(maxTensorElements) elements, the most one tensor may hold; check the node's attributes (pads, strides, scales) and the input size")
+    }
+  }
+
+  /// The product of `dims`, or nil when it overflows.
+  static func checkedProduct(_ dims: some Sequence<Int>) -> Int? {
+    var p = 1
+    for d in dims {
+      let (q, overflow) = p.multipliedReportingOverflow(by: d)
+      if overflow { return nil }
+      p = q
+    }
+    return p
   }
 
   /// A copy whose inputs take batch size `n` (first dimension), with shapes re-inferred.

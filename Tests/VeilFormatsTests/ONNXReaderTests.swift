@@ -34,15 +34,6 @@ final class ONNXReaderTests: XCTestCase {
     return back
   }
 
-  func message<T>(_ body: () throws -> T) -> String {
-    do {
-      _ = try body()
-      return "no error"
-    } catch {
-      return "\(error)"
-    }
-  }
-
   // MARK: Round trips through ONNXWriter
 
   func testConvBatchNormPoolGemmRoundTrip() throws {

@@ -202,12 +202,6 @@ final class ExecutorTests: XCTestCase {
     }
   }
 
-  /// The message of the error `body` throws ("" when it throws none).
-  func thrown(_ body: () throws -> Void) -> String {
-    do { try body() } catch { return "\(error)" }
-    return ""
-  }
-
   /// Shapes that attributes or a batch size blow up are refused at the node that makes them,
   /// before anything is allocated: a Conv padded by 30,000 a side (14.4 G elements from an
   /// 8 × 8 input), a ConvTranspose striding 60,000, a batch of a million through a small conv.
@@ -220,7 +214,7 @@ final class ExecutorTests: XCTestCase {
     a.padsBegin = [30_000, 30_000]
     a.padsEnd = [30_000, 30_000]
     padded.outputs = [padded.conv(x, weight: w, a, name: "wide")]
-    let m1 = thrown { _ = try Executor(graph: padded) }
+    let m1 = message { try Executor(graph: padded) }
     for word in ["wide", "[1, 4, 60006, 60006]", "\(Graph.maxTensorElements) elements"] { XCTAssertTrue(m1.contains(word), m1) }
 
     var strided = Graph(name: "strided")
@@ -229,32 +223,34 @@ final class ExecutorTests: XCTestCase {
       strided.convTranspose(
         y, weight: .randomNormal(shape: [4, 3, 3, 3], std: 0.1, generator: &rng), .square(3, stride: 60_000), name: "up")
     ]
-    let m2 = thrown { _ = try Executor(graph: strided) }
+    let m2 = message { try Executor(graph: strided) }
     XCTAssertTrue(m2.contains("up") && m2.contains("elements"), m2)
 
     var small = Graph(name: "small")
     let z = small.addInput(name: "x", shape: [1, 3, 64, 64])
     small.outputs = [small.conv(z, weight: w, .square(3, padding: 1), name: "c")]
-    let m3 = thrown { _ = try small.withBatch(1_000_000) }
+    let m3 = message { try small.withBatch(1_000_000) }
     XCTAssertTrue(m3.contains("'c'") && m3.contains("[1000000, 4, 64, 64]"), m3)
     // The same graph at a sane batch is fine.
-    XCTAssertEqual(try small.withBatch(2).outputs.map { try small.withBatch(2)[$0].shape }, [[2, 4, 64, 64]])
+    let two = try small.withBatch(2)
+    XCTAssertEqual(two.outputs.map { two[$0].shape }, [[2, 4, 64, 64]])
   }
 
   /// Activations alive at once that exceed the machine's memory are refused when the executor
   /// is made, with the size and the input: each tensor within its bound, together beyond it.
   func testActivationsBeyondTheMachinesMemoryAreRefused() throws {
-    let perTensor = 8 * (1 << 28)  // 2^31 elements would be one too many; 2^31 − 2^28 is within
-    let bytes = UInt64(perTensor) * 4
-    let live = Int(ProcessInfo.processInfo.physicalMemory / bytes) + 2
+    // Activations of the most elements one tensor may hold, enough of them alive at once to
+    // exceed the machine whatever its memory.
+    let elements = Graph.maxTensorElements
+    let live = Int(ProcessInfo.processInfo.physicalMemory / UInt64(elements * 4)) + 2
     var g = Graph(name: "wide")
-    let x = g.addInput(name: "x", shape: [1, perTensor - (1 << 28)])
+    let x = g.addInput(name: "x", shape: [1, elements])
     let kinds: [Activation] = [.relu, .sigmoid, .tanh, .hardSwish, .silu, .sqrt, .gelu(tanh: false), .gelu(tanh: true)]
     let branches = (0..<live).map { g.activation(x, kinds[$0 % kinds.count], name: "a\($0)") }
     var sum = branches[0]
     for (i, b) in branches.enumerated().dropFirst() { sum = g.add(sum, b, name: "s\(i)") }
     g.outputs = [sum]
-    let m = thrown { _ = try Executor(graph: g) }
+    let m = message { try Executor(graph: g) }
     XCTAssertTrue(m.contains("activation memory") && m.contains("GiB") && m.contains("smaller batch"), m)
   }
 }
