@@ -385,12 +385,18 @@ public final class DNNLBackend: ComputeBackend, @unchecked Sendable {
       let pr = i64(spec.padsEnd)
       var desc = dnnl_convolution_desc_t()
       let status: dnnl_status_t
+      // Direct, never Winograd: `dnnl_convolution_auto` lets oneDNN 2.6 pick its Winograd
+      // kernel (jit_wino_4x3, AVX-512) for 3×3 convolutions on 16-channel blocks. With maps
+      // forced into that layout at batch 8 it ran ResNet-50 1.3× and VGG-16 2.5× faster, but
+      // inside whole networks it computed wrong maps: GoogLeNet 1.2e-2 off ONNX Runtime
+      // (relative to the largest output), DenseNet-121 2e8 off from its first Winograd layer at
+      // 14×14 on, while that layer alone was exact. docs/benchmarks.md, "Winograd".
       status = withOptionalPointer(bias != nil, &b) { bp in
         spec.transposed
           ? dnnl_dilated_deconvolution_forward_desc_init(
             &desc, dnnl_forward_inference, dnnl_deconvolution_direct, &src, &wei, bp, &dst, strides, dil, pl, pr)
           : dnnl_dilated_convolution_forward_desc_init(
-            &desc, dnnl_forward_inference, dnnl_convolution_auto, &src, &wei, bp, &dst, strides, dil, pl, pr)
+            &desc, dnnl_forward_inference, dnnl_convolution_direct, &src, &wei, bp, &dst, strides, dil, pl, pr)
       }
       try check(status, "convolution descriptor", detail: "input \(inputDims), weights \(wdims), \(spec)")
       let a = try attr(postOps)
