@@ -111,7 +111,7 @@ public final class Executor: @unchecked Sendable {
       return v
     }
     var compiler = Compiler(graph: consume g, backend: backend)
-    try compiler.compile(retain: retainIDs, fuseAttention: options.optimize)
+    try backend.onTeam { try compiler.compile(retain: retainIDs, fuseAttention: options.optimize) }
     graph = compiler.graph
     steps = compiler.steps
     buffers = compiler.buffers
@@ -199,6 +199,12 @@ public final class Executor: @unchecked Sendable {
   {
     lock.lock()
     defer { lock.unlock() }
+    return try backend.onTeam { try runOnTeam(inputs, timings: timings) }
+  }
+
+  private func runOnTeam(_ inputs: [Tensor], timings: UnsafeMutablePointer<[StepTiming]>?) throws
+    -> (outputs: [Tensor], retained: [String: Tensor])
+  {
     guard inputs.count == inputBuffers.count else {
       throw GraphError.inputMismatch(
         input: graph.name, expected: "\(inputBuffers.count) input tensor(s)", found: "\(inputs.count)")

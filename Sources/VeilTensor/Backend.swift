@@ -199,11 +199,18 @@ public protocol ComputeBackend: Sendable {
   /// Runs `body` with the calling thread's kernels limited to one thread. A kernel made in it is
   /// made for one thread, and runs in it again (`Executor` does both for its small steps).
   func serially<T>(_ body: () throws -> T) rethrows -> T
+  /// Runs `body` with the calling thread's kernels on the process's thread team, as many
+  /// threads as the process asked for, whichever thread calls. A kernel is made for a team
+  /// size (oneDNN sizes per-thread scratch and splits work then), and a thread that never set
+  /// its own would otherwise use every core: `Executor` compiles and runs in it, so a
+  /// server's worker threads keep to `--threads` too.
+  func onTeam<T>(_ body: () throws -> T) rethrows -> T
 }
 
 extension ComputeBackend {
   public var serialStepNanoseconds: Double { 0 }
   public func serially<T>(_ body: () throws -> T) rethrows -> T { try body() }
+  public func onTeam<T>(_ body: () throws -> T) rethrows -> T { try body() }
 }
 
 /// A convolution for training with fixed shapes: forward, and the two backward passes.

@@ -12,6 +12,7 @@ let argMean: Int32 = 49
 let argVariance: Int32 = 50
 let argScale: Int32 = 51
 let argShift: Int32 = 52
+let argScratchpad: Int32 = 80
 let argMultipleSrc: Int32 = 1024
 
 /// Passes `&value` when `present`, else nil (optional descriptor arguments such as a bias).
@@ -41,6 +42,13 @@ final class PrimitiveEntry: @unchecked Sendable {
     var name: UnsafePointer<CChar>?
     guard dnnl_primitive_desc_query(pd, dnnl_query_impl_info_str, 0, &name) == dnnl_success, let name else { return "" }
     return String(cString: name)
+  }
+
+  /// Bytes of scratchpad the primitive needs from its caller (0 when it needs none, or when
+  /// it was made in oneDNN's own scratchpad mode, as training's primitives are).
+  var scratchpadBytes: Int {
+    var m = md(dnnl_query_scratchpad_md)
+    return Int(veil_md_size(&m))
   }
 
   func md(_ what: dnnl_query_t, _ index: Int32 = 0) -> dnnl_memory_desc_t {
@@ -109,6 +117,21 @@ final class PrimitiveCache: @unchecked Sendable {
   var statistics: (hits: Int, misses: Int, evictions: Int) { cache.statistics }
 }
 
+/// A buffer oneDNN allocates and frees with the memory object: a kernel's scratchpad.
+final class ScratchpadMemory: @unchecked Sendable {
+  let memory: dnnl_memory_t
+
+  init(_ md: dnnl_memory_desc_t, engine: dnnl_engine_t) throws {
+    var d = md
+    var m: dnnl_memory_t?
+    // DNNL_MEMORY_ALLOCATE, ((void *)(size_t)-1) in dnnl_types.h: the library allocates.
+    try check(dnnl_memory_create(&m, &d, engine, UnsafeMutableRawPointer(bitPattern: -1)), "allocating a scratchpad")
+    memory = m!
+  }
+
+  deinit { dnnl_memory_destroy(memory) }
+}
+
 /// A memory object whose data pointer is set at each run.
 final class BoundMemory: @unchecked Sendable {
   let memory: dnnl_memory_t
@@ -151,9 +174,18 @@ final class DNNLKernel: Kernel, @unchecked Sendable {
     name: String, steps: [Step], inputs: [BoundMemory?], inputLayouts: [Layout], output: BoundMemory,
     inPlaceInput: Int?, accumulateInput: Int? = nil, constantBytes: Int = 0, keepAlive: [AnyObject] = [],
     views: [(memory: BoundMemory, input: Int, offset: Int)] = [], outputLayout: Layout? = nil, engine: Engine
-  ) {
+  ) throws {
     self.views = views
     self.name = name
+    // Each step's scratchpad is this kernel's own (see `DNNLBackend.userScratchpad`): an
+    // executor runs one step at a time, and no other executor reaches these buffers.
+    var steps = steps
+    var keepAlive = keepAlive
+    for i in steps.indices where steps[i].entry.scratchpadBytes > 0 {
+      let m = try ScratchpadMemory(steps[i].entry.md(dnnl_query_scratchpad_md), engine: engine.engine)
+      steps[i].args.append(dnnl_exec_arg_t(arg: argScratchpad, memory: m.memory))
+      keepAlive.append(m)
+    }
     self.steps = steps
     self.inputs = inputs
     self.inputLayouts = inputLayouts
@@ -257,11 +289,27 @@ public final class DNNLBackend: ComputeBackend, @unchecked Sendable {
     ?? (Engine.threadsWaitPassively ? 40_000 : 0)
 
   public func serially<T>(_ body: () throws -> T) rethrows -> T { try engine.serially(body) }
+  public func onTeam<T>(_ body: () throws -> T) rethrows -> T { try engine.onTeam(body) }
 
   public var cachedPrimitives: Int { cache.count }
   public var cacheHits: Int { cache.statistics.hits }
   public var cacheMisses: Int { cache.statistics.misses }
   public var cacheEvictions: Int { cache.statistics.evictions }
+
+  /// Attributes that only ask for a scratchpad of the caller's (`dnnl_scratchpad_mode_user`).
+  /// In its default mode oneDNN keeps one scratchpad per primitive (a convolution's brgemm
+  /// pointer tables) or per thread (Winograd, im2col), and the primitives cached here are
+  /// shared by every executor of the same shapes. Two executors on two threads (two versions
+  /// of one model, every cut's tail) then wrote the same scratchpad at once and computed wrong
+  /// maps: 201 and 266 of 600 concurrent runs in ConcurrentExecutionTests before this. Each
+  /// kernel now owns the scratchpad of its steps (`DNNLKernel`).
+  nonisolated(unsafe) static let userScratchpad: dnnl_primitive_attr_t = {
+    var a: dnnl_primitive_attr_t?
+    guard dnnl_primitive_attr_create(&a) == dnnl_success, let a,
+      dnnl_primitive_attr_set_scratchpad_mode(a, dnnl_scratchpad_mode_user) == dnnl_success
+    else { fatalError("oneDNN: cannot create primitive attributes") }
+    return a
+  }()
 
   private func i64(_ a: [Int]) -> [Int64] { a.map { Int64($0) } }
 
@@ -276,6 +324,7 @@ public final class DNNLBackend: ComputeBackend, @unchecked Sendable {
   private func attr(_ postOps: [PostOp]) throws -> dnnl_primitive_attr_t {
     var a: dnnl_primitive_attr_t?
     try check(dnnl_primitive_attr_create(&a), "creating primitive attributes")
+    try check(dnnl_primitive_attr_set_scratchpad_mode(a, dnnl_scratchpad_mode_user), "asking for a kernel's own scratchpad")
     if !postOps.isEmpty {
       var po: dnnl_post_ops_t?
       try check(dnnl_post_ops_create(&po), "creating post-ops")
@@ -425,7 +474,7 @@ public final class DNNLBackend: ComputeBackend, @unchecked Sendable {
       constBytes += oc * 4
     }
     let name = spec.transposed ? "ConvTranspose" : "Conv"
-    return DNNLKernel(
+    return try DNNLKernel(
       name: name + (postOps.isEmpty ? "" : "+" + postOps.map(\.description).joined(separator: "+")),
       steps: [.init(entry: entry, args: args)],
       inputs: hasSum ? [srcM, nil] : [srcM],
@@ -446,13 +495,13 @@ public final class DNNLBackend: ComputeBackend, @unchecked Sendable {
         var desc = dnnl_eltwise_desc_t()
         try check(dnnl_eltwise_forward_desc_init(&desc, dnnl_forward_inference, alg, &md, alpha, beta), "\(activation) descriptor")
         var pd: dnnl_primitive_desc_t?
-        try check(dnnl_primitive_desc_create(&pd, &desc, nil, engine.engine, nil), "\(activation) primitive")
+        try check(dnnl_primitive_desc_create(&pd, &desc, Self.userScratchpad, engine.engine, nil), "\(activation) primitive")
         return pd!
       }
       // Later steps of a chain run in place on the output.
       steps.append(.init(entry: entry, args: [arg(argSrc, i == 0 ? srcM : dstM), arg(argDst, dstM)]))
     }
-    return DNNLKernel(
+    return try DNNLKernel(
       name: activation.description, steps: steps, inputs: [srcM], inputLayouts: [input], output: dstM,
       inPlaceInput: 0, engine: engine)
   }
@@ -477,7 +526,7 @@ public final class DNNLBackend: ComputeBackend, @unchecked Sendable {
           | (relu ? dnnl_fuse_norm_relu.rawValue : 0))
       try check(dnnl_batch_normalization_forward_desc_init(&desc, dnnl_forward_inference, &md, epsilon, flags), "BatchNormalization descriptor")
       var pd: dnnl_primitive_desc_t?
-      try check(dnnl_primitive_desc_create(&pd, &desc, nil, engine.engine, nil), "BatchNormalization primitive")
+      try check(dnnl_primitive_desc_create(&pd, &desc, Self.userScratchpad, engine.engine, nil), "BatchNormalization primitive")
       return pd!
     }
     let srcM = try memory(input)
@@ -487,7 +536,7 @@ public final class DNNLBackend: ComputeBackend, @unchecked Sendable {
     for (slot, t) in [(argScale, scale), (argShift, bias), (argMean, mean), (argVariance, variance)] {
       try bindVector(t, count: c, at: slot, args: &args, keep: &keep)
     }
-    return DNNLKernel(
+    return try DNNLKernel(
       name: relu ? "BatchNormalization+Relu" : "BatchNormalization", steps: [.init(entry: entry, args: args)], inputs: [srcM],
       inputLayouts: [input],
       output: dstM, inPlaceInput: 0, constantBytes: 4 * c * 4, keepAlive: keep, engine: engine)
@@ -509,7 +558,7 @@ public final class DNNLBackend: ComputeBackend, @unchecked Sendable {
         dnnl_layer_normalization_forward_desc_init(&desc, dnnl_forward_inference, &md, nil, epsilon, flags),
         "LayerNormalization descriptor", detail: "\(input)")
       var pd: dnnl_primitive_desc_t?
-      try check(dnnl_primitive_desc_create(&pd, &desc, nil, engine.engine, nil), "LayerNormalization primitive")
+      try check(dnnl_primitive_desc_create(&pd, &desc, Self.userScratchpad, engine.engine, nil), "LayerNormalization primitive")
       return pd!
     }
     let srcM = try memory(input)
@@ -518,7 +567,7 @@ public final class DNNLBackend: ComputeBackend, @unchecked Sendable {
     var keep: [AnyObject] = []
     try bindVector(scale, count: c, at: argScale, args: &args, keep: &keep)
     if let bias { try bindVector(bias, count: c, at: argShift, args: &args, keep: &keep) }
-    return DNNLKernel(
+    return try DNNLKernel(
       name: "LayerNormalization", steps: [.init(entry: entry, args: args)], inputs: [srcM], inputLayouts: [input],
       output: dstM, inPlaceInput: 0, constantBytes: (bias == nil ? 1 : 2) * c * 4, keepAlive: keep, engine: engine)
   }
@@ -542,7 +591,7 @@ public final class DNNLBackend: ComputeBackend, @unchecked Sendable {
           var desc = dnnl_binary_desc_t()
           try check(dnnl_binary_desc_init(&desc, alg, &m0, &m1, &dst), "binary \(kind) descriptor", detail: "\(a) and \(b)")
           var pd: dnnl_primitive_desc_t?
-          try check(dnnl_primitive_desc_create(&pd, &desc, nil, engine.engine, nil), "binary \(kind) primitive", detail: "\(a) and \(b)")
+          try check(dnnl_primitive_desc_create(&pd, &desc, Self.userScratchpad, engine.engine, nil), "binary \(kind) primitive", detail: "\(a) and \(b)")
           return pd!
         }
         return (entry, bL)
@@ -571,7 +620,7 @@ public final class DNNLBackend: ComputeBackend, @unchecked Sendable {
         let s0 = try memory(aL)
         let s1 = try memory(made.b)
         let d = try memory(aL)
-        return DNNLKernel(
+        return try DNNLKernel(
           name: "\(kind)".capitalized,
           steps: [.init(entry: made.entry, args: [arg(argSrc, s0), arg(argSrc1, s1), arg(argDst, d)])],
           inputs: [s0, s1], inputLayouts: [aL, made.b], output: d, inPlaceInput: 0, engine: engine)
@@ -621,7 +670,7 @@ public final class DNNLBackend: ComputeBackend, @unchecked Sendable {
           &desc, dnnl_forward_inference, alg, &src, &dst, i64(spec.strides), i64(spec.kernel), dil,
           i64(spec.padsBegin), i64(spec.padsEnd)), "pooling descriptor", detail: "\(spec) on \(input)")
       var pd: dnnl_primitive_desc_t?
-      try check(dnnl_primitive_desc_create(&pd, &desc, nil, engine.engine, nil), "pooling primitive", detail: "\(spec) on \(input)")
+      try check(dnnl_primitive_desc_create(&pd, &desc, Self.userScratchpad, engine.engine, nil), "pooling primitive", detail: "\(spec) on \(input)")
       return pd!
     }
     let name: String
@@ -644,7 +693,7 @@ public final class DNNLBackend: ComputeBackend, @unchecked Sendable {
       var mds = try inputs.map { try $0.dnnlMD() }
       var pd: dnnl_primitive_desc_t?
       try check(
-        dnnl_concat_primitive_desc_create(&pd, &dst, Int32(inputs.count), Int32(axis), &mds, nil, engine.engine),
+        dnnl_concat_primitive_desc_create(&pd, &dst, Int32(inputs.count), Int32(axis), &mds, Self.userScratchpad, engine.engine),
         "Concat primitive", detail: "axis \(axis), inputs \(inputs)")
       return pd!
     }
@@ -658,7 +707,7 @@ public final class DNNLBackend: ComputeBackend, @unchecked Sendable {
     let d = try memory(dstL)
     var args = ms.enumerated().map { arg(argMultipleSrc + Int32($0.offset), $0.element) }
     args.append(arg(argDst, d))
-    return DNNLKernel(
+    return try DNNLKernel(
       name: "Concat", steps: [.init(entry: entry, args: args)], inputs: ms, inputLayouts: inputs, output: d,
       inPlaceInput: nil, engine: engine)
   }
@@ -673,7 +722,7 @@ public final class DNNLBackend: ComputeBackend, @unchecked Sendable {
         dnnl_resampling_forward_desc_init(&desc, dnnl_forward_inference, alg, nil, &src, &dst), "Resize descriptor",
         detail: "\(input) to \(outputDims)")
       var pd: dnnl_primitive_desc_t?
-      try check(dnnl_primitive_desc_create(&pd, &desc, nil, engine.engine, nil), "Resize primitive")
+      try check(dnnl_primitive_desc_create(&pd, &desc, Self.userScratchpad, engine.engine, nil), "Resize primitive")
       return pd!
     }
     return try sourceToDestination("Resize", entry, input, Layout(md: entry.md(dnnl_query_dst_md)))
@@ -735,7 +784,7 @@ public final class DNNLBackend: ComputeBackend, @unchecked Sendable {
     var args = [arg(argSrc, s), arg(argWeights, w), arg(argDst, d)]
     var keep: [AnyObject] = [wStore, w]
     if let bias { try bindVector(bias, count: oc, dims: blocked ? [1, oc] : nil, at: argBias, args: &args, keep: &keep) }
-    return DNNLKernel(
+    return try DNNLKernel(
       name: "Gemm" + (postOps.isEmpty ? "" : "+" + postOps.map(\.description).joined(separator: "+")),
       steps: [.init(entry: entry, args: args)], inputs: hasSum ? [s, nil] : [s],
       inputLayouts: hasSum ? [.plain(inputDims), .plain([rows, oc])] : [.plain(inputDims)], output: d,
@@ -754,13 +803,13 @@ public final class DNNLBackend: ComputeBackend, @unchecked Sendable {
       var desc = dnnl_matmul_desc_t()
       try check(dnnl_matmul_desc_init(&desc, &sa, &sb, nil, &d), "MatMul descriptor", detail: "\(a) × \(b)")
       var pd: dnnl_primitive_desc_t?
-      try check(dnnl_primitive_desc_create(&pd, &desc, nil, engine.engine, nil), "MatMul primitive", detail: "\(a) × \(b)")
+      try check(dnnl_primitive_desc_create(&pd, &desc, Self.userScratchpad, engine.engine, nil), "MatMul primitive", detail: "\(a) × \(b)")
       return pd!
     }
     let ma = try memory(.plain(pa))
     let mb = try memory(.plain(pb))
     let md = try memory(.plain(outputDims))
-    return DNNLKernel(
+    return try DNNLKernel(
       name: "MatMul", steps: [.init(entry: entry, args: [arg(argSrc, ma), arg(argWeights, mb), arg(argDst, md)])],
       inputs: [ma, mb], inputLayouts: [.plain(a), .plain(b)], output: md, inPlaceInput: nil, engine: engine)
   }
@@ -771,7 +820,7 @@ public final class DNNLBackend: ComputeBackend, @unchecked Sendable {
       var desc = dnnl_softmax_desc_t()
       try check(dnnl_softmax_forward_desc_init(&desc, dnnl_forward_inference, &md, Int32(axis)), "Softmax descriptor", detail: "axis \(axis) of \(input)")
       var pd: dnnl_primitive_desc_t?
-      try check(dnnl_primitive_desc_create(&pd, &desc, nil, engine.engine, nil), "Softmax primitive")
+      try check(dnnl_primitive_desc_create(&pd, &desc, Self.userScratchpad, engine.engine, nil), "Softmax primitive")
       return pd!
     }
     return try sourceToDestination("Softmax", entry, input, input, inPlaceInput: 0)
@@ -817,14 +866,14 @@ public final class DNNLBackend: ComputeBackend, @unchecked Sendable {
       var desc = dnnl_softmax_desc_t()
       try check(dnnl_softmax_forward_desc_init(&desc, dnnl_forward_inference, &md, 3), "attention softmax descriptor")
       var pd: dnnl_primitive_desc_t?
-      try check(dnnl_primitive_desc_create(&pd, &desc, nil, engine.engine, nil), "attention softmax primitive")
+      try check(dnnl_primitive_desc_create(&pd, &desc, Self.userScratchpad, engine.engine, nil), "attention softmax primitive")
       return pd!
     }
     let (q, k, v) = (try memory(headsL), try memory(keysL), try memory(headsL))
     let sc = try memory(scoresL)
     let o = try memory(outL)
     let bytes = offsets.map { $0 * MemoryLayout<Float>.stride }
-    return DNNLKernel(
+    return try DNNLKernel(
       name: "Attention",
       steps: [
         .init(entry: scores, args: [arg(argSrc, q), arg(argWeights, k), arg(argDst, sc)]),
@@ -845,7 +894,7 @@ public final class DNNLBackend: ComputeBackend, @unchecked Sendable {
         dnnl_lrn_forward_desc_init(&desc, dnnl_forward_inference, dnnl_lrn_across_channels, &md, Int64(size), alpha, beta, k),
         "LRN descriptor", detail: "size \(size) on \(input)")
       var pd: dnnl_primitive_desc_t?
-      try check(dnnl_primitive_desc_create(&pd, &desc, nil, engine.engine, nil), "LRN primitive")
+      try check(dnnl_primitive_desc_create(&pd, &desc, Self.userScratchpad, engine.engine, nil), "LRN primitive")
       return pd!
     }
     return try sourceToDestination("LRN", entry, input, input)
@@ -861,7 +910,7 @@ public final class DNNLBackend: ComputeBackend, @unchecked Sendable {
       var s = try from.dnnlMD()
       var d = try to.dnnlMD()
       var pd: dnnl_primitive_desc_t?
-      try check(dnnl_reorder_primitive_desc_create(&pd, &s, engine.engine, &d, engine.engine, nil), "reorder", detail: "\(from) → \(to)")
+      try check(dnnl_reorder_primitive_desc_create(&pd, &s, engine.engine, &d, engine.engine, Self.userScratchpad), "reorder", detail: "\(from) → \(to)")
       return pd!
     }
     return try sourceToDestination("Reorder", entry, from, to)
@@ -876,7 +925,7 @@ public final class DNNLBackend: ComputeBackend, @unchecked Sendable {
   ) throws -> Kernel {
     let s = try memory(sourceView ?? input)
     let d = try memory(output)
-    return DNNLKernel(
+    return try DNNLKernel(
       name: name, steps: [.init(entry: entry, args: [arg(argSrc, s), arg(argDst, d)])], inputs: [s],
       inputLayouts: [input], output: d, inPlaceInput: inPlaceInput, engine: engine)
   }
@@ -895,7 +944,7 @@ public final class DNNLBackend: ComputeBackend, @unchecked Sendable {
         dnnl_shuffle_forward_desc_init(&desc, dnnl_forward_inference, &md, 1, dnnl_dim_t(dims[1] / groups)),
         "ChannelShuffle descriptor", detail: "\(groups) groups of \(input)")
       var pd: dnnl_primitive_desc_t?
-      try check(dnnl_primitive_desc_create(&pd, &desc, nil, engine.engine, nil), "ChannelShuffle primitive")
+      try check(dnnl_primitive_desc_create(&pd, &desc, Self.userScratchpad, engine.engine, nil), "ChannelShuffle primitive")
       return pd!
     }
     return try sourceToDestination("ChannelShuffle", entry, input, input)
@@ -947,7 +996,7 @@ public final class DNNLBackend: ComputeBackend, @unchecked Sendable {
       var s = sub
       var d = try output.dnnlMD()
       var pd: dnnl_primitive_desc_t?
-      try check(dnnl_reorder_primitive_desc_create(&pd, &s, engine.engine, &d, engine.engine, nil), "Slice reorder")
+      try check(dnnl_reorder_primitive_desc_create(&pd, &s, engine.engine, &d, engine.engine, Self.userScratchpad), "Slice reorder")
       return pd!
     }
     return try sourceToDestination("Slice", entry, input, output, sourceView: view)

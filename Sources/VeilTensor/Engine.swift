@@ -62,6 +62,21 @@ public final class Engine: @unchecked Sendable {
     return try body()
   }
 
+  /// Runs `body` with the calling thread's OpenMP team at `threads`, restoring the count after.
+  /// OpenMP keeps the count a thread at a time: `setThreads` sets it for the thread that calls
+  /// it, and any other thread (a server's workers, a dispatch queue's) starts at every core.
+  public func onTeam<T>(_ body: () throws -> T) rethrows -> T {
+    let want = Int32(threads)
+    let before = omp_get_max_threads()
+    guard before != want else { return try body() }
+    omp_set_num_threads(want)
+    defer { omp_set_num_threads(before) }
+    return try body()
+  }
+
+  /// The team size a parallel region started now by the calling thread would have.
+  public var teamSizeOfCallingThread: Int { Int(omp_get_max_threads()) }
+
   /// oneDNN's version string, for reports.
   public static var backendVersion: String {
     guard let v = dnnl_version() else { return "oneDNN unknown" }
