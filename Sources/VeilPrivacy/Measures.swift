@@ -259,7 +259,14 @@ extension Tensor {
 
 /// A measure judged by a reference classifier.
 public protocol ClassifierMeasure: LeakageMeasure {
+  static var name: String { get }
   var classifier: ReferenceClassifier { get }
+}
+
+extension ClassifierMeasure {
+  public var name: String { Self.name }
+  /// A share of images: each reconstruction is recognised (re-identified) or not.
+  public var binary: Bool { true }
 }
 
 extension MeasureSet {
@@ -284,8 +291,6 @@ extension MeasureSet {
 /// what the photo shows, whatever the pixels' SSIM.
 public struct RecognitionMeasure: ClassifierMeasure {
   public static let name = "recognition"
-  public var name: String { Self.name }
-  public var binary: Bool { true }
   public let classifier: ReferenceClassifier
   public init(classifier: ReferenceClassifier) { self.classifier = classifier }
 
@@ -305,8 +310,6 @@ public struct RecognitionMeasure: ClassifierMeasure {
 /// image (chance: one over the held-out images).
 public struct ReidentificationMeasure: ClassifierMeasure {
   public static let name = "reidentification"
-  public var name: String { Self.name }
-  public var binary: Bool { true }
   public let classifier: ReferenceClassifier
   public init(classifier: ReferenceClassifier) { self.classifier = classifier }
 
