@@ -529,17 +529,23 @@ public final class DNNLBackend: ComputeBackend, @unchecked Sendable {
       try check(dnnl_primitive_desc_create(&pd, &desc, Self.userScratchpad, engine.engine, nil), "BatchNormalization primitive")
       return pd!
     }
+    return try normalization(
+      relu ? "BatchNormalization+Relu" : "BatchNormalization", entry, input: input, channels: c,
+      vectors: [(argScale, scale), (argShift, bias), (argMean, mean), (argVariance, variance)])
+  }
+
+  /// A normalization's kernel: in place on `input`, with its per-channel vectors bound.
+  private func normalization(
+    _ name: String, _ entry: PrimitiveEntry, input: Layout, channels c: Int, vectors: [(slot: Int32, values: Tensor)]
+  ) throws -> Kernel {
     let srcM = try memory(input)
     let dstM = try memory(input)
     var args = [arg(argSrc, srcM), arg(argDst, dstM)]
     var keep: [AnyObject] = []
-    for (slot, t) in [(argScale, scale), (argShift, bias), (argMean, mean), (argVariance, variance)] {
-      try bindVector(t, count: c, at: slot, args: &args, keep: &keep)
-    }
+    for v in vectors { try bindVector(v.values, count: c, at: v.slot, args: &args, keep: &keep) }
     return try DNNLKernel(
-      name: relu ? "BatchNormalization+Relu" : "BatchNormalization", steps: [.init(entry: entry, args: args)], inputs: [srcM],
-      inputLayouts: [input],
-      output: dstM, inPlaceInput: 0, constantBytes: 4 * c * 4, keepAlive: keep, engine: engine)
+      name: name, steps: [.init(entry: entry, args: args)], inputs: [srcM], inputLayouts: [input], output: dstM,
+      inPlaceInput: 0, constantBytes: vectors.count * c * 4, keepAlive: keep, engine: engine)
   }
 
   public func layerNormalization(input: Layout, scale: Tensor, bias: Tensor?, epsilon: Float) throws -> Kernel {
@@ -561,15 +567,9 @@ public final class DNNLBackend: ComputeBackend, @unchecked Sendable {
       try check(dnnl_primitive_desc_create(&pd, &desc, Self.userScratchpad, engine.engine, nil), "LayerNormalization primitive")
       return pd!
     }
-    let srcM = try memory(input)
-    let dstM = try memory(input)
-    var args = [arg(argSrc, srcM), arg(argDst, dstM)]
-    var keep: [AnyObject] = []
-    try bindVector(scale, count: c, at: argScale, args: &args, keep: &keep)
-    if let bias { try bindVector(bias, count: c, at: argShift, args: &args, keep: &keep) }
-    return try DNNLKernel(
-      name: "LayerNormalization", steps: [.init(entry: entry, args: args)], inputs: [srcM], inputLayouts: [input],
-      output: dstM, inPlaceInput: 0, constantBytes: (bias == nil ? 1 : 2) * c * 4, keepAlive: keep, engine: engine)
+    return try normalization(
+      "LayerNormalization", entry, input: input, channels: c,
+      vectors: [(argScale, scale)] + (bias.map { [(argShift, $0)] } ?? []))
   }
 
   public func binary(_ kind: BinaryKind, a: Layout, b: Layout, outputDims: [Int]) throws -> Kernel {
