@@ -104,9 +104,12 @@ struct Run: ParsableCommand {
     let y = try exec.run([x])[0]
     let t2 = Date()
     if let output { try NPY.write(y, to: URL(fileURLWithPath: output)) }
-    let classes = y.shape.last ?? 0
+    // One row of scores per item: the output's first dimension is the batch when it has more
+    // than one (a classifier's [N, classes]); a model whose output is a single vector is one item.
+    let count = y.shape.count >= 2 ? y.shape[0] : 1
+    let classes = count > 0 ? y.count / count : 0
     let names = try classNames(count: classes)
-    let items = (0..<(y.shape.first ?? 0)).map { i -> Item in
+    let items = (0..<count).map { i -> Item in
       let row = Array(y.scalars[(i * classes)..<((i + 1) * classes)])
       let best = row.indices.sorted { row[$0] > row[$1] }.prefix(top)
       return Item(index: i, top: best.map { Class(classIndex: $0, name: names?[$0], score: row[$0]) })

@@ -149,6 +149,29 @@ final class CLITests: XCTestCase {
     XCTAssertEqual(best, row.indices.max { row[$0] < row[$1] })
   }
 
+  /// A model whose output is one vector rather than [N, classes] (an export that dropped the
+  /// batch dimension) runs as one item: `veil run` read rows by the first dimension and
+  /// trapped past the end of the output (found by mutating ONNX files, 2026-12-06).
+  func testAnOutputWithoutABatchDimensionIsOneItem() throws {
+    var g = Graph(name: "vector")
+    let x = g.addInput(name: "x", shape: [1, 3, 4, 4])
+    let pooled = g.globalAveragePool(x, name: "gap")
+    g.outputs = [g.softmax(g.reshape(pooled, to: [3], name: "squeeze"), name: "probabilities")]
+    let model = temp("vector.onnx")
+    let input = temp("x.npy")
+    defer { for f in [model, input] { try? FileManager.default.removeItem(at: f) } }
+    try ONNXWriter.write(g, to: model)
+    var rng = SeededGenerator(seed: 6)
+    try NPY.write(Tensor.randomNormal(shape: [1, 3, 4, 4], generator: &rng), to: input)
+    let r = try veil(["run", "--model", model.path, "--input", input.path, "--json"])
+    XCTAssertEqual(r.status, 0, r.stderr)
+    let doc = try XCTUnwrap(JSONSerialization.jsonObject(with: Data(r.stdout.utf8)) as? [String: Any])
+    XCTAssertEqual(doc["outputShape"] as? [Int], [3])
+    let items = try XCTUnwrap(doc["items"] as? [[String: Any]])
+    XCTAssertEqual(items.count, 1)
+    XCTAssertEqual((items[0]["top"] as? [[String: Any]])?.count, 3)
+  }
+
   /// A state_dict file (here safetensors of the zoo's seed-7 MobileNetV2, by torchvision names)
   /// is recognised as its architecture and gives what the zoo model with those weights gives;
   /// a state_dict of no zoo architecture is refused with the counts that did not match.
