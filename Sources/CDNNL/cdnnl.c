@@ -81,7 +81,16 @@ void veil_md_describe(const dnnl_memory_desc_t *md, char *buf, size_t len) {
   #define PUT(...) do { int w = snprintf(buf + n, n < len ? len - n : 0, __VA_ARGS__); if (w > 0) n += (size_t)w; } while (0)
   for (int i = 0; i < md->ndims; ++i) PUT(i ? "x%lld" : "%lld", (long long)md->dims[i]);
   if (md->format_kind == dnnl_format_kind_any) { PUT(" any"); return; }
-  if (md->format_kind != dnnl_blocked) { PUT(" opaque"); return; }
+  if (md->format_kind != dnnl_blocked) {
+    /* Winograd's and RNN's packed weights: no strides to print, and two of them with the same
+       dims may differ (tile and block sizes follow the layer's spatial size), so the name
+       carries a hash of the whole descriptor: caches key primitives by this text. */
+    const unsigned char *p = (const unsigned char *)md;
+    unsigned long long h = 1469598103934665603ULL;
+    for (size_t i = 0; i < sizeof(*md); ++i) { h ^= p[i]; h *= 1099511628211ULL; }
+    PUT(" opaque %016llx", h);
+    return;
+  }
   const dnnl_blocking_desc_t *b = &md->format_desc.blocking;
   PUT(" strides");
   for (int i = 0; i < md->ndims; ++i) PUT(i ? ",%lld" : " %lld", (long long)b->strides[i]);

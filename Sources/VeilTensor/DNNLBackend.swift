@@ -38,7 +38,9 @@ final class PrimitiveEntry: @unchecked Sendable {
   }
 
   /// oneDNN's name of the implementation it chose ("jit:avx512_core", "ref:any", ...).
-  var implementation: String {
+  var implementation: String { Self.implementation(of: pd) }
+
+  static func implementation(of pd: dnnl_primitive_desc_t) -> String {
     var name: UnsafePointer<CChar>?
     guard dnnl_primitive_desc_query(pd, dnnl_query_impl_info_str, 0, &name) == dnnl_success, let name else { return "" }
     return String(cString: name)
@@ -261,6 +263,8 @@ public final class DNNLBackend: ComputeBackend, @unchecked Sendable {
 
   public let name = "oneDNN CPU"
   let engine = Engine.shared
+  /// Direct convolutions, or Winograd where oneDNN finds it faster (see `ConvolutionAlgorithm`).
+  public let convolutionAlgorithm: ConvolutionAlgorithm
   let cache: PrimitiveCache
   let trainingConvolutions: LRUCache<ConvolutionTraining>
 
@@ -268,9 +272,11 @@ public final class DNNLBackend: ComputeBackend, @unchecked Sendable {
   public init(
     primitiveCacheCapacity: Int = DNNLBackend.defaultPrimitiveCacheCapacity,
     trainingConvolutionCacheCapacity: Int = DNNLBackend.defaultTrainingConvolutionCacheCapacity,
-    serialStepNanoseconds: Double = DNNLBackend.defaultSerialStepNanoseconds
+    serialStepNanoseconds: Double = DNNLBackend.defaultSerialStepNanoseconds,
+    convolutionAlgorithm: ConvolutionAlgorithm = .processDefault
   ) {
     self.serialStepNanoseconds = max(0, serialStepNanoseconds)
+    self.convolutionAlgorithm = convolutionAlgorithm
     cache = PrimitiveCache(capacity: primitiveCacheCapacity)
     trainingConvolutions = LRUCache(capacity: trainingConvolutionCacheCapacity)
   }
@@ -422,39 +428,17 @@ public final class DNNLBackend: ComputeBackend, @unchecked Sendable {
       throw TensorError.shapeMismatch(what: "convolution bias", expected: "[\(oc)]", found: "\(bias.shape)")
     }
     let hasSum = postOps.contains(.sum)
-    let key = "conv|\(spec)|\(inputDims)|\(wdims)|\(bias != nil)|\(postOps)|\(outputDims)"
+    let winograd = convolutionAlgorithm.asksForWinograd(
+      inputDims: inputDims, outputDims: outputDims, kernel: Array(weights.shape.suffix(2)), groups: g, spec: spec)
+    let key = "conv|\(spec)|\(inputDims)|\(wdims)|\(bias != nil)|\(postOps)|\(outputDims)|\(winograd ? "winograd" : "direct")"
     let entry = try cache.entry(key, operation: "convolution \(spec)") {
-      var src = DNNLLayout.anyMD(inputDims)
-      var wei = DNNLLayout.anyMD(wdims)
-      var dst = DNNLLayout.anyMD(outputDims)
-      var b = DNNLLayout.plainMD([oc])
-      let strides = i64(spec.strides)
-      let dil = i64(spec.dilations.map { $0 - 1 })
-      let pl = i64(spec.padsBegin)
-      let pr = i64(spec.padsEnd)
-      var desc = dnnl_convolution_desc_t()
-      let status: dnnl_status_t
-      // Direct, never Winograd: `dnnl_convolution_auto` lets oneDNN 2.6 pick its Winograd
-      // kernel (jit_wino_4x3, AVX-512) for 3×3 convolutions on 16-channel blocks. With maps
-      // forced into that layout at batch 8 it ran ResNet-50 1.3× and VGG-16 2.5× faster, but
-      // inside whole networks it computed wrong maps: GoogLeNet 1.2e-2 off ONNX Runtime
-      // (relative to the largest output), DenseNet-121 2e8 off from its first Winograd layer at
-      // 14×14 on, while that layer alone was exact. docs/benchmarks.md, "Winograd".
-      status = withOptionalPointer(bias != nil, &b) { bp in
-        spec.transposed
-          ? dnnl_dilated_deconvolution_forward_desc_init(
-            &desc, dnnl_forward_inference, dnnl_deconvolution_direct, &src, &wei, bp, &dst, strides, dil, pl, pr)
-          : dnnl_dilated_convolution_forward_desc_init(
-            &desc, dnnl_forward_inference, dnnl_convolution_direct, &src, &wei, bp, &dst, strides, dil, pl, pr)
+      // Blocks for nothing are no gain: where oneDNN keeps the direct algorithm, it picks the
+      // layout too.
+      if winograd, let pd = try? convolutionDescriptor(spec, inputDims, wdims, outputDims, bias != nil, postOps, winograd: true) {
+        if PrimitiveEntry.implementation(of: pd).contains("wino") { return pd }
+        dnnl_primitive_desc_destroy(pd)
       }
-      try check(status, "convolution descriptor", detail: "input \(inputDims), weights \(wdims), \(spec)")
-      let a = try attr(postOps)
-      defer { dnnl_primitive_attr_destroy(a) }
-      var pd: dnnl_primitive_desc_t?
-      try check(
-        dnnl_primitive_desc_create(&pd, &desc, a, engine.engine, nil), "convolution primitive",
-        detail: "input \(inputDims), weights \(wdims), \(spec), post-ops \(postOps)")
-      return pd!
+      return try convolutionDescriptor(spec, inputDims, wdims, outputDims, bias != nil, postOps, winograd: false)
     }
     let srcL = Layout(md: entry.md(dnnl_query_src_md))
     let weiL = Layout(md: entry.md(dnnl_query_weights_md))
@@ -473,7 +457,7 @@ public final class DNNLBackend: ComputeBackend, @unchecked Sendable {
       try bindVector(bias, count: oc, at: argBias, args: &args, keep: &keep)
       constBytes += oc * 4
     }
-    let name = spec.transposed ? "ConvTranspose" : "Conv"
+    let name = spec.transposed ? "ConvTranspose" : entry.implementation.contains("wino") ? "Conv(Winograd)" : "Conv"
     return try DNNLKernel(
       name: name + (postOps.isEmpty ? "" : "+" + postOps.map(\.description).joined(separator: "+")),
       steps: [.init(entry: entry, args: args)],
@@ -481,6 +465,40 @@ public final class DNNLBackend: ComputeBackend, @unchecked Sendable {
       inputLayouts: hasSum ? [srcL, dstL] : [srcL],
       output: dstM, inPlaceInput: hasSum ? 1 : nil, accumulateInput: hasSum ? 1 : nil,
       constantBytes: constBytes, keepAlive: keep, engine: engine)
+  }
+
+  /// A convolution's primitive descriptor: the direct algorithm on the layouts oneDNN picks,
+  /// or, with `winograd`, oneDNN's choice between direct and Winograd (`dnnl_convolution_auto`)
+  /// on maps in 16-channel blocks, the only layout its Winograd kernel takes.
+  private func convolutionDescriptor(
+    _ spec: ConvolutionSpec, _ inputDims: [Int], _ wdims: [Int], _ outputDims: [Int], _ hasBias: Bool,
+    _ postOps: [PostOp], winograd: Bool
+  ) throws -> dnnl_primitive_desc_t {
+    var src = winograd ? DNNLLayout.taggedMD(inputDims, dnnl_aBcd16b) : DNNLLayout.anyMD(inputDims)
+    var wei = DNNLLayout.anyMD(wdims)
+    var dst = winograd ? DNNLLayout.taggedMD(outputDims, dnnl_aBcd16b) : DNNLLayout.anyMD(outputDims)
+    var b = DNNLLayout.plainMD([outputDims[1]])
+    let strides = i64(spec.strides)
+    let dil = i64(spec.dilations.map { $0 - 1 })
+    let pl = i64(spec.padsBegin)
+    let pr = i64(spec.padsEnd)
+    var desc = dnnl_convolution_desc_t()
+    let algorithm = winograd ? dnnl_convolution_auto : dnnl_convolution_direct
+    let status = withOptionalPointer(hasBias, &b) { bp in
+      spec.transposed
+        ? dnnl_dilated_deconvolution_forward_desc_init(
+          &desc, dnnl_forward_inference, dnnl_deconvolution_direct, &src, &wei, bp, &dst, strides, dil, pl, pr)
+        : dnnl_dilated_convolution_forward_desc_init(
+          &desc, dnnl_forward_inference, algorithm, &src, &wei, bp, &dst, strides, dil, pl, pr)
+    }
+    try check(status, "convolution descriptor", detail: "input \(inputDims), weights \(wdims), \(spec)")
+    let a = try attr(postOps)
+    defer { dnnl_primitive_attr_destroy(a) }
+    var pd: dnnl_primitive_desc_t?
+    try check(
+      dnnl_primitive_desc_create(&pd, &desc, a, engine.engine, nil), "convolution primitive",
+      detail: "input \(inputDims), weights \(wdims), \(spec), post-ops \(postOps)")
+    return pd!
   }
 
   // MARK: - Element-wise and normalization

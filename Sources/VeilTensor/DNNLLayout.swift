@@ -50,6 +50,14 @@ struct DNNLLayout: LayoutToken, @unchecked Sendable {
     return md
   }
 
+  /// Dense, in the layout a oneDNN format tag names (nChw16c: `dnnl_aBcd16b`).
+  static func taggedMD(_ dims: [Int], _ tag: dnnl_format_tag_t) -> dnnl_memory_desc_t {
+    var md = dnnl_memory_desc_t()
+    let d = dims.map { Int64($0) }
+    _ = d.withUnsafeBufferPointer { veil_md_tag(&md, Int32(dims.count), $0.baseAddress, tag) }
+    return md
+  }
+
   /// Format `any`: the primitive picks the layout.
   static func anyMD(_ dims: [Int]) -> dnnl_memory_desc_t {
     var md = dnnl_memory_desc_t()

@@ -1,0 +1,39 @@
+import Foundation
+import VeilGraph
+import VeilTensor
+import VeilTestSupport
+import XCTest
+
+/// `ConvolutionAlgorithm.winograd`: oneDNN's Winograd kernel, where it is faster, computes what
+/// the direct algorithm computes. Two 3×3 layers with the same weight dimensions at 56 × 56 and
+/// 14 × 14 (DenseNet's 128 → 32) get Winograd weight layouts that differ; the backend's
+/// primitive cache keyed both by the same text ("opaque") and gave the second layer the first
+/// one's weight reorder: outputs 8.9× their size off here, DenseNet-121's 2e8.
+final class WinogradTests: XCTestCase {
+  func testWinogradLayersAgreeWithTheDirectAlgorithm() throws {
+    var rng = SeededGenerator(seed: 31)
+    func w(_ shape: [Int]) -> Tensor { .randomNormal(shape: shape, std: 0.05, generator: &rng) }
+    var g = Graph(name: "winograd")
+    let x = g.addInput(name: "x", shape: [1, 128, 56, 56])
+    var v = g.activation(g.conv(x, weight: w([32, 128, 3, 3]), .square(3), name: "at56"), .relu, name: "r56")
+    v = g.maxPool(v, PoolAttributes(kernel: [4, 4], strides: [4, 4]), name: "pool")
+    v = g.conv(v, weight: w([128, 32, 1, 1]), .square(1), name: "widen")
+    g.outputs = [g.conv(v, weight: w([32, 128, 3, 3]), .square(3), name: "at14")]
+    let batched = try g.withBatch(8)
+    let input = Tensor.randomNormal(shape: [8, 128, 56, 56], generator: &rng)
+    let want = try Executor(graph: batched, backend: DNNLBackend(convolutionAlgorithm: .direct)).run([input])[0]
+    let executor = try Executor(graph: batched, backend: DNNLBackend(convolutionAlgorithm: .winograd))
+    let winogradSteps = executor.kernelNames.filter { $0.contains("Winograd") }.count
+    if ConvolutionAlgorithm.winogradAvailable {
+      XCTAssertEqual(winogradSteps, 2, "oneDNN chose Winograd for both 3×3 layers: \(executor.kernelNames)")
+    } else {
+      XCTAssertEqual(winogradSteps, 0, "Winograd without AVX-512: \(executor.kernelNames)")
+    }
+    let got = try executor.run([input])[0]
+    let c = Comparison(got: got, want: want, tolerance: Tolerance(abs: 1e-4, rel: 1e-4))
+    XCTAssertTrue(c.passed, "\(c)")
+    // One item keeps the direct algorithm (Winograd was no faster there).
+    let one = try Executor(graph: g, backend: DNNLBackend(convolutionAlgorithm: .winograd))
+    XCTAssertFalse(one.kernelNames.contains { $0.contains("Winograd") }, "\(one.kernelNames)")
+  }
+}
