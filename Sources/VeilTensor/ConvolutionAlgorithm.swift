@@ -6,7 +6,7 @@ import Foundation
 /// `direct`, the default, is what ONNX Runtime and PyTorch compute on the CPU. `winograd` lets
 /// oneDNN 2.6 use its Winograd kernel (F(4×4, 3×3), AVX-512 only) for the 3×3 stride-1
 /// convolutions where it judges it faster, on maps in 16-channel blocks: at batch 8 on an AMD
-/// EPYC with AVX-512 and 2 threads, VGG-16 2.5×, GoogLeNet 1.5× and ResNet-50 1.3× faster, within
+/// EPYC with AVX-512 and 2 threads, VGG-16 2.5×, GoogLeNet 1.4–1.6× and ResNet-50 1.2× faster, within
 /// 1.3e-6 of ONNX Runtime (relative to the largest output). It costs memory: each Winograd
 /// layer's kernel keeps scratch for the transformed tiles of its whole batch, so it is for the
 /// accelerator's batched tails, not for a head in an enclave's few megabytes of protected

@@ -110,9 +110,24 @@ final class PrimitiveCache: @unchecked Sendable {
   init(capacity: Int) { cache = LRUCache(capacity: capacity) }
 
   /// The thread count the primitive is made for is part of its key: oneDNN fixes a JIT
-  /// kernel's thread split when it is made (`DNNLBackend.serially`).
+  /// kernel's thread split when it is made (`DNNLBackend.serially`). Entries here are shared
+  /// by executors on several threads, so each must leave its scratchpad to the kernel
+  /// (`DNNLBackend.userScratchpad`); one made otherwise is refused, not cached.
   func entry(_ key: String, operation: String, make: () throws -> dnnl_primitive_desc_t) throws -> PrimitiveEntry {
-    try cache.value("\(key)|threads \(omp_get_max_threads())") { try PrimitiveEntry(pd: try make(), operation: operation) }
+    try cache.value("\(key)|threads \(omp_get_max_threads())") {
+      let pd = try make()
+      var attr: const_dnnl_primitive_attr_t?
+      var mode = dnnl_scratchpad_mode_library
+      guard dnnl_primitive_desc_get_attr(pd, &attr) == dnnl_success,
+        dnnl_primitive_attr_get_scratchpad_mode(attr, &mode) == dnnl_success, mode == dnnl_scratchpad_mode_user
+      else {
+        dnnl_primitive_desc_destroy(pd)
+        throw TensorError.backend(
+          operation: operation, status: Int32(dnnl_invalid_arguments.rawValue),
+          detail: "its primitive was made with oneDNN's own scratchpad, which executors on other threads would share")
+      }
+      return try PrimitiveEntry(pd: pd, operation: operation)
+    }
   }
 
   var count: Int { cache.count }
