@@ -29,6 +29,17 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # VEIL (environment) names another veil binary, e.g. a build before a change.
 VEIL = os.environ.get("VEIL") or os.path.join(ROOT, ".build", "release", "veil")
 
+# The child's own peak: VmHWM, the high-water mark of its address space. ru_maxrss keeps the
+# parent's peak across fork and exec, so every child reported at least this script's RSS.
+PEAK_RSS = r"""
+import resource
+def peak_rss():
+    for line in open("/proc/self/status"):
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) * 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+"""
+
 ORT_CHILD = r"""
 import json, resource, sys, time
 import numpy as np, onnxruntime as ort
@@ -52,7 +63,7 @@ for _ in range(runs):
     a = time.perf_counter(); s.run(None, {i.name: x}); t.append((time.perf_counter() - a) * 1000)
 t.sort()
 print(json.dumps({"median": t[len(t) // 2] if len(t) % 2 else (t[len(t)//2 - 1] + t[len(t)//2]) / 2,
-                  "min": t[0], "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
+                  "min": t[0], "peak_rss_bytes": peak_rss(),
                   "version": ort.__version__}))
 """
 
@@ -74,7 +85,7 @@ with torch.inference_mode():
     for _ in range(runs):
         a = time.perf_counter(); m(x); t.append((time.perf_counter() - a) * 1000)
 t.sort()
-print(json.dumps({"median": t[len(t) // 2], "min": t[0], "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
+print(json.dumps({"median": t[len(t) // 2], "min": t[0], "peak_rss_bytes": peak_rss(),
                   "version": torch.__version__}))
 """
 
@@ -136,10 +147,10 @@ def main():
                                          + (["--spin-wait"] if a.wait == "spin" else []),
                                          env={"VEIL_THREAD_WAIT": "passive"} if a.wait == "passive" else None))
                     print(f"  {model} batch {batch} threads {threads}: onnxruntime", file=sys.stderr, flush=True)
-                    ort.append(run_json([sys.executable, "-c", ORT_CHILD, onnx_path, str(threads), str(a.runs), str(a.warmup),
+                    ort.append(run_json([sys.executable, "-c", PEAK_RSS + ORT_CHILD, onnx_path, str(threads), str(a.runs), str(a.warmup),
                                          str(batch), "0" if a.wait == "passive" else "1"]))
                     if torch_ok and not model.endswith(".onnx"):
-                        pt.append(run_json([sys.executable, "-c", TORCH_CHILD, onnx_path, model, str(batch), str(threads),
+                        pt.append(run_json([sys.executable, "-c", PEAK_RSS + TORCH_CHILD, onnx_path, model, str(batch), str(threads),
                                             str(a.runs), str(a.warmup)]))
                 row = {
                     "model": model, "batch": batch, "threads": threads, "wait": a.wait,

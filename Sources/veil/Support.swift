@@ -61,8 +61,18 @@ func note(_ s: String) {
   FileHandle.standardError.write((s + "\n").data(using: .utf8)!)
 }
 
-/// Peak resident memory of this process so far (Linux ru_maxrss is in KiB).
+/// Peak resident memory of this process so far: VmHWM in /proc/self/status, the high-water
+/// mark of this program's own address space. Linux's ru_maxrss is not that: it keeps the
+/// parent's peak across fork and exec, so a `veil bench` started by a Python script holding
+/// 229 MiB reported at least 229 MiB for every model (bench/peers.py's tables did). ru_maxrss
+/// only where /proc is not mounted.
 func peakResidentBytes() -> Int {
+  if let status = try? String(contentsOfFile: "/proc/self/status", encoding: .utf8),
+    let line = status.split(separator: "\n").first(where: { $0.hasPrefix("VmHWM:") }),
+    let kib = line.split(separator: " ").dropFirst().first.flatMap({ Int($0) })
+  {
+    return kib * 1024
+  }
   var u = rusage()
   getrusage(__rusage_who_t(RUSAGE_SELF.rawValue), &u)
   return Int(u.ru_maxrss) * 1024
