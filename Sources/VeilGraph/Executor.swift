@@ -55,6 +55,9 @@ public final class Executor: @unchecked Sendable {
   public let constantBytes: Int
   /// Number of layout reorders inserted between nodes.
   public let reorderCount: Int
+  /// Bytes of the kernels' working memory: one buffer, the largest kernel's need, which every
+  /// kernel uses in turn (`Kernel.scratchpadBytes`).
+  public let scratchpadBytes: Int
 
   struct Step {
     var kernel: Kernel
@@ -86,6 +89,7 @@ public final class Executor: @unchecked Sendable {
   private let outputBuffers: [(buffer: Int, shape: [Int])]
   private let retainedBuffers: [String: (buffer: Int, shape: [Int])]
   private var arena: TensorStorage
+  private let scratchpad: TensorStorage
   private var stepInputs: [[UnsafeMutableRawPointer]] = []
   private var stepOutputs: [UnsafeMutableRawPointer] = []
   private let lock = NSLock()
@@ -122,16 +126,21 @@ public final class Executor: @unchecked Sendable {
     constantBytes = compiler.steps.reduce(0) { $0 + $1.kernel.constantBytes } + compiler.constantBufferBytes
     unplannedActivationBytes = buffers.reduce(0) { if case .arena = $1.kind { return $0 + $1.bytes } else { return $0 } }
     peakActivationBytes = Executor.planArena(&buffers)
+    scratchpadBytes = compiler.steps.map(\.kernel.scratchpadBytes).max() ?? 0
     // Each tensor is bounded (`Graph.maxTensorElements`), but the activations alive at once
     // may still exceed the machine: refuse, rather than fail the allocation or be killed while
     // the pages are touched.
     let memory = ProcessInfo.processInfo.physicalMemory
-    guard UInt64(peakActivationBytes) <= memory else {
+    guard UInt64(peakActivationBytes) + UInt64(scratchpadBytes) <= memory else {
       let planned = compiler.graph
       throw GraphError.invalidGraph(
-        "'\(planned.name)' needs \(Executor.gib(peakActivationBytes)) of activation memory at once (input \(planned.inputs.map { planned[$0].shape ?? [] })), more than this machine's \(Executor.gib(Int(clamping: memory))); run a smaller batch or input size")
+        "'\(planned.name)' needs \(Executor.gib(peakActivationBytes + scratchpadBytes)) of activation memory at once, the kernels' working memory included (input \(planned.inputs.map { planned[$0].shape ?? [] })), more than this machine's \(Executor.gib(Int(clamping: memory))); run a smaller batch or input size")
     }
     arena = TensorStorage(count: (peakActivationBytes + 3) / 4)
+    scratchpad = TensorStorage(count: (scratchpadBytes + 3) / 4)
+    for s in compiler.steps where s.kernel.scratchpadBytes > 0 {
+      try s.kernel.bindScratchpad(UnsafeMutableRawPointer(scratchpad.pointer))
+    }
     bindPointers()
   }
 
@@ -253,7 +262,8 @@ public final class Executor: @unchecked Sendable {
   public var serialStepCount: Int { steps.filter(\.serial).count }
 
   /// The memory each step touches, in step order: the weights its kernel owns, and the byte
-  /// ranges of the activation arena it reads and writes (inputs and output, as planned).
+  /// ranges of the activation arena it reads and writes (inputs and output, as planned, and
+  /// its working memory, placed after the arena).
   /// What a TEE cost model needs to simulate an enclave's page cache over one request.
   public var memoryTrace: [StepMemory] {
     steps.map { s in
@@ -264,6 +274,10 @@ public final class Executor: @unchecked Sendable {
         case .arena: ranges.append(buffers[b].offset..<(buffers[b].offset + buffers[b].bytes))
         case .constant(let t): weights += t.count * 4
         }
+      }
+      // The shared working memory sits after the arena.
+      if s.kernel.scratchpadBytes > 0 {
+        ranges.append(peakActivationBytes..<(peakActivationBytes + s.kernel.scratchpadBytes))
       }
       return StepMemory(node: s.node, op: s.op, weightBytes: weights, activationRanges: ranges)
     }

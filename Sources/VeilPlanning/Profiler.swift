@@ -456,7 +456,7 @@ public enum Profiler {
       measured.append(
         Measured(
           cut: cut, headRuns: headRuns, tailRuns: tailRuns, sealSeconds: sealSeconds, openSeconds: openSeconds, wireSeconds: wireSeconds,
-          headTrace: head.memoryTrace.teeTrace, headPeakBytes: cut.headParameterBytes + head.peakActivationBytes, tailBytes: tailBytes))
+          headTrace: head.memoryTrace.teeTrace, headPeakBytes: cut.headParameterBytes + head.peakActivationBytes + head.scratchpadBytes, tailBytes: tailBytes))
       progress(
         String(
           format: "cut %d/%d %@: head %.1f ms native, transfer %.2f ms, tail %.1f ms", k + 1, cuts.count, cut.name, headRuns.medianMs,

@@ -141,7 +141,19 @@ public protocol Kernel: AnyObject, Sendable {
   var inPlaceInput: Int? { get }
   /// Bytes of constant data (reordered weights) the kernel owns.
   var constantBytes: Int { get }
+  /// Bytes of working memory the kernel needs while it runs and not after (a Winograd
+  /// convolution's transformed tiles). The kernels of one executor run one at a time, so it
+  /// gives them all one buffer of the largest size (`bindScratchpad`).
+  var scratchpadBytes: Int { get }
+  /// Makes `buffer` (at least `scratchpadBytes`, 64-byte aligned, alive while the kernel is)
+  /// the kernel's working memory. A kernel never bound owns a buffer of its own.
+  func bindScratchpad(_ buffer: UnsafeMutableRawPointer) throws
   func run(inputs: [UnsafeMutableRawPointer], output: UnsafeMutableRawPointer) throws
+}
+
+extension Kernel {
+  public var scratchpadBytes: Int { 0 }
+  public func bindScratchpad(_ buffer: UnsafeMutableRawPointer) throws {}
 }
 
 /// The primitives a backend provides. Every method checks its arguments and throws

@@ -3,24 +3,28 @@ import Foundation
 
 /// How the oneDNN backend computes 2-D convolutions.
 ///
-/// `direct`, the default, is what ONNX Runtime and PyTorch compute on the CPU. `winograd` lets
-/// oneDNN 2.6 use its Winograd kernel (F(4×4, 3×3), AVX-512 only) for the 3×3 stride-1
-/// convolutions where it judges it faster, on maps in 16-channel blocks: at batch 8 on an AMD
-/// EPYC with AVX-512 and 2 threads, VGG-16 2.5×, GoogLeNet 1.4–1.6× and ResNet-50 1.2× faster, within
-/// 1.3e-6 of ONNX Runtime (relative to the largest output). It costs memory: each Winograd
-/// layer's kernel keeps scratch for the transformed tiles of its whole batch, so it is for the
-/// accelerator's batched tails, not for a head in an enclave's few megabytes of protected
-/// memory. docs/benchmarks.md, "Winograd", has the figures.
+/// `winograd`, the default, lets oneDNN 2.6 use its Winograd kernel (F(4×4, 3×3), AVX-512 only)
+/// for the plain 3×3 stride-1 convolutions of batches of 2 or more, where it judges it faster,
+/// on maps in 16-channel blocks; every other convolution, and every one at batch 1, is direct.
+/// At batch 8 on an AMD EPYC with AVX-512 and 2 threads: VGG-16 2.5×, GoogLeNet 1.1–1.5×,
+/// Inception-v3 1.2×, ResNet-50 and DenseNet-121 1.2× faster than direct, within 1.3e-6 of ONNX
+/// Runtime (relative to the largest output). Its working memory (the transformed tiles of the
+/// whole batch) is one buffer per executor, the largest layer's (`Executor.scratchpadBytes`):
+/// VGG-16 at batch 8 peaks at 1159 MiB against 957 MiB direct (ONNX Runtime: 1078 MiB),
+/// ResNet-50 at 302 against 185 MiB (ONNX Runtime: 424–441 MiB). docs/benchmarks.md,
+/// "Winograd", has the figures. A head in an enclave runs at batch 1, where nothing changes.
+/// `direct` is what ONNX Runtime and PyTorch compute on the CPU: `VEIL_CONV_ALGORITHM=direct`.
 public enum ConvolutionAlgorithm: String, Sendable, CaseIterable {
+  /// The direct algorithm for every convolution.
   case direct
   /// Winograd where oneDNN finds it faster, for batches of 2 or more (at batch 1 it was no
   /// faster); direct elsewhere.
   case winograd
 
-  /// `VEIL_CONV_ALGORITHM` (direct or winograd) if set, else direct.
+  /// `VEIL_CONV_ALGORITHM` (direct or winograd) if set, else winograd.
   public static let processDefault: ConvolutionAlgorithm =
     ProcessInfo.processInfo.environment["VEIL_CONV_ALGORITHM"].flatMap { ConvolutionAlgorithm(rawValue: $0.lowercased()) }
-    ?? .direct
+    ?? .winograd
 
   /// Whether this CPU has the AVX-512 kernels oneDNN's Winograd needs.
   public static let winogradAvailable: Bool = {

@@ -134,15 +134,15 @@ final class PrimitiveCache: @unchecked Sendable {
   var statistics: (hits: Int, misses: Int, evictions: Int) { cache.statistics }
 }
 
-/// A buffer oneDNN allocates and frees with the memory object: a kernel's scratchpad.
+/// A step's scratchpad: a memory object over a buffer its kernel is given (`bindScratchpad`).
 final class ScratchpadMemory: @unchecked Sendable {
   let memory: dnnl_memory_t
 
   init(_ md: dnnl_memory_desc_t, engine: dnnl_engine_t) throws {
     var d = md
     var m: dnnl_memory_t?
-    // DNNL_MEMORY_ALLOCATE, ((void *)(size_t)-1) in dnnl_types.h: the library allocates.
-    try check(dnnl_memory_create(&m, &d, engine, UnsafeMutableRawPointer(bitPattern: -1)), "allocating a scratchpad")
+    // DNNL_MEMORY_NONE (NULL): the buffer is bound before the first run.
+    try check(dnnl_memory_create(&m, &d, engine, nil), "creating a scratchpad")
     memory = m!
   }
 
@@ -186,6 +186,11 @@ final class DNNLKernel: Kernel, @unchecked Sendable {
   /// Further memories bound inside an input's buffer: (memory, input, byte offset).
   private let views: [(memory: BoundMemory, input: Int, offset: Int)]
   private let engine: Engine
+  let scratchpadBytes: Int
+  private let scratchpads: [ScratchpadMemory]
+  /// The scratchpad's buffer when no executor gave one (a kernel run on its own).
+  private var ownScratchpad: TensorStorage?
+  private var scratchpadBound = false
 
   init(
     name: String, steps: [Step], inputs: [BoundMemory?], inputLayouts: [Layout], output: BoundMemory,
@@ -194,15 +199,17 @@ final class DNNLKernel: Kernel, @unchecked Sendable {
   ) throws {
     self.views = views
     self.name = name
-    // Each step's scratchpad is this kernel's own (see `DNNLBackend.userScratchpad`): an
-    // executor runs one step at a time, and no other executor reaches these buffers.
+    // Each step's scratchpad is the caller's (see `DNNLBackend.userScratchpad`): the steps
+    // run one after another, so they share one buffer of the largest size, bound later.
     var steps = steps
-    var keepAlive = keepAlive
+    var scratchpads: [ScratchpadMemory] = []
     for i in steps.indices where steps[i].entry.scratchpadBytes > 0 {
       let m = try ScratchpadMemory(steps[i].entry.md(dnnl_query_scratchpad_md), engine: engine.engine)
       steps[i].args.append(dnnl_exec_arg_t(arg: argScratchpad, memory: m.memory))
-      keepAlive.append(m)
+      scratchpads.append(m)
     }
+    self.scratchpads = scratchpads
+    scratchpadBytes = steps.map(\.entry.scratchpadBytes).max() ?? 0
     self.steps = steps
     self.inputs = inputs
     self.inputLayouts = inputLayouts
@@ -230,12 +237,25 @@ final class DNNLKernel: Kernel, @unchecked Sendable {
       try check(dnnl_memory_set_data_handle(v.memory.memory, ptrs[v.input] + v.offset), "\(name): binding a view of input \(v.input)")
     }
     try check(dnnl_memory_set_data_handle(output.memory, out), "\(name): binding output")
+    if !scratchpadBound {
+      let own = TensorStorage(count: (scratchpadBytes + 3) / 4)
+      try bindScratchpad(UnsafeMutableRawPointer(own.pointer))
+      ownScratchpad = own
+    }
     for step in steps {
       let status = step.args.withUnsafeBufferPointer {
         dnnl_primitive_execute(step.entry.primitive, engine.stream, Int32($0.count), $0.baseAddress)
       }
       try check(status, "running \(name)")
     }
+  }
+}
+
+extension DNNLKernel {
+  func bindScratchpad(_ buffer: UnsafeMutableRawPointer) throws {
+    for m in scratchpads { try check(dnnl_memory_set_data_handle(m.memory, buffer), "\(name): binding its scratchpad") }
+    scratchpadBound = true
+    ownScratchpad = nil
   }
 }
 

@@ -71,6 +71,7 @@ struct Bench: ParsableCommand {
     var peak_rss_bytes: Int
     var weight_bytes: Int
     var arena_bytes: Int
+    var scratchpad_bytes: Int
     var flops_per_pass: Int
     var compile_ms: Double
     var backend: String
@@ -113,6 +114,7 @@ struct Bench: ParsableCommand {
       latency_ms: latency,
       throughput: Double(batch) / (median / 1000), gflops: Double(flops) / (median / 1000) / 1e9,
       peak_rss_bytes: peakResidentBytes(), weight_bytes: weightBytes, arena_bytes: exec.peakActivationBytes,
+      scratchpad_bytes: exec.scratchpadBytes,
       flops_per_pass: flops, compile_ms: compileMs, backend: Engine.backendVersion)
     if json { return try printJSON(report) }
     if profile { try printProfile(exec, x) }
@@ -121,7 +123,7 @@ struct Bench: ParsableCommand {
     print(String(format: "latency      min %.2f ms, median %.2f ms, p90 %.2f ms", latency.min, median, p90))
     print(String(format: "throughput   %.1f items/s", report.throughput))
     print(String(format: "compute      %.2f GFLOP per pass, %.1f GFLOP/s", Double(flops) / 1e9, report.gflops))
-    print("memory       peak RSS \(mib(report.peak_rss_bytes)) (weights \(mib(weightBytes)), activation arena \(mib(exec.peakActivationBytes)))")
+    print("memory       peak RSS \(mib(report.peak_rss_bytes)) (weights \(mib(weightBytes)), activation arena \(mib(exec.peakActivationBytes)), kernels' working memory \(mib(exec.scratchpadBytes)))")
     print(String(format: "compile      %.0f ms", compileMs))
   }
 }
