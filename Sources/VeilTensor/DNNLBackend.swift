@@ -186,6 +186,8 @@ final class DNNLKernel: Kernel, @unchecked Sendable {
   /// Further memories bound inside an input's buffer: (memory, input, byte offset).
   private let views: [(memory: BoundMemory, input: Int, offset: Int)]
   private let engine: Engine
+  /// Run on the output after the primitives (Veil's own SiLU, in place of oneDNN's swish).
+  private let epilogue: (@Sendable (UnsafeMutableRawPointer) -> Void)?
   let scratchpadBytes: Int
   private let scratchpads: [ScratchpadMemory]
   /// The scratchpad's buffer when no executor gave one (a kernel run on its own).
@@ -195,9 +197,11 @@ final class DNNLKernel: Kernel, @unchecked Sendable {
   init(
     name: String, steps: [Step], inputs: [BoundMemory?], inputLayouts: [Layout], output: BoundMemory,
     inPlaceInput: Int?, accumulateInput: Int? = nil, constantBytes: Int = 0, keepAlive: [AnyObject] = [],
-    views: [(memory: BoundMemory, input: Int, offset: Int)] = [], outputLayout: Layout? = nil, engine: Engine
+    views: [(memory: BoundMemory, input: Int, offset: Int)] = [], outputLayout: Layout? = nil, engine: Engine,
+    epilogue: (@Sendable (UnsafeMutableRawPointer) -> Void)? = nil
   ) throws {
     self.views = views
+    self.epilogue = epilogue
     self.name = name
     // Each step's scratchpad is the caller's (see `DNNLBackend.userScratchpad`): the steps
     // run one after another, so they share one buffer of the largest size, bound later.
@@ -248,6 +252,7 @@ final class DNNLKernel: Kernel, @unchecked Sendable {
       }
       try check(status, "running \(name)")
     }
+    epilogue?(out)
   }
 }
 
@@ -259,20 +264,21 @@ extension DNNLKernel {
   }
 }
 
-/// A kernel written in C or Swift for a plain layout.
+/// A kernel written in C or Swift: for a plain layout, or any layout for an element-wise one.
 final class PlainKernel: Kernel, @unchecked Sendable {
   let name: String
   let inputLayouts: [Layout]
   let outputLayout: Layout
-  let inPlaceInput: Int? = nil
+  let inPlaceInput: Int?
   let constantBytes = 0
   private let body: @Sendable ([UnsafeMutableRawPointer], UnsafeMutableRawPointer) throws -> Void
 
   init(
-    name: String, inputs: [Layout], output: Layout,
+    name: String, inputs: [Layout], output: Layout, inPlaceInput: Int? = nil,
     body: @escaping @Sendable ([UnsafeMutableRawPointer], UnsafeMutableRawPointer) throws -> Void
   ) {
     self.name = name
+    self.inPlaceInput = inPlaceInput
     inputLayouts = inputs
     outputLayout = output
     self.body = body
@@ -463,6 +469,11 @@ public final class DNNLBackend: ComputeBackend, @unchecked Sendable {
       throw TensorError.shapeMismatch(what: "convolution bias", expected: "[\(oc)]", found: "\(bias.shape)")
     }
     let hasSum = postOps.contains(.sum)
+    // A trailing SiLU runs as Veil's own kernel on the output (`siluEpilogue`), not as
+    // oneDNN's swish post-op, which costs twice as much.
+    var postOps = postOps
+    let silu = postOps.last == .activation(.silu)
+    if silu { postOps.removeLast() }
     let winograd = convolutionAlgorithm.asksForWinograd(
       inputDims: inputDims, outputDims: outputDims, kernel: Array(weights.shape.suffix(2)), groups: g, spec: spec)
     let key = "conv|\(spec)|\(inputDims)|\(wdims)|\(bias != nil)|\(postOps)|\(outputDims)|\(winograd ? "winograd" : "direct")"
@@ -493,13 +504,25 @@ public final class DNNLBackend: ComputeBackend, @unchecked Sendable {
       constBytes += oc * 4
     }
     let name = spec.transposed ? "ConvTranspose" : entry.implementation.contains("wino") ? "Conv(Winograd)" : "Conv"
+    let allPostOps = postOps + (silu ? [.activation(.silu)] : [])
     return try DNNLKernel(
-      name: name + (postOps.isEmpty ? "" : "+" + postOps.map(\.description).joined(separator: "+")),
+      name: name + (allPostOps.isEmpty ? "" : "+" + allPostOps.map(\.description).joined(separator: "+")),
       steps: [.init(entry: entry, args: args)],
       inputs: hasSum ? [srcM, nil] : [srcM],
       inputLayouts: hasSum ? [srcL, dstL] : [srcL],
       output: dstM, inPlaceInput: hasSum ? 1 : nil, accumulateInput: hasSum ? 1 : nil,
-      constantBytes: constBytes, keepAlive: keep, engine: engine)
+      constantBytes: constBytes, keepAlive: keep, engine: engine, epilogue: silu ? Self.siluEpilogue(dstL) : nil)
+  }
+
+  /// SiLU in place over a buffer of `layout` (padding included: SiLU(0) = 0) on the calling
+  /// thread's OpenMP team: oneDNN 2.6's swish takes 3.1 ms for 9.6 M values on two threads
+  /// here, this 1.5 ms (docs/benchmarks.md, "SiLU").
+  static func siluEpilogue(_ layout: Layout) -> @Sendable (UnsafeMutableRawPointer) -> Void {
+    let count = Int64(layout.byteCount / 4)
+    return { buffer in
+      let p = buffer.assumingMemoryBound(to: Float.self)
+      veil_silu_f32(p, p, count)
+    }
   }
 
   /// A convolution's primitive descriptor: the direct algorithm on the layouts oneDNN picks,
@@ -539,6 +562,12 @@ public final class DNNLBackend: ComputeBackend, @unchecked Sendable {
   // MARK: - Element-wise and normalization
 
   public func activation(_ activation: Activation, input: Layout) throws -> Kernel {
+    if activation == .silu {
+      let count = Int64(input.byteCount / 4)
+      return PlainKernel(name: activation.description, inputs: [input], output: input, inPlaceInput: 0) { ins, out in
+        veil_silu_f32(out.assumingMemoryBound(to: Float.self), ins[0].assumingMemoryBound(to: Float.self), count)
+      }
+    }
     let srcM = try memory(input)
     let dstM = try memory(input)
     var steps: [DNNLKernel.Step] = []

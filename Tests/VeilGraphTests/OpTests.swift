@@ -366,6 +366,17 @@ enum OpCases {
         return [b.graph.activation(x, a, name: "act")]
       }
     } + [
+      // Veil's own SiLU (silu.c): more values than wake the thread team, not whole vectors.
+      opCase("activation_silu_across_the_team") { b in
+        let x = b.input([2, 3, 61, 53], std: 8)
+        return [b.graph.activation(x, .silu, name: "act")]
+      },
+      // A SiLU after a convolution (fused by the passes) runs on the output in its own layout.
+      opCase("conv_then_silu") { b in
+        let x = b.input([2, 16, 24, 24])
+        let c = b.conv(x, inChannels: 16, 32, .square(3), name: "conv")
+        return [b.graph.activation(c, .silu, name: "act")]
+      },
       // √ of what a Relu leaves: zeros and positives (ReduceL2's last step).
       opCase("activation_sqrt") { b in
         let x = b.graph.activation(b.input([2, 3, 4, 5], std: 4), .relu, name: "relu")

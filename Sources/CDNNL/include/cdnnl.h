@@ -57,6 +57,13 @@ void veil_binary_broadcast_f32(const float *a, const int64_t *a_strides, const f
                                const int64_t *b_strides, float *dst, const int64_t *dst_dims,
                                int rank, int op);
 
+/// SiLU (x · sigmoid(x)) of `n` floats, on the calling thread's OpenMP team (silu.c); `dst`
+/// may be `src`. Within 2e-7 relative of the exact value.
+void veil_silu_f32(float *dst, const float *src, int64_t n);
+/// The same on the calling thread alone, with one instruction set: 1 AVX2, 2 AVX-512 (where the
+/// CPU has it), 0 the best the CPU has. For tests of each path.
+void veil_silu_f32_with(float *dst, const float *src, int64_t n, int isa);
+
 // Training kernels (training_kernels.c), plain layouts; x is [n, c, inner] for the per-channel ones.
 /// Per-channel mean and biased variance (two passes), accumulated in double.
 void veil_channel_mean_var(const float *x, int64_t n, int64_t c, int64_t inner, double *mean, double *var);
