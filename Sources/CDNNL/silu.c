@@ -13,58 +13,57 @@ void GOMP_parallel(void (*fn)(void *), void *data, unsigned num_threads, unsigne
 int omp_get_thread_num(void);
 int omp_get_num_threads(void);
 
-#define EXP_CONSTANTS(set1)                                                                     \
-  const VEC lo = set1(-87.3f), hi = set1(88.3f), log2e = set1(1.44269504088896341f),            \
-            ln2hi = set1(0.693359375f), ln2lo = set1(-2.12194440e-4f), c0 = set1(1.9875691500e-4f), \
-            c1 = set1(1.3981999507e-3f), c2 = set1(8.3334519073e-3f), c3 = set1(4.1665795894e-2f), \
-            c4 = set1(1.6666665459e-1f), c5 = set1(5.0000001201e-1f), one = set1(1.0f)
+// One vector of SiLU, for either width: V(op) names the width's intrinsic, ROUND and SCALE its
+// rounding to an integer and its multiplication by 2^k.
+#define SILU_VECTOR(VEC, x, out)                                                               \
+  do {                                                                                         \
+    const VEC lo = V(set1_ps)(-87.3f), hi = V(set1_ps)(88.3f), one = V(set1_ps)(1.0f);         \
+    /* e^−x, with −x clamped to where e^−x is a normal float; k = round(−x / ln 2). */         \
+    VEC t = V(max_ps)(V(min_ps)(V(sub_ps)(V(setzero_ps)(), x), hi), lo);                       \
+    VEC k = ROUND(V(mul_ps)(t, V(set1_ps)(1.44269504088896341f)));                             \
+    VEC r = V(fnmadd_ps)(k, V(set1_ps)(-2.12194440e-4f), V(fnmadd_ps)(k, V(set1_ps)(0.693359375f), t)); \
+    VEC p = V(fmadd_ps)(V(set1_ps)(1.9875691500e-4f), r, V(set1_ps)(1.3981999507e-3f));       \
+    p = V(fmadd_ps)(p, r, V(set1_ps)(8.3334519073e-3f));                                       \
+    p = V(fmadd_ps)(p, r, V(set1_ps)(4.1665795894e-2f));                                       \
+    p = V(fmadd_ps)(p, r, V(set1_ps)(1.6666665459e-1f));                                       \
+    p = V(fmadd_ps)(p, r, V(set1_ps)(5.0000001201e-1f));                                       \
+    p = V(fmadd_ps)(p, V(mul_ps)(r, r), V(add_ps)(r, one));                                    \
+    out = V(div_ps)(x, V(add_ps)(one, SCALE(p, k)));                                           \
+  } while (0)
 
+#define V(op) _mm512_##op
+#define ROUND(v) _mm512_roundscale_ps(v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC)
+#define SCALE(p, k) _mm512_scalef_ps(p, k)
 __attribute__((target("avx512f"))) static void silu_avx512(float *dst, const float *src, int64_t n) {
-#define VEC __m512
-  EXP_CONSTANTS(_mm512_set1_ps);
-#undef VEC
   for (int64_t i = 0; i < n; i += 16) {
     __mmask16 m = n - i >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << (n - i)) - 1);
-    __m512 x = _mm512_maskz_loadu_ps(m, src + i);
-    // e^−x, with −x clamped to where e^−x is a normal float.
-    __m512 t = _mm512_max_ps(_mm512_min_ps(_mm512_sub_ps(_mm512_setzero_ps(), x), hi), lo);
-    __m512 k = _mm512_roundscale_ps(_mm512_mul_ps(t, log2e), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-    __m512 r = _mm512_fnmadd_ps(k, ln2lo, _mm512_fnmadd_ps(k, ln2hi, t));
-    __m512 p = _mm512_fmadd_ps(c0, r, c1);
-    p = _mm512_fmadd_ps(p, r, c2);
-    p = _mm512_fmadd_ps(p, r, c3);
-    p = _mm512_fmadd_ps(p, r, c4);
-    p = _mm512_fmadd_ps(p, r, c5);
-    p = _mm512_fmadd_ps(p, _mm512_mul_ps(r, r), _mm512_add_ps(r, one));
-    __m512 e = _mm512_scalef_ps(p, k);
-    _mm512_mask_storeu_ps(dst + i, m, _mm512_div_ps(x, _mm512_add_ps(one, e)));
+    __m512 x = _mm512_maskz_loadu_ps(m, src + i), y;
+    SILU_VECTOR(__m512, x, y);
+    _mm512_mask_storeu_ps(dst + i, m, y);
   }
 }
+#undef V
+#undef ROUND
+#undef SCALE
 
-// The package's baseline, x86-64-v3 (AVX2, FMA).
+// The package's baseline, x86-64-v3 (AVX2, FMA). 2^k from its exponent bits: k is in
+// [−126, 127] after the clamp.
+#define V(op) _mm256_##op
+#define ROUND(v) _mm256_round_ps(v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC)
+#define SCALE(p, k) \
+  _mm256_mul_ps(p, _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(k), _mm256_set1_epi32(127)), 23)))
 static void silu_avx2(float *dst, const float *src, int64_t n) {
-#define VEC __m256
-  EXP_CONSTANTS(_mm256_set1_ps);
-#undef VEC
   int64_t i = 0;
   for (; i + 8 <= n; i += 8) {
-    __m256 x = _mm256_loadu_ps(src + i);
-    __m256 t = _mm256_max_ps(_mm256_min_ps(_mm256_sub_ps(_mm256_setzero_ps(), x), hi), lo);
-    __m256 k = _mm256_round_ps(_mm256_mul_ps(t, log2e), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-    __m256 r = _mm256_fnmadd_ps(k, ln2lo, _mm256_fnmadd_ps(k, ln2hi, t));
-    __m256 p = _mm256_fmadd_ps(c0, r, c1);
-    p = _mm256_fmadd_ps(p, r, c2);
-    p = _mm256_fmadd_ps(p, r, c3);
-    p = _mm256_fmadd_ps(p, r, c4);
-    p = _mm256_fmadd_ps(p, r, c5);
-    p = _mm256_fmadd_ps(p, _mm256_mul_ps(r, r), _mm256_add_ps(r, one));
-    // 2^k from its exponent bits: k is in [−126, 127] after the clamp.
-    __m256i bits = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(k), _mm256_set1_epi32(127)), 23);
-    __m256 e = _mm256_mul_ps(p, _mm256_castsi256_ps(bits));
-    _mm256_storeu_ps(dst + i, _mm256_div_ps(x, _mm256_add_ps(one, e)));
+    __m256 x = _mm256_loadu_ps(src + i), y;
+    SILU_VECTOR(__m256, x, y);
+    _mm256_storeu_ps(dst + i, y);
   }
   for (; i < n; i++) dst[i] = src[i] / (1.0f + expf(-src[i]));
 }
+#undef V
+#undef ROUND
+#undef SCALE
 
 static void silu_range(float *dst, const float *src, int64_t n) {
   if (__builtin_cpu_supports("avx512f")) silu_avx512(dst, src, n);
