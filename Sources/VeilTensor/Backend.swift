@@ -8,6 +8,8 @@ import Foundation
 /// graph layer never names a library. Training has its own short list (`TrainingBackend`).
 /// oneDNN (`DNNLBackend`) implements both today; another (CUDA, say) is one new module that
 /// implements them, without the graph, training, formats or privacy code changing.
+/// A kernel also states the working memory it needs while it runs (`scratchpadBytes`); the
+/// executor, which runs one kernel at a time, gives them all one buffer of the largest need.
 
 /// Point-wise activations the backend can run alone or fuse after a convolution.
 public enum Activation: Sendable, Hashable, CustomStringConvertible {
