@@ -8,10 +8,44 @@ public struct ExecutorOptions: Sendable {
   /// Names of values to keep readable after a run (feature maps at cut points), besides the
   /// graph outputs. Their buffers are never reused.
   public var retain: [String]
+  /// Working memory shared with other executors (a served model's executors for each batch
+  /// size), or nil for a buffer of the executor's own.
+  public var workingMemory: SharedWorkingMemory?
 
-  public init(optimize: Bool = true, retain: [String] = []) {
+  public init(optimize: Bool = true, retain: [String] = [], workingMemory: SharedWorkingMemory? = nil) {
     self.optimize = optimize
     self.retain = retain
+    self.workingMemory = workingMemory
+  }
+}
+
+/// The kernels' working memory (`Kernel.scratchpadBytes`) for several executors that never
+/// need it at once: a served model's executors, one per batch size, run one batch at a time,
+/// and with Winograd each needs scratch in proportion to its batch (VGG-16 229 MiB at batch 8).
+/// The buffer grows to the largest need; executors that share it run one at a time (a run
+/// holds its lock), whichever threads call them.
+public final class SharedWorkingMemory: @unchecked Sendable {
+  private let lock = NSLock()
+  private var storage: TensorStorage?
+
+  public init() {}
+
+  /// Bytes held now: the largest need of the runs so far.
+  public var bytes: Int { lock.withLock { (storage?.count ?? 0) * 4 } }
+
+  /// Runs `body` with the buffer, grown first to at least `bytes`; no other run that shares
+  /// it runs meanwhile.
+  func withBuffer<T>(atLeast bytes: Int, _ body: (UnsafeMutableRawPointer) throws -> T) rethrows -> T {
+    lock.lock()
+    defer { lock.unlock() }
+    let buffer: TensorStorage
+    if let held = storage, held.count * 4 >= bytes {
+      buffer = held
+    } else {
+      buffer = TensorStorage(count: (bytes + 3) / 4)
+      storage = buffer
+    }
+    return try body(UnsafeMutableRawPointer(buffer.pointer))
   }
 }
 
@@ -52,6 +86,8 @@ public final class Executor: @unchecked Sendable {
   /// What the activations would take without reuse.
   public let unplannedActivationBytes: Int
   /// Bytes of constants owned by kernels (weights in the backend's layouts) and the executor.
+  /// A backend may hold a copy once for several executors (equal weights in equal layouts); each
+  /// counts it here.
   public let constantBytes: Int
   /// Number of layout reorders inserted between nodes.
   public let reorderCount: Int
@@ -89,7 +125,11 @@ public final class Executor: @unchecked Sendable {
   private let outputBuffers: [(buffer: Int, shape: [Int])]
   private let retainedBuffers: [String: (buffer: Int, shape: [Int])]
   private var arena: TensorStorage
-  private let scratchpad: TensorStorage
+  /// The kernels' working memory: the executor's own, or shared (`ExecutorOptions.workingMemory`)
+  /// and bound to the kernels again when the shared buffer has grown since their last run.
+  private let scratchpad: TensorStorage?
+  private let sharedWorkingMemory: SharedWorkingMemory?
+  private var boundScratchpad: UnsafeMutableRawPointer?
   private var stepInputs: [[UnsafeMutableRawPointer]] = []
   private var stepOutputs: [UnsafeMutableRawPointer] = []
   private let lock = NSLock()
@@ -137,9 +177,14 @@ public final class Executor: @unchecked Sendable {
         "'\(planned.name)' needs \(Executor.gib(peakActivationBytes + scratchpadBytes)) of activation memory at once, the kernels' working memory included (input \(planned.inputs.map { planned[$0].shape ?? [] })), more than this machine's \(Executor.gib(Int(clamping: memory))); run a smaller batch or input size")
     }
     arena = TensorStorage(count: (peakActivationBytes + 3) / 4)
-    scratchpad = TensorStorage(count: (scratchpadBytes + 3) / 4)
-    for s in compiler.steps where s.kernel.scratchpadBytes > 0 {
-      try s.kernel.bindScratchpad(UnsafeMutableRawPointer(scratchpad.pointer))
+    sharedWorkingMemory = options.workingMemory
+    if options.workingMemory == nil {
+      let own = TensorStorage(count: (scratchpadBytes + 3) / 4)
+      scratchpad = own
+      try Executor.bind(UnsafeMutableRawPointer(own.pointer), to: compiler.steps)
+      boundScratchpad = UnsafeMutableRawPointer(own.pointer)
+    } else {
+      scratchpad = nil
     }
     bindPointers()
   }
@@ -208,7 +253,20 @@ public final class Executor: @unchecked Sendable {
   {
     lock.lock()
     defer { lock.unlock() }
-    return try backend.onTeam { try runOnTeam(inputs, timings: timings) }
+    guard let shared = sharedWorkingMemory, scratchpadBytes > 0 else {
+      return try backend.onTeam { try runOnTeam(inputs, timings: timings) }
+    }
+    return try shared.withBuffer(atLeast: scratchpadBytes) { buffer in
+      if buffer != boundScratchpad {
+        try Executor.bind(buffer, to: steps)
+        boundScratchpad = buffer
+      }
+      return try backend.onTeam { try runOnTeam(inputs, timings: timings) }
+    }
+  }
+
+  private static func bind(_ buffer: UnsafeMutableRawPointer, to steps: [Step]) throws {
+    for s in steps where s.kernel.scratchpadBytes > 0 { try s.kernel.bindScratchpad(buffer) }
   }
 
   private func runOnTeam(_ inputs: [Tensor], timings: UnsafeMutablePointer<[StepTiming]>?) throws

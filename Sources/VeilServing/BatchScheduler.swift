@@ -91,6 +91,9 @@ final class BatchScheduler: @unchecked Sendable {
   private var tick: UInt64 = 0
   private var compiled = 0
   private let executorLock = NSLock()
+  /// One working buffer for the executors of every batch size: the worker runs one batch at a
+  /// time, and with Winograd each batch size's executor needs scratch in proportion to it.
+  let workingMemory = SharedWorkingMemory()
   private var thread: Thread?
 
   init(
@@ -143,7 +146,8 @@ final class BatchScheduler: @unchecked Sendable {
       executors[batch] = (e.executor, tick)
       return e.executor
     }
-    let e = try Executor(graph: batch == 1 || !batches ? graph : graph.withBatch(batch))
+    let e = try Executor(
+      graph: batch == 1 || !batches ? graph : graph.withBatch(batch), options: .init(workingMemory: workingMemory))
     compiled += 1
     while executors.count >= batching.executorCacheCapacity,
       let oldest = executors.min(by: { $0.value.used < $1.value.used })?.key

@@ -165,6 +165,61 @@ final class BoundMemory: @unchecked Sendable {
   deinit { dnnl_memory_destroy(memory) }
 }
 
+/// Weights in a kernel's layout, one copy for every kernel that reorders the same values into
+/// the same layout: a served model's executors, one per batch size, or the accelerator's tails
+/// of every cut held each its own copy before (ResNet-50's tail after `layer2` at eight batch
+/// sizes: eight). Found by the layout and a hash of the values, then compared byte for byte;
+/// held weakly, so the last kernel that drops a copy frees it.
+final class SharedConstants: @unchecked Sendable {
+  private final class Entry {
+    weak var storage: TensorStorage?
+    init(_ storage: TensorStorage) { self.storage = storage }
+  }
+
+  private let lock = NSLock()
+  private var entries: [String: [Entry]] = [:]
+  private var insertions = 0
+
+  /// The held copy equal to `candidate` in `layout`, or `candidate`, now held for others.
+  func share(_ candidate: TensorStorage, layout: Layout) -> TensorStorage {
+    let bytes = candidate.count * 4
+    let key = "\(layout)|\(bytes)|\(Self.hash(candidate.pointer, count: candidate.count))"
+    lock.lock()
+    defer { lock.unlock() }
+    var list = entries[key, default: []].filter { $0.storage != nil }
+    for e in list {
+      if let held = e.storage, held.count == candidate.count, memcmp(held.pointer, candidate.pointer, bytes) == 0 {
+        entries[key] = list
+        return held
+      }
+    }
+    list.append(Entry(candidate))
+    entries[key] = list
+    insertions += 1
+    if insertions % 256 == 0 { entries = entries.filter { $0.value.contains { $0.storage != nil } } }
+    return candidate
+  }
+
+  var heldBytes: Int {
+    lock.withLock { entries.values.reduce(0) { $0 + $1.reduce(0) { $0 + ($1.storage?.count ?? 0) * 4 } } }
+  }
+
+  /// A 64-bit multiply-xorshift hash over the values' bits, eight bytes at a time.
+  static func hash(_ p: UnsafePointer<Float>, count: Int) -> UInt64 {
+    var h: UInt64 = 0x9E37_79B9_7F4A_7C15 ^ UInt64(count)
+    UnsafeRawPointer(p).withMemoryRebound(to: UInt32.self, capacity: count) { w in
+      var i = 0
+      while i + 1 < count {
+        h = (h ^ (UInt64(w[i]) | UInt64(w[i + 1]) << 32)) &* 0xBF58_476D_1CE4_E5B9
+        h ^= h >> 29
+        i += 2
+      }
+      if i < count { h = (h ^ UInt64(w[i])) &* 0x94D0_49BB_1331_11EB }
+    }
+    return h ^ (h >> 32)
+  }
+}
+
 /// One or more oneDNN primitives run back to back over shared memory objects.
 final class DNNLKernel: Kernel, @unchecked Sendable {
   struct Step {
@@ -308,6 +363,7 @@ public final class DNNLBackend: ComputeBackend, @unchecked Sendable {
   public let convolutionAlgorithm: ConvolutionAlgorithm
   let cache: PrimitiveCache
   let trainingConvolutions: LRUCache<ConvolutionTraining>
+  let sharedConstants = SharedConstants()
 
   /// A backend with caches of its own (the shared one is what executors use by default).
   public init(
@@ -416,8 +472,11 @@ public final class DNNLBackend: ComputeBackend, @unchecked Sendable {
     let k = try reorder(from: user, to: target)
     try k.run(inputs: [UnsafeMutableRawPointer(t.storage.pointer)], output: UnsafeMutableRawPointer(out.pointer))
     engine.wait()
-    return out
+    return sharedConstants.share(out, layout: target)
   }
+
+  /// Bytes of reordered weights held now, each once however many kernels share it.
+  public var sharedConstantBytes: Int { sharedConstants.heldBytes }
 
   /// A kernel's own copy of the first `count` values of `t` (a bias, a BatchNorm statistic),
   /// bound in plain layout (as [count], or as `dims` when given: a matmul's [1, count] bias)

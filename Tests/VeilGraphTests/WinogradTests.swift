@@ -65,4 +65,35 @@ final class WinogradTests: XCTestCase {
       XCTAssertTrue(c.passed, "\(c)")
     }
   }
+
+  /// Executors that share working memory (a served model's, one per batch size) grow one
+  /// buffer to the largest need instead of holding one each, and each still computes its own
+  /// batch right when the buffer has grown under it.
+  func testExecutorsSharingWorkingMemoryHoldOneBufferOfTheLargestNeed() throws {
+    var rng = SeededGenerator(seed: 33)
+    var g = Graph(name: "shared")
+    let x = g.addInput(name: "x", shape: [1, 32, 40, 40])
+    let c = g.conv(x, weight: .randomNormal(shape: [32, 32, 3, 3], std: 0.05, generator: &rng), .square(3), name: "c")
+    g.outputs = [g.activation(c, .relu, name: "r")]
+    let shared = SharedWorkingMemory()
+    let backend = DNNLBackend(convolutionAlgorithm: .winograd)
+    let small = try Executor(graph: g.withBatch(2), backend: backend, options: .init(workingMemory: shared))
+    let large = try Executor(graph: g.withBatch(6), backend: backend, options: .init(workingMemory: shared))
+    XCTAssertEqual(shared.bytes, 0, "nothing is allocated before a run")
+    XCTAssertGreaterThan(large.scratchpadBytes, small.scratchpadBytes, "\(large.kernelNames)")
+    let direct = DNNLBackend(convolutionAlgorithm: .direct)
+    func check(_ e: Executor, _ batch: Int) throws {
+      let input = Tensor.randomNormal(shape: [batch, 32, 40, 40], generator: &rng)
+      let want = try Executor(graph: g.withBatch(batch), backend: direct).run([input])[0]
+      let c = Comparison(got: try e.run([input])[0], want: want, tolerance: Tolerance(abs: 1e-4, rel: 1e-4))
+      XCTAssertTrue(c.passed, "batch \(batch): \(c)")
+    }
+    try check(small, 2)
+    XCTAssertEqual(shared.bytes, (small.scratchpadBytes + 3) / 4 * 4)
+    try check(large, 6)
+    XCTAssertEqual(shared.bytes, (large.scratchpadBytes + 3) / 4 * 4, "grown to the larger need")
+    try check(small, 2)
+    XCTAssertEqual(shared.bytes, (large.scratchpadBytes + 3) / 4 * 4, "one buffer, not one each")
+  }
 }
+
