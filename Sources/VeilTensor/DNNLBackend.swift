@@ -296,7 +296,7 @@ final class DNNLKernel: Kernel, @unchecked Sendable {
       try check(dnnl_memory_set_data_handle(v.memory.memory, ptrs[v.input] + v.offset), "\(name): binding a view of input \(v.input)")
     }
     try check(dnnl_memory_set_data_handle(output.memory, out), "\(name): binding output")
-    if !scratchpadBound {
+    if !scratchpadBound, scratchpadBytes > 0 {
       let own = TensorStorage(count: (scratchpadBytes + 3) / 4)
       try bindScratchpad(UnsafeMutableRawPointer(own.pointer))
       ownScratchpad = own
