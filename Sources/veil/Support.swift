@@ -69,7 +69,7 @@ func note(_ s: String) {
 func peakResidentBytes() -> Int {
   if let status = try? String(contentsOfFile: "/proc/self/status", encoding: .utf8),
     let line = status.split(separator: "\n").first(where: { $0.hasPrefix("VmHWM:") }),
-    let kib = line.split(separator: " ").dropFirst().first.flatMap({ Int($0) })
+    let kib = line.split(whereSeparator: \.isWhitespace).dropFirst().first.flatMap({ Int($0) })
   {
     return kib * 1024
   }
