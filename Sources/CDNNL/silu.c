@@ -1,6 +1,6 @@
 // SiLU, x · σ(x) = x / (1 + e^−x), over a float buffer, split across the OpenMP team oneDNN
-// runs on. oneDNN 2.6's swish (standalone or as a convolution's post-op) costs about 0.3 ns a
-// value on two threads here; this one 0.16 (docs/benchmarks.md, "SiLU"), which is most of
+// runs on. oneDNN 2.6's swish (standalone or as a convolution's post-op) takes 1.5–2× as long
+// on two threads here (bench/silu.c; docs/benchmarks.md, "SiLU"), which was most of
 // EfficientNet's gap to ONNX Runtime. The exponential is Cephes' expf: range reduction by ln 2
 // in two parts and a degree-6 polynomial, within 2e-7 relative of the exact SiLU.
 #include "cdnnl.h"

@@ -574,8 +574,8 @@ public final class DNNLBackend: ComputeBackend, @unchecked Sendable {
   }
 
   /// SiLU in place over a buffer of `layout` (padding included: SiLU(0) = 0) on the calling
-  /// thread's OpenMP team: oneDNN 2.6's swish takes 3.1 ms for 9.6 M values on two threads
-  /// here, this 1.5 ms (docs/benchmarks.md, "SiLU").
+  /// thread's OpenMP team: oneDNN 2.6's swish takes 3.4–3.7 ms for 9.6 M values on two
+  /// threads here, this 2.2–2.4 ms (bench/silu.c; docs/benchmarks.md, "SiLU").
   static func siluEpilogue(_ layout: Layout) -> @Sendable (UnsafeMutableRawPointer) -> Void {
     let count = Int64(layout.byteCount / 4)
     return { buffer in
