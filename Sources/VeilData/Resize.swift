@@ -147,6 +147,116 @@ extension Image {
   }
 }
 
+/// A sample type Pillow resamples: how the taps' weights are held, what a sum starts from, how a
+/// tap adds to it and how a sum becomes a sample again. 8-bit images use Pillow's 22-bit fixed
+/// point, float images (Pillow's mode "F") plain single precision with no rounding between the
+/// passes; both add the taps in the same order as Pillow.
+protocol ResampledSample: PixelSample {
+  associatedtype Weight
+  associatedtype Sum
+  static func weights(of taps: ResampleTaps) -> [Weight]
+  static var initialSum: Sum { get }
+  static func adding(_ sum: Sum, _ sample: Self, _ weight: Weight) -> Sum
+  static func sample(_ sum: Sum) -> Self
+  /// What happens around the passes: 8-bit images with alpha are resampled premultiplied.
+  static func beforeResampling(_ image: Image<Self>) -> Image<Self>
+  static func afterResampling(_ image: Image<Self>) -> Image<Self>
+}
+
+extension UInt8: ResampledSample {
+  static func weights(of taps: ResampleTaps) -> [Int32] { taps.fixedPoint }
+  static var initialSum: Int32 { Int32(1) << (ResampleTaps.precisionBits - 1) }
+  @inline(__always)
+  static func adding(_ sum: Int32, _ sample: UInt8, _ weight: Int32) -> Int32 { sum &+ Int32(sample) &* weight }
+  @inline(__always)
+  static func sample(_ sum: Int32) -> UInt8 { UInt8(Swift.min(Swift.max(sum >> ResampleTaps.precisionBits, 0), 255)) }
+  static func beforeResampling(_ image: ByteImage) -> ByteImage { image.hasAlpha ? image.premultiplied() : image }
+  static func afterResampling(_ image: ByteImage) -> ByteImage { image.hasAlpha ? image.unpremultiplied() : image }
+}
+
+extension Float: ResampledSample {
+  static func weights(of taps: ResampleTaps) -> [Float] { taps.weights.map { Float($0) } }
+  static var initialSum: Float { 0 }
+  @inline(__always)
+  static func adding(_ sum: Float, _ sample: Float, _ weight: Float) -> Float { sum + sample * weight }
+  @inline(__always)
+  static func sample(_ sum: Float) -> Float { sum }
+  static func beforeResampling(_ image: FloatImage) -> FloatImage { image }
+  static func afterResampling(_ image: FloatImage) -> FloatImage { image }
+}
+
+extension Image where Pixel: ResampledSample {
+  var hasAlpha: Bool { channels == 2 || channels == 4 }
+
+  /// Pillow's resize: the size checked, nearest as an index map, otherwise the horizontal pass
+  /// then the vertical one, each only where that side changes.
+  func resizedAsPillow(width w: Int, height h: Int, interpolation: Interpolation, maxPixels: Int) throws -> Image {
+    try checkResize(w, h, maxPixels: maxPixels)
+    if interpolation == .nearest { return resizedNearest(width: w, height: h) }
+    var source = Pixel.beforeResampling(self)
+    if w != width {
+      source = source.resampledHorizontally(
+        to: w, taps: ResampleTaps(inSize: width, outSize: w, filter: interpolation))
+    }
+    if h != height {
+      source = source.resampledVertically(
+        to: h, taps: ResampleTaps(inSize: height, outSize: h, filter: interpolation))
+    }
+    return Pixel.afterResampling(source)
+  }
+
+  func resampledHorizontally(to w: Int, taps: ResampleTaps) -> Image {
+    let c = channels
+    let inWidth = width
+    let k = Pixel.weights(of: taps)
+    return pixels.withUnsafeBufferPointer { src in
+      k.withUnsafeBufferPointer { kk in
+        Image(width: w, height: height, channels: c) { dst in
+          for y in 0..<height {
+            let row = src.baseAddress! + y * inWidth * c
+            let out = dst.baseAddress! + y * w * c
+            for x in 0..<w {
+              let first = taps.first[x]
+              let n = taps.count[x]
+              let weights = kk.baseAddress! + x * taps.width
+              for ch in 0..<c {
+                var sum = Pixel.initialSum
+                for i in 0..<n { sum = Pixel.adding(sum, row[(first + i) * c + ch], weights[i]) }
+                out[x * c + ch] = Pixel.sample(sum)
+              }
+            }
+          }
+        }
+      }
+    }
+  }
+
+  func resampledVertically(to h: Int, taps: ResampleTaps) -> Image {
+    let rowLength = width * channels
+    let k = Pixel.weights(of: taps)
+    var sums = [Pixel.Sum](repeating: Pixel.initialSum, count: rowLength)
+    return pixels.withUnsafeBufferPointer { src in
+      k.withUnsafeBufferPointer { kk in
+        sums.withUnsafeMutableBufferPointer { acc in
+          Image(width: width, height: h, channels: channels) { dst in
+            for y in 0..<h {
+              acc.update(repeating: Pixel.initialSum)
+              let weights = kk.baseAddress! + y * taps.width
+              for i in 0..<taps.count[y] {
+                let row = src.baseAddress! + (taps.first[y] + i) * rowLength
+                let weight = weights[i]
+                for j in 0..<rowLength { acc[j] = Pixel.adding(acc[j], row[j], weight) }
+              }
+              let out = dst.baseAddress! + y * rowLength
+              for j in 0..<rowLength { out[j] = Pixel.sample(acc[j]) }
+            }
+          }
+        }
+      }
+    }
+  }
+}
+
 extension Image where Pixel == UInt8 {
   /// Resized as Pillow's `Image.resize(size, filter)` resizes an 8-bit image, to the bit: the
   /// same taps in 22-bit fixed point, the horizontal pass first with an 8-bit intermediate, and
@@ -154,19 +264,7 @@ extension Image where Pixel == UInt8 {
   public func resized(
     width w: Int, height h: Int, interpolation: Interpolation, maxPixels: Int = ImageCodec.defaultMaxPixels
   ) throws -> ByteImage {
-    try checkResize(w, h, maxPixels: maxPixels)
-    if interpolation == .nearest { return resizedNearest(width: w, height: h) }
-    let hasAlpha = channels == 2 || channels == 4
-    var source = hasAlpha ? premultiplied() : self
-    if w != width {
-      let taps = ResampleTaps(inSize: width, outSize: w, filter: interpolation)
-      source = source.resampledHorizontally(to: w, taps: taps)
-    }
-    if h != height {
-      let taps = ResampleTaps(inSize: height, outSize: h, filter: interpolation)
-      source = source.resampledVertically(to: h, taps: taps)
-    }
-    return hasAlpha ? source.unpremultiplied() : source
+    try resizedAsPillow(width: w, height: h, interpolation: interpolation, maxPixels: maxPixels)
   }
 
   /// `resized(width:height:interpolation:)` then `cropped(x:y:width:height:)`, to the bit,
@@ -193,7 +291,6 @@ extension Image where Pixel == UInt8 {
     }
     let vertical = h != height ? ResampleTaps(inSize: height, outSize: h, filter: interpolation, outputs: rows) : nil
     let sourceRows = vertical?.inputs ?? rows
-    let hasAlpha = channels == 2 || channels == 4
     var source = try cropped(x: 0, y: sourceRows.lowerBound, width: width, height: sourceRows.count)
     if hasAlpha { source = source.premultiplied() }
     if w != width {
@@ -206,64 +303,6 @@ extension Image where Pixel == UInt8 {
       source = source.resampledVertically(to: crop.height, taps: vertical.shifted(by: sourceRows.lowerBound))
     }
     return hasAlpha ? source.unpremultiplied() : source
-  }
-
-  func resampledHorizontally(to w: Int, taps: ResampleTaps) -> ByteImage {
-    let c = channels
-    let inWidth = width
-    let k = taps.fixedPoint
-    let half = Int32(1) << (ResampleTaps.precisionBits - 1)
-    return pixels.withUnsafeBufferPointer { src in
-      k.withUnsafeBufferPointer { kk in
-        ByteImage(width: w, height: height, channels: c) { dst in
-          for y in 0..<height {
-            let row = src.baseAddress! + y * inWidth * c
-            let out = dst.baseAddress! + y * w * c
-            for x in 0..<w {
-              let first = taps.first[x]
-              let n = taps.count[x]
-              let weights = kk.baseAddress! + x * taps.width
-              for ch in 0..<c {
-                var sum = half
-                for i in 0..<n { sum &+= Int32(row[(first + i) * c + ch]) &* weights[i] }
-                out[x * c + ch] = Self.clip8(sum)
-              }
-            }
-          }
-        }
-      }
-    }
-  }
-
-  func resampledVertically(to h: Int, taps: ResampleTaps) -> ByteImage {
-    let rowLength = width * channels
-    let k = taps.fixedPoint
-    let half = Int32(1) << (ResampleTaps.precisionBits - 1)
-    var sums = [Int32](repeating: 0, count: rowLength)
-    return pixels.withUnsafeBufferPointer { src in
-      k.withUnsafeBufferPointer { kk in
-        sums.withUnsafeMutableBufferPointer { acc in
-          ByteImage(width: width, height: h, channels: channels) { dst in
-            for y in 0..<h {
-              acc.update(repeating: half)
-              let weights = kk.baseAddress! + y * taps.width
-              for i in 0..<taps.count[y] {
-                let row = src.baseAddress! + (taps.first[y] + i) * rowLength
-                let weight = weights[i]
-                for j in 0..<rowLength { acc[j] &+= Int32(row[j]) &* weight }
-              }
-              let out = dst.baseAddress! + y * rowLength
-              for j in 0..<rowLength { out[j] = Self.clip8(acc[j]) }
-            }
-          }
-        }
-      }
-    }
-  }
-
-  @inline(__always)
-  static func clip8(_ sum: Int32) -> UInt8 {
-    UInt8(min(max(sum >> ResampleTaps.precisionBits, 0), 255))
   }
 
   /// Pillow's RGBA → RGBa (and LA → La): colour × alpha / 255, rounded.
@@ -300,54 +339,6 @@ extension Image where Pixel == Float {
   public func resized(
     width w: Int, height h: Int, interpolation: Interpolation, maxPixels: Int = ImageCodec.defaultMaxPixels
   ) throws -> FloatImage {
-    try checkResize(w, h, maxPixels: maxPixels)
-    if interpolation == .nearest { return resizedNearest(width: w, height: h) }
-    var source = self
-    if w != width {
-      let taps = ResampleTaps(inSize: width, outSize: w, filter: interpolation)
-      let c = channels
-      let inWidth = width
-      let k = taps.weights.map { Float($0) }
-      source = pixels.withUnsafeBufferPointer { src in
-        k.withUnsafeBufferPointer { kk in
-          FloatImage(width: w, height: height, channels: c) { dst in
-            for y in 0..<height {
-              let row = src.baseAddress! + y * inWidth * c
-              let out = dst.baseAddress! + y * w * c
-              for x in 0..<w {
-                let weights = kk.baseAddress! + x * taps.width
-                let first = taps.first[x]
-                for ch in 0..<c {
-                  var sum: Float = 0
-                  for i in 0..<taps.count[x] { sum += row[(first + i) * c + ch] * weights[i] }
-                  out[x * c + ch] = sum
-                }
-              }
-            }
-          }
-        }
-      }
-    }
-    if h != height {
-      let taps = ResampleTaps(inSize: height, outSize: h, filter: interpolation)
-      let rowLength = source.width * channels
-      let k = taps.weights.map { Float($0) }
-      source = source.pixels.withUnsafeBufferPointer { src in
-        k.withUnsafeBufferPointer { kk in
-          FloatImage(width: source.width, height: h, channels: channels) { dst in
-            for y in 0..<h {
-              let out = dst.baseAddress! + y * rowLength
-              let weights = kk.baseAddress! + y * taps.width
-              for i in 0..<taps.count[y] {
-                let row = src.baseAddress! + (taps.first[y] + i) * rowLength
-                let weight = weights[i]
-                for j in 0..<rowLength { out[j] += row[j] * weight }
-              }
-            }
-          }
-        }
-      }
-    }
-    return source
+    try resizedAsPillow(width: w, height: h, interpolation: interpolation, maxPixels: maxPixels)
   }
 }
