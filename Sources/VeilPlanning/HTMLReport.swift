@@ -174,13 +174,15 @@ public enum HTMLReport {
       }
     }
     h += "<h3>Held-out originals (top row) and what each attacker rebuilt (bottom row)</h3>\n"
-    for v in (record.privacy + record.confirmations).sorted(by: { $0.cutIndex < $1.cutIndex }) {
+    // The first pass's attacks live in the attacks folder, the confirmation's at the deployed
+    // resolution in one of their own (`PlanJob`): the same relative grid path in both.
+    let passes = record.privacy.map { ($0, false) } + record.confirmations.map { ($0, true) }
+    for (v, confirming) in passes.sorted(by: { $0.0.cutIndex < $1.0.cutIndex }) {
       for a in v.attacks where a.seed == v.attacks.first(where: { $0.attacker == a.attacker })?.seed {
         let ssim = a.measure(SSIMMeasure.name).map { String(format: ": SSIM %.3f", $0.mean) } ?? ""
         let caption = "\(xml(v.cut)), \(xml(a.attacker.title)), seed \(a.seed), \(a.imageSize) px\(ssim)"
-        if let png = try? Data(contentsOf: folder.appendingPathComponent(record.attacksFolder).appendingPathComponent(a.grid))
-          ?? Data(contentsOf: folder.appendingPathComponent(record.attacksFolder + "-\(a.imageSize)px").appendingPathComponent(a.grid))
-        {
+        let gridFolder = record.attacksFolder + (confirming ? "-\(a.imageSize)px" : "")
+        if let png = try? Data(contentsOf: folder.appendingPathComponent(gridFolder).appendingPathComponent(a.grid)) {
           h += "<figure><img class=\"grid\" alt=\"reconstructions at \(xml(v.cut))\" src=\"data:image/png;base64,\(png.base64EncodedString())\"><figcaption>\(caption)</figcaption></figure>\n"
         } else {
           h += "<p class=\"warn\">\(caption): the image grid \(xml(a.grid)) is missing from \(xml(folder.path)).</p>\n"

@@ -87,7 +87,7 @@ struct Bench: ParsableCommand {
 
   func run() throws {
     try engine.apply()
-    var graph = try benchedGraph()
+    let graph = try benchedGraph()
     if inputGradient { return try runInputGradient(graph) }
     let flops = graph.totalFlops
     let weightBytes = graph.parameterCount * 4

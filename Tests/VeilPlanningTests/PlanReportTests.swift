@@ -131,6 +131,26 @@ final class PlanReportTests: XCTestCase {
     XCTAssertEqual(back.privacy, record.privacy)
   }
 
+  /// The confirmation at the deployed resolution keeps its attacks in `attacks-<size>px`; the
+  /// report embeds their grids from there.
+  func testReportEmbedsTheConfirmationsGridsFromTheirOwnFolder() throws {
+    let folder = try PythonScript.temporaryDirectory("plan-report-confirmation")
+    var record = try makeRecord(folder: folder)
+    var confirmation = try XCTUnwrap(record.privacy.first { $0.cut == record.chosenCut })
+    for i in confirmation.attacks.indices { confirmation.attacks[i].imageSize = 224 }
+    record.confirmations = [confirmation]
+    let grid = try ImageGrid.make([(try ImageCodec.readUpright(TestAssets.url("eagle.jpg")), "original")], tile: 32, columns: 1)
+    let gridFile = folder.appendingPathComponent(record.attacksFolder + "-224px").appendingPathComponent(confirmation.attacks[0].grid)
+    try FileManager.default.createDirectory(at: gridFile.deletingLastPathComponent(), withIntermediateDirectories: true)
+    try ImageCodec.writePNG(grid, to: gridFile)
+    let html = HTMLReport.render(record, folder: folder)
+    let embedded = html.components(separatedBy: "data:image/png;base64,").count - 1
+    XCTAssertEqual(embedded, 2, "the first pass's grid and the confirmation's")
+    let confirmationPNG = try Data(contentsOf: gridFile).base64EncodedString()
+    XCTAssertTrue(html.contains(confirmationPNG), "the confirmation's grid comes from its own folder, not the first pass's")
+    XCTAssertTrue(html.contains("\(record.chosenCut ?? ""), \(confirmation.attacks[0].attacker.title), seed 0, 224 px"))
+  }
+
   /// A profile that stayed unstable leads the report and the plan record, and the choice's
   /// speed-up says its figures are not to be decided on; modeled figures carry their band.
   func testUnstableProfileLeadsTheReportAndThePlanRecord() throws {
