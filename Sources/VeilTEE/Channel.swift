@@ -84,15 +84,8 @@ public struct ServerHello: Sendable, Equatable {
 }
 
 private func expectHeader(_ r: ByteReader, type: UInt8) throws {
-  let head = try r.slice("header", at: 0, count: 2)
-  guard head[0] == ChannelProtocol.version else {
-    throw TEEError.unexpectedValue(
-      structure: r.structure, field: "version", offset: 0, expected: "\(ChannelProtocol.version)", found: "\(head[0])")
-  }
-  guard head[1] == type else {
-    throw TEEError.unexpectedValue(
-      structure: r.structure, field: "type", offset: 1, expected: "\(type)", found: "\(head[1])")
-  }
+  try r.constant("version", at: 0, ChannelProtocol.version)
+  try r.constant("type", at: 1, type)
 }
 
 func transcriptHash(_ hello: ClientHello, _ serverHeader: [UInt8]) -> [UInt8] {

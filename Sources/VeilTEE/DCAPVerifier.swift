@@ -49,17 +49,12 @@ public struct DCAPVerifier: Sendable {
     if case .tdx = quote.body { isTDX = true } else { isTDX = false }
 
     // 1. The quote itself, signed by the attestation key.
-    if let key = try? P256.Signing.PublicKey(rawRepresentation: sd.attestationKey),
-      let sig = try? P256.Signing.ECDSASignature(rawRepresentation: sd.signature)
-    {
-      let ok = key.isValidSignature(sig, for: SHA256.hash(data: quote.bytes[0..<quote.signedLength]))
-      v.check(
-        "quote signature", ok,
-        ok
-          ? "ECDSA P-256 over bytes 0..<\(quote.signedLength) by the attestation key"
-          : "the attestation key's signature over bytes 0..<\(quote.signedLength) does not verify")
-    } else {
-      v.check("quote signature", false, "attestation key or signature is not a valid P-256 value")
+    v.checkSignature(
+      "quote signature", algorithm: "ECDSA P-256", over: "bytes 0..<\(quote.signedLength)", by: "the attestation key"
+    ) {
+      try P256.Signing.PublicKey(rawRepresentation: sd.attestationKey).isValidSignature(
+        P256.Signing.ECDSASignature(rawRepresentation: sd.signature),
+        for: SHA256.hash(data: quote.bytes[0..<quote.signedLength]))
     }
 
     // 2. The QE report binds the attestation key.
@@ -106,15 +101,10 @@ public struct DCAPVerifier: Sendable {
 
     // 4. The QE report signed by the PCK leaf.
     let leaf = chain[0]
-    if let key = P256.Signing.PublicKey(leaf.publicKey),
-      let sig = try? P256.Signing.ECDSASignature(rawRepresentation: sd.qeReportSignature)
-    {
-      let ok = key.isValidSignature(sig, for: SHA256.hash(data: sd.qeReportBytes))
-      v.check(
-        "QE report signature", ok,
-        ok ? "signed by the PCK leaf" : "the PCK leaf's signature over the QE report does not verify")
-    } else {
-      v.check("QE report signature", false, "PCK leaf key is not P-256 or the signature is malformed")
+    v.checkSignature("QE report signature", algorithm: "ECDSA P-256", over: "the QE report", by: "the PCK leaf") {
+      guard let key = P256.Signing.PublicKey(leaf.publicKey) else { throw Verdict.NotAKey() }
+      return try key.isValidSignature(
+        P256.Signing.ECDSASignature(rawRepresentation: sd.qeReportSignature), for: SHA256.hash(data: sd.qeReportBytes))
     }
 
     // 5. TCB status from the collateral.

@@ -146,12 +146,7 @@ public struct DCAPQuote: Sendable, Equatable {
     let r = ByteReader(bytes: bytes, structure: name)
     self.bytes = bytes
     version = try r.u16("version", at: 0)
-    attestationKeyType = try r.u16("att_key_type", at: 2)
-    guard attestationKeyType == 2 else {
-      throw TEEError.unexpectedValue(
-        structure: name, field: "att_key_type", offset: 2, expected: "2 (ECDSA P-256)",
-        found: "\(attestationKeyType)")
-    }
+    attestationKeyType = try r.constant("att_key_type", at: 2, UInt16(2), meaning: "ECDSA P-256")
     switch version {
     case 3: teeType = 0
     case 4, 5: teeType = try r.u32("tee_type", at: 4)
@@ -212,12 +207,7 @@ public struct DCAPQuote: Sendable, Equatable {
     var at = sigStart + 128
     if version >= 4 {
       // Versions 4 and 5 wrap the QE report in certification data of type 6.
-      let outerType = try r.u16("certification_data_type", at: at)
-      guard outerType == 6 else {
-        throw TEEError.unexpectedValue(
-          structure: name, field: "certification_data_type", offset: at,
-          expected: "6 (QE report certification data)", found: "\(outerType)")
-      }
+      try r.constant("certification_data_type", at: at, UInt16(6), meaning: "QE report certification data")
       let outerSize = Int(try r.u32("certification_data_size", at: at + 2))
       guard at + 6 + outerSize == end else {
         throw TEEError.unexpectedValue(
@@ -424,12 +414,7 @@ public struct SNPReport: Sendable, Equatable {
     familyID = try r.slice("family_id", at: 0x10, count: 16)
     imageID = try r.slice("image_id", at: 0x20, count: 16)
     vmpl = try r.u32("vmpl", at: 0x30)
-    signatureAlgorithm = try r.u32("signature_algo", at: 0x34)
-    guard signatureAlgorithm == 1 else {
-      throw TEEError.unexpectedValue(
-        structure: name, field: "signature_algo", offset: 0x34, expected: "1 (ECDSA P-384 with SHA-384)",
-        found: "\(signatureAlgorithm)")
-    }
+    signatureAlgorithm = try r.constant("signature_algo", at: 0x34, UInt32(1), meaning: "ECDSA P-384 with SHA-384")
     currentTCB = try r.u64("current_tcb", at: 0x38)
     platformInfo = try r.u64("platform_info", at: 0x40)
     keyInfo = try r.u32("key_info", at: 0x48)

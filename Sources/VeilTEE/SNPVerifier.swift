@@ -269,19 +269,17 @@ public struct SNPVerifier: Sendable {
     let rBE = Array(report.signatureR.prefix(48).reversed())
     let sBE = Array(report.signatureS.prefix(48).reversed())
     let padded = report.signatureR.dropFirst(48).allSatisfy { $0 == 0 } && report.signatureS.dropFirst(48).allSatisfy { $0 == 0 }
-    if padded, let key = try? P384.Signing.PublicKey(derRepresentation: vcek.subjectPublicKeyInfo),
-      let sig = try? P384.Signing.ECDSASignature(rawRepresentation: rBE + sBE)
-    {
-      let ok = key.isValidSignature(sig, for: SHA384.hash(data: report.bytes[0..<SNPReport.signedLength]))
-      v.check(
-        "report signature", ok,
-        ok
-          ? "ECDSA P-384 over bytes 0x000..0x29F by the VCEK"
-          : "the VCEK's signature over bytes 0x000..0x29F does not verify (report altered, or another chip's or TCB's VCEK)")
-    } else {
-      v.check(
-        "report signature", false,
-        padded ? "the VCEK's key is not P-384 or r/s is not a valid signature" : "r or s has non-zero bytes above its 48 bytes")
+    guard padded else {
+      v.check("report signature", false, "r or s has non-zero bytes above its 48 bytes")
+      return
+    }
+    v.checkSignature(
+      "report signature", algorithm: "ECDSA P-384", over: "bytes 0x000..0x29F", by: "the VCEK",
+      failureHint: " (report altered, or another chip's or TCB's VCEK)"
+    ) {
+      try P384.Signing.PublicKey(derRepresentation: vcek.subjectPublicKeyInfo).isValidSignature(
+        P384.Signing.ECDSASignature(rawRepresentation: rBE + sBE),
+        for: SHA384.hash(data: report.bytes[0..<SNPReport.signedLength]))
     }
   }
 }

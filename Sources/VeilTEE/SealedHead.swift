@@ -121,11 +121,7 @@ public struct KeyRequest: Sendable, Equatable {
 
   public init(_ bytes: [UInt8]) throws {
     let r = ByteReader(bytes: bytes, structure: "key request")
-    let v = try r.slice("version", at: 0, count: 1)[0]
-    guard v == 1 else {
-      throw TEEError.unexpectedValue(
-        structure: "key request", field: "version", offset: 0, expected: "1", found: "\(v)")
-    }
+    try r.constant("version", at: 0, UInt8(1))
     recipientKey = try r.slice("recipient key", at: 1, count: 32)
     challenge = try r.slice("challenge", at: 33, count: 32)
     let len = Int(readBE(try r.slice("evidence length", at: 65, count: 4)[...]))

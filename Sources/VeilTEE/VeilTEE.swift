@@ -86,19 +86,27 @@ struct ByteReader {
     return Array(bytes[offset..<offset + count])
   }
 
-  func u16(_ field: String, at offset: Int) throws -> UInt16 {
-    let b = try slice(field, at: offset, count: 2)
-    return UInt16(b[0]) | UInt16(b[1]) << 8
+  /// A little-endian unsigned integer of `T`'s width.
+  func unsigned<T: FixedWidthInteger & UnsignedInteger>(_ field: String, at offset: Int, as _: T.Type = T.self) throws -> T {
+    try slice(field, at: offset, count: T.bitWidth / 8).enumerated().reduce(0) { $0 | T($1.element) << (8 * $1.offset) }
   }
 
-  func u32(_ field: String, at offset: Int) throws -> UInt32 {
-    let b = try slice(field, at: offset, count: 4)
-    return b.enumerated().reduce(0) { $0 | UInt32($1.element) << (8 * UInt32($1.offset)) }
-  }
+  func u16(_ field: String, at offset: Int) throws -> UInt16 { try unsigned(field, at: offset) }
+  func u32(_ field: String, at offset: Int) throws -> UInt32 { try unsigned(field, at: offset) }
+  func u64(_ field: String, at offset: Int) throws -> UInt64 { try unsigned(field, at: offset) }
 
-  func u64(_ field: String, at offset: Int) throws -> UInt64 {
-    let b = try slice(field, at: offset, count: 8)
-    return b.enumerated().reduce(0) { $0 | UInt64($1.element) << (8 * UInt64($1.offset)) }
+  /// A field that must hold `expected`; `meaning` says what that value stands for.
+  @discardableResult
+  func constant<T: FixedWidthInteger & UnsignedInteger>(
+    _ field: String, at offset: Int, _ expected: T, meaning: String? = nil
+  ) throws -> T {
+    let found: T = try unsigned(field, at: offset)
+    guard found == expected else {
+      throw TEEError.unexpectedValue(
+        structure: structure, field: field, offset: offset, expected: "\(expected)\(meaning.map { " (\($0))" } ?? "")",
+        found: "\(found)")
+    }
+    return found
   }
 }
 

@@ -38,6 +38,23 @@ public struct Verdict: Codable, Sendable {
     checks.append(Check(name, passed, detail))
   }
 
+  /// A signature check: `verify` says whether the signature over `range` holds, and throws
+  /// when the key or the signature bytes are not valid values of `algorithm` at all.
+  /// `failureHint` says what a signature that does not verify usually means.
+  mutating func checkSignature(
+    _ name: String, algorithm: String, over range: String, by signer: String, failureHint: String = "",
+    _ verify: () throws -> Bool
+  ) {
+    guard let ok = try? verify() else {
+      check(name, false, "\(signer)'s key or signature is not a valid \(algorithm) value")
+      return
+    }
+    check(name, ok, ok ? "\(algorithm) over \(range) by \(signer)" : "\(signer)'s signature over \(range) does not verify\(failureHint)")
+  }
+
+  /// What a signature check's closure throws when a certificate's key is of another kind.
+  struct NotAKey: Error {}
+
   enum CodingKeys: String, CodingKey {
     case verdict, evidenceKind, simulated, tcbStatus, advisoryIDs, checks
   }
