@@ -99,24 +99,41 @@ public final class ConvolutionTraining: TrainingConvolutionKernel, @unchecked Se
     (strides, dilations, padsLeft, padsRight, self.what) = (st, dil, pl, pr, what)
     bias = try BoundMemory(Layout(md: biasPlain), engine: engine.engine)
 
-    var (src, wei, dst, b) = (srcAny, weightsAny, dstAny, biasPlain)
+    forwardPass = try Self.pass(
+      "training convolution forward", engine: engine, descriptors: (srcAny, weightsAny, dstAny, biasPlain), bias: hasBias,
+      hint: nil, detail: what,
+      arguments: [(srcPlain, dnnl_query_src_md, false), (weightsPlain, dnnl_query_weights_md, false), (dstPlain, dnnl_query_dst_md, true)]
+    ) { desc, src, wei, dst, bp in
+      spec.transposed
+        ? dnnl_dilated_deconvolution_forward_desc_init(
+          desc, dnnl_forward_training, dnnl_deconvolution_direct, src, wei, bp, dst, st, dil, pl, pr)
+        : dnnl_dilated_convolution_forward_desc_init(
+          desc, dnnl_forward_training, dnnl_convolution_direct, src, wei, bp, dst, st, dil, pl, pr)
+    }
+  }
+
+  /// One pass: its descriptor, which `initialise` fills from the any-layout source, weights
+  /// and destination (and the plain bias where the pass takes one), its primitive, and its
+  /// arguments (plain layout, the query for the primitive's layout, whether the pass writes
+  /// it) in the order `execute` binds them.
+  private static func pass(
+    _ op: String, engine: Engine,
+    descriptors: (src: dnnl_memory_desc_t, weights: dnnl_memory_desc_t, dst: dnnl_memory_desc_t, bias: dnnl_memory_desc_t),
+    bias: Bool, hint: dnnl_primitive_desc_t?, detail: String, arguments: [(Layout, dnnl_query_t, Bool)],
+    _ initialise: (
+      UnsafeMutablePointer<dnnl_convolution_desc_t>, UnsafePointer<dnnl_memory_desc_t>, UnsafePointer<dnnl_memory_desc_t>,
+      UnsafePointer<dnnl_memory_desc_t>, UnsafePointer<dnnl_memory_desc_t>?
+    ) -> dnnl_status_t
+  ) throws -> Pass {
+    var (src, wei, dst, b) = descriptors
     var desc = dnnl_convolution_desc_t()
-    try check(
-      withOptionalPointer(hasBias, &b) { bp in
-        spec.transposed
-          ? dnnl_dilated_deconvolution_forward_desc_init(
-            &desc, dnnl_forward_training, dnnl_deconvolution_direct, &src, &wei, bp, &dst, st, dil, pl, pr)
-          : dnnl_dilated_convolution_forward_desc_init(
-            &desc, dnnl_forward_training, dnnl_convolution_direct, &src, &wei, bp, &dst, st, dil, pl, pr)
-      }, "training convolution forward descriptor", detail: what)
-    let entry = try Self.create(&desc, hint: nil, engine: engine, "training convolution forward", detail: what)
-    forwardPass = Pass(
+    try check(withOptionalPointer(bias, &b) { bp in initialise(&desc, &src, &wei, &dst, bp) }, "\(op) descriptor", detail: detail)
+    let entry = try create(&desc, hint: hint, engine: engine, op, detail: detail)
+    return Pass(
       entry,
-      [
-        try ConvArgument(plain: srcPlain, chosen: Layout(md: entry.md(dnnl_query_src_md)), output: false, engine: engine),
-        try ConvArgument(plain: weightsPlain, chosen: Layout(md: entry.md(dnnl_query_weights_md)), output: false, engine: engine),
-        try ConvArgument(plain: dstPlain, chosen: Layout(md: entry.md(dnnl_query_dst_md)), output: true, engine: engine),
-      ])
+      try arguments.map { plain, query, output in
+        try ConvArgument(plain: plain, chosen: Layout(md: entry.md(query)), output: output, engine: engine)
+      })
   }
 
   private static func create(
@@ -131,23 +148,16 @@ public final class ConvolutionTraining: TrainingConvolutionKernel, @unchecked Se
   /// The backward-data pass, made on first use (under `lock`).
   private func backwardDataPass() throws -> Pass {
     if let dataPass { return dataPass }
-    var (src, wei, dst) = (srcAny, weightsAny, dstAny)
-    var desc = dnnl_convolution_desc_t()
-    try check(
+    let (st, dil, pl, pr) = (strides, dilations, padsLeft, padsRight)
+    let pass = try Self.pass(
+      "convolution backward-data", engine: engine, descriptors: (srcAny, weightsAny, dstAny, biasPlain), bias: false,
+      hint: forwardPass.entry.pd, detail: what,
+      arguments: [(dstPlain, dnnl_query_diff_dst_md, false), (weightsPlain, dnnl_query_weights_md, false), (srcPlain, dnnl_query_diff_src_md, true)]
+    ) { desc, src, wei, dst, _ in
       spec.transposed
-        ? dnnl_dilated_deconvolution_backward_data_desc_init(
-          &desc, dnnl_deconvolution_direct, &src, &wei, &dst, strides, dilations, padsLeft, padsRight)
-        : dnnl_dilated_convolution_backward_data_desc_init(
-          &desc, dnnl_convolution_direct, &src, &wei, &dst, strides, dilations, padsLeft, padsRight),
-      "convolution backward-data descriptor", detail: what)
-    let entry = try Self.create(&desc, hint: forwardPass.entry.pd, engine: engine, "convolution backward-data", detail: what)
-    let pass = Pass(
-      entry,
-      [
-        try ConvArgument(plain: dstPlain, chosen: Layout(md: entry.md(dnnl_query_diff_dst_md)), output: false, engine: engine),
-        try ConvArgument(plain: weightsPlain, chosen: Layout(md: entry.md(dnnl_query_weights_md)), output: false, engine: engine),
-        try ConvArgument(plain: srcPlain, chosen: Layout(md: entry.md(dnnl_query_diff_src_md)), output: true, engine: engine),
-      ])
+        ? dnnl_dilated_deconvolution_backward_data_desc_init(desc, dnnl_deconvolution_direct, src, wei, dst, st, dil, pl, pr)
+        : dnnl_dilated_convolution_backward_data_desc_init(desc, dnnl_convolution_direct, src, wei, dst, st, dil, pl, pr)
+    }
     dataPass = pass
     return pass
   }
@@ -155,25 +165,18 @@ public final class ConvolutionTraining: TrainingConvolutionKernel, @unchecked Se
   /// The backward-weights pass, made on first use (under `lock`).
   private func backwardWeightsPass() throws -> Pass {
     if let weightsPass { return weightsPass }
-    var (src, wei, dst, b) = (srcAny, weightsAny, dstAny, biasPlain)
-    var desc = dnnl_convolution_desc_t()
-    try check(
-      withOptionalPointer(hasBias, &b) { bp in
-        spec.transposed
-          ? dnnl_dilated_deconvolution_backward_weights_desc_init(
-            &desc, dnnl_deconvolution_direct, &src, &wei, bp, &dst, strides, dilations, padsLeft, padsRight)
-          : dnnl_dilated_convolution_backward_weights_desc_init(
-            &desc, dnnl_convolution_direct, &src, &wei, bp, &dst, strides, dilations, padsLeft, padsRight)
-      }, "convolution backward-weights descriptor", detail: what)
-    let entry = try Self.create(&desc, hint: forwardPass.entry.pd, engine: engine, "convolution backward-weights", detail: what)
-    let pass = Pass(
-      entry,
-      [
-        try ConvArgument(plain: srcPlain, chosen: Layout(md: entry.md(dnnl_query_src_md)), output: false, engine: engine),
-        try ConvArgument(plain: dstPlain, chosen: Layout(md: entry.md(dnnl_query_diff_dst_md)), output: false, engine: engine),
-        try ConvArgument(
-          plain: weightsPlain, chosen: Layout(md: entry.md(dnnl_query_diff_weights_md)), output: true, engine: engine),
-      ])
+    let (st, dil, pl, pr) = (strides, dilations, padsLeft, padsRight)
+    let pass = try Self.pass(
+      "convolution backward-weights", engine: engine, descriptors: (srcAny, weightsAny, dstAny, biasPlain), bias: hasBias,
+      hint: forwardPass.entry.pd, detail: what,
+      arguments: [(srcPlain, dnnl_query_src_md, false), (dstPlain, dnnl_query_diff_dst_md, false), (weightsPlain, dnnl_query_diff_weights_md, true)]
+    ) { desc, src, wei, dst, bp in
+      spec.transposed
+        ? dnnl_dilated_deconvolution_backward_weights_desc_init(
+          desc, dnnl_deconvolution_direct, src, wei, bp, dst, st, dil, pl, pr)
+        : dnnl_dilated_convolution_backward_weights_desc_init(
+          desc, dnnl_convolution_direct, src, wei, bp, dst, st, dil, pl, pr)
+    }
     weightsPass = pass
     return pass
   }

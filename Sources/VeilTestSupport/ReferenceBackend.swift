@@ -40,50 +40,42 @@ public final class ReferenceBackend: ComputeBackend {
     return LoopKernel(name: name, inputs: ins, output: .plain(outputDims), constantBytes: (w.count + b.count) * 4) { i, y in
       let x = i[0]
       var acc = [Float](repeating: 0, count: n * oc * oh * ow)
-      for b0 in 0..<n {
-        for gi in 0..<g {
-          if transposed {
-            // ONNX ConvTranspose weights are [in, out/groups, kh, kw]: each input pixel
-            // scatters into the outputs it reaches.
-            for ci in 0..<icg {
-              let c = gi * icg + ci
-              for yy in 0..<ih {
-                for xx in 0..<iw {
-                  let v = x[((b0 * ic + c) * ih + yy) * iw + xx]
-                  for co in 0..<ocg {
-                    for ky in 0..<kh {
-                      let oy = yy * sy - py + ky * dy
-                      guard oy >= 0, oy < oh else { continue }
-                      for kx in 0..<kw {
-                        let ox = xx * sx - px + kx * dx
-                        guard ox >= 0, ox < ow else { continue }
-                        acc[((b0 * oc + gi * ocg + co) * oh + oy) * ow + ox] += v * w[((c * ocg + co) * kh + ky) * kw + kx]
-                      }
-                    }
-                  }
-                }
+      // Every pixel of the strided side (the output for Conv, the input for ConvTranspose)
+      // meets, through tap (ky, kx), the pixel (y·sy − py + ky·dy, x·sx − px + kx·dx) of the
+      // other side where that lies inside it. Called with offsets into each side's plane and
+      // the tap's offset into the kernel.
+      func forEachTap(strided sh: Int, _ sw: Int, reached rh: Int, _ rw: Int, _ body: (Int, Int, Int) -> Void) {
+        for y0 in 0..<sh {
+          for x0 in 0..<sw {
+            for ky in 0..<kh {
+              let ry = y0 * sy - py + ky * dy
+              guard ry >= 0, ry < rh else { continue }
+              for kx in 0..<kw {
+                let rx = x0 * sx - px + kx * dx
+                guard rx >= 0, rx < rw else { continue }
+                body(y0 * sw + x0, ky * kw + kx, ry * rw + rx)
               }
             }
-          } else {
-            // Conv weights are [out, in/groups, kh, kw].
-            for co in 0..<ocg {
-              let o = gi * ocg + co
-              for oy in 0..<oh {
-                for ox in 0..<ow {
-                  var s: Float = 0
-                  for ci in 0..<icg {
-                    for ky in 0..<kh {
-                      let yy = oy * sy - py + ky * dy
-                      guard yy >= 0, yy < ih else { continue }
-                      for kx in 0..<kw {
-                        let xx = ox * sx - px + kx * dx
-                        guard xx >= 0, xx < iw else { continue }
-                        s += x[((b0 * ic + gi * icg + ci) * ih + yy) * iw + xx] * w[((o * icg + ci) * kh + ky) * kw + kx]
-                      }
-                    }
-                  }
-                  acc[((b0 * oc + o) * oh + oy) * ow + ox] = s
-                }
+          }
+        }
+      }
+      let (inPlane, outPlane, taps) = (ih * iw, oh * ow, kh * kw)
+      for b0 in 0..<n {
+        for gi in 0..<g {
+          for co in 0..<ocg {
+            let o = gi * ocg + co
+            for ci in 0..<icg {
+              let c = gi * icg + ci
+              let (src, dst) = ((b0 * ic + c) * inPlane, (b0 * oc + o) * outPlane)
+              if transposed {
+                // ONNX ConvTranspose weights are [in, out/groups, kh, kw]: each input pixel
+                // scatters into the outputs it reaches.
+                let wk = (c * ocg + co) * taps
+                forEachTap(strided: ih, iw, reached: oh, ow) { p, t, q in acc[dst + q] += x[src + p] * w[wk + t] }
+              } else {
+                // Conv weights are [out, in/groups, kh, kw]: each output pixel gathers.
+                let wk = (o * icg + ci) * taps
+                forEachTap(strided: oh, ow, reached: ih, iw) { p, t, q in acc[dst + p] += x[src + q] * w[wk + t] }
               }
             }
           }
