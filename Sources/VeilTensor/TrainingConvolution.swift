@@ -112,6 +112,13 @@ public final class ConvolutionTraining: TrainingConvolutionKernel, @unchecked Se
     }
   }
 
+  /// Fills a pass's descriptor from the source, weights, destination and (optional) bias
+  /// memory descriptors.
+  private typealias PassDescriptor = (
+    UnsafeMutablePointer<dnnl_convolution_desc_t>, UnsafePointer<dnnl_memory_desc_t>, UnsafePointer<dnnl_memory_desc_t>,
+    UnsafePointer<dnnl_memory_desc_t>, UnsafePointer<dnnl_memory_desc_t>?
+  ) -> dnnl_status_t
+
   /// One pass: its descriptor, which `initialise` fills from the any-layout source, weights
   /// and destination (and the plain bias where the pass takes one), its primitive, and its
   /// arguments (plain layout, the query for the primitive's layout, whether the pass writes
@@ -120,10 +127,7 @@ public final class ConvolutionTraining: TrainingConvolutionKernel, @unchecked Se
     _ op: String, engine: Engine,
     descriptors: (src: dnnl_memory_desc_t, weights: dnnl_memory_desc_t, dst: dnnl_memory_desc_t, bias: dnnl_memory_desc_t),
     bias: Bool, hint: dnnl_primitive_desc_t?, detail: String, arguments: [(Layout, dnnl_query_t, Bool)],
-    _ initialise: (
-      UnsafeMutablePointer<dnnl_convolution_desc_t>, UnsafePointer<dnnl_memory_desc_t>, UnsafePointer<dnnl_memory_desc_t>,
-      UnsafePointer<dnnl_memory_desc_t>, UnsafePointer<dnnl_memory_desc_t>?
-    ) -> dnnl_status_t
+    _ initialise: PassDescriptor
   ) throws -> Pass {
     var (src, wei, dst, b) = descriptors
     var desc = dnnl_convolution_desc_t()
@@ -147,37 +151,42 @@ public final class ConvolutionTraining: TrainingConvolutionKernel, @unchecked Se
 
   /// The backward-data pass, made on first use (under `lock`).
   private func backwardDataPass() throws -> Pass {
-    if let dataPass { return dataPass }
-    let (st, dil, pl, pr) = (strides, dilations, padsLeft, padsRight)
-    let pass = try Self.pass(
-      "convolution backward-data", engine: engine, descriptors: (srcAny, weightsAny, dstAny, biasPlain), bias: false,
-      hint: forwardPass.entry.pd, detail: what,
-      arguments: [(dstPlain, dnnl_query_diff_dst_md, false), (weightsPlain, dnnl_query_weights_md, false), (srcPlain, dnnl_query_diff_src_md, true)]
+    try backwardPass(
+      \.dataPass, "convolution backward-data", bias: false,
+      [(dstPlain, dnnl_query_diff_dst_md, false), (weightsPlain, dnnl_query_weights_md, false), (srcPlain, dnnl_query_diff_src_md, true)]
     ) { desc, src, wei, dst, _ in
       spec.transposed
-        ? dnnl_dilated_deconvolution_backward_data_desc_init(desc, dnnl_deconvolution_direct, src, wei, dst, st, dil, pl, pr)
-        : dnnl_dilated_convolution_backward_data_desc_init(desc, dnnl_convolution_direct, src, wei, dst, st, dil, pl, pr)
+        ? dnnl_dilated_deconvolution_backward_data_desc_init(
+          desc, dnnl_deconvolution_direct, src, wei, dst, strides, dilations, padsLeft, padsRight)
+        : dnnl_dilated_convolution_backward_data_desc_init(
+          desc, dnnl_convolution_direct, src, wei, dst, strides, dilations, padsLeft, padsRight)
     }
-    dataPass = pass
-    return pass
   }
 
   /// The backward-weights pass, made on first use (under `lock`).
   private func backwardWeightsPass() throws -> Pass {
-    if let weightsPass { return weightsPass }
-    let (st, dil, pl, pr) = (strides, dilations, padsLeft, padsRight)
-    let pass = try Self.pass(
-      "convolution backward-weights", engine: engine, descriptors: (srcAny, weightsAny, dstAny, biasPlain), bias: hasBias,
-      hint: forwardPass.entry.pd, detail: what,
-      arguments: [(srcPlain, dnnl_query_src_md, false), (dstPlain, dnnl_query_diff_dst_md, false), (weightsPlain, dnnl_query_diff_weights_md, true)]
+    try backwardPass(
+      \.weightsPass, "convolution backward-weights", bias: hasBias,
+      [(srcPlain, dnnl_query_src_md, false), (dstPlain, dnnl_query_diff_dst_md, false), (weightsPlain, dnnl_query_diff_weights_md, true)]
     ) { desc, src, wei, dst, bp in
       spec.transposed
         ? dnnl_dilated_deconvolution_backward_weights_desc_init(
-          desc, dnnl_deconvolution_direct, src, wei, bp, dst, st, dil, pl, pr)
+          desc, dnnl_deconvolution_direct, src, wei, bp, dst, strides, dilations, padsLeft, padsRight)
         : dnnl_dilated_convolution_backward_weights_desc_init(
-          desc, dnnl_convolution_direct, src, wei, bp, dst, st, dil, pl, pr)
+          desc, dnnl_convolution_direct, src, wei, bp, dst, strides, dilations, padsLeft, padsRight)
     }
-    weightsPass = pass
+  }
+
+  /// A backward pass kept in `slot`, made on first use with the forward pass as its hint.
+  private func backwardPass(
+    _ slot: ReferenceWritableKeyPath<ConvolutionTraining, Pass?>, _ op: String, bias: Bool,
+    _ arguments: [(Layout, dnnl_query_t, Bool)], _ initialise: PassDescriptor
+  ) throws -> Pass {
+    if let pass = self[keyPath: slot] { return pass }
+    let pass = try Self.pass(
+      op, engine: engine, descriptors: (srcAny, weightsAny, dstAny, biasPlain), bias: bias, hint: forwardPass.entry.pd,
+      detail: what, arguments: arguments, initialise)
+    self[keyPath: slot] = pass
     return pass
   }
 
