@@ -2,9 +2,12 @@
 ///
 /// Owns the byte-level formats the rest of Veil exchanges with other tools: a hand-written
 /// protobuf encoder and decoder, the ONNX writer (graph IR → ModelProto, unfusing Veil's fused
-/// post-ops back into plain ONNX nodes), the ONNX reader (ModelProto → graph IR), and NumPy
-/// `.npy` tensors, PyTorch `torch.save` checkpoints (through a whitelisting unpickler that never
-/// executes anything), safetensors, and mapping a state_dict onto a graph by name. It may import
+/// post-ops back into plain ONNX nodes), the ONNX reader (ModelProto → graph IR: the wire
+/// schema, the importer, the op table and constant folding, one file each), and NumPy `.npy`
+/// tensors, PyTorch `torch.save` checkpoints (through a whitelisting unpickler that never
+/// executes anything), safetensors, mapping a state_dict onto a graph by name, the asset cache
+/// (registry files fetched by checksum), Veil's JSON files (`VeilJSON`) and the YAML writer of
+/// `veil deploy`'s cluster files. It may import
 /// VeilGraph and VeilTensor only; it must not depend on models, data, privacy, serving or any
 /// higher layer, and it never names oneDNN.
 import Foundation

@@ -7,11 +7,15 @@
 /// ShuffleNet's Reshape/Transpose/Reshape as one channel shuffle that keeps its producer's layout),
 /// the executor with its liveness-based memory planner, cut points and the split of a
 /// graph into head and tail (and an output part kept in the enclave), and the defences applied
-/// to the map at the cut, which the enclave, the attackers and the planner share (autograd, and
-/// the defences' differentiable forms, live in VeilTrain and VeilPrivacy, above it). It computes only through
-/// VeilTensor's `ComputeBackend` seam, on the backend its caller passes to the executor (or
-/// `Backends.compute`), reads layouts only as dimensions, byte sizes and equality, and never
-/// names oneDNN; it must not import formats, models, data or any higher layer. Every model, whether built by
+/// to the map at the cut, which the enclave, the attackers and the planner share (autograd
+/// lives in VeilTrain and the defences' differentiable forms in VeilPrivacy, above it). The
+/// executor binds one working buffer to all its kernels, and executors that take turns (a
+/// served model's batch sizes) share one through `SharedWorkingMemory`
+/// (`ExecutorOptions.workingMemory`); multi-head attention found in imported graphs runs as
+/// one fused op (`AttentionPattern`). It computes only through VeilTensor's `ComputeBackend`
+/// seam, on the backend its caller passes to the executor (or `Backends.compute`), reads
+/// layouts only through `Layout`'s neutral queries (dimensions, byte size, equality, whether
+/// plain, the same arrangement for other dimensions), and never names oneDNN; it must not import formats, models, data or any higher layer. Every model, whether built by
 /// the zoo or imported, meets here: the graph IR is the one source of truth for a model.
 import VeilTensor
 

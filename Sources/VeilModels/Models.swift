@@ -1,18 +1,20 @@
 /// VeilModels: the model zoo.
 ///
-/// Owns the builders that write VGG-16, ResNet-50, EfficientNet-B0, EfficientNet-Lite0 and
-/// MobileNetV2 straight into the graph IR with seeded random weights (never pretrained ones:
-/// a checkpoint importer supplies those, by parameter name), and the facts about each model
-/// (paper, preprocessing, published parameter count), and `ModelLoader`, the one model loader
-/// of the library (zoo names, ONNX files, state_dicts of zoo architectures). The builders depend
-/// on VeilGraph and VeilTensor only and run nothing; the loader alone reads files, through
-/// VeilFormats (the layer below). It must not import data, or any higher layer.
+/// Owns the builders that write VGG-16, ResNet-50, EfficientNet-B0, EfficientNet-Lite0,
+/// MobileNetV2 and the vision transformers (ViT-B/16, ViT-Ti/16, and `small-vit` for training
+/// on small images) straight into the graph IR with seeded random weights (never pretrained
+/// ones: a checkpoint importer supplies those, by parameter name), and the facts about each
+/// model (paper, preprocessing, published parameter count), and `ModelLoader`, the one model
+/// loader of the library (zoo names, ONNX files, state_dicts of zoo architectures). The builders
+/// depend on VeilGraph and VeilTensor only and run nothing; the loader and ImageNet's class
+/// names (`ImageNetClasses.load`) alone read files, through VeilFormats (the layer below). It
+/// must not import data, or any higher layer.
 ///
 /// Conventions every builder keeps, so that planners, importers and tests can rely on them:
 /// - The input value is `input`, [batch, 3, 224, 224] NCHW RGB; the output value is `logits`,
 ///   [batch, 1000]. Shapes are inferred before a builder returns.
 /// - Parameter (initializer) names are the reference implementation's `state_dict` keys:
-///   torchvision's for vgg16, resnet50, efficientnet_b0 and mobilenet_v2; lukemelas'
+///   torchvision's for vgg16, resnet50, efficientnet_b0, mobilenet_v2 and the ViTs; lukemelas'
 ///   EfficientNet-PyTorch, as ml-illustrated's Lite port names it, for efficientnet_lite0.
 ///   BatchNorm's `num_batches_tracked` is left out: inference never reads it. A constant of
 ///   the computation that is no parameter (a transformer's attention scale) is named by its

@@ -2,11 +2,16 @@
 /// accelerator, against the whole model in the TEE) and its reports (JSON, CSV, SVG); the
 /// planner that joins it with the privacy layer's verdicts into a choice (`Planner`, the cut
 /// search), the plan's deployment folder (`PlanDeployment`), the whole plan as a library call
-/// (`PlanJob`: what `veil plan` and `veil demo` run), plan.json's record and report.html.
+/// (`PlanJob`: what `veil plan` and `veil demo` run), plan.json's record and report.html; the
+/// cut × defence search with its Pareto frontier (Defences.swift), tails timed on a remote
+/// KServe server (`KServeTailTimer`, RemoteTail.swift), and the cluster files of `veil deploy`
+/// (ClusterDeployment.swift).
 ///
 /// Owns measurement and presentation; it must not implement kernels, formats, TEE evidence
 /// or network protocols itself: it drives VeilGraph's executor, VeilTEE's cost model and the
-/// real encryption code, and labels every figure it did not measure as modeled.
+/// real encryption code, and labels every figure it did not measure as modeled. It is the top
+/// of the library: it may import every module below it (VeilServing, VeilPrivacy, VeilTEE and
+/// the engine's), and nothing but the command-line tool imports it.
 import Crypto
 import Foundation
 import VeilGraph

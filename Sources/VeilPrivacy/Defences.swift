@@ -83,7 +83,8 @@ public struct DefenceUtility: Codable, Sendable, Equatable {
   public var encodedBytes: Int
   /// Side of the images (the model's own input size).
   public var imageSize: Int
-  /// Whether the tail was fine-tuned on defended maps (not yet: the tail is the model's own).
+  /// Whether the tail was fine-tuned on defended maps (`veil plan --fine-tune-tail`; otherwise
+  /// the tail is the model's own).
   public var tailFineTuned: Bool
   /// Where the images have labels (TON_IoT images): accuracy and macro-F1 of the defended
   /// model and of the undefended one on the same images.

@@ -2,11 +2,18 @@
 /// rebuilds the input image.
 ///
 /// Owns SSIM and PSNR exactly as ../shared/REFERENCES.md defines them, the feature extraction at
-/// a cut (run with the engine, cached on disk), the inversion attackers (pix2pix conditional GAN
-/// and He et al.'s inverse network, trained with VeilTrain), the photo data recipe of the
-/// attacks, and the privacy sweep over cuts (CSV/JSON/SVG). It builds on VeilTensor, VeilGraph,
-/// VeilTrain, VeilFormats and VeilData, and must not import the serving, TEE or planning layers:
-/// the planner consumes its results (`runAttack`, `PrivacySweep`), never the other way round.
+/// a cut (run with the engine, cached on disk), the four attackers behind one interface (the
+/// white-box optimisation `FeatureInversion`, the same through a substitute head trained from
+/// queries, He et al.'s inverse network and the pix2pix conditional GAN, the learned ones
+/// trained with VeilTrain), the photo data recipe of the attacks, the measures of what an
+/// attack recovered (SSIM, recognition, re-identification, TON_IoT field recovery) with bounds
+/// clustered by photo across seeds, the verdict at a cut (`PrivacyEvaluation`, `CutVerdict`)
+/// and the choice rule, the defences at the cut in their differentiable forms with their
+/// utility, and the privacy sweep over cuts (CSV/JSON/SVG). It builds on VeilTensor, VeilGraph,
+/// VeilTrain, VeilFormats, VeilModels (a model's own classifier for the recognition measure)
+/// and VeilData, and must not import the serving, TEE or planning layers: the planner consumes
+/// its results (`PrivacyEvaluation`, `CutVerdict`, `EvaluationSettings`), never the other way
+/// round.
 import Foundation
 import VeilData
 

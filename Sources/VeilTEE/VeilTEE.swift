@@ -5,7 +5,11 @@
 /// `/dev/attestation`, Linux configfs-tsm, and a clearly labelled simulation), DCAP verification
 /// against Intel's collateral, SEV-SNP verification up to AMD's pinned root keys (with its own
 /// reader of AMD's RSASSA-PSS certificates, `AMDCertificates.swift`), the verification policy,
-/// the attested encrypted channel, sealed model heads and the Gramine manifest.
+/// the verdict it checks (`Verdict`: named checks, each with its evidence), the attested
+/// encrypted channel, sealed model heads with their key request and reply, secret files (keys
+/// written owner-only), the Gramine manifest, and the TEE cost model (`TEEPreset`,
+/// `TEECostModel`: what a head would cost in an SGX enclave or a confidential VM, modeled from
+/// native timings and the memory it touches; CostModel.swift).
 ///
 /// It must not depend on the engine (tensor, graph, formats), nor on serving or planning code:
 /// those layers call into it with bytes, never the other way round.

@@ -6,8 +6,13 @@
 /// seams (`ComputeBackend` for inference, `TrainingBackend` for training, `Layout` as
 /// dimensions plus a backend's opaque token, and the `Backends` defaults), and oneDNN 2.6
 /// behind both seams (engine, stream, a bounded primitive cache, its memory descriptors as
-/// layout tokens, kernels), plus the few plain-layout kernels oneDNN lacks. It knows nothing of graphs, file formats or models, and
-/// must not import any other Veil module. Callers describe *what* to compute (a convolution
+/// layout tokens, kernels, Winograd for batched convolutions, reordered weights held once per
+/// backend in `SharedConstants`), plus the few plain-layout kernels oneDNN lacks and a SiLU of
+/// Veil's own (CDNNL's silu.c, faster than oneDNN's swish, also as a convolution's epilogue).
+/// A kernel states the working memory it needs (`Kernel.scratchpadBytes`) and runs in the
+/// buffer its executor binds (`bindScratchpad`), so that an executor holds one for all its
+/// kernels. It knows nothing of graphs, file formats or models, and must not import any other
+/// Veil module. Callers describe *what* to compute (a convolution
 /// with these attributes and this post-op chain); which library computes it, and in which
 /// memory layout, stays behind the seams: nothing outside this module sees a oneDNN type.
 import CDNNL

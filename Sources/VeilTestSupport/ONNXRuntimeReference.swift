@@ -4,10 +4,14 @@
 /// tensors, one run of `scripts/reference.py` (ONNX Runtime in the project's `.venv`) over a
 /// batch of named (graph, inputs) cases, and `ReferenceBackend`, a plain-loop second backend
 /// behind VeilTensor's `ComputeBackend` and `TrainingBackend` seams that the op table and the
-/// training tests also run on. It is linked by test targets only, never by the `veil`
-/// tool or any library a user ships; it may import VeilTensor, VeilGraph and VeilFormats, and
-/// nothing above them. It does not import XCTest: callers turn a failed comparison into an
-/// assertion themselves, so the messages say which case and which output.
+/// training tests also run on; the fuzz corpus and the ONNX seeds of the fuzz harness, and a
+/// test SEV-SNP authority (a chip's certificate chain and the reports it signs). It is linked
+/// by test targets and the `veil-fuzz` harness only (Package.swift, `VEIL_FUZZ`), never by the
+/// `veil` tool or any library a user ships; it may import VeilTensor, VeilGraph, VeilFormats
+/// and VeilTEE (with the crypto libraries the SNP authority signs with), and nothing above
+/// them. The comparisons do not assert: callers turn a failed comparison into an assertion
+/// themselves, so the messages say which case and which output; only the XCTest helpers
+/// (ErrorMessages.swift, and `PythonScript`'s skip when PyTorch is missing) import XCTest.
 import Foundation
 import VeilFormats
 import VeilGraph

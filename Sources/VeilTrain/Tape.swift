@@ -8,8 +8,9 @@
 /// DESIGN.md's "autograd for training" of the graph layer, kept as its own module so that the
 /// inference engine (VeilGraph's executor and memory planner) carries none of it. It computes
 /// through VeilTensor's `TrainingBackend` seam (convolutions with their backward passes, batch
-/// normalisation, Adam), taken by each layer and optimiser when it is made (`Backends.training`
-/// unless given), and never names the library behind it; training loops run inside
+/// normalisation, Adam), taken by each convolution layer and by Adam when it is made
+/// (`Backends.training` unless given); the matrix products of `linear`, `gemm` and `matmul`
+/// use the process's `Backends.training` at each call. It never names the library behind it; training loops run inside
 /// `withBlockReuse`. It must not import the privacy, TEE, serving or planning layers; the
 /// attackers in VeilPrivacy are built on it.
 import Foundation

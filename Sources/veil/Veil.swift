@@ -1,21 +1,23 @@
+/// veil: the command-line tool, the single entry point to every layer.
+///
+/// Each subcommand parses and validates its arguments, calls the library modules, and prints
+/// human-readable text or, with --json, one JSON document for scripts. It holds no numerical
+/// or protocol logic of its own: one file per command, with the helpers they share in
+/// Support.swift. It may import every library module; none imports it.
 import ArgumentParser
 import Foundation
 import VeilFormats
 import VeilTensor
 
-/// veil: the command-line tool, the single entry point to every layer.
-///
-/// Each subcommand parses and validates its arguments, calls the library modules, and prints
-/// human-readable text or, with --json, one JSON document for scripts. It holds no numerical
-/// or protocol logic of its own.
+/// The `veil` command and its subcommands.
 @main
 struct Veil: AsyncParsableCommand {
   static let configuration = CommandConfiguration(
     commandName: "veil",
     abstract: "Private inference of split DNNs across a TEE and an untrusted accelerator.",
     discussion: """
-      Veil cuts a CNN in two: the head runs inside a trusted execution environment, the tail on
-      an untrusted accelerator. These commands run and measure models on Veil's engine
+      Veil cuts a vision model (a CNN or a ViT) in two: the head runs inside a trusted execution
+      environment, the tail on an untrusted accelerator. These commands run and measure models on Veil's engine
       (oneDNN on the CPU), and check the TEE side: attestation evidence and the Gramine manifest.
       """,
     subcommands: [

@@ -2,7 +2,9 @@
 ///
 /// Swift imports fixed-size C arrays inside structs as tuples, which is clumsy for
 /// dnnl_memory_desc_t; the helpers here read and build descriptors through plain pointers.
-/// The kernels at the bottom cover the few plain-layout ops oneDNN does not provide.
+/// The kernels at the bottom cover the few plain-layout ops oneDNN does not provide, and SiLU,
+/// which oneDNN's swish computes slower (silu.c). It depends on oneDNN, libgomp and libc only;
+/// no Swift module but VeilTensor imports it.
 #ifndef VEIL_CDNNL_H
 #define VEIL_CDNNL_H
 

@@ -1,7 +1,8 @@
-// C side of Veil's image codecs: libpng, libjpeg-turbo and zlib (Debian's libpng-dev,
-// libjpeg62-turbo-dev, zlib1g-dev). The libraries report fatal errors by longjmp, which Swift
-// cannot catch, so every setjmp lives here: each entry point returns 0 on success, or non-zero
-// with a message and the byte offset reached, and never exits or aborts the process.
+/// CImageCodecs: the C side of Veil's image codecs: libpng, libjpeg-turbo and zlib (Debian's libpng-dev,
+/// libjpeg62-turbo-dev, zlib1g-dev). The libraries report fatal errors by longjmp, which Swift
+/// cannot catch, so every setjmp lives here: each entry point returns 0 on success, or non-zero
+/// with a message and the byte offset reached, and never exits or aborts the process.
+/// It depends on those three libraries and libc only; VeilData alone imports it.
 #ifndef VEIL_CIMAGECODECS_H
 #define VEIL_CIMAGECODECS_H
 
