@@ -110,7 +110,7 @@ def main():
     ap.add_argument("--warmup", type=int, default=3)
     ap.add_argument("--passes", type=int, default=3, help="alternating passes per runtime; the median of their medians is kept")
     ap.add_argument("--wait", choices=["default", "spin", "passive"], default="default",
-                    help="thread waiting: each runtime's default (Veil a short spin, ONNX Runtime spinning), or both "
+                    help="thread waiting: each runtime's default (Veil spins within a pass, ONNX Runtime spins), or both "
                          "the same (spin: Veil --spin-wait; passive: VEIL_THREAD_WAIT=passive and ONNX Runtime's "
                          "session.intra_op.allow_spinning = 0)")
     ap.add_argument("--markdown", help="also write the table as Markdown here")

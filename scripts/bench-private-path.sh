@@ -8,7 +8,7 @@
 #
 # WAITS (default "default": each process as it chooses, see `ThreadWaiting` in
 # Sources/veil/Veil.swift) lists the thread-waiting policies to compare, e.g.
-# WAITS="default passive short": each round then runs every measurement under each policy in
+# WAITS="default passive spin": each round then runs every measurement under each policy in
 # turn, all three processes restarted with VEIL_THREAD_WAIT set to it. VEILS (default: VEIL,
 # .build/release/veil) lists veil binaries to compare the same way, e.g. a build before and after
 # a change: VEILS="/tmp/veil-before .build/release/veil".

@@ -7,11 +7,8 @@
 #include <immintrin.h>
 #include <math.h>
 
-// libgomp's entry point for `#pragma omp parallel` (what GCC emits): SwiftPM's clang would
-// emit LLVM's __kmpc calls instead, and oneDNN's team is libgomp's.
-void GOMP_parallel(void (*fn)(void *), void *data, unsigned num_threads, unsigned flags);
-int omp_get_thread_num(void);
-int omp_get_num_threads(void);
+// Split across Veil's team (team.c) through GOMP_parallel, the entry point oneDNN calls too:
+// SwiftPM's clang would emit LLVM's __kmpc calls for `#pragma omp parallel` instead.
 
 // One vector of SiLU, for either width: V(op) names the width's intrinsic, ROUND and SCALE its
 // rounding to an integer and its multiplication by 2^k.

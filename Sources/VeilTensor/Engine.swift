@@ -47,10 +47,52 @@ public final class Engine: @unchecked Sendable {
     threadCount = n
   }
 
-  /// Whether the OpenMP threads sleep between parallel regions (`OMP_WAIT_POLICY=PASSIVE`: what
-  /// `veil`'s servers set, see ThreadWaiting) rather than spin, even briefly, as read at start-up.
-  public static let threadsWaitPassively: Bool =
-    ProcessInfo.processInfo.environment["OMP_WAIT_POLICY"]?.uppercased() == "PASSIVE"
+  /// How the kernels' threads wait between parallel regions (Veil's own team, CDNNL's team.c,
+  /// which oneDNN's OpenMP calls reach).
+  public enum ThreadWaiting: Sendable, Equatable, CustomStringConvertible {
+    /// Sleep at once: every parallel region wakes the threads it needs.
+    case passive
+    /// Spin between the regions of one pass (`onTeam`), for at most this long per wait, and
+    /// sleep at once outside a pass: a pass pays one wake-up, and no core is burnt between
+    /// passes.
+    case held(spinMicroseconds: Int)
+    /// Spin between passes too (the best case on a quiet machine; benchmarks only).
+    case spinning
+
+    /// The default: a pass's regions are microseconds apart; 200 µs covers a slow step's gap
+    /// and is short enough that a thread whose caller lost its core soon gives its own up.
+    public static let standard = ThreadWaiting.held(spinMicroseconds: 200)
+
+    public var description: String {
+      switch self {
+      case .passive: return "passive"
+      case .held(let us): return "held (\(us) µs)"
+      case .spinning: return "spinning"
+      }
+    }
+  }
+
+  private nonisolated(unsafe) static var waiting = ThreadWaiting.standard
+  private static let waitingLock = NSLock()
+
+  /// The team's waiting, for the whole process.
+  public static var threadWaiting: ThreadWaiting {
+    get { waitingLock.withLock { waiting } }
+    set {
+      waitingLock.withLock {
+        waiting = newValue
+        switch newValue {
+        case .passive: veil_team_set_spin(0, 0)
+        case .held(let us): veil_team_set_spin(max(0, us) * 1000, 0)
+        case .spinning: veil_team_set_spin(Int.max / 2, Int.max / 2)
+        }
+      }
+    }
+  }
+
+  /// Whether the threads sleep at once between parallel regions, so that a step too small to
+  /// pay for waking them runs on the calling thread alone (`ComputeBackend.serialStepNanoseconds`).
+  public static var threadsWaitPassively: Bool { threadWaiting == .passive }
 
   /// Runs `body` with this thread's OpenMP team limited to one thread (an ICV of the calling
   /// thread only), restoring the count after.
@@ -65,7 +107,12 @@ public final class Engine: @unchecked Sendable {
   /// Runs `body` with the calling thread's OpenMP team at `threads`, restoring the count after.
   /// OpenMP keeps the count a thread at a time: `setThreads` sets it for the thread that calls
   /// it, and any other thread (a server's workers, a dispatch queue's) starts at every core.
+  ///
+  /// The team is held meanwhile (`veil_team_hold`): its threads spin between the body's parallel
+  /// regions instead of sleeping, and sleep once the body returns.
   public func onTeam<T>(_ body: () throws -> T) rethrows -> T {
+    veil_team_hold(1)
+    defer { veil_team_hold(0) }
     let want = Int32(threads)
     let before = omp_get_max_threads()
     guard before != want else { return try body() }

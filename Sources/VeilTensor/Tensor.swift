@@ -6,7 +6,9 @@
 /// seams (`ComputeBackend` for inference, `TrainingBackend` for training, `Layout` as
 /// dimensions plus a backend's opaque token, and the `Backends` defaults), and oneDNN 2.6
 /// behind both seams (engine, stream, a bounded primitive cache, its memory descriptors as
-/// layout tokens, kernels, Winograd for batched convolutions, reordered weights held once per
+/// layout tokens, kernels, the thread team oneDNN's OpenMP calls reach: CDNNL's team.c, which
+/// defines those OpenMP entry points for the whole process so that Veil decides how its
+/// threads wait, `Engine.threadWaiting`), Winograd for batched convolutions, reordered weights held once per
 /// backend in `SharedConstants`), plus the few plain-layout kernels oneDNN lacks and a SiLU of
 /// Veil's own (CDNNL's silu.c, faster than oneDNN's swish, also as a convolution's epilogue).
 /// A kernel states the working memory it needs (`Kernel.scratchpadBytes`) and runs in the
@@ -65,10 +67,16 @@ public final class TensorStorage: @unchecked Sendable {
 /// mmap threshold of `veil_tune_malloc` (which keeps a served model's resident memory
 /// honest) each of those blocks is a fresh mapping, so every step pays page faults and the
 /// kernel's zeroing for them: about an eighth of the attacker's step (docs/benchmarks.md).
-/// Training loops run inside this scope.
+/// Training loops run inside this scope; it also holds the thread team (`veil_team_hold`, as
+/// an executor's pass does), since a training step is parallel regions microseconds apart
+/// whose threads would otherwise sleep and be woken at each.
 public func withBlockReuse<R>(upTo limitBytes: Int = blockReuseDefaultLimit, _ body: () throws -> R) rethrows -> R {
   StorageRecycler.shared.enter(limit: max(0, limitBytes))
-  defer { StorageRecycler.shared.leave(limit: max(0, limitBytes)) }
+  veil_team_hold(1)
+  defer {
+    veil_team_hold(0)
+    StorageRecycler.shared.leave(limit: max(0, limitBytes))
+  }
   return try body()
 }
 

@@ -20,10 +20,10 @@ struct Bench: ParsableCommand {
       forward on the autograd tape with every weight frozen, then the backward pass for the
       gradient with respect to the input only (no weight gradients), each timed on its own.
 
-      Like every Veil process, the benchmark's kernel threads spin briefly between parallel
-      regions (about 20 µs), then sleep, so a busy machine does not make them spin against
-      other processes; --spin-wait lets them spin (OpenMP's active waiting), the best case on
-      a quiet machine; VEIL_THREAD_WAIT=passive makes them sleep at once.
+      Like every Veil process, the benchmark's kernel threads spin between the parallel regions
+      of one pass (at most 200 µs a wait) and sleep at once between passes, so that no core
+      is burnt between requests; --spin-wait lets them spin between passes too, the best case
+      on a quiet machine; VEIL_THREAD_WAIT=passive makes them sleep at once.
       """)
 
   @Option(help: "A zoo model name (see `veil models`) or a model file.")
@@ -44,7 +44,7 @@ struct Bench: ParsableCommand {
   var imageSize: Int?
   @Flag(help: "Time forward + backward for ∂/∂input on the autograd tape, weights frozen, instead of inference.")
   var inputGradient = false
-  @Flag(help: "Let the kernel threads spin between parallel regions (OpenMP active waiting): the best case on a quiet machine; every Veil process spins only briefly otherwise.")
+  @Flag(help: "Let the kernel threads spin between passes too: the best case on a quiet machine; every Veil process spins only within a pass otherwise.")
   var spinWait = false
   @OptionGroup var engine: EngineOptions
 

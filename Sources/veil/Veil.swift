@@ -42,54 +42,30 @@ struct Veil: AsyncParsableCommand {
   }
 }
 
-/// How oneDNN's OpenMP threads wait between parallel regions. Spinning (active waiting) burns
-/// the cores every other process on a shared machine needs: with two busy neighbours a
-/// two-thread step ran 1.5–65× slower than on one thread (docs/training.md). Sleeping at once
-/// (passive waiting) costs a quiet machine a thread wake-up, 30–80 µs in this VM, at every
-/// parallel region: 2–3.5× the spinning time on small CNNs. So Veil chooses, whatever the
-/// OpenMP environment says (docs/benchmarks.md, "Waiting between parallel regions"):
-/// - the servers (`enclave serve`, `accelerator serve`, `keys serve`) wait passively: under
-///   eight clients on two cores, three processes that spin even briefly served 15 % fewer
-///   requests a second;
-/// - every other command spins briefly, then sleeps: libgomp's GOMP_SPINCOUNT of 300
-///   iterations (about 20 µs here) with no wait policy set, long enough to bridge the gap
-///   between two steps of a pass. A lone pass then runs as fast as spinning on a quiet machine
-///   (EfficientNet-Lite0 2.7 against 4.7 ms passive), and 1.2× passive beside a busy loop,
-///   where a spin count of 1,000–5,000 lost up to 2×.
-/// `veil bench --spin-wait` keeps the spinning best case. `VEIL_THREAD_WAIT` chooses for
-/// benchmarks of the policies themselves: `short` (`VEIL_SPIN_COUNT` iterations, default 300),
-/// `passive` or `spin`. libgomp reads the setting once, when it is loaded (before `main`), so
-/// the process sets it and executes itself again; the marker variable stops a second round.
+/// How the kernels' threads wait between parallel regions (`Engine.ThreadWaiting`; Veil's own
+/// team, CDNNL's team.c, which oneDNN's OpenMP calls reach). Spinning between passes burns the
+/// cores every other process on a shared machine needs; sleeping at once costs a thread
+/// wake-up (30-80 µs in a VM) at every parallel region, 1.4-2.5× a small CNN's time. By
+/// default every command, the servers included, spins between the regions of one pass (at
+/// most 200 µs a wait) and sleeps at once between passes (docs/benchmarks.md, "Veil's own
+/// thread team"). `veil bench --spin-wait` keeps the threads spinning between passes too;
+/// `VEIL_THREAD_WAIT` chooses for benchmarks of the policies themselves: `held` (the default;
+/// `VEIL_SPIN_US` microseconds, default 200), `passive` or `spin`.
 enum ThreadWaiting {
-  static let marker = "VEIL_THREAD_WAITING"
-
   static func apply(arguments: [String]) {
     let env = ProcessInfo.processInfo.environment
-    let serving = arguments.count >= 3 && ["enclave", "accelerator", "keys"].contains(arguments[1]) && arguments[2] == "serve"
-    var policy = env["VEIL_THREAD_WAIT"].map { $0.lowercased() } ?? (serving ? "passive" : "short")
+    var policy = env["VEIL_THREAD_WAIT"].map { $0.lowercased() } ?? "held"
     if arguments.contains("--spin-wait") { policy = "spin" }
-    if !["passive", "spin", "short"].contains(policy) {
-      FileHandle.standardError.write(
-        Data("veil: VEIL_THREAD_WAIT='\(policy)' is not short, passive or spin; using the default\n".utf8))
-      policy = serving ? "passive" : "short"
-    }
-    let spins = env["VEIL_SPIN_COUNT"].flatMap { Int($0) }.map { max(0, $0) } ?? 300
-    let wanted = policy == "short" ? "short:\(spins)" : policy
-    guard env[marker] != wanted else { return }
+    let spin = env["VEIL_SPIN_US"].flatMap { Int($0) }.map { max(0, $0) }
     switch policy {
-    case "spin":
-      setenv("OMP_WAIT_POLICY", "ACTIVE", 1)
-      unsetenv("GOMP_SPINCOUNT")
-    case "short":
-      unsetenv("OMP_WAIT_POLICY")
-      setenv("GOMP_SPINCOUNT", "\(spins)", 1)
+    case "passive": Engine.threadWaiting = .passive
+    case "spin": Engine.threadWaiting = .spinning
+    case "held", "short": Engine.threadWaiting = spin.map { .held(spinMicroseconds: $0) } ?? .standard
     default:
-      setenv("OMP_WAIT_POLICY", "PASSIVE", 1)
-      unsetenv("GOMP_SPINCOUNT")
+      FileHandle.standardError.write(
+        Data("veil: VEIL_THREAD_WAIT='\(policy)' is not held, passive or spin; using the default\n".utf8))
+      Engine.threadWaiting = .standard
     }
-    setenv(marker, wanted, 1)
-    // On failure the process goes on as it is: correct, only worse on a busy machine.
-    execv("/proc/self/exe", CommandLine.unsafeArgv)
   }
 }
 

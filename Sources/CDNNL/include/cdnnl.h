@@ -13,9 +13,29 @@
 #include <stddef.h>
 #include <stdint.h>
 
-/// libgomp's thread-count control: oneDNN here is built on the OpenMP runtime.
+/// The thread team (team.c): the OpenMP entry points oneDNN's OpenMP build calls, defined by
+/// Veil so that Veil decides how its threads wait. The thread count is per thread, as in
+/// OpenMP; its default is OMP_NUM_THREADS or the cores this process may run on.
 void omp_set_num_threads(int n);
 int omp_get_max_threads(void);
+int omp_get_num_threads(void);
+int omp_get_thread_num(void);
+int omp_in_parallel(void);
+/// `#pragma omp parallel` and `#pragma omp barrier` as GCC emits them (what libdnnl calls):
+/// runs `fn(data)` on a team of `num_threads` (0: omp_get_max_threads()), the caller as
+/// thread 0, and returns when every thread has; a region inside another, or while the team
+/// serves another caller, runs on the calling thread alone.
+void GOMP_parallel(void (*fn)(void *), void *data, unsigned num_threads, unsigned flags);
+void GOMP_barrier(void);
+/// Marks a stretch of parallel regions close together (an executor's pass): while any is
+/// held, the team's threads spin between regions for up to `held_ns` each wait before they
+/// sleep; otherwise for `free_ns`. Holds nest and may come from several threads.
+void veil_team_hold(int on);
+void veil_team_set_spin(long held_ns, long free_ns);
+/// Parallel regions this process's team has run, and how many threads have gone to sleep
+/// waiting (for tests and benchmarks).
+unsigned long veil_team_regions(void);
+unsigned long veil_team_sleeps(void);
 
 /// A float32 descriptor with the plain row-major tag for its rank (a, ab, abc, abcd, ...).
 dnnl_status_t veil_md_plain(dnnl_memory_desc_t *md, int ndims, const int64_t *dims);

@@ -1,0 +1,302 @@
+// Veil's thread team: the part of the OpenMP runtime that oneDNN 2.6 (Debian's build, OpenMP
+// threading) calls, implemented here so that Veil decides how its threads wait.
+//
+// libdnnl.so imports six OpenMP symbols: GOMP_parallel, GOMP_barrier, omp_get_max_threads,
+// omp_get_num_threads, omp_get_thread_num and omp_in_parallel. A program that defines them
+// takes them over: the link puts a definition that a shared library on the link line
+// references into the program's dynamic symbol table, and the dynamic linker binds libdnnl's
+// references to the program's definitions before libgomp's (an unversioned definition
+// satisfies libdnnl's versioned reference). libgomp stays loaded and unused.
+//
+// Why: libgomp fixes its waiting at start-up (OMP_WAIT_POLICY, GOMP_SPINCOUNT), for the whole
+// process. Sleeping between parallel regions costs a futex wake-up (30-80 us in a VM) at every
+// region, which doubles a small network's time; spinning burns cores between requests and
+// fights other processes on a shared machine. This team spins only while the caller holds it
+// (`veil_team_hold`: an executor's pass, a training loop), and then only as long as spinning
+// pays: the spin doubles when the awaited thread arrives within it and halves when it does not
+// (a machine with more runnable threads than cores), between 2 and 200 us; outside a pass its
+// threads sleep at once. Measured against libgomp in docs/benchmarks.md, "Veil's own thread
+// team".
+//
+// Semantics kept from OpenMP as oneDNN uses it: the calling thread is thread 0 of the team; a
+// parallel region started inside another (or while the team serves another caller) runs on
+// the calling thread alone; the thread count (omp_set_num_threads) is a per-thread setting
+// whose default is OMP_NUM_THREADS or the cores this process may run on; GOMP_barrier waits
+// for the whole team.
+#define _GNU_SOURCE
+#include <errno.h>
+#include <limits.h>
+#include <linux/futex.h>
+#include <pthread.h>
+#include <sched.h>
+#include <stdatomic.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <sys/syscall.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "include/cdnnl.h"
+
+#define TEAM_MAX 256
+
+static void futex_wait(atomic_uint *address, unsigned expected) {
+  syscall(SYS_futex, (unsigned *)address, FUTEX_WAIT_PRIVATE, expected, NULL, NULL, 0);
+}
+
+static void futex_wake(atomic_uint *address) {
+  syscall(SYS_futex, (unsigned *)address, FUTEX_WAKE_PRIVATE, INT_MAX, NULL, NULL, 0);
+}
+
+static inline void cpu_relax(void) {
+#if defined(__x86_64__) || defined(__i386__)
+  __builtin_ia32_pause();
+#endif
+}
+
+static uint64_t now_ns(void) {
+  struct timespec t;
+  clock_gettime(CLOCK_MONOTONIC, &t);
+  return (uint64_t)t.tv_sec * 1000000000u + (uint64_t)t.tv_nsec;
+}
+
+// --- Settings ---------------------------------------------------------------------------
+
+static pthread_once_t settings_once = PTHREAD_ONCE_INIT;
+static int default_threads = 1;
+// Nanoseconds a waiting thread spins while the team is held, and while it is not.
+static atomic_long spin_held_ns = 200000;
+static atomic_long spin_free_ns = 0;
+// The spin while held, adapted to the machine (see wait_change).
+static atomic_long adaptive_ns = 200000;
+#define ADAPTIVE_FLOOR_NS 2000
+// Counters for tests and benchmarks.
+static atomic_ulong regions_run, sleeps;
+unsigned long veil_team_regions(void) { return atomic_load(&regions_run); }
+unsigned long veil_team_sleeps(void) { return atomic_load(&sleeps); }
+// Passes in progress (veil_team_hold).
+static atomic_int holds = 0;
+
+static long env_long(const char *name, long fallback) {
+  const char *v = getenv(name);
+  if (!v || !*v) return fallback;
+  char *end = NULL;
+  long n = strtol(v, &end, 10);
+  return (end && *end == 0 && n >= 0) ? n : fallback;
+}
+
+static void read_settings(void) {
+  cpu_set_t set;
+  int cores = 0;
+  if (sched_getaffinity(0, sizeof set, &set) == 0) cores = CPU_COUNT(&set);
+  if (cores < 1) cores = (int)sysconf(_SC_NPROCESSORS_ONLN);
+  if (cores < 1) cores = 1;
+  long n = env_long("OMP_NUM_THREADS", cores);
+  default_threads = (int)(n < 1 ? 1 : (n > TEAM_MAX ? TEAM_MAX : n));
+}
+
+static int process_default_threads(void) {
+  pthread_once(&settings_once, read_settings);
+  return default_threads;
+}
+
+void veil_team_set_spin(long held_ns, long free_ns) {
+  atomic_store(&spin_held_ns, held_ns < 0 ? 0 : held_ns);
+  atomic_store(&adaptive_ns, held_ns < 0 ? 0 : held_ns);
+  atomic_store(&spin_free_ns, free_ns < 0 ? 0 : free_ns);
+}
+
+void veil_team_hold(int on) {
+  if (on) atomic_fetch_add(&holds, 1);
+  else atomic_fetch_sub(&holds, 1);
+}
+
+// --- Per-thread state -------------------------------------------------------------------
+
+static __thread int thread_count_setting = 0;  // 0: the process default
+static __thread int team_thread_num = 0;
+static __thread int team_size = 1;
+static __thread int in_active_region = 0;
+
+int omp_get_max_threads(void) {
+  return thread_count_setting > 0 ? thread_count_setting : process_default_threads();
+}
+
+void omp_set_num_threads(int n) { thread_count_setting = n < 1 ? 1 : (n > TEAM_MAX ? TEAM_MAX : n); }
+int omp_get_thread_num(void) { return team_thread_num; }
+int omp_get_num_threads(void) { return team_size; }
+int omp_in_parallel(void) { return in_active_region; }
+
+// --- Waiting ----------------------------------------------------------------------------
+
+// While held, the spin adapts to the machine (`adaptive_ns`, at most `spin_held_ns`): a wait
+// that ends while spinning doubles it, one that outlasts it halves it. On a quiet machine the
+// awaited thread arrives within microseconds and the spin stays long; when the machine has
+// more runnable threads than cores, the awaited thread is often descheduled, spinning only
+// keeps the load balancer from giving it the spinner's core, and the spin shrinks towards
+// sleeping at once.
+
+// Waits until *address differs from `seen`: spins (see above), yielding the core now and then,
+// then sleeps on the futex. `sleepers` counts the threads that may be asleep, so that a waker
+// makes the system call only when one is.
+// The spin a wait may take now: the adapted one while held (when the policy adapts), the
+// configured one otherwise. Read again while spinning, so that a pass's end or a change of
+// policy reaches threads already spinning.
+static long spin_budget(int *adapt) {
+  int held = atomic_load(&holds) > 0;
+  long ceiling = held ? atomic_load(&spin_held_ns) : atomic_load(&spin_free_ns);
+  *adapt = held && atomic_load(&spin_free_ns) == 0 && ceiling > 0;
+  long budget = *adapt ? atomic_load(&adaptive_ns) : ceiling;
+  return budget > ceiling ? ceiling : budget;
+}
+
+static void wait_change(atomic_uint *address, unsigned seen, atomic_int *sleepers) {
+  int adapt;
+  long budget = spin_budget(&adapt);
+  if (budget > 0) {
+    uint64_t start = now_ns();
+    for (unsigned i = 1;; i++) {
+      if (atomic_load_explicit(address, memory_order_acquire) != seen) {
+        if (adapt) {
+          long ceiling = atomic_load(&spin_held_ns);
+          long grown = budget * 2 < ceiling ? budget * 2 : ceiling;
+          if (grown > atomic_load(&adaptive_ns)) atomic_store(&adaptive_ns, grown);
+        }
+        return;
+      }
+      cpu_relax();
+      if ((i & 63) == 0) {
+        int still;
+        long now_budget = spin_budget(&still);
+        if ((long)(now_ns() - start) >= (now_budget < budget ? now_budget : budget)) break;
+        if ((i & 4095) == 0) sched_yield();
+      }
+    }
+    if (adapt) {
+      long shrunk = budget / 2 > ADAPTIVE_FLOOR_NS ? budget / 2 : ADAPTIVE_FLOOR_NS;
+      atomic_store(&adaptive_ns, shrunk);
+    }
+  }
+  if (atomic_load(address) != seen) return;
+  atomic_fetch_add(&sleeps, 1);
+  atomic_fetch_add(sleepers, 1);
+  while (atomic_load(address) == seen) futex_wait(address, seen);
+  atomic_fetch_sub(sleepers, 1);
+}
+
+static void bump_and_wake(atomic_uint *address, atomic_int *sleepers) {
+  atomic_fetch_add(address, 1);
+  if (atomic_load(sleepers) > 0) futex_wake(address);
+}
+
+// --- The team ---------------------------------------------------------------------------
+
+// A worker's mailbox: written by the caller only while the worker is idle (the caller waited
+// for the worker's previous region to end), then announced by bumping `go`.
+typedef struct {
+  atomic_uint go;
+  atomic_int sleeping;
+  void (*fn)(void *);
+  void *data;
+  int size;
+  char pad[64];
+} Worker;
+
+static pthread_mutex_t busy = PTHREAD_MUTEX_INITIALIZER;  // one region at a time
+static int started;                                       // workers 1...started exist
+static Worker workers[TEAM_MAX];
+static atomic_int running;  // workers still in the current region
+static atomic_uint done;    // bumped when the last of them leaves
+static atomic_int done_sleepers;
+static atomic_int barrier_count;
+static atomic_uint barrier_generation;
+static atomic_int barrier_sleepers;
+
+static void *worker_main(void *arg) {
+  int me = (int)(intptr_t)arg;
+  Worker *w = &workers[me];
+  unsigned seen = 0;
+  for (;;) {
+    wait_change(&w->go, seen, &w->sleeping);
+    seen = atomic_load(&w->go);
+    team_thread_num = me;
+    team_size = w->size;
+    in_active_region = 1;
+    w->fn(w->data);
+    team_thread_num = 0;
+    team_size = 1;
+    in_active_region = 0;
+    if (atomic_fetch_sub(&running, 1) == 1) bump_and_wake(&done, &done_sleepers);
+  }
+  return NULL;
+}
+
+// Starts workers up to `count` (under `busy`); returns how many there are.
+static int start_workers(int count) {
+  while (started < count) {
+    pthread_t t;
+    pthread_attr_t attr;
+    pthread_attr_init(&attr);
+    pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
+    int ok = pthread_create(&t, &attr, worker_main, (void *)(intptr_t)(started + 1)) == 0;
+    pthread_attr_destroy(&attr);
+    if (!ok) break;
+    started++;
+  }
+  return started;
+}
+
+static void run_alone(void (*fn)(void *), void *data) {
+  int num = team_thread_num, size = team_size;
+  team_thread_num = 0;
+  team_size = 1;
+  fn(data);
+  team_thread_num = num;
+  team_size = size;
+}
+
+void GOMP_parallel(void (*fn)(void *), void *data, unsigned num_threads, unsigned flags) {
+  (void)flags;
+  int n = num_threads > 0 ? (int)num_threads : omp_get_max_threads();
+  if (n > TEAM_MAX) n = TEAM_MAX;
+  if (n <= 1 || in_active_region || pthread_mutex_trylock(&busy) != 0) {
+    run_alone(fn, data);
+    return;
+  }
+  int available = start_workers(n - 1) + 1;
+  if (available < n) n = available;
+  if (n <= 1) {
+    pthread_mutex_unlock(&busy);
+    run_alone(fn, data);
+    return;
+  }
+  atomic_fetch_add(&regions_run, 1);
+  atomic_store(&running, n - 1);
+  atomic_store(&barrier_count, 0);
+  unsigned finished = atomic_load(&done);
+  for (int i = 1; i < n; i++) {
+    workers[i].fn = fn;
+    workers[i].data = data;
+    workers[i].size = n;
+    bump_and_wake(&workers[i].go, &workers[i].sleeping);
+  }
+  team_thread_num = 0;
+  team_size = n;
+  in_active_region = 1;
+  fn(data);
+  in_active_region = 0;
+  team_size = 1;
+  if (atomic_load(&running) > 0) wait_change(&done, finished, &done_sleepers);
+  pthread_mutex_unlock(&busy);
+}
+
+void GOMP_barrier(void) {
+  if (team_size <= 1) return;
+  unsigned generation = atomic_load(&barrier_generation);
+  if (atomic_fetch_add(&barrier_count, 1) == team_size - 1) {
+    atomic_store(&barrier_count, 0);
+    bump_and_wake(&barrier_generation, &barrier_sleepers);
+  } else {
+    wait_change(&barrier_generation, generation, &barrier_sleepers);
+  }
+}
