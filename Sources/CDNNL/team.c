@@ -129,16 +129,6 @@ int omp_in_parallel(void) { return in_active_region; }
 
 // --- Waiting ----------------------------------------------------------------------------
 
-// While held, the spin adapts to the machine (`adaptive_ns`, at most `spin_held_ns`): a wait
-// that ends while spinning doubles it, one that outlasts it halves it. On a quiet machine the
-// awaited thread arrives within microseconds and the spin stays long; when the machine has
-// more runnable threads than cores, the awaited thread is often descheduled, spinning only
-// keeps the load balancer from giving it the spinner's core, and the spin shrinks towards
-// sleeping at once.
-
-// Waits until *address differs from `seen`: spins (see above), yielding the core now and then,
-// then sleeps on the futex. `sleepers` counts the threads that may be asleep, so that a waker
-// makes the system call only when one is.
 // The spin a wait may take now: the adapted one while held (when the policy adapts), the
 // configured one otherwise. Read again while spinning, so that a pass's end or a change of
 // policy reaches threads already spinning.
@@ -150,6 +140,16 @@ static long spin_budget(int *adapt) {
   return budget > ceiling ? ceiling : budget;
 }
 
+// Waits until *address differs from `seen`: spins, yielding the core now and then, then
+// sleeps on the futex. `sleepers` counts the threads that may be asleep, so that a waker makes
+// the system call only when one is.
+//
+// While held, the spin adapts to the machine (`adaptive_ns`, at most `spin_held_ns`): a wait
+// that ends while spinning doubles it, one that outlasts it halves it. On a quiet machine the
+// awaited thread arrives within microseconds and the spin stays long; when the machine has
+// more runnable threads than cores, the awaited thread is often descheduled, spinning only
+// keeps the load balancer from giving it the spinner's core, and the spin shrinks towards
+// sleeping at once.
 static void wait_change(atomic_uint *address, unsigned seen, atomic_int *sleepers) {
   int adapt;
   long budget = spin_budget(&adapt);

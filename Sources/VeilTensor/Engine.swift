@@ -83,7 +83,7 @@ public final class Engine: @unchecked Sendable {
         waiting = newValue
         switch newValue {
         case .passive: veil_team_set_spin(0, 0)
-        case .held(let us): veil_team_set_spin(max(0, us) * 1000, 0)
+        case .held(let us): veil_team_set_spin(min(max(0, us), 10_000_000) * 1000, 0)
         case .spinning: veil_team_set_spin(Int.max / 2, Int.max / 2)
         }
       }

@@ -6,17 +6,18 @@
 /// seams (`ComputeBackend` for inference, `TrainingBackend` for training, `Layout` as
 /// dimensions plus a backend's opaque token, and the `Backends` defaults), and oneDNN 2.6
 /// behind both seams (engine, stream, a bounded primitive cache, its memory descriptors as
-/// layout tokens, kernels, the thread team oneDNN's OpenMP calls reach: CDNNL's team.c, which
-/// defines those OpenMP entry points for the whole process so that Veil decides how its
-/// threads wait, `Engine.threadWaiting`), Winograd for batched convolutions, reordered weights held once per
+/// layout tokens, kernels, Winograd for batched convolutions, reordered weights held once per
 /// backend in `SharedConstants`), plus the few plain-layout kernels oneDNN lacks and a SiLU of
 /// Veil's own (CDNNL's silu.c, faster than oneDNN's swish, also as a convolution's epilogue).
-/// A kernel states the working memory it needs (`Kernel.scratchpadBytes`) and runs in the
-/// buffer its executor binds (`bindScratchpad`), so that an executor holds one for all its
-/// kernels. It knows nothing of graphs, file formats or models, and must not import any other
-/// Veil module. Callers describe *what* to compute (a convolution
-/// with these attributes and this post-op chain); which library computes it, and in which
-/// memory layout, stays behind the seams: nothing outside this module sees a oneDNN type.
+/// oneDNN's parallel regions run on Veil's own thread team: CDNNL's team.c defines the OpenMP
+/// entry points oneDNN calls, for the whole process, so that Veil decides how the threads wait
+/// (`Engine.threadWaiting`; they spin only within a pass, `Engine.onTeam`). A kernel states the
+/// working memory it needs (`Kernel.scratchpadBytes`) and runs in the buffer its executor binds
+/// (`bindScratchpad`), so that an executor holds one for all its kernels. It knows nothing of
+/// graphs, file formats or models, and must not import any other Veil module. Callers describe
+/// *what* to compute (a convolution with these attributes and this post-op chain); which
+/// library computes it, and in which memory layout, stays behind the seams: nothing outside
+/// this module sees a oneDNN type.
 import CDNNL
 import Foundation
 
