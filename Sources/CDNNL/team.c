@@ -24,7 +24,6 @@
 // whose default is OMP_NUM_THREADS or the cores this process may run on; GOMP_barrier waits
 // for the whole team.
 #define _GNU_SOURCE
-#include <errno.h>
 #include <limits.h>
 #include <linux/futex.h>
 #include <pthread.h>
@@ -135,8 +134,9 @@ int omp_in_parallel(void) { return in_active_region; }
 static long spin_budget(int *adapt) {
   int held = atomic_load(&holds) > 0;
   long ceiling = held ? atomic_load(&spin_held_ns) : atomic_load(&spin_free_ns);
-  *adapt = held && atomic_load(&spin_free_ns) == 0 && ceiling > 0;
-  long budget = *adapt ? atomic_load(&adaptive_ns) : ceiling;
+  int adapts = held && atomic_load(&spin_free_ns) == 0 && ceiling > 0;
+  if (adapt) *adapt = adapts;
+  long budget = adapts ? atomic_load(&adaptive_ns) : ceiling;
   return budget > ceiling ? ceiling : budget;
 }
 
@@ -166,8 +166,7 @@ static void wait_change(atomic_uint *address, unsigned seen, atomic_int *sleeper
       }
       cpu_relax();
       if ((i & 63) == 0) {
-        int still;
-        long now_budget = spin_budget(&still);
+        long now_budget = spin_budget(NULL);
         if ((long)(now_ns() - start) >= (now_budget < budget ? now_budget : budget)) break;
         if ((i & 4095) == 0) sched_yield();
       }

@@ -46,7 +46,7 @@ public struct Verdict: Codable, Sendable {
     _ verify: () throws -> Bool
   ) {
     guard let ok = try? verify() else {
-      check(name, false, "\(signer)'s key or signature is not a valid \(algorithm) value")
+      check(name, false, "\(signer) or its signature is not a valid \(algorithm) value")
       return
     }
     check(name, ok, ok ? "\(algorithm) over \(range) by \(signer)" : "\(signer)'s signature over \(range) does not verify\(failureHint)")

@@ -49,11 +49,12 @@ public final class Engine: @unchecked Sendable {
 
   /// How the kernels' threads wait between parallel regions (Veil's own team, CDNNL's team.c,
   /// which oneDNN's OpenMP calls reach).
-  public enum ThreadWaiting: Sendable, Equatable, CustomStringConvertible {
+  public enum ThreadWaiting: Sendable, Equatable {
     /// Sleep at once: every parallel region wakes the threads it needs.
     case passive
-    /// Spin between the regions of one pass (`onTeam`), for at most this long per wait, and
-    /// sleep at once outside a pass: a pass pays one wake-up, and no core is burnt between
+    /// Spin between the regions of one pass (`onTeam`), for at most this long per wait (less
+    /// where waits keep outlasting the spin, a machine with more runnable threads than cores),
+    /// and sleep at once outside a pass: a pass pays one wake-up, and no core is burnt between
     /// passes.
     case held(spinMicroseconds: Int)
     /// Spin between passes too (the best case on a quiet machine; benchmarks only).
@@ -62,14 +63,6 @@ public final class Engine: @unchecked Sendable {
     /// The default: a pass's regions are microseconds apart; 200 µs covers a slow step's gap
     /// and is short enough that a thread whose caller lost its core soon gives its own up.
     public static let standard = ThreadWaiting.held(spinMicroseconds: 200)
-
-    public var description: String {
-      switch self {
-      case .passive: return "passive"
-      case .held(let us): return "held (\(us) µs)"
-      case .spinning: return "spinning"
-      }
-    }
   }
 
   private nonisolated(unsafe) static var waiting = ThreadWaiting.standard

@@ -50,7 +50,8 @@ struct Veil: AsyncParsableCommand {
 /// most 200 µs a wait) and sleeps at once between passes (docs/benchmarks.md, "Veil's own
 /// thread team"). `veil bench --spin-wait` keeps the threads spinning between passes too;
 /// `VEIL_THREAD_WAIT` chooses for benchmarks of the policies themselves: `held` (the default;
-/// `VEIL_SPIN_US` microseconds, default 200), `passive` or `spin`.
+/// `VEIL_SPIN_US` microseconds, default 200; `short`, libgomp's days' name, is taken for it),
+/// `passive` or `spin`.
 enum ThreadWaiting {
   static func apply(arguments: [String]) {
     let env = ProcessInfo.processInfo.environment
