@@ -155,7 +155,7 @@ public final class Executor: @unchecked Sendable {
       return v
     }
     var compiler = Compiler(graph: consume g, backend: backend)
-    try backend.onTeam { try compiler.compile(retain: retainIDs, fuseAttention: options.optimize) }
+    try backend.onTeam { try compiler.compile(retain: retainIDs, fuse: options.optimize) }
     graph = compiler.graph
     steps = compiler.steps
     buffers = compiler.buffers
@@ -370,6 +370,8 @@ struct Compiler {
   var converted: [ValueID: [Placement]] = [:]
 
   var readers: [ValueID: Int] = [:]
+  /// Values written by a fused expansion and depthwise kernel (`emitPointwiseDepthwise`).
+  var fusedOutputs = Set<ValueID>()
 
   init(graph: consuming Graph, backend: ComputeBackend) {
     self.graph = graph
@@ -477,6 +479,56 @@ struct Compiler {
     placement[n.outputs[0]] = Placement(buffer: out, layout: k.outputLayout)
   }
 
+  /// The 1×1 convolutions (by node index) whose output only a 3×3 depthwise convolution reads,
+  /// with that convolution's index: `PointwiseDepthwise`'s shapes, activations only after
+  /// each, constant weights, nothing small enough to run on one thread, and no value between
+  /// them that the caller keeps.
+  func pointwiseDepthwisePairs(keeping: Set<ValueID>) -> [Int: Int] {
+    var reader: [ValueID: Int] = [:]
+    for (j, m) in graph.nodes.enumerated() { for v in m.inputs { reader[v] = j } }
+    let onlyActivations: (Node) -> Bool = { n in
+      n.postOps.allSatisfy { if case .activation = $0 { return true } else { return false } }
+    }
+    var pairs: [Int: Int] = [:]
+    for (i, n) in graph.nodes.enumerated() {
+      guard case .conv(let a) = n.op, a.kernel == [1, 1], a.strides == [1, 1], a.dilations == [1, 1],
+        a.padsBegin == [0, 0], a.padsEnd == [0, 0], a.groups == 1, onlyActivations(n),
+        n.inputs.dropFirst().allSatisfy({ graph.initializers[$0] != nil }),
+        let v = n.outputs.first, readers[v] == 1, !graph.outputs.contains(v), !keeping.contains(v),
+        let j = reader[v], j > i, case .conv(let d) = graph.nodes[j].op, graph.nodes[j].inputs[0] == v,
+        onlyActivations(graph.nodes[j]), graph.nodes[j].inputs.dropFirst().allSatisfy({ graph.initializers[$0] != nil }),
+        d.kernel == [3, 3], d.strides[0] == d.strides[1], [1, 2].contains(d.strides[0]), d.dilations == [1, 1],
+        d.padsBegin == [1, 1], d.padsEnd == [1, 1], d.groups == shape(v)[1],
+        graph.initializers[graph.nodes[j].inputs[1]]?.shape == [d.groups, 1, 3, 3], !isSmall(n)
+      else { continue }
+      pairs[i] = j
+    }
+    return pairs
+  }
+
+  /// Emits the pair as one kernel if the backend has one (`ComputeBackend.pointwiseDepthwise`);
+  /// false, having emitted nothing, if it has not.
+  mutating func emitPointwiseDepthwise(_ n: Node, _ m: Node) throws -> Bool {
+    guard case .conv(let d) = m.op else { return false }
+    func activations(_ n: Node) -> [Activation] {
+      n.postOps.compactMap { if case .activation(let a) = $0 { return a } else { return nil } }
+    }
+    let block = try PointwiseDepthwise(
+      inputDims: shape(n.inputs[0]), weights: constant(n.inputs[1], node: n, role: "weights"),
+      bias: n.inputs.count > 2 ? constant(n.inputs[2], node: n, role: "bias") : nil, activations: activations(n),
+      depthwiseStride: d.strides[0], depthwiseWeights: constant(m.inputs[1], node: m, role: "weights"),
+      depthwiseBias: m.inputs.count > 2 ? constant(m.inputs[2], node: m, role: "bias") : nil,
+      depthwiseActivations: activations(m), outputDims: shape(m.outputs[0]))
+    guard let k = try wrap(node: n.name, op: n.op.typeName, { try backend.pointwiseDepthwise(block) }) else { return false }
+    for v in n.inputs.dropFirst() + m.inputs.dropFirst() { release(v) }
+    var both = n
+    both.name = n.name + "+" + m.name
+    both.outputs = m.outputs
+    try emit(both, k, [n.inputs[0]])
+    fusedOutputs.insert(m.outputs[0])
+    return true
+  }
+
   /// Drops a weight from the graph once a kernel holds it, unless another node still reads it.
   mutating func release(_ v: ValueID) {
     if readers[v, default: 0] <= 1 { graph.initializers[v] = nil } else { readers[v, default: 0] -= 1 }
@@ -506,7 +558,7 @@ struct Compiler {
     return ns < limit
   }
 
-  mutating func compile(retain: [ValueID], fuseAttention: Bool = true) throws {
+  mutating func compile(retain: [ValueID], fuse: Bool = true) throws {
     for v in graph.inputs {
       let s = shape(v)
       let b = newBuffer(s.reduce(1, *) * 4)
@@ -518,13 +570,19 @@ struct Compiler {
     // their last node; the nodes they replace emit nothing.
     var attention: [Int: AttentionMatch] = [:]
     var replaced = Set<Int>()
-    for m in fuseAttention ? graph.attentionMatches(keeping: Set(retain)) : [] {
+    for m in fuse ? graph.attentionMatches(keeping: Set(retain)) : [] {
       attention[m.last] = m
       replaced.formUnion(m.nodes)
     }
+    // And an inverted residual block's 1×1 expansion and the depthwise convolution reading it
+    // run as one kernel, where the backend has one, at the expansion; the depthwise node then
+    // emits nothing.
+    let fusable = fuse ? pointwiseDepthwisePairs(keeping: Set(retain)) : [:]
     for (i, n) in graph.nodes.enumerated() {
       if let m = attention[i] {
         try emitAttention(n, m)
+      } else if let j = fusable[i], try emitPointwiseDepthwise(n, graph.nodes[j]) {
+        replaced.insert(j)
       } else if !replaced.contains(i) {
         // A small step (and the reorders in front of it) is made, and later run, by the
         // calling thread alone.
@@ -604,8 +662,11 @@ struct Compiler {
         strides: a.strides, dilations: a.dilations, padsBegin: a.padsBegin,
         padsEnd: transposed ? zip(a.padsEnd, a.outputPadding).map { $0 - $1 } : a.padsEnd,
         groups: a.groups, transposed: transposed)
+      // A map a fused expansion and depthwise step wrote (in that kernel's own layout) is read
+      // as it is held where the backend can, not reordered first.
+      let held = fusedOutputs.contains(x) ? placement[x]?.layout : nil
       let k = try wrap(node: n.name, op: n.op.typeName) {
-        try backend.convolution(spec, inputDims: xs, weights: w, bias: b, postOps: n.postOps, outputDims: out)
+        try backend.convolution(spec, inputDims: xs, weights: w, bias: b, postOps: n.postOps, outputDims: out, inputLayout: held)
       }
       // The kernel holds the weights in its own layout now; drop the graph's copy.
       release(n.inputs[1])

@@ -12,7 +12,10 @@
 /// executor binds one working buffer to all its kernels, and executors that take turns (a
 /// served model's batch sizes) share one through `SharedWorkingMemory`
 /// (`ExecutorOptions.workingMemory`); multi-head attention found in imported graphs runs as
-/// one fused op (`AttentionPattern`). It computes only through VeilTensor's `ComputeBackend`
+/// one fused op (`AttentionPattern`), and an inverted residual block's 1×1 expansion with the
+/// 3×3 depthwise convolution after it as one kernel where the backend has one
+/// (`ComputeBackend.pointwiseDepthwise`; the next convolution then reads that kernel's layout
+/// as it is). It computes only through VeilTensor's `ComputeBackend`
 /// seam, on the backend its caller passes to the executor (or `Backends.compute`), reads
 /// layouts only through `Layout`'s neutral queries (dimensions, byte size, equality, whether
 /// plain, the same arrangement for other dimensions), and never names oneDNN; it must not import formats, models, data or any higher layer. Every model, whether built by

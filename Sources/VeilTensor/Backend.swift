@@ -76,6 +76,47 @@ public enum PostOp: Sendable, Hashable, CustomStringConvertible {
   }
 }
 
+/// An inverted residual block's first two convolutions as one kernel (MobileNet V2, MNASNet,
+/// MobileNet V3, EfficientNet): a 1×1 convolution (stride 1, no padding, ungrouped) and its
+/// activations, then a 3×3 depthwise convolution over that result (one filter per channel,
+/// padding 1 on every side, stride 1 or 2) and its activations. The 1×1 result, the block's
+/// largest map (six times the block's input channels), then stays in the cache between the two
+/// instead of going to memory and back.
+public struct PointwiseDepthwise: Sendable {
+  /// The block's input, [N, C, H, W].
+  public var inputDims: [Int]
+  /// The 1×1 convolution's weights [E, C, 1, 1] and bias [E].
+  public var weights: Tensor
+  public var bias: Tensor?
+  public var activations: [Activation]
+  /// 1 or 2 in both directions.
+  public var depthwiseStride: Int
+  /// [E, 1, 3, 3] and [E].
+  public var depthwiseWeights: Tensor
+  public var depthwiseBias: Tensor?
+  public var depthwiseActivations: [Activation]
+  /// [N, E, H', W'] with H' = (H − 1)/stride + 1.
+  public var outputDims: [Int]
+
+  public init(
+    inputDims: [Int], weights: Tensor, bias: Tensor?, activations: [Activation], depthwiseStride: Int,
+    depthwiseWeights: Tensor, depthwiseBias: Tensor?, depthwiseActivations: [Activation], outputDims: [Int]
+  ) {
+    self.inputDims = inputDims
+    self.weights = weights
+    self.bias = bias
+    self.activations = activations
+    self.depthwiseStride = depthwiseStride
+    self.depthwiseWeights = depthwiseWeights
+    self.depthwiseBias = depthwiseBias
+    self.depthwiseActivations = depthwiseActivations
+    self.outputDims = outputDims
+  }
+
+  /// The expanded map's dimensions, [N, E, H, W]: the 1×1 convolution's output.
+  public var expandedDims: [Int] { [inputDims[0], weights.shape[0]] + inputDims.suffix(2) }
+}
+
 /// Convolution (or transposed convolution) attributes, in ONNX's terms.
 public struct ConvolutionSpec: Sendable, Hashable {
   public var strides: [Int]
@@ -165,6 +206,15 @@ public protocol ComputeBackend: Sendable {
   func convolution(
     _ spec: ConvolutionSpec, inputDims: [Int], weights: Tensor, bias: Tensor?, postOps: [PostOp],
     outputDims: [Int]) throws -> Kernel
+  /// `block` as one kernel, or nil where the backend has none or expects no gain from it: the
+  /// caller then runs the two convolutions apart (`convolution`). The kernel reads the block's
+  /// input and writes the depthwise convolution's output.
+  func pointwiseDepthwise(_ block: PointwiseDepthwise) throws -> Kernel?
+  /// `convolution`, told the layout its input is held in (`inputLayout`), which a backend may
+  /// read directly where it has a kernel for it, instead of the layout it would pick alone.
+  func convolution(
+    _ spec: ConvolutionSpec, inputDims: [Int], weights: Tensor, bias: Tensor?, postOps: [PostOp],
+    outputDims: [Int], inputLayout: Layout?) throws -> Kernel
   func activation(_ activation: Activation, input: Layout) throws -> Kernel
   func pooling(_ spec: PoolingSpec, input: Layout, outputDims: [Int]) throws -> Kernel
   /// Inference BatchNorm; with `relu`, a ReLU fused after it (a pre-activation network's
@@ -223,6 +273,13 @@ public protocol ComputeBackend: Sendable {
 
 extension ComputeBackend {
   public var serialStepNanoseconds: Double { 0 }
+  public func pointwiseDepthwise(_ block: PointwiseDepthwise) throws -> Kernel? { nil }
+  public func convolution(
+    _ spec: ConvolutionSpec, inputDims: [Int], weights: Tensor, bias: Tensor?, postOps: [PostOp],
+    outputDims: [Int], inputLayout: Layout?
+  ) throws -> Kernel {
+    try convolution(spec, inputDims: inputDims, weights: weights, bias: bias, postOps: postOps, outputDims: outputDims)
+  }
   public func serially<T>(_ body: () throws -> T) rethrows -> T { try body() }
   public func onTeam<T>(_ body: () throws -> T) rethrows -> T { try body() }
 }

@@ -13,6 +13,9 @@ let argVariance: Int32 = 50
 let argScale: Int32 = 51
 let argShift: Int32 = 52
 let argScratchpad: Int32 = 80
+/// A fused depthwise post-op's own arguments: DNNL_ARG_ATTR_POST_OP_DW | its weights or bias.
+let argDepthwiseWeights: Int32 = 8192 | argWeights
+let argDepthwiseBias: Int32 = 8192 | argBias
 let argMultipleSrc: Int32 = 1024
 
 /// Passes `&value` when `present`, else nil (optional descriptor arguments such as a bias).
@@ -424,22 +427,35 @@ public final class DNNLBackend: ComputeBackend, @unchecked Sendable {
     dnnl_exec_arg_t(arg: slot, memory: m.memory)
   }
 
-  private func attr(_ postOps: [PostOp]) throws -> dnnl_primitive_attr_t {
+  /// Attributes with the caller's scratchpad and `postOps`; with `depthwiseStride`, a 3×3
+  /// depthwise convolution (padding 1) after them, then `afterDepthwise`.
+  private func attr(_ postOps: [PostOp], depthwiseStride: Int? = nil, afterDepthwise: [PostOp] = []) throws
+    -> dnnl_primitive_attr_t
+  {
     var a: dnnl_primitive_attr_t?
     try check(dnnl_primitive_attr_create(&a), "creating primitive attributes")
     try check(dnnl_primitive_attr_set_scratchpad_mode(a, dnnl_scratchpad_mode_user), "asking for a kernel's own scratchpad")
-    if !postOps.isEmpty {
+    if !postOps.isEmpty || depthwiseStride != nil {
       var po: dnnl_post_ops_t?
       try check(dnnl_post_ops_create(&po), "creating post-ops")
       defer { dnnl_post_ops_destroy(po) }
-      for op in postOps {
-        switch op {
-        case .sum: try check(dnnl_post_ops_append_sum(po, 1), "appending a sum post-op")
-        case .activation(let act):
-          for (alg, alpha, beta) in eltwiseChain(act) {
-            try check(dnnl_post_ops_append_eltwise(po, 1, alg, alpha, beta), "appending post-op \(act)")
+      func append(_ ops: [PostOp]) throws {
+        for op in ops {
+          switch op {
+          case .sum: try check(dnnl_post_ops_append_sum(po, 1), "appending a sum post-op")
+          case .activation(let act):
+            for (alg, alpha, beta) in eltwiseChain(act) {
+              try check(dnnl_post_ops_append_eltwise(po, 1, alg, alpha, beta), "appending post-op \(act)")
+            }
           }
         }
+      }
+      try append(postOps)
+      if let s = depthwiseStride {
+        try check(
+          dnnl_post_ops_append_dw(po, dnnl_f32, dnnl_f32, dnnl_f32, 3, dnnl_dim_t(s), 1, 0, 0, nil),
+          "appending a depthwise post-op")
+        try append(afterDepthwise)
       }
       try check(dnnl_primitive_attr_set_post_ops(a, po), "setting post-ops")
     }
@@ -497,6 +513,16 @@ public final class DNNLBackend: ComputeBackend, @unchecked Sendable {
     _ spec: ConvolutionSpec, inputDims: [Int], weights: Tensor, bias: Tensor?, postOps: [PostOp],
     outputDims: [Int]
   ) throws -> Kernel {
+    try convolution(spec, inputDims: inputDims, weights: weights, bias: bias, postOps: postOps, outputDims: outputDims, inputLayout: nil)
+  }
+
+  /// A convolution that reads a blocked `inputLayout` where oneDNN has a kernel for it (a map a
+  /// fused expansion and depthwise step wrote), instead of the layout it would pick alone,
+  /// with a reorder in front; otherwise as `convolution` alone.
+  public func convolution(
+    _ spec: ConvolutionSpec, inputDims: [Int], weights: Tensor, bias: Tensor?, postOps: [PostOp],
+    outputDims: [Int], inputLayout: Layout?
+  ) throws -> Kernel {
     let nsp = inputDims.count - 2
     guard nsp >= 1, nsp <= 3, spec.strides.count == nsp, spec.dilations.count == nsp,
       spec.padsBegin.count == nsp, spec.padsEnd.count == nsp, weights.rank == nsp + 2
@@ -535,12 +561,20 @@ public final class DNNLBackend: ComputeBackend, @unchecked Sendable {
     if silu { postOps.removeLast() }
     let winograd = convolutionAlgorithm.asksForWinograd(
       inputDims: inputDims, outputDims: outputDims, kernel: Array(weights.shape.suffix(2)), groups: g, spec: spec)
+    let blocked = inputLayout.flatMap { l in !l.isPlain && l.dims == inputDims && !spec.transposed ? l : nil }
     let key = "conv|\(spec)|\(inputDims)|\(wdims)|\(bias != nil)|\(postOps)|\(outputDims)|\(winograd ? "winograd" : "direct")"
+      + (blocked.map { "|reads \($0)" } ?? "")
     let entry = try cache.entry(key, operation: "convolution \(spec)") {
       // Blocks for nothing are no gain: where oneDNN keeps the direct algorithm, it picks the
       // layout too.
       if winograd, let pd = try? convolutionDescriptor(spec, inputDims, wdims, outputDims, bias != nil, postOps, winograd: true) {
         if PrimitiveEntry.implementation(of: pd).contains("wino") { return pd }
+        dnnl_primitive_desc_destroy(pd)
+      }
+      if let blocked, let md = try? blocked.dnnlMD(),
+        let pd = try? convolutionDescriptor(spec, inputDims, wdims, outputDims, bias != nil, postOps, winograd: false, source: md)
+      {
+        if !PrimitiveEntry.implementation(of: pd).hasPrefix("ref") { return pd }
         dnnl_primitive_desc_destroy(pd)
       }
       return try convolutionDescriptor(spec, inputDims, wdims, outputDims, bias != nil, postOps, winograd: false)
@@ -573,6 +607,81 @@ public final class DNNLBackend: ComputeBackend, @unchecked Sendable {
       constantBytes: constBytes, keepAlive: keep, engine: engine, epilogue: silu ? Self.siluEpilogue(dstL) : nil)
   }
 
+  /// A 1×1 convolution with oneDNN's depthwise post-op (`dnnl_post_ops_append_dw`). Taken only
+  /// where oneDNN runs it as one JIT kernel, which computes the depthwise rows while the 1×1
+  /// rows they read are still in the cache: at batch 8 on 2 threads, MobileNet V2's 16 → 96
+  /// expansion at 112 × 112 with its stride-2 depthwise step took 2.0–2.3 ms fused against
+  /// 4.8–5.9 ms apart (docs/benchmarks.md, "One kernel for the expansion and the depthwise
+  /// step"). Its fallback (`ref_fused_convolution`) runs the two one after the other through a
+  /// scratchpad and gains nothing, so where oneDNN picks it, or refuses, the answer is nil. A
+  /// SiLU before the depthwise step would be oneDNN's swish post-op, which costs twice Veil's
+  /// own: not fused; a trailing SiLU runs after the kernel, as after a convolution.
+  public func pointwiseDepthwise(_ block: PointwiseDepthwise) throws -> Kernel? {
+    let x = block.inputDims
+    let e = block.weights.shape.first ?? 0
+    let s = block.depthwiseStride
+    guard x.count == 4, x[0] >= 2, e > 0, block.weights.shape == [e, x[1], 1, 1], block.depthwiseWeights.shape == [e, 1, 3, 3],
+      s == 1 || s == 2, block.outputDims == [x[0], e, (x[2] - 1) / s + 1, (x[3] - 1) / s + 1],
+      block.bias.map({ $0.count == e }) ?? true, block.depthwiseBias.map({ $0.count == e }) ?? true,
+      !block.activations.contains(.silu), !block.depthwiseActivations.dropLast().contains(.silu)
+    else { return nil }
+    let first = block.activations.map(PostOp.activation)
+    var second = block.depthwiseActivations.map(PostOp.activation)
+    let silu = second.last == .activation(.silu)
+    if silu { second.removeLast() }
+    let key = "pointwise-depthwise|\(x)|\(e)|\(block.bias != nil)|\(first)|stride \(s)|\(second)"
+    let made = try? cache.entry(key, operation: "1×1 convolution with a depthwise step") { () throws -> dnnl_primitive_desc_t in
+      // In oneDNN's own layout for it (16-channel blocks on AVX-512). Asked for channels last,
+      // the layout its neighbours take, oneDNN 2.6 runs it too, but computes wrong maps.
+      var src = DNNLLayout.anyMD(x)
+      var dst = DNNLLayout.anyMD(block.expandedDims)
+      var wei = DNNLLayout.anyMD([e, x[1], 1, 1])
+      var b = DNNLLayout.plainMD([e])
+      let ones = i64([1, 1])
+      let zeros = i64([0, 0])
+      var desc = dnnl_convolution_desc_t()
+      let status = withOptionalPointer(block.bias != nil, &b) { bp in
+        dnnl_dilated_convolution_forward_desc_init(
+          &desc, dnnl_forward_inference, dnnl_convolution_direct, &src, &wei, bp, &dst, ones, zeros, zeros, zeros)
+      }
+      try check(status, "1×1 convolution descriptor")
+      let a = try attr(first, depthwiseStride: s, afterDepthwise: second)
+      defer { dnnl_primitive_attr_destroy(a) }
+      var pd: dnnl_primitive_desc_t?
+      try check(dnnl_primitive_desc_create(&pd, &desc, a, engine.engine, nil), "1×1 convolution with a depthwise step")
+      guard !PrimitiveEntry.implementation(of: pd!).hasPrefix("ref") else {
+        dnnl_primitive_desc_destroy(pd)
+        throw TensorError.invalidArgument("oneDNN has no single kernel for it here")
+      }
+      return pd!
+    }
+    guard let entry = made else { return nil }
+    let srcL = Layout(md: entry.md(dnnl_query_src_md))
+    let weiL = Layout(md: entry.md(dnnl_query_weights_md))
+    let dstL = Layout(md: entry.md(dnnl_query_dst_md))
+    let dwL = Layout(md: entry.md(dnnl_query_exec_arg_md, argDepthwiseWeights))
+    let wStore = try reorderConstant(block.weights, from: .plain([e, x[1], 1, 1]), to: weiL)
+    var userDw = dnnl_memory_desc_t()
+    let dwDims = i64([e, 1, 1, 3, 3])
+    _ = dwDims.withUnsafeBufferPointer { veil_md_tag(&userDw, 5, $0.baseAddress, dnnl_abcde) }
+    let dwStore = try reorderConstant(block.depthwiseWeights, from: Layout(md: userDw), to: dwL)
+    let srcM = try memory(srcL)
+    let dstM = try memory(dstL)
+    let weiM = try BoundMemory(weiL, engine: engine.engine, handle: UnsafeMutableRawPointer(wStore.pointer))
+    let dwM = try BoundMemory(dwL, engine: engine.engine, handle: UnsafeMutableRawPointer(dwStore.pointer))
+    var args = [arg(argSrc, srcM), arg(argWeights, weiM), arg(argDst, dstM), arg(argDepthwiseWeights, dwM)]
+    var keep: [AnyObject] = [wStore, weiM, dwStore, dwM]
+    if let bias = block.bias { try bindVector(bias, count: e, at: argBias, args: &args, keep: &keep) }
+    // The depthwise step always reads a bias; a convolution without one adds zeros.
+    try bindVector(block.depthwiseBias ?? Tensor(zeros: [e]), count: e, at: argDepthwiseBias, args: &args, keep: &keep)
+    let steps = first.map(\.description) + ["Depthwise3x3/\(s)"] + (second + (silu ? [.activation(.silu)] : [])).map(\.description)
+    return try DNNLKernel(
+      name: "Conv1x1+" + steps.joined(separator: "+"), steps: [.init(entry: entry, args: args)], inputs: [srcM],
+      inputLayouts: [srcL], output: dstM, inPlaceInput: nil,
+      constantBytes: weiL.byteCount + dwL.byteCount + (block.bias != nil ? e * 4 : 0) + e * 4, keepAlive: keep,
+      engine: engine, epilogue: silu ? Self.siluEpilogue(dstL) : nil)
+  }
+
   /// SiLU in place over a buffer of `layout` (padding included: SiLU(0) = 0) on the calling
   /// thread's OpenMP team: oneDNN 2.6's swish takes 3.4–3.7 ms for 9.6 M values on two
   /// threads here, this 2.2–2.4 ms (bench/silu.c; docs/benchmarks.md, "SiLU").
@@ -589,9 +698,9 @@ public final class DNNLBackend: ComputeBackend, @unchecked Sendable {
   /// on maps in 16-channel blocks, the only layout its Winograd kernel takes.
   private func convolutionDescriptor(
     _ spec: ConvolutionSpec, _ inputDims: [Int], _ wdims: [Int], _ outputDims: [Int], _ hasBias: Bool,
-    _ postOps: [PostOp], winograd: Bool
+    _ postOps: [PostOp], winograd: Bool, source: dnnl_memory_desc_t? = nil
   ) throws -> dnnl_primitive_desc_t {
-    var src = winograd ? DNNLLayout.taggedMD(inputDims, dnnl_aBcd16b) : DNNLLayout.anyMD(inputDims)
+    var src = source ?? (winograd ? DNNLLayout.taggedMD(inputDims, dnnl_aBcd16b) : DNNLLayout.anyMD(inputDims))
     var wei = DNNLLayout.anyMD(wdims)
     var dst = winograd ? DNNLLayout.taggedMD(outputDims, dnnl_aBcd16b) : DNNLLayout.anyMD(outputDims)
     var b = DNNLLayout.plainMD([outputDims[1]])
