@@ -497,8 +497,8 @@ struct Compiler {
         let v = n.outputs.first, readers[v] == 1, !graph.outputs.contains(v), !keeping.contains(v),
         let j = reader[v], j > i, case .conv(let d) = graph.nodes[j].op, graph.nodes[j].inputs[0] == v,
         onlyActivations(graph.nodes[j]), graph.nodes[j].inputs.dropFirst().allSatisfy({ graph.initializers[$0] != nil }),
-        d.kernel == [3, 3], d.strides[0] == d.strides[1], [1, 2].contains(d.strides[0]), d.dilations == [1, 1],
-        d.padsBegin == [1, 1], d.padsEnd == [1, 1], d.groups == shape(v)[1],
+        d.kernel == [3, 3], d.strides == [1, 1] || d.strides == [2, 2], d.dilations == [1, 1],
+        d.padsBegin == [1, 1], d.padsEnd == [1, 1], shape(v).count == 4, d.groups == shape(v)[1],
         graph.initializers[graph.nodes[j].inputs[1]]?.shape == [d.groups, 1, 3, 3], !isSmall(n)
       else { continue }
       pairs[i] = j
