@@ -73,6 +73,10 @@ static atomic_long adaptive_ns = 200000;
 static atomic_ulong regions_run, sleeps;
 unsigned long veil_team_regions(void) { return atomic_load(&regions_run); }
 unsigned long veil_team_sleeps(void) { return atomic_load(&sleeps); }
+// Tests only: how long the last worker out of a region waits between its decrement of
+// `running` and its bump of `done` (a worker preempted there), in nanoseconds.
+static atomic_long late_ns = 0;
+void veil_team_set_late_worker(long ns) { atomic_store(&late_ns, ns < 0 ? 0 : ns); }
 // Passes in progress (veil_team_hold).
 static atomic_int holds = 0;
 
@@ -225,7 +229,14 @@ static void *worker_main(void *arg) {
     team_thread_num = 0;
     team_size = 1;
     in_active_region = 0;
-    if (atomic_fetch_sub(&running, 1) == 1) bump_and_wake(&done, &done_sleepers);
+    if (atomic_fetch_sub(&running, 1) == 1) {
+      long late = atomic_load(&late_ns);
+      if (late > 0) {
+        uint64_t until = now_ns() + (uint64_t)late;
+        while (now_ns() < until) cpu_relax();
+      }
+      bump_and_wake(&done, &done_sleepers);
+    }
   }
   return NULL;
 }
@@ -272,7 +283,6 @@ void GOMP_parallel(void (*fn)(void *), void *data, unsigned num_threads, unsigne
   atomic_fetch_add(&regions_run, 1);
   atomic_store(&running, n - 1);
   atomic_store(&barrier_count, 0);
-  unsigned finished = atomic_load(&done);
   for (int i = 1; i < n; i++) {
     workers[i].fn = fn;
     workers[i].data = data;
@@ -285,7 +295,16 @@ void GOMP_parallel(void (*fn)(void *), void *data, unsigned num_threads, unsigne
   fn(data);
   in_active_region = 0;
   team_size = 1;
-  if (atomic_load(&running) > 0) wait_change(&done, finished, &done_sleepers);
+  // The region is over when `running` is 0; `done` only says when to look again. The last
+  // worker out of the previous region may bump `done` after its caller saw `running` reach 0
+  // and moved on, so a bump does not mean this region's workers have left: waiting for a
+  // change of `done` seen at the start returned early, and the caller then freed the data a
+  // worker was still running on.
+  while (atomic_load(&running) > 0) {
+    unsigned seen = atomic_load(&done);
+    if (atomic_load(&running) == 0) break;
+    wait_change(&done, seen, &done_sleepers);
+  }
   pthread_mutex_unlock(&busy);
 }
 

@@ -111,6 +111,35 @@ final class ThreadTeamTests: XCTestCase {
     XCTAssertEqual(wrong.load(ordering: .relaxed), 0)
   }
 
+  /// A region returns only once every thread has left it, even when the worker of the region
+  /// before is late to say it has. The wait used to end on a counter the previous region's
+  /// worker could still bump after its caller had moved on (its decrement of the running
+  /// count came first), so the next region's caller returned while the worker still ran the
+  /// region's function on data from the caller's stack: a crash in the suite, once in three
+  /// runs. Regions back to back, the worker made late between its two steps by a test hook,
+  /// and recording its part of each region late.
+  func testARegionEndsOnlyWhenEveryThreadHasLeftIt() {
+    // The worker late by 50 µs between its two steps, every region.
+    veil_team_set_late_worker(50_000)
+    defer { veil_team_set_late_worker(0) }
+    var early = 0
+    let deadline = Date().addingTimeInterval(20)
+    var regions = 0
+    while regions < 2000, Date() < deadline {
+      let r = Self.parallel(2) { region in
+        if omp_get_thread_num() != 0 {
+          var x = 0
+          for i in 0..<(regions % 7) * 50 { x &+= i }
+          if x == -1 { print(x) }
+        }
+        region.record(Int(omp_get_thread_num()), Int(omp_get_num_threads()), true)
+      }
+      if r.lock.withLock({ r.seen.count }) != (r.seen.first?.size ?? 0) { early += 1 }
+      regions += 1
+    }
+    XCTAssertEqual(early, 0, "\(early) of \(regions) regions returned before every thread had left them")
+  }
+
   /// Outside a pass the threads sleep at once: after a region with no hold, the worker goes to
   /// sleep waiting for the next one, and a held team under the spinning policy does not.
   func testThreadsSleepOnceThePassIsOver() {

@@ -34,6 +34,8 @@ void veil_team_hold(int on);
 void veil_team_set_spin(long held_ns, long free_ns);
 /// Parallel regions this process's team has run, and how many threads have gone to sleep
 /// waiting (for tests and benchmarks).
+/// Tests only: the last worker out of a region waits `ns` between leaving it and saying so.
+void veil_team_set_late_worker(long ns);
 unsigned long veil_team_regions(void);
 unsigned long veil_team_sleeps(void);
 
