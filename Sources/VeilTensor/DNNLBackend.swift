@@ -610,9 +610,9 @@ public final class DNNLBackend: ComputeBackend, @unchecked Sendable {
   /// A 1×1 convolution with oneDNN's depthwise post-op (`dnnl_post_ops_append_dw`). Taken only
   /// where oneDNN runs it as one JIT kernel, which computes the depthwise rows while the 1×1
   /// rows they read are still in the cache: at batch 8 on 2 threads, MobileNet V2's 16 → 96
-  /// expansion at 112 × 112 with its stride-2 depthwise step took 2.0–2.3 ms fused against
-  /// 4.8–5.9 ms apart (docs/benchmarks.md, "One kernel for the expansion and the depthwise
-  /// step"). Its fallback (`ref_fused_convolution`) runs the two one after the other through a
+  /// expansion at 112 × 112 with its stride-2 depthwise step took 2.07 ms fused against
+  /// 4.64 ms apart (bench/pointwise_depthwise.c; docs/benchmarks.md, "One kernel for the
+  /// expansion and the depthwise step"). Its fallback (`ref_fused_convolution`) runs the two one after the other through a
   /// scratchpad and gains nothing, so where oneDNN picks it, or refuses, the answer is nil. A
   /// SiLU before the depthwise step would be oneDNN's swish post-op, which costs twice Veil's
   /// own: not fused; a trailing SiLU runs after the kernel, as after a convolution.
