@@ -13,7 +13,8 @@ A model that is an .onnx file is timed as it is, by every runtime (its declared 
 is skipped for it): the unseen-CNN comparison of issue 20.
 
 Usage: .venv/bin/python bench/peers.py [--models resnet50,vgg16,efficientnet_b0|FILE.onnx,...]
-         [--batches 1,8] [--threads 1,2] [--runs 10] [--passes 3] [--wait default|spin|passive] [--markdown F] [--json F]
+         [--batches 1,8] [--threads 1,2] [--runs 10] [--passes 3] [--wait default|spin|passive] [--gap-ms MS]
+         [--markdown F] [--json F]
 """
 import argparse
 import atexit
@@ -46,6 +47,7 @@ import numpy as np, onnxruntime as ort
 path, threads, runs, warmup = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
 batch = int(sys.argv[5]) if len(sys.argv) > 5 else 1
 spin = sys.argv[6] if len(sys.argv) > 6 else "1"
+gap = float(sys.argv[7]) / 1000 if len(sys.argv) > 7 else 0.0
 so = ort.SessionOptions()
 so.intra_op_num_threads = threads
 so.inter_op_num_threads = 1
@@ -60,6 +62,8 @@ for _ in range(warmup):
     s.run(None, {i.name: x})
 t = []
 for _ in range(runs):
+    if gap > 0:
+        time.sleep(gap)
     a = time.perf_counter(); s.run(None, {i.name: x}); t.append((time.perf_counter() - a) * 1000)
 t.sort()
 print(json.dumps({"median": t[len(t) // 2] if len(t) % 2 else (t[len(t)//2 - 1] + t[len(t)//2]) / 2,
@@ -72,6 +76,7 @@ import json, resource, sys, time
 import numpy as np, onnx, torch, torchvision
 from onnx import numpy_helper
 path, name, batch, threads, runs, warmup = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5]), int(sys.argv[6])
+gap = float(sys.argv[7]) / 1000 if len(sys.argv) > 7 else 0.0
 torch.set_num_threads(threads)
 m = getattr(torchvision.models, name)(weights=None).eval()
 state = {t.name: torch.from_numpy(numpy_helper.to_array(t).copy()) for t in onnx.load(path).graph.initializer}
@@ -83,6 +88,8 @@ with torch.inference_mode():
     for _ in range(warmup): m(x)
     t = []
     for _ in range(runs):
+        if gap > 0:
+            time.sleep(gap)
         a = time.perf_counter(); m(x); t.append((time.perf_counter() - a) * 1000)
 t.sort()
 print(json.dumps({"median": t[len(t) // 2], "min": t[0], "peak_rss_bytes": peak_rss(),
@@ -113,6 +120,9 @@ def main():
                     help="thread waiting: each runtime's default (Veil spins within a pass, ONNX Runtime spins), or both "
                          "the same (spin: Veil --spin-wait; passive: VEIL_THREAD_WAIT=passive and ONNX Runtime's "
                          "session.intra_op.allow_spinning = 0)")
+    ap.add_argument("--gap-ms", type=float, default=0.0,
+                    help="idle milliseconds before each timed pass, in every runtime: a server between sporadic requests "
+                         "(threads asleep, CPUs idle) rather than passes back to back")
     ap.add_argument("--markdown", help="also write the table as Markdown here")
     ap.add_argument("--json", help="also write all figures as JSON here")
     a = ap.parse_args()
@@ -143,17 +153,17 @@ def main():
                 for _ in range(a.passes):
                     print(f"  {model} batch {batch} threads {threads}: veil", file=sys.stderr, flush=True)
                     veil.append(run_json([VEIL, "bench", "--model", model, "--batch", str(batch), "--threads", str(threads),
-                                          "--runs", str(a.runs), "--warmup", str(a.warmup), "--json"]
+                                          "--runs", str(a.runs), "--warmup", str(a.warmup), "--gap-ms", str(a.gap_ms), "--json"]
                                          + (["--spin-wait"] if a.wait == "spin" else []),
                                          env={"VEIL_THREAD_WAIT": "passive"} if a.wait == "passive" else None))
                     print(f"  {model} batch {batch} threads {threads}: onnxruntime", file=sys.stderr, flush=True)
                     ort.append(run_json([sys.executable, "-c", PEAK_RSS + ORT_CHILD, onnx_path, str(threads), str(a.runs), str(a.warmup),
-                                         str(batch), "0" if a.wait == "passive" else "1"]))
+                                         str(batch), "0" if a.wait == "passive" else "1", str(a.gap_ms)]))
                     if torch_ok and not model.endswith(".onnx"):
                         pt.append(run_json([sys.executable, "-c", PEAK_RSS + TORCH_CHILD, onnx_path, model, str(batch), str(threads),
-                                            str(a.runs), str(a.warmup)]))
+                                            str(a.runs), str(a.warmup), str(a.gap_ms)]))
                 row = {
-                    "model": model, "batch": batch, "threads": threads, "wait": a.wait,
+                    "model": model, "batch": batch, "threads": threads, "wait": a.wait, "gap_ms": a.gap_ms,
                     "veil_ms": statistics.median(v["latency_ms"]["median"] for v in veil),
                     "veil_gflops": statistics.median(v["gflops"] for v in veil),
                     "veil_rss": max(v["peak_rss_bytes"] for v in veil),

@@ -11,7 +11,10 @@
 # WAITS="default passive spin": each round then runs every measurement under each policy in
 # turn, all three processes restarted with VEIL_THREAD_WAIT set to it. VEILS (default: VEIL,
 # .build/release/veil) lists veil binaries to compare the same way, e.g. a build before and after
-# a change: VEILS="/tmp/veil-before .build/release/veil".
+# a change: VEILS="/tmp/veil-before .build/release/veil". SPORADIC_MS (default 50; 0: not
+# measured) adds, quiet only, the whole model and the private path with that many idle
+# milliseconds before each pass or request, as a server with sporadic requests sees them
+# (`--gap-ms`): its threads asleep, its CPUs idle.
 #
 # PLAN_DIR is a plan folder (`veil plan --out`, e.g. the demo's), MODEL the model it was made from
 # (zoo name or file, as given to the planner), PHOTO a photo to send. Each round measures, in turn:
@@ -28,6 +31,7 @@ ROUNDS=${4:-3}
 REQUESTS=${5:-60}
 CLIENTS=${6:-8}
 WAITS=${WAITS:-default}
+SPORADIC_MS=${SPORADIC_MS:-50}
 VEIL=${VEIL:-.build/release/veil}
 VEILS=${VEILS:-$VEIL}
 WORK=$(mktemp -d)
@@ -91,12 +95,12 @@ busy_stop() {
 }
 
 bench() {
-  "$VEIL" bench --model "$MODEL" --runs 60 --warmup 5 --json 2>/dev/null |
+  "$VEIL" bench --model "$MODEL" --runs 60 --warmup 5 --gap-ms "${1:-0}" --json 2>/dev/null |
     python3 -c 'import json,sys; d=json.load(sys.stdin); print("%.2f" % d["latency_ms"]["median"])'
 }
 loadtest() {
   "$VEIL" loadtest --endpoint "$ENC" --policy "$WORK/policy.json" --model "$MODEL" --clients "$1" \
-    --requests "$REQUESTS" --warmup 3 --breakdown --json "$PHOTO" 2>/dev/null >"$WORK/lt.json"
+    --requests "$REQUESTS" --warmup 3 --gap-ms "${2:-0}" --breakdown --json "$PHOTO" 2>/dev/null >"$WORK/lt.json"
   python3 -c 'import json,sys; d=json.load(open(sys.argv[1])); print("%.2f %.2f %d %d" % (d["p50Ms"], d["throughput"], d["wrong"], d["lost"]))' "$WORK/lt.json"
 }
 
@@ -116,6 +120,11 @@ while [ "$r" -le "$ROUNDS" ]; do
         set -- $(loadtest 1)
         printf '%-6s %-24s %-7s %-28s %10s ms  (%s wrong, %s lost)\n' "$r" "$variant" "$load" "private path p50, 1 client" "$1" "$3" "$4"
         [ "$load" = quiet ] && cp "$WORK/lt.json" "$WORK/quiet-breakdown-$variant.json"
+        if [ "$load" = quiet ] && [ "$SPORADIC_MS" != 0 ]; then
+          printf '%-6s %-24s %-7s %-28s %10s ms\n' "$r" "$variant" "$load" "whole model, ${SPORADIC_MS} ms apart" "$(bench "$SPORADIC_MS")"
+          set -- $(loadtest 1 "$SPORADIC_MS")
+          printf '%-6s %-24s %-7s %-28s %10s ms  (%s wrong, %s lost)\n' "$r" "$variant" "$load" "p50, 1 client, ${SPORADIC_MS} ms apart" "$1" "$3" "$4"
+        fi
         if [ "$CLIENTS" -gt 1 ]; then
           set -- $(loadtest "$CLIENTS")
           printf '%-6s %-24s %-7s %-28s %10s req/s  (%s wrong, %s lost)\n' "$r" "$variant" "$load" "throughput, $CLIENTS clients" "$2" "$3" "$4"

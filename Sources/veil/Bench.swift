@@ -46,6 +46,11 @@ struct Bench: ParsableCommand {
   var inputGradient = false
   @Flag(help: "Let the kernel threads spin between passes too: the best case on a quiet machine; every Veil process spins only within a pass otherwise.")
   var spinWait = false
+  @Option(
+    help: ArgumentHelp(
+      "Idle milliseconds before each timed pass, as a server sees between requests: the kernel threads asleep, other work in the caches.",
+      valueName: "ms"))
+  var gapMs: Double = 0
   @OptionGroup var engine: EngineOptions
 
   struct Latency: Encodable {
@@ -81,6 +86,7 @@ struct Bench: ParsableCommand {
     guard batch >= 1 else { throw ValidationError("--batch must be ≥ 1, found \(batch)") }
     guard runs >= 1 else { throw ValidationError("--runs must be ≥ 1, found \(runs)") }
     guard warmup >= 0 else { throw ValidationError("--warmup must be ≥ 0, found \(warmup)") }
+    guard gapMs >= 0, gapMs <= 60_000 else { throw ValidationError("--gap-ms must be in 0…60000, found \(gapMs)") }
     if let imageSize, imageSize < 1 { throw ValidationError("--image-size must be ≥ 1, found \(imageSize)") }
     if inputGradient, profile { throw ValidationError("--profile times the inference executor; it does not go with --input-gradient") }
   }
@@ -103,6 +109,7 @@ struct Bench: ParsableCommand {
     for _ in 0..<warmup { _ = try exec.run([x]) }
     var times: [Double] = []
     for _ in 0..<runs {
+      if gapMs > 0 { Thread.sleep(forTimeInterval: gapMs / 1000) }
       let s = DispatchTime.now().uptimeNanoseconds
       _ = try exec.run([x])
       times.append(Double(DispatchTime.now().uptimeNanoseconds - s) / 1e6)

@@ -54,6 +54,11 @@ struct LoadTest: AsyncParsableCommand {
   var label = ""
   @Option(help: "Seconds to wait for each call.")
   var timeout: Double = 120
+  @Option(
+    help: ArgumentHelp(
+      "Idle milliseconds each client waits before each request, as a server sees sporadic requests (its threads asleep, other work in the caches); latencies exclude the wait, throughput does not.",
+      valueName: "ms"))
+  var gapMs: Double = 0
   @Argument(help: "Photos (.png, .jpg), sent in turn.")
   var images: [String]
   @Flag(help: "Print one JSON document.")
@@ -144,8 +149,8 @@ struct LoadTest: AsyncParsableCommand {
   }
 
   func validate() throws {
-    guard clients >= 1, requests >= 1, warmup >= 0 else {
-      throw ValidationError("--clients and --requests must be ≥ 1 and --warmup ≥ 0")
+    guard clients >= 1, requests >= 1, warmup >= 0, gapMs >= 0, gapMs <= 60_000 else {
+      throw ValidationError("--clients and --requests must be ≥ 1, --warmup ≥ 0 and --gap-ms in 0…60000")
     }
     guard !images.isEmpty else { throw ValidationError("give at least one photo") }
     for i in images where !FileManager.default.isReadableFile(atPath: i) {
@@ -192,6 +197,7 @@ struct LoadTest: AsyncParsableCommand {
     let total = requests
     let n = clients
     let warm = warmup
+    let gap = gapMs
     let tol = tolerance
     note("\(n) clients, \(total) requests (+\(warm) warm-up each) to \(ep)\(label.isEmpty ? "" : " [\(label)]")")
     let start = ContinuousClock.now
@@ -224,6 +230,7 @@ struct LoadTest: AsyncParsableCommand {
             for k in mine {
               let i = k % requestsPerImage.count
               let request = requestsPerImage[i]
+              if gap > 0 { try? await Task.sleep(for: .microseconds(Int(gap * 1000))) }
               let t0 = ContinuousClock.now
               do {
                 let a = try await caller.infer { _ in request }
