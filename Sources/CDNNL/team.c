@@ -16,7 +16,8 @@
 // pays: the spin doubles when the awaited thread arrives within it and halves when it does not
 // (a machine with more runnable threads than cores), between 2 and 200 us; outside a pass its
 // threads sleep at once. Measured against libgomp in docs/benchmarks.md, "Veil's own thread
-// team".
+// team". A pass that starts after idleness runs with its threads pinned, one to a CPU (see
+// pin_for_pass).
 //
 // Semantics kept from OpenMP as oneDNN uses it: the calling thread is thread 0 of the team; a
 // parallel region started inside another (or while the team serves another caller) runs on
@@ -24,6 +25,7 @@
 // whose default is OMP_NUM_THREADS or the cores this process may run on; GOMP_barrier waits
 // for the whole team.
 #define _GNU_SOURCE
+#include <fcntl.h>
 #include <limits.h>
 #include <linux/futex.h>
 #include <pthread.h>
@@ -31,6 +33,7 @@
 #include <stdatomic.h>
 #include <stdint.h>
 #include <stdlib.h>
+#include <string.h>
 #include <sys/syscall.h>
 #include <time.h>
 #include <unistd.h>
@@ -88,10 +91,18 @@ static long env_long(const char *name, long fallback) {
   return (end && *end == 0 && n >= 0) ? n : fallback;
 }
 
+// The CPUs this process may run on, as it started.
+static cpu_set_t process_cpus;
+static int process_cpu_count;
+
 static void read_settings(void) {
   cpu_set_t set;
   int cores = 0;
-  if (sched_getaffinity(0, sizeof set, &set) == 0) cores = CPU_COUNT(&set);
+  if (sched_getaffinity(0, sizeof set, &set) == 0) {
+    cores = CPU_COUNT(&set);
+    process_cpus = set;
+    process_cpu_count = cores;
+  }
   if (cores < 1) cores = (int)sysconf(_SC_NPROCESSORS_ONLN);
   if (cores < 1) cores = 1;
   long n = env_long("OMP_NUM_THREADS", cores);
@@ -107,11 +118,6 @@ void veil_team_set_spin(long held_ns, long free_ns) {
   atomic_store(&spin_held_ns, held_ns < 0 ? 0 : held_ns);
   atomic_store(&adaptive_ns, held_ns < 0 ? 0 : held_ns);
   atomic_store(&spin_free_ns, free_ns < 0 ? 0 : free_ns);
-}
-
-void veil_team_hold(int on) {
-  if (on) atomic_fetch_add(&holds, 1);
-  else atomic_fetch_sub(&holds, 1);
 }
 
 // --- Per-thread state -------------------------------------------------------------------
@@ -202,6 +208,11 @@ typedef struct {
   void (*fn)(void *);
   void *data;
   int size;
+  // For placement (pin_for_pass): the worker's thread id, when it left its last region, and
+  // the CPU it ran its last region on.
+  atomic_int tid;
+  _Atomic uint64_t idle_since;
+  atomic_int cpu;
   char pad[64];
 } Worker;
 
@@ -215,12 +226,156 @@ static atomic_int barrier_count;
 static atomic_uint barrier_generation;
 static atomic_int barrier_sleepers;
 
+// --- Placement for a pass -----------------------------------------------------------------
+
+// After a few milliseconds of idleness, this 2-vCPU virtual machine's scheduler puts the two
+// threads of a pass on one CPU while the other idles (`perf sched timehist`: caller and worker
+// take turns on CPU 1 for the whole pass, CPU 0 idle): the futex wake-up of the worker for the
+// first region, or of the caller by its worker, places the woken thread on the waker's CPU.
+// The likely cause: a vCPU idle that long is halted, and the guest kernel reads a halted vCPU
+// as preempted, not idle. The load balancer, itself waiting for a tick, rarely parts them
+// within a pass of a few milliseconds: with 50 ms between passes, as a server with sporadic
+// requests sees, EfficientNet-Lite0 took 9.7-10 ms instead of 4.6-4.8 (docs/benchmarks.md, "A
+// pass after idleness: the team on one core"). So a pass (veil_team_hold(2)) that starts after
+// such idleness, on a machine with a free CPU, runs pinned: the caller on the CPU it is on,
+// each worker on another one of its own; when the pass ends, every thread gets back the CPUs
+// it had. Not when the machine is busy (see idle_cpu_likely): a worker pinned to a CPU that
+// runs another process's pass slows that pass more than sharing the caller's core slows this
+// one (a first version, which did not look, cost 8 clients of the private path 10 % of their
+// throughput).
+//
+// Mode (veil_team_set_placement; VEIL_TEAM_PLACE=0 in the environment turns it off for
+// benchmarks of the team itself): 0 never, 1 when it pays (the default), 2 for every pass
+// (tests).
+static atomic_int placement = -1;  // -1: not read yet
+#define PLACEMENT_IDLE_NS 2000000
+static atomic_ulong placements;
+static atomic_int last_caller_cpu = -1;
+static atomic_int started_workers;  // `started`, readable outside `busy`
+// The pass this thread pinned (its holds, and the CPUs it had before).
+static __thread int thread_holds = 0;
+static __thread int pinned_here = 0;
+static __thread cpu_set_t cpus_before;
+
+void veil_team_set_placement(int mode) { atomic_store(&placement, mode < 0 ? 0 : (mode > 2 ? 2 : mode)); }
+unsigned long veil_team_placements(void) { return atomic_load(&placements); }
+void veil_team_last_placement(int *caller_cpu, int *worker_cpu) {
+  *caller_cpu = atomic_load(&last_caller_cpu);
+  *worker_cpu = atomic_load_explicit(&workers[1].cpu, memory_order_acquire);
+}
+
+static int placement_mode(void) {
+  int mode = atomic_load(&placement);
+  if (mode < 0) {
+    const char *v = getenv("VEIL_TEAM_PLACE");
+    int fresh = (v && v[0] == '0' && v[1] == 0) ? 0 : 1;
+    int unread = -1;
+    atomic_compare_exchange_strong(&placement, &unread, fresh);
+    mode = atomic_load(&placement);
+  }
+  return mode;
+}
+
+// Whether a CPU beside the caller's is likely free: the threads runnable now in the whole
+// machine (/proc/loadavg's fourth field, "runnable/all", read in one pread), the caller among
+// them, are at most the CPUs this process may use. That leaves room for one thread beside the
+// caller on two cores, usually this process's own I/O thread handing the request over; two
+// or more mean another pass or another program runs there. A failed read says yes.
+static int idle_cpu_likely(void) {
+  static atomic_int fd = -2;
+  int f = atomic_load(&fd);
+  if (f == -2) {
+    int opened = open("/proc/loadavg", O_RDONLY | O_CLOEXEC);
+    int unset = -2;
+    if (!atomic_compare_exchange_strong(&fd, &unset, opened) && opened >= 0) close(opened);
+    f = atomic_load(&fd);
+  }
+  if (f < 0) return 1;
+  char text[128];
+  ssize_t n = pread(f, text, sizeof text - 1, 0);
+  if (n <= 0) return 1;
+  text[n] = 0;
+  // "0.55 1.04 1.38 2/345 12345": the fourth field's numerator.
+  char *p = text;
+  for (int field = 0; field < 3 && p; field++) {
+    p = strchr(p, ' ');
+    if (p) p++;
+  }
+  if (!p) return 1;
+  return strtol(p, NULL, 10) <= process_cpu_count;
+}
+
+// At the start of a pass (the first hold): pins the caller to its CPU and each worker to one
+// of the others, when the mode says so.
+static void pin_for_pass(void) {
+  int mode = placement_mode();
+  if (mode == 0) return;
+  pthread_once(&settings_once, read_settings);
+  int count = atomic_load(&started_workers);
+  if (process_cpu_count < 2 || count < 1) return;
+  if (mode == 1) {
+    uint64_t now = now_ns();
+    for (int i = 1; i <= count; i++) {
+      if (now - atomic_load(&workers[i].idle_since) < PLACEMENT_IDLE_NS) return;
+    }
+    if (!idle_cpu_likely()) return;
+  }
+  int cpu = sched_getcpu();
+  if (cpu < 0 || !CPU_ISSET(cpu, &process_cpus)) return;
+  if (sched_getaffinity(0, sizeof cpus_before, &cpus_before) != 0) return;
+  cpu_set_t one;
+  CPU_ZERO(&one);
+  CPU_SET(cpu, &one);
+  if (sched_setaffinity(0, sizeof one, &one) != 0) return;
+  pinned_here = 1;
+  // The other CPUs in order; worker i takes the i-th (round the list when there are more).
+  int others[CPU_SETSIZE];
+  int n = 0;
+  for (int c = 0; c < CPU_SETSIZE; c++) {
+    if (c != cpu && CPU_ISSET(c, &process_cpus)) others[n++] = c;
+  }
+  for (int i = 1; i <= count; i++) {
+    int tid = atomic_load(&workers[i].tid);
+    if (tid <= 0) continue;
+    CPU_ZERO(&one);
+    CPU_SET(others[(i - 1) % n], &one);
+    sched_setaffinity(tid, sizeof one, &one);
+  }
+  atomic_store(&last_caller_cpu, cpu);
+  atomic_fetch_add(&placements, 1);
+}
+
+// At the end of the pass that pinned: every thread gets its CPUs back.
+static void unpin_after_pass(void) {
+  int count = atomic_load(&started_workers);
+  for (int i = 1; i <= count; i++) {
+    int tid = atomic_load(&workers[i].tid);
+    if (tid > 0) sched_setaffinity(tid, sizeof process_cpus, &process_cpus);
+  }
+  sched_setaffinity(0, sizeof cpus_before, &cpus_before);
+  pinned_here = 0;
+}
+
+void veil_team_hold(int on) {
+  if (on) {
+    int first = atomic_fetch_add(&holds, 1) == 0;
+    if (thread_holds++ == 0 && first && on == 2) pin_for_pass();
+  } else {
+    if (--thread_holds == 0 && pinned_here) unpin_after_pass();
+    atomic_fetch_sub(&holds, 1);
+  }
+}
+
 static void *worker_main(void *arg) {
   int me = (int)(intptr_t)arg;
   Worker *w = &workers[me];
+  atomic_store(&w->tid, (int)syscall(SYS_gettid));
+  atomic_store(&w->cpu, -1);
   unsigned seen = 0;
   for (;;) {
+    atomic_store(&w->idle_since, now_ns());
     wait_change(&w->go, seen, &w->sleeping);
+    atomic_store_explicit(&w->cpu, sched_getcpu(), memory_order_release);
     seen = atomic_load(&w->go);
     team_thread_num = me;
     team_size = w->size;
@@ -252,6 +407,7 @@ static int start_workers(int count) {
     pthread_attr_destroy(&attr);
     if (!ok) break;
     started++;
+    atomic_store(&started_workers, started);
   }
   return started;
 }

@@ -102,9 +102,12 @@ public final class Engine: @unchecked Sendable {
   /// it, and any other thread (a server's workers, a dispatch queue's) starts at every core.
   ///
   /// The team is held meanwhile (`veil_team_hold`): its threads spin between the body's parallel
-  /// regions instead of sleeping, and sleep once the body returns.
+  /// regions instead of sleeping, and sleep once the body returns. A body that starts after a
+  /// few milliseconds of idleness, with a CPU free, runs with the caller and the team's threads
+  /// each pinned to a CPU of its own (a virtual machine's scheduler otherwise stacks them on
+  /// one; CDNNL's team.c, `pin_for_pass`).
   public func onTeam<T>(_ body: () throws -> T) rethrows -> T {
-    veil_team_hold(1)
+    veil_team_hold(2)
     defer { veil_team_hold(0) }
     let want = Int32(threads)
     let before = omp_get_max_threads()

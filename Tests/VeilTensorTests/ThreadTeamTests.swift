@@ -163,4 +163,83 @@ final class ThreadTeamTests: XCTestCase {
     Self.parallel(2) { _ in }
     XCTAssertEqual(veil_team_regions(), regions + 1)
   }
+
+  /// A pass that runs pinned (`veil_team_hold(2)`; every pass in mode 2, the tests'): the
+  /// caller on the CPU it was on, the worker on another, each allowed that one CPU alone; and
+  /// once the pass is over both may run on every CPU they had before. (In a virtual machine the
+  /// scheduler put them on one core after a few milliseconds of idleness, and a pass took twice
+  /// as long; when pinning pays by default is measured in docs/benchmarks.md.) Mode 0 never
+  /// pins.
+  func testAPassAfterIdlenessRunsPinnedThenFreesItsThreads() {
+    let waiting = Engine.threadWaiting
+    defer {
+      Engine.threadWaiting = waiting
+      veil_team_set_placement(1)
+    }
+    Engine.threadWaiting = .standard
+    let cpus = Self.allowedCPUs()
+    Self.parallel(2) { _ in }  // the worker exists
+    struct Seen { var cpu = -1, allowed = -1 }
+    let worker = Mutex(Seen())
+    let caller = Mutex(Seen())
+    // A region in which each thread records where it runs and on how many CPUs it may.
+    func region() {
+      Self.parallel(2) { _ in
+        let seen = Seen(cpu: Self.currentCPU(), allowed: Self.allowedCPUs())
+        if omp_get_thread_num() == 0 { caller.withLock { $0 = seen } } else { worker.withLock { $0 = seen } }
+      }
+    }
+    func pass() {
+      veil_team_hold(2)
+      region()
+      veil_team_hold(0)
+    }
+
+    veil_team_set_placement(0)
+    var before = veil_team_placements()
+    pass()
+    XCTAssertEqual(veil_team_placements(), before, "mode 0 never pins")
+    XCTAssertEqual(caller.withLock { $0.allowed }, cpus)
+
+    veil_team_set_placement(2)
+    before = veil_team_placements()
+    pass()
+    if cpus < 2 {
+      XCTAssertEqual(veil_team_placements(), before, "one CPU: nothing to pin")
+      return
+    }
+    XCTAssertEqual(veil_team_placements(), before + 1, "the pass ran pinned")
+    let (c, w) = (caller.withLock { $0 }, worker.withLock { $0 })
+    XCTAssertEqual(c.allowed, 1, "the caller allowed its CPU alone")
+    XCTAssertEqual(w.allowed, 1, "the worker allowed one CPU alone")
+    XCTAssertNotEqual(w.cpu, c.cpu, "caller and worker on CPUs of their own")
+    var callerCPU: Int32 = -1
+    var workerCPU: Int32 = -1
+    veil_team_last_placement(&callerCPU, &workerCPU)
+    XCTAssertEqual(Int(callerCPU), c.cpu)
+    XCTAssertEqual(Int(workerCPU), w.cpu)
+    // Over: a region outside any pass finds both free again.
+    region()
+    XCTAssertEqual(caller.withLock { $0.allowed }, cpus, "the caller has its CPUs back")
+    XCTAssertEqual(worker.withLock { $0.allowed }, cpus, "the worker may run on every CPU again")
+  }
+
+  /// The CPU the calling thread runs on (field 39, "processor", of /proc/thread-self/stat).
+  static func currentCPU() -> Int {
+    guard let stat = try? String(contentsOfFile: "/proc/thread-self/stat", encoding: .utf8),
+      let close = stat.lastIndex(of: ")")
+    else { return -1 }
+    // Fields from the third ("state") on follow the command name's closing parenthesis.
+    let fields = stat[stat.index(after: close)...].split(separator: " ")
+    return fields.count > 36 ? Int(fields[36]) ?? -1 : -1
+  }
+
+  /// The CPUs the calling thread may run on (Cpus_allowed of /proc/thread-self/status, a hex
+  /// mask).
+  static func allowedCPUs() -> Int {
+    guard let status = try? String(contentsOfFile: "/proc/thread-self/status", encoding: .utf8),
+      let line = status.split(separator: "\n").first(where: { $0.hasPrefix("Cpus_allowed:") })
+    else { return -1 }
+    return line.dropFirst("Cpus_allowed:".count).reduce(0) { n, c in n + (c.hexDigitValue ?? 0).nonzeroBitCount }
+  }
 }

@@ -29,15 +29,24 @@ void GOMP_parallel(void (*fn)(void *), void *data, unsigned num_threads, unsigne
 void GOMP_barrier(void);
 /// Marks a stretch of parallel regions close together (an executor's pass): while any is
 /// held, the team's threads spin between regions for up to `held_ns` each wait before they
-/// sleep; otherwise for `free_ns`. Holds nest and may come from several threads.
+/// sleep; otherwise for `free_ns`. Holds nest and may come from several threads. `on`: 1
+/// holds, 2 holds for one pass, which runs pinned (caller and workers each on a CPU of its own)
+/// when it starts after idleness on a machine with a free CPU (team.c, pin_for_pass), 0
+/// releases.
 void veil_team_hold(int on);
 void veil_team_set_spin(long held_ns, long free_ns);
 /// Parallel regions this process's team has run, and how many threads have gone to sleep
 /// waiting (for tests and benchmarks).
-/// Tests only: the last worker out of a region waits `ns` between leaving it and saying so.
-void veil_team_set_late_worker(long ns);
 unsigned long veil_team_regions(void);
 unsigned long veil_team_sleeps(void);
+/// Tests only: the last worker out of a region waits `ns` between leaving it and saying so.
+void veil_team_set_late_worker(long ns);
+/// Pinning of a pass (veil_team_hold(2); team.c, pin_for_pass): 0 never, 1 when it pays (the
+/// default), 2 every pass (tests). How many passes ran pinned; the caller's CPU in the last of
+/// them, and the CPU the first worker ran its latest region on.
+void veil_team_set_placement(int mode);
+unsigned long veil_team_placements(void);
+void veil_team_last_placement(int *caller_cpu, int *worker_cpu);
 
 /// A float32 descriptor with the plain row-major tag for its rank (a, ab, abc, abcd, ...).
 dnnl_status_t veil_md_plain(dnnl_memory_desc_t *md, int ndims, const int64_t *dims);
