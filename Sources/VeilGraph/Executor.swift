@@ -484,8 +484,7 @@ struct Compiler {
   /// each, constant weights, nothing small enough to run on one thread, and no value between
   /// them that the caller keeps.
   func pointwiseDepthwisePairs(keeping: Set<ValueID>) -> [Int: Int] {
-    var reader: [ValueID: Int] = [:]
-    for (j, m) in graph.nodes.enumerated() { for v in m.inputs { reader[v] = j } }
+    let consumers = graph.consumers()
     let onlyActivations: (Node) -> Bool = { n in
       n.postOps.allSatisfy { if case .activation = $0 { return true } else { return false } }
     }
@@ -495,7 +494,7 @@ struct Compiler {
         a.padsBegin == [0, 0], a.padsEnd == [0, 0], a.groups == 1, onlyActivations(n),
         n.inputs.dropFirst().allSatisfy({ graph.initializers[$0] != nil }),
         let v = n.outputs.first, readers[v] == 1, !graph.outputs.contains(v), !keeping.contains(v),
-        let j = reader[v], j > i, case .conv(let d) = graph.nodes[j].op, graph.nodes[j].inputs[0] == v,
+        let j = consumers[v]?.last, j > i, case .conv(let d) = graph.nodes[j].op, graph.nodes[j].inputs[0] == v,
         onlyActivations(graph.nodes[j]), graph.nodes[j].inputs.dropFirst().allSatisfy({ graph.initializers[$0] != nil }),
         d.kernel == [3, 3], d.strides == [1, 1] || d.strides == [2, 2], d.dilations == [1, 1],
         d.padsBegin == [1, 1], d.padsEnd == [1, 1], shape(v).count == 4, d.groups == shape(v)[1],
