@@ -11,7 +11,8 @@
 /// Veil's own (CDNNL's silu.c, faster than oneDNN's swish, also as a convolution's epilogue).
 /// oneDNN's parallel regions run on Veil's own thread team: CDNNL's team.c defines the OpenMP
 /// entry points oneDNN calls, for the whole process, so that Veil decides how the threads wait
-/// (`Engine.threadWaiting`; they spin only within a pass, `Engine.onTeam`). A kernel states the
+/// (`Engine.threadWaiting`; they spin only within a pass, `Engine.onTeam`, and a pass that starts
+/// after idleness runs with its threads pinned, one to a CPU). A kernel states the
 /// working memory it needs (`Kernel.scratchpadBytes`) and runs in the buffer its executor binds
 /// (`bindScratchpad`), so that an executor holds one for all its kernels. It knows nothing of
 /// graphs, file formats or models, and must not import any other Veil module. Callers describe
