@@ -1,5 +1,6 @@
 import Foundation
 import SwiftProtobuf
+import VeilData
 import VeilGraph
 import VeilServing
 import VeilTensor
@@ -45,7 +46,7 @@ enum ServingTargets {
         _ = try? KServeClient.decode(r)
       }, mutate: Mutators.protobuf),
     FuzzTarget(
-      name: "enclave-request", summary: "EnclaveRequest plaintext: the tensor or the photo's header",
+      name: "enclave-request", summary: "EnclaveRequest plaintext: the tensor, the pixels or the photo's header",
       run: { bytes in
         guard let q = try? EnclaveRequestMessage(serializedBytes: bytes) else { return }
         switch q.input {
@@ -54,6 +55,10 @@ enum ServingTargets {
             fatalError("a tensor of \(x.count) elements passed a limit of \(3 * 224 * 224)")
           }
         case .image(let data): _ = encodedImageSize(data)
+        case .pixels(let p):
+          if let image = try? p.image(width: 224, height: 224), image.pixels.count != 224 * 224 * 3 {
+            fatalError("pixels of \(image.pixels.count) bytes passed the check for 224×224 RGB")
+          }
         case nil: break
         }
       }, mutate: Mutators.protobuf),
@@ -109,6 +114,9 @@ enum ServingTargets {
     var tensorRequest = EnclaveRequestMessage()
     tensorRequest.input = .tensor(TensorMessage(Tensor.randomNormal(shape: [1, 3, 16, 16], generator: &rng)))
     tensorRequest.topK = 5
+    var pixelsRequest = EnclaveRequestMessage()
+    pixelsRequest.input = .pixels(PixelsMessage(try ByteImage(width: 16, height: 16, channels: 3, pixels: (0..<768).map { UInt8($0 % 251) })))
+    pixelsRequest.topK = 1
     var photoRequest = EnclaveRequestMessage()
     photoRequest.input = .image(Data(try Seeds.pngs().first?.1 ?? []))
     photoRequest.topK = 1
@@ -118,7 +126,10 @@ enum ServingTargets {
       ("kserve-answer", answers),
       (
         "enclave-request",
-        [("tensor.pb", try tensorRequest.serializedBytes()), ("photo.pb", try photoRequest.serializedBytes())]
+        [
+          ("tensor.pb", try tensorRequest.serializedBytes()), ("pixels.pb", try pixelsRequest.serializedBytes()),
+          ("photo.pb", try photoRequest.serializedBytes()),
+        ]
       ),
     ]
   }

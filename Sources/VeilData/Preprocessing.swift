@@ -126,7 +126,18 @@ public struct Preprocessing: Codable, Sendable, Equatable {
 
   /// The model input for one photo, a batch of one.
   public func tensor(_ image: ByteImage, maxPixels: Int = ImageCodec.defaultMaxPixels) throws -> Tensor {
-    try geometry(image, maxPixels: maxPixels).tensor(layout: layout, order: channelOrder, normalization: normalization)
+    try tensor(fromCropped: geometry(image, maxPixels: maxPixels))
+  }
+
+  /// The model input for a photo that `geometry` has already resized and cropped (RGB, the
+  /// crop's size): the step left, to floats in the layout and channel order, normalised. The
+  /// two steps may run on different machines (a client and an enclave); the result is the same.
+  public func tensor(fromCropped image: ByteImage) throws -> Tensor {
+    guard image.width == cropWidth, image.height == cropHeight, image.channels == 3 else {
+      throw DataError.invalidArgument(
+        "the cropped photo must be \(cropWidth)×\(cropHeight) RGB, found \(image.width)×\(image.height)×\(image.channels)")
+    }
+    return try image.tensor(layout: layout, order: channelOrder, normalization: normalization)
   }
 
   /// Where torchvision's `CenterCrop` starts a crop of `crop` in `size`: half the difference,

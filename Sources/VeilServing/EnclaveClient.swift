@@ -107,30 +107,37 @@ public final class EnclaveSession: Sendable {
     self.verdict = verdict
   }
 
-  /// Prepares a photo file the way the plan says: the input tensor (client preprocessing) or
-  /// the file's bytes (enclave preprocessing).
+  /// Prepares a photo file the way the plan says: its pixels resized and cropped (client
+  /// preprocessing; the enclave converts and normalises them) or the file's bytes (enclave
+  /// preprocessing).
   public func request(photo url: URL, top: Int, logits: Bool = false) throws -> EnclaveRequestMessage {
-    var r = EnclaveRequestMessage()
-    r.topK = UInt32(max(0, top))
-    r.wantLogits = logits
     switch plan.preprocessing.appliedIn {
     case .enclave:
-      do { r.image = try Data(contentsOf: url) } catch {
+      do { return Self.request(.image(try Data(contentsOf: url)), top: top, logits: logits) } catch {
         throw EnclaveError.io(path: url.path, detail: "cannot read: \(error.localizedDescription)")
       }
     case .client:
       let photo = try ImageCodec.readUpright(url)
-      r.tensor = TensorMessage(try plan.imagePreprocessing.tensor(photo))
+      return Self.request(pixels: try plan.imagePreprocessing.geometry(photo), top: top, logits: logits)
     }
-    return r
+  }
+
+  /// A request carrying a photo resized and cropped as the plan says (`Preprocessing.geometry`;
+  /// plans that preprocess on the client): 3 bytes a pixel on the wire where the tensor takes 12.
+  public static func request(pixels: ByteImage, top: Int, logits: Bool = false) -> EnclaveRequestMessage {
+    request(.pixels(PixelsMessage(pixels)), top: top, logits: logits)
   }
 
   /// A request carrying an input tensor (plans that preprocess on the client).
   public static func request(tensor: Tensor, top: Int, logits: Bool = false) -> EnclaveRequestMessage {
+    request(.tensor(TensorMessage(tensor)), top: top, logits: logits)
+  }
+
+  static func request(_ input: EnclaveRequestMessage.OneOf_Input, top: Int, logits: Bool) -> EnclaveRequestMessage {
     var r = EnclaveRequestMessage()
+    r.input = input
     r.topK = UInt32(max(0, top))
     r.wantLogits = logits
-    r.tensor = TensorMessage(tensor)
     return r
   }
 

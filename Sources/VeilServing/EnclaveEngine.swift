@@ -112,8 +112,15 @@ public final class EnclaveEngine: Sendable {
       } catch {
         throw EnclaveError.invalidInput("\(error)")
       }
+    case .pixels(let px):
+      guard p.preprocessing.appliedIn == .client else {
+        throw EnclaveError.invalidInput(
+          "this plan preprocesses in the enclave: send the encoded photo (PNG/JPEG), not its pixels")
+      }
+      let image = try px.image(width: preprocessing.cropWidth, height: preprocessing.cropHeight)
+      do { x = try preprocessing.tensor(fromCropped: image) } catch { throw EnclaveError.invalidInput("\(error)") }
     case nil:
-      throw EnclaveError.invalidInput("the request carries neither a tensor nor a photo")
+      throw EnclaveError.invalidInput("the request carries neither a tensor, nor pixels, nor a photo")
     }
     guard x.shape == p.input.shape else {
       throw EnclaveError.invalidInput(

@@ -1,5 +1,6 @@
 import Foundation
 import SwiftProtobuf
+import VeilData
 import VeilTEE
 import VeilTensor
 
@@ -9,6 +10,32 @@ public typealias EnclaveResponseMessage = Veil_Enclave_V1_EnclaveResponse
 public typealias EnclaveResultMessage = Veil_Enclave_V1_EnclaveResult
 public typealias EnclaveStagesMessage = Veil_Enclave_V1_EnclaveStages
 public typealias TensorMessage = Veil_Enclave_V1_Tensor
+public typealias PixelsMessage = Veil_Enclave_V1_Pixels
+
+extension Veil_Enclave_V1_Pixels {
+  /// An RGB image's samples (`Preprocessing.geometry` gives RGB; an image of another channel
+  /// count has the wrong byte count, which the enclave refuses).
+  public init(_ image: ByteImage) {
+    self.init()
+    width = UInt32(image.width)
+    height = UInt32(image.height)
+    rgb = Data(image.pixels)
+  }
+
+  /// The image, checked against the size a plan's resize and crop give (`width × height`, 3
+  /// bytes a pixel) before anything is allocated.
+  public func image(width w: Int, height h: Int) throws -> ByteImage {
+    guard Int(width) == w, Int(height) == h else {
+      throw EnclaveError.invalidInput(
+        "the plan's photos are \(w)×\(h) after its resize and crop, the request's pixels are \(width)×\(height)")
+    }
+    let (bytes, overflow) = w.multipliedReportingOverflow(by: h * 3)
+    guard !overflow, rgb.count == bytes else {
+      throw EnclaveError.invalidInput("\(w)×\(h) RGB pixels take \(bytes) bytes, the request carries \(rgb.count)")
+    }
+    return try ByteImage(width: w, height: h, channels: 3, pixels: [UInt8](rgb))
+  }
+}
 
 extension Veil_Enclave_V1_Tensor {
   /// float32 little-endian, row-major.

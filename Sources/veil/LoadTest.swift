@@ -61,6 +61,10 @@ struct LoadTest: AsyncParsableCommand {
   var gapMs: Double = 0
   @Argument(help: "Photos (.png, .jpg), sent in turn.")
   var images: [String]
+  @Flag(
+    help:
+      "Plans that preprocess on the client: send the input tensor (4 bytes a value) instead of the resized and cropped pixels (1 byte), as clients before the pixels field did.")
+  var sendTensor = false
   @Flag(help: "Print one JSON document.")
   var json = false
   @Flag(help: "Also print where each request's time went, stage by stage (client, enclave, accelerator, wire).")
@@ -175,7 +179,8 @@ struct LoadTest: AsyncParsableCommand {
       )
     }
     let preprocessing = try plan.imagePreprocessing
-    let inputs = try images.map { try preprocessing.tensor(ImageCodec.readUpright(URL(fileURLWithPath: $0))) }
+    let cropped = try images.map { try preprocessing.geometry(ImageCodec.readUpright(URL(fileURLWithPath: $0))) }
+    let inputs = try cropped.map { try preprocessing.tensor(fromCropped: $0) }
     let exec = try Executor(graph: whole)
     let references = try inputs.map { try exec.run([$0])[0].scalars }
     let requestsPerImage: [EnclaveRequestMessage] = try images.indices.map { i in
@@ -183,8 +188,10 @@ struct LoadTest: AsyncParsableCommand {
       if plan.preprocessing.appliedIn == .enclave {
         r = EnclaveRequestMessage()
         r.image = try Data(contentsOf: URL(fileURLWithPath: images[i]))
-      } else {
+      } else if sendTensor {
         r = EnclaveSession.request(tensor: inputs[i], top: 0)
+      } else {
+        r = EnclaveSession.request(pixels: cropped[i], top: 0)
       }
       r.wantLogits = true
       r.topK = 1

@@ -73,6 +73,17 @@ enum EnclaveFixture {
     return try plan.imagePreprocessing.tensor(d.byteImage().oriented(exif: d.orientation))
   }
 
+  /// Sends `request` and expects an invalid-input answer whose message names `naming`.
+  static func expectRefusal(_ session: EnclaveSession, _ request: EnclaveRequestMessage, _ what: String, naming: String) async throws {
+    do {
+      _ = try await session.infer(request)
+      XCTFail("\(what) accepted")
+    } catch EnclaveError.remote(let kind, let message) {
+      XCTAssertEqual(kind, .invalidInput, what)
+      XCTAssertTrue(message.contains(naming), "\(what): \(message)")
+    }
+  }
+
   /// Largest logit difference relative to max(1, largest |reference|).
   static func relativeError(_ a: [Float], _ ref: [Float]) -> Float {
     let scale = max(1, ref.map(abs).max() ?? 1)

@@ -1,6 +1,7 @@
 import Foundation
 import GRPCCore
 import GRPCNIOTransportHTTP2
+import VeilData
 import VeilServing
 import VeilTEE
 import VeilTensor
@@ -36,6 +37,49 @@ final class EnclaveServiceTests: XCTestCase {
       XCTAssertEqual(answer.top.map(\.index), best.map(\.index))
       XCTAssertEqual(answer.top.first?.label, "class \(best[0].index)")
       XCTAssertEqual(answer.accelerator, "in-process")
+    }
+  }
+
+  /// A client-preprocessed photo sent as its pixels (3 bytes each) and as the input tensor (12)
+  /// gets the same logits, to the bit. Pixels of another size or length, or sent to a plan that
+  /// preprocesses in the enclave, are refused as invalid input, and the session serves on.
+  func testPixelsAndTheTensorGetTheSameAnswerAndBadPixelsAreRefused() async throws {
+    let plan = try EnclaveFixture.plan(.client)
+    let decoded = try ImageCodec.decode(try EnclaveFixture.photo(seed: 3), name: "test photo")
+    let preprocessing = try plan.plan.imagePreprocessing
+    let cropped = try preprocessing.geometry(decoded.byteImage().oriented(exif: decoded.orientation))
+    let tensor = try preprocessing.tensor(fromCropped: cropped)
+    try await withEnclave(plan: plan) { _, endpoint in
+      try await EnclaveClient.with(endpoint, verifier: try EnclaveFixture.verifier()) { client in
+        let session = try await client.session()
+        let byPixels = try await session.infer(EnclaveSession.request(pixels: cropped, top: 3, logits: true))
+        let byTensor = try await session.infer(EnclaveSession.request(tensor: tensor, top: 3, logits: true))
+        XCTAssertEqual(try XCTUnwrap(byPixels.logits).scalars, try XCTUnwrap(byTensor.logits).scalars)
+        XCTAssertEqual(byPixels.top.map(\.index), byTensor.top.map(\.index))
+
+        var wider = EnclaveSession.request(pixels: cropped, top: 1)
+        wider.pixels.width += 1
+        try await EnclaveFixture.expectRefusal(session, wider, "pixels one column wider", naming: "\(cropped.width + 1)×\(cropped.height)")
+        var huge = EnclaveSession.request(pixels: cropped, top: 1)
+        huge.pixels.height = UInt32.max
+        try await EnclaveFixture.expectRefusal(session, huge, "a height of 2^32 - 1", naming: "\(UInt32.max)")
+        var short = EnclaveSession.request(pixels: cropped, top: 1)
+        short.pixels.rgb.removeLast()
+        try await EnclaveFixture.expectRefusal(session, short, "a byte short", naming: "\(cropped.width * cropped.height * 3 - 1)")
+
+        let again = try await session.infer(EnclaveSession.request(pixels: cropped, top: 3, logits: true))
+        XCTAssertEqual(try XCTUnwrap(again.logits).scalars, try XCTUnwrap(byPixels.logits).scalars, "the session serves on")
+        try await session.close()
+      }
+    }
+    try await withEnclave(plan: try EnclaveFixture.plan(.enclave)) { _, endpoint in
+      try await EnclaveClient.with(endpoint, verifier: try EnclaveFixture.verifier()) { client in
+        let session = try await client.session()
+        try await EnclaveFixture.expectRefusal(
+          session, EnclaveSession.request(pixels: cropped, top: 1), "pixels to a plan that preprocesses in the enclave",
+          naming: "send the encoded photo")
+        try await session.close()
+      }
     }
   }
 

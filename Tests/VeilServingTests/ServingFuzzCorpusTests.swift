@@ -51,6 +51,7 @@ final class ServingFuzzCorpusTests: XCTestCase {
       case .tensor(let t): _ = try t.tensor(maxElements: 3 * 224 * 224)
       case .image(let data):
         guard case .size = encodedImageSize(data) else { throw CocoaError(.fileReadCorruptFile) }
+      case .pixels(let p): _ = try p.image(width: Int(p.width), height: Int(p.height))
       case nil: throw CocoaError(.fileReadCorruptFile)
       }
     }

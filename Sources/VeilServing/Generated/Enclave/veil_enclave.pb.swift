@@ -171,6 +171,16 @@ public nonisolated struct Veil_Enclave_V1_EnclaveRequest: Sendable {
     set {input = .image(newValue)}
   }
 
+  /// The photo already resized and cropped as the plan says, 8-bit RGB (plans that preprocess
+  /// on the client): a quarter of the tensor's bytes; the enclave converts and normalises it.
+  public var pixels: Veil_Enclave_V1_Pixels {
+    get {
+      if case .pixels(let v)? = input {return v}
+      return Veil_Enclave_V1_Pixels()
+    }
+    set {input = .pixels(newValue)}
+  }
+
   /// How many top classes to return (0: none, only the logits).
   public var topK: UInt32 = 0
 
@@ -184,8 +194,28 @@ public nonisolated struct Veil_Enclave_V1_EnclaveRequest: Sendable {
     case tensor(Veil_Enclave_V1_Tensor)
     /// PNG or JPEG bytes (plans that preprocess in the enclave).
     case image(Data)
+    /// The photo already resized and cropped as the plan says, 8-bit RGB (plans that preprocess
+    /// on the client): a quarter of the tensor's bytes; the enclave converts and normalises it.
+    case pixels(Veil_Enclave_V1_Pixels)
 
   }
+
+  public init() {}
+}
+
+/// An image of 8-bit RGB samples, row-major, interleaved (height × width × 3 bytes).
+public nonisolated struct Veil_Enclave_V1_Pixels: Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  public var width: UInt32 = 0
+
+  public var height: UInt32 = 0
+
+  public var rgb: Data = Data()
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
 
   public init() {}
 }
@@ -611,7 +641,7 @@ nonisolated extension Veil_Enclave_V1_DeploymentInfo: SwiftProtobuf.Message, Swi
 
 nonisolated extension Veil_Enclave_V1_EnclaveRequest: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".EnclaveRequest"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}tensor\0\u{1}image\0\u{3}top_k\0\u{3}want_logits\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}tensor\0\u{1}image\0\u{3}top_k\0\u{3}want_logits\0\u{1}pixels\0")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -642,6 +672,19 @@ nonisolated extension Veil_Enclave_V1_EnclaveRequest: SwiftProtobuf.Message, Swi
       }()
       case 3: try { try decoder.decodeSingularUInt32Field(value: &self.topK) }()
       case 4: try { try decoder.decodeSingularBoolField(value: &self.wantLogits) }()
+      case 5: try {
+        var v: Veil_Enclave_V1_Pixels?
+        var hadOneofValue = false
+        if let current = self.input {
+          hadOneofValue = true
+          if case .pixels(let m) = current {v = m}
+        }
+        try decoder.decodeSingularMessageField(value: &v)
+        if let v = v {
+          if hadOneofValue {try decoder.handleConflictingOneOf()}
+          self.input = .pixels(v)
+        }
+      }()
       default: break
       }
     }
@@ -661,7 +704,7 @@ nonisolated extension Veil_Enclave_V1_EnclaveRequest: SwiftProtobuf.Message, Swi
       guard case .image(let v)? = self.input else { preconditionFailure() }
       try visitor.visitSingularBytesField(value: v, fieldNumber: 2)
     }()
-    case nil: break
+    default: break
     }
     if self.topK != 0 {
       try visitor.visitSingularUInt32Field(value: self.topK, fieldNumber: 3)
@@ -669,6 +712,9 @@ nonisolated extension Veil_Enclave_V1_EnclaveRequest: SwiftProtobuf.Message, Swi
     if self.wantLogits != false {
       try visitor.visitSingularBoolField(value: self.wantLogits, fieldNumber: 4)
     }
+    try { if case .pixels(let v)? = self.input {
+      try visitor.visitSingularMessageField(value: v, fieldNumber: 5)
+    } }()
     try unknownFields.traverse(visitor: &visitor)
   }
 
@@ -676,6 +722,46 @@ nonisolated extension Veil_Enclave_V1_EnclaveRequest: SwiftProtobuf.Message, Swi
     if lhs.input != rhs.input {return false}
     if lhs.topK != rhs.topK {return false}
     if lhs.wantLogits != rhs.wantLogits {return false}
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
+nonisolated extension Veil_Enclave_V1_Pixels: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".Pixels"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}width\0\u{1}height\0\u{1}rgb\0")
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    while let fieldNumber = try decoder.nextFieldNumber() {
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every case branch when no optimizations are
+      // enabled. https://github.com/apple/swift-protobuf/issues/1034
+      switch fieldNumber {
+      case 1: try { try decoder.decodeSingularUInt32Field(value: &self.width) }()
+      case 2: try { try decoder.decodeSingularUInt32Field(value: &self.height) }()
+      case 3: try { try decoder.decodeSingularBytesField(value: &self.rgb) }()
+      default: break
+      }
+    }
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    if self.width != 0 {
+      try visitor.visitSingularUInt32Field(value: self.width, fieldNumber: 1)
+    }
+    if self.height != 0 {
+      try visitor.visitSingularUInt32Field(value: self.height, fieldNumber: 2)
+    }
+    if !self.rgb.isEmpty {
+      try visitor.visitSingularBytesField(value: self.rgb, fieldNumber: 3)
+    }
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: Veil_Enclave_V1_Pixels, rhs: Veil_Enclave_V1_Pixels) -> Bool {
+    if lhs.width != rhs.width {return false}
+    if lhs.height != rhs.height {return false}
+    if lhs.rgb != rhs.rgb {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }
