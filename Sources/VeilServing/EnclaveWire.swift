@@ -29,8 +29,9 @@ extension Veil_Enclave_V1_Pixels {
       throw EnclaveError.invalidInput(
         "the plan's photos are \(w)×\(h) after its resize and crop, the request's pixels are \(width)×\(height)")
     }
-    let (bytes, overflow) = w.multipliedReportingOverflow(by: h * 3)
-    guard !overflow, rgb.count == bytes else {
+    let (row, o1) = w.multipliedReportingOverflow(by: 3)
+    let (bytes, o2) = row.multipliedReportingOverflow(by: h)
+    guard !o1, !o2, rgb.count == bytes else {
       throw EnclaveError.invalidInput("\(w)×\(h) RGB pixels take \(bytes) bytes, the request carries \(rgb.count)")
     }
     return try ByteImage(width: w, height: h, channels: 3, pixels: [UInt8](rgb))

@@ -72,8 +72,9 @@ struct Infer: AsyncParsableCommand {
       Connects to `veil enclave serve`, completes the attested handshake and checks the
       enclave's evidence against --policy before anything else is sent (simulated evidence is
       refused unless the policy sets allow_simulation). The enclave then tells, inside the
-      channel, how the plan preprocesses: on the client (the photo becomes the model's input
-      tensor here, at the plan's size and preset) or in the enclave (the encoded photo is sent).
+      channel, how the plan preprocesses: on the client (the photo is resized and cropped here,
+      to the plan's size, and its 8-bit pixels are sent; the enclave applies the preset's
+      normalisation) or in the enclave (the encoded photo is sent).
       Each answer lists the top classes with the plan's labels when it has them.
 
       Several enclave replicas (--enclave repeated or comma-separated): the session opens on
