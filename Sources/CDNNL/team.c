@@ -305,13 +305,15 @@ static int idle_cpu_likely(void) {
   return strtol(p, NULL, 10) <= process_cpu_count;
 }
 
-// At the start of a pass (the first hold): pins the caller to its CPU and each worker to one
-// of the others, when the mode says so.
+// At the start of a pass (the first hold): pins the caller to its CPU and each worker of its
+// team (the calling thread's count) to one of the others, when the mode says so.
 static void pin_for_pass(void) {
   int mode = placement_mode();
   if (mode == 0) return;
   pthread_once(&settings_once, read_settings);
   int count = atomic_load(&started_workers);
+  int team = omp_get_max_threads();
+  if (team - 1 < count) count = team - 1;
   if (process_cpu_count < 2 || count < 1) return;
   if (mode == 1) {
     uint64_t now = now_ns();
@@ -403,6 +405,10 @@ static int start_workers(int count) {
     pthread_attr_t attr;
     pthread_attr_init(&attr);
     pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
+    // The process's CPUs, not its creator's: a worker started during a pinned pass would
+    // otherwise inherit the caller's single CPU.
+    pthread_once(&settings_once, read_settings);
+    if (process_cpu_count > 0) pthread_attr_setaffinity_np(&attr, sizeof process_cpus, &process_cpus);
     int ok = pthread_create(&t, &attr, worker_main, (void *)(intptr_t)(started + 1)) == 0;
     pthread_attr_destroy(&attr);
     if (!ok) break;

@@ -107,13 +107,13 @@ public final class Engine: @unchecked Sendable {
   /// each pinned to a CPU of its own (a virtual machine's scheduler otherwise stacks them on
   /// one; CDNNL's team.c, `pin_for_pass`).
   public func onTeam<T>(_ body: () throws -> T) rethrows -> T {
-    veil_team_hold(2)
-    defer { veil_team_hold(0) }
     let want = Int32(threads)
     let before = omp_get_max_threads()
-    guard before != want else { return try body() }
-    omp_set_num_threads(want)
-    defer { omp_set_num_threads(before) }
+    if before != want { omp_set_num_threads(want) }
+    defer { if before != want { omp_set_num_threads(before) } }
+    // After the count: the pass pins only the threads its team will use.
+    veil_team_hold(2)
+    defer { veil_team_hold(0) }
     return try body()
   }
 
