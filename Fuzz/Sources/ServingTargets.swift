@@ -44,6 +44,12 @@ enum ServingTargets {
           }
         }
         _ = try? KServeClient.decode(r)
+        // The accelerator's account of its time, as the client reads it with the call it timed.
+        if let t = KServeServerTiming(parameters: r.parameters, withinMs: 1000) {
+          guard t.queueMs.isFinite, t.computeMs.isFinite, t.queueMs >= 0, t.computeMs >= 0, t.queueMs + t.computeMs <= 1000 else {
+            fatalError("a server timing that cannot be true was kept: \(t)")
+          }
+        }
       }, mutate: Mutators.protobuf),
     FuzzTarget(
       name: "enclave-request", summary: "EnclaveRequest plaintext: the tensor, the pixels or the photo's header",

@@ -40,6 +40,18 @@ public enum SchedulerError: Error, CustomStringConvertible, Sendable, Equatable 
   }
 }
 
+/// A request's answer from the scheduler: its outputs, and where its time went on the worker.
+public struct ScheduledRun: Sendable {
+  public var outputs: [Tensor]
+  /// From the request's arrival in the queue to the start of the run that took it, ms.
+  public var queueMs: Double
+  /// That run (compiling an executor for a new batch size included), ms: shared with the other
+  /// requests of its batch.
+  public var computeMs: Double
+  /// The rows of that run (this request's and its batch companions').
+  public var batchRows: Int
+}
+
 /// The bounded queue and worker thread of one model version. Only the worker runs the
 /// executors; the queue's state is guarded by `condition`, the executor cache by its lock.
 final class BatchScheduler: @unchecked Sendable {
@@ -49,10 +61,10 @@ final class BatchScheduler: @unchecked Sendable {
     let rows: Int
     let deadline: UInt64?
     let enqueued: UInt64
-    let continuation: CheckedContinuation<[Tensor], any Error>
+    let continuation: CheckedContinuation<ScheduledRun, any Error>
     init(
       id: Int, inputs: [Tensor], rows: Int, deadline: UInt64?, enqueued: UInt64,
-      continuation: CheckedContinuation<[Tensor], any Error>
+      continuation: CheckedContinuation<ScheduledRun, any Error>
     ) {
       self.id = id
       self.inputs = inputs
@@ -158,14 +170,14 @@ final class BatchScheduler: @unchecked Sendable {
     return e
   }
 
-  func submit(_ inputs: [Tensor], deadline: UInt64?) async throws -> [Tensor] {
+  func submit(_ inputs: [Tensor], deadline: UInt64?) async throws -> ScheduledRun {
     let rows = batches ? (inputs.first?.shape.first ?? 1) : 1
     guard rows <= batching.maxBatchSize else {
       throw SchedulerError.batchTooLarge(model: model, version: version, rows: rows, max: batching.maxBatchSize)
     }
     let ticket = Ticket()
     return try await withTaskCancellationHandler {
-      try await withCheckedThrowingContinuation { (c: CheckedContinuation<[Tensor], any Error>) in
+      try await withCheckedThrowingContinuation { (c: CheckedContinuation<ScheduledRun, any Error>) in
         condition.lock()
         if ticket.cancelled {
           condition.unlock()
@@ -290,19 +302,26 @@ final class BatchScheduler: @unchecked Sendable {
 
   private func run(_ jobs: [Job], rows: Int) {
     do {
-      let outputs: [Tensor]
+      let start = DispatchTime.now().uptimeNanoseconds
+      let answer = { (job: Job, outputs: [Tensor], end: UInt64) in
+        ScheduledRun(
+          outputs: outputs, queueMs: Double(start &- min(job.enqueued, start)) / 1e6,
+          computeMs: Double(end &- start) / 1e6, batchRows: rows)
+      }
       if jobs.count == 1 {
-        outputs = try executor(batch: batches ? rows : 1).run(jobs[0].inputs)
+        let outputs = try executor(batch: batches ? rows : 1).run(jobs[0].inputs)
+        let end = DispatchTime.now().uptimeNanoseconds
         metrics?.batch(model: model, rows: rows)
-        jobs[0].continuation.resume(returning: outputs)
+        jobs[0].continuation.resume(returning: answer(jobs[0], outputs, end))
         return
       }
       let inputs = try jobs[0].inputs.indices.map { i in try Self.concatenate(jobs.map { $0.inputs[i] }) }
-      outputs = try executor(batch: rows).run(inputs)
+      let outputs = try executor(batch: rows).run(inputs)
+      let end = DispatchTime.now().uptimeNanoseconds
       metrics?.batch(model: model, rows: rows)
       var offset = 0
       for job in jobs {
-        job.continuation.resume(returning: outputs.map { Self.rows($0, from: offset, count: job.rows) })
+        job.continuation.resume(returning: answer(job, outputs.map { Self.rows($0, from: offset, count: job.rows) }, end))
         offset += job.rows
       }
     } catch {

@@ -260,6 +260,10 @@ public final class EnclaveEngine: Sendable {
         stages.tailEncodeMs = t.encodeMs
         stages.tailCallMs = t.callMs
         stages.tailDecodeMs = t.decodeMs
+        if let server = t.server {
+          stages.tailQueueMs = server.queueMs
+          stages.tailComputeMs = server.computeMs
+        }
       } else {
         stages.tailCallMs = r.tailMs
       }

@@ -182,7 +182,10 @@ public final class KServeClient: Sendable {
     let t2 = DispatchTime.now()
     do {
       var result = try Self.decode(response, expecting: expecting)
-      result.timing = CallTiming(encodeMs: ms(t0, t1), callMs: ms(t1, t2), decodeMs: ms(t2, DispatchTime.now()))
+      let callMs = ms(t1, t2)
+      result.timing = CallTiming(
+        encodeMs: ms(t0, t1), callMs: callMs, decodeMs: ms(t2, DispatchTime.now()),
+        server: KServeServerTiming(parameters: response.parameters, withinMs: callMs))
       return result
     } catch let e as KServeError {
       throw KServeError(kind: e.kind, call: "ModelInfer", endpoint: endpoint.description, status: e.status, message: e.message)

@@ -126,6 +126,11 @@ public final class KServeModel: Sendable {
   /// `SchedulerError`: `queueFull`, `deadlineExceeded` when `deadline` (uptime nanoseconds)
   /// passes before the run starts, `batchTooLarge`, `shuttingDown`, `cancelled`, `runFailed`.
   public func infer(_ inputs: [Tensor], deadline: UInt64? = nil) async throws -> [Tensor] {
+    try await scheduler.submit(inputs, deadline: deadline).outputs
+  }
+
+  /// `infer`, with the time the request waited in the queue and the time its run took.
+  public func timedInfer(_ inputs: [Tensor], deadline: UInt64? = nil) async throws -> ScheduledRun {
     try await scheduler.submit(inputs, deadline: deadline)
   }
 

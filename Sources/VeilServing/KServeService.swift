@@ -198,8 +198,11 @@ public struct AcceleratorService: Inference_GRPCInferenceService.ServiceProtocol
       let (inputs, raw) = try Self.decodeInputs(q, for: m)
       let wanted = try Self.requestedOutputs(q, for: m)
       // A call the client abandons leaves the queue unrun (or its run's answer unsent).
-      let outputs = try await cancelledWithTheCall(unless: draining) { try await m.infer(inputs, deadline: deadline) }
+      let run = try await cancelledWithTheCall(unless: draining) { try await m.timedInfer(inputs, deadline: deadline) }
+      let outputs = run.outputs
       var r = Inference_ModelInferResponse()
+      // Where the request's time went here, for the caller's breakdown (`KServeServerTiming`).
+      r.parameters = KServeServerTiming(queueMs: run.queueMs, computeMs: run.computeMs).parameters
       r.modelName = m.name
       r.modelVersion = m.version
       r.id = q.id

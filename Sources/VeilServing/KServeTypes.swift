@@ -291,15 +291,60 @@ public enum KServeCodec {
 
 /// The stages of one inference call, in ms: encoding the request, the call (the wire both ways
 /// and the server's queue and compute), decoding the answer. A model run in process has only
-/// the call.
+/// the call, which is all compute.
+///
+/// `server` is the part of the call the server says it spent queued and computing, where it
+/// says so (`KServeServerTiming`): Veil's accelerator does, other KServe v2 servers do not. It
+/// comes from the server, which the caller does not trust: it is for breakdowns and metrics,
+/// never for a decision, and the client keeps it only when it fits inside the call it measured.
 public struct CallTiming: Sendable, Equatable {
   public var encodeMs: Double
   public var callMs: Double
   public var decodeMs: Double
+  public var server: KServeServerTiming?
 
-  public init(encodeMs: Double, callMs: Double, decodeMs: Double) {
+  public init(encodeMs: Double, callMs: Double, decodeMs: Double, server: KServeServerTiming? = nil) {
     self.encodeMs = encodeMs
     self.callMs = callMs
     self.decodeMs = decodeMs
+    self.server = server
+  }
+}
+
+/// Where a request's time went inside a KServe v2 server, in ms, as Veil's accelerator reports
+/// it in its ModelInfer answers' parameters (`veil_queue_ms`, `veil_compute_ms`, doubles): the
+/// wait in the model's queue, and the run that took the request (shared with its batch).
+public struct KServeServerTiming: Sendable, Equatable {
+  public static let queueParameter = "veil_queue_ms"
+  public static let computeParameter = "veil_compute_ms"
+
+  public var queueMs: Double
+  public var computeMs: Double
+
+  public init(queueMs: Double, computeMs: Double) {
+    self.queueMs = queueMs
+    self.computeMs = computeMs
+  }
+
+  /// The answer's parameters that carry it.
+  public var parameters: [String: Inference_InferParameter] {
+    func double(_ v: Double) -> Inference_InferParameter {
+      var p = Inference_InferParameter()
+      p.doubleParam = v
+      return p
+    }
+    return [Self.queueParameter: double(queueMs), Self.computeParameter: double(computeMs)]
+  }
+
+  /// The timing in an answer's `parameters`, or nil when they do not hold both as doubles, or
+  /// hold a negative, infinite or NaN value, or add up to more than `withinMs` (the call as the
+  /// client measured it, which contains the server's part): a server's claim is kept only when
+  /// it could be true.
+  public init?(parameters: [String: Inference_InferParameter], withinMs: Double) {
+    guard case .doubleParam(let q)? = parameters[Self.queueParameter]?.parameterChoice,
+      case .doubleParam(let c)? = parameters[Self.computeParameter]?.parameterChoice,
+      q.isFinite, c.isFinite, q >= 0, c >= 0, q + c <= withinMs
+    else { return nil }
+    self.init(queueMs: q, computeMs: c)
   }
 }

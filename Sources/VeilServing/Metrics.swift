@@ -24,7 +24,8 @@ let stageBuckets: [Duration] = [
 /// The enclave service's metrics in a Prometheus registry of its own: requests, handshakes,
 /// errors by kind (one counter per `EnclaveErrorKind`, each under its own name), request, head
 /// and tail latency, every stage of a request (`veil_enclave_stage_duration_seconds{stage=…}`:
-/// open, decode, head, defence, tail_encode, tail_call, tail_decode, answer, seal), open sessions. The
+/// open, decode, head, defence, tail_encode, tail_call, tail_decode, answer, seal; and, within
+/// tail_call, tail_queue and tail_compute where the accelerator reports them), open sessions. The
 /// enclave server serves them at /metrics.
 public final class EnclaveMetrics: Sendable {
   public let registry: PrometheusCollectorRegistry
@@ -38,11 +39,15 @@ public final class EnclaveMetrics: Sendable {
   private let stageTimers: [String: CoreMetrics.Timer]
 
   /// The stages an answer reports, in the order a request goes through them; the answer's
-  /// seal, which happens after they are written, is counted on its own as `seal`.
-  public static let answerStages: [(name: String, ms: @Sendable (EnclaveStagesMessage) -> Double)] = [
+  /// seal, which happens after they are written, is counted on its own as `seal`. tail_queue and
+  /// tail_compute are parts of tail_call, counted only for answers whose accelerator reported
+  /// them (nil otherwise).
+  public static let answerStages: [(name: String, ms: @Sendable (EnclaveStagesMessage) -> Double?)] = [
     ("open", { $0.openMs }), ("decode", { $0.decodeMs }), ("head", { $0.headMs }), ("defence", { $0.defenceMs }),
     ("tail_encode", { $0.tailEncodeMs }),
-    ("tail_call", { $0.tailCallMs }), ("tail_decode", { $0.tailDecodeMs }), ("answer", { $0.answerMs }),
+    ("tail_call", { $0.tailCallMs }), ("tail_queue", { $0.hasTailQueueMs ? $0.tailQueueMs : nil }),
+    ("tail_compute", { $0.hasTailComputeMs ? $0.tailComputeMs : nil }),
+    ("tail_decode", { $0.tailDecodeMs }), ("answer", { $0.answerMs }),
   ]
   public static let stageNames = answerStages.map(\.name) + ["seal"]
 
@@ -82,7 +87,9 @@ public final class EnclaveMetrics: Sendable {
     let s = r.stages
     headLatency.recordNanoseconds(Int64(r.headMs * 1e6))
     tailLatency.recordNanoseconds(Int64(r.tailMs * 1e6))
-    for (name, ms) in Self.answerStages { stageTimers[name]?.recordNanoseconds(Int64(ms(s) * 1e6)) }
+    for (name, ms) in Self.answerStages {
+      if let v = ms(s) { stageTimers[name]?.recordNanoseconds(Int64(v * 1e6)) }
+    }
   }
 
   func seal(ms: Double) { stageTimers["seal"]?.recordNanoseconds(Int64(ms * 1e6)) }

@@ -65,8 +65,10 @@ public final class LocalTailBackend: TailBackend {
     let executor = self.executor
     let t0 = DispatchTime.now()
     let output = try await runBlocking(on: queue) { try executor.run(inputs)[0] }
+    let ran = ms(t0, DispatchTime.now())
     return TailAnswer(
-      output: output, endpoint: endpoint, timing: CallTiming(encodeMs: 0, callMs: ms(t0, DispatchTime.now()), decodeMs: 0))
+      output: output, endpoint: endpoint,
+      timing: CallTiming(encodeMs: 0, callMs: ran, decodeMs: 0, server: KServeServerTiming(queueMs: 0, computeMs: ran)))
   }
 }
 

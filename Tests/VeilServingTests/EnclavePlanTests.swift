@@ -122,6 +122,11 @@ final class EnclavePlanTests: XCTestCase {
       try await client.session().infer(EnclaveSession.request(tensor: x, top: 1))
     }
     XCTAssertEqual(answer.accelerator, "127.0.0.1:\(accelerator.port)")
+    // The accelerator's account of the tail call reaches the client, within the call's time.
+    let stages = try XCTUnwrap(answer.stages)
+    XCTAssertTrue(stages.hasTailQueueMs && stages.hasTailComputeMs, "\(stages)")
+    XCTAssertGreaterThan(stages.tailComputeMs, 0)
+    XCTAssertLessThanOrEqual(stages.tailQueueMs + stages.tailComputeMs, stages.tailCallMs)
     try await accelerator.stop()
   }
 }

@@ -109,6 +109,9 @@ final class EnclaveServiceTests: XCTestCase {
       XCTAssertGreaterThan(s.decodeMs, 0, "the photo is decoded in the enclave")
       XCTAssertGreaterThan(s.headMs, 0)
       XCTAssertGreaterThan(s.tailCallMs, 0, "the in-process tail's run is its call")
+      XCTAssertTrue(s.hasTailQueueMs && s.hasTailComputeMs, "an in-process tail accounts for its call")
+      XCTAssertEqual(s.tailComputeMs, s.tailCallMs)
+      XCTAssertEqual(s.tailQueueMs, 0)
       XCTAssertEqual(s.headMs, a.headMs)
       // The enclave's stages after the open are within its total, and all within the round trip.
       XCTAssertLessThanOrEqual(parts.dropFirst().reduce(0, +), a.enclaveMs + 1e-6)

@@ -116,6 +116,8 @@ final class KServeInteropTests: XCTestCase {
       XCTAssertEqual(theirs.outputs.map(\.name), ours.outputs.map(\.name))
       XCTAssertEqual(theirs.outputs[0].tensor.shape, [1, 4])
       XCTAssertLessThanOrEqual(KServeFixtures.maxDifference(theirs.outputs[0].tensor, ours.outputs[0].tensor), 1e-5, "\(encoding)")
+      XCTAssertNil(theirs.timing?.server, "MLServer gives no account of its time")
+      XCTAssertNotNil(ours.timing?.server, "Veil's accelerator does")
     }
     // Its errors come back typed too.
     do {

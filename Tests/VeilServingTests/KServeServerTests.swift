@@ -211,6 +211,59 @@ final class KServeServerTests: XCTestCase {
     try await s.stop()
   }
 
+  /// Each answer says where its time went in the server (its parameters `veil_queue_ms` and
+  /// `veil_compute_ms`), and the client reads the account into the call's timing.
+  func testAnswersSayWhereTheirTimeWentInTheServer() async throws {
+    // A model that waits for company even when idle holds a lone request for its whole delay.
+    let spec = KServeModelSpec(
+      name: "tiny", graph: KServeFixtures.tinyModel(),
+      batching: KServeBatching(maxBatchSize: 8, maxQueueDelay: .milliseconds(300), queueCapacity: 8, waitsWhenIdle: true))
+    let s = try await RunningServer([spec])
+    let x = [KServeTensor(name: "features", tensor: KServeFixtures.input([1, 3, 8, 8], seed: 1))]
+    let r = try await s.client.infer(model: "tiny", inputs: x)
+    let timing = try XCTUnwrap(r.timing)
+    let server = try XCTUnwrap(timing.server, "Veil's accelerator gives its account")
+    XCTAssertGreaterThanOrEqual(server.queueMs, 299, "the request waited out the 300 ms delay in the queue")
+    XCTAssertGreaterThan(server.computeMs, 0)
+    XCTAssertLessThanOrEqual(server.queueMs + server.computeMs, timing.callMs)
+    let raw = try await s.client.modelInfer(KServeClient.makeRequest(model: "tiny", inputs: x))
+    for key in [KServeServerTiming.queueParameter, KServeServerTiming.computeParameter] {
+      guard case .doubleParam(let v)? = raw.parameters[key]?.parameterChoice else {
+        return XCTFail("\(key) is not a double parameter of the answer: \(raw.parameters)")
+      }
+      XCTAssertTrue(v.isFinite && v >= 0, "\(key) = \(v)")
+    }
+    try await s.stop()
+  }
+
+  /// A server's account of its time is the untrusted server's word: the client keeps it only
+  /// when both values are finite, non-negative doubles that fit inside the call it measured.
+  func testTheClientKeepsAServerTimingOnlyWhenItCouldBeTrue() {
+    func number(_ v: Double) -> Inference_InferParameter {
+      var p = Inference_InferParameter()
+      p.doubleParam = v
+      return p
+    }
+    var text = Inference_InferParameter()
+    text.stringParam = "1"
+    func parameters(_ q: Inference_InferParameter?, _ c: Inference_InferParameter?) -> [String: Inference_InferParameter] {
+      var p: [String: Inference_InferParameter] = [:]
+      p[KServeServerTiming.queueParameter] = q
+      p[KServeServerTiming.computeParameter] = c
+      return p
+    }
+    XCTAssertEqual(
+      KServeServerTiming(parameters: parameters(number(1), number(2)), withinMs: 3), KServeServerTiming(queueMs: 1, computeMs: 2))
+    let untrue: [(String, Inference_InferParameter?, Inference_InferParameter?)] = [
+      ("NaN", number(.nan), number(1)), ("infinite", number(1), number(.infinity)), ("negative", number(-1), number(2)),
+      ("longer than the call", number(2), number(1.5)), ("a string", text, number(1)), ("missing", nil, number(1)),
+      ("huge", number(1), number(.greatestFiniteMagnitude)),
+    ]
+    for (what, q, c) in untrue {
+      XCTAssertNil(KServeServerTiming(parameters: parameters(q, c), withinMs: 3), what)
+    }
+  }
+
   /// A request whose deadline passes while it waits is answered DEADLINE_EXCEEDED and not run.
   /// The first request of a batch waits up to 1 s for company, so later ones wait behind it
   /// for as long, whatever the machine's speed.

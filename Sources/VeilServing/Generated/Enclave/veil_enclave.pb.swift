@@ -236,48 +236,62 @@ public nonisolated struct Veil_Enclave_V1_ClassScore: Sendable {
   public init() {}
 }
 
-public nonisolated struct Veil_Enclave_V1_EnclaveResult: Sendable {
+public nonisolated struct Veil_Enclave_V1_EnclaveResult: @unchecked Sendable {
   // SwiftProtobuf.Message conformance is added in an extension below. See the
   // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
   // methods supported on all messages.
 
   public var logits: Veil_Enclave_V1_Tensor {
-    get {_logits ?? Veil_Enclave_V1_Tensor()}
-    set {_logits = newValue}
+    get {_storage._logits ?? Veil_Enclave_V1_Tensor()}
+    set {_uniqueStorage()._logits = newValue}
   }
   /// Returns true if `logits` has been explicitly set.
-  public var hasLogits: Bool {self._logits != nil}
+  public var hasLogits: Bool {_storage._logits != nil}
   /// Clears the value of `logits`. Subsequent reads from it will return its default value.
-  public mutating func clearLogits() {self._logits = nil}
+  public mutating func clearLogits() {_uniqueStorage()._logits = nil}
 
-  public var top: [Veil_Enclave_V1_ClassScore] = []
+  public var top: [Veil_Enclave_V1_ClassScore] {
+    get {_storage._top}
+    set {_uniqueStorage()._top = newValue}
+  }
 
   /// Wall-clock time in the enclave: head, tail (accelerator round trip), total, in ms.
-  public var headMs: Double = 0
+  public var headMs: Double {
+    get {_storage._headMs}
+    set {_uniqueStorage()._headMs = newValue}
+  }
 
-  public var tailMs: Double = 0
+  public var tailMs: Double {
+    get {_storage._tailMs}
+    set {_uniqueStorage()._tailMs = newValue}
+  }
 
-  public var totalMs: Double = 0
+  public var totalMs: Double {
+    get {_storage._totalMs}
+    set {_uniqueStorage()._totalMs = newValue}
+  }
 
   /// The accelerator endpoint that ran the tail.
-  public var accelerator: String = String()
+  public var accelerator: String {
+    get {_storage._accelerator}
+    set {_uniqueStorage()._accelerator = newValue}
+  }
 
   /// Where the enclave's time went, stage by stage.
   public var stages: Veil_Enclave_V1_EnclaveStages {
-    get {_stages ?? Veil_Enclave_V1_EnclaveStages()}
-    set {_stages = newValue}
+    get {_storage._stages ?? Veil_Enclave_V1_EnclaveStages()}
+    set {_uniqueStorage()._stages = newValue}
   }
   /// Returns true if `stages` has been explicitly set.
-  public var hasStages: Bool {self._stages != nil}
+  public var hasStages: Bool {_storage._stages != nil}
   /// Clears the value of `stages`. Subsequent reads from it will return its default value.
-  public mutating func clearStages() {self._stages = nil}
+  public mutating func clearStages() {_uniqueStorage()._stages = nil}
 
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
   public init() {}
 
-  fileprivate var _logits: Veil_Enclave_V1_Tensor? = nil
-  fileprivate var _stages: Veil_Enclave_V1_EnclaveStages? = nil
+  fileprivate var _storage = _StorageClass.defaultInstance
 }
 
 /// The stages of one request inside the enclave, in ms. The answer's own seal happens after
@@ -312,9 +326,36 @@ public nonisolated struct Veil_Enclave_V1_EnclaveStages: Sendable {
   /// are sent); 0 without one. Not part of head_ms.
   public var defenceMs: Double = 0
 
+  /// The accelerator's own account of tail_call_ms, where it gives one (Veil's accelerator does,
+  /// in its answer's parameters; other KServe v2 servers do not, and these stay unset): the
+  /// wait in its queue and the run of the tail, in ms. The rest of the call is the wire and
+  /// gRPC both ways. It comes from the untrusted accelerator, so it serves breakdowns only, and
+  /// the enclave drops it unless it fits inside the call it measured. For a tail run in the
+  /// enclave's process the run is the whole call.
+  public var tailQueueMs: Double {
+    get {_tailQueueMs ?? 0}
+    set {_tailQueueMs = newValue}
+  }
+  /// Returns true if `tailQueueMs` has been explicitly set.
+  public var hasTailQueueMs: Bool {self._tailQueueMs != nil}
+  /// Clears the value of `tailQueueMs`. Subsequent reads from it will return its default value.
+  public mutating func clearTailQueueMs() {self._tailQueueMs = nil}
+
+  public var tailComputeMs: Double {
+    get {_tailComputeMs ?? 0}
+    set {_tailComputeMs = newValue}
+  }
+  /// Returns true if `tailComputeMs` has been explicitly set.
+  public var hasTailComputeMs: Bool {self._tailComputeMs != nil}
+  /// Clears the value of `tailComputeMs`. Subsequent reads from it will return its default value.
+  public mutating func clearTailComputeMs() {self._tailComputeMs = nil}
+
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
   public init() {}
+
+  fileprivate var _tailQueueMs: Double? = nil
+  fileprivate var _tailComputeMs: Double? = nil
 }
 
 public nonisolated struct Veil_Enclave_V1_EnclaveError: Sendable {
@@ -811,61 +852,109 @@ nonisolated extension Veil_Enclave_V1_EnclaveResult: SwiftProtobuf.Message, Swif
   public static let protoMessageName: String = _protobuf_package + ".EnclaveResult"
   public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}logits\0\u{1}top\0\u{3}head_ms\0\u{3}tail_ms\0\u{3}total_ms\0\u{1}accelerator\0\u{1}stages\0")
 
+  fileprivate class _StorageClass {
+    var _logits: Veil_Enclave_V1_Tensor? = nil
+    var _top: [Veil_Enclave_V1_ClassScore] = []
+    var _headMs: Double = 0
+    var _tailMs: Double = 0
+    var _totalMs: Double = 0
+    var _accelerator: String = String()
+    var _stages: Veil_Enclave_V1_EnclaveStages? = nil
+
+      // This property is used as the initial default value for new instances of the type.
+      // The type itself is protecting the reference to its storage via CoW semantics.
+      // This will force a copy to be made of this reference when the first mutation occurs;
+      // hence, it is safe to mark this as `nonisolated(unsafe)`.
+      static nonisolated(unsafe) let defaultInstance = _StorageClass()
+
+    private init() {}
+
+    init(copying source: _StorageClass) {
+      _logits = source._logits
+      _top = source._top
+      _headMs = source._headMs
+      _tailMs = source._tailMs
+      _totalMs = source._totalMs
+      _accelerator = source._accelerator
+      _stages = source._stages
+    }
+  }
+
+  fileprivate mutating func _uniqueStorage() -> _StorageClass {
+    if !isKnownUniquelyReferenced(&_storage) {
+      _storage = _StorageClass(copying: _storage)
+    }
+    return _storage
+  }
+
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
-    while let fieldNumber = try decoder.nextFieldNumber() {
-      // The use of inline closures is to circumvent an issue where the compiler
-      // allocates stack space for every case branch when no optimizations are
-      // enabled. https://github.com/apple/swift-protobuf/issues/1034
-      switch fieldNumber {
-      case 1: try { try decoder.decodeSingularMessageField(value: &self._logits) }()
-      case 2: try { try decoder.decodeRepeatedMessageField(value: &self.top) }()
-      case 3: try { try decoder.decodeSingularDoubleField(value: &self.headMs) }()
-      case 4: try { try decoder.decodeSingularDoubleField(value: &self.tailMs) }()
-      case 5: try { try decoder.decodeSingularDoubleField(value: &self.totalMs) }()
-      case 6: try { try decoder.decodeSingularStringField(value: &self.accelerator) }()
-      case 7: try { try decoder.decodeSingularMessageField(value: &self._stages) }()
-      default: break
+    _ = _uniqueStorage()
+    try withExtendedLifetime(_storage) { (_storage: _StorageClass) in
+      while let fieldNumber = try decoder.nextFieldNumber() {
+        // The use of inline closures is to circumvent an issue where the compiler
+        // allocates stack space for every case branch when no optimizations are
+        // enabled. https://github.com/apple/swift-protobuf/issues/1034
+        switch fieldNumber {
+        case 1: try { try decoder.decodeSingularMessageField(value: &_storage._logits) }()
+        case 2: try { try decoder.decodeRepeatedMessageField(value: &_storage._top) }()
+        case 3: try { try decoder.decodeSingularDoubleField(value: &_storage._headMs) }()
+        case 4: try { try decoder.decodeSingularDoubleField(value: &_storage._tailMs) }()
+        case 5: try { try decoder.decodeSingularDoubleField(value: &_storage._totalMs) }()
+        case 6: try { try decoder.decodeSingularStringField(value: &_storage._accelerator) }()
+        case 7: try { try decoder.decodeSingularMessageField(value: &_storage._stages) }()
+        default: break
+        }
       }
     }
   }
 
   public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
-    // The use of inline closures is to circumvent an issue where the compiler
-    // allocates stack space for every if/case branch local when no optimizations
-    // are enabled. https://github.com/apple/swift-protobuf/issues/1034 and
-    // https://github.com/apple/swift-protobuf/issues/1182
-    try { if let v = self._logits {
-      try visitor.visitSingularMessageField(value: v, fieldNumber: 1)
-    } }()
-    if !self.top.isEmpty {
-      try visitor.visitRepeatedMessageField(value: self.top, fieldNumber: 2)
+    try withExtendedLifetime(_storage) { (_storage: _StorageClass) in
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every if/case branch local when no optimizations
+      // are enabled. https://github.com/apple/swift-protobuf/issues/1034 and
+      // https://github.com/apple/swift-protobuf/issues/1182
+      try { if let v = _storage._logits {
+        try visitor.visitSingularMessageField(value: v, fieldNumber: 1)
+      } }()
+      if !_storage._top.isEmpty {
+        try visitor.visitRepeatedMessageField(value: _storage._top, fieldNumber: 2)
+      }
+      if _storage._headMs.bitPattern != 0 {
+        try visitor.visitSingularDoubleField(value: _storage._headMs, fieldNumber: 3)
+      }
+      if _storage._tailMs.bitPattern != 0 {
+        try visitor.visitSingularDoubleField(value: _storage._tailMs, fieldNumber: 4)
+      }
+      if _storage._totalMs.bitPattern != 0 {
+        try visitor.visitSingularDoubleField(value: _storage._totalMs, fieldNumber: 5)
+      }
+      if !_storage._accelerator.isEmpty {
+        try visitor.visitSingularStringField(value: _storage._accelerator, fieldNumber: 6)
+      }
+      try { if let v = _storage._stages {
+        try visitor.visitSingularMessageField(value: v, fieldNumber: 7)
+      } }()
     }
-    if self.headMs.bitPattern != 0 {
-      try visitor.visitSingularDoubleField(value: self.headMs, fieldNumber: 3)
-    }
-    if self.tailMs.bitPattern != 0 {
-      try visitor.visitSingularDoubleField(value: self.tailMs, fieldNumber: 4)
-    }
-    if self.totalMs.bitPattern != 0 {
-      try visitor.visitSingularDoubleField(value: self.totalMs, fieldNumber: 5)
-    }
-    if !self.accelerator.isEmpty {
-      try visitor.visitSingularStringField(value: self.accelerator, fieldNumber: 6)
-    }
-    try { if let v = self._stages {
-      try visitor.visitSingularMessageField(value: v, fieldNumber: 7)
-    } }()
     try unknownFields.traverse(visitor: &visitor)
   }
 
   public static func ==(lhs: Veil_Enclave_V1_EnclaveResult, rhs: Veil_Enclave_V1_EnclaveResult) -> Bool {
-    if lhs._logits != rhs._logits {return false}
-    if lhs.top != rhs.top {return false}
-    if lhs.headMs != rhs.headMs {return false}
-    if lhs.tailMs != rhs.tailMs {return false}
-    if lhs.totalMs != rhs.totalMs {return false}
-    if lhs.accelerator != rhs.accelerator {return false}
-    if lhs._stages != rhs._stages {return false}
+    if lhs._storage !== rhs._storage {
+      let storagesAreEqual: Bool = withExtendedLifetime((lhs._storage, rhs._storage)) { (_args: (_StorageClass, _StorageClass)) in
+        let _storage = _args.0
+        let rhs_storage = _args.1
+        if _storage._logits != rhs_storage._logits {return false}
+        if _storage._top != rhs_storage._top {return false}
+        if _storage._headMs != rhs_storage._headMs {return false}
+        if _storage._tailMs != rhs_storage._tailMs {return false}
+        if _storage._totalMs != rhs_storage._totalMs {return false}
+        if _storage._accelerator != rhs_storage._accelerator {return false}
+        if _storage._stages != rhs_storage._stages {return false}
+        return true
+      }
+      if !storagesAreEqual {return false}
+    }
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }
@@ -873,7 +962,7 @@ nonisolated extension Veil_Enclave_V1_EnclaveResult: SwiftProtobuf.Message, Swif
 
 nonisolated extension Veil_Enclave_V1_EnclaveStages: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".EnclaveStages"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}open_ms\0\u{3}decode_ms\0\u{3}head_ms\0\u{3}tail_encode_ms\0\u{3}tail_call_ms\0\u{3}tail_decode_ms\0\u{3}answer_ms\0\u{3}defence_ms\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}open_ms\0\u{3}decode_ms\0\u{3}head_ms\0\u{3}tail_encode_ms\0\u{3}tail_call_ms\0\u{3}tail_decode_ms\0\u{3}answer_ms\0\u{3}defence_ms\0\u{3}tail_queue_ms\0\u{3}tail_compute_ms\0")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -889,12 +978,18 @@ nonisolated extension Veil_Enclave_V1_EnclaveStages: SwiftProtobuf.Message, Swif
       case 6: try { try decoder.decodeSingularDoubleField(value: &self.tailDecodeMs) }()
       case 7: try { try decoder.decodeSingularDoubleField(value: &self.answerMs) }()
       case 8: try { try decoder.decodeSingularDoubleField(value: &self.defenceMs) }()
+      case 9: try { try decoder.decodeSingularDoubleField(value: &self._tailQueueMs) }()
+      case 10: try { try decoder.decodeSingularDoubleField(value: &self._tailComputeMs) }()
       default: break
       }
     }
   }
 
   public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    // The use of inline closures is to circumvent an issue where the compiler
+    // allocates stack space for every if/case branch local when no optimizations
+    // are enabled. https://github.com/apple/swift-protobuf/issues/1034 and
+    // https://github.com/apple/swift-protobuf/issues/1182
     if self.openMs.bitPattern != 0 {
       try visitor.visitSingularDoubleField(value: self.openMs, fieldNumber: 1)
     }
@@ -919,6 +1014,12 @@ nonisolated extension Veil_Enclave_V1_EnclaveStages: SwiftProtobuf.Message, Swif
     if self.defenceMs.bitPattern != 0 {
       try visitor.visitSingularDoubleField(value: self.defenceMs, fieldNumber: 8)
     }
+    try { if let v = self._tailQueueMs {
+      try visitor.visitSingularDoubleField(value: v, fieldNumber: 9)
+    } }()
+    try { if let v = self._tailComputeMs {
+      try visitor.visitSingularDoubleField(value: v, fieldNumber: 10)
+    } }()
     try unknownFields.traverse(visitor: &visitor)
   }
 
@@ -931,6 +1032,8 @@ nonisolated extension Veil_Enclave_V1_EnclaveStages: SwiftProtobuf.Message, Swif
     if lhs.tailDecodeMs != rhs.tailDecodeMs {return false}
     if lhs.answerMs != rhs.answerMs {return false}
     if lhs.defenceMs != rhs.defenceMs {return false}
+    if lhs._tailQueueMs != rhs._tailQueueMs {return false}
+    if lhs._tailComputeMs != rhs._tailComputeMs {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }
