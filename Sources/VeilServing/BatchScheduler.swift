@@ -48,8 +48,6 @@ public struct ScheduledRun: Sendable {
   /// That run (compiling an executor for a new batch size included), ms: shared with the other
   /// requests of its batch.
   public var computeMs: Double
-  /// The rows of that run (this request's and its batch companions').
-  public var batchRows: Int
 }
 
 /// The bounded queue and worker thread of one model version. Only the worker runs the
@@ -306,7 +304,7 @@ final class BatchScheduler: @unchecked Sendable {
       let answer = { (job: Job, outputs: [Tensor], end: UInt64) in
         ScheduledRun(
           outputs: outputs, queueMs: Double(start &- min(job.enqueued, start)) / 1e6,
-          computeMs: Double(end &- start) / 1e6, batchRows: rows)
+          computeMs: Double(end &- start) / 1e6)
       }
       if jobs.count == 1 {
         let outputs = try executor(batch: batches ? rows : 1).run(jobs[0].inputs)
