@@ -14,7 +14,10 @@
 # a change: VEILS="/tmp/veil-before .build/release/veil". SPORADIC_MS (default 50; 0: not
 # measured) adds, quiet only, the whole model and the private path with that many idle
 # milliseconds before each pass or request, as a server with sporadic requests sees them
-# (`--gap-ms`): its threads asleep, its CPUs idle.
+# (`--gap-ms`): its threads asleep, its CPUs idle. CALLS (default "stream") lists how the client
+# sends its requests to the enclave: "stream" (one open InferStream per session, the default) and
+# "unary" (`veil loadtest --unary`, an Infer call per request); CALLS="stream unary" runs every
+# client measurement both ways in turn against the same servers.
 #
 # PLAN_DIR is a plan folder (`veil plan --out`, e.g. the demo's), MODEL the model it was made from
 # (zoo name or file, as given to the planner), PHOTO a photo to send. Each round measures, in turn:
@@ -34,6 +37,7 @@ WAITS=${WAITS:-default}
 SPORADIC_MS=${SPORADIC_MS:-50}
 VEIL=${VEIL:-.build/release/veil}
 VEILS=${VEILS:-$VEIL}
+CALLS=${CALLS:-stream}
 WORK=$(mktemp -d)
 PIDS=""
 cleanup() {
@@ -99,7 +103,9 @@ bench() {
     python3 -c 'import json,sys; d=json.load(sys.stdin); print("%.2f" % d["latency_ms"]["median"])'
 }
 loadtest() {
-  "$VEIL" loadtest --endpoint "$ENC" --policy "$WORK/policy.json" --model "$MODEL" --clients "$1" \
+  UNARY=""
+  [ "$calls" = unary ] && UNARY=--unary
+  "$VEIL" loadtest --endpoint "$ENC" --policy "$WORK/policy.json" --model "$MODEL" --clients "$1" $UNARY \
     --requests "$REQUESTS" --warmup 3 --gap-ms "${2:-0}" --breakdown --json "$PHOTO" 2>/dev/null >"$WORK/lt.json"
   python3 -c 'import json,sys; d=json.load(open(sys.argv[1])); print("%.2f %.2f %d %d" % (d["p50Ms"], d["throughput"], d["wrong"], d["lost"]))' "$WORK/lt.json"
 }
@@ -110,13 +116,16 @@ r=1
 while [ "$r" -le "$ROUNDS" ]; do
   for VEIL in $VEILS; do
     for wait in $WAITS; do
-      variant=$wait
-      [ "$VEILS" != "$VEIL" ] && variant="$(basename "$VEIL"):$wait"
-      [ "$r" -eq 1 ] && VARIANTS="$VARIANTS $variant"
       servers_start "$wait"
       for load in quiet busy; do
         [ "$load" = busy ] && busy_start
-        printf '%-6s %-24s %-7s %-28s %10s ms\n' "$r" "$variant" "$load" "whole model (bench median)" "$(bench)"
+        base=$wait
+        [ "$VEILS" != "$VEIL" ] && base="$(basename "$VEIL"):$wait"
+        printf '%-6s %-24s %-7s %-28s %10s ms\n' "$r" "$base" "$load" "whole model (bench median)" "$(bench)"
+        for calls in $CALLS; do
+        variant=$base
+        [ "$CALLS" != "$calls" ] && variant="$base-$calls"
+        [ "$r" -eq 1 ] && [ "$load" = quiet ] && VARIANTS="$VARIANTS $variant"
         set -- $(loadtest 1)
         printf '%-6s %-24s %-7s %-28s %10s ms  (%s wrong, %s lost)\n' "$r" "$variant" "$load" "private path p50, 1 client" "$1" "$3" "$4"
         [ "$load" = quiet ] && cp "$WORK/lt.json" "$WORK/quiet-breakdown-$variant.json"
@@ -129,6 +138,7 @@ while [ "$r" -le "$ROUNDS" ]; do
           set -- $(loadtest "$CLIENTS")
           printf '%-6s %-24s %-7s %-28s %10s req/s  (%s wrong, %s lost)\n' "$r" "$variant" "$load" "throughput, $CLIENTS clients" "$2" "$3" "$4"
         fi
+        done
         [ "$load" = busy ] && busy_stop
       done
       servers_stop

@@ -19,6 +19,8 @@ public final class EnclaveReplicas: Sendable {
   public let maxMessageBytes: Int
   /// Attempts per request, the first one included.
   public let maxAttempts: Int
+  /// Whether sessions send their requests on a stream (`EnclaveClient.streaming`).
+  public let streaming: Bool
   let backoff: EndpointBackoff
   private let next = Mutex(0)
   private let counts: Mutex<Tally>
@@ -46,13 +48,14 @@ public final class EnclaveReplicas: Sendable {
   public init(
     endpoints: [Endpoint], verifier: AttestationVerifier, timeout: Duration = .seconds(60),
     maxMessageBytes: Int = 16 << 20,
-    maxAttempts: Int? = nil, retryAfter: Double = 2, clock: any ServiceClock = SystemClock()
+    maxAttempts: Int? = nil, retryAfter: Double = 2, streaming: Bool = true, clock: any ServiceClock = SystemClock()
   ) throws {
     guard !endpoints.isEmpty else { throw EnclaveError.invalidArgument("no enclave endpoint given") }
     self.endpoints = endpoints
     self.verifier = verifier
     self.timeout = timeout
     self.maxMessageBytes = maxMessageBytes
+    self.streaming = streaming
     self.maxAttempts = max(1, maxAttempts ?? endpoints.count + 1)
     backoff = EndpointBackoff(count: endpoints.count, retryAfter: retryAfter, clock: clock)
     counts = Mutex(Tally())
@@ -187,6 +190,7 @@ public actor EnclaveReplicaCaller {
       var client = EnclaveClient(grpc: grpc, endpoint: endpoint, verifier: replicas.verifier)
       client.timeout = replicas.timeout
       client.maxMessageBytes = replicas.maxMessageBytes
+      client.streaming = replicas.streaming
       do {
         let session = try await client.session()
         current = Connection(index: i, grpc: grpc, runner: runner, session: session)

@@ -3,6 +3,7 @@ import Foundation
 import GRPCCore
 import Logging
 import SwiftProtobuf
+import Synchronization
 import VeilTEE
 
 /// The gRPC enclave service: the attested handshake, then sealed inference records. Domain
@@ -20,6 +21,7 @@ public final class EnclaveService: Veil_Enclave_V1_EnclaveService.SimpleServiceP
   public let draining = DrainFlag()
   private let deployment: Veil_Enclave_V1_DeploymentInfo
   private let logger: Logger
+  private let clock: any ServiceClock
   /// Evidence is generated here, one quote at a time, off the cooperative pool: a quote blocks
   /// for as long as the TEE takes.
   private let evidenceQueue = DispatchQueue(label: "veil.enclave.evidence")
@@ -33,6 +35,7 @@ public final class EnclaveService: Veil_Enclave_V1_EnclaveService.SimpleServiceP
     self.provider = provider
     self.configuration = configuration
     sessions = EnclaveSessions(configuration: configuration, clock: clock)
+    self.clock = clock
     var info = Veil_Enclave_V1_DeploymentInfo()
     info.planJson = try engine.plan.plan.encoded()
     deployment = info
@@ -148,6 +151,44 @@ public final class EnclaveService: Veil_Enclave_V1_EnclaveService.SimpleServiceP
     return response
   }
 
+  /// `Infer` on an open stream: each request is answered as `infer` answers it, in order, one at
+  /// a time (a session carries one request in flight). The first request `infer` refuses ends
+  /// the stream with that refusal's status. The stream ends cleanly only between requests: when
+  /// the client ends it, when it has been idle for the session's idle time
+  /// (`configuration.idleTimeout`: an open stream keeps its connection from idling out, so it
+  /// must end on its own), or when the server drains. A request that arrives as the stream ends
+  /// is not opened, so the client may send it again (by `Infer`) with the session unchanged.
+  public func inferStream(
+    request: RPCAsyncSequence<Veil_Enclave_V1_InferRequest, any Error>,
+    response: RPCWriter<Veil_Enclave_V1_InferResponse>, context: ServerContext
+  ) async throws {
+    let gate = StreamGate(now: clock.now())
+    metrics.stream(opened: true)
+    defer { metrics.stream(opened: false) }
+    let (clock, idle, draining) = (self.clock, max(0.01, configuration.idleTimeout), draining)
+    try await withThrowingTaskGroup(of: Void.self) { group in
+      group.addTask {
+        for try await message in request {
+          guard gate.begin() else { return }
+          let answer = try await self.infer(request: message, context: context)
+          try await response.write(answer)
+          guard gate.end(now: clock.now()), !draining.isSet else { return }
+        }
+      }
+      group.addTask {
+        // Polls rather than waits on an event: the stream's messages arrive in the other task,
+        // and a tick of at most a quarter second keeps an idle or draining stream's end prompt.
+        let tick = UInt64(min(0.25, max(0.005, idle / 4)) * 1e9)
+        while true {
+          try await Task.sleep(nanoseconds: tick)
+          if gate.close(now: clock.now(), idleFor: idle, draining: draining.isSet) { return }
+        }
+      }
+      try await group.next()
+      group.cancelAll()
+    }
+  }
+
   private func serve(channel: SealedChannel, record: [UInt8], tag: String) async throws -> Veil_Enclave_V1_InferResponse
   {
     let plaintext: [UInt8]
@@ -221,4 +262,45 @@ private struct UncheckedSession: @unchecked Sendable {
   let serverHello: [UInt8]
   let session: SecureSession
   var pair: (serverHello: [UInt8], session: SecureSession) { (serverHello, session) }
+}
+
+/// Whether an enclave stream is waiting for a request, serving one, or ending; the stream ends
+/// only from waiting, so that no request is opened after its end was decided.
+private final class StreamGate: Sendable {
+  private enum State { case waiting(since: Double), serving, ended }
+  private let state: Mutex<State>
+
+  init(now: Double) { state = Mutex(.waiting(since: now)) }
+
+  /// A request arrived: false when the stream has ended (the request stays unopened).
+  func begin() -> Bool {
+    state.withLock { s in
+      guard case .waiting = s else { return false }
+      s = .serving
+      return true
+    }
+  }
+
+  /// A request was answered: false when the stream has ended meanwhile.
+  func end(now: Double) -> Bool {
+    state.withLock { s in
+      guard case .serving = s else { return false }
+      s = .waiting(since: now)
+      return true
+    }
+  }
+
+  /// Ends the stream when it waits and has waited `idleFor` seconds, or the server drains.
+  func close(now: Double, idleFor idle: Double, draining: Bool) -> Bool {
+    state.withLock { s in
+      switch s {
+      case .ended: return true
+      case .serving: return false
+      case .waiting(let since):
+        guard draining || now - since >= idle else { return false }
+        s = .ended
+        return true
+      }
+    }
+  }
 }

@@ -7,6 +7,7 @@ import NIOCore
 import NIOHTTP1
 import NIOPosix
 import Prometheus
+import Synchronization
 
 /// The latency histogram buckets of both tiers: 0.5 ms to 5 s.
 let latencyBuckets: [Duration] = [
@@ -37,6 +38,9 @@ public final class EnclaveMetrics: Sendable {
   private let tailLatency: CoreMetrics.Timer
   private let openSessions: CoreMetrics.Gauge
   private let stageTimers: [String: CoreMetrics.Timer]
+  private let streamsOpened: CoreMetrics.Counter
+  private let streamsOpenGauge: CoreMetrics.Gauge
+  private let streamCounts = Mutex<(opened: Int, open: Int)>((0, 0))
 
   /// The stages an answer reports, in the order a request goes through them; the answer's
   /// seal, which happens after they are written, is counted on its own as `seal`. tail_queue and
@@ -65,6 +69,8 @@ public final class EnclaveMetrics: Sendable {
     headLatency = CoreMetrics.Timer(label: "veil_enclave_head_duration_seconds", factory: f)
     tailLatency = CoreMetrics.Timer(label: "veil_enclave_tail_duration_seconds", factory: f)
     openSessions = CoreMetrics.Gauge(label: "veil_enclave_sessions_open", factory: f)
+    streamsOpened = CoreMetrics.Counter(label: "veil_enclave_streams_total", factory: f)
+    streamsOpenGauge = CoreMetrics.Gauge(label: "veil_enclave_streams_open", factory: f)
     var fine = PrometheusMetricsFactory(registry: registry)
     fine.defaultDurationHistogramBuckets = stageBuckets
     stageTimers = Dictionary(
@@ -95,6 +101,19 @@ public final class EnclaveMetrics: Sendable {
   func seal(ms: Double) { stageTimers["seal"]?.recordNanoseconds(Int64(ms * 1e6)) }
 
   func sessions(open: Int) { openSessions.record(open) }
+
+  /// `InferStream` calls opened since the start, and open now.
+  public var streams: (opened: Int, open: Int) { streamCounts.withLock { $0 } }
+
+  func stream(opened: Bool) {
+    let open = streamCounts.withLock { c -> Int in
+      if opened { c.opened += 1 }
+      c.open += opened ? 1 : -1
+      return c.open
+    }
+    if opened { streamsOpened.increment() }
+    streamsOpenGauge.record(open)
+  }
 
   /// The Prometheus text exposition of every metric.
   public func render() -> String { registry.emitToString() }

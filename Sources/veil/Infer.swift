@@ -45,6 +45,11 @@ struct EnclaveEndpointOptions: ParsableArguments {
   var enclave: [String] = []
   @Option(help: "Seconds an enclave replica that could not be reached is skipped before it is tried again.")
   var enclaveRetryAfter: Double = 2
+  @Flag(
+    help:
+      "Send each request as a call of its own (Infer) instead of on the session's open stream (InferStream, the default, which saves a call's set-up per request): to compare the two, or through a proxy that does not pass streams."
+  )
+  var unary = false
 
   var description: String { enclave.joined(separator: ",") }
 
@@ -60,7 +65,7 @@ struct EnclaveEndpointOptions: ParsableArguments {
     do {
       return try EnclaveReplicas(
         endpoints: try EnclaveReplicas.parse(enclave), verifier: verifier, timeout: .milliseconds(Int64(timeout * 1000)),
-        retryAfter: enclaveRetryAfter)
+        retryAfter: enclaveRetryAfter, streaming: !unary)
     } catch { throw ValidationError("--enclave: \(error)") }
   }
 }

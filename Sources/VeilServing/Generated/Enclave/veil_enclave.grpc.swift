@@ -50,6 +50,19 @@ public enum Veil_Enclave_V1_EnclaveService: Sendable {
                 type: .unary
             )
         }
+        /// Namespace for "InferStream" metadata.
+        public enum InferStream: Sendable {
+            /// Request type for "InferStream".
+            public typealias Input = Veil_Enclave_V1_InferRequest
+            /// Response type for "InferStream".
+            public typealias Output = Veil_Enclave_V1_InferResponse
+            /// Descriptor for "InferStream".
+            public static let descriptor = GRPCCore.MethodDescriptor(
+                service: GRPCCore.ServiceDescriptor(fullyQualifiedService: "veil.enclave.v1.EnclaveService"),
+                method: "InferStream",
+                type: .bidirectionalStreaming
+            )
+        }
         /// Namespace for "Close" metadata.
         public enum Close: Sendable {
             /// Request type for "Close".
@@ -67,6 +80,7 @@ public enum Veil_Enclave_V1_EnclaveService: Sendable {
         public static let descriptors: [GRPCCore.MethodDescriptor] = [
             Handshake.descriptor,
             Infer.descriptor,
+            InferStream.descriptor,
             Close.descriptor
         ]
     }
@@ -129,6 +143,29 @@ extension Veil_Enclave_V1_EnclaveService {
         ///     to an internal error.
         /// - Returns: A streaming response of `Veil_Enclave_V1_InferResponse` messages.
         func infer(
+            request: GRPCCore.StreamingServerRequest<Veil_Enclave_V1_InferRequest>,
+            context: GRPCCore.ServerContext
+        ) async throws -> GRPCCore.StreamingServerResponse<Veil_Enclave_V1_InferResponse>
+
+        /// Handle the "InferStream" method.
+        ///
+        /// > Source IDL Documentation:
+        /// >
+        /// > The same exchange on one open stream: each InferRequest is answered by one InferResponse,
+        /// > in order, exactly as Infer would answer it, without a call's set-up per request. The first
+        /// > request Infer would refuse ends the stream with the status Infer would return. The enclave
+        /// > ends a stream cleanly only between requests (idle for the session's idle time, or draining),
+        /// > so a request sent and not answered on a stream that ended without an error was not opened:
+        /// > the client sends it again (by Infer). Enclaves without this call answer UNIMPLEMENTED.
+        ///
+        /// - Parameters:
+        ///   - request: A streaming request of `Veil_Enclave_V1_InferRequest` messages.
+        ///   - context: Context providing information about the RPC.
+        /// - Throws: Any error which occurred during the processing of the request. Thrown errors
+        ///     of type `RPCError` are mapped to appropriate statuses. All other errors are converted
+        ///     to an internal error.
+        /// - Returns: A streaming response of `Veil_Enclave_V1_InferResponse` messages.
+        func inferStream(
             request: GRPCCore.StreamingServerRequest<Veil_Enclave_V1_InferRequest>,
             context: GRPCCore.ServerContext
         ) async throws -> GRPCCore.StreamingServerResponse<Veil_Enclave_V1_InferResponse>
@@ -199,6 +236,29 @@ extension Veil_Enclave_V1_EnclaveService {
             context: GRPCCore.ServerContext
         ) async throws -> GRPCCore.ServerResponse<Veil_Enclave_V1_InferResponse>
 
+        /// Handle the "InferStream" method.
+        ///
+        /// > Source IDL Documentation:
+        /// >
+        /// > The same exchange on one open stream: each InferRequest is answered by one InferResponse,
+        /// > in order, exactly as Infer would answer it, without a call's set-up per request. The first
+        /// > request Infer would refuse ends the stream with the status Infer would return. The enclave
+        /// > ends a stream cleanly only between requests (idle for the session's idle time, or draining),
+        /// > so a request sent and not answered on a stream that ended without an error was not opened:
+        /// > the client sends it again (by Infer). Enclaves without this call answer UNIMPLEMENTED.
+        ///
+        /// - Parameters:
+        ///   - request: A streaming request of `Veil_Enclave_V1_InferRequest` messages.
+        ///   - context: Context providing information about the RPC.
+        /// - Throws: Any error which occurred during the processing of the request. Thrown errors
+        ///     of type `RPCError` are mapped to appropriate statuses. All other errors are converted
+        ///     to an internal error.
+        /// - Returns: A streaming response of `Veil_Enclave_V1_InferResponse` messages.
+        func inferStream(
+            request: GRPCCore.StreamingServerRequest<Veil_Enclave_V1_InferRequest>,
+            context: GRPCCore.ServerContext
+        ) async throws -> GRPCCore.StreamingServerResponse<Veil_Enclave_V1_InferResponse>
+
         /// Handle the "Close" method.
         ///
         /// > Source IDL Documentation:
@@ -263,6 +323,30 @@ extension Veil_Enclave_V1_EnclaveService {
             context: GRPCCore.ServerContext
         ) async throws -> Veil_Enclave_V1_InferResponse
 
+        /// Handle the "InferStream" method.
+        ///
+        /// > Source IDL Documentation:
+        /// >
+        /// > The same exchange on one open stream: each InferRequest is answered by one InferResponse,
+        /// > in order, exactly as Infer would answer it, without a call's set-up per request. The first
+        /// > request Infer would refuse ends the stream with the status Infer would return. The enclave
+        /// > ends a stream cleanly only between requests (idle for the session's idle time, or draining),
+        /// > so a request sent and not answered on a stream that ended without an error was not opened:
+        /// > the client sends it again (by Infer). Enclaves without this call answer UNIMPLEMENTED.
+        ///
+        /// - Parameters:
+        ///   - request: A stream of `Veil_Enclave_V1_InferRequest` messages.
+        ///   - response: A response stream of `Veil_Enclave_V1_InferResponse` messages.
+        ///   - context: Context providing information about the RPC.
+        /// - Throws: Any error which occurred during the processing of the request. Thrown errors
+        ///     of type `RPCError` are mapped to appropriate statuses. All other errors are converted
+        ///     to an internal error.
+        func inferStream(
+            request: GRPCCore.RPCAsyncSequence<Veil_Enclave_V1_InferRequest, any Swift.Error>,
+            response: GRPCCore.RPCWriter<Veil_Enclave_V1_InferResponse>,
+            context: GRPCCore.ServerContext
+        ) async throws
+
         /// Handle the "Close" method.
         ///
         /// > Source IDL Documentation:
@@ -304,6 +388,17 @@ extension Veil_Enclave_V1_EnclaveService.StreamingServiceProtocol {
             serializer: GRPCProtobuf.ProtobufSerializer<Veil_Enclave_V1_InferResponse>(),
             handler: { request, context in
                 try await self.infer(
+                    request: request,
+                    context: context
+                )
+            }
+        )
+        router.registerHandler(
+            forMethod: Veil_Enclave_V1_EnclaveService.Method.InferStream.descriptor,
+            deserializer: GRPCProtobuf.ProtobufDeserializer<Veil_Enclave_V1_InferRequest>(),
+            serializer: GRPCProtobuf.ProtobufSerializer<Veil_Enclave_V1_InferResponse>(),
+            handler: { request, context in
+                try await self.inferStream(
                     request: request,
                     context: context
                 )
@@ -389,6 +484,23 @@ extension Veil_Enclave_V1_EnclaveService.SimpleServiceProtocol {
         )
     }
 
+    public func inferStream(
+        request: GRPCCore.StreamingServerRequest<Veil_Enclave_V1_InferRequest>,
+        context: GRPCCore.ServerContext
+    ) async throws -> GRPCCore.StreamingServerResponse<Veil_Enclave_V1_InferResponse> {
+        return GRPCCore.StreamingServerResponse<Veil_Enclave_V1_InferResponse>(
+            metadata: [:],
+            producer: { writer in
+                try await self.inferStream(
+                    request: request.messages,
+                    response: writer,
+                    context: context
+                )
+                return [:]
+            }
+        )
+    }
+
     public func close(
         request: GRPCCore.ServerRequest<Veil_Enclave_V1_CloseRequest>,
         context: GRPCCore.ServerContext
@@ -459,6 +571,34 @@ extension Veil_Enclave_V1_EnclaveService {
             deserializer: some GRPCCore.MessageDeserializer<Veil_Enclave_V1_InferResponse>,
             options: GRPCCore.CallOptions,
             onResponse handleResponse: @Sendable @escaping (GRPCCore.ClientResponse<Veil_Enclave_V1_InferResponse>) async throws -> Result
+        ) async throws -> Result where Result: Sendable
+
+        /// Call the "InferStream" method.
+        ///
+        /// > Source IDL Documentation:
+        /// >
+        /// > The same exchange on one open stream: each InferRequest is answered by one InferResponse,
+        /// > in order, exactly as Infer would answer it, without a call's set-up per request. The first
+        /// > request Infer would refuse ends the stream with the status Infer would return. The enclave
+        /// > ends a stream cleanly only between requests (idle for the session's idle time, or draining),
+        /// > so a request sent and not answered on a stream that ended without an error was not opened:
+        /// > the client sends it again (by Infer). Enclaves without this call answer UNIMPLEMENTED.
+        ///
+        /// - Parameters:
+        ///   - request: A streaming request producing `Veil_Enclave_V1_InferRequest` messages.
+        ///   - serializer: A serializer for `Veil_Enclave_V1_InferRequest` messages.
+        ///   - deserializer: A deserializer for `Veil_Enclave_V1_InferResponse` messages.
+        ///   - options: Options to apply to this RPC.
+        ///   - handleResponse: A closure which handles the response and returns its result to
+        ///       the caller. Returning from the closure will cancel the RPC if it hasn't
+        ///       already finished.
+        /// - Returns: The result of `handleResponse`.
+        func inferStream<Result>(
+            request: GRPCCore.StreamingClientRequest<Veil_Enclave_V1_InferRequest>,
+            serializer: some GRPCCore.MessageSerializer<Veil_Enclave_V1_InferRequest>,
+            deserializer: some GRPCCore.MessageDeserializer<Veil_Enclave_V1_InferResponse>,
+            options: GRPCCore.CallOptions,
+            onResponse handleResponse: @Sendable @escaping (GRPCCore.StreamingClientResponse<Veil_Enclave_V1_InferResponse>) async throws -> Result
         ) async throws -> Result where Result: Sendable
 
         /// Call the "Close" method.
@@ -572,6 +712,43 @@ extension Veil_Enclave_V1_EnclaveService {
             )
         }
 
+        /// Call the "InferStream" method.
+        ///
+        /// > Source IDL Documentation:
+        /// >
+        /// > The same exchange on one open stream: each InferRequest is answered by one InferResponse,
+        /// > in order, exactly as Infer would answer it, without a call's set-up per request. The first
+        /// > request Infer would refuse ends the stream with the status Infer would return. The enclave
+        /// > ends a stream cleanly only between requests (idle for the session's idle time, or draining),
+        /// > so a request sent and not answered on a stream that ended without an error was not opened:
+        /// > the client sends it again (by Infer). Enclaves without this call answer UNIMPLEMENTED.
+        ///
+        /// - Parameters:
+        ///   - request: A streaming request producing `Veil_Enclave_V1_InferRequest` messages.
+        ///   - serializer: A serializer for `Veil_Enclave_V1_InferRequest` messages.
+        ///   - deserializer: A deserializer for `Veil_Enclave_V1_InferResponse` messages.
+        ///   - options: Options to apply to this RPC.
+        ///   - handleResponse: A closure which handles the response and returns its result to
+        ///       the caller. Returning from the closure will cancel the RPC if it hasn't
+        ///       already finished.
+        /// - Returns: The result of `handleResponse`.
+        public func inferStream<Result>(
+            request: GRPCCore.StreamingClientRequest<Veil_Enclave_V1_InferRequest>,
+            serializer: some GRPCCore.MessageSerializer<Veil_Enclave_V1_InferRequest>,
+            deserializer: some GRPCCore.MessageDeserializer<Veil_Enclave_V1_InferResponse>,
+            options: GRPCCore.CallOptions = .defaults,
+            onResponse handleResponse: @Sendable @escaping (GRPCCore.StreamingClientResponse<Veil_Enclave_V1_InferResponse>) async throws -> Result
+        ) async throws -> Result where Result: Sendable {
+            try await self.client.bidirectionalStreaming(
+                request: request,
+                descriptor: Veil_Enclave_V1_EnclaveService.Method.InferStream.descriptor,
+                serializer: serializer,
+                deserializer: deserializer,
+                options: options,
+                onResponse: handleResponse
+            )
+        }
+
         /// Call the "Close" method.
         ///
         /// > Source IDL Documentation:
@@ -664,6 +841,38 @@ extension Veil_Enclave_V1_EnclaveService.ClientProtocol {
         }
     ) async throws -> Result where Result: Sendable {
         try await self.infer(
+            request: request,
+            serializer: GRPCProtobuf.ProtobufSerializer<Veil_Enclave_V1_InferRequest>(),
+            deserializer: GRPCProtobuf.ProtobufDeserializer<Veil_Enclave_V1_InferResponse>(),
+            options: options,
+            onResponse: handleResponse
+        )
+    }
+
+    /// Call the "InferStream" method.
+    ///
+    /// > Source IDL Documentation:
+    /// >
+    /// > The same exchange on one open stream: each InferRequest is answered by one InferResponse,
+    /// > in order, exactly as Infer would answer it, without a call's set-up per request. The first
+    /// > request Infer would refuse ends the stream with the status Infer would return. The enclave
+    /// > ends a stream cleanly only between requests (idle for the session's idle time, or draining),
+    /// > so a request sent and not answered on a stream that ended without an error was not opened:
+    /// > the client sends it again (by Infer). Enclaves without this call answer UNIMPLEMENTED.
+    ///
+    /// - Parameters:
+    ///   - request: A streaming request producing `Veil_Enclave_V1_InferRequest` messages.
+    ///   - options: Options to apply to this RPC.
+    ///   - handleResponse: A closure which handles the response and returns its result to
+    ///       the caller. Returning from the closure will cancel the RPC if it hasn't
+    ///       already finished.
+    /// - Returns: The result of `handleResponse`.
+    public func inferStream<Result>(
+        request: GRPCCore.StreamingClientRequest<Veil_Enclave_V1_InferRequest>,
+        options: GRPCCore.CallOptions = .defaults,
+        onResponse handleResponse: @Sendable @escaping (GRPCCore.StreamingClientResponse<Veil_Enclave_V1_InferResponse>) async throws -> Result
+    ) async throws -> Result where Result: Sendable {
+        try await self.inferStream(
             request: request,
             serializer: GRPCProtobuf.ProtobufSerializer<Veil_Enclave_V1_InferRequest>(),
             deserializer: GRPCProtobuf.ProtobufDeserializer<Veil_Enclave_V1_InferResponse>(),
@@ -768,6 +977,43 @@ extension Veil_Enclave_V1_EnclaveService.ClientProtocol {
             metadata: metadata
         )
         return try await self.infer(
+            request: request,
+            options: options,
+            onResponse: handleResponse
+        )
+    }
+
+    /// Call the "InferStream" method.
+    ///
+    /// > Source IDL Documentation:
+    /// >
+    /// > The same exchange on one open stream: each InferRequest is answered by one InferResponse,
+    /// > in order, exactly as Infer would answer it, without a call's set-up per request. The first
+    /// > request Infer would refuse ends the stream with the status Infer would return. The enclave
+    /// > ends a stream cleanly only between requests (idle for the session's idle time, or draining),
+    /// > so a request sent and not answered on a stream that ended without an error was not opened:
+    /// > the client sends it again (by Infer). Enclaves without this call answer UNIMPLEMENTED.
+    ///
+    /// - Parameters:
+    ///   - metadata: Additional metadata to send, defaults to empty.
+    ///   - options: Options to apply to this RPC, defaults to `.defaults`.
+    ///   - producer: A closure producing request messages to send to the server. Returning
+    ///       from the closure closes the request stream.
+    ///   - handleResponse: A closure which handles the response and returns its result to
+    ///       the caller. Returning from the closure will cancel the RPC if it hasn't
+    ///       already finished.
+    /// - Returns: The result of `handleResponse`.
+    public func inferStream<Result>(
+        metadata: GRPCCore.Metadata = [:],
+        options: GRPCCore.CallOptions = .defaults,
+        requestProducer producer: @Sendable @escaping (GRPCCore.RPCWriter<Veil_Enclave_V1_InferRequest>) async throws -> Void,
+        onResponse handleResponse: @Sendable @escaping (GRPCCore.StreamingClientResponse<Veil_Enclave_V1_InferResponse>) async throws -> Result
+    ) async throws -> Result where Result: Sendable {
+        let request = GRPCCore.StreamingClientRequest<Veil_Enclave_V1_InferRequest>(
+            metadata: metadata,
+            producer: producer
+        )
+        return try await self.inferStream(
             request: request,
             options: options,
             onResponse: handleResponse
