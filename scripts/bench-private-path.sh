@@ -17,7 +17,9 @@
 # (`--gap-ms`): its threads asleep, its CPUs idle. CALLS (default "stream") lists how the client
 # sends its requests to the enclave: "stream" (one open InferStream per session, the default) and
 # "unary" (`veil loadtest --unary`, an Infer call per request); CALLS="stream unary" runs every
-# client measurement both ways in turn against the same servers.
+# client measurement both ways in turn against the same servers. ACCELERATOR_CALLS (default
+# "stream") does the same for the enclave's calls to the accelerator ("unary": `veil enclave serve
+# --unary-accelerator-calls`); each value restarts the two servers, as WAITS does.
 #
 # PLAN_DIR is a plan folder (`veil plan --out`, e.g. the demo's), MODEL the model it was made from
 # (zoo name or file, as given to the planner), PHOTO a photo to send. Each round measures, in turn:
@@ -38,6 +40,7 @@ SPORADIC_MS=${SPORADIC_MS:-50}
 VEIL=${VEIL:-.build/release/veil}
 VEILS=${VEILS:-$VEIL}
 CALLS=${CALLS:-stream}
+ACCELERATOR_CALLS=${ACCELERATOR_CALLS:-stream}
 WORK=$(mktemp -d)
 PIDS=""
 cleanup() {
@@ -70,14 +73,17 @@ servers_stop() {
   for p in $SERVERS; do wait "$p" 2>/dev/null || true; done
   SERVERS=""
 }
-# Starts the accelerator and the enclave under the thread-waiting policy $1.
+# Starts the accelerator and the enclave under the thread-waiting policy $1, the enclave calling
+# the accelerator as $2 says (stream or unary).
 servers_start() {
   if [ "$1" = default ]; then unset VEIL_THREAD_WAIT; else export VEIL_THREAD_WAIT=$1; fi
   "$VEIL" accelerator serve --model "$TAIL_NAME=$PLAN/tail.onnx:1" --host 127.0.0.1 --port 0 >"$WORK/acc.log" 2>&1 &
   SERVERS="$SERVERS $!"
   PIDS="$PIDS $!"
   ACC=$(address "$WORK/acc.log" "serving inference.GRPCInferenceService on")
-  "$VEIL" enclave serve --plan "$PLAN" --accelerator "$ACC" --host 127.0.0.1 --port 0 --allow-simulation \
+  UNARY_ACC=""
+  [ "$2" = unary ] && UNARY_ACC=--unary-accelerator-calls
+  "$VEIL" enclave serve --plan "$PLAN" --accelerator "$ACC" --host 127.0.0.1 --port 0 --allow-simulation $UNARY_ACC \
     >"$WORK/enc.log" 2>&1 &
   SERVERS="$SERVERS $!"
   PIDS="$PIDS $!"
@@ -116,11 +122,13 @@ r=1
 while [ "$r" -le "$ROUNDS" ]; do
   for VEIL in $VEILS; do
     for wait in $WAITS; do
-      servers_start "$wait"
+      for acc in $ACCELERATOR_CALLS; do
+      servers_start "$wait" "$acc"
       for load in quiet busy; do
         [ "$load" = busy ] && busy_start
         base=$wait
         [ "$VEILS" != "$VEIL" ] && base="$(basename "$VEIL"):$wait"
+        [ "$ACCELERATOR_CALLS" != "$acc" ] && base="$base-acc:$acc"
         printf '%-6s %-24s %-7s %-28s %10s ms\n' "$r" "$base" "$load" "whole model (bench median)" "$(bench)"
         for calls in $CALLS; do
         variant=$base
@@ -142,6 +150,7 @@ while [ "$r" -le "$ROUNDS" ]; do
         [ "$load" = busy ] && busy_stop
       done
       servers_stop
+      done
     done
   done
   r=$((r + 1))

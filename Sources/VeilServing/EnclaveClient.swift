@@ -74,6 +74,12 @@ public struct EnclaveClient: Sendable {
     return o
   }
 
+  /// An `InferStream` call for one session's requests.
+  func openStream() -> EnclaveStream {
+    let stub = self.stub
+    return EnclaveStream.open(options: options) { try await stub.inferStream(request: $0, options: $1, onResponse: $2) }
+  }
+
   /// The attested handshake. Throws, having sent nothing but the ClientHello, when the
   /// enclave's evidence does not satisfy the policy.
   public func session() async throws -> EnclaveSession {
@@ -92,6 +98,8 @@ public struct EnclaveClient: Sendable {
   }
 }
 
+typealias EnclaveStream = ExchangeStream<Veil_Enclave_V1_InferRequest, Veil_Enclave_V1_InferResponse>
+
 /// An attested session: one request at a time, records in order.
 public final class EnclaveSession: Sendable {
   public let client: EnclaveClient
@@ -104,7 +112,7 @@ public final class EnclaveSession: Sendable {
   private let busy = Mutex(false)
   /// The open `InferStream` call, once a request has opened it; `unaryOnly` once the enclave
   /// said it has none.
-  private let stream = Mutex<(open: EnclaveRecordStream?, unaryOnly: Bool)>((nil, false))
+  private let stream = Mutex<(open: EnclaveStream?, unaryOnly: Bool)>((nil, false))
 
   init(client: EnclaveClient, id: String, channel: SealedChannel, plan: DeploymentPlan, verdict: Verdict) {
     self.client = client
@@ -188,16 +196,16 @@ public final class EnclaveSession: Sendable {
   /// the enclave has not opened it, so the session's records are still in step.
   func send(_ message: Veil_Enclave_V1_InferRequest) async throws -> Veil_Enclave_V1_InferResponse {
     guard client.streaming else { return try await client.stub.infer(message, options: client.options) }
-    let open = stream.withLock { s -> EnclaveRecordStream? in
+    let open = stream.withLock { s -> EnclaveStream? in
       if s.unaryOnly { return nil }
       if let o = s.open, o.isOpen { return o }
-      s.open = EnclaveRecordStream(client: client)
+      s.open = client.openStream()
       return s.open
     }
     guard let open else { return try await client.stub.infer(message, options: client.options) }
     do {
       return try await open.exchange(message, timeout: client.timeout)
-    } catch EnclaveRecordStream.Ended.unanswered {
+    } catch EnclaveStream.Ended.unanswered {
       return try await client.stub.infer(message, options: client.options)
     } catch let e as RPCError where e.code == .unimplemented {
       stream.withLock { $0 = (nil, true) }
@@ -224,117 +232,4 @@ public final class EnclaveSession: Sendable {
     message.record = Data(try channel.close())
     _ = try await client.stub.close(message, options: client.options)
   }
-}
-
-/// A session's open `InferStream` call: requests go one at a time, each answered in order. A
-/// request that fails, times out or is cancelled ends the stream (its state is unknown); the
-/// session opens another for its next request.
-final class EnclaveRecordStream: Sendable {
-  /// The stream ended cleanly (the enclave idled it out or drains) without answering the
-  /// request in flight: the enclave did not open it.
-  enum Ended: Error { case unanswered }
-
-  private struct State {
-    var pending: CheckedContinuation<Veil_Enclave_V1_InferResponse, any Error>?
-    var ended: (any Error)?
-  }
-  private let state = Mutex(State())
-  private let outgoing: AsyncStream<Veil_Enclave_V1_InferRequest>.Continuation
-  private let call = Mutex<Task<Void, Never>?>(nil)
-
-  init(client: EnclaveClient) {
-    let (requests, outgoing) = AsyncStream.makeStream(of: Veil_Enclave_V1_InferRequest.self)
-    self.outgoing = outgoing
-    var options = client.options
-    // The stream lives as long as the session uses it; each request has its own deadline.
-    options.timeout = nil
-    let stub = client.stub
-    let task = Task { [self] in
-      do {
-        try await stub.inferStream(
-          request: StreamingClientRequest { writer in
-            for await message in requests { try await writer.write(message) }
-          }, options: options
-        ) { response in
-          for try await message in response.messages {
-            guard self.deliver(message) else {
-              throw EnclaveError.protocolViolation("the enclave sent an answer on its stream that no request asked for")
-            }
-          }
-        }
-        self.end(Ended.unanswered)
-      } catch {
-        self.end(error)
-      }
-    }
-    call.withLock { $0 = task }
-  }
-
-  var isOpen: Bool { state.withLock { $0.ended == nil } }
-
-  /// Sends `message` and waits for its answer, at most `timeout`.
-  func exchange(_ message: Veil_Enclave_V1_InferRequest, timeout: Duration) async throws
-    -> Veil_Enclave_V1_InferResponse
-  {
-    try await withThrowingTaskGroup(of: Veil_Enclave_V1_InferResponse.self) { group in
-      group.addTask { try await self.answer(message) }
-      group.addTask {
-        try await Task.sleep(for: timeout)
-        throw RPCError(code: .deadlineExceeded, message: "the enclave did not answer within \(timeout)")
-      }
-      defer { group.cancelAll() }
-      guard let answer = try await group.next() else { throw CancellationError() }
-      return answer
-    }
-  }
-
-  private func answer(_ message: Veil_Enclave_V1_InferRequest) async throws -> Veil_Enclave_V1_InferResponse {
-    try await withTaskCancellationHandler {
-      try await withCheckedThrowingContinuation { (c: CheckedContinuation<Veil_Enclave_V1_InferResponse, any Error>) in
-        let ended = state.withLock { s -> (any Error)? in
-          if let e = s.ended { return e }
-          if s.pending != nil {
-            return EnclaveError.invalidArgument("this session already has a request in flight")
-          }
-          s.pending = c
-          return nil
-        }
-        if let ended { return c.resume(throwing: ended) }
-        outgoing.yield(message)
-      }
-    } onCancel: {
-      // Sent and not answered: where the enclave is with it is unknown, so the stream ends.
-      self.cancel()
-    }
-  }
-
-  /// Hands an answer to the request waiting for it; false when none waits.
-  private func deliver(_ message: Veil_Enclave_V1_InferResponse) -> Bool {
-    guard let c = state.withLock({ s -> CheckedContinuation<Veil_Enclave_V1_InferResponse, any Error>? in
-      defer { s.pending = nil }
-      return s.pending
-    }) else { return false }
-    c.resume(returning: message)
-    return true
-  }
-
-  private func end(_ error: any Error) {
-    outgoing.finish()
-    let waiting = state.withLock { s -> CheckedContinuation<Veil_Enclave_V1_InferResponse, any Error>? in
-      if s.ended == nil { s.ended = error }
-      defer { s.pending = nil }
-      return s.pending
-    }
-    waiting?.resume(throwing: error)
-  }
-
-  /// Ends the requests (the enclave then ends the stream); the session opens another stream for
-  /// its next request.
-  func finish() {
-    state.withLock { s in if s.ended == nil { s.ended = Ended.unanswered } }
-    outgoing.finish()
-  }
-
-  /// Cancels the call: a request in flight fails with the cancellation.
-  func cancel() { call.withLock { $0 }?.cancel() }
 }

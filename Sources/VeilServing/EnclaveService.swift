@@ -3,7 +3,6 @@ import Foundation
 import GRPCCore
 import Logging
 import SwiftProtobuf
-import Synchronization
 import VeilTEE
 
 /// The gRPC enclave service: the attested handshake, then sealed inference records. Domain
@@ -162,30 +161,10 @@ public final class EnclaveService: Veil_Enclave_V1_EnclaveService.SimpleServiceP
     request: RPCAsyncSequence<Veil_Enclave_V1_InferRequest, any Error>,
     response: RPCWriter<Veil_Enclave_V1_InferResponse>, context: ServerContext
   ) async throws {
-    let gate = StreamGate(now: clock.now())
     metrics.stream(opened: true)
     defer { metrics.stream(opened: false) }
-    let (clock, idle, draining) = (self.clock, max(0.01, configuration.idleTimeout), draining)
-    try await withThrowingTaskGroup(of: Void.self) { group in
-      group.addTask {
-        for try await message in request {
-          guard gate.begin() else { return }
-          let answer = try await self.infer(request: message, context: context)
-          try await response.write(answer)
-          guard gate.end(now: clock.now()), !draining.isSet else { return }
-        }
-      }
-      group.addTask {
-        // Polls rather than waits on an event: the stream's messages arrive in the other task,
-        // and a tick of at most a quarter second keeps an idle or draining stream's end prompt.
-        let tick = UInt64(min(0.25, max(0.005, idle / 4)) * 1e9)
-        while true {
-          try await Task.sleep(nanoseconds: tick)
-          if gate.close(now: clock.now(), idleFor: idle, draining: draining.isSet) { return }
-        }
-      }
-      try await group.next()
-      group.cancelAll()
+    try await serveInOrder(request, idleFor: configuration.idleTimeout, draining: draining, clock: clock) { message in
+      try await response.write(try await self.infer(request: message, context: context))
     }
   }
 
@@ -262,45 +241,4 @@ private struct UncheckedSession: @unchecked Sendable {
   let serverHello: [UInt8]
   let session: SecureSession
   var pair: (serverHello: [UInt8], session: SecureSession) { (serverHello, session) }
-}
-
-/// Whether an enclave stream is waiting for a request, serving one, or ending; the stream ends
-/// only from waiting, so that no request is opened after its end was decided.
-private final class StreamGate: Sendable {
-  private enum State { case waiting(since: Double), serving, ended }
-  private let state: Mutex<State>
-
-  init(now: Double) { state = Mutex(.waiting(since: now)) }
-
-  /// A request arrived: false when the stream has ended (the request stays unopened).
-  func begin() -> Bool {
-    state.withLock { s in
-      guard case .waiting = s else { return false }
-      s = .serving
-      return true
-    }
-  }
-
-  /// A request was answered: false when the stream has ended meanwhile.
-  func end(now: Double) -> Bool {
-    state.withLock { s in
-      guard case .serving = s else { return false }
-      s = .waiting(since: now)
-      return true
-    }
-  }
-
-  /// Ends the stream when it waits and has waited `idleFor` seconds, or the server drains.
-  func close(now: Double, idleFor idle: Double, draining: Bool) -> Bool {
-    state.withLock { s in
-      switch s {
-      case .ended: return true
-      case .serving: return false
-      case .waiting(let since):
-        guard draining || now - since >= idle else { return false }
-        s = .ended
-        return true
-      }
-    }
-  }
 }

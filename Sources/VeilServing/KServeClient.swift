@@ -3,6 +3,7 @@
 // It speaks plaintext HTTP/2 to HOST:PORT, maps every gRPC status to a typed `KServeError`, and
 // applies a per-call deadline. It does not retry or fail over: the caller decides.
 import Foundation
+import Synchronization
 import GRPCCore
 import GRPCNIOTransportHTTP2
 import VeilGraph
@@ -57,15 +58,31 @@ public final class KServeClient: Sendable {
   private let connections: Task<Void, Never>
   private let maxMessageBytes: Int
   private let maxResponseBytes: Int
+  /// Whether ModelInfer requests go on open `ModelStreamInfer` streams (Triton's call: no call
+  /// set-up per request) where the server has Triton's form of it, and unary calls elsewhere.
+  public let streaming: Bool
+  /// Streams open and waiting for a request, and whether the server has Triton's stream.
+  private let streams = Mutex<(idle: [InferStream], form: StreamForm, closing: Bool)>(([], .unknown, false))
+  /// MLServer has a `ModelStreamInfer` of the same name whose answers are `ModelInferResponse`s,
+  /// which would parse as Triton's `ModelStreamInferResponse` with the model's name as its error
+  /// (field 1 is a string in both), so the client streams only to the servers whose metadata
+  /// names one with Triton's form: Veil's accelerator and Triton.
+  enum StreamForm: Sendable { case unknown, triton, none }
+  static let serversWithTritonStreams: Set<String> = [AcceleratorService.serverName, "triton"]
+  /// Idle streams kept for later requests; more are ended when their request is answered.
+  static let maxIdleStreams = 32
+  typealias InferStream = ExchangeStream<Inference_ModelInferRequest, Inference_ModelStreamInferResponse>
 
   /// Connects lazily to `endpoint`: the first call opens the connection. Requests up to
   /// `maxMessageBytes` are sent (feature maps of large cuts exceed gRPC's 4 MiB default), and
   /// answers up to `maxResponseBytes` (default: the same) are read; a larger answer is refused by
   /// the transport before it is decoded.
   public init(
-    endpoint: KServeEndpoint, defaultTimeout: Duration? = nil, maxMessageBytes: Int = 256 << 20, maxResponseBytes: Int? = nil
+    endpoint: KServeEndpoint, defaultTimeout: Duration? = nil, maxMessageBytes: Int = 256 << 20, maxResponseBytes: Int? = nil,
+    streaming: Bool = true
   ) throws {
     self.endpoint = endpoint
+    self.streaming = streaming
     self.defaultTimeout = defaultTimeout
     self.maxMessageBytes = maxMessageBytes
     self.maxResponseBytes = maxResponseBytes ?? maxMessageBytes
@@ -98,6 +115,12 @@ public final class KServeClient: Sendable {
 
   /// Lets calls in flight finish, then closes the connection.
   public func close() async {
+    let idle = streams.withLock { s -> [InferStream] in
+      s.closing = true
+      defer { s.idle = [] }
+      return s.idle
+    }
+    for s in idle { s.finish() }
     grpc.beginGracefulShutdown()
     await connections.value
   }
@@ -192,9 +215,64 @@ public final class KServeClient: Sendable {
     }
   }
 
-  /// ModelInfer with a request built by the caller (any datatype, parameters).
+  /// ModelInfer with a request built by the caller (any datatype, parameters): on an open
+  /// `ModelStreamInfer` stream when `streaming` and the server has Triton's (an idle stream, or
+  /// a new one), else as a unary call.
+  /// A request that a stream ended without reading, or that a server without the stream refused,
+  /// goes again as a unary call.
   public func modelInfer(_ request: Inference_ModelInferRequest, timeout: Duration? = nil) async throws -> Inference_ModelInferResponse {
-    try await call("ModelInfer") { try await service.modelInfer(request, options: options(timeout)) }
+    if streaming, streams.withLock({ $0.form }) == .unknown {
+      // Asked once; a server that does not answer now is asked again at the next request.
+      if let name = try? await serverMetadata(timeout: timeout).name {
+        streams.withLock { $0.form = Self.serversWithTritonStreams.contains(name) ? .triton : .none }
+      }
+    }
+    return try await call("ModelInfer") {
+      guard let stream = checkOut() else { return try await service.modelInfer(request, options: options(timeout)) }
+      let answer: Inference_ModelStreamInferResponse
+      do {
+        answer = try await stream.exchange(request, timeout: timeout ?? defaultTimeout)
+      } catch InferStream.Ended.unanswered {
+        return try await service.modelInfer(request, options: options(timeout))
+      } catch let e as RPCError where e.code == .unimplemented {
+        let idle = streams.withLock { s -> [InferStream] in
+          s.form = .none
+          defer { s.idle = [] }
+          return s.idle
+        }
+        for s in idle { s.finish() }
+        return try await service.modelInfer(request, options: options(timeout))
+      }
+      checkIn(stream)
+      // Triton answers a request's error on the stream and keeps it open.
+      guard answer.errorMessage.isEmpty else { throw RPCError(code: .unknown, message: answer.errorMessage) }
+      return answer.inferResponse
+    }
+  }
+
+  /// An idle stream, or a new one; nil when requests go as unary calls.
+  private func checkOut() -> InferStream? {
+    let reuse = streams.withLock { s -> (InferStream?, Bool) in
+      guard streaming, s.form == .triton, !s.closing else { return (nil, false) }
+      while let o = s.idle.popLast() { if o.isOpen { return (o, true) } }
+      return (nil, true)
+    }
+    guard reuse.1 else { return nil }
+    if let open = reuse.0 { return open }
+    let service = self.service
+    return InferStream.open(options: options(nil)) {
+      try await service.modelStreamInfer(request: $0, options: $1, onResponse: $2)
+    }
+  }
+
+  /// Keeps an answered stream for the next request (or ends it, when enough are kept).
+  private func checkIn(_ stream: InferStream) {
+    let keep = streams.withLock { s -> Bool in
+      guard stream.isOpen, !s.closing, s.idle.count < Self.maxIdleStreams else { return false }
+      s.idle.append(stream)
+      return true
+    }
+    if !keep { stream.finish() }
   }
 
   /// The protocol request for FP32 inputs (or UINT8 / UINT16 where a `KServeTensor` says so).

@@ -68,11 +68,20 @@ public struct AcceleratorService: Inference_GRPCInferenceService.ServiceProtocol
   public let draining = DrainFlag()
   public static let serverName = "veil-accelerator"
   public static let serverVersion = "0.1.0"
+  /// Seconds a `ModelStreamInfer` stream may wait for its next request before the server ends
+  /// it (an open stream keeps its connection from idling out).
+  public let streamIdleSeconds: Double
+  private let clock: any ServiceClock
 
-  public init(repository: KServeModelRepository, metrics: AcceleratorMetrics, logger: Logger) {
+  public init(
+    repository: KServeModelRepository, metrics: AcceleratorMetrics, logger: Logger, streamIdleSeconds: Double = 120,
+    clock: any ServiceClock = SystemClock()
+  ) {
     self.repository = repository
     self.metrics = metrics
     self.logger = logger
+    self.streamIdleSeconds = streamIdleSeconds
+    self.clock = clock
   }
 
   /// Runs `body`, records the call's metrics, and turns non-RPC errors into INTERNAL.
@@ -193,33 +202,53 @@ public struct AcceleratorService: Inference_GRPCInferenceService.ServiceProtocol
         let (d, overflow) = arrival.addingReportingOverflow(t)
         return overflow ? nil : d
       }
-    return try await measured("ModelInfer", model: q.modelName) {
-      let m = try repository.model(q.modelName, version: q.modelVersion)
-      let (inputs, raw) = try Self.decodeInputs(q, for: m)
-      let wanted = try Self.requestedOutputs(q, for: m)
-      // A call the client abandons leaves the queue unrun (or its run's answer unsent).
-      let run = try await cancelledWithTheCall(unless: draining) { try await m.timedInfer(inputs, deadline: deadline) }
-      let outputs = run.outputs
-      var r = Inference_ModelInferResponse()
-      // Where the request's time went here, for the caller's breakdown (`KServeServerTiming`).
-      r.parameters = KServeServerTiming(queueMs: run.queueMs, computeMs: run.computeMs).parameters
-      r.modelName = m.name
-      r.modelVersion = m.version
-      r.id = q.id
-      for i in wanted {
-        var o = Inference_ModelInferResponse.InferOutputTensor()
-        o.name = m.outputs[i].name
-        o.datatype = KServeCodec.fp32
-        o.shape = KServeCodec.wireShape(outputs[i].shape)
-        if raw {
-          r.rawOutputContents.append(KServeCodec.rawBytes(outputs[i]))
-        } else {
-          o.contents.fp32Contents = outputs[i].scalars
-        }
-        r.outputs.append(o)
+    return try await measured("ModelInfer", model: q.modelName) { ServerResponse(message: try await answer(q, deadline: deadline)) }
+  }
+
+  /// ModelInfer on one open stream (Triton's call): each request answered as `modelInfer`
+  /// answers it, in order, one at a time (`serveInOrder`); the first request refused ends the
+  /// stream with the status `modelInfer` would return. There is no deadline per request on the
+  /// stream: a client that stops waiting ends the stream, and with it the request's run.
+  public func modelStreamInfer(
+    request: StreamingServerRequest<Inference_ModelInferRequest>, context: ServerContext
+  ) async throws -> StreamingServerResponse<Inference_ModelStreamInferResponse> {
+    StreamingServerResponse { writer in
+      try await serveInOrder(request.messages, idleFor: streamIdleSeconds, draining: draining, clock: clock) { q in
+        var m = Inference_ModelStreamInferResponse()
+        m.inferResponse = try await measured("ModelStreamInfer", model: q.modelName) { try await answer(q, deadline: nil) }
+        try await writer.write(m)
       }
-      return ServerResponse(message: r)
+      return [:]
     }
+  }
+
+  /// One inference request's answer, run before `deadline` (uptime nanoseconds) when given.
+  private func answer(_ q: Inference_ModelInferRequest, deadline: UInt64?) async throws -> Inference_ModelInferResponse {
+    let m = try repository.model(q.modelName, version: q.modelVersion)
+    let (inputs, raw) = try Self.decodeInputs(q, for: m)
+    let wanted = try Self.requestedOutputs(q, for: m)
+    // A call the client abandons leaves the queue unrun (or its run's answer unsent).
+    let run = try await cancelledWithTheCall(unless: draining) { try await m.timedInfer(inputs, deadline: deadline) }
+    let outputs = run.outputs
+    var r = Inference_ModelInferResponse()
+    // Where the request's time went here, for the caller's breakdown (`KServeServerTiming`).
+    r.parameters = KServeServerTiming(queueMs: run.queueMs, computeMs: run.computeMs).parameters
+    r.modelName = m.name
+    r.modelVersion = m.version
+    r.id = q.id
+    for i in wanted {
+      var o = Inference_ModelInferResponse.InferOutputTensor()
+      o.name = m.outputs[i].name
+      o.datatype = KServeCodec.fp32
+      o.shape = KServeCodec.wireShape(outputs[i].shape)
+      if raw {
+        r.rawOutputContents.append(KServeCodec.rawBytes(outputs[i]))
+      } else {
+        o.contents.fp32Contents = outputs[i].scalars
+      }
+      r.outputs.append(o)
+    }
+    return r
   }
 
   /// The request's inputs in the model's input order, checked against the declared datatype and

@@ -29,13 +29,14 @@ public final class KServeTailBackend: TailBackend {
 
   public init(
     endpoint: KServeEndpoint, model: String, version: String, inputs: [KServeTensorMetadata], output: KServeTensorMetadata,
-    timeout: Duration? = .seconds(30)
+    timeout: Duration? = .seconds(30), streaming: Bool = true
   ) throws {
     guard let elements = KServeCodec.elementCount(output.shape), output.shape.allSatisfy({ $0 > 0 }) else {
       throw EnclaveError.invalidArgument("the tail's output shape \(output.shape) is not a bounded batch-1 shape")
     }
     client = try KServeClient(
-      endpoint: endpoint, defaultTimeout: timeout, maxResponseBytes: Self.maxResponseBytes(outputElements: elements))
+      endpoint: endpoint, defaultTimeout: timeout, maxResponseBytes: Self.maxResponseBytes(outputElements: elements),
+      streaming: streaming)
     self.model = model
     self.version = version
     self.inputs = inputs
@@ -46,15 +47,16 @@ public final class KServeTailBackend: TailBackend {
   /// The backends for a plan on each of `endpoints`: its accelerator model name and version, the
   /// tail file's inputs (the ONNX writer's form of the cut tensor's name, or the encoded map's
   /// three) and the tail's output, read once from the tail (checked against the plan's digest).
-  public static func backends(_ endpoints: [KServeEndpoint], plan: LoadedPlan, timeout: Duration? = .seconds(30)) throws
-    -> [KServeTailBackend]
+  public static func backends(
+    _ endpoints: [KServeEndpoint], plan: LoadedPlan, timeout: Duration? = .seconds(30), streaming: Bool = true
+  ) throws -> [KServeTailBackend]
   {
     let (inputs, output) = try plan.tailInterface()
     let p = plan.plan
     return try endpoints.map {
       try KServeTailBackend(
         endpoint: $0, model: p.accelerator.modelName, version: p.accelerator.modelVersion, inputs: inputs, output: output,
-        timeout: timeout)
+        timeout: timeout, streaming: streaming)
     }
   }
 

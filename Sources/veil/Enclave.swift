@@ -38,6 +38,11 @@ struct EnclaveServe: AsyncParsableCommand {
   var accelerator: String?
   @Flag(help: "Run the tail in this process instead of on an accelerator.")
   var localTail = false
+  @Flag(
+    help:
+      "Send each tail request as a ModelInfer call of its own instead of on open ModelStreamInfer streams (the default where the accelerator has them, as Veil's and Triton's do): to compare the two, or through a proxy that does not pass streams."
+  )
+  var unaryAcceleratorCalls = false
   @Option(help: "Address to listen on.")
   var host = "127.0.0.1"
   @Option(help: "Port (0: any free port; the chosen one is printed on standard error).")
@@ -210,7 +215,8 @@ struct EnclaveServe: AsyncParsableCommand {
     }
     guard !endpoints.isEmpty else { throw ValidationError("--accelerator: no endpoint given") }
     do {
-      return FailoverBackend(try KServeTailBackend.backends(endpoints, plan: loaded), retryAfter: retryAfter)
+      return FailoverBackend(
+        try KServeTailBackend.backends(endpoints, plan: loaded, streaming: !unaryAcceleratorCalls), retryAfter: retryAfter)
     } catch {
       throw ValidationError("--plan: \(error)")
     }

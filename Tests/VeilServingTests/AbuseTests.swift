@@ -257,41 +257,64 @@ final class AbuseTests: XCTestCase {
 
   /// An accelerator that answers shapes whose size overflows, wrong datatypes, wrong shapes,
   /// extra outputs and oversized messages: each request gets an accelerator error, the enclave
-  /// stays up, and the next honest answer is served.
+  /// stays up, and the next honest answer is served; by unary calls and on streams alike. On a
+  /// stream, an answer nobody asked for ends that stream (the next request opens another), and
+  /// an error the accelerator reports in the stream's `error_message` is an accelerator error.
   func testHostileAcceleratorAnswersAreRefused() async throws {
     let plan = try EnclaveFixture.plan()
     let x = try EnclaveFixture.input(try EnclaveFixture.photo(), plan: plan.plan)
     let request = EnclaveSession.request(tensor: x, top: 1)
     let honest = try LocalTailBackend(tail: try plan.readPart(plan.plan.tail, field: "tail"))
-    let fake = HostileAccelerator(honest: honest)
-    let grpc = GRPCServer(
-      transport: .http2NIOPosix(address: .ipv4(host: "127.0.0.1", port: 0), transportSecurity: .plaintext),
-      services: [fake])
-    try await withThrowingTaskGroup(of: Void.self) { group in
-      group.addTask { try await grpc.serve() }
-      defer { grpc.beginGracefulShutdown() }
-      guard let port = try await grpc.listeningAddress?.ipv4?.port else { return XCTFail("no port") }
-      let backend = try XCTUnwrap(
-        try KServeTailBackend.backends([KServeEndpoint(host: "127.0.0.1", port: port)], plan: plan).first)
-      try await withEnclave(plan: plan, backend: backend) { _, endpoint in
-        try await EnclaveClient.with(endpoint, verifier: try EnclaveFixture.verifier()) { client in
-          let session = try await client.session()
-          for answer in HostileAccelerator.Answer.allCases {
-            fake.mode.withLock { $0 = answer }
-            do {
-              _ = try await session.infer(request)
-              XCTFail("the enclave passed on \(answer)")
-            } catch EnclaveError.remote(let kind, let message) {
-              XCTAssertTrue(
-                [.acceleratorError, .acceleratorUnavailable].contains(kind), "\(answer): \(kind) \(message)")
+    for streaming in [true, false] {
+      let fake = HostileAccelerator(honest: honest)
+      let grpc = GRPCServer(
+        transport: .http2NIOPosix(address: .ipv4(host: "127.0.0.1", port: 0), transportSecurity: .plaintext),
+        services: [fake])
+      try await withThrowingTaskGroup(of: Void.self) { group in
+        group.addTask { try await grpc.serve() }
+        defer { grpc.beginGracefulShutdown() }
+        guard let port = try await grpc.listeningAddress?.ipv4?.port else { return XCTFail("no port") }
+        let backend = try XCTUnwrap(
+          try KServeTailBackend.backends(
+            [KServeEndpoint(host: "127.0.0.1", port: port)], plan: plan, streaming: streaming
+          ).first)
+        try await withEnclave(plan: plan, backend: backend) { _, endpoint in
+          try await EnclaveClient.with(endpoint, verifier: try EnclaveFixture.verifier()) { client in
+            let session = try await client.session()
+            for answer in HostileAccelerator.Answer.allCases {
+              fake.mode.withLock { $0 = answer }
+              do {
+                _ = try await session.infer(request)
+                XCTFail("the enclave passed on \(answer), streaming \(streaming)")
+              } catch EnclaveError.remote(let kind, let message) {
+                XCTAssertTrue(
+                  [.acceleratorError, .acceleratorUnavailable].contains(kind), "\(answer): \(kind) \(message)")
+              }
+            }
+            fake.mode.withLock { $0 = nil }
+            let served = try await session.infer(request)
+            XCTAssertEqual(served.top.count, 1)
+            if streaming {
+              fake.extra.withLock { $0 = .unasked }
+              let asked = try await session.infer(request)
+              XCTAssertEqual(asked.top.count, 1, "the asked-for answer")
+              fake.extra.withLock { $0 = nil }
+              let next = try await session.infer(request)
+              XCTAssertEqual(next.top.count, 1, "served on a new stream")
+              fake.extra.withLock { $0 = .errorMessage }
+              do {
+                _ = try await session.infer(request)
+                XCTFail("an error on the stream was served")
+              } catch EnclaveError.remote(let kind, let message) {
+                XCTAssertEqual(kind, .acceleratorError, message)
+                XCTAssertTrue(message.contains("refused on the stream"), message)
+              }
             }
           }
-          fake.mode.withLock { $0 = nil }
-          let served = try await session.infer(request)
-          XCTAssertEqual(served.top.count, 1)
         }
+        XCTAssertEqual(fake.streams.withLock { $0 } > 0, streaming, "streams opened: \(fake.streams.withLock { $0 })")
+        group.cancelAll()
       }
-      group.cancelAll()
     }
   }
 
@@ -552,10 +575,32 @@ final class HostileAccelerator: Inference_GRPCInferenceService.SimpleServiceProt
   enum Answer: CaseIterable, Sendable {
     case overflowingShape, negativeShape, wrongDatatype, wrongShape, twoOutputs, oversized, bytesShort
   }
+  /// What a stream adds: an answer nobody asked for after each honest one, or a request's error
+  /// in `error_message` (Triton's way).
+  enum Extra: Sendable { case unasked, errorMessage }
   let honest: LocalTailBackend
   let mode = Locked<Answer?>(nil)
+  let extra = Locked<Extra?>(nil)
+  /// ModelStreamInfer calls opened.
+  let streams = Locked(0)
 
   init(honest: LocalTailBackend) { self.honest = honest }
+
+  func modelStreamInfer(
+    request: RPCAsyncSequence<Inference_ModelInferRequest, any Error>,
+    response: RPCWriter<Inference_ModelStreamInferResponse>, context: ServerContext
+  ) async throws {
+    streams.withLock { $0 += 1 }
+    for try await q in request {
+      var m = Inference_ModelStreamInferResponse()
+      switch extra.withLock({ $0 }) {
+      case .errorMessage: m.errorMessage = "refused on the stream"
+      case .unasked, nil: m.inferResponse = try await modelInfer(request: q, context: context)
+      }
+      try await response.write(m)
+      if extra.withLock({ $0 }) == .unasked { try await response.write(m) }
+    }
+  }
 
   func modelInfer(request: Inference_ModelInferRequest, context: ServerContext) async throws
     -> Inference_ModelInferResponse
@@ -607,9 +652,10 @@ final class HostileAccelerator: Inference_GRPCInferenceService.SimpleServiceProt
   {
     .with { $0.ready = true }
   }
+  /// It passes for a Triton, whose stream Veil's client uses.
   func serverMetadata(request: Inference_ServerMetadataRequest, context: ServerContext) async throws
     -> Inference_ServerMetadataResponse
-  { .init() }
+  { .with { $0.name = "triton" } }
   func modelMetadata(request: Inference_ModelMetadataRequest, context: ServerContext) async throws
     -> Inference_ModelMetadataResponse
   { .init() }

@@ -124,8 +124,9 @@ final class KServeServerTests: XCTestCase {
     let ok = try await s.client.modelInfer(good)
     XCTAssertEqual(ok.outputs.count, 1)
     let text = s.metrics.render()
-    XCTAssertTrue(text.contains("veil_accelerator_errors_total{method=\"ModelInfer\",code=\"INVALID_ARGUMENT\"} 9"), text)
-    XCTAssertTrue(text.contains("veil_accelerator_errors_total{method=\"ModelInfer\",code=\"NOT_FOUND\"} 2"), text)
+    // Veil's client sends them on ModelStreamInfer streams, each refusal ending its stream.
+    XCTAssertTrue(text.contains("veil_accelerator_errors_total{method=\"ModelStreamInfer\",code=\"INVALID_ARGUMENT\"} 9"), text)
+    XCTAssertTrue(text.contains("veil_accelerator_errors_total{method=\"ModelStreamInfer\",code=\"NOT_FOUND\"} 2"), text)
     try await s.stop()
   }
 
@@ -342,7 +343,7 @@ final class KServeServerTests: XCTestCase {
     _ = try await s.client.infer(model: "tiny", inputs: [KServeTensor(name: "features", tensor: KServeFixtures.input([1, 3, 8, 8], seed: 1))])
     let text = try await blocking { try Self.httpGet(port: port, path: "/metrics") }
     XCTAssertTrue(text.hasPrefix("HTTP/1.1 200 OK"), text)
-    XCTAssertTrue(text.contains("veil_accelerator_requests_total{method=\"ModelInfer\",model=\"tiny\"} 1"), text)
+    XCTAssertTrue(text.contains("veil_accelerator_requests_total{method=\"ModelStreamInfer\",model=\"tiny\"} 1"), text)
     XCTAssertTrue(text.contains("veil_accelerator_request_duration_seconds_bucket"), text)
     XCTAssertTrue(text.contains("veil_accelerator_batch_rows_count{model=\"tiny\"} 1"), text)
     XCTAssertTrue(text.contains("veil_accelerator_queue_depth{model=\"tiny\"}"), text)

@@ -104,6 +104,19 @@ public enum Inference_GRPCInferenceService: Sendable {
                 type: .unary
             )
         }
+        /// Namespace for "ModelStreamInfer" metadata.
+        public enum ModelStreamInfer: Sendable {
+            /// Request type for "ModelStreamInfer".
+            public typealias Input = Inference_ModelInferRequest
+            /// Response type for "ModelStreamInfer".
+            public typealias Output = Inference_ModelStreamInferResponse
+            /// Descriptor for "ModelStreamInfer".
+            public static let descriptor = GRPCCore.MethodDescriptor(
+                service: GRPCCore.ServiceDescriptor(fullyQualifiedService: "inference.GRPCInferenceService"),
+                method: "ModelStreamInfer",
+                type: .bidirectionalStreaming
+            )
+        }
         /// Descriptors for all methods in the "inference.GRPCInferenceService" service.
         public static let descriptors: [GRPCCore.MethodDescriptor] = [
             ServerLive.descriptor,
@@ -111,7 +124,8 @@ public enum Inference_GRPCInferenceService: Sendable {
             ModelReady.descriptor,
             ServerMetadata.descriptor,
             ModelMetadata.descriptor,
-            ModelInfer.descriptor
+            ModelInfer.descriptor,
+            ModelStreamInfer.descriptor
         ]
     }
 }
@@ -245,6 +259,28 @@ extension Inference_GRPCInferenceService {
             request: GRPCCore.StreamingServerRequest<Inference_ModelInferRequest>,
             context: GRPCCore.ServerContext
         ) async throws -> GRPCCore.StreamingServerResponse<Inference_ModelInferResponse>
+
+        /// Handle the "ModelStreamInfer" method.
+        ///
+        /// > Source IDL Documentation:
+        /// >
+        /// > Triton's extension (its grpc_service.proto: the same method, message, field names and
+        /// > numbers): ModelInfer on one open stream, a response for each request. KServe and MLServer do
+        /// > not have it and answer UNIMPLEMENTED. Veil's accelerator answers each request in order, one at a time, and
+        /// > ends the stream with the status ModelInfer would return at the first request it refuses;
+        /// > Triton reports such errors in `error_message` and keeps the stream open.
+        ///
+        /// - Parameters:
+        ///   - request: A streaming request of `Inference_ModelInferRequest` messages.
+        ///   - context: Context providing information about the RPC.
+        /// - Throws: Any error which occurred during the processing of the request. Thrown errors
+        ///     of type `RPCError` are mapped to appropriate statuses. All other errors are converted
+        ///     to an internal error.
+        /// - Returns: A streaming response of `Inference_ModelStreamInferResponse` messages.
+        func modelStreamInfer(
+            request: GRPCCore.StreamingServerRequest<Inference_ModelInferRequest>,
+            context: GRPCCore.ServerContext
+        ) async throws -> GRPCCore.StreamingServerResponse<Inference_ModelStreamInferResponse>
     }
 
     /// Service protocol for the "inference.GRPCInferenceService" service.
@@ -362,6 +398,28 @@ extension Inference_GRPCInferenceService {
             request: GRPCCore.ServerRequest<Inference_ModelInferRequest>,
             context: GRPCCore.ServerContext
         ) async throws -> GRPCCore.ServerResponse<Inference_ModelInferResponse>
+
+        /// Handle the "ModelStreamInfer" method.
+        ///
+        /// > Source IDL Documentation:
+        /// >
+        /// > Triton's extension (its grpc_service.proto: the same method, message, field names and
+        /// > numbers): ModelInfer on one open stream, a response for each request. KServe and MLServer do
+        /// > not have it and answer UNIMPLEMENTED. Veil's accelerator answers each request in order, one at a time, and
+        /// > ends the stream with the status ModelInfer would return at the first request it refuses;
+        /// > Triton reports such errors in `error_message` and keeps the stream open.
+        ///
+        /// - Parameters:
+        ///   - request: A streaming request of `Inference_ModelInferRequest` messages.
+        ///   - context: Context providing information about the RPC.
+        /// - Throws: Any error which occurred during the processing of the request. Thrown errors
+        ///     of type `RPCError` are mapped to appropriate statuses. All other errors are converted
+        ///     to an internal error.
+        /// - Returns: A streaming response of `Inference_ModelStreamInferResponse` messages.
+        func modelStreamInfer(
+            request: GRPCCore.StreamingServerRequest<Inference_ModelInferRequest>,
+            context: GRPCCore.ServerContext
+        ) async throws -> GRPCCore.StreamingServerResponse<Inference_ModelStreamInferResponse>
     }
 
     /// Simple service protocol for the "inference.GRPCInferenceService" service.
@@ -477,6 +535,29 @@ extension Inference_GRPCInferenceService {
             request: Inference_ModelInferRequest,
             context: GRPCCore.ServerContext
         ) async throws -> Inference_ModelInferResponse
+
+        /// Handle the "ModelStreamInfer" method.
+        ///
+        /// > Source IDL Documentation:
+        /// >
+        /// > Triton's extension (its grpc_service.proto: the same method, message, field names and
+        /// > numbers): ModelInfer on one open stream, a response for each request. KServe and MLServer do
+        /// > not have it and answer UNIMPLEMENTED. Veil's accelerator answers each request in order, one at a time, and
+        /// > ends the stream with the status ModelInfer would return at the first request it refuses;
+        /// > Triton reports such errors in `error_message` and keeps the stream open.
+        ///
+        /// - Parameters:
+        ///   - request: A stream of `Inference_ModelInferRequest` messages.
+        ///   - response: A response stream of `Inference_ModelStreamInferResponse` messages.
+        ///   - context: Context providing information about the RPC.
+        /// - Throws: Any error which occurred during the processing of the request. Thrown errors
+        ///     of type `RPCError` are mapped to appropriate statuses. All other errors are converted
+        ///     to an internal error.
+        func modelStreamInfer(
+            request: GRPCCore.RPCAsyncSequence<Inference_ModelInferRequest, any Swift.Error>,
+            response: GRPCCore.RPCWriter<Inference_ModelStreamInferResponse>,
+            context: GRPCCore.ServerContext
+        ) async throws
     }
 }
 
@@ -545,6 +626,17 @@ extension Inference_GRPCInferenceService.StreamingServiceProtocol {
             serializer: GRPCProtobuf.ProtobufSerializer<Inference_ModelInferResponse>(),
             handler: { request, context in
                 try await self.modelInfer(
+                    request: request,
+                    context: context
+                )
+            }
+        )
+        router.registerHandler(
+            forMethod: Inference_GRPCInferenceService.Method.ModelStreamInfer.descriptor,
+            deserializer: GRPCProtobuf.ProtobufDeserializer<Inference_ModelInferRequest>(),
+            serializer: GRPCProtobuf.ProtobufSerializer<Inference_ModelStreamInferResponse>(),
+            handler: { request, context in
+                try await self.modelStreamInfer(
                     request: request,
                     context: context
                 )
@@ -703,6 +795,23 @@ extension Inference_GRPCInferenceService.SimpleServiceProtocol {
             metadata: [:]
         )
     }
+
+    public func modelStreamInfer(
+        request: GRPCCore.StreamingServerRequest<Inference_ModelInferRequest>,
+        context: GRPCCore.ServerContext
+    ) async throws -> GRPCCore.StreamingServerResponse<Inference_ModelStreamInferResponse> {
+        return GRPCCore.StreamingServerResponse<Inference_ModelStreamInferResponse>(
+            metadata: [:],
+            producer: { writer in
+                try await self.modelStreamInfer(
+                    request: request.messages,
+                    response: writer,
+                    context: context
+                )
+                return [:]
+            }
+        )
+    }
 }
 
 // MARK: inference.GRPCInferenceService (client)
@@ -850,6 +959,33 @@ extension Inference_GRPCInferenceService {
             deserializer: some GRPCCore.MessageDeserializer<Inference_ModelInferResponse>,
             options: GRPCCore.CallOptions,
             onResponse handleResponse: @Sendable @escaping (GRPCCore.ClientResponse<Inference_ModelInferResponse>) async throws -> Result
+        ) async throws -> Result where Result: Sendable
+
+        /// Call the "ModelStreamInfer" method.
+        ///
+        /// > Source IDL Documentation:
+        /// >
+        /// > Triton's extension (its grpc_service.proto: the same method, message, field names and
+        /// > numbers): ModelInfer on one open stream, a response for each request. KServe and MLServer do
+        /// > not have it and answer UNIMPLEMENTED. Veil's accelerator answers each request in order, one at a time, and
+        /// > ends the stream with the status ModelInfer would return at the first request it refuses;
+        /// > Triton reports such errors in `error_message` and keeps the stream open.
+        ///
+        /// - Parameters:
+        ///   - request: A streaming request producing `Inference_ModelInferRequest` messages.
+        ///   - serializer: A serializer for `Inference_ModelInferRequest` messages.
+        ///   - deserializer: A deserializer for `Inference_ModelStreamInferResponse` messages.
+        ///   - options: Options to apply to this RPC.
+        ///   - handleResponse: A closure which handles the response and returns its result to
+        ///       the caller. Returning from the closure will cancel the RPC if it hasn't
+        ///       already finished.
+        /// - Returns: The result of `handleResponse`.
+        func modelStreamInfer<Result>(
+            request: GRPCCore.StreamingClientRequest<Inference_ModelInferRequest>,
+            serializer: some GRPCCore.MessageSerializer<Inference_ModelInferRequest>,
+            deserializer: some GRPCCore.MessageDeserializer<Inference_ModelStreamInferResponse>,
+            options: GRPCCore.CallOptions,
+            onResponse handleResponse: @Sendable @escaping (GRPCCore.StreamingClientResponse<Inference_ModelStreamInferResponse>) async throws -> Result
         ) async throws -> Result where Result: Sendable
     }
 
@@ -1072,6 +1208,42 @@ extension Inference_GRPCInferenceService {
                 onResponse: handleResponse
             )
         }
+
+        /// Call the "ModelStreamInfer" method.
+        ///
+        /// > Source IDL Documentation:
+        /// >
+        /// > Triton's extension (its grpc_service.proto: the same method, message, field names and
+        /// > numbers): ModelInfer on one open stream, a response for each request. KServe and MLServer do
+        /// > not have it and answer UNIMPLEMENTED. Veil's accelerator answers each request in order, one at a time, and
+        /// > ends the stream with the status ModelInfer would return at the first request it refuses;
+        /// > Triton reports such errors in `error_message` and keeps the stream open.
+        ///
+        /// - Parameters:
+        ///   - request: A streaming request producing `Inference_ModelInferRequest` messages.
+        ///   - serializer: A serializer for `Inference_ModelInferRequest` messages.
+        ///   - deserializer: A deserializer for `Inference_ModelStreamInferResponse` messages.
+        ///   - options: Options to apply to this RPC.
+        ///   - handleResponse: A closure which handles the response and returns its result to
+        ///       the caller. Returning from the closure will cancel the RPC if it hasn't
+        ///       already finished.
+        /// - Returns: The result of `handleResponse`.
+        public func modelStreamInfer<Result>(
+            request: GRPCCore.StreamingClientRequest<Inference_ModelInferRequest>,
+            serializer: some GRPCCore.MessageSerializer<Inference_ModelInferRequest>,
+            deserializer: some GRPCCore.MessageDeserializer<Inference_ModelStreamInferResponse>,
+            options: GRPCCore.CallOptions = .defaults,
+            onResponse handleResponse: @Sendable @escaping (GRPCCore.StreamingClientResponse<Inference_ModelStreamInferResponse>) async throws -> Result
+        ) async throws -> Result where Result: Sendable {
+            try await self.client.bidirectionalStreaming(
+                request: request,
+                descriptor: Inference_GRPCInferenceService.Method.ModelStreamInfer.descriptor,
+                serializer: serializer,
+                deserializer: deserializer,
+                options: options,
+                onResponse: handleResponse
+            )
+        }
     }
 }
 
@@ -1247,6 +1419,37 @@ extension Inference_GRPCInferenceService.ClientProtocol {
             request: request,
             serializer: GRPCProtobuf.ProtobufSerializer<Inference_ModelInferRequest>(),
             deserializer: GRPCProtobuf.ProtobufDeserializer<Inference_ModelInferResponse>(),
+            options: options,
+            onResponse: handleResponse
+        )
+    }
+
+    /// Call the "ModelStreamInfer" method.
+    ///
+    /// > Source IDL Documentation:
+    /// >
+    /// > Triton's extension (its grpc_service.proto: the same method, message, field names and
+    /// > numbers): ModelInfer on one open stream, a response for each request. KServe and MLServer do
+    /// > not have it and answer UNIMPLEMENTED. Veil's accelerator answers each request in order, one at a time, and
+    /// > ends the stream with the status ModelInfer would return at the first request it refuses;
+    /// > Triton reports such errors in `error_message` and keeps the stream open.
+    ///
+    /// - Parameters:
+    ///   - request: A streaming request producing `Inference_ModelInferRequest` messages.
+    ///   - options: Options to apply to this RPC.
+    ///   - handleResponse: A closure which handles the response and returns its result to
+    ///       the caller. Returning from the closure will cancel the RPC if it hasn't
+    ///       already finished.
+    /// - Returns: The result of `handleResponse`.
+    public func modelStreamInfer<Result>(
+        request: GRPCCore.StreamingClientRequest<Inference_ModelInferRequest>,
+        options: GRPCCore.CallOptions = .defaults,
+        onResponse handleResponse: @Sendable @escaping (GRPCCore.StreamingClientResponse<Inference_ModelStreamInferResponse>) async throws -> Result
+    ) async throws -> Result where Result: Sendable {
+        try await self.modelStreamInfer(
+            request: request,
+            serializer: GRPCProtobuf.ProtobufSerializer<Inference_ModelInferRequest>(),
+            deserializer: GRPCProtobuf.ProtobufDeserializer<Inference_ModelStreamInferResponse>(),
             options: options,
             onResponse: handleResponse
         )
@@ -1448,6 +1651,42 @@ extension Inference_GRPCInferenceService.ClientProtocol {
             metadata: metadata
         )
         return try await self.modelInfer(
+            request: request,
+            options: options,
+            onResponse: handleResponse
+        )
+    }
+
+    /// Call the "ModelStreamInfer" method.
+    ///
+    /// > Source IDL Documentation:
+    /// >
+    /// > Triton's extension (its grpc_service.proto: the same method, message, field names and
+    /// > numbers): ModelInfer on one open stream, a response for each request. KServe and MLServer do
+    /// > not have it and answer UNIMPLEMENTED. Veil's accelerator answers each request in order, one at a time, and
+    /// > ends the stream with the status ModelInfer would return at the first request it refuses;
+    /// > Triton reports such errors in `error_message` and keeps the stream open.
+    ///
+    /// - Parameters:
+    ///   - metadata: Additional metadata to send, defaults to empty.
+    ///   - options: Options to apply to this RPC, defaults to `.defaults`.
+    ///   - producer: A closure producing request messages to send to the server. Returning
+    ///       from the closure closes the request stream.
+    ///   - handleResponse: A closure which handles the response and returns its result to
+    ///       the caller. Returning from the closure will cancel the RPC if it hasn't
+    ///       already finished.
+    /// - Returns: The result of `handleResponse`.
+    public func modelStreamInfer<Result>(
+        metadata: GRPCCore.Metadata = [:],
+        options: GRPCCore.CallOptions = .defaults,
+        requestProducer producer: @Sendable @escaping (GRPCCore.RPCWriter<Inference_ModelInferRequest>) async throws -> Void,
+        onResponse handleResponse: @Sendable @escaping (GRPCCore.StreamingClientResponse<Inference_ModelStreamInferResponse>) async throws -> Result
+    ) async throws -> Result where Result: Sendable {
+        let request = GRPCCore.StreamingClientRequest<Inference_ModelInferRequest>(
+            metadata: metadata,
+            producer: producer
+        )
+        return try await self.modelStreamInfer(
             request: request,
             options: options,
             onResponse: handleResponse
