@@ -288,9 +288,39 @@ func withDeadline<T: Sendable>(
 /// finish even though gRPC signals them cancelled (it does so to end streaming calls).
 public final class DrainFlag: Sendable {
   private let flag = Atomic<Bool>(false)
+  private let waiters = Mutex<(next: UInt64, waiting: [UInt64: CheckedContinuation<Void, Never>])>((0, [:]))
   public init() {}
-  public func set() { flag.store(true, ordering: .releasing) }
+
+  public func set() {
+    flag.store(true, ordering: .releasing)
+    let waiting = waiters.withLock { w -> [CheckedContinuation<Void, Never>] in
+      defer { w.waiting = [:] }
+      return Array(w.waiting.values)
+    }
+    for c in waiting { c.resume() }
+  }
+
   public var isSet: Bool { flag.load(ordering: .acquiring) }
+
+  /// Returns once the flag is set, or the task is cancelled.
+  func wait() async {
+    let id = waiters.withLock { w -> UInt64 in
+      defer { w.next &+= 1 }
+      return w.next
+    }
+    await withTaskCancellationHandler {
+      await withCheckedContinuation { (c: CheckedContinuation<Void, Never>) in
+        let now = waiters.withLock { w -> Bool in
+          if isSet || Task.isCancelled { return true }
+          w.waiting[id] = c
+          return false
+        }
+        if now { c.resume() }
+      }
+    } onCancel: {
+      waiters.withLock { $0.waiting.removeValue(forKey: id) }?.resume()
+    }
+  }
 }
 
 /// Runs a gRPC handler's work so that it stops when the call does: gRPC signals a call the

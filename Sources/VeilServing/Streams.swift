@@ -28,12 +28,20 @@ func serveInOrder<Request: Sendable>(
       }
     }
     group.addTask {
-      // Polls rather than waits on an event: the requests arrive in the other task, and a tick
-      // of at most a quarter second keeps an idle or draining stream's end prompt.
-      let tick = UInt64(min(0.25, max(0.005, idle / 4)) * 1e9)
+      // Wakes when the stream may have idled out, not on a tick: thousands of open streams must
+      // not cost the server a wake-up each every fraction of a second.
       while true {
-        try await Task.sleep(nanoseconds: tick)
-        if gate.close(now: clock.now(), idleFor: idle, draining: draining.isSet) { return }
+        let wait = gate.remaining(now: clock.now(), idleFor: idle)
+        try await Task.sleep(nanoseconds: UInt64(min(max(wait, 0.001), 86_400) * 1e9))
+        if gate.close(now: clock.now(), idleFor: idle, draining: false) { return }
+      }
+    }
+    group.addTask {
+      // The server drains: a stream waiting for a request ends now, one serving ends after it.
+      await draining.wait()
+      while !Task.isCancelled {
+        if gate.close(now: clock.now(), idleFor: idle, draining: true) { return }
+        try await Task.sleep(nanoseconds: 5_000_000)
       }
     }
     try await group.next()
@@ -64,6 +72,18 @@ private final class StreamGate: Sendable {
       guard case .serving = s else { return false }
       s = .waiting(since: now)
       return true
+    }
+  }
+
+  /// Seconds until the stream, waiting for a request, will have waited `idle`; `idle` while it
+  /// serves one (it waits again afterwards), 0 once it has ended.
+  func remaining(now: Double, idleFor idle: Double) -> Double {
+    state.withLock { s in
+      switch s {
+      case .ended: return 0
+      case .serving: return idle
+      case .waiting(let since): return since + idle - now
+      }
     }
   }
 
