@@ -1,6 +1,5 @@
 #!/usr/bin/env bash
-# Regenerates the Swift code of the KServe v2 and gRPC health protos into Sources/VeilServing/Generated, and of
-# Veil's enclave protocol into Generated/Enclave (messages with
+# Regenerates the Swift code of the KServe v2 and gRPC health protos into Sources/VeilServing/Generated (messages with
 # protoc-gen-swift, the gRPC service with protoc-gen-grpc-swift-2). The generated code is
 # committed: neither make nor CI runs this. Needs protoc (Debian: protobuf-compiler) and the two
 # plugins, found on PATH or in PLUGIN_DIR (default /work/tools/bin).
@@ -20,10 +19,4 @@ protoc --proto_path=Protos \
   --plugin=protoc-gen-grpc-swift-2="$grpc_plugin" --grpc-swift-2_out="$out" \
   --grpc-swift-2_opt=Visibility=Public,Client=true,Server=true \
   Protos/grpc_predict_v2.proto Protos/grpc_health_v1.proto
-mkdir -p "$out/Enclave"
-protoc --proto_path=Protos \
-  --plugin=protoc-gen-swift="$swift_plugin" --swift_out="$out/Enclave" --swift_opt=Visibility=Public \
-  --plugin=protoc-gen-grpc-swift-2="$grpc_plugin" --grpc-swift-2_out="$out/Enclave" \
-  --grpc-swift-2_opt=Visibility=Public \
-  Protos/veil_enclave.proto
 echo "generated: $(ls "$out" | tr '\n' ' ')"

@@ -5,7 +5,9 @@
       NVIDIA's tritonclient (grpc) calls the server at ENDPOINT: health, metadata, then
       ModelInfer of MODEL with a seeded input of the declared shape; the answer is compared with
       ONNX Runtime on the same ONNX file. A request with a wrong shape must come back as
-      INVALID_ARGUMENT. Prints one JSON line: {"max_abs_diff": ..., "shape": [...], ...}.
+      INVALID_ARGUMENT. Then Triton's ModelStreamInfer: three requests on one stream (answers
+      equal to the unary one, in order) and a wrong shape on another (refused). Prints one JSON
+      line: {"max_abs_diff": ..., "shape": [...], "stream_equal": ..., ...}.
 
   mlserver PORT MODEL ONNX
       Serves ONNX (run by ONNX Runtime) as MODEL version 1 on Seldon MLServer's KServe v2 gRPC
@@ -64,7 +66,27 @@ def tritonclient_peer(endpoint, model, onnx_path):
     except InferenceServerException as e:
         status = e.status()
     again = client.infer(model, [inp], outputs=outputs).as_numpy(meta["outputs"][0]["name"])
+    # Triton's ModelStreamInfer: three requests on one stream, answered in order; then a wrong
+    # shape on a new stream, which the server refuses by ending that stream with an error.
+    import queue
+    answers = queue.Queue()
+    client.start_stream(callback=lambda result, error: answers.put((result, error)))
+    for i in range(3):
+        client.async_stream_infer(model, [inp], outputs=outputs, request_id=f"stream-{i}")
+    streamed = [answers.get(timeout=60) for _ in range(3)]
+    client.stop_stream()
+    name = meta["outputs"][0]["name"]
+    stream_equal = all(e is None and np.array_equal(r.as_numpy(name), got[0]) for r, e in streamed)
+    stream_ids = [r.get_response().id if r is not None else None for r, _ in streamed]
+    client.start_stream(callback=lambda result, error: answers.put((result, error)))
+    client.async_stream_infer(model, [bad])
+    bad_result, bad_error = answers.get(timeout=60)
+    client.stop_stream()
     print(json.dumps({
+        "stream_equal": stream_equal,
+        "stream_ids": stream_ids,
+        "stream_bad_refused": bad_result is None and bad_error is not None,
+        "stream_bad_error": str(bad_error),
         "max_abs_diff": diff,
         "max_abs_value": scale,
         "shape": list(got[0].shape),

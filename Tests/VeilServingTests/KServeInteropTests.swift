@@ -40,7 +40,8 @@ final class KServeInteropTests: XCTestCase {
   }
 
   /// NVIDIA tritonclient (grpc) calls Veil's accelerator: health, metadata, inference equal to
-  /// ONNX Runtime on the same file, INVALID_ARGUMENT for a wrong shape.
+  /// ONNX Runtime on the same file, INVALID_ARGUMENT for a wrong shape; the same on Triton's
+  /// ModelStreamInfer.
   func testTritonClientCallsVeilsAccelerator() async throws {
     try requirePeer("tritonclient")
     let (url, graph) = try tailFile()
@@ -57,6 +58,12 @@ final class KServeInteropTests: XCTestCase {
     XCTAssertEqual(report["bad_shape_status"] as? String, "StatusCode.INVALID_ARGUMENT", out)
     XCTAssertEqual(report["again_equal"] as? Bool, true, out)
     XCTAssertEqual(report["server"] as? String, AcceleratorService.serverName, out)
+    // Triton's ModelStreamInfer from Triton's own client: equal answers, in order, and a wrong
+    // shape refused on the stream.
+    XCTAssertEqual(report["stream_equal"] as? Bool, true, out)
+    XCTAssertEqual(report["stream_ids"] as? [String], ["stream-0", "stream-1", "stream-2"], out)
+    XCTAssertEqual(report["stream_bad_refused"] as? Bool, true, out)
+    XCTAssertTrue((report["stream_bad_error"] as? String ?? "").contains("shape"), out)
   }
 
   /// Veil's client calls Seldon MLServer (a real KServe v2 server, from .venv-peers) hosting the
