@@ -222,8 +222,10 @@ public final class KServeClient: Sendable {
   /// goes again as a unary call.
   public func modelInfer(_ request: Inference_ModelInferRequest, timeout: Duration? = nil) async throws -> Inference_ModelInferResponse {
     if streaming, streams.withLock({ $0.form }) == .unknown {
-      // Asked once; a server that does not answer now is asked again at the next request.
-      if let name = try? await serverMetadata(timeout: timeout).name {
+      // Asked once, within 5 s at most (a hung server must not make the request wait twice its
+      // deadline); a server that does not answer now is asked again at the next request.
+      let probe = min(timeout ?? defaultTimeout ?? .seconds(5), .seconds(5))
+      if let name = try? await serverMetadata(timeout: probe).name {
         streams.withLock { $0.form = Self.serversWithTritonStreams.contains(name) ? .triton : .none }
       }
     }
