@@ -8,7 +8,10 @@
 /// server), and the enclave service (engine, sessions, service, wire, one file each), which
 /// completes the attested handshake of VeilTEE, runs the head on decrypted inputs and encrypts
 /// the answers; the clients of both, with enclave replicas and failover (`EnclaveReplicas`); the
-/// gRPC health service; plan.json's deployment part (`DeploymentPlan`), which both servers
+/// gRPC health service; the open streams on which both hops carry their requests (the
+/// enclave's `InferStream`, Triton's `ModelStreamInfer`), served and called through one pair of
+/// types (Streams.swift: `serveInOrder`, `ExchangeStream`) with a fallback to the unary calls;
+/// plan.json's deployment part (`DeploymentPlan`), which both servers
 /// read; and the key-release service that hands a sealed head's key to an attested enclave.
 /// Every size, rate and duration a peer controls is bounded here (Limits.swift;
 /// docs/security.md, "Servers"); domain errors become protocol statuses only at each service's
