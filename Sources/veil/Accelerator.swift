@@ -204,6 +204,8 @@ struct AcceleratorBench: AsyncParsableCommand {
   var maxBatch: Int = 8
   @Option(help: "Milliseconds the first request of a batch waits for others (batching on).")
   var maxQueueDelayMs: Double = 5
+  @Flag(help: "Send each request as a ModelInfer call of its own instead of on open ModelStreamInfer streams (the default).")
+  var unary = false
   @Flag(help: "Print one JSON document.")
   var json = false
   @OptionGroup var engine: EngineOptions
@@ -272,7 +274,9 @@ struct AcceleratorBench: AsyncParsableCommand {
       let serving = Task { try await server.run() }
       let port = try await server.port()
       let endpoint = KServeEndpoint(host: "127.0.0.1", port: port)
-      let conns = try (0..<clients).map { _ in try KServeClient(endpoint: endpoint, defaultTimeout: .seconds(120)) }
+      let conns = try (0..<clients).map { _ in
+        try KServeClient(endpoint: endpoint, defaultTimeout: .seconds(120), streaming: !unary)
+      }
       // Warm-up: one request per client, so connections are open before timing.
       try await withThrowingTaskGroup(of: Void.self) { g in
         for c in conns {
