@@ -123,33 +123,35 @@ while [ "$r" -le "$ROUNDS" ]; do
   for VEIL in $VEILS; do
     for wait in $WAITS; do
       for acc in $ACCELERATOR_CALLS; do
-      servers_start "$wait" "$acc"
-      for load in quiet busy; do
-        [ "$load" = busy ] && busy_start
-        base=$wait
-        [ "$VEILS" != "$VEIL" ] && base="$(basename "$VEIL"):$wait"
-        [ "$ACCELERATOR_CALLS" != "$acc" ] && base="$base-acc:$acc"
-        printf '%-6s %-24s %-7s %-28s %10s ms\n' "$r" "$base" "$load" "whole model (bench median)" "$(bench)"
-        for calls in $CALLS; do
-        variant=$base
-        [ "$CALLS" != "$calls" ] && variant="$base-$calls"
-        [ "$r" -eq 1 ] && [ "$load" = quiet ] && VARIANTS="$VARIANTS $variant"
-        set -- $(loadtest 1)
-        printf '%-6s %-24s %-7s %-28s %10s ms  (%s wrong, %s lost)\n' "$r" "$variant" "$load" "private path p50, 1 client" "$1" "$3" "$4"
-        [ "$load" = quiet ] && cp "$WORK/lt.json" "$WORK/quiet-breakdown-$variant.json"
-        if [ "$load" = quiet ] && [ "$SPORADIC_MS" != 0 ]; then
-          printf '%-6s %-24s %-7s %-28s %10s ms\n' "$r" "$variant" "$load" "whole model, ${SPORADIC_MS} ms apart" "$(bench "$SPORADIC_MS")"
-          set -- $(loadtest 1 "$SPORADIC_MS")
-          printf '%-6s %-24s %-7s %-28s %10s ms  (%s wrong, %s lost)\n' "$r" "$variant" "$load" "p50, 1 client, ${SPORADIC_MS} ms apart" "$1" "$3" "$4"
-        fi
-        if [ "$CLIENTS" -gt 1 ]; then
-          set -- $(loadtest "$CLIENTS")
-          printf '%-6s %-24s %-7s %-28s %10s req/s  (%s wrong, %s lost)\n' "$r" "$variant" "$load" "throughput, $CLIENTS clients" "$2" "$3" "$4"
-        fi
+        servers_start "$wait" "$acc"
+        for load in quiet busy; do
+          [ "$load" = busy ] && busy_start
+          base=$wait
+          [ "$VEILS" != "$VEIL" ] && base="$(basename "$VEIL"):$wait"
+          [ "$ACCELERATOR_CALLS" != "$acc" ] && base="$base-acc:$acc"
+          printf '%-6s %-24s %-7s %-28s %10s ms\n' "$r" "$base" "$load" "whole model (bench median)" "$(bench)"
+          if [ "$load" = quiet ] && [ "$SPORADIC_MS" != 0 ]; then
+            printf '%-6s %-24s %-7s %-28s %10s ms\n' "$r" "$base" "$load" "whole model, ${SPORADIC_MS} ms apart" "$(bench "$SPORADIC_MS")"
+          fi
+          for calls in $CALLS; do
+            variant=$base
+            [ "$CALLS" != "$calls" ] && variant="$base-$calls"
+            [ "$r" -eq 1 ] && [ "$load" = quiet ] && VARIANTS="$VARIANTS $variant"
+            set -- $(loadtest 1)
+            printf '%-6s %-24s %-7s %-28s %10s ms  (%s wrong, %s lost)\n' "$r" "$variant" "$load" "private path p50, 1 client" "$1" "$3" "$4"
+            [ "$load" = quiet ] && cp "$WORK/lt.json" "$WORK/quiet-breakdown-$variant.json"
+            if [ "$load" = quiet ] && [ "$SPORADIC_MS" != 0 ]; then
+              set -- $(loadtest 1 "$SPORADIC_MS")
+              printf '%-6s %-24s %-7s %-28s %10s ms  (%s wrong, %s lost)\n' "$r" "$variant" "$load" "p50, 1 client, ${SPORADIC_MS} ms apart" "$1" "$3" "$4"
+            fi
+            if [ "$CLIENTS" -gt 1 ]; then
+              set -- $(loadtest "$CLIENTS")
+              printf '%-6s %-24s %-7s %-28s %10s req/s  (%s wrong, %s lost)\n' "$r" "$variant" "$load" "throughput, $CLIENTS clients" "$2" "$3" "$4"
+            fi
+          done
+          [ "$load" = busy ] && busy_stop
         done
-        [ "$load" = busy ] && busy_stop
-      done
-      servers_stop
+        servers_stop
       done
     done
   done

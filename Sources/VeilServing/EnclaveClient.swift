@@ -195,21 +195,22 @@ public final class EnclaveSession: Sendable {
   /// ended without opening, or that an enclave without streams refused, goes again by `Infer`:
   /// the enclave has not opened it, so the session's records are still in step.
   func send(_ message: Veil_Enclave_V1_InferRequest) async throws -> Veil_Enclave_V1_InferResponse {
-    guard client.streaming else { return try await client.stub.infer(message, options: client.options) }
+    let client = self.client
+    let unary = { try await client.stub.infer(message, options: client.options) }
     let open = stream.withLock { s -> EnclaveStream? in
-      if s.unaryOnly { return nil }
+      guard client.streaming, !s.unaryOnly else { return nil }
       if let o = s.open, o.isOpen { return o }
       s.open = client.openStream()
       return s.open
     }
-    guard let open else { return try await client.stub.infer(message, options: client.options) }
+    guard let open else { return try await unary() }
     do {
       return try await open.exchange(message, timeout: client.timeout)
     } catch EnclaveStream.Ended.unanswered {
-      return try await client.stub.infer(message, options: client.options)
+      return try await unary()
     } catch let e as RPCError where e.code == .unimplemented {
       stream.withLock { $0 = (nil, true) }
-      return try await client.stub.infer(message, options: client.options)
+      return try await unary()
     }
   }
 

@@ -230,12 +230,13 @@ public final class KServeClient: Sendable {
       }
     }
     return try await call("ModelInfer") {
-      guard let stream = checkOut() else { return try await service.modelInfer(request, options: options(timeout)) }
+      let unary = { try await self.service.modelInfer(request, options: self.options(timeout)) }
+      guard let stream = checkOut() else { return try await unary() }
       let answer: Inference_ModelStreamInferResponse
       do {
         answer = try await stream.exchange(request, timeout: timeout ?? defaultTimeout)
       } catch InferStream.Ended.unanswered {
-        return try await service.modelInfer(request, options: options(timeout))
+        return try await unary()
       } catch let e as RPCError where e.code == .unimplemented {
         let idle = streams.withLock { s -> [InferStream] in
           s.form = .none
@@ -243,7 +244,7 @@ public final class KServeClient: Sendable {
           return s.idle
         }
         for s in idle { s.finish() }
-        return try await service.modelInfer(request, options: options(timeout))
+        return try await unary()
       }
       checkIn(stream)
       // Triton answers a request's error on the stream and keeps it open.

@@ -47,10 +47,8 @@ public final class AcceleratorServer: Service, Sendable {
   public init(config: AcceleratorServerConfig, repository: KServeModelRepository, metrics: AcceleratorMetrics, logger: Logger) {
     self.config = config
     self.logger = logger
-    let idle = config.connections.maxIdleTime.components
     service = AcceleratorService(
-      repository: repository, metrics: metrics, logger: logger,
-      streamIdleSeconds: Double(idle.seconds) + Double(idle.attoseconds) / 1e18)
+      repository: repository, metrics: metrics, logger: logger, streamIdleSeconds: config.connections.maxIdleTime.seconds)
     connections = ConnectionCounter(limits: config.connections)
     let tc = config.connections.transportConfig(maxRequestBytes: config.maxRequestBytes, counter: connections)
     if config.metricsPort == nil {

@@ -266,6 +266,14 @@ final class ConnectionAdmission: ChannelInboundHandler, RemovableChannelHandler,
   }
 }
 
+extension Duration {
+  /// The duration in seconds.
+  package var seconds: Double {
+    let (s, a) = components
+    return Double(s) + Double(a) / 1e18
+  }
+}
+
 /// Runs `body` with a deadline: past `seconds`, the task running it is cancelled and `timedOut`
 /// is thrown. Work that ignores cancellation still runs to its end, but its caller is answered.
 func withDeadline<T: Sendable>(

@@ -37,12 +37,12 @@ func serveInOrder<Request: Sendable>(
       }
     }
     group.addTask {
-      // The server drains: a stream waiting for a request ends now, one serving ends after it.
+      // The server drains: a stream waiting for a request ends now; one serving a request ends
+      // after its answer (the loop above reads the flag then), and this task waits to be
+      // cancelled with the others.
       await draining.wait()
-      while !Task.isCancelled {
-        if gate.close(now: clock.now(), idleFor: idle, draining: true) { return }
-        try await Task.sleep(nanoseconds: 5_000_000)
-      }
+      if gate.close(now: clock.now(), idleFor: idle, draining: true) { return }
+      while true { try await Task.sleep(nanoseconds: 86_400 * 1_000_000_000) }
     }
     try await group.next()
     group.cancelAll()
@@ -171,16 +171,9 @@ final class ExchangeStream<Request: Sendable, Response: Sendable>: Sendable {
   /// Sends `message` and waits for its answer, at most `timeout` (nil: as long as it takes).
   func exchange(_ message: Request, timeout: Duration?) async throws -> Response {
     guard let timeout else { return try await answer(message) }
-    return try await withThrowingTaskGroup(of: Response.self) { group in
-      group.addTask { try await self.answer(message) }
-      group.addTask {
-        try await Task.sleep(for: timeout)
-        throw RPCError(code: .deadlineExceeded, message: "no answer within \(timeout)")
-      }
-      defer { group.cancelAll() }
-      guard let answer = try await group.next() else { throw CancellationError() }
-      return answer
-    }
+    return try await withDeadline(
+      seconds: timeout.seconds, timedOut: RPCError(code: .deadlineExceeded, message: "no answer within \(timeout)")
+    ) { try await self.answer(message) }
   }
 
   private func answer(_ message: Request) async throws -> Response {

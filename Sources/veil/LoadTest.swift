@@ -355,10 +355,3 @@ struct LoadTest: AsyncParsableCommand {
     return worst <= tolerance * scale && topK(a, 1).first?.index == topK(ref, 1).first?.index
   }
 }
-
-extension Duration {
-  var seconds: Double {
-    let (s, a) = components
-    return Double(s) + Double(a) / 1e18
-  }
-}
