@@ -223,6 +223,11 @@ final class ExchangeStream<Request: Sendable, Response: Sendable>: Sendable {
     outgoing.finish()
   }
 
-  /// Cancels the call: a request in flight fails with the cancellation.
-  func cancel() { call.withLock { $0 }?.cancel() }
+  /// Cancels the call: a request in flight fails with the cancellation, and the stream counts
+  /// as ended at once, so that the owner's next request opens a new one instead of meeting this
+  /// one before its call has wound down.
+  func cancel() {
+    end(RPCError(code: .cancelled, message: "the stream was cancelled"))
+    call.withLock { $0 }?.cancel()
+  }
 }
