@@ -398,8 +398,6 @@ struct ONNXImporter {
   func fusingSiLU(_ nodes: [ONNXProto.Node], graphOutputs: Set<String>) -> [ONNXProto.Node] {
     var readers: [String: [Int]] = [:]
     for (i, n) in nodes.enumerated() { for x in Set(n.inputs) { readers[x, default: []].append(i) } }
-    var nodes = nodes
-    var removed = Set<Int>()
     func attribute(_ n: ONNXProto.Node, _ name: String, _ fallback: Float) -> Float? {
       switch n.attributes[name] {
       case nil: return fallback
@@ -407,28 +405,41 @@ struct ONNXImporter {
       default: return nil
       }
     }
-    for (i, s) in nodes.enumerated() where (s.opType == "Sigmoid" || s.opType == "HardSigmoid") && s.domain.isEmpty {
-      guard s.inputs.count == 1, s.outputs.count == 1, let x = s.inputs.first, let y = s.outputs.first,
-        !graphOutputs.contains(y), let r = readers[y], r.count == 1
-      else { continue }
-      let gate: Activation
-      if s.opType == "Sigmoid" {
-        gate = .silu
-      } else {
-        // PyTorch writes α as the float nearest 1/6 (0.16666667).
-        guard let a = attribute(s, "alpha", 0.2), let b = attribute(s, "beta", 0.5), abs(a - 1 / 6) < 1e-6, b == 0.5 else {
+    return Self.rewriting(nodes) { nodes, removed in
+      for (i, s) in nodes.enumerated() where (s.opType == "Sigmoid" || s.opType == "HardSigmoid") && s.domain.isEmpty {
+        guard s.inputs.count == 1, s.outputs.count == 1, let x = s.inputs.first, let y = s.outputs.first,
+          !graphOutputs.contains(y), let r = readers[y], r.count == 1
+        else { continue }
+        let gate: Activation
+        if s.opType == "Sigmoid" {
+          gate = .silu
+        } else {
+          // PyTorch writes α as the float nearest 1/6 (0.16666667).
+          guard let a = attribute(s, "alpha", 0.2), let b = attribute(s, "beta", 0.5), abs(a - 1 / 6) < 1e-6, b == 0.5 else {
+            continue
+          }
+          gate = .hardSwish
+        }
+        let m = nodes[r[0]]
+        guard m.opType == "Mul", m.domain.isEmpty, m.fused == nil, m.inputs.count == 2, Set(m.inputs) == [x, y] else {
           continue
         }
-        gate = .hardSwish
+        nodes[r[0]].inputs = [x]
+        nodes[r[0]].fused = gate
+        removed.insert(i)
       }
-      let m = nodes[r[0]]
-      guard m.opType == "Mul", m.domain.isEmpty, m.fused == nil, m.inputs.count == 2, Set(m.inputs) == [x, y] else {
-        continue
-      }
-      nodes[r[0]].inputs = [x]
-      nodes[r[0]].fused = gate
-      removed.insert(i)
     }
+  }
+
+  /// Runs a fusion pass over a copy of `nodes`: `body` rewrites the nodes that become the fused
+  /// op and adds the indices of those the fused op replaces to `removed`; the result is the rest,
+  /// in their order.
+  static func rewriting(
+    _ nodes: [ONNXProto.Node], _ body: (inout [ONNXProto.Node], inout Set<Int>) -> Void
+  ) -> [ONNXProto.Node] {
+    var nodes = nodes
+    var removed = Set<Int>()
+    body(&nodes, &removed)
     return nodes.indices.filter { !removed.contains($0) }.map { nodes[$0] }
   }
 
@@ -437,41 +448,40 @@ struct ONNXImporter {
   /// multiply x, 0.5 and the sum in any order. Each intermediate value must have no other reader.
   mutating func fusingGELU(_ nodes: [ONNXProto.Node], graphOutputs: Set<String>) -> [ONNXProto.Node] {
     let f = FusionIndex(nodes, graphOutputs: graphOutputs)
-    var nodes = nodes
-    var removed = Set<Int>()
     func scalar(_ name: String) -> Float? { f.scalar(name, &self) }
     func near(_ v: Float?, _ target: Float) -> Bool { v.map { abs($0 - target) <= 1e-4 * target } ?? false }
-    for (e, erf) in nodes.enumerated() where f.isOp(e, "Erf", inputs: 1) {
-      // x / √2 or x · (1/√2)
-      guard let d = f.producer[erf.inputs[0]], f.soleReader(erf.inputs[0]) == e, nodes[d].inputs.count == 2 else { continue }
-      let x = nodes[d].inputs[0]
-      guard (f.isOp(d, "Div", inputs: 2) && near(scalar(nodes[d].inputs[1]), 1.414_213_6))
-        || (f.isOp(d, "Mul", inputs: 2) && near(scalar(nodes[d].inputs[1]), 0.707_106_78))
-      else { continue }
-      // 1 + erf
-      guard let erfOut = erf.outputs.first, let a = f.soleReader(erfOut), f.isOp(a, "Add", inputs: 2),
-        let sum = nodes[a].outputs.first, let one = nodes[a].inputs.first(where: { $0 != erfOut }), near(scalar(one), 1)
-      else { continue }
-      // Two Muls over {x, 0.5, sum}: the first reads two of them, the second its result and the third.
-      let halfOfX = f.readers[x]?.first { f.isOp($0, "Mul", inputs: 2) && nodes[$0].inputs.contains { near(scalar($0), 0.5) } }
-      var pair: (Int, Int)? = nil
-      for first in [f.soleReader(sum), halfOfX] {
-        guard let m1 = first, f.isOp(m1, "Mul", inputs: 2), let m1Out = nodes[m1].outputs.first,
-          let m2 = f.soleReader(m1Out), f.isOp(m2, "Mul", inputs: 2)
+    return Self.rewriting(nodes) { nodes, removed in
+      for (e, erf) in nodes.enumerated() where f.isOp(e, "Erf", inputs: 1) {
+        // x / √2 or x · (1/√2)
+        guard let d = f.producer[erf.inputs[0]], f.soleReader(erf.inputs[0]) == e, nodes[d].inputs.count == 2 else { continue }
+        let x = nodes[d].inputs[0]
+        guard (f.isOp(d, "Div", inputs: 2) && near(scalar(nodes[d].inputs[1]), 1.414_213_6))
+          || (f.isOp(d, "Mul", inputs: 2) && near(scalar(nodes[d].inputs[1]), 0.707_106_78))
         else { continue }
-        let factors = nodes[m1].inputs + nodes[m2].inputs.filter { $0 != m1Out }
-        guard factors.count == 3, factors.filter({ $0 == x }).count == 1, factors.filter({ $0 == sum }).count == 1,
-          factors.contains(where: { $0 != x && $0 != sum && near(scalar($0), 0.5) })
+        // 1 + erf
+        guard let erfOut = erf.outputs.first, let a = f.soleReader(erfOut), f.isOp(a, "Add", inputs: 2),
+          let sum = nodes[a].outputs.first, let one = nodes[a].inputs.first(where: { $0 != erfOut }), near(scalar(one), 1)
         else { continue }
-        pair = (m1, m2)
-        break
+        // Two Muls over {x, 0.5, sum}: the first reads two of them, the second its result and the third.
+        let halfOfX = f.readers[x]?.first { f.isOp($0, "Mul", inputs: 2) && nodes[$0].inputs.contains { near(scalar($0), 0.5) } }
+        var pair: (Int, Int)? = nil
+        for first in [f.soleReader(sum), halfOfX] {
+          guard let m1 = first, f.isOp(m1, "Mul", inputs: 2), let m1Out = nodes[m1].outputs.first,
+            let m2 = f.soleReader(m1Out), f.isOp(m2, "Mul", inputs: 2)
+          else { continue }
+          let factors = nodes[m1].inputs + nodes[m2].inputs.filter { $0 != m1Out }
+          guard factors.count == 3, factors.filter({ $0 == x }).count == 1, factors.filter({ $0 == sum }).count == 1,
+            factors.contains(where: { $0 != x && $0 != sum && near(scalar($0), 0.5) })
+          else { continue }
+          pair = (m1, m2)
+          break
+        }
+        guard let (m1, m2) = pair, nodes[m2].fused == nil else { continue }
+        nodes[m2].inputs = [x]
+        nodes[m2].fused = .gelu(tanh: false)
+        removed.formUnion([d, e, a, m1])
       }
-      guard let (m1, m2) = pair, nodes[m2].fused == nil else { continue }
-      nodes[m2].inputs = [x]
-      nodes[m2].fused = .gelu(tanh: false)
-      removed.formUnion([d, e, a, m1])
     }
-    return nodes.indices.filter { !removed.contains($0) }.map { nodes[$0] }
   }
 
   /// LayerNormalization as exporters write it before opset 17: m = ReduceMean(x) over trailing
@@ -480,8 +490,6 @@ struct ONNXImporter {
   /// reader outside the pattern.
   mutating func fusingLayerNorm(_ nodes: [ONNXProto.Node], graphOutputs: Set<String>) -> [ONNXProto.Node] {
     let f = FusionIndex(nodes, graphOutputs: graphOutputs)
-    var nodes = nodes
-    var removed = Set<Int>()
     func scalar(_ name: String) -> Float? { f.scalar(name, &self) }
     /// The axes a ReduceMean reduces (keepdims on), from its attribute or (opset 18) its input.
     func reducedAxes(_ i: Int) -> [Int64]? {
@@ -491,39 +499,40 @@ struct ONNXImporter {
       if nodes[i].inputs.count > 1 { return f.integers(nodes[i].inputs[1], &self) }
       return nil
     }
-    for (m, mean) in nodes.enumerated() {
-      guard let axes = reducedAxes(m), let x = mean.inputs.first, let mOut = mean.outputs.first,
-        let s = f.soleReader(mOut), f.isOp(s, "Sub", inputs: 2), nodes[s].inputs == [x, mOut], let d = nodes[s].outputs.first,
-        let dReaders = f.readers[d], dReaders.count == 2, !graphOutputs.contains(d),
-        let p = dReaders.first(where: { f.isOp($0, "Pow", inputs: 2) }), scalar(nodes[p].inputs[1]) == 2,
-        nodes[p].inputs[0] == d, let pOut = nodes[p].outputs.first,
-        let v = f.soleReader(pOut), reducedAxes(v) == axes, let vOut = nodes[v].outputs.first,
-        let a = f.soleReader(vOut), f.isOp(a, "Add", inputs: 2), let aOut = nodes[a].outputs.first,
-        let eps = nodes[a].inputs.first(where: { $0 != vOut }).flatMap(scalar),
-        let q = f.soleReader(aOut), f.isOp(q, "Sqrt", inputs: 1), let qOut = nodes[q].outputs.first,
-        let dv = f.soleReader(qOut), f.isOp(dv, "Div", inputs: 2), nodes[dv].inputs == [d, qOut],
-        dReaders.contains(dv), let dvOut = nodes[dv].outputs.first,
-        let ml = f.soleReader(dvOut), f.isOp(ml, "Mul", inputs: 2), let mlOut = nodes[ml].outputs.first,
-        let gamma = nodes[ml].inputs.first(where: { $0 != dvOut }), constants[gamma] != nil
-      else { continue }
-      // The trailing axes, counted from the end (as exporters write them; a positive axis
-      // could not be checked to be trailing before shapes are known).
-      let sorted = axes.sorted()
-      guard let first = sorted.first, sorted == Array(first...(-1)) else { continue }
-      var last = ml
-      var inputs = [x, gamma]
-      if let b = f.soleReader(mlOut), f.isOp(b, "Add", inputs: 2),
-        let beta = nodes[b].inputs.first(where: { $0 != mlOut }), constants[beta] != nil
-      {
-        last = b
-        inputs.append(beta)
+    return Self.rewriting(nodes) { nodes, removed in
+      for (m, mean) in nodes.enumerated() {
+        guard let axes = reducedAxes(m), let x = mean.inputs.first, let mOut = mean.outputs.first,
+          let s = f.soleReader(mOut), f.isOp(s, "Sub", inputs: 2), nodes[s].inputs == [x, mOut], let d = nodes[s].outputs.first,
+          let dReaders = f.readers[d], dReaders.count == 2, !graphOutputs.contains(d),
+          let p = dReaders.first(where: { f.isOp($0, "Pow", inputs: 2) }), scalar(nodes[p].inputs[1]) == 2,
+          nodes[p].inputs[0] == d, let pOut = nodes[p].outputs.first,
+          let v = f.soleReader(pOut), reducedAxes(v) == axes, let vOut = nodes[v].outputs.first,
+          let a = f.soleReader(vOut), f.isOp(a, "Add", inputs: 2), let aOut = nodes[a].outputs.first,
+          let eps = nodes[a].inputs.first(where: { $0 != vOut }).flatMap(scalar),
+          let q = f.soleReader(aOut), f.isOp(q, "Sqrt", inputs: 1), let qOut = nodes[q].outputs.first,
+          let dv = f.soleReader(qOut), f.isOp(dv, "Div", inputs: 2), nodes[dv].inputs == [d, qOut],
+          dReaders.contains(dv), let dvOut = nodes[dv].outputs.first,
+          let ml = f.soleReader(dvOut), f.isOp(ml, "Mul", inputs: 2), let mlOut = nodes[ml].outputs.first,
+          let gamma = nodes[ml].inputs.first(where: { $0 != dvOut }), constants[gamma] != nil
+        else { continue }
+        // The trailing axes, counted from the end (as exporters write them; a positive axis
+        // could not be checked to be trailing before shapes are known).
+        let sorted = axes.sorted()
+        guard let first = sorted.first, sorted == Array(first...(-1)) else { continue }
+        var last = ml
+        var inputs = [x, gamma]
+        if let b = f.soleReader(mlOut), f.isOp(b, "Add", inputs: 2),
+          let beta = nodes[b].inputs.first(where: { $0 != mlOut }), constants[beta] != nil
+        {
+          last = b
+          inputs.append(beta)
+        }
+        nodes[last].opType = "LayerNormalization"
+        nodes[last].inputs = inputs
+        nodes[last].attributes = ["axis": .int(first), "epsilon": .float(eps)]
+        removed.formUnion([m, s, p, v, a, q, dv, ml].filter { $0 != last })
       }
-      nodes[last].opType = "LayerNormalization"
-      nodes[last].inputs = inputs
-      nodes[last].attributes = ["axis": .int(first), "epsilon": .float(eps)]
-      removed.formUnion([m, s, p, v, a, q, dv, ml].filter { $0 != last })
     }
-    return nodes.indices.filter { !removed.contains($0) }.map { nodes[$0] }
   }
 
   func label(_ n: ONNXProto.Node) -> String {

@@ -164,20 +164,22 @@ struct ONNXModel {
 
   private func encodeAttribute(_ a: inout ProtobufEncoder, _ name: String, _ value: ONNXAttribute) {
     a.string(Field.attrName, name)
+    let type: Int64
     switch value {
     case .int(let i):
       a.int(Field.attrI, i)
-      a.int64(Field.attrType, AttributeType.int)
+      type = AttributeType.int
     case .float(let f):
       a.float(Field.attrF, f)
-      a.int64(Field.attrType, AttributeType.float)
+      type = AttributeType.float
     case .string(let s):
       a.string(Field.attrS, s)
-      a.int64(Field.attrType, AttributeType.string)
+      type = AttributeType.string
     case .ints(let v):
       a.packedInt(Field.attrInts, v)
-      a.int64(Field.attrType, AttributeType.ints)
+      type = AttributeType.ints
     }
+    a.int64(Field.attrType, type)
   }
 
   private func encodeTensor(_ t: inout ProtobufEncoder, _ c: ONNXConstant) {
