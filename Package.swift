@@ -91,7 +91,8 @@ let package = Package(
         .product(name: "Crypto", package: "swift-crypto"),
       ]),
     .target(name: "VeilData", dependencies: ["VeilTensor", "CImageCodecs"], swiftSettings: kernelSwiftFlags),
-    // Autograd, layers, losses, optimisers, checkpoints: the graph layer's training engine.
+    // Autograd, layers, losses, optimisers, checkpoints: the training layer, above graph and
+    // formats (it reads and writes safetensors checkpoints); privacy builds on it.
     .target(name: "VeilTrain", dependencies: ["VeilTensor", "VeilGraph", "VeilFormats"], swiftSettings: kernelSwiftFlags),
     // SSIM/PSNR, features at a cut, the inversion attackers and the sweep: never imports serving,
     // TEE or planning.

@@ -6,8 +6,8 @@ import VeilTrain
 /// The black-box form of the optimisation attack: the attacker cannot differentiate the head,
 /// but it can query it (send its own photos, observe their feature maps), so it trains a
 /// substitute head on those pairs and optimises images through the substitute. The substitute
-/// is a plain convolutional network with the head's geometry: per halving of the image side,
-/// a 3×3 convolution and a 4×4 stride-2 one (BatchNorm, LeakyReLU 0.2), widths doubling from
+/// is a plain convolutional network with the head's geometry: a 3×3 stem, then per halving of
+/// the image side a 4×4 stride-2 convolution and a 3×3 one (BatchNorm, LeakyReLU 0.2), widths doubling from
 /// `substituteWidth` up to 8×; then a 1×1 convolution to the map's channels. It predicts the
 /// map standardised per channel (the training maps' mean and spread), so no channel dominates.
 final class SubstituteHead {

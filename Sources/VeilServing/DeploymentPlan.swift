@@ -14,8 +14,9 @@ import VeilTensor
 /// Schema changes are additive: new fields are optional, and `schemaVersion` changes only when
 /// an old reader would misread a new plan.
 public struct DeploymentPlan: Codable, Sendable, Equatable {
-  /// The newest schema this Veil reads: 2 adds `defence` (a plan with a defence is written as
-  /// 2, so that a Veil that cannot apply it refuses the plan instead of serving undefended maps).
+  /// The newest schema this Veil reads: 2 adds `defence` and `privateOutput` (a plan with either
+  /// is written as 2, so that a Veil that cannot apply them refuses the plan instead of serving
+  /// undefended maps or sending the logits out).
   public static let schemaVersion = 2
   public static let fileName = "plan.json"
 

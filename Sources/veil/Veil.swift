@@ -3,7 +3,9 @@
 /// Each subcommand parses and validates its arguments, calls the library modules, and prints
 /// human-readable text or, with --json, one JSON document for scripts. It holds no numerical
 /// or protocol logic of its own: one file per command, with the helpers they share in
-/// Support.swift. It may import every library module; none imports it.
+/// Support.swift and the option groups several commands share beside their first user
+/// (`EngineOptions` here, `AttackOptions` in AttackOptions.swift, `AttestationOptions` and
+/// `EnclaveEndpointOptions` in Infer.swift). It may import every library module; none imports it.
 import ArgumentParser
 import Foundation
 import VeilFormats
