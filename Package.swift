@@ -135,7 +135,7 @@ let package = Package(
         .product(name: "Crypto", package: "swift-crypto"),
         .product(name: "X509", package: "swift-certificates"),
       ]),
-    .testTarget(name: "VeilTensorTests", dependencies: ["VeilTensor"]),
+    .testTarget(name: "VeilTensorTests", dependencies: ["VeilTensor", "CDNNL"]),
     .testTarget(name: "VeilGraphTests", dependencies: ["VeilGraph", "VeilTensor", "VeilFormats", "VeilTestSupport"]),
     .testTarget(name: "VeilFormatsTests", dependencies: ["VeilFormats", "VeilGraph", "VeilTensor", "VeilTestSupport"]),
     .testTarget(

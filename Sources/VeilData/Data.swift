@@ -7,7 +7,8 @@
 /// photos) with deterministic splits and a bounded prefetching loader, and the TON_IoT network
 /// CSV reader with its fitted vector-to-image transform. It depends only on VeilTensor and the C
 /// codecs, and must not import VeilGraph, VeilFormats, VeilModels or anything above them:
-/// models declare a `Preprocessing` value, they are not known here.
+/// models declare their transform (`ModelInfo.transform`, the ONNX file's `preprocess.*`
+/// metadata), which callers turn into a `Preprocessing`; models are not known here.
 import Foundation
 
 /// Everything that can go wrong in the data layer, with the file, line or byte a user needs.

@@ -133,8 +133,8 @@ public struct CutDefence: Codable, Sendable, Equatable, CustomStringConvertible 
     }
   }
 
-  /// Whether `apply` needs `fitted(to:)` first.
-  public var needsFit: Bool { kind == .gaussian || kind == .laplace || kind == .prune }
+  /// Whether `apply` may run: the defences that scale to the maps' spread or keep the channels
+  /// that matter need `fitted(to:)` first.
   public var isFitted: Bool {
     switch kind {
     case .gaussian, .laplace: channelScale != nil

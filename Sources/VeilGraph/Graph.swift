@@ -12,7 +12,7 @@
 /// executor binds one working buffer to all its kernels, and executors that take turns (a
 /// served model's batch sizes) share one through `SharedWorkingMemory`
 /// (`ExecutorOptions.workingMemory`); multi-head attention found in imported graphs runs as
-/// one fused op (`AttentionPattern`), and an inverted residual block's 1×1 expansion with the
+/// one fused op (`Graph.attentionMatches`, AttentionPattern.swift), and an inverted residual block's 1×1 expansion with the
 /// 3×3 depthwise convolution after it as one kernel where the backend has one
 /// (`ComputeBackend.pointwiseDepthwise`; the next convolution then reads that kernel's layout
 /// as it is). It computes only through VeilTensor's `ComputeBackend`

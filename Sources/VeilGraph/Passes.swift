@@ -265,7 +265,6 @@ extension Graph {
     }
   }
 
-  /// The standard inference pipeline: identities out, BatchNorm folded, post-ops fused.
   /// Gives a constant operand of an element-wise op the rank of the op's output, with leading
   /// 1s (a per-channel [C, 1, 1] becomes [1, C, 1, 1]: BatchNorm written as Mul and Add, as the
   /// ONNX model zoo's DenseNet and Inception do). Same values, same broadcast; a backend can
@@ -345,6 +344,10 @@ extension Graph {
     removeDeadCode()
   }
 
+  /// The standard inference pipeline: identities out, zero padding folded into the convolution
+  /// after it, channel shuffles fused, constants' ranks aligned, per-channel Mul and Add folded
+  /// into one affine step, BatchNorm folded into the convolution before it, post-ops (bias,
+  /// activations, residual adds) fused into the op that produces their input.
   public mutating func optimizeForInference() throws {
     try sortTopologically()
     removeIdentities()

@@ -12,7 +12,9 @@
 ///
 /// Conventions every builder keeps, so that planners, importers and tests can rely on them:
 /// - The input value is `input`, [batch, 3, 224, 224] NCHW RGB; the output value is `logits`,
-///   [batch, 1000]. Shapes are inferred before a builder returns.
+///   [batch, 1000] (except `small-vit`, a training-time architecture sized by its data: its
+///   input's channels and side and its classes are arguments). Shapes are inferred before a
+///   builder returns.
 /// - Parameter (initializer) names are the reference implementation's `state_dict` keys:
 ///   torchvision's for vgg16, resnet50, efficientnet_b0, mobilenet_v2 and the ViTs; lukemelas'
 ///   EfficientNet-PyTorch, as ml-illustrated's Lite port names it, for efficientnet_lite0.

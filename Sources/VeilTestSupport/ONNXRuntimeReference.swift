@@ -4,8 +4,10 @@
 /// tensors, one run of `scripts/reference.py` (ONNX Runtime in the project's `.venv`) over a
 /// batch of named (graph, inputs) cases, and `ReferenceBackend`, a plain-loop second backend
 /// behind VeilTensor's `ComputeBackend` and `TrainingBackend` seams that the op table and the
-/// training tests also run on; the fuzz corpus and the ONNX seeds of the fuzz harness, and a
-/// test SEV-SNP authority (a chip's certificate chain and the reports it signs). It is linked
+/// training tests also run on; the fuzz corpus and the ONNX seeds of the fuzz harness, a
+/// test SEV-SNP authority (a chip's certificate chain and the reports it signs), hand-built
+/// PyTorch checkpoints and PNG/JPEG files (Checkpoints.swift, ImageFiles.swift), and the
+/// helpers that find fetched assets and export PyTorch models (`TestAssets`, `TorchExport`). It is linked
 /// by test targets and the `veil-fuzz` harness only (Package.swift, `VEIL_FUZZ`), never by the
 /// `veil` tool or any library a user ships; it may import VeilTensor, VeilGraph, VeilFormats
 /// and VeilTEE (with the crypto libraries the SNP authority signs with), and nothing above

@@ -5,8 +5,10 @@
 /// optimisers (Adam, SGD with momentum), seeded initialisers and safetensors checkpoints, the
 /// bridge that trains an inference graph (`GraphModel`: VeilGraph's IR in, trained graph out)
 /// and the classifier epoch loop with its metrics (`ClassifierTrainer`). It is
-/// DESIGN.md's "autograd for training" of the graph layer, kept as its own module so that the
-/// inference engine (VeilGraph's executor and memory planner) carries none of it. It computes
+/// DESIGN.md's "autograd for training", which the design lists under the graph layer; it is a
+/// layer of its own on purpose, above graph and formats (it reads and writes safetensors
+/// checkpoints with VeilFormats) and below privacy, so that the inference engine (VeilGraph's
+/// executor and memory planner) carries none of it. It computes
 /// through VeilTensor's `TrainingBackend` seam (convolutions with their backward passes, batch
 /// normalisation, Adam), taken by each convolution layer and by Adam when it is made
 /// (`Backends.training` unless given); the matrix products of `linear`, `gemm` and `matmul`

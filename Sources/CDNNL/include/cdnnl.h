@@ -3,8 +3,11 @@
 /// Swift imports fixed-size C arrays inside structs as tuples, which is clumsy for
 /// dnnl_memory_desc_t; the helpers here read and build descriptors through plain pointers.
 /// The kernels at the bottom cover the few plain-layout ops oneDNN does not provide, and SiLU,
-/// which oneDNN's swish computes slower (silu.c). It depends on oneDNN, libgomp and libc only;
-/// no Swift module but VeilTensor imports it.
+/// which oneDNN's swish computes slower (silu.c). It also holds Veil's thread team (the OpenMP
+/// entry points oneDNN calls, team.c), the allocator's tuning, and the training kernels
+/// (BatchNorm and Adam in vectorised C, training_kernels.c). It depends on oneDNN, libgomp and
+/// libc only; no library module but VeilTensor imports it (and VeilTensor's tests, for the
+/// team's counters and SiLU).
 #ifndef VEIL_CDNNL_H
 #define VEIL_CDNNL_H
 
