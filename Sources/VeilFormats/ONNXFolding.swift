@@ -186,6 +186,11 @@ extension ONNXImporter {
     var data: [(dims: [Int], values: [Int64])] = []
     for i in ins {
       guard case .ints(let d, let v) = constants[i] else { return false }
+      // Every fold below indexes the values by the dims: the two must agree, whatever fold or
+      // file wrote the constant.
+      guard (try? FormatLimits.elementCount(d)) == v.count else {
+        throw c.fail("integer constant '\(i)' has dims \(d.prefix(8)) but \(v.count) values")
+      }
       data.append((d, v))
     }
     guard !data.isEmpty else { return false }
@@ -263,7 +268,11 @@ extension ONNXImporter {
         dims = try unsqueezed(dims, axes: axes, c)
       } else {
         let r = dims.count
-        let drop = Set((axes ?? dims.indices.filter { dims[$0] == 1 }).map { $0 < 0 ? $0 + r : $0 })
+        let named = axes ?? dims.indices.filter { dims[$0] == 1 }
+        let drop = Set(named.map { $0 < 0 ? $0 + r : $0 })
+        guard drop.allSatisfy({ (0..<r).contains($0) && dims[$0] == 1 }) else {
+          throw c.fail("Squeeze axes \(named) must name axes of extent 1 of \(dims)")
+        }
         dims = dims.indices.filter { !drop.contains($0) }.map { dims[$0] }
       }
       constants[out] = .ints(dims: dims, values: data[0].values)
@@ -630,7 +639,7 @@ extension ONNXImporter {
         guard n.isFinite, n <= Double(FormatLimits.maxFoldedElements - foldedElements) else {
           throw c.fail("Range of \(n) elements is more than what is left of the \(FormatLimits.maxFoldedElements) elements all folded constants may hold")
         }
-        return max(Int(n), 0)
+        return n <= 0 ? 0 : Int(n)
       }
       guard ks.count == 3, ks.allSatisfy({ $0.dims.reduce(1, *) == 1 }) else {
         throw c.fail("start, limit and delta must be scalars")

@@ -518,7 +518,7 @@ struct ONNXImporter {
         // The trailing axes, counted from the end (as exporters write them; a positive axis
         // could not be checked to be trailing before shapes are known).
         let sorted = axes.sorted()
-        guard let first = sorted.first, sorted == Array(first...(-1)) else { continue }
+        guard let first = sorted.first, first == -Int64(sorted.count), sorted == Array(first...(-1)) else { continue }
         var last = ml
         var inputs = [x, gamma]
         if let b = f.soleReader(mlOut), f.isOp(b, "Add", inputs: 2),

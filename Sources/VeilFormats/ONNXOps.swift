@@ -111,6 +111,9 @@ extension ONNXImporter {
     let shape: [Int]
     do {
       shape = try op.outputShape(ins.map { graph.shape($0) ?? [] }, node: label)
+      // Bounded as it is derived: the nodes after this one multiply its extents (Flatten,
+      // Reshape, a Conv's channels) before the graph's own shape inference would check it.
+      if let node = graph.nodes.last { try Graph.checkBounded(shape, node: node) }
     } catch let e as GraphError {
       throw FormatError.invalidGraph(format: Self.format, detail: e.description)
     }
@@ -138,6 +141,12 @@ extension ONNXImporter {
     case "VALID":
       return (Array(repeating: 0, count: n), Array(repeating: 0, count: n))
     case "SAME_UPPER", "SAME_LOWER":
+      guard strides.count == n, dilations.count == n,
+        strides.allSatisfy({ (1...65536).contains($0) }), dilations.allSatisfy({ (1...65536).contains($0) }),
+        kernel.allSatisfy({ (1...65536).contains($0) }), input.allSatisfy({ $0 >= 0 && $0 <= Int(Int32.max) })
+      else {
+        throw c.fail("auto_pad \(autoPad): strides \(strides) and dilations \(dilations) must each give one value in 1...65536 per axis of kernel_shape \(kernel), on an input of \(input)")
+      }
       var begin: [Int] = []
       var end: [Int] = []
       for i in 0..<n {
@@ -261,7 +270,7 @@ extension ONNXImporter {
       let nsp = kernel.count
       let strides = try c.ints("strides") ?? Array(repeating: 1, count: nsp)
       let dilations = try c.ints("dilations") ?? Array(repeating: 1, count: nsp)
-      guard dilations.allSatisfy({ $0 == 1 }) else {
+      guard dilations.count == nsp, dilations.allSatisfy({ $0 == 1 }) else {
         throw c.fail("attribute 'dilations' = \(dilations) is not supported")
       }
       guard strides.count == nsp, strides.allSatisfy({ (1...65536).contains($0) }),

@@ -59,7 +59,7 @@ extension Graph {
     var paramsBefore = [Int](repeating: 0, count: n + 1)
     var seen = Set<ValueID>()
     for (i, node) in g.nodes.enumerated() {
-      flopsBefore[i + 1] = flopsBefore[i] + g.flops(of: node)
+      flopsBefore[i + 1] = Graph.saturatingSum(flopsBefore[i], g.flops(of: node))
       var bytes = 0
       for v in node.inputs where g.isConstant(v) && !seen.contains(v) {
         seen.insert(v)

@@ -41,7 +41,7 @@ extension Graph {
   /// may hold (a Conv padded by 30,000 on each side, a ConvTranspose striding 60,000, an input
   /// size or batch that blows a later layer up), naming the node, instead of leaving the
   /// allocation to fail, or a product to overflow, when the model runs.
-  static func checkBounded(_ shape: [Int], node: Node) throws {
+  package static func checkBounded(_ shape: [Int], node: Node) throws {
     guard shape.allSatisfy({ $0 >= 0 }) else {
       throw GraphError.shapeError(node: node.name, op: node.op.typeName, detail: "output shape \(shape) has a negative dimension")
     }
@@ -78,27 +78,40 @@ extension Graph {
   }
 
   /// Multiply–accumulate count ×2 (FLOPs) of one node, from inferred shapes.
+  /// A count too large for an Int (a file's shapes can multiply past it) is `Int.max`: a figure
+  /// to print, never a trap.
   public func flops(of node: Node) -> Int {
     guard let out = self[node.outputs[0]].shape else { return 0 }
-    let outCount = out.reduce(1, *)
+    let outCount = Self.saturatingProduct(out)
     switch node.op {
     case .conv(let a):
-      guard let w = self[node.inputs[1]].shape else { return 0 }
-      return 2 * outCount * (w[1] * a.kernel.reduce(1, *))
+      guard let w = self[node.inputs[1]].shape, w.count > 1 else { return 0 }
+      return Self.saturatingProduct([2, outCount, w[1]] + a.kernel)
     case .convTranspose(let a):
-      guard let x = self[node.inputs[0]].shape, let w = self[node.inputs[1]].shape else { return 0 }
-      return 2 * x.reduce(1, *) * w[1] * a.kernel.reduce(1, *)
+      guard let x = self[node.inputs[0]].shape, let w = self[node.inputs[1]].shape, w.count > 1 else { return 0 }
+      return Self.saturatingProduct([2, Self.saturatingProduct(x), w[1]] + a.kernel)
     case .gemm(let g):
-      guard let a = self[node.inputs[0]].shape else { return 0 }
-      return 2 * outCount * (g.transA ? a[0] : a[1])
+      guard let a = self[node.inputs[0]].shape, a.count == 2 else { return 0 }
+      return Self.saturatingProduct([2, outCount, g.transA ? a[0] : a[1]])
     case .matMul:
       guard let a = self[node.inputs[0]].shape else { return 0 }
-      return 2 * outCount * (a.last ?? 1)
+      return Self.saturatingProduct([2, outCount, a.last ?? 1])
     default:
       return outCount
     }
   }
 
-  /// Total FLOPs of the graph (shapes must be inferred).
-  public var totalFlops: Int { nodes.reduce(0) { $0 + flops(of: $1) } }
+  /// Total FLOPs of the graph (shapes must be inferred); `Int.max` when the sum overflows.
+  public var totalFlops: Int { nodes.reduce(0) { Self.saturatingSum($0, flops(of: $1)) } }
+
+  /// The product of non-negative `factors`, or `Int.max` when it overflows.
+  static func saturatingProduct(_ factors: [Int]) -> Int {
+    checkedProduct(factors.map { max($0, 0) }) ?? Int.max
+  }
+
+  /// `a + b` for non-negative counts, or `Int.max` when it overflows.
+  package static func saturatingSum(_ a: Int, _ b: Int) -> Int {
+    let (s, overflow) = a.addingReportingOverflow(b)
+    return overflow ? Int.max : s
+  }
 }

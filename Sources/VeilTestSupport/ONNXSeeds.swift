@@ -148,6 +148,15 @@ public struct ONNXModelBuilder {
     }
   }
 
+  /// A STRING attribute of the node being written.
+  public static func string(_ e: inout ProtobufEncoder, _ name: String, _ value: String) {
+    e.message(5) { a in
+      a.string(1, name)
+      a.string(4, value)
+      a.int(20, 3)
+    }
+  }
+
   /// A float graph input; nil dims are symbolic ("N").
   public mutating func input(_ name: String, dims: [Int?]) { valueInfo(field: 11, name, dims) }
   public mutating func output(_ name: String, dims: [Int?]) { valueInfo(field: 12, name, dims) }

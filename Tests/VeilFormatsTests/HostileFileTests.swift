@@ -146,9 +146,7 @@ final class HostileFileTests: XCTestCase {
     var m = ONNXModelBuilder()
     m.ints("e", dims: [0, 2_147_483_647, 2_147_483_647, 2_147_483_647], [])
     m.node("Transpose", ["e"], ["t"])
-    m.input("x", dims: [1, 2])
-    m.node("Relu", ["x"], ["y"])
-    m.output("y", dims: [1, 2])
+    m.reluGraph()
     assertRefused(try ONNXReader.parse(m.model()), ["tensor 'e'", "more than 2147483647 elements"])
   }
 
@@ -199,6 +197,112 @@ final class HostileFileTests: XCTestCase {
     }
   }
 
+  /// LayerNormalization as exporters wrote it before opset 17, but reducing over a positive
+  /// axis or Int64.min: the fusion built the range `first...(-1)` from the file's axis, which
+  /// trapped for any axis above −1 and overflowed for Int64.min. Such a pattern is not fused
+  /// now (its Pow alone is not an op Veil takes, and Int64.min is no axis of any input); over
+  /// the last axis (−1) it still fuses.
+  func testLayerNormPatternWithPositiveOrExtremeAxes() throws {
+    for axis in [Int64(-1), 1, 2, Int64.min] {
+      var m = ONNXModelBuilder()
+      m.input("x", dims: [1, 4, 3])
+      m.tensor("two", dims: [], type: 1) { $0.packedFloat(4, [2]) }
+      m.tensor("eps", dims: [], type: 1) { $0.packedFloat(4, [1e-5]) }
+      m.tensor("gamma", dims: [3], type: 1) { $0.packedFloat(4, [1, 2, 3]) }
+      let axes = { (e: inout ProtobufEncoder) in ONNXModelBuilder.ints(&e, "axes", [Int(axis)]) }
+      m.node("ReduceMean", ["x"], ["m"], attributes: axes)
+      m.node("Sub", ["x", "m"], ["d"])
+      m.node("Pow", ["d", "two"], ["p"])
+      m.node("ReduceMean", ["p"], ["v"], attributes: axes)
+      m.node("Add", ["v", "eps"], ["a"])
+      m.node("Sqrt", ["a"], ["q"])
+      m.node("Div", ["d", "q"], ["n"])
+      m.node("Mul", ["n", "gamma"], ["y"])
+      m.output("y", dims: [1, 4, 3])
+      if axis == -1 {
+        let g = try ONNXReader.parse(m.model(opset: 13))
+        XCTAssertTrue(g.nodes.contains { $0.op.typeName == "LayerNormalization" }, "the trailing axis fuses")
+      } else {
+        // Int64.min is no axis at all: its ReduceMean is refused before the Pow.
+        let expected = axis == Int64.min ? ["ReduceMean", "out of range"] : ["unknown op 'Pow'"]
+        assertRefused(try ONNXReader.parse(m.model(opset: 13)), expected)
+      }
+    }
+  }
+
+  /// MaxPool with `auto_pad` SAME_UPPER and fewer dilations than kernel axes: the padding was
+  /// computed from `dilations[i]` for every kernel axis, past the end of the list.
+  func testPoolWithSamePaddingAndShortDilations() {
+    for dilations in [[Int](), [1]] {
+      var m = ONNXModelBuilder()
+      m.input("x", dims: [1, 1, 4, 4])
+      m.node("MaxPool", ["x"], ["y"]) {
+        ONNXModelBuilder.ints(&$0, "kernel_shape", [2, 2])
+        ONNXModelBuilder.string(&$0, "auto_pad", "SAME_UPPER")
+        ONNXModelBuilder.ints(&$0, "dilations", dilations)
+      }
+      m.output("y", dims: [1, 1, 4, 4])
+      assertRefused(try ONNXReader.parse(m.model()), ["MaxPool", "dilations"])
+    }
+  }
+
+  /// Range folded over a span that is negative and huge (a delta of 1e-30 below the start, or
+  /// Int64.max down to Int64.min by +1): the element count, −1e30 and −1.8e19, was converted to
+  /// Int before it was clamped to 0, and trapped. It is empty, as ONNX Runtime makes it.
+  func testRangeWithAHugeNegativeSpanIsEmpty() throws {
+    let cases: [(Int, (inout ONNXModelBuilder) -> Void)] = [
+      (1, { m in
+        m.tensor("s", dims: [], type: 1) { $0.packedFloat(4, [0]) }
+        m.tensor("l", dims: [], type: 1) { $0.packedFloat(4, [-1]) }
+        m.tensor("d", dims: [], type: 1) { $0.packedFloat(4, [1e-30]) }
+      }),
+      (7, { m in
+        m.ints("s", dims: [], [Int64.max])
+        m.ints("l", dims: [], [Int64.min])
+        m.ints("d", dims: [], [1])
+      }),
+    ]
+    for (type, constants) in cases {
+      var m = ONNXModelBuilder()
+      constants(&m)
+      m.node("Range", ["s", "l", "d"], ["r"])
+      m.node("Shape", ["r"], ["n"])
+      m.reluGraph()
+      XCTAssertNoThrow(try ONNXReader.parse(m.model()), "type \(type)")
+    }
+  }
+
+  /// Pads that make a [1, 1, 1, 1] input [1, 2^31−1, 2^31−1, 2^31−1], then a Flatten that
+  /// multiplies those extents: the importer kept each node's shape without bounding it, and the
+  /// Flatten's product overflowed. The Pad is refused where its shape is derived.
+  func testPadThatGrowsPastOneTensorIsRefusedWhereItIsDerived() {
+    var m = ONNXModelBuilder()
+    m.input("x", dims: [1, 1, 1, 1])
+    m.node("Pad", ["x"], ["p"]) { ONNXModelBuilder.ints(&$0, "pads", [0, 0, 0, 0, 0, 2_147_483_646, 2_147_483_646, 2_147_483_646]) }
+    m.node("Flatten", ["p"], ["y"]) { ONNXModelBuilder.int(&$0, "axis", 1) }
+    m.output("y", dims: [1, 1])
+    assertRefused(try ONNXReader.parse(m.model(opset: 10)), ["Pad", "more than 2147483647 elements"])
+  }
+
+  /// An integer constant squeezed on an axis whose extent is not 1 ([0, 5] and [1000, 1000] on
+  /// axis 0): the fold kept the values and dropped the axis, so dims and values disagreed, and
+  /// the Add indexed past the values (a trap) while the Cast to float wrote 10^6 floats into a
+  /// tensor of 1000 (a heap overflow in release builds).
+  func testSqueezeOfAnAxisThatIsNotOneIsRefused() {
+    for (dims, values, then) in [([0, 5], [Int64](), "Add"), ([1000, 1000], [Int64](repeating: 1, count: 1_000_000), "Cast")] {
+      var m = ONNXModelBuilder()
+      m.ints("c", dims: dims, values)
+      m.node("Squeeze", ["c"], ["s"]) { ONNXModelBuilder.ints(&$0, "axes", [0]) }
+      if then == "Add" {
+        m.node("Add", ["s", "s"], ["t"])
+      } else {
+        m.node("Cast", ["s"], ["t"]) { ONNXModelBuilder.int(&$0, "to", 1) }
+      }
+      m.reluGraph()
+      assertRefused(try ONNXReader.parse(m.model(opset: 11)), ["Squeeze", "extent 1"])
+    }
+  }
+
   /// Slice steps of ±2^63−1 and Int64.min: the extent arithmetic overflowed before.
   func testONNXSliceWithExtremeSteps() throws {
     for step in [Int64.max, Int64.min, Int64.min + 1] {
@@ -209,9 +313,7 @@ final class HostileFileTests: XCTestCase {
       m.ints("axes", dims: [1], [0])
       m.ints("steps", dims: [1], [step])
       m.node("Slice", ["seq", "starts", "ends", "axes", "steps"], ["s"])
-      m.input("x", dims: [1, 2])
-      m.node("Relu", ["x"], ["y"])
-      m.output("y", dims: [1, 2])
+      m.reluGraph()
       XCTAssertNoThrow(try ONNXReader.parse(m.model()), "step \(step): one element, as ONNX Runtime slices it")
     }
   }
@@ -222,9 +324,7 @@ final class HostileFileTests: XCTestCase {
     m.tensor("f", dims: [2, 2], type: 1) { $0.packedFloat(4, [1, 2, 3, 4]) }
     m.ints("shape", dims: [2], [1 << 40, 1 << 40])
     m.node("Reshape", ["f", "shape"], ["r"])
-    m.input("x", dims: [1, 2])
-    m.node("Relu", ["x"], ["y"])
-    m.output("y", dims: [1, 2])
+    m.reluGraph()
     assertRefused(try ONNXReader.parse(m.model()), ["Reshape", "cannot reshape"])
   }
 
@@ -232,27 +332,21 @@ final class HostileFileTests: XCTestCase {
     var m = ONNXModelBuilder()
     m.ints("shape", dims: [4], [0, 65536, 65536, 65536])
     m.node("ConstantOfShape", ["shape"], ["c"])
-    m.input("x", dims: [1, 2])
-    m.node("Relu", ["x"], ["y"])
-    m.output("y", dims: [1, 2])
+    m.reluGraph()
     assertRefused(try ONNXReader.parse(m.model()), ["ConstantOfShape", "more than 268435456 elements"])
 
     // Each within the budget, together over it: 5 × 2^26 elements from a few bytes each.
     var many = ONNXModelBuilder()
     many.ints("shape", dims: [2], [1 << 13, 1 << 13])
     for i in 0..<5 { many.node("ConstantOfShape", ["shape"], ["c\(i)"]) }
-    many.input("x", dims: [1, 2])
-    many.node("Relu", ["x"], ["y"])
-    many.output("y", dims: [1, 2])
+    many.reluGraph()
     assertRefused(try ONNXReader.parse(many.model()), ["ConstantOfShape_c4", "all folded constants"])
 
     var u = ONNXModelBuilder()
     u.ints("one", dims: [1], [1])
     u.ints("axes", dims: [40], Array(repeating: 0, count: 40))
     u.node("Unsqueeze", ["one", "axes"], ["u"])
-    u.input("x", dims: [1, 2])
-    u.node("Relu", ["x"], ["y"])
-    u.output("y", dims: [1, 2])
+    u.reluGraph()
     assertRefused(try ONNXReader.parse(u.model()), ["rank 41"])
   }
 
@@ -297,5 +391,15 @@ final class HostileFileTests: XCTestCase {
       XCTAssertTrue("\(error)".contains("nested more than \(ProtobufDecoder.maxDepth) deep"), "\(error)")
     }
     XCTAssertEqual(depth, ProtobufDecoder.maxDepth)
+  }
+}
+
+extension ONNXModelBuilder {
+  /// The graph the constants under test sit beside: x [1, 2] → Relu → y. Folding runs on
+  /// every constant node, read or not.
+  mutating func reluGraph() {
+    input("x", dims: [1, 2])
+    node("Relu", ["x"], ["y"])
+    output("y", dims: [1, 2])
   }
 }
