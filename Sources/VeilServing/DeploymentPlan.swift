@@ -19,6 +19,9 @@ public struct DeploymentPlan: Codable, Sendable, Equatable {
   /// undefended maps or sending the logits out).
   public static let schemaVersion = 2
   public static let fileName = "plan.json"
+  /// The longest side of a model input a plan may declare, in pixels: a bound on what the
+  /// enclave and its clients allocate for one input, whoever wrote the plan.
+  public static let maxInputSide = 1 << 14
 
   public struct Model: Codable, Sendable, Equatable {
     /// A zoo name or the file the model came from.
@@ -302,10 +305,15 @@ extension DeploymentPlan {
     }
     guard ["nchw", "nhwc"].contains(input.layout) else { throw bad("input.layout", "'\(input.layout)' is not nchw or nhwc") }
     let expected = input.layout == "nchw" ? [1, 3, input.height, input.width] : [1, input.height, input.width, 3]
-    guard input.shape == expected, input.width > 0, input.height > 0 else {
+    guard (1...Self.maxInputSide).contains(input.width), (1...Self.maxInputSide).contains(input.height) else {
+      throw bad("input", "\(input.width)×\(input.height) is not a model input Veil serves (each side 1...\(Self.maxInputSide) pixels)")
+    }
+    guard input.shape == expected else {
       throw bad("input.shape", "\(input.shape) does not match \(input.width)×\(input.height) \(input.layout) (expected \(expected))")
     }
-    guard !cut.featureShape.isEmpty, cut.featureShape.allSatisfy({ $0 > 0 }) else {
+    guard !cut.featureShape.isEmpty, cut.featureShape.count <= 8, cut.featureShape.allSatisfy({ $0 > 0 }),
+      KServeCodec.elementCount(cut.featureShape) != nil
+    else {
       throw bad("cut.featureShape", "\(cut.featureShape) is not a tensor shape")
     }
     if let output {

@@ -70,6 +70,12 @@ public final class EnclaveEngine: Sendable {
         file: plan.file.path, field: "cut.featureShape",
         detail: "the head's output is \(out.map { "\($0)" } ?? "unknown"), the plan says \(plan.plan.cut.featureShape)")
     }
+    let headInput = head.inputs.first.flatMap { head.shape($0) }
+    guard let headInput, Array(headInput.dropFirst()) == Array(plan.plan.input.shape.dropFirst()) else {
+      throw EnclaveError.plan(
+        file: plan.file.path, field: "input.shape",
+        detail: "the head's input is \(headInput.map { "\($0)" } ?? "unknown"), the plan says \(plan.plan.input.shape)")
+    }
     var runner: HeadRunner?
     if headBatch > 1 {
       let model = try KServeModel(

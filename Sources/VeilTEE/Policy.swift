@@ -189,9 +189,9 @@ public struct Policy: Sendable, Equatable {
       acceptedTCBStatuses = list
     }
     if let n = file.max_evidence_age_seconds {
-      guard n > 0 else {
+      guard n > 0, n <= 1e9 else {
         throw TEEError.policy(
-          key: "max_evidence_age_seconds", detail: "expected a positive number of seconds, found \(n)")
+          key: "max_evidence_age_seconds", detail: "expected a positive number of seconds up to 1e9 (about 31 years), found \(n)")
       }
       maxEvidenceAgeSeconds = n
     }

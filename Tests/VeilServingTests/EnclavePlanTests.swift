@@ -63,12 +63,39 @@ final class EnclavePlanTests: XCTestCase {
     try edit(dir) { $0["input"] = ["width": 224, "height": 224, "layout": "nchw", "shape": [1, 3, 224, 225]] }
     expectError(dir, field: "input.shape", "does not match")
     try reset()
+    // Sides whose product overflows what the enclave multiplies for every request (3 · 2^62).
+    let side = 1 << 31
+    try edit(dir) { $0["input"] = ["width": side, "height": side, "layout": "nchw", "shape": [1, 3, side, side]] }
+    expectError(dir, field: "input", "not a model input Veil serves")
+    try reset()
+    try edit(dir) {
+      var cut = $0["cut"] as? [String: Any] ?? [:]
+      cut["featureShape"] = [1, 1 << 40, 1 << 40]
+      $0["cut"] = cut
+    }
+    expectError(dir, field: "cut.featureShape", "is not a tensor shape")
+    try reset()
     // A head that is not the one the plan names.
     let head = dir.appendingPathComponent("head.onnx")
     var bytes = try Data(contentsOf: head)
     bytes[bytes.count / 2] ^= 0xFF
     try bytes.write(to: head)
     expectError(dir, field: "head.sha256", "the file was changed or the plan is stale")
+  }
+
+  /// A plan whose input is not its head's (a consistent 112×112 in a plan whose head takes
+  /// 224×224): the enclave refuses to start on it, instead of sizing requests by the plan and
+  /// running the head on them.
+  func testEnclaveRefusesAPlanWhoseInputIsNotItsHeads() throws {
+    let dir = try copyOfPlan()
+    defer { try? FileManager.default.removeItem(at: dir) }
+    try edit(dir) { $0["input"] = ["width": 112, "height": 112, "layout": "nchw", "shape": [1, 3, 112, 112]] }
+    let plan = try DeploymentPlan.load(dir.path)
+    let tail = try LocalTailBackend(tail: try plan.readPart(plan.plan.tail, field: "tail"))
+    XCTAssertThrowsError(try EnclaveEngine(plan: plan, backend: tail)) { error in
+      let s = "\(error)"
+      XCTAssertTrue(s.contains("'input.shape'") && s.contains("the head's input is [1, 3, 224, 224]"), s)
+    }
   }
 
   /// The plan records the tail's output, which the enclave holds every accelerator answer to.

@@ -94,6 +94,12 @@ final class EvidenceTests: XCTestCase {
       XCTAssertTrue("\($0)".contains("'isvprodid'"), "\($0)")
     }
     XCTAssertThrowsError(try Policy(json: Data("[1]".utf8)))
+    // An age limit past what seconds convert to an Int trapped every verification's message.
+    for age in ["1e300", "1e19"] {
+      XCTAssertThrowsError(try Policy(json: Data(#"{"max_evidence_age_seconds": \#(age)}"#.utf8))) { error in
+        XCTAssertTrue("\(error)".contains("max_evidence_age_seconds"), "\(error)")
+      }
+    }
     let p = try Policy(
       json: Data(
         #"{"mrtd": "\#(String(repeating: "01", count: 48))", "rtmrs": [null, "\#(String(repeating: "02", count: 48))"], "allow_simulation": true, "max_evidence_age_seconds": 60}"#
