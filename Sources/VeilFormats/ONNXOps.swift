@@ -110,10 +110,9 @@ extension ONNXImporter {
       op, name: label, inputs: ins, outputNames: outNames.map { $0.isEmpty ? label + "_unused" : $0 })
     let shape: [Int]
     do {
+      // Bounded as it is derived (outputShape checks): the nodes after this one multiply its
+      // extents (Flatten, Reshape, a Conv's channels).
       shape = try op.outputShape(ins.map { graph.shape($0) ?? [] }, node: label)
-      // Bounded as it is derived: the nodes after this one multiply its extents (Flatten,
-      // Reshape, a Conv's channels) before the graph's own shape inference would check it.
-      if let node = graph.nodes.last { try Graph.checkBounded(shape, node: node) }
     } catch let e as GraphError {
       throw FormatError.invalidGraph(format: Self.format, detail: e.description)
     }

@@ -239,8 +239,17 @@ extension Op {
     return o
   }
 
-  /// The output shape given the input shapes (ONNX's rules). Throws with the node's name.
+  /// The output shape given the input shapes (ONNX's rules). Throws with the node's name, also
+  /// for a shape with a negative dimension or more elements than one tensor may hold
+  /// (`Graph.maxTensorElements`): whoever derives a shape (shape inference, an importer as it
+  /// reads nodes, a folded Reshape) gets it bounded, so the next op's products cannot overflow.
   public func outputShape(_ ins: [[Int]], node: String) throws -> [Int] {
+    let out = try derivedShape(ins, node: node)
+    try Graph.checkBounded(out, node: node, op: typeName)
+    return out
+  }
+
+  private func derivedShape(_ ins: [[Int]], node: String) throws -> [Int] {
     func fail(_ d: String) -> GraphError { .shapeError(node: node, op: typeName, detail: d) }
     func need(_ n: Int) throws {
       if ins.count < n { throw fail("expected at least \(n) inputs, found \(ins.count)") }

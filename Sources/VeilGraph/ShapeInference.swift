@@ -18,7 +18,6 @@ extension Graph {
         ins.append(s)
       }
       let out = try n.op.outputShape(ins, node: n.name)
-      try Graph.checkBounded(out, node: n)
       if let r = n.residual {
         guard self[r].shape == out else {
           throw GraphError.shapeError(
@@ -41,13 +40,13 @@ extension Graph {
   /// may hold (a Conv padded by 30,000 on each side, a ConvTranspose striding 60,000, an input
   /// size or batch that blows a later layer up), naming the node, instead of leaving the
   /// allocation to fail, or a product to overflow, when the model runs.
-  package static func checkBounded(_ shape: [Int], node: Node) throws {
+  static func checkBounded(_ shape: [Int], node: String, op: String) throws {
     guard shape.allSatisfy({ $0 >= 0 }) else {
-      throw GraphError.shapeError(node: node.name, op: node.op.typeName, detail: "output shape \(shape) has a negative dimension")
+      throw GraphError.shapeError(node: node, op: op, detail: "output shape \(shape) has a negative dimension")
     }
     guard let count = checkedProduct(shape), count <= maxTensorElements else {
       throw GraphError.shapeError(
-        node: node.name, op: node.op.typeName,
+        node: node, op: op,
         detail: "output shape \(shape) holds more than \(maxTensorElements) elements, the most one tensor may hold; check the node's attributes (pads, strides, scales) and the input size")
     }
   }

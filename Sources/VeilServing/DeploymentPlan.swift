@@ -23,6 +23,12 @@ public struct DeploymentPlan: Codable, Sendable, Equatable {
   /// enclave and its clients allocate for one input, whoever wrote the plan.
   public static let maxInputSide = 1 << 14
 
+  /// A shape a plan may declare for a tensor that crosses the wire: rank 1 to 8, every extent
+  /// positive, the element count within what the KServe codec takes.
+  static func isTensorShape(_ shape: [Int]) -> Bool {
+    (1...8).contains(shape.count) && shape.allSatisfy { $0 > 0 } && KServeCodec.elementCount(shape) != nil
+  }
+
   public struct Model: Codable, Sendable, Equatable {
     /// A zoo name or the file the model came from.
     public var name: String
@@ -311,15 +317,13 @@ extension DeploymentPlan {
     guard input.shape == expected else {
       throw bad("input.shape", "\(input.shape) does not match \(input.width)×\(input.height) \(input.layout) (expected \(expected))")
     }
-    guard !cut.featureShape.isEmpty, cut.featureShape.count <= 8, cut.featureShape.allSatisfy({ $0 > 0 }),
-      KServeCodec.elementCount(cut.featureShape) != nil
-    else {
+    guard Self.isTensorShape(cut.featureShape) else {
       throw bad("cut.featureShape", "\(cut.featureShape) is not a tensor shape")
     }
     if let output {
-      guard !output.shape.isEmpty, output.shape.count <= 8, output.shape.allSatisfy({ $0 > 0 }),
-        KServeCodec.elementCount(output.shape) != nil
-      else { throw bad("output.shape", "\(output.shape) is not a tensor shape") }
+      guard Self.isTensorShape(output.shape) else {
+        throw bad("output.shape", "\(output.shape) is not a tensor shape")
+      }
     }
     guard EvidenceMode(rawValue: tee.evidenceMode) != nil else {
       throw bad(
@@ -340,9 +344,9 @@ extension DeploymentPlan {
       }
     }
     if let p = privateOutput {
-      guard !p.cut.featureShape.isEmpty, p.cut.featureShape.count <= 8, p.cut.featureShape.allSatisfy({ $0 > 0 }),
-        KServeCodec.elementCount(p.cut.featureShape) != nil
-      else { throw bad("privateOutput.cut.featureShape", "\(p.cut.featureShape) is not a tensor shape") }
+      guard Self.isTensorShape(p.cut.featureShape) else {
+        throw bad("privateOutput.cut.featureShape", "\(p.cut.featureShape) is not a tensor shape")
+      }
       guard p.part.sha256.count == 64, p.part.sha256.allSatisfy(\.isHexDigit) else {
         throw bad("privateOutput.part.sha256", "'\(p.part.sha256)' is not a SHA-256 in hex (64 digits)")
       }
