@@ -95,6 +95,10 @@ extension ONNXImporter {
       // the folded budget; integer operands take the shape-arithmetic path below.
       let operands = ins.compactMap { name -> Tensor? in if case .floats(let t)? = constants[name] { t } else { nil } }
       guard let first = operands.first, operands.count == ins.count else { break }
+      let arity = ["Add", "Sub", "Mul", "Div"].contains(n.opType) ? 2 : 1
+      guard operands.count == arity else {
+        throw c.fail("\(n.opType) takes \(arity) input(s), found \(operands.count)")
+      }
       if n.opType == "Cast", try c.int("to", 0) != ONNXProto.DataType.float {
         // Float constants to integers (truncated, as ONNX Runtime does) or to booleans.
         let to = try c.int("to", 0)

@@ -303,6 +303,20 @@ final class HostileFileTests: XCTestCase {
     }
   }
 
+  /// A Div (or Add, Sub, Mul) of one float constant (found by the onnx fuzz target,
+  /// Fuzz/corpus/onnx/regress-div-of-one-float-constant.onnx): the fold read the second
+  /// operand past the list of one. A float unary op with two operands is refused too.
+  func testFloatConstantArithmeticWithTheWrongNumberOfOperandsIsRefused() {
+    for (op, ins) in [("Div", ["a"]), ("Mul", ["a"]), ("Sqrt", ["a", "a"]), ("Add", ["a", "a", "a"])] {
+      var m = ONNXModelBuilder()
+      m.floats("a", dims: [2], [1, 2])
+      m.node(op, ins, ["b"])
+      m.node("Shape", ["b"], ["n"])
+      m.reluGraph()
+      assertRefused(try ONNXReader.parse(m.model()), [op, "takes \(op == "Sqrt" ? 1 : 2) input(s)"])
+    }
+  }
+
   /// Slice steps of ±2^63−1 and Int64.min: the extent arithmetic overflowed before.
   func testONNXSliceWithExtremeSteps() throws {
     for step in [Int64.max, Int64.min, Int64.min + 1] {
