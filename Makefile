@@ -65,7 +65,7 @@ enclave-manifest: build
 # which is written to .build-fuzz/findings/<target>-*.
 FUZZ_SECONDS ?= 60
 FUZZ_TARGETS ?= onnx protobuf pickle checkpoint safetensors npy png jpeg csv toniot-transform idx labels evidence \
-  policy collateral channel sealed-head kserve-request kserve-answer enclave-request snp-evidence amd-certificate
+  policy collateral channel sealed-head plan kserve-request kserve-answer enclave-request snp-evidence amd-certificate
 FUZZ_BUILD = .build-fuzz
 FUZZ = $(FUZZ_BUILD)/release/veil-fuzz
 # Per input: 10 s, and the memory a decoder may use under its documented limits: one allocation

@@ -26,6 +26,7 @@ enum Seeds {
 
   static func all() throws -> [(String, [(String, [UInt8])])] {
     let onnx = [("convnet.onnx", try ONNXSeeds.convNet()), ("shape-folding.onnx", ONNXSeeds.shapeFolding())]
+      + ONNXSeeds.opCorners().map { ($0.name, $0.bytes) }
     return [
       ("onnx", onnx),
       ("protobuf", onnx + [("wire-types.pb", wireTypes())]),

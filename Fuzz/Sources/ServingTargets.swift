@@ -14,6 +14,8 @@ import VeilTestSupport
 /// - `kserve-answer`: a ModelInferResponse as the enclave reads the accelerator's answer
 ///   (checked against the tail's declared output, and decoded without a declaration as
 ///   `veil infer --accelerator` does);
+/// - `plan`: plan.json as `veil enclave serve` reads it, and the defence it names applied as
+///   the enclave applies it;
 /// - `enclave-request`: the plaintext of a client's record as the enclave reads it (the
 ///   EnclaveRequest message, the tensor it carries checked against the head's input size, the
 ///   photo's size read from its header).
@@ -68,6 +70,25 @@ enum ServingTargets {
         case nil: break
         }
       }, mutate: Mutators.protobuf),
+    FuzzTarget(
+      name: "plan", summary: "plan.json as the enclave reads it: decoded, validated, its defence applied to a map of the cut's shape",
+      run: { bytes in
+        guard let plan = try? DeploymentPlan.decode(Data(bytes), file: "fuzz") else { return }
+        _ = try? plan.imagePreprocessing
+        // What the enclave does with a valid plan's defence, on every map it sends; only small
+        // maps, so that an input stays well inside the timeout.
+        guard let d = plan.defence, let n = KServeCodec.elementCount(plan.cut.featureShape), n <= 1 << 16 else { return }
+        let map = Tensor(shape: plan.cut.featureShape) { o in for k in o.indices { o[k] = Float(k % 17) - 8 } }
+        if d.wire != nil {
+          guard let sent = try? d.defence.encode(map, channelAxis: d.channelAxis) else { return }
+          guard sent.decoded().shape == map.shape else { fatalError("a quantised map came back as \(sent.decoded().shape)") }
+        } else {
+          var random = SeededGenerator(seed: 1)
+          if let sent = try? d.defence.apply(to: map, channelAxis: d.channelAxis, using: &random), sent.shape != map.shape {
+            fatalError("the defence turned a map \(map.shape) into \(sent.shape)")
+          }
+        }
+      }),
   ]
 
   /// The tail's output the enclave expects: 1×1000 FP32 logits.
@@ -89,6 +110,36 @@ enum ServingTargets {
   }()
 
   // MARK: Seeds
+
+  /// plan.json as the planner writes it: no defence, each fitted defence (noise with its
+  /// channel scales, quantisation with its codes on the wire, pruning with its kept channels),
+  /// and a private output.
+  static func plans() throws -> [(String, [UInt8])] {
+    let hex = String(repeating: "0f", count: 32)
+    let base = DeploymentPlan(
+      model: .init(name: "resnet50", sha256: hex), cut: .init(name: "layer2", tensor: "t", featureShape: [1, 8, 4, 4]),
+      head: .init(path: "head.onnx", sha256: hex), tail: .init(path: "tail.onnx", sha256: hex),
+      preprocessing: .init(preset: "imagenet", appliedIn: .client),
+      input: .init(width: 32, height: 32, layout: "nchw", shape: [1, 3, 32, 32]),
+      output: .init(name: "logits", shape: [1, 10]), labels: "labels.txt",
+      accelerator: .init(modelName: "tail", modelVersion: "1"), tee: .init(preset: "sgx2", evidenceMode: "simulated"))
+    var rng = SeededGenerator(seed: 4)
+    let sample = Tensor.randomNormal(shape: [2, 8, 4, 4], generator: &rng)
+    var plans = [("plain.json", base)]
+    for (name, defence) in [
+      ("gaussian", CutDefence.noise(0.5)), ("laplace", .noise(1, laplace: true)), ("quant", .quantisation(bits: 4)),
+      ("prune", .pruning(0.5)),
+    ] {
+      var p = base
+      p.defence = .init(defence: try defence.fitted(to: sample), channelAxis: 1, utility: "top-1 agreement 1.00")
+      plans.append(("defence-\(name).json", p))
+    }
+    var p = base
+    p.privateOutput = .init(cut: .init(name: "avgpool", tensor: "pooled", featureShape: [1, 8]), part: .init(path: "last.onnx", sha256: hex))
+    p.defence = .init(defence: .quantisation(bits: 8), channelAxis: 1, encoded: false)
+    plans.append(("private-output.json", p))
+    return try plans.map { ($0.0, Array(try $0.1.encoded())) }
+  }
 
   static func seeds() throws -> [(String, [(String, [UInt8])])] {
     var rng = SeededGenerator(seed: 9)
@@ -128,6 +179,7 @@ enum ServingTargets {
     photoRequest.topK = 1
     photoRequest.wantLogits = true
     return [
+      ("plan", try plans()),
       ("kserve-request", requests),
       ("kserve-answer", answers),
       (

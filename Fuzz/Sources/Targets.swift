@@ -2,7 +2,9 @@ import Crypto
 import Foundation
 import VeilData
 import VeilFormats
+import VeilGraph
 import VeilTEE
+import VeilTensor
 import VeilTestSupport
 
 /// One fuzz target: a decoder (or a short chain of them) run on every input, an optional
@@ -17,9 +19,10 @@ struct FuzzTarget: Sendable {
 
   static let all: [FuzzTarget] = [
     FuzzTarget(
-      name: "onnx", summary: "ONNXReader.parse: ModelProto to graph IR, constant folding; and the survey past failures",
+      name: "onnx",
+      summary: "ONNXReader.parse: ModelProto to graph IR, constant folding; a small graph that loads compiled and run; the survey past failures",
       run: { bytes in
-        _ = try? ONNXReader.parse(bytes)
+        if let g = try? ONNXReader.parse(bytes) { compileAndRun(g) }
         _ = try? ONNXReader.survey(bytes)
       }, mutate: Mutators.protobuf),
     FuzzTarget(
@@ -255,4 +258,15 @@ enum FuzzFixtures {
     let folder = FileManager.default.fileExists(atPath: shm.path) ? shm : FileManager.default.temporaryDirectory
     return folder.appendingPathComponent("veil-fuzz-\(getpid())-\(name)")
   }
+}
+
+/// A graph the reader accepted goes on as `veil bench` would take it: compiled (oneDNN's
+/// primitives made for its attributes) and run once on zeros, or refused with an error. Only
+/// small graphs, so that an input stays well under the per-input timeout with AddressSanitizer.
+func compileAndRun(_ g: Graph) {
+  let shapes = g.inputs.map { g.shape($0) ?? [] }
+  guard shapes.allSatisfy({ s in !s.isEmpty && s.allSatisfy { $0 > 0 } && s.reduce(1, *) <= 1 << 18 }),
+    g.totalFlops < 50_000_000, let e = try? Executor(graph: g)
+  else { return }
+  _ = try? e.run(shapes.map { Tensor(zeros: $0) })
 }

@@ -3,6 +3,8 @@
 //   veil-fuzz list                     the targets, one a line
 //   veil-fuzz seeds DIR                writes each target's seed corpus to DIR/<target>/
 //   veil-fuzz TARGET [libFuzzer flags] [corpus dirs or files]
+//                                      (-fork=N and -jobs=N too: the children find the
+//                                      target in VEIL_FUZZ_TARGET)
 //
 // Built only by `make fuzz` (VEIL_FUZZ=1, -sanitize=fuzzer, into .build-fuzz).
 import Foundation
@@ -14,7 +16,14 @@ import Foundation
 let arguments = CommandLine.arguments
 let usage = "usage: veil-fuzz list | seeds DIR | TARGET [libFuzzer flags] [corpus...]"
 
-switch arguments.dropFirst().first {
+// libFuzzer's -fork and -jobs modes start their children with the flags and corpus alone, not
+// the target: it travels in VEIL_FUZZ_TARGET, which the parent sets for them.
+let inherited = ProcessInfo.processInfo.environment["VEIL_FUZZ_TARGET"]
+let first = arguments.dropFirst().first
+let named = first.map { $0.hasPrefix("-") || $0.hasPrefix("/") } == true ? inherited : first
+let flags = named == first ? Array(arguments.dropFirst(2)) : Array(arguments.dropFirst())
+
+switch named {
 case nil:
   FileHandle.standardError.write(Data((usage + "\n").utf8))
   exit(2)
@@ -41,9 +50,10 @@ case let name?:
     exit(2)
   }
   Harness.target = target
+  setenv("VEIL_FUZZ_TARGET", name, 1)
   // One empty input first, outside libFuzzer: the targets' fixtures (keys, models, a test
   // authority's chain) are built then, so that what their libraries keep for the process's
   // life is not counted as a leak of the first input.
   target.run([])
-  exit(Harness.run(arguments: [arguments[0]] + arguments.dropFirst(2)))
+  exit(Harness.run(arguments: [arguments[0]] + flags))
 }

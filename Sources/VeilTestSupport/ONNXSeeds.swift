@@ -87,6 +87,193 @@ public enum ONNXSeeds {
     return m.model()
   }
 
+  /// Hand-written models of the op table's corners, each a seed of its own so that a mutation
+  /// of one stays small: attributes that pick a path (auto_pad, group, dilations, ceil_mode,
+  /// count_include_pad, output_padding, transB, edge and reflect padding, linear resizing),
+  /// the exporters' patterns the importer fuses (SiLU, HardSwish, erf GELU, pre-opset-17
+  /// LayerNorm), the transformer ops of later opsets, and integer folding through Range, Where,
+  /// ScatterND and GatherND. Each must import; the fuzzer then bends its fields.
+  public static func opCorners() -> [(name: String, bytes: [UInt8])] {
+    [("vision-ops.onnx", visionOps()), ("fused-patterns.onnx", fusedPatterns()),
+     ("transformer-ops.onnx", transformerOps()), ("integer-folding.onnx", integerFolding())]
+  }
+
+  /// Convolutions, pooling, normalisation and activations with the attributes that choose paths.
+  static func visionOps() -> [UInt8] {
+    var m = ONNXModelBuilder()
+    m.floats("Wg", dims: [4, 2, 3, 3], (0..<72).map { Float($0 % 5) / 5 - 0.4 })
+    m.floats("bg", dims: [4], [0.1, -0.1, 0.2, 0])
+    m.floats("Wt", dims: [4, 2, 2, 2], (0..<32).map { Float($0 % 3) / 3 })
+    m.floats("one4", dims: [4], [1, 1, 1, 1])
+    m.floats("zero4", dims: [4], [0, 0, 0, 0])
+    m.floats("lo", dims: [], [-1])
+    m.floats("hi", dims: [], [6])
+    m.floats("Wf", dims: [3, 4], (0..<12).map { Float($0) / 12 })
+    m.floats("scales", dims: [4], [1, 1, 2, 2])
+    m.floats("padValue", dims: [], [0.5])
+    m.ints("pads", dims: [8], [0, 0, 1, 2, 0, 0, 2, 1])
+    m.ints("halves", dims: [2], [2, 2])
+    m.node("Conv", ["x", "Wg", "bg"], ["c1"]) { e in
+      ONNXModelBuilder.int(&e, "group", 2)
+      ONNXModelBuilder.ints(&e, "dilations", [2, 2])
+      ONNXModelBuilder.string(&e, "auto_pad", "SAME_LOWER")
+    }
+    m.node("BatchNormalization", ["c1", "one4", "zero4", "zero4", "one4"], ["bn"]) {
+      ONNXModelBuilder.float(&$0, "epsilon", 1e-3)
+    }
+    m.node("LeakyRelu", ["bn"], ["lr"]) { ONNXModelBuilder.float(&$0, "alpha", 0.1) }
+    m.node("HardSigmoid", ["lr"], ["hsg"]) { e in
+      ONNXModelBuilder.float(&e, "alpha", 1.0 / 6)
+      ONNXModelBuilder.float(&e, "beta", 0.5)
+    }
+    m.node("Mul", ["lr", "hsg"], ["hsw"])
+    m.node("Clip", ["hsw", "lo", "hi"], ["cl"])
+    m.node("MaxPool", ["cl"], ["mp"]) { e in
+      ONNXModelBuilder.ints(&e, "kernel_shape", [3, 3])
+      ONNXModelBuilder.ints(&e, "strides", [2, 2])
+      ONNXModelBuilder.string(&e, "auto_pad", "SAME_UPPER")
+    }
+    m.node("AveragePool", ["mp"], ["ap"]) { e in
+      ONNXModelBuilder.ints(&e, "kernel_shape", [2, 2])
+      ONNXModelBuilder.ints(&e, "strides", [2, 2])
+      ONNXModelBuilder.ints(&e, "pads", [1, 1, 0, 0])
+      ONNXModelBuilder.int(&e, "ceil_mode", 1)
+      ONNXModelBuilder.int(&e, "count_include_pad", 1)
+    }
+    m.node("LRN", ["ap"], ["lrn"]) { ONNXModelBuilder.int(&$0, "size", 3) }
+    m.node("ConvTranspose", ["lrn", "Wt"], ["ct"]) { e in
+      ONNXModelBuilder.int(&e, "group", 2)
+      ONNXModelBuilder.ints(&e, "strides", [2, 2])
+      ONNXModelBuilder.ints(&e, "output_padding", [1, 1])
+    }
+    m.node("Split", ["ct", "halves"], ["s1", "s2"]) { ONNXModelBuilder.int(&$0, "axis", 1) }
+    m.node("Sum", ["s1", "s2"], ["sm"])
+    m.node("Tanh", ["sm"], ["th"])
+    m.node("Sigmoid", ["th"], ["sg"])
+    m.node("Relu", ["sg"], ["rl"])
+    m.node("Sqrt", ["rl"], ["sq"])
+    m.node("Dropout", ["sq"], ["dp"])
+    m.node("Pad", ["dp", "pads", "padValue"], ["pc"])
+    m.node("Pad", ["pc", "pads"], ["pe"]) { ONNXModelBuilder.string(&$0, "mode", "edge") }
+    m.node("Resize", ["pe", "", "scales"], ["rs"]) { ONNXModelBuilder.string(&$0, "mode", "linear") }
+    m.node("Concat", ["rs", "rs"], ["cc"]) { ONNXModelBuilder.int(&$0, "axis", 1) }
+    m.node("GlobalAveragePool", ["cc"], ["gap"])
+    m.node("Flatten", ["gap"], ["fl"])
+    m.node("Gemm", ["fl", "Wf"], ["y"]) { ONNXModelBuilder.int(&$0, "transB", 1) }
+    m.input("x", dims: [1, 4, 12, 12])
+    m.output("y", dims: [1, 3])
+    return m.model()
+  }
+
+  /// What exporters write for SiLU, HardSwish, the erf GELU and LayerNorm before opset 17.
+  static func fusedPatterns() -> [UInt8] {
+    var m = ONNXModelBuilder()
+    for (name, v) in [("sqrt2", 1.4142135), ("one", 1), ("half", 0.5), ("two", 2), ("eps", 1e-5), ("three", 3), ("six", 6), ("zero", 0)]
+      as [(String, Float)]
+    {
+      m.floats(name, dims: [], [v])
+    }
+    m.floats("gamma", dims: [16], (0..<16).map { 1 + Float($0) / 16 })
+    m.floats("beta", dims: [16], (0..<16).map { Float($0) / 32 })
+    m.floats("W", dims: [16, 16], (0..<256).map { Float($0 % 9) / 9 - 0.5 })
+    m.node("Sigmoid", ["x"], ["sg"])
+    m.node("Mul", ["x", "sg"], ["silu"])
+    m.node("Add", ["silu", "three"], ["p3"])
+    m.node("Clip", ["p3", "zero", "six"], ["r6"])
+    m.node("Mul", ["silu", "r6"], ["m6"])
+    m.node("Div", ["m6", "six"], ["hswish"])
+    m.node("Div", ["hswish", "sqrt2"], ["d"])
+    m.node("Erf", ["d"], ["e"])
+    m.node("Add", ["e", "one"], ["a"])
+    m.node("Mul", ["hswish", "a"], ["ma"])
+    m.node("Mul", ["ma", "half"], ["gelu"])
+    m.node("ReduceMean", ["gelu"], ["mu"]) { ONNXModelBuilder.ints(&$0, "axes", [-1]) }
+    m.node("Sub", ["gelu", "mu"], ["dd"])
+    m.node("Pow", ["dd", "two"], ["sq"])
+    m.node("ReduceMean", ["sq"], ["vr"]) { ONNXModelBuilder.ints(&$0, "axes", [-1]) }
+    m.node("Add", ["vr", "eps"], ["ve"])
+    m.node("Sqrt", ["ve"], ["sd"])
+    m.node("Div", ["dd", "sd"], ["nrm"])
+    m.node("Mul", ["nrm", "gamma"], ["ng"])
+    m.node("Add", ["ng", "beta"], ["ln"])
+    m.node("MatMul", ["ln", "W"], ["mm"])
+    m.node("Transpose", ["mm"], ["tr"]) { ONNXModelBuilder.ints(&$0, "perm", [0, 2, 1]) }
+    m.node("Softmax", ["tr"], ["y"]) { ONNXModelBuilder.int(&$0, "axis", -1) }
+    m.input("x", dims: [1, 8, 16])
+    m.output("y", dims: [1, 16, 8])
+    return m.model()
+  }
+
+  /// LayerNormalization (17), Gelu (20), Einsum, a float Gather, Expand, the axes inputs of
+  /// opset 18's reductions and Squeeze, a Slice that steps backwards.
+  static func transformerOps() -> [UInt8] {
+    var m = ONNXModelBuilder()
+    m.floats("scale", dims: [8], (0..<8).map { 1 - Float($0) / 16 })
+    m.floats("bias", dims: [8], (0..<8).map { Float($0) / 16 })
+    m.floats("W", dims: [1, 6, 8], (0..<48).map { Float($0 % 7) / 7 - 0.5 })
+    m.ints("index", dims: [], [1])
+    m.ints("wide", dims: [3], [1, 3, 6])
+    m.ints("axes0", dims: [1], [0])
+    m.ints("axesLast", dims: [1], [-1])
+    m.ints("starts", dims: [1], [-1])
+    m.ints("ends", dims: [1], [-100])
+    m.ints("steps", dims: [1], [-2])
+    m.node("LayerNormalization", ["x", "scale", "bias"], ["ln"]) { e in
+      ONNXModelBuilder.int(&e, "axis", -1)
+      ONNXModelBuilder.float(&e, "epsilon", 1e-6)
+    }
+    m.node("Gelu", ["ln"], ["ge"]) { ONNXModelBuilder.string(&$0, "approximate", "tanh") }
+    m.node("Einsum", ["ge", "W"], ["es"]) { ONNXModelBuilder.string(&$0, "equation", "bij,bkj->bik") }
+    m.node("Gather", ["es", "index"], ["g"]) { ONNXModelBuilder.int(&$0, "axis", 1) }
+    m.node("Unsqueeze", ["g", "axes0"], ["u"])
+    m.node("Expand", ["u", "wide"], ["ex"])
+    m.node("Slice", ["ex", "starts", "ends", "axesLast", "steps"], ["sl"])
+    m.node("ReduceSum", ["sl", "axesLast"], ["rs"])
+    m.node("ReduceL2", ["ex", "axesLast"], ["r2"]) { ONNXModelBuilder.int(&$0, "keepdims", 0) }
+    m.node("Squeeze", ["rs", "axesLast"], ["sq"])
+    m.node("Add", ["sq", "r2"], ["y"])
+    m.input("x", dims: [1, 4, 8])
+    m.output("y", dims: [1, 3])
+    return m.model(opset: 20)
+  }
+
+  /// Integers computed from constants the way exporters compute masks and positions: Range,
+  /// Equal, Where, Mod, Not, Less, ScatterND, GatherND, ConstantOfShape; then a float.
+  static func integerFolding() -> [UInt8] {
+    var m = ONNXModelBuilder()
+    for (name, v) in [("start", 0), ("limit", 6), ("delta", 1), ("two", 2), ("three", 3)] as [(String, Int64)] {
+      m.ints(name, dims: [], [v])
+    }
+    m.ints("where", dims: [2, 1], [1, 4])
+    m.ints("updates", dims: [2], [10, 20])
+    m.ints("pick", dims: [1, 1], [2])
+    m.ints("shape16", dims: [2], [1, 6])
+    m.node("Range", ["start", "limit", "delta"], ["r"])
+    m.node("Mod", ["r", "two"], ["odd"])
+    m.node("Equal", ["odd", "start"], ["even"])
+    m.node("Not", ["even"], ["notEven"])
+    m.node("Less", ["r", "three"], ["low"])
+    m.node("Where", ["low", "r", "three"], ["capped"])
+    m.node("ScatterND", ["capped", "where", "updates"], ["scattered"])
+    m.node("GatherND", ["scattered", "pick"], ["picked"])
+    m.node("ConstantOfShape", ["shape16"], ["ones"]) { e in
+      e.message(5) { a in
+        a.string(1, "value")
+        a.message(5) { t in ONNXModelBuilder.tensorFields(&t, name: "v", dims: [1], type: 7) { $0.packedInt64(7, [1]) } }
+        a.int(20, 4)
+      }
+    }
+    m.node("Reshape", ["scattered", "shape16"], ["row"])
+    m.node("Add", ["row", "ones"], ["sum"])
+    m.node("Cast", ["sum"], ["f"]) { ONNXModelBuilder.int(&$0, "to", 1) }
+    m.node("Cast", ["notEven"], ["mask"]) { ONNXModelBuilder.int(&$0, "to", 1) }
+    m.node("Mul", ["x", "f"], ["xf"])
+    m.node("Add", ["xf", "mask"], ["y"])
+    m.input("x", dims: [1, 6])
+    m.output("y", dims: [1, 6])
+    return m.model()
+  }
+
   static func le(_ v: Float) -> [UInt8] { withUnsafeBytes(of: v.bitPattern.littleEndian) { Array($0) } }
 }
 
@@ -113,6 +300,11 @@ public struct ONNXModelBuilder {
     graph.message(5) { Self.tensorFields(&$0, name: name, dims: dims, type: type, body: body) }
   }
 
+  /// A float initializer.
+  public mutating func floats(_ name: String, dims: [Int], _ values: [Float]) {
+    tensor(name, dims: dims, type: 1) { $0.packedFloat(4, values) }
+  }
+
   /// An int64 initializer.
   public mutating func ints(_ name: String, dims: [Int], _ values: [Int64]) {
     tensor(name, dims: dims, type: 7) { $0.packedInt64(7, values) }
@@ -136,6 +328,15 @@ public struct ONNXModelBuilder {
       a.string(1, name)
       a.int(3, value)
       a.int(20, 2)
+    }
+  }
+
+  /// A FLOAT attribute of the node being written.
+  public static func float(_ e: inout ProtobufEncoder, _ name: String, _ value: Float) {
+    e.message(5) { a in
+      a.string(1, name)
+      a.float(2, value)
+      a.int(20, 1)
     }
   }
 

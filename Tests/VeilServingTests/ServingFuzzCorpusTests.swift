@@ -4,8 +4,9 @@ import VeilTestSupport
 import XCTest
 
 import VeilServing
+import VeilTensor
 
-/// The serving targets' corpus (Fuzz/corpus/kserve-request, kserve-answer, enclave-request)
+/// The serving targets' corpus (Fuzz/corpus/plan, kserve-request, kserve-answer, enclave-request)
 /// through the decoders the fuzzer drives: every seed decodes and passes the checks, every
 /// regression input is refused or decodes, none traps.
 final class ServingFuzzCorpusTests: XCTestCase {
@@ -33,6 +34,25 @@ final class ServingFuzzCorpusTests: XCTestCase {
       XCTAssertEqual(inputs.first?.shape.dropFirst(), [3, 8, 8])
       _ = try AcceleratorService.requestedOutputs(q, for: m)
     }
+  }
+
+  /// plan.json: the seeds (each defence, a private output) decode and validate; the rest are
+  /// refused or decode, and a valid plan's defence applies to a map of its cut's shape.
+  func testPlans() throws {
+    var kinds: Set<String> = []
+    try replay("plan") { bytes in
+      let plan = try DeploymentPlan.decode(Data(bytes), file: "corpus")
+      guard let d = plan.defence, let n = KServeCodec.elementCount(plan.cut.featureShape), n <= 1 << 16 else { return }
+      kinds.insert(d.defence.kind.rawValue)
+      let map = Tensor(shape: plan.cut.featureShape) { o in for k in o.indices { o[k] = Float(k % 17) - 8 } }
+      if d.wire != nil {
+        XCTAssertEqual(try d.defence.encode(map, channelAxis: d.channelAxis).decoded().shape, map.shape)
+      } else {
+        var random = SeededGenerator(seed: 1)
+        XCTAssertEqual(try d.defence.apply(to: map, channelAxis: d.channelAxis, using: &random).shape, map.shape)
+      }
+    }
+    XCTAssertEqual(kinds, ["gaussian", "laplace", "quantise", "prune"], "the seeds cover every defence")
   }
 
   func testKServeAnswers() throws {
