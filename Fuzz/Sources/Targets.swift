@@ -260,13 +260,23 @@ enum FuzzFixtures {
   }
 }
 
-/// A graph the reader accepted goes on as `veil bench` would take it: compiled (oneDNN's
-/// primitives made for its attributes) and run once on zeros, or refused with an error. Only
-/// small graphs, so that an input stays well under the per-input timeout with AddressSanitizer.
+/// A graph the reader accepted goes on as the commands take it: its candidate cuts listed and
+/// the model split at the first and the last (`veil cuts`, `veil split`, the planner), re-inferred
+/// at batch 2 (`--batch`), compiled (oneDNN's primitives made for its attributes) and run once on
+/// zeros, each step an answer or an error. Only small graphs, so that an input stays well under
+/// the per-input timeout with AddressSanitizer.
 func compileAndRun(_ g: Graph) {
   let shapes = g.inputs.map { g.shape($0) ?? [] }
-  guard shapes.allSatisfy({ s in !s.isEmpty && s.allSatisfy { $0 > 0 } && s.reduce(1, *) <= 1 << 18 }),
-    g.totalFlops < 50_000_000, let e = try? Executor(graph: g)
+  guard shapes.allSatisfy({ s in !s.isEmpty && s.allSatisfy { $0 > 0 } && Graph.saturatingProduct(s) <= 1 << 18 }),
+    g.totalFlops < 50_000_000
   else { return }
+  if let cuts = try? g.candidateCuts(all: true) {
+    for c in [cuts.first, cuts.last].compactMap({ $0 }) {
+      guard let (head, tail) = try? g.split(at: c) else { continue }
+      if head.outputs.isEmpty || tail.inputs.isEmpty { fatalError("split at '\(c.name)' gave a head or a tail without its map") }
+    }
+  }
+  _ = try? g.withBatch(2)
+  guard let e = try? Executor(graph: g) else { return }
   _ = try? e.run(shapes.map { Tensor(zeros: $0) })
 }

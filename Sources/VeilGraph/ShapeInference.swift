@@ -104,7 +104,7 @@ extension Graph {
   public var totalFlops: Int { nodes.reduce(0) { Self.saturatingSum($0, flops(of: $1)) } }
 
   /// The product of non-negative `factors`, or `Int.max` when it overflows.
-  static func saturatingProduct(_ factors: [Int]) -> Int {
+  package static func saturatingProduct(_ factors: [Int]) -> Int {
     checkedProduct(factors.map { max($0, 0) }) ?? Int.max
   }
 

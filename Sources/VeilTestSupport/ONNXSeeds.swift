@@ -95,7 +95,46 @@ public enum ONNXSeeds {
   /// ScatterND and GatherND. Each must import; the fuzzer then bends its fields.
   public static func opCorners() -> [(name: String, bytes: [UInt8])] {
     [("vision-ops.onnx", visionOps()), ("fused-patterns.onnx", fusedPatterns()),
-     ("transformer-ops.onnx", transformerOps()), ("integer-folding.onnx", integerFolding())]
+     ("transformer-ops.onnx", transformerOps()), ("integer-folding.onnx", integerFolding()),
+     ("legacy-opset.onnx", legacyOpset())]
+  }
+
+  /// Opset 9, where what later opsets take as inputs are attributes: Pad's pads and value,
+  /// Clip's bounds, Slice's starts, ends and axes, Split's sizes, Dropout's ratio, the axes of
+  /// Squeeze and Unsqueeze; and Softmax before opset 13 (flattening at its axis).
+  static func legacyOpset() -> [UInt8] {
+    var m = ONNXModelBuilder()
+    m.node("Pad", ["x"], ["p"]) { e in
+      ONNXModelBuilder.ints(&e, "pads", [0, 0, 1, 1, 0, 0, 1, 1])
+      ONNXModelBuilder.float(&e, "value", 0.5)
+    }
+    m.node("Clip", ["p"], ["c"]) { e in
+      ONNXModelBuilder.float(&e, "min", -1)
+      ONNXModelBuilder.float(&e, "max", 1)
+    }
+    m.node("Slice", ["c"], ["s"]) { e in
+      ONNXModelBuilder.ints(&e, "starts", [1])
+      ONNXModelBuilder.ints(&e, "ends", [7])
+      ONNXModelBuilder.ints(&e, "axes", [2])
+    }
+    m.node("Split", ["s"], ["a", "b"]) { e in
+      ONNXModelBuilder.int(&e, "axis", 1)
+      ONNXModelBuilder.ints(&e, "split", [1, 3])
+    }
+    m.node("Concat", ["b", "a"], ["cc"]) { ONNXModelBuilder.int(&$0, "axis", 1) }
+    m.node("Dropout", ["cc"], ["d"]) { ONNXModelBuilder.float(&$0, "ratio", 0.1) }
+    m.node("MaxPool", ["d"], ["mp"]) { e in
+      ONNXModelBuilder.ints(&e, "kernel_shape", [2, 2])
+      ONNXModelBuilder.ints(&e, "strides", [2, 2])
+    }
+    m.node("GlobalAveragePool", ["mp"], ["g"])
+    m.node("Softmax", ["g"], ["sm"]) { ONNXModelBuilder.int(&$0, "axis", 1) }
+    m.node("Squeeze", ["sm"], ["sq"]) { ONNXModelBuilder.ints(&$0, "axes", [2, 3]) }
+    m.node("Unsqueeze", ["sq"], ["u"]) { ONNXModelBuilder.ints(&$0, "axes", [2]) }
+    m.node("Flatten", ["u"], ["y"]) { ONNXModelBuilder.int(&$0, "axis", 1) }
+    m.input("x", dims: [1, 4, 6, 6])
+    m.output("y", dims: [1, 4])
+    return m.model(opset: 9)
   }
 
   /// Convolutions, pooling, normalisation and activations with the attributes that choose paths.
