@@ -95,7 +95,8 @@ struct NetworkBuilder {
       ("input.name", "input"),
       ("input.layout", "NCHW"),
       ("input.size", String(info.inputShape[2])),
-      ("input.color", "RGB"),
+      // A one-channel model (small-vit on TON_IoT images) takes the images' luma.
+      ("input.color", info.inputShape[1] == 1 ? "grey" : "RGB"),
       ("output.name", "logits"),
       ("preprocess.range", "0,\(Int(p.range))"),
       ("preprocess.mean", list(p.mean)),

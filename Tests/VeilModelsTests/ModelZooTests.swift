@@ -144,6 +144,16 @@ final class ModelZooTests: XCTestCase {
     }
   }
 
+  /// small-vit is sized by its data: one channel for TON_IoT images, whose luma it takes.
+  func testSmallVisionTransformerRecordsItsColour() throws {
+    for (channels, colour) in [(1, "grey"), (3, "RGB")] {
+      let g = try ModelZoo.smallVisionTransformer(side: 16, channels: channels, classes: 10)
+      XCTAssertEqual(g.metadata["input.color"], colour, "\(channels) channel(s)")
+      XCTAssertEqual(g.inputs.first.flatMap { g.shape($0) }, [1, channels, 16, 16])
+    }
+    XCTAssertEqual(try model("resnet50").metadata["input.color"], "RGB")
+  }
+
   func testMetadataRecordsPreprocessing() throws {
     for name in ModelZoo.names {
       let m = try model(name).metadata
