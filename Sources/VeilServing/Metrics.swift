@@ -174,23 +174,47 @@ public final class AcceleratorMetrics: Sendable {
 }
 
 /// Serves `GET /metrics` (Prometheus text format) over HTTP/1.1; any other path is 404.
+///
+/// Anyone who reaches the port can connect (a cluster's scraper binds it beyond loopback), and
+/// its connections hold file descriptors of the same process as the gRPC server. So it takes
+/// connections under its own ceilings (`limits`: all peers together and per address), closes one
+/// whose request line has not begun within `setupTimeout`, and one that sends nothing for
+/// `maxIdleTime` (a kept-alive scraper sends a request each scrape). Request heads are bounded by
+/// SwiftNIO's HTTP decoder; bodies are read and dropped, never kept.
 public final class MetricsHTTPServer: Sendable {
+  /// What a scraper needs, with room to spare: a few connections, a request line within 10 s,
+  /// a scrape at least every minute.
+  public static let defaultLimits = ConnectionLimits(
+    maxConnections: 32, maxConnectionsPerPeer: 8, maxIdleTime: .seconds(60), setupTimeout: .seconds(10), setupBytes: 16)
+
   private let channel: any Channel
   /// The port it listens on (useful when asked for port 0).
   public let port: Int
+  /// Its open connections, and those refused at a ceiling.
+  public let connections: ConnectionCounter
 
   /// Binds `host:port` and starts serving `render()`'s text.
-  public init(host: String = "127.0.0.1", port: Int, render: @escaping @Sendable () -> String) async throws {
+  public init(
+    host: String = "127.0.0.1", port: Int, limits: ConnectionLimits = MetricsHTTPServer.defaultLimits,
+    render: @escaping @Sendable () -> String
+  ) async throws {
+    let counter = ConnectionCounter(limits: limits)
     let bootstrap = ServerBootstrap(group: MultiThreadedEventLoopGroup.singleton)
       .serverChannelOption(.backlog, value: 64)
       .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
       .childChannelInitializer { channel in
-        channel.pipeline.configureHTTPServerPipeline().flatMap {
-          channel.pipeline.addHandler(MetricsHandler(render: render))
+        channel.eventLoop.makeCompletedFuture {
+          let pipeline = channel.pipeline.syncOperations
+          try pipeline.addHandler(ConnectionAdmission(counter: counter))
+          try pipeline.addHandler(IdleStateHandler(readTimeout: TimeAmount(limits.maxIdleTime)))
+          try pipeline.addHandler(CloseWhenIdle())
+          try pipeline.configureHTTPServerPipeline()
+          try pipeline.addHandler(MetricsHandler(render: render))
         }
       }
     channel = try await bootstrap.bind(host: host, port: port).get()
     self.port = channel.localAddress?.port ?? port
+    connections = counter
   }
 
   /// Stops listening.
@@ -215,6 +239,19 @@ public final class MetricsHTTPServer: Sendable {
       let wrapped = failure(port, error)
       address.publish(.failure(wrapped))
       throw wrapped
+    }
+  }
+}
+
+/// Closes its connection when the `IdleStateHandler` before it says nothing was read in time.
+private final class CloseWhenIdle: ChannelInboundHandler, Sendable {
+  typealias InboundIn = ByteBuffer
+
+  func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
+    if event is IdleStateHandler.IdleStateEvent {
+      context.close(promise: nil)
+    } else {
+      context.fireUserInboundEventTriggered(event)
     }
   }
 }

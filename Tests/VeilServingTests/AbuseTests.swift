@@ -181,6 +181,35 @@ final class AbuseTests: XCTestCase {
     }
   }
 
+  /// The Prometheus endpoint shares the server's process and file descriptors: connections from
+  /// one address over its ceiling are closed at once, one that never begins its request is
+  /// closed when its setup time is up, a kept-alive one that goes quiet after a scrape is closed
+  /// when its idle time is up, and a scraper is served all the while.
+  func testMetricsEndpointBoundsSlowAndIdleConnections() async throws {
+    var limits = MetricsHTTPServer.defaultLimits
+    limits.maxConnectionsPerPeer = 3
+    limits.setupTimeout = .seconds(1)
+    limits.maxIdleTime = .seconds(1)
+    let server = try await MetricsHTTPServer(port: 0, limits: limits) { "veil_test_metric 1\n" }
+    let silent = (0..<8).map { _ in SlowClient(port: server.port, source: "127.0.0.2", bytes: [], interval: 0.1) }
+    let scrape = Array("GET /metrics HTTP/1.1\r\nHost: 127.0.0.3\r\n\r\n".utf8)
+    let kept = SlowClient(port: server.port, source: "127.0.0.3", bytes: scrape, interval: 0.001)
+    defer {
+      for c in silent + [kept] { c.stop() }
+    }
+    try await waitUntil("the silent connections over the ceiling were refused", within: 30) {
+      server.connections.refused >= 5
+    }
+    XCTAssertLessThanOrEqual(server.connections.open(from: "127.0.0.2"), 3)
+    let answer = try KServeServerTests.httpGet(port: server.port, path: "/metrics")
+    XCTAssertTrue(answer.hasPrefix("HTTP/1.1 200") && answer.contains("veil_test_metric 1"), answer)
+    try await assertAllClosed(silent, within: 1 + 5, "silent metrics connection")
+    try await assertAllClosed([kept], within: 1 + 5, "kept-alive metrics connection")
+    XCTAssertGreaterThanOrEqual(kept.closedAfter ?? 0, 0.9, "the kept-alive connection was closed for its idleness, not at once")
+    try await waitUntil("every connection's place was given back", within: 10) { server.connections.open == 0 }
+    await server.close()
+  }
+
   /// Photo headers that would make the enclave overflow or allocate gigabytes are refused
   /// before decoding, quickly; corrupt and foreign bytes get the decoder's error; the enclave
   /// serves the next photo.
