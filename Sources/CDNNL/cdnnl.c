@@ -15,6 +15,9 @@ static dnnl_format_tag_t plain_tag(int ndims) {
 }
 
 dnnl_status_t veil_md_plain(dnnl_memory_desc_t *md, int ndims, const int64_t *dims) {
+  /* The strides below live on the stack: a rank beyond oneDNN's is refused, not written past
+     (the executor refuses such graphs first, naming the node). */
+  if (ndims < 0 || ndims > DNNL_MAX_NDIMS) return dnnl_invalid_arguments;
   dnnl_format_tag_t tag = plain_tag(ndims);
   if (tag == dnnl_format_tag_undef) {
     int64_t strides[DNNL_MAX_NDIMS];

@@ -558,6 +558,15 @@ struct Compiler {
   }
 
   mutating func compile(retain: [ValueID], fuse: Bool = true) throws {
+    // Every tensor within the backend's rank, before any kernel is asked for (a file can
+    // declare an input of rank 35; oneDNN's descriptors hold 12).
+    let ends = (graph.inputs + graph.outputs).map { v in (v, node: graph[v].name, op: "graph input or output") }
+    for (v, node, op) in graph.nodes.flatMap({ n in (n.inputs + n.outputs).map { ($0, node: n.name, op: n.op.typeName) } }) + ends
+    where shape(v).count > backend.maxRank {
+      throw GraphError.unsupported(
+        node: node, op: op,
+        detail: "'\(graph[v].name)' has rank \(shape(v).count) (\(shape(v).prefix(16))); the \(backend.name) backend computes on tensors of at most \(backend.maxRank) dimensions")
+    }
     for v in graph.inputs {
       let s = shape(v)
       let b = newBuffer(s.reduce(1, *) * 4)

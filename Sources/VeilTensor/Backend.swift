@@ -203,6 +203,9 @@ extension Kernel {
 /// `TensorError` with the offending values.
 public protocol ComputeBackend: Sendable {
   var name: String { get }
+  /// The most dimensions a tensor it computes on may have (oneDNN's descriptors hold 12). The
+  /// executor refuses a graph with a larger one, naming the node, before it asks for a kernel.
+  var maxRank: Int { get }
   func convolution(
     _ spec: ConvolutionSpec, inputDims: [Int], weights: Tensor, bias: Tensor?, postOps: [PostOp],
     outputDims: [Int]) throws -> Kernel

@@ -361,6 +361,7 @@ public final class DNNLBackend: ComputeBackend, @unchecked Sendable {
   public static let defaultTrainingConvolutionCacheCapacity = 256
 
   public let name = "oneDNN CPU"
+  public let maxRank = Int(DNNL_MAX_NDIMS)
   let engine = Engine.shared
   /// Direct convolutions, or Winograd where oneDNN finds it faster (see `ConvolutionAlgorithm`).
   public let convolutionAlgorithm: ConvolutionAlgorithm
@@ -877,6 +878,8 @@ public final class DNNLBackend: ComputeBackend, @unchecked Sendable {
       }
     }
     let rank = outputDims.count
+    // The loop below indexes a stack array of oneDNN's rank.
+    guard rank <= maxRank else { throw TensorError.invalidArgument("\(kind) of rank \(rank): at most \(maxRank) dimensions") }
     func bstrides(_ dims: [Int]) throws -> [Int64] {
       let padded = [Int](repeating: 1, count: rank - dims.count) + dims
       var strides = [Int64](repeating: 0, count: rank)
@@ -1254,6 +1257,8 @@ public final class DNNLBackend: ComputeBackend, @unchecked Sendable {
 
   public func pad(mode: PadMode, value: Float, pads: [Int], inputDims: [Int]) throws -> Kernel {
     let rank = inputDims.count
+    // The loop below indexes stack arrays of oneDNN's rank.
+    guard rank <= maxRank else { throw TensorError.invalidArgument("Pad of rank \(rank): at most \(maxRank) dimensions") }
     guard pads.count == 2 * rank else {
       throw TensorError.invalidArgument("Pad: \(pads.count) pad values for rank \(rank), expected \(2 * rank)")
     }

@@ -12,6 +12,8 @@ import VeilTensor
 /// executor never inserts a reorder other than plain to plain.
 public final class ReferenceBackend: ComputeBackend {
   public let name = "reference (plain loops)"
+  /// As oneDNN's, so that the op table runs the same graphs on both.
+  public let maxRank = 12
 
   public init() {}
 

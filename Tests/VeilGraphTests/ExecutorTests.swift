@@ -202,6 +202,28 @@ final class ExecutorTests: XCTestCase {
     }
   }
 
+  /// A tensor of more dimensions than the backend holds (found by the onnx fuzz target: a file
+  /// declaring an input of rank 35, then an Add) is refused at compile time, naming the node;
+  /// oneDNN's descriptor code wrote the rank's strides past a stack array of 12 before. Rank 12
+  /// still runs, on both backends.
+  func testTensorsBeyondTheBackendsRankAreRefusedByNode() throws {
+    for backend in [DNNLBackend.shared, ReferenceBackend()] as [any ComputeBackend] {
+      for rank in [12, 13, 35] {
+        var g = Graph(name: "deep")
+        let shape = [Int](repeating: 1, count: rank - 1) + [6]
+        let x = g.addInput(name: "x", shape: shape)
+        g.outputs = [g.add(x, x, name: "twice")]
+        if rank <= backend.maxRank {
+          let y = try Executor(graph: g, backend: backend).run([Tensor(shape: shape, values: (0..<6).map { Float($0) })])[0]
+          XCTAssertEqual(y.scalars, (0..<6).map { 2 * Float($0) }, backend.name)
+        } else {
+          let m = message { try Executor(graph: g, backend: backend) }
+          for word in ["twice", "rank \(rank)", "at most 12 dimensions"] { XCTAssertTrue(m.contains(word), "\(backend.name): \(m)") }
+        }
+      }
+    }
+  }
+
   /// Shapes that attributes or a batch size blow up are refused at the node that makes them,
   /// before anything is allocated: a Conv padded by 30,000 a side (14.4 G elements from an
   /// 8 × 8 input), a ConvTranspose striding 60,000, a batch of a million through a small conv.
