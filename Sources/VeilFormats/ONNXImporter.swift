@@ -163,6 +163,11 @@ struct ONNXImporter {
     guard let dims = v.dims else {
       throw FormatError.unsupported(format: Self.format, detail: "input '\(v.name)' has no shape")
     }
+    guard dims.count <= FormatLimits.maxRank else {
+      throw FormatError.malformed(
+        format: Self.format, offset: v.offset,
+        detail: "input '\(v.name)' has rank \(dims.count), more than the \(FormatLimits.maxRank) Veil reads")
+    }
     let shape = try dims.enumerated().map { i, d in
       if let d {
         guard d >= 1, d <= Int64(Int32.max) else {

@@ -317,6 +317,17 @@ final class HostileFileTests: XCTestCase {
     }
   }
 
+  /// A graph input of rank 35 (the onnx fuzz target's model, whose Add then overflowed a stack
+  /// array in the oneDNN helper at compile time): refused at import like any tensor of the file
+  /// past `FormatLimits.maxRank`, naming the input.
+  func testGraphInputBeyondTheRankVeilReadsIsRefused() {
+    var m = ONNXModelBuilder()
+    m.input("x", dims: [Int?](repeating: 1, count: 34) + [6])
+    m.node("Add", ["x", "x"], ["y"])
+    m.output("y", dims: [1, 6])
+    assertRefused(try ONNXReader.parse(m.model()), ["input 'x'", "rank 35", "more than the \(FormatLimits.maxRank)"])
+  }
+
   /// Slice steps of ±2^63−1 and Int64.min: the extent arithmetic overflowed before.
   func testONNXSliceWithExtremeSteps() throws {
     for step in [Int64.max, Int64.min, Int64.min + 1] {
