@@ -13,6 +13,10 @@ import VeilTrain
 public struct FeaturePairs {
   public var images: Tensor
   public var features: Tensor
+  public init(images: Tensor, features: Tensor) {
+    self.images = images
+    self.features = features
+  }
 }
 
 /// What an attacker is given.
@@ -30,6 +34,9 @@ public struct AttackInputs {
   let identity: AttackIdentity
   /// The defence on the maps (fitted), which the white-box attacker differentiates through.
   var defence: CutDefence?
+  /// A finished inverse attack with the same data and options, whose network the hybrid
+  /// attacker starts from instead of training its own (nil: it trains one).
+  var inverseFolder: URL?
 }
 
 /// What an attacker produced.
@@ -66,7 +73,32 @@ extension AttackerKind {
     case .cgan, .inverse: LearnedAttacker()
     case .optimisation: OptimisationAttacker()
     case .substitute: SubstituteAttacker()
+    case .hybrid: HybridAttacker()
     }
+  }
+}
+
+extension AttackInputs {
+  /// The head as the white-box attacker differentiates it, for `batch` images at once, with
+  /// the defence on the tape when there is one (the attacker knows it: `CutDefence.onTape`).
+  func whiteBoxHead(batch: Int) throws -> (Variable) throws -> Variable {
+    let model = try extractor.differentiableHead(batch: batch)
+    return { [extractor, defence] x in
+      let features = try model(x)
+      return try defence.map { try extractor.onTape($0, features) } ?? features
+    }
+  }
+
+  /// The same inputs for another attacker: the hybrid's inverse network is trained as the
+  /// inverse attacker trains it, so that its checkpoints are that attacker's.
+  func `as`(_ attacker: AttackerKind) -> AttackInputs {
+    var config = config
+    config.attacker = attacker
+    var identity = identity
+    identity.config.attacker = attacker
+    return AttackInputs(
+      extractor: extractor, config: config, train: train, validation: validation, test: test, outDir: outDir,
+      identity: identity, defence: defence, inverseFolder: nil)
   }
 }
 
@@ -76,32 +108,108 @@ struct OptimisationAttacker: InversionAttacker {
   func run(_ inputs: AttackInputs, progress: (AttackProgress) -> Void) throws -> AttackOutput {
     let config = inputs.config
     let n = inputs.test.features.shape[0]
-    let batch = min(config.optimisationBatch, max(n, inputs.train?.features.shape[0] ?? 0))
-    let model = try inputs.extractor.differentiableHead(batch: batch)
-    // The attacker knows the defence: it differentiates through it (see `CutDefence.onTape`).
-    let head: (Variable) throws -> Variable = { x in
-      let features = try model(x)
-      return try inputs.defence.map { try inputs.extractor.onTape($0, features) } ?? features
-    }
+    let head = try inputs.whiteBoxHead(batch: min(config.optimisationBatch, max(n, inputs.train?.features.shape[0] ?? 0)))
     let started = Date()
     var inversion = FeatureInversion(config)
     var notes: [String] = []
     if let own = inputs.train {
-      let (weight, report) = try inversion.calibrate(head: { try head($0) }, on: own, weights: config.tvWeights, progress: progress)
-      inversion.tvWeight = weight
+      let (weight, report) = try inversion.calibrate(head: head, on: own, weights: config.tvWeights, progress: progress)
+      inversion.tvWeight = weight ?? inversion.tvWeight
       notes.append(report)
     } else {
       notes.append("prior weight \(config.tvWeight) as given (no photos of the attacker's own to calibrate it on)")
     }
     let outcome = try inversion.run(
-      head: { try head($0) }, targets: inputs.test.features, imageShape: [3, config.imageSize, config.imageSize],
-      progress: progress)
-    let distances = outcome.distances.sorted()
-    notes.append(String(format: "median normalised feature distance of the rebuilt images: %.4f", distances[distances.count / 2]))
+      head: head, targets: inputs.test.features, imageShape: [3, config.imageSize, config.imageSize], progress: progress)
+    notes.append(Self.distanceNote(outcome.distances))
     return AttackOutput(
       reconstructions: outcome.images, curve: outcome.curve, converged: true, bestEpoch: nil, epochsRun: 0, resumedFrom: 0,
       trainSeconds: Date().timeIntervalSince(started), trainedImages: n * config.restarts * config.optimisationSteps,
       finalLoss: outcome.curve.last?.loss ?? .nan, discriminatorLoss: nil, weights: [], notes: notes)
+  }
+
+  static func distanceNote(_ distances: [Double]) -> String {
+    let sorted = distances.sorted()
+    return String(format: "median normalised feature distance of the rebuilt images: %.4f", sorted[sorted.count / 2])
+  }
+}
+
+/// The white-box attacker that starts where the inverse network stops: the inverse network's
+/// reconstructions are the optimisation's first restart, refined through the real head under
+/// the prior (a learned inversion as the starting point of an optimisation, as encoder-then-
+/// optimise GAN inversion does: Zhu et al., ECCV 2020). Deep in a network the optimisation
+/// from grey finds an image whose features match but which looks like nothing, while the
+/// inverse network's image is recognisable but blurred; the hybrid starts from the second and
+/// moves it towards the features the victim's image really had.
+///
+/// The prior's weight is calibrated as the optimisation attacker calibrates it, on photos of
+/// the attacker's own that the network did not train on (its validation split), with the
+/// unrefined reconstructions competing: when no weight improves on them, the hybrid keeps the
+/// inverse network's images, so on the attacker's own photos it never does worse than either.
+struct HybridAttacker: InversionAttacker {
+  func run(_ inputs: AttackInputs, progress: (AttackProgress) -> Void) throws -> AttackOutput {
+    let config = inputs.config
+    let started = Date()
+    let learner = inputs.as(.inverse)
+    try Self.adopt(from: inputs.inverseFolder, into: inputs.outDir, identity: learner.identity, progress: progress)
+    let (trainer, learned) = try LearnedAttacker().train(learner, progress: progress)
+    var notes = learned.notes
+    let n = inputs.test.features.shape[0]
+    let own = inputs.validation.map { Self.spread($0, count: config.calibrationImages) } ?? nil
+    let head = try inputs.whiteBoxHead(batch: min(config.optimisationBatch, max(n, own?.features.shape[0] ?? 0)))
+    var inversion = FeatureInversion(config)
+    if let own {
+      let starts = try trainer.reconstruct(own.features)
+      let (weight, report) = try inversion.calibrate(
+        head: head, on: own, weights: config.tvWeights, starts: starts, progress: progress)
+      notes.append(report)
+      guard let weight else {
+        var output = learned
+        output.notes = notes
+        output.trainSeconds = Date().timeIntervalSince(started)
+        return output
+      }
+      inversion.tvWeight = weight
+    } else {
+      notes.append("prior weight \(config.tvWeight) as given (no validation photos of the attacker's own to calibrate it on)")
+    }
+    let outcome = try inversion.run(
+      head: head, targets: inputs.test.features, imageShape: [3, config.imageSize, config.imageSize],
+      starts: learned.reconstructions, progress: progress)
+    notes.append(OptimisationAttacker.distanceNote(outcome.distances))
+    var output = learned
+    output.reconstructions = outcome.images
+    output.notes = notes
+    output.trainSeconds = Date().timeIntervalSince(started)
+    output.trainedImages += n * config.restarts * config.optimisationSteps
+    return output
+  }
+
+  /// At most `count` pairs spread over `pairs` (nil when there are none).
+  static func spread(_ pairs: FeaturePairs, count: Int) -> FeaturePairs? {
+    let total = pairs.features.shape[0]
+    guard count > 0, total > 0 else { return nil }
+    let rows = Array(stride(from: 0, to: total, by: max(1, total / count)).prefix(count))
+    return FeaturePairs(images: gather(pairs.images, rows), features: gather(pairs.features, rows))
+  }
+
+  /// Copies a finished inverse attack's generator (its last and best checkpoints) into `dir`
+  /// when `dir` has none and the attack's settings are the ones this hybrid would train with:
+  /// the training then resumes after that attack's last epoch instead of repeating it.
+  static func adopt(from folder: URL?, into dir: URL, identity: AttackIdentity, progress: (AttackProgress) -> Void) throws {
+    guard let folder else { return }
+    let names = ["checkpoint-g.safetensors", "best-g.safetensors"]
+    let fm = FileManager.default
+    guard !fm.fileExists(atPath: dir.appendingPathComponent(names[0]).path),
+      fm.fileExists(atPath: folder.appendingPathComponent(names[0]).path)
+    else { return }
+    // The checkpoint says which attack it belongs to; a probe trainer reads it.
+    let probe = try AttackTrainer(featureShape: identity.featureShape, config: identity.config)
+    guard (try? probe.resume(from: folder, identity: identity)) != nil else { return }
+    for name in names where fm.fileExists(atPath: folder.appendingPathComponent(name).path) {
+      try fm.copyItem(at: folder.appendingPathComponent(name), to: dir.appendingPathComponent(name))
+    }
+    progress(.message("the inverse network of \(folder.path) is reused"))
   }
 }
 
@@ -115,15 +223,20 @@ struct OptimisationAttacker: InversionAttacker {
 /// stopping rule's state, so a rerun with the same options resumes after the last finished
 /// epoch, and `best-g.safetensors`, the generator of the epoch with the lowest validation
 /// loss; `grid.png` (held-out originals above their reconstructions); `result.json`. Features
-/// are cached in `cacheDirectory` (nil: not cached).
+/// are cached in `cacheDirectory` (nil: not cached). The hybrid attacker starts from the
+/// network of a finished inverse attack in `inverseFolder` (same data and options) when there
+/// is one, and trains its own otherwise.
 public func runAttack(
   model: Graph, modelName: String, cut: CutPoint, data: AttackImages, preprocessing: InputPreprocessing,
   config: AttackConfig, outDir: URL, cacheDirectory: URL? = FeatureExtractor.defaultCacheDirectory,
-  measures: MeasureSet = .pixels, progress: (AttackProgress) -> Void = { _ in }
+  measures: MeasureSet = .pixels, inverseFolder: URL? = nil, progress: (AttackProgress) -> Void = { _ in }
 ) throws -> AttackResult {
   try config.validate()
   let t0 = Date()
-  let data = config.attacker == .optimisation ? data.heldOut(cropsPerPhoto: config.optimisationCropsPerPhoto) : data
+  // The attackers that optimise each image through the real head rebuild whole photos (their
+  // cost grows with every image).
+  let optimises = config.attacker == .optimisation || config.attacker == .hybrid
+  let data = optimises ? data.heldOut(cropsPerPhoto: config.optimisationCropsPerPhoto) : data
   guard data.imageSize == config.imageSize else {
     throw PrivacyError.invalidConfig("the images are \(data.imageSize) px, the options say \(config.imageSize)")
   }
@@ -178,7 +291,7 @@ public func runAttack(
     model: modelName, cut: cut.name, headDigest: extractor.headDigest, featureShape: extractor.featureShape, config: config)
   let inputs = AttackInputs(
     extractor: extractor, config: config, train: train, validation: validation, test: test, outDir: outDir, identity: identity,
-    defence: defence?.defence)
+    defence: defence?.defence, inverseFolder: inverseFolder)
   // Every attacker's step allocates the same activations and gradients: keep freed blocks for
   // reuse while it trains, and give them back when it is done.
   var output = try withBlockReuse { try config.attacker.implementation.run(inputs, progress: progress) }

@@ -14,10 +14,11 @@ public enum ThreatModel: String, Codable, Sendable, CaseIterable {
   case blackBox = "black-box"
 
   /// The attackers of this threat model, cheapest decisive first: a verdict stops early once
-  /// one of them has shown a leak beyond doubt.
+  /// one of them has shown a leak beyond doubt. The hybrid follows the inverse network, whose
+  /// trained network it refines.
   public var attackers: [AttackerKind] {
     switch self {
-    case .whiteBox: [.optimisation, .inverse, .cgan]
+    case .whiteBox: [.optimisation, .inverse, .hybrid, .cgan]
     case .blackBox: [.inverse, .substitute, .cgan]
     }
   }
@@ -36,13 +37,16 @@ public enum AttackerKind: String, Codable, Sendable, CaseIterable {
   /// The same optimisation through a substitute head that the attacker trains from queries
   /// (image in, feature map out): the black-box form of the optimisation attack.
   case substitute
+  /// White-box: the inverse network's reconstructions refined by the optimisation through the
+  /// real head, the prior's weight calibrated with the unrefined images competing.
+  case hybrid
 
   /// Whether it learns from (image, feature map) pairs of its own photos.
   public var needsTrainingData: Bool { self != .optimisation }
 
   /// Whether it optimises the pixels through a head (the model's or a substitute's), so that
   /// the optimisation's steps, learning rate and prior decide it.
-  public var optimisesPixels: Bool { self == .optimisation || self == .substitute }
+  public var optimisesPixels: Bool { self == .optimisation || self == .substitute || self == .hybrid }
 
   /// A name for reports.
   public var title: String {
@@ -51,6 +55,7 @@ public enum AttackerKind: String, Codable, Sendable, CaseIterable {
     case .inverse: "inverse network"
     case .optimisation: "white-box optimisation"
     case .substitute: "substitute-head optimisation"
+    case .hybrid: "inverse network refined by white-box optimisation"
     }
   }
 }
@@ -172,6 +177,11 @@ public struct AttackConfig: Codable, Sendable, Equatable {
     case .substitute:
       generator()
       discriminator()
+    case .hybrid:
+      // The inverse network's options and the optimisation's.
+      discriminator()
+      c.lambda = d.lambda
+      c.substituteWidth = d.substituteWidth
     }
     c.gridImages = d.gridImages
     return c

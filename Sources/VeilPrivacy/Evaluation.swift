@@ -17,10 +17,11 @@ public enum PrivacyBudget: String, Codable, Sendable, CaseIterable {
   case standard
   case thorough
 
-  /// The attackers run, in order (a leak shown beyond doubt stops the rest).
+  /// The attackers run, in order (a leak shown beyond doubt stops the rest): a quick pass
+  /// leaves out the c-GAN, the costliest to train and the one that decided no verdict.
   public func attackers(_ threatModel: ThreatModel) -> [AttackerKind] {
     switch self {
-    case .quick: Array(threatModel.attackers.prefix(2))
+    case .quick: threatModel.attackers.filter { $0 != .cgan }
     case .standard, .thorough: threatModel.attackers
     }
   }
@@ -397,9 +398,11 @@ public struct PrivacyEvaluation {
           result = done
         } else {
           let data = try images(config)
+          // The hybrid refines the inverse network: one trained here already is reused.
+          let inverse = kind == .hybrid ? folder.appendingPathComponent("\(AttackerKind.inverse.rawValue)-seed\(seed)") : nil
           result = try runAttack(
             model: model, modelName: modelName, cut: cut, data: data, preprocessing: preprocessing, config: config, outDir: dir,
-            cacheDirectory: cacheDirectory, measures: measures
+            cacheDirectory: cacheDirectory, measures: measures, inverseFolder: inverse
           ) { progress(kind, seed, $0) }
         }
         featureShape = result.featureShape

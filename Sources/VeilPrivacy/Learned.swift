@@ -180,6 +180,12 @@ public final class AttackTrainer {
 /// the held-out images.
 struct LearnedAttacker: InversionAttacker {
   func run(_ inputs: AttackInputs, progress: (AttackProgress) -> Void) throws -> AttackOutput {
+    try train(inputs, progress: progress).output
+  }
+
+  /// Trains (or resumes) the generator in `inputs.outDir`; returns it, with the best epoch's
+  /// weights loaded, and what it rebuilt of the held-out maps.
+  func train(_ inputs: AttackInputs, progress: (AttackProgress) -> Void) throws -> (trainer: AttackTrainer, output: AttackOutput) {
     guard let train = inputs.train else { throw PrivacyError.invalidConfig("the \(inputs.config.attacker.rawValue) attacker needs training images") }
     let trainer = try AttackTrainer(featureShape: inputs.extractor.featureShape, config: inputs.config)
     var state = try trainer.resume(from: inputs.outDir, identity: inputs.identity)
@@ -208,11 +214,12 @@ struct LearnedAttacker: InversionAttacker {
     if inputs.validation != nil, !state.converged {
       notes.append("the validation loss was still improving at the last epoch (\(state.curve.last?.at ?? 0)): train longer (--epochs) for a stronger attacker")
     }
-    return AttackOutput(
+    let output = AttackOutput(
       reconstructions: rebuilt, curve: state.curve, converged: state.converged, bestEpoch: state.bestEpoch > 0 ? state.bestEpoch : nil,
       epochsRun: (state.curve.last?.at ?? 0) - resumedFrom, resumedFrom: resumedFrom, trainSeconds: seconds,
       trainedImages: steps * inputs.config.batch, finalLoss: state.curve.last?.loss ?? .nan, discriminatorLoss: lastD,
       weights: [trainer.generatorFile(inputs.outDir).path] + (trainer.discriminator == nil ? [] : [trainer.discriminatorFile(inputs.outDir).path]),
       notes: notes)
+    return (trainer, output)
   }
 }

@@ -42,13 +42,18 @@ public struct FeatureInversion: Sendable {
   }
 
   /// Rebuilds one image per row of `targets` through `head` (a function on the tape from
-  /// images [n, C, S, S] in [-1, 1] to features shaped as `targets`' rows).
+  /// images [n, C, S, S] in [-1, 1] to features shaped as `targets`' rows). The first restart
+  /// starts from `starts` (one image per row: another attacker's reconstructions) when given,
+  /// from grey otherwise.
   public func run(
-    head: (Variable) throws -> Variable, targets: Tensor, imageShape: [Int],
+    head: (Variable) throws -> Variable, targets: Tensor, imageShape: [Int], starts: Tensor? = nil,
     progress: (AttackProgress) -> Void = { _ in }
   ) throws -> Outcome {
     guard imageShape.count == 3 else { throw PrivacyError.invalidConfig("image shape \(imageShape) is not [C, S, S]") }
     let n = targets.shape[0]
+    if let starts, starts.shape != [n] + imageShape {
+      throw PrivacyError.invalidConfig("the starting images are \(starts.shape), the optimisation rebuilds \([n] + imageShape)")
+    }
     var best = [Double](repeating: .infinity, count: n)
     let per = imageShape.reduce(1, *)
     var images = Tensor(zeros: [n] + imageShape)
@@ -64,7 +69,7 @@ public struct FeatureInversion: Sendable {
         var generator = SeededGenerator(seed: seed &+ UInt64(r) &* 0x9E37_79B9_7F4A_7C15 &+ UInt64(b))
         let start =
           r == 0
-          ? Tensor(zeros: [rows.count] + imageShape)
+          ? starts.map { gather($0, rows) } ?? Tensor(zeros: [rows.count] + imageShape)
           : Tensor.randomUniform(shape: [rows.count] + imageShape, low: -0.5, high: 0.5, generator: &generator)
         let x = Variable(start, requiresGrad: true, name: "image")
         let adam = try Adam(parameters: [x], learningRate: learningRate, beta1: 0.9)
@@ -121,22 +126,31 @@ extension FeatureInversion {
   /// images (whose originals it has) with the attack's own steps (a third of them for results
   /// recorded before `calibrationAtFullSteps`), one restart, and the weight with the best mean
   /// SSIM wins. Returns it and a line for the report.
+  /// With `starts` (another attacker's reconstructions of the same photos), each weight
+  /// refines those, and the starts themselves compete too: when none of the weights improves
+  /// on them the result's weight is nil, and the attacker keeps the starts as they are.
   public func calibrate(
-    head: (Variable) throws -> Variable, on own: FeaturePairs, weights: [Float], progress: (AttackProgress) -> Void = { _ in }
-  ) throws -> (Float, String) {
+    head: (Variable) throws -> Variable, on own: FeaturePairs, weights: [Float], starts: Tensor? = nil,
+    progress: (AttackProgress) -> Void = { _ in }
+  ) throws -> (Float?, String) {
     var trial = self
     if !calibrationAtFullSteps { trial.steps = max(20, steps / 3) }
     trial.restarts = 1
     let shape = Array(own.images.shape.dropFirst())
-    var best: (weight: Float, ssim: Double) = (tvWeight, -.infinity)
+    let count = own.images.shape[0]
+    func meanSSIM(_ rebuilt: Tensor) throws -> Double {
+      try (0..<count).map { try SSIM.score(unitImage(own.images, $0), unitImage(rebuilt, $0)) }.reduce(0, +) / Double(count)
+    }
+    var best: (weight: Float?, ssim: Double) = (tvWeight, -.infinity)
     var scores: [String] = []
+    if let starts {
+      best = (nil, try meanSSIM(starts))
+      scores.append(String(format: "unrefined: %.3f", best.ssim))
+    }
     func score(_ w: Float) throws -> Double {
       trial.tvWeight = w
-      progress(.message("calibrating the prior: weight \(w) on \(own.images.shape[0]) of the attacker's own photos"))
-      let rebuilt = try trial.run(head: head, targets: own.features, imageShape: shape).images
-      let ssim = try (0..<own.images.shape[0]).map { i in
-        try SSIM.score(unitImage(own.images, i), unitImage(rebuilt, i))
-      }.reduce(0, +) / Double(own.images.shape[0])
+      progress(.message("calibrating the prior: weight \(w) on \(count) of the attacker's own photos"))
+      let ssim = try meanSSIM(try trial.run(head: head, targets: own.features, imageShape: shape, starts: starts).images)
       scores.append(String(format: "%g: %.3f", w, ssim))
       if ssim > best.ssim { best = (w, ssim) }
       return ssim
@@ -152,9 +166,10 @@ extension FeatureInversion {
         guard try score(w) > before else { break }
       }
     }
+    let chosen = best.weight.map { "prior weight \($0)" } ?? "no refinement (the starting images beat every prior weight)"
     return (
       best.weight,
-      "prior weight \(best.weight) calibrated on \(own.images.shape[0]) of the attacker's own photos in \(trial.steps) steps (SSIM per weight: \(scores.joined(separator: ", ")))"
+      "\(chosen) calibrated on \(count) of the attacker's own photos in \(trial.steps) steps (SSIM per weight: \(scores.joined(separator: ", ")))"
     )
   }
 }

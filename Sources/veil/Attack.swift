@@ -13,8 +13,10 @@ struct Attack: ParsableCommand {
       With --attacker, one attacker at one seed: cgan (pix2pix's conditional GAN on the feature
       map), inverse (the same U-Net on the reconstruction loss alone, He et al.'s inverse network),
       optimisation (white-box: Adam on the pixels so that the head's features match the observed
-      ones, under a total-variation prior; needs the head's weights and no data) or substitute
-      (black-box: the same optimisation through a substitute head trained from queries). Without
+      ones, under a total-variation prior; needs the head's weights and no data), substitute
+      (black-box: the same optimisation through a substitute head trained from queries) or hybrid
+      (white-box: the inverse network's images refined by the optimisation; --inverse-from reuses
+      a finished inverse attack's network instead of training one). Without
       --attacker, the verdict at the cut under --threat-model and --budget: every attacker of the
       threat model under every seed, each measure's worst attacker against its threshold, the
       rule `veil plan` uses.
@@ -32,8 +34,13 @@ struct Attack: ParsableCommand {
   var model: String
   @Option(help: "The cut: its name, a unique part of its name (block1_pool), or its index (see `veil cuts`).")
   var cut: String
-  @Option(help: "One attacker: cgan, inverse, optimisation or substitute (default: every attacker of --threat-model).")
+  @Option(help: "One attacker: cgan, inverse, optimisation, substitute or hybrid (default: every attacker of --threat-model).")
   var attacker: AttackerKind?
+  @Option(
+    help: ArgumentHelp(
+      "With --attacker hybrid: the --out folder of a finished inverse attack with the same data and options, whose network is refined instead of training another.",
+      valueName: "dir"))
+  var inverseFrom: String?
   @OptionGroup var options: AttackOptions
   @Option(help: ArgumentHelp("Output folder.", valueName: "dir"))
   var out: String = "out/attack"
@@ -44,6 +51,9 @@ struct Attack: ParsableCommand {
   func validate() throws {
     if let attacker, attacker != .optimisation, options.testFraction == 1 {
       throw ValidationError("--test-fraction 1 holds out every photo: only the optimisation attacker learns from nothing")
+    }
+    if inverseFrom != nil, attacker != .hybrid {
+      throw ValidationError("--inverse-from goes with --attacker hybrid: it names the inverse network the hybrid refines")
     }
   }
 
@@ -78,7 +88,8 @@ struct Attack: ParsableCommand {
     )
     let r = try runAttack(
       model: graph, modelName: model, cut: point, data: data, preprocessing: preprocessing, config: config, outDir: outDir,
-      cacheDirectory: options.cacheDirectory, measures: evaluation.measures, progress: AttackProgressPrinter().callAsFunction)
+      cacheDirectory: options.cacheDirectory, measures: evaluation.measures, inverseFolder: inverseFrom.map { URL(fileURLWithPath: $0) },
+      progress: AttackProgressPrinter().callAsFunction)
     if json { return try printJSON(r) }
     print(
       "\(r.attacker.title) at \(r.cut) (feature map \(r.featureShape.map(String.init).joined(separator: "×"))), \(r.heldOutCount) held-out images of \(r.heldOutPhotos) photos:"

@@ -29,7 +29,7 @@ struct AttackOptions: ParsableArguments {
   var attackData: String?
   @Option(help: "white-box (the attacker holds the head's weights; the default, the stronger) or black-box (queries only).")
   var threatModel: ThreatModel = .whiteBox
-  @Option(help: "quick (a first pass: two attackers, one seed, short training), standard (every attacker of the threat model, two seeds) or thorough (three seeds, longer).")
+  @Option(help: "quick (a first pass: every attacker but the c-GAN, one seed, short training), standard (every attacker of the threat model, two seeds) or thorough (three seeds, longer).")
   var budget: PrivacyBudget = .standard
   @Option(help: "Side of the square attack images; a power of two so every cut's map divides it.")
   var imageSize: Int = 64

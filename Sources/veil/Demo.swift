@@ -25,7 +25,7 @@ struct Demo: AsyncParsableCommand {
          (the head, SIMULATED evidence) as separate processes on loopback.
       4. Sends each demo photo from a client through the attested, encrypted channel and prints
          its top-3 classes next to those of the plain (non-private) whole model.
-      The quick budget is a first pass (two of the three white-box attackers, one seed, short
+      The quick budget is a first pass (every white-box attacker but the c-GAN, one seed, short
       training), and the report's first line says so: plan with --budget standard (the default
       of `veil plan`) or thorough before relying on a cut.
       """)

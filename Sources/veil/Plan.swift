@@ -29,7 +29,7 @@ struct Plan: ParsableCommand {
       template, the attacks' grids, curves and weights, and report.html (self-contained; its first
       line says when the settings are weaker than the default). An interrupted plan resumes.
 
-      Budgets: quick (a first pass: the first two attackers of the threat model, one seed, short
+      Budgets: quick (a first pass: every attacker of the threat model but the c-GAN, one seed, short
       training, not confirmed at the deployed size), standard (the default: every attacker, two
       seeds), thorough (every cut, three seeds, longer).
       """)

@@ -121,8 +121,9 @@ final class PlanReportTests: XCTestCase {
     // The warning about weaker settings comes before the verdict.
     XCTAssertLessThan(html.range(of: "Weaker than the default")!.lowerBound, html.range(of: "Cut at <b>")!.lowerBound)
     XCTAssertTrue(html.contains("is missing from"), "a missing grid is said, not dropped")
-    // Two plots (SSIM, recognition), each with a point per attacker and evaluated cut.
-    XCTAssertEqual(html.components(separatedBy: "class=\"point\"").count - 1, 2 * 3 * 2)
+    // Two plots (SSIM, recognition), each with a point per attacker and evaluated cut (3).
+    XCTAssertEqual(record.evaluation.attackers, [.optimisation, .inverse, .hybrid])
+    XCTAssertEqual(html.components(separatedBy: "class=\"point\"").count - 1, 2 * 3 * 3)
     XCTAssertEqual(html.components(separatedBy: "<tr class=\"chosen").count - 1, 1 + 2, "the chosen cut is highlighted in both tables")
     XCTAssertFalse(html.contains("<script"), "the report has no script")
     XCTAssertFalse(html.contains("http://") && html.contains("src=\"http"), "nothing is fetched from the network")
@@ -212,7 +213,7 @@ final class PlanReportTests: XCTestCase {
     let svgs = check?["svgs"] as? [[Double]] ?? []
     XCTAssertEqual(svgs.count, 3, "runtime, SSIM and recognition plots")
     for s in svgs { XCTAssertTrue(s[0] > 500 && s[1] > 300, "a plot is laid out at \(s)") }
-    XCTAssertEqual(check?["points"] as? Int, 2 * 3 * 2)
+    XCTAssertEqual(check?["points"] as? Int, 2 * 3 * record.evaluation.attackers.count)
     XCTAssertEqual(check?["bars"] as? Int, record.profile.cuts.count * 3)
     let images = check?["images"] as? [[Any]] ?? []
     XCTAssertEqual(images.count, 1)
@@ -380,7 +381,7 @@ final class PlannerTests: XCTestCase {
     var lines: [String] = []
     let result = try job.run(log: { lines.append($0) })
     let record = result.document.planning
-    XCTAssertEqual(record.evaluation.attackers, [.optimisation, .inverse])
+    XCTAssertEqual(record.evaluation.attackers, [.optimisation, .inverse, .hybrid])
     XCTAssertFalse(record.privacy.isEmpty)
     XCTAssertTrue(record.weaknesses.contains { $0.contains("not run") }, "\(record.weaknesses)")
     XCTAssertTrue(lines.contains { $0.contains("weaker than the standard budget") })

@@ -195,15 +195,21 @@ final class EvaluationTests: XCTestCase {
 
   // MARK: - Attackers
 
-  /// The white-box optimisation rebuilds shallow-cut photos far better than the mean image,
-  /// needs no training photos, and holds every photo out when asked (test fraction 1).
-  func testOptimisationAttackRebuildsShallowCutsWithoutData() throws {
-    let g = AttackTests.tinyModel()
+  /// The optimisation attacker on whole photos, every photo held out (it learns from nothing).
+  static func wholePhotoOptimisation(steps: Int) -> AttackConfig {
     var config = AttackTests.config()
     config.attacker = .optimisation
     config.testFraction = 1
     config.testCropsPerPhoto = 1
-    config.optimisationSteps = 300
+    config.optimisationSteps = steps
+    return config
+  }
+
+  /// The white-box optimisation rebuilds shallow-cut photos far better than the mean image,
+  /// needs no training photos, and holds every photo out when asked (test fraction 1).
+  func testOptimisationAttackRebuildsShallowCutsWithoutData() throws {
+    let g = AttackTests.tinyModel()
+    var config = Self.wholePhotoOptimisation(steps: 300)
     // No photos of its own to calibrate the prior on (every photo is held out): a weight that
     // suits a shallow cut.
     config.tvWeight = 0.1
@@ -305,6 +311,95 @@ final class EvaluationTests: XCTestCase {
       outDir: out, cacheDirectory: nil)
     XCTAssertEqual(again.epochsRun, 0)
     XCTAssertEqual(again.curve, r.curve)
+  }
+
+  /// The optimisation refines the images it is given: its first restart starts from them, and
+  /// in calibration they compete with every prior weight, so images that already are the
+  /// originals are kept as they are (no weight improves on SSIM 1).
+  func testOptimisationStartsFromTheImagesItIsGiven() throws {
+    let g = AttackTests.tinyModel()
+    var config = Self.wholePhotoOptimisation(steps: 5)
+    config.optimisationLearningRate = 0.05
+    config.tvWeight = 0.1
+    let data = try AttackImages.photos(AttackTests.photoNames.prefix(3).map(TestAssets.url), config: config, source: "three")
+    let extractor = try FeatureExtractor(
+      model: g, cut: try g.attackCut(named: "pool2"), imageSize: 32, batch: 3, preprocessing: AttackTests.unit)
+    let signed = try data.test.map { try $0.tensor(layout: .nchw, order: .rgb, normalization: Normalization(mean: [127.5], std: [127.5])) }
+    let originals = try Tensor(shape: [3, 3, 32, 32], values: signed.flatMap(\.scalars))
+    let own = FeaturePairs(images: originals, features: try extractor.features(data.test))
+    let model = try extractor.differentiableHead(batch: 3)
+    let head: (Variable) throws -> Variable = { try model($0) }
+    let inversion = FeatureInversion(config)
+    func meanSSIM(_ rebuilt: Tensor) throws -> Double {
+      let values = rebuilt.scalars
+      let per = 3 * 32 * 32
+      var sum = 0.0
+      for i in 0..<3 {
+        let samples: [Double] = values[(i * per)..<((i + 1) * per)].map { min(max((Double($0) + 1) / 2, 0), 1) }
+        sum += try SSIM.score(UnitImage(data.test[i]), UnitImage(width: 32, height: 32, channels: 3, samples: samples))
+      }
+      return sum / 3
+    }
+    // Five small steps from the originals leave them close; from grey they rebuild little.
+    let refined = try inversion.run(head: head, targets: own.features, imageShape: [3, 32, 32], starts: originals)
+    let fromGrey = try inversion.run(head: head, targets: own.features, imageShape: [3, 32, 32])
+    let (a, b) = (try meanSSIM(refined.images), try meanSSIM(fromGrey.images))
+    XCTAssertGreaterThan(a, 0.9, "from the originals: SSIM \(a)")
+    XCTAssertLessThan(b, 0.5, "from grey: SSIM \(b)")
+    XCTAssertThrowsError(
+      try inversion.run(head: head, targets: own.features, imageShape: [3, 32, 32], starts: try Tensor(shape: [1, 3, 32, 32], values: signed[0].scalars)))
+
+    let (weight, report) = try inversion.calibrate(head: head, on: own, weights: [0.1, 1], starts: originals)
+    XCTAssertNil(weight, report)
+    XCTAssertTrue(report.hasPrefix("no refinement") && report.contains("unrefined: 1.000"), report)
+    let (greyWeight, greyReport) = try inversion.calibrate(head: head, on: own, weights: [0.1, 1])
+    XCTAssertNotNil(greyWeight, greyReport)
+  }
+
+  /// The hybrid attacker refines a finished inverse attack's network instead of training its
+  /// own, rebuilds the optimisation's held-out images (whole photos), and calibrates its prior
+  /// on the validation photos with the unrefined images competing.
+  func testHybridRefinesTheInverseNetworksImages() throws {
+    let g = AttackTests.tinyModel()
+    let cut = try g.attackCut(named: "pool2")
+    var config = AttackTests.config(epochs: 2)
+    config.trainCropsPerPhoto = 8
+    config.optimisationSteps = 20
+    config.tvWeights = [0.1, 1]
+    config.calibrationImages = 2
+    config.attacker = .inverse
+    let data = try AttackImages.photos(AttackTests.photoNames.map(TestAssets.url), config: config, source: "asset cache")
+    let root = temp("hybrid")
+    defer { try? FileManager.default.removeItem(at: root) }
+    let inverseDir = root.appendingPathComponent("inverse")
+    let inverse = try runAttack(
+      model: g, modelName: "tiny", cut: cut, data: data, preprocessing: AttackTests.unit, config: config, outDir: inverseDir,
+      cacheDirectory: nil)
+    XCTAssertEqual(inverse.epochsRun, 2)
+    config.attacker = .hybrid
+    var messages: [String] = []
+    let hybrid = try runAttack(
+      model: g, modelName: "tiny", cut: cut, data: data, preprocessing: AttackTests.unit, config: config,
+      outDir: root.appendingPathComponent("hybrid"), cacheDirectory: nil, inverseFolder: inverseDir
+    ) { if case .message(let m) = $0 { messages.append(m) } }
+    XCTAssertEqual(hybrid.attacker, .hybrid)
+    XCTAssertEqual(hybrid.epochsRun, 0, "the inverse attack's network is reused, not trained again")
+    XCTAssertEqual(hybrid.resumedFromEpoch, 2)
+    XCTAssertEqual(hybrid.curve, inverse.curve)
+    XCTAssertTrue(messages.contains { $0.contains("is reused") }, "\(messages)")
+    XCTAssertEqual(hybrid.heldOutCount, data.heldOut(cropsPerPhoto: config.optimisationCropsPerPhoto).test.count)
+    let calibration = try XCTUnwrap(hybrid.notes.first { $0.contains("calibrated on 2 of the attacker's own photos in 20 steps") })
+    XCTAssertTrue(calibration.contains("unrefined: "), calibration)
+    XCTAssertTrue(hybrid.ssim.mean.isFinite)
+
+    // Another network's folder (other options) is not adopted: the hybrid trains its own.
+    var other = config
+    other.generatorWidth = 16
+    let own = try runAttack(
+      model: g, modelName: "tiny", cut: cut, data: data, preprocessing: AttackTests.unit, config: other,
+      outDir: root.appendingPathComponent("own"), cacheDirectory: nil, inverseFolder: inverseDir)
+    XCTAssertEqual(own.epochsRun, 2)
+    XCTAssertEqual(own.resumedFromEpoch, 0)
   }
 
   /// The rule: patience epochs without a 1 % improvement stop training; the best epoch is kept.
