@@ -138,14 +138,15 @@ struct OptimisationAttacker: InversionAttacker {
 /// reconstructions are the optimisation's first restart, refined through the real head under
 /// the prior (a learned inversion as the starting point of an optimisation, as encoder-then-
 /// optimise GAN inversion does: Zhu et al., ECCV 2020). Deep in a network the optimisation
-/// from grey finds an image whose features match but which looks like nothing, while the
-/// inverse network's image is recognisable but blurred; the hybrid starts from the second and
-/// moves it towards the features the victim's image really had.
+/// from grey stops at an image whose features match only loosely and which shows little,
+/// while the inverse network's image is recognisable but blurred; the hybrid starts from the
+/// second and moves it towards the features the victim's image really had.
 ///
 /// The prior's weight is calibrated as the optimisation attacker calibrates it, on photos of
 /// the attacker's own that the network did not train on (its validation split), with the
 /// unrefined reconstructions competing: when no weight improves on them, the hybrid keeps the
-/// inverse network's images, so on the attacker's own photos it never does worse than either.
+/// inverse network's images, so on the attacker's own photos it does no worse than the
+/// inverse network.
 struct HybridAttacker: InversionAttacker {
   func run(_ inputs: AttackInputs, progress: (AttackProgress) -> Void) throws -> AttackOutput {
     let config = inputs.config
