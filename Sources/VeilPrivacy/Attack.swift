@@ -34,9 +34,9 @@ public struct AttackInputs {
   let identity: AttackIdentity
   /// The defence on the maps (fitted), which the white-box attacker differentiates through.
   var defence: CutDefence?
-  /// A finished inverse attack with the same data and options, whose network the hybrid
-  /// attacker starts from instead of training its own (nil: it trains one).
-  var inverseFolder: URL?
+  /// Finished attacks with the same data and options (the inverse network's, the substitute
+  /// head's), whose trained networks a hybrid attacker reuses instead of training its own.
+  var trainedFolders: [AttackerKind: URL] = [:]
 }
 
 /// What an attacker produced.
@@ -73,7 +73,7 @@ extension AttackerKind {
     case .cgan, .inverse: LearnedAttacker()
     case .optimisation: OptimisationAttacker()
     case .substitute: SubstituteAttacker()
-    case .hybrid: HybridAttacker()
+    case .hybrid, .substituteHybrid: HybridAttacker()
     }
   }
 }
@@ -98,7 +98,7 @@ extension AttackInputs {
     identity.config.attacker = attacker
     return AttackInputs(
       extractor: extractor, config: config, train: train, validation: validation, test: test, outDir: outDir,
-      identity: identity, defence: defence, inverseFolder: nil)
+      identity: identity, defence: defence)
   }
 }
 
@@ -152,17 +152,46 @@ struct HybridAttacker: InversionAttacker {
     let config = inputs.config
     let started = Date()
     let learner = inputs.as(.inverse)
-    try Self.adopt(from: inputs.inverseFolder, into: inputs.outDir, identity: learner.identity, progress: progress)
+    try Self.adopt(
+      ["checkpoint-g.safetensors", "best-g.safetensors"], what: "inverse network", from: inputs.trainedFolders[.inverse],
+      into: inputs.outDir, progress: progress
+    ) { folder in
+      // The checkpoint says which attack it belongs to; a probe trainer reads it.
+      let probe = try AttackTrainer(featureShape: learner.identity.featureShape, config: learner.identity.config)
+      return (try? probe.resume(from: folder, identity: learner.identity)) != nil
+    }
     let (trainer, learned) = try LearnedAttacker().train(learner, progress: progress)
     var notes = learned.notes
     let n = inputs.test.features.shape[0]
-    let own = inputs.validation.map { Self.spread($0, count: config.calibrationImages) } ?? nil
-    let head = try inputs.whiteBoxHead(batch: min(config.optimisationBatch, max(n, own?.features.shape[0] ?? 0)))
+    var own = inputs.validation.map { Self.spread($0, count: config.calibrationImages) } ?? nil
+    let unrefinedStarts = try own.map { try trainer.reconstruct($0.features) }
+    // What the images are refined through: the real head (white-box), or a substitute head
+    // trained from queries (black-box), whose targets are the maps standardised as it
+    // predicts them.
+    let head: (Variable) throws -> Variable
+    var targets = inputs.test.features
+    if config.attacker == .substituteHybrid {
+      let querier = inputs.as(.substitute)
+      let (last, best) = TrainedSubstitute.files(in: inputs.outDir)
+      try Self.adopt(
+        [last.lastPathComponent, best.lastPathComponent], what: "substitute head", from: inputs.trainedFolders[.substitute],
+        into: inputs.outDir, progress: progress
+      ) { folder in
+        TrainedSubstitute.identity(in: folder, featureShape: querier.identity.featureShape, config: querier.config)?
+          .compatible(with: querier.identity) ?? false
+      }
+      let substitute = try TrainedSubstitute(querier, progress: progress)
+      head = { try substitute.head($0) }
+      targets = substitute.standardiser.apply(targets)
+      if let pairs = own { own = FeaturePairs(images: pairs.images, features: substitute.standardiser.apply(pairs.features)) }
+      notes += substitute.notes
+    } else {
+      head = try inputs.whiteBoxHead(batch: min(config.optimisationBatch, max(n, own?.features.shape[0] ?? 0)))
+    }
     var inversion = FeatureInversion(config)
-    if let own {
-      let starts = try trainer.reconstruct(own.features)
+    if let own, let unrefinedStarts {
       let (weight, report) = try inversion.calibrate(
-        head: head, on: own, weights: config.tvWeights, starts: starts, progress: progress)
+        head: head, on: own, weights: config.tvWeights, starts: unrefinedStarts, progress: progress)
       notes.append(report)
       guard let weight else {
         var output = learned
@@ -175,8 +204,8 @@ struct HybridAttacker: InversionAttacker {
       notes.append("prior weight \(config.tvWeight) as given (no validation photos of the attacker's own to calibrate it on)")
     }
     let outcome = try inversion.run(
-      head: head, targets: inputs.test.features, imageShape: [3, config.imageSize, config.imageSize],
-      starts: learned.reconstructions, progress: progress)
+      head: head, targets: targets, imageShape: [3, config.imageSize, config.imageSize], starts: learned.reconstructions,
+      progress: progress)
     notes.append(OptimisationAttacker.distanceNote(outcome.distances))
     var output = learned
     output.reconstructions = outcome.images
@@ -194,23 +223,24 @@ struct HybridAttacker: InversionAttacker {
     return FeaturePairs(images: gather(pairs.images, rows), features: gather(pairs.features, rows))
   }
 
-  /// Copies a finished inverse attack's generator (its last and best checkpoints) into `dir`
-  /// when `dir` has none and the attack's settings are the ones this hybrid would train with:
-  /// the training then resumes after that attack's last epoch instead of repeating it.
-  static func adopt(from folder: URL?, into dir: URL, identity: AttackIdentity, progress: (AttackProgress) -> Void) throws {
+  /// Copies a finished attack's trained network (the files `names`, its last checkpoint first)
+  /// from `folder` into `dir` when `dir` has none and `accepts` finds the attack's settings the
+  /// ones this hybrid would train with: the training then resumes after that attack's last
+  /// epoch instead of repeating it.
+  static func adopt(
+    _ names: [String], what: String, from folder: URL?, into dir: URL, progress: (AttackProgress) -> Void,
+    accepts: (URL) throws -> Bool
+  ) throws {
     guard let folder else { return }
-    let names = ["checkpoint-g.safetensors", "best-g.safetensors"]
     let fm = FileManager.default
     guard !fm.fileExists(atPath: dir.appendingPathComponent(names[0]).path),
-      fm.fileExists(atPath: folder.appendingPathComponent(names[0]).path)
+      fm.fileExists(atPath: folder.appendingPathComponent(names[0]).path), try accepts(folder)
     else { return }
-    // The checkpoint says which attack it belongs to; a probe trainer reads it.
-    let probe = try AttackTrainer(featureShape: identity.featureShape, config: identity.config)
-    guard (try? probe.resume(from: folder, identity: identity)) != nil else { return }
+    try fm.createDirectory(at: dir, withIntermediateDirectories: true)
     for name in names where fm.fileExists(atPath: folder.appendingPathComponent(name).path) {
       try fm.copyItem(at: folder.appendingPathComponent(name), to: dir.appendingPathComponent(name))
     }
-    progress(.message("the inverse network of \(folder.path) is reused"))
+    progress(.message("the \(what) of \(folder.path) is reused"))
   }
 }
 
@@ -224,19 +254,20 @@ struct HybridAttacker: InversionAttacker {
 /// stopping rule's state, so a rerun with the same options resumes after the last finished
 /// epoch, and `best-g.safetensors`, the generator of the epoch with the lowest validation
 /// loss; `grid.png` (held-out originals above their reconstructions); `result.json`. Features
-/// are cached in `cacheDirectory` (nil: not cached). The hybrid attacker starts from the
-/// network of a finished inverse attack in `inverseFolder` (same data and options) when there
-/// is one, and trains its own otherwise.
+/// are cached in `cacheDirectory` (nil: not cached). The hybrid attackers start from the
+/// networks of finished attacks in `trainedFolders` (the inverse network's, and for the
+/// black-box hybrid the substitute head's; same data and options) when there are such, and
+/// train their own otherwise.
 public func runAttack(
   model: Graph, modelName: String, cut: CutPoint, data: AttackImages, preprocessing: InputPreprocessing,
   config: AttackConfig, outDir: URL, cacheDirectory: URL? = FeatureExtractor.defaultCacheDirectory,
-  measures: MeasureSet = .pixels, inverseFolder: URL? = nil, progress: (AttackProgress) -> Void = { _ in }
+  measures: MeasureSet = .pixels, trainedFolders: [AttackerKind: URL] = [:], progress: (AttackProgress) -> Void = { _ in }
 ) throws -> AttackResult {
   try config.validate()
   let t0 = Date()
   // The attackers that optimise each image through the real head rebuild whole photos (their
   // cost grows with every image).
-  let optimises = config.attacker == .optimisation || config.attacker == .hybrid
+  let optimises = [.optimisation, .hybrid, .substituteHybrid].contains(config.attacker)
   let data = optimises ? data.heldOut(cropsPerPhoto: config.optimisationCropsPerPhoto) : data
   guard data.imageSize == config.imageSize else {
     throw PrivacyError.invalidConfig("the images are \(data.imageSize) px, the options say \(config.imageSize)")
@@ -292,7 +323,7 @@ public func runAttack(
     model: modelName, cut: cut.name, headDigest: extractor.headDigest, featureShape: extractor.featureShape, config: config)
   let inputs = AttackInputs(
     extractor: extractor, config: config, train: train, validation: validation, test: test, outDir: outDir, identity: identity,
-    defence: defence?.defence, inverseFolder: inverseFolder)
+    defence: defence?.defence, trainedFolders: trainedFolders)
   // Every attacker's step allocates the same activations and gradients: keep freed blocks for
   // reuse while it trains, and give them back when it is done.
   var output = try withBlockReuse { try config.attacker.implementation.run(inputs, progress: progress) }

@@ -19,7 +19,7 @@ public enum ThreatModel: String, Codable, Sendable, CaseIterable {
   public var attackers: [AttackerKind] {
     switch self {
     case .whiteBox: [.optimisation, .inverse, .hybrid, .cgan]
-    case .blackBox: [.inverse, .substitute, .cgan]
+    case .blackBox: [.inverse, .substitute, .substituteHybrid, .cgan]
     }
   }
 }
@@ -40,13 +40,15 @@ public enum AttackerKind: String, Codable, Sendable, CaseIterable {
   /// White-box: the inverse network's reconstructions refined by the optimisation through the
   /// real head, the prior's weight calibrated with the unrefined images competing.
   case hybrid
+  /// Black-box: the same refinement through the substitute head trained from queries.
+  case substituteHybrid = "substitute-hybrid"
 
   /// Whether it learns from (image, feature map) pairs of its own photos.
   public var needsTrainingData: Bool { self != .optimisation }
 
   /// Whether it optimises the pixels through a head (the model's or a substitute's), so that
   /// the optimisation's steps, learning rate and prior decide it.
-  public var optimisesPixels: Bool { self == .optimisation || self == .substitute || self == .hybrid }
+  public var optimisesPixels: Bool { self != .cgan && self != .inverse }
 
   /// A name for reports.
   public var title: String {
@@ -56,6 +58,7 @@ public enum AttackerKind: String, Codable, Sendable, CaseIterable {
     case .optimisation: "white-box optimisation"
     case .substitute: "substitute-head optimisation"
     case .hybrid: "inverse network refined by white-box optimisation"
+    case .substituteHybrid: "inverse network refined through a substitute head"
     }
   }
 }
@@ -182,6 +185,10 @@ public struct AttackConfig: Codable, Sendable, Equatable {
       discriminator()
       c.lambda = d.lambda
       c.substituteWidth = d.substituteWidth
+    case .substituteHybrid:
+      // The inverse network's, the substitute head's and the optimisation's.
+      discriminator()
+      c.lambda = d.lambda
     }
     c.gridImages = d.gridImages
     return c

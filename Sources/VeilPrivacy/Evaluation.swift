@@ -398,11 +398,14 @@ public struct PrivacyEvaluation {
           result = done
         } else {
           let data = try images(config)
-          // The hybrid refines the inverse network: one trained here already is reused.
-          let inverse = kind == .hybrid ? folder.appendingPathComponent("\(AttackerKind.inverse.rawValue)-seed\(seed)") : nil
+          // The hybrids refine the inverse network (through a substitute head, black-box): the
+          // networks trained here already under this seed are reused.
+          let trained = Dictionary(uniqueKeysWithValues: [AttackerKind.inverse, .substitute].map {
+            ($0, folder.appendingPathComponent("\($0.rawValue)-seed\(seed)"))
+          })
           result = try runAttack(
             model: model, modelName: modelName, cut: cut, data: data, preprocessing: preprocessing, config: config, outDir: dir,
-            cacheDirectory: cacheDirectory, measures: measures, inverseFolder: inverse
+            cacheDirectory: cacheDirectory, measures: measures, trainedFolders: trained
           ) { progress(kind, seed, $0) }
         }
         featureShape = result.featureShape

@@ -2,10 +2,10 @@
 /// rebuilds the input image.
 ///
 /// Owns SSIM and PSNR exactly as ../shared/REFERENCES.md defines them, the feature extraction at
-/// a cut (run with the engine, cached on disk), the five attackers behind one interface (the
+/// a cut (run with the engine, cached on disk), the six attackers behind one interface (the
 /// white-box optimisation `FeatureInversion`, the same through a substitute head trained from
-/// queries, He et al.'s inverse network, the hybrid that refines the inverse network's images
-/// by the white-box optimisation, and the pix2pix conditional GAN, the learned ones trained
+/// queries, He et al.'s inverse network, the two hybrids that refine the inverse network's
+/// images by either optimisation, and the pix2pix conditional GAN, the learned ones trained
 /// with VeilTrain), the photo data recipe of the attacks, the measures of what an
 /// attack recovered (SSIM, recognition, re-identification, TON_IoT field recovery) with bounds
 /// clustered by photo across seeds, the verdict at a cut (`PrivacyEvaluation`, `CutVerdict`)

@@ -93,18 +93,43 @@ struct ChannelStandardiser {
   }
 }
 
-/// The black-box optimisation attacker (see `SubstituteHead`).
-struct SubstituteAttacker: InversionAttacker {
-  func run(_ inputs: AttackInputs, progress: (AttackProgress) -> Void) throws -> AttackOutput {
+/// A substitute head trained (or resumed) from the attacker's queries: the head, the
+/// standardisation of the maps it predicts, and its training's record.
+struct TrainedSubstitute {
+  let head: SubstituteHead
+  let standardiser: ChannelStandardiser
+  let state: StoppingState
+  let seconds: Double
+  let steps: Int
+  let resumedFrom: Int
+  let file: URL
+  let notes: [String]
+
+  /// Its checkpoint and best weights in an attack's folder.
+  static func files(in dir: URL) -> (last: URL, best: URL) {
+    (dir.appendingPathComponent("substitute.safetensors"), dir.appendingPathComponent("best-substitute.safetensors"))
+  }
+
+  /// The attack a substitute checkpoint in `dir` was trained for (nil: none, or unreadable).
+  static func identity(in dir: URL, featureShape: [Int], config: AttackConfig) -> AttackIdentity? {
+    guard let head = try? SubstituteHead(featureShape: featureShape, imageSize: config.imageSize, width: config.substituteWidth, seed: config.seed),
+      let meta = try? Checkpoint.load(into: head.parameters, batchNorms: head.batchNorms, from: files(in: dir).last),
+      let text = meta[AttackTrainer.identityKey]
+    else { return nil }
+    return try? JSONDecoder().decode(AttackIdentity.self, from: Data(text.utf8))
+  }
+
+  /// Trains the substitute head on `inputs.train`'s queries in `inputs.outDir` (resuming a
+  /// checkpoint there), stopping by the validation rule, with the best epoch's weights loaded.
+  init(_ inputs: AttackInputs, progress: (AttackProgress) -> Void) throws {
     let config = inputs.config
-    guard let train = inputs.train else { throw PrivacyError.invalidConfig("the substitute attacker needs training images to query the head with") }
+    guard let train = inputs.train else { throw PrivacyError.invalidConfig("the \(config.attacker.rawValue) attacker needs training images to query the head with") }
     let standardiser = ChannelStandardiser(train.features)
     let targets = standardiser.apply(train.features)
     let substitute = try SubstituteHead(
       featureShape: inputs.extractor.featureShape, imageSize: config.imageSize, width: config.substituteWidth, seed: config.seed)
     let optimiser = try Adam(parameters: substitute.parameters, learningRate: 1e-3, beta1: 0.9)
-    let file = inputs.outDir.appendingPathComponent("substitute.safetensors")
-    let best = inputs.outDir.appendingPathComponent("best-substitute.safetensors")
+    let (file, best) = Self.files(in: inputs.outDir)
     var state = StoppingState()
     if FileManager.default.fileExists(atPath: file.path) {
       let meta = try Checkpoint.load(into: substitute.parameters, batchNorms: substitute.batchNorms, optimizer: optimiser, from: file)
@@ -158,18 +183,30 @@ struct SubstituteAttacker: InversionAttacker {
     }
     substitute.setTraining(false)
     progress(.message("substitute head trained (\(state.curve.count) epochs); optimising the held-out images through it"))
-    let started = Date()
-    let outcome = try FeatureInversion(config).run(
-      head: { try substitute($0) }, targets: standardiser.apply(inputs.test.features),
-      imageShape: [3, config.imageSize, config.imageSize], progress: progress)
     var notes = [
       String(format: "substitute head: validation MSE %.4f of the standardised map at epoch %d", state.bestLoss, state.bestEpoch)
     ]
     if inputs.validation != nil, !state.converged { notes.append("the substitute head was still improving at the last epoch: train longer (--epochs)") }
+    (head, self.standardiser, self.state, self.seconds, self.steps, self.resumedFrom, self.file, self.notes) =
+      (substitute, standardiser, state, seconds, steps, resumedFrom, file, notes)
+  }
+}
+
+/// The black-box optimisation attacker (see `SubstituteHead`).
+struct SubstituteAttacker: InversionAttacker {
+  func run(_ inputs: AttackInputs, progress: (AttackProgress) -> Void) throws -> AttackOutput {
+    let config = inputs.config
+    let trained = try TrainedSubstitute(inputs, progress: progress)
+    let started = Date()
+    let outcome = try FeatureInversion(config).run(
+      head: { try trained.head($0) }, targets: trained.standardiser.apply(inputs.test.features),
+      imageShape: [3, config.imageSize, config.imageSize], progress: progress)
+    let state = trained.state
     return AttackOutput(
       reconstructions: outcome.images, curve: state.curve, converged: state.converged,
-      bestEpoch: state.bestEpoch > 0 ? state.bestEpoch : nil, epochsRun: (state.curve.last?.at ?? 0) - resumedFrom, resumedFrom: resumedFrom,
-      trainSeconds: seconds + Date().timeIntervalSince(started), trainedImages: steps * config.batch,
-      finalLoss: state.curve.last?.loss ?? .nan, discriminatorLoss: nil, weights: [file.path], notes: notes)
+      bestEpoch: state.bestEpoch > 0 ? state.bestEpoch : nil, epochsRun: (state.curve.last?.at ?? 0) - trained.resumedFrom,
+      resumedFrom: trained.resumedFrom, trainSeconds: trained.seconds + Date().timeIntervalSince(started),
+      trainedImages: trained.steps * config.batch, finalLoss: state.curve.last?.loss ?? .nan, discriminatorLoss: nil,
+      weights: [trained.file.path], notes: trained.notes)
   }
 }

@@ -14,9 +14,11 @@ struct Attack: ParsableCommand {
       map), inverse (the same U-Net on the reconstruction loss alone, He et al.'s inverse network),
       optimisation (white-box: Adam on the pixels so that the head's features match the observed
       ones, under a total-variation prior; needs the head's weights and no data), substitute
-      (black-box: the same optimisation through a substitute head trained from queries) or hybrid
+      (black-box: the same optimisation through a substitute head trained from queries), hybrid
       (white-box: the inverse network's images refined by the optimisation; --inverse-from reuses
-      a finished inverse attack's network instead of training one). Without
+      a finished inverse attack's network instead of training one) or substitute-hybrid
+      (black-box: the same refinement through a substitute head; --substitute-from reuses a
+      finished substitute attack's head). Without
       --attacker, the verdict at the cut under --threat-model and --budget: every attacker of the
       threat model under every seed, each measure's worst attacker against its threshold, the
       rule `veil plan` uses.
@@ -34,13 +36,18 @@ struct Attack: ParsableCommand {
   var model: String
   @Option(help: "The cut: its name, a unique part of its name (block1_pool), or its index (see `veil cuts`).")
   var cut: String
-  @Option(help: "One attacker: cgan, inverse, optimisation, substitute or hybrid (default: every attacker of --threat-model).")
+  @Option(help: "One attacker: cgan, inverse, optimisation, substitute, hybrid or substitute-hybrid (default: every attacker of --threat-model).")
   var attacker: AttackerKind?
   @Option(
     help: ArgumentHelp(
-      "With --attacker hybrid: the --out folder of a finished inverse attack with the same data and options, whose network is refined instead of training another.",
+      "With --attacker hybrid or substitute-hybrid: the --out folder of a finished inverse attack with the same data and options, whose network is refined instead of training another.",
       valueName: "dir"))
   var inverseFrom: String?
+  @Option(
+    help: ArgumentHelp(
+      "With --attacker substitute-hybrid: the --out folder of a finished substitute attack with the same data and options, whose substitute head is reused.",
+      valueName: "dir"))
+  var substituteFrom: String?
   @OptionGroup var options: AttackOptions
   @Option(help: ArgumentHelp("Output folder.", valueName: "dir"))
   var out: String = "out/attack"
@@ -52,8 +59,11 @@ struct Attack: ParsableCommand {
     if let attacker, attacker != .optimisation, options.testFraction == 1 {
       throw ValidationError("--test-fraction 1 holds out every photo: only the optimisation attacker learns from nothing")
     }
-    if inverseFrom != nil, attacker != .hybrid {
-      throw ValidationError("--inverse-from goes with --attacker hybrid: it names the inverse network the hybrid refines")
+    if inverseFrom != nil, attacker != .hybrid, attacker != .substituteHybrid {
+      throw ValidationError("--inverse-from goes with --attacker hybrid or substitute-hybrid: it names the inverse network the hybrid refines")
+    }
+    if substituteFrom != nil, attacker != .substituteHybrid {
+      throw ValidationError("--substitute-from goes with --attacker substitute-hybrid: it names the substitute head the hybrid refines through")
     }
   }
 
@@ -88,7 +98,9 @@ struct Attack: ParsableCommand {
     )
     let r = try runAttack(
       model: graph, modelName: model, cut: point, data: data, preprocessing: preprocessing, config: config, outDir: outDir,
-      cacheDirectory: options.cacheDirectory, measures: evaluation.measures, inverseFolder: inverseFrom.map { URL(fileURLWithPath: $0) },
+      cacheDirectory: options.cacheDirectory, measures: evaluation.measures,
+      trainedFolders: [.inverse: inverseFrom.map { URL(fileURLWithPath: $0) }, .substitute: substituteFrom.map { URL(fileURLWithPath: $0) }]
+        .compactMapValues { $0 },
       progress: AttackProgressPrinter().callAsFunction)
     if json { return try printJSON(r) }
     print(

@@ -356,9 +356,10 @@ final class EvaluationTests: XCTestCase {
     XCTAssertNotNil(greyWeight, greyReport)
   }
 
-  /// The hybrid attacker refines a finished inverse attack's network instead of training its
-  /// own, rebuilds the optimisation's held-out images (whole photos), and calibrates its prior
-  /// on the validation photos with the unrefined images competing.
+  /// The hybrid attackers refine a finished inverse attack's network instead of training their
+  /// own (the black-box one through a finished substitute attack's head), rebuild the
+  /// optimisation's held-out images (whole photos), and calibrate their prior on the
+  /// validation photos with the unrefined images competing.
   func testHybridRefinesTheInverseNetworksImages() throws {
     let g = AttackTests.tinyModel()
     let cut = try g.attackCut(named: "pool2")
@@ -380,7 +381,7 @@ final class EvaluationTests: XCTestCase {
     var messages: [String] = []
     let hybrid = try runAttack(
       model: g, modelName: "tiny", cut: cut, data: data, preprocessing: AttackTests.unit, config: config,
-      outDir: root.appendingPathComponent("hybrid"), cacheDirectory: nil, inverseFolder: inverseDir
+      outDir: root.appendingPathComponent("hybrid"), cacheDirectory: nil, trainedFolders: [.inverse: inverseDir]
     ) { if case .message(let m) = $0 { messages.append(m) } }
     XCTAssertEqual(hybrid.attacker, .hybrid)
     XCTAssertEqual(hybrid.epochsRun, 0, "the inverse attack's network is reused, not trained again")
@@ -397,9 +398,34 @@ final class EvaluationTests: XCTestCase {
     other.generatorWidth = 16
     let own = try runAttack(
       model: g, modelName: "tiny", cut: cut, data: data, preprocessing: AttackTests.unit, config: other,
-      outDir: root.appendingPathComponent("own"), cacheDirectory: nil, inverseFolder: inverseDir)
+      outDir: root.appendingPathComponent("own"), cacheDirectory: nil, trainedFolders: [.inverse: inverseDir])
     XCTAssertEqual(own.epochsRun, 2)
     XCTAssertEqual(own.resumedFromEpoch, 0)
+
+    // Black-box: the same refinement through the substitute head of a finished substitute
+    // attack; neither network is trained again.
+    config.attacker = .substitute
+    let substituteDir = root.appendingPathComponent("substitute")
+    _ = try runAttack(
+      model: g, modelName: "tiny", cut: cut, data: data, preprocessing: AttackTests.unit, config: config, outDir: substituteDir,
+      cacheDirectory: nil)
+    config.attacker = .substituteHybrid
+    var events: [String] = []
+    let blackBox = try runAttack(
+      model: g, modelName: "tiny", cut: cut, data: data, preprocessing: AttackTests.unit, config: config,
+      outDir: root.appendingPathComponent("substitute-hybrid"), cacheDirectory: nil,
+      trainedFolders: [.inverse: inverseDir, .substitute: substituteDir]
+    ) { e in
+      if case .message(let m) = e, m.contains("is reused") { events.append(m) }
+      if case .epochDone(let epoch, _, _, _, _) = e { events.append("epoch \(epoch)") }
+    }
+    XCTAssertEqual(blackBox.attacker, .substituteHybrid)
+    XCTAssertEqual(events.count, 2, "\(events)")
+    XCTAssertTrue(events[0].contains("inverse network") && events[1].contains("substitute head"), "\(events)")
+    XCTAssertTrue(blackBox.notes.contains { $0.hasPrefix("substitute head: validation MSE") }, "\(blackBox.notes)")
+    XCTAssertTrue(blackBox.notes.contains { $0.contains("unrefined: ") }, "\(blackBox.notes)")
+    XCTAssertEqual(ThreatModel.blackBox.attackers, [.inverse, .substitute, .substituteHybrid, .cgan])
+    XCTAssertEqual(PrivacyBudget.quick.attackers(.blackBox), [.inverse, .substitute, .substituteHybrid])
   }
 
   /// The rule: patience epochs without a 1 % improvement stop training; the best epoch is kept.
