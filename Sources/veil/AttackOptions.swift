@@ -252,14 +252,18 @@ func attackModel(_ spec: String, preset: VeilData.Preprocessing.Preset?) throws 
 func verdictLines(_ v: CutVerdict) -> [String] {
   var lines = ["\(v.cut): \(v.status.rawValue.uppercased()) under the \(v.settings.threatModel.rawValue) threat model"]
   let attackers = v.settings.attackers.filter { k in v.attacks.contains { $0.attacker == k } }
+  // A column as wide as its heading (substitute-hybrid's is the longest).
+  func width(_ k: AttackerKind) -> Int { max(24, k.rawValue.count + 15) }
   lines.append(
-    "  " + pad("measure", 18) + pad("threshold", 11) + attackers.map { pad($0.rawValue + " mean (bound)", 24) }.joined() + pad("baseline", 10)
-      + "status")
+    "  " + pad("measure", 18) + pad("threshold", 11) + attackers.map { pad($0.rawValue + " mean (bound)", width($0)) }.joined()
+      + pad("baseline", 10) + "status")
   for m in v.measures {
     var row = "  " + pad(m.measure, 18) + pad(m.threshold.map { String(format: "%.2f", $0) } ?? "-", 11)
     for k in attackers {
       let e = m.estimates[k.rawValue]
-      row += pad(e.map { String(format: "%.3f (%@)%@", $0.mean, $0.upper.isFinite ? String(format: "%.3f", $0.upper) : "inf", k == m.worstAttacker ? "*" : "") } ?? "-", 24)
+      row += pad(
+        e.map { String(format: "%.3f (%@)%@", $0.mean, $0.upper.isFinite ? String(format: "%.3f", $0.upper) : "inf", k == m.worstAttacker ? "*" : "") }
+          ?? "-", width(k))
     }
     lines.append(row + pad(String(format: "%.3f", m.baseline), 10) + (m.status?.rawValue ?? "reported"))
   }
