@@ -82,6 +82,33 @@ final class DefenceAttackTests: XCTestCase {
     XCTAssertLessThan(ssim["prune:0.75"]!, ssim["none"]!, "\(ssim)")
   }
 
+  /// Both hybrids attack defended maps: their inverse network learns from them, and they
+  /// refine through the defence (the white-box one with it on the real head's tape, the
+  /// black-box one through a substitute trained on defended queries).
+  func testHybridsAttackDefendedMaps() throws {
+    let g = AttackTests.tinyModel()
+    let cut = try g.attackCut(named: "pool2")
+    var config = AttackTests.config(epochs: 1)
+    config.trainCropsPerPhoto = 8
+    config.optimisationSteps = 10
+    config.tvWeights = [1]
+    config.calibrationImages = 2
+    config.defence = try CutDefence(parsing: "quant:4")
+    let data = try AttackImages.photos(AttackTests.photoNames.map(TestAssets.url), config: config, source: "asset cache")
+    for kind in [AttackerKind.hybrid, .substituteHybrid] {
+      config.attacker = kind
+      let out = FileManager.default.temporaryDirectory.appendingPathComponent("veil-defence-\(UUID().uuidString)")
+      defer { try? FileManager.default.removeItem(at: out) }
+      let r = try runAttack(
+        model: g, modelName: "tiny", cut: cut, data: data, preprocessing: AttackTests.unit, config: config, outDir: out, cacheDirectory: nil)
+      XCTAssertEqual(r.attacker, kind)
+      XCTAssertEqual(r.config.defence, config.defence)
+      XCTAssertTrue(r.notes.first?.contains("defended by") == true, "\(kind): \(r.notes)")
+      XCTAssertTrue(r.notes.contains { $0.contains("unrefined: ") }, "\(kind): \(r.notes)")
+      XCTAssertTrue(r.ssim.mean.isFinite && r.ssim.mean > r.baselineSSIM - 0.2, "\(kind): \(r.ssim.mean)")
+    }
+  }
+
   /// Utility: σ = 0 agrees everywhere; a huge noise does not; the fit happens at the given size.
   /// At a transformer's token cut a defence acts per token feature, as the enclave applies it
   /// to [N, T, D]: fitted on the sequences, applied there and mapped for the attackers; the
