@@ -44,6 +44,17 @@ final class AttackTests: XCTestCase {
     return c
   }
 
+  /// A hybrid attack kept short: a few crops per photo, `epochs` of the inverse network,
+  /// `steps` of refinement, the prior calibrated on two validation images over `weights`.
+  static func shortHybrid(epochs: Int, steps: Int, weights: [Float]) -> AttackConfig {
+    var c = config(epochs: epochs)
+    c.trainCropsPerPhoto = 8
+    c.optimisationSteps = steps
+    c.tvWeights = weights
+    c.calibrationImages = 2
+    return c
+  }
+
   static let unit = InputPreprocessing(name: "unit", normalization: .unit, channelOrder: .rgb)
 
   func photos(_ config: AttackConfig) throws -> AttackImages {

@@ -88,11 +88,7 @@ final class DefenceAttackTests: XCTestCase {
   func testHybridsAttackDefendedMaps() throws {
     let g = AttackTests.tinyModel()
     let cut = try g.attackCut(named: "pool2")
-    var config = AttackTests.config(epochs: 1)
-    config.trainCropsPerPhoto = 8
-    config.optimisationSteps = 10
-    config.tvWeights = [1]
-    config.calibrationImages = 2
+    var config = AttackTests.shortHybrid(epochs: 1, steps: 10, weights: [1])
     config.defence = try CutDefence(parsing: "quant:4")
     let data = try AttackImages.photos(AttackTests.photoNames.map(TestAssets.url), config: config, source: "asset cache")
     for kind in [AttackerKind.hybrid, .substituteHybrid] {

@@ -363,11 +363,7 @@ final class EvaluationTests: XCTestCase {
   func testHybridRefinesTheInverseNetworksImages() throws {
     let g = AttackTests.tinyModel()
     let cut = try g.attackCut(named: "pool2")
-    var config = AttackTests.config(epochs: 2)
-    config.trainCropsPerPhoto = 8
-    config.optimisationSteps = 20
-    config.tvWeights = [0.1, 1]
-    config.calibrationImages = 2
+    var config = AttackTests.shortHybrid(epochs: 2, steps: 20, weights: [0.1, 1])
     config.attacker = .inverse
     let data = try AttackImages.photos(AttackTests.photoNames.map(TestAssets.url), config: config, source: "asset cache")
     let root = temp("hybrid")
