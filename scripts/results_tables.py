@@ -44,7 +44,7 @@ def settings_line(s, data=None):
     c = s["config"]
     line = (f"{s['threatModel']} threat model, budget {s['budget']}: attackers {a} × {len(s['seeds'])} seed(s), "
             f"≤ {c['epochs']} epochs (patience {c['patience']}), {c['trainCropsPerPhoto']} crops per training photo, "
-            + (f"{c['optimisationSteps']} optimisation steps, " if {"optimisation", "substitute"} & set(s["attackers"]) else "")
+            + (f"{c['optimisationSteps']} optimisation steps, " if {"optimisation", "substitute", "hybrid", "substitute-hybrid"} & set(s["attackers"]) else "")
             + f"{c['imageSize']} px; thresholds {th}")
     if s.get("reportedOnly"):
         line += "; reported without their thresholds: " + ", ".join(sorted(s["reportedOnly"])) + \
