@@ -153,13 +153,8 @@ struct HybridAttacker: InversionAttacker {
     let started = Date()
     let learner = inputs.as(.inverse)
     try Self.adopt(
-      ["checkpoint-g.safetensors", "best-g.safetensors"], what: "inverse network", from: inputs.trainedFolders[.inverse],
-      into: inputs.outDir, progress: progress
-    ) { folder in
-      // The checkpoint says which attack it belongs to; a probe trainer reads it.
-      let probe = try AttackTrainer(featureShape: learner.identity.featureShape, config: learner.identity.config)
-      return (try? probe.resume(from: folder, identity: learner.identity)) != nil
-    }
+      [AttackTrainer.generatorName, AttackTrainer.bestName], what: "inverse network", from: inputs.trainedFolders[.inverse],
+      into: inputs.outDir, identity: learner.identity, progress: progress)
     let (trainer, learned) = try LearnedAttacker().train(learner, progress: progress)
     var notes = learned.notes
     let n = inputs.test.features.shape[0]
@@ -175,11 +170,7 @@ struct HybridAttacker: InversionAttacker {
       let (last, best) = TrainedSubstitute.files(in: inputs.outDir)
       try Self.adopt(
         [last.lastPathComponent, best.lastPathComponent], what: "substitute head", from: inputs.trainedFolders[.substitute],
-        into: inputs.outDir, progress: progress
-      ) { folder in
-        TrainedSubstitute.identity(in: folder, featureShape: querier.identity.featureShape, config: querier.config)?
-          .compatible(with: querier.identity) ?? false
-      }
+        into: inputs.outDir, identity: querier.identity, progress: progress)
       let substitute = try TrainedSubstitute(querier, progress: progress)
       head = { try substitute.head($0) }
       targets = substitute.standardiser.apply(targets)
@@ -224,18 +215,21 @@ struct HybridAttacker: InversionAttacker {
   }
 
   /// Copies a finished attack's trained network (the files `names`, its last checkpoint first)
-  /// from `folder` into `dir` when `dir` has none and `accepts` finds the attack's settings the
-  /// ones this hybrid would train with: the training then resumes after that attack's last
-  /// epoch instead of repeating it.
+  /// from `folder` into `dir` when `dir` has none and the checkpoint was saved for an attack
+  /// `identity` may resume: the training then goes on after that attack's last epoch instead
+  /// of repeating it. A checkpoint of other settings is left where it is, and said so.
   static func adopt(
-    _ names: [String], what: String, from folder: URL?, into dir: URL, progress: (AttackProgress) -> Void,
-    accepts: (URL) throws -> Bool
+    _ names: [String], what: String, from folder: URL?, into dir: URL, identity: AttackIdentity,
+    progress: (AttackProgress) -> Void
   ) throws {
     guard let folder else { return }
     let fm = FileManager.default
-    guard !fm.fileExists(atPath: dir.appendingPathComponent(names[0]).path),
-      fm.fileExists(atPath: folder.appendingPathComponent(names[0]).path), try accepts(folder)
-    else { return }
+    let checkpoint = folder.appendingPathComponent(names[0])
+    guard !fm.fileExists(atPath: dir.appendingPathComponent(names[0]).path), fm.fileExists(atPath: checkpoint.path) else { return }
+    guard AttackIdentity.stored(in: checkpoint)?.compatible(with: identity) == true else {
+      progress(.message("the \(what) of \(folder.path) was trained with other settings: training another"))
+      return
+    }
     try fm.createDirectory(at: dir, withIntermediateDirectories: true)
     for name in names where fm.fileExists(atPath: folder.appendingPathComponent(name).path) {
       try fm.copyItem(at: folder.appendingPathComponent(name), to: dir.appendingPathComponent(name))

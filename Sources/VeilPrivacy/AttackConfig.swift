@@ -14,8 +14,8 @@ public enum ThreatModel: String, Codable, Sendable, CaseIterable {
   case blackBox = "black-box"
 
   /// The attackers of this threat model, cheapest decisive first: a verdict stops early once
-  /// one of them has shown a leak beyond doubt. The hybrid follows the inverse network, whose
-  /// trained network it refines.
+  /// one of them has shown a leak beyond doubt. Each hybrid follows the attackers whose trained
+  /// networks it reuses (the inverse network; the substitute head).
   public var attackers: [AttackerKind] {
     switch self {
     case .whiteBox: [.optimisation, .inverse, .hybrid, .cgan]
@@ -49,6 +49,16 @@ public enum AttackerKind: String, Codable, Sendable, CaseIterable {
   /// Whether it optimises the pixels through a head (the model's or a substitute's), so that
   /// the optimisation's steps, learning rate and prior decide it.
   public var optimisesPixels: Bool { self != .cgan && self != .inverse }
+
+  /// The file in an attack's folder that holds its trained network's last checkpoint, which a
+  /// rerun resumes and a hybrid reuses (nil: the optimisation trains nothing).
+  public var checkpointName: String? {
+    switch self {
+    case .cgan, .inverse, .hybrid, .substituteHybrid: AttackTrainer.generatorName
+    case .substitute: "substitute.safetensors"
+    case .optimisation: nil
+    }
+  }
 
   /// A name for reports.
   public var title: String {
@@ -180,15 +190,12 @@ public struct AttackConfig: Codable, Sendable, Equatable {
     case .substitute:
       generator()
       discriminator()
-    case .hybrid:
-      // The inverse network's options and the optimisation's.
+    case .hybrid, .substituteHybrid:
+      // The inverse network's options and the optimisation's (and the substitute head's for
+      // the black-box one).
       discriminator()
       c.lambda = d.lambda
-      c.substituteWidth = d.substituteWidth
-    case .substituteHybrid:
-      // The inverse network's, the substitute head's and the optimisation's.
-      discriminator()
-      c.lambda = d.lambda
+      if attacker == .hybrid { c.substituteWidth = d.substituteWidth }
     }
     c.gridImages = d.gridImages
     return c

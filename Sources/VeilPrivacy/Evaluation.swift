@@ -389,7 +389,7 @@ public struct PrivacyEvaluation {
         var config = settings.config
         config.attacker = kind
         config.seed = seed
-        let dir = folder.appendingPathComponent("\(kind.rawValue)-seed\(seed)")
+        let dir = folder.appendingPathComponent(Self.attackFolder(kind, seed: seed))
         let result: AttackResult
         if let done = try? VeilJSON.decoder().decode(AttackResult.self, from: Data(contentsOf: dir.appendingPathComponent("result.json"))),
           done.config.relevant == config.relevant, done.cut == cut.name, Set(measures.names).isSubset(of: Set(done.measures.map(\.name)))
@@ -401,7 +401,7 @@ public struct PrivacyEvaluation {
           // The hybrids refine the inverse network (through a substitute head, black-box): the
           // networks trained here already under this seed are reused.
           let trained = Dictionary(uniqueKeysWithValues: [AttackerKind.inverse, .substitute].map {
-            ($0, folder.appendingPathComponent("\($0.rawValue)-seed\(seed)"))
+            ($0, folder.appendingPathComponent(Self.attackFolder($0, seed: seed)))
           })
           result = try runAttack(
             model: model, modelName: modelName, cut: cut, data: data, preprocessing: preprocessing, config: config, outDir: dir,
@@ -409,7 +409,7 @@ public struct PrivacyEvaluation {
           ) { progress(kind, seed, $0) }
         }
         featureShape = result.featureShape
-        let relative = "\(Self.fileName(cut.name))/\(kind.rawValue)-seed\(seed)"
+        let relative = "\(Self.fileName(cut.name))/\(Self.attackFolder(kind, seed: seed))"
         attacks.append(
           AttackRecord(
             attacker: kind, seed: seed, folder: relative, grid: "\(relative)/grid.png", imageSize: config.imageSize,
@@ -429,6 +429,9 @@ public struct PrivacyEvaluation {
       cut: cut.name, cutIndex: index, featureShape: featureShape, settings: settings, attacks: attacks, stoppedEarly: stoppedEarly,
       data: source)
   }
+
+  /// The folder of one attack within its cut's.
+  static func attackFolder(_ kind: AttackerKind, seed: UInt64) -> String { "\(kind.rawValue)-seed\(seed)" }
 
   /// A cut name as a file name: anything but letters, digits, '.', '-' and '_' becomes '_'.
   public static func fileName(_ s: String) -> String {

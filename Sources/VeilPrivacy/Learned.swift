@@ -12,6 +12,13 @@ struct AttackIdentity: Codable, Equatable {
   var featureShape: [Int]
   var config: AttackConfig
 
+  /// The attack a checkpoint was saved for (nil: no such file, or not a checkpoint of an
+  /// attack).
+  static func stored(in checkpoint: URL) -> AttackIdentity? {
+    guard let text = (try? Safetensors.readFile(checkpoint))?.metadata[AttackTrainer.identityKey] else { return nil }
+    return try? JSONDecoder().decode(AttackIdentity.self, from: Data(text.utf8))
+  }
+
   /// Epochs may grow between runs (train further); every other option that decides this
   /// attacker must be the same.
   func compatible(with other: AttackIdentity) -> Bool {
@@ -52,10 +59,12 @@ public final class AttackTrainer {
     }
   }
 
-  func generatorFile(_ dir: URL) -> URL { dir.appendingPathComponent("checkpoint-g.safetensors") }
+  func generatorFile(_ dir: URL) -> URL { dir.appendingPathComponent(Self.generatorName) }
+  static let generatorName = "checkpoint-g.safetensors"
   func discriminatorFile(_ dir: URL) -> URL { dir.appendingPathComponent("checkpoint-d.safetensors") }
   /// The generator of the epoch with the lowest validation loss.
-  func bestFile(_ dir: URL) -> URL { dir.appendingPathComponent("best-g.safetensors") }
+  func bestFile(_ dir: URL) -> URL { dir.appendingPathComponent(Self.bestName) }
+  static let bestName = "best-g.safetensors"
 
   static let identityKey = "veil.attack"
   static let stateKey = "veil.attack.stopping"

@@ -102,21 +102,11 @@ struct TrainedSubstitute {
   let seconds: Double
   let steps: Int
   let resumedFrom: Int
-  let file: URL
   let notes: [String]
 
   /// Its checkpoint and best weights in an attack's folder.
   static func files(in dir: URL) -> (last: URL, best: URL) {
-    (dir.appendingPathComponent("substitute.safetensors"), dir.appendingPathComponent("best-substitute.safetensors"))
-  }
-
-  /// The attack a substitute checkpoint in `dir` was trained for (nil: none, or unreadable).
-  static func identity(in dir: URL, featureShape: [Int], config: AttackConfig) -> AttackIdentity? {
-    guard let head = try? SubstituteHead(featureShape: featureShape, imageSize: config.imageSize, width: config.substituteWidth, seed: config.seed),
-      let meta = try? Checkpoint.load(into: head.parameters, batchNorms: head.batchNorms, from: files(in: dir).last),
-      let text = meta[AttackTrainer.identityKey]
-    else { return nil }
-    return try? JSONDecoder().decode(AttackIdentity.self, from: Data(text.utf8))
+    (dir.appendingPathComponent(AttackerKind.substitute.checkpointName!), dir.appendingPathComponent("best-substitute.safetensors"))
   }
 
   /// Trains the substitute head on `inputs.train`'s queries in `inputs.outDir` (resuming a
@@ -187,8 +177,8 @@ struct TrainedSubstitute {
       String(format: "substitute head: validation MSE %.4f of the standardised map at epoch %d", state.bestLoss, state.bestEpoch)
     ]
     if inputs.validation != nil, !state.converged { notes.append("the substitute head was still improving at the last epoch: train longer (--epochs)") }
-    (head, self.standardiser, self.state, self.seconds, self.steps, self.resumedFrom, self.file, self.notes) =
-      (substitute, standardiser, state, seconds, steps, resumedFrom, file, notes)
+    (head, self.standardiser, self.state, self.seconds, self.steps, self.resumedFrom, self.notes) =
+      (substitute, standardiser, state, seconds, steps, resumedFrom, notes)
   }
 }
 
@@ -207,6 +197,6 @@ struct SubstituteAttacker: InversionAttacker {
       bestEpoch: state.bestEpoch > 0 ? state.bestEpoch : nil, epochsRun: (state.curve.last?.at ?? 0) - trained.resumedFrom,
       resumedFrom: trained.resumedFrom, trainSeconds: trained.seconds + Date().timeIntervalSince(started),
       trainedImages: trained.steps * config.batch, finalLoss: state.curve.last?.loss ?? .nan, discriminatorLoss: nil,
-      weights: [trained.file.path], notes: trained.notes)
+      weights: [TrainedSubstitute.files(in: inputs.outDir).last.path], notes: trained.notes)
   }
 }

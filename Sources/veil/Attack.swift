@@ -65,6 +65,12 @@ struct Attack: ParsableCommand {
     if substituteFrom != nil, attacker != .substituteHybrid {
       throw ValidationError("--substitute-from goes with --attacker substitute-hybrid: it names the substitute head the hybrid refines through")
     }
+    for (flag, folder, kind) in [("--inverse-from", inverseFrom, AttackerKind.inverse), ("--substitute-from", substituteFrom, .substitute)] {
+      guard let folder, let name = kind.checkpointName else { continue }
+      guard FileManager.default.fileExists(atPath: URL(fileURLWithPath: folder).appendingPathComponent(name).path) else {
+        throw ValidationError("\(flag) \(folder): no \(name) there; give the --out folder of a finished \(kind.rawValue) attack")
+      }
+    }
   }
 
   func run() throws {

@@ -389,12 +389,17 @@ final class EvaluationTests: XCTestCase {
     XCTAssertTrue(calibration.contains("unrefined: "), calibration)
     XCTAssertTrue(hybrid.ssim.mean.isFinite)
 
-    // Another network's folder (other options) is not adopted: the hybrid trains its own.
+    // Another network's folder (other options) is not adopted: the hybrid says so and trains
+    // its own.
     var other = config
     other.generatorWidth = 16
+    var said: [String] = []
     let own = try runAttack(
       model: g, modelName: "tiny", cut: cut, data: data, preprocessing: AttackTests.unit, config: other,
-      outDir: root.appendingPathComponent("own"), cacheDirectory: nil, trainedFolders: [.inverse: inverseDir])
+      outDir: root.appendingPathComponent("own"), cacheDirectory: nil, trainedFolders: [.inverse: inverseDir]
+    ) { if case .message(let m) = $0, m.contains(inverseDir.path) { said.append(m) } }
+    XCTAssertEqual(said.count, 1)
+    XCTAssertTrue(said.first?.contains("trained with other settings: training another") == true, "\(said)")
     XCTAssertEqual(own.epochsRun, 2)
     XCTAssertEqual(own.resumedFromEpoch, 0)
 
