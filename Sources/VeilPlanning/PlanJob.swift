@@ -80,14 +80,14 @@ public struct PlanJob {
   }
 
   /// The measures for `data`: field recovery for TON_IoT image folders, recognition and
-  /// re-identification for photos (with the reference classifier), SSIM and PSNR always.
+  /// re-identification for photos (with their reference networks, `MeasureSet.semantic(for:)`),
+  /// SSIM and PSNR always.
   public func measures() throws -> MeasureSet {
     var m = MeasureSet.pixels
     if let fields = try FieldRecoveryMeasure.forDataFolder(data) {
       m.measures.append(fields)
     } else if semanticMeasures {
-      let classifier = try ReferenceClassifier.efficientNetLite0()
-      m.measures += [RecognitionMeasure(classifier: classifier), ReidentificationMeasure(classifier: classifier)]
+      m.measures += try MeasureSet.semantic(for: graph)
     }
     return m
   }
@@ -130,7 +130,7 @@ public struct PlanJob {
     try planner.checkHeldOut(images.test.count)
     let cutCount = try graph.candidateCuts().count
     log(
-      "plan: \(name), \(cutCount) cuts, \(settings.threatModel.rawValue) threat model, budget \(settings.budget.rawValue): attackers \(settings.attackers.map(\.rawValue).joined(separator: ", ")) × \(settings.seeds.count) seed(s) on about \(settings.budget.cutsExpected(cutCount: cutCount)) cuts; \(images.train.count) training crops (\(images.trainPhotos.count) photos), \(images.test.count) held-out crops (\(images.testPhotos.count) photos) at \(imageSize) px; measures \(measures.names.joined(separator: ", ")); thresholds \(settings.thresholds.values.filter { measures.names.contains($0.key) }.sorted { $0.key < $1.key }.map { "\($0.key) \($0.value)" }.joined(separator: ", "))")
+      "plan: \(name), \(cutCount) cuts, \(settings.threatModel.rawValue) threat model, budget \(settings.budget.rawValue): attackers \(settings.attackers.map(\.rawValue).joined(separator: ", ")) × \(settings.seeds.count) seed(s) on about \(settings.budget.cutsExpected(cutCount: cutCount)) cuts; \(images.train.count) training crops (\(images.trainPhotos.count) photos), \(images.test.count) held-out crops (\(images.testPhotos.count) photos) at \(imageSize) px; measures \(measures.described); thresholds \(settings.thresholds.values.filter { measures.names.contains($0.key) }.sorted { $0.key < $1.key }.map { "\($0.key) \($0.value)" }.joined(separator: ", "))")
     for w in settings.weakerThanDefault { log("note: weaker than the standard budget: \(w)") }
 
     // The deployed resolution: the first attacker of the threat model on the model's own

@@ -99,6 +99,9 @@ public struct EvaluationSettings: Codable, Sendable, Equatable {
   public var thresholds: LeakageThresholds
   /// Measures reported without their threshold, each with the reason (nil: none).
   public var reportedOnly: [String: String]?
+  /// The network that judges each measure that needs one (recognition, re-identification), by
+  /// measure name (nil: none, or settings written before Veil recorded them).
+  public var references: [String: String]?
 
   public init(
     threatModel: ThreatModel = .whiteBox, budget: PrivacyBudget = .standard, imageSize: Int = 64, seed: UInt64 = 0,
@@ -339,6 +342,8 @@ public struct PrivacyEvaluation {
     self.source = source
     self.settings = settings
     self.settings.reportOnly(measures.dependent(on: model))
+    let references = measures.references
+    self.settings.references = references.isEmpty ? nil : references
     self.measures = measures
     self.outDir = outDir
     self.cacheDirectory = cacheDirectory
@@ -392,7 +397,7 @@ public struct PrivacyEvaluation {
         let dir = folder.appendingPathComponent(Self.attackFolder(kind, seed: seed))
         let result: AttackResult
         if let done = try? VeilJSON.decoder().decode(AttackResult.self, from: Data(contentsOf: dir.appendingPathComponent("result.json"))),
-          done.config.relevant == config.relevant, done.cut == cut.name, Set(measures.names).isSubset(of: Set(done.measures.map(\.name)))
+          done.config.relevant == config.relevant, done.cut == cut.name, measures.isCovered(by: done.measures)
         {
           progress(kind, seed, .message("done before: \(dir.path)"))
           result = done

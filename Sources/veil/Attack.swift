@@ -82,7 +82,7 @@ struct Attack: ParsableCommand {
     try options.clear(outDir)
     let evaluation = try options.evaluation(graph, name: model, preprocessing: preprocessing, out: outDir)
     guard let attacker else {
-      note("verdict at \(point.name) of \(model): \(options.threatModel.rawValue) threat model, budget \(options.budget.rawValue), measures \(evaluation.measures.names.joined(separator: ", "))")
+      note("verdict at \(point.name) of \(model): \(options.threatModel.rawValue) threat model, budget \(options.budget.rawValue), measures \(evaluation.measures.described)")
       var printers: [String: AttackProgressPrinter] = [:]
       let v = try evaluation.evaluate(cut: point, index: point.index) { kind, seed, event in
         let key = "\(kind.rawValue) seed \(seed)"

@@ -155,18 +155,17 @@ struct AttackOptions: ParsableArguments {
     }
   }
 
-  /// The measures: field recovery for TON_IoT images, recognition and re-identification with
-  /// the reference classifier for photos, SSIM and PSNR always.
-  func measures() throws -> MeasureSet {
+  /// The measures of `graph`'s reconstructions: field recovery for TON_IoT images,
+  /// recognition and re-identification with their reference networks for photos
+  /// (`MeasureSet.semantic(for:)`), SSIM and PSNR always.
+  func measures(_ graph: Graph) throws -> MeasureSet {
     var m = MeasureSet.pixels
     if let fields = try FieldRecoveryMeasure.forDataFolder(try dataFolder) {
       m.measures.append(fields)
     } else if !pixelMeasuresOnly {
-      let classifier: ReferenceClassifier
-      do { classifier = try ReferenceClassifier.efficientNetLite0() } catch {
+      do { m.measures += try MeasureSet.semantic(for: graph) } catch {
         throw ValidationError("\(error)\n(or pass --pixel-measures-only to measure SSIM and PSNR alone)")
       }
-      m.measures += [RecognitionMeasure(classifier: classifier), ReidentificationMeasure(classifier: classifier)]
     }
     return m
   }
@@ -182,7 +181,7 @@ struct AttackOptions: ParsableArguments {
     } catch { throw ValidationError("--data: \(error)") }
     return PrivacyEvaluation(
       model: graph, modelName: name, preprocessing: preprocessing, files: files, training: training,
-      source: folder.path + (attackData.map { " (attackers trained on \($0))" } ?? ""), settings: settings, measures: try measures(),
+      source: folder.path + (attackData.map { " (attackers trained on \($0))" } ?? ""), settings: settings, measures: try measures(graph),
       outDir: out, cacheDirectory: cacheDirectory)
   }
 

