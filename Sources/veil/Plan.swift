@@ -210,7 +210,8 @@ enum PlanSummary {
       lines.append("  (* on the Pareto frontier of latency, SSIM bound and agreement)")
     }
     if !r.tiedCuts.isEmpty {
-      lines.append("within noise: \(r.tiedCuts.joined(separator: ", ")) undecided; another run with other seeds may choose differently")
+      lines.append(
+        "within noise: \(r.tiedCuts.joined(separator: ", ")) undecided; another run with other seeds may choose differently. More held-out photos narrow the bounds (--test-fraction, or --data with more photos and --attack-data for the attackers' own), and so do more seeds (--budget standard)")
     }
     if let f = r.fastestCut, let row = r.row(f) {
       let unstable = r.profile.unstableSegments.isEmpty ? "" : " (runtime figures UNSTABLE: not to be decided on)"
