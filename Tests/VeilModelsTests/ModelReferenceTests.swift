@@ -130,9 +130,10 @@ final class ModelReferenceTests: XCTestCase {
     /// [−2.1, 2.6] with torchvision's ImageNet statistics, [−1, 1] with TF Lite's).
     var input: Tensor {
       let t = (try? ModelZoo.info(name).transform) ?? .imageNet()
-      let shape = [batch, 3, 224, 224]
+      let side = (try? ModelZoo.info(name).inputShape[2]) ?? 224
+      let shape = [batch, 3, side, side]
       var rng = SeededGenerator(label: label)
-      let plane = 224 * 224
+      let plane = side * side
       return Tensor(shape: shape) { buffer in
         for i in 0..<buffer.count {
           let c = (i / plane) % 3
@@ -142,7 +143,7 @@ final class ModelReferenceTests: XCTestCase {
     }
   }
 
-  /// The five zoo models at batch 1, and ResNet-50 at batch 2 (batched kernels and reorders).
+  /// Every zoo model at batch 1, and ResNet-50 at batch 2 (batched kernels and reorders).
   static let plan = ModelZoo.names.map { Model(name: $0, batch: 1) } + [Model(name: "resnet50", batch: 2)]
 
   /// ORT's tensors for every model, by label: the logits, then every cut point in order. One

