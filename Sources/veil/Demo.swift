@@ -20,9 +20,9 @@ struct Demo: AsyncParsableCommand {
       2. Plans the model (`veil plan` with the quick budget and the sgx1 TEE cost model: the TEE
          times are MODELED, there is no TEE here) on the registry photos: runtime per cut, the
          white-box verdict on the cuts the search needs (the optimisation through the head, the
-         inverse network, and the inverse network refined through the head; one seed; SSIM and
-         re-identification by VGG-16's ImageNet convolutions decide, recognition by Lite0
-         itself is reported only), the chosen cut, report.html.
+         inverse network, and the inverse network refined through the head; one seed; SSIM,
+         recognition by EfficientNet-Lite1 and re-identification by VGG-16's ImageNet
+         convolutions decide), the chosen cut, report.html.
       3. Starts `veil accelerator serve` (the tail, KServe v2 over gRPC) and `veil enclave serve`
          (the head, SIMULATED evidence) as separate processes on loopback.
       4. Sends each demo photo from a client through the attested, encrypted channel and prints
@@ -46,7 +46,7 @@ struct Demo: AsyncParsableCommand {
   // for re-identification's bound (a share of images, clustered by photo) to fall under 0.2
   // unless nearly nothing is re-identified, so even the last cut stays undecided. 0.4 holds
   // out 14, and the attackers learn from the other 22.
-  @Option(help: "Share of the photos held out from the attackers to judge them (see `veil plan`; the demo's 0.4 holds out 14 of the 36 registry photos, enough for re-identification's bound to decide).")
+  @Option(help: "Share of the photos held out from the attackers to judge them (see `veil plan`; the demo's 0.4 holds out 14 of the 36 registry photos, enough for the binary measures' bounds to decide at some cuts).")
   var testFraction = 0.4
   @Argument(help: "Photos to classify (default: the demo photos eagle.jpg, coffee.png, chelsea.png from the asset cache).")
   var photos: [String] = []
