@@ -323,39 +323,62 @@ public final class ReferenceClassifier: @unchecked Sendable {
       normalization: .caffe, order: .bgr, layout: .nhwc, batch: batch)
   }
 
+  /// An image the network has already judged, by its 8-bit pixels (what the network sees).
+  struct Seen: Hashable {
+    var width: Int
+    var height: Int
+    var channels: Int
+    var pixels: [UInt8]
+  }
+
+  /// What the network gave each image it has judged: every attack at a cut scores the same
+  /// originals, twice (against its reconstructions and against the trivial attacker's), and the
+  /// trivial attacker's images are one image repeated, so most images are run once. Emptied
+  /// when it would hold more than `seenLimit` images.
+  private var seen: [Seen: (logits: [Float], embedding: [Float])] = [:]
+  static let seenLimit = 1024
+
   /// Class scores [N][classes] (empty without classes) and embeddings [N][d] of images
-  /// [N, 3, S, S] in [-1, 1].
+  /// [N, 3, S, S] in [-1, 1]. Each distinct image is run once.
   public func run(_ images: Tensor) throws -> (logits: [[Float]], embeddings: [[Float]]) {
     lock.lock()
     defer { lock.unlock() }
-    let n = images.shape[0]
-    var logits: [[Float]] = []
-    var embeddings: [[Float]] = []
+    let keys = try (0..<images.shape[0]).map { i in
+      let b = try byteImage(images, i)
+      return Seen(width: b.width, height: b.height, channels: b.channels, pixels: b.pixels)
+    }
+    var missing: [Seen] = []
+    var queued = Set<Seen>()
+    for k in keys where seen[k] == nil && queued.insert(k).inserted { missing.append(k) }
+    if seen.count + missing.count > Self.seenLimit { seen.removeAll(keepingCapacity: true) }
     var start = 0
     let inputShape = layout == .nchw ? [batch, 3, size, size] : [batch, size, size, 3]
-    while start < n {
-      let count = min(batch, n - start)
-      let plane = 3 * size * size
+    let plane = 3 * size * size
+    while start < missing.count {
+      let chunk = missing[start..<min(start + batch, missing.count)]
       let x = try Tensor(shape: inputShape) { dst in
-        for k in 0..<count {
-          let t = try byteImage(images, start + k).resized(width: size, height: size, interpolation: .bilinear)
+        for (k, key) in chunk.enumerated() {
+          let t = try ByteImage(width: key.width, height: key.height, channels: key.channels, pixels: key.pixels)
+            .resized(width: size, height: size, interpolation: .bilinear)
             .tensor(layout: layout, order: order, normalization: normalization)
           t.withUnsafeBuffer { (dst.baseAddress! + k * plane).update(from: $0.baseAddress!, count: plane) }
         }
       }
       let out = try executor.run([x])
-      for (t, isLogits) in hasClasses ? [(out[0], true), (out[1], false)] : [(out[0], false)] {
+      func rows(_ t: Tensor) -> [[Float]] {
         let per = t.count / batch
-        t.withUnsafeBuffer { p in
-          for k in 0..<count {
-            let row = Array(p[(k * per)..<((k + 1) * per)])
-            if isLogits { logits.append(row) } else { embeddings.append(row) }
-          }
-        }
+        return t.withUnsafeBuffer { p in (0..<chunk.count).map { k in Array(p[(k * per)..<((k + 1) * per)]) } }
       }
-      start += count
+      let embeddings = rows(out[hasClasses ? 1 : 0])
+      let logits = hasClasses ? rows(out[0]) : Array(repeating: [], count: chunk.count)
+      for (k, key) in chunk.enumerated() { seen[key] = (logits[k], embeddings[k]) }
+      start += chunk.count
     }
-    return (logits, embeddings)
+    let judged = try keys.map { key in
+      guard let r = seen[key] else { throw PrivacyError.measure(name: "reference network", detail: "'\(name)' lost an image it judged") }
+      return r
+    }
+    return (hasClasses ? judged.map(\.logits) : [], judged.map(\.embedding))
   }
 }
 
@@ -404,7 +427,11 @@ extension MeasureSet {
   /// model (`ReferenceClassifier.isPart(of:)`); by the first that can judge it when none is
   /// independent, and `dependent(on:)` then reports that measure without deciding.
   public static func semantic(for model: Graph, references: [ReferenceClassifier]) -> [any LeakageMeasure] {
-    let weights = ReferenceClassifier.weightFingerprints(model)
+    semantic(forWeights: ReferenceClassifier.weightFingerprints(model), references: references)
+  }
+
+  /// `semantic(for:references:)` with the model's fingerprints already taken.
+  static func semantic(forWeights weights: Set<String>, references: [ReferenceClassifier]) -> [any LeakageMeasure] {
     func judge(_ usable: (ReferenceClassifier) -> Bool) -> ReferenceClassifier? {
       let candidates = references.filter(usable)
       return candidates.first { !$0.isPart(ofWeights: weights) } ?? candidates.first
@@ -421,9 +448,10 @@ extension MeasureSet {
   /// VGG-16's ImageNet convolutions (another family, trained apart), all from the asset cache.
   public static func semantic(for model: Graph) throws -> [any LeakageMeasure] {
     let lite0 = try ReferenceClassifier.efficientNetLite0()
-    guard lite0.isPart(of: model) else { return semantic(for: model, references: [lite0]) }
+    let weights = ReferenceClassifier.weightFingerprints(model)
+    guard lite0.isPart(ofWeights: weights) else { return semantic(forWeights: weights, references: [lite0]) }
     return semantic(
-      for: model, references: [lite0, try ReferenceClassifier.vgg16Convolutions(), try ReferenceClassifier.efficientNetLite1()])
+      forWeights: weights, references: [lite0, try ReferenceClassifier.vgg16Convolutions(), try ReferenceClassifier.efficientNetLite1()])
   }
 }
 

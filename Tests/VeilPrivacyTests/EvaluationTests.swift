@@ -647,6 +647,22 @@ final class EvaluationTests: XCTestCase {
     for (a, b) in zip(embeddings, try nhwc.run(originals).embeddings) {
       for (x, y) in zip(a, b) { XCTAssertEqual(x, y, accuracy: 1e-4 * max(1, abs(x))) }
     }
+    // Images judged before are not run again, and a batch with repeats gives each image its own.
+    let fresh = try ReferenceClassifier(name: "tiny backbone", graph: Self.tinyBackbone(), embeddingAt: "map", normalization: .unit, batch: 4)
+    let mixed = Tensor(shape: [3, 3, 32, 32]) { d in
+      originals.withUnsafeBuffer { p in
+        let image = 3 * 32 * 32
+        for (slot, source) in [5, 0, 5].enumerated() {
+          (d.baseAddress! + slot * image).update(from: p.baseAddress! + source * image, count: image)
+        }
+      }
+    }
+    func assertClose(_ a: [[Float]], _ b: [[Float]], line: UInt = #line) {
+      XCTAssertEqual(a.count, b.count, line: line)
+      for (x, y) in zip(a.joined(), b.joined()) { XCTAssertEqual(x, y, accuracy: 1e-5 * max(1, abs(y)), line: line) }
+    }
+    assertClose(try fresh.run(mixed).embeddings, [embeddings[5], embeddings[0], embeddings[5]])
+    assertClose(try fresh.run(originals).embeddings, embeddings)
     let input = MeasureInput(originals: originals, reconstructions: originals, baseline: Tensor(zeros: [1, 3, 32, 32]), names: (0..<6).map { "#\($0)" })
     XCTAssertEqual(try ReidentificationMeasure(classifier: backbone).scores(input), Array(repeating: 1, count: 6))
     var trivial = input
