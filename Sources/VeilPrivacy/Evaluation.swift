@@ -78,8 +78,10 @@ public struct LeakageThresholds: Codable, Sendable, Equatable {
   public init(_ values: [String: Double]) { self.values = values }
 
   /// SSIM 0.3 (the paper's measure; at 64 px, SSIM under 0.3 left shapes unrecognisable in
-  /// c-GAN reconstructions), recognition 0.2 and re-identification 0.2 (shares of images; chance
-  /// is about 0.005 and one over the held-out images), fields 0.3 (share of a record's
+  /// c-GAN reconstructions), recognition 0.2 and re-identification 0.2 (shares of images; a
+  /// guess without the feature map recognises nothing, as recognition discounts what the mean
+  /// image and the image's own colour give, and re-identifies one over the held-out images),
+  /// fields 0.3 (share of a record's
   /// informative fields).
   public static let defaults = LeakageThresholds([
     SSIMMeasure.name: 0.3, RecognitionMeasure.name: 0.2, ReidentificationMeasure.name: 0.2, FieldRecoveryMeasure.name: 0.3,

@@ -35,10 +35,14 @@ public protocol LeakageMeasure: Sendable {
   func scores(_ input: MeasureInput) throws -> [Double]
   /// The network that judges the images, for measures that need one (nil: pixels alone).
   var reference: String? { get }
+  /// The measure's definition, raised when it changes what it counts (1: as first written), so
+  /// that scores counted by an earlier definition are not reused for this one.
+  var revision: Int { get }
 }
 
 extension LeakageMeasure {
   public var reference: String? { nil }
+  public var revision: Int { 1 }
 }
 
 /// One measure's scores of one attack.
@@ -54,6 +58,9 @@ public struct MeasureScores: Codable, Sendable, Equatable {
   public var estimate: LeakageEstimate
   /// The network that judged the images (`LeakageMeasure.reference`); nil for pixel measures.
   public var reference: String?
+  /// The measure's definition that counted them (`LeakageMeasure.revision`); nil: 1, scores
+  /// written before Veil recorded it.
+  public var revision: Int?
 
   public var perImage: [Double] { samples.map(\.score) }
 
@@ -63,10 +70,11 @@ public struct MeasureScores: Codable, Sendable, Equatable {
     reference ?? ([RecognitionMeasure.name, ReidentificationMeasure.name].contains(name) ? ReferenceClassifier.lite0Name : nil)
   }
 
-  public init(name: String, binary: Bool, samples: [ScoredImage], baseline: Double, reference: String? = nil) {
+  public init(name: String, binary: Bool, samples: [ScoredImage], baseline: Double, reference: String? = nil, revision: Int = 1) {
     self.name = name
     self.binary = binary
     self.reference = reference
+    self.revision = revision == 1 ? nil : revision
     self.samples = samples
     mean = samples.isEmpty ? .nan : samples.map(\.score).reduce(0, +) / Double(samples.count)
     self.baseline = baseline
@@ -91,9 +99,10 @@ public struct MeasureSet: Sendable {
   }
 
   /// Whether `scores` (an earlier attack's) hold every measure of this set, each judged by the
-  /// same network: only then can that attack's scores stand for this set's.
+  /// same network and counted by the same definition: only then can that attack's scores stand
+  /// for this set's.
   public func isCovered(by scores: [MeasureScores]) -> Bool {
-    measures.allSatisfy { m in scores.contains { $0.name == m.name && $0.judge == m.reference } }
+    measures.allSatisfy { m in scores.contains { $0.name == m.name && $0.judge == m.reference && ($0.revision ?? 1) == m.revision } }
   }
 
   /// The measures' names, each judged by a network followed by that network's name.
@@ -115,7 +124,7 @@ public struct MeasureSet: Sendable {
       let b = try m.scores(trivial)
       return MeasureScores(
         name: m.name, binary: m.binary, samples: zip(s, sources).map { ScoredImage(score: $0, photo: $1, seed: seed) },
-        baseline: b.reduce(0, +) / Double(max(b.count, 1)), reference: m.reference)
+        baseline: b.reduce(0, +) / Double(max(b.count, 1)), reference: m.reference, revision: m.revision)
     }
   }
 }
@@ -456,12 +465,18 @@ extension MeasureSet {
 }
 
 /// Recognition: the share of reconstructions whose top-5 classes under the reference
-/// classifier contain the original's top-1 class. Content leaks when a classifier still tells
-/// what the photo shows, whatever the pixels' SSIM.
+/// classifier contain the original's top-1 class, counting only the images whose class a guess
+/// made without the feature map does not already give. Content leaks when a classifier still
+/// tells what the photo shows, whatever the pixels' SSIM; but a dark crop of the Hubble deep
+/// field is "recognised" by any dark image, so an image counts only when neither the trivial
+/// attacker's answer (the mean training image) nor a flat image of the original's own mean
+/// colour (which every cut gives away) has that class in its top 5.
 public struct RecognitionMeasure: ClassifierMeasure {
   public static let name = "recognition"
   public let classifier: ReferenceClassifier
   public init(classifier: ReferenceClassifier) { self.classifier = classifier }
+  /// 2: what a guess without the feature map gives is discounted (1 counted it).
+  public var revision: Int { 2 }
 
   public func scores(_ input: MeasureInput) throws -> [Double] {
     guard classifier.hasClasses else {
@@ -469,10 +484,31 @@ public struct RecognitionMeasure: ClassifierMeasure {
     }
     let originals = try classifier.run(input.originals).logits
     let rebuilt = try classifier.run(input.reconstructions).logits
-    return zip(originals, rebuilt).map { o, r in
+    let colours = try classifier.run(Self.meanColours(input.originals)).logits
+    let blank = try classifier.run(input.baseline).logits.first ?? []
+    func top5(_ v: [Float]) -> ArraySlice<Int> { v.indices.sorted { v[$0] > v[$1] }.prefix(5) }
+    let blankTop5 = top5(blank)
+    return originals.indices.map { i in
+      let o = originals[i]
       let top1 = o.indices.max { o[$0] < o[$1] } ?? 0
-      let top5 = r.indices.sorted { r[$0] > r[$1] }.prefix(5)
-      return top5.contains(top1) ? 1 : 0
+      guard !blankTop5.contains(top1), !top5(colours[i]).contains(top1) else { return 0 }
+      return top5(rebuilt[i]).contains(top1) ? 1 : 0
+    }
+  }
+
+  /// Each image of `images` ([N, C, H, W]) replaced by a flat image of its mean colour.
+  public static func meanColours(_ images: Tensor) -> Tensor {
+    let (n, c) = (images.shape[0], images.shape[1])
+    let plane = images.shape[2] * images.shape[3]
+    return images.withUnsafeBuffer { p in
+      Tensor(shape: images.shape) { out in
+        for i in 0..<(n * c) {
+          var sum = 0.0
+          for k in 0..<plane { sum += Double(p[i * plane + k]) }
+          let mean = Float(sum / Double(max(plane, 1)))
+          for k in 0..<plane { out[i * plane + k] = mean }
+        }
+      }
     }
   }
 }

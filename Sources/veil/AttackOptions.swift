@@ -37,7 +37,7 @@ struct AttackOptions: ParsableArguments {
   var seed: UInt64 = 0
   @Option(help: "SSIM threshold: a cut is private only when the 95 % bound of every measure is under its threshold.")
   var threshold: Double = LeakageThresholds.defaults[SSIMMeasure.name]!
-  @Option(help: "Threshold on the share of reconstructions a reference ImageNet classifier recognises (top-5 holds the original's top-1).")
+  @Option(help: "Threshold on the share of reconstructions a reference ImageNet classifier recognises (top-5 holds the original's top-1, where neither the mean image nor the original's own colour already gives it).")
   var recognitionThreshold: Double = LeakageThresholds.defaults[RecognitionMeasure.name]!
   @Option(help: "Threshold on the share of reconstructions re-identified among the held-out originals.")
   var reidThreshold: Double = LeakageThresholds.defaults[ReidentificationMeasure.name]!
