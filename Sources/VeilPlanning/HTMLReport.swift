@@ -139,7 +139,7 @@ public enum HTMLReport {
     guard !record.privacy.isEmpty else { return h + "<p class=\"warn\">No cut was attacked.</p>\n" }
     h += "<table class=\"privacy\"><tr><th>cut</th><th>measure</th><th>threshold</th>"
     for kind in AttackerKind.allCases where e.attackers.contains(kind) { h += "<th>\(xml(kind.title)): mean (bound)</th>" }
-    h += "<th>baseline</th><th>status</th></tr>\n"
+    h += "<th>baseline</th><th>colour guess</th><th>status</th></tr>\n"
     for v in record.privacy.sorted(by: { $0.cutIndex < $1.cutIndex }) {
       for m in v.measures {
         h += "<tr\(v.cut == record.chosenCut ? " class=\"chosen\"" : "")><td class=\"name\">\(xml(v.cut))</td><td class=\"name\">\(xml(m.measure))</td><td>\(m.threshold.map { String(format: "%.2f", $0) } ?? "—")</td>"
@@ -152,10 +152,11 @@ public enum HTMLReport {
           }
         }
         h += String(format: "<td>%.3f</td>", m.baseline)
+        h += "<td>\(m.colourGuess.map { String(format: "%.3f", $0) } ?? "—")</td>"
         h += "<td>\(m.status.map { "<span class=\"\($0.rawValue)\">\($0.rawValue)</span>" } ?? "reported")</td></tr>\n"
       }
     }
-    h += "</table>\n<p>Baseline: the trivial attacker (the mean training image for every image). Skipped: the cut had already leaked beyond doubt.</p>\n"
+    h += "</table>\n<p>Baseline: the trivial attacker (the mean training image for every image). Colour guess: a flat image of each original's own mean colour, which an attacker reads from any cut (recognition does not count an image this guess or the baseline already recognises). Skipped: the cut had already leaked beyond doubt.</p>\n"
     let cuts = record.profile.cuts.map(\.cut.name)
     for m in [SSIMMeasure.name, RecognitionMeasure.name, ReidentificationMeasure.name, FieldRecoveryMeasure.name]
     where record.privacy.contains(where: { $0.measure(m) != nil }) {

@@ -197,6 +197,9 @@ public struct MeasureVerdict: Codable, Sendable, Equatable {
   public var estimate: LeakageEstimate
   /// The trivial attacker's mean score under that attacker's seeds.
   public var baseline: Double
+  /// The colour guess's (a flat image of each original's mean colour) under that attacker's
+  /// seeds; nil: scores written before Veil computed it.
+  public var colourGuess: Double?
   public var status: LeakageStatus?
 }
 
@@ -266,6 +269,7 @@ public struct CutVerdict: Codable, Sendable, Equatable {
     return names.compactMap { name in
       var estimates: [String: LeakageEstimate] = [:]
       var baselines: [String: Double] = [:]
+      var guesses: [String: Double] = [:]
       var binary = false
       for kind in AttackerKind.allCases {
         let scores = attacks.filter { $0.attacker == kind }.compactMap { $0.measure(name) }
@@ -273,6 +277,8 @@ public struct CutVerdict: Codable, Sendable, Equatable {
         binary = scores[0].binary
         estimates[kind.rawValue] = LeakageEstimate(scores.flatMap(\.samples), binary: binary)
         baselines[kind.rawValue] = scores.map(\.baseline).reduce(0, +) / Double(scores.count)
+        let colour = scores.compactMap(\.colourGuess)
+        if colour.count == scores.count { guesses[kind.rawValue] = colour.reduce(0, +) / Double(colour.count) }
       }
       guard let worst = estimates.max(by: { a, b in (a.value.upper, a.value.mean) < (b.value.upper, b.value.mean) }),
         let kind = AttackerKind(rawValue: worst.key)
@@ -280,7 +286,7 @@ public struct CutVerdict: Codable, Sendable, Equatable {
       let threshold = thresholds[name]
       return MeasureVerdict(
         measure: name, threshold: threshold, estimates: estimates, worstAttacker: kind, estimate: worst.value,
-        baseline: baselines[worst.key] ?? .nan, status: threshold.map { LeakageStatus(worst.value, threshold: $0) })
+        baseline: baselines[worst.key] ?? .nan, colourGuess: guesses[worst.key], status: threshold.map { LeakageStatus(worst.value, threshold: $0) })
     }
   }
 

@@ -24,6 +24,22 @@ public struct MeasureInput {
     self.baseline = baseline
     self.names = names
   }
+
+  /// Each image of `images` ([N, C, H, W]) replaced by a flat image of its mean colour.
+  public static func flatColours(_ images: Tensor) -> Tensor {
+    let (n, c) = (images.shape[0], images.shape[1])
+    let plane = images.shape[2] * images.shape[3]
+    return images.withUnsafeBuffer { p in
+      Tensor(shape: images.shape) { out in
+        for i in 0..<(n * c) {
+          var sum = 0.0
+          for k in 0..<plane { sum += Double(p[i * plane + k]) }
+          let mean = Float(sum / Double(max(plane, 1)))
+          for k in 0..<plane { out[i * plane + k] = mean }
+        }
+      }
+    }
+  }
 }
 
 /// A measure of leakage per held-out image.
@@ -54,6 +70,9 @@ public struct MeasureScores: Codable, Sendable, Equatable {
   public var mean: Double
   /// The mean score of the trivial attacker (the mean training image for every image).
   public var baseline: Double
+  /// The mean score of the colour guess: a flat image of each original's own mean colour, which
+  /// an attacker can read from any cut. nil: scores written before Veil computed it.
+  public var colourGuess: Double?
   /// The mean with its one-sided 95 % bound, clustered by photo.
   public var estimate: LeakageEstimate
   /// The network that judged the images (`LeakageMeasure.reference`); nil for pixel measures.
@@ -70,7 +89,10 @@ public struct MeasureScores: Codable, Sendable, Equatable {
     reference ?? ([RecognitionMeasure.name, ReidentificationMeasure.name].contains(name) ? ReferenceClassifier.lite0Name : nil)
   }
 
-  public init(name: String, binary: Bool, samples: [ScoredImage], baseline: Double, reference: String? = nil, revision: Int = 1) {
+  public init(
+    name: String, binary: Bool, samples: [ScoredImage], baseline: Double, colourGuess: Double? = nil, reference: String? = nil,
+    revision: Int = 1
+  ) {
     self.name = name
     self.binary = binary
     self.reference = reference
@@ -78,6 +100,7 @@ public struct MeasureScores: Codable, Sendable, Equatable {
     self.samples = samples
     mean = samples.isEmpty ? .nan : samples.map(\.score).reduce(0, +) / Double(samples.count)
     self.baseline = baseline
+    self.colourGuess = colourGuess
     estimate = LeakageEstimate(samples, binary: binary)
   }
 }
@@ -110,7 +133,8 @@ public struct MeasureSet: Sendable {
     measures.map { m in m.reference.map { "\(m.name) (\($0))" } ?? m.name }.joined(separator: ", ")
   }
 
-  /// Every measure's scores of `reconstructions`, and of the trivial attacker's.
+  /// Every measure's scores of `reconstructions`, and of the trivial attacker's and the colour
+  /// guess's.
   public func score(
     originals: Tensor, reconstructions: Tensor, baseline: Tensor, names: [String], sources: [String], seed: UInt64
   ) throws -> [MeasureScores] {
@@ -119,12 +143,14 @@ public struct MeasureSet: Sendable {
     let input = MeasureInput(originals: originals, reconstructions: reconstructions, baseline: baseline, names: names)
     var trivial = input
     trivial.reconstructions = repeated
+    var colours = input
+    colours.reconstructions = MeasureInput.flatColours(originals)
+    func mean(_ v: [Double]) -> Double { v.reduce(0, +) / Double(max(v.count, 1)) }
     return try measures.map { m in
       let s = try m.scores(input)
-      let b = try m.scores(trivial)
       return MeasureScores(
         name: m.name, binary: m.binary, samples: zip(s, sources).map { ScoredImage(score: $0, photo: $1, seed: seed) },
-        baseline: b.reduce(0, +) / Double(max(b.count, 1)), reference: m.reference, revision: m.revision)
+        baseline: mean(try m.scores(trivial)), colourGuess: mean(try m.scores(colours)), reference: m.reference, revision: m.revision)
     }
   }
 }
@@ -484,7 +510,7 @@ public struct RecognitionMeasure: ClassifierMeasure {
     }
     let originals = try classifier.run(input.originals).logits
     let rebuilt = try classifier.run(input.reconstructions).logits
-    let colours = try classifier.run(Self.meanColours(input.originals)).logits
+    let colours = try classifier.run(MeasureInput.flatColours(input.originals)).logits
     let blank = try classifier.run(input.baseline).logits.first ?? []
     func top5(_ v: [Float]) -> ArraySlice<Int> { v.indices.sorted { v[$0] > v[$1] }.prefix(5) }
     let blankTop5 = top5(blank)
@@ -493,22 +519,6 @@ public struct RecognitionMeasure: ClassifierMeasure {
       let top1 = o.indices.max { o[$0] < o[$1] } ?? 0
       guard !blankTop5.contains(top1), !top5(colours[i]).contains(top1) else { return 0 }
       return top5(rebuilt[i]).contains(top1) ? 1 : 0
-    }
-  }
-
-  /// Each image of `images` ([N, C, H, W]) replaced by a flat image of its mean colour.
-  public static func meanColours(_ images: Tensor) -> Tensor {
-    let (n, c) = (images.shape[0], images.shape[1])
-    let plane = images.shape[2] * images.shape[3]
-    return images.withUnsafeBuffer { p in
-      Tensor(shape: images.shape) { out in
-        for i in 0..<(n * c) {
-          var sum = 0.0
-          for k in 0..<plane { sum += Double(p[i * plane + k]) }
-          let mean = Float(sum / Double(max(plane, 1)))
-          for k in 0..<plane { out[i * plane + k] = mean }
-        }
-      }
     }
   }
 }

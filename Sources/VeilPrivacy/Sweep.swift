@@ -95,7 +95,7 @@ public struct SweepReport: Codable, Sendable, Equatable {
 
   /// One row per cut, attacker and measure: each attacker's estimate, and whether it decided.
   public var csv: String {
-    var lines = ["cut,feature_shape,threat_model,measure,attacker,mean,upper95,lower95,images,photo_clusters,seeds,baseline,threshold,worst,cut_status"]
+    var lines = ["cut,feature_shape,threat_model,measure,attacker,mean,upper95,lower95,images,photo_clusters,seeds,baseline,colour_guess,threshold,worst,cut_status"]
     func quote(_ s: String) -> String { s.contains(",") || s.contains("\"") ? "\"\(s.replacingOccurrences(of: "\"", with: "\"\""))\"" : s }
     func f(_ x: Double) -> String { x.isFinite ? String(format: "%.4f", x) : "inf" }
     for r in results {
@@ -106,6 +106,7 @@ public struct SweepReport: Codable, Sendable, Equatable {
             [
               quote(r.cut), r.featureShape.map(String.init).joined(separator: "x"), r.settings.threatModel.rawValue, m.measure, kind.rawValue,
               f(e.mean), f(e.upper), f(e.lower), "\(e.images)", "\(e.clusters)", "\(e.seeds)", f(m.baseline),
+              m.colourGuess.map(f) ?? "",
               m.threshold.map(f) ?? "", kind == m.worstAttacker ? "yes" : "no", r.status.rawValue,
             ].joined(separator: ","))
         }

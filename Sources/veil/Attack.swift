@@ -115,8 +115,8 @@ struct Attack: ParsableCommand {
     for m in r.measures {
       print(
         String(
-          format: "%@ %.4f ± %.4f (95%% bound %.4f, clustered by photo; mean-image baseline %.4f)", pad(m.name, 17), m.mean,
-          ScoreSummary(m.perImage).std, m.estimate.upper, m.baseline))
+          format: "%@ %.4f ± %.4f (95%% bound %.4f, clustered by photo; mean-image baseline %.4f, colour guess %@)", pad(m.name, 17), m.mean,
+          ScoreSummary(m.perImage).std, m.estimate.upper, m.baseline, m.colourGuess.map { String(format: "%.4f", $0) } ?? "-"))
     }
     print(String(format: "%@ in all; %@%@", duration(r.seconds), r.converged ? "converged" : "NOT converged", r.bestEpoch.map { ", best epoch \($0)" } ?? ""))
     for n in r.notes { print(n) }

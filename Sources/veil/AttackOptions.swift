@@ -255,7 +255,7 @@ func verdictLines(_ v: CutVerdict) -> [String] {
   func width(_ k: AttackerKind) -> Int { max(24, k.rawValue.count + 15) }
   lines.append(
     "  " + pad("measure", 18) + pad("threshold", 11) + attackers.map { pad($0.rawValue + " mean (bound)", width($0)) }.joined()
-      + pad("baseline", 10) + "status")
+      + pad("baseline", 10) + pad("colour", 8) + "status")
   for m in v.measures {
     var row = "  " + pad(m.measure, 18) + pad(m.threshold.map { String(format: "%.2f", $0) } ?? "-", 11)
     for k in attackers {
@@ -264,9 +264,13 @@ func verdictLines(_ v: CutVerdict) -> [String] {
         e.map { String(format: "%.3f (%@)%@", $0.mean, $0.upper.isFinite ? String(format: "%.3f", $0.upper) : "inf", k == m.worstAttacker ? "*" : "") }
           ?? "-", width(k))
     }
-    lines.append(row + pad(String(format: "%.3f", m.baseline), 10) + (m.status?.rawValue ?? "reported"))
+    lines.append(
+      row + pad(String(format: "%.3f", m.baseline), 10) + pad(m.colourGuess.map { String(format: "%.3f", $0) } ?? "-", 8)
+        + (m.status?.rawValue ?? "reported"))
   }
-  lines.append("  (* the attacker whose bound decides; bounds are one-sided 95 %, clustered by photo, across seeds; baseline: the mean training image)")
+  lines.append(
+    "  (* the attacker whose bound decides; bounds are one-sided 95 %, clustered by photo, across seeds; baseline: the mean training image; colour: a flat image of each original's mean colour)"
+  )
   for a in v.attacks {
     let ssim = a.measure(SSIMMeasure.name).map { String(format: "SSIM %.3f", $0.mean) } ?? ""
     lines.append("  \(a.attacker.rawValue) seed \(a.seed): \(ssim), \(a.heldOut) held-out images, \(duration(a.seconds))\(a.converged ? "" : ", NOT converged"); grid \(a.grid)")

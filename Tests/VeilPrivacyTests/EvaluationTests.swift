@@ -642,7 +642,7 @@ final class EvaluationTests: XCTestCase {
     let copies = try recognition.scores(MeasureInput(originals: originals, reconstructions: originals, baseline: grey, names: all))
     XCTAssertGreaterThanOrEqual(copies.prefix(4).reduce(0, +), 3, "photos recognised as themselves: \(copies)")
     XCTAssertEqual(copies.last, 0, "a flat image is its own colour: \(copies)")
-    let colours = RecognitionMeasure.meanColours(originals)
+    let colours = MeasureInput.flatColours(originals)
     let flat = try recognition.scores(MeasureInput(originals: originals, reconstructions: colours, baseline: grey, names: all))
     XCTAssertEqual(flat, Array(repeating: 0, count: all.count))
     // The rule before: top 5 of the reconstruction holds the original's top 1, whatever a guess gives.
@@ -763,6 +763,12 @@ final class EvaluationTests: XCTestCase {
     // Recognition counted by its first definition (which did not discount what a guess gives)
     // does not stand for today's.
     XCTAssertEqual(scores.first { $0.name == RecognitionMeasure.name }?.revision, 2)
+    // The colour guess (flat images of the originals' colours) is scored by every measure; it
+    // recognises nothing by definition, and its SSIM with noise images is far from a copy's 1.
+    XCTAssertEqual(scores.first { $0.name == RecognitionMeasure.name }?.colourGuess, 0)
+    let colourSSIM = try XCTUnwrap(scores.first { $0.name == SSIMMeasure.name }?.colourGuess)
+    XCTAssertLessThan(colourSSIM, 0.5)
+    XCTAssertEqual(scores.first { $0.name == SSIMMeasure.name }?.mean ?? 0, 1, accuracy: 1e-9)
     var firstRule = scores
     for i in firstRule.indices where firstRule[i].name == RecognitionMeasure.name { firstRule[i].revision = nil }
     XCTAssertFalse(set.isCovered(by: firstRule))
