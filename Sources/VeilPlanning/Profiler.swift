@@ -155,6 +155,10 @@ public struct CutProfile: Sendable, Codable {
   /// tail's spread is unknown when a remote accelerator timed it).
   public var headRuns: SegmentRuns?
   public var tailRuns: SegmentRuns?
+  /// The median of the whole model's runs timed between this cut's (raw, ms); the head's and
+  /// the tail's figures above are their runs' shares of those at the profile's pace
+  /// (`PacedTimes`). nil in profiles of Veil before 2026-12-07.
+  public var wholeBesideMs: Double?
   /// Modeled figures over the cost model's uncertain parameters (low / preset / high; nil when
   /// the TEE time is measured, or in older profiles): the head in the TEE, the partitioned
   /// total (ms) and the speed-up (%).
@@ -202,6 +206,80 @@ public struct SegmentRuns: Sendable, Codable, Equatable {
   public init(medianSeconds: Double, runs: Int) {
     self.init(seconds: [medianSeconds])
     self.runs = runs
+  }
+}
+
+/// A cut's head and tail timed run by run beside the whole model: each timed run is the whole
+/// model, then the head, then the tail (when timed here). A host shared with other machines
+/// runs for a second or more at a time up to 2× slower than at others, with no steal or load
+/// to show for it (Lite0's `veil bench` median on one thread, quiet: 7.1 to 9.9 ms from one
+/// process to the next; the whole model beside 19 cuts: 3.9 to 11.8 ms in one profile), so a
+/// head timed in one phase and the whole model in another gave heads slower than the model
+/// they are part of and speed-ups from −94 % to +26 % for one cut. A run's head and tail are
+/// taken as shares of the whole model's run beside them, and every share at one pace: the
+/// median of all the whole model's runs.
+public struct PacedTimes {
+  /// Seconds of each timed run.
+  public var whole: [Double]
+  public var head: [Double]
+  /// nil when the tail is timed elsewhere (a remote accelerator).
+  public var tail: [Double]?
+  /// The head's output (the feature map).
+  public var feature: Tensor
+  public var attempts = 1
+
+  public init(whole: [Double], head: [Double], tail: [Double]?, feature: Tensor) {
+    self.whole = whole
+    self.head = head
+    self.tail = tail
+    self.feature = feature
+  }
+
+  /// `options.runs` paced runs after `options.warmup` untimed runs of each part.
+  static func measure(whole: Executor, head: Executor, tail: Executor?, input: Tensor, options: ProfileOptions) throws -> PacedTimes {
+    var feature = try head.run([input])[0]
+    for _ in 0..<max(0, options.warmup - 1) { feature = try head.run([input])[0] }
+    for _ in 0..<options.warmup {
+      _ = try whole.run([input])
+      if let tail { _ = try tail.run([feature]) }
+    }
+    func seconds(_ body: () throws -> Void) rethrows -> Double {
+      let t0 = DispatchTime.now().uptimeNanoseconds
+      try body()
+      return Double(DispatchTime.now().uptimeNanoseconds - t0) / 1e9
+    }
+    var times = PacedTimes(whole: [], head: [], tail: tail == nil ? nil : [], feature: feature)
+    for _ in 0..<options.runs {
+      times.whole.append(try seconds { _ = try whole.run([input]) })
+      times.head.append(try seconds { feature = try head.run([input])[0] })
+      if let tail { times.tail?.append(try seconds { _ = try tail.run([feature]) }) }
+    }
+    times.feature = feature
+    return times
+  }
+
+  /// The head's and the tail's runs as shares of the whole model's beside them, at a pace where
+  /// the whole model takes `referenceMs`.
+  public func runs(at referenceMs: Double) -> (head: SegmentRuns, tail: SegmentRuns?) {
+    func scaled(_ v: [Double]) -> SegmentRuns {
+      var r = SegmentRuns(seconds: zip(v, whole).map { $1 > 0 ? $0 / $1 * referenceMs / 1e3 : $0 })
+      r.attempts = attempts
+      return r
+    }
+    return (scaled(head), tail.map(scaled))
+  }
+
+  /// Why the runs at that pace spread too far (`ProfileStability.spreadProblem`), or nil.
+  func spreadProblem(at referenceMs: Double) -> String? {
+    let (h, t) = runs(at: referenceMs)
+    if let why = ProfileStability.spreadProblem(h) { return "head \(why)" }
+    return t.flatMap(ProfileStability.spreadProblem).map { "tail \($0)" }
+  }
+
+  /// The larger spread of the head's and the tail's runs at that pace.
+  func spread(at referenceMs: Double) -> Double {
+    let (h, t) = runs(at: referenceMs)
+    return max(h.spread, t?.spread ?? 0)
   }
 }
 
@@ -422,14 +500,16 @@ public enum Profiler {
     // not mapped afresh on every run (`allocateForSteadyState`, which both servers call).
     allocateForSteadyState()
     let wholeTrace = whole.memoryTrace.teeTrace
-    var wholeRuns = try timeStable(whole, input, options, "whole model", progress).0
-    progress(String(format: "whole model: %.1f ms native", wholeRuns.medianMs))
+    let alone = try timeStable(whole, input, options, "whole model", progress).0
+    progress(String(format: "whole model: %.1f ms native", alone.medianMs))
 
     // Every cut's measurements; the TEE figures are derived once the timings have settled.
     struct Measured {
       var cut: CutPoint
-      var headRuns: SegmentRuns
-      var tailRuns: SegmentRuns
+      /// The head and (timed here) the tail run by run beside the whole model (`PacedTimes`).
+      var times: PacedTimes
+      /// A remote accelerator's median for the tail.
+      var remoteTail: SegmentRuns?
       var sealSeconds: Double
       var openSeconds: Double
       var wireSeconds: Double
@@ -438,44 +518,71 @@ public enum Profiler {
       var tailBytes: Int
     }
     var measured: [Measured] = []
-    for (k, cut) in cuts.enumerated() {
+    // Times a cut's head and tail beside the whole model, again while the runs spread too far
+    // at the pace `reference` (at most `retries` more times; the least spread is kept).
+    func timeCut(_ cut: CutPoint, reference: Double) throws -> (PacedTimes, head: Executor) {
       let (headGraph, tailGraph) = try graph.split(at: cut)
       let head = try Executor(graph: headGraph)
-      let (headRuns, feature) = try timeStable(head, input, options, "\(cut.name) head", progress)
+      let tail = options.tailTimer == nil ? try Executor(graph: tailGraph) : nil
+      var best = try PacedTimes.measure(whole: whole, head: head, tail: tail, input: input, options: options)
+      var attempts = 1
+      while attempts <= ProfileStability.retries, let why = best.spreadProblem(at: reference) {
+        progress("unstable: \(cut.name) \(why); measuring again (\(attempts) of \(ProfileStability.retries))")
+        let again = try PacedTimes.measure(whole: whole, head: head, tail: tail, input: input, options: options)
+        attempts += 1
+        if again.spread(at: reference) < best.spread(at: reference) { best = again }
+      }
+      best.attempts += attempts - 1
+      return (best, head)
+    }
+    for (k, cut) in cuts.enumerated() {
+      let (times, head) = try timeCut(cut, reference: alone.medianMs)
+      let feature = times.feature
       let sealSeconds = try median(options) { _ = try transfer.seal(feature) }
       let records = try transfer.seal(feature)
       let openSeconds = try median(options) { _ = try transfer.open(records, shape: feature.shape) }
       let wireSeconds: Double
-      let tailRuns: SegmentRuns
+      var remoteTail: SegmentRuns?
       if let remote = options.tailTimer {
         // The round trip to the accelerator holds the wire: nothing of it is modeled.
         wireSeconds = 0
         let seconds = try remote.seconds(cut: cut, feature: feature, runs: options.runs, warmup: options.warmup)
-        tailRuns = SegmentRuns(medianSeconds: seconds, runs: options.runs)
+        remoteTail = SegmentRuns(medianSeconds: seconds, runs: options.runs)
       } else {
         let wireBytes = records.reduce(0) { $0 + $1.count + 5 }  // + TLS record header
         wireSeconds = options.linkLatencyMs / 1e3 + Double(wireBytes) * 8 / (options.linkGbps * 1e9)
-        tailRuns = try timeStable(try Executor(graph: tailGraph), feature, options, "\(cut.name) tail", progress).0
       }
+      let tailGraph = try graph.split(at: cut).tail
       let tailBytes = tailGraph.parameterCount * 4 + cut.bytes + (tailGraph.outputs.first.flatMap { tailGraph.shape($0) }?.reduce(4, *) ?? 0)
       measured.append(
         Measured(
-          cut: cut, headRuns: headRuns, tailRuns: tailRuns, sealSeconds: sealSeconds, openSeconds: openSeconds, wireSeconds: wireSeconds,
-          headTrace: head.memoryTrace.teeTrace, headPeakBytes: cut.headParameterBytes + head.peakActivationBytes + head.scratchpadBytes, tailBytes: tailBytes))
+          cut: cut, times: times, remoteTail: remoteTail, sealSeconds: sealSeconds, openSeconds: openSeconds, wireSeconds: wireSeconds,
+          headTrace: head.memoryTrace.teeTrace, headPeakBytes: cut.headParameterBytes + head.peakActivationBytes + head.scratchpadBytes,
+          tailBytes: tailBytes))
+      let (h, t) = times.runs(at: alone.medianMs)
       progress(
         String(
-          format: "cut %d/%d %@: head %.1f ms native, transfer %.2f ms, tail %.1f ms", k + 1, cuts.count, cut.name, headRuns.medianMs,
-          (sealSeconds + openSeconds + wireSeconds) * 1e3, tailRuns.medianMs))
+          format: "cut %d/%d %@: head %.1f ms native, transfer %.2f ms, tail %.1f ms", k + 1, cuts.count, cut.name, h.medianMs,
+          (sealSeconds + openSeconds + wireSeconds) * 1e3, (remoteTail ?? t)?.medianMs ?? 0))
+    }
+
+    // The machine's pace: the median of every timing of the whole model, alone and beside the
+    // cuts; each cut's head and tail are its runs' shares of the whole model beside them at that pace.
+    func pace() -> Double { ([alone.medianMs / 1e3] + measured.flatMap(\.times.whole)).sorted().median * 1e3 }
+    func segments(_ m: Measured, at reference: Double) -> (head: SegmentRuns, tail: SegmentRuns) {
+      let (h, t) = m.times.runs(at: reference)
+      return (h, m.remoteTail ?? t ?? SegmentRuns(medianSeconds: 0, runs: 0))
     }
 
     // Head + tail against the whole model, when both are timed here: a cut far off was timed
-    // (or the whole model was) under other load; measure the whole model and those cuts again.
+    // under a burst of other work within a run; measure those cuts again.
     var unstable: [UnstableSegment] = []
     if options.tailTimer == nil {
       func off() -> [Int] {
-        measured.indices.filter {
-          ProfileStability.splitProblem(headMs: measured[$0].headRuns.medianMs, tailMs: measured[$0].tailRuns.medianMs, wholeMs: wholeRuns.medianMs)
-            != nil
+        let reference = pace()
+        return measured.indices.filter {
+          let (h, t) = segments(measured[$0], at: reference)
+          return ProfileStability.splitProblem(headMs: h.medianMs, tailMs: t.medianMs, wholeMs: reference) != nil
         }
       }
       for round in 1...ProfileStability.retries {
@@ -484,26 +591,33 @@ public enum Profiler {
         progress(
           "unstable: head + tail of \(bad.map { measured[$0].cut.name }.joined(separator: ", ")) against the whole model; measuring them again (\(round) of \(ProfileStability.retries))"
         )
-        let again = try timeStable(whole, input, options, "whole model", progress).0
-        wholeRuns = SegmentRuns.retried(again, after: wholeRuns)
         for k in bad {
-          let (headGraph, tailGraph) = try graph.split(at: measured[k].cut)
-          let (h, feature) = try timeStable(try Executor(graph: headGraph), input, options, "\(measured[k].cut.name) head", progress)
-          let t = try timeStable(try Executor(graph: tailGraph), feature, options, "\(measured[k].cut.name) tail", progress).0
-          measured[k].headRuns = SegmentRuns.retried(h, after: measured[k].headRuns)
-          measured[k].tailRuns = SegmentRuns.retried(t, after: measured[k].tailRuns)
-        }
-      }
-      for m in measured {
-        if let why = ProfileStability.splitProblem(headMs: m.headRuns.medianMs, tailMs: m.tailRuns.medianMs, wholeMs: wholeRuns.medianMs) {
-          unstable.append(UnstableSegment(segment: "\(m.cut.name) head + tail", reason: why))
+          var again = try timeCut(measured[k].cut, reference: pace()).0
+          again.attempts += measured[k].times.attempts
+          measured[k].times = again
         }
       }
     }
-    var segments = [("whole model", wholeRuns)]
-    for m in measured { segments += [("\(m.cut.name) head", m.headRuns), ("\(m.cut.name) tail", m.tailRuns)] }
+    let reference = pace()
+    let besides = measured.map { $0.times.whole.sorted().median * 1e3 }
+    if let low = besides.min(), let high = besides.max(), high > low * 1.1 {
+      progress(
+        String(
+          format: "pace: the whole model took %.1f … %.1f ms beside the cuts (%.1f ms alone); each cut's head and tail are taken at %.1f ms, the median",
+          low, high, alone.medianMs, reference))
+    }
+    var wholeRuns = SegmentRuns(seconds: [alone.medianMs / 1e3] + measured.flatMap(\.times.whole))
+    wholeRuns.attempts = alone.attempts
+    var segmentRuns = [("whole model", alone)]
+    for m in measured {
+      let (h, t) = segments(m, at: reference)
+      segmentRuns += [("\(m.cut.name) head", h)] + (m.remoteTail == nil ? [("\(m.cut.name) tail", t)] : [])
+      if options.tailTimer == nil, let why = ProfileStability.splitProblem(headMs: h.medianMs, tailMs: t.medianMs, wholeMs: reference) {
+        unstable.append(UnstableSegment(segment: "\(m.cut.name) head + tail", reason: why))
+      }
+    }
     unstable =
-      segments.compactMap { name, runs in
+      segmentRuns.compactMap { name, runs in
         ProfileStability.spreadProblem(runs).map { UnstableSegment(segment: name, reason: "\($0) after \(runs.attempts) measurements") }
       } + unstable
     let conditions = ProfileConditions(from: before, to: .now())
@@ -522,8 +636,9 @@ public enum Profiler {
         inTEE == nil ? "modeled" : "measured"))
     var rows: [CutProfile] = []
     for m in measured {
-      let headSeconds = m.headRuns.medianMs / 1e3
-      let tailSeconds = m.tailRuns.medianMs / 1e3
+      let (headRuns, tailRuns) = segments(m, at: reference)
+      let headSeconds = headRuns.medianMs / 1e3
+      let tailSeconds = tailRuns.medianMs / 1e3
       // The partitioned request in the TEE: request in, feature map out, logits in, answer out.
       let cost = teeCost(headSeconds, m.headTrace, io: 4)
       let transferSeconds = m.sealSeconds + m.openSeconds + m.wireSeconds
@@ -534,7 +649,7 @@ public enum Profiler {
         transferMs: transferSeconds * 1e3, tailMs: tailSeconds * 1e3,
         tailRooflineMs: options.roofline.map { $0.seconds(flops: m.cut.tailFlops, bytes: m.tailBytes) * 1e3 },
         totalMs: total * 1e3, speedupPercent: (wholeCost.totalSeconds - total) / wholeCost.totalSeconds * 100,
-        headPeakBytes: m.headPeakBytes, headRuns: m.headRuns, tailRuns: m.tailRuns)
+        headPeakBytes: m.headPeakBytes, headRuns: headRuns, tailRuns: tailRuns, wholeBesideMs: m.times.whole.sorted().median * 1e3)
       if inTEE == nil {
         let b = bands(
           whole: wholeCost, wholeScenarios: wholeScenarios, head: cost,

@@ -1,6 +1,7 @@
 import Foundation
 import VeilPlanning
 import VeilTEE
+import VeilTensor
 import XCTest
 
 /// The profile's stability rule (`ProfileStability`), on synthetic run times, and the report's
@@ -18,6 +19,24 @@ final class ProfileStabilityTests: XCTestCase {
     // head + tail a little above the whole model (a kernel boundary, a cold tail) is normal.
     XCTAssertNil(ProfileStability.splitProblem(headMs: 1.1, tailMs: 1.2, wholeMs: 2.0))
     XCTAssertNil(ProfileStability.splitProblem(headMs: 0.1, tailMs: 1.9, wholeMs: 2.0))
+  }
+
+  /// A head and a tail timed while the machine ran at half speed for two of four runs (the
+  /// whole model beside them took 20 ms instead of 10): as shares of the whole model's runs
+  /// beside them, they are steady, and at a pace of 10 ms they take what they take at full speed.
+  func testPacedRunsAreSharesOfTheWholeModelBesideThem() throws {
+    var times = PacedTimes(
+      whole: [0.010, 0.020, 0.020, 0.010], head: [0.004, 0.008, 0.008, 0.004], tail: [0.007, 0.014, 0.014, 0.007], feature: Tensor(zeros: [1]))
+    XCTAssertGreaterThan(SegmentRuns(seconds: times.head).spread, 0.3, "raw, the slow runs spread")
+    let (head, tail) = times.runs(at: 10)
+    XCTAssertEqual(head.medianMs, 4, accuracy: 1e-9)
+    XCTAssertEqual(head.spread, 0, accuracy: 1e-9)
+    XCTAssertEqual(try XCTUnwrap(tail).medianMs, 7, accuracy: 1e-9)
+    XCTAssertEqual(times.runs(at: 20).head.medianMs, 8, accuracy: 1e-9)
+    // A burst inside one run shows as a spread of the shares.
+    times.head[1] = 0.020
+    XCTAssertGreaterThan(times.runs(at: 10).head.p90Ms, 4.5)
+    XCTAssertNil(PacedTimes(whole: [0.01], head: [0.005], tail: nil, feature: Tensor(zeros: [1])).runs(at: 10).tail)
   }
 
   func testSpreadTooWideIsFlagged() throws {
