@@ -179,10 +179,13 @@ public struct Planner {
   ) throws -> PlanOutcome {
     var state = try loadState(settings: evaluation.settings, confirmation: confirmation?.settings)
     let profile: ProfileReport
-    if let p = state.profile, !options.reprofile, p.accelerator == (options.profile.tailTimer?.label ?? Profiler.localAccelerator) {
+    if let p = state.profile, !options.reprofile, p.accelerator == (options.profile.tailTimer?.label ?? Profiler.localAccelerator), p.isPaced {
       log("profile: reusing the one in \(stateURL.lastPathComponent)")
       profile = p
     } else {
+      if let p = state.profile, !p.isPaced, !options.reprofile {
+        log("profile: the one in \(stateURL.lastPathComponent) was timed before each cut was timed beside the whole model; timing again")
+      }
       log("profile: every cut, \(options.profile.runs) timed runs each")
       profile = try Profiler.profile(graph: graph, model: model, options: options.profile) { log("profile: " + $0) }
       state.profile = profile

@@ -6,6 +6,10 @@ extension ProfileReport {
   /// Whether the TEE figures are modeled (no TEE was detected).
   var teeModeled: Bool { teeTime == "modeled" }
 
+  /// Whether each cut was timed run by run beside the whole model (`PacedTimes`); profiles
+  /// made before that (each cut's `wholeBesideMs` nil) are timed again by the planner.
+  public var isPaced: Bool { cuts.allSatisfy { $0.wholeBesideMs != nil } }
+
   /// The segments that stayed unstable (empty for a stable profile, or one older than the check).
   public var unstableSegments: [UnstableSegment] { unstable ?? [] }
 

@@ -105,6 +105,7 @@ final class ProfileStabilityTests: XCTestCase {
     XCTAssertNil(report.baseline.nativeRuns)
     XCTAssertNil(report.cuts[0].speedupBand)
     XCTAssertNil(report.unstableLine)
+    XCTAssertFalse(report.isPaced, "timed before each cut was timed beside the whole model: the planner times it again")
     XCTAssertFalse(report.table.hasPrefix("PROFILE UNSTABLE"))
     XCTAssertFalse(report.speedupStatement(report.cuts[0]).contains("UNSTABLE"))
 
@@ -124,6 +125,9 @@ final class ProfileStabilityTests: XCTestCase {
     XCTAssertEqual(back.conditions, report.conditions)
     XCTAssertEqual(back.cuts[0].headRuns, report.cuts[0].headRuns)
     XCTAssertEqual(back.cuts[0].speedupBand, report.cuts[0].speedupBand)
+    var paced = back
+    for k in paced.cuts.indices { paced.cuts[k].wholeBesideMs = 2.0 }
+    XCTAssertTrue(try JSONDecoder().decode(ProfileReport.self, from: try JSONEncoder().encode(paced)).isPaced)
     let line = try XCTUnwrap(back.unstableLine)
     XCTAssertTrue(line.hasPrefix("PROFILE UNSTABLE: block1 head + tail: "), line)
     XCTAssertTrue(line.contains("load average 2.50 before, 3.10 after on 2 cores") && line.contains("38 %"), line)
