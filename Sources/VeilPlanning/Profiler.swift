@@ -308,6 +308,11 @@ public enum ProfileStability {
   /// costs a little more than the whole (transfer is timed apart and left out); outside ×0.5 …
   /// ×2 one of the three was measured under other load.
   public static let splitRatio = 0.5...2.0
+  /// The most a cut's head may take against the whole model it is a part of: the same layers
+  /// and fewer, plus a copy of the feature map out; more was timed at another speed of the
+  /// machine (the unpaced demo profile's `_blocks.11` head: 1.06× the whole model, yet head +
+  /// tail inside `splitRatio`).
+  public static let maxHeadRatio = 1.25
   /// How often an unstable segment is measured again.
   public static let retries = 2
   /// The share of the machine's CPU time (every core) that other processes may use, or the
@@ -341,6 +346,11 @@ public enum ProfileStability {
   /// Why head + tail (native, ms) disagrees with the whole model, or nil.
   public static func splitProblem(headMs: Double, tailMs: Double, wholeMs: Double) -> String? {
     guard wholeMs > 0 else { return "the whole model timed at 0 ms" }
+    if headMs > wholeMs * maxHeadRatio, headMs - wholeMs > minSpreadMs {
+      return String(
+        format: "the head %.2f ms is %.2f× the whole model's %.2f ms that it is part of (expected at most ×%.2f)", headMs, headMs / wholeMs,
+        wholeMs, maxHeadRatio)
+    }
     let ratio = (headMs + tailMs) / wholeMs
     guard !splitRatio.contains(ratio) else { return nil }
     return String(

@@ -60,6 +60,11 @@ final class ProfileStabilityTests: XCTestCase {
     XCTAssertNotNil(ProfileStability.splitProblem(headMs: 30, tailMs: 1.2, wholeMs: 2.0))
     XCTAssertNil(ProfileStability.splitProblem(headMs: 2.0, tailMs: 1.9, wholeMs: 2.0))
     XCTAssertNotNil(ProfileStability.splitProblem(headMs: 2.0, tailMs: 2.1, wholeMs: 2.0))
+    // A head longer than the whole model it is part of, though head + tail is inside the bounds.
+    let head = try XCTUnwrap(ProfileStability.splitProblem(headMs: 3.0, tailMs: 0.2, wholeMs: 2.0))
+    XCTAssertTrue(head.contains("the head 3.00 ms is 1.50×"), head)
+    XCTAssertNil(ProfileStability.splitProblem(headMs: 2.4, tailMs: 0.2, wholeMs: 2.0))
+    XCTAssertNil(ProfileStability.splitProblem(headMs: 0.06, tailMs: 0.01, wholeMs: 0.04), "microseconds: timer noise")
   }
 
   /// A profile written before the stability check and the bands, as plan-state.json and
