@@ -98,7 +98,7 @@ extension ProfileReport {
   public var csv: String {
     let m = teeModeled ? "_modeled" : ""
     var lines = [
-      "index,cut,tensor,shape,feature_bytes,head_parameter_bytes,head_flops,head_native_ms,head_tee_ms\(m),head_page_swaps\(m),transfer_seal_ms,transfer_open_ms,transfer_wire_ms_modeled,tail_ms,tail_roofline_ms_modeled,total_ms\(m),full_enclave_ms\(m),speedup_percent\(m),total_ms_low_modeled,total_ms_high_modeled,speedup_percent_low_modeled,speedup_percent_high_modeled,head_spread,tail_spread"
+      "index,cut,tensor,shape,feature_bytes,head_parameter_bytes,head_flops,head_native_ms,head_tee_ms\(m),head_page_swaps\(m),transfer_seal_ms,transfer_open_ms,transfer_wire_ms_modeled,tail_ms,tail_roofline_ms_modeled,total_ms\(m),full_enclave_ms\(m),speedup_percent\(m),total_ms_low_modeled,total_ms_high_modeled,speedup_percent_low_modeled,speedup_percent_high_modeled,head_spread,tail_spread,whole_beside_ms"
     ]
     func q(_ s: String) -> String { s.contains(",") || s.contains("\"") ? "\"" + s.replacingOccurrences(of: "\"", with: "\"\"") + "\"" : s }
     for c in cuts {
@@ -108,7 +108,7 @@ extension ProfileReport {
         f(c.transferSealMs), f(c.transferOpenMs), f(c.transferWireMs), f(c.tailMs), c.tailRooflineMs.map(f) ?? "",
         f(c.totalMs), f(baseline.totalMs), f(c.speedupPercent), c.totalBand.map { f($0.low) } ?? "", c.totalBand.map { f($0.high) } ?? "",
         c.speedupBand.map { f($0.low) } ?? "", c.speedupBand.map { f($0.high) } ?? "", c.headRuns.map { f($0.spread) } ?? "",
-        c.tailRuns.map { f($0.spread) } ?? "",
+        c.tailRuns.map { f($0.spread) } ?? "", c.wholeBesideMs.map(f) ?? "",
       ]
       lines.append(fields.joined(separator: ","))
     }
@@ -116,7 +116,7 @@ extension ProfileReport {
       ([
         "", "full_enclave", "", "", "", "", "", f(baseline.nativeMs), f(baseline.totalMs), "\(baseline.tee.pageSwaps)", "", "", "", "", "",
         f(baseline.totalMs), f(baseline.totalMs), "0", baseline.totalBand.map { f($0.low) } ?? "", baseline.totalBand.map { f($0.high) } ?? "",
-        "", "", baseline.nativeRuns.map { f($0.spread) } ?? "", "",
+        "", "", baseline.nativeRuns.map { f($0.spread) } ?? "", "", "",
       ])
       .joined(separator: ","))
     return lines.joined(separator: "\n") + "\n"

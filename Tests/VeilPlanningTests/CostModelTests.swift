@@ -99,6 +99,9 @@ final class CostModelTests: XCTestCase {
     XCTAssertTrue(r.table.contains("TEE, modeled") && r.csv.contains("speedup_percent_low_modeled"))
     XCTAssertEqual(r.csv.split(separator: "\n").count, cuts.count + 2)
     XCTAssertTrue(r.csv.hasPrefix("index,cut,") && r.csv.contains("head_tee_ms_modeled"))
+    let csvRows = r.csv.split(separator: "\n").map { $0.split(separator: ",", omittingEmptySubsequences: false).count }
+    XCTAssertEqual(Set(csvRows).count, 1, "every row has the header's columns: \(csvRows)")
+    XCTAssertTrue(r.csv.split(separator: "\n")[0].hasSuffix(",whole_beside_ms"))
     XCTAssertEqual(r.svg.components(separatedBy: "class=\"bar\"").count - 1, cuts.count * 3)
     XCTAssertTrue(r.svg.contains("(modeled)") && r.svg.contains("stroke-dasharray"))
     XCTAssertEqual(r.svg.components(separatedBy: "class=\"band\"").count - 1, cuts.count, "a whisker per cut: the modeled total's band")
