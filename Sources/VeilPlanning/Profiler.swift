@@ -258,6 +258,9 @@ public struct PacedTimes {
     return times
   }
 
+  /// The median of the whole model's runs (ms).
+  public var wholeMedianMs: Double { whole.sorted().median * 1e3 }
+
   /// The head's and the tail's runs as shares of the whole model's beside them, at a pace where
   /// the whole model takes `referenceMs`.
   public func runs(at referenceMs: Double) -> (head: SegmentRuns, tail: SegmentRuns?) {
@@ -530,7 +533,7 @@ public enum Profiler {
     var measured: [Measured] = []
     // Times a cut's head and tail beside the whole model, again while the runs spread too far
     // at the pace `reference` (at most `retries` more times; the least spread is kept).
-    func timeCut(_ cut: CutPoint, reference: Double) throws -> (PacedTimes, head: Executor) {
+    func timeCut(_ cut: CutPoint, reference: Double) throws -> (PacedTimes, head: Executor, tailGraph: Graph) {
       let (headGraph, tailGraph) = try graph.split(at: cut)
       let head = try Executor(graph: headGraph)
       let tail = options.tailTimer == nil ? try Executor(graph: tailGraph) : nil
@@ -543,10 +546,10 @@ public enum Profiler {
         if again.spread(at: reference) < best.spread(at: reference) { best = again }
       }
       best.attempts += attempts - 1
-      return (best, head)
+      return (best, head, tailGraph)
     }
     for (k, cut) in cuts.enumerated() {
-      let (times, head) = try timeCut(cut, reference: alone.medianMs)
+      let (times, head, tailGraph) = try timeCut(cut, reference: alone.medianMs)
       let feature = times.feature
       let sealSeconds = try median(options) { _ = try transfer.seal(feature) }
       let records = try transfer.seal(feature)
@@ -562,7 +565,6 @@ public enum Profiler {
         let wireBytes = records.reduce(0) { $0 + $1.count + 5 }  // + TLS record header
         wireSeconds = options.linkLatencyMs / 1e3 + Double(wireBytes) * 8 / (options.linkGbps * 1e9)
       }
-      let tailGraph = try graph.split(at: cut).tail
       let tailBytes = tailGraph.parameterCount * 4 + cut.bytes + (tailGraph.outputs.first.flatMap { tailGraph.shape($0) }?.reduce(4, *) ?? 0)
       measured.append(
         Measured(
@@ -609,7 +611,7 @@ public enum Profiler {
       }
     }
     let reference = pace()
-    let besides = measured.map { $0.times.whole.sorted().median * 1e3 }
+    let besides = measured.map(\.times.wholeMedianMs)
     if let low = besides.min(), let high = besides.max(), high > low * 1.1 {
       progress(
         String(
@@ -659,7 +661,7 @@ public enum Profiler {
         transferMs: transferSeconds * 1e3, tailMs: tailSeconds * 1e3,
         tailRooflineMs: options.roofline.map { $0.seconds(flops: m.cut.tailFlops, bytes: m.tailBytes) * 1e3 },
         totalMs: total * 1e3, speedupPercent: (wholeCost.totalSeconds - total) / wholeCost.totalSeconds * 100,
-        headPeakBytes: m.headPeakBytes, headRuns: headRuns, tailRuns: tailRuns, wholeBesideMs: m.times.whole.sorted().median * 1e3)
+        headPeakBytes: m.headPeakBytes, headRuns: headRuns, tailRuns: tailRuns, wholeBesideMs: m.times.wholeMedianMs)
       if inTEE == nil {
         let b = bands(
           whole: wholeCost, wholeScenarios: wholeScenarios, head: cost,

@@ -81,8 +81,7 @@ public struct LeakageThresholds: Codable, Sendable, Equatable {
   /// c-GAN reconstructions), recognition 0.2 and re-identification 0.2 (shares of images; a
   /// guess without the feature map recognises nothing, as recognition discounts what the mean
   /// image and the image's own colour give, and re-identifies one over the held-out images),
-  /// fields 0.3 (share of a record's
-  /// informative fields).
+  /// fields 0.3 (share of a record's informative fields).
   public static let defaults = LeakageThresholds([
     SSIMMeasure.name: 0.3, RecognitionMeasure.name: 0.2, ReidentificationMeasure.name: 0.2, FieldRecoveryMeasure.name: 0.3,
   ])

@@ -12,10 +12,12 @@ import VeilTensor
 
 /// What a measure sees: originals and reconstructions, [N, 3, S, S] on the [-1, 1] scale.
 public struct MeasureInput {
-  public var originals: Tensor
+  public let originals: Tensor
   public var reconstructions: Tensor
   /// The trivial attacker's answer, [1, 3, S, S]: the mean training image.
   public var baseline: Tensor
+  /// The colour guess: each original as a flat image of its mean colour (`flatColours`).
+  public let colours: Tensor
   public var names: [String]
 
   public init(originals: Tensor, reconstructions: Tensor, baseline: Tensor, names: [String]) {
@@ -23,10 +25,12 @@ public struct MeasureInput {
     self.reconstructions = reconstructions
     self.baseline = baseline
     self.names = names
+    colours = Self.flatColours(originals)
   }
 
   /// Each image of `images` ([N, C, H, W]) replaced by a flat image of its mean colour.
   public static func flatColours(_ images: Tensor) -> Tensor {
+    guard images.shape.count == 4 else { return images }
     let (n, c) = (images.shape[0], images.shape[1])
     let plane = images.shape[2] * images.shape[3]
     return images.withUnsafeBuffer { p in
@@ -144,7 +148,7 @@ public struct MeasureSet: Sendable {
     var trivial = input
     trivial.reconstructions = repeated
     var colours = input
-    colours.reconstructions = MeasureInput.flatColours(originals)
+    colours.reconstructions = input.colours
     func mean(_ v: [Double]) -> Double { v.reduce(0, +) / Double(max(v.count, 1)) }
     return try measures.map { m in
       let s = try m.scores(input)
@@ -510,7 +514,7 @@ public struct RecognitionMeasure: ClassifierMeasure {
     }
     let originals = try classifier.run(input.originals).logits
     let rebuilt = try classifier.run(input.reconstructions).logits
-    let colours = try classifier.run(MeasureInput.flatColours(input.originals)).logits
+    let colours = try classifier.run(input.colours).logits
     let blank = try classifier.run(input.baseline).logits.first ?? []
     func top5(_ v: [Float]) -> ArraySlice<Int> { v.indices.sorted { v[$0] > v[$1] }.prefix(5) }
     let blankTop5 = top5(blank)
