@@ -1,7 +1,7 @@
 /// VeilModels: the model zoo.
 ///
-/// Owns the builders that write VGG-16, ResNet-50, EfficientNet-B0, EfficientNet-Lite0,
-/// MobileNetV2 and the vision transformers (ViT-B/16, ViT-Ti/16, and `small-vit` for training
+/// Owns the builders that write VGG-16, ResNet-50, EfficientNet-B0, EfficientNet-Lite0 and
+/// Lite1, MobileNetV2 and the vision transformers (ViT-B/16, ViT-Ti/16, and `small-vit` for training
 /// on small images) straight into the graph IR with seeded random weights (never pretrained
 /// ones: a checkpoint importer supplies those, by parameter name), and the facts about each
 /// model (paper, preprocessing, published parameter count), and `ModelLoader`, the one model
@@ -11,13 +11,14 @@
 /// must not import data, or any higher layer.
 ///
 /// Conventions every builder keeps, so that planners, importers and tests can rely on them:
-/// - The input value is `input`, [batch, 3, 224, 224] NCHW RGB; the output value is `logits`,
-///   [batch, 1000] (except `small-vit`, a training-time architecture sized by its data: its
+/// - The input value is `input`, [batch, 3, 224, 224] NCHW RGB (240 for efficientnet_lite1, its
+///   published resolution); the output value is `logits`, [batch, 1000] (except `small-vit`, a training-time architecture sized by its data: its
 ///   input's channels and side and its classes are arguments). Shapes are inferred before a
 ///   builder returns.
 /// - Parameter (initializer) names are the reference implementation's `state_dict` keys:
 ///   torchvision's for vgg16, resnet50, efficientnet_b0, mobilenet_v2 and the ViTs; lukemelas'
-///   EfficientNet-PyTorch, as ml-illustrated's Lite port names it, for efficientnet_lite0.
+///   EfficientNet-PyTorch, as ml-illustrated's Lite port names it, for efficientnet_lite0 and
+///   efficientnet_lite1.
 ///   BatchNorm's `num_batches_tracked` is left out: inference never reads it. A constant of
 ///   the computation that is no parameter (a transformer's attention scale) is named by its
 ///   node's path and a '/' (`….self_attention/scale`), a character no state_dict key has: it is
@@ -34,7 +35,8 @@
 /// - Metadata keys: `model.name`, `model.paper`, `model.reference`, `model.parameters`,
 ///   `weights`, `input.name`, `input.layout`, `input.size`, `input.color`, `output.name`,
 ///   `preprocess.range`, `preprocess.mean`, `preprocess.std`, `preprocess.resize`,
-///   `preprocess.crop`, `preprocess.interpolation`, `cuts`.
+///   `preprocess.crop`, `preprocess.interpolation`, `cuts`; `Preprocessing(metadata:)` reads
+///   the `preprocess.*` keys back.
 import VeilGraph
 import VeilTensor
 
@@ -90,6 +92,27 @@ public struct Preprocessing: Sendable, Equatable {
     let r = range == 1 ? "[0, 1]" : "[0, \(Int(range))]"
     let normalize = "(x − mean) / std with mean \(mean), std \(std)"
     return "RGB scaled to \(r), resize \(resize) (\(interpolation)), center-crop \(crop), \(normalize)"
+  }
+}
+
+extension Preprocessing {
+  /// The transform a zoo model records in its metadata (`preprocess.*`, as the zoo writes it:
+  /// the range as "0,R", the mean and std as comma-separated lists); nil when any key is missing
+  /// or does not parse, or the mean and std lists differ in length.
+  public init?(metadata m: [String: String]) {
+    func floats(_ key: String) -> [Float]? {
+      guard let text = m[key] else { return nil }
+      let parts = text.split(separator: ",").map { Float($0.trimmingCharacters(in: .whitespaces)) }
+      guard !parts.isEmpty, !parts.contains(nil) else { return nil }
+      return parts.compactMap { $0 }
+    }
+    guard let bounds = floats("preprocess.range"), bounds.count == 2, bounds[0] == 0, bounds[1] > 0,
+      let mean = floats("preprocess.mean"), let std = floats("preprocess.std"), mean.count == std.count,
+      !std.contains(where: { $0 <= 0 }),
+      let resize = m["preprocess.resize"].flatMap({ Int($0) }), let crop = m["preprocess.crop"].flatMap({ Int($0) }),
+      let interpolation = m["preprocess.interpolation"]
+    else { return nil }
+    self.init(range: bounds[1], mean: mean, std: std, resize: resize, crop: crop, interpolation: interpolation)
   }
 }
 

@@ -225,14 +225,8 @@ struct Train: ParsableCommand {
   /// The model's own input normalisation (its `preprocess.*` metadata) on 0…255 pixels;
   /// small-cnn and models that declare none take pixels / 255.
   static func normalization(_ g: Graph, smallCNN: Bool) -> Normalization {
-    func floats(_ key: String) -> [Float]? {
-      g.metadata[key].map { $0.split(separator: ",").compactMap { Float($0.trimmingCharacters(in: .whitespaces)) } }
-    }
-    guard !smallCNN, let mean = floats("preprocess.mean"), let std = floats("preprocess.std"), !mean.isEmpty,
-      mean.count == std.count
-    else { return .unit }
-    let range = g.metadata["preprocess.range"].flatMap(Float.init) ?? 1
-    return Normalization(mean: mean.map { $0 * 255 / range }, std: std.map { $0 * 255 / range })
+    guard !smallCNN, let p = Preprocessing(metadata: g.metadata) else { return .unit }
+    return Normalization(mean: p.pixelMean, std: p.pixelStd)
   }
 }
 

@@ -183,7 +183,21 @@ final class ModelZooTests: XCTestCase {
         XCTAssertEqual(m["preprocess.std"], "0.229,0.224,0.225", name)
         XCTAssertEqual(m["preprocess.range"], "0,1", name)
       }
+      // What the metadata says reads back as the zoo's transform (`veil train` normalises by it).
+      let transform = try XCTUnwrap(ModelZoo.models.first { $0.name == name }).transform
+      let read = try XCTUnwrap(Preprocessing(metadata: m), name)
+      XCTAssertEqual(read, transform, name)
     }
+    // Lite's pixels / 255 · 255: a mean of 127 on 0…255 pixels, not 127 · 255.
+    let lite = try XCTUnwrap(Preprocessing(metadata: try model("efficientnet_lite0").metadata))
+    XCTAssertEqual(lite.pixelMean, [127, 127, 127])
+    XCTAssertEqual(lite.pixelStd, [128, 128, 128])
+    var broken = try model("resnet50").metadata
+    broken["preprocess.range"] = "255"
+    XCTAssertNil(Preprocessing(metadata: broken), "a range that is not \"0,R\"")
+    broken["preprocess.range"] = "0,1"
+    broken["preprocess.std"] = "0.229,0.224"
+    XCTAssertNil(Preprocessing(metadata: broken), "mean and std of different lengths")
     XCTAssertEqual(try model("efficientnet_b0").metadata["preprocess.interpolation"], "bicubic")
     for info in ModelZoo.models {
       XCTAssertEqual(info.inputShape, info.name == "efficientnet_lite1" ? [1, 3, 240, 240] : [1, 3, 224, 224], info.name)
