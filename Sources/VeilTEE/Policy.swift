@@ -114,22 +114,10 @@ public struct Policy: Sendable, Equatable {
     init?(intValue: Int) { nil }
   }
 
-  private struct KeyList: Decodable {
-    var keys: [String]
-    init(from decoder: Decoder) throws {
-      keys = try decoder.container(keyedBy: AnyKey.self).allKeys.map(\.stringValue)
-    }
-  }
-
   /// Reads a policy file's JSON.
   public init(json: Data) throws {
-    let file: File
     do {
-      for key in try JSONDecoder().decode(KeyList.self, from: json).keys.sorted() where !Self.keys.contains(key) {
-        throw TEEError.policy(
-          key: key, detail: "unknown key; the keys are \(Self.keys.sorted().joined(separator: ", "))")
-      }
-      file = try JSONDecoder().decode(File.self, from: json)
+      self = try JSONDecoder().decode(Policy.self, from: json)
     } catch let e as TEEError {
       throw e
     } catch let DecodingError.typeMismatch(type, ctx) {
@@ -139,6 +127,10 @@ public struct Policy: Sendable, Equatable {
     } catch {
       throw TEEError.policy(key: "(document)", detail: "not a JSON object: \(error)")
     }
+  }
+
+  /// A policy from the file's keys, each checked (sizes of the pins, ranges, known names).
+  private init(file: File) throws {
     func hex(_ key: String, bytes: Int, _ value: String?) throws -> [UInt8]? {
       guard let value else { return nil }
       guard let b = [UInt8](hex: value), b.count == bytes else {
@@ -203,15 +195,19 @@ public struct Policy: Sendable, Equatable {
   /// The policy file's JSON: what `init(json:)` reads back to an equal policy (keys sorted;
   /// unset pins left out). The planner writes the client policy with it.
   public func json() throws -> Data {
-    let file = File(
+    let e = JSONEncoder()
+    e.outputFormatting = [.prettyPrinted, .sortedKeys, .withoutEscapingSlashes]
+    return try e.encode(self) + Data("\n".utf8)
+  }
+
+  /// The policy as its file's keys.
+  private var file: File {
+    File(
       mrenclave: mrEnclave?.hex, mrsigner: mrSigner?.hex, isvprodid: isvProdID, min_isvsvn: minISVSVN, mrtd: mrTD?.hex,
       rtmrs: rtmrs?.map { $0?.hex }, snp_measurement: snpMeasurement?.hex, snp_host_data: snpHostData?.hex,
       snp_min_tcb: snpMinTCB, snp_max_vmpl: snpMaxVMPL, accepted_evidence: acceptedEvidence,
       allow_debug: allowDebug, allow_simulation: allowSimulation,
       accepted_tcb_statuses: acceptedTCBStatuses, max_evidence_age_seconds: maxEvidenceAgeSeconds)
-    let e = JSONEncoder()
-    e.outputFormatting = [.prettyPrinted, .sortedKeys, .withoutEscapingSlashes]
-    return try e.encode(file) + Data("\n".utf8)
   }
 
   /// The measurements the policy pins (MRENCLAVE, MRSIGNER with ISVPRODID, MRTD, RTMRs, the SNP
@@ -359,5 +355,22 @@ public struct Policy: Sendable, Equatable {
         "policy: SNP VMPL", r.vmpl <= max,
         "the report was requested at VMPL \(r.vmpl); the policy accepts 0...\(max)")
     }
+  }
+}
+
+/// A policy encodes as its file's JSON object and decodes from one, refusing unknown keys and
+/// checking every value as `init(json:)` does, so a policy can sit inside another document
+/// (a plan, a key-release configuration) in the same form as its own file.
+extension Policy: Codable {
+  public init(from decoder: Decoder) throws {
+    for key in try decoder.container(keyedBy: AnyKey.self).allKeys.map(\.stringValue).sorted()
+    where !Self.keys.contains(key) {
+      throw TEEError.policy(key: key, detail: "unknown key; the keys are \(Self.keys.sorted().joined(separator: ", "))")
+    }
+    try self.init(file: File(from: decoder))
+  }
+
+  public func encode(to encoder: Encoder) throws {
+    try file.encode(to: encoder)
   }
 }

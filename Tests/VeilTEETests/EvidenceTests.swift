@@ -111,6 +111,33 @@ final class EvidenceTests: XCTestCase {
     XCTAssertEqual(p.maxEvidenceAgeSeconds, 60)
   }
 
+  /// A policy inside another document: the same keys as its file, checked the same way.
+  func testPolicyIsCodableInItsFileForm() throws {
+    struct Holder: Codable, Equatable { var name: String; var policy: Policy }
+    var policy = Policy()
+    policy.mrEnclave = [UInt8](repeating: 7, count: 32)
+    policy.snpMinTCB = .init(bootloader: 3, microcode: 200)
+    policy.allowSimulation = true
+    policy.maxEvidenceAgeSeconds = 30
+    let data = try JSONEncoder().encode(Holder(name: "plan", policy: policy))
+    XCTAssertEqual(try JSONDecoder().decode(Holder.self, from: data), Holder(name: "plan", policy: policy))
+    // The nested form is the file's form: what json() writes, init(json:) reads.
+    let object = try XCTUnwrap(JSONSerialization.jsonObject(with: data) as? [String: Any])
+    let nested = try JSONSerialization.data(withJSONObject: try XCTUnwrap(object["policy"]))
+    XCTAssertEqual(try Policy(json: nested), policy)
+    XCTAssertEqual(try Policy(json: policy.json()), policy)
+    let text = String(decoding: try policy.json(), as: UTF8.self)
+    XCTAssertTrue(text.contains(#""mrenclave" : "\#(String(repeating: "07", count: 32))""#), text)
+    XCTAssertFalse(text.contains("mrsigner"), "unset pins are left out: \(text)")
+    // Nested, a misspelt key or a bad value is refused as in a file.
+    XCTAssertThrowsError(try JSONDecoder().decode(Holder.self, from: Data(#"{"name": "x", "policy": {"allow_simulaton": true}}"#.utf8))) {
+      XCTAssertTrue("\($0)".contains("'allow_simulaton': unknown key"), "\($0)")
+    }
+    XCTAssertThrowsError(try JSONDecoder().decode(Holder.self, from: Data(#"{"name": "x", "policy": {"snp_max_vmpl": 9}}"#.utf8))) {
+      XCTAssertTrue("\($0)".contains("VMPL"), "\($0)")
+    }
+  }
+
   func testPolicyPinsTheMeasurementOfARealQuote() throws {
     let raw = try Vectors.bytes("sgx_quote")
     guard case .sgx(let q) = try Evidence(raw), case .sgx(let body) = q.body else { return XCTFail() }
