@@ -352,6 +352,9 @@ final class PlannerTests: XCTestCase {
   /// The whole plan through the library, on a small model and the registry photos: real
   /// attackers (the inverse network and the white-box optimisation, briefly), the choice, the
   /// deployment folder and its files, plan.json for both readers, the report.
+  /// Run twice: under a lenient SSIM threshold, which some cut of a random-weight chain meets
+  /// against these brief attackers, so the deployment folder is always written and checked; then
+  /// under a threshold no cut meets, which writes no deployment and says so.
   func testPlanJobWritesTheDeploymentFolder() throws {
     let folder = try PythonScript.temporaryDirectory("plan-job")
     let photos = try PythonScript.temporaryDirectory("plan-job-photos")
@@ -378,6 +381,7 @@ final class PlannerTests: XCTestCase {
       c.tvWeights = [1]
       c.testFraction = 0.4
     }
+    job.thresholds = LeakageThresholds([SSIMMeasure.name: 0.99])
     var lines: [String] = []
     let result = try job.run(log: { lines.append($0) })
     let record = result.document.planning
@@ -390,22 +394,30 @@ final class PlannerTests: XCTestCase {
     XCTAssertEqual(reread.planning.privacy, record.privacy)
     let html = try String(contentsOf: result.report, encoding: .utf8)
     XCTAssertTrue(html.contains("white-box threat model"))
-    if let chosen = record.chosenCut {
-      for file in ["head.onnx", "tail.onnx", "head.onnx.sealed", "head.key", "veil.manifest.template", "client-policy.json"] {
-        XCTAssertTrue(FileManager.default.fileExists(atPath: folder.appendingPathComponent(file).path), file)
-      }
-      let mode = try FileManager.default.attributesOfItem(atPath: folder.appendingPathComponent("head.key").path)[.posixPermissions] as? Int
-      XCTAssertEqual(mode, 0o600, "the key is the owner's alone")
-      let policy = try Policy(json: Data(contentsOf: folder.appendingPathComponent("client-policy.json")))
-      XCTAssertNotNil(policy.mrEnclave)
-      XCTAssertTrue(policy.allowSimulation)
-      let deployment = try DeploymentPlan.load(folder.path)
-      XCTAssertEqual(deployment.plan.cut.name, chosen)
-      XCTAssertEqual(deployment.plan.sealedHead, "head.onnx.sealed")
-    } else {
-      XCTAssertNil(reread.deployment)
-      XCTAssertTrue(html.contains("Nothing to deploy"))
+    let chosen = try XCTUnwrap(record.chosenCut, "SSIM under 0.99 at some cut: \(record.privacy.map(\.cut))")
+    for file in ["head.onnx", "tail.onnx", "head.onnx.sealed", "head.key", "veil.manifest.template", "client-policy.json"] {
+      XCTAssertTrue(FileManager.default.fileExists(atPath: folder.appendingPathComponent(file).path), file)
     }
+    let mode = try FileManager.default.attributesOfItem(atPath: folder.appendingPathComponent("head.key").path)[.posixPermissions] as? Int
+    XCTAssertEqual(mode, 0o600, "the key is the owner's alone")
+    let policy = try Policy(json: Data(contentsOf: folder.appendingPathComponent("client-policy.json")))
+    XCTAssertNotNil(policy.mrEnclave)
+    XCTAssertTrue(policy.allowSimulation)
+    let recorded = try XCTUnwrap(record.deployment?.clientPolicy, "the plan records the client's policy")
+    XCTAssertEqual(try Policy(json: Data(recorded.utf8)), policy, "the policy recorded is the one written")
+    let deployment = try DeploymentPlan.load(folder.path)
+    XCTAssertEqual(deployment.plan.cut.name, chosen)
+    XCTAssertEqual(deployment.plan.sealedHead, "head.onnx.sealed")
+    XCTAssertNotNil(reread.deployment)
+
+    // A threshold no cut meets: no deployment, and the report says so.
+    job.folder = try PythonScript.temporaryDirectory("plan-job-none")
+    job.thresholds = LeakageThresholds([SSIMMeasure.name: 0.0001])
+    let none = try job.run(log: { _ in })
+    XCTAssertNil(none.document.planning.chosenCut)
+    XCTAssertNil(try PlanDocument.read(none.planFile).deployment)
+    XCTAssertFalse(FileManager.default.fileExists(atPath: job.folder.appendingPathComponent("head.onnx.sealed").path))
+    XCTAssertTrue(try String(contentsOf: none.report, encoding: .utf8).contains("Nothing to deploy"))
   }
 
   /// plan.json is one file for both readers: the enclave reads the deployment at the top level,
