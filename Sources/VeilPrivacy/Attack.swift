@@ -129,8 +129,7 @@ struct OptimisationAttacker: InversionAttacker {
   }
 
   static func distanceNote(_ distances: [Double]) -> String {
-    let sorted = distances.sorted()
-    return String(format: "median normalised feature distance of the rebuilt images: %.4f", sorted[sorted.count / 2])
+    String(format: "median normalised feature distance of the rebuilt images: %.4f", distances.median)
   }
 }
 

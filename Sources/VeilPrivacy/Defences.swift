@@ -243,7 +243,6 @@ extension DefenceUtility {
     // Wilson's lower bound at z = 1.645 (one-sided 95 %).
     let z = 1.645
     let lower = (p + z * z / (2 * n) - z * (p * (1 - p) / n + z * z / (4 * n * n)).squareRoot()) / (1 + z * z / n)
-    times.sort()
     let shape = layoutShape
     var metrics: (ClassificationMetrics, ClassificationMetrics)?
     if let labels {
@@ -256,7 +255,7 @@ extension DefenceUtility {
     }
     var utility = DefenceUtility(
       defence: fitted.spec, cut: cut.name, agreement: p, images: images.count, agreementLower: max(0, lower),
-      defenceMs: times[times.count / 2], mapBytes: shape.reduce(1, *) * 4,
+      defenceMs: times.median, mapBytes: shape.reduce(1, *) * 4,
       encodedBytes: fitted.encodedBytes(shape: shape, channelAxis: extractor.defenceChannelAxis),
       imageSize: imageSize, tailFineTuned: tunedTail != nil)
     if let (defended, undefended) = metrics {

@@ -180,7 +180,7 @@ public actor EnclaveSessions {
     dropped += victims.count
     var id = ""
     repeat {
-      id = (0..<16).map { _ in String(format: "%02x", UInt8.random(in: 0...255)) }.joined()
+      id = (0..<16).map { _ in UInt8.random(in: 0...255) }.hex
     } while entries[id] != nil
     insert(id, Entry(channel: nil, peer: peer, created: now, lastUsed: now))
     return id

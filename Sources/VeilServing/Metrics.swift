@@ -8,6 +8,7 @@ import NIOHTTP1
 import NIOPosix
 import Prometheus
 import Synchronization
+import VeilTensor
 
 /// The latency histogram buckets of both tiers: 0.5 ms to 5 s.
 let latencyBuckets: [Duration] = [
@@ -291,19 +292,3 @@ private final class MetricsHandler: ChannelInboundHandler, @unchecked Sendable {
   }
 }
 
-// Latency summaries, one definition for every tool that reports them: the profiler's
-// segments, `veil bench`, `veil loadtest` and `veil accelerator bench`.
-
-/// The nearest-rank percentile `p` (0…1) of ascending `sorted` values (of 5 runs the 90th is
-/// the slowest); 0 for none.
-public func percentile(_ sorted: [Double], _ p: Double) -> Double {
-  sorted.isEmpty ? 0 : sorted[min(sorted.count - 1, max(0, Int((p * Double(sorted.count)).rounded(.up)) - 1))]
-}
-
-extension [Double] {
-  /// The median (the mean of the two middle values for an even count; at least one value).
-  public var median: Double {
-    let v = sorted()
-    return v.count % 2 == 1 ? v[v.count / 2] : (v[v.count / 2 - 1] + v[v.count / 2]) / 2
-  }
-}

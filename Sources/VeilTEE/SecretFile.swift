@@ -47,7 +47,7 @@ public final class SecretFile {
       writingPath = destination
     case .replace:
       let folder = destination.deletingLastPathComponent()
-      let random = (0..<8).map { _ in String(format: "%02x", UInt8.random(in: 0...255)) }.joined()
+      let random = (0..<8).map { _ in UInt8.random(in: 0...255) }.hex
       writingPath = folder.appendingPathComponent(".\(destination.lastPathComponent).\(random).tmp")
     }
     // `fd` is assigned last: a throw before it leaves the object uninitialized, so `deinit`

@@ -14,7 +14,9 @@
 /// (`Engine.threadWaiting`; they spin only within a pass, `Engine.onTeam`, and a pass that starts
 /// after idleness runs with its threads pinned, one to a CPU). A kernel states the
 /// working memory it needs (`Kernel.scratchpadBytes`) and runs in the buffer its executor binds
-/// (`bindScratchpad`), so that an executor holds one for all its kernels. It knows nothing of
+/// (`bindScratchpad`), so that an executor holds one for all its kernels. The order statistics
+/// every module reports timings and scores with (`percentile`, `[Double].median`) live here,
+/// the layer all others build on, so that none defines its own. It knows nothing of
 /// graphs, file formats or models, and must not import any other Veil module. Callers describe
 /// *what* to compute (a convolution with these attributes and this post-op chain); which
 /// library computes it, and in which memory layout, stays behind the seams: nothing outside

@@ -224,10 +224,7 @@ extension Bench {
       names = steps
       per.append(steps.map(\.seconds))
     }
-    let med = names.indices.map { i -> Double in
-      let v = per.map { $0[i] }.sorted()
-      return v[v.count / 2]
-    }
+    let med = names.indices.map { i in per.map { $0[i] }.median }
     let total = med.reduce(0, +)
     var byKernel: [String: (Double, Int)] = [:]
     for (i, k) in exec.kernelNames.enumerated() {
