@@ -166,9 +166,10 @@ public struct PlanRecord: Sendable, Codable {
 
 /// `plan.json`: the deployment the enclave reads (VeilServing's `DeploymentPlan`, at the top
 /// level, so `veil enclave serve --plan` reads the file as it is) and, under `planning`, the
-/// evidence the choice rests on. A plan with no private-enough cut has no deployment. This is
-/// the one writer of plan.json.
-public struct PlanDocument: Codable, Sendable {
+/// evidence the choice rests on. A plan with no private-enough cut has no deployment. It is
+/// read here and written by `write(to:)`, through VeilServing's `DeploymentPlan.writeFile`, the
+/// one writer of plan.json.
+public struct PlanDocument: Decodable, Sendable {
   public var deployment: DeploymentPlan?
   public var planning: PlanRecord
 
@@ -183,12 +184,6 @@ public struct PlanDocument: Codable, Sendable {
     let c = try decoder.container(keyedBy: Keys.self)
     planning = try c.decode(PlanRecord.self, forKey: .planning)
     deployment = c.contains(.schemaVersion) ? try DeploymentPlan(from: decoder) : nil
-  }
-
-  public func encode(to encoder: Encoder) throws {
-    try deployment?.encode(to: encoder)
-    var c = encoder.container(keyedBy: Keys.self)
-    try c.encode(planning, forKey: .planning)
   }
 
   public func write(to file: URL) throws {

@@ -370,12 +370,14 @@ extension DeploymentPlan {
     }
   }
 
-  public func encoded() throws -> Data { try VeilJSON.encoder().encode(self) }
+  /// The plan alone as plan.json holds it (what the enclave sends in its info and a cluster's
+  /// config map carries).
+  public func encoded() throws -> Data { try Self.document(self) }
 
-  /// The one writer of plan.json: `plan` at the top level (what `veil enclave serve --plan`
+  /// The one encoding of plan.json: `plan` at the top level (what `veil enclave serve --plan`
   /// reads) and, under "planning", the planner's evidence when there is any (VeilPlanning's
-  /// record; infinite bounds written as "inf"). Written through a temporary file and a rename.
-  public static func writeFile(_ plan: DeploymentPlan?, planning: (any Encodable)? = nil, to file: URL) throws {
+  /// record; infinite bounds written as "inf").
+  public static func document(_ plan: DeploymentPlan?, planning: (any Encodable)? = nil) throws -> Data {
     struct Document: Encodable {
       var plan: DeploymentPlan?
       var planning: (any Encodable)?
@@ -388,7 +390,13 @@ extension DeploymentPlan {
         }
       }
     }
-    try VeilJSON.encoder().encode(Document(plan: plan, planning: planning)).write(to: file, options: .atomic)
+    return try VeilJSON.encoder().encode(Document(plan: plan, planning: planning))
+  }
+
+  /// The one writer of plan.json: `document(plan, planning:)` through a temporary file and a
+  /// rename.
+  public static func writeFile(_ plan: DeploymentPlan?, planning: (any Encodable)? = nil, to file: URL) throws {
+    try document(plan, planning: planning).write(to: file, options: .atomic)
   }
 
   /// Splits `graph` at `cut` and writes a plan folder: head.onnx, tail.onnx, plan.json (and
