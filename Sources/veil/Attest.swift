@@ -11,44 +11,6 @@ struct Attest: ParsableCommand {
     subcommands: [AttestInspect.self, AttestVerify.self, AttestSimulate.self])
 }
 
-/// What `--collateral` names: DCAP collateral (a JSON file, as a PCCS serves it) or SEV-SNP
-/// collateral (a folder holding vcek.der, ask.pem, ark.pem and optionally crl.pem, as AMD's KDS
-/// serves them).
-struct RelyingPartyCollateral {
-  var dcap: Collateral?
-  var snp: SNPCollateral?
-
-  init(path: String?) throws {
-    guard let path else { return }
-    var isDirectory: ObjCBool = false
-    guard FileManager.default.fileExists(atPath: path, isDirectory: &isDirectory) else {
-      throw ValidationError("--collateral '\(path)': no such file or folder")
-    }
-    do {
-      if isDirectory.boolValue {
-        snp = try SNPCollateral(directory: URL(fileURLWithPath: path))
-      } else {
-        dcap = try Collateral(json: Data(try readFileBytes(path, what: "collateral")))
-      }
-    } catch let e as ValidationError {
-      throw e
-    } catch {
-      throw ValidationError("--collateral '\(path)': \(error)")
-    }
-  }
-
-  /// A verifier of any evidence kind at `time`. Without a folder, SEV-SNP evidence is checked
-  /// with the certificates it carries (still up to AMD's pinned root keys).
-  func verifier(policy: Policy, time: Date, root: Certificate? = nil, allowMissingCRL: Bool) throws
-    -> AttestationVerifier
-  {
-    var snpVerifier = SNPVerifier(collateral: snp, time: time)
-    snpVerifier.requireCRL = !allowMissingCRL
-    return AttestationVerifier(
-      dcap: try DCAPVerifier(root: root, collateral: dcap, time: time), snp: snpVerifier, policy: policy)
-  }
-}
-
 struct AttestInspect: ParsableCommand {
   static let configuration = CommandConfiguration(
     commandName: "inspect", abstract: "Print the parsed fields of evidence (no verification).")

@@ -145,29 +145,3 @@ struct Run: ParsableCommand {
     return count == 1000 ? try AssetCache.imageNetClasses() : nil
   }
 }
-
-extension Run {
-  /// A photo's preprocessing at the model's input size, and what to call it. The layout follows
-  /// where the 3 channels sit. Without a preset, a zoo model uses the transform it declares.
-  static func preprocessing(_ preset: VeilData.Preprocessing.Preset?, for shape: [Int], model: String) throws
-    -> (VeilData.Preprocessing, String)
-  {
-    guard shape.count == 4, shape[1] == 3 || shape[3] == 3 else {
-      throw ValidationError("model '\(model)' takes input \(shape): not an image batch of 3 channels, [N,3,H,W] or [N,H,W,3]")
-    }
-    let layout: TensorLayout = shape[1] == 3 ? .nchw : .nhwc
-    let (h, w) = layout == .nchw ? (shape[2], shape[3]) : (shape[1], shape[2])
-    if preset == nil, ModelZoo.names.contains(model) {
-      let t = try ModelZoo.info(model).transform
-      guard let interpolation = Interpolation(rawValue: t.interpolation) else {
-        throw ValidationError("model '\(model)' declares interpolation '\(t.interpolation)', which Veil cannot resize with")
-      }
-      let p = VeilData.Preprocessing(
-        resizeShorterSide: t.resize, cropWidth: w, cropHeight: h, interpolation: interpolation,
-        normalization: Normalization(mean: t.pixelMean, std: t.pixelStd), layout: layout)
-      return (p, "\(model)'s own")
-    }
-    let chosen = preset ?? .imagenet
-    return (VeilData.Preprocessing(preset: chosen, width: w, height: h, layout: layout), chosen.rawValue)
-  }
-}

@@ -14,7 +14,8 @@ import VeilTEE
 import VeilTensor
 import X509
 
-// Helpers every command shares: model loading, printing, notes, sizes and times.
+// Helpers the commands share: model loading, a photo's preprocessing for a model, the relying
+// party's collateral, printing, notes, sizes and times.
 
 func readFileBytes(_ path: String, what: String) throws -> [UInt8] {
   guard let d = FileManager.default.contents(atPath: path) else {
@@ -105,4 +106,68 @@ enum ModelSource {
   }
 
   static func inputShape(_ g: Graph) -> [Int] { ModelLoader.inputShape(g) }
+}
+
+/// What `--collateral` names: DCAP collateral (a JSON file, as a PCCS serves it) or SEV-SNP
+/// collateral (a folder holding vcek.der, ask.pem, ark.pem and optionally crl.pem, as AMD's KDS
+/// serves them).
+struct RelyingPartyCollateral {
+  var dcap: Collateral?
+  var snp: SNPCollateral?
+
+  init(path: String?) throws {
+    guard let path else { return }
+    var isDirectory: ObjCBool = false
+    guard FileManager.default.fileExists(atPath: path, isDirectory: &isDirectory) else {
+      throw ValidationError("--collateral '\(path)': no such file or folder")
+    }
+    do {
+      if isDirectory.boolValue {
+        snp = try SNPCollateral(directory: URL(fileURLWithPath: path))
+      } else {
+        dcap = try Collateral(json: Data(try readFileBytes(path, what: "collateral")))
+      }
+    } catch let e as ValidationError {
+      throw e
+    } catch {
+      throw ValidationError("--collateral '\(path)': \(error)")
+    }
+  }
+
+  /// A verifier of any evidence kind at `time`. Without a folder, SEV-SNP evidence is checked
+  /// with the certificates it carries (still up to AMD's pinned root keys).
+  func verifier(policy: Policy, time: Date, root: Certificate? = nil, allowMissingCRL: Bool) throws
+    -> AttestationVerifier
+  {
+    var snpVerifier = SNPVerifier(collateral: snp, time: time)
+    snpVerifier.requireCRL = !allowMissingCRL
+    return AttestationVerifier(
+      dcap: try DCAPVerifier(root: root, collateral: dcap, time: time), snp: snpVerifier, policy: policy)
+  }
+}
+
+extension Run {
+  /// A photo's preprocessing at the model's input size, and what to call it. The layout follows
+  /// where the 3 channels sit. Without a preset, a zoo model uses the transform it declares.
+  static func preprocessing(_ preset: VeilData.Preprocessing.Preset?, for shape: [Int], model: String) throws
+    -> (VeilData.Preprocessing, String)
+  {
+    guard shape.count == 4, shape[1] == 3 || shape[3] == 3 else {
+      throw ValidationError("model '\(model)' takes input \(shape): not an image batch of 3 channels, [N,3,H,W] or [N,H,W,3]")
+    }
+    let layout: TensorLayout = shape[1] == 3 ? .nchw : .nhwc
+    let (h, w) = layout == .nchw ? (shape[2], shape[3]) : (shape[1], shape[2])
+    if preset == nil, ModelZoo.names.contains(model) {
+      let t = try ModelZoo.info(model).transform
+      guard let interpolation = Interpolation(rawValue: t.interpolation) else {
+        throw ValidationError("model '\(model)' declares interpolation '\(t.interpolation)', which Veil cannot resize with")
+      }
+      let p = VeilData.Preprocessing(
+        resizeShorterSide: t.resize, cropWidth: w, cropHeight: h, interpolation: interpolation,
+        normalization: Normalization(mean: t.pixelMean, std: t.pixelStd), layout: layout)
+      return (p, "\(model)'s own")
+    }
+    let chosen = preset ?? .imagenet
+    return (VeilData.Preprocessing(preset: chosen, width: w, height: h, layout: layout), chosen.rawValue)
+  }
 }

@@ -2,10 +2,13 @@
 ///
 /// Each subcommand parses and validates its arguments, calls the library modules, and prints
 /// human-readable text or, with --json, one JSON document for scripts. It holds no numerical
-/// or protocol logic of its own: one file per command, with the helpers they share in
-/// Support.swift and the option groups several commands share beside their first user
-/// (`EngineOptions` here, `AttackOptions` in AttackOptions.swift, `AttestationOptions` and
-/// `EnclaveEndpointOptions` in Infer.swift). It may import every library module; none imports it.
+/// or protocol logic of its own (the kernels, attacks, planner, trust checks and servers are the
+/// library's; a command only fits a user's files to them, as `veil train` sizes images to its
+/// model): one file per command, with the helpers they share in Support.swift and the option
+/// groups several commands share beside their first user, each with the helpers that go with it
+/// (`EngineOptions` here; `AttackOptions` in AttackOptions.swift with the attack commands'
+/// progress printer and verdict lines; `AttestationOptions` and `EnclaveEndpointOptions` in
+/// Infer.swift). It may import every library module; none imports it.
 import ArgumentParser
 import Foundation
 import VeilFormats
