@@ -1,4 +1,5 @@
 import Foundation
+import Synchronization
 import VeilTensor
 
 /// A second backend: plain loops over plain row-major float32 tensors, written from the ops'
@@ -14,6 +15,10 @@ public final class ReferenceBackend: ComputeBackend {
   public let name = "reference (plain loops)"
   /// As oneDNN's, so that the op table runs the same graphs on both.
   public let maxRank = 12
+  /// Matrix products run here (`multiplyAccumulate`), so a test can tell that a model computed
+  /// on this backend and not on a process-wide one.
+  public var matrixProducts: Int { products.withLock { $0 } }
+  let products = Mutex(0)
 
   public init() {}
 

@@ -72,6 +72,7 @@ extension ReferenceBackend: TrainingBackend {
     _ a: UnsafePointer<Float>, transposeA: Bool, _ b: UnsafePointer<Float>, transposeB: Bool,
     into c: UnsafeMutablePointer<Float>, m: Int, k: Int, n: Int, alpha: Float
   ) {
+    products.withLock { $0 += 1 }
     for i in 0..<m {
       for j in 0..<n {
         var s: Float = 0

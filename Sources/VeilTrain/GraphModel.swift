@@ -56,7 +56,7 @@ public final class GraphModel: Layer {
   /// - Parameters:
   ///   - freezeUntil: a node (or value) name: weights of it and every node before it in graph
   ///     order are frozen; nil trains everything.
-  ///   - backend: what its convolutions and batch normalisations compute with.
+  ///   - backend: what its convolutions, batch normalisations and matrix products compute with.
   public convenience init(
     _ graph: Graph, freezeUntil: String? = nil, seed: UInt64 = 0, backend: any TrainingBackend = Backends.training
   ) throws {
@@ -232,8 +232,9 @@ public final class GraphModel: Layer {
       return try concat(x, axis: axis < 0 ? axis + x[0].shape.count : axis)
     case .gemm(let g):
       return try gemm(
-        x[0], x[1], x.count > 2 ? x[2] : nil, alpha: g.alpha, beta: g.beta, transA: g.transA, transB: g.transB)
-    case .matMul: return try matMul(x[0], x[1])
+        x[0], x[1], x.count > 2 ? x[2] : nil, alpha: g.alpha, beta: g.beta, transA: g.transA, transB: g.transB,
+        backend: backend)
+    case .matMul: return try matMul(x[0], x[1], backend: backend)
     case .flatten(let axis):
       let s = x[0].shape
       let ax = axis < 0 ? axis + s.count : axis

@@ -2,8 +2,10 @@ import VeilTensor
 
 // Gemm as a layer: y = x·Wᵀ + b, W [out, in] as PyTorch's Linear and ONNX's Gemm(transB=1).
 
-/// x [N, in] times Wᵀ (W [out, in]) plus b [out].
-public func linear(_ x: Variable, _ w: Variable, _ b: Variable?) throws -> Variable {
+/// x [N, in] times Wᵀ (W [out, in]) plus b [out], the product on `backend`.
+public func linear(_ x: Variable, _ w: Variable, _ b: Variable?, backend: any TrainingBackend = Backends.training) throws
+  -> Variable
+{
   guard x.shape.count == 2, w.shape.count == 2, x.shape[1] == w.shape[1] else {
     throw TrainError.shapeMismatch(op: "Gemm", detail: "input \(x.shape) and weights \(w.shape) (want [N, in] and [out, in])")
   }
@@ -12,42 +14,36 @@ public func linear(_ x: Variable, _ w: Variable, _ b: Variable?) throws -> Varia
     throw TrainError.shapeMismatch(op: "Gemm", detail: "bias \(b.shape) for \(m) outputs")
   }
   // The ONNX Gemm it is, with one matrix product for forward and backward alike.
-  return try gemm(x, w, b, transB: true)
+  return try gemm(x, w, b, transB: true, backend: backend)
 }
 
 /// A fully connected layer with parameters `name.weight` [out, in] and `name.bias` [out].
 public final class Linear: Layer {
   public let weight: Variable
   public let bias: Variable?
+  /// What its matrix products compute with.
+  public let backend: any TrainingBackend
 
   public init(
     _ name: String, inFeatures: Int, outFeatures: Int, bias: Bool = true,
-    initializer: Initializer = .kaimingUniform(negativeSlope: Float(5).squareRoot()), generator: inout SeededGenerator
+    initializer: Initializer = .kaimingUniform(negativeSlope: Float(5).squareRoot()), generator: inout SeededGenerator,
+    backend: any TrainingBackend = Backends.training
   ) {
+    self.backend = backend
     weight = parameter("\(name).weight", [outFeatures, inFeatures], initializer, &generator)
     self.bias = bias ? parameter("\(name).bias", [outFeatures], .zeros, &generator) : nil
   }
 
   public var parameters: [Variable] { [weight] + (bias.map { [$0] } ?? []) }
 
-  public func callAsFunction(_ x: Variable) throws -> Variable { try linear(x, weight, bias) }
-}
-
-/// c[m×n] += α · op(a) · op(b), op(a) [m×k] being a or aᵀ (a stored [k×m]), op(b) [k×n] being
-/// b or bᵀ (b stored [n×k]): the training backend's matrix product (oneDNN's SGEMM unless a
-/// backend module is installed), the one GEMM of the autograd layer.
-func multiplyAccumulate(
-  _ a: UnsafePointer<Float>, transposeA: Bool, _ b: UnsafePointer<Float>, transposeB: Bool,
-  into c: UnsafeMutablePointer<Float>, m: Int, k: Int, n: Int, alpha: Float = 1
-) {
-  Backends.training.multiplyAccumulate(a, transposeA: transposeA, b, transposeB: transposeB, into: c, m: m, k: k, n: n, alpha: alpha)
+  public func callAsFunction(_ x: Variable) throws -> Variable { try linear(x, weight, bias, backend: backend) }
 }
 
 /// ONNX Gemm: Y = α·op(A)·op(B) + β·C, op being a transpose where `transA`/`transB` say; C
 /// (optional) broadcasts to [M, N]. `linear` is the common case (transB, α = β = 1, C [N]).
 public func gemm(
   _ a: Variable, _ b: Variable, _ c: Variable? = nil, alpha: Float = 1, beta: Float = 1, transA: Bool = false,
-  transB: Bool = false
+  transB: Bool = false, backend: any TrainingBackend = Backends.training
 ) throws -> Variable {
   guard a.shape.count == 2, b.shape.count == 2 else {
     throw TrainError.shapeMismatch(op: "Gemm", detail: "A \(a.shape) and B \(b.shape) must be matrices")
@@ -68,7 +64,7 @@ public func gemm(
   var y = a.value.withUnsafeBuffer { ap in
     b.value.withUnsafeBuffer { bp in
       Tensor(shape: [m, n]) { yp in
-        multiplyAccumulate(ap.baseAddress!, transposeA: transA, bp.baseAddress!, transposeB: transB, into: yp.baseAddress!, m: m, k: k, n: n, alpha: alpha)
+        backend.multiplyAccumulate(ap.baseAddress!, transposeA: transA, bp.baseAddress!, transposeB: transB, into: yp.baseAddress!, m: m, k: k, n: n, alpha: alpha)
       }
     }
   }
@@ -84,9 +80,9 @@ public func gemm(
         ? b.value.withUnsafeBuffer { bp in
           Tensor(shape: a.shape) { d in
             if transA {
-              multiplyAccumulate(bp.baseAddress!, transposeA: transB, g0, transposeB: true, into: d.baseAddress!, m: k, k: n, n: m, alpha: alpha)
+              backend.multiplyAccumulate(bp.baseAddress!, transposeA: transB, g0, transposeB: true, into: d.baseAddress!, m: k, k: n, n: m, alpha: alpha)
             } else {
-              multiplyAccumulate(g0, transposeA: false, bp.baseAddress!, transposeB: !transB, into: d.baseAddress!, m: m, k: n, n: k, alpha: alpha)
+              backend.multiplyAccumulate(g0, transposeA: false, bp.baseAddress!, transposeB: !transB, into: d.baseAddress!, m: m, k: n, n: k, alpha: alpha)
             }
           }
         } : nil
@@ -95,9 +91,9 @@ public func gemm(
         ? a.value.withUnsafeBuffer { ap in
           Tensor(shape: b.shape) { d in
             if transB {
-              multiplyAccumulate(g0, transposeA: true, ap.baseAddress!, transposeB: transA, into: d.baseAddress!, m: n, k: m, n: k, alpha: alpha)
+              backend.multiplyAccumulate(g0, transposeA: true, ap.baseAddress!, transposeB: transA, into: d.baseAddress!, m: n, k: m, n: k, alpha: alpha)
             } else {
-              multiplyAccumulate(ap.baseAddress!, transposeA: !transA, g0, transposeB: false, into: d.baseAddress!, m: k, k: m, n: n, alpha: alpha)
+              backend.multiplyAccumulate(ap.baseAddress!, transposeA: !transA, g0, transposeB: false, into: d.baseAddress!, m: k, k: m, n: n, alpha: alpha)
             }
           }
         } : nil
@@ -109,7 +105,7 @@ public func gemm(
 
 /// numpy matmul of A [..., M, K] by B [..., K, N] or [K, N]; batch dimensions must be equal
 /// (B may be one matrix shared by every batch item).
-public func matMul(_ a: Variable, _ b: Variable) throws -> Variable {
+public func matMul(_ a: Variable, _ b: Variable, backend: any TrainingBackend = Backends.training) throws -> Variable {
   guard a.shape.count >= 2, b.shape.count >= 2, a.shape[a.shape.count - 1] == b.shape[b.shape.count - 2],
     b.shape.count == 2 || a.shape.dropLast(2) == b.shape.dropLast(2)
   else {
@@ -123,9 +119,9 @@ public func matMul(_ a: Variable, _ b: Variable) throws -> Variable {
     b.value.withUnsafeBuffer { bp in
       Tensor(shape: Array(a.shape.dropLast()) + [n]) { yp in
         for t in 0..<batch {
-          multiplyAccumulate(
+          backend.multiplyAccumulate(
             ap.baseAddress! + t * m * k, transposeA: false, bp.baseAddress! + (shared ? 0 : t * k * n), transposeB: false,
-            into: yp.baseAddress! + t * m * n, m: m, k: k, n: n)
+            into: yp.baseAddress! + t * m * n, m: m, k: k, n: n, alpha: 1)
         }
       }
     }
@@ -138,17 +134,17 @@ public func matMul(_ a: Variable, _ b: Variable) throws -> Variable {
           let da = a.requiresGrad
             ? Tensor(shape: a.shape) { d in
               for t in 0..<batch {
-                multiplyAccumulate(
+                backend.multiplyAccumulate(
                   gp.baseAddress! + t * m * n, transposeA: false, bp.baseAddress! + (shared ? 0 : t * k * n), transposeB: true,
-                  into: d.baseAddress! + t * m * k, m: m, k: n, n: k)
+                  into: d.baseAddress! + t * m * k, m: m, k: n, n: k, alpha: 1)
               }
             } : nil
           let db = b.requiresGrad
             ? Tensor(shape: b.shape) { d in
               for t in 0..<batch {
-                multiplyAccumulate(
+                backend.multiplyAccumulate(
                   ap.baseAddress! + t * m * k, transposeA: true, gp.baseAddress! + t * m * n, transposeB: false,
-                  into: d.baseAddress! + (shared ? 0 : t * k * n), m: k, k: m, n: n)
+                  into: d.baseAddress! + (shared ? 0 : t * k * n), m: k, k: m, n: n, alpha: 1)
               }
             } : nil
           return [da, db]
