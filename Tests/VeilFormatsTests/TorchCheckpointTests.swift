@@ -7,21 +7,14 @@ import VeilFormats
 import VeilTestSupport
 
 final class TorchCheckpointTests: XCTestCase {
+  /// The registry-shipped Lite0 checkpoint; a missing file fails the test with what to run
+  /// (`make test` fetches it).
   static var lite0URL: URL {
-    let env = ProcessInfo.processInfo.environment
-    let cache =
-      env["VEIL_CACHE"]
-      ?? ((env["XDG_CACHE_HOME"] ?? (NSHomeDirectory() + "/.cache")) + "/veil")
-    return URL(fileURLWithPath: cache).appendingPathComponent("assets/efficientnet-lite0-57934424.pth")
+    get throws { try TestAssets.url("efficientnet-lite0-57934424.pth") }
   }
 
   func lite0Bytes() throws -> [UInt8] {
-    let url = Self.lite0URL
-    guard FileManager.default.fileExists(atPath: url.path) else {
-      XCTFail("missing test asset \(url.path): run scripts/fetch_assets.py")
-      throw XCTSkip("asset missing")
-    }
-    return [UInt8](try Data(contentsOf: url))
+    [UInt8](try Data(contentsOf: Self.lite0URL))
   }
 
   func testRealLite0Checkpoint() throws {
@@ -46,7 +39,7 @@ final class TorchCheckpointTests: XCTestCase {
     XCTAssertEqual(Array(fc[0..<3]), [-0.04561043530702591, -0.09470871090888977, -0.05684146657586098])
     XCTAssertEqual(Array(fc[(fc.count - 2)...]), [0.0053468868136405945, 0.04085797071456909])
     XCTAssertEqual(fc.reduce(0.0) { $0 + Double($1) }, -470.63256730128705, accuracy: 1e-3)
-    XCTAssertEqual(try TorchCheckpoint.read(Self.lite0URL).count, 296)
+    XCTAssertEqual(try TorchCheckpoint.read(try Self.lite0URL).count, 296)
   }
 
   func testRealLite0TruncatedPrefixesThrow() throws {

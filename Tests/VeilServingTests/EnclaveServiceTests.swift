@@ -459,6 +459,12 @@ final class EnclaveServiceTests: XCTestCase {
 /// The in-process tail behind a gate the test opens: request n (counting from 1) waits until
 /// the gate lets n through, and gives up when its task is cancelled. `entered` counts the
 /// requests that reached it, so a test waits for that event instead of sleeping.
+/// A gated request that the test never let through within a minute.
+struct GateClosed: Error, CustomStringConvertible {
+  var ticket: Int
+  var description: String { "request \(ticket) waited a minute at a gate the test never opened" }
+}
+
 final class GatedTail: TailBackend {
   let inner: any TailBackend
   private let state = Mutex<(entered: Int, allowed: Int)>((0, 0))
@@ -474,7 +480,12 @@ final class GatedTail: TailBackend {
       s.entered += 1
       return s.entered
     }
-    while state.withLock({ $0.allowed < ticket }) { try await Task.sleep(for: .milliseconds(2)) }
+    // A test that fails before it opens the gate must not hang the suite: the request fails.
+    let deadline = ContinuousClock.now + .seconds(60)
+    while state.withLock({ $0.allowed < ticket }) {
+      guard ContinuousClock.now < deadline else { throw GateClosed(ticket: ticket) }
+      try await Task.sleep(for: .milliseconds(2))
+    }
     return try await inner.infer(inputs)
   }
 }

@@ -149,10 +149,18 @@ final class KServeInteropTests: XCTestCase {
 
   /// A free loopback TCP port (below 65535 with `pairWithNext`: MLServer also takes port + 1 for HTTP).
   static func freePort(pairWithNext: Bool = false) throws -> Int {
+    let held = try boundLoopbackSocket(below: pairWithNext ? 65535 : 65536)
+    close(held.fd)
+    return held.port
+  }
+
+  /// A loopback TCP socket bound to a port the kernel chose (below `limit`) and not listening:
+  /// while it is open no other process can take the port, and a connection to it is refused.
+  /// The caller closes `fd`.
+  static func boundLoopbackSocket(below limit: Int = 65536) throws -> (fd: Int32, port: Int) {
     for _ in 0..<20 {
       let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
       guard fd >= 0 else { break }
-      defer { close(fd) }
       var addr = sockaddr_in()
       addr.sin_family = sa_family_t(AF_INET)
       addr.sin_addr.s_addr = inet_addr("127.0.0.1")
@@ -161,9 +169,9 @@ final class KServeInteropTests: XCTestCase {
       let ok = withUnsafeMutablePointer(to: &addr) { p in
         p.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, len) == 0 && getsockname(fd, $0, &len) == 0 }
       }
-      guard ok else { continue }
       let port = Int(UInt16(bigEndian: addr.sin_port))
-      if !pairWithNext || port < 65535 { return port }
+      if ok, port < limit { return (fd, port) }
+      close(fd)
     }
     struct NoPort: Error, CustomStringConvertible {
       var description: String { "no free loopback TCP port after 20 tries" }

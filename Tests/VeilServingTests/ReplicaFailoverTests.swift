@@ -117,8 +117,11 @@ final class ReplicaFailoverTests: XCTestCase {
   }
 
   func testARequestNoReplicaCanTakeFailsAndIsCountedNotDropped() async throws {
-    // Two ports nothing listens on (free a moment ago).
-    let endpoints = try (0..<2).map { _ in Endpoint(host: "127.0.0.1", port: try KServeInteropTests.freePort()) }
+    // Two ports bound here and never listened on: connections to them are refused, and no other
+    // process can take them while the test runs.
+    let held = try (0..<2).map { _ in try KServeInteropTests.boundLoopbackSocket() }
+    defer { for h in held { close(h.fd) } }
+    let endpoints = held.map { Endpoint(host: "127.0.0.1", port: $0.port) }
     let replicas = try EnclaveReplicas(
       endpoints: endpoints, verifier: try EnclaveFixture.verifier(), timeout: .seconds(5), retryAfter: 30)
     let request = EnclaveSession.request(tensor: Tensor(zeros: [1, 3, 224, 224]), top: 1)
