@@ -151,8 +151,17 @@ public struct PlanRecord: Sendable, Codable {
     if evaluation.threatModel == .blackBox {
       out.insert("black-box threat model: an attacker with the head's weights (a public backbone) is not considered", at: 0)
     }
-    if confirmation == nil, data.deployedSize != nil, data.deployedSize != data.imageSize {
-      out.append("the verdict is at \(data.imageSize) px only (the first pass); the model runs at \(data.deployedSize!) px")
+    if confirmation == nil, let deployed = data.deployedSize, deployed != data.imageSize {
+      var line = "the verdict is at \(data.imageSize) px only (the first pass); the model runs at \(deployed) px"
+      // How much more of the map an attacker sees at the deployed size, for a chosen CNN cut.
+      // (A verdict's feature shape is [C, h, w] for a CNN's map; a transformer's tokens keep their count.)
+      if let cut = chosenCut, let shape = verdict(cut)?.featureShape, shape.count == 3, data.imageSize > 0 {
+        let scale = Double(deployed) / Double(data.imageSize)
+        let (h, w) = (Int((Double(shape[1]) * scale).rounded()), Int((Double(shape[2]) * scale).rounded()))
+        line +=
+          ", where \(cut)'s map has about \(h)×\(w) positions instead of \(shape[1])×\(shape[2]) and a white-box attacker rebuilds more: confirm the choice there (`--confirm true`, the standard budget's default) before deploying it"
+      }
+      out.append(line)
     }
     for m in [SSIMMeasure.name, RecognitionMeasure.name, ReidentificationMeasure.name] where !measures.contains(m) && data.origin != "ton-iot images" {
       out.append("measure not computed: \(m)")

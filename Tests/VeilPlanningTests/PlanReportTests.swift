@@ -127,6 +127,10 @@ final class PlanReportTests: XCTestCase {
     XCTAssertEqual(html.components(separatedBy: "<tr class=\"chosen").count - 1, 1 + 2, "the chosen cut is highlighted in both tables")
     XCTAssertFalse(html.contains("<script"), "the report has no script")
     XCTAssertFalse(html.contains("http://") && html.contains("src=\"http"), "nothing is fetched from the network")
+    // Unconfirmed at 224 px, the chosen cut's map is 3.5× wider there than the verdict saw.
+    XCTAssertTrue(
+      record.weaknesses.contains { $0.contains("at 64 px only") && $0.contains("about 56×56 positions instead of 16×16") && $0.contains("--confirm true") },
+      "\(record.weaknesses)")
     let back = try VeilJSON.decoder().decode(PlanRecord.self, from: VeilJSON.encoder().encode(record))
     XCTAssertEqual(back.chosenCut, record.chosenCut)
     XCTAssertEqual(back.privacy, record.privacy)
