@@ -113,7 +113,8 @@ final class DefencePlanTests: XCTestCase {
   }
 
   /// The confirmation at the deployed size calibrates the white-box prior on 4 of the
-  /// attacker's photos (every step), the first pass on the configured 8.
+  /// attacker's photos (every step), the first pass on the configured 8, and holds out the
+  /// other photos, each whole.
   func testTheConfirmationCalibratesOnFourPhotos() throws {
     let (result, _, _) = try job("confirm") { job in
       job.imageSize = 16
@@ -127,6 +128,9 @@ final class DefencePlanTests: XCTestCase {
     XCTAssertEqual(confirmation.config.imageSize, 32)
     XCTAssertEqual(confirmation.config.calibrationImages, 4)
     XCTAssertEqual(confirmation.config.calibrationAtFullSteps, true)
+    let attack = try XCTUnwrap(planning.confirmations.first?.attacks.first, "the choice was confirmed")
+    XCTAssertEqual(attack.heldOutPhotos, 2, "6 photos, 4 of them the attacker's own")
+    XCTAssertEqual(attack.heldOut, 2, "each held-out photo whole")
   }
 
   /// --private-output: the deployment keeps the classifier in the enclave and the plan says

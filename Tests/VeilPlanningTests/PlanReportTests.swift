@@ -424,6 +424,43 @@ final class PlannerTests: XCTestCase {
     XCTAssertTrue(try String(contentsOf: none.report, encoding: .utf8).contains("Nothing to deploy"))
   }
 
+  /// The confirmation at the deployed size: the white-box optimisation holds out every photo
+  /// but the 4 that calibrate its prior, each whole; the black-box inverse network keeps the
+  /// first pass's split and crops; separate attack data holds out every photo already.
+  func testConfirmationHoldsOutEveryPhotoTheOptimisationDoesNotCalibrateOn() throws {
+    var job = PlanJob(
+      graph: chain(seed: 5), name: "chain", data: AttackImages.registryPhotosFolder, dataOrigin: "registry photos",
+      folder: FileManager.default.temporaryDirectory, preprocessing: InputPreprocessing(name: "imagenet", normalization: .imagenet, channelOrder: .rgb))
+    job.options.budget = .quick
+    job.overrides = { $0.testFraction = 0.4 }
+    let first = EvaluationSettings(threatModel: .whiteBox, budget: .quick, imageSize: 64)
+    let c = job.confirmationSettings(size: 224, first: first, photos: 36)
+    XCTAssertEqual(c.attackers, [.optimisation])
+    XCTAssertEqual(c.seeds, [0])
+    XCTAssertEqual(c.config.imageSize, 224)
+    XCTAssertEqual(c.config.calibrationImages, 4)
+    XCTAssertEqual(c.config.optimisationCropsPerPhoto, 1)
+    var config = c.config
+    config.attacker = .optimisation
+    let files = try PrivacyEvaluation.photoFiles(AttackImages.registryPhotosFolder)
+    XCTAssertEqual(files.count, 36, "the registry photos (make assets)")
+    let images = try AttackImages.photos(files, config: config, source: "registry photos")
+    XCTAssertEqual(images.testPhotos.count, 32)
+    XCTAssertEqual(images.test.count, 32, "each held-out photo whole")
+    XCTAssertEqual(images.trainPhotos.count, 4, "the photos that calibrate the prior")
+    XCTAssertTrue(Set(images.trainPhotos).isDisjoint(with: images.testPhotos))
+
+    job.threatModel = .blackBox
+    let blackBox = job.confirmationSettings(size: 224, first: EvaluationSettings(threatModel: .blackBox, budget: .quick, imageSize: 64), photos: 36)
+    XCTAssertEqual(blackBox.attackers, [.inverse])
+    XCTAssertEqual(blackBox.config.testFraction, 0.4, "the first pass's split")
+    XCTAssertEqual(blackBox.config.testCropsPerPhoto, AttackConfig().testCropsPerPhoto)
+
+    job.threatModel = .whiteBox
+    job.attackData = AttackImages.registryPhotosFolder
+    XCTAssertEqual(job.confirmationSettings(size: 224, first: first, photos: 36).config.testFraction, 0.4, "attack data of its own: every photo is held out anyway")
+  }
+
   /// plan.json is one file for both readers: the enclave reads the deployment at the top level,
   /// the planner its evidence under "planning".
   func testPlanDocumentIsADeploymentPlanWithItsEvidence() throws {

@@ -78,6 +78,38 @@ final class EvaluationTests: XCTestCase {
     XCTAssertEqual(PrivacyChoice.earliest([(3, true), (1, true), (0, false)]), 1)
   }
 
+  /// A threshold that the colour guess already reaches (SSIM at 224 px, where a flat image of
+  /// each photo's colour scores about 0.33) would call every cut leaking: the attacker is held
+  /// to the guess's score instead, and the verdict says so. Under the guess, the threshold is
+  /// the one set.
+  func testAThresholdTheColourGuessReachesIsRaisedToTheGuess() throws {
+    func verdict(ssim: Double, colour: Double) -> CutVerdict {
+      let samples = (0..<32).map { ScoredImage(score: ssim + 0.02 * Double($0 % 5 - 2), photo: "p\($0)", seed: 0) }
+      let attack = AttackRecord(
+        attacker: .optimisation, seed: 0, folder: "c/optimisation-seed0", grid: "c/optimisation-seed0/grid.png", imageSize: 224,
+        heldOut: 32, heldOutPhotos: 32, trainImages: 4, seconds: 1, converged: true, curve: [], notes: [],
+        measures: [MeasureScores(name: SSIMMeasure.name, binary: false, samples: samples, baseline: 0.15, colourGuess: colour)])
+      let settings = EvaluationSettings(threatModel: .whiteBox, budget: .quick, imageSize: 224)
+      return CutVerdict(cut: "c", cutIndex: 3, featureShape: [8, 7, 7], settings: settings, attacks: [attack], data: "photos")
+    }
+    let under = verdict(ssim: 0.27, colour: 0.33)
+    let m = try XCTUnwrap(under.measure(SSIMMeasure.name))
+    XCTAssertEqual(m.threshold, 0.33)
+    XCTAssertEqual(m.thresholdAsSet, 0.3)
+    XCTAssertEqual(under.status, .private, under.statement)
+    XCTAssertTrue(under.statement.contains("the colour guess's score: the threshold 0.30 is under it"), under.statement)
+    // As close as the colour alone is not private: the bound reaches the guess.
+    XCTAssertNotEqual(verdict(ssim: 0.33, colour: 0.33).status, .private)
+    XCTAssertEqual(verdict(ssim: 0.40, colour: 0.33).status, .leaks)
+    // A guess under the threshold leaves it as set.
+    let set = verdict(ssim: 0.27, colour: 0.2)
+    XCTAssertEqual(set.measure(SSIMMeasure.name)?.threshold, 0.3)
+    XCTAssertNil(set.measure(SSIMMeasure.name)?.thresholdAsSet)
+    XCTAssertEqual(set.status, .private)
+    XCTAssertFalse(set.statement.contains("colour guess"), set.statement)
+    XCTAssertNotEqual(verdict(ssim: 0.31, colour: 0.2).status, .private)
+  }
+
   // MARK: - The white-box head
 
   /// The pixel head (the model's preprocessing as a 1×1 convolution, then the head) gives the
