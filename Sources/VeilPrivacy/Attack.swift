@@ -37,6 +37,10 @@ public struct AttackInputs {
   /// Finished attacks with the same data and options (the inverse network's, the substitute
   /// head's), whose trained networks a hybrid attacker reuses instead of training its own.
   var trainedFolders: [AttackerKind: URL] = [:]
+  /// Given the reconstructions of the first held-out images (in order), why a measure already
+  /// leaks beyond doubt on them (nil: not yet). The optimisation, whose cost grows with every
+  /// image, stops there.
+  var leakCheck: ((Tensor) throws -> String?)?
 }
 
 /// What an attacker produced.
@@ -119,12 +123,24 @@ struct OptimisationAttacker: InversionAttacker {
     } else {
       notes.append("prior weight \(config.tvWeight) as given (no photos of the attacker's own to calibrate it on)")
     }
+    var stopped: String?
     let outcome = try inversion.run(
-      head: head, targets: inputs.test.features, imageShape: [3, config.imageSize, config.imageSize], progress: progress)
+      head: head, targets: inputs.test.features, imageShape: [3, config.imageSize, config.imageSize], progress: progress,
+      stop: inputs.leakCheck.map { check in
+        { rebuilt in
+          stopped = try check(rebuilt)
+          return stopped != nil
+        }
+      })
+    let rebuilt = outcome.images.shape[0]
+    if let stopped {
+      notes.append("stopped after \(rebuilt) of \(n) held-out images: \(stopped)")
+      progress(.message("\(stopped) after \(rebuilt) of \(n) held-out images: the rest are not rebuilt"))
+    }
     notes.append(Self.distanceNote(outcome.distances))
     return AttackOutput(
       reconstructions: outcome.images, curve: outcome.curve, converged: true, bestEpoch: nil, epochsRun: 0, resumedFrom: 0,
-      trainSeconds: Date().timeIntervalSince(started), trainedImages: n * config.restarts * config.optimisationSteps,
+      trainSeconds: Date().timeIntervalSince(started), trainedImages: rebuilt * config.restarts * config.optimisationSteps,
       finalLoss: outcome.curve.last?.loss ?? .nan, discriminatorLoss: nil, weights: [], notes: notes)
   }
 
@@ -250,11 +266,14 @@ struct HybridAttacker: InversionAttacker {
 /// are cached in `cacheDirectory` (nil: not cached). The hybrid attackers start from the
 /// networks of finished attacks in `trainedFolders` (the inverse network's, and for the
 /// black-box hybrid the substitute head's; same data and options) when there are such, and
-/// train their own otherwise.
+/// train their own otherwise. With `stopOnLeak`, the optimisation attacker stops once a measure
+/// that scores each image alone leaks beyond doubt on the images it has rebuilt (their bound's
+/// lower end reaches the threshold): the result then holds those images only, and says so.
 public func runAttack(
   model: Graph, modelName: String, cut: CutPoint, data: AttackImages, preprocessing: InputPreprocessing,
   config: AttackConfig, outDir: URL, cacheDirectory: URL? = FeatureExtractor.defaultCacheDirectory,
-  measures: MeasureSet = .pixels, trainedFolders: [AttackerKind: URL] = [:], progress: (AttackProgress) -> Void = { _ in }
+  measures: MeasureSet = .pixels, trainedFolders: [AttackerKind: URL] = [:], stopOnLeak: LeakageThresholds? = nil,
+  progress: (AttackProgress) -> Void = { _ in }
 ) throws -> AttackResult {
   try config.validate()
   let t0 = Date()
@@ -314,34 +333,59 @@ public func runAttack(
 
   let identity = AttackIdentity(
     model: modelName, cut: cut.name, headDigest: extractor.headDigest, featureShape: extractor.featureShape, config: config)
-  let inputs = AttackInputs(
+  // Held-out scores are against the trivial attacker's: the mean training image (mid-grey
+  // without training images).
+  let reference = train.map { meanImage($0.images) } ?? Tensor(zeros: [1, 3, config.imageSize, config.imageSize])
+  var inputs = AttackInputs(
     extractor: extractor, config: config, train: train, validation: validation, test: test, outDir: outDir, identity: identity,
     defence: defence?.defence, trainedFolders: trainedFolders)
+  if let stopOnLeak {
+    let alone = MeasureSet(measures.measures.filter { $0.scoresEachImageAlone && stopOnLeak[$0.name] != nil })
+    if !alone.measures.isEmpty {
+      inputs.leakCheck = { rebuilt in
+        let k = rebuilt.shape[0]
+        let scores = try alone.score(
+          originals: gather(test.images, Array(0..<k)), reconstructions: rebuilt, baseline: reference, names: Array(data.testNames.prefix(k)),
+          sources: Array(data.testSources.prefix(k)), seed: config.seed)
+        for s in scores {
+          let estimate = LeakageEstimate(s.samples, binary: s.binary)
+          guard let limit = MeasureVerdict.limit(stopOnLeak[s.name], colourGuess: s.colourGuess).threshold,
+            LeakageStatus(estimate, threshold: limit) == .leaks
+          else { continue }
+          return String(format: "%@ leaks beyond doubt (%.3f, lower bound %.3f ≥ %.2f)", s.name, estimate.mean, estimate.lower, limit)
+        }
+        return nil
+      }
+    }
+  }
   // Every attacker's step allocates the same activations and gradients: keep freed blocks for
   // reuse while it trains, and give them back when it is done.
   var output = try withBlockReuse { try config.attacker.implementation.run(inputs, progress: progress) }
   if let defence { output.notes.insert(defence.note, at: 0) }
 
-  // Held-out scores, against the trivial attacker's: the mean training image (mid-grey
-  // without training images).
-  let reference = train.map { meanImage($0.images) } ?? Tensor(zeros: [1, 3, config.imageSize, config.imageSize])
+  // An attack that stopped once a leak was certain rebuilt the first held-out images only.
+  let rebuilt = output.reconstructions.shape[0]
+  let stoppedEarly = rebuilt < test.images.shape[0]
+  let originals = stoppedEarly ? gather(test.images, Array(0..<rebuilt)) : test.images
+  let names = Array(data.testNames.prefix(rebuilt))
+  let sources = Array(data.testSources.prefix(rebuilt))
   let scores = try measures.score(
-    originals: test.images, reconstructions: output.reconstructions, baseline: reference, names: data.testNames,
-    sources: data.testSources, seed: config.seed)
+    originals: originals, reconstructions: output.reconstructions, baseline: reference, names: names, sources: sources, seed: config.seed)
   let grid = outDir.appendingPathComponent("grid.png")
   let ssim = scores.first { $0.name == SSIMMeasure.name }?.perImage ?? []
-  try writeGrid(originals: test.images, rebuilt: output.reconstructions, ssim: ssim, count: config.gridImages, to: grid)
+  try writeGrid(originals: originals, rebuilt: output.reconstructions, ssim: ssim, count: config.gridImages, to: grid)
 
-  let result = AttackResult(
+  var result = AttackResult(
     model: modelName, cut: cut.name, featureShape: extractor.featureShape, attacker: config.attacker, config: config,
-    testNames: data.testNames, testSources: data.testSources, measures: scores,
-    trainCount: data.train.count, validationCount: learns ? data.validation.count : 0, heldOutCount: data.test.count,
-    trainPhotos: learns ? data.trainPhotos.count : 0, heldOutPhotos: data.testPhotos.count,
+    testNames: names, testSources: sources, measures: scores,
+    trainCount: data.train.count, validationCount: learns ? data.validation.count : 0, heldOutCount: rebuilt,
+    trainPhotos: learns ? data.trainPhotos.count : 0, heldOutPhotos: Set(sources).count,
     curve: output.curve, converged: output.converged, bestEpoch: output.bestEpoch,
     imagesPerSecond: output.trainSeconds > 0 ? Double(output.trainedImages) / output.trainSeconds : 0,
     seconds: Date().timeIntervalSince(t0), epochsRun: output.epochsRun, resumedFromEpoch: output.resumedFrom,
     finalLoss: output.finalLoss, discriminatorLoss: output.discriminatorLoss, gridPath: grid.path, weightsPaths: output.weights,
     notes: output.notes)
+  if stoppedEarly { result.stoppedEarly = true }
   try writeJSON(result, to: outDir.appendingPathComponent("result.json"))
   return result
 }
@@ -379,6 +423,9 @@ public struct AttackResult: Codable, Sendable, Equatable {
   public var gridPath: String
   public var weightsPaths: [String]
   public var notes: [String]
+  /// The attack stopped once a measure leaked beyond doubt, before rebuilding every held-out
+  /// image (nil: it rebuilt them all).
+  public var stoppedEarly: Bool?
 
   /// The scores of measure `name`, if it was computed.
   public func measure(_ name: String) -> MeasureScores? { measures.first { $0.name == name } }

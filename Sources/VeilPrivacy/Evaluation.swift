@@ -203,6 +203,13 @@ public struct MeasureVerdict: Codable, Sendable, Equatable {
   /// The threshold as set, when the colour guess already reached it and `threshold` was raised
   /// to the guess's score (nil: not raised).
   public var thresholdAsSet: Double?
+
+  /// The threshold a measure is judged against: the one set, or the colour guess's score when
+  /// the guess reaches it (then with the threshold as set).
+  public static func limit(_ threshold: Double?, colourGuess: Double?) -> (threshold: Double?, asSet: Double?) {
+    guard let t = threshold, let g = colourGuess, g.isFinite, g >= t else { return (threshold, nil) }
+    return (g, t)
+  }
 }
 
 /// The verdict at one cut.
@@ -218,7 +225,8 @@ public struct CutVerdict: Codable, Sendable, Equatable {
   /// Private only when every thresholded measure is; leaks when any measure leaks beyond
   /// doubt; otherwise undecided (within noise).
   public var status: LeakageStatus
-  /// A leak was shown beyond doubt before every attacker had run; the rest were skipped.
+  /// A leak was shown beyond doubt before every attacker had run, or before the optimisation
+  /// had rebuilt every held-out image; the rest were skipped.
   public var stoppedEarly: Bool
   /// What the attack data was.
   public var data: String
@@ -292,12 +300,7 @@ public struct CutVerdict: Codable, Sendable, Equatable {
       // would call every cut leaking, the whole model in the enclave included (SSIM at 224 px:
       // a flat image of each photo's colour scores 0.33 on the demo's photos, over 0.3). There
       // the attacker is held to the guess: it must not come closer than the colour alone.
-      var threshold = thresholds[name]
-      var asSet: Double?
-      if let t = threshold, let g = guesses[worst.key], g.isFinite, g >= t {
-        asSet = t
-        threshold = g
-      }
+      let (threshold, asSet) = MeasureVerdict.limit(thresholds[name], colourGuess: guesses[worst.key])
       return MeasureVerdict(
         measure: name, threshold: threshold, estimates: estimates, worstAttacker: kind, estimate: worst.value,
         baseline: baselines[worst.key] ?? .nan, colourGuess: guesses[worst.key], status: threshold.map { LeakageStatus(worst.value, threshold: $0) },
@@ -418,9 +421,20 @@ public struct PrivacyEvaluation {
         config.attacker = kind
         config.seed = seed
         let dir = folder.appendingPathComponent(Self.attackFolder(kind, seed: seed))
+        let relative = "\(Self.fileName(cut.name))/\(Self.attackFolder(kind, seed: seed))"
+        func record(_ result: AttackResult) -> AttackRecord {
+          AttackRecord(
+            attacker: kind, seed: seed, folder: relative, grid: "\(relative)/grid.png", imageSize: config.imageSize,
+            heldOut: result.heldOutCount, heldOutPhotos: result.heldOutPhotos, trainImages: result.trainCount,
+            seconds: result.seconds, converged: result.converged, curve: result.curve, notes: result.notes,
+            measures: result.measures.filter { measures.names.contains($0.name) })
+        }
         let result: AttackResult
         if let done = try? VeilJSON.decoder().decode(AttackResult.self, from: Data(contentsOf: dir.appendingPathComponent("result.json"))),
-          done.config.relevant == config.relevant, done.cut == cut.name, measures.isCovered(by: done.measures)
+          done.config.relevant == config.relevant, done.cut == cut.name, measures.isCovered(by: done.measures),
+          // An attack that stopped on a leak holds part of the held-out images: it stands for
+          // this one only while it still leaks under these thresholds.
+          done.stoppedEarly != true || CutVerdict.judge([record(done)], thresholds: settings.thresholds).contains { $0.status == .leaks }
         {
           progress(kind, seed, .message("done before: \(dir.path)"))
           result = done
@@ -433,21 +447,15 @@ public struct PrivacyEvaluation {
           })
           result = try runAttack(
             model: model, modelName: modelName, cut: cut, data: data, preprocessing: preprocessing, config: config, outDir: dir,
-            cacheDirectory: cacheDirectory, measures: measures, trainedFolders: trained
+            cacheDirectory: cacheDirectory, measures: measures, trainedFolders: trained, stopOnLeak: settings.thresholds
           ) { progress(kind, seed, $0) }
         }
         featureShape = result.featureShape
-        let relative = "\(Self.fileName(cut.name))/\(Self.attackFolder(kind, seed: seed))"
-        attacks.append(
-          AttackRecord(
-            attacker: kind, seed: seed, folder: relative, grid: "\(relative)/grid.png", imageSize: config.imageSize,
-            heldOut: result.heldOutCount, heldOutPhotos: result.heldOutPhotos, trainImages: result.trainCount,
-            seconds: result.seconds, converged: result.converged, curve: result.curve, notes: result.notes,
-            measures: result.measures.filter { measures.names.contains($0.name) }))
+        attacks.append(record(result))
         let verdicts = CutVerdict.judge(attacks, thresholds: settings.thresholds)
         if verdicts.contains(where: { $0.status == .leaks }) {
           let moreSeeds = seed != settings.seeds.last
-          stoppedEarly = moreSeeds || a < settings.attackers.count - 1
+          stoppedEarly = moreSeeds || a < settings.attackers.count - 1 || result.stoppedEarly == true
           if stoppedEarly { progress(kind, seed, .message("a measure leaks beyond doubt at \(cut.name): the remaining attacks are skipped")) }
           break attackers
         }

@@ -58,11 +58,16 @@ public protocol LeakageMeasure: Sendable {
   /// The measure's definition, raised when it changes what it counts (1: as first written), so
   /// that scores counted by an earlier definition are not reused for this one.
   var revision: Int { get }
+  /// Whether an image's score depends on that image alone (true), or also on the other
+  /// held-out images (re-identification: they are its gallery). Only the first kind can judge
+  /// part of the held-out set, as an attack that stops once a leak is certain does.
+  var scoresEachImageAlone: Bool { get }
 }
 
 extension LeakageMeasure {
   public var reference: String? { nil }
   public var revision: Int { 1 }
+  public var scoresEachImageAlone: Bool { true }
 }
 
 /// One measure's scores of one attack.
@@ -534,6 +539,8 @@ public struct ReidentificationMeasure: ClassifierMeasure {
   public static let name = "reidentification"
   public let classifier: ReferenceClassifier
   public init(classifier: ReferenceClassifier) { self.classifier = classifier }
+  /// The other held-out originals are the gallery: a part of the set is a smaller gallery.
+  public var scoresEachImageAlone: Bool { false }
 
   public func scores(_ input: MeasureInput) throws -> [Double] {
     func unit(_ v: [Float]) -> [Float] {

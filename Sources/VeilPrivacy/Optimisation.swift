@@ -44,10 +44,11 @@ public struct FeatureInversion: Sendable {
   /// Rebuilds one image per row of `targets` through `head` (a function on the tape from
   /// images [n, C, S, S] in [-1, 1] to features shaped as `targets`' rows). The first restart
   /// starts from `starts` (one image per row: another attacker's reconstructions) when given,
-  /// from grey otherwise.
+  /// from grey otherwise. After each batch, `stop` sees the images rebuilt so far (the first
+  /// rows, in order); when it says so, the rest are not rebuilt and the outcome holds those.
   public func run(
     head: (Variable) throws -> Variable, targets: Tensor, imageShape: [Int], starts: Tensor? = nil,
-    progress: (AttackProgress) -> Void = { _ in }
+    progress: (AttackProgress) -> Void = { _ in }, stop: ((Tensor) throws -> Bool)? = nil
   ) throws -> Outcome {
     guard imageShape.count == 3 else { throw PrivacyError.invalidConfig("image shape \(imageShape) is not [C, S, S]") }
     let n = targets.shape[0]
@@ -115,6 +116,11 @@ public struct FeatureInversion: Sendable {
             }
           }
         }
+      }
+      let rebuilt = rows.last! + 1
+      if rebuilt < n, let stop {
+        let first = gather(images, Array(0..<rebuilt))
+        if try stop(first) { return Outcome(images: first, distances: Array(best.prefix(rebuilt)), curve: curve) }
       }
     }
     return Outcome(images: images, distances: best, curve: curve)

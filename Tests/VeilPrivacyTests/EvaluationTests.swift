@@ -477,9 +477,10 @@ final class EvaluationTests: XCTestCase {
     XCTAssertFalse(still.converged)
   }
 
-  /// A verdict stops once a measure leaks beyond doubt (the inverse network is not trained at a
-  /// cut the optimisation has already shown to leak), says under what it holds, and a rerun
-  /// reuses the finished attacks.
+  /// A verdict stops once a measure leaks beyond doubt (the optimisation stops rebuilding
+  /// held-out images, and the inverse network is not trained at a cut the optimisation has
+  /// already shown to leak), says under what it holds, and a rerun reuses the finished attacks;
+  /// under a threshold the stopped attack no longer shows a leak for, it is run again, whole.
   func testVerdictStopsEarlyOnACertainLeakAndResumes() throws {
     let g = AttackTests.tinyModel()
     var settings = EvaluationSettings(threatModel: .whiteBox, budget: .quick, imageSize: 32)
@@ -487,6 +488,7 @@ final class EvaluationTests: XCTestCase {
     settings.config.optimisationSteps = 150
     settings.config.tvWeights = [0.1, 1]
     settings.config.testFraction = 0.5
+    settings.config.optimisationBatch = 4
     let out = temp("verdict")
     defer { try? FileManager.default.removeItem(at: out) }
     // The registry photos (make assets): 18 held out, enough for the bound to be sure.
@@ -500,6 +502,11 @@ final class EvaluationTests: XCTestCase {
     XCTAssertEqual(v.status, .leaks, v.statement)
     XCTAssertTrue(v.stoppedEarly)
     XCTAssertEqual(v.attacks.map(\.attacker), [.optimisation])
+    let optimisation = v.attacks[0]
+    XCTAssertLessThan(optimisation.heldOut, 18, "the optimisation stops rebuilding once SSIM leaks beyond doubt")
+    XCTAssertGreaterThanOrEqual(optimisation.heldOut, 4)
+    XCTAssertEqual(optimisation.heldOut % 4, 0, "whole batches of 4")
+    XCTAssertTrue(optimisation.notes.contains { $0.hasPrefix("stopped after \(optimisation.heldOut) of 18 held-out images: ssim leaks beyond doubt") }, "\(optimisation.notes)")
     XCTAssertEqual(v.measure("ssim")?.worstAttacker, .optimisation)
     XCTAssertNil(v.measure("psnr")?.status, "PSNR has no threshold: reported only")
     for needle in ["pool1: leaks", "white-box threat model", "white-box optimisation", "held-out photos per seed", "stopped once a leak was certain"] {
@@ -515,6 +522,13 @@ final class EvaluationTests: XCTestCase {
     }
     XCTAssertEqual(again.measures, v.measures)
     XCTAssertTrue(rerunEvents.contains { $0.hasPrefix("done before") }, "\(rerunEvents)")
+    // Under an SSIM threshold the stopped attack does not reach, it is not reused: every image
+    // is rebuilt.
+    var lenient = evaluation
+    lenient.settings.thresholds = LeakageThresholds([SSIMMeasure.name: 0.999])
+    let whole = try lenient.evaluate(cut: try g.attackCut(named: "pool1"), index: 0)
+    XCTAssertEqual(whole.attacks[0].heldOut, 18)
+    XCTAssertNotEqual(whole.status, .leaks, whole.statement)
     // Re-identification by a network: the finished attack did not measure it, so it is run
     // again, then reused; judged by another network, it is run again.
     func rerun(judge: ReferenceClassifier) throws -> Bool {
