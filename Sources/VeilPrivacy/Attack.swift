@@ -370,7 +370,8 @@ public func runAttack(
   let names = Array(data.testNames.prefix(rebuilt))
   let sources = Array(data.testSources.prefix(rebuilt))
   let scores = try measures.score(
-    originals: originals, reconstructions: output.reconstructions, baseline: reference, names: names, sources: sources, seed: config.seed)
+    originals: originals, reconstructions: output.reconstructions, baseline: reference, names: names, sources: sources, seed: config.seed,
+    gallery: stoppedEarly ? gather(test.images, Array(rebuilt..<test.images.shape[0])) : nil)
   let grid = outDir.appendingPathComponent("grid.png")
   let ssim = scores.first { $0.name == SSIMMeasure.name }?.perImage ?? []
   try writeGrid(originals: originals, rebuilt: output.reconstructions, ssim: ssim, count: config.gridImages, to: grid)

@@ -19,12 +19,16 @@ public struct MeasureInput {
   /// The colour guess: each original as a flat image of its mean colour (`flatColours`).
   public let colours: Tensor
   public var names: [String]
+  /// Held-out originals beyond `originals` that were not rebuilt (an attack that stopped once a
+  /// leak was certain): they stay in re-identification's gallery, so its chance does not rise.
+  public var gallery: Tensor?
 
-  public init(originals: Tensor, reconstructions: Tensor, baseline: Tensor, names: [String]) {
+  public init(originals: Tensor, reconstructions: Tensor, baseline: Tensor, names: [String], gallery: Tensor? = nil) {
     self.originals = originals
     self.reconstructions = reconstructions
     self.baseline = baseline
     self.names = names
+    self.gallery = gallery
     colours = Self.flatColours(originals)
   }
 
@@ -143,13 +147,14 @@ public struct MeasureSet: Sendable {
   }
 
   /// Every measure's scores of `reconstructions`, and of the trivial attacker's and the colour
-  /// guess's.
+  /// guess's; `gallery`: held-out originals that were not rebuilt (see `MeasureInput.gallery`).
   public func score(
-    originals: Tensor, reconstructions: Tensor, baseline: Tensor, names: [String], sources: [String], seed: UInt64
+    originals: Tensor, reconstructions: Tensor, baseline: Tensor, names: [String], sources: [String], seed: UInt64,
+    gallery: Tensor? = nil
   ) throws -> [MeasureScores] {
     let n = originals.shape[0]
     let repeated = try stack(Array(repeating: baseline, count: n))
-    let input = MeasureInput(originals: originals, reconstructions: reconstructions, baseline: baseline, names: names)
+    let input = MeasureInput(originals: originals, reconstructions: reconstructions, baseline: baseline, names: names, gallery: gallery)
     var trivial = input
     trivial.reconstructions = repeated
     var colours = input
@@ -547,7 +552,7 @@ public struct ReidentificationMeasure: ClassifierMeasure {
       let norm = max(v.reduce(0) { $0 + $1 * $1 }.squareRoot(), 1e-12)
       return v.map { $0 / norm }
     }
-    let gallery = try classifier.run(input.originals).embeddings.map(unit)
+    let gallery = try (classifier.run(input.originals).embeddings + (input.gallery.map { try classifier.run($0).embeddings } ?? [])).map(unit)
     let queries = try classifier.run(input.reconstructions).embeddings.map(unit)
     return queries.enumerated().map { i, q in
       var best = -Float.infinity

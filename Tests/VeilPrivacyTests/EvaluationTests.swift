@@ -612,6 +612,22 @@ final class EvaluationTests: XCTestCase {
     XCTAssertEqual(try ReidentificationMeasure(classifier: classifier).scores(trivial).reduce(0, +), 1)
     // The mean image is the trivial attacker's own guess: it recognises nothing.
     XCTAssertEqual(try RecognitionMeasure(classifier: classifier).scores(trivial), Array(repeating: 0, count: 6))
+    // Two of the six rebuilt (an attack that stopped early), the other four still in the
+    // gallery: the trivial image matches one original of all six, so at most one of the two
+    // is re-identified, where a gallery of the two alone would give one in two by chance.
+    let all = originals.scalars
+    func rows(_ r: Range<Int>) -> Tensor {
+      let per = 3 * 32 * 32
+      return Tensor(shape: [r.count, 3, 32, 32]) { p in for (k, i) in r.enumerated() { for j in 0..<per { p[k * per + j] = all[i * per + j] } } }
+    }
+    let two = rows(0..<2)
+    let rest = rows(2..<6)
+    let part = MeasureInput(originals: two, reconstructions: Tensor(zeros: [2, 3, 32, 32]), baseline: mean, names: ["#0", "#1"], gallery: rest)
+    let nearest = try ReidentificationMeasure(classifier: classifier).scores(trivial).firstIndex(of: 1)!
+    XCTAssertEqual(try ReidentificationMeasure(classifier: classifier).scores(part), [0, 1].map { nearest == $0 ? 1 : 0 })
+    var exact = part
+    exact.reconstructions = two
+    XCTAssertEqual(try ReidentificationMeasure(classifier: classifier).scores(exact), [1, 1], "exact copies find themselves among all six")
   }
 
   /// A classifier of its own and a model that holds its weights (a copy of it) or not: the
