@@ -79,16 +79,21 @@ final class EvaluationTests: XCTestCase {
   }
 
   /// A threshold that the colour guess already reaches (SSIM at 224 px, where a flat image of
-  /// each photo's colour scores about 0.33) would call every cut leaking: the attacker is held
-  /// to the guess's score instead, and the verdict says so. Under the guess, the threshold is
-  /// the one set.
+  /// each photo's colour scores about 0.33) would call every cut leaking: the measure is held
+  /// to the guess's score instead, and can then show a leak (an attacker closer than the colour
+  /// alone beyond doubt) but not privacy, which the other measures decide. Under the guess,
+  /// the threshold is the one set.
   func testAThresholdTheColourGuessReachesIsRaisedToTheGuess() throws {
-    func verdict(ssim: Double, colour: Double) -> CutVerdict {
+    func verdict(ssim: Double, colour: Double, recognised: Int = 0) -> CutVerdict {
       let samples = (0..<32).map { ScoredImage(score: ssim + 0.02 * Double($0 % 5 - 2), photo: "p\($0)", seed: 0) }
+      let hits = (0..<32).map { ScoredImage(score: $0 < recognised ? 1 : 0, photo: "p\($0)", seed: 0) }
       let attack = AttackRecord(
         attacker: .optimisation, seed: 0, folder: "c/optimisation-seed0", grid: "c/optimisation-seed0/grid.png", imageSize: 224,
         heldOut: 32, heldOutPhotos: 32, trainImages: 4, seconds: 1, converged: true, curve: [], notes: [],
-        measures: [MeasureScores(name: SSIMMeasure.name, binary: false, samples: samples, baseline: 0.15, colourGuess: colour)])
+        measures: [
+          MeasureScores(name: SSIMMeasure.name, binary: false, samples: samples, baseline: 0.15, colourGuess: colour),
+          MeasureScores(name: RecognitionMeasure.name, binary: true, samples: hits, baseline: 0, colourGuess: 0),
+        ])
       let settings = EvaluationSettings(threatModel: .whiteBox, budget: .quick, imageSize: 224)
       return CutVerdict(cut: "c", cutIndex: 3, featureShape: [8, 7, 7], settings: settings, attacks: [attack], data: "photos")
     }
@@ -96,16 +101,21 @@ final class EvaluationTests: XCTestCase {
     let m = try XCTUnwrap(under.measure(SSIMMeasure.name))
     XCTAssertEqual(m.threshold, 0.33)
     XCTAssertEqual(m.thresholdAsSet, 0.3)
-    XCTAssertEqual(under.status, .private, under.statement)
-    XCTAssertTrue(under.statement.contains("the colour guess's score: the threshold 0.30 is under it"), under.statement)
-    // As close as the colour alone is not private: the bound reaches the guess.
-    XCTAssertNotEqual(verdict(ssim: 0.33, colour: 0.33).status, .private)
-    XCTAssertEqual(verdict(ssim: 0.40, colour: 0.33).status, .leaks)
+    XCTAssertNil(m.status, "under the guess, SSIM decides nothing")
+    XCTAssertEqual(under.status, .private, "recognition decides: \(under.statement)")
+    XCTAssertTrue(under.statement.contains("decides nothing here: the colour guess scores 0.33, over the threshold 0.30"), under.statement)
+    // About as close as the colour alone (the bound straddles the guess): still nothing.
+    XCTAssertEqual(verdict(ssim: 0.33, colour: 0.33).status, .private)
+    XCTAssertNotEqual(verdict(ssim: 0.27, colour: 0.33, recognised: 12).status, .private, "recognition still decides")
+    // Closer than the colour beyond doubt: it leaks.
+    let beyond = verdict(ssim: 0.40, colour: 0.33)
+    XCTAssertEqual(beyond.status, .leaks)
+    XCTAssertTrue(beyond.statement.contains("≥ 0.33 (the colour guess's score, over the threshold 0.30)"), beyond.statement)
     // A guess under the threshold leaves it as set.
     let set = verdict(ssim: 0.27, colour: 0.2)
     XCTAssertEqual(set.measure(SSIMMeasure.name)?.threshold, 0.3)
     XCTAssertNil(set.measure(SSIMMeasure.name)?.thresholdAsSet)
-    XCTAssertEqual(set.status, .private)
+    XCTAssertEqual(set.measure(SSIMMeasure.name)?.status, .private)
     XCTAssertFalse(set.statement.contains("colour guess"), set.statement)
     XCTAssertNotEqual(verdict(ssim: 0.31, colour: 0.2).status, .private)
   }
