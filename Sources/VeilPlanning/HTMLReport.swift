@@ -153,7 +153,8 @@ public enum HTMLReport {
         }
         h += String(format: "<td>%.3f</td>", m.baseline)
         h += "<td>\(m.colourGuess.map { String(format: "%.3f", $0) } ?? "—")</td>"
-        h += "<td>\(m.status.map { "<span class=\"\($0.rawValue)\">\($0.rawValue)</span>" } ?? "reported")</td></tr>\n"
+        let undecidable = m.thresholdAsSet.map { String(format: "decides nothing: the colour guess reaches the threshold %.2f", $0) }
+        h += "<td>\(m.status.map { "<span class=\"\($0.rawValue)\">\($0.rawValue)</span>" } ?? undecidable ?? "reported")</td></tr>\n"
       }
     }
     h += "</table>\n<p>Baseline: the trivial attacker (the mean training image for every image). Colour guess: a flat image of each original's own mean colour, which an attacker reads from any cut (recognition does not count an image this guess or the baseline already recognises). Skipped: the cut had already leaked beyond doubt.</p>\n"

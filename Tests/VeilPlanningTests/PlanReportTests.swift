@@ -134,6 +134,13 @@ final class PlanReportTests: XCTestCase {
     let back = try VeilJSON.decoder().decode(PlanRecord.self, from: VeilJSON.encoder().encode(record))
     XCTAssertEqual(back.chosenCut, record.chosenCut)
     XCTAssertEqual(back.privacy, record.privacy)
+    // A measure whose threshold the colour guess reaches says it decides nothing there.
+    XCTAssertFalse(html.contains("decides nothing"))
+    var raised = record
+    let k = try XCTUnwrap(raised.privacy[0].measures.firstIndex { $0.measure == SSIMMeasure.name })
+    raised.privacy[0].measures[k].thresholdAsSet = 0.3
+    raised.privacy[0].measures[k].status = nil
+    XCTAssertTrue(HTMLReport.render(raised, folder: folder).contains("decides nothing: the colour guess reaches the threshold 0.30"))
   }
 
   /// The confirmation at the deployed resolution keeps its attacks in `attacks-<size>px`; the
